@@ -1,0 +1,182 @@
+/**
+ * The host agent: serves lab VMs' disks over NBD with change tracking, replicates VMs to
+ * peer agents (primary role), receives replicas and serves their recovery points (replica
+ * role), and answers a local HTTP API on loopback. One process per host.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino, type Logger as PinoLogger } from 'pino';
+import { systemClock, type Clock } from '../domain/clock.js';
+import { OsrError } from '../domain/errors.js';
+import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../pki/index.js';
+import type { BlockDevice } from './block-device.js';
+import { readJson, writeJsonDurable } from './durable-file.js';
+import { LabHost } from './lab-host.js';
+import { buildAgentApi } from './local-api.js';
+import { NbdServer } from './nbd/nbd-server.js';
+import { ReplicaRegistry, ReplicationServer } from './replication-server.js';
+import { PrimaryReplication } from './replication.js';
+import type { ReplicationSpec } from './replication-types.js';
+import { DEFAULT_REPLICATION_PORT } from './wire.js';
+
+export interface AgentConfig {
+  name: string;
+  dataDir: string;
+  storageDir?: string | undefined;
+  /** replication listener (replica role); port 0 picks a free port */
+  listen?: { host: string; port: number } | undefined;
+  /** local API on loopback; port 0 picks a free port */
+  api: { host: string; port: number };
+  /** also serve NBD on TCP (loopback) at this port */
+  nbdTcpPort?: number | undefined;
+  tls: TlsFiles;
+  retryDelayMs?: number | undefined;
+  hookTimeoutMs?: number | undefined;
+  logLevel?: string | undefined;
+}
+
+export const DEFAULT_AGENT_API_PORT = 8085;
+export { DEFAULT_REPLICATION_PORT };
+
+export interface AgentEndpoints {
+  api: string;
+  replicationPort: number | null;
+  nbdSocket: string;
+  nbdTcpPort: number | null;
+}
+
+export class Agent {
+  readonly host: LabHost;
+  readonly replicas: ReplicaRegistry;
+  readonly replications = new Map<string, PrimaryReplication>();
+  readonly nbd: NbdServer;
+  readonly log: PinoLogger;
+  private replicationServer: ReplicationServer | undefined;
+  private tls!: TlsMaterial;
+  private closeApi: (() => Promise<void>) | undefined;
+  endpoints!: AgentEndpoints;
+  readonly nbdSocket: string;
+
+  constructor(
+    readonly config: AgentConfig,
+    readonly clock: Clock = systemClock,
+  ) {
+    this.log = pino({ name: config.name, level: config.logLevel ?? 'info' }, pino.destination(2));
+    fs.mkdirSync(path.join(config.dataDir, 'run'), { recursive: true });
+    fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
+    this.host = new LabHost(config.dataDir, config.storageDir ?? path.join(config.dataDir, 'storage'), () => clock.now());
+    this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
+    this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
+    this.nbd = new NbdServer({ get: (n) => this.resolveExport(n), list: () => this.listExports() }, { logger: this.log });
+  }
+
+  /** Start everything: recover disks before any guest I/O, then open listeners, then replications. */
+  async start(): Promise<AgentEndpoints> {
+    this.tls = await loadTlsMaterial(this.config.tls);
+    for (const r of this.host.loadAll()) {
+      if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
+    }
+    await this.replicas.openAll();
+    await this.nbd.listenUnix(this.nbdSocket);
+    let nbdTcpPort: number | null = null;
+    if (this.config.nbdTcpPort !== undefined) nbdTcpPort = (await this.nbd.listenTcp(this.config.nbdTcpPort, '127.0.0.1')).port;
+    let replicationPort: number | null = null;
+    if (this.config.listen) {
+      this.replicationServer = new ReplicationServer(this.replicas, this.tls, this.config.name, this.log);
+      replicationPort = await this.replicationServer.listen(this.config.listen.port, this.config.listen.host);
+    }
+    const api = await buildAgentApi(this);
+    const address = await api.listen({ host: this.config.api.host, port: this.config.api.port });
+    this.closeApi = () => api.close();
+    this.endpoints = { api: address, replicationPort, nbdSocket: this.nbdSocket, nbdTcpPort };
+    for (const file of fs.readdirSync(path.join(this.config.dataDir, 'replications'))) {
+      const spec = readJson<ReplicationSpec>(path.join(this.config.dataDir, 'replications', file));
+      if (spec) this.startReplication(spec);
+    }
+    writeJsonDurable(path.join(this.config.dataDir, 'run', 'agent.json'), { pid: process.pid, ...this.endpoints });
+    this.log.info(this.endpoints, `agent ${this.config.name} started`);
+    return this.endpoints;
+  }
+
+  private resolveExport(name: string): BlockDevice | undefined {
+    const parts = name.split('/');
+    try {
+      if (parts.length === 2) {
+        const vm = this.host.get(parts[0]);
+        return vm.running ? vm.disk(parts[1]) : undefined;
+      }
+      if (parts.length === 4 && parts[0] === 'replica') return this.replicas.get(parts[1]).getOverlay(parts[2]).disk(parts[3]);
+    } catch {
+      return undefined;
+    }
+    return undefined;
+  }
+
+  private listExports(): string[] {
+    const out: string[] = [];
+    for (const vm of this.host.list()) if (vm.running) for (const d of vm.spec.disks) out.push(`${vm.name}/${d.name}`);
+    for (const s of this.replicas.list()) for (const o of s.listOverlays()) for (const d of o.disks) out.push(`replica/${s.vmName}/${o.id}/${d.name}`);
+    return out;
+  }
+
+  nbdUris(exportName: string): { unix: string; tcp: string | null } {
+    return {
+      unix: `nbd+unix:///${exportName}?socket=${this.nbdSocket}`,
+      tcp: this.endpoints.nbdTcpPort !== null ? `nbd://127.0.0.1:${this.endpoints.nbdTcpPort}/${exportName}` : null,
+    };
+  }
+
+  enableReplication(input: Omit<ReplicationSpec, 'id' | 'epoch'> & { epoch?: number }): ReplicationSpec {
+    const vm = this.host.get(input.vm);
+    for (const r of this.replications.values()) {
+      if (r.spec.vm === vm.name) throw new OsrError('ALREADY_EXISTS', `VM ${vm.name} is already replicated (${r.spec.id})`);
+    }
+    const spec: ReplicationSpec = { ...input, id: `rep-${vm.name}-${crypto.randomBytes(3).toString('hex')}`, epoch: input.epoch ?? 1 };
+    writeJsonDurable(path.join(this.config.dataDir, 'replications', `${spec.id}.json`), spec);
+    this.startReplication(spec);
+    return spec;
+  }
+
+  private startReplication(spec: ReplicationSpec): void {
+    const vm = this.host.get(spec.vm);
+    const r = new PrimaryReplication(spec, vm, {
+      tls: this.tls,
+      agentName: this.config.name,
+      clock: this.clock,
+      log: this.log,
+      retryDelayMs: this.config.retryDelayMs ?? 5000,
+      hookTimeoutMs: this.config.hookTimeoutMs ?? 60_000,
+    });
+    this.replications.set(spec.id, r);
+    r.start();
+  }
+
+  getReplication(idOrVm: string): PrimaryReplication {
+    const r = this.replications.get(idOrVm) ?? [...this.replications.values()].find((x) => x.spec.vm === idOrVm);
+    if (!r) throw new OsrError('NOT_FOUND', `no replication ${idOrVm} on this agent`, { replications: [...this.replications.keys()] });
+    return r;
+  }
+
+  /** Stop replicating a VM: change tracking stops and its logs are deleted; the replica stays. */
+  async disableReplication(idOrVm: string): Promise<void> {
+    const r = this.getReplication(idOrVm);
+    await r.stop();
+    this.replications.delete(r.spec.id);
+    fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
+    this.host.get(r.spec.vm).tracker.stop();
+  }
+
+  /** Clean stop: replications, listeners, then disks (synced, marked clean). */
+  async stop(): Promise<void> {
+    await Promise.all([...this.replications.values()].map((r) => r.stop()));
+    await this.closeApi?.();
+    await this.replicationServer?.close();
+    await this.nbd.close();
+    this.host.closeAll();
+    this.replicas.close();
+    fs.rmSync(path.join(this.config.dataDir, 'run', 'agent.json'), { force: true });
+    this.log.info('agent stopped cleanly');
+    this.log.flush();
+  }
+}

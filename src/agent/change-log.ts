@@ -1,0 +1,400 @@
+/**
+ * The change log: osr's counterpart of Hyper-V Replica's .hrl file. Every guest write to
+ * a tracked disk is appended here (with its data) before it reaches the disk image, so a
+ * closed log is a self-contained, point-in-time delta of one disk.
+ *
+ * Layout (all integers little-endian):
+ *   file header, 64 bytes: magic "OSRCLOG\0" | version u16 | flags u16 | reserved u32 |
+ *                          seq u64 | createdMs u64 | diskKey 16 | xxh128(bytes 0..47) 16
+ *   record header, 48 bytes: magic u32 "OSRR" | type u8 | 3 reserved | index u64 |
+ *                          offset u64 | length u64 | xxh128(header 0..31 ‖ payload) 16
+ *   payload: WRITE → `length` bytes of data; ZERO → none; CLOSE → 40 bytes:
+ *            chain 16 | recordCount u64 | dataBytes u64 | closedMs u64
+ * `chain` is xxh128 folded over every record checksum in order, so a dropped, repeated or
+ * reordered record is caught even when each record is intact. Invariants: docs/design/change-log.md.
+ */
+import fs from 'node:fs';
+import { OsrError } from '../domain/errors.js';
+import { digest, DIGEST_BYTES } from './checksum.js';
+
+export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
+export const LOG_VERSION = 1;
+export const LOG_HEADER_BYTES = 64;
+export const RECORD_HEADER_BYTES = 48;
+const RECORD_MAGIC = 0x5252534f; // "OSRR" read as u32le
+const CLOSE_PAYLOAD_BYTES = 40;
+/** the largest single record payload; bigger guest writes are split */
+export const MAX_RECORD_DATA = 32 * 1024 * 1024;
+
+export const RecordType = { Write: 1, Zero: 2, Close: 3 } as const;
+export type RecordType = (typeof RecordType)[keyof typeof RecordType];
+
+export interface LogHeader {
+  seq: number;
+  createdMs: number;
+  diskKey: Buffer;
+}
+
+export interface LogRecord {
+  type: RecordType;
+  index: number;
+  offset: number;
+  length: number;
+  /** position of the payload in the log file */
+  dataPos: number;
+}
+
+export interface CloseInfo {
+  recordCount: number;
+  dataBytes: number;
+  closedMs: number;
+  chain: Buffer;
+}
+
+export function diskKeyOf(diskId: string): Buffer {
+  return digest(Buffer.from(diskId, 'utf8'));
+}
+
+export function encodeLogHeader(h: LogHeader): Buffer {
+  const b = Buffer.alloc(LOG_HEADER_BYTES);
+  LOG_MAGIC.copy(b, 0);
+  b.writeUInt16LE(LOG_VERSION, 8);
+  b.writeBigUInt64LE(BigInt(h.seq), 16);
+  b.writeBigUInt64LE(BigInt(h.createdMs), 24);
+  h.diskKey.copy(b, 32, 0, 16);
+  digest(b.subarray(0, 48)).copy(b, 48);
+  return b;
+}
+
+export function decodeLogHeader(b: Buffer, where: string): LogHeader {
+  if (b.length < LOG_HEADER_BYTES || !b.subarray(0, 8).equals(LOG_MAGIC)) {
+    throw new OsrError('CHANGE_LOG_CORRUPT', `${where}: not a change log (bad magic)`);
+  }
+  if (!digest(b.subarray(0, 48)).equals(b.subarray(48, 64))) {
+    throw new OsrError('CHANGE_LOG_CORRUPT', `${where}: change log header checksum mismatch`);
+  }
+  const version = b.readUInt16LE(8);
+  if (version !== LOG_VERSION) {
+    throw new OsrError('CHANGE_LOG_CORRUPT', `${where}: change log version ${version} is not supported`);
+  }
+  return {
+    seq: Number(b.readBigUInt64LE(16)),
+    createdMs: Number(b.readBigUInt64LE(24)),
+    diskKey: Buffer.from(b.subarray(32, 48)),
+  };
+}
+
+function payloadLength(type: number, length: number): number {
+  if (type === RecordType.Write) return length;
+  if (type === RecordType.Close) return CLOSE_PAYLOAD_BYTES;
+  return 0;
+}
+
+function encodeRecordHeader(type: RecordType, index: number, offset: number, length: number): Buffer {
+  const h = Buffer.allocUnsafe(RECORD_HEADER_BYTES);
+  h.writeUInt32LE(RECORD_MAGIC, 0);
+  h.writeUInt32LE(type, 4); // type in the low byte, reserved bytes zero
+  h.writeBigUInt64LE(BigInt(index), 8);
+  h.writeBigUInt64LE(BigInt(offset), 16);
+  h.writeBigUInt64LE(BigInt(length), 24);
+  return h;
+}
+
+/**
+ * Appends records to an open log. Appends are synchronous and strictly ordered: the
+ * caller appends, then writes the disk image, so after a crash the log holds every write
+ * the image may hold (the last one possibly not yet in the image: recovery redoes it).
+ */
+export class ChangeLogWriter {
+  private pos: number;
+  private index: number;
+  private chain: Buffer;
+  private dataBytes = 0;
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly header: LogHeader,
+    state: { pos: number; index: number; chain: Buffer; dataBytes: number },
+  ) {
+    this.pos = state.pos;
+    this.index = state.index;
+    this.chain = state.chain;
+    this.dataBytes = state.dataBytes;
+  }
+
+  static create(path: string, header: LogHeader): ChangeLogWriter {
+    const fd = fs.openSync(path, 'wx', 0o600);
+    const hb = encodeLogHeader(header);
+    fs.writeSync(fd, hb, 0, hb.length, 0);
+    return new ChangeLogWriter(path, fd, header, { pos: LOG_HEADER_BYTES, index: 0, chain: Buffer.alloc(DIGEST_BYTES), dataBytes: 0 });
+  }
+
+  /** Reopen an open (not closed) log after a scan, truncating any torn tail. */
+  static reopen(path: string, scan: LogScan): ChangeLogWriter {
+    if (scan.close) throw new OsrError('INVALID_STATE', `${path}: log is closed and cannot be appended to`);
+    const fd = fs.openSync(path, 'r+');
+    if (scan.validBytes < scan.fileBytes) fs.ftruncateSync(fd, scan.validBytes);
+    return new ChangeLogWriter(path, fd, scan.header, {
+      pos: scan.validBytes,
+      index: scan.records.length,
+      chain: scan.chain,
+      dataBytes: scan.dataBytes,
+    });
+  }
+
+  get bytes(): number {
+    return this.pos;
+  }
+  get recordCount(): number {
+    return this.index;
+  }
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  private append(type: RecordType, offset: number, length: number, payload: Buffer | undefined): void {
+    if (this.closed) throw new OsrError('INVALID_STATE', `${this.path}: append to a closed change log`);
+    const h = encodeRecordHeader(type, this.index, offset, length);
+    const sum = payload ? digest(h.subarray(0, 32), payload) : digest(h.subarray(0, 32));
+    sum.copy(h, 32);
+    const bufs = payload ? [h, payload] : [h];
+    const total = h.length + (payload?.length ?? 0);
+    let written = 0;
+    // writev may write partially (rare for regular files); finish the record in order
+    while (written < total) {
+      const n = written === 0 ? fs.writevSync(this.fd, bufs, this.pos) : writeRest(this.fd, bufs, written, this.pos + written);
+      written += n;
+    }
+    this.pos += total;
+    this.index += 1;
+    this.chain = digest(this.chain, sum);
+    if (type === RecordType.Write) this.dataBytes += length;
+  }
+
+  appendWrite(offset: number, data: Buffer): void {
+    for (let done = 0; done < data.length; done += MAX_RECORD_DATA) {
+      const part = data.subarray(done, Math.min(data.length, done + MAX_RECORD_DATA));
+      this.append(RecordType.Write, offset + done, part.length, part);
+    }
+  }
+
+  appendZero(offset: number, length: number): void {
+    this.append(RecordType.Zero, offset, length, undefined);
+  }
+
+  /** Seal the log: no record may follow. Returns what the close record states. */
+  close(closedMs: number): CloseInfo {
+    const info: CloseInfo = { recordCount: this.index, dataBytes: this.dataBytes, closedMs, chain: this.chain };
+    const p = Buffer.alloc(CLOSE_PAYLOAD_BYTES);
+    this.chain.copy(p, 0);
+    p.writeBigUInt64LE(BigInt(info.recordCount), 16);
+    p.writeBigUInt64LE(BigInt(info.dataBytes), 24);
+    p.writeBigUInt64LE(BigInt(closedMs), 32);
+    this.append(RecordType.Close, 0, 0, p);
+    this.closed = true;
+    return info;
+  }
+
+  syncSync(): void {
+    fs.fdatasyncSync(this.fd);
+  }
+
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  closeFile(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+function writeRest(fd: number, bufs: Buffer[], skip: number, pos: number): number {
+  const joined = Buffer.concat(bufs).subarray(skip);
+  return fs.writeSync(fd, joined, 0, joined.length, pos);
+}
+
+/** What a scan of a log file found. */
+export interface LogScan {
+  header: LogHeader;
+  records: LogRecord[];
+  close: CloseInfo | undefined;
+  chain: Buffer;
+  dataBytes: number;
+  /** bytes up to the end of the last valid record */
+  validBytes: number;
+  fileBytes: number;
+  /** bytes after the last valid record that were torn (only possible in an open log) */
+  tornBytes: number;
+}
+
+/**
+ * Streaming parser: feed it the log's bytes in order (from a file or the network) and it
+ * verifies header, every record checksum, the record sequence and the close record.
+ * It keeps the record index, not the data (data is read back by position).
+ */
+export class ChangeLogParser {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private consumed = 0;
+  header: LogHeader | undefined;
+  readonly records: LogRecord[] = [];
+  close: CloseInfo | undefined;
+  chain: Buffer = Buffer.alloc(DIGEST_BYTES);
+  dataBytes = 0;
+  private recHeader: Buffer | undefined;
+
+  constructor(private readonly where: string) {}
+
+  get validBytes(): number {
+    return this.consumed;
+  }
+
+  private take(n: number): Buffer | undefined {
+    if (this.pendingBytes < n) return undefined;
+    let out: Buffer;
+    if (this.pending[0].length >= n) {
+      out = this.pending[0].subarray(0, n);
+      if (this.pending[0].length === n) this.pending.shift();
+      else this.pending[0] = this.pending[0].subarray(n);
+    } else {
+      const all = Buffer.concat(this.pending);
+      out = all.subarray(0, n);
+      this.pending = all.length > n ? [all.subarray(n)] : [];
+    }
+    this.pendingBytes -= n;
+    return out;
+  }
+
+  /** Feed bytes. Throws CHANGE_LOG_CORRUPT on anything that does not verify. */
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    for (;;) {
+      if (!this.header) {
+        const hb = this.take(LOG_HEADER_BYTES);
+        if (!hb) return;
+        this.header = decodeLogHeader(hb, this.where);
+        this.consumed += LOG_HEADER_BYTES;
+        continue;
+      }
+      if (this.close) {
+        if (this.pendingBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: data after the close record`);
+        return;
+      }
+      if (!this.recHeader) {
+        const h = this.take(RECORD_HEADER_BYTES);
+        if (!h) return;
+        this.recHeader = Buffer.from(h);
+        this.checkHeader(this.recHeader);
+      }
+      const h = this.recHeader;
+      const type = h.readUInt8(4) as RecordType;
+      const length = Number(h.readBigUInt64LE(24));
+      const plen = payloadLength(type, length);
+      const payload = plen > 0 ? this.take(plen) : Buffer.alloc(0);
+      if (!payload) return;
+      this.finishRecord(h, payload);
+      this.recHeader = undefined;
+    }
+  }
+
+  private checkHeader(h: Buffer): void {
+    const at = this.consumed;
+    if (h.readUInt32LE(0) !== RECORD_MAGIC) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: bad record magic at byte ${at}`);
+    const type = h.readUInt8(4);
+    if (type !== RecordType.Write && type !== RecordType.Zero && type !== RecordType.Close) {
+      throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: unknown record type ${type} at byte ${at}`);
+    }
+    const index = Number(h.readBigUInt64LE(8));
+    if (index !== this.records.length) {
+      throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: record ${index} found where ${this.records.length} was expected (byte ${at})`);
+    }
+    const length = Number(h.readBigUInt64LE(24));
+    if (type === RecordType.Write && length > MAX_RECORD_DATA) {
+      throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: record length ${length} exceeds the limit at byte ${at}`);
+    }
+  }
+
+  private finishRecord(h: Buffer, payload: Buffer): void {
+    const at = this.consumed;
+    const sum = digest(h.subarray(0, 32), payload);
+    if (!sum.equals(h.subarray(32, 48))) {
+      throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: checksum mismatch in record ${this.records.length} at byte ${at}`);
+    }
+    const type = h.readUInt8(4) as RecordType;
+    const rec: LogRecord = {
+      type,
+      index: this.records.length,
+      offset: Number(h.readBigUInt64LE(16)),
+      length: Number(h.readBigUInt64LE(24)),
+      dataPos: at + RECORD_HEADER_BYTES,
+    };
+    if (type === RecordType.Close) {
+      const close: CloseInfo = {
+        chain: Buffer.from(payload.subarray(0, 16)),
+        recordCount: Number(payload.readBigUInt64LE(16)),
+        dataBytes: Number(payload.readBigUInt64LE(24)),
+        closedMs: Number(payload.readBigUInt64LE(32)),
+      };
+      if (!close.chain.equals(this.chain) || close.recordCount !== this.records.length || close.dataBytes !== this.dataBytes) {
+        throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: close record does not match the records before it (dropped or reordered records)`);
+      }
+      this.close = close;
+    } else {
+      this.records.push(rec);
+      if (type === RecordType.Write) this.dataBytes += rec.length;
+    }
+    this.chain = digest(this.chain, sum);
+    this.consumed = at + RECORD_HEADER_BYTES + payload.length;
+  }
+
+  /** Call at the end of input for a log that must be complete and closed. */
+  finish(): CloseInfo {
+    if (!this.header) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: empty change log`);
+    if (!this.close) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: change log ends without its close record`);
+    if (this.pendingBytes > 0 || this.recHeader) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: trailing bytes after the close record`);
+    return this.close;
+  }
+
+  /** bytes buffered but not yet a whole record */
+  get partialBytes(): number {
+    return this.pendingBytes + (this.recHeader ? RECORD_HEADER_BYTES : 0);
+  }
+}
+
+/**
+ * Scan a log file. A record cut short at the end of the file is a torn tail (a crash in
+ * the middle of an append) and is reported, not thrown; anything else that fails
+ * verification throws CHANGE_LOG_CORRUPT.
+ */
+export function scanLogFile(path: string): LogScan {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const fileBytes = fs.fstatSync(fd).size;
+    const parser = new ChangeLogParser(path);
+    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+    let pos = 0;
+    while (pos < fileBytes) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, fileBytes - pos), pos);
+      if (n <= 0) break;
+      parser.push(Buffer.from(buf.subarray(0, n)));
+      pos += n;
+    }
+    if (!parser.header) throw new OsrError('CHANGE_LOG_CORRUPT', `${path}: change log header is missing or torn`);
+    return {
+      header: parser.header,
+      records: parser.records,
+      close: parser.close,
+      chain: parser.chain,
+      dataBytes: parser.dataBytes,
+      validBytes: parser.validBytes,
+      fileBytes,
+      tornBytes: fileBytes - parser.validBytes,
+    };
+  } finally {
+    fs.closeSync(fd);
+  }
+}

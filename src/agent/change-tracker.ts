@@ -1,0 +1,321 @@
+/**
+ * Change tracking for all disks of one VM. Each disk has one open change log collecting
+ * writes and zero or more closed logs waiting to be shipped. `swap()` closes the open logs
+ * of every disk and opens new ones in one synchronous step, so no guest write can fall
+ * between two disks' logs: the closed set is a crash-consistent point of the whole VM.
+ *
+ * Files: <vmDir>/logs/<disk>/<seq>.osrlog, and <vmDir>/tracking.json for the facts that
+ * decide whether the logs can be trusted after a restart.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { OsrError, isOsrError } from '../domain/errors.js';
+import { ChangeLogWriter, diskKeyOf, scanLogFile, RecordType, type LogScan } from './change-log.js';
+import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+
+export interface TrackingState {
+  enabled: boolean;
+  /** false while the agent runs; true only after a clean stop synced logs and images */
+  cleanShutdown: boolean;
+  bootId: string;
+  /** the next log sequence number to open */
+  nextSeq: number;
+  resyncRequired?: { reason: string; at: string } | undefined;
+  /** what each closed, not yet shipped set of logs is as a recovery point */
+  pointMeta?: Record<string, { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' }>;
+}
+
+export interface ClosedLog {
+  seq: number;
+  file: string;
+  bytes: number;
+  closedMs: number;
+}
+
+export function currentBootId(): string {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+const pad = (n: number) => String(n).padStart(12, '0');
+
+/** Redoes the last record of a recovered log onto the image: the crash may have hit between the two. */
+function redoLastRecord(scan: LogScan, logFile: string, imageFd: number): void {
+  const last = scan.records.at(-1);
+  if (!last) return;
+  if (last.type === RecordType.Write) {
+    const fd = fs.openSync(logFile, 'r');
+    try {
+      const data = Buffer.allocUnsafe(last.length);
+      fs.readSync(fd, data, 0, last.length, last.dataPos);
+      fs.writeSync(imageFd, data, 0, data.length, last.offset);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } else if (last.type === RecordType.Zero) {
+    writeZeroes(imageFd, last.offset, last.length);
+  }
+}
+
+function writeZeroes(fd: number, offset: number, length: number): void {
+  const z = Buffer.alloc(Math.min(length, 1 << 20));
+  for (let done = 0; done < length; done += z.length) {
+    fs.writeSync(fd, z, 0, Math.min(z.length, length - done), offset + done);
+  }
+}
+
+export class DiskLogs {
+  active: ChangeLogWriter | undefined;
+  readonly dir: string;
+  constructor(readonly vmDir: string, readonly diskId: string, readonly diskName: string) {
+    this.dir = path.join(vmDir, 'logs', diskName);
+  }
+
+  fileFor(seq: number): string {
+    return path.join(this.dir, `${pad(seq)}.osrlog`);
+  }
+
+  listFiles(): { seq: number; file: string }[] {
+    if (!fs.existsSync(this.dir)) return [];
+    return fs
+      .readdirSync(this.dir)
+      .filter((f) => f.endsWith('.osrlog'))
+      .map((f) => ({ seq: Number(f.slice(0, -'.osrlog'.length)), file: path.join(this.dir, f) }))
+      .sort((a, b) => a.seq - b.seq);
+  }
+
+  open(seq: number, nowMs: number): void {
+    fs.mkdirSync(this.dir, { recursive: true });
+    this.active = ChangeLogWriter.create(this.fileFor(seq), { seq, createdMs: nowMs, diskKey: diskKeyOf(this.diskId) });
+  }
+}
+
+export class VmChangeTracker {
+  private state: TrackingState;
+  private readonly stateFile: string;
+  readonly disks: DiskLogs[];
+
+  constructor(
+    readonly vmDir: string,
+    disks: { id: string; name: string }[],
+    private readonly now: () => number,
+  ) {
+    this.stateFile = path.join(vmDir, 'tracking.json');
+    this.disks = disks.map((d) => new DiskLogs(vmDir, d.id, d.name));
+    this.state = readJson<TrackingState>(this.stateFile) ?? {
+      enabled: false,
+      cleanShutdown: true,
+      bootId: currentBootId(),
+      nextSeq: 1,
+    };
+  }
+
+  get enabled(): boolean {
+    return this.state.enabled;
+  }
+  get resyncRequired(): TrackingState['resyncRequired'] {
+    return this.state.resyncRequired;
+  }
+  get activeSeq(): number {
+    return this.state.nextSeq - 1;
+  }
+
+  private save(): void {
+    writeJsonDurable(this.stateFile, this.state);
+  }
+
+  markResyncRequired(reason: string): void {
+    this.state.resyncRequired = { reason, at: new Date(this.now()).toISOString() };
+    this.save();
+  }
+
+  /**
+   * Called at agent start, before any guest I/O. Decides whether the logs can be trusted:
+   * after a clean stop, yes; after a crash of the agent on the same boot, the page cache
+   * survived, so the logs hold everything the images hold once torn tails are cut and the
+   * last record is redone; after a host crash (new boot id) writes may be lost from either
+   * file in any order, so the disk is marked resync required.
+   */
+  recover(imageFds: number[]): { recovered: boolean; tornBytes: number } {
+    let tornBytes = 0;
+    if (!this.state.enabled) return { recovered: false, tornBytes };
+    const unclean = !this.state.cleanShutdown;
+    if (unclean && this.state.bootId !== currentBootId() && !this.state.resyncRequired) {
+      this.state.resyncRequired = { reason: 'the host restarted without a clean agent stop; change logs may have lost writes', at: new Date(this.now()).toISOString() };
+    }
+    const activeSeq = this.state.nextSeq - 1;
+    // pass 1: verify every log; cut torn tails; redo the newest log's last record
+    const open: { disk: DiskLogs; seq: number; writer: ChangeLogWriter }[] = [];
+    let swapCutShort = false;
+    this.disks.forEach((d, i) => {
+      for (const { seq, file } of d.listFiles()) {
+        if (seq > activeSeq) {
+          // created by a swap that never recorded its sequence number: no write reached it
+          fs.rmSync(file);
+          continue;
+        }
+        let scan: LogScan;
+        try {
+          scan = scanLogFile(file);
+        } catch (e) {
+          if (isOsrError(e) && e.code === 'CHANGE_LOG_CORRUPT') {
+            this.markResyncRequired(`change log ${path.basename(file)} of disk ${d.diskName} failed verification: ${e.message}`);
+            continue;
+          }
+          throw e;
+        }
+        tornBytes += scan.tornBytes;
+        if (scan.close) {
+          if (seq === activeSeq) swapCutShort = true;
+          continue;
+        }
+        // only the newest log can have a write that reached the log but not the image
+        if (unclean && seq === activeSeq) redoLastRecord(scan, file, imageFds[i]);
+        open.push({ disk: d, seq, writer: ChangeLogWriter.reopen(file, scan) });
+      }
+    });
+    // pass 2: a swap cut short by the crash is finished (no guest write ran inside it);
+    // older logs left open are sealed; the newest becomes the active log again
+    for (const { disk, seq, writer } of open) {
+      if (seq === activeSeq && !swapCutShort) {
+        disk.active = writer;
+      } else {
+        writer.close(this.now());
+        writer.syncSync();
+        writer.closeFile();
+      }
+    }
+    if (swapCutShort) this.state.nextSeq = activeSeq + 2;
+    if (!this.state.resyncRequired) {
+      for (const d of this.disks) if (!d.active) d.open(this.state.nextSeq - 1, this.now());
+    }
+    this.state.cleanShutdown = false;
+    this.state.bootId = currentBootId();
+    this.save();
+    return { recovered: unclean, tornBytes };
+  }
+
+  /** Start tracking: opens log 1 (or the next) on every disk. The instant this returns is the snapshot point. */
+  start(): number {
+    if (this.state.enabled) return this.activeSeq;
+    const seq = this.state.nextSeq;
+    this.state = { ...this.state, enabled: true, cleanShutdown: false, nextSeq: seq + 1, resyncRequired: undefined };
+    for (const d of this.disks) {
+      for (const { file } of d.listFiles()) fs.rmSync(file);
+      d.open(seq, this.now());
+    }
+    this.save();
+    for (const d of this.disks) fsyncDir(d.dir);
+    return seq;
+  }
+
+  /** Stop tracking and delete every log (replication removed). */
+  stop(): void {
+    for (const d of this.disks) {
+      d.active?.closeFile();
+      d.active = undefined;
+      fs.rmSync(d.dir, { recursive: true, force: true });
+    }
+    this.state = { ...this.state, enabled: false };
+    this.save();
+  }
+
+  appendWrite(diskIndex: number, offset: number, data: Buffer): void {
+    this.disks[diskIndex].active?.appendWrite(offset, data);
+  }
+  appendZero(diskIndex: number, offset: number, length: number): void {
+    this.disks[diskIndex].active?.appendZero(offset, length);
+  }
+
+  /**
+   * Close every disk's open log and open the next, in one synchronous step (no guest
+   * write can run in between). Returns the sequence number of the closed set.
+   */
+  swap(consistency: 'crash-consistent' | 'app-consistent' = 'crash-consistent'): number {
+    if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
+    const closedSeq = this.state.nextSeq - 1;
+    const nextSeq = closedSeq + 1;
+    const nowMs = this.now();
+    const old = this.disks.map((d) => d.active);
+    // open the new logs first: a crash before the state file records nextSeq leaves them
+    // empty and recovery removes them
+    for (const d of this.disks) d.open(nextSeq, nowMs);
+    for (const w of old) w?.close(nowMs);
+    this.state.nextSeq = nextSeq + 1;
+    this.state.pointMeta = { ...this.state.pointMeta, [closedSeq]: { timeMs: nowMs, consistency } };
+    this.save();
+    for (const w of old) {
+      if (!w) continue;
+      w.syncSync();
+      w.closeFile();
+    }
+    return closedSeq;
+  }
+
+  /** Closed logs waiting to be shipped, by sequence number, one entry per disk. */
+  closedLogs(afterSeq: number): Map<number, ClosedLog[]> {
+    const out = new Map<number, ClosedLog[]>();
+    const activeSeq = this.activeSeq;
+    for (const d of this.disks) {
+      for (const { seq, file } of d.listFiles()) {
+        if (seq <= afterSeq || seq >= activeSeq) continue;
+        const st = fs.statSync(file);
+        const list = out.get(seq) ?? [];
+        list.push({ seq, file, bytes: st.size, closedMs: st.mtimeMs });
+        out.set(seq, list);
+      }
+    }
+    return out;
+  }
+
+  pointMetaOf(seq: number, fallbackMs: number): { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' } {
+    return this.state.pointMeta?.[seq] ?? { timeMs: fallbackMs, consistency: 'crash-consistent' };
+  }
+
+  /** Delete closed logs up to and including seq: the replica has applied them. */
+  releaseThrough(seq: number): void {
+    for (const d of this.disks) {
+      for (const f of d.listFiles()) if (f.seq <= seq && f.seq < this.activeSeq) fs.rmSync(f.file);
+    }
+    const meta = { ...this.state.pointMeta };
+    let changed = false;
+    for (const k of Object.keys(meta)) {
+      if (Number(k) <= seq) {
+        delete meta[k];
+        changed = true;
+      }
+    }
+    if (changed) {
+      this.state.pointMeta = meta;
+      this.save();
+    }
+  }
+
+  pendingBytes(afterSeq: number): number {
+    let n = 0;
+    for (const d of this.disks) {
+      for (const f of d.listFiles()) if (f.seq > afterSeq && f.seq < this.activeSeq) n += fs.statSync(f.file).size;
+      n += d.active?.bytes ?? 0;
+    }
+    return n;
+  }
+
+  /** Make the open logs durable (before the images: the log must never hold less than the image). */
+  async syncLogs(): Promise<void> {
+    await Promise.all(this.disks.map((d) => d.active?.sync()));
+  }
+
+  /** Record a clean stop: logs synced, images synced by the caller first. */
+  markCleanShutdown(): void {
+    for (const d of this.disks) {
+      d.active?.syncSync();
+      d.active?.closeFile();
+      d.active = undefined;
+    }
+    this.state.cleanShutdown = true;
+    this.save();
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * A lab virtual disk: a raw sparse image file served to the guest (over NBD) with every
+ * write passing through change tracking. Order on the write path: change-log append, then
+ * image write, both synchronous, so a swap of the logs (also synchronous) never splits a
+ * write; on FLUSH or FUA the log is made durable before the image.
+ */
+import fs from 'node:fs';
+import { OsrError } from '../domain/errors.js';
+import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
+import type { VmChangeTracker } from './change-tracker.js';
+import { dataRanges, punchHole, writeZeroRange } from './sparse.js';
+
+export const MAX_DISK_BYTES = 4 * 1024 ** 4;
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+}
+
+export class LabDisk implements BlockDevice {
+  readonly readOnly = false;
+  private fd: number;
+
+  constructor(
+    readonly id: string,
+    readonly name: string,
+    readonly imagePath: string,
+    readonly size: number,
+    private readonly tracker: VmChangeTracker | undefined,
+    private readonly index: number,
+  ) {
+    this.fd = fs.openSync(imagePath, 'r+');
+  }
+
+  /** Create the image file (sparse) if it does not exist. */
+  static createImage(imagePath: string, size: number): void {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
+      throw new OsrError('INVALID_ARGUMENT', `disk size ${size} must be a positive multiple of 512 bytes`);
+    }
+    if (size > MAX_DISK_BYTES) throw new OsrError('DISK_TOO_LARGE', `disk size ${size} exceeds 4 TiB`);
+    const fd = fs.openSync(imagePath, 'wx', 0o600);
+    try {
+      fs.ftruncateSync(fd, size);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  get imageFd(): number {
+    return this.fd;
+  }
+
+  private check(offset: number, length: number): void {
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new OsrError('INVALID_ARGUMENT', `range ${offset}+${length} is outside disk ${this.name} (${this.size} bytes)`);
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.check(offset, length);
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(this.fd, buf, done, length - done, offset + done);
+      if (n === 0) {
+        buf.fill(0, done);
+        break;
+      }
+      done += n;
+    }
+    return buf;
+  }
+
+  async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    this.check(offset, data.length);
+    this.tracker?.appendWrite(this.index, offset, data);
+    let done = 0;
+    while (done < data.length) done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
+    if (opts.fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, opts: WriteOptions & { mayTrim: boolean }): Promise<void> {
+    this.check(offset, length);
+    this.tracker?.appendZero(this.index, offset, length);
+    if (opts.mayTrim) punchHole(this.fd, offset, length);
+    else writeZeroRange(this.fd, offset, length);
+    if (opts.fua) await this.flush();
+  }
+
+  async trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    // a trimmed range reads back as zeroes here, and the replica is told the same
+    await this.writeZeroes(offset, length, { ...opts, mayTrim: true });
+  }
+
+  async flush(): Promise<void> {
+    await this.tracker?.syncLogs();
+    await fdatasync(this.fd);
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.check(offset, length);
+    const end = offset + length;
+    const out: Extent[] = [];
+    let pos = offset;
+    for (const r of dataRanges(this.fd, offset, end)) {
+      if (r.offset > pos) out.push({ offset: pos, length: r.offset - pos, hole: true, zero: true });
+      out.push({ offset: r.offset, length: r.length, hole: false, zero: false });
+      pos = r.offset + r.length;
+      if (out.length >= 1024) return out;
+    }
+    if (pos < end) out.push({ offset: pos, length: end - pos, hole: true, zero: true });
+    return out;
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * The lab fabric's host: lab VMs whose disks are raw sparse images in a storage location
+ * of the host. A running VM's disks are served over NBD (the NBD client is the guest).
+ *
+ *   <data>/vms/<vm>/vm.json            the VM's spec
+ *   <data>/vms/<vm>/tracking.json      change-tracking facts; logs under <data>/vms/<vm>/logs/
+ *   <storage>/<vm>/<disk>.img          the disk images
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { OsrError } from '../domain/errors.js';
+import { VmChangeTracker } from './change-tracker.js';
+import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
+
+export const MAX_DISKS_PER_VM = 16;
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export interface VmDiskSpec {
+  id: string;
+  name: string;
+  size: number;
+  image: string;
+}
+
+export interface VmSpec {
+  id: string;
+  name: string;
+  disks: VmDiskSpec[];
+  running: boolean;
+  createdAt: string;
+}
+
+export class LabVm {
+  disks: LabDisk[] = [];
+  readonly tracker: VmChangeTracker;
+  constructor(
+    readonly spec: VmSpec,
+    readonly dir: string,
+    now: () => number,
+  ) {
+    this.tracker = new VmChangeTracker(dir, spec.disks, now);
+  }
+
+  get name(): string {
+    return this.spec.name;
+  }
+  get running(): boolean {
+    return this.spec.running;
+  }
+
+  /** Open the images and recover change tracking; must run before any guest I/O. */
+  open(): { recovered: boolean; tornBytes: number } {
+    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i));
+    return this.tracker.recover(this.disks.map((d) => d.imageFd));
+  }
+
+  disk(name: string): LabDisk {
+    const d = this.disks.find((x) => x.name === name);
+    if (!d) throw new OsrError('NOT_FOUND', `VM ${this.name} has no disk ${name}`, { disks: this.disks.map((x) => x.name) });
+    return d;
+  }
+
+  /** Sync images and logs, and record a clean stop. */
+  closeClean(): void {
+    for (const d of this.disks) fs.fdatasyncSync(d.imageFd);
+    if (this.tracker.enabled) this.tracker.markCleanShutdown();
+    for (const d of this.disks) d.close();
+    this.disks = [];
+  }
+}
+
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?$/i.exec(text.trim());
+  if (!m) throw new OsrError('INVALID_ARGUMENT', `size "${text}" is not a size (examples: 512M, 10G, 1T)`);
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+export class LabHost {
+  private readonly vms = new Map<string, LabVm>();
+  readonly vmsDir: string;
+
+  constructor(
+    readonly dataDir: string,
+    readonly storageDir: string,
+    private readonly now: () => number,
+  ) {
+    this.vmsDir = path.join(dataDir, 'vms');
+    fs.mkdirSync(this.vmsDir, { recursive: true });
+    fs.mkdirSync(storageDir, { recursive: true });
+  }
+
+  /** Load every VM and recover its change tracking. */
+  loadAll(): { vm: string; recovered: boolean; tornBytes: number }[] {
+    const out = [];
+    for (const name of fs.readdirSync(this.vmsDir)) {
+      const spec = readJson<VmSpec>(path.join(this.vmsDir, name, 'vm.json'));
+      if (!spec) continue;
+      const vm = new LabVm(spec, path.join(this.vmsDir, name), this.now);
+      const r = vm.open();
+      this.vms.set(name, vm);
+      out.push({ vm: name, ...r });
+    }
+    return out;
+  }
+
+  createVm(name: string, diskSizes: number[]): LabVm {
+    if (!NAME_RE.test(name)) throw new OsrError('INVALID_ARGUMENT', `VM name "${name}" must be 1-63 letters, digits, '.', '_' or '-'`);
+    if (this.vms.has(name)) throw new OsrError('ALREADY_EXISTS', `VM ${name} already exists on this host`);
+    if (diskSizes.length < 1 || diskSizes.length > MAX_DISKS_PER_VM) {
+      throw new OsrError('DISK_COUNT_LIMIT', `VM ${name} asks for ${diskSizes.length} disks; a lab VM has 1 to ${MAX_DISKS_PER_VM}`);
+    }
+    for (const s of diskSizes) {
+      if (s > MAX_DISK_BYTES) throw new OsrError('DISK_TOO_LARGE', `a disk of ${s} bytes exceeds 4 TiB`);
+    }
+    const dir = path.join(this.vmsDir, name);
+    const storage = path.join(this.storageDir, name);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.mkdirSync(storage, { recursive: true });
+    const disks: VmDiskSpec[] = diskSizes.map((size, i) => ({
+      id: crypto.randomUUID(),
+      name: `disk${i}`,
+      size,
+      image: path.join(storage, `disk${i}.img`),
+    }));
+    for (const d of disks) LabDisk.createImage(d.image, d.size);
+    fsyncDir(storage);
+    const spec: VmSpec = { id: crypto.randomUUID(), name, disks, running: false, createdAt: new Date(this.now()).toISOString() };
+    writeJsonDurable(path.join(dir, 'vm.json'), spec);
+    const vm = new LabVm(spec, dir, this.now);
+    vm.open();
+    this.vms.set(name, vm);
+    return vm;
+  }
+
+  get(name: string): LabVm {
+    const vm = this.vms.get(name);
+    if (!vm) throw new OsrError('VM_NOT_FOUND', `VM ${name} does not exist on this host`, { vms: [...this.vms.keys()] });
+    return vm;
+  }
+
+  has(name: string): boolean {
+    return this.vms.has(name);
+  }
+
+  list(): LabVm[] {
+    return [...this.vms.values()];
+  }
+
+  setRunning(name: string, running: boolean): LabVm {
+    const vm = this.get(name);
+    vm.spec.running = running;
+    writeJsonDurable(path.join(vm.dir, 'vm.json'), vm.spec);
+    return vm;
+  }
+
+  closeAll(): void {
+    for (const vm of this.vms.values()) vm.closeClean();
+    this.vms.clear();
+  }
+}

@@ -1,0 +1,181 @@
+/**
+ * The agent's local API: plain HTTP on loopback, JSON in and out, errors as
+ * {code, message, details}. The `osr` CLI talks to it; reference in docs/agent-api.md.
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import type { Agent } from './agent.js';
+import { parseSize } from './lab-host.js';
+import type { ReplicaStore } from './replica-store.js';
+
+export function httpStatusOf(code: ErrorCode): number {
+  switch (code) {
+    case 'NOT_FOUND':
+    case 'VM_NOT_FOUND':
+    case 'POINT_NOT_FOUND':
+      return 404;
+    case 'ALREADY_EXISTS':
+    case 'INVALID_STATE':
+    case 'OVERLAY_IN_USE':
+      return 409;
+    case 'AUTH_FAILED':
+      return 403;
+    default:
+      return ERROR_CODES[code].class === 'usage' ? 400 : 500;
+  }
+}
+
+export function parseDuration(text: string | number): number {
+  if (typeof text === 'number') return text * 1000;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new OsrError('INVALID_ARGUMENT', `duration "${text}" is not a duration (examples: 500ms, 30s, 5m, 1h)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+function replicaSummary(agent: Agent, s: ReplicaStore) {
+  return {
+    vmId: s.vmId,
+    vm: s.vmName,
+    disks: s.disks,
+    initialDone: s.initialDone,
+    committed: s.isCommitted,
+    points: s.points().length,
+    latestPoint: s.latestPoint() ?? null,
+    overlays: s.listOverlays().map((o) => overlaySummary(agent, s, o.id)),
+  };
+}
+
+function overlaySummary(agent: Agent, s: ReplicaStore, id: string) {
+  const o = s.getOverlay(id);
+  return {
+    id: o.id,
+    point: o.pointSeq,
+    disks: o.disks.map((d) => ({ name: d.name, size: d.size, nbd: agent.nbdUris(`replica/${s.vmName}/${o.id}/${d.name}`) })),
+  };
+}
+
+export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } } });
+
+  app.setErrorHandler((err, _req, reply) => {
+    const e = (err as { validation?: unknown }).validation ? new OsrError('INVALID_ARGUMENT', (err as Error).message) : toOsrError(err);
+    void reply.status(httpStatusOf(e.code)).send({ code: e.code, message: e.message, details: e.details, hint: ERROR_CODES[e.code].fix });
+  });
+
+  app.get('/v1/status', async () => ({
+    name: agent.config.name,
+    endpoints: agent.endpoints,
+    vms: agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracker.enabled, resyncRequired: vm.tracker.resyncRequired ?? null })),
+    replications: [...agent.replications.values()].map((r) => r.health()),
+    replicas: agent.replicas.list().map((s) => replicaSummary(agent, s)),
+  }));
+
+  // ---- lab VMs
+  app.get('/v1/vms', async () => agent.host.list().map((vm) => vm.spec));
+
+  app.post<{ Body: { name: string; disks: (string | number)[] } }>(
+    '/v1/vms',
+    { schema: { body: { type: 'object', required: ['name', 'disks'], properties: { name: { type: 'string' }, disks: { type: 'array', items: { type: ['string', 'number'] } } } } } },
+    async (req, reply) => {
+      const sizes = req.body.disks.map((d) => (typeof d === 'number' ? d : parseSize(d)));
+      const vm = agent.host.createVm(req.body.name, sizes);
+      return reply.status(201).send(vm.spec);
+    },
+  );
+
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/start', async (req) => agent.host.setRunning(req.params.name, true).spec);
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', async (req) => {
+    const vm = agent.host.get(req.params.name);
+    for (const d of vm.disks) await d.flush();
+    return agent.host.setRunning(req.params.name, false).spec;
+  });
+
+  app.get<{ Params: { name: string } }>('/v1/vms/:name/disks', async (req) => {
+    const vm = agent.host.get(req.params.name);
+    return vm.spec.disks.map((d) => ({ name: d.name, size: d.size, image: d.image, running: vm.running, nbd: agent.nbdUris(`${vm.name}/${d.name}`) }));
+  });
+
+  // ---- replications (primary role)
+  app.get('/v1/replications', async () => [...agent.replications.values()].map((r) => r.health()));
+
+  app.post<{
+    Body: {
+      vm: string;
+      peer: string;
+      servername?: string;
+      copyFrequency?: string | number;
+      retentionHours?: number;
+      maxPoints?: number;
+      compression?: boolean;
+      startAt?: string;
+      appConsistentFrequency?: string | number;
+      quiesceHook?: string;
+      epoch?: number;
+    };
+  }>(
+    '/v1/replications',
+    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' } } } } },
+    async (req, reply) => {
+      const b = req.body;
+      const m = /^(.+):(\d+)$/.exec(b.peer);
+      const peer = m ? { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) } : { host: b.peer, port: 8084 };
+      if (b.startAt !== undefined && Number.isNaN(Date.parse(b.startAt))) throw new OsrError('INVALID_ARGUMENT', `startAt "${b.startAt}" is not an ISO date-time`);
+      const copyFrequencyMs = parseDuration(b.copyFrequency ?? '5m');
+      if (copyFrequencyMs < 100) throw new OsrError('INVALID_ARGUMENT', 'copy frequency must be at least 100 ms');
+      const spec = agent.enableReplication({
+        vm: b.vm,
+        peer: { ...peer, servername: b.servername },
+        copyFrequencyMs,
+        retention: { hours: b.retentionHours ?? 24, maxPoints: b.maxPoints ?? 24 },
+        compression: b.compression ?? false,
+        startAt: b.startAt,
+        appConsistentEveryMs: b.appConsistentFrequency !== undefined ? parseDuration(b.appConsistentFrequency) : 0,
+        quiesceHook: b.quiesceHook,
+        epoch: b.epoch,
+      });
+      return reply.status(201).send(spec);
+    },
+  );
+
+  app.get<{ Params: { id: string } }>('/v1/replications/:id', async (req) => agent.getReplication(req.params.id).health());
+  app.post<{ Params: { id: string } }>('/v1/replications/:id/cycle', async (req, reply) => {
+    agent.getReplication(req.params.id).triggerCycle();
+    return reply.status(202).send({ accepted: true });
+  });
+  app.delete<{ Params: { id: string } }>('/v1/replications/:id', async (req, reply) => {
+    await agent.disableReplication(req.params.id);
+    return reply.status(204).send();
+  });
+
+  // ---- replicas (replica role)
+  app.get('/v1/replicas', async () => agent.replicas.list().map((s) => replicaSummary(agent, s)));
+  app.get<{ Params: { vm: string } }>('/v1/replicas/:vm', async (req) => replicaSummary(agent, agent.replicas.get(req.params.vm)));
+  app.get<{ Params: { vm: string } }>('/v1/replicas/:vm/points', async (req) =>
+    agent.replicas
+      .get(req.params.vm)
+      .points()
+      .map((p) => ({ ...p, time: new Date(p.timeMs).toISOString() })),
+  );
+  app.post<{ Params: { vm: string }; Body: { point?: number } | undefined }>('/v1/replicas/:vm/overlays', async (req, reply) => {
+    const s = agent.replicas.get(req.params.vm);
+    const t0 = performance.now();
+    const o = s.openOverlay(req.body?.point);
+    const openMs = performance.now() - t0;
+    return reply.status(201).send({ ...overlaySummary(agent, s, o.id), openMs: Math.round(openMs * 1000) / 1000 });
+  });
+  app.get<{ Params: { vm: string } }>('/v1/replicas/:vm/overlays', async (req) => {
+    const s = agent.replicas.get(req.params.vm);
+    return s.listOverlays().map((o) => overlaySummary(agent, s, o.id));
+  });
+  app.post<{ Params: { vm: string; id: string } }>('/v1/replicas/:vm/overlays/:id/commit', async (req) => {
+    const s = agent.replicas.get(req.params.vm);
+    return { committed: await s.commitOverlay(req.params.id), disks: s.disks.map((d) => ({ name: d.name, image: s.imagePath(d.name) })) };
+  });
+  app.delete<{ Params: { vm: string; id: string } }>('/v1/replicas/:vm/overlays/:id', async (req, reply) => {
+    agent.replicas.get(req.params.vm).discardOverlay(req.params.id);
+    return reply.status(204).send();
+  });
+
+  return app;
+}

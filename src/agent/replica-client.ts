@@ -1,0 +1,140 @@
+/**
+ * The primary end's connection to a replica agent: mutual TLS 1.3, the versioned hello,
+ * then requests (matched to replies by id), notices and DATA frames in one ordered stream.
+ */
+import tls from 'node:tls';
+import { OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { classifyTlsError, clientTlsOptions, type TlsMaterial } from '../pki/index.js';
+import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from './wire.js';
+
+export interface PeerAddress {
+  host: string;
+  port: number;
+  servername?: string | undefined;
+}
+
+export class ReplicaClient {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: OsrError) => void }>();
+  private failure: OsrError | undefined;
+  private readonly writer: FrameWriter;
+  private welcome: ((m: ControlMessage) => void) | undefined;
+  wireBytesSent = 0;
+
+  private constructor(
+    private readonly socket: tls.TLSSocket,
+    readonly useZstd: boolean,
+  ) {
+    this.writer = new FrameWriter(socket);
+    new FrameReader(
+      socket,
+      (m) => this.onControl(m),
+      () => {
+        throw new OsrError('PROTOCOL_ERROR', 'replica sent a DATA frame');
+      },
+      (e) => this.fail(e),
+    );
+    socket.on('error', (e) => this.fail(classifyTlsError(e, 'client')));
+    socket.on('close', () => this.fail(new OsrError('NETWORK_ERROR', 'connection to the replica agent closed')));
+  }
+
+  /** Connect, verify the replica's certificate against the CA, and agree on a protocol version. */
+  static async connect(peer: PeerAddress, material: TlsMaterial, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
+    const socket = tls.connect({ ...clientTlsOptions(material, { servername: peer.servername ?? 'localhost' }), host: peer.host, port: peer.port });
+    socket.setNoDelay(true);
+    const client = new ReplicaClient(socket, useZstd);
+    const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica agent at ${peer.host}:${peer.port} within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('secureConnect', () => resolve());
+        socket.once('error', (e) => reject(classifyTlsError(e, 'client')));
+        socket.once('close', () => reject(client.failure ?? new OsrError('NETWORK_ERROR', `connection to ${peer.host}:${peer.port} closed during the handshake`)));
+      });
+      const welcome = new Promise<ControlMessage>((resolve, reject) => {
+        client.welcome = resolve;
+        client.waiting.set(0, { resolve: () => undefined, reject });
+      });
+      await client.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: useZstd ? ['zstd'] : [] });
+      const w = await welcome;
+      client.waiting.delete(0);
+      if (!(PROTOCOL_VERSIONS as readonly number[]).includes(Number(w.version))) {
+        throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `replica chose protocol version ${String(w.version)}`);
+      }
+      return client;
+    } catch (e) {
+      socket.destroy();
+      throw toOsrError(e, 'NETWORK_ERROR');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private onControl(m: ControlMessage): void {
+    if (m.type === 'welcome' && this.welcome) {
+      const w = this.welcome;
+      this.welcome = undefined;
+      w(m);
+      return;
+    }
+    if (m.type === 'error') {
+      this.fail(new OsrError((m.code as ErrorCode) ?? 'PROTOCOL_ERROR', `replica agent: ${String(m.message)}`));
+      return;
+    }
+    if (m.type === 'reply') {
+      const w = this.waiting.get(Number(m.id));
+      if (!w) return;
+      this.waiting.delete(Number(m.id));
+      if (m.ok) w.resolve(m.result);
+      else {
+        const err = m.error as { code: ErrorCode; message: string; details?: Record<string, unknown> };
+        w.reject(new OsrError(err.code, `replica agent: ${err.message}`, err.details));
+      }
+    }
+  }
+
+  private fail(e: OsrError): void {
+    if (!this.failure) this.failure = e;
+    for (const w of this.waiting.values()) w.reject(this.failure);
+    this.waiting.clear();
+    if (!this.socket.destroyed) this.socket.destroy();
+  }
+
+  get closed(): boolean {
+    return this.failure !== undefined;
+  }
+
+  /** Send a request; resolves with the reply. Requests are answered in order. */
+  async request<T>(op: string, args: Record<string, unknown> = {}): Promise<T> {
+    if (this.failure) throw this.failure;
+    const id = this.nextId++;
+    const reply = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    await this.writer.sendControl({ type: 'request', id, op, args });
+    return (await reply) as T;
+  }
+
+  /** Send a request without waiting for its reply; resolves once sent, with the reply to await later. */
+  async requestLater<T>(op: string, args: Record<string, unknown> = {}): Promise<{ reply: Promise<T> }> {
+    if (this.failure) throw this.failure;
+    const id = this.nextId++;
+    const reply = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    reply.catch(() => undefined);
+    await this.writer.sendControl({ type: 'request', id, op, args });
+    return { reply: reply as Promise<T> };
+  }
+
+  async notice(msg: ControlMessage): Promise<void> {
+    if (this.failure) throw this.failure;
+    await this.writer.sendControl(msg);
+  }
+
+  async sendData(offset: number, data: Buffer): Promise<number> {
+    if (this.failure) throw this.failure;
+    const n = await this.writer.sendData(offset, data, this.useZstd);
+    this.wireBytesSent += n;
+    return n;
+  }
+
+  close(): void {
+    this.fail(new OsrError('NETWORK_ERROR', 'connection closed by this agent'));
+  }
+}

@@ -1,0 +1,914 @@
+/**
+ * The replica store: the replica side of one replicated VM.
+ *
+ *   <root>/manifest.json            the durable truth: points, initial-copy progress, the
+ *                                   delta being applied, a commit in progress
+ *   <root>/disks/<disk>.img         each disk at the latest recovery point
+ *   <root>/undo/<seq>/<disk>.undo   bytes that turn point <seq> back into the point before it
+ *   <root>/incoming/<seq>/<disk>.osrlog   a received delta (closed change logs) until applied
+ *   <root>/overlays/<id>/           copy-on-write overlays opened on a point
+ *
+ * The latest point is read straight from the images; an older point is the images
+ * overlaid with the undo files of every later point. Applying a delta (algorithm in
+ * `applyDelta`) writes the undo file and makes it durable before touching an image, so a
+ * crash at any moment leaves every listed point intact. Invariants: docs/design/replica-store.md.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { OsrError } from '../domain/errors.js';
+import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
+import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
+import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { ExtentMap } from './extent-map.js';
+import { punchHole, writeZeroRange } from './sparse.js';
+import { closeUndoFile, openUndoFile, readFully, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
+
+export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
+export type Consistency = (typeof Consistency)[keyof typeof Consistency];
+
+export interface ReplicaDiskSpec {
+  id: string;
+  name: string;
+  size: number;
+}
+
+export interface RecoveryPoint {
+  seq: number;
+  timeMs: number;
+  consistency: Consistency;
+  /** bytes of guest data the delta carried */
+  deltaBytes: number;
+}
+
+export interface RetentionSpec {
+  /** keep points this many hours (0 keeps only the latest); at most 24 */
+  hours: number;
+  /** and at most this many points */
+  maxPoints: number;
+}
+
+interface Manifest {
+  version: 1;
+  vmId: string;
+  vmName?: string | undefined;
+  disks: ReplicaDiskSpec[];
+  initial: { done: boolean; copied: Record<string, number>; finishedDisks: string[] };
+  points: RecoveryPoint[];
+  applying?: { point: RecoveryPoint; stage: 'received' | 'undo-written' } | undefined;
+  commit?: { overlayId: string; pointSeq: number } | undefined;
+  committed?: boolean;
+  retention: RetentionSpec;
+  epoch: number;
+}
+
+export interface DeltaDiskFile {
+  diskName: string;
+  file: string;
+}
+
+/** An undo file as one layer of a point view */
+interface Layer {
+  fd: number;
+}
+
+/** One undo directory per point (except the oldest), opened. */
+interface PointUndo {
+  seq: number;
+  files: Map<string, UndoFile>;
+}
+
+const pad = (n: number) => String(n).padStart(12, '0');
+
+function fdatasyncAsync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+}
+
+function writeFully(fd: number, buf: Buffer, pos: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done);
+}
+
+/** Coalesce a delta's records: for every byte the last record wins. */
+function coalesce(records: LogRecord[]): ExtentMap<'data' | 'zero'> {
+  const m = new ExtentMap<'data' | 'zero'>();
+  for (const r of records) {
+    if (r.type === RecordType.Write) m.set(r.offset, r.offset + r.length, 'data', r.dataPos);
+    else if (r.type === RecordType.Zero) m.set(r.offset, r.offset + r.length, 'zero', 0);
+  }
+  return m;
+}
+
+export class ReplicaStore {
+  private manifest: Manifest;
+  private readonly images = new Map<string, number>();
+  private readonly undos: PointUndo[] = [];
+  private readonly views = new Set<PointView>();
+  private readonly overlays = new Map<string, Overlay>();
+  private busy = false;
+
+  private constructor(
+    readonly root: string,
+    manifest: Manifest,
+    private readonly now: () => number,
+  ) {
+    this.manifest = manifest;
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------
+
+  /** Create a store for a VM, or open the existing one and finish any interrupted step. */
+  static async open(root: string, spec: { vmId: string; vmName?: string; disks: ReplicaDiskSpec[]; retention?: RetentionSpec }, now: () => number = Date.now): Promise<ReplicaStore> {
+    fs.mkdirSync(path.join(root, 'disks'), { recursive: true });
+    const file = path.join(root, 'manifest.json');
+    let manifest = readJson<Manifest>(file);
+    if (!manifest) {
+      manifest = {
+        version: 1,
+        vmId: spec.vmId,
+        vmName: spec.vmName,
+        disks: spec.disks,
+        initial: { done: false, copied: {}, finishedDisks: [] },
+        points: [],
+        retention: spec.retention ?? { hours: 24, maxPoints: 24 },
+        epoch: 0,
+      };
+      for (const d of spec.disks) {
+        const img = path.join(root, 'disks', `${d.name}.img`);
+        const fd = fs.openSync(img, 'w', 0o600);
+        fs.ftruncateSync(fd, d.size);
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+      }
+      fsyncDir(path.join(root, 'disks'));
+      writeJsonDurable(file, manifest);
+    } else if (manifest.version !== 1) {
+      throw new OsrError('REPLICA_STORE_CORRUPT', `${file}: manifest version ${String(manifest.version)} is not supported`);
+    } else if (manifest.vmId !== spec.vmId) {
+      throw new OsrError('INVALID_STATE', `${root} holds the replica of ${manifest.vmId}, not ${spec.vmId}`);
+    }
+    if (spec.retention) manifest.retention = spec.retention;
+    const store = new ReplicaStore(root, manifest, now);
+    await store.load();
+    return store;
+  }
+
+  private async load(): Promise<void> {
+    for (const d of this.manifest.disks) {
+      this.images.set(d.name, fs.openSync(this.imagePath(d.name), 'r+'));
+    }
+    for (const p of this.manifest.points.slice(1)) this.undos.push(this.loadUndo(p.seq));
+    await this.recoverApplying();
+    await this.recoverCommit();
+    this.removeStrays();
+    for (const id of this.listOverlayIds()) this.overlays.set(id, Overlay.reopen(this, id));
+  }
+
+  private loadUndo(seq: number): PointUndo {
+    const files = new Map<string, UndoFile>();
+    for (const d of this.manifest.disks) files.set(d.name, openUndoFile(this.undoPath(seq, d.name)));
+    return { seq, files };
+  }
+
+  /** Delete files no manifest entry refers to (left by a crash between two steps). */
+  private removeStrays(): void {
+    const keepUndo = new Set(this.undos.map((u) => pad(u.seq)));
+    if (this.manifest.applying?.stage === 'undo-written') keepUndo.add(pad(this.manifest.applying.point.seq));
+    const undoDir = path.join(this.root, 'undo');
+    if (fs.existsSync(undoDir)) {
+      for (const f of fs.readdirSync(undoDir)) if (!keepUndo.has(f)) fs.rmSync(path.join(undoDir, f), { recursive: true, force: true });
+    }
+    const incoming = path.join(this.root, 'incoming');
+    if (fs.existsSync(incoming)) {
+      const keep = this.manifest.applying ? pad(this.manifest.applying.point.seq) : '';
+      for (const f of fs.readdirSync(incoming)) if (f !== keep) fs.rmSync(path.join(incoming, f), { recursive: true, force: true });
+    }
+  }
+
+  close(): void {
+    for (const o of this.overlays.values()) o.closeFiles();
+    this.overlays.clear();
+    for (const u of this.undos) for (const f of u.files.values()) closeUndoFile(f);
+    this.undos.length = 0;
+    for (const fd of this.images.values()) fs.closeSync(fd);
+    this.images.clear();
+  }
+
+  // ---- paths and facts ---------------------------------------------------------------
+
+  imagePath(disk: string): string {
+    return path.join(this.root, 'disks', `${disk}.img`);
+  }
+  undoPath(seq: number, disk: string): string {
+    return path.join(this.root, 'undo', pad(seq), `${disk}.undo`);
+  }
+  incomingDir(seq: number): string {
+    return path.join(this.root, 'incoming', pad(seq));
+  }
+  overlayDir(id: string): string {
+    return path.join(this.root, 'overlays', id);
+  }
+
+  get vmId(): string {
+    return this.manifest.vmId;
+  }
+  get vmName(): string {
+    return this.manifest.vmName ?? this.manifest.vmId;
+  }
+  get disks(): readonly ReplicaDiskSpec[] {
+    return this.manifest.disks;
+  }
+  get epoch(): number {
+    return this.manifest.epoch;
+  }
+  get retention(): RetentionSpec {
+    return this.manifest.retention;
+  }
+  get initialDone(): boolean {
+    return this.manifest.initial.done;
+  }
+  get isCommitted(): boolean {
+    return this.manifest.committed === true;
+  }
+  /** bytes of each disk durably copied by the initial replication */
+  initialProgress(): Record<string, number> {
+    return { ...this.manifest.initial.copied };
+  }
+  finishedInitialDisks(): string[] {
+    return [...this.manifest.initial.finishedDisks];
+  }
+  points(): RecoveryPoint[] {
+    return this.manifest.points.map((p) => ({ ...p }));
+  }
+  latestPoint(): RecoveryPoint | undefined {
+    return this.manifest.points.at(-1);
+  }
+  imageFd(disk: string): number {
+    const fd = this.images.get(disk);
+    if (fd === undefined) throw new OsrError('NOT_FOUND', `replica of ${this.vmId} has no disk ${disk}`);
+    return fd;
+  }
+  diskSpec(disk: string): ReplicaDiskSpec {
+    const d = this.manifest.disks.find((x) => x.name === disk);
+    if (!d) throw new OsrError('NOT_FOUND', `replica of ${this.vmId} has no disk ${disk}`);
+    return d;
+  }
+
+  private save(): void {
+    writeJsonDurable(path.join(this.root, 'manifest.json'), this.manifest);
+  }
+
+  setEpoch(epoch: number): void {
+    if (epoch < this.manifest.epoch) {
+      throw new OsrError('INVALID_STATE', `replication epoch ${epoch} is older than the replica's ${this.manifest.epoch}`);
+    }
+    if (epoch !== this.manifest.epoch) {
+      this.manifest.epoch = epoch;
+      this.save();
+    }
+  }
+
+  setRetention(r: RetentionSpec): void {
+    this.manifest.retention = r;
+    this.save();
+  }
+
+  private assertWritable(): void {
+    if (this.manifest.committed) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} was committed; replication to it has ended`);
+    if (this.busy) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} is busy with another apply or commit`);
+  }
+
+  // ---- initial replication -------------------------------------------------------------
+
+  /**
+   * Start the initial replication over (a new protection of the VM): forget copy progress
+   * and points. The images are overwritten by the copy, holes included.
+   */
+  resetInitial(): void {
+    this.assertWritable();
+    if (this.overlays.size > 0) throw new OsrError('OVERLAY_IN_USE', `close the overlays on ${this.vmId} before replication starts over`);
+    const undos = this.undos.splice(0);
+    this.manifest.initial = { done: false, copied: {}, finishedDisks: [] };
+    this.manifest.points = [];
+    this.manifest.applying = undefined;
+    this.save();
+    for (const u of undos) this.deleteUndo(u);
+  }
+
+  /** Write copied bytes of the initial replication (not yet durable: see checkpointInitial). */
+  writeInitial(disk: string, offset: number, data: Buffer): Promise<void> {
+    if (this.manifest.initial.done) throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} is already complete`);
+    const fd = this.imageFd(disk);
+    return new Promise((resolve, reject) => {
+      const step = (done: number) => {
+        if (done >= data.length) return resolve();
+        fs.write(fd, data, done, data.length - done, offset + done, (e, n) => (e ? reject(e) : step(done + n)));
+      };
+      step(0);
+    });
+  }
+
+  zeroInitial(disk: string, offset: number, length: number): void {
+    punchHole(this.imageFd(disk), offset, length);
+  }
+
+  /** Make everything up to `offset` of the disk durable and remember it for a resume. */
+  async checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void> {
+    await fdatasyncAsync(this.imageFd(disk));
+    this.manifest.initial.copied[disk] = offset;
+    if (finished && !this.manifest.initial.finishedDisks.includes(disk)) this.manifest.initial.finishedDisks.push(disk);
+    this.save();
+  }
+
+  // ---- deltas --------------------------------------------------------------------------
+
+  /**
+   * Apply one received delta (the closed change logs of every disk for one cycle) as a new
+   * recovery point. Idempotent for a point already applied.
+   *  1. Check the chain: seq follows the latest point (or is the first after the copy).
+   *  2. Verify every log (checksums, record chain, close record) and fsync the files.
+   *  3. Record `applying: received` in the manifest.
+   *  4. If an earlier point exists: copy the bytes about to be overwritten into undo files,
+   *     fsync them, record `applying: undo-written`, and add the undo layer to open views.
+   *  5. Write the coalesced delta into the images and fsync them.
+   *  6. Append the point, clear `applying`, delete the incoming files, prune.
+   * A crash before 4 completes redoes from 4 (the images are untouched); after, redoes 5.
+   */
+  async applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
+    const latest = this.latestPoint();
+    if (latest && point.seq <= latest.seq) {
+      if (this.manifest.points.some((p) => p.seq === point.seq) || point.seq < this.manifest.points[0].seq) return 'duplicate';
+    }
+    this.assertWritable();
+    if (!this.manifest.initial.done && this.manifest.initial.finishedDisks.length < this.manifest.disks.length) {
+      throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} has not copied every disk yet`);
+    }
+    if (latest && point.seq !== latest.seq + 1) {
+      throw new OsrError('REPLICA_CHAIN_BROKEN', `delta ${point.seq} does not follow the latest recovery point ${latest.seq} of ${this.vmId}`, { latest: latest.seq, got: point.seq });
+    }
+    const names = new Set(files.map((f) => f.diskName));
+    for (const d of this.manifest.disks) {
+      if (!names.has(d.name)) throw new OsrError('INVALID_ARGUMENT', `delta ${point.seq} has no change log for disk ${d.name}`);
+    }
+    this.busy = true;
+    try {
+      const records = this.verifyDeltaFiles(point.seq, files);
+      for (const f of files) {
+        const fd = fs.openSync(f.file, 'r');
+        fs.fdatasyncSync(fd);
+        fs.closeSync(fd);
+      }
+      fsyncDir(path.dirname(files[0].file));
+      this.manifest.applying = { point, stage: 'received' };
+      this.save();
+      await this.finishApply(files, records);
+      return 'applied';
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private verifyDeltaFiles(seq: number, files: DeltaDiskFile[]): Map<string, LogRecord[]> {
+    const out = new Map<string, LogRecord[]>();
+    for (const f of files) {
+      const disk = this.diskSpec(f.diskName);
+      const scan = scanLogFile(f.file);
+      if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: delta ${seq} of disk ${disk.name} is incomplete`);
+      if (scan.header.seq !== seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${f.file}: change log ${scan.header.seq} arrived as delta ${seq}`);
+      if (!scan.header.diskKey.equals(diskKeyOf(disk.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: change log belongs to another disk than ${disk.name}`);
+      for (const r of scan.records) {
+        if (r.offset + r.length > disk.size) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: record ${r.index} lies outside disk ${disk.name}`);
+      }
+      out.set(f.diskName, scan.records);
+    }
+    return out;
+  }
+
+  private async finishApply(files: DeltaDiskFile[], records: Map<string, LogRecord[]>): Promise<void> {
+    const applying = this.manifest.applying;
+    if (!applying) return;
+    const seq = applying.point.seq;
+    const maps = new Map<string, ExtentMap<'data' | 'zero'>>();
+    for (const [disk, recs] of records) maps.set(disk, coalesce(recs));
+    let undo: PointUndo | undefined;
+    if (applying.stage === 'received' && this.manifest.points.length > 0) {
+      fs.mkdirSync(path.dirname(this.undoPath(seq, 'x')), { recursive: true });
+      const undoFiles = new Map<string, UndoFile>();
+      for (const d of this.manifest.disks) {
+        const imageFd = this.imageFd(d.name);
+        const sources: UndoSource[] = (maps.get(d.name)?.entries() ?? []).map((e) => ({ offset: e.start, length: e.end - e.start, fd: imageFd, pos: e.start }));
+        undoFiles.set(d.name, writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources)));
+      }
+      fsyncDir(path.dirname(this.undoPath(seq, 'x')));
+      applying.stage = 'undo-written';
+      this.save();
+      undo = { seq, files: undoFiles };
+    } else if (applying.stage === 'undo-written') {
+      undo = this.loadUndo(seq);
+    }
+    if (undo) {
+      this.undos.push(undo);
+      // views of older points must see the bytes about to be overwritten through the new undo
+      for (const v of this.views) v.addUndoLayer(undo);
+    }
+    for (const f of files) {
+      const map = maps.get(f.diskName);
+      if (!map) continue;
+      await this.writeDeltaIntoImage(f.diskName, f.file, map);
+    }
+    await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
+    this.manifest.points.push(applying.point);
+    this.manifest.applying = undefined;
+    this.manifest.initial.done = true;
+    this.save();
+    fs.rmSync(this.incomingDir(seq), { recursive: true, force: true });
+    this.prune();
+  }
+
+  private async writeDeltaIntoImage(disk: string, logFile: string, map: ExtentMap<'data' | 'zero'>): Promise<void> {
+    const imageFd = this.imageFd(disk);
+    const logFd = fs.openSync(logFile, 'r');
+    try {
+      const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+      for (const e of map.entries()) {
+        const length = e.end - e.start;
+        if (e.value === 'zero') {
+          writeZeroRange(imageFd, e.start, length);
+          continue;
+        }
+        for (let done = 0; done < length; done += buf.length) {
+          const part = buf.subarray(0, Math.min(buf.length, length - done));
+          readFully(logFd, part, e.base + done);
+          writeFully(imageFd, part, e.start + done);
+        }
+      }
+    } finally {
+      fs.closeSync(logFd);
+    }
+  }
+
+  private async recoverApplying(): Promise<void> {
+    const applying = this.manifest.applying;
+    if (!applying) return;
+    const dir = this.incomingDir(applying.point.seq);
+    const files = this.manifest.disks.map((d) => ({ diskName: d.name, file: path.join(dir, `${d.name}.osrlog`) }));
+    let records: Map<string, LogRecord[]>;
+    try {
+      records = this.verifyDeltaFiles(applying.point.seq, files);
+    } catch (e) {
+      // the delta was fsynced before `applying` was recorded, so this means damage at rest
+      if (applying.stage === 'undo-written') await this.rollBackFromUndo(applying.point.seq);
+      this.manifest.applying = undefined;
+      this.save();
+      throw new OsrError('REPLICA_STORE_CORRUPT', `delta ${applying.point.seq} of ${this.vmId} was damaged at rest and was discarded; the sender will ship it again`, undefined, { cause: e });
+    }
+    await this.finishApply(files, records);
+  }
+
+  private async rollBackFromUndo(seq: number): Promise<void> {
+    const u = this.loadUndo(seq);
+    for (const [disk, file] of u.files) {
+      const imageFd = this.imageFd(disk);
+      for (const e of file.entries) {
+        const data = Buffer.allocUnsafe(e.length);
+        readFully(file.fd, data, e.dataPos);
+        writeFully(imageFd, data, e.offset);
+      }
+      fs.fdatasyncSync(imageFd);
+      closeUndoFile(file);
+    }
+    fs.rmSync(path.dirname(this.undoPath(seq, 'x')), { recursive: true, force: true });
+  }
+
+  // ---- retention -----------------------------------------------------------------------
+
+  /**
+   * Drop points outside the retention window, then thin out to the count limit
+   * (crash-consistent points go before app-consistent ones, the closest pair first). The
+   * latest point is never dropped, and neither is a point an overlay is open on.
+   */
+  prune(): RecoveryPoint[] {
+    const dropped: RecoveryPoint[] = [];
+    const { hours, maxPoints } = this.manifest.retention;
+    const points = this.manifest.points;
+    const inUse = new Set([...this.overlays.values()].map((o) => o.pointSeq));
+    const cutoff = this.now() - hours * 3600_000;
+    for (;;) {
+      const candidates = points.slice(0, -1).filter((p) => !inUse.has(p.seq));
+      if (candidates.length === 0) break;
+      const expired = candidates.find((p) => p.timeMs < cutoff);
+      let victim = expired;
+      if (!victim && points.length > Math.max(1, maxPoints)) {
+        const gap = (p: RecoveryPoint) => {
+          const i = points.indexOf(p);
+          return i === 0 ? Number.MAX_SAFE_INTEGER : p.timeMs - points[i - 1].timeMs;
+        };
+        const pool = candidates.some((p) => p.consistency === Consistency.Crash) ? candidates.filter((p) => p.consistency === Consistency.Crash) : candidates;
+        victim = pool.reduce((a, b) => (gap(b) < gap(a) ? b : a));
+      }
+      if (!victim) break;
+      this.dropPoint(victim);
+      dropped.push(victim);
+    }
+    return dropped;
+  }
+
+  /**
+   * Drop one point that is not the latest. The oldest point just loses the undo of the
+   * point after it; a middle point's undo is merged into the next point's undo (its own
+   * bytes win on overlap, being older).
+   */
+  private dropPoint(p: RecoveryPoint): void {
+    const points = this.manifest.points;
+    const i = points.indexOf(p);
+    const next = points[i + 1];
+    const nextUndoIdx = this.undos.findIndex((u) => u.seq === next.seq);
+    const nextUndo = this.undos[nextUndoIdx];
+    if (i === 0) {
+      points.splice(0, 1);
+      this.undos.splice(nextUndoIdx, 1);
+      this.save();
+      this.rebuildViews();
+      this.deleteUndo(nextUndo);
+      return;
+    }
+    const ownIdx = this.undos.findIndex((u) => u.seq === p.seq);
+    const own = this.undos[ownIdx];
+    // write the merged undo under a new name, switch the manifest, then delete the old ones
+    const mergedSeq = next.seq;
+    const tmpDir = path.join(this.root, 'undo', `${pad(mergedSeq)}.merge`);
+    fs.rmSync(tmpDir, { recursive: true, force: true });
+    fs.mkdirSync(tmpDir, { recursive: true });
+    const merged = new Map<string, UndoFile>();
+    for (const d of this.manifest.disks) {
+      const m = new ExtentMap<number>();
+      const ownFile = own.files.get(d.name)!;
+      const nextFile = nextUndo.files.get(d.name)!;
+      for (const e of ownFile.entries) m.set(e.offset, e.offset + e.length, ownFile.fd, e.dataPos);
+      for (const e of nextFile.entries) m.fillGaps(e.offset, e.offset + e.length, nextFile.fd, e.dataPos);
+      const sources = m.entries().map((e) => ({ offset: e.start, length: e.end - e.start, fd: e.value, pos: e.base }));
+      merged.set(d.name, writeUndoFile(path.join(tmpDir, `${d.name}.undo`), diskKeyOf(d.id), sources));
+    }
+    fsyncDir(tmpDir);
+    // the merge directory replaces the next point's undo directory in one rename
+    const finalDir = path.dirname(this.undoPath(mergedSeq, 'x'));
+    const oldDir = `${finalDir}.old`;
+    fs.renameSync(finalDir, oldDir);
+    fs.renameSync(tmpDir, finalDir);
+    fsyncDir(path.join(this.root, 'undo'));
+    for (const [name, f] of merged) f.path = path.join(finalDir, `${name}.undo`);
+    points.splice(i, 1);
+    this.undos.splice(nextUndoIdx, 1, { seq: mergedSeq, files: merged });
+    this.undos.splice(ownIdx, 1);
+    this.save();
+    this.rebuildViews();
+    for (const f of nextUndo.files.values()) closeUndoFile(f);
+    fs.rmSync(oldDir, { recursive: true, force: true });
+    this.deleteUndo(own);
+  }
+
+  private deleteUndo(u: PointUndo): void {
+    for (const f of u.files.values()) closeUndoFile(f);
+    fs.rmSync(path.dirname(this.undoPath(u.seq, 'x')), { recursive: true, force: true });
+  }
+
+  // ---- views, overlays, commit -------------------------------------------------------------
+
+  /** Undo layers for reading point `seq` of one disk, oldest first (oldest wins). */
+  undoLayersAfter(seq: number): PointUndo[] {
+    return this.undos.filter((u) => u.seq > seq).sort((a, b) => a.seq - b.seq);
+  }
+
+  registerView(v: PointView): void {
+    this.views.add(v);
+  }
+  unregisterView(v: PointView): void {
+    this.views.delete(v);
+  }
+  private rebuildViews(): void {
+    for (const v of this.views) v.rebuild();
+  }
+
+  hasPoint(seq: number): boolean {
+    return this.manifest.points.some((p) => p.seq === seq);
+  }
+
+  /** Open a copy-on-write overlay on a recovery point. Costs the size of the undo indexes, not of the disks. */
+  openOverlay(pointSeq?: number): Overlay {
+    const seq = pointSeq ?? this.latestPoint()?.seq;
+    if (seq === undefined || !this.hasPoint(seq)) {
+      throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(pointSeq ?? 'latest')} of ${this.vmId} does not exist`, { points: this.manifest.points.map((p) => p.seq) });
+    }
+    if (this.manifest.committed) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} was committed; open its disks directly`);
+    const id = `ov-${pad(seq)}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
+    const o = Overlay.create(this, id, seq, this.now());
+    this.overlays.set(id, o);
+    return o;
+  }
+
+  getOverlay(id: string): Overlay {
+    const o = this.overlays.get(id);
+    if (!o) throw new OsrError('NOT_FOUND', `overlay ${id} of ${this.vmId} does not exist`);
+    return o;
+  }
+
+  listOverlays(): Overlay[] {
+    return [...this.overlays.values()];
+  }
+
+  private listOverlayIds(): string[] {
+    const dir = path.join(this.root, 'overlays');
+    return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => fs.existsSync(path.join(dir, f, 'overlay.json'))) : [];
+  }
+
+  /** Discard an overlay and its writes; the recovery point is unchanged. */
+  discardOverlay(id: string): void {
+    const o = this.getOverlay(id);
+    o.closeFiles();
+    this.overlays.delete(id);
+    fs.rmSync(this.overlayDir(id), { recursive: true, force: true });
+  }
+
+  /**
+   * Commit an overlay: its point plus its writes become the disks, the other points go.
+   *  1. Record `commit` in the manifest.
+   *  2. For every disk, write the point's bytes from the undo layers and then the
+   *     overlay's writes into the image; fsync.
+   *  3. Keep one point (the committed state), delete undo files and overlays.
+   * Step 2 only copies bytes from files that step 3 deletes, so it is redone after a crash.
+   */
+  async commitOverlay(id: string): Promise<RecoveryPoint> {
+    const o = this.getOverlay(id);
+    this.assertWritable();
+    if (this.manifest.applying) throw new OsrError('INVALID_STATE', `a delta is being applied to ${this.vmId}; try again when it is done`);
+    this.manifest.commit = { overlayId: id, pointSeq: o.pointSeq };
+    this.save();
+    return this.finishCommit(o);
+  }
+
+  private async finishCommit(o: Overlay): Promise<RecoveryPoint> {
+    this.busy = true;
+    try {
+      for (const disk of o.disks) await disk.writeThroughToImage();
+      await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
+      const base = this.manifest.points.find((p) => p.seq === o.pointSeq)!;
+      const committed: RecoveryPoint = { ...base, timeMs: this.now(), deltaBytes: 0 };
+      for (const other of this.overlays.values()) other.closeFiles();
+      this.overlays.clear();
+      const undos = this.undos.splice(0);
+      this.manifest.points = [committed];
+      this.manifest.commit = undefined;
+      this.manifest.committed = true;
+      this.save();
+      for (const u of undos) this.deleteUndo(u);
+      fs.rmSync(path.join(this.root, 'overlays'), { recursive: true, force: true });
+      this.views.clear();
+      return committed;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async recoverCommit(): Promise<void> {
+    const c = this.manifest.commit;
+    if (!c) return;
+    const o = Overlay.reopen(this, c.overlayId);
+    this.overlays.set(c.overlayId, o);
+    await this.finishCommit(o);
+  }
+}
+
+function mergeAdjacent(sources: UndoSource[]): UndoSource[] {
+  const out: UndoSource[] = [];
+  for (const s of sources) {
+    const last = out.at(-1);
+    if (last && last.fd === s.fd && last.offset + last.length === s.offset && last.pos + last.length === s.pos) last.length += s.length;
+    else out.push({ ...s });
+  }
+  return out;
+}
+
+/**
+ * A recovery point of one disk as a read-only address space: the image overlaid with the
+ * undo layers of every later point. It follows new deltas (a new undo layer is added
+ * before the image changes) and prunes (rebuilt from the surviving layers).
+ */
+export class PointView {
+  private map = new ExtentMap<Layer>();
+
+  constructor(
+    private readonly store: ReplicaStore,
+    readonly disk: string,
+    readonly pointSeq: number,
+  ) {
+    this.rebuild();
+    store.registerView(this);
+  }
+
+  rebuild(): void {
+    const m = new ExtentMap<Layer>();
+    for (const u of this.store.undoLayersAfter(this.pointSeq)) {
+      const f = u.files.get(this.disk)!;
+      for (const e of f.entries) m.fillGaps(e.offset, e.offset + e.length, { fd: f.fd }, e.dataPos);
+    }
+    this.map = m;
+  }
+
+  addUndoLayer(u: PointUndo): void {
+    if (u.seq <= this.pointSeq) return;
+    const f = u.files.get(this.disk);
+    if (!f) return;
+    for (const e of f.entries) this.map.fillGaps(e.offset, e.offset + e.length, { fd: f.fd }, e.dataPos);
+  }
+
+  read(offset: number, length: number): Buffer {
+    const out = Buffer.allocUnsafe(length);
+    const imageFd = this.store.imageFd(this.disk);
+    for (const piece of this.map.resolve(offset, offset + length)) {
+      const dst = out.subarray(piece.start - offset, piece.end - offset);
+      readFully(piece.value ? piece.value.fd : imageFd, dst, piece.offset);
+    }
+    return out;
+  }
+
+  /** The ranges that differ from the image, with where their bytes are. */
+  layerEntries(): readonly { start: number; end: number; value: Layer; base: number }[] {
+    return this.map.entries();
+  }
+
+  close(): void {
+    this.store.unregisterView(this);
+  }
+}
+
+interface OverlayMeta {
+  id: string;
+  pointSeq: number;
+  createdMs: number;
+}
+
+/** A copy-on-write overlay on a recovery point: writes go to per-disk logs, never to the point. */
+export class Overlay {
+  readonly disks: OverlayDisk[];
+  private constructor(
+    readonly store: ReplicaStore,
+    readonly meta: OverlayMeta,
+    disks: OverlayDisk[],
+  ) {
+    this.disks = disks;
+  }
+  get id(): string {
+    return this.meta.id;
+  }
+  get pointSeq(): number {
+    return this.meta.pointSeq;
+  }
+
+  static create(store: ReplicaStore, id: string, pointSeq: number, nowMs: number): Overlay {
+    const dir = store.overlayDir(id);
+    fs.mkdirSync(dir, { recursive: true });
+    const meta: OverlayMeta = { id, pointSeq, createdMs: nowMs };
+    const disks = store.disks.map((d) => {
+      const w = ChangeLogWriter.create(path.join(dir, `${d.name}.osrlog`), { seq: pointSeq, createdMs: nowMs, diskKey: diskKeyOf(d.id) });
+      return new OverlayDisk(store, d, new PointView(store, d.name, pointSeq), w, new ExtentMap());
+    });
+    writeJsonDurable(path.join(dir, 'overlay.json'), meta);
+    return new Overlay(store, meta, disks);
+  }
+
+  static reopen(store: ReplicaStore, id: string): Overlay {
+    const dir = store.overlayDir(id);
+    const meta = readJson<OverlayMeta>(path.join(dir, 'overlay.json'));
+    if (!meta) throw new OsrError('NOT_FOUND', `overlay ${id} has no metadata`);
+    const disks = store.disks.map((d) => {
+      const file = path.join(dir, `${d.name}.osrlog`);
+      const scan = scanLogFile(file);
+      const w = ChangeLogWriter.reopen(file, scan);
+      const map = new ExtentMap<'data' | 'zero'>();
+      for (const r of scan.records) {
+        if (r.type === RecordType.Write) map.set(r.offset, r.offset + r.length, 'data', r.dataPos);
+        else if (r.type === RecordType.Zero) map.set(r.offset, r.offset + r.length, 'zero', 0);
+      }
+      return new OverlayDisk(store, d, new PointView(store, d.name, meta.pointSeq), w, map);
+    });
+    return new Overlay(store, meta, disks);
+  }
+
+  disk(name: string): OverlayDisk {
+    const d = this.disks.find((x) => x.name === name);
+    if (!d) throw new OsrError('NOT_FOUND', `overlay ${this.id} has no disk ${name}`);
+    return d;
+  }
+
+  closeFiles(): void {
+    for (const d of this.disks) d.closeFiles();
+  }
+}
+
+export class OverlayDisk implements BlockDevice {
+  readonly readOnly = false;
+  private readonly logFd: number;
+
+  constructor(
+    private readonly store: ReplicaStore,
+    private readonly spec: ReplicaDiskSpec,
+    private readonly view: PointView,
+    private readonly log: ChangeLogWriter,
+    private readonly writes: ExtentMap<'data' | 'zero'>,
+  ) {
+    this.logFd = fs.openSync(log.path, 'r');
+  }
+
+  get name(): string {
+    return this.spec.name;
+  }
+  get size(): number {
+    return this.spec.size;
+  }
+
+  private check(offset: number, length: number): void {
+    if (offset < 0 || length < 0 || offset + length > this.spec.size) {
+      throw new OsrError('INVALID_ARGUMENT', `range ${offset}+${length} is outside disk ${this.spec.name} (${this.spec.size} bytes)`);
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.check(offset, length);
+    return this.readSync(offset, length);
+  }
+
+  readSync(offset: number, length: number): Buffer {
+    const out = Buffer.allocUnsafe(length);
+    for (const piece of this.writes.resolve(offset, offset + length)) {
+      const dst = out.subarray(piece.start - offset, piece.end - offset);
+      if (piece.value === 'data') readFully(this.logFd, dst, piece.offset);
+      else if (piece.value === 'zero') dst.fill(0);
+      else this.view.read(piece.start, piece.end - piece.start).copy(dst);
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    this.check(offset, data.length);
+    const pos = this.log.bytes + 48; // payload follows the 48-byte record header
+    this.log.appendWrite(offset, data);
+    if (data.length <= 32 * 1024 * 1024) this.writes.set(offset, offset + data.length, 'data', pos);
+    else this.reindexLargeWrite(offset, data.length, pos);
+    if (opts.fua) await this.log.sync();
+  }
+
+  private reindexLargeWrite(offset: number, length: number, firstPos: number): void {
+    // appendWrite split the data into 32 MiB records, each behind its own header
+    const chunk = 32 * 1024 * 1024;
+    let pos = firstPos;
+    for (let done = 0; done < length; done += chunk) {
+      const n = Math.min(chunk, length - done);
+      this.writes.set(offset + done, offset + done + n, 'data', pos);
+      pos += n + 48;
+    }
+  }
+
+  async writeZeroes(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    this.check(offset, length);
+    this.log.appendZero(offset, length);
+    this.writes.set(offset, offset + length, 'zero', 0);
+    if (opts.fua) await this.log.sync();
+  }
+
+  trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    return this.writeZeroes(offset, length, opts);
+  }
+
+  async flush(): Promise<void> {
+    await this.log.sync();
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.check(offset, length);
+    return [{ offset, length, hole: false, zero: false }];
+  }
+
+  /** Commit step: copy the point's differing bytes, then the overlay's writes, into the image. */
+  async writeThroughToImage(): Promise<void> {
+    const imageFd = this.store.imageFd(this.spec.name);
+    for (const e of this.view.layerEntries()) {
+      const data = Buffer.allocUnsafe(e.end - e.start);
+      readFully(e.value.fd, data, e.base);
+      writeFully(imageFd, data, e.start);
+    }
+    for (const e of this.writes.entries()) {
+      if (e.value === 'zero') {
+        writeZeroRange(imageFd, e.start, e.end - e.start);
+      } else {
+        const data = Buffer.allocUnsafe(e.end - e.start);
+        readFully(this.logFd, data, e.base);
+        writeFully(imageFd, data, e.start);
+      }
+    }
+  }
+
+  closeFiles(): void {
+    this.view.close();
+    this.log.closeFile();
+    fs.closeSync(this.logFd);
+  }
+}

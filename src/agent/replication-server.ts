@@ -1,0 +1,336 @@
+/**
+ * The replica end of replication: accepts mutual-TLS connections from primary agents,
+ * writes initial copies and applies deltas into replica stores. One connection serves one
+ * VM at a time; a newer connection for the same VM replaces an older one (the sender
+ * reconnected after a broken link).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import tls from 'node:tls';
+import { OsrError, toOsrError } from '../domain/errors.js';
+import { classifyTlsError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
+import { ReplicaStore, type DeltaDiskFile, type RecoveryPoint } from './replica-store.js';
+import type { OpenRequest, OpenResult } from './replication-types.js';
+import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
+
+export interface Logger {
+  info(obj: object | string, msg?: string): void;
+  warn(obj: object | string, msg?: string): void;
+  error(obj: object | string, msg?: string): void;
+}
+
+/** Owns the replica stores of an agent: opened once, shared by connections and the API. */
+export class ReplicaRegistry {
+  private readonly stores = new Map<string, ReplicaStore>();
+  private readonly owners = new Map<string, Session>();
+  constructor(
+    readonly dir: string,
+    private readonly now: () => number,
+  ) {
+    fs.mkdirSync(dir, { recursive: true });
+  }
+
+  async open(req: OpenRequest): Promise<ReplicaStore> {
+    let s = this.stores.get(req.vmId);
+    if (!s) {
+      s = await ReplicaStore.open(path.join(this.dir, req.vmId), { vmId: req.vmId, vmName: req.vmName, disks: req.disks, retention: req.retention }, this.now);
+      this.stores.set(req.vmId, s);
+    } else {
+      s.setRetention(req.retention);
+    }
+    return s;
+  }
+
+  /** Open every store found on disk (at agent start), so points and overlays are served. */
+  async openAll(): Promise<void> {
+    for (const vmId of fs.readdirSync(this.dir)) {
+      if (this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
+      const s = await ReplicaStore.open(path.join(this.dir, vmId), { vmId, disks: [] }, this.now);
+      this.stores.set(vmId, s);
+    }
+  }
+
+  /** A replica by VM id or VM name. */
+  get(vm: string): ReplicaStore {
+    const s = this.stores.get(vm) ?? [...this.stores.values()].find((x) => x.vmName === vm);
+    if (!s) throw new OsrError('NOT_FOUND', `this agent holds no replica of ${vm}`, { replicas: [...this.stores.values()].map((x) => x.vmName) });
+    return s;
+  }
+
+  list(): ReplicaStore[] {
+    return [...this.stores.values()];
+  }
+
+  claim(vmId: string, session: Session): void {
+    const old = this.owners.get(vmId);
+    if (old && old !== session) old.destroy(new OsrError('NETWORK_ERROR', `replaced by a newer connection for ${vmId}`));
+    this.owners.set(vmId, session);
+  }
+
+  release(vmId: string, session: Session): void {
+    if (this.owners.get(vmId) === session) this.owners.delete(vmId);
+  }
+
+  close(): void {
+    for (const s of this.stores.values()) s.close();
+    this.stores.clear();
+  }
+}
+
+type Target = { kind: 'copy'; disk: string } | { kind: 'delta'; disk: string; fd: number } | undefined;
+
+interface DeltaInProgress {
+  point: RecoveryPoint;
+  files: Map<string, { file: string; fd: number }>;
+}
+
+const MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024;
+
+class Session {
+  private store: ReplicaStore | undefined;
+  private target: Target;
+  private delta: DeltaInProgress | undefined;
+  private readonly writer: FrameWriter;
+  private helloDone = false;
+  private pending = new Set<Promise<void>>();
+  private pendingBytes = 0;
+  private writeError: unknown;
+  bytesReceived = 0;
+
+  constructor(
+    private readonly socket: tls.TLSSocket,
+    private readonly registry: ReplicaRegistry,
+    private readonly agentName: string,
+    private readonly log: Logger,
+  ) {
+    this.writer = new FrameWriter(socket);
+    new FrameReader(
+      socket,
+      (m) => this.onControl(m),
+      (f) => this.onData(f),
+      (e) => this.destroy(e),
+    );
+    socket.on('close', () => {
+      if (this.store) this.registry.release(this.store.vmId, this);
+      this.abortDelta();
+    });
+  }
+
+  destroy(e: OsrError): void {
+    this.log.warn({ code: e.code, peer: this.socket.remoteAddress }, `replication connection closed: ${e.message}`);
+    void this.writer.sendControl({ type: 'error', code: e.code, message: e.message }).catch(() => undefined);
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  private async onControl(m: ControlMessage): Promise<void> {
+    if (!this.helloDone) return this.onHello(m);
+    if (m.type === 'request') return this.onRequest(m);
+    if (m.type === 'copy-begin') {
+      this.requireStore();
+      this.target = { kind: 'copy', disk: String(m.disk) };
+      return;
+    }
+    if (m.type === 'copy-zero') {
+      await this.drainWrites(0);
+      this.requireStore().zeroInitial(String(m.disk), Number(m.offset), Number(m.length));
+      return;
+    }
+    if (m.type === 'delta-disk') {
+      const f = this.delta?.files.get(String(m.disk));
+      if (!f) throw new OsrError('PROTOCOL_ERROR', `delta-disk ${String(m.disk)} outside a delta`);
+      this.target = { kind: 'delta', disk: String(m.disk), fd: f.fd };
+      return;
+    }
+    throw new OsrError('PROTOCOL_ERROR', `unexpected message ${m.type}`);
+  }
+
+  private async onHello(m: ControlMessage): Promise<void> {
+    if (m.type !== 'hello' || m.protocol !== PROTOCOL_NAME) throw new OsrError('PROTOCOL_ERROR', 'the first message must be an osr-replication hello');
+    const offered = Array.isArray(m.versions) ? (m.versions as number[]) : [];
+    const version = Math.max(...offered.filter((v) => (PROTOCOL_VERSIONS as readonly number[]).includes(v)));
+    if (!Number.isFinite(version)) {
+      throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `peer offers protocol versions ${offered.join(',') || 'none'}; this agent supports ${PROTOCOL_VERSIONS.join(',')}`);
+    }
+    const peer = peerIdentity(this.socket);
+    if (peer.role && peer.role !== 'agent') throw new OsrError('AUTH_FAILED', `certificate role ${peer.role} may not replicate; an agent certificate is needed`);
+    this.helloDone = true;
+    await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd'] });
+  }
+
+  private async onRequest(m: ControlMessage): Promise<void> {
+    const id = m.id;
+    try {
+      const result = await this.handle(String(m.op), (m.args ?? {}) as Record<string, unknown>);
+      await this.writer.sendControl({ type: 'reply', id, ok: true, result: result ?? null });
+    } catch (e) {
+      const err = toOsrError(e);
+      this.log.warn({ op: m.op, code: err.code }, err.message);
+      await this.writer.sendControl({ type: 'reply', id, ok: false, error: { code: err.code, message: err.message, details: err.details } });
+    }
+  }
+
+  private requireStore(): ReplicaStore {
+    if (!this.store) throw new OsrError('PROTOCOL_ERROR', 'no replication opened on this connection');
+    return this.store;
+  }
+
+  private async handle(op: string, args: Record<string, unknown>): Promise<unknown> {
+    switch (op) {
+      case 'open': {
+        const req = args as unknown as OpenRequest;
+        const store = await this.registry.open(req);
+        store.setEpoch(req.epoch);
+        this.registry.claim(req.vmId, this);
+        if (args.reset === true) store.resetInitial();
+        this.store = store;
+        const latest = store.latestPoint();
+        const result: OpenResult = {
+          initialDone: store.initialDone,
+          copied: store.initialProgress(),
+          finishedDisks: store.finishedInitialDisks(),
+          latestSeq: latest?.seq ?? null,
+          points: store.points(),
+        };
+        return result;
+      }
+      case 'copy-checkpoint': {
+        await this.drainWrites(0);
+        await this.requireStore().checkpointInitial(String(args.disk), Number(args.offset), args.finished === true);
+        return { disk: args.disk, offset: args.offset };
+      }
+      case 'delta-begin': {
+        const store = this.requireStore();
+        this.abortDelta();
+        const point = args.point as RecoveryPoint;
+        const dir = store.incomingDir(point.seq);
+        fs.rmSync(dir, { recursive: true, force: true });
+        fs.mkdirSync(dir, { recursive: true });
+        const files = new Map<string, { file: string; fd: number }>();
+        for (const d of store.disks) {
+          const file = path.join(dir, `${d.name}.osrlog`);
+          files.set(d.name, { file, fd: fs.openSync(file, 'w', 0o600) });
+        }
+        this.delta = { point, files };
+        return null;
+      }
+      case 'delta-end': {
+        const store = this.requireStore();
+        const delta = this.delta;
+        if (!delta || delta.point.seq !== Number(args.seq)) throw new OsrError('PROTOCOL_ERROR', `delta-end ${String(args.seq)} without its delta-begin`);
+        await this.drainWrites(0);
+        const files: DeltaDiskFile[] = [];
+        for (const [diskName, f] of delta.files) {
+          fs.closeSync(f.fd);
+          files.push({ diskName, file: f.file });
+        }
+        this.delta = undefined;
+        this.target = undefined;
+        const outcome = await store.applyDelta(delta.point, files);
+        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null };
+      }
+      case 'status': {
+        const store = this.requireStore();
+        return { points: store.points(), initialDone: store.initialDone };
+      }
+      default:
+        throw new OsrError('PROTOCOL_ERROR', `unknown request ${op}`);
+    }
+  }
+
+  private onData(f: DataFrame): Promise<void> | void {
+    this.bytesReceived += f.wireBytes;
+    const t = this.target;
+    if (!t) throw new OsrError('PROTOCOL_ERROR', 'DATA frame with no target');
+    const p =
+      t.kind === 'copy'
+        ? this.requireStore().writeInitial(t.disk, f.offset, f.data)
+        : new Promise<void>((resolve, reject) => {
+            const step = (done: number) => {
+              if (done >= f.data.length) return resolve();
+              fs.write(t.fd, f.data, done, f.data.length - done, f.offset + done, (e, n) => (e ? reject(e) : step(done + n)));
+            };
+            step(0);
+          });
+    return this.track(p, f.data.length);
+  }
+
+  /** Keep writes in flight (they overlap with the network), bounded in bytes. */
+  private async track(p: Promise<void>, bytes: number): Promise<void> {
+    this.pendingBytes += bytes;
+    const tracked = p.then(
+      () => {
+        this.pendingBytes -= bytes;
+        this.pending.delete(tracked);
+      },
+      (e: unknown) => {
+        this.pendingBytes -= bytes;
+        this.pending.delete(tracked);
+        this.writeError ??= e;
+      },
+    );
+    this.pending.add(tracked);
+    if (this.pendingBytes > MAX_PENDING_WRITE_BYTES) await this.drainWrites(MAX_PENDING_WRITE_BYTES / 2);
+  }
+
+  private async drainWrites(limit: number): Promise<void> {
+    while (this.pendingBytes > limit && this.pending.size > 0) await Promise.race(this.pending);
+    if (this.writeError) {
+      const e = this.writeError;
+      this.writeError = undefined;
+      throw toOsrError(e, 'DISK_IO_ERROR');
+    }
+  }
+
+  private abortDelta(): void {
+    if (!this.delta) return;
+    for (const f of this.delta.files.values()) {
+      try {
+        fs.closeSync(f.fd);
+      } catch {
+        // already closed
+      }
+    }
+    this.delta = undefined;
+  }
+}
+
+export class ReplicationServer {
+  private server: tls.Server | undefined;
+  private readonly sessions = new Set<tls.TLSSocket>();
+
+  constructor(
+    private readonly registry: ReplicaRegistry,
+    private readonly tlsMaterial: TlsMaterial,
+    private readonly agentName: string,
+    private readonly log: Logger,
+  ) {}
+
+  listen(port: number, host = '127.0.0.1'): Promise<number> {
+    const server = tls.createServer(serverTlsOptions(this.tlsMaterial), (socket) => {
+      this.sessions.add(socket);
+      socket.setNoDelay(true);
+      socket.on('close', () => this.sessions.delete(socket));
+      socket.on('error', (e) => this.log.warn({ code: toOsrError(e).code }, `replication connection error: ${e.message}`));
+      new Session(socket, this.registry, this.agentName, this.log);
+    });
+    server.on('tlsClientError', (e, socket) => {
+      const err = classifyTlsError(e, 'server');
+      this.log.warn({ code: err.code, peer: socket.remoteAddress }, err.message);
+    });
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        const addr = server.address();
+        resolve(typeof addr === 'object' && addr ? addr.port : port);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sessions) s.destroy();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+}

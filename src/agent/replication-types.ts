@@ -1,0 +1,74 @@
+/** Shapes shared by the two ends of a replication and the agent's local API. */
+import type { Consistency, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from './replica-store.js';
+
+export const ReplicationState = {
+  Scheduled: 'Scheduled',
+  InitialReplication: 'InitialReplication',
+  Replicating: 'Replicating',
+  Paused: 'Paused',
+  ResyncRequired: 'ResyncRequired',
+  Error: 'Error',
+  Stopped: 'Stopped',
+} as const;
+export type ReplicationState = (typeof ReplicationState)[keyof typeof ReplicationState];
+
+export interface ReplicationSpec {
+  id: string;
+  vm: string;
+  /** replica agent address */
+  peer: { host: string; port: number; servername?: string | undefined };
+  copyFrequencyMs: number;
+  retention: RetentionSpec;
+  compression: boolean;
+  /** ISO time; absent = now */
+  startAt?: string | undefined;
+  /** app-consistent point every N ms (0 = never) */
+  appConsistentEveryMs: number;
+  /** script run with argument freeze|thaw around an app-consistent point */
+  quiesceHook?: string | undefined;
+  epoch: number;
+}
+
+export interface InitialProgress {
+  totalBytes: number;
+  doneBytes: number;
+  sentBytes: number;
+  wireBytes: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  currentDisk: string | null;
+  startedAt: string;
+}
+
+export interface ReplicationHealth {
+  id: string;
+  vm: string;
+  state: ReplicationState;
+  /** Healthy | Warning | Critical from the facts below */
+  health: 'Healthy' | 'Warning' | 'Critical';
+  lastSuccessfulCycleAt: string | null;
+  latestPoint: { seq: number; time: string; consistency: Consistency } | null;
+  rpoSeconds: number | null;
+  pendingLogBytes: number;
+  cyclesLastHour: number;
+  missedCyclesLastHour: number;
+  lastError: { code: string; message: string; at: string } | null;
+  initial: InitialProgress | null;
+  bytesShipped: number;
+}
+
+export interface OpenRequest {
+  vmId: string;
+  vmName: string;
+  disks: ReplicaDiskSpec[];
+  retention: RetentionSpec;
+  epoch: number;
+}
+
+export interface OpenResult {
+  initialDone: boolean;
+  copied: Record<string, number>;
+  finishedDisks: string[];
+  latestSeq: number | null;
+  points: RecoveryPoint[];
+}

@@ -1,0 +1,378 @@
+/**
+ * The primary end of one VM's replication: initial replication, then a delta every copy
+ * cycle. Runs as a loop that converges: on every (re)connection it asks the replica what
+ * it already holds and continues from there, so a broken connection or an agent restart
+ * costs at most the unacknowledged part of a copy or delta.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import type { Clock } from '../domain/clock.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
+import type { TlsMaterial } from '../pki/index.js';
+import type { LabVm } from './lab-host.js';
+import { ReplicaClient } from './replica-client.js';
+import { Consistency } from './replica-store.js';
+import type { Logger } from './replication-server.js';
+import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec } from './replication-types.js';
+import { dataRanges, isZero } from './sparse.js';
+import { MAX_DATA_BYTES } from './wire.js';
+
+const COPY_CHUNK = 4 * 1024 * 1024;
+/** bytes of data sent between two durable checkpoints of the initial copy */
+export const CHECKPOINT_BYTES = 256 * 1024 * 1024;
+const HOUR = 3600_000;
+
+export interface ReplicationDeps {
+  tls: TlsMaterial;
+  agentName: string;
+  clock: Clock;
+  log: Logger;
+  /** wait before retrying after a recoverable error */
+  retryDelayMs: number;
+  hookTimeoutMs: number;
+}
+
+function readAt(fd: number, length: number, pos: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  return new Promise((resolve, reject) => {
+    const step = (done: number) => {
+      if (done >= length) return resolve(buf);
+      fs.read(fd, buf, done, length - done, pos + done, (e, n) => {
+        if (e) return reject(e);
+        if (n === 0) {
+          buf.fill(0, done);
+          return resolve(buf);
+        }
+        step(done + n);
+      });
+    };
+    step(0);
+  });
+}
+
+export class PrimaryReplication {
+  private state: ReplicationState = ReplicationState.Scheduled;
+  private readonly stopper = new AbortController();
+  private waker = new AbortController();
+  private client: ReplicaClient | undefined;
+  private loop: Promise<void> | undefined;
+  private latestSeq: number | null = null;
+  private latest: ReplicationHealth['latestPoint'] = null;
+  private lastSuccessMs: number | null = null;
+  private lastError: ReplicationHealth['lastError'] = null;
+  private initial: InitialProgress | null = null;
+  private cycles: { atMs: number; ok: boolean }[] = [];
+  private nextCycleMs = 0;
+  private lastAppMs: number;
+  private bytesShipped = 0;
+
+  constructor(
+    readonly spec: ReplicationSpec,
+    private readonly vm: LabVm,
+    private readonly deps: ReplicationDeps,
+  ) {
+    this.lastAppMs = deps.clock.now();
+  }
+
+  start(): void {
+    this.loop ??= this.run().catch((e) => this.deps.log.error({ err: String(e) }, `replication ${this.spec.id} stopped on an unexpected error`));
+  }
+
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    this.waker.abort();
+    this.client?.close();
+    await this.loop;
+    this.state = ReplicationState.Stopped;
+  }
+
+  /** Run a cycle now instead of waiting for the copy frequency. */
+  triggerCycle(): void {
+    this.nextCycleMs = 0;
+    this.waker.abort();
+  }
+
+  private get stopped(): boolean {
+    return this.stopper.signal.aborted;
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    if (this.waker.signal.aborted) this.waker = new AbortController();
+    await this.deps.clock.sleep(ms, AbortSignal.any([this.stopper.signal, this.waker.signal]));
+  }
+
+  private async run(): Promise<void> {
+    const { clock } = this.deps;
+    const startAt = this.spec.startAt ? Date.parse(this.spec.startAt) : 0;
+    while (!this.stopped && startAt > clock.now() && !this.vm.tracker.enabled) {
+      this.state = ReplicationState.Scheduled;
+      await this.sleep(startAt - clock.now());
+    }
+    while (!this.stopped) {
+      try {
+        if (this.vm.tracker.resyncRequired) {
+          this.state = ReplicationState.ResyncRequired;
+          throw new OsrError('RESYNC_REQUIRED', `disk changes of ${this.vm.name} cannot be trusted: ${this.vm.tracker.resyncRequired.reason}`);
+        }
+        const client = await this.ensureConnected();
+        if (this.state === ReplicationState.InitialReplication) await this.initialCopy(client);
+        await this.shipPending(client);
+        this.state = ReplicationState.Replicating;
+        const wait = this.nextCycleMs - clock.now();
+        if (wait > 0) await this.sleep(wait);
+        if (this.stopped) break;
+        if (clock.now() < this.nextCycleMs) continue;
+        this.nextCycleMs = clock.now() + this.spec.copyFrequencyMs;
+        await this.swap();
+        await this.shipPending(client);
+      } catch (e) {
+        if (this.stopped) break;
+        await this.onFailure(toOsrError(e, 'NETWORK_ERROR'));
+      }
+    }
+    this.client?.close();
+    this.client = undefined;
+  }
+
+  private async onFailure(err: OsrError): Promise<void> {
+    const { clock, log } = this.deps;
+    this.lastError = { code: err.code, message: err.message, at: new Date(clock.now()).toISOString() };
+    this.client?.close();
+    this.client = undefined;
+    if (err.code === 'CHANGE_LOG_CORRUPT') this.vm.tracker.markResyncRequired(err.message);
+    if (this.state === ReplicationState.Replicating) this.recordCycle(false);
+    log.warn({ replication: this.spec.id, code: err.code, recoverable: err.recoverable }, err.message);
+    if (err.code === 'RESYNC_REQUIRED' || err.code === 'CHANGE_LOG_CORRUPT') {
+      this.state = ReplicationState.ResyncRequired;
+    } else if (!err.recoverable) {
+      this.state = ReplicationState.Error;
+    }
+    // non-recoverable errors wait for someone to act (a trigger retries at once)
+    await this.sleep(err.recoverable ? this.deps.retryDelayMs : this.deps.retryDelayMs * 10);
+  }
+
+  private recordCycle(ok: boolean): void {
+    const now = this.deps.clock.now();
+    this.cycles.push({ atMs: now, ok });
+    this.cycles = this.cycles.filter((c) => c.atMs > now - HOUR);
+  }
+
+  private async ensureConnected(): Promise<ReplicaClient> {
+    if (this.client && !this.client.closed) return this.client;
+    const fresh = !this.vm.tracker.enabled;
+    const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls, this.deps.agentName, this.spec.compression);
+    const disks = this.vm.spec.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
+    const open = await client.request<OpenResult>('open', { vmId: this.vm.spec.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch, reset: fresh });
+    this.client = client;
+    this.latestSeq = open.latestSeq;
+    const last = open.points.at(-1);
+    if (last) this.latest = { seq: last.seq, time: new Date(last.timeMs).toISOString(), consistency: last.consistency };
+    if (!open.initialDone) {
+      this.state = ReplicationState.InitialReplication;
+      this.beginInitial(open, fresh);
+    } else if (this.latestSeq !== null) {
+      this.vm.tracker.releaseThrough(this.latestSeq);
+    }
+    return client;
+  }
+
+  /**
+   * Tracking starts before the copy (that instant is the snapshot): every write made
+   * while the copy runs lands in the change log and is shipped after it, so the first
+   * recovery point is exactly the VM at the first swap after the copy. A fresh copy drops
+   * older closed logs, which the copy itself contains.
+   */
+  private beginInitial(open: OpenResult, fresh: boolean): void {
+    const tracker = this.vm.tracker;
+    if (fresh) tracker.start();
+    else if (Object.keys(open.copied).length === 0 && open.finishedDisks.length === 0) tracker.releaseThrough(tracker.activeSeq - 1);
+    const totalBytes = this.vm.spec.disks.reduce((n, d) => n + d.size, 0);
+    const doneBytes = this.vm.spec.disks.reduce((n, d) => n + (open.finishedDisks.includes(d.name) ? d.size : (open.copied[d.name] ?? 0)), 0);
+    this.initial = {
+      totalBytes,
+      doneBytes,
+      sentBytes: 0,
+      wireBytes: 0,
+      rateBytesPerSec: 0,
+      etaSeconds: null,
+      currentDisk: null,
+      startedAt: new Date(this.deps.clock.now()).toISOString(),
+    };
+    this.resumeBaseBytes = doneBytes;
+    this.initialOpen = open;
+  }
+
+  private resumeBaseBytes = 0;
+  private initialOpen: OpenResult | undefined;
+
+  private updateRate(): void {
+    const p = this.initial;
+    if (!p) return;
+    const elapsed = (this.deps.clock.now() - Date.parse(p.startedAt)) / 1000;
+    const done = p.doneBytes - this.resumeBaseBytes;
+    p.rateBytesPerSec = elapsed > 0 ? Math.round(done / elapsed) : 0;
+    p.etaSeconds = p.rateBytesPerSec > 0 ? Math.round((p.totalBytes - p.doneBytes) / p.rateBytesPerSec) : null;
+  }
+
+  /** Copy every disk, one after another, from where the replica's checkpoints say. */
+  private async initialCopy(client: ReplicaClient): Promise<void> {
+    const open = this.initialOpen!;
+    for (const disk of this.vm.disks) {
+      if (open.finishedDisks.includes(disk.name)) continue;
+      this.initial!.currentDisk = disk.name;
+      await this.copyDisk(client, disk.name, disk.imageFd, disk.size, open.copied[disk.name] ?? 0);
+    }
+    this.initial!.currentDisk = null;
+    this.updateRate();
+    await this.swap();
+    this.state = ReplicationState.Replicating;
+    this.nextCycleMs = this.deps.clock.now() + this.spec.copyFrequencyMs;
+  }
+
+  private async copyDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number): Promise<void> {
+    const progress = this.initial!;
+    await client.notice({ type: 'copy-begin', disk });
+    let checkpoint: Promise<unknown> | undefined;
+    let sinceCheckpoint = 0;
+    let cursor = from;
+    const zero = async (offset: number, length: number) => {
+      if (length > 0) await client.notice({ type: 'copy-zero', disk, offset, length });
+    };
+    const markCheckpoint = async (offset: number, finished: boolean) => {
+      if (checkpoint) await checkpoint;
+      checkpoint = (await client.requestLater('copy-checkpoint', { disk, offset, finished })).reply;
+      sinceCheckpoint = 0;
+    };
+    for (const r of dataRanges(fd, from, size)) {
+      if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
+      await zero(cursor, r.offset - cursor);
+      progress.doneBytes += r.offset - cursor;
+      const end = r.offset + r.length;
+      let pos = r.offset;
+      let next: Promise<Buffer> | undefined = readAt(fd, Math.min(COPY_CHUNK, end - pos), pos);
+      while (next) {
+        const buf = await next;
+        const at = pos;
+        pos += buf.length;
+        next = pos < end ? readAt(fd, Math.min(COPY_CHUNK, end - pos), pos) : undefined;
+        if (isZero(buf)) {
+          await zero(at, buf.length);
+        } else {
+          for (let o = 0; o < buf.length; o += MAX_DATA_BYTES) {
+            const part = buf.subarray(o, Math.min(buf.length, o + MAX_DATA_BYTES));
+            progress.wireBytes += await client.sendData(at + o, part);
+          }
+          progress.sentBytes += buf.length;
+          sinceCheckpoint += buf.length;
+        }
+        progress.doneBytes += buf.length;
+        if (sinceCheckpoint >= CHECKPOINT_BYTES) await markCheckpoint(pos, false);
+        this.updateRate();
+      }
+      cursor = end;
+    }
+    await zero(cursor, size - cursor);
+    progress.doneBytes += size - cursor;
+    await markCheckpoint(size, true);
+    await checkpoint;
+  }
+
+  /** Close the change logs of all disks at one instant; app-consistent when due and quiesced. */
+  private async swap(): Promise<number> {
+    const { clock } = this.deps;
+    let consistency: Consistency = Consistency.Crash;
+    const appDue = this.spec.appConsistentEveryMs > 0 && clock.now() - this.lastAppMs >= this.spec.appConsistentEveryMs;
+    if (appDue) {
+      this.lastAppMs = clock.now();
+      const frozen = await this.runHook('freeze');
+      if (frozen) consistency = Consistency.App;
+    }
+    const seq = this.vm.tracker.swap(consistency);
+    if (consistency === Consistency.App) await this.runHook('thaw');
+    return seq;
+  }
+
+  /** Run the quiesce hook; no hook means nothing to quiesce (a lab guest has no applications). */
+  private async runHook(phase: 'freeze' | 'thaw'): Promise<boolean> {
+    const hook = this.spec.quiesceHook;
+    if (!hook) return true;
+    return new Promise((resolve) => {
+      const child = spawn(hook, [phase, this.vm.name], { stdio: 'ignore', env: { ...process.env, OSR_VM: this.vm.name, OSR_PHASE: phase } });
+      const timer = setTimeout(() => child.kill('SIGKILL'), this.deps.hookTimeoutMs);
+      const fail = (why: string) => {
+        clearTimeout(timer);
+        this.lastError = { code: 'HOOK_FAILED', message: `quiesce hook ${phase} for ${this.vm.name}: ${why}`, at: new Date(this.deps.clock.now()).toISOString() };
+        this.deps.log.warn({ replication: this.spec.id, code: 'HOOK_FAILED' }, this.lastError.message);
+        resolve(false);
+      };
+      child.on('error', (e) => fail(e.message));
+      child.on('exit', (code, signal) => {
+        if (code === 0) {
+          clearTimeout(timer);
+          resolve(true);
+        } else fail(signal ? `killed by ${signal} (timeout ${this.deps.hookTimeoutMs} ms)` : `exit code ${code}`);
+      });
+    });
+  }
+
+  /** Ship every closed set of logs the replica has not applied, oldest first. */
+  private async shipPending(client: ReplicaClient): Promise<void> {
+    const tracker = this.vm.tracker;
+    const closed = [...tracker.closedLogs(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
+    for (const [seq, logs] of closed) {
+      if (logs.length !== this.vm.disks.length) {
+        throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs for ${logs.length} of ${this.vm.disks.length} disks`);
+      }
+      const meta = tracker.pointMetaOf(seq, logs[0].closedMs);
+      const deltaBytes = logs.reduce((n, l) => n + l.bytes, 0);
+      await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes } });
+      for (const disk of this.vm.disks) {
+        const log = logs.find((l) => l.file.includes(`/logs/${disk.name}/`))!;
+        await client.notice({ type: 'delta-disk', disk: disk.name });
+        const fd = fs.openSync(log.file, 'r');
+        try {
+          for (let pos = 0; pos < log.bytes; pos += COPY_CHUNK) {
+            const buf = await readAt(fd, Math.min(COPY_CHUNK, log.bytes - pos), pos);
+            this.bytesShipped += await client.sendData(pos, buf);
+          }
+        } finally {
+          fs.closeSync(fd);
+        }
+      }
+      const res = await client.request<{ latestSeq: number | null }>('delta-end', { seq });
+      this.latestSeq = res.latestSeq;
+      tracker.releaseThrough(seq);
+      this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
+      this.lastSuccessMs = this.deps.clock.now();
+      if (this.state === ReplicationState.Replicating) this.recordCycle(true);
+      if (this.lastError && this.lastError.code !== 'HOOK_FAILED') this.lastError = null;
+      this.initial = null;
+    }
+  }
+
+  health(): ReplicationHealth {
+    const now = this.deps.clock.now();
+    const recent = this.cycles.filter((c) => c.atMs > now - HOUR);
+    const missed = recent.filter((c) => !c.ok).length;
+    const rpoSeconds = this.latest ? Math.max(0, (now - Date.parse(this.latest.time)) / 1000) : null;
+    let health: ReplicationHealth['health'] = 'Healthy';
+    if (this.state === ReplicationState.ResyncRequired || this.state === ReplicationState.Error) health = 'Critical';
+    else if (recent.length > 0 && missed / recent.length > 0.2) health = 'Warning';
+    else if (this.state === ReplicationState.Replicating && this.lastSuccessMs !== null && now - this.lastSuccessMs > HOUR) health = 'Warning';
+    return {
+      id: this.spec.id,
+      vm: this.vm.name,
+      state: this.state,
+      health,
+      lastSuccessfulCycleAt: this.lastSuccessMs ? new Date(this.lastSuccessMs).toISOString() : null,
+      latestPoint: this.latest,
+      rpoSeconds: rpoSeconds === null ? null : Math.round(rpoSeconds * 10) / 10,
+      pendingLogBytes: this.vm.tracker.enabled ? this.vm.tracker.pendingBytes(this.latestSeq ?? 0) : 0,
+      cyclesLastHour: recent.length,
+      missedCyclesLastHour: missed,
+      lastError: this.lastError,
+      initial: this.initial ? { ...this.initial } : null,
+      bytesShipped: this.bytesShipped,
+    };
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * Undo files of the replica store. Applying a delta to a replica image first copies the
+ * bytes it is about to overwrite into an undo file; the undo file of point P therefore
+ * turns P back into the point before it. Reading an older point is the image overlaid
+ * with the undo files of every later point (the oldest of them wins on overlap).
+ *
+ * Layout: header 64 bytes ("OSRUNDO\0" | version u16 | 6 reserved | diskKey 16 | 32 reserved),
+ * then data, then the index (count × [offset u64 | length u64 | dataPos u64]), then a
+ * 48-byte footer: indexPos u64 | count u64 | dataDigest 16 | xxh128(index ‖ footer 0..31) 16.
+ */
+import fs from 'node:fs';
+import { OsrError } from '../domain/errors.js';
+import { createDigest, digest, syncDigest } from './checksum.js';
+
+const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
+const HEADER_BYTES = 64;
+const FOOTER_BYTES = 48;
+const ENTRY_BYTES = 24;
+const COPY_CHUNK = 4 * 1024 * 1024;
+
+export interface UndoEntry {
+  offset: number;
+  length: number;
+  dataPos: number;
+}
+
+/** Where the bytes of an undo entry come from while writing a new undo file. */
+export interface UndoSource {
+  offset: number;
+  length: number;
+  /** file descriptor and position to copy from */
+  fd: number;
+  pos: number;
+}
+
+export interface UndoFile {
+  path: string;
+  fd: number;
+  entries: UndoEntry[];
+}
+
+function readFully(fd: number, buf: Buffer, pos: number): void {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, pos + done);
+    if (n === 0) {
+      buf.fill(0, done); // past the end of a sparse image: zeroes
+      return;
+    }
+    done += n;
+  }
+}
+
+/** Write an undo file from sources (ranges must not overlap), fsync it, return it open. Synchronous throughout. */
+export function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[]): UndoFile {
+  const fd = fs.openSync(path, 'w+', 0o600);
+  const header = Buffer.alloc(HEADER_BYTES);
+  MAGIC.copy(header, 0);
+  header.writeUInt16LE(1, 8);
+  diskKey.copy(header, 16, 0, 16);
+  fs.writeSync(fd, header, 0, HEADER_BYTES, 0);
+  let pos = HEADER_BYTES;
+  const dataDigest = syncDigest();
+  const entries: UndoEntry[] = [];
+  const buf = Buffer.allocUnsafe(COPY_CHUNK);
+  for (const s of sources) {
+    entries.push({ offset: s.offset, length: s.length, dataPos: pos });
+    for (let done = 0; done < s.length; done += COPY_CHUNK) {
+      const n = Math.min(COPY_CHUNK, s.length - done);
+      const part = buf.subarray(0, n);
+      readFully(s.fd, part, s.pos + done);
+      dataDigest.update(part);
+      fs.writeSync(fd, part, 0, n, pos);
+      pos += n;
+    }
+  }
+  const index = Buffer.alloc(entries.length * ENTRY_BYTES + FOOTER_BYTES);
+  entries.forEach((e, i) => {
+    index.writeBigUInt64LE(BigInt(e.offset), i * ENTRY_BYTES);
+    index.writeBigUInt64LE(BigInt(e.length), i * ENTRY_BYTES + 8);
+    index.writeBigUInt64LE(BigInt(e.dataPos), i * ENTRY_BYTES + 16);
+  });
+  const f = entries.length * ENTRY_BYTES;
+  index.writeBigUInt64LE(BigInt(pos), f);
+  index.writeBigUInt64LE(BigInt(entries.length), f + 8);
+  dataDigest.digest().copy(index, f + 16);
+  digest(index.subarray(0, f + 32)).copy(index, f + 32);
+  fs.writeSync(fd, index, 0, index.length, pos);
+  fs.fdatasyncSync(fd);
+  return { path, fd, entries };
+}
+
+/** Open an undo file and verify its index (the data is verified by `verifyUndoData`). */
+export function openUndoFile(path: string): UndoFile {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const head = Buffer.alloc(HEADER_BYTES);
+    readFully(fd, head, 0);
+    if (size < HEADER_BYTES + FOOTER_BYTES || !head.subarray(0, 8).equals(MAGIC)) {
+      throw new OsrError('REPLICA_STORE_CORRUPT', `${path}: not an undo file`);
+    }
+    const footer = Buffer.alloc(FOOTER_BYTES);
+    readFully(fd, footer, size - FOOTER_BYTES);
+    const indexPos = Number(footer.readBigUInt64LE(0));
+    const count = Number(footer.readBigUInt64LE(8));
+    if (indexPos + count * ENTRY_BYTES + FOOTER_BYTES !== size) {
+      throw new OsrError('REPLICA_STORE_CORRUPT', `${path}: undo index does not fit the file`);
+    }
+    const index = Buffer.alloc(count * ENTRY_BYTES + FOOTER_BYTES);
+    readFully(fd, index, indexPos);
+    const f = count * ENTRY_BYTES;
+    if (!digest(index.subarray(0, f + 32)).equals(index.subarray(f + 32, f + 48))) {
+      throw new OsrError('REPLICA_STORE_CORRUPT', `${path}: undo index checksum mismatch`);
+    }
+    const entries: UndoEntry[] = [];
+    for (let i = 0; i < count; i++) {
+      entries.push({
+        offset: Number(index.readBigUInt64LE(i * ENTRY_BYTES)),
+        length: Number(index.readBigUInt64LE(i * ENTRY_BYTES + 8)),
+        dataPos: Number(index.readBigUInt64LE(i * ENTRY_BYTES + 16)),
+      });
+    }
+    return { path, fd, entries };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/** Re-read the data region and compare with the digest in the footer. */
+export async function verifyUndoData(u: UndoFile): Promise<boolean> {
+  const size = fs.fstatSync(u.fd).size;
+  const footer = Buffer.alloc(FOOTER_BYTES);
+  readFully(u.fd, footer, size - FOOTER_BYTES);
+  const indexPos = Number(footer.readBigUInt64LE(0));
+  const h = await createDigest();
+  const buf = Buffer.allocUnsafe(COPY_CHUNK);
+  for (let pos = HEADER_BYTES; pos < indexPos; pos += COPY_CHUNK) {
+    const part = buf.subarray(0, Math.min(COPY_CHUNK, indexPos - pos));
+    readFully(u.fd, part, pos);
+    h.update(part);
+  }
+  return h.digest().equals(footer.subarray(16, 32));
+}
+
+export function closeUndoFile(u: UndoFile): void {
+  fs.closeSync(u.fd);
+}
+
+export { readFully };

@@ -1,0 +1,232 @@
+/**
+ * The replication wire protocol: length-prefixed frames over one TLS 1.3 connection.
+ * Described in docs/design/replication-protocol.md.
+ *
+ *   frame   = length u32be (bytes after this field) | type u8 | payload
+ *   CONTROL = type 1, payload UTF-8 JSON (handshake, requests, replies, notices)
+ *   DATA    = type 2, payload = flags u8 (bit 0: zstd) | 3 reserved | rawLength u32be |
+ *             offset u64be | xxh128(raw bytes) 16 | body (raw or zstd-compressed)
+ */
+import type { Duplex } from 'node:stream';
+import { compress, decompress } from 'zstd-napi';
+import { OsrError } from '../domain/errors.js';
+import { digest } from './checksum.js';
+
+export const PROTOCOL_NAME = 'osr-replication';
+export const PROTOCOL_VERSIONS = [1] as const;
+export const DEFAULT_REPLICATION_PORT = 8084;
+export const FrameType = { Control: 1, Data: 2 } as const;
+export const DATA_HEADER_BYTES = 32;
+/** the largest raw DATA body a sender may send */
+export const MAX_DATA_BYTES = 8 * 1024 * 1024;
+const MAX_FRAME_BYTES = MAX_DATA_BYTES + DATA_HEADER_BYTES + 1 + 1024;
+
+export interface DataFrame {
+  offset: number;
+  data: Buffer;
+  /** bytes that crossed the wire for this frame's body */
+  wireBytes: number;
+}
+
+export type ControlMessage = { type: string; [k: string]: unknown };
+
+export function encodeControl(msg: ControlMessage): Buffer {
+  const body = Buffer.from(JSON.stringify(msg), 'utf8');
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt32BE(body.length + 1, 0);
+  head.writeUInt8(FrameType.Control, 4);
+  return Buffer.concat([head, body]);
+}
+
+/** Encode a DATA frame as [header, body] (the body is not copied unless compressed). */
+export function encodeData(offset: number, data: Buffer, useZstd: boolean): [Buffer, Buffer] {
+  if (data.length > MAX_DATA_BYTES) throw new OsrError('INVALID_ARGUMENT', `data frame of ${data.length} bytes exceeds ${MAX_DATA_BYTES}`);
+  let body = data;
+  let flags = 0;
+  if (useZstd) {
+    const c = compress(data, { compressionLevel: 1 });
+    if (c.length < data.length) {
+      body = c;
+      flags = 1;
+    }
+  }
+  const head = Buffer.allocUnsafe(5 + DATA_HEADER_BYTES);
+  head.writeUInt32BE(1 + DATA_HEADER_BYTES + body.length, 0);
+  head.writeUInt8(FrameType.Data, 4);
+  head.writeUInt8(flags, 5);
+  head.writeUIntBE(0, 6, 3);
+  head.writeUInt32BE(data.length, 9);
+  head.writeBigUInt64BE(BigInt(offset), 13);
+  digest(data).copy(head, 21);
+  return [head, body];
+}
+
+function decodeData(payload: Buffer): DataFrame {
+  if (payload.length < DATA_HEADER_BYTES) throw new OsrError('PROTOCOL_ERROR', 'DATA frame shorter than its header');
+  const flags = payload.readUInt8(0);
+  const rawLength = payload.readUInt32BE(4);
+  const offset = Number(payload.readBigUInt64BE(8));
+  const sum = payload.subarray(16, 32);
+  const body = payload.subarray(DATA_HEADER_BYTES);
+  if (rawLength > MAX_DATA_BYTES) throw new OsrError('PROTOCOL_ERROR', `DATA frame claims ${rawLength} bytes`);
+  let data: Buffer;
+  if (flags & 1) {
+    try {
+      data = decompress(body);
+    } catch (e) {
+      throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} does not decompress`, undefined, { cause: e });
+    }
+  } else data = body;
+  if (data.length !== rawLength) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} has ${data.length} bytes, header says ${rawLength}`);
+  if (!digest(data).equals(sum)) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} failed its checksum`);
+  return { offset, data, wireBytes: body.length };
+}
+
+/**
+ * Reads frames from a stream, handing them to a handler one at a time: the next frame is
+ * not delivered until the handler's promise settles, and the socket is paused while a
+ * backlog builds, so memory stays bounded.
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private running = false;
+  private ended = false;
+  private failed = false;
+
+  constructor(
+    private readonly stream: Duplex,
+    private readonly onControl: (m: ControlMessage) => Promise<void> | void,
+    private readonly onData: (f: DataFrame) => Promise<void> | void,
+    private readonly onError: (e: OsrError) => void,
+  ) {
+    stream.on('data', (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+      if (this.buffered > 2 * MAX_FRAME_BYTES) stream.pause();
+      void this.pump();
+    });
+    stream.on('end', () => {
+      this.ended = true;
+    });
+  }
+
+  private take(n: number): Buffer {
+    let out: Buffer;
+    if (this.chunks[0].length >= n) {
+      out = this.chunks[0].subarray(0, n);
+      if (this.chunks[0].length === n) this.chunks.shift();
+      else this.chunks[0] = this.chunks[0].subarray(n);
+    } else {
+      const parts: Buffer[] = [];
+      let need = n;
+      while (need > 0) {
+        const c = this.chunks[0];
+        if (c.length <= need) {
+          parts.push(c);
+          this.chunks.shift();
+          need -= c.length;
+        } else {
+          parts.push(c.subarray(0, need));
+          this.chunks[0] = c.subarray(need);
+          need = 0;
+        }
+      }
+      out = Buffer.concat(parts, n);
+    }
+    this.buffered -= n;
+    return out;
+  }
+
+  private peekLength(): number {
+    if (this.chunks[0].length >= 4) return this.chunks[0].readUInt32BE(0);
+    return Buffer.concat(this.chunks).readUInt32BE(0);
+  }
+
+  private async pump(): Promise<void> {
+    if (this.running || this.failed) return;
+    this.running = true;
+    try {
+      while (this.buffered >= 4) {
+        const len = this.peekLength();
+        if (len < 1 || len > MAX_FRAME_BYTES) throw new OsrError('PROTOCOL_ERROR', `frame of ${len} bytes is out of bounds`);
+        if (this.buffered < 4 + len) break;
+        this.take(4);
+        const frame = this.take(len);
+        const type = frame.readUInt8(0);
+        const payload = frame.subarray(1);
+        if (type === FrameType.Control) {
+          let msg: ControlMessage;
+          try {
+            msg = JSON.parse(payload.toString('utf8')) as ControlMessage;
+          } catch {
+            throw new OsrError('PROTOCOL_ERROR', 'CONTROL frame is not JSON');
+          }
+          if (typeof msg?.type !== 'string') throw new OsrError('PROTOCOL_ERROR', 'CONTROL frame has no type');
+          await this.onControl(msg);
+        } else if (type === FrameType.Data) {
+          await this.onData(decodeData(payload));
+        } else {
+          throw new OsrError('PROTOCOL_ERROR', `unknown frame type ${type}`);
+        }
+        if (this.buffered <= MAX_FRAME_BYTES && this.stream.isPaused() && !this.ended) this.stream.resume();
+      }
+    } catch (e) {
+      this.failed = true;
+      this.onError(e instanceof OsrError ? e : new OsrError('PROTOCOL_ERROR', String((e as Error)?.message ?? e), undefined, { cause: e }));
+      return;
+    } finally {
+      this.running = false;
+    }
+    if (this.stream.isPaused() && !this.ended && this.buffered <= MAX_FRAME_BYTES) this.stream.resume();
+  }
+}
+
+/** Writes frames with backpressure: resolves when the stream can take more. */
+export class FrameWriter {
+  private closed = false;
+  constructor(private readonly stream: Duplex) {
+    stream.on('close', () => {
+      this.closed = true;
+    });
+  }
+
+  private async write(bufs: Buffer[]): Promise<void> {
+    if (this.closed || this.stream.destroyed) throw new OsrError('NETWORK_ERROR', 'connection to the peer agent is closed');
+    let ok = true;
+    this.stream.cork();
+    for (const b of bufs) ok = this.stream.write(b) && ok;
+    this.stream.uncork();
+    if (!ok) await this.drained();
+  }
+
+  private drained(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onDrain = () => {
+        cleanup();
+        resolve();
+      };
+      const onClose = () => {
+        cleanup();
+        reject(new OsrError('NETWORK_ERROR', 'connection to the peer agent closed while sending'));
+      };
+      const cleanup = () => {
+        this.stream.off('drain', onDrain);
+        this.stream.off('close', onClose);
+      };
+      this.stream.on('drain', onDrain);
+      this.stream.on('close', onClose);
+    });
+  }
+
+  sendControl(msg: ControlMessage): Promise<void> {
+    return this.write([encodeControl(msg)]);
+  }
+
+  /** Send a DATA frame; returns the bytes of its body on the wire. */
+  async sendData(offset: number, data: Buffer, useZstd: boolean): Promise<number> {
+    const [head, body] = encodeData(offset, data, useZstd);
+    await this.write([head, body]);
+    return body.length;
+  }
+}

@@ -1,0 +1,315 @@
+#!/usr/bin/env node
+/**
+ * osr — Open Site Recovery command line. `osr agent` runs a host agent; the other commands
+ * talk to an agent's local API (--agent, or OSR_AGENT).
+ */
+import { Command, Option } from 'commander';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Agent, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/agent.js';
+import { parseDuration } from '../agent/local-api.js';
+import type { ReplicationHealth } from '../agent/replication-types.js';
+import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
+import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pki/index.js';
+import { AgentClient } from './agent-client.js';
+import { runDemo } from './demo.js';
+import { formatBytes, formatSeconds, progressBar, table } from './format.js';
+
+const program = new Command();
+program
+  .name('osr')
+  .description('Open Site Recovery: replicate VM disks between hosts, keep recovery points, open any point instantly.')
+  .version('0.1.0')
+  .option('--agent <url>', 'local API of the agent to talk to', process.env.OSR_AGENT ?? `http://127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
+  .option('--json', 'print machine-readable JSON instead of tables', false)
+  .showHelpAfterError();
+
+const client = () => new AgentClient(program.opts<{ agent: string }>().agent);
+const asJson = () => program.opts<{ json: boolean }>().json;
+const print = (data: unknown, human: () => string) => console.log(asJson() ? JSON.stringify(data, null, 2) : human());
+
+function hostPort(text: string, defaultPort: number): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(text);
+  if (!m) throw new OsrError('INVALID_ARGUMENT', `"${text}" is not HOST[:PORT]`);
+  return { host: m[1].replace(/^\[|\]$/g, ''), port: m[2] !== undefined ? Number(m[2]) : defaultPort };
+}
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+// ---- agent ------------------------------------------------------------------------------
+program
+  .command('agent')
+  .description('run a host agent (lab disks over NBD, change tracking, replication, replica store)')
+  .option('--name <name>', 'agent name (also the certificate name in --pki-dir)', 'agent')
+  .option('--data-dir <dir>', 'where the agent keeps its state', '.osr/agent')
+  .option('--storage-dir <dir>', 'storage location for lab disk images (default DATA/storage)')
+  .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
+  .option('--api <host:port>', 'local API address (loopback)', `127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
+  .option('--nbd-tcp <port>', 'also serve NBD on 127.0.0.1:PORT (the Unix socket is always served)')
+  .option('--pki-dir <dir>', 'directory with ca.crt, NAME.crt and NAME.key (from `osr pki`)')
+  .option('--cert <file>', 'certificate file (overrides --pki-dir)')
+  .option('--key <file>', 'private key file (overrides --pki-dir)')
+  .option('--ca <file>', 'CA certificate file (overrides --pki-dir)')
+  .option('--retry-delay <duration>', 'wait before retrying after a recoverable error', '5s')
+  .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+  .action(async (o: Record<string, string | undefined>) => {
+    const name = o.name!;
+    const pki = o.pkiDir;
+    const certFile = o.cert ?? (pki ? path.join(pki, `${name}.crt`) : undefined);
+    const keyFile = o.key ?? (pki ? path.join(pki, `${name}.key`) : undefined);
+    const caFile = o.ca ?? (pki ? path.join(pki, 'ca.crt') : undefined);
+    if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`)');
+    const api = hostPort(o.api!, DEFAULT_AGENT_API_PORT);
+    const agent = new Agent({
+      name,
+      dataDir: path.resolve(o.dataDir!),
+      storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined,
+      listen: o.listen ? hostPort(o.listen, DEFAULT_REPLICATION_PORT) : undefined,
+      api,
+      nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
+      tls: { certFile, keyFile, caFile },
+      retryDelayMs: parseDuration(o.retryDelay!),
+      logLevel: o.logLevel,
+    });
+    const ep = await agent.start();
+    console.log(JSON.stringify({ agent: name, ...ep }));
+    let stopping = false;
+    const stop = async () => {
+      if (stopping) return;
+      stopping = true;
+      await agent.stop();
+      process.exit(0);
+    };
+    process.on('SIGINT', () => void stop());
+    process.on('SIGTERM', () => void stop());
+  });
+
+// ---- pki --------------------------------------------------------------------------------
+const pki = program.command('pki').description('a certificate authority for agents (the vault will own it later)');
+pki
+  .command('init')
+  .description('create a CA in DIR (ca.crt, ca.key)')
+  .requiredOption('--dir <dir>', 'directory for the CA files')
+  .option('--name <cn>', 'CA common name', 'osr CA')
+  .action(async (o: { dir: string; name: string }) => {
+    fs.mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+    if (fs.existsSync(path.join(o.dir, 'ca.key'))) throw new OsrError('ALREADY_EXISTS', `${o.dir} already holds a CA`);
+    const ca = await createCa({ commonName: o.name });
+    fs.writeFileSync(path.join(o.dir, 'ca.crt'), ca.certPem);
+    fs.writeFileSync(path.join(o.dir, 'ca.key'), ca.keyPem, { mode: 0o600 });
+    print({ dir: o.dir }, () => `CA created in ${o.dir}`);
+  });
+pki
+  .command('issue')
+  .description('issue a certificate signed by the CA in DIR: DIR/NAME.crt and DIR/NAME.key')
+  .requiredOption('--dir <dir>', 'directory holding the CA')
+  .requiredOption('--name <name>', 'certificate common name (the agent name)')
+  .addOption(new Option('--role <role>', 'what the holder is').choices(['agent', 'provider', 'vault', 'client']).default('agent'))
+  .option('--dns <name>', 'DNS name the holder answers to (repeatable; default localhost)', collect, [])
+  .option('--ip <address>', 'IP address the holder answers on (repeatable; default 127.0.0.1, ::1)', collect, [])
+  .option('--days <n>', 'validity in days', '365')
+  .action(async (o: { dir: string; name: string; role: PkiRole; dns: string[]; ip: string[]; days: string }) => {
+    const ca: CaMaterial = { certPem: fs.readFileSync(path.join(o.dir, 'ca.crt'), 'utf8'), keyPem: fs.readFileSync(path.join(o.dir, 'ca.key'), 'utf8') };
+    const issued = await issueCertificate(ca, {
+      commonName: o.name,
+      role: o.role,
+      dnsNames: o.dns.length ? o.dns : undefined,
+      ipAddresses: o.ip.length ? o.ip : undefined,
+      validDays: Number(o.days),
+    });
+    fs.writeFileSync(path.join(o.dir, `${o.name}.crt`), issued.certPem);
+    fs.writeFileSync(path.join(o.dir, `${o.name}.key`), issued.keyPem, { mode: 0o600 });
+    print({ name: o.name, notAfter: issued.notAfter }, () => `issued ${o.name} (${o.role}), valid until ${issued.notAfter.toISOString()}`);
+  });
+
+// ---- vm ---------------------------------------------------------------------------------
+const vm = program.command('vm').description('lab VMs on the agent (disks are raw sparse images served over NBD)');
+vm.command('create <name>')
+  .description('create a lab VM with 1-16 disks')
+  .requiredOption('--disk <size>', 'a disk of this virtual size, e.g. 10G (repeat for more disks)', collect, [])
+  .option('--start', 'start the VM (serve its disks) right away', false)
+  .action(async (name: string, o: { disk: string[]; start: boolean }) => {
+    const spec = await client().post<{ name: string; disks: { name: string; size: number }[] }>('/v1/vms', { name, disks: o.disk });
+    if (o.start) await client().post(`/v1/vms/${name}/start`);
+    print(spec, () => `created ${spec.name}: ${spec.disks.map((d) => `${d.name} ${formatBytes(d.size)}`).join(', ')}`);
+  });
+vm.command('list')
+  .description('list lab VMs')
+  .action(async () => {
+    const s = await client().get<{ vms: Record<string, unknown>[] }>('/v1/status');
+    print(s.vms, () => table(s.vms, ['name', 'running', 'disks', 'tracking', 'resyncRequired']));
+  });
+vm.command('start <name>')
+  .description('start a VM: its disks are served over NBD')
+  .action(async (name: string) => print(await client().post(`/v1/vms/${name}/start`), () => `${name} running`));
+vm.command('stop <name>')
+  .description('stop a VM: its disks are flushed and no longer served')
+  .action(async (name: string) => print(await client().post(`/v1/vms/${name}/stop`), () => `${name} stopped`));
+vm.command('nbd-uri <name> [disk]')
+  .description("print the NBD URI of a VM's disk (every disk when none is named)")
+  .option('--tcp', 'the TCP URI instead of the Unix socket one', false)
+  .action(async (name: string, disk: string | undefined, o: { tcp: boolean }) => {
+    const disks = await client().get<{ name: string; nbd: { unix: string; tcp: string | null } }[]>(`/v1/vms/${name}/disks`);
+    const chosen = disk ? disks.filter((d) => d.name === disk) : disks;
+    if (chosen.length === 0) throw new OsrError('NOT_FOUND', `VM ${name} has no disk ${disk}`);
+    for (const d of chosen) {
+      const uri = o.tcp ? d.nbd.tcp : d.nbd.unix;
+      if (!uri) throw new OsrError('INVALID_STATE', 'the agent serves no NBD over TCP (start it with --nbd-tcp PORT)');
+      console.log(uri);
+    }
+  });
+
+// ---- replication -----------------------------------------------------------------------
+const rep = program.command('replication').description('replicate VMs from this agent (the primary) to a replica agent');
+rep
+  .command('enable <vm>')
+  .description('start replicating a VM: initial replication, then a delta every copy cycle')
+  .requiredOption('--to <host:port>', `replica agent address (default port ${DEFAULT_REPLICATION_PORT})`)
+  .option('--servername <name>', 'name expected in the replica agent certificate', 'localhost')
+  .option('--frequency <duration>', 'copy frequency: 30s, 5m or 15m (any value for tests)', '5m')
+  .option('--retention-hours <n>', 'keep recovery points this many hours (0-24)', '24')
+  .option('--max-points <n>', 'and at most this many points', '24')
+  .option('--compress', 'compress replication traffic (zstd)', false)
+  .option('--start-at <iso>', 'start the initial replication at this time instead of now')
+  .option('--app-consistent-every <duration>', 'take an app-consistent point this often, e.g. 1h')
+  .option('--quiesce-hook <path>', 'script run with freeze/thaw around app-consistent points')
+  .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
+    const to = hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
+    const spec = await client().post<{ id: string }>('/v1/replications', {
+      vm: vmName,
+      peer: `${to.host}:${to.port}`,
+      servername: o.servername,
+      copyFrequency: o.frequency,
+      retentionHours: Number(o.retentionHours),
+      maxPoints: Number(o.maxPoints),
+      compression: o.compress === true,
+      startAt: o.startAt,
+      appConsistentFrequency: o.appConsistentEvery,
+      quiesceHook: o.quiesceHook,
+    });
+    print(spec, () => `replication ${spec.id} enabled`);
+  });
+const repRow = (h: ReplicationHealth) => ({
+  id: h.id,
+  vm: h.vm,
+  state: h.state,
+  health: h.health,
+  rpo: formatSeconds(h.rpoSeconds),
+  latestPoint: h.latestPoint ? `#${h.latestPoint.seq} ${h.latestPoint.time}` : null,
+  pending: formatBytes(h.pendingLogBytes),
+  missed: `${h.missedCyclesLastHour}/${h.cyclesLastHour}`,
+  lastError: h.lastError ? h.lastError.code : null,
+  progress: h.initial ? `${((h.initial.doneBytes / h.initial.totalBytes) * 100).toFixed(1)}%` : null,
+});
+rep
+  .command('list')
+  .description('replications of this agent with state, health and RPO')
+  .action(async () => {
+    const list = await client().get<ReplicationHealth[]>('/v1/replications');
+    print(list, () => table(list.map(repRow)));
+  });
+rep
+  .command('show <id>')
+  .description('health facts of one replication (id or VM name)')
+  .action(async (id: string) => {
+    const h = await client().get<ReplicationHealth>(`/v1/replications/${id}`);
+    print(h, () => JSON.stringify(h, null, 2));
+  });
+rep
+  .command('watch <id>')
+  .description('follow a replication: initial replication progress, then cycles; Ctrl-C to stop')
+  .option('--interval <duration>', 'refresh interval', '1s')
+  .action(async (id: string, o: { interval: string }) => {
+    for (;;) {
+      const h = await client().get<ReplicationHealth>(`/v1/replications/${id}`);
+      const p = h.initial;
+      const line = p
+        ? `${h.state} ${progressBar(p.doneBytes / Math.max(1, p.totalBytes))} ${formatBytes(p.doneBytes)}/${formatBytes(p.totalBytes)} ${formatBytes(p.rateBytesPerSec)}/s ETA ${formatSeconds(p.etaSeconds)} disk ${p.currentDisk ?? '-'}`
+        : `${h.state} ${h.health} RPO ${formatSeconds(h.rpoSeconds)} latest #${h.latestPoint?.seq ?? '-'} pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? ` last error ${h.lastError.code}` : ''}`;
+      if (asJson()) console.log(JSON.stringify(h));
+      else process.stdout.write(`\r${line.padEnd(110)}`);
+      await new Promise((r) => setTimeout(r, parseDuration(o.interval)));
+    }
+  });
+rep
+  .command('cycle <id>')
+  .description('run a copy cycle now')
+  .action(async (id: string) => print(await client().post(`/v1/replications/${id}/cycle`), () => 'cycle requested'));
+rep
+  .command('disable <id>')
+  .description('stop replicating (change tracking stops; the replica and its points stay)')
+  .action(async (id: string) => print(await client().delete(`/v1/replications/${id}`), () => `replication ${id} disabled`));
+
+// ---- replica ----------------------------------------------------------------------------
+const replica = program.command('replica').description('replicas held by this agent: recovery points and overlays');
+replica
+  .command('list')
+  .description('replicas with their latest recovery point')
+  .action(async () => {
+    const list = await client().get<{ vm: string; points: number; initialDone: boolean; latestPoint: { seq: number; timeMs: number } | null; overlays: unknown[] }[]>('/v1/replicas');
+    print(list, () =>
+      table(list.map((r) => ({ vm: r.vm, initialDone: r.initialDone, points: r.points, latest: r.latestPoint ? `#${r.latestPoint.seq} ${new Date(r.latestPoint.timeMs).toISOString()}` : null, overlays: r.overlays.length }))),
+    );
+  });
+replica
+  .command('points <vm>')
+  .description('recovery points of a replica (time, consistency, size)')
+  .action(async (vmName: string) => {
+    const pts = await client().get<{ seq: number; time: string; consistency: string; deltaBytes: number }[]>(`/v1/replicas/${vmName}/points`);
+    print(pts, () => table(pts.map((p) => ({ point: p.seq, time: p.time, consistency: p.consistency, size: formatBytes(p.deltaBytes) }))));
+  });
+replica
+  .command('open <vm>')
+  .description('open a recovery point as a copy-on-write overlay served over NBD (writes never change the point)')
+  .option('--point <seq>', 'recovery point number (default: the latest)')
+  .action(async (vmName: string, o: { point?: string }) => {
+    const r = await client().post<{ id: string; point: number; openMs: number; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${vmName}/overlays`, {
+      point: o.point !== undefined ? Number(o.point) : undefined,
+    });
+    print(r, () => [`overlay ${r.id} on point #${r.point} (opened in ${r.openMs} ms)`, ...r.disks.map((d) => `  ${d.name}  ${d.nbd.unix}`)].join('\n'));
+  });
+replica
+  .command('commit <vm> <overlay>')
+  .description('commit an overlay: its point and writes become the disks; the other points go')
+  .action(async (vmName: string, id: string) => print(await client().post(`/v1/replicas/${vmName}/overlays/${id}/commit`), () => `committed ${id}`));
+replica
+  .command('discard <vm> <overlay>')
+  .description('discard an overlay and its writes')
+  .action(async (vmName: string, id: string) => print(await client().delete(`/v1/replicas/${vmName}/overlays/${id}`), () => `discarded ${id}`));
+
+// ---- status, demo -----------------------------------------------------------------------
+program
+  .command('status')
+  .description("the agent's VMs, replications and replicas")
+  .action(async () => {
+    const s = await client().get<{ name: string; vms: Record<string, unknown>[]; replications: ReplicationHealth[]; replicas: Record<string, unknown>[] }>('/v1/status');
+    print(s, () =>
+      [
+        `agent ${s.name}`,
+        '',
+        'VMs',
+        table(s.vms, ['name', 'running', 'disks', 'tracking']),
+        '',
+        'Replications',
+        table(s.replications.map(repRow)),
+        '',
+        'Replicas',
+        table(s.replicas.map((r) => ({ vm: r.vm, points: r.points, initialDone: r.initialDone }))),
+      ].join('\n'),
+    );
+  });
+program
+  .command('demo')
+  .description('two agents on this machine replicating a lab VM with a live workload (what `npm start` runs); Ctrl-C stops it')
+  .option('--dir <dir>', 'working directory for the demo', '.osr/demo')
+  .option('--frequency <duration>', 'copy frequency', '10s')
+  .option('--duration <duration>', 'stop by itself after this long (default: run until Ctrl-C)')
+  .action(async (o: { dir: string; frequency: string; duration?: string }) => {
+    await runDemo({ dir: path.resolve(o.dir), frequencyMs: parseDuration(o.frequency), durationMs: o.duration ? parseDuration(o.duration) : undefined });
+  });
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  const err = toOsrError(e);
+  if (asJson()) console.error(JSON.stringify({ code: err.code, message: err.message, details: err.details, hint: ERROR_CODES[err.code].fix }));
+  else console.error(`error ${err.code}: ${err.message}\n  what to do: ${ERROR_CODES[err.code].fix}`);
+  process.exit(ERROR_CODES[err.code].class === 'usage' ? 2 : 1);
+});

@@ -1,0 +1,113 @@
+/**
+ * The one registry of error codes. Every error osr reports carries one of these codes,
+ * a class (recoverable errors are retried, non-recoverable ones need someone to act) and
+ * a hint that says what to do next. docs/errors.md is kept in step by a test.
+ */
+export const ErrorClass = {
+  Recoverable: 'recoverable',
+  NonRecoverable: 'non-recoverable',
+  Usage: 'usage',
+} as const;
+export type ErrorClass = (typeof ErrorClass)[keyof typeof ErrorClass];
+
+interface ErrorDef {
+  readonly class: ErrorClass;
+  readonly meaning: string;
+  readonly fix: string;
+}
+
+export const ERROR_CODES = {
+  // usage and input
+  INVALID_ARGUMENT: { class: 'usage', meaning: 'A request or command argument is malformed or out of range.', fix: 'Correct the argument named in the message and try again.' },
+  NOT_FOUND: { class: 'usage', meaning: 'The named object (disk, VM, replication, recovery point, overlay) does not exist.', fix: 'List the objects (e.g. `osr agent status`) and use an existing name.' },
+  ALREADY_EXISTS: { class: 'usage', meaning: 'An object with that name already exists.', fix: 'Choose another name or remove the existing object first.' },
+  INVALID_STATE: { class: 'usage', meaning: 'The operation is not allowed in the object\'s current state.', fix: 'Check the state with `osr agent status` and wait for or finish the running operation.' },
+  CONFIG_INVALID: { class: 'usage', meaning: 'A configuration file or flag is invalid.', fix: 'Fix the setting named in the message; `osr --help` lists the valid values.' },
+
+  // lab disks and change tracking
+  DISK_TOO_LARGE: { class: 'usage', meaning: 'A lab disk larger than 4 TiB was requested.', fix: 'Use a virtual size of at most 4 TiB.' },
+  DISK_COUNT_LIMIT: { class: 'usage', meaning: 'A lab VM must have between 1 and 16 disks.', fix: 'Give the VM 1 to 16 disks.' },
+  DISK_IO_ERROR: { class: 'recoverable', meaning: 'Reading or writing a disk image failed.', fix: 'Check the storage location (space, permissions, health); the operation is retried.' },
+  CHANGE_LOG_CORRUPT: { class: 'non-recoverable', meaning: 'A change log failed verification (bad checksum, broken sequence).', fix: 'The disk is marked resync required; run a resynchronization.' },
+  RESYNC_REQUIRED: { class: 'non-recoverable', meaning: 'Change tracking could not be trusted (unclean shutdown, log corruption); the replica would diverge if replication went on.', fix: 'Run a resynchronization of the replication.' },
+  VM_NOT_FOUND: { class: 'non-recoverable', meaning: 'The VM named by a replication does not exist on its host.', fix: 'Check the VM name, or remove the replication.' },
+
+  // transport
+  NETWORK_ERROR: { class: 'recoverable', meaning: 'The connection to the peer agent failed or broke.', fix: 'Check that the peer agent runs and is reachable on its replication port; the cycle is retried.' },
+  TLS_PEER_CERT_MISSING: { class: 'non-recoverable', meaning: 'The peer did not present a client or server certificate.', fix: 'Give the agent its certificate and key (--cert, --key) issued by the CA.' },
+  TLS_PEER_CERT_UNTRUSTED: { class: 'non-recoverable', meaning: 'The peer\'s certificate is not issued by the trusted CA, has expired, or is not valid for this use.', fix: 'Issue the peer a certificate from the same CA (`osr pki issue`) and restart it.' },
+  TLS_HANDSHAKE_FAILED: { class: 'non-recoverable', meaning: 'The TLS handshake failed for another reason (protocol version, name mismatch).', fix: 'Use TLS 1.3 on both sides and make the certificate name match the address used.' },
+  PROTOCOL_VERSION_UNSUPPORTED: { class: 'non-recoverable', meaning: 'The peer agent speaks no protocol version this agent supports.', fix: 'Upgrade the older agent so both share a protocol version.' },
+  PROTOCOL_ERROR: { class: 'recoverable', meaning: 'The peer sent a malformed or unexpected frame.', fix: 'The connection is dropped and retried; if it persists, check both agents run matching versions.' },
+  CHECKSUM_MISMATCH: { class: 'recoverable', meaning: 'Data arrived with a checksum that does not match; it was discarded.', fix: 'Nothing: the transfer is retried. If it repeats, check memory and network hardware.' },
+  AUTH_FAILED: { class: 'non-recoverable', meaning: 'The peer is not allowed to perform this operation.', fix: 'Use a certificate with the right role, or the right API token.' },
+
+  // replica side
+  REPLICA_STORE_CORRUPT: { class: 'non-recoverable', meaning: 'The replica store failed verification on open.', fix: 'Restore the store from its peer by a resynchronization; keep the directory for analysis.' },
+  REPLICA_CHAIN_BROKEN: { class: 'non-recoverable', meaning: 'A delta does not follow the replica\'s latest recovery point (broken chain).', fix: 'Run a resynchronization.' },
+  REPLICA_DISK_FULL: { class: 'recoverable', meaning: 'The replica\'s storage location has no space left.', fix: 'Free space or move the replica; replication retries on its own.' },
+  LOW_MEMORY: { class: 'recoverable', meaning: 'The agent is short of memory.', fix: 'Free memory on the host; replication retries on its own.' },
+  POINT_NOT_FOUND: { class: 'usage', meaning: 'The recovery point does not exist (pruned or never made).', fix: 'List the recovery points and choose an existing one.' },
+  OVERLAY_IN_USE: { class: 'usage', meaning: 'An overlay is open on the replica, so the operation cannot run.', fix: 'Close or commit the overlay first.' },
+  HOOK_FAILED: { class: 'recoverable', meaning: 'The quiesce hook for an app-consistent point failed or timed out; a crash-consistent point was taken instead.', fix: 'Check the hook script and its output in the agent log.' },
+
+  INTERNAL: { class: 'non-recoverable', meaning: 'An unexpected internal error.', fix: 'Report it with the agent log; the message holds the details.' },
+} as const satisfies Record<string, ErrorDef>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class OsrError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'OsrError';
+    this.code = code;
+    this.details = details;
+  }
+  get errorClass(): ErrorClass {
+    return ERROR_CODES[this.code].class;
+  }
+  get recoverable(): boolean {
+    return this.errorClass === ErrorClass.Recoverable;
+  }
+  get hint(): string {
+    return ERROR_CODES[this.code].fix;
+  }
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message };
+  }
+}
+
+export function isOsrError(e: unknown): e is OsrError {
+  return e instanceof OsrError;
+}
+
+/** Maps any thrown value to an OsrError, classifying common system errors. */
+export function toOsrError(e: unknown, fallback: ErrorCode = 'INTERNAL'): OsrError {
+  if (e instanceof OsrError) return e;
+  const err = e as NodeJS.ErrnoException | undefined;
+  const message = err?.message ?? String(e);
+  switch (err?.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new OsrError('REPLICA_DISK_FULL', message, undefined, { cause: e });
+    case 'ENOMEM':
+      return new OsrError('LOW_MEMORY', message, undefined, { cause: e });
+    case 'ECONNREFUSED':
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'ETIMEDOUT':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'ERR_STREAM_PREMATURE_CLOSE':
+    case 'ERR_SOCKET_CLOSED':
+      return new OsrError('NETWORK_ERROR', message, undefined, { cause: e });
+    case 'EIO':
+      return new OsrError('DISK_IO_ERROR', message, undefined, { cause: e });
+    case 'ENOENT':
+      return new OsrError('NOT_FOUND', message, undefined, { cause: e });
+    default:
+      return new OsrError(fallback, message, undefined, { cause: e });
+  }
+}

@@ -1,0 +1,384 @@
+/**
+ * The certificate authority behind osr's mutual TLS. One CA signs every certificate an
+ * osr process presents (agents now; the vault, providers and operator clients later), and
+ * every process trusts that CA and nothing else, so "issued by our CA" is the whole test
+ * of membership. Keys are ECDSA P-256: small, fast to generate and sign with, and accepted
+ * by every TLS 1.3 stack osr talks to.
+ *
+ * Certificates and keys travel as PEM strings (PKCS#8 for keys) because that is what
+ * node:tls takes directly and what operators can inspect with `openssl x509 -text`.
+ */
+import crypto, { type webcrypto } from 'node:crypto';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+// @peculiar/x509 resolves its classes through tsyringe, which needs the Reflect metadata
+// API loaded first.
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { OsrError } from '../domain/errors.js';
+
+// The library needs a WebCrypto implementation; Node's is complete for ECDSA P-256.
+x509.cryptoProvider.set(crypto.webcrypto);
+
+const KEY_ALGORITHM: webcrypto.EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
+const SIGNING_ALGORITHM: webcrypto.EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
+const DAY_MS = 24 * 60 * 60 * 1000;
+/**
+ * Certificates start a little in the past so that a peer whose clock runs a few minutes
+ * behind the issuer does not reject a certificate issued "in its future".
+ */
+const CLOCK_SKEW_MS = 5 * 60 * 1000;
+
+export const PKI_ROLES = ['agent', 'provider', 'vault', 'client'] as const;
+export type PkiRole = (typeof PKI_ROLES)[number];
+
+export interface CaMaterial {
+  certPem: string;
+  keyPem: string;
+}
+
+export interface CreateCaOptions {
+  commonName: string;
+  /** Default 3650 (ten years): the CA outlives many rounds of leaf certificates. */
+  validDays?: number;
+}
+
+export interface IssueOptions {
+  commonName: string;
+  role: PkiRole;
+  /**
+   * Subject alternative names. When neither dnsNames nor ipAddresses is given the
+   * certificate names the loopback host (DNS localhost, IP 127.0.0.1 and ::1); when
+   * either is given, only what is given is used.
+   */
+  dnsNames?: string[];
+  ipAddresses?: string[];
+  /** Default 365. */
+  validDays?: number;
+  /** Default: now minus a few minutes of clock skew allowance. */
+  notBefore?: Date;
+}
+
+export interface IssuedCertificate {
+  certPem: string;
+  keyPem: string;
+  /** The issuing CA's certificate, which the holder needs in order to verify its peers. */
+  caPem: string;
+  /** Hexadecimal, lower case. */
+  serialNumber: string;
+  notAfter: Date;
+}
+
+export interface CertificateInfo {
+  commonName: string;
+  role?: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** SHA-256 of the DER certificate as colon-separated upper-case hex, the same form node:tls reports as fingerprint256. */
+  fingerprintSha256: string;
+  issuer: string;
+}
+
+/** What a TLS endpoint needs: its own certificate and key, and the CA it trusts. */
+export interface TlsMaterial {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+}
+
+/** Creates a self-signed CA that may sign end-entity certificates only (path length 0). */
+export async function createCa(opts: CreateCaOptions): Promise<CaMaterial> {
+  const commonName = checkCommonName(opts.commonName);
+  const validDays = checkValidDays(opts.validDays ?? 3650);
+  const keys = await generateKeyPair();
+  const notBefore = wholeSeconds(new Date(Date.now() - CLOCK_SKEW_MS));
+  const notAfter = wholeSeconds(new Date(notBefore.getTime() + validDays * DAY_MS));
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name: [{ CN: [commonName] }],
+    notBefore,
+    notAfter,
+    keys,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await exportPrivateKey(keys.privateKey) };
+}
+
+/**
+ * Issues an end-entity certificate signed by the CA. The role goes into the subject as
+ * OU=<role> so that a server can tell an agent from a provider by its certificate alone.
+ */
+export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Promise<IssuedCertificate> {
+  const commonName = checkCommonName(opts.commonName);
+  if (!(PKI_ROLES as readonly string[]).includes(opts.role)) {
+    throw new OsrError('INVALID_ARGUMENT', `unknown certificate role '${String(opts.role)}'; expected one of ${PKI_ROLES.join(', ')}`);
+  }
+  const validDays = checkValidDays(opts.validDays ?? 365);
+  const useDefaults = opts.dnsNames === undefined && opts.ipAddresses === undefined;
+  const dnsNames = useDefaults ? ['localhost'] : (opts.dnsNames ?? []);
+  const ipAddresses = useDefaults ? ['127.0.0.1', '::1'] : (opts.ipAddresses ?? []);
+  for (const ip of ipAddresses) {
+    if (net.isIP(ip) === 0) throw new OsrError('INVALID_ARGUMENT', `'${ip}' is not an IP address`);
+  }
+  for (const name of dnsNames) {
+    if (!/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(name)) {
+      throw new OsrError('INVALID_ARGUMENT', `'${name}' is not a valid DNS name`);
+    }
+  }
+
+  const caCert = parseCertificate(ca.certPem, 'CA certificate');
+  const caKey = await loadCaKey(ca, caCert);
+  const now = Date.now();
+  if (caCert.notAfter.getTime() <= now) {
+    throw new OsrError('INVALID_STATE', `the CA certificate '${caCert.subject}' expired on ${caCert.notAfter.toISOString()}; create a new CA and reissue`);
+  }
+
+  const notBefore = wholeSeconds(opts.notBefore ?? new Date(now - CLOCK_SKEW_MS));
+  // A certificate cannot be valid longer than its issuer, so the lifetime stops at the CA's end.
+  const requestedEnd = notBefore.getTime() + validDays * DAY_MS;
+  const notAfter = wholeSeconds(new Date(Math.min(requestedEnd, caCert.notAfter.getTime())));
+
+  const keys = await generateKeyPair();
+  const usages = opts.role === 'client' ? [x509.ExtendedKeyUsage.clientAuth] : [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth];
+  const altNames: x509.JsonGeneralNames = [
+    ...dnsNames.map((value) => ({ type: 'dns' as const, value })),
+    ...ipAddresses.map((value) => ({ type: 'ip' as const, value })),
+  ];
+  const extensions: x509.Extension[] = [
+    new x509.BasicConstraintsExtension(false, undefined, true),
+    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+    new x509.ExtendedKeyUsageExtension(usages, false),
+    await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    await x509.AuthorityKeyIdentifierExtension.create(caCert.publicKey),
+  ];
+  // An empty SAN extension is not valid DER, so a certificate without names simply has none.
+  if (altNames.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(altNames, false));
+
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: [{ CN: [commonName] }, { OU: [opts.role] }],
+    issuer: caCert.subjectName,
+    notBefore,
+    notAfter,
+    publicKey: keys.publicKey,
+    signingKey: caKey,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions,
+  });
+  return {
+    certPem: cert.toString('pem'),
+    keyPem: await exportPrivateKey(keys.privateKey),
+    caPem: caCert.toString('pem'),
+    serialNumber: cert.serialNumber.toLowerCase(),
+    notAfter: cert.notAfter,
+  };
+}
+
+/** Reads the fields osr cares about from a PEM certificate. */
+export function readCertificateInfo(pem: string): CertificateInfo {
+  const cert = parseCertificate(pem, 'certificate');
+  const role = cert.subjectName.getField('OU')[0];
+  return {
+    commonName: cert.subjectName.getField('CN')[0] ?? '',
+    ...(role !== undefined ? { role } : {}),
+    notBefore: cert.notBefore,
+    notAfter: cert.notAfter,
+    fingerprintSha256: formatFingerprint(crypto.createHash('sha256').update(new Uint8Array(cert.rawData)).digest()),
+    issuer: cert.issuer,
+  };
+}
+
+/** Colon-separated upper-case hex, matching node:tls `fingerprint256`. */
+export function formatFingerprint(digest: Uint8Array): string {
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0').toUpperCase()).join(':');
+}
+
+/**
+ * Writes `<name>.crt`, `<name>.key` (mode 0600) and `ca.crt` into dir. Each file is
+ * written to a temporary name, fsynced and renamed into place, so a crash leaves either
+ * the old file or the new one, never a truncated key. Returns the paths written.
+ */
+export async function writePkiFiles(dir: string, name: string, issued: IssuedCertificate): Promise<TlsFiles> {
+  if (name === '' || name === 'ca' || name === '.' || name === '..' || /[/\\\0]/.test(name)) {
+    throw new OsrError('INVALID_ARGUMENT', `'${name}' cannot be used as a certificate file name (no path separators, and 'ca' is reserved for ca.crt)`);
+  }
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const files: TlsFiles = {
+    certFile: path.join(dir, `${name}.crt`),
+    keyFile: path.join(dir, `${name}.key`),
+    caFile: path.join(dir, 'ca.crt'),
+  };
+  await writeFileAtomic(files.caFile, issued.caPem, 0o644);
+  await writeFileAtomic(files.keyFile, issued.keyPem, 0o600);
+  await writeFileAtomic(files.certFile, issued.certPem, 0o644);
+  await fsyncDir(dir);
+  return files;
+}
+
+/**
+ * Loads the PEM files an endpoint needs and checks them against each other, so that a
+ * mix-up (wrong key, certificate from another CA) is reported at startup with the file
+ * name rather than later as an opaque handshake failure.
+ */
+export async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
+  const cert = await readPemFile(files.certFile, 'certificate', 'CERTIFICATE');
+  const key = await readPemFile(files.keyFile, 'private key', 'PRIVATE KEY');
+  const ca = await readPemFile(files.caFile, 'CA certificate', 'CERTIFICATE');
+
+  let certObj: crypto.X509Certificate;
+  try {
+    certObj = new crypto.X509Certificate(cert);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `${files.certFile} does not hold a valid certificate: ${(e as Error).message}`, { file: files.certFile }, { cause: e });
+  }
+  let keyObj: crypto.KeyObject;
+  try {
+    keyObj = crypto.createPrivateKey(key);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `${files.keyFile} does not hold a valid private key: ${(e as Error).message}`, { file: files.keyFile }, { cause: e });
+  }
+  if (!certObj.checkPrivateKey(keyObj)) {
+    throw new OsrError('CONFIG_INVALID', `the private key in ${files.keyFile} does not belong to the certificate in ${files.certFile}`, { certFile: files.certFile, keyFile: files.keyFile });
+  }
+  const cas = splitPemCertificates(ca).map((pem, i) => {
+    try {
+      return new crypto.X509Certificate(pem);
+    } catch (e) {
+      throw new OsrError('CONFIG_INVALID', `certificate #${i + 1} in ${files.caFile} is not valid: ${(e as Error).message}`, { file: files.caFile }, { cause: e });
+    }
+  });
+  if (!cas.some((c) => certObj.checkIssued(c) && certObj.verify(c.publicKey))) {
+    throw new OsrError('CONFIG_INVALID', `the certificate in ${files.certFile} was not issued by the CA in ${files.caFile}`, { certFile: files.certFile, caFile: files.caFile });
+  }
+  return { cert, key, ca };
+}
+
+// ---------------------------------------------------------------------------
+
+async function generateKeyPair(): Promise<webcrypto.CryptoKeyPair> {
+  return (await crypto.webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+}
+
+async function exportPrivateKey(key: webcrypto.CryptoKey): Promise<string> {
+  const der = await crypto.webcrypto.subtle.exportKey('pkcs8', key);
+  return x509.PemConverter.encode(der, 'PRIVATE KEY');
+}
+
+async function loadCaKey(ca: CaMaterial, caCert: x509.X509Certificate): Promise<webcrypto.CryptoKey> {
+  const basic = caCert.getExtension(x509.BasicConstraintsExtension);
+  if (!basic?.ca) throw new OsrError('INVALID_ARGUMENT', `'${caCert.subject}' is not a CA certificate`);
+  let keyObj: crypto.KeyObject;
+  try {
+    keyObj = crypto.createPrivateKey(ca.keyPem);
+  } catch (e) {
+    throw new OsrError('INVALID_ARGUMENT', `the CA private key is not a valid PEM key: ${(e as Error).message}`, undefined, { cause: e });
+  }
+  // A CA key that does not match the CA certificate would sign certificates nobody can verify.
+  const keySpki = crypto.createPublicKey(keyObj).export({ type: 'spki', format: 'der' });
+  if (!Buffer.from(caCert.publicKey.rawData).equals(keySpki)) {
+    throw new OsrError('INVALID_ARGUMENT', `the CA private key does not belong to the CA certificate '${caCert.subject}'`);
+  }
+  const pkcs8 = keyObj.export({ type: 'pkcs8', format: 'der' });
+  return crypto.webcrypto.subtle.importKey('pkcs8', pkcs8, KEY_ALGORITHM, false, ['sign']) as Promise<webcrypto.CryptoKey>;
+}
+
+function parseCertificate(pem: string, what: string): x509.X509Certificate {
+  try {
+    return new x509.X509Certificate(pem);
+  } catch (e) {
+    throw new OsrError('INVALID_ARGUMENT', `the ${what} is not a valid PEM certificate: ${(e as Error).message}`, undefined, { cause: e });
+  }
+}
+
+/** 16 random bytes, positive and without a leading zero byte, so the DER integer keeps all 128 bits. */
+function randomSerial(): string {
+  const bytes = crypto.randomBytes(16);
+  bytes[0] = (bytes[0] & 0x7f) | 0x40;
+  return bytes.toString('hex');
+}
+
+function checkCommonName(cn: string): string {
+  if (typeof cn !== 'string' || cn.trim() === '' || cn.length > 64) {
+    throw new OsrError('INVALID_ARGUMENT', `the common name must be 1 to 64 characters, got '${String(cn)}'`);
+  }
+  return cn;
+}
+
+function checkValidDays(days: number): number {
+  if (!Number.isFinite(days) || days <= 0) {
+    throw new OsrError('INVALID_ARGUMENT', `validDays must be a positive number, got ${days}`);
+  }
+  return days;
+}
+
+/** X.509 times carry whole seconds; truncating up front keeps returned dates equal to the encoded ones. */
+function wholeSeconds(d: Date): Date {
+  return new Date(Math.floor(d.getTime() / 1000) * 1000);
+}
+
+function splitPemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
+async function readPemFile(file: string, what: string, label: string): Promise<string> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const reason =
+      code === 'ENOENT' ? 'does not exist' : code === 'EACCES' || code === 'EPERM' ? 'is not readable by this process (check owner and mode)' : code === 'EISDIR' ? 'is a directory' : `cannot be read (${(e as Error).message})`;
+    throw new OsrError('CONFIG_INVALID', `TLS ${what} file ${file} ${reason}`, { file }, { cause: e });
+  }
+  if (!new RegExp(`-----BEGIN (?:[A-Z]+ )?${label}-----`).test(text)) {
+    throw new OsrError('CONFIG_INVALID', `TLS ${what} file ${file} holds no PEM ${label} block`, { file });
+  }
+  return text;
+}
+
+async function writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  // The mode is set at creation so a key is never readable by others, not even briefly.
+  const fh = await fs.open(tmp, 'wx', mode);
+  try {
+    await fh.writeFile(data, 'utf8');
+    await fh.chmod(mode);
+    await fh.sync();
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  try {
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  // Makes the renames durable; some platforms cannot open a directory, which is harmless.
+  let fh: fs.FileHandle | undefined;
+  try {
+    fh = await fs.open(dir, 'r');
+    await fh.sync();
+  } catch {
+    // ignore
+  } finally {
+    await fh?.close();
+  }
+}

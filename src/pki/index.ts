@@ -1,0 +1,13 @@
+/** PKI for mutual TLS between osr processes: the CA, certificate files, and TLS options. */
+export {
+  PKI_ROLES,
+  createCa,
+  formatFingerprint,
+  issueCertificate,
+  loadTlsMaterial,
+  readCertificateInfo,
+  writePkiFiles,
+} from './ca.js';
+export type { CaMaterial, CertificateInfo, CreateCaOptions, IssueOptions, IssuedCertificate, PkiRole, TlsFiles, TlsMaterial } from './ca.js';
+export { classifyTlsError, clientTlsOptions, onTlsClientError, peerIdentity, serverTlsOptions } from './mtls.js';
+export type { ClientTlsOptionsInput, PeerIdentity, TlsErrorContext, TlsSide } from './mtls.js';
