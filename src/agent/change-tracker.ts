@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError, isOsrError } from '../domain/errors.js';
-import { ChangeLogWriter, diskKeyOf, scanLogFile, RecordType, type LogScan } from './change-log.js';
+import { ChangeLogWriter, diskKeyOf, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 
 export interface TrackingState {
@@ -42,21 +42,38 @@ export function currentBootId(): string {
 
 const pad = (n: number) => String(n).padStart(12, '0');
 
-/** Redoes the last record of a recovered log onto the image: the crash may have hit between the two. */
+/**
+ * Redoes the last write of a recovered log onto the image: the crash may have hit between
+ * the two. A write larger than MAX_RECORD_DATA was split into several records, all appended
+ * before the image write, so every record of it is redone (redoing a suffix of the log in
+ * order is always safe: the records before it are already in the image).
+ */
 function redoLastRecord(scan: LogScan, logFile: string, imageFd: number): void {
-  const last = scan.records.at(-1);
-  if (!last) return;
-  if (last.type === RecordType.Write) {
-    const fd = fs.openSync(logFile, 'r');
-    try {
-      const data = Buffer.allocUnsafe(last.length);
-      fs.readSync(fd, data, 0, last.length, last.dataPos);
-      fs.writeSync(imageFd, data, 0, data.length, last.offset);
-    } finally {
-      fs.closeSync(fd);
+  const recs = scan.records;
+  if (recs.length === 0) return;
+  let first = recs.length - 1;
+  while (first > 0 && recs[first].type === RecordType.Write) {
+    const prev = recs[first - 1];
+    if (prev.type !== RecordType.Write || prev.length !== MAX_RECORD_DATA || prev.offset + prev.length !== recs[first].offset) break;
+    first--;
+  }
+  const fd = fs.openSync(logFile, 'r');
+  try {
+    for (const rec of recs.slice(first)) {
+      if (rec.type === RecordType.Write) {
+        const data = Buffer.allocUnsafe(rec.length);
+        for (let done = 0; done < rec.length; ) {
+          const n = fs.readSync(fd, data, done, rec.length - done, rec.dataPos + done);
+          if (n <= 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${logFile}: record ${rec.index} is shorter than its header says`);
+          done += n;
+        }
+        for (let done = 0; done < data.length; ) done += fs.writeSync(imageFd, data, done, data.length - done, rec.offset + done);
+      } else if (rec.type === RecordType.Zero) {
+        writeZeroes(imageFd, rec.offset, rec.length);
+      }
     }
-  } else if (last.type === RecordType.Zero) {
-    writeZeroes(imageFd, last.offset, last.length);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

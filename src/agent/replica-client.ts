@@ -24,6 +24,7 @@ export class ReplicaClient {
   private constructor(
     private readonly socket: tls.TLSSocket,
     readonly useZstd: boolean,
+    peer: string,
   ) {
     this.writer = new FrameWriter(socket);
     new FrameReader(
@@ -34,20 +35,24 @@ export class ReplicaClient {
       },
       (e) => this.fail(e),
     );
-    socket.on('error', (e) => this.fail(classifyTlsError(e, 'client')));
-    socket.on('close', () => this.fail(new OsrError('NETWORK_ERROR', 'connection to the replica agent closed')));
+    socket.on('error', (e) => this.fail(classifyTlsError(e, 'client', { socket, peer })));
+    socket.on('close', () => {
+      // a replica that refuses our certificate closes right after the handshake, silently
+      const refused = socket.authorized && socket.bytesRead === 0;
+      this.fail(refused ? classifyTlsError(undefined, 'client', { socket, peer }) : new OsrError('NETWORK_ERROR', `connection to the replica agent at ${peer} closed`));
+    });
   }
 
   /** Connect, verify the replica's certificate against the CA, and agree on a protocol version. */
   static async connect(peer: PeerAddress, material: TlsMaterial, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
     const socket = tls.connect({ ...clientTlsOptions(material, { servername: peer.servername ?? 'localhost' }), host: peer.host, port: peer.port });
     socket.setNoDelay(true);
-    const client = new ReplicaClient(socket, useZstd);
+    const client = new ReplicaClient(socket, useZstd, `${peer.host}:${peer.port}`);
     const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica agent at ${peer.host}:${peer.port} within ${timeoutMs} ms`)), timeoutMs);
     try {
       await new Promise<void>((resolve, reject) => {
         socket.once('secureConnect', () => resolve());
-        socket.once('error', (e) => reject(classifyTlsError(e, 'client')));
+        socket.once('error', (e) => reject(classifyTlsError(e, 'client', { socket, peer: `${peer.host}:${peer.port}` })));
         socket.once('close', () => reject(client.failure ?? new OsrError('NETWORK_ERROR', `connection to ${peer.host}:${peer.port} closed during the handshake`)));
       });
       const welcome = new Promise<ControlMessage>((resolve, reject) => {

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { OsrError, toOsrError } from '../domain/errors.js';
-import { classifyTlsError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
+import { onTlsClientError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
 import { ReplicaStore, type DeltaDiskFile, type RecoveryPoint } from './replica-store.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
 import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
@@ -314,10 +314,7 @@ export class ReplicationServer {
       socket.on('error', (e) => this.log.warn({ code: toOsrError(e).code }, `replication connection error: ${e.message}`));
       new Session(socket, this.registry, this.agentName, this.log);
     });
-    server.on('tlsClientError', (e, socket) => {
-      const err = classifyTlsError(e, 'server');
-      this.log.warn({ code: err.code, peer: socket.remoteAddress }, err.message);
-    });
+    onTlsClientError(server, (err) => this.log.warn({ code: err.code, ...err.details }, err.message));
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);

@@ -38,6 +38,10 @@ export interface InitialProgress {
   etaSeconds: number | null;
   currentDisk: string | null;
   startedAt: string;
+  /** bytes already durable at the replica when this attempt started (a resumed copy) */
+  resumedFromBytes: number;
+  /** set once the first recovery point is at the replica */
+  completedAt: string | null;
 }
 
 export interface ReplicationHealth {

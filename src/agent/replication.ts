@@ -197,19 +197,19 @@ export class PrimaryReplication {
       etaSeconds: null,
       currentDisk: null,
       startedAt: new Date(this.deps.clock.now()).toISOString(),
+      resumedFromBytes: doneBytes,
+      completedAt: null,
     };
-    this.resumeBaseBytes = doneBytes;
     this.initialOpen = open;
   }
 
-  private resumeBaseBytes = 0;
   private initialOpen: OpenResult | undefined;
 
   private updateRate(): void {
     const p = this.initial;
     if (!p) return;
     const elapsed = (this.deps.clock.now() - Date.parse(p.startedAt)) / 1000;
-    const done = p.doneBytes - this.resumeBaseBytes;
+    const done = p.doneBytes - p.resumedFromBytes;
     p.rateBytesPerSec = elapsed > 0 ? Math.round(done / elapsed) : 0;
     p.etaSeconds = p.rateBytesPerSec > 0 ? Math.round((p.totalBytes - p.doneBytes) / p.rateBytesPerSec) : null;
   }
@@ -346,7 +346,10 @@ export class PrimaryReplication {
       this.lastSuccessMs = this.deps.clock.now();
       if (this.state === ReplicationState.Replicating) this.recordCycle(true);
       if (this.lastError && this.lastError.code !== 'HOOK_FAILED') this.lastError = null;
-      this.initial = null;
+      if (this.initial && !this.initial.completedAt) {
+        this.updateRate();
+        this.initial.completedAt = new Date(this.deps.clock.now()).toISOString();
+      }
     }
   }
 

@@ -62,7 +62,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     try {
       const h = await primary.api.get<ReplicationHealth>(`/v1/replications/${VM}`);
       const pts = await replica.api.get<unknown[]>(`/v1/replicas/${VM}/points`).catch(() => []);
-      const p = h.initial;
+      const p = h.initial && !h.initial.completedAt ? h.initial : null;
       const line = p
         ? `${h.state} ${progressBar(p.doneBytes / Math.max(1, p.totalBytes), 20)} ${formatBytes(p.rateBytesPerSec)}/s ETA ${formatSeconds(p.etaSeconds)} disk ${p.currentDisk ?? '-'}`
         : `${h.state} ${h.health}  RPO ${formatSeconds(h.rpoSeconds)}  latest point #${h.latestPoint?.seq ?? '-'}  points at replica ${pts.length}  pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? `  last error ${h.lastError.code}` : ''}`;

@@ -198,7 +198,7 @@ const repRow = (h: ReplicationHealth) => ({
   pending: formatBytes(h.pendingLogBytes),
   missed: `${h.missedCyclesLastHour}/${h.cyclesLastHour}`,
   lastError: h.lastError ? h.lastError.code : null,
-  progress: h.initial ? `${((h.initial.doneBytes / h.initial.totalBytes) * 100).toFixed(1)}%` : null,
+  progress: h.initial && !h.initial.completedAt ? `${((h.initial.doneBytes / h.initial.totalBytes) * 100).toFixed(1)}%` : null,
 });
 rep
   .command('list')
@@ -221,7 +221,7 @@ rep
   .action(async (id: string, o: { interval: string }) => {
     for (;;) {
       const h = await client().get<ReplicationHealth>(`/v1/replications/${id}`);
-      const p = h.initial;
+      const p = h.initial && !h.initial.completedAt ? h.initial : null;
       const line = p
         ? `${h.state} ${progressBar(p.doneBytes / Math.max(1, p.totalBytes))} ${formatBytes(p.doneBytes)}/${formatBytes(p.totalBytes)} ${formatBytes(p.rateBytesPerSec)}/s ETA ${formatSeconds(p.etaSeconds)} disk ${p.currentDisk ?? '-'}`
         : `${h.state} ${h.health} RPO ${formatSeconds(h.rpoSeconds)} latest #${h.latestPoint?.seq ?? '-'} pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? ` last error ${h.lastError.code}` : ''}`;

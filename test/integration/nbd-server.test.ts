@@ -414,7 +414,10 @@ class RawClient {
   }
 
   /** Connects and completes the greeting; returns the server's handshake flags. */
-  static async greeted(h: Harness, clientFlags = ClientFlag.FixedNewstyle | ClientFlag.NoZeroes): Promise<{ client: RawClient; flags: number }> {
+  static async greeted(
+    h: Harness,
+    clientFlags = ClientFlag.FixedNewstyle | ClientFlag.NoZeroes,
+  ): Promise<{ client: RawClient; flags: number }> {
     const client = await RawClient.connect({ path: h.socketPath });
     const greeting = await client.read(18);
     assert.equal(greeting.readBigUInt64BE(0), NBD_INIT_MAGIC);
@@ -658,7 +661,8 @@ test('FUA reaches the device only on writes that ask for it', async (t) => {
   const h = await startServer(t);
   const disk = h.exports.add('disk', new MemoryDevice(1 * MiB));
   // writeback caching: otherwise qemu sets FUA on every write
-  const r = await qemuIo(h.tcpUri('disk'), ['write -P 0x01 0 4k', 'write -f -P 0x02 4k 4k', 'write -z -f 8k 4k'], ['-t', 'writeback']);
+  const commands = ['write -P 0x01 0 4k', 'write -f -P 0x02 4k 4k', 'write -z -f 8k 4k'];
+  const r = await qemuIo(h.tcpUri('disk'), commands, ['-t', 'writeback']);
   assertSucceeded(r, 'qemu-io');
   const byOffset = new Map(disk.ops.filter((o) => o.op !== 'flush').map((o) => [o.offset, o]));
   assert.equal(byOffset.get(0)?.fua, false);
@@ -825,7 +829,8 @@ test('a 4 TiB export handles offsets near the end and refuses ranges past it', a
   const tailOffset = 4 * TiB - 64 * KiB;
 
   if (onPath('qemu-io')) {
-    assertSucceeded(await qemuIo(h.unixUri('big'), [`write -P 0x5a ${tailOffset} 64k`, `read -P 0x5a ${tailOffset} 64k`]), 'qemu-io');
+    const r = await qemuIo(h.unixUri('big'), [`write -P 0x5a ${tailOffset} 64k`, `read -P 0x5a ${tailOffset} 64k`]);
+    assertSucceeded(r, 'qemu-io');
     assert.deepEqual(big.peek(tailOffset, 64 * KiB), Buffer.alloc(64 * KiB, 0x5a));
   } else {
     big.poke(tailOffset, Buffer.alloc(64 * KiB, 0x5a));
@@ -857,7 +862,10 @@ test('a 4 TiB export handles offsets near the end and refuses ranges past it', a
     const r = await c.call(type, spec);
     assert.equal(r.error, errno, what);
   }
-  assert.equal(big.ops.filter((o) => o.offset >= 4 * TiB - 4096 && o.op !== 'write').length, 0, 'nothing past the end reached the device');
+  assert.ok(
+    big.ops.every((o) => o.offset + o.length <= 4 * TiB),
+    'nothing past the end reached the device',
+  );
   c.close();
 });
 
@@ -1281,7 +1289,8 @@ test('listenUnix replaces a stale socket file but not a live socket or another f
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const socketPath = path.join(dir, 'stale.sock');
   // a process killed while listening leaves its socket file behind
-  const script = `require('net').createServer().listen(${JSON.stringify(socketPath)}, () => process.kill(process.pid, 'SIGKILL'))`;
+  const script = `require('net').createServer()
+    .listen(${JSON.stringify(socketPath)}, () => process.kill(process.pid, 'SIGKILL'))`;
   await runTool(process.execPath, ['-e', script]);
   assert.ok(fs.lstatSync(socketPath).isSocket());
 

@@ -1,6 +1,6 @@
 /**
  * An NBD server (fixed newstyle handshake only) that serves BlockDevice objects to
- * standard clients: qemu, libnbd tools (nbdcopy, nbdinfo), the Linux nbd driver.
+ * standard clients such as qemu and the libnbd tools (nbdcopy, nbdinfo).
  *
  * Each connection negotiates options, then runs a transmission loop that reads requests
  * and executes them concurrently; replies go out whole, in completion order. Reading stops
@@ -106,7 +106,7 @@ type LogLevel = 'info' | 'warn';
 
 /**
  * Raised to end a connection. `graceful` ends let in-flight requests finish and their
- * replies go out; the others destroy the socket at once.
+ * replies go out; the others hang up at once (output already queued is still flushed).
  */
 class ConnectionEnd extends Error {
   constructor(
@@ -675,7 +675,10 @@ interface Negotiation {
 }
 
 /** What handling one option decided. */
-type OptionOutcome = { readonly next: 'continue' } | { readonly next: 'abort' } | { readonly next: 'transmit'; readonly session: Session };
+type OptionOutcome =
+  | { readonly next: 'continue' }
+  | { readonly next: 'abort' }
+  | { readonly next: 'transmit'; readonly session: Session };
 
 const CONTINUE: OptionOutcome = { next: 'continue' };
 
@@ -785,7 +788,8 @@ class NbdConnection {
       const option = header.readUInt32BE(8);
       const length = header.readUInt32BE(12);
       if (length > MAX_OPTION_DATA) {
-        throw protocolViolation(`option ${constantName(NbdOpt, option, 'NBD_OPT_')} carries ${length} bytes (limit ${MAX_OPTION_DATA})`);
+        const name = constantName(NbdOpt, option, 'NBD_OPT_');
+        throw protocolViolation(`option ${name} carries ${length} bytes (limit ${MAX_OPTION_DATA})`);
       }
       const data = await this.reader.read(length);
       const outcome = this.handleOption(option, data, state);
@@ -965,7 +969,7 @@ class NbdConnection {
   private async readWritePayload(s: Session, req: Request): Promise<Buffer> {
     if (req.length > NBD_MAX_BLOCK_SIZE) {
       // the payload cannot be skipped cheaply and no real client sends it: refuse and hang up
-      this.sendResult(s, req, { kind: 'error', errno: NbdErrno.EINVAL, message: 'write exceeds the maximum block size' });
+      void this.sendResult(s, req, { kind: 'error', errno: NbdErrno.EINVAL, message: 'write exceeds the maximum block size' });
       throw protocolViolation(`write of ${req.length} bytes exceeds the maximum block size ${NBD_MAX_BLOCK_SIZE}`);
     }
     return this.reader.read(req.length);
@@ -1123,7 +1127,7 @@ class NbdConnection {
   }
 
   private log(level: LogLevel, message: string, extra?: Record<string, unknown>): void {
-    this.env.logger[level]({ ...this.context, ...extra }, `nbd: ${message}`);
+    safeLog(this.env.logger, level, { ...this.context, ...extra }, message);
   }
 }
 
@@ -1134,6 +1138,15 @@ const defaultLogger: NbdLogger = {
   info: () => {},
   warn: (context: unknown, message: unknown) => console.warn(String(message), context),
 };
+
+/** Logs without letting a failing logger break a connection or the server. */
+function safeLog(logger: NbdLogger, level: LogLevel, context: Record<string, unknown>, message: string): void {
+  try {
+    logger[level](context, `nbd: ${message}`);
+  } catch {
+    // nothing sensible left to do with the message
+  }
+}
 
 export class NbdServer {
   private readonly listeners = new Set<net.Server>();
@@ -1208,7 +1221,7 @@ export class NbdServer {
       server.once('error', reject);
       server.listen(options, () => {
         server.off('error', reject);
-        server.on('error', (e) => this.env.logger.warn({ err: e.message }, 'nbd: listener error'));
+        server.on('error', (e) => safeLog(this.env.logger, 'warn', { err: e.message }, 'listener error'));
         this.listeners.add(server);
         server.once('close', () => this.listeners.delete(server));
         resolve(server);
@@ -1251,5 +1264,7 @@ async function isStaleSocket(socketPath: string): Promise<boolean> {
 function listenError(e: unknown, address: string): OsrError {
   const err = e as NodeJS.ErrnoException;
   const reason = err.code === 'EADDRINUSE' ? 'the address is in use' : (err.message ?? String(e));
-  return new OsrError('CONFIG_INVALID', `cannot listen for NBD on ${address}: ${reason}`, { address, code: err.code }, { cause: e });
+  return new OsrError('CONFIG_INVALID', `cannot listen for NBD on ${address}: ${reason}`, { address, code: err.code }, {
+    cause: e,
+  });
 }

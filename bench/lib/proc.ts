@@ -1,0 +1,141 @@
+/**
+ * CPU and memory of a process from /proc (Linux): CPU time is utime + stime from
+ * /proc/<pid>/stat (clock ticks), RSS is VmRSS and VmHWM from /proc/<pid>/status.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { MB, max, mean } from './stats.js';
+
+let clkTck: number | undefined;
+/** Clock ticks per second (getconf CLK_TCK, 100 on practically every Linux). */
+export function clockTicks(): number {
+  if (clkTck === undefined) {
+    try {
+      clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clkTck = 100;
+    }
+  }
+  return clkTck;
+}
+
+/**
+ * CPU seconds (user + system) the process has used so far (`self`), and those of its
+ * children it has waited for (`children`, cutime + cstime); null when it is gone.
+ */
+export function cpuTimes(pid: number | 'self'): { self: number; children: number } | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // the command name (field 2) may hold spaces and parentheses: parse after the last ')'
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17
+  const f = (n: number) => Number(fields[n - 3]);
+  return { self: (f(14) + f(15)) / clockTicks(), children: (f(16) + f(17)) / clockTicks() };
+}
+
+/** CPU seconds (user + system) the process has used so far; null when it is gone. */
+export function cpuSeconds(pid: number): number | null {
+  return cpuTimes(pid)?.self ?? null;
+}
+
+/** Resident set size and its peak (high-water mark) in bytes; null when the process is gone. */
+export function memory(pid: number): { rssBytes: number; hwmBytes: number } | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return null;
+  }
+  const kb = (key: string) => {
+    const m = new RegExp(`^${key}:\\s+(\\d+)\\s+kB`, 'm').exec(text);
+    return m ? Number(m[1]) * 1024 : 0;
+  };
+  return { rssBytes: kb('VmRSS'), hwmBytes: kb('VmHWM') };
+}
+
+export interface ProcessUsage {
+  /** samples taken */
+  samples: number;
+  /** mean CPU over the whole window: CPU seconds / wall seconds × 100 (100 = one core busy) */
+  cpuPercentMean: number;
+  /** the busiest sampling interval */
+  cpuPercentMax: number;
+  rssMBMean: number;
+  rssMBMax: number;
+  /** VmHWM at the end: the peak RSS the kernel saw, between samples included */
+  peakRssMB: number;
+  cpuSeconds: number;
+  wallSeconds: number;
+  /** per-interval series, one value per sample */
+  cpuPercentSeries: number[];
+  rssMBSeries: number[];
+}
+
+/** Samples one process's CPU % and RSS at a fixed interval. */
+export class ProcessSampler {
+  private timer: NodeJS.Timeout | undefined;
+  private startCpu = 0;
+  private startWall = 0;
+  private lastCpu = 0;
+  private lastWall = 0;
+  private readonly cpuSeries: number[] = [];
+  private readonly rssSeries: number[] = [];
+  private hwm = 0;
+
+  constructor(
+    readonly pid: number,
+    private readonly intervalMs = 1000,
+  ) {}
+
+  start(): this {
+    this.startCpu = this.lastCpu = cpuSeconds(this.pid) ?? 0;
+    this.startWall = this.lastWall = performance.now();
+    this.timer = setInterval(() => this.sample(), this.intervalMs);
+    return this;
+  }
+
+  sample(): void {
+    const cpu = cpuSeconds(this.pid);
+    const mem = memory(this.pid);
+    const now = performance.now();
+    if (cpu === null || mem === null) return;
+    const wall = (now - this.lastWall) / 1000;
+    if (wall > 0) this.cpuSeries.push(((cpu - this.lastCpu) / wall) * 100);
+    this.rssSeries.push(mem.rssBytes / MB);
+    this.hwm = Math.max(this.hwm, mem.hwmBytes);
+    this.lastCpu = cpu;
+    this.lastWall = now;
+  }
+
+  private peekIndex = 0;
+  /** Mean CPU % of the intervals since the last peek, and the latest RSS. */
+  peek(): { cpuPercent: number; rssMB: number } {
+    const s = this.cpuSeries.slice(this.peekIndex);
+    this.peekIndex = this.cpuSeries.length;
+    return { cpuPercent: mean(s), rssMB: this.rssSeries.at(-1) ?? NaN };
+  }
+
+  stop(): ProcessUsage {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.sample();
+    const wallSeconds = (this.lastWall - this.startWall) / 1000;
+    const used = this.lastCpu - this.startCpu;
+    return {
+      samples: this.rssSeries.length,
+      cpuPercentMean: wallSeconds > 0 ? (used / wallSeconds) * 100 : NaN,
+      cpuPercentMax: max(this.cpuSeries),
+      rssMBMean: mean(this.rssSeries),
+      rssMBMax: max(this.rssSeries),
+      peakRssMB: this.hwm / MB,
+      cpuSeconds: used,
+      wallSeconds,
+      cpuPercentSeries: this.cpuSeries,
+      rssMBSeries: this.rssSeries,
+    };
+  }
+}

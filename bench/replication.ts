@@ -1,0 +1,651 @@
+/**
+ * The replication benchmark (`npm run bench -- replication`):
+ *
+ *  1. Initial replication: one VM with a disk full of random data (2 GiB), copied by a
+ *     primary agent to a replica agent, timed from enabling replication until the first
+ *     recovery point exists; repeated, median. The peer is rsync (daemon on 127.0.0.1,
+ *     --whole-file --inplace) copying a file of the same size on the same machine.
+ *  2. Steady state: 20 VMs on one primary, copy frequency 30 s, every VM's guest writing
+ *     2 MB/s over NBD for 3 minutes: RPO p50/p99 over per-second samples of every VM, CPU
+ *     and RSS of both agents, bytes shipped, churn achieved.
+ *
+ * Units: MB = 1e6 bytes, MB/s = 1e6 bytes per second; GiB = 2^30 bytes. Details and
+ * results: docs/benchmarks.md.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { NbdClient } from '../src/agent/nbd/nbd-client.js';
+import type { ReplicationHealth } from '../src/agent/replication-types.js';
+import { ensurePki } from '../src/lab/agent-process.js';
+import { parseBytes, parseMs, type Flags } from './lib/args.js';
+import { sleep, startAgent, tempDir, type BenchAgent } from './lib/lab.js';
+import { machineFacts } from './lib/machine.js';
+import { ProcessSampler, type ProcessUsage } from './lib/proc.js';
+import { rsyncCopy, startRsyncDaemon } from './lib/rsync.js';
+import { GiB, MB, max, mean, median, percentile, round } from './lib/stats.js';
+import { fmt, formatTable, type Cell } from './lib/table.js';
+
+export interface ReplicationBenchOptions {
+  /** repetitions of the initial replication and of the rsync copy */
+  runs: number;
+  /** bytes of random data for the initial replication */
+  initialBytes: number;
+  /** one extra initial replication with compression on */
+  compressionRun: boolean;
+  /** also time rsync --fsync (durable like osr's checkpoints) */
+  rsyncFsync: boolean;
+  vms: number;
+  minutes: number;
+  frequencyMs: number;
+  diskBytes: number;
+  /** guest writes per VM, MB/s (1e6 bytes) */
+  churnMBps: number;
+  phases: { initial: boolean; steady: boolean };
+  /** write agent CPU profiles (node --cpu-prof) into this directory */
+  cpuProfDir: string | undefined;
+  resultsDir: string;
+}
+
+export const TARGETS = { initialRatioToRsync: 1.5, rpoP99Seconds: 35 } as const;
+
+export function replicationOptions(flags: Flags, resultsDir: string): ReplicationBenchOptions {
+  const only = flags.optionalString('only');
+  if (only !== undefined && only !== 'initial' && only !== 'steady') throw new Error('--only takes initial or steady');
+  const o: ReplicationBenchOptions = {
+    runs: flags.number('runs', 3, (n) => Number.isInteger(n) && n >= 1),
+    initialBytes: parseBytes(flags.string('size', '2G')),
+    compressionRun: !flags.bool('no-compression-run'),
+    rsyncFsync: !flags.bool('no-rsync-fsync'),
+    vms: flags.number('vms', 20, (n) => Number.isInteger(n) && n >= 1 && n <= 200),
+    minutes: flags.number('minutes', 3),
+    frequencyMs: parseMs(flags.string('frequency', '30s')),
+    diskBytes: parseBytes(flags.string('disk', '1G')),
+    churnMBps: flags.number('churn', 2, (n) => n >= 0),
+    phases: { initial: only !== 'steady', steady: only !== 'initial' },
+    cpuProfDir: flags.optionalString('cpu-prof'),
+    resultsDir,
+  };
+  if (o.initialBytes % 4096 !== 0 || o.diskBytes % 4096 !== 0) throw new Error('sizes must be multiples of 4 KiB');
+  if (o.cpuProfDir) o.cpuProfDir = path.resolve(o.cpuProfDir);
+  return o;
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+const CHUNK = 4 * 1024 * 1024;
+
+/** Overwrite a file (that exists, at its size) with random bytes, 4 MiB at a time, and fsync. */
+function fillRandom(file: string, bytes: number): number {
+  const t0 = performance.now();
+  const fd = fs.openSync(file, fs.existsSync(file) ? 'r+' : 'w');
+  try {
+    for (let pos = 0; pos < bytes; pos += CHUNK) {
+      const buf = crypto.randomBytes(Math.min(CHUNK, bytes - pos));
+      let done = 0;
+      while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done);
+    }
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return (performance.now() - t0) / 1000;
+}
+
+/** True when the two files hold the same first `bytes` bytes. */
+function sameBytes(a: string, b: string, bytes: number): boolean {
+  const fa = fs.openSync(a, 'r');
+  const fb = fs.openSync(b, 'r');
+  const ba = Buffer.allocUnsafe(CHUNK);
+  const bb = Buffer.allocUnsafe(CHUNK);
+  try {
+    for (let pos = 0; pos < bytes; pos += CHUNK) {
+      const n = Math.min(CHUNK, bytes - pos);
+      const ra = fs.readSync(fa, ba, 0, n, pos);
+      const rb = fs.readSync(fb, bb, 0, n, pos);
+      if (ra !== n || rb !== n || !ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
+    }
+    return true;
+  } finally {
+    fs.closeSync(fa);
+    fs.closeSync(fb);
+  }
+}
+
+interface AgentPair {
+  primary: BenchAgent;
+  replica: BenchAgent;
+  peer: string;
+}
+
+async function startPair(dir: string, pkiDir: string, o: ReplicationBenchOptions, tag: string): Promise<AgentPair> {
+  const withProfile = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    if (!o.cpuProfDir) return fn();
+    // the agents inherit our environment at spawn: set NODE_OPTIONS just for them
+    const saved = process.env.NODE_OPTIONS;
+    fs.mkdirSync(o.cpuProfDir, { recursive: true });
+    process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${o.cpuProfDir} --cpu-prof-name=${tag}-${name}-\${pid}.cpuprofile`.trim();
+    try {
+      return await fn();
+    } finally {
+      if (saved === undefined) delete process.env.NODE_OPTIONS;
+      else process.env.NODE_OPTIONS = saved;
+    }
+  };
+  const replica = await withProfile('replica', () =>
+    startAgent({ name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0, logFile: path.join(dir, 'replica.log'), extraArgs: ['--log-level', 'warn'] }),
+  );
+  const primary = await withProfile('primary', () =>
+    startAgent({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, logFile: path.join(dir, 'primary.log'), extraArgs: ['--log-level', 'warn'] }),
+  );
+  return { primary, replica, peer: `127.0.0.1:${replica.replicationPort}` };
+}
+
+async function stopPair(p: Partial<AgentPair>): Promise<void> {
+  await Promise.all([p.primary?.stop(), p.replica?.stop()]);
+}
+
+/** The last lines of the agents' logs: printed when a run fails, before its directory goes. */
+function logTails(dir: string): string {
+  const out: string[] = [];
+  for (const f of ['primary.log', 'replica.log']) {
+    const file = path.join(dir, f);
+    if (!fs.existsSync(file)) continue;
+    const lines = fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-15);
+    if (lines.length && lines[0]) out.push(`--- ${f} (last ${lines.length} lines)\n${lines.join('\n')}`);
+  }
+  return out.join('\n');
+}
+
+async function withRunDir<T>(label: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  const { dir, remove } = tempDir(label);
+  try {
+    return await fn(dir);
+  } catch (e) {
+    const tails = logTails(dir);
+    if (tails) console.error(tails);
+    throw e;
+  } finally {
+    await remove();
+  }
+}
+
+// ---- 1. initial replication -------------------------------------------------------------------
+
+export interface InitialRun {
+  compression: boolean;
+  bytes: number;
+  seconds: number;
+  MBps: number;
+  /** bytes of DATA frame bodies on the wire (compressed where that helped), last progress seen */
+  wireBytes: number | null;
+  /** the agent's own rate estimate, last progress seen */
+  agentReportedMBps: number | null;
+  fillSeconds: number;
+  verified: boolean;
+  primaryCpuPercent: number;
+  replicaCpuPercent: number;
+  primaryCpuSeconds: number;
+  replicaCpuSeconds: number;
+  primaryRssMBMax: number;
+  replicaRssMBMax: number;
+}
+
+async function initialRun(pkiDir: string, o: ReplicationBenchOptions, index: number, compression: boolean): Promise<InitialRun> {
+  const label = compression ? 'initial-zstd' : `initial-${index + 1}`;
+  return withRunDir(label, async (dir) => {
+    const pair: Partial<AgentPair> = {};
+    try {
+      Object.assign(pair, await startPair(dir, pkiDir, o, label));
+      const { primary, replica, peer } = pair as AgentPair;
+      const vm = `big${index + 1}`;
+      await primary.api.post('/v1/vms', { name: vm, disks: [o.initialBytes] });
+      const [disk] = await primary.api.get<{ name: string; size: number; image: string }[]>(`/v1/vms/${vm}/disks`);
+      // fill the image before replication starts: the copy reads it from the page cache
+      const fillSeconds = fillRandom(disk.image, o.initialBytes);
+      const sp = new ProcessSampler(primary.child.pid!, 250).start();
+      const sr = new ProcessSampler(replica.child.pid!, 250).start();
+      const t0 = performance.now();
+      await primary.api.post('/v1/replications', { vm, peer, copyFrequency: '1h', retentionHours: 1, maxPoints: 4, compression });
+      let last: ReplicationHealth['initial'] = null;
+      let h: ReplicationHealth;
+      for (;;) {
+        h = await primary.api.get<ReplicationHealth>(`/v1/replications/${vm}`);
+        if (h.initial) last = h.initial;
+        if (h.latestPoint) break;
+        if (performance.now() - t0 > 15 * 60_000) throw new Error(`initial replication of ${vm} not done after 15 minutes (state ${h.state}, last error ${h.lastError?.message ?? 'none'})`);
+        await sleep(50);
+      }
+      const seconds = (performance.now() - t0) / 1000;
+      const up = sp.stop();
+      const ur = sr.stop();
+      const rep = await replica.api.get<{ vmId: string; points: number }>(`/v1/replicas/${vm}`);
+      const replicaImage = path.join(dir, 'replica', 'replicas', rep.vmId, 'disks', `${disk.name}.img`);
+      const verified = rep.points >= 1 && sameBytes(disk.image, replicaImage, o.initialBytes);
+      if (!verified) throw new Error(`the replica of ${vm} differs from the source after the initial replication`);
+      return {
+        compression,
+        bytes: o.initialBytes,
+        seconds,
+        MBps: o.initialBytes / MB / seconds,
+        wireBytes: last?.wireBytes ?? null,
+        agentReportedMBps: last ? last.rateBytesPerSec / MB : null,
+        fillSeconds,
+        verified,
+        primaryCpuPercent: up.cpuPercentMean,
+        replicaCpuPercent: ur.cpuPercentMean,
+        primaryCpuSeconds: up.cpuSeconds,
+        replicaCpuSeconds: ur.cpuSeconds,
+        primaryRssMBMax: Math.max(up.rssMBMax, up.peakRssMB),
+        replicaRssMBMax: Math.max(ur.rssMBMax, ur.peakRssMB),
+      };
+    } finally {
+      await stopPair(pair);
+    }
+  });
+}
+
+export interface RsyncRun {
+  fsync: boolean;
+  seconds: number;
+  MBps: number;
+  clientCpuSeconds: number | null;
+  serverCpuSeconds: number | null;
+}
+
+async function rsyncRuns(o: ReplicationBenchOptions, log: (s: string) => void): Promise<{ plain: RsyncRun[]; fsync: RsyncRun[] }> {
+  return withRunDir('rsync', async (dir) => {
+    const src = path.join(dir, 'source.img');
+    fillRandom(src, o.initialBytes);
+    const daemon = await startRsyncDaemon(dir);
+    try {
+      const plain: RsyncRun[] = [];
+      const fsyncRuns: RsyncRun[] = [];
+      const variants: { fsync: boolean; out: RsyncRun[] }[] = [{ fsync: false, out: plain }];
+      if (o.rsyncFsync) variants.push({ fsync: true, out: fsyncRuns });
+      for (const v of variants) {
+        for (let i = 0; i < o.runs; i++) {
+          fs.rmSync(path.join(daemon.destDir, path.basename(src)), { force: true });
+          const r = await rsyncCopy(daemon, src, v.fsync ? ['--fsync'] : []);
+          const run = { fsync: v.fsync, seconds: r.seconds, MBps: r.bytes / MB / r.seconds, clientCpuSeconds: r.clientCpuSeconds, serverCpuSeconds: r.serverCpuSeconds };
+          v.out.push(run);
+          log(`  rsync${v.fsync ? ' --fsync' : ''} run ${i + 1}/${o.runs}: ${fmt(run.seconds, 2)} s, ${fmt(run.MBps, 0)} MB/s`);
+        }
+      }
+      fs.rmSync(path.join(daemon.destDir, path.basename(src)), { force: true });
+      return { plain, fsync: fsyncRuns };
+    } finally {
+      await daemon.stop();
+    }
+  });
+}
+
+// ---- 2. steady state ------------------------------------------------------------------------------
+
+interface ChurnResult {
+  vm: string;
+  bytes: number;
+  writes: number;
+  flushes: number;
+  seconds: number;
+  /** seconds in which the writer could not finish its quota before the next second began */
+  lateSeconds: number;
+}
+
+/** 32 MiB of random bytes: writes take slices of it, so churn costs the writer little CPU. */
+function randomPool(): Buffer {
+  return crypto.randomBytes(32 * 1024 * 1024);
+}
+
+/**
+ * One guest's writes: every second, random 4-64 KiB writes at random 4 KiB-aligned
+ * offsets until the second's quota (the rate times the seconds so far) is reached, then
+ * a flush. One write in flight at a time, like a simple guest.
+ */
+async function churn(vm: string, client: NbdClient, bytesPerSec: number, startMs: number, endMs: number, pool: Buffer): Promise<ChurnResult> {
+  const blocks = Math.floor(client.size / 4096);
+  const poolBlocks = pool.length / 4096;
+  let bytes = 0;
+  let writes = 0;
+  let flushes = 0;
+  let lateSeconds = 0;
+  for (let second = 1; startMs + (second - 1) * 1000 < endMs; second++) {
+    const quota = bytesPerSec * second;
+    while (bytes < quota) {
+      const n = 1 + Math.floor(Math.random() * 16);
+      const len = n * 4096;
+      const off = Math.floor(Math.random() * (blocks - n + 1)) * 4096;
+      const src = Math.floor(Math.random() * (poolBlocks - n + 1)) * 4096;
+      await client.write(off, pool.subarray(src, src + len));
+      bytes += len;
+      writes++;
+    }
+    await client.flush();
+    flushes++;
+    const next = startMs + second * 1000;
+    const wait = next - Date.now();
+    if (wait > 0) await sleep(wait);
+    else lateSeconds++;
+  }
+  return { vm, bytes, writes, flushes, seconds: (Date.now() - startMs) / 1000, lateSeconds };
+}
+
+export interface SteadyResult {
+  vms: number;
+  durationSeconds: number;
+  frequencySeconds: number;
+  diskBytes: number;
+  initialAllSeconds: number;
+  rpo: { samples: number; p50: number; p90: number; p99: number; max: number; mean: number; perVmMax: Record<string, number> };
+  missingSamples: number;
+  apiLatencyMs: { p50: number; p99: number; max: number };
+  primary: ProcessUsage;
+  replica: ProcessUsage;
+  bench: { cpuPercentMean: number };
+  churn: { targetMBpsPerVm: number; achievedMBpsPerVmMean: number; achievedMBpsTotal: number; bytes: number; writes: number; lateSeconds: number };
+  bytesShipped: number;
+  bytesShippedMBps: number;
+  pendingLogMBMax: number;
+  pointsCreated: number;
+  missedCycles: number;
+  errors: string[];
+  finalStates: Record<string, number>;
+}
+
+async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, log: (s: string) => void): Promise<SteadyResult> {
+  return withRunDir('steady', async (dir) => {
+    const pair: Partial<AgentPair> = {};
+    const clients: NbdClient[] = [];
+    try {
+      Object.assign(pair, await startPair(dir, pkiDir, o, 'steady'));
+      const { primary, peer } = pair as AgentPair;
+      const replica = pair.replica!;
+      const names = Array.from({ length: o.vms }, (_, i) => `vm${String(i + 1).padStart(2, '0')}`);
+      for (const vm of names) {
+        await primary.api.post('/v1/vms', { name: vm, disks: [o.diskBytes] });
+        await primary.api.post(`/v1/vms/${vm}/start`);
+      }
+      const t0 = performance.now();
+      for (const vm of names) {
+        await primary.api.post('/v1/replications', { vm, peer, copyFrequency: `${o.frequencyMs}ms`, retentionHours: 1, maxPoints: 24, compression: false });
+      }
+      for (;;) {
+        const all = await primary.api.get<ReplicationHealth[]>('/v1/replications');
+        if (all.length === names.length && all.every((h) => h.latestPoint !== null)) break;
+        if (performance.now() - t0 > 15 * 60_000) {
+          const waiting = all.filter((h) => h.latestPoint === null).map((h) => `${h.vm}: ${h.state} ${h.lastError?.message ?? ''}`);
+          throw new Error(`initial replication of ${waiting.length} VMs not done after 15 minutes: ${waiting.slice(0, 5).join('; ')}`);
+        }
+        await sleep(100);
+      }
+      const initialAllSeconds = (performance.now() - t0) / 1000;
+      log(`  initial replication of ${names.length} empty ${fmt(o.diskBytes / GiB, 1)} GiB disks: ${fmt(initialAllSeconds, 1)} s`);
+
+      for (const vm of names) {
+        const [d] = await primary.api.get<{ nbd: { unix: string } }[]>(`/v1/vms/${vm}/disks`);
+        clients.push(await NbdClient.connect(d.nbd.unix));
+      }
+      const before = await primary.api.get<ReplicationHealth[]>('/v1/replications');
+      const shippedBefore = before.reduce((n, h) => n + h.bytesShipped, 0);
+      const seqBefore = new Map(before.map((h) => [h.vm, h.latestPoint?.seq ?? 0]));
+
+      const durationMs = o.minutes * 60_000;
+      const sp = new ProcessSampler(primary.child.pid!, 1000).start();
+      const sr = new ProcessSampler(replica.child.pid!, 1000).start();
+      const benchCpu0 = process.cpuUsage();
+      const startMs = Date.now() + 200;
+      const endMs = startMs + durationMs;
+      const pool = randomPool();
+      const bytesPerSec = o.churnMBps * MB;
+      const writers = bytesPerSec > 0 ? names.map((vm, i) => churn(vm, clients[i], bytesPerSec, startMs, endMs, pool)) : [];
+
+      // one sample per second of every replication's RPO, from the primary's health
+      const rpoSamples: number[] = [];
+      const perVmMax: Record<string, number> = {};
+      const latencies: number[] = [];
+      const errors = new Set<string>();
+      let missing = 0;
+      let pendingMax = 0;
+      await sleep(startMs - Date.now());
+      for (let k = 1; startMs + k * 1000 <= endMs; k++) {
+        const wait = startMs + k * 1000 - Date.now();
+        if (wait > 0) await sleep(wait);
+        const q0 = performance.now();
+        const all = await primary.api.get<ReplicationHealth[]>('/v1/replications');
+        latencies.push(performance.now() - q0);
+        for (const h of all) {
+          if (h.rpoSeconds === null) missing++;
+          else {
+            rpoSamples.push(h.rpoSeconds);
+            perVmMax[h.vm] = Math.max(perVmMax[h.vm] ?? 0, h.rpoSeconds);
+          }
+          pendingMax = Math.max(pendingMax, h.pendingLogBytes);
+          if (h.lastError) errors.add(`${h.vm}: ${h.lastError.code} ${h.lastError.message}`);
+        }
+        if (k % 30 === 0) {
+          const recent = rpoSamples.slice(-names.length * 30);
+          log(`  ${k} s: RPO p50 ${fmt(percentile(recent, 50))} s, max ${fmt(max(recent))} s over the last 30 s; primary ${fmt(sp.peek().cpuPercent, 0)}% CPU, replica ${fmt(sr.peek().cpuPercent, 0)}% CPU`);
+        }
+      }
+      const churned = await Promise.all(writers);
+      const benchCpu = process.cpuUsage(benchCpu0);
+      const up = sp.stop();
+      const ur = sr.stop();
+      const after = await primary.api.get<ReplicationHealth[]>('/v1/replications');
+      const shipped = after.reduce((n, h) => n + h.bytesShipped, 0) - shippedBefore;
+      const finalStates: Record<string, number> = {};
+      for (const h of after) finalStates[h.state] = (finalStates[h.state] ?? 0) + 1;
+      const churnBytes = churned.reduce((n, c) => n + c.bytes, 0);
+      const churnSeconds = max(churned.map((c) => c.seconds));
+      return {
+        vms: names.length,
+        durationSeconds: durationMs / 1000,
+        frequencySeconds: o.frequencyMs / 1000,
+        diskBytes: o.diskBytes,
+        initialAllSeconds,
+        rpo: {
+          samples: rpoSamples.length,
+          p50: percentile(rpoSamples, 50),
+          p90: percentile(rpoSamples, 90),
+          p99: percentile(rpoSamples, 99),
+          max: max(rpoSamples),
+          mean: mean(rpoSamples),
+          perVmMax,
+        },
+        missingSamples: missing,
+        apiLatencyMs: { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: max(latencies) },
+        primary: up,
+        replica: ur,
+        bench: { cpuPercentMean: ((benchCpu.user + benchCpu.system) / 1e6 / (durationMs / 1000)) * 100 },
+        churn: {
+          targetMBpsPerVm: o.churnMBps,
+          achievedMBpsPerVmMean: mean(churned.map((c) => c.bytes / MB / c.seconds)),
+          achievedMBpsTotal: churnSeconds > 0 ? churnBytes / MB / churnSeconds : 0,
+          bytes: churnBytes,
+          writes: churned.reduce((n, c) => n + c.writes, 0),
+          lateSeconds: churned.reduce((n, c) => n + c.lateSeconds, 0),
+        },
+        bytesShipped: shipped,
+        bytesShippedMBps: shipped / MB / (durationMs / 1000),
+        pendingLogMBMax: pendingMax / MB,
+        pointsCreated: after.reduce((n, h) => n + ((h.latestPoint?.seq ?? 0) - (seqBefore.get(h.vm) ?? 0)), 0),
+        missedCycles: after.reduce((n, h) => n + h.missedCyclesLastHour, 0),
+        errors: [...errors].slice(0, 20),
+        finalStates,
+      };
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      await stopPair(pair);
+    }
+  });
+}
+
+// ---- the benchmark -----------------------------------------------------------------------------------
+
+export async function runReplicationBench(o: ReplicationBenchOptions): Promise<void> {
+  const log = (s: string) => console.log(s);
+  const machine = machineFacts();
+  log(`replication benchmark: ${machine.cpus} CPUs (${machine.cpuModel}), node ${machine.node}, ${machine.rsync ?? 'no rsync'}, temp ${machine.tmpdir} (${machine.tmpFilesystem ?? '?'})`);
+  const { dir: pkiRoot } = tempDir('pki');
+  const pkiDir = path.join(pkiRoot, 'pki');
+  await ensurePki(pkiDir, ['primary', 'replica']);
+
+  const runs: InitialRun[] = [];
+  let compressed: InitialRun | null = null;
+  let rsync: { plain: RsyncRun[]; fsync: RsyncRun[] } = { plain: [], fsync: [] };
+  if (o.phases.initial) {
+    log(`\n1. initial replication of ${fmt(o.initialBytes / GiB, 2)} GiB of random data, ${o.runs} runs (osr), then rsync, ${o.runs} runs`);
+    for (let i = 0; i < o.runs; i++) {
+      const r = await initialRun(pkiDir, o, i, false);
+      runs.push(r);
+      log(`  osr run ${i + 1}/${o.runs}: ${fmt(r.seconds, 2)} s, ${fmt(r.MBps, 0)} MB/s (primary ${fmt(r.primaryCpuPercent, 0)}% CPU, replica ${fmt(r.replicaCpuPercent, 0)}% CPU; replica verified)`);
+    }
+    if (o.compressionRun) {
+      compressed = await initialRun(pkiDir, o, o.runs, true);
+      log(`  osr with compression: ${fmt(compressed.seconds, 2)} s, ${fmt(compressed.MBps, 0)} MB/s, ${fmt((compressed.wireBytes ?? NaN) / MB, 0)} MB on the wire`);
+    }
+    rsync = await rsyncRuns(o, log);
+  }
+
+  let steady: SteadyResult | null = null;
+  if (o.phases.steady) {
+    log(`\n2. steady state: ${o.vms} VMs × ${fmt(o.diskBytes / GiB, 1)} GiB, copy frequency ${o.frequencyMs / 1000} s, churn ${o.churnMBps} MB/s per VM for ${o.minutes} min`);
+    steady = await steadyRun(pkiDir, o, log);
+  }
+
+  const initialMBps = median(runs.map((r) => r.MBps));
+  const rsyncMBps = median(rsync.plain.map((r) => r.MBps));
+  const rsyncFsyncMBps = median(rsync.fsync.map((r) => r.MBps));
+  const ratio = initialMBps / rsyncMBps;
+  const result = {
+    benchmark: 'replication',
+    schema: 1,
+    machine,
+    units: { MB: '1e6 bytes', MBps: '1e6 bytes per second', GiB: '2^30 bytes', cpuPercent: '100 = one core fully busy', percentiles: 'linear interpolation between closest ranks' },
+    options: { ...o, cpuProfDir: o.cpuProfDir ?? null },
+    targets: TARGETS,
+    // headline numbers
+    initialReplicationMBps: round(initialMBps),
+    initialReplicationSeconds: round(median(runs.map((r) => r.seconds)), 3),
+    initialReplicationCompressedMBps: compressed ? round(compressed.MBps) : null,
+    rsyncWholeFileMBps: round(rsyncMBps),
+    rsyncWholeFileSeconds: round(median(rsync.plain.map((r) => r.seconds)), 3),
+    rsyncWholeFileFsyncMBps: round(rsyncFsyncMBps),
+    initialToRsyncRatio: round(ratio, 3),
+    initialToRsyncFsyncRatio: round(initialMBps / rsyncFsyncMBps, 3),
+    initialTargetMet: Number.isFinite(ratio) ? ratio >= TARGETS.initialRatioToRsync : null,
+    rpoP50Seconds: steady ? round(steady.rpo.p50) : null,
+    rpoP99Seconds: steady ? round(steady.rpo.p99) : null,
+    rpoMaxSeconds: steady ? round(steady.rpo.max) : null,
+    rpoTargetMet: steady ? steady.rpo.p99 <= TARGETS.rpoP99Seconds : null,
+    agentRssMB: steady ? round(steady.primary.rssMBMax, 1) : null,
+    replicaAgentRssMB: steady ? round(steady.replica.rssMBMax, 1) : null,
+    agentCpuPercent: steady ? round(steady.primary.cpuPercentMean, 1) : null,
+    replicaAgentCpuPercent: steady ? round(steady.replica.cpuPercentMean, 1) : null,
+    bytesShipped: steady ? steady.bytesShipped : null,
+    churnAchievedMBps: steady ? round(steady.churn.achievedMBpsTotal, 2) : null,
+    // details
+    initial: {
+      bytes: o.initialBytes,
+      note: 'both sides read the source from the page cache (it was just written); nothing was dropped from the cache; osr makes the replica durable (fdatasync) every 256 MiB, rsync does not sync unless --fsync',
+      osrRuns: runs.map(roundAll),
+      osrCompressed: compressed ? roundAll(compressed) : null,
+      rsyncArgs: ['--whole-file', '--inplace'],
+      rsyncRuns: rsync.plain.map(roundAll),
+      rsyncFsyncRuns: rsync.fsync.map(roundAll),
+    },
+    steady: steady
+      ? {
+          ...steady,
+          primary: summarizeUsage(steady.primary),
+          replica: summarizeUsage(steady.replica),
+          rpo: { ...roundAll(steady.rpo), perVmMax: roundAll(steady.rpo.perVmMax) },
+          apiLatencyMs: roundAll(steady.apiLatencyMs),
+          churn: roundAll(steady.churn),
+          bench: roundAll(steady.bench),
+          bytesShippedMBps: round(steady.bytesShippedMBps),
+          pendingLogMBMax: round(steady.pendingLogMBMax),
+          initialAllSeconds: round(steady.initialAllSeconds),
+        }
+      : null,
+  };
+
+  log('');
+  log(formatTable(['metric', 'osr', 'peer', 'ratio / target'], tableRows(result, runs, compressed, rsync, steady, o)));
+  fs.mkdirSync(o.resultsDir, { recursive: true });
+  const out = path.join(o.resultsDir, 'replication.json');
+  fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  log(`\nresults: ${path.relative(process.cwd(), out) || out}   (MB = 1e6 bytes; CPU % of one core)`);
+}
+
+function tableRows(
+  r: { initialToRsyncRatio: number | null; initialToRsyncFsyncRatio: number | null },
+  runs: InitialRun[],
+  compressed: InitialRun | null,
+  rsync: { plain: RsyncRun[]; fsync: RsyncRun[] },
+  steady: SteadyResult | null,
+  o: ReplicationBenchOptions,
+): Cell[][] {
+  const rows: Cell[][] = [];
+  const gib = fmt(o.initialBytes / GiB, 2);
+  if (runs.length > 0) {
+    const osr = median(runs.map((x) => x.MBps));
+    const peer = median(rsync.plain.map((x) => x.MBps));
+    rows.push([
+      `initial replication ${gib} GiB random, MB/s (median of ${runs.length})`,
+      fmt(osr, 0),
+      `rsync ${fmt(peer, 0)}`,
+      `${fmt(r.initialToRsyncRatio, 2)}× (target ≥ ${TARGETS.initialRatioToRsync}×)`,
+    ]);
+    rows.push([`  seconds (median)`, fmt(median(runs.map((x) => x.seconds)), 2), `rsync ${fmt(median(rsync.plain.map((x) => x.seconds)), 2)}`, null]);
+    rows.push([`  runs, MB/s`, runs.map((x) => fmt(x.MBps, 0)).join(' '), `rsync ${rsync.plain.map((x) => fmt(x.MBps, 0)).join(' ')}`, null]);
+    if (rsync.fsync.length > 0) {
+      rows.push([`  vs rsync --fsync (durable, like osr), MB/s`, fmt(osr, 0), `rsync --fsync ${fmt(median(rsync.fsync.map((x) => x.MBps)), 0)}`, `${fmt(r.initialToRsyncFsyncRatio, 2)}×`]);
+    }
+    rows.push([
+      `  agent CPU during the copy, % of a core (median)`,
+      `primary ${fmt(median(runs.map((x) => x.primaryCpuPercent)), 0)}, replica ${fmt(median(runs.map((x) => x.replicaCpuPercent)), 0)}`,
+      null,
+      null,
+    ]);
+    if (compressed) {
+      rows.push([`initial replication with compression (zstd), MB/s`, fmt(compressed.MBps, 0), `rsync ${fmt(peer, 0)}`, `${fmt(compressed.MBps / peer, 2)}× (random data: overhead only)`]);
+    }
+  }
+  if (steady) {
+    const f = steady.frequencySeconds;
+    rows.push([`RPO p50, s (${steady.vms} VMs, ${f} s frequency, ${fmt(steady.durationSeconds / 60, 1)} min)`, fmt(steady.rpo.p50, 1), null, `≈ ${f / 2} s + shipping`]);
+    rows.push([`RPO p99, s`, fmt(steady.rpo.p99, 1), null, `target ≤ ${TARGETS.rpoP99Seconds} s`]);
+    rows.push([`RPO max, s`, fmt(steady.rpo.max, 1), null, null]);
+    rows.push([`primary agent CPU mean / max, % of a core`, `${fmt(steady.primary.cpuPercentMean, 0)} / ${fmt(steady.primary.cpuPercentMax, 0)}`, null, null]);
+    rows.push([`primary agent RSS max, MB`, fmt(steady.primary.rssMBMax, 0), null, null]);
+    rows.push([`replica agent CPU mean / max, % of a core`, `${fmt(steady.replica.cpuPercentMean, 0)} / ${fmt(steady.replica.cpuPercentMax, 0)}`, null, null]);
+    rows.push([`replica agent RSS max, MB`, fmt(steady.replica.rssMBMax, 0), null, null]);
+    rows.push([`churn achieved, MB/s (all VMs)`, fmt(steady.churn.achievedMBpsTotal, 1), null, `target ${fmt(steady.churn.targetMBpsPerVm * steady.vms, 1)}`]);
+    rows.push([`bytes shipped, MB (MB/s)`, `${fmt(steady.bytesShipped / MB, 0)} (${fmt(steady.bytesShippedMBps, 1)})`, null, null]);
+    rows.push([`points created / missed cycles`, `${steady.pointsCreated} / ${steady.missedCycles}`, null, null]);
+  }
+  return rows;
+}
+
+function summarizeUsage(u: ProcessUsage) {
+  return {
+    samples: u.samples,
+    cpuPercentMean: round(u.cpuPercentMean, 1),
+    cpuPercentMax: round(u.cpuPercentMax, 1),
+    rssMBMean: round(u.rssMBMean, 1),
+    rssMBMax: round(u.rssMBMax, 1),
+    peakRssMB: round(u.peakRssMB, 1),
+    cpuSeconds: round(u.cpuSeconds, 2),
+    wallSeconds: round(u.wallSeconds, 2),
+    cpuPercentSeries: u.cpuPercentSeries.map((x) => round(x, 0)),
+    rssMBSeries: u.rssMBSeries.map((x) => round(x, 0)),
+  };
+}
+
+/** Round every number of a flat object (3 decimals) for the JSON file. */
+function roundAll<T extends object>(o: T): { [K in keyof T]: T[K] extends number ? number | null : T[K] } {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) out[k] = typeof v === 'number' ? (Number.isInteger(v) ? v : round(v, 3)) : v;
+  return out as { [K in keyof T]: T[K] extends number ? number | null : T[K] };
+}

@@ -1,0 +1,84 @@
+/**
+ * The benchmark runner: `npm run bench -- <name> [flags]` (after a build, `node
+ * dist/bench/run.js <name> [flags]`). Names: replication, all. Results are printed as a
+ * table and written to bench/results/<name>.json. The exit code is non-zero only when a
+ * benchmark could not run; a missed target is reported, never asserted.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Flags } from './lib/args.js';
+import { installSignalHandlers, runAllCleanups, wasInterrupted } from './lib/lab.js';
+import { replicationOptions, runReplicationBench } from './replication.js';
+
+/** The repository root: the nearest directory above this file with a package.json. */
+function repoRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    dir = path.dirname(dir);
+  }
+  return process.cwd();
+}
+
+const RESULTS_DIR = path.join(repoRoot(), 'bench', 'results');
+
+const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
+  replication: async (flags) => {
+    const o = replicationOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runReplicationBench(o);
+  },
+};
+
+const USAGE = `usage: npm run bench -- <benchmark> [flags]
+
+benchmarks:
+  replication   initial replication vs rsync, steady-state RPO/CPU/RSS (docs/benchmarks.md)
+  all           every benchmark, one after another (flags go to each)
+
+replication flags:
+  --runs N             repetitions of the initial copy and of rsync (3)
+  --size 2G            random data for the initial replication (2G)
+  --no-compression-run skip the extra initial replication with compression
+  --no-rsync-fsync     skip the rsync --fsync comparison
+  --vms N              VMs in the steady-state phase (20)
+  --minutes M          steady-state duration after the initial copies (3)
+  --frequency 30s      copy frequency in the steady-state phase (30s)
+  --disk 1G            disk size of each steady-state VM (1G)
+  --churn 2            guest writes per VM, MB/s (2)
+  --only initial|steady   run one phase
+  --cpu-prof DIR       write CPU profiles of the agent processes into DIR`;
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(USAGE);
+    return name ? 0 : 2;
+  }
+  const names = name === 'all' ? Object.keys(benchmarks) : [name];
+  for (const n of names) {
+    if (!benchmarks[n]) {
+      console.error(`unknown benchmark "${n}"\n\n${USAGE}`);
+      return 2;
+    }
+  }
+  installSignalHandlers();
+  for (const n of names) {
+    const flags = new Flags(rest);
+    await benchmarks[n](flags);
+  }
+  return 0;
+}
+
+let code: number;
+try {
+  code = await main(process.argv.slice(2));
+} catch (e) {
+  if (wasInterrupted()) await new Promise(() => undefined); // the signal handler exits
+  console.error(`benchmark failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  code = 1;
+} finally {
+  await runAllCleanups();
+}
+process.exit(code!);
