@@ -156,11 +156,35 @@ export class ReplicaStore {
     for (const d of this.manifest.disks) {
       this.images.set(d.name, fs.openSync(this.imagePath(d.name), 'r+'));
     }
+    this.recoverMerge();
     for (const p of this.manifest.points.slice(1)) this.undos.push(this.loadUndo(p.seq));
+    // overlays first: finishing an interrupted apply prunes, and must see the points in use
+    // (and the overlays' views must get the new undo layer before the images change)
+    for (const id of this.listOverlayIds()) this.overlays.set(id, Overlay.reopen(this, id));
     await this.recoverApplying();
     await this.recoverCommit();
     this.removeStrays();
-    for (const id of this.listOverlayIds()) this.overlays.set(id, Overlay.reopen(this, id));
+  }
+
+  /**
+   * A crash inside `dropPoint` between moving the next point's undo aside
+   * (`<next>.old-<dropped>`) and saving the manifest: while the manifest still lists the
+   * dropped point, the old undo is the truth, so it is put back. Once the manifest no longer
+   * lists it, the merged undo is in place and the leftovers are strays.
+   */
+  private recoverMerge(): void {
+    const undoDir = path.join(this.root, 'undo');
+    if (!fs.existsSync(undoDir)) return;
+    let changed = false;
+    for (const f of fs.readdirSync(undoDir)) {
+      const m = /^(\d+)\.old-(\d+)$/.exec(f);
+      if (!m || !this.hasPoint(Number(m[2]))) continue;
+      const finalDir = path.join(undoDir, m[1]);
+      fs.rmSync(finalDir, { recursive: true, force: true });
+      fs.renameSync(path.join(undoDir, f), finalDir);
+      changed = true;
+    }
+    if (changed) fsyncDir(undoDir);
   }
 
   private loadUndo(seq: number): PointUndo {
@@ -335,9 +359,8 @@ export class ReplicaStore {
    */
   async applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
-    if (latest && point.seq <= latest.seq) {
-      if (this.manifest.points.some((p) => p.seq === point.seq) || point.seq < this.manifest.points[0].seq) return 'duplicate';
-    }
+    // the chain has no gaps, so every seq up to the latest was applied (a pruned one too)
+    if (latest && point.seq <= latest.seq) return 'duplicate';
     this.assertWritable();
     if (!this.manifest.initial.done && this.manifest.initial.finishedDisks.length < this.manifest.disks.length) {
       throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} has not copied every disk yet`);
@@ -535,7 +558,7 @@ export class ReplicaStore {
     const own = this.undos[ownIdx];
     // write the merged undo under a new name, switch the manifest, then delete the old ones
     const mergedSeq = next.seq;
-    const tmpDir = path.join(this.root, 'undo', `${pad(mergedSeq)}.merge`);
+    const tmpDir = path.join(this.root, 'undo', `${pad(mergedSeq)}.merge-${pad(p.seq)}`);
     fs.rmSync(tmpDir, { recursive: true, force: true });
     fs.mkdirSync(tmpDir, { recursive: true });
     const merged = new Map<string, UndoFile>();
@@ -551,7 +574,8 @@ export class ReplicaStore {
     fsyncDir(tmpDir);
     // the merge directory replaces the next point's undo directory in one rename
     const finalDir = path.dirname(this.undoPath(mergedSeq, 'x'));
-    const oldDir = `${finalDir}.old`;
+    // the name says which point is being dropped: recovery (recoverMerge) needs to know
+    const oldDir = `${finalDir}.old-${pad(p.seq)}`;
     fs.renameSync(finalDir, oldDir);
     fs.renameSync(tmpDir, finalDir);
     fsyncDir(path.join(this.root, 'undo'));
@@ -671,8 +695,11 @@ export class ReplicaStore {
   private async recoverCommit(): Promise<void> {
     const c = this.manifest.commit;
     if (!c) return;
-    const o = Overlay.reopen(this, c.overlayId);
-    this.overlays.set(c.overlayId, o);
+    let o = this.overlays.get(c.overlayId);
+    if (!o) {
+      o = Overlay.reopen(this, c.overlayId);
+      this.overlays.set(c.overlayId, o);
+    }
     await this.finishCommit(o);
   }
 }

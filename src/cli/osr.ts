@@ -20,7 +20,7 @@ program
   .name('osr')
   .description('Open Site Recovery: replicate VM disks between hosts, keep recovery points, open any point instantly.')
   .version('0.1.0')
-  .option('--agent <url>', 'local API of the agent to talk to', process.env.OSR_AGENT ?? `http://127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
+  .option('--agent <url>', 'local API of the agent to talk to', process.env.OSR_AGENT || `http://127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
   .option('--json', 'print machine-readable JSON instead of tables', false)
   .showHelpAfterError();
 

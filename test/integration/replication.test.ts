@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
-import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
+import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;
 before(async () => {
