@@ -121,15 +121,20 @@ interface AgentPair {
 async function startPair(dir: string, pkiDir: string, o: ReplicationBenchOptions, tag: string): Promise<AgentPair> {
   const withProfile = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
     if (!o.cpuProfDir) return fn();
-    // the agents inherit our environment at spawn: set NODE_OPTIONS just for them
-    const saved = process.env.NODE_OPTIONS;
-    fs.mkdirSync(o.cpuProfDir, { recursive: true });
-    process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${o.cpuProfDir} --cpu-prof-name=${tag}-${name}-\${pid}.cpuprofile`.trim();
+    // node refuses --cpu-prof in NODE_OPTIONS; a preloaded module runs the profiler instead.
+    // The agents inherit our environment at spawn: set it just for them.
+    const saved = { ...process.env };
+    const preload = new URL('./lib/cpu-prof-preload.js', import.meta.url).href;
+    process.env.NODE_OPTIONS = `${saved.NODE_OPTIONS ?? ''} --import "${preload}"`.trim();
+    process.env.OSR_BENCH_CPU_PROF_DIR = o.cpuProfDir;
+    process.env.OSR_BENCH_CPU_PROF_NAME = `${tag}-${name}`;
     try {
       return await fn();
     } finally {
-      if (saved === undefined) delete process.env.NODE_OPTIONS;
-      else process.env.NODE_OPTIONS = saved;
+      for (const k of ['NODE_OPTIONS', 'OSR_BENCH_CPU_PROF_DIR', 'OSR_BENCH_CPU_PROF_NAME']) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
     }
   };
   const replica = await withProfile('replica', () =>

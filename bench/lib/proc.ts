@@ -139,3 +139,45 @@ export class ProcessSampler {
     };
   }
 }
+
+/** Busy and total jiffies of all CPUs together, from the first line of /proc/stat. */
+function systemTicks(): { busy: number; total: number } | null {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0];
+    const v = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    const idle = (v[3] ?? 0) + (v[4] ?? 0);
+    const total = v.slice(0, 8).reduce((a, b) => a + (b || 0), 0);
+    return { busy: total - idle, total };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * How busy the whole machine was over a window, in % of one core (200 = two cores busy),
+ * to tell how much CPU other processes took from a benchmark on a shared machine.
+ */
+export class MachineCpuMeter {
+  private start0 = systemTicks();
+  private readonly cpus: number;
+  constructor(cpus: number) {
+    this.cpus = cpus;
+  }
+  restart(): this {
+    this.start0 = systemTicks();
+    return this;
+  }
+  /** % of one core used by all processes since the start */
+  busyPercent(): number {
+    const now = systemTicks();
+    if (!this.start0 || !now || now.total === this.start0.total) return NaN;
+    return ((now.busy - this.start0.busy) / (now.total - this.start0.total)) * this.cpus * 100;
+  }
+}
+
+/** CPU seconds of this process (user + system) since `from` (a process.cpuUsage() value). */
+export function ownCpuSeconds(from?: NodeJS.CpuUsage): number {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1e6;
+}

@@ -3,9 +3,12 @@
  * equal, byte for byte, what the source disks held at the instant of its swap.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
-import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, waitForPoint, writePattern, type Pair } from '../support/lab.js';
+import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, tempDir, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;
 before(async () => {
@@ -120,4 +123,63 @@ test('points taken while the guest keeps writing are crash-consistent across dis
     if (k > 0 && k < id) sawIntermediate++;
   }
   assert.ok(sawIntermediate >= 3, `only ${sawIntermediate} points fell inside the write run`);
+});
+
+function hasTool(name: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+}
+
+test('any NBD client is the guest: qemu-io over TCP and Unix socket, nbdinfo map, nbdcopy', { skip: !hasTool('qemu-io') || !hasTool('nbdinfo') ? 'qemu-io or nbdinfo missing' : false }, async () => {
+  const { primary, replica } = pair;
+  const disks = await createVm(primary, 'qemu1', ['64M']);
+  const tcp = disks[0].nbd.tcp!;
+  assert.match(tcp, /^nbd:\/\/127\.0\.0\.1:\d+\/qemu1\/disk0$/);
+  const io = (uri: string, ...cmds: string[]) => {
+    const r = spawnSync('qemu-io', ['-f', 'raw', uri, ...cmds.flatMap((c) => ['-c', c])], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  io(tcp, 'write -P 0x11 0 1M', 'write -P 0x22 -f 8M 64k', 'flush');
+  io(disks[0].nbd.unix, 'write -P 0x33 16M 2M', 'write -z -u 16M 1M', 'discard 8M 64k');
+  assert.match(io(disks[0].nbd.unix, 'read -P 0x11 0 1M', 'read -P 0 16M 1M', 'read -P 0x33 17M 1M'), /read 1048576\/1048576 bytes/);
+  const map = spawnSync('nbdinfo', ['--map', disks[0].nbd.unix], { encoding: 'utf8' });
+  assert.equal(map.status, 0, map.stderr);
+  // allocated data at 0 and 17M, holes elsewhere (0 = data, 3 = hole,zero)
+  assert.match(map.stdout, /^\s*0\s+1048576\s+0\s+data/m);
+  assert.match(map.stdout, /hole,zero/);
+
+  await primary.api.post('/v1/replications', { vm: 'qemu1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h' });
+  const h = await waitForPoint(primary, 'qemu1', null);
+  assert.ok(h.initial!.sentBytes <= 4 * 1024 * 1024, `the copy sent ${h.initial!.sentBytes} bytes: holes and zeroes were not skipped`);
+  const o = await openOverlay(replica, 'qemu1');
+  const dir = tempDir();
+  const out = path.join(dir, 'copy.img');
+  const cp = spawnSync('nbdcopy', [o.disks[0].nbd.unix, out], { encoding: 'utf8' });
+  assert.equal(cp.status, 0, cp.stderr);
+  assert.equal(fileDigest(out, disks[0].size).digest, fileDigest(disks[0].image, disks[0].size).digest);
+  fs.rmSync(dir, { recursive: true, force: true });
+  await replica.api.delete(`/v1/replicas/qemu1/overlays/${o.id}`);
+});
+
+test('a scheduled start waits; app-consistent points call the quiesce hook and are tagged', async () => {
+  const { primary, replica } = pair;
+  await createVm(primary, 'sched1', ['4M']);
+  const dir = tempDir();
+  const hookLog = path.join(dir, 'hook.log');
+  const hook = path.join(dir, 'quiesce.sh');
+  fs.writeFileSync(hook, `#!/bin/sh\necho "$1 $2" >> ${hookLog}\n`, { mode: 0o755 });
+  const startAt = new Date(Date.now() + 2500).toISOString();
+  await primary.api.post('/v1/replications', { vm: 'sched1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '200ms', startAt, appConsistentFrequency: '1s', quiesceHook: hook, maxPoints: 100 });
+  assert.equal((await health(primary, 'sched1')).state, 'Scheduled');
+  const h = await waitForPoint(primary, 'sched1', null);
+  assert.ok(Date.parse(h.latestPoint!.time) >= Date.parse(startAt), 'replication started before its scheduled time');
+  // app-consistent every second, crash-consistent in between
+  await waitFor('two app-consistent points and crash-consistent ones between', async () => {
+    const pts = await replica.api.get<{ consistency: string }[]>('/v1/replicas/sched1/points');
+    return (pts.filter((p) => p.consistency === 'app-consistent').length >= 2 && pts.some((p) => p.consistency === 'crash-consistent')) || undefined;
+  }, 30_000);
+  const calls = fs.readFileSync(hookLog, 'utf8').trim().split('\n');
+  assert.deepEqual(calls.slice(0, 2), ['freeze sched1', 'thaw sched1']);
+  assert.equal(calls.length % 2 === 0 || calls.at(-1)!.startsWith('freeze'), true);
+  fs.rmSync(dir, { recursive: true, force: true });
 });

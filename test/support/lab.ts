@@ -39,7 +39,7 @@ export async function startPair(dir = tempDir()): Promise<Pair> {
   const pkiDir = path.join(dir, 'pki');
   await ensurePki(pkiDir, ['primary', 'replica']);
   const replica = await startAgentProcess({ name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0 });
-  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir });
+  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0 });
   const pair: Pair = {
     dir,
     pkiDir,

@@ -18,11 +18,22 @@ function prng(seed: number): () => number {
   };
 }
 
+/** A fixed pseudo-random pool: data is cut from it at a random place and stamped every 256 bytes, so no two writes match. */
+const POOL = (() => {
+  const r = prng(0x5eed);
+  const b = Buffer.allocUnsafe(1 << 20);
+  for (let i = 0; i < b.length; i += 4) b.writeUInt32LE(Math.floor(r() * 0x100000000), i);
+  return b;
+})();
+
 function randomBytes(rnd: () => number, n: number): Buffer {
   const b = Buffer.allocUnsafe(n);
-  let i = 0;
-  for (; i + 4 <= n; i += 4) b.writeUInt32LE(Math.floor(rnd() * 0x100000000), i);
-  for (; i < n; i++) b[i] = Math.floor(rnd() * 256);
+  for (let done = 0; done < n; ) {
+    const at = Math.floor(rnd() * (POOL.length - 1));
+    done += POOL.copy(b, done, at, Math.min(POOL.length, at + n - done));
+  }
+  for (let i = 0; i + 4 <= n; i += 256) b.writeUInt32LE(Math.floor(rnd() * 0x100000000), i);
+  if (n < 4) for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256);
   return b;
 }
 

@@ -1,0 +1,246 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { diskKeyOf } from '../../src/agent/change-log.js';
+import { closeUndoFile, openUndoFile, readFully, verifyUndoData, writeUndoFile, type UndoFile, type UndoSource } from '../../src/agent/undo-file.js';
+import { OsrError } from '../../src/domain/errors.js';
+
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomBytes(rnd: () => number, n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256);
+  return b;
+}
+
+function withDir(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
+  return async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-'));
+    try {
+      await fn(dir);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+}
+
+function assertStoreCorrupt(fn: () => unknown, pattern?: RegExp): void {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof OsrError, `expected an OsrError, got ${String(caught)}`);
+  assert.equal(caught.code, 'REPLICA_STORE_CORRUPT', caught.message);
+  if (pattern) assert.match(caught.message, pattern);
+}
+
+const KEY = diskKeyOf('disk-1');
+const HEADER = 64;
+const FOOTER = 48;
+const ENTRY = 24;
+
+/** An image with known bytes, and undo sources over it (some past its end: they read as zeroes). */
+function setup(dir: string, rnd: () => number) {
+  const imagePath = path.join(dir, 'image.img');
+  const image = randomBytes(rnd, 1 << 20);
+  fs.writeFileSync(imagePath, image);
+  const fd = fs.openSync(imagePath, 'r');
+  const ranges: { offset: number; length: number }[] = [];
+  let pos = 0;
+  for (let i = 0; i < 40; i++) {
+    pos += Math.floor(rnd() * 20000);
+    const length = 1 + Math.floor(rnd() * 9000);
+    if (pos + length > image.length) break;
+    ranges.push({ offset: pos, length });
+    pos += length;
+  }
+  // one range that reaches beyond the end of the (sparse) image: zeroes past the end
+  ranges.push({ offset: image.length - 100, length: 300 });
+  const sources: UndoSource[] = ranges.map((r) => ({ ...r, fd, pos: r.offset }));
+  const expected = (r: { offset: number; length: number }) => {
+    const b = Buffer.alloc(r.length);
+    image.copy(b, 0, r.offset, Math.min(image.length, r.offset + r.length));
+    return b;
+  };
+  return { imagePath, image, fd, ranges, sources, expected };
+}
+
+function readEntry(u: UndoFile, i: number): Buffer {
+  const e = u.entries[i];
+  const b = Buffer.alloc(e.length);
+  readFully(u.fd, b, e.dataPos);
+  return b;
+}
+
+test(
+  'write and open round trip: entries and their bytes',
+  withDir(async (dir) => {
+    const rnd = prng(1);
+    const s = setup(dir, rnd);
+    const file = path.join(dir, 'a.undo');
+    const written = writeUndoFile(file, KEY, s.sources);
+    try {
+      assert.equal(written.entries.length, s.ranges.length);
+      const dataBytes = s.ranges.reduce((n, r) => n + r.length, 0);
+      assert.equal(fs.statSync(file).size, HEADER + dataBytes + s.ranges.length * ENTRY + FOOTER);
+      const opened = openUndoFile(file);
+      try {
+        assert.deepEqual(opened.entries, written.entries);
+        let dataPos = HEADER;
+        opened.entries.forEach((e, i) => {
+          assert.equal(e.offset, s.ranges[i].offset);
+          assert.equal(e.length, s.ranges[i].length);
+          assert.equal(e.dataPos, dataPos, 'data laid out in order after the header');
+          dataPos += e.length;
+          assert.ok(readEntry(opened, i).equals(s.expected(s.ranges[i])), `bytes of entry ${i}`);
+        });
+        // the range past the end of the image reads as zeroes beyond it
+        const last = readEntry(opened, opened.entries.length - 1);
+        assert.ok(last.subarray(100).equals(Buffer.alloc(200)));
+        assert.equal(await verifyUndoData(opened), true);
+        // header: magic, version, disk key
+        const head = fs.readFileSync(file).subarray(0, HEADER);
+        assert.equal(head.subarray(0, 8).toString('latin1'), 'OSRUNDO\0');
+        assert.equal(head.readUInt16LE(8), 1);
+        assert.ok(head.subarray(16, 32).equals(KEY));
+      } finally {
+        closeUndoFile(opened);
+      }
+    } finally {
+      closeUndoFile(written);
+      fs.closeSync(s.fd);
+    }
+  }),
+);
+
+test(
+  'an empty undo file round trips',
+  withDir(async (dir) => {
+    const file = path.join(dir, 'empty.undo');
+    closeUndoFile(writeUndoFile(file, KEY, []));
+    assert.equal(fs.statSync(file).size, HEADER + FOOTER);
+    const u = openUndoFile(file);
+    try {
+      assert.deepEqual(u.entries, []);
+      assert.equal(await verifyUndoData(u), true);
+    } finally {
+      closeUndoFile(u);
+    }
+  }),
+);
+
+test(
+  'a source larger than the copy chunk is copied whole',
+  withDir(async (dir) => {
+    const rnd = prng(2);
+    const imagePath = path.join(dir, 'big.img');
+    const image = Buffer.allocUnsafe(9 * 1024 * 1024);
+    for (let i = 0; i < image.length; i += 4) image.writeUInt32LE(Math.floor(rnd() * 0x100000000), i);
+    fs.writeFileSync(imagePath, image);
+    const fd = fs.openSync(imagePath, 'r');
+    const file = path.join(dir, 'big.undo');
+    const length = 4 * 1024 * 1024 * 2 + 12345;
+    closeUndoFile(writeUndoFile(file, KEY, [{ offset: 1000, length, fd, pos: 1000 }]));
+    fs.closeSync(fd);
+    const u = openUndoFile(file);
+    try {
+      assert.equal(u.entries[0].length, length);
+      assert.ok(readEntry(u, 0).equals(image.subarray(1000, 1000 + length)));
+      assert.equal(await verifyUndoData(u), true);
+    } finally {
+      closeUndoFile(u);
+    }
+  }),
+);
+
+test(
+  'a damaged index, footer, size or magic is detected as REPLICA_STORE_CORRUPT',
+  withDir((dir) => {
+    const rnd = prng(3);
+    const s = setup(dir, rnd);
+    const file = path.join(dir, 'a.undo');
+    closeUndoFile(writeUndoFile(file, KEY, s.sources));
+    fs.closeSync(s.fd);
+    const good = fs.readFileSync(file);
+    const indexPos = Number(good.readBigUInt64LE(good.length - FOOTER));
+    assert.equal(indexPos, good.length - FOOTER - s.ranges.length * ENTRY);
+    const bad = path.join(dir, 'bad.undo');
+    const check = (bytes: Buffer, pattern?: RegExp) => {
+      fs.writeFileSync(bad, bytes);
+      assertStoreCorrupt(() => openUndoFile(bad), pattern);
+    };
+    const flip = (at: number) => {
+      const b = Buffer.from(good);
+      b[at] ^= 0x01;
+      return b;
+    };
+    // every field of a few index entries
+    for (const entry of [0, 7, s.ranges.length - 1]) {
+      for (const field of [0, 8, 16, 23]) check(flip(indexPos + entry * ENTRY + field), /checksum mismatch/);
+    }
+    // footer: indexPos and count break the layout, the data digest and checksum the checksum
+    check(flip(good.length - FOOTER), /does not fit|checksum/);
+    check(flip(good.length - FOOTER + 8), /does not fit|checksum/);
+    check(flip(good.length - FOOTER + 16), /checksum mismatch/);
+    check(flip(good.length - FOOTER + 40), /checksum mismatch/);
+    check(flip(good.length - 1), /checksum mismatch/);
+    // truncated, extended, magic damaged, too short to be one
+    check(good.subarray(0, good.length - 1));
+    check(Buffer.concat([good, Buffer.alloc(1)]));
+    check(good.subarray(0, good.length - ENTRY - FOOTER));
+    check(flip(0), /not an undo file/);
+    check(good.subarray(0, HEADER + FOOTER - 1), /not an undo file/);
+    // an entry swapped with another, with the checksum left as is
+    const swapped = Buffer.from(good);
+    good.copy(swapped, indexPos, indexPos + ENTRY, indexPos + 2 * ENTRY);
+    good.copy(swapped, indexPos + ENTRY, indexPos, indexPos + ENTRY);
+    check(swapped, /checksum mismatch/);
+    // the intact file still opens
+    fs.writeFileSync(bad, good);
+    closeUndoFile(openUndoFile(bad));
+  }),
+);
+
+test(
+  'verifyUndoData detects a flipped data byte that open does not look at',
+  withDir(async (dir) => {
+    const rnd = prng(4);
+    const s = setup(dir, rnd);
+    const file = path.join(dir, 'a.undo');
+    closeUndoFile(writeUndoFile(file, KEY, s.sources));
+    fs.closeSync(s.fd);
+    const good = fs.readFileSync(file);
+    const indexPos = Number(good.readBigUInt64LE(good.length - FOOTER));
+    for (const at of [HEADER, HEADER + 1 + Math.floor(rnd() * (indexPos - HEADER - 2)), indexPos - 1]) {
+      const b = Buffer.from(good);
+      b[at] ^= 0x80;
+      fs.writeFileSync(file, b);
+      const u = openUndoFile(file); // the index is intact
+      try {
+        assert.equal(await verifyUndoData(u), false, `flipped byte ${at}`);
+      } finally {
+        closeUndoFile(u);
+      }
+    }
+    fs.writeFileSync(file, good);
+    const u = openUndoFile(file);
+    try {
+      assert.equal(await verifyUndoData(u), true);
+    } finally {
+      closeUndoFile(u);
+    }
+  }),
+);
