@@ -14,6 +14,7 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { NbdClient } from '../src/agent/nbd/nbd-client.js';
 import type { ReplicationHealth } from '../src/agent/replication-types.js';
@@ -21,7 +22,7 @@ import { ensurePki } from '../src/lab/agent-process.js';
 import { parseBytes, parseMs, type Flags } from './lib/args.js';
 import { sleep, startAgent, tempDir, type BenchAgent } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
-import { ProcessSampler, type ProcessUsage } from './lib/proc.js';
+import { MachineCpuMeter, ownCpuSeconds, ProcessSampler, type ProcessUsage } from './lib/proc.js';
 import { rsyncCopy, startRsyncDaemon } from './lib/rsync.js';
 import { GiB, MB, max, mean, median, percentile, round } from './lib/stats.js';
 import { fmt, formatTable, type Cell } from './lib/table.js';
@@ -177,7 +178,21 @@ async function withRunDir<T>(label: string, fn: (dir: string) => Promise<T>): Pr
 
 // ---- 1. initial replication -------------------------------------------------------------------
 
-export interface InitialRun {
+/** What else ran on the machine during a timed window. */
+export interface MachineLoad {
+  /** all processes, % of one core (100 × cores = every core busy) */
+  machineBusyPercent: number;
+  /** machine busy minus the processes being measured and this benchmark process */
+  otherProcessesPercent: number;
+  loadAvg1: number;
+}
+
+function machineLoad(meter: MachineCpuMeter, ourCpuSeconds: number, wallSeconds: number): MachineLoad {
+  const busy = meter.busyPercent();
+  return { machineBusyPercent: busy, otherProcessesPercent: Math.max(0, busy - (ourCpuSeconds / wallSeconds) * 100), loadAvg1: os.loadavg()[0] };
+}
+
+export interface InitialRun extends MachineLoad {
   compression: boolean;
   bytes: number;
   seconds: number;
@@ -186,17 +201,23 @@ export interface InitialRun {
   wireBytes: number | null;
   /** the agent's own rate estimate, last progress seen */
   agentReportedMBps: number | null;
+  /** from the POST until every byte was copied (the rest: final swap and first point) */
+  copySeconds: number | null;
   fillSeconds: number;
   verified: boolean;
   primaryCpuPercent: number;
   replicaCpuPercent: number;
   primaryCpuSeconds: number;
   replicaCpuSeconds: number;
+  /** CPU seconds of both agents per GB (1e9 bytes) copied */
+  cpuSecondsPerGB: number;
   primaryRssMBMax: number;
   replicaRssMBMax: number;
+  /** [seconds since the POST, MB copied] about every 250 ms */
+  progress: [number, number][];
 }
 
-async function initialRun(pkiDir: string, o: ReplicationBenchOptions, index: number, compression: boolean): Promise<InitialRun> {
+async function initialRun(pkiDir: string, o: ReplicationBenchOptions, meter: MachineCpuMeter, index: number, compression: boolean): Promise<InitialRun> {
   const label = compression ? 'initial-zstd' : `initial-${index + 1}`;
   return withRunDir(label, async (dir) => {
     const pair: Partial<AgentPair> = {};
@@ -210,20 +231,31 @@ async function initialRun(pkiDir: string, o: ReplicationBenchOptions, index: num
       const fillSeconds = fillRandom(disk.image, o.initialBytes);
       const sp = new ProcessSampler(primary.child.pid!, 250).start();
       const sr = new ProcessSampler(replica.child.pid!, 250).start();
+      meter.restart();
+      const own0 = process.cpuUsage();
       const t0 = performance.now();
       await primary.api.post('/v1/replications', { vm, peer, copyFrequency: '1h', retentionHours: 1, maxPoints: 4, compression });
       let last: ReplicationHealth['initial'] = null;
+      let copySeconds: number | null = null;
+      const progress: [number, number][] = [];
       let h: ReplicationHealth;
       for (;;) {
         h = await primary.api.get<ReplicationHealth>(`/v1/replications/${vm}`);
-        if (h.initial) last = h.initial;
+        const t = (performance.now() - t0) / 1000;
+        if (h.initial) {
+          last = h.initial;
+          if (copySeconds === null && h.initial.doneBytes >= h.initial.totalBytes) copySeconds = t;
+          if (progress.length === 0 || t - progress[progress.length - 1][0] >= 0.25) progress.push([round(t, 2)!, round(h.initial.doneBytes / MB, 0)!]);
+        }
         if (h.latestPoint) break;
-        if (performance.now() - t0 > 15 * 60_000) throw new Error(`initial replication of ${vm} not done after 15 minutes (state ${h.state}, last error ${h.lastError?.message ?? 'none'})`);
+        if (t > 15 * 60) throw new Error(`initial replication of ${vm} not done after 15 minutes (state ${h.state}, last error ${h.lastError?.message ?? 'none'})`);
         await sleep(50);
       }
       const seconds = (performance.now() - t0) / 1000;
+      progress.push([round(seconds, 2)!, round(o.initialBytes / MB, 0)!]);
       const up = sp.stop();
       const ur = sr.stop();
+      const load = machineLoad(meter, up.cpuSeconds + ur.cpuSeconds + ownCpuSeconds(own0), seconds);
       const rep = await replica.api.get<{ vmId: string; points: number }>(`/v1/replicas/${vm}`);
       const replicaImage = path.join(dir, 'replica', 'replicas', rep.vmId, 'disks', `${disk.name}.img`);
       const verified = rep.points >= 1 && sameBytes(disk.image, replicaImage, o.initialBytes);
@@ -235,14 +267,18 @@ async function initialRun(pkiDir: string, o: ReplicationBenchOptions, index: num
         MBps: o.initialBytes / MB / seconds,
         wireBytes: last?.wireBytes ?? null,
         agentReportedMBps: last ? last.rateBytesPerSec / MB : null,
+        copySeconds: copySeconds ?? null,
         fillSeconds,
         verified,
         primaryCpuPercent: up.cpuPercentMean,
         replicaCpuPercent: ur.cpuPercentMean,
         primaryCpuSeconds: up.cpuSeconds,
         replicaCpuSeconds: ur.cpuSeconds,
+        cpuSecondsPerGB: (up.cpuSeconds + ur.cpuSeconds) / (o.initialBytes / 1e9),
         primaryRssMBMax: Math.max(up.rssMBMax, up.peakRssMB),
         replicaRssMBMax: Math.max(ur.rssMBMax, ur.peakRssMB),
+        progress,
+        ...load,
       };
     } finally {
       await stopPair(pair);
@@ -250,39 +286,58 @@ async function initialRun(pkiDir: string, o: ReplicationBenchOptions, index: num
   });
 }
 
-export interface RsyncRun {
+export interface RsyncRun extends MachineLoad {
   fsync: boolean;
   seconds: number;
   MBps: number;
   clientCpuSeconds: number | null;
   serverCpuSeconds: number | null;
+  /** CPU seconds of client and server per GB (1e9 bytes) copied */
+  cpuSecondsPerGB: number | null;
 }
 
-async function rsyncRuns(o: ReplicationBenchOptions, log: (s: string) => void): Promise<{ plain: RsyncRun[]; fsync: RsyncRun[] }> {
-  return withRunDir('rsync', async (dir) => {
+interface RsyncPeer {
+  run: (fsync: boolean) => Promise<RsyncRun>;
+  close: () => Promise<void>;
+}
+
+/** A source file of random bytes and an rsync daemon, kept for the whole initial phase. */
+async function rsyncPeer(o: ReplicationBenchOptions, meter: MachineCpuMeter): Promise<RsyncPeer> {
+  const { dir, remove } = tempDir('rsync');
+  try {
     const src = path.join(dir, 'source.img');
     fillRandom(src, o.initialBytes);
     const daemon = await startRsyncDaemon(dir);
-    try {
-      const plain: RsyncRun[] = [];
-      const fsyncRuns: RsyncRun[] = [];
-      const variants: { fsync: boolean; out: RsyncRun[] }[] = [{ fsync: false, out: plain }];
-      if (o.rsyncFsync) variants.push({ fsync: true, out: fsyncRuns });
-      for (const v of variants) {
-        for (let i = 0; i < o.runs; i++) {
-          fs.rmSync(path.join(daemon.destDir, path.basename(src)), { force: true });
-          const r = await rsyncCopy(daemon, src, v.fsync ? ['--fsync'] : []);
-          const run = { fsync: v.fsync, seconds: r.seconds, MBps: r.bytes / MB / r.seconds, clientCpuSeconds: r.clientCpuSeconds, serverCpuSeconds: r.serverCpuSeconds };
-          v.out.push(run);
-          log(`  rsync${v.fsync ? ' --fsync' : ''} run ${i + 1}/${o.runs}: ${fmt(run.seconds, 2)} s, ${fmt(run.MBps, 0)} MB/s`);
-        }
-      }
-      fs.rmSync(path.join(daemon.destDir, path.basename(src)), { force: true });
-      return { plain, fsync: fsyncRuns };
-    } finally {
-      await daemon.stop();
-    }
-  });
+    const dest = path.join(daemon.destDir, path.basename(src));
+    return {
+      run: async (fsync) => {
+        fs.rmSync(dest, { force: true });
+        meter.restart();
+        const own0 = process.cpuUsage();
+        const r = await rsyncCopy(daemon, src, fsync ? ['--fsync'] : []);
+        const both = r.clientCpuSeconds !== null && r.serverCpuSeconds !== null ? r.clientCpuSeconds + r.serverCpuSeconds : null;
+        // the client's CPU is in our children's time, not in process.cpuUsage()
+        const load = machineLoad(meter, (both ?? 0) + ownCpuSeconds(own0), r.seconds);
+        fs.rmSync(dest, { force: true });
+        return {
+          fsync,
+          seconds: r.seconds,
+          MBps: r.bytes / MB / r.seconds,
+          clientCpuSeconds: r.clientCpuSeconds,
+          serverCpuSeconds: r.serverCpuSeconds,
+          cpuSecondsPerGB: both === null ? null : both / (r.bytes / 1e9),
+          ...load,
+        };
+      },
+      close: async () => {
+        await daemon.stop();
+        await remove();
+      },
+    };
+  } catch (e) {
+    await remove();
+    throw e;
+  }
 }
 
 // ---- 2. steady state ------------------------------------------------------------------------------
@@ -355,9 +410,10 @@ export interface SteadyResult {
   missedCycles: number;
   errors: string[];
   finalStates: Record<string, number>;
+  load: MachineLoad;
 }
 
-async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, log: (s: string) => void): Promise<SteadyResult> {
+async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: MachineCpuMeter, log: (s: string) => void): Promise<SteadyResult> {
   return withRunDir('steady', async (dir) => {
     const pair: Partial<AgentPair> = {};
     const clients: NbdClient[] = [];
@@ -398,6 +454,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, log: (s: st
       const sp = new ProcessSampler(primary.child.pid!, 1000).start();
       const sr = new ProcessSampler(replica.child.pid!, 1000).start();
       const benchCpu0 = process.cpuUsage();
+      meter.restart();
       const startMs = Date.now() + 200;
       const endMs = startMs + durationMs;
       const pool = randomPool();
@@ -436,6 +493,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, log: (s: st
       const benchCpu = process.cpuUsage(benchCpu0);
       const up = sp.stop();
       const ur = sr.stop();
+      const load = machineLoad(meter, up.cpuSeconds + ur.cpuSeconds + (benchCpu.user + benchCpu.system) / 1e6, up.wallSeconds);
       const after = await primary.api.get<ReplicationHealth[]>('/v1/replications');
       const shipped = after.reduce((n, h) => n + h.bytesShipped, 0) - shippedBefore;
       const finalStates: Record<string, number> = {};
@@ -477,6 +535,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, log: (s: st
         missedCycles: after.reduce((n, h) => n + h.missedCyclesLastHour, 0),
         errors: [...errors].slice(0, 20),
         finalStates,
+        load,
       };
     } finally {
       await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
@@ -497,25 +556,40 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
 
   const runs: InitialRun[] = [];
   let compressed: InitialRun | null = null;
-  let rsync: { plain: RsyncRun[]; fsync: RsyncRun[] } = { plain: [], fsync: [] };
+  const rsync: { plain: RsyncRun[]; fsync: RsyncRun[] } = { plain: [], fsync: [] };
+  const meter = new MachineCpuMeter(machine.cpus);
   if (o.phases.initial) {
-    log(`\n1. initial replication of ${fmt(o.initialBytes / GiB, 2)} GiB of random data, ${o.runs} runs (osr), then rsync, ${o.runs} runs`);
-    for (let i = 0; i < o.runs; i++) {
-      const r = await initialRun(pkiDir, o, i, false);
-      runs.push(r);
-      log(`  osr run ${i + 1}/${o.runs}: ${fmt(r.seconds, 2)} s, ${fmt(r.MBps, 0)} MB/s (primary ${fmt(r.primaryCpuPercent, 0)}% CPU, replica ${fmt(r.replicaCpuPercent, 0)}% CPU; replica verified)`);
+    log(`\n1. initial replication of ${fmt(o.initialBytes / GiB, 2)} GiB of random data: ${o.runs} runs of osr, each followed by rsync${o.rsyncFsync ? ' and rsync --fsync' : ''}`);
+    const peer = await rsyncPeer(o, meter);
+    try {
+      for (let i = 0; i < o.runs; i++) {
+        const r = await initialRun(pkiDir, o, meter, i, false);
+        runs.push(r);
+        log(
+          `  run ${i + 1}/${o.runs} osr:   ${fmt(r.seconds, 2)} s, ${fmt(r.MBps, 0)} MB/s; CPU primary ${fmt(r.primaryCpuSeconds, 1)} s, replica ${fmt(r.replicaCpuSeconds, 1)} s; other processes ${fmt(r.otherProcessesPercent, 0)}% of a core; replica verified`,
+        );
+        const p = await peer.run(false);
+        rsync.plain.push(p);
+        log(`  run ${i + 1}/${o.runs} rsync: ${fmt(p.seconds, 2)} s, ${fmt(p.MBps, 0)} MB/s; CPU client ${fmt(p.clientCpuSeconds, 1)} s, server ${fmt(p.serverCpuSeconds, 1)} s; other processes ${fmt(p.otherProcessesPercent, 0)}% of a core`);
+        if (o.rsyncFsync) {
+          const f = await peer.run(true);
+          rsync.fsync.push(f);
+          log(`  run ${i + 1}/${o.runs} rsync --fsync: ${fmt(f.seconds, 2)} s, ${fmt(f.MBps, 0)} MB/s`);
+        }
+      }
+    } finally {
+      await peer.close();
     }
     if (o.compressionRun) {
-      compressed = await initialRun(pkiDir, o, o.runs, true);
+      compressed = await initialRun(pkiDir, o, meter, o.runs, true);
       log(`  osr with compression: ${fmt(compressed.seconds, 2)} s, ${fmt(compressed.MBps, 0)} MB/s, ${fmt((compressed.wireBytes ?? NaN) / MB, 0)} MB on the wire`);
     }
-    rsync = await rsyncRuns(o, log);
   }
 
   let steady: SteadyResult | null = null;
   if (o.phases.steady) {
     log(`\n2. steady state: ${o.vms} VMs × ${fmt(o.diskBytes / GiB, 1)} GiB, copy frequency ${o.frequencyMs / 1000} s, churn ${o.churnMBps} MB/s per VM for ${o.minutes} min`);
-    steady = await steadyRun(pkiDir, o, log);
+    steady = await steadyRun(pkiDir, o, meter, log);
   }
 
   const initialMBps = median(runs.map((r) => r.MBps));

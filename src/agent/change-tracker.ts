@@ -12,6 +12,7 @@ import path from 'node:path';
 import { OsrError, isOsrError } from '../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
 
 export interface TrackingState {
   enabled: boolean;
@@ -23,13 +24,6 @@ export interface TrackingState {
   resyncRequired?: { reason: string; at: string } | undefined;
   /** what each closed, not yet shipped set of logs is as a recovery point */
   pointMeta?: Record<string, { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' }>;
-}
-
-export interface ClosedLog {
-  seq: number;
-  file: string;
-  bytes: number;
-  closedMs: number;
 }
 
 export function currentBootId(): string {
@@ -110,7 +104,7 @@ export class DiskLogs {
   }
 }
 
-export class VmChangeTracker {
+export class VmChangeTracker implements ChangeTracking {
   private state: TrackingState;
   private readonly stateFile: string;
   readonly disks: DiskLogs[];
@@ -273,15 +267,15 @@ export class VmChangeTracker {
   }
 
   /** Closed logs waiting to be shipped, by sequence number, one entry per disk. */
-  closedLogs(afterSeq: number): Map<number, ClosedLog[]> {
-    const out = new Map<number, ClosedLog[]>();
+  closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]> {
+    const out = new Map<number, ClosedDeltaFile[]>();
     const activeSeq = this.activeSeq;
     for (const d of this.disks) {
       for (const { seq, file } of d.listFiles()) {
         if (seq <= afterSeq || seq >= activeSeq) continue;
         const st = fs.statSync(file);
         const list = out.get(seq) ?? [];
-        list.push({ seq, file, bytes: st.size, closedMs: st.mtimeMs });
+        list.push({ seq, disk: d.diskName, file, bytes: st.size, closedMs: st.mtimeMs });
         out.set(seq, list);
       }
     }

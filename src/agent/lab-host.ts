@@ -13,6 +13,8 @@ import { OsrError } from '../domain/errors.js';
 import { VmChangeTracker } from './change-tracker.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
+import type { ChangeSource } from './ports.js';
+import { hasSparseSupport } from './sparse.js';
 
 export const MAX_DISKS_PER_VM = 16;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -32,9 +34,10 @@ export interface VmSpec {
   createdAt: string;
 }
 
-export class LabVm {
+export class LabVm implements ChangeSource {
   disks: LabDisk[] = [];
   readonly tracker: VmChangeTracker;
+  readonly capabilities = { sparseRanges: hasSparseSupport };
   constructor(
     readonly spec: VmSpec,
     readonly dir: string,
@@ -45,6 +48,12 @@ export class LabVm {
 
   get name(): string {
     return this.spec.name;
+  }
+  get id(): string {
+    return this.spec.id;
+  }
+  get tracking(): VmChangeTracker {
+    return this.tracker;
   }
   get running(): boolean {
     return this.spec.running;

@@ -20,6 +20,7 @@ import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { ExtentMap } from './extent-map.js';
+import type { ReplicaTarget } from './ports.js';
 import { punchHole, writeZeroRange } from './sparse.js';
 import { closeUndoFile, openUndoFile, readFully, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 
@@ -98,7 +99,7 @@ function coalesce(records: LogRecord[]): ExtentMap<'data' | 'zero'> {
   return m;
 }
 
-export class ReplicaStore {
+export class ReplicaStore implements ReplicaTarget {
   private manifest: Manifest;
   private readonly images = new Map<string, number>();
   private readonly undos: PointUndo[] = [];
@@ -572,7 +573,8 @@ export class ReplicaStore {
       merged.set(d.name, writeUndoFile(path.join(tmpDir, `${d.name}.undo`), diskKeyOf(d.id), sources));
     }
     fsyncDir(tmpDir);
-    // the merge directory replaces the next point's undo directory in one rename
+    // the merge directory replaces the next point's undo directory (moved aside first); a
+    // crash before the manifest below is saved is undone at open by recoverMerge
     const finalDir = path.dirname(this.undoPath(mergedSeq, 'x'));
     // the name says which point is being dropped: recovery (recoverMerge) needs to know
     const oldDir = `${finalDir}.old-${pad(p.seq)}`;

@@ -10,6 +10,7 @@ import tls from 'node:tls';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { onTlsClientError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
 import { ReplicaStore, type DeltaDiskFile, type RecoveryPoint } from './replica-store.js';
+import type { ReplicaTarget } from './ports.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
 import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
 
@@ -87,7 +88,7 @@ interface DeltaInProgress {
 const MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024;
 
 class Session {
-  private store: ReplicaStore | undefined;
+  private store: ReplicaTarget | undefined;
   private target: Target;
   private delta: DeltaInProgress | undefined;
   private readonly writer: FrameWriter;
@@ -170,7 +171,7 @@ class Session {
     }
   }
 
-  private requireStore(): ReplicaStore {
+  private requireStore(): ReplicaTarget {
     if (!this.store) throw new OsrError('PROTOCOL_ERROR', 'no replication opened on this connection');
     return this.store;
   }

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import type { Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { TlsMaterial } from '../pki/index.js';
-import type { LabVm } from './lab-host.js';
+import type { ChangeSource } from './ports.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
@@ -68,7 +68,7 @@ export class PrimaryReplication {
 
   constructor(
     readonly spec: ReplicationSpec,
-    private readonly vm: LabVm,
+    private readonly vm: ChangeSource,
     private readonly deps: ReplicationDeps,
   ) {
     this.lastAppMs = deps.clock.now();
@@ -104,15 +104,15 @@ export class PrimaryReplication {
   private async run(): Promise<void> {
     const { clock } = this.deps;
     const startAt = this.spec.startAt ? Date.parse(this.spec.startAt) : 0;
-    while (!this.stopped && startAt > clock.now() && !this.vm.tracker.enabled) {
+    while (!this.stopped && startAt > clock.now() && !this.vm.tracking.enabled) {
       this.state = ReplicationState.Scheduled;
       await this.sleep(startAt - clock.now());
     }
     while (!this.stopped) {
       try {
-        if (this.vm.tracker.resyncRequired) {
+        if (this.vm.tracking.resyncRequired) {
           this.state = ReplicationState.ResyncRequired;
-          throw new OsrError('RESYNC_REQUIRED', `disk changes of ${this.vm.name} cannot be trusted: ${this.vm.tracker.resyncRequired.reason}`);
+          throw new OsrError('RESYNC_REQUIRED', `disk changes of ${this.vm.name} cannot be trusted: ${this.vm.tracking.resyncRequired.reason}`);
         }
         const client = await this.ensureConnected();
         if (this.state === ReplicationState.InitialReplication) await this.initialCopy(client);
@@ -139,7 +139,7 @@ export class PrimaryReplication {
     this.lastError = { code: err.code, message: err.message, at: new Date(clock.now()).toISOString() };
     this.client?.close();
     this.client = undefined;
-    if (err.code === 'CHANGE_LOG_CORRUPT') this.vm.tracker.markResyncRequired(err.message);
+    if (err.code === 'CHANGE_LOG_CORRUPT') this.vm.tracking.markResyncRequired(err.message);
     if (this.state === ReplicationState.Replicating) this.recordCycle(false);
     log.warn({ replication: this.spec.id, code: err.code, recoverable: err.recoverable }, err.message);
     if (err.code === 'RESYNC_REQUIRED' || err.code === 'CHANGE_LOG_CORRUPT') {
@@ -159,10 +159,10 @@ export class PrimaryReplication {
 
   private async ensureConnected(): Promise<ReplicaClient> {
     if (this.client && !this.client.closed) return this.client;
-    const fresh = !this.vm.tracker.enabled;
+    const fresh = !this.vm.tracking.enabled;
     const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls, this.deps.agentName, this.spec.compression);
-    const disks = this.vm.spec.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
-    const open = await client.request<OpenResult>('open', { vmId: this.vm.spec.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch, reset: fresh });
+    const disks = this.vm.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
+    const open = await client.request<OpenResult>('open', { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch, reset: fresh });
     this.client = client;
     this.latestSeq = open.latestSeq;
     const last = open.points.at(-1);
@@ -171,7 +171,7 @@ export class PrimaryReplication {
       this.state = ReplicationState.InitialReplication;
       this.beginInitial(open, fresh);
     } else if (this.latestSeq !== null) {
-      this.vm.tracker.releaseThrough(this.latestSeq);
+      this.vm.tracking.releaseThrough(this.latestSeq);
     }
     return client;
   }
@@ -183,11 +183,11 @@ export class PrimaryReplication {
    * older closed logs, which the copy itself contains.
    */
   private beginInitial(open: OpenResult, fresh: boolean): void {
-    const tracker = this.vm.tracker;
+    const tracker = this.vm.tracking;
     if (fresh) tracker.start();
     else if (Object.keys(open.copied).length === 0 && open.finishedDisks.length === 0) tracker.releaseThrough(tracker.activeSeq - 1);
-    const totalBytes = this.vm.spec.disks.reduce((n, d) => n + d.size, 0);
-    const doneBytes = this.vm.spec.disks.reduce((n, d) => n + (open.finishedDisks.includes(d.name) ? d.size : (open.copied[d.name] ?? 0)), 0);
+    const totalBytes = this.vm.disks.reduce((n, d) => n + d.size, 0);
+    const doneBytes = this.vm.disks.reduce((n, d) => n + (open.finishedDisks.includes(d.name) ? d.size : (open.copied[d.name] ?? 0)), 0);
     this.initial = {
       totalBytes,
       doneBytes,
@@ -243,7 +243,9 @@ export class PrimaryReplication {
       checkpoint = (await client.requestLater('copy-checkpoint', { disk, offset, finished })).reply;
       sinceCheckpoint = 0;
     };
-    for (const r of dataRanges(fd, from, size)) {
+    // without allocation facts every range is data: all-zero chunks are still skipped below
+    const ranges = this.vm.capabilities.sparseRanges ? dataRanges(fd, from, size) : [{ offset: from, length: size - from }];
+    for (const r of ranges) {
       if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
       await zero(cursor, r.offset - cursor);
       progress.doneBytes += r.offset - cursor;
@@ -287,7 +289,7 @@ export class PrimaryReplication {
       const frozen = await this.runHook('freeze');
       if (frozen) consistency = Consistency.App;
     }
-    const seq = this.vm.tracker.swap(consistency);
+    const seq = this.vm.tracking.swap(consistency);
     if (consistency === Consistency.App) await this.runHook('thaw');
     return seq;
   }
@@ -317,8 +319,8 @@ export class PrimaryReplication {
 
   /** Ship every closed set of logs the replica has not applied, oldest first. */
   private async shipPending(client: ReplicaClient): Promise<void> {
-    const tracker = this.vm.tracker;
-    const closed = [...tracker.closedLogs(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
+    const tracker = this.vm.tracking;
+    const closed = [...tracker.closedDeltas(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
     for (const [seq, logs] of closed) {
       if (logs.length !== this.vm.disks.length) {
         throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs for ${logs.length} of ${this.vm.disks.length} disks`);
@@ -327,7 +329,7 @@ export class PrimaryReplication {
       const deltaBytes = logs.reduce((n, l) => n + l.bytes, 0);
       await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes } });
       for (const disk of this.vm.disks) {
-        const log = logs.find((l) => l.file.includes(`/logs/${disk.name}/`))!;
+        const log = logs.find((l) => l.disk === disk.name)!;
         await client.notice({ type: 'delta-disk', disk: disk.name });
         const fd = fs.openSync(log.file, 'r');
         try {
@@ -370,7 +372,7 @@ export class PrimaryReplication {
       lastSuccessfulCycleAt: this.lastSuccessMs ? new Date(this.lastSuccessMs).toISOString() : null,
       latestPoint: this.latest,
       rpoSeconds: rpoSeconds === null ? null : Math.round(rpoSeconds * 10) / 10,
-      pendingLogBytes: this.vm.tracker.enabled ? this.vm.tracker.pendingBytes(this.latestSeq ?? 0) : 0,
+      pendingLogBytes: this.vm.tracking.enabled ? this.vm.tracking.pendingBytes(this.latestSeq ?? 0) : 0,
       cyclesLastHour: recent.length,
       missedCyclesLastHour: missed,
       lastError: this.lastError,

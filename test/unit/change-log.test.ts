@@ -244,7 +244,7 @@ test(
     // bytes after the close record
     cases.push({ name: 'bytes after close', bytes: Buffer.concat([good, Buffer.from([0])]), pattern: /after the close record/ });
     cases.push({ name: 'a second close record', bytes: Buffer.concat([good, good.subarray(closeStart)]), pattern: /after the close record/ });
-    // a header from another log (other seq) in front of the same records
+    // something that is not a change log at all
     cases.push({ name: 'wrong file header magic', bytes: Buffer.concat([Buffer.from('NOTALOG\0'), good.subarray(8)]), pattern: /bad magic/ });
 
     for (const c of cases) {

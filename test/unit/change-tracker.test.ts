@@ -218,16 +218,20 @@ test(
       }
 
       // closedLogs: every closed seq, one entry per disk; never the active log
-      const all = vm.tracker.closedLogs(0);
+      const all = vm.tracker.closedDeltas(0);
       assert.deepEqual([...all.keys()].sort(), [1, 2, 3, 4]);
       for (const [seq, list] of all) {
         assert.deepEqual(
           list.map((l) => l.file).sort(),
           [vm.logFile(0, seq), vm.logFile(1, seq)].sort(),
         );
-        for (const l of list) assert.equal(l.bytes, fs.statSync(l.file).size);
+        for (const l of list) {
+          assert.equal(l.seq, seq);
+          assert.equal(l.bytes, fs.statSync(l.file).size);
+          assert.equal(l.file, vm.logFile(l.disk === 'disk0' ? 0 : 1, seq), `disk of ${l.file}`);
+        }
       }
-      assert.deepEqual([...vm.tracker.closedLogs(2).keys()].sort(), [3, 4]);
+      assert.deepEqual([...vm.tracker.closedDeltas(2).keys()].sort(), [3, 4]);
 
       // pendingBytes: the closed logs after the seq plus the active logs
       const size = (d: number, seq: number) => fs.statSync(vm.logFile(d, seq)).size;
@@ -243,7 +247,7 @@ test(
         assert.equal(fs.existsSync(vm.logFile(d, 2)), false);
         assert.equal(fs.existsSync(vm.logFile(d, 3)), true);
       }
-      assert.deepEqual([...vm.tracker.closedLogs(0).keys()].sort(), [3, 4]);
+      assert.deepEqual([...vm.tracker.closedDeltas(0).keys()].sort(), [3, 4]);
       assert.deepEqual(vm.tracker.pointMetaOf(2, -7), { timeMs: -7, consistency: 'crash-consistent' });
       assert.equal(vm.tracker.pointMetaOf(3, -7).consistency, 'app-consistent');
       assert.deepEqual(Object.keys(vm.readState().pointMeta ?? {}).sort(), ['3', '4']);
@@ -514,7 +518,7 @@ for (const variant of ['some old logs closed', 'all old logs closed', 'no old lo
             assert.equal(l2.closed, false);
             assertSameOps(l2.ops, second[d], `log 2 of disk ${d}`);
           }
-          assert.deepEqual([...vm.tracker.closedLogs(0).keys()], [1]);
+          assert.deepEqual([...vm.tracker.closedDeltas(0).keys()], [1]);
         } else {
           // the swap is finished: seq 2 closed on every disk, seq 3 active and empty
           assert.equal(vm.tracker.activeSeq, 3);
@@ -528,7 +532,7 @@ for (const variant of ['some old logs closed', 'all old logs closed', 'no old lo
             assert.equal(l3.closed, false);
             assert.equal(l3.ops.length, 0);
           }
-          const closed = vm.tracker.closedLogs(0);
+          const closed = vm.tracker.closedDeltas(0);
           assert.deepEqual([...closed.keys()].sort(), [1, 2]);
           assert.equal(closed.get(2)!.length, 3);
         }
@@ -574,7 +578,7 @@ test(
       const ops = await vm.randomOps(rnd, 4);
       assert.equal(vm.tracker.swap(), 3);
       assertSameOps(logOps(vm.logFile(0, 3)).ops, ops[0], 'log 3');
-      assert.deepEqual([...vm.tracker.closedLogs(0).keys()], [3]);
+      assert.deepEqual([...vm.tracker.closedDeltas(0).keys()], [3]);
     } finally {
       vm.closeClean();
     }

@@ -1,0 +1,85 @@
+/**
+ * The two seams of the replication engine, kept as small as the engine needs them.
+ *
+ * - A ChangeSource is a VM whose disks can be read and whose writes are tracked as
+ *   closed deltas per sequence number. The lab fabric's VMs implement it with change
+ *   logs (LabVm); a QEMU driver will implement it with persistent dirty bitmaps and
+ *   fleecing, writing each cycle's dirty blocks as a delta in the change-log format.
+ * - A ReplicaTarget is where one VM's replica lives. The replica store implements it with
+ *   images and undo files; an Azure page-blob target will implement it with page blobs
+ *   and blob snapshots.
+ *
+ * The engine branches on capabilities, never on which implementation it holds.
+ */
+import type { Consistency, DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec } from './replica-store.js';
+
+export interface SourceDisk {
+  readonly id: string;
+  readonly name: string;
+  readonly size: number;
+  /** a readable descriptor of the disk's current content */
+  readonly imageFd: number;
+}
+
+export interface ClosedDeltaFile {
+  seq: number;
+  /** which disk this log belongs to */
+  disk: string;
+  file: string;
+  bytes: number;
+  closedMs: number;
+}
+
+export interface ChangeSource {
+  readonly id: string;
+  readonly name: string;
+  readonly disks: readonly SourceDisk[];
+  readonly capabilities: {
+    /** allocated ranges can be listed (unallocated ones are skipped by the initial copy) */
+    readonly sparseRanges: boolean;
+  };
+  readonly tracking: ChangeTracking;
+}
+
+export interface ChangeTracking {
+  readonly enabled: boolean;
+  readonly resyncRequired: { reason: string; at: string } | undefined;
+  /** the sequence number writes go to now */
+  readonly activeSeq: number;
+  /** begin tracking all disks at one instant (the snapshot of an initial replication) */
+  start(): number;
+  /** close the current delta of every disk at one instant; returns its sequence number */
+  swap(consistency: Consistency): number;
+  /** closed deltas after afterSeq, by sequence number, one file per disk */
+  closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]>;
+  pointMetaOf(seq: number, fallbackMs: number): { timeMs: number; consistency: Consistency };
+  /** the replica holds everything up to seq: forget it */
+  releaseThrough(seq: number): void;
+  pendingBytes(afterSeq: number): number;
+  markResyncRequired(reason: string): void;
+}
+
+export interface InitialState {
+  initialDone: boolean;
+  copied: Record<string, number>;
+  finishedDisks: string[];
+}
+
+export interface ReplicaTarget {
+  readonly vmId: string;
+  readonly vmName: string;
+  readonly disks: readonly ReplicaDiskSpec[];
+  readonly initialDone: boolean;
+  initialProgress(): Record<string, number>;
+  finishedInitialDisks(): string[];
+  setEpoch(epoch: number): void;
+  resetInitial(): void;
+  writeInitial(disk: string, offset: number, data: Buffer): Promise<void>;
+  zeroInitial(disk: string, offset: number, length: number): void;
+  checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void>;
+  /** where a delta's files are received before applyDelta */
+  incomingDir(seq: number): string;
+  applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
+  points(): RecoveryPoint[];
+  latestPoint(): RecoveryPoint | undefined;
+}
