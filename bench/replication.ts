@@ -369,9 +369,10 @@ async function churn(vm: string, client: NbdClient, bytesPerSec: number, startMs
   let writes = 0;
   let flushes = 0;
   let lateSeconds = 0;
-  for (let second = 1; startMs + (second - 1) * 1000 < endMs; second++) {
+  for (let second = 1; startMs + (second - 1) * 1000 < endMs && Date.now() < endMs; second++) {
     const quota = bytesPerSec * second;
-    while (bytes < quota) {
+    // a writer that falls behind catches up within the window, never after it
+    while (bytes < quota && Date.now() < endMs) {
       const n = 1 + Math.floor(Math.random() * 16);
       const len = n * 4096;
       const off = Math.floor(Math.random() * (blocks - n + 1)) * 4096;
@@ -387,7 +388,7 @@ async function churn(vm: string, client: NbdClient, bytesPerSec: number, startMs
     if (wait > 0) await sleep(wait);
     else lateSeconds++;
   }
-  return { vm, bytes, writes, flushes, seconds: (Date.now() - startMs) / 1000, lateSeconds };
+  return { vm, bytes, writes, flushes, seconds: (Math.min(Date.now(), endMs) - startMs) / 1000, lateSeconds };
 }
 
 export interface SteadyResult {
@@ -406,6 +407,10 @@ export interface SteadyResult {
   bytesShipped: number;
   bytesShippedMBps: number;
   pendingLogMBMax: number;
+  /** from a point's instant (its swap) until the replica had applied it, as the primary reports */
+  shipLatencySeconds: { points: number; p50: number; p99: number; max: number };
+  /** guest data per recovery point (the replica's deltaBytes) */
+  deltaMB: { points: number; mean: number; max: number };
   pointsCreated: number;
   missedCycles: number;
   errors: string[];
@@ -468,6 +473,8 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
       const errors = new Set<string>();
       let missing = 0;
       let pendingMax = 0;
+      const lastSeq = new Map(seqBefore);
+      const shipLatency: number[] = [];
       await sleep(startMs - Date.now());
       for (let k = 1; startMs + k * 1000 <= endMs; k++) {
         const wait = startMs + k * 1000 - Date.now();
@@ -476,6 +483,12 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
         const all = await primary.api.get<ReplicationHealth[]>('/v1/replications');
         latencies.push(performance.now() - q0);
         for (const h of all) {
+          const seq = h.latestPoint?.seq ?? 0;
+          if (h.latestPoint && h.lastSuccessfulCycleAt && seq !== lastSeq.get(h.vm)) {
+            // a new point: how long after its instant (the swap) the replica had applied it
+            lastSeq.set(h.vm, seq);
+            shipLatency.push((Date.parse(h.lastSuccessfulCycleAt) - Date.parse(h.latestPoint.time)) / 1000);
+          }
           if (h.rpoSeconds === null) missing++;
           else {
             rpoSamples.push(h.rpoSeconds);
@@ -498,6 +511,11 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
       const shipped = after.reduce((n, h) => n + h.bytesShipped, 0) - shippedBefore;
       const finalStates: Record<string, number> = {};
       for (const h of after) finalStates[h.state] = (finalStates[h.state] ?? 0) + 1;
+      const deltas: number[] = [];
+      for (const vm of names) {
+        const pts = await replica.api.get<{ seq: number; deltaBytes: number }[]>(`/v1/replicas/${vm}/points`).catch(() => []);
+        for (const p of pts) if (p.seq > (seqBefore.get(vm) ?? 0)) deltas.push(p.deltaBytes);
+      }
       const churnBytes = churned.reduce((n, c) => n + c.bytes, 0);
       const churnSeconds = max(churned.map((c) => c.seconds));
       return {
@@ -531,6 +549,8 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
         bytesShipped: shipped,
         bytesShippedMBps: shipped / MB / (durationMs / 1000),
         pendingLogMBMax: pendingMax / MB,
+        shipLatencySeconds: { points: shipLatency.length, p50: percentile(shipLatency, 50), p99: percentile(shipLatency, 99), max: max(shipLatency) },
+        deltaMB: { points: deltas.length, mean: mean(deltas) / MB, max: max(deltas) / MB },
         pointsCreated: after.reduce((n, h) => n + ((h.latestPoint?.seq ?? 0) - (seqBefore.get(h.vm) ?? 0)), 0),
         missedCycles: after.reduce((n, h) => n + h.missedCyclesLastHour, 0),
         errors: [...errors].slice(0, 20),
@@ -640,6 +660,9 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
           replica: summarizeUsage(steady.replica),
           rpo: { ...roundAll(steady.rpo), perVmMax: roundAll(steady.rpo.perVmMax) },
           apiLatencyMs: roundAll(steady.apiLatencyMs),
+          shipLatencySeconds: roundAll(steady.shipLatencySeconds),
+          deltaMB: roundAll(steady.deltaMB),
+          load: roundAll(steady.load),
           churn: roundAll(steady.churn),
           bench: roundAll(steady.bench),
           bytesShippedMBps: round(steady.bytesShippedMBps),
@@ -681,10 +704,19 @@ function tableRows(
     if (rsync.fsync.length > 0) {
       rows.push([`  vs rsync --fsync (durable, like osr), MB/s`, fmt(osr, 0), `rsync --fsync ${fmt(median(rsync.fsync.map((x) => x.MBps)), 0)}`, `${fmt(r.initialToRsyncFsyncRatio, 2)}×`]);
     }
+    const osrCpu = median(runs.map((x) => x.cpuSecondsPerGB));
+    const rsyncCpu = median(rsync.plain.map((x) => x.cpuSecondsPerGB ?? NaN));
+    rows.push([`  CPU seconds per GB, both ends (median)`, fmt(osrCpu, 2), `rsync ${fmt(rsyncCpu, 2)}`, `${fmt(osrCpu / rsyncCpu, 1)}× rsync's CPU`]);
     rows.push([
-      `  agent CPU during the copy, % of a core (median)`,
-      `primary ${fmt(median(runs.map((x) => x.primaryCpuPercent)), 0)}, replica ${fmt(median(runs.map((x) => x.replicaCpuPercent)), 0)}`,
+      `  CPU seconds per run: primary / replica (median)`,
+      `${fmt(median(runs.map((x) => x.primaryCpuSeconds)), 1)} / ${fmt(median(runs.map((x) => x.replicaCpuSeconds)), 1)}`,
+      `client / server ${fmt(median(rsync.plain.map((x) => x.clientCpuSeconds ?? NaN)), 1)} / ${fmt(median(rsync.plain.map((x) => x.serverCpuSeconds ?? NaN)), 1)}`,
       null,
+    ]);
+    rows.push([
+      `  other processes on the machine, % of a core (median)`,
+      fmt(median(runs.map((x) => x.otherProcessesPercent)), 0),
+      `rsync runs ${fmt(median(rsync.plain.map((x) => x.otherProcessesPercent)), 0)}`,
       null,
     ]);
     if (compressed) {
@@ -702,7 +734,10 @@ function tableRows(
     rows.push([`replica agent RSS max, MB`, fmt(steady.replica.rssMBMax, 0), null, null]);
     rows.push([`churn achieved, MB/s (all VMs)`, fmt(steady.churn.achievedMBpsTotal, 1), null, `target ${fmt(steady.churn.targetMBpsPerVm * steady.vms, 1)}`]);
     rows.push([`bytes shipped, MB (MB/s)`, `${fmt(steady.bytesShipped / MB, 0)} (${fmt(steady.bytesShippedMBps, 1)})`, null, null]);
+    rows.push([`point applied after its instant p50 / p99, s`, `${fmt(steady.shipLatencySeconds.p50, 1)} / ${fmt(steady.shipLatencySeconds.p99, 1)}`, null, null]);
     rows.push([`points created / missed cycles`, `${steady.pointsCreated} / ${steady.missedCycles}`, null, null]);
+    rows.push([`primary API latency p50 / p99, ms`, `${fmt(steady.apiLatencyMs.p50, 0)} / ${fmt(steady.apiLatencyMs.p99, 0)}`, null, null]);
+    rows.push([`other processes on the machine, % of a core`, fmt(steady.load.otherProcessesPercent, 0), null, null]);
   }
   return rows;
 }

@@ -172,3 +172,31 @@ test('a peer with a certificate from another CA is refused on both sides', async
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a change log that fails verification after a crash marks the VM resync required (Critical), never a silent divergence', async () => {
+  const disks = await createVm(pair.primary, 'corrupt1', ['8M']);
+  await pair.primary.api.post('/v1/replications', { vm: 'corrupt1', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h' });
+  const h1 = await waitForPoint(pair.primary, 'corrupt1', null);
+  await writePattern(disks[0].nbd.unix, { writes: 50 });
+  await stopAgentProcess(pair.primary, 'SIGKILL');
+  // flip one byte inside the data of the first record of the open log
+  const logDir = path.join(pair.primary.options.dataDir, 'vms', 'corrupt1', 'logs', 'disk0');
+  const newest = fs.readdirSync(logDir).sort().at(-1)!;
+  const fd = fs.openSync(path.join(logDir, newest), 'r+');
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, 64 + 48 + 100);
+  b[0] ^= 0xff;
+  fs.writeSync(fd, b, 0, 1, 64 + 48 + 100);
+  fs.closeSync(fd);
+  pair.primary = await restartAgentProcess(pair.primary);
+  const h = await waitFor('resync required', async () => {
+    const x = await health(pair.primary, 'corrupt1');
+    return x.state === 'ResyncRequired' ? x : undefined;
+  });
+  assert.equal(h.health, 'Critical');
+  assert.equal(h.lastError?.code, 'RESYNC_REQUIRED');
+  assert.match(h.lastError!.message, /failed verification/);
+  // the replica keeps its last good point and receives nothing from the untrusted log
+  const points = await pair.replica.api.get<{ seq: number }[]>('/v1/replicas/corrupt1/points');
+  assert.deepEqual(points.map((p) => p.seq), [h1.latestPoint!.seq]);
+});

@@ -183,3 +183,34 @@ test('a scheduled start waits; app-consistent points call the quiesce hook and a
   assert.equal(calls.length % 2 === 0 || calls.at(-1)!.startsWith('freeze'), true);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('a 4 TiB disk: served, replicated without reading its holes, any point opened at once', async () => {
+  const { primary, replica } = pair;
+  const disks = await createVm(primary, 'huge1', ['4T']);
+  assert.equal(disks[0].size, 4 * 1024 ** 4);
+  const c = await NbdClient.connect(disks[0].nbd.unix);
+  const tail = disks[0].size - 65536;
+  await c.write(0, Buffer.alloc(65536, 0x41));
+  await c.write(tail, Buffer.alloc(65536, 0x5a), true);
+  await c.close();
+  await primary.api.post('/v1/replications', { vm: 'huge1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h' });
+  const h1 = await waitForPoint(primary, 'huge1', null, 120_000);
+  assert.equal(h1.initial!.totalBytes, disks[0].size);
+  assert.ok(h1.initial!.sentBytes <= 1024 * 1024, `sent ${h1.initial!.sentBytes} bytes of a nearly empty disk`);
+  const c2 = await NbdClient.connect(disks[0].nbd.unix);
+  await c2.write(2 * 1024 ** 4, Buffer.alloc(4096, 0x77));
+  await c2.close();
+  await primary.api.post('/v1/replications/huge1/cycle');
+  await waitForPoint(primary, 'huge1', h1.latestPoint!.seq + 1);
+  for (const [point, mid] of [[h1.latestPoint!.seq, 0], [h1.latestPoint!.seq + 1, 0x77]] as const) {
+    const o = await openOverlay(replica, 'huge1', point);
+    assert.ok(o.openMs < 1000, `a 4 TiB point opened in ${o.openMs} ms`);
+    const r = await NbdClient.connect(o.disks[0].nbd.unix);
+    assert.equal(r.size, 4 * 1024 ** 4);
+    assert.deepEqual(await r.read(0, 65536), Buffer.alloc(65536, 0x41));
+    assert.deepEqual(await r.read(tail, 65536), Buffer.alloc(65536, 0x5a));
+    assert.deepEqual(await r.read(2 * 1024 ** 4, 4096), Buffer.alloc(4096, mid));
+    await r.close();
+    await replica.api.delete(`/v1/replicas/huge1/overlays/${o.id}`);
+  }
+});
