@@ -163,7 +163,7 @@ function logTails(dir: string): string {
   return out.join('\n');
 }
 
-async function withRunDir<T>(label: string, fn: (dir: string) => Promise<T>): Promise<T> {
+async function withRunDir<T>(label: string, fn: (dir: string) => Promise<T>, removing?: string): Promise<T> {
   const { dir, remove } = tempDir(label);
   try {
     return await fn(dir);
@@ -172,6 +172,7 @@ async function withRunDir<T>(label: string, fn: (dir: string) => Promise<T>): Pr
     if (tails) console.error(tails);
     throw e;
   } finally {
+    if (removing) console.log(removing);
     await remove();
   }
 }
@@ -561,7 +562,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
       await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
       await stopPair(pair);
     }
-  });
+  }, '  removing the temporary files of the steady-state phase (a few GB; slow where the file system discards)…');
 }
 
 // ---- the benchmark -----------------------------------------------------------------------------------
@@ -570,6 +571,14 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
   const log = (s: string) => console.log(s);
   const machine = machineFacts();
   log(`replication benchmark: ${machine.cpus} CPUs (${machine.cpuModel}), node ${machine.node}, ${machine.rsync ?? 'no rsync'}, temp ${machine.tmpdir} (${machine.tmpFilesystem ?? '?'})`);
+  // a shared machine makes every number here pessimistic: say how busy it is before we start
+  const idle = new MachineCpuMeter(machine.cpus);
+  const own0 = process.cpuUsage();
+  await sleep(3000);
+  const busyBefore = Math.max(0, idle.busyPercent() - (ownCpuSeconds(own0) / 3) * 100);
+  const loadBefore = os.loadavg();
+  log(`other processes used ${fmt(busyBefore, 0)}% of a core over the 3 s before the benchmark (load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')})`);
+  if (busyBefore > 25) log(`  warning: the machine is busy with other work; throughput and RPO below are pessimistic`);
   const { dir: pkiRoot } = tempDir('pki');
   const pkiDir = path.join(pkiRoot, 'pki');
   await ensurePki(pkiDir, ['primary', 'replica']);
@@ -619,7 +628,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
   const result = {
     benchmark: 'replication',
     schema: 1,
-    machine,
+    machine: { ...machine, otherProcessesPercentBefore: round(busyBefore, 1), loadAvgBefore: loadBefore.map((x) => round(x, 2)) },
     units: { MB: '1e6 bytes', MBps: '1e6 bytes per second', GiB: '2^30 bytes', cpuPercent: '100 = one core fully busy', percentiles: 'linear interpolation between closest ranks' },
     options: { ...o, cpuProfDir: o.cpuProfDir ?? null },
     targets: TARGETS,

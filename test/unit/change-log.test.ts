@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import {
   ChangeLogParser,
@@ -19,47 +18,14 @@ import {
 import { digest as digestOf } from '../../src/agent/checksum.js';
 import { ReplicaStore } from '../../src/agent/replica-store.js';
 import { OsrError } from '../../src/domain/errors.js';
+import { assertThrowsCode, prng, randomBytes, withDir } from '../support/unit.js';
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const assertCorrupt = (fn: () => unknown, pattern?: RegExp) => assertThrowsCode(fn, 'CHANGE_LOG_CORRUPT', pattern);
 
-function randomBytes(rnd: () => number, n: number): Buffer {
-  const b = Buffer.allocUnsafe(n);
-  for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256);
-  return b;
-}
 
-function withDir(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-'));
-    try {
-      await fn(dir);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
-function assertCorrupt(fn: () => unknown, pattern?: RegExp): OsrError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof OsrError, `expected an OsrError, got ${String(caught)}`);
-  assert.equal(caught.code, 'CHANGE_LOG_CORRUPT', caught.message);
-  if (pattern) assert.match(caught.message, pattern);
-  return caught;
-}
+
+
 
 type Op = { kind: 'write'; offset: number; data: Buffer } | { kind: 'zero'; offset: number; length: number };
 

@@ -1,39 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { ChangeLogWriter, MAX_RECORD_DATA, RecordType, diskKeyOf, scanLogFile } from '../../src/agent/change-log.js';
 import { VmChangeTracker, currentBootId, type TrackingState } from '../../src/agent/change-tracker.js';
 import { LabDisk } from '../../src/agent/lab-disk.js';
+import { prng, randomBytes, withDir } from '../support/unit.js';
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-function randomBytes(rnd: () => number, n: number): Buffer {
-  const b = Buffer.allocUnsafe(n);
-  for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256);
-  return b;
-}
 
-function withDir(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-'));
-    try {
-      await fn(dir);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
+
 
 interface DiskSpec {
   id: string;

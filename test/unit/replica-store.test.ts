@@ -1,22 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { ChangeLogWriter, diskKeyOf } from '../../src/agent/change-log.js';
 import { ReplicaStore, type Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec, type DeltaDiskFile } from '../../src/agent/replica-store.js';
-import { OsrError } from '../../src/domain/errors.js';
+import { assertRejectsCode as assertCode, prng, withDir } from '../support/unit.js';
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+
 
 /** A fixed pseudo-random pool: data is cut from it at a random place and stamped every 256 bytes, so no two writes match. */
 const POOL = (() => {
@@ -37,30 +27,7 @@ function randomBytes(rnd: () => number, n: number): Buffer {
   return b;
 }
 
-function withDir(fn: (dir: string) => Promise<void>): () => Promise<void> {
-  return async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-'));
-    try {
-      await fn(dir);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
-async function assertCode(p: Promise<unknown> | (() => unknown), code: string, pattern?: RegExp): Promise<OsrError> {
-  let caught: unknown;
-  try {
-    if (typeof p === 'function') await p();
-    else await p;
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof OsrError, `expected OsrError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  if (pattern) assert.match(caught.message, pattern);
-  return caught;
-}
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

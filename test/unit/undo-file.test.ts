@@ -1,51 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { diskKeyOf } from '../../src/agent/change-log.js';
 import { closeUndoFile, openUndoFile, readFully, verifyUndoData, writeUndoFile, type UndoFile, type UndoSource } from '../../src/agent/undo-file.js';
-import { OsrError } from '../../src/domain/errors.js';
+import { assertThrowsCode, prng, randomBytes, withDir } from '../support/unit.js';
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const assertStoreCorrupt = (fn: () => unknown, pattern?: RegExp) => void assertThrowsCode(fn, 'REPLICA_STORE_CORRUPT', pattern);
 
-function randomBytes(rnd: () => number, n: number): Buffer {
-  const b = Buffer.allocUnsafe(n);
-  for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256);
-  return b;
-}
 
-function withDir(fn: (dir: string) => Promise<void> | void): () => Promise<void> {
-  return async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-'));
-    try {
-      await fn(dir);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  };
-}
 
-function assertStoreCorrupt(fn: () => unknown, pattern?: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof OsrError, `expected an OsrError, got ${String(caught)}`);
-  assert.equal(caught.code, 'REPLICA_STORE_CORRUPT', caught.message);
-  if (pattern) assert.match(caught.message, pattern);
-}
+
+
 
 const KEY = diskKeyOf('disk-1');
 const HEADER = 64;
