@@ -15,6 +15,7 @@
  */
 import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
+import { ByteQueue } from './byte-queue.js';
 import { digest, DIGEST_BYTES } from './checksum.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
@@ -235,8 +236,7 @@ export interface LogScan {
  * It keeps the record index, not the data (data is read back by position).
  */
 export class ChangeLogParser {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
+  private readonly pending = new ByteQueue();
   private consumed = 0;
   header: LogHeader | undefined;
   readonly records: LogRecord[] = [];
@@ -252,26 +252,12 @@ export class ChangeLogParser {
   }
 
   private take(n: number): Buffer | undefined {
-    if (this.pendingBytes < n) return undefined;
-    let out: Buffer;
-    if (this.pending[0].length >= n) {
-      out = this.pending[0].subarray(0, n);
-      if (this.pending[0].length === n) this.pending.shift();
-      else this.pending[0] = this.pending[0].subarray(n);
-    } else {
-      const all = Buffer.concat(this.pending);
-      out = all.subarray(0, n);
-      this.pending = all.length > n ? [all.subarray(n)] : [];
-    }
-    this.pendingBytes -= n;
-    return out;
+    return this.pending.take(n);
   }
 
   /** Feed bytes. Throws CHANGE_LOG_CORRUPT on anything that does not verify. */
   push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
     this.pending.push(chunk);
-    this.pendingBytes += chunk.length;
     for (;;) {
       if (!this.header) {
         const hb = this.take(LOG_HEADER_BYTES);
@@ -281,7 +267,7 @@ export class ChangeLogParser {
         continue;
       }
       if (this.close) {
-        if (this.pendingBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: data after the close record`);
+        if (this.pending.length > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: data after the close record`);
         return;
       }
       if (!this.recHeader) {
@@ -355,13 +341,13 @@ export class ChangeLogParser {
   finish(): CloseInfo {
     if (!this.header) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: empty change log`);
     if (!this.close) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: change log ends without its close record`);
-    if (this.pendingBytes > 0 || this.recHeader) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: trailing bytes after the close record`);
+    if (this.pending.length > 0 || this.recHeader) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: trailing bytes after the close record`);
     return this.close;
   }
 
   /** bytes buffered but not yet a whole record */
   get partialBytes(): number {
-    return this.pendingBytes + (this.recHeader ? RECORD_HEADER_BYTES : 0);
+    return this.pending.length + (this.recHeader ? RECORD_HEADER_BYTES : 0);
   }
 }
 

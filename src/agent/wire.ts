@@ -10,6 +10,7 @@
 import type { Duplex } from 'node:stream';
 import { compress, decompress } from 'zstd-napi';
 import { OsrError } from '../domain/errors.js';
+import { ByteQueue } from './byte-queue.js';
 import { digest } from './checksum.js';
 
 export const PROTOCOL_NAME = 'osr-replication';
@@ -88,8 +89,7 @@ function decodeData(payload: Buffer): DataFrame {
  * backlog builds, so memory stays bounded.
  */
 export class FrameReader {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly queue = new ByteQueue();
   private running = false;
   private ended = false;
   private failed = false;
@@ -101,9 +101,8 @@ export class FrameReader {
     private readonly onError: (e: OsrError) => void,
   ) {
     stream.on('data', (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      if (this.buffered > 2 * MAX_FRAME_BYTES) stream.pause();
+      this.queue.push(chunk);
+      if (this.queue.length > 2 * MAX_FRAME_BYTES) stream.pause();
       void this.pump();
     });
     stream.on('end', () => {
@@ -111,48 +110,15 @@ export class FrameReader {
     });
   }
 
-  private take(n: number): Buffer {
-    let out: Buffer;
-    if (this.chunks[0].length >= n) {
-      out = this.chunks[0].subarray(0, n);
-      if (this.chunks[0].length === n) this.chunks.shift();
-      else this.chunks[0] = this.chunks[0].subarray(n);
-    } else {
-      const parts: Buffer[] = [];
-      let need = n;
-      while (need > 0) {
-        const c = this.chunks[0];
-        if (c.length <= need) {
-          parts.push(c);
-          this.chunks.shift();
-          need -= c.length;
-        } else {
-          parts.push(c.subarray(0, need));
-          this.chunks[0] = c.subarray(need);
-          need = 0;
-        }
-      }
-      out = Buffer.concat(parts, n);
-    }
-    this.buffered -= n;
-    return out;
-  }
-
-  private peekLength(): number {
-    if (this.chunks[0].length >= 4) return this.chunks[0].readUInt32BE(0);
-    return Buffer.concat(this.chunks).readUInt32BE(0);
-  }
-
   private async pump(): Promise<void> {
     if (this.running || this.failed) return;
     this.running = true;
     try {
-      while (this.buffered >= 4) {
-        const len = this.peekLength();
+      for (let len = this.queue.peekUInt32BE(); len !== undefined; len = this.queue.peekUInt32BE()) {
         if (len < 1 || len > MAX_FRAME_BYTES) throw new OsrError('PROTOCOL_ERROR', `frame of ${len} bytes is out of bounds`);
-        if (this.buffered < 4 + len) break;
-        this.take(4);
-        const frame = this.take(len);
+        if (this.queue.length < 4 + len) break;
+        this.queue.take(4);
+        const frame = this.queue.take(len)!;
         const type = frame.readUInt8(0);
         const payload = frame.subarray(1);
         if (type === FrameType.Control) {
@@ -169,7 +135,7 @@ export class FrameReader {
         } else {
           throw new OsrError('PROTOCOL_ERROR', `unknown frame type ${type}`);
         }
-        if (this.buffered <= MAX_FRAME_BYTES && this.stream.isPaused() && !this.ended) this.stream.resume();
+        if (this.queue.length <= MAX_FRAME_BYTES && this.stream.isPaused() && !this.ended) this.stream.resume();
       }
     } catch (e) {
       this.failed = true;
@@ -178,7 +144,7 @@ export class FrameReader {
     } finally {
       this.running = false;
     }
-    if (this.stream.isPaused() && !this.ended && this.buffered <= MAX_FRAME_BYTES) this.stream.resume();
+    if (this.stream.isPaused() && !this.ended && this.queue.length <= MAX_FRAME_BYTES) this.stream.resume();
   }
 }
 

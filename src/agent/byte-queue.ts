@@ -1,0 +1,58 @@
+/**
+ * A queue of received byte chunks from which whole messages are taken. Taking copies only
+ * when a message spans chunks, once, so parsing a stream stays linear in its size.
+ */
+export class ByteQueue {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+
+  get length(): number {
+    return this.bytes;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+  }
+
+  /** The first n bytes (removed from the queue), or undefined when fewer are queued. */
+  take(n: number): Buffer | undefined {
+    if (this.bytes < n) return undefined;
+    this.bytes -= n;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const parts: Buffer[] = [];
+    let need = n;
+    while (need > 0) {
+      const c = this.chunks[0];
+      if (c.length <= need) {
+        parts.push(c);
+        this.chunks.shift();
+        need -= c.length;
+      } else {
+        parts.push(c.subarray(0, need));
+        this.chunks[0] = c.subarray(need);
+        need = 0;
+      }
+    }
+    return Buffer.concat(parts, n);
+  }
+
+  /** A big-endian u32 at the head of the queue, without removing it. */
+  peekUInt32BE(): number | undefined {
+    if (this.bytes < 4) return undefined;
+    if (this.chunks[0].length >= 4) return this.chunks[0].readUInt32BE(0);
+    const head = Buffer.alloc(4);
+    let filled = 0;
+    for (const c of this.chunks) {
+      filled += c.copy(head, filled, 0, Math.min(c.length, 4 - filled));
+      if (filled === 4) break;
+    }
+    return head.readUInt32BE(0);
+  }
+}
