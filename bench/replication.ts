@@ -19,7 +19,7 @@ import path from 'node:path';
 import { NbdClient } from '../src/agent/nbd/nbd-client.js';
 import type { ReplicationHealth } from '../src/agent/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
-import { parseBytes, parseMs, type Flags } from './lib/args.js';
+import { parseBytes, parseMs, UsageError, type Flags } from './lib/args.js';
 import { sleep, startAgent, tempDir, type BenchAgent } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
 import { MachineCpuMeter, ownCpuSeconds, ProcessSampler, type ProcessUsage } from './lib/proc.js';
@@ -52,7 +52,7 @@ export const TARGETS = { initialRatioToRsync: 1.5, rpoP99Seconds: 35 } as const;
 
 export function replicationOptions(flags: Flags, resultsDir: string): ReplicationBenchOptions {
   const only = flags.optionalString('only');
-  if (only !== undefined && only !== 'initial' && only !== 'steady') throw new Error('--only takes initial or steady');
+  if (only !== undefined && only !== 'initial' && only !== 'steady') throw new UsageError('--only takes initial or steady');
   const o: ReplicationBenchOptions = {
     runs: flags.number('runs', 3, (n) => Number.isInteger(n) && n >= 1),
     initialBytes: parseBytes(flags.string('size', '2G')),
@@ -67,7 +67,7 @@ export function replicationOptions(flags: Flags, resultsDir: string): Replicatio
     cpuProfDir: flags.optionalString('cpu-prof'),
     resultsDir,
   };
-  if (o.initialBytes % 4096 !== 0 || o.diskBytes % 4096 !== 0) throw new Error('sizes must be multiples of 4 KiB');
+  if (o.initialBytes % 4096 !== 0 || o.diskBytes % 4096 !== 0) throw new UsageError('sizes must be multiples of 4 KiB');
   if (o.cpuProfDir) o.cpuProfDir = path.resolve(o.cpuProfDir);
   return o;
 }
@@ -579,7 +579,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
   const loadBefore = os.loadavg();
   log(`other processes used ${fmt(busyBefore, 0)}% of a core over the 3 s before the benchmark (load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')})`);
   if (busyBefore > 25) log(`  warning: the machine is busy with other work; throughput and RPO below are pessimistic`);
-  const { dir: pkiRoot } = tempDir('pki');
+  const { dir: pkiRoot, remove: removePki } = tempDir('pki');
   const pkiDir = path.join(pkiRoot, 'pki');
   await ensurePki(pkiDir, ['primary', 'replica']);
 
@@ -620,6 +620,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
     log(`\n2. steady state: ${o.vms} VMs × ${fmt(o.diskBytes / GiB, 1)} GiB, copy frequency ${o.frequencyMs / 1000} s, churn ${o.churnMBps} MB/s per VM for ${o.minutes} min`);
     steady = await steadyRun(pkiDir, o, meter, log);
   }
+  await removePki();
 
   const initialMBps = median(runs.map((r) => r.MBps));
   const rsyncMBps = median(rsync.plain.map((r) => r.MBps));

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Flags } from './lib/args.js';
+import { Flags, UsageError } from './lib/args.js';
 import { installSignalHandlers, runAllCleanups, wasInterrupted } from './lib/lab.js';
 import { replicationOptions, runReplicationBench } from './replication.js';
 
@@ -76,8 +76,13 @@ try {
   code = await main(process.argv.slice(2));
 } catch (e) {
   if (wasInterrupted()) await new Promise(() => undefined); // the signal handler exits
-  console.error(`benchmark failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-  code = 1;
+  if (e instanceof UsageError) {
+    console.error(`${e.message}\n\n${USAGE}`);
+    code = 2;
+  } else {
+    console.error(`benchmark failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    code = 1;
+  }
 } finally {
   await runAllCleanups();
 }

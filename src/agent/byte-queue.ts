@@ -18,14 +18,15 @@ export class ByteQueue {
 
   /** The first n bytes (removed from the queue), or undefined when fewer are queued. */
   take(n: number): Buffer | undefined {
+    const parts = this.takeParts(n);
+    if (!parts) return undefined;
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
+  }
+
+  /** The first n bytes as the chunks that hold them (no copy), or undefined when fewer are queued. */
+  takeParts(n: number): Buffer[] | undefined {
     if (this.bytes < n) return undefined;
     this.bytes -= n;
-    const first = this.chunks[0];
-    if (first.length >= n) {
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
     const parts: Buffer[] = [];
     let need = n;
     while (need > 0) {
@@ -40,7 +41,7 @@ export class ByteQueue {
         need = 0;
       }
     }
-    return Buffer.concat(parts, n);
+    return parts;
   }
 
   /** A big-endian u32 at the head of the queue, without removing it. */

@@ -74,7 +74,7 @@ export interface ReplicaTarget {
   finishedInitialDisks(): string[];
   setEpoch(epoch: number): void;
   resetInitial(): void;
-  writeInitial(disk: string, offset: number, data: Buffer): Promise<void>;
+  writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void>;
   zeroInitial(disk: string, offset: number, length: number): void;
   checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void>;
   /** where a delta's files are received before applyDelta */

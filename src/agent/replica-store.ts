@@ -20,6 +20,7 @@ import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { ExtentMap } from './extent-map.js';
+import { writeAllAt } from './io.js';
 import type { ReplicaTarget } from './ports.js';
 import { punchHole, writeZeroRange } from './sparse.js';
 import { closeUndoFile, openUndoFile, readFully, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
@@ -320,16 +321,9 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   /** Write copied bytes of the initial replication (not yet durable: see checkpointInitial). */
-  writeInitial(disk: string, offset: number, data: Buffer): Promise<void> {
+  writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void> {
     if (this.manifest.initial.done) throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} is already complete`);
-    const fd = this.imageFd(disk);
-    return new Promise((resolve, reject) => {
-      const step = (done: number) => {
-        if (done >= data.length) return resolve();
-        fs.write(fd, data, done, data.length - done, offset + done, (e, n) => (e ? reject(e) : step(done + n)));
-      };
-      step(0);
-    });
+    return writeAllAt(this.imageFd(disk), data, offset);
   }
 
   zeroInitial(disk: string, offset: number, length: number): void {

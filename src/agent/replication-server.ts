@@ -9,6 +9,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { onTlsClientError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
+import { writeAllAt } from './io.js';
 import { ReplicaStore, type DeltaDiskFile, type RecoveryPoint } from './replica-store.js';
 import type { ReplicaTarget } from './ports.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
@@ -159,15 +160,34 @@ class Session {
     await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd'] });
   }
 
+  /**
+   * Requests are answered in order. A copy checkpoint (an fsync of up to 256 MiB) is
+   * answered when it is durable but does not hold up the frames behind it: copying goes
+   * on while the checkpoint syncs, and the next request waits for it.
+   */
   private async onRequest(m: ControlMessage): Promise<void> {
-    const id = m.id;
+    const op = String(m.op);
+    const args = (m.args ?? {}) as Record<string, unknown>;
+    if (op === 'copy-checkpoint') {
+      await this.drainWrites(0);
+      const previous = this.checkpoints;
+      this.checkpoints = previous.then(() => this.answer(m.id, op, () => this.handle(op, args)));
+      return;
+    }
+    await this.checkpoints;
+    await this.answer(m.id, op, () => this.handle(op, args));
+  }
+
+  private checkpoints: Promise<void> = Promise.resolve();
+
+  private async answer(id: unknown, op: string, run: () => Promise<unknown>): Promise<void> {
     try {
-      const result = await this.handle(String(m.op), (m.args ?? {}) as Record<string, unknown>);
+      const result = await run();
       await this.writer.sendControl({ type: 'reply', id, ok: true, result: result ?? null });
     } catch (e) {
       const err = toOsrError(e);
-      this.log.warn({ op: m.op, code: err.code }, err.message);
-      await this.writer.sendControl({ type: 'reply', id, ok: false, error: { code: err.code, message: err.message, details: err.details } });
+      this.log.warn({ op, code: err.code }, err.message);
+      await this.writer.sendControl({ type: 'reply', id, ok: false, error: { code: err.code, message: err.message, details: err.details } }).catch(() => undefined);
     }
   }
 
@@ -196,7 +216,6 @@ class Session {
         return result;
       }
       case 'copy-checkpoint': {
-        await this.drainWrites(0);
         await this.requireStore().checkpointInitial(String(args.disk), Number(args.offset), args.finished === true);
         return { disk: args.disk, offset: args.offset };
       }
@@ -243,17 +262,8 @@ class Session {
     this.bytesReceived += f.wireBytes;
     const t = this.target;
     if (!t) throw new OsrError('PROTOCOL_ERROR', 'DATA frame with no target');
-    const p =
-      t.kind === 'copy'
-        ? this.requireStore().writeInitial(t.disk, f.offset, f.data)
-        : new Promise<void>((resolve, reject) => {
-            const step = (done: number) => {
-              if (done >= f.data.length) return resolve();
-              fs.write(t.fd, f.data, done, f.data.length - done, f.offset + done, (e, n) => (e ? reject(e) : step(done + n)));
-            };
-            step(0);
-          });
-    return this.track(p, f.data.length);
+    const p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
+    return this.track(p, f.length);
   }
 
   /** Keep writes in flight (they overlap with the network), bounded in bytes. */

@@ -10,6 +10,7 @@ import type { Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { TlsMaterial } from '../pki/index.js';
 import type { ChangeSource } from './ports.js';
+import { readAt } from './io.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
@@ -30,24 +31,6 @@ export interface ReplicationDeps {
   /** wait before retrying after a recoverable error */
   retryDelayMs: number;
   hookTimeoutMs: number;
-}
-
-function readAt(fd: number, length: number, pos: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
-  return new Promise((resolve, reject) => {
-    const step = (done: number) => {
-      if (done >= length) return resolve(buf);
-      fs.read(fd, buf, done, length - done, pos + done, (e, n) => {
-        if (e) return reject(e);
-        if (n === 0) {
-          buf.fill(0, done);
-          return resolve(buf);
-        }
-        step(done + n);
-      });
-    };
-    step(0);
-  });
 }
 
 export class PrimaryReplication {

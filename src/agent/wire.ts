@@ -24,7 +24,9 @@ const MAX_FRAME_BYTES = MAX_DATA_BYTES + DATA_HEADER_BYTES + 1 + 1024;
 
 export interface DataFrame {
   offset: number;
-  data: Buffer;
+  /** the raw bytes, as the received chunks that hold them (not copied into one buffer) */
+  parts: Buffer[];
+  length: number;
   /** bytes that crossed the wire for this frame's body */
   wireBytes: number;
 }
@@ -62,25 +64,24 @@ export function encodeData(offset: number, data: Buffer, useZstd: boolean): [Buf
   return [head, body];
 }
 
-function decodeData(payload: Buffer): DataFrame {
-  if (payload.length < DATA_HEADER_BYTES) throw new OsrError('PROTOCOL_ERROR', 'DATA frame shorter than its header');
-  const flags = payload.readUInt8(0);
-  const rawLength = payload.readUInt32BE(4);
-  const offset = Number(payload.readBigUInt64BE(8));
-  const sum = payload.subarray(16, 32);
-  const body = payload.subarray(DATA_HEADER_BYTES);
+function decodeData(header: Buffer, body: Buffer[], bodyLength: number): DataFrame {
+  const flags = header.readUInt8(0);
+  const rawLength = header.readUInt32BE(4);
+  const offset = Number(header.readBigUInt64BE(8));
+  const sum = header.subarray(16, 32);
   if (rawLength > MAX_DATA_BYTES) throw new OsrError('PROTOCOL_ERROR', `DATA frame claims ${rawLength} bytes`);
-  let data: Buffer;
+  let parts = body;
   if (flags & 1) {
     try {
-      data = decompress(body);
+      parts = [decompress(Buffer.concat(body, bodyLength))];
     } catch (e) {
       throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} does not decompress`, undefined, { cause: e });
     }
-  } else data = body;
-  if (data.length !== rawLength) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} has ${data.length} bytes, header says ${rawLength}`);
-  if (!digest(data).equals(sum)) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} failed its checksum`);
-  return { offset, data, wireBytes: body.length };
+  }
+  const length = parts.reduce((n, p) => n + p.length, 0);
+  if (length !== rawLength) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} has ${length} bytes, header says ${rawLength}`);
+  if (!digest(...parts).equals(sum)) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} failed its checksum`);
+  return { offset, parts, length, wireBytes: bodyLength };
 }
 
 /**
@@ -118,10 +119,14 @@ export class FrameReader {
         if (len < 1 || len > MAX_FRAME_BYTES) throw new OsrError('PROTOCOL_ERROR', `frame of ${len} bytes is out of bounds`);
         if (this.queue.length < 4 + len) break;
         this.queue.take(4);
-        const frame = this.queue.take(len)!;
-        const type = frame.readUInt8(0);
-        const payload = frame.subarray(1);
-        if (type === FrameType.Control) {
+        const type = this.queue.take(1)!.readUInt8(0);
+        if (type === FrameType.Data) {
+          if (len - 1 < DATA_HEADER_BYTES) throw new OsrError('PROTOCOL_ERROR', 'DATA frame shorter than its header');
+          const header = this.queue.take(DATA_HEADER_BYTES)!;
+          const bodyLength = len - 1 - DATA_HEADER_BYTES;
+          await this.onData(decodeData(header, this.queue.takeParts(bodyLength)!, bodyLength));
+        } else if (type === FrameType.Control) {
+          const payload = this.queue.take(len - 1)!;
           let msg: ControlMessage;
           try {
             msg = JSON.parse(payload.toString('utf8')) as ControlMessage;
@@ -130,8 +135,6 @@ export class FrameReader {
           }
           if (typeof msg?.type !== 'string') throw new OsrError('PROTOCOL_ERROR', 'CONTROL frame has no type');
           await this.onControl(msg);
-        } else if (type === FrameType.Data) {
-          await this.onData(decodeData(payload));
         } else {
           throw new OsrError('PROTOCOL_ERROR', `unknown frame type ${type}`);
         }

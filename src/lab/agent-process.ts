@@ -20,6 +20,8 @@ export interface AgentProcessOptions {
   nbdTcpPort?: number;
   retryDelay?: string;
   extraArgs?: string[];
+  /** options for node itself, e.g. ['--cpu-prof'] */
+  nodeArgs?: string[];
   logFile?: string;
 }
 
@@ -61,7 +63,7 @@ export async function startAgentProcess(o: AgentProcessOptions): Promise<Running
   if (o.nbdTcpPort !== undefined) args.push('--nbd-tcp', String(o.nbdTcpPort));
   args.push(...(o.extraArgs ?? []));
   const logFd = fs.openSync(o.logFile ?? path.join(path.dirname(o.dataDir), `${o.name}.log`), 'a');
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', logFd] });
+  const child = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], { stdio: ['ignore', 'pipe', logFd] });
   fs.closeSync(logFd);
   const line = await new Promise<string>((resolve, reject) => {
     let out = '';

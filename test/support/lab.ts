@@ -35,11 +35,11 @@ export interface Pair {
   stop(): Promise<void>;
 }
 
-export async function startPair(dir = tempDir()): Promise<Pair> {
+export async function startPair(dir = tempDir(), nodeArgs: string[] = []): Promise<Pair> {
   const pkiDir = path.join(dir, 'pki');
   await ensurePki(pkiDir, ['primary', 'replica']);
-  const replica = await startAgentProcess({ name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0 });
-  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0 });
+  const replica = await startAgentProcess({ name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0, nodeArgs });
+  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0, nodeArgs });
   const pair: Pair = {
     dir,
     pkiDir,

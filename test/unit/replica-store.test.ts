@@ -138,7 +138,7 @@ class Harness {
           this.current[i].fill(0, off, off + chunk);
         } else {
           const data = randomBytes(this.rnd, chunk);
-          await this.store.writeInitial(d.name, off, data);
+          await this.store.writeInitial(d.name, off, [data]);
           data.copy(this.current[i], off);
         }
         const end = off + chunk >= d.size;

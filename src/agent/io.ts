@@ -1,0 +1,45 @@
+/** Positional file I/O on the thread pool, finishing short reads and writes. */
+import fs from 'node:fs';
+
+/** Read length bytes at pos into buf (or a new buffer); past the end of file reads as zeroes. */
+export function readAt(fd: number, length: number, pos: number, buf: Buffer = Buffer.allocUnsafe(length)): Promise<Buffer> {
+  const out = buf.length === length ? buf : buf.subarray(0, length);
+  return new Promise((resolve, reject) => {
+    const step = (done: number) => {
+      if (done >= length) return resolve(out);
+      fs.read(fd, out, done, length - done, pos + done, (e, n) => {
+        if (e) return reject(e);
+        if (n === 0) {
+          out.fill(0, done);
+          return resolve(out);
+        }
+        step(done + n);
+      });
+    };
+    step(0);
+  });
+}
+
+/** Write every byte of parts, in order, starting at pos. */
+export function writeAllAt(fd: number, parts: readonly Buffer[], pos: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (bufs: Buffer[], at: number) => {
+      if (bufs.length === 0) return resolve();
+      fs.writev(fd, bufs, at, (e, n) => {
+        if (e) return reject(e);
+        // drop what was written; a short write continues with the rest
+        let left = n;
+        const rest: Buffer[] = [];
+        for (const b of bufs) {
+          if (left >= b.length) left -= b.length;
+          else {
+            rest.push(left > 0 ? b.subarray(left) : b);
+            left = 0;
+          }
+        }
+        step(rest, at + n);
+      });
+    };
+    step(parts.filter((b) => b.length > 0), pos);
+  });
+}
