@@ -81,6 +81,15 @@ interface PointUndo {
 
 const pad = (n: number) => String(n).padStart(12, '0');
 
+async function fsyncFile(file: string): Promise<void> {
+  const fd = fs.openSync(file, 'r');
+  try {
+    await fdatasyncAsync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function fdatasyncAsync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
 }
@@ -370,19 +379,40 @@ export class ReplicaStore implements ReplicaTarget {
     this.busy = true;
     try {
       const records = this.verifyDeltaFiles(point.seq, files);
-      for (const f of files) {
-        const fd = fs.openSync(f.file, 'r');
-        fs.fdatasyncSync(fd);
-        fs.closeSync(fd);
-      }
+      // the delta is durable before any image changes: recovery redoes it from these files
+      await Promise.all(files.map((f) => fsyncFile(f.file)));
       fsyncDir(path.dirname(files[0].file));
       this.manifest.applying = { point, stage: 'received' };
-      this.save();
-      await this.finishApply(files, records);
+      // with an earlier point, the next durable step is `undo-written`; a crash before it
+      // leaves the images untouched and the primary sends the delta again
+      if (this.manifest.points.length === 0) this.save();
+      try {
+        await this.finishApply(files, records);
+      } catch (e) {
+        await this.abandonApply();
+        throw e;
+      }
       return 'applied';
     } finally {
       this.busy = false;
     }
+  }
+
+  /** After a failed apply (e.g. disk full): put the images back to the latest point. */
+  private async abandonApply(): Promise<void> {
+    const applying = this.manifest.applying;
+    if (!applying) return;
+    if (applying.stage === 'undo-written') {
+      const i = this.undos.findIndex((u) => u.seq === applying.point.seq);
+      if (i >= 0) {
+        for (const f of this.undos[i].files.values()) closeUndoFile(f);
+        this.undos.splice(i, 1);
+      }
+      await this.rollBackFromUndo(applying.point.seq);
+      this.rebuildViews();
+    }
+    this.manifest.applying = undefined;
+    this.save();
   }
 
   private verifyDeltaFiles(seq: number, files: DeltaDiskFile[]): Map<string, LogRecord[]> {

@@ -187,6 +187,7 @@ export class PrimaryReplication {
   }
 
   private initialOpen: OpenResult | undefined;
+  private readonly copyBuffers = [Buffer.allocUnsafe(COPY_CHUNK), Buffer.allocUnsafe(COPY_CHUNK)];
 
   private updateRate(): void {
     const p = this.initial;
@@ -209,7 +210,9 @@ export class PrimaryReplication {
     this.updateRate();
     await this.swap();
     this.state = ReplicationState.Replicating;
-    this.nextCycleMs = this.deps.clock.now() + this.spec.copyFrequencyMs;
+    // a random phase for the first cycle: VMs whose copies end together (a fresh site,
+    // empty disks) would otherwise swap and ship together every cycle, all competing
+    this.nextCycleMs = this.deps.clock.now() + Math.round(this.spec.copyFrequencyMs * (0.25 + 0.75 * Math.random()));
   }
 
   private async copyDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number): Promise<void> {
@@ -234,12 +237,16 @@ export class PrimaryReplication {
       progress.doneBytes += r.offset - cursor;
       const end = r.offset + r.length;
       let pos = r.offset;
-      let next: Promise<Buffer> | undefined = readAt(fd, Math.min(COPY_CHUNK, end - pos), pos);
+      // buffers are reused (a sent frame's buffer is free once sendData resolves), so the
+      // copy does not churn the garbage collector with a new 4 MiB buffer per chunk
+      let turn = 0;
+      let next: Promise<Buffer> | undefined = readAt(fd, Math.min(COPY_CHUNK, end - pos), pos, this.copyBuffers[turn]);
       while (next) {
         const buf = await next;
         const at = pos;
         pos += buf.length;
-        next = pos < end ? readAt(fd, Math.min(COPY_CHUNK, end - pos), pos) : undefined;
+        turn = (turn + 1) % this.copyBuffers.length;
+        next = pos < end ? readAt(fd, Math.min(COPY_CHUNK, end - pos), pos, this.copyBuffers[turn]) : undefined;
         if (isZero(buf)) {
           await zero(at, buf.length);
         } else {

@@ -160,13 +160,25 @@ export class FrameWriter {
     });
   }
 
-  private async write(bufs: Buffer[]): Promise<void> {
+  /**
+   * Queue frames. With `flushed`, resolve only when the last buffer has been handed to the
+   * socket (the caller may then reuse its buffers); otherwise when the stream can take more.
+   */
+  private async write(bufs: Buffer[], flushed = false): Promise<void> {
     if (this.closed || this.stream.destroyed) throw new OsrError('NETWORK_ERROR', 'connection to the peer agent is closed');
     let ok = true;
+    let written: Promise<void> | undefined;
     this.stream.cork();
-    for (const b of bufs) ok = this.stream.write(b) && ok;
+    bufs.forEach((b, i) => {
+      if (flushed && i === bufs.length - 1) {
+        written = new Promise((resolve, reject) => {
+          ok = this.stream.write(b, (e) => (e ? reject(new OsrError('NETWORK_ERROR', `sending to the peer agent failed: ${e.message}`)) : resolve())) && ok;
+        });
+      } else ok = this.stream.write(b) && ok;
+    });
     this.stream.uncork();
-    if (!ok) await this.drained();
+    if (written) await written;
+    else if (!ok) await this.drained();
   }
 
   private drained(): Promise<void> {
@@ -192,10 +204,10 @@ export class FrameWriter {
     return this.write([encodeControl(msg)]);
   }
 
-  /** Send a DATA frame; returns the bytes of its body on the wire. */
+  /** Send a DATA frame; resolves once `data` may be reused, with the bytes of its body on the wire. */
   async sendData(offset: number, data: Buffer, useZstd: boolean): Promise<number> {
     const [head, body] = encodeData(offset, data, useZstd);
-    await this.write([head, body]);
+    await this.write([head, body], true);
     return body.length;
   }
 }
