@@ -173,6 +173,7 @@ export class Agent {
     await this.closeApi?.();
     await this.replicationServer?.close();
     await this.nbd.close();
+    await Promise.all(this.host.list().map((vm) => vm.tracker.closedSynced()));
     this.host.closeAll();
     this.replicas.close();
     fs.rmSync(path.join(this.config.dataDir, 'run', 'agent.json'), { force: true });

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError, isOsrError } from '../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
-import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
 
 export interface TrackingState {
@@ -127,6 +127,9 @@ export class VmChangeTracker implements ChangeTracking {
   get enabled(): boolean {
     return this.state.enabled;
   }
+  private get trashDir(): string {
+    return path.join(this.vmDir, 'logs-trash');
+  }
   get resyncRequired(): TrackingState['resyncRequired'] {
     return this.state.resyncRequired;
   }
@@ -152,6 +155,7 @@ export class VmChangeTracker implements ChangeTracking {
    */
   recover(imageFds: number[]): { recovered: boolean; tornBytes: number } {
     let tornBytes = 0;
+    emptyTrash(this.trashDir);
     if (!this.state.enabled) return { recovered: false, tornBytes };
     const unclean = !this.state.cleanShutdown;
     if (unclean && this.state.bootId !== currentBootId() && !this.state.resyncRequired) {
@@ -258,12 +262,27 @@ export class VmChangeTracker implements ChangeTracking {
     this.state.nextSeq = nextSeq + 1;
     this.state.pointMeta = { ...this.state.pointMeta, [closedSeq]: { timeMs: nowMs, consistency } };
     this.save();
-    for (const w of old) {
-      if (!w) continue;
-      w.syncSync();
-      w.closeFile();
-    }
+    // the closed logs are synced on the thread pool; shipping waits for it (closedSynced)
+    const synced = Promise.all(
+      old.map(async (w) => {
+        if (!w) return;
+        try {
+          await w.sync();
+        } finally {
+          w.closeFile();
+        }
+      }),
+    ).then(() => undefined);
+    synced.catch(() => undefined);
+    this.closing = Promise.all([this.closing, synced]).then(() => undefined);
     return closedSeq;
+  }
+
+  private closing: Promise<void> = Promise.resolve();
+
+  /** Resolves when every log closed so far is durable. */
+  closedSynced(): Promise<void> {
+    return this.closing;
   }
 
   /** Closed logs waiting to be shipped, by sequence number, one entry per disk. */
@@ -289,7 +308,7 @@ export class VmChangeTracker implements ChangeTracking {
   /** Delete closed logs up to and including seq: the replica has applied them. */
   releaseThrough(seq: number): void {
     for (const d of this.disks) {
-      for (const f of d.listFiles()) if (f.seq <= seq && f.seq < this.activeSeq) fs.rmSync(f.file);
+      for (const f of d.listFiles()) if (f.seq <= seq && f.seq < this.activeSeq) discard(f.file, this.trashDir);
     }
     const meta = { ...this.state.pointMeta };
     let changed = false;

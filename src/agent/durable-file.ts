@@ -39,3 +39,22 @@ export function readJson<T>(file: string): T | undefined {
     throw e;
   }
 }
+
+let discarded = 0;
+
+/**
+ * Remove a file or directory now as far as readers can tell (renamed into trashDir at
+ * once), and free its space in the background: unlinking large files is slow on file
+ * systems that discard. Whatever a crash leaves in trashDir is removed by `emptyTrash`.
+ */
+export function discard(target: string, trashDir: string): void {
+  if (!fs.existsSync(target)) return;
+  fs.mkdirSync(trashDir, { recursive: true });
+  const moved = path.join(trashDir, `${process.pid}-${Date.now()}-${discarded++}-${path.basename(target)}`);
+  fs.renameSync(target, moved);
+  fs.rm(moved, { recursive: true, force: true }, () => undefined);
+}
+
+export function emptyTrash(trashDir: string): void {
+  fs.rmSync(trashDir, { recursive: true, force: true });
+}

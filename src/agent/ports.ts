@@ -50,6 +50,8 @@ export interface ChangeTracking {
   start(): number;
   /** close the current delta of every disk at one instant; returns its sequence number */
   swap(consistency: Consistency): number;
+  /** resolves when every delta closed so far is durable */
+  closedSynced(): Promise<void>;
   /** closed deltas after afterSeq, by sequence number, one file per disk */
   closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]>;
   pointMetaOf(seq: number, fallbackMs: number): { timeMs: number; consistency: Consistency };

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { OsrError } from '../domain/errors.js';
 import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
-import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { ExtentMap } from './extent-map.js';
 import { writeAllAt } from './io.js';
 import type { ReplicaTarget } from './ports.js';
@@ -175,6 +175,7 @@ export class ReplicaStore implements ReplicaTarget {
     await this.recoverApplying();
     await this.recoverCommit();
     this.removeStrays();
+    emptyTrash(this.trashDir);
   }
 
   /**
@@ -238,6 +239,9 @@ export class ReplicaStore implements ReplicaTarget {
   }
   incomingDir(seq: number): string {
     return path.join(this.root, 'incoming', pad(seq));
+  }
+  get trashDir(): string {
+    return path.join(this.root, 'trash');
   }
   overlayDir(id: string): string {
     return path.join(this.root, 'overlays', id);
@@ -444,8 +448,10 @@ export class ReplicaStore implements ReplicaTarget {
       for (const d of this.manifest.disks) {
         const imageFd = this.imageFd(d.name);
         const sources: UndoSource[] = (maps.get(d.name)?.entries() ?? []).map((e) => ({ offset: e.start, length: e.end - e.start, fd: imageFd, pos: e.start }));
-        undoFiles.set(d.name, writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources)));
+        undoFiles.set(d.name, writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources), { sync: false }));
       }
+      // the undo files are durable before the manifest says so (synced on the thread pool)
+      await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
       fsyncDir(path.dirname(this.undoPath(seq, 'x')));
       applying.stage = 'undo-written';
       this.save();
@@ -468,7 +474,7 @@ export class ReplicaStore implements ReplicaTarget {
     this.manifest.applying = undefined;
     this.manifest.initial.done = true;
     this.save();
-    fs.rmSync(this.incomingDir(seq), { recursive: true, force: true });
+    discard(this.incomingDir(seq), this.trashDir);
     this.prune();
   }
 

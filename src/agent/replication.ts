@@ -310,6 +310,7 @@ export class PrimaryReplication {
   /** Ship every closed set of logs the replica has not applied, oldest first. */
   private async shipPending(client: ReplicaClient): Promise<void> {
     const tracker = this.vm.tracking;
+    await tracker.closedSynced();
     const closed = [...tracker.closedDeltas(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
     for (const [seq, logs] of closed) {
       if (logs.length !== this.vm.disks.length) {

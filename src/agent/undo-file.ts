@@ -51,8 +51,11 @@ function readFully(fd: number, buf: Buffer, pos: number): void {
   }
 }
 
-/** Write an undo file from sources (ranges must not overlap), fsync it, return it open. Synchronous throughout. */
-export function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[]): UndoFile {
+/**
+ * Write an undo file from sources (ranges must not overlap) and return it open. It is
+ * fsynced before returning unless `sync: false` (the caller then fsyncs it itself).
+ */
+export function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[], opts: { sync?: boolean } = {}): UndoFile {
   const fd = fs.openSync(path, 'w+', 0o600);
   const header = Buffer.alloc(HEADER_BYTES);
   MAGIC.copy(header, 0);
@@ -86,7 +89,7 @@ export function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource
   dataDigest.digest().copy(index, f + 16);
   digest(index.subarray(0, f + 32)).copy(index, f + 32);
   fs.writeSync(fd, index, 0, index.length, pos);
-  fs.fdatasyncSync(fd);
+  if (opts.sync !== false) fs.fdatasyncSync(fd);
   return { path, fd, entries };
 }
 
