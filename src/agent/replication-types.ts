@@ -40,6 +40,8 @@ export interface InitialProgress {
   startedAt: string;
   /** bytes already durable at the replica when this attempt started (a resumed copy) */
   resumedFromBytes: number;
+  /** bytes durable at the replica now: a copy interrupted now resumes from here */
+  durableBytes: number;
   /** set once the first recovery point is at the replica */
   completedAt: string | null;
 }

@@ -181,6 +181,7 @@ export class PrimaryReplication {
       currentDisk: null,
       startedAt: new Date(this.deps.clock.now()).toISOString(),
       resumedFromBytes: doneBytes,
+      durableBytes: doneBytes,
       completedAt: null,
     };
     this.initialOpen = open;
@@ -224,9 +225,14 @@ export class PrimaryReplication {
     const zero = async (offset: number, length: number) => {
       if (length > 0) await client.notice({ type: 'copy-zero', disk, offset, length });
     };
+    let durable = from;
     const markCheckpoint = async (offset: number, finished: boolean) => {
       if (checkpoint) await checkpoint;
-      checkpoint = (await client.requestLater('copy-checkpoint', { disk, offset, finished })).reply;
+      const { reply } = await client.requestLater('copy-checkpoint', { disk, offset, finished });
+      checkpoint = reply.then(() => {
+        progress.durableBytes += offset - durable;
+        durable = offset;
+      });
       sinceCheckpoint = 0;
     };
     // without allocation facts every range is data: all-zero chunks are still skipped below

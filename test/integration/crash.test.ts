@@ -48,7 +48,7 @@ test('kill -9 of the primary mid initial copy: the copy resumes from the last ch
   const disks = await createVm(pair.primary, 'big1', ['768M']);
   fillRandom(disks[0].image, 768 * 1024 * 1024);
   await pair.primary.api.post('/v1/replications', { vm: 'big1', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h' });
-  await waitFor('copy past the first checkpoint', async () => ((await health(pair.primary, 'big1')).initial?.doneBytes ?? 0) > 300 * 1024 * 1024 || undefined, 60_000, 10);
+  await waitFor('a durable checkpoint at the replica', async () => ((await health(pair.primary, 'big1')).initial?.durableBytes ?? 0) >= 256 * 1024 * 1024 || undefined, 60_000, 10);
   await stopAgentProcess(pair.primary, 'SIGKILL');
   pair.primary = await restartAgentProcess(pair.primary);
   const h = await waitForPoint(pair.primary, 'big1', null, 120_000);
@@ -60,7 +60,7 @@ test('kill -9 of the replica mid initial copy: the primary reconnects and resume
   const disks = await createVm(pair.primary, 'big2', ['768M']);
   fillRandom(disks[0].image, 768 * 1024 * 1024);
   await pair.primary.api.post('/v1/replications', { vm: 'big2', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h' });
-  await waitFor('copy past the first checkpoint', async () => ((await health(pair.primary, 'big2')).initial?.doneBytes ?? 0) > 300 * 1024 * 1024 || undefined, 60_000, 10);
+  await waitFor('a durable checkpoint at the replica', async () => ((await health(pair.primary, 'big2')).initial?.durableBytes ?? 0) >= 256 * 1024 * 1024 || undefined, 60_000, 10);
   await stopAgentProcess(pair.replica, 'SIGKILL');
   await waitFor('the primary to notice', async () => (await health(pair.primary, 'big2')).lastError?.code === 'NETWORK_ERROR' || undefined);
   pair.replica = await restartAgentProcess(pair.replica);
