@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError, isOsrError } from '../domain/errors.js';
-import { ChangeLogWriter, diskKeyOf, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
+import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
 
@@ -328,7 +328,8 @@ export class VmChangeTracker implements ChangeTracking {
     let n = 0;
     for (const d of this.disks) {
       for (const f of d.listFiles()) if (f.seq > afterSeq && f.seq < this.activeSeq) n += fs.statSync(f.file).size;
-      n += d.active?.bytes ?? 0;
+      // the open log's header is not pending data
+      n += Math.max(0, (d.active?.bytes ?? 0) - LOG_HEADER_BYTES);
     }
     return n;
   }

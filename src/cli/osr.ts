@@ -226,7 +226,8 @@ rep
         ? `${h.state} ${progressBar(p.doneBytes / Math.max(1, p.totalBytes))} ${formatBytes(p.doneBytes)}/${formatBytes(p.totalBytes)} ${formatBytes(p.rateBytesPerSec)}/s ETA ${formatSeconds(p.etaSeconds)} disk ${p.currentDisk ?? '-'}`
         : `${h.state} ${h.health} RPO ${formatSeconds(h.rpoSeconds)} latest #${h.latestPoint?.seq ?? '-'} pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? ` last error ${h.lastError.code}` : ''}`;
       if (asJson()) console.log(JSON.stringify(h));
-      else process.stdout.write(`\r${line.padEnd(110)}`);
+      else if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(110)}`);
+      else console.log(line);
       await new Promise((r) => setTimeout(r, parseDuration(o.interval)));
     }
   });

@@ -19,9 +19,9 @@ interface ErrorDef {
 export const ERROR_CODES = {
   // usage and input
   INVALID_ARGUMENT: { class: 'usage', meaning: 'A request or command argument is malformed or out of range.', fix: 'Correct the argument named in the message and try again.' },
-  NOT_FOUND: { class: 'usage', meaning: 'The named object (disk, VM, replication, recovery point, overlay) does not exist.', fix: 'List the objects (e.g. `osr agent status`) and use an existing name.' },
+  NOT_FOUND: { class: 'usage', meaning: 'The named object (disk, VM, replication, recovery point, overlay) does not exist.', fix: 'List the objects (e.g. `osr status`) and use an existing name.' },
   ALREADY_EXISTS: { class: 'usage', meaning: 'An object with that name already exists.', fix: 'Choose another name or remove the existing object first.' },
-  INVALID_STATE: { class: 'usage', meaning: 'The operation is not allowed in the object\'s current state.', fix: 'Check the state with `osr agent status` and wait for or finish the running operation.' },
+  INVALID_STATE: { class: 'usage', meaning: 'The operation is not allowed in the object\'s current state.', fix: 'Check the state with `osr status` and wait for or finish the running operation.' },
   CONFIG_INVALID: { class: 'usage', meaning: 'A configuration file or flag is invalid.', fix: 'Fix the setting named in the message; `osr --help` lists the valid values.' },
 
   // lab disks and change tracking
