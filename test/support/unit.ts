@@ -35,31 +35,30 @@ export function withDir(fn: (dir: string) => Promise<void> | void): () => Promis
   };
 }
 
-/** fn must throw an OsrError with this code (and a message matching pattern). */
-export function assertThrowsCode(fn: () => unknown, code: string, pattern?: RegExp): OsrError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
+function checkCode(caught: unknown, code: string, pattern?: RegExp): OsrError {
   assert.ok(caught instanceof OsrError, `expected OsrError ${code}, got ${String(caught)}`);
   assert.equal(caught.code, code, caught.message);
   if (pattern) assert.match(caught.message, pattern);
   return caught;
 }
 
+/** fn must throw an OsrError with this code (and a message matching pattern). */
+export function assertThrowsCode(fn: () => unknown, code: string, pattern?: RegExp): OsrError {
+  try {
+    fn();
+  } catch (e) {
+    return checkCode(e, code, pattern);
+  }
+  return checkCode(undefined, code, pattern);
+}
+
 /** The promise (or function) must reject with an OsrError with this code. */
 export async function assertRejectsCode(p: Promise<unknown> | (() => unknown), code: string, pattern?: RegExp): Promise<OsrError> {
-  let caught: unknown;
   try {
     if (typeof p === 'function') await p();
     else await p;
   } catch (e) {
-    caught = e;
+    return checkCode(e, code, pattern);
   }
-  assert.ok(caught instanceof OsrError, `expected OsrError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  if (pattern) assert.match(caught.message, pattern);
-  return caught;
+  return checkCode(undefined, code, pattern);
 }
