@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import { ByteQueue } from './byte-queue.js';
 import { digest, DIGEST_BYTES } from './checksum.js';
+import { fdatasyncAsync } from './io.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
 export const LOG_VERSION = 1;
@@ -203,7 +204,7 @@ export class ChangeLogWriter {
   }
 
   sync(): Promise<void> {
-    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
+    return fdatasyncAsync(this.fd);
   }
 
   closeFile(): void {

@@ -12,7 +12,9 @@ import path from 'node:path';
 import { OsrError, isOsrError } from '../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { writeFully } from './io.js';
 import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
+import { writeZeroRange } from './sparse.js';
 
 export interface TrackingState {
   enabled: boolean;
@@ -61,20 +63,13 @@ function redoLastRecord(scan: LogScan, logFile: string, imageFd: number): void {
           if (n <= 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${logFile}: record ${rec.index} is shorter than its header says`);
           done += n;
         }
-        for (let done = 0; done < data.length; ) done += fs.writeSync(imageFd, data, done, data.length - done, rec.offset + done);
+        writeFully(imageFd, data, rec.offset);
       } else if (rec.type === RecordType.Zero) {
-        writeZeroes(imageFd, rec.offset, rec.length);
+        writeZeroRange(imageFd, rec.offset, rec.length);
       }
     }
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-function writeZeroes(fd: number, offset: number, length: number): void {
-  const z = Buffer.alloc(Math.min(length, 1 << 20));
-  for (let done = 0; done < length; done += z.length) {
-    fs.writeSync(fd, z, 0, Math.min(z.length, length - done), offset + done);
   }
 }
 

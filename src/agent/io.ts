@@ -43,3 +43,27 @@ export function writeAllAt(fd: number, parts: readonly Buffer[], pos: number): P
     step(parts.filter((b) => b.length > 0), pos);
   });
 }
+
+/** fdatasync on the thread pool. */
+export function fdatasyncAsync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+}
+
+/** Fill buf from pos, synchronously; past the end of the file reads as zeroes (sparse images). */
+export function readFully(fd: number, buf: Buffer, pos: number): void {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, pos + done);
+    if (n === 0) {
+      buf.fill(0, done);
+      return;
+    }
+    done += n;
+  }
+}
+
+/** Write all of buf at pos, synchronously. */
+export function writeFully(fd: number, buf: Buffer, pos: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done);
+}

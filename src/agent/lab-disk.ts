@@ -8,13 +8,11 @@ import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
 import type { VmChangeTracker } from './change-tracker.js';
+import { fdatasyncAsync, readFully, writeFully } from './io.js';
 import { dataRanges, punchHole, writeZeroRange } from './sparse.js';
 
 export const MAX_DISK_BYTES = 4 * 1024 ** 4;
 
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
-}
 
 export class LabDisk implements BlockDevice {
   readonly readOnly = false;
@@ -59,23 +57,14 @@ export class LabDisk implements BlockDevice {
   async read(offset: number, length: number): Promise<Buffer> {
     this.check(offset, length);
     const buf = Buffer.allocUnsafe(length);
-    let done = 0;
-    while (done < length) {
-      const n = fs.readSync(this.fd, buf, done, length - done, offset + done);
-      if (n === 0) {
-        buf.fill(0, done);
-        break;
-      }
-      done += n;
-    }
+    readFully(this.fd, buf, offset);
     return buf;
   }
 
   async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
     this.check(offset, data.length);
     this.tracker?.appendWrite(this.index, offset, data);
-    let done = 0;
-    while (done < data.length) done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
+    writeFully(this.fd, data, offset);
     if (opts.fua) await this.flush();
   }
 
@@ -94,7 +83,7 @@ export class LabDisk implements BlockDevice {
 
   async flush(): Promise<void> {
     await this.tracker?.syncLogs();
-    await fdatasync(this.fd);
+    await fdatasyncAsync(this.fd);
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {

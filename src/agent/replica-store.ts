@@ -20,10 +20,10 @@ import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { ExtentMap } from './extent-map.js';
-import { writeAllAt } from './io.js';
+import { fdatasyncAsync, readFully, writeAllAt, writeFully } from './io.js';
 import type { ReplicaTarget } from './ports.js';
 import { punchHole, writeZeroRange } from './sparse.js';
-import { closeUndoFile, openUndoFile, readFully, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
+import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 
 export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
 export type Consistency = (typeof Consistency)[keyof typeof Consistency];
@@ -88,15 +88,6 @@ async function fsyncFile(file: string): Promise<void> {
   } finally {
     fs.closeSync(fd);
   }
-}
-
-function fdatasyncAsync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
-}
-
-function writeFully(fd: number, buf: Buffer, pos: number): void {
-  let done = 0;
-  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done);
 }
 
 /** Coalesce a delta's records: for every byte the last record wins. */

@@ -11,6 +11,7 @@
 import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import { createDigest, digest, syncDigest } from './checksum.js';
+import { readFully } from './io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
@@ -39,17 +40,6 @@ export interface UndoFile {
   entries: UndoEntry[];
 }
 
-function readFully(fd: number, buf: Buffer, pos: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = fs.readSync(fd, buf, done, buf.length - done, pos + done);
-    if (n === 0) {
-      buf.fill(0, done); // past the end of a sparse image: zeroes
-      return;
-    }
-    done += n;
-  }
-}
 
 /**
  * Write an undo file from sources (ranges must not overlap) and return it open. It is
@@ -151,4 +141,3 @@ export function closeUndoFile(u: UndoFile): void {
   fs.closeSync(u.fd);
 }
 
-export { readFully };
