@@ -1,7 +1,10 @@
-// Sparse-file primitives that Node's fs module lacks: SEEK_DATA / SEEK_HOLE to find
-// allocated ranges, and fallocate(PUNCH_HOLE | KEEP_SIZE) to deallocate a range.
-// Each function takes a file descriptor and byte offsets as JS numbers (safe up to 2^53).
+// File primitives that Node's fs module lacks: SEEK_DATA / SEEK_HOLE to find allocated
+// ranges, fallocate(PUNCH_HOLE | KEEP_SIZE) to deallocate a range, and the address
+// alignment of a buffer (direct I/O needs aligned memory).
+// Each file function takes a file descriptor and byte offsets as JS numbers (safe up to 2^53).
 #define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -65,11 +68,35 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// alignOffset(buffer, align): bytes to skip from the start of buffer so that its memory
+// address is a multiple of align (a power of two).
+static napi_value align_offset(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  size_t argc = 2;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data = NULL;
+  size_t length = 0;
+  uint32_t align = 0;
+  if (argc < 2 || napi_get_buffer_info(env, argv[0], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "buffer must be a Buffer");
+    return NULL;
+  }
+  if (napi_get_value_uint32(env, argv[1], &align) != napi_ok || align == 0 || (align & (align - 1)) != 0) {
+    napi_throw_type_error(env, NULL, "align must be a power of two");
+    return NULL;
+  }
+  uintptr_t addr = (uintptr_t)data;
+  napi_value out;
+  napi_create_uint32(env, (uint32_t)((align - (addr & (align - 1))) & (align - 1)), &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"alignOffset", NULL, align_offset, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -78,6 +78,7 @@ export class Agent {
       if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
     }
     await this.replicas.openAll();
+    for (const r of this.replicas.list()) for (const note of r.recoveryNotes.splice(0)) this.log.warn({ vm: r.vmName }, note);
     await this.nbd.listenUnix(this.nbdSocket);
     let nbdTcpPort: number | null = null;
     if (this.config.nbdTcpPort !== undefined) nbdTcpPort = (await this.nbd.listenTcp(this.config.nbdTcpPort, '127.0.0.1')).port;

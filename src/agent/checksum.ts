@@ -1,51 +1,40 @@
 /**
- * Checksums used end to end: xxh128 (hash-wasm), 16 bytes. One shared hasher serves
- * one-shot digests; it is never held across an await, so calls cannot interleave.
+ * Checksums used end to end: xxh128 (XXH3, 128-bit, seed 0), 16 bytes, computed in native
+ * code (xxhash-addon). The digest bytes are XXH128's canonical (big-endian) form.
  */
-import { createXXHash128, type IHasher } from 'hash-wasm';
+import xxhash from 'xxhash-addon';
 
 export const DIGEST_BYTES = 16;
 
-const shared: IHasher = await createXXHash128();
+const SEED = Buffer.alloc(8);
+const shared = new xxhash.XXHash128(SEED);
 
 /** xxh128 of the concatenation of parts. */
 export function digest(...parts: Uint8Array[]): Buffer {
-  shared.init();
-  for (const p of parts) shared.update(p);
-  const out = shared.digest('binary');
-  return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  if (parts.length === 1) return xxhash.XXHash128.hash(toBuffer(parts[0]!));
+  shared.reset();
+  for (const p of parts) shared.update(toBuffer(p));
+  return shared.digest();
+}
+
+export interface Hasher {
+  update(b: Uint8Array): void;
+  digest(): Buffer;
 }
 
 /** A hasher of its own, for digests fed across awaits (e.g. a whole file streamed). */
-export async function createDigest(): Promise<{ update(b: Uint8Array): void; digest(): Buffer }> {
-  const h = await createXXHash128();
-  h.init();
+export function createDigest(): Hasher {
+  const h = new xxhash.XXHash128(SEED);
   return {
     update(b: Uint8Array) {
-      h.update(b);
+      h.update(toBuffer(b));
     },
     digest() {
-      const out = h.digest('binary');
-      return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+      return h.digest();
     },
   };
 }
 
-const streaming: IHasher = await createXXHash128();
-
-/**
- * A digest fed in a loop that never awaits (synchronous I/O only): shares one hasher, so
- * the caller must finish with digest() before yielding to the event loop.
- */
-export function syncDigest(): { update(b: Uint8Array): void; digest(): Buffer } {
-  streaming.init();
-  return {
-    update(b: Uint8Array) {
-      streaming.update(b);
-    },
-    digest() {
-      const out = streaming.digest('binary');
-      return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
-    },
-  };
+function toBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 }

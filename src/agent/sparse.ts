@@ -1,32 +1,12 @@
 /**
  * Sparse-file helpers over a raw image: find allocated ranges (SEEK_DATA/SEEK_HOLE) and
  * deallocate ranges (fallocate PUNCH_HOLE). They come from the small native addon in
- * native/; where it is not built, every range counts as allocated and deallocation
+ * native/ (native.ts); where it is not built, every range counts as allocated and deallocation
  * writes zeroes, which is slower but gives the same bytes.
  */
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { addon } from './native.js';
 
-interface SparseAddon {
-  seekData(fd: number, offset: number): number;
-  seekHole(fd: number, offset: number): number;
-  punchHole(fd: number, offset: number, length: number): void;
-}
-
-function loadAddon(): SparseAddon | undefined {
-  const require = createRequire(import.meta.url);
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = path.join(dir, 'native', 'build', 'Release', 'osr_sparse.node');
-    if (fs.existsSync(candidate)) return require(candidate) as SparseAddon;
-    dir = path.dirname(dir);
-  }
-  return undefined;
-}
-
-const addon = loadAddon();
 export const hasSparseSupport = addon !== undefined;
 
 export interface DataRange {

@@ -10,8 +10,8 @@
  */
 import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
-import { createDigest, digest, syncDigest } from './checksum.js';
-import { readFully } from './io.js';
+import { createDigest, digest } from './checksum.js';
+import { fdatasyncAsync, readAt, readFully, writeAllAt } from './io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
@@ -42,45 +42,57 @@ export interface UndoFile {
 
 
 /**
- * Write an undo file from sources (ranges must not overlap) and return it open. It is
- * fsynced before returning unless `sync: false` (the caller then fsyncs it itself).
+ * Write an undo file from sources (ranges must not overlap) and return it open. The copying
+ * runs on the thread pool, reading the next chunk while the last one is written. The file
+ * is fsynced before returning unless `sync: false` (the caller then fsyncs it itself).
  */
-export function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[], opts: { sync?: boolean } = {}): UndoFile {
+export async function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[], opts: { sync?: boolean } = {}): Promise<UndoFile> {
   const fd = fs.openSync(path, 'w+', 0o600);
-  const header = Buffer.alloc(HEADER_BYTES);
-  MAGIC.copy(header, 0);
-  header.writeUInt16LE(1, 8);
-  diskKey.copy(header, 16, 0, 16);
-  fs.writeSync(fd, header, 0, HEADER_BYTES, 0);
-  let pos = HEADER_BYTES;
-  const dataDigest = syncDigest();
-  const entries: UndoEntry[] = [];
-  const buf = Buffer.allocUnsafe(COPY_CHUNK);
-  for (const s of sources) {
-    entries.push({ offset: s.offset, length: s.length, dataPos: pos });
-    for (let done = 0; done < s.length; done += COPY_CHUNK) {
-      const n = Math.min(COPY_CHUNK, s.length - done);
-      const part = buf.subarray(0, n);
-      readFully(s.fd, part, s.pos + done);
-      dataDigest.update(part);
-      fs.writeSync(fd, part, 0, n, pos);
-      pos += n;
+  try {
+    const header = Buffer.alloc(HEADER_BYTES);
+    MAGIC.copy(header, 0);
+    header.writeUInt16LE(1, 8);
+    diskKey.copy(header, 16, 0, 16);
+    await writeAllAt(fd, [header], 0);
+    let pos = HEADER_BYTES;
+    const dataDigest = createDigest();
+    const entries: UndoEntry[] = [];
+    const chunks: { fd: number; pos: number; length: number }[] = [];
+    for (const s of sources) {
+      entries.push({ offset: s.offset, length: s.length, dataPos: pos });
+      for (let done = 0; done < s.length; done += COPY_CHUNK) chunks.push({ fd: s.fd, pos: s.pos + done, length: Math.min(COPY_CHUNK, s.length - done) });
+      pos += s.length;
     }
+    const bufs = [Buffer.allocUnsafe(Math.min(COPY_CHUNK, pos)), Buffer.allocUnsafe(Math.min(COPY_CHUNK, pos))];
+    let at = HEADER_BYTES;
+    let writing: Promise<void> = Promise.resolve();
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i];
+      const part = await readAt(c.fd, c.length, c.pos, bufs[i % 2].subarray(0, c.length));
+      dataDigest.update(part);
+      await writing;
+      writing = writeAllAt(fd, [part], at);
+      at += c.length;
+    }
+    await writing;
+    const index = Buffer.alloc(entries.length * ENTRY_BYTES + FOOTER_BYTES);
+    entries.forEach((e, i) => {
+      index.writeBigUInt64LE(BigInt(e.offset), i * ENTRY_BYTES);
+      index.writeBigUInt64LE(BigInt(e.length), i * ENTRY_BYTES + 8);
+      index.writeBigUInt64LE(BigInt(e.dataPos), i * ENTRY_BYTES + 16);
+    });
+    const f = entries.length * ENTRY_BYTES;
+    index.writeBigUInt64LE(BigInt(pos), f);
+    index.writeBigUInt64LE(BigInt(entries.length), f + 8);
+    dataDigest.digest().copy(index, f + 16);
+    digest(index.subarray(0, f + 32)).copy(index, f + 32);
+    await writeAllAt(fd, [index], pos);
+    if (opts.sync !== false) await fdatasyncAsync(fd);
+    return { path, fd, entries };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
   }
-  const index = Buffer.alloc(entries.length * ENTRY_BYTES + FOOTER_BYTES);
-  entries.forEach((e, i) => {
-    index.writeBigUInt64LE(BigInt(e.offset), i * ENTRY_BYTES);
-    index.writeBigUInt64LE(BigInt(e.length), i * ENTRY_BYTES + 8);
-    index.writeBigUInt64LE(BigInt(e.dataPos), i * ENTRY_BYTES + 16);
-  });
-  const f = entries.length * ENTRY_BYTES;
-  index.writeBigUInt64LE(BigInt(pos), f);
-  index.writeBigUInt64LE(BigInt(entries.length), f + 8);
-  dataDigest.digest().copy(index, f + 16);
-  digest(index.subarray(0, f + 32)).copy(index, f + 32);
-  fs.writeSync(fd, index, 0, index.length, pos);
-  if (opts.sync !== false) fs.fdatasyncSync(fd);
-  return { path, fd, entries };
 }
 
 /** Open an undo file and verify its index (the data is verified by `verifyUndoData`). */
@@ -127,7 +139,7 @@ export async function verifyUndoData(u: UndoFile): Promise<boolean> {
   const footer = Buffer.alloc(FOOTER_BYTES);
   readFully(u.fd, footer, size - FOOTER_BYTES);
   const indexPos = Number(footer.readBigUInt64LE(0));
-  const h = await createDigest();
+  const h = createDigest();
   const buf = Buffer.allocUnsafe(COPY_CHUNK);
   for (let pos = HEADER_BYTES; pos < indexPos; pos += COPY_CHUNK) {
     const part = buf.subarray(0, Math.min(COPY_CHUNK, indexPos - pos));

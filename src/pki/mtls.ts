@@ -41,6 +41,19 @@ export interface TlsErrorContext {
   peer?: string;
 }
 
+/**
+ * TLS 1.3 suites in order of preference. AES-128-GCM comes first: it is the suite every
+ * TLS 1.3 peer must implement, and with AES-NI it costs about two thirds of AES-256-GCM
+ * per byte, which matters on a link that carries whole disks.
+ */
+export const TLS13_CIPHERSUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256';
+
+/**
+ * Node's `ciphers` option takes both lists; the TLS 1.2 part stays Node's default so that an
+ * old client is still told plainly that its protocol version is refused (minVersion).
+ */
+const CIPHERS = [TLS13_CIPHERSUITES, ...tls.DEFAULT_CIPHERS.split(':').filter((c) => !c.startsWith('TLS_'))].join(':');
+
 /** Options for tls.createServer: TLS 1.3 only, a client certificate from the CA required. */
 export function serverTlsOptions(m: TlsMaterial): tls.TlsOptions {
   return {
@@ -52,6 +65,8 @@ export function serverTlsOptions(m: TlsMaterial): tls.TlsOptions {
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
     maxVersion: 'TLSv1.3',
+    ciphers: CIPHERS,
+    honorCipherOrder: true,
   };
 }
 
@@ -64,6 +79,7 @@ export function clientTlsOptions(m: TlsMaterial, opts: ClientTlsOptionsInput = {
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
     maxVersion: 'TLSv1.3',
+    ciphers: CIPHERS,
   };
   const name = opts.servername;
   if (name !== undefined && name !== '') {

@@ -60,6 +60,7 @@ interface Outcome {
   serverSawPeer?: PeerIdentity;
   clientSawPeer?: PeerIdentity;
   echoed?: string;
+  cipher?: string;
 }
 
 /**
@@ -97,6 +98,7 @@ async function exchange(serverMaterial: TlsMaterial, clientOptions: tls.Connecti
     };
     sock.on('secureConnect', () => {
       outcome.protocol = sock.getProtocol();
+      outcome.cipher = sock.getCipher().standardName;
       outcome.clientSawPeer = peerIdentity(sock);
     });
     sock.on('data', (d: Buffer) => {
@@ -280,6 +282,7 @@ describe('mutual TLS over 127.0.0.1', () => {
     assert.equal(o.clientError, undefined, o.clientError?.message);
     assert.deepEqual(o.serverErrors, []);
     assert.equal(o.protocol, 'TLSv1.3');
+    assert.equal(o.cipher, 'TLS_AES_128_GCM_SHA256', 'the preferred suite is negotiated');
     assert.equal(o.clientData, 'osr-hello');
     assert.equal(o.echoed, 'ping');
     assert.deepEqual(o.serverSawPeer, { commonName: 'agent-b', role: 'agent', fingerprintSha256: readCertificateInfo(clientCert.certPem).fingerprintSha256 });

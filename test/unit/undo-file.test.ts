@@ -58,7 +58,7 @@ test(
     const rnd = prng(1);
     const s = setup(dir, rnd);
     const file = path.join(dir, 'a.undo');
-    const written = writeUndoFile(file, KEY, s.sources);
+    const written = await writeUndoFile(file, KEY, s.sources);
     try {
       assert.equal(written.entries.length, s.ranges.length);
       const dataBytes = s.ranges.reduce((n, r) => n + r.length, 0);
@@ -97,7 +97,7 @@ test(
   'an empty undo file round trips',
   withDir(async (dir) => {
     const file = path.join(dir, 'empty.undo');
-    closeUndoFile(writeUndoFile(file, KEY, []));
+    closeUndoFile(await writeUndoFile(file, KEY, []));
     assert.equal(fs.statSync(file).size, HEADER + FOOTER);
     const u = openUndoFile(file);
     try {
@@ -120,7 +120,7 @@ test(
     const fd = fs.openSync(imagePath, 'r');
     const file = path.join(dir, 'big.undo');
     const length = 4 * 1024 * 1024 * 2 + 12345;
-    closeUndoFile(writeUndoFile(file, KEY, [{ offset: 1000, length, fd, pos: 1000 }]));
+    closeUndoFile(await writeUndoFile(file, KEY, [{ offset: 1000, length, fd, pos: 1000 }]));
     fs.closeSync(fd);
     const u = openUndoFile(file);
     try {
@@ -135,11 +135,11 @@ test(
 
 test(
   'a damaged index, footer, size or magic is detected as REPLICA_STORE_CORRUPT',
-  withDir((dir) => {
+  withDir(async (dir) => {
     const rnd = prng(3);
     const s = setup(dir, rnd);
     const file = path.join(dir, 'a.undo');
-    closeUndoFile(writeUndoFile(file, KEY, s.sources));
+    closeUndoFile(await writeUndoFile(file, KEY, s.sources));
     fs.closeSync(s.fd);
     const good = fs.readFileSync(file);
     const indexPos = Number(good.readBigUInt64LE(good.length - FOOTER));
@@ -187,7 +187,7 @@ test(
     const rnd = prng(4);
     const s = setup(dir, rnd);
     const file = path.join(dir, 'a.undo');
-    closeUndoFile(writeUndoFile(file, KEY, s.sources));
+    closeUndoFile(await writeUndoFile(file, KEY, s.sources));
     fs.closeSync(s.fd);
     const good = fs.readFileSync(file);
     const indexPos = Number(good.readBigUInt64LE(good.length - FOOTER));

@@ -1,0 +1,28 @@
+/**
+ * The project's small native addon (native/): file primitives Node's fs lacks. Where it
+ * is not built, callers fall back to slower paths that give the same bytes.
+ */
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+  punchHole(fd: number, offset: number, length: number): void;
+  alignOffset(buf: Buffer, align: number): number;
+}
+
+function loadAddon(): NativeAddon | undefined {
+  const require = createRequire(import.meta.url);
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = path.join(dir, 'native', 'build', 'Release', 'osr_sparse.node');
+    if (fs.existsSync(candidate)) return require(candidate) as NativeAddon;
+    dir = path.dirname(dir);
+  }
+  return undefined;
+}
+
+export const addon = loadAddon();
