@@ -410,6 +410,8 @@ export interface SteadyResult {
   pendingLogMBMax: number;
   /** from a point's instant (its swap) until the replica had applied it, as the primary reports */
   shipLatencySeconds: { points: number; p50: number; p99: number; max: number };
+  /** where the time from a point's instant to its apply went (lastDelta of the health answers), p50 / p99 in seconds */
+  pointPhasesSeconds: Record<'sync' | 'wait' | 'send' | 'apply' | 'replicaApply', { p50: number; p99: number }>;
   /** guest data per recovery point (the replica's deltaBytes) */
   deltaMB: { points: number; mean: number; max: number };
   pointsCreated: number;
@@ -476,6 +478,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
       let pendingMax = 0;
       const lastSeq = new Map(seqBefore);
       const shipLatency: number[] = [];
+      const phases = { sync: [] as number[], wait: [] as number[], send: [] as number[], apply: [] as number[], replicaApply: [] as number[] };
       await sleep(startMs - Date.now());
       for (let k = 1; startMs + k * 1000 <= endMs; k++) {
         const wait = startMs + k * 1000 - Date.now();
@@ -489,6 +492,14 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
             // a new point: how long after its instant (the swap) the replica had applied it
             lastSeq.set(h.vm, seq);
             shipLatency.push((Date.parse(h.lastSuccessfulCycleAt) - Date.parse(h.latestPoint.time)) / 1000);
+            const t = h.lastDelta;
+            if (t && t.seq === seq) {
+              phases.sync.push(t.syncMs / 1000);
+              phases.wait.push(t.waitMs / 1000);
+              phases.send.push(t.sendMs / 1000);
+              phases.apply.push(t.applyMs / 1000);
+              if (t.replicaApplyMs !== null) phases.replicaApply.push(t.replicaApplyMs / 1000);
+            }
           }
           if (h.rpoSeconds === null) missing++;
           else {
@@ -551,6 +562,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
         bytesShippedMBps: shipped / MB / (durationMs / 1000),
         pendingLogMBMax: pendingMax / MB,
         shipLatencySeconds: { points: shipLatency.length, p50: percentile(shipLatency, 50), p99: percentile(shipLatency, 99), max: max(shipLatency) },
+        pointPhasesSeconds: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, { p50: percentile(v, 50), p99: percentile(v, 99) }])) as SteadyResult['pointPhasesSeconds'],
         deltaMB: { points: deltas.length, mean: mean(deltas) / MB, max: max(deltas) / MB },
         pointsCreated: after.reduce((n, h) => n + ((h.latestPoint?.seq ?? 0) - (seqBefore.get(h.vm) ?? 0)), 0),
         missedCycles: after.reduce((n, h) => n + h.missedCyclesLastHour, 0),
@@ -671,6 +683,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
           rpo: { ...roundAll(steady.rpo), perVmMax: roundAll(steady.rpo.perVmMax) },
           apiLatencyMs: roundAll(steady.apiLatencyMs),
           shipLatencySeconds: roundAll(steady.shipLatencySeconds),
+          pointPhasesSeconds: Object.fromEntries(Object.entries(steady.pointPhasesSeconds).map(([k, v]) => [k, roundAll(v)])),
           deltaMB: roundAll(steady.deltaMB),
           load: roundAll(steady.load),
           churn: roundAll(steady.churn),
@@ -745,6 +758,14 @@ function tableRows(
     rows.push([`churn achieved, MB/s (all VMs)`, fmt(steady.churn.achievedMBpsTotal, 1), null, `target ${fmt(steady.churn.targetMBpsPerVm * steady.vms, 1)}`]);
     rows.push([`bytes shipped, MB (MB/s)`, `${fmt(steady.bytesShipped / MB, 0)} (${fmt(steady.bytesShippedMBps, 1)})`, null, null]);
     rows.push([`point applied after its instant p50 / p99, s`, `${fmt(steady.shipLatencySeconds.p50, 1)} / ${fmt(steady.shipLatencySeconds.p99, 1)}`, null, null]);
+    const ph = steady.pointPhasesSeconds;
+    rows.push([
+      `  of which log sync / wait / send / apply, p50 (p99), s`,
+      (['sync', 'wait', 'send', 'apply'] as const).map((k) => `${fmt(ph[k].p50, 1)} (${fmt(ph[k].p99, 1)})`).join(' / '),
+      null,
+      null,
+    ]);
+    rows.push([`  replica's own apply time p50 (p99), s`, `${fmt(ph.replicaApply.p50, 1)} (${fmt(ph.replicaApply.p99, 1)})`, null, null]);
     rows.push([`points created / missed cycles`, `${steady.pointsCreated} / ${steady.missedCycles}`, null, null]);
     rows.push([`primary API latency p50 / p99, ms`, `${fmt(steady.apiLatencyMs.p50, 0)} / ${fmt(steady.apiLatencyMs.p99, 0)}`, null, null]);
     rows.push([`other processes on the machine, % of a core`, fmt(steady.load.otherProcessesPercent, 0), null, null]);

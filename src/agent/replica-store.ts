@@ -21,7 +21,7 @@ import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } f
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { AlignedPool, isAligned, openDirect } from './direct-io.js';
 import { ExtentMap } from './extent-map.js';
-import { fdatasyncAsync, readAt, readFully, writeAllAt, writeFully } from './io.js';
+import { fdatasyncAsync, forEachBounded, readAt, readFully, writeAllAt, writeFully } from './io.js';
 import type { ReplicaTarget } from './ports.js';
 import { punchHole, writeZeroRange } from './sparse.js';
 import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
@@ -81,6 +81,10 @@ interface PointUndo {
 }
 
 const pad = (n: number) => String(n).padStart(12, '0');
+
+/** Copying a delta into an image: pieces of at most this size, this many at a time. */
+const APPLY_PIECE_BYTES = 1024 * 1024;
+const APPLY_PARALLELISM = 8;
 
 /** Aligned buffers for direct initial-copy writes, shared by every store of the process. */
 const directPool = new AlignedPool(4 * 1024 * 1024, 8);
@@ -514,22 +518,27 @@ export class ReplicaStore implements ReplicaTarget {
     await this.prune();
   }
 
+  /**
+   * Write a delta's coalesced extents into the image. The extents are scattered over the
+   * disk (and their bytes over the received log), so they are copied many at a time.
+   */
   private async writeDeltaIntoImage(disk: string, logFile: string, map: ExtentMap<'data' | 'zero'>): Promise<void> {
     const imageFd = this.imageFd(disk);
     const logFd = fs.openSync(logFile, 'r');
     try {
-      const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+      const pieces: { from: number; to: number; length: number }[] = [];
       for (const e of map.entries()) {
         const length = e.end - e.start;
         if (e.value === 'zero') {
           writeZeroRange(imageFd, e.start, length);
           continue;
         }
-        for (let done = 0; done < length; done += buf.length) {
-          const part = await readAt(logFd, Math.min(buf.length, length - done), e.base + done, buf);
-          await writeAllAt(imageFd, [part], e.start + done);
-        }
+        for (let done = 0; done < length; done += APPLY_PIECE_BYTES) pieces.push({ from: e.base + done, to: e.start + done, length: Math.min(APPLY_PIECE_BYTES, length - done) });
       }
+      await forEachBounded(pieces, APPLY_PARALLELISM, async (p) => {
+        const data = await readAt(logFd, p.length, p.from);
+        await writeAllAt(imageFd, [data], p.to);
+      });
     } finally {
       fs.closeSync(logFd);
     }

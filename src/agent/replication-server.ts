@@ -246,8 +246,9 @@ class Session {
         }
         this.delta = undefined;
         this.target = undefined;
+        const started = Date.now();
         const outcome = await store.applyDelta(delta.point, files);
-        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null };
+        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null, applyMs: Date.now() - started };
       }
       case 'status': {
         const store = this.requireStore();

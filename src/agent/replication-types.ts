@@ -61,6 +61,24 @@ export interface ReplicationHealth {
   lastError: { code: string; message: string; at: string } | null;
   initial: InitialProgress | null;
   bytesShipped: number;
+  /** where the time of the latest shipped delta went, from the point's instant to applied */
+  lastDelta: DeltaTimings | null;
+}
+
+export interface DeltaTimings {
+  seq: number;
+  /** change-log bytes shipped */
+  bytes: number;
+  /** from the point's instant until its closed logs were durable on the primary */
+  syncMs: number;
+  /** from then until the replica was ready to receive (earlier deltas, connecting) */
+  waitMs: number;
+  /** sending the logs */
+  sendMs: number;
+  /** from the last byte sent until the replica answered that the point is applied */
+  applyMs: number;
+  /** of applyMs, the time the replica spent applying (verifying, undo, image, sync) */
+  replicaApplyMs: number | null;
 }
 
 export interface OpenRequest {

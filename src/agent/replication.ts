@@ -14,7 +14,7 @@ import { readAt } from './io.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
-import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec } from './replication-types.js';
+import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings } from './replication-types.js';
 import { dataRanges, isZero } from './sparse.js';
 import { MAX_DATA_BYTES } from './wire.js';
 
@@ -48,6 +48,7 @@ export class PrimaryReplication {
   private nextCycleMs = 0;
   private lastAppMs: number;
   private bytesShipped = 0;
+  private lastDelta: DeltaTimings | null = null;
 
   constructor(
     readonly spec: ReplicationSpec,
@@ -317,8 +318,10 @@ export class PrimaryReplication {
   private async shipPending(client: ReplicaClient): Promise<void> {
     const tracker = this.vm.tracking;
     await tracker.closedSynced();
+    const syncedMs = this.deps.clock.now();
     const closed = [...tracker.closedDeltas(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
     for (const [seq, logs] of closed) {
+      const beginMs = this.deps.clock.now();
       if (logs.length !== this.vm.disks.length) {
         throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs for ${logs.length} of ${this.vm.disks.length} disks`);
       }
@@ -338,7 +341,18 @@ export class PrimaryReplication {
           fs.closeSync(fd);
         }
       }
-      const res = await client.request<{ latestSeq: number | null }>('delta-end', { seq });
+      const sentMs = this.deps.clock.now();
+      const res = await client.request<{ latestSeq: number | null; applyMs?: number }>('delta-end', { seq });
+      const appliedMs = this.deps.clock.now();
+      this.lastDelta = {
+        seq,
+        bytes: deltaBytes,
+        syncMs: Math.max(0, syncedMs - meta.timeMs),
+        waitMs: Math.max(0, beginMs - Math.max(syncedMs, meta.timeMs)),
+        sendMs: sentMs - beginMs,
+        applyMs: appliedMs - sentMs,
+        replicaApplyMs: typeof res.applyMs === 'number' ? res.applyMs : null,
+      };
       this.latestSeq = res.latestSeq;
       tracker.releaseThrough(seq);
       this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
@@ -375,6 +389,7 @@ export class PrimaryReplication {
       lastError: this.lastError,
       initial: this.initial ? { ...this.initial } : null,
       bytesShipped: this.bytesShipped,
+      lastDelta: this.lastDelta,
     };
   }
 }

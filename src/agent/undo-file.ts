@@ -11,13 +11,17 @@
 import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import { createDigest, digest } from './checksum.js';
-import { fdatasyncAsync, readAt, readFully, writeAllAt } from './io.js';
+import { fdatasyncAsync, forEachBounded, readAt, readFully, writeAllAt } from './io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
 const FOOTER_BYTES = 48;
 const ENTRY_BYTES = 24;
 const COPY_CHUNK = 4 * 1024 * 1024;
+/** bytes of undo data gathered per write while writing an undo file */
+const BATCH_BYTES = 8 * 1024 * 1024;
+/** parallel reads of the source while gathering a batch */
+const READ_PARALLELISM = 8;
 
 export interface UndoEntry {
   offset: number;
@@ -43,7 +47,7 @@ export interface UndoFile {
 
 /**
  * Write an undo file from sources (ranges must not overlap) and return it open. The copying
- * runs on the thread pool, reading the next chunk while the last one is written. The file
+ * runs on the thread pool. The file
  * is fsynced before returning unless `sync: false` (the caller then fsyncs it itself).
  */
 export async function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[], opts: { sync?: boolean } = {}): Promise<UndoFile> {
@@ -57,22 +61,36 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
     let pos = HEADER_BYTES;
     const dataDigest = createDigest();
     const entries: UndoEntry[] = [];
-    const chunks: { fd: number; pos: number; length: number }[] = [];
+    // The data region is the sources back to back, so it is filled in batches: the pieces of
+    // a batch are read in parallel (many small random reads of an image) into one buffer,
+    // which is hashed in order and written with one call while the next batch is read.
+    const batches: { at: number; length: number; pieces: { fd: number; pos: number; length: number; into: number }[] }[] = [];
+    let batch: (typeof batches)[number] | undefined;
     for (const s of sources) {
       entries.push({ offset: s.offset, length: s.length, dataPos: pos });
-      for (let done = 0; done < s.length; done += COPY_CHUNK) chunks.push({ fd: s.fd, pos: s.pos + done, length: Math.min(COPY_CHUNK, s.length - done) });
+      for (let done = 0; done < s.length; ) {
+        if (!batch || batch.length === BATCH_BYTES) {
+          batch = { at: pos + done, length: 0, pieces: [] };
+          batches.push(batch);
+        }
+        const n = Math.min(BATCH_BYTES - batch.length, s.length - done);
+        batch.pieces.push({ fd: s.fd, pos: s.pos + done, length: n, into: batch.length });
+        batch.length += n;
+        done += n;
+      }
       pos += s.length;
     }
-    const bufs = [Buffer.allocUnsafe(Math.min(COPY_CHUNK, pos)), Buffer.allocUnsafe(Math.min(COPY_CHUNK, pos))];
-    let at = HEADER_BYTES;
+    const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0].length), Buffer.allocUnsafe(batches[0].length)] : [];
     let writing: Promise<void> = Promise.resolve();
-    for (let i = 0; i < chunks.length; i++) {
-      const c = chunks[i];
-      const part = await readAt(c.fd, c.length, c.pos, bufs[i % 2].subarray(0, c.length));
-      dataDigest.update(part);
+    for (let i = 0; i < batches.length; i++) {
+      const b = batches[i];
+      const buf = bufs[i % 2].subarray(0, b.length);
+      await forEachBounded(b.pieces, READ_PARALLELISM, async (p) => {
+        await readAt(p.fd, p.length, p.pos, buf.subarray(p.into, p.into + p.length));
+      });
+      dataDigest.update(buf);
       await writing;
-      writing = writeAllAt(fd, [part], at);
-      at += c.length;
+      writing = writeAllAt(fd, [buf], b.at);
     }
     await writing;
     const index = Buffer.alloc(entries.length * ENTRY_BYTES + FOOTER_BYTES);
