@@ -24,6 +24,7 @@ import { sleep, startAgent, tempDir, type BenchAgent } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
 import { MachineCpuMeter, ownCpuSeconds, ProcessSampler, type ProcessUsage } from './lib/proc.js';
 import { rsyncCopy, startRsyncDaemon } from './lib/rsync.js';
+import { tlsPipeRun, type TlsPipeRun } from './lib/tls-pipe.js';
 import { GiB, MB, max, mean, median, percentile, round } from './lib/stats.js';
 import { fmt, formatTable, type Cell } from './lib/table.js';
 
@@ -598,6 +599,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
   const runs: InitialRun[] = [];
   let compressed: InitialRun | null = null;
   const rsync: { plain: RsyncRun[]; fsync: RsyncRun[] } = { plain: [], fsync: [] };
+  const tlsPipe: TlsPipeRun[] = [];
   const meter = new MachineCpuMeter(machine.cpus);
   if (o.phases.initial) {
     log(`\n1. initial replication of ${fmt(o.initialBytes / GiB, 2)} GiB of random data: ${o.runs} runs of osr, each followed by rsync${o.rsyncFsync ? ' and rsync --fsync' : ''}`);
@@ -617,6 +619,9 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
           rsync.fsync.push(f);
           log(`  run ${i + 1}/${o.runs} rsync --fsync: ${fmt(f.seconds, 2)} s, ${fmt(f.MBps, 0)} MB/s`);
         }
+        const t = await tlsPipeRun(pkiDir, o.initialBytes);
+        tlsPipe.push(t);
+        log(`  run ${i + 1}/${o.runs} bare TLS pipe: ${fmt(t.seconds, 2)} s, ${fmt(t.mbps, 0)} MB/s; CPU sender ${fmt(t.cpuSecondsSender, 1)} s, receiver ${fmt(t.cpuSecondsReceiver, 1)} s (${t.cipher ?? '?'})`);
       }
     } finally {
       await peer.close();
@@ -652,6 +657,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
     rsyncWholeFileMBps: round(rsyncMBps),
     rsyncWholeFileSeconds: round(median(rsync.plain.map((r) => r.seconds)), 3),
     rsyncWholeFileFsyncMBps: round(rsyncFsyncMBps),
+    bareTlsPipeMBps: round(median(tlsPipe.map((t) => t.mbps))),
     initialToRsyncRatio: round(ratio, 3),
     initialToRsyncFsyncRatio: round(initialMBps / rsyncFsyncMBps, 3),
     initialTargetMet: Number.isFinite(ratio) ? ratio >= TARGETS.initialRatioToRsync : null,
@@ -674,6 +680,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
       rsyncArgs: ['--whole-file', '--inplace'],
       rsyncRuns: rsync.plain.map(roundAll),
       rsyncFsyncRuns: rsync.fsync.map(roundAll),
+      bareTlsPipeRuns: tlsPipe.map(roundAll),
     },
     steady: steady
       ? {
@@ -696,7 +703,7 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
   };
 
   log('');
-  log(formatTable(['metric', 'osr', 'peer', 'ratio / target'], tableRows(result, runs, compressed, rsync, steady, o)));
+  log(formatTable(['metric', 'osr', 'peer', 'ratio / target'], tableRows(result, runs, compressed, rsync, tlsPipe, steady, o)));
   fs.mkdirSync(o.resultsDir, { recursive: true });
   const out = path.join(o.resultsDir, 'replication.json');
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
@@ -708,6 +715,7 @@ function tableRows(
   runs: InitialRun[],
   compressed: InitialRun | null,
   rsync: { plain: RsyncRun[]; fsync: RsyncRun[] },
+  tlsPipe: TlsPipeRun[],
   steady: SteadyResult | null,
   o: ReplicationBenchOptions,
 ): Cell[][] {
@@ -726,6 +734,10 @@ function tableRows(
     rows.push([`  runs, MB/s`, runs.map((x) => fmt(x.MBps, 0)).join(' '), `rsync ${rsync.plain.map((x) => fmt(x.MBps, 0)).join(' ')}`, null]);
     if (rsync.fsync.length > 0) {
       rows.push([`  vs rsync --fsync (durable, like osr), MB/s`, fmt(osr, 0), `rsync --fsync ${fmt(median(rsync.fsync.map((x) => x.MBps)), 0)}`, `${fmt(r.initialToRsyncFsyncRatio, 2)}×`]);
+    }
+    if (tlsPipe.length > 0) {
+      const t = median(tlsPipe.map((x) => x.mbps));
+      rows.push([`  bare TLS pipe between two processes (no disk, no framing), MB/s`, fmt(osr, 0), `TLS ${fmt(t, 0)}`, `${fmt(osr / t, 2)}× the pipe; the pipe is ${fmt(t / peer, 2)}× rsync`]);
     }
     const osrCpu = median(runs.map((x) => x.cpuSecondsPerGB));
     const rsyncCpu = median(rsync.plain.map((x) => x.cpuSecondsPerGB ?? NaN));
