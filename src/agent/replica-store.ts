@@ -116,6 +116,8 @@ export class ReplicaStore implements ReplicaTarget {
   private readonly views = new Set<PointView>();
   private readonly overlays = new Map<string, Overlay>();
   private busy = false;
+  /** the point a prune is merging away (its undo is rewritten on the thread pool) */
+  private dropping: number | undefined;
   /** What recovery at open did that an operator should hear about (logged by the agent). */
   readonly recoveryNotes: string[] = [];
 
@@ -612,7 +614,12 @@ export class ReplicaStore implements ReplicaTarget {
         victim = pool.reduce((a, b) => (gap(b) < gap(a) ? b : a));
       }
       if (!victim) break;
-      await this.dropPoint(victim);
+      this.dropping = victim.seq;
+      try {
+        await this.dropPoint(victim);
+      } finally {
+        this.dropping = undefined;
+      }
       dropped.push(victim);
     }
     return dropped;
@@ -703,8 +710,10 @@ export class ReplicaStore implements ReplicaTarget {
   /** Open a copy-on-write overlay on a recovery point. Costs the size of the undo indexes, not of the disks. */
   openOverlay(pointSeq?: number): Overlay {
     const seq = pointSeq ?? this.latestPoint()?.seq;
-    if (seq === undefined || !this.hasPoint(seq)) {
-      throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(pointSeq ?? 'latest')} of ${this.vmId} does not exist`, { points: this.manifest.points.map((p) => p.seq) });
+    if (seq === undefined || !this.hasPoint(seq) || seq === this.dropping) {
+      throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(pointSeq ?? 'latest')} of ${this.vmId} does not exist${seq === this.dropping ? ' (it is being pruned)' : ''}`, {
+        points: this.manifest.points.map((p) => p.seq).filter((x) => x !== this.dropping),
+      });
     }
     if (this.manifest.committed) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} was committed; open its disks directly`);
     const id = `ov-${pad(seq)}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;

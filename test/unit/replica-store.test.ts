@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ChangeLogWriter, diskKeyOf } from '../../src/agent/change-log.js';
 import { ReplicaStore, type Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec, type DeltaDiskFile } from '../../src/agent/replica-store.js';
-import { assertRejectsCode as assertCode, prng, withDir } from '../support/unit.js';
+import { assertRejectsCode as assertCode, assertThrowsCode, prng, withDir } from '../support/unit.js';
 
 
 
@@ -502,8 +502,11 @@ test(
       }
       store.setRetention({ hours: 24, maxPoints: 5 });
       // crash-consistent candidates 3, 4 (1 is the oldest: dropped last); 4 is closest to 3
+      const pruning = store.prune();
+      // while its undo is merged away on the thread pool, the point cannot be opened
+      assertThrowsCode(() => store.openOverlay(4), 'POINT_NOT_FOUND', /being pruned/);
       assert.deepEqual(
-        (await store.prune()).map((p) => p.seq),
+        (await pruning).map((p) => p.seq),
         [4],
       );
       store.setRetention({ hours: 24, maxPoints: 3 });
