@@ -47,8 +47,8 @@ export interface UndoFile {
 
 /**
  * Write an undo file from sources (ranges must not overlap) and return it open. The copying
- * runs on the thread pool. The file
- * is fsynced before returning unless `sync: false` (the caller then fsyncs it itself).
+ * runs on the thread pool. The file is fsynced before returning unless `sync: false` (the
+ * caller then fsyncs it itself).
  */
 export async function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[], opts: { sync?: boolean } = {}): Promise<UndoFile> {
   const fd = fs.openSync(path, 'w+', 0o600);
