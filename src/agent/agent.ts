@@ -11,6 +11,7 @@ import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError } from '../domain/errors.js';
 import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../pki/index.js';
 import type { BlockDevice } from './block-device.js';
+import { CyclePhases } from './cycle-phases.js';
 import { readJson, writeJsonDurable } from './durable-file.js';
 import { LabHost } from './lab-host.js';
 import { buildAgentApi } from './local-api.js';
@@ -50,6 +51,7 @@ export class Agent {
   readonly host: LabHost;
   readonly replicas: ReplicaRegistry;
   readonly replications = new Map<string, PrimaryReplication>();
+  private readonly phases = new CyclePhases();
   readonly nbd: NbdServer;
   readonly log: PinoLogger;
   private replicationServer: ReplicationServer | undefined;
@@ -148,6 +150,7 @@ export class Agent {
       log: this.log,
       retryDelayMs: this.config.retryDelayMs ?? 5000,
       hookTimeoutMs: this.config.hookTimeoutMs ?? 60_000,
+      phases: this.phases,
     });
     this.replications.set(spec.id, r);
     r.start();

@@ -10,6 +10,7 @@ import type { Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { TlsMaterial } from '../pki/index.js';
 import type { ChangeSource } from './ports.js';
+import type { CyclePhases } from './cycle-phases.js';
 import { readAt } from './io.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
@@ -31,6 +32,8 @@ export interface ReplicationDeps {
   /** wait before retrying after a recoverable error */
   retryDelayMs: number;
   hookTimeoutMs: number;
+  /** the agent's spread of copy cycles over the copy frequency */
+  phases: CyclePhases;
 }
 
 export class PrimaryReplication {
@@ -67,6 +70,7 @@ export class PrimaryReplication {
     this.waker.abort();
     this.client?.close();
     await this.loop;
+    this.deps.phases.delete(this.spec.id);
     this.state = ReplicationState.Stopped;
   }
 
@@ -106,7 +110,7 @@ export class PrimaryReplication {
         if (wait > 0) await this.sleep(wait);
         if (this.stopped) break;
         if (clock.now() < this.nextCycleMs) continue;
-        this.nextCycleMs = clock.now() + this.spec.copyFrequencyMs;
+        this.scheduleNextCycle();
         await this.swap();
         await this.shipPending(client);
       } catch (e) {
@@ -212,9 +216,26 @@ export class PrimaryReplication {
     this.updateRate();
     await this.swap();
     this.state = ReplicationState.Replicating;
-    // a random phase for the first cycle: VMs whose copies end together (a fresh site,
-    // empty disks) would otherwise swap and ship together every cycle, all competing
-    this.nextCycleMs = this.deps.clock.now() + Math.round(this.spec.copyFrequencyMs * (0.25 + 0.75 * Math.random()));
+    // VMs whose copies end together (a fresh site, empty disks) would otherwise swap and
+    // ship together every cycle, all competing: the first cycle goes where the agent has room
+    this.nextCycleMs = this.deps.phases.place(this.spec.id, this.deps.clock.now(), this.spec.copyFrequencyMs);
+  }
+
+  /**
+   * The cycle due now starts: the next one is one copy frequency after it, keeping the
+   * replication's phase. A cycle run on request, the first after a restart, or one that
+   * started more than a frequency late has no phase to keep and is placed afresh.
+   */
+  private scheduleNextCycle(): void {
+    const now = this.deps.clock.now();
+    const f = this.spec.copyFrequencyMs;
+    const due = this.nextCycleMs;
+    if (due > 0 && now - due < f) {
+      this.nextCycleMs = due + f;
+      this.deps.phases.set(this.spec.id, this.nextCycleMs);
+    } else {
+      this.nextCycleMs = this.deps.phases.place(this.spec.id, now, f);
+    }
   }
 
   private async copyDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number): Promise<void> {
