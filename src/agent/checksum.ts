@@ -38,3 +38,14 @@ export function createDigest(): Hasher {
 function toBuffer(b: Uint8Array): Buffer {
   return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 }
+
+/** xxh128 of every `blockSize` block of buf (the last may be shorter), back to back. */
+export function blockDigests(buf: Uint8Array, blockSize: number): Buffer {
+  const b = toBuffer(buf);
+  const count = Math.ceil(b.length / blockSize);
+  const out = Buffer.allocUnsafe(count * DIGEST_BYTES);
+  for (let i = 0; i < count; i++) {
+    xxhash.XXHash128.hash(b.subarray(i * blockSize, Math.min(b.length, (i + 1) * blockSize))).copy(out, i * DIGEST_BYTES);
+  }
+  return out;
+}

@@ -6,6 +6,7 @@
  *   <root>/disks/<disk>.img         each disk at the latest recovery point
  *   <root>/undo/<seq>/<disk>.undo   bytes that turn point <seq> back into the point before it
  *   <root>/incoming/<seq>/<disk>.osrlog   a received delta (closed change logs) until applied
+ *   <root>/resync/<disk>.osrlog     blocks a resynchronization found different, staged
  *   <root>/overlays/<id>/           copy-on-write overlays opened on a point
  *
  * The latest point is read straight from the images; an older point is the images
@@ -21,9 +22,11 @@ import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } f
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { AlignedPool, isAligned, openDirect } from './direct-io.js';
 import { ExtentMap } from './extent-map.js';
+import { blockDigests } from './checksum.js';
 import { fdatasyncAsync, forEachBounded, readAt, readFully, writeAllAt, writeFully } from './io.js';
 import type { ReplicaTarget } from './ports.js';
 import { punchHole, writeZeroRange } from './sparse.js';
+import { ResyncStage, type ResyncState } from './resync-stage.js';
 import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 
 export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
@@ -62,11 +65,21 @@ interface Manifest {
   committed?: boolean;
   retention: RetentionSpec;
   epoch: number;
+  /** a resynchronization in progress (resync-stage.ts) */
+  resync?: ResyncState | undefined;
 }
 
 export interface DeltaDiskFile {
   diskName: string;
   file: string;
+  /** a resync's staged log, applied before `file` (set by the store) */
+  staged?: string | undefined;
+}
+
+/** Records of one disk's delta: a resync's staged log (if any), then the received log. */
+interface DeltaRecords {
+  staged: LogRecord[];
+  received: LogRecord[];
 }
 
 /** An undo file as one layer of a point view */
@@ -99,12 +112,19 @@ async function fsyncFile(file: string): Promise<void> {
 }
 
 /** Coalesce a delta's records: for every byte the last record wins. */
-function coalesce(records: LogRecord[]): ExtentMap<'data' | 'zero'> {
-  const m = new ExtentMap<'data' | 'zero'>();
-  for (const r of records) {
-    if (r.type === RecordType.Write) m.set(r.offset, r.offset + r.length, 'data', r.dataPos);
-    else if (r.type === RecordType.Zero) m.set(r.offset, r.offset + r.length, 'zero', 0);
-  }
+/** What an extent of a coalesced delta holds: data of the received log, of the staged log, or zeros. */
+type DeltaValue = 'data' | 'staged' | 'zero';
+
+function coalesce(records: DeltaRecords): ExtentMap<DeltaValue> {
+  const m = new ExtentMap<DeltaValue>();
+  const add = (list: LogRecord[], data: 'data' | 'staged') => {
+    for (const r of list) {
+      if (r.type === RecordType.Write) m.set(r.offset, r.offset + r.length, data, r.dataPos);
+      else if (r.type === RecordType.Zero) m.set(r.offset, r.offset + r.length, 'zero', 0);
+    }
+  };
+  add(records.staged, 'staged');
+  add(records.received, 'data');
   return m;
 }
 
@@ -116,6 +136,8 @@ export class ReplicaStore implements ReplicaTarget {
   private readonly views = new Set<PointView>();
   private readonly overlays = new Map<string, Overlay>();
   private busy = false;
+  /** the staged logs of a resync in progress, open once the primary has begun or resumed it */
+  private stage: ResyncStage | undefined;
   /** the point a prune is merging away (its undo is rewritten on the thread pool) */
   private dropping: number | undefined;
   /** What recovery at open did that an operator should hear about (logged by the agent). */
@@ -232,6 +254,8 @@ export class ReplicaStore implements ReplicaTarget {
     for (const fd of this.images.values()) fs.closeSync(fd);
     this.images.clear();
     this.closeDirect();
+    this.stage?.close();
+    this.stage = undefined;
   }
 
   // ---- paths and facts ---------------------------------------------------------------
@@ -336,6 +360,7 @@ export class ReplicaStore implements ReplicaTarget {
     this.manifest.applying = undefined;
     this.save();
     for (const u of undos) this.deleteUndo(u);
+    this.dropStage();
   }
 
   /**
@@ -385,6 +410,88 @@ export class ReplicaStore implements ReplicaTarget {
     this.save();
   }
 
+  // ---- resynchronization ---------------------------------------------------------------
+
+  private get resyncDir(): string {
+    return path.join(this.root, 'resync');
+  }
+
+  stagedFile(disk: string): string {
+    return path.join(this.resyncDir, `${disk}.osrlog`);
+  }
+
+  /** The resync in progress, if any (what it has compared and staged so far). */
+  get resync(): ResyncState | undefined {
+    return this.manifest.resync;
+  }
+
+  /**
+   * Begin a resync that ends in point `seq`, or resume the one with this id. Needs a
+   * recovery point to start from: without one the primary makes an initial copy.
+   */
+  beginResync(id: string, seq: number, blockSize: number): ResyncState {
+    this.assertWritable();
+    const latest = this.latestPoint();
+    if (!latest || !this.manifest.initial.done) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} has no recovery point to resynchronize; it needs an initial copy`);
+    if (!(seq > latest.seq)) throw new OsrError('INVALID_ARGUMENT', `a resync must end after the latest recovery point ${latest.seq}, not at ${seq}`);
+    if (!Number.isInteger(blockSize) || blockSize < 512 || blockSize > 16 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
+      throw new OsrError('INVALID_ARGUMENT', `resync block size ${blockSize} is not a power of two between 512 bytes and 16 MiB`);
+    }
+    const cur = this.manifest.resync;
+    if (cur && cur.id === id && cur.seq === seq && cur.blockSize === blockSize) {
+      if (!this.stage) this.stage = ResyncStage.resume(this.resyncDir, cur);
+      return cur;
+    }
+    this.dropStage();
+    const state: ResyncState = { id, seq, blockSize, disks: {} };
+    this.stage = ResyncStage.create(this.resyncDir, state, this.manifest.disks, this.now());
+    this.manifest.resync = state;
+    this.save();
+    return state;
+  }
+
+  private requireStage(): ResyncStage {
+    if (!this.stage) throw new OsrError('PROTOCOL_ERROR', `no resync of ${this.vmId} is open on this connection`);
+    return this.stage;
+  }
+
+  /** Checksums of the image's blocks in [offset, offset + length), as they are at the latest point. */
+  async blockHashes(disk: string, offset: number, length: number, blockSize: number): Promise<Buffer> {
+    const spec = this.diskSpec(disk);
+    if (offset < 0 || length <= 0 || length > 256 * 1024 * 1024 || offset + length > spec.size || offset % blockSize !== 0) {
+      throw new OsrError('INVALID_ARGUMENT', `block range ${offset}+${length} does not fit disk ${disk} of ${spec.size} bytes in ${blockSize}-byte blocks`);
+    }
+    if (this.manifest.applying) throw new OsrError('INVALID_STATE', `a delta is being applied to ${this.vmId}; compare again when it is done`);
+    const buf = await readAt(this.imageFd(disk), length, offset);
+    return blockDigests(buf, blockSize);
+  }
+
+  stageResync(disk: string, offset: number, parts: readonly Buffer[]): void {
+    this.requireStage().stageWrite(disk, offset, parts);
+  }
+
+  stageResyncZero(disk: string, offset: number, length: number): void {
+    this.requireStage().stageZero(disk, offset, length);
+  }
+
+  async checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState> {
+    const stage = this.requireStage();
+    await stage.checkpoint(disk, offset, finished, this.now());
+    this.save();
+    return stage.state;
+  }
+
+  /** Forget a resync: its staged logs go, the images and points were never touched. */
+  private dropStage(): void {
+    this.stage?.close();
+    this.stage = undefined;
+    if (this.manifest.resync) {
+      this.manifest.resync = undefined;
+      this.save();
+    }
+    fs.rmSync(this.resyncDir, { recursive: true, force: true });
+  }
+
   // ---- deltas --------------------------------------------------------------------------
 
   /**
@@ -401,19 +508,26 @@ export class ReplicaStore implements ReplicaTarget {
    */
   async applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
-    // the chain has no gaps, so every seq up to the latest was applied (a pruned one too)
+    // every seq up to the latest was applied (a pruned one too) or skipped by a resync
     if (latest && point.seq <= latest.seq) return 'duplicate';
     this.assertWritable();
+    // a resync ends in the point of the log the primary kept while it ran: the logs between
+    // the latest point and it were not trusted and were dropped, so the chain skips them
+    const resync = this.manifest.resync?.seq === point.seq ? this.manifest.resync : undefined;
+    if (resync && !Object.values(resync.disks).every((d) => d.finished)) {
+      throw new OsrError('INVALID_STATE', `the resync of ${this.vmId} has not compared every disk yet`);
+    }
     if (!this.manifest.initial.done && this.manifest.initial.finishedDisks.length < this.manifest.disks.length) {
       throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} has not copied every disk yet`);
     }
-    if (latest && point.seq !== latest.seq + 1) {
+    if (latest && point.seq !== latest.seq + 1 && !resync) {
       throw new OsrError('REPLICA_CHAIN_BROKEN', `delta ${point.seq} does not follow the latest recovery point ${latest.seq} of ${this.vmId}`, { latest: latest.seq, got: point.seq });
     }
     const names = new Set(files.map((f) => f.diskName));
     for (const d of this.manifest.disks) {
       if (!names.has(d.name)) throw new OsrError('INVALID_ARGUMENT', `delta ${point.seq} has no change log for disk ${d.name}`);
     }
+    if (resync) files = files.map((f) => ({ ...f, staged: this.stagedFile(f.diskName) }));
     this.busy = true;
     try {
       const records = this.verifyDeltaFiles(point.seq, files);
@@ -460,27 +574,30 @@ export class ReplicaStore implements ReplicaTarget {
     this.save();
   }
 
-  private verifyDeltaFiles(seq: number, files: DeltaDiskFile[]): Map<string, LogRecord[]> {
-    const out = new Map<string, LogRecord[]>();
+  private verifyDeltaFiles(seq: number, files: DeltaDiskFile[]): Map<string, DeltaRecords> {
+    const out = new Map<string, DeltaRecords>();
+    const verify = (file: string, disk: ReplicaDiskSpec): LogRecord[] => {
+      const scan = scanLogFile(file);
+      if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: delta ${seq} of disk ${disk.name} is incomplete`);
+      if (scan.header.seq !== seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${file}: change log ${scan.header.seq} arrived as delta ${seq}`);
+      if (!scan.header.diskKey.equals(diskKeyOf(disk.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: change log belongs to another disk than ${disk.name}`);
+      for (const r of scan.records) {
+        if (r.offset + r.length > disk.size) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: record ${r.index} lies outside disk ${disk.name}`);
+      }
+      return scan.records;
+    };
     for (const f of files) {
       const disk = this.diskSpec(f.diskName);
-      const scan = scanLogFile(f.file);
-      if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: delta ${seq} of disk ${disk.name} is incomplete`);
-      if (scan.header.seq !== seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${f.file}: change log ${scan.header.seq} arrived as delta ${seq}`);
-      if (!scan.header.diskKey.equals(diskKeyOf(disk.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: change log belongs to another disk than ${disk.name}`);
-      for (const r of scan.records) {
-        if (r.offset + r.length > disk.size) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: record ${r.index} lies outside disk ${disk.name}`);
-      }
-      out.set(f.diskName, scan.records);
+      out.set(f.diskName, { staged: f.staged ? verify(f.staged, disk) : [], received: verify(f.file, disk) });
     }
     return out;
   }
 
-  private async finishApply(files: DeltaDiskFile[], records: Map<string, LogRecord[]>): Promise<void> {
+  private async finishApply(files: DeltaDiskFile[], records: Map<string, DeltaRecords>): Promise<void> {
     const applying = this.manifest.applying;
     if (!applying) return;
     const seq = applying.point.seq;
-    const maps = new Map<string, ExtentMap<'data' | 'zero'>>();
+    const maps = new Map<string, ExtentMap<DeltaValue>>();
     for (const [disk, recs] of records) maps.set(disk, coalesce(recs));
     let undo: PointUndo | undefined;
     if (applying.stage === 'received' && this.manifest.points.length > 0) {
@@ -508,15 +625,18 @@ export class ReplicaStore implements ReplicaTarget {
     for (const f of files) {
       const map = maps.get(f.diskName);
       if (!map) continue;
-      await this.writeDeltaIntoImage(f.diskName, f.file, map);
+      await this.writeDeltaIntoImage(f.diskName, f.file, f.staged, map);
     }
     await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
     this.manifest.points.push(applying.point);
     this.manifest.applying = undefined;
     this.manifest.initial.done = true;
+    const resynced = this.manifest.resync?.seq === seq;
+    if (resynced) this.manifest.resync = undefined;
     this.save();
     this.closeDirect();
     discard(this.incomingDir(seq), this.trashDir);
+    if (resynced) this.dropStage();
     await this.prune();
   }
 
@@ -524,25 +644,28 @@ export class ReplicaStore implements ReplicaTarget {
    * Write a delta's coalesced extents into the image. The extents are scattered over the
    * disk (and their bytes over the received log), so they are copied many at a time.
    */
-  private async writeDeltaIntoImage(disk: string, logFile: string, map: ExtentMap<'data' | 'zero'>): Promise<void> {
+  private async writeDeltaIntoImage(disk: string, logFile: string, stagedFile: string | undefined, map: ExtentMap<DeltaValue>): Promise<void> {
     const imageFd = this.imageFd(disk);
     const logFd = fs.openSync(logFile, 'r');
+    const stagedFd = stagedFile ? fs.openSync(stagedFile, 'r') : -1;
     try {
-      const pieces: { from: number; to: number; length: number }[] = [];
+      const pieces: { fd: number; from: number; to: number; length: number }[] = [];
       for (const e of map.entries()) {
         const length = e.end - e.start;
         if (e.value === 'zero') {
           writeZeroRange(imageFd, e.start, length);
           continue;
         }
-        for (let done = 0; done < length; done += APPLY_PIECE_BYTES) pieces.push({ from: e.base + done, to: e.start + done, length: Math.min(APPLY_PIECE_BYTES, length - done) });
+        const fd = e.value === 'staged' ? stagedFd : logFd;
+        for (let done = 0; done < length; done += APPLY_PIECE_BYTES) pieces.push({ fd, from: e.base + done, to: e.start + done, length: Math.min(APPLY_PIECE_BYTES, length - done) });
       }
       await forEachBounded(pieces, APPLY_PARALLELISM, async (p) => {
-        const data = await readAt(logFd, p.length, p.from);
+        const data = await readAt(p.fd, p.length, p.from);
         await writeAllAt(imageFd, [data], p.to);
       });
     } finally {
       fs.closeSync(logFd);
+      if (stagedFd >= 0) fs.closeSync(stagedFd);
     }
   }
 
@@ -550,8 +673,9 @@ export class ReplicaStore implements ReplicaTarget {
     const applying = this.manifest.applying;
     if (!applying) return;
     const dir = this.incomingDir(applying.point.seq);
-    const files = this.manifest.disks.map((d) => ({ diskName: d.name, file: path.join(dir, `${d.name}.osrlog`) }));
-    let records: Map<string, LogRecord[]>;
+    const resync = this.manifest.resync?.seq === applying.point.seq;
+    const files = this.manifest.disks.map((d) => ({ diskName: d.name, file: path.join(dir, `${d.name}.osrlog`), staged: resync ? this.stagedFile(d.name) : undefined }));
+    let records: Map<string, DeltaRecords>;
     try {
       records = this.verifyDeltaFiles(applying.point.seq, files);
     } catch (e) {
@@ -775,7 +899,9 @@ export class ReplicaStore implements ReplicaTarget {
       this.manifest.points = [committed];
       this.manifest.commit = undefined;
       this.manifest.committed = true;
+      this.manifest.resync = undefined;
       this.save();
+      this.dropStage();
       for (const u of undos) this.deleteUndo(u);
       fs.rmSync(path.join(this.root, 'overlays'), { recursive: true, force: true });
       this.views.clear();

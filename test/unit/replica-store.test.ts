@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ChangeLogWriter, diskKeyOf } from '../../src/agent/change-log.js';
+import { blockDigests } from '../../src/agent/checksum.js';
 import { ReplicaStore, type Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec, type DeltaDiskFile } from '../../src/agent/replica-store.js';
 import { assertRejectsCode as assertCode, assertThrowsCode, prng, withDir } from '../support/unit.js';
 
@@ -861,6 +862,78 @@ test(
       } finally {
         h.store.close();
       }
+    }
+  }),
+);
+
+test(
+  'a resync stages differing blocks, survives a restart mid-way, and ends in one point after a gap; older points stay intact',
+  withDir(async (dir) => {
+    const h = new Harness(path.join(dir, 'store'), 909, { hours: 24, maxPoints: 100 });
+    const store = await h.open();
+    try {
+      await h.initialCopy();
+      for (let k = 0; k < 3; k++) await h.applyNext();
+      const before = store.points().map((p) => p.seq);
+      // the primary's disks diverged (untrusted logs 4..6 were dropped); it resyncs into point 7
+      const source = h.current.map((b) => applyOps(b, randomOps(h.rnd, b.length, 40)));
+      const BS = 4 * KiB;
+      assertThrowsCode(() => store.beginResync('r1', 3, BS), 'INVALID_ARGUMENT');
+      assertThrowsCode(() => store.beginResync('r1', 7, 3000), 'INVALID_ARGUMENT');
+      let state = store.beginResync('r1', 7, BS);
+      const diffs = async (i: number, from: number, to: number): Promise<number[]> => {
+        const theirs = await h.store.blockHashes(DISKS[i].name, from, to - from, BS);
+        const out: number[] = [];
+        for (let b = 0; b < (to - from) / BS; b++) {
+          const mine = source[i].subarray(from + b * BS, from + (b + 1) * BS);
+          if (!theirs.subarray(b * 16, b * 16 + 16).equals(blockDigests(mine, BS))) out.push(from + b * BS);
+        }
+        return out;
+      };
+      let staged = 0;
+      const stageRange = async (i: number, from: number, to: number) => {
+        for (const off of await diffs(i, from, to)) {
+          const block = source[i].subarray(off, off + BS);
+          if (block.every((x) => x === 0)) h.store.stageResyncZero(DISKS[i].name, off, BS);
+          else h.store.stageResync(DISKS[i].name, off, [block]);
+          staged += BS;
+        }
+      };
+      // half of disk sda, checkpointed; then more staged but not checkpointed, and a crash
+      const half = DISKS[0].size / 2;
+      await stageRange(0, 0, half);
+      await store.checkpointResync('sda', half, false);
+      await stageRange(0, half, half + 64 * KiB);
+      store.close();
+      await h.open();
+      assert.equal(h.store.resync?.id, 'r1');
+      assert.equal(h.store.resync?.disks.sda.offset, half);
+      // the points are untouched by a resync in progress
+      await h.checkAllPoints('mid-resync');
+      await assertCode(() => h.store.applyDelta({ seq: 7, timeMs: h.clock, consistency: 'crash-consistent', deltaBytes: 0 }, []), 'INVALID_STATE');
+      // resuming with another id starts over; the same id continues from the checkpoint
+      state = h.store.beginResync('r1', 7, BS);
+      assert.equal(state.disks.sda.offset, half);
+      await stageRange(0, half, DISKS[0].size);
+      await h.store.checkpointResync('sda', DISKS[0].size, true);
+      await stageRange(1, 0, DISKS[1].size);
+      await h.store.checkpointResync('sdb', DISKS[1].size, true);
+      assert.ok(staged > 0 && staged < DISKS[0].size, `only differing blocks were staged (${staged} bytes)`);
+      // writes made while the resync ran come in the primary's log of point 7, after the staged blocks
+      const during = DISKS.map((d) => randomOps(h.rnd, d.size, 10));
+      h.current = source;
+      const { point, files, next } = h.makeDelta(during, 7);
+      assert.equal(await h.store.applyDelta(point, files), 'applied');
+      h.recordApplied(point, next);
+      assert.deepEqual(h.store.points().map((p) => p.seq), [...before, 7]);
+      assert.equal(h.store.resync, undefined);
+      assert.equal(fs.existsSync(path.join(h.root, 'resync')), false, 'staged logs removed');
+      await h.checkAllPoints('after the resync');
+      // and the chain goes on from 7
+      await h.applyNext();
+      await h.checkAllPoints('after the next delta');
+    } finally {
+      h.store.close();
     }
   }),
 );
