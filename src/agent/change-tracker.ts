@@ -7,6 +7,7 @@
  * Files: <vmDir>/logs/<disk>/<seq>.osrlog, and <vmDir>/tracking.json for the facts that
  * decide whether the logs can be trusted after a restart.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError, isOsrError } from '../domain/errors.js';
@@ -26,6 +27,8 @@ export interface TrackingState {
   resyncRequired?: { reason: string; at: string } | undefined;
   /** what each closed, not yet shipped set of logs is as a recovery point */
   pointMeta?: Record<string, { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' }>;
+  /** a resynchronization in progress: the log `seq` has tracked every write since it began */
+  resync?: { id: string; seq: number; startedMs: number } | undefined;
 }
 
 export function currentBootId(): string {
@@ -128,6 +131,42 @@ export class VmChangeTracker implements ChangeTracking {
   get resyncRequired(): TrackingState['resyncRequired'] {
     return this.state.resyncRequired;
   }
+  get resync(): TrackingState['resync'] {
+    return this.state.resync;
+  }
+
+  /**
+   * Begin a resynchronization, or go on with the one in progress while its log is trusted.
+   * A new one drops every log (what they hold is superseded by comparing the disks) and
+   * opens log `seq`, which from this instant tracks every write: the resync reads blocks
+   * while the guest writes, so the point it ends in is its staged blocks followed by this
+   * log. Clears "resync required".
+   */
+  beginResync(): { id: string; seq: number; resumed: boolean } {
+    if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
+    const cur = this.state.resync;
+    if (cur && !this.state.resyncRequired && cur.seq === this.activeSeq && this.disks.every((d) => d.active)) return { ...cur, resumed: true };
+    const seq = this.state.nextSeq;
+    for (const d of this.disks) {
+      d.active?.closeFile();
+      d.active = undefined;
+      for (const { file } of d.listFiles()) fs.rmSync(file);
+      d.open(seq, this.now());
+    }
+    const resync = { id: crypto.randomUUID(), seq, startedMs: this.now() };
+    this.state = { ...this.state, nextSeq: seq + 1, resyncRequired: undefined, pointMeta: {}, resync };
+    this.save();
+    for (const d of this.disks) fsyncDir(d.dir);
+    return { ...resync, resumed: false };
+  }
+
+  /** The resync's point reached the replica. */
+  endResync(): void {
+    if (!this.state.resync) return;
+    this.state.resync = undefined;
+    this.save();
+  }
+
   get activeSeq(): number {
     return this.state.nextSeq - 1;
   }
@@ -212,7 +251,7 @@ export class VmChangeTracker implements ChangeTracking {
   start(): number {
     if (this.state.enabled) return this.activeSeq;
     const seq = this.state.nextSeq;
-    this.state = { ...this.state, enabled: true, cleanShutdown: false, nextSeq: seq + 1, resyncRequired: undefined };
+    this.state = { ...this.state, enabled: true, cleanShutdown: false, nextSeq: seq + 1, resyncRequired: undefined, resync: undefined };
     for (const d of this.disks) {
       for (const { file } of d.listFiles()) fs.rmSync(file);
       d.open(seq, this.now());
@@ -229,7 +268,7 @@ export class VmChangeTracker implements ChangeTracking {
       d.active = undefined;
       fs.rmSync(d.dir, { recursive: true, force: true });
     }
-    this.state = { ...this.state, enabled: false };
+    this.state = { ...this.state, enabled: false, resync: undefined };
     this.save();
   }
 

@@ -7,6 +7,7 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import type { Agent } from './agent.js';
 import { parseSize } from './lab-host.js';
 import type { ReplicaStore } from './replica-store.js';
+import { parseTimeWindow } from './time-window.js';
 
 export function httpStatusOf(code: ErrorCode): number {
   switch (code) {
@@ -112,6 +113,8 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       appConsistentFrequency?: string | number;
       quiesceHook?: string;
       epoch?: number;
+      resyncBlockSize?: number;
+      resyncWindow?: string;
     };
   }>(
     '/v1/replications',
@@ -123,6 +126,11 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       if (b.startAt !== undefined && Number.isNaN(Date.parse(b.startAt))) throw new OsrError('INVALID_ARGUMENT', `startAt "${b.startAt}" is not an ISO date-time`);
       const copyFrequencyMs = parseDuration(b.copyFrequency ?? '5m');
       if (copyFrequencyMs < 100) throw new OsrError('INVALID_ARGUMENT', 'copy frequency must be at least 100 ms');
+      const bs = b.resyncBlockSize;
+      if (bs !== undefined && (!Number.isInteger(bs) || bs < 512 || bs > 16 * 1024 * 1024 || (bs & (bs - 1)) !== 0)) {
+        throw new OsrError('INVALID_ARGUMENT', `resync block size ${bs} is not a power of two between 512 bytes and 16 MiB`);
+      }
+      if (b.resyncWindow !== undefined && b.resyncWindow !== 'always' && b.resyncWindow !== 'never') parseTimeWindow(b.resyncWindow);
       const spec = agent.enableReplication({
         vm: b.vm,
         peer: { ...peer, servername: b.servername },
@@ -133,6 +141,8 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
         appConsistentEveryMs: b.appConsistentFrequency !== undefined ? parseDuration(b.appConsistentFrequency) : 0,
         quiesceHook: b.quiesceHook,
         epoch: b.epoch,
+        resyncBlockSize: bs,
+        resyncWindow: b.resyncWindow,
       });
       return reply.status(201).send(spec);
     },
@@ -141,6 +151,10 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
   app.get<{ Params: { id: string } }>('/v1/replications/:id', async (req) => agent.getReplication(req.params.id).health());
   app.post<{ Params: { id: string } }>('/v1/replications/:id/cycle', async (req, reply) => {
     agent.getReplication(req.params.id).triggerCycle();
+    return reply.status(202).send({ accepted: true });
+  });
+  app.post<{ Params: { id: string } }>('/v1/replications/:id/resync', async (req, reply) => {
+    agent.getReplication(req.params.id).requestResync();
     return reply.status(202).send({ accepted: true });
   });
   app.delete<{ Params: { id: string } }>('/v1/replications/:id', async (req, reply) => {

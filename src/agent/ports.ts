@@ -12,6 +12,7 @@
  * The engine branches on capabilities, never on which implementation it holds.
  */
 import type { Consistency, DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec } from './replica-store.js';
+import type { ResyncState } from './resync-stage.js';
 
 export interface SourceDisk {
   readonly id: string;
@@ -48,6 +49,8 @@ export interface ChangeTracking {
   readonly activeSeq: number;
   /** begin tracking all disks at one instant (the snapshot of an initial replication) */
   start(): number;
+  /** stop tracking and drop every log */
+  stop(): void;
   /** close the current delta of every disk at one instant; returns its sequence number */
   swap(consistency: Consistency): number;
   /** resolves when every delta closed so far is durable */
@@ -59,6 +62,12 @@ export interface ChangeTracking {
   releaseThrough(seq: number): void;
   pendingBytes(afterSeq: number): number;
   markResyncRequired(reason: string): void;
+  /** a resynchronization in progress, and the log that tracks writes since it began */
+  readonly resync: { id: string; seq: number; startedMs: number } | undefined;
+  /** begin a resynchronization (or go on with the one in progress): drops older logs */
+  beginResync(): { id: string; seq: number; resumed: boolean };
+  /** the resync's point reached the replica */
+  endResync(): void;
 }
 
 export interface InitialState {
@@ -84,4 +93,11 @@ export interface ReplicaTarget {
   applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
   points(): RecoveryPoint[];
   latestPoint(): RecoveryPoint | undefined;
+  /** begin or resume a resynchronization ending in point `seq` */
+  beginResync(id: string, seq: number, blockSize: number): ResyncState;
+  /** checksums of the blocks of [offset, offset + length) at the latest point */
+  blockHashes(disk: string, offset: number, length: number, blockSize: number): Promise<Buffer>;
+  stageResync(disk: string, offset: number, parts: readonly Buffer[]): void;
+  stageResyncZero(disk: string, offset: number, length: number): void;
+  checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState>;
 }

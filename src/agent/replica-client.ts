@@ -139,6 +139,11 @@ export class ReplicaClient {
     return n;
   }
 
+  /** bytes read from the replica so far (TLS records included) */
+  get wireBytesReceived(): number {
+    return this.socket.bytesRead;
+  }
+
   close(): void {
     this.fail(new OsrError('NETWORK_ERROR', 'connection closed by this agent'));
   }

@@ -79,7 +79,7 @@ export class ReplicaRegistry {
   }
 }
 
-type Target = { kind: 'copy'; disk: string } | { kind: 'delta'; disk: string; fd: number } | undefined;
+type Target = { kind: 'copy'; disk: string } | { kind: 'delta'; disk: string; fd: number } | { kind: 'resync'; disk: string } | undefined;
 
 interface DeltaInProgress {
   point: RecoveryPoint;
@@ -136,6 +136,16 @@ class Session {
     if (m.type === 'copy-zero') {
       await this.drainWrites(0);
       this.requireStore().zeroInitial(String(m.disk), Number(m.offset), Number(m.length));
+      return;
+    }
+    if (m.type === 'resync-disk') {
+      this.requireStore();
+      this.target = { kind: 'resync', disk: String(m.disk) };
+      return;
+    }
+    if (m.type === 'resync-zero') {
+      await this.drainWrites(0);
+      this.requireStore().stageResyncZero(String(m.disk), Number(m.offset), Number(m.length));
       return;
     }
     if (m.type === 'delta-disk') {
@@ -219,6 +229,19 @@ class Session {
         await this.requireStore().checkpointInitial(String(args.disk), Number(args.offset), args.finished === true);
         return { disk: args.disk, offset: args.offset };
       }
+      case 'resync-begin': {
+        const state = this.requireStore().beginResync(String(args.id), Number(args.seq), Number(args.blockSize));
+        return { disks: state.disks };
+      }
+      case 'resync-hashes': {
+        const hashes = await this.requireStore().blockHashes(String(args.disk), Number(args.offset), Number(args.length), Number(args.blockSize));
+        return { hashes: hashes.toString('base64') };
+      }
+      case 'resync-checkpoint': {
+        await this.drainWrites(0);
+        const state = await this.requireStore().checkpointResync(String(args.disk), Number(args.offset), args.finished === true);
+        return { disk: args.disk, offset: state.disks[String(args.disk)]?.offset };
+      }
       case 'delta-begin': {
         const store = this.requireStore();
         this.abortDelta();
@@ -263,6 +286,11 @@ class Session {
     this.bytesReceived += f.wireBytes;
     const t = this.target;
     if (!t) throw new OsrError('PROTOCOL_ERROR', 'DATA frame with no target');
+    if (t.kind === 'resync') {
+      // staged in order with the zero ranges between them (synchronous appends)
+      this.requireStore().stageResync(t.disk, f.offset, f.parts);
+      return;
+    }
     const p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
     return this.track(p, f.length);
   }

@@ -4,6 +4,7 @@ import type { Consistency, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from 
 export const ReplicationState = {
   Scheduled: 'Scheduled',
   InitialReplication: 'InitialReplication',
+  Resynchronizing: 'Resynchronizing',
   Replicating: 'Replicating',
   Paused: 'Paused',
   ResyncRequired: 'ResyncRequired',
@@ -27,6 +28,35 @@ export interface ReplicationSpec {
   /** script run with argument freeze|thaw around an app-consistent point */
   quiesceHook?: string | undefined;
   epoch: number;
+  /** block size of a resynchronization's comparison, bytes (a power of two) */
+  resyncBlockSize?: number | undefined;
+  /**
+   * when a resync that became necessary on its own may start, local time "HH:MM-HH:MM"
+   * (default 18:00-06:00), "always" or "never"; a resync asked for starts at once
+   */
+  resyncWindow?: string | undefined;
+}
+
+export interface ResyncProgress {
+  id: string;
+  /** why it runs */
+  reason: string;
+  totalBytes: number;
+  /** compared so far */
+  doneBytes: number;
+  percent: number;
+  /** bytes found different and sent */
+  differingBytes: number;
+  /** bytes on the wire to the replica (blocks, framing) and back (block checksums) */
+  wireBytesSent: number;
+  wireBytesReceived: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  currentDisk: string | null;
+  startedAt: string;
+  /** compared before this attempt (a resumed resync) */
+  resumedFromBytes: number;
+  completedAt: string | null;
 }
 
 export interface InitialProgress {
@@ -60,6 +90,10 @@ export interface ReplicationHealth {
   missedCyclesLastHour: number;
   lastError: { code: string; message: string; at: string } | null;
   initial: InitialProgress | null;
+  /** the running or latest resynchronization */
+  resync: ResyncProgress | null;
+  /** set while a resync is needed but waits for its window (resyncWindow) */
+  resyncWaitingForWindow: boolean;
   bytesShipped: number;
   /** where the time of the latest shipped delta went, from the point's instant to applied */
   lastDelta: DeltaTimings | null;

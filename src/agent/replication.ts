@@ -15,7 +15,9 @@ import { readAt } from './io.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
-import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings } from './replication-types.js';
+import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from './replication-types.js';
+import { blockDigests, DIGEST_BYTES } from './checksum.js';
+import { inTimeWindow, parseTimeWindow } from './time-window.js';
 import { dataRanges, isZero } from './sparse.js';
 import { MAX_DATA_BYTES } from './wire.js';
 
@@ -23,6 +25,13 @@ const COPY_CHUNK = 4 * 1024 * 1024;
 /** bytes of data sent between two durable checkpoints of the initial copy */
 export const CHECKPOINT_BYTES = 256 * 1024 * 1024;
 const HOUR = 3600_000;
+/** default block size of a resync's comparison (docs/benchmarks.md, resync) */
+export const DEFAULT_RESYNC_BLOCK_SIZE = 4096;
+export const DEFAULT_RESYNC_WINDOW = '18:00-06:00';
+/** a resync compares this much of a disk per request, at most */
+const RESYNC_WINDOW_BYTES = 64 * 1024 * 1024;
+/** staged blocks are made durable at the replica at least this often (compared bytes) */
+const RESYNC_CHECKPOINT_BYTES = 512 * 1024 * 1024;
 
 export interface ReplicationDeps {
   tls: TlsMaterial;
@@ -52,6 +61,10 @@ export class PrimaryReplication {
   private lastAppMs: number;
   private bytesShipped = 0;
   private lastDelta: DeltaTimings | null = null;
+  private resyncProgress: ResyncProgress | null = null;
+  /** an operator asked for a resync: it runs at once, whatever the window */
+  private resyncAsked = false;
+  private resyncWaiting = false;
 
   constructor(
     readonly spec: ReplicationSpec,
@@ -72,6 +85,13 @@ export class PrimaryReplication {
     await this.loop;
     this.deps.phases.delete(this.spec.id);
     this.state = ReplicationState.Stopped;
+  }
+
+  /** Resynchronize now: compare every block with the replica and send those that differ. */
+  requestResync(): void {
+    if (this.state === ReplicationState.InitialReplication) throw new OsrError('INVALID_STATE', `${this.vm.name} is still in initial replication; a resync needs a replica to compare with`);
+    this.resyncAsked = true;
+    this.waker.abort();
   }
 
   /** Run a cycle now instead of waiting for the copy frequency. */
@@ -98,12 +118,19 @@ export class PrimaryReplication {
     }
     while (!this.stopped) {
       try {
-        if (this.vm.tracking.resyncRequired) {
-          this.state = ReplicationState.ResyncRequired;
-          throw new OsrError('RESYNC_REQUIRED', `disk changes of ${this.vm.name} cannot be trusted: ${this.vm.tracking.resyncRequired.reason}`);
-        }
+        const tracker = this.vm.tracking;
+        this.resyncWaiting = false;
         const client = await this.ensureConnected();
+        const required = tracker.resyncRequired;
         if (this.state === ReplicationState.InitialReplication) await this.initialCopy(client);
+        else if (required || this.resyncAsked || (tracker.resync && tracker.activeSeq === tracker.resync.seq)) {
+          if (required && !this.resyncAsked && !this.inResyncWindow()) {
+            this.state = ReplicationState.ResyncRequired;
+            this.resyncWaiting = true;
+            throw new OsrError('RESYNC_REQUIRED', `disk changes of ${this.vm.name} cannot be trusted: ${required.reason}; the resync waits for its window (${this.spec.resyncWindow ?? DEFAULT_RESYNC_WINDOW}) or for a request`);
+          }
+          await this.resync(client, required?.reason);
+        }
         await this.shipPending(client);
         this.state = ReplicationState.Replicating;
         const wait = this.nextCycleMs - clock.now();
@@ -120,6 +147,128 @@ export class PrimaryReplication {
     }
     this.client?.close();
     this.client = undefined;
+  }
+
+  private inResyncWindow(): boolean {
+    const w = this.spec.resyncWindow ?? DEFAULT_RESYNC_WINDOW;
+    if (w === 'always' || w === 'never') return w === 'always';
+    return inTimeWindow(parseTimeWindow(w), this.deps.clock.now());
+  }
+
+  /**
+   * Resynchronize every disk with the replica's latest point: the replica sends the
+   * checksums of its blocks, a window at a time; this side reads the same blocks, and sends
+   * those that differ (zero blocks as zero ranges). The guest goes on writing: the change
+   * log opened when the resync began holds every write since, and is shipped right after,
+   * so the resync ends in one crash-consistent point. The replica stages what it receives
+   * and touches neither its images nor its points until then (resync-stage.ts). An
+   * interrupted resync resumes from the replica's last checkpoint.
+   */
+  private async resync(client: ReplicaClient, reason: string | undefined): Promise<void> {
+    const tracker = this.vm.tracking;
+    if (this.latestSeq === null) throw new OsrError('INTERNAL', `resync of ${this.vm.name} without a recovery point at the replica`);
+    const asked = this.resyncAsked;
+    this.resyncAsked = false;
+    this.state = ReplicationState.Resynchronizing;
+    const r = tracker.beginResync();
+    const blockSize = this.spec.resyncBlockSize ?? DEFAULT_RESYNC_BLOCK_SIZE;
+    const begun = await client.request<{ disks: Record<string, { offset: number; finished: boolean }> }>('resync-begin', { id: r.id, seq: r.seq, blockSize });
+    const totalBytes = this.vm.disks.reduce((n, d) => n + d.size, 0);
+    const doneBytes = this.vm.disks.reduce((n, d) => n + (begun.disks[d.name]?.finished ? d.size : (begun.disks[d.name]?.offset ?? 0)), 0);
+    const previous = this.resyncProgress?.id === r.id ? this.resyncProgress : null;
+    this.resyncProgress = {
+      id: r.id,
+      reason: previous?.reason ?? reason ?? (asked ? 'asked for' : 'interrupted resync resumed'),
+      totalBytes,
+      doneBytes,
+      percent: totalBytes > 0 ? Math.floor((doneBytes / totalBytes) * 1000) / 10 : 100,
+      differingBytes: previous?.differingBytes ?? 0,
+      wireBytesSent: previous?.wireBytesSent ?? 0,
+      wireBytesReceived: previous?.wireBytesReceived ?? 0,
+      rateBytesPerSec: 0,
+      etaSeconds: null,
+      currentDisk: null,
+      startedAt: new Date(this.deps.clock.now()).toISOString(),
+      resumedFromBytes: doneBytes,
+      completedAt: null,
+    };
+    this.deps.log.info({ replication: this.spec.id, resync: r.id, resumedFromBytes: doneBytes }, `resync of ${this.vm.name} ${doneBytes > 0 ? 'resumed' : 'started'}: ${this.resyncProgress.reason}`);
+    for (const disk of this.vm.disks) {
+      const at = begun.disks[disk.name];
+      if (at?.finished) continue;
+      this.resyncProgress.currentDisk = disk.name;
+      await this.resyncDisk(client, disk.name, disk.imageFd, disk.size, at?.offset ?? 0, blockSize);
+    }
+    this.resyncProgress.currentDisk = null;
+    // the resync's point: its log closes now and goes out with the staged blocks
+    const seq = await this.swap();
+    if (seq !== r.seq) throw new OsrError('INTERNAL', `resync of ${this.vm.name} tracked log ${r.seq} but closed ${seq}`);
+    this.state = ReplicationState.Replicating;
+    this.nextCycleMs = this.deps.phases.place(this.spec.id, this.deps.clock.now(), this.spec.copyFrequencyMs);
+  }
+
+  private async resyncDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number, blockSize: number): Promise<void> {
+    const progress = this.resyncProgress!;
+    const startMs = this.deps.clock.now();
+    const startDone = progress.doneBytes;
+    const window = Math.min(RESYNC_WINDOW_BYTES, 65536 * blockSize);
+    const sentBefore = client.wireBytesSent;
+    const receivedBefore = client.wireBytesReceived;
+    const account = () => {
+      progress.wireBytesSent += client.wireBytesSent - sentAt;
+      progress.wireBytesReceived += client.wireBytesReceived - receivedAt;
+      sentAt = client.wireBytesSent;
+      receivedAt = client.wireBytesReceived;
+    };
+    let sentAt = sentBefore;
+    let receivedAt = receivedBefore;
+    const ask = (offset: number) => client.request<{ hashes: string }>('resync-hashes', { disk, offset, length: Math.min(window, size - offset), blockSize });
+    await client.notice({ type: 'resync-disk', disk });
+    let sinceCheckpoint = 0;
+    let theirs: Promise<{ hashes: string }> | undefined = from < size ? ask(from) : undefined;
+    const bufs = [Buffer.allocUnsafe(window), Buffer.allocUnsafe(window)];
+    let turn = 0;
+    for (let pos = from; pos < size; pos += window) {
+      if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
+      const length = Math.min(window, size - pos);
+      const mine = await readAt(fd, length, pos, bufs[turn].subarray(0, length));
+      turn ^= 1;
+      const ours = blockDigests(mine, blockSize);
+      const reply = await theirs!;
+      // the replica hashes the next window while this one is compared and sent
+      theirs = pos + window < size ? ask(pos + window) : undefined;
+      const hashes = Buffer.from(reply.hashes, 'base64');
+      if (hashes.length !== ours.length) throw new OsrError('PROTOCOL_ERROR', `replica sent ${hashes.length / DIGEST_BYTES} block checksums for ${ours.length / DIGEST_BYTES} blocks`);
+      const blocks = ours.length / DIGEST_BYTES;
+      for (let b = 0; b < blocks; ) {
+        if (ours.compare(hashes, b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES, b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES) === 0) {
+          b++;
+          continue;
+        }
+        // a run of differing blocks, sent in frames of at most MAX_DATA_BYTES
+        let end = b + 1;
+        while (end < blocks && (end - b) * blockSize < MAX_DATA_BYTES && ours.compare(hashes, end * DIGEST_BYTES, (end + 1) * DIGEST_BYTES, end * DIGEST_BYTES, (end + 1) * DIGEST_BYTES) !== 0) end++;
+        const run = mine.subarray(b * blockSize, Math.min(mine.length, end * blockSize));
+        const offset = pos + b * blockSize;
+        if (isZero(run)) await client.notice({ type: 'resync-zero', disk, offset, length: run.length });
+        else await client.sendData(offset, run);
+        progress.differingBytes += run.length;
+        b = end;
+      }
+      progress.doneBytes += length;
+      sinceCheckpoint += length;
+      if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos + length < size) {
+        await client.request('resync-checkpoint', { disk, offset: pos + length, finished: false });
+        sinceCheckpoint = 0;
+      }
+      account();
+      const elapsed = (this.deps.clock.now() - startMs) / 1000;
+      progress.percent = progress.totalBytes > 0 ? Math.floor((progress.doneBytes / progress.totalBytes) * 1000) / 10 : 100;
+      progress.rateBytesPerSec = elapsed > 0 ? Math.round((progress.doneBytes - startDone) / elapsed) : 0;
+      progress.etaSeconds = progress.rateBytesPerSec > 0 ? Math.round((progress.totalBytes - progress.doneBytes) / progress.rateBytesPerSec) : null;
+    }
+    await client.request('resync-checkpoint', { disk, offset: size, finished: true });
+    account();
   }
 
   private async onFailure(err: OsrError): Promise<void> {
@@ -147,10 +296,19 @@ export class PrimaryReplication {
 
   private async ensureConnected(): Promise<ReplicaClient> {
     if (this.client && !this.client.closed) return this.client;
-    const fresh = !this.vm.tracking.enabled;
+    let fresh = !this.vm.tracking.enabled;
     const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls, this.deps.agentName, this.spec.compression);
     const disks = this.vm.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
-    const open = await client.request<OpenResult>('open', { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch, reset: fresh });
+    const openArgs = { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch };
+    let open = await client.request<OpenResult>('open', { ...openArgs, reset: fresh });
+    if (!open.initialDone && !fresh && this.vm.tracking.resyncRequired) {
+      // the logs of an unfinished initial copy cannot be trusted, and there is no point to
+      // resynchronize with: the copy starts over
+      this.deps.log.warn({ replication: this.spec.id }, `initial replication of ${this.vm.name} starts over: ${this.vm.tracking.resyncRequired.reason}`);
+      this.vm.tracking.stop();
+      fresh = true;
+      open = await client.request<OpenResult>('open', { ...openArgs, reset: true });
+    }
     this.client = client;
     this.latestSeq = open.latestSeq;
     const last = open.points.at(-1);
@@ -348,7 +506,8 @@ export class PrimaryReplication {
       }
       const meta = tracker.pointMetaOf(seq, logs[0].closedMs);
       const deltaBytes = logs.reduce((n, l) => n + l.bytes, 0);
-      await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes } });
+      const resync = tracker.resync?.seq === seq ? tracker.resync.id : undefined;
+      await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes }, resync });
       for (const disk of this.vm.disks) {
         const log = logs.find((l) => l.disk === disk.name)!;
         await client.notice({ type: 'delta-disk', disk: disk.name });
@@ -376,6 +535,14 @@ export class PrimaryReplication {
       };
       this.latestSeq = res.latestSeq;
       tracker.releaseThrough(seq);
+      if (resync) {
+        tracker.endResync();
+        if (this.resyncProgress) {
+          this.resyncProgress.completedAt = new Date(this.deps.clock.now()).toISOString();
+          this.resyncProgress.wireBytesSent += deltaBytes;
+        }
+        this.deps.log.info({ replication: this.spec.id, resync }, `resync of ${this.vm.name} completed in point ${seq}`);
+      }
       this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
       this.lastSuccessMs = this.deps.clock.now();
       if (this.state === ReplicationState.Replicating) this.recordCycle(true);
@@ -409,6 +576,8 @@ export class PrimaryReplication {
       missedCyclesLastHour: missed,
       lastError: this.lastError,
       initial: this.initial ? { ...this.initial } : null,
+      resync: this.resyncProgress ? { ...this.resyncProgress } : null,
+      resyncWaitingForWindow: this.resyncWaiting,
       bytesShipped: this.bytesShipped,
       lastDelta: this.lastDelta,
     };

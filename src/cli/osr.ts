@@ -173,6 +173,8 @@ rep
   .option('--start-at <iso>', 'start the initial replication at this time instead of now')
   .option('--app-consistent-every <duration>', 'take an app-consistent point this often, e.g. 1h')
   .option('--quiesce-hook <path>', 'script run with freeze/thaw around app-consistent points')
+  .option('--resync-block-size <bytes>', 'block size a resynchronization compares (power of two, 512 B-16 MiB)', '4096')
+  .option('--resync-window <HH:MM-HH:MM>', 'local hours in which a resync that became necessary starts on its own; "always", or "never" (only when asked)', '18:00-06:00')
   .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
     const to = hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
     const spec = await client().post<{ id: string }>('/v1/replications', {
@@ -186,6 +188,8 @@ rep
       startAt: o.startAt,
       appConsistentFrequency: o.appConsistentEvery,
       quiesceHook: o.quiesceHook,
+      resyncBlockSize: Number(o.resyncBlockSize),
+      resyncWindow: o.resyncWindow,
     });
     print(spec, () => `replication ${spec.id} enabled`);
   });
@@ -199,7 +203,7 @@ const repRow = (h: ReplicationHealth) => ({
   pending: formatBytes(h.pendingLogBytes),
   missed: `${h.missedCyclesLastHour}/${h.cyclesLastHour}`,
   lastError: h.lastError ? h.lastError.code : null,
-  progress: h.initial && !h.initial.completedAt ? `${((h.initial.doneBytes / h.initial.totalBytes) * 100).toFixed(1)}%` : null,
+  progress: h.initial && !h.initial.completedAt ? `${((h.initial.doneBytes / h.initial.totalBytes) * 100).toFixed(1)}%` : h.resync && !h.resync.completedAt ? `resync ${h.resync.percent.toFixed(1)}%` : null,
 });
 rep
   .command('list')
@@ -223,7 +227,10 @@ rep
     for (;;) {
       const h = await client().get<ReplicationHealth>(`/v1/replications/${id}`);
       const p = h.initial && !h.initial.completedAt ? h.initial : null;
-      const line = p
+      const r = h.resync && !h.resync.completedAt && h.state === 'Resynchronizing' ? h.resync : null;
+      const line = r
+        ? `${h.state} ${progressBar(r.doneBytes / Math.max(1, r.totalBytes))} ${formatBytes(r.doneBytes)}/${formatBytes(r.totalBytes)} differing ${formatBytes(r.differingBytes)} ${formatBytes(r.rateBytesPerSec)}/s ETA ${formatSeconds(r.etaSeconds)} disk ${r.currentDisk ?? '-'}`
+        : p
         ? `${h.state} ${progressBar(p.doneBytes / Math.max(1, p.totalBytes))} ${formatBytes(p.doneBytes)}/${formatBytes(p.totalBytes)} ${formatBytes(p.rateBytesPerSec)}/s ETA ${formatSeconds(p.etaSeconds)} disk ${p.currentDisk ?? '-'}`
         : `${h.state} ${h.health} RPO ${formatSeconds(h.rpoSeconds)} latest #${h.latestPoint?.seq ?? '-'} pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? ` last error ${h.lastError.code}` : ''}`;
       if (asJson()) console.log(JSON.stringify(h));
@@ -236,6 +243,10 @@ rep
   .command('cycle <id>')
   .description('run a copy cycle now')
   .action(async (id: string) => print(await client().post(`/v1/replications/${id}/cycle`), () => 'cycle requested'));
+rep
+  .command('resync <id>')
+  .description('resynchronize now: compare every block with the replica and send those that differ')
+  .action(async (id: string) => print(await client().post(`/v1/replications/${id}/resync`), () => 'resync requested (osr replication watch shows its progress)'));
 rep
   .command('disable <id>')
   .description('stop replicating (change tracking stops; the replica and its points stay)')

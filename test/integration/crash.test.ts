@@ -175,7 +175,8 @@ test('a peer with a certificate from another CA is refused on both sides', async
 
 test('a change log that fails verification after a crash marks the VM resync required (Critical), never a silent divergence', async () => {
   const disks = await createVm(pair.primary, 'corrupt1', ['8M']);
-  await pair.primary.api.post('/v1/replications', { vm: 'corrupt1', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h' });
+  // automatic resync never starts here, so the state can be seen; the test then asks for one
+  await pair.primary.api.post('/v1/replications', { vm: 'corrupt1', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', resyncWindow: 'never' });
   const h1 = await waitForPoint(pair.primary, 'corrupt1', null);
   await writePattern(disks[0].nbd.unix, { writes: 50 });
   await stopAgentProcess(pair.primary, 'SIGKILL');
@@ -199,4 +200,18 @@ test('a change log that fails verification after a crash marks the VM resync req
   // the replica keeps its last good point and receives nothing from the untrusted log
   const points = await pair.replica.api.get<{ seq: number }[]>('/v1/replicas/corrupt1/points');
   assert.deepEqual(points.map((p) => p.seq), [h1.latestPoint!.seq]);
+  assert.equal(h.resyncWaitingForWindow, true);
+  const before = await pointDigests('corrupt1', h1.latestPoint!.seq);
+  // a resync asked for runs at once, and converges to exactly the source
+  await pair.primary.api.post('/v1/replications/corrupt1/resync');
+  const done = await waitFor('the resync to complete', async () => {
+    const x = await health(pair.primary, 'corrupt1');
+    return x.resync?.completedAt && x.state === 'Replicating' ? x : undefined;
+  });
+  assert.equal(done.health, 'Healthy');
+  assert.ok(done.latestPoint!.seq > h1.latestPoint!.seq);
+  assert.equal(done.resync!.percent, 100);
+  assert.ok(done.resync!.differingBytes > 0 && done.resync!.differingBytes <= 8 * 1024 * 1024, `differing bytes ${done.resync!.differingBytes}`);
+  await syncAndCompare('corrupt1', disks);
+  assert.deepEqual(await pointDigests('corrupt1', h1.latestPoint!.seq), before, 'the point before the resync is unchanged');
 });

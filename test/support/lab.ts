@@ -6,7 +6,7 @@ import path from 'node:path';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ReplicationHealth } from '../../src/agent/replication-types.js';
 import { digest } from '../../src/agent/checksum.js';
-import { ensurePki, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
+import { ensurePki, restartAgentProcess, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
 
 export function tempDir(prefix = 'osr-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -157,4 +157,4 @@ export function openOverlay(agent: RunningAgent, vm: string, point?: number): Pr
   return agent.api.post<OverlayInfo>(`/v1/replicas/${vm}/overlays`, { point });
 }
 
-export { stopAgentProcess, startAgentProcess };
+export { stopAgentProcess, startAgentProcess, restartAgentProcess };
