@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Flags, UsageError } from './lib/args.js';
 import { installSignalHandlers, runAllCleanups, wasInterrupted } from './lib/lab.js';
 import { replicationOptions, runReplicationBench } from './replication.js';
+import { resyncOptions, runResyncBench } from './resync.js';
 
 /** The repository root: the nearest directory above this file with a package.json. */
 function repoRoot(): string {
@@ -29,12 +30,18 @@ const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
     flags.rejectUnknown();
     await runReplicationBench(o);
   },
+  resync: async (flags) => {
+    const o = resyncOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runResyncBench(o);
+  },
 };
 
 const USAGE = `usage: npm run bench -- <benchmark> [flags]
 
 benchmarks:
   replication   initial replication vs rsync, steady-state RPO/CPU/RSS (docs/benchmarks.md)
+  resync        resynchronization of a changed disk vs rsync's delta transfer
   all           every benchmark, one after another (flags go to each)
 
 replication flags:
@@ -48,7 +55,13 @@ replication flags:
   --disk 1G            disk size of each steady-state VM (1G)
   --churn 2            guest writes per VM, MB/s (2)
   --only initial|steady   run one phase
-  --cpu-prof DIR       write CPU profiles of the agent processes into DIR`;
+  --cpu-prof DIR       write CPU profiles of the agent processes into DIR
+
+resync flags:
+  --runs N             repetitions (3)
+  --size 2G            random data on the disk (2G)
+  --changed 1          percent of the disk changed, in scattered 4 KiB blocks (1)
+  --block-sizes 4096   resync block sizes to run, comma-separated; the first is the headline`;
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -69,6 +69,14 @@ export interface RsyncCopy {
   clientCpuSeconds: number | null;
   /** CPU seconds of the daemon's connection process(es) (receiver, generator) */
   serverCpuSeconds: number | null;
+  /** what rsync --stats reports: bytes the client sent and received */
+  bytesSent: number | null;
+  bytesReceived: number | null;
+}
+
+function statsNumber(out: string, label: string): number | null {
+  const m = new RegExp(`${label}:\\s*([\\d,.]+)`).exec(out);
+  return m ? Number(m[1].replace(/[,.]/g, '')) : null;
 }
 
 /**
@@ -76,14 +84,16 @@ export interface RsyncCopy {
  * CPU: the client is our child and the daemon reaps its per-connection children, so both
  * show up in cutime+cstime of the waiting parent once they have exited.
  */
-export async function rsyncCopy(daemon: RsyncDaemon, file: string, extraArgs: string[] = []): Promise<RsyncCopy> {
+export async function rsyncCopy(daemon: RsyncDaemon, file: string, extraArgs: string[] = [], mode: 'whole-file' | 'delta' = 'whole-file'): Promise<RsyncCopy> {
   const bytes = fs.statSync(file).size;
-  const args = ['--whole-file', '--inplace', ...extraArgs, file, daemon.url];
+  const args = [mode === 'whole-file' ? '--whole-file' : '--no-whole-file', '--inplace', '--stats', ...extraArgs, file, daemon.url];
   const selfBefore = cpuTimes('self');
   const daemonBefore = cpuTimes(daemon.child.pid!);
   const t0 = performance.now();
-  const child = spawn('rsync', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('rsync', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const stop = onCleanup(() => stopChild(child, 2000));
+  let stdout = '';
+  child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
   let stderr = '';
   child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
   const code = await new Promise<number | null>((resolve, reject) => {
@@ -105,5 +115,7 @@ export async function rsyncCopy(daemon: RsyncDaemon, file: string, extraArgs: st
     bytes,
     clientCpuSeconds: selfBefore && selfAfter ? selfAfter.children - selfBefore.children : null,
     serverCpuSeconds: daemonBefore && daemonAfter ? daemonAfter.children - daemonBefore.children : null,
+    bytesSent: statsNumber(stdout, 'Total bytes sent'),
+    bytesReceived: statsNumber(stdout, 'Total bytes received'),
   };
 }
