@@ -212,16 +212,15 @@ export class PrimaryReplication {
     const startMs = this.deps.clock.now();
     const startDone = progress.doneBytes;
     const window = Math.min(RESYNC_WINDOW_BYTES, 65536 * blockSize);
-    const sentBefore = client.wireBytesSent;
-    const receivedBefore = client.wireBytesReceived;
+    // the connection's counters are shared with earlier work: count what this disk adds
+    let sentAt = client.wireBytesSent;
+    let receivedAt = client.wireBytesReceived;
     const account = () => {
       progress.wireBytesSent += client.wireBytesSent - sentAt;
       progress.wireBytesReceived += client.wireBytesReceived - receivedAt;
       sentAt = client.wireBytesSent;
       receivedAt = client.wireBytesReceived;
     };
-    let sentAt = sentBefore;
-    let receivedAt = receivedBefore;
     const ask = (offset: number) => client.request<{ hashes: string }>('resync-hashes', { disk, offset, length: Math.min(window, size - offset), blockSize });
     await client.notice({ type: 'resync-disk', disk });
     let sinceCheckpoint = 0;

@@ -13,7 +13,7 @@ import { OsrError } from '../../src/domain/errors.js';
 import { classifyTlsError, clientTlsOptions } from '../../src/pki/index.js';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { ensurePki, restartAgentProcess, startAgentProcess, stopAgentProcess } from '../../src/lab/agent-process.js';
-import { createVm, fileDigest, fillRandom, health, nbdDigest, openOverlay, startPair, tempDir, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
+import { createVm, fileDigest, fillRandom, health, startPair, tempDir, waitFor, waitForPoint, writePattern, type Pair, pointDigests as replicaPointDigests } from '../support/lab.js';
 
 let pair: Pair;
 before(async () => {
@@ -23,13 +23,7 @@ after(async () => {
   await pair?.stop();
 });
 
-async function pointDigests(vm: string, seq: number): Promise<string[]> {
-  const o = await openOverlay(pair.replica, vm, seq);
-  const out = [];
-  for (const d of o.disks) out.push((await nbdDigest(d.nbd.unix)).digest);
-  await pair.replica.api.delete(`/v1/replicas/${vm}/overlays/${o.id}`);
-  return out;
-}
+const pointDigests = (vm: string, seq: number): Promise<string[]> => replicaPointDigests(pair.replica, vm, seq);
 
 async function syncAndCompare(vm: string, disks: { image: string; size: number }[]): Promise<void> {
   // after a restart the primary learns the latest point from the replica when it reconnects

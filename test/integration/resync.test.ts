@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
-import { createVm, fileDigest, fillRandom, health, nbdDigest, openOverlay, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
+import { createVm, fileDigest, fillRandom, health, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair, pointDigests as replicaPointDigests } from '../support/lab.js';
 
 let pair: Pair;
 before(async () => {
@@ -20,13 +20,7 @@ after(async () => {
 
 const MiB = 1024 * 1024;
 
-async function pointDigests(vm: string, seq: number): Promise<string[]> {
-  const o = await openOverlay(pair.replica, vm, seq);
-  const out = [];
-  for (const d of o.disks) out.push((await nbdDigest(d.nbd.unix)).digest);
-  await pair.replica.api.delete(`/v1/replicas/${vm}/overlays/${o.id}`);
-  return out;
-}
+const pointDigests = (vm: string, seq: number): Promise<string[]> => replicaPointDigests(pair.replica, vm, seq);
 
 /** Overwrite scattered 4 KiB blocks of an image file directly: changes replication never saw. */
 function scribble(file: string, size: number, blocks: number): number {

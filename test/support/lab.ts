@@ -157,4 +157,13 @@ export function openOverlay(agent: RunningAgent, vm: string, point?: number): Pr
   return agent.api.post<OverlayInfo>(`/v1/replicas/${vm}/overlays`, { point });
 }
 
+/** Digest of every disk of a recovery point, read through an overlay on the replica agent. */
+export async function pointDigests(replica: RunningAgent, vm: string, seq: number): Promise<string[]> {
+  const o = await openOverlay(replica, vm, seq);
+  const out = [];
+  for (const d of o.disks) out.push((await nbdDigest(d.nbd.unix)).digest);
+  await replica.api.delete(`/v1/replicas/${vm}/overlays/${o.id}`);
+  return out;
+}
+
 export { stopAgentProcess, startAgentProcess, restartAgentProcess };
