@@ -19,6 +19,8 @@ import { NbdServer } from './nbd/nbd-server.js';
 import { ReplicaRegistry, ReplicationServer } from './replication-server.js';
 import { PrimaryReplication } from './replication.js';
 import type { ReplicationSpec } from './replication-types.js';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
+import { Pacer, parseBandwidth } from './throttle.js';
 import { DEFAULT_REPLICATION_PORT } from './wire.js';
 
 export interface AgentConfig {
@@ -32,7 +34,10 @@ export interface AgentConfig {
   /** also serve NBD on TCP (loopback) at this port */
   nbdTcpPort?: number | undefined;
   tls: TlsFiles;
-  retryDelayMs?: number | undefined;
+  /** when to retry after a recoverable error (default 1, 2, 4, 8, 10 minutes, then every 30) */
+  retry?: RetryPolicy | undefined;
+  /** bandwidth schedule shared by all replications of this agent (throttle.ts) */
+  bandwidth?: string | undefined;
   hookTimeoutMs?: number | undefined;
   logLevel?: string | undefined;
 }
@@ -52,6 +57,7 @@ export class Agent {
   readonly replicas: ReplicaRegistry;
   readonly replications = new Map<string, PrimaryReplication>();
   private readonly phases = new CyclePhases();
+  private readonly agentPacer: Pacer | undefined;
   readonly nbd: NbdServer;
   readonly log: PinoLogger;
   private replicationServer: ReplicationServer | undefined;
@@ -70,6 +76,7 @@ export class Agent {
     this.host = new LabHost(config.dataDir, config.storageDir ?? path.join(config.dataDir, 'storage'), () => clock.now());
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
+    this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
     this.nbd = new NbdServer({ get: (n) => this.resolveExport(n), list: () => this.listExports() }, { logger: this.log });
   }
 
@@ -148,7 +155,9 @@ export class Agent {
       agentName: this.config.name,
       clock: this.clock,
       log: this.log,
-      retryDelayMs: this.config.retryDelayMs ?? 5000,
+      retry: this.config.retry ?? DEFAULT_RETRY_POLICY,
+      agentPacer: this.agentPacer,
+      pacer: spec.bandwidth ? new Pacer(parseBandwidth(spec.bandwidth), this.clock) : undefined,
       hookTimeoutMs: this.config.hookTimeoutMs ?? 60_000,
       phases: this.phases,
     });

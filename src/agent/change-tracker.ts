@@ -15,6 +15,7 @@ import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogF
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { writeFully } from './io.js';
 import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
+import { normalizeRanges, type DiskRanges, type Range } from './ranges.js';
 import { writeZeroRange } from './sparse.js';
 
 export interface TrackingState {
@@ -29,6 +30,23 @@ export interface TrackingState {
   pointMeta?: Record<string, { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' }>;
   /** a resynchronization in progress: the log `seq` has tracked every write since it began */
   resync?: { id: string; seq: number; startedMs: number } | undefined;
+  /**
+   * each disk image's generation at the last clean stop: the file's identity, size and
+   * change time. A different generation at the next start means the disk was changed
+   * outside replication (written by another tool, replaced, resized).
+   */
+  images?: ImageGeneration[] | undefined;
+}
+
+export interface ImageGeneration {
+  ino: string;
+  size: string;
+  ctimeNs: string;
+}
+
+export function imageGeneration(fd: number): ImageGeneration {
+  const st = fs.fstatSync(fd, { bigint: true });
+  return { ino: String(st.ino), size: String(st.size), ctimeNs: String(st.ctimeNs) };
 }
 
 export function currentBootId(): string {
@@ -142,16 +160,21 @@ export class VmChangeTracker implements ChangeTracking {
    * while the guest writes, so the point it ends in is its staged blocks followed by this
    * log. Clears "resync required".
    */
-  beginResync(): { id: string; seq: number; resumed: boolean } {
+  beginResync(opts: { keepActive?: boolean } = {}): { id: string; seq: number; resumed: boolean } {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
     const cur = this.state.resync;
     if (cur && !this.state.resyncRequired && cur.seq === this.activeSeq && this.disks.every((d) => d.active)) return { ...cur, resumed: true };
-    const seq = this.state.nextSeq;
+    // keepActive: the open log goes on as the resync's log (its writes are shipped at the
+    // end, those of the closed logs are among the ranges the resync sends)
+    const keep = opts.keepActive === true && !this.state.resyncRequired && this.disks.every((d) => d.active);
+    const seq = keep ? this.activeSeq : this.state.nextSeq;
     for (const d of this.disks) {
-      d.active?.closeFile();
-      d.active = undefined;
-      for (const { file } of d.listFiles()) fs.rmSync(file);
-      d.open(seq, this.now());
+      if (!keep) {
+        d.active?.closeFile();
+        d.active = undefined;
+      }
+      for (const { seq: s, file } of d.listFiles()) if (!keep || s !== seq) fs.rmSync(file);
+      if (!keep) d.open(seq, this.now());
     }
     const resync = { id: crypto.randomUUID(), seq, startedMs: this.now() };
     this.state = { ...this.state, nextSeq: seq + 1, resyncRequired: undefined, pointMeta: {}, resync };
@@ -192,6 +215,15 @@ export class VmChangeTracker implements ChangeTracking {
     emptyTrash(this.trashDir);
     if (!this.state.enabled) return { recovered: false, tornBytes };
     const unclean = !this.state.cleanShutdown;
+    if (!unclean && this.state.images && !this.state.resyncRequired) {
+      this.disks.forEach((d, i) => {
+        const was = this.state.images?.[i];
+        const now = imageGeneration(imageFds[i]);
+        if (!this.state.resyncRequired && was && (was.ino !== now.ino || was.size !== now.size || was.ctimeNs !== now.ctimeNs)) {
+          this.markResyncRequired(`disk ${d.diskName} was changed outside replication while the agent was stopped (its image's generation differs from the clean stop's)`);
+        }
+      });
+    }
     if (unclean && this.state.bootId !== currentBootId() && !this.state.resyncRequired) {
       this.state.resyncRequired = { reason: 'the host restarted without a clean agent stop; change logs may have lost writes', at: new Date(this.now()).toISOString() };
     }
@@ -358,14 +390,40 @@ export class VmChangeTracker implements ChangeTracking {
     }
   }
 
+  /**
+   * The ranges written per disk in the logs held now: every log, or only the closed ones.
+   * Logs go once the replica has their point, so these are the writes it may lack.
+   */
+  loggedRanges(which: 'all' | 'closed'): DiskRanges {
+    const out: DiskRanges = {};
+    for (const d of this.disks) {
+      const list: Range[] = [];
+      for (const { seq, file } of d.listFiles()) {
+        if (which === 'closed' && seq >= this.activeSeq) continue;
+        for (const r of scanLogFile(file).records) if (r.type === RecordType.Write || r.type === RecordType.Zero) list.push([r.offset, r.length]);
+      }
+      out[d.diskName] = normalizeRanges(list);
+    }
+    return out;
+  }
+
   pendingBytes(afterSeq: number): number {
     let n = 0;
+    for (const bytes of this.pendingBytesByDisk(afterSeq).values()) n += bytes;
+    return n;
+  }
+
+  /** change-log bytes not yet at the replica, per disk name */
+  pendingBytesByDisk(afterSeq: number): Map<string, number> {
+    const out = new Map<string, number>();
     for (const d of this.disks) {
+      let n = 0;
       for (const f of d.listFiles()) if (f.seq > afterSeq && f.seq < this.activeSeq) n += fs.statSync(f.file).size;
       // the open log's header is not pending data
       n += Math.max(0, (d.active?.bytes ?? 0) - LOG_HEADER_BYTES);
+      out.set(d.diskName, n);
     }
-    return n;
+    return out;
   }
 
   /** Make the open logs durable (before the images: the log must never hold less than the image). */
@@ -374,13 +432,14 @@ export class VmChangeTracker implements ChangeTracking {
   }
 
   /** Record a clean stop: logs synced, images synced by the caller first. */
-  markCleanShutdown(): void {
+  markCleanShutdown(imageFds?: readonly number[]): void {
     for (const d of this.disks) {
       d.active?.syncSync();
       d.active?.closeFile();
       d.active = undefined;
     }
     this.state.cleanShutdown = true;
+    this.state.images = imageFds?.map(imageGeneration);
     this.save();
   }
 }

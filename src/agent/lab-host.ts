@@ -74,7 +74,7 @@ export class LabVm implements ChangeSource {
   /** Sync images and logs, and record a clean stop. */
   closeClean(): void {
     for (const d of this.disks) fs.fdatasyncSync(d.imageFd);
-    if (this.tracker.enabled) this.tracker.markCleanShutdown();
+    if (this.tracker.enabled) this.tracker.markCleanShutdown(this.disks.map((d) => d.imageFd));
     for (const d of this.disks) d.close();
     this.disks = [];
   }

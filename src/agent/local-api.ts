@@ -7,7 +7,10 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import type { Agent } from './agent.js';
 import { parseSize } from './lab-host.js';
 import type { ReplicaStore } from './replica-store.js';
-import { parseTimeWindow } from './time-window.js';
+import { parseBandwidth } from './throttle.js';
+import { parseDuration, parseTimeWindow } from './time-window.js';
+
+export { parseDuration };
 
 export function httpStatusOf(code: ErrorCode): number {
   switch (code) {
@@ -24,14 +27,6 @@ export function httpStatusOf(code: ErrorCode): number {
     default:
       return ERROR_CODES[code].class === 'usage' ? 400 : 500;
   }
-}
-
-export function parseDuration(text: string | number): number {
-  if (typeof text === 'number') return text * 1000;
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(text.trim());
-  if (!m) throw new OsrError('INVALID_ARGUMENT', `duration "${text}" is not a duration (examples: 500ms, 30s, 5m, 1h)`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-  return Math.round(Number(m[1]) * unit);
 }
 
 function replicaSummary(agent: Agent, s: ReplicaStore) {
@@ -115,6 +110,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       epoch?: number;
       resyncBlockSize?: number;
       resyncWindow?: string;
+      bandwidth?: string;
     };
   }>(
     '/v1/replications',
@@ -131,6 +127,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
         throw new OsrError('INVALID_ARGUMENT', `resync block size ${bs} is not a power of two between 512 bytes and 16 MiB`);
       }
       if (b.resyncWindow !== undefined && b.resyncWindow !== 'always' && b.resyncWindow !== 'never') parseTimeWindow(b.resyncWindow);
+      if (b.bandwidth !== undefined) parseBandwidth(b.bandwidth);
       const spec = agent.enableReplication({
         vm: b.vm,
         peer: { ...peer, servername: b.servername },
@@ -143,6 +140,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
         epoch: b.epoch,
         resyncBlockSize: bs,
         resyncWindow: b.resyncWindow,
+        bandwidth: b.bandwidth,
       });
       return reply.status(201).send(spec);
     },
@@ -151,6 +149,10 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
   app.get<{ Params: { id: string } }>('/v1/replications/:id', async (req) => agent.getReplication(req.params.id).health());
   app.post<{ Params: { id: string } }>('/v1/replications/:id/cycle', async (req, reply) => {
     agent.getReplication(req.params.id).triggerCycle();
+    return reply.status(202).send({ accepted: true });
+  });
+  app.post<{ Params: { id: string } }>('/v1/replications/:id/retry', async (req, reply) => {
+    agent.getReplication(req.params.id).retryNow();
     return reply.status(202).send({ accepted: true });
   });
   app.post<{ Params: { id: string } }>('/v1/replications/:id/resync', async (req, reply) => {

@@ -61,6 +61,8 @@ export interface ChangeTracking {
   /** the replica holds everything up to seq: forget it */
   releaseThrough(seq: number): void;
   pendingBytes(afterSeq: number): number;
+  /** change-log bytes not yet at the replica, per disk name */
+  pendingBytesByDisk(afterSeq: number): Map<string, number>;
   markResyncRequired(reason: string): void;
   /** a resynchronization in progress, and the log that tracks writes since it began */
   readonly resync: { id: string; seq: number; startedMs: number } | undefined;

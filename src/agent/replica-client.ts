@@ -20,6 +20,8 @@ export class ReplicaClient {
   private readonly writer: FrameWriter;
   private welcome: ((m: ControlMessage) => void) | undefined;
   wireBytesSent = 0;
+  /** waits before each DATA frame (bandwidth limits) */
+  pace: ((bytes: number) => Promise<void>) | undefined;
 
   private constructor(
     private readonly socket: tls.TLSSocket,
@@ -134,6 +136,10 @@ export class ReplicaClient {
 
   async sendData(offset: number, data: Buffer): Promise<number> {
     if (this.failure) throw this.failure;
+    if (this.pace) {
+      await this.pace(data.length);
+      if (this.failure) throw this.failure;
+    }
     const n = await this.writer.sendData(offset, data, this.useZstd);
     this.wireBytesSent += n;
     return n;

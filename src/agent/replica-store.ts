@@ -25,6 +25,7 @@ import { ExtentMap } from './extent-map.js';
 import { blockDigests } from './checksum.js';
 import { fdatasyncAsync, forEachBounded, readAt, readFully, writeAllAt, writeFully } from './io.js';
 import type { ReplicaTarget } from './ports.js';
+import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { punchHole, writeZeroRange } from './sparse.js';
 import { ResyncStage, type ResyncState } from './resync-stage.js';
 import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
@@ -44,6 +45,12 @@ export interface RecoveryPoint {
   consistency: Consistency;
   /** bytes of guest data the delta carried */
   deltaBytes: number;
+  /**
+   * set on the base of a replica made from an old primary's disks (reverse replication):
+   * they hold the old primary's state, not a point of the new one. Never opened; dropped
+   * once the reverse resync's point is applied.
+   */
+  unverified?: true | undefined;
 }
 
 export interface RetentionSpec {
@@ -67,7 +74,15 @@ interface Manifest {
   epoch: number;
   /** a resynchronization in progress (resync-stage.ts) */
   resync?: ResyncState | undefined;
+  /**
+   * where the images may differ from the primary's disks, beyond what its change logs will
+   * say: set on a replica made from an old primary's disks ('all' when its change tracking
+   * could not say). A resync of these ranges clears it.
+   */
+  divergent?: DivergentRanges | undefined;
 }
+
+export type DivergentRanges = DiskRanges | 'all';
 
 export interface DeltaDiskFile {
   diskName: string;
@@ -189,6 +204,47 @@ export class ReplicaStore implements ReplicaTarget {
     return store;
   }
 
+  /**
+   * Make a replica of existing disk images: an old primary's disks when replication is
+   * reversed. The images are moved in (same file system) and become the store's base, an
+   * unverified point 0 that is never opened: `divergent` says where they may differ from
+   * the new primary, and the first resync makes them equal. The store is durable before
+   * the images move, and the images are moved before the store names them done.
+   */
+  static async adopt(
+    root: string,
+    spec: { vmId: string; vmName: string; disks: ReplicaDiskSpec[]; retention?: RetentionSpec; epoch: number },
+    images: Record<string, string>,
+    divergent: DivergentRanges,
+    now: () => number = Date.now,
+  ): Promise<ReplicaStore> {
+    fs.rmSync(root, { recursive: true, force: true });
+    fs.mkdirSync(path.join(root, 'disks'), { recursive: true });
+    for (const d of spec.disks) {
+      const from = images[d.name];
+      if (!from) throw new OsrError('INVALID_ARGUMENT', `no image given for disk ${d.name}`);
+      if (fs.statSync(from).size !== d.size) throw new OsrError('INVALID_STATE', `image ${path.basename(from)} is not ${d.size} bytes`);
+      fs.renameSync(from, path.join(root, 'disks', `${d.name}.img`));
+    }
+    fsyncDir(path.join(root, 'disks'));
+    for (const from of Object.values(images)) fsyncDir(path.dirname(from));
+    const manifest: Manifest = {
+      version: 1,
+      vmId: spec.vmId,
+      vmName: spec.vmName,
+      disks: spec.disks,
+      initial: { done: true, copied: {}, finishedDisks: spec.disks.map((d) => d.name) },
+      points: [{ seq: 0, timeMs: now(), consistency: Consistency.Crash, deltaBytes: 0, unverified: true }],
+      retention: spec.retention ?? { hours: 24, maxPoints: 24 },
+      epoch: spec.epoch,
+      divergent,
+    };
+    writeJsonDurable(path.join(root, 'manifest.json'), manifest);
+    const store = new ReplicaStore(root, manifest, now);
+    await store.load();
+    return store;
+  }
+
   private async load(): Promise<void> {
     for (const d of this.manifest.disks) {
       this.images.set(d.name, fs.openSync(this.imagePath(d.name), 'r+'));
@@ -294,6 +350,33 @@ export class ReplicaStore implements ReplicaTarget {
   get initialDone(): boolean {
     return this.manifest.initial.done;
   }
+  /** where the images may differ from the primary beyond its change logs (see adopt) */
+  get divergent(): DivergentRanges | undefined {
+    return this.manifest.divergent;
+  }
+
+  /** Add ranges the primary knows to differ (its writes since the sites diverged); durable on return. */
+  addDivergence(ranges: DiskRanges): void {
+    const cur = this.manifest.divergent;
+    if (!cur || cur === 'all') return;
+    for (const [disk, list] of Object.entries(ranges)) {
+      if (!rangesValid(list, this.diskSpec(disk).size)) throw new OsrError('INVALID_ARGUMENT', `ranges of disk ${disk} do not fit the disk`);
+    }
+    this.manifest.divergent = unionDiskRanges(cur, ranges);
+    this.save();
+  }
+
+  /** Ranges written by the deltas of every point after `seq` (what going back to `seq` undoes). */
+  rangesChangedAfter(seq: number): DiskRanges {
+    const out: DiskRanges = {};
+    for (const d of this.manifest.disks) {
+      const list: Range[] = [];
+      for (const u of this.undoLayersAfter(seq)) for (const e of u.files.get(d.name)?.entries ?? []) list.push([e.offset, e.length]);
+      out[d.name] = normalizeRanges(list);
+    }
+    return out;
+  }
+
   get isCommitted(): boolean {
     return this.manifest.committed === true;
   }
@@ -520,6 +603,9 @@ export class ReplicaStore implements ReplicaTarget {
     if (!this.manifest.initial.done && this.manifest.initial.finishedDisks.length < this.manifest.disks.length) {
       throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} has not copied every disk yet`);
     }
+    if (this.manifest.divergent && !resync) {
+      throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} was made from an old primary's disks; it takes a resync before any delta`);
+    }
     if (latest && point.seq !== latest.seq + 1 && !resync) {
       throw new OsrError('REPLICA_CHAIN_BROKEN', `delta ${point.seq} does not follow the latest recovery point ${latest.seq} of ${this.vmId}`, { latest: latest.seq, got: point.seq });
     }
@@ -632,7 +718,11 @@ export class ReplicaStore implements ReplicaTarget {
     this.manifest.applying = undefined;
     this.manifest.initial.done = true;
     const resynced = this.manifest.resync?.seq === seq;
-    if (resynced) this.manifest.resync = undefined;
+    if (resynced) {
+      this.manifest.resync = undefined;
+      // a replica made from an old primary's disks is now equal to the new primary
+      this.manifest.divergent = undefined;
+    }
     this.save();
     this.closeDirect();
     discard(this.incomingDir(seq), this.trashDir);
@@ -727,7 +817,8 @@ export class ReplicaStore implements ReplicaTarget {
     for (;;) {
       const candidates = points.slice(0, -1).filter((p) => !inUse.has(p.seq));
       if (candidates.length === 0) break;
-      const expired = candidates.find((p) => p.timeMs < cutoff);
+      // an old primary's base goes as soon as a real point exists
+      const expired = candidates.find((p) => p.unverified || p.timeMs < cutoff);
       let victim = expired;
       if (!victim && points.length > Math.max(1, maxPoints)) {
         const gap = (p: RecoveryPoint) => {
@@ -840,6 +931,9 @@ export class ReplicaStore implements ReplicaTarget {
       });
     }
     if (this.manifest.committed) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} was committed; open its disks directly`);
+    if (this.manifest.points.find((p) => p.seq === seq)?.unverified) {
+      throw new OsrError('POINT_NOT_FOUND', `the replica of ${this.vmId} holds no recovery point yet: its disks are the old primary's until reverse replication has resynchronized them`);
+    }
     const id = `ov-${pad(seq)}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
     const o = Overlay.create(this, id, seq, this.now());
     this.overlays.set(id, o);

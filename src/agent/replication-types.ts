@@ -35,6 +35,8 @@ export interface ReplicationSpec {
    * (default 18:00-06:00), "always" or "never"; a resync asked for starts at once
    */
   resyncWindow?: string | undefined;
+  /** bandwidth schedule of this replication (throttle.ts), e.g. "10MB/s@08:00-18:00" */
+  bandwidth?: string | undefined;
 }
 
 export interface ResyncProgress {
@@ -94,6 +96,17 @@ export interface ReplicationHealth {
   resync: ResyncProgress | null;
   /** set while a resync is needed but waits for its window (resyncWindow) */
   resyncWaitingForWindow: boolean;
+  /** set after a failure until the next success */
+  retry: {
+    /** failures in a row */
+    failures: number;
+    /** when the next attempt starts (null: not scheduled) */
+    nextAt: string | null;
+    /** a non-recoverable error: nothing happens until someone acts */
+    waitingForAction: boolean;
+  } | null;
+  /** the bandwidth limit in force now, bytes per second (null: unlimited) */
+  bandwidthLimitBytesPerSec: number | null;
   bytesShipped: number;
   /** where the time of the latest shipped delta went, from the point's instant to applied */
   lastDelta: DeltaTimings | null;

@@ -17,7 +17,9 @@ import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
 import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from './replication-types.js';
 import { blockDigests, DIGEST_BYTES } from './checksum.js';
-import { inTimeWindow, parseTimeWindow } from './time-window.js';
+import { retryDelayMs, type RetryPolicy } from './retry.js';
+import type { Pacer } from './throttle.js';
+import { inTimeWindow, msUntilMinute, parseTimeWindow } from './time-window.js';
 import { dataRanges, isZero } from './sparse.js';
 import { MAX_DATA_BYTES } from './wire.js';
 
@@ -32,14 +34,22 @@ export const DEFAULT_RESYNC_WINDOW = '18:00-06:00';
 const RESYNC_WINDOW_BYTES = 64 * 1024 * 1024;
 /** staged blocks are made durable at the replica at least this often (compared bytes) */
 const RESYNC_CHECKPOINT_BYTES = 512 * 1024 * 1024;
+/** pending change logs of a disk at this share of its size make a resync necessary */
+export const LOG_GROWTH_RESYNC_SHARE = 0.5;
+/** while waiting to retry, the growth of pending logs is checked this often */
+const GROWTH_CHECK_MS = 60_000;
 
 export interface ReplicationDeps {
   tls: TlsMaterial;
   agentName: string;
   clock: Clock;
   log: Logger;
-  /** wait before retrying after a recoverable error */
-  retryDelayMs: number;
+  /** when to retry after a recoverable error */
+  retry: RetryPolicy;
+  /** the agent's bandwidth limit, shared by its replications */
+  agentPacer?: Pacer | undefined;
+  /** this replication's own bandwidth limit */
+  pacer?: Pacer | undefined;
   hookTimeoutMs: number;
   /** the agent's spread of copy cycles over the copy frequency */
   phases: CyclePhases;
@@ -65,6 +75,10 @@ export class PrimaryReplication {
   /** an operator asked for a resync: it runs at once, whatever the window */
   private resyncAsked = false;
   private resyncWaiting = false;
+  /** failures since the last success: the n-th retry waits the policy's n-th delay */
+  private failures = 0;
+  private nextRetryMs: number | null = null;
+  private waitingForAction = false;
 
   constructor(
     readonly spec: ReplicationSpec,
@@ -91,6 +105,12 @@ export class PrimaryReplication {
   requestResync(): void {
     if (this.state === ReplicationState.InitialReplication) throw new OsrError('INVALID_STATE', `${this.vm.name} is still in initial replication; a resync needs a replica to compare with`);
     this.resyncAsked = true;
+    this.waker.abort();
+  }
+
+  /** Retry now, after an error of either class, instead of waiting. */
+  retryNow(): void {
+    this.failures = 0;
     this.waker.abort();
   }
 
@@ -258,6 +278,7 @@ export class PrimaryReplication {
       sinceCheckpoint += length;
       if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos + length < size) {
         await client.request('resync-checkpoint', { disk, offset: pos + length, finished: false });
+        this.failures = 0;
         sinceCheckpoint = 0;
       }
       account();
@@ -277,14 +298,87 @@ export class PrimaryReplication {
     this.client = undefined;
     if (err.code === 'CHANGE_LOG_CORRUPT') this.vm.tracking.markResyncRequired(err.message);
     if (this.state === ReplicationState.Replicating) this.recordCycle(false);
-    log.warn({ replication: this.spec.id, code: err.code, recoverable: err.recoverable }, err.message);
+    this.failures++;
     if (err.code === 'RESYNC_REQUIRED' || err.code === 'CHANGE_LOG_CORRUPT') {
       this.state = ReplicationState.ResyncRequired;
     } else if (!err.recoverable) {
       this.state = ReplicationState.Error;
     }
-    // non-recoverable errors wait for someone to act (a trigger retries at once)
-    await this.sleep(err.recoverable ? this.deps.retryDelayMs : this.deps.retryDelayMs * 10);
+    this.checkLogGrowth();
+    let waitMs: number | null;
+    if (err.recoverable) waitMs = retryDelayMs(this.deps.retry, this.failures);
+    else if (this.state === ReplicationState.ResyncRequired) waitMs = this.untilResyncWindow();
+    else waitMs = null;
+    log.warn({ replication: this.spec.id, code: err.code, recoverable: err.recoverable, attempt: this.failures, retryInMs: waitMs }, err.message);
+    await this.waitToRetry(waitMs);
+  }
+
+  /**
+   * Wait `ms` (null: until someone acts: a retry, a resync or a cycle asked for, or a stop),
+   * checking meanwhile whether the pending logs have grown past the resync threshold.
+   */
+  private async waitToRetry(ms: number | null): Promise<void> {
+    const { clock } = this.deps;
+    const until = ms === null ? null : clock.now() + ms;
+    this.nextRetryMs = until;
+    this.waitingForAction = until === null;
+    try {
+      if (this.waker.signal.aborted) this.waker = new AbortController();
+      const signal = AbortSignal.any([this.stopper.signal, this.waker.signal]);
+      while (!signal.aborted) {
+        const left = until === null ? GROWTH_CHECK_MS : until - clock.now();
+        if (left <= 0) break;
+        await clock.sleep(Math.min(left, GROWTH_CHECK_MS), signal);
+        this.checkLogGrowth();
+      }
+    } finally {
+      this.nextRetryMs = null;
+      this.waitingForAction = false;
+    }
+  }
+
+  /** ms until a resync that became necessary may start (null: never on its own) */
+  private untilResyncWindow(): number | null {
+    const w = this.spec.resyncWindow ?? DEFAULT_RESYNC_WINDOW;
+    if (w === 'never') return null;
+    if (w === 'always') return 0;
+    const tw = parseTimeWindow(w);
+    const now = this.deps.clock.now();
+    return inTimeWindow(tw, now) ? 0 : msUntilMinute(tw.startMinute, now);
+  }
+
+  /**
+   * Change logs that cannot reach the replica pile up. Once a disk's pending logs reach half
+   * its size, they cost more space than they are worth: a resync becomes necessary (and
+   * drops the logs when it starts). Checked while a failure keeps the logs from shipping;
+   * logs that ship do not pile up, however much one cycle wrote.
+   */
+  private checkLogGrowth(): void {
+    const tracker = this.vm.tracking;
+    if (!tracker.enabled || tracker.resyncRequired || this.state === ReplicationState.InitialReplication || this.latestSeq === null) return;
+    const pending = tracker.pendingBytesByDisk(this.latestSeq);
+    for (const disk of this.vm.disks) {
+      const bytes = pending.get(disk.name) ?? 0;
+      if (bytes >= disk.size * LOG_GROWTH_RESYNC_SHARE) {
+        const reason = `pending change logs of disk ${disk.name} (${bytes} bytes) reached ${LOG_GROWTH_RESYNC_SHARE * 100}% of its size (${disk.size} bytes)`;
+        tracker.markResyncRequired(reason);
+        this.state = ReplicationState.ResyncRequired;
+        this.deps.log.warn({ replication: this.spec.id, disk: disk.name, pendingBytes: bytes }, `resync of ${this.vm.name} required: ${reason}`);
+        return;
+      }
+    }
+  }
+
+  /** Wait until `bytes` may be sent under this replication's and the agent's limits. */
+  private async pace(bytes: number): Promise<void> {
+    await this.deps.pacer?.take(bytes, this.stopper.signal);
+    await this.deps.agentPacer?.take(bytes, this.stopper.signal);
+  }
+
+  /** the tighter of the limits in force now, bytes per second (null: unlimited) */
+  private bandwidthLimit(): number | null {
+    const rates = [this.deps.pacer?.rate, this.deps.agentPacer?.rate].filter((r): r is number => typeof r === 'number');
+    return rates.length > 0 ? Math.min(...rates) : null;
   }
 
   private recordCycle(ok: boolean): void {
@@ -308,6 +402,7 @@ export class PrimaryReplication {
       fresh = true;
       open = await client.request<OpenResult>('open', { ...openArgs, reset: true });
     }
+    client.pace = (bytes) => this.pace(bytes);
     this.client = client;
     this.latestSeq = open.latestSeq;
     const last = open.points.at(-1);
@@ -409,6 +504,7 @@ export class PrimaryReplication {
       if (checkpoint) await checkpoint;
       const { reply } = await client.requestLater('copy-checkpoint', { disk, offset, finished });
       checkpoint = reply.then(() => {
+        this.failures = 0;
         progress.durableBytes += offset - durable;
         durable = offset;
       });
@@ -544,6 +640,7 @@ export class PrimaryReplication {
       }
       this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
       this.lastSuccessMs = this.deps.clock.now();
+      this.failures = 0;
       if (this.state === ReplicationState.Replicating) this.recordCycle(true);
       if (this.lastError && this.lastError.code !== 'HOOK_FAILED') this.lastError = null;
       if (this.initial && !this.initial.completedAt) {
@@ -577,6 +674,8 @@ export class PrimaryReplication {
       initial: this.initial ? { ...this.initial } : null,
       resync: this.resyncProgress ? { ...this.resyncProgress } : null,
       resyncWaitingForWindow: this.resyncWaiting,
+      retry: this.failures > 0 ? { failures: this.failures, nextAt: this.nextRetryMs === null ? null : new Date(this.nextRetryMs).toISOString(), waitingForAction: this.waitingForAction } : null,
+      bandwidthLimitBytesPerSec: this.bandwidthLimit(),
       bytesShipped: this.bytesShipped,
       lastDelta: this.lastDelta,
     };

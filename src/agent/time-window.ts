@@ -1,6 +1,6 @@
 /**
- * Time-of-day windows in local time ("18:00-06:00" wraps past midnight), for when an
- * automatic resync may run and, later, bandwidth limits by time of day.
+ * Durations ("30s", "5m") and time-of-day windows in local time ("18:00-06:00" wraps past
+ * midnight): when an automatic resync may run, and bandwidth limits by time of day.
  */
 import { OsrError } from '../domain/errors.js';
 
@@ -32,4 +32,21 @@ export function inTimeWindow(w: TimeWindow, nowMs: number): boolean {
   if (w.startMinute === w.endMinute) return true;
   if (w.startMinute < w.endMinute) return minute >= w.startMinute && minute < w.endMinute;
   return minute >= w.startMinute || minute < w.endMinute;
+}
+
+/** A duration: a number of seconds, or text with a unit (500ms, 30s, 5m, 1h). */
+export function parseDuration(text: string | number): number {
+  if (typeof text === 'number') return text * 1000;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new OsrError('INVALID_ARGUMENT', `duration "${text}" is not a duration (examples: 500ms, 30s, 5m, 1h)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+/** Milliseconds from `nowMs` until the local clock next shows `minute` (minutes after midnight). */
+export function msUntilMinute(minute: number, nowMs: number): number {
+  const t = new Date(nowMs);
+  t.setHours(Math.floor(minute / 60), minute % 60, 0, 0);
+  if (t.getTime() <= nowMs) t.setDate(t.getDate() + 1);
+  return t.getTime() - nowMs;
 }

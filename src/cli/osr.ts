@@ -8,7 +8,9 @@ import { Command, Option } from 'commander';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/agent.js';
-import { parseDuration } from '../agent/local-api.js';
+import { parseBackoff } from '../agent/retry.js';
+import { parseBandwidth } from '../agent/throttle.js';
+import { parseDuration } from '../agent/time-window.js';
 import type { ReplicationHealth } from '../agent/replication-types.js';
 import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
 import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pki/index.js';
@@ -50,7 +52,9 @@ program
   .option('--cert <file>', 'certificate file (overrides --pki-dir)')
   .option('--key <file>', 'private key file (overrides --pki-dir)')
   .option('--ca <file>', 'CA certificate file (overrides --pki-dir)')
-  .option('--retry-delay <duration>', 'wait before retrying after a recoverable error', '5s')
+  .option('--retry-backoff <durations>', 'waits before the first retries after a recoverable error, in order', '1m,2m,4m,8m,10m')
+  .option('--retry-every <duration>', 'wait before each retry after those', '30m')
+  .option('--bandwidth <schedule>', 'bandwidth limit shared by all replications, e.g. 10MB/s@08:00-18:00 (default unlimited)')
   .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
   .action(async (o: Record<string, string | undefined>) => {
     const name = o.name!;
@@ -68,7 +72,8 @@ program
       api,
       nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
       tls: { certFile, keyFile, caFile },
-      retryDelayMs: parseDuration(o.retryDelay!),
+      retry: { backoffMs: parseBackoff(o.retryBackoff!), thenEveryMs: parseDuration(o.retryEvery!) },
+      bandwidth: o.bandwidth !== undefined ? (parseBandwidth(o.bandwidth), o.bandwidth) : undefined,
       logLevel: o.logLevel,
     });
     const ep = await agent.start();
@@ -175,6 +180,7 @@ rep
   .option('--quiesce-hook <path>', 'script run with freeze/thaw around app-consistent points')
   .option('--resync-block-size <bytes>', 'block size a resynchronization compares (power of two, 512 B-16 MiB)', '4096')
   .option('--resync-window <HH:MM-HH:MM>', 'local hours in which a resync that became necessary starts on its own; "always", or "never" (only when asked)', '18:00-06:00')
+  .option('--bandwidth <schedule>', 'bandwidth limit of this replication, e.g. 10MB/s@08:00-18:00 (default unlimited)')
   .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
     const to = hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
     const spec = await client().post<{ id: string }>('/v1/replications', {
@@ -190,6 +196,7 @@ rep
       quiesceHook: o.quiesceHook,
       resyncBlockSize: Number(o.resyncBlockSize),
       resyncWindow: o.resyncWindow,
+      bandwidth: o.bandwidth,
     });
     print(spec, () => `replication ${spec.id} enabled`);
   });
@@ -232,7 +239,7 @@ rep
         ? `${h.state} ${progressBar(r.doneBytes / Math.max(1, r.totalBytes))} ${formatBytes(r.doneBytes)}/${formatBytes(r.totalBytes)} differing ${formatBytes(r.differingBytes)} ${formatBytes(r.rateBytesPerSec)}/s ETA ${formatSeconds(r.etaSeconds)} disk ${r.currentDisk ?? '-'}`
         : p
         ? `${h.state} ${progressBar(p.doneBytes / Math.max(1, p.totalBytes))} ${formatBytes(p.doneBytes)}/${formatBytes(p.totalBytes)} ${formatBytes(p.rateBytesPerSec)}/s ETA ${formatSeconds(p.etaSeconds)} disk ${p.currentDisk ?? '-'}`
-        : `${h.state} ${h.health} RPO ${formatSeconds(h.rpoSeconds)} latest #${h.latestPoint?.seq ?? '-'} pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? ` last error ${h.lastError.code}` : ''}`;
+        : `${h.state} ${h.health} RPO ${formatSeconds(h.rpoSeconds)} latest #${h.latestPoint?.seq ?? '-'} pending ${formatBytes(h.pendingLogBytes)}${h.lastError ? ` last error ${h.lastError.code}` : ''}${h.retry?.nextAt ? ` retry at ${h.retry.nextAt}` : h.retry?.waitingForAction ? ' waiting for action (osr replication retry)' : ''}`;
       if (asJson()) console.log(JSON.stringify(h));
       else if (process.stdout.isTTY) process.stdout.write(`\r${line.padEnd(110)}`);
       else console.log(line);
@@ -243,6 +250,10 @@ rep
   .command('cycle <id>')
   .description('run a copy cycle now')
   .action(async (id: string) => print(await client().post(`/v1/replications/${id}/cycle`), () => 'cycle requested'));
+rep
+  .command('retry <id>')
+  .description('retry now after an error, instead of waiting for the back-off (or, after a non-recoverable error, for someone to act)')
+  .action(async (id: string) => print(await client().post(`/v1/replications/${id}/retry`), () => 'retry requested'));
 rep
   .command('resync <id>')
   .description('resynchronize now: compare every block with the replica and send those that differ')

@@ -27,13 +27,13 @@ export const ERROR_CODES = {
   // lab disks and change tracking
   DISK_TOO_LARGE: { class: 'usage', meaning: 'A lab disk larger than 4 TiB was requested.', fix: 'Use a virtual size of at most 4 TiB.' },
   DISK_COUNT_LIMIT: { class: 'usage', meaning: 'A lab VM must have between 1 and 16 disks.', fix: 'Give the VM 1 to 16 disks.' },
-  DISK_IO_ERROR: { class: 'recoverable', meaning: 'Reading or writing a disk image failed.', fix: 'Check the storage location (space, permissions, health); the operation is retried.' },
+  DISK_IO_ERROR: { class: 'recoverable', meaning: 'Reading or writing a disk image failed.', fix: 'Check the storage location (space, permissions, health); replication retries on the back-off.' },
   CHANGE_LOG_CORRUPT: { class: 'non-recoverable', meaning: 'A change log failed verification (bad checksum, broken sequence).', fix: 'The disk is marked resync required; run a resynchronization.' },
-  RESYNC_REQUIRED: { class: 'non-recoverable', meaning: 'Change tracking could not be trusted (unclean shutdown, log corruption); the replica would diverge if replication went on.', fix: 'Run a resynchronization of the replication.' },
+  RESYNC_REQUIRED: { class: 'non-recoverable', meaning: 'Change tracking cannot be trusted (host crash, log corruption, a disk changed outside replication, pending logs at half a disk); the replica would diverge if replication went on.', fix: 'Wait for the resync window, or run a resynchronization now (`osr replication resync`).' },
   VM_NOT_FOUND: { class: 'non-recoverable', meaning: 'The VM named by a replication does not exist on its host.', fix: 'Check the VM name, or remove the replication.' },
 
   // transport
-  NETWORK_ERROR: { class: 'recoverable', meaning: 'The connection to the peer agent failed or broke.', fix: 'Check that the peer agent runs and is reachable on its replication port; the cycle is retried.' },
+  NETWORK_ERROR: { class: 'recoverable', meaning: 'The connection to the peer agent failed or broke.', fix: 'Check that the peer agent runs and is reachable on its replication port; replication retries on the back-off.' },
   TLS_PEER_CERT_MISSING: { class: 'non-recoverable', meaning: 'The peer did not present a client or server certificate.', fix: 'Give the agent its certificate and key (--cert, --key) issued by the CA.' },
   TLS_PEER_CERT_UNTRUSTED: { class: 'non-recoverable', meaning: 'The peer\'s certificate is not issued by the trusted CA, has expired, or is not valid for this use.', fix: 'Issue the peer a certificate from the same CA (`osr pki issue`) and restart it.' },
   TLS_HANDSHAKE_FAILED: { class: 'non-recoverable', meaning: 'The TLS handshake failed for another reason (protocol version, name mismatch).', fix: 'Use TLS 1.3 on both sides and make the certificate name match the address used.' },

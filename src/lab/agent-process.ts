@@ -18,7 +18,9 @@ export interface AgentProcessOptions {
   /** accept replication (replica role) on 127.0.0.1, port 0 = any free port */
   listenPort?: number;
   nbdTcpPort?: number;
-  retryDelay?: string;
+  /** retry back-off (default short, for a lab: 250ms,500ms, then every 500ms) */
+  retryBackoff?: string;
+  retryEvery?: string;
   extraArgs?: string[];
   /** options for node itself, e.g. ['--cpu-prof'] */
   nodeArgs?: string[];
@@ -58,7 +60,7 @@ export async function ensurePki(dir: string, agentNames: string[]): Promise<void
 
 /** Spawn an agent and wait until it reports its endpoints. */
 export async function startAgentProcess(o: AgentProcessOptions): Promise<RunningAgent> {
-  const args = [OSR_BIN, 'agent', '--name', o.name, '--data-dir', o.dataDir, '--pki-dir', o.pkiDir, '--api', '127.0.0.1:0', '--retry-delay', o.retryDelay ?? '500ms'];
+  const args = [OSR_BIN, 'agent', '--name', o.name, '--data-dir', o.dataDir, '--pki-dir', o.pkiDir, '--api', '127.0.0.1:0', '--retry-backoff', o.retryBackoff ?? '250ms,500ms', '--retry-every', o.retryEvery ?? '500ms'];
   if (o.listenPort !== undefined) args.push('--listen', `127.0.0.1:${o.listenPort}`);
   if (o.nbdTcpPort !== undefined) args.push('--nbd-tcp', String(o.nbdTcpPort));
   args.push(...(o.extraArgs ?? []));

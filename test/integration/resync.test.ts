@@ -51,7 +51,16 @@ test('an asked-for resync sends only the blocks that differ, while the guest wri
   await stopAgentProcess(pair.primary, 'SIGTERM');
   const changed = scribble(disks[0].image, 48 * MiB, 40) + scribble(disks[1].image, 16 * MiB, 10);
   pair.primary = await restartAgentProcess(pair.primary);
-  await waitFor('replicating again', async () => (await health(pair.primary, 'rs1')).state === 'Replicating' || undefined);
+  // the images' generation differs from the clean stop's: a resync is necessary, and waits
+  // for its window (never, here) or for a request
+  const required = await waitFor('resync required', async () => {
+    const x = await health(pair.primary, 'rs1');
+    return x.state === 'ResyncRequired' ? x : undefined;
+  });
+  assert.match(required.lastError!.message, /disk disk\d was changed outside replication/);
+  assert.equal(required.health, 'Critical');
+  assert.equal(required.resyncWaitingForWindow, true);
+  assert.deepEqual(required.retry && { nextAt: required.retry.nextAt, waitingForAction: required.retry.waitingForAction }, { nextAt: null, waitingForAction: true });
   // the guest keeps writing through the resync
   const c = await NbdClient.connect(disks[0].nbd.unix);
   let writing = true;
@@ -74,6 +83,7 @@ test('an asked-for resync sends only the blocks that differ, while the guest wri
   const r = done.resync!;
   assert.equal(r.totalBytes, 64 * MiB);
   assert.equal(r.doneBytes, 64 * MiB);
+  assert.match(r.reason, /changed outside replication/);
   assert.ok(r.differingBytes >= changed * 0.9 && r.differingBytes <= changed + 4 * MiB, `differing ${r.differingBytes} of ${changed} changed`);
   // blocks plus the checksums that came back; far less than the disks
   assert.ok(r.wireBytesSent < 8 * MiB, `sent ${r.wireBytesSent}`);
@@ -96,7 +106,7 @@ test('a resync interrupted by kill -9 of the primary resumes from the replica ch
   await stopAgentProcess(pair.primary, 'SIGTERM');
   scribble(disks[0].image, 1536 * MiB, 200);
   pair.primary = await restartAgentProcess(pair.primary);
-  await waitFor('replicating again', async () => (await health(pair.primary, 'rs2')).state === 'Replicating' || undefined);
+  await waitFor('resync required', async () => (await health(pair.primary, 'rs2')).state === 'ResyncRequired' || undefined);
   await pair.primary.api.post('/v1/replications/rs2/resync');
   // past the first checkpoint (every 512 MiB compared), kill the primary
   await waitFor('the resync past a checkpoint', async () => ((await health(pair.primary, 'rs2')).resync?.doneBytes ?? 0) > 600 * MiB || undefined, 120_000, 10);
@@ -110,4 +120,33 @@ test('a resync interrupted by kill -9 of the primary resumes from the replica ch
   await pair.primary.api.post('/v1/replications/rs2/cycle');
   const h = await waitForPoint(pair.primary, 'rs2', done.latestPoint!.seq + 1);
   assert.deepEqual(await pointDigests('rs2', h.latestPoint!.seq), disks.map((d) => fileDigest(d.image, d.size).digest));
+});
+
+test('pending change logs at half a disk make a resync necessary; inside its window it runs on its own and converges', async () => {
+  const disks = await createVm(pair.primary, 'rs3', ['8M']);
+  await pair.primary.api.post('/v1/replications', { vm: 'rs3', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', resyncWindow: 'always' });
+  const h1 = await waitForPoint(pair.primary, 'rs3', null);
+  // the replica is away while the guest rewrites more than half of the disk
+  await stopAgentProcess(pair.replica, 'SIGTERM');
+  await pair.primary.api.post('/v1/replications/rs3/cycle');
+  await waitFor('the primary to notice', async () => (await health(pair.primary, 'rs3')).lastError?.code === 'NETWORK_ERROR' || undefined);
+  await writePattern(disks[0].nbd.unix, { writes: 200, maxLen: 65536 });
+  const required = await waitFor('resync required by log growth', async () => {
+    const x = await health(pair.primary, 'rs3');
+    return x.pendingLogBytes >= 4 * MiB && x.state === 'ResyncRequired' ? x : undefined;
+  }).catch(async (e) => {
+    throw new Error(`${String(e)}; health ${JSON.stringify(await health(pair.primary, 'rs3'))}`);
+  });
+  assert.equal(required.health, 'Critical');
+  pair.replica = await restartAgentProcess(pair.replica);
+  const done = await waitFor('the resync to complete', async () => {
+    const x = await health(pair.primary, 'rs3');
+    return x.resync?.completedAt && x.state === 'Replicating' ? x : undefined;
+  });
+  assert.match(done.resync!.reason, /pending change logs of disk disk0 \(\d+ bytes\) reached 50% of its size/);
+  assert.ok(done.latestPoint!.seq > h1.latestPoint!.seq);
+  assert.ok(done.pendingLogBytes < 1 * MiB, `the logs were dropped: ${done.pendingLogBytes} bytes pending`);
+  await pair.primary.api.post('/v1/replications/rs3/cycle');
+  const h = await waitForPoint(pair.primary, 'rs3', done.latestPoint!.seq + 1);
+  assert.deepEqual(await pointDigests('rs3', h.latestPoint!.seq), [fileDigest(disks[0].image, 8 * MiB).digest]);
 });

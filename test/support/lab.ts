@@ -35,11 +35,21 @@ export interface Pair {
   stop(): Promise<void>;
 }
 
-export async function startPair(dir = tempDir(), nodeArgs: string[] = []): Promise<Pair> {
+export interface PairOptions {
+  nodeArgs?: string[];
+  /** more `osr agent` flags for each side */
+  primaryArgs?: string[];
+  replicaArgs?: string[];
+  /** the replica's data directory (default DIR/replica) */
+  replicaDataDir?: string;
+}
+
+export async function startPair(dir = tempDir(), o: PairOptions = {}): Promise<Pair> {
   const pkiDir = path.join(dir, 'pki');
   await ensurePki(pkiDir, ['primary', 'replica']);
-  const replica = await startAgentProcess({ name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0, nodeArgs });
-  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0, nodeArgs });
+  const nodeArgs = o.nodeArgs ?? [];
+  const replica = await startAgentProcess({ name: 'replica', dataDir: o.replicaDataDir ?? path.join(dir, 'replica'), pkiDir, listenPort: 0, nodeArgs, extraArgs: o.replicaArgs, logFile: path.join(dir, 'replica.log') });
+  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0, nodeArgs, extraArgs: o.primaryArgs, logFile: path.join(dir, 'primary.log') });
   const pair: Pair = {
     dir,
     pkiDir,
@@ -71,11 +81,17 @@ export function health(agent: RunningAgent, vm: string): Promise<ReplicationHeal
 }
 
 export async function waitForPoint(agent: RunningAgent, vm: string, seq: number | null, timeoutMs = 60_000): Promise<ReplicationHealth> {
-  return waitFor(`recovery point ${seq ?? 'any'} of ${vm}`, async () => {
-    const h = await health(agent, vm);
-    if (h.latestPoint && (seq === null || h.latestPoint.seq >= seq)) return h;
-    return undefined;
-  }, timeoutMs);
+  let last: ReplicationHealth | undefined;
+  try {
+    return await waitFor(`recovery point ${seq ?? 'any'} of ${vm}`, async () => {
+      const h = (last = await health(agent, vm));
+      if (h.latestPoint && (seq === null || h.latestPoint.seq >= seq)) return h;
+      return undefined;
+    }, timeoutMs);
+  } catch (e) {
+    // say where the replication stands: its state and last error explain most timeouts
+    throw new Error(`${String(e)}; state ${last?.state}, last error ${JSON.stringify(last?.lastError)}, retry ${JSON.stringify(last?.retry)}`);
+  }
 }
 
 /** Digest of a whole disk read through NBD. */

@@ -60,7 +60,7 @@ class TestVm {
 
   closeClean(): void {
     for (const d of this.disks) fs.fdatasyncSync(d.imageFd);
-    if (this.tracker.enabled) this.tracker.markCleanShutdown();
+    if (this.tracker.enabled) this.tracker.markCleanShutdown(this.disks.map((d) => d.imageFd));
     for (const d of this.disks) d.close();
     this.disks = [];
   }
@@ -264,6 +264,41 @@ test(
       assert.ok(replay(Buffer.alloc(2 * MiB), logOps(vm.logFile(0, 1)).ops).equals(vm.models[0]));
     } finally {
       vm.closeClean();
+    }
+  }),
+);
+
+test(
+  'a disk changed outside replication while the agent was stopped makes a resync necessary',
+  withDir(async (dir) => {
+    const rnd = prng(21);
+    const vm = TestVm.create(dir, [2 * MiB, 2 * MiB]);
+    vm.tracker.start();
+    await vm.randomOps(rnd, 5);
+    vm.closeClean();
+    // another tool writes into the second disk's image while no agent runs
+    const fd = fs.openSync(vm.specs[1].image, 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, 64 * 1024);
+    fs.closeSync(fd);
+    vm.open();
+    try {
+      const required = vm.tracker.resyncRequired;
+      assert.ok(required, 'resync required');
+      assert.match(required.reason, /disk disk1 was changed outside replication/);
+      assert.equal(vm.readState().resyncRequired?.reason, required.reason, 'the fact is durable');
+    } finally {
+      vm.closeClean();
+    }
+    // an untouched clean stop and start does not
+    const other = TestVm.create(path.join(dir, 'other'), [1 * MiB]);
+    other.tracker.start();
+    await other.randomOps(rnd, 5);
+    other.closeClean();
+    other.open();
+    try {
+      assert.equal(other.tracker.resyncRequired, undefined);
+    } finally {
+      other.closeClean();
     }
   }),
 );
