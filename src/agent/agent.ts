@@ -13,6 +13,7 @@ import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../pki/index.j
 import type { BlockDevice } from './block-device.js';
 import { CyclePhases } from './cycle-phases.js';
 import { readJson, writeJsonDurable } from './durable-file.js';
+import { demoteVm, promoteReplica, type DemoteResult, type PromoteOptions, type PromoteResult } from './failover.js';
 import { LabHost } from './lab-host.js';
 import { buildAgentApi } from './local-api.js';
 import { NbdServer } from './nbd/nbd-server.js';
@@ -85,8 +86,10 @@ export class Agent {
     this.tls = await loadTlsMaterial(this.config.tls);
     for (const r of this.host.loadAll()) {
       if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
+      if (r.removed) this.log.warn({ vm: r.vm }, 'finished demoting a VM whose images had become a replica');
     }
-    await this.replicas.openAll();
+    // a promoted replica's images are a host VM's disks now: not served as a replica
+    await this.replicas.openAll(new Set(this.host.list().map((vm) => vm.id)));
     for (const r of this.replicas.list()) for (const note of r.recoveryNotes.splice(0)) this.log.warn({ vm: r.vmName }, note);
     await this.nbd.listenUnix(this.nbdSocket);
     let nbdTcpPort: number | null = null;
@@ -142,7 +145,9 @@ export class Agent {
     for (const r of this.replications.values()) {
       if (r.spec.vm === vm.name) throw new OsrError('ALREADY_EXISTS', `VM ${vm.name} is already replicated (${r.spec.id})`);
     }
-    const spec: ReplicationSpec = { ...input, id: `rep-${vm.name}-${crypto.randomBytes(3).toString('hex')}`, epoch: input.epoch ?? 1 };
+    if (vm.spec.fenced) throw new OsrError('EPOCH_STALE', `VM ${vm.name} is fenced: ${vm.spec.fenced.reason}`);
+    // a promoted VM replicates (back) in the epoch it was promoted with
+    const spec: ReplicationSpec = { ...input, id: `rep-${vm.name}-${crypto.randomBytes(3).toString('hex')}`, epoch: input.epoch ?? vm.spec.origin?.epoch ?? 1 };
     writeJsonDurable(path.join(this.config.dataDir, 'replications', `${spec.id}.json`), spec);
     this.startReplication(spec);
     return spec;
@@ -169,6 +174,48 @@ export class Agent {
     const r = this.replications.get(idOrVm) ?? [...this.replications.values()].find((x) => x.spec.vm === idOrVm);
     if (!r) throw new OsrError('NOT_FOUND', `no replication ${idOrVm} on this agent`, { replications: [...this.replications.keys()] });
     return r;
+  }
+
+  /**
+   * Planned failover, first step: stop the VM (its NBD clients are disconnected once their
+   * requests finish), ship the final delta, and report zero pending bytes.
+   */
+  async prepareFailover(idOrVm: string, timeoutMs = 300_000): Promise<{ vm: string; point: unknown; pendingLogBytes: number }> {
+    const r = this.getReplication(idOrVm);
+    const vm = this.host.get(r.spec.vm);
+    this.host.setRunning(vm.name, false);
+    await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
+    for (const d of vm.disks) await d.flush();
+    const done = await r.prepareFailover(timeoutMs);
+    return { vm: vm.name, ...done };
+  }
+
+  /** Promote a replica held here to a writable VM on this host (failover.ts). */
+  async promote(vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
+    const result = await promoteReplica(this.host, this.replicas, vmName, opts);
+    this.log.warn({ vm: result.vm, epoch: result.epoch, point: result.point.seq }, `replica of ${result.vm} promoted: it is the primary now (epoch ${result.epoch})`);
+    return result;
+  }
+
+  /**
+   * Reverse, at the old primary: the VM's disks become the replica of its promoted copy.
+   * Its replication stops; its unshipped writes will be overwritten by the new primary's.
+   */
+  async demote(vmName: string, epoch?: number): Promise<DemoteResult> {
+    const vm = this.host.get(vmName);
+    const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);
+    const newEpoch = epoch ?? vm.spec.fenced?.epoch ?? (r ? r.spec.epoch + 1 : undefined);
+    if (newEpoch === undefined) throw new OsrError('INVALID_ARGUMENT', `give the epoch ${vm.name} was promoted with elsewhere (--epoch)`);
+    this.host.setRunning(vm.name, false);
+    await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
+    if (r) {
+      await r.stop();
+      this.replications.delete(r.spec.id);
+      fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
+    }
+    const result = await demoteVm(this.host, this.replicas, vm, newEpoch);
+    this.log.warn({ vm: vm.name, epoch: newEpoch, divergentBytes: result.divergentBytes }, `${vm.name} demoted: its disks are now the replica of the copy promoted with epoch ${newEpoch}`);
+    return result;
   }
 
   /** Stop replicating a VM: change tracking stops and its logs are deleted; the replica stays. */

@@ -25,6 +25,8 @@ export class LabDisk implements BlockDevice {
     readonly size: number,
     private readonly tracker: VmChangeTracker | undefined,
     private readonly index: number,
+    /** why writes are refused (a fenced VM), or undefined */
+    private readonly fenced: () => string | undefined = () => undefined,
   ) {
     this.fd = fs.openSync(imagePath, 'r+');
   }
@@ -61,8 +63,14 @@ export class LabDisk implements BlockDevice {
     return buf;
   }
 
+  private checkWritable(): void {
+    const why = this.fenced();
+    if (why) throw new OsrError('EPOCH_STALE', `disk ${this.name} refuses writes: ${why}`);
+  }
+
   async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
     this.check(offset, data.length);
+    this.checkWritable();
     this.tracker?.appendWrite(this.index, offset, data);
     writeFully(this.fd, data, offset);
     if (opts.fua) await this.flush();
@@ -70,6 +78,7 @@ export class LabDisk implements BlockDevice {
 
   async writeZeroes(offset: number, length: number, opts: WriteOptions & { mayTrim: boolean }): Promise<void> {
     this.check(offset, length);
+    this.checkWritable();
     this.tracker?.appendZero(this.index, offset, length);
     if (opts.mayTrim) punchHole(this.fd, offset, length);
     else writeZeroRange(this.fd, offset, length);

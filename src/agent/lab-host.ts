@@ -14,6 +14,7 @@ import { VmChangeTracker } from './change-tracker.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
 import type { ChangeSource } from './ports.js';
+import type { DiskRanges } from './ranges.js';
 import { hasSparseSupport } from './sparse.js';
 
 export const MAX_DISKS_PER_VM = 16;
@@ -32,6 +33,24 @@ export interface VmSpec {
   disks: VmDiskSpec[];
   running: boolean;
   createdAt: string;
+  /** set on a VM made by promoting a replica: where it came from */
+  origin?: VmOrigin | undefined;
+  /** set when a newer epoch was promoted elsewhere: the VM refuses writes until demoted */
+  fenced?: { reason: string; at: string; epoch: number } | undefined;
+}
+
+export interface VmOrigin {
+  /** the replication epoch this VM is primary in */
+  epoch: number;
+  /** the recovery point it was promoted from */
+  point: { seq: number; timeMs: number };
+  promotedAt: string;
+  /**
+   * ranges that differ from what the old primary's replica last held beyond this VM's own
+   * change logs: the points after `point` that promotion rolled back. Reverse replication
+   * sends them; cleared once it has.
+   */
+  divergence?: DiskRanges | undefined;
 }
 
 export class LabVm implements ChangeSource {
@@ -61,7 +80,8 @@ export class LabVm implements ChangeSource {
 
   /** Open the images and recover change tracking; must run before any guest I/O. */
   open(): { recovered: boolean; tornBytes: number } {
-    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i));
+    const fenced = () => (this.spec.fenced ? `${this.spec.fenced.reason} (since ${this.spec.fenced.at})` : undefined);
+    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, fenced));
     return this.tracker.recover(this.disks.map((d) => d.imageFd));
   }
 
@@ -69,6 +89,28 @@ export class LabVm implements ChangeSource {
     const d = this.disks.find((x) => x.name === name);
     if (!d) throw new OsrError('NOT_FOUND', `VM ${this.name} has no disk ${name}`, { disks: this.disks.map((x) => x.name) });
     return d;
+  }
+
+  /** ranges known to differ from the last common point beyond the change logs */
+  divergence(): DiskRanges | undefined {
+    return this.spec.origin?.divergence;
+  }
+
+  clearDivergence(): void {
+    if (!this.spec.origin?.divergence) return;
+    this.spec.origin.divergence = undefined;
+    this.saveSpec();
+  }
+
+  /** Refuse writes from now on: another site holds a newer epoch (durable before it returns). */
+  fence(reason: string, epoch: number): void {
+    if (this.spec.fenced) return;
+    this.spec.fenced = { reason, at: new Date().toISOString(), epoch };
+    this.saveSpec();
+  }
+
+  saveSpec(): void {
+    writeJsonDurable(path.join(this.dir, 'vm.json'), this.spec);
   }
 
   /** Sync images and logs, and record a clean stop. */
@@ -101,12 +143,20 @@ export class LabHost {
     fs.mkdirSync(storageDir, { recursive: true });
   }
 
-  /** Load every VM and recover its change tracking. */
-  loadAll(): { vm: string; recovered: boolean; tornBytes: number }[] {
+  /**
+   * Load every VM and recover its change tracking. A VM whose images are gone was demoted
+   * (its images became a replica) by a step cut short: it is finished here.
+   */
+  loadAll(): { vm: string; recovered: boolean; tornBytes: number; removed?: boolean }[] {
     const out = [];
     for (const name of fs.readdirSync(this.vmsDir)) {
       const spec = readJson<VmSpec>(path.join(this.vmsDir, name, 'vm.json'));
       if (!spec) continue;
+      if (spec.disks.some((d) => !fs.existsSync(d.image))) {
+        fs.rmSync(path.join(this.vmsDir, name), { recursive: true, force: true });
+        out.push({ vm: name, recovered: false, tornBytes: 0, removed: true });
+        continue;
+      }
       const vm = new LabVm(spec, path.join(this.vmsDir, name), this.now);
       const r = vm.open();
       this.vms.set(name, vm);
@@ -142,6 +192,37 @@ export class LabHost {
     vm.open();
     this.vms.set(name, vm);
     return vm;
+  }
+
+  /**
+   * Make a VM of existing images (a promoted replica's): they stay where they are. Change
+   * tracking starts at once, so every write from now on is known to reverse replication.
+   */
+  adoptVm(name: string, id: string, disks: VmDiskSpec[], origin: VmOrigin, running: boolean): LabVm {
+    if (!NAME_RE.test(name)) throw new OsrError('INVALID_ARGUMENT', `VM name "${name}" must be 1-63 letters, digits, '.', '_' or '-'`);
+    if (this.vms.has(name)) throw new OsrError('ALREADY_EXISTS', `VM ${name} already exists on this host`);
+    const dir = path.join(this.vmsDir, name);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+    const spec: VmSpec = { id, name, disks, running, createdAt: new Date(this.now()).toISOString(), origin };
+    writeJsonDurable(path.join(dir, 'vm.json'), spec);
+    fsyncDir(this.vmsDir);
+    const vm = new LabVm(spec, dir, this.now);
+    vm.open();
+    vm.tracker.start();
+    this.vms.set(name, vm);
+    return vm;
+  }
+
+  /** Forget a VM whose images were handed over (demoted to a replica): its state and logs go. */
+  removeVm(name: string): void {
+    const vm = this.get(name);
+    vm.tracker.stop();
+    for (const d of vm.disks) d.close();
+    vm.disks = [];
+    this.vms.delete(name);
+    fs.rmSync(vm.dir, { recursive: true, force: true });
+    fsyncDir(this.vmsDir);
   }
 
   get(name: string): LabVm {

@@ -36,6 +36,8 @@ function replicaSummary(agent: Agent, s: ReplicaStore) {
     disks: s.disks,
     initialDone: s.initialDone,
     committed: s.isCommitted,
+    epoch: s.epoch,
+    divergent: s.divergent === undefined ? null : s.divergent === 'all' ? 'all' : Object.values(s.divergent).reduce((n, r) => n + r.reduce((m, x) => m + x[1], 0), 0),
     points: s.points().length,
     latestPoint: s.latestPoint() ?? null,
     overlays: s.listOverlays().map((o) => overlaySummary(agent, s, o.id)),
@@ -62,7 +64,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
   app.get('/v1/status', async () => ({
     name: agent.config.name,
     endpoints: agent.endpoints,
-    vms: agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracker.enabled, resyncRequired: vm.tracker.resyncRequired ?? null })),
+    vms: agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracker.enabled, resyncRequired: vm.tracker.resyncRequired ?? null, origin: vm.spec.origin ?? null, fenced: vm.spec.fenced ?? null })),
     replications: [...agent.replications.values()].map((r) => r.health()),
     replicas: agent.replicas.list().map((s) => replicaSummary(agent, s)),
   }));
@@ -86,6 +88,12 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     for (const d of vm.disks) await d.flush();
     return agent.host.setRunning(req.params.name, false).spec;
   });
+
+  app.post<{ Params: { name: string }; Body: { epoch?: number } | undefined }>(
+    '/v1/vms/:name/demote',
+    { schema: { body: { type: ['object', 'null'], properties: { epoch: { type: 'integer', minimum: 1 } } } } },
+    async (req) => agent.demote(req.params.name, req.body?.epoch),
+  );
 
   app.get<{ Params: { name: string } }>('/v1/vms/:name/disks', async (req) => {
     const vm = agent.host.get(req.params.name);
@@ -151,6 +159,9 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     agent.getReplication(req.params.id).triggerCycle();
     return reply.status(202).send({ accepted: true });
   });
+  app.post<{ Params: { id: string }; Body: { timeout?: string | number } | undefined }>('/v1/replications/:id/prepare-failover', async (req) =>
+    agent.prepareFailover(req.params.id, req.body?.timeout !== undefined ? parseDuration(req.body.timeout) : undefined),
+  );
   app.post<{ Params: { id: string } }>('/v1/replications/:id/retry', async (req, reply) => {
     agent.getReplication(req.params.id).retryNow();
     return reply.status(202).send({ accepted: true });
@@ -172,6 +183,11 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       .get(req.params.vm)
       .points()
       .map((p) => ({ ...p, time: new Date(p.timeMs).toISOString() })),
+  );
+  app.post<{ Params: { vm: string }; Body: { point?: number; epoch?: number; start?: boolean } | undefined }>(
+    '/v1/replicas/:vm/promote',
+    { schema: { body: { type: ['object', 'null'], properties: { point: { type: 'integer', minimum: 0 }, epoch: { type: 'integer', minimum: 1 }, start: { type: 'boolean' } } } } },
+    async (req) => agent.promote(req.params.vm, req.body ?? {}),
   );
   app.post<{ Params: { vm: string }; Body: { point?: number } | undefined }>('/v1/replicas/:vm/overlays', async (req, reply) => {
     const s = agent.replicas.get(req.params.vm);

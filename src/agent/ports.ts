@@ -12,6 +12,7 @@
  * The engine branches on capabilities, never on which implementation it holds.
  */
 import type { Consistency, DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec } from './replica-store.js';
+import type { DiskRanges } from './ranges.js';
 import type { ResyncState } from './resync-stage.js';
 
 export interface SourceDisk {
@@ -40,6 +41,15 @@ export interface ChangeSource {
     readonly sparseRanges: boolean;
   };
   readonly tracking: ChangeTracking;
+  /**
+   * ranges that differ from the last point the replica and this source had in common,
+   * beyond the change logs (a promoted replica's rolled-back points); sent by reverse
+   * replication, then cleared
+   */
+  divergence?(): DiskRanges | undefined;
+  clearDivergence?(): void;
+  /** refuse writes from now on: a newer epoch was promoted elsewhere */
+  fence?(reason: string, epoch: number): void;
 }
 
 export interface ChangeTracking {
@@ -67,7 +77,9 @@ export interface ChangeTracking {
   /** a resynchronization in progress, and the log that tracks writes since it began */
   readonly resync: { id: string; seq: number; startedMs: number } | undefined;
   /** begin a resynchronization (or go on with the one in progress): drops older logs */
-  beginResync(): { id: string; seq: number; resumed: boolean };
+  beginResync(opts?: { keepActive?: boolean }): { id: string; seq: number; resumed: boolean };
+  /** ranges written in the logs held now (all, or the closed ones only) */
+  loggedRanges(which: 'all' | 'closed'): DiskRanges;
   /** the resync's point reached the replica */
   endResync(): void;
 }
@@ -102,4 +114,7 @@ export interface ReplicaTarget {
   stageResync(disk: string, offset: number, parts: readonly Buffer[]): void;
   stageResyncZero(disk: string, offset: number, length: number): void;
   checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState>;
+  /** where the replica may differ from the primary beyond its logs (a reversed replica) */
+  readonly divergent: DiskRanges | 'all' | undefined;
+  addDivergence(ranges: DiskRanges): void;
 }

@@ -218,16 +218,19 @@ export class ReplicaStore implements ReplicaTarget {
     divergent: DivergentRanges,
     now: () => number = Date.now,
   ): Promise<ReplicaStore> {
-    fs.rmSync(root, { recursive: true, force: true });
-    fs.mkdirSync(path.join(root, 'disks'), { recursive: true });
+    // built beside its final place (the images may live in an older store at `root`, that of
+    // the replica this VM was promoted from), then renamed over it
+    const tmp = `${root}.adopting`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fs.mkdirSync(path.join(tmp, 'disks'), { recursive: true });
     for (const d of spec.disks) {
       const from = images[d.name];
       if (!from) throw new OsrError('INVALID_ARGUMENT', `no image given for disk ${d.name}`);
       if (fs.statSync(from).size !== d.size) throw new OsrError('INVALID_STATE', `image ${path.basename(from)} is not ${d.size} bytes`);
-      fs.renameSync(from, path.join(root, 'disks', `${d.name}.img`));
     }
-    fsyncDir(path.join(root, 'disks'));
-    for (const from of Object.values(images)) fsyncDir(path.dirname(from));
+    for (const d of spec.disks) fs.renameSync(images[d.name], path.join(tmp, 'disks', `${d.name}.img`));
+    fsyncDir(path.join(tmp, 'disks'));
+    for (const from of new Set(Object.values(images).map((f) => path.dirname(f)))) if (fs.existsSync(from)) fsyncDir(from);
     const manifest: Manifest = {
       version: 1,
       vmId: spec.vmId,
@@ -239,7 +242,10 @@ export class ReplicaStore implements ReplicaTarget {
       epoch: spec.epoch,
       divergent,
     };
-    writeJsonDurable(path.join(root, 'manifest.json'), manifest);
+    writeJsonDurable(path.join(tmp, 'manifest.json'), manifest);
+    fs.rmSync(root, { recursive: true, force: true });
+    fs.renameSync(tmp, root);
+    fsyncDir(path.dirname(root));
     const store = new ReplicaStore(root, manifest, now);
     await store.load();
     return store;
@@ -410,7 +416,7 @@ export class ReplicaStore implements ReplicaTarget {
 
   setEpoch(epoch: number): void {
     if (epoch < this.manifest.epoch) {
-      throw new OsrError('INVALID_STATE', `replication epoch ${epoch} is older than the replica's ${this.manifest.epoch}`);
+      throw new OsrError('EPOCH_STALE', `replication epoch ${epoch} is older than the replica's ${this.manifest.epoch}: another site was promoted`, { epoch, current: this.manifest.epoch });
     }
     if (epoch !== this.manifest.epoch) {
       this.manifest.epoch = epoch;

@@ -10,7 +10,9 @@ import tls from 'node:tls';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { onTlsClientError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
 import { writeAllAt } from './io.js';
-import { ReplicaStore, type DeltaDiskFile, type RecoveryPoint } from './replica-store.js';
+import { readJson, writeJsonDurable } from './durable-file.js';
+import type { DiskRanges } from './ranges.js';
+import { ReplicaStore, type DeltaDiskFile, type DivergentRanges, type RecoveryPoint } from './replica-store.js';
 import type { ReplicaTarget } from './ports.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
 import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
@@ -19,6 +21,14 @@ export interface Logger {
   info(obj: object | string, msg?: string): void;
   warn(obj: object | string, msg?: string): void;
   error(obj: object | string, msg?: string): void;
+}
+
+/** Kept beside the stores once a replica was promoted here: older primaries are refused. */
+export interface FenceRecord {
+  epoch: number;
+  at: string;
+  /** what a promotion chose, kept before its commit so a promotion cut short can finish */
+  promotion?: { point: RecoveryPoint; rolledBack: DiskRanges } | undefined;
 }
 
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
@@ -33,6 +43,10 @@ export class ReplicaRegistry {
   }
 
   async open(req: OpenRequest): Promise<ReplicaStore> {
+    const fence = this.fenceOf(req.vmId);
+    if (fence !== undefined && req.epoch < fence) {
+      throw new OsrError('EPOCH_STALE', `${req.vmName} was promoted at this site with epoch ${fence}; a primary with epoch ${req.epoch} may no longer replicate`, { epoch: req.epoch, current: fence });
+    }
     let s = this.stores.get(req.vmId);
     if (!s) {
       s = await ReplicaStore.open(path.join(this.dir, req.vmId), { vmId: req.vmId, vmName: req.vmName, disks: req.disks, retention: req.retention }, this.now);
@@ -43,10 +57,57 @@ export class ReplicaRegistry {
     return s;
   }
 
-  /** Open every store found on disk (at agent start), so points and overlays are served. */
-  async openAll(): Promise<void> {
+  /** The epoch a replica was promoted with here (older primaries are refused), if any. */
+  fenceOf(vmId: string): number | undefined {
+    return this.fenceRecord(vmId)?.epoch;
+  }
+
+  fenceRecord(vmId: string): FenceRecord | undefined {
+    return readJson<FenceRecord>(path.join(this.dir, `${vmId}.fence.json`));
+  }
+
+  /** Refuse primaries older than `epoch` for this VM from now on (durable), and drop any connected one. */
+  fence(vmId: string, epoch: number, promotion?: FenceRecord['promotion']): void {
+    const record: FenceRecord = { epoch, at: new Date(this.now()).toISOString(), promotion };
+    writeJsonDurable(path.join(this.dir, `${vmId}.fence.json`), record);
+    const owner = this.owners.get(vmId);
+    if (owner) owner.destroy(new OsrError('EPOCH_STALE', `${vmId} was promoted at this site with epoch ${epoch}`));
+    this.owners.delete(vmId);
+  }
+
+  /** Stop serving a store as a replica (promoted: its images now belong to a VM). */
+  detach(vmId: string): void {
+    const s = this.stores.get(vmId);
+    s?.close();
+    this.stores.delete(vmId);
+  }
+
+  /** A store made from existing images (reverse replication); replaces any store of that VM. */
+  async adopt(spec: Parameters<typeof ReplicaStore.adopt>[1], images: Record<string, string>, divergent: DivergentRanges): Promise<ReplicaStore> {
+    this.detach(spec.vmId);
+    const s = await ReplicaStore.adopt(path.join(this.dir, spec.vmId), spec, images, divergent, this.now);
+    this.stores.set(spec.vmId, s);
+    return s;
+  }
+
+  /**
+   * Open every store found on disk (at agent start), so points and overlays are served.
+   * Stores whose images a host VM uses now (promoted) are skipped; an adoption cut short
+   * is finished or undone.
+   */
+  async openAll(skip: ReadonlySet<string> = new Set()): Promise<void> {
+    for (const name of fs.readdirSync(this.dir)) {
+      const m = /^(.+)\.adopting$/.exec(name);
+      if (!m) continue;
+      const tmp = path.join(this.dir, name);
+      // the manifest is written last: without it the images are still where they were
+      if (fs.existsSync(path.join(tmp, 'manifest.json'))) {
+        fs.rmSync(path.join(this.dir, m[1]), { recursive: true, force: true });
+        fs.renameSync(tmp, path.join(this.dir, m[1]));
+      }
+    }
     for (const vmId of fs.readdirSync(this.dir)) {
-      if (this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
+      if (skip.has(vmId) || this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
       const s = await ReplicaStore.open(path.join(this.dir, vmId), { vmId, disks: [] }, this.now);
       this.stores.set(vmId, s);
     }
@@ -222,8 +283,14 @@ class Session {
           finishedDisks: store.finishedInitialDisks(),
           latestSeq: latest?.seq ?? null,
           points: store.points(),
+          divergent: store.divergent ?? null,
         };
         return result;
+      }
+      case 'resync-ranges': {
+        const store = this.requireStore();
+        store.addDivergence(args.ranges as DiskRanges);
+        return { divergent: store.divergent ?? null };
       }
       case 'copy-checkpoint': {
         await this.requireStore().checkpointInitial(String(args.disk), Number(args.offset), args.finished === true);

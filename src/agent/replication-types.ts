@@ -8,6 +8,8 @@ export const ReplicationState = {
   Replicating: 'Replicating',
   Paused: 'Paused',
   ResyncRequired: 'ResyncRequired',
+  /** a newer epoch was promoted elsewhere: the VM refuses writes until it is demoted */
+  Fenced: 'Fenced',
   Error: 'Error',
   Stopped: 'Stopped',
 } as const;
@@ -142,4 +144,6 @@ export interface OpenResult {
   finishedDisks: string[];
   latestSeq: number | null;
   points: RecoveryPoint[];
+  /** the replica was made from an old primary's disks: where they may differ ('all': unknown) */
+  divergent: Record<string, [number, number][]> | 'all' | null;
 }

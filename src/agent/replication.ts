@@ -20,6 +20,7 @@ import { blockDigests, DIGEST_BYTES } from './checksum.js';
 import { retryDelayMs, type RetryPolicy } from './retry.js';
 import type { Pacer } from './throttle.js';
 import { inTimeWindow, msUntilMinute, parseTimeWindow } from './time-window.js';
+import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { dataRanges, isZero } from './sparse.js';
 import { MAX_DATA_BYTES } from './wire.js';
 
@@ -79,6 +80,8 @@ export class PrimaryReplication {
   private failures = 0;
   private nextRetryMs: number | null = null;
   private waitingForAction = false;
+  /** the replica was made from an old primary's disks: the ranges where it may differ */
+  private divergent: OpenResult['divergent'] = null;
 
   constructor(
     readonly spec: ReplicationSpec,
@@ -106,6 +109,30 @@ export class PrimaryReplication {
     if (this.state === ReplicationState.InitialReplication) throw new OsrError('INVALID_STATE', `${this.vm.name} is still in initial replication; a resync needs a replica to compare with`);
     this.resyncAsked = true;
     this.waker.abort();
+  }
+
+  /**
+   * Planned failover, first step: the caller has stopped the VM. Ship its final delta and
+   * resolve once the replica has applied it and nothing is pending: the replica's latest
+   * point is then the VM's last state, and a promotion loses nothing.
+   */
+  async prepareFailover(timeoutMs: number): Promise<{ point: ReplicationHealth['latestPoint']; pendingLogBytes: number }> {
+    if (this.state !== ReplicationState.Replicating) {
+      throw new OsrError('INVALID_STATE', `${this.vm.name} is ${this.state}; a failover can be prepared only while it replicates`);
+    }
+    const { clock } = this.deps;
+    const deadline = clock.now() + timeoutMs;
+    this.triggerCycle();
+    for (;;) {
+      const tracker = this.vm.tracking;
+      const pending = this.latestSeq === null ? -1 : tracker.pendingBytes(this.latestSeq);
+      if (this.latestSeq !== null && this.latestSeq >= tracker.activeSeq - 1 && pending === 0) return { point: this.latest, pendingLogBytes: 0 };
+      if (this.state !== ReplicationState.Replicating && this.lastError) {
+        throw new OsrError('INVALID_STATE', `the final delta of ${this.vm.name} could not be shipped: ${this.lastError.code} ${this.lastError.message}`);
+      }
+      if (clock.now() > deadline) throw new OsrError('NETWORK_ERROR', `the final delta of ${this.vm.name} did not reach the replica within ${timeoutMs} ms (${pending} bytes pending)`);
+      await clock.sleep(50);
+    }
   }
 
   /** Retry now, after an error of either class, instead of waiting. */
@@ -143,6 +170,8 @@ export class PrimaryReplication {
         const client = await this.ensureConnected();
         const required = tracker.resyncRequired;
         if (this.state === ReplicationState.InitialReplication) await this.initialCopy(client);
+        else if (this.divergent === 'all' && !required) await this.resync(client, 'reverse replication: the old primary\'s changes are unknown, every block is compared');
+        else if (this.divergent && this.divergent !== 'all' && !required) await this.reverseResync(client, this.divergent);
         else if (required || this.resyncAsked || (tracker.resync && tracker.activeSeq === tracker.resync.seq)) {
           if (required && !this.resyncAsked && !this.inResyncWindow()) {
             this.state = ReplicationState.ResyncRequired;
@@ -184,17 +213,20 @@ export class PrimaryReplication {
    * and touches neither its images nor its points until then (resync-stage.ts). An
    * interrupted resync resumes from the replica's last checkpoint.
    */
-  private async resync(client: ReplicaClient, reason: string | undefined): Promise<void> {
+  private async resync(client: ReplicaClient, reason: string | undefined, only?: DiskRanges): Promise<void> {
     const tracker = this.vm.tracking;
     if (this.latestSeq === null) throw new OsrError('INTERNAL', `resync of ${this.vm.name} without a recovery point at the replica`);
     const asked = this.resyncAsked;
     this.resyncAsked = false;
     this.state = ReplicationState.Resynchronizing;
-    const r = tracker.beginResync();
+    // a resync of known ranges keeps the open log: its writes go out at the end, while those
+    // of the closed logs are among the ranges
+    const r = tracker.beginResync(only ? { keepActive: true } : {});
     const blockSize = this.spec.resyncBlockSize ?? DEFAULT_RESYNC_BLOCK_SIZE;
     const begun = await client.request<{ disks: Record<string, { offset: number; finished: boolean }> }>('resync-begin', { id: r.id, seq: r.seq, blockSize });
-    const totalBytes = this.vm.disks.reduce((n, d) => n + d.size, 0);
-    const doneBytes = this.vm.disks.reduce((n, d) => n + (begun.disks[d.name]?.finished ? d.size : (begun.disks[d.name]?.offset ?? 0)), 0);
+    const ranges = new Map(this.vm.disks.map((d) => [d.name, only ? alignRanges(only[d.name] ?? [], blockSize, d.size) : ([[0, d.size]] as Range[])]));
+    const totalBytes = this.vm.disks.reduce((n, d) => n + rangeBytes(ranges.get(d.name)!), 0);
+    const doneBytes = this.vm.disks.reduce((n, d) => n + bytesBelow(ranges.get(d.name)!, begun.disks[d.name]?.finished ? d.size : (begun.disks[d.name]?.offset ?? 0)), 0);
     const previous = this.resyncProgress?.id === r.id ? this.resyncProgress : null;
     this.resyncProgress = {
       id: r.id,
@@ -217,7 +249,8 @@ export class PrimaryReplication {
       const at = begun.disks[disk.name];
       if (at?.finished) continue;
       this.resyncProgress.currentDisk = disk.name;
-      await this.resyncDisk(client, disk.name, disk.imageFd, disk.size, at?.offset ?? 0, blockSize);
+      if (only) await this.resyncRanges(client, disk.name, disk.imageFd, disk.size, ranges.get(disk.name)!, at?.offset ?? 0);
+      else await this.resyncDisk(client, disk.name, disk.imageFd, disk.size, at?.offset ?? 0, blockSize);
     }
     this.resyncProgress.currentDisk = null;
     // the resync's point: its log closes now and goes out with the staged blocks
@@ -225,6 +258,62 @@ export class PrimaryReplication {
     if (seq !== r.seq) throw new OsrError('INTERNAL', `resync of ${this.vm.name} tracked log ${r.seq} but closed ${seq}`);
     this.state = ReplicationState.Replicating;
     this.nextCycleMs = this.deps.phases.place(this.spec.id, this.deps.clock.now(), this.spec.copyFrequencyMs);
+  }
+
+  /**
+   * Reverse replication begins here: the replica is the old primary's disks, which differ
+   * from this VM only where either side wrote since the last point they had in common. The
+   * replica knows its side's ranges (its change logs, kept when it was demoted); this side
+   * adds its own (its closed change logs, and the points its promotion rolled back), made
+   * durable there before the logs that hold them go. Then only those ranges are sent.
+   */
+  private async reverseResync(client: ReplicaClient, known: DiskRanges): Promise<void> {
+    const tracker = this.vm.tracking;
+    let ranges = known;
+    const resuming = tracker.resync !== undefined && tracker.activeSeq === tracker.resync.seq;
+    if (!resuming) {
+      const mine = unionDiskRanges(tracker.loggedRanges('closed'), this.vm.divergence?.());
+      const reply = await client.request<{ divergent: OpenResult['divergent'] }>('resync-ranges', { ranges: mine });
+      if (!reply.divergent || reply.divergent === 'all') throw new OsrError('PROTOCOL_ERROR', `the replica of ${this.vm.name} answered no ranges to resynchronize`);
+      ranges = reply.divergent;
+    }
+    await this.resync(client, 'reverse replication: the ranges either site wrote since their last common point', ranges);
+  }
+
+  /** Send the current content of known ranges of one disk (no comparison), from a checkpoint. */
+  private async resyncRanges(client: ReplicaClient, disk: string, fd: number, size: number, ranges: readonly Range[], from: number): Promise<void> {
+    const progress = this.resyncProgress!;
+    const startMs = this.deps.clock.now();
+    const startDone = progress.doneBytes;
+    const sentAt = client.wireBytesSent;
+    await client.notice({ type: 'resync-disk', disk });
+    let sinceCheckpoint = 0;
+    for (const [off, len] of ranges) {
+      const end = off + len;
+      for (let pos = Math.max(off, from); pos < end; ) {
+        if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
+        const n = Math.min(COPY_CHUNK, end - pos);
+        // sendData resolves once the frame is out, so one buffer serves every read
+        const buf = await readAt(fd, n, pos, this.copyBuffers[0].subarray(0, n));
+        if (isZero(buf)) await client.notice({ type: 'resync-zero', disk, offset: pos, length: n });
+        else for (let o = 0; o < n; o += MAX_DATA_BYTES) await client.sendData(pos + o, buf.subarray(o, Math.min(n, o + MAX_DATA_BYTES)));
+        pos += n;
+        progress.differingBytes += n;
+        progress.doneBytes += n;
+        sinceCheckpoint += n;
+        if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos < size) {
+          await client.request('resync-checkpoint', { disk, offset: pos, finished: false });
+          this.failures = 0;
+          sinceCheckpoint = 0;
+        }
+        const elapsed = (this.deps.clock.now() - startMs) / 1000;
+        progress.percent = progress.totalBytes > 0 ? Math.floor((progress.doneBytes / progress.totalBytes) * 1000) / 10 : 100;
+        progress.rateBytesPerSec = elapsed > 0 ? Math.round((progress.doneBytes - startDone) / elapsed) : 0;
+        progress.etaSeconds = progress.rateBytesPerSec > 0 ? Math.round((progress.totalBytes - progress.doneBytes) / progress.rateBytesPerSec) : null;
+      }
+    }
+    await client.request('resync-checkpoint', { disk, offset: size, finished: true });
+    progress.wireBytesSent += client.wireBytesSent - sentAt;
   }
 
   private async resyncDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number, blockSize: number): Promise<void> {
@@ -297,10 +386,17 @@ export class PrimaryReplication {
     this.client?.close();
     this.client = undefined;
     if (err.code === 'CHANGE_LOG_CORRUPT') this.vm.tracking.markResyncRequired(err.message);
+    if (err.code === 'EPOCH_STALE') {
+      // another site was promoted: this copy must not take writes any more
+      const current = Number(err.details?.current ?? this.spec.epoch + 1);
+      this.vm.fence?.(`replication epoch ${this.spec.epoch} is stale: ${this.vm.name} was promoted elsewhere with epoch ${current}; demote this copy to reverse replication`, current);
+    }
     if (this.state === ReplicationState.Replicating) this.recordCycle(false);
     this.failures++;
     if (err.code === 'RESYNC_REQUIRED' || err.code === 'CHANGE_LOG_CORRUPT') {
       this.state = ReplicationState.ResyncRequired;
+    } else if (err.code === 'EPOCH_STALE') {
+      this.state = ReplicationState.Fenced;
     } else if (!err.recoverable) {
       this.state = ReplicationState.Error;
     }
@@ -405,7 +501,9 @@ export class PrimaryReplication {
     client.pace = (bytes) => this.pace(bytes);
     this.client = client;
     this.latestSeq = open.latestSeq;
-    const last = open.points.at(-1);
+    this.divergent = open.divergent ?? null;
+    // the base of a replica made from an old primary's disks is not a point of this VM
+    const last = open.points.filter((p) => !p.unverified).at(-1);
     if (last) this.latest = { seq: last.seq, time: new Date(last.timeMs).toISOString(), consistency: last.consistency };
     if (!open.initialDone) {
       this.state = ReplicationState.InitialReplication;
@@ -632,6 +730,11 @@ export class PrimaryReplication {
       tracker.releaseThrough(seq);
       if (resync) {
         tracker.endResync();
+        if (this.divergent) {
+          // reverse replication is in step: the replica is now this VM at point `seq`
+          this.divergent = null;
+          this.vm.clearDivergence?.();
+        }
         if (this.resyncProgress) {
           this.resyncProgress.completedAt = new Date(this.deps.clock.now()).toISOString();
           this.resyncProgress.wireBytesSent += deltaBytes;
@@ -656,7 +759,7 @@ export class PrimaryReplication {
     const missed = recent.filter((c) => !c.ok).length;
     const rpoSeconds = this.latest ? Math.max(0, (now - Date.parse(this.latest.time)) / 1000) : null;
     let health: ReplicationHealth['health'] = 'Healthy';
-    if (this.state === ReplicationState.ResyncRequired || this.state === ReplicationState.Error) health = 'Critical';
+    if (this.state === ReplicationState.ResyncRequired || this.state === ReplicationState.Error || this.state === ReplicationState.Fenced) health = 'Critical';
     else if (recent.length > 0 && missed / recent.length > 0.2) health = 'Warning';
     else if (this.state === ReplicationState.Replicating && this.lastSuccessMs !== null && now - this.lastSuccessMs > HOUR) health = 'Warning';
     return {
@@ -680,4 +783,11 @@ export class PrimaryReplication {
       lastDelta: this.lastDelta,
     };
   }
+}
+
+/** bytes of sorted ranges that lie below `offset` */
+function bytesBelow(ranges: readonly Range[], offset: number): number {
+  let n = 0;
+  for (const [off, len] of ranges) n += Math.max(0, Math.min(off + len, offset) - off);
+  return n;
 }

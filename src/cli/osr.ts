@@ -150,6 +150,13 @@ vm.command('start <name>')
 vm.command('stop <name>')
   .description('stop a VM: its disks are flushed and no longer served')
   .action(async (name: string) => print(await client().post(`/v1/vms/${name}/stop`), () => `${name} stopped`));
+vm.command('demote <name>')
+  .description('reverse replication, at the old primary after a failover: the VM stops and its disks become the replica of its promoted copy (writes it made after its last shipped point are discarded)')
+  .option('--epoch <n>', 'the epoch the copy was promoted with (default: known from a refused replication, else this one\'s + 1)')
+  .action(async (name: string, o: { epoch?: string }) => {
+    const r = await client().post<{ vm: string; epoch: number; divergentBytes: number | null }>(`/v1/vms/${name}/demote`, { epoch: o.epoch !== undefined ? Number(o.epoch) : undefined });
+    print(r, () => `${r.vm} demoted: its disks are the replica of the copy promoted with epoch ${r.epoch}; ${r.divergentBytes === null ? 'every block will be compared' : `${formatBytes(r.divergentBytes)} written here since the last shipped point will be resent`}`);
+  });
 vm.command('nbd-uri <name> [disk]')
   .description("print the NBD URI of a VM's disk (every disk when none is named)")
   .option('--tcp', 'the TCP URI instead of the Unix socket one', false)
@@ -251,6 +258,14 @@ rep
   .description('run a copy cycle now')
   .action(async (id: string) => print(await client().post(`/v1/replications/${id}/cycle`), () => 'cycle requested'));
 rep
+  .command('prepare-failover <id>')
+  .description('planned failover, first step: stop the VM, ship its final delta, wait until nothing is pending')
+  .option('--timeout <duration>', 'give up after this long', '5m')
+  .action(async (id: string, o: { timeout: string }) => {
+    const r = await client().post<{ vm: string; point: { seq: number; time: string } | null; pendingLogBytes: number }>(`/v1/replications/${id}/prepare-failover`, { timeout: o.timeout });
+    print(r, () => `${r.vm} stopped; its last state is point #${r.point?.seq} (${r.point?.time}) at the replica; ${r.pendingLogBytes} bytes pending`);
+  });
+rep
   .command('retry <id>')
   .description('retry now after an error, instead of waiting for the back-off (or, after a non-recoverable error, for someone to act)')
   .action(async (id: string) => print(await client().post(`/v1/replications/${id}/retry`), () => 'retry requested'));
@@ -295,6 +310,20 @@ replica
   .command('commit <vm> <overlay>')
   .description('commit an overlay: its point and writes become the disks; the other points go')
   .action(async (vmName: string, id: string) => print(await client().post(`/v1/replicas/${vmName}/overlays/${id}/commit`), () => `committed ${id}`));
+replica
+  .command('promote <vm>')
+  .description('failover: a recovery point becomes a writable VM on this host; older primaries are refused from now on')
+  .option('--point <seq>', 'recovery point number (default: the latest)')
+  .option('--epoch <n>', "the new replication epoch (default: the replica's + 1)")
+  .option('--no-start', 'do not serve the VM\'s disks yet')
+  .action(async (vmName: string, o: { point?: string; epoch?: string; start: boolean }) => {
+    const r = await client().post<{ vm: string; epoch: number; point: { seq: number; timeMs: number }; rolledBackBytes: number }>(`/v1/replicas/${vmName}/promote`, {
+      point: o.point !== undefined ? Number(o.point) : undefined,
+      epoch: o.epoch !== undefined ? Number(o.epoch) : undefined,
+      start: o.start,
+    });
+    print(r, () => `${r.vm} promoted from point #${r.point.seq} (${new Date(r.point.timeMs).toISOString()}), epoch ${r.epoch}${r.rolledBackBytes > 0 ? `; later points rolled back (${formatBytes(r.rolledBackBytes)})` : ''}\nreverse replication: \`osr vm demote ${r.vm} --epoch ${r.epoch}\` at the old primary, then \`osr replication enable ${r.vm} --to OLD-PRIMARY\` here`);
+  });
 replica
   .command('discard <vm> <overlay>')
   .description('discard an overlay and its writes')

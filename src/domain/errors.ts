@@ -40,6 +40,7 @@ export const ERROR_CODES = {
   PROTOCOL_VERSION_UNSUPPORTED: { class: 'non-recoverable', meaning: 'The peer agent speaks no protocol version this agent supports.', fix: 'Upgrade the older agent so both share a protocol version.' },
   PROTOCOL_ERROR: { class: 'recoverable', meaning: 'The peer sent a malformed or unexpected frame.', fix: 'The connection is dropped and retried; if it persists, check both agents run matching versions.' },
   CHECKSUM_MISMATCH: { class: 'recoverable', meaning: 'Data arrived with a checksum that does not match; it was discarded.', fix: 'Nothing: the transfer is retried. If it repeats, check memory and network hardware.' },
+  EPOCH_STALE: { class: 'non-recoverable', meaning: 'Another site was promoted with a newer replication epoch; this one may no longer act as primary (its VM is fenced: writes are refused).', fix: 'Reverse replication: demote this copy (`osr vm demote VM`) so it becomes the replica of the promoted one.' },
   AUTH_FAILED: { class: 'non-recoverable', meaning: 'The peer is not allowed to perform this operation.', fix: 'Use a certificate with the right role, or the right API token.' },
 
   // replica side

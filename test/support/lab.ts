@@ -42,6 +42,8 @@ export interface PairOptions {
   replicaArgs?: string[];
   /** the replica's data directory (default DIR/replica) */
   replicaDataDir?: string;
+  /** the primary accepts replication too (reverse replication after a failover) */
+  primaryListens?: boolean;
 }
 
 export async function startPair(dir = tempDir(), o: PairOptions = {}): Promise<Pair> {
@@ -49,7 +51,7 @@ export async function startPair(dir = tempDir(), o: PairOptions = {}): Promise<P
   await ensurePki(pkiDir, ['primary', 'replica']);
   const nodeArgs = o.nodeArgs ?? [];
   const replica = await startAgentProcess({ name: 'replica', dataDir: o.replicaDataDir ?? path.join(dir, 'replica'), pkiDir, listenPort: 0, nodeArgs, extraArgs: o.replicaArgs, logFile: path.join(dir, 'replica.log') });
-  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0, nodeArgs, extraArgs: o.primaryArgs, logFile: path.join(dir, 'primary.log') });
+  const primary = await startAgentProcess({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, nbdTcpPort: 0, listenPort: o.primaryListens ? 0 : undefined, nodeArgs, extraArgs: o.primaryArgs, logFile: path.join(dir, 'primary.log') });
   const pair: Pair = {
     dir,
     pkiDir,

@@ -630,7 +630,7 @@ function errnoForDeviceError(e: unknown): number {
   if (isOsrError(e)) {
     if (e.code === 'INVALID_ARGUMENT') return NbdErrno.EINVAL;
     if (e.code === 'REPLICA_DISK_FULL') return NbdErrno.ENOSPC;
-    if (e.code === 'INVALID_STATE') return NbdErrno.EPERM;
+    if (e.code === 'INVALID_STATE' || e.code === 'EPOCH_STALE') return NbdErrno.EPERM;
   }
   switch ((e as NodeJS.ErrnoException | undefined)?.code) {
     case 'ENOSPC':
@@ -694,6 +694,8 @@ class NbdConnection {
   private inFlight = 0;
   private inFlightBytes = 0;
   private wakeUp: (() => void) | undefined;
+  /** the export served, once the handshake chose one */
+  exportName: string | undefined;
 
   constructor(
     private readonly socket: net.Socket,
@@ -953,6 +955,7 @@ class NbdConnection {
 
   private async transmit(s: Session): Promise<void> {
     this.phase = 'transmission';
+    this.exportName = s.exportName;
     this.log('info', `serving export "${s.exportName}"`, { size: s.size, readOnly: s.device.readOnly, structured: s.structured });
     for (;;) {
       await this.waitForCapacity();
@@ -1192,6 +1195,23 @@ export class NbdServer {
       throw listenError(e, `${host}:${port}`);
     });
     return { port: (server.address() as net.AddressInfo).port };
+  }
+
+  /**
+   * Close the connections serving the exports `match` picks (their VM stopped), letting
+   * in-flight requests finish first; resolves when they are closed.
+   */
+  async disconnect(match: (exportName: string) => boolean): Promise<void> {
+    const chosen = [...this.connections].filter((c) => c.exportName !== undefined && match(c.exportName));
+    for (const c of chosen) c.shutdown();
+    const deadline = setTimeout(() => {
+      for (const c of chosen) c.destroy();
+    }, this.closeTimeoutMs);
+    try {
+      await Promise.all(chosen.map((c) => c.closed));
+    } finally {
+      clearTimeout(deadline);
+    }
   }
 
   /** Stops listening and closes every connection, letting in-flight requests finish first. */

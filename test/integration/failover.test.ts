@@ -1,0 +1,147 @@
+/**
+ * Failover primitives with two real agents: prepare (final delta, zero pending), promote
+ * (a point becomes a writable VM, older primaries fenced), demote and reverse replication
+ * that sends only what differs from the last common point, failback, and kill -9 of the
+ * new primary in the middle of a reverse resync.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
+import type { RunningAgent } from '../../src/lab/agent-process.js';
+import { createVm, fileDigest, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type DiskInfo, type Pair } from '../support/lab.js';
+
+let pair: Pair;
+before(async () => {
+  pair = await startPair(undefined, { primaryListens: true });
+});
+after(async () => {
+  await pair?.stop();
+});
+
+const MiB = 1024 * 1024;
+
+function disksOf(agent: RunningAgent, vm: string): Promise<DiskInfo[]> {
+  return agent.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`);
+}
+
+const digestsOf = (disks: DiskInfo[]) => disks.map((d) => fileDigest(d.image, d.size).digest);
+
+/** Replicate `vm` from one agent to the other and wait for the first point (or the reverse resync's). */
+async function replicate(from: RunningAgent, to: RunningAgent, vm: string, extra: Record<string, unknown> = {}) {
+  await from.api.post('/v1/replications', { vm, peer: `127.0.0.1:${to.replicationPort}`, copyFrequency: '1h', maxPoints: 50, ...extra });
+  return waitForPoint(from, vm, null, 120_000);
+}
+
+/** A cycle now, and the replica's new latest point must equal the source's disks. */
+async function assertInStep(from: RunningAgent, to: RunningAgent, vm: string): Promise<void> {
+  const h0 = await waitFor('replicating', async () => {
+    const h = await health(from, vm);
+    return h.state === 'Replicating' && h.latestPoint ? h : undefined;
+  });
+  await from.api.post(`/v1/replications/${vm}/cycle`);
+  const h = await waitForPoint(from, vm, h0.latestPoint!.seq + 1);
+  assert.deepEqual(await pointDigests(to, vm, h.latestPoint!.seq), digestsOf(await disksOf(from, vm)), `the replica of ${vm} at ${to.name} differs from its source`);
+}
+
+test('planned failover loses nothing, reverse replication sends only what the new primary wrote, and failback does the same', async () => {
+  const disks = await createVm(pair.primary, 'pf1', ['32M', '8M']);
+  fillRandom(disks[0].image, 32 * MiB);
+  await replicate(pair.primary, pair.replica, 'pf1');
+  await writePattern(disks[0].nbd.unix, { writes: 100 });
+  await writePattern(disks[1].nbd.unix, { writes: 30 });
+  // prepare: the VM stops, its final delta is applied, nothing is pending
+  const prepared = await pair.primary.api.post<{ pendingLogBytes: number; point: { seq: number } }>('/v1/replications/pf1/prepare-failover', {});
+  assert.equal(prepared.pendingLogBytes, 0);
+  const source = digestsOf(disks);
+  const promoted = await pair.replica.api.post<{ vm: string; epoch: number; point: { seq: number }; rolledBackBytes: number }>('/v1/replicas/pf1/promote', {});
+  assert.equal(promoted.point.seq, prepared.point.seq);
+  assert.equal(promoted.epoch, 2);
+  assert.equal(promoted.rolledBackBytes, 0);
+  const atReplica = await disksOf(pair.replica, 'pf1');
+  assert.deepEqual(digestsOf(atReplica), source, 'the promoted VM holds exactly the last state of the source');
+  // reverse: the old primary's disks become the replica; the new primary writes meanwhile
+  const demoted = await pair.primary.api.post<{ divergentBytes: number }>('/v1/vms/pf1/demote', { epoch: promoted.epoch });
+  assert.equal(demoted.divergentBytes, 0, 'everything was shipped');
+  const written = await writePattern(atReplica[0].nbd.unix, { writes: 60, maxLen: 16384 });
+  const rev = await replicate(pair.replica, pair.primary, 'pf1');
+  assert.match(rev.resync!.reason, /reverse replication/);
+  // the writes since promotion are all in the change log kept open through the resync
+  assert.ok(rev.resync!.wireBytesSent > written && rev.resync!.wireBytesSent <= written * 1.2 + 64 * 1024, `reverse sent ${rev.resync!.wireBytesSent} bytes for ${written} written`);
+  await assertInStep(pair.replica, pair.primary, 'pf1');
+  // failback: the same steps the other way
+  await writePattern(atReplica[1].nbd.unix, { writes: 20 });
+  await pair.replica.api.post('/v1/replications/pf1/prepare-failover', {});
+  const back = await pair.primary.api.post<{ epoch: number }>('/v1/replicas/pf1/promote', {});
+  assert.equal(back.epoch, 3);
+  assert.deepEqual(digestsOf(await disksOf(pair.primary, 'pf1')), digestsOf(atReplica));
+  await pair.replica.api.post('/v1/vms/pf1/demote', { epoch: back.epoch });
+  const again = await disksOf(pair.primary, 'pf1');
+  const written2 = await writePattern(again[0].nbd.unix, { writes: 40, maxLen: 16384 });
+  const rev2 = await replicate(pair.primary, pair.replica, 'pf1');
+  assert.ok(rev2.resync!.wireBytesSent > written2 && rev2.resync!.wireBytesSent <= written2 * 1.2 + 64 * 1024, `failback reverse sent ${rev2.resync!.wireBytesSent} bytes for ${written2} written`);
+  await assertInStep(pair.primary, pair.replica, 'pf1');
+});
+
+test('unplanned failover to an older point: the stale primary is fenced, its unshipped writes are discarded, and reverse replication converges', async () => {
+  const disks = await createVm(pair.primary, 'uf1', ['16M']);
+  fillRandom(disks[0].image, 16 * MiB);
+  const h1 = await replicate(pair.primary, pair.replica, 'uf1');
+  const chosen = h1.latestPoint!.seq;
+  const chosenDigests = await pointDigests(pair.replica, 'uf1', chosen);
+  for (let i = 0; i < 2; i++) {
+    await writePattern(disks[0].nbd.unix, { writes: 30 });
+    await pair.primary.api.post('/v1/replications/uf1/cycle');
+    await waitForPoint(pair.primary, 'uf1', chosen + i + 1);
+  }
+  // writes the replica never receives
+  const unshipped = await writePattern(disks[0].nbd.unix, { writes: 30, maxLen: 16384 });
+  // the primary site is unreachable; the replica site fails over to the older point
+  const promoted = await pair.replica.api.post<{ epoch: number; point: { seq: number }; rolledBackBytes: number }>('/v1/replicas/uf1/promote', { point: chosen });
+  assert.ok(promoted.rolledBackBytes > 0, 'two later points rolled back');
+  const atReplica = await disksOf(pair.replica, 'uf1');
+  assert.deepEqual(digestsOf(atReplica), chosenDigests);
+  // the old primary comes back and tries to replicate: refused, and it stops taking writes
+  await pair.primary.api.post('/v1/replications/uf1/cycle');
+  const fenced = await waitFor('the stale primary fenced', async () => {
+    const h = await health(pair.primary, 'uf1');
+    return h.state === 'Fenced' ? h : undefined;
+  });
+  assert.equal(fenced.lastError!.code, 'EPOCH_STALE');
+  assert.equal(fenced.health, 'Critical');
+  const c = await NbdClient.connect(disks[0].nbd.unix);
+  await assert.rejects(c.write(0, Buffer.alloc(4096, 1)), 'a fenced VM refuses writes');
+  await c.close().catch(() => undefined);
+  await assert.rejects(pair.primary.api.post('/v1/replications', { vm: 'uf1', peer: `127.0.0.1:${pair.replica.replicationPort}` }), (e: { code?: string }) => e.code === 'ALREADY_EXISTS' || e.code === 'EPOCH_STALE');
+  const newWrites = await writePattern(atReplica[0].nbd.unix, { writes: 20, maxLen: 16384 });
+  const demoted = await pair.primary.api.post<{ epoch: number; divergentBytes: number }>('/v1/vms/uf1/demote', {});
+  assert.equal(demoted.epoch, promoted.epoch, 'the epoch learnt from the refusal');
+  assert.ok(demoted.divergentBytes >= unshipped * 0.5, `divergent ${demoted.divergentBytes} of ${unshipped} unshipped`);
+  const rev = await replicate(pair.replica, pair.primary, 'uf1');
+  // at most: the old primary's unshipped writes, the rolled-back points, the new writes
+  assert.ok(rev.resync!.differingBytes <= (demoted.divergentBytes + promoted.rolledBackBytes + newWrites) * 1.2 + 64 * 1024, `reverse sent ${rev.resync!.differingBytes}`);
+  await assertInStep(pair.replica, pair.primary, 'uf1');
+});
+
+test('kill -9 of the new primary in the middle of a reverse resync: it resumes and converges', async () => {
+  const disks = await createVm(pair.primary, 'kr1', ['64M']);
+  fillRandom(disks[0].image, 64 * MiB);
+  await replicate(pair.primary, pair.replica, 'kr1');
+  // the old primary writes ~25 MB it never ships; the replica site fails over regardless
+  await writePattern(disks[0].nbd.unix, { writes: 400, maxLen: 131072 });
+  const promoted = await pair.replica.api.post<{ epoch: number }>('/v1/replicas/kr1/promote', {});
+  const demoted = await pair.primary.api.post<{ divergentBytes: number }>('/v1/vms/kr1/demote', { epoch: promoted.epoch });
+  assert.ok(demoted.divergentBytes > 8 * MiB);
+  const atReplica = await disksOf(pair.replica, 'kr1');
+  await writePattern(atReplica[0].nbd.unix, { writes: 50 });
+  // a slow link, so the kill lands while the ranges are on the wire
+  await pair.replica.api.post('/v1/replications', { vm: 'kr1', peer: `127.0.0.1:${pair.primary.replicationPort}`, copyFrequency: '1h', bandwidth: '4MB/s' });
+  await waitFor('the reverse resync under way', async () => ((await health(pair.replica, 'kr1')).resync?.doneBytes ?? 0) > 2 * MiB || undefined, 60_000, 20);
+  await stopAgentProcess(pair.replica, 'SIGKILL');
+  pair.replica = await restartAgentProcess(pair.replica);
+  const done = await waitFor('the reverse resync to complete', async () => {
+    const h = await health(pair.replica, 'kr1');
+    return h.resync?.completedAt && h.state === 'Replicating' ? h : undefined;
+  }, 120_000);
+  assert.match(done.resync!.reason, /reverse replication/);
+  await assertInStep(pair.replica, pair.primary, 'kr1');
+});
