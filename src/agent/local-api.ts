@@ -3,6 +3,7 @@
  * {code, message, details}. The `osr` CLI talks to it; reference in docs/agent-api.md.
  */
 import Fastify, { type FastifyInstance } from 'fastify';
+import path from 'node:path';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import type { Agent } from './agent.js';
 import { parseSize } from './lab-host.js';
@@ -119,6 +120,8 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       resyncBlockSize?: number;
       resyncWindow?: string;
       bandwidth?: string;
+      initialReplication?: 'online' | 'offline';
+      exportDir?: string;
     };
   }>(
     '/v1/replications',
@@ -136,6 +139,12 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       }
       if (b.resyncWindow !== undefined && b.resyncWindow !== 'always' && b.resyncWindow !== 'never') parseTimeWindow(b.resyncWindow);
       if (b.bandwidth !== undefined) parseBandwidth(b.bandwidth);
+      if (b.initialReplication !== undefined && b.initialReplication !== 'online' && b.initialReplication !== 'offline') {
+        throw new OsrError('INVALID_ARGUMENT', `initial replication "${String(b.initialReplication)}" is online or offline`);
+      }
+      if (b.initialReplication === 'offline' && (!b.exportDir || !path.isAbsolute(b.exportDir))) {
+        throw new OsrError('INVALID_ARGUMENT', 'offline initial replication needs exportDir, an absolute path where the export is written');
+      }
       const spec = agent.enableReplication({
         vm: b.vm,
         peer: { ...peer, servername: b.servername },
@@ -149,6 +158,8 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
         resyncBlockSize: bs,
         resyncWindow: b.resyncWindow,
         bandwidth: b.bandwidth,
+        initialReplication: b.initialReplication,
+        exportDir: b.exportDir,
       });
       return reply.status(201).send(spec);
     },
@@ -183,6 +194,16 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       .get(req.params.vm)
       .points()
       .map((p) => ({ ...p, time: new Date(p.timeMs).toISOString() })),
+  );
+  app.post<{ Body: { dir: string; vm?: string } }>(
+    '/v1/replicas/import',
+    { schema: { body: { type: 'object', required: ['dir'], properties: { dir: { type: 'string' }, vm: { type: 'string' } } } } },
+    async (req, reply) => {
+      const t0 = performance.now();
+      const { store, manifest } = await agent.replicas.importOffline(req.body.dir, { vm: req.body.vm });
+      agent.log.info({ vm: store.vmName, dir: req.body.dir }, `offline export of ${store.vmName} imported`);
+      return reply.status(201).send({ vm: store.vmName, vmId: store.vmId, disks: store.disks, seq: manifest.seq, exportedAt: manifest.createdAt, bytes: store.disks.reduce((n, d) => n + d.size, 0), ms: Math.round(performance.now() - t0) });
+    },
   );
   app.post<{ Params: { vm: string }; Body: { point?: number; epoch?: number; start?: boolean } | undefined }>(
     '/v1/replicas/:vm/promote',

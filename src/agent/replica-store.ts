@@ -80,6 +80,8 @@ interface Manifest {
    * could not say). A resync of these ranges clears it.
    */
   divergent?: DivergentRanges | undefined;
+  /** the initial copy came from an offline export whose first delta is `seq` */
+  seed?: { seq: number; importedAt: string } | undefined;
 }
 
 export type DivergentRanges = DiskRanges | 'all';
@@ -356,6 +358,16 @@ export class ReplicaStore implements ReplicaTarget {
   get initialDone(): boolean {
     return this.manifest.initial.done;
   }
+  /** the offline export the initial copy was imported from, if any */
+  get seed(): { seq: number; importedAt: string } | undefined {
+    return this.manifest.seed;
+  }
+
+  setSeed(seq: number): void {
+    this.manifest.seed = { seq, importedAt: new Date(this.now()).toISOString() };
+    this.save();
+  }
+
   /** where the images may differ from the primary beyond its change logs (see adopt) */
   get divergent(): DivergentRanges | undefined {
     return this.manifest.divergent;
@@ -446,6 +458,7 @@ export class ReplicaStore implements ReplicaTarget {
     const undos = this.undos.splice(0);
     this.manifest.initial = { done: false, copied: {}, finishedDisks: [] };
     this.manifest.points = [];
+    this.manifest.seed = undefined;
     this.manifest.applying = undefined;
     this.save();
     for (const u of undos) this.deleteUndo(u);

@@ -11,6 +11,7 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import { onTlsClientError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
 import { writeAllAt } from './io.js';
 import { readJson, writeJsonDurable } from './durable-file.js';
+import { importExport, readExport, type ExportManifest } from './offline-seed.js';
 import type { DiskRanges } from './ranges.js';
 import { ReplicaStore, type DeltaDiskFile, type DivergentRanges, type RecoveryPoint } from './replica-store.js';
 import type { ReplicaTarget } from './ports.js';
@@ -21,6 +22,14 @@ export interface Logger {
   info(obj: object | string, msg?: string): void;
   warn(obj: object | string, msg?: string): void;
   error(obj: object | string, msg?: string): void;
+}
+
+function sameDisks(a: readonly { id: string; name: string; size: number }[], b: readonly { id: string; name: string; size: number }[]): boolean {
+  return a.length === b.length && a.every((d, i) => d.id === b[i].id && d.name === b[i].name && d.size === b[i].size);
+}
+
+function describeDisks(disks: readonly { name: string; size: number }[]): string {
+  return disks.map((d) => `${d.name}:${d.size}`).join(',');
 }
 
 /** Kept beside the stores once a replica was promoted here: older primaries are refused. */
@@ -48,6 +57,9 @@ export class ReplicaRegistry {
       throw new OsrError('EPOCH_STALE', `${req.vmName} was promoted at this site with epoch ${fence}; a primary with epoch ${req.epoch} may no longer replicate`, { epoch: req.epoch, current: fence });
     }
     let s = this.stores.get(req.vmId);
+    if (s && !sameDisks(s.disks, req.disks)) {
+      throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${describeDisks(s.disks)}, the primary has ${describeDisks(req.disks)}; remove the replica or protect the VM anew`);
+    }
     if (!s) {
       s = await ReplicaStore.open(path.join(this.dir, req.vmId), { vmId: req.vmId, vmName: req.vmName, disks: req.disks, retention: req.retention }, this.now);
       this.stores.set(req.vmId, s);
@@ -73,6 +85,37 @@ export class ReplicaRegistry {
     const owner = this.owners.get(vmId);
     if (owner) owner.destroy(new OsrError('EPOCH_STALE', `${vmId} was promoted at this site with epoch ${epoch}`));
     this.owners.delete(vmId);
+  }
+
+  /**
+   * Import an offline export as a VM's initial copy (offline-seed.ts). A replica of that VM
+   * that holds nothing yet (made when its primary first connected) is used; one with data
+   * is refused. A failed import leaves the replica empty again.
+   */
+  async importOffline(dir: string, expect: { vm?: string | undefined }): Promise<{ store: ReplicaStore; manifest: ExportManifest }> {
+    const manifest = readExport(dir, expect);
+    const fence = this.fenceOf(manifest.vmId);
+    if (fence !== undefined && manifest.epoch < fence) throw new OsrError('EPOCH_STALE', `${manifest.vmName} was promoted here with epoch ${fence}; the export is of epoch ${manifest.epoch}`);
+    const disks = manifest.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
+    let s = this.stores.get(manifest.vmId);
+    if (s && (s.points().length > 0 || s.finishedInitialDisks().length > 0 || Object.values(s.initialProgress()).some((n) => n > 0))) {
+      throw new OsrError('ALREADY_EXISTS', `this agent already holds a replica of ${manifest.vmName} with data; an import only seeds an empty one`);
+    }
+    if (s && !sameDisks(s.disks, disks)) {
+      this.detach(manifest.vmId);
+      fs.rmSync(path.join(this.dir, manifest.vmId), { recursive: true, force: true });
+      s = undefined;
+    }
+    s ??= await this.open({ vmId: manifest.vmId, vmName: manifest.vmName, disks, retention: { hours: 24, maxPoints: 24 }, epoch: manifest.epoch });
+    s.setEpoch(manifest.epoch);
+    try {
+      await importExport(dir, manifest, s);
+      s.setSeed(manifest.seq);
+    } catch (e) {
+      s.resetInitial();
+      throw e;
+    }
+    return { store: s, manifest };
   }
 
   /** Stop serving a store as a replica (promoted: its images now belong to a VM). */
@@ -284,6 +327,7 @@ class Session {
           latestSeq: latest?.seq ?? null,
           points: store.points(),
           divergent: store.divergent ?? null,
+          seedSeq: store.seed?.seq ?? null,
         };
         return result;
       }

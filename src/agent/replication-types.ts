@@ -4,6 +4,8 @@ import type { Consistency, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from 
 export const ReplicationState = {
   Scheduled: 'Scheduled',
   InitialReplication: 'InitialReplication',
+  /** offline initial replication: the export is written; waiting for the replica to import it */
+  WaitingForImport: 'WaitingForImport',
   Resynchronizing: 'Resynchronizing',
   Replicating: 'Replicating',
   Paused: 'Paused',
@@ -39,6 +41,9 @@ export interface ReplicationSpec {
   resyncWindow?: string | undefined;
   /** bandwidth schedule of this replication (throttle.ts), e.g. "10MB/s@08:00-18:00" */
   bandwidth?: string | undefined;
+  /** offline: the initial copy is written to `exportDir` and imported at the replica (offline-seed.ts) */
+  initialReplication?: 'online' | 'offline' | undefined;
+  exportDir?: string | undefined;
 }
 
 export interface ResyncProgress {
@@ -78,6 +83,8 @@ export interface InitialProgress {
   durableBytes: number;
   /** set once the first recovery point is at the replica */
   completedAt: string | null;
+  /** offline initial replication: where the export goes and when it was finished */
+  offline?: { exportDir: string; exportedAt: string | null } | undefined;
 }
 
 export interface ReplicationHealth {
@@ -146,4 +153,6 @@ export interface OpenResult {
   points: RecoveryPoint[];
   /** the replica was made from an old primary's disks: where they may differ ('all': unknown) */
   divergent: Record<string, [number, number][]> | 'all' | null;
+  /** the initial copy was imported from an offline export that began with log `seedSeq` */
+  seedSeq: number | null;
 }

@@ -15,11 +15,12 @@ import { readAt } from './io.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
-import { ReplicationState, type InitialProgress, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from './replication-types.js';
+import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from './replication-types.js';
 import { blockDigests, DIGEST_BYTES } from './checksum.js';
 import { retryDelayMs, type RetryPolicy } from './retry.js';
 import type { Pacer } from './throttle.js';
 import { inTimeWindow, msUntilMinute, parseTimeWindow } from './time-window.js';
+import { finishedExport, writeExport } from './offline-seed.js';
 import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { dataRanges, isZero } from './sparse.js';
 import { MAX_DATA_BYTES } from './wire.js';
@@ -169,7 +170,7 @@ export class PrimaryReplication {
         this.resyncWaiting = false;
         const client = await this.ensureConnected();
         const required = tracker.resyncRequired;
-        if (this.state === ReplicationState.InitialReplication) await this.initialCopy(client);
+        if (this.state === ReplicationState.InitialReplication && !(await this.initialCopy(client))) continue;
         else if (this.divergent === 'all' && !required) await this.resync(client, 'reverse replication: the old primary\'s changes are unknown, every block is compared');
         else if (this.divergent && this.divergent !== 'all' && !required) await this.reverseResync(client, this.divergent);
         else if (required || this.resyncAsked || (tracker.resync && tracker.activeSeq === tracker.resync.seq)) {
@@ -483,12 +484,16 @@ export class PrimaryReplication {
     this.cycles = this.cycles.filter((c) => c.atMs > now - HOUR);
   }
 
+  private openArgs(): Omit<OpenRequest, 'reset'> {
+    const disks = this.vm.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
+    return { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch };
+  }
+
   private async ensureConnected(): Promise<ReplicaClient> {
     if (this.client && !this.client.closed) return this.client;
     let fresh = !this.vm.tracking.enabled;
     const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls, this.deps.agentName, this.spec.compression);
-    const disks = this.vm.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
-    const openArgs = { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch };
+    const openArgs = this.openArgs();
     let open = await client.request<OpenResult>('open', { ...openArgs, reset: fresh });
     if (!open.initialDone && !fresh && this.vm.tracking.resyncRequired) {
       // the logs of an unfinished initial copy cannot be trusted, and there is no point to
@@ -554,9 +559,44 @@ export class PrimaryReplication {
     p.etaSeconds = p.rateBytesPerSec > 0 ? Math.round((p.totalBytes - p.doneBytes) / p.rateBytesPerSec) : null;
   }
 
-  /** Copy every disk, one after another, from where the replica's checkpoints say. */
-  private async initialCopy(client: ReplicaClient): Promise<void> {
+  /**
+   * Offline initial replication: write the export (once), then wait for the replica to
+   * import it, looking again every first-retry interval (or at once when asked). Resolves
+   * true once the replica holds every disk.
+   */
+  private async offlineSeed(client: ReplicaClient, open: OpenResult): Promise<boolean> {
+    const seq = this.vm.tracking.activeSeq;
+    if (open.finishedDisks.length === this.vm.disks.length) {
+      if (open.seedSeq === null || open.seedSeq === seq) return true;
+      // an export from before change tracking last started over: its writes since are lost
+      this.deps.log.warn({ replication: this.spec.id, imported: open.seedSeq, current: seq }, `the replica of ${this.vm.name} imported an outdated offline export; it is dropped and a new export written`);
+      await client.request<OpenResult>('open', { ...this.openArgs(), reset: true });
+    }
+    const dir = this.spec.exportDir!;
+    const progress = this.initial!;
+    progress.offline ??= { exportDir: dir, exportedAt: null };
+    const done = finishedExport(dir, this.vm.id, seq);
+    if (done) progress.offline.exportedAt = done.createdAt;
+    else {
+      this.deps.log.info({ replication: this.spec.id, dir }, `offline initial replication of ${this.vm.name}: writing the export`);
+      const m = await writeExport(dir, this.vm, this.spec.epoch, seq, this.deps.clock.now(), (n) => {
+        progress.doneBytes += n;
+        this.updateRate();
+      }, () => this.stopped);
+      progress.offline.exportedAt = m.createdAt;
+      this.deps.log.info({ replication: this.spec.id, dir }, `offline export of ${this.vm.name} written; import it at the replica (osr replica import --dir ...)`);
+    }
+    this.state = ReplicationState.WaitingForImport;
+    this.client?.close();
+    this.client = undefined;
+    await this.sleep(retryDelayMs(this.deps.retry, 1));
+    return false;
+  }
+
+  /** Copy every disk, one after another, from where the replica's checkpoints say. False: not yet (offline). */
+  private async initialCopy(client: ReplicaClient): Promise<boolean> {
     const open = this.initialOpen!;
+    if (this.spec.initialReplication === 'offline' && !(await this.offlineSeed(client, open))) return false;
     for (const disk of this.vm.disks) {
       if (open.finishedDisks.includes(disk.name)) continue;
       this.initial!.currentDisk = disk.name;
@@ -566,9 +606,11 @@ export class PrimaryReplication {
     this.updateRate();
     await this.swap();
     this.state = ReplicationState.Replicating;
+    if (this.initial?.offline) this.deps.log.info({ replication: this.spec.id }, `the replica of ${this.vm.name} imported the offline export; delta replication goes on from it`);
     // VMs whose copies end together (a fresh site, empty disks) would otherwise swap and
     // ship together every cycle, all competing: the first cycle goes where the agent has room
     this.nextCycleMs = this.deps.phases.place(this.spec.id, this.deps.clock.now(), this.spec.copyFrequencyMs);
+    return true;
   }
 
   /**

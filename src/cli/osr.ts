@@ -188,6 +188,8 @@ rep
   .option('--resync-block-size <bytes>', 'block size a resynchronization compares (power of two, 512 B-16 MiB)', '4096')
   .option('--resync-window <HH:MM-HH:MM>', 'local hours in which a resync that became necessary starts on its own; "always", or "never" (only when asked)', '18:00-06:00')
   .option('--bandwidth <schedule>', 'bandwidth limit of this replication, e.g. 10MB/s@08:00-18:00 (default unlimited)')
+  .addOption(new Option('--initial <method>', 'initial replication over the network, or offline: written to --export-dir and imported at the replica').choices(['online', 'offline']).default('online'))
+  .option('--export-dir <dir>', 'where an offline initial replication writes its export')
   .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
     const to = hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
     const spec = await client().post<{ id: string }>('/v1/replications', {
@@ -204,6 +206,8 @@ rep
       resyncBlockSize: Number(o.resyncBlockSize),
       resyncWindow: o.resyncWindow,
       bandwidth: o.bandwidth,
+      initialReplication: o.initial,
+      exportDir: typeof o.exportDir === 'string' ? path.resolve(o.exportDir) : undefined,
     });
     print(spec, () => `replication ${spec.id} enabled`);
   });
@@ -310,6 +314,15 @@ replica
   .command('commit <vm> <overlay>')
   .description('commit an overlay: its point and writes become the disks; the other points go')
   .action(async (vmName: string, id: string) => print(await client().post(`/v1/replicas/${vmName}/overlays/${id}/commit`), () => `committed ${id}`));
+replica
+  .command('import')
+  .description('seed a replica from an offline export (every chunk is checked); the primary then goes on with deltas')
+  .requiredOption('--dir <dir>', 'the export directory, as copied from the primary site')
+  .option('--vm <name>', 'refuse an export of any other VM')
+  .action(async (o: { dir: string; vm?: string }) => {
+    const r = await client().post<{ vm: string; bytes: number; ms: number; exportedAt: string }>('/v1/replicas/import', { dir: path.resolve(o.dir), vm: o.vm });
+    print(r, () => `imported the export of ${r.vm} (${r.exportedAt}): ${formatBytes(r.bytes)} checked in ${(r.ms / 1000).toFixed(1)} s; delta replication goes on from it`);
+  });
 replica
   .command('promote <vm>')
   .description('failover: a recovery point becomes a writable VM on this host; older primaries are refused from now on')

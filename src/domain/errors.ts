@@ -44,6 +44,7 @@ export const ERROR_CODES = {
   AUTH_FAILED: { class: 'non-recoverable', meaning: 'The peer is not allowed to perform this operation.', fix: 'Use a certificate with the right role, or the right API token.' },
 
   // replica side
+  EXPORT_INVALID: { class: 'usage', meaning: 'An offline export is unfinished, partial, damaged, changed after it was written, or of another VM; nothing was imported.', fix: 'Export again at the primary (`osr replication enable --initial offline`), copy the whole directory, and import that.' },
   REPLICA_STORE_CORRUPT: { class: 'non-recoverable', meaning: 'The replica store failed verification on open.', fix: 'Restore the store from its peer by a resynchronization; keep the directory for analysis.' },
   REPLICA_CHAIN_BROKEN: { class: 'non-recoverable', meaning: 'A delta does not follow the replica\'s latest recovery point (broken chain).', fix: 'Run a resynchronization.' },
   REPLICA_DISK_FULL: { class: 'recoverable', meaning: 'The replica\'s storage location has no space left.', fix: 'Free space or move the replica; replication retries on its own.' },
