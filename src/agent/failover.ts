@@ -72,7 +72,7 @@ export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, v
   }
   const disks: VmDiskSpec[] = store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) }));
   const vmId = store.vmId;
-  registry.detach(vmId);
+  registry.detach(vmId, true);
   host.adoptVm(store.vmName, vmId, disks, { epoch, point: { seq: point.seq, timeMs: point.timeMs }, promotedAt: new Date().toISOString(), divergence: rolledBack }, opts.start !== false);
   return { vm: store.vmName, point, epoch, rolledBackBytes: Object.values(rolledBack).reduce((n, r) => n + totalBytes(r), 0) };
 }

@@ -44,6 +44,8 @@ export interface FenceRecord {
 export class ReplicaRegistry {
   private readonly stores = new Map<string, ReplicaStore>();
   private readonly owners = new Map<string, Session>();
+  /** VMs of this host whose disks are a promoted replica's images: never opened as replicas */
+  private readonly runHere = new Set<string>();
   constructor(
     readonly dir: string,
     private readonly now: () => number,
@@ -52,6 +54,7 @@ export class ReplicaRegistry {
   }
 
   async open(req: OpenRequest): Promise<ReplicaStore> {
+    if (this.runHere.has(req.vmId)) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
     const fence = this.fenceOf(req.vmId);
     if (fence !== undefined && req.epoch < fence) {
       throw new OsrError('EPOCH_STALE', `${req.vmName} was promoted at this site with epoch ${fence}; a primary with epoch ${req.epoch} may no longer replicate`, { epoch: req.epoch, current: fence });
@@ -119,7 +122,8 @@ export class ReplicaRegistry {
   }
 
   /** Stop serving a store as a replica (promoted: its images now belong to a VM). */
-  detach(vmId: string): void {
+  detach(vmId: string, promoted = false): void {
+    if (promoted) this.runHere.add(vmId);
     const s = this.stores.get(vmId);
     s?.close();
     this.stores.delete(vmId);
@@ -128,6 +132,7 @@ export class ReplicaRegistry {
   /** A store made from existing images (reverse replication); replaces any store of that VM. */
   async adopt(spec: Parameters<typeof ReplicaStore.adopt>[1], images: Record<string, string>, divergent: DivergentRanges): Promise<ReplicaStore> {
     this.detach(spec.vmId);
+    this.runHere.delete(spec.vmId);
     const s = await ReplicaStore.adopt(path.join(this.dir, spec.vmId), spec, images, divergent, this.now);
     this.stores.set(spec.vmId, s);
     return s;
@@ -139,6 +144,7 @@ export class ReplicaRegistry {
    * is finished or undone.
    */
   async openAll(skip: ReadonlySet<string> = new Set()): Promise<void> {
+    for (const id of skip) this.runHere.add(id);
     for (const name of fs.readdirSync(this.dir)) {
       const m = /^(.+)\.adopting$/.exec(name);
       if (!m) continue;

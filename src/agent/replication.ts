@@ -81,6 +81,8 @@ export class PrimaryReplication {
   private failures = 0;
   private nextRetryMs: number | null = null;
   private waitingForAction = false;
+  /** the replica held a copy of the VM when this replication began: the first step is a resync */
+  private onboarding = false;
   /** the replica was made from an old primary's disks: the ranges where it may differ */
   private divergent: OpenResult['divergent'] = null;
 
@@ -231,7 +233,7 @@ export class PrimaryReplication {
     const previous = this.resyncProgress?.id === r.id ? this.resyncProgress : null;
     this.resyncProgress = {
       id: r.id,
-      reason: previous?.reason ?? reason ?? (asked ? 'asked for' : 'interrupted resync resumed'),
+      reason: previous?.reason ?? reason ?? (this.onboarding ? 'onboarding: the replica already held a copy of the VM' : asked ? 'asked for' : 'interrupted resync resumed'),
       totalBytes,
       doneBytes,
       percent: totalBytes > 0 ? Math.floor((doneBytes / totalBytes) * 1000) / 10 : 100,
@@ -494,7 +496,19 @@ export class PrimaryReplication {
     let fresh = !this.vm.tracking.enabled;
     const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls, this.deps.agentName, this.spec.compression);
     const openArgs = this.openArgs();
-    let open = await client.request<OpenResult>('open', { ...openArgs, reset: fresh });
+    let open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
+    if (fresh && open.initialDone && open.points.some((p) => !p.unverified) && !open.divergent) {
+      // onboarding: the replica already holds a copy of this VM (an earlier protection), so
+      // its blocks are compared instead of copied. Tracking starts now; the resync drops
+      // nothing it needs and ends in a point equal to the disks.
+      this.deps.log.info({ replication: this.spec.id }, `the replica agent already holds a copy of ${this.vm.name}: resynchronizing instead of a full initial copy`);
+      this.vm.tracking.start();
+      this.resyncAsked = true;
+      this.onboarding = true;
+      fresh = false;
+    } else if (fresh) {
+      open = await client.request<OpenResult>('open', { ...openArgs, reset: true });
+    }
     if (!open.initialDone && !fresh && this.vm.tracking.resyncRequired) {
       // the logs of an unfinished initial copy cannot be trusted, and there is no point to
       // resynchronize with: the copy starts over
@@ -779,6 +793,7 @@ export class PrimaryReplication {
         }
         if (this.resyncProgress) {
           this.resyncProgress.completedAt = new Date(this.deps.clock.now()).toISOString();
+          this.onboarding = false;
           this.resyncProgress.wireBytesSent += deltaBytes;
         }
         this.deps.log.info({ replication: this.spec.id, resync }, `resync of ${this.vm.name} completed in point ${seq}`);

@@ -150,3 +150,30 @@ test('pending change logs at half a disk make a resync necessary; inside its win
   const h = await waitForPoint(pair.primary, 'rs3', done.latestPoint!.seq + 1);
   assert.deepEqual(await pointDigests('rs3', h.latestPoint!.seq), [fileDigest(disks[0].image, 8 * MiB).digest]);
 });
+
+test('enabling a VM whose replica is still held from an earlier protection resynchronizes instead of copying', async () => {
+  const disks = await createVm(pair.primary, 'rs4', ['32M']);
+  fillRandom(disks[0].image, 32 * MiB);
+  const source0 = fileDigest(disks[0].image, 32 * MiB).digest;
+  await pair.primary.api.post('/v1/replications', { vm: 'rs4', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h' });
+  const first = await waitForPoint(pair.primary, 'rs4', null);
+  assert.deepEqual(await pointDigests('rs4', first.latestPoint!.seq), [source0]);
+  // protection ends (the replica stays), the VM goes on being written, protection starts again
+  await pair.primary.api.delete('/v1/replications/rs4');
+  const written = await writePattern(disks[0].nbd.unix, { writes: 40, maxLen: 16384 });
+  await pair.primary.api.post('/v1/replications', { vm: 'rs4', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h' });
+  const done = await waitFor('the onboarding resync to complete', async () => {
+    const x = await health(pair.primary, 'rs4');
+    return x.resync?.completedAt && x.state === 'Replicating' ? x : undefined;
+  });
+  assert.equal(done.initial, null, 'no initial copy');
+  assert.match(done.resync!.reason, /onboarding/);
+  assert.ok(done.resync!.differingBytes <= written + 1 * MiB, `differing ${done.resync!.differingBytes} for ${written} written`);
+  assert.ok(done.latestPoint!.seq > first.latestPoint!.seq);
+  await pair.primary.api.post('/v1/replications/rs4/cycle');
+  const h = await waitForPoint(pair.primary, 'rs4', done.latestPoint!.seq + 1);
+  assert.deepEqual(await pointDigests('rs4', h.latestPoint!.seq), [fileDigest(disks[0].image, 32 * MiB).digest]);
+  const points = await pair.replica.api.get<{ seq: number }[]>('/v1/replicas/rs4/points');
+  assert.ok(points.some((p) => p.seq === first.latestPoint!.seq), 'the earlier protection\'s points are kept');
+  assert.deepEqual(await pointDigests('rs4', first.latestPoint!.seq), [source0], 'and unchanged');
+});
