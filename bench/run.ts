@@ -41,7 +41,8 @@ const USAGE = `usage: npm run bench -- <benchmark> [flags]
 
 benchmarks:
   replication   initial replication vs rsync, steady-state RPO/CPU/RSS (docs/benchmarks.md)
-  resync        resynchronization of a changed disk vs rsync's delta transfer
+  resync        resynchronization of a changed disk vs rsync's delta transfer, and the
+                bytes of reverse replication after a failover
   all           every benchmark, one after another (flags go to each)
 
 replication flags:
@@ -61,7 +62,10 @@ resync flags:
   --runs N             repetitions (3)
   --size 2G            random data on the disk (2G)
   --changed 1          percent of the disk changed, in scattered 4 KiB blocks (1)
-  --block-sizes 4096   resync block sizes to run, comma-separated; the first is the headline`;
+  --block-sizes 4096   resync block sizes to run, comma-separated; the first is the headline
+  --reverse-old 1      percent of the disk the old primary writes and never ships (1)
+  --reverse-new 1      percent of the disk the promoted copy writes before reversing (1)
+  --only resync|reverse   run one part`;
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -288,7 +288,7 @@ export class PrimaryReplication {
     const progress = this.resyncProgress!;
     const startMs = this.deps.clock.now();
     const startDone = progress.doneBytes;
-    const sentAt = client.wireBytesSent;
+    const account = wireAccounting(client, progress);
     await client.notice({ type: 'resync-disk', disk });
     let sinceCheckpoint = 0;
     for (const [off, len] of ranges) {
@@ -309,6 +309,7 @@ export class PrimaryReplication {
           this.failures = 0;
           sinceCheckpoint = 0;
         }
+        account();
         const elapsed = (this.deps.clock.now() - startMs) / 1000;
         progress.percent = progress.totalBytes > 0 ? Math.floor((progress.doneBytes / progress.totalBytes) * 1000) / 10 : 100;
         progress.rateBytesPerSec = elapsed > 0 ? Math.round((progress.doneBytes - startDone) / elapsed) : 0;
@@ -316,7 +317,7 @@ export class PrimaryReplication {
       }
     }
     await client.request('resync-checkpoint', { disk, offset: size, finished: true });
-    progress.wireBytesSent += client.wireBytesSent - sentAt;
+    account();
   }
 
   private async resyncDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number, blockSize: number): Promise<void> {
@@ -324,15 +325,7 @@ export class PrimaryReplication {
     const startMs = this.deps.clock.now();
     const startDone = progress.doneBytes;
     const window = Math.min(RESYNC_WINDOW_BYTES, 65536 * blockSize);
-    // the connection's counters are shared with earlier work: count what this disk adds
-    let sentAt = client.wireBytesSent;
-    let receivedAt = client.wireBytesReceived;
-    const account = () => {
-      progress.wireBytesSent += client.wireBytesSent - sentAt;
-      progress.wireBytesReceived += client.wireBytesReceived - receivedAt;
-      sentAt = client.wireBytesSent;
-      receivedAt = client.wireBytesReceived;
-    };
+    const account = wireAccounting(client, progress);
     const ask = (offset: number) => client.request<{ hashes: string }>('resync-hashes', { disk, offset, length: Math.min(window, size - offset), blockSize });
     await client.notice({ type: 'resync-disk', disk });
     let sinceCheckpoint = 0;
@@ -847,4 +840,19 @@ function bytesBelow(ranges: readonly Range[], offset: number): number {
   let n = 0;
   for (const [off, len] of ranges) n += Math.max(0, Math.min(off + len, offset) - off);
   return n;
+}
+
+/**
+ * Adds what the connection sent and received since the last call to a resync's progress
+ * (the connection's counters are shared with earlier work on it).
+ */
+function wireAccounting(client: ReplicaClient, progress: ResyncProgress): () => void {
+  let sentAt = client.wireBytesSent;
+  let receivedAt = client.wireBytesReceived;
+  return () => {
+    progress.wireBytesSent += client.wireBytesSent - sentAt;
+    progress.wireBytesReceived += client.wireBytesReceived - receivedAt;
+    sentAt = client.wireBytesSent;
+    receivedAt = client.wireBytesReceived;
+  };
 }
