@@ -283,6 +283,21 @@ export class PrimaryReplication {
     await this.resync(client, 'reverse replication: the ranges either site wrote since their last common point', ranges);
   }
 
+  /** The staged blocks below `offset` of `disk` are made durable at the replica: a resync resumes from there. */
+  private async resyncCheckpoint(client: ReplicaClient, disk: string, offset: number): Promise<void> {
+    await client.request('resync-checkpoint', { disk, offset, finished: false });
+    this.failures = 0;
+  }
+
+  /** Percent, rate and ETA of the running resync, from the work done since `startMs`. */
+  private updateResyncRate(startMs: number, startDone: number): void {
+    const progress = this.resyncProgress!;
+    const elapsed = (this.deps.clock.now() - startMs) / 1000;
+    progress.percent = progress.totalBytes > 0 ? Math.floor((progress.doneBytes / progress.totalBytes) * 1000) / 10 : 100;
+    progress.rateBytesPerSec = elapsed > 0 ? Math.round((progress.doneBytes - startDone) / elapsed) : 0;
+    progress.etaSeconds = progress.rateBytesPerSec > 0 ? Math.round((progress.totalBytes - progress.doneBytes) / progress.rateBytesPerSec) : null;
+  }
+
   /** Send the current content of known ranges of one disk (no comparison), from a checkpoint. */
   private async resyncRanges(client: ReplicaClient, disk: string, fd: number, size: number, ranges: readonly Range[], from: number): Promise<void> {
     const progress = this.resyncProgress!;
@@ -305,15 +320,11 @@ export class PrimaryReplication {
         progress.doneBytes += n;
         sinceCheckpoint += n;
         if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos < size) {
-          await client.request('resync-checkpoint', { disk, offset: pos, finished: false });
-          this.failures = 0;
+          await this.resyncCheckpoint(client, disk, pos);
           sinceCheckpoint = 0;
         }
         account();
-        const elapsed = (this.deps.clock.now() - startMs) / 1000;
-        progress.percent = progress.totalBytes > 0 ? Math.floor((progress.doneBytes / progress.totalBytes) * 1000) / 10 : 100;
-        progress.rateBytesPerSec = elapsed > 0 ? Math.round((progress.doneBytes - startDone) / elapsed) : 0;
-        progress.etaSeconds = progress.rateBytesPerSec > 0 ? Math.round((progress.totalBytes - progress.doneBytes) / progress.rateBytesPerSec) : null;
+        this.updateResyncRate(startMs, startDone);
       }
     }
     await client.request('resync-checkpoint', { disk, offset: size, finished: true });
@@ -362,15 +373,11 @@ export class PrimaryReplication {
       progress.doneBytes += length;
       sinceCheckpoint += length;
       if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos + length < size) {
-        await client.request('resync-checkpoint', { disk, offset: pos + length, finished: false });
-        this.failures = 0;
+        await this.resyncCheckpoint(client, disk, pos + length);
         sinceCheckpoint = 0;
       }
       account();
-      const elapsed = (this.deps.clock.now() - startMs) / 1000;
-      progress.percent = progress.totalBytes > 0 ? Math.floor((progress.doneBytes / progress.totalBytes) * 1000) / 10 : 100;
-      progress.rateBytesPerSec = elapsed > 0 ? Math.round((progress.doneBytes - startDone) / elapsed) : 0;
-      progress.etaSeconds = progress.rateBytesPerSec > 0 ? Math.round((progress.totalBytes - progress.doneBytes) / progress.rateBytesPerSec) : null;
+      this.updateResyncRate(startMs, startDone);
     }
     await client.request('resync-checkpoint', { disk, offset: size, finished: true });
     account();
