@@ -16,7 +16,7 @@
  */
 import { OsrError } from '../domain/errors.js';
 import type { LabHost, LabVm, VmDiskSpec } from './lab-host.js';
-import { totalBytes, type DiskRanges } from './ranges.js';
+import { diskRangesBytes, type DiskRanges } from './ranges.js';
 import type { ReplicaRegistry } from './replication-server.js';
 import type { RecoveryPoint } from './replica-store.js';
 
@@ -74,7 +74,7 @@ export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, v
   const vmId = store.vmId;
   registry.detach(vmId, true);
   host.adoptVm(store.vmName, vmId, disks, { epoch, point: { seq: point.seq, timeMs: point.timeMs }, promotedAt: new Date().toISOString(), divergence: rolledBack }, opts.start !== false);
-  return { vm: store.vmName, point, epoch, rolledBackBytes: Object.values(rolledBack).reduce((n, r) => n + totalBytes(r), 0) };
+  return { vm: store.vmName, point, epoch, rolledBackBytes: diskRangesBytes(rolledBack) };
 }
 
 export interface DemoteResult {
@@ -102,5 +102,5 @@ export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: Lab
     divergent,
   );
   host.removeVm(vm.name);
-  return { vm: vm.name, epoch, divergentBytes: divergent === 'all' ? null : Object.values(divergent).reduce((n, r) => n + totalBytes(r), 0) };
+  return { vm: vm.name, epoch, divergentBytes: divergent === 'all' ? null : diskRangesBytes(divergent) };
 }

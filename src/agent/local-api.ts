@@ -8,6 +8,7 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import type { Agent } from './agent.js';
 import { parseSize } from './lab-host.js';
 import type { ReplicaStore } from './replica-store.js';
+import { diskRangesBytes } from './ranges.js';
 import { parseBandwidth } from './throttle.js';
 import { parseDuration, parseTimeWindow } from './time-window.js';
 
@@ -38,7 +39,7 @@ function replicaSummary(agent: Agent, s: ReplicaStore) {
     initialDone: s.initialDone,
     committed: s.isCommitted,
     epoch: s.epoch,
-    divergent: s.divergent === undefined ? null : s.divergent === 'all' ? 'all' : Object.values(s.divergent).reduce((n, r) => n + r.reduce((m, x) => m + x[1], 0), 0),
+    divergent: s.divergent === undefined ? null : s.divergent === 'all' ? 'all' : diskRangesBytes(s.divergent),
     points: s.points().length,
     latestPoint: s.latestPoint() ?? null,
     overlays: s.listOverlays().map((o) => overlaySummary(agent, s, o.id)),

@@ -47,6 +47,11 @@ export function totalBytes(ranges: readonly Range[]): number {
   return ranges.reduce((n, r) => n + r[1], 0);
 }
 
+/** Bytes of the ranges of every disk. */
+export function diskRangesBytes(ranges: DiskRanges): number {
+  return Object.values(ranges).reduce((n, r) => n + totalBytes(r), 0);
+}
+
 /** Check that ranges lie within a disk of `size` bytes (input from a peer or a file). */
 export function rangesValid(ranges: unknown, size: number): ranges is Range[] {
   return Array.isArray(ranges) && ranges.every((r) => Array.isArray(r) && r.length === 2 && Number.isSafeInteger(r[0]) && Number.isSafeInteger(r[1]) && r[0] >= 0 && r[1] >= 0 && r[0] + r[1] <= size);

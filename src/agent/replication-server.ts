@@ -100,16 +100,11 @@ export class ReplicaRegistry {
     const fence = this.fenceOf(manifest.vmId);
     if (fence !== undefined && manifest.epoch < fence) throw new OsrError('EPOCH_STALE', `${manifest.vmName} was promoted here with epoch ${fence}; the export is of epoch ${manifest.epoch}`);
     const disks = manifest.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
-    let s = this.stores.get(manifest.vmId);
-    if (s && (s.points().length > 0 || s.finishedInitialDisks().length > 0 || Object.values(s.initialProgress()).some((n) => n > 0))) {
+    // the replica its primary made on first contact, or a new one (one with other disks is refused)
+    const s = await this.open({ vmId: manifest.vmId, vmName: manifest.vmName, disks, retention: { hours: 24, maxPoints: 24 }, epoch: manifest.epoch });
+    if (s.points().length > 0 || s.finishedInitialDisks().length > 0 || Object.values(s.initialProgress()).some((n) => n > 0)) {
       throw new OsrError('ALREADY_EXISTS', `this agent already holds a replica of ${manifest.vmName} with data; an import only seeds an empty one`);
     }
-    if (s && !sameDisks(s.disks, disks)) {
-      this.detach(manifest.vmId);
-      fs.rmSync(path.join(this.dir, manifest.vmId), { recursive: true, force: true });
-      s = undefined;
-    }
-    s ??= await this.open({ vmId: manifest.vmId, vmName: manifest.vmName, disks, retention: { hours: 24, maxPoints: 24 }, epoch: manifest.epoch });
     s.setEpoch(manifest.epoch);
     try {
       await importExport(dir, manifest, s);

@@ -202,9 +202,7 @@ export class PrimaryReplication {
   }
 
   private inResyncWindow(): boolean {
-    const w = this.spec.resyncWindow ?? DEFAULT_RESYNC_WINDOW;
-    if (w === 'always' || w === 'never') return w === 'always';
-    return inTimeWindow(parseTimeWindow(w), this.deps.clock.now());
+    return this.untilResyncWindow() === 0;
   }
 
   /**
