@@ -1,5 +1,6 @@
 /** Positional file I/O on the thread pool, finishing short reads and writes. */
 import fs from 'node:fs';
+import { addon } from './native.js';
 
 /** Read length bytes at pos into buf (or a new buffer); past the end of file reads as zeroes. */
 export function readAt(fd: number, length: number, pos: number, buf: Buffer = Buffer.allocUnsafe(length)): Promise<Buffer> {
@@ -42,6 +43,34 @@ export function writeAllAt(fd: number, parts: readonly Buffer[], pos: number): P
     };
     step(parts.filter((b) => b.length > 0), pos);
   });
+}
+
+/** One range of a gathered read or scattered write: a file position, where in the buffer, how many bytes. */
+export type IoPiece = readonly [filePos: number, bufOffset: number, length: number];
+
+/** Parallel reads or writes per gather or scatter where the native addon is not built. */
+const IO_PARALLELISM = 8;
+
+function plan(pieces: readonly IoPiece[]): Float64Array {
+  const out = new Float64Array(pieces.length * 3);
+  pieces.forEach((p, i) => out.set(p, i * 3));
+  return out;
+}
+
+/**
+ * Read many ranges of a file into one buffer (past the end of file reads as zeroes). The
+ * native addon does it in one trip to the thread pool; without it, several reads at once.
+ */
+export async function readGather(fd: number, buf: Buffer, pieces: readonly IoPiece[]): Promise<Buffer> {
+  if (addon) await addon.readGather(fd, buf, plan(pieces));
+  else await forEachBounded(pieces, IO_PARALLELISM, async ([pos, at, len]) => void (await readAt(fd, len, pos, buf.subarray(at, at + len))));
+  return buf;
+}
+
+/** Write many ranges of one buffer to their places in a file, as `readGather` reads them. */
+export async function writeScatter(fd: number, buf: Buffer, pieces: readonly IoPiece[]): Promise<void> {
+  if (addon) await addon.writeScatter(fd, buf, plan(pieces));
+  else await forEachBounded(pieces, IO_PARALLELISM, ([pos, at, len]) => writeAllAt(fd, [buf.subarray(at, at + len)], pos));
 }
 
 /** fdatasync on the thread pool. */

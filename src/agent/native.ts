@@ -1,5 +1,6 @@
 /**
- * The project's small native addon (native/): file primitives Node's fs lacks. Where it
+ * The project's small native addon (native/): file primitives Node's fs lacks, and block
+ * checksums of a file range computed off the main thread. Where it
  * is not built, callers fall back to slower paths that give the same bytes.
  */
 import fs from 'node:fs';
@@ -12,6 +13,11 @@ export interface NativeAddon {
   seekHole(fd: number, offset: number): number;
   punchHole(fd: number, offset: number, length: number): void;
   alignOffset(buf: Buffer, align: number): number;
+  /** xxh128 (canonical) of each blockSize block of the file range, back to back, read and hashed on the thread pool. */
+  hashBlocks(fd: number, offset: number, length: number, blockSize: number): Promise<Buffer>;
+  /** Read (write) the triples [filePos, bufOffset, length] of plan into (from) buf, in one trip to the thread pool. */
+  readGather(fd: number, buf: Buffer, plan: Float64Array): Promise<void>;
+  writeScatter(fd: number, buf: Buffer, plan: Float64Array): Promise<void>;
 }
 
 function loadAddon(): NativeAddon | undefined {

@@ -20,6 +20,8 @@ export class ReplicaClient {
   private readonly writer: FrameWriter;
   private welcome: ((m: ControlMessage) => void) | undefined;
   wireBytesSent = 0;
+  /** DATA frames received ahead of the binary replies they belong to */
+  private readonly replyData: Buffer[] = [];
   /** waits before each DATA frame (bandwidth limits) */
   pace: ((bytes: number) => Promise<void>) | undefined;
 
@@ -32,8 +34,9 @@ export class ReplicaClient {
     new FrameReader(
       socket,
       (m) => this.onControl(m),
-      () => {
-        throw new OsrError('PROTOCOL_ERROR', 'replica sent a DATA frame');
+      (f) => {
+        // the bytes of a binary reply, which follows
+        this.replyData.push(f.parts.length === 1 ? f.parts[0]! : Buffer.concat(f.parts, f.length));
       },
       (e) => this.fail(e),
     );
@@ -91,7 +94,15 @@ export class ReplicaClient {
       const w = this.waiting.get(Number(m.id));
       if (!w) return;
       this.waiting.delete(Number(m.id));
-      if (m.ok) w.resolve(m.result);
+      const result = m.result as Record<string, unknown> | null;
+      if (m.ok && typeof result?.binary === 'number') {
+        const data = this.replyData.shift();
+        if (data?.length !== result.binary) {
+          this.fail(new OsrError('PROTOCOL_ERROR', `replica sent a reply of ${result.binary} bytes with ${data ? `a DATA frame of ${data.length}` : 'no DATA frame'}`));
+          return;
+        }
+        w.resolve({ ...result, data });
+      } else if (m.ok) w.resolve(m.result);
       else {
         const err = m.error as { code: ErrorCode; message: string; details?: Record<string, unknown> };
         w.reject(new OsrError(err.code, `replica agent: ${err.message}`, err.details));
@@ -134,13 +145,14 @@ export class ReplicaClient {
     await this.writer.sendControl(msg);
   }
 
-  async sendData(offset: number, data: Buffer): Promise<number> {
+  /** Send a DATA frame (see FrameWriter.sendData for `reused`), paced by the bandwidth limits. */
+  async sendData(offset: number, data: Buffer, reused = true): Promise<number> {
     if (this.failure) throw this.failure;
     if (this.pace) {
       await this.pace(data.length);
       if (this.failure) throw this.failure;
     }
-    const n = await this.writer.sendData(offset, data, this.useZstd);
+    const n = await this.writer.sendData(offset, data, this.useZstd, reused);
     this.wireBytesSent += n;
     return n;
   }

@@ -22,8 +22,8 @@ import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } f
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { AlignedPool, isAligned, openDirect } from './direct-io.js';
 import { ExtentMap } from './extent-map.js';
-import { blockDigests } from './checksum.js';
-import { fdatasyncAsync, forEachBounded, readAt, readFully, writeAllAt, writeFully } from './io.js';
+import { fileBlockDigests } from './checksum.js';
+import { fdatasyncAsync, readFully, readGather, writeAllAt, writeFully, writeScatter, type IoPiece } from './io.js';
 import type { ReplicaTarget } from './ports.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { punchHole, writeZeroRange } from './sparse.js';
@@ -112,9 +112,8 @@ interface PointUndo {
 
 const pad = (n: number) => String(n).padStart(12, '0');
 
-/** Copying a delta into an image: pieces of at most this size, this many at a time. */
-const APPLY_PIECE_BYTES = 1024 * 1024;
-const APPLY_PARALLELISM = 8;
+/** Bytes of a delta copied into an image per gathered read and scattered write. */
+const APPLY_BATCH_BYTES = 8 * 1024 * 1024;
 
 /** Aligned buffers for direct initial-copy writes, shared by every store of the process. */
 const directPool = new AlignedPool(4 * 1024 * 1024, 8);
@@ -564,8 +563,7 @@ export class ReplicaStore implements ReplicaTarget {
       throw new OsrError('INVALID_ARGUMENT', `block range ${offset}+${length} does not fit disk ${disk} of ${spec.size} bytes in ${blockSize}-byte blocks`);
     }
     if (this.manifest.applying) throw new OsrError('INVALID_STATE', `a delta is being applied to ${this.vmId}; compare again when it is done`);
-    const buf = await readAt(this.imageFd(disk), length, offset);
-    return blockDigests(buf, blockSize);
+    return fileBlockDigests(this.imageFd(disk), offset, length, blockSize);
   }
 
   stageResync(disk: string, offset: number, parts: readonly Buffer[]): void {
@@ -714,8 +712,8 @@ export class ReplicaStore implements ReplicaTarget {
         undoFiles.set(d.name, await writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources), { sync: false }));
       }
       // the undo files are durable before the manifest says so (synced on the thread pool)
-      await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
-      fsyncDir(path.dirname(this.undoPath(seq, 'x')));
+        await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
+        fsyncDir(path.dirname(this.undoPath(seq, 'x')));
       applying.stage = 'undo-written';
       this.save();
       undo = { seq, files: undoFiles };
@@ -751,14 +749,16 @@ export class ReplicaStore implements ReplicaTarget {
 
   /**
    * Write a delta's coalesced extents into the image. The extents are scattered over the
-   * disk (and their bytes over the received log), so they are copied many at a time.
+   * disk (and their bytes over the received log), so they are copied a batch at a time:
+   * one gathered read from each log, one scattered write into the image.
    */
   private async writeDeltaIntoImage(disk: string, logFile: string, stagedFile: string | undefined, map: ExtentMap<DeltaValue>): Promise<void> {
     const imageFd = this.imageFd(disk);
     const logFd = fs.openSync(logFile, 'r');
     const stagedFd = stagedFile ? fs.openSync(stagedFile, 'r') : -1;
     try {
-      const pieces: { fd: number; from: number; to: number; length: number }[] = [];
+      const batches: { bytes: number; reads: Map<number, IoPiece[]>; writes: IoPiece[] }[] = [];
+      let batch: (typeof batches)[number] | undefined;
       for (const e of map.entries()) {
         const length = e.end - e.start;
         if (e.value === 'zero') {
@@ -766,12 +766,31 @@ export class ReplicaStore implements ReplicaTarget {
           continue;
         }
         const fd = e.value === 'staged' ? stagedFd : logFd;
-        for (let done = 0; done < length; done += APPLY_PIECE_BYTES) pieces.push({ fd, from: e.base + done, to: e.start + done, length: Math.min(APPLY_PIECE_BYTES, length - done) });
+        for (let done = 0; done < length; ) {
+          if (!batch || batch.bytes === APPLY_BATCH_BYTES) {
+            batch = { bytes: 0, reads: new Map(), writes: [] };
+            batches.push(batch);
+          }
+          const n = Math.min(APPLY_BATCH_BYTES - batch.bytes, length - done);
+          const reads = batch.reads.get(fd) ?? [];
+          reads.push([e.base + done, batch.bytes, n]);
+          batch.reads.set(fd, reads);
+          batch.writes.push([e.start + done, batch.bytes, n]);
+          batch.bytes += n;
+          done += n;
+        }
       }
-      await forEachBounded(pieces, APPLY_PARALLELISM, async (p) => {
-        const data = await readAt(p.fd, p.length, p.from);
-        await writeAllAt(imageFd, [data], p.to);
-      });
+      const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0]!.bytes), Buffer.allocUnsafe(batches[0]!.bytes)] : [];
+      // the next batch is read while this one is written
+      let writing: Promise<void> = Promise.resolve();
+      for (let i = 0; i < batches.length; i++) {
+        const b = batches[i]!;
+        const buf = bufs[i % 2]!.subarray(0, b.bytes);
+        await Promise.all([...b.reads].map(([fd, pieces]) => readGather(fd, buf, pieces)));
+        await writing;
+        writing = writeScatter(imageFd, buf, b.writes);
+      }
+      await writing;
     } finally {
       fs.closeSync(logFd);
       if (stagedFd >= 0) fs.closeSync(stagedFd);

@@ -16,7 +16,7 @@ import type { DiskRanges } from './ranges.js';
 import { ReplicaStore, type DeltaDiskFile, type DivergentRanges, type RecoveryPoint } from './replica-store.js';
 import type { ReplicaTarget } from './ports.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
-import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
+import { BinaryReply, FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
 
 export interface Logger {
   info(obj: object | string, msg?: string): void;
@@ -298,7 +298,10 @@ class Session {
   private async answer(id: unknown, op: string, run: () => Promise<unknown>): Promise<void> {
     try {
       const result = await run();
-      await this.writer.sendControl({ type: 'reply', id, ok: true, result: result ?? null });
+      if (result instanceof BinaryReply) {
+        await this.writer.sendData(0, result.data, false, false);
+        await this.writer.sendControl({ type: 'reply', id, ok: true, result: { ...result.result, binary: result.data.length } });
+      } else await this.writer.sendControl({ type: 'reply', id, ok: true, result: result ?? null });
     } catch (e) {
       const err = toOsrError(e);
       this.log.warn({ op, code: err.code }, err.message);
@@ -347,7 +350,7 @@ class Session {
       }
       case 'resync-hashes': {
         const hashes = await this.requireStore().blockHashes(String(args.disk), Number(args.offset), Number(args.length), Number(args.blockSize));
-        return { hashes: hashes.toString('base64') };
+        return args.binary === true ? new BinaryReply({}, hashes) : { hashes: hashes.toString('base64') };
       }
       case 'resync-checkpoint': {
         await this.drainWrites(0);

@@ -11,12 +11,12 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import type { TlsMaterial } from '../pki/index.js';
 import type { ChangeSource } from './ports.js';
 import type { CyclePhases } from './cycle-phases.js';
-import { readAt } from './io.js';
+import { readAt, readGather, type IoPiece } from './io.js';
 import { ReplicaClient } from './replica-client.js';
 import { Consistency } from './replica-store.js';
 import type { Logger } from './replication-server.js';
 import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from './replication-types.js';
-import { blockDigests, DIGEST_BYTES } from './checksum.js';
+import { DIGEST_BYTES, differingRuns, fileBlockDigests } from './checksum.js';
 import { retryDelayMs, type RetryPolicy } from './retry.js';
 import type { Pacer } from './throttle.js';
 import { inTimeWindow, msUntilMinute, parseTimeWindow } from './time-window.js';
@@ -36,6 +36,10 @@ export const DEFAULT_RESYNC_WINDOW = '18:00-06:00';
 const RESYNC_WINDOW_BYTES = 64 * 1024 * 1024;
 /** staged blocks are made durable at the replica at least this often (compared bytes) */
 const RESYNC_CHECKPOINT_BYTES = 512 * 1024 * 1024;
+/** Windows of block checksums the replica is asked for ahead of the one being compared. */
+const RESYNC_WINDOWS_AHEAD = 2;
+/** Bytes of differing blocks read at once before they are sent. */
+const RESYNC_READ_BATCH = 16 * 1024 * 1024;
 /** pending change logs of a disk at this share of its size make a resync necessary */
 export const LOG_GROWTH_RESYNC_SHARE = 0.5;
 /** while waiting to retry, the growth of pending logs is checked this often */
@@ -335,39 +339,26 @@ export class PrimaryReplication {
     const startDone = progress.doneBytes;
     const window = Math.min(RESYNC_WINDOW_BYTES, 65536 * blockSize);
     const account = wireAccounting(client, progress);
-    const ask = (offset: number) => client.request<{ hashes: string }>('resync-hashes', { disk, offset, length: Math.min(window, size - offset), blockSize });
+    // the checksums come back raw (a replica that predates binary replies sends base64)
+    const ask = (offset: number) => client.request<{ data?: Buffer; hashes?: string }>('resync-hashes', { disk, offset, length: Math.min(window, size - offset), blockSize, binary: true });
     await client.notice({ type: 'resync-disk', disk });
     let sinceCheckpoint = 0;
-    let theirs: Promise<{ hashes: string }> | undefined = from < size ? ask(from) : undefined;
-    const bufs = [Buffer.allocUnsafe(window), Buffer.allocUnsafe(window)];
-    let turn = 0;
+    // the replica hashes the next windows while this one is compared and sent
+    const theirs: Promise<{ data?: Buffer; hashes?: string }>[] = [];
+    const askAhead = (pos: number) => {
+      for (let next = pos + theirs.length * window; theirs.length < RESYNC_WINDOWS_AHEAD && next < size; next += window) theirs.push(ask(next));
+    };
+    askAhead(from);
     for (let pos = from; pos < size; pos += window) {
       if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
       const length = Math.min(window, size - pos);
-      const mine = await readAt(fd, length, pos, bufs[turn].subarray(0, length));
-      turn ^= 1;
-      const ours = blockDigests(mine, blockSize);
-      const reply = await theirs!;
-      // the replica hashes the next window while this one is compared and sent
-      theirs = pos + window < size ? ask(pos + window) : undefined;
-      const hashes = Buffer.from(reply.hashes, 'base64');
+      const ours = await fileBlockDigests(fd, pos, length, blockSize);
+      const reply = await theirs.shift()!;
+      askAhead(pos + window);
+      const hashes = reply.data ?? Buffer.from(reply.hashes ?? '', 'base64');
       if (hashes.length !== ours.length) throw new OsrError('PROTOCOL_ERROR', `replica sent ${hashes.length / DIGEST_BYTES} block checksums for ${ours.length / DIGEST_BYTES} blocks`);
-      const blocks = ours.length / DIGEST_BYTES;
-      for (let b = 0; b < blocks; ) {
-        if (ours.compare(hashes, b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES, b * DIGEST_BYTES, (b + 1) * DIGEST_BYTES) === 0) {
-          b++;
-          continue;
-        }
-        // a run of differing blocks, sent in frames of at most MAX_DATA_BYTES
-        let end = b + 1;
-        while (end < blocks && (end - b) * blockSize < MAX_DATA_BYTES && ours.compare(hashes, end * DIGEST_BYTES, (end + 1) * DIGEST_BYTES, end * DIGEST_BYTES, (end + 1) * DIGEST_BYTES) !== 0) end++;
-        const run = mine.subarray(b * blockSize, Math.min(mine.length, end * blockSize));
-        const offset = pos + b * blockSize;
-        if (isZero(run)) await client.notice({ type: 'resync-zero', disk, offset, length: run.length });
-        else await client.sendData(offset, run);
-        progress.differingBytes += run.length;
-        b = end;
-      }
+      const runs = differingRuns(ours, hashes, blockSize, length, MAX_DATA_BYTES);
+      await this.sendCurrent(client, disk, fd, pos, runs);
       progress.doneBytes += length;
       sinceCheckpoint += length;
       if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos + length < size) {
@@ -379,6 +370,31 @@ export class PrimaryReplication {
     }
     await client.request('resync-checkpoint', { disk, offset: size, finished: true });
     account();
+  }
+
+  /**
+   * Send the current content of `runs` (offsets relative to `base`) of a disk: each run's
+   * bytes as data, or as a zero range when they are all zeroes. The runs are read a batch
+   * of at most RESYNC_READ_BATCH bytes at a time, in one gathered read, and sent in order.
+   */
+  private async sendCurrent(client: ReplicaClient, disk: string, fd: number, base: number, runs: readonly Range[]): Promise<void> {
+    const progress = this.resyncProgress!;
+    for (let i = 0; i < runs.length; ) {
+      const pieces: IoPiece[] = [];
+      let bytes = 0;
+      for (; i < runs.length && (pieces.length === 0 || bytes + runs[i]![1] <= RESYNC_READ_BATCH); i++) {
+        pieces.push([base + runs[i]![0], bytes, runs[i]![1]]);
+        bytes += runs[i]![1];
+      }
+      // a batch's buffer is its own: frames go out without waiting for each to be flushed
+      const buf = await readGather(fd, Buffer.allocUnsafe(bytes), pieces);
+      for (const [offset, at, length] of pieces) {
+        const run = buf.subarray(at, at + length);
+        if (isZero(run)) await client.notice({ type: 'resync-zero', disk, offset, length });
+        else for (let o = 0; o < length; o += MAX_DATA_BYTES) await client.sendData(offset + o, run.subarray(o, Math.min(length, o + MAX_DATA_BYTES)), false);
+        progress.differingBytes += length;
+      }
+    }
   }
 
   private async onFailure(err: OsrError): Promise<void> {

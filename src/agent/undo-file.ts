@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import { createDigest, digest } from './checksum.js';
-import { fdatasyncAsync, forEachBounded, readAt, readFully, writeAllAt } from './io.js';
+import { fdatasyncAsync, readFully, readGather, writeAllAt, type IoPiece } from './io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
@@ -20,8 +20,6 @@ const ENTRY_BYTES = 24;
 const COPY_CHUNK = 4 * 1024 * 1024;
 /** bytes of undo data gathered per write while writing an undo file */
 const BATCH_BYTES = 8 * 1024 * 1024;
-/** parallel reads of the source while gathering a batch */
-const READ_PARALLELISM = 8;
 
 export interface UndoEntry {
   offset: number;
@@ -62,7 +60,7 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
     const dataDigest = createDigest();
     const entries: UndoEntry[] = [];
     // The data region is the sources back to back, so it is filled in batches: the pieces of
-    // a batch are read in parallel (many small random reads of an image) into one buffer,
+    // a batch (many small random reads of an image) are gathered into one buffer,
     // which is hashed in order and written with one call while the next batch is read.
     const batches: { at: number; length: number; pieces: { fd: number; pos: number; length: number; into: number }[] }[] = [];
     let batch: (typeof batches)[number] | undefined;
@@ -85,9 +83,14 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
     for (let i = 0; i < batches.length; i++) {
       const b = batches[i];
       const buf = bufs[i % 2].subarray(0, b.length);
-      await forEachBounded(b.pieces, READ_PARALLELISM, async (p) => {
-        await readAt(p.fd, p.length, p.pos, buf.subarray(p.into, p.into + p.length));
-      });
+      // one gathered read per source file (normally all pieces come from one image)
+      const byFd = new Map<number, IoPiece[]>();
+      for (const p of b.pieces) {
+        const list = byFd.get(p.fd) ?? [];
+        list.push([p.pos, p.into, p.length]);
+        byFd.set(p.fd, list);
+      }
+      await Promise.all([...byFd].map(([fd, pieces]) => readGather(fd, buf, pieces)));
       dataDigest.update(buf);
       await writing;
       writing = writeAllAt(fd, [buf], b.at);

@@ -20,6 +20,8 @@ export const FrameType = { Control: 1, Data: 2 } as const;
 export const DATA_HEADER_BYTES = 32;
 /** the largest raw DATA body a sender may send */
 export const MAX_DATA_BYTES = 8 * 1024 * 1024;
+/** Bytes a FrameWriter lets queue in its stream before a write waits for it to drain. */
+const WRITE_QUEUE_BYTES = 4 * 1024 * 1024;
 const MAX_FRAME_BYTES = MAX_DATA_BYTES + DATA_HEADER_BYTES + 1 + 1024;
 
 export interface DataFrame {
@@ -32,6 +34,19 @@ export interface DataFrame {
 }
 
 export type ControlMessage = { type: string; [k: string]: unknown };
+
+/**
+ * A reply that carries bytes: they go first, as one DATA frame (offset 0), and the reply
+ * says `binary: <bytes>`, so that large binary results (block checksums) travel raw and
+ * checksummed instead of as base64 in JSON. Only requests that ask for it (`binary: true`)
+ * get one.
+ */
+export class BinaryReply {
+  constructor(
+    readonly result: Record<string, unknown>,
+    readonly data: Buffer,
+  ) {}
+}
 
 export function encodeControl(msg: ControlMessage): Buffer {
   const body = Buffer.from(JSON.stringify(msg), 'utf8');
@@ -178,7 +193,9 @@ export class FrameWriter {
     });
     this.stream.uncork();
     if (written) await written;
-    else if (!ok) await this.drained();
+    // past the stream's own mark, up to WRITE_QUEUE_BYTES may wait in it: many small
+    // frames then go out without a wait for each
+    else if (!ok && this.stream.writableLength > WRITE_QUEUE_BYTES) await this.drained();
   }
 
   private drained(): Promise<void> {
@@ -204,10 +221,14 @@ export class FrameWriter {
     return this.write([encodeControl(msg)]);
   }
 
-  /** Send a DATA frame; resolves once `data` may be reused, with the bytes of its body on the wire. */
-  async sendData(offset: number, data: Buffer, useZstd: boolean): Promise<number> {
+  /**
+   * Send a DATA frame; resolves with the bytes of its body on the wire once `data` may be
+   * reused, or, with `reused: false` (the caller never touches `data` again), as soon as
+   * the stream can take more.
+   */
+  async sendData(offset: number, data: Buffer, useZstd: boolean, reused = true): Promise<number> {
     const [head, body] = encodeData(offset, data, useZstd);
-    await this.write([head, body], true);
+    await this.write([head, body], reused);
     return body.length;
   }
 }
