@@ -84,9 +84,13 @@ export class Agent {
   /** Start everything: recover disks before any guest I/O, then open listeners, then replications. */
   async start(): Promise<AgentEndpoints> {
     this.tls = await loadTlsMaterial(this.config.tls);
-    for (const r of this.host.loadAll()) {
+    // a demote cut short is finished or undone before the VMs load: the images are then
+    // either a replica's or the VM's, never lost between the two
+    for (const a of this.replicas.recoverAdoptions()) this.log.warn({ vmId: a.vmId }, a.outcome === 'finished' ? 'finished a demote cut short: the images are a replica now' : 'undid a demote cut short: the images are the VM\'s again');
+    for (const r of this.host.loadAll((id) => this.replicas.holds(id))) {
       if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
       if (r.removed) this.log.warn({ vm: r.vm }, 'finished demoting a VM whose images had become a replica');
+      if (r.missingImages) this.log.error({ vm: r.vm, missing: r.missingImages }, `VM ${r.vm} is not loaded: its disk images are missing (restore them, or remove the VM's directory), and no replica holds them`);
     }
     // a promoted replica's images are a host VM's disks now: not served as a replica
     await this.replicas.openAll(new Set(this.host.list().map((vm) => vm.id)));

@@ -15,6 +15,7 @@
  * common point (replication.ts, `reverseResync`).
  */
 import { OsrError } from '../domain/errors.js';
+import { crashPoint } from './crash-point.js';
 import type { LabHost, LabVm, VmDiskSpec } from './lab-host.js';
 import { diskRangesBytes, type DiskRanges } from './ranges.js';
 import type { ReplicaRegistry } from './replication-server.js';
@@ -67,8 +68,10 @@ export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, v
     // from here on the old primary is refused, so nothing lands after the chosen point; the
     // ranges the commit rolls back are durable before it deletes the undo that holds them
     registry.fence(store.vmId, epoch, { point, rolledBack });
+    crashPoint('promote:fenced');
     const overlay = store.openOverlay(seq);
     await store.commitOverlay(overlay.id);
+    crashPoint('promote:committed');
   }
   const disks: VmDiskSpec[] = store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) }));
   const vmId = store.vmId;
@@ -101,6 +104,7 @@ export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: Lab
     images,
     divergent,
   );
+  crashPoint('demote:adopted');
   host.removeVm(vm.name);
   return { vm: vm.name, epoch, divergentBytes: divergent === 'all' ? null : diskRangesBytes(divergent) };
 }

@@ -147,14 +147,23 @@ export class LabHost {
    * Load every VM and recover its change tracking. A VM whose images are gone was demoted
    * (its images became a replica) by a step cut short: it is finished here.
    */
-  loadAll(): { vm: string; recovered: boolean; tornBytes: number; removed?: boolean }[] {
+  /**
+   * Load every VM. A VM whose images are gone is either a demote that took them (`adopted`
+   * says a replica store of its id holds them: the VM is forgotten) or broken (it is left
+   * as it is, not loaded, and reported `missingImages`).
+   */
+  loadAll(adopted: (vmId: string) => boolean): { vm: string; recovered: boolean; tornBytes: number; removed?: boolean; missingImages?: string[] }[] {
     const out = [];
     for (const name of fs.readdirSync(this.vmsDir)) {
       const spec = readJson<VmSpec>(path.join(this.vmsDir, name, 'vm.json'));
       if (!spec) continue;
-      if (spec.disks.some((d) => !fs.existsSync(d.image))) {
-        fs.rmSync(path.join(this.vmsDir, name), { recursive: true, force: true });
-        out.push({ vm: name, recovered: false, tornBytes: 0, removed: true });
+      const missing = spec.disks.filter((d) => !fs.existsSync(d.image)).map((d) => d.image);
+      if (missing.length > 0) {
+        if (adopted(spec.id)) {
+          fs.rmSync(path.join(this.vmsDir, name), { recursive: true, force: true });
+          fsyncDir(this.vmsDir);
+          out.push({ vm: name, recovered: false, tornBytes: 0, removed: true });
+        } else out.push({ vm: name, recovered: false, tornBytes: 0, missingImages: missing });
         continue;
       }
       const vm = new LabVm(spec, path.join(this.vmsDir, name), this.now);

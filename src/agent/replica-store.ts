@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../domain/errors.js';
 import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
+import { crashPoint } from './crash-point.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { AlignedPool, isAligned, openDirect } from './direct-io.js';
@@ -111,6 +112,9 @@ interface PointUndo {
 }
 
 const pad = (n: number) => String(n).padStart(12, '0');
+
+/** In a store being adopted: where each image came from (written before any moves). */
+const ADOPT_INTENT = 'adopting.json';
 
 /** Bytes of a delta copied into an image per gathered read and scattered write. */
 const APPLY_BATCH_BYTES = 8 * 1024 * 1024;
@@ -222,16 +226,26 @@ export class ReplicaStore implements ReplicaTarget {
     // built beside its final place (the images may live in an older store at `root`, that of
     // the replica this VM was promoted from), then renamed over it
     const tmp = `${root}.adopting`;
-    fs.rmSync(tmp, { recursive: true, force: true });
+    ReplicaStore.recoverAdoption(root);
     fs.mkdirSync(path.join(tmp, 'disks'), { recursive: true });
     for (const d of spec.disks) {
       const from = images[d.name];
       if (!from) throw new OsrError('INVALID_ARGUMENT', `no image given for disk ${d.name}`);
       if (fs.statSync(from).size !== d.size) throw new OsrError('INVALID_STATE', `image ${path.basename(from)} is not ${d.size} bytes`);
     }
-    for (const d of spec.disks) fs.renameSync(images[d.name], path.join(tmp, 'disks', `${d.name}.img`));
-    fsyncDir(path.join(tmp, 'disks'));
-    for (const from of new Set(Object.values(images).map((f) => path.dirname(f)))) if (fs.existsSync(from)) fsyncDir(from);
+    // where each image comes from is durable before any moves: a crash before the manifest
+    // (written once all have moved) puts them back (recoverAdoption)
+    writeJsonDurable(path.join(tmp, ADOPT_INTENT), { images: Object.fromEntries(spec.disks.map((d) => [d.name, images[d.name]!])) });
+    fsyncDir(path.dirname(root));
+    try {
+      for (const d of spec.disks) fs.renameSync(images[d.name]!, path.join(tmp, 'disks', `${d.name}.img`));
+      fsyncDir(path.join(tmp, 'disks'));
+      for (const from of new Set(Object.values(images).map((f) => path.dirname(f)))) if (fs.existsSync(from)) fsyncDir(from);
+    } catch (e) {
+      ReplicaStore.recoverAdoption(root);
+      throw e;
+    }
+    crashPoint('demote:images-moved');
     const manifest: Manifest = {
       version: 1,
       vmId: spec.vmId,
@@ -244,12 +258,41 @@ export class ReplicaStore implements ReplicaTarget {
       divergent,
     };
     writeJsonDurable(path.join(tmp, 'manifest.json'), manifest);
-    fs.rmSync(root, { recursive: true, force: true });
-    fs.renameSync(tmp, root);
-    fsyncDir(path.dirname(root));
+    ReplicaStore.recoverAdoption(root);
     const store = new ReplicaStore(root, manifest, now);
     await store.load();
     return store;
+  }
+
+  /**
+   * Finish or undo an adoption cut short (by a crash, or an error). With its manifest
+   * written, every image had moved: the new store replaces whatever was at `root`.
+   * Without it, the images that had moved go back where they came from and nothing
+   * changed. Returns what it did, or null when no adoption was under way.
+   */
+  static recoverAdoption(root: string): 'finished' | 'undone' | null {
+    const tmp = `${root}.adopting`;
+    if (!fs.existsSync(tmp)) return null;
+    if (fs.existsSync(path.join(tmp, 'manifest.json'))) {
+      fs.rmSync(root, { recursive: true, force: true });
+      fs.renameSync(tmp, root);
+      fs.rmSync(path.join(root, ADOPT_INTENT), { force: true });
+      fsyncDir(path.dirname(root));
+      return 'finished';
+    }
+    const intent = readJson<{ images: Record<string, string> }>(path.join(tmp, ADOPT_INTENT));
+    for (const [disk, from] of Object.entries(intent?.images ?? {})) {
+      const moved = path.join(tmp, 'disks', `${disk}.img`);
+      if (!fs.existsSync(moved)) continue;
+      if (fs.existsSync(from)) {
+        throw new OsrError('REPLICA_STORE_CORRUPT', `an adoption cut short left image ${moved} while ${from} exists too; keep the one the VM should have, remove the other and ${tmp}, then restart the agent`);
+      }
+      fs.renameSync(moved, from);
+      fsyncDir(path.dirname(from));
+    }
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fsyncDir(path.dirname(root));
+    return 'undone';
   }
 
   private async load(): Promise<void> {

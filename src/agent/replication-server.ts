@@ -134,24 +134,33 @@ export class ReplicaRegistry {
   }
 
   /**
-   * Open every store found on disk (at agent start), so points and overlays are served.
-   * Stores whose images a host VM uses now (promoted) are skipped; an adoption cut short
-   * is finished or undone.
+   * Finish or undo every adoption (demote) cut short, before the host loads its VMs: a
+   * finished one took the VM's images, an undone one gave them back.
    */
-  async openAll(skip: ReadonlySet<string> = new Set()): Promise<void> {
-    for (const id of skip) this.runHere.add(id);
+  recoverAdoptions(): { vmId: string; outcome: 'finished' | 'undone' }[] {
+    const out: { vmId: string; outcome: 'finished' | 'undone' }[] = [];
     for (const name of fs.readdirSync(this.dir)) {
       const m = /^(.+)\.adopting$/.exec(name);
       if (!m) continue;
-      const tmp = path.join(this.dir, name);
-      // the manifest is written last: without it the images are still where they were
-      if (fs.existsSync(path.join(tmp, 'manifest.json'))) {
-        fs.rmSync(path.join(this.dir, m[1]), { recursive: true, force: true });
-        fs.renameSync(tmp, path.join(this.dir, m[1]));
-      }
+      const outcome = ReplicaStore.recoverAdoption(path.join(this.dir, m[1]!));
+      if (outcome) out.push({ vmId: m[1]!, outcome });
     }
+    return out;
+  }
+
+  /** Whether a replica store of this VM id is on disk (an adopted VM's images live there). */
+  holds(vmId: string): boolean {
+    return fs.existsSync(path.join(this.dir, vmId, 'manifest.json'));
+  }
+
+  /**
+   * Open every store found on disk (at agent start), so points and overlays are served.
+   * Stores whose images a host VM uses now (promoted) are skipped.
+   */
+  async openAll(skip: ReadonlySet<string> = new Set()): Promise<void> {
+    for (const id of skip) this.runHere.add(id);
     for (const vmId of fs.readdirSync(this.dir)) {
-      if (skip.has(vmId) || this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
+      if (vmId.endsWith('.adopting') || skip.has(vmId) || this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
       const s = await ReplicaStore.open(path.join(this.dir, vmId), { vmId, disks: [] }, this.now);
       this.stores.set(vmId, s);
     }

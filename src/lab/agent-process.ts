@@ -25,6 +25,8 @@ export interface AgentProcessOptions {
   /** options for node itself, e.g. ['--cpu-prof'] */
   nodeArgs?: string[];
   logFile?: string;
+  /** variables added to the agent's environment (e.g. OSR_TEST_CRASH_AT) */
+  env?: Record<string, string>;
 }
 
 export interface RunningAgent {
@@ -65,7 +67,7 @@ export async function startAgentProcess(o: AgentProcessOptions): Promise<Running
   if (o.nbdTcpPort !== undefined) args.push('--nbd-tcp', String(o.nbdTcpPort));
   args.push(...(o.extraArgs ?? []));
   const logFd = fs.openSync(o.logFile ?? path.join(path.dirname(o.dataDir), `${o.name}.log`), 'a');
-  const child = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], { stdio: ['ignore', 'pipe', logFd] });
+  const child = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], { stdio: ['ignore', 'pipe', logFd], env: o.env ? { ...process.env, ...o.env } : process.env });
   fs.closeSync(logFd);
   const line = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -93,7 +95,7 @@ export async function stopAgentProcess(a: RunningAgent, signal: 'SIGTERM' | 'SIG
   await exited;
 }
 
-/** Start the same agent again (same data directory, same ports where fixed). */
-export function restartAgentProcess(a: RunningAgent): Promise<RunningAgent> {
-  return startAgentProcess({ ...a.options, listenPort: a.replicationPort ?? a.options.listenPort });
+/** Start the same agent again (same data directory, same ports where fixed), with `changes` to its options. */
+export function restartAgentProcess(a: RunningAgent, changes: Partial<AgentProcessOptions> = {}): Promise<RunningAgent> {
+  return startAgentProcess({ ...a.options, listenPort: a.replicationPort ?? a.options.listenPort, ...changes });
 }

@@ -1,0 +1,170 @@
+/**
+ * Faults with real agent processes, each ending in a byte-for-byte check of the replica:
+ * connections cut in the middle of an initial copy, a delta and a resync (through a relay;
+ * no process dies); kill -9 of the old primary while it receives a reverse replication;
+ * and kill -9 at each step of promote and demote (crash points), after which a restart
+ * finishes or undoes the step and reverse replication converges.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { after, before, test } from 'node:test';
+import type { RunningAgent } from '../../src/lab/agent-process.js';
+import { createVm, fileDigest, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type DiskInfo, type Pair } from '../support/lab.js';
+import { startRelay } from '../support/relay.js';
+
+let pair: Pair;
+before(async () => {
+  pair = await startPair(undefined, { primaryListens: true });
+});
+after(async () => {
+  await pair?.stop();
+});
+
+const MiB = 1024 * 1024;
+
+const disksOf = (agent: RunningAgent, vm: string) => agent.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`);
+const digestsOf = (disks: DiskInfo[]) => disks.map((d) => fileDigest(d.image, d.size).digest);
+
+async function replicate(from: RunningAgent, to: RunningAgent, vm: string) {
+  await from.api.post('/v1/replications', { vm, peer: `127.0.0.1:${to.replicationPort}`, copyFrequency: '1h', maxPoints: 50 });
+  return waitForPoint(from, vm, null, 120_000);
+}
+
+/** A cycle now; the replica's new latest point must equal the source's disks. */
+async function assertInStep(from: RunningAgent, to: RunningAgent, vm: string): Promise<void> {
+  const h0 = await waitFor(`${vm} replicating`, async () => {
+    const h = await health(from, vm);
+    return h.state === 'Replicating' && h.latestPoint ? h : undefined;
+  }, 120_000);
+  await from.api.post(`/v1/replications/${vm}/cycle`);
+  const h = await waitForPoint(from, vm, h0.latestPoint!.seq + 1);
+  assert.deepEqual(await pointDigests(to, vm, h.latestPoint!.seq), digestsOf(await disksOf(from, vm)), `the replica of ${vm} at ${to.name} differs from its source`);
+}
+
+/** Restart an agent so that it kills itself at crash point `at`; then run `step`, which must fail as the agent dies. */
+async function crashAt(which: 'primary' | 'replica', at: string, step: (a: RunningAgent) => Promise<unknown>): Promise<void> {
+  await stopAgentProcess(pair[which], 'SIGTERM');
+  const armed = await restartAgentProcess(pair[which], { env: { OSR_TEST_CRASH_AT: at } });
+  pair[which] = armed;
+  const exited = new Promise<NodeJS.Signals | null>((resolve) => armed.child.once('exit', (_code, signal) => resolve(signal)));
+  await assert.rejects(step(armed), `the agent dies at ${at}`);
+  assert.equal(await exited, 'SIGKILL', `the agent killed itself at ${at}`);
+  pair[which] = await restartAgentProcess(armed, { env: {} });
+}
+
+test('connections cut in the middle of an initial copy, a delta and a resync (no process dies): each resumes and converges byte for byte', async () => {
+  const relay = await startRelay(pair.replica.replicationPort!);
+  try {
+    const disks = await createVm(pair.primary, 'cut1', ['32M']);
+    fillRandom(disks[0].image, 32 * MiB);
+    // a slow link, so each cut lands while bytes are on the wire
+    await pair.primary.api.post('/v1/replications', { vm: 'cut1', peer: `127.0.0.1:${relay.port}`, copyFrequency: '1h', maxPoints: 50, bandwidth: '8MB/s' });
+    await waitFor('the initial copy under way', async () => ((await health(pair.primary, 'cut1')).initial?.doneBytes ?? 0) > 4 * MiB || undefined, 60_000, 20);
+    assert.equal(relay.cut(), 1, 'one connection cut during the initial copy');
+    const first = await waitForPoint(pair.primary, 'cut1', null, 120_000);
+    assert.ok(relay.accepted >= 2, 'the primary reconnected');
+    assert.deepEqual(await pointDigests(pair.replica, 'cut1', first.latestPoint!.seq), digestsOf(disks));
+
+    // a delta of about 12 MB, cut while it ships
+    await writePattern(disks[0].nbd.unix, { writes: 200, maxLen: 131072, seed: 5 });
+    const shipped = first.bytesShipped;
+    const accepted = relay.accepted;
+    await pair.primary.api.post('/v1/replications/cut1/cycle');
+    await waitFor('the delta under way', async () => (await health(pair.primary, 'cut1')).bytesShipped > shipped + 2 * MiB || undefined, 60_000, 20);
+    assert.equal(relay.cut(), 1, 'one connection cut during a delta');
+    const second = await waitForPoint(pair.primary, 'cut1', first.latestPoint!.seq + 1, 120_000);
+    assert.ok(relay.accepted > accepted, 'the primary reconnected');
+    assert.deepEqual(await pointDigests(pair.replica, 'cut1', second.latestPoint!.seq), digestsOf(disks));
+
+    // blocks changed behind replication's back, then a resync cut while it sends them
+    const fd = fs.openSync(disks[0].image, 'r+');
+    try {
+      for (let i = 0; i < 2000; i++) fs.writeSync(fd, Buffer.alloc(4096, (i % 250) + 1), 0, 4096, ((i * 4099) % 8190) * 4096);
+    } finally {
+      fs.closeSync(fd);
+    }
+    await pair.primary.api.post('/v1/replications/cut1/resync');
+    await waitFor('the resync sending', async () => ((await health(pair.primary, 'cut1')).resync?.differingBytes ?? 0) > 2 * MiB || undefined, 60_000, 20);
+    assert.equal(relay.cut(), 1, 'one connection cut during a resync');
+    const done = await waitFor('the resync to complete', async () => {
+      const h = await health(pair.primary, 'cut1');
+      return h.resync?.completedAt && h.state === 'Replicating' ? h : undefined;
+    }, 120_000);
+    assert.ok(done.resync!.resumedFromBytes >= 0);
+    assert.deepEqual(await pointDigests(pair.replica, 'cut1', done.latestPoint!.seq), digestsOf(disks), 'the resync point equals the source');
+    await assertInStep(pair.primary, pair.replica, 'cut1');
+  } finally {
+    await relay.close();
+  }
+});
+
+test('kill -9 of the old primary while it receives a reverse replication: the new primary retries, the reverse resumes and converges', async () => {
+  const disks = await createVm(pair.primary, 'ko1', ['64M']);
+  fillRandom(disks[0].image, 64 * MiB);
+  await replicate(pair.primary, pair.replica, 'ko1');
+  // the old primary writes ~25 MB it never ships; the replica site fails over regardless
+  await writePattern(disks[0].nbd.unix, { writes: 400, maxLen: 131072 });
+  const promoted = await pair.replica.api.post<{ epoch: number }>('/v1/replicas/ko1/promote', {});
+  await pair.primary.api.post('/v1/vms/ko1/demote', { epoch: promoted.epoch });
+  const atReplica = await disksOf(pair.replica, 'ko1');
+  await writePattern(atReplica[0].nbd.unix, { writes: 50 });
+  await pair.replica.api.post('/v1/replications', { vm: 'ko1', peer: `127.0.0.1:${pair.primary.replicationPort}`, copyFrequency: '1h', bandwidth: '4MB/s' });
+  await waitFor('the reverse resync under way', async () => ((await health(pair.replica, 'ko1')).resync?.doneBytes ?? 0) > 2 * MiB || undefined, 60_000, 20);
+  await stopAgentProcess(pair.primary, 'SIGKILL');
+  pair.primary = await restartAgentProcess(pair.primary);
+  const done = await waitFor('the reverse resync to complete', async () => {
+    const h = await health(pair.replica, 'ko1');
+    return h.resync?.completedAt && h.state === 'Replicating' ? h : undefined;
+  }, 120_000);
+  assert.match(done.resync!.reason, /reverse replication/);
+  await assertInStep(pair.replica, pair.primary, 'ko1');
+});
+
+for (const at of ['promote:fenced', 'promote:committed']) {
+  test(`kill -9 at ${at}: promoting again after the restart gives the chosen point, and reverse replication converges`, async () => {
+    const vm = `kp-${at.split(':')[1]}`;
+    const disks = await createVm(pair.primary, vm, ['16M']);
+    fillRandom(disks[0].image, 16 * MiB);
+    const h1 = await replicate(pair.primary, pair.replica, vm);
+    const chosen = h1.latestPoint!.seq;
+    const chosenDigests = await pointDigests(pair.replica, vm, chosen);
+    await writePattern(disks[0].nbd.unix, { writes: 30 });
+    await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+    await waitForPoint(pair.primary, vm, chosen + 1);
+    // fail over to the older point: the later one is rolled back
+    await crashAt('replica', at, (a) => a.api.post(`/v1/replicas/${vm}/promote`, { point: chosen }));
+    const promoted = await pair.replica.api.post<{ epoch: number; point: { seq: number }; rolledBackBytes: number }>(`/v1/replicas/${vm}/promote`, { point: chosen });
+    assert.equal(promoted.point.seq, chosen);
+    assert.ok(promoted.rolledBackBytes > 0, 'the later point is rolled back');
+    const atReplica = await disksOf(pair.replica, vm);
+    assert.deepEqual(digestsOf(atReplica), chosenDigests, 'the promoted VM holds the chosen point');
+    await pair.primary.api.post(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch });
+    await writePattern(atReplica[0].nbd.unix, { writes: 20 });
+    await replicate(pair.replica, pair.primary, vm);
+    await assertInStep(pair.replica, pair.primary, vm);
+  });
+}
+
+for (const at of ['demote:images-moved', 'demote:adopted']) {
+  test(`kill -9 at ${at}: the restart ${at === 'demote:adopted' ? 'finishes' : 'undoes'} the demote, no image is lost, and reverse replication converges`, async () => {
+    const vm = `kd-${at.split(':')[1]}`;
+    const disks = await createVm(pair.primary, vm, ['16M', '4M']);
+    fillRandom(disks[0].image, 16 * MiB);
+    await replicate(pair.primary, pair.replica, vm);
+    await writePattern(disks[0].nbd.unix, { writes: 30 });
+    const promoted = await pair.replica.api.post<{ epoch: number }>(`/v1/replicas/${vm}/promote`, {});
+    await crashAt('primary', at, (a) => a.api.post(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch }));
+    const vms = await pair.primary.api.get<{ name: string }[]>('/v1/vms');
+    if (at === 'demote:adopted') {
+      assert.ok(!vms.some((v) => v.name === vm), 'the demote was finished: the VM is gone, its images are the replica');
+    } else {
+      assert.ok(vms.some((v) => v.name === vm), 'the demote was undone: the VM is back with its images');
+      for (const d of disks) assert.ok(fs.existsSync(d.image), `image ${d.name} is back where it was`);
+      await pair.primary.api.post(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch });
+    }
+    const atReplica = await disksOf(pair.replica, vm);
+    await writePattern(atReplica[1].nbd.unix, { writes: 20 });
+    await replicate(pair.replica, pair.primary, vm);
+    await assertInStep(pair.replica, pair.primary, vm);
+  });
+}
