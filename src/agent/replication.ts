@@ -346,7 +346,12 @@ export class PrimaryReplication {
     // the replica hashes the next windows while this one is compared and sent
     const theirs: Promise<{ data?: Buffer; hashes?: string }>[] = [];
     const askAhead = (pos: number) => {
-      for (let next = pos + theirs.length * window; theirs.length < RESYNC_WINDOWS_AHEAD && next < size; next += window) theirs.push(ask(next));
+      for (let next = pos + theirs.length * window; theirs.length < RESYNC_WINDOWS_AHEAD && next < size; next += window) {
+        const reply = ask(next);
+        // a broken connection rejects every pending ask; only the one awaited reports it
+        reply.catch(() => undefined);
+        theirs.push(reply);
+      }
     };
     askAhead(from);
     for (let pos = from; pos < size; pos += window) {

@@ -98,29 +98,32 @@ test('an asked-for resync sends only the blocks that differ, while the guest wri
   assert.ok(points.some((p) => p.seq === p1) && points.some((p) => p.seq === done.latestPoint!.seq));
 });
 
-test('a resync interrupted by kill -9 of the primary resumes from the replica checkpoint and converges', async () => {
-  const disks = await createVm(pair.primary, 'rs2', ['1536M']);
-  fillRandom(disks[0].image, 1536 * MiB);
-  await pair.primary.api.post('/v1/replications', { vm: 'rs2', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', resyncWindow: 'never', resyncBlockSize: 65536 });
-  await waitForPoint(pair.primary, 'rs2', null, 180_000);
-  await stopAgentProcess(pair.primary, 'SIGTERM');
-  scribble(disks[0].image, 1536 * MiB, 200);
-  pair.primary = await restartAgentProcess(pair.primary);
-  await waitFor('resync required', async () => (await health(pair.primary, 'rs2')).state === 'ResyncRequired' || undefined);
-  await pair.primary.api.post('/v1/replications/rs2/resync');
-  // past the first checkpoint (every 512 MiB compared), kill the primary
-  await waitFor('the resync past a checkpoint', async () => ((await health(pair.primary, 'rs2')).resync?.doneBytes ?? 0) > 600 * MiB || undefined, 120_000, 10);
-  await stopAgentProcess(pair.primary, 'SIGKILL');
-  pair.primary = await restartAgentProcess(pair.primary);
-  const done = await waitFor('the resumed resync to complete', async () => {
-    const x = await health(pair.primary, 'rs2');
-    return x.resync?.completedAt ? x : undefined;
-  }, 120_000);
-  assert.ok(done.resync!.resumedFromBytes >= 512 * MiB, `resumed from ${done.resync!.resumedFromBytes}`);
-  await pair.primary.api.post('/v1/replications/rs2/cycle');
-  const h = await waitForPoint(pair.primary, 'rs2', done.latestPoint!.seq + 1);
-  assert.deepEqual(await pointDigests('rs2', h.latestPoint!.seq), disks.map((d) => fileDigest(d.image, d.size).digest));
-});
+for (const victim of ['primary', 'replica'] as const) {
+  test(`a resync interrupted by kill -9 of the ${victim} resumes from the replica checkpoint and converges`, async () => {
+    const vm = `rs2-${victim}`;
+    const disks = await createVm(pair.primary, vm, ['1536M']);
+    fillRandom(disks[0].image, 1536 * MiB);
+    await pair.primary.api.post('/v1/replications', { vm, peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', resyncWindow: 'never', resyncBlockSize: 65536 });
+    await waitForPoint(pair.primary, vm, null, 180_000);
+    await stopAgentProcess(pair.primary, 'SIGTERM');
+    scribble(disks[0].image, 1536 * MiB, 200);
+    pair.primary = await restartAgentProcess(pair.primary);
+    await waitFor('resync required', async () => (await health(pair.primary, vm)).state === 'ResyncRequired' || undefined);
+    await pair.primary.api.post(`/v1/replications/${vm}/resync`);
+    // past the first checkpoint (every 512 MiB compared), kill one agent
+    await waitFor('the resync past a checkpoint', async () => ((await health(pair.primary, vm)).resync?.doneBytes ?? 0) > 600 * MiB || undefined, 120_000, 10);
+    await stopAgentProcess(pair[victim], 'SIGKILL');
+    pair[victim] = await restartAgentProcess(pair[victim]);
+    const done = await waitFor('the resumed resync to complete', async () => {
+      const x = await health(pair.primary, vm);
+      return x.resync?.completedAt ? x : undefined;
+    }, 120_000);
+    assert.ok(done.resync!.resumedFromBytes >= 512 * MiB, `resumed from ${done.resync!.resumedFromBytes}`);
+    await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+    const h = await waitForPoint(pair.primary, vm, done.latestPoint!.seq + 1);
+    assert.deepEqual(await pointDigests(vm, h.latestPoint!.seq), disks.map((d) => fileDigest(d.image, d.size).digest));
+  });
+}
 
 test('pending change logs at half a disk make a resync necessary; inside its window it runs on its own and converges', async () => {
   const disks = await createVm(pair.primary, 'rs3', ['8M']);
