@@ -1,14 +1,14 @@
 /**
  * Failover primitives with two real agents: prepare (final delta, zero pending), promote
  * (a point becomes a writable VM, older primaries fenced), demote and reverse replication
- * that sends only what differs from the last common point, failback, and kill -9 of the
- * new primary in the middle of a reverse resync.
+ * that sends only what differs from the last common point, failback, and kill -9 of either
+ * agent in the middle of a reverse resync.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
-import type { RunningAgent } from '../../src/lab/agent-process.js';
-import { createVm, fileDigest, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type DiskInfo, type Pair } from '../support/lab.js';
+import { assertInStep, digestsOf, disksOf, replicate } from '../support/failover.js';
+import { createVm, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;
 before(async () => {
@@ -19,29 +19,6 @@ after(async () => {
 });
 
 const MiB = 1024 * 1024;
-
-function disksOf(agent: RunningAgent, vm: string): Promise<DiskInfo[]> {
-  return agent.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`);
-}
-
-const digestsOf = (disks: DiskInfo[]) => disks.map((d) => fileDigest(d.image, d.size).digest);
-
-/** Replicate `vm` from one agent to the other and wait for the first point (or the reverse resync's). */
-async function replicate(from: RunningAgent, to: RunningAgent, vm: string, extra: Record<string, unknown> = {}) {
-  await from.api.post('/v1/replications', { vm, peer: `127.0.0.1:${to.replicationPort}`, copyFrequency: '1h', maxPoints: 50, ...extra });
-  return waitForPoint(from, vm, null, 120_000);
-}
-
-/** A cycle now, and the replica's new latest point must equal the source's disks. */
-async function assertInStep(from: RunningAgent, to: RunningAgent, vm: string): Promise<void> {
-  const h0 = await waitFor('replicating', async () => {
-    const h = await health(from, vm);
-    return h.state === 'Replicating' && h.latestPoint ? h : undefined;
-  });
-  await from.api.post(`/v1/replications/${vm}/cycle`);
-  const h = await waitForPoint(from, vm, h0.latestPoint!.seq + 1);
-  assert.deepEqual(await pointDigests(to, vm, h.latestPoint!.seq), digestsOf(await disksOf(from, vm)), `the replica of ${vm} at ${to.name} differs from its source`);
-}
 
 test('planned failover loses nothing, reverse replication sends only what the new primary wrote, and failback does the same', async () => {
   const disks = await createVm(pair.primary, 'pf1', ['32M', '8M']);
@@ -122,26 +99,32 @@ test('unplanned failover to an older point: the stale primary is fenced, its uns
   await assertInStep(pair.replica, pair.primary, 'uf1');
 });
 
-test('kill -9 of the new primary in the middle of a reverse resync: it resumes and converges', async () => {
-  const disks = await createVm(pair.primary, 'kr1', ['64M']);
-  fillRandom(disks[0].image, 64 * MiB);
-  await replicate(pair.primary, pair.replica, 'kr1');
-  // the old primary writes ~25 MB it never ships; the replica site fails over regardless
-  await writePattern(disks[0].nbd.unix, { writes: 400, maxLen: 131072 });
-  const promoted = await pair.replica.api.post<{ epoch: number }>('/v1/replicas/kr1/promote', {});
-  const demoted = await pair.primary.api.post<{ divergentBytes: number }>('/v1/vms/kr1/demote', { epoch: promoted.epoch });
-  assert.ok(demoted.divergentBytes > 8 * MiB);
-  const atReplica = await disksOf(pair.replica, 'kr1');
-  await writePattern(atReplica[0].nbd.unix, { writes: 50 });
-  // a slow link, so the kill lands while the ranges are on the wire
-  await pair.replica.api.post('/v1/replications', { vm: 'kr1', peer: `127.0.0.1:${pair.primary.replicationPort}`, copyFrequency: '1h', bandwidth: '4MB/s' });
-  await waitFor('the reverse resync under way', async () => ((await health(pair.replica, 'kr1')).resync?.doneBytes ?? 0) > 2 * MiB || undefined, 60_000, 20);
-  await stopAgentProcess(pair.replica, 'SIGKILL');
-  pair.replica = await restartAgentProcess(pair.replica);
-  const done = await waitFor('the reverse resync to complete', async () => {
-    const h = await health(pair.replica, 'kr1');
-    return h.resync?.completedAt && h.state === 'Replicating' ? h : undefined;
-  }, 120_000);
-  assert.match(done.resync!.reason, /reverse replication/);
-  await assertInStep(pair.replica, pair.primary, 'kr1');
-});
+for (const [victim, role] of [
+  ['replica', 'new primary'],
+  ['primary', 'old primary'],
+] as const) {
+  test(`kill -9 of the ${role} in the middle of a reverse resync: it resumes and converges`, async () => {
+    const vm = `kr-${victim}`;
+    const disks = await createVm(pair.primary, vm, ['64M']);
+    fillRandom(disks[0].image, 64 * MiB);
+    await replicate(pair.primary, pair.replica, vm);
+    // the old primary writes ~25 MB it never ships; the replica site fails over regardless
+    await writePattern(disks[0].nbd.unix, { writes: 400, maxLen: 131072 });
+    const promoted = await pair.replica.api.post<{ epoch: number }>(`/v1/replicas/${vm}/promote`, {});
+    const demoted = await pair.primary.api.post<{ divergentBytes: number }>(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch });
+    assert.ok(demoted.divergentBytes > 8 * MiB);
+    const atReplica = await disksOf(pair.replica, vm);
+    await writePattern(atReplica[0].nbd.unix, { writes: 50 });
+    // a slow link, so the kill lands while the ranges are on the wire
+    await pair.replica.api.post('/v1/replications', { vm, peer: `127.0.0.1:${pair.primary.replicationPort}`, copyFrequency: '1h', bandwidth: '4MB/s' });
+    await waitFor('the reverse resync under way', async () => ((await health(pair.replica, vm)).resync?.doneBytes ?? 0) > 2 * MiB || undefined, 60_000, 20);
+    await stopAgentProcess(pair[victim], 'SIGKILL');
+    pair[victim] = await restartAgentProcess(pair[victim]);
+    const done = await waitFor('the reverse resync to complete', async () => {
+      const h = await health(pair.replica, vm);
+      return h.resync?.completedAt && h.state === 'Replicating' ? h : undefined;
+    }, 120_000);
+    assert.match(done.resync!.reason, /reverse replication/);
+    await assertInStep(pair.replica, pair.primary, vm);
+  });
+}

@@ -1,15 +1,16 @@
 /**
  * Faults with real agent processes, each ending in a byte-for-byte check of the replica:
  * connections cut in the middle of an initial copy, a delta and a resync (through a relay;
- * no process dies); kill -9 of the old primary while it receives a reverse replication;
- * and kill -9 at each step of promote and demote (crash points), after which a restart
- * finishes or undoes the step and reverse replication converges.
+ * no process dies), and kill -9 at each step of promote and demote (crash points), after
+ * which a restart finishes or undoes the step and reverse replication converges. (kill -9
+ * during a copy, a delta, a resync and a reverse: crash, resync and failover tests.)
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import type { RunningAgent } from '../../src/lab/agent-process.js';
-import { createVm, fileDigest, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type DiskInfo, type Pair } from '../support/lab.js';
+import { assertInStep, digestsOf, disksOf, replicate } from '../support/failover.js';
+import { createVm, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 import { startRelay } from '../support/relay.js';
 
 let pair: Pair;
@@ -21,25 +22,6 @@ after(async () => {
 });
 
 const MiB = 1024 * 1024;
-
-const disksOf = (agent: RunningAgent, vm: string) => agent.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`);
-const digestsOf = (disks: DiskInfo[]) => disks.map((d) => fileDigest(d.image, d.size).digest);
-
-async function replicate(from: RunningAgent, to: RunningAgent, vm: string) {
-  await from.api.post('/v1/replications', { vm, peer: `127.0.0.1:${to.replicationPort}`, copyFrequency: '1h', maxPoints: 50 });
-  return waitForPoint(from, vm, null, 120_000);
-}
-
-/** A cycle now; the replica's new latest point must equal the source's disks. */
-async function assertInStep(from: RunningAgent, to: RunningAgent, vm: string): Promise<void> {
-  const h0 = await waitFor(`${vm} replicating`, async () => {
-    const h = await health(from, vm);
-    return h.state === 'Replicating' && h.latestPoint ? h : undefined;
-  }, 120_000);
-  await from.api.post(`/v1/replications/${vm}/cycle`);
-  const h = await waitForPoint(from, vm, h0.latestPoint!.seq + 1);
-  assert.deepEqual(await pointDigests(to, vm, h.latestPoint!.seq), digestsOf(await disksOf(from, vm)), `the replica of ${vm} at ${to.name} differs from its source`);
-}
 
 /** Restart an agent so that it kills itself at crash point `at`; then run `step`, which must fail as the agent dies. */
 async function crashAt(which: 'primary' | 'replica', at: string, step: (a: RunningAgent) => Promise<unknown>): Promise<void> {
@@ -96,28 +78,6 @@ test('connections cut in the middle of an initial copy, a delta and a resync (no
   } finally {
     await relay.close();
   }
-});
-
-test('kill -9 of the old primary while it receives a reverse replication: the new primary retries, the reverse resumes and converges', async () => {
-  const disks = await createVm(pair.primary, 'ko1', ['64M']);
-  fillRandom(disks[0].image, 64 * MiB);
-  await replicate(pair.primary, pair.replica, 'ko1');
-  // the old primary writes ~25 MB it never ships; the replica site fails over regardless
-  await writePattern(disks[0].nbd.unix, { writes: 400, maxLen: 131072 });
-  const promoted = await pair.replica.api.post<{ epoch: number }>('/v1/replicas/ko1/promote', {});
-  await pair.primary.api.post('/v1/vms/ko1/demote', { epoch: promoted.epoch });
-  const atReplica = await disksOf(pair.replica, 'ko1');
-  await writePattern(atReplica[0].nbd.unix, { writes: 50 });
-  await pair.replica.api.post('/v1/replications', { vm: 'ko1', peer: `127.0.0.1:${pair.primary.replicationPort}`, copyFrequency: '1h', bandwidth: '4MB/s' });
-  await waitFor('the reverse resync under way', async () => ((await health(pair.replica, 'ko1')).resync?.doneBytes ?? 0) > 2 * MiB || undefined, 60_000, 20);
-  await stopAgentProcess(pair.primary, 'SIGKILL');
-  pair.primary = await restartAgentProcess(pair.primary);
-  const done = await waitFor('the reverse resync to complete', async () => {
-    const h = await health(pair.replica, 'ko1');
-    return h.resync?.completedAt && h.state === 'Replicating' ? h : undefined;
-  }, 120_000);
-  assert.match(done.resync!.reason, /reverse replication/);
-  await assertInStep(pair.replica, pair.primary, 'ko1');
 });
 
 for (const at of ['promote:fenced', 'promote:committed']) {
