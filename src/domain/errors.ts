@@ -53,6 +53,11 @@ export const ERROR_CODES = {
   OVERLAY_IN_USE: { class: 'usage', meaning: 'An overlay is open on the replica, so the operation cannot run.', fix: 'Close or commit the overlay first.' },
   HOOK_FAILED: { class: 'recoverable', meaning: 'The quiesce hook for an app-consistent point failed or timed out; a crash-consistent point was taken instead.', fix: 'Check the hook script and its output in the agent log.' },
 
+  // vault storage and jobs
+  STORE_UNAVAILABLE: { class: 'recoverable', meaning: 'The vault cannot open or reach its database (SQLite file or PostgreSQL server).', fix: 'Check the --database URL or the data directory (permissions, space), and that PostgreSQL accepts connections; the vault retries its work once it is reachable.' },
+  STORE_SCHEMA_NEWER: { class: 'non-recoverable', meaning: 'The database was migrated by a newer osr than this one; this vault will not write to tables it does not know.', fix: 'Run the newer osr version against this database, or point this vault at another database.' },
+  LEASE_LOST: { class: 'recoverable', meaning: 'Another vault process took over a job whose lease this one let run out; this one stops working on it.', fix: 'Nothing: the job goes on in the vault that holds it. If it happens often, the vault is overloaded or its clock is off.' },
+
   INTERNAL: { class: 'non-recoverable', meaning: 'An unexpected internal error.', fix: 'Report it with the agent log; the message holds the details.' },
 } as const satisfies Record<string, ErrorDef>;
 

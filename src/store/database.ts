@@ -1,0 +1,80 @@
+/**
+ * Opening the vault's database: SQLite (better-sqlite3, WAL, the default: a file in the
+ * data directory) or PostgreSQL (`postgres://…`), both through Kysely, with the schema
+ * migrated (migrations.ts) before anything else touches it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import SQLite from 'better-sqlite3';
+import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import pg from 'pg';
+import { OsrError } from '../domain/errors.js';
+import { migrate } from './migrations.js';
+import type { Database } from './schema.js';
+
+export const Dialect = { Sqlite: 'sqlite', Postgres: 'postgres' } as const;
+export type Dialect = (typeof Dialect)[keyof typeof Dialect];
+
+export interface VaultDatabase {
+  db: Kysely<Database>;
+  dialect: Dialect;
+  /** what it is connected to, without credentials (for logs) */
+  location: string;
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  /** `postgres://…` or `postgresql://…` for PostgreSQL; otherwise a SQLite file path (default: <dataDir>/vault.db) */
+  database?: string | undefined;
+  dataDir: string;
+  /** connections in the PostgreSQL pool */
+  poolSize?: number;
+  /** run the migrations (default true) */
+  migrate?: boolean;
+}
+
+export const isPostgresUrl = (s: string) => /^postgres(ql)?:\/\//.test(s);
+
+/** Open (and migrate) the vault's database. */
+export async function openDatabase(o: OpenDatabaseOptions): Promise<VaultDatabase> {
+  const vdb = o.database && isPostgresUrl(o.database) ? openPostgres(o.database, o.poolSize ?? 10) : openSqlite(o.database ?? path.join(o.dataDir, 'vault.db'));
+  try {
+    if (o.migrate !== false) await migrate(vdb.db, vdb.dialect);
+    return vdb;
+  } catch (e) {
+    await vdb.close();
+    throw e;
+  }
+}
+
+function openSqlite(file: string): VaultDatabase {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  let sqlite: SQLite.Database;
+  try {
+    sqlite = new SQLite(file);
+  } catch (e) {
+    throw new OsrError('STORE_UNAVAILABLE', `cannot open the SQLite database ${file}: ${(e as Error).message}`, undefined, { cause: e });
+  }
+  // WAL lets readers run beside the one writer; FULL syncs every commit (nothing the vault
+  // acknowledged is lost to a power cut); a writer waits up to 5 s for another
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('synchronous = FULL');
+  sqlite.pragma('busy_timeout = 5000');
+  sqlite.pragma('foreign_keys = ON');
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+  return { db, dialect: Dialect.Sqlite, location: path.resolve(file), close: () => db.destroy() };
+}
+
+function openPostgres(url: string, poolSize: number): VaultDatabase {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    // BIGINT (int8) columns hold milliseconds: numbers, not strings
+    types: { getTypeParser: (oid: number, format?: 'text' | 'binary') => (oid === 20 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) },
+  });
+  // an idle client that loses its connection must not take the process down
+  pool.on('error', () => undefined);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const u = new URL(url);
+  return { db, dialect: Dialect.Postgres, location: `postgres://${u.host}${u.pathname}`, close: () => db.destroy() };
+}

@@ -1,0 +1,122 @@
+/**
+ * One set of migrations for both dialects. Each runs once, in order, inside one exclusive
+ * transaction with the record of it; two vaults starting at once on one database migrate
+ * it once. A database whose schema is newer than this osr knows is refused: an older vault
+ * must not write to tables it does not understand.
+ */
+import { sql, type Kysely } from 'kysely';
+import { OsrError } from '../domain/errors.js';
+import type { Dialect } from './database.js';
+import type { Database } from './schema.js';
+
+interface Migration {
+  version: number;
+  name: string;
+  up(db: Kysely<Database>, dialect: Dialect): Promise<void>;
+}
+
+const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'registration keys, jobs and their tasks',
+    async up(db) {
+      await db.schema
+        .createTable('registration_keys')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('vault', 'text', (c) => c.notNull())
+        .addColumn('secret_hash', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('used_at', 'bigint')
+        .addColumn('used_by', 'text')
+        .execute();
+      await db.schema
+        .createTable('jobs')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('target', 'text')
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('input', 'text', (c) => c.notNull())
+        .addColumn('output', 'text')
+        .addColumn('error', 'text')
+        .addColumn('progress', 'real', (c) => c.notNull().defaultTo(0))
+        .addColumn('current_step', 'text')
+        .addColumn('attempts', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .addColumn('locked_by', 'text')
+        .addColumn('locked_until', 'bigint')
+        .execute();
+      await db.schema.createIndex('jobs_claimable').on('jobs').columns(['state', 'locked_until', 'created_at']).execute();
+      await db.schema.createIndex('jobs_target').on('jobs').column('target').execute();
+      await db.schema.createIndex('jobs_created').on('jobs').columns(['created_at', 'id']).execute();
+      await db.schema
+        .createTable('job_tasks')
+        .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id').onDelete('cascade'))
+        .addColumn('position', 'integer', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('started_at', 'bigint')
+        .addColumn('ended_at', 'bigint')
+        .addColumn('error', 'text')
+        .addPrimaryKeyConstraint('job_tasks_pk', ['job_id', 'position'])
+        .execute();
+    },
+  },
+];
+
+/** The schema version this osr writes. */
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+/** A PostgreSQL advisory lock id that serializes migrations between vault processes. */
+const MIGRATION_LOCK = 0x6f7372;
+
+/** Bring the schema up to SCHEMA_VERSION; returns the versions before and after. */
+export async function migrate(db: Kysely<Database>, dialect: Dialect, now: () => number = Date.now): Promise<{ from: number; to: number }> {
+  return exclusive(db, dialect, async (trx) => {
+    await trx.schema
+      .createTable('schema_migrations')
+      .ifNotExists()
+      .addColumn('version', 'integer', (c) => c.primaryKey())
+      .addColumn('name', 'text', (c) => c.notNull())
+      .addColumn('applied_at', 'bigint', (c) => c.notNull())
+      .execute();
+    const row = await trx.selectFrom('schema_migrations').select((eb) => eb.fn.max('version').as('v')).executeTakeFirst();
+    const from = Number(row?.v ?? 0);
+    if (from > SCHEMA_VERSION) {
+      throw new OsrError('STORE_SCHEMA_NEWER', `the database is at schema version ${from}, newer than the ${SCHEMA_VERSION} this osr knows`, { databaseVersion: from, knownVersion: SCHEMA_VERSION });
+    }
+    for (const m of MIGRATIONS) {
+      if (m.version <= from) continue;
+      await m.up(trx, dialect);
+      await trx.insertInto('schema_migrations').values({ version: m.version, name: m.name, applied_at: now() }).execute();
+    }
+    return { from, to: SCHEMA_VERSION };
+  });
+}
+
+/**
+ * Run fn in a transaction no other vault process runs beside: on PostgreSQL under an
+ * advisory lock, on SQLite as BEGIN IMMEDIATE (the write lock is taken at once).
+ */
+async function exclusive<T>(db: Kysely<Database>, dialect: Dialect, fn: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+  if (dialect === 'postgres') {
+    return db.transaction().execute(async (trx) => {
+      await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK})`.execute(trx);
+      return fn(trx);
+    });
+  }
+  return db.connection().execute(async (conn) => {
+    await sql`begin immediate`.execute(conn);
+    try {
+      // one connection, inside the transaction just begun: every statement of fn runs in it
+      const result = await fn(conn);
+      await sql`commit`.execute(conn);
+      return result;
+    } catch (e) {
+      await sql`rollback`.execute(conn);
+      throw e;
+    }
+  });
+}

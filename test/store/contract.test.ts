@@ -1,0 +1,147 @@
+/**
+ * The store contract: the same tests on SQLite and on PostgreSQL, against real databases.
+ * Migrations (idempotent, serialized between two vaults, refused on a newer schema) and
+ * the job lease protocol (claim, renew, fencing by owner, takeover after a lease runs out,
+ * every job claimed exactly once by two vaults at once).
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { Worker } from 'node:worker_threads';
+import { openDatabase, Dialect, type VaultDatabase } from '../../src/store/database.js';
+import { JobState, JobStore } from '../../src/store/jobs.js';
+import { SCHEMA_VERSION } from '../../src/store/migrations.js';
+import { createTestDatabase, type TestDatabase } from '../support/databases.js';
+import { assertRejectsCode } from '../support/unit.js';
+
+async function withDatabase(dialect: Dialect, fn: (t: TestDatabase) => Promise<void>): Promise<void> {
+  const t = await createTestDatabase(dialect);
+  try {
+    await fn(t);
+  } finally {
+    await t.drop();
+  }
+}
+
+const open = (t: TestDatabase, o: { poolSize?: number } = {}) => openDatabase({ database: t.database, dataDir: t.dataDir, ...o });
+
+/** Open (and so migrate) the database from another thread: a second vault with an event loop of its own. */
+function openElsewhere(t: TestDatabase): Promise<void> {
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.module)
+      .then(async (m) => { const d = await m.openDatabase({ database: workerData.database, dataDir: workerData.dataDir }); await d.close(); parentPort.postMessage(null); })
+      .catch((e) => parentPort.postMessage(String(e && e.message || e)));`;
+  const worker = new Worker(code, { eval: true, workerData: { module: new URL('../../src/store/database.js', import.meta.url).href, database: t.database, dataDir: t.dataDir } });
+  return new Promise((resolve, reject) => {
+    worker.once('message', (err: string | null) => (err ? reject(new Error(err)) : resolve()));
+    worker.once('error', reject);
+  });
+}
+
+for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
+  describe(`store on ${dialect}`, () => {
+    test('migrations run once, two vaults opening a fresh database at once migrate it once, and a newer schema is refused', () =>
+      withDatabase(dialect, async (t) => {
+        const [a] = await Promise.all([open(t), openElsewhere(t)]);
+        const b = await open(t);
+        try {
+          const rows = await a.db.selectFrom('schema_migrations').selectAll().execute();
+          assert.deepEqual(
+            rows.map((r) => r.version),
+            Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1),
+          );
+          // a newer osr migrated this database since: this one must not use it
+          await b.db.insertInto('schema_migrations').values({ version: SCHEMA_VERSION + 1, name: 'from the future', applied_at: Date.now() }).execute();
+        } finally {
+          await Promise.all([a.close(), b.close()]);
+        }
+        const err = await assertRejectsCode(open(t), 'STORE_SCHEMA_NEWER');
+        assert.equal(err.details?.databaseVersion, SCHEMA_VERSION + 1);
+      }));
+
+    test('jobs: create, list with filters, claim under a lease, fencing by owner, takeover after the lease ran out, finish', () =>
+      withDatabase(dialect, async (t) => {
+        const vdb = await open(t);
+        try {
+          let now = 1_000_000;
+          const jobs = new JobStore(vdb.db, vdb.dialect, () => now);
+          const first = await jobs.create({ kind: 'enable-protection', target: 'vm1', input: { policy: 'gold' } });
+          now += 10;
+          await jobs.create({ kind: 'disable-protection', target: 'vm2' });
+          assert.deepEqual(
+            (await jobs.list()).map((j) => j.target),
+            ['vm2', 'vm1'],
+            'newest first',
+          );
+          assert.deepEqual(
+            (await jobs.list({ kind: 'enable-protection' })).map((j) => j.id),
+            [first.id],
+          );
+          assert.equal((await jobs.list({ state: JobState.Queued })).length, 2);
+          assert.deepEqual(JSON.parse((await jobs.get(first.id)).input), { policy: 'gold' });
+          await assertRejectsCode(jobs.get('no-such-job'), 'NOT_FOUND');
+
+          const claimed = await jobs.claim('vault-a', 30_000);
+          assert.equal(claimed?.id, first.id, 'the oldest job first');
+          assert.equal(claimed?.state, JobState.Running);
+          assert.equal(claimed?.attempts, 1);
+          const second = await jobs.claim('vault-a', 30_000);
+          assert.ok(second && second.id !== first.id);
+          assert.equal(await jobs.claim('vault-b', 30_000), undefined, 'nothing left to claim while the leases hold');
+
+          await jobs.update(first.id, 'vault-a', { progress: 0.5, currentStep: 'initial replication' });
+          await assertRejectsCode(jobs.update(first.id, 'vault-b', { progress: 0.9 }), 'LEASE_LOST');
+          await jobs.renew(first.id, 'vault-a', 30_000);
+
+          // vault-a stops renewing; once the lease runs out vault-b takes the job over
+          now += 60_000;
+          const taken = await jobs.claim('vault-b', 30_000);
+          assert.ok(taken && [first.id, second.id].includes(taken.id));
+          assert.equal(taken.attempts, 2);
+          assert.equal(taken.progress, taken.id === first.id ? 0.5 : 0, 'progress survives the takeover');
+          await assertRejectsCode(jobs.update(taken.id, 'vault-a', { progress: 1 }), 'LEASE_LOST');
+          await assertRejectsCode(jobs.finish(taken.id, 'vault-b', JobState.Running), 'INVALID_ARGUMENT');
+          await jobs.finish(taken.id, 'vault-b', JobState.Succeeded, { output: { point: 3 } });
+          const done = await jobs.get(taken.id);
+          assert.equal(done.state, JobState.Succeeded);
+          assert.equal(done.locked_by, null);
+          assert.equal(done.progress, 1);
+          assert.deepEqual(JSON.parse(done.output!), { point: 3 });
+          await assertRejectsCode(jobs.renew(taken.id, 'vault-b', 1000), 'LEASE_LOST', /no vault/);
+        } finally {
+          await vdb.close();
+        }
+      }));
+
+    test('two vaults claiming at once on one database: every job runs exactly once', () =>
+      withDatabase(dialect, async (t) => {
+        const handles: VaultDatabase[] = [await open(t, { poolSize: 4 }), await open(t, { poolSize: 4 })];
+        try {
+          const setup = new JobStore(handles[0]!.db, handles[0]!.dialect);
+          const count = 300;
+          for (let i = 0; i < count; i++) await setup.create({ kind: 'noop', input: { i } });
+          const ran = new Map<string, string[]>();
+          const worker = async (name: string, h: VaultDatabase) => {
+            const jobs = new JobStore(h.db, h.dialect);
+            for (;;) {
+              const j = await jobs.claim(name, 60_000);
+              if (!j) return;
+              ran.set(j.id, [...(ran.get(j.id) ?? []), name]);
+              await jobs.finish(j.id, name, JobState.Succeeded);
+            }
+          };
+          // several claimers per vault, so claims really overlap on PostgreSQL's pool
+          await Promise.all(handles.flatMap((h, i) => [0, 1, 2].map((k) => worker(`vault-${i}.${k}`, h))));
+          assert.equal(ran.size, count, 'every job ran');
+          const twice = [...ran].filter(([, by]) => by.length > 1);
+          assert.deepEqual(twice, [], 'no job ran twice');
+          const final = await setup.list({ state: JobState.Succeeded, limit: 1000 });
+          assert.equal(final.length, count);
+          const byVault = new Set([...ran.values()].map((by) => by[0]!.split('.')[0]));
+          if (dialect === Dialect.Postgres) assert.equal(byVault.size, 2, 'both vaults took part');
+        } finally {
+          await Promise.all(handles.map((h) => h.close()));
+        }
+      }));
+  });
+}
