@@ -67,6 +67,21 @@ export async function readGather(fd: number, buf: Buffer, pieces: readonly IoPie
   return buf;
 }
 
+/** A range of some file to gather: its descriptor, then as an IoPiece. */
+export type FilePiece = readonly [fd: number, filePos: number, bufOffset: number, length: number];
+
+/** `readGather` over ranges of several files: one gathered read per file, all at once. */
+export async function readGatherFiles(buf: Buffer, pieces: readonly FilePiece[]): Promise<Buffer> {
+  const byFd = new Map<number, IoPiece[]>();
+  for (const [fd, pos, at, len] of pieces) {
+    const list = byFd.get(fd) ?? [];
+    list.push([pos, at, len]);
+    byFd.set(fd, list);
+  }
+  await Promise.all([...byFd].map(([fd, list]) => readGather(fd, buf, list)));
+  return buf;
+}
+
 /** Write many ranges of one buffer to their places in a file, as `readGather` reads them. */
 export async function writeScatter(fd: number, buf: Buffer, pieces: readonly IoPiece[]): Promise<void> {
   if (addon) await addon.writeScatter(fd, buf, plan(pieces));

@@ -24,7 +24,7 @@ import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './dur
 import { AlignedPool, isAligned, openDirect } from './direct-io.js';
 import { ExtentMap } from './extent-map.js';
 import { fileBlockDigests } from './checksum.js';
-import { fdatasyncAsync, readFully, readGather, writeAllAt, writeFully, writeScatter, type IoPiece } from './io.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from './io.js';
 import type { ReplicaTarget } from './ports.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { punchHole, writeZeroRange } from './sparse.js';
@@ -755,8 +755,8 @@ export class ReplicaStore implements ReplicaTarget {
         undoFiles.set(d.name, await writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources), { sync: false }));
       }
       // the undo files are durable before the manifest says so (synced on the thread pool)
-        await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
-        fsyncDir(path.dirname(this.undoPath(seq, 'x')));
+      await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
+      fsyncDir(path.dirname(this.undoPath(seq, 'x')));
       applying.stage = 'undo-written';
       this.save();
       undo = { seq, files: undoFiles };
@@ -800,7 +800,7 @@ export class ReplicaStore implements ReplicaTarget {
     const logFd = fs.openSync(logFile, 'r');
     const stagedFd = stagedFile ? fs.openSync(stagedFile, 'r') : -1;
     try {
-      const batches: { bytes: number; reads: Map<number, IoPiece[]>; writes: IoPiece[] }[] = [];
+      const batches: { bytes: number; reads: FilePiece[]; writes: IoPiece[] }[] = [];
       let batch: (typeof batches)[number] | undefined;
       for (const e of map.entries()) {
         const length = e.end - e.start;
@@ -811,13 +811,11 @@ export class ReplicaStore implements ReplicaTarget {
         const fd = e.value === 'staged' ? stagedFd : logFd;
         for (let done = 0; done < length; ) {
           if (!batch || batch.bytes === APPLY_BATCH_BYTES) {
-            batch = { bytes: 0, reads: new Map(), writes: [] };
+            batch = { bytes: 0, reads: [], writes: [] };
             batches.push(batch);
           }
           const n = Math.min(APPLY_BATCH_BYTES - batch.bytes, length - done);
-          const reads = batch.reads.get(fd) ?? [];
-          reads.push([e.base + done, batch.bytes, n]);
-          batch.reads.set(fd, reads);
+          batch.reads.push([fd, e.base + done, batch.bytes, n]);
           batch.writes.push([e.start + done, batch.bytes, n]);
           batch.bytes += n;
           done += n;
@@ -829,7 +827,7 @@ export class ReplicaStore implements ReplicaTarget {
       for (let i = 0; i < batches.length; i++) {
         const b = batches[i]!;
         const buf = bufs[i % 2]!.subarray(0, b.bytes);
-        await Promise.all([...b.reads].map(([fd, pieces]) => readGather(fd, buf, pieces)));
+        await readGatherFiles(buf, b.reads);
         await writing;
         writing = writeScatter(imageFd, buf, b.writes);
       }

@@ -307,28 +307,34 @@ export class PrimaryReplication {
     const startDone = progress.doneBytes;
     const account = wireAccounting(client, progress);
     await client.notice({ type: 'resync-disk', disk });
+    // the ranges from the checkpoint on, in pieces of at most COPY_CHUNK, sent a batch at a time
     let sinceCheckpoint = 0;
+    let batch: Range[] = [];
+    let bytes = 0;
+    const send = async (upTo: number) => {
+      if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
+      await this.sendCurrent(client, disk, fd, 0, batch);
+      progress.doneBytes += bytes;
+      sinceCheckpoint += bytes;
+      batch = [];
+      bytes = 0;
+      if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && upTo < size) {
+        await this.resyncCheckpoint(client, disk, upTo);
+        sinceCheckpoint = 0;
+      }
+      account();
+      this.updateResyncRate(startMs, startDone);
+    };
     for (const [off, len] of ranges) {
-      const end = off + len;
-      for (let pos = Math.max(off, from); pos < end; ) {
-        if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
-        const n = Math.min(COPY_CHUNK, end - pos);
-        // sendData resolves once the frame is out, so one buffer serves every read
-        const buf = await readAt(fd, n, pos, this.copyBuffers[0].subarray(0, n));
-        if (isZero(buf)) await client.notice({ type: 'resync-zero', disk, offset: pos, length: n });
-        else for (let o = 0; o < n; o += MAX_DATA_BYTES) await client.sendData(pos + o, buf.subarray(o, Math.min(n, o + MAX_DATA_BYTES)));
+      for (let pos = Math.max(off, from); pos < off + len; ) {
+        const n = Math.min(COPY_CHUNK, off + len - pos);
+        batch.push([pos, n]);
+        bytes += n;
         pos += n;
-        progress.differingBytes += n;
-        progress.doneBytes += n;
-        sinceCheckpoint += n;
-        if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos < size) {
-          await this.resyncCheckpoint(client, disk, pos);
-          sinceCheckpoint = 0;
-        }
-        account();
-        this.updateResyncRate(startMs, startDone);
+        if (bytes >= RESYNC_READ_BATCH) await send(pos);
       }
     }
+    if (batch.length > 0) await send(size);
     await client.request('resync-checkpoint', { disk, offset: size, finished: true });
     account();
   }

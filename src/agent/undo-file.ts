@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import { createDigest, digest } from './checksum.js';
-import { fdatasyncAsync, readFully, readGather, writeAllAt, type IoPiece } from './io.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt } from './io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
@@ -83,14 +83,7 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
     for (let i = 0; i < batches.length; i++) {
       const b = batches[i];
       const buf = bufs[i % 2].subarray(0, b.length);
-      // one gathered read per source file (normally all pieces come from one image)
-      const byFd = new Map<number, IoPiece[]>();
-      for (const p of b.pieces) {
-        const list = byFd.get(p.fd) ?? [];
-        list.push([p.pos, p.into, p.length]);
-        byFd.set(p.fd, list);
-      }
-      await Promise.all([...byFd].map(([fd, pieces]) => readGather(fd, buf, pieces)));
+      await readGatherFiles(buf, b.pieces.map((p) => [p.fd, p.pos, p.into, p.length] as const));
       dataDigest.update(buf);
       await writing;
       writing = writeAllAt(fd, [buf], b.at);
