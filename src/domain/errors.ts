@@ -58,6 +58,20 @@ export const ERROR_CODES = {
   STORE_SCHEMA_NEWER: { class: 'non-recoverable', meaning: 'The database was migrated by a newer osr than this one; this vault will not write to tables it does not know.', fix: 'Run the newer osr version against this database, or point this vault at another database.' },
   LEASE_LOST: { class: 'recoverable', meaning: 'Another vault process took over a job whose lease this one let run out; this one stops working on it.', fix: 'Nothing: the job goes on in the vault that holds it. If it happens often, the vault is overloaded or its clock is off.' },
 
+  // vault API, registration and providers
+  UNAUTHENTICATED: { class: 'usage', meaning: 'The request carries no API token, or one the vault does not know or has revoked.', fix: 'Send `Authorization: Bearer <token>` with a valid token (`osr --token`, or OSR_TOKEN); an Owner creates tokens with `POST /api/v1/tokens`.' },
+  FORBIDDEN: { class: 'usage', meaning: 'The token\'s role does not allow this call (Reader reads; Operator also runs operations; Contributor also changes configuration; Owner also manages tokens and keys).', fix: 'Use a token with a role that allows the call, or ask an Owner for one.' },
+  PAYLOAD_TOO_LARGE: { class: 'usage', meaning: 'The request body is larger than the vault accepts.', fix: 'Send a smaller body; the limit is in the message.' },
+  NOT_SUPPORTED: { class: 'usage', meaning: 'The setting or operation is one osr does not offer (for example Kerberos authentication for replication).', fix: 'Choose a supported value; the message names it.' },
+  POLICY_INVALID: { class: 'usage', meaning: 'A replication policy breaks a rule: copy frequency 30, 300 or 900 s; retention at most 24 h; app-consistent frequency 1 to 12 h and fewer than the points kept; scheduled initial replication at most 24 h ahead; offline replication with both paths.', fix: 'Correct the field named in `details.field`.' },
+  REGISTRATION_KEY_INVALID: { class: 'usage', meaning: 'The registration key is malformed, unknown, or belongs to another vault.', fix: 'Download a new key from this vault (`POST /api/v1/registration-keys`) and register with it.' },
+  REGISTRATION_KEY_EXPIRED: { class: 'usage', meaning: 'The registration key is older than its 5 days of validity.', fix: 'Create a new registration key and register with it.' },
+  REGISTRATION_KEY_REVOKED: { class: 'usage', meaning: 'The registration key was revoked.', fix: 'Create a new registration key and register with it.' },
+  REGISTRATION_KEY_USED: { class: 'usage', meaning: 'The registration key was already exchanged for a certificate; a key registers one provider once.', fix: 'Create a new registration key for each provider.' },
+  PROVIDER_VERSION_MISMATCH: { class: 'usage', meaning: 'A provider joining a fabric runs another version than the providers already registered for it; the nodes of one fabric must run the same version.', fix: 'Install the same osr version on every node of the fabric, then register again.' },
+  PROVIDER_UNREACHABLE: { class: 'recoverable', meaning: 'The fabric\'s provider has not fetched or answered a command in time (its heartbeat is lost, or it is busy).', fix: 'Check that the provider runs and reaches the vault; the job goes on when it answers, or cancel it.' },
+  JOB_FAILED: { class: 'non-recoverable', meaning: 'A job step failed; the job\'s error names the step and the cause.', fix: 'Read the job\'s tasks (`GET /api/v1/jobs/{id}`), correct the cause, and restart the job.' },
+
   INTERNAL: { class: 'non-recoverable', meaning: 'An unexpected internal error.', fix: 'Report it with the agent log; the message holds the details.' },
 } as const satisfies Record<string, ErrorDef>;
 

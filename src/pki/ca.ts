@@ -58,6 +58,12 @@ export interface IssueOptions {
   validDays?: number;
   /** Default: now minus a few minutes of clock skew allowance. */
   notBefore?: Date;
+  /**
+   * Certify this public key (SPKI PEM, ECDSA P-256) instead of generating a key pair: the
+   * holder made its key itself and never sends it (a provider registering). The result's
+   * keyPem is then empty.
+   */
+  publicKeyPem?: string;
 }
 
 export interface IssuedCertificate {
@@ -150,7 +156,7 @@ export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Prom
   const requestedEnd = notBefore.getTime() + validDays * DAY_MS;
   const notAfter = wholeSeconds(new Date(Math.min(requestedEnd, caCert.notAfter.getTime())));
 
-  const keys = await generateKeyPair();
+  const keys = opts.publicKeyPem !== undefined ? { publicKey: await importPublicKey(opts.publicKeyPem), privateKey: undefined } : await generateKeyPair();
   const usages = opts.role === 'client' ? [x509.ExtendedKeyUsage.clientAuth] : [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth];
   const altNames: x509.JsonGeneralNames = [
     ...dnsNames.map((value) => ({ type: 'dns' as const, value })),
@@ -179,7 +185,7 @@ export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Prom
   });
   return {
     certPem: cert.toString('pem'),
-    keyPem: await exportPrivateKey(keys.privateKey),
+    keyPem: keys.privateKey ? await exportPrivateKey(keys.privateKey) : '',
     caPem: caCert.toString('pem'),
     serialNumber: cert.serialNumber.toLowerCase(),
     notAfter: cert.notAfter,
@@ -269,6 +275,22 @@ export async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
 
 async function generateKeyPair(): Promise<webcrypto.CryptoKeyPair> {
   return (await crypto.webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+}
+
+/** A new ECDSA P-256 key pair as PEM (PKCS#8 private, SPKI public), for a certificate request. */
+export async function generateKeyPairPem(): Promise<{ privateKeyPem: string; publicKeyPem: string }> {
+  const keys = await generateKeyPair();
+  const spki = await crypto.webcrypto.subtle.exportKey('spki', keys.publicKey);
+  return { privateKeyPem: await exportPrivateKey(keys.privateKey), publicKeyPem: x509.PemConverter.encode(spki, 'PUBLIC KEY') };
+}
+
+async function importPublicKey(pem: string): Promise<webcrypto.CryptoKey> {
+  try {
+    const spki = crypto.createPublicKey(pem).export({ type: 'spki', format: 'der' });
+    return (await crypto.webcrypto.subtle.importKey('spki', spki, KEY_ALGORITHM, true, ['verify'])) as webcrypto.CryptoKey;
+  } catch (e) {
+    throw new OsrError('INVALID_ARGUMENT', `the public key is not an ECDSA P-256 key in PEM: ${(e as Error).message}`, undefined, { cause: e });
+  }
 }
 
 async function exportPrivateKey(key: webcrypto.CryptoKey): Promise<string> {

@@ -3,6 +3,7 @@ export {
   PKI_ROLES,
   createCa,
   formatFingerprint,
+  generateKeyPairPem,
   issueCertificate,
   loadTlsMaterial,
   readCertificateInfo,

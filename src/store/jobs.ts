@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import { Dialect } from './database.js';
-import type { Database, JobRow } from './schema.js';
+import type { Database, JobRow, JobTaskRow } from './schema.js';
 
 export const JobState = {
   Queued: 'Queued',
@@ -32,12 +32,31 @@ export interface NewJob {
   kind: string;
   target?: string | null;
   input?: unknown;
+  /** the job's tasks, in order (the job engine takes them from the job kind) */
+  tasks?: readonly string[];
+  createdBy?: string | null;
+  /** default a new random id; a caller that must not create a job twice gives its own */
+  id?: string;
+}
+
+export const TaskState = { NotStarted: 'NotStarted', Running: 'Running', Succeeded: 'Succeeded', Failed: 'Failed', Skipped: 'Skipped', Cancelled: 'Cancelled' } as const;
+export type TaskState = (typeof TaskState)[keyof typeof TaskState];
+
+export interface TaskPatch {
+  state?: TaskState;
+  progress?: number | null;
+  detail?: unknown;
+  error?: { code: string; message: string } | null;
 }
 
 export interface JobFilter {
   state?: JobState;
   kind?: string;
   target?: string;
+  /** created at or after (ms) */
+  since?: number;
+  /** created before (ms) */
+  until?: number;
   /** at most this many, newest first (default 100, at most 1000) */
   limit?: number;
 }
@@ -48,6 +67,12 @@ export interface JobPatch {
   currentStep?: string | null;
   output?: unknown;
   error?: { code: string; message: string } | null;
+  step?: number;
+  data?: unknown;
+  waitingFor?: unknown;
+  startedAt?: number;
+  /** release the lease with this write */
+  release?: boolean;
 }
 
 export class JobStore {
@@ -59,8 +84,8 @@ export class JobStore {
 
   async create(job: NewJob): Promise<JobRow> {
     const t = this.now();
-    const row = {
-      id: randomUUID(),
+    const row: JobRow = {
+      id: job.id ?? randomUUID(),
       kind: job.kind,
       target: job.target ?? null,
       state: JobState.Queued,
@@ -74,9 +99,114 @@ export class JobStore {
       updated_at: t,
       locked_by: null,
       locked_until: null,
+      step: 0,
+      data: null,
+      waiting_for: null,
+      cancel_requested: 0,
+      created_by: job.createdBy ?? null,
+      started_at: null,
+      ended_at: null,
     };
-    await this.db.insertInto('jobs').values(row).execute();
+    const tasks = (job.tasks ?? []).map((name, position) => ({ job_id: row.id, position, name, state: TaskState.NotStarted, started_at: null, ended_at: null, error: null, progress: null, detail: null }));
+    await this.db.transaction().execute(async (trx) => {
+      await trx.insertInto('jobs').values(row).execute();
+      if (tasks.length > 0) await trx.insertInto('job_tasks').values(tasks).execute();
+    });
     return row;
+  }
+
+  tasks(jobId: string): Promise<JobTaskRow[]> {
+    return this.db.selectFrom('job_tasks').selectAll().where('job_id', '=', jobId).orderBy('position').execute();
+  }
+
+  /** Update one task of a job this vault holds (the lease is checked). */
+  async updateTask(jobId: string, owner: string, position: number, p: TaskPatch): Promise<void> {
+    const t = this.now();
+    await this.db.transaction().execute(async (trx) => {
+      await owned(trx, jobId, owner, { updated_at: t });
+      await trx
+        .updateTable('job_tasks')
+        .set({
+          ...(p.state !== undefined ? { state: p.state } : {}),
+          ...(p.state === TaskState.Running ? { started_at: t, ended_at: null, error: null } : {}),
+          ...(p.state === TaskState.Succeeded || p.state === TaskState.Failed || p.state === TaskState.Cancelled ? { ended_at: t } : {}),
+          ...(p.progress !== undefined ? { progress: p.progress } : {}),
+          ...(p.detail !== undefined ? { detail: JSON.stringify(p.detail) } : {}),
+          ...(p.error !== undefined ? { error: p.error === null ? null : JSON.stringify(p.error) } : {}),
+        })
+        .where('job_id', '=', jobId)
+        .where('position', '=', position)
+        .execute();
+    });
+  }
+
+  /**
+   * Ask a job to stop. A queued job or one waiting for input is cancelled at once; a
+   * running one is flagged and its vault stops it at the next check. INVALID_STATE for a
+   * finished job.
+   */
+  async requestCancel(id: string): Promise<JobRow> {
+    const t = this.now();
+    const r = await this.db
+      .updateTable('jobs')
+      .set({ state: JobState.Cancelled, updated_at: t, ended_at: t, waiting_for: null, locked_by: null, locked_until: null })
+      .where('id', '=', id)
+      .where('state', 'in', [JobState.Queued, JobState.WaitingForInput])
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) {
+      const f = await this.db.updateTable('jobs').set({ cancel_requested: 1, updated_at: t }).where('id', '=', id).where('state', '=', JobState.Running).executeTakeFirst();
+      if (Number(f.numUpdatedRows) === 0) {
+        const job = await this.get(id);
+        throw new OsrError('INVALID_STATE', `job ${id} is ${job.state}; only a queued, running or waiting job can be cancelled`, { state: job.state });
+      }
+    }
+    return this.get(id);
+  }
+
+  /**
+   * Queue a failed or cancelled job again. It goes on from the task that did not finish:
+   * tasks that succeeded are not run twice.
+   */
+  async restart(id: string): Promise<JobRow> {
+    const t = this.now();
+    const r = await this.db
+      .updateTable('jobs')
+      .set({ state: JobState.Queued, error: null, cancel_requested: 0, ended_at: null, updated_at: t, locked_by: null, locked_until: null })
+      .where('id', '=', id)
+      .where('state', 'in', [JobState.Failed, JobState.Cancelled])
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) {
+      const job = await this.get(id);
+      throw new OsrError('INVALID_STATE', `job ${id} is ${job.state}; only a failed or cancelled job can be restarted`, { state: job.state });
+    }
+    return this.get(id);
+  }
+
+  /**
+   * Give a job waiting for input what it waits for: `patch(data)` returns the job's data
+   * with the answer in it. The job is queued again and goes on from the waiting task.
+   */
+  async resume(id: string, patch: (data: unknown, job: JobRow) => unknown): Promise<JobRow> {
+    return this.db.transaction().execute(async (trx) => {
+      const job = await trx.selectFrom('jobs').selectAll().where('id', '=', id).executeTakeFirst();
+      if (!job) throw new OsrError('NOT_FOUND', `job ${id} does not exist`);
+      if (job.state !== JobState.WaitingForInput) throw new OsrError('INVALID_STATE', `job ${id} is ${job.state}, not waiting for input`, { state: job.state });
+      const data = JSON.stringify(patch(job.data === null ? {} : JSON.parse(job.data), job));
+      const r = await trx
+        .updateTable('jobs')
+        .set({ state: JobState.Queued, waiting_for: null, data, updated_at: this.now() })
+        .where('id', '=', id)
+        .where('state', '=', JobState.WaitingForInput)
+        .executeTakeFirst();
+      if (Number(r.numUpdatedRows) === 0) throw new OsrError('INVALID_STATE', `job ${id} changed state while being resumed`);
+      return { ...job, state: JobState.Queued, waiting_for: null, data };
+    });
+  }
+
+  /** Jobs of a state and kind, counted (for metrics). */
+  async countByState(): Promise<{ state: string; kind: string; n: number }[]> {
+    const rows = await this.db.selectFrom('jobs').select(['state', 'kind']).select((eb) => eb.fn.countAll().as('n')).groupBy(['state', 'kind']).execute();
+    return rows.map((r) => ({ state: r.state, kind: r.kind, n: Number(r.n) }));
   }
 
   async get(id: string): Promise<JobRow> {
@@ -90,6 +220,8 @@ export class JobStore {
     if (f.state) q = q.where('state', '=', f.state);
     if (f.kind) q = q.where('kind', '=', f.kind);
     if (f.target) q = q.where('target', '=', f.target);
+    if (f.since !== undefined) q = q.where('created_at', '>=', f.since);
+    if (f.until !== undefined) q = q.where('created_at', '<', f.until);
     return q
       .orderBy('created_at', 'desc')
       .orderBy('id', 'desc')
@@ -130,6 +262,11 @@ export class JobStore {
   async update(id: string, owner: string, p: JobPatch): Promise<void> {
     await this.owned(id, owner, {
       ...(p.state !== undefined ? { state: p.state } : {}),
+      ...(p.step !== undefined ? { step: p.step } : {}),
+      ...(p.data !== undefined ? { data: JSON.stringify(p.data) } : {}),
+      ...(p.waitingFor !== undefined ? { waiting_for: p.waitingFor === null ? null : JSON.stringify(p.waitingFor) } : {}),
+      ...(p.startedAt !== undefined ? { started_at: p.startedAt } : {}),
+      ...(p.release ? { locked_by: null, locked_until: null } : {}),
       ...(p.progress !== undefined ? { progress: p.progress } : {}),
       ...(p.currentStep !== undefined ? { current_step: p.currentStep } : {}),
       ...(p.output !== undefined ? { output: JSON.stringify(p.output) } : {}),
@@ -149,19 +286,27 @@ export class JobStore {
       locked_by: null,
       locked_until: null,
       updated_at: this.now(),
+      ended_at: this.now(),
     });
   }
 
-  private async owned(id: string, owner: string, set: Record<string, unknown>): Promise<void> {
+  private owned(id: string, owner: string, set: Record<string, unknown>): Promise<void> {
+    return owned(this.db, id, owner, set);
+  }
+}
+
+/** Write a job's row only while `owner` holds its lease: LEASE_LOST otherwise. */
+async function owned(db: Kysely<Database>, id: string, owner: string, set: Record<string, unknown>): Promise<void> {
+  {
     const values = Object.fromEntries(Object.entries(set).filter(([, v]) => v !== undefined));
-    const r = await this.db
+    const r = await db
       .updateTable('jobs')
       .set(values)
       .where('id', '=', id)
       .where('locked_by', '=', owner)
       .executeTakeFirst();
     if (Number(r.numUpdatedRows) === 0) {
-      const row = await this.db.selectFrom('jobs').select(['locked_by']).where('id', '=', id).executeTakeFirst();
+      const row = await db.selectFrom('jobs').select(['locked_by']).where('id', '=', id).executeTakeFirst();
       if (!row) throw new OsrError('NOT_FOUND', `job ${id} does not exist`);
       throw new OsrError('LEASE_LOST', `job ${id} is held by ${row.locked_by ?? 'no vault'} now, not by ${owner}`, { holder: row.locked_by });
     }

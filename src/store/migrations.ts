@@ -64,6 +64,171 @@ const MIGRATIONS: readonly Migration[] = [
         .execute();
     },
   },
+  {
+    version: 2,
+    name: 'tokens and audit, fabrics and inventory, configuration, protected items, plans, events, alerts, provider commands',
+    async up(db) {
+      const table = (name: string) => db.schema.createTable(name);
+      await table('api_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('role', 'text', (c) => c.notNull())
+        .addColumn('secret_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('created_by', 'text')
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('last_used_at', 'bigint')
+        .execute();
+      await table('audit')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('actor', 'text', (c) => c.notNull())
+        .addColumn('role', 'text')
+        .addColumn('method', 'text', (c) => c.notNull())
+        .addColumn('path', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('status', 'integer', (c) => c.notNull())
+        .addColumn('code', 'text')
+        .execute();
+      await table('fabrics')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('inventory_scope', 'text', (c) => c.notNull())
+        .addColumn('last_heartbeat_at', 'bigint')
+        .addColumn('heartbeat_lost', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('inventory_at', 'bigint')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await table('providers')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('fabric_id', 'text', (c) => c.notNull().references('fabrics.id').onDelete('cascade'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('cert_serial', 'text', (c) => c.notNull())
+        .addColumn('cert_fingerprint', 'text', (c) => c.notNull())
+        .addColumn('proxy', 'text')
+        .addColumn('registered_at', 'bigint', (c) => c.notNull())
+        .addColumn('last_heartbeat_at', 'bigint')
+        .execute();
+      await table('inventory')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('fabric_id', 'text', (c) => c.notNull().references('fabrics.id').onDelete('cascade'))
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('parent_id', 'text')
+        .addColumn('body', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('inventory_kind').on('inventory').columns(['kind', 'fabric_id', 'name']).execute();
+      await table('policies')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('settings', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await table('cloud_pairings')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('policy_id', 'text', (c) => c.notNull().references('policies.id'))
+        .addColumn('source_cloud_id', 'text', (c) => c.notNull().unique())
+        .addColumn('target_cloud_id', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+      for (const t of ['network_mappings', 'storage_mappings']) {
+        await table(t)
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('source_id', 'text', (c) => c.notNull().unique())
+          .addColumn('target_id', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+      }
+      await table('protected_items')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('fabric_id', 'text', (c) => c.notNull())
+        .addColumn('pairing_id', 'text', (c) => c.notNull().references('cloud_pairings.id'))
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('health', 'text', (c) => c.notNull())
+        .addColumn('health_reasons', 'text', (c) => c.notNull())
+        .addColumn('rpo_seconds', 'real')
+        .addColumn('last_point_at', 'bigint')
+        .addColumn('replication', 'text', (c) => c.notNull())
+        .addColumn('progress', 'real')
+        .addColumn('active_job_id', 'text')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('protected_items_name').on('protected_items').columns(['name', 'id']).execute();
+      await db.schema.createIndex('protected_items_health').on('protected_items').columns(['health', 'name']).execute();
+      await table('recovery_points')
+        .addColumn('item_id', 'text', (c) => c.notNull().references('protected_items.id').onDelete('cascade'))
+        .addColumn('id', 'text', (c) => c.notNull())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('consistency', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('recovery_points_pk', ['item_id', 'id'])
+        .execute();
+      await table('recovery_plans')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('body', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await table('events')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('target', 'text')
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('severity', 'text', (c) => c.notNull())
+        .addColumn('message', 'text', (c) => c.notNull())
+        .addColumn('details', 'text')
+        .execute();
+      await db.schema.createIndex('events_target').on('events').columns(['target', 'id']).execute();
+      await table('alerts')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('severity', 'text', (c) => c.notNull())
+        .addColumn('target', 'text')
+        .addColumn('message', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('resolved_at', 'bigint')
+        .addColumn('dedupe_key', 'text', (c) => c.unique())
+        .addColumn('deliveries', 'text', (c) => c.notNull())
+        .execute();
+      await table('settings')
+        .addColumn('key', 'text', (c) => c.primaryKey())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .execute();
+      await table('provider_commands')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('fabric_id', 'text', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('body', 'text', (c) => c.notNull())
+        .addColumn('job_id', 'text')
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('progress', 'text')
+        .addColumn('result', 'text')
+        .addColumn('error', 'text')
+        .addColumn('deliveries', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('sent_at', 'bigint')
+        .addColumn('done_at', 'bigint')
+        .execute();
+      await db.schema.createIndex('provider_commands_pending').on('provider_commands').columns(['fabric_id', 'state', 'id']).execute();
+      await db.schema.alterTable('jobs').addColumn('step', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('jobs').addColumn('data', 'text').execute();
+      await db.schema.alterTable('jobs').addColumn('waiting_for', 'text').execute();
+      await db.schema.alterTable('jobs').addColumn('cancel_requested', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('jobs').addColumn('created_by', 'text').execute();
+      await db.schema.alterTable('jobs').addColumn('started_at', 'bigint').execute();
+      await db.schema.alterTable('jobs').addColumn('ended_at', 'bigint').execute();
+      await db.schema.alterTable('job_tasks').addColumn('progress', 'real').execute();
+      await db.schema.alterTable('job_tasks').addColumn('detail', 'text').execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

@@ -39,6 +39,16 @@ export interface JobsTable {
   /** the vault process holding the job's lease, and until when */
   locked_by: string | null;
   locked_until: number | null;
+  /** index of the task the job is at (tasks before it are done) */
+  step: number;
+  /** the job's durable scratch data (JSON): what a step must find again after a restart */
+  data: string | null;
+  /** what a job waiting for input asks (JSON) */
+  waiting_for: string | null;
+  cancel_requested: number;
+  created_by: string | null;
+  started_at: number | null;
+  ended_at: number | null;
 }
 
 export interface JobTasksTable {
@@ -49,6 +59,172 @@ export interface JobTasksTable {
   started_at: number | null;
   ended_at: number | null;
   error: string | null;
+  progress: number | null;
+  detail: string | null;
+}
+
+export interface ApiTokensTable {
+  id: string;
+  name: string;
+  role: string;
+  /** sha256 of the secret, hex */
+  secret_hash: string;
+  created_at: number;
+  created_by: string | null;
+  revoked_at: number | null;
+  last_used_at: number | null;
+}
+
+export interface AuditTable {
+  id: string;
+  at: number;
+  /** token name and id, or "provider:<id>", or "registration" */
+  actor: string;
+  role: string | null;
+  method: string;
+  path: string;
+  /** the route, e.g. "POST /api/v1/policies" */
+  action: string;
+  status: number;
+  code: string | null;
+}
+
+export interface FabricsTable {
+  id: string;
+  name: string;
+  kind: string;
+  version: string;
+  /** JSON: "all" or the list of cloud names whose inventory is synced */
+  inventory_scope: string;
+  last_heartbeat_at: number | null;
+  heartbeat_lost: number;
+  inventory_at: number | null;
+  created_at: number;
+}
+
+export interface ProvidersTable {
+  id: string;
+  fabric_id: string;
+  name: string;
+  version: string;
+  cert_serial: string;
+  cert_fingerprint: string;
+  proxy: string | null;
+  registered_at: number;
+  last_heartbeat_at: number | null;
+}
+
+export interface InventoryTable {
+  /** <fabric id>.<the provider's own id of the object> */
+  id: string;
+  fabric_id: string;
+  kind: string;
+  name: string;
+  parent_id: string | null;
+  body: string;
+  updated_at: number;
+}
+
+export interface PoliciesTable {
+  id: string;
+  name: string;
+  settings: string;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface CloudPairingsTable {
+  id: string;
+  policy_id: string;
+  source_cloud_id: string;
+  target_cloud_id: string;
+  created_at: number;
+}
+
+export interface MappingsTable {
+  id: string;
+  source_id: string;
+  target_id: string;
+  created_at: number;
+}
+
+export interface ProtectedItemsTable {
+  /** the protected VM's inventory id */
+  id: string;
+  name: string;
+  fabric_id: string;
+  pairing_id: string;
+  state: string;
+  health: string;
+  health_reasons: string;
+  rpo_seconds: number | null;
+  last_point_at: number | null;
+  /** JSON: where the replica is and how it is reached */
+  replication: string;
+  progress: number | null;
+  active_job_id: string | null;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface RecoveryPointsTable {
+  item_id: string;
+  id: string;
+  at: number;
+  consistency: string;
+}
+
+export interface RecoveryPlansTable {
+  id: string;
+  name: string;
+  body: string;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface EventsTable {
+  id: string;
+  at: number;
+  target: string | null;
+  kind: string;
+  severity: string;
+  message: string;
+  details: string | null;
+}
+
+export interface AlertsTable {
+  id: string;
+  at: number;
+  kind: string;
+  severity: string;
+  target: string | null;
+  message: string;
+  state: string;
+  resolved_at: number | null;
+  /** set while the alert is active: the same condition raises one alert, not one per vault or per check */
+  dedupe_key: string | null;
+  deliveries: string;
+}
+
+export interface SettingsTable {
+  key: string;
+  value: string;
+}
+
+export interface ProviderCommandsTable {
+  id: string;
+  fabric_id: string;
+  kind: string;
+  body: string;
+  job_id: string | null;
+  state: string;
+  progress: string | null;
+  result: string | null;
+  error: string | null;
+  deliveries: number;
+  created_at: number;
+  sent_at: number | null;
+  done_at: number | null;
 }
 
 export interface Database {
@@ -56,6 +232,22 @@ export interface Database {
   registration_keys: RegistrationKeysTable;
   jobs: JobsTable;
   job_tasks: JobTasksTable;
+  api_tokens: ApiTokensTable;
+  audit: AuditTable;
+  fabrics: FabricsTable;
+  providers: ProvidersTable;
+  inventory: InventoryTable;
+  policies: PoliciesTable;
+  cloud_pairings: CloudPairingsTable;
+  network_mappings: MappingsTable;
+  storage_mappings: MappingsTable;
+  protected_items: ProtectedItemsTable;
+  recovery_points: RecoveryPointsTable;
+  recovery_plans: RecoveryPlansTable;
+  events: EventsTable;
+  alerts: AlertsTable;
+  settings: SettingsTable;
+  provider_commands: ProviderCommandsTable;
 }
 
 export type JobRow = Selectable<JobsTable>;

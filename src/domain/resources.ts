@@ -1,0 +1,200 @@
+/**
+ * The vault's resources, as the API shows them (times are ISO 8601 strings). ASR's model
+ * in osr's words: a fabric is a registered management server with its providers; its
+ * inventory holds clouds, host groups, hosts, networks and storage, and the VMs on them;
+ * policies, cloud pairings and mappings are the configuration; protected items are VMs
+ * under protection.
+ */
+import type { PolicySettings } from './policy.js';
+
+export const INVENTORY_KINDS = ['cloud', 'host-group', 'host', 'logical-network', 'vm-network', 'ip-pool', 'storage-classification', 'storage-location', 'vm'] as const;
+export type InventoryKind = (typeof INVENTORY_KINDS)[number];
+
+/** What a provider reports of its fabric; ids are the provider's own (the vault prefixes them with the fabric id). */
+export interface InventoryDocument {
+  clouds: { id: string; name: string; hostGroups: string[] }[];
+  hostGroups: { id: string; name: string; hosts: string[] }[];
+  hosts: { id: string; name: string; osVersion: string; logicalNetworks: string[]; storageLocations: string[]; agent?: { address: string; replicationPort: number } }[];
+  logicalNetworks: { id: string; name: string }[];
+  vmNetworks: { id: string; name: string; logicalNetwork: string; subnets: { name: string; cidr: string }[] }[];
+  ipPools: { id: string; name: string; vmNetwork: string; subnet: string; start: string; end: string }[];
+  storageClassifications: { id: string; name: string }[];
+  storageLocations: { id: string; name: string; classification: string; kind: 'share' | 'volume'; path: string; freeBytes?: number }[];
+  vms: {
+    id: string;
+    name: string;
+    cloud: string;
+    host: string;
+    powerState: string;
+    disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
+    nics: { id: string; vmNetwork?: string; ip?: string }[];
+  }[];
+}
+
+export interface InventoryObject {
+  id: string;
+  fabricId: string;
+  kind: InventoryKind;
+  name: string;
+  /** the containing object: a host group's cloud, a host's host group, a VM's cloud */
+  parentId: string | null;
+  updatedAt: string;
+  /** the kind's own fields, references as vault ids */
+  properties: Record<string, unknown>;
+}
+
+export interface Provider {
+  id: string;
+  fabricId: string;
+  name: string;
+  version: string;
+  certificateSerial: string;
+  certificateFingerprint: string;
+  proxy: { url: string; bypass?: string[] } | null;
+  registeredAt: string;
+  lastHeartbeatAt: string | null;
+}
+
+export interface Fabric {
+  id: string;
+  name: string;
+  kind: string;
+  version: string;
+  inventoryScope: 'all' | string[];
+  lastHeartbeatAt: string | null;
+  heartbeatLost: boolean;
+  inventoryAt: string | null;
+  createdAt: string;
+  providers: Provider[];
+}
+
+export interface Policy {
+  id: string;
+  name: string;
+  settings: PolicySettings;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface CloudPairing {
+  id: string;
+  policyId: string;
+  sourceCloudId: string;
+  targetCloudId: string;
+  createdAt: string;
+}
+
+export interface Mapping {
+  id: string;
+  sourceId: string;
+  targetId: string;
+  createdAt: string;
+}
+
+export const ProtectionState = {
+  EnablingProtection: 'EnablingProtection',
+  InitialReplication: 'InitialReplication',
+  FinalizingProtection: 'FinalizingProtection',
+  Protected: 'Protected',
+  ResyncRequired: 'ResyncRequired',
+  Resynchronizing: 'Resynchronizing',
+  DisablingProtection: 'DisablingProtection',
+  ProtectionFailed: 'ProtectionFailed',
+} as const;
+export type ProtectionState = (typeof ProtectionState)[keyof typeof ProtectionState];
+
+export const Health = { Healthy: 'Healthy', Warning: 'Warning', Critical: 'Critical', NotApplicable: 'NotApplicable' } as const;
+export type Health = (typeof Health)[keyof typeof Health];
+
+export interface HealthReason {
+  code: string;
+  message: string;
+}
+
+export interface ProtectedItem {
+  id: string;
+  name: string;
+  fabricId: string;
+  pairingId: string;
+  state: ProtectionState;
+  health: Health;
+  healthReasons: HealthReason[];
+  rpoSeconds: number | null;
+  lastRecoveryPointAt: string | null;
+  /** 0..1 while initial replication runs */
+  progress: number | null;
+  replication: Record<string, unknown>;
+  activeJobId: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface RecoveryPoint {
+  id: string;
+  at: string;
+  consistency: 'crash' | 'app';
+}
+
+export interface RecoveryPlanAction {
+  name: string;
+  kind: 'script' | 'manual' | 'webhook';
+  /** script path at the fabric, the instruction for a person, or the URL */
+  target: string;
+  failoverTypes?: ('test' | 'planned' | 'unplanned')[];
+  directions?: ('primary-to-recovery' | 'recovery-to-primary')[];
+  timeoutSeconds?: number;
+  retries?: number;
+}
+
+export interface RecoveryPlanGroup {
+  name: string;
+  items: string[];
+  pre?: RecoveryPlanAction[];
+  post?: RecoveryPlanAction[];
+}
+
+export interface RecoveryPlanSpec {
+  name: string;
+  description?: string;
+  shutdownGroup?: boolean;
+  groups: RecoveryPlanGroup[];
+  /** item → items it waits for */
+  dependencies?: Record<string, string[]>;
+}
+
+export interface RecoveryPlan extends RecoveryPlanSpec {
+  id: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export const Severity = { Info: 'Info', Warning: 'Warning', Critical: 'Critical' } as const;
+export type Severity = (typeof Severity)[keyof typeof Severity];
+
+export interface VaultEvent {
+  id: string;
+  at: string;
+  target: string | null;
+  kind: string;
+  severity: Severity;
+  message: string;
+  details: Record<string, unknown> | null;
+}
+
+export interface Alert {
+  id: string;
+  at: string;
+  kind: string;
+  severity: Severity;
+  target: string | null;
+  message: string;
+  state: 'Active' | 'Resolved';
+  resolvedAt: string | null;
+  deliveries: { channel: string; to: string; ok: boolean; at: string; error?: string }[];
+}
+
+export interface AlertSettings {
+  webhooks: string[];
+  emails: string[];
+  smtp: { host: string; port: number; secure: boolean; from: string; user?: string; password?: string } | null;
+}

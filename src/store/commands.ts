@@ -1,0 +1,107 @@
+/**
+ * The command queue between the vault and the providers. A job step enqueues a command
+ * for a fabric; that fabric's provider fetches it over its channel (long-poll), reports
+ * progress, and posts the result. Commands are delivered at least once — one fetched but
+ * never answered is delivered again after `redeliverAfterMs` — and providers act on each
+ * id once, so a command runs once even when a vault or a provider restarts in between.
+ */
+import type { Kysely } from 'kysely';
+import { OsrError } from '../domain/errors.js';
+import type { Database, ProviderCommandsTable } from './schema.js';
+import type { Selectable } from 'kysely';
+
+export type CommandRow = Selectable<ProviderCommandsTable>;
+
+export const CommandState = { Pending: 'Pending', Sent: 'Sent', Succeeded: 'Succeeded', Failed: 'Failed' } as const;
+export type CommandState = (typeof CommandState)[keyof typeof CommandState];
+
+export interface CommandError {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+export class CommandStore {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Enqueue a command under the id given; enqueuing the same id again does nothing. */
+  async enqueue(c: { id: string; fabricId: string; kind: string; body: unknown; jobId?: string | null }): Promise<void> {
+    await this.db
+      .insertInto('provider_commands')
+      .values({ id: c.id, fabric_id: c.fabricId, kind: c.kind, body: JSON.stringify(c.body ?? {}), job_id: c.jobId ?? null, state: CommandState.Pending, progress: null, result: null, error: null, deliveries: 0, created_at: this.now(), sent_at: null, done_at: null })
+      .onConflict((oc) => oc.column('id').doNothing())
+      .execute();
+  }
+
+  async get(id: string): Promise<CommandRow | undefined> {
+    return this.db.selectFrom('provider_commands').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /**
+   * Hand a fabric's provider the commands waiting for it: pending ones, and sent ones not
+   * heard of for redeliverAfterMs. Marks them sent.
+   */
+  async take(fabricId: string, limit: number, redeliverAfterMs: number): Promise<CommandRow[]> {
+    const t = this.now();
+    const rows = await this.db
+      .selectFrom('provider_commands')
+      .selectAll()
+      .where('fabric_id', '=', fabricId)
+      .where((eb) => eb.or([eb('state', '=', CommandState.Pending), eb.and([eb('state', '=', CommandState.Sent), eb('sent_at', '<', t - redeliverAfterMs)])]))
+      .orderBy('id')
+      .limit(limit)
+      .execute();
+    if (rows.length === 0) return rows;
+    await this.db
+      .updateTable('provider_commands')
+      .set((eb) => ({ state: CommandState.Sent, sent_at: t, deliveries: eb('deliveries', '+', 1) }))
+      .where('id', 'in', rows.map((r) => r.id))
+      .where('state', 'in', [CommandState.Pending, CommandState.Sent])
+      .execute();
+    return rows.map((r) => ({ ...r, state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 }));
+  }
+
+  /** Progress from the provider (keeps the command from being delivered again). */
+  async progress(fabricId: string, id: string, progress: unknown): Promise<void> {
+    const r = await this.db
+      .updateTable('provider_commands')
+      .set({ progress: JSON.stringify(progress), sent_at: this.now() })
+      .where('id', '=', id)
+      .where('fabric_id', '=', fabricId)
+      .where('state', '=', CommandState.Sent)
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) await this.mustBeOpen(fabricId, id);
+  }
+
+  /** The provider's answer. A second answer for a finished command is ignored (the first stands). */
+  async complete(fabricId: string, id: string, outcome: { result?: unknown; error?: CommandError }): Promise<void> {
+    const r = await this.db
+      .updateTable('provider_commands')
+      .set({
+        state: outcome.error ? CommandState.Failed : CommandState.Succeeded,
+        result: outcome.result === undefined ? null : JSON.stringify(outcome.result),
+        error: outcome.error ? JSON.stringify(outcome.error) : null,
+        done_at: this.now(),
+      })
+      .where('id', '=', id)
+      .where('fabric_id', '=', fabricId)
+      .where('state', 'in', [CommandState.Pending, CommandState.Sent])
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) await this.mustExist(fabricId, id);
+  }
+
+  private async mustExist(fabricId: string, id: string): Promise<CommandRow> {
+    const row = await this.get(id);
+    if (!row || row.fabric_id !== fabricId) throw new OsrError('NOT_FOUND', `command ${id} does not exist for this fabric`);
+    return row;
+  }
+
+  private async mustBeOpen(fabricId: string, id: string): Promise<void> {
+    const row = await this.mustExist(fabricId, id);
+    if (row.state === CommandState.Pending) throw new OsrError('INVALID_STATE', `command ${id} was not fetched yet`);
+    // a late progress report of a finished command changes nothing
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * Protected items and their recovery points. An item is created by the enable-protection
+ * job (one per VM: the VM's inventory id is the item's id, so a VM cannot be protected
+ * twice) and changes state as its jobs and its provider's reports say.
+ */
+import type { Kysely, Selectable } from 'kysely';
+import { OsrError } from '../domain/errors.js';
+import { Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
+import { isUniqueViolation } from './config.js';
+import { affected, clampLimit, iso, json } from './rows.js';
+import type { Database, ProtectedItemsTable } from './schema.js';
+
+export interface ItemFilter {
+  state?: string;
+  health?: string;
+  pairingId?: string;
+  fabricId?: string;
+  /** names starting with this */
+  namePrefix?: string;
+  /** the id of the last item of the previous page */
+  after?: string;
+  limit?: number;
+}
+
+export interface ItemPatch {
+  state?: ProtectionState;
+  health?: Health;
+  healthReasons?: HealthReason[];
+  rpoSeconds?: number | null;
+  lastPointAt?: number | null;
+  progress?: number | null;
+  replication?: Record<string, unknown>;
+  activeJobId?: string | null;
+}
+
+const toItem = (r: Selectable<ProtectedItemsTable>): ProtectedItem => ({
+  id: r.id,
+  name: r.name,
+  fabricId: r.fabric_id,
+  pairingId: r.pairing_id,
+  state: r.state as ProtectionState,
+  health: r.health as Health,
+  healthReasons: json(r.health_reasons, []),
+  rpoSeconds: r.rpo_seconds,
+  lastRecoveryPointAt: iso(r.last_point_at),
+  progress: r.progress,
+  replication: json(r.replication, {}),
+  activeJobId: r.active_job_id,
+  createdAt: iso(r.created_at)!,
+  updatedAt: iso(r.updated_at)!,
+});
+
+export class ItemStore {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async list(f: ItemFilter = {}): Promise<ProtectedItem[]> {
+    let q = this.db.selectFrom('protected_items').selectAll();
+    if (f.state) q = q.where('state', '=', f.state);
+    if (f.health) q = q.where('health', '=', f.health);
+    if (f.pairingId) q = q.where('pairing_id', '=', f.pairingId);
+    if (f.fabricId) q = q.where('fabric_id', '=', f.fabricId);
+    if (f.namePrefix) q = q.where('name', '>=', f.namePrefix).where('name', '<', `${f.namePrefix}\uffff`);
+    if (f.after) q = q.where('id', '>', f.after);
+    return (await q.orderBy('id').limit(clampLimit(f.limit)).execute()).map(toItem);
+  }
+
+  async get(id: string): Promise<ProtectedItem> {
+    const r = await this.db.selectFrom('protected_items').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!r) throw new OsrError('NOT_FOUND', `protected item ${id} does not exist`);
+    return toItem(r);
+  }
+
+  async find(id: string): Promise<ProtectedItem | undefined> {
+    const r = await this.db.selectFrom('protected_items').selectAll().where('id', '=', id).executeTakeFirst();
+    return r && toItem(r);
+  }
+
+  /** Create the item of a VM; ALREADY_EXISTS when the VM is protected already. */
+  async create(i: { id: string; name: string; fabricId: string; pairingId: string; state: ProtectionState; activeJobId: string | null }): Promise<ProtectedItem> {
+    const t = this.now();
+    const row = {
+      id: i.id,
+      name: i.name,
+      fabric_id: i.fabricId,
+      pairing_id: i.pairingId,
+      state: i.state,
+      health: Health.NotApplicable,
+      health_reasons: '[]',
+      rpo_seconds: null,
+      last_point_at: null,
+      replication: '{}',
+      progress: null,
+      active_job_id: i.activeJobId,
+      created_at: t,
+      updated_at: t,
+    };
+    try {
+      await this.db.insertInto('protected_items').values(row).execute();
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new OsrError('ALREADY_EXISTS', `VM ${i.id} is protected already (or its protection is being enabled)`, { item: i.id });
+      throw e;
+    }
+    return toItem(row);
+  }
+
+  /** Change an item; returns it before and after (health changes raise events). */
+  async update(id: string, p: ItemPatch): Promise<{ before: ProtectedItem; after: ProtectedItem }> {
+    const before = await this.get(id);
+    const r = await this.db
+      .updateTable('protected_items')
+      .set({
+        ...(p.state !== undefined ? { state: p.state } : {}),
+        ...(p.health !== undefined ? { health: p.health } : {}),
+        ...(p.healthReasons !== undefined ? { health_reasons: JSON.stringify(p.healthReasons) } : {}),
+        ...(p.rpoSeconds !== undefined ? { rpo_seconds: p.rpoSeconds } : {}),
+        ...(p.lastPointAt !== undefined ? { last_point_at: p.lastPointAt } : {}),
+        ...(p.progress !== undefined ? { progress: p.progress } : {}),
+        ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication) } : {}),
+        ...(p.activeJobId !== undefined ? { active_job_id: p.activeJobId } : {}),
+        updated_at: this.now(),
+      })
+      .where('id', '=', id)
+      .executeTakeFirst();
+    if (affected(r) === 0) throw new OsrError('NOT_FOUND', `protected item ${id} does not exist`);
+    return { before, after: await this.get(id) };
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.db.deleteFrom('protected_items').where('id', '=', id).execute();
+  }
+
+  async points(itemId: string): Promise<RecoveryPoint[]> {
+    const rows = await this.db.selectFrom('recovery_points').selectAll().where('item_id', '=', itemId).orderBy('at', 'desc').execute();
+    return rows.map((r) => ({ id: r.id, at: iso(r.at)!, consistency: r.consistency as 'crash' | 'app' }));
+  }
+
+  /** Replace an item's recovery points with the list its agent reports. */
+  async replacePoints(itemId: string, points: { id: string; at: number; consistency: 'crash' | 'app' }[]): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('recovery_points').where('item_id', '=', itemId).execute();
+      for (let i = 0; i < points.length; i += 500) {
+        await trx
+          .insertInto('recovery_points')
+          .values(points.slice(i, i + 500).map((p) => ({ item_id: itemId, id: p.id, at: p.at, consistency: p.consistency })))
+          .execute();
+      }
+    });
+  }
+
+  async countByHealth(): Promise<{ health: string; state: string; n: number }[]> {
+    const rows = await this.db.selectFrom('protected_items').select(['health', 'state']).select((eb) => eb.fn.countAll().as('n')).groupBy(['health', 'state']).execute();
+    return rows.map((r) => ({ health: r.health, state: r.state, n: Number(r.n) }));
+  }
+}
