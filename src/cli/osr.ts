@@ -16,6 +16,7 @@ import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
 import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pki/index.js';
 import { AgentClient } from './agent-client.js';
 import { runDemo } from './demo.js';
+import { addVaultCommand } from './vault-command.js';
 import { formatBytes, formatSeconds, progressBar, table } from './format.js';
 
 const program = new Command();
@@ -372,6 +373,8 @@ program
   .action(async (o: { dir: string; frequency: string; duration?: string }) => {
     await runDemo({ dir: path.resolve(o.dir), frequencyMs: parseDuration(o.frequency), durationMs: o.duration ? parseDuration(o.duration) : undefined });
   });
+
+addVaultCommand(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   const err = toOsrError(e);

@@ -65,15 +65,23 @@ const toAlert = (r: Selectable<AlertsTable>): Alert => ({
 /** Registration keys are valid for 5 days, as ASR's vault credentials are. */
 export const REGISTRATION_KEY_VALID_MS = 5 * 24 * 3600_000;
 
-/** A registration key as text: the vault's name, the key's id and its secret. */
-export function formatRegistrationKey(vault: string, id: string, s: string): string {
-  return Buffer.from(JSON.stringify({ v: 1, vault, id, secret: s })).toString('base64url');
+export interface RegistrationKeyText {
+  vault: string;
+  id: string;
+  secret: string;
+  /** SHA-256 fingerprint of the vault's CA certificate: the provider pins it before it trusts the vault */
+  ca: string;
 }
 
-export function parseRegistrationKey(text: string): { vault: string; id: string; secret: string } {
+/** A registration key as text: the vault's name, the key's id, its secret and the vault CA's fingerprint. */
+export function formatRegistrationKey(k: RegistrationKeyText): string {
+  return Buffer.from(JSON.stringify({ v: 1, ...k })).toString('base64url');
+}
+
+export function parseRegistrationKey(text: string): RegistrationKeyText {
   try {
-    const o = JSON.parse(Buffer.from(text.trim(), 'base64url').toString('utf8')) as { v?: number; vault?: unknown; id?: unknown; secret?: unknown };
-    if (o.v === 1 && typeof o.vault === 'string' && typeof o.id === 'string' && typeof o.secret === 'string') return { vault: o.vault, id: o.id, secret: o.secret };
+    const o = JSON.parse(Buffer.from(text.trim(), 'base64url').toString('utf8')) as { v?: number; vault?: unknown; id?: unknown; secret?: unknown; ca?: unknown };
+    if (o.v === 1 && typeof o.vault === 'string' && typeof o.id === 'string' && typeof o.secret === 'string' && typeof o.ca === 'string') return { vault: o.vault, id: o.id, secret: o.secret, ca: o.ca };
   } catch {
     // falls through to the error below
   }
@@ -92,6 +100,13 @@ export class ActivityStore {
     const row = { id: timeId(t), at: t, target: e.target ?? null, kind: e.kind, severity: e.severity, message: e.message, details: e.details ? JSON.stringify(e.details) : null };
     await this.db.insertInto('events').values(row).execute();
     return { ...row, at: iso(t)!, severity: e.severity, details: e.details ?? null };
+  }
+
+  /** Record many events at once (an inventory sync's changes). */
+  async eventBatch(list: { target?: string | null; kind: string; severity: Severity; message: string; details?: Record<string, unknown> }[]): Promise<void> {
+    const t = this.now();
+    const rows = list.map((e) => ({ id: timeId(t), at: t, target: e.target ?? null, kind: e.kind, severity: e.severity, message: e.message, details: e.details ? JSON.stringify(e.details) : null }));
+    for (let i = 0; i < rows.length; i += 500) await this.db.insertInto('events').values(rows.slice(i, i + 500)).execute();
   }
 
   async events(f: { target?: string; kind?: string; after?: string; limit?: number } = {}): Promise<VaultEvent[]> {
@@ -242,13 +257,13 @@ export class ActivityStore {
   }
 
   // ---- registration keys ---------------------------------------------------------------
-  async createRegistrationKey(vault: string): Promise<{ key: RegistrationKey; text: string }> {
+  async createRegistrationKey(vault: string, caFingerprint: string, validMs = REGISTRATION_KEY_VALID_MS): Promise<{ key: RegistrationKey; text: string }> {
     const t = this.now();
     const id = randomBytes(8).toString('hex');
     const s = secret();
-    const row = { id, vault, secret_hash: sha256(s), created_at: t, expires_at: t + REGISTRATION_KEY_VALID_MS, revoked_at: null, used_at: null, used_by: null };
+    const row = { id, vault, secret_hash: sha256(s), created_at: t, expires_at: t + validMs, revoked_at: null, used_at: null, used_by: null };
     await this.db.insertInto('registration_keys').values(row).execute();
-    return { key: toKey(row), text: formatRegistrationKey(vault, id, s) };
+    return { key: toKey(row), text: formatRegistrationKey({ vault, id, secret: s, ca: caFingerprint }) };
   }
 
   async registrationKeys(): Promise<RegistrationKey[]> {

@@ -1,0 +1,57 @@
+/** `osr vault`: run the control plane's HTTPS server. */
+import path from 'node:path';
+import type { Command } from 'commander';
+import { parseDuration } from '../agent/time-window.js';
+import { OsrError } from '../domain/errors.js';
+import { DEFAULT_VAULT_PORT, Vault } from '../vault/server.js';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+export function addVaultCommand(program: Command): void {
+  program
+    .command('vault')
+    .description('run the vault: the HTTPS REST API (/api/v1, OpenAPI at /api/v1/openapi.json), jobs, provider registration, events and alerts, /metrics')
+    .option('--name <name>', 'the vault\'s name, fixed when its database is created (registration keys carry it)', 'osr-vault')
+    .option('--data-dir <dir>', 'where the vault keeps its SQLite database and files', '.osr/vault')
+    .option('--database <url>', 'a SQLite file, or postgres://USER@HOST:PORT/DB to share one database between vault processes (default DATA/vault.db)')
+    .option('--listen <host:port>', 'address to serve HTTPS on (loopback by default)', `127.0.0.1:${DEFAULT_VAULT_PORT}`)
+    .option('--tls-name <dns>', 'another DNS name for the server certificate (repeatable)', collect, [])
+    .option('--initial-token-file <file>', 'also write the first Owner token to this file (mode 0600)')
+    .option('--job-lease <duration>', 'how long a job\'s lease lasts before another vault may take it over', '30s')
+    .option('--job-concurrency <n>', 'jobs this process runs at once', '16')
+    .option('--no-jobs', 'serve the API only; other vault processes run the jobs')
+    .option('--heartbeat-interval <duration>', 'how often providers are told to send heartbeats', '15s')
+    .option('--heartbeat-lost-after <duration>', 'raise an alert when a provider is silent this long', '60s')
+    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .action(async (o: Record<string, string | string[] | boolean | undefined>) => {
+      const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(String(o.listen));
+      if (!m) throw new OsrError('INVALID_ARGUMENT', `--listen ${String(o.listen)} is not HOST:PORT`);
+      const concurrency = Number(o.jobConcurrency);
+      if (!Number.isInteger(concurrency) || concurrency < 1) throw new OsrError('INVALID_ARGUMENT', `--job-concurrency must be a whole number of at least 1, not ${String(o.jobConcurrency)}`);
+      const vault = await Vault.create({
+        name: String(o.name),
+        dataDir: path.resolve(String(o.dataDir)),
+        database: o.database as string | undefined,
+        host: m[1]!.replace(/^\[|\]$/g, ''),
+        port: Number(m[2]),
+        tlsNames: o.tlsName as string[],
+        initialTokenFile: o.initialTokenFile ? path.resolve(String(o.initialTokenFile)) : undefined,
+        onInitialToken: (token) => console.log(`Owner token (shown once; keep it safe): ${token}`),
+        logLevel: String(o.logLevel),
+        jobLeaseMs: parseDuration(String(o.jobLease)),
+        jobConcurrency: concurrency,
+        runJobs: o.jobs !== false,
+        settings: { heartbeatIntervalMs: parseDuration(String(o.heartbeatInterval)), heartbeatLostAfterMs: parseDuration(String(o.heartbeatLostAfter)) },
+      });
+      const url = await vault.listen();
+      console.log(JSON.stringify({ vault: vault.ctx.identity.name, url, api: `${url}/api/v1`, caFingerprint: vault.ctx.identity.caFingerprint, database: vault.store.database.location }));
+      let closing = false;
+      const stop = () => {
+        if (closing) return;
+        closing = true;
+        void vault.close().then(() => process.exit(0));
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+}

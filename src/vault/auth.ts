@@ -1,0 +1,90 @@
+/**
+ * Who may call what. Every route declares its access: a permission (read, operate,
+ * configure, admin) that a bearer token's role must grant, "provider" for the provider
+ * channel (a client certificate from the vault's CA, role provider, of a provider still
+ * registered), or "public". Every mutating call by a token is audited after its answer:
+ * who, what, when, and the result.
+ */
+import tls from 'node:tls';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { OsrError } from '../domain/errors.js';
+import { allows, type Permission } from '../domain/roles.js';
+import { peerIdentity } from '../pki/index.js';
+import type { App, VaultContext } from './context.js';
+
+const TOUCH_EVERY_MS = 60_000;
+const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+export function installAuth(app: App, ctx: VaultContext): void {
+  const touched = new Map<string, number>();
+
+  app.addHook('onRequest', async (request: FastifyRequest) => {
+    const access = request.routeOptions.config?.access;
+    // a route without an access level is one Fastify answers itself (404)
+    if (access === undefined || access === 'public') return;
+    if (access === 'provider') {
+      request.principal = await providerPrincipal(request, ctx);
+      return;
+    }
+    const header = request.headers.authorization;
+    const m = header === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!m) throw new OsrError('UNAUTHENTICATED', 'this call needs an API token: send "Authorization: Bearer <token>"');
+    const token = await ctx.store.activity.authenticate(m[1]!);
+    if (!token) throw new OsrError('UNAUTHENTICATED', 'the API token is unknown or revoked');
+    request.principal = { actor: `${token.name} (${token.id})`, role: token.role, tokenId: token.id };
+    if (!allows(token.role, access as Permission)) {
+      throw new OsrError('FORBIDDEN', `the ${token.role} role may not ${describe(access as Permission)}`, { role: token.role, needs: access });
+    }
+    const t = ctx.clock.now();
+    if ((touched.get(token.id) ?? 0) + TOUCH_EVERY_MS < t) {
+      touched.set(token.id, t);
+      await ctx.store.activity.touchToken(token.id);
+    }
+  });
+
+  app.addHook('onResponse', async (request: FastifyRequest, reply: FastifyReply) => {
+    const access = request.routeOptions.config?.access;
+    const route = request.routeOptions.url ?? 'unknown';
+    ctx.metrics.requests.inc({ method: request.method, route, status: String(reply.statusCode) });
+    ctx.metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
+    if (!MUTATING.has(request.method) || access === 'provider' || access === undefined) return;
+    const who = request.principal ?? { actor: access === 'public' ? 'registration' : 'anonymous', role: null };
+    try {
+      await ctx.store.activity.audit({
+        actor: who.actor,
+        role: who.role,
+        method: request.method,
+        path: request.url.split('?')[0]!,
+        action: `${request.method} ${route}`,
+        status: reply.statusCode,
+        code: request.errorCode ?? null,
+      });
+    } catch (e) {
+      request.log.error({ err: e }, 'writing the audit record failed');
+    }
+  });
+}
+
+function describe(p: Permission): string {
+  switch (p) {
+    case 'read':
+      return 'read';
+    case 'operate':
+      return 'run operations (failover, jobs)';
+    case 'configure':
+      return 'change configuration';
+    case 'admin':
+      return 'manage tokens and registration keys';
+  }
+}
+
+async function providerPrincipal(request: FastifyRequest, ctx: VaultContext) {
+  const socket = request.raw.socket;
+  if (!(socket instanceof tls.TLSSocket)) throw new OsrError('TLS_PEER_CERT_MISSING', 'the provider channel needs TLS with a provider certificate');
+  const id = peerIdentity(socket);
+  if (id.role !== 'provider') throw new OsrError('FORBIDDEN', `a ${id.role ?? 'role-less'} certificate cannot use the provider channel`);
+  const provider = await ctx.store.fabrics.provider(id.commonName);
+  if (!provider) throw new OsrError('UNAUTHENTICATED', `provider ${id.commonName} is not registered (it was removed); register it again with a new key`);
+  if (provider.certificateFingerprint !== id.fingerprintSha256) throw new OsrError('UNAUTHENTICATED', `provider ${id.commonName} presented a certificate other than the one it registered with`);
+  return { actor: `provider:${provider.name} (${provider.id})`, role: null, providerId: provider.id, fabricId: provider.fabricId };
+}

@@ -1,0 +1,53 @@
+/** Owner-only routes: API tokens, registration keys and the audit trail. */
+import { Type } from '@fastify/type-provider-typebox';
+import { ROLES } from '../../domain/roles.js';
+import { principal, type App, type VaultContext } from '../context.js';
+
+const IdParam = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }) });
+
+export const accessRoutes = (ctx: VaultContext) => async (app: App) => {
+  const { activity } = ctx.store;
+  const tags = ['access'];
+
+  app.get('/tokens', { config: { access: 'admin' }, schema: { summary: 'list API tokens (never their secrets)', tags } }, async () => ({ items: await activity.tokens(), next: null }));
+  app.post(
+    '/tokens',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: 'create an API token; its secret is in this answer only',
+        tags,
+        body: Type.Object({ name: Type.String({ minLength: 1, maxLength: 100 }), role: Type.Union(ROLES.map((r) => Type.Literal(r))) }, { additionalProperties: false }),
+      },
+    },
+    async (request, reply) => {
+      const { token, secret } = await activity.createToken(request.body.name, request.body.role, principal(request).actor);
+      return reply.status(201).send({ ...token, secret });
+    },
+  );
+  app.delete('/tokens/:id', { config: { access: 'admin' }, schema: { summary: 'revoke an API token', tags, params: IdParam } }, async (request) => activity.revokeToken(request.params.id));
+
+  app.get('/registration-keys', { config: { access: 'admin' }, schema: { summary: 'list registration keys', tags } }, async () => ({ items: await activity.registrationKeys(), next: null }));
+  app.post(
+    '/registration-keys',
+    { config: { access: 'admin' }, schema: { summary: 'create a registration key (valid 5 days, one provider, once); the key text is in this answer only', tags } },
+    async (_request, reply) => {
+      const { key, text } = await activity.createRegistrationKey(ctx.identity.name, ctx.identity.caFingerprint, ctx.settings.registrationKeyValidMs);
+      return reply.status(201).send({ ...key, key: text });
+    },
+  );
+  app.post('/registration-keys/:id/revoke', { config: { access: 'admin' }, schema: { summary: 'revoke a registration key', tags, params: IdParam } }, async (request) => activity.revokeRegistrationKey(request.params.id));
+
+  app.get(
+    '/audit',
+    {
+      config: { access: 'admin' },
+      schema: { summary: 'the audit trail of mutating calls, newest first', tags, querystring: Type.Object({ actor: Type.Optional(Type.String()), after: Type.Optional(Type.String()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) }) },
+    },
+    async (request) => {
+      const limit = request.query.limit ?? 100;
+      const items = await activity.auditTrail({ ...request.query, limit });
+      return { items, next: items.length === limit ? items[items.length - 1]!.id : null };
+    },
+  );
+};

@@ -1,0 +1,48 @@
+/** Fabrics and what their providers report: clouds, host groups, hosts, networks, storage, VMs. */
+import { Type } from '@fastify/type-provider-typebox';
+import type { InventoryKind } from '../../domain/resources.js';
+import { page, type App, type VaultContext } from '../context.js';
+import { IdParam, PageQuery } from '../schemas.js';
+
+/** URL path → inventory kind */
+const KINDS: [string, InventoryKind, string][] = [
+  ['clouds', 'cloud', 'clouds (protection containers)'],
+  ['host-groups', 'host-group', 'host groups'],
+  ['hosts', 'host', 'hosts'],
+  ['logical-networks', 'logical-network', 'logical networks'],
+  ['vm-networks', 'vm-network', 'VM networks with their subnets'],
+  ['ip-pools', 'ip-pool', 'static IP pools'],
+  ['storage-classifications', 'storage-classification', 'storage classifications'],
+  ['storage-locations', 'storage-location', 'storage locations (shares and cluster volumes)'],
+  ['vms', 'vm', 'VMs with their disks and NICs'],
+];
+
+export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
+  const { fabrics } = ctx.store;
+  const tags = ['fabrics'];
+
+  app.get('/fabrics', { config: { access: 'read' }, schema: { summary: 'registered fabrics with their providers', tags } }, async () => ({ items: await fabrics.list(), next: null }));
+  app.get('/fabrics/:id', { config: { access: 'read' }, schema: { summary: 'a fabric', tags, params: IdParam } }, async (request) => fabrics.get(request.params.id));
+  app.delete('/fabrics/:id', { config: { access: 'configure' }, schema: { summary: 'unregister a fabric (none of its VMs may be protected)', tags, params: IdParam } }, async (request, reply) => {
+    await fabrics.remove(request.params.id);
+    return reply.status(204).send();
+  });
+
+  const ListQuery = Type.Object({ fabric: Type.Optional(Type.String({ maxLength: 200 })), parent: Type.Optional(Type.String({ maxLength: 300 })), ...PageQuery });
+  for (const [pathName, kind, what] of KINDS) {
+    app.get(`/${pathName}`, { config: { access: 'read' }, schema: { summary: `list ${what}`, tags: ['inventory'], querystring: ListQuery } }, async (request) => {
+      const limit = request.query.limit ?? 100;
+      return page(await fabrics.objects(kind, { fabricId: request.query.fabric, parentId: request.query.parent, after: request.query.after, limit }), limit);
+    });
+    app.get(`/${pathName}/:id`, { config: { access: 'read' }, schema: { summary: `one of the ${what}`, tags: ['inventory'], params: IdParam } }, async (request) => fabrics.object(request.params.id, kind));
+  }
+
+  app.get(
+    '/protectable-items',
+    { config: { access: 'read' }, schema: { summary: 'VMs not protected yet', tags: ['inventory'], querystring: Type.Object({ cloud: Type.Optional(Type.String({ maxLength: 300 })), ...PageQuery }) } },
+    async (request) => {
+      const limit = request.query.limit ?? 100;
+      return page(await fabrics.protectable({ cloudId: request.query.cloud, after: request.query.after, limit }), limit);
+    },
+  );
+};

@@ -1,0 +1,56 @@
+/** Events, alerts and where alerts go (webhooks, e-mail). */
+import { Type } from '@fastify/type-provider-typebox';
+import type { AlertSettings } from '../../domain/resources.js';
+import { DEFAULT_ALERT_SETTINGS } from '../notifier.js';
+import { page, type App, type VaultContext } from '../context.js';
+import { IdParam, PageQuery } from '../schemas.js';
+
+export const monitoringRoutes = (ctx: VaultContext) => async (app: App) => {
+  const { activity } = ctx.store;
+
+  app.get(
+    '/events',
+    { config: { access: 'read' }, schema: { summary: 'events, newest first', tags: ['events'], querystring: Type.Object({ target: Type.Optional(Type.String({ maxLength: 300 })), kind: Type.Optional(Type.String({ maxLength: 100 })), ...PageQuery }) } },
+    async (request) => {
+      const limit = request.query.limit ?? 100;
+      return page(await activity.events({ ...request.query, limit }), limit);
+    },
+  );
+
+  const tags = ['alerts'];
+  app.get(
+    '/alerts',
+    { config: { access: 'read' }, schema: { summary: 'alerts, newest first', tags, querystring: Type.Object({ state: Type.Optional(Type.Union([Type.Literal('Active'), Type.Literal('Resolved')])), target: Type.Optional(Type.String({ maxLength: 300 })), limit: PageQuery.limit }) } },
+    async (request) => ({ items: await activity.alerts(request.query), next: null }),
+  );
+  app.post('/alerts/:id/resolve', { config: { access: 'operate' }, schema: { summary: 'mark an alert resolved', tags, params: IdParam } }, async (request) => activity.resolve(request.params.id));
+
+  const Settings = Type.Object(
+    {
+      webhooks: Type.Array(Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2000 }), { maxItems: 20 }),
+      emails: Type.Array(Type.String({ format: 'email', maxLength: 320 }), { maxItems: 100 }),
+      smtp: Type.Union([
+        Type.Null(),
+        Type.Object(
+          {
+            host: Type.String({ minLength: 1, maxLength: 255 }),
+            port: Type.Integer({ minimum: 1, maximum: 65535 }),
+            secure: Type.Boolean(),
+            from: Type.String({ minLength: 3, maxLength: 320 }),
+            user: Type.Optional(Type.String({ maxLength: 320 })),
+            password: Type.Optional(Type.String({ maxLength: 1000 })),
+          },
+          { additionalProperties: false },
+        ),
+      ]),
+    },
+    { additionalProperties: false },
+  );
+  const shown = (s: AlertSettings) => ({ ...s, smtp: s.smtp ? { ...s.smtp, password: s.smtp.password ? '********' : undefined } : null });
+  app.get('/alert-settings', { config: { access: 'read' }, schema: { summary: 'where alerts are delivered (the SMTP password is not shown)', tags } }, async () => shown(await activity.setting('alerts', DEFAULT_ALERT_SETTINGS)));
+  app.put('/alert-settings', { config: { access: 'configure' }, schema: { summary: 'set where alerts are delivered', tags, body: Settings } }, async (request) => {
+    const s = request.body as AlertSettings;
+    await activity.putSetting('alerts', s);
+    return shown(s);
+  });
+};

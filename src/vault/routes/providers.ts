@@ -1,0 +1,220 @@
+/**
+ * Providers: registration with a key (public: the key is the credential), and from then
+ * on the provider channel, over mutual TLS with the certificate registration gave:
+ * heartbeats, inventory, commands fetched by long-poll, their progress and results, and
+ * the replication status of protected items.
+ */
+import { randomUUID } from 'node:crypto';
+import { Type } from '@fastify/type-provider-typebox';
+import { ERROR_CODES, OsrError } from '../../domain/errors.js';
+import { Health, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
+import { issueCertificate } from '../../pki/index.js';
+import { AlertKind } from '../../workflows/alerting.js';
+import { itemCriticalKey } from '../../workflows/protection.js';
+import { principal, type App, type VaultContext } from '../context.js';
+import { certificateFingerprint } from '../identity.js';
+import { heartbeatAlertKey } from '../monitor.js';
+import { IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
+
+/** Inventory documents of big fabrics are large; everything else stays under the default limit. */
+const INVENTORY_BODY_LIMIT = 64 * 1024 * 1024;
+/** Inventory changes beyond this many become one summary event instead of one each. */
+const EVENTS_PER_SYNC = 200;
+
+const Scope = Type.Union([Type.Literal('all'), Type.Array(Name, { maxItems: 1000 })]);
+const ErrorSchema = Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 10_000 }), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
+
+export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
+  const { store, clock, alerting } = ctx;
+  const tags = ['providers'];
+
+  app.post(
+    '/registrations',
+    {
+      config: { access: 'public' },
+      schema: {
+        summary: 'register a provider with a registration key; answers with its client certificate',
+        tags,
+        security: [],
+        body: Type.Object(
+          {
+            key: Type.String({ minLength: 1, maxLength: 4096 }),
+            vault: Name,
+            fabric: Type.Object({ name: Name, kind: Type.String({ minLength: 1, maxLength: 50 }) }, { additionalProperties: false }),
+            serverName: Name,
+            version: Type.String({ minLength: 1, maxLength: 50 }),
+            publicKey: Type.String({ minLength: 1, maxLength: 10_000 }),
+            proxy: Type.Optional(Type.Object({ url: Type.String({ minLength: 1, maxLength: 2000 }), bypass: Type.Optional(Type.Array(Type.String({ maxLength: 255 }), { maxItems: 100 })) }, { additionalProperties: false })),
+            inventoryScope: Type.Optional(Scope),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request, reply) => {
+      const b = request.body;
+      if (b.vault !== ctx.identity.name) throw new OsrError('REGISTRATION_KEY_INVALID', `this is vault "${ctx.identity.name}", not "${b.vault}"`);
+      const providerId = `prov-${randomUUID()}`;
+      const key = await store.activity.useRegistrationKey(b.key, ctx.identity.name, `${b.serverName} (${providerId})`);
+      try {
+        const cert = await issueCertificate(ctx.identity.ca, { commonName: providerId, role: 'provider', publicKeyPem: b.publicKey, dnsNames: [], ipAddresses: [], validDays: 365 });
+        const { fabric, provider } = await store.fabrics.registerProvider({
+          providerId,
+          fabricName: b.fabric.name,
+          fabricKind: b.fabric.kind,
+          serverName: b.serverName,
+          version: b.version,
+          certSerial: cert.serialNumber,
+          certFingerprint: certificateFingerprint(cert.certPem),
+          proxy: b.proxy ?? null,
+          inventoryScope: b.inventoryScope ?? 'all',
+        });
+        await alerting.event({ target: fabric.id, kind: 'provider.registered', severity: Severity.Info, message: `provider ${b.serverName} (${b.version}) registered for fabric ${fabric.name}`, details: { provider: providerId, key: key.id } });
+        return reply.status(201).send({
+          providerId: provider.id,
+          fabricId: fabric.id,
+          vault: { id: ctx.identity.id, name: ctx.identity.name },
+          certificate: cert.certPem,
+          caCertificate: ctx.identity.ca.certPem,
+          notAfter: cert.notAfter.toISOString(),
+          heartbeatIntervalSeconds: ctx.settings.heartbeatIntervalMs / 1000,
+        });
+      } catch (e) {
+        // the key was not spent on a registration that did not happen
+        await store.activity.releaseRegistrationKey(key.id);
+        throw e;
+      }
+    },
+  );
+
+  app.post(
+    '/provider/heartbeat',
+    {
+      config: { access: 'provider' },
+      schema: { summary: 'a provider is alive', tags, body: Type.Object({ version: Type.Optional(Type.String({ maxLength: 50 })), status: Type.Optional(Type.Record(Type.String(), Type.Unknown())) }) },
+    },
+    async (request) => {
+      const p = principal(request);
+      const { fabricId, wasLost } = await store.fabrics.heartbeat(p.providerId!);
+      if (wasLost) {
+        await alerting.resolve(heartbeatAlertKey(fabricId));
+        await alerting.event({ target: fabricId, kind: 'fabric.heartbeat-restored', severity: Severity.Info, message: `the provider of fabric ${fabricId} is heard from again` });
+      }
+      return { time: new Date(clock.now()).toISOString(), heartbeatIntervalSeconds: ctx.settings.heartbeatIntervalMs / 1000 };
+    },
+  );
+
+  app.put(
+    '/provider/inventory',
+    {
+      config: { access: 'provider' },
+      bodyLimit: INVENTORY_BODY_LIMIT,
+      schema: { summary: 'replace the fabric\'s inventory (all clouds, or the chosen ones)', tags, body: Type.Object({ scope: Type.Optional(Scope), inventory: InventoryDocumentSchema }, { additionalProperties: false }) },
+    },
+    async (request) => {
+      const fabricId = principal(request).fabricId!;
+      const changes = await store.fabrics.replaceInventory(fabricId, request.body.inventory as InventoryDocument);
+      if (changes.length > EVENTS_PER_SYNC) {
+        const count = (c: string) => changes.filter((x) => x.change === c).length;
+        await alerting.event({ target: fabricId, kind: 'inventory.synced', severity: Severity.Info, message: `inventory of ${fabricId}: ${count('added')} added, ${count('changed')} changed, ${count('removed')} removed`, details: { added: count('added'), changed: count('changed'), removed: count('removed') } });
+      } else if (changes.length > 0) {
+        await store.activity.eventBatch(changes.map((c) => ({ target: c.id, kind: `inventory.${c.change}`, severity: Severity.Info, message: `${c.kind} ${c.name} ${c.change}`, details: { fabric: fabricId, kind: c.kind } })));
+      }
+      return { changes: changes.length };
+    },
+  );
+
+  app.get(
+    '/provider/commands',
+    {
+      config: { access: 'provider' },
+      schema: { summary: 'fetch the commands waiting for this fabric (long-poll)', tags, querystring: Type.Object({ waitSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 60 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })) }) },
+    },
+    async (request) => {
+      const fabricId = principal(request).fabricId!;
+      const waitMs = Math.min((request.query.waitSeconds ?? 20) * 1000, ctx.settings.longPollMaxMs);
+      const deadline = clock.now() + waitMs;
+      const closed = new AbortController();
+      request.raw.once('close', () => closed.abort());
+      for (;;) {
+        const rows = await store.commands.take(fabricId, request.query.limit ?? 20, ctx.settings.commandRedeliverMs);
+        if (rows.length > 0 || clock.now() >= deadline || closed.signal.aborted) {
+          return { commands: rows.map((r) => ({ id: r.id, kind: r.kind, body: JSON.parse(r.body), jobId: r.job_id, deliveries: r.deliveries, createdAt: new Date(r.created_at).toISOString() })) };
+        }
+        await clock.sleep(Math.min(100, deadline - clock.now()), closed.signal);
+      }
+    },
+  );
+
+  app.post(
+    '/provider/commands/:id/progress',
+    { config: { access: 'provider' }, schema: { summary: 'progress of a command', tags, params: IdParam, body: Type.Object({ progress: Type.Record(Type.String(), Type.Unknown()) }, { additionalProperties: false }) } },
+    async (request, reply) => {
+      await store.commands.progress(principal(request).fabricId!, request.params.id, request.body.progress);
+      ctx.engine.wake();
+      return reply.status(204).send();
+    },
+  );
+
+  app.post(
+    '/provider/commands/:id/result',
+    { config: { access: 'provider' }, schema: { summary: 'the result of a command, or its error', tags, params: IdParam, body: Type.Object({ result: Type.Optional(Type.Unknown()), error: Type.Optional(ErrorSchema) }, { additionalProperties: false }) } },
+    async (request, reply) => {
+      const { result, error } = request.body;
+      if (error && !(error.code in ERROR_CODES)) error.code = 'JOB_FAILED';
+      await store.commands.complete(principal(request).fabricId!, request.params.id, { result, ...(error ? { error } : {}) });
+      ctx.engine.wake();
+      return reply.status(204).send();
+    },
+  );
+
+  app.post(
+    '/provider/items/:id/status',
+    {
+      config: { access: 'provider' },
+      schema: {
+        summary: 'replication status of a protected item: health, RPO, recovery points',
+        tags,
+        params: IdParam,
+        body: Type.Object(
+          {
+            health: Type.Optional(Type.Union([Type.Literal('Healthy'), Type.Literal('Warning'), Type.Literal('Critical')])),
+            healthReasons: Type.Optional(Type.Array(Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 2000 }) }), { maxItems: 50 })),
+            rpoSeconds: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+            recoveryPoints: Type.Optional(Type.Array(Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ maxLength: 40 }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]) }), { maxItems: 10_000 })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request, reply) => {
+      const fabricId = principal(request).fabricId!;
+      const item = await store.items.get(request.params.id);
+      if (item.fabricId !== fabricId && item.replication.targetFabricId !== fabricId) throw new OsrError('FORBIDDEN', `protected item ${item.id} is not replicated by fabric ${fabricId}`);
+      const b = request.body;
+      const points = b.recoveryPoints?.map((p) => {
+        const at = Date.parse(p.at);
+        if (Number.isNaN(at)) throw new OsrError('INVALID_ARGUMENT', `recovery point ${p.id} has no valid time: ${p.at}`);
+        return { id: p.id, at, consistency: p.consistency };
+      });
+      if (points) await store.items.replacePoints(item.id, points);
+      const latest = points && points.length > 0 ? Math.max(...points.map((p) => p.at)) : undefined;
+      const { before, after } = await store.items.update(item.id, {
+        ...(b.health ? { health: b.health } : {}),
+        ...(b.healthReasons ? { healthReasons: b.healthReasons as HealthReason[] } : {}),
+        ...(b.rpoSeconds !== undefined ? { rpoSeconds: b.rpoSeconds } : {}),
+        ...(latest !== undefined ? { lastPointAt: latest } : {}),
+      });
+      if (before.health !== after.health) {
+        const why = after.healthReasons.map((r) => r.message).join('; ');
+        await alerting.event({ target: item.id, kind: 'item.health', severity: after.health === Health.Critical ? Severity.Critical : after.health === Health.Warning ? Severity.Warning : Severity.Info, message: `${item.name} is ${after.health}${why ? `: ${why}` : ''}`, details: { from: before.health, to: after.health } });
+        if (after.health === Health.Critical) {
+          await alerting.raise({ key: itemCriticalKey(item.id), kind: AlertKind.ItemCritical, severity: Severity.Critical, target: item.id, message: `protected item ${item.name} is Critical${why ? `: ${why}` : ''}` });
+        } else {
+          await alerting.resolve(itemCriticalKey(item.id));
+        }
+      }
+      return reply.status(204).send();
+    },
+  );
+};

@@ -1,0 +1,114 @@
+/** Request schemas shared by several routes (TypeBox: validated by Fastify, listed in the OpenAPI document). */
+import { Type } from '@fastify/type-provider-typebox';
+
+export const Name = Type.String({ minLength: 1, maxLength: 200 });
+export const Id = Type.String({ minLength: 1, maxLength: 300 });
+export const IdParam = Type.Object({ id: Id });
+const LocalId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_-][A-Za-z0-9._-]*$' });
+const Ids = Type.Array(LocalId, { maxItems: 10_000 });
+
+export const PageQuery = {
+  after: Type.Optional(Type.String({ maxLength: 300 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+};
+
+export const InventoryDocumentSchema = Type.Object(
+  {
+    clouds: Type.Array(Type.Object({ id: LocalId, name: Name, hostGroups: Ids }), { maxItems: 10_000 }),
+    hostGroups: Type.Array(Type.Object({ id: LocalId, name: Name, hosts: Ids }), { maxItems: 10_000 }),
+    hosts: Type.Array(
+      Type.Object({
+        id: LocalId,
+        name: Name,
+        osVersion: Type.String({ minLength: 1, maxLength: 100 }),
+        logicalNetworks: Ids,
+        storageLocations: Ids,
+        agent: Type.Optional(Type.Object({ address: Type.String({ minLength: 1, maxLength: 255 }), replicationPort: Type.Integer({ minimum: 1, maximum: 65535 }) })),
+      }),
+      { maxItems: 10_000 },
+    ),
+    logicalNetworks: Type.Array(Type.Object({ id: LocalId, name: Name }), { maxItems: 10_000 }),
+    vmNetworks: Type.Array(
+      Type.Object({ id: LocalId, name: Name, logicalNetwork: LocalId, subnets: Type.Array(Type.Object({ name: Name, cidr: Type.String({ minLength: 1, maxLength: 50 }) }), { maxItems: 1000 }) }),
+      { maxItems: 10_000 },
+    ),
+    ipPools: Type.Array(Type.Object({ id: LocalId, name: Name, vmNetwork: LocalId, subnet: Name, start: Type.String({ maxLength: 50 }), end: Type.String({ maxLength: 50 }) }), { maxItems: 10_000 }),
+    storageClassifications: Type.Array(Type.Object({ id: LocalId, name: Name }), { maxItems: 1000 }),
+    storageLocations: Type.Array(
+      Type.Object({
+        id: LocalId,
+        name: Name,
+        classification: LocalId,
+        kind: Type.Union([Type.Literal('share'), Type.Literal('volume')]),
+        path: Type.String({ minLength: 1, maxLength: 1000 }),
+        freeBytes: Type.Optional(Type.Integer({ minimum: 0 })),
+      }),
+      { maxItems: 10_000 },
+    ),
+    vms: Type.Array(
+      Type.Object({
+        id: LocalId,
+        name: Name,
+        cloud: LocalId,
+        host: LocalId,
+        powerState: Type.String({ maxLength: 50 }),
+        disks: Type.Array(Type.Object({ id: LocalId, name: Name, sizeBytes: Type.Integer({ minimum: 0 }), storageLocation: Type.Optional(LocalId) }), { maxItems: 64 }),
+        nics: Type.Array(Type.Object({ id: LocalId, vmNetwork: Type.Optional(LocalId), ip: Type.Optional(Type.String({ maxLength: 50 })) }), { maxItems: 64 }),
+      }),
+      { maxItems: 100_000 },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const InitialReplicationSchema = Type.Union([
+  Type.Object({ method: Type.Literal('now') }, { additionalProperties: false }),
+  Type.Object({ method: Type.Literal('scheduled'), startAt: Type.String({ minLength: 1, maxLength: 40 }) }, { additionalProperties: false }),
+  Type.Object({ method: Type.Literal('offline'), exportPath: Type.String({ minLength: 1, maxLength: 1000 }), importPath: Type.String({ minLength: 1, maxLength: 1000 }) }, { additionalProperties: false }),
+]);
+
+/** Policy fields: types only; the rules (validatePolicy) answer with POLICY_INVALID and the field. */
+export const PolicySettingsSchema = Type.Object(
+  {
+    copyFrequencySeconds: Type.Optional(Type.Integer()),
+    retentionHours: Type.Optional(Type.Integer()),
+    appConsistentFrequencyHours: Type.Optional(Type.Integer()),
+    authentication: Type.Optional(Type.String({ maxLength: 50 })),
+    port: Type.Optional(Type.Integer()),
+    compression: Type.Optional(Type.Boolean()),
+    initialReplication: Type.Optional(Type.Object({ method: Type.String({ maxLength: 20 }), startAt: Type.Optional(Type.String({ maxLength: 40 })), exportPath: Type.Optional(Type.String({ maxLength: 1000 })), importPath: Type.Optional(Type.String({ maxLength: 1000 })) }, { additionalProperties: false })),
+    deleteReplicaOnDisable: Type.Optional(Type.Boolean()),
+    hostOsVersion: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
+  },
+  { additionalProperties: false },
+);
+
+const PlanAction = Type.Object(
+  {
+    name: Name,
+    kind: Type.Union([Type.Literal('script'), Type.Literal('manual'), Type.Literal('webhook')]),
+    target: Type.String({ minLength: 1, maxLength: 2000 }),
+    failoverTypes: Type.Optional(Type.Array(Type.Union([Type.Literal('test'), Type.Literal('planned'), Type.Literal('unplanned')]), { maxItems: 3, uniqueItems: true })),
+    directions: Type.Optional(Type.Array(Type.Union([Type.Literal('primary-to-recovery'), Type.Literal('recovery-to-primary')]), { maxItems: 2, uniqueItems: true })),
+    timeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400 })),
+    retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10 })),
+  },
+  { additionalProperties: false },
+);
+
+export const RecoveryPlanSchema = Type.Object(
+  {
+    name: Name,
+    description: Type.Optional(Type.String({ maxLength: 2000 })),
+    shutdownGroup: Type.Optional(Type.Boolean()),
+    groups: Type.Array(
+      Type.Object(
+        { name: Name, items: Type.Array(Id, { maxItems: 10_000 }), pre: Type.Optional(Type.Array(PlanAction, { maxItems: 50 })), post: Type.Optional(Type.Array(PlanAction, { maxItems: 50 })) },
+        { additionalProperties: false },
+      ),
+      { minItems: 1, maxItems: 1000 },
+    ),
+    dependencies: Type.Optional(Type.Record(Type.String(), Type.Array(Id, { maxItems: 1000 }))),
+  },
+  { additionalProperties: false },
+);

@@ -1,0 +1,205 @@
+/**
+ * The vault: the control plane's HTTPS server. It opens the store, loads or creates its
+ * identity (name, CA), creates the first Owner token on a fresh database, starts the job
+ * engine and the heartbeat monitor, and serves the REST API under /api/v1 with its
+ * OpenAPI document, plus /metrics. It holds metadata only: no VM data passes through it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import Fastify, { LogController } from 'fastify';
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import pino from 'pino';
+import { systemClock, type Clock } from '../domain/clock.js';
+import { toOsrError } from '../domain/errors.js';
+import { Role } from '../domain/roles.js';
+import { JobEngine } from '../jobs/engine.js';
+import { openStore, type VaultStore } from '../store/index.js';
+import { REGISTRATION_KEY_VALID_MS } from '../store/activity.js';
+import { Alerting } from '../workflows/alerting.js';
+import { registerProtectionJobs } from '../workflows/protection.js';
+import { installAuth } from './auth.js';
+import { API, type App, type VaultContext, type VaultSettings } from './context.js';
+import { errorHandler } from './http-errors.js';
+import { loadIdentity } from './identity.js';
+import { VaultMetrics } from './metrics.js';
+import { HeartbeatMonitor } from './monitor.js';
+import { AlertNotifier } from './notifier.js';
+import { accessRoutes } from './routes/access.js';
+import { configurationRoutes } from './routes/configuration.js';
+import { inventoryRoutes } from './routes/inventory.js';
+import { jobRoutes } from './routes/jobs.js';
+import { monitoringRoutes } from './routes/monitoring.js';
+import { protectionRoutes } from './routes/protection.js';
+import { providerRoutes } from './routes/providers.js';
+import { systemRoutes } from './routes/system.js';
+
+import { VERSION } from './version.js';
+export { VERSION };
+export const DEFAULT_VAULT_PORT = 8443;
+
+export interface VaultOptions {
+  /** the vault's name (fixed when its database is created) */
+  name?: string;
+  dataDir: string;
+  /** a SQLite file, or postgres://… (default <dataDir>/vault.db) */
+  database?: string;
+  host?: string;
+  port?: number;
+  /** more DNS names for the server certificate */
+  tlsNames?: string[];
+  /** write the first Owner token to this file (mode 0600) as well as printing it */
+  initialTokenFile?: string;
+  /** called with the first Owner token, once, on a fresh database */
+  onInitialToken?: (token: string) => void;
+  logLevel?: string;
+  /** a logger instead of the default (pino to stderr) */
+  logger?: pino.Logger;
+  clock?: Clock;
+  /** request bodies larger than this are refused (default 1 MiB) */
+  bodyLimit?: number;
+  jobLeaseMs?: number;
+  jobPollMs?: number;
+  jobConcurrency?: number;
+  /** do not run jobs in this process (an API-only vault) */
+  runJobs?: boolean;
+  settings?: Partial<VaultSettings>;
+  /** alert deliveries: tries and the pause between them */
+  alertAttempts?: number;
+  alertRetryDelayMs?: number;
+}
+
+export class Vault {
+  readonly processId = randomUUID();
+  url = '';
+
+  private constructor(
+    readonly app: App,
+    readonly ctx: VaultContext,
+    private readonly monitor: HeartbeatMonitor,
+    private readonly notifier: AlertNotifier,
+    private readonly o: VaultOptions,
+  ) {}
+
+  get store(): VaultStore {
+    return this.ctx.store;
+  }
+  get engine(): JobEngine {
+    return this.ctx.engine;
+  }
+
+  static async create(o: VaultOptions): Promise<Vault> {
+    const clock = o.clock ?? systemClock;
+    const log = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { vault: o.name ?? 'osr-vault' } }, pino.destination(2));
+    fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
+    const store = await openStore({ database: o.database, dataDir: o.dataDir }, () => clock.now());
+    try {
+      const host = o.host ?? '127.0.0.1';
+      const identity = await loadIdentity(store, { name: o.name ?? 'osr-vault', host, extraNames: o.tlsNames });
+      const settings: VaultSettings = {
+        heartbeatIntervalMs: 15_000,
+        heartbeatLostAfterMs: 60_000,
+        commandRedeliverMs: 60_000,
+        longPollMaxMs: 25_000,
+        registrationKeyValidMs: REGISTRATION_KEY_VALID_MS,
+        ...o.settings,
+      };
+      const engine = new JobEngine({
+        jobs: store.jobs,
+        commands: store.commands,
+        owner: `vault-${identity.name}-${randomUUID().slice(0, 8)}`,
+        leaseMs: o.jobLeaseMs,
+        pollMs: o.jobPollMs,
+        concurrency: o.jobConcurrency,
+        clock,
+        log: log.child({ part: 'jobs' }),
+      });
+      const notifier = new AlertNotifier(store.activity, clock, { vaultName: identity.name, attempts: o.alertAttempts, retryDelayMs: o.alertRetryDelayMs, log: log.child({ part: 'alerts' }) });
+      const alerting = new Alerting(store.activity, notifier);
+      const metrics = new VaultMetrics(store, () => clock.now());
+      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings };
+      registerProtectionJobs(engine, { store, alerting, clock });
+
+      const app = Fastify({
+        loggerInstance: log,
+        https: { key: identity.server.key, cert: identity.server.cert, ca: identity.server.ca, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
+        bodyLimit: o.bodyLimit ?? 1024 * 1024,
+        // requests are counted in /metrics and mutating ones audited; per-request log lines would drown the rest
+        logController: new LogController({ disableRequestLogging: true }),
+        ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false, allErrors: false } },
+        return503OnClosing: true,
+      }).withTypeProvider<TypeBoxTypeProvider>();
+      app.setErrorHandler(errorHandler);
+      app.setNotFoundHandler((request, reply) => reply.status(404).send({ code: 'NOT_FOUND', message: `no route ${request.method} ${request.url.split('?')[0]}` }));
+      await app.register(swagger, {
+        openapi: {
+          openapi: '3.0.3',
+          info: { title: 'osr vault API', version: VERSION, description: 'Open Site Recovery control plane: fabrics, configuration, protected items, jobs, events and alerts.' },
+          servers: [{ url: '/' }],
+          components: { securitySchemes: { token: { type: 'http', scheme: 'bearer' } } },
+          security: [{ token: [] }],
+        },
+      });
+      installAuth(app, ctx);
+      await app.register(systemRoutes(ctx), { prefix: API });
+      await app.register(accessRoutes(ctx), { prefix: API });
+      await app.register(providerRoutes(ctx), { prefix: API });
+      await app.register(inventoryRoutes(ctx), { prefix: API });
+      await app.register(configurationRoutes(ctx), { prefix: API });
+      await app.register(protectionRoutes(ctx), { prefix: API });
+      await app.register(jobRoutes(ctx), { prefix: API });
+      await app.register(monitoringRoutes(ctx), { prefix: API });
+      app.get('/metrics', { config: { access: 'public' }, schema: { hide: true } }, async (_request, reply) => reply.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics()));
+      await app.ready();
+
+      const monitor = new HeartbeatMonitor(ctx, log.child({ part: 'monitor' }));
+      const vault = new Vault(app, ctx, monitor, notifier, o);
+      await vault.firstToken(log);
+      return vault;
+    } catch (e) {
+      await store.close();
+      throw toOsrError(e);
+    }
+  }
+
+  /** On a database without tokens: create the Owner token, print it once. */
+  private async firstToken(log: pino.Logger): Promise<void> {
+    const { activity } = this.store;
+    // one vault process creates it even when several start at once on one database
+    const claim = await activity.settingOnce('first-token', () => ({ by: this.processId }));
+    if (claim.by !== this.processId || (await activity.countTokens()) > 0) return;
+    const { secret } = await activity.createToken('owner', Role.Owner, 'first start');
+    if (this.o.initialTokenFile) {
+      fs.mkdirSync(path.dirname(this.o.initialTokenFile), { recursive: true });
+      fs.writeFileSync(this.o.initialTokenFile, `${secret}\n`, { mode: 0o600 });
+    }
+    if (this.o.onInitialToken) this.o.onInitialToken(secret);
+    else log.info('created the first Owner token; it is printed once on standard output');
+  }
+
+  /** Listen, and start running jobs and watching heartbeats. */
+  async listen(): Promise<string> {
+    const host = this.o.host ?? '127.0.0.1';
+    await this.app.listen({ host, port: this.o.port ?? DEFAULT_VAULT_PORT });
+    const addr = this.app.server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : this.o.port;
+    this.url = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.startWork();
+    return this.url;
+  }
+
+  /** Run jobs and the heartbeat monitor (listen() does this; tests using inject() call it). */
+  startWork(): void {
+    if (this.o.runJobs !== false) this.engine.start();
+    this.monitor.start();
+  }
+
+  async close(): Promise<void> {
+    this.monitor.stop();
+    await this.engine.stop();
+    await this.app.close();
+    await this.notifier.settle();
+    await this.store.close();
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * Enable and disable protection, as jobs.
+ *
+ * Enable: prerequisites (the VM, its cloud's pairing and policy, its host's OS version,
+ * where the replica goes) → create the replication (the target fabric prepares the replica
+ * VM, the source fabric starts tracking) → initial replication (now, at the scheduled
+ * time, or offline; progress comes from the agent through the provider) → finalize
+ * (the item is Protected).
+ *
+ * Disable: stop replication at the source → delete or keep the replica (as the policy
+ * says, unless the request says otherwise) → remove the protected item.
+ *
+ * The commands each task sends are keyed in the job's data (jobs/engine.ts), so a task
+ * run again after a vault restart waits for the command already sent.
+ */
+import type { Clock } from '../domain/clock.js';
+import { OsrError } from '../domain/errors.js';
+import { placeReplica, type Placement, type PlacementHost } from '../domain/placement.js';
+import { policyCoversHost, type PolicySettings } from '../domain/policy.js';
+import { Health, ProtectionState, Severity, type InventoryObject } from '../domain/resources.js';
+import type { JobContext, JobEngine } from '../jobs/engine.js';
+import { MappingKind } from '../store/config.js';
+import type { VaultStore } from '../store/index.js';
+import { JobState } from '../store/jobs.js';
+import { AlertKind, type Alerting } from './alerting.js';
+
+export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
+
+/** Commands the vault sends providers for protection (the provider protocol, docs/design/vault.md). */
+export const Commands = {
+  PrepareReplica: 'replica.prepare',
+  EnableReplication: 'replication.enable',
+  InitialReplication: 'replication.initial',
+  DisableReplication: 'replication.disable',
+  RemoveReplica: 'replica.remove',
+} as const;
+
+export const itemCriticalKey = (itemId: string) => `item-critical:${itemId}`;
+
+export interface WorkflowDeps {
+  store: VaultStore;
+  alerting: Alerting;
+  clock: Clock;
+}
+
+export interface EnableInput {
+  vmId: string;
+  pairingId: string;
+}
+
+export interface DisableInput {
+  itemId: string;
+  /** default: the policy's deleteReplicaOnDisable */
+  deleteReplica?: boolean;
+}
+
+interface EnableData {
+  fabricId?: string;
+  targetFabricId?: string;
+  policy?: PolicySettings;
+  placement?: Placement;
+  replica?: { replicaVmId?: string; agent?: unknown };
+  output?: unknown;
+  [k: string]: unknown;
+}
+
+const props = <T>(o: InventoryObject) => o.properties as T;
+
+export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): void {
+  const { store, alerting, clock } = deps;
+
+  engine.register<EnableInput>({
+    kind: JobKinds.EnableProtection,
+    tasks: [
+      {
+        name: 'Prerequisites check',
+        async run(ctx) {
+          const d = ctx.data as EnableData;
+          const { vmId, pairingId } = ctx.input;
+          const vm = await store.fabrics.object(vmId, 'vm');
+          const pairing = await store.config.pairing(pairingId);
+          const policy = await store.config.policy(pairing.policyId);
+          const v = props<{ cloud: string; host: string; disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[]; nics: { id: string; vmNetwork?: string }[] }>(vm);
+          if (v.cloud !== pairing.sourceCloudId) throw new OsrError('INVALID_STATE', `VM ${vm.name} is in cloud ${v.cloud}, not in the pairing's source cloud ${pairing.sourceCloudId}`);
+          const host = await store.fabrics.object(v.host, 'host');
+          const hostOs = props<{ osVersion: string }>(host).osVersion;
+          if (!policyCoversHost(policy.settings, hostOs)) {
+            throw new OsrError('INVALID_STATE', `policy ${policy.name} covers hosts of ${policy.settings.hostOsVersion}, but ${vm.name} runs on ${host.name} with ${hostOs}; pair the cloud with a policy for that version`);
+          }
+          const target = await store.fabrics.object(pairing.targetCloudId, 'cloud');
+          const targetHosts: PlacementHost[] = [];
+          for (const hg of props<{ hostGroups: string[] }>(target).hostGroups) {
+            for (const h of await store.fabrics.objects('host', { parentId: hg, limit: 1000 })) {
+              const hp = props<{ osVersion: string; logicalNetworks: string[]; storageLocations: string[] }>(h);
+              targetHosts.push({ id: h.id, name: h.name, osVersion: hp.osVersion, logicalNetworks: hp.logicalNetworks, storageLocations: hp.storageLocations });
+            }
+          }
+          const networkMap = new Map((await store.config.mappings(MappingKind.Network)).map((m) => [m.sourceId, m.targetId]));
+          const storageMap = new Map((await store.config.mappings(MappingKind.Storage)).map((m) => [m.sourceId, m.targetId]));
+          const networkLogical = new Map<string, string>();
+          for (const id of networkMap.values()) {
+            const n = await store.fabrics.findObject(id);
+            if (n) networkLogical.set(id, props<{ logicalNetwork: string }>(n).logicalNetwork);
+          }
+          const locationClass = new Map<string, string>();
+          for (const disk of v.disks) {
+            if (!disk.storageLocation) continue;
+            const l = await store.fabrics.findObject(disk.storageLocation);
+            if (l) locationClass.set(l.id, props<{ classification: string }>(l).classification);
+          }
+          const targetLocations = (await store.fabrics.objects('storage-location', { fabricId: target.fabricId, limit: 1000 })).map((l) => ({ id: l.id, ...props<{ classification: string; freeBytes?: number }>(l) }));
+          d.placement = placeReplica({ vm: { id: vm.id, name: vm.name, disks: v.disks, nics: v.nics }, targetHosts, networkMap, networkLogical, locationClass, storageMap, targetLocations });
+          d.fabricId = vm.fabricId;
+          d.targetFabricId = target.fabricId;
+          d.policy = policy.settings;
+          const unconnected = Object.entries(d.placement.networks).filter(([, n]) => n === null);
+          if (unconnected.length > 0) {
+            await alerting.event({ target: vm.id, kind: 'protection.network-unmapped', severity: Severity.Warning, message: `${unconnected.length} NIC(s) of ${vm.name} are on unmapped networks: their replicas will not be connected`, details: { nics: unconnected.map(([n]) => n) } });
+          }
+          await store.items.update(vm.id, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement } });
+        },
+      },
+      {
+        name: 'Create replication',
+        async run(ctx) {
+          const d = ctx.data as EnableData;
+          const vm = await store.fabrics.object(ctx.input.vmId, 'vm');
+          const replica = (await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, placement: d.placement, policy: d.policy }, { timeoutMs: 10 * 60_000 })) as EnableData['replica'];
+          d.replica = replica ?? {};
+          await ctx.save();
+          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, policy: d.policy, target: { fabricId: d.targetFabricId, hostId: d.placement!.hostId, ...d.replica } }, { timeoutMs: 10 * 60_000 });
+          const item = await store.items.get(vm.id);
+          await store.items.update(vm.id, { replication: { ...item.replication, replica: d.replica } });
+        },
+      },
+      {
+        name: 'Initial replication',
+        async run(ctx) {
+          const d = ctx.data as EnableData;
+          const initial = d.policy!.initialReplication;
+          if (initial.method === 'scheduled') {
+            const at = Date.parse(initial.startAt);
+            await store.items.update(ctx.input.vmId, { state: ProtectionState.InitialReplication, progress: 0 });
+            while (clock.now() < at && !ctx.signal.aborted) await clock.sleep(Math.min(at - clock.now(), 60_000), ctx.signal);
+          }
+          await store.items.update(ctx.input.vmId, { state: ProtectionState.InitialReplication, progress: 0 });
+          const result = (await ctx.command(d.fabricId!, Commands.InitialReplication, { item: ctx.input.vmId, method: initial }, {
+            onProgress: async (p) => {
+              const fraction = Number((p as { fraction?: number }).fraction ?? 0);
+              await store.items.update(ctx.input.vmId, { progress: fraction });
+              await ctx.progress(fraction, p);
+            },
+          })) as { recoveryPoint?: { id: string; at: string; consistency?: 'crash' | 'app' } } | undefined;
+          if (result?.recoveryPoint) {
+            const at = Date.parse(result.recoveryPoint.at);
+            if (!Number.isNaN(at)) {
+              await store.items.replacePoints(ctx.input.vmId, [{ id: result.recoveryPoint.id, at, consistency: result.recoveryPoint.consistency ?? 'crash' }]);
+              await store.items.update(ctx.input.vmId, { lastPointAt: at });
+            }
+          }
+        },
+      },
+      {
+        name: 'Finalize protection',
+        async run(ctx) {
+          await store.items.update(ctx.input.vmId, { state: ProtectionState.Protected, health: Health.Healthy, healthReasons: [], progress: null, activeJobId: null });
+          const item = await store.items.get(ctx.input.vmId);
+          await alerting.event({ target: item.id, kind: 'protection.enabled', severity: Severity.Info, message: `${item.name} is protected`, details: { job: ctx.jobId } });
+        },
+      },
+    ],
+    async onEnd(ctx: JobContext<EnableInput>, state, err) {
+      const item = await store.items.find(ctx.input.vmId);
+      if (!item) return;
+      const failed = state === JobState.Failed;
+      await store.items.update(item.id, {
+        state: ProtectionState.ProtectionFailed,
+        health: failed ? Health.Critical : Health.Warning,
+        healthReasons: [failed ? { code: err?.code ?? 'JOB_FAILED', message: err?.message ?? 'enabling protection failed' } : { code: 'INVALID_STATE', message: 'enabling protection was cancelled' }],
+        activeJobId: null,
+      });
+      await alerting.event({ target: item.id, kind: 'protection.failed', severity: failed ? Severity.Critical : Severity.Warning, message: failed ? `enabling protection of ${item.name} failed: ${err?.message}` : `enabling protection of ${item.name} was cancelled`, details: { job: ctx.jobId } });
+      if (failed) await alerting.raise({ key: itemCriticalKey(item.id), kind: AlertKind.ItemCritical, severity: Severity.Critical, target: item.id, message: `protected item ${item.name} is Critical: enabling protection failed: ${err?.message}` });
+    },
+  });
+
+  engine.register<DisableInput>({
+    kind: JobKinds.DisableProtection,
+    tasks: [
+      {
+        name: 'Stop replication',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = item.replication as { sourceFabricId?: string };
+          // an item whose replication was never created has nothing to stop
+          if (r.sourceFabricId) await ctx.command(r.sourceFabricId, Commands.DisableReplication, { item: item.id }, { timeoutMs: 10 * 60_000 });
+        },
+      },
+      {
+        name: 'Remove replica',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = item.replication as { targetFabricId?: string; policyId?: string; replica?: { replicaVmId?: string } };
+          if (!r.targetFabricId) return;
+          const policy = r.policyId ? await store.config.policy(r.policyId).catch(() => undefined) : undefined;
+          const remove = ctx.input.deleteReplica ?? policy?.settings.deleteReplicaOnDisable ?? true;
+          ctx.data.deleteReplica = remove;
+          await ctx.command(r.targetFabricId, Commands.RemoveReplica, { item: item.id, replicaVmId: r.replica?.replicaVmId ?? null, delete: remove }, { timeoutMs: 10 * 60_000 });
+        },
+      },
+      {
+        name: 'Remove protected item',
+        async run(ctx) {
+          const item = await store.items.find(ctx.input.itemId);
+          if (!item) return;
+          await store.items.remove(item.id);
+          await alerting.resolve(itemCriticalKey(item.id));
+          await alerting.event({ target: item.id, kind: 'protection.disabled', severity: Severity.Info, message: `protection of ${item.name} is disabled; the replica was ${ctx.data.deleteReplica === false ? 'kept' : 'deleted'}`, details: { job: ctx.jobId } });
+        },
+      },
+    ],
+    async onEnd(ctx: JobContext<DisableInput>, state, err) {
+      const item = await store.items.find(ctx.input.itemId);
+      if (!item) return;
+      await store.items.update(item.id, { activeJobId: null, healthReasons: [{ code: err?.code ?? 'INVALID_STATE', message: state === JobState.Failed ? `disabling protection failed: ${err?.message}` : 'disabling protection was cancelled' }] });
+    },
+  });
+}
