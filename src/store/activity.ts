@@ -7,6 +7,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Kysely, Selectable } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import type { Alert, Severity, VaultEvent } from '../domain/resources.js';
+import { formatRegistrationKey, parseRegistrationKey } from '../domain/registration-key.js';
 import type { Role } from '../domain/roles.js';
 import { isUniqueViolation } from './config.js';
 import { affected, clampLimit, iso, json, timeId } from './rows.js';
@@ -64,29 +65,6 @@ const toAlert = (r: Selectable<AlertsTable>): Alert => ({
 
 /** Registration keys are valid for 5 days, as ASR's vault credentials are. */
 export const REGISTRATION_KEY_VALID_MS = 5 * 24 * 3600_000;
-
-export interface RegistrationKeyText {
-  vault: string;
-  id: string;
-  secret: string;
-  /** SHA-256 fingerprint of the vault's CA certificate: the provider pins it before it trusts the vault */
-  ca: string;
-}
-
-/** A registration key as text: the vault's name, the key's id, its secret and the vault CA's fingerprint. */
-export function formatRegistrationKey(k: RegistrationKeyText): string {
-  return Buffer.from(JSON.stringify({ v: 1, ...k })).toString('base64url');
-}
-
-export function parseRegistrationKey(text: string): RegistrationKeyText {
-  try {
-    const o = JSON.parse(Buffer.from(text.trim(), 'base64url').toString('utf8')) as { v?: number; vault?: unknown; id?: unknown; secret?: unknown; ca?: unknown };
-    if (o.v === 1 && typeof o.vault === 'string' && typeof o.id === 'string' && typeof o.secret === 'string' && typeof o.ca === 'string') return { vault: o.vault, id: o.id, secret: o.secret, ca: o.ca };
-  } catch {
-    // falls through to the error below
-  }
-  throw new OsrError('REGISTRATION_KEY_INVALID', 'the registration key is malformed: use the whole key as the vault issued it');
-}
 
 export class ActivityStore {
   constructor(

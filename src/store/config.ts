@@ -100,7 +100,9 @@ export class ConfigStore {
     const t = this.now();
     const id = randomUUID();
     await this.db.transaction().execute(async (trx) => {
-      await this.policy(p.policyId);
+      // inside the transaction every query goes through trx: SQLite has one connection, held by it
+      const policy = await trx.selectFrom('policies').select('id').where('id', '=', p.policyId).executeTakeFirst();
+      if (!policy) throw new OsrError('NOT_FOUND', `policy ${p.policyId} does not exist`);
       for (const c of [p.sourceCloudId, p.targetCloudId]) {
         const cloud = await trx.selectFrom('inventory').select('id').where('id', '=', c).where('kind', '=', 'cloud').executeTakeFirst();
         if (!cloud) throw new OsrError('NOT_FOUND', `cloud ${c} does not exist in any fabric's inventory`, { cloud: c });

@@ -12,7 +12,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import pino from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
-import { toOsrError } from '../domain/errors.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
 import { Role } from '../domain/roles.js';
 import { JobEngine } from '../jobs/engine.js';
 import { openStore, type VaultStore } from '../store/index.js';
@@ -142,6 +142,13 @@ export class Vault {
         },
       });
       installAuth(app, ctx);
+      // a call that takes no body refuses one (anything but nothing or {}): the caller is confused about what it calls
+      app.addHook('preValidation', async (request) => {
+        if (request.routeOptions.schema?.body !== undefined || request.body === undefined) return;
+        const b = request.body as unknown;
+        if (b !== null && typeof b === 'object' && !Array.isArray(b) && Object.keys(b).length === 0) return;
+        throw new OsrError('INVALID_ARGUMENT', `${request.method} ${request.routeOptions.url} takes no request body`);
+      });
       await app.register(systemRoutes(ctx), { prefix: API });
       await app.register(accessRoutes(ctx), { prefix: API });
       await app.register(providerRoutes(ctx), { prefix: API });

@@ -1,0 +1,60 @@
+/**
+ * The provider's side of the channel: heartbeats, inventory, commands by long-poll, and
+ * their progress and results, all over mutual TLS with the provider's certificate.
+ */
+import type { InventoryDocument } from '../domain/resources.js';
+import type { ProviderRegistration } from './registration.js';
+import { VaultClient } from './vault-client.js';
+
+export interface VaultCommand {
+  id: string;
+  kind: string;
+  body: Record<string, unknown>;
+  jobId: string | null;
+  deliveries: number;
+  createdAt: string;
+}
+
+export interface ItemStatus {
+  health?: 'Healthy' | 'Warning' | 'Critical';
+  healthReasons?: { code: string; message: string }[];
+  rpoSeconds?: number | null;
+  recoveryPoints?: { id: string; at: string; consistency: 'crash' | 'app' }[];
+}
+
+export class ProviderChannel {
+  readonly client: VaultClient;
+
+  constructor(readonly registration: ProviderRegistration) {
+    this.client = new VaultClient(registration.vault.url, { tls: registration.tls });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  heartbeat(status?: Record<string, unknown>): Promise<{ time: string; heartbeatIntervalSeconds: number }> {
+    return this.client.request('POST', '/api/v1/provider/heartbeat', status ? { status } : {});
+  }
+
+  putInventory(inventory: InventoryDocument, scope: 'all' | string[] = 'all'): Promise<{ changes: number }> {
+    return this.client.request('PUT', '/api/v1/provider/inventory', { scope, inventory }, { timeoutMs: 120_000 });
+  }
+
+  async commands(waitSeconds: number, signal?: AbortSignal): Promise<VaultCommand[]> {
+    const r = await this.client.request<{ commands: VaultCommand[] }>('GET', `/api/v1/provider/commands?waitSeconds=${waitSeconds}`, undefined, { timeoutMs: (waitSeconds + 30) * 1000, signal });
+    return r.commands;
+  }
+
+  async progress(id: string, progress: Record<string, unknown>): Promise<void> {
+    await this.client.request('POST', `/api/v1/provider/commands/${encodeURIComponent(id)}/progress`, { progress });
+  }
+
+  async result(id: string, outcome: { result?: unknown; error?: { code: string; message: string; details?: Record<string, unknown> } }): Promise<void> {
+    await this.client.request('POST', `/api/v1/provider/commands/${encodeURIComponent(id)}/result`, outcome);
+  }
+
+  async itemStatus(itemId: string, status: ItemStatus): Promise<void> {
+    await this.client.request('POST', `/api/v1/provider/items/${encodeURIComponent(itemId)}/status`, status);
+  }
+}

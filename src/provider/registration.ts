@@ -1,0 +1,101 @@
+/**
+ * A provider's registration: make a key pair, check the vault's CA against the key's
+ * pin, exchange the registration key for a certificate, and keep what it got in the
+ * provider's directory (provider.crt, provider.key mode 0600, ca.crt, registration.json),
+ * each file written whole and synced, so a crash leaves the old registration or the new.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { OsrError } from '../domain/errors.js';
+import { generateKeyPairPem, type TlsMaterial } from '../pki/index.js';
+import { parseRegistrationKey } from '../domain/registration-key.js';
+import { fetchPinnedCa, VaultClient } from './vault-client.js';
+
+export interface RegisterOptions {
+  vaultUrl: string;
+  /** the registration key as the vault issued it */
+  key: string;
+  fabric: { name: string; kind: string };
+  /** the friendly name of this management server */
+  serverName: string;
+  version: string;
+  proxy?: { url: string; bypass?: string[] };
+  /** sync all clouds, or only these */
+  inventoryScope?: 'all' | string[];
+  /** where to keep the certificate and registration (omit to keep them in memory only) */
+  dir?: string;
+}
+
+export interface ProviderRegistration {
+  providerId: string;
+  fabricId: string;
+  vault: { id: string; name: string; url: string };
+  tls: TlsMaterial;
+  notAfter: string;
+  heartbeatIntervalSeconds: number;
+}
+
+export async function registerWithVault(o: RegisterOptions): Promise<ProviderRegistration> {
+  const key = parseRegistrationKey(o.key);
+  const ca = await fetchPinnedCa(o.vaultUrl, key.ca);
+  const pair = await generateKeyPairPem();
+  const client = new VaultClient(o.vaultUrl, { ca });
+  try {
+    const r = await client.request<{ providerId: string; fabricId: string; vault: { id: string; name: string }; certificate: string; caCertificate: string; notAfter: string; heartbeatIntervalSeconds: number }>('POST', '/api/v1/registrations', {
+      key: o.key.trim(),
+      vault: key.vault,
+      fabric: o.fabric,
+      serverName: o.serverName,
+      version: o.version,
+      publicKey: pair.publicKeyPem,
+      ...(o.proxy ? { proxy: o.proxy } : {}),
+      inventoryScope: o.inventoryScope ?? 'all',
+    });
+    if (r.caCertificate.trim() !== ca.trim()) throw new OsrError('TLS_PEER_CERT_UNTRUSTED', 'the vault answered with a CA other than the one its key names');
+    const reg: ProviderRegistration = { providerId: r.providerId, fabricId: r.fabricId, vault: { ...r.vault, url: o.vaultUrl }, tls: { cert: r.certificate, key: pair.privateKeyPem, ca }, notAfter: r.notAfter, heartbeatIntervalSeconds: r.heartbeatIntervalSeconds };
+    if (o.dir) await saveRegistration(o.dir, reg);
+    return reg;
+  } finally {
+    client.close();
+  }
+}
+
+async function writeSynced(file: string, text: string, mode: number): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const fh = await fs.open(tmp, 'w', mode);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+export async function saveRegistration(dir: string, reg: ProviderRegistration): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeSynced(path.join(dir, 'ca.crt'), reg.tls.ca, 0o644);
+  await writeSynced(path.join(dir, 'provider.key'), reg.tls.key, 0o600);
+  await writeSynced(path.join(dir, 'provider.crt'), reg.tls.cert, 0o644);
+  const { tls: _tls, ...rest } = reg;
+  await writeSynced(path.join(dir, 'registration.json'), `${JSON.stringify(rest, null, 2)}\n`, 0o644);
+  const d = await fs.open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+export async function loadRegistration(dir: string): Promise<ProviderRegistration | undefined> {
+  let meta: string;
+  try {
+    meta = await fs.readFile(path.join(dir, 'registration.json'), 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  const rest = JSON.parse(meta) as Omit<ProviderRegistration, 'tls'>;
+  const [cert, key, ca] = await Promise.all(['provider.crt', 'provider.key', 'ca.crt'].map((f) => fs.readFile(path.join(dir, f), 'utf8')));
+  return { ...rest, tls: { cert: cert!, key: key!, ca: ca! } };
+}

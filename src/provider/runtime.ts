@@ -1,0 +1,137 @@
+/**
+ * The provider's loops: heartbeats at the interval the vault asks for, inventory when it
+ * changes, and commands fetched by long-poll and handed to handlers by kind, one run per
+ * command id however often it is delivered (a redelivery of a command still running is
+ * ignored; of one finished, its result is sent again). A handler reports progress and
+ * returns a result or throws; the vault hears both.
+ */
+import { EventEmitter } from 'node:events';
+import { systemClock, type Clock } from '../domain/clock.js';
+import { toOsrError } from '../domain/errors.js';
+import type { InventoryDocument } from '../domain/resources.js';
+import { ProviderChannel, type VaultCommand } from './channel.js';
+
+export type CommandHandler = (cmd: VaultCommand, progress: (p: Record<string, unknown>) => Promise<void>) => Promise<unknown>;
+
+export interface ProviderRuntimeOptions {
+  handlers: Record<string, CommandHandler>;
+  /** the inventory to report (called at start and by syncInventory()) */
+  inventory: () => Promise<InventoryDocument> | InventoryDocument;
+  inventoryScope?: 'all' | string[];
+  /** long-poll wait (default 20 s) */
+  pollSeconds?: number;
+  /** commands run at once (default 32) */
+  concurrency?: number;
+  clock?: Clock;
+  log?: { warn(o: object, msg?: string): void };
+}
+
+type Outcome = { result?: unknown; error?: { code: string; message: string; details?: Record<string, unknown> } };
+
+export class ProviderRuntime extends EventEmitter {
+  private readonly stopper = new AbortController();
+  private readonly running = new Map<string, Promise<void>>();
+  private readonly finished = new Map<string, Outcome>();
+  private loops: Promise<void>[] = [];
+  private readonly clock: Clock;
+  heartbeatMs: number;
+
+  constructor(
+    readonly channel: ProviderChannel,
+    private readonly o: ProviderRuntimeOptions,
+  ) {
+    super();
+    this.clock = o.clock ?? systemClock;
+    this.heartbeatMs = channel.registration.heartbeatIntervalSeconds * 1000;
+  }
+
+  async start(): Promise<void> {
+    await this.channel.heartbeat();
+    await this.syncInventory();
+    this.loops = [this.heartbeats(), this.commandLoop()];
+  }
+
+  async syncInventory(): Promise<number> {
+    const r = await this.channel.putInventory(await this.o.inventory(), this.o.inventoryScope ?? 'all');
+    return r.changes;
+  }
+
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    await Promise.allSettled(this.loops);
+    await Promise.allSettled([...this.running.values()]);
+    this.channel.close();
+  }
+
+  private async heartbeats(): Promise<void> {
+    const signal = this.stopper.signal;
+    while (!signal.aborted) {
+      await this.clock.sleep(this.heartbeatMs, signal);
+      if (signal.aborted) break;
+      try {
+        const r = await this.channel.heartbeat();
+        this.heartbeatMs = r.heartbeatIntervalSeconds * 1000;
+      } catch (e) {
+        this.o.log?.warn({ err: toOsrError(e).toJSON() }, 'heartbeat failed');
+      }
+    }
+  }
+
+  private async commandLoop(): Promise<void> {
+    const signal = this.stopper.signal;
+    const concurrency = this.o.concurrency ?? 32;
+    while (!signal.aborted) {
+      if (this.running.size >= concurrency) {
+        await Promise.race(this.running.values());
+        continue;
+      }
+      let cmds: VaultCommand[];
+      try {
+        cmds = await this.channel.commands(this.o.pollSeconds ?? 20, signal);
+      } catch (e) {
+        if (signal.aborted) break;
+        this.o.log?.warn({ err: toOsrError(e).toJSON() }, 'fetching commands failed; trying again');
+        await this.clock.sleep(1000, signal);
+        continue;
+      }
+      for (const cmd of cmds) this.dispatch(cmd);
+    }
+  }
+
+  private dispatch(cmd: VaultCommand): void {
+    if (this.running.has(cmd.id)) return;
+    const done = this.finished.get(cmd.id);
+    if (done) {
+      void this.report(cmd.id, done);
+      return;
+    }
+    this.emit('command', cmd);
+    const run = (async () => {
+      const handler = this.o.handlers[cmd.kind];
+      let outcome: Outcome;
+      try {
+        if (!handler) throw Object.assign(new Error(`this provider does not handle ${cmd.kind}`), { code: 'NOT_SUPPORTED' });
+        outcome = { result: (await handler(cmd, (p) => this.channel.progress(cmd.id, p))) ?? null };
+      } catch (e) {
+        const err = toOsrError(e);
+        const code = (e as { code?: string }).code === 'NOT_SUPPORTED' ? 'NOT_SUPPORTED' : err.code;
+        outcome = { error: { code, message: err.message, ...(err.details ? { details: err.details } : {}) } };
+      }
+      this.finished.set(cmd.id, outcome);
+      await this.report(cmd.id, outcome);
+    })().finally(() => this.running.delete(cmd.id));
+    this.running.set(cmd.id, run);
+  }
+
+  private async report(id: string, outcome: Outcome): Promise<void> {
+    for (let attempt = 0; !this.stopper.signal.aborted; attempt++) {
+      try {
+        await this.channel.result(id, outcome);
+        return;
+      } catch (e) {
+        this.o.log?.warn({ command: id, err: toOsrError(e).toJSON() }, 'reporting a command result failed; trying again');
+        await this.clock.sleep(Math.min(1000 * 2 ** attempt, 30_000), this.stopper.signal);
+      }
+    }
+  }
+}

@@ -1,0 +1,121 @@
+/**
+ * HTTPS to the vault, for providers (mutual TLS with the certificate registration gave)
+ * and for anything holding an API token. Answers are JSON; an error answer becomes the
+ * OsrError it carries ({code, message, details}), a broken connection NETWORK_ERROR.
+ *
+ * Before its first registration a provider does not know the vault's CA. The
+ * registration key carries the CA's fingerprint: fetchPinnedCa() takes the CA from the
+ * vault's TLS handshake only if it matches, and only then is the key sent.
+ */
+import crypto from 'node:crypto';
+import https from 'node:https';
+import net from 'node:net';
+import tls from 'node:tls';
+import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { formatFingerprint, type TlsMaterial } from '../pki/index.js';
+
+export interface VaultClientOptions {
+  /** client certificate, key and the vault's CA (a provider) */
+  tls?: TlsMaterial;
+  /** the vault's CA only (a token holder, or a provider registering) */
+  ca?: string;
+  token?: string;
+  timeoutMs?: number;
+}
+
+export class VaultClient {
+  private readonly agent: https.Agent;
+  readonly base: URL;
+
+  constructor(
+    url: string,
+    private readonly o: VaultClientOptions = {},
+  ) {
+    this.base = new URL(url);
+    this.agent = new https.Agent({
+      keepAlive: true,
+      maxSockets: 16,
+      ca: o.tls?.ca ?? o.ca,
+      ...(o.tls ? { cert: o.tls.cert, key: o.tls.key } : {}),
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  async request<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<T> {
+    const url = new URL(path, this.base);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolve, reject) => {
+      const req = https.request(
+        url,
+        {
+          method,
+          agent: this.agent,
+          headers: {
+            accept: 'application/json',
+            ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
+            ...(this.o.token ? { authorization: `Bearer ${this.o.token}` } : {}),
+          },
+          timeout: opts.timeoutMs ?? this.o.timeoutMs ?? 30_000,
+          signal: opts.signal,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (e) => reject(toOsrError(e, 'NETWORK_ERROR')));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            const status = res.statusCode ?? 0;
+            let parsed: unknown = undefined;
+            try {
+              parsed = text === '' ? undefined : JSON.parse(text);
+            } catch {
+              if (status < 300) return reject(new OsrError('PROTOCOL_ERROR', `the vault answered ${method} ${url.pathname} with something that is not JSON`));
+            }
+            if (status >= 200 && status < 300) return resolve(parsed as T);
+            const e = parsed as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
+            const code: ErrorCode = e?.code && e.code in ERROR_CODES ? (e.code as ErrorCode) : status >= 500 ? 'INTERNAL' : 'INVALID_ARGUMENT';
+            reject(new OsrError(code, e?.message ?? `the vault answered ${status} to ${method} ${url.pathname}`, { ...e?.details, status }));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new OsrError('NETWORK_ERROR', `the vault did not answer ${method} ${url.pathname} in time`)));
+      req.on('error', (e) => reject(e instanceof OsrError ? e : toOsrError(e, 'NETWORK_ERROR')));
+      req.end(payload);
+    });
+  }
+}
+
+/**
+ * Connect to the vault, and return its CA certificate (PEM) if the handshake presented a
+ * CA with this fingerprint that issued the vault's certificate. Nothing is sent.
+ */
+export function fetchPinnedCa(url: string, fingerprint: string): Promise<string> {
+  const u = new URL(url);
+  return new Promise<string>((resolve, reject) => {
+    const host = u.hostname.replace(/^\[|\]$/g, '');
+    const socket = tls.connect({ host, port: Number(u.port || 443), rejectUnauthorized: false, ...(net.isIP(host) === 0 ? { servername: host } : {}) });
+    socket.setTimeout(15_000, () => socket.destroy(new OsrError('NETWORK_ERROR', `the vault at ${url} did not complete a TLS handshake in time`)));
+    socket.once('error', (e) => reject(e instanceof OsrError ? e : toOsrError(e, 'NETWORK_ERROR')));
+    socket.once('secureConnect', () => {
+      try {
+        const leaf = socket.getPeerCertificate(true);
+        const chain: tls.DetailedPeerCertificate[] = [];
+        for (let c: tls.DetailedPeerCertificate | undefined = leaf; c && c.raw && !chain.includes(c); c = c.issuerCertificate) chain.push(c);
+        const pinned = chain.map((c) => new crypto.X509Certificate(c.raw)).find((c) => formatFingerprint(crypto.createHash('sha256').update(c.raw).digest()) === fingerprint.toUpperCase());
+        if (!pinned) throw new OsrError('TLS_PEER_CERT_UNTRUSTED', `the server at ${url} did not present the CA the registration key names (${fingerprint}); it is not that vault`);
+        const server = new crypto.X509Certificate(leaf.raw);
+        if (!server.checkIssued(pinned) || !server.verify(pinned.publicKey)) throw new OsrError('TLS_PEER_CERT_UNTRUSTED', `the server certificate at ${url} was not issued by the CA the registration key names`);
+        resolve(pinned.toString());
+      } catch (e) {
+        reject(e);
+      } finally {
+        socket.end();
+      }
+    });
+  });
+}
