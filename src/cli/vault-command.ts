@@ -19,6 +19,7 @@ export function addVaultCommand(program: Command): void {
     .option('--initial-token-file <file>', 'also write the first Owner token to this file (mode 0600)')
     .option('--job-lease <duration>', 'how long a job\'s lease lasts before another vault may take it over', '30s')
     .option('--job-concurrency <n>', 'jobs this process runs at once', '16')
+    .option('--job-poll <duration>', 'how often to look for queued jobs and command results', '250ms')
     .option('--no-jobs', 'serve the API only; other vault processes run the jobs')
     .option('--heartbeat-interval <duration>', 'how often providers are told to send heartbeats', '15s')
     .option('--heartbeat-lost-after <duration>', 'raise an alert when a provider is silent this long', '60s')
@@ -40,6 +41,7 @@ export function addVaultCommand(program: Command): void {
         logLevel: String(o.logLevel),
         jobLeaseMs: parseDuration(String(o.jobLease)),
         jobConcurrency: concurrency,
+        jobPollMs: parseDuration(String(o.jobPoll)),
         runJobs: o.jobs !== false,
         settings: { heartbeatIntervalMs: parseDuration(String(o.heartbeatInterval)), heartbeatLostAfterMs: parseDuration(String(o.heartbeatLostAfter)) },
       });

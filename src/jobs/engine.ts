@@ -250,6 +250,7 @@ export class JobEngine {
     const owner = this.owner;
     let lastProgress = 0;
     let commandSeq = 0;
+    let commandStep = -1;
     const tasksCount = this.kinds.get(job.kind)!.tasks.length;
     const ctx: JobContext<unknown> = {
       jobId: job.id,
@@ -275,6 +276,11 @@ export class JobEngine {
         throw new WaitForInput(prompt);
       },
       command: async (fabricId, kind, body, o = {}) => {
+        // numbered within the task, so a later run of the task finds the same keys
+        if (commandStep !== step()) {
+          commandStep = step();
+          commandSeq = 0;
+        }
         const key = `${step()}.${commandSeq++}`;
         const ids = ((data.commands as Record<string, string> | undefined) ?? {}) as Record<string, string>;
         let id = ids[key];
@@ -328,7 +334,9 @@ export class JobEngine {
     const renewal = setInterval(() => void this.renew(job.id, controller), Math.max(50, Math.floor(this.leaseMs / 3)));
     try {
       if (job.cancel_requested) controller.abort(StopReason.Cancel);
-      if (job.started_at === null) await jobs.update(job.id, owner, { startedAt: this.clock.now() });
+      // which vault processes ran the job, in order: a takeover shows as a second entry
+      data.vaults = [...((data.vaults as string[] | undefined) ?? []), owner];
+      await jobs.update(job.id, owner, { data, ...(job.started_at === null ? { startedAt: this.clock.now() } : {}) });
       for (; step < kind.tasks.length; step++) {
         if (controller.signal.aborted) break;
         const task = kind.tasks[step]!;

@@ -17,6 +17,7 @@ export function jobView(engine: JobEngine, j: JobRow, tasks?: JobTaskRow[]) {
     progress: j.progress,
     currentStep: j.current_step,
     attempts: j.attempts,
+    ranBy: json<{ vaults?: string[] }>(j.data, {}).vaults ?? [],
     createdBy: j.created_by,
     createdAt: iso(j.created_at),
     updatedAt: iso(j.updated_at),

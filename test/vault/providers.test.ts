@@ -1,0 +1,239 @@
+/**
+ * Providers against a real vault over HTTPS: registration keys (wrong vault, revoked,
+ * expired, reused — each refused with its code), the mTLS channel (no certificate, a
+ * certificate of another CA), inventory sync and its events, enable protection through
+ * initial replication to Protected with progress from the provider, health reports that
+ * raise alerts delivered by webhook and by e-mail (a local SMTP server), a lost heartbeat,
+ * and disable protection keeping or deleting the replica.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { SMTPServer } from 'smtp-server';
+import { createCa, issueCertificate } from '../../src/pki/index.js';
+import { registerWithVault } from '../../src/provider/registration.js';
+import { waitFor } from '../support/lab.js';
+import { assertRejectsCode } from '../support/unit.js';
+import { gate, siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
+
+type Obj = Record<string, unknown>;
+let v: TestVault;
+const providers: TestProvider[] = [];
+const newKey = async () => ((await v.api.request<Obj>('POST', '/api/v1/registration-keys')).key as string);
+
+before(async () => {
+  v = await startVault({ name: 'contoso', settings: { heartbeatIntervalMs: 200, heartbeatLostAfterMs: 1500 }, alertRetryDelayMs: 50 });
+});
+after(async () => {
+  for (const p of providers) await p.stop().catch(() => undefined);
+  await v.close();
+});
+
+describe('providers and protection', () => {
+  test('registration keys: another vault\'s, a revoked, an expired and a reused key are refused with their codes', async () => {
+    const inv = siteInventory('ny', ['KeyCloud'], 1);
+    const key = await newKey();
+    const p = await TestProvider.start(v.url, key, { fabric: 'VMM-Keys', inventory: inv });
+    providers.push(p);
+    await assertRejectsCode(registerWithVault({ vaultUrl: v.url, key, fabric: { name: 'VMM-Keys2', kind: 'test' }, serverName: 's2', version: '0.1.0' }), 'REGISTRATION_KEY_USED');
+
+    const revoked = await v.api.request<Obj>('POST', '/api/v1/registration-keys');
+    await v.api.request('POST', `/api/v1/registration-keys/${String(revoked.id)}/revoke`);
+    await assertRejectsCode(registerWithVault({ vaultUrl: v.url, key: revoked.key as string, fabric: { name: 'X', kind: 'test' }, serverName: 's', version: '0.1.0' }), 'REGISTRATION_KEY_REVOKED');
+
+    // a key of another vault (same CA pin, another name) is refused by name
+    const parsed = JSON.parse(Buffer.from(await newKey(), 'base64url').toString()) as Obj;
+    const foreign = Buffer.from(JSON.stringify({ ...parsed, vault: 'fabrikam' })).toString('base64url');
+    await assertRejectsCode(registerWithVault({ vaultUrl: v.url, key: foreign, fabric: { name: 'X', kind: 'test' }, serverName: 's', version: '0.1.0' }), 'REGISTRATION_KEY_INVALID');
+    // a key naming another CA: the provider does not trust this server and sends nothing
+    const otherCa = Buffer.from(JSON.stringify({ ...parsed, ca: 'AA:'.repeat(31) + 'AA' })).toString('base64url');
+    await assertRejectsCode(registerWithVault({ vaultUrl: v.url, key: otherCa, fabric: { name: 'X', kind: 'test' }, serverName: 's', version: '0.1.0' }), 'TLS_PEER_CERT_UNTRUSTED');
+
+    // expired: five days and a minute later
+    const old = await newKey();
+    const real = v.vault.ctx.store.activity;
+    const expired = new (real.constructor as new (db: unknown, now: () => number) => typeof real)(v.vault.store.database.db, () => Date.now() + 5 * 86_400_000 + 60_000);
+    await assertRejectsCode(expired.useRegistrationKey(old, 'contoso', 'late'), 'REGISTRATION_KEY_EXPIRED');
+
+    // another version joining the same fabric
+    await assertRejectsCode(registerWithVault({ vaultUrl: v.url, key: await newKey(), fabric: { name: 'VMM-Keys', kind: 'test' }, serverName: 'node2', version: '9.9.9' }), 'PROVIDER_VERSION_MISMATCH');
+    const fabric = await v.api.request<Obj>('GET', `/api/v1/fabrics/${p.fabricId}`);
+    assert.equal((fabric.providers as Obj[]).length, 1);
+  });
+
+  test('the provider channel needs the provider\'s own certificate from the vault\'s CA', async () => {
+    const call = (o: https.RequestOptions) =>
+      new Promise<{ status: number; body: Obj }>((resolve, reject) => {
+        const u = new URL('/api/v1/provider/heartbeat', v.url);
+        const req = https.request(u, { method: 'POST', ca: v.vault.ctx.identity.ca.certPem, headers: { 'content-type': 'application/json' }, ...o }, (res) => {
+          let t = '';
+          res.on('data', (c: Buffer) => (t += c));
+          res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(t) as Obj }));
+        });
+        req.on('error', reject);
+        req.end('{}');
+      });
+    const none = await call({});
+    assert.equal(none.status, 401);
+    assert.equal(none.body.code, 'TLS_PEER_CERT_MISSING');
+    const stranger = await createCa({ commonName: 'stranger' });
+    const c = await issueCertificate(stranger, { commonName: 'prov-x', role: 'provider' });
+    const untrusted = await call({ cert: c.certPem, key: c.keyPem });
+    assert.equal(untrusted.status, 401);
+    assert.equal(untrusted.body.code, 'TLS_PEER_CERT_UNTRUSTED');
+    // from the right CA, but not a provider that registered
+    const forged = await issueCertificate(v.vault.ctx.identity.ca, { commonName: 'prov-forged', role: 'provider' });
+    assert.equal((await call({ cert: forged.certPem, key: forged.keyPem })).body.code, 'UNAUTHENTICATED');
+    const agentCert = await issueCertificate(v.vault.ctx.identity.ca, { commonName: 'agent-1', role: 'agent' });
+    assert.equal((await call({ cert: agentCert.certPem, key: agentCert.keyPem })).body.code, 'FORBIDDEN');
+  });
+
+  test('enable protection runs through initial replication to Protected; health reports raise alerts by webhook and e-mail; disable keeps or deletes the replica', async () => {
+    // alert receivers: a webhook and an SMTP server
+    const hooks: Obj[] = [];
+    const hook = http.createServer((req, res) => {
+      let t = '';
+      req.on('data', (c: Buffer) => (t += c));
+      req.on('end', () => {
+        hooks.push(JSON.parse(t) as Obj);
+        res.end('ok');
+      });
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+    const mails: string[] = [];
+    const smtp = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['STARTTLS'],
+      onData(stream, _session, cb) {
+        let t = '';
+        stream.on('data', (c: Buffer) => (t += c));
+        stream.on('end', () => {
+          mails.push(t);
+          cb();
+        });
+      },
+    });
+    await new Promise<void>((r) => smtp.listen(0, '127.0.0.1', r));
+    try {
+      await v.api.request('PUT', '/api/v1/alert-settings', {
+        webhooks: [`http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`],
+        emails: ['dr-team@example.com'],
+        smtp: { host: '127.0.0.1', port: (smtp.server.address() as AddressInfo).port, secure: false, from: 'osr@example.com' },
+      });
+
+      const releaseInitial = gate();
+      const ny = await TestProvider.start(v.url, await newKey(), {
+        fabric: 'VMM-NewYork',
+        inventory: siteInventory('ny', ['GoldCloud1', 'SilverCloud1'], 3),
+        handlers: {
+          'replication.initial': async (_cmd, progress) => {
+            await progress({ fraction: 0.5, bytesDone: 512, bytesTotal: 1024 });
+            await releaseInitial.wait;
+            await progress({ fraction: 1, bytesDone: 1024, bytesTotal: 1024 });
+            return { recoveryPoint: { id: 'p1', at: new Date().toISOString(), consistency: 'crash' } };
+          },
+        },
+      });
+      const chi = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Chicago', inventory: siteInventory('chi', ['GoldCloud2', 'SilverCloud2'], 0) });
+      providers.push(ny, chi);
+
+      const clouds = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/clouds')).items.map((c) => c.id);
+      assert.ok(clouds.includes('vmm-newyork.goldcloud1') && clouds.includes('vmm-chicago.goldcloud2'), String(clouds));
+      const events = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/events?target=vmm-newyork.goldcloud1-vm0')).items;
+      assert.equal(events[0]!.kind, 'inventory.added');
+
+      const policy = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'gold-30s', settings: { copyFrequencySeconds: 30, retentionHours: 4, appConsistentFrequencyHours: 1, hostOsVersion: 'lab-1' } });
+      const pairing = await v.api.request<Obj>('POST', '/api/v1/cloud-pairings', { policyId: policy.id, sourceCloudId: 'vmm-newyork.goldcloud1', targetCloudId: 'vmm-chicago.goldcloud2' });
+      await v.api.request('POST', '/api/v1/network-mappings', { sourceId: 'vmm-newyork.vmnet1', targetId: 'vmm-chicago.vmnet1' });
+      await v.api.request('POST', '/api/v1/storage-mappings', { sourceId: 'vmm-newyork.gold', targetId: 'vmm-chicago.silver' });
+      const protectable = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/protectable-items?cloud=vmm-newyork.goldcloud1')).items;
+      assert.equal(protectable.length, 3);
+
+      const started = await v.api.request<Obj>('POST', '/api/v1/protected-items', { vmId: 'vmm-newyork.goldcloud1-vm0' });
+      assert.match(started.url as string, /^\/api\/v1\/jobs\//);
+      await assertRejectsCode(v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-newyork.goldcloud1-vm0' }), 'ALREADY_EXISTS');
+      // a VM of an unpaired cloud
+      await assertRejectsCode(v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-newyork.silvercloud1-vm0' }), 'INVALID_STATE');
+
+      const midway = await waitFor('initial replication at half', async () => {
+        const item = await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0');
+        return item.state === 'InitialReplication' && item.progress === 0.5 ? item : undefined;
+      }, 20_000);
+      const placement = (midway.replication as { placement: { hostId: string; storage: Obj; networks: Obj } }).placement;
+      assert.equal(placement.hostId, 'vmm-chicago.goldcloud2-h1');
+      assert.deepEqual(placement.storage, { d0: 'vmm-chicago.silver-csv' }, 'GOLD is mapped to SILVER');
+      assert.deepEqual(placement.networks, { nic0: 'vmm-chicago.vmnet1' });
+      const job = await v.api.request<Obj>('GET', started.url as string);
+      assert.equal(job.currentStep, 'Initial replication');
+      assert.equal((job.tasks as Obj[])[2]!.progress, 0.5);
+      releaseInitial.open();
+
+      const item = await waitFor('Protected', async () => {
+        const i = await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0');
+        return i.state === 'Protected' ? i : undefined;
+      }, 20_000);
+      assert.equal(item.health, 'Healthy');
+      assert.ok(item.lastRecoveryPointAt);
+      const kinds = ny.received.map((c) => c.kind);
+      assert.deepEqual(kinds, ['replication.enable', 'replication.initial']);
+      assert.deepEqual(chi.received.map((c) => c.kind), ['replica.prepare']);
+      const done = await v.api.request<Obj>('GET', started.url as string);
+      assert.equal(done.state, 'Succeeded');
+      assert.deepEqual((done.tasks as Obj[]).map((t) => t.name), ['Prerequisites check', 'Create replication', 'Initial replication', 'Finalize protection']);
+
+      // the provider reports the item Critical: an alert, delivered twice over
+      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }], rpoSeconds: 900, recoveryPoints: [{ id: 'p2', at: new Date().toISOString(), consistency: 'app' }] });
+      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }] });
+      await waitFor('webhook and mail', () => hooks.length >= 1 && mails.length >= 1, 10_000);
+      assert.equal(((hooks[0]!.alert as Obj).kind as string), 'ItemCritical');
+      assert.match(mails[0]!, /Subject: \[osr contoso\] Critical: protected item GoldCloud1-VM0 is Critical/);
+      const alerts = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?state=Active&target=vmm-newyork.goldcloud1-vm0')).items;
+      assert.equal(alerts.length, 1, 'one alert for one condition');
+      await waitFor('deliveries recorded', async () => (((await v.api.request<Obj>('GET', '/api/v1/alerts?target=vmm-newyork.goldcloud1-vm0')) as { items: Obj[] }).items[0]!.deliveries as Obj[]).length === 2);
+      const points = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0/recovery-points')).items;
+      assert.deepEqual(points.map((p) => p.consistency), ['app']);
+      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Healthy', healthReasons: [] });
+      assert.equal((await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?state=Active&target=vmm-newyork.goldcloud1-vm0')).items.length, 0, 'recovered: resolved');
+      const history = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0/events')).items.map((e) => e.kind);
+      assert.ok(history.includes('item.health') && history.includes('protection.enabled') && history.includes('alert.ItemCritical'), String(history));
+
+      // disable, keeping the replica this time
+      const dis = await v.api.request<Obj>('DELETE', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0?deleteReplica=false');
+      await waitFor('disabled', async () => (await v.api.request<Obj>('GET', dis.url as string)).state === 'Succeeded', 20_000);
+      await assertRejectsCode(v.api.request('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0'), 'NOT_FOUND');
+      const remove = chi.received.find((c) => c.kind === 'replica.remove')!;
+      assert.deepEqual(remove.body, { item: 'vmm-newyork.goldcloud1-vm0', replicaVmId: 'replica-GoldCloud1-VM0', delete: false });
+      assert.ok(ny.received.some((c) => c.kind === 'replication.disable'));
+      void pairing;
+    } finally {
+      hook.close();
+      await new Promise<void>((r) => smtp.close(() => r()));
+    }
+  });
+
+  test('a provider that stops sending heartbeats raises one alert; its next heartbeat resolves it', async () => {
+    const p = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Quiet', inventory: siteInventory('q', ['C'], 0) });
+    await p.stop();
+    const alert = await waitFor('heartbeat alert', async () => (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?state=Active&target=vmm-quiet')).items[0], 10_000);
+    assert.equal(alert.kind, 'ProviderHeartbeatLost');
+    assert.equal((await v.api.request<Obj>('GET', '/api/v1/fabrics/vmm-quiet')).heartbeatLost, true);
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal((await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?target=vmm-quiet')).items.length, 1, 'still one alert');
+    const { ProviderChannel } = await import('../../src/provider/channel.js');
+    const ch = new ProviderChannel(p.registration);
+    await ch.heartbeat();
+    ch.close();
+    assert.equal((await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?state=Active&target=vmm-quiet')).items.length, 0);
+    const metrics = await new Promise<string>((resolve, reject) =>
+      https.get(new URL('/metrics', v.url), { ca: v.vault.ctx.identity.ca.certPem }, (res) => {
+        let t = '';
+        res.on('data', (c: Buffer) => (t += c));
+        res.on('end', () => resolve(t));
+      }).on('error', reject),
+    );
+    assert.match(metrics, /osr_vault_fabric_heartbeat_age_seconds\{fabric="vmm-quiet"\}/);
+    assert.match(metrics, /osr_vault_jobs\{state="Succeeded",kind="enable-protection"\} 1/);
+  });
+});
