@@ -1,6 +1,6 @@
 /**
  * The benchmark runner: `npm run bench -- <name> [flags]` (after a build, `node
- * dist/bench/run.js <name> [flags]`). Names: replication, all. Results are printed as a
+ * dist/bench/run.js <name> [flags]`). Names: replication, resync, vault, all. Results are printed as a
  * table and written to bench/results/<name>.json. The exit code is non-zero only when a
  * benchmark could not run; a missed target is reported, never asserted.
  */
@@ -11,6 +11,7 @@ import { Flags, UsageError } from './lib/args.js';
 import { installSignalHandlers, runAllCleanups, wasInterrupted } from './lib/lab.js';
 import { replicationOptions, runReplicationBench } from './replication.js';
 import { resyncOptions, runResyncBench } from './resync.js';
+import { runVaultBench, vaultOptions } from './vault.js';
 
 /** The repository root: the nearest directory above this file with a package.json. */
 function repoRoot(): string {
@@ -35,6 +36,11 @@ const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
     flags.rejectUnknown();
     await runResyncBench(o);
   },
+  vault: async (flags) => {
+    const o = vaultOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runVaultBench(o);
+  },
 };
 
 const USAGE = `usage: npm run bench -- <benchmark> [flags]
@@ -43,6 +49,8 @@ benchmarks:
   replication   initial replication vs rsync, steady-state RPO/CPU/RSS (docs/benchmarks.md)
   resync        resynchronization of a changed disk vs rsync's delta transfer, and the
                 bytes of reverse replication after a failover
+  vault         the vault API under load: list and get calls at a fixed rate with 10,000
+                protected items and 1,000 jobs, on SQLite and PostgreSQL
   all           every benchmark, one after another (flags go to each)
 
 replication flags:
@@ -65,7 +73,15 @@ resync flags:
   --block-sizes 4096   resync block sizes to run, comma-separated; the first is the headline
   --reverse-old 1      percent of the disk the old primary writes and never ships (1)
   --reverse-new 1      percent of the disk the promoted copy writes before reversing (1)
-  --only resync|reverse   run one part`;
+  --only resync|reverse   run one part
+
+vault flags:
+  --items N            protected items loaded (10000)
+  --jobs N             finished jobs loaded (1000)
+  --rate N             requests per second (200)
+  --duration S         seconds of load per database (30)
+  --connections N      HTTPS connections (10)
+  --only sqlite|postgres  one database`;
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -13,7 +13,7 @@ import { tempDir } from '../support/lab.js';
 
 let vault: Vault;
 let owner = '';
-let offset = 0;
+const offset = 0;
 const clock = { now: () => Date.now() + offset, sleep: systemClock.sleep };
 
 interface Res {
