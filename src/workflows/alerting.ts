@@ -10,7 +10,6 @@ export const AlertKind = {
   ItemCritical: 'ItemCritical',
   HeartbeatLost: 'ProviderHeartbeatLost',
   FailoverFailed: 'FailoverFailed',
-  JobFailed: 'JobFailed',
 } as const;
 
 export interface Notifier {

@@ -144,6 +144,8 @@ export interface TestProviderOptions {
   handlers?: Record<string, CommandHandler>;
   /** initial replication: progress steps reported before the result (default 3) */
   steps?: number;
+  /** sync only these clouds (by name) */
+  scope?: string[];
 }
 
 /** A provider registered with a key, answering the protection commands as a fabric would. */
@@ -159,7 +161,7 @@ export class TestProvider {
   }
 
   static async start(vaultUrl: string, key: string, o: TestProviderOptions): Promise<TestProvider> {
-    const registration = await registerWithVault({ vaultUrl, key, fabric: { name: o.fabric, kind: 'test' }, serverName: o.serverName ?? `${o.fabric}-server`, version: o.version ?? '0.1.0' });
+    const registration = await registerWithVault({ vaultUrl, key, fabric: { name: o.fabric, kind: 'test' }, serverName: o.serverName ?? `${o.fabric}-server`, version: o.version ?? '0.1.0', inventoryScope: o.scope ?? 'all' });
     const steps = o.steps ?? 3;
     const handlers: Record<string, CommandHandler> = {
       'replica.prepare': async (cmd) => ({ replicaVmId: `replica-${String((cmd.body.vm as { name: string }).name)}`, agent: { address: '127.0.0.1', port: 8084 } }),
@@ -173,7 +175,7 @@ export class TestProvider {
       ...o.handlers,
     };
     const channel = new ProviderChannel(registration);
-    const runtime = new ProviderRuntime(channel, { handlers, inventory: () => o.inventory, pollSeconds: 2 });
+    const runtime = new ProviderRuntime(channel, { handlers, inventory: () => o.inventory, inventoryScope: o.scope ?? 'all', pollSeconds: 2 });
     const p = new TestProvider(registration, runtime);
     runtime.on('command', (c: VaultCommand) => p.received.push(c));
     await runtime.start();

@@ -214,7 +214,11 @@ describe('providers and protection', () => {
   });
 
   test('a provider that stops sending heartbeats raises one alert; its next heartbeat resolves it', async () => {
-    const p = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Quiet', inventory: siteInventory('q', ['C'], 0) });
+    const p = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Quiet', inventory: siteInventory('q', ['C1', 'C2'], 2), scope: ['C1'] });
+    // chosen clouds only: C2 and its VMs are not synced
+    assert.deepEqual((await v.api.request<{ items: Obj[] }>('GET', '/api/v1/clouds?fabric=vmm-quiet')).items.map((c) => c.name), ['C1']);
+    assert.equal((await v.api.request<{ items: Obj[] }>('GET', '/api/v1/vms?fabric=vmm-quiet')).items.length, 2);
+    assert.deepEqual((await v.api.request<Obj>('GET', '/api/v1/fabrics/vmm-quiet')).inventoryScope, ['C1']);
     await p.stop();
     const alert = await waitFor('heartbeat alert', async () => (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?state=Active&target=vmm-quiet')).items[0], 10_000);
     assert.equal(alert.kind, 'ProviderHeartbeatLost');

@@ -24,6 +24,14 @@ const EVENTS_PER_SYNC = 200;
 const Scope = Type.Union([Type.Literal('all'), Type.Array(Name, { maxItems: 1000 })]);
 const ErrorSchema = Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 10_000 }), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
 
+/** Only the chosen clouds (by name) and their VMs, when the provider syncs a few clouds. */
+function scoped(doc: InventoryDocument, scope: 'all' | string[]): InventoryDocument {
+  if (scope === 'all') return doc;
+  const clouds = doc.clouds.filter((c) => scope.includes(c.name));
+  const ids = new Set(clouds.map((c) => c.id));
+  return { ...doc, clouds, vms: doc.vms.filter((v) => ids.has(v.cloud)) };
+}
+
 export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
   const { store, clock, alerting } = ctx;
   const tags = ['providers'];
@@ -113,7 +121,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request) => {
       const fabricId = principal(request).fabricId!;
-      const changes = await store.fabrics.replaceInventory(fabricId, request.body.inventory as InventoryDocument);
+      const doc = scoped(request.body.inventory as InventoryDocument, request.body.scope ?? 'all');
+      const changes = await store.fabrics.replaceInventory(fabricId, doc);
       if (changes.length > EVENTS_PER_SYNC) {
         const count = (c: string) => changes.filter((x) => x.change === c).length;
         await alerting.event({ target: fabricId, kind: 'inventory.synced', severity: Severity.Info, message: `inventory of ${fabricId}: ${count('added')} added, ${count('changed')} changed, ${count('removed')} removed`, details: { added: count('added'), changed: count('changed'), removed: count('removed') } });
