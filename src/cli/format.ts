@@ -31,3 +31,6 @@ export function progressBar(fraction: number, width = 30): string {
   const full = Math.round(f * width);
   return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(f * 100).toFixed(1).padStart(5)}%`;
 }
+
+/** commander: collect a repeatable option's values in order. */
+export const collect = (v: string, prev: string[]): string[] => [...prev, v];

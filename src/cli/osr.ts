@@ -17,7 +17,7 @@ import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pk
 import { AgentClient } from './agent-client.js';
 import { runDemo } from './demo.js';
 import { addVaultCommand } from './vault-command.js';
-import { formatBytes, formatSeconds, progressBar, table } from './format.js';
+import { collect, formatBytes, formatSeconds, progressBar, table } from './format.js';
 
 const program = new Command();
 program
@@ -37,7 +37,6 @@ function hostPort(text: string, defaultPort: number): { host: string; port: numb
   if (!m) throw new OsrError('INVALID_ARGUMENT', `"${text}" is not HOST[:PORT]`);
   return { host: m[1].replace(/^\[|\]$/g, ''), port: m[2] !== undefined ? Number(m[2]) : defaultPort };
 }
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 // ---- agent ------------------------------------------------------------------------------
 program

@@ -4,8 +4,7 @@ import type { Command } from 'commander';
 import { parseDuration } from '../agent/time-window.js';
 import { OsrError } from '../domain/errors.js';
 import { DEFAULT_VAULT_PORT, Vault } from '../vault/server.js';
-
-const collect = (v: string, prev: string[]) => [...prev, v];
+import { collect } from './format.js';
 
 export function addVaultCommand(program: Command): void {
   program

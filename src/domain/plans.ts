@@ -34,7 +34,7 @@ export function validatePlanShape(spec: RecoveryPlanSpec): RecoveryPlanSpec {
     if (state.get(n) === 2) return;
     if (state.get(n) === 1) throw new OsrError('INVALID_ARGUMENT', `dependencies form a cycle: ${[...trail, n].join(' → ')}`, { field: 'dependencies' });
     state.set(n, 1);
-    for (const m of deps[n] ?? []) visit(m, [...trail, n]);
+    for (const m of Object.hasOwn(deps, n) ? deps[n]! : []) visit(m, [...trail, n]);
     state.set(n, 2);
   };
   for (const n of Object.keys(deps)) visit(n, []);

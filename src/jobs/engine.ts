@@ -64,6 +64,8 @@ export interface JobKind<I = unknown> {
   tasks: readonly TaskDef<I>[];
   /** default true */
   cancellable?: boolean;
+  /** before a failed or cancelled job is queued again: may refuse (throw) or restore state */
+  onRestart?(ctx: JobContext<I>): Promise<void>;
   /** after the job ended Failed or Cancelled (e.g. to set the item's state); errors are logged */
   onEnd?(ctx: JobContext<I>, state: JobState, error?: OsrError): Promise<void>;
 }
@@ -94,7 +96,7 @@ class WaitForInput extends Error {
 
 const StopReason = { Cancel: 'cancel', Lease: 'lease', Stop: 'stop' } as const;
 
-const knownCode = (c: unknown): c is ErrorCode => typeof c === 'string' && c in ERROR_CODES;
+const knownCode = (c: unknown): c is ErrorCode => typeof c === 'string' && Object.hasOwn(ERROR_CODES, c) && c !== 'LEASE_LOST';
 
 export class JobEngine {
   readonly owner: string;
@@ -163,8 +165,25 @@ export class JobEngine {
     return after;
   }
 
+  /**
+   * Run a failed or cancelled job again from the task that did not finish. That task's
+   * commands that failed are forgotten, so it sends them anew; the kind may refuse or
+   * prepare the restart (onRestart).
+   */
   async restart(id: string): Promise<JobRow> {
-    const job = await this.o.jobs.restart(id);
+    const before = await this.o.jobs.get(id);
+    const kind = this.kinds.get(before.kind);
+    if (kind?.onRestart) await kind.onRestart(this.context(before, before.data === null ? {} : JSON.parse(before.data), new AbortController(), () => before.step));
+    const job = await this.o.jobs.restart(id, async (data) => {
+      const d = (data ?? {}) as Record<string, unknown>;
+      const commands = { ...((d.commands as Record<string, string> | undefined) ?? {}) };
+      for (const [key, cmd] of Object.entries(commands)) {
+        if (!key.startsWith(`${before.step}.`)) continue;
+        const row = await this.o.commands.get(cmd);
+        if (!row || row.state === CommandState.Failed) delete commands[key];
+      }
+      return { ...d, commands };
+    });
     this.wake();
     return job;
   }
@@ -209,6 +228,11 @@ export class JobEngine {
         while (!signal.aborted && this.running.size < this.concurrency) {
           const job = await this.o.jobs.claim(this.owner, this.leaseMs);
           if (!job) break;
+          // our own lease ran out while the run went on (the store was unreachable): that run stops first
+          if (this.running.has(job.id)) {
+            this.running.get(job.id)!.controller.abort(StopReason.Lease);
+            await this.running.get(job.id)!.done;
+          }
           this.launch(job);
         }
       } catch (e) {
@@ -331,7 +355,8 @@ export class JobEngine {
     let step = job.step;
     const data = (job.data === null ? {} : JSON.parse(job.data)) as Record<string, unknown>;
     const ctx = this.context(job, data, controller, () => step);
-    const renewal = setInterval(() => void this.renew(job.id, controller), Math.max(50, Math.floor(this.leaseMs / 3)));
+    const lease = { renewedAt: this.clock.now() };
+    const renewal = setInterval(() => void this.renew(job.id, controller, lease), Math.max(50, Math.floor(this.leaseMs / 3)));
     try {
       if (job.cancel_requested) controller.abort(StopReason.Cancel);
       // which vault processes ran the job, in order: a takeover shows as a second entry
@@ -400,16 +425,22 @@ export class JobEngine {
     }
   }
 
-  private async renew(id: string, controller: AbortController): Promise<void> {
+  private async renew(id: string, controller: AbortController, lease: { renewedAt: number }): Promise<void> {
     if (controller.signal.aborted) return;
     try {
+      const t = this.clock.now();
       await this.o.jobs.renew(id, this.owner, this.leaseMs);
+      lease.renewedAt = t;
       const job = await this.o.jobs.get(id);
       if (job.cancel_requested) controller.abort(StopReason.Cancel);
     } catch (e) {
       const err = toOsrError(e, 'STORE_UNAVAILABLE');
       if (err.code === 'LEASE_LOST') controller.abort(StopReason.Lease);
-      else this.o.log?.warn({ job: id, err: err.toJSON() }, 'renewing a job lease failed');
+      else if (this.clock.now() - lease.renewedAt >= this.leaseMs) {
+        // the lease has run out unrenewed: another vault may hold the job now, so this run stops
+        this.o.log?.warn({ job: id, err: err.toJSON() }, 'the job lease ran out while it could not be renewed; stopping the run');
+        controller.abort(StopReason.Lease);
+      } else this.o.log?.warn({ job: id, err: err.toJSON() }, 'renewing a job lease failed');
     }
   }
 }

@@ -198,8 +198,8 @@ export class ActivityStore {
 
   // ---- API tokens ----------------------------------------------------------------------
   /** A new token; the text returned is the only copy of its secret. */
-  async createToken(name: string, role: Role, createdBy: string | null): Promise<{ token: ApiToken; secret: string }> {
-    const id = randomBytes(6).toString('hex');
+  async createToken(name: string, role: Role, createdBy: string | null, fixedId?: string): Promise<{ token: ApiToken; secret: string }> {
+    const id = fixedId ?? randomBytes(6).toString('hex');
     const s = `osr_${id}_${secret()}`;
     const row = { id, name, role, secret_hash: sha256(s), created_at: this.now(), created_by: createdBy, revoked_at: null, last_used_at: null };
     await this.db.insertInto('api_tokens').values(row).execute();
@@ -208,6 +208,20 @@ export class ActivityStore {
 
   async tokens(): Promise<ApiToken[]> {
     return (await this.db.selectFrom('api_tokens').selectAll().orderBy('created_at').execute()).map(toToken);
+  }
+
+  /**
+   * The first Owner token of a vault without tokens, or undefined when there are tokens.
+   * Its id is fixed, so of several vault processes starting at once one inserts it.
+   */
+  async createFirstToken(): Promise<string | undefined> {
+    if ((await this.countTokens()) > 0) return undefined;
+    try {
+      return (await this.createToken('owner', 'Owner', 'first start', '000000000000')).secret;
+    } catch (e) {
+      if (isUniqueViolation(e)) return undefined;
+      throw e;
+    }
   }
 
   async countTokens(): Promise<number> {

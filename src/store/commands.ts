@@ -54,14 +54,20 @@ export class CommandStore {
       .orderBy('id')
       .limit(limit)
       .execute();
-    if (rows.length === 0) return rows;
-    await this.db
-      .updateTable('provider_commands')
-      .set((eb) => ({ state: CommandState.Sent, sent_at: t, deliveries: eb('deliveries', '+', 1) }))
-      .where('id', 'in', rows.map((r) => r.id))
-      .where('state', 'in', [CommandState.Pending, CommandState.Sent])
-      .execute();
-    return rows.map((r) => ({ ...r, state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 }));
+    // each row is taken by one conditional update: two long-polls for one fabric (two
+    // nodes, or two vault processes) never both get the same command
+    const taken: CommandRow[] = [];
+    for (const r of rows) {
+      const u = await this.db
+        .updateTable('provider_commands')
+        .set({ state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 })
+        .where('id', '=', r.id)
+        .where('state', '=', r.state)
+        .where('deliveries', '=', r.deliveries)
+        .executeTakeFirst();
+      if (Number(u.numUpdatedRows) === 1) taken.push({ ...r, state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 });
+    }
+    return taken;
   }
 
   /** Progress from the provider (keeps the command from being delivered again). */

@@ -42,15 +42,16 @@ export async function openDatabase(o: OpenDatabaseOptions): Promise<VaultDatabas
     if (o.migrate !== false) await migrate(vdb.db, vdb.dialect);
     return vdb;
   } catch (e) {
-    await vdb.close();
-    throw e;
+    await vdb.close().catch(() => undefined);
+    if (e instanceof OsrError) throw e;
+    throw new OsrError('STORE_UNAVAILABLE', `cannot use the database at ${vdb.location}: ${(e as Error).message}`, { database: vdb.location }, { cause: e });
   }
 }
 
 function openSqlite(file: string): VaultDatabase {
-  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
   let sqlite: SQLite.Database;
   try {
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     sqlite = new SQLite(file);
   } catch (e) {
     throw new OsrError('STORE_UNAVAILABLE', `cannot open the SQLite database ${file}: ${(e as Error).message}`, undefined, { cause: e });

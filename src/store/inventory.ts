@@ -124,10 +124,11 @@ export class FabricStore {
     const t = this.now();
     const p = await this.db.selectFrom('providers').select(['fabric_id']).where('id', '=', providerId).executeTakeFirst();
     if (!p) throw new OsrError('UNAUTHENTICATED', `provider ${providerId} is not registered (it was removed); register it again with a new key`);
-    const f = await this.db.selectFrom('fabrics').select(['heartbeat_lost']).where('id', '=', p.fabric_id).executeTakeFirstOrThrow();
     await this.db.updateTable('providers').set({ last_heartbeat_at: t }).where('id', '=', providerId).execute();
-    await this.db.updateTable('fabrics').set({ last_heartbeat_at: t, heartbeat_lost: 0 }).where('id', '=', p.fabric_id).execute();
-    return { fabricId: p.fabric_id, wasLost: f.heartbeat_lost !== 0 };
+    // found again only if this write is the one that clears the mark (the monitor may set it meanwhile)
+    const found = await this.db.updateTable('fabrics').set({ last_heartbeat_at: t, heartbeat_lost: 0 }).where('id', '=', p.fabric_id).where('heartbeat_lost', '=', 1).executeTakeFirst();
+    if (affected(found) === 0) await this.db.updateTable('fabrics').set({ last_heartbeat_at: t }).where('id', '=', p.fabric_id).execute();
+    return { fabricId: p.fabric_id, wasLost: affected(found) === 1 };
   }
 
   /** Fabrics whose last heartbeat is older than `lostAfterMs` and not yet marked lost: marks and returns them. */

@@ -167,11 +167,13 @@ export class JobStore {
    * Queue a failed or cancelled job again. It goes on from the task that did not finish:
    * tasks that succeeded are not run twice.
    */
-  async restart(id: string): Promise<JobRow> {
+  async restart(id: string, patch?: (data: unknown) => Promise<unknown>): Promise<JobRow> {
     const t = this.now();
+    const current = await this.get(id);
+    const data = patch ? JSON.stringify(await patch(current.data === null ? {} : JSON.parse(current.data))) : current.data;
     const r = await this.db
       .updateTable('jobs')
-      .set({ state: JobState.Queued, error: null, cancel_requested: 0, ended_at: null, updated_at: t, locked_by: null, locked_until: null })
+      .set({ state: JobState.Queued, error: null, cancel_requested: 0, ended_at: null, updated_at: t, locked_by: null, locked_until: null, data })
       .where('id', '=', id)
       .where('state', 'in', [JobState.Failed, JobState.Cancelled])
       .executeTakeFirst();

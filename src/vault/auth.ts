@@ -20,8 +20,12 @@ export function installAuth(app: App, ctx: VaultContext): void {
 
   app.addHook('onRequest', async (request: FastifyRequest) => {
     const access = request.routeOptions.config?.access;
-    // a route without an access level is one Fastify answers itself (404)
-    if (access === undefined || access === 'public') return;
+    if (access === 'public') return;
+    if (access === undefined) {
+      // only Fastify's own not-found answer has no access level; a route that forgot one is closed
+      if (request.is404) return;
+      throw new OsrError('FORBIDDEN', `${request.method} ${request.routeOptions.url} declares no access level; it is closed`);
+    }
     if (access === 'provider') {
       request.principal = await providerPrincipal(request, ctx);
       return;

@@ -31,6 +31,8 @@ export interface VaultContext {
   alerting: Alerting;
   metrics: VaultMetrics;
   settings: VaultSettings;
+  /** aborted when the vault shuts down: long-polls answer at once */
+  closing: AbortSignal;
 }
 
 export type App = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>; // eslint-disable-line @typescript-eslint/no-explicit-any -- the server type differs between HTTPS and tests

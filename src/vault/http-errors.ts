@@ -6,6 +6,7 @@
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { isUniqueViolation } from '../store/config.js';
 import './context.js';
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
@@ -65,10 +66,18 @@ export function classify(err: FastifyError | Error): OsrError {
     case 'FST_ERR_ASYNC_CONSTRAINT':
       return new OsrError('INVALID_ARGUMENT', f.message);
   }
+  if (isUniqueViolation(err)) return new OsrError('ALREADY_EXISTS', 'an object with that name or id already exists');
+  if (isStoreUnreachable(err)) return new OsrError('STORE_UNAVAILABLE', `the vault's database is not reachable: ${err.message}`);
   if (err instanceof SyntaxError || (f.statusCode !== undefined && f.statusCode >= 400 && f.statusCode < 500)) {
     return new OsrError(f.statusCode === 413 ? 'PAYLOAD_TOO_LARGE' : 'INVALID_ARGUMENT', `the request is malformed: ${err.message}`);
   }
   return toOsrError(err);
+}
+
+/** SQLite busy or locked past its timeout, or PostgreSQL's connection refused, lost or shutting down. */
+function isStoreUnreachable(e: unknown): boolean {
+  const code = String((e as { code?: unknown }).code ?? '');
+  return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || code === 'ECONNREFUSED' || code === 'ECONNRESET' || code.startsWith('08') || code.startsWith('57P') || /Connection terminated/.test((e as Error).message ?? '');
 }
 
 export function sendError(reply: FastifyReply, err: OsrError, jobId?: string): FastifyReply {

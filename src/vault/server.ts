@@ -13,7 +13,6 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import pino from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
-import { Role } from '../domain/roles.js';
 import { JobEngine } from '../jobs/engine.js';
 import { openStore, type VaultStore } from '../store/index.js';
 import { REGISTRATION_KEY_VALID_MS } from '../store/activity.js';
@@ -80,6 +79,7 @@ export class Vault {
     private readonly monitor: HeartbeatMonitor,
     private readonly notifier: AlertNotifier,
     private readonly o: VaultOptions,
+    private readonly closing: AbortController,
   ) {}
 
   get store(): VaultStore {
@@ -118,7 +118,8 @@ export class Vault {
       const notifier = new AlertNotifier(store.activity, clock, { vaultName: identity.name, attempts: o.alertAttempts, retryDelayMs: o.alertRetryDelayMs, log: log.child({ part: 'alerts' }) });
       const alerting = new Alerting(store.activity, notifier);
       const metrics = new VaultMetrics(store, () => clock.now());
-      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings };
+      const closing = new AbortController();
+      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, closing: closing.signal };
       registerProtectionJobs(engine, { store, alerting, clock });
 
       const app = Fastify({
@@ -161,7 +162,7 @@ export class Vault {
       await app.ready();
 
       const monitor = new HeartbeatMonitor(ctx, log.child({ part: 'monitor' }));
-      const vault = new Vault(app, ctx, monitor, notifier, o);
+      const vault = new Vault(app, ctx, monitor, notifier, o, closing);
       await vault.firstToken(log);
       return vault;
     } catch (e) {
@@ -172,11 +173,9 @@ export class Vault {
 
   /** On a database without tokens: create the Owner token, print it once. */
   private async firstToken(log: pino.Logger): Promise<void> {
-    const { activity } = this.store;
     // one vault process creates it even when several start at once on one database
-    const claim = await activity.settingOnce('first-token', () => ({ by: this.processId }));
-    if (claim.by !== this.processId || (await activity.countTokens()) > 0) return;
-    const { secret } = await activity.createToken('owner', Role.Owner, 'first start');
+    const secret = await this.store.activity.createFirstToken();
+    if (secret === undefined) return;
     if (this.o.initialTokenFile) {
       fs.mkdirSync(path.dirname(this.o.initialTokenFile), { recursive: true });
       fs.writeFileSync(this.o.initialTokenFile, `${secret}\n`, { mode: 0o600 });
@@ -203,6 +202,7 @@ export class Vault {
   }
 
   async close(): Promise<void> {
+    this.closing.abort();
     this.monitor.stop();
     await this.engine.stop();
     await this.app.close();

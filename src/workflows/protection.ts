@@ -69,6 +69,19 @@ const props = <T>(o: InventoryObject) => o.properties as T;
 export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
 
+  /** A restarted job becomes the item's active job again, unless another job is active on it. */
+  async function retake(itemId: string, jobId: string, state: ProtectionState): Promise<void> {
+    const item = await store.items.find(itemId);
+    if (!item) throw new OsrError('INVALID_STATE', `protected item ${itemId} no longer exists (its protection was disabled); enable protection again instead`);
+    if (item.activeJobId && item.activeJobId !== jobId) {
+      const other = await store.jobs.get(item.activeJobId).catch(() => undefined);
+      if (other && ([JobState.Queued, JobState.Running, JobState.WaitingForInput] as string[]).includes(other.state)) {
+        throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${other.id} (${other.kind}) ${other.state}; wait for it or cancel it first`, { jobId: other.id });
+      }
+    }
+    if (!(await store.items.takeActiveJob(itemId, jobId, item.activeJobId, state))) throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; try again`);
+  }
+
   engine.register<EnableInput>({
     kind: JobKinds.EnableProtection,
     tasks: [
@@ -169,6 +182,9 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         },
       },
     ],
+    async onRestart(ctx: JobContext<EnableInput>) {
+      await retake(ctx.input.vmId, ctx.jobId, ProtectionState.EnablingProtection);
+    },
     async onEnd(ctx: JobContext<EnableInput>, state, err) {
       const item = await store.items.find(ctx.input.vmId);
       if (!item) return;
@@ -219,6 +235,10 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         },
       },
     ],
+    async onRestart(ctx: JobContext<DisableInput>) {
+      // an item already removed has nothing left but the last task, which finds it gone
+      if (await store.items.find(ctx.input.itemId)) await retake(ctx.input.itemId, ctx.jobId, ProtectionState.DisablingProtection);
+    },
     async onEnd(ctx: JobContext<DisableInput>, state, err) {
       const item = await store.items.find(ctx.input.itemId);
       if (!item) return;

@@ -145,3 +145,9 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
       }));
   });
 }
+
+test('a database that cannot be reached or opened is STORE_UNAVAILABLE, naming it', async () => {
+  const err = await assertRejectsCode(openDatabase({ database: 'postgres://postgres@127.0.0.1:1/none', dataDir: '/tmp' }), 'STORE_UNAVAILABLE');
+  assert.match(err.message, /127\.0\.0\.1:1/);
+  await assertRejectsCode(openDatabase({ database: '/etc/hostname/vault.db', dataDir: '/tmp' }), 'STORE_UNAVAILABLE');
+});

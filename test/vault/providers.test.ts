@@ -12,6 +12,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { SMTPServer } from 'smtp-server';
+import { OsrError } from '../../src/domain/errors.js';
 import { createCa, issueCertificate } from '../../src/pki/index.js';
 import { registerWithVault } from '../../src/provider/registration.js';
 import { waitFor } from '../support/lab.js';
@@ -213,6 +214,44 @@ describe('providers and protection', () => {
     }
   });
 
+  test('a job failed by its provider restarts from the failed task and sends that command anew; a provider cannot claim the vault\'s own codes', async () => {
+    let failures = 0;
+    const src = await TestProvider.start(v.url, await newKey(), {
+      fabric: 'VMM-Flaky',
+      inventory: siteInventory('f', ['FlakyCloud'], 1),
+      handlers: {
+        'replication.enable': async () => {
+          if (failures++ === 0) throw new OsrError('LEASE_LOST', 'the host refused');
+          return {};
+        },
+      },
+    });
+    const dst = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-FlakyTarget', inventory: siteInventory('ft', ['FlakyTarget'], 0) });
+    providers.push(src, dst);
+    const policy = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'flaky' });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: policy.id, sourceCloudId: 'vmm-flaky.flakycloud', targetCloudId: 'vmm-flakytarget.flakytarget' });
+    const started = await v.api.request<Obj>('POST', '/api/v1/protected-items', { vmId: 'vmm-flaky.flakycloud-vm0' });
+    const failed = await waitFor('failed', async () => {
+      const j = await v.api.request<Obj>('GET', started.url as string);
+      return j.state === 'Failed' ? j : undefined;
+    }, 20_000);
+    assert.equal((failed.error as Obj).code, 'JOB_FAILED', 'LEASE_LOST from a provider is not taken as the vault losing its lease');
+    assert.equal((failed.error as Obj).task, 'Create replication');
+    const item = await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-flaky.flakycloud-vm0');
+    assert.equal(item.state, 'ProtectionFailed');
+    assert.equal(item.health, 'Critical');
+    await v.api.request('POST', `${String(started.url)}/restart`);
+    const done = await waitFor('restarted job done', async () => {
+      const j = await v.api.request<Obj>('GET', started.url as string);
+      return j.state === 'Succeeded' ? j : undefined;
+    }, 20_000);
+    assert.equal(done.attempts, 2);
+    assert.equal(src.received.filter((c) => c.kind === 'replication.enable').length, 2, 'the failed command was sent again');
+    assert.equal(dst.received.filter((c) => c.kind === 'replica.prepare').length, 1, 'the command of that task which succeeded was not sent again');
+    assert.equal((await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-flaky.flakycloud-vm0')).state, 'Protected');
+    await assertRejectsCode(v.api.request('POST', `${String(started.url)}/restart`), 'INVALID_STATE');
+  });
+
   test('a provider that stops sending heartbeats raises one alert; its next heartbeat resolves it', async () => {
     const p = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Quiet', inventory: siteInventory('q', ['C1', 'C2'], 2), scope: ['C1'] });
     // chosen clouds only: C2 and its VMs are not synced
@@ -238,6 +277,6 @@ describe('providers and protection', () => {
       }).on('error', reject),
     );
     assert.match(metrics, /osr_vault_fabric_heartbeat_age_seconds\{fabric="vmm-quiet"\}/);
-    assert.match(metrics, /osr_vault_jobs\{state="Succeeded",kind="enable-protection"\} 1/);
+    assert.match(metrics, /osr_vault_jobs\{state="Succeeded",kind="enable-protection"\} 2/);
   });
 });

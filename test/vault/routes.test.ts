@@ -16,6 +16,8 @@ let owner = '';
 const offset = 0;
 const clock = { now: () => Date.now() + offset, sleep: systemClock.sleep };
 
+type Obj = Record<string, unknown>;
+
 interface Res {
   status: number;
   body: Record<string, unknown> & { code?: string; items?: Record<string, unknown>[] };
@@ -143,6 +145,8 @@ describe('vault routes', () => {
     assert.match(later.body.message as string, /later group/);
     const cycle = await call('POST', '/recovery-plans', { body: { name: 'Cycle', groups: [{ name: 'G', items: ['a.vm1', 'a.vm2'] }], dependencies: { 'a.vm1': ['a.vm2'], 'a.vm2': ['a.vm1'] } } });
     assert.match(cycle.body.message as string, /cycle/);
+    const inherited = await call('POST', '/recovery-plans', { body: { name: 'Proto', groups: [{ name: 'G', items: ['constructor', 'toString'] }], dependencies: { toString: ['constructor'] } } });
+    assert.equal(inherited.status, 201, 'item names that are also object properties are plain names');
     // more than ASR's 7 groups is fine
     const big = await call('POST', '/recovery-plans', { body: { name: 'Big', groups: Array.from({ length: 12 }, (_, i) => ({ name: `G${i}`, items: [`a.vm${i}`] })) } });
     assert.equal(big.status, 201);
@@ -224,6 +228,18 @@ describe('vault routes', () => {
     assert.equal(lines[0], 'id,kind,target,state,progress,currentStep,attempts,createdBy,createdAt,startedAt,endedAt,errorCode,errorMessage');
     assert.equal(lines.length, 3);
     assert.ok(lines.some((l) => l.startsWith(other.id) && l.includes(',Cancelled,')));
+  });
+
+  test('alert settings: the SMTP password is never shown, and writing back what was read keeps it', async () => {
+    const settings = { webhooks: ['https://hooks.example.com/osr'], emails: ['ops@example.com'], smtp: { host: 'mail.example.com', port: 587, secure: false, from: 'osr@example.com', user: 'osr', password: 's3cret' } };
+    const put = await call('PUT', '/alert-settings', { body: settings });
+    assert.equal((put.body.smtp as Obj).password, '********');
+    const read = await call('GET', '/alert-settings');
+    assert.equal((read.body.smtp as Obj).password, '********');
+    await call('PUT', '/alert-settings', { body: read.body });
+    const stored = await vault.store.activity.setting<{ smtp: { password: string } }>('alerts', { smtp: { password: '' } });
+    assert.equal(stored.smtp.password, 's3cret');
+    assert.equal((await call('PUT', '/alert-settings', { body: { ...settings, webhooks: ['ftp://x'] } })).body.code, 'INVALID_ARGUMENT');
   });
 
   test('the OpenAPI document lists the routes with their schemas', async () => {

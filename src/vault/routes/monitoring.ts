@@ -5,6 +5,8 @@ import { DEFAULT_ALERT_SETTINGS } from '../notifier.js';
 import { page, type App, type VaultContext } from '../context.js';
 import { IdParam, PageQuery } from '../schemas.js';
 
+const MASK = '********';
+
 export const monitoringRoutes = (ctx: VaultContext) => async (app: App) => {
   const { activity } = ctx.store;
 
@@ -46,10 +48,16 @@ export const monitoringRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     { additionalProperties: false },
   );
-  const shown = (s: AlertSettings) => ({ ...s, smtp: s.smtp ? { ...s.smtp, password: s.smtp.password ? '********' : undefined } : null });
+  const shown = (s: AlertSettings) => ({ ...s, smtp: s.smtp ? { ...s.smtp, password: s.smtp.password ? MASK : undefined } : null });
   app.get('/alert-settings', { config: { access: 'read' }, schema: { summary: 'where alerts are delivered (the SMTP password is not shown)', tags } }, async () => shown(await activity.setting('alerts', DEFAULT_ALERT_SETTINGS)));
   app.put('/alert-settings', { config: { access: 'configure' }, schema: { summary: 'set where alerts are delivered', tags, body: Settings } }, async (request) => {
     const s = request.body as AlertSettings;
+    // a settings object read back shows the password masked: keep the stored one
+    if (s.smtp && (s.smtp.password === undefined || s.smtp.password === MASK)) {
+      const old = await activity.setting<AlertSettings>('alerts', DEFAULT_ALERT_SETTINGS);
+      if (old.smtp?.password) s.smtp.password = old.smtp.password;
+      else delete s.smtp.password;
+    }
     await activity.putSetting('alerts', s);
     return shown(s);
   });

@@ -94,7 +94,9 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
         }
       }
       const jobId = randomUUID();
-      await items.update(item.id, { state: ProtectionState.DisablingProtection, activeJobId: jobId });
+      if (!(await items.takeActiveJob(item.id, jobId, item.activeJobId, ProtectionState.DisablingProtection))) {
+        throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
+      }
       const job = await ctx.engine.submit(JobKinds.DisableProtection, { id: jobId, target: item.id, input: { itemId: item.id, ...(request.query.deleteReplica !== undefined ? { deleteReplica: request.query.deleteReplica } : {}) }, createdBy: principal(request).actor });
       return accepted(reply, job);
     },

@@ -21,6 +21,8 @@ const INVENTORY_BODY_LIMIT = 64 * 1024 * 1024;
 /** Inventory changes beyond this many become one summary event instead of one each. */
 const EVENTS_PER_SYNC = 200;
 
+const VAULT_ONLY_CODES = new Set(['LEASE_LOST', 'STORE_UNAVAILABLE', 'STORE_SCHEMA_NEWER', 'UNAUTHENTICATED', 'FORBIDDEN']);
+
 const Scope = Type.Union([Type.Literal('all'), Type.Array(Name, { maxItems: 1000 })]);
 const ErrorSchema = Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 10_000 }), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
 
@@ -145,9 +147,12 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const deadline = clock.now() + waitMs;
       const closed = new AbortController();
       request.raw.once('close', () => closed.abort());
+      if (ctx.closing.aborted) closed.abort();
+      else ctx.closing.addEventListener('abort', () => closed.abort(), { once: true });
       for (;;) {
         const rows = await store.commands.take(fabricId, request.query.limit ?? 20, ctx.settings.commandRedeliverMs);
         if (rows.length > 0 || clock.now() >= deadline || closed.signal.aborted) {
+          // (a vault shutting down answers its long-polls empty; the provider asks again)
           return { commands: rows.map((r) => ({ id: r.id, kind: r.kind, body: JSON.parse(r.body), jobId: r.job_id, deliveries: r.deliveries, createdAt: new Date(r.created_at).toISOString() })) };
         }
         await clock.sleep(Math.min(100, deadline - clock.now()), closed.signal);
@@ -170,7 +175,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     { config: { access: 'provider' }, schema: { summary: 'the result of a command, or its error', tags, params: IdParam, body: Type.Object({ result: Type.Optional(Type.Unknown()), error: Type.Optional(ErrorSchema) }, { additionalProperties: false }) } },
     async (request, reply) => {
       const { result, error } = request.body;
-      if (error && !(error.code in ERROR_CODES)) error.code = 'JOB_FAILED';
+      // a provider names its error from the registry; codes about the vault's own machinery are not its to give
+      if (error && (!Object.hasOwn(ERROR_CODES, error.code) || VAULT_ONLY_CODES.has(error.code))) error.code = 'JOB_FAILED';
       await store.commands.complete(principal(request).fabricId!, request.params.id, { result, ...(error ? { error } : {}) });
       ctx.engine.wake();
       return reply.status(204).send();
@@ -206,6 +212,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         if (Number.isNaN(at)) throw new OsrError('INVALID_ARGUMENT', `recovery point ${p.id} has no valid time: ${p.at}`);
         return { id: p.id, at, consistency: p.consistency };
       });
+      if (points && new Set(points.map((p) => p.id)).size !== points.length) throw new OsrError('INVALID_ARGUMENT', 'recovery point ids must be unique within a report', { field: 'recoveryPoints' });
       if (points) await store.items.replacePoints(item.id, points);
       const latest = points && points.length > 0 ? Math.max(...points.map((p) => p.at)) : undefined;
       const { before, after } = await store.items.update(item.id, {
