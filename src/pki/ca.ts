@@ -370,7 +370,8 @@ async function readPemFile(file: string, what: string, label: string): Promise<s
   return text;
 }
 
-async function writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
+/** Write a file whole: a temporary name, synced, renamed into place (mode set at creation). */
+export async function writeFileAtomic(file: string, data: string, mode: number): Promise<void> {
   const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
   // The mode is set at creation so a key is never readable by others, not even briefly.
   const fh = await fs.open(tmp, 'wx', mode);
@@ -392,7 +393,8 @@ async function writeFileAtomic(file: string, data: string, mode: number): Promis
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+/** Sync a directory, making the renames in it durable. */
+export async function fsyncDir(dir: string): Promise<void> {
   // Makes the renames durable; some platforms cannot open a directory, which is harmless.
   let fh: fs.FileHandle | undefined;
   try {

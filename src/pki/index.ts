@@ -3,10 +3,12 @@ export {
   PKI_ROLES,
   createCa,
   formatFingerprint,
+  fsyncDir,
   generateKeyPairPem,
   issueCertificate,
   loadTlsMaterial,
   readCertificateInfo,
+  writeFileAtomic,
   writePkiFiles,
 } from './ca.js';
 export type { CaMaterial, CertificateInfo, CreateCaOptions, IssueOptions, IssuedCertificate, PkiRole, TlsFiles, TlsMaterial } from './ca.js';

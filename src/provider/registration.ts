@@ -7,7 +7,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { OsrError } from '../domain/errors.js';
-import { generateKeyPairPem, type TlsMaterial } from '../pki/index.js';
+import { fsyncDir, generateKeyPairPem, writeFileAtomic, type TlsMaterial } from '../pki/index.js';
 import { parseRegistrationKey } from '../domain/registration-key.js';
 import { fetchPinnedCa, VaultClient } from './vault-client.js';
 
@@ -60,31 +60,14 @@ export async function registerWithVault(o: RegisterOptions): Promise<ProviderReg
   }
 }
 
-async function writeSynced(file: string, text: string, mode: number): Promise<void> {
-  const tmp = `${file}.tmp`;
-  const fh = await fs.open(tmp, 'w', mode);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fs.rename(tmp, file);
-}
-
 export async function saveRegistration(dir: string, reg: ProviderRegistration): Promise<void> {
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-  await writeSynced(path.join(dir, 'ca.crt'), reg.tls.ca, 0o644);
-  await writeSynced(path.join(dir, 'provider.key'), reg.tls.key, 0o600);
-  await writeSynced(path.join(dir, 'provider.crt'), reg.tls.cert, 0o644);
+  await writeFileAtomic(path.join(dir, 'ca.crt'), reg.tls.ca, 0o644);
+  await writeFileAtomic(path.join(dir, 'provider.key'), reg.tls.key, 0o600);
+  await writeFileAtomic(path.join(dir, 'provider.crt'), reg.tls.cert, 0o644);
   const { tls: _tls, ...rest } = reg;
-  await writeSynced(path.join(dir, 'registration.json'), `${JSON.stringify(rest, null, 2)}\n`, 0o644);
-  const d = await fs.open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
+  await writeFileAtomic(path.join(dir, 'registration.json'), `${JSON.stringify(rest, null, 2)}\n`, 0o644);
+  await fsyncDir(dir);
 }
 
 export async function loadRegistration(dir: string): Promise<ProviderRegistration | undefined> {

@@ -9,8 +9,7 @@ import { OsrError } from '../domain/errors.js';
 import type { Alert, Severity, VaultEvent } from '../domain/resources.js';
 import { formatRegistrationKey, parseRegistrationKey } from '../domain/registration-key.js';
 import type { Role } from '../domain/roles.js';
-import { isUniqueViolation } from './config.js';
-import { affected, clampLimit, iso, json, timeId } from './rows.js';
+import { affected, clampLimit, iso, isUniqueViolation, json, timeId } from './rows.js';
 import type { AlertsTable, ApiTokensTable, AuditTable, Database, RegistrationKeysTable } from './schema.js';
 
 export const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');

@@ -8,7 +8,7 @@ import type { Kysely, Selectable } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import type { PolicySettings } from '../domain/policy.js';
 import type { CloudPairing, Mapping, Policy, RecoveryPlan, RecoveryPlanSpec } from '../domain/resources.js';
-import { affected, iso, json } from './rows.js';
+import { affected, isUniqueViolation, iso, json } from './rows.js';
 import type { Database, MappingsTable, PoliciesTable, RecoveryPlansTable } from './schema.js';
 
 export const MappingKind = { Network: 'network_mappings', Storage: 'storage_mappings' } as const;
@@ -17,12 +17,6 @@ export type MappingKind = (typeof MappingKind)[keyof typeof MappingKind];
 const toPolicy = (r: Selectable<PoliciesTable>): Policy => ({ id: r.id, name: r.name, settings: json(r.settings, {} as PolicySettings), createdAt: iso(r.created_at)!, updatedAt: iso(r.updated_at)! });
 const toMapping = (r: Selectable<MappingsTable>): Mapping => ({ id: r.id, sourceId: r.source_id, targetId: r.target_id, createdAt: iso(r.created_at)! });
 const toPlan = (r: Selectable<RecoveryPlansTable>): RecoveryPlan => ({ ...json<RecoveryPlanSpec>(r.body, { name: r.name, groups: [] }), id: r.id, name: r.name, createdAt: iso(r.created_at)!, updatedAt: iso(r.updated_at)! });
-
-/** A unique-constraint violation on either dialect. */
-export function isUniqueViolation(e: unknown): boolean {
-  const err = e as { code?: string; message?: string };
-  return err?.code === '23505' || err?.code === 'SQLITE_CONSTRAINT_UNIQUE' || err?.code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
-}
 
 async function unique<T>(what: string, fn: () => Promise<T>): Promise<T> {
   try {

@@ -6,8 +6,7 @@
 import type { Kysely, Selectable } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import { Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
-import { isUniqueViolation } from './config.js';
-import { affected, clampLimit, iso, json } from './rows.js';
+import { affected, clampLimit, iso, isUniqueViolation, json } from './rows.js';
 import type { Database, ProtectedItemsTable } from './schema.js';
 
 export interface ItemFilter {

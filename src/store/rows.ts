@@ -18,3 +18,9 @@ export const affected = (r: { numUpdatedRows?: bigint; numDeletedRows?: bigint }
 
 /** A limit within 1..max (default def). */
 export const clampLimit = (limit: number | undefined, def = 100, max = 1000): number => Math.min(Math.max(Math.floor(limit ?? def), 1), max);
+
+/** A unique-constraint violation on either dialect. */
+export function isUniqueViolation(e: unknown): boolean {
+  const code = (e as { code?: string } | undefined)?.code;
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}

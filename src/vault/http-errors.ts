@@ -6,7 +6,7 @@
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
-import { isUniqueViolation } from '../store/config.js';
+import { isUniqueViolation } from '../store/rows.js';
 import './context.js';
 
 const STATUS: Partial<Record<ErrorCode, number>> = {

@@ -70,7 +70,6 @@ export interface VaultOptions {
 }
 
 export class Vault {
-  readonly processId = randomUUID();
   url = '';
 
   private constructor(

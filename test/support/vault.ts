@@ -57,12 +57,11 @@ export interface VaultProcess {
   url: string;
   /** the first Owner token, when this process created it */
   token: string | undefined;
-  caPem: string;
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /** `osr vault` in a process of its own; resolves once it listens. */
-export function spawnVault(args: string[], o: { caPem?: string; logFile?: string } = {}): Promise<VaultProcess> {
+export function spawnVault(args: string[]): Promise<VaultProcess> {
   const proc = spawn(process.execPath, [OSR, 'vault', '--listen', '127.0.0.1:0', '--log-level', 'warn', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const errLines: string[] = [];
   proc.stderr!.on('data', (b: Buffer) => errLines.push(b.toString()));
@@ -78,7 +77,6 @@ export function spawnVault(args: string[], o: { caPem?: string; logFile?: string
           proc,
           url: info.url,
           token,
-          caPem: o.caPem ?? '',
           kill: (signal = 'SIGTERM') =>
             new Promise<void>((res) => {
               if (proc.exitCode !== null || proc.signalCode !== null) return res();
