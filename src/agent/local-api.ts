@@ -196,6 +196,11 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       .points()
       .map((p) => ({ ...p, time: new Date(p.timeMs).toISOString() })),
   );
+  app.delete<{ Params: { vm: string } }>('/v1/replicas/:vm', async (req) => {
+    const removed = agent.replicas.remove(req.params.vm);
+    agent.log.info(removed, `replica of ${removed.vmName} deleted`);
+    return removed;
+  });
   app.post<{ Body: { dir: string; vm?: string } }>(
     '/v1/replicas/import',
     { schema: { body: { type: 'object', required: ['dir'], properties: { dir: { type: 'string' }, vm: { type: 'string' } } } } },

@@ -166,6 +166,24 @@ export class ReplicaRegistry {
     }
   }
 
+  /**
+   * Delete a replica: its connection is dropped, its store closed and its directory
+   * removed (the fence record stays, so an older primary is still refused). Refused while
+   * an overlay of it is open.
+   */
+  remove(vm: string): { vmId: string; vmName: string } {
+    const s = this.get(vm);
+    const open = s.listOverlays();
+    if (open.length > 0) throw new OsrError('OVERLAY_IN_USE', `the replica of ${s.vmName} has ${open.length} open overlay(s); commit or discard them before deleting it`, { overlays: open.map((o) => o.id) });
+    const owner = this.owners.get(s.vmId);
+    owner?.destroy(new OsrError('INVALID_STATE', `the replica of ${s.vmName} was deleted`));
+    this.owners.delete(s.vmId);
+    s.close();
+    this.stores.delete(s.vmId);
+    fs.rmSync(path.join(this.dir, s.vmId), { recursive: true, force: true });
+    return { vmId: s.vmId, vmName: s.vmName };
+  }
+
   /** A replica by VM id or VM name. */
   get(vm: string): ReplicaStore {
     const s = this.stores.get(vm) ?? [...this.stores.values()].find((x) => x.vmName === vm);

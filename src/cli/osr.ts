@@ -17,6 +17,9 @@ import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pk
 import { AgentClient } from './agent-client.js';
 import { runDemo } from './demo.js';
 import { addVaultCommand } from './vault-command.js';
+import { addLabCommand } from './lab-command.js';
+import { addProviderCommand } from './provider-command.js';
+import { addApiCommands } from './api-commands.js';
 import { collect, formatBytes, formatSeconds, progressBar, table } from './format.js';
 
 const program = new Command();
@@ -26,6 +29,10 @@ program
   .version('0.1.0')
   .option('--agent <url>', 'local API of the agent to talk to', process.env.OSR_AGENT || `http://127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
   .option('--json', 'print machine-readable JSON instead of tables', false)
+  .option('--vault <url>', 'the vault to talk to (default: $OSR_VAULT, the config file, else https://127.0.0.1:8443)')
+  .option('--token <token>', 'API token for the vault (default: $OSR_TOKEN, else the config file)')
+  .option('--vault-ca <file>', "PEM file of the vault's CA to trust (default: $OSR_VAULT_CA, else the config file's ca)")
+  .option('--config <file>', 'vault connection file, YAML {vault, token, ca} (default: $OSR_CONFIG, else the first of ~/.config/osr/config.yaml and .osr/lab/osr.yaml)')
   .showHelpAfterError();
 
 const client = () => new AgentClient(program.opts<{ agent: string }>().agent);
@@ -374,6 +381,9 @@ program
   });
 
 addVaultCommand(program);
+addProviderCommand(program);
+addLabCommand(program, print);
+addApiCommands(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   const err = toOsrError(e);

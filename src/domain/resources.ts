@@ -28,6 +28,8 @@ export interface InventoryDocument {
     powerState: string;
     disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
     nics: { id: string; vmNetwork?: string; ip?: string }[];
+    /** a replica VM: the protected item (the vault's id of its source VM) it holds the replica of */
+    replicaOf?: string | undefined;
   }[];
 }
 

@@ -54,6 +54,11 @@ export class ProviderChannel {
     await this.client.request('POST', `/api/v1/provider/commands/${encodeURIComponent(id)}/result`, outcome);
   }
 
+  /** Enrol a host agent: the vault's CA certifies the public key the agent made (its private key never leaves the host). */
+  enrolAgent(name: string, publicKey: string, names: { dnsNames?: string[]; ipAddresses?: string[] } = {}): Promise<{ certificate: string; caCertificate: string; notAfter: string }> {
+    return this.client.request('POST', '/api/v1/provider/agent-certificates', { name, publicKey, ...names });
+  }
+
   async itemStatus(itemId: string, status: ItemStatus): Promise<void> {
     await this.client.request('POST', `/api/v1/provider/items/${encodeURIComponent(itemId)}/status`, status);
   }

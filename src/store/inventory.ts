@@ -236,6 +236,7 @@ function flatten(fabricId: string, d: InventoryDocument, t: number): Selectable<
       powerState: v.powerState,
       disks: v.disks.map((k) => ({ id: k.id, name: k.name, sizeBytes: k.sizeBytes, ...(k.storageLocation ? { storageLocation: g(k.storageLocation) } : {}) })),
       nics: v.nics.map((n) => ({ id: n.id, ...(n.vmNetwork ? { vmNetwork: g(n.vmNetwork) } : {}), ...(n.ip ? { ip: n.ip } : {}) })),
+      ...(v.replicaOf ? { replicaOf: v.replicaOf } : {}),
     });
   }
   return rows;

@@ -184,6 +184,34 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
   );
 
   app.post(
+    '/provider/agent-certificates',
+    {
+      config: { access: 'provider' },
+      schema: {
+        summary: 'enrol a host agent of this fabric: a certificate from the vault\'s CA for the public key the agent made',
+        tags,
+        body: Type.Object(
+          {
+            name: Name,
+            publicKey: Type.String({ minLength: 1, maxLength: 10_000 }),
+            dnsNames: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 253 }), { maxItems: 20 })),
+            ipAddresses: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 45 }), { maxItems: 20 })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request, reply) => {
+      const p = principal(request);
+      const b = request.body;
+      const names = b.dnsNames === undefined && b.ipAddresses === undefined ? {} : { dnsNames: b.dnsNames ?? [], ipAddresses: b.ipAddresses ?? [] };
+      const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: 365, ...names });
+      await alerting.event({ target: p.fabricId!, kind: 'agent.enrolled', severity: Severity.Info, message: `host agent ${b.name} enrolled through provider ${p.providerId}`, details: { agent: b.name, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
+      return reply.status(201).send({ certificate: cert.certPem, caCertificate: ctx.identity.ca.certPem, notAfter: cert.notAfter.toISOString() });
+    },
+  );
+
+  app.post(
     '/provider/items/:id/status',
     {
       config: { access: 'provider' },

@@ -1,0 +1,294 @@
+/** `osr fabric`, `osr inventory` and `osr item`: what providers report, and protected items. */
+import { Option, type Command } from 'commander';
+import { OsrError } from '../domain/errors.js';
+import { INVENTORY_KINDS, type Fabric, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
+import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
+import { formatBytes, formatSeconds, table } from './format.js';
+import { watchJobs } from './job-watch.js';
+import { parseDuration } from '../agent/time-window.js';
+
+/** inventory kind → its path under /api/v1 */
+export const INVENTORY_PATHS: Record<InventoryKind, string> = {
+  cloud: 'clouds',
+  'host-group': 'host-groups',
+  host: 'hosts',
+  'logical-network': 'logical-networks',
+  'vm-network': 'vm-networks',
+  'ip-pool': 'ip-pools',
+  'storage-classification': 'storage-classifications',
+  'storage-location': 'storage-locations',
+  vm: 'vms',
+};
+
+/** The few properties of an inventory object worth a column. */
+function summary(o: InventoryObject): string {
+  const p = o.properties as Record<string, unknown>;
+  const count = (v: unknown) => (Array.isArray(v) ? v.length : 0);
+  switch (o.kind) {
+    case 'cloud':
+      return `${count(p.hostGroups)} host group(s)`;
+    case 'host-group':
+      return `${count(p.hosts)} host(s)`;
+    case 'host':
+      return `OS ${String(p.osVersion ?? '-')}${p.agent ? ` agent ${(p.agent as { address: string; replicationPort: number }).address}:${(p.agent as { replicationPort: number }).replicationPort}` : ''}`;
+    case 'vm-network':
+      return `on ${String(p.logicalNetwork ?? '-')}; ${((p.subnets as { cidr: string }[] | undefined) ?? []).map((s) => s.cidr).join(', ')}`;
+    case 'ip-pool':
+      return `${String(p.start ?? '')}-${String(p.end ?? '')}`;
+    case 'storage-location':
+      return `${String(p.kind ?? '')} ${String(p.classification ?? '')}${typeof p.freeBytes === 'number' ? ` ${formatBytes(p.freeBytes)} free` : ''}`;
+    case 'vm':
+      return `${String(p.powerState ?? '-')}, ${count(p.disks)} disk(s) ${formatBytes(((p.disks as { sizeBytes: number }[] | undefined) ?? []).reduce((a, d) => a + d.sizeBytes, 0))}, ${count(p.nics)} NIC(s)`;
+    default:
+      return '';
+  }
+}
+
+const inventoryRows = (list: InventoryObject[]) => list.map((o) => ({ kind: o.kind, id: o.id, name: o.name, parent: o.parentId, details: summary(o) }));
+
+const kindOption = () => new Option('--kind <kind>', 'only objects of this kind').choices([...INVENTORY_KINDS]);
+
+async function resolveVm(api: CliApi, idOrName: string): Promise<InventoryObject> {
+  return byIdOrName('VM', idOrName, (id) => api.get<InventoryObject>(`/vms/${encodeURIComponent(id)}`), async () => (await api.list<InventoryObject>('/vms')).items);
+}
+
+/** A protected item by id, or by name. */
+export async function resolveItem(api: CliApi, idOrName: string): Promise<ProtectedItem> {
+  return byIdOrName('protected item', idOrName, (id) => api.get<ProtectedItem>(`/protected-items/${encodeURIComponent(id)}`), async () => (await api.list<ProtectedItem>('/protected-items', { name: idOrName })).items);
+}
+
+/** Policy names by policy id, and each pairing's policy. */
+async function policyNames(api: CliApi): Promise<(item: ProtectedItem) => string | null> {
+  const [policies, pairings] = await Promise.all([api.get<ListAnswer<Policy>>('/policies'), api.get<ListAnswer<CloudPairing>>('/cloud-pairings')]);
+  const names = new Map(policies.items.map((p) => [p.id, p.name]));
+  const byPairing = new Map(pairings.items.map((p) => [p.id, p.policyId]));
+  return (item) => {
+    const id = (item.replication as { policyId?: string }).policyId ?? byPairing.get(item.pairingId);
+    return id ? (names.get(id) ?? id) : null;
+  };
+}
+
+const itemState = (i: ProtectedItem) => (i.progress !== null && i.progress !== undefined && i.state !== 'Protected' ? `${i.state} ${(i.progress * 100).toFixed(0)}%` : i.state);
+
+export function addProtectionCommands(program: Command): void {
+  const out = (data: unknown, human: () => string) => print(program, data, human);
+
+  // ---- fabric ------------------------------------------------------------------------------
+  const fabric = program.command('fabric').description('fabrics: the management servers registered with the vault, with their providers');
+  fabric
+    .command('list')
+    .description('registered fabrics, their providers and heartbeats')
+    .action(() =>
+      withApi(program, async (api) => {
+        const r = await api.get<ListAnswer<Fabric>>('/fabrics');
+        out(r, () =>
+          table(
+            r.items.map((f) => ({ id: f.id, name: f.name, kind: f.kind, version: f.version, providers: f.providers.length, heartbeat: f.heartbeatLost ? `LOST (${ago(f.lastHeartbeatAt) ?? 'never'})` : ago(f.lastHeartbeatAt), inventory: ago(f.inventoryAt), scope: f.inventoryScope === 'all' ? 'all' : f.inventoryScope.join(',') })),
+          ),
+        );
+      }),
+    );
+  fabric
+    .command('show <id>')
+    .description('one fabric and its providers')
+    .action((id: string) =>
+      withApi(program, async (api) => {
+        const f = await api.get<Fabric>(`/fabrics/${encodeURIComponent(id)}`);
+        out(f, () =>
+          [
+            fields([
+              ['id', f.id],
+              ['name', f.name],
+              ['kind', f.kind],
+              ['version', f.version],
+              ['inventory scope', f.inventoryScope === 'all' ? 'all clouds' : f.inventoryScope.join(', ')],
+              ['last heartbeat', `${when(f.lastHeartbeatAt) ?? 'never'}${f.heartbeatLost ? ' (LOST)' : ''}`],
+              ['inventory at', when(f.inventoryAt)],
+              ['created', when(f.createdAt)],
+            ]),
+            '',
+            'Providers',
+            table(f.providers.map((p) => ({ id: p.id, name: p.name, version: p.version, registered: when(p.registeredAt), heartbeat: ago(p.lastHeartbeatAt), proxy: p.proxy?.url ?? null }))),
+          ].join('\n'),
+        );
+      }),
+    );
+  fabric
+    .command('delete <id>')
+    .description('unregister a fabric and drop its inventory (none of its VMs may be protected)')
+    .action((id: string) =>
+      withApi(program, async (api) => {
+        await api.delete(`/fabrics/${encodeURIComponent(id)}`);
+        out({ deleted: id }, () => `fabric ${id} unregistered`);
+      }),
+    );
+
+  // ---- inventory ---------------------------------------------------------------------------
+  const inv = program.command('inventory').description("what the fabrics' providers report: clouds, host groups, hosts, networks, IP pools, storage, VMs");
+  inv
+    .command('list')
+    .description('inventory objects, of every kind unless --kind says which')
+    .addOption(kindOption())
+    .option('--fabric <id>', 'of this fabric only')
+    .option('--parent <id>', 'contained in this object only (a cloud\'s host groups and VMs, a host group\'s hosts)')
+    .action((o: { kind?: InventoryKind; fabric?: string; parent?: string }) =>
+      withApi(program, async (api) => {
+        const kinds = o.kind ? [o.kind] : [...INVENTORY_KINDS];
+        const lists = await Promise.all(kinds.map((k) => api.list<InventoryObject>(`/${INVENTORY_PATHS[k]}`, { fabric: o.fabric, parent: o.parent })));
+        const items = lists.flatMap((l) => l.items);
+        out({ items, next: null }, () => table(inventoryRows(items)));
+      }),
+    );
+  inv
+    .command('show <id>')
+    .description('one inventory object with all its properties')
+    .addOption(kindOption())
+    .action((id: string, o: { kind?: InventoryKind }) =>
+      withApi(program, async (api) => {
+        const kinds = o.kind ? [o.kind] : [...INVENTORY_KINDS];
+        const found = (await Promise.all(kinds.map((k) => api.get<InventoryObject>(`/${INVENTORY_PATHS[k]}/${encodeURIComponent(id)}`).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)))))).find(
+          (x) => x !== undefined,
+        );
+        if (!found) throw new OsrError('NOT_FOUND', `no inventory object${o.kind ? ` of kind ${o.kind}` : ''} has the id ${id}`);
+        out(found, () =>
+          fields([
+            ['id', found.id],
+            ['kind', found.kind],
+            ['name', found.name],
+            ['fabric', found.fabricId],
+            ['parent', found.parentId],
+            ['updated', when(found.updatedAt)],
+            ...Object.entries(found.properties),
+          ]),
+        );
+      }),
+    );
+  inv
+    .command('protectable')
+    .description('VMs not protected yet')
+    .option('--cloud <id>', 'in this cloud only')
+    .action((o: { cloud?: string }) =>
+      withApi(program, async (api) => {
+        const r = await api.list<InventoryObject>('/protectable-items', { cloud: o.cloud });
+        out(r, () => table(r.items.map((v) => ({ id: v.id, name: v.name, cloud: v.parentId, details: summary(v) }))));
+      }),
+    );
+
+  // ---- protected items ---------------------------------------------------------------------
+  const item = program.command('item').description('protected items: VMs under protection, their health, RPO and recovery points');
+  item
+    .command('list')
+    .description('protected items with state, health, RPO, latest recovery point and policy')
+    .option('--state <state>', 'in this state only (e.g. Protected, InitialReplication, ProtectionFailed)')
+    .option('--health <health>', 'of this health only (Healthy, Warning, Critical)')
+    .option('--pairing <id>', 'covered by this cloud pairing only')
+    .option('--fabric <id>', 'of this fabric only')
+    .option('--name <prefix>', 'whose names start with this')
+    .action((o: { state?: string; health?: string; pairing?: string; fabric?: string; name?: string }) =>
+      withApi(program, async (api) => {
+        const r = await api.list<ProtectedItem>('/protected-items', { state: o.state, health: o.health, pairing: o.pairing, fabric: o.fabric, name: o.name });
+        if (asJson(program)) return out(r, () => '');
+        const policyOf = await policyNames(api);
+        out(r, () =>
+          table(
+            r.items.map((i) => ({ id: i.id, name: i.name, state: itemState(i), health: i.health, rpo: formatSeconds(i.rpoSeconds), 'latest point': when(i.lastRecoveryPointAt), policy: policyOf(i) })),
+          ),
+        );
+      }),
+    );
+  item
+    .command('show <item>')
+    .description('one protected item (by id or name): replication, placement, health reasons, active job')
+    .action((idOrName: string) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        if (asJson(program)) return out(i, () => '');
+        const policyOf = await policyNames(api);
+        out(i, () =>
+          [
+            fields([
+              ['id', i.id],
+              ['name', i.name],
+              ['fabric', i.fabricId],
+              ['pairing', i.pairingId],
+              ['policy', policyOf(i)],
+              ['state', itemState(i)],
+              ['health', i.health],
+              ['RPO', formatSeconds(i.rpoSeconds)],
+              ['latest point', when(i.lastRecoveryPointAt)],
+              ['active job', i.activeJobId],
+              ['created', when(i.createdAt)],
+              ['updated', when(i.updatedAt)],
+              ['replication', i.replication],
+            ]),
+            ...(i.healthReasons.length ? ['', 'Health reasons', table(i.healthReasons.map((h) => ({ code: h.code, message: h.message })))] : []),
+          ].join('\n'),
+        );
+      }),
+    );
+  item
+    .command('enable <vm...>')
+    .description('enable protection of one or more VMs (by id, or by name): one job each')
+    .option('--pairing <id>', "the cloud pairing to protect under (default: the pairing of the VM's cloud)")
+    .option('--wait', 'follow the jobs until they end; exit non-zero if one fails', false)
+    .option('--interval <duration>', 'how often --wait polls', '1s')
+    .action((vms: string[], o: { pairing?: string; wait: boolean; interval: string }) =>
+      withApi(program, async (api) => {
+        const started: { vm: string; vmId?: string; jobId?: string; url?: string; state?: string; error?: { code: string; message: string } }[] = [];
+        for (const name of vms) {
+          try {
+            const vm = await resolveVm(api, name);
+            const r = await api.post<{ jobId: string; kind: string; state: string; url: string }>('/protected-items', { vmId: vm.id, ...(o.pairing ? { pairingId: o.pairing } : {}) });
+            started.push({ vm: vm.name, vmId: vm.id, jobId: r.jobId, url: r.url, state: r.state });
+          } catch (e) {
+            const err = e instanceof OsrError ? e : new OsrError('INTERNAL', String(e));
+            started.push({ vm: name, error: { code: err.code, message: err.message } });
+          }
+        }
+        out(started, () => table(started.map((s) => ({ vm: s.vm, item: s.vmId ?? null, job: s.jobId ?? null, result: s.error ? `${s.error.code}: ${s.error.message}` : 'started' }))));
+        const jobs = started.filter((s) => s.jobId).map((s) => s.jobId!);
+        if (o.wait && jobs.length > 0) await watchJobs(api, jobs, { json: asJson(program), intervalMs: parseDuration(o.interval) });
+        const failed = started.find((s) => s.error);
+        if (failed) throw new OsrError(failed.error!.code as OsrError['code'], `enabling protection of ${failed.vm} was refused: ${failed.error!.message}`);
+      }),
+    );
+  item
+    .command('disable <item>')
+    .description('disable protection of an item (a job); the replica is deleted or kept as its policy says, unless told')
+    .option('--keep-replica', 'keep the replica VM', false)
+    .option('--delete-replica', 'delete the replica VM', false)
+    .option('--wait', 'follow the job until it ends', false)
+    .option('--interval <duration>', 'how often --wait polls', '1s')
+    .action((idOrName: string, o: { keepReplica: boolean; deleteReplica: boolean; wait: boolean; interval: string }) =>
+      withApi(program, async (api) => {
+        if (o.keepReplica && o.deleteReplica) throw new OsrError('INVALID_ARGUMENT', 'give --keep-replica or --delete-replica, not both');
+        const i = await resolveItem(api, idOrName);
+        const r = await api.delete<{ jobId: string; kind: string; state: string; url: string }>(`/protected-items/${encodeURIComponent(i.id)}`, {
+          deleteReplica: o.keepReplica ? false : o.deleteReplica ? true : undefined,
+        });
+        out(r, () => `disabling protection of ${i.name}: job ${r.jobId}`);
+        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
+      }),
+    );
+  item
+    .command('points <item>')
+    .description("an item's recovery points, newest first")
+    .action((idOrName: string) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        const r = await api.get<ListAnswer<RecoveryPoint>>(`/protected-items/${encodeURIComponent(i.id)}/recovery-points`);
+        out(r, () => table(r.items.map((p) => ({ id: p.id, time: when(p.at), consistency: p.consistency }))));
+      }),
+    );
+  item
+    .command('events <item>')
+    .description("an item's event history, newest first")
+    .option('--limit <n>', 'at most this many events', '100')
+    .action((idOrName: string, o: { limit: string }) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        const r = await api.list<VaultEvent>(`/protected-items/${encodeURIComponent(i.id)}/events`, {}, int(o.limit, '--limit', 1));
+        out(r, () => table(r.items.map((e) => ({ time: when(e.at), severity: e.severity, kind: e.kind, message: e.message }))));
+      }),
+    );
+}

@@ -1,0 +1,118 @@
+/** `osr lab`: start, watch and stop a whole lab (vault, providers, agents, demo VMs) on this machine. */
+import type { Command } from 'commander';
+import type { ProtectedItem } from '../domain/resources.js';
+import { DEFAULT_LAB_DIR, labDown, labNbdUri, labStatus, labUp } from '../lab/launcher.js';
+import { builtInTopologies, loadTopology } from '../lab/topology.js';
+import { formatSeconds, table } from './format.js';
+
+export function addLabCommand(program: Command, print: (data: unknown, human: () => string) => void): void {
+  const lab = program.command('lab').description('a whole lab on this machine: the vault, a provider per fabric, an agent per host, demo VMs with a workload');
+  lab
+    .command('up')
+    .description('start the lab (in the foreground unless --detach; Ctrl-C stops every process cleanly); a second run goes on from the lab\'s state')
+    .option('--topology <name|file>', `a built-in topology (${builtInTopologies().join(', ')}) or a YAML file; fixed when the lab is first made`)
+    .option('--dir <dir>', 'where the lab keeps everything', DEFAULT_LAB_DIR)
+    .option('--detach', 'start the lab in the background and return', false)
+    .option('--port <port>', 'the vault\'s HTTPS port on 127.0.0.1 (0: any free port)', '8443')
+    .option('--status-interval <duration>', 'how often providers report replication status', '5s')
+    .action(async (o: { topology?: string; dir: string; detach: boolean; port: string; statusInterval: string }) => {
+      const l = await labUp({ topology: o.topology, dir: o.dir, detach: o.detach, port: Number(o.port), statusInterval: o.statusInterval });
+      if (o.detach) {
+        l.api.close();
+        return;
+      }
+      let stopping = false;
+      const onSignal = () => {
+        if (stopping) return;
+        stopping = true;
+        console.log('\nstopping the lab: providers (guests, hosts), then the vault…');
+        void l.stop().then(() => {
+          console.log(`stopped; the lab's state stays in ${l.info.dir} (\`npm start\` or \`osr lab up\` goes on from it)`);
+          process.exit(0);
+        });
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
+      console.log('\nwatching protected items (Ctrl-C stops the lab)…');
+      let last = '';
+      let lastAt = 0;
+      while (!stopping) {
+        const ended = await Promise.race([l.stopped.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))]);
+        if (ended) {
+          if (!stopping) process.exit(1);
+          break;
+        }
+        try {
+          const items = (await l.api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=1000')).items;
+          const line = summary(items);
+          if (line !== last || Date.now() - lastAt > 60_000) {
+            console.log(`${new Date().toISOString().slice(11, 19)}  ${line}`);
+            last = line;
+            lastAt = Date.now();
+          }
+        } catch (e) {
+          if (!stopping) console.log(`status unavailable: ${(e as Error).message}`);
+        }
+      }
+    });
+  lab
+    .command('status')
+    .description('what runs in the lab: processes, fabrics and their heartbeats, protected items')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (o: { dir: string }) => {
+      const s = await labStatus(o.dir);
+      print(s, () => {
+        if (!s.lab) return `no lab runs in ${s.dir} (\`osr lab up\` starts one)`;
+        return [
+          `lab ${s.lab.topology} in ${s.dir}: ${s.running ? 'running' : 'NOT all processes run'}; vault ${s.lab.vault.url}`,
+          '',
+          table(s.processes.map((p) => ({ role: p.role, name: p.name, pid: p.pid, alive: p.alive ? 'yes' : 'NO' }))),
+          '',
+          table(s.fabrics.map((f) => ({ fabric: f.name, id: f.id, heartbeat: f.lastHeartbeatAt, lost: f.heartbeatLost ? 'LOST' : '-', inventory: f.inventoryAt }))),
+          '',
+          s.items.length === 0 ? 'no protected items yet' : table(s.items.map((i) => ({ item: i.name, state: i.state, health: i.health, rpo: formatSeconds(i.rpoSeconds), latestPoint: i.lastRecoveryPointAt }))),
+        ].join('\n');
+      });
+    });
+  lab
+    .command('down')
+    .description('stop the lab started with --detach (providers and their hosts first, then the vault); its state stays')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (o: { dir: string }) => {
+      await labDown(o.dir);
+    });
+  lab
+    .command('nbd-uri <vm> [disk]')
+    .description('the NBD URI of a running lab VM\'s disk (default its first), on whichever host runs it now: any NBD client can be its guest')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (vm: string, disk: string | undefined, o: { dir: string }) => {
+      const rows = await labNbdUri(o.dir, vm, disk);
+      print(rows, () => rows.map((r) => r.uri).join('\n'));
+    });
+  lab
+    .command('topologies')
+    .description('the built-in topologies (copy one with --print, edit it, and give its file to lab up --topology)')
+    .option('--print <name>', 'print a built-in topology\'s YAML')
+    .action(async (o: { print?: string }) => {
+      if (o.print) {
+        const { file } = loadTopology(o.print);
+        const { readFileSync } = await import('node:fs');
+        process.stdout.write(readFileSync(file, 'utf8'));
+        return;
+      }
+      const rows = builtInTopologies().map((n) => {
+        const t = loadTopology(n).spec;
+        return { name: n, fabrics: t.fabrics.length, vms: t.fabrics.reduce((k, f) => k + f.vms.length, 0), description: t.description ?? '' };
+      });
+      print(rows, () => table(rows));
+    });
+}
+
+function summary(items: ProtectedItem[]): string {
+  if (items.length === 0) return 'no protected items yet (osr item enable VM)';
+  const by = new Map<string, number>();
+  for (const i of items) by.set(`${i.state}/${i.health}`, (by.get(`${i.state}/${i.health}`) ?? 0) + 1);
+  const rpos = items.map((i) => i.rpoSeconds).filter((r): r is number => r !== null);
+  const progress = items.filter((i) => i.progress !== null).map((i) => `${i.name} ${Math.round((i.progress ?? 0) * 100)}%`);
+  return `${items.length} item(s): ${[...by].map(([k, n]) => `${n} ${k}`).join(', ')}${rpos.length ? `; RPO max ${formatSeconds(Math.max(...rpos))}` : ''}${progress.length ? `; ${progress.join(', ')}` : ''}`;
+}

@@ -1,0 +1,76 @@
+/** `osr provider`: run a provider at a fabric — registration, inventory, commands, status. */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { pino } from 'pino';
+import { parseDuration } from '../agent/time-window.js';
+import { OsrError } from '../domain/errors.js';
+import { LabFabricDriver } from '../lab/lab-driver.js';
+import { loadSiteConfig } from '../lab/topology.js';
+import { ProviderChannel } from '../provider/channel.js';
+import { FabricProvider } from '../provider/fabric-provider.js';
+import { loadRegistration, registerWithVault } from '../provider/registration.js';
+import { VERSION } from '../vault/version.js';
+
+export function addProviderCommand(program: Command): void {
+  program
+    .command('provider')
+    .description('run a provider at a fabric: register with the vault (once, with a registration key), sync inventory, run the vault\'s commands against the fabric, report replication status')
+    .requiredOption('--fabric <kind>', 'the fabric driver: lab (hosts are osr agents on this machine)')
+    // --config and --vault are also the osr command's own options, which take their values; the action reads them there
+    .option('--config <file>', 'the site file: the fabric\'s name and inventory, and lab.dir for the lab driver')
+    .option('--vault <url>', 'the vault\'s URL (needed to register; later taken from the registration)')
+    .option('--registration-key <key>', 'a registration key from the vault (needed once; valid 5 days)')
+    .option('--registration-key-file <file>', 'read the registration key from this file')
+    .option('--data-dir <dir>', 'where the provider keeps its registration and state (default LAB_DIR/provider)')
+    .option('--server-name <name>', 'this management server\'s friendly name (default: the site file\'s server)')
+    .option('--scope <clouds>', 'sync only these clouds (comma-separated names; default all)')
+    .option('--status-interval <duration>', 'how often replication status of protected items goes to the vault', '15s')
+    .option('--poll <duration>', 'long-poll wait for commands', '20s')
+    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .action(async (o: Record<string, string | undefined>) => {
+      const shared = program.opts<{ config?: string; vault?: string }>();
+      o.config ??= shared.config;
+      o.vault ??= shared.vault;
+      if (!o.config) throw new OsrError('CONFIG_INVALID', 'give the site file with --config SITE.yaml');
+      if (o.fabric !== 'lab') throw new OsrError('NOT_SUPPORTED', `fabric driver "${o.fabric}" is not available; this build has: lab`);
+      const site = loadSiteConfig(path.resolve(o.config!));
+      const dir = path.resolve(o.dataDir ?? path.join(site.lab.dir, 'provider'));
+      const log = pino({ name: `provider ${site.name}`, level: o.logLevel ?? 'info' }, pino.destination(2));
+      const scope = o.scope ? o.scope.split(',').map((s) => s.trim()).filter(Boolean) : 'all';
+      let registration = await loadRegistration(dir);
+      if (!registration) {
+        const key = o.registrationKey ?? (o.registrationKeyFile ? fs.readFileSync(o.registrationKeyFile, 'utf8').trim() : undefined);
+        if (!key || !o.vault) throw new OsrError('CONFIG_INVALID', `the provider in ${dir} is not registered yet: give --vault and --registration-key (an Owner creates one with \`osr registration-key create\`)`);
+        registration = await registerWithVault({ vaultUrl: o.vault, key, fabric: { name: site.name, kind: 'lab' }, serverName: o.serverName ?? site.server ?? site.name, version: VERSION, inventoryScope: scope, dir });
+        log.info({ fabricId: registration.fabricId, provider: registration.providerId }, `registered with vault ${registration.vault.name}`);
+      }
+      const channel = new ProviderChannel(registration);
+      const provider = new FabricProvider({
+        driver: new LabFabricDriver(site),
+        channel,
+        dir,
+        statusIntervalMs: parseDuration(o.statusInterval!),
+        pollSeconds: Math.max(1, Math.round(parseDuration(o.poll!) / 1000)),
+        inventoryScope: scope,
+        log,
+      });
+      let stopping = false;
+      const stop = () => {
+        if (stopping) return;
+        stopping = true;
+        log.info({}, 'stopping: hosts, then the channel');
+        void provider.stop().then(
+          () => process.exit(0),
+          (e: unknown) => {
+            log.error({ err: (e as Error).message }, 'stopping failed');
+            process.exit(1);
+          },
+        );
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+      await provider.start();
+      console.log(JSON.stringify({ provider: registration.providerId, fabric: site.name, fabricId: registration.fabricId, vault: registration.vault.url, dir }));
+    });
+}

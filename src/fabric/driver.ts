@@ -1,0 +1,111 @@
+/**
+ * The FabricDriver port: what a provider needs of the management server it runs at (a
+ * fabric). The provider turns the vault's commands into these calls; a driver turns them
+ * into its fabric's own operations (the lab driver: lab hosts' agents on this machine).
+ *
+ * Ids here are the fabric's own (the provider strips and adds the vault's fabric prefix).
+ * Workflows branch on `capabilities`, never on a driver's kind.
+ */
+import type { PolicySettings } from '../domain/policy.js';
+import type { InventoryDocument } from '../domain/resources.js';
+
+export interface FabricCapabilities {
+  /** hosts track guest writes, so deltas ship only changed blocks */
+  changedBlockTracking: boolean;
+  /** a running VM's disks can be served over NBD to outside tools */
+  nbdExport: boolean;
+  /** initial replication through an export at the source and an import at the target */
+  offlineInitialReplication: boolean;
+}
+
+export const PowerAction = { Start: 'start', Shutdown: 'shutdown', Stop: 'stop' } as const;
+export type PowerAction = (typeof PowerAction)[keyof typeof PowerAction];
+
+/** What a driver may ask of its provider while it runs. */
+export interface DriverContext {
+  /**
+   * Enrol a host agent: the vault's CA certifies a public key the host made. The private
+   * key never leaves the host.
+   */
+  enrolAgent(name: string, publicKeyPem: string): Promise<{ certificate: string; caCertificate: string; notAfter: string }>;
+  /** the inventory changed (a VM started, a replica was created): report it soon */
+  inventoryChanged(): void;
+  log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void; error(o: object, msg?: string): void };
+}
+
+/** A replica VM to create at the recovery site, where placement put it. */
+export interface ReplicaVmSpec {
+  /** the protected item (the vault's id of the source VM) */
+  itemId: string;
+  source: { name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string }[] };
+  /** host that runs the replica */
+  hostId: string;
+  /** disk id → storage location */
+  storage: Record<string, string>;
+  /** NIC id → VM network, or null (not connected) */
+  networks: Record<string, string | null>;
+}
+
+export interface ReplicaVm {
+  replicaVmId: string;
+  hostId: string;
+  /** where the source's host agent sends replication */
+  agent: { address: string; port: number };
+  nics: { id: string; vmNetwork: string | null; ip: string | null }[];
+  /** an existing replica of this item was taken up again (its data is resynchronized, not copied) */
+  reused: boolean;
+}
+
+export interface ReplicationRequest {
+  vmId: string;
+  policy: PolicySettings;
+  /** the recovery host's agent */
+  peer: { address: string; port: number };
+}
+
+export interface RecoveryPointInfo {
+  id: string;
+  at: string;
+  consistency: 'crash' | 'app';
+}
+
+/** What replication of one VM looks like now, at the primary. */
+export interface ReplicationStatus {
+  health: 'Healthy' | 'Warning' | 'Critical';
+  healthReasons: { code: string; message: string }[];
+  rpoSeconds: number | null;
+  /** the state the host reports (InitialReplication, Resynchronizing, Replicating, …) */
+  state: string;
+  /** the first copy (or the resync that replaces it for a reused replica) */
+  initial: { fraction: number; bytesDone: number; bytesTotal: number; rateBytesPerSec: number; etaSeconds: number | null; currentDisk: string | null; done: boolean } | null;
+  latestPoint: RecoveryPointInfo | null;
+  lastError: { code: string; message: string } | null;
+  /** a non-recoverable error stopped replication: nothing happens until someone acts */
+  waitingForAction: boolean;
+}
+
+export interface FabricDriver {
+  readonly kind: string;
+  readonly capabilities: FabricCapabilities;
+  /** bring the fabric up (hosts enrolled and reachable); called once the provider is registered */
+  start(ctx: DriverContext): Promise<void>;
+  stop(): Promise<void>;
+  inventory(): Promise<InventoryDocument>;
+  setPower(vmId: string, action: PowerAction): Promise<{ powerState: string }>;
+
+  // ---- recovery site
+  /** create the replica VM (or take up the one this item already has) and connect its NICs */
+  ensureReplicaVm(spec: ReplicaVmSpec): Promise<ReplicaVm>;
+  /** delete the replica VM and its data, or keep it as a VM of its own */
+  removeReplicaVm(replicaVmId: string, o: { deleteData: boolean }): Promise<void>;
+  /** connect a NIC to a VM network (an IP from its static pool), or disconnect it (null) */
+  connectNic(vmId: string, nicId: string, vmNetwork: string | null): Promise<{ ip: string | null }>;
+  recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]>;
+
+  // ---- primary site
+  /** start tracking and replicating a VM to the peer (idempotent) */
+  ensureReplication(req: ReplicationRequest): Promise<void>;
+  replicationStatus(vmId: string): Promise<ReplicationStatus>;
+  /** stop replicating (idempotent); the VM keeps running */
+  stopReplication(vmId: string): Promise<void>;
+}

@@ -1,0 +1,523 @@
+/**
+ * The lab fabric: a management server's view of hosts that are `osr agent` processes on
+ * this machine. Its inventory is the site file's (clouds, host groups, hosts, networks
+ * with static IP pools, storage) plus the VMs the agents run and the replica VMs it made.
+ *
+ * - Hosts enrol through the provider (a key pair made here, a certificate from the
+ *   vault's CA) and run with a replication listener on a port kept across restarts.
+ * - VMs are the agents' lab VMs; a running VM with a workload has a guest writing to its
+ *   disks through NBD.
+ * - A replica VM is a record here (host, disks on storage locations, NICs with IPs from
+ *   the pools); its data is the replica store on that host's agent.
+ *
+ * What must survive a restart is in DIR/state.json, written whole and synced.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseSize } from '../agent/lab-host.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
+import type { InventoryDocument } from '../domain/resources.js';
+import type { DriverContext, FabricDriver, PowerAction, RecoveryPointInfo, ReplicaVm, ReplicaVmSpec, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
+import { fsyncDir, generateKeyPairPem, writeFileAtomic } from '../pki/index.js';
+import { startAgentProcess, stopAgentProcess, type RunningAgent } from './agent-process.js';
+import { intToIp, ipToInt, slug, type LabVmSpec, type SiteConfig } from './topology.js';
+import { DEFAULT_WORKLOAD_BYTES_PER_SECOND, Workload } from './workload.js';
+
+const DEFAULT_OS = 'lab-2025';
+
+interface ReplicaRecord {
+  id: string;
+  itemId: string;
+  /** the source VM's name: the replica store's name on the host's agent */
+  name: string;
+  hostId: string;
+  disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
+  nicIds: string[];
+  /** false once protection was disabled with the replica kept: a VM of its own */
+  protecting: boolean;
+  createdAt: string;
+}
+
+interface LabState {
+  hosts: Record<string, { replicationPort: number }>;
+  /** VM id → power wanted (topology VMs) */
+  power: Record<string, 'Running' | 'Off'>;
+  replicas: Record<string, ReplicaRecord>;
+  /** "vmId/nicId" → its VM network and address */
+  nics: Record<string, { vmNetwork: string | null; ip: string | null }>;
+  /** VM id → the peer its replication goes to */
+  replications: Record<string, { address: string; port: number }>;
+}
+
+/** One line per host in DIR/agents.json: how to reach its agent (lab status, nbd-uri). */
+export interface LabAgentInfo {
+  host: string;
+  hostId: string;
+  fabric: string;
+  api: string;
+  pid: number;
+  replicationPort: number | null;
+  nbdSocket: string;
+}
+
+interface HostRef {
+  id: string;
+  name: string;
+  osVersion: string;
+  logicalNetworks: string[];
+  storageLocations: string[];
+  cloudId: string;
+  hostGroupId: string;
+}
+
+export interface LabDriverOptions {
+  /** agent retry back-off (default: the agent's own) */
+  agentArgs?: string[];
+}
+
+export class LabFabricDriver implements FabricDriver {
+  readonly kind = 'lab';
+  readonly capabilities = { changedBlockTracking: true, nbdExport: true, offlineInitialReplication: false };
+  private readonly dir: string;
+  private state: LabState;
+  private readonly agents = new Map<string, RunningAgent>();
+  private readonly workloads = new Map<string, Workload>();
+  private readonly hosts = new Map<string, HostRef>();
+  private readonly vms = new Map<string, LabVmSpec & { id: string }>();
+  private ctx: DriverContext | undefined;
+  private saving: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly site: SiteConfig,
+    private readonly o: LabDriverOptions = {},
+  ) {
+    this.dir = site.lab.dir;
+    fs.mkdirSync(this.dir, { recursive: true });
+    const file = path.join(this.dir, 'state.json');
+    let saved: Partial<LabState> = {};
+    try {
+      saved = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<LabState>;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
+    }
+    this.state = { hosts: {}, power: {}, replicas: {}, nics: {}, replications: {}, ...saved };
+    for (const c of site.clouds) {
+      for (const hg of c.hostGroups) {
+        for (const h of hg.hosts) {
+          this.hosts.set(slug(h.name), { id: slug(h.name), name: h.name, osVersion: h.osVersion ?? site.osVersion ?? DEFAULT_OS, logicalNetworks: h.logicalNetworks.map(slug), storageLocations: h.storageLocations.map(slug), cloudId: slug(c.name), hostGroupId: slug(`${c.name}-${hg.name}`) });
+        }
+      }
+    }
+    for (const v of site.vms) this.vms.set(slug(v.name), { ...v, id: slug(v.name) });
+  }
+
+  private save(): Promise<void> {
+    const text = `${JSON.stringify(this.state, null, 2)}\n`;
+    this.saving = this.saving.then(async () => {
+      await writeFileAtomic(path.join(this.dir, 'state.json'), text, 0o644);
+      await fsyncDir(this.dir);
+    });
+    return this.saving;
+  }
+
+  private changed(): void {
+    this.ctx?.inventoryChanged();
+  }
+
+  // ---- start and stop
+
+  async start(ctx: DriverContext): Promise<void> {
+    this.ctx = ctx;
+    const pkiDir = path.join(this.dir, 'pki');
+    fs.mkdirSync(pkiDir, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(path.join(this.dir, 'hosts'), { recursive: true });
+    try {
+      for (const h of this.hosts.values()) {
+        await this.enrol(h, pkiDir, ctx);
+        const port = this.state.hosts[h.id]?.replicationPort ?? 0;
+        const agent = await startAgentProcess({ name: h.name, dataDir: path.join(this.dir, 'hosts', h.name), pkiDir, listenPort: port, extraArgs: this.o.agentArgs ?? [], retryBackoff: '5s,10s,20s', retryEvery: '30s' });
+        this.agents.set(h.id, agent);
+        this.state.hosts[h.id] = { replicationPort: agent.replicationPort! };
+        ctx.log.info({ host: h.name, api: agent.apiUrl, replicationPort: agent.replicationPort }, `host ${h.name} is up`);
+      }
+      await this.writeAgentsFile();
+      for (const v of this.vms.values()) await this.ensureVm(v);
+      await this.save();
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+  }
+
+  /** A host's agent certificate: made once, again when the vault's CA changed or it nears its end. */
+  private async enrol(h: HostRef, pkiDir: string, ctx: DriverContext): Promise<void> {
+    const crt = path.join(pkiDir, `${h.name}.crt`);
+    const caFile = path.join(pkiDir, 'ca.crt');
+    if (fs.existsSync(crt) && fs.existsSync(caFile)) {
+      const { X509Certificate } = await import('node:crypto');
+      const cert = new X509Certificate(fs.readFileSync(crt));
+      const ca = new X509Certificate(fs.readFileSync(caFile));
+      const monthLeft = Date.parse(cert.validTo) - Date.now() > 30 * 86_400_000;
+      if (monthLeft && cert.checkIssued(ca) && cert.verify(ca.publicKey)) return;
+    }
+    const pair = await generateKeyPairPem();
+    const r = await ctx.enrolAgent(h.name, pair.publicKeyPem);
+    await writeFileAtomic(path.join(pkiDir, `${h.name}.key`), pair.privateKeyPem, 0o600);
+    await writeFileAtomic(crt, r.certificate, 0o644);
+    await writeFileAtomic(caFile, r.caCertificate, 0o644);
+    await fsyncDir(pkiDir);
+    ctx.log.info({ host: h.name, notAfter: r.notAfter }, `host ${h.name} enrolled: certificate from the vault's CA`);
+  }
+
+  private async writeAgentsFile(): Promise<void> {
+    const info: LabAgentInfo[] = [...this.agents.entries()].map(([id, a]) => ({ host: a.name, hostId: id, fabric: this.site.name, api: a.apiUrl, pid: a.child.pid!, replicationPort: a.replicationPort, nbdSocket: a.nbdSocket }));
+    await writeFileAtomic(path.join(this.dir, 'agents.json'), `${JSON.stringify(info, null, 2)}\n`, 0o644);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.workloads.values()].map((w) => w.stop().catch(() => undefined)));
+    this.workloads.clear();
+    await Promise.all([...this.agents.values()].map((a) => stopAgentProcess(a, 'SIGTERM')));
+    this.agents.clear();
+    fs.rmSync(path.join(this.dir, 'agents.json'), { force: true });
+    await this.saving.catch(() => undefined);
+  }
+
+  private agent(hostId: string): RunningAgent {
+    const a = this.agents.get(hostId);
+    if (!a) throw new OsrError('NOT_FOUND', `host ${hostId} is not a running host of fabric ${this.site.name}`, { hosts: [...this.agents.keys()] });
+    return a;
+  }
+
+  private vm(vmId: string): LabVmSpec & { id: string } {
+    const v = this.vms.get(vmId);
+    if (!v) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${vmId}`, { vms: [...this.vms.keys()] });
+    return v;
+  }
+
+  /** Create a topology VM on its host the first time, connect its NICs, and power it as wanted. */
+  private async ensureVm(v: LabVmSpec & { id: string }): Promise<void> {
+    const a = this.agent(slug(v.host)).api;
+    const present = await a.get<{ name: string }[]>('/v1/vms');
+    if (!present.some((x) => x.name === v.name)) await a.post('/v1/vms', { name: v.name, disks: v.disks.map((d) => d.size) });
+    for (const [i, n] of v.nics.entries()) {
+      if (!this.state.nics[`${v.id}/nic${i}`]) this.allocate(v.id, `nic${i}`, n.network ? slug(n.network) : null);
+    }
+    const want = this.state.power[v.id] ?? (v.running === false ? 'Off' : 'Running');
+    await this.setPower(v.id, want === 'Running' ? 'start' : 'stop');
+  }
+
+  // ---- inventory
+
+  async inventory(): Promise<InventoryDocument> {
+    const s = this.site;
+    let freeBytes: number | undefined;
+    try {
+      const st = fs.statfsSync(this.dir);
+      freeBytes = Number(st.bavail) * Number(st.bsize);
+    } catch {
+      freeBytes = undefined;
+    }
+    const doc: InventoryDocument = {
+      clouds: s.clouds.map((c) => ({ id: slug(c.name), name: c.name, hostGroups: c.hostGroups.map((hg) => slug(`${c.name}-${hg.name}`)) })),
+      hostGroups: s.clouds.flatMap((c) => c.hostGroups.map((hg) => ({ id: slug(`${c.name}-${hg.name}`), name: hg.name, hosts: hg.hosts.map((h) => slug(h.name)) }))),
+      hosts: [...this.hosts.values()].map((h) => ({ id: h.id, name: h.name, osVersion: h.osVersion, logicalNetworks: h.logicalNetworks, storageLocations: h.storageLocations, ...(this.state.hosts[h.id] ? { agent: { address: '127.0.0.1', replicationPort: this.state.hosts[h.id]!.replicationPort } } : {}) })),
+      logicalNetworks: s.logicalNetworks.map((n) => ({ id: slug(n), name: n })),
+      vmNetworks: s.vmNetworks.map((n) => ({ id: slug(n.name), name: n.name, logicalNetwork: slug(n.logicalNetwork), subnets: n.subnets.map((x) => ({ name: x.name, cidr: x.cidr })) })),
+      ipPools: s.vmNetworks.flatMap((n) => n.subnets.filter((x) => x.pool).map((x) => ({ id: slug(`${n.name}-${x.name}-pool`), name: `${n.name} ${x.name} pool`, vmNetwork: slug(n.name), subnet: x.name, start: x.pool!.start, end: x.pool!.end }))),
+      storageClassifications: s.storage.classifications.map((c) => ({ id: slug(c), name: c })),
+      storageLocations: s.storage.locations.map((l) => ({ id: slug(l.name), name: l.name, classification: slug(l.classification), kind: l.kind, path: path.join(this.dir, 'storage', slug(l.name)), ...(freeBytes !== undefined ? { freeBytes } : {}) })),
+      vms: [],
+    };
+    for (const v of this.vms.values()) {
+      const host = this.hosts.get(slug(v.host))!;
+      const running = await this.isRunning(v);
+      doc.vms.push({
+        id: v.id,
+        name: v.name,
+        cloud: host.cloudId,
+        host: host.id,
+        powerState: running ? 'Running' : 'Off',
+        disks: v.disks.map((d, i) => ({ id: `disk${i}`, name: d.name, sizeBytes: parseSize(d.size), ...(d.storage ? { storageLocation: slug(d.storage) } : {}) })),
+        nics: v.nics.map((_n, i) => this.nicView(v.id, `nic${i}`)),
+      });
+    }
+    for (const r of Object.values(this.state.replicas)) {
+      const host = this.hosts.get(r.hostId);
+      if (!host) continue;
+      doc.vms.push({
+        id: r.id,
+        name: r.name,
+        cloud: host.cloudId,
+        host: host.id,
+        powerState: 'Off',
+        disks: r.disks,
+        nics: r.nicIds.map((n) => this.nicView(r.id, n)),
+        replicaOf: r.protecting ? r.itemId : undefined,
+      });
+    }
+    return doc;
+  }
+
+  private nicView(vmId: string, nicId: string): { id: string; vmNetwork?: string; ip?: string } {
+    const n = this.state.nics[`${vmId}/${nicId}`];
+    return { id: nicId, ...(n?.vmNetwork ? { vmNetwork: n.vmNetwork } : {}), ...(n?.ip ? { ip: n.ip } : {}) };
+  }
+
+  private async isRunning(v: LabVmSpec & { id: string }): Promise<boolean> {
+    const a = this.agents.get(slug(v.host));
+    if (!a) return false;
+    try {
+      const vms = await a.api.get<{ name: string; running: boolean }[]>('/v1/vms');
+      return vms.find((x) => x.name === v.name)?.running ?? false;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- power
+
+  async setPower(vmId: string, action: PowerAction): Promise<{ powerState: string }> {
+    const v = this.vm(vmId);
+    const a = this.agent(slug(v.host));
+    const w = this.workloads.get(vmId);
+    if (action === 'start') {
+      await a.api.post(`/v1/vms/${v.name}/start`);
+      if (!w && v.workload !== false) {
+        const disks = await a.api.get<{ nbd: { unix: string } }[]>(`/v1/vms/${v.name}/disks`);
+        this.workloads.set(vmId, new Workload(disks.map((d) => d.nbd.unix), (v.workload || {}).bytesPerSecond ?? DEFAULT_WORKLOAD_BYTES_PER_SECOND));
+      }
+    } else {
+      // shut down: the guest stops writing and flushes first; stop (turn off) cuts it short
+      if (w) {
+        this.workloads.delete(vmId);
+        if (action === 'shutdown') await w.stop();
+        else void w.stop().catch(() => undefined);
+      }
+      await a.api.post(`/v1/vms/${v.name}/stop`);
+    }
+    const powerState = action === 'start' ? 'Running' : 'Off';
+    if (this.state.power[vmId] !== powerState) {
+      this.state.power[vmId] = powerState;
+      await this.save();
+      this.changed();
+    }
+    return { powerState };
+  }
+
+  // ---- networks
+
+  /** An address from the static pool of the VM network's first subnet with one, not leased to another NIC. */
+  private allocate(vmId: string, nicId: string, vmNetwork: string | null): { vmNetwork: string | null; ip: string | null } {
+    const key = `${vmId}/${nicId}`;
+    delete this.state.nics[key];
+    let ip: string | null = null;
+    if (vmNetwork) {
+      const net = this.site.vmNetworks.find((n) => slug(n.name) === vmNetwork);
+      if (!net) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${vmNetwork}`);
+      const subnet = net.subnets.find((x) => x.pool);
+      if (subnet?.pool) {
+        const used = new Set(Object.values(this.state.nics).filter((n) => n.vmNetwork === vmNetwork && n.ip).map((n) => n.ip));
+        for (let a = ipToInt(subnet.pool.start); a <= ipToInt(subnet.pool.end); a++) {
+          if (!used.has(intToIp(a))) {
+            ip = intToIp(a);
+            break;
+          }
+        }
+        if (ip === null) throw new OsrError('INVALID_STATE', `the static IP pool of ${net.name} ${subnet.name} (${subnet.pool.start}–${subnet.pool.end}) has no free address; widen it or free addresses`);
+      }
+    }
+    this.state.nics[key] = { vmNetwork, ip };
+    return this.state.nics[key]!;
+  }
+
+  async connectNic(vmId: string, nicId: string, vmNetwork: string | null): Promise<{ ip: string | null }> {
+    if (!this.vms.has(vmId) && !this.state.replicas[vmId]) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${vmId}`);
+    const current = this.state.nics[`${vmId}/${nicId}`];
+    if (current && current.vmNetwork === vmNetwork) return { ip: current.ip };
+    const n = this.allocate(vmId, nicId, vmNetwork);
+    await this.save();
+    this.changed();
+    return { ip: n.ip };
+  }
+
+  // ---- recovery site
+
+  async ensureReplicaVm(spec: ReplicaVmSpec): Promise<ReplicaVm> {
+    const existing = Object.values(this.state.replicas).find((r) => r.itemId === spec.itemId || (r.name === spec.source.name && !r.protecting));
+    if (existing) {
+      existing.protecting = true;
+      existing.itemId = spec.itemId;
+      for (const nic of spec.source.nics) if (!existing.nicIds.includes(nic.id)) existing.nicIds.push(nic.id);
+      for (const nic of existing.nicIds) await this.connectNicQuiet(existing.id, nic, spec.networks[nic] ?? null);
+      await this.save();
+      this.changed();
+      return this.replicaView(existing, true);
+    }
+    const host = this.hosts.get(spec.hostId);
+    if (!host) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no host ${spec.hostId} to place the replica of ${spec.source.name} on`);
+    let id = `${slug(spec.source.name)}-replica`;
+    for (let i = 2; this.vms.has(id) || this.state.replicas[id]; i++) id = `${slug(spec.source.name)}-replica${i}`;
+    const r: ReplicaRecord = {
+      id,
+      itemId: spec.itemId,
+      name: spec.source.name,
+      hostId: host.id,
+      disks: spec.source.disks.map((d) => ({ id: d.id, name: d.name, sizeBytes: d.sizeBytes, ...(spec.storage[d.id] ? { storageLocation: spec.storage[d.id] } : {}) })),
+      nicIds: spec.source.nics.map((n) => n.id),
+      protecting: true,
+      createdAt: new Date().toISOString(),
+    };
+    this.state.replicas[id] = r;
+    for (const nic of r.nicIds) this.allocate(id, nic, spec.networks[nic] ?? null);
+    await this.save();
+    this.changed();
+    this.ctx?.log.info({ replica: id, host: host.name }, `replica VM ${id} created on ${host.name}`);
+    return this.replicaView(r, false);
+  }
+
+  private async connectNicQuiet(vmId: string, nicId: string, vmNetwork: string | null): Promise<void> {
+    const current = this.state.nics[`${vmId}/${nicId}`];
+    if (!current || current.vmNetwork !== vmNetwork) this.allocate(vmId, nicId, vmNetwork);
+  }
+
+  private replicaView(r: ReplicaRecord, reused: boolean): ReplicaVm {
+    return {
+      replicaVmId: r.id,
+      hostId: r.hostId,
+      agent: { address: '127.0.0.1', port: this.state.hosts[r.hostId]?.replicationPort ?? this.agent(r.hostId).replicationPort! },
+      nics: r.nicIds.map((n) => ({ id: n, vmNetwork: this.state.nics[`${r.id}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${r.id}/${n}`]?.ip ?? null })),
+      reused,
+    };
+  }
+
+  async removeReplicaVm(replicaVmId: string, o: { deleteData: boolean }): Promise<void> {
+    const r = this.state.replicas[replicaVmId];
+    if (!r) return; // already gone
+    if (!o.deleteData) {
+      r.protecting = false;
+    } else {
+      try {
+        await this.agent(r.hostId).api.delete(`/v1/replicas/${encodeURIComponent(r.name)}`);
+      } catch (e) {
+        if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+      }
+      delete this.state.replicas[replicaVmId];
+      for (const key of Object.keys(this.state.nics)) if (key.startsWith(`${replicaVmId}/`)) delete this.state.nics[key];
+    }
+    await this.save();
+    this.changed();
+  }
+
+  async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
+    const r = this.state.replicas[replicaVmId];
+    if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no replica VM ${replicaVmId}`);
+    try {
+      const points = await this.agent(r.hostId).api.get<{ seq: number; time: string; consistency: 'crash' | 'app' }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
+      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: p.consistency }));
+    } catch (e) {
+      if (toOsrError(e).code === 'NOT_FOUND') return []; // no data has arrived yet
+      throw e;
+    }
+  }
+
+  // ---- primary site
+
+  async ensureReplication(req: ReplicationRequest): Promise<void> {
+    const v = this.vm(req.vmId);
+    const a = this.agent(slug(v.host)).api;
+    const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
+    const known = this.state.replications[req.vmId];
+    if (present && known && known.address === req.peer.address && known.port === req.peer.port) return;
+    if (present) await a.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
+    const p = req.policy;
+    if (p.initialReplication.method === 'offline') {
+      throw new OsrError('NOT_SUPPORTED', 'the lab fabric replicates over the network only; choose initial replication now or scheduled');
+    }
+    const keep = Math.max(1, Math.ceil((p.retentionHours * 3600) / p.copyFrequencySeconds) + 1);
+    await a.post('/v1/replications', {
+      vm: v.name,
+      peer: `${req.peer.address}:${req.peer.port}`,
+      copyFrequency: `${p.copyFrequencySeconds}s`,
+      retentionHours: p.retentionHours,
+      maxPoints: Math.min(10_000, keep),
+      compression: p.compression,
+      ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
+      ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
+    });
+    this.state.replications[req.vmId] = req.peer;
+    await this.save();
+  }
+
+  async replicationStatus(vmId: string): Promise<ReplicationStatus> {
+    const v = this.vm(vmId);
+    let h: AgentHealth;
+    try {
+      h = await this.agent(slug(v.host)).api.get<AgentHealth>(`/v1/replications/${encodeURIComponent(v.name)}`);
+    } catch (e) {
+      const err = toOsrError(e);
+      return { health: 'Critical', healthReasons: [{ code: err.code, message: `replication of ${v.name} cannot be read at host ${v.host}: ${err.message}` }], rpoSeconds: null, state: 'Unknown', initial: null, latestPoint: null, lastError: err.toJSON(), waitingForAction: false };
+    }
+    const reasons: { code: string; message: string }[] = [];
+    if (h.lastError) reasons.push({ code: h.lastError.code, message: h.lastError.message });
+    if (h.state === 'ResyncRequired') reasons.push({ code: 'RESYNC_REQUIRED', message: `${v.name} needs a resynchronization` });
+    if (h.health === 'Warning' && h.cyclesLastHour > 0 && h.missedCyclesLastHour / h.cyclesLastHour > 0.2) reasons.push({ code: 'NETWORK_ERROR', message: `${h.missedCyclesLastHour} of ${h.cyclesLastHour} copy cycles in the last hour were missed` });
+    const first = h.initial ?? null;
+    const resync = h.resync ?? null;
+    const progress = first && !first.completedAt ? first : resync && !resync.completedAt ? resync : first ?? resync;
+    const done = h.latestPoint !== null && (first === null || first.completedAt !== null) && (resync === null || resync.completedAt !== null) && h.state !== 'InitialReplication' && h.state !== 'Resynchronizing' && h.state !== 'Scheduled';
+    return {
+      health: h.health,
+      healthReasons: reasons,
+      rpoSeconds: h.rpoSeconds,
+      state: h.state,
+      initial: {
+        fraction: progress ? (progress.totalBytes > 0 ? progress.doneBytes / progress.totalBytes : done ? 1 : 0) : done ? 1 : 0,
+        bytesDone: progress?.doneBytes ?? 0,
+        bytesTotal: progress?.totalBytes ?? 0,
+        rateBytesPerSec: progress?.rateBytesPerSec ?? 0,
+        etaSeconds: progress?.etaSeconds ?? null,
+        currentDisk: progress?.currentDisk ?? null,
+        done,
+      },
+      latestPoint: h.latestPoint ? { id: String(h.latestPoint.seq), at: h.latestPoint.time, consistency: h.latestPoint.consistency } : null,
+      lastError: h.lastError ? { code: h.lastError.code, message: h.lastError.message } : null,
+      waitingForAction: h.retry?.waitingForAction ?? false,
+    };
+  }
+
+  async stopReplication(vmId: string): Promise<void> {
+    const v = this.vm(vmId);
+    try {
+      await this.agent(slug(v.host)).api.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
+    } catch (e) {
+      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+    }
+    if (this.state.replications[vmId]) {
+      delete this.state.replications[vmId];
+      await this.save();
+    }
+  }
+}
+
+interface AgentProgress {
+  totalBytes: number;
+  doneBytes: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  currentDisk: string | null;
+  completedAt: string | null;
+}
+
+interface AgentHealth {
+  state: string;
+  health: 'Healthy' | 'Warning' | 'Critical';
+  rpoSeconds: number | null;
+  latestPoint: { seq: number; time: string; consistency: 'crash' | 'app' } | null;
+  lastError: { code: string; message: string } | null;
+  cyclesLastHour: number;
+  missedCyclesLastHour: number;
+  initial: AgentProgress | null;
+  resync: AgentProgress | null;
+  retry: { waitingForAction: boolean } | null;
+}

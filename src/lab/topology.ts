@@ -1,0 +1,225 @@
+/**
+ * Lab topologies: a whole lab on one machine described in YAML — the vault's name and one
+ * entry per fabric (a management server) with its networks, storage, clouds, host groups,
+ * hosts and demo VMs. `osr lab up` reads one and gives each fabric's provider its own
+ * part (a site file, `osr provider --fabric lab --config SITE.yaml`).
+ *
+ * Ids are made from names (lowercase, other characters as '-'), so a topology names
+ * things once, the way an admin would.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+import { OsrError } from '../domain/errors.js';
+
+export interface WorkloadSpec {
+  /** bytes written per second, in 4–64 KiB random writes (default 256 KiB/s) */
+  bytesPerSecond?: number;
+}
+
+export interface LabVmSpec {
+  name: string;
+  host: string;
+  disks: { name: string; size: string; storage?: string }[];
+  nics: { network?: string }[];
+  /** powered on at lab start (default true) */
+  running?: boolean;
+  /** a guest writing to the disks through NBD while it runs; false for none */
+  workload?: WorkloadSpec | false;
+}
+
+export interface LabHostSpec {
+  name: string;
+  osVersion?: string;
+  logicalNetworks: string[];
+  storageLocations: string[];
+}
+
+export interface FabricSpec {
+  name: string;
+  /** the management server's friendly name (default: the fabric's name) */
+  server?: string;
+  osVersion?: string;
+  logicalNetworks: string[];
+  vmNetworks: { name: string; logicalNetwork: string; subnets: { name: string; cidr: string; pool?: { start: string; end: string } }[] }[];
+  storage: { classifications: string[]; locations: { name: string; classification: string; kind: 'share' | 'volume' }[] };
+  clouds: { name: string; hostGroups: { name: string; hosts: LabHostSpec[] }[] }[];
+  vms: LabVmSpec[];
+}
+
+export interface TopologySpec {
+  name: string;
+  description?: string;
+  vault?: { name?: string };
+  fabrics: FabricSpec[];
+}
+
+/** What one provider reads: its fabric, and where the lab keeps that fabric's hosts. */
+export interface SiteConfig extends FabricSpec {
+  lab: { dir: string };
+}
+
+export const TOPOLOGY_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../src/lab/topologies');
+
+export function slug(name: string): string {
+  const s = name
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, '-')
+    .replace(/^[-.]+|-+$/g, '');
+  if (s === '') throw new OsrError('CONFIG_INVALID', `"${name}" gives no usable id: use letters or digits in names`);
+  return s.slice(0, 120);
+}
+
+/** The built-in topologies, by name. */
+export function builtInTopologies(): string[] {
+  return fs
+    .readdirSync(TOPOLOGY_DIR)
+    .filter((f) => f.endsWith('.yaml'))
+    .map((f) => f.slice(0, -'.yaml'.length))
+    .sort();
+}
+
+/** A built-in topology by name, or a YAML file by path. */
+export function loadTopology(nameOrFile: string): { spec: TopologySpec; file: string } {
+  const builtIn = path.join(TOPOLOGY_DIR, `${nameOrFile}.yaml`);
+  const file = fs.existsSync(builtIn) && !nameOrFile.includes('/') ? builtIn : path.resolve(nameOrFile);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    throw new OsrError('NOT_FOUND', `no topology "${nameOrFile}": give a built-in one (${builtInTopologies().join(', ')}) or a YAML file`);
+  }
+  return { spec: parseTopology(text, file), file };
+}
+
+const fail = (where: string, message: string) => new OsrError('CONFIG_INVALID', `${where}: ${message}`, { where });
+
+function list<T>(v: unknown, where: string): T[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw fail(where, 'must be a list');
+  return v as T[];
+}
+
+function str(v: unknown, where: string): string {
+  if (typeof v !== 'string' || v.trim() === '') throw fail(where, 'must be a non-empty string');
+  return v;
+}
+
+/** Parse and check a topology: every reference resolves, every name is unique where it must be. */
+export function parseTopology(text: string, source = 'topology'): TopologySpec {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `${source} is not valid YAML: ${(e as Error).message}`);
+  }
+  const t = doc as Partial<TopologySpec> | null;
+  if (!t || typeof t !== 'object') throw fail(source, 'must be a mapping with name and fabrics');
+  str(t.name, `${source}: name`);
+  const fabrics = list<FabricSpec>(t.fabrics, `${source}: fabrics`);
+  if (fabrics.length === 0) throw fail(source, 'needs at least one fabric');
+  const fabricIds = new Set<string>();
+  const vmNames = new Set<string>();
+  const hostNames = new Set<string>();
+  for (const [i, f] of fabrics.entries()) {
+    const w = `${source}: fabrics[${i}]`;
+    str(f.name, `${w}.name`);
+    if (fabricIds.has(slug(f.name))) throw fail(w, `fabric ${f.name} appears twice`);
+    fabricIds.add(slug(f.name));
+    checkFabric(f, `${source}: fabric ${f.name}`, vmNames, hostNames);
+  }
+  return t as TopologySpec;
+}
+
+function checkFabric(f: FabricSpec, w: string, vmNames: Set<string>, hostNames: Set<string>): void {
+  f.logicalNetworks = list<string>(f.logicalNetworks, `${w}.logicalNetworks`);
+  f.vmNetworks = list(f.vmNetworks, `${w}.vmNetworks`);
+  f.storage = f.storage ?? { classifications: [], locations: [] };
+  f.storage.classifications = list<string>(f.storage.classifications, `${w}.storage.classifications`);
+  f.storage.locations = list(f.storage.locations, `${w}.storage.locations`);
+  f.clouds = list(f.clouds, `${w}.clouds`);
+  f.vms = list(f.vms, `${w}.vms`);
+  const logical = new Set(f.logicalNetworks.map((n) => str(n, `${w}.logicalNetworks`)));
+  const vmNets = new Set<string>();
+  for (const n of f.vmNetworks) {
+    str(n.name, `${w}.vmNetworks[].name`);
+    if (!logical.has(n.logicalNetwork)) throw fail(`${w}: VM network ${n.name}`, `logical network "${n.logicalNetwork}" is not in logicalNetworks`);
+    n.subnets = list(n.subnets, `${w}: VM network ${n.name}.subnets`);
+    for (const s of n.subnets) {
+      str(s.name, `${w}: VM network ${n.name} subnet name`);
+      if (!/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(String(s.cidr))) throw fail(`${w}: subnet ${s.name}`, `"${s.cidr}" is not an IPv4 CIDR such as 10.0.1.0/24`);
+      if (s.pool && (ipToInt(s.pool.start) > ipToInt(s.pool.end))) throw fail(`${w}: subnet ${s.name} pool`, `start ${s.pool.start} comes after end ${s.pool.end}`);
+    }
+    vmNets.add(n.name);
+  }
+  const classes = new Set(f.storage.classifications);
+  const locations = new Set<string>();
+  for (const l of f.storage.locations) {
+    str(l.name, `${w}.storage.locations[].name`);
+    if (!classes.has(l.classification)) throw fail(`${w}: storage location ${l.name}`, `classification "${l.classification}" is not in storage.classifications`);
+    if (l.kind !== 'share' && l.kind !== 'volume') throw fail(`${w}: storage location ${l.name}`, 'kind is share or volume');
+    locations.add(l.name);
+  }
+  const hosts = new Set<string>();
+  for (const c of f.clouds) {
+    str(c.name, `${w}.clouds[].name`);
+    c.hostGroups = list(c.hostGroups, `${w}: cloud ${c.name}.hostGroups`);
+    for (const hg of c.hostGroups) {
+      str(hg.name, `${w}: cloud ${c.name} host group name`);
+      hg.hosts = list(hg.hosts, `${w}: host group ${hg.name}.hosts`);
+      for (const h of hg.hosts) {
+        str(h.name, `${w}: host name`);
+        if (hostNames.has(h.name)) throw fail(`${w}: host ${h.name}`, 'host names are unique in a lab (each runs an agent)');
+        if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(h.name)) throw fail(`${w}: host ${h.name}`, 'use 1 to 63 of A-Z a-z 0-9 . _ - (it names the host\'s agent)');
+        hostNames.add(h.name);
+        hosts.add(h.name);
+        h.logicalNetworks = list<string>(h.logicalNetworks, `${w}: host ${h.name}.logicalNetworks`);
+        h.storageLocations = list<string>(h.storageLocations, `${w}: host ${h.name}.storageLocations`);
+        for (const n of h.logicalNetworks) if (!logical.has(n)) throw fail(`${w}: host ${h.name}`, `logical network "${n}" is not in logicalNetworks`);
+        for (const l of h.storageLocations) if (!locations.has(l)) throw fail(`${w}: host ${h.name}`, `storage location "${l}" is not in storage.locations`);
+      }
+    }
+  }
+  for (const v of f.vms) {
+    str(v.name, `${w}.vms[].name`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(v.name)) throw fail(`${w}: VM ${v.name}`, 'use 1 to 63 of A-Z a-z 0-9 . _ -');
+    if (vmNames.has(v.name)) throw fail(`${w}: VM ${v.name}`, 'VM names are unique in a lab');
+    vmNames.add(v.name);
+    if (!hosts.has(v.host)) throw fail(`${w}: VM ${v.name}`, `host "${v.host}" is not a host of this fabric`);
+    v.disks = list(v.disks, `${w}: VM ${v.name}.disks`);
+    if (v.disks.length === 0 || v.disks.length > 16) throw fail(`${w}: VM ${v.name}`, 'needs 1 to 16 disks');
+    for (const d of v.disks) {
+      str(d.name, `${w}: VM ${v.name} disk name`);
+      if (!/^\d+(\.\d+)?[KMGT]?$/i.test(String(d.size))) throw fail(`${w}: VM ${v.name} disk ${d.name}`, `size "${d.size}" is not a size such as 256M or 1G`);
+      if (d.storage !== undefined && !locations.has(d.storage)) throw fail(`${w}: VM ${v.name} disk ${d.name}`, `storage location "${d.storage}" is not in storage.locations`);
+    }
+    v.nics = list(v.nics, `${w}: VM ${v.name}.nics`);
+    for (const n of v.nics) if (n.network !== undefined && !vmNets.has(n.network)) throw fail(`${w}: VM ${v.name}`, `VM network "${n.network}" is not in vmNetworks`);
+  }
+}
+
+export function ipToInt(ip: string): number {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(String(ip));
+  if (!m || m.slice(1).some((x) => Number(x) > 255)) throw new OsrError('CONFIG_INVALID', `"${ip}" is not an IPv4 address`);
+  return ((Number(m[1]) << 24) >>> 0) + (Number(m[2]) << 16) + (Number(m[3]) << 8) + Number(m[4]);
+}
+
+export function intToIp(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+/** Read a site file (what `osr provider --fabric lab --config` takes). */
+export function loadSiteConfig(file: string): SiteConfig {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `${file} cannot be read as YAML: ${(e as Error).message}`);
+  }
+  const site = doc as SiteConfig;
+  if (!site || typeof site !== 'object' || !site.lab || typeof site.lab.dir !== 'string') throw new OsrError('CONFIG_INVALID', `${file}: a lab site file needs name, the fabric's inventory and lab.dir (where its hosts keep their data)`);
+  str(site.name, `${file}: name`);
+  checkFabric(site, `${file}`, new Set(), new Set());
+  return { ...site, lab: { dir: path.resolve(path.dirname(file), site.lab.dir) } };
+}

@@ -1,0 +1,244 @@
+/**
+ * A provider that drives a fabric: the vault's protection commands become calls on a
+ * FabricDriver, and the replication status of the items it takes part in goes back to the
+ * vault at a steady interval (health and RPO from the primary site, recovery points from
+ * the recovery site).
+ *
+ * Every handler converges: it looks at what the fabric holds and does only what is
+ * missing, so a command delivered twice (or run again after a restart) does no harm.
+ * What the provider takes part in is kept in DIR/protections.json, written whole and
+ * synced, so a restarted provider reports the same items.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { systemClock, type Clock } from '../domain/clock.js';
+import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import type { Placement } from '../domain/placement.js';
+import type { PolicySettings } from '../domain/policy.js';
+import type { FabricDriver, ReplicationStatus } from '../fabric/driver.js';
+import { fsyncDir, generateKeyPairPem, writeFileAtomic } from '../pki/index.js';
+import type { ProviderChannel, VaultCommand } from './channel.js';
+import { ProviderRuntime, type CommandHandler } from './runtime.js';
+
+export { generateKeyPairPem };
+
+/** One item this provider takes part in: as the primary site (source) or the recovery site (target). */
+export interface Protection {
+  itemId: string;
+  role: 'source' | 'target';
+  /** the fabric's own id of the VM (source) or of the replica VM (target) */
+  vmId: string;
+  /** set once initial replication finished: from then on status is reported */
+  reporting: boolean;
+}
+
+export interface FabricProviderOptions {
+  driver: FabricDriver;
+  channel: ProviderChannel;
+  /** where protections.json is kept */
+  dir: string;
+  /** how often item status goes to the vault (default 15 s) */
+  statusIntervalMs?: number;
+  /** how often replication progress is read during initial replication (default 1 s) */
+  progressIntervalMs?: number;
+  pollSeconds?: number;
+  inventoryScope?: 'all' | string[];
+  clock?: Clock;
+  log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void; error(o: object, msg?: string): void };
+}
+
+interface ProtectionBody {
+  item: string;
+  vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string }[] };
+  placement?: Placement;
+  policy?: PolicySettings;
+  target?: { fabricId: string; hostId: string; replicaVmId?: string; agent?: { address: string; port: number } };
+  replicaVmId?: string | null;
+  delete?: boolean;
+}
+
+export class FabricProvider {
+  readonly runtime: ProviderRuntime;
+  private readonly protections = new Map<string, Protection>();
+  private readonly stateFile: string;
+  private readonly clock: Clock;
+  private readonly stopper = new AbortController();
+  private statusLoop: Promise<void> | undefined;
+  private inventoryTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: FabricProviderOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.stateFile = path.join(o.dir, 'protections.json');
+    try {
+      for (const p of JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Protection[]) this.protections.set(`${p.role}:${p.itemId}`, p);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OsrError('CONFIG_INVALID', `${this.stateFile} cannot be read: ${(e as Error).message}; restore it or remove it (the provider then reports items again after their next command)`);
+    }
+    this.runtime = new ProviderRuntime(o.channel, {
+      handlers: this.handlers(),
+      inventory: () => o.driver.inventory(),
+      inventoryScope: o.inventoryScope ?? 'all',
+      pollSeconds: o.pollSeconds ?? 20,
+      clock: this.clock,
+      log: o.log,
+    });
+  }
+
+  get fabricId(): string {
+    return this.o.channel.registration.fabricId;
+  }
+
+  /** The vault's id of one of this fabric's objects, and back. */
+  vaultId(local: string): string {
+    return `${this.fabricId}.${local}`;
+  }
+
+  localId(vaultId: string): string {
+    const prefix = `${this.fabricId}.`;
+    if (!vaultId.startsWith(prefix)) throw new OsrError('INVALID_ARGUMENT', `${vaultId} is not an object of fabric ${this.fabricId}`);
+    return vaultId.slice(prefix.length);
+  }
+
+  async start(): Promise<void> {
+    await this.o.driver.start({
+      enrolAgent: (name, publicKey) => this.o.channel.enrolAgent(name, publicKey),
+      inventoryChanged: () => this.inventoryChanged(),
+      log: this.o.log,
+    });
+    await this.runtime.start();
+    this.statusLoop = this.reportLoop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    clearTimeout(this.inventoryTimer);
+    await this.statusLoop?.catch(() => undefined);
+    await this.runtime.stop();
+    await this.o.driver.stop();
+  }
+
+  list(): Protection[] {
+    return [...this.protections.values()];
+  }
+
+  /** Inventory changes come in bursts (a replica and its NICs): one sync for each burst. */
+  private inventoryChanged(): void {
+    if (this.inventoryTimer || this.stopper.signal.aborted) return;
+    this.inventoryTimer = setTimeout(() => {
+      this.inventoryTimer = undefined;
+      this.runtime.syncInventory().catch((e: unknown) => this.o.log.warn({ err: toOsrError(e).toJSON() }, 'inventory sync failed; it is sent again at the next change'));
+    }, 200);
+  }
+
+  private async remember(p: Protection | { role: Protection['role']; itemId: string; remove: true }): Promise<void> {
+    const key = `${p.role}:${p.itemId}`;
+    if ('remove' in p) this.protections.delete(key);
+    else this.protections.set(key, p);
+    fs.mkdirSync(this.o.dir, { recursive: true });
+    await writeFileAtomic(this.stateFile, `${JSON.stringify(this.list(), null, 2)}\n`, 0o644);
+    await fsyncDir(this.o.dir);
+  }
+
+  private handlers(): Record<string, CommandHandler> {
+    const d = this.o.driver;
+    const body = (cmd: VaultCommand) => cmd.body as unknown as ProtectionBody;
+    return {
+      /** recovery site: the replica VM where placement says, NICs connected */
+      'replica.prepare': async (cmd) => {
+        const b = body(cmd);
+        if (!b.vm || !b.placement) throw new OsrError('INVALID_ARGUMENT', 'replica.prepare needs the VM and its placement');
+        const networks: Record<string, string | null> = {};
+        for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
+        const storage: Record<string, string> = {};
+        for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
+        const r = await d.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics }, hostId: this.localId(b.placement.hostId), storage, networks });
+        await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
+        return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
+      },
+      /** primary site: track and replicate to the recovery host's agent */
+      'replication.enable': async (cmd) => {
+        const b = body(cmd);
+        if (!b.policy || !b.target?.agent) throw new OsrError('INVALID_ARGUMENT', 'replication.enable needs the policy and the recovery host\'s agent');
+        const vmId = this.localId(b.item);
+        await d.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent });
+        const known = this.protections.get(`source:${b.item}`);
+        await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false });
+        return {};
+      },
+      /** primary site: wait for the first recovery point at the replica, reporting progress */
+      'replication.initial': async (cmd, progress) => {
+        const b = body(cmd);
+        const vmId = this.localId(b.item);
+        let last = '';
+        for (;;) {
+          const s = await d.replicationStatus(vmId);
+          if (s.waitingForAction && s.lastError) {
+            const code = Object.hasOwn(ERROR_CODES, s.lastError.code) ? (s.lastError.code as ErrorCode) : 'JOB_FAILED';
+            throw new OsrError(code, `initial replication of ${vmId} stopped: ${s.lastError.message}`);
+          }
+          if (s.initial) {
+            const p = { fraction: s.initial.fraction, bytesDone: s.initial.bytesDone, bytesTotal: s.initial.bytesTotal, rateBytesPerSec: s.initial.rateBytesPerSec, etaSeconds: s.initial.etaSeconds, currentDisk: s.initial.currentDisk, state: s.state };
+            const key = JSON.stringify([p.bytesDone, p.state, p.currentDisk]);
+            if (key !== last) {
+              last = key;
+              await progress(p);
+            }
+          }
+          if (s.initial?.done && s.latestPoint) {
+            await this.remember({ itemId: b.item, role: 'source', vmId, reporting: true });
+            return { recoveryPoint: s.latestPoint, reused: s.state !== 'InitialReplication' && s.initial.bytesTotal === 0 };
+          }
+          await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
+          if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
+        }
+      },
+      'replication.disable': async (cmd) => {
+        const b = body(cmd);
+        await d.stopReplication(this.localId(b.item));
+        await this.remember({ itemId: b.item, role: 'source', remove: true });
+        return {};
+      },
+      'replica.remove': async (cmd) => {
+        const b = body(cmd);
+        const known = this.protections.get(`target:${b.item}`);
+        const replicaVmId = b.replicaVmId ? this.localId(b.replicaVmId) : known?.vmId;
+        if (replicaVmId) await d.removeReplicaVm(replicaVmId, { deleteData: b.delete !== false });
+        await this.remember({ itemId: b.item, role: 'target', remove: true });
+        return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
+      },
+    };
+  }
+
+  /** Report every item this provider takes part in, once per interval. */
+  private async reportLoop(): Promise<void> {
+    const signal = this.stopper.signal;
+    while (!signal.aborted) {
+      await this.reportOnce();
+      await this.clock.sleep(this.o.statusIntervalMs ?? 15_000, signal);
+    }
+  }
+
+  async reportOnce(): Promise<void> {
+    for (const p of this.list()) {
+      if (!p.reporting || this.stopper.signal.aborted) continue;
+      try {
+        if (p.role === 'source') {
+          const s: ReplicationStatus = await this.o.driver.replicationStatus(p.vmId);
+          await this.o.channel.itemStatus(p.itemId, { health: s.health, healthReasons: s.healthReasons, rpoSeconds: s.rpoSeconds });
+        } else {
+          const points = await this.o.driver.recoveryPoints(p.vmId);
+          await this.o.channel.itemStatus(p.itemId, { recoveryPoints: points });
+        }
+      } catch (e) {
+        const err = toOsrError(e);
+        if (err.code === 'NOT_FOUND' && (err.details as { status?: number } | undefined)?.status === 404) {
+          // the vault no longer has the item (protection disabled while this provider was away)
+          this.o.log.warn({ item: p.itemId }, 'the vault no longer knows this protected item; it is not reported any more');
+          await this.remember({ role: p.role, itemId: p.itemId, remove: true });
+        } else {
+          this.o.log.warn({ item: p.itemId, err: err.toJSON() }, 'reporting item status failed; trying again at the next interval');
+        }
+      }
+    }
+  }
+}
