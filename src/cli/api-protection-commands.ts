@@ -1,6 +1,6 @@
 /** `osr fabric`, `osr inventory` and `osr item`: what providers report, and protected items. */
 import { Option, type Command } from 'commander';
-import { OsrError } from '../domain/errors.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
 import { INVENTORY_KINDS, type Fabric, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
 import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
 import { formatBytes, formatSeconds, table } from './format.js';
@@ -48,8 +48,9 @@ const inventoryRows = (list: InventoryObject[]) => list.map((o) => ({ kind: o.ki
 
 const kindOption = () => new Option('--kind <kind>', 'only objects of this kind').choices([...INVENTORY_KINDS]);
 
-async function resolveVm(api: CliApi, idOrName: string): Promise<InventoryObject> {
-  return byIdOrName('VM', idOrName, (id) => api.get<InventoryObject>(`/vms/${encodeURIComponent(id)}`), async () => (await api.list<InventoryObject>('/vms')).items);
+/** A VM by id, or by name; `all` lists the VMs once for every name looked up. */
+async function resolveVm(api: CliApi, idOrName: string, all: () => Promise<InventoryObject[]>): Promise<InventoryObject> {
+  return byIdOrName('VM', idOrName, (id) => api.get<InventoryObject>(`/vms/${encodeURIComponent(id)}`), all);
 }
 
 /** A protected item by id, or by name. */
@@ -66,6 +67,27 @@ async function policyNames(api: CliApi): Promise<(item: ProtectedItem) => string
     const id = (item.replication as { policyId?: string }).policyId ?? byPairing.get(item.pairingId);
     return id ? (names.get(id) ?? id) : null;
   };
+}
+
+/** Where an item replicates to, from its replication facts (set as protection is enabled). */
+function replicationFields(i: ProtectedItem): [string, unknown][] {
+  const r = i.replication as {
+    targetFabricId?: string;
+    targetCloudId?: string;
+    placement?: { hostId?: string; storage?: Record<string, string>; networks?: Record<string, string> };
+    replica?: { replicaVmId?: string; agent?: { address: string; port: number } };
+  };
+  const pairs = (m: Record<string, string> | undefined) => (m && Object.keys(m).length ? Object.entries(m).map(([k, v]) => `${k} → ${v}`).join(', ') : null);
+  const known = new Set(['sourceFabricId', 'targetFabricId', 'targetCloudId', 'policyId', 'placement', 'replica']);
+  const rest = Object.entries(i.replication).filter(([k]) => !known.has(k));
+  return [
+    ['target cloud', r.targetCloudId ?? null],
+    ['target host', r.placement?.hostId ?? null],
+    ['disks', pairs(r.placement?.storage)],
+    ['NICs', pairs(r.placement?.networks)],
+    ['replica VM', r.replica?.replicaVmId ? `${r.replica.replicaVmId}${r.replica.agent ? ` (agent ${r.replica.agent.address}:${r.replica.agent.port})` : ''}` : null],
+    ...rest,
+  ];
 }
 
 const itemState = (i: ProtectedItem) => (i.progress !== null && i.progress !== undefined && i.state !== 'Protected' ? `${i.state} ${(i.progress * 100).toFixed(0)}%` : i.state);
@@ -219,7 +241,7 @@ export function addProtectionCommands(program: Command): void {
               ['active job', i.activeJobId],
               ['created', when(i.createdAt)],
               ['updated', when(i.updatedAt)],
-              ['replication', i.replication],
+              ...replicationFields(i),
             ]),
             ...(i.healthReasons.length ? ['', 'Health reasons', table(i.healthReasons.map((h) => ({ code: h.code, message: h.message })))] : []),
           ].join('\n'),
@@ -234,22 +256,26 @@ export function addProtectionCommands(program: Command): void {
     .option('--interval <duration>', 'how often --wait polls', '1s')
     .action((vms: string[], o: { pairing?: string; wait: boolean; interval: string }) =>
       withApi(program, async (api) => {
-        const started: { vm: string; vmId?: string; jobId?: string; url?: string; state?: string; error?: { code: string; message: string } }[] = [];
+        const started: { vm: string; vmId?: string; jobId?: string; url?: string; state?: string; error?: OsrError }[] = [];
+        let allVms: Promise<InventoryObject[]> | undefined;
+        const all = () => (allVms ??= api.list<InventoryObject>('/vms').then((r) => r.items));
         for (const name of vms) {
           try {
-            const vm = await resolveVm(api, name);
+            const vm = await resolveVm(api, name, all);
             const r = await api.post<{ jobId: string; kind: string; state: string; url: string }>('/protected-items', { vmId: vm.id, ...(o.pairing ? { pairingId: o.pairing } : {}) });
             started.push({ vm: vm.name, vmId: vm.id, jobId: r.jobId, url: r.url, state: r.state });
           } catch (e) {
-            const err = e instanceof OsrError ? e : new OsrError('INTERNAL', String(e));
-            started.push({ vm: name, error: { code: err.code, message: err.message } });
+            started.push({ vm: name, error: toOsrError(e) });
           }
         }
-        out(started, () => table(started.map((s) => ({ vm: s.vm, item: s.vmId ?? null, job: s.jobId ?? null, result: s.error ? `${s.error.code}: ${s.error.message}` : 'started' }))));
+        out(
+          started.map((s) => (s.error ? { vm: s.vm, error: s.error.toJSON() } : s)),
+          () => table(started.map((s) => ({ vm: s.vm, item: s.vmId ?? null, job: s.jobId ?? null, result: s.error ? `${s.error.code}: ${s.error.message}` : 'started' }))),
+        );
         const jobs = started.filter((s) => s.jobId).map((s) => s.jobId!);
         if (o.wait && jobs.length > 0) await watchJobs(api, jobs, { json: asJson(program), intervalMs: parseDuration(o.interval) });
         const failed = started.find((s) => s.error);
-        if (failed) throw new OsrError(failed.error!.code as OsrError['code'], `enabling protection of ${failed.vm} was refused: ${failed.error!.message}`);
+        if (failed) throw new OsrError(failed.error!.code, `enabling protection of ${failed.vm} was refused: ${failed.error!.message}`, failed.error!.details);
       }),
     );
   item

@@ -73,22 +73,34 @@ function currentTask(job: JobView): JobTaskView | undefined {
 
 /**
  * Bytes, rate and ETA of the running task. When the provider reports bytes without a rate,
- * the rate is measured here between two polls.
+ * the rate is measured here over the last samples (each timed by the job's update time,
+ * when the vault wrote it), so it does not jump with the polling.
  */
 export class RateMeter {
-  private last = new Map<string, { bytes: number; at: number; rate?: number }>();
+  private readonly samples = new Map<string, { bytes: number; at: number }[]>();
+
+  constructor(private readonly windowMs = 10_000) {}
+
+  private measured(job: JobView, bytes: number, now: number): number | undefined {
+    const list = this.samples.get(job.id) ?? [];
+    const last = list[list.length - 1];
+    if (last && bytes < last.bytes) list.length = 0; // started over (a restarted job)
+    if (!last || bytes !== last.bytes) {
+      const at = job.updatedAt ? Date.parse(job.updatedAt) : now;
+      list.push({ bytes, at: Number.isNaN(at) ? now : at });
+    }
+    while (list.length > 2 && list[list.length - 1]!.at - list[0]!.at > this.windowMs) list.shift();
+    this.samples.set(job.id, list);
+    const first = list[0]!;
+    const newest = list[list.length - 1]!;
+    return newest.at > first.at ? ((newest.bytes - first.bytes) * 1000) / (newest.at - first.at) : undefined;
+  }
 
   text(job: JobView, now = Date.now()): string {
     const task = currentTask(job);
     const p = task && task.state === 'Running' ? byteProgress(task.detail) : undefined;
     if (!p) return '';
-    let rate = p.rateBytesPerSec;
-    const prev = this.last.get(job.id);
-    if (rate === undefined && prev) {
-      if (p.bytesDone > prev.bytes && now > prev.at) rate = ((p.bytesDone - prev.bytes) * 1000) / (now - prev.at);
-      else rate = prev.rate;
-    }
-    if (!prev || p.bytesDone !== prev.bytes) this.last.set(job.id, { bytes: p.bytesDone, at: now, rate });
+    const rate = p.rateBytesPerSec ?? this.measured(job, p.bytesDone, now);
     const eta = p.etaSeconds ?? (rate && rate > 0 ? Math.max(0, p.bytesTotal - p.bytesDone) / rate : null);
     return [`${formatBytes(p.bytesDone)}/${formatBytes(p.bytesTotal)}`, rate !== undefined ? `${formatBytes(rate)}/s` : '', eta !== null ? `ETA ${formatSeconds(eta)}` : '', p.currentDisk ? `disk ${p.currentDisk}` : '']
       .filter(Boolean)

@@ -45,6 +45,8 @@ export function addProviderCommand(program: Command): void {
         registration = await registerWithVault({ vaultUrl: o.vault, key, fabric: { name: site.name, kind: 'lab' }, serverName: o.serverName ?? site.server ?? site.name, version: VERSION, inventoryScope: scope, dir });
         log.info({ fabricId: registration.fabricId, provider: registration.providerId }, `registered with vault ${registration.vault.name}`);
       }
+      // a vault that moved (another address) is reached where --vault says; its CA still has to match
+      if (o.vault && o.vault !== registration.vault.url) registration = { ...registration, vault: { ...registration.vault, url: o.vault } };
       const channel = new ProviderChannel(registration);
       const provider = new FabricProvider({
         driver: new LabFabricDriver(site),

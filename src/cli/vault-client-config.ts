@@ -14,7 +14,9 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { OsrError } from '../domain/errors.js';
 
-export const DEFAULT_VAULT_URL = 'https://127.0.0.1:8443';
+/** the vault's default HTTPS port (the server's DEFAULT_VAULT_PORT; a test keeps them equal) */
+export const DEFAULT_VAULT_PORT = 8443;
+export const DEFAULT_VAULT_URL = `https://127.0.0.1:${DEFAULT_VAULT_PORT}`;
 export const USER_CONFIG = path.join('.config', 'osr', 'config.yaml');
 export const LAB_CONFIG = path.join('.osr', 'lab', 'osr.yaml');
 

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { parseDuration } from '../agent/time-window.js';
 import { OsrError } from '../domain/errors.js';
-import { DEFAULT_VAULT_PORT, Vault } from '../vault/server.js';
+import { DEFAULT_VAULT_PORT } from './vault-client-config.js';
 import { collect } from './format.js';
 
 export function addVaultCommand(program: Command): void {
@@ -28,6 +28,8 @@ export function addVaultCommand(program: Command): void {
       if (!m) throw new OsrError('INVALID_ARGUMENT', `--listen ${String(o.listen)} is not HOST:PORT`);
       const concurrency = Number(o.jobConcurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new OsrError('INVALID_ARGUMENT', `--job-concurrency must be a whole number of at least 1, not ${String(o.jobConcurrency)}`);
+      // the server and its dependencies load only when the vault runs, not for every osr command
+      const { Vault } = await import('../vault/server.js');
       const vault = await Vault.create({
         name: String(o.name),
         dataDir: path.resolve(String(o.dataDir)),

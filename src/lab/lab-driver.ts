@@ -131,6 +131,7 @@ export class LabFabricDriver implements FabricDriver {
     const pkiDir = path.join(this.dir, 'pki');
     fs.mkdirSync(pkiDir, { recursive: true, mode: 0o700 });
     fs.mkdirSync(path.join(this.dir, 'hosts'), { recursive: true });
+    await stopStrayAgents(this.dir);
     try {
       for (const h of this.hosts.values()) {
         await this.enrol(h, pkiDir, ctx);
@@ -413,8 +414,8 @@ export class LabFabricDriver implements FabricDriver {
     const r = this.state.replicas[replicaVmId];
     if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no replica VM ${replicaVmId}`);
     try {
-      const points = await this.agent(r.hostId).api.get<{ seq: number; time: string; consistency: 'crash' | 'app' }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
-      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: p.consistency }));
+      const points = await this.agent(r.hostId).api.get<{ seq: number; time: string; consistency: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
+      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency) }));
     } catch (e) {
       if (toOsrError(e).code === 'NOT_FOUND') return []; // no data has arrived yet
       throw e;
@@ -480,7 +481,7 @@ export class LabFabricDriver implements FabricDriver {
         currentDisk: progress?.currentDisk ?? null,
         done,
       },
-      latestPoint: h.latestPoint ? { id: String(h.latestPoint.seq), at: h.latestPoint.time, consistency: h.latestPoint.consistency } : null,
+      latestPoint: h.latestPoint ? { id: String(h.latestPoint.seq), at: h.latestPoint.time, consistency: consistencyOf(h.latestPoint.consistency) } : null,
       lastError: h.lastError ? { code: h.lastError.code, message: h.lastError.message } : null,
       waitingForAction: h.retry?.waitingForAction ?? false,
     };
@@ -513,11 +514,42 @@ interface AgentHealth {
   state: string;
   health: 'Healthy' | 'Warning' | 'Critical';
   rpoSeconds: number | null;
-  latestPoint: { seq: number; time: string; consistency: 'crash' | 'app' } | null;
+  latestPoint: { seq: number; time: string; consistency: string } | null;
   lastError: { code: string; message: string } | null;
   cyclesLastHour: number;
   missedCyclesLastHour: number;
   initial: AgentProgress | null;
   resync: AgentProgress | null;
   retry: { waitingForAction: boolean } | null;
+}
+
+/** The host's words for a point's consistency, in the vault's. */
+const consistencyOf = (c: string): 'crash' | 'app' => (c === 'app-consistent' || c === 'app' ? 'app' : 'crash');
+
+/**
+ * Agents a provider left running when it was killed: found by agents.json and checked by
+ * their command line (the same data directory), then stopped, so the new ones can listen.
+ */
+export async function stopStrayAgents(dir: string): Promise<number> {
+  let old: LabAgentInfo[];
+  try {
+    old = JSON.parse(fs.readFileSync(path.join(dir, 'agents.json'), 'utf8')) as LabAgentInfo[];
+  } catch {
+    return 0;
+  }
+  let stopped = 0;
+  for (const a of old) {
+    let cmdline = '';
+    try {
+      cmdline = fs.readFileSync(`/proc/${a.pid}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (!cmdline.includes(path.join(dir, 'hosts', a.host))) continue;
+    process.kill(a.pid, 'SIGTERM');
+    for (let i = 0; i < 600 && fs.existsSync(`/proc/${a.pid}`); i++) await new Promise((r) => setTimeout(r, 100));
+    stopped++;
+  }
+  fs.rmSync(path.join(dir, 'agents.json'), { force: true });
+  return stopped;
 }

@@ -25,7 +25,7 @@ import type { ProtectedItem } from '../domain/resources.js';
 import { writeFileAtomic } from '../pki/index.js';
 import { fetchPinnedCa, VaultClient } from '../provider/vault-client.js';
 import { OSR_BIN } from './agent-process.js';
-import type { LabAgentInfo } from './lab-driver.js';
+import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
 
 export const DEFAULT_LAB_DIR = '.osr/lab';
@@ -152,6 +152,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
   const info: LabFile = { topology: name, dir, startedAt: new Date().toISOString(), detached: o.detach, vault: { url: '', pid: 0, caFingerprint: '' }, providers: [] };
   const kill = async () => {
     for (const p of info.providers) await stopPid(p.pid);
+    for (const f of spec.fabrics) await stopStrayAgents(path.join(dir, 'sites', slug(f.name)));
     if (info.vault.pid) await stopPid(info.vault.pid);
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   };
@@ -247,6 +248,8 @@ export async function labDown(dirArg: string, out: (l: string) => void = (l) => 
     out(`stopping provider ${p.fabric} (pid ${p.pid}) and its hosts…`);
     await stopPid(p.pid);
   }
+  // hosts of a provider that was killed outlive it: stop them too
+  for (const p of info.providers) await stopStrayAgents(path.join(path.dirname(p.config), slug(p.fabric)));
   out(`stopping the vault (pid ${info.vault.pid})…`);
   await stopPid(info.vault.pid);
   fs.rmSync(labFile(dir), { force: true });

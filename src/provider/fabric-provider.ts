@@ -105,7 +105,13 @@ export class FabricProvider {
       inventoryChanged: () => this.inventoryChanged(),
       log: this.o.log,
     });
-    await this.runtime.start();
+    try {
+      await this.runtime.start();
+    } catch (e) {
+      // the fabric's hosts do not outlive a provider that could not start
+      await this.o.driver.stop().catch(() => undefined);
+      throw e;
+    }
     this.statusLoop = this.reportLoop();
   }
 

@@ -11,7 +11,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { DEFAULT_VAULT_URL } from '../../src/cli/vault-client-config.js';
 import { OsrError } from '../../src/domain/errors.js';
+import { DEFAULT_VAULT_PORT } from '../../src/vault/server.js';
 import { tempDir, waitFor } from '../support/lab.js';
 import { gate, siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
 
@@ -129,20 +131,23 @@ describe('osr vault client commands', () => {
   });
 
   test('fabrics and inventory', async () => {
-    const fabrics = await json<{ items: Obj[] }>(['fabric', 'list']);
+    const [fabrics, table, clouds, nyAll, vm, protectable] = await Promise.all([
+      json<{ items: Obj[] }>(['fabric', 'list']),
+      ok(['fabric', 'show', 'vmm-newyork']),
+      json<{ items: Obj[] }>(['inventory', 'list', '--kind', 'cloud']),
+      json<{ items: Obj[] }>(['inventory', 'list', '--fabric', 'vmm-newyork']),
+      json(['inventory', 'show', 'vmm-newyork.goldcloud1-vm0']),
+      json<{ items: Obj[] }>(['inventory', 'protectable', '--cloud', 'vmm-newyork.goldcloud1']),
+      fails(['inventory', 'show', 'vmm-newyork.nothing'], 'NOT_FOUND'),
+    ]);
     assert.deepEqual(fabrics.items.map((f) => f.id).sort(), ['vmm-chicago', 'vmm-newyork']);
-    const table = await ok(['fabric', 'show', 'vmm-newyork']);
     assert.match(table, /^Providers$/m);
-    const clouds = await json<{ items: Obj[] }>(['inventory', 'list', '--kind', 'cloud']);
     assert.deepEqual(clouds.items.map((c) => c.id).sort(), ['vmm-chicago.goldcloud2', 'vmm-newyork.goldcloud1']);
-    const nyAll = await json<{ items: Obj[] }>(['inventory', 'list', '--fabric', 'vmm-newyork']);
     assert.equal(nyAll.items.filter((o) => o.kind === 'vm').length, 3);
     assert.ok(nyAll.items.every((o) => o.fabricId === 'vmm-newyork'));
-    const vm = await json(['inventory', 'show', 'vmm-newyork.goldcloud1-vm0']);
     assert.equal(vm.kind, 'vm');
     assert.equal(vm.name, 'GoldCloud1-VM0');
-    await fails(['inventory', 'show', 'vmm-newyork.nothing'], 'NOT_FOUND');
-    assert.equal((await json<{ items: Obj[] }>(['inventory', 'protectable', '--cloud', 'vmm-newyork.goldcloud1'])).items.length, 3);
+    assert.equal(protectable.items.length, 3);
   });
 
   test('policies: create with flags, update keeps what is not given, ASR rules refuse bad values', async () => {
@@ -209,47 +214,56 @@ describe('osr vault client commands', () => {
       ['vmm-newyork.goldcloud1-vm0', 'Protected', 'Healthy'],
       ['vmm-newyork.goldcloud1-vm1', 'Protected', 'Healthy'],
     ]);
-    const table = await ok(['item', 'list']);
+    const [table, points, events, shown] = await Promise.all([
+      ok(['item', 'list']),
+      json<{ items: Obj[] }>(['item', 'points', 'GoldCloud1-VM0']),
+      json<{ items: Obj[] }>(['item', 'events', 'vmm-newyork.goldcloud1-vm0']),
+      json(['item', 'show', 'GoldCloud1-VM1']),
+      // a VM protected already
+      fails(['item', 'enable', 'GoldCloud1-VM0'], 'ALREADY_EXISTS'),
+    ]);
     assert.match(table.split('\n')[0]!, /^ID\s+NAME\s+STATE\s+HEALTH\s+RPO\s+LATEST POINT\s+POLICY$/);
     assert.match(table, /GoldCloud1-VM0\s+Protected\s+Healthy\s+\S+\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\s+gold/);
-    // a VM protected already
-    await fails(['item', 'enable', 'GoldCloud1-VM0'], 'ALREADY_EXISTS');
-    assert.equal((await json<{ items: Obj[] }>(['item', 'points', 'GoldCloud1-VM0'])).items[0]!.id, 'p1');
-    const events = await json<{ items: Obj[] }>(['item', 'events', 'vmm-newyork.goldcloud1-vm0']);
+    assert.equal(points.items[0]!.id, 'p1');
     assert.ok(events.items.some((e) => e.kind === 'protection.enabled'));
-    assert.equal((await json(['item', 'show', 'GoldCloud1-VM1'])).pairingId !== undefined, true);
+    assert.equal(shown.id, 'vmm-newyork.goldcloud1-vm1');
+    assert.equal((shown.replication as Obj).policyId, (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/policies')).items.find((p) => p.name === 'gold')!.id);
   });
 
   test('jobs: list, show, watch of a finished job exits 0, export as CSV and JSON', async () => {
     const jobs = await json<{ items: Obj[] }>(['job', 'list', '--kind', 'enable-protection', '--state', 'Succeeded']);
     assert.equal(jobs.items.length, 2);
     const id = String(jobs.items[0]!.id);
-    const w = await osr(['job', 'watch', id]);
+    const out = path.join(work, 'jobs.json');
+    const [w, show, csv, , old] = await Promise.all([
+      osr(['job', 'watch', id]),
+      ok(['job', 'show', id]),
+      ok(['job', 'export', '--format', 'csv', '--kind', 'enable-protection']),
+      ok(['job', 'export', '--format', 'json', '--since', '1h', '-o', out]),
+      json<{ items: Obj[] }>(['job', 'list', '--until', '2000-01-01T00:00:00Z']),
+      fails(['job', 'show', 'no-such-job'], 'NOT_FOUND'),
+    ]);
     assert.equal(w.code, 0, w.stderr);
     assert.match(w.stdout, new RegExp(`^job ${id} {2}Succeeded \\[#+\\] 100\\.0% {2}done$`, 'm'));
-    const show = await ok(['job', 'show', id]);
     assert.match(show, /Prerequisites check\s+Succeeded/);
     assert.match(show, /Finalize protection\s+Succeeded/);
-    const csv = await ok(['job', 'export', '--format', 'csv', '--kind', 'enable-protection']);
     const lines = csv.trimEnd().split(/\r?\n/);
     assert.equal(lines[0], 'id,kind,target,state,progress,currentStep,attempts,createdBy,createdAt,startedAt,endedAt,errorCode,errorMessage');
     assert.equal(lines.length, 3);
-    const out = path.join(work, 'jobs.json');
-    await ok(['job', 'export', '--format', 'json', '--since', '1h', '-o', out]);
     assert.equal((JSON.parse(fs.readFileSync(out, 'utf8')) as Obj[]).length, 2);
-    assert.equal((await json<{ items: Obj[] }>(['job', 'list', '--until', '2000-01-01T00:00:00Z'])).items.length, 0);
-    await fails(['job', 'show', 'no-such-job'], 'NOT_FOUND');
+    assert.equal(old.items.length, 0);
   });
 
   test('a failed job exits with its code; restarted, its watch shows bytes and ETA and exits 0', async () => {
-    const r = await fails(['item', 'enable', 'GoldCloud1-VM2', '--wait', '--interval', '100ms'], 'JOB_FAILED');
-    assert.match(r.stderr, /in task "Create replication"/);
+    // the job's error code is the one the provider reported
+    const r = await fails(['item', 'enable', 'GoldCloud1-VM2', '--wait', '--interval', '100ms'], 'NETWORK_ERROR');
+    assert.match(r.stderr, /failed in task "Create replication": the host did not answer/);
     const item = await json(['item', 'show', 'GoldCloud1-VM2']);
     assert.equal(item.state, 'ProtectionFailed');
     const failed = await json<{ items: Obj[] }>(['job', 'list', '--target', 'vmm-newyork.goldcloud1-vm2']);
     const id = String(failed.items[0]!.id);
     assert.equal(failed.items[0]!.state, 'Failed');
-    await fails(['job', 'watch', id], 'JOB_FAILED');
+    await fails(['job', 'watch', id], 'NETWORK_ERROR');
     await ok(['job', 'restart', id]);
     const watcher = start(['job', 'watch', id, '--interval', '100ms']);
     await waitFor('bytes and ETA in the watch', () => /Running .*512 B\/1\.0 KiB {2}256 B\/s {2}ETA 2s/.test(watcher.run.stdout), 20_000);
@@ -320,11 +334,14 @@ describe('osr vault client commands', () => {
   test('tokens, registration keys, audit, events and alerts', async () => {
     const t = await json(['token', 'create', '--role', 'Reader', '--name', 'dashboards']);
     assert.match(String(t.secret), /^osr_/);
-    const tokens = await json<{ items: Obj[] }>(['token', 'list']);
+    const [tokens, read] = await Promise.all([
+      json<{ items: Obj[] }>(['token', 'list']),
+      // the Reader reads, and may not configure
+      json<{ items: Obj[] }>(['--token', String(t.secret), 'policy', 'list']),
+      fails(['--token', String(t.secret), 'policy', 'create', 'x'], 'FORBIDDEN'),
+    ]);
     assert.ok(tokens.items.some((x) => x.name === 'dashboards' && x.role === 'Reader'));
-    // the Reader reads, and may not configure
-    assert.equal((await json<{ items: Obj[] }>(['--token', String(t.secret), 'policy', 'list'])).items.length, 1);
-    await fails(['--token', String(t.secret), 'policy', 'create', 'x'], 'FORBIDDEN');
+    assert.equal(read.items.length, 1);
     await ok(['token', 'revoke', String(t.id)]);
     await fails(['--token', String(t.secret), 'policy', 'list'], 'UNAUTHENTICATED');
 
@@ -335,16 +352,18 @@ describe('osr vault client commands', () => {
     await ok(['registration-key', 'revoke', String(k.id)]);
     assert.match(await ok(['registration-key', 'list']), new RegExp(`${String(k.id)}.*revoked`));
 
-    const audit = await json<{ items: Obj[] }>(['audit', 'list', '--limit', '500']);
+    const [audit, events, alerts, active] = await Promise.all([
+      json<{ items: Obj[] }>(['audit', 'list', '--limit', '500']),
+      json<{ items: Obj[] }>(['event', 'list', '--target', 'vmm-newyork.goldcloud1-vm2']),
+      json<{ items: Obj[] }>(['alert', 'list', '--target', 'vmm-newyork.goldcloud1-vm2']),
+      json<{ items: Obj[] }>(['alert', 'list', '--state', 'Active']),
+    ]);
     assert.ok(audit.items.some((a) => a.path === '/api/v1/policies' && a.method === 'POST' && a.status === 201));
     assert.ok(audit.items.some((a) => a.code === 'FORBIDDEN'), 'refused calls are audited too');
-
-    const events = await json<{ items: Obj[] }>(['event', 'list', '--target', 'vmm-newyork.goldcloud1-vm2']);
     assert.ok(events.items.some((e) => e.kind === 'protection.failed'));
-    const alerts = await json<{ items: Obj[] }>(['alert', 'list', '--target', 'vmm-newyork.goldcloud1-vm2']);
     assert.equal(alerts.items[0]!.kind, 'ItemCritical');
-    const active = await json<{ items: Obj[] }>(['alert', 'list', '--state', 'Active']);
-    for (const a of active.items) await ok(['alert', 'resolve', String(a.id)]);
+    assert.ok(active.items.length >= 1);
+    await Promise.all(active.items.map((a) => ok(['alert', 'resolve', String(a.id)])));
     assert.equal((await json<{ items: Obj[] }>(['alert', 'list', '--state', 'Active'])).items.length, 0);
 
     const pw = path.join(work, 'smtp-password');
@@ -371,15 +390,17 @@ describe('osr vault client commands', () => {
   test('a missing token is refused with UNAUTHENTICATED before any call', async () => {
     const noToken = path.join(work, 'no-token.yaml');
     fs.writeFileSync(noToken, `vault: ${v.url}\nca: ${caFile}\n`);
-    const r = await fails(['item', 'list'], 'UNAUTHENTICATED', { env: { OSR_CONFIG: noToken } });
+    const [r, bare] = await Promise.all([
+      fails(['item', 'list'], 'UNAUTHENTICATED', { env: { OSR_CONFIG: noToken } }),
+      // without any config file at all: the default places are searched
+      fails(['job', 'list'], 'UNAUTHENTICATED', { env: { OSR_CONFIG: undefined } }),
+      fails(['--config', path.join(work, 'nothing.yaml'), 'job', 'list'], 'CONFIG_INVALID'),
+      fails(['--vault', 'http://127.0.0.1:1', 'job', 'list'], 'CONFIG_INVALID'),
+    ]);
     assert.equal(r.code, 2, 'a usage error');
     assert.match(r.stderr, /give --token, set OSR_TOKEN/);
-    // without any config file at all: the default places are searched
-    const bare = await fails(['job', 'list'], 'UNAUTHENTICATED', { env: { OSR_CONFIG: undefined } });
-    assert.match(bare.stderr, /config\.yaml/);
-    assert.ok(!/https:\/\/127\.0\.0\.1:8443/.test(bare.stdout));
-    await fails(['--config', path.join(work, 'nothing.yaml'), 'job', 'list'], 'CONFIG_INVALID');
-    await fails(['--vault', 'http://127.0.0.1:1', 'job', 'list'], 'CONFIG_INVALID');
+    assert.match(bare.stderr, new RegExp(`vault at ${DEFAULT_VAULT_URL.replace(/\./g, '\\.')}: .*${path.join(home, '.config', 'osr', 'config.yaml').replace(/\./g, '\\.')}`));
+    assert.equal(new URL(DEFAULT_VAULT_URL).port, String(DEFAULT_VAULT_PORT), "the client's default is the server's");
   });
 
   test('settings: a flag beats the environment, which beats the config file', async () => {
@@ -387,23 +408,26 @@ describe('osr vault client commands', () => {
     const file = path.join(work, 'precedence.yaml');
     fs.writeFileSync(file, `vault: https://127.0.0.1:1\ntoken: osr_ffffffffffff_not-a-token\nca: ${caFile}\n`);
     const env = { OSR_CONFIG: file };
-    // the file alone: its vault does not answer
-    await fails(['token', 'list'], 'NETWORK_ERROR', { env });
-    // the environment's vault, the file's token
-    await fails(['token', 'list'], 'UNAUTHENTICATED', { env: { ...env, OSR_VAULT: v.url } });
-    // the environment's token (a Reader) over the file's
-    await fails(['token', 'list'], 'FORBIDDEN', { env: { ...env, OSR_VAULT: v.url, OSR_TOKEN: String(reader.secret) } });
-    // the flags' over both
-    const list = await json<{ items: Obj[] }>(['--vault', v.url, '--token', v.token, 'token', 'list'], { env: { ...env, OSR_VAULT: 'https://127.0.0.1:2', OSR_TOKEN: String(reader.secret) } });
-    assert.ok(list.items.length >= 2);
-    const c = await json(['--vault', 'https://127.0.0.1:3', 'connection', '--offline'], { env: { ...env, OSR_VAULT: 'https://127.0.0.1:2', OSR_TOKEN: String(reader.secret) } });
-    assert.deepEqual([c.vault, c.vaultFrom, c.tokenFrom, c.caFrom], ['https://127.0.0.1:3', 'flag', 'env', 'file']);
-    // the CA from the environment; the untrusted system CAs otherwise
     const noCa = path.join(work, 'no-ca.yaml');
     fs.writeFileSync(noCa, `vault: ${v.url}\ntoken: ${v.token}\n`);
-    await fails(['fabric', 'list'], 'NETWORK_ERROR', { env: { OSR_CONFIG: noCa } });
-    assert.equal((await json<{ items: Obj[] }>(['fabric', 'list'], { env: { OSR_CONFIG: noCa, OSR_VAULT_CA: caFile } })).items.length, 2);
-    await ok(['--vault-ca', caFile, 'fabric', 'list'], { env: { OSR_CONFIG: noCa } });
+    const [, , , list, c, , withEnvCa] = await Promise.all([
+      // the file alone: its vault does not answer
+      fails(['token', 'list'], 'NETWORK_ERROR', { env }),
+      // the environment's vault, the file's token
+      fails(['token', 'list'], 'UNAUTHENTICATED', { env: { ...env, OSR_VAULT: v.url } }),
+      // the environment's token (a Reader) over the file's
+      fails(['token', 'list'], 'FORBIDDEN', { env: { ...env, OSR_VAULT: v.url, OSR_TOKEN: String(reader.secret) } }),
+      // the flags' over both
+      json<{ items: Obj[] }>(['--vault', v.url, '--token', v.token, 'token', 'list'], { env: { ...env, OSR_VAULT: 'https://127.0.0.1:2', OSR_TOKEN: String(reader.secret) } }),
+      json(['--vault', 'https://127.0.0.1:3', 'connection', '--offline'], { env: { ...env, OSR_VAULT: 'https://127.0.0.1:2', OSR_TOKEN: String(reader.secret) } }),
+      // without the vault's CA the system's CAs do not trust it; the CA from the environment or the flag
+      fails(['fabric', 'list'], 'NETWORK_ERROR', { env: { OSR_CONFIG: noCa } }),
+      json<{ items: Obj[] }>(['fabric', 'list'], { env: { OSR_CONFIG: noCa, OSR_VAULT_CA: caFile } }),
+      ok(['--vault-ca', caFile, 'fabric', 'list'], { env: { OSR_CONFIG: noCa } }),
+    ]);
+    assert.ok(list.items.length >= 2);
+    assert.deepEqual([c.vault, c.vaultFrom, c.tokenFrom, c.caFrom], ['https://127.0.0.1:3', 'flag', 'env', 'file']);
+    assert.equal(withEnvCa.items.length, 2);
     // the lab's file, found from the current directory when nothing names one
     const lab = tempDir('osr-cli-lab-');
     fs.mkdirSync(path.join(lab, '.osr', 'lab'), { recursive: true });

@@ -63,7 +63,8 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const vm = await fabrics.object(request.body.vmId, 'vm');
-      const cloud = (vm.properties as { cloud: string }).cloud;
+      const { cloud, replicaOf } = vm.properties as { cloud: string; replicaOf?: string };
+      if (replicaOf) throw new OsrError('INVALID_STATE', `VM ${vm.name} (${vm.id}) is the replica of protected item ${replicaOf}; protect the source VM, or disable its protection keeping the replica to make this a VM of its own`, { replicaOf });
       const pairing = request.body.pairingId ? await config.pairing(request.body.pairingId) : await config.pairingOfSource(cloud);
       if (!pairing) throw new OsrError('INVALID_STATE', `cloud ${cloud} of VM ${vm.name} is not paired; pair it with a target cloud under a policy first`, { cloud });
       const jobId = randomUUID();

@@ -1,0 +1,210 @@
+/**
+ * The lab end to end, with real processes: `osr lab up --detach` starts a vault, two
+ * providers and four host agents; the osr CLI creates a policy, pairs the clouds, maps
+ * networks and storage and enables protection of five VMs; they reach Protected; data
+ * written through NBD to a VM is on its replica at the next recovery point (read back
+ * from an overlay of that point); disabling protection keeps or deletes the replica, and
+ * protecting a VM whose replica was kept takes that replica up again.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import YAML from 'yaml';
+import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
+import { AgentClient } from '../../src/cli/agent-client.js';
+import type { ProtectedItem } from '../../src/domain/resources.js';
+import { labAgents, labDown, labStatus, readLabFile } from '../../src/lab/launcher.js';
+import { OSR_BIN } from '../../src/lab/agent-process.js';
+import type { TopologySpec } from '../../src/lab/topology.js';
+import { VaultClient } from '../../src/provider/vault-client.js';
+import { tempDir, waitFor } from '../support/lab.js';
+
+const run = promisify(execFile);
+type Obj = Record<string, unknown>;
+
+const dir = tempDir('osr-lab-');
+let api: VaultClient;
+
+/** osr with the lab's connection file, as a user would run it */
+async function osr(...args: string[]): Promise<string> {
+  const r = await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 180_000 });
+  return r.stdout;
+}
+
+const topology: TopologySpec = {
+  name: 'test-two-sites',
+  vault: { name: 'test-vault' },
+  fabrics: [
+    {
+      name: 'VMM-NewYork',
+      logicalNetworks: ['LN1-NY', 'LN2-NY'],
+      vmNetworks: [
+        { name: 'VMNetwork1-NY', logicalNetwork: 'LN1-NY', subnets: [{ name: 'Subnet1', cidr: '10.1.1.0/24', pool: { start: '10.1.1.10', end: '10.1.1.20' } }] },
+        { name: 'VMNetwork2-NY', logicalNetwork: 'LN2-NY', subnets: [{ name: 'Subnet1', cidr: '10.1.2.0/24' }] },
+      ],
+      storage: { classifications: ['GOLD', 'SILVER'], locations: [{ name: 'ny-gold', classification: 'GOLD', kind: 'share' }, { name: 'ny-silver', classification: 'SILVER', kind: 'volume' }] },
+      clouds: [
+        { name: 'GoldCloud1', hostGroups: [{ name: 'NY-Gold', hosts: [{ name: 'ny-h1', logicalNetworks: ['LN1-NY', 'LN2-NY'], storageLocations: ['ny-gold'] }] }] },
+        { name: 'SilverCloud1', hostGroups: [{ name: 'NY-Silver', hosts: [{ name: 'ny-h2', logicalNetworks: ['LN1-NY'], storageLocations: ['ny-silver'] }] }] },
+      ],
+      vms: [
+        { name: 'vm1', host: 'ny-h1', disks: [{ name: 'system', size: '32M', storage: 'ny-gold' }, { name: 'data', size: '16M', storage: 'ny-gold' }], nics: [{ network: 'VMNetwork1-NY' }], workload: false },
+        { name: 'vm2', host: 'ny-h1', disks: [{ name: 'system', size: '32M', storage: 'ny-gold' }], nics: [{ network: 'VMNetwork1-NY' }, { network: 'VMNetwork2-NY' }], workload: { bytesPerSecond: 64 * 1024 } },
+        { name: 'vm3', host: 'ny-h2', disks: [{ name: 'system', size: '32M', storage: 'ny-silver' }], nics: [{ network: 'VMNetwork1-NY' }], workload: false },
+        { name: 'vm4', host: 'ny-h2', disks: [{ name: 'system', size: '32M', storage: 'ny-silver' }], nics: [{ network: 'VMNetwork1-NY' }], workload: { bytesPerSecond: 64 * 1024 } },
+        { name: 'vm5', host: 'ny-h2', disks: [{ name: 'system', size: '16M', storage: 'ny-silver' }], nics: [], workload: false },
+      ],
+    },
+    {
+      name: 'VMM-Chicago',
+      logicalNetworks: ['LN1-CHI'],
+      vmNetworks: [{ name: 'VMNetwork1-CHI', logicalNetwork: 'LN1-CHI', subnets: [{ name: 'Subnet1', cidr: '10.2.1.0/24', pool: { start: '10.2.1.10', end: '10.2.1.20' } }] }],
+      storage: { classifications: ['GOLD_TARGET', 'SILVER_TARGET'], locations: [{ name: 'chi-gold', classification: 'GOLD_TARGET', kind: 'share' }, { name: 'chi-silver', classification: 'SILVER_TARGET', kind: 'volume' }] },
+      clouds: [
+        { name: 'GoldCloud2', hostGroups: [{ name: 'CHI-Gold', hosts: [{ name: 'chi-h1', logicalNetworks: ['LN1-CHI'], storageLocations: ['chi-gold'] }] }] },
+        { name: 'SilverCloud2', hostGroups: [{ name: 'CHI-Silver', hosts: [{ name: 'chi-h2', logicalNetworks: ['LN1-CHI'], storageLocations: ['chi-silver'] }] }] },
+      ],
+      vms: [],
+    },
+  ],
+};
+
+const items = async () => (await api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=1000')).items;
+const item = (id: string) => api.request<ProtectedItem & { replication: Obj }>('GET', `/api/v1/protected-items/${id}`);
+
+before(async () => {
+  const file = path.join(dir, 'topology.in.yaml');
+  fs.writeFileSync(file, YAML.stringify(topology));
+  const out = await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
+  assert.match(out, /Owner token osr_/);
+  const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { vault: string; token: string; ca: string };
+  api = new VaultClient(cfg.vault, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
+});
+
+after(async () => {
+  api?.close();
+  await labDown(dir, () => undefined);
+  for (const p of [readLabFile(dir)?.vault.pid].filter(Boolean)) assert.fail(`lab still recorded as running (vault ${p})`);
+});
+
+describe('the lab', () => {
+  test('lab up: the vault, a provider per fabric and an agent per host run; inventory and enrolled agents are there', async () => {
+    const s = await labStatus(dir);
+    assert.equal(s.running, true, JSON.stringify(s.processes));
+    assert.deepEqual(s.processes.map((p) => p.role).sort(), ['agent', 'agent', 'agent', 'agent', 'provider', 'provider', 'vault']);
+    assert.deepEqual(s.fabrics.map((f) => f.id).sort(), ['vmm-chicago', 'vmm-newyork']);
+    const vms = (await api.request<{ items: Obj[] }>('GET', '/api/v1/vms?limit=1000')).items;
+    assert.deepEqual(vms.map((v) => v.name).sort(), ['vm1', 'vm2', 'vm3', 'vm4', 'vm5']);
+    const vm2 = vms.find((v) => v.name === 'vm2')!;
+    assert.equal((vm2.properties as Obj).powerState, 'Running');
+    // NICs on networks with a pool have an address from it
+    assert.equal(((vm2.properties as Obj).nics as Obj[])[0]!.ip, '10.1.1.11');
+    const events = (await api.request<{ items: Obj[] }>('GET', '/api/v1/events?target=vmm-newyork&limit=100')).items;
+    assert.ok(events.some((e) => e.kind === 'agent.enrolled'), 'host agents enrolled through the provider');
+    // agents hold certificates of the vault's CA
+    const ca = new crypto.X509Certificate(fs.readFileSync(path.join(dir, 'vault-ca.pem')));
+    const cert = new crypto.X509Certificate(fs.readFileSync(path.join(dir, 'sites', 'vmm-chicago', 'pki', 'chi-h1.crt')));
+    assert.ok(cert.checkIssued(ca) && cert.verify(ca.publicKey));
+  });
+
+  test('protect five VMs through the CLI: each reaches Protected with a recovery point, placed by the mappings', async () => {
+    await osr('policy', 'create', 'gold', '--copy-frequency', '30s', '--retention-hours', '1', '--host-os-version', 'any');
+    await osr('pairing', 'create', '--policy', 'gold', '--source-cloud', 'vmm-newyork.goldcloud1', '--target-cloud', 'vmm-chicago.goldcloud2');
+    await osr('pairing', 'create', '--policy', 'gold', '--source-cloud', 'vmm-newyork.silvercloud1', '--target-cloud', 'vmm-chicago.silvercloud2');
+    await osr('mapping', 'create', 'network', '--source', 'vmm-newyork.vmnetwork1-ny', '--target', 'vmm-chicago.vmnetwork1-chi');
+    await osr('mapping', 'create', 'storage', '--source', 'vmm-newyork.gold', '--target', 'vmm-chicago.gold_target');
+    await osr('mapping', 'create', 'storage', '--source', 'vmm-newyork.silver', '--target', 'vmm-chicago.silver_target');
+    await osr('item', 'enable', 'vm1', 'vm2', 'vm3', 'vm4', 'vm5', '--wait');
+
+    const list = JSON.parse(await osr('item', 'list', '--json')) as ProtectedItem[] | { items: ProtectedItem[] };
+    const rows = Array.isArray(list) ? list : list.items;
+    assert.equal(rows.length, 5);
+    for (const i of rows) {
+      assert.equal(i.state, 'Protected', `${i.name}: ${JSON.stringify(i.healthReasons)}`);
+      assert.ok(i.lastRecoveryPointAt, `${i.name} has a recovery point`);
+    }
+    const vm2 = await item('vmm-newyork.vm2');
+    const placement = vm2.replication.placement as { hostId: string; networks: Record<string, string | null>; storage: Record<string, string> };
+    assert.equal(placement.hostId, 'vmm-chicago.chi-h1');
+    assert.deepEqual(placement.networks, { nic0: 'vmm-chicago.vmnetwork1-chi', nic1: null });
+    assert.deepEqual(placement.storage, { disk0: 'vmm-chicago.chi-gold' });
+    // the replica VM is in the recovery site's inventory, its NIC connected with a pool address
+    const replica = await api.request<Obj>('GET', `/api/v1/vms/${String((vm2.replication.replica as Obj).replicaVmId)}`);
+    const nics = (replica.properties as Obj).nics as Obj[];
+    assert.equal(nics[0]!.vmNetwork, 'vmm-chicago.vmnetwork1-chi');
+    assert.match(String(nics[0]!.ip), /^10\.2\.1\.\d+$/);
+    assert.equal(nics[1]!.vmNetwork, undefined, 'an unmapped network is not connected');
+    assert.equal((replica.properties as Obj).replicaOf, 'vmm-newyork.vm2');
+    await assert.rejects(osr('item', 'enable', String(replica.id)), /INVALID_STATE: .*VM vm2 .* is the replica of protected item vmm-newyork\.vm2/);
+    // health and RPO reported by the primary site's provider
+    await waitFor('RPO reports', async () => (await items()).every((i) => i.rpoSeconds !== null && i.health === 'Healthy'), 30_000, 500);
+  });
+
+  test('data written through NBD is on the replica at the next recovery point', async () => {
+    const uri = (await osr('lab', 'nbd-uri', 'vm1', 'data', '--dir', dir)).trim();
+    assert.match(uri, /^nbd\+unix:\/\/\/vm1\/disk1\?socket=/);
+    const data = crypto.randomBytes(1 << 20);
+    const offset = 3 << 20;
+    const c = await NbdClient.connect(uri);
+    await c.write(offset, data);
+    await c.flush();
+    await c.close();
+    const writtenAt = Date.now();
+
+    const point = await waitFor(
+      'a recovery point after the write',
+      async () => {
+        const pts = (await api.request<{ items: { id: string; at: string }[] }>('GET', '/api/v1/protected-items/vmm-newyork.vm1/recovery-points')).items;
+        return pts.find((p) => Date.parse(p.at) > writtenAt);
+      },
+      90_000,
+      500,
+    );
+    const vm1 = await item('vmm-newyork.vm1');
+    assert.ok(Date.parse(vm1.lastRecoveryPointAt!) >= Date.parse(point.at));
+    const chi = labAgents(dir).find((a) => a.hostId === 'chi-h1')!;
+    const agent = new AgentClient(chi.api);
+    const overlay = await agent.post<{ id: string; point: number; disks: { name: string; nbd: { unix: string } }[] }>('/v1/replicas/vm1/overlays', { point: Number(point.id) });
+    try {
+      assert.equal(overlay.point, Number(point.id));
+      const r = await NbdClient.connect(overlay.disks.find((d) => d.name === 'disk1')!.nbd.unix);
+      const back = await r.read(offset, data.length);
+      await r.close();
+      assert.ok(back.equals(data), 'the replica holds the bytes written before the point');
+    } finally {
+      await agent.delete(`/v1/replicas/vm1/overlays/${overlay.id}`);
+    }
+  });
+
+  test('disable protection keeps or deletes the replica; protecting a VM whose replica was kept takes it up again', async () => {
+    const before3 = await item('vmm-newyork.vm3');
+    const replica3 = String((before3.replication.replica as Obj).replicaVmId);
+    await osr('item', 'disable', 'vmm-newyork.vm3', '--keep-replica', '--wait');
+    await osr('item', 'disable', 'vmm-newyork.vm5', '--delete-replica', '--wait');
+    assert.deepEqual((await items()).map((i) => i.id).sort(), ['vmm-newyork.vm1', 'vmm-newyork.vm2', 'vmm-newyork.vm4']);
+
+    const chi2 = new AgentClient(labAgents(dir).find((a) => a.hostId === 'chi-h2')!.api);
+    const held = (await chi2.get<{ vm: string }[]>('/v1/replicas')).map((r) => r.vm).sort();
+    assert.deepEqual(held, ['vm3', 'vm4'], 'vm5\'s replica is deleted, vm3\'s kept');
+    const kept = await waitFor('the kept replica as a VM of its own', async () => {
+      const v = await api.request<Obj>('GET', `/api/v1/vms/${replica3}`);
+      return (v.properties as Obj).replicaOf === undefined ? v : undefined;
+    }, 20_000, 200);
+    assert.equal(kept.name, 'vm3');
+    await waitFor('vm5\'s replica VM gone from the inventory', async () => {
+      const vms = (await api.request<{ items: Obj[] }>('GET', '/api/v1/vms?limit=1000')).items;
+      return !vms.some((v) => v.id === 'vmm-chicago.vm5-replica');
+    }, 20_000, 200);
+
+    // protect vm3 again: its kept replica is reused (resynchronized, not copied anew)
+    await osr('item', 'enable', 'vmm-newyork.vm3', '--wait');
+    const again = await item('vmm-newyork.vm3');
+    assert.equal(again.state, 'Protected');
+    assert.equal((again.replication.replica as Obj).replicaVmId, replica3);
+    assert.equal((again.replication.replica as Obj).reused, true);
+  });
+});
