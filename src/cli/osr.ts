@@ -15,7 +15,6 @@ import type { ReplicationHealth } from '../agent/replication-types.js';
 import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
 import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pki/index.js';
 import { AgentClient } from './agent-client.js';
-import { runDemo } from './demo.js';
 import { addVaultCommand } from './vault-command.js';
 import { addLabCommand } from './lab-command.js';
 import { addProviderCommand } from './provider-command.js';
@@ -97,7 +96,7 @@ program
   });
 
 // ---- pki --------------------------------------------------------------------------------
-const pki = program.command('pki').description('a certificate authority for agents (the vault will own it later)');
+const pki = program.command('pki').description('a certificate authority for agents run without a vault (a vault\'s providers enrol their hosts with the vault\'s CA)');
 pki
   .command('init')
   .description('create a CA in DIR (ca.crt, ca.key)')
@@ -349,7 +348,7 @@ replica
   .description('discard an overlay and its writes')
   .action(async (vmName: string, id: string) => print(await client().delete(`/v1/replicas/${vmName}/overlays/${id}`), () => `discarded ${id}`));
 
-// ---- status, demo -----------------------------------------------------------------------
+// ---- status -----------------------------------------------------------------------------
 program
   .command('status')
   .description("the agent's VMs, replications and replicas")
@@ -369,15 +368,6 @@ program
         table(s.replicas.map((r) => ({ vm: r.vm, points: r.points, initialDone: r.initialDone }))),
       ].join('\n'),
     );
-  });
-program
-  .command('demo')
-  .description('two agents on this machine replicating a lab VM with a live workload (what `npm start` runs); Ctrl-C stops it')
-  .option('--dir <dir>', 'working directory for the demo', '.osr/demo')
-  .option('--frequency <duration>', 'copy frequency', '10s')
-  .option('--duration <duration>', 'stop by itself after this long (default: run until Ctrl-C)')
-  .action(async (o: { dir: string; frequency: string; duration?: string }) => {
-    await runDemo({ dir: path.resolve(o.dir), frequencyMs: parseDuration(o.frequency), durationMs: o.duration ? parseDuration(o.duration) : undefined });
   });
 
 addVaultCommand(program);

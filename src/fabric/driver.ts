@@ -28,6 +28,8 @@ export interface DriverContext {
    * key never leaves the host.
    */
   enrolAgent(name: string, publicKeyPem: string): Promise<{ certificate: string; caCertificate: string; notAfter: string }>;
+  /** the vault's CA (PEM): hosts trust it, and certificates from another CA are replaced */
+  vaultCa: string;
   /** the inventory changed (a VM started, a replica was created): report it soon */
   inventoryChanged(): void;
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void; error(o: object, msg?: string): void };

@@ -12,6 +12,7 @@
  *
  * What must survive a restart is in DIR/state.json, written whole and synced.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseSize } from '../agent/lab-host.js';
@@ -154,10 +155,9 @@ export class LabFabricDriver implements FabricDriver {
   private async enrol(h: HostRef, pkiDir: string, ctx: DriverContext): Promise<void> {
     const crt = path.join(pkiDir, `${h.name}.crt`);
     const caFile = path.join(pkiDir, 'ca.crt');
-    if (fs.existsSync(crt) && fs.existsSync(caFile)) {
-      const { X509Certificate } = await import('node:crypto');
-      const cert = new X509Certificate(fs.readFileSync(crt));
-      const ca = new X509Certificate(fs.readFileSync(caFile));
+    if (fs.existsSync(crt) && fs.existsSync(caFile) && fs.readFileSync(caFile, 'utf8').trim() === ctx.vaultCa.trim()) {
+      const cert = new crypto.X509Certificate(fs.readFileSync(crt));
+      const ca = new crypto.X509Certificate(ctx.vaultCa);
       const monthLeft = Date.parse(cert.validTo) - Date.now() > 30 * 86_400_000;
       if (monthLeft && cert.checkIssued(ca) && cert.verify(ca.publicKey)) return;
     }

@@ -102,6 +102,7 @@ export class FabricProvider {
   async start(): Promise<void> {
     await this.o.driver.start({
       enrolAgent: (name, publicKey) => this.o.channel.enrolAgent(name, publicKey),
+      vaultCa: this.o.channel.registration.tls.ca,
       inventoryChanged: () => this.inventoryChanged(),
       log: this.o.log,
     });

@@ -1,0 +1,79 @@
+/**
+ * Lab topologies: the built-in ones parse and hold what their descriptions promise; a
+ * topology with a broken reference is refused with CONFIG_INVALID naming the place.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import YAML from 'yaml';
+import { builtInTopologies, intToIp, ipToInt, loadTopology, parseTopology, slug } from '../../src/lab/topology.js';
+import { assertThrowsCode } from '../support/unit.js';
+
+const base = () => ({
+  name: 't',
+  fabrics: [
+    {
+      name: 'VMM-A',
+      logicalNetworks: ['LN1'],
+      vmNetworks: [{ name: 'Net1', logicalNetwork: 'LN1', subnets: [{ name: 'S1', cidr: '10.0.0.0/24', pool: { start: '10.0.0.10', end: '10.0.0.20' } }] }],
+      storage: { classifications: ['GOLD'], locations: [{ name: 'share1', classification: 'GOLD', kind: 'share' }] },
+      clouds: [{ name: 'C1', hostGroups: [{ name: 'HG1', hosts: [{ name: 'h1', logicalNetworks: ['LN1'], storageLocations: ['share1'] }] }] }],
+      vms: [{ name: 'vm1', host: 'h1', disks: [{ name: 'system', size: '64M', storage: 'share1' }], nics: [{ network: 'Net1' }] }],
+    },
+  ],
+});
+
+describe('lab topologies', () => {
+  test('the built-in topologies parse: two-sites is New York protected by Chicago, single-server one fabric with two clouds', () => {
+    assert.deepEqual(builtInTopologies(), ['single-server', 'two-sites']);
+    const two = loadTopology('two-sites').spec;
+    assert.deepEqual(two.fabrics.map((f) => f.name), ['VMM-NewYork', 'VMM-Chicago']);
+    assert.deepEqual(two.fabrics[0]!.clouds.map((c) => c.name), ['GoldCloud1', 'SilverCloud1']);
+    assert.deepEqual(two.fabrics[1]!.clouds.map((c) => c.name), ['GoldCloud2', 'SilverCloud2']);
+    for (const f of two.fabrics) {
+      assert.equal(f.vmNetworks.length, 2);
+      assert.equal(f.storage.classifications.length, 3);
+      assert.ok(f.storage.locations.some((l) => l.kind === 'share') && f.storage.locations.some((l) => l.kind === 'volume'));
+    }
+    assert.ok(two.fabrics[0]!.vms.length >= 4);
+    const single = loadTopology('single-server').spec;
+    assert.equal(single.fabrics.length, 1);
+    assert.equal(single.fabrics[0]!.clouds.length, 2);
+  });
+
+  test('broken references and bad values are refused with CONFIG_INVALID naming the place', () => {
+    const cases: [string, (t: ReturnType<typeof base>) => void, RegExp][] = [
+      ['unknown host', (t) => (t.fabrics[0]!.vms[0]!.host = 'h9'), /VM vm1: host "h9" is not a host of this fabric/],
+      ['unknown network', (t) => (t.fabrics[0]!.vms[0]!.nics[0]!.network = 'Net9'), /VM network "Net9" is not in vmNetworks/],
+      ['unknown storage', (t) => (t.fabrics[0]!.vms[0]!.disks[0]!.storage = 'nas'), /storage location "nas" is not in storage.locations/],
+      ['bad size', (t) => (t.fabrics[0]!.vms[0]!.disks[0]!.size = 'big'), /size "big" is not a size/],
+      ['bad cidr', (t) => (t.fabrics[0]!.vmNetworks[0]!.subnets[0]!.cidr = '10.0.0.0'), /not an IPv4 CIDR/],
+      ['pool backwards', (t) => (t.fabrics[0]!.vmNetworks[0]!.subnets[0]!.pool = { start: '10.0.0.30', end: '10.0.0.20' }), /start 10.0.0.30 comes after end 10.0.0.20/],
+      ['unknown classification', (t) => (t.fabrics[0]!.storage.locations[0]!.classification = 'PLATINUM'), /classification "PLATINUM"/],
+      ['host logical network', (t) => (t.fabrics[0]!.clouds[0]!.hostGroups[0]!.hosts[0]!.logicalNetworks = ['LN9']), /host h1: logical network "LN9"/],
+      ['duplicate VM', (t) => t.fabrics[0]!.vms.push({ ...t.fabrics[0]!.vms[0]! }), /VM vm1: VM names are unique/],
+      ['no disks', (t) => (t.fabrics[0]!.vms[0]!.disks = []), /needs 1 to 16 disks/],
+      ['no fabrics', (t) => (t.fabrics = []), /needs at least one fabric/],
+      ['duplicate fabric', (t) => t.fabrics.push(base().fabrics[0]!), /fabric VMM-A appears twice/],
+    ];
+    for (const [what, change, message] of cases) {
+      const t = base();
+      change(t);
+      const e = assertThrowsCode(() => parseTopology(YAML.stringify(t), 'lab.yaml'), 'CONFIG_INVALID');
+      assert.match(e.message, message, what);
+      assert.match(e.message, /^lab\.yaml/, `${what}: the message names the file`);
+    }
+    assertThrowsCode(() => parseTopology('name: [unclosed', 'x.yaml'), 'CONFIG_INVALID');
+    assertThrowsCode(() => loadTopology('no-such-topology'), 'NOT_FOUND');
+    assert.doesNotThrow(() => parseTopology(YAML.stringify(base())));
+  });
+
+  test('ids come from names; addresses count in order', () => {
+    assert.equal(slug('VMM-NewYork'), 'vmm-newyork');
+    assert.equal(slug('\\\\fs-ny\\SourceShare1'), 'fs-ny-sourceshare1');
+    assert.equal(slug('C:\\ClusterStorage\\Volume1'), 'c-clusterstorage-volume1');
+    assertThrowsCode(() => slug('***'), 'CONFIG_INVALID');
+    assert.equal(intToIp(ipToInt('10.1.1.255') + 1), '10.1.2.0');
+    assert.equal(intToIp(ipToInt('255.255.255.255')), '255.255.255.255');
+    assertThrowsCode(() => ipToInt('10.1.1.256'), 'CONFIG_INVALID');
+  });
+});
