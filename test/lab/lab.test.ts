@@ -7,7 +7,7 @@
  * protecting a VM whose replica was kept takes that replica up again.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,7 +17,7 @@ import YAML from 'yaml';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { AgentClient } from '../../src/cli/agent-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
-import { labAgents, labDown, labStatus, readLabFile } from '../../src/lab/launcher.js';
+import { isAlive, labAgents, labDown, labStatus, readLabFile } from '../../src/lab/launcher.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
@@ -206,5 +206,44 @@ describe('the lab', () => {
     assert.equal(again.state, 'Protected');
     assert.equal((again.replication.replica as Obj).replicaVmId, replica3);
     assert.equal((again.replication.replica as Obj).reused, true);
+  });
+
+  test('the lab stops and starts again where it was: Ctrl-C in the foreground stops every process; items stay Protected', async () => {
+    const pids = (await labStatus(dir)).processes.map((p) => p.pid);
+    await labDown(dir, () => undefined);
+    assert.deepEqual(pids.filter(isAlive), [], 'lab down stops every process');
+    assert.equal(readLabFile(dir), undefined);
+
+    const child = spawn(process.execPath, [OSR_BIN, 'lab', 'up', '--dir', dir, '--port', '0', '--status-interval', '1s'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+    try {
+      await waitFor('the lab in the foreground', () => out.includes('watching protected items'), 120_000, 200);
+      const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { vault: string; token: string; ca: string };
+      api.close();
+      api = new VaultClient(cfg.vault, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
+      const started = Date.now();
+      // replication goes on: every item gets a recovery point newer than the restart
+      await waitFor(
+        'recovery points after the restart',
+        async () => {
+          const all = await items();
+          return all.length === 4 && all.every((i) => i.state === 'Protected' && i.lastRecoveryPointAt !== null && Date.parse(i.lastRecoveryPointAt) > started - 1000);
+        },
+        90_000,
+        500,
+      );
+      const running = (await labStatus(dir)).processes;
+      assert.equal(running.length, 7);
+      child.kill('SIGINT');
+      const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      assert.equal(code, 0, out.slice(-2000));
+      assert.match(out, /stopped; the lab's state stays in/);
+      assert.deepEqual(running.map((p) => p.pid).filter(isAlive), [], 'Ctrl-C stops the vault, the providers and every agent');
+      assert.equal(readLabFile(dir), undefined);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 });
