@@ -347,13 +347,16 @@ export class LabFabricDriver implements FabricDriver {
   async ensureReplicaVm(spec: ReplicaVmSpec): Promise<ReplicaVm> {
     const existing = Object.values(this.state.replicas).find((r) => r.itemId === spec.itemId || (r.name === spec.source.name && !r.protecting));
     if (existing) {
+      // a replica kept when protection was disabled is taken up again; one this protection
+      // made already (the command run a second time) is simply answered again
+      const reused = !existing.protecting;
       existing.protecting = true;
       existing.itemId = spec.itemId;
       for (const nic of spec.source.nics) if (!existing.nicIds.includes(nic.id)) existing.nicIds.push(nic.id);
       for (const nic of existing.nicIds) await this.connectNicQuiet(existing.id, nic, spec.networks[nic] ?? null);
       await this.save();
       this.changed();
-      return this.replicaView(existing, true);
+      return this.replicaView(existing, reused);
     }
     const host = this.hosts.get(spec.hostId);
     if (!host) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no host ${spec.hostId} to place the replica of ${spec.source.name} on`);

@@ -1,0 +1,125 @@
+/**
+ * The lab fabric driver against real agent processes: hosts enrol with a CA and start
+ * with their replication ports; every call converges, so running it twice (a command
+ * delivered again) changes nothing; state survives a restart of the driver.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { AgentClient } from '../../src/cli/agent-client.js';
+import { validatePolicy } from '../../src/domain/policy.js';
+import type { DriverContext } from '../../src/fabric/driver.js';
+import { LabFabricDriver, type LabAgentInfo } from '../../src/lab/lab-driver.js';
+import type { SiteConfig } from '../../src/lab/topology.js';
+import { createCa, issueCertificate, type CaMaterial } from '../../src/pki/index.js';
+import { tempDir, waitFor } from '../support/lab.js';
+
+const dir = tempDir('osr-labdriver-');
+const site: SiteConfig = {
+  name: 'VMM-Test',
+  logicalNetworks: ['LN1'],
+  vmNetworks: [{ name: 'Net1', logicalNetwork: 'LN1', subnets: [{ name: 'S1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.12' } }] }],
+  storage: { classifications: ['GOLD'], locations: [{ name: 'gold1', classification: 'GOLD', kind: 'share' }] },
+  clouds: [
+    { name: 'Primary', hostGroups: [{ name: 'P', hosts: [{ name: 'p-h1', logicalNetworks: ['LN1'], storageLocations: ['gold1'] }] }] },
+    { name: 'Recovery', hostGroups: [{ name: 'R', hosts: [{ name: 'r-h1', logicalNetworks: ['LN1'], storageLocations: ['gold1'] }] }] },
+  ],
+  vms: [{ name: 'app', host: 'p-h1', disks: [{ name: 'system', size: '8M' }], nics: [{ network: 'Net1' }], workload: false }],
+  lab: { dir: path.join(dir, 'site') },
+};
+
+let ca: CaMaterial;
+let enrolments = 0;
+let changes = 0;
+const quiet = { info() {}, warn() {}, error() {} };
+const ctx = (): DriverContext => ({
+  vaultCa: ca.certPem,
+  inventoryChanged: () => void changes++,
+  log: quiet,
+  enrolAgent: async (name, publicKeyPem) => {
+    enrolments++;
+    const c = await issueCertificate(ca, { commonName: name, role: 'agent', publicKeyPem });
+    return { certificate: c.certPem, caCertificate: ca.certPem, notAfter: c.notAfter.toISOString() };
+  },
+});
+let driver: LabFabricDriver;
+const agentApi = (host: string) => new AgentClient((JSON.parse(fs.readFileSync(path.join(site.lab.dir, 'agents.json'), 'utf8')) as LabAgentInfo[]).find((a) => a.host === host)!.api);
+
+before(async () => {
+  ca = await createCa({ commonName: 'test vault CA' });
+  driver = new LabFabricDriver(site);
+  await driver.start(ctx());
+});
+after(async () => {
+  await driver.stop();
+});
+
+describe('lab fabric driver', () => {
+  test('start: hosts enrol once, VMs run with pool addresses; a restart keeps ports and certificates', async () => {
+    assert.equal(enrolments, 2);
+    const inv = await driver.inventory();
+    assert.deepEqual(inv.hosts.map((h) => h.name), ['p-h1', 'r-h1']);
+    assert.ok(inv.hosts.every((h) => h.agent && h.agent.replicationPort > 0));
+    assert.equal(inv.vms[0]!.powerState, 'Running');
+    assert.deepEqual(inv.vms[0]!.nics, [{ id: 'nic0', vmNetwork: 'net1', ip: '10.9.0.10' }]);
+    await driver.stop();
+    driver = new LabFabricDriver(site);
+    await driver.start(ctx());
+    assert.equal(enrolments, 2, 'certificates of the same CA are kept');
+    const again = await driver.inventory();
+    assert.deepEqual(again.hosts.map((h) => h.agent), inv.hosts.map((h) => h.agent), 'replication ports are kept');
+    assert.deepEqual(again.vms[0]!.nics, inv.vms[0]!.nics, 'addresses are kept');
+  });
+
+  test('each call converges: the replica VM, replication and removal run twice change nothing more', async () => {
+    const spec = { itemId: 'fab.app', source: { name: 'app', disks: [{ id: 'disk0', name: 'system', sizeBytes: 8 << 20 }], nics: [{ id: 'nic0' }] }, hostId: 'r-h1', storage: { disk0: 'gold1' }, networks: { nic0: 'net1' } };
+    const first = await driver.ensureReplicaVm(spec);
+    const second = await driver.ensureReplicaVm(spec);
+    assert.deepEqual(second, first);
+    assert.equal(first.reused, false);
+    assert.equal(first.nics[0]!.ip, '10.9.0.11');
+    const policy = validatePolicy({ copyFrequencySeconds: 30, retentionHours: 1 }, Date.now());
+    await driver.ensureReplication({ vmId: 'app', policy, peer: first.agent });
+    const primary = agentApi('p-h1');
+    const before = await primary.get<{ id: string }[]>('/v1/replications');
+    await driver.ensureReplication({ vmId: 'app', policy, peer: first.agent });
+    assert.deepEqual(await primary.get<{ id: string }[]>('/v1/replications').then((r) => r.map((x) => x.id)), before.map((x) => x.id), 'the replication is not made anew');
+    const status = await waitFor('initial replication', async () => {
+      const s = await driver.replicationStatus('app');
+      return s.initial?.done ? s : undefined;
+    }, 60_000, 200);
+    assert.equal(status.initial!.bytesTotal, 8 << 20);
+    assert.ok(status.latestPoint);
+    const points = await driver.recoveryPoints(first.replicaVmId);
+    assert.equal(points.at(-1)!.id, status.latestPoint!.id);
+    assert.equal(points.at(-1)!.consistency, 'crash');
+
+    // NICs: disconnect frees the address, connecting again leases the lowest free one
+    assert.deepEqual(await driver.connectNic(first.replicaVmId, 'nic0', null), { ip: null });
+    assert.deepEqual(await driver.connectNic(first.replicaVmId, 'nic0', 'net1'), { ip: '10.9.0.11' });
+
+    await driver.stopReplication('app');
+    await driver.stopReplication('app');
+    // kept: a VM of its own; the same item protected again takes it up
+    await driver.removeReplicaVm(first.replicaVmId, { deleteData: false });
+    assert.equal((await driver.inventory()).vms.find((v) => v.id === first.replicaVmId)!.replicaOf, undefined);
+    const taken = await driver.ensureReplicaVm(spec);
+    assert.equal(taken.replicaVmId, first.replicaVmId);
+    assert.equal(taken.reused, true);
+    // deleted: data and record gone; a second delete is a no-op
+    await driver.removeReplicaVm(first.replicaVmId, { deleteData: true });
+    await driver.removeReplicaVm(first.replicaVmId, { deleteData: true });
+    assert.deepEqual(await agentApi('r-h1').get('/v1/replicas'), []);
+    assert.ok(!(await driver.inventory()).vms.some((v) => v.id === first.replicaVmId));
+    assert.ok(changes > 0, 'inventory changes are announced');
+  });
+
+  test('power: stop and start show in the inventory; an unknown VM is VM_NOT_FOUND', async () => {
+    await driver.setPower('app', 'shutdown');
+    assert.equal((await driver.inventory()).vms[0]!.powerState, 'Off');
+    await driver.setPower('app', 'start');
+    assert.equal((await driver.inventory()).vms[0]!.powerState, 'Running');
+    await assert.rejects(driver.setPower('nope', 'start'), (e: { code?: string }) => e.code === 'VM_NOT_FOUND');
+  });
+});
