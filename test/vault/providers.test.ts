@@ -7,6 +7,7 @@
  * and disable protection keeping or deleting the replica.
  */
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -250,6 +251,20 @@ describe('providers and protection', () => {
     assert.equal(dst.received.filter((c) => c.kind === 'replica.prepare').length, 1, 'the command of that task which succeeded was not sent again');
     assert.equal((await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-flaky.flakycloud-vm0')).state, 'Protected');
     await assertRejectsCode(v.api.request('POST', `${String(started.url)}/restart`), 'INVALID_STATE');
+  });
+
+  test('long-polls leave no listener on the vault behind, answered or cut off', async () => {
+    const p = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Polls', inventory: siteInventory('polls', ['PollCloud'], 0) });
+    providers.push(p);
+    const before = getEventListeners(v.vault.ctx.closing, 'abort').length;
+    for (let i = 0; i < 30; i++) await p.runtime.channel.commands(0);
+    const cut = new AbortController();
+    const pending = p.runtime.channel.commands(5, cut.signal).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 200));
+    cut.abort();
+    await pending;
+    await waitFor('the cut-off long-poll to end', () => getEventListeners(v.vault.ctx.closing, 'abort').length <= before + 1, 5000, 50);
+    assert.ok(getEventListeners(v.vault.ctx.closing, 'abort').length <= before + 1, 'at most the provider runtime\'s own long-poll is waiting');
   });
 
   test('a provider that stops sending heartbeats raises one alert; its next heartbeat resolves it', async () => {

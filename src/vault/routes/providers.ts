@@ -146,16 +146,23 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const waitMs = Math.min((request.query.waitSeconds ?? 20) * 1000, ctx.settings.longPollMaxMs);
       const deadline = clock.now() + waitMs;
       const closed = new AbortController();
-      request.raw.once('close', () => closed.abort());
+      const abort = () => closed.abort();
+      request.raw.once('close', abort);
       if (ctx.closing.aborted) closed.abort();
-      else ctx.closing.addEventListener('abort', () => closed.abort(), { once: true });
-      for (;;) {
-        const rows = await store.commands.take(fabricId, request.query.limit ?? 20, ctx.settings.commandRedeliverMs);
-        if (rows.length > 0 || clock.now() >= deadline || closed.signal.aborted) {
-          // (a vault shutting down answers its long-polls empty; the provider asks again)
-          return { commands: rows.map((r) => ({ id: r.id, kind: r.kind, body: JSON.parse(r.body), jobId: r.job_id, deliveries: r.deliveries, createdAt: new Date(r.created_at).toISOString() })) };
+      else ctx.closing.addEventListener('abort', abort, { once: true });
+      try {
+        for (;;) {
+          const rows = await store.commands.take(fabricId, request.query.limit ?? 20, ctx.settings.commandRedeliverMs);
+          if (rows.length > 0 || clock.now() >= deadline || closed.signal.aborted) {
+            // (a vault shutting down answers its long-polls empty; the provider asks again)
+            return { commands: rows.map((r) => ({ id: r.id, kind: r.kind, body: JSON.parse(r.body), jobId: r.job_id, deliveries: r.deliveries, createdAt: new Date(r.created_at).toISOString() })) };
+          }
+          await clock.sleep(Math.min(100, deadline - clock.now()), closed.signal);
         }
-        await clock.sleep(Math.min(100, deadline - clock.now()), closed.signal);
+      } finally {
+        // a long-running vault serves a long-poll every few seconds per provider: leave no listener behind
+        ctx.closing.removeEventListener('abort', abort);
+        request.raw.off('close', abort);
       }
     },
   );
