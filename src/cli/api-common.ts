@@ -4,10 +4,9 @@
  * and looking objects up by id or by name.
  */
 import fs from 'node:fs';
-import https from 'node:https';
 import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
-import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { OsrError } from '../domain/errors.js';
 import { VaultClient } from '../provider/vault-client.js';
 import { resolveVaultConnection, type VaultConnection, type VaultFlags } from './vault-client-config.js';
 
@@ -72,34 +71,7 @@ export class CliApi {
 
   /** A call whose answer is not JSON (a CSV export): its text as sent. */
   text(p: string, q?: Query): Promise<string> {
-    const url = new URL(withQuery(`${API_PREFIX}${p}`, q), this.connection.url);
-    return new Promise<string>((resolve, reject) => {
-      const req = https.request(
-        url,
-        { method: 'GET', ca: this.connection.ca, headers: this.connection.token ? { authorization: `Bearer ${this.connection.token}` } : {}, timeout: 60_000 },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (e) => reject(toOsrError(e, 'NETWORK_ERROR')));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300) return resolve(text);
-            let e: { code?: string; message?: string; details?: Record<string, unknown> } = {};
-            try {
-              e = JSON.parse(text) as typeof e;
-            } catch {
-              // not an error document: the status says enough
-            }
-            const code: ErrorCode = e.code && e.code in ERROR_CODES ? (e.code as ErrorCode) : status >= 500 ? 'INTERNAL' : 'INVALID_ARGUMENT';
-            reject(new OsrError(code, e.message ?? `the vault answered ${status} to GET ${url.pathname}`, { ...e.details, status }));
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(new OsrError('NETWORK_ERROR', `the vault did not answer GET ${url.pathname} in time`)));
-      req.on('error', (e) => reject(e instanceof OsrError ? e : toOsrError(e, 'NETWORK_ERROR')));
-      req.end();
-    });
+    return this.client.request<string>('GET', withQuery(`${API_PREFIX}${p}`, q), undefined, { text: true, timeoutMs: 60_000 });
   }
 }
 

@@ -46,7 +46,8 @@ export class VaultClient {
     this.agent.destroy();
   }
 
-  async request<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<T> {
+  /** A call to the vault; `text: true` answers a 2xx body as it was sent (a CSV export) instead of parsing JSON. */
+  async request<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number; signal?: AbortSignal; text?: boolean } = {}): Promise<T> {
     const url = new URL(path, this.base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise<T>((resolve, reject) => {
@@ -70,6 +71,7 @@ export class VaultClient {
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
             const status = res.statusCode ?? 0;
+            if (opts.text && status >= 200 && status < 300) return resolve(text as T);
             let parsed: unknown = undefined;
             try {
               parsed = text === '' ? undefined : JSON.parse(text);
