@@ -26,6 +26,7 @@ export function addProviderCommand(program: Command): void {
     .option('--server-name <name>', 'this management server\'s friendly name (default: the site file\'s server)')
     .option('--scope <clouds>', 'sync only these clouds (comma-separated names; default all)')
     .option('--status-interval <duration>', 'how often replication status of protected items goes to the vault', '15s')
+    .option('--inventory-interval <duration>', 'how often the whole inventory is sent again (changes osr makes are sent at once)', '60s')
     .option('--poll <duration>', 'long-poll wait for commands', '20s')
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
     .action(async (o: Record<string, string | undefined>) => {
@@ -53,6 +54,7 @@ export function addProviderCommand(program: Command): void {
         channel,
         dir,
         statusIntervalMs: parseDuration(o.statusInterval!),
+        inventoryIntervalMs: parseDuration(o.inventoryInterval!),
         pollSeconds: Math.max(1, Math.round(parseDuration(o.poll!) / 1000)),
         inventoryScope: scope,
         log,

@@ -39,6 +39,8 @@ export interface FabricProviderOptions {
   dir: string;
   /** how often item status goes to the vault (default 15 s) */
   statusIntervalMs?: number;
+  /** how often the whole inventory is sent again, catching changes made outside osr (default 60 s) */
+  inventoryIntervalMs?: number;
   /** how often replication progress is read during initial replication (default 1 s) */
   progressIntervalMs?: number;
   pollSeconds?: number;
@@ -216,11 +218,20 @@ export class FabricProvider {
     };
   }
 
-  /** Report every item this provider takes part in, once per interval. */
+  /**
+   * Report every item this provider takes part in, once per interval; send the whole
+   * inventory again now and then, so changes made at the fabric outside osr (a VM powered
+   * off by hand) reach the vault without waiting for the next change osr makes.
+   */
   private async reportLoop(): Promise<void> {
     const signal = this.stopper.signal;
+    let inventoryAt = this.clock.now();
     while (!signal.aborted) {
       await this.reportOnce();
+      if (this.clock.now() - inventoryAt >= (this.o.inventoryIntervalMs ?? 60_000)) {
+        inventoryAt = this.clock.now();
+        this.inventoryChanged();
+      }
       await this.clock.sleep(this.o.statusIntervalMs ?? 15_000, signal);
     }
   }
