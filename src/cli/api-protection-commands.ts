@@ -297,6 +297,35 @@ export function addProtectionCommands(program: Command): void {
       }),
     );
   item
+    .command('test-failover <item>')
+    .description('test failover (a job): start a recovery point at the recovery site in isolation while replication goes on; clean it up with test-failover-cleanup')
+    .option('--point <point>', 'latest, latest-app-consistent, or a recovery point id (osr item points)', 'latest')
+    .option('--network <network>', 'none, temporary (a VM network made for the drill and removed at cleanup), or the id of an isolated VM network at the recovery site', 'none')
+    .option('--wait', 'follow the job until it ends', false)
+    .option('--interval <duration>', 'how often --wait polls', '1s')
+    .action((idOrName: string, o: { point: string; network: string; wait: boolean; interval: string }) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/test-failover`, { recoveryPoint: o.point, network: o.network });
+        out(r, () => `test failover of ${i.name} from point ${o.point}, network ${o.network}: job ${r.jobId}`);
+        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
+      }),
+    );
+  item
+    .command('test-failover-cleanup <item>')
+    .description('clean up a test failover (a job): remove its VM and any network made for it, and record the drill with notes')
+    .option('--notes <text>', 'what the drill showed (kept with the drill)')
+    .option('--wait', 'follow the job until it ends', false)
+    .option('--interval <duration>', 'how often --wait polls', '1s')
+    .action((idOrName: string, o: { notes?: string; wait: boolean; interval: string }) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/test-failover-cleanup`, o.notes !== undefined ? { notes: o.notes } : {});
+        out(r, () => `cleaning up the test failover of ${i.name}: job ${r.jobId}`);
+        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
+      }),
+    );
+  item
     .command('points <item>')
     .description("an item's recovery points, newest first")
     .action((idOrName: string) =>

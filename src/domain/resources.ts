@@ -30,6 +30,8 @@ export interface InventoryDocument {
     nics: { id: string; vmNetwork?: string; ip?: string }[];
     /** a replica VM: the protected item (the vault's id of its source VM) it holds the replica of */
     replicaOf?: string | undefined;
+    /** a test failover's VM: the protected item whose drill it is */
+    testFailoverOf?: string | undefined;
   }[];
 }
 
@@ -101,6 +103,11 @@ export const ProtectionState = {
   ResyncRequired: 'ResyncRequired',
   Resynchronizing: 'Resynchronizing',
   DisablingProtection: 'DisablingProtection',
+  /** a drill: a recovery point started at the recovery site in isolation; replication goes on */
+  TestFailoverInProgress: 'TestFailoverInProgress',
+  /** the drill's VM runs; clean it up to finish the drill */
+  TestFailoverComplete: 'TestFailoverComplete',
+  CleaningUpTestFailover: 'CleaningUpTestFailover',
   ProtectionFailed: 'ProtectionFailed',
 } as const;
 export type ProtectionState = (typeof ProtectionState)[keyof typeof ProtectionState];

@@ -58,6 +58,28 @@ export interface ReplicaVm {
   reused: boolean;
 }
 
+/** Where a test failover's VM connects: nowhere, an existing (isolated) VM network, or one made for the drill. */
+export type TestNetwork = { mode: 'none' } | { mode: 'existing'; vmNetwork: string } | { mode: 'temporary' };
+
+export interface TestVmSpec {
+  itemId: string;
+  replicaVmId: string;
+  /** the recovery point's id */
+  pointId: string;
+  network: TestNetwork;
+}
+
+export interface TestVm {
+  testVmId: string;
+  hostId: string;
+  /** the VM network made for the drill (removed with the test VM) */
+  temporaryNetwork: string | null;
+  nics: { id: string; vmNetwork: string | null; ip: string | null }[];
+  /** where the test VM's disks are served (any NBD client can be its guest) */
+  disks: { name: string; nbd: string }[];
+  startedAt: string;
+}
+
 export interface ReplicationRequest {
   vmId: string;
   policy: PolicySettings;
@@ -103,6 +125,10 @@ export interface FabricDriver {
   /** connect a NIC to a VM network (an IP from its static pool), or disconnect it (null) */
   connectNic(vmId: string, nicId: string, vmNetwork: string | null): Promise<{ ip: string | null }>;
   recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]>;
+  /** a test failover: the point opened writable beside the replica (replication goes on) and started as a VM */
+  startTestVm(spec: TestVmSpec): Promise<TestVm>;
+  /** remove a test failover's VM, its writes and any network made for it (idempotent) */
+  removeTestVm(testVmId: string): Promise<void>;
 
   // ---- primary site
   /** start tracking and replicating a VM to the peer (idempotent) */

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { parseSize } from '../agent/lab-host.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
-import type { DriverContext, FabricDriver, PowerAction, RecoveryPointInfo, ReplicaVm, ReplicaVmSpec, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
+import type { DriverContext, FabricDriver, PowerAction, RecoveryPointInfo, ReplicaVm, ReplicaVmSpec, ReplicationRequest, ReplicationStatus, TestVm, TestVmSpec } from '../fabric/driver.js';
 import { fsyncDir, generateKeyPairPem, writeFileAtomic } from '../pki/index.js';
 import { startAgentProcess, stopAgentProcess, type RunningAgent } from './agent-process.js';
 import { intToIp, ipToInt, slug, type LabVmSpec, type SiteConfig } from './topology.js';
@@ -39,6 +39,31 @@ interface ReplicaRecord {
   createdAt: string;
 }
 
+interface TestVmRecord {
+  id: string;
+  itemId: string;
+  /** the replica's (source VM's) name on the host's agent */
+  replicaName: string;
+  hostId: string;
+  overlayId: string;
+  pointId: string;
+  nicIds: string[];
+  temporaryNetwork: string | null;
+  disks: { name: string; nbd: string }[];
+  startedAt: string;
+}
+
+/** A VM network made for a drill: isolated (its own logical network), removed with the test VM. */
+interface TemporaryNetwork {
+  id: string;
+  name: string;
+  cidr: string;
+  pool: { start: string; end: string };
+}
+
+/** The logical network every drill's temporary VM network runs on: reached by no host's uplink. */
+const ISOLATED_LOGICAL = 'osr-isolated';
+
 interface LabState {
   hosts: Record<string, { replicationPort: number }>;
   /** VM id → power wanted (topology VMs) */
@@ -48,6 +73,8 @@ interface LabState {
   nics: Record<string, { vmNetwork: string | null; ip: string | null }>;
   /** VM id → the peer its replication goes to */
   replications: Record<string, { address: string; port: number }>;
+  testVms: Record<string, TestVmRecord>;
+  temporaryNetworks: Record<string, TemporaryNetwork>;
 }
 
 /** One line per host in DIR/agents.json: how to reach its agent (lab status, nbd-uri). */
@@ -101,7 +128,7 @@ export class LabFabricDriver implements FabricDriver {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
     }
-    this.state = { hosts: {}, power: {}, replicas: {}, nics: {}, replications: {}, ...saved };
+    this.state = { hosts: {}, power: {}, replicas: {}, nics: {}, replications: {}, testVms: {}, temporaryNetworks: {}, ...saved };
     for (const c of site.clouds) {
       for (const hg of c.hostGroups) {
         for (const h of hg.hosts) {
@@ -243,6 +270,20 @@ export class LabFabricDriver implements FabricDriver {
         nics: v.nics.map((_n, i) => this.nicView(v.id, `nic${i}`)),
       });
     }
+    const temporary = Object.values(this.state.temporaryNetworks);
+    if (temporary.length > 0) {
+      doc.logicalNetworks.push({ id: ISOLATED_LOGICAL, name: 'osr isolated (drills)' });
+      for (const n of temporary) {
+        doc.vmNetworks.push({ id: n.id, name: n.name, logicalNetwork: ISOLATED_LOGICAL, subnets: [{ name: 'Subnet1', cidr: n.cidr }] });
+        doc.ipPools.push({ id: `${n.id}-pool`, name: `${n.name} pool`, vmNetwork: n.id, subnet: 'Subnet1', start: n.pool.start, end: n.pool.end });
+      }
+    }
+    for (const t of Object.values(this.state.testVms)) {
+      const host = this.hosts.get(t.hostId);
+      const replica = Object.values(this.state.replicas).find((r) => r.itemId === t.itemId);
+      if (!host) continue;
+      doc.vms.push({ id: t.id, name: `${t.replicaName}-test`, cloud: host.cloudId, host: host.id, powerState: 'Running', disks: replica?.disks ?? [], nics: t.nicIds.map((n) => this.nicView(t.id, n)), testFailoverOf: t.itemId });
+    }
     for (const r of Object.values(this.state.replicas)) {
       const host = this.hosts.get(r.hostId);
       if (!host) continue;
@@ -314,7 +355,8 @@ export class LabFabricDriver implements FabricDriver {
     delete this.state.nics[key];
     let ip: string | null = null;
     if (vmNetwork) {
-      const net = this.site.vmNetworks.find((n) => slug(n.name) === vmNetwork);
+      const temporary = this.state.temporaryNetworks[vmNetwork];
+      const net = temporary ? { name: temporary.name, subnets: [{ name: 'Subnet1', cidr: temporary.cidr, pool: temporary.pool }] } : this.site.vmNetworks.find((n) => slug(n.name) === vmNetwork);
       if (!net) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${vmNetwork}`);
       const subnet = net.subnets.find((x) => x.pool);
       if (subnet?.pool) {
@@ -423,6 +465,55 @@ export class LabFabricDriver implements FabricDriver {
       if (toOsrError(e).code === 'NOT_FOUND') return []; // no data has arrived yet
       throw e;
     }
+  }
+
+  // ---- test failover
+
+  async startTestVm(spec: TestVmSpec): Promise<TestVm> {
+    const running = Object.values(this.state.testVms).find((t) => t.itemId === spec.itemId);
+    if (running) return this.testVmView(running);
+    const r = this.state.replicas[spec.replicaVmId];
+    if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no replica VM ${spec.replicaVmId}`);
+    const id = `${r.id.replace(/-replica\d*$/, '')}-test`;
+    const overlay = await this.agent(r.hostId).api.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${encodeURIComponent(r.name)}/overlays`, { point: Number(spec.pointId) });
+    let temporaryNetwork: string | null = null;
+    if (spec.network.mode === 'temporary') {
+      const used = new Set(Object.values(this.state.temporaryNetworks).map((n) => n.cidr));
+      let third = 1;
+      while (used.has(`172.31.${third}.0/24`)) third++;
+      temporaryNetwork = `osr-test-${slug(r.name)}`;
+      this.state.temporaryNetworks[temporaryNetwork] = { id: temporaryNetwork, name: `osr-test-${r.name}`, cidr: `172.31.${third}.0/24`, pool: { start: `172.31.${third}.10`, end: `172.31.${third}.250` } };
+    } else if (spec.network.mode === 'existing' && !this.site.vmNetworks.some((n) => slug(n.name) === (spec.network as { vmNetwork: string }).vmNetwork)) {
+      throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${spec.network.vmNetwork}`);
+    }
+    const network = spec.network.mode === 'temporary' ? temporaryNetwork : spec.network.mode === 'existing' ? spec.network.vmNetwork : null;
+    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: [...r.nicIds], temporaryNetwork, disks: overlay.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), startedAt: new Date().toISOString() };
+    for (const nic of t.nicIds) this.allocate(id, nic, network);
+    this.state.testVms[id] = t;
+    await this.save();
+    this.changed();
+    this.ctx?.log.info({ testVm: id, point: spec.pointId, network }, `test VM ${id} runs point ${spec.pointId} of ${r.name}`);
+    return this.testVmView(t);
+  }
+
+  private testVmView(t: TestVmRecord): TestVm {
+    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: t.nicIds.map((n) => ({ id: n, vmNetwork: this.state.nics[`${t.id}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${t.id}/${n}`]?.ip ?? null })), disks: t.disks, startedAt: t.startedAt };
+  }
+
+  async removeTestVm(testVmId: string): Promise<void> {
+    const t = this.state.testVms[testVmId];
+    if (!t) return; // already gone
+    try {
+      await this.agent(t.hostId).api.delete(`/v1/replicas/${encodeURIComponent(t.replicaName)}/overlays/${encodeURIComponent(t.overlayId)}`);
+    } catch (e) {
+      // an overlay a restarted agent no longer has is gone already
+      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+    }
+    for (const key of Object.keys(this.state.nics)) if (key.startsWith(`${testVmId}/`)) delete this.state.nics[key];
+    if (t.temporaryNetwork) delete this.state.temporaryNetworks[t.temporaryNetwork];
+    delete this.state.testVms[testVmId];
+    await this.save();
+    this.changed();
   }
 
   // ---- primary site

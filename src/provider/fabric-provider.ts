@@ -15,7 +15,7 @@ import { systemClock, type Clock } from '../domain/clock.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import type { Placement } from '../domain/placement.js';
 import type { PolicySettings } from '../domain/policy.js';
-import type { FabricDriver, ReplicationStatus } from '../fabric/driver.js';
+import type { FabricDriver, ReplicationStatus, TestNetwork } from '../fabric/driver.js';
 import { fsyncDir, generateKeyPairPem, writeFileAtomic } from '../pki/index.js';
 import type { ProviderChannel, VaultCommand } from './channel.js';
 import { ProviderRuntime, type CommandHandler } from './runtime.js';
@@ -214,6 +214,18 @@ export class FabricProvider {
         if (replicaVmId) await d.removeReplicaVm(replicaVmId, { deleteData: b.delete !== false });
         await this.remember({ itemId: b.item, role: 'target', remove: true });
         return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
+      },
+      /** recovery site: a test failover's VM from a recovery point, beside the replica */
+      'testfailover.start': async (cmd) => {
+        const b = cmd.body as { item: string; replicaVmId: string; point: string; network: TestNetwork };
+        const network: TestNetwork = b.network.mode === 'existing' ? { mode: 'existing', vmNetwork: this.localId(b.network.vmNetwork) } : b.network;
+        const vm = await d.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, network });
+        return { ...vm, testVmId: this.vaultId(vm.testVmId), hostId: this.vaultId(vm.hostId), temporaryNetwork: vm.temporaryNetwork && this.vaultId(vm.temporaryNetwork), nics: vm.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
+      },
+      'testfailover.cleanup': async (cmd) => {
+        const b = cmd.body as { item: string; testVmId: string };
+        await d.removeTestVm(this.localId(b.testVmId));
+        return {};
       },
     };
   }

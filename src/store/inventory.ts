@@ -237,6 +237,7 @@ function flatten(fabricId: string, d: InventoryDocument, t: number): Selectable<
       disks: v.disks.map((k) => ({ id: k.id, name: k.name, sizeBytes: k.sizeBytes, ...(k.storageLocation ? { storageLocation: g(k.storageLocation) } : {}) })),
       nics: v.nics.map((n) => ({ id: n.id, ...(n.vmNetwork ? { vmNetwork: g(n.vmNetwork) } : {}), ...(n.ip ? { ip: n.ip } : {}) })),
       ...(v.replicaOf ? { replicaOf: v.replicaOf } : {}),
+      ...(v.testFailoverOf ? { testFailoverOf: v.testFailoverOf } : {}),
     });
   }
   return rows;

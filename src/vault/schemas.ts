@@ -55,6 +55,7 @@ export const InventoryDocumentSchema = Type.Object(
         disks: Type.Array(Type.Object({ id: LocalId, name: Name, sizeBytes: Type.Integer({ minimum: 0 }), storageLocation: Type.Optional(LocalId) }), { maxItems: 64 }),
         nics: Type.Array(Type.Object({ id: LocalId, vmNetwork: Type.Optional(LocalId), ip: Type.Optional(Type.String({ maxLength: 50 })) }), { maxItems: 64 }),
         replicaOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
+        testFailoverOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
       }),
       { maxItems: 100_000 },
     ),

@@ -28,6 +28,8 @@ type Obj = Record<string, unknown>;
 
 const dir = tempDir('osr-lab-');
 let api: VaultClient;
+/** what the NBD test wrote to vm1's data disk, and the first point that holds it */
+let written: { offset: number; data: Buffer; pointId: string } | undefined;
 
 /** osr with the lab's connection file, as a user would run it */
 async function osr(...args: string[]): Promise<string> {
@@ -164,6 +166,7 @@ describe('the lab', () => {
       90_000,
       500,
     );
+    written = { offset, data, pointId: point.id };
     const vm1 = await item('vmm-newyork.vm1');
     assert.ok(Date.parse(vm1.lastRecoveryPointAt!) >= Date.parse(point.at));
     const chi = labAgents(dir).find((a) => a.hostId === 'chi-h1')!;
@@ -177,6 +180,61 @@ describe('the lab', () => {
       assert.ok(back.equals(data), 'the replica holds the bytes written before the point');
     } finally {
       await agent.delete(`/v1/replicas/vm1/overlays/${overlay.id}`);
+    }
+  });
+
+  test('test failover: the chosen point runs at the recovery site on a temporary network while replication goes on; cleanup records the drill', async () => {
+    assert.ok(written, 'the NBD test ran first');
+    await assert.rejects(osr('item', 'test-failover-cleanup', 'vmm-newyork.vm1'), /INVALID_STATE/);
+    const started = Date.now();
+    await osr('item', 'test-failover', 'vmm-newyork.vm1', '--point', written.pointId, '--network', 'temporary', '--wait');
+    const during = await item('vmm-newyork.vm1');
+    assert.equal(during.state, 'TestFailoverComplete');
+    const tf = during.replication.testFailover as { point: { id: string }; rtoSeconds: number; testVm: { testVmId: string; temporaryNetwork: string; disks: { name: string; nbd: string }[]; nics: { vmNetwork: string; ip: string }[] } };
+    assert.equal(tf.point.id, written.pointId);
+    assert.ok(tf.rtoSeconds > 0 && tf.rtoSeconds < 60, `RTO ${tf.rtoSeconds} s`);
+    // the test VM's disks hold the point: the bytes written before it
+    const c = await NbdClient.connect(tf.testVm.disks.find((d) => d.name === 'disk1')!.nbd);
+    assert.ok((await c.read(written.offset, written.data.length)).equals(written.data));
+    await c.write(0, Buffer.alloc(4096, 0x77)); // the drill writes; the replica does not see it
+    await c.close();
+    // in the recovery site's inventory: the test VM on an isolated network made for the drill
+    const testVm = await api.request<Obj>('GET', `/api/v1/vms/${tf.testVm.testVmId}`);
+    assert.equal((testVm.properties as Obj).testFailoverOf, 'vmm-newyork.vm1');
+    assert.equal(tf.testVm.nics[0]!.vmNetwork, tf.testVm.temporaryNetwork);
+    assert.match(tf.testVm.nics[0]!.ip, /^172\.31\.\d+\.\d+$/);
+    const net = await api.request<Obj>('GET', `/api/v1/vm-networks/${tf.testVm.temporaryNetwork}`);
+    assert.equal(net.kind, 'vm-network');
+    // replication goes on during the drill
+    await waitFor('a recovery point during the drill', async () => {
+      const i = await item('vmm-newyork.vm1');
+      return i.lastRecoveryPointAt !== null && Date.parse(i.lastRecoveryPointAt) > started;
+    }, 90_000, 500);
+
+    await osr('item', 'test-failover-cleanup', 'vmm-newyork.vm1', '--notes', 'app answered on 172.31.x', '--wait');
+    const afterwards = await item('vmm-newyork.vm1');
+    assert.equal(afterwards.state, 'Protected');
+    const drills = afterwards.replication.drills as { point: { id: string }; notes: string; succeeded: boolean; rtoSeconds: number }[];
+    assert.equal(drills[0]!.point.id, written.pointId);
+    assert.equal(drills[0]!.notes, 'app answered on 172.31.x');
+    assert.equal(drills[0]!.succeeded, true);
+    assert.equal(afterwards.replication.testFailover, undefined);
+    await waitFor('the test VM and its network gone from the inventory', async () => {
+      const vms = (await api.request<{ items: Obj[] }>('GET', '/api/v1/vms?limit=1000')).items;
+      const nets = (await api.request<{ items: Obj[] }>('GET', '/api/v1/vm-networks?limit=1000')).items;
+      return !vms.some((v) => v.id === tf.testVm.testVmId) && !nets.some((n) => n.id === tf.testVm.temporaryNetwork);
+    }, 20_000, 200);
+    const chi = new AgentClient(labAgents(dir).find((a) => a.hostId === 'chi-h1')!.api);
+    assert.deepEqual(await chi.get('/v1/replicas/vm1/overlays'), []);
+    // the replica never saw the drill's write
+    const latest = (await api.request<{ items: { id: string }[] }>('GET', '/api/v1/protected-items/vmm-newyork.vm1/recovery-points')).items[0]!;
+    const overlay = await chi.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>('/v1/replicas/vm1/overlays', { point: Number(latest.id) });
+    try {
+      const r = await NbdClient.connect(overlay.disks.find((d) => d.name === 'disk1')!.nbd.unix);
+      assert.ok(!(await r.read(0, 4096)).equals(Buffer.alloc(4096, 0x77)));
+      await r.close();
+    } finally {
+      await chi.delete(`/v1/replicas/vm1/overlays/${overlay.id}`);
     }
   });
 

@@ -1,10 +1,11 @@
-/** Protected items: list and read them, enable protection (a job), disable it (a job). */
+/** Protected items: list and read them; enable and disable protection, test failover and its cleanup (jobs). */
 import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { OsrError } from '../../domain/errors.js';
-import { ProtectionState } from '../../domain/resources.js';
+import { ProtectionState, type ProtectedItem } from '../../domain/resources.js';
 import { JobState } from '../../store/jobs.js';
 import { JobKinds } from '../../workflows/protection.js';
+import { TestFailoverJobs } from '../../workflows/test-failover.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
 
@@ -13,6 +14,26 @@ const ACTIVE: readonly string[] = [JobState.Queued, JobState.Running, JobState.W
 export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
   const { items, fabrics, config, jobs, activity } = ctx.store;
   const tags = ['protected items'];
+
+  /**
+   * A job on an existing item: refused while another job is active on it, or when the item
+   * is not in one of the states the job starts from; the item takes the job and its state.
+   */
+  async function startItemJob(itemId: string, state: ProtectionState, kind: string, input: (item: ProtectedItem) => unknown, actor: string, from?: readonly ProtectionState[]) {
+    const item = await items.get(itemId);
+    if (item.activeJobId) {
+      const running = await jobs.get(item.activeJobId).catch(() => undefined);
+      if (running && ACTIVE.includes(running.state)) {
+        throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${running.id} (${running.kind}) ${running.state}; cancel it or wait for it`, { jobId: running.id });
+      }
+    }
+    if (from && !from.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; ${kind} starts from ${from.join(' or ')}`, { state: item.state });
+    const jobId = randomUUID();
+    if (!(await items.takeActiveJob(item.id, jobId, item.activeJobId, state))) {
+      throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
+    }
+    return ctx.engine.submit(kind, { id: jobId, target: item.id, input: input(item), createdBy: actor });
+  }
 
   app.get(
     '/protected-items',
@@ -87,18 +108,49 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       schema: { summary: 'disable protection (a job); the replica is deleted or kept as the policy says, unless deleteReplica is given', tags, params: IdParam, querystring: Type.Object({ deleteReplica: Type.Optional(Type.Boolean()) }) },
     },
     async (request, reply) => {
-      const item = await items.get(request.params.id);
-      if (item.activeJobId) {
-        const running = await jobs.get(item.activeJobId).catch(() => undefined);
-        if (running && ACTIVE.includes(running.state)) {
-          throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${running.id} (${running.kind}) ${running.state}; cancel it or wait for it`, { jobId: running.id });
-        }
-      }
-      const jobId = randomUUID();
-      if (!(await items.takeActiveJob(item.id, jobId, item.activeJobId, ProtectionState.DisablingProtection))) {
-        throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
-      }
-      const job = await ctx.engine.submit(JobKinds.DisableProtection, { id: jobId, target: item.id, input: { itemId: item.id, ...(request.query.deleteReplica !== undefined ? { deleteReplica: request.query.deleteReplica } : {}) }, createdBy: principal(request).actor });
+      const job = await startItemJob(request.params.id, ProtectionState.DisablingProtection, JobKinds.DisableProtection, (item) => ({ itemId: item.id, ...(request.query.deleteReplica !== undefined ? { deleteReplica: request.query.deleteReplica } : {}) }), principal(request).actor);
+      return accepted(reply, job);
+    },
+  );
+
+  app.post(
+    '/protected-items/:id/test-failover',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: 'test failover (a job): a recovery point started at the recovery site in isolation while replication goes on',
+        tags,
+        params: IdParam,
+        body: Type.Object(
+          {
+            recoveryPoint: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'latest (default), latest-app-consistent, or a point id' })),
+            network: Type.Optional(Type.String({ minLength: 1, maxLength: 300, description: 'none (default), temporary (made for the drill, removed at cleanup), or a VM network id at the recovery site' })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request, reply) => {
+      const b = request.body;
+      const job = await startItemJob(request.params.id, ProtectionState.TestFailoverInProgress, TestFailoverJobs.TestFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', network: b.network ?? 'none' }), principal(request).actor, [ProtectionState.Protected]);
+      return accepted(reply, job);
+    },
+  );
+
+  app.post(
+    '/protected-items/:id/test-failover-cleanup',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: 'clean up a test failover (a job): its VM and any network made for it are removed and the drill is recorded',
+        tags,
+        params: IdParam,
+        body: Type.Object({ notes: Type.Optional(Type.String({ maxLength: 4000 })) }, { additionalProperties: false }),
+      },
+    },
+    async (request, reply) => {
+      const notes = request.body.notes;
+      const job = await startItemJob(request.params.id, ProtectionState.CleaningUpTestFailover, TestFailoverJobs.Cleanup, (item) => ({ itemId: item.id, ...(notes !== undefined ? { notes } : {}) }), principal(request).actor, [ProtectionState.TestFailoverComplete]);
       return accepted(reply, job);
     },
   );

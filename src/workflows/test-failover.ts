@@ -1,0 +1,178 @@
+/**
+ * Test failover and its cleanup, for one protected item, as jobs.
+ *
+ * Test failover: prerequisites (the item is Protected, the point exists, the network is
+ * one of the recovery fabric's) → start the test VM (the recovery fabric opens the point
+ * writable beside the replica and starts it; replication goes on) → the item is
+ * TestFailoverComplete, with the drill's point, network and measured RTO.
+ *
+ * Cleanup: remove the test VM (and a network made for the drill) → the item is Protected
+ * again and the drill is recorded with its notes. A drill counts as successful only once
+ * its cleanup succeeded.
+ */
+import { OsrError } from '../domain/errors.js';
+import { chooseRecoveryPoint } from '../domain/recovery-point.js';
+import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
+import type { TestNetwork, TestVm } from '../fabric/driver.js';
+import type { JobContext, JobEngine } from '../jobs/engine.js';
+import { JobState } from '../store/jobs.js';
+import { AlertKind } from './alerting.js';
+import type { WorkflowDeps } from './protection.js';
+
+export const TestFailoverJobs = { TestFailover: 'test-failover', Cleanup: 'test-failover-cleanup' } as const;
+export const TestFailoverCommands = { Start: 'testfailover.start', Cleanup: 'testfailover.cleanup' } as const;
+
+/** How many drills an item keeps in its record (older ones stay in the events). */
+const DRILLS_KEPT = 20;
+
+export interface TestFailoverInput {
+  itemId: string;
+  /** latest, latest-app-consistent, or a point's id */
+  recoveryPoint: string;
+  /** none, temporary, or the vault id of a VM network at the recovery fabric */
+  network: string;
+}
+
+export interface CleanupInput {
+  itemId: string;
+  notes?: string;
+}
+
+/** What an item records of its running drill (replication.testFailover). */
+export interface TestFailoverRecord {
+  jobId: string;
+  point: { id: string; at: string; consistency: string };
+  network: string;
+  testVm: TestVm & { testVmId: string };
+  startedAt: string;
+  rtoSeconds: number;
+}
+
+/** What an item records of a finished drill (replication.drills, newest first). */
+export interface DrillRecord {
+  testFailoverJob: string;
+  cleanupJob: string;
+  point: { id: string; at: string; consistency: string };
+  network: string;
+  rtoSeconds: number;
+  startedAt: string;
+  cleanedUpAt: string;
+  notes: string | null;
+  succeeded: boolean;
+}
+
+interface Replication {
+  targetFabricId?: string;
+  replica?: { replicaVmId?: string };
+  testFailover?: TestFailoverRecord;
+  drills?: DrillRecord[];
+}
+
+export const failoverAlertKey = (itemId: string) => `failover-failed:${itemId}`;
+
+export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
+  const { store, alerting, clock } = deps;
+  const replication = (item: ProtectedItem) => item.replication as Replication;
+
+  engine.register<TestFailoverInput>({
+    kind: TestFailoverJobs.TestFailover,
+    tasks: [
+      {
+        name: 'Prerequisites check',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = replication(item);
+          if (!r.targetFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica yet; wait for its protection to finish`);
+          const point = chooseRecoveryPoint(await store.items.points(item.id), ctx.input.recoveryPoint, item.name);
+          let network: TestNetwork = { mode: 'none' };
+          if (ctx.input.network === 'temporary') network = { mode: 'temporary' };
+          else if (ctx.input.network !== 'none') {
+            const n = await store.fabrics.findObject(ctx.input.network);
+            if (!n || n.kind !== 'vm-network') throw new OsrError('NOT_FOUND', `VM network ${ctx.input.network} does not exist; give none, temporary, or a VM network of the recovery site`);
+            if (n.fabricId !== r.targetFabricId) throw new OsrError('INVALID_ARGUMENT', `VM network ${n.name} is not at the recovery site (fabric ${r.targetFabricId}) of ${item.name}`);
+            network = { mode: 'existing', vmNetwork: n.id };
+          }
+          ctx.data.point = point;
+          ctx.data.network = network;
+          ctx.data.startedAt = clock.now();
+        },
+      },
+      {
+        name: 'Start test VM',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = replication(item);
+          const point = ctx.data.point as { id: string };
+          const replicaVmId = r.replica!.replicaVmId!;
+          const vm = (await ctx.command(r.targetFabricId!, TestFailoverCommands.Start, { item: item.id, replicaVmId, point: point.id, network: ctx.data.network }, { timeoutMs: 10 * 60_000 })) as TestVm;
+          ctx.data.testVm = vm;
+          ctx.data.rtoSeconds = Math.round((clock.now() - (ctx.data.startedAt as number)) / 100) / 10;
+        },
+      },
+      {
+        name: 'Finalize test failover',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const record: TestFailoverRecord = {
+            jobId: ctx.jobId,
+            point: ctx.data.point as TestFailoverRecord['point'],
+            network: ctx.input.network,
+            testVm: ctx.data.testVm as TestFailoverRecord['testVm'],
+            startedAt: new Date(ctx.data.startedAt as number).toISOString(),
+            rtoSeconds: ctx.data.rtoSeconds as number,
+          };
+          await store.items.update(item.id, { state: ProtectionState.TestFailoverComplete, activeJobId: null, replication: { ...item.replication, testFailover: record } });
+          await alerting.event({ target: item.id, kind: 'testfailover.completed', severity: Severity.Info, message: `test failover of ${item.name} from point ${record.point.id} (${record.point.at}): test VM ${record.testVm.testVmId} runs, RTO ${record.rtoSeconds} s; clean it up to finish the drill`, details: { job: ctx.jobId, rtoSeconds: record.rtoSeconds, point: record.point, testVm: record.testVm.testVmId } });
+        },
+      },
+    ],
+    async onEnd(ctx: JobContext<TestFailoverInput>, state, err) {
+      const item = await store.items.find(ctx.input.itemId);
+      if (!item) return;
+      // the drill's VM, if it was started, is left for the cleanup to remove
+      const started = ctx.data.testVm !== undefined;
+      await store.items.update(item.id, { state: started ? ProtectionState.TestFailoverComplete : ProtectionState.Protected, activeJobId: null });
+      const failed = state === JobState.Failed;
+      await alerting.event({ target: item.id, kind: 'testfailover.failed', severity: failed ? Severity.Critical : Severity.Warning, message: `test failover of ${item.name} ${failed ? `failed: ${err?.message}` : 'was cancelled'}${started ? '; clean up its test VM' : ''}`, details: { job: ctx.jobId } });
+      if (failed) await alerting.raise({ key: failoverAlertKey(item.id), kind: AlertKind.FailoverFailed, severity: Severity.Critical, target: item.id, message: `test failover of ${item.name} failed: ${err?.message}` });
+    },
+  });
+
+  engine.register<CleanupInput>({
+    kind: TestFailoverJobs.Cleanup,
+    tasks: [
+      {
+        name: 'Remove test VM',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = replication(item);
+          const vm = r.testFailover?.testVm ?? (ctx.data.testVm as TestVm | undefined);
+          ctx.data.testVm = vm;
+          if (vm) await ctx.command(r.targetFabricId!, TestFailoverCommands.Cleanup, { item: item.id, testVmId: vm.testVmId }, { timeoutMs: 10 * 60_000 });
+        },
+      },
+      {
+        name: 'Record the drill',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = replication(item);
+          const tf = r.testFailover;
+          const drills = [...(r.drills ?? [])];
+          if (tf) {
+            drills.unshift({ testFailoverJob: tf.jobId, cleanupJob: ctx.jobId, point: tf.point, network: tf.network, rtoSeconds: tf.rtoSeconds, startedAt: tf.startedAt, cleanedUpAt: new Date(clock.now()).toISOString(), notes: ctx.input.notes ?? null, succeeded: true });
+          }
+          const { testFailover: _done, ...rest } = r;
+          await store.items.update(item.id, { state: ProtectionState.Protected, activeJobId: null, replication: { ...rest, drills: drills.slice(0, DRILLS_KEPT) } as Record<string, unknown> });
+          await alerting.resolve(failoverAlertKey(item.id));
+          await alerting.event({ target: item.id, kind: 'testfailover.cleaned-up', severity: Severity.Info, message: `the test failover of ${item.name} is cleaned up${tf ? `: drill from point ${tf.point.id} succeeded, RTO ${tf.rtoSeconds} s` : ''}${ctx.input.notes ? ` (${ctx.input.notes})` : ''}`, details: { job: ctx.jobId, notes: ctx.input.notes ?? null } });
+        },
+      },
+    ],
+    async onEnd(ctx: JobContext<CleanupInput>, state, err) {
+      const item = await store.items.find(ctx.input.itemId);
+      if (!item) return;
+      await store.items.update(item.id, { state: ProtectionState.TestFailoverComplete, activeJobId: null });
+      await alerting.event({ target: item.id, kind: 'testfailover.cleanup-failed', severity: Severity.Warning, message: `cleaning up the test failover of ${item.name} ${state === JobState.Failed ? `failed: ${err?.message}` : 'was cancelled'}; the drill does not count until its cleanup succeeds (restart the job)`, details: { job: ctx.jobId } });
+    },
+  });
+}
