@@ -325,6 +325,25 @@ export function addProtectionCommands(program: Command): void {
         if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
       }),
     );
+  for (const [name, pathName, what] of [
+    ['planned-failover', 'planned-failover', 'planned failover (a job): shut the VM down, ship its final delta and start it at the other site with nothing lost; the old primary is fenced'],
+    ['commit', 'commit', 'commit a failover (a job): it becomes final; reprotect next'],
+    ['reprotect', 'reprotect', 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs (failback: planned-failover, commit and reprotect again)'],
+  ] as const) {
+    item
+      .command(`${name} <item>`)
+      .description(what)
+      .option('--wait', 'follow the job until it ends', false)
+      .option('--interval <duration>', 'how often --wait polls', '1s')
+      .action((idOrName: string, o: { wait: boolean; interval: string }) =>
+        withApi(program, async (api) => {
+          const i = await resolveItem(api, idOrName);
+          const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/${pathName}`);
+          out(r, () => `${name} of ${i.name}: job ${r.jobId}`);
+          if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
+        }),
+      );
+  }
   item
     .command('points <item>')
     .description("an item's recovery points, newest first")

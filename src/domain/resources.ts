@@ -108,6 +108,13 @@ export const ProtectionState = {
   /** the drill's VM runs; clean it up to finish the drill */
   TestFailoverComplete: 'TestFailoverComplete',
   CleaningUpTestFailover: 'CleaningUpTestFailover',
+  FailoverInProgress: 'FailoverInProgress',
+  /** the VM runs at the other site; commit (or, where the fabric allows, change the point) next */
+  FailedOver: 'FailedOver',
+  /** the failover is final; reprotect (reverse replication) next */
+  Committed: 'Committed',
+  /** reverse replication: the old primary's disks become the replica and are brought in step */
+  Reprotecting: 'Reprotecting',
   ProtectionFailed: 'ProtectionFailed',
 } as const;
 export type ProtectionState = (typeof ProtectionState)[keyof typeof ProtectionState];

@@ -130,6 +130,16 @@ export interface FabricDriver {
   /** remove a test failover's VM, its writes and any network made for it (idempotent) */
   removeTestVm(testVmId: string): Promise<void>;
 
+  // ---- failover
+  /** planned failover, at the primary: shut the VM down, ship its final delta; answers the point that is its last state */
+  prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }>;
+  /** failover, at the recovery site: a point of the replica becomes the running VM (older primaries are refused from now on) */
+  promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo }>;
+  /** after a failover, at the old primary: the VM stays off until it is reprotected */
+  fenceVm(vmId: string, epoch: number): Promise<void>;
+  /** reprotect, at the old primary: the VM's disks become the replica of the copy promoted with `epoch` */
+  demoteVm(vmId: string, epoch: number, itemId: string): Promise<ReplicaVm>;
+
   // ---- primary site
   /** start tracking and replicating a VM to the peer (idempotent) */
   ensureReplication(req: ReplicationRequest): Promise<void>;

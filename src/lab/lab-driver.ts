@@ -75,6 +75,12 @@ interface LabState {
   replications: Record<string, { address: string; port: number }>;
   testVms: Record<string, TestVmRecord>;
   temporaryNetworks: Record<string, TemporaryNetwork>;
+  /** replica records whose point was promoted: they run as VMs now */
+  promoted: Record<string, { epoch: number; at: string }>;
+  /** topology VMs whose disks became a replica (reverse replication): replicas now */
+  demoted: Record<string, { epoch: number; itemId: string; at: string }>;
+  /** VMs a newer epoch was promoted for elsewhere: they stay off until demoted */
+  fenced: Record<string, { epoch: number; at: string }>;
 }
 
 /** One line per host in DIR/agents.json: how to reach its agent (lab status, nbd-uri). */
@@ -86,6 +92,16 @@ export interface LabAgentInfo {
   pid: number;
   replicationPort: number | null;
   nbdSocket: string;
+}
+
+interface Located {
+  id: string;
+  name: string;
+  hostId: string;
+  isVm: boolean;
+  itemId: string | null;
+  spec?: LabVmSpec & { id: string };
+  replica?: ReplicaRecord;
 }
 
 interface HostRef {
@@ -128,7 +144,7 @@ export class LabFabricDriver implements FabricDriver {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
     }
-    this.state = { hosts: {}, power: {}, replicas: {}, nics: {}, replications: {}, testVms: {}, temporaryNetworks: {}, ...saved };
+    this.state = { hosts: {}, power: {}, replicas: {}, nics: {}, replications: {}, testVms: {}, temporaryNetworks: {}, promoted: {}, demoted: {}, fenced: {}, ...saved };
     for (const c of site.clouds) {
       for (const hg of c.hostGroups) {
         for (const h of hg.hosts) {
@@ -171,6 +187,7 @@ export class LabFabricDriver implements FabricDriver {
       }
       await this.writeAgentsFile();
       for (const v of this.vms.values()) await this.ensureVm(v);
+      for (const id of Object.keys(this.state.promoted)) if (this.state.power[id] === 'Running' && !this.state.fenced[id]) await this.setPower(id, 'start');
       await this.save();
     } catch (e) {
       await this.stop();
@@ -217,14 +234,36 @@ export class LabFabricDriver implements FabricDriver {
     return a;
   }
 
-  private vm(vmId: string): LabVmSpec & { id: string } {
-    const v = this.vms.get(vmId);
-    if (!v) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${vmId}`, { vms: [...this.vms.keys()] });
-    return v;
+  /**
+   * Where a VM or replica is, whichever record holds it: a topology VM runs as a VM unless
+   * it was demoted (its disks are a replica then); a replica record holds a replica unless
+   * its point was promoted (it runs as a VM then).
+   */
+  private locate(id: string): Located {
+    const v = this.vms.get(id);
+    if (v) return { id, name: v.name, hostId: slug(v.host), isVm: !this.state.demoted[id], itemId: this.state.demoted[id]?.itemId ?? null, spec: v };
+    const r = this.state.replicas[id];
+    if (r) return { id, name: r.name, hostId: r.hostId, isVm: !!this.state.promoted[id], itemId: r.itemId, replica: r };
+    throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${id}`, { vms: [...this.vms.keys(), ...Object.keys(this.state.replicas)] });
+  }
+
+  /** A VM that runs here (not a replica). */
+  private vm(vmId: string): Located {
+    const l = this.locate(vmId);
+    if (!l.isVm) throw new OsrError('INVALID_STATE', `${l.name} (${vmId}) holds a replica here, not a running VM`);
+    return l;
+  }
+
+  /** A replica held here (not a running VM). */
+  private replicaOf(id: string): Located {
+    const l = this.locate(id);
+    if (l.isVm) throw new OsrError('INVALID_STATE', `${l.name} (${id}) runs as a VM here; it holds no replica`);
+    return l;
   }
 
   /** Create a topology VM on its host the first time, connect its NICs, and power it as wanted. */
   private async ensureVm(v: LabVmSpec & { id: string }): Promise<void> {
+    if (this.state.demoted[v.id]) return; // its disks are a replica now
     const a = this.agent(slug(v.host)).api;
     const present = await a.get<{ name: string }[]>('/v1/vms');
     if (!present.some((x) => x.name === v.name)) await a.post('/v1/vms', { name: v.name, disks: v.disks.map((d) => d.size) });
@@ -257,17 +296,19 @@ export class LabFabricDriver implements FabricDriver {
       storageLocations: s.storage.locations.map((l) => ({ id: slug(l.name), name: l.name, classification: slug(l.classification), kind: l.kind, path: path.join(this.dir, 'storage', slug(l.name)), ...(freeBytes !== undefined ? { freeBytes } : {}) })),
       vms: [],
     };
+    const running = await this.runningVms();
     for (const v of this.vms.values()) {
       const host = this.hosts.get(slug(v.host))!;
-      const running = await this.isRunning(v);
+      const demoted = this.state.demoted[v.id];
       doc.vms.push({
         id: v.id,
         name: v.name,
         cloud: host.cloudId,
         host: host.id,
-        powerState: running ? 'Running' : 'Off',
+        powerState: !demoted && running.has(`${host.id}/${v.name}`) ? 'Running' : 'Off',
         disks: v.disks.map((d, i) => ({ id: `disk${i}`, name: d.name, sizeBytes: parseSize(d.size), ...(d.storage ? { storageLocation: slug(d.storage) } : {}) })),
         nics: v.nics.map((_n, i) => this.nicView(v.id, `nic${i}`)),
+        ...(demoted ? { replicaOf: demoted.itemId } : {}),
       });
     }
     const temporary = Object.values(this.state.temporaryNetworks);
@@ -292,10 +333,10 @@ export class LabFabricDriver implements FabricDriver {
         name: r.name,
         cloud: host.cloudId,
         host: host.id,
-        powerState: 'Off',
+        powerState: this.state.promoted[r.id] && running.has(`${host.id}/${r.name}`) ? 'Running' : 'Off',
         disks: r.disks,
         nics: r.nicIds.map((n) => this.nicView(r.id, n)),
-        replicaOf: r.protecting ? r.itemId : undefined,
+        replicaOf: r.protecting && !this.state.promoted[r.id] ? r.itemId : undefined,
       });
     }
     return doc;
@@ -306,45 +347,56 @@ export class LabFabricDriver implements FabricDriver {
     return { id: nicId, ...(n?.vmNetwork ? { vmNetwork: n.vmNetwork } : {}), ...(n?.ip ? { ip: n.ip } : {}) };
   }
 
-  private async isRunning(v: LabVmSpec & { id: string }): Promise<boolean> {
-    const a = this.agents.get(slug(v.host));
-    if (!a) return false;
-    try {
-      const vms = await a.api.get<{ name: string; running: boolean }[]>('/v1/vms');
-      return vms.find((x) => x.name === v.name)?.running ?? false;
-    } catch {
-      return false;
+  /** "host/VM name" of every VM the hosts run now (one call per host). */
+  private async runningVms(): Promise<Set<string>> {
+    const out = new Set<string>();
+    for (const [hostId, a] of this.agents) {
+      try {
+        for (const v of await a.api.get<{ name: string; running: boolean }[]>('/v1/vms')) if (v.running) out.add(`${hostId}/${v.name}`);
+      } catch {
+        // a host that does not answer runs nothing the vault should count on
+      }
     }
+    return out;
   }
 
   // ---- power
 
   async setPower(vmId: string, action: PowerAction): Promise<{ powerState: string }> {
     const v = this.vm(vmId);
-    const a = this.agent(slug(v.host));
+    const a = this.agent(v.hostId);
     const w = this.workloads.get(vmId);
     if (action === 'start') {
+      const fence = this.state.fenced[vmId];
+      if (fence) throw new OsrError('EPOCH_STALE', `${v.name} was failed over to the other site (epoch ${fence.epoch}); it cannot start here until it is reprotected`, { epoch: fence.epoch });
       await a.api.post(`/v1/vms/${v.name}/start`);
-      if (!w && v.workload !== false) {
+      const workload = v.spec?.workload;
+      if (!w && v.spec && workload !== false) {
         const disks = await a.api.get<{ nbd: { unix: string } }[]>(`/v1/vms/${v.name}/disks`);
-        this.workloads.set(vmId, new Workload(disks.map((d) => d.nbd.unix), (v.workload || {}).bytesPerSecond ?? DEFAULT_WORKLOAD_BYTES_PER_SECOND));
+        this.workloads.set(vmId, new Workload(disks.map((d) => d.nbd.unix), (workload || {}).bytesPerSecond ?? DEFAULT_WORKLOAD_BYTES_PER_SECOND));
       }
     } else {
-      // shut down: the guest stops writing and flushes first; stop (turn off) cuts it short
-      if (w) {
-        this.workloads.delete(vmId);
-        if (action === 'shutdown') await w.stop();
-        else void w.stop().catch(() => undefined);
-      }
+      await this.stopGuest(vmId, action === 'shutdown');
       await a.api.post(`/v1/vms/${v.name}/stop`);
     }
-    const powerState = action === 'start' ? 'Running' : 'Off';
-    if (this.state.power[vmId] !== powerState) {
-      this.state.power[vmId] = powerState;
-      await this.save();
-      this.changed();
-    }
-    return { powerState };
+    await this.wantPower(vmId, action === 'start' ? 'Running' : 'Off');
+    return { powerState: action === 'start' ? 'Running' : 'Off' };
+  }
+
+  /** Shut down: the guest stops writing and flushes first; otherwise it is cut short. */
+  private async stopGuest(vmId: string, graceful: boolean): Promise<void> {
+    const w = this.workloads.get(vmId);
+    if (!w) return;
+    this.workloads.delete(vmId);
+    if (graceful) await w.stop();
+    else void w.stop().catch(() => undefined);
+  }
+
+  private async wantPower(vmId: string, powerState: 'Running' | 'Off'): Promise<void> {
+    if (this.state.power[vmId] === powerState) return;
+    this.state.power[vmId] = powerState;
+    await this.save();
+    this.changed();
   }
 
   // ---- networks
@@ -438,16 +490,21 @@ export class LabFabricDriver implements FabricDriver {
   }
 
   async removeReplicaVm(replicaVmId: string, o: { deleteData: boolean }): Promise<void> {
+    const demoted = this.state.demoted[replicaVmId];
+    if (demoted) {
+      // a reprotected item's replica is the old primary's own disks
+      if (o.deleteData) await this.deleteReplicaData(slug(this.vms.get(replicaVmId)!.host), this.vms.get(replicaVmId)!.name);
+      demoted.itemId = '';
+      await this.save();
+      this.changed();
+      return;
+    }
     const r = this.state.replicas[replicaVmId];
     if (!r) return; // already gone
     if (!o.deleteData) {
       r.protecting = false;
     } else {
-      try {
-        await this.agent(r.hostId).api.delete(`/v1/replicas/${encodeURIComponent(r.name)}`);
-      } catch (e) {
-        if (toOsrError(e).code !== 'NOT_FOUND') throw e;
-      }
+      await this.deleteReplicaData(r.hostId, r.name);
       delete this.state.replicas[replicaVmId];
       for (const key of Object.keys(this.state.nics)) if (key.startsWith(`${replicaVmId}/`)) delete this.state.nics[key];
     }
@@ -455,9 +512,16 @@ export class LabFabricDriver implements FabricDriver {
     this.changed();
   }
 
+  private async deleteReplicaData(hostId: string, name: string): Promise<void> {
+    try {
+      await this.agent(hostId).api.delete(`/v1/replicas/${encodeURIComponent(name)}`);
+    } catch (e) {
+      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+    }
+  }
+
   async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
-    const r = this.state.replicas[replicaVmId];
-    if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no replica VM ${replicaVmId}`);
+    const r = this.replicaOf(replicaVmId);
     try {
       const points = await this.agent(r.hostId).api.get<{ seq: number; time: string; consistency: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
       return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency) }));
@@ -472,8 +536,7 @@ export class LabFabricDriver implements FabricDriver {
   async startTestVm(spec: TestVmSpec): Promise<TestVm> {
     const running = Object.values(this.state.testVms).find((t) => t.itemId === spec.itemId);
     if (running) return this.testVmView(running);
-    const r = this.state.replicas[spec.replicaVmId];
-    if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no replica VM ${spec.replicaVmId}`);
+    const r = this.replicaOf(spec.replicaVmId);
     const id = `${r.id.replace(/-replica\d*$/, '')}-test`;
     const overlay = await this.agent(r.hostId).api.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${encodeURIComponent(r.name)}/overlays`, { point: Number(spec.pointId) });
     let temporaryNetwork: string | null = null;
@@ -487,7 +550,7 @@ export class LabFabricDriver implements FabricDriver {
       throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${spec.network.vmNetwork}`);
     }
     const network = spec.network.mode === 'temporary' ? temporaryNetwork : spec.network.mode === 'existing' ? spec.network.vmNetwork : null;
-    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: [...r.nicIds], temporaryNetwork, disks: overlay.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), startedAt: new Date().toISOString() };
+    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: this.nicIdsOf(r), temporaryNetwork, disks: overlay.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), startedAt: new Date().toISOString() };
     for (const nic of t.nicIds) this.allocate(id, nic, network);
     this.state.testVms[id] = t;
     await this.save();
@@ -516,11 +579,88 @@ export class LabFabricDriver implements FabricDriver {
     this.changed();
   }
 
+  // ---- failover
+
+  async prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
+    const v = this.locate(vmId);
+    const a = this.agent(v.hostId).api;
+    if (v.isVm) {
+      await this.stopGuest(vmId, true);
+      const r = await a.post<{ point: { seq: number; time: string } | null }>(`/v1/replications/${encodeURIComponent(v.name)}/prepare-failover`, { timeout: '10m' });
+      if (!r.point) throw new OsrError('INVALID_STATE', `${v.name} has no recovery point at the replica yet; wait for initial replication`);
+      await this.wantPower(vmId, 'Off');
+      return { point: { id: String(r.point.seq), at: r.point.time, consistency: 'crash' } };
+    }
+    throw new OsrError('INVALID_STATE', `${v.name} (${vmId}) holds a replica here; a planned failover starts at the site that runs the VM`);
+  }
+
+  async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo }> {
+    const l = this.locate(replicaVmId);
+    const a = this.agent(l.hostId).api;
+    if (l.isVm) {
+      // promoted already (the command run a second time): answer what is there
+      const vm = (await a.get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number } } }[]>('/v1/vms')).find((x) => x.name === l.name);
+      if (!vm?.origin) throw new OsrError('INVALID_STATE', `${l.name} runs here but was not promoted from a replica`);
+      return { vmId: l.id, epoch: vm.origin.epoch, point: { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' } };
+    }
+    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true });
+    if (l.replica) this.state.promoted[l.id] = { epoch: r.epoch, at: new Date().toISOString() };
+    else delete this.state.demoted[l.id];
+    delete this.state.fenced[l.id];
+    this.state.power[l.id] = 'Running';
+    await this.save();
+    this.changed();
+    return { vmId: l.id, epoch: r.epoch, point: { id: String(r.point.seq), at: new Date(r.point.timeMs).toISOString(), consistency: consistencyOf(r.point.consistency) } };
+  }
+
+  async fenceVm(vmId: string, epoch: number): Promise<void> {
+    const v = this.locate(vmId);
+    if (!v.isVm) return; // a replica already: nothing to keep off
+    if ((this.state.fenced[vmId]?.epoch ?? 0) >= epoch) return;
+    await this.stopGuest(vmId, false);
+    try {
+      await this.agent(v.hostId).api.post(`/v1/vms/${encodeURIComponent(v.name)}/stop`);
+    } catch (e) {
+      // a host that is down keeps the VM off anyway; the fence applies when it is back
+      this.ctx?.log.warn({ vm: v.name, err: toOsrError(e).message }, `${v.name} could not be stopped now; it stays fenced`);
+    }
+    this.state.fenced[vmId] = { epoch, at: new Date().toISOString() };
+    this.state.power[vmId] = 'Off';
+    await this.save();
+    this.changed();
+  }
+
+  async demoteVm(vmId: string, epoch: number, itemId: string): Promise<ReplicaVm> {
+    const l = this.locate(vmId);
+    if (l.isVm) {
+      await this.stopGuest(vmId, false);
+      await this.agent(l.hostId).api.post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch });
+      if (l.replica) delete this.state.promoted[l.id];
+      else this.state.demoted[l.id] = { epoch, itemId, at: new Date().toISOString() };
+      delete this.state.fenced[l.id];
+      delete this.state.replications[l.id];
+      this.state.power[l.id] = 'Off';
+      await this.save();
+      this.changed();
+    }
+    return {
+      replicaVmId: l.id,
+      hostId: l.hostId,
+      agent: { address: '127.0.0.1', port: this.state.hosts[l.hostId]?.replicationPort ?? this.agent(l.hostId).replicationPort! },
+      nics: this.nicIdsOf(l).map((n) => ({ id: n, vmNetwork: this.state.nics[`${l.id}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${l.id}/${n}`]?.ip ?? null })),
+      reused: true,
+    };
+  }
+
+  private nicIdsOf(l: Located): string[] {
+    return l.replica ? l.replica.nicIds : (l.spec?.nics ?? []).map((_n, i) => `nic${i}`);
+  }
+
   // ---- primary site
 
   async ensureReplication(req: ReplicationRequest): Promise<void> {
     const v = this.vm(req.vmId);
-    const a = this.agent(slug(v.host)).api;
+    const a = this.agent(v.hostId).api;
     const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
     const known = this.state.replications[req.vmId];
     if (present && known && known.address === req.peer.address && known.port === req.peer.port) return;
@@ -548,10 +688,10 @@ export class LabFabricDriver implements FabricDriver {
     const v = this.vm(vmId);
     let h: AgentHealth;
     try {
-      h = await this.agent(slug(v.host)).api.get<AgentHealth>(`/v1/replications/${encodeURIComponent(v.name)}`);
+      h = await this.agent(v.hostId).api.get<AgentHealth>(`/v1/replications/${encodeURIComponent(v.name)}`);
     } catch (e) {
       const err = toOsrError(e);
-      return { health: 'Critical', healthReasons: [{ code: err.code, message: `replication of ${v.name} cannot be read at host ${v.host}: ${err.message}` }], rpoSeconds: null, state: 'Unknown', initial: null, latestPoint: null, lastError: err.toJSON(), waitingForAction: false };
+      return { health: 'Critical', healthReasons: [{ code: err.code, message: `replication of ${v.name} cannot be read at host ${v.hostId}: ${err.message}` }], rpoSeconds: null, state: 'Unknown', initial: null, latestPoint: null, lastError: err.toJSON(), waitingForAction: false };
     }
     const reasons: { code: string; message: string }[] = [];
     if (h.lastError) reasons.push({ code: h.lastError.code, message: h.lastError.message });
@@ -584,7 +724,7 @@ export class LabFabricDriver implements FabricDriver {
   async stopReplication(vmId: string): Promise<void> {
     const v = this.vm(vmId);
     try {
-      await this.agent(slug(v.host)).api.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
+      await this.agent(v.hostId).api.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
     } catch (e) {
       if (toOsrError(e).code !== 'NOT_FOUND') throw e;
     }

@@ -51,6 +51,8 @@ export interface FabricProviderOptions {
 
 interface ProtectionBody {
   item: string;
+  /** the VM acted on at the primary site when it is not the item's own (after a reverse) */
+  vmId?: string;
   vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string }[] };
   placement?: Placement;
   policy?: PolicySettings;
@@ -168,7 +170,7 @@ export class FabricProvider {
       'replication.enable': async (cmd) => {
         const b = body(cmd);
         if (!b.policy || !b.target?.agent) throw new OsrError('INVALID_ARGUMENT', 'replication.enable needs the policy and the recovery host\'s agent');
-        const vmId = this.localId(b.item);
+        const vmId = this.localId(b.vmId ?? b.item);
         await d.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent });
         const known = this.protections.get(`source:${b.item}`);
         await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false });
@@ -177,7 +179,7 @@ export class FabricProvider {
       /** primary site: wait for the first recovery point at the replica, reporting progress */
       'replication.initial': async (cmd, progress) => {
         const b = body(cmd);
-        const vmId = this.localId(b.item);
+        const vmId = this.localId(b.vmId ?? b.item);
         let last = '';
         for (;;) {
           const s = await d.replicationStatus(vmId);
@@ -203,7 +205,7 @@ export class FabricProvider {
       },
       'replication.disable': async (cmd) => {
         const b = body(cmd);
-        await d.stopReplication(this.localId(b.item));
+        await d.stopReplication(this.localId(b.vmId ?? b.item));
         await this.remember({ itemId: b.item, role: 'source', remove: true });
         return {};
       },
@@ -214,6 +216,34 @@ export class FabricProvider {
         if (replicaVmId) await d.removeReplicaVm(replicaVmId, { deleteData: b.delete !== false });
         await this.remember({ itemId: b.item, role: 'target', remove: true });
         return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
+      },
+      /** planned failover, primary site: shut down, ship the final delta */
+      'failover.prepare': async (cmd) => {
+        const b = body(cmd);
+        const r = await d.prepareFailover(this.localId(b.vmId ?? b.item));
+        await this.stopReporting('source', b.item);
+        return r;
+      },
+      /** failover, recovery site: the chosen point runs as the VM */
+      'failover.promote': async (cmd) => {
+        const b = cmd.body as { item: string; replicaVmId: string; point?: string | null };
+        const r = await d.promoteReplica(this.localId(b.replicaVmId), b.point ?? null);
+        await this.stopReporting('target', b.item);
+        return { ...r, vmId: this.vaultId(r.vmId) };
+      },
+      /** after a failover, the old primary: kept off until reprotected */
+      'failover.fence': async (cmd) => {
+        const b = cmd.body as { item: string; vmId: string; epoch: number };
+        await d.fenceVm(this.localId(b.vmId), b.epoch);
+        await this.stopReporting('source', b.item);
+        return {};
+      },
+      /** reprotect, the old primary: its disks become the replica */
+      'failover.demote': async (cmd) => {
+        const b = cmd.body as { item: string; vmId: string; epoch: number };
+        const r = await d.demoteVm(this.localId(b.vmId), b.epoch, b.item);
+        await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
+        return { ...r, replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
       /** recovery site: a test failover's VM from a recovery point, beside the replica */
       'testfailover.start': async (cmd) => {
@@ -228,6 +258,11 @@ export class FabricProvider {
         return {};
       },
     };
+  }
+
+  /** The item's replication through this site ended in that role (a failover): no more reports of it. */
+  private async stopReporting(role: Protection['role'], itemId: string): Promise<void> {
+    if (this.protections.has(`${role}:${itemId}`)) await this.remember({ role, itemId, remove: true });
   }
 
   /**

@@ -19,6 +19,7 @@ import { REGISTRATION_KEY_VALID_MS } from '../store/activity.js';
 import { Alerting } from '../workflows/alerting.js';
 import { registerProtectionJobs } from '../workflows/protection.js';
 import { registerTestFailoverJobs } from '../workflows/test-failover.js';
+import { registerFailoverJobs } from '../workflows/failover.js';
 import { installAuth } from './auth.js';
 import { API, type App, type VaultContext, type VaultSettings } from './context.js';
 import { errorHandler } from './http-errors.js';
@@ -122,6 +123,7 @@ export class Vault {
       const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, closing: closing.signal };
       registerProtectionJobs(engine, { store, alerting, clock });
       registerTestFailoverJobs(engine, { store, alerting, clock });
+      registerFailoverJobs(engine, { store, alerting, clock });
 
       const app = Fastify({
         loggerInstance: log,

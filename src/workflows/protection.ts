@@ -207,9 +207,9 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         name: 'Stop replication',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const r = item.replication as { sourceFabricId?: string };
+          const r = item.replication as { sourceFabricId?: string; primaryVmId?: string };
           // an item whose replication was never created has nothing to stop
-          if (r.sourceFabricId) await ctx.command(r.sourceFabricId, Commands.DisableReplication, { item: item.id }, { timeoutMs: 10 * 60_000 });
+          if (r.sourceFabricId) await ctx.command(r.sourceFabricId, Commands.DisableReplication, { item: item.id, vmId: r.primaryVmId ?? item.id }, { timeoutMs: 10 * 60_000 });
         },
       },
       {

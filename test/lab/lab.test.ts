@@ -238,6 +238,85 @@ describe('the lab', () => {
     }
   });
 
+  test('planned failover loses no acknowledged write; commit, reprotect and failback bring the VM home with what it wrote away', async () => {
+    // a writer records every write the disk acknowledged, until the failover shuts the VM down
+    const acked = new Map<number, Buffer>();
+    const uriAt = async (vm: string) => (await osr('lab', 'nbd-uri', vm, 'system', '--dir', dir)).trim();
+    const nyUri = await uriAt('vm1');
+    assert.match(nyUri, /vmm-newyork\/hosts\/ny-h1/);
+    const w = await NbdClient.connect(nyUri);
+    let n = 0;
+    const writer = (async () => {
+      for (;;) {
+        const off = (n++ % 2048) * 8192;
+        const block = crypto.randomBytes(4096);
+        try {
+          await w.write(off, block);
+        } catch {
+          return; // the VM was shut down
+        }
+        acked.set(off, block);
+        if (n % 16 === 0) await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 500));
+    await osr('item', 'planned-failover', 'vmm-newyork.vm1', '--wait');
+    await writer;
+    await w.close().catch(() => undefined);
+    assert.ok(acked.size > 50, `${acked.size} writes acknowledged before the shutdown`);
+
+    const failedOver = await item('vmm-newyork.vm1');
+    assert.equal(failedOver.state, 'FailedOver');
+    const f = failedOver.replication.failover as { newPrimaryVmId: string; epoch: number; rtoSeconds: number };
+    assert.equal(f.newPrimaryVmId, 'vmm-chicago.vm1-replica');
+    assert.ok(f.epoch >= 2);
+    // it runs at Chicago now, and holds every acknowledged write
+    const chiUri = await uriAt('vm1');
+    assert.match(chiUri, /vmm-chicago\/hosts\/chi-h1/);
+    const c = await NbdClient.connect(chiUri);
+    for (const [off, block] of acked) assert.ok((await c.read(off, 4096)).equals(block), `the write at ${off} is on the failed-over disk`);
+    // the old primary is off and fenced; the new one is running
+    await waitFor('the inventory after the failover', async () => {
+      const vms = (await api.request<{ items: Obj[] }>('GET', '/api/v1/vms?limit=1000')).items;
+      const power = (id: string) => (vms.find((v) => v.id === id)?.properties as Obj | undefined)?.powerState;
+      return power('vmm-newyork.vm1') === 'Off' && power('vmm-chicago.vm1-replica') === 'Running';
+    }, 20_000, 200);
+    await assert.rejects(osr('item', 'reprotect', 'vmm-newyork.vm1'), /INVALID_STATE/);
+
+    await osr('item', 'commit', 'vmm-newyork.vm1', '--wait');
+    assert.equal((await item('vmm-newyork.vm1')).state, 'Committed');
+    await osr('item', 'reprotect', 'vmm-newyork.vm1', '--wait');
+    const reversed = await item('vmm-newyork.vm1');
+    assert.equal(reversed.state, 'Protected');
+    assert.equal(reversed.replication.direction, 'recovery-to-primary');
+    assert.equal(reversed.replication.sourceFabricId, 'vmm-chicago');
+    assert.equal((reversed.replication.replica as Obj).replicaVmId, 'vmm-newyork.vm1');
+
+    // written at Chicago, then failed back
+    const away = crypto.randomBytes(64 * 1024);
+    await c.write(20 << 20, away);
+    await c.flush();
+    await c.close().catch(() => undefined);
+    await osr('item', 'planned-failover', 'vmm-newyork.vm1', '--wait');
+    const home = await NbdClient.connect(await uriAt('vm1'));
+    try {
+      assert.ok((await home.read(20 << 20, away.length)).equals(away), 'what the VM wrote at Chicago came home');
+      for (const [off, block] of acked) assert.ok((await home.read(off, 4096)).equals(block));
+    } finally {
+      await home.close();
+    }
+    await osr('item', 'commit', 'vmm-newyork.vm1', '--wait');
+    await osr('item', 'reprotect', 'vmm-newyork.vm1', '--wait');
+    const back = await item('vmm-newyork.vm1');
+    assert.equal(back.replication.direction, 'primary-to-recovery');
+    assert.equal(back.replication.sourceFabricId, 'vmm-newyork');
+    assert.equal((back.replication.failovers as unknown[]).length, 2);
+    await waitFor('health reports again', async () => {
+      const i = await item('vmm-newyork.vm1');
+      return i.rpoSeconds !== null && i.health === 'Healthy' && i.lastRecoveryPointAt !== null;
+    }, 60_000, 500);
+  });
+
   test('disable protection keeps or deletes the replica; protecting a VM whose replica was kept takes it up again', async () => {
     const before3 = await item('vmm-newyork.vm3');
     const replica3 = String((before3.replication.replica as Obj).replicaVmId);

@@ -6,6 +6,7 @@ import { ProtectionState, type ProtectedItem } from '../../domain/resources.js';
 import { JobState } from '../../store/jobs.js';
 import { JobKinds } from '../../workflows/protection.js';
 import { TestFailoverJobs } from '../../workflows/test-failover.js';
+import { FailoverJobs } from '../../workflows/failover.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
 
@@ -154,4 +155,14 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       return accepted(reply, job);
     },
   );
+
+  const itemAction = (pathName: string, summary: string, kind: string, state: ProtectionState, from: ProtectionState[]) =>
+    app.post(
+      `/protected-items/:id/${pathName}`,
+      { config: { access: 'operate' }, schema: { summary, tags, params: IdParam } },
+      async (request, reply) => accepted(reply, await startItemJob(request.params.id, state, kind, (item) => ({ itemId: item.id }), principal(request).actor, from)),
+    );
+  itemAction('planned-failover', 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary', FailoverJobs.PlannedFailover, ProtectionState.FailoverInProgress, [ProtectionState.Protected]);
+  itemAction('commit', 'commit a failover (a job): it becomes final; reprotect next', FailoverJobs.Commit, ProtectionState.FailedOver, [ProtectionState.FailedOver]);
+  itemAction('reprotect', 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs', FailoverJobs.Reprotect, ProtectionState.Reprotecting, [ProtectionState.Committed]);
 };

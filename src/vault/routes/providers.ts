@@ -240,7 +240,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     async (request, reply) => {
       const fabricId = principal(request).fabricId!;
       const item = await store.items.get(request.params.id);
-      if (item.fabricId !== fabricId && item.replication.targetFabricId !== fabricId) throw new OsrError('FORBIDDEN', `protected item ${item.id} is not replicated by fabric ${fabricId}`);
+      // the item's own fabric, or either end of its replication (they swap after a reverse)
+      if (item.fabricId !== fabricId && item.replication.targetFabricId !== fabricId && item.replication.sourceFabricId !== fabricId) throw new OsrError('FORBIDDEN', `protected item ${item.id} is not replicated by fabric ${fabricId}`);
       const b = request.body;
       const points = b.recoveryPoints?.map((p) => {
         const at = Date.parse(p.at);

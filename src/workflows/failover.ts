@@ -1,0 +1,256 @@
+/**
+ * Planned failover, commit and reprotect of one protected item, as jobs. Failback is the
+ * same three the other way: a planned failover of the reprotected item, its commit, and a
+ * reprotect that brings replication back to the first direction.
+ *
+ * Planned failover: prerequisites → shut the VM down and ship its final delta (the primary
+ * answers the point that is its last state) → fail over (the recovery site promotes that
+ * point: nothing written is lost; older primaries are refused from then on) → fence the
+ * old primary (it stays off until reprotected) → the item is FailedOver.
+ *
+ * Commit: the failover is final; the item is Committed.
+ *
+ * Reprotect: the old primary's disks become the replica (demote) → replication starts from
+ * the new primary, sending only what differs → the item is Protected in the other
+ * direction, its source and target swapped.
+ *
+ * Every command is keyed in the job's data (jobs/engine.ts), and every provider step
+ * converges, so a job run again after a vault restart repeats nothing.
+ */
+import { OsrError } from '../domain/errors.js';
+import type { Placement } from '../domain/placement.js';
+import type { PolicySettings } from '../domain/policy.js';
+import { Health, ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
+import type { RecoveryPointInfo, ReplicaVm } from '../fabric/driver.js';
+import type { JobContext, JobEngine } from '../jobs/engine.js';
+import { JobState } from '../store/jobs.js';
+import { AlertKind } from './alerting.js';
+import { Commands, type WorkflowDeps } from './protection.js';
+import { failoverAlertKey } from './test-failover.js';
+
+export const FailoverJobs = { PlannedFailover: 'planned-failover', Commit: 'commit-failover', Reprotect: 'reprotect' } as const;
+export const FailoverCommands = { Prepare: 'failover.prepare', Promote: 'failover.promote', Fence: 'failover.fence', Demote: 'failover.demote' } as const;
+
+export const Direction = { PrimaryToRecovery: 'primary-to-recovery', RecoveryToPrimary: 'recovery-to-primary' } as const;
+export type Direction = (typeof Direction)[keyof typeof Direction];
+
+/** How many finished failovers an item keeps in its record (all of them are in the events). */
+const FAILOVERS_KEPT = 20;
+
+export interface FailoverRecord {
+  kind: 'planned';
+  jobId: string;
+  direction: Direction;
+  fromFabricId: string;
+  toFabricId: string;
+  /** the VM that ran before, and the one that runs now */
+  oldPrimaryVmId: string;
+  newPrimaryVmId: string;
+  point: RecoveryPointInfo;
+  epoch: number;
+  startedAt: string;
+  failedOverAt: string;
+  /** from the job's start until the VM ran at the other site */
+  rtoSeconds: number;
+  committedAt?: string;
+  reprotectedAt?: string;
+}
+
+/** The parts of an item's replication record these jobs read and write. */
+export interface ItemReplication {
+  sourceFabricId?: string;
+  targetFabricId?: string;
+  policyId?: string;
+  placement?: Placement;
+  replica?: { replicaVmId?: string; hostId?: string; agent?: { address: string; port: number } };
+  /** the VM that runs now (default: the item's own VM) */
+  primaryVmId?: string;
+  direction?: Direction;
+  failover?: FailoverRecord;
+  failovers?: FailoverRecord[];
+  [k: string]: unknown;
+}
+
+export interface ItemJobInput {
+  itemId: string;
+}
+
+const rep = (item: ProtectedItem) => item.replication as ItemReplication;
+
+export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
+  const { store, alerting, clock } = deps;
+
+  async function failed(ctx: JobContext<ItemJobInput>, what: string, state: JobState, err: OsrError | undefined, back: ProtectionState): Promise<void> {
+    const item = await store.items.find(ctx.input.itemId);
+    if (!item) return;
+    await store.items.update(item.id, { state: back, activeJobId: null });
+    const isFailed = state === JobState.Failed;
+    await alerting.event({ target: item.id, kind: `${ctx.kind}.failed`, severity: isFailed ? Severity.Critical : Severity.Warning, message: `${what} of ${item.name} ${isFailed ? `failed: ${err?.message}` : 'was cancelled'}; the item is ${back}`, details: { job: ctx.jobId } });
+    if (isFailed) await alerting.raise({ key: failoverAlertKey(item.id), kind: AlertKind.FailoverFailed, severity: Severity.Critical, target: item.id, message: `${what} of ${item.name} failed: ${err?.message}` });
+  }
+
+  engine.register<ItemJobInput>({
+    kind: FailoverJobs.PlannedFailover,
+    tasks: [
+      {
+        name: 'Prerequisites check',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = rep(item);
+          if (!r.sourceFabricId || !r.targetFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to fail over to`);
+          if (r.failover) throw new OsrError('INVALID_STATE', `${item.name} has a failover that is not reprotected yet`);
+          ctx.data.from = r.sourceFabricId;
+          ctx.data.to = r.targetFabricId;
+          ctx.data.oldPrimary = r.primaryVmId ?? item.id;
+          ctx.data.replicaVmId = r.replica.replicaVmId;
+          ctx.data.direction = r.direction === Direction.RecoveryToPrimary ? Direction.RecoveryToPrimary : Direction.PrimaryToRecovery;
+          ctx.data.startedAt = clock.now();
+        },
+      },
+      {
+        name: 'Shut down and ship the final delta',
+        async run(ctx) {
+          const r = (await ctx.command(ctx.data.from as string, FailoverCommands.Prepare, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary }, { timeoutMs: 15 * 60_000 })) as { point: RecoveryPointInfo };
+          ctx.data.point = r.point;
+        },
+      },
+      {
+        name: 'Fail over',
+        async run(ctx) {
+          const point = ctx.data.point as RecoveryPointInfo;
+          const r = (await ctx.command(ctx.data.to as string, FailoverCommands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId, point: point.id }, { timeoutMs: 15 * 60_000 })) as { vmId: string; epoch: number; point: RecoveryPointInfo };
+          ctx.data.promoted = r;
+          ctx.data.failedOverAt = clock.now();
+        },
+      },
+      {
+        name: 'Fence the old primary',
+        async run(ctx) {
+          const p = ctx.data.promoted as { epoch: number };
+          await ctx.command(ctx.data.from as string, FailoverCommands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary, epoch: p.epoch }, { timeoutMs: 10 * 60_000 });
+        },
+      },
+      {
+        name: 'Finalize failover',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const p = ctx.data.promoted as { vmId: string; epoch: number; point: RecoveryPointInfo };
+          const record: FailoverRecord = {
+            kind: 'planned',
+            jobId: ctx.jobId,
+            direction: ctx.data.direction as Direction,
+            fromFabricId: ctx.data.from as string,
+            toFabricId: ctx.data.to as string,
+            oldPrimaryVmId: ctx.data.oldPrimary as string,
+            newPrimaryVmId: p.vmId,
+            point: p.point,
+            epoch: p.epoch,
+            startedAt: new Date(ctx.data.startedAt as number).toISOString(),
+            failedOverAt: new Date(ctx.data.failedOverAt as number).toISOString(),
+            rtoSeconds: Math.round(((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 100) / 10,
+          };
+          // the replica became the VM: it holds no points until reprotect makes a new replica
+          await store.items.replacePoints(item.id, []);
+          await store.items.update(item.id, { state: ProtectionState.FailedOver, health: Health.NotApplicable, healthReasons: [], rpoSeconds: null, lastPointAt: null, activeJobId: null, replication: { ...item.replication, failover: record } });
+          await alerting.resolve(failoverAlertKey(item.id));
+          await alerting.event({ target: item.id, kind: 'failover.completed', severity: Severity.Info, message: `planned failover of ${item.name}: it runs at ${record.toFabricId} from point ${record.point.id} (${record.point.at}) with nothing lost, RTO ${record.rtoSeconds} s; the old primary is fenced; commit, then reprotect`, details: { job: ctx.jobId, epoch: record.epoch, point: record.point, rtoSeconds: record.rtoSeconds } });
+        },
+      },
+    ],
+    async onEnd(ctx, state, err) {
+      // before the promotion the VM can run where it was (it was shut down: start it again); after it, it runs at the other site
+      const promoted = ctx.data.promoted !== undefined;
+      await failed(ctx, 'planned failover', state, err, promoted ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
+    },
+  });
+
+  engine.register<ItemJobInput>({
+    kind: FailoverJobs.Commit,
+    tasks: [
+      {
+        name: 'Commit',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = rep(item);
+          if (!r.failover) throw new OsrError('INVALID_STATE', `${item.name} has no failover to commit`);
+          await store.items.update(item.id, { state: ProtectionState.Committed, activeJobId: null, replication: { ...item.replication, failover: { ...r.failover, committedAt: new Date(clock.now()).toISOString() } } });
+          await alerting.event({ target: item.id, kind: 'failover.committed', severity: Severity.Info, message: `the failover of ${item.name} is committed; reprotect it to replicate back to ${r.failover.fromFabricId}`, details: { job: ctx.jobId } });
+        },
+      },
+    ],
+    async onEnd(ctx, state, err) {
+      await failed(ctx, 'commit', state, err, ProtectionState.FailedOver);
+    },
+  });
+
+  engine.register<ItemJobInput>({
+    kind: FailoverJobs.Reprotect,
+    tasks: [
+      {
+        name: 'Demote the old primary',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const f = rep(item).failover;
+          if (!f?.committedAt) throw new OsrError('INVALID_STATE', `${item.name} has no committed failover to reprotect`);
+          ctx.data.failover = f;
+          const replica = (await ctx.command(f.fromFabricId, FailoverCommands.Demote, { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch }, { timeoutMs: 15 * 60_000 })) as ReplicaVm;
+          ctx.data.replica = replica;
+        },
+      },
+      {
+        name: 'Start reverse replication',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const f = ctx.data.failover as FailoverRecord;
+          const policy = await store.config.policy(rep(item).policyId!);
+          // reverse replication starts now, whatever the policy says of a first copy: only what differs is sent
+          const settings: PolicySettings = { ...policy.settings, initialReplication: { method: 'now' } };
+          ctx.data.policy = settings;
+          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...(ctx.data.replica as ReplicaVm) } }, { timeoutMs: 10 * 60_000 });
+        },
+      },
+      {
+        name: 'Reverse replication',
+        async run(ctx) {
+          const f = ctx.data.failover as FailoverRecord;
+          await store.items.update(ctx.input.itemId, { progress: 0 });
+          const result = (await ctx.command(f.toFabricId, Commands.InitialReplication, { item: ctx.input.itemId, vmId: f.newPrimaryVmId, method: { method: 'now' } }, {
+            onProgress: async (p) => {
+              const fraction = Number((p as { fraction?: number }).fraction ?? 0);
+              await store.items.update(ctx.input.itemId, { progress: fraction });
+              await ctx.progress(fraction, p);
+            },
+          })) as { recoveryPoint?: RecoveryPointInfo };
+          ctx.data.firstPoint = result?.recoveryPoint ?? null;
+        },
+      },
+      {
+        name: 'Finalize reprotect',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = rep(item);
+          const f = ctx.data.failover as FailoverRecord;
+          const replica = ctx.data.replica as ReplicaVm;
+          const done: FailoverRecord = { ...f, reprotectedAt: new Date(clock.now()).toISOString() };
+          const next: ItemReplication = {
+            ...r,
+            sourceFabricId: f.toFabricId,
+            targetFabricId: f.fromFabricId,
+            primaryVmId: f.newPrimaryVmId,
+            replica: { replicaVmId: replica.replicaVmId, hostId: replica.hostId, agent: replica.agent },
+            direction: f.direction === Direction.PrimaryToRecovery ? Direction.RecoveryToPrimary : Direction.PrimaryToRecovery,
+            failovers: [done, ...(r.failovers ?? [])].slice(0, FAILOVERS_KEPT),
+          };
+          delete next.failover;
+          const first = ctx.data.firstPoint as RecoveryPointInfo | null;
+          if (first) await store.items.replacePoints(item.id, [{ id: first.id, at: Date.parse(first.at), consistency: first.consistency }]);
+          await store.items.update(item.id, { state: ProtectionState.Protected, health: Health.Healthy, healthReasons: [], progress: null, activeJobId: null, ...(first ? { lastPointAt: Date.parse(first.at) } : {}), replication: next });
+          await alerting.event({ target: item.id, kind: 'failover.reprotected', severity: Severity.Info, message: `${item.name} is protected again, from ${f.toFabricId} to ${f.fromFabricId} (${next.direction})`, details: { job: ctx.jobId } });
+        },
+      },
+    ],
+    async onEnd(ctx, state, err) {
+      await failed(ctx, 'reprotect', state, err, ProtectionState.Committed);
+    },
+  });
+}
