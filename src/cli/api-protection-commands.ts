@@ -345,6 +345,22 @@ export function addProtectionCommands(program: Command): void {
       );
   }
   item
+    .command('unplanned-failover <item>')
+    .description('unplanned failover (a job): start a recovery point at the other site when the primary may be gone; the old primary is fenced when it answers')
+    .option('--point <point>', 'latest (the newest at the recovery site), latest-processed, latest-app-consistent, or a recovery point id', 'latest')
+    .option('--shutdown-source', 'try to shut the source down and ship its last writes first; carry on if it cannot be reached', false)
+    .option('--source-timeout <duration>', 'how long to wait for the source site', '60s')
+    .option('--wait', 'follow the job until it ends', false)
+    .option('--interval <duration>', 'how often --wait polls', '1s')
+    .action((idOrName: string, o: { point: string; shutdownSource: boolean; sourceTimeout: string; wait: boolean; interval: string }) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/unplanned-failover`, { recoveryPoint: o.point, shutdownSource: o.shutdownSource, sourceTimeoutSeconds: Math.max(1, Math.round(parseDuration(o.sourceTimeout) / 1000)) });
+        out(r, () => `unplanned failover of ${i.name} to point ${o.point}: job ${r.jobId}`);
+        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
+      }),
+    );
+  item
     .command('points <item>')
     .description("an item's recovery points, newest first")
     .action((idOrName: string) =>

@@ -20,6 +20,7 @@
 import { OsrError } from '../domain/errors.js';
 import type { Placement } from '../domain/placement.js';
 import type { PolicySettings } from '../domain/policy.js';
+import { chooseRecoveryPoint, PointChoice } from '../domain/recovery-point.js';
 import { Health, ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
 import type { RecoveryPointInfo, ReplicaVm } from '../fabric/driver.js';
 import type { JobContext, JobEngine } from '../jobs/engine.js';
@@ -28,7 +29,7 @@ import { AlertKind } from './alerting.js';
 import { Commands, type WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
-export const FailoverJobs = { PlannedFailover: 'planned-failover', Commit: 'commit-failover', Reprotect: 'reprotect' } as const;
+export const FailoverJobs = { PlannedFailover: 'planned-failover', UnplannedFailover: 'unplanned-failover', Commit: 'commit-failover', Reprotect: 'reprotect' } as const;
 export const FailoverCommands = { Prepare: 'failover.prepare', Promote: 'failover.promote', Fence: 'failover.fence', Demote: 'failover.demote' } as const;
 
 export const Direction = { PrimaryToRecovery: 'primary-to-recovery', RecoveryToPrimary: 'recovery-to-primary' } as const;
@@ -38,7 +39,7 @@ export type Direction = (typeof Direction)[keyof typeof Direction];
 const FAILOVERS_KEPT = 20;
 
 export interface FailoverRecord {
-  kind: 'planned';
+  kind: 'planned' | 'unplanned';
   jobId: string;
   direction: Direction;
   fromFabricId: string;
@@ -52,6 +53,9 @@ export interface FailoverRecord {
   failedOverAt: string;
   /** from the job's start until the VM ran at the other site */
   rtoSeconds: number;
+  /** unplanned: whether the source was shut down (and synchronized) first, and whether the old primary is fenced yet */
+  sourceShutDown?: boolean;
+  fencePending?: boolean;
   committedAt?: string;
   reprotectedAt?: string;
 }
@@ -75,12 +79,21 @@ export interface ItemJobInput {
   itemId: string;
 }
 
+export interface UnplannedInput extends ItemJobInput {
+  /** latest (the newest the recovery site holds), latest-processed (the newest the vault has heard of), latest-app-consistent, or a point id */
+  recoveryPoint: string;
+  /** try to shut the source down and ship its last writes first; carry on if it cannot be reached */
+  shutdownSource: boolean;
+  /** how long to wait for the source site before carrying on without it */
+  sourceTimeoutSeconds: number;
+}
+
 const rep = (item: ProtectedItem) => item.replication as ItemReplication;
 
 export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
 
-  async function failed(ctx: JobContext<ItemJobInput>, what: string, state: JobState, err: OsrError | undefined, back: ProtectionState): Promise<void> {
+  async function failed<I extends ItemJobInput>(ctx: JobContext<I>, what: string, state: JobState, err: OsrError | undefined, back: ProtectionState): Promise<void> {
     const item = await store.items.find(ctx.input.itemId);
     if (!item) return;
     await store.items.update(item.id, { state: back, activeJobId: null });
@@ -89,22 +102,67 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     if (isFailed) await alerting.raise({ key: failoverAlertKey(item.id), kind: AlertKind.FailoverFailed, severity: Severity.Critical, target: item.id, message: `${what} of ${item.name} failed: ${err?.message}` });
   }
 
+  /** The item is FailedOver: the record of the failover, no points until reprotect makes a new replica. */
+  async function finalizeFailover(ctx: JobContext<ItemJobInput>, kind: FailoverRecord['kind']): Promise<void> {
+    const item = await store.items.get(ctx.input.itemId);
+    const p = ctx.data.promoted as { vmId: string; epoch: number; point: RecoveryPointInfo };
+    const record: FailoverRecord = {
+      kind,
+      jobId: ctx.jobId,
+      direction: ctx.data.direction as Direction,
+      fromFabricId: ctx.data.from as string,
+      toFabricId: ctx.data.to as string,
+      oldPrimaryVmId: ctx.data.oldPrimary as string,
+      newPrimaryVmId: p.vmId,
+      point: p.point,
+      epoch: p.epoch,
+      startedAt: new Date(ctx.data.startedAt as number).toISOString(),
+      failedOverAt: new Date(ctx.data.failedOverAt as number).toISOString(),
+      rtoSeconds: Math.round(((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 100) / 10,
+      ...(kind === 'unplanned' ? { sourceShutDown: ctx.data.sourceShutDown === true, fencePending: ctx.data.fenced !== true } : {}),
+    };
+    await store.items.replacePoints(item.id, []);
+    await store.items.update(item.id, { state: ProtectionState.FailedOver, health: Health.NotApplicable, healthReasons: [], rpoSeconds: null, lastPointAt: null, activeJobId: null, replication: { ...item.replication, failover: record } });
+    await alerting.resolve(failoverAlertKey(item.id));
+    const how = kind === 'planned' ? 'with nothing lost' : record.sourceShutDown ? 'after the source was shut down and synchronized' : 'without the source (what it wrote after the point is not here)';
+    await alerting.event({
+      target: item.id,
+      kind: 'failover.completed',
+      severity: kind === 'planned' ? Severity.Info : Severity.Warning,
+      message: `${kind} failover of ${item.name}: it runs at ${record.toFabricId} from point ${record.point.id} (${record.point.at}) ${how}, RTO ${record.rtoSeconds} s; ${record.fencePending ? 'the old primary is fenced when its site is back' : 'the old primary is fenced'}; commit, then reprotect`,
+      details: { job: ctx.jobId, epoch: record.epoch, point: record.point, rtoSeconds: record.rtoSeconds },
+    });
+  }
+
+  /** The first task of both failovers: where the VM runs and where it goes. */
+  async function failoverPrerequisites(ctx: JobContext<ItemJobInput>): Promise<ProtectedItem> {
+    const item = await store.items.get(ctx.input.itemId);
+    const r = rep(item);
+    if (!r.sourceFabricId || !r.targetFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to fail over to`);
+    if (r.failover) throw new OsrError('INVALID_STATE', `${item.name} has a failover that is not reprotected yet`);
+    ctx.data.from = r.sourceFabricId;
+    ctx.data.to = r.targetFabricId;
+    ctx.data.oldPrimary = r.primaryVmId ?? item.id;
+    ctx.data.replicaVmId = r.replica.replicaVmId;
+    ctx.data.direction = r.direction === Direction.RecoveryToPrimary ? Direction.RecoveryToPrimary : Direction.PrimaryToRecovery;
+    ctx.data.startedAt = clock.now();
+    return item;
+  }
+
+  /** Promote at the recovery site: the point (null: the newest there) runs as the VM. */
+  async function promote(ctx: JobContext<ItemJobInput>, pointId: string | null): Promise<void> {
+    const r = (await ctx.command(ctx.data.to as string, FailoverCommands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId, point: pointId }, { timeoutMs: 15 * 60_000 })) as { vmId: string; epoch: number; point: RecoveryPointInfo };
+    ctx.data.promoted = r;
+    ctx.data.failedOverAt = clock.now();
+  }
+
   engine.register<ItemJobInput>({
     kind: FailoverJobs.PlannedFailover,
     tasks: [
       {
         name: 'Prerequisites check',
         async run(ctx) {
-          const item = await store.items.get(ctx.input.itemId);
-          const r = rep(item);
-          if (!r.sourceFabricId || !r.targetFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to fail over to`);
-          if (r.failover) throw new OsrError('INVALID_STATE', `${item.name} has a failover that is not reprotected yet`);
-          ctx.data.from = r.sourceFabricId;
-          ctx.data.to = r.targetFabricId;
-          ctx.data.oldPrimary = r.primaryVmId ?? item.id;
-          ctx.data.replicaVmId = r.replica.replicaVmId;
-          ctx.data.direction = r.direction === Direction.RecoveryToPrimary ? Direction.RecoveryToPrimary : Direction.PrimaryToRecovery;
-          ctx.data.startedAt = clock.now();
+          await failoverPrerequisites(ctx);
         },
       },
       {
@@ -117,10 +175,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       {
         name: 'Fail over',
         async run(ctx) {
-          const point = ctx.data.point as RecoveryPointInfo;
-          const r = (await ctx.command(ctx.data.to as string, FailoverCommands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId, point: point.id }, { timeoutMs: 15 * 60_000 })) as { vmId: string; epoch: number; point: RecoveryPointInfo };
-          ctx.data.promoted = r;
-          ctx.data.failedOverAt = clock.now();
+          await promote(ctx, (ctx.data.point as RecoveryPointInfo).id);
         },
       },
       {
@@ -130,37 +185,75 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           await ctx.command(ctx.data.from as string, FailoverCommands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary, epoch: p.epoch }, { timeoutMs: 10 * 60_000 });
         },
       },
-      {
-        name: 'Finalize failover',
-        async run(ctx) {
-          const item = await store.items.get(ctx.input.itemId);
-          const p = ctx.data.promoted as { vmId: string; epoch: number; point: RecoveryPointInfo };
-          const record: FailoverRecord = {
-            kind: 'planned',
-            jobId: ctx.jobId,
-            direction: ctx.data.direction as Direction,
-            fromFabricId: ctx.data.from as string,
-            toFabricId: ctx.data.to as string,
-            oldPrimaryVmId: ctx.data.oldPrimary as string,
-            newPrimaryVmId: p.vmId,
-            point: p.point,
-            epoch: p.epoch,
-            startedAt: new Date(ctx.data.startedAt as number).toISOString(),
-            failedOverAt: new Date(ctx.data.failedOverAt as number).toISOString(),
-            rtoSeconds: Math.round(((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 100) / 10,
-          };
-          // the replica became the VM: it holds no points until reprotect makes a new replica
-          await store.items.replacePoints(item.id, []);
-          await store.items.update(item.id, { state: ProtectionState.FailedOver, health: Health.NotApplicable, healthReasons: [], rpoSeconds: null, lastPointAt: null, activeJobId: null, replication: { ...item.replication, failover: record } });
-          await alerting.resolve(failoverAlertKey(item.id));
-          await alerting.event({ target: item.id, kind: 'failover.completed', severity: Severity.Info, message: `planned failover of ${item.name}: it runs at ${record.toFabricId} from point ${record.point.id} (${record.point.at}) with nothing lost, RTO ${record.rtoSeconds} s; the old primary is fenced; commit, then reprotect`, details: { job: ctx.jobId, epoch: record.epoch, point: record.point, rtoSeconds: record.rtoSeconds } });
-        },
-      },
+      { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'planned') },
     ],
     async onEnd(ctx, state, err) {
       // before the promotion the VM can run where it was (it was shut down: start it again); after it, it runs at the other site
       const promoted = ctx.data.promoted !== undefined;
       await failed(ctx, 'planned failover', state, err, promoted ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
+    },
+  });
+
+  /**
+   * Unplanned failover: the primary site may be gone. Optionally try to shut the source down
+   * and ship its last writes first, carrying on without it when it does not answer in time;
+   * promote the chosen point; fence the old primary if it answers (a fence it does not take
+   * now waits in its queue, and its agent is refused by the recovery site anyway).
+   */
+  engine.register<UnplannedInput>({
+    kind: FailoverJobs.UnplannedFailover,
+    tasks: [
+      {
+        name: 'Prerequisites check',
+        async run(ctx) {
+          const item = await failoverPrerequisites(ctx);
+          const choice = ctx.input.recoveryPoint;
+          // latest: the newest point the recovery site holds when it promotes; the others are chosen now
+          ctx.data.pointId = choice === 'latest' ? null : chooseRecoveryPoint(await store.items.points(item.id), choice === 'latest-processed' ? PointChoice.Latest : choice, item.name).id;
+        },
+      },
+      {
+        name: 'Shut down the source',
+        async run(ctx) {
+          if (!ctx.input.shutdownSource) return;
+          const from = ctx.data.from as string;
+          const fabric = await store.fabrics.get(from);
+          if (fabric.heartbeatLost) {
+            await alerting.event({ target: ctx.input.itemId, kind: 'failover.source-unreachable', severity: Severity.Warning, message: `the source site ${from} is silent (no heartbeat): failing over without shutting it down`, details: { job: ctx.jobId } });
+            return;
+          }
+          try {
+            const r = (await ctx.command(from, FailoverCommands.Prepare, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary }, { timeoutMs: ctx.input.sourceTimeoutSeconds * 1000 })) as { point: RecoveryPointInfo };
+            ctx.data.sourceShutDown = true;
+            if (ctx.input.recoveryPoint === 'latest') ctx.data.pointId = r.point.id;
+          } catch (e) {
+            await alerting.event({ target: ctx.input.itemId, kind: 'failover.source-unreachable', severity: Severity.Warning, message: `shutting down the source at ${from} did not succeed (${(e as Error).message}); failing over without it`, details: { job: ctx.jobId } });
+          }
+        },
+      },
+      {
+        name: 'Fail over',
+        async run(ctx) {
+          await promote(ctx, (ctx.data.pointId as string | null) ?? null);
+        },
+      },
+      {
+        name: 'Fence the old primary',
+        async run(ctx) {
+          const p = ctx.data.promoted as { epoch: number };
+          try {
+            await ctx.command(ctx.data.from as string, FailoverCommands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary, epoch: p.epoch }, { timeoutMs: ctx.input.sourceTimeoutSeconds * 1000 });
+            ctx.data.fenced = true;
+          } catch (e) {
+            await alerting.event({ target: ctx.input.itemId, kind: 'failover.fence-pending', severity: Severity.Warning, message: `the old primary at ${String(ctx.data.from)} could not be fenced now (${(e as Error).message}); it is when its site is back, and its agent is refused by the recovery site meanwhile`, details: { job: ctx.jobId } });
+          }
+        },
+      },
+      { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'unplanned') },
+    ],
+    async onEnd(ctx, state, err) {
+      const promoted = ctx.data.promoted !== undefined;
+      await failed(ctx, 'unplanned failover', state, err, promoted ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
     },
   });
 

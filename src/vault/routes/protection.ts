@@ -165,4 +165,28 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
   itemAction('planned-failover', 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary', FailoverJobs.PlannedFailover, ProtectionState.FailoverInProgress, [ProtectionState.Protected]);
   itemAction('commit', 'commit a failover (a job): it becomes final; reprotect next', FailoverJobs.Commit, ProtectionState.FailedOver, [ProtectionState.FailedOver]);
   itemAction('reprotect', 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs', FailoverJobs.Reprotect, ProtectionState.Reprotecting, [ProtectionState.Committed]);
+  app.post(
+    '/protected-items/:id/unplanned-failover',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: 'unplanned failover (a job): start a recovery point at the other site when the primary may be gone; optionally shut the source down first, carrying on if it cannot be reached',
+        tags,
+        params: IdParam,
+        body: Type.Object(
+          {
+            recoveryPoint: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'latest (default: the newest at the recovery site), latest-processed, latest-app-consistent, or a point id' })),
+            shutdownSource: Type.Optional(Type.Boolean({ description: 'try to shut the source down and ship its last writes first (default false)' })),
+            sourceTimeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600, description: 'how long to wait for the source site (default 60)' })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (request, reply) => {
+      const b = request.body;
+      const job = await startItemJob(request.params.id, ProtectionState.FailoverInProgress, FailoverJobs.UnplannedFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', shutdownSource: b.shutdownSource ?? false, sourceTimeoutSeconds: b.sourceTimeoutSeconds ?? 60 }), principal(request).actor, [ProtectionState.Protected]);
+      return accepted(reply, job);
+    },
+  );
 };
