@@ -102,6 +102,16 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     if (isFailed) await alerting.raise({ key: failoverAlertKey(item.id), kind: AlertKind.FailoverFailed, severity: Severity.Critical, target: item.id, message: `${what} of ${item.name} failed: ${err?.message}` });
   }
 
+  /**
+   * A failover that ended Failed or Cancelled: before the promotion the VM is where it was
+   * (Protected; a planned one shut it down: start it again); after it, the VM runs at the
+   * other site and the item stays FailoverInProgress until the job is restarted.
+   */
+  const failoverEnded =
+    (what: string) =>
+    <I extends ItemJobInput>(ctx: JobContext<I>, state: JobState, err?: OsrError): Promise<void> =>
+      failed(ctx, what, state, err, ctx.data.promoted !== undefined ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
+
   /** The item is FailedOver: the record of the failover, no points until reprotect makes a new replica. */
   async function finalizeFailover(ctx: JobContext<ItemJobInput>, kind: FailoverRecord['kind']): Promise<void> {
     const item = await store.items.get(ctx.input.itemId);
@@ -187,11 +197,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       },
       { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'planned') },
     ],
-    async onEnd(ctx, state, err) {
-      // before the promotion the VM can run where it was (it was shut down: start it again); after it, it runs at the other site
-      const promoted = ctx.data.promoted !== undefined;
-      await failed(ctx, 'planned failover', state, err, promoted ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
-    },
+    onEnd: failoverEnded('planned failover'),
   });
 
   /**
@@ -251,10 +257,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       },
       { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'unplanned') },
     ],
-    async onEnd(ctx, state, err) {
-      const promoted = ctx.data.promoted !== undefined;
-      await failed(ctx, 'unplanned failover', state, err, promoted ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
-    },
+    onEnd: failoverEnded('unplanned failover'),
   });
 
   engine.register<ItemJobInput>({
