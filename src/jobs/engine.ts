@@ -64,6 +64,8 @@ export interface JobKind<I = unknown> {
   tasks: readonly TaskDef<I>[];
   /** default true */
   cancellable?: boolean;
+  /** why a job of this kind cannot be cancelled, and what to do instead (with cancellable: false) */
+  notCancellableBecause?: string;
   /** before a failed or cancelled job is queued again: may refuse (throw) or restore state */
   onRestart?(ctx: JobContext<I>): Promise<void>;
   /** after the job ended Failed or Cancelled (e.g. to set the item's state); errors are logged */
@@ -157,7 +159,8 @@ export class JobEngine {
 
   async cancel(id: string): Promise<JobRow> {
     const job = await this.o.jobs.get(id);
-    if (this.kinds.get(job.kind)?.cancellable === false) throw new OsrError('INVALID_STATE', `a ${job.kind} job cannot be cancelled once it started`);
+    const kind = this.kinds.get(job.kind);
+    if (kind?.cancellable === false) throw new OsrError('INVALID_STATE', `a ${job.kind} job cannot be cancelled${kind.notCancellableBecause ? `: ${kind.notCancellableBecause}` : ' once it started'}`, { jobId: job.id });
     const after = await this.o.jobs.requestCancel(id);
     // a local run sees the flag at once; a run in another vault at its next renewal
     this.running.get(id)?.controller.abort(StopReason.Cancel);

@@ -168,6 +168,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
 
   engine.register<ItemJobInput>({
     kind: FailoverJobs.PlannedFailover,
+    cancellable: false,
+    notCancellableBecause: 'stopping a failover half way could leave the VM running at neither site; let it finish (a failed one is restarted from its failed step), then fail over again to go back',
     tasks: [
       {
         name: 'Prerequisites check',
@@ -208,6 +210,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
    */
   engine.register<UnplannedInput>({
     kind: FailoverJobs.UnplannedFailover,
+    cancellable: false,
+    notCancellableBecause: 'stopping a failover half way could leave the VM running at neither site; let it finish (a failed one is restarted from its failed step), then fail over again to go back',
     tasks: [
       {
         name: 'Prerequisites check',
@@ -281,6 +285,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
 
   engine.register<ItemJobInput>({
     kind: FailoverJobs.Reprotect,
+    cancellable: false,
+    notCancellableBecause: 'the old primary\'s disks are being turned into the replica; let it finish (a failed one is restarted from its failed step)',
     tasks: [
       {
         name: 'Demote the old primary',

@@ -267,8 +267,9 @@ describe('the lab', () => {
 
     const failedOver = await item('vmm-newyork.vm1');
     assert.equal(failedOver.state, 'FailedOver');
-    const f = failedOver.replication.failover as { newPrimaryVmId: string; epoch: number; rtoSeconds: number };
+    const f = failedOver.replication.failover as { newPrimaryVmId: string; epoch: number; rtoSeconds: number; jobId: string };
     assert.equal(f.newPrimaryVmId, 'vmm-chicago.vm1-replica');
+    await assert.rejects(osr('job', 'cancel', f.jobId), /INVALID_STATE: a planned-failover job cannot be cancelled: stopping a failover half way/);
     assert.ok(f.epoch >= 2);
     // it runs at Chicago now, and holds every acknowledged write
     const chiUri = await uriAt('vm1');
