@@ -200,7 +200,7 @@ export function addProtectionCommands(program: Command): void {
   const item = program.command('item').description('protected items: VMs under protection, their health, RPO and recovery points');
   item
     .command('list')
-    .description('protected items with state, health, RPO, latest recovery point and policy')
+    .description('protected items with state, health, RPO, latest recovery point, readiness for failover and policy')
     .option('--state <state>', 'in this state only (e.g. Protected, InitialReplication, ProtectionFailed)')
     .option('--health <health>', 'of this health only (Healthy, Warning, Critical)')
     .option('--pairing <id>', 'covered by this cloud pairing only')
@@ -213,7 +213,7 @@ export function addProtectionCommands(program: Command): void {
         const policyOf = await policyNames(api);
         out(r, () =>
           table(
-            r.items.map((i) => ({ id: i.id, name: i.name, state: itemState(i), health: i.health, rpo: formatSeconds(i.rpoSeconds), 'latest point': when(i.lastRecoveryPointAt), policy: policyOf(i) })),
+            r.items.map((i) => ({ id: i.id, name: i.name, state: itemState(i), health: i.health, rpo: formatSeconds(i.rpoSeconds), 'latest point': when(i.lastRecoveryPointAt), ready: i.readiness?.ready ? 'yes' : 'no', policy: policyOf(i) })),
           ),
         );
       }),
@@ -238,6 +238,7 @@ export function addProtectionCommands(program: Command): void {
               ['health', i.health],
               ['RPO', formatSeconds(i.rpoSeconds)],
               ['latest point', when(i.lastRecoveryPointAt)],
+              ['ready for failover', i.readiness?.ready ? 'yes' : `no: ${i.readiness?.reason ?? '-'}`],
               ['active job', i.activeJobId],
               ['created', when(i.createdAt)],
               ['updated', when(i.updatedAt)],

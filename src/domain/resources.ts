@@ -127,6 +127,34 @@ export interface HealthReason {
   message: string;
 }
 
+/**
+ * Whether an item can fail over now: only with a crash-consistent recovery point at the
+ * recovery site and no other operation in its way. `reason` says what is missing.
+ */
+export interface FailoverReadiness {
+  ready: boolean;
+  reason: string | null;
+}
+
+export function failoverReadiness(state: ProtectionState, lastRecoveryPointAt: string | null): FailoverReadiness {
+  if (state === ProtectionState.Protected) return lastRecoveryPointAt ? { ready: true, reason: null } : { ready: false, reason: 'no recovery point has reached the recovery site yet' };
+  const why: Partial<Record<ProtectionState, string>> = {
+    [ProtectionState.EnablingProtection]: 'protection is being enabled',
+    [ProtectionState.InitialReplication]: 'the first copy is not finished',
+    [ProtectionState.FinalizingProtection]: 'protection is being finalized',
+    [ProtectionState.ProtectionFailed]: 'enabling protection failed; restart its job',
+    [ProtectionState.DisablingProtection]: 'protection is being disabled',
+    [ProtectionState.TestFailoverInProgress]: 'a test failover is starting',
+    [ProtectionState.TestFailoverComplete]: 'a test failover runs; clean it up first',
+    [ProtectionState.CleaningUpTestFailover]: 'a test failover is being cleaned up',
+    [ProtectionState.FailoverInProgress]: 'a failover is in progress',
+    [ProtectionState.FailedOver]: 'it is failed over; commit and reprotect first',
+    [ProtectionState.Committed]: 'it is failed over; reprotect first',
+    [ProtectionState.Reprotecting]: 'reverse replication has not reached its first point',
+  };
+  return { ready: false, reason: why[state] ?? `it is ${state}` };
+}
+
 export interface ProtectedItem {
   id: string;
   name: string;
@@ -141,6 +169,8 @@ export interface ProtectedItem {
   progress: number | null;
   replication: Record<string, unknown>;
   activeJobId: string | null;
+  /** ready for failover: a crash-consistent point at the recovery site, nothing in the way */
+  readiness: FailoverReadiness;
   createdAt: string;
   updatedAt: string;
 }

@@ -5,7 +5,7 @@
  */
 import type { Kysely, Selectable } from 'kysely';
 import { OsrError } from '../domain/errors.js';
-import { Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
+import { failoverReadiness, Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
 import { affected, clampLimit, iso, isUniqueViolation, json } from './rows.js';
 import type { Database, ProtectedItemsTable } from './schema.js';
 
@@ -45,6 +45,7 @@ const toItem = (r: Selectable<ProtectedItemsTable>): ProtectedItem => ({
   progress: r.progress,
   replication: json(r.replication, {}),
   activeJobId: r.active_job_id,
+  readiness: failoverReadiness(r.state as ProtectionState, iso(r.last_point_at)),
   createdAt: iso(r.created_at)!,
   updatedAt: iso(r.updated_at)!,
 });

@@ -128,6 +128,7 @@ describe('the lab', () => {
     for (const i of rows) {
       assert.equal(i.state, 'Protected', `${i.name}: ${JSON.stringify(i.healthReasons)}`);
       assert.ok(i.lastRecoveryPointAt, `${i.name} has a recovery point`);
+      assert.deepEqual(i.readiness, { ready: true, reason: null });
     }
     const vm2 = await item('vmm-newyork.vm2');
     const placement = vm2.replication.placement as { hostId: string; networks: Record<string, string | null>; storage: Record<string, string> };
@@ -267,6 +268,8 @@ describe('the lab', () => {
 
     const failedOver = await item('vmm-newyork.vm1');
     assert.equal(failedOver.state, 'FailedOver');
+    assert.deepEqual(failedOver.readiness, { ready: false, reason: 'it is failed over; commit and reprotect first' });
+    await assert.rejects(osr('item', 'test-failover', 'vmm-newyork.vm1'), /not ready for failover|is FailedOver/);
     const f = failedOver.replication.failover as { newPrimaryVmId: string; epoch: number; rtoSeconds: number; jobId: string };
     assert.equal(f.newPrimaryVmId, 'vmm-chicago.vm1-replica');
     await assert.rejects(osr('job', 'cancel', f.jobId), /INVALID_STATE: a planned-failover job cannot be cancelled: stopping a failover half way/);

@@ -20,7 +20,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
    * A job on an existing item: refused while another job is active on it, or when the item
    * is not in one of the states the job starts from; the item takes the job and its state.
    */
-  async function startItemJob(itemId: string, state: ProtectionState, kind: string, input: (item: ProtectedItem) => unknown, actor: string, from?: readonly ProtectionState[]) {
+  async function startItemJob(itemId: string, state: ProtectionState, kind: string, input: (item: ProtectedItem) => unknown, actor: string, from?: readonly ProtectionState[], needsReadiness = false) {
     const item = await items.get(itemId);
     if (item.activeJobId) {
       const running = await jobs.get(item.activeJobId).catch(() => undefined);
@@ -29,6 +29,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       }
     }
     if (from && !from.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; ${kind} starts from ${from.join(' or ')}`, { state: item.state });
+    if (needsReadiness && !item.readiness.ready) throw new OsrError('INVALID_STATE', `protected item ${item.name} is not ready for failover: ${item.readiness.reason}`, { state: item.state, readiness: item.readiness });
     const jobId = randomUUID();
     if (!(await items.takeActiveJob(item.id, jobId, item.activeJobId, state))) {
       throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
@@ -133,7 +134,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const b = request.body;
-      const job = await startItemJob(request.params.id, ProtectionState.TestFailoverInProgress, TestFailoverJobs.TestFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', network: b.network ?? 'none' }), principal(request).actor, [ProtectionState.Protected]);
+      const job = await startItemJob(request.params.id, ProtectionState.TestFailoverInProgress, TestFailoverJobs.TestFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', network: b.network ?? 'none' }), principal(request).actor, [ProtectionState.Protected], true);
       return accepted(reply, job);
     },
   );
@@ -156,13 +157,13 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
   );
 
-  const itemAction = (pathName: string, summary: string, kind: string, state: ProtectionState, from: ProtectionState[]) =>
+  const itemAction = (pathName: string, summary: string, kind: string, state: ProtectionState, from: ProtectionState[], needsReadiness = false) =>
     app.post(
       `/protected-items/:id/${pathName}`,
       { config: { access: 'operate' }, schema: { summary, tags, params: IdParam } },
-      async (request, reply) => accepted(reply, await startItemJob(request.params.id, state, kind, (item) => ({ itemId: item.id }), principal(request).actor, from)),
+      async (request, reply) => accepted(reply, await startItemJob(request.params.id, state, kind, (item) => ({ itemId: item.id }), principal(request).actor, from, needsReadiness)),
     );
-  itemAction('planned-failover', 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary', FailoverJobs.PlannedFailover, ProtectionState.FailoverInProgress, [ProtectionState.Protected]);
+  itemAction('planned-failover', 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary', FailoverJobs.PlannedFailover, ProtectionState.FailoverInProgress, [ProtectionState.Protected], true);
   itemAction('commit', 'commit a failover (a job): it becomes final; reprotect next', FailoverJobs.Commit, ProtectionState.FailedOver, [ProtectionState.FailedOver]);
   itemAction('reprotect', 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs', FailoverJobs.Reprotect, ProtectionState.Reprotecting, [ProtectionState.Committed]);
   app.post(
@@ -185,7 +186,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const b = request.body;
-      const job = await startItemJob(request.params.id, ProtectionState.FailoverInProgress, FailoverJobs.UnplannedFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', shutdownSource: b.shutdownSource ?? false, sourceTimeoutSeconds: b.sourceTimeoutSeconds ?? 60 }), principal(request).actor, [ProtectionState.Protected]);
+      const job = await startItemJob(request.params.id, ProtectionState.FailoverInProgress, FailoverJobs.UnplannedFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', shutdownSource: b.shutdownSource ?? false, sourceTimeoutSeconds: b.sourceTimeoutSeconds ?? 60 }), principal(request).actor, [ProtectionState.Protected], true);
       return accepted(reply, job);
     },
   );
