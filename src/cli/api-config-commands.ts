@@ -326,13 +326,13 @@ export function addConfigurationCommands(program: Command): void {
     .action((type: string, o: { source: string; target: string }) =>
       withApi(program, async (api) => {
         const t = typeArg(type);
-        const m = await api.post<Mapping>(MAPPINGS[t].path, { sourceId: o.source, targetId: o.target });
-        out(m, () => `${t} mapping ${m.id} created: ${m.sourceId} → ${m.targetId}`);
+        const m = await api.post<Mapping & { reconnectJobId?: string | null }>(MAPPINGS[t].path, { sourceId: o.source, targetId: o.target });
+        out(m, () => `${t} mapping ${m.id} created: ${m.sourceId} → ${m.targetId}${m.reconnectJobId ? `; replicas on ${m.sourceId} are reconnected by job ${m.reconnectJobId}` : ''}`);
       }),
     );
   mapping
     .command('delete <type> <id>')
-    .description('remove a network or storage mapping')
+    .description('remove a network or storage mapping (replicas on a network no longer mapped are disconnected by a reconnect-replicas job)')
     .action((type: string, id: string) =>
       withApi(program, async (api) => {
         const t = typeArg(type);

@@ -245,6 +245,16 @@ export class FabricProvider {
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { ...r, replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
+      /** recovery site: a replica's NICs follow a changed network mapping */
+      'replica.connect-nics': async (cmd) => {
+        const b = cmd.body as { item: string; replicaVmId: string; networks: Record<string, string | null> };
+        const nics: { id: string; vmNetwork: string | null; ip: string | null }[] = [];
+        for (const [nic, net] of Object.entries(b.networks)) {
+          const r = await d.connectNic(this.localId(b.replicaVmId), nic, net === null ? null : this.localId(net));
+          nics.push({ id: nic, vmNetwork: net, ip: r.ip });
+        }
+        return { nics };
+      },
       /** recovery site: a test failover's VM from a recovery point, beside the replica */
       'testfailover.start': async (cmd) => {
         const b = cmd.body as { item: string; replicaVmId: string; point: string; network: TestNetwork };

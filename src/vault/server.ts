@@ -20,6 +20,7 @@ import { Alerting } from '../workflows/alerting.js';
 import { registerProtectionJobs } from '../workflows/protection.js';
 import { registerTestFailoverJobs } from '../workflows/test-failover.js';
 import { registerFailoverJobs } from '../workflows/failover.js';
+import { registerMappingJobs } from '../workflows/mappings.js';
 import { installAuth } from './auth.js';
 import { API, type App, type VaultContext, type VaultSettings } from './context.js';
 import { errorHandler } from './http-errors.js';
@@ -124,6 +125,7 @@ export class Vault {
       registerProtectionJobs(engine, { store, alerting, clock });
       registerTestFailoverJobs(engine, { store, alerting, clock });
       registerFailoverJobs(engine, { store, alerting, clock });
+      registerMappingJobs(engine, { store, alerting, clock });
 
       const app = Fastify({
         loggerInstance: log,

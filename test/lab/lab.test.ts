@@ -64,7 +64,10 @@ const topology: TopologySpec = {
     {
       name: 'VMM-Chicago',
       logicalNetworks: ['LN1-CHI'],
-      vmNetworks: [{ name: 'VMNetwork1-CHI', logicalNetwork: 'LN1-CHI', subnets: [{ name: 'Subnet1', cidr: '10.2.1.0/24', pool: { start: '10.2.1.10', end: '10.2.1.20' } }] }],
+      vmNetworks: [
+        { name: 'VMNetwork1-CHI', logicalNetwork: 'LN1-CHI', subnets: [{ name: 'Subnet1', cidr: '10.2.1.0/24', pool: { start: '10.2.1.10', end: '10.2.1.20' } }] },
+        { name: 'VMNetwork2-CHI', logicalNetwork: 'LN1-CHI', subnets: [{ name: 'Subnet1', cidr: '10.2.2.0/24', pool: { start: '10.2.2.10', end: '10.2.2.20' } }] },
+      ],
       storage: { classifications: ['GOLD_TARGET', 'SILVER_TARGET'], locations: [{ name: 'chi-gold', classification: 'GOLD_TARGET', kind: 'share' }, { name: 'chi-silver', classification: 'SILVER_TARGET', kind: 'volume' }] },
       clouds: [
         { name: 'GoldCloud2', hostGroups: [{ name: 'CHI-Gold', hosts: [{ name: 'chi-h1', logicalNetworks: ['LN1-CHI'], storageLocations: ['chi-gold'] }] }] },
@@ -145,6 +148,27 @@ describe('the lab', () => {
     await assert.rejects(osr('item', 'enable', String(replica.id)), /INVALID_STATE: .*VM vm2 .* is the replica of protected item vmm-newyork\.vm2/);
     // health and RPO reported by the primary site's provider
     await waitFor('RPO reports', async () => (await items()).every((i) => i.rpoSeconds !== null && i.health === 'Healthy'), 30_000, 500);
+  });
+
+  test('changing a network mapping reconnects the replicas it concerns', async () => {
+    const nicOf = async () => {
+      const v = await api.request<Obj>('GET', '/api/v1/vms/vmm-chicago.vm2-replica');
+      return ((v.properties as Obj).nics as Obj[])[1]!;
+    };
+    assert.equal((await nicOf()).vmNetwork, undefined);
+    const m = JSON.parse(await osr('--json', 'mapping', 'create', 'network', '--source', 'vmm-newyork.vmnetwork2-ny', '--target', 'vmm-chicago.vmnetwork2-chi')) as { id: string; reconnectJobId: string };
+    await osr('job', 'watch', m.reconnectJobId);
+    const connected = await waitFor('vm2\'s second NIC connected', async () => {
+      const n = await nicOf();
+      return n.vmNetwork === 'vmm-chicago.vmnetwork2-chi' ? n : undefined;
+    }, 20_000, 200);
+    assert.equal(connected.ip, '10.2.2.10');
+    const placement = (await item('vmm-newyork.vm2')).replication.placement as { networks: Record<string, string | null> };
+    assert.deepEqual(placement.networks, { nic0: 'vmm-chicago.vmnetwork1-chi', nic1: 'vmm-chicago.vmnetwork2-chi' });
+
+    await osr('mapping', 'delete', 'network', m.id);
+    await waitFor('vm2\'s second NIC disconnected again', async () => (await nicOf()).vmNetwork === undefined, 30_000, 200);
+    assert.equal(((await item('vmm-newyork.vm2')).replication.placement as { networks: Record<string, string | null> }).networks.nic1, null);
   });
 
   test('data written through NBD is on the replica at the next recovery point', async () => {

@@ -1,10 +1,12 @@
 /** Configuration: policies, cloud pairings, network and storage mappings, recovery plans. */
+import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { validatePolicy } from '../../domain/policy.js';
 import type { RecoveryPlanSpec } from '../../domain/resources.js';
 import { validatePlanShape } from '../../domain/plans.js';
 import { MappingKind } from '../../store/config.js';
-import type { App, VaultContext } from '../context.js';
+import { MappingJobs } from '../../workflows/mappings.js';
+import { principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, Name, PolicySettingsSchema, RecoveryPlanSchema } from '../schemas.js';
 
 export const configurationRoutes = (ctx: VaultContext) => async (app: App) => {
@@ -45,6 +47,8 @@ export const configurationRoutes = (ctx: VaultContext) => async (app: App) => {
   });
 
   // ---- mappings --------------------------------------------------------------------------
+  /** Replicas follow their network mappings: a job reconnects those a change concerns. */
+  const reconnect = (sourceNetworkId: string, actor: string) => ctx.engine.submit(MappingJobs.ReconnectReplicas, { id: randomUUID(), target: sourceNetworkId, input: { sourceNetworkId }, createdBy: actor });
   for (const [pathName, kind, what] of [
     ['network-mappings', MappingKind.Network, 'VM network to VM network'],
     ['storage-mappings', MappingKind.Storage, 'storage classification to storage classification'],
@@ -54,10 +58,16 @@ export const configurationRoutes = (ctx: VaultContext) => async (app: App) => {
     app.post(
       `/${pathName}`,
       { config: { access: 'configure' }, schema: { summary: `map ${what}`, tags, body: Type.Object({ sourceId: Id, targetId: Id }, { additionalProperties: false }) } },
-      async (request, reply) => reply.status(201).send(await config.createMapping(kind, request.body)),
+      async (request, reply) => {
+        const mapping = await config.createMapping(kind, request.body);
+        const job = kind === MappingKind.Network ? await reconnect(mapping.sourceId, principal(request).actor) : null;
+        return reply.status(201).send({ ...mapping, reconnectJobId: job?.id ?? null });
+      },
     );
-    app.delete(`/${pathName}/:id`, { config: { access: 'configure' }, schema: { summary: 'remove a mapping', tags, params: IdParam } }, async (request, reply) => {
+    app.delete(`/${pathName}/:id`, { config: { access: 'configure' }, schema: { summary: 'remove a mapping (a network mapping\'s replicas are disconnected by a reconnect-replicas job)', tags, params: IdParam } }, async (request, reply) => {
+      const mapping = (await config.mappings(kind)).find((m) => m.id === request.params.id);
       await config.deleteMapping(kind, request.params.id);
+      if (mapping && kind === MappingKind.Network) await reconnect(mapping.sourceId, principal(request).actor);
       return reply.status(204).send();
     });
   }
