@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import { Option, type Command } from 'commander';
 import { stringify as toYaml } from 'yaml';
 import { parseDuration } from '../agent/time-window.js';
-import { OsrError } from '../domain/errors.js';
+import { ERROR_CODES, OsrError, type ErrorCode } from '../domain/errors.js';
+import type { PlanProblem } from '../domain/plans.js';
 import type { PolicyInput } from '../domain/policy.js';
 import type { CloudPairing, Mapping, Policy, RecoveryPlan, RecoveryPlanAction, RecoveryPlanGroup, RecoveryPlanSpec } from '../domain/resources.js';
 import { asJson, byIdOrName, fields, int, isNotFound, print, readObject, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
@@ -405,6 +406,20 @@ export function addConfigurationCommands(program: Command): void {
         const text = asJson(program) ? `${JSON.stringify(planSpec(p), null, 2)}\n` : planYaml(p);
         if (o.output) fs.writeFileSync(o.output, text);
         else process.stdout.write(text);
+      }),
+    );
+  plan
+    .command('validate <plan>')
+    .description('check a plan before a run: every item protected and ready for failover (a recovery point at the recovery site), its networks and storage mapped; exits non-zero on an error')
+    .action((idOrName: string) =>
+      withApi(program, async (api) => {
+        const p = await getPlan(api, idOrName);
+        const r = await api.get<{ plan: string; valid: boolean; problems: PlanProblem[] }>(`/recovery-plans/${encodeURIComponent(p.id)}/validation`);
+        print(program, r, () => (r.problems.length === 0 ? `plan ${r.plan} is ready to run` : `${table(r.problems.map((x) => ({ severity: x.severity, code: x.code, item: x.item, message: x.message })))}\n\nplan ${r.plan} ${r.valid ? 'can run (warnings only)' : 'cannot run: fix the errors above'}`));
+        if (!r.valid) {
+          const first = r.problems.find((x) => x.severity === 'error')!;
+          throw new OsrError(first.code in ERROR_CODES ? (first.code as ErrorCode) : 'INVALID_STATE', `plan ${r.plan} is not ready to run: ${r.problems.filter((x) => x.severity === 'error').length} error(s)`);
+        }
       }),
     );
   plan

@@ -5,7 +5,7 @@
  * when a plan is validated for a run.
  */
 import { OsrError } from './errors.js';
-import type { RecoveryPlanSpec } from './resources.js';
+import type { ProtectedItem, RecoveryPlanSpec } from './resources.js';
 
 export function validatePlanShape(spec: RecoveryPlanSpec): RecoveryPlanSpec {
   const groups = new Set<string>();
@@ -39,4 +39,49 @@ export function validatePlanShape(spec: RecoveryPlanSpec): RecoveryPlanSpec {
   };
   for (const n of Object.keys(deps)) visit(n, []);
   return spec;
+}
+
+export interface PlanProblem {
+  severity: 'error' | 'warning';
+  code: string;
+  item: string | null;
+  message: string;
+}
+
+/** What a plan's run would meet, item by item: the facts validatePlanForRun reads. */
+export interface PlanItemFacts {
+  item: ProtectedItem | undefined;
+  /** the item's VM NICs with their source networks */
+  nics: { id: string; vmNetwork?: string }[];
+  /** the item's disks with the classification of their storage */
+  diskClasses: (string | undefined)[];
+}
+
+/**
+ * Check a plan before a run: every item protected and ready for failover (a recovery point
+ * at the recovery site), its NICs' networks mapped and its storage mapped. Errors stop a
+ * run; warnings say what the run will do that may surprise (a NIC left unconnected).
+ */
+export function validatePlanForRun(spec: RecoveryPlanSpec, facts: ReadonlyMap<string, PlanItemFacts>, mapped: { networks: ReadonlySet<string>; classifications: ReadonlySet<string> }): PlanProblem[] {
+  const problems: PlanProblem[] = [];
+  if (spec.groups.every((g) => g.items.length === 0)) problems.push({ severity: 'error', code: 'INVALID_ARGUMENT', item: null, message: `plan ${spec.name} has no items to fail over` });
+  for (const g of spec.groups) {
+    for (const id of g.items) {
+      const f = facts.get(id);
+      const item = f?.item;
+      if (!item) {
+        problems.push({ severity: 'error', code: 'NOT_FOUND', item: id, message: `${id} (group ${g.name}) is not a protected item: enable its protection or take it out of the plan` });
+        continue;
+      }
+      if (!item.lastRecoveryPointAt) problems.push({ severity: 'error', code: 'POINT_NOT_FOUND', item: id, message: `${item.name} (group ${g.name}) has no recovery point at the recovery site yet` });
+      else if (!item.readiness.ready) problems.push({ severity: 'error', code: 'INVALID_STATE', item: id, message: `${item.name} (group ${g.name}) is not ready for failover: ${item.readiness.reason}` });
+      for (const nic of f.nics) {
+        if (nic.vmNetwork && !mapped.networks.has(nic.vmNetwork)) problems.push({ severity: 'warning', code: 'NOT_FOUND', item: id, message: `NIC ${nic.id} of ${item.name} is on ${nic.vmNetwork}, which has no network mapping: after failover it is not connected` });
+      }
+      for (const [i, cls] of f.diskClasses.entries()) {
+        if (cls && !mapped.classifications.has(cls)) problems.push({ severity: 'warning', code: 'NOT_FOUND', item: id, message: `disk ${i} of ${item.name} is on storage classification ${cls}, which has no storage mapping: its replica is on its host's default location` });
+      }
+    }
+  }
+  return problems;
 }

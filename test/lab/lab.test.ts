@@ -171,6 +171,28 @@ describe('the lab', () => {
     assert.equal(((await item('vmm-newyork.vm2')).replication.placement as { networks: Record<string, string | null> }).networks.nic1, null);
   });
 
+  test('plan validate: unprotected items are errors, unmapped networks warnings', async () => {
+    const file = path.join(dir, 'plan.yaml');
+    const plan = { name: 'web-tier', groups: [{ name: 'databases', items: ['vmm-newyork.vm1'] }, { name: 'apps', items: ['vmm-newyork.vm2', 'vmm-newyork.nope'] }] };
+    fs.writeFileSync(file, YAML.stringify(plan));
+    await osr('plan', 'apply', '-f', file);
+    const failed = await osr('--json', 'plan', 'validate', 'web-tier').then(
+      () => assert.fail('a plan with an unprotected item validates'),
+      (e: { stdout: string; stderr: string }) => e,
+    );
+    assert.match(failed.stderr, /"code":"NOT_FOUND","message":"plan web-tier is not ready to run: 1 error/);
+    const r = JSON.parse(failed.stdout) as { valid: boolean; problems: { severity: string; code: string; item: string; message: string }[] };
+    assert.equal(r.valid, false);
+    assert.deepEqual(r.problems.map((p) => [p.severity, p.code, p.item]), [
+      ['warning', 'NOT_FOUND', 'vmm-newyork.vm2'],
+      ['error', 'NOT_FOUND', 'vmm-newyork.nope'],
+    ]);
+    assert.match(r.problems[0]!.message, /NIC nic1 of vm2 is on vmm-newyork\.vmnetwork2-ny, which has no network mapping/);
+    fs.writeFileSync(file, YAML.stringify({ ...plan, groups: [plan.groups[0], { name: 'apps', items: ['vmm-newyork.vm2'] }] }));
+    await osr('plan', 'apply', '-f', file);
+    assert.match(await osr('plan', 'validate', 'web-tier'), /plan web-tier can run \(warnings only\)/);
+  });
+
   test('data written through NBD is on the replica at the next recovery point', async () => {
     const uri = (await osr('lab', 'nbd-uri', 'vm1', 'data', '--dir', dir)).trim();
     assert.match(uri, /^nbd\+unix:\/\/\/vm1\/disk1\?socket=/);
