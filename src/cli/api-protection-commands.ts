@@ -297,70 +297,67 @@ export function addProtectionCommands(program: Command): void {
         if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
       }),
     );
-  item
-    .command('test-failover <item>')
-    .description('test failover (a job): start a recovery point at the recovery site in isolation while replication goes on; clean it up with test-failover-cleanup')
-    .option('--point <point>', 'latest, latest-app-consistent, or a recovery point id (osr item points)', 'latest')
-    .option('--network <network>', 'none, temporary (a VM network made for the drill and removed at cleanup), or the id of an isolated VM network at the recovery site', 'none')
-    .option('--wait', 'follow the job until it ends', false)
-    .option('--interval <duration>', 'how often --wait polls', '1s')
-    .action((idOrName: string, o: { point: string; network: string; wait: boolean; interval: string }) =>
-      withApi(program, async (api) => {
-        const i = await resolveItem(api, idOrName);
-        const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/test-failover`, { recoveryPoint: o.point, network: o.network });
-        out(r, () => `test failover of ${i.name} from point ${o.point}, network ${o.network}: job ${r.jobId}`);
-        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
-      }),
-    );
-  item
-    .command('test-failover-cleanup <item>')
-    .description('clean up a test failover (a job): remove its VM and any network made for it, and record the drill with notes')
-    .option('--notes <text>', 'what the drill showed (kept with the drill)')
-    .option('--wait', 'follow the job until it ends', false)
-    .option('--interval <duration>', 'how often --wait polls', '1s')
-    .action((idOrName: string, o: { notes?: string; wait: boolean; interval: string }) =>
-      withApi(program, async (api) => {
-        const i = await resolveItem(api, idOrName);
-        const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/test-failover-cleanup`, o.notes !== undefined ? { notes: o.notes } : {});
-        out(r, () => `cleaning up the test failover of ${i.name}: job ${r.jobId}`);
-        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
-      }),
-    );
-  for (const [name, pathName, what] of [
-    ['planned-failover', 'planned-failover', 'planned failover (a job): shut the VM down, ship its final delta and start it at the other site with nothing lost; the old primary is fenced'],
-    ['commit', 'commit', 'commit a failover (a job): it becomes final; reprotect next'],
-    ['reprotect', 'reprotect', 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs (failback: planned-failover, commit and reprotect again)'],
-  ] as const) {
-    item
-      .command(`${name} <item>`)
-      .description(what)
+  /** A job on one item: POST to its action, print the job, follow it with --wait. */
+  const itemJob = <O extends object>(usage: string, what: string, pathName: string, options: (c: Command) => Command, body: (o: O) => unknown, says: (name: string, o: O) => string) =>
+    options(item.command(`${usage} <item>`).description(what))
       .option('--wait', 'follow the job until it ends', false)
       .option('--interval <duration>', 'how often --wait polls', '1s')
-      .action((idOrName: string, o: { wait: boolean; interval: string }) =>
+      .action((idOrName: string, o: O & { wait: boolean; interval: string }) =>
         withApi(program, async (api) => {
           const i = await resolveItem(api, idOrName);
-          const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/${pathName}`);
-          out(r, () => `${name} of ${i.name}: job ${r.jobId}`);
+          const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/${pathName}`, body(o));
+          out(r, () => `${says(i.name, o)}: job ${r.jobId}`);
           if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
         }),
       );
-  }
-  item
-    .command('unplanned-failover <item>')
-    .description('unplanned failover (a job): start a recovery point at the other site when the primary may be gone; the old primary is fenced when it answers')
-    .option('--point <point>', 'latest (the newest at the recovery site), latest-processed, latest-app-consistent, or a recovery point id', 'latest')
-    .option('--shutdown-source', 'try to shut the source down and ship its last writes first; carry on if it cannot be reached', false)
-    .option('--source-timeout <duration>', 'how long to wait for the source site', '60s')
-    .option('--wait', 'follow the job until it ends', false)
-    .option('--interval <duration>', 'how often --wait polls', '1s')
-    .action((idOrName: string, o: { point: string; shutdownSource: boolean; sourceTimeout: string; wait: boolean; interval: string }) =>
-      withApi(program, async (api) => {
-        const i = await resolveItem(api, idOrName);
-        const r = await api.post<{ jobId: string }>(`/protected-items/${encodeURIComponent(i.id)}/unplanned-failover`, { recoveryPoint: o.point, shutdownSource: o.shutdownSource, sourceTimeoutSeconds: Math.max(1, Math.round(parseDuration(o.sourceTimeout) / 1000)) });
-        out(r, () => `unplanned failover of ${i.name} to point ${o.point}: job ${r.jobId}`);
-        if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
-      }),
-    );
+  itemJob<{ point: string; network: string }>(
+    'test-failover',
+    'test failover (a job): start a recovery point at the recovery site in isolation while replication goes on; clean it up with test-failover-cleanup',
+    'test-failover',
+    (c) =>
+      c
+        .option('--point <point>', 'latest, latest-app-consistent, or a recovery point id (osr item points)', 'latest')
+        .option('--network <network>', 'none, temporary (a VM network made for the drill and removed at cleanup), or the id of an isolated VM network at the recovery site', 'none'),
+    (o) => ({ recoveryPoint: o.point, network: o.network }),
+    (name, o) => `test failover of ${name} from point ${o.point}, network ${o.network}`,
+  );
+  itemJob<{ notes?: string }>(
+    'test-failover-cleanup',
+    'clean up a test failover (a job): remove its VM and any network made for it, and record the drill with notes',
+    'test-failover-cleanup',
+    (c) => c.option('--notes <text>', 'what the drill showed (kept with the drill)'),
+    (o) => (o.notes !== undefined ? { notes: o.notes } : {}),
+    (name) => `cleaning up the test failover of ${name}`,
+  );
+  itemJob<{ point: string; shutdownSource: boolean; sourceTimeout: string }>(
+    'unplanned-failover',
+    'unplanned failover (a job): start a recovery point at the other site when the primary may be gone; the old primary is fenced when it answers',
+    'unplanned-failover',
+    (c) =>
+      c
+        .option('--point <point>', 'latest (the newest at the recovery site), latest-processed, latest-app-consistent, or a recovery point id', 'latest')
+        .option('--shutdown-source', 'try to shut the source down and ship its last writes first; carry on if it cannot be reached', false)
+        .option('--source-timeout <duration>', 'how long to wait for the source site', '60s'),
+    (o) => ({ recoveryPoint: o.point, shutdownSource: o.shutdownSource, sourceTimeoutSeconds: Math.max(1, Math.round(parseDuration(o.sourceTimeout) / 1000)) }),
+    (name, o) => `unplanned failover of ${name} to point ${o.point}`,
+  );
+  itemJob(
+    'planned-failover',
+    'planned failover (a job): shut the VM down, ship its final delta and start it at the other site with nothing lost; the old primary is fenced',
+    'planned-failover',
+    (c) => c,
+    () => undefined,
+    (name) => `planned failover of ${name}`,
+  );
+  itemJob('commit', 'commit a failover (a job): it becomes final; reprotect next', 'commit', (c) => c, () => undefined, (name) => `commit of ${name}`);
+  itemJob(
+    'reprotect',
+    'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs (failback: planned-failover, commit and reprotect again)',
+    'reprotect',
+    (c) => c,
+    () => undefined,
+    (name) => `reprotect of ${name}`,
+  );
   item
     .command('points <item>')
     .description("an item's recovery points, newest first")
