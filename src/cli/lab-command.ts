@@ -1,4 +1,5 @@
 /** `osr lab`: start, watch and stop a whole lab (vault, providers, agents, demo VMs) on this machine. */
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import type { ProtectedItem } from '../domain/resources.js';
 import { DEFAULT_LAB_DIR, labDown, labNbdUri, labStatus, labUp } from '../lab/launcher.js';
@@ -96,8 +97,7 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .action(async (o: { print?: string }) => {
       if (o.print) {
         const { file } = loadTopology(o.print);
-        const { readFileSync } = await import('node:fs');
-        process.stdout.write(readFileSync(file, 'utf8'));
+        process.stdout.write(fs.readFileSync(file, 'utf8'));
         return;
       }
       const rows = builtInTopologies().map((n) => {

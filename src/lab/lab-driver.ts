@@ -99,7 +99,6 @@ interface Located {
   name: string;
   hostId: string;
   isVm: boolean;
-  itemId: string | null;
   spec?: LabVmSpec & { id: string };
   replica?: ReplicaRecord;
 }
@@ -241,9 +240,9 @@ export class LabFabricDriver implements FabricDriver {
    */
   private locate(id: string): Located {
     const v = this.vms.get(id);
-    if (v) return { id, name: v.name, hostId: slug(v.host), isVm: !this.state.demoted[id], itemId: this.state.demoted[id]?.itemId ?? null, spec: v };
+    if (v) return { id, name: v.name, hostId: slug(v.host), isVm: !this.state.demoted[id], spec: v };
     const r = this.state.replicas[id];
-    if (r) return { id, name: r.name, hostId: r.hostId, isVm: !!this.state.promoted[id], itemId: r.itemId, replica: r };
+    if (r) return { id, name: r.name, hostId: r.hostId, isVm: !!this.state.promoted[id], replica: r };
     throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${id}`, { vms: [...this.vms.keys(), ...Object.keys(this.state.replicas)] });
   }
 
@@ -430,7 +429,7 @@ export class LabFabricDriver implements FabricDriver {
     if (!this.vms.has(vmId) && !this.state.replicas[vmId]) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${vmId}`);
     const current = this.state.nics[`${vmId}/${nicId}`];
     if (current && current.vmNetwork === vmNetwork) return { ip: current.ip };
-    const n = this.allocate(vmId, nicId, vmNetwork);
+    const n = this.lease(vmId, nicId, vmNetwork);
     await this.save();
     this.changed();
     return { ip: n.ip };
@@ -447,7 +446,7 @@ export class LabFabricDriver implements FabricDriver {
       existing.protecting = true;
       existing.itemId = spec.itemId;
       for (const nic of spec.source.nics) if (!existing.nicIds.includes(nic.id)) existing.nicIds.push(nic.id);
-      for (const nic of existing.nicIds) await this.connectNicQuiet(existing.id, nic, spec.networks[nic] ?? null);
+      for (const nic of existing.nicIds) this.lease(existing.id, nic, spec.networks[nic] ?? null);
       await this.save();
       this.changed();
       return this.replicaView(existing, reused);
@@ -474,17 +473,28 @@ export class LabFabricDriver implements FabricDriver {
     return this.replicaView(r, false);
   }
 
-  private async connectNicQuiet(vmId: string, nicId: string, vmNetwork: string | null): Promise<void> {
+  /** A NIC on a network: its lease kept when it is there already, a new one otherwise (saved by the caller). */
+  private lease(vmId: string, nicId: string, vmNetwork: string | null): { vmNetwork: string | null; ip: string | null } {
     const current = this.state.nics[`${vmId}/${nicId}`];
-    if (!current || current.vmNetwork !== vmNetwork) this.allocate(vmId, nicId, vmNetwork);
+    return current && current.vmNetwork === vmNetwork ? current : this.allocate(vmId, nicId, vmNetwork);
+  }
+
+  /** The NICs of a VM as the port answers them: network and address. */
+  private nicsOf(vmId: string, nicIds: string[]): { id: string; vmNetwork: string | null; ip: string | null }[] {
+    return nicIds.map((n) => ({ id: n, vmNetwork: this.state.nics[`${vmId}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${vmId}/${n}`]?.ip ?? null }));
+  }
+
+  /** Where primaries reach a host's agent: its kept replication port. */
+  private agentAddress(hostId: string): { address: string; port: number } {
+    return { address: '127.0.0.1', port: this.state.hosts[hostId]?.replicationPort ?? this.agent(hostId).replicationPort! };
   }
 
   private replicaView(r: ReplicaRecord, reused: boolean): ReplicaVm {
     return {
       replicaVmId: r.id,
       hostId: r.hostId,
-      agent: { address: '127.0.0.1', port: this.state.hosts[r.hostId]?.replicationPort ?? this.agent(r.hostId).replicationPort! },
-      nics: r.nicIds.map((n) => ({ id: n, vmNetwork: this.state.nics[`${r.id}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${r.id}/${n}`]?.ip ?? null })),
+      agent: this.agentAddress(r.hostId),
+      nics: this.nicsOf(r.id, r.nicIds),
       reused,
     };
   }
@@ -560,7 +570,7 @@ export class LabFabricDriver implements FabricDriver {
   }
 
   private testVmView(t: TestVmRecord): TestVm {
-    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: t.nicIds.map((n) => ({ id: n, vmNetwork: this.state.nics[`${t.id}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${t.id}/${n}`]?.ip ?? null })), disks: t.disks, startedAt: t.startedAt };
+    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt };
   }
 
   async removeTestVm(testVmId: string): Promise<void> {
@@ -646,8 +656,8 @@ export class LabFabricDriver implements FabricDriver {
     return {
       replicaVmId: l.id,
       hostId: l.hostId,
-      agent: { address: '127.0.0.1', port: this.state.hosts[l.hostId]?.replicationPort ?? this.agent(l.hostId).replicationPort! },
-      nics: this.nicIdsOf(l).map((n) => ({ id: n, vmNetwork: this.state.nics[`${l.id}/${n}`]?.vmNetwork ?? null, ip: this.state.nics[`${l.id}/${n}`]?.ip ?? null })),
+      agent: this.agentAddress(l.hostId),
+      nics: this.nicsOf(l.id, this.nicIdsOf(l)),
       reused: true,
     };
   }

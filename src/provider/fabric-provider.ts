@@ -16,11 +16,10 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import type { Placement } from '../domain/placement.js';
 import type { PolicySettings } from '../domain/policy.js';
 import type { FabricDriver, ReplicationStatus, TestNetwork } from '../fabric/driver.js';
-import { fsyncDir, generateKeyPairPem, writeFileAtomic } from '../pki/index.js';
+import { fsyncDir, writeFileAtomic } from '../pki/index.js';
 import type { ProviderChannel, VaultCommand } from './channel.js';
 import { ProviderRuntime, type CommandHandler } from './runtime.js';
 
-export { generateKeyPairPem };
 
 /** One item this provider takes part in: as the primary site (source) or the recovery site (target). */
 export interface Protection {
@@ -197,7 +196,7 @@ export class FabricProvider {
           }
           if (s.initial?.done && s.latestPoint) {
             await this.remember({ itemId: b.item, role: 'source', vmId, reporting: true });
-            return { recoveryPoint: s.latestPoint, reused: s.state !== 'InitialReplication' && s.initial.bytesTotal === 0 };
+            return { recoveryPoint: s.latestPoint };
           }
           await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
           if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
