@@ -128,7 +128,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       epoch: p.epoch,
       startedAt: new Date(ctx.data.startedAt as number).toISOString(),
       failedOverAt: new Date(ctx.data.failedOverAt as number).toISOString(),
-      rtoSeconds: Math.round(((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 100) / 10,
+      rtoSeconds: ((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 1000,
       ...(kind === 'unplanned' ? { sourceShutDown: ctx.data.sourceShutDown === true, fencePending: ctx.data.fenced !== true } : {}),
     };
     await store.items.replacePoints(item.id, []);

@@ -106,7 +106,7 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
           const replicaVmId = r.replica!.replicaVmId!;
           const vm = (await ctx.command(r.targetFabricId!, TestFailoverCommands.Start, { item: item.id, replicaVmId, point: point.id, network: ctx.data.network }, { timeoutMs: 10 * 60_000 })) as TestVm;
           ctx.data.testVm = vm;
-          ctx.data.rtoSeconds = Math.round((clock.now() - (ctx.data.startedAt as number)) / 100) / 10;
+          ctx.data.rtoSeconds = (clock.now() - (ctx.data.startedAt as number)) / 1000;
         },
       },
       {
