@@ -50,6 +50,8 @@ export interface JobContext<I = unknown> {
   save(): Promise<void>;
   /** the answer given when the job was resumed; parks the job until then */
   waitForInput(prompt: { message: string; [k: string]: unknown }): JobInputAnswer;
+  /** wait until something happens in this vault (a job ended, a command answered) or the poll interval passed */
+  sleep(): Promise<void>;
   /** send a command to a fabric's provider and wait for its result (sent once per task run, durable) */
   command(fabricId: string, kind: string, body: unknown, o?: CommandOptions): Promise<unknown>;
 }
@@ -61,7 +63,13 @@ export interface TaskDef<I = unknown> {
 
 export interface JobKind<I = unknown> {
   kind: string;
+  /** the kind's tasks, in order */
   tasks: readonly TaskDef<I>[];
+  /**
+   * tasks that depend on the job's input (a recovery plan's groups and actions); called with
+   * the stored input whenever the job runs, so it must answer the same list for the same input
+   */
+  tasksFor?(input: I): readonly TaskDef<I>[];
   /** default true */
   cancellable?: boolean;
   /** why a job of this kind cannot be cancelled, and what to do instead (with cancellable: false) */
@@ -97,6 +105,8 @@ class WaitForInput extends Error {
 }
 
 const StopReason = { Cancel: 'cancel', Lease: 'lease', Stop: 'stop' } as const;
+
+const tasksOf = (kind: AnyJobKind, input: unknown): readonly TaskDef<unknown>[] => (kind.tasksFor ? kind.tasksFor(input) : kind.tasks);
 
 const knownCode = (c: unknown): c is ErrorCode => typeof c === 'string' && Object.hasOwn(ERROR_CODES, c) && c !== 'LEASE_LOST';
 
@@ -152,7 +162,7 @@ export class JobEngine {
   async submit(kind: string, o: { target?: string | null; input?: unknown; createdBy?: string | null; id?: string } = {}): Promise<JobRow> {
     const k = this.kinds.get(kind);
     if (!k) throw new OsrError('INVALID_ARGUMENT', `unknown job kind ${kind}`);
-    const job = await this.o.jobs.create({ kind, target: o.target ?? null, input: o.input, createdBy: o.createdBy ?? null, tasks: k.tasks.map((t) => t.name), ...(o.id ? { id: o.id } : {}) });
+    const job = await this.o.jobs.create({ kind, target: o.target ?? null, input: o.input, createdBy: o.createdBy ?? null, tasks: tasksOf(k, o.input).map((t) => t.name), ...(o.id ? { id: o.id } : {}) });
     this.wake();
     return job;
   }
@@ -278,12 +288,13 @@ export class JobEngine {
     let lastProgress = 0;
     let commandSeq = 0;
     let commandStep = -1;
-    const tasksCount = this.kinds.get(job.kind)!.tasks.length;
+    const input: unknown = JSON.parse(job.input);
+    const tasksCount = tasksOf(this.kinds.get(job.kind)!, input).length;
     const ctx: JobContext<unknown> = {
       jobId: job.id,
       kind: job.kind,
       target: job.target,
-      input: JSON.parse(job.input),
+      input,
       attempt: job.attempts,
       data,
       signal: controller.signal,
@@ -297,6 +308,7 @@ export class JobEngine {
         await jobs.update(job.id, owner, { progress: (step() + f) / tasksCount });
       },
       save: () => jobs.update(job.id, owner, { data }),
+      sleep: () => this.idle(controller.signal),
       waitForInput: (prompt) => {
         const answer = (data.inputs as Record<string, JobInputAnswer> | undefined)?.[step()];
         if (answer) return answer;
@@ -358,6 +370,7 @@ export class JobEngine {
     let step = job.step;
     const data = (job.data === null ? {} : JSON.parse(job.data)) as Record<string, unknown>;
     const ctx = this.context(job, data, controller, () => step);
+    const tasks = tasksOf(kind, ctx.input);
     const lease = { renewedAt: this.clock.now() };
     const renewal = setInterval(() => void this.renew(job.id, controller, lease), Math.max(50, Math.floor(this.leaseMs / 3)));
     try {
@@ -365,15 +378,15 @@ export class JobEngine {
       // which vault processes ran the job, in order: a takeover shows as a second entry
       data.vaults = [...((data.vaults as string[] | undefined) ?? []), owner];
       await jobs.update(job.id, owner, { data, ...(job.started_at === null ? { startedAt: this.clock.now() } : {}) });
-      for (; step < kind.tasks.length; step++) {
+      for (; step < tasks.length; step++) {
         if (controller.signal.aborted) break;
-        const task = kind.tasks[step]!;
+        const task = tasks[step]!;
         await jobs.updateTask(job.id, owner, step, { state: TaskState.Running });
-        await jobs.update(job.id, owner, { currentStep: task.name, progress: step / kind.tasks.length });
+        await jobs.update(job.id, owner, { currentStep: task.name, progress: step / tasks.length });
         await task.run(ctx);
         if (controller.signal.aborted) break;
         await jobs.updateTask(job.id, owner, step, { state: TaskState.Succeeded, progress: 1 });
-        await jobs.update(job.id, owner, { step: step + 1, data, progress: (step + 1) / kind.tasks.length });
+        await jobs.update(job.id, owner, { step: step + 1, data, progress: (step + 1) / tasks.length });
       }
       if (!controller.signal.aborted) {
         await jobs.finish(job.id, owner, JobState.Succeeded, { output: data.output ?? null });
@@ -382,7 +395,7 @@ export class JobEngine {
       await this.stopped(job, ctx, step, controller.signal.reason);
     } catch (e) {
       if (e instanceof WaitForInput) {
-        await jobs.update(job.id, owner, { state: JobState.WaitingForInput, waitingFor: e.prompt, data, currentStep: kind.tasks[step]?.name ?? null, release: true });
+        await jobs.update(job.id, owner, { state: JobState.WaitingForInput, waitingFor: e.prompt, data, currentStep: tasks[step]?.name ?? null, release: true });
         return;
       }
       if (controller.signal.aborted) {
@@ -393,7 +406,7 @@ export class JobEngine {
       if (err.code === 'LEASE_LOST') return;
       const error = { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) };
       await jobs.updateTask(job.id, owner, step, { state: TaskState.Failed, error });
-      await jobs.finish(job.id, owner, JobState.Failed, { error: { ...error, task: kind.tasks[step]?.name } as typeof error });
+      await jobs.finish(job.id, owner, JobState.Failed, { error: { ...error, task: tasks[step]?.name } as typeof error });
       await this.ended(job, JobState.Failed, err, ctx);
     } finally {
       clearInterval(renewal);

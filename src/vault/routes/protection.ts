@@ -3,39 +3,17 @@ import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { OsrError } from '../../domain/errors.js';
 import { ProtectionState, type ProtectedItem } from '../../domain/resources.js';
-import { JobState } from '../../store/jobs.js';
+import { ItemOperation, startItemJob as startJob, startItemOperation } from '../../workflows/item-jobs.js';
 import { JobKinds } from '../../workflows/protection.js';
-import { TestFailoverJobs } from '../../workflows/test-failover.js';
-import { FailoverJobs } from '../../workflows/failover.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
 
-const ACTIVE: readonly string[] = [JobState.Queued, JobState.Running, JobState.WaitingForInput];
-
 export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
-  const { items, fabrics, config, jobs, activity } = ctx.store;
+  const { items, fabrics, config, activity } = ctx.store;
   const tags = ['protected items'];
 
-  /**
-   * A job on an existing item: refused while another job is active on it, or when the item
-   * is not in one of the states the job starts from; the item takes the job and its state.
-   */
-  async function startItemJob(itemId: string, state: ProtectionState, kind: string, input: (item: ProtectedItem) => unknown, actor: string, from?: readonly ProtectionState[], needsReadiness = false) {
-    const item = await items.get(itemId);
-    if (item.activeJobId) {
-      const running = await jobs.get(item.activeJobId).catch(() => undefined);
-      if (running && ACTIVE.includes(running.state)) {
-        throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${running.id} (${running.kind}) ${running.state}; cancel it or wait for it`, { jobId: running.id });
-      }
-    }
-    if (from && !from.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; ${kind} starts from ${from.join(' or ')}`, { state: item.state });
-    if (needsReadiness && !item.readiness.ready) throw new OsrError('INVALID_STATE', `protected item ${item.name} is not ready for failover: ${item.readiness.reason}`, { state: item.state, readiness: item.readiness });
-    const jobId = randomUUID();
-    if (!(await items.takeActiveJob(item.id, jobId, item.activeJobId, state))) {
-      throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
-    }
-    return ctx.engine.submit(kind, { id: jobId, target: item.id, input: input(item), createdBy: actor });
-  }
+  const startItemJob = (itemId: string, state: ProtectionState, kind: string, input: (item: ProtectedItem) => unknown, actor: string) => startJob(ctx.engine, ctx.store, { itemId, state, kind, input, actor });
+  const startOperation = (op: ItemOperation, itemId: string, input: (item: ProtectedItem) => unknown, actor: string) => startItemOperation(ctx.engine, ctx.store, op, { itemId, input, actor });
 
   app.get(
     '/protected-items',
@@ -134,7 +112,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const b = request.body;
-      const job = await startItemJob(request.params.id, ProtectionState.TestFailoverInProgress, TestFailoverJobs.TestFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', network: b.network ?? 'none' }), principal(request).actor, [ProtectionState.Protected], true);
+      const job = await startOperation(ItemOperation.TestFailover, request.params.id, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', network: b.network ?? 'none' }), principal(request).actor);
       return accepted(reply, job);
     },
   );
@@ -152,20 +130,20 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const notes = request.body.notes;
-      const job = await startItemJob(request.params.id, ProtectionState.CleaningUpTestFailover, TestFailoverJobs.Cleanup, (item) => ({ itemId: item.id, ...(notes !== undefined ? { notes } : {}) }), principal(request).actor, [ProtectionState.TestFailoverComplete]);
+      const job = await startOperation(ItemOperation.TestFailoverCleanup, request.params.id, (item) => ({ itemId: item.id, ...(notes !== undefined ? { notes } : {}) }), principal(request).actor);
       return accepted(reply, job);
     },
   );
 
-  const itemAction = (pathName: string, summary: string, kind: string, state: ProtectionState, from: ProtectionState[], needsReadiness = false) =>
+  const itemAction = (op: ItemOperation, summary: string) =>
     app.post(
-      `/protected-items/:id/${pathName}`,
+      `/protected-items/:id/${op}`,
       { config: { access: 'operate' }, schema: { summary, tags, params: IdParam } },
-      async (request, reply) => accepted(reply, await startItemJob(request.params.id, state, kind, (item) => ({ itemId: item.id }), principal(request).actor, from, needsReadiness)),
+      async (request, reply) => accepted(reply, await startOperation(op, request.params.id, (item) => ({ itemId: item.id }), principal(request).actor)),
     );
-  itemAction('planned-failover', 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary', FailoverJobs.PlannedFailover, ProtectionState.FailoverInProgress, [ProtectionState.Protected], true);
-  itemAction('commit', 'commit a failover (a job): it becomes final; reprotect next', FailoverJobs.Commit, ProtectionState.FailedOver, [ProtectionState.FailedOver]);
-  itemAction('reprotect', 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs', FailoverJobs.Reprotect, ProtectionState.Reprotecting, [ProtectionState.Committed]);
+  itemAction(ItemOperation.PlannedFailover, 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary');
+  itemAction(ItemOperation.Commit, 'commit a failover (a job): it becomes final; reprotect next');
+  itemAction(ItemOperation.Reprotect, 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs');
   app.post(
     '/protected-items/:id/unplanned-failover',
     {
@@ -186,7 +164,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const b = request.body;
-      const job = await startItemJob(request.params.id, ProtectionState.FailoverInProgress, FailoverJobs.UnplannedFailover, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', shutdownSource: b.shutdownSource ?? false, sourceTimeoutSeconds: b.sourceTimeoutSeconds ?? 60 }), principal(request).actor, [ProtectionState.Protected], true);
+      const job = await startOperation(ItemOperation.UnplannedFailover, request.params.id, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', shutdownSource: b.shutdownSource ?? false, sourceTimeoutSeconds: b.sourceTimeoutSeconds ?? 60 }), principal(request).actor);
       return accepted(reply, job);
     },
   );

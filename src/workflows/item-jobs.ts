@@ -1,0 +1,90 @@
+/**
+ * Starting a job on a protected item, shared by the API's item routes and recovery plan runs.
+ * An item runs one job at a time: the job is refused while another is active on the item, or
+ * when the item is not in a state the job starts from; otherwise the item takes the job's id
+ * and the state it is in meanwhile, and the job is submitted.
+ */
+import { randomUUID } from 'node:crypto';
+import { OsrError } from '../domain/errors.js';
+import { ProtectionState as PS, type ProtectedItem, type ProtectionState } from '../domain/resources.js';
+import type { JobEngine } from '../jobs/engine.js';
+import { JobState } from '../store/jobs.js';
+import type { JobRow } from '../store/schema.js';
+import type { VaultStore } from '../store/index.js';
+import { FailoverJobs } from './failover.js';
+import { TestFailoverJobs } from './test-failover.js';
+
+const ACTIVE: readonly string[] = [JobState.Queued, JobState.Running, JobState.WaitingForInput];
+
+export interface ItemJobRequest {
+  itemId: string;
+  /** the item's state while the job runs */
+  state: ProtectionState;
+  kind: string;
+  input: (item: ProtectedItem) => unknown;
+  actor: string | null;
+  /** the states the job starts from (default: any) */
+  from?: readonly ProtectionState[];
+  /** refuse an item that is not ready for failover */
+  needsReadiness?: boolean;
+  /**
+   * the job's id, chosen by the caller so that a second call (a plan run taken over after a
+   * vault restart) finds the job the first one started instead of starting another
+   */
+  id?: string;
+}
+
+export async function startItemJob(engine: JobEngine, store: VaultStore, r: ItemJobRequest): Promise<JobRow> {
+  const item = await store.items.get(r.itemId);
+  if (r.id && item.activeJobId === r.id) {
+    // taken by an earlier call with this id: the job is there, or its submission was cut short
+    const existing = await store.jobs.get(r.id).catch(() => undefined);
+    return existing ?? engine.submit(r.kind, { id: r.id, target: item.id, input: r.input(item), createdBy: r.actor });
+  }
+  if (item.activeJobId) {
+    const running = await store.jobs.get(item.activeJobId).catch(() => undefined);
+    if (running && ACTIVE.includes(running.state)) {
+      throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${running.id} (${running.kind}) ${running.state}; cancel it or wait for it`, { jobId: running.id });
+    }
+  }
+  if (r.from && !r.from.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; ${r.kind} starts from ${r.from.join(' or ')}`, { state: item.state });
+  if (r.needsReadiness && !item.readiness.ready) throw new OsrError('INVALID_STATE', `protected item ${item.name} is not ready for failover: ${item.readiness.reason}`, { state: item.state, readiness: item.readiness });
+  const jobId = r.id ?? randomUUID();
+  if (!(await store.items.takeActiveJob(item.id, jobId, item.activeJobId, r.state))) {
+    throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
+  }
+  return engine.submit(r.kind, { id: jobId, target: item.id, input: r.input(item), createdBy: r.actor });
+}
+
+/** The operations a recovery plan runs on its items, and how each starts on one item. */
+export const ItemOperation = {
+  TestFailover: 'test-failover',
+  TestFailoverCleanup: 'test-failover-cleanup',
+  PlannedFailover: 'planned-failover',
+  UnplannedFailover: 'unplanned-failover',
+  Commit: 'commit',
+  Reprotect: 'reprotect',
+} as const;
+export type ItemOperation = (typeof ItemOperation)[keyof typeof ItemOperation];
+
+export interface ItemOperationDef {
+  kind: string;
+  state: ProtectionState;
+  from: readonly ProtectionState[];
+  needsReadiness: boolean;
+}
+
+export const ITEM_OPERATIONS: Record<ItemOperation, ItemOperationDef> = {
+  [ItemOperation.TestFailover]: { kind: TestFailoverJobs.TestFailover, state: PS.TestFailoverInProgress, from: [PS.Protected], needsReadiness: true },
+  [ItemOperation.TestFailoverCleanup]: { kind: TestFailoverJobs.Cleanup, state: PS.CleaningUpTestFailover, from: [PS.TestFailoverComplete], needsReadiness: false },
+  [ItemOperation.PlannedFailover]: { kind: FailoverJobs.PlannedFailover, state: PS.FailoverInProgress, from: [PS.Protected], needsReadiness: true },
+  [ItemOperation.UnplannedFailover]: { kind: FailoverJobs.UnplannedFailover, state: PS.FailoverInProgress, from: [PS.Protected], needsReadiness: true },
+  [ItemOperation.Commit]: { kind: FailoverJobs.Commit, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
+  [ItemOperation.Reprotect]: { kind: FailoverJobs.Reprotect, state: PS.Reprotecting, from: [PS.Committed], needsReadiness: false },
+};
+
+/** Start an operation on one item with ITEM_OPERATIONS' rules. */
+export function startItemOperation(engine: JobEngine, store: VaultStore, op: ItemOperation, o: { itemId: string; input: (item: ProtectedItem) => unknown; actor: string | null; id?: string }): Promise<JobRow> {
+  const d = ITEM_OPERATIONS[op];
+  return startItemJob(engine, store, { ...o, kind: d.kind, state: d.state, from: d.from, needsReadiness: d.needsReadiness });
+}
