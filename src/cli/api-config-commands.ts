@@ -8,6 +8,7 @@ import type { PlanProblem } from '../domain/plans.js';
 import type { PolicyInput } from '../domain/policy.js';
 import type { CloudPairing, Mapping, Policy, RecoveryPlan, RecoveryPlanAction, RecoveryPlanGroup, RecoveryPlanSpec } from '../domain/resources.js';
 import { asJson, byIdOrName, fields, int, isNotFound, print, readObject, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
+import { addPlanRunCommands } from './api-plan-run-commands.js';
 import { formatSeconds, table } from './format.js';
 
 // ---- policies ------------------------------------------------------------------------------
@@ -432,4 +433,5 @@ export function addConfigurationCommands(program: Command): void {
         out({ deleted: p.id }, () => `recovery plan ${p.name} deleted`);
       }),
     );
+  addPlanRunCommands(program, plan);
 }

@@ -23,6 +23,7 @@ export function addProviderCommand(program: Command): void {
     .option('--registration-key <key>', 'a registration key from the vault (needed once; valid 5 days)')
     .option('--registration-key-file <file>', 'read the registration key from this file')
     .option('--data-dir <dir>', 'where the provider keeps its registration and state (default LAB_DIR/provider)')
+    .option('--scripts-dir <dir>', 'where recovery plans\' script actions are (default DATA_DIR/scripts)')
     .option('--server-name <name>', 'this management server\'s friendly name (default: the site file\'s server)')
     .option('--scope <clouds>', 'sync only these clouds (comma-separated names; default all)')
     .option('--status-interval <duration>', 'how often replication status of protected items goes to the vault', '15s')
@@ -53,6 +54,7 @@ export function addProviderCommand(program: Command): void {
         driver: new LabFabricDriver(site),
         channel,
         dir,
+        scriptsDir: path.resolve(o.scriptsDir ?? path.join(dir, 'scripts')),
         statusIntervalMs: parseDuration(o.statusInterval!),
         inventoryIntervalMs: parseDuration(o.inventoryInterval!),
         pollSeconds: Math.max(1, Math.round(parseDuration(o.poll!) / 1000)),

@@ -17,7 +17,7 @@ export function addVaultCommand(program: Command): void {
     .option('--tls-name <dns>', 'another DNS name for the server certificate (repeatable)', collect, [])
     .option('--initial-token-file <file>', 'also write the first Owner token to this file (mode 0600)')
     .option('--job-lease <duration>', 'how long a job\'s lease lasts before another vault may take it over', '30s')
-    .option('--job-concurrency <n>', 'jobs this process runs at once', '16')
+    .option('--job-concurrency <n>', 'jobs this process runs at once (a recovery plan run and each of its VMs are a job; they mostly wait on providers)', '64')
     .option('--job-poll <duration>', 'how often to look for queued jobs and command results', '250ms')
     .option('--no-jobs', 'serve the API only; other vault processes run the jobs')
     .option('--heartbeat-interval <duration>', 'how often providers are told to send heartbeats', '15s')

@@ -71,6 +71,7 @@ export const ERROR_CODES = {
   PROVIDER_VERSION_MISMATCH: { class: 'usage', meaning: 'A provider joining a fabric runs another version than the providers already registered for it; the nodes of one fabric must run the same version.', fix: 'Install the same osr version on every node of the fabric, then register again.' },
   PROVIDER_UNREACHABLE: { class: 'recoverable', meaning: 'The fabric\'s provider has not fetched or answered a command in time (its heartbeat is lost, or it is busy).', fix: 'Check that the provider runs and reaches the vault; the job goes on when it answers, or cancel it.' },
   JOB_FAILED: { class: 'non-recoverable', meaning: 'A job step failed; the job\'s error names the step and the cause.', fix: 'Read the job\'s tasks (`GET /api/v1/jobs/{id}`), correct the cause, and restart the job.' },
+  ACTION_FAILED: { class: 'recoverable', meaning: 'A recovery plan\'s script or webhook action failed, timed out, or answered an error on every try.', fix: 'Read the action\'s output in the plan run\'s task (`osr job show ID`), fix the script or the endpoint, and restart the run: it goes on at that action.' },
 
   INTERNAL: { class: 'non-recoverable', meaning: 'An unexpected internal error.', fix: 'Report it with the agent log; the message holds the details.' },
 } as const satisfies Record<string, ErrorDef>;

@@ -88,7 +88,7 @@ export interface JobEngineOptions {
   leaseMs?: number;
   /** how often to look for claimable jobs and command results (default 250 ms) */
   pollMs?: number;
-  /** jobs run at once (default 16) */
+  /** jobs run at once (default 64) */
   concurrency?: number;
   progressIntervalMs?: number;
   clock?: Clock;
@@ -127,7 +127,7 @@ export class JobEngine {
     this.owner = o.owner;
     this.leaseMs = o.leaseMs ?? 30_000;
     this.pollMs = o.pollMs ?? 250;
-    this.concurrency = o.concurrency ?? 16;
+    this.concurrency = o.concurrency ?? 64;
     this.progressIntervalMs = o.progressIntervalMs ?? 1000;
     this.clock = o.clock ?? systemClock;
     this.wakeups.setMaxListeners(0);

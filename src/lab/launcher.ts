@@ -159,7 +159,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
   try {
     // 1. the vault
     const tokenFile = path.join(dir, 'owner.token');
-    const vault = await spawnReady(['vault', '--name', spec.vault?.name ?? 'osr-lab', '--data-dir', path.join(dir, 'vault'), '--listen', `127.0.0.1:${o.port}`, '--initial-token-file', tokenFile, '--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--log-level', 'warn'], path.join(dir, 'vault', 'vault.log'), (l) => typeof l.url === 'string' && 'caFingerprint' in l);
+    const vault = await spawnReady(['vault', '--name', spec.vault?.name ?? 'osr-lab', '--data-dir', path.join(dir, 'vault'), '--listen', `127.0.0.1:${o.port}`, '--initial-token-file', tokenFile, '--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--job-lease', '10s', '--job-concurrency', '256', '--log-level', 'warn'], path.join(dir, 'vault', 'vault.log'), (l) => typeof l.url === 'string' && 'caFingerprint' in l);
     children.push(vault.child);
     info.vault = { url: String(vault.line.url), pid: vault.child.pid!, caFingerprint: String(vault.line.caFingerprint) };
     if (!fs.existsSync(tokenFile)) throw new OsrError('CONFIG_INVALID', `${tokenFile} is missing, so the lab cannot act as Owner; remove ${dir} to start over, or put an Owner token there`);

@@ -19,6 +19,7 @@ import type { FabricDriver, ReplicationStatus, TestNetwork } from '../fabric/dri
 import { fsyncDir, writeFileAtomic } from '../pki/index.js';
 import type { ProviderChannel, VaultCommand } from './channel.js';
 import { ProviderRuntime, type CommandHandler } from './runtime.js';
+import { runScript, type ScriptRequest } from './scripts.js';
 
 
 /** One item this provider takes part in: as the primary site (source) or the recovery site (target). */
@@ -36,6 +37,8 @@ export interface FabricProviderOptions {
   channel: ProviderChannel;
   /** where protections.json is kept */
   dir: string;
+  /** where a recovery plan's scripts are (default DIR/scripts) */
+  scriptsDir?: string;
   /** how often item status goes to the vault (default 15 s) */
   statusIntervalMs?: number;
   /** how often the whole inventory is sent again, catching changes made outside osr (default 60 s) */
@@ -216,6 +219,8 @@ export class FabricProvider {
         await this.remember({ itemId: b.item, role: 'target', remove: true });
         return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
       },
+      /** a recovery plan's script action, with the run's context */
+      'plan.script': async (cmd) => runScript(this.o.scriptsDir ?? path.join(this.o.dir, 'scripts'), cmd.body as unknown as ScriptRequest),
       /** planned failover, primary site: shut down, ship the final delta */
       'failover.prepare': async (cmd) => {
         const b = body(cmd);

@@ -20,6 +20,7 @@ import { Alerting } from '../workflows/alerting.js';
 import { registerProtectionJobs } from '../workflows/protection.js';
 import { registerTestFailoverJobs } from '../workflows/test-failover.js';
 import { registerFailoverJobs } from '../workflows/failover.js';
+import { registerPlanRunJobs } from '../workflows/plan-run.js';
 import { registerMappingJobs } from '../workflows/mappings.js';
 import { installAuth } from './auth.js';
 import { API, type App, type VaultContext, type VaultSettings } from './context.js';
@@ -33,6 +34,7 @@ import { configurationRoutes } from './routes/configuration.js';
 import { inventoryRoutes } from './routes/inventory.js';
 import { jobRoutes } from './routes/jobs.js';
 import { monitoringRoutes } from './routes/monitoring.js';
+import { planRunRoutes } from './routes/plan-runs.js';
 import { protectionRoutes } from './routes/protection.js';
 import { providerRoutes } from './routes/providers.js';
 import { systemRoutes } from './routes/system.js';
@@ -126,6 +128,7 @@ export class Vault {
       registerTestFailoverJobs(engine, { store, alerting, clock });
       registerFailoverJobs(engine, { store, alerting, clock });
       registerMappingJobs(engine, { store, alerting, clock });
+      registerPlanRunJobs(engine, { store, alerting, clock });
 
       const app = Fastify({
         loggerInstance: log,
@@ -161,6 +164,7 @@ export class Vault {
       await app.register(inventoryRoutes(ctx), { prefix: API });
       await app.register(configurationRoutes(ctx), { prefix: API });
       await app.register(protectionRoutes(ctx), { prefix: API });
+      await app.register(planRunRoutes(ctx), { prefix: API });
       await app.register(jobRoutes(ctx), { prefix: API });
       await app.register(monitoringRoutes(ctx), { prefix: API });
       app.get('/metrics', { config: { access: 'public' }, schema: { hide: true } }, async (_request, reply) => reply.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics()));

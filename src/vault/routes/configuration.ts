@@ -3,9 +3,10 @@ import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { validatePolicy } from '../../domain/policy.js';
 import type { RecoveryPlanSpec } from '../../domain/resources.js';
-import { validatePlanForRun, validatePlanShape, type PlanItemFacts } from '../../domain/plans.js';
+import { validatePlanForRun, validatePlanShape } from '../../domain/plans.js';
 import { MappingKind } from '../../store/config.js';
 import { MappingJobs } from '../../workflows/mappings.js';
+import { planFacts } from '../../workflows/plan-run.js';
 import { principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, Name, PolicySettingsSchema, RecoveryPlanSchema } from '../schemas.js';
 
@@ -84,21 +85,7 @@ export const configurationRoutes = (ctx: VaultContext) => async (app: App) => {
   );
   app.get('/recovery-plans/:id/validation', { config: { access: 'read' }, schema: { summary: 'check a plan before a run: every item protected and ready for failover, its networks and storage mapped', tags: planTags, params: IdParam } }, async (request) => {
     const plan = await config.plan(request.params.id);
-    const { items, fabrics } = ctx.store;
-    const facts = new Map<string, PlanItemFacts>();
-    for (const id of plan.groups.flatMap((g) => g.items)) {
-      const item = await items.find(id);
-      const vm = await fabrics.findObject(id);
-      const p = (vm?.properties ?? {}) as { nics?: { id: string; vmNetwork?: string }[]; disks?: { storageLocation?: string }[] };
-      const diskClasses: (string | undefined)[] = [];
-      for (const d of p.disks ?? []) {
-        const loc = d.storageLocation ? await fabrics.findObject(d.storageLocation) : undefined;
-        diskClasses.push((loc?.properties as { classification?: string } | undefined)?.classification);
-      }
-      facts.set(id, { item, nics: p.nics ?? [], diskClasses });
-    }
-    const networks = new Set((await config.mappings(MappingKind.Network)).map((m) => m.sourceId));
-    const classifications = new Set((await config.mappings(MappingKind.Storage)).map((m) => m.sourceId));
+    const { facts, networks, classifications } = await planFacts(ctx.store, plan);
     const problems = validatePlanForRun(plan, facts, { networks, classifications });
     return { plan: plan.name, valid: !problems.some((x) => x.severity === 'error'), problems };
   });
