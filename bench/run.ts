@@ -1,6 +1,6 @@
 /**
  * The benchmark runner: `npm run bench -- <name> [flags]` (after a build, `node
- * dist/bench/run.js <name> [flags]`). Names: replication, resync, vault, all. Results are printed as a
+ * dist/bench/run.js <name> [flags]`). Names: replication, resync, failover, vault, all. Results are printed as a
  * table and written to bench/results/<name>.json. The exit code is non-zero only when a
  * benchmark could not run; a missed target is reported, never asserted.
  */
@@ -11,6 +11,7 @@ import { Flags, UsageError } from './lib/args.js';
 import { installSignalHandlers, runAllCleanups, wasInterrupted } from './lib/lab.js';
 import { replicationOptions, runReplicationBench } from './replication.js';
 import { resyncOptions, runResyncBench } from './resync.js';
+import { failoverOptions, runFailoverBench } from './failover.js';
 import { runVaultBench, vaultOptions } from './vault.js';
 
 /** The repository root: the nearest directory above this file with a package.json. */
@@ -36,6 +37,11 @@ const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
     flags.rejectUnknown();
     await runResyncBench(o);
   },
+  failover: async (flags) => {
+    const o = failoverOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runFailoverBench(o);
+  },
   vault: async (flags) => {
     const o = vaultOptions(flags, RESULTS_DIR);
     flags.rejectUnknown();
@@ -49,6 +55,8 @@ benchmarks:
   replication   initial replication vs rsync, steady-state RPO/CPU/RSS (docs/benchmarks.md)
   resync        resynchronization of a changed disk vs rsync's delta transfer, and the
                 bytes of reverse replication after a failover
+  failover      a recovery plan of 100 VMs in 7 groups in the lab: test failover, cleanup
+                and planned failover, each timed from the API call to the job's end
   vault         the vault API under load: list and get calls at a fixed rate with 10,000
                 protected items and 1,000 jobs, on SQLite and PostgreSQL
   all           every benchmark, one after another (flags go to each)
@@ -74,6 +82,13 @@ resync flags:
   --reverse-old 1      percent of the disk the old primary writes and never ships (1)
   --reverse-new 1      percent of the disk the promoted copy writes before reversing (1)
   --only resync|reverse   run one part
+
+failover flags:
+  --vms N              VMs in the plan (100)
+  --groups N           groups of the plan (7)
+  --hosts N            hosts per site (4)
+  --runs N             test failover + cleanup repetitions (3)
+  --disk 4M            disk size of each VM
 
 vault flags:
   --items N            protected items loaded (10000)
