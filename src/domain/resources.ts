@@ -27,7 +27,7 @@ export interface InventoryDocument {
     host: string;
     powerState: string;
     disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
-    nics: { id: string; vmNetwork?: string; ip?: string }[];
+    nics: { id: string; vmNetwork?: string; subnet?: string; ip?: string }[];
     /** a replica VM: the protected item (the vault's id of its source VM) it holds the replica of */
     replicaOf?: string | undefined;
     /** a test failover's VM: the protected item whose drill it is */

@@ -39,7 +39,8 @@ export interface DriverContext {
 export interface ReplicaVmSpec {
   /** the protected item (the vault's id of the source VM) */
   itemId: string;
-  source: { name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string }[] };
+  /** the source VM; its NICs' subnets pick the replica NICs' subnets (the same name, else the network's first) */
+  source: { name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string; subnet?: string }[] };
   /** host that runs the replica */
   hostId: string;
   /** disk id → storage location */

@@ -34,6 +34,8 @@ interface ReplicaRecord {
   hostId: string;
   disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
   nicIds: string[];
+  /** NIC id → the source NIC's subnet name: the replica's NIC goes on the subnet of that name */
+  nicSubnets?: Record<string, string | null>;
   /** false once protection was disabled with the replica kept: a VM of its own */
   protecting: boolean;
   createdAt: string;
@@ -61,6 +63,16 @@ interface TemporaryNetwork {
   pool: { start: string; end: string };
 }
 
+/** The source VM's NICs' subnets, by NIC id. */
+const sourceSubnets = (spec: ReplicaVmSpec): Record<string, string | null> => Object.fromEntries(spec.source.nics.map((n) => [n.id, n.subnet ?? null]));
+
+interface NicLease {
+  vmNetwork: string | null;
+  /** the subnet of the network it is on (the source NIC's subnet name, else the network's first) */
+  subnet?: string | null;
+  ip: string | null;
+}
+
 /** The logical network every drill's temporary VM network runs on: reached by no host's uplink. */
 const ISOLATED_LOGICAL = 'osr-isolated';
 
@@ -69,8 +81,8 @@ interface LabState {
   /** VM id → power wanted (topology VMs) */
   power: Record<string, 'Running' | 'Off'>;
   replicas: Record<string, ReplicaRecord>;
-  /** "vmId/nicId" → its VM network and address */
-  nics: Record<string, { vmNetwork: string | null; ip: string | null }>;
+  /** "vmId/nicId" → its VM network, subnet and address */
+  nics: Record<string, NicLease>;
   /** VM id → the peer its replication goes to */
   replications: Record<string, { address: string; port: number }>;
   testVms: Record<string, TestVmRecord>;
@@ -253,6 +265,13 @@ export class LabFabricDriver implements FabricDriver {
     return l;
   }
 
+  /** The subnet the VM's NIC is on at the source, by name: its NIC here goes on the subnet of that name. */
+  private sourceSubnet(l: Located, nicId: string): string | null {
+    if (l.replica) return l.replica.nicSubnets?.[nicId] ?? null;
+    const i = /^nic(\d+)$/.exec(nicId);
+    return (i && l.spec?.nics[Number(i[1])]?.subnet) ?? null;
+  }
+
   /** A replica held here (not a running VM). */
   private replicaOf(id: string): Located {
     const l = this.locate(id);
@@ -267,7 +286,7 @@ export class LabFabricDriver implements FabricDriver {
     const present = await a.get<{ name: string }[]>('/v1/vms');
     if (!present.some((x) => x.name === v.name)) await a.post('/v1/vms', { name: v.name, disks: v.disks.map((d) => d.size) });
     for (const [i, n] of v.nics.entries()) {
-      if (!this.state.nics[`${v.id}/nic${i}`]) this.allocate(v.id, `nic${i}`, n.network ? slug(n.network) : null);
+      if (!this.state.nics[`${v.id}/nic${i}`]) this.allocate(v.id, `nic${i}`, n.network ? slug(n.network) : null, n.subnet ?? null);
     }
     const want = this.state.power[v.id] ?? (v.running === false ? 'Off' : 'Running');
     await this.setPower(v.id, want === 'Running' ? 'start' : 'stop');
@@ -341,9 +360,9 @@ export class LabFabricDriver implements FabricDriver {
     return doc;
   }
 
-  private nicView(vmId: string, nicId: string): { id: string; vmNetwork?: string; ip?: string } {
+  private nicView(vmId: string, nicId: string): { id: string; vmNetwork?: string; subnet?: string; ip?: string } {
     const n = this.state.nics[`${vmId}/${nicId}`];
-    return { id: nicId, ...(n?.vmNetwork ? { vmNetwork: n.vmNetwork } : {}), ...(n?.ip ? { ip: n.ip } : {}) };
+    return { id: nicId, ...(n?.vmNetwork ? { vmNetwork: n.vmNetwork } : {}), ...(n?.vmNetwork && n.subnet ? { subnet: n.subnet } : {}), ...(n?.ip ? { ip: n.ip } : {}) };
   }
 
   /** "host/VM name" of every VM the hosts run now (one call per host). */
@@ -400,16 +419,22 @@ export class LabFabricDriver implements FabricDriver {
 
   // ---- networks
 
-  /** An address from the static pool of the VM network's first subnet with one, not leased to another NIC. */
-  private allocate(vmId: string, nicId: string, vmNetwork: string | null): { vmNetwork: string | null; ip: string | null } {
+  /**
+   * A NIC on a VM network: on the subnet of the same name as the source NIC's (wanted), else
+   * the network's first, with an address from that subnet's static pool not leased to
+   * another NIC (none when the subnet has no pool).
+   */
+  private allocate(vmId: string, nicId: string, vmNetwork: string | null, wanted: string | null = null): NicLease {
     const key = `${vmId}/${nicId}`;
     delete this.state.nics[key];
     let ip: string | null = null;
+    let subnetName: string | null = null;
     if (vmNetwork) {
       const temporary = this.state.temporaryNetworks[vmNetwork];
       const net = temporary ? { name: temporary.name, subnets: [{ name: 'Subnet1', cidr: temporary.cidr, pool: temporary.pool }] } : this.site.vmNetworks.find((n) => slug(n.name) === vmNetwork);
       if (!net) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${vmNetwork}`);
-      const subnet = net.subnets.find((x) => x.pool);
+      const subnet = net.subnets.find((x) => x.name === wanted) ?? net.subnets[0];
+      subnetName = subnet?.name ?? null;
       if (subnet?.pool) {
         const used = new Set(Object.values(this.state.nics).filter((n) => n.vmNetwork === vmNetwork && n.ip).map((n) => n.ip));
         for (let a = ipToInt(subnet.pool.start); a <= ipToInt(subnet.pool.end); a++) {
@@ -421,7 +446,7 @@ export class LabFabricDriver implements FabricDriver {
         if (ip === null) throw new OsrError('INVALID_STATE', `the static IP pool of ${net.name} ${subnet.name} (${subnet.pool.start}–${subnet.pool.end}) has no free address; widen it or free addresses`);
       }
     }
-    this.state.nics[key] = { vmNetwork, ip };
+    this.state.nics[key] = { vmNetwork, subnet: subnetName, ip };
     return this.state.nics[key]!;
   }
 
@@ -429,7 +454,7 @@ export class LabFabricDriver implements FabricDriver {
     if (!this.vms.has(vmId) && !this.state.replicas[vmId]) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no VM ${vmId}`);
     const current = this.state.nics[`${vmId}/${nicId}`];
     if (current && current.vmNetwork === vmNetwork) return { ip: current.ip };
-    const n = this.lease(vmId, nicId, vmNetwork);
+    const n = this.lease(vmId, nicId, vmNetwork, this.sourceSubnet(this.locate(vmId), nicId));
     await this.save();
     this.changed();
     return { ip: n.ip };
@@ -446,7 +471,8 @@ export class LabFabricDriver implements FabricDriver {
       existing.protecting = true;
       existing.itemId = spec.itemId;
       for (const nic of spec.source.nics) if (!existing.nicIds.includes(nic.id)) existing.nicIds.push(nic.id);
-      for (const nic of existing.nicIds) this.lease(existing.id, nic, spec.networks[nic] ?? null);
+      existing.nicSubnets = { ...existing.nicSubnets, ...sourceSubnets(spec) };
+      for (const nic of existing.nicIds) this.lease(existing.id, nic, spec.networks[nic] ?? null, existing.nicSubnets[nic] ?? null);
       await this.save();
       this.changed();
       return this.replicaView(existing, reused);
@@ -462,11 +488,12 @@ export class LabFabricDriver implements FabricDriver {
       hostId: host.id,
       disks: spec.source.disks.map((d) => ({ id: d.id, name: d.name, sizeBytes: d.sizeBytes, ...(spec.storage[d.id] ? { storageLocation: spec.storage[d.id] } : {}) })),
       nicIds: spec.source.nics.map((n) => n.id),
+      nicSubnets: sourceSubnets(spec),
       protecting: true,
       createdAt: new Date().toISOString(),
     };
     this.state.replicas[id] = r;
-    for (const nic of r.nicIds) this.allocate(id, nic, spec.networks[nic] ?? null);
+    for (const nic of r.nicIds) this.allocate(id, nic, spec.networks[nic] ?? null, r.nicSubnets?.[nic] ?? null);
     await this.save();
     this.changed();
     this.ctx?.log.info({ replica: id, host: host.name }, `replica VM ${id} created on ${host.name}`);
@@ -474,9 +501,9 @@ export class LabFabricDriver implements FabricDriver {
   }
 
   /** A NIC on a network: its lease kept when it is there already, a new one otherwise (saved by the caller). */
-  private lease(vmId: string, nicId: string, vmNetwork: string | null): { vmNetwork: string | null; ip: string | null } {
+  private lease(vmId: string, nicId: string, vmNetwork: string | null, subnet: string | null): NicLease {
     const current = this.state.nics[`${vmId}/${nicId}`];
-    return current && current.vmNetwork === vmNetwork ? current : this.allocate(vmId, nicId, vmNetwork);
+    return current && current.vmNetwork === vmNetwork ? current : this.allocate(vmId, nicId, vmNetwork, subnet);
   }
 
   /** The NICs of a VM as the port answers them: network and address. */
@@ -561,7 +588,7 @@ export class LabFabricDriver implements FabricDriver {
     }
     const network = spec.network.mode === 'temporary' ? temporaryNetwork : spec.network.mode === 'existing' ? spec.network.vmNetwork : null;
     const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: this.nicIdsOf(r), temporaryNetwork, disks: overlay.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), startedAt: new Date().toISOString() };
-    for (const nic of t.nicIds) this.allocate(id, nic, network);
+    for (const nic of t.nicIds) this.allocate(id, nic, network, this.sourceSubnet(r, nic));
     this.state.testVms[id] = t;
     await this.save();
     this.changed();

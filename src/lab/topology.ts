@@ -22,7 +22,8 @@ export interface LabVmSpec {
   name: string;
   host: string;
   disks: { name: string; size: string; storage?: string }[];
-  nics: { network?: string }[];
+  /** a NIC on a VM network, on its subnet of this name (default: the network's first) */
+  nics: { network?: string; subnet?: string }[];
   /** powered on at lab start (default true) */
   running?: boolean;
   /** a guest writing to the disks through NBD while it runs; false for none */
@@ -195,7 +196,10 @@ function checkFabric(f: FabricSpec, w: string, vmNames: Set<string>, hostNames: 
       if (d.storage !== undefined && !locations.has(d.storage)) throw fail(`${w}: VM ${v.name} disk ${d.name}`, `storage location "${d.storage}" is not in storage.locations`);
     }
     v.nics = list(v.nics, `${w}: VM ${v.name}.nics`);
-    for (const n of v.nics) if (n.network !== undefined && !vmNets.has(n.network)) throw fail(`${w}: VM ${v.name}`, `VM network "${n.network}" is not in vmNetworks`);
+    for (const n of v.nics) {
+      if (n.network !== undefined && !vmNets.has(n.network)) throw fail(`${w}: VM ${v.name}`, `VM network "${n.network}" is not in vmNetworks`);
+      if (n.subnet !== undefined && !f.vmNetworks.find((x) => x.name === n.network)?.subnets.some((x) => x.name === n.subnet)) throw fail(`${w}: VM ${v.name}`, `subnet "${n.subnet}" is not a subnet of VM network "${n.network ?? '(none)'}"`);
+    }
   }
 }
 

@@ -55,7 +55,7 @@ interface ProtectionBody {
   item: string;
   /** the VM acted on at the primary site when it is not the item's own (after a reverse) */
   vmId?: string;
-  vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string }[] };
+  vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string; subnet?: string }[] };
   placement?: Placement;
   policy?: PolicySettings;
   target?: { fabricId: string; hostId: string; replicaVmId?: string; agent?: { address: string; port: number } };

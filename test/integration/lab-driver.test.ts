@@ -19,7 +19,17 @@ const dir = tempDir('osr-labdriver-');
 const site: SiteConfig = {
   name: 'VMM-Test',
   logicalNetworks: ['LN1'],
-  vmNetworks: [{ name: 'Net1', logicalNetwork: 'LN1', subnets: [{ name: 'S1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.12' } }] }],
+  vmNetworks: [
+    { name: 'Net1', logicalNetwork: 'LN1', subnets: [{ name: 'S1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.12' } }] },
+    {
+      name: 'Net2',
+      logicalNetwork: 'LN1',
+      subnets: [
+        { name: 'Front', cidr: '10.8.1.0/24', pool: { start: '10.8.1.10', end: '10.8.1.20' } },
+        { name: 'Back', cidr: '10.8.2.0/24', pool: { start: '10.8.2.10', end: '10.8.2.20' } },
+      ],
+    },
+  ],
   storage: { classifications: ['GOLD'], locations: [{ name: 'gold1', classification: 'GOLD', kind: 'share' }] },
   clouds: [
     { name: 'Primary', hostGroups: [{ name: 'P', hosts: [{ name: 'p-h1', logicalNetworks: ['LN1'], storageLocations: ['gold1'] }] }] },
@@ -62,7 +72,7 @@ describe('lab fabric driver', () => {
     assert.deepEqual(inv.hosts.map((h) => h.name), ['p-h1', 'r-h1']);
     assert.ok(inv.hosts.every((h) => h.agent && h.agent.replicationPort > 0));
     assert.equal(inv.vms[0]!.powerState, 'Running');
-    assert.deepEqual(inv.vms[0]!.nics, [{ id: 'nic0', vmNetwork: 'net1', ip: '10.9.0.10' }]);
+    assert.deepEqual(inv.vms[0]!.nics, [{ id: 'nic0', vmNetwork: 'net1', subnet: 'S1', ip: '10.9.0.10' }]);
     await driver.stop();
     driver = new LabFabricDriver(site);
     await driver.start(ctx());
@@ -113,6 +123,24 @@ describe('lab fabric driver', () => {
     assert.deepEqual(await agentApi('r-h1').get('/v1/replicas'), []);
     assert.ok(!(await driver.inventory()).vms.some((v) => v.id === first.replicaVmId));
     assert.ok(changes > 0, 'inventory changes are announced');
+  });
+
+  test('a replica NIC goes on the subnet named as its source NIC\'s, else the network\'s first, with an address from that subnet\'s pool', async () => {
+    const spec = { itemId: 'fab.db', source: { name: 'db', disks: [{ id: 'disk0', name: 'system', sizeBytes: 8 << 20 }], nics: [{ id: 'nic0', subnet: 'Back' }, { id: 'nic1', subnet: 'Mgmt' }] }, hostId: 'r-h1', storage: { disk0: 'gold1' }, networks: { nic0: 'net2', nic1: 'net2' } };
+    const r = await driver.ensureReplicaVm(spec);
+    try {
+      assert.deepEqual(r.nics, [
+        { id: 'nic0', vmNetwork: 'net2', ip: '10.8.2.10' },
+        { id: 'nic1', vmNetwork: 'net2', ip: '10.8.1.10' },
+      ]);
+      const inv = (await driver.inventory()).vms.find((v) => v.id === r.replicaVmId)!;
+      assert.deepEqual(inv.nics.map((n) => n.subnet), ['Back', 'Front']);
+      // a changed mapping: no subnet Back on Net1, so its first; back on Net2, Back again
+      assert.deepEqual(await driver.connectNic(r.replicaVmId, 'nic0', 'net1'), { ip: '10.9.0.11' });
+      assert.deepEqual(await driver.connectNic(r.replicaVmId, 'nic0', 'net2'), { ip: '10.8.2.10' });
+    } finally {
+      await driver.removeReplicaVm(r.replicaVmId, { deleteData: true });
+    }
   });
 
   test('power: stop and start show in the inventory; an unknown VM is VM_NOT_FOUND', async () => {
