@@ -385,6 +385,13 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
       if (done === ids.length || (stopStarting && running === 0)) break;
       await ctx.sleep();
     }
+    // a run that stopped: what it did not start says why
+    for (const id of ids) {
+      if (res[id]) continue;
+      const blocked = (Object.hasOwn(deps, id) ? deps[id]! : []).filter((d) => res[d]?.state !== 'Succeeded');
+      res[id] = { item: id, name: await name(id), group: groupName, state: 'Skipped', job: null, error: { code: 'INVALID_STATE', message: blocked.length > 0 ? `it depends on ${blocked.join(', ')}, which did not succeed` : 'not started: the run stops at the first error' } };
+    }
+    await ctx.save();
     const bad = ids.map((id) => res[id]).filter((r): r is PlanVmResult => isBad(r));
     if (bad.length > 0 && !carryOn) {
       throw new OsrError('JOB_FAILED', `group ${groupName}: ${bad.map((r) => `${r.name} ${r.state.toLowerCase()}${r.error ? ` (${r.error.message})` : ''}`).join('; ')}; the run stops here (fix the cause and restart it: it goes on with what did not succeed)`, { failed: bad.map((r) => r.item) });

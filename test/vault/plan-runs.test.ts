@@ -1,0 +1,175 @@
+/**
+ * Plan runs against a real vault over HTTPS with test providers that answer failover
+ * commands and fail them where a test says: a plan that cannot run is refused with every
+ * problem; a planned run stops at the first error, and its restart goes on with what did
+ * not succeed without running the rest again; an unplanned run carries on and reports per
+ * VM; a VM waits for the VMs it depends on; a webhook action is retried, then fails the
+ * run with ACTION_FAILED.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import type { PlanRunOutput } from '../../src/workflows/plan-run.js';
+import { waitFor } from '../support/lab.js';
+import { assertRejectsCode } from '../support/unit.js';
+import { siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
+
+type Obj = Record<string, unknown>;
+interface Job {
+  id: string;
+  kind: string;
+  state: string;
+  createdAt: string;
+  endedAt: string | null;
+  createdBy: string | null;
+  error: { code: string; message: string; task?: string } | null;
+  output: PlanRunOutput | null;
+}
+
+let v: TestVault;
+const providers: TestProvider[] = [];
+/** items whose promotion the recovery site fails */
+const failPromote = new Set<string>();
+let webhookAnswers: number[] = [];
+const webhookCalls: Obj[] = [];
+let hook: http.Server;
+
+const item = (n: number) => `site-a.cloud1-vm${n}`;
+const job = (id: string) => v.api.request<Job>('GET', `/api/v1/jobs/${id}`);
+const ended = (id: string) =>
+  waitFor(`job ${id} ended`, async () => {
+    const j = await job(id);
+    return ['Succeeded', 'Failed', 'Cancelled'].includes(j.state) ? j : undefined;
+  }, 30_000, 50);
+const itemJobs = async (kind: string, target: string) => (await v.api.request<{ items: Job[] }>('GET', `/api/v1/jobs?kind=${kind}&target=${target}&limit=100`)).items;
+const run = async (plan: string, op: string, body: Obj = {}) => (await v.api.request<{ jobId: string }>('POST', `/api/v1/recovery-plans/${plan}/${op}`, body)).jobId;
+
+before(async () => {
+  v = await startVault({ name: 'plans' });
+  hook = http.createServer((req, res) => {
+    let t = '';
+    req.on('data', (c: Buffer) => (t += c));
+    req.on('end', () => {
+      webhookCalls.push(JSON.parse(t) as Obj);
+      res.writeHead(webhookAnswers.shift() ?? 204).end();
+    });
+  });
+  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+  const key = async () => (await v.api.request<Obj>('POST', '/api/v1/registration-keys')).key as string;
+  let epoch = 1;
+  providers.push(
+    await TestProvider.start(v.url, await key(), {
+      fabric: 'Site-A',
+      inventory: siteInventory('a', ['Cloud1'], 9),
+      handlers: { 'failover.prepare': async () => ({ point: { id: 'p-final', at: new Date().toISOString(), consistency: 'crash' } }), 'failover.fence': async () => ({}) },
+    }),
+    await TestProvider.start(v.url, await key(), {
+      fabric: 'Site-B',
+      inventory: siteInventory('b', ['Cloud2'], 0),
+      handlers: {
+        'failover.promote': async (cmd) => {
+          const b = cmd.body as { item: string; point: string | null };
+          await new Promise((r) => setTimeout(r, 50));
+          if (failPromote.has(b.item)) throw Object.assign(new Error(`the recovery host of ${b.item} has no room`), { code: 'DISK_IO_ERROR' });
+          return { vmId: `site-b.${b.item.split('.')[1]}-replica`, epoch: ++epoch, point: { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' } };
+        },
+      },
+    }),
+  );
+  const policy = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'p', settings: { copyFrequencySeconds: 300 } });
+  await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: policy.id, sourceCloudId: 'site-a.cloud1', targetCloudId: 'site-b.cloud2' });
+  await v.api.request('POST', '/api/v1/network-mappings', { sourceId: 'site-a.vmnet1', targetId: 'site-b.vmnet1' });
+  for (let i = 0; i < 9; i++) await v.api.request('POST', '/api/v1/protected-items', { vmId: item(i) });
+  await waitFor('nine items ready', async () => {
+    const r = await v.api.request<{ items: { readiness: { ready: boolean } }[] }>('GET', '/api/v1/protected-items?limit=100');
+    return r.items.length === 9 && r.items.every((i) => i.readiness.ready);
+  }, 30_000, 100);
+});
+
+after(async () => {
+  for (const p of providers) await p.stop().catch(() => undefined);
+  hook?.close();
+  await v.close();
+});
+
+describe('plan runs', () => {
+  test('a plan that cannot run is refused with every problem, warnings too', async () => {
+    const plan = await v.api.request<{ id: string }>('POST', '/api/v1/recovery-plans', { name: 'broken', groups: [{ name: 'g', items: [item(0), 'site-a.nope'] }] });
+    const e = await assertRejectsCode(v.api.request('POST', '/api/v1/recovery-plans/broken/planned-failover', {}), 'NOT_FOUND', /plan broken cannot run planned-failover: site-a\.nope \(group g\) is not a protected item/);
+    const problems = (e.details as { problems: { severity: string; item: string; message: string }[] }).problems;
+    assert.deepEqual(problems.filter((p) => p.severity === 'error').map((p) => p.item), ['site-a.nope']);
+    assert.match(problems.find((p) => p.severity === 'warning')!.message, /storage classification site-a\.gold, which has no storage mapping/);
+    await assertRejectsCode(v.api.request('POST', '/api/v1/recovery-plans/broken/commit', {}), 'NOT_FOUND', /is not a protected item/);
+    await v.api.request('PUT', `/api/v1/recovery-plans/${plan.id}`, { name: 'broken', groups: [{ name: 'g', items: [item(0)] }] });
+    await assertRejectsCode(v.api.request('POST', '/api/v1/recovery-plans/broken/commit', {}), 'INVALID_STATE', /no item of plan broken is FailedOver, so there is nothing to commit/);
+    await v.api.request('DELETE', `/api/v1/recovery-plans/${plan.id}`);
+  });
+
+  test('a planned run stops at the first error; its restart goes on with what did not succeed, and nothing runs twice', async () => {
+    await v.api.request('POST', '/api/v1/recovery-plans', {
+      name: 'planned',
+      groups: [
+        { name: 'first', items: [item(0)] },
+        { name: 'second', items: [item(1), item(2)] },
+        { name: 'third', items: [item(3)] },
+      ],
+      dependencies: { [item(2)]: [item(1)] },
+    });
+    failPromote.add(item(1));
+    const id = await run('planned', 'planned-failover');
+    const failed = await ended(id);
+    assert.equal(failed.state, 'Failed');
+    assert.equal(failed.error!.task, 'Group 2 (second): planned-failover of 2 VMs');
+    assert.match(failed.error!.message, /Cloud1-VM1 failed \(the recovery host of site-a\.cloud1-vm1 has no room\); Cloud1-VM2 skipped \(it depends on site-a\.cloud1-vm1/);
+    assert.equal((await itemJobs('planned-failover', item(2))).length, 0, 'a VM whose dependency failed is not started');
+    assert.equal((await itemJobs('planned-failover', item(3))).length, 0, 'the next group is not started');
+    await assertRejectsCode(run('planned', 'planned-failover'), 'INVALID_STATE', /not ready for failover|has job|cannot run/);
+
+    failPromote.delete(item(1));
+    await v.api.request('POST', `/api/v1/jobs/${id}/restart`, {});
+    const done = await ended(id);
+    assert.equal(done.state, 'Succeeded', JSON.stringify(done.error));
+    assert.deepEqual(done.output!.vms.map((x) => [x.item, x.state]), [0, 1, 2, 3].map((n) => [item(n), 'Succeeded']));
+    assert.equal((await itemJobs('planned-failover', item(0))).length, 1, 'the first group is not run again');
+    assert.equal((await itemJobs('planned-failover', item(1))).length, 2, 'the failed VM got a new job');
+    // item 2 waited for item 1 (its dependency) within the group
+    const [j1] = (await itemJobs('planned-failover', item(1))).filter((j) => j.state === 'Succeeded');
+    const [j2] = await itemJobs('planned-failover', item(2));
+    assert.ok(Date.parse(j2!.createdAt) >= Date.parse(j1!.endedAt!), 'a VM starts after the VMs it depends on');
+    for (const n of [0, 1, 2, 3]) assert.equal(((await v.api.request<Obj>('GET', `/api/v1/protected-items/${item(n)}`)).state), 'FailedOver');
+  });
+
+  test('an unplanned run carries on past a VM that fails and reports per VM; a webhook is retried, then fails the run', async () => {
+    const url = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+    await v.api.request('POST', '/api/v1/recovery-plans', {
+      name: 'unplanned',
+      groups: [
+        { name: 'a', items: [item(4), item(5)], post: [{ name: 'tell', kind: 'webhook', target: url, retries: 2, timeoutSeconds: 5 }] },
+        { name: 'b', items: [item(6)] },
+      ],
+    });
+    failPromote.add(item(5));
+    webhookAnswers = [500, 204];
+    const id = await run('unplanned', 'unplanned-failover', { recoveryPoint: 'latest' });
+    const done = await ended(id);
+    assert.equal(done.state, 'Succeeded', JSON.stringify(done.error));
+    const out = done.output!;
+    assert.equal(out.failed, 1);
+    assert.deepEqual(out.vms.map((x) => [x.item, x.state]), [[item(4), 'Succeeded'], [item(5), 'Failed'], [item(6), 'Succeeded']]);
+    assert.match(out.vms[1]!.error!.message, /has no room/);
+    assert.equal(out.actions[0]!.attempts, 2, 'the webhook answered 500 first, then 204');
+    assert.equal(webhookCalls.length, 2);
+    assert.equal((webhookCalls[0] as { failoverType: string }).failoverType, 'unplanned');
+    failPromote.delete(item(5));
+
+    // a webhook that keeps failing: the run fails with ACTION_FAILED at that action
+    await v.api.request('POST', '/api/v1/recovery-plans', { name: 'hooked', groups: [{ name: 'only', items: [item(7)], pre: [{ name: 'gate', kind: 'webhook', target: url, retries: 1, timeoutSeconds: 5 }] }] });
+    webhookAnswers = [503, 503];
+    const bad = await ended(await run('hooked', 'test-failover'));
+    assert.equal(bad.state, 'Failed');
+    assert.equal(bad.error!.code, 'ACTION_FAILED');
+    assert.match(bad.error!.message, /action gate \(webhook .*\) failed after 2 tries: webhook .* answered 503/);
+    assert.equal((await itemJobs('test-failover', item(7))).length, 0, 'the group after a failed pre action does not start');
+  });
+});
