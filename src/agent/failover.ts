@@ -45,6 +45,9 @@ export interface PromoteResult {
  */
 export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
   const store = registry.get(vmName);
+  // a delta in flight lands first; nothing below waits until the fence, after which no
+  // other begins, so the point chosen is the newest this replica will have
+  await store.whenIdle(60_000);
   if (store.divergent) throw new OsrError('INVALID_STATE', `the replica of ${store.vmName} is not yet in step with its primary (reverse replication has not resynchronized it); it has no point to promote`);
   if (host.has(store.vmName)) throw new OsrError('ALREADY_EXISTS', `VM ${store.vmName} already exists on this host`);
   if (store.listOverlays().length > 0) throw new OsrError('OVERLAY_IN_USE', `close the overlays on ${store.vmName} (test failovers) before promoting it`);

@@ -483,6 +483,18 @@ export class ReplicaStore implements ReplicaTarget {
     this.save();
   }
 
+  /**
+   * Resolve once no apply or commit runs (at once when none does). A promotion waits here
+   * for a delta in flight, so the point it chooses is the newest there will be.
+   */
+  async whenIdle(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.busy) {
+      if (Date.now() > deadline) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} is still busy with an apply or commit after ${timeoutMs} ms; try again`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   private assertWritable(): void {
     if (this.manifest.committed) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} was committed; replication to it has ended`);
     if (this.busy) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} is busy with another apply or commit`);
