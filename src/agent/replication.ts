@@ -129,11 +129,12 @@ export class PrimaryReplication {
     }
     const { clock } = this.deps;
     const deadline = clock.now() + timeoutMs;
-    this.triggerCycle();
-    for (;;) {
+    for (let first = true; ; first = false) {
       const tracker = this.vm.tracking;
       const pending = this.latestSeq === null ? -1 : tracker.pendingBytes(this.latestSeq);
       if (this.latestSeq !== null && this.latestSeq >= tracker.activeSeq - 1 && pending === 0) return { point: this.latest, pendingLogBytes: 0 };
+      // something to ship: a cycle now (asked again, as by a shutdown group first, nothing is left and none runs)
+      if (first) this.triggerCycle();
       if (this.state !== ReplicationState.Replicating && this.lastError) {
         throw new OsrError('INVALID_STATE', `the final delta of ${this.vm.name} could not be shipped: ${this.lastError.code} ${this.lastError.message}`);
       }
