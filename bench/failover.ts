@@ -71,17 +71,21 @@ function topology(o: FailoverBenchOptions): TopologySpec {
 interface Job {
   id: string;
   state: string;
+  tasks?: { name: string; startedAt: string | null; endedAt: string | null }[];
   error: { code: string; message: string } | null;
   output: PlanRunOutput | null;
 }
 
 /** Start a plan operation and time it until its job ended; fails on a failed job. */
-async function timed(api: VaultClient, planId: string, op: string, body: object = {}): Promise<{ seconds: number; output: PlanRunOutput }> {
+async function timed(api: VaultClient, planId: string, op: string, body: object = {}): Promise<{ seconds: number; output: PlanRunOutput; tasks: { name: string; seconds: number | null }[] }> {
   const t0 = performance.now();
   const { jobId } = await api.request<{ jobId: string }>('POST', `/api/v1/recovery-plans/${planId}/${op}`, body);
   for (;;) {
     const j = await api.request<Job>('GET', `/api/v1/jobs/${jobId}`);
-    if (j.state === 'Succeeded') return { seconds: (performance.now() - t0) / 1000, output: j.output! };
+    if (j.state === 'Succeeded') {
+      const tasks = (j.tasks ?? []).map((t) => ({ name: t.name, seconds: t.startedAt && t.endedAt ? round((Date.parse(t.endedAt) - Date.parse(t.startedAt)) / 1000, 3) : null }));
+      return { seconds: (performance.now() - t0) / 1000, output: j.output!, tasks };
+    }
     if (j.state === 'Failed' || j.state === 'Cancelled') throw new Error(`${op} of the plan ${j.state}: ${j.error?.code}: ${j.error?.message}`);
     await sleep(50);
   }
@@ -134,7 +138,7 @@ export async function runFailoverBench(o: FailoverBenchOptions): Promise<void> {
       console.log(`  run ${r + 1}: test failover ${fmt(t.seconds, 2)} s (plan RTO ${fmt(t.output.rtoSeconds, 2)} s), cleanup ${fmt(c.seconds, 2)} s`);
     }
     const planned = await timed(api, plan.id, 'planned-failover');
-    console.log(`  planned failover ${fmt(planned.seconds, 2)} s (plan RTO ${fmt(planned.output.rtoSeconds, 2)} s)`);
+    console.log(`  planned failover ${fmt(planned.seconds, 2)} s (plan RTO ${fmt(planned.output.rtoSeconds, 2)} s): ${planned.tasks.map((t) => `${t.name.replace(/:.*$/, '')} ${fmt(t.seconds, 2)} s`).join(', ')}`);
     const usage = vault.stop();
 
     const testFailover100VmSeconds = median(test);
@@ -159,6 +163,7 @@ export async function runFailoverBench(o: FailoverBenchOptions): Promise<void> {
       cleanupRuns: cleanup.map((x) => round(x, 3)),
       plannedFailover100VmSeconds: round(planned.seconds, 3),
       plannedFailoverPlanRtoSeconds: round(planned.output.rtoSeconds ?? NaN, 3),
+      plannedFailoverTasks: planned.tasks,
       vault: { peakRssMB: round(usage.peakRssMB, 1), cpuSeconds: round(usage.cpuSeconds, 2) },
       meetsTarget: testFailover100VmSeconds <= TARGET_TEST_FAILOVER_SECONDS,
     };
