@@ -62,7 +62,7 @@ export function addPlanRunCommands(program: Command, plan: Command): void {
     (c) =>
       c
         .option('--point <point>', 'latest, latest-app-consistent, or a recovery point id', 'latest')
-        .option('--network <network>', 'none, temporary (made for the drill, removed at cleanup), or the id of an isolated VM network at the recovery site', 'none'),
+        .option('--network <network>', 'none, temporary (one isolated network for the whole drill, its VMs reach each other; removed at cleanup), or the id of an isolated VM network at the recovery site', 'none'),
     (o) => ({ recoveryPoint: o.point, network: o.network }),
   );
   run<{ notes?: string }>(

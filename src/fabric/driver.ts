@@ -130,6 +130,10 @@ export interface FabricDriver {
   startTestVm(spec: TestVmSpec): Promise<TestVm>;
   /** remove a test failover's VM, its writes and any network made for it (idempotent) */
   removeTestVm(testVmId: string): Promise<void>;
+  /** an isolated VM network for a drill of several VMs (a recovery plan's), made once per name (idempotent) */
+  createTestNetwork(name: string): Promise<{ vmNetwork: string }>;
+  /** remove a drill's network once no test VM is on it (idempotent) */
+  removeTestNetwork(vmNetwork: string): Promise<void>;
 
   // ---- failover
   /** planned failover, at the primary: shut the VM down, ship its final delta; answers the point that is its last state */

@@ -578,11 +578,9 @@ export class LabFabricDriver implements FabricDriver {
     const overlay = await this.agent(r.hostId).api.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${encodeURIComponent(r.name)}/overlays`, { point: Number(spec.pointId) });
     let temporaryNetwork: string | null = null;
     if (spec.network.mode === 'temporary') {
-      const used = new Set(Object.values(this.state.temporaryNetworks).map((n) => n.cidr));
-      let third = 1;
-      while (used.has(`172.31.${third}.0/24`)) third++;
-      temporaryNetwork = `osr-test-${slug(r.name)}`;
-      this.state.temporaryNetworks[temporaryNetwork] = { id: temporaryNetwork, name: `osr-test-${r.name}`, cidr: `172.31.${third}.0/24`, pool: { start: `172.31.${third}.10`, end: `172.31.${third}.250` } };
+      temporaryNetwork = this.isolatedNetwork(`osr-test-${slug(r.name)}`, `osr-test-${r.name}`);
+    } else if (spec.network.mode === 'existing' && this.state.temporaryNetworks[spec.network.vmNetwork]) {
+      // a drill's network made by createTestNetwork
     } else if (spec.network.mode === 'existing' && !this.site.vmNetworks.some((n) => slug(n.name) === (spec.network as { vmNetwork: string }).vmNetwork)) {
       throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${spec.network.vmNetwork}`);
     }
@@ -594,6 +592,33 @@ export class LabFabricDriver implements FabricDriver {
     this.changed();
     this.ctx?.log.info({ testVm: id, point: spec.pointId, network }, `test VM ${id} runs point ${spec.pointId} of ${r.name}`);
     return this.testVmView(t);
+  }
+
+  /** An isolated VM network (on a logical network no host reaches) with a /24 of its own; kept when it exists. */
+  private isolatedNetwork(id: string, name: string): string {
+    if (this.state.temporaryNetworks[id]) return id;
+    const used = new Set(Object.values(this.state.temporaryNetworks).map((n) => n.cidr));
+    let third = 1;
+    while (used.has(`172.31.${third}.0/24`)) third++;
+    if (third > 254) throw new OsrError('INVALID_STATE', `fabric ${this.site.name} has no free 172.31.x.0/24 for another drill network; clean up test failovers`);
+    this.state.temporaryNetworks[id] = { id, name, cidr: `172.31.${third}.0/24`, pool: { start: `172.31.${third}.10`, end: `172.31.${third}.250` } };
+    return id;
+  }
+
+  async createTestNetwork(name: string): Promise<{ vmNetwork: string }> {
+    const id = this.isolatedNetwork(`osr-drill-${slug(name)}`, `osr-drill-${name}`);
+    await this.save();
+    this.changed();
+    return { vmNetwork: id };
+  }
+
+  async removeTestNetwork(vmNetwork: string): Promise<void> {
+    if (!this.state.temporaryNetworks[vmNetwork]) return; // gone already
+    const on = Object.entries(this.state.nics).filter(([, n]) => n.vmNetwork === vmNetwork).map(([k]) => k.split('/')[0]);
+    if (on.length > 0) throw new OsrError('INVALID_STATE', `drill network ${vmNetwork} still has test VMs on it (${[...new Set(on)].join(', ')}); clean them up first`);
+    delete this.state.temporaryNetworks[vmNetwork];
+    await this.save();
+    this.changed();
   }
 
   private testVmView(t: TestVmRecord): TestVm {

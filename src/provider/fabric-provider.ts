@@ -219,6 +219,15 @@ export class FabricProvider {
         await this.remember({ itemId: b.item, role: 'target', remove: true });
         return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
       },
+      /** recovery site: one isolated network for a recovery plan's drill, and its removal */
+      'testfailover.network.create': async (cmd) => {
+        const r = await d.createTestNetwork(String((cmd.body as { name: string }).name));
+        return { vmNetwork: this.vaultId(r.vmNetwork) };
+      },
+      'testfailover.network.remove': async (cmd) => {
+        await d.removeTestNetwork(this.localId(String((cmd.body as { vmNetwork: string }).vmNetwork)));
+        return {};
+      },
       /** a recovery plan's script action, with the run's context */
       'plan.script': async (cmd) => runScript(this.o.scriptsDir ?? path.join(this.o.dir, 'scripts'), cmd.body as unknown as ScriptRequest),
       /** planned failover, primary site: shut down, ship the final delta */

@@ -34,7 +34,7 @@ import { AlertKind } from './alerting.js';
 import { Direction, FailoverCommands, type ItemReplication } from './failover.js';
 import { ITEM_OPERATIONS, ItemOperation, startItemOperation } from './item-jobs.js';
 import type { WorkflowDeps } from './protection.js';
-import type { DrillRecord, TestFailoverRecord } from './test-failover.js';
+import { TestFailoverCommands, type DrillRecord, type TestFailoverRecord } from './test-failover.js';
 
 export const PlanJobs = { Run: 'plan-run' } as const;
 export const PlanCommands = { Script: 'plan.script' } as const;
@@ -126,6 +126,8 @@ export interface PlanRunOutput {
   failed: number;
   vms: PlanVmResult[];
   actions: PlanActionResult[];
+  /** a test failover's isolated network, made for the drill (removed by its cleanup) */
+  testNetwork?: string;
   drill?: PlanDrill;
 }
 
@@ -253,12 +255,14 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
   const since = (ctx: Ctx) => (clock.now() - (ctx.data.startedAt as number)) / 1000;
 
   /** The input an item's job takes for the run's operation. */
-  function itemInput(input: PlanRunInput, item: ProtectedItem, groupName: string): Record<string, unknown> {
+  function itemInput(ctx: Ctx, item: ProtectedItem, groupName: string): Record<string, unknown> {
+    const input = ctx.input;
     const o = input.options;
     const base = { itemId: item.id, planRun: { planId: input.planId, group: groupName } };
     switch (input.operation) {
       case ItemOperation.TestFailover:
-        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', network: o.network ?? 'none' };
+        // a temporary network is one for the whole drill, made by the run: its VMs reach each other
+        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', network: (ctx.data.testNetwork as string | undefined) ?? o.network ?? 'none' };
       case ItemOperation.TestFailoverCleanup:
         return { ...base, ...(o.notes !== undefined ? { notes: o.notes } : {}) };
       case ItemOperation.UnplannedFailover:
@@ -356,7 +360,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
           await ctx.save();
         }
         try {
-          await startItemOperation(engine, store, ctx.input.operation, { itemId: id, input: (item) => itemInput(ctx.input, item, groupName), actor: `plan-run:${ctx.jobId}`, id: id2 });
+          await startItemOperation(engine, store, ctx.input.operation, { itemId: id, input: (item) => itemInput(ctx, item, groupName), actor: `plan-run:${ctx.jobId}`, id: id2 });
           started.add(id);
         } catch (e) {
           const err = toOsrError(e);
@@ -487,6 +491,21 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
         },
       },
     ];
+    if (op === ItemOperation.TestFailover && input.options.network === 'temporary') {
+      tasks.push({
+        name: 'Create the drill\'s isolated network',
+        async run(ctx) {
+          const r = (await ctx.command(input.targetFabricId, TestFailoverCommands.CreateNetwork, { name: spec.name }, { timeoutMs: 5 * 60_000 })) as { vmNetwork: string };
+          // the VMs' jobs check their network in the inventory, which the provider sends right after
+          const deadline = clock.now() + 60_000;
+          while (!(await store.fabrics.findObject(r.vmNetwork))) {
+            if (clock.now() > deadline) throw new OsrError('PROVIDER_UNREACHABLE', `the drill's network ${r.vmNetwork} is not in the inventory of ${input.targetFabricId} after 60 s`);
+            await ctx.sleep();
+          }
+          ctx.data.testNetwork = r.vmNetwork;
+        },
+      });
+    }
     if (type === undefined) {
       tasks.push({ name: `${op} of ${spec.groups.reduce((n, g) => n + g.items.length, 0)} VMs`, run: (ctx) => runItems(ctx, 'all', spec.groups.flatMap((g) => g.items), false) });
     } else {
@@ -521,6 +540,18 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
         for (const a of g.post ?? []) if (actionApplies(a, type, input.direction)) tasks.push(actionTask(gi, 'post', a, spec));
       });
     }
+    if (op === ItemOperation.TestFailoverCleanup) {
+      tasks.push({
+        name: 'Remove the drill\'s network',
+        async run(ctx) {
+          // the plan's last test failover, whether it succeeded or not: its network goes either way
+          const runs = await store.jobs.list({ kind: PlanJobs.Run, target: input.planId, limit: 200 });
+          const test = runs.find((j) => j.id !== ctx.jobId && (JSON.parse(j.input) as PlanRunInput).operation === ItemOperation.TestFailover);
+          const network = test?.data ? (JSON.parse(test.data) as { testNetwork?: string }).testNetwork : undefined;
+          if (network) await ctx.command(input.targetFabricId, TestFailoverCommands.RemoveNetwork, { vmNetwork: network }, { timeoutMs: 5 * 60_000 });
+        },
+      });
+    }
     tasks.push({
       name: 'Finalize',
       async run(ctx) {
@@ -539,6 +570,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
           failed,
           vms,
           actions: actionResults(ctx),
+          ...(ctx.data.testNetwork ? { testNetwork: ctx.data.testNetwork as string } : {}),
         };
         if (op === ItemOperation.TestFailoverCleanup) output.drill = await drillOf(ctx, output);
         ctx.data.output = output;
@@ -556,9 +588,14 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
   }
 
   /** The drill a cleanup run completes: the plan's last test failover run, with its VMs. */
-  async function drillOf(ctx: Ctx, cleanup: PlanRunOutput): Promise<PlanDrill> {
+  /** The plan's last test failover run that succeeded, which a cleanup run ends. */
+  async function lastTestFailover(ctx: Ctx): Promise<{ j: JobRow; out: PlanRunOutput } | undefined> {
     const runs = await store.jobs.list({ kind: PlanJobs.Run, target: ctx.input.planId, state: JobState.Succeeded, limit: 200 });
-    const test = runs.map((j) => ({ j, out: j.output ? (JSON.parse(j.output) as PlanRunOutput) : undefined })).find((x) => x.out?.operation === ItemOperation.TestFailover && x.j.id !== ctx.jobId);
+    return runs.map((j) => ({ j, out: j.output ? (JSON.parse(j.output) as PlanRunOutput) : undefined })).find((x): x is { j: JobRow; out: PlanRunOutput } => x.out?.operation === ItemOperation.TestFailover && x.j.id !== ctx.jobId);
+  }
+
+  async function drillOf(ctx: Ctx, cleanup: PlanRunOutput): Promise<PlanDrill> {
+    const test = await lastTestFailover(ctx);
     return {
       plan: ctx.input.spec.name,
       testFailoverJob: test?.j.id ?? null,

@@ -20,7 +20,7 @@ import { AlertKind } from './alerting.js';
 import type { WorkflowDeps } from './protection.js';
 
 export const TestFailoverJobs = { TestFailover: 'test-failover', Cleanup: 'test-failover-cleanup' } as const;
-export const TestFailoverCommands = { Start: 'testfailover.start', Cleanup: 'testfailover.cleanup' } as const;
+export const TestFailoverCommands = { Start: 'testfailover.start', Cleanup: 'testfailover.cleanup', CreateNetwork: 'testfailover.network.create', RemoveNetwork: 'testfailover.network.remove' } as const;
 
 /** How many drills an item keeps in its record (older ones stay in the events). */
 const DRILLS_KEPT = 20;

@@ -173,6 +173,15 @@ describe('recovery plans', () => {
       assert.ok(v.upAfterSeconds! > 0 && v.upAfterSeconds! < 60, `${v.name} up after ${v.upAfterSeconds} s`);
       assert.equal((await item(v.name)).state, 'TestFailoverComplete');
     }
+    // one isolated network for the drill: the plan's test VMs reach each other on it
+    assert.match(out.testNetwork ?? '', /^vmm-chicago\.osr-drill-three-tier$/);
+    const testIps: string[] = [];
+    for (const vm of vms) {
+      const tf = (await item(vm)).replication.testFailover as { testVm: { nics: { vmNetwork: string; ip: string }[] } };
+      assert.equal(tf.testVm.nics[0]!.vmNetwork, out.testNetwork, `${vm}'s test VM is on the drill's network`);
+      testIps.push(tf.testVm.nics[0]!.ip);
+    }
+    assert.equal(new Set(testIps).size, 3, `each test VM has its own address: ${testIps.join(', ')}`);
     // groups in order: the database before the services, the services before the front end
     const up = Object.fromEntries(out.vms.map((v) => [v.name, v.upAfterSeconds!]));
     assert.ok(up.db! <= up.api! && up.api! <= up.web!, JSON.stringify(up));
@@ -194,6 +203,7 @@ describe('recovery plans', () => {
     const cleanup = JSON.parse(await osr('--json', 'plan', 'test-failover-cleanup', 'three-tier', '--notes', 'all three answered')) as { jobId: string };
     await waitJob(cleanup.jobId, ['Succeeded']);
     for (const vm of vms) assert.equal((await item(vm)).state, 'Protected');
+    await waitFor('the drill\'s network gone from the inventory', async () => !(await api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=1000')).items.some((n) => n.id === out.testNetwork), 20_000, 200);
     const drills = JSON.parse(await osr('--json', 'plan', 'drills', 'three-tier')) as PlanDrill[];
     assert.equal(drills.length, 1);
     assert.equal(drills[0]!.succeeded, true);

@@ -28,7 +28,7 @@ export const planRunRoutes = (ctx: VaultContext) => async (app: App) => {
     Type.Object(
       {
         recoveryPoint: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'latest (default), latest-app-consistent, or a point id' })),
-        network: Type.Optional(Type.String({ minLength: 1, maxLength: 300, description: 'none (default), temporary, or a VM network of the recovery site' })),
+        network: Type.Optional(Type.String({ minLength: 1, maxLength: 300, description: 'none (default), temporary (one isolated network for the whole drill), or a VM network of the recovery site' })),
       },
       { additionalProperties: false },
     ),
