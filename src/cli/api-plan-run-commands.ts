@@ -45,7 +45,7 @@ export function addPlanRunCommands(program: Command, plan: Command): void {
           try {
             [job] = (await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) })) as [JobView];
           } catch (e) {
-            // a failed run still says what each VM did so far
+            // the task it failed in (its error names each VM that did not succeed there)
             const failed = await api.get<JobView>(`/jobs/${encodeURIComponent(r.jobId)}`).catch(() => undefined);
             if (failed && !asJson(program)) process.stderr.write(`${failed.error?.task ? `failed in "${failed.error.task}"\n` : ''}`);
             throw e;

@@ -96,6 +96,14 @@ export async function runScript(dir: string, r: ScriptRequest, signal?: AbortSig
     const code = await new Promise<number | null>((resolve, reject) => {
       child.once('error', reject);
       child.once('close', (c) => resolve(c));
+      // a script may leave a process running that holds its output open: its own exit ends the action
+      child.once('exit', (c) => {
+        setTimeout(() => {
+          child.stdout.destroy();
+          child.stderr.destroy();
+          resolve(c);
+        }, 1000).unref();
+      });
     }).finally(() => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);

@@ -132,7 +132,7 @@ export class ItemStore {
    * Make `jobId` the item's active job (and set its state), only if its active job is
    * still `expected`: of two requests racing for one item, one wins. False when it lost.
    */
-  async takeActiveJob(id: string, jobId: string, expected: string | null, state: ProtectionState): Promise<boolean> {
+  async takeActiveJob(id: string, jobId: string | null, expected: string | null, state: ProtectionState): Promise<boolean> {
     const q = this.db.updateTable('protected_items').set({ active_job_id: jobId, state, updated_at: this.now() }).where('id', '=', id);
     const r = await (expected === null ? q.where('active_job_id', 'is', null) : q.where('active_job_id', '=', expected)).executeTakeFirst();
     return affected(r) === 1;

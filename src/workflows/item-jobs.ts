@@ -34,12 +34,24 @@ export interface ItemJobRequest {
   id?: string;
 }
 
+/** A job by id, or undefined when there is none (other store errors are thrown). */
+export async function findJob(store: VaultStore, id: string): Promise<JobRow | undefined> {
+  try {
+    return await store.jobs.get(id);
+  } catch (e) {
+    if (e instanceof OsrError && e.code === 'NOT_FOUND') return undefined;
+    throw e;
+  }
+}
+
 export async function startItemJob(engine: JobEngine, store: VaultStore, r: ItemJobRequest): Promise<JobRow> {
+  // an earlier call with this id started the job: it is answered again, whatever became of it
+  const earlier = r.id ? await findJob(store, r.id) : undefined;
+  if (earlier) return earlier;
   const item = await store.items.get(r.itemId);
   if (r.id && item.activeJobId === r.id) {
-    // taken by an earlier call with this id: the job is there, or its submission was cut short
-    const existing = await store.jobs.get(r.id).catch(() => undefined);
-    return existing ?? engine.submit(r.kind, { id: r.id, target: item.id, input: r.input(item), createdBy: r.actor });
+    // taken by an earlier call with this id whose submission was cut short
+    return engine.submit(r.kind, { id: r.id, target: item.id, input: r.input(item), createdBy: r.actor });
   }
   if (item.activeJobId) {
     const running = await store.jobs.get(item.activeJobId).catch(() => undefined);
@@ -53,7 +65,13 @@ export async function startItemJob(engine: JobEngine, store: VaultStore, r: Item
   if (!(await store.items.takeActiveJob(item.id, jobId, item.activeJobId, r.state))) {
     throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
   }
-  return engine.submit(r.kind, { id: jobId, target: item.id, input: r.input(item), createdBy: r.actor });
+  try {
+    return await engine.submit(r.kind, { id: jobId, target: item.id, input: r.input(item), createdBy: r.actor });
+  } catch (e) {
+    // the item is given back as it was (a vault killed right here leaves it taken: a call with the same id submits the job)
+    await store.items.takeActiveJob(item.id, item.activeJobId, jobId, item.state).catch(() => undefined);
+    throw e;
+  }
 }
 
 /** The operations a recovery plan runs on its items, and how each starts on one item. */

@@ -32,7 +32,7 @@ import { JobState } from '../store/jobs.js';
 import type { JobRow } from '../store/schema.js';
 import { AlertKind } from './alerting.js';
 import { Direction, FailoverCommands, type ItemReplication } from './failover.js';
-import { ITEM_OPERATIONS, ItemOperation, startItemOperation } from './item-jobs.js';
+import { findJob, ITEM_OPERATIONS, ItemOperation, startItemOperation } from './item-jobs.js';
 import type { WorkflowDeps } from './protection.js';
 import { TestFailoverCommands, type DrillRecord, type TestFailoverRecord } from './test-failover.js';
 
@@ -206,10 +206,12 @@ export async function checkPlanRun(store: VaultStore, plan: RecoveryPlanSpec, op
       ? { direction: failedOver.direction, source: failedOver.fromFabricId, target: failedOver.toFabricId }
       : { direction: r.direction === Direction.RecoveryToPrimary ? Direction.RecoveryToPrimary : Direction.PrimaryToRecovery, source: r.sourceFabricId ?? i.fabricId, target: r.targetFabricId ?? '' };
   };
-  const first = present[0];
+  // the items the run acts on (a reprotect leaves those reprotected already, whichever way they go now)
+  const acted = failover ? present : present.filter((i) => def.from.includes(i.state));
+  const first = acted[0];
   if (!first) return { problems };
   const w0 = where(first);
-  for (const i of present.slice(1)) {
+  for (const i of acted.slice(1)) {
     const w = where(i);
     if (w.source !== w0.source || w.target !== w0.target) problems.push({ severity: 'error', code: 'INVALID_ARGUMENT', item: i.id, message: `${i.name} replicates from ${w.source} to ${w.target}, ${first.name} from ${w0.source} to ${w0.target}: the items of a plan go between the same two sites, the same way` });
   }
@@ -223,11 +225,18 @@ export async function startPlanRun(engine: JobEngine, store: VaultStore, plan: R
   if (errors.length > 0) {
     throw new OsrError(errors[0]!.code === 'NOT_FOUND' ? 'NOT_FOUND' : 'INVALID_STATE', `plan ${plan.name} cannot run ${op}: ${errors.map((e) => e.message).join('; ')}`, { problems: check.problems });
   }
-  const active = (await store.jobs.list({ kind: PlanJobs.Run, target: plan.id, limit: 20 })).find((j) => ([JobState.Queued, JobState.Running, JobState.WaitingForInput] as string[]).includes(j.state));
-  if (active) throw new OsrError('INVALID_STATE', `plan ${plan.name} has run ${active.id} ${active.state}; wait for it, resume it, or cancel it`, { jobId: active.id });
+  await refuseActiveRun(store, plan.id, plan.name);
   const { id: _id, createdAt: _c, updatedAt: _u, ...spec } = plan;
   const input: PlanRunInput = { planId: plan.id, operation: op, spec, direction: check.direction!, sourceFabricId: check.sourceFabricId!, targetFabricId: check.targetFabricId!, options };
   return engine.submit(PlanJobs.Run, { target: plan.id, input, createdBy: actor });
+}
+
+/** One run of a plan at a time: another that has not ended is refused with its id. */
+async function refuseActiveRun(store: VaultStore, planId: string, planName: string, except?: string): Promise<void> {
+  for (const state of [JobState.Running, JobState.WaitingForInput, JobState.Queued]) {
+    const active = (await store.jobs.list({ kind: PlanJobs.Run, target: planId, state, limit: 2 })).find((j) => j.id !== except);
+    if (active) throw new OsrError('INVALID_STATE', `plan ${planName} has run ${active.id} ${active.state}; wait for it, resume it, or cancel it`, { jobId: active.id });
+  }
 }
 
 /** The drills of a plan, newest first, from its cleanup runs. */
@@ -252,7 +261,6 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
   const results = (ctx: Ctx) => (ctx.data.results ??= {}) as Record<string, PlanVmResult>;
   const children = (ctx: Ctx) => (ctx.data.children ??= {}) as Record<string, string>;
   const actionResults = (ctx: Ctx) => (ctx.data.actions ??= []) as PlanActionResult[];
-  const since = (ctx: Ctx) => (clock.now() - (ctx.data.startedAt as number)) / 1000;
 
   /** The input an item's job takes for the run's operation. */
   function itemInput(ctx: Ctx, item: ProtectedItem, groupName: string): Record<string, unknown> {
@@ -273,7 +281,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
   }
 
   /** What a VM's finished job left on its item: the point it runs from and its RTO. */
-  async function succeeded(ctx: Ctx, itemId: string, r: PlanVmResult): Promise<void> {
+  async function succeeded(ctx: Ctx, itemId: string, r: PlanVmResult, endedAt: number): Promise<void> {
     const item = await store.items.get(itemId);
     const x = rep(item);
     r.state = 'Succeeded';
@@ -286,8 +294,9 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
       r.rtoSeconds = x.failover.rtoSeconds;
     }
     if (FAILOVER_TYPE[ctx.input.operation]) {
-      r.upAfterSeconds = since(ctx);
-      ctx.data.lastUpAt = clock.now();
+      // when its job ended, not when this run noticed (a run taken over notices late)
+      r.upAfterSeconds = (endedAt - (ctx.data.startedAt as number)) / 1000;
+      ctx.data.lastUpAt = Math.max((ctx.data.lastUpAt as number | undefined) ?? 0, endedAt);
     }
   }
 
@@ -307,7 +316,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
       if (!isBad(r)) continue;
       delete res[id];
       const jobId = kids[id];
-      const job = jobId ? await store.jobs.get(jobId).catch(() => undefined) : undefined;
+      const job = jobId ? await findJob(store, jobId) : undefined;
       if (!job || !([JobState.Failed, JobState.Cancelled] as string[]).includes(job.state)) continue;
       const item = await store.items.find(id);
       // an item back where the operation starts gets a new job; one left half way goes on with its job
@@ -334,13 +343,14 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
       for (const id of ids) {
         if (res[id] || stopStarting || started.has(id)) continue;
         const jobId = kids[id];
-        if (jobId && (await store.jobs.get(jobId).catch(() => undefined))) {
+        if (jobId && (await findJob(store, jobId))) {
           started.add(id); // watched below
           continue;
         }
         const blocked = (Object.hasOwn(deps, id) ? deps[id]! : []).filter((d) => res[d]?.state !== 'Succeeded');
         if (blocked.some((d) => !res[d])) continue; // a dependency still runs
-        if (!isFailover) {
+        // (an item whose job id was chosen may be taken already, its job not yet submitted: startItemJob finishes that)
+        if (!isFailover && !jobId) {
           // commit, reprotect, cleanup: an item not in the state the operation starts from has nothing to do
           const item = await store.items.find(id);
           if (item && !ITEM_OPERATIONS[ctx.input.operation].from.includes(item.state)) {
@@ -363,19 +373,19 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
           await startItemOperation(engine, store, ctx.input.operation, { itemId: id, input: (item) => itemInput(ctx, item, groupName), actor: `plan-run:${ctx.jobId}`, id: id2 });
           started.add(id);
         } catch (e) {
+          // the chosen id is kept: if the item was taken before the error, a retry with it finishes the start
           const err = toOsrError(e);
-          delete kids[id];
           await fail(id, null, 'Failed', { code: err.code, message: err.message });
         }
       }
       // what ended since the last look
       for (const id of ids) {
         if (res[id] || !kids[id]) continue;
-        const job = await store.jobs.get(kids[id]).catch(() => undefined);
+        const job = await findJob(store, kids[id]);
         if (!job) continue;
         if (job.state === JobState.Succeeded) {
           const r: PlanVmResult = { item: id, name: await name(id), group: groupName, state: 'Succeeded', job: job.id };
-          await succeeded(ctx, id, r);
+          await succeeded(ctx, id, r, job.ended_at ?? clock.now());
           res[id] = r;
           await ctx.save();
         } else if (job.state === JobState.Failed || job.state === JobState.Cancelled) {
@@ -432,6 +442,8 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
       } catch (e) {
         last = toOsrError(e, 'ACTION_FAILED');
         if (ctx.signal.aborted) throw last;
+        // a script its provider has not answered may still run: another try could run it twice at once
+        if (last.code === 'PROVIDER_UNREACHABLE') throw new OsrError('ACTION_FAILED', `action ${a.name} (${a.kind} ${a.target}): ${last.message}; not tried again while it may still run (restart the run to try again)`, { action: a.name });
         if (n < tries) await clock.sleep(Math.min(30_000, 1000 * 2 ** (n - 1)), ctx.signal).catch(() => undefined);
       }
     }
@@ -515,6 +527,10 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
           async run(ctx) {
             const ids = spec.groups.flatMap((g) => g.items).sort();
             const shut = (ctx.data.shutdown ??= {}) as Record<string, string>;
+            if (type === 'unplanned' && (await store.fabrics.get(input.sourceFabricId)).heartbeatLost) {
+              await alerting.event({ target: input.planId, kind: 'plan.shutdown-incomplete', severity: Severity.Warning, message: `plan ${spec.name}: the source site ${input.sourceFabricId} is silent (no heartbeat); the unplanned failover goes on without shutting its VMs down`, details: { job: ctx.jobId } });
+              return;
+            }
             const timeoutMs = (input.options.sourceTimeoutSeconds ?? (type === 'planned' ? 900 : 60)) * 1000;
             const vmIds = new Map<string, string>();
             for (const id of ids) vmIds.set(id, rep(await store.items.get(id)).primaryVmId ?? id);
@@ -545,9 +561,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
         name: 'Remove the drill\'s network',
         async run(ctx) {
           // the plan's last test failover, whether it succeeded or not: its network goes either way
-          const runs = await store.jobs.list({ kind: PlanJobs.Run, target: input.planId, limit: 200 });
-          const test = runs.find((j) => j.id !== ctx.jobId && (JSON.parse(j.input) as PlanRunInput).operation === ItemOperation.TestFailover);
-          const network = test?.data ? (JSON.parse(test.data) as { testNetwork?: string }).testNetwork : undefined;
+          const network = (await lastTestFailover(ctx))?.testNetwork;
           if (network) await ctx.command(input.targetFabricId, TestFailoverCommands.RemoveNetwork, { vmNetwork: network }, { timeoutMs: 5 * 60_000 });
         },
       });
@@ -588,10 +602,26 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
   }
 
   /** The drill a cleanup run completes: the plan's last test failover run, with its VMs. */
-  /** The plan's last test failover run that succeeded, which a cleanup run ends. */
-  async function lastTestFailover(ctx: Ctx): Promise<{ j: JobRow; out: PlanRunOutput } | undefined> {
-    const runs = await store.jobs.list({ kind: PlanJobs.Run, target: ctx.input.planId, state: JobState.Succeeded, limit: 200 });
-    return runs.map((j) => ({ j, out: j.output ? (JSON.parse(j.output) as PlanRunOutput) : undefined })).find((x): x is { j: JobRow; out: PlanRunOutput } => x.out?.operation === ItemOperation.TestFailover && x.j.id !== ctx.jobId);
+  /**
+   * The plan's last test failover run, in whatever state, which a cleanup run ends: none
+   * when a cleanup ended it already. A run that did not succeed has no output; what it did
+   * is read from its data.
+   */
+  async function lastTestFailover(ctx: Ctx): Promise<{ j: JobRow; succeeded: boolean; startedAt: string | null; rtoSeconds: number | null; vms: PlanVmResult[]; testNetwork?: string } | undefined> {
+    const runs = await store.jobs.list({ kind: PlanJobs.Run, target: ctx.input.planId, limit: 200 });
+    for (const j of runs) {
+      if (j.id === ctx.jobId) continue;
+      const op = (JSON.parse(j.input) as PlanRunInput).operation;
+      if (op === ItemOperation.TestFailoverCleanup && j.state === JobState.Succeeded) return undefined;
+      if (op !== ItemOperation.TestFailover) continue;
+      if (j.state === JobState.Succeeded && j.output) {
+        const out = JSON.parse(j.output) as PlanRunOutput;
+        return { j, succeeded: out.failed === 0, startedAt: out.startedAt, rtoSeconds: out.rtoSeconds, vms: out.vms, ...(out.testNetwork ? { testNetwork: out.testNetwork } : {}) };
+      }
+      const data = (j.data ? JSON.parse(j.data) : {}) as { startedAt?: number; results?: Record<string, PlanVmResult>; testNetwork?: string };
+      return { j, succeeded: false, startedAt: data.startedAt ? new Date(data.startedAt).toISOString() : null, rtoSeconds: null, vms: Object.values(data.results ?? {}), ...(data.testNetwork ? { testNetwork: data.testNetwork } : {}) };
+    }
+    return undefined;
   }
 
   async function drillOf(ctx: Ctx, cleanup: PlanRunOutput): Promise<PlanDrill> {
@@ -600,12 +630,13 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
       plan: ctx.input.spec.name,
       testFailoverJob: test?.j.id ?? null,
       cleanupJob: ctx.jobId,
-      startedAt: test?.out?.startedAt ?? null,
+      startedAt: test?.startedAt ?? null,
       cleanedUpAt: cleanup.endedAt,
-      rtoSeconds: test?.out?.rtoSeconds ?? null,
-      vms: (test?.out?.vms ?? []).map((v) => ({ item: v.item, name: v.name, point: v.point ?? null, rtoSeconds: v.upAfterSeconds ?? v.rtoSeconds ?? null })),
+      rtoSeconds: test?.rtoSeconds ?? null,
+      vms: (test?.vms ?? []).map((v) => ({ item: v.item, name: v.name, point: v.point ?? null, rtoSeconds: v.upAfterSeconds ?? v.rtoSeconds ?? null })),
       notes: ctx.input.options.notes ?? null,
-      succeeded: cleanup.failed === 0 && test !== undefined && test.out!.failed === 0,
+      // a drill counts when its test failover succeeded for every VM and its cleanup did too
+      succeeded: cleanup.failed === 0 && test?.succeeded === true,
     };
   }
 
@@ -614,6 +645,9 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
     tasks: [],
     tasksFor,
     // cancelling a run stops it starting more VMs; the VMs' jobs that run go on (a failover is not stopped half way)
+    async onRestart(ctx) {
+      await refuseActiveRun(store, ctx.input.planId, ctx.input.spec.name, ctx.jobId);
+    },
     async onEnd(ctx, state, err) {
       const failed = state === JobState.Failed;
       await alerting.event({ target: ctx.input.planId, kind: 'plan.run-failed', severity: failed ? Severity.Critical : Severity.Warning, message: `plan ${ctx.input.spec.name}: ${ctx.input.operation} ${failed ? `failed: ${err?.message}` : 'was cancelled'}; restart the run to go on from where it stopped`, details: { job: ctx.jobId } });

@@ -50,3 +50,15 @@ test('a script that outlives its timeout is killed with its children', withDir(a
   await new Promise((r) => setTimeout(r, 3500));
   assert.equal(fs.existsSync(marker), false, 'the script\'s background child was killed too');
 }));
+
+test('a script that leaves a process running ends when it exits, and that process is left alone', withDir(async (dir) => {
+  const marker = path.join(dir, 'left-running');
+  script(dir, 'daemon.sh', `(sleep 2; touch "${marker}") & echo started`);
+  const t0 = Date.now();
+  const r = await runScript(dir, { script: 'daemon.sh', context: {}, timeoutSeconds: 20 });
+  assert.equal(r.exitCode, 0);
+  assert.equal(r.stdout, 'started\n');
+  assert.ok(Date.now() - t0 < 1900, `answered after ${Date.now() - t0} ms, before the process it left finished`);
+  await new Promise((res) => setTimeout(res, 2500));
+  assert.ok(fs.existsSync(marker), 'the process the script left running was not killed');
+}));

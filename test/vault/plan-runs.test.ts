@@ -52,7 +52,9 @@ before(async () => {
     req.on('data', (c: Buffer) => (t += c));
     req.on('end', () => {
       webhookCalls.push(JSON.parse(t) as Obj);
-      res.writeHead(webhookAnswers.shift() ?? 204).end();
+      // a negative answer: 503 after that many milliseconds
+      const answer = webhookAnswers.shift() ?? 204;
+      setTimeout(() => res.writeHead(answer < 0 ? 503 : answer).end(), answer < 0 ? -answer : 0);
     });
   });
   await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
@@ -171,5 +173,12 @@ describe('plan runs', () => {
     assert.equal(bad.error!.code, 'ACTION_FAILED');
     assert.match(bad.error!.message, /action gate \(webhook .*\) failed after 2 tries: webhook .* answered 503/);
     assert.equal((await itemJobs('test-failover', item(7))).length, 0, 'the group after a failed pre action does not start');
+
+    // one run of a plan at a time: restarting the failed run while another runs is refused
+    webhookAnswers = [-1500, -1500];
+    const second = await run('hooked', 'test-failover');
+    await waitFor('the second run calling its webhook', async () => (await job(second)).state === 'Running', 10_000, 20);
+    await assertRejectsCode(v.api.request('POST', `/api/v1/jobs/${bad.id}/restart`, {}), 'INVALID_STATE', new RegExp(`plan hooked has run ${second} Running`));
+    assert.equal((await ended(second)).error!.code, 'ACTION_FAILED');
   });
 });
