@@ -10,6 +10,7 @@ import type { RecoveryPlan } from '../domain/resources.js';
 import type { PlanDrill, PlanRunOutput } from '../workflows/plan-run.js';
 import { asJson, print, when, withApi, type CliApi } from './api-common.js';
 import { formatSeconds, table } from './format.js';
+import { cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
 import { watchJobs, type JobView } from './job-watch.js';
 
 const getPlan = (api: CliApi, idOrName: string) => api.get<RecoveryPlan>(`/recovery-plans/${encodeURIComponent(idOrName)}`);
@@ -56,32 +57,20 @@ export function addPlanRunCommands(program: Command, plan: Command): void {
         }),
       );
 
-  run<{ point: string; network: string }>(
+  run<TestFailoverFlags>(
     'test-failover',
     'test failover of a plan (a job): the groups in order, each group\'s VMs in parallel, at the recovery site in isolation while replication goes on; clean it up with test-failover-cleanup',
-    (c) =>
-      c
-        .option('--point <point>', 'latest, latest-app-consistent, or a recovery point id', 'latest')
-        .option('--network <network>', 'none, temporary (one isolated network for the whole drill, its VMs reach each other; removed at cleanup), or the id of an isolated VM network at the recovery site', 'none'),
-    (o) => ({ recoveryPoint: o.point, network: o.network }),
+    testFailoverFlags('one isolated network for the whole drill, its VMs reach each other; removed at cleanup'),
+    testFailoverBody,
   );
-  run<{ notes?: string }>(
+  run<CleanupFlags>(
     'test-failover-cleanup',
     'clean up a plan\'s test failover (a job): remove its test VMs and networks; the drill is recorded with its notes and counts once this succeeded',
-    (c) => c.option('--notes <text>', 'what the drill showed (kept with the drill)'),
-    (o) => (o.notes !== undefined ? { notes: o.notes } : {}),
+    cleanupFlags,
+    cleanupBody,
   );
   run('planned-failover', 'planned failover of a plan (a job): the shutdown group, then each group with nothing lost; stops at the first error. After reprotect, the same command fails back', (c) => c, () => ({}));
-  run<{ point: string; shutdownSource: boolean; sourceTimeout: string }>(
-    'unplanned-failover',
-    'unplanned failover of a plan (a job): each group from the chosen point; carries on past a VM that fails and reports per VM',
-    (c) =>
-      c
-        .option('--point <point>', 'latest (the newest at the recovery site), latest-processed, latest-app-consistent, or a recovery point id', 'latest')
-        .option('--shutdown-source', 'try to shut the source VMs down and ship their last writes first; carry on if their site cannot be reached', false)
-        .option('--source-timeout <duration>', 'how long to wait for the source site', '60s'),
-    (o) => ({ recoveryPoint: o.point, shutdownSource: o.shutdownSource, sourceTimeoutSeconds: Math.max(1, Math.round(parseDuration(o.sourceTimeout) / 1000)) }),
-  );
+  run<UnplannedFlags>('unplanned-failover', 'unplanned failover of a plan (a job): each group from the chosen point; carries on past a VM that fails and reports per VM', unplannedFlags, unplannedBody);
   run('commit', 'commit a plan\'s failover (a job): every failed-over VM\'s failover becomes final; reprotect next', (c) => c, () => ({}));
   run('reprotect', 'reprotect a plan (a job): every committed VM replicates the other way, sending only what differs', (c) => c, () => ({}));
 

@@ -4,6 +4,7 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import { INVENTORY_KINDS, type Fabric, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
 import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
 import { formatBytes, formatSeconds, table } from './format.js';
+import { cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
 import { watchJobs } from './job-watch.js';
 import { parseDuration } from '../agent/time-window.js';
 
@@ -310,35 +311,28 @@ export function addProtectionCommands(program: Command): void {
           if (o.wait) await watchJobs(api, [r.jobId], { json: asJson(program), intervalMs: parseDuration(o.interval) });
         }),
       );
-  itemJob<{ point: string; network: string }>(
+  itemJob<TestFailoverFlags>(
     'test-failover',
     'test failover (a job): start a recovery point at the recovery site in isolation while replication goes on; clean it up with test-failover-cleanup',
     'test-failover',
-    (c) =>
-      c
-        .option('--point <point>', 'latest, latest-app-consistent, or a recovery point id (osr item points)', 'latest')
-        .option('--network <network>', 'none, temporary (a VM network made for the drill and removed at cleanup), or the id of an isolated VM network at the recovery site', 'none'),
-    (o) => ({ recoveryPoint: o.point, network: o.network }),
+    testFailoverFlags('a VM network made for the drill and removed at cleanup'),
+    testFailoverBody,
     (name, o) => `test failover of ${name} from point ${o.point}, network ${o.network}`,
   );
-  itemJob<{ notes?: string }>(
+  itemJob<CleanupFlags>(
     'test-failover-cleanup',
     'clean up a test failover (a job): remove its VM and any network made for it, and record the drill with notes',
     'test-failover-cleanup',
-    (c) => c.option('--notes <text>', 'what the drill showed (kept with the drill)'),
-    (o) => (o.notes !== undefined ? { notes: o.notes } : {}),
+    cleanupFlags,
+    cleanupBody,
     (name) => `cleaning up the test failover of ${name}`,
   );
-  itemJob<{ point: string; shutdownSource: boolean; sourceTimeout: string }>(
+  itemJob<UnplannedFlags>(
     'unplanned-failover',
     'unplanned failover (a job): start a recovery point at the other site when the primary may be gone; the old primary is fenced when it answers',
     'unplanned-failover',
-    (c) =>
-      c
-        .option('--point <point>', 'latest (the newest at the recovery site), latest-processed, latest-app-consistent, or a recovery point id', 'latest')
-        .option('--shutdown-source', 'try to shut the source down and ship its last writes first; carry on if it cannot be reached', false)
-        .option('--source-timeout <duration>', 'how long to wait for the source site', '60s'),
-    (o) => ({ recoveryPoint: o.point, shutdownSource: o.shutdownSource, sourceTimeoutSeconds: Math.max(1, Math.round(parseDuration(o.sourceTimeout) / 1000)) }),
+    unplannedFlags,
+    unplannedBody,
     (name, o) => `unplanned failover of ${name} to point ${o.point}`,
   );
   itemJob(

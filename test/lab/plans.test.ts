@@ -20,7 +20,7 @@ import { OSR_BIN } from '../../src/lab/agent-process.js';
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import type { ActionContext, PlanDrill, PlanRunOutput } from '../../src/workflows/plan-run.js';
-import { tempDir, waitFor } from '../support/lab.js';
+import { freePort, tempDir, waitFor } from '../support/lab.js';
 
 const run = promisify(execFile);
 type Obj = Record<string, unknown>;
@@ -88,14 +88,6 @@ const contexts = (prefix: string): ActionContext[] =>
 
 const hooks: ActionContext[] = [];
 let hookServer: http.Server;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const p = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return p;
-}
 
 before(async () => {
   fs.mkdirSync(marks, { recursive: true });

@@ -5,25 +5,16 @@
  * the commands of the tasks that were done.
  */
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { createTestDatabase } from '../support/databases.js';
-import { tempDir, waitFor } from '../support/lab.js';
+import { freePort, tempDir, waitFor } from '../support/lab.js';
 import { Dialect } from '../../src/store/database.js';
 import { openDatabase } from '../../src/store/database.js';
 import { gate, siteInventory, spawnVault, TestProvider } from '../support/vault.js';
 
 type Obj = Record<string, unknown>;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 async function caOf(database: string, dataDir: string): Promise<string> {
   const d = await openDatabase({ database, dataDir });
