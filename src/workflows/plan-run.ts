@@ -248,14 +248,8 @@ export async function planDrills(store: VaultStore, planId: string, limit = 50):
     .slice(0, limit);
 }
 
-export interface PlanRunDeps extends WorkflowDeps {
-  /** calls a webhook action (default: fetch) */
-  fetch?: typeof fetch;
-}
-
-export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void {
+export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
-  const doFetch = deps.fetch ?? fetch;
   type Ctx = JobContext<PlanRunInput>;
 
   const results = (ctx: Ctx) => (ctx.data.results ??= {}) as Record<string, PlanVmResult>;
@@ -454,7 +448,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: PlanRunDeps): void 
     const timeoutMs = (a.timeoutSeconds ?? 60) * 1000;
     let res: Response;
     try {
-      res = await doFetch(a.target, { method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': 'osr-vault' }, body: JSON.stringify(context), signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(timeoutMs)]) });
+      res = await fetch(a.target, { method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': 'osr-vault' }, body: JSON.stringify(context), signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(timeoutMs)]) });
     } catch (e) {
       const err = e as Error;
       throw new OsrError('ACTION_FAILED', err.name === 'TimeoutError' ? `webhook ${a.target} did not answer within ${timeoutMs / 1000} s` : `webhook ${a.target} cannot be reached: ${err.message}`);
