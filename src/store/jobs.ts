@@ -217,6 +217,17 @@ export class JobStore {
     return row;
   }
 
+  /** The jobs of these ids that exist, by id: one query for many (a plan run watching its VMs' jobs). */
+  async many(ids: readonly string[]): Promise<Map<string, JobRow>> {
+    const out = new Map<string, JobRow>();
+    for (let i = 0; i < ids.length; i += 500) {
+      const chunk = ids.slice(i, i + 500);
+      if (chunk.length === 0) continue;
+      for (const row of await this.db.selectFrom('jobs').selectAll().where('id', 'in', chunk).execute()) out.set(row.id, row);
+    }
+    return out;
+  }
+
   async list(f: JobFilter = {}): Promise<JobRow[]> {
     let q = this.db.selectFrom('jobs').selectAll();
     if (f.state) q = q.where('state', '=', f.state);

@@ -372,10 +372,11 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           await fail(id, null, 'Failed', { code: err.code, message: err.message });
         }
       }
-      // what ended since the last look
-      for (const id of ids) {
-        if (res[id] || !kids[id]) continue;
-        const job = await findJob(store, kids[id]);
+      // what ended since the last look (one query for the group's jobs)
+      const watched = ids.filter((id) => !res[id] && kids[id]);
+      const jobs = await store.jobs.many(watched.map((id) => kids[id]!));
+      for (const id of watched) {
+        const job = jobs.get(kids[id]!);
         if (!job) continue;
         if (job.state === JobState.Succeeded) {
           const r: PlanVmResult = { item: id, name: await name(id), group: groupName, state: 'Succeeded', job: job.id };

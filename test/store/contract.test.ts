@@ -80,6 +80,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           assert.equal((await jobs.list({ state: JobState.Queued })).length, 2);
           assert.deepEqual(JSON.parse((await jobs.get(first.id)).input), { policy: 'gold' });
           await assertRejectsCode(jobs.get('no-such-job'), 'NOT_FOUND');
+          assert.deepEqual([...(await jobs.many([first.id, 'no-such-job'])).keys()], [first.id]);
 
           const claimed = await jobs.claim('vault-a', 30_000);
           assert.equal(claimed?.id, first.id, 'the oldest job first');
