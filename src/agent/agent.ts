@@ -13,8 +13,10 @@ import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../pki/index.j
 import type { BlockDevice } from './block-device.js';
 import { CyclePhases } from './cycle-phases.js';
 import { readJson, writeJsonDurable } from './durable-file.js';
-import { demoteVm, promoteReplica, type DemoteResult, type PromoteOptions, type PromoteResult } from './failover.js';
-import { LabHost } from './lab-host.js';
+import { changePromotedPoint, commitPromotion, demoteVm, promoteReplica, provisionalOverlay, type DemoteResult, type PromoteOptions, type PromoteResult } from './failover.js';
+import { HandoverDisk } from './handover-disk.js';
+import { LabHost, type VmSpec } from './lab-host.js';
+import { diskRangesBytes } from './ranges.js';
 import { buildAgentApi } from './local-api.js';
 import { NbdServer } from './nbd/nbd-server.js';
 import { ReplicaRegistry, ReplicationServer } from './replication-server.js';
@@ -60,6 +62,8 @@ export class Agent {
   private readonly phases = new CyclePhases();
   private readonly agentPacer: Pacer | undefined;
   readonly nbd: NbdServer;
+  /** disks of uncommitted promoted VMs as their clients hold them, by "VM/disk" */
+  private readonly handovers = new Map<string, HandoverDisk>();
   readonly log: PinoLogger;
   private replicationServer: ReplicationServer | undefined;
   private tls!: TlsMaterial;
@@ -95,6 +99,14 @@ export class Agent {
     // a promoted replica's images are a host VM's disks now: not served as a replica
     await this.replicas.openAll(new Set(this.host.list().map((vm) => vm.id)));
     for (const r of this.replicas.list()) for (const note of r.recoveryNotes.splice(0)) this.log.warn({ vm: r.vmName }, note);
+    // a promotion not committed runs from its overlay again; one whose commit had begun is finished
+    for (const p of this.replicas.provisional()) {
+      const vm = p.store.vmName;
+      if (p.promotion.committing || p.store.isCommitted) {
+        await commitPromotion(this.host, this.replicas, vm);
+        this.log.warn({ vm }, `finished committing the promotion of ${vm}, cut short by a stop`);
+      } else await promoteReplica(this.host, this.replicas, vm, { commit: false });
+    }
     await this.nbd.listenUnix(this.nbdSocket);
     let nbdTcpPort: number | null = null;
     if (this.config.nbdTcpPort !== undefined) nbdTcpPort = (await this.nbd.listenTcp(this.config.nbdTcpPort, '127.0.0.1')).port;
@@ -120,6 +132,7 @@ export class Agent {
     const parts = name.split('/');
     try {
       if (parts.length === 2) {
+        if (!this.host.has(parts[0])) return this.provisionalDisk(parts[0], parts[1]);
         const vm = this.host.get(parts[0]);
         return vm.running ? vm.disk(parts[1]) : undefined;
       }
@@ -133,6 +146,7 @@ export class Agent {
   private listExports(): string[] {
     const out: string[] = [];
     for (const vm of this.host.list()) if (vm.running) for (const d of vm.spec.disks) out.push(`${vm.name}/${d.name}`);
+    for (const p of this.replicas.provisional()) if (p.promotion.running !== false && !p.promotion.committing) for (const d of p.store.disks) out.push(`${p.store.vmName}/${d.name}`);
     for (const s of this.replicas.list()) for (const o of s.listOverlays()) for (const d of o.disks) out.push(`replica/${s.vmName}/${o.id}/${d.name}`);
     return out;
   }
@@ -196,8 +210,112 @@ export class Agent {
 
   /** Promote a replica held here to a writable VM on this host (failover.ts). */
   async promote(vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
+    // promoted and committed already (the call again, after a restart that finished it): answered as it is
+    const done = this.host.has(vmName) ? this.committedPromotion(vmName) : undefined;
+    if (done && (opts.point === undefined || opts.point === done.point.seq)) return done;
     const result = await promoteReplica(this.host, this.replicas, vmName, opts);
-    this.log.warn({ vm: result.vm, epoch: result.epoch, point: result.point.seq }, `replica of ${result.vm} promoted: it is the primary now (epoch ${result.epoch})`);
+    this.log.warn({ vm: result.vm, epoch: result.epoch, point: result.point.seq }, `replica of ${result.vm} promoted: it is the primary now (epoch ${result.epoch})${result.pending ? '; it runs from an overlay until the failover is committed' : ''}`);
+    return result;
+  }
+
+  /** A host VM made by a committed promotion, as the promotion answered. */
+  private committedPromotion(vmName: string): PromoteResult | undefined {
+    const vm = this.host.get(vmName);
+    const promotion = this.replicas.fenceRecord(vm.id)?.promotion;
+    if (!vm.spec.origin || !promotion || promotion.pending) return undefined;
+    return { vm: vmName, point: promotion.point, epoch: vm.spec.origin.epoch, rolledBackBytes: diskRangesBytes(promotion.rolledBack), pending: false };
+  }
+
+  /**
+   * A disk of a VM whose promotion is not committed yet, while it is started: its overlay's,
+   * behind a handover so that the commit moves its clients to the images without a restart.
+   */
+  private provisionalDisk(vmName: string, disk: string): BlockDevice | undefined {
+    const p = this.replicas.provisional().find((x) => x.store.vmName === vmName);
+    if (!p || p.promotion.running === false) return undefined;
+    const key = `${vmName}/${disk}`;
+    let h = this.handovers.get(key);
+    if (!h) {
+      const d = provisionalOverlay(this.replicas, vmName)?.disk(disk);
+      if (!d) return undefined;
+      h = new HandoverDisk(d);
+      this.handovers.set(key, h);
+    }
+    return h;
+  }
+
+  /** The handovers of a VM's disks (forgotten here: the clients holding them keep them). */
+  private takeHandovers(vmName: string): [string, HandoverDisk][] {
+    const out = [...this.handovers].filter(([k]) => k.startsWith(`${vmName}/`));
+    for (const [k] of out) this.handovers.delete(k);
+    return out.map(([k, h]) => [k.slice(vmName.length + 1), h]);
+  }
+
+  /**
+   * VMs whose promotion is not committed, as the VM list shows them: `origin.pending`, disks
+   * served from an overlay (no image of their own yet).
+   */
+  provisionalVms(): (Omit<VmSpec, 'disks'> & { disks: { id: string; name: string; size: number; image: null }[] })[] {
+    return this.replicas.provisional().map(({ store, epoch, promotion: p }) => ({
+      id: store.vmId,
+      name: store.vmName,
+      disks: store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: null })),
+      running: p.running !== false && !p.committing,
+      createdAt: p.promotedAt ?? new Date(p.point.timeMs).toISOString(),
+      origin: { epoch, point: { seq: p.point.seq, timeMs: p.point.timeMs }, promotedAt: p.promotedAt ?? '', pending: true },
+    }));
+  }
+
+  /** Start or stop a VM whose promotion is not committed yet: whether its disks are served. */
+  async setProvisionalRunning(vmName: string, running: boolean): Promise<void> {
+    const p = this.replicas.provisional().find((x) => x.store.vmName === vmName);
+    if (!p) throw new OsrError('VM_NOT_FOUND', `VM ${vmName} does not exist on this host`, { vms: this.host.list().map((v) => v.name) });
+    if (!running) await this.disconnectVm(vmName);
+    this.replicas.setPromotion(p.store.vmId, { ...p.promotion, running });
+  }
+
+  /** Disconnect a VM's NBD clients (once their requests finish) and make its writes durable. */
+  private async disconnectVm(vmName: string): Promise<void> {
+    await this.nbd.disconnect((name) => name.startsWith(`${vmName}/`));
+    this.takeHandovers(vmName);
+    const overlay = provisionalOverlay(this.replicas, vmName);
+    for (const d of overlay?.disks ?? []) await d.flush();
+  }
+
+  /** Another point for a VM whose promotion is not committed: it restarts from that point, its writes discarded. */
+  async changePromotedPoint(vmName: string, seq: number): Promise<PromoteResult> {
+    await this.disconnectVm(vmName);
+    const result = changePromotedPoint(this.replicas, vmName, seq);
+    this.log.warn({ vm: result.vm, point: result.point.seq }, `${result.vm} now runs from point #${result.point.seq}; what it wrote since its promotion was discarded`);
+    return result;
+  }
+
+  /**
+   * Commit a promotion: the VM's point and writes become its disks, the other points go.
+   * A VM committed already answers as it is.
+   */
+  async commitPromotion(vmName: string): Promise<PromoteResult> {
+    if (this.host.has(vmName)) {
+      const done = this.committedPromotion(vmName);
+      if (!done) throw new OsrError('INVALID_STATE', `${vmName} was not promoted from a replica; there is nothing to commit`);
+      return done;
+    }
+    // the VM's clients stay connected: their requests wait while the disks move to the images
+    const held = this.takeHandovers(vmName);
+    for (const [, h] of held) await h.hold();
+    let result: PromoteResult;
+    try {
+      result = await commitPromotion(this.host, this.replicas, vmName);
+    } catch (e) {
+      for (const [disk, h] of held) {
+        this.handovers.set(`${vmName}/${disk}`, h);
+        h.release();
+      }
+      throw e;
+    }
+    const vm = this.host.get(vmName);
+    for (const [disk, h] of held) h.release(vm.disk(disk));
+    this.log.warn({ vm: result.vm, point: result.point.seq }, `the promotion of ${result.vm} is committed: it runs from its own disks, the other points are gone`);
     return result;
   }
 

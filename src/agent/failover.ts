@@ -5,6 +5,8 @@
  *   shipped and applied; zero pending bytes.
  * - **promote** (replica site): a recovery point becomes a writable VM here. The replica's
  *   epoch goes up, and from then on this agent refuses primaries holding an older epoch.
+ *   A provisional promotion runs the VM from an overlay on the point; until its **commit**
+ *   the point may be **changed** (what the VM wrote is then discarded).
  * - **demote** (old primary site): the VM's disks become the replica of its promoted copy.
  *   Its change logs say which ranges it wrote that the replica may lack (also writes made
  *   after the last shipped point, in an unplanned failover): those ranges are resent from
@@ -17,9 +19,9 @@
 import { OsrError } from '../domain/errors.js';
 import { crashPoint } from './crash-point.js';
 import type { LabHost, LabVm, VmDiskSpec } from './lab-host.js';
-import { diskRangesBytes, type DiskRanges } from './ranges.js';
-import type { ReplicaRegistry } from './replication-server.js';
-import type { RecoveryPoint } from './replica-store.js';
+import { diskRangesBytes, unionDiskRanges, type DiskRanges } from './ranges.js';
+import type { Promotion, ReplicaRegistry } from './replication-server.js';
+import type { Overlay, RecoveryPoint, ReplicaStore } from './replica-store.js';
 
 export interface PromoteOptions {
   /** recovery point (default: the latest) */
@@ -28,6 +30,11 @@ export interface PromoteOptions {
   epoch?: number | undefined;
   /** serve the VM's disks at once (default true) */
   start?: boolean | undefined;
+  /**
+   * commit at once (default true); false: the VM runs from an overlay on the point until
+   * `commitPromotion`, and `changePromotedPoint` may choose another point meanwhile
+   */
+  commit?: boolean | undefined;
 }
 
 export interface PromoteResult {
@@ -36,15 +43,30 @@ export interface PromoteResult {
   epoch: number;
   /** bytes of later points that promoting an older point rolled back */
   rolledBackBytes: number;
+  /** not committed yet: the VM runs from an overlay on the point */
+  pending: boolean;
 }
 
+const result = (store: ReplicaStore, epoch: number, p: Promotion): PromoteResult => ({ vm: store.vmName, point: p.point, epoch, rolledBackBytes: diskRangesBytes(p.rolledBack), pending: p.pending === true });
+
 /**
- * Promote a replica: the chosen point is committed into its images, which become the disks
- * of a VM on this host with change tracking on from the first write. Later points are
- * dropped; the ranges they wrote are kept with the VM for reverse replication.
+ * Promote a replica: the chosen point becomes a VM on this host with change tracking on
+ * from the first write. Later points are dropped; the ranges they wrote are kept with the
+ * VM for reverse replication.
+ *
+ * With `commit: false` the promotion is provisional: the VM runs from a copy-on-write
+ * overlay on the point (its writes kept apart, durable, served again after a restart), the
+ * other points stay, and the point may be changed until `commitPromotion`.
  */
 export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
   const store = registry.get(vmName);
+  const record = registry.fenceRecord(store.vmId);
+  const earlier = record?.promotion;
+  if (earlier?.pending && !store.isCommitted) {
+    // promoted already and not committed (the command again, or a restart): the same VM
+    ensureOverlay(store, registry, earlier);
+    return opts.commit === false ? result(store, record!.epoch, earlier) : commitPromotion(host, registry, vmName);
+  }
   // a delta in flight lands first; nothing below waits until the fence, after which no
   // other begins, so the point chosen is the newest this replica will have
   await store.whenIdle(60_000);
@@ -54,33 +76,104 @@ export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, v
   const current = Math.max(store.epoch, registry.fenceOf(store.vmId) ?? 0);
   const epoch = opts.epoch ?? current + 1;
   if (!Number.isSafeInteger(epoch) || epoch <= current) throw new OsrError('INVALID_ARGUMENT', `the new epoch must be above the replica's ${current}, not ${epoch}`);
-  let point: RecoveryPoint;
-  let rolledBack: DiskRanges;
-  const earlier = registry.fenceRecord(store.vmId)?.promotion;
   if (store.isCommitted && earlier) {
     // a promotion cut short after its commit: the images hold the committed point
-    ({ point, rolledBack } = earlier);
     registry.fence(store.vmId, epoch, earlier);
-  } else if (store.isCommitted) {
-    throw new OsrError('INVALID_STATE', `the replica of ${store.vmName} was committed outside a promotion; its rolled-back ranges are unknown`);
-  } else {
-    const seq = opts.point ?? store.latestPoint()?.seq;
-    if (seq === undefined || !store.hasPoint(seq)) throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(opts.point ?? 'latest')} of ${store.vmName} does not exist`, { points: store.points().map((p) => p.seq) });
-    point = store.points().find((p) => p.seq === seq)!;
-    rolledBack = store.rangesChangedAfter(seq);
-    // from here on the old primary is refused, so nothing lands after the chosen point; the
-    // ranges the commit rolls back are durable before it deletes the undo that holds them
-    registry.fence(store.vmId, epoch, { point, rolledBack });
-    crashPoint('promote:fenced');
-    const overlay = store.openOverlay(seq);
+    return adopt(host, registry, store, epoch, earlier, opts.start !== false);
+  }
+  if (store.isCommitted) throw new OsrError('INVALID_STATE', `the replica of ${store.vmName} was committed outside a promotion; its rolled-back ranges are unknown`);
+  const seq = opts.point ?? store.latestPoint()?.seq;
+  if (seq === undefined || !store.hasPoint(seq)) throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(opts.point ?? 'latest')} of ${store.vmName} does not exist`, { points: store.points().map((p) => p.seq) });
+  const point = store.points().find((p) => p.seq === seq)!;
+  // from here on the old primary is refused, so nothing lands after the chosen point
+  const promotion: Promotion = { point, rolledBack: store.rangesChangedAfter(seq), pending: true, running: opts.start !== false, promotedAt: new Date().toISOString() };
+  registry.fence(store.vmId, epoch, promotion);
+  crashPoint('promote:fenced');
+  ensureOverlay(store, registry, promotion);
+  return opts.commit === false ? result(store, epoch, promotion) : commitPromotion(host, registry, vmName);
+}
+
+/**
+ * The overlay a provisional promotion runs from. One cut short before its overlay was
+ * recorded gets a new one; any other overlay is a stray of that step and is discarded.
+ */
+function ensureOverlay(store: ReplicaStore, registry: ReplicaRegistry, p: Promotion): Overlay {
+  const have = p.overlayId ? store.listOverlays().find((o) => o.id === p.overlayId) : undefined;
+  if (have) return have;
+  for (const o of store.listOverlays()) store.discardOverlay(o.id);
+  const o = store.openOverlay(p.point.seq);
+  p.overlayId = o.id;
+  registry.setPromotion(store.vmId, p);
+  return o;
+}
+
+function provisionalOf(registry: ReplicaRegistry, vmName: string): { store: ReplicaStore; epoch: number; promotion: Promotion } {
+  const found = registry.provisional().find((x) => x.store.vmName === vmName || x.store.vmId === vmName);
+  if (!found) throw new OsrError('INVALID_STATE', `${vmName} has no promotion waiting for its commit here (it was never promoted, or it is committed)`);
+  return found;
+}
+
+/** The overlay a provisional VM's disks are served from (undefined once committed). */
+export function provisionalOverlay(registry: ReplicaRegistry, vmName: string): Overlay | undefined {
+  const found = registry.provisional().find((x) => x.store.vmName === vmName);
+  if (!found || found.promotion.committing || !found.promotion.overlayId) return undefined;
+  return found.store.listOverlays().find((o) => o.id === found.promotion.overlayId);
+}
+
+/**
+ * Change the point of a provisional promotion: what the VM wrote is discarded and it runs
+ * from `seq` instead. The caller has disconnected its disks' clients.
+ */
+export function changePromotedPoint(registry: ReplicaRegistry, vmName: string, seq: number): PromoteResult {
+  const { store, epoch, promotion } = provisionalOf(registry, vmName);
+  if (promotion.committing) throw new OsrError('INVALID_STATE', `the promotion of ${store.vmName} is being committed; its point can no longer change`);
+  const point = store.points().find((p) => p.seq === seq);
+  if (!point) throw new OsrError('POINT_NOT_FOUND', `recovery point ${seq} of ${store.vmName} does not exist`, { points: store.points().map((p) => p.seq) });
+  const old = promotion.overlayId;
+  // the new point is durable first: a restart then opens the overlay on it, and the old one is a stray
+  const next: Promotion = { ...promotion, point, rolledBack: store.rangesChangedAfter(seq), overlayId: undefined };
+  registry.setPromotion(store.vmId, next);
+  crashPoint('change-point:recorded');
+  if (old && store.listOverlays().some((o) => o.id === old)) store.discardOverlay(old);
+  ensureOverlay(store, registry, next);
+  return result(store, epoch, next);
+}
+
+/**
+ * Commit a provisional promotion: the overlay's point and writes go into the images, the
+ * other points are dropped, and the VM runs from the images with change tracking on. What
+ * it wrote before is kept as divergence, so reverse replication resends it. The caller has
+ * disconnected its disks' clients.
+ */
+export async function commitPromotion(host: LabHost, registry: ReplicaRegistry, vmName: string): Promise<PromoteResult> {
+  const { store, epoch, promotion } = provisionalOf(registry, vmName);
+  let p = promotion;
+  if (!store.isCommitted) {
+    const overlay = ensureOverlay(store, registry, p);
+    if (!p.committing) {
+      for (const d of overlay.disks) await d.flush();
+      // the ranges the commit rolls back or the VM wrote are durable before the undo that holds them goes
+      p = { ...p, rolledBack: unionDiskRanges(p.rolledBack, overlay.writtenRanges()), committing: true };
+      registry.setPromotion(store.vmId, p);
+      crashPoint('promote:commit-recorded');
+    }
+    await store.whenIdle(60_000);
     await store.commitOverlay(overlay.id);
     crashPoint('promote:committed');
   }
+  return adopt(host, registry, store, epoch, p, p.running !== false);
+}
+
+/** The committed images become the disks of a host VM. */
+function adopt(host: LabHost, registry: ReplicaRegistry, store: ReplicaStore, epoch: number, p: Promotion, start: boolean): PromoteResult {
   const disks: VmDiskSpec[] = store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) }));
   const vmId = store.vmId;
+  const vmName = store.vmName;
   registry.detach(vmId, true);
-  host.adoptVm(store.vmName, vmId, disks, { epoch, point: { seq: point.seq, timeMs: point.timeMs }, promotedAt: new Date().toISOString(), divergence: rolledBack }, opts.start !== false);
-  return { vm: store.vmName, point, epoch, rolledBackBytes: diskRangesBytes(rolledBack) };
+  host.adoptVm(vmName, vmId, disks, { epoch, point: { seq: p.point.seq, timeMs: p.point.timeMs }, promotedAt: p.promotedAt ?? new Date().toISOString(), divergence: p.rolledBack }, start);
+  // once the VM is there (a restart loads it, and leaves its images alone as a replica), the promotion is done
+  registry.setPromotion(vmId, { point: p.point, rolledBack: p.rolledBack, promotedAt: p.promotedAt });
+  return { vm: vmName, point: p.point, epoch, rolledBackBytes: diskRangesBytes(p.rolledBack), pending: false };
 }
 
 export interface DemoteResult {

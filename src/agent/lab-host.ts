@@ -45,6 +45,8 @@ export interface VmOrigin {
   /** the recovery point it was promoted from */
   point: { seq: number; timeMs: number };
   promotedAt: string;
+  /** not committed yet: the VM runs from an overlay on the point, which may still change */
+  pending?: boolean | undefined;
   /**
    * ranges that differ from what the old primary's replica last held beyond this VM's own
    * change logs: the points after `point` that promotion rolled back. Reverse replication

@@ -66,13 +66,16 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
   app.get('/v1/status', async () => ({
     name: agent.config.name,
     endpoints: agent.endpoints,
-    vms: agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracker.enabled, resyncRequired: vm.tracker.resyncRequired ?? null, origin: vm.spec.origin ?? null, fenced: vm.spec.fenced ?? null })),
+    vms: [
+      ...agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracker.enabled, resyncRequired: vm.tracker.resyncRequired ?? null, origin: vm.spec.origin ?? null, fenced: vm.spec.fenced ?? null })),
+      ...agent.provisionalVms().map((vm) => ({ name: vm.name, id: vm.id, running: vm.running, disks: vm.disks.length, tracking: false, resyncRequired: null, origin: vm.origin, fenced: null })),
+    ],
     replications: [...agent.replications.values()].map((r) => r.health()),
     replicas: agent.replicas.list().map((s) => replicaSummary(agent, s)),
   }));
 
   // ---- lab VMs
-  app.get('/v1/vms', async () => agent.host.list().map((vm) => vm.spec));
+  app.get('/v1/vms', async () => [...agent.host.list().map((vm) => vm.spec), ...agent.provisionalVms()]);
 
   app.post<{ Body: { name: string; disks: (string | number)[] } }>(
     '/v1/vms',
@@ -84,8 +87,19 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     },
   );
 
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/start', async (req) => agent.host.setRunning(req.params.name, true).spec);
+  const provisional = (name: string) => (agent.host.has(name) ? undefined : agent.provisionalVms().find((v) => v.name === name));
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/start', async (req) => {
+    if (provisional(req.params.name)) {
+      await agent.setProvisionalRunning(req.params.name, true);
+      return provisional(req.params.name);
+    }
+    return agent.host.setRunning(req.params.name, true).spec;
+  });
   app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', async (req) => {
+    if (provisional(req.params.name)) {
+      await agent.setProvisionalRunning(req.params.name, false);
+      return provisional(req.params.name);
+    }
     const vm = agent.host.get(req.params.name);
     for (const d of vm.disks) await d.flush();
     return agent.host.setRunning(req.params.name, false).spec;
@@ -97,7 +111,16 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     async (req) => agent.demote(req.params.name, req.body?.epoch),
   );
 
+  app.post<{ Params: { name: string }; Body: { point: number } }>(
+    '/v1/vms/:name/recovery-point',
+    { schema: { body: { type: 'object', required: ['point'], properties: { point: { type: 'integer', minimum: 0 } } } } },
+    async (req) => agent.changePromotedPoint(req.params.name, req.body.point),
+  );
+  app.post<{ Params: { name: string } }>('/v1/vms/:name/commit', async (req) => agent.commitPromotion(req.params.name));
+
   app.get<{ Params: { name: string } }>('/v1/vms/:name/disks', async (req) => {
+    const p = provisional(req.params.name);
+    if (p) return p.disks.map((d) => ({ name: d.name, size: d.size, image: null, running: p.running, nbd: agent.nbdUris(`${p.name}/${d.name}`) }));
     const vm = agent.host.get(req.params.name);
     return vm.spec.disks.map((d) => ({ name: d.name, size: d.size, image: d.image, running: vm.running, nbd: agent.nbdUris(`${vm.name}/${d.name}`) }));
   });
@@ -211,13 +234,19 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       return reply.status(201).send({ vm: store.vmName, vmId: store.vmId, disks: store.disks, seq: manifest.seq, exportedAt: manifest.createdAt, bytes: store.disks.reduce((n, d) => n + d.size, 0), ms: Math.round(performance.now() - t0) });
     },
   );
-  app.post<{ Params: { vm: string }; Body: { point?: number; epoch?: number; start?: boolean } | undefined }>(
+  app.post<{ Params: { vm: string }; Body: { point?: number; epoch?: number; start?: boolean; commit?: boolean } | undefined }>(
     '/v1/replicas/:vm/promote',
-    { schema: { body: { type: ['object', 'null'], properties: { point: { type: 'integer', minimum: 0 }, epoch: { type: 'integer', minimum: 1 }, start: { type: 'boolean' } } } } },
+    { schema: { body: { type: ['object', 'null'], properties: { point: { type: 'integer', minimum: 0 }, epoch: { type: 'integer', minimum: 1 }, start: { type: 'boolean' }, commit: { type: 'boolean' } } } } },
     async (req) => agent.promote(req.params.vm, req.body ?? {}),
   );
+  /** A promoted replica's overlay is its VM's disks until the promotion is committed: not for other uses. */
+  const unpromoted = (vm: string): ReplicaStore => {
+    const s = agent.replicas.get(vm);
+    if (agent.replicas.provisional().some((p) => p.store === s)) throw new OsrError('INVALID_STATE', `${s.vmName} was promoted here and runs from an overlay until the failover is committed; change its recovery point or commit it instead`);
+    return s;
+  };
   app.post<{ Params: { vm: string }; Body: { point?: number } | undefined }>('/v1/replicas/:vm/overlays', async (req, reply) => {
-    const s = agent.replicas.get(req.params.vm);
+    const s = unpromoted(req.params.vm);
     const t0 = performance.now();
     const o = s.openOverlay(req.body?.point);
     const openMs = performance.now() - t0;
@@ -228,11 +257,11 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     return s.listOverlays().map((o) => overlaySummary(agent, s, o.id));
   });
   app.post<{ Params: { vm: string; id: string } }>('/v1/replicas/:vm/overlays/:id/commit', async (req) => {
-    const s = agent.replicas.get(req.params.vm);
+    const s = unpromoted(req.params.vm);
     return { committed: await s.commitOverlay(req.params.id), disks: s.disks.map((d) => ({ name: d.name, image: s.imagePath(d.name) })) };
   });
   app.delete<{ Params: { vm: string; id: string } }>('/v1/replicas/:vm/overlays/:id', async (req, reply) => {
-    agent.replicas.get(req.params.vm).discardOverlay(req.params.id);
+    unpromoted(req.params.vm).discardOverlay(req.params.id);
     return reply.status(204).send();
   });
 

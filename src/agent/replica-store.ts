@@ -1230,6 +1230,13 @@ export class Overlay {
     return d;
   }
 
+  /** Every range written through the overlay, per disk. */
+  writtenRanges(): DiskRanges {
+    const out: DiskRanges = {};
+    for (const d of this.disks) out[d.name] = d.writtenRanges();
+    return out;
+  }
+
   closeFiles(): void {
     for (const d of this.disks) d.closeFiles();
   }
@@ -1316,6 +1323,10 @@ export class OverlayDisk implements BlockDevice {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.check(offset, length);
     return [{ offset, length, hole: false, zero: false }];
+  }
+
+  writtenRanges(): Range[] {
+    return normalizeRanges(this.writes.entries().map((e): Range => [e.start, e.end - e.start]));
   }
 
   /** Commit step: copy the point's differing bytes, then the overlay's writes, into the image. */

@@ -37,7 +37,25 @@ export interface FenceRecord {
   epoch: number;
   at: string;
   /** what a promotion chose, kept before its commit so a promotion cut short can finish */
-  promotion?: { point: RecoveryPoint; rolledBack: DiskRanges } | undefined;
+  promotion?: Promotion | undefined;
+}
+
+/**
+ * A promotion as the fence record keeps it. Until it is committed (`pending`) the VM runs
+ * from an overlay on the chosen point, and another point may still be chosen.
+ */
+export interface Promotion {
+  point: RecoveryPoint;
+  /** ranges that differ from the old primary's last state beyond its own logs: later points rolled back, and once committed, what the VM wrote before */
+  rolledBack: DiskRanges;
+  /** not committed yet: the VM runs from overlay `overlayId` */
+  pending?: boolean | undefined;
+  overlayId?: string | undefined;
+  /** the commit has begun: `rolledBack` holds the overlay's writes, which no longer change */
+  committing?: boolean | undefined;
+  /** whether the uncommitted VM is served (started) */
+  running?: boolean | undefined;
+  promotedAt?: string | undefined;
 }
 
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
@@ -88,6 +106,23 @@ export class ReplicaRegistry {
     const owner = this.owners.get(vmId);
     if (owner) owner.destroy(new OsrError('EPOCH_STALE', `${vmId} was promoted at this site with epoch ${epoch}`));
     this.owners.delete(vmId);
+  }
+
+  /** Rewrite the promotion kept with a VM's fence (durable before it returns); the epoch stays. */
+  setPromotion(vmId: string, promotion: Promotion): void {
+    const record = this.fenceRecord(vmId);
+    if (!record) throw new OsrError('INVALID_STATE', `${vmId} was not promoted here`);
+    writeJsonDurable(path.join(this.dir, `${vmId}.fence.json`), { ...record, promotion });
+  }
+
+  /** Replicas promoted here whose promotion is not committed yet: they run from an overlay. */
+  provisional(): { store: ReplicaStore; epoch: number; promotion: Promotion }[] {
+    const out = [];
+    for (const store of this.stores.values()) {
+      const r = this.fenceRecord(store.vmId);
+      if (r?.promotion?.pending) out.push({ store, epoch: r.epoch, promotion: r.promotion });
+    }
+    return out;
   }
 
   /**

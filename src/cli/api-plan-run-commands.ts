@@ -1,5 +1,5 @@
 /**
- * `osr plan test-failover|test-failover-cleanup|planned-failover|unplanned-failover|commit|
+ * `osr plan test-failover|test-failover-cleanup|planned-failover|unplanned-failover|change-recovery-point|commit|
  * reprotect|drills`: runs of a whole recovery plan (jobs), followed with --wait, and the
  * plan's drills. Failback is a planned failover of the reprotected plan, then reprotect.
  */
@@ -10,7 +10,7 @@ import type { RecoveryPlan } from '../domain/resources.js';
 import type { PlanDrill, PlanRunOutput } from '../workflows/plan-run.js';
 import { asJson, print, when, withApi, type CliApi } from './api-common.js';
 import { formatSeconds, table } from './format.js';
-import { cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
+import { changePointBody, changePointFlags, cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type ChangePointFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
 import { watchJobs, type JobView } from './job-watch.js';
 
 const getPlan = (api: CliApi, idOrName: string) => api.get<RecoveryPlan>(`/recovery-plans/${encodeURIComponent(idOrName)}`);
@@ -71,7 +71,8 @@ export function addPlanRunCommands(program: Command, plan: Command): void {
   );
   run('planned-failover', 'planned failover of a plan (a job): the shutdown group, then each group with nothing lost; stops at the first error. After reprotect, the same command fails back', (c) => c, () => ({}));
   run<UnplannedFlags>('unplanned-failover', 'unplanned failover of a plan (a job): each group from the chosen point; carries on past a VM that fails and reports per VM', unplannedFlags, unplannedBody);
-  run('commit', 'commit a plan\'s failover (a job): every failed-over VM\'s failover becomes final; reprotect next', (c) => c, () => ({}));
+  run<ChangePointFlags>('change-recovery-point', 'before the commit, run a plan\'s failed-over VMs from another recovery point (a job): each starts again from that point, what it wrote since the failover discarded', changePointFlags, changePointBody);
+  run('commit', 'commit a plan\'s failover (a job): every failed-over VM\'s failover becomes final, their other recovery points dropped; reprotect next', (c) => c, () => ({}));
   run('reprotect', 'reprotect a plan (a job): every committed VM replicates the other way, sending only what differs', (c) => c, () => ({}));
 
   plan

@@ -4,7 +4,7 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import { INVENTORY_KINDS, type Fabric, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
 import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
 import { formatBytes, formatSeconds, table } from './format.js';
-import { cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
+import { changePointBody, changePointFlags, cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type ChangePointFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
 import { watchJobs } from './job-watch.js';
 import { parseDuration } from '../agent/time-window.js';
 
@@ -343,7 +343,15 @@ export function addProtectionCommands(program: Command): void {
     () => undefined,
     (name) => `planned failover of ${name}`,
   );
-  itemJob('commit', 'commit a failover (a job): it becomes final; reprotect next', 'commit', (c) => c, () => undefined, (name) => `commit of ${name}`);
+  itemJob<ChangePointFlags>(
+    'change-recovery-point',
+    'before the commit, run the failed-over VM from another recovery point (a job): it starts again from that point, and what it wrote since the failover is discarded',
+    'change-recovery-point',
+    changePointFlags,
+    changePointBody,
+    (name, o) => `${name} changes to point ${o.point}`,
+  );
+  itemJob('commit', 'commit a failover (a job): it becomes final, the other recovery points are dropped; reprotect next', 'commit', (c) => c, () => undefined, (name) => `commit of ${name}`);
   itemJob(
     'reprotect',
     'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs (failback: planned-failover, commit and reprotect again)',

@@ -1,5 +1,5 @@
 /**
- * The flags of test, unplanned failover and cleanup, the same for one item (`osr item`) and
+ * The flags of test, unplanned failover, change recovery point and cleanup, the same for one item (`osr item`) and
  * for a recovery plan (`osr plan`), and the request bodies they make.
  */
 import type { Command } from 'commander';
@@ -34,3 +34,9 @@ export const unplannedFlags = (c: Command) =>
     .option('--shutdown-source', 'try to shut the source down and ship its last writes first; carry on if its site cannot be reached', false)
     .option('--source-timeout <duration>', 'how long to wait for the source site', '60s');
 export const unplannedBody = (o: UnplannedFlags) => ({ recoveryPoint: o.point, shutdownSource: o.shutdownSource, sourceTimeoutSeconds: Math.max(1, Math.round(parseDuration(o.sourceTimeout) / 1000)) });
+
+export interface ChangePointFlags {
+  point: string;
+}
+export const changePointFlags = (c: Command) => c.requiredOption('--point <point>', 'latest, latest-app-consistent, or a recovery point id (osr item points: a failed-over item keeps its points until the commit)');
+export const changePointBody = (o: ChangePointFlags) => ({ recoveryPoint: o.point });

@@ -138,8 +138,16 @@ export interface FabricDriver {
   // ---- failover
   /** planned failover, at the primary: shut the VM down, ship its final delta; answers the point that is its last state */
   prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }>;
-  /** failover, at the recovery site: a point of the replica becomes the running VM (older primaries are refused from now on) */
+  /**
+   * failover, at the recovery site: a point of the replica becomes the running VM (older
+   * primaries are refused from now on); the VM runs from the point, whose other points
+   * stay, until the failover is committed
+   */
   promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo }>;
+  /** before the commit: the failed-over VM starts again from another point; what it wrote is discarded */
+  changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }>;
+  /** commit a failover: the VM keeps its point and writes, the other points are dropped (idempotent) */
+  commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }>;
   /** after a failover, at the old primary: the VM stays off until it is reprotected */
   fenceVm(vmId: string, epoch: number): Promise<void>;
   /** reprotect, at the old primary: the VM's disks become the replica of the copy promoted with `epoch` */

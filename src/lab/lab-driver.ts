@@ -665,14 +665,30 @@ export class LabFabricDriver implements FabricDriver {
       if (!vm?.origin) throw new OsrError('INVALID_STATE', `${l.name} runs here but was not promoted from a replica`);
       return { vmId: l.id, epoch: vm.origin.epoch, point: { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' } };
     }
-    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true });
+    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false });
     if (l.replica) this.state.promoted[l.id] = { epoch: r.epoch, at: new Date().toISOString() };
     else delete this.state.demoted[l.id];
     delete this.state.fenced[l.id];
     this.state.power[l.id] = 'Running';
     await this.save();
     this.changed();
-    return { vmId: l.id, epoch: r.epoch, point: { id: String(r.point.seq), at: new Date(r.point.timeMs).toISOString(), consistency: consistencyOf(r.point.consistency) } };
+    return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point) };
+  }
+
+  async changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }> {
+    const l = this.vm(vmId);
+    const seq = Number(pointId);
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new OsrError('POINT_NOT_FOUND', `${pointId} is not a recovery point of ${l.name}`);
+    const r = await this.agent(l.hostId).api.post<{ point: { seq: number; timeMs: number; consistency: string } }>(`/v1/vms/${encodeURIComponent(l.name)}/recovery-point`, { point: seq });
+    this.changed();
+    return { point: pointInfo(r.point) };
+  }
+
+  async commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
+    const l = this.vm(vmId);
+    const r = await this.agent(l.hostId).api.post<{ point: { seq: number; timeMs: number; consistency: string } }>(`/v1/vms/${encodeURIComponent(l.name)}/commit`);
+    this.changed();
+    return { point: pointInfo(r.point) };
   }
 
   async fenceVm(vmId: string, epoch: number): Promise<void> {
@@ -849,3 +865,4 @@ export async function stopStrayAgents(dir: string): Promise<number> {
   fs.rmSync(path.join(dir, 'agents.json'), { force: true });
   return stopped;
 }
+const pointInfo = (p: { seq: number; timeMs: number; consistency: string }): RecoveryPointInfo => ({ id: String(p.seq), at: new Date(p.timeMs).toISOString(), consistency: consistencyOf(p.consistency) });

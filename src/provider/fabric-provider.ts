@@ -244,6 +244,16 @@ export class FabricProvider {
         await this.stopReporting('target', b.item);
         return { ...r, vmId: this.vaultId(r.vmId) };
       },
+      /** before the commit, recovery site: the failed-over VM runs from another point */
+      'failover.change-point': async (cmd) => {
+        const b = cmd.body as { item: string; vmId: string; point: string };
+        return d.changeRecoveryPoint(this.localId(b.vmId), b.point);
+      },
+      /** recovery site: the failover is final, the other points go */
+      'failover.commit': async (cmd) => {
+        const b = cmd.body as { item: string; vmId: string };
+        return d.commitFailover(this.localId(b.vmId));
+      },
       /** after a failover, the old primary: kept off until reprotected */
       'failover.fence': async (cmd) => {
         const b = cmd.body as { item: string; vmId: string; epoch: number };

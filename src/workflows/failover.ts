@@ -8,7 +8,11 @@
  * point: nothing written is lost; older primaries are refused from then on) → fence the
  * old primary (it stays off until reprotected) → the item is FailedOver.
  *
- * Commit: the failover is final; the item is Committed.
+ * Change recovery point (FailedOver only): the VM starts again at the recovery site from
+ * another of the points it kept; what it wrote since the failover is discarded.
+ *
+ * Commit: the failover is final (the recovery site keeps the VM's point and writes and drops
+ * the other points); the item is Committed.
  *
  * Reprotect: the old primary's disks become the replica (demote) → replication starts from
  * the new primary, sending only what differs → the item is Protected in the other
@@ -29,8 +33,15 @@ import { AlertKind } from './alerting.js';
 import { Commands, type WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
-export const FailoverJobs = { PlannedFailover: 'planned-failover', UnplannedFailover: 'unplanned-failover', Commit: 'commit-failover', Reprotect: 'reprotect' } as const;
-export const FailoverCommands = { Prepare: 'failover.prepare', Promote: 'failover.promote', Fence: 'failover.fence', Demote: 'failover.demote' } as const;
+export const FailoverJobs = { PlannedFailover: 'planned-failover', UnplannedFailover: 'unplanned-failover', ChangeRecoveryPoint: 'change-recovery-point', Commit: 'commit-failover', Reprotect: 'reprotect' } as const;
+export const FailoverCommands = {
+  Prepare: 'failover.prepare',
+  Promote: 'failover.promote',
+  ChangePoint: 'failover.change-point',
+  Commit: 'failover.commit',
+  Fence: 'failover.fence',
+  Demote: 'failover.demote',
+} as const;
 
 export const Direction = { PrimaryToRecovery: 'primary-to-recovery', RecoveryToPrimary: 'recovery-to-primary' } as const;
 export type Direction = (typeof Direction)[keyof typeof Direction];
@@ -56,6 +67,8 @@ export interface FailoverRecord {
   /** unplanned: whether the source was shut down (and synchronized) first, and whether the old primary is fenced yet */
   sourceShutDown?: boolean;
   fencePending?: boolean;
+  /** the points the VM ran from before `point`, changed before the commit */
+  pointChanges?: { from: RecoveryPointInfo; to: RecoveryPointInfo; at: string; jobId: string }[];
   committedAt?: string;
   reprotectedAt?: string;
 }
@@ -77,6 +90,11 @@ export interface ItemReplication {
 
 export interface ItemJobInput {
   itemId: string;
+}
+
+export interface ChangePointInput extends ItemJobInput {
+  /** latest, latest-app-consistent, or a point id, among the points the item kept */
+  recoveryPoint: string;
 }
 
 export interface UnplannedInput extends ItemJobInput {
@@ -112,7 +130,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     <I extends ItemJobInput>(ctx: JobContext<I>, state: JobState, err?: OsrError): Promise<void> =>
       failed(ctx, what, state, err, ctx.data.promoted !== undefined ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
 
-  /** The item is FailedOver: the record of the failover, no points until reprotect makes a new replica. */
+  /** The item is FailedOver: the record of the failover; its points stay until the commit (another may be chosen). */
   async function finalizeFailover(ctx: JobContext<ItemJobInput>, kind: FailoverRecord['kind']): Promise<void> {
     const item = await store.items.get(ctx.input.itemId);
     const p = ctx.data.promoted as { vmId: string; epoch: number; point: RecoveryPointInfo };
@@ -131,7 +149,6 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       rtoSeconds: ((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 1000,
       ...(kind === 'unplanned' ? { sourceShutDown: ctx.data.sourceShutDown === true, fencePending: ctx.data.fenced !== true } : {}),
     };
-    await store.items.replacePoints(item.id, []);
     await store.items.update(item.id, { state: ProtectionState.FailedOver, health: Health.NotApplicable, healthReasons: [], rpoSeconds: null, lastPointAt: null, activeJobId: null, replication: { ...item.replication, failover: record } });
     await alerting.resolve(failoverAlertKey(item.id));
     const how = kind === 'planned' ? 'with nothing lost' : record.sourceShutDown ? 'after the source was shut down and synchronized' : 'without the source (what it wrote after the point is not here)';
@@ -139,7 +156,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       target: item.id,
       kind: 'failover.completed',
       severity: kind === 'planned' ? Severity.Info : Severity.Warning,
-      message: `${kind} failover of ${item.name}: it runs at ${record.toFabricId} from point ${record.point.id} (${record.point.at}) ${how}, RTO ${record.rtoSeconds} s; ${record.fencePending ? 'the old primary is fenced when its site is back' : 'the old primary is fenced'}; commit, then reprotect`,
+      message: `${kind} failover of ${item.name}: it runs at ${record.toFabricId} from point ${record.point.id} (${record.point.at}) ${how}, RTO ${record.rtoSeconds} s; ${record.fencePending ? 'the old primary is fenced when its site is back' : 'the old primary is fenced'}; change the recovery point or commit, then reprotect`,
       details: { job: ctx.jobId, epoch: record.epoch, point: record.point, rtoSeconds: record.rtoSeconds },
     });
   }
@@ -264,15 +281,71 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     onEnd: failoverEnded('unplanned failover'),
   });
 
+  /**
+   * Change recovery point: the failed-over VM starts again from another point the recovery
+   * site kept. Its writes since the failover are discarded, which is why it is a choice
+   * before the commit and not after.
+   */
+  engine.register<ChangePointInput>({
+    kind: FailoverJobs.ChangeRecoveryPoint,
+    tasks: [
+      {
+        name: 'Change recovery point',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const f = rep(item).failover;
+          if (!f || f.committedAt) throw new OsrError('INVALID_STATE', `${item.name} has no failover waiting for its commit; the recovery point changes only between failover and commit`);
+          const chosen = chooseRecoveryPoint(await store.items.points(item.id), ctx.input.recoveryPoint, item.name);
+          const r = (await ctx.command(f.toFabricId, FailoverCommands.ChangePoint, { item: item.id, vmId: f.newPrimaryVmId, point: chosen.id }, { timeoutMs: 15 * 60_000 })) as { point: RecoveryPointInfo };
+          ctx.data.from = f.point;
+          ctx.data.to = r.point;
+        },
+      },
+      {
+        name: 'Record the point',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const f = rep(item).failover!;
+          const from = ctx.data.from as RecoveryPointInfo;
+          const to = ctx.data.to as RecoveryPointInfo;
+          const change = { from, to, at: new Date(clock.now()).toISOString(), jobId: ctx.jobId };
+          await store.items.update(item.id, { state: ProtectionState.FailedOver, activeJobId: null, replication: { ...item.replication, failover: { ...f, point: to, pointChanges: [...(f.pointChanges ?? []), change] } } });
+          await alerting.event({
+            target: item.id,
+            kind: 'failover.point-changed',
+            severity: Severity.Warning,
+            message: `${item.name} runs at ${f.toFabricId} from point ${to.id} (${to.at}) instead of ${from.id} (${from.at}); what it wrote since the failover was discarded; commit, then reprotect`,
+            details: { job: ctx.jobId, from, to },
+          });
+        },
+      },
+    ],
+    async onEnd(ctx, state, err) {
+      await failed(ctx, 'changing the recovery point', state, err, ProtectionState.FailedOver);
+    },
+  });
+
   engine.register<ItemJobInput>({
     kind: FailoverJobs.Commit,
     tasks: [
+      {
+        name: 'Commit at the recovery site',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const f = rep(item).failover;
+          if (!f) throw new OsrError('INVALID_STATE', `${item.name} has no failover to commit`);
+          if (f.committedAt) return;
+          await ctx.command(f.toFabricId, FailoverCommands.Commit, { item: item.id, vmId: f.newPrimaryVmId }, { timeoutMs: 30 * 60_000 });
+        },
+      },
       {
         name: 'Commit',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
           const r = rep(item);
           if (!r.failover) throw new OsrError('INVALID_STATE', `${item.name} has no failover to commit`);
+          // the other points are gone at the recovery site: reprotect makes a new replica and its points
+          await store.items.replacePoints(item.id, []);
           await store.items.update(item.id, { state: ProtectionState.Committed, activeJobId: null, replication: { ...item.replication, failover: { ...r.failover, committedAt: new Date(clock.now()).toISOString() } } });
           await alerting.event({ target: item.id, kind: 'failover.committed', severity: Severity.Info, message: `the failover of ${item.name} is committed; reprotect it to replicate back to ${r.failover.fromFabricId}`, details: { job: ctx.jobId } });
         },

@@ -80,6 +80,7 @@ export const ItemOperation = {
   TestFailoverCleanup: 'test-failover-cleanup',
   PlannedFailover: 'planned-failover',
   UnplannedFailover: 'unplanned-failover',
+  ChangeRecoveryPoint: 'change-recovery-point',
   Commit: 'commit',
   Reprotect: 'reprotect',
 } as const;
@@ -97,6 +98,7 @@ export const ITEM_OPERATIONS: Record<ItemOperation, ItemOperationDef> = {
   [ItemOperation.TestFailoverCleanup]: { kind: TestFailoverJobs.Cleanup, state: PS.CleaningUpTestFailover, from: [PS.TestFailoverComplete], needsReadiness: false },
   [ItemOperation.PlannedFailover]: { kind: FailoverJobs.PlannedFailover, state: PS.FailoverInProgress, from: [PS.Protected], needsReadiness: true },
   [ItemOperation.UnplannedFailover]: { kind: FailoverJobs.UnplannedFailover, state: PS.FailoverInProgress, from: [PS.Protected], needsReadiness: true },
+  [ItemOperation.ChangeRecoveryPoint]: { kind: FailoverJobs.ChangeRecoveryPoint, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
   [ItemOperation.Commit]: { kind: FailoverJobs.Commit, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
   [ItemOperation.Reprotect]: { kind: FailoverJobs.Reprotect, state: PS.Reprotecting, from: [PS.Committed], needsReadiness: false },
 };

@@ -47,7 +47,7 @@ const FAILOVER_TYPE: Partial<Record<ItemOperation, 'test' | 'planned' | 'unplann
 };
 
 export interface PlanRunOptions {
-  /** test and unplanned failover: latest, latest-processed (unplanned), latest-app-consistent, or a point id */
+  /** test and unplanned failover, change recovery point: latest, latest-processed (unplanned), latest-app-consistent, or a point id */
   recoveryPoint?: string;
   /** test failover: none, temporary, or a VM network of the recovery site */
   network?: string;
@@ -267,6 +267,8 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
         return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', network: (ctx.data.testNetwork as string | undefined) ?? o.network ?? 'none' };
       case ItemOperation.TestFailoverCleanup:
         return { ...base, ...(o.notes !== undefined ? { notes: o.notes } : {}) };
+      case ItemOperation.ChangeRecoveryPoint:
+        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest' };
       case ItemOperation.UnplannedFailover:
         return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', shutdownSource: o.shutdownSource === true || input.spec.shutdownGroup === true, sourceTimeoutSeconds: o.sourceTimeoutSeconds ?? 60 };
       default:
@@ -286,6 +288,8 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     } else if ((ctx.input.operation === ItemOperation.PlannedFailover || ctx.input.operation === ItemOperation.UnplannedFailover) && x.failover) {
       r.point = x.failover.point;
       r.rtoSeconds = x.failover.rtoSeconds;
+    } else if (ctx.input.operation === ItemOperation.ChangeRecoveryPoint && x.failover) {
+      r.point = x.failover.point;
     }
     if (FAILOVER_TYPE[ctx.input.operation]) {
       // when its job ended, not when this run noticed (a run taken over notices late)

@@ -54,7 +54,13 @@ export const planRunRoutes = (ctx: VaultContext) => async (app: App) => {
     ),
     (b) => ({ recoveryPoint: (b.recoveryPoint as string | undefined) ?? 'latest', shutdownSource: b.shutdownSource === true, sourceTimeoutSeconds: (b.sourceTimeoutSeconds as number | undefined) ?? 60 }),
   );
-  run(ItemOperation.Commit, 'commit a plan\'s failover (a job): every failed-over VM\'s failover becomes final');
+  run(
+    ItemOperation.ChangeRecoveryPoint,
+    'before the commit, run a plan\'s failed-over VMs from another recovery point (a job): each starts again from it, what it wrote since the failover discarded',
+    Type.Object({ recoveryPoint: Type.String({ minLength: 1, maxLength: 200, description: 'latest, latest-app-consistent, or a point id' }) }, { additionalProperties: false }),
+    (b) => ({ recoveryPoint: b.recoveryPoint as string }),
+  );
+  run(ItemOperation.Commit, 'commit a plan\'s failover (a job): every failed-over VM\'s failover becomes final, their other recovery points dropped');
   run(ItemOperation.Reprotect, 'reprotect a plan (a job): replication of every committed VM runs the other way, sending only what differs');
 
   app.get(

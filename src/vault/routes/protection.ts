@@ -142,7 +142,23 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       async (request, reply) => accepted(reply, await startOperation(op, request.params.id, (item) => ({ itemId: item.id }), principal(request).actor)),
     );
   itemAction(ItemOperation.PlannedFailover, 'planned failover (a job): shut the VM down, ship its final delta, start it at the other site with nothing lost, fence the old primary');
-  itemAction(ItemOperation.Commit, 'commit a failover (a job): it becomes final; reprotect next');
+  itemAction(ItemOperation.Commit, 'commit a failover (a job): it becomes final, the other recovery points are dropped; reprotect next');
+  app.post(
+    '/protected-items/:id/change-recovery-point',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: 'before the commit, run the failed-over VM from another recovery point (a job): it starts again from that point; what it wrote since the failover is discarded',
+        tags,
+        params: IdParam,
+        body: Type.Object({ recoveryPoint: Type.String({ minLength: 1, maxLength: 200, description: 'latest, latest-app-consistent, or a point id (the item keeps its points until the commit)' }) }, { additionalProperties: false }),
+      },
+    },
+    async (request, reply) => {
+      const point = request.body.recoveryPoint;
+      return accepted(reply, await startOperation(ItemOperation.ChangeRecoveryPoint, request.params.id, (item) => ({ itemId: item.id, recoveryPoint: point }), principal(request).actor));
+    },
+  );
   itemAction(ItemOperation.Reprotect, 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs');
   app.post(
     '/protected-items/:id/unplanned-failover',
