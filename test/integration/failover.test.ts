@@ -1,14 +1,17 @@
 /**
  * Failover primitives with two real agents: prepare (final delta, zero pending), promote
  * (a point becomes a writable VM, older primaries fenced), demote and reverse replication
- * that sends only what differs from the last common point, failback, and kill -9 of either
- * agent in the middle of a reverse resync.
+ * that sends only what differs from the last common point, failback, kill -9 of either
+ * agent in the middle of a reverse resync, and a failover whose point changes before its
+ * commit.
  */
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { assertInStep, digestsOf, disksOf, replicate } from '../support/failover.js';
-import { createVm, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
+import { createVm, fillRandom, health, nbdDigest, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;
 before(async () => {
@@ -128,3 +131,94 @@ for (const [victim, role] of [
     await assertInStep(pair.replica, pair.primary, vm);
   });
 }
+
+test('a failover before its commit: the VM runs from an overlay, a changed point discards its writes, a restart keeps them, the commit keeps its clients, and reverse replication sends what it wrote', async () => {
+  const vm = 'cp1';
+  const disks = await createVm(pair.primary, vm, ['16M', '4M']);
+  fillRandom(disks[0].image, 16 * MiB);
+  const h1 = await replicate(pair.primary, pair.replica, vm);
+  const older = h1.latestPoint!.seq;
+  const olderDigests = await pointDigests(pair.replica, vm, older);
+  await writePattern(disks[0].nbd.unix, { writes: 40 });
+  await writePattern(disks[1].nbd.unix, { writes: 10 });
+  const prepared = await pair.primary.api.post<{ point: { seq: number } }>(`/v1/replications/${vm}/prepare-failover`, {});
+  assert.ok(prepared.point.seq > older);
+  const source = digestsOf(disks);
+
+  const promoted = await pair.replica.api.post<{ epoch: number; point: { seq: number }; pending: boolean }>(`/v1/replicas/${vm}/promote`, { commit: false });
+  assert.equal(promoted.pending, true);
+  assert.equal(promoted.point.seq, prepared.point.seq);
+  const listed = (await pair.replica.api.get<{ name: string; running: boolean; origin?: { pending?: boolean; epoch: number } }[]>('/v1/vms')).find((v) => v.name === vm);
+  assert.equal(listed?.running, true);
+  assert.equal(listed?.origin?.pending, true);
+  const uris = async () => (await disksOf(pair.replica, vm)).map((d) => (d as unknown as { nbd: { unix: string } }).nbd.unix);
+  const served = async () => Promise.all((await uris()).map(async (u) => (await nbdDigest(u)).digest));
+  assert.deepEqual(await served(), source, 'the VM runs from the last state of the source');
+  // an overlay of its own would take the VM's place: refused until the commit
+  await assert.rejects(pair.replica.api.post(`/v1/replicas/${vm}/overlays`, { point: older }), (e: { code?: string }) => e.code === 'INVALID_STATE');
+
+  // writes, then another point: the VM starts again from it without them
+  await writePattern((await uris())[0]!, { writes: 30 });
+  const changed = await pair.replica.api.post<{ point: { seq: number }; pending: boolean; epoch: number }>(`/v1/vms/${vm}/recovery-point`, { point: older });
+  assert.equal(changed.point.seq, older);
+  assert.equal(changed.epoch, promoted.epoch, 'the epoch stays');
+  assert.deepEqual(await served(), olderDigests, 'the VM runs from the older point, its writes discarded');
+
+  // acknowledged writes survive a kill -9 of the agent before the commit
+  const kept = crypto.randomBytes(64 * 1024);
+  const c0 = await NbdClient.connect((await uris())[0]!);
+  await c0.write(3 * MiB, kept);
+  await c0.flush();
+  await c0.close().catch(() => undefined);
+  await stopAgentProcess(pair.replica, 'SIGKILL');
+  pair.replica = await restartAgentProcess(pair.replica);
+  const c1 = await NbdClient.connect((await uris())[0]!);
+  assert.ok((await c1.read(3 * MiB, kept.length)).equals(kept), 'the write made before the restart is there');
+
+  // the commit with a client writing all along: it never disconnects, and every acknowledged write is kept
+  const acked = new Map<number, Buffer>();
+  let stop = false;
+  let n = 0;
+  const writer = (async () => {
+    while (!stop) {
+      const off = 8 * MiB + (n++ % 512) * 8192;
+      const block = crypto.randomBytes(4096);
+      await c1.write(off, block);
+      acked.set(off, block);
+      if (n % 8 === 0) await new Promise((r) => setTimeout(r, 2));
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 200));
+  const committed = await pair.replica.api.post<{ pending: boolean; point: { seq: number } }>(`/v1/vms/${vm}/commit`);
+  assert.equal(committed.pending, false);
+  assert.equal(committed.point.seq, older);
+  const before = acked.size;
+  await waitFor('writes after the commit', () => acked.size > before + 20 || undefined, 10_000, 10);
+  stop = true;
+  await writer;
+  await c1.flush();
+  await c1.close();
+  const images = await disksOf(pair.replica, vm);
+  assert.ok(images.every((d) => typeof d.image === 'string'), 'the VM runs from its own images');
+  const fd = fs.openSync(images[0]!.image, 'r');
+  try {
+    for (const [off, block] of acked) {
+      const b = Buffer.alloc(4096);
+      fs.readSync(fd, b, 0, 4096, off);
+      assert.ok(b.equals(block), `the write at ${off} is on the committed disk`);
+    }
+    const b = Buffer.alloc(kept.length);
+    fs.readSync(fd, b, 0, kept.length, 3 * MiB);
+    assert.ok(b.equals(kept));
+  } finally {
+    fs.closeSync(fd);
+  }
+  // committing again answers the same; the other points are gone with the replica
+  assert.equal((await pair.replica.api.post<{ point: { seq: number } }>(`/v1/vms/${vm}/commit`)).point.seq, older);
+  assert.ok(!(await pair.replica.api.get<{ vm: string }[]>('/v1/replicas')).some((r) => r.vm === vm));
+
+  // reverse: what the VM wrote before the commit was not in its change logs, yet it is sent
+  await pair.primary.api.post(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch });
+  await replicate(pair.replica, pair.primary, vm);
+  await assertInStep(pair.replica, pair.primary, vm);
+});

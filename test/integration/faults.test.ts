@@ -1,7 +1,7 @@
 /**
  * Faults with real agent processes, each ending in a byte-for-byte check of the replica:
  * connections cut in the middle of an initial copy, a delta and a resync (through a relay;
- * no process dies), and kill -9 at each step of promote and demote (crash points), after
+ * no process dies), and kill -9 at each step of promote, change of point, commit and demote (crash points), after
  * which a restart finishes or undoes the step and reverse replication converges. (kill -9
  * during a copy, a delta, a resync and a reverse: crash, resync and failover tests.)
  */
@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import type { RunningAgent } from '../../src/lab/agent-process.js';
 import { assertInStep, digestsOf, disksOf, replicate } from '../support/failover.js';
-import { createVm, fillRandom, health, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
+import { createVm, fileDigest, fillRandom, health, nbdDigest, pointDigests, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 import { startRelay } from '../support/relay.js';
 
 let pair: Pair;
@@ -22,6 +22,7 @@ after(async () => {
 });
 
 const MiB = 1024 * 1024;
+const fileDigestOf = (d: { image: string; size: number }) => fileDigest(d.image, d.size).digest;
 
 /** Restart an agent so that it kills itself at crash point `at`; then run `step`, which must fail as the agent dies. */
 async function crashAt(which: 'primary' | 'replica', at: string, step: (a: RunningAgent) => Promise<unknown>): Promise<void> {
@@ -100,6 +101,44 @@ for (const at of ['promote:fenced', 'promote:committed']) {
     assert.deepEqual(digestsOf(atReplica), chosenDigests, 'the promoted VM holds the chosen point');
     await pair.primary.api.post(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch });
     await writePattern(atReplica[0].nbd.unix, { writes: 20 });
+    await replicate(pair.replica, pair.primary, vm);
+    await assertInStep(pair.replica, pair.primary, vm);
+  });
+}
+
+for (const at of ['change-point:recorded', 'promote:commit-recorded', 'promote:committed']) {
+  test(`kill -9 at ${at} of a failover before its commit: the restart ${at === 'change-point:recorded' ? 'runs the VM from the new point' : 'finishes the commit with the VM\'s writes'}, and reverse replication converges`, async () => {
+    const vm = `kc-${at.replace(/[:]/g, '-')}`;
+    const disks = await createVm(pair.primary, vm, ['16M']);
+    fillRandom(disks[0].image, 16 * MiB);
+    const older = (await replicate(pair.primary, pair.replica, vm)).latestPoint!.seq;
+    const olderDigests = await pointDigests(pair.replica, vm, older);
+    await writePattern(disks[0].nbd.unix, { writes: 30 });
+    await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+    await waitForPoint(pair.primary, vm, older + 1);
+    const promoted = await pair.replica.api.post<{ epoch: number; pending: boolean }>(`/v1/replicas/${vm}/promote`, { commit: false });
+    assert.equal(promoted.pending, true);
+    const uri = async () => (await pair.replica.api.get<{ nbd: { unix: string } }[]>(`/v1/vms/${vm}/disks`))[0]!.nbd.unix;
+    await writePattern(await uri(), { writes: 20 });
+    const listed = async () => (await pair.replica.api.get<{ name: string; origin?: { pending?: boolean; point: { seq: number } } }[]>('/v1/vms')).find((v) => v.name === vm);
+    if (at === 'change-point:recorded') {
+      await crashAt('replica', at, (a) => a.api.post(`/v1/vms/${vm}/recovery-point`, { point: older }));
+      const after = await listed();
+      assert.equal(after?.origin?.pending, true);
+      assert.equal(after?.origin?.point.seq, older);
+      assert.equal((await nbdDigest(await uri())).digest, olderDigests[0], 'the VM runs from the older point, its writes discarded');
+      await writePattern(await uri(), { writes: 20 });
+      await pair.replica.api.post(`/v1/vms/${vm}/commit`);
+    } else {
+      const wrote = await nbdDigest(await uri());
+      await crashAt('replica', at, (a) => a.api.post(`/v1/vms/${vm}/commit`));
+      assert.equal((await listed())?.origin?.pending, undefined, 'the restart finished the commit');
+      const image = (await disksOf(pair.replica, vm))[0]!;
+      assert.equal(fileDigestOf(image), wrote.digest, 'the committed disk holds what the VM wrote before');
+      await pair.replica.api.post(`/v1/vms/${vm}/commit`);
+    }
+    await pair.primary.api.post(`/v1/vms/${vm}/demote`, { epoch: promoted.epoch });
+    await writePattern((await disksOf(pair.replica, vm))[0]!.nbd.unix, { writes: 20 });
     await replicate(pair.replica, pair.primary, vm);
     await assertInStep(pair.replica, pair.primary, vm);
   });
