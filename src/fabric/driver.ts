@@ -143,7 +143,7 @@ export interface FabricDriver {
    * primaries are refused from now on); the VM runs from the point, whose other points
    * stay, until the failover is committed
    */
-  promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo }>;
+  promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; /** the points it can change to before the commit */ points?: RecoveryPointInfo[] }>;
   /** before the commit: the failed-over VM starts again from another point; what it wrote is discarded */
   changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }>;
   /** commit a failover: the VM keeps its point and writes, the other points are dropped (idempotent) */

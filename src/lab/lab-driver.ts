@@ -558,7 +558,11 @@ export class LabFabricDriver implements FabricDriver {
   }
 
   async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
-    const r = this.replicaOf(replicaVmId);
+    return this.pointsOf(this.replicaOf(replicaVmId));
+  }
+
+  /** The points a replica holds (also one promoted and not committed yet). */
+  private async pointsOf(r: Located): Promise<RecoveryPointInfo[]> {
     try {
       const points = await this.agent(r.hostId).api.get<{ seq: number; time: string; consistency: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
       return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency) }));
@@ -656,14 +660,15 @@ export class LabFabricDriver implements FabricDriver {
     throw new OsrError('INVALID_STATE', `${v.name} (${vmId}) holds a replica here; a planned failover starts at the site that runs the VM`);
   }
 
-  async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo }> {
+  async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] }> {
     const l = this.locate(replicaVmId);
     const a = this.agent(l.hostId).api;
     if (l.isVm) {
       // promoted already (the command run a second time): answer what is there
-      const vm = (await a.get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number } } }[]>('/v1/vms')).find((x) => x.name === l.name);
+      const vm = (await a.get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number }; pending?: boolean } }[]>('/v1/vms')).find((x) => x.name === l.name);
       if (!vm?.origin) throw new OsrError('INVALID_STATE', `${l.name} runs here but was not promoted from a replica`);
-      return { vmId: l.id, epoch: vm.origin.epoch, point: { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' } };
+      const points = vm.origin.pending ? await this.pointsOf(l) : undefined;
+      return { vmId: l.id, epoch: vm.origin.epoch, point: points?.find((p) => p.id === String(vm.origin!.point.seq)) ?? { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' }, ...(points ? { points } : {}) };
     }
     const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false });
     if (l.replica) this.state.promoted[l.id] = { epoch: r.epoch, at: new Date().toISOString() };
@@ -672,7 +677,8 @@ export class LabFabricDriver implements FabricDriver {
     this.state.power[l.id] = 'Running';
     await this.save();
     this.changed();
-    return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point) };
+    // the points stay until the commit: the vault learns them all, the promoted one included
+    return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
   }
 
   async changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }> {

@@ -149,6 +149,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       rtoSeconds: ((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 1000,
       ...(kind === 'unplanned' ? { sourceShutDown: ctx.data.sourceShutDown === true, fencePending: ctx.data.fenced !== true } : {}),
     };
+    // the points the VM may change to until the commit, as the recovery site holds them
+    const points = ctx.data.points as RecoveryPointInfo[] | undefined;
+    if (points) await store.items.replacePoints(item.id, points.map((x) => ({ id: x.id, at: Date.parse(x.at), consistency: x.consistency })));
     await store.items.update(item.id, { state: ProtectionState.FailedOver, health: Health.NotApplicable, healthReasons: [], rpoSeconds: null, lastPointAt: null, activeJobId: null, replication: { ...item.replication, failover: record } });
     await alerting.resolve(failoverAlertKey(item.id));
     const how = kind === 'planned' ? 'with nothing lost' : record.sourceShutDown ? 'after the source was shut down and synchronized' : 'without the source (what it wrote after the point is not here)';
@@ -178,8 +181,10 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
 
   /** Promote at the recovery site: the point (null: the newest there) runs as the VM. */
   async function promote(ctx: JobContext<ItemJobInput>, pointId: string | null): Promise<void> {
-    const r = (await ctx.command(ctx.data.to as string, FailoverCommands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId, point: pointId }, { timeoutMs: 15 * 60_000 })) as { vmId: string; epoch: number; point: RecoveryPointInfo };
-    ctx.data.promoted = r;
+    const r = (await ctx.command(ctx.data.to as string, FailoverCommands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId, point: pointId }, { timeoutMs: 15 * 60_000 })) as { vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] };
+    const { points, ...promoted } = r;
+    ctx.data.promoted = promoted;
+    if (points) ctx.data.points = points;
     ctx.data.failedOverAt = clock.now();
   }
 

@@ -1,7 +1,7 @@
 /**
  * Recovery plans end to end in the lab, with real processes: a three-group plan with a
  * manual action, scripts run by the recovery site's provider and a webhook goes through
- * test failover and cleanup (a drill with measured RTO), planned failover, commit, reverse
+ * test failover and cleanup (a drill with measured RTO), planned failover, a change of recovery point, commit, reverse
  * replication and failback; a vault killed with kill -9 in the middle of a plan run
  * finishes the run once it is started again, each VM's job started once.
  */
@@ -206,7 +206,7 @@ describe('recovery plans', () => {
     assert.match(await osr('plan', 'drills', 'three-tier'), /all three answered/);
   });
 
-  test('planned failover of the plan, commit, reverse replication, then failback and reverse again', async () => {
+  test('planned failover of the plan, change of recovery point, commit, reverse replication, then failback and reverse again', async () => {
     const text = await osr('plan', 'planned-failover', 'three-tier', '--wait', '--interval', '200ms');
     assert.match(text, /plan three-tier: planned-failover \(primary-to-recovery\) succeeded; RTO/);
     for (const vm of vms) {
@@ -221,8 +221,23 @@ describe('recovery plans', () => {
     assert.equal(contexts('record-').length, 2);
     assert.equal(contexts('slow-').length, 1, 'the slow script runs for test failovers only');
     await assert.rejects(osr('plan', 'reprotect', 'three-tier'), /INVALID_STATE: .*nothing to reprotect/);
+    // before the commit the points stay: one VM goes back to an older one, then the plan to the latest
+    const points = JSON.parse(await osr('--json', 'item', 'points', id('db'))) as { items: { id: string; at: string }[] };
+    assert.ok(points.items.length >= 2, 'a failed-over item keeps its points until the commit');
+    const failedOverAt = ((await item('db')).replication.failover as { point: { id: string } }).point.id;
+    const older = points.items.find((p) => p.id !== failedOverAt)!;
+    await osr('item', 'change-recovery-point', id('db'), '--point', older.id, '--wait', '--interval', '200ms');
+    const changed = (await item('db')).replication.failover as { point: { id: string }; pointChanges: { from: { id: string }; to: { id: string } }[] };
+    assert.equal(changed.point.id, older.id);
+    assert.deepEqual(changed.pointChanges.map((c) => [c.from.id, c.to.id]), [[failedOverAt, older.id]]);
+    assert.equal((await item('db')).state, 'FailedOver');
+    const latest = await osr('plan', 'change-recovery-point', 'three-tier', '--point', 'latest', '--wait', '--interval', '200ms');
+    assert.match(latest, /change-recovery-point \(primary-to-recovery\) succeeded/);
+    assert.equal(((await item('db')).replication.failover as { point: { id: string } }).point.id, points.items[0]!.id);
     await osr('plan', 'commit', 'three-tier', '--wait', '--interval', '200ms');
     for (const vm of vms) assert.equal((await item(vm)).state, 'Committed');
+    assert.deepEqual((JSON.parse(await osr('--json', 'item', 'points', id('db'))) as { items: unknown[] }).items, [], 'the commit drops the other points');
+    await assert.rejects(osr('item', 'change-recovery-point', id('db'), '--point', 'latest'), /INVALID_STATE: .*is Committed/);
     await osr('plan', 'reprotect', 'three-tier', '--wait', '--interval', '200ms');
     for (const vm of vms) {
       const i = await item(vm);

@@ -74,8 +74,15 @@ before(async () => {
           const b = cmd.body as { item: string; point: string | null };
           await new Promise((r) => setTimeout(r, 50));
           if (failPromote.has(b.item)) throw Object.assign(new Error(`the recovery host of ${b.item} has no room`), { code: 'DISK_IO_ERROR' });
-          return { vmId: `site-b.${b.item.split('.')[1]}-replica`, epoch: ++epoch, point: { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' } };
+          const point = { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' };
+          return { vmId: `site-b.${b.item.split('.')[1]}-replica`, epoch: ++epoch, point, points: point.id === 'p1' ? [point] : [{ id: 'p1', at: new Date(Date.now() - 60_000).toISOString(), consistency: 'crash' }, point] };
         },
+        'failover.change-point': async (cmd) => {
+          const b = cmd.body as { point: string };
+          if (b.point !== 'p1' && b.point !== 'p-final') throw Object.assign(new Error(`no point ${b.point}`), { code: 'POINT_NOT_FOUND' });
+          return { point: { id: b.point, at: new Date().toISOString(), consistency: 'crash' } };
+        },
+        'failover.commit': async () => ({ point: { id: 'p1', at: new Date().toISOString(), consistency: 'crash' } }),
       },
     }),
   );
@@ -140,6 +147,40 @@ describe('plan runs', () => {
     const [j2] = await itemJobs('planned-failover', item(2));
     assert.ok(Date.parse(j2!.createdAt) >= Date.parse(j1!.endedAt!), 'a VM starts after the VMs it depends on');
     for (const n of [0, 1, 2, 3]) assert.equal(((await v.api.request<Obj>('GET', `/api/v1/protected-items/${item(n)}`)).state), 'FailedOver');
+  });
+
+  test('before the commit the point of a failed-over item changes among the points it kept; the commit drops them; neither runs from another state', async () => {
+    const path = (n: number, op: string) => `/api/v1/protected-items/${item(n)}/${op}`;
+    const get = (n: number) => v.api.request<{ state: string; replication: Obj }>('GET', `/api/v1/protected-items/${item(n)}`);
+    const points = await v.api.request<{ items: { id: string }[] }>('GET', `${path(0, 'recovery-points')}`);
+    assert.deepEqual(points.items.map((p) => p.id), ['p-final', 'p1'], 'the recovery site told the points it keeps until the commit');
+    await assertRejectsCode(v.api.request('POST', path(8, 'change-recovery-point'), { recoveryPoint: 'p1' }), 'INVALID_STATE', /is Protected; change-recovery-point starts from FailedOver/);
+    await assertRejectsCode(v.api.request('POST', path(0, 'change-recovery-point'), {}), 'INVALID_ARGUMENT', /recoveryPoint/);
+
+    const sent = providers[1]!.received.length;
+    const changed = await ended((await v.api.request<{ jobId: string }>('POST', path(0, 'change-recovery-point'), { recoveryPoint: 'p1' })).jobId);
+    assert.equal(changed.state, 'Succeeded', JSON.stringify(changed.error));
+    const cmd = providers[1]!.received.slice(sent).find((c) => c.kind === 'failover.change-point');
+    assert.deepEqual(cmd?.body, { item: item(0), vmId: 'site-b.cloud1-vm0-replica', point: 'p1' });
+    const f = (await get(0)).replication.failover as { point: { id: string }; pointChanges: { from: { id: string }; to: { id: string }; jobId: string }[] };
+    assert.equal(f.point.id, 'p1');
+    assert.deepEqual(f.pointChanges.map((c) => [c.from.id, c.to.id, c.jobId]), [['p-final', 'p1', changed.id]]);
+    assert.equal((await get(0)).state, 'FailedOver');
+
+    // a point the item does not have: the job fails with the points it has, and the item stays as it was
+    const bad = await ended((await v.api.request<{ jobId: string }>('POST', path(0, 'change-recovery-point'), { recoveryPoint: 'p-gone' })).jobId);
+    assert.equal(bad.state, 'Failed');
+    assert.equal(bad.error!.code, 'POINT_NOT_FOUND');
+    assert.match(bad.error!.message, /no recovery point p-gone at the recovery site; its points: p-final/);
+    assert.equal((await get(0)).state, 'FailedOver');
+    assert.equal(((await get(0)).replication.failover as { point: { id: string } }).point.id, 'p1');
+
+    const commit = await ended((await v.api.request<{ jobId: string }>('POST', path(0, 'commit'), {})).jobId);
+    assert.equal(commit.state, 'Succeeded', JSON.stringify(commit.error));
+    assert.ok(providers[1]!.received.some((c) => c.kind === 'failover.commit' && (c.body as { vmId: string }).vmId === 'site-b.cloud1-vm0-replica'), 'the recovery site commits');
+    assert.equal((await get(0)).state, 'Committed');
+    assert.deepEqual((await v.api.request<{ items: unknown[] }>('GET', path(0, 'recovery-points'))).items, []);
+    await assertRejectsCode(v.api.request('POST', path(0, 'change-recovery-point'), { recoveryPoint: 'p1' }), 'INVALID_STATE', /is Committed; change-recovery-point starts from FailedOver/);
   });
 
   test('an unplanned run carries on past a VM that fails and reports per VM; a webhook is retried, then fails the run', async () => {
