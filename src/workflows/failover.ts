@@ -293,6 +293,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
    */
   engine.register<ChangePointInput>({
     kind: FailoverJobs.ChangeRecoveryPoint,
+    cancellable: false,
+    notCancellableBecause: 'the recovery site may already run the VM from the new point; let it finish (a failed one is restarted from its failed step), then change the point again',
     tasks: [
       {
         name: 'Change recovery point',
@@ -332,6 +334,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
 
   engine.register<ItemJobInput>({
     kind: FailoverJobs.Commit,
+    cancellable: false,
+    notCancellableBecause: 'the recovery site may be dropping the other points already; let it finish (a failed one is restarted from its failed step)',
     tasks: [
       {
         name: 'Commit at the recovery site',
