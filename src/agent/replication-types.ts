@@ -119,6 +119,11 @@ export interface ReplicationHealth {
   bytesShipped: number;
   /** where the time of the latest shipped delta went, from the point's instant to applied */
   lastDelta: DeltaTimings | null;
+  /**
+   * measured churn: change-log bytes per second of guest time over the last hour's deltas,
+   * and the rate of the busiest delta (null until a delta after the first copy)
+   */
+  churn: { bytesPerSec: number; peakBytesPerSec: number; windowSeconds: number; deltas: number } | null;
 }
 
 export interface DeltaTimings {

@@ -73,6 +73,8 @@ export class PrimaryReplication {
   private lastError: ReplicationHealth['lastError'] = null;
   private initial: InitialProgress | null = null;
   private cycles: { atMs: number; ok: boolean }[] = [];
+  /** the deltas of the last hour: change-log bytes and the span of guest time they cover */
+  private deltas: { timeMs: number; bytes: number; spanMs: number }[] = [];
   private nextCycleMs = 0;
   private lastAppMs: number;
   private bytesShipped = 0;
@@ -506,6 +508,23 @@ export class PrimaryReplication {
     return rates.length > 0 ? Math.min(...rates) : null;
   }
 
+  private recordChurn(timeMs: number, bytes: number, spanMs: number): void {
+    if (spanMs <= 0) return;
+    this.deltas.push({ timeMs, bytes, spanMs });
+    this.deltas = this.deltas.filter((d) => d.timeMs > timeMs - HOUR);
+  }
+
+  /** Change-log bytes per second over the last hour's deltas, and the busiest delta's rate. */
+  churn(): ReplicationHealth['churn'] {
+    const now = this.deps.clock.now();
+    const recent = this.deltas.filter((d) => d.timeMs > now - HOUR);
+    if (recent.length === 0) return null;
+    const span = recent.reduce((n, d) => n + d.spanMs, 0);
+    const bytes = recent.reduce((n, d) => n + d.bytes, 0);
+    const peak = Math.max(...recent.filter((d) => d.spanMs >= 1000).map((d) => d.bytes / (d.spanMs / 1000)), 0);
+    return { bytesPerSec: Math.round(bytes / (span / 1000)), peakBytesPerSec: Math.round(Math.max(peak, bytes / (span / 1000))), windowSeconds: Math.round(span / 1000), deltas: recent.length };
+  }
+
   private recordCycle(ok: boolean): void {
     const now = this.deps.clock.now();
     this.cycles.push({ atMs: now, ok });
@@ -824,6 +843,7 @@ export class PrimaryReplication {
         }
         this.deps.log.info({ replication: this.spec.id, resync }, `resync of ${this.vm.name} completed in point ${seq}`);
       }
+      if (!resync && this.latest) this.recordChurn(meta.timeMs, deltaBytes, meta.timeMs - Date.parse(this.latest.time));
       this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
       this.lastSuccessMs = this.deps.clock.now();
       this.failures = 0;
@@ -864,6 +884,7 @@ export class PrimaryReplication {
       bandwidthLimitBytesPerSec: this.bandwidthLimit(),
       bytesShipped: this.bytesShipped,
       lastDelta: this.lastDelta,
+      churn: this.churn(),
     };
   }
 }

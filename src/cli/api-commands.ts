@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { toOsrError } from '../domain/errors.js';
 import { CliApi, connection, fields, print } from './api-common.js';
 import { addConfigurationCommands } from './api-config-commands.js';
+import { addCapacityCommand } from './api-capacity-command.js';
 import { addOperationsCommands } from './api-operations-commands.js';
 import { addProtectionCommands } from './api-protection-commands.js';
 import { maskToken } from './vault-client-config.js';
@@ -59,4 +60,5 @@ export function addApiCommands(program: Command): void {
   addProtectionCommands(program);
   addConfigurationCommands(program);
   addOperationsCommands(program);
+  addCapacityCommand(program);
 }

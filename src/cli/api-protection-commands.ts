@@ -5,6 +5,7 @@ import { INVENTORY_KINDS, type Fabric, type InventoryKind, type InventoryObject,
 import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
 import { formatBytes, formatSeconds, table } from './format.js';
 import { changePointBody, changePointFlags, cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type ChangePointFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
+import type { ItemSample } from '../store/items.js';
 import { watchJobs } from './job-watch.js';
 import { parseDuration } from '../agent/time-window.js';
 
@@ -368,6 +369,19 @@ export function addProtectionCommands(program: Command): void {
         const i = await resolveItem(api, idOrName);
         const r = await api.get<ListAnswer<RecoveryPoint>>(`/protected-items/${encodeURIComponent(i.id)}/recovery-points`);
         out(r, () => table(r.items.map((p) => ({ id: p.id, time: when(p.at), consistency: p.consistency }))));
+      }),
+    );
+  item
+    .command('samples <item>')
+    .description("an item's RPO, churn and pending change logs over time, a sample a minute at most (a week is kept), oldest first")
+    .option('--since <duration>', 'how far back', '1h')
+    .action((idOrName: string, o: { since: string }) =>
+      withApi(program, async (api) => {
+        const i = await resolveItem(api, idOrName);
+        const since = new Date(Date.now() - parseDuration(o.since)).toISOString();
+        const r = await api.get<ListAnswer<ItemSample>>(`/protected-items/${encodeURIComponent(i.id)}/samples`, { since });
+        const rate = (n: number | null) => (n === null ? '-' : `${formatBytes(n)}/s`);
+        out(r, () => table(r.items.map((x) => ({ time: when(x.at), rpo: formatSeconds(x.rpoSeconds), churn: rate(x.churnBytesPerSec), peak: rate(x.peakChurnBytesPerSec), pending: x.pendingLogBytes === null ? '-' : formatBytes(x.pendingLogBytes) }))));
       }),
     );
   item

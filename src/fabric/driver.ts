@@ -107,6 +107,10 @@ export interface ReplicationStatus {
   lastError: { code: string; message: string } | null;
   /** a non-recoverable error stopped replication: nothing happens until someone acts */
   waitingForAction: boolean;
+  /** change-log bytes per second of guest time (last hour) and of the busiest delta; null until measured */
+  churn?: { bytesPerSec: number; peakBytesPerSec: number } | null;
+  /** change-log bytes written and not yet applied at the replica */
+  pendingLogBytes?: number | null;
 }
 
 export interface FabricDriver {

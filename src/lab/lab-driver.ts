@@ -802,6 +802,8 @@ export class LabFabricDriver implements FabricDriver {
       latestPoint: h.latestPoint ? { id: String(h.latestPoint.seq), at: h.latestPoint.time, consistency: consistencyOf(h.latestPoint.consistency) } : null,
       lastError: h.lastError ? { code: h.lastError.code, message: h.lastError.message } : null,
       waitingForAction: h.retry?.waitingForAction ?? false,
+      churn: h.churn ? { bytesPerSec: h.churn.bytesPerSec, peakBytesPerSec: h.churn.peakBytesPerSec } : null,
+      pendingLogBytes: h.pendingLogBytes ?? null,
     };
   }
 
@@ -839,6 +841,8 @@ interface AgentHealth {
   initial: AgentProgress | null;
   resync: AgentProgress | null;
   retry: { waitingForAction: boolean } | null;
+  pendingLogBytes?: number;
+  churn?: { bytesPerSec: number; peakBytesPerSec: number } | null;
 }
 
 /** The host's words for a point's consistency, in the vault's. */

@@ -20,6 +20,10 @@ export interface ItemStatus {
   healthReasons?: { code: string; message: string }[];
   rpoSeconds?: number | null;
   recoveryPoints?: { id: string; at: string; consistency: 'crash' | 'app' }[];
+  /** measured at the source: change-log bytes per second (last hour, busiest delta) and log bytes not yet at the replica */
+  churnBytesPerSec?: number | null;
+  peakChurnBytesPerSec?: number | null;
+  pendingLogBytes?: number | null;
 }
 
 export class ProviderChannel {

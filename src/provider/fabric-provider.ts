@@ -322,7 +322,13 @@ export class FabricProvider {
       try {
         if (p.role === 'source') {
           const s: ReplicationStatus = await this.o.driver.replicationStatus(p.vmId);
-          await this.o.channel.itemStatus(p.itemId, { health: s.health, healthReasons: s.healthReasons, rpoSeconds: s.rpoSeconds });
+          await this.o.channel.itemStatus(p.itemId, {
+            health: s.health,
+            healthReasons: s.healthReasons,
+            rpoSeconds: s.rpoSeconds,
+            ...(s.churn !== undefined ? { churnBytesPerSec: s.churn?.bytesPerSec ?? null, peakChurnBytesPerSec: s.churn?.peakBytesPerSec ?? null } : {}),
+            ...(s.pendingLogBytes !== undefined ? { pendingLogBytes: s.pendingLogBytes } : {}),
+          });
         } else {
           const points = await this.o.driver.recoveryPoints(p.vmId);
           await this.o.channel.itemStatus(p.itemId, { recoveryPoints: points });

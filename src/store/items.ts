@@ -50,6 +50,19 @@ const toItem = (r: Selectable<ProtectedItemsTable>): ProtectedItem => ({
   updatedAt: iso(r.updated_at)!,
 });
 
+/** An item's replication facts at one instant, as its source reported them. */
+export interface ItemSample {
+  at: string;
+  rpoSeconds: number | null;
+  churnBytesPerSec: number | null;
+  peakChurnBytesPerSec: number | null;
+  pendingLogBytes: number | null;
+}
+
+/** How long samples are kept, and how far apart they are at least. */
+export const SAMPLES_KEPT_MS = 7 * 24 * 3600_000;
+export const SAMPLE_INTERVAL_MS = 60_000;
+
 export class ItemStore {
   constructor(
     private readonly db: Kysely<Database>,
@@ -158,6 +171,35 @@ export class ItemStore {
           .execute();
       }
     });
+  }
+
+  /**
+   * Record a sample of an item's facts, unless the last one is less than `minIntervalMs`
+   * old (reports come far more often than a chart needs). Samples older than a week go.
+   */
+  async addSample(itemId: string, s: Omit<ItemSample, 'at'>, minIntervalMs = SAMPLE_INTERVAL_MS): Promise<boolean> {
+    const now = this.now();
+    const last = await this.db.selectFrom('item_samples').select('at').where('item_id', '=', itemId).orderBy('at', 'desc').limit(1).executeTakeFirst();
+    if (last && now - Number(last.at) < minIntervalMs) return false;
+    await this.db
+      .insertInto('item_samples')
+      .values({ item_id: itemId, at: now, rpo_seconds: s.rpoSeconds, churn_bps: s.churnBytesPerSec, peak_churn_bps: s.peakChurnBytesPerSec, pending_bytes: s.pendingLogBytes })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+    await this.db.deleteFrom('item_samples').where('item_id', '=', itemId).where('at', '<', now - SAMPLES_KEPT_MS).execute();
+    return true;
+  }
+
+  /** An item's samples since `sinceMs`, oldest first. */
+  async samples(itemId: string, sinceMs: number, limit = 20_000): Promise<ItemSample[]> {
+    const rows = await this.db.selectFrom('item_samples').selectAll().where('item_id', '=', itemId).where('at', '>=', sinceMs).orderBy('at', 'asc').limit(limit).execute();
+    return rows.map((r) => ({
+      at: iso(r.at)!,
+      rpoSeconds: r.rpo_seconds === null ? null : Number(r.rpo_seconds),
+      churnBytesPerSec: r.churn_bps === null ? null : Number(r.churn_bps),
+      peakChurnBytesPerSec: r.peak_churn_bps === null ? null : Number(r.peak_churn_bps),
+      pendingLogBytes: r.pending_bytes === null ? null : Number(r.pending_bytes),
+    }));
   }
 
   async countByHealth(): Promise<{ health: string; state: string; n: number }[]> {

@@ -229,6 +229,23 @@ const MIGRATIONS: readonly Migration[] = [
       await db.schema.alterTable('job_tasks').addColumn('detail', 'text').execute();
     },
   },
+  {
+    version: 3,
+    name: 'item samples: RPO, churn and pending log bytes over time',
+    async up(db) {
+      await db.schema
+        .createTable('item_samples')
+        .addColumn('item_id', 'text', (c) => c.notNull().references('protected_items.id').onDelete('cascade'))
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('rpo_seconds', 'real')
+        .addColumn('churn_bps', 'real')
+        .addColumn('peak_churn_bps', 'real')
+        .addColumn('pending_bytes', 'bigint')
+        .addPrimaryKeyConstraint('item_samples_pk', ['item_id', 'at'])
+        .execute();
+      await db.schema.createIndex('item_samples_at').on('item_samples').column('at').execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

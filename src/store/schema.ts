@@ -167,6 +167,15 @@ export interface ProtectedItemsTable {
   updated_at: number;
 }
 
+export interface ItemSamplesTable {
+  item_id: string;
+  at: number;
+  rpo_seconds: number | null;
+  churn_bps: number | null;
+  peak_churn_bps: number | null;
+  pending_bytes: number | null;
+}
+
 export interface RecoveryPointsTable {
   item_id: string;
   id: string;
@@ -243,6 +252,7 @@ export interface Database {
   storage_mappings: MappingsTable;
   protected_items: ProtectedItemsTable;
   recovery_points: RecoveryPointsTable;
+  item_samples: ItemSamplesTable;
   recovery_plans: RecoveryPlansTable;
   events: EventsTable;
   alerts: AlertsTable;

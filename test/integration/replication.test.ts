@@ -64,6 +64,9 @@ test('every recovery point equals the source at its instant; overlays never chan
   assert.equal(hFinal.health, 'Healthy');
   assert.equal(hFinal.lastError, null);
   assert.ok(hFinal.rpoSeconds !== null && hFinal.rpoSeconds < 60);
+  // churn is measured from the deltas after the first copy: change-log bytes over the guest time they cover
+  assert.equal(hFinal.churn?.deltas, 5);
+  assert.ok(hFinal.churn!.bytesPerSec > 0 && hFinal.churn!.peakBytesPerSec >= hFinal.churn!.bytesPerSec, JSON.stringify(hFinal.churn));
 });
 
 test('points taken while the guest keeps writing are crash-consistent across disks', async () => {

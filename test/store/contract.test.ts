@@ -2,12 +2,14 @@
  * The store contract: the same tests on SQLite and on PostgreSQL, against real databases.
  * Migrations (idempotent, serialized between two vaults, refused on a newer schema) and
  * the job lease protocol (claim, renew, fencing by owner, takeover after a lease runs out,
- * every job claimed exactly once by two vaults at once).
+ * every job claimed exactly once by two vaults at once), and item samples over time.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { openDatabase, Dialect, type VaultDatabase } from '../../src/store/database.js';
+import { ProtectionState } from '../../src/domain/resources.js';
+import { ItemStore } from '../../src/store/items.js';
 import { JobState, JobStore } from '../../src/store/jobs.js';
 import { SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
@@ -111,6 +113,38 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           await assertRejectsCode(jobs.renew(taken.id, 'vault-b', 1000), 'LEASE_LOST', /no vault/);
         } finally {
           await vdb.close();
+        }
+      }));
+
+    test('item samples: one a minute at most, oldest first, a week kept, gone with their item', () =>
+      withDatabase(dialect, async (t) => {
+        const h = await open(t);
+        try {
+          let now = Date.parse('2026-12-01T00:00:00Z');
+          const items = new ItemStore(h.db, () => now);
+          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
+          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
+          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await items.create({ id: 'site.vm1', name: 'vm1', fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null });
+          const sample = (pending: number) => ({ rpoSeconds: 12.5, churnBytesPerSec: 1500.5, peakChurnBytesPerSec: 4000, pendingLogBytes: pending });
+          assert.equal(await items.addSample('site.vm1', sample(1)), true);
+          now += 30_000;
+          assert.equal(await items.addSample('site.vm1', sample(2)), false, 'within a minute of the last: dropped');
+          now += 30_000;
+          assert.equal(await items.addSample('site.vm1', sample(3 * 1024 ** 3)), true);
+          const got = await items.samples('site.vm1', 0);
+          assert.deepEqual(got, [
+            { at: '2026-12-01T00:00:00.000Z', ...sample(1) },
+            { at: '2026-12-01T00:01:00.000Z', ...sample(3 * 1024 ** 3) },
+          ]);
+          assert.deepEqual((await items.samples('site.vm1', now)).map((x) => x.pendingLogBytes), [3 * 1024 ** 3]);
+          now += 8 * 24 * 3600_000;
+          await items.addSample('site.vm1', { rpoSeconds: null, churnBytesPerSec: null, peakChurnBytesPerSec: null, pendingLogBytes: null });
+          assert.deepEqual((await items.samples('site.vm1', 0)).map((x) => x.rpoSeconds), [null], 'older than a week: gone');
+          await items.remove('site.vm1');
+          assert.deepEqual(await items.samples('site.vm1', 0), []);
+        } finally {
+          await h.close();
         }
       }));
 

@@ -227,6 +227,17 @@ describe('osr vault client commands', () => {
     assert.equal(points.items[0]!.id, 'p1');
     assert.ok(events.items.some((e) => e.kind === 'protection.enabled'));
     assert.equal(shown.id, 'vmm-newyork.goldcloud1-vm1');
+    // the capacity planner, before any churn is measured: the disks, the storage, no bandwidth yet
+    const [capacity, capacityText] = await Promise.all([json<{ items: { name: string; measured: boolean; replicaStorageBytes: number; diskBytes: number }[]; totals: { items: number; bandwidthForRpo: { rpoSeconds: number }[] } }>(['capacity', '--rpo', '30s,10m']), ok(['capacity'])]);
+    assert.deepEqual(capacity.items.map((i) => [i.name, i.measured]).sort(), [['GoldCloud1-VM0', false], ['GoldCloud1-VM1', false]]);
+    assert.ok(capacity.items.every((i) => i.replicaStorageBytes === i.diskBytes && i.diskBytes > 0));
+    assert.deepEqual(capacity.totals.bandwidthForRpo.map((b) => b.rpoSeconds), [30, 600]);
+    assert.match(capacityText.split('\n')[0]!, /^ITEM\s+DISKS\s+CHURN\s+PEAK\s+RPO 60S\s+RPO 5M\s+RPO 15M\s+RPO 60M\s+INITIAL\s+STORAGE\s+RESYNC IN$/);
+    assert.match(capacityText, /GoldCloud1-VM0\s+\S+ \S+\s+not measured/);
+    assert.match(capacityText, /2 VM\(s\), 0 with measured churn/);
+    await fails(['capacity', '--rpo', '5s'], 'INVALID_ARGUMENT');
+    const samples = await json<{ items: unknown[] }>(['item', 'samples', 'GoldCloud1-VM0', '--since', '2h']);
+    assert.ok(Array.isArray(samples.items));
     assert.equal((shown.replication as Obj).policyId, (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/policies')).items.find((p) => p.name === 'gold')!.id);
   });
 

@@ -186,7 +186,16 @@ describe('providers and protection', () => {
       assert.deepEqual((done.tasks as Obj[]).map((t) => t.name), ['Prerequisites check', 'Create replication', 'Initial replication', 'Finalize protection']);
 
       // the provider reports the item Critical: an alert, delivered twice over
-      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }], rpoSeconds: 900, recoveryPoints: [{ id: 'p2', at: new Date().toISOString(), consistency: 'app' }] });
+      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }], rpoSeconds: 900, recoveryPoints: [{ id: 'p2', at: new Date().toISOString(), consistency: 'app' }], churnBytesPerSec: 2_000_000, peakChurnBytesPerSec: 5_000_000, pendingLogBytes: 1_000_000 });
+      // the source's facts are kept over time, and the capacity planner reads them
+      const samples = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0/samples')).items;
+      assert.deepEqual(samples.map(({ at: _at, ...x }) => x), [{ rpoSeconds: 900, churnBytesPerSec: 2_000_000, peakChurnBytesPerSec: 5_000_000, pendingLogBytes: 1_000_000 }]);
+      const plan = await v.api.request<{ items: { id: string; diskBytes: number; bandwidthForRpo: { rpoSeconds: number; bytesPerSec: number | null }[]; initialReplicationSeconds: number }[] }>('GET', '/api/v1/capacity?rpoSeconds=60,3600&bandwidthBytesPerSec=10000000');
+      const vm0 = plan.items.find((x) => x.id === 'vmm-newyork.goldcloud1-vm0')!;
+      assert.ok(vm0.diskBytes > 0, 'the disks from the inventory');
+      assert.deepEqual(vm0.bandwidthForRpo, [{ rpoSeconds: 60, bytesPerSec: 5_000_000 }, { rpoSeconds: 3600, bytesPerSec: 2_000_000 }]);
+      assert.equal(vm0.initialReplicationSeconds, Math.ceil(vm0.diskBytes / 8_000_000));
+      await assertRejectsCode(v.api.request('GET', '/api/v1/capacity?rpoSeconds=5'), 'INVALID_ARGUMENT', /30 seconds to 7 days/);
       await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }] });
       await waitFor('webhook and mail', () => hooks.length >= 1 && mails.length >= 1, 10_000);
       assert.equal(((hooks[0]!.alert as Obj).kind as string), 'ItemCritical');

@@ -1,6 +1,8 @@
 /** Events, alerts and where alerts go (webhooks, e-mail). */
 import { Type } from '@fastify/type-provider-typebox';
 import type { AlertSettings } from '../../domain/resources.js';
+import { OsrError } from '../../domain/errors.js';
+import { capacityPlanOf } from '../../workflows/capacity.js';
 import { DEFAULT_ALERT_SETTINGS } from '../notifier.js';
 import { page, type App, type VaultContext } from '../context.js';
 import { IdParam, PageQuery } from '../schemas.js';
@@ -16,6 +18,26 @@ export const monitoringRoutes = (ctx: VaultContext) => async (app: App) => {
     async (request) => {
       const limit = request.query.limit ?? 100;
       return page(await activity.events({ ...request.query, limit }), limit);
+    },
+  );
+
+  app.get(
+    '/capacity',
+    {
+      config: { access: 'read' },
+      schema: {
+        summary: 'the capacity planner: from measured churn and disk sizes, the bandwidth each target RPO needs, initial replication time over a link, replica storage for the retention window, and when growing change logs would force a resync',
+        tags: ['capacity'],
+        querystring: Type.Object({
+          rpoSeconds: Type.Optional(Type.String({ pattern: '^[0-9]+(,[0-9]+)*$', maxLength: 200, description: 'target RPOs in seconds, comma-separated (default 60,300,900,3600)' })),
+          bandwidthBytesPerSec: Type.Optional(Type.Integer({ minimum: 1, description: 'the link for initial replication, bytes per second (default 12500000: 100 Mbit/s)' })),
+        }),
+      },
+    },
+    async (request) => {
+      const targets = request.query.rpoSeconds?.split(',').map(Number);
+      if (targets?.some((t) => t < 30 || t > 7 * 86400)) throw new OsrError('INVALID_ARGUMENT', 'each target RPO is 30 seconds to 7 days', { field: 'rpoSeconds' });
+      return capacityPlanOf(ctx.store, { now: ctx.clock.now(), ...(targets ? { rpoTargetsSeconds: targets } : {}), ...(request.query.bandwidthBytesPerSec ? { bandwidthBytesPerSec: request.query.bandwidthBytesPerSec } : {}) });
     },
   );
 

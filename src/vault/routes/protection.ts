@@ -44,6 +44,23 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     return { items: await items.points(request.params.id), next: null };
   });
   app.get(
+    '/protected-items/:id/samples',
+    {
+      config: { access: 'read' },
+      schema: {
+        summary: 'an item\'s RPO, churn and pending change logs over time (one sample a minute at most, a week kept), oldest first',
+        tags,
+        params: IdParam,
+        querystring: Type.Object({ since: Type.Optional(Type.String({ format: 'date-time', description: 'from this instant (default: 24 hours ago)' })) }),
+      },
+    },
+    async (request) => {
+      await items.get(request.params.id);
+      const since = request.query.since ? Date.parse(request.query.since) : ctx.clock.now() - 24 * 3600_000;
+      return { items: await items.samples(request.params.id, since), next: null };
+    },
+  );
+  app.get(
     '/protected-items/:id/events',
     { config: { access: 'read' }, schema: { summary: 'an item\'s event history, newest first', tags, params: IdParam, querystring: Type.Object(PageQuery) } },
     async (request) => {

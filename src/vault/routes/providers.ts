@@ -232,6 +232,9 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
             healthReasons: Type.Optional(Type.Array(Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 2000 }) }), { maxItems: 50 })),
             rpoSeconds: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             recoveryPoints: Type.Optional(Type.Array(Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ maxLength: 40 }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]) }), { maxItems: 10_000 })),
+            churnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+            peakChurnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+            pendingLogBytes: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
           },
           { additionalProperties: false },
         ),
@@ -257,6 +260,10 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         ...(b.rpoSeconds !== undefined ? { rpoSeconds: b.rpoSeconds } : {}),
         ...(latest !== undefined ? { lastPointAt: latest } : {}),
       });
+      // the source's facts over time: the RPO chart and the capacity planner read them
+      if (b.rpoSeconds !== undefined || b.churnBytesPerSec !== undefined || b.pendingLogBytes !== undefined) {
+        await store.items.addSample(item.id, { rpoSeconds: b.rpoSeconds ?? null, churnBytesPerSec: b.churnBytesPerSec ?? null, peakChurnBytesPerSec: b.peakChurnBytesPerSec ?? null, pendingLogBytes: b.pendingLogBytes ?? null });
+      }
       if (before.health !== after.health) {
         const why = after.healthReasons.map((r) => r.message).join('; ');
         await alerting.event({ target: item.id, kind: 'item.health', severity: after.health === Health.Critical ? Severity.Critical : after.health === Health.Warning ? Severity.Warning : Severity.Info, message: `${item.name} is ${after.health}${why ? `: ${why}` : ''}`, details: { from: before.health, to: after.health } });
