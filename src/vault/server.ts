@@ -38,6 +38,7 @@ import { planRunRoutes } from './routes/plan-runs.js';
 import { protectionRoutes } from './routes/protection.js';
 import { providerRoutes } from './routes/providers.js';
 import { systemRoutes } from './routes/system.js';
+import { DEFAULT_PORTAL_DIR, servePortal } from './portal.js';
 
 import { VERSION } from './version.js';
 export { VERSION };
@@ -72,6 +73,8 @@ export interface VaultOptions {
   /** alert deliveries: tries and the pause between them */
   alertAttempts?: number;
   alertRetryDelayMs?: number;
+  /** the portal's built files (default dist/portal); false serves no portal */
+  portalDir?: string | false;
 }
 
 export class Vault {
@@ -167,6 +170,7 @@ export class Vault {
       await app.register(planRunRoutes(ctx), { prefix: API });
       await app.register(jobRoutes(ctx), { prefix: API });
       await app.register(monitoringRoutes(ctx), { prefix: API });
+      if (o.portalDir !== false) await servePortal(app, o.portalDir ?? DEFAULT_PORTAL_DIR);
       app.get('/metrics', { config: { access: 'public' }, schema: { hide: true } }, async (_request, reply) => reply.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics()));
       await app.ready();
 

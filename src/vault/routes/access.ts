@@ -1,6 +1,6 @@
-/** Owner-only routes: API tokens, registration keys and the audit trail. */
+/** Who the caller is, and the Owner-only routes: API tokens, registration keys and the audit trail. */
 import { Type } from '@fastify/type-provider-typebox';
-import { ROLES } from '../../domain/roles.js';
+import { allows, Permission, ROLES } from '../../domain/roles.js';
 import { principal, type App, type VaultContext } from '../context.js';
 
 const IdParam = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }) });
@@ -9,6 +9,10 @@ export const accessRoutes = (ctx: VaultContext) => async (app: App) => {
   const { activity } = ctx.store;
   const tags = ['access'];
 
+  app.get('/me', { config: { access: 'read' }, schema: { summary: 'the caller: its token\'s name, role and what the role may do (the portal hides what it may not)', tags } }, async (request) => {
+    const p = principal(request);
+    return { actor: p.actor, role: p.role, tokenId: p.tokenId ?? null, permissions: Object.values(Permission).filter((x) => p.role !== null && allows(p.role, x)), vault: ctx.identity.name };
+  });
   app.get('/tokens', { config: { access: 'admin' }, schema: { summary: 'list API tokens (never their secrets)', tags } }, async () => ({ items: await activity.tokens(), next: null }));
   app.post(
     '/tokens',

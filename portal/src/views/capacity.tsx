@@ -1,0 +1,3 @@
+export function Capacity() {
+  return <h1>Capacity planner</h1>;
+}
