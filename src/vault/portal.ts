@@ -34,14 +34,14 @@ export async function servePortal(app: App, dir: string): Promise<void> {
       index: ['index.html'],
       schemaHide: true,
       setHeaders: (res, file) => {
-        res.setHeader('x-content-type-options', 'nosniff');
-        res.setHeader('referrer-policy', 'no-referrer');
+        res.header('x-content-type-options', 'nosniff');
+        res.header('referrer-policy', 'no-referrer');
         if (file.endsWith('.html')) {
-          res.setHeader('cache-control', 'no-cache');
-          res.setHeader('content-security-policy', CSP);
-          res.setHeader('x-frame-options', 'DENY');
+          res.header('cache-control', 'no-cache');
+          res.header('content-security-policy', CSP);
+          res.header('x-frame-options', 'DENY');
         } else if (file.includes(`${path.sep}assets${path.sep}`)) {
-          res.setHeader('cache-control', 'public, max-age=31536000, immutable');
+          res.header('cache-control', 'public, max-age=31536000, immutable');
         }
       },
     });
