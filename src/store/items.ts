@@ -3,7 +3,7 @@
  * job (one per VM: the VM's inventory id is the item's id, so a VM cannot be protected
  * twice) and changes state as its jobs and its provider's reports say.
  */
-import type { Kysely, Selectable } from 'kysely';
+import { sql, type Kysely, type Selectable } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import { failoverReadiness, Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
 import { affected, clampLimit, iso, isUniqueViolation, json } from './rows.js';
@@ -57,6 +57,15 @@ export interface ItemSample {
   churnBytesPerSec: number | null;
   peakChurnBytesPerSec: number | null;
   pendingLogBytes: number | null;
+}
+
+/** All items' RPO in one span of time. */
+export interface RpoBucket {
+  at: string;
+  worstRpoSeconds: number | null;
+  meanRpoSeconds: number | null;
+  /** items with a sample in the span */
+  items: number;
 }
 
 /** How long samples are kept, and how far apart they are at least. */
@@ -199,6 +208,27 @@ export class ItemStore {
       churnBytesPerSec: r.churn_bps === null ? null : Number(r.churn_bps),
       peakChurnBytesPerSec: r.peak_churn_bps === null ? null : Number(r.peak_churn_bps),
       pendingLogBytes: r.pending_bytes === null ? null : Number(r.pending_bytes),
+    }));
+  }
+
+  /**
+   * The RPO of all items over time, in buckets of `bucketMs` since `sinceMs`, oldest first:
+   * the worst and the mean of the samples in each bucket, and how many items they cover.
+   */
+  async rpoHistory(sinceMs: number, bucketMs: number): Promise<RpoBucket[]> {
+    const bucket = sql<number>`(${sql.ref('at')} / ${sql.lit(Math.max(1, Math.floor(bucketMs)))}) * ${sql.lit(Math.max(1, Math.floor(bucketMs)))}`;
+    const rows = await this.db
+      .selectFrom('item_samples')
+      .select([bucket.as('bucket'), (eb) => eb.fn.max('rpo_seconds').as('worst'), (eb) => eb.fn.avg('rpo_seconds').as('mean'), (eb) => eb.fn.count('item_id').distinct().as('items')])
+      .where('at', '>=', sinceMs)
+      .groupBy(bucket)
+      .orderBy('bucket', 'asc')
+      .execute();
+    return rows.map((r) => ({
+      at: iso(Number(r.bucket))!,
+      worstRpoSeconds: r.worst === null ? null : Number(r.worst),
+      meanRpoSeconds: r.mean === null ? null : Number(r.mean),
+      items: Number(r.items),
     }));
   }
 

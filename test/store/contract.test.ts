@@ -116,7 +116,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         }
       }));
 
-    test('item samples: one a minute at most, oldest first, a week kept, gone with their item', () =>
+    test('item samples: one a minute at most, oldest first, a week kept, gone with their item; the RPO of all items in buckets', () =>
       withDatabase(dialect, async (t) => {
         const h = await open(t);
         try {
@@ -138,6 +138,15 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
             { at: '2026-12-01T00:01:00.000Z', ...sample(3 * 1024 ** 3) },
           ]);
           assert.deepEqual((await items.samples('site.vm1', now)).map((x) => x.pendingLogBytes), [3 * 1024 ** 3]);
+          await items.create({ id: 'site.vm2', name: 'vm2', fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null });
+          assert.equal(await items.addSample('site.vm2', { ...sample(5), rpoSeconds: 40 }), true);
+          const start = Date.parse('2026-12-01T00:00:00Z');
+          assert.deepEqual(await items.rpoHistory(start, 60_000), [
+            { at: '2026-12-01T00:00:00.000Z', worstRpoSeconds: 12.5, meanRpoSeconds: 12.5, items: 1 },
+            { at: '2026-12-01T00:01:00.000Z', worstRpoSeconds: 40, meanRpoSeconds: 26.25, items: 2 },
+          ]);
+          assert.deepEqual(await items.rpoHistory(start, 3600_000), [{ at: '2026-12-01T00:00:00.000Z', worstRpoSeconds: 40, meanRpoSeconds: (12.5 + 12.5 + 40) / 3, items: 2 }], 'an hour\'s bucket: both items, all three samples');
+          await items.remove('site.vm2');
           now += 8 * 24 * 3600_000;
           await items.addSample('site.vm1', { rpoSeconds: null, churnBytesPerSec: null, peakChurnBytesPerSec: null, pendingLogBytes: null });
           assert.deepEqual((await items.samples('site.vm1', 0)).map((x) => x.rpoSeconds), [null], 'older than a week: gone');

@@ -41,6 +41,25 @@ export const monitoringRoutes = (ctx: VaultContext) => async (app: App) => {
     },
   );
 
+  app.get(
+    '/rpo-history',
+    {
+      config: { access: 'read' },
+      schema: {
+        summary: 'the RPO of all protected items over time: the worst and the mean in each span, oldest first (from the samples kept a week)',
+        tags: ['protected items'],
+        querystring: Type.Object({
+          since: Type.Optional(Type.String({ format: 'date-time', description: 'from this instant (default: 24 hours ago)' })),
+          bucketSeconds: Type.Optional(Type.Integer({ minimum: 60, maximum: 86400, description: 'the length of a span (default 300)' })),
+        }),
+      },
+    },
+    async (request) => {
+      const since = request.query.since ? Date.parse(request.query.since) : ctx.clock.now() - 24 * 3600_000;
+      return { items: await ctx.store.items.rpoHistory(since, (request.query.bucketSeconds ?? 300) * 1000), next: null };
+    },
+  );
+
   const tags = ['alerts'];
   app.get(
     '/alerts',
