@@ -200,6 +200,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
       out(`  fabric     ${p.fabric} (${p.fabricId}): ${f.clouds.map((c) => c.name).join(', ')}; hosts ${f.clouds.flatMap((c) => c.hostGroups.flatMap((hg) => hg.hosts.map((h) => h.name))).join(', ')}; VMs ${f.vms.map((v) => v.name).join(', ') || '-'}`);
     }
     out('');
+    out(`Portal     ${info.vault.url}/   (sign in with the Owner token; the browser does not know the lab's CA: trust ${caFile}, or accept its warning)`);
     out(`API        ${info.vault.url}/api/v1   (OpenAPI at ${info.vault.url}/api/v1/openapi.json)`);
     out(`Owner token ${token}`);
     out(`CLI        the osr command reads ${path.join(dir, 'osr.yaml')} (vault, token, CA)${path.resolve(DEFAULT_LAB_DIR) === dir ? '' : `: export OSR_CONFIG=${path.join(dir, 'osr.yaml')}`}`);
