@@ -42,4 +42,18 @@ export default tseslint.config(
     },
   },
   ...layerRules,
+  {
+    // the portal talks to the vault through the REST API only; of the server's code it may use the domain's types
+    files: ['portal/**/*.ts', 'portal/**/*.tsx'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: all
+            .filter((l) => l !== 'domain')
+            .map((l) => ({ group: [`**/src/${l}/*`, `**/src/${l}/**`], message: `the portal may not import src/${l}: it uses the REST API, and only the domain's types (docs/design/portal.md)` })),
+        },
+      ],
+    },
+  },
 );
