@@ -123,7 +123,7 @@ describe('the portal', { skip: SKIP }, () => {
   });
 
   test('sign in with the keyboard alone', async () => {
-    await page.reload();
+    await page.goto(cfg.vault);
     await page.getByLabel('API token').waitFor();
     // the token field has the focus on arrival; Enter sends the form
     await page.keyboard.type(cfg.token);
