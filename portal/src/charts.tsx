@@ -52,7 +52,7 @@ export function LineChart({ series, format, label, limit, empty }: { series: { n
   const summary = `${label}: ${series.length} series from ${new Date(t0).toLocaleString()} to ${new Date(t1).toLocaleString()}, highest ${format(Math.max(...vals))}, latest ${format(last)}`;
   return (
     <figure className="chart">
-      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={summary} preserveAspectRatio="none">
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={summary}>
         {ticks(0, vMax, 4).map((v) => (
           <g key={`y${v}`}>
             <line className="grid" x1={PAD.l} x2={W - PAD.r} y1={y(v)} y2={y(v)} />
@@ -92,7 +92,7 @@ export function PointTimeline({ points, chosen, onChoose }: { points: { id: stri
   const x = (t: number) => 16 + ((t - t0) / Math.max(1, t1 - t0)) * (W - 32);
   return (
     <figure className="chart timeline">
-      <svg viewBox={`0 0 ${W} 64`} role="img" aria-label={`${points.length} recovery points from ${new Date(t0).toLocaleString()} to ${new Date(t1).toLocaleString()}`} preserveAspectRatio="none">
+      <svg viewBox={`0 0 ${W} 64`} role="img" aria-label={`${points.length} recovery points from ${new Date(t0).toLocaleString()} to ${new Date(t1).toLocaleString()}`}>
         <line className="grid" x1={8} x2={W - 8} y1={40} y2={40} />
         {points.map((p) => {
           const cx = x(Date.parse(p.at));

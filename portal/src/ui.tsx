@@ -140,9 +140,10 @@ export function fmtSeconds(s: number | null | undefined): string {
   if (s === null || s === undefined || !Number.isFinite(s)) return '—';
   if (s < 1) return `${s.toFixed(2)} s`;
   if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
-  return `${Math.floor(s / 86400)} d ${Math.round((s % 86400) / 3600)} h`;
+  const two = (a: number, au: string, b: number, bu: string) => (b === 0 ? `${a} ${au}` : `${a} ${au} ${b} ${bu}`);
+  if (s < 3600) return two(Math.floor(s / 60), 'min', Math.round(s % 60), 's');
+  if (s < 86400) return two(Math.floor(s / 3600), 'h', Math.round((s % 3600) / 60), 'min');
+  return two(Math.floor(s / 86400), 'd', Math.round((s % 86400) / 3600), 'h');
 }
 
 export function fmtBytes(n: number | null | undefined): string {
