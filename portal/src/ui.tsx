@@ -1,5 +1,5 @@
 /** Small pieces every view uses: loading data with refresh, errors as the vault words them, badges, formats, dialogs. */
-import { createContext, useCallback, useContext, useEffect, useRef, useState, type ReactNode } from 'react';
+import { createContext, useCallback, useContext, useEffect, useId, useRef, useState, type ReactNode } from 'react';
 import { ApiError } from './api';
 import { href } from './router';
 import type { Me } from './types';
@@ -185,6 +185,7 @@ export function Dialog({ title, open, onClose, onSubmit, submitLabel, children, 
   const ref = useRef<HTMLDialogElement>(null);
   const [error, setError] = useState<unknown>(undefined);
   const [busy, setBusy] = useState(false);
+  const titleId = useId();
   useEffect(() => {
     const d = ref.current;
     if (!d) return;
@@ -194,7 +195,7 @@ export function Dialog({ title, open, onClose, onSubmit, submitLabel, children, 
     } else if (!open && d.open) d.close();
   }, [open]);
   return (
-    <dialog ref={ref} onClose={onClose} aria-labelledby={`dlg-${title}`}>
+    <dialog ref={ref} onClose={onClose} aria-labelledby={titleId}>
       <form
         method="dialog"
         onSubmit={async (e) => {
@@ -211,7 +212,7 @@ export function Dialog({ title, open, onClose, onSubmit, submitLabel, children, 
           }
         }}
       >
-        <h2 id={`dlg-${title}`}>{title}</h2>
+        <h2 id={titleId}>{title}</h2>
         {children}
         <ErrorBox error={error} />
         <div className="buttons">
