@@ -200,15 +200,41 @@ describe('the portal', { skip: SKIP }, () => {
   test('a recovery plan\'s test failover from its page, then its cleanup: the drill is on record', async () => {
     const plan = await api.request<{ id: string }>('POST', '/api/v1/recovery-plans', { name: 'portal-plan', groups: [{ name: 'data', items: [id('db')] }, { name: 'apps', items: [id('app')] }] });
     await page.goto(`${cfg.vault}/#/plans/${plan.id}`);
+    // the editor: drag the second group above the first, then move it back with its button
+    const groups = page.getByRole('region', { name: 'Groups', exact: true });
+    await groups.locator('.group-head').nth(1).dragTo(groups.locator('.group-head').nth(0));
+    await waitFor('the dragged group first', async () => ((await groups.getByLabel('Name of group 1').inputValue()) === 'apps' ? true : undefined), 10_000, 100);
+    await groups.getByRole('button', { name: 'Move group apps down' }).click();
+    assert.equal(await groups.getByLabel('Name of group 1').inputValue(), 'data');
+    // a manual pre action for the apps group, in test failovers only
+    await groups.getByRole('listitem', { name: 'Group 2: apps' }).getByRole('button', { name: 'Add pre action' }).click();
+    await groups.getByLabel('Name of pre action 1 of group apps').fill('confirm');
+    await groups.getByLabel('Instruction').fill('Check that the database answers');
+    await groups.getByRole('group', { name: /Failover types of pre action 1 of group apps/ }).getByLabel('test', { exact: true }).check();
+    await groups.getByRole('button', { name: 'Save plan' }).click();
+    await groups.getByRole('status').filter({ hasText: 'Saved.' }).waitFor();
+    const saved = await api.request<{ groups: { name: string; pre?: { name: string; kind: string; target: string; failoverTypes?: string[] }[] }[] }>('GET', `/api/v1/recovery-plans/${plan.id}`);
+    assert.deepEqual(saved.groups.map((g) => g.name), ['data', 'apps']);
+    assert.deepEqual(saved.groups[1]!.pre, [{ name: 'confirm', kind: 'manual', target: 'Check that the database answers', failoverTypes: ['test'] }]);
+    await checkPage('plan editor');
+    await shot('09-plan-editor');
+
     await page.getByRole('button', { name: 'Test failover', exact: true }).click();
     let d = page.getByRole('dialog');
     assert.equal(await d.getByLabel('Network').inputValue(), 'none');
     await d.getByLabel('Network').selectOption('temporary');
     await d.getByRole('button', { name: 'Start test failover' }).click();
     const runView = page.getByLabel('Plan run');
+    // the run waits at the manual action; it is resumed from the page with a comment
+    await runView.getByText('Check that the database answers').waitFor({ timeout: 120_000 });
+    await shot('09-plan-waiting');
+    await runView.getByLabel('Comment').fill('the database answers');
+    await runView.getByRole('button', { name: 'Resume' }).click();
     await runView.getByText('Succeeded', { exact: true }).first().waitFor({ timeout: 120_000 });
     await checkPage('plan run');
     await shot('09-plan-test-failover');
+    const runs = await api.request<{ items: { output: { actions: { name: string; comment?: string }[] } | null }[] }>('GET', `/api/v1/jobs?kind=plan-run&target=${plan.id}&limit=1`);
+    assert.equal(runs.items[0]!.output?.actions.find((a) => a.name === 'confirm')?.comment, 'the database answers');
     for (const vm of vms) assert.equal((await item(vm)).state, 'TestFailoverComplete');
 
     await page.getByRole('button', { name: 'Clean up test failover' }).click();

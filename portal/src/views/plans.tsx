@@ -19,6 +19,7 @@ type Action = NonNullable<Group['pre']>[number];
 type FailoverType = NonNullable<Action['failoverTypes']>[number];
 type Direction = NonNullable<Action['directions']>[number];
 
+const ACTIVE = ['Queued', 'Running', 'WaitingForInput'];
 const FAILOVER_TYPES: FailoverType[] = ['test', 'planned', 'unplanned'];
 const DIRECTIONS: [Direction, string][] = [
   ['primary-to-recovery', 'primary to recovery'],
@@ -120,22 +121,26 @@ export function PlanPage({ id }: { id: string }) {
   const l = useLoad(() => loadPlan(id), [id], 4000);
   // the run shown: the one just started here, else the plan's newest
   const [started, setStarted] = useState<string | null>(null);
-  const newest = useLoad(() => api.get<List<Job>>('/jobs', { kind: 'plan-run', target: l.data?.plan.id ?? id, limit: 1 }).then((r) => r.items[0]?.id ?? null), [id, l.data?.plan.id, started]);
-  const runId = started ?? newest.data ?? null;
+  const newest = useLoad(() => api.get<List<Job>>('/jobs', { kind: 'plan-run', target: l.data?.plan.id ?? id, limit: 1 }).then((r) => r.items[0] ?? null), [id, l.data?.plan.id, started], 3000);
+  const run = newest.data ?? null;
+  const runId = started ?? run?.id ?? null;
+  // while a run of the plan is not finished, no other starts (the vault would refuse it)
+  const active = run !== null && ACTIVE.includes(run.state);
+  const runKey = run ? `${run.id}:${run.state}` : '';
   return (
     <Loading l={l}>
       {(d) => (
         <>
           <h1>{d.plan.name}</h1>
           {d.plan.description && <p className="muted">{d.plan.description}</p>}
-          <Runs d={d} onStarted={(jobId) => {
+          <Runs d={d} active={active} onStarted={(jobId) => {
               setStarted(jobId);
               l.reload();
             }} />
           {runId ? <PlanRun key={runId} jobId={runId} /> : <Section title="Plan run"><Empty>The plan has not run yet.</Empty></Section>}
-          <Validation id={d.plan.id} updatedAt={d.plan.updatedAt} />
+          <Validation id={d.plan.id} updatedAt={d.plan.updatedAt} runKey={runKey} />
           <Editor d={d} reload={l.reload} />
-          <Drills id={d.plan.id} />
+          <Drills id={d.plan.id} runKey={runKey} />
         </>
       )}
     </Loading>
@@ -143,7 +148,7 @@ export function PlanPage({ id }: { id: string }) {
 }
 
 /** the plan's operations, each offered while one of its VMs is in a state it starts from */
-function Runs({ d, onStarted }: { d: PlanData; onStarted: (jobId: string) => void }) {
+function Runs({ d, active, onStarted }: { d: PlanData; active: boolean; onStarted: (jobId: string) => void }) {
   const can = useCan();
   const [dialog, setDialog] = useState<ItemOp | null>(null);
   const [point, setPoint] = useState('latest');
@@ -152,7 +157,7 @@ function Runs({ d, onStarted }: { d: PlanData; onStarted: (jobId: string) => voi
   const [shutdown, setShutdown] = useState(false);
   const byId = new Map(d.items.map((i) => [i.id, i]));
   const members = d.plan.groups.flatMap((g) => g.items).map((i) => byId.get(i)).filter((i): i is ProtectedItem => i !== undefined);
-  const running = members.some((i) => i.activeJobId);
+  const running = active || members.some((i) => i.activeJobId);
   if (!can('operate')) return null;
   const path = `/recovery-plans/${encodeURIComponent(d.plan.id)}`;
   const start = (op: ItemOp, body: unknown) => async () => {
@@ -195,7 +200,7 @@ function Runs({ d, onStarted }: { d: PlanData; onStarted: (jobId: string) => voi
         {b('commit', 'Commit')}
         {b('reprotect', 'Reprotect')}
       </div>
-      {running && <p className="muted">A job runs on a VM of this plan; the plan's operations wait for it.</p>}
+      {running && <p className="muted">{active ? 'A run of this plan is not finished' : 'A job runs on a VM of this plan'}; the plan&apos;s operations wait for it.</p>}
       <Dialog title="Test failover" open={dialog === 'test-failover'} onClose={() => setDialog(null)} submitLabel="Start test failover" onSubmit={start('test-failover', { recoveryPoint: point, network })}>
         <p className="muted">The groups start in order at the recovery site, in isolation; replication goes on. Clean up to finish the drill.</p>
         {pointField([
@@ -249,9 +254,9 @@ interface Problem {
   message: string;
 }
 
-function Validation({ id, updatedAt }: { id: string; updatedAt: string }) {
+function Validation({ id, updatedAt, runKey }: { id: string; updatedAt: string; runKey: string }) {
   const [n, setN] = useState(0);
-  const l = useLoad(() => api.get<{ valid: boolean; problems: Problem[] }>(`/recovery-plans/${encodeURIComponent(id)}/validation`), [id, updatedAt, n]);
+  const l = useLoad(() => api.get<{ valid: boolean; problems: Problem[] }>(`/recovery-plans/${encodeURIComponent(id)}/validation`), [id, updatedAt, n, runKey]);
   return (
     <Section
       title="Check before a run"
@@ -283,8 +288,8 @@ function Validation({ id, updatedAt }: { id: string; updatedAt: string }) {
   );
 }
 
-function Drills({ id }: { id: string }) {
-  const l = useLoad(() => api.get<List<PlanDrill>>(`/recovery-plans/${encodeURIComponent(id)}/drills`).then((r) => r.items), [id], 15_000);
+function Drills({ id, runKey }: { id: string; runKey: string }) {
+  const l = useLoad(() => api.get<List<PlanDrill>>(`/recovery-plans/${encodeURIComponent(id)}/drills`).then((r) => r.items), [id, runKey], 15_000);
   return (
     <Section title="Drills">
       <Loading l={l}>
