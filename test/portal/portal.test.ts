@@ -269,7 +269,8 @@ describe('the portal', { skip: SKIP }, () => {
     await shot('12-job');
 
     await page.setViewportSize({ width: 390, height: 844 });
-    for (const route of ['dashboard', `items/${id('app')}`, 'items', 'jobs', 'capacity']) {
+    const plans = await api.request<{ items: { id: string }[] }>('GET', '/api/v1/recovery-plans');
+    for (const route of ['dashboard', `items/${id('app')}`, 'items', 'jobs', 'capacity', `plans/${plans.items[0]!.id}`, 'infrastructure/policies']) {
       await page.goto(`${cfg.vault}/#/${route}`);
       await page.getByRole('heading', { level: 1 }).first().waitFor();
       await page.waitForLoadState('networkidle');
