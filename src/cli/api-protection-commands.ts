@@ -361,6 +361,14 @@ export function addProtectionCommands(program: Command): void {
     () => undefined,
     (name) => `reprotect of ${name}`,
   );
+  itemJob(
+    'resync',
+    'resynchronize now (a job), whatever the resync window: every block is compared with the replica and only those that differ are sent; from Protected or ResyncRequired, the item is Resynchronizing until the resync\'s point is at the replica',
+    'resync',
+    (c) => c,
+    () => undefined,
+    (name) => `resync of ${name}`,
+  );
   item
     .command('points <item>')
     .description("an item's recovery points, newest first")

@@ -29,7 +29,7 @@ export const ERROR_CODES = {
   DISK_COUNT_LIMIT: { class: 'usage', meaning: 'A lab VM must have between 1 and 16 disks.', fix: 'Give the VM 1 to 16 disks.' },
   DISK_IO_ERROR: { class: 'recoverable', meaning: 'Reading or writing a disk image failed.', fix: 'Check the storage location (space, permissions, health); replication retries on the back-off.' },
   CHANGE_LOG_CORRUPT: { class: 'non-recoverable', meaning: 'A change log failed verification (bad checksum, broken sequence).', fix: 'The disk is marked resync required; run a resynchronization.' },
-  RESYNC_REQUIRED: { class: 'non-recoverable', meaning: 'Change tracking cannot be trusted (host crash, log corruption, a disk changed outside replication, pending logs at half a disk); the replica would diverge if replication went on.', fix: 'Wait for the resync window, or run a resynchronization now (`osr replication resync`).' },
+  RESYNC_REQUIRED: { class: 'non-recoverable', meaning: 'Change tracking cannot be trusted (host crash, log corruption, a disk changed outside replication, pending logs at half a disk); the replica would diverge if replication went on.', fix: 'Wait for the resync window, or run a resynchronization now (`osr item resync ITEM` through the vault, `osr replication resync VM` at the host).' },
   VM_NOT_FOUND: { class: 'non-recoverable', meaning: 'The VM named by a replication does not exist on its host.', fix: 'Check the VM name, or remove the replication.' },
 
   // transport

@@ -16,6 +16,8 @@ export interface FabricCapabilities {
   nbdExport: boolean;
   /** initial replication through an export at the source and an import at the target */
   offlineInitialReplication: boolean;
+  /** a resynchronization can be started on request, whatever the resync window */
+  resyncOnRequest: boolean;
 }
 
 export const PowerAction = { Start: 'start', Shutdown: 'shutdown', Stop: 'stop' } as const;
@@ -94,6 +96,26 @@ export interface RecoveryPointInfo {
   consistency: 'crash' | 'app';
 }
 
+/** The running or latest resynchronization of a VM's disks with its replica. */
+export interface ResyncInfo {
+  /** the host's id of this resync (an interrupted one resumes under the same id) */
+  id: string;
+  /** why it runs (asked for, change logs not trusted, …) */
+  reason: string;
+  fraction: number;
+  /** compared so far, of bytesTotal */
+  bytesDone: number;
+  bytesTotal: number;
+  /** found different and sent */
+  differingBytes: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  currentDisk: string | null;
+  startedAt: string;
+  /** set once the resync's point is at the replica */
+  completedAt: string | null;
+}
+
 /** What replication of one VM looks like now, at the primary. */
 export interface ReplicationStatus {
   health: 'Healthy' | 'Warning' | 'Critical';
@@ -111,6 +133,8 @@ export interface ReplicationStatus {
   churn?: { bytesPerSec: number; peakBytesPerSec: number } | null;
   /** change-log bytes written and not yet applied at the replica */
   pendingLogBytes?: number | null;
+  /** the running or latest resynchronization (null: none since replication began) */
+  resync?: ResyncInfo | null;
 }
 
 export interface FabricDriver {
@@ -161,6 +185,12 @@ export interface FabricDriver {
   /** start tracking and replicating a VM to the peer (idempotent) */
   ensureReplication(req: ReplicationRequest): Promise<void>;
   replicationStatus(vmId: string): Promise<ReplicationStatus>;
+  /**
+   * resynchronize now, whatever the resync window (capability resyncOnRequest): every block
+   * is compared with the replica and those that differ are sent; a resync that runs already
+   * is not started again. `replicationStatus().resync` shows its progress.
+   */
+  resync(vmId: string): Promise<void>;
   /** stop replicating (idempotent); the VM keeps running */
   stopReplication(vmId: string): Promise<void>;
 }

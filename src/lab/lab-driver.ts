@@ -132,7 +132,7 @@ export interface LabDriverOptions {
 
 export class LabFabricDriver implements FabricDriver {
   readonly kind = 'lab';
-  readonly capabilities = { changedBlockTracking: true, nbdExport: true, offlineInitialReplication: false };
+  readonly capabilities = { changedBlockTracking: true, nbdExport: true, offlineInitialReplication: false, resyncOnRequest: true };
   private readonly dir: string;
   private state: LabState;
   private readonly agents = new Map<string, RunningAgent>();
@@ -804,7 +804,36 @@ export class LabFabricDriver implements FabricDriver {
       waitingForAction: h.retry?.waitingForAction ?? false,
       churn: h.churn ? { bytesPerSec: h.churn.bytesPerSec, peakBytesPerSec: h.churn.peakBytesPerSec } : null,
       pendingLogBytes: h.pendingLogBytes ?? null,
+      resync: resync
+        ? {
+            id: resync.id,
+            reason: resync.reason,
+            fraction: resync.totalBytes > 0 ? resync.doneBytes / resync.totalBytes : resync.completedAt ? 1 : 0,
+            bytesDone: resync.doneBytes,
+            bytesTotal: resync.totalBytes,
+            differingBytes: resync.differingBytes,
+            rateBytesPerSec: resync.rateBytesPerSec,
+            etaSeconds: resync.etaSeconds,
+            currentDisk: resync.currentDisk,
+            startedAt: resync.startedAt,
+            completedAt: resync.completedAt,
+          }
+        : null,
     };
+  }
+
+  /**
+   * The host's agent resynchronizes at once when asked, whatever its resync window. One
+   * that runs already is left to finish: asked again meanwhile, the agent would compare
+   * every block a second time once it ends.
+   */
+  async resync(vmId: string): Promise<void> {
+    const v = this.vm(vmId);
+    const a = this.agent(v.hostId).api;
+    const name = encodeURIComponent(v.name);
+    const h = await a.get<AgentHealth>(`/v1/replications/${name}`);
+    if (h.state === 'Resynchronizing') return;
+    await a.post(`/v1/replications/${name}/resync`);
   }
 
   async stopReplication(vmId: string): Promise<void> {
@@ -830,6 +859,13 @@ interface AgentProgress {
   completedAt: string | null;
 }
 
+interface AgentResync extends AgentProgress {
+  id: string;
+  reason: string;
+  differingBytes: number;
+  startedAt: string;
+}
+
 interface AgentHealth {
   state: string;
   health: 'Healthy' | 'Warning' | 'Critical';
@@ -839,7 +875,7 @@ interface AgentHealth {
   cyclesLastHour: number;
   missedCyclesLastHour: number;
   initial: AgentProgress | null;
-  resync: AgentProgress | null;
+  resync: AgentResync | null;
   retry: { waitingForAction: boolean } | null;
   pendingLogBytes?: number;
   churn?: { bytesPerSec: number; peakBytesPerSec: number } | null;

@@ -15,7 +15,7 @@ import { systemClock, type Clock } from '../domain/clock.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import type { Placement } from '../domain/placement.js';
 import type { PolicySettings } from '../domain/policy.js';
-import type { FabricDriver, ReplicationStatus, TestNetwork } from '../fabric/driver.js';
+import type { FabricDriver, ReplicationStatus, ResyncInfo, TestNetwork } from '../fabric/driver.js';
 import { fsyncDir, writeFileAtomic } from '../pki/index.js';
 import type { ProviderChannel, VaultCommand } from './channel.js';
 import { ProviderRuntime, type CommandHandler } from './runtime.js';
@@ -61,6 +61,8 @@ interface ProtectionBody {
   target?: { fabricId: string; hostId: string; replicaVmId?: string; agent?: { address: string; port: number } };
   replicaVmId?: string | null;
   delete?: boolean;
+  /** replication.resync: when the vault asked (a resync begun since then is the one asked for) */
+  requestedAt?: string;
 }
 
 export class FabricProvider {
@@ -203,6 +205,46 @@ export class FabricProvider {
           }
           await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
           if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
+        }
+      },
+      /**
+       * primary site: resynchronize now, whatever the resync window, reporting progress
+       * until the resync's point is at the replica. A resync that runs, or one begun since
+       * the vault asked (the command delivered again), is the one asked for: it is followed,
+       * not started again.
+       */
+      'replication.resync': async (cmd, progress) => {
+        const b = body(cmd);
+        const vmId = this.localId(b.vmId ?? b.item);
+        if (!d.capabilities.resyncOnRequest) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot resynchronize on request; its resync runs in the window its hosts allow`);
+        const since = b.requestedAt ? Date.parse(b.requestedAt) : Number.NaN;
+        const asked = (r: ResyncInfo | null | undefined): boolean => !!r && (r.completedAt === null || (!Number.isNaN(since) && Date.parse(r.startedAt) >= since));
+        const before: ResyncInfo | null = (await d.replicationStatus(vmId)).resync ?? null;
+        const beforeId = before?.id ?? null;
+        if (!asked(before)) await d.resync(vmId);
+        let last = '';
+        for (;;) {
+          await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
+          if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
+          const s = await d.replicationStatus(vmId);
+          const r = s.resync ?? null;
+          // the resync asked for: the one that ran already, or a new one since
+          const ours = r !== null && (asked(r) || r.id !== beforeId) ? r : null;
+          // a non-recoverable error stopped it (a request wakes a host waiting for action at once: this is a new one)
+          if (s.waitingForAction && s.lastError) {
+            const code = Object.hasOwn(ERROR_CODES, s.lastError.code) ? (s.lastError.code as ErrorCode) : 'JOB_FAILED';
+            throw new OsrError(code, `the resync of ${vmId} stopped: ${s.lastError.message}`);
+          }
+          if (!ours) continue;
+          const p = { fraction: ours.fraction, bytesDone: ours.bytesDone, bytesTotal: ours.bytesTotal, differingBytes: ours.differingBytes, rateBytesPerSec: ours.rateBytesPerSec, etaSeconds: ours.etaSeconds, currentDisk: ours.currentDisk, state: s.state };
+          const key = JSON.stringify([p.bytesDone, p.state, p.currentDisk, ours.completedAt]);
+          if (key !== last) {
+            last = key;
+            await progress(p);
+          }
+          if (ours.completedAt !== null && s.state !== 'Resynchronizing') {
+            return { resync: { id: ours.id, reason: ours.reason, bytesTotal: ours.bytesTotal, differingBytes: ours.differingBytes, startedAt: ours.startedAt, completedAt: ours.completedAt }, recoveryPoint: s.latestPoint };
+          }
         }
       },
       'replication.disable': async (cmd) => {

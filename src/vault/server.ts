@@ -20,6 +20,7 @@ import { Alerting } from '../workflows/alerting.js';
 import { registerProtectionJobs } from '../workflows/protection.js';
 import { registerTestFailoverJobs } from '../workflows/test-failover.js';
 import { registerFailoverJobs } from '../workflows/failover.js';
+import { registerResyncJobs } from '../workflows/resync.js';
 import { registerPlanRunJobs } from '../workflows/plan-run.js';
 import { registerMappingJobs } from '../workflows/mappings.js';
 import { installAuth } from './auth.js';
@@ -130,6 +131,7 @@ export class Vault {
       registerProtectionJobs(engine, { store, alerting, clock });
       registerTestFailoverJobs(engine, { store, alerting, clock });
       registerFailoverJobs(engine, { store, alerting, clock });
+      registerResyncJobs(engine, { store, alerting, clock });
       registerMappingJobs(engine, { store, alerting, clock });
       registerPlanRunJobs(engine, { store, alerting, clock });
 

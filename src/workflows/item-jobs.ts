@@ -12,6 +12,7 @@ import { JobState } from '../store/jobs.js';
 import type { JobRow } from '../store/schema.js';
 import type { VaultStore } from '../store/index.js';
 import { FailoverJobs } from './failover.js';
+import { RESYNC_FROM, ResyncJobs } from './resync.js';
 import { TestFailoverJobs } from './test-failover.js';
 
 const ACTIVE: readonly string[] = [JobState.Queued, JobState.Running, JobState.WaitingForInput];
@@ -74,7 +75,7 @@ export async function startItemJob(engine: JobEngine, store: VaultStore, r: Item
   }
 }
 
-/** The operations a recovery plan runs on its items, and how each starts on one item. */
+/** The operations on one item (a recovery plan runs all but resync on its items), and how each starts. */
 export const ItemOperation = {
   TestFailover: 'test-failover',
   TestFailoverCleanup: 'test-failover-cleanup',
@@ -83,6 +84,7 @@ export const ItemOperation = {
   ChangeRecoveryPoint: 'change-recovery-point',
   Commit: 'commit',
   Reprotect: 'reprotect',
+  Resync: 'resync',
 } as const;
 export type ItemOperation = (typeof ItemOperation)[keyof typeof ItemOperation];
 
@@ -101,6 +103,7 @@ export const ITEM_OPERATIONS: Record<ItemOperation, ItemOperationDef> = {
   [ItemOperation.ChangeRecoveryPoint]: { kind: FailoverJobs.ChangeRecoveryPoint, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
   [ItemOperation.Commit]: { kind: FailoverJobs.Commit, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
   [ItemOperation.Reprotect]: { kind: FailoverJobs.Reprotect, state: PS.Reprotecting, from: [PS.Committed], needsReadiness: false },
+  [ItemOperation.Resync]: { kind: ResyncJobs.Resync, state: PS.Resynchronizing, from: RESYNC_FROM, needsReadiness: false },
 };
 
 /** Start an operation on one item with ITEM_OPERATIONS' rules. */

@@ -66,21 +66,22 @@ interface EnableData {
 
 const props = <T>(o: InventoryObject) => o.properties as T;
 
+/** A restarted job becomes the item's active job again, unless another job is active on it. */
+export async function retakeItem(store: VaultStore, itemId: string, jobId: string, state: ProtectionState): Promise<void> {
+  const item = await store.items.find(itemId);
+  if (!item) throw new OsrError('INVALID_STATE', `protected item ${itemId} no longer exists (its protection was disabled); enable protection again instead`);
+  if (item.activeJobId && item.activeJobId !== jobId) {
+    const other = await store.jobs.get(item.activeJobId).catch(() => undefined);
+    if (other && ([JobState.Queued, JobState.Running, JobState.WaitingForInput] as string[]).includes(other.state)) {
+      throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${other.id} (${other.kind}) ${other.state}; wait for it or cancel it first`, { jobId: other.id });
+    }
+  }
+  if (!(await store.items.takeActiveJob(itemId, jobId, item.activeJobId, state))) throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; try again`);
+}
+
 export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
-
-  /** A restarted job becomes the item's active job again, unless another job is active on it. */
-  async function retake(itemId: string, jobId: string, state: ProtectionState): Promise<void> {
-    const item = await store.items.find(itemId);
-    if (!item) throw new OsrError('INVALID_STATE', `protected item ${itemId} no longer exists (its protection was disabled); enable protection again instead`);
-    if (item.activeJobId && item.activeJobId !== jobId) {
-      const other = await store.jobs.get(item.activeJobId).catch(() => undefined);
-      if (other && ([JobState.Queued, JobState.Running, JobState.WaitingForInput] as string[]).includes(other.state)) {
-        throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${other.id} (${other.kind}) ${other.state}; wait for it or cancel it first`, { jobId: other.id });
-      }
-    }
-    if (!(await store.items.takeActiveJob(itemId, jobId, item.activeJobId, state))) throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; try again`);
-  }
+  const retake = (itemId: string, jobId: string, state: ProtectionState) => retakeItem(store, itemId, jobId, state);
 
   engine.register<EnableInput>({
     kind: JobKinds.EnableProtection,

@@ -181,12 +181,12 @@ export interface OverlayInfo {
   disks: { name: string; size: number; nbd: { unix: string } }[];
 }
 
-export function openOverlay(agent: RunningAgent, vm: string, point?: number): Promise<OverlayInfo> {
+export function openOverlay(agent: Pick<RunningAgent, 'api'>, vm: string, point?: number): Promise<OverlayInfo> {
   return agent.api.post<OverlayInfo>(`/v1/replicas/${vm}/overlays`, { point });
 }
 
 /** Digest of every disk of a recovery point, read through an overlay on the replica agent. */
-export async function pointDigests(replica: RunningAgent, vm: string, seq: number): Promise<string[]> {
+export async function pointDigests(replica: Pick<RunningAgent, 'api'>, vm: string, seq: number): Promise<string[]> {
   const o = await openOverlay(replica, vm, seq);
   const out = [];
   for (const d of o.disks) out.push((await nbdDigest(d.nbd.unix)).digest);

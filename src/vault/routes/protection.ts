@@ -1,4 +1,4 @@
-/** Protected items: list and read them; enable and disable protection, test failover and its cleanup (jobs). */
+/** Protected items: list and read them; enable and disable protection, failovers, test failover and its cleanup, resync (jobs). */
 import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { OsrError } from '../../domain/errors.js';
@@ -175,6 +175,18 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       const point = request.body.recoveryPoint;
       return accepted(reply, await startOperation(ItemOperation.ChangeRecoveryPoint, request.params.id, (item) => ({ itemId: item.id, recoveryPoint: point }), principal(request).actor));
     },
+  );
+  app.post(
+    '/protected-items/:id/resync',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: 'resynchronize now (a job), whatever the resync window: every block is compared with the replica and only those that differ are sent; the item is Resynchronizing until the resync\'s point is at the replica',
+        tags,
+        params: IdParam,
+      },
+    },
+    async (request, reply) => accepted(reply, await startOperation(ItemOperation.Resync, request.params.id, (item) => ({ itemId: item.id, from: item.state }), principal(request).actor)),
   );
   itemAction(ItemOperation.Reprotect, 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs');
   app.post(

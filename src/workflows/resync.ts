@@ -1,0 +1,114 @@
+/**
+ * Resynchronization of one protected item on request, as a job.
+ *
+ * Resynchronize: the primary site's provider asks its host to resynchronize now, whatever
+ * the resync window (every block is compared with the replica and only those that differ
+ * are sent, the writes made meanwhile shipped after them in one crash-consistent point);
+ * its progress reports, bytes compared of the disks' total, become the item's and the
+ * task's progress → the item is Protected again once the resync's point is at the replica.
+ *
+ * The item is Resynchronizing meanwhile. A job that fails or is cancelled gives the item
+ * back the state it started from; the host goes on with a resync it began, and a restart
+ * follows it instead of starting another (the provider converges on the resync asked for).
+ */
+import { OsrError } from '../domain/errors.js';
+import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
+import type { JobContext, JobEngine } from '../jobs/engine.js';
+import { JobState } from '../store/jobs.js';
+import { retakeItem, type WorkflowDeps } from './protection.js';
+
+export const ResyncJobs = { Resync: 'resync' } as const;
+export const ResyncCommands = { Resync: 'replication.resync' } as const;
+
+/** The states a resync on request starts from. */
+export const RESYNC_FROM: readonly ProtectionState[] = [ProtectionState.Protected, ProtectionState.ResyncRequired];
+
+export interface ResyncInput {
+  itemId: string;
+  /** the item's state when the job was started, given back if it fails or is cancelled */
+  from: ProtectionState;
+}
+
+/** What a provider answers when the resync is done. */
+export interface ResyncResult {
+  resync: { id: string; reason: string; bytesTotal: number; differingBytes: number; startedAt: string; completedAt: string };
+  recoveryPoint: { id: string; at: string; consistency: 'crash' | 'app' } | null;
+}
+
+interface Replication {
+  sourceFabricId?: string;
+  primaryVmId?: string;
+  replica?: { replicaVmId?: string };
+}
+
+export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void {
+  const { store, alerting, clock } = deps;
+  const replication = (item: ProtectedItem) => item.replication as Replication;
+
+  engine.register<ResyncInput>({
+    kind: ResyncJobs.Resync,
+    tasks: [
+      {
+        name: 'Resynchronize',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const r = replication(item);
+          if (!r.sourceFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to resynchronize with yet; wait for its protection to finish`);
+          await store.items.update(item.id, { progress: 0 });
+          const result = (await ctx.command(
+            r.sourceFabricId,
+            ResyncCommands.Resync,
+            { item: item.id, vmId: r.primaryVmId ?? item.id, requestedAt: new Date(clock.now()).toISOString() },
+            {
+              onProgress: async (p) => {
+                const fraction = Number((p as { fraction?: number }).fraction ?? 0);
+                await store.items.update(item.id, { progress: fraction });
+                await ctx.progress(fraction, p);
+              },
+            },
+          )) as ResyncResult | undefined;
+          ctx.data.result = result ?? null;
+          // the provider's last report may arrive with its answer, unread: the task ends on the answer's bytes
+          const s = result?.resync;
+          if (s) await ctx.progress(1, { fraction: 1, bytesDone: s.bytesTotal, bytesTotal: s.bytesTotal, differingBytes: s.differingBytes, currentDisk: null });
+        },
+      },
+      {
+        name: 'Finalize resync',
+        async run(ctx) {
+          const item = await store.items.get(ctx.input.itemId);
+          const result = ctx.data.result as ResyncResult | null;
+          // the resync's point reaches the item with the recovery site's next report of its points
+          await store.items.update(item.id, { state: ProtectionState.Protected, progress: null, activeJobId: null });
+          const s = result?.resync;
+          ctx.data.output = { resync: s ?? null, recoveryPoint: result?.recoveryPoint ?? null };
+          await alerting.event({
+            target: item.id,
+            kind: 'resync.completed',
+            severity: Severity.Info,
+            message: `${item.name} is resynchronized${s ? `: ${s.bytesTotal} bytes compared, ${s.differingBytes} differed and were sent` : ''}`,
+            details: { job: ctx.jobId, ...(s ? { bytesTotal: s.bytesTotal, differingBytes: s.differingBytes, startedAt: s.startedAt, completedAt: s.completedAt } : {}) },
+          });
+        },
+      },
+    ],
+    async onRestart(ctx: JobContext<ResyncInput>) {
+      const item = await store.items.get(ctx.input.itemId);
+      if (item.activeJobId !== ctx.jobId && !RESYNC_FROM.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; a resync starts from ${RESYNC_FROM.join(' or ')}`, { state: item.state });
+      await retakeItem(store, ctx.input.itemId, ctx.jobId, ProtectionState.Resynchronizing);
+    },
+    async onEnd(ctx: JobContext<ResyncInput>, state, err) {
+      const item = await store.items.find(ctx.input.itemId);
+      if (!item || item.activeJobId !== ctx.jobId) return;
+      await store.items.update(item.id, { state: ctx.input.from, progress: null, activeJobId: null });
+      const failed = state === JobState.Failed;
+      await alerting.event({
+        target: item.id,
+        kind: 'resync.failed',
+        severity: failed ? Severity.Critical : Severity.Warning,
+        message: `the resync of ${item.name} ${failed ? `failed: ${err?.message}` : 'was cancelled; a resync the host began goes on'}; the item is ${ctx.input.from} (restart the job to try again)`,
+        details: { job: ctx.jobId },
+      });
+    },
+  });
+}
