@@ -160,6 +160,12 @@ export class ItemStore {
     return affected(r) === 1;
   }
 
+  /** Move an item no job holds from one state to another; false when it is not in `from` or a job holds it. */
+  async setIdleState(id: string, from: ProtectionState, to: ProtectionState): Promise<boolean> {
+    const r = await this.db.updateTable('protected_items').set({ state: to, updated_at: this.now() }).where('id', '=', id).where('state', '=', from).where('active_job_id', 'is', null).executeTakeFirst();
+    return affected(r) === 1;
+  }
+
   async remove(id: string): Promise<void> {
     await this.db.deleteFrom('protected_items').where('id', '=', id).execute();
   }

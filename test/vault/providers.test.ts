@@ -187,6 +187,9 @@ describe('providers and protection', () => {
 
       // the provider reports the item Critical: an alert, delivered twice over
       await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }], rpoSeconds: 900, recoveryPoints: [{ id: 'p2', at: new Date().toISOString(), consistency: 'app' }], churnBytesPerSec: 2_000_000, peakChurnBytesPerSec: 5_000_000, pendingLogBytes: 1_000_000 });
+      // change tracking not trusted at the source: the item needs a resync
+      const resyncState = async () => (await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0')).state;
+      assert.equal(await resyncState(), 'ResyncRequired');
       // the source's facts are kept over time, and the capacity planner reads them
       const samples = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0/samples')).items;
       assert.deepEqual(samples.map(({ at: _at, ...x }) => x), [{ rpoSeconds: 900, churnBytesPerSec: 2_000_000, peakChurnBytesPerSec: 5_000_000, pendingLogBytes: 1_000_000 }]);
@@ -209,6 +212,8 @@ describe('providers and protection', () => {
       assert.equal((await v.api.request<{ items: Obj[] }>('GET', '/api/v1/alerts?state=Active&target=vmm-newyork.goldcloud1-vm0')).items.length, 0, 'recovered: resolved');
       const history = (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0/events')).items.map((e) => e.kind);
       assert.ok(history.includes('item.health') && history.includes('protection.enabled') && history.includes('alert.ItemCritical'), String(history));
+      assert.equal(await resyncState(), 'Protected', 'the reason is gone: Protected again');
+      assert.deepEqual(history.filter((k) => String(k).startsWith('item.resync')), ['item.resynchronized', 'item.resync-required'], 'one event each way, newest first');
 
       // disable, keeping the replica this time
       const dis = await v.api.request<Obj>('DELETE', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0?deleteReplica=false');

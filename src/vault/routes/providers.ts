@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
-import { Health, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
+import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
 import { issueCertificate } from '../../pki/index.js';
 import { AlertKind } from '../../workflows/alerting.js';
 import { itemCriticalKey } from '../../workflows/protection.js';
@@ -263,6 +263,21 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       // the source's facts over time: the RPO chart and the capacity planner read them
       if (b.rpoSeconds !== undefined || b.churnBytesPerSec !== undefined || b.pendingLogBytes !== undefined) {
         await store.items.addSample(item.id, { rpoSeconds: b.rpoSeconds ?? null, churnBytesPerSec: b.churnBytesPerSec ?? null, peakChurnBytesPerSec: b.peakChurnBytesPerSec ?? null, pendingLogBytes: b.pendingLogBytes ?? null });
+      }
+      // the source's change tracking cannot be trusted: the item needs a resync (it runs in its window, or on request)
+      if (b.healthReasons) {
+        const needed = b.healthReasons.some((r) => r.code === 'RESYNC_REQUIRED');
+        const [from, to] = needed ? [ProtectionState.Protected, ProtectionState.ResyncRequired] : [ProtectionState.ResyncRequired, ProtectionState.Protected];
+        if (after.state === from && (await store.items.setIdleState(item.id, from, to))) {
+          const why = b.healthReasons.find((r) => r.code === 'RESYNC_REQUIRED')?.message;
+          await alerting.event({
+            target: item.id,
+            kind: needed ? 'item.resync-required' : 'item.resynchronized',
+            severity: needed ? Severity.Warning : Severity.Info,
+            message: needed ? `${item.name} needs a resynchronization${why ? `: ${why}` : ''}; it runs in the policy's resync window, or now with osr item resync ${item.name}` : `${item.name} no longer needs a resynchronization`,
+            details: { from, to },
+          });
+        }
       }
       if (before.health !== after.health) {
         const why = after.healthReasons.map((r) => r.message).join('; ');
