@@ -105,7 +105,15 @@ export function App() {
   const current = route.parts[0] ?? 'dashboard';
   return (
     <MeContext.Provider value={me}>
-      <a className="skip" href="#main">
+      <a
+        className="skip"
+        href={href(...route.parts)}
+        onClick={(e) => {
+          // focus the content without changing the route in the hash
+          e.preventDefault();
+          document.getElementById('main')?.focus();
+        }}
+      >
         Skip to content
       </a>
       <header className="top">

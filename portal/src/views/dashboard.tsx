@@ -24,7 +24,9 @@ interface Overview {
   items: ProtectedItem[];
   rpo: RpoBucket[];
   failed: Job[];
+  /** running and queued */
   running: Job[];
+  queued: number;
   waiting: Job[];
   alerts: Alert[];
   plans: { plan: RecoveryPlan; last: number | null }[];
@@ -50,6 +52,7 @@ async function overview(): Promise<Overview> {
     rpo: rpo.items,
     failed: failed.items,
     running: [...running.items, ...queued.items],
+    queued: queued.items.length,
     waiting: waiting.items,
     alerts: alerts.items,
     plans: withDrills.map(({ plan, drills }) => ({ plan, last: lastDrillAt(drills) })),
@@ -104,9 +107,9 @@ export function Dashboard() {
                   <span className="n">{failed24.length}</span>
                   jobs failed in the last 24 h
                 </a>
-                <a role="listitem" className="tile busy" href={`${href('jobs')}?state=Running`}>
+                <a role="listitem" className="tile busy" href={`${href('jobs')}?state=${o.queued > 0 && o.queued === o.running.length ? 'Queued' : 'Running'}`}>
                   <span className="n">{o.running.length}</span>
-                  jobs in progress
+                  jobs in progress{o.queued > 0 ? ` (${o.queued} queued)` : ''}
                 </a>
                 <a role="listitem" className={`tile ${o.waiting.length ? 'warn' : ''}`} href={`${href('jobs')}?state=WaitingForInput`}>
                   <span className="n">{o.waiting.length}</span>
@@ -116,7 +119,18 @@ export function Dashboard() {
                   <span className="n">{o.alerts.length}</span>
                   active alerts
                 </a>
-                <a role="listitem" className={`tile ${duePlans.length + dueItems.length ? 'warn' : 'ok'}`} href="#drills">
+                <a
+                  role="listitem"
+                  className={`tile ${duePlans.length + dueItems.length ? 'warn' : 'ok'}`}
+                  href={href('dashboard')}
+                  onClick={(e) => {
+                    // the panel below, without leaving the page's route
+                    e.preventDefault();
+                    const panel = document.getElementById('drills');
+                    panel?.scrollIntoView();
+                    panel?.focus();
+                  }}
+                >
                   <span className="n">{duePlans.length + dueItems.length}</span>
                   drills due
                 </a>

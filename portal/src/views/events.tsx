@@ -1,5 +1,5 @@
 /** Events (what happened, newest first) and alerts (what needs someone), with filters; alerts can be marked resolved. */
-import { useState } from 'react';
+import { useRef, useState } from 'react';
 import { api, type List } from '../api';
 import { useRoute } from '../router';
 import type { Alert, VaultEvent } from '../types';
@@ -93,9 +93,15 @@ function EventList() {
   const [pages, setPages] = useState<VaultEvent[][]>([]);
   const [next, setNext] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(undefined);
+  // while older pages are shown, the refresh leaves the list alone (a newer first page would
+  // leave a gap before them); a changed filter starts over
+  const shown = useRef<{ key: string; first: VaultEvent[]; paged: boolean }>({ key: '', first: [], paged: false });
   const l = useLoad(
     async () => {
+      const key = `${target}\u0000${kind}`;
+      if (shown.current.key === key && shown.current.paged) return shown.current.first;
       const r = await api.get<List<VaultEvent>>('/events', { target, kind, limit: 100 });
+      shown.current = { key, first: r.items, paged: false };
       setPages([]);
       setNext(r.next);
       return r.items;
@@ -107,6 +113,7 @@ function EventList() {
     if (!next) return;
     try {
       const r = await api.get<List<VaultEvent>>('/events', { target, kind, limit: 100, after: next });
+      shown.current.paged = true;
       setPages((p) => [...p, r.items]);
       setNext(r.next);
     } catch (e) {

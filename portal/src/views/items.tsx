@@ -3,9 +3,9 @@ import { useState } from 'react';
 import { api, type Accepted, type List } from '../api';
 import { LineChart, PointTimeline } from '../charts';
 import { itemDrills } from '../drills';
-import { offered, type ItemOp } from '../operations';
+import { notOffered, offered, type ItemOp } from '../operations';
 import { href, useRoute } from '../router';
-import type { InventoryObject, ProtectedItem, RecoveryPoint, Sample, VaultEvent } from '../types';
+import type { InventoryObject, Policy, ProtectedItem, RecoveryPoint, Sample, VaultEvent } from '../types';
 import { ago, Badge, Dialog, Empty, ErrorBox, Field, fmtBytes, fmtSeconds, fmtTime, JobLink, Loading, Progress, Section, useCan, useLoad, useOperation } from '../ui';
 
 const STATES = ['EnablingProtection', 'InitialReplication', 'FinalizingProtection', 'Protected', 'ResyncRequired', 'Resynchronizing', 'DisablingProtection', 'TestFailoverInProgress', 'TestFailoverComplete', 'CleaningUpTestFailover', 'FailoverInProgress', 'FailedOver', 'Committed', 'Reprotecting', 'ProtectionFailed'];
@@ -34,7 +34,7 @@ function EnableProtection({ onDone }: { onDone: (jobId: string) => void }) {
         <Field label="VM" hint={vms.data && vms.data.length === 0 ? 'Every VM the fabrics report is protected already.' : undefined}>
           <select required value={vmId} onChange={(e) => setVmId(e.target.value)}>
             <option value="">Choose a VM…</option>
-            {(vms.data ?? []).map((v) => (
+            {(vms.data ?? []).filter((v) => !v.properties.replicaOf && !v.properties.testFailoverOf).map((v) => (
               <option key={v.id} value={v.id}>
                 {v.name} ({v.fabricId})
               </option>
@@ -176,6 +176,8 @@ interface ItemData {
   points: RecoveryPoint[];
   samples: Sample[];
   vm: InventoryObject | null;
+  /** the policy the item replicates under (its pairing's) */
+  policy: Policy | null;
   events: VaultEvent[];
 }
 
@@ -188,7 +190,9 @@ async function loadItem(id: string): Promise<ItemData> {
     api.get<InventoryObject>(`/vms/${p}`).catch(() => null),
     api.get<List<VaultEvent>>(`/protected-items/${p}/events`, { limit: 20 }),
   ]);
-  return { item, points: points.items, samples: samples.items, vm, events: events.items };
+  const policyId = (item.replication as { policyId?: string }).policyId;
+  const policy = policyId ? await api.get<Policy>(`/policies/${encodeURIComponent(policyId)}`).catch(() => null) : null;
+  return { item, points: points.items, samples: samples.items, vm, events: events.items, policy };
 }
 
 function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
@@ -200,7 +204,9 @@ function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
   const [network, setNetwork] = useState('none');
   const [notes, setNotes] = useState('');
   const [shutdown, setShutdown] = useState(false);
-  const [deleteReplica, setDeleteReplica] = useState(false);
+  // '': as the policy says
+  const [deleteReplica, setDeleteReplica] = useState<'' | 'true' | 'false'>('');
+  const policyDeletes = d.policy?.settings.deleteReplicaOnDisable;
   const targetFabric = (item.replication as { targetFabricId?: string }).targetFabricId;
   const networks = useLoad(() => (dialog === 'test-failover' && targetFabric ? api.all<InventoryObject>('/vm-networks', { fabric: targetFabric }) : Promise.resolve([])), [dialog, targetFabric]);
   if (!can('operate')) return <p className="muted">Your role may read but not run operations.</p>;
@@ -220,7 +226,7 @@ function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
     reload();
   };
   const b = (o: ItemOp, label: string, danger = false) => (
-    <button type="button" className={danger ? 'danger' : undefined} disabled={!offered(o, item.state) || op.busy} onClick={() => open(o)}>
+    <button type="button" className={danger ? 'danger' : undefined} disabled={!offered(o, item) || op.busy} title={notOffered(o, item)} onClick={() => open(o)}>
       {label}
     </button>
   );
@@ -276,11 +282,15 @@ function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
         <p className="muted">Before the commit, the failed-over VM starts again from another point; what it wrote since the failover is discarded.</p>
         <PointSelect value={point} onChange={setPoint} points={points} named={[['latest', 'Latest'], ['latest-app-consistent', 'Latest app-consistent']]} />
       </Dialog>
-      <Dialog title="Disable protection" danger open={dialog === 'disable'} onClose={() => setDialog(null)} submitLabel="Disable protection" onSubmit={submit(() => api.del<Accepted>(path, { deleteReplica }))}>
+      <Dialog title="Disable protection" danger open={dialog === 'disable'} onClose={() => setDialog(null)} submitLabel="Disable protection" onSubmit={submit(() => api.del<Accepted>(path, deleteReplica ? { deleteReplica } : {}))}>
         <p>Replication of {item.name} stops and its recovery points are dropped.</p>
-        <label className="field inline">
-          <input type="checkbox" checked={deleteReplica} onChange={(e) => setDeleteReplica(e.target.checked)} /> Delete the replica (otherwise it is kept as a VM of its own)
-        </label>
+        <Field label="The replica">
+          <select value={deleteReplica} onChange={(e) => setDeleteReplica(e.target.value as '' | 'true' | 'false')}>
+            <option value="">As the policy says{policyDeletes === undefined ? '' : policyDeletes ? ' (delete it)' : ' (keep it)'}</option>
+            <option value="false">Keep it as a VM of its own</option>
+            <option value="true">Delete it</option>
+          </select>
+        </Field>
       </Dialog>
       {Object.entries(simple).map(([o, [title, text, submitLabel]]) => (
         <Dialog key={o} title={title} open={dialog === o} onClose={() => setDialog(null)} submitLabel={submitLabel} onSubmit={run(() => api.post<Accepted>(`${path}/${o}`))}>
@@ -298,9 +308,9 @@ export function ItemPage({ id }: { id: string }) {
       {(d) => {
         const { item, points, samples, vm } = d;
         const disks = ((vm?.properties.disks as { id: string; name: string; sizeBytes: number; storageLocation?: string }[] | undefined) ?? []);
-        const nics = ((vm?.properties.nics as { id: string; vmNetwork?: string; subnet?: string; ip?: string }[] | undefined) ?? []);
+        const nics = ((vm?.properties.nics as { id: string; vmNetwork?: string; ip?: string }[] | undefined) ?? []);
         const drills = itemDrills(item);
-        const copy = (item.replication as { copyFrequencySeconds?: number }).copyFrequencySeconds;
+        const copy = d.policy?.settings.copyFrequencySeconds;
         return (
           <>
             <p>
@@ -423,7 +433,6 @@ export function ItemPage({ id }: { id: string }) {
                       {nics.map((n) => (
                         <li key={n.id}>
                           {n.vmNetwork ?? 'not connected'}
-                          {n.subnet ? ` / ${n.subnet}` : ''}
                           {n.ip ? ` — ${n.ip}` : ''}
                         </li>
                       ))}
@@ -446,7 +455,7 @@ export function ItemPage({ id }: { id: string }) {
                       </tr>
                     </thead>
                     <tbody>
-                      {[...drills].reverse().map((x) => (
+                      {drills.map((x) => (
                         <tr key={x.cleanupJob}>
                           <td data-label="Cleaned up">{fmtTime(x.cleanedUpAt)}</td>
                           <td data-label="Result">

@@ -18,6 +18,7 @@ const KINDS = [
   'change-recovery-point',
   'commit-failover',
   'reprotect',
+  'resync',
   'plan-run',
   'reconnect-replicas',
 ];

@@ -6,7 +6,7 @@
  */
 import { useEffect, useState, type DragEvent } from 'react';
 import { api, type Accepted, type List } from '../api';
-import { offered, type ItemOp } from '../operations';
+import { offeredForPlan, type ItemOp } from '../operations';
 import { go, href } from '../router';
 import type { Job, ProtectedItem, RecoveryPlan } from '../types';
 import type { PlanDrill } from '../drills';
@@ -156,7 +156,9 @@ function Runs({ d, active, onStarted }: { d: PlanData; active: boolean; onStarte
   const [notes, setNotes] = useState('');
   const [shutdown, setShutdown] = useState(false);
   const byId = new Map(d.items.map((i) => [i.id, i]));
-  const members = d.plan.groups.flatMap((g) => g.items).map((i) => byId.get(i)).filter((i): i is ProtectedItem => i !== undefined);
+  const planned = d.plan.groups.flatMap((g) => g.items);
+  const members = planned.map((i) => byId.get(i)).filter((i): i is ProtectedItem => i !== undefined);
+  const missing = planned.length - members.length;
   const running = active || members.some((i) => i.activeJobId);
   if (!can('operate')) return null;
   const path = `/recovery-plans/${encodeURIComponent(d.plan.id)}`;
@@ -169,7 +171,7 @@ function Runs({ d, active, onStarted }: { d: PlanData; active: boolean; onStarte
     setDialog(op);
   };
   const b = (op: ItemOp, label: string, danger = false) => (
-    <button type="button" className={danger ? 'danger' : undefined} disabled={running || !members.some((i) => offered(op, i.state))} onClick={() => open(op)}>
+    <button type="button" className={danger ? 'danger' : undefined} disabled={running || !offeredForPlan(op, members, missing)} onClick={() => open(op)}>
       {label}
     </button>
   );
@@ -200,6 +202,11 @@ function Runs({ d, active, onStarted }: { d: PlanData; active: boolean; onStarte
         {b('commit', 'Commit')}
         {b('reprotect', 'Reprotect')}
       </div>
+      {missing > 0 && (
+        <p className="field-error">
+          {missing === 1 ? 'A VM of this plan is' : `${missing} VMs of this plan are`} not protected: enable its protection or remove it from the plan.
+        </p>
+      )}
       {running && <p className="muted">{active ? 'A run of this plan is not finished' : 'A job runs on a VM of this plan'}; the plan&apos;s operations wait for it.</p>}
       <Dialog title="Test failover" open={dialog === 'test-failover'} onClose={() => setDialog(null)} submitLabel="Start test failover" onSubmit={start('test-failover', { recoveryPoint: point, network })}>
         <p className="muted">The groups start in order at the recovery site, in isolation; replication goes on. Clean up to finish the drill.</p>
