@@ -3,34 +3,10 @@
  * failover and its cleanup, both succeeded) at least every DRILL_INTERVAL_DAYS; an item
  * counts as drilled by its own drills and by those of any plan it is in.
  */
-import type { ProtectedItem } from './types';
+import type { ItemDrill, ProtectedItem } from './types';
 
 export const DRILL_INTERVAL_DAYS = 30;
 const INTERVAL_MS = DRILL_INTERVAL_DAYS * 86400_000;
-
-export interface PlanDrill {
-  plan: string;
-  testFailoverJob: string | null;
-  cleanupJob: string;
-  startedAt: string | null;
-  cleanedUpAt: string;
-  rtoSeconds: number | null;
-  vms: { item: string; name: string; point: { id: string; at: string; consistency: string } | null; rtoSeconds: number | null }[];
-  notes: string | null;
-  succeeded: boolean;
-}
-
-export interface ItemDrill {
-  testFailoverJob: string;
-  cleanupJob: string;
-  point: { id: string; at: string; consistency: string };
-  network: string;
-  rtoSeconds: number;
-  startedAt: string;
-  cleanedUpAt: string;
-  notes: string | null;
-  succeeded: boolean;
-}
 
 export function itemDrills(item: ProtectedItem): ItemDrill[] {
   const d = (item.replication as { drills?: ItemDrill[] }).drills;

@@ -18,6 +18,7 @@ export type {
 } from '../../src/domain/resources.js';
 export type { PolicySettings } from '../../src/domain/policy.js';
 export type { CapacityPlan, ItemCapacity } from '../../src/domain/capacity.js';
+export type { ItemDrill, PlanActionResult, PlanDrill, PlanRunOutput, PlanVmResult } from '../../src/domain/runs.js';
 
 export interface Me {
   actor: string;

@@ -187,10 +187,7 @@ export class FabricProvider {
         let last = '';
         for (;;) {
           const s = await d.replicationStatus(vmId);
-          if (s.waitingForAction && s.lastError) {
-            const code = Object.hasOwn(ERROR_CODES, s.lastError.code) ? (s.lastError.code as ErrorCode) : 'JOB_FAILED';
-            throw new OsrError(code, `initial replication of ${vmId} stopped: ${s.lastError.message}`);
-          }
+          throwIfStopped(s, `initial replication of ${vmId}`);
           if (s.initial) {
             const p = { fraction: s.initial.fraction, bytesDone: s.initial.bytesDone, bytesTotal: s.initial.bytesTotal, rateBytesPerSec: s.initial.rateBytesPerSec, etaSeconds: s.initial.etaSeconds, currentDisk: s.initial.currentDisk, state: s.state };
             const key = JSON.stringify([p.bytesDone, p.state, p.currentDisk]);
@@ -203,8 +200,7 @@ export class FabricProvider {
             await this.remember({ itemId: b.item, role: 'source', vmId, reporting: true });
             return { recoveryPoint: s.latestPoint };
           }
-          await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
-          if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
+          await this.pauseWhileFollowing();
         }
       },
       /**
@@ -224,17 +220,13 @@ export class FabricProvider {
         if (!asked(before)) await d.resync(vmId);
         let last = '';
         for (;;) {
-          await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
-          if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
+          await this.pauseWhileFollowing();
           const s = await d.replicationStatus(vmId);
           const r = s.resync ?? null;
           // the resync asked for: the one that ran already, or a new one since
           const ours = r !== null && (asked(r) || r.id !== beforeId) ? r : null;
           // a non-recoverable error stopped it (a request wakes a host waiting for action at once: this is a new one)
-          if (s.waitingForAction && s.lastError) {
-            const code = Object.hasOwn(ERROR_CODES, s.lastError.code) ? (s.lastError.code as ErrorCode) : 'JOB_FAILED';
-            throw new OsrError(code, `the resync of ${vmId} stopped: ${s.lastError.message}`);
-          }
+          throwIfStopped(s, `the resync of ${vmId}`);
           if (!ours) continue;
           const p = { fraction: ours.fraction, bytesDone: ours.bytesDone, bytesTotal: ours.bytesTotal, differingBytes: ours.differingBytes, rateBytesPerSec: ours.rateBytesPerSec, etaSeconds: ours.etaSeconds, currentDisk: ours.currentDisk, state: s.state };
           const key = JSON.stringify([p.bytesDone, p.state, p.currentDisk, ours.completedAt]);
@@ -358,6 +350,12 @@ export class FabricProvider {
     }
   }
 
+  /** between two looks at a host's progress; a stopping provider ends the command, which is delivered again */
+  private async pauseWhileFollowing(): Promise<void> {
+    await this.clock.sleep(this.o.progressIntervalMs ?? 1000, this.stopper.signal);
+    if (this.stopper.signal.aborted) throw new OsrError('NETWORK_ERROR', 'the provider is stopping; the command is delivered again when it is back');
+  }
+
   async reportOnce(): Promise<void> {
     for (const p of this.list()) {
       if (!p.reporting || this.stopper.signal.aborted) continue;
@@ -387,4 +385,11 @@ export class FabricProvider {
       }
     }
   }
+}
+
+/** A host waiting for action after a non-recoverable error: the command fails with that error's code. */
+function throwIfStopped(s: ReplicationStatus, what: string): void {
+  if (!s.waitingForAction || !s.lastError) return;
+  const code = Object.hasOwn(ERROR_CODES, s.lastError.code) ? (s.lastError.code as ErrorCode) : 'JOB_FAILED';
+  throw new OsrError(code, `${what} stopped: ${s.lastError.message}`);
 }

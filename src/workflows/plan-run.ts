@@ -24,6 +24,7 @@
 import { randomUUID } from 'node:crypto';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { validatePlanForRun, type PlanItemFacts, type PlanProblem } from '../domain/plans.js';
+import type { ItemDrill, PlanActionResult, PlanDrill, PlanRunOutput as RunOutput, PlanVmResult } from '../domain/runs.js';
 import { Severity, type ProtectedItem, type RecoveryPlan, type RecoveryPlanAction, type RecoveryPlanSpec } from '../domain/resources.js';
 import type { JobContext, JobEngine, TaskDef } from '../jobs/engine.js';
 import { MappingKind } from '../store/config.js';
@@ -34,7 +35,7 @@ import { AlertKind } from './alerting.js';
 import { Direction, FailoverCommands, type ItemReplication } from './failover.js';
 import { findJob, ITEM_OPERATIONS, ItemOperation, startItemOperation } from './item-jobs.js';
 import type { WorkflowDeps } from './protection.js';
-import { TestFailoverCommands, type DrillRecord, type TestFailoverRecord } from './test-failover.js';
+import { TestFailoverCommands, type TestFailoverRecord } from './test-failover.js';
 
 export const PlanJobs = { Run: 'plan-run' } as const;
 export const PlanCommands = { Script: 'plan.script' } as const;
@@ -69,66 +70,12 @@ export interface PlanRunInput {
   options: PlanRunOptions;
 }
 
-/** One VM's part in a run. */
-export interface PlanVmResult {
-  item: string;
-  name: string;
-  group: string;
-  /** Skipped: with an error, not started because what it depends on failed; without, nothing to do */
-  state: 'Succeeded' | 'Failed' | 'Cancelled' | 'Skipped';
-  job: string | null;
-  error?: { code: string; message: string };
-  note?: string;
-  point?: { id: string; at: string; consistency: string };
-  /** the VM's own job, from its start until the VM ran */
-  rtoSeconds?: number;
-  /** from the start of the run until the VM ran */
-  upAfterSeconds?: number;
-  testVmId?: string;
-}
+export type { PlanActionResult, PlanDrill, PlanVmResult } from '../domain/runs.js';
 
-export interface PlanActionResult {
-  group: string;
-  phase: 'pre' | 'post';
-  name: string;
-  kind: RecoveryPlanAction['kind'];
-  attempts: number;
-  at: string;
-  comment?: string;
-  by?: string;
-  exitCode?: number;
-  status?: number;
-  output?: string;
-}
-
-/** What a plan's drill (a test failover and its cleanup) records, in the cleanup run's output. */
-export interface PlanDrill {
-  plan: string;
-  testFailoverJob: string | null;
-  cleanupJob: string;
-  startedAt: string | null;
-  cleanedUpAt: string;
-  rtoSeconds: number | null;
-  vms: { item: string; name: string; point: PlanVmResult['point'] | null; rtoSeconds: number | null }[];
-  notes: string | null;
-  succeeded: boolean;
-}
-
-export interface PlanRunOutput {
-  plan: string;
-  planId: string;
+/** A run's output, with the workflow's own names for its operation and direction. */
+export interface PlanRunOutput extends RunOutput {
   operation: ItemOperation;
   direction: Direction;
-  startedAt: string;
-  endedAt: string;
-  /** from the start of the run until the last VM ran (failovers) */
-  rtoSeconds: number | null;
-  failed: number;
-  vms: PlanVmResult[];
-  actions: PlanActionResult[];
-  /** a test failover's isolated network, made for the drill (removed by its cleanup) */
-  testNetwork?: string;
-  drill?: PlanDrill;
 }
 
 /** The JSON context a script or webhook receives. */
@@ -142,7 +89,7 @@ export interface ActionContext {
   vms: Record<string, { name: string; state: string; vmId: string | null; recoveryPoint: PlanVmResult['point'] | null; testVmId: string | null }>;
 }
 
-const rep = (item: ProtectedItem) => item.replication as ItemReplication & { testFailover?: TestFailoverRecord; drills?: DrillRecord[] };
+const rep = (item: ProtectedItem) => item.replication as ItemReplication & { testFailover?: TestFailoverRecord; drills?: ItemDrill[] };
 
 /** a VM that failed, was cancelled, or was not started because what it depends on failed */
 const isBad = (r: PlanVmResult | undefined): boolean => r !== undefined && (r.state === 'Failed' || r.state === 'Cancelled' || (r.state === 'Skipped' && r.error !== undefined));

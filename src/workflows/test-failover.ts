@@ -13,6 +13,7 @@
 import { OsrError } from '../domain/errors.js';
 import { chooseRecoveryPoint } from '../domain/recovery-point.js';
 import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
+import type { ItemDrill } from '../domain/runs.js';
 import type { TestNetwork, TestVm } from '../fabric/driver.js';
 import type { JobContext, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
@@ -49,23 +50,12 @@ export interface TestFailoverRecord {
 }
 
 /** What an item records of a finished drill (replication.drills, newest first). */
-export interface DrillRecord {
-  testFailoverJob: string;
-  cleanupJob: string;
-  point: { id: string; at: string; consistency: string };
-  network: string;
-  rtoSeconds: number;
-  startedAt: string;
-  cleanedUpAt: string;
-  notes: string | null;
-  succeeded: boolean;
-}
 
 interface Replication {
   targetFabricId?: string;
   replica?: { replicaVmId?: string };
   testFailover?: TestFailoverRecord;
-  drills?: DrillRecord[];
+  drills?: ItemDrill[];
 }
 
 export const failoverAlertKey = (itemId: string) => `failover-failed:${itemId}`;

@@ -1,9 +1,9 @@
 /** The dashboard: health of the protected items, RPO over time, jobs that need a look, active alerts, drills due. */
 import { api, type List } from '../api';
 import { LineChart } from '../charts';
-import { DRILL_INTERVAL_DAYS, isDue, itemDrills, lastDrillAt, type PlanDrill } from '../drills';
+import { DRILL_INTERVAL_DAYS, isDue, itemDrills, lastDrillAt } from '../drills';
 import { href } from '../router';
-import type { Alert, Job, ProtectedItem, RecoveryPlan } from '../types';
+import type { Alert, Job, PlanDrill, ProtectedItem, RecoveryPlan } from '../types';
 import { ago, Badge, Empty, fmtSeconds, JobLink, Loading, Section, useLoad } from '../ui';
 
 const HEALTH: { key: string; label: string; tone: string }[] = [

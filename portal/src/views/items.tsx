@@ -176,8 +176,6 @@ interface ItemData {
   points: RecoveryPoint[];
   samples: Sample[];
   vm: InventoryObject | null;
-  /** the policy the item replicates under (its pairing's) */
-  policy: Policy | null;
   events: VaultEvent[];
 }
 
@@ -190,12 +188,10 @@ async function loadItem(id: string): Promise<ItemData> {
     api.get<InventoryObject>(`/vms/${p}`).catch(() => null),
     api.get<List<VaultEvent>>(`/protected-items/${p}/events`, { limit: 20 }),
   ]);
-  const policyId = (item.replication as { policyId?: string }).policyId;
-  const policy = policyId ? await api.get<Policy>(`/policies/${encodeURIComponent(policyId)}`).catch(() => null) : null;
-  return { item, points: points.items, samples: samples.items, vm, events: events.items, policy };
+  return { item, points: points.items, samples: samples.items, vm, events: events.items };
 }
 
-function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
+function Actions({ d, policy, reload }: { d: ItemData; policy: Policy | null; reload: () => void }) {
   const { item, points } = d;
   const can = useCan();
   const op = useOperation();
@@ -206,7 +202,7 @@ function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
   const [shutdown, setShutdown] = useState(false);
   // '': as the policy says
   const [deleteReplica, setDeleteReplica] = useState<'' | 'true' | 'false'>('');
-  const policyDeletes = d.policy?.settings.deleteReplicaOnDisable;
+  const policyDeletes = policy?.settings.deleteReplicaOnDisable;
   const targetFabric = (item.replication as { targetFabricId?: string }).targetFabricId;
   const networks = useLoad(() => (dialog === 'test-failover' && targetFabric ? api.all<InventoryObject>('/vm-networks', { fabric: targetFabric }) : Promise.resolve([])), [dialog, targetFabric]);
   if (!can('operate')) return <p className="muted">Your role may read but not run operations.</p>;
@@ -303,6 +299,9 @@ function Actions({ d, reload }: { d: ItemData; reload: () => void }) {
 
 export function ItemPage({ id }: { id: string }) {
   const l = useLoad(() => loadItem(id), [id], 4000);
+  // the item's policy (its pairing's), read again only when it is another one
+  const policyId = (l.data?.item.replication as { policyId?: string } | undefined)?.policyId;
+  const policy = useLoad(() => (policyId ? api.get<Policy>(`/policies/${encodeURIComponent(policyId)}`).catch(() => null) : Promise.resolve(null)), [policyId]);
   return (
     <Loading l={l}>
       {(d) => {
@@ -310,7 +309,7 @@ export function ItemPage({ id }: { id: string }) {
         const disks = ((vm?.properties.disks as { id: string; name: string; sizeBytes: number; storageLocation?: string }[] | undefined) ?? []);
         const nics = ((vm?.properties.nics as { id: string; vmNetwork?: string; ip?: string }[] | undefined) ?? []);
         const drills = itemDrills(item);
-        const copy = d.policy?.settings.copyFrequencySeconds;
+        const copy = policy.data?.settings.copyFrequencySeconds;
         return (
           <>
             <p>
@@ -324,7 +323,7 @@ export function ItemPage({ id }: { id: string }) {
               </div>
             </div>
             <Section title="Operations">
-              <Actions d={d} reload={l.reload} />
+              <Actions d={d} policy={policy.data ?? null} reload={l.reload} />
             </Section>
             <div className="grid2">
               <Section title="Health">

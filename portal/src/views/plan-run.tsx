@@ -2,53 +2,10 @@
 import { useEffect, useState } from 'react';
 import { api, type List } from '../api';
 import { href } from '../router';
-import type { Job, JobTask, ProtectedItem, RecoveryPlan } from '../types';
+import type { Job, JobTask, PlanRunOutput, PlanVmResult, ProtectedItem, RecoveryPlan } from '../types';
 import { Badge, Empty, ErrorBox, Field, fmtSeconds, fmtTime, JobLink, Progress, Section, useCan, useLoad } from '../ui';
 
 const FINISHED = ['Succeeded', 'Failed', 'Cancelled'];
-
-/** One VM's part in a run, as the run's output reports it */
-export interface PlanVmResult {
-  item: string;
-  name: string;
-  group: string;
-  state: 'Succeeded' | 'Failed' | 'Cancelled' | 'Skipped';
-  job: string | null;
-  error?: { code: string; message: string };
-  note?: string;
-  point?: { id: string; at: string; consistency: string };
-  rtoSeconds?: number;
-  upAfterSeconds?: number;
-  testVmId?: string;
-}
-
-interface PlanActionResult {
-  group: string;
-  phase: 'pre' | 'post';
-  name: string;
-  kind: string;
-  attempts: number;
-  at: string;
-  comment?: string;
-  by?: string;
-  exitCode?: number;
-  status?: number;
-  output?: string;
-}
-
-interface PlanRunOutput {
-  plan: string;
-  planId: string;
-  operation: string;
-  direction: string;
-  startedAt: string;
-  endedAt: string;
-  rtoSeconds: number | null;
-  failed: number;
-  vms: PlanVmResult[];
-  actions: PlanActionResult[];
-  testNetwork?: string;
-}
 
 /** what a manual action asks for while the run waits */
 interface WaitingFor {

@@ -8,8 +8,7 @@ import { useEffect, useState, type DragEvent } from 'react';
 import { api, type Accepted, type List } from '../api';
 import { offeredForPlan, type ItemOp } from '../operations';
 import { go, href } from '../router';
-import type { Job, ProtectedItem, RecoveryPlan } from '../types';
-import type { PlanDrill } from '../drills';
+import type { Job, PlanDrill, ProtectedItem, RecoveryPlan } from '../types';
 import { Badge, Dialog, Empty, ErrorBox, Field, fmtSeconds, fmtTime, JobLink, Loading, Section, useCan, useLoad } from '../ui';
 import { PlanRun } from './plan-run';
 

@@ -1,0 +1,85 @@
+/**
+ * What drills and recovery plan runs record: the shapes of a plan run's output, of a plan's
+ * drill and of an item's drill. The vault writes them (src/workflows), the API returns them,
+ * and the CLI and the portal read them.
+ */
+import type { RecoveryPlanAction } from './resources.js';
+
+export type RunDirection = 'primary-to-recovery' | 'recovery-to-primary';
+
+/** A test failover of one item and its cleanup, kept with the item (newest first). */
+export interface ItemDrill {
+  testFailoverJob: string;
+  cleanupJob: string;
+  point: { id: string; at: string; consistency: string };
+  network: string;
+  rtoSeconds: number;
+  startedAt: string;
+  cleanedUpAt: string;
+  notes: string | null;
+  succeeded: boolean;
+}
+
+/** One VM's part in a run. */
+export interface PlanVmResult {
+  item: string;
+  name: string;
+  group: string;
+  /** Skipped: with an error, not started because what it depends on failed; without, nothing to do */
+  state: 'Succeeded' | 'Failed' | 'Cancelled' | 'Skipped';
+  job: string | null;
+  error?: { code: string; message: string };
+  note?: string;
+  point?: { id: string; at: string; consistency: string };
+  /** the VM's own job, from its start until the VM ran */
+  rtoSeconds?: number;
+  /** from the start of the run until the VM ran */
+  upAfterSeconds?: number;
+  testVmId?: string;
+}
+
+export interface PlanActionResult {
+  group: string;
+  phase: 'pre' | 'post';
+  name: string;
+  kind: RecoveryPlanAction['kind'];
+  attempts: number;
+  at: string;
+  comment?: string;
+  by?: string;
+  exitCode?: number;
+  status?: number;
+  output?: string;
+}
+
+/** What a plan's drill (a test failover and its cleanup) records, in the cleanup run's output. */
+export interface PlanDrill {
+  plan: string;
+  testFailoverJob: string | null;
+  cleanupJob: string;
+  startedAt: string | null;
+  cleanedUpAt: string;
+  rtoSeconds: number | null;
+  vms: { item: string; name: string; point: PlanVmResult['point'] | null; rtoSeconds: number | null }[];
+  notes: string | null;
+  succeeded: boolean;
+}
+
+/** A plan run's output: per VM and per action, with the plan's RTO. */
+export interface PlanRunOutput {
+  plan: string;
+  planId: string;
+  /** the item operation the run applied to every VM (test-failover, planned-failover, …) */
+  operation: string;
+  direction: RunDirection;
+  startedAt: string;
+  endedAt: string;
+  /** from the start of the run until the last VM ran (failovers) */
+  rtoSeconds: number | null;
+  failed: number;
+  vms: PlanVmResult[];
+  actions: PlanActionResult[];
+  /** a test failover's isolated network, made for the drill (removed by its cleanup) */
+  testNetwork?: string;
+  drill?: PlanDrill;
+}
