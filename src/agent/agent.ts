@@ -97,7 +97,9 @@ export class Agent {
       if (r.missingImages) this.log.error({ vm: r.vm, missing: r.missingImages }, `VM ${r.vm} is not loaded: its disk images are missing (restore them, or remove the VM's directory), and no replica holds them`);
     }
     // a promoted replica's images are a host VM's disks now: not served as a replica
-    await this.replicas.openAll(new Set(this.host.list().map((vm) => vm.id)));
+    for (const u of await this.replicas.openAll(new Set(this.host.list().map((vm) => vm.id)))) {
+      this.log.error({ vmId: u.vmId, code: u.code }, `the replica of ${u.vmId} cannot be opened and is not served (${u.message}); the other replicas are`);
+    }
     for (const r of this.replicas.list()) for (const note of r.recoveryNotes.splice(0)) this.log.warn({ vm: r.vmName }, note);
     // a promotion not committed runs from its overlay again; one whose commit had begun is finished
     for (const p of this.replicas.provisional()) {
@@ -322,8 +324,10 @@ export class Agent {
   /**
    * Reverse, at the old primary: the VM's disks become the replica of its promoted copy.
    * Its replication stops; its unshipped writes will be overwritten by the new primary's.
+   * `source` is the promoted copy's agent (its certificate name), the only one that may
+   * replicate into the new replica; without it the first agent to connect is recorded.
    */
-  async demote(vmName: string, epoch?: number): Promise<DemoteResult> {
+  async demote(vmName: string, epoch?: number, source?: string): Promise<DemoteResult> {
     const vm = this.host.get(vmName);
     const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);
     const newEpoch = epoch ?? vm.spec.fenced?.epoch ?? (r ? r.spec.epoch + 1 : undefined);
@@ -335,7 +339,7 @@ export class Agent {
       this.replications.delete(r.spec.id);
       fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
     }
-    const result = await demoteVm(this.host, this.replicas, vm, newEpoch);
+    const result = await demoteVm(this.host, this.replicas, vm, newEpoch, source);
     this.log.warn({ vm: vm.name, epoch: newEpoch, divergentBytes: result.divergentBytes }, `${vm.name} demoted: its disks are now the replica of the copy promoted with epoch ${newEpoch}`);
     return result;
   }

@@ -188,7 +188,7 @@ export interface DemoteResult {
  * the promoted copy's) that reverse replication brings in step. The caller has stopped its
  * replication. What its change logs hold, shipped or not, is where it may differ.
  */
-export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: LabVm, epoch: number): Promise<DemoteResult> {
+export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: LabVm, epoch: number, source?: string): Promise<DemoteResult> {
   if (!Number.isSafeInteger(epoch) || epoch < 1) throw new OsrError('INVALID_ARGUMENT', `epoch ${epoch} is not a positive integer`);
   for (const d of vm.disks) await d.flush();
   const tracker = vm.tracker;
@@ -199,6 +199,7 @@ export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: Lab
     { vmId: vm.id, vmName: vm.name, disks: vm.spec.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })), epoch },
     images,
     divergent,
+    source,
   );
   crashPoint('demote:adopted');
   host.removeVm(vm.name);

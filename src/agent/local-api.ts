@@ -5,6 +5,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import path from 'node:path';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
 import { parseSize } from './lab-host.js';
 import type { ReplicaStore } from './replica-store.js';
@@ -35,6 +36,8 @@ function replicaSummary(agent: Agent, s: ReplicaStore) {
   return {
     vmId: s.vmId,
     vm: s.vmName,
+    /** the source agent that may replicate into it (its certificate's name) */
+    source: agent.replicas.owner(s.vmId)?.source ?? null,
     disks: s.disks,
     initialDone: s.initialDone,
     committed: s.isCommitted,
@@ -72,6 +75,8 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     ],
     replications: [...agent.replications.values()].map((r) => r.health()),
     replicas: agent.replicas.list().map((s) => replicaSummary(agent, s)),
+    /** replicas found on disk that could not be opened (not served until fixed) */
+    unopenedReplicas: [...agent.replicas.failed].map(([vmId, e]) => ({ vmId, ...e })),
   }));
 
   // ---- lab VMs
@@ -105,10 +110,10 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     return agent.host.setRunning(req.params.name, false).spec;
   });
 
-  app.post<{ Params: { name: string }; Body: { epoch?: number } | undefined }>(
+  app.post<{ Params: { name: string }; Body: { epoch?: number; source?: string } | undefined }>(
     '/v1/vms/:name/demote',
-    { schema: { body: { type: ['object', 'null'], properties: { epoch: { type: 'integer', minimum: 1 } } } } },
-    async (req) => agent.demote(req.params.name, req.body?.epoch),
+    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { epoch: { type: 'integer', minimum: 1 }, source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH } } } } },
+    async (req) => agent.demote(req.params.name, req.body?.epoch, req.body?.source),
   );
 
   app.post<{ Params: { name: string }; Body: { point: number } }>(
@@ -212,6 +217,12 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
 
   // ---- replicas (replica role)
   app.get('/v1/replicas', async () => agent.replicas.list().map((s) => replicaSummary(agent, s)));
+  // the vault's word on who may replicate a VM here (a failover's new primary, a placement)
+  app.put<{ Params: { vmId: string }; Body: { source: string } }>(
+    '/v1/replicas/:vmId/source',
+    { schema: { body: { type: 'object', required: ['source'], additionalProperties: false, properties: { source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH } } } } },
+    async (req) => ({ vmId: req.params.vmId, ...agent.replicas.authorize(req.params.vmId, req.body.source) }),
+  );
   app.get<{ Params: { vm: string } }>('/v1/replicas/:vm', async (req) => replicaSummary(agent, agent.replicas.get(req.params.vm)));
   app.get<{ Params: { vm: string } }>('/v1/replicas/:vm/points', async (req) =>
     agent.replicas

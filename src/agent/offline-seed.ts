@@ -17,6 +17,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../domain/errors.js';
+import { isSafeName, MAX_DISK_BYTES, MAX_DISKS } from '../domain/names.js';
 import { digest } from './checksum.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { fdatasyncAsync, readAt, writeAllAt } from './io.js';
@@ -116,10 +117,15 @@ export function readExport(dir: string, expect?: { vm?: string | undefined }): E
   if (typeof m.vmId !== 'string' || typeof m.vmName !== 'string' || !Number.isSafeInteger(m.seq) || !Array.isArray(m.disks) || m.disks.length === 0 || !Number.isSafeInteger(m.chunkSize) || m.chunkSize <= 0) {
     throw invalid(dir, 'the manifest lacks the VM, its disks or the chunk size');
   }
+  // every name here becomes a file name at the replica: the one rule for names (domain/names.ts)
+  if (!isSafeName(m.vmId) || !isSafeName(m.vmName)) throw invalid(dir, 'the manifest names its VM with characters a replica cannot use as a file name');
+  if (m.chunkSize > 64 * 1024 * 1024 || m.seq < 0 || !Number.isSafeInteger(m.epoch) || m.epoch < 0 || m.disks.length > MAX_DISKS) throw invalid(dir, 'the manifest has an out-of-range chunk size, sequence, epoch or disk count');
   if (expect?.vm !== undefined && expect.vm !== m.vmName && expect.vm !== m.vmId) throw invalid(dir, `it holds VM ${m.vmName} (${m.vmId}), not ${expect.vm}`);
   for (const d of m.disks) {
+    if (typeof d !== 'object' || d === null || !isSafeName(d.id) || !isSafeName(d.name) || !isSafeName(d.file)) throw invalid(dir, 'a disk of the manifest has an id, name or file that is not a valid name');
+    if (!Number.isSafeInteger(d.size) || d.size <= 0 || d.size > MAX_DISK_BYTES) throw invalid(dir, `disk ${d.name} has an invalid size`);
     const chunks = Math.ceil(d.size / m.chunkSize);
-    if (!Number.isSafeInteger(d.size) || d.size <= 0 || !Array.isArray(d.chunks) || d.chunks.length !== chunks || path.basename(d.file) !== d.file) {
+    if (!Array.isArray(d.chunks) || d.chunks.length !== chunks || !d.chunks.every((c) => c === null || (typeof c === 'string' && /^[0-9a-f]{32}$/.test(c)))) {
       throw invalid(dir, `disk ${String(d.name)} is described inconsistently`);
     }
     const f = path.join(dir, d.file);

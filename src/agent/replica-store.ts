@@ -17,6 +17,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../domain/errors.js';
+import { safeName, safeSeq } from '../domain/names.js';
 import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
 import { crashPoint } from './crash-point.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
@@ -190,7 +191,7 @@ export class ReplicaStore implements ReplicaTarget {
         epoch: 0,
       };
       for (const d of spec.disks) {
-        const img = path.join(root, 'disks', `${d.name}.img`);
+        const img = path.join(root, 'disks', `${safeName(d.name, 'disk name')}.img`);
         const fd = fs.openSync(img, 'w', 0o600);
         fs.ftruncateSync(fd, d.size);
         fs.fsyncSync(fd);
@@ -367,19 +368,19 @@ export class ReplicaStore implements ReplicaTarget {
   // ---- paths and facts ---------------------------------------------------------------
 
   imagePath(disk: string): string {
-    return path.join(this.root, 'disks', `${disk}.img`);
+    return path.join(this.root, 'disks', `${safeName(disk, 'disk name')}.img`);
   }
   undoPath(seq: number, disk: string): string {
-    return path.join(this.root, 'undo', pad(seq), `${disk}.undo`);
+    return path.join(this.root, 'undo', pad(safeSeq(seq)), `${safeName(disk, 'disk name')}.undo`);
   }
   incomingDir(seq: number): string {
-    return path.join(this.root, 'incoming', pad(seq));
+    return path.join(this.root, 'incoming', pad(safeSeq(seq)));
   }
   get trashDir(): string {
     return path.join(this.root, 'trash');
   }
   overlayDir(id: string): string {
-    return path.join(this.root, 'overlays', id);
+    return path.join(this.root, 'overlays', safeName(id, 'overlay id', 'INVALID_ARGUMENT'));
   }
 
   get vmId(): string {
@@ -573,7 +574,7 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   stagedFile(disk: string): string {
-    return path.join(this.resyncDir, `${disk}.osrlog`);
+    return path.join(this.resyncDir, `${safeName(disk, 'disk name')}.osrlog`);
   }
 
   /** The resync in progress, if any (what it has compared and staged so far). */

@@ -8,13 +8,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { OsrError, toOsrError } from '../domain/errors.js';
-import { onTlsClientError, peerIdentity, serverTlsOptions, type TlsMaterial } from '../pki/index.js';
+import { MAX_DISK_BYTES, isSafeName, safeInteger, safeName, safeRange, safeSeq } from '../domain/names.js';
+import { onTlsClientError, peerIdentity, serverTlsOptions, type PeerIdentity, type TlsMaterial } from '../pki/index.js';
 import { writeAllAt } from './io.js';
 import { readJson, writeJsonDurable } from './durable-file.js';
 import { importExport, readExport, type ExportManifest } from './offline-seed.js';
 import type { DiskRanges } from './ranges.js';
 import { ReplicaStore, type DeltaDiskFile, type DivergentRanges, type RecoveryPoint } from './replica-store.js';
 import type { ReplicaTarget } from './ports.js';
+import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
 import { BinaryReply, FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
 
@@ -58,6 +60,18 @@ export interface Promotion {
   promotedAt?: string | undefined;
 }
 
+/**
+ * Who may replicate a VM to this agent: the common name of the source agent's certificate.
+ * Recorded at the first `open` of a VM (or set by the vault: `authorize`, a demote for
+ * reverse replication), kept beside the store, and removed with it.
+ */
+export interface OwnerRecord {
+  source: string;
+  /** how it was set: the first connection, or the vault through the agent's API */
+  by: 'first-open' | 'vault';
+  at: string;
+}
+
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
 export class ReplicaRegistry {
   private readonly stores = new Map<string, ReplicaStore>();
@@ -71,7 +85,15 @@ export class ReplicaRegistry {
     fs.mkdirSync(dir, { recursive: true });
   }
 
-  async open(req: OpenRequest): Promise<ReplicaStore> {
+  /**
+   * Open (or create) the replica of `req.vmId` for a source agent. A replica belongs to the
+   * source that created it or that the vault named: any other certificate is refused
+   * (AUTH_FAILED) before anything is read or written. `source` is undefined only for an
+   * operator's own action through the local API (an offline import).
+   */
+  async open(req: OpenRequest, source?: string): Promise<ReplicaStore> {
+    safeName(req.vmId, 'VM id');
+    if (source !== undefined) this.checkOwner(req.vmId, source);
     if (this.runHere.has(req.vmId)) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
     const fence = this.fenceOf(req.vmId);
     if (fence !== undefined && req.epoch < fence) {
@@ -82,12 +104,56 @@ export class ReplicaRegistry {
       throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${describeDisks(s.disks)}, the primary has ${describeDisks(req.disks)}; remove the replica or protect the VM anew`);
     }
     if (!s) {
-      s = await ReplicaStore.open(path.join(this.dir, req.vmId), { vmId: req.vmId, vmName: req.vmName, disks: req.disks, retention: req.retention }, this.now);
+      s = await ReplicaStore.open(this.storeDir(req.vmId), { vmId: req.vmId, vmName: req.vmName, disks: req.disks, retention: req.retention }, this.now);
       this.stores.set(req.vmId, s);
     } else {
       s.setRetention(req.retention);
     }
+    if (source !== undefined && this.owner(req.vmId) === undefined) this.writeOwner(req.vmId, { source, by: 'first-open', at: new Date(this.now()).toISOString() });
     return s;
+  }
+
+  private storeDir(vmId: string): string {
+    return path.join(this.dir, safeName(vmId, 'VM id'));
+  }
+
+  private ownerFile(vmId: string): string {
+    return path.join(this.dir, `${safeName(vmId, 'VM id')}.owner.json`);
+  }
+
+  /** The source agent a VM's replica belongs to, if one was recorded. */
+  owner(vmId: string): OwnerRecord | undefined {
+    return readJson<OwnerRecord>(this.ownerFile(vmId));
+  }
+
+  private writeOwner(vmId: string, record: OwnerRecord): void {
+    writeJsonDurable(this.ownerFile(vmId), record);
+  }
+
+  /** Refuse `source` unless it is the VM's recorded source (or none is recorded yet). */
+  checkOwner(vmId: string, source: string): void {
+    const owner = this.owner(vmId);
+    if (owner !== undefined && owner.source !== source) {
+      throw new OsrError('AUTH_FAILED', `the replica of VM ${vmId} here belongs to source agent ${owner.source}; ${source} may not replicate it`, { vmId, source, owner: owner.source });
+    }
+  }
+
+  /**
+   * The vault's word: from now on only `source` may replicate this VM here (a failover's
+   * new primary, or the host the vault placed it on). A connected session of another source
+   * is dropped. Durable before it returns.
+   */
+  authorize(vmId: string, source: string): OwnerRecord {
+    safeName(vmId, 'VM id', 'INVALID_ARGUMENT');
+    safeName(source, 'source agent', 'INVALID_ARGUMENT');
+    const record: OwnerRecord = { source, by: 'vault', at: new Date(this.now()).toISOString() };
+    this.writeOwner(vmId, record);
+    const session = this.owners.get(vmId);
+    if (session && session.peerName !== source) {
+      session.destroy(new OsrError('AUTH_FAILED', `the vault gave the replica of ${vmId} to source agent ${source}`));
+      this.owners.delete(vmId);
+    }
+    return record;
   }
 
   /** The epoch a replica was promoted with here (older primaries are refused), if any. */
@@ -96,13 +162,13 @@ export class ReplicaRegistry {
   }
 
   fenceRecord(vmId: string): FenceRecord | undefined {
-    return readJson<FenceRecord>(path.join(this.dir, `${vmId}.fence.json`));
+    return readJson<FenceRecord>(path.join(this.dir, `${safeName(vmId, 'VM id')}.fence.json`));
   }
 
   /** Refuse primaries older than `epoch` for this VM from now on (durable), and drop any connected one. */
   fence(vmId: string, epoch: number, promotion?: FenceRecord['promotion']): void {
     const record: FenceRecord = { epoch, at: new Date(this.now()).toISOString(), promotion };
-    writeJsonDurable(path.join(this.dir, `${vmId}.fence.json`), record);
+    writeJsonDurable(path.join(this.dir, `${safeName(vmId, 'VM id')}.fence.json`), record);
     const owner = this.owners.get(vmId);
     if (owner) owner.destroy(new OsrError('EPOCH_STALE', `${vmId} was promoted at this site with epoch ${epoch}`));
     this.owners.delete(vmId);
@@ -112,7 +178,7 @@ export class ReplicaRegistry {
   setPromotion(vmId: string, promotion: Promotion): void {
     const record = this.fenceRecord(vmId);
     if (!record) throw new OsrError('INVALID_STATE', `${vmId} was not promoted here`);
-    writeJsonDurable(path.join(this.dir, `${vmId}.fence.json`), { ...record, promotion });
+    writeJsonDurable(path.join(this.dir, `${safeName(vmId, 'VM id')}.fence.json`), { ...record, promotion });
   }
 
   /** Replicas promoted here whose promotion is not committed yet: they run from an overlay. */
@@ -159,11 +225,16 @@ export class ReplicaRegistry {
     this.stores.delete(vmId);
   }
 
-  /** A store made from existing images (reverse replication); replaces any store of that VM. */
-  async adopt(spec: Parameters<typeof ReplicaStore.adopt>[1], images: Record<string, string>, divergent: DivergentRanges): Promise<ReplicaStore> {
+  /**
+   * A store made from existing images (reverse replication); replaces any store of that VM.
+   * `source`, when the vault names it, is the promoted copy's agent: the only one that may
+   * replicate into the store from now on.
+   */
+  async adopt(spec: Parameters<typeof ReplicaStore.adopt>[1], images: Record<string, string>, divergent: DivergentRanges, source?: string): Promise<ReplicaStore> {
+    if (source !== undefined) this.authorize(spec.vmId, source);
     this.detach(spec.vmId);
     this.runHere.delete(spec.vmId);
-    const s = await ReplicaStore.adopt(path.join(this.dir, spec.vmId), spec, images, divergent, this.now);
+    const s = await ReplicaStore.adopt(this.storeDir(spec.vmId), spec, images, divergent, this.now);
     this.stores.set(spec.vmId, s);
     return s;
   }
@@ -176,7 +247,7 @@ export class ReplicaRegistry {
     const out: { vmId: string; outcome: 'finished' | 'undone' }[] = [];
     for (const name of fs.readdirSync(this.dir)) {
       const m = /^(.+)\.adopting$/.exec(name);
-      if (!m) continue;
+      if (!m || !isSafeName(m[1])) continue;
       const outcome = ReplicaStore.recoverAdoption(path.join(this.dir, m[1]!));
       if (outcome) out.push({ vmId: m[1]!, outcome });
     }
@@ -185,21 +256,33 @@ export class ReplicaRegistry {
 
   /** Whether a replica store of this VM id is on disk (an adopted VM's images live there). */
   holds(vmId: string): boolean {
-    return fs.existsSync(path.join(this.dir, vmId, 'manifest.json'));
+    return isSafeName(vmId) && fs.existsSync(path.join(this.dir, vmId, 'manifest.json'));
   }
 
   /**
    * Open every store found on disk (at agent start), so points and overlays are served.
-   * Stores whose images a host VM uses now (promoted) are skipped.
+   * Stores whose images a host VM uses now (promoted) are skipped. A store that cannot be
+   * opened is reported (`unopened`) and skipped: the others are served.
    */
-  async openAll(skip: ReadonlySet<string> = new Set()): Promise<void> {
+  async openAll(skip: ReadonlySet<string> = new Set()): Promise<{ vmId: string; code: string; message: string }[]> {
+    const unopened: { vmId: string; code: string; message: string }[] = [];
     for (const id of skip) this.runHere.add(id);
     for (const vmId of fs.readdirSync(this.dir)) {
-      if (vmId.endsWith('.adopting') || skip.has(vmId) || this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
-      const s = await ReplicaStore.open(path.join(this.dir, vmId), { vmId, disks: [] }, this.now);
-      this.stores.set(vmId, s);
+      if (!isSafeName(vmId) || vmId.endsWith('.adopting') || skip.has(vmId) || this.stores.has(vmId) || !fs.existsSync(path.join(this.dir, vmId, 'manifest.json'))) continue;
+      try {
+        const s = await ReplicaStore.open(path.join(this.dir, vmId), { vmId, disks: [] }, this.now);
+        this.stores.set(vmId, s);
+      } catch (e) {
+        const err = toOsrError(e, 'REPLICA_STORE_CORRUPT');
+        this.failed.set(vmId, { code: err.code, message: err.message });
+        unopened.push({ vmId, code: err.code, message: err.message });
+      }
     }
+    return unopened;
   }
+
+  /** Stores found on disk that could not be opened, with why (served again once fixed and the agent restarted). */
+  readonly failed = new Map<string, { code: string; message: string }>();
 
   /**
    * Delete a replica: its connection is dropped, its store closed and its directory
@@ -215,15 +298,23 @@ export class ReplicaRegistry {
     this.owners.delete(s.vmId);
     s.close();
     this.stores.delete(s.vmId);
-    fs.rmSync(path.join(this.dir, s.vmId), { recursive: true, force: true });
+    fs.rmSync(this.storeDir(s.vmId), { recursive: true, force: true });
+    // a deleted replica belongs to no one: the next protection of the VM records its source anew
+    fs.rmSync(this.ownerFile(s.vmId), { force: true });
     return { vmId: s.vmId, vmName: s.vmName };
   }
 
-  /** A replica by VM id or VM name. */
+  /**
+   * A replica by VM id, or by VM name where exactly one replica has that name (a name is
+   * chosen by the source, so two sources could both claim it: then the id is needed).
+   */
   get(vm: string): ReplicaStore {
-    const s = this.stores.get(vm) ?? [...this.stores.values()].find((x) => x.vmName === vm);
-    if (!s) throw new OsrError('NOT_FOUND', `this agent holds no replica of ${vm}`, { replicas: [...this.stores.values()].map((x) => x.vmName) });
-    return s;
+    const byId = this.stores.get(vm);
+    if (byId) return byId;
+    const named = [...this.stores.values()].filter((x) => x.vmName === vm);
+    if (named.length > 1) throw new OsrError('INVALID_STATE', `${named.length} replicas here are named ${vm}; name the one meant by its VM id`, { vmIds: named.map((x) => x.vmId) });
+    if (named.length === 0) throw new OsrError('NOT_FOUND', `this agent holds no replica of ${vm}`, { replicas: [...this.stores.values()].map((x) => x.vmName) });
+    return named[0]!;
   }
 
   list(): ReplicaStore[] {
@@ -246,7 +337,15 @@ export class ReplicaRegistry {
   }
 }
 
-type Target = { kind: 'copy'; disk: string } | { kind: 'delta'; disk: string; fd: number } | { kind: 'resync'; disk: string } | undefined;
+/** Where DATA frames go, with the bound on where they may land. */
+type Target = { kind: 'copy'; disk: string; size: number } | { kind: 'delta'; disk: string; fd: number } | { kind: 'resync'; disk: string; size: number } | undefined;
+
+/**
+ * How far into a delta's change log a DATA frame may write. A log holds every write of a
+ * cycle (the same block may be written many times), so it is not bounded by its disk; this
+ * bounds it by what a file system takes.
+ */
+const MAX_DELTA_LOG_BYTES = 4 * MAX_DISK_BYTES;
 
 interface DeltaInProgress {
   point: RecoveryPoint;
@@ -261,6 +360,8 @@ class Session {
   private delta: DeltaInProgress | undefined;
   private readonly writer: FrameWriter;
   private helloDone = false;
+  /** the verified certificate of the peer (set by the hello) */
+  private peer: PeerIdentity | undefined;
   private pending = new Set<Promise<void>>();
   private pendingBytes = 0;
   private writeError: unknown;
@@ -285,8 +386,13 @@ class Session {
     });
   }
 
+  /** the common name of the peer's certificate, once the hello was accepted */
+  get peerName(): string | undefined {
+    return this.peer?.commonName;
+  }
+
   destroy(e: OsrError): void {
-    this.log.warn({ code: e.code, peer: this.socket.remoteAddress }, `replication connection closed: ${e.message}`);
+    this.log.warn({ code: e.code, peer: this.socket.remoteAddress, agent: this.peer?.commonName }, `replication connection closed: ${e.message}`);
     void this.writer.sendControl({ type: 'error', code: e.code, message: e.message }).catch(() => undefined);
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
@@ -296,29 +402,33 @@ class Session {
     if (!this.helloDone) return this.onHello(m);
     if (m.type === 'request') return this.onRequest(m);
     if (m.type === 'copy-begin') {
-      this.requireStore();
-      this.target = { kind: 'copy', disk: String(m.disk) };
+      const disk = this.disk(m.disk);
+      this.target = { kind: 'copy', disk: disk.name, size: disk.size };
       return;
     }
     if (m.type === 'copy-zero') {
+      const disk = this.disk(m.disk);
+      const [offset, length] = safeRange(m.offset, m.length, disk.size, `zero range of ${disk.name}`);
       await this.drainWrites(0);
-      this.requireStore().zeroInitial(String(m.disk), Number(m.offset), Number(m.length));
+      this.requireStore().zeroInitial(disk.name, offset, length);
       return;
     }
     if (m.type === 'resync-disk') {
-      this.requireStore();
-      this.target = { kind: 'resync', disk: String(m.disk) };
+      const disk = this.disk(m.disk);
+      this.target = { kind: 'resync', disk: disk.name, size: disk.size };
       return;
     }
     if (m.type === 'resync-zero') {
+      const disk = this.disk(m.disk);
+      const [offset, length] = safeRange(m.offset, m.length, disk.size, `zero range of ${disk.name}`);
       await this.drainWrites(0);
-      this.requireStore().stageResyncZero(String(m.disk), Number(m.offset), Number(m.length));
+      this.requireStore().stageResyncZero(disk.name, offset, length);
       return;
     }
     if (m.type === 'delta-disk') {
-      const f = this.delta?.files.get(String(m.disk));
-      if (!f) throw new OsrError('PROTOCOL_ERROR', `delta-disk ${String(m.disk)} outside a delta`);
-      this.target = { kind: 'delta', disk: String(m.disk), fd: f.fd };
+      const f = typeof m.disk === 'string' ? this.delta?.files.get(m.disk) : undefined;
+      if (!f) throw new OsrError('PROTOCOL_ERROR', 'delta-disk names no disk of an open delta');
+      this.target = { kind: 'delta', disk: m.disk as string, fd: f.fd };
       return;
     }
     throw new OsrError('PROTOCOL_ERROR', `unexpected message ${m.type}`);
@@ -332,7 +442,8 @@ class Session {
       throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `peer offers protocol versions ${offered.join(',') || 'none'}; this agent supports ${PROTOCOL_VERSIONS.join(',')}`);
     }
     const peer = peerIdentity(this.socket);
-    if (peer.role && peer.role !== 'agent') throw new OsrError('AUTH_FAILED', `certificate role ${peer.role} may not replicate; an agent certificate is needed`);
+    if (peer.role !== 'agent') throw new OsrError('AUTH_FAILED', `a certificate with role ${peer.role ?? '(none)'} may not replicate; an agent certificate is needed`, { peer: peer.commonName, role: peer.role ?? null });
+    this.peer = peer;
     this.helloDone = true;
     await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd'] });
   }
@@ -376,14 +487,23 @@ class Session {
     return this.store;
   }
 
+  /** A disk of the open replica, named by the peer. */
+  private disk(name: unknown): { name: string; size: number } {
+    const store = this.requireStore();
+    const disk = store.disks.find((d) => d.name === name);
+    if (!disk) throw new OsrError('PROTOCOL_ERROR', `the replica of ${store.vmId} has no disk ${typeof name === 'string' ? JSON.stringify(name.slice(0, 80)) : typeof name}`);
+    return disk;
+  }
+
   private async handle(op: string, args: Record<string, unknown>): Promise<unknown> {
     switch (op) {
       case 'open': {
-        const req = args as unknown as OpenRequest;
-        const store = await this.registry.open(req);
+        const req = parseOpen(args);
+        if (this.store && this.store.vmId !== req.vmId) throw new OsrError('PROTOCOL_ERROR', `this connection replicates ${this.store.vmId}; open ${req.vmId} on a connection of its own`);
+        const store = await this.registry.open(req, this.peer!.commonName);
         store.setEpoch(req.epoch);
         this.registry.claim(req.vmId, this);
-        if (args.reset === true) store.resetInitial();
+        if (req.reset) store.resetInitial();
         this.store = store;
         const latest = store.latestPoint();
         const result: OpenResult = {
@@ -399,30 +519,38 @@ class Session {
       }
       case 'resync-ranges': {
         const store = this.requireStore();
-        store.addDivergence(args.ranges as DiskRanges);
+        store.addDivergence(parseDiskRanges(args.ranges, new Map(store.disks.map((d) => [d.name, d.size]))));
         return { divergent: store.divergent ?? null };
       }
       case 'copy-checkpoint': {
-        await this.requireStore().checkpointInitial(String(args.disk), Number(args.offset), args.finished === true);
-        return { disk: args.disk, offset: args.offset };
+        const disk = this.disk(args.disk);
+        const offset = safeInteger(args.offset, `checkpoint of ${disk.name}`, 0, disk.size);
+        await this.requireStore().checkpointInitial(disk.name, offset, args.finished === true);
+        return { disk: disk.name, offset };
       }
       case 'resync-begin': {
-        const state = this.requireStore().beginResync(String(args.id), Number(args.seq), Number(args.blockSize));
+        const r = parseResyncBegin(args);
+        const state = this.requireStore().beginResync(r.id, r.seq, r.blockSize);
         return { disks: state.disks };
       }
       case 'resync-hashes': {
-        const hashes = await this.requireStore().blockHashes(String(args.disk), Number(args.offset), Number(args.length), Number(args.blockSize));
+        const disk = this.disk(args.disk);
+        const blockSize = safeInteger(args.blockSize, 'block size', 512, 16 * 1024 * 1024);
+        const [offset, length] = safeRange(args.offset, args.length, disk.size, `compared range of ${disk.name}`);
+        const hashes = await this.requireStore().blockHashes(disk.name, offset, length, blockSize);
         return args.binary === true ? new BinaryReply({}, hashes) : { hashes: hashes.toString('base64') };
       }
       case 'resync-checkpoint': {
+        const disk = this.disk(args.disk);
+        const offset = safeInteger(args.offset, `checkpoint of ${disk.name}`, 0, disk.size);
         await this.drainWrites(0);
-        const state = await this.requireStore().checkpointResync(String(args.disk), Number(args.offset), args.finished === true);
-        return { disk: args.disk, offset: state.disks[String(args.disk)]?.offset };
+        const state = await this.requireStore().checkpointResync(disk.name, offset, args.finished === true);
+        return { disk: disk.name, offset: state.disks[disk.name]?.offset };
       }
       case 'delta-begin': {
         const store = this.requireStore();
         this.abortDelta();
-        const point = args.point as RecoveryPoint;
+        const point = parsePoint(args.point);
         const dir = store.incomingDir(point.seq);
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir, { recursive: true });
@@ -437,7 +565,8 @@ class Session {
       case 'delta-end': {
         const store = this.requireStore();
         const delta = this.delta;
-        if (!delta || delta.point.seq !== Number(args.seq)) throw new OsrError('PROTOCOL_ERROR', `delta-end ${String(args.seq)} without its delta-begin`);
+        const seq = safeSeq(args.seq);
+        if (!delta || delta.point.seq !== seq) throw new OsrError('PROTOCOL_ERROR', `delta-end ${seq} without its delta-begin`);
         await this.drainWrites(0);
         const files: DeltaDiskFile[] = [];
         for (const [diskName, f] of delta.files) {
@@ -463,6 +592,7 @@ class Session {
     this.bytesReceived += f.wireBytes;
     const t = this.target;
     if (!t) throw new OsrError('PROTOCOL_ERROR', 'DATA frame with no target');
+    safeRange(f.offset, f.length, t.kind === 'delta' ? MAX_DELTA_LOG_BYTES : t.size, `DATA frame for ${t.disk}`);
     if (t.kind === 'resync') {
       // staged in order with the zero ranges between them (synchronous appends)
       this.requireStore().stageResync(t.disk, f.offset, f.parts);

@@ -178,8 +178,12 @@ export interface FabricDriver {
   commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }>;
   /** after a failover, at the old primary: the VM stays off until it is reprotected */
   fenceVm(vmId: string, epoch: number): Promise<void>;
-  /** reprotect, at the old primary: the VM's disks become the replica of the copy promoted with `epoch` */
-  demoteVm(vmId: string, epoch: number, itemId: string): Promise<ReplicaVm>;
+  /**
+   * reprotect, at the old primary: the VM's disks become the replica of the copy promoted
+   * with `epoch`; `source` names the host that runs that copy, the only one that may
+   * replicate into them (its certificate's name)
+   */
+  demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm>;
 
   // ---- primary site
   /** start tracking and replicating a VM to the peer (idempotent) */

@@ -714,11 +714,11 @@ export class LabFabricDriver implements FabricDriver {
     this.changed();
   }
 
-  async demoteVm(vmId: string, epoch: number, itemId: string): Promise<ReplicaVm> {
+  async demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm> {
     const l = this.locate(vmId);
     if (l.isVm) {
       await this.stopGuest(vmId, false);
-      await this.agent(l.hostId).api.post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch });
+      await this.agent(l.hostId).api.post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch, ...(source !== undefined ? { source } : {}) });
       if (l.replica) delete this.state.promoted[l.id];
       else this.state.demoted[l.id] = { epoch, itemId, at: new Date().toISOString() };
       delete this.state.fenced[l.id];

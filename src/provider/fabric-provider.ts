@@ -297,8 +297,8 @@ export class FabricProvider {
       },
       /** reprotect, the old primary: its disks become the replica */
       'failover.demote': async (cmd) => {
-        const b = cmd.body as { item: string; vmId: string; epoch: number };
-        const r = await d.demoteVm(this.localId(b.vmId), b.epoch, b.item);
+        const b = cmd.body as { item: string; vmId: string; epoch: number; source?: string };
+        const r = await d.demoteVm(this.localId(b.vmId), b.epoch, b.item, b.source);
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { ...r, replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },

@@ -377,7 +377,11 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           const f = rep(item).failover;
           if (!f?.committedAt) throw new OsrError('INVALID_STATE', `${item.name} has no committed failover to reprotect`);
           ctx.data.failover = f;
-          const replica = (await ctx.command(f.fromFabricId, FailoverCommands.Demote, { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch }, { timeoutMs: 15 * 60_000 })) as ReplicaVm;
+          // the vault's word on who may replicate into the demoted disks: the promoted copy's host
+          const hostId = rep(item).replica?.hostId;
+          const host = hostId !== undefined ? await store.fabrics.findObject(hostId) : undefined;
+          const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch, ...(host ? { source: host.name } : {}) };
+          const replica = (await ctx.command(f.fromFabricId, FailoverCommands.Demote, body, { timeoutMs: 15 * 60_000 })) as ReplicaVm;
           ctx.data.replica = replica;
         },
       },
