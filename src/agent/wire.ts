@@ -8,7 +8,8 @@
  *             offset u64be | xxh128(raw bytes) 16 | body (raw or zstd-compressed)
  */
 import type { Duplex } from 'node:stream';
-import { compress, decompress } from 'zstd-napi';
+import { compress } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import { OsrError } from '../domain/errors.js';
 import { ByteQueue } from './byte-queue.js';
 import { digest } from './checksum.js';
@@ -79,6 +80,37 @@ export function encodeData(offset: number, data: Buffer, useZstd: boolean): [Buf
   return [head, body];
 }
 
+let dctx: zstdBinding.DCtx | undefined;
+
+/**
+ * Decompress a DATA body into exactly `rawLength` bytes (already checked against the frame
+ * limit), never more: a body whose zstd header declares another size is refused before
+ * anything is decompressed, and one that would decompress past `rawLength` fails inside
+ * the fixed-size output buffer. A small frame cannot make the receiver allocate gigabytes.
+ */
+function decompressBounded(body: Buffer, rawLength: number, offset: number): Buffer {
+  let declared: number | null;
+  try {
+    declared = zstdBinding.getFrameContentSize(body);
+  } catch (e) {
+    throw new OsrError('PROTOCOL_ERROR', `DATA frame at offset ${offset} is not a zstd frame`, undefined, { cause: e });
+  }
+  if (declared !== null && declared !== rawLength) {
+    throw new OsrError('PROTOCOL_ERROR', `DATA frame at offset ${offset} declares ${declared} bytes compressed, its header ${rawLength}: refused before decompressing`);
+  }
+  const out = Buffer.allocUnsafe(rawLength);
+  let n: number;
+  try {
+    dctx ??= new zstdBinding.DCtx();
+    n = dctx.decompress(out, body);
+  } catch (e) {
+    // a fresh context after a failure: the old one may hold half a frame
+    dctx = undefined;
+    throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} does not decompress into its ${rawLength} bytes`, undefined, { cause: e });
+  }
+  return n === rawLength ? out : out.subarray(0, n);
+}
+
 function decodeData(header: Buffer, body: Buffer[], bodyLength: number): DataFrame {
   const flags = header.readUInt8(0);
   const rawLength = header.readUInt32BE(4);
@@ -86,13 +118,7 @@ function decodeData(header: Buffer, body: Buffer[], bodyLength: number): DataFra
   const sum = header.subarray(16, 32);
   if (rawLength > MAX_DATA_BYTES) throw new OsrError('PROTOCOL_ERROR', `DATA frame claims ${rawLength} bytes`);
   let parts = body;
-  if (flags & 1) {
-    try {
-      parts = [decompress(Buffer.concat(body, bodyLength))];
-    } catch (e) {
-      throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} does not decompress`, undefined, { cause: e });
-    }
-  }
+  if (flags & 1) parts = [decompressBounded(Buffer.concat(body, bodyLength), rawLength, offset)];
   const length = parts.reduce((n, p) => n + p.length, 0);
   if (length !== rawLength) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} has ${length} bytes, header says ${rawLength}`);
   if (!digest(...parts).equals(sum)) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} failed its checksum`);
