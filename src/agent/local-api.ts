@@ -138,6 +138,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       vm: string;
       peer: string;
       servername?: string;
+      peerName?: string;
       copyFrequency?: string | number;
       retentionHours?: number;
       maxPoints?: number;
@@ -154,7 +155,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     };
   }>(
     '/v1/replications',
-    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' } } } } },
+    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, peerName: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' } } } } },
     async (req, reply) => {
       const b = req.body;
       const m = /^(.+):(\d+)$/.exec(b.peer);
@@ -176,7 +177,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       }
       const spec = agent.enableReplication({
         vm: b.vm,
-        peer: { ...peer, servername: b.servername },
+        peer: { ...peer, servername: b.servername, name: b.peerName },
         copyFrequencyMs,
         retention: { hours: b.retentionHours ?? 24, maxPoints: b.maxPoints ?? 24 },
         compression: b.compression ?? false,

@@ -4,13 +4,16 @@
  */
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
-import { classifyTlsError, clientTlsOptions, type TlsMaterial } from '../pki/index.js';
+import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../pki/index.js';
 import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from './wire.js';
 
 export interface PeerAddress {
   host: string;
   port: number;
+  /** the name the replica's certificate must carry in its alternative names (default: `host`) */
   servername?: string | undefined;
+  /** the replica agent meant: its certificate's common name must be this */
+  name?: string | undefined;
 }
 
 export class ReplicaClient {
@@ -50,7 +53,8 @@ export class ReplicaClient {
 
   /** Connect, verify the replica's certificate against the CA, and agree on a protocol version. */
   static async connect(peer: PeerAddress, material: TlsMaterial, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
-    const socket = tls.connect({ ...clientTlsOptions(material, { servername: peer.servername ?? 'localhost' }), host: peer.host, port: peer.port });
+    // the replica's certificate must name the address used (or the name given for it)
+    const socket = tls.connect({ ...clientTlsOptions(material, { servername: peer.servername ?? peer.host }), host: peer.host, port: peer.port });
     socket.setNoDelay(true);
     const client = new ReplicaClient(socket, useZstd, `${peer.host}:${peer.port}`);
     const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica agent at ${peer.host}:${peer.port} within ${timeoutMs} ms`)), timeoutMs);
@@ -60,6 +64,12 @@ export class ReplicaClient {
         socket.once('error', (e) => reject(classifyTlsError(e, 'client', { socket, peer: `${peer.host}:${peer.port}` })));
         socket.once('close', () => reject(client.failure ?? new OsrError('NETWORK_ERROR', `connection to ${peer.host}:${peer.port} closed during the handshake`)));
       });
+      // agents talk only to agents, and to the one they meant
+      const them = peerIdentity(socket);
+      if (them.role !== 'agent') throw new OsrError('AUTH_FAILED', `the server at ${peer.host}:${peer.port} has a ${them.role ?? 'role-less'} certificate (${them.commonName}), not an agent's; refusing to replicate to it`, { peer: them.commonName, role: them.role ?? null });
+      if (peer.name !== undefined && them.commonName !== peer.name) {
+        throw new OsrError('AUTH_FAILED', `the agent at ${peer.host}:${peer.port} is ${them.commonName}, not the replica host ${peer.name}; refusing to replicate to it`, { expected: peer.name, peer: them.commonName });
+      }
       const welcome = new Promise<ControlMessage>((resolve, reject) => {
         client.welcome = resolve;
         client.waiting.set(0, { resolve: () => undefined, reject });

@@ -21,7 +21,7 @@ export interface ReplicationSpec {
   id: string;
   vm: string;
   /** replica agent address */
-  peer: { host: string; port: number; servername?: string | undefined };
+  peer: { host: string; port: number; servername?: string | undefined; /** the replica agent's name (its certificate's common name) */ name?: string | undefined };
   copyFrequencyMs: number;
   retention: RetentionSpec;
   compression: boolean;

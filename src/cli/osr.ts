@@ -183,7 +183,8 @@ rep
   .command('enable <vm>')
   .description('start replicating a VM: initial replication, then a delta every copy cycle')
   .requiredOption('--to <host:port>', `replica agent address (default port ${DEFAULT_REPLICATION_PORT})`)
-  .option('--servername <name>', 'name expected in the replica agent certificate', 'localhost')
+  .option('--servername <name>', 'name the replica agent\'s certificate must carry (default: the host of --to)')
+  .option('--peer-name <agent>', 'the replica agent\'s name: its certificate\'s common name must be this')
   .option('--frequency <duration>', 'copy frequency: 30s, 5m or 15m (any value for tests)', '5m')
   .option('--retention-hours <n>', 'keep recovery points this many hours (0-24)', '24')
   .option('--max-points <n>', 'and at most this many points', '24')
@@ -202,6 +203,7 @@ rep
       vm: vmName,
       peer: `${to.host}:${to.port}`,
       servername: o.servername,
+      peerName: o.peerName,
       copyFrequency: o.frequency,
       retentionHours: Number(o.retentionHours),
       maxPoints: Number(o.maxPoints),

@@ -54,8 +54,8 @@ export interface ReplicaVmSpec {
 export interface ReplicaVm {
   replicaVmId: string;
   hostId: string;
-  /** where the source's host agent sends replication */
-  agent: { address: string; port: number };
+  /** where the source's host agent sends replication, and the agent's name (its certificate's) */
+  agent: { address: string; port: number; name?: string };
   nics: { id: string; vmNetwork: string | null; ip: string | null }[];
   /** an existing replica of this item was taken up again (its data is resynchronized, not copied) */
   reused: boolean;
@@ -86,8 +86,8 @@ export interface TestVm {
 export interface ReplicationRequest {
   vmId: string;
   policy: PolicySettings;
-  /** the recovery host's agent */
-  peer: { address: string; port: number };
+  /** the recovery host's agent; `name` is its certificate's common name (the host's name), checked when given */
+  peer: { address: string; port: number; name?: string };
 }
 
 export interface RecoveryPointInfo {

@@ -84,7 +84,7 @@ interface LabState {
   /** "vmId/nicId" → its VM network, subnet and address */
   nics: Record<string, NicLease>;
   /** VM id → the peer its replication goes to */
-  replications: Record<string, { address: string; port: number }>;
+  replications: Record<string, { address: string; port: number; name?: string }>;
   testVms: Record<string, TestVmRecord>;
   temporaryNetworks: Record<string, TemporaryNetwork>;
   /** replica records whose point was promoted: they run as VMs now */
@@ -512,8 +512,8 @@ export class LabFabricDriver implements FabricDriver {
   }
 
   /** Where primaries reach a host's agent: its kept replication port. */
-  private agentAddress(hostId: string): { address: string; port: number } {
-    return { address: '127.0.0.1', port: this.state.hosts[hostId]?.replicationPort ?? this.agent(hostId).replicationPort! };
+  private agentAddress(hostId: string): { address: string; port: number; name: string } {
+    return { address: '127.0.0.1', port: this.state.hosts[hostId]?.replicationPort ?? this.agent(hostId).replicationPort!, name: this.hosts.get(hostId)?.name ?? hostId };
   }
 
   private replicaView(r: ReplicaRecord, reused: boolean): ReplicaVm {
@@ -747,7 +747,7 @@ export class LabFabricDriver implements FabricDriver {
     const a = this.agent(v.hostId).api;
     const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
     const known = this.state.replications[req.vmId];
-    if (present && known && known.address === req.peer.address && known.port === req.peer.port) return;
+    if (present && known && known.address === req.peer.address && known.port === req.peer.port && (known.name === undefined || known.name === req.peer.name)) return;
     if (present) await a.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
     const p = req.policy;
     if (p.initialReplication.method === 'offline') {
@@ -757,6 +757,7 @@ export class LabFabricDriver implements FabricDriver {
     await a.post('/v1/replications', {
       vm: v.name,
       peer: `${req.peer.address}:${req.peer.port}`,
+      ...(req.peer.name !== undefined ? { peerName: req.peer.name } : {}),
       copyFrequency: `${p.copyFrequencySeconds}s`,
       retentionHours: p.retentionHours,
       maxPoints: Math.min(10_000, keep),

@@ -79,7 +79,7 @@ export interface ItemReplication {
   targetFabricId?: string;
   policyId?: string;
   placement?: Placement;
-  replica?: { replicaVmId?: string; hostId?: string; agent?: { address: string; port: number } };
+  replica?: { replicaVmId?: string; hostId?: string; agent?: { address: string; port: number; name?: string } };
   /** the VM that runs now (default: the item's own VM) */
   primaryVmId?: string;
   direction?: Direction;
