@@ -151,3 +151,18 @@ test('a replica that cannot be opened is reported and skipped; the agent serves 
   assert.ok(status.replicas.some((r) => r.vmId === other.vmId));
   assert.ok(!status.replicas.some((r) => r.vmId === victim.vmId));
 });
+
+test('the primary replicates only to the agent it meant: another agent\'s certificate at that address is refused', async () => {
+  const { primary } = pair;
+  await createVm(primary, 'named', ['1M']);
+  await primary.api.post('/v1/replications', { vm: 'named', peer: `127.0.0.1:${pair.replica.replicationPort}`, peerName: 'recovery-host-7', copyFrequency: '1h' });
+  const refused = await waitFor('the primary refused the replica', async () => {
+    const h = await health(primary, 'named');
+    return h.lastError?.code === 'AUTH_FAILED' ? h : undefined;
+  });
+  assert.match(refused.lastError!.message, /is replica, not the replica host recovery-host-7/);
+  assert.equal((await replicas()).some((r) => r.vm === 'named'), false);
+  await primary.api.delete('/v1/replications/named');
+  await primary.api.post('/v1/replications', { vm: 'named', peer: `127.0.0.1:${pair.replica.replicationPort}`, peerName: 'replica', copyFrequency: '1h' });
+  await waitForPoint(primary, 'named', null);
+});
