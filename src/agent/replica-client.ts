@@ -5,7 +5,7 @@
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../pki/index.js';
-import { FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from './wire.js';
+import { FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from './wire.js';
 
 export interface PeerAddress {
   host: string;
@@ -74,12 +74,15 @@ export class ReplicaClient {
         client.welcome = resolve;
         client.waiting.set(0, { resolve: () => undefined, reject });
       });
-      await client.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: useZstd ? ['zstd'] : [] });
+      await client.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: useZstd ? ['zstd', KEEPALIVE_FEATURE] : [KEEPALIVE_FEATURE] });
       const w = await welcome;
       client.waiting.delete(0);
       if (!(PROTOCOL_VERSIONS as readonly number[]).includes(Number(w.version))) {
         throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `replica chose protocol version ${String(w.version)}`);
       }
+      // a frozen or unreachable replica is noticed within IDLE_TIMEOUT_MS, and replication reconnects
+      if (Array.isArray(w.features) && w.features.includes(KEEPALIVE_FEATURE)) new Liveness(socket, () => client.writer.sendControl({ type: 'ping' }), (e) => client.fail(e));
+      else socket.setKeepAlive(true, 10_000);
       return client;
     } catch (e) {
       socket.destroy();
@@ -90,6 +93,7 @@ export class ReplicaClient {
   }
 
   private onControl(m: ControlMessage): void {
+    if (m.type === 'ping') return;
     if (m.type === 'welcome' && this.welcome) {
       const w = this.welcome;
       this.welcome = undefined;

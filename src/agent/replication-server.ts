@@ -18,7 +18,7 @@ import { ReplicaStore, type DeltaDiskFile, type DivergentRanges, type RecoveryPo
 import type { ReplicaTarget } from './ports.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from './replication-types.js';
-import { BinaryReply, FrameReader, FrameWriter, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
+import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
 
 export interface Logger {
   info(obj: object | string, msg?: string): void;
@@ -400,6 +400,7 @@ class Session {
 
   private async onControl(m: ControlMessage): Promise<void> {
     if (!this.helloDone) return this.onHello(m);
+    if (m.type === 'ping') return;
     if (m.type === 'request') return this.onRequest(m);
     if (m.type === 'copy-begin') {
       const disk = this.disk(m.disk);
@@ -445,7 +446,11 @@ class Session {
     if (peer.role !== 'agent') throw new OsrError('AUTH_FAILED', `a certificate with role ${peer.role ?? '(none)'} may not replicate; an agent certificate is needed`, { peer: peer.commonName, role: peer.role ?? null });
     this.peer = peer;
     this.helloDone = true;
-    await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd'] });
+    const keepalive = Array.isArray(m.features) && m.features.includes(KEEPALIVE_FEATURE);
+    await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd', ...(keepalive ? [KEEPALIVE_FEATURE] : [])] });
+    // an older primary sends no pings: then only TCP keepalive watches the connection
+    if (keepalive) new Liveness(this.socket, () => this.writer.sendControl({ type: 'ping' }), (e) => this.destroy(e));
+    else this.socket.setKeepAlive(true, 10_000);
   }
 
   /**

@@ -258,3 +258,54 @@ export class FrameWriter {
     return body.length;
   }
 }
+
+/** Offered in the hello and answered in the welcome: both ends send `ping` notices when idle. */
+export const KEEPALIVE_FEATURE = 'keepalive';
+/** How often each end sends a `ping`. */
+export const HEARTBEAT_MS = 5_000;
+/** How long an end waits without a byte from its peer before it gives the connection up. */
+export const IDLE_TIMEOUT_MS = 30_000;
+
+/**
+ * Keeps one replication connection honest about being alive. TCP keepalive finds a peer
+ * whose host is gone, but not one whose process is frozen (its kernel still acknowledges),
+ * nor a link that drops packets without a reset: so each end sends a `ping` notice every
+ * HEARTBEAT_MS (a few bytes), and closes the connection (NETWORK_ERROR, and the
+ * primary reconnects) when nothing arrived for IDLE_TIMEOUT_MS. Time the stream spends
+ * paused by its own reader (this end's disk is slow) does not count against the peer.
+ */
+export class Liveness {
+  private lastReceived = Date.now();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly socket: Duplex & { setKeepAlive?(enable: boolean, delayMs: number): unknown },
+    private readonly sendPing: () => Promise<void>,
+    private readonly onDead: (e: OsrError) => void,
+    private readonly o: { heartbeatMs?: number; idleTimeoutMs?: number } = {},
+  ) {
+    socket.setKeepAlive?.(true, 10_000);
+    socket.on('data', () => {
+      this.lastReceived = Date.now();
+    });
+    this.timer = setInterval(() => this.tick(), o.heartbeatMs ?? HEARTBEAT_MS);
+    this.timer.unref();
+    socket.once('close', () => clearInterval(this.timer));
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    if (this.socket.isPaused()) this.lastReceived = now;
+    if (now - this.lastReceived > (this.o.idleTimeoutMs ?? IDLE_TIMEOUT_MS)) {
+      clearInterval(this.timer);
+      this.onDead(new OsrError('NETWORK_ERROR', `no word from the peer agent for ${Math.round((now - this.lastReceived) / 1000)} s; the connection is given up`));
+      return;
+    }
+    this.sendPing().catch(() => undefined);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
