@@ -41,6 +41,7 @@ export const ERROR_CODES = {
   PROTOCOL_ERROR: { class: 'recoverable', meaning: 'The peer sent a malformed or unexpected frame.', fix: 'The connection is dropped and retried; if it persists, check both agents run matching versions.' },
   CHECKSUM_MISMATCH: { class: 'recoverable', meaning: 'Data arrived with a checksum that does not match; it was discarded.', fix: 'Nothing: the transfer is retried. If it repeats, check memory and network hardware.' },
   EPOCH_STALE: { class: 'non-recoverable', meaning: 'Another site was promoted with a newer replication epoch; this one may no longer act as primary (its VM is fenced: writes are refused).', fix: 'Reverse replication: demote this copy (`osr vm demote VM`) so it becomes the replica of the promoted one.' },
+  NOT_IN_INVENTORY: { class: 'usage', meaning: 'A provider asked for a certificate of a host its fabric has not reported, or for names the inventory does not list for that host.', fix: 'Report the host (and the addresses its agent is reached at) in the fabric\'s inventory; the provider does so before it enrols an agent.' },
   AUTH_FAILED: { class: 'non-recoverable', meaning: 'The peer is not allowed to perform this operation.', fix: 'Use a certificate with the right role, or the right API token.' },
 
   // replica side

@@ -14,7 +14,17 @@ export type InventoryKind = (typeof INVENTORY_KINDS)[number];
 export interface InventoryDocument {
   clouds: { id: string; name: string; hostGroups: string[] }[];
   hostGroups: { id: string; name: string; hosts: string[] }[];
-  hosts: { id: string; name: string; osVersion: string; logicalNetworks: string[]; storageLocations: string[]; agent?: { address: string; replicationPort: number } }[];
+  hosts: {
+    id: string;
+    /** the host's name: its agent's certificate carries it as common name */
+    name: string;
+    osVersion: string;
+    logicalNetworks: string[];
+    storageLocations: string[];
+    agent?: { address: string; replicationPort: number };
+    /** DNS names and IP addresses its agent is reached at: its certificate names these and no others */
+    addresses?: string[];
+  }[];
   logicalNetworks: { id: string; name: string }[];
   vmNetworks: { id: string; name: string; logicalNetwork: string; subnets: { name: string; cidr: string }[] }[];
   ipPools: { id: string; name: string; vmNetwork: string; subnet: string; start: string; end: string }[];

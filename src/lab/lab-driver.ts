@@ -306,7 +306,8 @@ export class LabFabricDriver implements FabricDriver {
     const doc: InventoryDocument = {
       clouds: s.clouds.map((c) => ({ id: slug(c.name), name: c.name, hostGroups: c.hostGroups.map((hg) => slug(`${c.name}-${hg.name}`)) })),
       hostGroups: s.clouds.flatMap((c) => c.hostGroups.map((hg) => ({ id: slug(`${c.name}-${hg.name}`), name: hg.name, hosts: hg.hosts.map((h) => slug(h.name)) }))),
-      hosts: [...this.hosts.values()].map((h) => ({ id: h.id, name: h.name, osVersion: h.osVersion, logicalNetworks: h.logicalNetworks, storageLocations: h.storageLocations, ...(this.state.hosts[h.id] ? { agent: { address: '127.0.0.1', replicationPort: this.state.hosts[h.id]!.replicationPort } } : {}) })),
+      // a lab host's agent listens on loopback: its certificate names 127.0.0.1
+      hosts: [...this.hosts.values()].map((h) => ({ id: h.id, name: h.name, osVersion: h.osVersion, logicalNetworks: h.logicalNetworks, storageLocations: h.storageLocations, addresses: ['127.0.0.1'], ...(this.state.hosts[h.id] ? { agent: { address: '127.0.0.1', replicationPort: this.state.hosts[h.id]!.replicationPort } } : {}) })),
       logicalNetworks: s.logicalNetworks.map((n) => ({ id: slug(n), name: n })),
       vmNetworks: s.vmNetworks.map((n) => ({ id: slug(n.name), name: n.name, logicalNetwork: slug(n.logicalNetwork), subnets: n.subnets.map((x) => ({ name: x.name, cidr: x.cidr })) })),
       ipPools: s.vmNetworks.flatMap((n) => n.subnets.filter((x) => x.pool).map((x) => ({ id: slug(`${n.name}-${x.name}-pool`), name: `${n.name} ${x.name} pool`, vmNetwork: slug(n.name), subnet: x.name, start: x.pool!.start, end: x.pool!.end }))),

@@ -109,7 +109,11 @@ export class FabricProvider {
 
   async start(): Promise<void> {
     await this.o.driver.start({
-      enrolAgent: (name, publicKey) => this.o.channel.enrolAgent(name, publicKey),
+      // the vault certifies only hosts the fabric reported, with the names reported: report first
+      enrolAgent: async (name, publicKey) => {
+        await this.o.channel.putInventory(await this.o.driver.inventory(), this.o.inventoryScope ?? 'all');
+        return this.o.channel.enrolAgent(name, publicKey);
+      },
       vaultCa: this.o.channel.registration.tls.ca,
       inventoryChanged: () => this.inventoryChanged(),
       log: this.o.log,

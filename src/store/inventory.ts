@@ -188,6 +188,11 @@ export class FabricStore {
     return toObject(r);
   }
 
+  /** The objects of a kind that a fabric reported under a name. */
+  async named(fabricId: string, kind: InventoryKind, name: string): Promise<InventoryObject[]> {
+    return (await this.db.selectFrom('inventory').selectAll().where('fabric_id', '=', fabricId).where('kind', '=', kind).where('name', '=', name).limit(10).execute()).map(toObject);
+  }
+
   async findObject(id: string): Promise<InventoryObject | undefined> {
     const r = await this.db.selectFrom('inventory').selectAll().where('id', '=', id).executeTakeFirst();
     return r && toObject(r);
@@ -222,7 +227,7 @@ function flatten(fabricId: string, d: InventoryDocument, t: number): Selectable<
   for (const c of d.clouds) add('cloud', c.id, c.name, null, { hostGroups: c.hostGroups.map(g) });
   for (const hg of d.hostGroups) add('host-group', hg.id, hg.name, groupCloud.has(hg.id) ? g(groupCloud.get(hg.id)!) : null, { hosts: hg.hosts.map(g) });
   for (const h of d.hosts) {
-    add('host', h.id, h.name, hostGroup.has(h.id) ? g(hostGroup.get(h.id)!) : null, { osVersion: h.osVersion, logicalNetworks: h.logicalNetworks.map(g), storageLocations: h.storageLocations.map(g), ...(h.agent ? { agent: h.agent } : {}) });
+    add('host', h.id, h.name, hostGroup.has(h.id) ? g(hostGroup.get(h.id)!) : null, { osVersion: h.osVersion, logicalNetworks: h.logicalNetworks.map(g), storageLocations: h.storageLocations.map(g), ...(h.agent ? { agent: h.agent } : {}), ...(h.addresses ? { addresses: h.addresses } : {}) });
   }
   for (const n of d.logicalNetworks) add('logical-network', n.id, n.name, null, {});
   for (const n of d.vmNetworks) add('vm-network', n.id, n.name, g(n.logicalNetwork), { logicalNetwork: g(n.logicalNetwork), subnets: n.subnets });

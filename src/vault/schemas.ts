@@ -24,6 +24,7 @@ export const InventoryDocumentSchema = Type.Object(
         logicalNetworks: Ids,
         storageLocations: Ids,
         agent: Type.Optional(Type.Object({ address: Type.String({ minLength: 1, maxLength: 255 }), replicationPort: Type.Integer({ minimum: 1, maximum: 65535 }) })),
+        addresses: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 253 }), { maxItems: 20 })),
       }),
       { maxItems: 10_000 },
     ),

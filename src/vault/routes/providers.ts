@@ -5,6 +5,7 @@
  * the replication status of protected items.
  */
 import { randomUUID } from 'node:crypto';
+import { isIP } from 'node:net';
 import { Type } from '@fastify/type-provider-typebox';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
 import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
@@ -211,7 +212,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     async (request, reply) => {
       const p = principal(request);
       const b = request.body;
-      const names = b.dnsNames === undefined && b.ipAddresses === undefined ? {} : { dnsNames: b.dnsNames ?? [], ipAddresses: b.ipAddresses ?? [] };
+      const names = await agentCertificateNames(store, p.fabricId!, b);
       const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: 365, ...names });
       await alerting.event({ target: p.fabricId!, kind: 'agent.enrolled', severity: Severity.Info, message: `host agent ${b.name} enrolled through provider ${p.providerId}`, details: { agent: b.name, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
       return reply.status(201).send({ certificate: cert.certPem, caCertificate: ctx.identity.ca.certPem, notAfter: cert.notAfter.toISOString() });
@@ -292,3 +293,27 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     },
   );
 };
+
+/**
+ * The names a host agent's certificate may carry: only a host its provider's fabric
+ * reported in its inventory is certified, with the common name the inventory gives it and
+ * the addresses the inventory lists (DNS names and IPs). Names the provider asks for are
+ * taken only if the inventory lists them too.
+ */
+async function agentCertificateNames(store: VaultContext['store'], fabricId: string, b: { name: string; dnsNames?: string[] | undefined; ipAddresses?: string[] | undefined }): Promise<{ dnsNames: string[]; ipAddresses: string[] }> {
+  const hosts = await store.fabrics.named(fabricId, 'host', b.name);
+  if (hosts.length !== 1) {
+    throw new OsrError('NOT_IN_INVENTORY', hosts.length === 0 ? `fabric ${fabricId} has reported no host ${b.name}; a certificate is issued only for a host of the fabric's inventory` : `fabric ${fabricId} reports ${hosts.length} hosts named ${b.name}; host names must be unique to be certified`, { host: b.name });
+  }
+  const listed = Array.isArray(hosts[0]!.properties.addresses) ? (hosts[0]!.properties.addresses as string[]) : [];
+  const asked = [...(b.dnsNames ?? []), ...(b.ipAddresses ?? [])];
+  const unlisted = asked.filter((n) => !listed.includes(n));
+  if (unlisted.length > 0) throw new OsrError('NOT_IN_INVENTORY', `host ${b.name} is not reported at ${unlisted.join(', ')}; its certificate names only the addresses of the inventory`, { host: b.name, unlisted });
+  const ipAddresses = listed.filter((a) => isIP(a) !== 0);
+  const dnsNames = listed.filter((a) => isIP(a) === 0 && DNS_NAME.test(a));
+  // with no address listed, the host's name alone, where it is a DNS name
+  if (listed.length === 0 && DNS_NAME.test(b.name)) dnsNames.push(b.name);
+  return { dnsNames, ipAddresses };
+}
+
+const DNS_NAME = /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
