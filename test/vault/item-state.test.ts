@@ -3,9 +3,10 @@
  * the real job engine, workflows and store, and a fabric that answers the provider
  * commands from the command queue:
  *
- * - a job whose item was given to another job meanwhile changes nothing of it and fails
- *   with ITEM_NOT_HELD; a job whose lease another vault process took over changes nothing
- *   either (LEASE_LOST), and the job ends as the vault holding it runs it;
+ * - a job whose lease another vault process took over while it was frozen changes nothing
+ *   of its item when it wakes (LEASE_LOST), and the job ends as the vault holding it runs
+ *   it; a job whose item was given to another job meanwhile changes nothing of it and
+ *   fails with ITEM_NOT_HELD;
  * - the tasks that record history on an item (a failover, a changed point, a commit, a
  *   reprotect, a drill started and cleaned up) are safe to run twice: a vault process dies
  *   right after the task's write (its lease is no longer renewed), another takes the job
@@ -89,6 +90,41 @@ class DiesAfterFinalChange extends ItemStore {
   async bury(): Promise<void> {
     // nothing after the write runs: the rest of the task fails, and the run finds its lease gone
     this.bail(new Error('this vault process is gone'));
+    await this.stopping;
+  }
+}
+
+/**
+ * The items of a vault process that freezes right before a job's final change of an item
+ * (SIGSTOP, a long pause): its lease is not renewed meanwhile. Once thawed it goes on with
+ * the change, and what the store answers is kept.
+ */
+class FreezesBeforeFinalChange extends ItemStore {
+  engine: JobEngine | undefined;
+  readonly frozen = gate();
+  private readonly thawed = gate();
+  private stopping: Promise<void> | undefined;
+  answer: string | undefined;
+
+  override async transition(id: string, by: ItemHolder, from: readonly ProtectionState[], c: ItemChange): Promise<ProtectedItem> {
+    if (c.release && by.owner !== null && !this.stopping) {
+      this.stopping = this.engine!.stop();
+      this.frozen.open();
+      await this.thawed.wait;
+      try {
+        const item = await super.transition(id, by, from, c);
+        this.answer = 'written';
+        return item;
+      } catch (e) {
+        this.answer = (e as { code?: string }).code ?? String(e);
+        throw e;
+      }
+    }
+    return super.transition(id, by, from, c);
+  }
+
+  async thaw(): Promise<void> {
+    this.thawed.open();
     await this.stopping;
   }
 }
@@ -232,6 +268,46 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
       assert.equal(await eventsOf(id, 'testfailover.cleaned-up'), 1);
     });
 
+    test('a job whose lease another vault process took over changes nothing of its item (LEASE_LOST)', async () => {
+      const id = 'site-a.vm3';
+      await protectedItem(id);
+      const a = vault(database, 'vault-a');
+      a.engine.start();
+      try {
+        const failover = await startItemOperation(a.engine, a.store, ItemOperation.PlannedFailover, { itemId: id, input: (i) => ({ itemId: i.id }), actor: 'test' });
+        assert.equal((await ended(store, failover.id)).state, JobState.Succeeded);
+      } finally {
+        await a.engine.stop();
+      }
+      const items = new FreezesBeforeFinalChange(database.db, Date.now, database.dialect);
+      const frozen = vault(database, 'vault-frozen', items);
+      items.engine = frozen.engine;
+      const change = await startItemOperation(frozen.engine, frozen.store, ItemOperation.ChangeRecoveryPoint, { itemId: id, input: (i) => ({ itemId: i.id, recoveryPoint: 'p1' }), actor: 'test' });
+      frozen.engine.start();
+      await items.frozen.wait;
+      // its lease runs out; another vault process takes the job over and finishes it
+      const b = vault(database, 'vault-b');
+      b.engine.start();
+      let done: JobRow;
+      try {
+        done = await ended(store, change.id);
+      } finally {
+        await b.engine.stop();
+      }
+      assert.equal(done.state, JobState.Succeeded);
+      assert.deepEqual((JSON.parse(done.data!) as { vaults: string[] }).vaults, ['vault-frozen', 'vault-b']);
+      const before = await store.items.get(id);
+      assert.equal(before.state, ProtectionState.FailedOver);
+      assert.equal(before.activeJobId, null);
+      // the frozen process wakes up and makes its change: refused, nothing changes
+      await items.thaw();
+      assert.equal(items.answer, 'LEASE_LOST');
+      const item = await store.items.get(id);
+      assert.deepEqual(item, before);
+      assert.equal((item.replication.failover as FailoverRecord).pointChanges?.length, 1);
+      assert.equal(await eventsOf(id, 'failover.point-changed'), 1);
+    });
+
     test('a job whose item another job holds now changes nothing of it and fails with ITEM_NOT_HELD', async () => {
       const id = 'site-a.vm2';
       await protectedItem(id);
@@ -243,9 +319,8 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         holdChangePoint.on = true;
         const change = await startItemOperation(a.engine, a.store, ItemOperation.ChangeRecoveryPoint, { itemId: id, input: (i) => ({ itemId: i.id, recoveryPoint: 'p1' }), actor: 'test' });
         await waitFor('the point change under way', async () => (await store.jobs.get(change.id)).current_step === 'Change recovery point', 10_000, 20);
-        // meanwhile the item is given to another job (as a restart of an older job would take it)
-        const other = await store.jobs.create({ kind: 'commit-failover', target: id, input: { itemId: id } });
-        await store.jobs.requestCancel(other.id);
+        // meanwhile the item is given to another job (one this vault does not run: it only holds the item)
+        const other = await store.jobs.create({ kind: 'held-elsewhere', target: id, input: { itemId: id } });
         assert.equal(await store.items.takeActiveJob(id, { jobId: other.id, expected: change.id, from: ProtectionState.FailedOver, state: ProtectionState.FailedOver }), true);
         const before = await store.items.get(id);
         release.open();
