@@ -47,7 +47,7 @@ export interface ItemTransition {
 }
 
 export const ITEM_TRANSITIONS: Readonly<Record<ItemOperation, ItemTransition>> = {
-  // the item is created EnablingProtection; InitialReplication while the first copy runs
+  // the item is created EnablingProtection with its job (a restart takes it from ProtectionFailed); InitialReplication while the first copy runs
   [ItemOperation.EnableProtection]: { from: [PS.ProtectionFailed], during: PS.EnablingProtection, held: [PS.EnablingProtection, PS.InitialReplication], to: PS.Protected, back: [PS.ProtectionFailed], needsReadiness: false },
   // a failed disable leaves the item as it was meanwhile (DisablingProtection), to be disabled again
   [ItemOperation.DisableProtection]: { from: [], during: PS.DisablingProtection, held: [PS.DisablingProtection], to: null, back: [PS.DisablingProtection], needsReadiness: false },
