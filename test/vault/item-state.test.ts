@@ -6,7 +6,8 @@
  * - a job whose lease another vault process took over while it was frozen changes nothing
  *   of its item when it wakes (LEASE_LOST), and the job ends as the vault holding it runs
  *   it; a job whose item was given to another job meanwhile changes nothing of it and
- *   fails with ITEM_NOT_HELD;
+ *   fails with ITEM_NOT_HELD; a restarted job takes its item back only from a state its
+ *   failure left the item in;
  * - the tasks that record history on an item (a failover, a changed point, a commit, a
  *   reprotect, a drill started and cleaned up) are safe to run twice: a vault process dies
  *   right after the task's write (its lease is no longer renewed), another takes the job
@@ -30,6 +31,7 @@ import { startItemOperation } from '../../src/workflows/item-jobs.js';
 import { registerTestFailoverJobs } from '../../src/workflows/test-failover.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
 import { waitFor } from '../support/lab.js';
+import { assertRejectsCode } from '../support/unit.js';
 import { gate } from '../support/vault.js';
 
 type Handler = (body: Record<string, unknown>) => Promise<unknown>;
@@ -152,6 +154,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
     let epoch = 1;
     const release = gate();
     const holdChangePoint = { on: false };
+    const failTestStart = { on: false };
 
     before(async () => {
       t = await createTestDatabase(dialect);
@@ -173,7 +176,10 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         'failover.demote': async (b) => ({ replicaVmId: `${String(b.vmId)}-r`, hostId: 'site-a.h1', agent: { address: '127.0.0.1', port: 8084 } }),
         'replication.enable': async () => ({}),
         'replication.initial': async () => ({ recoveryPoint: point('p-back') }),
-        'testfailover.start': async (b) => ({ testVmId: `${String(b.item)}-test`, disks: [] }),
+        'testfailover.start': async (b) => {
+          if (failTestStart.on) throw new Error('the recovery host has no room');
+          return { testVmId: `${String(b.item)}-test`, disks: [] };
+        },
         'testfailover.cleanup': async () => ({}),
       });
     });
@@ -306,6 +312,29 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
       assert.deepEqual(item, before);
       assert.equal((item.replication.failover as FailoverRecord).pointChanges?.length, 1);
       assert.equal(await eventsOf(id, 'failover.point-changed'), 1);
+    });
+
+    test('a restarted job takes its item back only from a state its failure left it in', async () => {
+      const id = 'site-a.vm4';
+      await protectedItem(id);
+      const a = vault(database, 'vault-a');
+      a.engine.start();
+      try {
+        failTestStart.on = true;
+        const drill = await startItemOperation(a.engine, a.store, ItemOperation.TestFailover, { itemId: id, input: (i) => ({ itemId: i.id, recoveryPoint: 'latest', network: 'none' }), actor: 'test' });
+        assert.equal((await ended(store, drill.id)).state, JobState.Failed);
+        failTestStart.on = false;
+        assert.equal((await store.items.get(id)).state, ProtectionState.Protected, 'given back');
+        const failover = await startItemOperation(a.engine, a.store, ItemOperation.PlannedFailover, { itemId: id, input: (i) => ({ itemId: i.id }), actor: 'test' });
+        assert.equal((await ended(store, failover.id)).state, JobState.Succeeded);
+        const before = await store.items.get(id);
+        await assertRejectsCode(a.engine.restart(drill.id), 'INVALID_STATE', /is FailedOver; a restarted test-failover takes it back only from TestFailoverInProgress or Protected or TestFailoverComplete/);
+        assert.deepEqual(await store.items.get(id), before);
+        assert.equal((await store.jobs.get(drill.id)).state, JobState.Failed);
+      } finally {
+        failTestStart.on = false;
+        await a.engine.stop();
+      }
     });
 
     test('a job whose item another job holds now changes nothing of it and fails with ITEM_NOT_HELD', async () => {
