@@ -40,6 +40,11 @@ export interface JobContext<I = unknown> {
   readonly input: I;
   /** how many times the job has been claimed (1 on the first run) */
   readonly attempt: number;
+  /**
+   * the vault process whose lease the job runs under; null in onRestart and onEnd (no vault
+   * holds the job then). A protected item's changes check it (store/items.ts, transition).
+   */
+  readonly owner: string | null;
   /** the job's durable scratch: saved after each task, and by save() */
   readonly data: Record<string, unknown>;
   /** aborted when the job is cancelled, its lease is lost, or the vault stops */
@@ -186,7 +191,7 @@ export class JobEngine {
   async restart(id: string): Promise<JobRow> {
     const before = await this.o.jobs.get(id);
     const kind = this.kinds.get(before.kind);
-    if (kind?.onRestart) await kind.onRestart(this.context(before, before.data === null ? {} : JSON.parse(before.data), new AbortController(), () => before.step));
+    if (kind?.onRestart) await kind.onRestart(this.context(before, before.data === null ? {} : JSON.parse(before.data), new AbortController(), () => before.step, false));
     const job = await this.o.jobs.restart(id, async (data) => {
       const d = (data ?? {}) as Record<string, unknown>;
       const commands = { ...((d.commands as Record<string, string> | undefined) ?? {}) };
@@ -282,7 +287,7 @@ export class JobEngine {
     this.running.set(job.id, { controller, done });
   }
 
-  private context(job: JobRow, data: Record<string, unknown>, controller: AbortController, step: () => number): JobContext<unknown> {
+  private context(job: JobRow, data: Record<string, unknown>, controller: AbortController, step: () => number, held = true): JobContext<unknown> {
     const { jobs, commands } = this.o;
     const owner = this.owner;
     let lastProgress = 0;
@@ -296,6 +301,7 @@ export class JobEngine {
       target: job.target,
       input,
       attempt: job.attempts,
+      owner: held ? owner : null,
       data,
       signal: controller.signal,
       clock: this.clock,
@@ -433,7 +439,8 @@ export class JobEngine {
   private async ended(job: JobRow, state: JobState, err?: OsrError, ctx?: JobContext<unknown>): Promise<void> {
     const kind = this.kinds.get(job.kind);
     if (!kind?.onEnd) return;
-    const c = ctx ?? this.context(job, job.data === null ? {} : JSON.parse(job.data), new AbortController(), () => job.step);
+    // the job has ended and no vault holds it: its end handler writes as such
+    const c = ctx ? { ...ctx, owner: null } : this.context(job, job.data === null ? {} : JSON.parse(job.data), new AbortController(), () => job.step, false);
     try {
       await kind.onEnd(c, state, err);
     } catch (e) {

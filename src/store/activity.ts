@@ -72,10 +72,11 @@ export class ActivityStore {
   ) {}
 
   // ---- events --------------------------------------------------------------------------
-  async event(e: { target?: string | null; kind: string; severity: Severity; message: string; details?: Record<string, unknown> }): Promise<VaultEvent> {
+  /** Record an event; one with a given id that exists already is not written again (a task run twice). */
+  async event(e: { id?: string; target?: string | null; kind: string; severity: Severity; message: string; details?: Record<string, unknown> }): Promise<VaultEvent> {
     const t = this.now();
-    const row = { id: timeId(t), at: t, target: e.target ?? null, kind: e.kind, severity: e.severity, message: e.message, details: e.details ? JSON.stringify(e.details) : null };
-    await this.db.insertInto('events').values(row).execute();
+    const row = { id: e.id ?? timeId(t), at: t, target: e.target ?? null, kind: e.kind, severity: e.severity, message: e.message, details: e.details ? JSON.stringify(e.details) : null };
+    await this.db.insertInto('events').values(row).onConflict((oc) => oc.column('id').doNothing()).execute();
     return { ...row, at: iso(t)!, severity: e.severity, details: e.details ?? null };
   }
 

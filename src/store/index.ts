@@ -26,7 +26,7 @@ export function storeOn(database: VaultDatabase, now: () => number = Date.now): 
     commands: new CommandStore(db, now),
     fabrics: new FabricStore(db, now),
     config: new ConfigStore(db, now),
-    items: new ItemStore(db, now),
+    items: new ItemStore(db, now, dialect),
     activity: new ActivityStore(db, now),
     close: () => database.close(),
   };

@@ -3,9 +3,10 @@
  * job (one per VM: the VM's inventory id is the item's id, so a VM cannot be protected
  * twice) and changes state as its jobs and its provider's reports say.
  */
-import { sql, type Kysely, type Selectable } from 'kysely';
+import { sql, type ExpressionBuilder, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { OsrError } from '../domain/errors.js';
 import { failoverReadiness, Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
+import { Dialect } from './database.js';
 import { affected, clampLimit, iso, isUniqueViolation, json } from './rows.js';
 import type { Database, ProtectedItemsTable } from './schema.js';
 
@@ -21,16 +22,36 @@ export interface ItemFilter {
   limit?: number;
 }
 
+/** An item's facts as its provider reports them, or a job that holds it records them. */
 export interface ItemPatch {
-  state?: ProtectionState;
   health?: Health;
   healthReasons?: HealthReason[];
   rpoSeconds?: number | null;
   lastPointAt?: number | null;
   progress?: number | null;
   replication?: Record<string, unknown>;
-  activeJobId?: string | null;
 }
+
+/** What a job that holds an item writes: its facts, its state, its points, and the item's release. */
+export interface ItemChange extends ItemPatch {
+  state?: ProtectionState;
+  /** replace the item's recovery points (in the same transaction) */
+  points?: { id: string; at: number; consistency: 'crash' | 'app' }[];
+  /** the job lets go of the item (its active job becomes none) */
+  release?: boolean;
+}
+
+/**
+ * The job that writes an item, as the write checks it: the item's active job, held by
+ * `owner` (the vault process whose lease it runs under), or, with no owner, a job that
+ * ended (Failed or Cancelled, held by no vault: its end handler).
+ */
+export interface ItemHolder {
+  jobId: string;
+  owner: string | null;
+}
+
+type PointRow = { id: string; at: number; consistency: 'crash' | 'app' };
 
 const toItem = (r: Selectable<ProtectedItemsTable>): ProtectedItem => ({
   id: r.id,
@@ -76,6 +97,7 @@ export class ItemStore {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly now: () => number = Date.now,
+    private readonly dialect: Dialect = Dialect.Sqlite,
   ) {}
 
   async list(f: ItemFilter = {}): Promise<ProtectedItem[]> {
@@ -128,22 +150,16 @@ export class ItemStore {
     return toItem(row);
   }
 
-  /** Change an item; returns it before and after (health changes raise events). */
+  /**
+   * Record an item's facts (a provider's report, a mapping's new placement); returns it
+   * before and after (health changes raise events). Its state and its active job change
+   * only through takeActiveJob, transition and setIdleState.
+   */
   async update(id: string, p: ItemPatch): Promise<{ before: ProtectedItem; after: ProtectedItem }> {
     const before = await this.get(id);
     const r = await this.db
       .updateTable('protected_items')
-      .set({
-        ...(p.state !== undefined ? { state: p.state } : {}),
-        ...(p.health !== undefined ? { health: p.health } : {}),
-        ...(p.healthReasons !== undefined ? { health_reasons: JSON.stringify(p.healthReasons) } : {}),
-        ...(p.rpoSeconds !== undefined ? { rpo_seconds: p.rpoSeconds } : {}),
-        ...(p.lastPointAt !== undefined ? { last_point_at: p.lastPointAt } : {}),
-        ...(p.progress !== undefined ? { progress: p.progress } : {}),
-        ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication) } : {}),
-        ...(p.activeJobId !== undefined ? { active_job_id: p.activeJobId } : {}),
-        updated_at: this.now(),
-      })
+      .set({ ...this.columns(p), updated_at: this.now() })
       .where('id', '=', id)
       .executeTakeFirst();
     if (affected(r) === 0) throw new OsrError('NOT_FOUND', `protected item ${id} does not exist`);
@@ -151,13 +167,103 @@ export class ItemStore {
   }
 
   /**
-   * Make `jobId` the item's active job (and set its state), only if its active job is
-   * still `expected`: of two requests racing for one item, one wins. False when it lost.
+   * Make `jobId` the item's active job and set its state, only if its active job is still
+   * `expected` and its state still `from`: of two requests racing for one item, one wins.
+   * False when it lost.
    */
-  async takeActiveJob(id: string, jobId: string | null, expected: string | null, state: ProtectionState): Promise<boolean> {
-    const q = this.db.updateTable('protected_items').set({ active_job_id: jobId, state, updated_at: this.now() }).where('id', '=', id);
-    const r = await (expected === null ? q.where('active_job_id', 'is', null) : q.where('active_job_id', '=', expected)).executeTakeFirst();
+  async takeActiveJob(id: string, t: { jobId: string | null; expected: string | null; from: ProtectionState; state: ProtectionState }): Promise<boolean> {
+    const q = this.db.updateTable('protected_items').set({ active_job_id: t.jobId, state: t.state, updated_at: this.now() }).where('id', '=', id).where('state', '=', t.from);
+    const r = await (t.expected === null ? q.where('active_job_id', 'is', null) : q.where('active_job_id', '=', t.expected)).executeTakeFirst();
     return affected(r) === 1;
+  }
+
+  /**
+   * A change by the job that holds the item (docs/design/vault.md, "Item state"). One
+   * UPDATE matches only while the job is the item's active job, the item is in one of
+   * `from`, and the job is still the holder's: held by `by.owner`, or ended and held by no
+   * vault. Refused otherwise, the item unchanged: LEASE_LOST (another vault process holds
+   * the job now, or it was restarted), ITEM_NOT_HELD (another job holds the item),
+   * INVALID_STATE (the item is in another state), NOT_FOUND.
+   */
+  async transition(id: string, by: ItemHolder, from: readonly ProtectionState[], c: ItemChange): Promise<ProtectedItem> {
+    const set = {
+      ...this.columns(c),
+      ...(c.state !== undefined ? { state: c.state } : {}),
+      ...(c.release ? { active_job_id: null } : {}),
+      updated_at: this.now(),
+    };
+    const write = async (db: Kysely<Database> | Transaction<Database>) => {
+      const r = await db
+        .updateTable('protected_items')
+        .set(set)
+        .where('id', '=', id)
+        .where('active_job_id', '=', by.jobId)
+        .where('state', 'in', [...from])
+        .where((eb) => eb.exists(this.holderJob(eb, by)))
+        .executeTakeFirst();
+      if (affected(r) === 1) return true;
+      return false;
+    };
+    let done: boolean;
+    if (c.points === undefined) done = await write(this.db);
+    else {
+      const points = c.points;
+      done = await this.db.transaction().execute(async (trx) => {
+        if (!(await write(trx))) return false;
+        await this.writePoints(trx, id, points);
+        return true;
+      });
+    }
+    if (!done) await this.refusal(id, by, from);
+    return this.get(id);
+  }
+
+  /** Remove an item held by a job, on the same terms as transition (the item's last change). */
+  async removeHeld(id: string, by: ItemHolder, from: readonly ProtectionState[]): Promise<void> {
+    const r = await this.db
+      .deleteFrom('protected_items')
+      .where('id', '=', id)
+      .where('active_job_id', '=', by.jobId)
+      .where('state', 'in', [...from])
+      .where((eb) => eb.exists(this.holderJob(eb, by)))
+      .executeTakeFirst();
+    if (affected(r) === 0) await this.refusal(id, by, from);
+  }
+
+  /** Why a transition matched no row: the item, the job's holder, the item's holder, or its state. */
+  private async refusal(id: string, by: ItemHolder, from: readonly ProtectionState[]): Promise<never> {
+    const item = await this.db.selectFrom('protected_items').select(['state', 'active_job_id']).where('id', '=', id).executeTakeFirst();
+    if (!item) throw new OsrError('NOT_FOUND', `protected item ${id} does not exist`);
+    const job = await this.db.selectFrom('jobs').select(['locked_by', 'state']).where('id', '=', by.jobId).executeTakeFirst();
+    if (by.owner !== null && job?.locked_by !== by.owner) {
+      throw new OsrError('LEASE_LOST', `job ${by.jobId} is held by ${job?.locked_by ?? 'no vault'} now, not by ${by.owner}: it changes nothing of protected item ${id}`, { holder: job?.locked_by ?? null, item: id });
+    }
+    if (by.owner === null && (job?.locked_by !== null || !['Failed', 'Cancelled'].includes(job?.state ?? ''))) {
+      throw new OsrError('LEASE_LOST', `job ${by.jobId} is ${job?.state ?? 'gone'} again${job?.locked_by ? ` in ${job.locked_by}` : ''}: its end changes nothing of protected item ${id}`, { holder: job?.locked_by ?? null, item: id });
+    }
+    if (item.active_job_id !== by.jobId) {
+      throw new OsrError('ITEM_NOT_HELD', `job ${by.jobId} no longer holds protected item ${id}: ${item.active_job_id ? `job ${item.active_job_id} does` : 'no job does'}, and the item is ${item.state}`, { item: id, activeJobId: item.active_job_id, state: item.state });
+    }
+    throw new OsrError('INVALID_STATE', `protected item ${id} is ${item.state}; job ${by.jobId} expected it ${from.join(' or ')}`, { item: id, state: item.state });
+  }
+
+  /** The job's row while `by` holds it: held by its owner, or ended and held by no vault. */
+  private holderJob(eb: ExpressionBuilder<Database, 'protected_items'>, by: ItemHolder) {
+    let job = eb.selectFrom('jobs').select('jobs.id').where('jobs.id', '=', by.jobId);
+    job = by.owner === null ? job.where('jobs.locked_by', 'is', null).where('jobs.state', 'in', ['Failed', 'Cancelled']) : job.where('jobs.locked_by', '=', by.owner);
+    // PostgreSQL: a claim of the job waits until the write is done (and skips the job meanwhile)
+    return this.dialect === Dialect.Postgres ? job.forShare() : job;
+  }
+
+  private columns(p: ItemPatch) {
+    return {
+      ...(p.health !== undefined ? { health: p.health } : {}),
+      ...(p.healthReasons !== undefined ? { health_reasons: JSON.stringify(p.healthReasons) } : {}),
+      ...(p.rpoSeconds !== undefined ? { rpo_seconds: p.rpoSeconds } : {}),
+      ...(p.lastPointAt !== undefined ? { last_point_at: p.lastPointAt } : {}),
+      ...(p.progress !== undefined ? { progress: p.progress } : {}),
+      ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication) } : {}),
+    };
   }
 
   /** Move an item no job holds from one state to another; false when it is not in `from` or a job holds it. */
@@ -176,16 +282,18 @@ export class ItemStore {
   }
 
   /** Replace an item's recovery points with the list its agent reports. */
-  async replacePoints(itemId: string, points: { id: string; at: number; consistency: 'crash' | 'app' }[]): Promise<void> {
-    await this.db.transaction().execute(async (trx) => {
-      await trx.deleteFrom('recovery_points').where('item_id', '=', itemId).execute();
-      for (let i = 0; i < points.length; i += 500) {
-        await trx
-          .insertInto('recovery_points')
-          .values(points.slice(i, i + 500).map((p) => ({ item_id: itemId, id: p.id, at: p.at, consistency: p.consistency })))
-          .execute();
-      }
-    });
+  async replacePoints(itemId: string, points: PointRow[]): Promise<void> {
+    await this.db.transaction().execute((trx) => this.writePoints(trx, itemId, points));
+  }
+
+  private async writePoints(trx: Transaction<Database>, itemId: string, points: PointRow[]): Promise<void> {
+    await trx.deleteFrom('recovery_points').where('item_id', '=', itemId).execute();
+    for (let i = 0; i < points.length; i += 500) {
+      await trx
+        .insertInto('recovery_points')
+        .values(points.slice(i, i + 500).map((p) => ({ item_id: itemId, id: p.id, at: p.at, consistency: p.consistency })))
+        .execute();
+    }
   }
 
   /**

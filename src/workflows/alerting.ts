@@ -23,7 +23,7 @@ export class Alerting {
     private readonly notifier: Notifier,
   ) {}
 
-  event(e: { target?: string | null; kind: string; severity: Severity; message: string; details?: Record<string, unknown> }): Promise<VaultEvent> {
+  event(e: { id?: string; target?: string | null; kind: string; severity: Severity; message: string; details?: Record<string, unknown> }): Promise<VaultEvent> {
     return this.activity.event(e);
   }
 

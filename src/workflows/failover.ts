@@ -24,12 +24,14 @@
 import { OsrError } from '../domain/errors.js';
 import type { Placement } from '../domain/placement.js';
 import type { PolicySettings } from '../domain/policy.js';
+import { ItemOperation } from '../domain/item-transitions.js';
 import { chooseRecoveryPoint, PointChoice } from '../domain/recovery-point.js';
 import { Health, ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
 import type { RecoveryPointInfo, ReplicaVm } from '../fabric/driver.js';
 import type { JobContext, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
+import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import { Commands, type WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
@@ -70,7 +72,10 @@ export interface FailoverRecord {
   /** the points the VM ran from before `point`, changed before the commit */
   pointChanges?: { from: RecoveryPointInfo; to: RecoveryPointInfo; at: string; jobId: string }[];
   committedAt?: string;
+  /** the commit's job, and the reprotect's: a task run again finds its record made */
+  commitJobId?: string;
   reprotectedAt?: string;
+  reprotectJobId?: string;
 }
 
 /** The parts of an item's replication record these jobs read and write. */
@@ -111,10 +116,10 @@ const rep = (item: ProtectedItem) => item.replication as ItemReplication;
 export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
 
-  async function failed<I extends ItemJobInput>(ctx: JobContext<I>, what: string, state: JobState, err: OsrError | undefined, back: ProtectionState): Promise<void> {
-    const item = await store.items.find(ctx.input.itemId);
+  /** The job ended Failed or Cancelled: the item is given back in `back`, if the job still holds it. */
+  async function failed<I extends ItemJobInput>(ctx: JobContext<I>, op: ItemOperation, what: string, state: JobState, err: OsrError | undefined, back: ProtectionState): Promise<void> {
+    const item = await releaseItem(store, ctx, ctx.input.itemId, op, back);
     if (!item) return;
-    await store.items.update(item.id, { state: back, activeJobId: null });
     const isFailed = state === JobState.Failed;
     await alerting.event({ target: item.id, kind: `${ctx.kind}.failed`, severity: isFailed ? Severity.Critical : Severity.Warning, message: `${what} of ${item.name} ${isFailed ? `failed: ${err?.message}` : 'was cancelled'}; the item is ${back}`, details: { job: ctx.jobId } });
     if (isFailed) await alerting.raise({ key: failoverAlertKey(item.id), kind: AlertKind.FailoverFailed, severity: Severity.Critical, target: item.id, message: `${what} of ${item.name} failed: ${err?.message}` });
@@ -126,12 +131,23 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
    * other site and the item stays FailoverInProgress until the job is restarted.
    */
   const failoverEnded =
-    (what: string) =>
+    (op: ItemOperation, what: string) =>
     <I extends ItemJobInput>(ctx: JobContext<I>, state: JobState, err?: OsrError): Promise<void> =>
-      failed(ctx, what, state, err, ctx.data.promoted !== undefined ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
+      failed(ctx, op, what, state, err, ctx.data.promoted !== undefined ? ProtectionState.FailoverInProgress : ProtectionState.Protected);
 
-  /** The item is FailedOver: the record of the failover; its points stay until the commit (another may be chosen). */
+  /** A restarted job takes its item back (item-state.ts). */
+  const retake =
+    (op: ItemOperation) =>
+    <I extends ItemJobInput>(ctx: JobContext<I>): Promise<void> =>
+      retakeItem(store, ctx, ctx.input.itemId, op);
+
+  /**
+   * The item is FailedOver: the record of the failover; its points stay until the commit
+   * (another may be chosen). Run again after the record was made, it changes nothing.
+   */
   async function finalizeFailover(ctx: JobContext<ItemJobInput>, kind: FailoverRecord['kind']): Promise<void> {
+    const op = kind === 'planned' ? ItemOperation.PlannedFailover : ItemOperation.UnplannedFailover;
+    const eventId = await eventIdFor(ctx, 'failover.completed');
     const item = await store.items.get(ctx.input.itemId);
     const p = ctx.data.promoted as { vmId: string; epoch: number; point: RecoveryPointInfo };
     const record: FailoverRecord = {
@@ -151,11 +167,23 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     };
     // the points the VM may change to until the commit, as the recovery site holds them
     const points = ctx.data.points as RecoveryPointInfo[] | undefined;
-    if (points) await store.items.replacePoints(item.id, points.map((x) => ({ id: x.id, at: Date.parse(x.at), consistency: x.consistency })));
-    await store.items.update(item.id, { state: ProtectionState.FailedOver, health: Health.NotApplicable, healthReasons: [], rpoSeconds: null, lastPointAt: null, activeJobId: null, replication: { ...item.replication, failover: record } });
+    const recorded = item.activeJobId !== ctx.jobId && rep(item).failover?.jobId === ctx.jobId;
+    if (!recorded) {
+      await changeItem(store, ctx, item.id, op, {
+        state: ProtectionState.FailedOver,
+        release: true,
+        health: Health.NotApplicable,
+        healthReasons: [],
+        rpoSeconds: null,
+        lastPointAt: null,
+        replication: { ...item.replication, failover: record },
+        ...(points ? { points: points.map((x) => ({ id: x.id, at: Date.parse(x.at), consistency: x.consistency })) } : {}),
+      });
+    }
     await alerting.resolve(failoverAlertKey(item.id));
     const how = kind === 'planned' ? 'with nothing lost' : record.sourceShutDown ? 'after the source was shut down and synchronized' : 'without the source (what it wrote after the point is not here)';
     await alerting.event({
+      id: eventId,
       target: item.id,
       kind: 'failover.completed',
       severity: kind === 'planned' ? Severity.Info : Severity.Warning,
@@ -221,7 +249,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       },
       { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'planned') },
     ],
-    onEnd: failoverEnded('planned failover'),
+    onRestart: retake(ItemOperation.PlannedFailover),
+    onEnd: failoverEnded(ItemOperation.PlannedFailover, 'planned failover'),
   });
 
   /**
@@ -283,7 +312,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       },
       { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'unplanned') },
     ],
-    onEnd: failoverEnded('unplanned failover'),
+    onRestart: retake(ItemOperation.UnplannedFailover),
+    onEnd: failoverEnded(ItemOperation.UnplannedFailover, 'unplanned failover'),
   });
 
   /**
@@ -311,13 +341,18 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       {
         name: 'Record the point',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'failover.point-changed');
           const item = await store.items.get(ctx.input.itemId);
           const f = rep(item).failover!;
           const from = ctx.data.from as RecoveryPointInfo;
           const to = ctx.data.to as RecoveryPointInfo;
-          const change = { from, to, at: new Date(clock.now()).toISOString(), jobId: ctx.jobId };
-          await store.items.update(item.id, { state: ProtectionState.FailedOver, activeJobId: null, replication: { ...item.replication, failover: { ...f, point: to, pointChanges: [...(f.pointChanges ?? []), change] } } });
+          // run again after the change was recorded: it is there once
+          if (!(f.pointChanges ?? []).some((c) => c.jobId === ctx.jobId)) {
+            const change = { from, to, at: new Date(clock.now()).toISOString(), jobId: ctx.jobId };
+            await changeItem(store, ctx, item.id, ItemOperation.ChangeRecoveryPoint, { state: ProtectionState.FailedOver, release: true, replication: { ...item.replication, failover: { ...f, point: to, pointChanges: [...(f.pointChanges ?? []), change] } } });
+          }
           await alerting.event({
+            id: eventId,
             target: item.id,
             kind: 'failover.point-changed',
             severity: Severity.Warning,
@@ -327,8 +362,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         },
       },
     ],
+    onRestart: retake(ItemOperation.ChangeRecoveryPoint),
     async onEnd(ctx, state, err) {
-      await failed(ctx, 'changing the recovery point', state, err, ProtectionState.FailedOver);
+      await failed(ctx, ItemOperation.ChangeRecoveryPoint, 'changing the recovery point', state, err, ProtectionState.FailedOver);
     },
   });
 
@@ -350,18 +386,21 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       {
         name: 'Commit',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'failover.committed');
           const item = await store.items.get(ctx.input.itemId);
           const r = rep(item);
           if (!r.failover) throw new OsrError('INVALID_STATE', `${item.name} has no failover to commit`);
           // the other points are gone at the recovery site: reprotect makes a new replica and its points
-          await store.items.replacePoints(item.id, []);
-          await store.items.update(item.id, { state: ProtectionState.Committed, activeJobId: null, replication: { ...item.replication, failover: { ...r.failover, committedAt: new Date(clock.now()).toISOString() } } });
-          await alerting.event({ target: item.id, kind: 'failover.committed', severity: Severity.Info, message: `the failover of ${item.name} is committed; reprotect it to replicate back to ${r.failover.fromFabricId}`, details: { job: ctx.jobId } });
+          if (r.failover.commitJobId !== ctx.jobId) {
+            await changeItem(store, ctx, item.id, ItemOperation.Commit, { state: ProtectionState.Committed, release: true, points: [], replication: { ...item.replication, failover: { ...r.failover, committedAt: new Date(clock.now()).toISOString(), commitJobId: ctx.jobId } } });
+          }
+          await alerting.event({ id: eventId, target: item.id, kind: 'failover.committed', severity: Severity.Info, message: `the failover of ${item.name} is committed; reprotect it to replicate back to ${r.failover.fromFabricId}`, details: { job: ctx.jobId } });
         },
       },
     ],
+    onRestart: retake(ItemOperation.Commit),
     async onEnd(ctx, state, err) {
-      await failed(ctx, 'commit', state, err, ProtectionState.FailedOver);
+      await failed(ctx, ItemOperation.Commit, 'commit', state, err, ProtectionState.FailedOver);
     },
   });
 
@@ -401,11 +440,11 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         name: 'Reverse replication',
         async run(ctx) {
           const f = ctx.data.failover as FailoverRecord;
-          await store.items.update(ctx.input.itemId, { progress: 0 });
+          await changeItem(store, ctx, ctx.input.itemId, ItemOperation.Reprotect, { progress: 0 });
           const result = (await ctx.command(f.toFabricId, Commands.InitialReplication, { item: ctx.input.itemId, vmId: f.newPrimaryVmId, method: { method: 'now' } }, {
             onProgress: async (p) => {
               const fraction = Number((p as { fraction?: number }).fraction ?? 0);
-              await store.items.update(ctx.input.itemId, { progress: fraction });
+              await changeItem(store, ctx, ctx.input.itemId, ItemOperation.Reprotect, { progress: fraction });
               await ctx.progress(fraction, p);
             },
           })) as { recoveryPoint?: RecoveryPointInfo };
@@ -415,11 +454,12 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       {
         name: 'Finalize reprotect',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'failover.reprotected');
           const item = await store.items.get(ctx.input.itemId);
           const r = rep(item);
           const f = ctx.data.failover as FailoverRecord;
           const replica = ctx.data.replica as ReplicaVm;
-          const done: FailoverRecord = { ...f, reprotectedAt: new Date(clock.now()).toISOString() };
+          const done: FailoverRecord = { ...f, reprotectedAt: new Date(clock.now()).toISOString(), reprotectJobId: ctx.jobId };
           const next: ItemReplication = {
             ...r,
             sourceFabricId: f.toFabricId,
@@ -431,14 +471,25 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           };
           delete next.failover;
           const first = ctx.data.firstPoint as RecoveryPointInfo | null;
-          if (first) await store.items.replacePoints(item.id, [{ id: first.id, at: Date.parse(first.at), consistency: first.consistency }]);
-          await store.items.update(item.id, { state: ProtectionState.Protected, health: Health.Healthy, healthReasons: [], progress: null, activeJobId: null, ...(first ? { lastPointAt: Date.parse(first.at) } : {}), replication: next });
-          await alerting.event({ target: item.id, kind: 'failover.reprotected', severity: Severity.Info, message: `${item.name} is protected again, from ${f.toFabricId} to ${f.fromFabricId} (${next.direction})`, details: { job: ctx.jobId } });
+          // run again after the failover joined the item's failovers: it is there once
+          if (!(r.failovers ?? []).some((x) => x.reprotectJobId === ctx.jobId)) {
+            await changeItem(store, ctx, item.id, ItemOperation.Reprotect, {
+              state: ProtectionState.Protected,
+              release: true,
+              health: Health.Healthy,
+              healthReasons: [],
+              progress: null,
+              ...(first ? { lastPointAt: Date.parse(first.at), points: [{ id: first.id, at: Date.parse(first.at), consistency: first.consistency }] } : {}),
+              replication: next,
+            });
+          }
+          await alerting.event({ id: eventId, target: item.id, kind: 'failover.reprotected', severity: Severity.Info, message: `${item.name} is protected again, from ${f.toFabricId} to ${f.fromFabricId} (${next.direction})`, details: { job: ctx.jobId } });
         },
       },
     ],
+    onRestart: retake(ItemOperation.Reprotect),
     async onEnd(ctx, state, err) {
-      await failed(ctx, 'reprotect', state, err, ProtectionState.Committed);
+      await failed(ctx, ItemOperation.Reprotect, 'reprotect', state, err, ProtectionState.Committed);
     },
   });
 }

@@ -6,13 +6,15 @@
  */
 import { randomUUID } from 'node:crypto';
 import { OsrError } from '../domain/errors.js';
-import { ProtectionState as PS, type ProtectedItem, type ProtectionState } from '../domain/resources.js';
+import { ITEM_TRANSITIONS, ItemOperation, type ItemTransition } from '../domain/item-transitions.js';
+import type { ProtectedItem, ProtectionState } from '../domain/resources.js';
 import type { JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import type { JobRow } from '../store/schema.js';
 import type { VaultStore } from '../store/index.js';
 import { FailoverJobs } from './failover.js';
-import { RESYNC_FROM, ResyncJobs } from './resync.js';
+import { JobKinds } from './protection.js';
+import { ResyncJobs } from './resync.js';
 import { TestFailoverJobs } from './test-failover.js';
 
 const ACTIVE: readonly string[] = [JobState.Queued, JobState.Running, JobState.WaitingForInput];
@@ -63,51 +65,40 @@ export async function startItemJob(engine: JobEngine, store: VaultStore, r: Item
   if (r.from && !r.from.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; ${r.kind} starts from ${r.from.join(' or ')}`, { state: item.state });
   if (r.needsReadiness && !item.readiness.ready) throw new OsrError('INVALID_STATE', `protected item ${item.name} is not ready for failover: ${item.readiness.reason}`, { state: item.state, readiness: item.readiness });
   const jobId = r.id ?? randomUUID();
-  if (!(await store.items.takeActiveJob(item.id, jobId, item.activeJobId, r.state))) {
+  if (!(await store.items.takeActiveJob(item.id, { jobId, expected: item.activeJobId, from: item.state, state: r.state }))) {
     throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; look at its jobs and try again`);
   }
   try {
     return await engine.submit(r.kind, { id: jobId, target: item.id, input: r.input(item), createdBy: r.actor });
   } catch (e) {
     // the item is given back as it was (a vault killed right here leaves it taken: a call with the same id submits the job)
-    await store.items.takeActiveJob(item.id, item.activeJobId, jobId, item.state).catch(() => undefined);
+    await store.items.takeActiveJob(item.id, { jobId: item.activeJobId, expected: jobId, from: r.state, state: item.state }).catch(() => undefined);
     throw e;
   }
 }
 
-/** The operations on one item (a recovery plan runs all but resync on its items), and how each starts. */
-export const ItemOperation = {
-  TestFailover: 'test-failover',
-  TestFailoverCleanup: 'test-failover-cleanup',
-  PlannedFailover: 'planned-failover',
-  UnplannedFailover: 'unplanned-failover',
-  ChangeRecoveryPoint: 'change-recovery-point',
-  Commit: 'commit',
-  Reprotect: 'reprotect',
-  Resync: 'resync',
-} as const;
-export type ItemOperation = (typeof ItemOperation)[keyof typeof ItemOperation];
+export { ItemOperation } from '../domain/item-transitions.js';
 
-export interface ItemOperationDef {
+export interface ItemOperationDef extends ItemTransition {
   kind: string;
-  state: ProtectionState;
-  from: readonly ProtectionState[];
-  needsReadiness: boolean;
 }
 
+/** Each operation's job kind, with its row of the transition table (src/domain/item-transitions.ts). */
 export const ITEM_OPERATIONS: Record<ItemOperation, ItemOperationDef> = {
-  [ItemOperation.TestFailover]: { kind: TestFailoverJobs.TestFailover, state: PS.TestFailoverInProgress, from: [PS.Protected], needsReadiness: true },
-  [ItemOperation.TestFailoverCleanup]: { kind: TestFailoverJobs.Cleanup, state: PS.CleaningUpTestFailover, from: [PS.TestFailoverComplete], needsReadiness: false },
-  [ItemOperation.PlannedFailover]: { kind: FailoverJobs.PlannedFailover, state: PS.FailoverInProgress, from: [PS.Protected], needsReadiness: true },
-  [ItemOperation.UnplannedFailover]: { kind: FailoverJobs.UnplannedFailover, state: PS.FailoverInProgress, from: [PS.Protected], needsReadiness: true },
-  [ItemOperation.ChangeRecoveryPoint]: { kind: FailoverJobs.ChangeRecoveryPoint, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
-  [ItemOperation.Commit]: { kind: FailoverJobs.Commit, state: PS.FailedOver, from: [PS.FailedOver], needsReadiness: false },
-  [ItemOperation.Reprotect]: { kind: FailoverJobs.Reprotect, state: PS.Reprotecting, from: [PS.Committed], needsReadiness: false },
-  [ItemOperation.Resync]: { kind: ResyncJobs.Resync, state: PS.Resynchronizing, from: RESYNC_FROM, needsReadiness: false },
+  [ItemOperation.EnableProtection]: { kind: JobKinds.EnableProtection, ...ITEM_TRANSITIONS[ItemOperation.EnableProtection] },
+  [ItemOperation.DisableProtection]: { kind: JobKinds.DisableProtection, ...ITEM_TRANSITIONS[ItemOperation.DisableProtection] },
+  [ItemOperation.TestFailover]: { kind: TestFailoverJobs.TestFailover, ...ITEM_TRANSITIONS[ItemOperation.TestFailover] },
+  [ItemOperation.TestFailoverCleanup]: { kind: TestFailoverJobs.Cleanup, ...ITEM_TRANSITIONS[ItemOperation.TestFailoverCleanup] },
+  [ItemOperation.PlannedFailover]: { kind: FailoverJobs.PlannedFailover, ...ITEM_TRANSITIONS[ItemOperation.PlannedFailover] },
+  [ItemOperation.UnplannedFailover]: { kind: FailoverJobs.UnplannedFailover, ...ITEM_TRANSITIONS[ItemOperation.UnplannedFailover] },
+  [ItemOperation.ChangeRecoveryPoint]: { kind: FailoverJobs.ChangeRecoveryPoint, ...ITEM_TRANSITIONS[ItemOperation.ChangeRecoveryPoint] },
+  [ItemOperation.Commit]: { kind: FailoverJobs.Commit, ...ITEM_TRANSITIONS[ItemOperation.Commit] },
+  [ItemOperation.Reprotect]: { kind: FailoverJobs.Reprotect, ...ITEM_TRANSITIONS[ItemOperation.Reprotect] },
+  [ItemOperation.Resync]: { kind: ResyncJobs.Resync, ...ITEM_TRANSITIONS[ItemOperation.Resync] },
 };
 
 /** Start an operation on one item with ITEM_OPERATIONS' rules. */
 export function startItemOperation(engine: JobEngine, store: VaultStore, op: ItemOperation, o: { itemId: string; input: (item: ProtectedItem) => unknown; actor: string | null; id?: string }): Promise<JobRow> {
   const d = ITEM_OPERATIONS[op];
-  return startItemJob(engine, store, { ...o, kind: d.kind, state: d.state, from: d.from, needsReadiness: d.needsReadiness });
+  return startItemJob(engine, store, { ...o, kind: d.kind, state: d.during, ...(d.from.length > 0 ? { from: d.from } : {}), needsReadiness: d.needsReadiness });
 }

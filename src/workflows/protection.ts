@@ -15,6 +15,7 @@
  */
 import type { Clock } from '../domain/clock.js';
 import { OsrError } from '../domain/errors.js';
+import { ITEM_TRANSITIONS, ItemOperation } from '../domain/item-transitions.js';
 import { placeReplica, type Placement, type PlacementHost } from '../domain/placement.js';
 import { policyCoversHost, type PolicySettings } from '../domain/policy.js';
 import { Health, ProtectionState, Severity, type InventoryObject } from '../domain/resources.js';
@@ -23,6 +24,7 @@ import { MappingKind } from '../store/config.js';
 import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind, type Alerting } from './alerting.js';
+import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 
 export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
 
@@ -66,22 +68,9 @@ interface EnableData {
 
 const props = <T>(o: InventoryObject) => o.properties as T;
 
-/** A restarted job becomes the item's active job again, unless another job is active on it. */
-export async function retakeItem(store: VaultStore, itemId: string, jobId: string, state: ProtectionState): Promise<void> {
-  const item = await store.items.find(itemId);
-  if (!item) throw new OsrError('INVALID_STATE', `protected item ${itemId} no longer exists (its protection was disabled); enable protection again instead`);
-  if (item.activeJobId && item.activeJobId !== jobId) {
-    const other = await store.jobs.get(item.activeJobId).catch(() => undefined);
-    if (other && ([JobState.Queued, JobState.Running, JobState.WaitingForInput] as string[]).includes(other.state)) {
-      throw new OsrError('INVALID_STATE', `protected item ${item.name} has job ${other.id} (${other.kind}) ${other.state}; wait for it or cancel it first`, { jobId: other.id });
-    }
-  }
-  if (!(await store.items.takeActiveJob(itemId, jobId, item.activeJobId, state))) throw new OsrError('INVALID_STATE', `protected item ${item.name} started another job meanwhile; try again`);
-}
-
 export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
-  const retake = (itemId: string, jobId: string, state: ProtectionState) => retakeItem(store, itemId, jobId, state);
+  const Enable = ItemOperation.EnableProtection;
 
   engine.register<EnableInput>({
     kind: JobKinds.EnableProtection,
@@ -131,7 +120,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           if (unconnected.length > 0) {
             await alerting.event({ target: vm.id, kind: 'protection.network-unmapped', severity: Severity.Warning, message: `${unconnected.length} NIC(s) of ${vm.name} are on unmapped networks: their replicas will not be connected`, details: { nics: unconnected.map(([n]) => n) } });
           }
-          await store.items.update(vm.id, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement } });
+          await changeItem(store, ctx, vm.id, Enable, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement } });
         },
       },
       {
@@ -144,7 +133,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           await ctx.save();
           await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, policy: d.policy, target: { fabricId: d.targetFabricId, hostId: d.placement!.hostId, ...d.replica } }, { timeoutMs: 10 * 60_000 });
           const item = await store.items.get(vm.id);
-          await store.items.update(vm.id, { replication: { ...item.replication, replica: d.replica } });
+          await changeItem(store, ctx, vm.id, Enable, { replication: { ...item.replication, replica: d.replica } });
         },
       },
       {
@@ -154,22 +143,21 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           const initial = d.policy!.initialReplication;
           if (initial.method === 'scheduled') {
             const at = Date.parse(initial.startAt);
-            await store.items.update(ctx.input.vmId, { state: ProtectionState.InitialReplication, progress: 0 });
+            await changeItem(store, ctx, ctx.input.vmId, Enable, { state: ProtectionState.InitialReplication, progress: 0 });
             while (clock.now() < at && !ctx.signal.aborted) await clock.sleep(Math.min(at - clock.now(), 60_000), ctx.signal);
           }
-          await store.items.update(ctx.input.vmId, { state: ProtectionState.InitialReplication, progress: 0 });
+          await changeItem(store, ctx, ctx.input.vmId, Enable, { state: ProtectionState.InitialReplication, progress: 0 });
           const result = (await ctx.command(d.fabricId!, Commands.InitialReplication, { item: ctx.input.vmId, method: initial }, {
             onProgress: async (p) => {
               const fraction = Number((p as { fraction?: number }).fraction ?? 0);
-              await store.items.update(ctx.input.vmId, { progress: fraction });
+              await changeItem(store, ctx, ctx.input.vmId, Enable, { progress: fraction });
               await ctx.progress(fraction, p);
             },
           })) as { recoveryPoint?: { id: string; at: string; consistency?: 'crash' | 'app' } } | undefined;
           if (result?.recoveryPoint) {
             const at = Date.parse(result.recoveryPoint.at);
             if (!Number.isNaN(at)) {
-              await store.items.replacePoints(ctx.input.vmId, [{ id: result.recoveryPoint.id, at, consistency: result.recoveryPoint.consistency ?? 'crash' }]);
-              await store.items.update(ctx.input.vmId, { lastPointAt: at });
+              await changeItem(store, ctx, ctx.input.vmId, Enable, { lastPointAt: at, points: [{ id: result.recoveryPoint.id, at, consistency: result.recoveryPoint.consistency ?? 'crash' }] });
             }
           }
         },
@@ -177,25 +165,27 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
       {
         name: 'Finalize protection',
         async run(ctx) {
-          await store.items.update(ctx.input.vmId, { state: ProtectionState.Protected, health: Health.Healthy, healthReasons: [], progress: null, activeJobId: null });
+          const eventId = await eventIdFor(ctx, 'protection.enabled');
+          const before = await store.items.get(ctx.input.vmId);
+          // run again after the item was released, it changes nothing
+          if (!(before.activeJobId === null && before.state === ProtectionState.Protected)) {
+            await changeItem(store, ctx, ctx.input.vmId, Enable, { state: ProtectionState.Protected, release: true, health: Health.Healthy, healthReasons: [], progress: null });
+          }
           const item = await store.items.get(ctx.input.vmId);
-          await alerting.event({ target: item.id, kind: 'protection.enabled', severity: Severity.Info, message: `${item.name} is protected`, details: { job: ctx.jobId } });
+          await alerting.event({ id: eventId, target: item.id, kind: 'protection.enabled', severity: Severity.Info, message: `${item.name} is protected`, details: { job: ctx.jobId } });
         },
       },
     ],
     async onRestart(ctx: JobContext<EnableInput>) {
-      await retake(ctx.input.vmId, ctx.jobId, ProtectionState.EnablingProtection);
+      await retakeItem(store, ctx, ctx.input.vmId, Enable);
     },
     async onEnd(ctx: JobContext<EnableInput>, state, err) {
-      const item = await store.items.find(ctx.input.vmId);
-      if (!item) return;
       const failed = state === JobState.Failed;
-      await store.items.update(item.id, {
-        state: ProtectionState.ProtectionFailed,
+      const item = await releaseItem(store, ctx, ctx.input.vmId, Enable, ProtectionState.ProtectionFailed, {
         health: failed ? Health.Critical : Health.Warning,
         healthReasons: [failed ? { code: err?.code ?? 'JOB_FAILED', message: err?.message ?? 'enabling protection failed' } : { code: 'INVALID_STATE', message: 'enabling protection was cancelled' }],
-        activeJobId: null,
       });
+      if (!item) return;
       await alerting.event({ target: item.id, kind: 'protection.failed', severity: failed ? Severity.Critical : Severity.Warning, message: failed ? `enabling protection of ${item.name} failed: ${err?.message}` : `enabling protection of ${item.name} was cancelled`, details: { job: ctx.jobId } });
       if (failed) await alerting.raise({ key: itemCriticalKey(item.id), kind: AlertKind.ItemCritical, severity: Severity.Critical, target: item.id, message: `protected item ${item.name} is Critical: enabling protection failed: ${err?.message}` });
     },
@@ -208,6 +198,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         name: 'Stop replication',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
+          ctx.data.itemName = item.name;
           const r = item.replication as { sourceFabricId?: string; primaryVmId?: string };
           // an item whose replication was never created has nothing to stop
           if (r.sourceFabricId) await ctx.command(r.sourceFabricId, Commands.DisableReplication, { item: item.id, vmId: r.primaryVmId ?? item.id }, { timeoutMs: 10 * 60_000 });
@@ -228,22 +219,22 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
       {
         name: 'Remove protected item',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'protection.disabled');
           const item = await store.items.find(ctx.input.itemId);
-          if (!item) return;
-          await store.items.remove(item.id);
-          await alerting.resolve(itemCriticalKey(item.id));
-          await alerting.event({ target: item.id, kind: 'protection.disabled', severity: Severity.Info, message: `protection of ${item.name} is disabled; the replica was ${ctx.data.deleteReplica === false ? 'kept' : 'deleted'}`, details: { job: ctx.jobId } });
+          // run again after the item was removed: the event only
+          if (item) await store.items.removeHeld(item.id, ctx, ITEM_TRANSITIONS[ItemOperation.DisableProtection].held);
+          const name = item?.name ?? (ctx.data.itemName as string | undefined) ?? ctx.input.itemId;
+          await alerting.resolve(itemCriticalKey(ctx.input.itemId));
+          await alerting.event({ id: eventId, target: ctx.input.itemId, kind: 'protection.disabled', severity: Severity.Info, message: `protection of ${name} is disabled; the replica was ${ctx.data.deleteReplica === false ? 'kept' : 'deleted'}`, details: { job: ctx.jobId } });
         },
       },
     ],
     async onRestart(ctx: JobContext<DisableInput>) {
       // an item already removed has nothing left but the last task, which finds it gone
-      if (await store.items.find(ctx.input.itemId)) await retake(ctx.input.itemId, ctx.jobId, ProtectionState.DisablingProtection);
+      if (await store.items.find(ctx.input.itemId)) await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.DisableProtection);
     },
     async onEnd(ctx: JobContext<DisableInput>, state, err) {
-      const item = await store.items.find(ctx.input.itemId);
-      if (!item) return;
-      await store.items.update(item.id, { activeJobId: null, healthReasons: [{ code: err?.code ?? 'INVALID_STATE', message: state === JobState.Failed ? `disabling protection failed: ${err?.message}` : 'disabling protection was cancelled' }] });
+      await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.DisableProtection, ProtectionState.DisablingProtection, { healthReasons: [{ code: err?.code ?? 'INVALID_STATE', message: state === JobState.Failed ? `disabling protection failed: ${err?.message}` : 'disabling protection was cancelled' }] });
     },
   });
 }

@@ -12,16 +12,18 @@
  * follows it instead of starting another (the provider converges on the resync asked for).
  */
 import { OsrError } from '../domain/errors.js';
+import { ITEM_TRANSITIONS, ItemOperation } from '../domain/item-transitions.js';
 import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
 import type { JobContext, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
-import { retakeItem, type WorkflowDeps } from './protection.js';
+import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
+import type { WorkflowDeps } from './protection.js';
 
 export const ResyncJobs = { Resync: 'resync' } as const;
 export const ResyncCommands = { Resync: 'replication.resync' } as const;
 
 /** The states a resync on request starts from. */
-export const RESYNC_FROM: readonly ProtectionState[] = [ProtectionState.Protected, ProtectionState.ResyncRequired];
+export const RESYNC_FROM: readonly ProtectionState[] = ITEM_TRANSITIONS[ItemOperation.Resync].from;
 
 export interface ResyncInput {
   itemId: string;
@@ -54,7 +56,7 @@ export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void 
           const item = await store.items.get(ctx.input.itemId);
           const r = replication(item);
           if (!r.sourceFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to resynchronize with yet; wait for its protection to finish`);
-          await store.items.update(item.id, { progress: 0 });
+          await changeItem(store, ctx, item.id, ItemOperation.Resync, { progress: 0 });
           const result = (await ctx.command(
             r.sourceFabricId,
             ResyncCommands.Resync,
@@ -62,7 +64,7 @@ export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void 
             {
               onProgress: async (p) => {
                 const fraction = Number((p as { fraction?: number }).fraction ?? 0);
-                await store.items.update(item.id, { progress: fraction });
+                await changeItem(store, ctx, item.id, ItemOperation.Resync, { progress: fraction });
                 await ctx.progress(fraction, p);
               },
             },
@@ -76,13 +78,16 @@ export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void 
       {
         name: 'Finalize resync',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'resync.completed');
           const item = await store.items.get(ctx.input.itemId);
           const result = ctx.data.result as ResyncResult | null;
           // the resync's point reaches the item with the recovery site's next report of its points
-          await store.items.update(item.id, { state: ProtectionState.Protected, progress: null, activeJobId: null });
+          // run again after the item was released, it changes nothing
+          if (!(item.activeJobId === null && item.state === ProtectionState.Protected)) await changeItem(store, ctx, item.id, ItemOperation.Resync, { state: ProtectionState.Protected, progress: null, release: true });
           const s = result?.resync;
           ctx.data.output = { resync: s ?? null, recoveryPoint: result?.recoveryPoint ?? null };
           await alerting.event({
+            id: eventId,
             target: item.id,
             kind: 'resync.completed',
             severity: Severity.Info,
@@ -93,14 +98,11 @@ export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void 
       },
     ],
     async onRestart(ctx: JobContext<ResyncInput>) {
-      const item = await store.items.get(ctx.input.itemId);
-      if (item.activeJobId !== ctx.jobId && !RESYNC_FROM.includes(item.state)) throw new OsrError('INVALID_STATE', `protected item ${item.name} is ${item.state}; a resync starts from ${RESYNC_FROM.join(' or ')}`, { state: item.state });
-      await retakeItem(store, ctx.input.itemId, ctx.jobId, ProtectionState.Resynchronizing);
+      await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.Resync);
     },
     async onEnd(ctx: JobContext<ResyncInput>, state, err) {
-      const item = await store.items.find(ctx.input.itemId);
-      if (!item || item.activeJobId !== ctx.jobId) return;
-      await store.items.update(item.id, { state: ctx.input.from, progress: null, activeJobId: null });
+      const item = await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.Resync, ctx.input.from, { progress: null });
+      if (!item) return;
       const failed = state === JobState.Failed;
       await alerting.event({
         target: item.id,

@@ -11,6 +11,7 @@
  * its cleanup succeeded.
  */
 import { OsrError } from '../domain/errors.js';
+import { ItemOperation } from '../domain/item-transitions.js';
 import { chooseRecoveryPoint } from '../domain/recovery-point.js';
 import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
 import type { ItemDrill } from '../domain/runs.js';
@@ -18,6 +19,7 @@ import type { TestNetwork, TestVm } from '../fabric/driver.js';
 import type { JobContext, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
+import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import type { WorkflowDeps } from './protection.js';
 
 export const TestFailoverJobs = { TestFailover: 'test-failover', Cleanup: 'test-failover-cleanup' } as const;
@@ -102,6 +104,7 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
       {
         name: 'Finalize test failover',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'testfailover.completed');
           const item = await store.items.get(ctx.input.itemId);
           const record: TestFailoverRecord = {
             jobId: ctx.jobId,
@@ -111,17 +114,22 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
             startedAt: new Date(ctx.data.startedAt as number).toISOString(),
             rtoSeconds: ctx.data.rtoSeconds as number,
           };
-          await store.items.update(item.id, { state: ProtectionState.TestFailoverComplete, activeJobId: null, replication: { ...item.replication, testFailover: record } });
-          await alerting.event({ target: item.id, kind: 'testfailover.completed', severity: Severity.Info, message: `test failover of ${item.name} from point ${record.point.id} (${record.point.at}): test VM ${record.testVm.testVmId} runs, RTO ${record.rtoSeconds} s; clean it up to finish the drill`, details: { job: ctx.jobId, rtoSeconds: record.rtoSeconds, point: record.point, testVm: record.testVm.testVmId } });
+          // run again after the drill was recorded, it changes nothing
+          if (!(item.activeJobId !== ctx.jobId && replication(item).testFailover?.jobId === ctx.jobId)) {
+            await changeItem(store, ctx, item.id, ItemOperation.TestFailover, { state: ProtectionState.TestFailoverComplete, release: true, replication: { ...item.replication, testFailover: record } });
+          }
+          await alerting.event({ id: eventId, target: item.id, kind: 'testfailover.completed', severity: Severity.Info, message: `test failover of ${item.name} from point ${record.point.id} (${record.point.at}): test VM ${record.testVm.testVmId} runs, RTO ${record.rtoSeconds} s; clean it up to finish the drill`, details: { job: ctx.jobId, rtoSeconds: record.rtoSeconds, point: record.point, testVm: record.testVm.testVmId } });
         },
       },
     ],
+    async onRestart(ctx: JobContext<TestFailoverInput>) {
+      await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailover);
+    },
     async onEnd(ctx: JobContext<TestFailoverInput>, state, err) {
-      const item = await store.items.find(ctx.input.itemId);
-      if (!item) return;
       // the drill's VM, if it was started, is left for the cleanup to remove
       const started = ctx.data.testVm !== undefined;
-      await store.items.update(item.id, { state: started ? ProtectionState.TestFailoverComplete : ProtectionState.Protected, activeJobId: null });
+      const item = await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailover, started ? ProtectionState.TestFailoverComplete : ProtectionState.Protected);
+      if (!item) return;
       const failed = state === JobState.Failed;
       await alerting.event({ target: item.id, kind: 'testfailover.failed', severity: failed ? Severity.Critical : Severity.Warning, message: `test failover of ${item.name} ${failed ? `failed: ${err?.message}` : 'was cancelled'}${started ? '; clean up its test VM' : ''}`, details: { job: ctx.jobId } });
       if (failed) await alerting.raise({ key: failoverAlertKey(item.id), kind: AlertKind.FailoverFailed, severity: Severity.Critical, target: item.id, message: `test failover of ${item.name} failed: ${err?.message}` });
@@ -144,6 +152,7 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
       {
         name: 'Record the drill',
         async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'testfailover.cleaned-up');
           const item = await store.items.get(ctx.input.itemId);
           const r = replication(item);
           const tf = r.testFailover;
@@ -152,16 +161,23 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
             drills.unshift({ testFailoverJob: tf.jobId, cleanupJob: ctx.jobId, point: tf.point, network: tf.network, rtoSeconds: tf.rtoSeconds, startedAt: tf.startedAt, cleanedUpAt: new Date(clock.now()).toISOString(), notes: ctx.input.notes ?? null, succeeded: true });
           }
           const { testFailover: _done, ...rest } = r;
-          await store.items.update(item.id, { state: ProtectionState.Protected, activeJobId: null, replication: { ...rest, drills: drills.slice(0, DRILLS_KEPT) } as Record<string, unknown> });
+          // run again after the drill was recorded (or the item released without one): it is there once
+          const recorded = item.activeJobId !== ctx.jobId ? ((r.drills ?? []).find((d) => d.cleanupJob === ctx.jobId) ?? (tf ? undefined : null)) : undefined;
+          if (recorded === undefined) {
+            await changeItem(store, ctx, item.id, ItemOperation.TestFailoverCleanup, { state: ProtectionState.Protected, release: true, replication: { ...rest, drills: drills.slice(0, DRILLS_KEPT) } as Record<string, unknown> });
+          }
+          const drill = recorded ?? (tf ? drills[0] : undefined);
           await alerting.resolve(failoverAlertKey(item.id));
-          await alerting.event({ target: item.id, kind: 'testfailover.cleaned-up', severity: Severity.Info, message: `the test failover of ${item.name} is cleaned up${tf ? `: drill from point ${tf.point.id} succeeded, RTO ${tf.rtoSeconds} s` : ''}${ctx.input.notes ? ` (${ctx.input.notes})` : ''}`, details: { job: ctx.jobId, notes: ctx.input.notes ?? null } });
+          await alerting.event({ id: eventId, target: item.id, kind: 'testfailover.cleaned-up', severity: Severity.Info, message: `the test failover of ${item.name} is cleaned up${drill ? `: drill from point ${drill.point.id} succeeded, RTO ${drill.rtoSeconds} s` : ''}${ctx.input.notes ? ` (${ctx.input.notes})` : ''}`, details: { job: ctx.jobId, notes: ctx.input.notes ?? null } });
         },
       },
     ],
+    async onRestart(ctx: JobContext<CleanupInput>) {
+      await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailoverCleanup);
+    },
     async onEnd(ctx: JobContext<CleanupInput>, state, err) {
-      const item = await store.items.find(ctx.input.itemId);
+      const item = await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailoverCleanup, ProtectionState.TestFailoverComplete);
       if (!item) return;
-      await store.items.update(item.id, { state: ProtectionState.TestFailoverComplete, activeJobId: null });
       await alerting.event({ target: item.id, kind: 'testfailover.cleanup-failed', severity: Severity.Warning, message: `cleaning up the test failover of ${item.name} ${state === JobState.Failed ? `failed: ${err?.message}` : 'was cancelled'}; the drill does not count until its cleanup succeeds (restart the job)`, details: { job: ctx.jobId } });
     },
   });

@@ -157,6 +157,71 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         }
       }));
 
+    test('item state: a change by a job checks, in one statement, that it holds the item and its own lease and finds the state it expects', () =>
+      withDatabase(dialect, async (t) => {
+        const h = await open(t);
+        try {
+          let now = 2_000_000;
+          const jobs = new JobStore(h.db, h.dialect, () => now);
+          const items = new ItemStore(h.db, () => now, h.dialect);
+          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
+          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
+          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await items.create({ id: 'site.vm1', name: 'vm1', fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null });
+          const job = await jobs.create({ kind: 'planned-failover', target: 'site.vm1' });
+          now += 1;
+          const other = await jobs.create({ kind: 'test-failover', target: 'site.vm1' });
+
+          // taking the item: its active job and its state are both checked
+          assert.equal(await items.takeActiveJob('site.vm1', { jobId: job.id, expected: null, from: ProtectionState.Resynchronizing, state: ProtectionState.FailoverInProgress }), false, 'not in the state the taker saw');
+          assert.equal(await items.takeActiveJob('site.vm1', { jobId: job.id, expected: null, from: ProtectionState.Protected, state: ProtectionState.FailoverInProgress }), true);
+          assert.equal(await items.takeActiveJob('site.vm1', { jobId: other.id, expected: null, from: ProtectionState.FailoverInProgress, state: ProtectionState.TestFailoverInProgress }), false, 'another job holds it');
+
+          assert.equal((await jobs.claim('vault-a', 30_000))?.id, job.id);
+          const a = { jobId: job.id, owner: 'vault-a' };
+          const b = { jobId: job.id, owner: 'vault-b' };
+          await items.transition('site.vm1', a, [ProtectionState.FailoverInProgress], { progress: 0.5 });
+          await assertRejectsCode(items.transition('site.vm1', b, [ProtectionState.FailoverInProgress], { progress: 0.9 }), 'LEASE_LOST', /held by vault-a/);
+
+          // vault-a's lease runs out and vault-b takes the job over: vault-a changes nothing any more
+          now += 60_000;
+          assert.equal((await jobs.claim('vault-b', 30_000))?.id, job.id);
+          const before = await items.get('site.vm1');
+          await assertRejectsCode(items.transition('site.vm1', a, [ProtectionState.FailoverInProgress], { state: ProtectionState.FailedOver, release: true, points: [] }), 'LEASE_LOST', /held by vault-b/);
+          await assertRejectsCode(items.removeHeld('site.vm1', a, [ProtectionState.FailoverInProgress]), 'LEASE_LOST');
+          await assertRejectsCode(items.transition('site.vm1', b, [ProtectionState.Protected], { state: ProtectionState.FailedOver, release: true }), 'INVALID_STATE', /expected it Protected/);
+          assert.deepEqual(await items.get('site.vm1'), before, 'unchanged');
+
+          // another job is made the item's active job: the first one no longer holds it
+          assert.equal(await items.takeActiveJob('site.vm1', { jobId: other.id, expected: job.id, from: ProtectionState.FailoverInProgress, state: ProtectionState.TestFailoverInProgress }), true);
+          const taken = await items.get('site.vm1');
+          await assertRejectsCode(items.transition('site.vm1', b, [ProtectionState.FailoverInProgress, ProtectionState.TestFailoverInProgress], { state: ProtectionState.FailedOver, release: true }), 'ITEM_NOT_HELD', new RegExp(`job ${other.id} does`));
+          await assertRejectsCode(items.removeHeld('site.vm1', b, [ProtectionState.TestFailoverInProgress]), 'ITEM_NOT_HELD');
+          assert.deepEqual(await items.get('site.vm1'), taken, 'unchanged');
+
+          // the job that holds the item changes it, its points in the same transaction
+          assert.equal((await jobs.claim('vault-a', 30_000))?.id, other.id);
+          const after = await items.transition('site.vm1', { jobId: other.id, owner: 'vault-a' }, [ProtectionState.TestFailoverInProgress], { state: ProtectionState.TestFailoverComplete, release: true, points: [{ id: 'p1', at: now, consistency: 'crash' }] });
+          assert.equal(after.state, ProtectionState.TestFailoverComplete);
+          assert.equal(after.activeJobId, null);
+          assert.deepEqual((await items.points('site.vm1')).map((p) => p.id), ['p1']);
+
+          // an ended job's end handler (no vault holds it) writes only while the job stays ended
+          await jobs.finish(other.id, 'vault-a', JobState.Failed, { error: { code: 'JOB_FAILED', message: 'x' } });
+          assert.equal(await items.takeActiveJob('site.vm1', { jobId: other.id, expected: null, from: ProtectionState.TestFailoverComplete, state: ProtectionState.TestFailoverInProgress }), true);
+          await jobs.restart(other.id);
+          await assertRejectsCode(items.transition('site.vm1', { jobId: other.id, owner: null }, [ProtectionState.TestFailoverInProgress], { state: ProtectionState.Protected, release: true }), 'LEASE_LOST', /Queued again/);
+          assert.equal((await items.get('site.vm1')).state, ProtectionState.TestFailoverInProgress);
+          assert.equal((await jobs.claim('vault-a', 30_000))?.id, other.id);
+          await jobs.finish(other.id, 'vault-a', JobState.Cancelled);
+          await items.transition('site.vm1', { jobId: other.id, owner: null }, [ProtectionState.TestFailoverInProgress], { state: ProtectionState.Protected, release: true });
+          assert.equal((await items.get('site.vm1')).state, ProtectionState.Protected);
+          await assertRejectsCode(items.transition('nope', a, [ProtectionState.Protected], {}), 'NOT_FOUND');
+        } finally {
+          await h.close();
+        }
+      }));
+
     test('two vaults claiming at once on one database: every job runs exactly once', () =>
       withDatabase(dialect, async (t) => {
         const handles: VaultDatabase[] = [await open(t, { poolSize: 4 }), await open(t, { poolSize: 4 })];

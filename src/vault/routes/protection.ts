@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { Type } from '@fastify/type-provider-typebox';
 import { OsrError } from '../../domain/errors.js';
 import { ProtectionState, type ProtectedItem } from '../../domain/resources.js';
-import { ItemOperation, startItemJob as startJob, startItemOperation } from '../../workflows/item-jobs.js';
+import { ItemOperation, startItemOperation } from '../../workflows/item-jobs.js';
 import { JobKinds } from '../../workflows/protection.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
@@ -12,7 +12,6 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
   const { items, fabrics, config, activity } = ctx.store;
   const tags = ['protected items'];
 
-  const startItemJob = (itemId: string, state: ProtectionState, kind: string, input: (item: ProtectedItem) => unknown, actor: string) => startJob(ctx.engine, ctx.store, { itemId, state, kind, input, actor });
   const startOperation = (op: ItemOperation, itemId: string, input: (item: ProtectedItem) => unknown, actor: string) => startItemOperation(ctx.engine, ctx.store, op, { itemId, input, actor });
 
   app.get(
@@ -105,7 +104,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       schema: { summary: 'disable protection (a job); the replica is deleted or kept as the policy says, unless deleteReplica is given', tags, params: IdParam, querystring: Type.Object({ deleteReplica: Type.Optional(Type.Boolean()) }) },
     },
     async (request, reply) => {
-      const job = await startItemJob(request.params.id, ProtectionState.DisablingProtection, JobKinds.DisableProtection, (item) => ({ itemId: item.id, ...(request.query.deleteReplica !== undefined ? { deleteReplica: request.query.deleteReplica } : {}) }), principal(request).actor);
+      const job = await startOperation(ItemOperation.DisableProtection, request.params.id, (item) => ({ itemId: item.id, ...(request.query.deleteReplica !== undefined ? { deleteReplica: request.query.deleteReplica } : {}) }), principal(request).actor);
       return accepted(reply, job);
     },
   );
