@@ -39,6 +39,8 @@ export class VaultClient {
       ...(o.tls ? { cert: o.tls.cert, key: o.tls.key } : {}),
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
+      // the usual name check, and the role: providers and the CLI talk only to a vault
+      checkServerIdentity: checkVaultIdentity,
     });
   }
 
@@ -93,6 +95,21 @@ export class VaultClient {
 }
 
 /**
+ * A vault's certificate names the host connected to and carries the vault role (OU=vault);
+ * an agent's or a provider's certificate from the same CA is refused.
+ */
+export function checkVaultIdentity(host: string, cert: tls.PeerCertificate): Error | undefined {
+  const nameError = tls.checkServerIdentity(host, cert);
+  if (nameError) return nameError;
+  const ou = cert.subject?.OU;
+  const roles = Array.isArray(ou) ? ou : ou === undefined ? [] : [ou];
+  if (!roles.includes('vault')) {
+    return new OsrError('AUTH_FAILED', `the server at ${host} has a certificate of role ${roles.join(',') || '(none)'} (${String(cert.subject?.CN)}), not a vault's; refusing to talk to it`, { role: roles.join(',') || null });
+  }
+  return undefined;
+}
+
+/**
  * Connect to the vault, and return its CA certificate (PEM) if the handshake presented a
  * CA with this fingerprint that issued the vault's certificate. Nothing is sent.
  */
@@ -112,6 +129,8 @@ export function fetchPinnedCa(url: string, fingerprint: string): Promise<string>
         if (!pinned) throw new OsrError('TLS_PEER_CERT_UNTRUSTED', `the server at ${url} did not present the CA the registration key names (${fingerprint}); it is not that vault`);
         const server = new crypto.X509Certificate(leaf.raw);
         if (!server.checkIssued(pinned) || !server.verify(pinned.publicKey)) throw new OsrError('TLS_PEER_CERT_UNTRUSTED', `the server certificate at ${url} was not issued by the CA the registration key names`);
+        const refused = checkVaultIdentity(host, leaf);
+        if (refused) throw refused instanceof OsrError ? refused : new OsrError('TLS_HANDSHAKE_FAILED', `the server at ${url}: ${refused.message}`);
         resolve(pinned.toString());
       } catch (e) {
         reject(e);
