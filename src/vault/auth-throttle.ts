@@ -1,7 +1,9 @@
 /**
  * Slowing down whoever guesses credentials. Each failed authentication from an address
- * (an unknown or revoked token, a bad registration key, a refused provider certificate)
- * is remembered for a window. The first few cost nothing; each further one is answered
+ * that may be a guess (an API token the vault never issued, a registration key with a
+ * wrong secret) is remembered for a window. A revoked token, a spent key or a refused
+ * certificate is counted in /metrics only: it was a real credential, and a client not yet
+ * told must not lock out its neighbours. The first few cost nothing; each further one is answered
  * after a pause that doubles, up to a cap; once an address has failed `limit` times within
  * the window, its requests are refused with AUTH_THROTTLED (429, Retry-After) until enough
  * of those failures are older than the window. Kept in memory per vault process.

@@ -5,7 +5,8 @@
  * registered), or "public". Every mutating call by a token is audited after its answer:
  * who, what, when, and the result. A request that is not authenticated writes nothing to
  * the database: it is counted in /metrics (osr_vault_unauthenticated_requests_total), and
- * one that presented a wrong credential counts against its address (auth-throttle.ts).
+ * one that may be guessing (an unknown token, a registration key with a wrong secret)
+ * counts against its address (auth-throttle.ts).
  */
 import tls from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -41,7 +42,8 @@ export function installAuth(app: App, ctx: VaultContext): void {
       try {
         request.principal = await providerPrincipal(request, ctx);
       } catch (e) {
-        await authFailure(ctx, request, 'certificate');
+        // a certificate cannot be guessed (the vault's CA signs it): a refused one is counted, not slowed down
+        ctx.metrics.unauthenticated.inc({ reason: 'certificate' });
         throw e;
       }
       return;
@@ -54,7 +56,9 @@ export function installAuth(app: App, ctx: VaultContext): void {
     }
     const token = await ctx.store.activity.authenticate(m[1]!);
     if (!token) {
-      await authFailure(ctx, request, 'bad-token');
+      // a revoked token was a real one (a client not told yet), an unknown one may be a guess
+      if (await ctx.store.activity.isRevokedToken(m[1]!)) ctx.metrics.unauthenticated.inc({ reason: 'revoked-token' });
+      else await authFailure(ctx, request, 'bad-token');
       throw new OsrError('UNAUTHENTICATED', 'the API token is unknown or revoked');
     }
     request.principal = { actor: `${token.name} (${token.id})`, role: token.role, tokenId: token.id };

@@ -67,7 +67,9 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       if (b.vault !== ctx.identity.name) throw new OsrError('REGISTRATION_KEY_INVALID', `this is vault "${ctx.identity.name}", not "${b.vault}"`);
       const providerId = `prov-${randomUUID()}`;
       const key = await store.activity.useRegistrationKey(b.key, ctx.identity.name, `${b.serverName} (${providerId})`).catch(async (e: unknown) => {
-        if (e instanceof OsrError && e.code.startsWith('REGISTRATION_KEY_')) await authFailure(ctx, request, 'registration-key');
+        // a wrong secret may be a guess; a used, expired or revoked key was a real one
+        if (e instanceof OsrError && e.code === 'REGISTRATION_KEY_INVALID') await authFailure(ctx, request, 'registration-key');
+        else if (e instanceof OsrError && e.code.startsWith('REGISTRATION_KEY_')) ctx.metrics.unauthenticated.inc({ reason: 'registration-key' });
         throw e;
       });
       try {
