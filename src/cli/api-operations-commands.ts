@@ -225,7 +225,7 @@ export function addOperationsCommands(program: Command): void {
     .option('--no-webhooks', 'remove every webhook')
     .option('--email <address>', 'an e-mail recipient (repeatable; replaces the recipients)', collect, [])
     .option('--no-emails', 'remove every e-mail recipient')
-    .option('--smtp-host <host>', 'SMTP server')
+    .option('--smtp-host <host>', 'SMTP server (another host than before drops the stored password unless --smtp-password-file is given)')
     .option('--smtp-port <port>', 'SMTP port (default 587, or 465 with --smtp-secure)')
     .option('--smtp-secure', 'TLS from the start (port 465)')
     .option('--no-smtp-secure', 'plain connection upgraded with STARTTLS when offered')
@@ -267,6 +267,34 @@ export function addOperationsCommands(program: Command): void {
           out(r, () => `alert settings saved\n${settingsText(r)}`);
         }),
     );
+
+  // ---- what webhooks may reach ---------------------------------------------------------------
+  const webhook = program.command('webhook').description('webhooks (alerts, plan actions) reach public addresses only, unless an Owner allow-lists a host or network here');
+  const allowText = (s: { allow: string[] }) => (s.allow.length ? s.allow.join('\n') : 'webhooks reach public addresses only (nothing is allow-listed)');
+  webhook
+    .command('allowed')
+    .description('the host names, addresses and networks webhooks may reach although they are not public')
+    .action(() =>
+      withApi(program, async (api) => {
+        const s = await api.get<{ allow: string[] }>('/webhook-settings');
+        out(s, () => allowText(s));
+      }),
+    );
+  for (const [name, description, change] of [
+    ['allow', 'let webhooks reach these host names, addresses or networks (CIDR) although they are loopback, link-local or private (Owner only)', (old: string[], e: string[]) => [...old, ...e]],
+    ['disallow', 'take host names, addresses or networks off the allow-list (Owner only)', (old: string[], e: string[]) => old.filter((x) => !e.map((y) => y.toLowerCase()).includes(x))],
+  ] as const) {
+    webhook
+      .command(`${name} <entry...>`)
+      .description(description)
+      .action((entries: string[]) =>
+        withApi(program, async (api) => {
+          const s = await api.get<{ allow: string[] }>('/webhook-settings');
+          const r = await api.put<{ allow: string[] }>('/webhook-settings', { allow: change(s.allow, entries) });
+          out(r, () => allowText(r));
+        }),
+      );
+  }
 
   // ---- access ------------------------------------------------------------------------------
   const token = program.command('token').description('API tokens, each with a role: Reader, Operator, Contributor or Owner (Owner only)');

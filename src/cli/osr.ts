@@ -13,7 +13,7 @@ import { parseBandwidth } from '../agent/throttle.js';
 import { parseDuration } from '../agent/time-window.js';
 import type { ReplicationHealth } from '../agent/replication-types.js';
 import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
-import { createCa, issueCertificate, type CaMaterial, type PkiRole } from '../pki/index.js';
+import { createCa, issueCertificate, writeFileAtomic, type CaMaterial, type PkiRole } from '../pki/index.js';
 import { AgentClient } from './agent-client.js';
 import { addVaultCommand } from './vault-command.js';
 import { addLabCommand } from './lab-command.js';
@@ -107,7 +107,7 @@ pki
     if (fs.existsSync(path.join(o.dir, 'ca.key'))) throw new OsrError('ALREADY_EXISTS', `${o.dir} already holds a CA`);
     const ca = await createCa({ commonName: o.name });
     fs.writeFileSync(path.join(o.dir, 'ca.crt'), ca.certPem);
-    fs.writeFileSync(path.join(o.dir, 'ca.key'), ca.keyPem, { mode: 0o600 });
+    await writeFileAtomic(path.join(o.dir, 'ca.key'), ca.keyPem, 0o600);
     print({ dir: o.dir }, () => `CA created in ${o.dir}`);
   });
 pki
@@ -129,7 +129,7 @@ pki
       validDays: Number(o.days),
     });
     fs.writeFileSync(path.join(o.dir, `${o.name}.crt`), issued.certPem);
-    fs.writeFileSync(path.join(o.dir, `${o.name}.key`), issued.keyPem, { mode: 0o600 });
+    await writeFileAtomic(path.join(o.dir, `${o.name}.key`), issued.keyPem, 0o600);
     print({ name: o.name, notAfter: issued.notAfter }, () => `issued ${o.name} (${o.role}), valid until ${issued.notAfter.toISOString()}`);
   });
 

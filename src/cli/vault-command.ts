@@ -22,10 +22,15 @@ export function addVaultCommand(program: Command): void {
     .option('--no-jobs', 'serve the API only; other vault processes run the jobs')
     .option('--heartbeat-interval <duration>', 'how often providers are told to send heartbeats', '15s')
     .option('--heartbeat-lost-after <duration>', 'raise an alert when a provider is silent this long', '60s')
+    .option('--ca-key-file <file>', 'the CA\'s private key (mode 0600), kept out of the database (default: the path recorded when the CA was made, else DATA/ca.key); vault processes on other machines need a copy')
+    .option('--retention-days <days>', 'events, ended jobs and audit records older than this are deleted (hourly)', '90')
+    .option('--request-timeout <duration>', 'a client must send its whole request within this', '30s')
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
     .action(async (o: Record<string, string | string[] | boolean | undefined>) => {
       const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(String(o.listen));
       if (!m) throw new OsrError('INVALID_ARGUMENT', `--listen ${String(o.listen)} is not HOST:PORT`);
+      const retentionDays = Number(o.retentionDays);
+      if (!Number.isFinite(retentionDays) || retentionDays < 1) throw new OsrError('INVALID_ARGUMENT', `--retention-days must be a number of days of at least 1, not ${String(o.retentionDays)}`);
       const concurrency = Number(o.jobConcurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new OsrError('INVALID_ARGUMENT', `--job-concurrency must be a whole number of at least 1, not ${String(o.jobConcurrency)}`);
       // the server and its dependencies load only when the vault runs, not for every osr command
@@ -44,7 +49,9 @@ export function addVaultCommand(program: Command): void {
         jobConcurrency: concurrency,
         jobPollMs: parseDuration(String(o.jobPoll)),
         runJobs: o.jobs !== false,
-        settings: { heartbeatIntervalMs: parseDuration(String(o.heartbeatInterval)), heartbeatLostAfterMs: parseDuration(String(o.heartbeatLostAfter)) },
+        caKeyFile: o.caKeyFile ? path.resolve(String(o.caKeyFile)) : undefined,
+        timeouts: { requestMs: parseDuration(String(o.requestTimeout)) },
+        settings: { heartbeatIntervalMs: parseDuration(String(o.heartbeatInterval)), heartbeatLostAfterMs: parseDuration(String(o.heartbeatLostAfter)), retentionMs: retentionDays * 86_400_000 },
       });
       const url = await vault.listen();
       console.log(JSON.stringify({ vault: vault.ctx.identity.name, url, api: `${url}/api/v1`, caFingerprint: vault.ctx.identity.caFingerprint, database: vault.store.database.location }));

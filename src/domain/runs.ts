@@ -49,7 +49,10 @@ export interface PlanActionResult {
   by?: string;
   exitCode?: number;
   status?: number;
+  /** a script's output or a webhook's answer (at most 4 KiB of it): shown to the roles that configure plans only */
   output?: string;
+  /** the webhook answered more than was kept */
+  outputTruncated?: boolean;
 }
 
 /** What a plan's drill (a test failover and its cleanup) records, in the cleanup run's output. */

@@ -236,6 +236,12 @@ export class ActivityStore {
     return toToken(r);
   }
 
+  /** Whether the text is a token that was revoked (not one the vault never issued). */
+  async isRevokedToken(text: string): Promise<boolean> {
+    const r = await this.db.selectFrom('api_tokens').select('revoked_at').where('secret_hash', '=', sha256(text)).executeTakeFirst();
+    return r !== undefined && r.revoked_at !== null;
+  }
+
   async touchToken(id: string): Promise<void> {
     await this.db.updateTable('api_tokens').set({ last_used_at: this.now() }).where('id', '=', id).execute();
   }

@@ -48,10 +48,25 @@ export async function openDatabase(o: OpenDatabaseOptions): Promise<VaultDatabas
   }
 }
 
+/** The database and its -wal and -shm files: the vault's trust root, readable by the vault's user only. */
+function ownerOnly(file: string): void {
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    try {
+      fs.chmodSync(f, 0o600);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+}
+
 function openSqlite(file: string): VaultDatabase {
   let sqlite: SQLite.Database;
   try {
-    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
+    // made (or kept) 0600 before SQLite opens it, whatever the umask: SQLite gives the
+    // -wal and -shm files it creates the database file's mode
+    fs.closeSync(fs.openSync(file, fs.constants.O_CREAT | fs.constants.O_RDWR, 0o600));
+    ownerOnly(file);
     sqlite = new SQLite(file);
   } catch (e) {
     throw new OsrError('STORE_UNAVAILABLE', `cannot open the SQLite database ${file}: ${(e as Error).message}`, undefined, { cause: e });
@@ -62,6 +77,9 @@ function openSqlite(file: string): VaultDatabase {
   sqlite.pragma('synchronous = FULL');
   sqlite.pragma('busy_timeout = 5000');
   sqlite.pragma('foreign_keys = ON');
+  // what is deleted or overwritten is zeroed, not left in free pages
+  sqlite.pragma('secure_delete = ON');
+  ownerOnly(file);
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
   return { db, dialect: Dialect.Sqlite, location: path.resolve(file), close: () => db.destroy() };
 }

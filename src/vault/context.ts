@@ -7,6 +7,7 @@ import type { JobEngine } from '../jobs/engine.js';
 import type { VaultStore } from '../store/index.js';
 import type { JobRow } from '../store/schema.js';
 import type { Alerting } from '../workflows/alerting.js';
+import type { AuthThrottle, AuthThrottleOptions } from './auth-throttle.js';
 import type { VaultIdentity } from './identity.js';
 import type { VaultMetrics } from './metrics.js';
 
@@ -21,6 +22,12 @@ export interface VaultSettings {
   longPollMaxMs: number;
   /** how long a registration key stays valid */
   registrationKeyValidMs: number;
+  /** events, ended jobs and audit records older than this are deleted */
+  retentionMs: number;
+  /** how often they are looked for */
+  pruneIntervalMs: number;
+  /** failed authentications: the pause and the refusal */
+  authThrottle: AuthThrottleOptions;
 }
 
 export interface VaultContext {
@@ -31,6 +38,8 @@ export interface VaultContext {
   alerting: Alerting;
   metrics: VaultMetrics;
   settings: VaultSettings;
+  /** failed authentications by address */
+  authThrottle: AuthThrottle;
   /** aborted when the vault shuts down: long-polls answer at once */
   closing: AbortSignal;
 }
@@ -52,6 +61,8 @@ export type RouteAccess = Permission | 'public' | 'provider';
 declare module 'fastify' {
   interface FastifyContextConfig {
     access?: RouteAccess;
+    /** a public route that takes a credential of its own (a registration key): refused while its caller is throttled */
+    credential?: boolean;
   }
   interface FastifyRequest {
     principal?: Principal;

@@ -1,13 +1,31 @@
 /**
- * Who the vault is: its name and its CA, kept in the database so that every vault process
- * on one database is the same vault (one CA signs every provider's and agent's
- * certificate). The first process to start creates them; its server certificate is
+ * Who the vault is: its name and its CA certificate, kept in the database so that every
+ * vault process on one database is the same vault (one CA signs every provider's and
+ * agent's certificate). The first process to start creates them; its server certificate is
  * issued from that CA at each start, for the names it is reached by.
+ *
+ * The CA's private key is not in the database: it is a file of mode 0600 (by default
+ * <dataDir>/ca.key), whose path the database records so that a second vault process on the
+ * same machine finds it. A database from an older osr that still holds the key has it moved
+ * out to that file on start, and the key's text is removed from the database (on SQLite
+ * with the freed pages overwritten and the file compacted).
  */
 import crypto, { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
 import net from 'node:net';
-import { createCa, formatFingerprint, issueCertificate, type CaMaterial, type TlsMaterial } from '../pki/index.js';
+import path from 'node:path';
+import { sql } from 'kysely';
+import { OsrError } from '../domain/errors.js';
+import { createCa, formatFingerprint, issueCertificate, writeFileAtomic, type CaMaterial, type TlsMaterial } from '../pki/index.js';
 import type { VaultStore } from '../store/index.js';
+
+/** The CA as the database holds it: its certificate, and where its key is. */
+interface StoredCa {
+  certPem: string;
+  keyFile?: string;
+  /** only in databases from before the key moved out */
+  keyPem?: string;
+}
 
 export interface VaultIdentity {
   id: string;
@@ -22,12 +40,10 @@ export function certificateFingerprint(pem: string): string {
   return formatFingerprint(crypto.createHash('sha256').update(new crypto.X509Certificate(pem).raw).digest());
 }
 
-export async function loadIdentity(store: VaultStore, o: { name: string; host: string; extraNames?: string[] }): Promise<VaultIdentity> {
+export async function loadIdentity(store: VaultStore, o: { name: string; host: string; extraNames?: string[]; dataDir: string; caKeyFile?: string }): Promise<VaultIdentity> {
   const { activity } = store;
   const vault = await activity.settingOnce('vault', () => ({ id: randomUUID(), name: o.name }));
-  // made before settingOnce so that a losing racer's CA is simply dropped
-  const fresh = (await activity.setting<CaMaterial | null>('ca', null)) ?? (await createCa({ commonName: `osr vault ${vault.name} CA` }));
-  const ca = await activity.settingOnce<CaMaterial>('ca', () => fresh);
+  const ca = await loadCa(store, `osr vault ${vault.name} CA`, o);
   const names = new Set(['localhost', ...(o.extraNames ?? [])]);
   const ips = new Set(['127.0.0.1', '::1']);
   if (net.isIP(o.host) !== 0) {
@@ -42,4 +58,68 @@ export async function loadIdentity(store: VaultStore, o: { name: string; host: s
     // the chain: a provider registering for the first time checks the CA against its key's pin
     server: { cert: `${issued.certPem.trimEnd()}\n${ca.certPem}`, key: issued.keyPem, ca: ca.certPem },
   };
+}
+
+/** The CA with its key: made on a fresh database, its key moved out of an old one, or read from its file. */
+async function loadCa(store: VaultStore, commonName: string, o: { dataDir: string; caKeyFile?: string }): Promise<CaMaterial> {
+  const { activity } = store;
+  const defaultFile = path.resolve(o.caKeyFile ?? path.join(o.dataDir, 'ca.key'));
+  let stored = await activity.setting<StoredCa | null>('ca', null);
+  if (!stored) {
+    // made before settingOnce so that a losing racer's CA is simply dropped; its key is written only by the winner
+    const fresh = await createCa({ commonName });
+    stored = await activity.settingOnce<StoredCa>('ca', () => ({ certPem: fresh.certPem, keyFile: defaultFile }));
+    if (stored.certPem === fresh.certPem) {
+      await writeKeyFile(defaultFile, fresh.keyPem);
+      return fresh;
+    }
+  }
+  if (stored.keyPem) return moveKeyOut(store, { certPem: stored.certPem, keyPem: stored.keyPem }, defaultFile);
+  const file = path.resolve(o.caKeyFile ?? stored.keyFile ?? defaultFile);
+  // the process that made the CA may be writing the file this very moment
+  let keyPem: string | undefined;
+  for (let i = 0; keyPem === undefined; i++) {
+    try {
+      keyPem = await fs.readFile(file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || i >= 50) {
+        throw new OsrError('CA_KEY_UNAVAILABLE', `cannot read the CA's private key ${file}: ${(e as Error).message}; give this vault the key file the first vault process wrote (--ca-key-file)`, { file }, { cause: e });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  checkKey(stored.certPem, keyPem, file);
+  await fs.chmod(file, 0o600).catch(() => undefined);
+  return { certPem: stored.certPem, keyPem };
+}
+
+function checkKey(certPem: string, keyPem: string, file: string): void {
+  let same = false;
+  try {
+    same = new crypto.X509Certificate(certPem).checkPrivateKey(crypto.createPrivateKey(keyPem));
+  } catch {
+    same = false;
+  }
+  if (!same) throw new OsrError('CA_KEY_UNAVAILABLE', `${file} does not hold the private key of this vault's CA`, { file });
+}
+
+async function writeKeyFile(file: string, keyPem: string): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(file, keyPem, 0o600);
+}
+
+/** A database from before: the key goes to its file, then out of the database. */
+async function moveKeyOut(store: VaultStore, ca: CaMaterial, file: string): Promise<CaMaterial> {
+  const existing = await fs.readFile(file, 'utf8').catch(() => undefined);
+  if (existing !== undefined) checkKey(ca.certPem, existing, file);
+  else await writeKeyFile(file, ca.keyPem);
+  await store.activity.putSetting('ca', { certPem: ca.certPem, keyFile: file } satisfies StoredCa);
+  const { db, dialect } = store.database;
+  if (dialect === 'sqlite') {
+    // the old row's bytes must not stay behind in free pages or the write-ahead log
+    await sql`PRAGMA wal_checkpoint(TRUNCATE)`.execute(db);
+    await sql`VACUUM`.execute(db);
+    await sql`PRAGMA wal_checkpoint(TRUNCATE)`.execute(db);
+  }
+  return ca;
 }

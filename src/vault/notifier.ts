@@ -1,13 +1,17 @@
 /**
  * Delivers alerts by webhook (a JSON POST) and by e-mail (SMTP, through nodemailer), to
  * the destinations in the alert settings. Each attempt is recorded on the alert; a failed
- * one is retried a few times with a growing pause, then left recorded as failed.
+ * one is retried a few times with a growing pause, then left recorded as failed. Webhooks
+ * go through postWebhook (workflows/webhook.ts): public addresses or allow-listed ones only,
+ * no redirects.
  */
 import nodemailer from 'nodemailer';
 import type { Clock } from '../domain/clock.js';
 import type { Alert, AlertSettings } from '../domain/resources.js';
 import type { ActivityStore } from '../store/activity.js';
 import type { Notifier } from '../workflows/alerting.js';
+import { DEFAULT_WEBHOOK_SETTINGS, postWebhook, type WebhookSettings } from '../workflows/webhook.js';
+import { OsrError } from '../domain/errors.js';
 
 export const DEFAULT_ALERT_SETTINGS: AlertSettings = { webhooks: [], emails: [], smtp: null };
 
@@ -58,7 +62,8 @@ export class AlertNotifier implements Notifier {
         await this.activity.recordDelivery(alert.id, { channel, to, ok: true, at: new Date(this.clock.now()).toISOString() });
         return;
       } catch (e) {
-        if (i >= attempts) {
+        // a refused webhook (not public, a redirect) is refused again on the next try
+        if (i >= attempts || (e instanceof OsrError && e.code === 'WEBHOOK_REFUSED')) {
           await this.activity.recordDelivery(alert.id, { channel, to, ok: false, at: new Date(this.clock.now()).toISOString(), error: (e as Error).message });
           return;
         }
@@ -68,14 +73,9 @@ export class AlertNotifier implements Notifier {
   }
 
   private async webhook(url: string, alert: Alert): Promise<void> {
-    const res = await fetch(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'user-agent': 'osr-vault' },
-      body: JSON.stringify({ vault: this.o.vaultName, alert }),
-      signal: AbortSignal.timeout(this.o.timeoutMs ?? 10_000),
-    });
-    await res.arrayBuffer();
-    if (!res.ok) throw new Error(`the webhook answered ${res.status}`);
+    const { allow } = await this.activity.setting<WebhookSettings>('webhooks', DEFAULT_WEBHOOK_SETTINGS);
+    const res = await postWebhook({ url, body: { vault: this.o.vaultName, alert }, allow, signal: AbortSignal.timeout(this.o.timeoutMs ?? 10_000) });
+    if (res.status < 200 || res.status >= 300) throw new Error(`the webhook answered ${res.status}`);
   }
 
   private async email(s: AlertSettings, alert: Alert): Promise<void> {

@@ -5,6 +5,8 @@
  * OpenAPI document, plus /metrics. It holds metadata only: no VM data passes through it.
  */
 import fs from 'node:fs';
+import type https from 'node:https';
+import type net from 'node:net';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import Fastify, { LogController } from 'fastify';
@@ -16,6 +18,8 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import { JobEngine } from '../jobs/engine.js';
 import { openStore, type VaultStore } from '../store/index.js';
 import { REGISTRATION_KEY_VALID_MS } from '../store/activity.js';
+import { DEFAULT_RETENTION_MS, pruneBefore, type Pruned } from '../store/retention.js';
+import { writeFileAtomic } from '../pki/index.js';
 import { Alerting } from '../workflows/alerting.js';
 import { registerProtectionJobs } from '../workflows/protection.js';
 import { registerTestFailoverJobs } from '../workflows/test-failover.js';
@@ -24,6 +28,7 @@ import { registerResyncJobs } from '../workflows/resync.js';
 import { registerPlanRunJobs } from '../workflows/plan-run.js';
 import { registerMappingJobs } from '../workflows/mappings.js';
 import { installAuth } from './auth.js';
+import { AuthThrottle, DEFAULT_AUTH_THROTTLE } from './auth-throttle.js';
 import { API, type App, type VaultContext, type VaultSettings } from './context.js';
 import { errorHandler } from './http-errors.js';
 import { loadIdentity } from './identity.js';
@@ -76,7 +81,24 @@ export interface VaultOptions {
   alertRetryDelayMs?: number;
   /** the portal's built files (default dist/portal); false serves no portal */
   portalDir?: string | false;
+  /**
+   * the CA's private key file (mode 0600; default: the path recorded when the CA was made,
+   * else <dataDir>/ca.key). Vault processes on other machines sharing one database need a
+   * copy of it.
+   */
+  caKeyFile?: string;
+  /** how long a client may take to send a whole request, how long a connection may stay silent, how long an idle keep-alive connection is kept */
+  timeouts?: Partial<VaultTimeouts>;
 }
+
+export interface VaultTimeouts {
+  requestMs: number;
+  idleMs: number;
+  keepAliveMs: number;
+}
+
+/** A request must arrive whole within 30 s; a connection silent for 2 minutes (a long-poll waits 25 s at most) is closed. */
+export const DEFAULT_TIMEOUTS: VaultTimeouts = { requestMs: 30_000, idleMs: 120_000, keepAliveMs: 65_000 };
 
 export class Vault {
   url = '';
@@ -104,14 +126,17 @@ export class Vault {
     const store = await openStore({ database: o.database, dataDir: o.dataDir }, () => clock.now());
     try {
       const host = o.host ?? '127.0.0.1';
-      const identity = await loadIdentity(store, { name: o.name ?? 'osr-vault', host, extraNames: o.tlsNames });
+      const identity = await loadIdentity(store, { name: o.name ?? 'osr-vault', host, extraNames: o.tlsNames, dataDir: o.dataDir, caKeyFile: o.caKeyFile });
       const settings: VaultSettings = {
         heartbeatIntervalMs: 15_000,
         heartbeatLostAfterMs: 60_000,
         commandRedeliverMs: 60_000,
         longPollMaxMs: 25_000,
         registrationKeyValidMs: REGISTRATION_KEY_VALID_MS,
+        retentionMs: DEFAULT_RETENTION_MS,
+        pruneIntervalMs: 3600_000,
         ...o.settings,
+        authThrottle: { ...DEFAULT_AUTH_THROTTLE, ...o.settings?.authThrottle },
       };
       const engine = new JobEngine({
         jobs: store.jobs,
@@ -127,7 +152,8 @@ export class Vault {
       const alerting = new Alerting(store.activity, notifier);
       const metrics = new VaultMetrics(store, () => clock.now());
       const closing = new AbortController();
-      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, closing: closing.signal };
+      const authThrottle = new AuthThrottle(clock, settings.authThrottle);
+      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, authThrottle, closing: closing.signal };
       registerProtectionJobs(engine, { store, alerting, clock });
       registerTestFailoverJobs(engine, { store, alerting, clock });
       registerFailoverJobs(engine, { store, alerting, clock });
@@ -135,9 +161,23 @@ export class Vault {
       registerMappingJobs(engine, { store, alerting, clock });
       registerPlanRunJobs(engine, { store, alerting, clock });
 
+      const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
       const app = Fastify({
         loggerInstance: log,
-        https: { key: identity.server.key, cert: identity.server.cert, ca: identity.server.ca, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' },
+        https: {
+          key: identity.server.key,
+          cert: identity.server.cert,
+          ca: identity.server.ca,
+          requestCert: true,
+          rejectUnauthorized: false,
+          minVersion: 'TLSv1.2',
+          // how often Node looks for requests past their timeout (its default, 30 s, would let a short timeout run long)
+          connectionsCheckingInterval: Math.min(5000, Math.max(250, Math.floor(timeouts.requestMs / 4))),
+        } as https.ServerOptions,
+        // a client that sends its request slowly, or holds a connection silent, does not hold it for ever
+        requestTimeout: timeouts.requestMs,
+        connectionTimeout: timeouts.idleMs,
+        keepAliveTimeout: timeouts.keepAliveMs,
         bodyLimit: o.bodyLimit ?? 1024 * 1024,
         // requests are counted in /metrics and mutating ones audited; per-request log lines would drown the rest
         logController: new LogController({ disableRequestLogging: true }),
@@ -145,6 +185,7 @@ export class Vault {
         return503OnClosing: true,
       }).withTypeProvider<TypeBoxTypeProvider>();
       app.setErrorHandler(errorHandler);
+      app.server.on('connection', (socket: net.Socket) => metrics.watch(socket));
       app.setNotFoundHandler((request, reply) => reply.status(404).send({ code: 'NOT_FOUND', message: `no route ${request.method} ${request.url.split('?')[0]}` }));
       await app.register(swagger, {
         openapi: {
@@ -193,7 +234,7 @@ export class Vault {
     if (secret === undefined) return;
     if (this.o.initialTokenFile) {
       fs.mkdirSync(path.dirname(this.o.initialTokenFile), { recursive: true });
-      fs.writeFileSync(this.o.initialTokenFile, `${secret}\n`, { mode: 0o600 });
+      await writeFileAtomic(this.o.initialTokenFile, `${secret}\n`, 0o600);
     }
     if (this.o.onInitialToken) this.o.onInitialToken(secret);
     else log.info('created the first Owner token; it is printed once on standard output');
@@ -210,15 +251,39 @@ export class Vault {
     return this.url;
   }
 
-  /** Run jobs and the heartbeat monitor (listen() does this; tests using inject() call it). */
+  /** Run jobs, the heartbeat monitor and the pruning of old history (listen() does this; tests using inject() call it). */
   startWork(): void {
     if (this.o.runJobs !== false) this.engine.start();
     this.monitor.start();
+    this.pruning ??= this.pruneLoop();
+  }
+
+  private pruning: Promise<void> | undefined;
+
+  /** Delete events, ended jobs and audit records older than the retention (at start, then every pruneIntervalMs). */
+  async prune(): Promise<Pruned> {
+    const r = await pruneBefore(this.store.database.db, this.ctx.clock.now() - this.ctx.settings.retentionMs);
+    for (const [table, n] of Object.entries(r)) if (n > 0) this.ctx.metrics.pruned.inc({ table }, n);
+    if (r.events + r.jobs + r.audit > 0) this.app.log.info({ ...r, retentionDays: this.ctx.settings.retentionMs / 86_400_000 }, 'pruned history older than the retention');
+    return r;
+  }
+
+  private async pruneLoop(): Promise<void> {
+    const signal = this.closing.signal;
+    while (!signal.aborted) {
+      try {
+        await this.prune();
+      } catch (e) {
+        if (!signal.aborted) this.app.log.warn({ err: String(e) }, 'pruning old history failed; trying again at the next interval');
+      }
+      await this.ctx.clock.sleep(this.ctx.settings.pruneIntervalMs, signal);
+    }
   }
 
   async close(): Promise<void> {
     this.closing.abort();
     this.monitor.stop();
+    await this.pruning;
     await this.engine.stop();
     await this.app.close();
     await this.notifier.settle();

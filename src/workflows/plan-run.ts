@@ -36,6 +36,7 @@ import { Direction, FailoverCommands, type ItemReplication } from './failover.js
 import { findJob, ITEM_OPERATIONS, ItemOperation, startItemOperation } from './item-jobs.js';
 import type { WorkflowDeps } from './protection.js';
 import { TestFailoverCommands, type TestFailoverRecord } from './test-failover.js';
+import { DEFAULT_WEBHOOK_SETTINGS, postWebhook, type WebhookSettings } from './webhook.js';
 
 export const PlanJobs = { Run: 'plan-run' } as const;
 export const PlanCommands = { Script: 'plan.script' } as const;
@@ -388,6 +389,8 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
       } catch (e) {
         last = toOsrError(e, 'ACTION_FAILED');
         if (ctx.signal.aborted) throw last;
+        // a webhook the vault refuses to call is refused again on every try
+        if (last.code === 'WEBHOOK_REFUSED') throw new OsrError('WEBHOOK_REFUSED', `action ${a.name}: ${last.message}`, { ...last.details, action: a.name });
         // a script its provider has not answered may still run: another try could run it twice at once
         if (last.code === 'PROVIDER_UNREACHABLE') throw new OsrError('ACTION_FAILED', `action ${a.name} (${a.kind} ${a.target}): ${last.message}; not tried again while it may still run (restart the run to try again)`, { action: a.name });
         if (n < tries) await clock.sleep(Math.min(30_000, 1000 * 2 ** (n - 1)), ctx.signal).catch(() => undefined);
@@ -398,16 +401,18 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
 
   async function callWebhook(ctx: Ctx, a: RecoveryPlanAction, context: ActionContext): Promise<Partial<PlanActionResult>> {
     const timeoutMs = (a.timeoutSeconds ?? 60) * 1000;
-    let res: Response;
+    const { allow } = await store.activity.setting<WebhookSettings>('webhooks', DEFAULT_WEBHOOK_SETTINGS);
+    let res: { status: number; text: string; truncated: boolean };
     try {
-      res = await fetch(a.target, { method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': 'osr-vault' }, body: JSON.stringify(context), signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(timeoutMs)]) });
+      res = await postWebhook({ url: a.target, body: context, allow, signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(timeoutMs)]) });
     } catch (e) {
+      if (e instanceof OsrError) throw e;
       const err = e as Error;
-      throw new OsrError('ACTION_FAILED', err.name === 'TimeoutError' ? `webhook ${a.target} did not answer within ${timeoutMs / 1000} s` : `webhook ${a.target} cannot be reached: ${err.message}`);
+      throw new OsrError('ACTION_FAILED', err.name === 'TimeoutError' || err.name === 'AbortError' ? `webhook ${a.target} did not answer within ${timeoutMs / 1000} s` : `webhook ${a.target} cannot be reached: ${err.message}`);
     }
-    const text = (await res.text().catch(() => '')).slice(0, 2000);
-    if (!res.ok) throw new OsrError('ACTION_FAILED', `webhook ${a.target} answered ${res.status}${text ? `: ${text.slice(0, 200)}` : ''}`, { status: res.status });
-    return { status: res.status, output: text };
+    // the answer's text is kept in the run's output only (shown to the roles that configure plans), never in the error
+    if (res.status < 200 || res.status >= 300) throw new OsrError('ACTION_FAILED', `webhook ${a.target} answered ${res.status}`, { status: res.status });
+    return { status: res.status, output: res.text, ...(res.truncated ? { outputTruncated: true } : {}) };
   }
 
   function actionTask(gi: number, phase: 'pre' | 'post', a: RecoveryPlanAction, spec: RecoveryPlanSpec): TaskDef<PlanRunInput> {

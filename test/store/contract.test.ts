@@ -2,7 +2,8 @@
  * The store contract: the same tests on SQLite and on PostgreSQL, against real databases.
  * Migrations (idempotent, serialized between two vaults, refused on a newer schema) and
  * the job lease protocol (claim, renew, fencing by owner, takeover after a lease runs out,
- * every job claimed exactly once by two vaults at once), and item samples over time.
+ * every job claimed exactly once by two vaults at once), item samples over time, and
+ * retention (old events, audit records and ended jobs pruned).
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -12,6 +13,8 @@ import { ProtectionState } from '../../src/domain/resources.js';
 import { ItemStore } from '../../src/store/items.js';
 import { JobState, JobStore } from '../../src/store/jobs.js';
 import { SCHEMA_VERSION } from '../../src/store/migrations.js';
+import { ActivityStore } from '../../src/store/activity.js';
+import { pruneBefore } from '../../src/store/retention.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
 import { assertRejectsCode } from '../support/unit.js';
 
@@ -217,6 +220,54 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           await items.transition('site.vm1', { jobId: other.id, owner: null }, [ProtectionState.TestFailoverInProgress], { state: ProtectionState.Protected, release: true });
           assert.equal((await items.get('site.vm1')).state, ProtectionState.Protected);
           await assertRejectsCode(items.transition('nope', a, [ProtectionState.Protected], {}), 'NOT_FOUND');
+        } finally {
+          await h.close();
+        }
+      }));
+
+    test('retention: events, audit records and ended jobs (with their tasks and commands) older than the cutoff are deleted; running jobs and an item\'s active job are kept', () =>
+      withDatabase(dialect, async (t) => {
+        const h = await open(t);
+        try {
+          const day = 24 * 3600_000;
+          let now = Date.parse('2026-01-01T00:00:00Z');
+          const activity = new ActivityStore(h.db, () => now);
+          const jobs = new JobStore(h.db, h.dialect, () => now);
+          const ended = async (kind: string, state: string) => {
+            const j = await jobs.create({ kind, target: kind });
+            await h.db.updateTable('jobs').set({ state, ended_at: state === 'Running' ? null : now }).where('id', '=', j.id).execute();
+            await h.db.insertInto('job_tasks').values({ job_id: j.id, position: 0, name: 'task', state: 'Succeeded', started_at: now, ended_at: now, error: null, progress: null, detail: null }).execute();
+            await h.db.insertInto('provider_commands').values({ id: `cmd-${j.id}`, fabric_id: 'site', kind: 'x', body: '{}', job_id: j.id, state: 'Done', deliveries: 1, created_at: now }).execute();
+            return j.id;
+          };
+          await activity.event({ kind: 'old', severity: 'Info', message: 'old' });
+          await activity.audit({ actor: 'a', role: 'Owner', method: 'POST', path: '/x', action: 'POST /x', status: 200, code: null });
+          const oldDone = await ended('old-done', 'Succeeded');
+          const oldFailed = await ended('old-failed', 'Failed');
+          const oldActive = await ended('old-active', 'Failed');
+          const stillRunning = await ended('running', 'Running');
+          // a failed protection job its item still points at may be restarted: it stays
+          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
+          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
+          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await new ItemStore(h.db, () => now).create({ id: 'site.vm1', name: 'vm1', fabricId: 'site', pairingId: 'p', state: ProtectionState.ProtectionFailed, activeJobId: oldActive });
+
+          now += 100 * day;
+          await activity.event({ kind: 'new', severity: 'Info', message: 'new' });
+          await activity.audit({ actor: 'b', role: 'Owner', method: 'POST', path: '/y', action: 'POST /y', status: 200, code: null });
+          const newDone = await ended('new-done', 'Succeeded');
+
+          assert.deepEqual(await pruneBefore(h.db, now - 90 * day), { events: 1, jobs: 2, audit: 1 });
+          assert.deepEqual((await activity.events()).map((e) => e.kind), ['new']);
+          assert.deepEqual((await activity.auditTrail()).map((e) => e.actor), ['b']);
+          const left = (await h.db.selectFrom('jobs').select('id').execute()).map((r) => r.id).sort();
+          assert.deepEqual(left, [oldActive, stillRunning, newDone].sort());
+          assert.ok(!left.includes(oldDone) && !left.includes(oldFailed));
+          const tasks = (await h.db.selectFrom('job_tasks').select('job_id').execute()).map((r) => r.job_id).sort();
+          assert.deepEqual(tasks, left, 'tasks go with their jobs');
+          const cmds = (await h.db.selectFrom('provider_commands').select('job_id').execute()).map((r) => r.job_id).sort();
+          assert.deepEqual(cmds, left, 'provider commands go with their jobs');
+          assert.deepEqual(await pruneBefore(h.db, now - 90 * day), { events: 0, jobs: 0, audit: 0 }, 'running it again deletes nothing more');
         } finally {
           await h.close();
         }

@@ -388,6 +388,15 @@ describe('osr vault client commands', () => {
     assert.deepEqual(stored.webhooks, []);
     assert.equal((stored.smtp as Obj).password, 's3cret');
     assert.match(await ok(['alert', 'settings', 'show']), /mail\.example\.com:587 from osr@example\.com with a password/);
+    // another SMTP host without a password: the stored one is not sent there
+    await ok(['alert', 'settings', 'set', '--smtp-host', 'mail.elsewhere.example']);
+    assert.equal(((await v.vault.ctx.store.activity.setting<Obj>('alerts', {})).smtp as Obj).password, undefined);
+
+    // what webhooks may reach beyond public addresses
+    assert.match(await ok(['webhook', 'allowed']), /public addresses only/);
+    assert.deepEqual(await json(['webhook', 'allow', '127.0.0.1', '10.20.0.0/16']), { allow: ['127.0.0.1', '10.20.0.0/16'] });
+    assert.deepEqual(await json(['webhook', 'disallow', '127.0.0.1']), { allow: ['10.20.0.0/16'] });
+    assert.equal(await ok(['webhook', 'allowed']), '10.20.0.0/16\n');
   });
 
   test('disable protection keeping the replica', async () => {

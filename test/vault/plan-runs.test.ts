@@ -47,12 +47,15 @@ const run = async (plan: string, op: string, body: Obj = {}) => (await v.api.req
 
 before(async () => {
   v = await startVault({ name: 'plans' });
+  // the webhook receiver is on the loopback address: an Owner allows it
+  await v.api.request('PUT', '/api/v1/webhook-settings', { allow: ['127.0.0.1'] });
   hook = http.createServer((req, res) => {
     let t = '';
     req.on('data', (c: Buffer) => (t += c));
     req.on('end', () => {
       webhookCalls.push(JSON.parse(t) as Obj);
       // a negative answer: 503 after that many milliseconds
+      if (req.url === '/big') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('x'.repeat(100_000));
       const answer = webhookAnswers.shift() ?? 204;
       setTimeout(() => res.writeHead(answer < 0 ? 503 : answer).end(), answer < 0 ? -answer : 0);
     });
@@ -221,5 +224,34 @@ describe('plan runs', () => {
     await waitFor('the second run calling its webhook', async () => (await job(second)).state === 'Running', 10_000, 20);
     await assertRejectsCode(v.api.request('POST', `/api/v1/jobs/${bad.id}/restart`, {}), 'INVALID_STATE', new RegExp(`plan hooked has run ${second} Running`));
     assert.equal((await ended(second)).error!.code, 'ACTION_FAILED');
+  });
+
+  test('a webhook action to a loopback address is refused (not tried again) until an Owner allow-lists it; the answer kept is bounded and shown to the roles that configure plans', async () => {
+    const url = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/big`;
+    await v.api.request('PUT', '/api/v1/webhook-settings', { allow: [] });
+    await v.api.request('POST', '/api/v1/recovery-plans', { name: 'guarded', groups: [{ name: 'g', items: [item(8)], pre: [{ name: 'hook', kind: 'webhook', target: url, retries: 2, timeoutSeconds: 5 }] }] });
+    const calls = webhookCalls.length;
+    const refused = await ended(await run('guarded', 'unplanned-failover', { recoveryPoint: 'latest' }));
+    assert.equal(refused.state, 'Failed');
+    assert.equal(refused.error!.code, 'WEBHOOK_REFUSED');
+    assert.match(refused.error!.message, /action hook: webhook http:\/\/127\.0\.0\.1:\d+ is refused: its address is loopback/);
+    assert.equal(webhookCalls.length, calls, 'the webhook was not called, nor tried again');
+
+    await v.api.request('PUT', '/api/v1/webhook-settings', { allow: ['127.0.0.1'] });
+    await v.api.request('POST', `/api/v1/jobs/${refused.id}/restart`, {});
+    const done = await ended(refused.id);
+    assert.equal(done.state, 'Succeeded', JSON.stringify(done.error));
+    const action = done.output!.actions[0]! as { output?: string; outputTruncated?: boolean; outputHidden?: boolean; status?: number };
+    assert.equal(action.status, 200);
+    assert.equal(action.output!.length, 4096, 'at most 4 KiB of the answer is kept');
+    assert.equal(action.outputTruncated, true);
+    // a Reader or an Operator sees that there was an answer, not what it said
+    for (const role of ['Reader', 'Operator']) {
+      const t = await v.api.request<{ secret: string }>('POST', '/api/v1/tokens', { name: `${role.toLowerCase()}-plans`, role });
+      const seen = await v.as(t.secret).request<Job>('GET', `/api/v1/jobs/${done.id}`);
+      const a = seen.output!.actions[0]! as { output?: string; outputHidden?: boolean };
+      assert.equal(a.output, undefined, role);
+      assert.equal(a.outputHidden, true, role);
+    }
   });
 });

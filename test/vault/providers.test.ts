@@ -119,6 +119,8 @@ describe('providers and protection', () => {
     });
     await new Promise<void>((r) => smtp.listen(0, '127.0.0.1', r));
     try {
+      // the webhook receiver is on the loopback address: an Owner allows it
+      await v.api.request('PUT', '/api/v1/webhook-settings', { allow: ['127.0.0.1'] });
       await v.api.request('PUT', '/api/v1/alert-settings', {
         webhooks: [`http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`],
         emails: ['dr-team@example.com'],

@@ -5,10 +5,22 @@ import type { JobEngine } from '../../jobs/engine.js';
 import { JobState, type JobFilter } from '../../store/jobs.js';
 import type { JobRow, JobTaskRow } from '../../store/schema.js';
 import { iso, json } from '../../store/rows.js';
+import { allows, type Role } from '../../domain/roles.js';
 import { principal, type App, type VaultContext } from '../context.js';
 import { IdParam } from '../schemas.js';
 
-export function jobView(engine: JobEngine, j: JobRow, tasks?: JobTaskRow[]) {
+/**
+ * What a webhook answered or a script printed may hold what the endpoint or the script
+ * knows: only the roles that configure plans (and so choose those endpoints) see it.
+ */
+function visibleOutput(output: unknown, role: Role | null): unknown {
+  if (role !== null && allows(role, 'configure')) return output;
+  const o = output as { actions?: Record<string, unknown>[] } | null;
+  if (!o || typeof o !== 'object' || !Array.isArray(o.actions)) return output;
+  return { ...o, actions: o.actions.map((a) => ('output' in a ? { ...Object.fromEntries(Object.entries(a).filter(([k]) => k !== 'output')), outputHidden: true } : a)) };
+}
+
+export function jobView(engine: JobEngine, j: JobRow, tasks?: JobTaskRow[], role: Role | null = null) {
   return {
     id: j.id,
     kind: j.kind,
@@ -24,7 +36,7 @@ export function jobView(engine: JobEngine, j: JobRow, tasks?: JobTaskRow[]) {
     startedAt: iso(j.started_at),
     endedAt: iso(j.ended_at),
     error: json(j.error, null),
-    output: json(j.output, null),
+    output: visibleOutput(json(j.output, null), role),
     waitingFor: json(j.waiting_for, null),
     allowedActions: engine.allowedActions(j),
     ...(tasks
@@ -67,14 +79,14 @@ export const jobRoutes = (ctx: VaultContext) => async (app: App) => {
   };
 
   app.get('/jobs', { config: { access: 'read' }, schema: { summary: 'jobs, newest first, filtered', tags, querystring: Filter } }, async (request) => ({
-    items: (await jobs.list(filter(request.query))).map((j) => jobView(engine, j)),
+    items: (await jobs.list(filter(request.query))).map((j) => jobView(engine, j, undefined, principal(request).role)),
     next: null,
   }));
   app.get(
     '/jobs/export',
     { config: { access: 'read' }, schema: { summary: 'jobs as a JSON or CSV download (same filters as the list)', tags, querystring: Type.Object({ ...Filter.properties, format: Type.Optional(Type.Union([Type.Literal('json'), Type.Literal('csv')])) }) } },
     async (request, reply) => {
-      const rows = (await jobs.list({ ...filter(request.query), limit: request.query.limit ?? 1000 })).map((j) => jobView(engine, j));
+      const rows = (await jobs.list({ ...filter(request.query), limit: request.query.limit ?? 1000 })).map((j) => jobView(engine, j, undefined, principal(request).role));
       if (request.query.format === 'csv') {
         const lines = [CSV_COLUMNS.join(',')];
         for (const j of rows) {
@@ -89,13 +101,13 @@ export const jobRoutes = (ctx: VaultContext) => async (app: App) => {
   );
   app.get('/jobs/:id', { config: { access: 'read' }, schema: { summary: 'a job with its tasks and the actions it allows', tags, params: IdParam } }, async (request) => {
     const job = await jobs.get(request.params.id);
-    return jobView(engine, job, await jobs.tasks(job.id));
+    return jobView(engine, job, await jobs.tasks(job.id), principal(request).role);
   });
-  app.post('/jobs/:id/cancel', { config: { access: 'operate' }, schema: { summary: 'cancel a queued, running or waiting job', tags, params: IdParam } }, async (request) => jobView(engine, await engine.cancel(request.params.id)));
-  app.post('/jobs/:id/restart', { config: { access: 'operate' }, schema: { summary: 'run a failed or cancelled job again from the task that did not finish', tags, params: IdParam } }, async (request) => jobView(engine, await engine.restart(request.params.id)));
+  app.post('/jobs/:id/cancel', { config: { access: 'operate' }, schema: { summary: 'cancel a queued, running or waiting job', tags, params: IdParam } }, async (request) => jobView(engine, await engine.cancel(request.params.id), undefined, principal(request).role));
+  app.post('/jobs/:id/restart', { config: { access: 'operate' }, schema: { summary: 'run a failed or cancelled job again from the task that did not finish', tags, params: IdParam } }, async (request) => jobView(engine, await engine.restart(request.params.id), undefined, principal(request).role));
   app.post(
     '/jobs/:id/resume',
     { config: { access: 'operate' }, schema: { summary: 'resume a job waiting for input (a manual step done)', tags, params: IdParam, body: Type.Object({ comment: Type.String({ maxLength: 2000 }) }, { additionalProperties: false }) } },
-    async (request) => jobView(engine, await engine.resume(request.params.id, { comment: request.body.comment, by: principal(request).actor, at: ctx.clock.now() })),
+    async (request) => jobView(engine, await engine.resume(request.params.id, { comment: request.body.comment, by: principal(request).actor, at: ctx.clock.now() }), undefined, principal(request).role),
   );
 };

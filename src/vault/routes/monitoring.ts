@@ -1,8 +1,9 @@
-/** Events, alerts and where alerts go (webhooks, e-mail). */
+/** Events, alerts, where alerts go (webhooks, e-mail), and what webhooks may reach. */
 import { Type } from '@fastify/type-provider-typebox';
 import type { AlertSettings } from '../../domain/resources.js';
 import { OsrError } from '../../domain/errors.js';
 import { capacityPlanOf } from '../../workflows/capacity.js';
+import { DEFAULT_WEBHOOK_SETTINGS, validateAllowList, type WebhookSettings } from '../../workflows/webhook.js';
 import { DEFAULT_ALERT_SETTINGS } from '../notifier.js';
 import { page, type App, type VaultContext } from '../context.js';
 import { IdParam, PageQuery } from '../schemas.js';
@@ -93,13 +94,31 @@ export const monitoringRoutes = (ctx: VaultContext) => async (app: App) => {
   app.get('/alert-settings', { config: { access: 'read' }, schema: { summary: 'where alerts are delivered (the SMTP password is not shown)', tags } }, async () => shown(await activity.setting('alerts', DEFAULT_ALERT_SETTINGS)));
   app.put('/alert-settings', { config: { access: 'configure' }, schema: { summary: 'set where alerts are delivered', tags, body: Settings } }, async (request) => {
     const s = request.body as AlertSettings;
-    // a settings object read back shows the password masked: keep the stored one
+    // a settings object read back shows the password masked: keep the stored one, but only
+    // for the same server: a password is never sent to a host it was not given for
     if (s.smtp && (s.smtp.password === undefined || s.smtp.password === MASK)) {
       const old = await activity.setting<AlertSettings>('alerts', DEFAULT_ALERT_SETTINGS);
-      if (old.smtp?.password) s.smtp.password = old.smtp.password;
+      if (old.smtp?.password && old.smtp.host.toLowerCase() === s.smtp.host.toLowerCase()) s.smtp.password = old.smtp.password;
       else delete s.smtp.password;
     }
     await activity.putSetting('alerts', s);
     return shown(s);
   });
+
+  const WebhookSettingsBody = Type.Object(
+    { allow: Type.Array(Type.String({ minLength: 1, maxLength: 300 }), { maxItems: 100, description: 'host names, addresses or networks (CIDR) that webhooks may reach although they are not public' }) },
+    { additionalProperties: false },
+  );
+  app.get('/webhook-settings', { config: { access: 'read' }, schema: { summary: 'what webhooks (alerts, plan actions) may reach beyond public addresses', tags: ['webhooks'] } }, async () =>
+    activity.setting<WebhookSettings>('webhooks', DEFAULT_WEBHOOK_SETTINGS),
+  );
+  app.put(
+    '/webhook-settings',
+    { config: { access: 'admin' }, schema: { summary: 'allow webhooks to reach loopback, link-local or private hosts and networks (Owner only)', tags: ['webhooks'], body: WebhookSettingsBody } },
+    async (request) => {
+      const s: WebhookSettings = { allow: validateAllowList(request.body.allow) };
+      await activity.putSetting('webhooks', s);
+      return s;
+    },
+  );
 };

@@ -12,6 +12,7 @@ import { Health, ProtectionState, Severity, type HealthReason, type InventoryDoc
 import { issueCertificate } from '../../pki/index.js';
 import { AlertKind } from '../../workflows/alerting.js';
 import { itemCriticalKey } from '../../workflows/protection.js';
+import { authFailure } from '../auth.js';
 import { principal, type App, type VaultContext } from '../context.js';
 import { certificateFingerprint } from '../identity.js';
 import { heartbeatAlertKey } from '../monitor.js';
@@ -42,7 +43,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
   app.post(
     '/registrations',
     {
-      config: { access: 'public' },
+      config: { access: 'public', credential: true },
       schema: {
         summary: 'register a provider with a registration key; answers with its client certificate',
         tags,
@@ -66,7 +67,12 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const b = request.body;
       if (b.vault !== ctx.identity.name) throw new OsrError('REGISTRATION_KEY_INVALID', `this is vault "${ctx.identity.name}", not "${b.vault}"`);
       const providerId = `prov-${randomUUID()}`;
-      const key = await store.activity.useRegistrationKey(b.key, ctx.identity.name, `${b.serverName} (${providerId})`);
+      const key = await store.activity.useRegistrationKey(b.key, ctx.identity.name, `${b.serverName} (${providerId})`).catch(async (e: unknown) => {
+        // a wrong secret may be a guess; a used, expired or revoked key was a real one
+        if (e instanceof OsrError && e.code === 'REGISTRATION_KEY_INVALID') await authFailure(ctx, request, 'registration-key');
+        else if (e instanceof OsrError && e.code.startsWith('REGISTRATION_KEY_')) ctx.metrics.unauthenticated.inc({ reason: 'registration-key' });
+        throw e;
+      });
       try {
         const cert = await issueCertificate(ctx.identity.ca, { commonName: providerId, role: 'provider', publicKeyPem: b.publicKey, dnsNames: [], ipAddresses: [], validDays: 365 });
         const { fabric, provider } = await store.fabrics.registerProvider({
