@@ -13,22 +13,14 @@ import { DATA_HEADER_BYTES, FrameType, PROTOCOL_NAME } from '../../src/agent/wir
 import { ensurePki } from '../../src/lab/agent-process.js';
 import { createVm, fileDigest, pointDigests, startPair, waitForPoint, writePattern, type DiskInfo, type Pair } from '../support/lab.js';
 import { RawPeer } from '../support/raw-peer.js';
+import { prng, randomBytes } from '../support/unit.js';
 
 const seed = Number(process.env.OSR_FUZZ_SEED ?? Date.now() % 1_000_000);
 
-/** mulberry32: small, seeded, good enough to pick shapes. */
-function rng(s: number): () => number {
-  return () => {
-    s = (s + 0x6d2b79f5) | 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rand = rng(seed);
+const rand = prng(seed);
 const int = (n: number) => Math.floor(rand() * n);
 const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
-const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => int(256)));
+const bytes = (n: number) => randomBytes(rand, n);
 
 let pair: Pair;
 let disks: DiskInfo[];
@@ -121,7 +113,7 @@ test(`malformed NBD handshakes and requests at the NBD socket change no disk (se
   const before = disks.map((d) => fileDigest(d.image, d.size).digest);
   const socketPath = pair.primary.nbdSocket;
   let requests = 0;
-  for (let c = 0; c < 300; c++) {
+  for (let c = 0; c < 450; c++) {
     if (rand() < 0.3) {
       // garbage instead of a handshake
       const s = net.connect(socketPath);
