@@ -26,6 +26,8 @@ export interface VaultSettings {
   retentionMs: number;
   /** how often they are looked for */
   pruneIntervalMs: number;
+  /** how often the server certificate's age is checked (it is renewed two thirds into its life) */
+  certificateCheckIntervalMs: number;
   /** failed authentications: the pause and the refusal */
   authThrottle: AuthThrottleOptions;
 }

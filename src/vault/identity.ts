@@ -34,13 +34,36 @@ export interface VaultIdentity {
   /** SHA-256 of the CA certificate (colon-separated hex): what a registration key pins */
   caFingerprint: string;
   server: TlsMaterial;
+  /** the names the server certificate carries (kept for its renewal) */
+  serverNames: { dnsNames: string[]; ipAddresses: string[] };
+  /** when it was issued, on the vault's clock, and how long it is valid */
+  serverIssuedAt: number;
+  serverLifetimeMs: number;
+  serverNotAfter: string;
+}
+
+/** The server certificate's lifetime: renewed two thirds in (server.ts), without a restart. */
+export const SERVER_CERT_DAYS = 90;
+
+type ServerCertificate = Pick<VaultIdentity, 'server' | 'serverIssuedAt' | 'serverLifetimeMs' | 'serverNotAfter'>;
+
+/** A server certificate for the vault from its CA, for the names given. */
+export async function issueServerCertificate(ca: CaMaterial, vaultName: string, names: VaultIdentity['serverNames'], clock: { now(): number }): Promise<ServerCertificate> {
+  const issued = await issueCertificate(ca, { commonName: `vault-${vaultName}`, role: 'vault', dnsNames: names.dnsNames, ipAddresses: names.ipAddresses, validDays: SERVER_CERT_DAYS });
+  return {
+    // the chain: a provider registering for the first time checks the CA against its key's pin
+    server: { cert: `${issued.certPem.trimEnd()}\n${ca.certPem}`, key: issued.keyPem, ca: ca.certPem },
+    serverIssuedAt: clock.now(),
+    serverLifetimeMs: SERVER_CERT_DAYS * 86_400_000,
+    serverNotAfter: issued.notAfter.toISOString(),
+  };
 }
 
 export function certificateFingerprint(pem: string): string {
   return formatFingerprint(crypto.createHash('sha256').update(new crypto.X509Certificate(pem).raw).digest());
 }
 
-export async function loadIdentity(store: VaultStore, o: { name: string; host: string; extraNames?: string[]; dataDir: string; caKeyFile?: string }): Promise<VaultIdentity> {
+export async function loadIdentity(store: VaultStore, o: { name: string; host: string; extraNames?: string[]; dataDir: string; caKeyFile?: string; clock?: { now(): number } }): Promise<VaultIdentity> {
   const { activity } = store;
   const vault = await activity.settingOnce('vault', () => ({ id: randomUUID(), name: o.name }));
   const ca = await loadCa(store, `osr vault ${vault.name} CA`, o);
@@ -49,14 +72,14 @@ export async function loadIdentity(store: VaultStore, o: { name: string; host: s
   if (net.isIP(o.host) !== 0) {
     if (o.host !== '0.0.0.0' && o.host !== '::') ips.add(o.host);
   } else names.add(o.host);
-  const issued = await issueCertificate(ca, { commonName: `vault-${vault.name}`, role: 'vault', dnsNames: [...names], ipAddresses: [...ips], validDays: 90 });
+  const serverNames = { dnsNames: [...names], ipAddresses: [...ips] };
   return {
     id: vault.id,
     name: vault.name,
     ca,
     caFingerprint: certificateFingerprint(ca.certPem),
-    // the chain: a provider registering for the first time checks the CA against its key's pin
-    server: { cert: `${issued.certPem.trimEnd()}\n${ca.certPem}`, key: issued.keyPem, ca: ca.certPem },
+    serverNames,
+    ...(await issueServerCertificate(ca, vault.name, serverNames, o.clock ?? { now: () => Date.now() })),
   };
 }
 

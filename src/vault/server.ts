@@ -14,6 +14,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import pino from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
+import { Severity } from '../domain/resources.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { JobEngine } from '../jobs/engine.js';
 import { openStore, type VaultStore } from '../store/index.js';
@@ -31,7 +32,7 @@ import { installAuth } from './auth.js';
 import { AuthThrottle, DEFAULT_AUTH_THROTTLE } from './auth-throttle.js';
 import { API, type App, type VaultContext, type VaultSettings } from './context.js';
 import { errorHandler } from './http-errors.js';
-import { loadIdentity } from './identity.js';
+import { issueServerCertificate, loadIdentity } from './identity.js';
 import { VaultMetrics } from './metrics.js';
 import { HeartbeatMonitor } from './monitor.js';
 import { AlertNotifier } from './notifier.js';
@@ -126,7 +127,7 @@ export class Vault {
     const store = await openStore({ database: o.database, dataDir: o.dataDir }, () => clock.now());
     try {
       const host = o.host ?? '127.0.0.1';
-      const identity = await loadIdentity(store, { name: o.name ?? 'osr-vault', host, extraNames: o.tlsNames, dataDir: o.dataDir, caKeyFile: o.caKeyFile });
+      const identity = await loadIdentity(store, { name: o.name ?? 'osr-vault', host, extraNames: o.tlsNames, dataDir: o.dataDir, caKeyFile: o.caKeyFile, clock });
       const settings: VaultSettings = {
         heartbeatIntervalMs: 15_000,
         heartbeatLostAfterMs: 60_000,
@@ -135,6 +136,7 @@ export class Vault {
         registrationKeyValidMs: REGISTRATION_KEY_VALID_MS,
         retentionMs: DEFAULT_RETENTION_MS,
         pruneIntervalMs: 3600_000,
+        certificateCheckIntervalMs: 3600_000,
         ...o.settings,
         authThrottle: { ...DEFAULT_AUTH_THROTTLE, ...o.settings?.authThrottle },
       };
@@ -256,6 +258,39 @@ export class Vault {
     if (this.o.runJobs !== false) this.engine.start();
     this.monitor.start();
     this.pruning ??= this.pruneLoop();
+    this.renewing ??= this.certificateLoop();
+  }
+
+  private renewing: Promise<void> | undefined;
+
+  /**
+   * Renew the server certificate two thirds into its life, without a restart: new
+   * connections get the new one, open ones keep theirs. Ages are measured on the vault's
+   * clock from the moment the certificate was issued.
+   */
+  async renewServerCertificateIfDue(): Promise<boolean> {
+    const id = this.ctx.identity;
+    const age = this.ctx.clock.now() - id.serverIssuedAt;
+    if (age < (id.serverLifetimeMs * 2) / 3) return false;
+    const next = await issueServerCertificate(id.ca, id.name, id.serverNames, this.ctx.clock);
+    this.app.server.setSecureContext({ key: next.server.key, cert: next.server.cert, ca: next.server.ca });
+    Object.assign(id, next);
+    this.app.log.info({ notAfter: next.serverNotAfter }, 'renewed the vault\'s server certificate');
+    await this.ctx.alerting.event({ target: 'vault', kind: 'vault.certificate-renewed', severity: Severity.Info, message: `the vault's server certificate was renewed; the new one is valid until ${next.serverNotAfter}`, details: { notAfter: next.serverNotAfter } });
+    return true;
+  }
+
+  private async certificateLoop(): Promise<void> {
+    const signal = this.closing.signal;
+    while (!signal.aborted) {
+      await this.ctx.clock.sleep(this.ctx.settings.certificateCheckIntervalMs, signal);
+      if (signal.aborted) break;
+      try {
+        await this.renewServerCertificateIfDue();
+      } catch (e) {
+        this.app.log.error({ err: String(e) }, 'renewing the vault\'s server certificate failed; trying again at the next check');
+      }
+    }
   }
 
   private pruning: Promise<void> | undefined;
@@ -284,6 +319,7 @@ export class Vault {
     this.closing.abort();
     this.monitor.stop();
     await this.pruning;
+    await this.renewing;
     await this.engine.stop();
     await this.app.close();
     await this.notifier.settle();

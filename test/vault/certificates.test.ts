@@ -4,9 +4,13 @@
  */
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import { once } from 'node:events';
+import tls from 'node:tls';
 import { after, before, test } from 'node:test';
+import { systemClock } from '../../src/domain/clock.js';
 import { generateKeyPairPem, readCertificateInfo } from '../../src/pki/index.js';
 import { ProviderChannel } from '../../src/provider/channel.js';
+import { waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
 import { siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
 
@@ -50,4 +54,36 @@ test('agent certificates: only for hosts of the fabric\'s inventory, with the in
   // a host that lists no address is named by its host name alone
   const second = await ny.channel.enrolAgent(ny.hosts[1]!, publicKeyPem);
   assert.equal(new crypto.X509Certificate(second.certificate).subjectAltName, `DNS:${ny.hosts[1]}`);
+});
+
+test('the vault renews its own server certificate two thirds into its life, without a restart (a clock moved forward)', async () => {
+  let offset = 0;
+  const clock = { now: () => Date.now() + offset, sleep: systemClock.sleep };
+  const w = await startVault({ name: 'renewing', clock, settings: { certificateCheckIntervalMs: 100 } });
+  try {
+    const serverCert = async (): Promise<crypto.X509Certificate> => {
+      const u = new URL(w.url);
+      const s = tls.connect({ host: u.hostname, port: Number(u.port), ca: w.vault.ctx.identity.ca.certPem, servername: 'localhost' });
+      await once(s, 'secureConnect');
+      const c = s.getPeerX509Certificate()!;
+      s.destroy();
+      return c;
+    };
+    const first = await serverCert();
+    // sixty days on, a third of its life is left: the next check renews it
+    offset = 61 * 86_400_000;
+    const renewed = await waitFor('a new server certificate', async () => {
+      const c = await serverCert();
+      return c.serialNumber !== first.serialNumber ? c : undefined;
+    }, 10_000);
+    assert.ok(Date.parse(renewed.validTo) > Date.parse(first.validTo));
+    assert.ok(renewed.checkIssued(new crypto.X509Certificate(w.vault.ctx.identity.ca.certPem)));
+    // clients that connect now are served with it; the API answers as before
+    const fresh = w.as(w.token);
+    assert.equal((await fresh.request<{ items: unknown[] }>('GET', '/api/v1/fabrics')).items.length, 0);
+    const events = await w.api.request<{ items: { kind: string }[] }>('GET', '/api/v1/events?limit=50');
+    assert.equal(events.items.filter((e) => e.kind === 'vault.certificate-renewed').length, 1, 'renewed once, not at every check');
+  } finally {
+    await w.close();
+  }
 });
