@@ -1,10 +1,12 @@
 /**
  * The host agent: serves lab VMs' disks over NBD with change tracking, replicates VMs to
  * peer agents (primary role), receives replicas and serves their recovery points (replica
- * role), and answers a local HTTP API on loopback. One process per host.
+ * role), and answers a local HTTP API on a Unix socket only its user may open (or, when asked, on
+ * loopback TCP with a token: api-access.ts). One process per host.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
@@ -18,6 +20,8 @@ import { HandoverDisk } from './handover-disk.js';
 import { LabHost, type VmSpec } from './lab-host.js';
 import { diskRangesBytes } from './ranges.js';
 import { buildAgentApi } from './local-api.js';
+import { ensurePrivateDir, isLoopbackHost, listenOnUnixSocket, loadApiToken, type ApiAccess } from './api-access.js';
+import { checkQuiesceHookDir, findQuiesceHook } from './quiesce-hook.js';
 import { NbdServer } from './nbd/nbd-server.js';
 import { ReplicaRegistry, ReplicationServer } from './replication-server.js';
 import { PrimaryReplication } from './replication.js';
@@ -32,8 +36,14 @@ export interface AgentConfig {
   storageDir?: string | undefined;
   /** replication listener (replica role); port 0 picks a free port */
   listen?: { host: string; port: number } | undefined;
-  /** local API on loopback; port 0 picks a free port */
-  api: { host: string; port: number };
+  /**
+   * local API: absent = the Unix socket DATA/run/api.sock (mode 0600); else loopback TCP
+   * (port 0 picks a free port) where every request needs the token in `tokenFile`
+   * (default DATA/api-token, created on first start)
+   */
+  api?: { host: string; port: number; tokenFile?: string | undefined } | undefined;
+  /** DIR: the quiesce hook of VM X is DIR/X (quiesce-hook.ts) */
+  quiesceHookDir?: string | undefined;
   /** also serve NBD on TCP (loopback) at this port */
   nbdTcpPort?: number | undefined;
   tls: TlsFiles;
@@ -48,8 +58,14 @@ export interface AgentConfig {
 export const DEFAULT_AGENT_API_PORT = 8085;
 export { DEFAULT_REPLICATION_PORT };
 
+/** Where the local API listens when not told otherwise (relative to the data directory). */
+export const API_SOCKET = path.join('run', 'api.sock');
+
 export interface AgentEndpoints {
+  /** the local API: `unix:PATH` of its socket, or `http://HOST:PORT` on loopback TCP */
   api: string;
+  /** on TCP, the file holding the token every request must carry */
+  apiTokenFile?: string | undefined;
   replicationPort: number | null;
   nbdSocket: string;
   nbdTcpPort: number | null;
@@ -76,7 +92,9 @@ export class Agent {
     readonly clock: Clock = systemClock,
   ) {
     this.log = pino({ name: config.name, level: config.logLevel ?? 'info' }, pino.destination(2));
-    fs.mkdirSync(path.join(config.dataDir, 'run'), { recursive: true });
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    // the API's and NBD's sockets: only the agent's user may enter
+    ensurePrivateDir(path.join(config.dataDir, 'run'));
     fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
     this.host = new LabHost(config.dataDir, config.storageDir ?? path.join(config.dataDir, 'storage'), () => clock.now());
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
@@ -88,6 +106,18 @@ export class Agent {
   /** Start everything: recover disks before any guest I/O, then open listeners, then replications. */
   async start(): Promise<AgentEndpoints> {
     this.tls = await loadTlsMaterial(this.config.tls);
+    if (this.config.quiesceHookDir !== undefined) {
+      const problem = checkQuiesceHookDir(this.config.quiesceHookDir);
+      if (problem) throw new OsrError('CONFIG_INVALID', problem);
+    }
+    let access: ApiAccess = { kind: 'unix' };
+    let apiTokenFile: string | undefined;
+    if (this.config.api) {
+      const { host, tokenFile } = this.config.api;
+      if (!isLoopbackHost(host)) throw new OsrError('CONFIG_INVALID', `the local API listens on loopback only (127.0.0.1, ::1 or localhost), not on ${host}; remote callers reach agents through their provider`);
+      apiTokenFile = tokenFile ?? path.join(this.config.dataDir, 'api-token');
+      access = { kind: 'tcp', host, port: this.config.api.port, token: loadApiToken(apiTokenFile, tokenFile === undefined) };
+    }
     // a demote cut short is finished or undone before the VMs load: the images are then
     // either a replica's or the VM's, never lost between the two
     for (const a of this.replicas.recoverAdoptions()) this.log.warn({ vmId: a.vmId }, a.outcome === 'finished' ? 'finished a demote cut short: the images are a replica now' : 'undid a demote cut short: the images are the VM\'s again');
@@ -117,13 +147,28 @@ export class Agent {
       this.replicationServer = new ReplicationServer(this.replicas, this.tls, this.config.name, this.log);
       replicationPort = await this.replicationServer.listen(this.config.listen.port, this.config.listen.host);
     }
-    const api = await buildAgentApi(this);
-    const address = await api.listen({ host: this.config.api.host, port: this.config.api.port });
+    const api = await buildAgentApi(this, () => access);
+    let address: string;
+    if (access.kind === 'unix') address = `unix:${await listenOnUnixSocket(api, path.join(this.config.dataDir, API_SOCKET))}`;
+    else {
+      await api.listen({ host: access.host, port: access.port });
+      const bound = api.server.address() as AddressInfo;
+      access = { ...access, host: bound.address, port: bound.port };
+      address = `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
+    }
     this.closeApi = () => api.close();
-    this.endpoints = { api: address, replicationPort, nbdSocket: this.nbdSocket, nbdTcpPort };
+    this.endpoints = { api: address, ...(apiTokenFile ? { apiTokenFile } : {}), replicationPort, nbdSocket: this.nbdSocket, nbdTcpPort };
     for (const file of fs.readdirSync(path.join(this.config.dataDir, 'replications'))) {
-      const spec = readJson<ReplicationSpec>(path.join(this.config.dataDir, 'replications', file));
-      if (spec) this.startReplication(spec);
+      const specFile = path.join(this.config.dataDir, 'replications', file);
+      const spec = readJson<ReplicationSpec & { quiesceHook?: unknown }>(specFile);
+      if (!spec) continue;
+      if (spec.quiesceHook !== undefined) {
+        // a path once taken from a request is never run: hooks are the agent's configuration now
+        this.log.warn({ replication: spec.id, quiesceHook: spec.quiesceHook }, `the quiesce hook kept with replication ${spec.id} is ignored and removed: hooks are configured on the agent now (osr agent --quiesce-hook-dir DIR, the hook of ${spec.vm} being DIR/${spec.vm})`);
+        delete spec.quiesceHook;
+        writeJsonDurable(specFile, spec);
+      }
+      this.startReplication(spec);
     }
     writeJsonDurable(path.join(this.config.dataDir, 'run', 'agent.json'), { pid: process.pid, ...this.endpoints });
     this.log.info(this.endpoints, `agent ${this.config.name} started`);
@@ -184,6 +229,7 @@ export class Agent {
       agentPacer: this.agentPacer,
       pacer: spec.bandwidth ? new Pacer(parseBandwidth(spec.bandwidth), this.clock) : undefined,
       hookTimeoutMs: this.config.hookTimeoutMs ?? 60_000,
+      quiesceHook: (vm) => findQuiesceHook(this.config.quiesceHookDir, vm),
       phases: this.phases,
     });
     this.replications.set(spec.id, r);

@@ -1,5 +1,6 @@
 /**
- * The agent's local API: plain HTTP on loopback, JSON in and out, errors as
+ * The agent's local API: HTTP on a Unix socket only the agent's user may open (or on
+ * loopback TCP with a token, api-access.ts), JSON in and out, errors as
  * {code, message, details}. The `osr` CLI talks to it; reference in docs/agent-api.md.
  */
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -7,6 +8,7 @@ import path from 'node:path';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
+import { addAccessChecks, type ApiAccess } from './api-access.js';
 import { parseSize } from './lab-host.js';
 import type { ReplicaStore } from './replica-store.js';
 import { diskRangesBytes } from './ranges.js';
@@ -26,6 +28,7 @@ export function httpStatusOf(code: ErrorCode): number {
     case 'OVERLAY_IN_USE':
       return 409;
     case 'AUTH_FAILED':
+    case 'HOST_NOT_ALLOWED':
       return 403;
     default:
       return ERROR_CODES[code].class === 'usage' ? 400 : 500;
@@ -58,13 +61,18 @@ function overlaySummary(agent: Agent, s: ReplicaStore, id: string) {
   };
 }
 
-export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
+/** `access` says how the API is reached once it listens (the port bound to, the token). */
+export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Promise<FastifyInstance> {
   const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } } });
 
   app.setErrorHandler((err, _req, reply) => {
     const e = (err as { validation?: unknown }).validation ? new OsrError('INVALID_ARGUMENT', (err as Error).message) : toOsrError(err);
-    void reply.status(httpStatusOf(e.code)).send({ code: e.code, message: e.message, details: e.details, hint: ERROR_CODES[e.code].fix });
+    // no credential at all is 401 (with WWW-Authenticate), a wrong one 403
+    const status = e.code === 'AUTH_FAILED' && reply.hasHeader('www-authenticate') ? 401 : httpStatusOf(e.code);
+    void reply.status(status).send({ code: e.code, message: e.message, details: e.details, hint: ERROR_CODES[e.code].fix });
   });
+
+  addAccessChecks(app, access);
 
   app.get('/v1/status', async () => ({
     name: agent.config.name,
@@ -145,7 +153,7 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
       compression?: boolean;
       startAt?: string;
       appConsistentFrequency?: string | number;
-      quiesceHook?: string;
+      quiesceHook?: unknown;
       epoch?: number;
       resyncBlockSize?: number;
       resyncWindow?: string;
@@ -158,6 +166,9 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
     { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, peerName: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' } } } } },
     async (req, reply) => {
       const b = req.body;
+      if (b.quiesceHook !== undefined) {
+        throw new OsrError('INVALID_ARGUMENT', `quiesceHook is not taken from a request: quiesce hooks are the agent's configuration (osr agent --quiesce-hook-dir DIR runs DIR/${b.vm} for this VM); remove quiesceHook from the request`);
+      }
       const m = /^(.+):(\d+)$/.exec(b.peer);
       const peer = m ? { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) } : { host: b.peer, port: 8084 };
       if (b.startAt !== undefined && Number.isNaN(Date.parse(b.startAt))) throw new OsrError('INVALID_ARGUMENT', `startAt "${b.startAt}" is not an ISO date-time`);
@@ -183,7 +194,6 @@ export async function buildAgentApi(agent: Agent): Promise<FastifyInstance> {
         compression: b.compression ?? false,
         startAt: b.startAt,
         appConsistentEveryMs: b.appConsistentFrequency !== undefined ? parseDuration(b.appConsistentFrequency) : 0,
-        quiesceHook: b.quiesceHook,
         epoch: b.epoch,
         resyncBlockSize: bs,
         resyncWindow: b.resyncWindow,

@@ -27,10 +27,8 @@ export interface ReplicationSpec {
   compression: boolean;
   /** ISO time; absent = now */
   startAt?: string | undefined;
-  /** app-consistent point every N ms (0 = never) */
+  /** app-consistent point every N ms (0 = never); the quiesce hook is the agent's (quiesce-hook.ts) */
   appConsistentEveryMs: number;
-  /** script run with argument freeze|thaw around an app-consistent point */
-  quiesceHook?: string | undefined;
   epoch: number;
   /** block size of a resynchronization's comparison, bytes (a power of two) */
   resyncBlockSize?: number | undefined;

@@ -24,6 +24,7 @@ import { finishedExport, writeExport } from './offline-seed.js';
 import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { dataRanges, isZero } from './sparse.js';
 import { MAX_DATA_BYTES } from './wire.js';
+import type { QuiesceHook } from './quiesce-hook.js';
 
 const COPY_CHUNK = 4 * 1024 * 1024;
 /** bytes of data sent between two durable checkpoints of the initial copy */
@@ -57,6 +58,8 @@ export interface ReplicationDeps {
   /** this replication's own bandwidth limit */
   pacer?: Pacer | undefined;
   hookTimeoutMs: number;
+  /** the VM's quiesce hook from the agent's configuration (quiesce-hook.ts); none = nothing to quiesce */
+  quiesceHook?: ((vm: string) => QuiesceHook | undefined) | undefined;
   /** the agent's spread of copy cycles over the copy frequency */
   phases: CyclePhases;
 }
@@ -764,12 +767,17 @@ export class PrimaryReplication {
     return seq;
   }
 
-  /** Run the quiesce hook; no hook means nothing to quiesce (a lab guest has no applications). */
+  /** Run the VM's quiesce hook; no hook means nothing to quiesce (a lab guest has no applications). */
   private async runHook(phase: 'freeze' | 'thaw'): Promise<boolean> {
-    const hook = this.spec.quiesceHook;
+    const hook = this.deps.quiesceHook?.(this.vm.name);
     if (!hook) return true;
     return new Promise((resolve) => {
-      const child = spawn(hook, [phase, this.vm.name], { stdio: 'ignore', env: { ...process.env, OSR_VM: this.vm.name, OSR_PHASE: phase } });
+      if ('refused' in hook) {
+        this.lastError = { code: 'HOOK_FAILED', message: `quiesce hook ${phase} for ${this.vm.name}: ${hook.refused}`, at: new Date(this.deps.clock.now()).toISOString() };
+        this.deps.log.warn({ replication: this.spec.id, code: 'HOOK_FAILED' }, this.lastError.message);
+        return resolve(false);
+      }
+      const child = spawn(hook.path, [phase, this.vm.name], { stdio: 'ignore', env: { ...process.env, OSR_VM: this.vm.name, OSR_PHASE: phase } });
       const timer = setTimeout(() => child.kill('SIGKILL'), this.deps.hookTimeoutMs);
       const fail = (why: string) => {
         clearTimeout(timer);

@@ -1,32 +1,36 @@
 #!/usr/bin/env node
 /**
  * osr — Open Site Recovery command line. `osr agent` runs a host agent; the other commands
- * talk to an agent's local API (--agent, or OSR_AGENT).
+ * talk to an agent's local API (--agent, or OSR_AGENT: its Unix socket, or a TCP address
+ * with --agent-token-file).
  */
 import './threadpool.js';
 import { Command, Option } from 'commander';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Agent, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/agent.js';
+import { Agent, API_SOCKET, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/agent.js';
 import { parseBackoff } from '../agent/retry.js';
 import { parseBandwidth } from '../agent/throttle.js';
 import { parseDuration } from '../agent/time-window.js';
 import type { ReplicationHealth } from '../agent/replication-types.js';
 import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
 import { createCa, issueCertificate, writeFileAtomic, type CaMaterial, type PkiRole } from '../pki/index.js';
-import { AgentClient } from './agent-client.js';
+import { AgentClient, readAgentToken } from './agent-client.js';
 import { addVaultCommand } from './vault-command.js';
 import { addLabCommand } from './lab-command.js';
 import { addProviderCommand } from './provider-command.js';
 import { addApiCommands } from './api-commands.js';
 import { collect, formatBytes, formatSeconds, progressBar, table } from './format.js';
 
+const DEFAULT_AGENT_DATA_DIR = path.join('.osr', 'agent');
+
 const program = new Command();
 program
   .name('osr')
   .description('Open Site Recovery: replicate VM disks between hosts, keep recovery points, open any point instantly.')
   .version('0.1.0')
-  .option('--agent <url>', 'local API of the agent to talk to', process.env.OSR_AGENT || `http://127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
+  .option('--agent <address>', "the agent's local API: its socket (unix:PATH), or http://HOST:PORT for one started with --api", process.env.OSR_AGENT || `unix:${path.join(DEFAULT_AGENT_DATA_DIR, API_SOCKET)}`)
+  .option('--agent-token-file <file>', "file with the agent's API token, for --agent http://HOST:PORT (default: $OSR_AGENT_TOKEN_FILE)")
   .option('--json', 'print machine-readable JSON instead of tables', false)
   .option('--vault <url>', 'the vault to talk to (default: $OSR_VAULT, the config file, else https://127.0.0.1:8443)')
   .option('--token <token>', 'API token for the vault (default: $OSR_TOKEN, else the config file)')
@@ -34,7 +38,11 @@ program
   .option('--config <file>', 'vault connection file, YAML {vault, token, ca} (default: $OSR_CONFIG, else the first of ~/.config/osr/config.yaml and .osr/lab/osr.yaml)')
   .showHelpAfterError();
 
-const client = () => new AgentClient(program.opts<{ agent: string }>().agent);
+const client = () => {
+  const o = program.opts<{ agent: string; agentTokenFile?: string }>();
+  const tokenFile = o.agentTokenFile ?? process.env.OSR_AGENT_TOKEN_FILE;
+  return new AgentClient(o.agent, { token: tokenFile ? readAgentToken(tokenFile) : undefined });
+};
 const asJson = () => program.opts<{ json: boolean }>().json;
 const print = (data: unknown, human: () => string) => console.log(asJson() ? JSON.stringify(data, null, 2) : human());
 
@@ -49,10 +57,12 @@ program
   .command('agent')
   .description('run a host agent (lab disks over NBD, change tracking, replication, replica store)')
   .option('--name <name>', 'agent name (also the certificate name in --pki-dir)', 'agent')
-  .option('--data-dir <dir>', 'where the agent keeps its state', '.osr/agent')
+  .option('--data-dir <dir>', 'where the agent keeps its state; its local API is the socket DIR/run/api.sock', DEFAULT_AGENT_DATA_DIR)
   .option('--storage-dir <dir>', 'storage location for lab disk images (default DATA/storage)')
   .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
-  .option('--api <host:port>', 'local API address (loopback)', `127.0.0.1:${DEFAULT_AGENT_API_PORT}`)
+  .option('--api <host:port>', `serve the local API on loopback TCP instead of the socket (default port ${DEFAULT_AGENT_API_PORT}); every request then needs the token`)
+  .option('--api-token-file <file>', 'the token for --api, in a file only the agent\'s user can read (default DIR/api-token, created on first start)')
+  .option('--quiesce-hook-dir <dir>', 'the quiesce hook of VM X is DIR/X, run with freeze|thaw X around app-consistent points (owned by root or the agent\'s user, not writable by group or others)')
   .option('--nbd-tcp <port>', 'also serve NBD on 127.0.0.1:PORT (the Unix socket is always served)')
   .option('--pki-dir <dir>', 'directory with ca.crt, NAME.crt and NAME.key (from `osr pki`)')
   .option('--cert <file>', 'certificate file (overrides --pki-dir)')
@@ -69,7 +79,8 @@ program
     const keyFile = o.key ?? (pki ? path.join(pki, `${name}.key`) : undefined);
     const caFile = o.ca ?? (pki ? path.join(pki, 'ca.crt') : undefined);
     if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`)');
-    const api = hostPort(o.api!, DEFAULT_AGENT_API_PORT);
+    if (o.apiTokenFile !== undefined && o.api === undefined) throw new OsrError('CONFIG_INVALID', '--api-token-file is for the TCP API: give --api HOST:PORT too (the socket needs no token)');
+    const api = o.api !== undefined ? { ...hostPort(o.api, DEFAULT_AGENT_API_PORT), tokenFile: o.apiTokenFile !== undefined ? path.resolve(o.apiTokenFile) : undefined } : undefined;
     const agent = new Agent({
       name,
       dataDir: path.resolve(o.dataDir!),
@@ -77,6 +88,7 @@ program
       listen: o.listen ? hostPort(o.listen, DEFAULT_REPLICATION_PORT) : undefined,
       api,
       nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
+      quiesceHookDir: o.quiesceHookDir !== undefined ? path.resolve(o.quiesceHookDir) : undefined,
       tls: { certFile, keyFile, caFile },
       retry: { backoffMs: parseBackoff(o.retryBackoff!), thenEveryMs: parseDuration(o.retryEvery!) },
       bandwidth: o.bandwidth !== undefined ? (parseBandwidth(o.bandwidth), o.bandwidth) : undefined,
@@ -190,8 +202,7 @@ rep
   .option('--max-points <n>', 'and at most this many points', '24')
   .option('--compress', 'compress replication traffic (zstd)', false)
   .option('--start-at <iso>', 'start the initial replication at this time instead of now')
-  .option('--app-consistent-every <duration>', 'take an app-consistent point this often, e.g. 1h')
-  .option('--quiesce-hook <path>', 'script run with freeze/thaw around app-consistent points')
+  .option('--app-consistent-every <duration>', "take an app-consistent point this often, e.g. 1h (the VM's quiesce hook is the agent's: osr agent --quiesce-hook-dir)")
   .option('--resync-block-size <bytes>', 'block size a resynchronization compares (power of two, 512 B-16 MiB)', '4096')
   .option('--resync-window <HH:MM-HH:MM>', 'local hours in which a resync that became necessary starts on its own; "always", or "never" (only when asked)', '18:00-06:00')
   .option('--bandwidth <schedule>', 'bandwidth limit of this replication, e.g. 10MB/s@08:00-18:00 (default unlimited)')
@@ -210,7 +221,6 @@ rep
       compression: o.compress === true,
       startAt: o.startAt,
       appConsistentFrequency: o.appConsistentEvery,
-      quiesceHook: o.quiesceHook,
       resyncBlockSize: Number(o.resyncBlockSize),
       resyncWindow: o.resyncWindow,
       bandwidth: o.bandwidth,

@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   ALREADY_EXISTS: { class: 'usage', meaning: 'An object with that name already exists.', fix: 'Choose another name or remove the existing object first.' },
   INVALID_STATE: { class: 'usage', meaning: 'The operation is not allowed in the object\'s current state.', fix: 'Check the state with `osr status` and wait for or finish the running operation.' },
   CONFIG_INVALID: { class: 'usage', meaning: 'A configuration file or flag is invalid.', fix: 'Fix the setting named in the message; `osr --help` lists the valid values.' },
+  HOST_NOT_ALLOWED: { class: 'usage', meaning: 'A request to the agent\'s local API named another host in its Host header (as a web page reaching loopback through a rebound DNS name would).', fix: 'Address the agent as `localhost` (or the loopback address and port it listens on); `osr` does so.' },
 
   // lab disks and change tracking
   DISK_TOO_LARGE: { class: 'usage', meaning: 'A lab disk larger than 4 TiB was requested.', fix: 'Use a virtual size of at most 4 TiB.' },

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AgentClient } from '../cli/agent-client.js';
+import { AgentClient, readAgentToken } from '../cli/agent-client.js';
 import { createCa, issueCertificate, type CaMaterial } from '../pki/index.js';
 
 export const OSR_BIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'osr.js');
@@ -33,7 +33,10 @@ export interface RunningAgent {
   name: string;
   child: ChildProcess;
   api: AgentClient;
+  /** the local API's address: `unix:PATH` of its socket, or `http://HOST:PORT` (with extraArgs ['--api', …]) */
   apiUrl: string;
+  /** the TCP API's token file */
+  apiTokenFile?: string | undefined;
   replicationPort: number | null;
   nbdSocket: string;
   nbdTcpPort: number | null;
@@ -62,7 +65,7 @@ export async function ensurePki(dir: string, agentNames: string[]): Promise<void
 
 /** Spawn an agent and wait until it reports its endpoints. */
 export async function startAgentProcess(o: AgentProcessOptions): Promise<RunningAgent> {
-  const args = [OSR_BIN, 'agent', '--name', o.name, '--data-dir', o.dataDir, '--pki-dir', o.pkiDir, '--api', '127.0.0.1:0', '--retry-backoff', o.retryBackoff ?? '250ms,500ms', '--retry-every', o.retryEvery ?? '500ms'];
+  const args = [OSR_BIN, 'agent', '--name', o.name, '--data-dir', o.dataDir, '--pki-dir', o.pkiDir, '--retry-backoff', o.retryBackoff ?? '250ms,500ms', '--retry-every', o.retryEvery ?? '500ms'];
   if (o.listenPort !== undefined) args.push('--listen', `127.0.0.1:${o.listenPort}`);
   if (o.nbdTcpPort !== undefined) args.push('--nbd-tcp', String(o.nbdTcpPort));
   args.push(...(o.extraArgs ?? []));
@@ -83,8 +86,9 @@ export async function startAgentProcess(o: AgentProcessOptions): Promise<Running
     child.once('exit', (code) => reject(new Error(`agent ${o.name} exited with code ${code} before it started (see its log)`)));
   });
   child.stdout!.resume();
-  const ep = JSON.parse(line) as { api: string; replicationPort: number | null; nbdSocket: string; nbdTcpPort: number | null };
-  return { name: o.name, child, api: new AgentClient(ep.api), apiUrl: ep.api, replicationPort: ep.replicationPort, nbdSocket: ep.nbdSocket, nbdTcpPort: ep.nbdTcpPort, options: o };
+  const ep = JSON.parse(line) as { api: string; apiTokenFile?: string; replicationPort: number | null; nbdSocket: string; nbdTcpPort: number | null };
+  const token = ep.apiTokenFile !== undefined ? readAgentToken(ep.apiTokenFile) : undefined;
+  return { name: o.name, child, api: new AgentClient(ep.api, { token }), apiUrl: ep.api, apiTokenFile: ep.apiTokenFile, replicationPort: ep.replicationPort, nbdSocket: ep.nbdSocket, nbdTcpPort: ep.nbdTcpPort, options: o };
 }
 
 /** SIGTERM (clean stop) or SIGKILL (crash), and wait for the exit. */

@@ -8,14 +8,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
+import { assertRejectsCode } from '../support/unit.js';
 import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, tempDir, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;
+/** the primary's quiesce hooks: the hook of VM X is HOOKS/X */
+let hookDir: string;
 before(async () => {
-  pair = await startPair();
+  hookDir = tempDir('osr-hooks-');
+  pair = await startPair(undefined, { primaryArgs: ['--quiesce-hook-dir', hookDir] });
 });
 after(async () => {
   await pair?.stop();
+  fs.rmSync(hookDir, { recursive: true, force: true });
 });
 
 test('every recovery point equals the source at its instant; overlays never change a point', async () => {
@@ -164,15 +169,20 @@ test('any NBD client is the guest: qemu-io over TCP and Unix socket, nbdinfo map
   await replica.api.delete(`/v1/replicas/qemu1/overlays/${o.id}`);
 });
 
-test('a scheduled start waits; app-consistent points call the quiesce hook and are tagged', async () => {
+test('a scheduled start waits; app-consistent points call the agent\'s quiesce hook and are tagged', async () => {
   const { primary, replica } = pair;
   await createVm(primary, 'sched1', ['4M']);
   const dir = tempDir();
   const hookLog = path.join(dir, 'hook.log');
-  const hook = path.join(dir, 'quiesce.sh');
-  fs.writeFileSync(hook, `#!/bin/sh\necho "$1 $2" >> ${hookLog}\n`, { mode: 0o755 });
   const startAt = new Date(Date.now() + 2500).toISOString();
-  await primary.api.post('/v1/replications', { vm: 'sched1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '200ms', startAt, appConsistentFrequency: '1s', quiesceHook: hook, maxPoints: 100 });
+  // a request names no program to run: the hook is the agent's, HOOKS/sched1
+  await assertRejectsCode(
+    primary.api.post('/v1/replications', { vm: 'sched1', peer: `127.0.0.1:${replica.replicationPort}`, quiesceHook: path.join(dir, 'quiesce.sh') }),
+    'INVALID_ARGUMENT',
+    /quiesceHook is not taken from a request: quiesce hooks are the agent's configuration/,
+  );
+  fs.writeFileSync(path.join(hookDir, 'sched1'), `#!/bin/sh\necho "$1 $2" >> ${hookLog}\n`, { mode: 0o755 });
+  await primary.api.post('/v1/replications', { vm: 'sched1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '200ms', startAt, appConsistentFrequency: '1s', maxPoints: 100 });
   assert.equal((await health(primary, 'sched1')).state, 'Scheduled');
   const h = await waitForPoint(primary, 'sched1', null);
   assert.ok(Date.parse(h.latestPoint!.time) >= Date.parse(startAt), 'replication started before its scheduled time');
