@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   ALREADY_EXISTS: { class: 'usage', meaning: 'An object with that name already exists.', fix: 'Choose another name or remove the existing object first.' },
   INVALID_STATE: { class: 'usage', meaning: 'The operation is not allowed in the object\'s current state.', fix: 'Check the state with `osr status` and wait for or finish the running operation.' },
   CONFIG_INVALID: { class: 'usage', meaning: 'A configuration file or flag is invalid.', fix: 'Fix the setting named in the message; `osr --help` lists the valid values.' },
+  UNHANDLED_REJECTION: { class: 'non-recoverable', meaning: 'A promise failed and nothing was waiting for it: a bug. The process logs it and goes on serving.', fix: 'Report it with the process\'s log (the message holds the error and its stack).' },
 
   // lab disks and change tracking
   DISK_TOO_LARGE: { class: 'usage', meaning: 'A lab disk larger than 4 TiB was requested.', fix: 'Use a virtual size of at most 4 TiB.' },
