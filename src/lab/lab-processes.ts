@@ -56,7 +56,7 @@ export function isRunning(p: LabProcess): boolean {
 }
 
 /** The running (not zombie) processes of a process group, from /proc. */
-export function groupMembers(pgid: number): number[] {
+export function groupMembers(pgid: number, o: { zombies?: boolean } = {}): number[] {
   const out: number[] = [];
   for (const name of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
@@ -67,7 +67,7 @@ export function groupMembers(pgid: number): number[] {
       continue;
     }
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(fields[2]) === pgid && fields[0] !== 'Z' && fields[0] !== 'X') out.push(Number(name));
+    if (Number(fields[2]) === pgid && (o.zombies || (fields[0] !== 'Z' && fields[0] !== 'X'))) out.push(Number(name));
   }
   return out;
 }
@@ -106,6 +106,7 @@ export async function stopLabProcess(p: LabProcess, graceMs = 60_000): Promise<'
     // made; a group id is not reused while any member of it runs
     if (processStartTime(p.pid) === undefined && groupAlive(p.pgid)) {
       signalGroup(p.pgid, 'SIGKILL');
+      await reaped(p);
       return 'killed';
     }
     return 'not running';
@@ -123,5 +124,15 @@ export async function stopLabProcess(p: LabProcess, graceMs = 60_000): Promise<'
     how = 'killed';
   }
   for (let i = 0; i < 50 && (isRunning(p) || groupAlive(p.pgid)); i++) await sleep(100);
+  await reaped(p);
   return how;
+}
+
+/**
+ * Wait a little for the ended processes of the group to be reaped by their parent: until
+ * then their pids still answer signals (as zombies) and could not be told from running ones.
+ */
+async function reaped(p: LabProcess): Promise<void> {
+  if (!fs.existsSync('/proc/self/stat')) return;
+  for (let i = 0; i < 100 && groupMembers(p.pgid, { zombies: true }).length > 0; i++) await sleep(100);
 }
