@@ -5,6 +5,7 @@
  * (Linux: field 22 of /proc/PID/stat, in clock ticks since boot).
  */
 import fs from 'node:fs';
+import path from 'node:path';
 
 export interface LabProcess {
   role: 'vault' | 'provider';
@@ -135,4 +136,37 @@ export async function stopLabProcess(p: LabProcess, graceMs = 60_000): Promise<'
 async function reaped(p: LabProcess): Promise<void> {
   if (!fs.existsSync('/proc/self/stat')) return;
   for (let i = 0; i < 100 && groupMembers(p.pgid, { zombies: true }).length > 0; i++) await sleep(100);
+}
+
+/**
+ * The vault and providers of the lab in `dir` that run now, found by their command lines
+ * (`osr vault --data-dir DIR/vault`, `osr provider --config DIR/sites/…`): a launcher
+ * killed between a spawn and its record leaves a process lab.json does not name.
+ */
+export function findLabProcesses(dir: string): LabProcess[] {
+  if (!fs.existsSync('/proc/self/stat')) return [];
+  const vaultDir = path.join(dir, 'vault');
+  const sitesDir = path.join(dir, 'sites') + path.sep;
+  const out: LabProcess[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    let argv: string[];
+    let stat: string;
+    try {
+      argv = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const at = (flag: string) => {
+      const i = argv.indexOf(flag);
+      return i >= 0 ? argv[i + 1] : undefined;
+    };
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') continue;
+    const proc = (role: LabProcess['role'], label: string): LabProcess => ({ role, name: label, pid: Number(name), pgid: Number(fields[2]), startTime: fields[19] ?? null });
+    if (argv.includes('vault') && at('--data-dir') === vaultDir) out.push(proc('vault', 'vault'));
+    else if (argv.includes('provider') && at('--config')?.startsWith(sitesDir)) out.push(proc('provider', path.basename(at('--config')!, '.yaml')));
+  }
+  return out;
 }

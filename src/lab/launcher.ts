@@ -30,7 +30,7 @@ import { writeFileAtomic } from '../pki/index.js';
 import { fetchPinnedCa, VaultClient } from '../provider/vault-client.js';
 import { OSR_BIN } from './agent-process.js';
 import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
-import { isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
+import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
 
 export const DEFAULT_LAB_DIR = '.osr/lab';
@@ -110,7 +110,9 @@ function labProcesses(info: LabFile): LabProcess[] {
 
 /** Stop every process of a lab: providers (their hosts and guests) first, then the vault. */
 async function stopLab(dir: string, info: LabFile, sites: string[], out: (l: string) => void, graceMs?: number): Promise<void> {
-  const all = labProcesses(info);
+  const recorded = labProcesses(info);
+  // and any the launcher spawned but was killed before recording
+  const all = [...recorded, ...findLabProcesses(dir).filter((f) => !recorded.some((r) => r.pid === f.pid && isRunning(r)))];
   await Promise.all(
     all
       .filter((p) => p.role === 'provider')
@@ -222,7 +224,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
   const out = o.out ?? ((l: string) => console.log(l));
   const dir = path.resolve(o.dir);
   const running = readLabFile(dir);
-  if (running && labProcesses(running).some(isRunning)) {
+  if (running && (labProcesses(running).some(isRunning) || (running.state === 'starting' && findLabProcesses(dir).length > 0))) {
     if (running.state === 'starting') throw new OsrError('ALREADY_EXISTS', `the start-up of the lab in ${dir} was cut short and left processes running; \`osr lab down\` stops them`);
     throw new OsrError('ALREADY_EXISTS', `a lab already runs in ${dir} (vault ${running.vault.url}); \`osr lab status\` shows it, \`osr lab down\` stops it`);
   }
