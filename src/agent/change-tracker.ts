@@ -341,6 +341,8 @@ export class VmChangeTracker implements ChangeTracking {
     ).then(() => undefined);
     synced.catch(() => undefined);
     this.closing = Promise.all([this.closing, synced]).then(() => undefined);
+    // awaited by the next shipment (closedSynced), which reports a failed sync
+    this.closing.catch(() => undefined);
     return closedSeq;
   }
 

@@ -74,6 +74,8 @@ export class ReplicaClient {
         client.welcome = resolve;
         client.waiting.set(0, { resolve: () => undefined, reject });
       });
+      // a hello that cannot be sent leaves the welcome unawaited: its rejection must not go unhandled
+      welcome.catch(() => undefined);
       await client.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: useZstd ? ['zstd', KEEPALIVE_FEATURE] : [KEEPALIVE_FEATURE] });
       const w = await welcome;
       client.waiting.delete(0);
@@ -137,20 +139,26 @@ export class ReplicaClient {
 
   /** Send a request; resolves with the reply. Requests are answered in order. */
   async request<T>(op: string, args: Record<string, unknown> = {}): Promise<T> {
-    if (this.failure) throw this.failure;
-    const id = this.nextId++;
-    const reply = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    await this.writer.sendControl({ type: 'request', id, op, args });
-    return (await reply) as T;
+    const { reply } = await this.requestLater<T>(op, args);
+    return reply;
   }
 
-  /** Send a request without waiting for its reply; resolves once sent, with the reply to await later. */
+  /**
+   * Send a request without waiting for its reply; resolves once sent, with the reply to
+   * await later. The reply's rejection is marked handled: a caller that has not awaited it
+   * yet when the connection fails must not take the process down with it.
+   */
   async requestLater<T>(op: string, args: Record<string, unknown> = {}): Promise<{ reply: Promise<T> }> {
     if (this.failure) throw this.failure;
     const id = this.nextId++;
     const reply = new Promise<unknown>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
     reply.catch(() => undefined);
-    await this.writer.sendControl({ type: 'request', id, op, args });
+    try {
+      await this.writer.sendControl({ type: 'request', id, op, args });
+    } catch (e) {
+      this.waiting.delete(id);
+      throw e;
+    }
     return { reply: reply as Promise<T> };
   }
 

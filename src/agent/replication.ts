@@ -695,7 +695,14 @@ export class PrimaryReplication {
   private async copyDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number): Promise<void> {
     const progress = this.initial!;
     await client.notice({ type: 'copy-begin', disk });
-    let checkpoint: Promise<unknown> | undefined;
+    // the checkpoint in flight: its reply is awaited at the next checkpoint, while copying
+    // goes on; a refusal is kept (never left as a rejected promise nobody awaits yet) and
+    // ends the copy at the next chunk, so the loop retries from the last durable checkpoint
+    let checkpoint: Promise<void> | undefined;
+    let refused: unknown;
+    const throwIfRefused = () => {
+      if (refused !== undefined) throw refused;
+    };
     let sinceCheckpoint = 0;
     let cursor = from;
     const zero = async (offset: number, length: number) => {
@@ -704,12 +711,18 @@ export class PrimaryReplication {
     let durable = from;
     const markCheckpoint = async (offset: number, finished: boolean) => {
       if (checkpoint) await checkpoint;
+      throwIfRefused();
       const { reply } = await client.requestLater('copy-checkpoint', { disk, offset, finished });
-      checkpoint = reply.then(() => {
-        this.failures = 0;
-        progress.durableBytes += offset - durable;
-        durable = offset;
-      });
+      checkpoint = reply.then(
+        () => {
+          this.failures = 0;
+          progress.durableBytes += offset - durable;
+          durable = offset;
+        },
+        (e: unknown) => {
+          refused ??= e;
+        },
+      );
       sinceCheckpoint = 0;
     };
     // without allocation facts every range is data: all-zero chunks are still skipped below
@@ -741,6 +754,7 @@ export class PrimaryReplication {
           sinceCheckpoint += buf.length;
         }
         progress.doneBytes += buf.length;
+        throwIfRefused();
         if (sinceCheckpoint >= CHECKPOINT_BYTES) await markCheckpoint(pos, false);
         this.updateRate();
       }
@@ -750,6 +764,7 @@ export class PrimaryReplication {
     progress.doneBytes += size - cursor;
     await markCheckpoint(size, true);
     await checkpoint;
+    throwIfRefused();
   }
 
   /** Close the change logs of all disks at one instant; app-consistent when due and quiesced. */

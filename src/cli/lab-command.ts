@@ -1,6 +1,7 @@
 /** `osr lab`: start, watch and stop a whole lab (vault, providers, agents, demo VMs) on this machine. */
 import fs from 'node:fs';
 import type { Command } from 'commander';
+import { OsrError, toOsrError } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
 import { DEFAULT_LAB_DIR, labDown, labNbdUri, labStatus, labUp } from '../lab/launcher.js';
 import { builtInTopologies, loadTopology } from '../lab/topology.js';
@@ -10,37 +11,67 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
   const lab = program.command('lab').description('a whole lab on this machine: the vault, a provider per fabric, an agent per host, demo VMs with a workload');
   lab
     .command('up')
-    .description('start the lab (in the foreground unless --detach; Ctrl-C stops every process cleanly); a second run goes on from the lab\'s state')
+    .description('start the lab (in the foreground unless --detach); Ctrl-C, SIGTERM or SIGHUP at any moment, start-up included, stops every process it started; a second run goes on from the lab\'s state')
     .option('--topology <name|file>', `a built-in topology (${builtInTopologies().join(', ')}) or a YAML file; fixed when the lab is first made`)
     .option('--dir <dir>', 'where the lab keeps everything', DEFAULT_LAB_DIR)
     .option('--detach', 'start the lab in the background and return', false)
     .option('--port <port>', 'the vault\'s HTTPS port on 127.0.0.1 (0: any free port)', '8443')
     .option('--status-interval <duration>', 'how often providers report replication status', '5s')
     .action(async (o: { topology?: string; dir: string; detach: boolean; port: string; statusInterval: string }) => {
-      const l = await labUp({ topology: o.topology, dir: o.dir, detach: o.detach, port: Number(o.port), statusInterval: o.statusInterval });
+      const port = Number(o.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new OsrError('INVALID_ARGUMENT', `--port must be a port number (0: any free port), not ${o.port}`);
+      // a signal at any moment stops what has started: during start-up through the abort,
+      // once up through the lab's stop (the children run in process groups of their own,
+      // so the terminal's Ctrl-C reaches this process only)
+      const interrupt = new AbortController();
+      let stop: (() => void) | undefined = undefined;
+      const onSignal = (sig: NodeJS.Signals) => {
+        if (interrupt.signal.aborted) return;
+        interrupt.abort();
+        console.log(`\n${sig}: stopping the lab: providers (guests, hosts), then the vault…`);
+        stop?.();
+      };
+      const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+      for (const sig of signals) process.on(sig, onSignal);
+      let l;
+      try {
+        l = await labUp({ topology: o.topology, dir: o.dir, detach: o.detach, port, statusInterval: o.statusInterval, signal: interrupt.signal });
+      } catch (e) {
+        if (toOsrError(e).code === 'INTERRUPTED') {
+          console.log(`stopped: ${(e as Error).message}`);
+          process.exit(130);
+        }
+        throw e;
+      }
       if (o.detach) {
+        for (const sig of signals) process.off(sig, onSignal);
         l.api.close();
         return;
       }
-      let stopping = false;
-      const onSignal = () => {
-        if (stopping) return;
-        stopping = true;
-        console.log('\nstopping the lab: providers (guests, hosts), then the vault…');
-        void l.stop().then(() => {
-          console.log(`stopped; the lab's state stays in ${l.info.dir} (\`npm start\` or \`osr lab up\` goes on from it)`);
-          process.exit(0);
-        });
+      const lab = l;
+      stop = () => {
+        lab.stop().then(
+          () => {
+            console.log(`stopped; the lab's state stays in ${lab.info.dir} (\`npm start\` or \`osr lab up\` goes on from it)`);
+            process.exit(0);
+          },
+          (e: unknown) => {
+            const err = toOsrError(e);
+            console.error(`error ${err.code}: stopping the lab failed: ${err.message}\n  what to do: \`osr lab down --dir ${lab.info.dir}\` stops what is left`);
+            process.exit(1);
+          },
+        );
       };
-      process.on('SIGINT', onSignal);
-      process.on('SIGTERM', onSignal);
+      // a signal that came while the last process became ready
+      if (interrupt.signal.aborted) stop();
+      const stopping = () => interrupt.signal.aborted;
       console.log('\nwatching protected items (Ctrl-C stops the lab)…');
       let last = '';
       let lastAt = 0;
-      while (!stopping) {
+      while (!stopping()) {
         const ended = await Promise.race([l.stopped.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))]);
         if (ended) {
-          if (!stopping) process.exit(1);
+          if (!stopping()) process.exit(1);
           break;
         }
         try {
@@ -52,7 +83,7 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
             lastAt = Date.now();
           }
         } catch (e) {
-          if (!stopping) console.log(`status unavailable: ${(e as Error).message}`);
+          if (!stopping()) console.log(`status unavailable: ${(e as Error).message}`);
         }
       }
     });
@@ -77,7 +108,7 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     });
   lab
     .command('down')
-    .description('stop the lab started with --detach (providers and their hosts first, then the vault); its state stays')
+    .description('stop the lab (providers and their hosts first, then the vault), also one whose start-up was cut short: each recorded process is checked to be the lab\'s before it is signalled; the lab\'s state stays')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
       await labDown(o.dir);

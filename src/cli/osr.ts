@@ -20,6 +20,7 @@ import { addVaultCommand } from './vault-command.js';
 import { addLabCommand } from './lab-command.js';
 import { addProviderCommand } from './provider-command.js';
 import { addApiCommands } from './api-commands.js';
+import { installLastResortHandler } from './last-resort.js';
 import { collect, formatBytes, formatSeconds, progressBar, table } from './format.js';
 
 const DEFAULT_AGENT_DATA_DIR = path.join('.osr', 'agent');
@@ -74,6 +75,7 @@ program
   .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
   .action(async (o: Record<string, string | undefined>) => {
     const name = o.name!;
+    installLastResortHandler('agent');
     const pki = o.pkiDir;
     const certFile = o.cert ?? (pki ? path.join(pki, `${name}.crt`) : undefined);
     const keyFile = o.key ?? (pki ? path.join(pki, `${name}.key`) : undefined);
@@ -100,7 +102,12 @@ program
     const stop = async () => {
       if (stopping) return;
       stopping = true;
-      await agent.stop();
+      try {
+        await agent.stop();
+      } catch (e) {
+        console.error(`error ${toOsrError(e).code}: stopping the agent failed: ${(e as Error).message}`);
+        process.exit(1);
+      }
       process.exit(0);
     };
     process.on('SIGINT', () => void stop());

@@ -11,6 +11,7 @@ import { ProviderChannel } from '../provider/channel.js';
 import { FabricProvider } from '../provider/fabric-provider.js';
 import { loadRegistration, registerWithVault } from '../provider/registration.js';
 import { VERSION } from '../vault/version.js';
+import { installLastResortHandler } from './last-resort.js';
 
 export function addProviderCommand(program: Command): void {
   program
@@ -31,6 +32,7 @@ export function addProviderCommand(program: Command): void {
     .option('--poll <duration>', 'long-poll wait for commands', '20s')
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
     .action(async (o: Record<string, string | undefined>) => {
+      installLastResortHandler('provider');
       const shared = program.opts<{ config?: string; vault?: string }>();
       o.config ??= shared.config;
       o.vault ??= shared.vault;

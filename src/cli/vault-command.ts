@@ -2,9 +2,10 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { parseDuration } from '../agent/time-window.js';
-import { OsrError } from '../domain/errors.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
 import { DEFAULT_VAULT_PORT } from './vault-client-config.js';
 import { collect } from './format.js';
+import { installLastResortHandler } from './last-resort.js';
 
 export function addVaultCommand(program: Command): void {
   program
@@ -27,6 +28,7 @@ export function addVaultCommand(program: Command): void {
     .option('--request-timeout <duration>', 'a client must send its whole request within this', '30s')
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
     .action(async (o: Record<string, string | string[] | boolean | undefined>) => {
+      installLastResortHandler('vault');
       const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(String(o.listen));
       if (!m) throw new OsrError('INVALID_ARGUMENT', `--listen ${String(o.listen)} is not HOST:PORT`);
       const retentionDays = Number(o.retentionDays);
@@ -59,7 +61,13 @@ export function addVaultCommand(program: Command): void {
       const stop = () => {
         if (closing) return;
         closing = true;
-        void vault.close().then(() => process.exit(0));
+        void vault.close().then(
+          () => process.exit(0),
+          (e: unknown) => {
+            console.error(`error ${toOsrError(e).code}: stopping the vault failed: ${(e as Error).message}`);
+            process.exit(1);
+          },
+        );
       };
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);

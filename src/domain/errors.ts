@@ -24,6 +24,9 @@ export const ERROR_CODES = {
   INVALID_STATE: { class: 'usage', meaning: 'The operation is not allowed in the object\'s current state.', fix: 'Check the state with `osr status` and wait for or finish the running operation.' },
   CONFIG_INVALID: { class: 'usage', meaning: 'A configuration file or flag is invalid.', fix: 'Fix the setting named in the message; `osr --help` lists the valid values.' },
   HOST_NOT_ALLOWED: { class: 'usage', meaning: 'A request to the agent\'s local API named another host in its Host header (as a web page reaching loopback through a rebound DNS name would).', fix: 'Address the agent as `localhost` (or the loopback address and port it listens on); `osr` does so.' },
+  PORT_IN_USE: { class: 'usage', meaning: 'The address a vault, agent or lab was told to listen on is taken by another process.', fix: 'If it is a lab left running, `osr lab down` (with its --dir) stops it; otherwise stop what listens there or choose another port (`osr lab up --port`, `--listen` of the vault and the agent).' },
+  INTERRUPTED: { class: 'usage', meaning: 'The command was interrupted (Ctrl-C, SIGTERM, SIGHUP) before it finished; what it had started is stopped.', fix: 'Run it again when you are ready.' },
+  UNHANDLED_REJECTION: { class: 'non-recoverable', meaning: 'A promise failed and nothing was waiting for it: a bug. The process logs it and goes on serving.', fix: 'Report it with the process\'s log (the message holds the error and its stack).' },
 
   // lab disks and change tracking
   DISK_TOO_LARGE: { class: 'usage', meaning: 'A lab disk larger than 4 TiB was requested.', fix: 'Use a virtual size of at most 4 TiB.' },
@@ -135,6 +138,8 @@ export function toOsrError(e: unknown, fallback: ErrorCode = 'INTERNAL'): OsrErr
       return new OsrError('DISK_IO_ERROR', message, undefined, { cause: e });
     case 'ENOENT':
       return new OsrError('NOT_FOUND', message, undefined, { cause: e });
+    case 'EADDRINUSE':
+      return new OsrError('PORT_IN_USE', message, undefined, { cause: e });
     default:
       return new OsrError(fallback, message, undefined, { cause: e });
   }

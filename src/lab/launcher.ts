@@ -14,18 +14,23 @@
  *
  * Every process runs in a process group of its own, so Ctrl-C reaches the launcher only,
  * which stops the providers (and through them agents and guests) first and the vault last.
+ * lab.json is written before the first process starts and again as each one is spawned
+ * (pid, process group, start time: lab-processes.ts), so that an interrupted start-up stops
+ * what it started, and `osr lab down` finds the processes of a start-up that was killed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
 import { AgentClient } from '../cli/agent-client.js';
-import { OsrError, toOsrError } from '../domain/errors.js';
+import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
 import { writeFileAtomic } from '../pki/index.js';
 import { fetchPinnedCa, VaultClient } from '../provider/vault-client.js';
 import { OSR_BIN } from './agent-process.js';
 import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
+import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
 
 export const DEFAULT_LAB_DIR = '.osr/lab';
@@ -35,8 +40,12 @@ export interface LabFile {
   dir: string;
   startedAt: string;
   detached: boolean;
+  /** starting: `lab up` has not finished (or was cut short); up: every process is ready */
+  state?: 'starting' | 'up';
   vault: { url: string; pid: number; caFingerprint: string };
   providers: { fabric: string; fabricId: string; pid: number; config: string }[];
+  /** every process the lab spawned, recorded as it was spawned */
+  processes?: LabProcess[];
 }
 
 export interface LabUpOptions {
@@ -48,6 +57,8 @@ export interface LabUpOptions {
   /** how often providers report item status (default 5 s in a lab) */
   statusInterval?: string;
   out?: (line: string) => void;
+  /** aborted (a signal): start-up stops what it started and fails with INTERRUPTED */
+  signal?: AbortSignal | undefined;
 }
 
 export interface RunningLab {
@@ -70,6 +81,73 @@ export function readLabFile(dir: string): LabFile | undefined {
   }
 }
 
+/** Write lab.json now, durably: a process is recorded before anything waits for it. */
+function saveLabFile(dir: string, info: LabFile): void {
+  const file = labFile(dir);
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o644);
+  try {
+    fs.writeSync(fd, `${JSON.stringify(info, null, 2)}\n`);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  const d = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(d);
+  } finally {
+    fs.closeSync(d);
+  }
+}
+
+/** The lab's processes: as recorded, or (a lab.json of an older osr) from its pids. */
+function labProcesses(info: LabFile): LabProcess[] {
+  if (info.processes) return info.processes;
+  const old = (role: LabProcess['role'], name: string, pid: number): LabProcess => ({ role, name, pid, pgid: pid, startTime: null });
+  return [...info.providers.map((p) => old('provider', p.fabric, p.pid)), ...(info.vault.pid ? [old('vault', info.vault.url, info.vault.pid)] : [])];
+}
+
+/** Stop every process of a lab: providers (their hosts and guests) first, then the vault. */
+async function stopLab(dir: string, info: LabFile, sites: string[], out: (l: string) => void, graceMs?: number): Promise<void> {
+  const recorded = labProcesses(info);
+  // and any the launcher spawned but was killed before recording
+  const all = [...recorded, ...findLabProcesses(dir).filter((f) => !recorded.some((r) => r.pid === f.pid && isRunning(r)))];
+  await Promise.all(
+    all
+      .filter((p) => p.role === 'provider')
+      .map(async (p) => {
+        if (isRunning(p)) out(`stopping provider ${p.name} (pid ${p.pid}) and its hosts…`);
+        await stopLabProcess(p, graceMs);
+      }),
+  );
+  // hosts of a provider that was killed outlive it: stop them too
+  for (const site of sites) await stopStrayAgents(site);
+  for (const p of all.filter((x) => x.role === 'vault')) {
+    if (isRunning(p)) out(`stopping the vault (pid ${p.pid})…`);
+    await stopLabProcess(p, graceMs);
+  }
+}
+
+/** Refuse a port another process listens on, before anything starts. */
+async function ensurePortFree(port: number): Promise<void> {
+  if (port === 0) return;
+  const server = net.createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => resolve());
+    });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new OsrError('PORT_IN_USE', `port ${port} on 127.0.0.1 is in use: if a lab was left running, \`osr lab down\` (with its --dir) stops it; or start this lab on another port with \`osr lab up --port PORT\` (0: any free port)`, { port });
+    }
+    throw e;
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -80,12 +158,20 @@ export function isAlive(pid: number): boolean {
 }
 
 /** Spawn an osr process in its own process group, its output in a log file; resolves with its ready line. */
-async function spawnReady(args: string[], logFile: string, ready: (o: Record<string, unknown>) => boolean, timeoutMs = 120_000): Promise<{ child: ChildProcess; line: Record<string, unknown> }> {
+async function spawnReady(
+  args: string[],
+  logFile: string,
+  ready: (o: Record<string, unknown>) => boolean,
+  o: { onSpawn: (child: ChildProcess) => void; signal?: AbortSignal | undefined; timeoutMs?: number },
+): Promise<{ child: ChildProcess; line: Record<string, unknown> }> {
+  interrupted(o.signal);
   fs.mkdirSync(path.dirname(logFile), { recursive: true });
   const start = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
   const fd = fs.openSync(logFile, 'a', 0o600);
   const child = spawn(process.execPath, [OSR_BIN, ...args], { stdio: ['ignore', fd, fd], detached: true });
   fs.closeSync(fd);
+  o.onSpawn(child);
+  const timeoutMs = o.timeoutMs ?? 120_000;
   let exited: string | undefined;
   child.once('exit', (code, signal) => (exited = signal ?? String(code)));
   const deadline = Date.now() + timeoutMs;
@@ -103,23 +189,18 @@ async function spawnReady(args: string[], logFile: string, ready: (o: Record<str
     if (exited !== undefined || Date.now() > deadline) {
       if (exited === undefined) child.kill('SIGKILL');
       const tail = text.split('\n').slice(-15).join('\n');
-      throw new OsrError('INTERNAL', `osr ${args[0]} ${exited !== undefined ? `exited (${exited})` : 'did not start in time'}; the end of ${logFile}:\n${tail}`, { log: logFile });
+      // a refusal the process explained (`error CODE: message`) keeps its code and its advice
+      const said = /^error ([A-Z_]+): (.*)$/m.exec(text);
+      const code = said && said[1]! in ERROR_CODES ? (said[1] as ErrorCode) : 'INTERNAL';
+      throw new OsrError(code, `osr ${args[0]} ${exited !== undefined ? `exited (${exited})` : 'did not start in time'}${said ? `: ${said[2]}` : ''}; the end of ${logFile}:\n${tail}`, { log: logFile });
     }
+    interrupted(o.signal);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
 
-/** Stop a process by pid: SIGTERM, then SIGKILL after the grace period. */
-async function stopPid(pid: number, graceMs = 60_000): Promise<void> {
-  if (!isAlive(pid)) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + graceMs;
-  while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+function interrupted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new OsrError('INTERRUPTED', 'lab start-up interrupted');
 }
 
 /** The lab's own copy of its topology: the one given the first time, the same one after. */
@@ -143,25 +224,35 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
   const out = o.out ?? ((l: string) => console.log(l));
   const dir = path.resolve(o.dir);
   const running = readLabFile(dir);
-  if (running && [running.vault.pid, ...running.providers.map((p) => p.pid)].some(isAlive)) {
+  if (running && (labProcesses(running).some(isRunning) || (running.state === 'starting' && findLabProcesses(dir).length > 0))) {
+    if (running.state === 'starting') throw new OsrError('ALREADY_EXISTS', `the start-up of the lab in ${dir} was cut short and left processes running; \`osr lab down\` stops them`);
     throw new OsrError('ALREADY_EXISTS', `a lab already runs in ${dir} (vault ${running.vault.url}); \`osr lab status\` shows it, \`osr lab down\` stops it`);
   }
   const { spec, name } = labTopology(dir, o.topology);
   out(`osr lab: topology ${name} in ${dir}`);
   const children: ChildProcess[] = [];
-  const info: LabFile = { topology: name, dir, startedAt: new Date().toISOString(), detached: o.detach, vault: { url: '', pid: 0, caFingerprint: '' }, providers: [] };
+  const info: LabFile = { topology: name, dir, startedAt: new Date().toISOString(), detached: o.detach, state: 'starting', vault: { url: '', pid: 0, caFingerprint: '' }, providers: [], processes: [] };
+  const sites = spec.fabrics.map((f) => path.join(dir, 'sites', slug(f.name)));
+  const spawned = (role: LabProcess['role'], processName: string) => (child: ChildProcess) => {
+    children.push(child);
+    if (child.pid === undefined) return;
+    info.processes!.push(recordProcess(role, processName, child.pid));
+    saveLabFile(dir, info);
+  };
   const kill = async () => {
-    for (const p of info.providers) await stopPid(p.pid);
-    for (const f of spec.fabrics) await stopStrayAgents(path.join(dir, 'sites', slug(f.name)));
-    if (info.vault.pid) await stopPid(info.vault.pid);
+    await stopLab(dir, info, sites, () => undefined, o.signal?.aborted ? 20_000 : undefined);
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   };
   try {
+    interrupted(o.signal);
+    await ensurePortFree(o.port);
+    saveLabFile(dir, info);
     // 1. the vault
     const tokenFile = path.join(dir, 'owner.token');
-    const vault = await spawnReady(['vault', '--name', spec.vault?.name ?? 'osr-lab', '--data-dir', path.join(dir, 'vault'), '--listen', `127.0.0.1:${o.port}`, '--initial-token-file', tokenFile, '--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--job-lease', '10s', '--job-concurrency', '256', '--log-level', 'warn'], path.join(dir, 'vault', 'vault.log'), (l) => typeof l.url === 'string' && 'caFingerprint' in l);
-    children.push(vault.child);
+    const vaultName = spec.vault?.name ?? 'osr-lab';
+    const vault = await spawnReady(['vault', '--name', vaultName, '--data-dir', path.join(dir, 'vault'), '--listen', `127.0.0.1:${o.port}`, '--initial-token-file', tokenFile, '--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--job-lease', '10s', '--job-concurrency', '256', '--log-level', 'warn'], path.join(dir, 'vault', 'vault.log'), (l) => typeof l.url === 'string' && 'caFingerprint' in l, { onSpawn: spawned('vault', vaultName), signal: o.signal });
     info.vault = { url: String(vault.line.url), pid: vault.child.pid!, caFingerprint: String(vault.line.caFingerprint) };
+    saveLabFile(dir, info);
     if (!fs.existsSync(tokenFile)) throw new OsrError('CONFIG_INVALID', `${tokenFile} is missing, so the lab cannot act as Owner; remove ${dir} to start over, or put an Owner token there`);
     const token = fs.readFileSync(tokenFile, 'utf8').trim();
     const ca = await fetchPinnedCa(info.vault.url, info.vault.caFingerprint);
@@ -174,7 +265,9 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     // 2. one provider per fabric; a new one registers with a fresh key
     const sitesDir = path.join(dir, 'sites');
     fs.mkdirSync(sitesDir, { recursive: true });
-    info.providers = await Promise.all(
+    interrupted(o.signal);
+    // every start is let finish (or fail) before a failure stops the lab: none spawns after that
+    const started = await Promise.allSettled(
       spec.fabrics.map(async (f) => {
         const id = slug(f.name);
         const siteFile = path.join(sitesDir, `${id}.yaml`);
@@ -188,13 +281,18 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
           await writeFileAtomic(keyFile, key, 0o600);
           args.push('--registration-key-file', keyFile);
         }
-        const p = await spawnReady(args, path.join(sitesDir, id, 'provider.log'), (l) => typeof l.fabricId === 'string');
-        children.push(p.child);
+        interrupted(o.signal);
+        const p = await spawnReady(args, path.join(sitesDir, id, 'provider.log'), (l) => typeof l.fabricId === 'string', { onSpawn: spawned('provider', f.name), signal: o.signal });
         fs.rmSync(keyFile, { force: true });
         return { fabric: f.name, fabricId: String(p.line.fabricId), pid: p.child.pid!, config: siteFile };
       }),
     );
-    await writeFileAtomic(labFile(dir), `${JSON.stringify(info, null, 2)}\n`, 0o644);
+    const failed = started.filter((r) => r.status === 'rejected').map((r) => toOsrError(r.reason));
+    if (failed.length > 0) throw failed.find((e) => e.code !== 'INTERRUPTED') ?? failed[0]!;
+    info.providers = started.map((r) => (r as PromiseFulfilledResult<LabFile['providers'][number]>).value);
+    interrupted(o.signal);
+    info.state = 'up';
+    saveLabFile(dir, info);
     for (const p of info.providers) {
       const f = spec.fabrics.find((x) => x.name === p.fabric)!;
       out(`  fabric     ${p.fabric} (${p.fabricId}): ${f.clouds.map((c) => c.name).join(', ')}; hosts ${f.clouds.flatMap((c) => c.hostGroups.flatMap((hg) => hg.hosts.map((h) => h.name))).join(', ')}; VMs ${f.vms.map((v) => v.name).join(', ') || '-'}`);
@@ -226,14 +324,16 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
         c.once('exit', (code, signal) => {
           if (stopping) return;
           out(`a lab process (pid ${c.pid}) ended (${signal ?? code}); stopping the lab (logs in ${dir})`);
-          void stop();
+          stop().catch((e: unknown) => out(`stopping the lab failed: ${toOsrError(e).message}; \`osr lab down\` stops what is left`));
         });
       }
     }
     return { info, token, api, stopped, stop };
   } catch (e) {
+    if (o.signal?.aborted) out('interrupted: stopping what had started…');
     await kill();
-    throw e;
+    fs.rmSync(labFile(dir), { force: true });
+    throw o.signal?.aborted ? new OsrError('INTERRUPTED', `lab start-up interrupted; every process it had started is stopped, and the lab's state stays in ${dir}`) : e;
   }
 }
 
@@ -245,14 +345,11 @@ export async function labDown(dirArg: string, out: (l: string) => void = (l) => 
     out(`no lab runs in ${dir}`);
     return false;
   }
-  for (const p of info.providers) {
-    out(`stopping provider ${p.fabric} (pid ${p.pid}) and its hosts…`);
-    await stopPid(p.pid);
-  }
-  // hosts of a provider that was killed outlive it: stop them too
-  for (const p of info.providers) await stopStrayAgents(path.join(path.dirname(p.config), slug(p.fabric)));
-  out(`stopping the vault (pid ${info.vault.pid})…`);
-  await stopPid(info.vault.pid);
+  if (info.state === 'starting') out(`the lab's start-up was cut short; stopping what it started…`);
+  // the sites of the lab's topology (a start-up cut short knows no providers yet)
+  const sitesDir = path.join(dir, 'sites');
+  const sites = fs.existsSync(sitesDir) ? fs.readdirSync(sitesDir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(sitesDir, e.name)) : [];
+  await stopLab(dir, info, sites, out);
   fs.rmSync(labFile(dir), { force: true });
   out(`stopped; the lab's state stays in ${dir} (\`osr lab up\` goes on from it)`);
   return true;
@@ -285,12 +382,14 @@ export async function labStatus(dirArg: string): Promise<LabStatus> {
   const lab = readLabFile(dir) ?? null;
   const status: LabStatus = { dir, running: false, lab, processes: [], fabrics: [], items: [], agents: [] };
   if (!lab) return status;
-  status.processes.push({ role: 'vault', name: lab.vault.url, pid: lab.vault.pid, alive: isAlive(lab.vault.pid) });
-  for (const p of lab.providers) status.processes.push({ role: 'provider', name: p.fabric, pid: p.pid, alive: isAlive(p.pid) });
+  const recorded = labProcesses(lab);
+  for (const p of [...recorded.filter((x) => x.role === 'vault'), ...recorded.filter((x) => x.role === 'provider')]) {
+    status.processes.push({ role: p.role, name: p.role === 'vault' && lab.vault.url ? lab.vault.url : p.name, pid: p.pid, alive: isRunning(p) });
+  }
   status.agents = labAgents(dir);
   for (const a of status.agents) status.processes.push({ role: 'agent', name: a.host, pid: a.pid, alive: isAlive(a.pid) });
-  status.running = status.processes.every((p) => p.alive);
-  if (status.processes[0]!.alive) {
+  status.running = lab.state !== 'starting' && status.processes.length > 0 && status.processes.every((p) => p.alive);
+  if (lab.vault.url && status.processes.find((p) => p.role === 'vault')?.alive) {
     const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { token: string; ca: string };
     const api = new VaultClient(lab.vault.url, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
     try {

@@ -245,7 +245,14 @@ export class Vault {
   /** Listen, and start running jobs and watching heartbeats. */
   async listen(): Promise<string> {
     const host = this.o.host ?? '127.0.0.1';
-    await this.app.listen({ host, port: this.o.port ?? DEFAULT_VAULT_PORT });
+    try {
+      await this.app.listen({ host, port: this.o.port ?? DEFAULT_VAULT_PORT });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+        throw new OsrError('PORT_IN_USE', `the vault cannot listen on ${host}:${this.o.port ?? DEFAULT_VAULT_PORT}: another process listens there (a lab left running? \`osr lab down\` stops it); or give --listen another port`, { host, port: this.o.port ?? DEFAULT_VAULT_PORT }, { cause: e });
+      }
+      throw e;
+    }
     const addr = this.app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : this.o.port;
     this.url = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
