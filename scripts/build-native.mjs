@@ -137,3 +137,7 @@ for (const name of Object.keys(dependencies)) {
     process.exit(1);
   }
 }
+
+// 3. What they were built for: osr's CLI (src/cli/runtime-check.ts) refuses another major
+//    version with a message rather than crash in an addon.
+fs.writeFileSync(path.join(root, 'native', 'build', 'node.json'), `${JSON.stringify({ version: process.versions.node, execPath: process.execPath }, null, 2)}\n`);

@@ -3,6 +3,7 @@
  * osr — Open Site Recovery command line. `osr agent` runs a host agent; the other commands
  * talk to an agent's local API (--agent, or OSR_AGENT).
  */
+import './runtime-check.js';
 import './threadpool.js';
 import { Command, Option } from 'commander';
 import fs from 'node:fs';

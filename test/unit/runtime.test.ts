@@ -14,6 +14,7 @@ import SQLite from 'better-sqlite3';
 import xxhash from 'xxhash-addon';
 import { compress, decompress } from 'zstd-napi';
 import { addon } from '../../src/agent/native.js';
+import { runtimeProblem } from '../../src/cli/runtime-check.js';
 import { withDir } from '../support/unit.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -78,4 +79,16 @@ test('xxhash-addon hashes with XXH3-128', () => {
   h.update(Buffer.from('o'));
   h.update(Buffer.from('sr'));
   assert.deepEqual(h.digest(), xxhash.XXHash128.hash(Buffer.from('osr')));
+});
+
+test('the CLI refuses a Node.js its addons were not built for, with what to do', () => {
+  const built = JSON.parse(fs.readFileSync(path.join(root, 'native', 'build', 'node.json'), 'utf8')) as { version: string; execPath: string };
+  assert.equal(built.version, process.versions.node, 'npm ci built the addons for the Node.js the tests run on');
+  assert.equal(runtimeProblem(), undefined);
+  assert.equal(runtimeProblem('24.99.0', { version: '24.21.0', execPath: '/x/node' }), undefined);
+  assert.match(runtimeProblem('20.20.2', { version: '24.21.0', execPath: '/x/node' })!, /needs Node\.js 22 or newer, and this is v20\.20\.2 .*node_modules\/\.bin\/node dist\/src\/cli\/osr\.js/);
+  assert.match(runtimeProblem('22.12.0', { version: '24.21.0', execPath: '/x/node' })!, /built for Node\.js v24\.21\.0 \(\/x\/node\), and this is v22\.12\.0 .*node scripts\/build-native\.mjs/);
+  assert.match(runtimeProblem('20.20.2', undefined)!, /needs Node\.js 22 or newer/);
+  const osr = spawnSync(process.execPath, [path.join(root, 'dist', 'src', 'cli', 'osr.js'), '--version'], { encoding: 'utf8' });
+  assert.equal(osr.status, 0, osr.stderr);
 });
