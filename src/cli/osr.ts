@@ -4,6 +4,7 @@
  * talk to an agent's local API (--agent, or OSR_AGENT: its Unix socket, or a TCP address
  * with --agent-token-file).
  */
+import './runtime-check.js';
 import './threadpool.js';
 import { Command, Option } from 'commander';
 import fs from 'node:fs';
