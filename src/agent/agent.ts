@@ -10,8 +10,8 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
-import { OsrError } from '../domain/errors.js';
-import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from '../pki/index.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
+import { loadTlsMaterial, readCrl, type TlsFiles, type TlsMaterial } from '../pki/index.js';
 import type { BlockDevice } from './block-device.js';
 import { CyclePhases } from './cycle-phases.js';
 import { readJson, writeJsonDurable } from './durable-file.js';
@@ -31,6 +31,8 @@ import { Pacer, parseBandwidth } from './throttle.js';
 import { DEFAULT_REPLICATION_PORT } from './wire.js';
 
 export interface AgentConfig {
+  /** how often the certificate, key, CA and revocation list files are looked at for a change (default 10 s) */
+  tlsReloadMs?: number | undefined;
   name: string;
   dataDir: string;
   storageDir?: string | undefined;
@@ -106,6 +108,7 @@ export class Agent {
   /** Start everything: recover disks before any guest I/O, then open listeners, then replications. */
   async start(): Promise<AgentEndpoints> {
     this.tls = await loadTlsMaterial(this.config.tls);
+    this.tlsStamp = tlsFilesStamp(this.config.tls);
     if (this.config.quiesceHookDir !== undefined) {
       const problem = checkQuiesceHookDir(this.config.quiesceHookDir);
       if (problem) throw new OsrError('CONFIG_INVALID', problem);
@@ -158,6 +161,7 @@ export class Agent {
     }
     this.closeApi = () => api.close();
     this.endpoints = { api: address, ...(apiTokenFile ? { apiTokenFile } : {}), replicationPort, nbdSocket: this.nbdSocket, nbdTcpPort };
+    this.watchTls();
     for (const file of fs.readdirSync(path.join(this.config.dataDir, 'replications'))) {
       const specFile = path.join(this.config.dataDir, 'replications', file);
       const spec = readJson<ReplicationSpec & { quiesceHook?: unknown }>(specFile);
@@ -221,7 +225,7 @@ export class Agent {
   private startReplication(spec: ReplicationSpec): void {
     const vm = this.host.get(spec.vm);
     const r = new PrimaryReplication(spec, vm, {
-      tls: this.tls,
+      tls: () => this.tls,
       agentName: this.config.name,
       clock: this.clock,
       log: this.log,
@@ -400,7 +404,37 @@ export class Agent {
   }
 
   /** Clean stop: replications, listeners, then disks (synced, marked clean). */
+  private tlsStamp = '';
+  private tlsTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * Look at the TLS files now and then: a renewed certificate, a new CA bundle or a new
+   * revocation list is loaded without a restart (checked against each other first; a bad
+   * set is reported and the old one kept). New connections use it, both ways.
+   */
+  private watchTls(): void {
+    this.tlsTimer = setInterval(() => {
+      const stamp = tlsFilesStamp(this.config.tls);
+      if (stamp === this.tlsStamp) return;
+      this.tlsStamp = stamp;
+      const reload = async () => {
+        const m = await loadTlsMaterial(this.config.tls);
+        const revoked = m.crl !== undefined ? new Set((await readCrl(m.crl, m.ca)).serials) : new Set<string>();
+        this.replicationServer?.setTlsMaterial(m, revoked);
+        this.tls = m;
+        const cert = new crypto.X509Certificate(m.cert);
+        this.log.info({ serial: cert.serialNumber, notAfter: cert.validTo, crl: m.crl !== undefined }, 'reloaded the TLS certificate, CA and revocation list');
+      };
+      reload().catch((e: unknown) => {
+        // looked at again at the next change of the files
+        this.log.error({ code: toOsrError(e).code }, `the changed TLS files were not loaded, the old ones stay in use: ${(e as Error).message}`);
+      });
+    }, this.config.tlsReloadMs ?? 10_000);
+    this.tlsTimer.unref();
+  }
+
   async stop(): Promise<void> {
+    clearInterval(this.tlsTimer);
     await Promise.all([...this.replications.values()].map((r) => r.stop()));
     await this.closeApi?.();
     await this.replicationServer?.close();
@@ -412,4 +446,17 @@ export class Agent {
     this.log.info('agent stopped cleanly');
     this.log.flush();
   }
+}
+
+/** What the TLS files look like now (size and modification time of each), to notice a change. */
+function tlsFilesStamp(f: TlsFiles): string {
+  return [f.certFile, f.keyFile, f.caFile, f.crlFile].map((file) => {
+    if (file === undefined) return '-';
+    try {
+      const st = fs.statSync(file);
+      return `${st.size}:${st.mtimeMs}:${st.ino}`;
+    } catch {
+      return 'missing';
+    }
+  }).join('|');
 }

@@ -653,10 +653,27 @@ export class ReplicationServer {
 
   constructor(
     private readonly registry: ReplicaRegistry,
-    private readonly tlsMaterial: TlsMaterial,
+    private tlsMaterial: TlsMaterial,
     private readonly agentName: string,
     private readonly log: Logger,
   ) {}
+
+  /**
+   * New certificate, CA or revocation list: new connections are checked with them; an open
+   * connection whose peer's certificate the list now names (`revoked`: serials, lower-case
+   * hex) is closed, the others keep going.
+   */
+  setTlsMaterial(m: TlsMaterial, revoked: ReadonlySet<string> = new Set()): void {
+    this.tlsMaterial = m;
+    this.server?.setSecureContext(serverTlsOptions(m));
+    for (const socket of this.sessions) {
+      const serial = socket.getPeerX509Certificate()?.serialNumber.toLowerCase();
+      if (serial !== undefined && revoked.has(serial)) {
+        this.log.warn({ peer: socket.remoteAddress, serial }, 'closed a replication connection: its peer\'s certificate was revoked');
+        socket.destroy();
+      }
+    }
+  }
 
   listen(port: number, host = '127.0.0.1'): Promise<number> {
     const server = tls.createServer(serverTlsOptions(this.tlsMaterial), (socket) => {

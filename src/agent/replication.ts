@@ -47,7 +47,8 @@ export const LOG_GROWTH_RESYNC_SHARE = 0.5;
 const GROWTH_CHECK_MS = 60_000;
 
 export interface ReplicationDeps {
-  tls: TlsMaterial;
+  /** the agent's TLS material now (it is reloaded when its files change) */
+  tls: () => TlsMaterial;
   agentName: string;
   clock: Clock;
   log: Logger;
@@ -542,7 +543,7 @@ export class PrimaryReplication {
   private async ensureConnected(): Promise<ReplicaClient> {
     if (this.client && !this.client.closed) return this.client;
     let fresh = !this.vm.tracking.enabled;
-    const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls, this.deps.agentName, this.spec.compression);
+    const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls(), this.deps.agentName, this.spec.compression);
     const openArgs = this.openArgs();
     let open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
     if (fresh && open.initialDone && open.points.some((p) => !p.unverified) && !open.divergent) {

@@ -70,6 +70,8 @@ program
   .option('--cert <file>', 'certificate file (overrides --pki-dir)')
   .option('--key <file>', 'private key file (overrides --pki-dir)')
   .option('--ca <file>', 'CA certificate file (overrides --pki-dir)')
+  .option('--crl <file>', 'the CA\'s revocation list: peers whose certificate it lists are refused (default: crl.pem in --pki-dir, when there is one); it and the certificate files are reloaded when they change, without a restart')
+  .option('--tls-reload <duration>', 'how often the certificate, key, CA and revocation list files are looked at for a change', '10s')
   .option('--retry-backoff <durations>', 'waits before the first retries after a recoverable error, in order', '1m,2m,4m,8m,10m')
   .option('--retry-every <duration>', 'wait before each retry after those', '30m')
   .option('--bandwidth <schedule>', 'bandwidth limit shared by all replications, e.g. 10MB/s@08:00-18:00 (default unlimited)')
@@ -92,7 +94,8 @@ program
       api,
       nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
       quiesceHookDir: o.quiesceHookDir !== undefined ? path.resolve(o.quiesceHookDir) : undefined,
-      tls: { certFile, keyFile, caFile },
+      tls: { certFile, keyFile, caFile, crlFile: o.crl ?? (pki ? path.join(pki, 'crl.pem') : undefined) },
+      tlsReloadMs: parseDuration(o.tlsReload!),
       retry: { backoffMs: parseBackoff(o.retryBackoff!), thenEveryMs: parseDuration(o.retryEvery!) },
       bandwidth: o.bandwidth !== undefined ? (parseBandwidth(o.bandwidth), o.bandwidth) : undefined,
       logLevel: o.logLevel,

@@ -146,6 +146,13 @@ export interface FabricDriver {
   inventory(): Promise<InventoryDocument>;
   setPower(vmId: string, action: PowerAction): Promise<{ powerState: string }>;
 
+  /**
+   * the vault's certificate revocation list (PEM), fetched at start and every inventory
+   * interval: the driver hands it to its hosts' agents, which refuse the certificates it
+   * names (optional: a fabric without agents of osr's has nothing to hand it to)
+   */
+  revocationList?(pem: string): Promise<void>;
+
   // ---- recovery site
   /** create the replica VM (or take up the one this item already has) and connect its NICs */
   ensureReplicaVm(spec: ReplicaVmSpec): Promise<ReplicaVm>;

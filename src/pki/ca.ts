@@ -11,6 +11,7 @@
 import crypto, { type webcrypto } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 // @peculiar/x509 resolves its classes through tsyringe, which needs the Reflect metadata
 // API loaded first.
@@ -86,17 +87,63 @@ export interface CertificateInfo {
   issuer: string;
 }
 
-/** What a TLS endpoint needs: its own certificate and key, and the CA it trusts. */
+/** What a TLS endpoint needs: its own certificate and key, the CA it trusts, and the CA's revocation list if it has one. */
 export interface TlsMaterial {
   cert: string;
   key: string;
   ca: string;
+  /** the CA's certificate revocation list (PEM): peers whose certificate it lists are refused */
+  crl?: string | undefined;
 }
 
 export interface TlsFiles {
   certFile: string;
   keyFile: string;
   caFile: string;
+  /** the CA's revocation list; a missing file means none yet */
+  crlFile?: string | undefined;
+}
+
+/** A certificate the CA took back. */
+export interface RevokedCertificate {
+  /** hexadecimal, as IssuedCertificate.serialNumber */
+  serialNumber: string;
+  revokedAt: Date;
+}
+
+/**
+ * The CA's certificate revocation list (PEM), signed by the CA, valid until `nextUpdate`
+ * (a peer that checks revocation refuses every certificate once its list is past that).
+ */
+export async function createCrl(ca: CaMaterial, revoked: readonly RevokedCertificate[], o: { thisUpdate?: Date; nextUpdate: Date }): Promise<string> {
+  const caCert = parseCertificate(ca.certPem, 'CA certificate');
+  const caKey = await loadCaKey(ca, caCert);
+  const crl = await x509.X509CrlGenerator.create({
+    issuer: caCert.subjectName,
+    thisUpdate: wholeSeconds(o.thisUpdate ?? new Date(Date.now() - CLOCK_SKEW_MS)),
+    nextUpdate: wholeSeconds(o.nextUpdate),
+    signingAlgorithm: SIGNING_ALGORITHM,
+    signingKey: caKey,
+    extensions: [await x509.AuthorityKeyIdentifierExtension.create(caCert.publicKey)],
+    entries: revoked.map((r) => ({ serialNumber: r.serialNumber, revocationDate: wholeSeconds(r.revokedAt), reason: x509.X509CrlReason.cessationOfOperation })),
+  });
+  // OpenSSL (and so node:tls) reads a CRL only under the X509 CRL label
+  return x509.PemConverter.encode(crl.rawData, 'X509 CRL');
+}
+
+/** The serial numbers (lower-case hex) a revocation list lists, after checking that `ca` signed it. */
+export async function readCrl(pem: string, caPem: string): Promise<{ serials: string[]; nextUpdate: Date | undefined }> {
+  let crl: x509.X509Crl;
+  try {
+    crl = new x509.X509Crl(pem);
+    // what node:tls will be handed must parse there too
+    tls.createSecureContext({ crl: pem });
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `the revocation list is not a valid PEM CRL: ${(e as Error).message}`, undefined, { cause: e });
+  }
+  const caCert = parseCertificate(caPem, 'CA certificate');
+  if (!(await crl.verify({ publicKey: caCert.publicKey }))) throw new OsrError('CONFIG_INVALID', 'the revocation list is not signed by this CA');
+  return { serials: crl.entries.map((e) => e.serialNumber.toLowerCase()), nextUpdate: crl.nextUpdate };
 }
 
 /** Creates a self-signed CA that may sign end-entity certificates only (path length 0). */
@@ -268,7 +315,17 @@ export async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
   if (!cas.some((c) => certObj.checkIssued(c) && certObj.verify(c.publicKey))) {
     throw new OsrError('CONFIG_INVALID', `the certificate in ${files.certFile} was not issued by the CA in ${files.caFile}`, { certFile: files.certFile, caFile: files.caFile });
   }
-  return { cert, key, ca };
+  let crl: string | undefined;
+  if (files.crlFile !== undefined) {
+    crl = await fs.readFile(files.crlFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw new OsrError('CONFIG_INVALID', `cannot read the revocation list ${files.crlFile}: ${e.message}`, { file: files.crlFile }, { cause: e });
+    });
+    if (crl !== undefined) await readCrl(crl, ca).catch((e: unknown) => {
+      throw new OsrError('CONFIG_INVALID', `${files.crlFile}: ${(e as Error).message}`, { file: files.crlFile }, { cause: e });
+    });
+  }
+  return { cert, key, ca, ...(crl !== undefined ? { crl } : {}) };
 }
 
 // ---------------------------------------------------------------------------

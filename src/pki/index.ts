@@ -2,15 +2,17 @@
 export {
   PKI_ROLES,
   createCa,
+  createCrl,
   formatFingerprint,
   fsyncDir,
   generateKeyPairPem,
   issueCertificate,
   loadTlsMaterial,
   readCertificateInfo,
+  readCrl,
   writeFileAtomic,
   writePkiFiles,
 } from './ca.js';
-export type { CaMaterial, CertificateInfo, CreateCaOptions, IssueOptions, IssuedCertificate, PkiRole, TlsFiles, TlsMaterial } from './ca.js';
+export type { CaMaterial, CertificateInfo, CreateCaOptions, IssueOptions, IssuedCertificate, PkiRole, RevokedCertificate, TlsFiles, TlsMaterial } from './ca.js';
 export { classifyTlsError, clientTlsOptions, onTlsClientError, peerIdentity, serverTlsOptions } from './mtls.js';
 export type { ClientTlsOptionsInput, PeerIdentity, TlsErrorContext, TlsSide } from './mtls.js';

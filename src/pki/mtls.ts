@@ -61,6 +61,8 @@ export function serverTlsOptions(m: TlsMaterial): tls.TlsOptions {
     cert: m.cert,
     // Pinning the CA replaces the system roots: only certificates from the osr CA pass.
     ca: m.ca,
+    // and, with the CA's revocation list, none it took back
+    ...(m.crl !== undefined ? { crl: m.crl } : {}),
     requestCert: true,
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
@@ -76,6 +78,7 @@ export function clientTlsOptions(m: TlsMaterial, opts: ClientTlsOptionsInput = {
     key: m.key,
     cert: m.cert,
     ca: m.ca,
+    ...(m.crl !== undefined ? { crl: m.crl } : {}),
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
     maxVersion: 'TLSv1.3',

@@ -41,6 +41,11 @@ export class ProviderChannel {
     return this.client.request('POST', '/api/v1/provider/heartbeat', status ? { status } : {});
   }
 
+  /** The CA's certificate revocation list (PEM), for this fabric's agents. */
+  revocationList(): Promise<string> {
+    return this.client.request<string>('GET', '/api/v1/provider/crl', undefined, { text: true });
+  }
+
   putInventory(inventory: InventoryDocument, scope: 'all' | string[] = 'all'): Promise<{ changes: number }> {
     return this.client.request('PUT', '/api/v1/provider/inventory', { scope, inventory }, { timeoutMs: 120_000 });
   }

@@ -125,7 +125,19 @@ export class FabricProvider {
       await this.o.driver.stop().catch(() => undefined);
       throw e;
     }
+    await this.handRevocationList();
     this.statusLoop = this.reportLoop();
+  }
+
+  /** Fetch the vault's revocation list and hand it to the fabric's agents (a failure waits for the next interval). */
+  private async handRevocationList(): Promise<void> {
+    const d = this.o.driver;
+    if (!d.revocationList) return;
+    try {
+      await d.revocationList(await this.o.channel.revocationList());
+    } catch (e) {
+      this.o.log.warn({ err: toOsrError(e).toJSON() }, 'the revocation list could not be fetched or handed to the agents; trying again at the next interval');
+    }
   }
 
   async stop(): Promise<void> {
@@ -349,6 +361,7 @@ export class FabricProvider {
       if (this.clock.now() - inventoryAt >= (this.o.inventoryIntervalMs ?? 60_000)) {
         inventoryAt = this.clock.now();
         this.inventoryChanged();
+        await this.handRevocationList();
       }
       await this.clock.sleep(this.o.statusIntervalMs ?? 15_000, signal);
     }

@@ -1,5 +1,6 @@
 /** The vault's store port: every table behind one object, on SQLite or PostgreSQL. */
 import { ActivityStore } from './activity.js';
+import { CertificateStore } from './certificates.js';
 import { CommandStore } from './commands.js';
 import { ConfigStore } from './config.js';
 import { openDatabase, type OpenDatabaseOptions, type VaultDatabase } from './database.js';
@@ -15,6 +16,7 @@ export interface VaultStore {
   config: ConfigStore;
   items: ItemStore;
   activity: ActivityStore;
+  certificates: CertificateStore;
   close(): Promise<void>;
 }
 
@@ -28,6 +30,7 @@ export function storeOn(database: VaultDatabase, now: () => number = Date.now): 
     config: new ConfigStore(db, now),
     items: new ItemStore(db, now, dialect),
     activity: new ActivityStore(db, now),
+    certificates: new CertificateStore(db, now),
     close: () => database.close(),
   };
 }

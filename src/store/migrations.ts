@@ -246,6 +246,24 @@ const MIGRATIONS: readonly Migration[] = [
       await db.schema.createIndex('item_samples_at').on('item_samples').column('at').execute();
     },
   },
+  {
+    version: 4,
+    name: 'certificates issued to providers and agents, and their revocation',
+    async up(db) {
+      await db.schema
+        .createTable('certificates')
+        .addColumn('serial', 'text', (c) => c.primaryKey())
+        .addColumn('fabric_id', 'text')
+        .addColumn('role', 'text', (c) => c.notNull())
+        .addColumn('common_name', 'text', (c) => c.notNull())
+        .addColumn('issued_at', 'bigint', (c) => c.notNull())
+        .addColumn('not_after', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('reason', 'text')
+        .execute();
+      await db.schema.createIndex('certificates_holder').on('certificates').columns(['fabric_id', 'common_name']).execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

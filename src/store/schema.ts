@@ -215,6 +215,20 @@ export interface AlertsTable {
   deliveries: string;
 }
 
+/** Certificates the vault's CA issued to providers and agents, and whether they were taken back. */
+export interface CertificatesTable {
+  /** lower-case hex */
+  serial: string;
+  /** the fabric it was issued for (kept after the fabric is removed) */
+  fabric_id: string | null;
+  role: string;
+  common_name: string;
+  issued_at: number;
+  not_after: number;
+  revoked_at: number | null;
+  reason: string | null;
+}
+
 export interface SettingsTable {
   key: string;
   value: string;
@@ -258,6 +272,7 @@ export interface Database {
   alerts: AlertsTable;
   settings: SettingsTable;
   provider_commands: ProviderCommandsTable;
+  certificates: CertificatesTable;
 }
 
 export type JobRow = Selectable<JobsTable>;

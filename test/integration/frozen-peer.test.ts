@@ -19,7 +19,7 @@ after(async () => {
 
 test('a replica frozen with SIGSTOP mid-delta: the primary reconnects within 60 s and the RPO recovers', async () => {
   const { primary, replica } = pair;
-  const disks = await createVm(primary, 'busy', ['64M']);
+  const disks = await createVm(primary, 'busy', ['256M']);
   await primary.api.post('/v1/replications', { vm: 'busy', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 100, bandwidth: '8MB/s' });
   const first = await waitForPoint(primary, 'busy', null);
 

@@ -106,6 +106,8 @@ before(async () => {
   await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', String(port), '--detach', '--status-interval', '1s');
   const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { vault: string; token: string; ca: string };
   api = new VaultClient(cfg.vault, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
+  // the plan's webhook listens on loopback: an Owner allows it (webhooks reach public addresses only by default)
+  await api.request('PUT', '/api/v1/webhook-settings', { allow: ['127.0.0.1'] });
   // the recovery site's provider runs plan scripts from its scripts directory: Chicago's, and New York's for the failback
   for (const site of ['vmm-chicago', 'vmm-newyork']) {
     const scripts = path.join(dir, 'sites', site, 'provider', 'scripts');

@@ -26,6 +26,7 @@ import { labAgents, labDown, readLabFile } from '../../src/lab/launcher.js';
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { fileDigest, openOverlay, pointDigests, tempDir, waitFor, type DiskInfo } from '../support/lab.js';
+import { site } from '../support/topology.js';
 
 const run = promisify(execFile);
 const dir = tempDir('osr-resync-');
@@ -38,15 +39,6 @@ async function osr(...args: string[]): Promise<string> {
   const r = await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 120_000 });
   return r.stdout;
 }
-
-const site = (name: string, host: string, vms: TopologySpec['fabrics'][number]['vms']): TopologySpec['fabrics'][number] => ({
-  name,
-  logicalNetworks: [],
-  vmNetworks: [],
-  storage: { classifications: ['GOLD'], locations: [{ name: `${host}-store`, classification: 'GOLD', kind: 'share' }] },
-  clouds: [{ name: `${name}-Cloud`, hostGroups: [{ name: 'HG', hosts: [{ name: host, logicalNetworks: [], storageLocations: [`${host}-store`] }] }] }],
-  vms,
-});
 
 const item = () => api.request<ProtectedItem>('GET', `/api/v1/protected-items/${ID}`);
 const job = (id: string) => api.request<JobView>('GET', `/api/v1/jobs/${id}`);

@@ -20,6 +20,7 @@ import { isAlive, labAgents, labDown, readLabFile } from '../../src/lab/launcher
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { tempDir, waitFor } from '../support/lab.js';
+import { site } from '../support/topology.js';
 
 const run = promisify(execFile);
 const dir = tempDir('osr-unplanned-');
@@ -32,15 +33,6 @@ async function osr(...args: string[]): Promise<string> {
   const r = await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 180_000 });
   return r.stdout;
 }
-
-const site = (name: string, host: string, vms: TopologySpec['fabrics'][number]['vms']): TopologySpec['fabrics'][number] => ({
-  name,
-  logicalNetworks: [],
-  vmNetworks: [],
-  storage: { classifications: ['GOLD'], locations: [{ name: `${host}-store`, classification: 'GOLD', kind: 'share' }] },
-  clouds: [{ name: `${name}-Cloud`, hostGroups: [{ name: 'HG', hosts: [{ name: host, logicalNetworks: [], storageLocations: [`${host}-store`] }] }] }],
-  vms,
-});
 
 before(async () => {
   const topology: TopologySpec = { name: 'unplanned', fabrics: [site('Primary', 'p-host', [{ name: 'db', host: 'p-host', disks: [{ name: 'system', size: '64M', storage: 'p-host-store' }], nics: [], workload: false }]), site('Recovery', 'r-host', [])] };

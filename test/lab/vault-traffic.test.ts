@@ -20,6 +20,7 @@ import { labDown, readLabFile } from '../../src/lab/launcher.js';
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { tempDir } from '../support/lab.js';
+import { site } from '../support/topology.js';
 
 const run = promisify(execFile);
 const dir = tempDir('osr-vault-traffic-');
@@ -48,15 +49,6 @@ function receivedBytes(): Promise<number> {
       .on('error', reject);
   });
 }
-
-const site = (name: string, host: string, vms: TopologySpec['fabrics'][number]['vms']): TopologySpec['fabrics'][number] => ({
-  name,
-  logicalNetworks: [],
-  vmNetworks: [],
-  storage: { classifications: ['GOLD'], locations: [{ name: `${host}-store`, classification: 'GOLD', kind: 'share' }] },
-  clouds: [{ name: `${name}-Cloud`, hostGroups: [{ name: 'HG', hosts: [{ name: host, logicalNetworks: [], storageLocations: [`${host}-store`] }] }] }],
-  vms,
-});
 
 before(async () => {
   const topology: TopologySpec = { name: 'traffic', fabrics: [site('Primary', 'p-host', [{ name: 'big', host: 'p-host', disks: [{ name: 'system', size: '256M', storage: 'p-host-store' }], nics: [], workload: false }]), site('Recovery', 'r-host', [])] };

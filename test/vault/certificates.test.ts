@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import tls from 'node:tls';
 import { after, before, test } from 'node:test';
 import { systemClock } from '../../src/domain/clock.js';
-import { generateKeyPairPem, readCertificateInfo } from '../../src/pki/index.js';
+import { generateKeyPairPem, readCertificateInfo, readCrl } from '../../src/pki/index.js';
 import { ProviderChannel } from '../../src/provider/channel.js';
 import { waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
@@ -76,7 +76,7 @@ test('the vault renews its own server certificate two thirds into its life, with
       const c = await serverCert();
       return c.serialNumber !== first.serialNumber ? c : undefined;
     }, 10_000);
-    assert.ok(Date.parse(renewed.validTo) > Date.parse(first.validTo));
+    assert.ok(Date.parse(renewed.validTo) >= Date.parse(first.validTo));
     assert.ok(renewed.checkIssued(new crypto.X509Certificate(w.vault.ctx.identity.ca.certPem)));
     // clients that connect now are served with it; the API answers as before
     const fresh = w.as(w.token);
@@ -86,4 +86,29 @@ test('the vault renews its own server certificate two thirds into its life, with
   } finally {
     await w.close();
   }
+});
+
+test('a host removed from the inventory, or a removed fabric, has its certificates on the revocation list the vault publishes', async () => {
+  const a = await provider('VMM-Rev-A', 'ra');
+  const b = await provider('VMM-Rev-B', 'rb');
+  const { publicKeyPem } = await generateKeyPairPem();
+  const hostCert = await a.channel.enrolAgent(a.hosts[0]!, publicKeyPem);
+  const serial = (pem: string) => new crypto.X509Certificate(pem).serialNumber.toLowerCase();
+  const listed = async (c: ProviderChannel) => (await readCrl(await c.revocationList(), v.vault.ctx.identity.ca.certPem)).serials;
+  assert.ok(!(await listed(a.channel)).includes(serial(hostCert.certificate)));
+
+  // the host leaves the fabric's inventory
+  const inv = siteInventory('ra', ['Cloud'], 0);
+  inv.hosts = inv.hosts.filter((h) => h.name !== a.hosts[0]);
+  for (const g of inv.hostGroups) g.hosts = g.hosts.filter((id) => inv.hosts.some((h) => h.id === id));
+  await a.channel.putInventory(inv);
+  assert.ok((await listed(a.channel)).includes(serial(hostCert.certificate)), 'the removed host\'s certificate is not on the list');
+  assert.ok((await listed(b.channel)).includes(serial(hostCert.certificate)), 'every provider gets the same list');
+
+  // a removed fabric: its provider's certificate too (the vault refuses it already)
+  const providerSerial = serial(a.p.registration.tls.cert);
+  await a.p.stop();
+  await v.api.request('DELETE', `/api/v1/fabrics/${a.p.fabricId}`);
+  assert.ok((await listed(b.channel)).includes(providerSerial));
+  await assertRejectsCode(a.channel.revocationList(), 'UNAUTHENTICATED');
 });

@@ -25,6 +25,8 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
   app.get('/fabrics/:id', { config: { access: 'read' }, schema: { summary: 'a fabric', tags, params: IdParam } }, async (request) => fabrics.get(request.params.id));
   app.delete('/fabrics/:id', { config: { access: 'configure' }, schema: { summary: 'unregister a fabric (none of its VMs may be protected)', tags, params: IdParam } }, async (request, reply) => {
     await fabrics.remove(request.params.id);
+    // the fabric's provider and agents hold certificates no longer meant to work anywhere
+    await ctx.store.certificates.revokeFabric(request.params.id, 'fabric removed');
     return reply.status(204).send();
   });
 

@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import { Type } from '@fastify/type-provider-typebox';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
 import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
-import { issueCertificate } from '../../pki/index.js';
+import { createCrl, issueCertificate } from '../../pki/index.js';
 import { AlertKind } from '../../workflows/alerting.js';
 import { itemCriticalKey } from '../../workflows/protection.js';
 import { authFailure } from '../auth.js';
@@ -86,6 +86,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
           proxy: b.proxy ?? null,
           inventoryScope: b.inventoryScope ?? 'all',
         });
+        await store.certificates.record({ serial: cert.serialNumber, fabricId: fabric.id, role: 'provider', commonName: providerId, notAfter: cert.notAfter.getTime() });
         await alerting.event({ target: fabric.id, kind: 'provider.registered', severity: Severity.Info, message: `provider ${b.serverName} (${b.version}) registered for fabric ${fabric.name}`, details: { provider: providerId, key: key.id } });
         return reply.status(201).send({
           providerId: provider.id,
@@ -132,6 +133,12 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const fabricId = principal(request).fabricId!;
       const doc = scoped(request.body.inventory as InventoryDocument, request.body.scope ?? 'all');
       const changes = await store.fabrics.replaceInventory(fabricId, doc);
+      // a host gone from the inventory keeps no certificate: its agent's are revoked
+      for (const c of changes) {
+        if (c.kind !== 'host' || c.change !== 'removed') continue;
+        const n = await store.certificates.revokeHolder(fabricId, c.name, 'host removed from the inventory');
+        if (n > 0) await alerting.event({ target: fabricId, kind: 'certificate.revoked', severity: Severity.Warning, message: `host ${c.name} left the inventory of ${fabricId}: ${n} agent certificate(s) revoked`, details: { host: c.name, count: n } });
+      }
       if (changes.length > EVENTS_PER_SYNC) {
         const count = (c: string) => changes.filter((x) => x.change === c).length;
         await alerting.event({ target: fabricId, kind: 'inventory.synced', severity: Severity.Info, message: `inventory of ${fabricId}: ${count('added')} added, ${count('changed')} changed, ${count('removed')} removed`, details: { added: count('added'), changed: count('changed'), removed: count('removed') } });
@@ -197,6 +204,17 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     },
   );
 
+  app.get(
+    '/provider/crl',
+    { config: { access: 'provider' }, schema: { summary: 'the CA\'s certificate revocation list (PEM): certificates of removed hosts and fabrics, for the provider to hand to its agents', tags } },
+    async (_request, reply) => {
+      const revoked = await store.certificates.revoked();
+      const now = clock.now();
+      const crl = await createCrl(ctx.identity.ca, revoked.map((r) => ({ serialNumber: r.serial, revokedAt: new Date(r.revokedAt) })), { thisUpdate: new Date(now - 5 * 60_000), nextUpdate: new Date(now + CRL_VALID_MS) });
+      return reply.type('application/pkix-crl').header('cache-control', 'no-store').send(crl);
+    },
+  );
+
   app.post(
     '/provider/agent-certificates',
     {
@@ -220,6 +238,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const b = request.body;
       const names = await agentCertificateNames(store, p.fabricId!, b);
       const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: 365, ...names });
+      await store.certificates.record({ serial: cert.serialNumber, fabricId: p.fabricId!, role: 'agent', commonName: b.name, notAfter: cert.notAfter.getTime() });
       await alerting.event({ target: p.fabricId!, kind: 'agent.enrolled', severity: Severity.Info, message: `host agent ${b.name} enrolled through provider ${p.providerId}`, details: { agent: b.name, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
       return reply.status(201).send({ certificate: cert.certPem, caCertificate: ctx.identity.ca.certPem, notAfter: cert.notAfter.toISOString() });
     },
@@ -323,3 +342,6 @@ async function agentCertificateNames(store: VaultContext['store'], fabricId: str
 }
 
 const DNS_NAME = /^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+
+/** How long a revocation list is valid: providers fetch a new one long before (every minute). */
+const CRL_VALID_MS = 7 * 86_400_000;

@@ -1,0 +1,53 @@
+/**
+ * The certificates the vault's CA issued to providers and agents: recorded when issued,
+ * revoked when their host or fabric is removed, and listed (until they expire) in the
+ * revocation list the vault publishes to providers, which hand it to their agents.
+ */
+import type { Kysely } from 'kysely';
+import type { Database } from './schema.js';
+
+export interface IssuedRecord {
+  serial: string;
+  fabricId: string | null;
+  role: string;
+  commonName: string;
+  notAfter: number;
+}
+
+export class CertificateStore {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly now: () => number,
+  ) {}
+
+  async record(c: IssuedRecord): Promise<void> {
+    await this.db
+      .insertInto('certificates')
+      .values({ serial: c.serial.toLowerCase(), fabric_id: c.fabricId, role: c.role, common_name: c.commonName, issued_at: this.now(), not_after: c.notAfter, revoked_at: null, reason: null })
+      .onConflict((oc) => oc.column('serial').doNothing())
+      .execute();
+  }
+
+  /** Revoke every certificate of a fabric's holder (an agent's host name, a provider's id); answers how many. */
+  async revokeHolder(fabricId: string, commonName: string, reason: string): Promise<number> {
+    const r = await this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('fabric_id', '=', fabricId).where('common_name', '=', commonName).where('revoked_at', 'is', null).executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+
+  /** Revoke every certificate issued for a fabric (it was removed); answers how many. */
+  async revokeFabric(fabricId: string, reason: string): Promise<number> {
+    const r = await this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('fabric_id', '=', fabricId).where('revoked_at', 'is', null).executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+
+  /** Revoked certificates that have not expired yet: what the revocation list names. */
+  async revoked(): Promise<{ serial: string; revokedAt: number; commonName: string; reason: string | null }[]> {
+    const rows = await this.db.selectFrom('certificates').select(['serial', 'revoked_at', 'common_name', 'reason']).where('revoked_at', 'is not', null).where('not_after', '>', this.now()).orderBy('serial').execute();
+    return rows.map((r) => ({ serial: r.serial, revokedAt: Number(r.revoked_at), commonName: r.common_name, reason: r.reason }));
+  }
+
+  async isRevoked(serial: string): Promise<boolean> {
+    const r = await this.db.selectFrom('certificates').select('revoked_at').where('serial', '=', serial.toLowerCase()).executeTakeFirst();
+    return r?.revoked_at !== null && r?.revoked_at !== undefined;
+  }
+}
