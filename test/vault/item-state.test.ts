@@ -324,7 +324,8 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         const drill = await startItemOperation(a.engine, a.store, ItemOperation.TestFailover, { itemId: id, input: (i) => ({ itemId: i.id, recoveryPoint: 'latest', network: 'none' }), actor: 'test' });
         assert.equal((await ended(store, drill.id)).state, JobState.Failed);
         failTestStart.on = false;
-        assert.equal((await store.items.get(id)).state, ProtectionState.Protected, 'given back');
+        // the failed job's end handler gives the item back just after the job is marked failed
+        await waitFor('the item given back', async () => ((await store.items.get(id)).state === ProtectionState.Protected ? true : undefined), 10_000);
         const failover = await startItemOperation(a.engine, a.store, ItemOperation.PlannedFailover, { itemId: id, input: (i) => ({ itemId: i.id }), actor: 'test' });
         assert.equal((await ended(store, failover.id)).state, JobState.Succeeded);
         const before = await store.items.get(id);
