@@ -45,9 +45,4 @@ export class CertificateStore {
     const rows = await this.db.selectFrom('certificates').select(['serial', 'revoked_at', 'common_name', 'reason']).where('revoked_at', 'is not', null).where('not_after', '>', this.now()).orderBy('serial').execute();
     return rows.map((r) => ({ serial: r.serial, revokedAt: Number(r.revoked_at), commonName: r.common_name, reason: r.reason }));
   }
-
-  async isRevoked(serial: string): Promise<boolean> {
-    const r = await this.db.selectFrom('certificates').select('revoked_at').where('serial', '=', serial.toLowerCase()).executeTakeFirst();
-    return r?.revoked_at !== null && r?.revoked_at !== undefined;
-  }
 }
