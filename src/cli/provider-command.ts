@@ -51,7 +51,7 @@ export function addProviderCommand(program: Command): void {
       }
       // a vault that moved (another address) is reached where --vault says; its CA still has to match
       if (o.vault && o.vault !== registration.vault.url) registration = { ...registration, vault: { ...registration.vault, url: o.vault } };
-      const channel = new ProviderChannel(registration);
+      const channel = new ProviderChannel(registration, { dir });
       const provider = new FabricProvider({
         driver: new LabFabricDriver(site),
         channel,

@@ -64,6 +64,8 @@ export interface Provider {
   version: string;
   certificateSerial: string;
   certificateFingerprint: string;
+  /** a renewed certificate the provider has not used yet (the current one is accepted until it does) */
+  nextCertificateFingerprint: string | null;
   proxy: { url: string; bypass?: string[] } | null;
   registeredAt: string;
   lastHeartbeatAt: string | null;

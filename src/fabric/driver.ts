@@ -34,6 +34,8 @@ export interface DriverContext {
   vaultCa: string;
   /** the inventory changed (a VM started, a replica was created): report it soon */
   inventoryChanged(): void;
+  /** the provider's clock: when a host's certificate is due for renewal */
+  clock: { now(): number };
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void; error(o: object, msg?: string): void };
 }
 

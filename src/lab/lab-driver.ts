@@ -19,7 +19,7 @@ import { parseSize } from '../agent/lab-host.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import type { DriverContext, FabricDriver, PowerAction, RecoveryPointInfo, ReplicaVm, ReplicaVmSpec, ReplicationRequest, ReplicationStatus, TestVm, TestVmSpec } from '../fabric/driver.js';
-import { fsyncDir, generateKeyPairPem, readCrl, writeFileAtomic } from '../pki/index.js';
+import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, renewalDue, writeFileAtomic } from '../pki/index.js';
 import { startAgentProcess, stopAgentProcess, type RunningAgent } from './agent-process.js';
 import { intToIp, ipToInt, slug, type LabVmSpec, type SiteConfig } from './topology.js';
 import { DEFAULT_WORKLOAD_BYTES_PER_SECOND, Workload } from './workload.js';
@@ -206,15 +206,14 @@ export class LabFabricDriver implements FabricDriver {
     }
   }
 
-  /** A host's agent certificate: made once, again when the vault's CA changed or it nears its end. */
+  /** A host's agent certificate: made once, again when the vault's CA changed or it is two thirds into its life. */
   private async enrol(h: HostRef, pkiDir: string, ctx: DriverContext, again = false): Promise<void> {
     const crt = path.join(pkiDir, `${h.name}.crt`);
     const caFile = path.join(pkiDir, 'ca.crt');
     if (!again && fs.existsSync(crt) && fs.existsSync(caFile) && fs.readFileSync(caFile, 'utf8').trim() === ctx.vaultCa.trim()) {
       const cert = new crypto.X509Certificate(fs.readFileSync(crt));
       const ca = new crypto.X509Certificate(ctx.vaultCa);
-      const monthLeft = Date.parse(cert.validTo) - Date.now() > 30 * 86_400_000;
-      if (monthLeft && cert.checkIssued(ca) && cert.verify(ca.publicKey)) return;
+      if (!renewalDue(readCertificateInfo(cert.toString()), ctx.clock.now()) && cert.checkIssued(ca) && cert.verify(ca.publicKey)) return;
     }
     const pair = await generateKeyPairPem();
     const r = await ctx.enrolAgent(h.name, pair.publicKeyPem);
@@ -227,8 +226,8 @@ export class LabFabricDriver implements FabricDriver {
 
   /**
    * The vault's revocation list, for the agents: written beside their certificates (each
-   * agent reloads it). A host of this lab whose own certificate is on it, or ends within 30
-   * days, enrols again first (fetched every minute: certificates are renewed without a restart).
+   * agent reloads it). A host of this lab whose own certificate is on it, or is two thirds
+   * into its life, enrols again first (fetched every minute: certificates are renewed without a restart).
    */
   async revocationList(pem: string): Promise<void> {
     const ctx = this.ctx;
@@ -240,8 +239,8 @@ export class LabFabricDriver implements FabricDriver {
       if (!fs.existsSync(crt)) continue;
       const cert = new crypto.X509Certificate(fs.readFileSync(crt));
       const revoked = serials.includes(cert.serialNumber.toLowerCase());
-      // a certificate near its end is renewed the same way: the agent reloads it
-      const ending = Date.parse(cert.validTo) - Date.now() < 30 * 86_400_000;
+      // a certificate two thirds into its life is renewed the same way: the agent reloads it
+      const ending = renewalDue(readCertificateInfo(cert.toString()), ctx.clock.now());
       if (revoked || ending) {
         ctx.log.warn({ host: h.name, notAfter: cert.validTo }, revoked ? `the certificate of host ${h.name} was revoked; enrolling it again` : `the certificate of host ${h.name} ends soon; enrolling it again`);
         await this.enrol(h, pkiDir, ctx, true);

@@ -253,6 +253,15 @@ export function readCertificateInfo(pem: string): CertificateInfo {
   };
 }
 
+/**
+ * Whether a certificate is due for renewal at `now`: two thirds of its life have passed
+ * (a year's certificate is renewed with four months left, a 90-day one with a month).
+ */
+export function renewalDue(info: Pick<CertificateInfo, 'notBefore' | 'notAfter'>, now: number): boolean {
+  const from = info.notBefore.getTime();
+  return now >= from + ((info.notAfter.getTime() - from) * 2) / 3;
+}
+
 /** Colon-separated upper-case hex, matching node:tls `fingerprint256`. */
 export function formatFingerprint(digest: Uint8Array): string {
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0').toUpperCase()).join(':');

@@ -10,6 +10,7 @@ export {
   loadTlsMaterial,
   readCertificateInfo,
   readCrl,
+  renewalDue,
   writeFileAtomic,
   writePkiFiles,
 } from './ca.js';

@@ -3,7 +3,9 @@
  * their progress and results, all over mutual TLS with the provider's certificate.
  */
 import type { InventoryDocument } from '../domain/resources.js';
-import type { ProviderRegistration } from './registration.js';
+import { OsrError } from '../domain/errors.js';
+import { generateKeyPairPem, readCertificateInfo, renewalDue } from '../pki/index.js';
+import { saveRenewal, type ProviderRegistration } from './registration.js';
 import { VaultClient } from './vault-client.js';
 
 export interface VaultCommand {
@@ -27,14 +29,49 @@ export interface ItemStatus {
 }
 
 export class ProviderChannel {
-  readonly client: VaultClient;
+  private current: VaultClient;
+  private renewal: Promise<boolean> | undefined;
 
-  constructor(readonly registration: ProviderRegistration) {
-    this.client = new VaultClient(registration.vault.url, { tls: registration.tls });
+  constructor(
+    public registration: ProviderRegistration,
+    private readonly o: { /** where the registration is kept (a renewed certificate is saved there) */ dir?: string } = {},
+  ) {
+    this.current = new VaultClient(registration.vault.url, { tls: registration.tls });
+  }
+
+  get client(): VaultClient {
+    return this.current;
   }
 
   close(): void {
-    this.client.close();
+    this.current.close();
+  }
+
+  /**
+   * Renew this provider's certificate when two thirds of its life have passed (at `now`,
+   * the provider's clock): a new key pair made here, certified by the vault, saved whole
+   * to the registration directory, and used from the next call on. Calls under way finish
+   * on the old connection. Answers whether it renewed.
+   */
+  renewIfDue(now: number): Promise<boolean> {
+    this.renewal ??= this.renew(now).finally(() => (this.renewal = undefined));
+    return this.renewal;
+  }
+
+  private async renew(now: number): Promise<boolean> {
+    if (!renewalDue(readCertificateInfo(this.registration.tls.cert), now)) return false;
+    const pair = await generateKeyPairPem();
+    const r = await this.current.request<{ certificate: string; caCertificate: string; notAfter: string }>('POST', '/api/v1/provider/certificate', { publicKey: pair.publicKeyPem });
+    if (r.caCertificate.trim() !== this.registration.tls.ca.trim()) throw new OsrError('TLS_PEER_CERT_UNTRUSTED', 'the vault answered the renewal with a CA other than the one this provider registered with; register the provider again');
+    const info = readCertificateInfo(r.certificate);
+    if (info.role !== 'provider' || info.commonName !== this.registration.providerId) throw new OsrError('PROTOCOL_ERROR', `the vault answered the renewal with a certificate for ${info.commonName} (${info.role ?? 'no role'}), not this provider's`);
+    const next: ProviderRegistration = { ...this.registration, tls: { ...this.registration.tls, cert: r.certificate, key: pair.privateKeyPem }, notAfter: r.notAfter };
+    if (this.o.dir) await saveRenewal(this.o.dir, next);
+    const old = this.current;
+    this.registration = next;
+    this.current = new VaultClient(next.vault.url, { tls: next.tls });
+    old.closeWhenIdle();
+    return true;
   }
 
   heartbeat(status?: Record<string, unknown>): Promise<{ time: string; heartbeatIntervalSeconds: number }> {

@@ -116,6 +116,7 @@ export class FabricProvider {
       },
       vaultCa: this.o.channel.registration.tls.ca,
       inventoryChanged: () => this.inventoryChanged(),
+      clock: this.clock,
       log: this.o.log,
     });
     try {

@@ -3,7 +3,8 @@
  * changes, and commands fetched by long-poll and handed to handlers by kind, one run per
  * command id however often it is delivered (a redelivery of a command still running is
  * ignored; of one finished, its result is sent again). A handler reports progress and
- * returns a result or throws; the vault hears both.
+ * returns a result or throws; the vault hears both. The provider's certificate is renewed
+ * with the heartbeats, two thirds into its life.
  */
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock } from '../domain/clock.js';
@@ -47,6 +48,7 @@ export class ProviderRuntime extends EventEmitter {
 
   async start(): Promise<void> {
     await this.channel.heartbeat();
+    await this.renewCertificate();
     await this.syncInventory();
     this.loops = [this.heartbeats(), this.commandLoop()];
   }
@@ -74,6 +76,16 @@ export class ProviderRuntime extends EventEmitter {
       } catch (e) {
         this.o.log?.warn({ err: toOsrError(e).toJSON() }, 'heartbeat failed');
       }
+      await this.renewCertificate();
+    }
+  }
+
+  /** The provider's certificate, renewed two thirds into its life (a failure is tried again at the next heartbeat). */
+  private async renewCertificate(): Promise<void> {
+    try {
+      if (await this.channel.renewIfDue(this.clock.now())) this.emit('certificate-renewed', this.channel.registration.notAfter);
+    } catch (e) {
+      this.o.log?.warn({ err: toOsrError(e).toJSON() }, 'renewing the provider\'s certificate failed; trying again at the next heartbeat');
     }
   }
 

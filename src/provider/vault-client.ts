@@ -44,14 +44,29 @@ export class VaultClient {
     });
   }
 
+  private active = 0;
+  private closing = false;
+
   close(): void {
     this.agent.destroy();
+  }
+
+  /** Close once the calls under way have their answers (a long-poll included); new calls are not expected. */
+  closeWhenIdle(): void {
+    this.closing = true;
+    if (this.active === 0) this.agent.destroy();
+  }
+
+  private settled(): void {
+    this.active--;
+    if (this.closing && this.active === 0) this.agent.destroy();
   }
 
   /** A call to the vault; `text: true` answers a 2xx body as it was sent (a CSV export) instead of parsing JSON. */
   async request<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number; signal?: AbortSignal; text?: boolean } = {}): Promise<T> {
     const url = new URL(path, this.base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    this.active++;
     return new Promise<T>((resolve, reject) => {
       const req = https.request(
         url,
@@ -90,7 +105,7 @@ export class VaultClient {
       req.on('timeout', () => req.destroy(new OsrError('NETWORK_ERROR', `the vault did not answer ${method} ${url.pathname} in time`)));
       req.on('error', (e) => reject(e instanceof OsrError ? e : toOsrError(e, 'NETWORK_ERROR')));
       req.end(payload);
-    });
+    }).finally(() => this.settled());
   }
 }
 

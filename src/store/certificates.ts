@@ -34,6 +34,11 @@ export class CertificateStore {
     return Number(r.numUpdatedRows);
   }
 
+  /** Revoke one certificate (superseded by a renewed one). */
+  async revokeSerial(serial: string, reason: string): Promise<void> {
+    await this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('serial', '=', serial.toLowerCase()).where('revoked_at', 'is', null).execute();
+  }
+
   /** Revoke every certificate issued for a fabric (it was removed); answers how many. */
   async revokeFabric(fabricId: string, reason: string): Promise<number> {
     const r = await this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('fabric_id', '=', fabricId).where('revoked_at', 'is', null).executeTakeFirst();

@@ -24,6 +24,7 @@ const toProvider = (r: Selectable<ProvidersTable>): Provider => ({
   version: r.version,
   certificateSerial: r.cert_serial,
   certificateFingerprint: r.cert_fingerprint,
+  nextCertificateFingerprint: r.next_cert_fingerprint,
   proxy: json(r.proxy, null),
   registeredAt: iso(r.registered_at)!,
   lastHeartbeatAt: iso(r.last_heartbeat_at),
@@ -112,11 +113,40 @@ export class FabricStore {
       }
       await trx
         .insertInto('providers')
-        .values({ id: p.providerId, fabric_id: fabricId, name: p.serverName, version: p.version, cert_serial: p.certSerial, cert_fingerprint: p.certFingerprint, proxy: p.proxy ? JSON.stringify(p.proxy) : null, registered_at: t, last_heartbeat_at: t })
+        .values({ id: p.providerId, fabric_id: fabricId, name: p.serverName, version: p.version, cert_serial: p.certSerial, cert_fingerprint: p.certFingerprint, next_cert_serial: null, next_cert_fingerprint: null, proxy: p.proxy ? JSON.stringify(p.proxy) : null, registered_at: t, last_heartbeat_at: t })
         .execute();
     });
     const fabric = await this.get(fabricId);
     return { fabric, provider: fabric.providers.find((x) => x.id === p.providerId)! };
+  }
+
+  /**
+   * A renewed certificate for a provider: kept beside the current one, which stays valid
+   * until the provider first calls with the new one (a provider that crashed before it
+   * saved the new certificate still gets in, and renews again). Renewing again replaces
+   * an unused one.
+   */
+  async offerProviderCertificate(providerId: string, c: { serial: string; fingerprint: string }): Promise<void> {
+    const r = await this.db.updateTable('providers').set({ next_cert_serial: c.serial, next_cert_fingerprint: c.fingerprint }).where('id', '=', providerId).executeTakeFirst();
+    if (affected(r) === 0) throw new OsrError('UNAUTHENTICATED', `provider ${providerId} is not registered (it was removed); register it again with a new key`);
+  }
+
+  /**
+   * The provider called with its renewed certificate: it becomes the current one. Answers
+   * the serial it replaced (to revoke), or undefined when another call got there first.
+   */
+  async adoptProviderCertificate(providerId: string, fingerprint: string): Promise<string | undefined> {
+    return this.db.transaction().execute(async (trx) => {
+      const p = await trx.selectFrom('providers').select(['cert_serial', 'next_cert_serial']).where('id', '=', providerId).where('next_cert_fingerprint', '=', fingerprint).executeTakeFirst();
+      if (!p?.next_cert_serial) return undefined;
+      const r = await trx
+        .updateTable('providers')
+        .set({ cert_serial: p.next_cert_serial, cert_fingerprint: fingerprint, next_cert_serial: null, next_cert_fingerprint: null })
+        .where('id', '=', providerId)
+        .where('next_cert_fingerprint', '=', fingerprint)
+        .executeTakeFirst();
+      return affected(r) === 1 ? p.cert_serial : undefined;
+    });
   }
 
   /** A provider's heartbeat; returns whether the fabric had been marked lost (it is found again). */

@@ -264,6 +264,14 @@ const MIGRATIONS: readonly Migration[] = [
       await db.schema.createIndex('certificates_holder').on('certificates').columns(['fabric_id', 'common_name']).execute();
     },
   },
+  {
+    version: 5,
+    name: 'a provider\'s renewed certificate, accepted beside the current one until the provider first uses it',
+    async up(db) {
+      await db.schema.alterTable('providers').addColumn('next_cert_serial', 'text').execute();
+      await db.schema.alterTable('providers').addColumn('next_cert_fingerprint', 'text').execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

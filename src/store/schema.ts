@@ -109,6 +109,9 @@ export interface ProvidersTable {
   version: string;
   cert_serial: string;
   cert_fingerprint: string;
+  /** a renewed certificate, issued but not yet used by the provider (the current one stays valid until it is) */
+  next_cert_serial: string | null;
+  next_cert_fingerprint: string | null;
   proxy: string | null;
   registered_at: number;
   last_heartbeat_at: number | null;

@@ -127,6 +127,11 @@ async function providerPrincipal(request: FastifyRequest, ctx: VaultContext) {
   if (id.role !== 'provider') throw new OsrError('FORBIDDEN', `a ${id.role ?? 'role-less'} certificate cannot use the provider channel`);
   const provider = await ctx.store.fabrics.provider(id.commonName);
   if (!provider) throw new OsrError('UNAUTHENTICATED', `provider ${id.commonName} is not registered (it was removed); register it again with a new key`);
-  if (provider.certificateFingerprint !== id.fingerprintSha256) throw new OsrError('UNAUTHENTICATED', `provider ${id.commonName} presented a certificate other than the one it registered with`);
+  if (provider.certificateFingerprint !== id.fingerprintSha256) {
+    if (provider.nextCertificateFingerprint !== id.fingerprintSha256) throw new OsrError('UNAUTHENTICATED', `provider ${id.commonName} presented a certificate other than the one it registered with`);
+    // the first call with a renewed certificate: from now on only it is accepted, and the old one is revoked
+    const replaced = await ctx.store.fabrics.adoptProviderCertificate(provider.id, id.fingerprintSha256);
+    if (replaced) await ctx.store.certificates.revokeSerial(replaced, 'superseded by a renewed certificate');
+  }
   return { actor: `provider:${provider.name} (${provider.id})`, role: null, providerId: provider.id, fabricId: provider.fabricId };
 }

@@ -4,15 +4,18 @@
  * delivered again) changes nothing; state survives a restart of the driver.
  */
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { AgentClient } from '../../src/cli/agent-client.js';
 import { validatePolicy } from '../../src/domain/policy.js';
 import type { DriverContext } from '../../src/fabric/driver.js';
 import { LabFabricDriver, type LabAgentInfo } from '../../src/lab/lab-driver.js';
 import type { SiteConfig } from '../../src/lab/topology.js';
-import { createCa, issueCertificate, type CaMaterial } from '../../src/pki/index.js';
+import { createCa, createCrl, generateKeyPairPem, issueCertificate, type CaMaterial } from '../../src/pki/index.js';
 import { tempDir, waitFor } from '../support/lab.js';
 
 const dir = tempDir('osr-labdriver-');
@@ -43,8 +46,11 @@ let ca: CaMaterial;
 let enrolments = 0;
 let changes = 0;
 const quiet = { info() {}, warn() {}, error() {} };
+/** the provider's clock, moved forward by a test */
+let offset = 0;
 const ctx = (): DriverContext => ({
   vaultCa: ca.certPem,
+  clock: { now: () => Date.now() + offset },
   inventoryChanged: () => void changes++,
   log: quiet,
   enrolAgent: async (name, publicKeyPem) => {
@@ -141,6 +147,37 @@ describe('lab fabric driver', () => {
     } finally {
       await driver.removeReplicaVm(r.replicaVmId, { deleteData: true });
     }
+  });
+
+  test('host certificates are renewed two thirds into their life (a clock moved forward); the agent serves the new one without a restart', async () => {
+    const client = await issueCertificate(ca, { commonName: 'peer', role: 'agent', publicKeyPem: (await generateKeyPairPem()).publicKeyPem, dnsNames: ['localhost'] });
+    const port = (await driver.inventory()).hosts.find((h) => h.name === 'r-h1')!.agent!.replicationPort;
+    // the certificate the agent presents to a peer now
+    const served = async (): Promise<string> => {
+      const s = tls.connect({ host: '127.0.0.1', port, ca: ca.certPem, cert: client.certPem, key: client.keyPem, servername: 'localhost', rejectUnauthorized: false });
+      await once(s, 'secureConnect');
+      const serial = s.getPeerX509Certificate()!.serialNumber;
+      s.destroy();
+      return serial;
+    };
+    const before = await served();
+    const crl = await createCrl(ca, [], { nextUpdate: new Date(Date.now() + 86_400_000) });
+    const enrolled = enrolments;
+    // a month on, nothing is due; two thirds into a year, both hosts enrol again
+    offset = 30 * 86_400_000;
+    await driver.revocationList(crl);
+    assert.equal(enrolments, enrolled, 'renewed too early');
+    offset = 250 * 86_400_000;
+    await driver.revocationList(crl);
+    assert.equal(enrolments, enrolled + 2);
+    const file = new crypto.X509Certificate(fs.readFileSync(path.join(site.lab.dir, 'pki', 'r-h1.crt')));
+    assert.notEqual(file.serialNumber, before);
+    await waitFor('the agent serving its renewed certificate', async () => (await served()) === file.serialNumber || undefined, 20_000);
+    // renewed once: a month after they were issued, the next list finds the new certificates young
+    offset = 30 * 86_400_000;
+    await driver.revocationList(crl);
+    assert.equal(enrolments, enrolled + 2);
+    offset = 0;
   });
 
   test('power: stop and start show in the inventory; an unknown VM is VM_NOT_FOUND', async () => {

@@ -5,22 +5,28 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, test } from 'node:test';
 import { systemClock } from '../../src/domain/clock.js';
 import { generateKeyPairPem, readCertificateInfo, readCrl } from '../../src/pki/index.js';
 import { ProviderChannel } from '../../src/provider/channel.js';
-import { waitFor } from '../support/lab.js';
+import { loadRegistration, registerWithVault } from '../../src/provider/registration.js';
+import { ProviderRuntime } from '../../src/provider/runtime.js';
+import { tempDir, waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
 import { siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
 
 let v: TestVault;
 const providers: TestProvider[] = [];
+const channels: ProviderChannel[] = [];
 before(async () => {
   v = await startVault({ name: 'certs' });
 });
 after(async () => {
   for (const p of providers) await p.stop().catch(() => undefined);
+  for (const c of channels) c.close();
   await v.close();
 });
 
@@ -111,4 +117,76 @@ test('a host removed from the inventory, or a removed fabric, has its certificat
   await v.api.request('DELETE', `/api/v1/fabrics/${a.p.fabricId}`);
   assert.ok((await listed(b.channel)).includes(providerSerial));
   await assertRejectsCode(a.channel.revocationList(), 'UNAUTHENTICATED');
+});
+
+test('a provider renews its own certificate over its channel two thirds into its life (a clock moved forward); the old one is accepted until the new one is used, then revoked', async () => {
+  const dir = tempDir('osr-provider-renew-');
+  const key = (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
+  const first = await registerWithVault({ vaultUrl: v.url, key, fabric: { name: 'VMM-Renew', kind: 'test' }, serverName: 'renew-server', version: '0.1.0', dir });
+  const serial = (pem: string) => new crypto.X509Certificate(pem).serialNumber.toLowerCase();
+  const listed = async (c: ProviderChannel) => (await readCrl(await c.revocationList(), v.vault.ctx.identity.ca.certPem)).serials;
+  const channel = new ProviderChannel(first, { dir });
+  channels.push(channel);
+
+  // a month on, nothing is due
+  assert.equal(await channel.renewIfDue(Date.now() + 30 * 86_400_000), false);
+  assert.equal(serial(channel.registration.tls.cert), serial(first.tls.cert));
+
+  // a renewal the provider did not keep (it crashed before saving): the old certificate still gets in
+  const lost = await generateKeyPairPem();
+  await channel.client.request('POST', '/api/v1/provider/certificate', { publicKey: lost.publicKeyPem });
+  const stale = new ProviderChannel(first);
+  channels.push(stale);
+  await stale.heartbeat();
+
+  // through the runtime, on a clock 250 days on: renewed at start, then every call uses the new one
+  const clock = { now: () => Date.now() + 250 * 86_400_000, sleep: systemClock.sleep };
+  const runtime = new ProviderRuntime(channel, { handlers: {}, inventory: () => siteInventory('rn', ['Cloud'], 0), pollSeconds: 1, clock });
+  const renewed = once(runtime, 'certificate-renewed');
+  await runtime.start();
+  try {
+    await renewed;
+    const next = channel.registration;
+    assert.notEqual(serial(next.tls.cert), serial(first.tls.cert));
+    const info = readCertificateInfo(next.tls.cert);
+    assert.deepEqual([info.commonName, info.role], [first.providerId, 'provider']);
+    assert.ok(Date.parse(next.notAfter) >= Date.parse(first.notAfter));
+    // kept whole in the registration directory: a restarted provider loads the new pair
+    const loaded = (await loadRegistration(dir))!;
+    assert.equal(loaded.tls.cert, next.tls.cert);
+    assert.ok(new crypto.X509Certificate(loaded.tls.cert).checkPrivateKey(crypto.createPrivateKey(loaded.tls.key)));
+    assert.equal(fs.statSync(path.join(dir, JSON.parse(fs.readFileSync(path.join(dir, 'registration.json'), 'utf8')).files.key)).mode & 0o777, 0o600);
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('provider')).length, 2, 'the old certificate and key files are removed');
+
+    // the first call with the new certificate makes it the only one: the old one is refused and listed as revoked
+    await channel.heartbeat();
+    await assertRejectsCode(stale.heartbeat(), 'UNAUTHENTICATED', /other than the one it registered with/);
+    const revoked = await listed(channel);
+    assert.ok(revoked.includes(serial(first.tls.cert)), 'the superseded certificate is on the revocation list');
+    assert.ok(!revoked.includes(serial(next.tls.cert)));
+    // the runtime goes on working with it (its long-poll moved to the new connection)
+    await runtime.syncInventory();
+    const events = await v.api.request<{ items: { kind: string }[] }>('GET', '/api/v1/events?limit=200');
+    assert.equal(events.items.filter((e) => e.kind === 'provider.certificate-renewed').length, 2, 'the lost renewal and the kept one');
+    // renewed once: a month after it was issued, the new certificate is not due
+    assert.equal(await channel.renewIfDue(Date.now() + 30 * 86_400_000), false);
+  } finally {
+    await runtime.stop();
+  }
+});
+
+test('a registration directory left by a renewal cut short loads the pair it names and drops the other files', async () => {
+  const dir = tempDir('osr-provider-files-');
+  const key = (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
+  const reg = await registerWithVault({ vaultUrl: v.url, key, fabric: { name: 'VMM-Files', kind: 'test' }, serverName: 'files-server', version: '0.1.0', dir });
+  // a new pair written, registration.json not yet replaced
+  fs.writeFileSync(path.join(dir, 'provider-0abc.crt'), 'half a renewal');
+  fs.writeFileSync(path.join(dir, 'provider-0abc.key'), 'half a renewal');
+  const loaded = (await loadRegistration(dir))!;
+  assert.equal(loaded.tls.cert, reg.tls.cert);
+  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('provider')).sort(), ['provider.crt', 'provider.key']);
+  // a registration.json that names a file outside the directory is refused
+  const meta = JSON.parse(fs.readFileSync(path.join(dir, 'registration.json'), 'utf8'));
+  fs.writeFileSync(path.join(dir, 'registration.json'), JSON.stringify({ ...meta, files: { cert: '../../etc/passwd', key: 'provider.key' } }));
+  await assertRejectsCode(loadRegistration(dir), 'CONFIG_INVALID');
 });

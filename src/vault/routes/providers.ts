@@ -20,6 +20,9 @@ import { IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
 
 /** Inventory documents of big fabrics are large; everything else stays under the default limit. */
 const INVENTORY_BODY_LIMIT = 64 * 1024 * 1024;
+/** Lifetimes of the certificates issued here; each is renewed two thirds in, over the provider channel. */
+const PROVIDER_CERT_DAYS = 365;
+const AGENT_CERT_DAYS = 365;
 /** Inventory changes beyond this many become one summary event instead of one each. */
 const EVENTS_PER_SYNC = 200;
 
@@ -74,7 +77,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         throw e;
       });
       try {
-        const cert = await issueCertificate(ctx.identity.ca, { commonName: providerId, role: 'provider', publicKeyPem: b.publicKey, dnsNames: [], ipAddresses: [], validDays: 365 });
+        const cert = await issueCertificate(ctx.identity.ca, { commonName: providerId, role: 'provider', publicKeyPem: b.publicKey, dnsNames: [], ipAddresses: [], validDays: PROVIDER_CERT_DAYS });
         const { fabric, provider } = await store.fabrics.registerProvider({
           providerId,
           fabricName: b.fabric.name,
@@ -216,6 +219,26 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
   );
 
   app.post(
+    '/provider/certificate',
+    {
+      config: { access: 'provider' },
+      schema: {
+        summary: 'renew this provider\'s own certificate for a public key it made; the current one stays valid until the provider first calls with the new one',
+        tags,
+        body: Type.Object({ publicKey: Type.String({ minLength: 1, maxLength: 10_000 }) }, { additionalProperties: false }),
+      },
+    },
+    async (request, reply) => {
+      const p = principal(request);
+      const cert = await issueCertificate(ctx.identity.ca, { commonName: p.providerId!, role: 'provider', publicKeyPem: request.body.publicKey, dnsNames: [], ipAddresses: [], validDays: PROVIDER_CERT_DAYS });
+      await store.certificates.record({ serial: cert.serialNumber, fabricId: p.fabricId!, role: 'provider', commonName: p.providerId!, notAfter: cert.notAfter.getTime() });
+      await store.fabrics.offerProviderCertificate(p.providerId!, { serial: cert.serialNumber, fingerprint: certificateFingerprint(cert.certPem) });
+      await alerting.event({ target: p.fabricId!, kind: 'provider.certificate-renewed', severity: Severity.Info, message: `provider ${p.providerId} renewed its certificate; the new one is valid until ${cert.notAfter.toISOString()}`, details: { provider: p.providerId, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
+      return reply.status(201).send({ certificate: cert.certPem, caCertificate: ctx.identity.ca.certPem, notAfter: cert.notAfter.toISOString() });
+    },
+  );
+
+  app.post(
     '/provider/agent-certificates',
     {
       config: { access: 'provider' },
@@ -237,7 +260,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const p = principal(request);
       const b = request.body;
       const names = await agentCertificateNames(store, p.fabricId!, b);
-      const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: 365, ...names });
+      const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, ...names });
       await store.certificates.record({ serial: cert.serialNumber, fabricId: p.fabricId!, role: 'agent', commonName: b.name, notAfter: cert.notAfter.getTime() });
       await alerting.event({ target: p.fabricId!, kind: 'agent.enrolled', severity: Severity.Info, message: `host agent ${b.name} enrolled through provider ${p.providerId}`, details: { agent: b.name, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
       return reply.status(201).send({ certificate: cert.certPem, caCertificate: ctx.identity.ca.certPem, notAfter: cert.notAfter.toISOString() });
