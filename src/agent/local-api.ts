@@ -229,10 +229,10 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
   // ---- replicas (replica role)
   app.get('/v1/replicas', async () => agent.replicas.list().map((s) => replicaSummary(agent, s)));
   // the vault's word on who may replicate a VM here (a failover's new primary, a placement)
-  app.put<{ Params: { vmId: string }; Body: { source: string } }>(
+  app.put<{ Params: { vmId: string }; Body: { source: string; claim?: boolean } }>(
     '/v1/replicas/:vmId/source',
-    { schema: { body: { type: 'object', required: ['source'], additionalProperties: false, properties: { source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH } } } } },
-    async (req) => ({ vmId: req.params.vmId, ...agent.replicas.authorize(req.params.vmId, req.body.source) }),
+    { schema: { body: { type: 'object', required: ['source'], additionalProperties: false, properties: { source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, claim: { type: 'boolean' } } } } },
+    async (req) => ({ vmId: req.params.vmId, ...agent.replicas.authorize(req.params.vmId, req.body.source, { claim: req.body.claim === true }) }),
   );
   app.get<{ Params: { vm: string } }>('/v1/replicas/:vm', async (req) => replicaSummary(agent, agent.replicas.get(req.params.vm)));
   app.get<{ Params: { vm: string } }>('/v1/replicas/:vm/points', async (req) =>

@@ -142,10 +142,22 @@ export class ReplicaRegistry {
    * The vault's word: from now on only `source` may replicate this VM here (a failover's
    * new primary, or the host the vault placed it on). A connected session of another source
    * is dropped. Durable before it returns.
+   *
+   * `claim` is a new protection's word, given before its first copy: a replica of this VM
+   * that another source opened first, and that holds data, is not this protection's. It is
+   * refused (AUTH_FAILED) rather than handed over with what that source wrote into it.
    */
-  authorize(vmId: string, source: string): OwnerRecord {
+  authorize(vmId: string, source: string, o: { claim?: boolean } = {}): OwnerRecord {
     safeName(vmId, 'VM id', 'INVALID_ARGUMENT');
     safeName(source, 'source agent', 'INVALID_ARGUMENT');
+    const current = this.owner(vmId);
+    if (o.claim && current) {
+      // said already (the command delivered twice): nothing to write
+      if (current.source === source && current.by === 'vault') return current;
+      if (current.source !== source && this.holds(vmId)) {
+        throw new OsrError('AUTH_FAILED', `a replica of VM ${vmId} here was opened by source agent ${current.source}, not by ${source}, the host the vault protects it from; remove that replica (osr agent: DELETE /v1/replicas/${vmId}) and enable protection again`, { vmId, source, owner: current.source });
+      }
+    }
     const record: OwnerRecord = { source, by: 'vault', at: new Date(this.now()).toISOString() };
     this.writeOwner(vmId, record);
     const session = this.owners.get(vmId);

@@ -42,6 +42,8 @@ export interface InventoryDocument {
     replicaOf?: string | undefined;
     /** a test failover's VM: the protected item whose drill it is */
     testFailoverOf?: string | undefined;
+    /** the id the host's agent replicates this VM under: its replica is found by it, and the vault names the VM's source for it at the replica before the first copy */
+    replicationId?: string | undefined;
   }[];
 }
 

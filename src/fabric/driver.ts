@@ -44,7 +44,14 @@ export interface ReplicaVmSpec {
   /** the protected item (the vault's id of the source VM) */
   itemId: string;
   /** the source VM; its NICs' subnets pick the replica NICs' subnets (the same name, else the network's first) */
-  source: { name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string; subnet?: string }[] };
+  source: {
+    name: string;
+    disks: { id: string; name: string; sizeBytes: number }[];
+    nics: { id: string; subnet?: string }[];
+    /** the id the source host's agent replicates the VM under, and that agent's name (its certificate's): only it may replicate into the replica */
+    replicationId?: string | undefined;
+    agent?: string | undefined;
+  };
   /** host that runs the replica */
   hostId: string;
   /** disk id → storage location */

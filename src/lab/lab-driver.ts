@@ -341,7 +341,7 @@ export class LabFabricDriver implements FabricDriver {
       storageLocations: s.storage.locations.map((l) => ({ id: slug(l.name), name: l.name, classification: slug(l.classification), kind: l.kind, path: path.join(this.dir, 'storage', slug(l.name)), ...(freeBytes !== undefined ? { freeBytes } : {}) })),
       vms: [],
     };
-    const running = await this.runningVms();
+    const running = await this.hostVms();
     for (const v of this.vms.values()) {
       const host = this.hosts.get(slug(v.host))!;
       const demoted = this.state.demoted[v.id];
@@ -350,10 +350,11 @@ export class LabFabricDriver implements FabricDriver {
         name: v.name,
         cloud: host.cloudId,
         host: host.id,
-        powerState: !demoted && running.has(`${host.id}/${v.name}`) ? 'Running' : 'Off',
+        powerState: !demoted && running.get(`${host.id}/${v.name}`)?.running ? 'Running' : 'Off',
         disks: v.disks.map((d, i) => ({ id: `disk${i}`, name: d.name, sizeBytes: parseSize(d.size), ...(d.storage ? { storageLocation: slug(d.storage) } : {}) })),
         nics: v.nics.map((_n, i) => this.nicView(v.id, `nic${i}`)),
         ...(demoted ? { replicaOf: demoted.itemId } : {}),
+        ...(running.has(`${host.id}/${v.name}`) ? { replicationId: running.get(`${host.id}/${v.name}`)!.id } : {}),
       });
     }
     const temporary = Object.values(this.state.temporaryNetworks);
@@ -378,7 +379,7 @@ export class LabFabricDriver implements FabricDriver {
         name: r.name,
         cloud: host.cloudId,
         host: host.id,
-        powerState: this.state.promoted[r.id] && running.has(`${host.id}/${r.name}`) ? 'Running' : 'Off',
+        powerState: this.state.promoted[r.id] && running.get(`${host.id}/${r.name}`)?.running ? 'Running' : 'Off',
         disks: r.disks,
         nics: r.nicIds.map((n) => this.nicView(r.id, n)),
         replicaOf: r.protecting && !this.state.promoted[r.id] ? r.itemId : undefined,
@@ -392,12 +393,12 @@ export class LabFabricDriver implements FabricDriver {
     return { id: nicId, ...(n?.vmNetwork ? { vmNetwork: n.vmNetwork } : {}), ...(n?.vmNetwork && n.subnet ? { subnet: n.subnet } : {}), ...(n?.ip ? { ip: n.ip } : {}) };
   }
 
-  /** "host/VM name" of every VM the hosts run now (one call per host). */
-  private async runningVms(): Promise<Set<string>> {
-    const out = new Set<string>();
+  /** The VMs the hosts have now, by "host/VM name": the agent's id of each, and whether it runs (one call per host). */
+  private async hostVms(): Promise<Map<string, { id: string; running: boolean }>> {
+    const out = new Map<string, { id: string; running: boolean }>();
     for (const [hostId, a] of this.agents) {
       try {
-        for (const v of await a.api.get<{ name: string; running: boolean }[]>('/v1/vms')) if (v.running) out.add(`${hostId}/${v.name}`);
+        for (const v of await a.api.get<{ id: string; name: string; running: boolean }[]>('/v1/vms')) out.set(`${hostId}/${v.name}`, { id: v.id, running: v.running });
       } catch {
         // a host that does not answer runs nothing the vault should count on
       }
@@ -500,6 +501,7 @@ export class LabFabricDriver implements FabricDriver {
       for (const nic of spec.source.nics) if (!existing.nicIds.includes(nic.id)) existing.nicIds.push(nic.id);
       existing.nicSubnets = { ...existing.nicSubnets, ...sourceSubnets(spec) };
       for (const nic of existing.nicIds) this.lease(existing.id, nic, spec.networks[nic] ?? null, existing.nicSubnets[nic] ?? null);
+      await this.claimReplica(existing.hostId, spec);
       await this.save();
       this.changed();
       return this.replicaView(existing, reused);
@@ -519,12 +521,23 @@ export class LabFabricDriver implements FabricDriver {
       protecting: true,
       createdAt: new Date().toISOString(),
     };
+    await this.claimReplica(host.id, spec);
     this.state.replicas[id] = r;
     for (const nic of r.nicIds) this.allocate(id, nic, spec.networks[nic] ?? null, r.nicSubnets?.[nic] ?? null);
     await this.save();
     this.changed();
     this.ctx?.log.info({ replica: id, host: host.name }, `replica VM ${id} created on ${host.name}`);
     return this.replicaView(r, false);
+  }
+
+  /**
+   * The vault's word, before the first copy: only the source host's agent may replicate
+   * the VM into this host (a replica another agent opened first is refused, AUTH_FAILED).
+   */
+  private async claimReplica(hostId: string, spec: ReplicaVmSpec): Promise<void> {
+    const { replicationId, agent } = spec.source;
+    if (replicationId === undefined || agent === undefined) return;
+    await this.agent(hostId).api.call('PUT', `/v1/replicas/${encodeURIComponent(replicationId)}/source`, { source: agent, claim: true });
   }
 
   /** A NIC on a network: its lease kept when it is there already, a new one otherwise (saved by the caller). */

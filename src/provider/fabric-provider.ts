@@ -55,7 +55,9 @@ interface ProtectionBody {
   item: string;
   /** the VM acted on at the primary site when it is not the item's own (after a reverse) */
   vmId?: string;
-  vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string; subnet?: string }[] };
+  vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string; subnet?: string }[]; replicationId?: string };
+  /** replica.prepare: the name of the source host's agent, the only one that may replicate into the replica */
+  sourceAgent?: string;
   placement?: Placement;
   policy?: PolicySettings;
   target?: { fabricId: string; hostId: string; replicaVmId?: string; agent?: { address: string; port: number } };
@@ -183,7 +185,7 @@ export class FabricProvider {
         for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
         const storage: Record<string, string> = {};
         for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
-        const r = await d.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics }, hostId: this.localId(b.placement.hostId), storage, networks });
+        const r = await d.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent }, hostId: this.localId(b.placement.hostId), storage, networks });
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },

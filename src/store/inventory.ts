@@ -273,6 +273,7 @@ function flatten(fabricId: string, d: InventoryDocument, t: number): Selectable<
       nics: v.nics.map((n) => ({ id: n.id, ...(n.vmNetwork ? { vmNetwork: g(n.vmNetwork) } : {}), ...(n.ip ? { ip: n.ip } : {}) })),
       ...(v.replicaOf ? { replicaOf: v.replicaOf } : {}),
       ...(v.testFailoverOf ? { testFailoverOf: v.testFailoverOf } : {}),
+      ...(v.replicationId ? { replicationId: v.replicationId } : {}),
     });
   }
   return rows;

@@ -57,6 +57,7 @@ export const InventoryDocumentSchema = Type.Object(
         nics: Type.Array(Type.Object({ id: LocalId, vmNetwork: Type.Optional(LocalId), ip: Type.Optional(Type.String({ maxLength: 50 })) }), { maxItems: 64 }),
         replicaOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
         testFailoverOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
+        replicationId: Type.Optional(LocalId),
       }),
       { maxItems: 100_000 },
     ),

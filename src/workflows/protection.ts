@@ -128,7 +128,9 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         async run(ctx) {
           const d = ctx.data as EnableData;
           const vm = await store.fabrics.object(ctx.input.vmId, 'vm');
-          const replica = (await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, placement: d.placement, policy: d.policy }, { timeoutMs: 10 * 60_000 })) as EnableData['replica'];
+          // the vault's word on who may replicate into the replica: the agent of the host the VM runs on (its certificate carries the host's name)
+          const host = typeof vm.properties.host === 'string' ? await store.fabrics.object(vm.properties.host, 'host') : undefined;
+          const replica = (await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, ...(host ? { sourceAgent: host.name } : {}), placement: d.placement, policy: d.policy }, { timeoutMs: 10 * 60_000 })) as EnableData['replica'];
           d.replica = replica ?? {};
           await ctx.save();
           await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, policy: d.policy, target: { fabricId: d.targetFabricId, hostId: d.placement!.hostId, ...d.replica } }, { timeoutMs: 10 * 60_000 });

@@ -139,6 +139,38 @@ test('a replica belongs to its source: another agent certificate can neither res
   assert.equal((bad as { code: string }).code, 'INVALID_ARGUMENT');
 });
 
+test('a new protection: the vault names the source before the first copy; a replica another agent opened first is not handed over', async () => {
+  const { primary } = pair;
+  const vmDisks = await createVm(primary, 'claimed', ['1M']);
+  const vmId = (await primary.api.get<{ id: string; name: string }[]>('/v1/vms')).find((v) => v.name === 'claimed')!.id;
+  const claim = (vm: string, source: string) => pair.replica.api.call<{ source: string; by: string }>('PUT', `/v1/replicas/${encodeURIComponent(vm)}/source`, { source, claim: true });
+
+  // named before anyone connects: an intruder that knows the VM's id cannot take it
+  const named = await claim(vmId, 'primary');
+  assert.deepEqual([named.source, named.by], ['primary', 'vault']);
+  assert.equal((await claim(vmId, 'primary')).by, 'vault', 'said twice, it is the same word');
+  const p = await intruder();
+  const squat = await p.request('open', { vmId, vmName: 'claimed', disks: [{ id: 'd0', name: 'disk0', size: 1024 * 1024 }], retention, epoch: 1 });
+  assert.equal(squat?.error?.code, 'AUTH_FAILED');
+  await writePattern(vmDisks[0].nbd.unix, { writes: 10 });
+  await primary.api.post('/v1/replications', { vm: 'claimed', peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50 });
+  await waitForPoint(primary, 'claimed', null);
+  assert.equal((await replicas()).find((r) => r.vmId === vmId)?.source, 'primary');
+
+  // a replica the intruder opened before protection was enabled: the claim for another source is refused, not handed over with the intruder's data
+  const early = 'vm-opened-early';
+  const opened = await p.request('open', { vmId: early, vmName: 'early', disks, retention, epoch: 1 });
+  assert.equal(opened?.ok, true);
+  p.close();
+  const refused = await claim(early, 'primary').catch((e: { code: string; message: string }) => e);
+  assert.equal((refused as { code: string }).code, 'AUTH_FAILED');
+  assert.match((refused as { message: string }).message, /opened by source agent intruder/);
+  assert.equal((await replicas()).find((r) => r.vmId === early)?.source, 'intruder');
+  // once the operator removed it, the claim holds
+  await pair.replica.api.delete(`/v1/replicas/${early}`);
+  assert.equal((await claim(early, 'primary')).source, 'primary');
+});
+
 test('a replica that cannot be opened is reported and skipped; the agent serves the others', async () => {
   const all = await replicas();
   const victim = all.find((r) => r.vmId === 'intruder-vm')!;

@@ -146,6 +146,15 @@ describe('the lab', () => {
     assert.equal(nics[1]!.vmNetwork, undefined, 'an unmapped network is not connected');
     assert.equal((replica.properties as Obj).replicaOf, 'vmm-newyork.vm2');
     await assert.rejects(osr('item', 'enable', String(replica.id)), /INVALID_STATE: .*VM vm2 .* is the replica of protected item vmm-newyork\.vm2/);
+    // the vault named each replica's source before its first copy: the source host's agent, by the id its agent replicates under
+    const source = await api.request<Obj>('GET', '/api/v1/vms/vmm-newyork.vm2');
+    const replicationId = String((source.properties as Obj).replicationId);
+    const chiAgent = new AgentClient(labAgents(dir).find((a) => a.hostId === 'chi-h1')!.api);
+    const held = (await chiAgent.get<{ vmId: string; source: string | null }[]>('/v1/replicas')).find((r) => r.vmId === replicationId);
+    const sourceHost = labAgents(dir).find((a) => `vmm-newyork.${a.hostId}` === (source.properties as Obj).host)!.host;
+    assert.equal(held?.source, sourceHost);
+    const owner = JSON.parse(fs.readFileSync(path.join(dir, 'sites', 'vmm-chicago', 'hosts', 'chi-h1', 'replicas', `${replicationId}.owner.json`), 'utf8')) as { source: string; by: string };
+    assert.equal(owner.by, 'vault');
     // health and RPO reported by the primary site's provider
     await waitFor('RPO reports', async () => (await items()).every((i) => i.rpoSeconds !== null && i.health === 'Healthy'), 30_000, 500);
   });
