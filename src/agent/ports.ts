@@ -104,6 +104,8 @@ export interface ReplicaTarget {
   checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void>;
   /** where a delta's files are received before applyDelta */
   incomingDir(seq: number): string;
+  /** the point whose delta is being applied now, if one is (its files must not be touched) */
+  readonly applyingSeq: number | undefined;
   applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
   points(): RecoveryPoint[];
   latestPoint(): RecoveryPoint | undefined;

@@ -376,6 +376,10 @@ export class ReplicaStore implements ReplicaTarget {
   incomingDir(seq: number): string {
     return path.join(this.root, 'incoming', pad(safeSeq(seq)));
   }
+  /** The recovery point whose delta is being applied now, if one is. */
+  get applyingSeq(): number | undefined {
+    return this.manifest.applying?.point.seq;
+  }
   get trashDir(): string {
     return path.join(this.root, 'trash');
   }

@@ -568,6 +568,9 @@ class Session {
         const store = this.requireStore();
         this.abortDelta();
         const point = parsePoint(args.point);
+        // the files of a delta being applied are read by that apply: never cleared under it
+        const applying = store.applyingSeq;
+        if (applying !== undefined) throw new OsrError('INVALID_STATE', `delta ${applying} of ${store.vmName} is being applied; begin delta ${point.seq} when it is done`, { applying });
         const dir = store.incomingDir(point.seq);
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir, { recursive: true });
