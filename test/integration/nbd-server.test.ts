@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { BlockDevice, Extent, WriteOptions } from '../../src/agent/block-device.js';
 import { OsrError } from '../../src/domain/errors.js';
+import { onPath, skipWithout } from '../support/unit.js';
 import { NbdServer, type NbdExportResolver, type NbdServerOptions } from '../../src/agent/nbd/nbd-server.js';
 import {
   AllocationState,
@@ -321,22 +322,11 @@ function assertSucceeded(r: ToolResult, what: string): void {
   assert.doesNotMatch(r.stdout, /fail/i, `${what}: ${r.stdout}`);
 }
 
-function onPath(tool: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
-    try {
-      fs.accessSync(path.join(dir, tool), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
 /** Skips the test (and says why) unless every tool is installed. */
 function needTools(t: TestContext, ...tools: string[]): boolean {
-  const missing = tools.filter((tool) => !onPath(tool));
-  if (missing.length === 0) return true;
-  t.skip(`not installed: ${missing.join(', ')} (packages qemu-utils, libnbd-bin)`);
+  const reason = skipWithout(tools, 'qemu-utils, libnbd-bin');
+  if (reason === false) return true;
+  t.skip(reason);
   return false;
 }
 

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
-import { assertRejectsCode } from '../support/unit.js';
+import { assertRejectsCode, skipWithout } from '../support/unit.js';
 import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, tempDir, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;
@@ -133,11 +133,7 @@ test('points taken while the guest keeps writing are crash-consistent across dis
   assert.ok(sawIntermediate >= 3, `only ${sawIntermediate} points fell inside the write run`);
 });
 
-function hasTool(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
-}
-
-test('any NBD client is the guest: qemu-io over TCP and Unix socket, nbdinfo map, nbdcopy', { skip: !hasTool('qemu-io') || !hasTool('nbdinfo') ? 'qemu-io or nbdinfo missing' : false }, async () => {
+test('any NBD client is the guest: qemu-io over TCP and Unix socket, nbdinfo map, nbdcopy', { skip: skipWithout(['qemu-io', 'nbdinfo'], 'qemu-utils, libnbd-bin') }, async () => {
   const { primary, replica } = pair;
   const disks = await createVm(primary, 'qemu1', ['64M']);
   const tcp = disks[0].nbd.tcp!;

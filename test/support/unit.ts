@@ -62,3 +62,24 @@ export async function assertRejectsCode(p: Promise<unknown> | (() => unknown), c
   }
   return checkCode(undefined, code, pattern);
 }
+
+/** Whether a program is on the PATH. */
+export function onPath(tool: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
+    try {
+      fs.accessSync(path.join(dir, tool), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * A test's skip reason when programs it needs are missing, outside CI only: `.ci/run`
+ * installs them, so there a missing program fails the test instead of skipping it.
+ */
+export function skipWithout(tools: string[], packages: string): string | false {
+  const missing = tools.filter((t) => !onPath(t));
+  return missing.length > 0 && !process.env.CI ? `not installed: ${missing.join(', ')} (packages ${packages})` : false;
+}

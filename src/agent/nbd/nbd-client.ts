@@ -1,11 +1,13 @@
 /**
- * A small NBD client (fixed newstyle, NBD_OPT_GO, simple replies): enough to be a lab
- * guest's workload, a test's writer and a benchmark's load generator. Requests may be in
+ * A small NBD client (fixed newstyle, NBD_OPT_GO): enough to be a lab guest's workload, a
+ * test's writer and a benchmark's load generator, and to read a QEMU export the way a
+ * libvirt host reads a pull-mode backup: structured replies, metadata contexts
+ * (`base:allocation`, `qemu:dirty-bitmap:…`) and NBD_CMD_BLOCK_STATUS. Requests may be in
  * flight together; replies are matched by handle.
  */
 import net from 'node:net';
 import { OsrError } from '../../domain/errors.js';
-import { ClientFlag, CmdFlag, NBD_INIT_MAGIC, NBD_OPTS_MAGIC, NBD_REP_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, NbdCmd, NbdInfo, NbdOpt, NbdRep } from './protocol.js';
+import { ClientFlag, CmdFlag, NBD_INIT_MAGIC, NBD_MAX_STRING, NBD_OPTS_MAGIC, NBD_REP_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, NBD_STRUCTURED_REPLY_MAGIC, NbdCmd, NbdInfo, NbdOpt, NbdRep, ReplyFlag, ReplyType } from './protocol.js';
 
 export type NbdTarget = { socketPath: string; exportName: string } | { host: string; port: number; exportName: string };
 
@@ -26,10 +28,35 @@ interface Pending {
   resolve: (b: Buffer) => void;
   reject: (e: Error) => void;
   readLength: number;
+  /** a structured read: the buffer its data chunks fill (holes stay zero) */
+  target?: Buffer;
+  /** the request's offset (data chunks carry absolute offsets) */
+  offset: number;
+  /** block status: the extents of the context asked for */
+  extents?: Extent[];
+  contextId?: number;
+  error?: Error;
+}
+
+/** One extent of a block status reply: its length and the context's flags for it. */
+export interface Extent {
+  offset: number;
+  length: number;
+  flags: number;
+}
+
+export interface NbdConnectOptions {
+  /** metadata contexts to select (structured replies are then negotiated too) */
+  metaContexts?: string[];
+  /** ask for structured replies even without contexts */
+  structuredReplies?: boolean;
 }
 
 export class NbdClient {
   size = 0;
+  /** the ids the server gave the metadata contexts it agreed to, by name */
+  readonly contexts = new Map<string, number>();
+  private structured = false;
   private buf: Buffer = Buffer.alloc(0);
   private nextHandle = 1n;
   private readonly pending = new Map<bigint, Pending>();
@@ -50,7 +77,7 @@ export class NbdClient {
     socket.on('close', () => fail(new OsrError('NETWORK_ERROR', 'NBD connection closed')));
   }
 
-  static async connect(target: NbdTarget | string): Promise<NbdClient> {
+  static async connect(target: NbdTarget | string, o: NbdConnectOptions = {}): Promise<NbdClient> {
     const t = typeof target === 'string' ? parseNbdUri(target) : target;
     const socket = 'socketPath' in t ? net.connect(t.socketPath) : net.connect(t.port, t.host);
     socket.setNoDelay(true);
@@ -59,7 +86,12 @@ export class NbdClient {
       socket.once('error', reject);
     });
     const c = new NbdClient(socket);
-    await c.negotiate(t.exportName);
+    try {
+      await c.negotiate(t.exportName, o);
+    } catch (e) {
+      socket.destroy();
+      throw e;
+    }
     return c;
   }
 
@@ -69,7 +101,12 @@ export class NbdClient {
       return;
     }
     while (this.buf.length >= 16) {
-      if (this.buf.readUInt32BE(0) !== NBD_SIMPLE_REPLY_MAGIC) {
+      const magic = this.buf.readUInt32BE(0);
+      if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
+        if (!this.structuredChunk()) return;
+        continue;
+      }
+      if (magic !== NBD_SIMPLE_REPLY_MAGIC) {
         this.socket.destroy(new OsrError('PROTOCOL_ERROR', 'NBD server sent an unexpected reply'));
         return;
       }
@@ -85,6 +122,70 @@ export class NbdClient {
       if (errno !== 0) p.reject(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}`, { errno }));
       else p.resolve(data);
     }
+  }
+
+  /**
+   * One chunk of a structured reply, if all of it has arrived (false: wait for more).
+   * Data chunks fill the read's buffer at their offset, holes leave it zero, block status
+   * chunks add extents, error chunks fail the request; the chunk flagged done ends it.
+   */
+  private structuredChunk(): boolean {
+    const b = this.buf;
+    if (b.length < 20) return false;
+    const flags = b.readUInt16BE(4);
+    const type = b.readUInt16BE(6);
+    const handle = b.readBigUInt64BE(8);
+    const len = b.readUInt32BE(16);
+    if (b.length < 20 + len) return false;
+    const body = b.subarray(20, 20 + len);
+    this.buf = b.subarray(20 + len);
+    const p = this.pending.get(handle);
+    if (!p) return true;
+    const fail = (e: Error) => {
+      p.error ??= e;
+    };
+    switch (type) {
+      case ReplyType.None:
+        break;
+      case ReplyType.OffsetData: {
+        const at = Number(body.readBigUInt64BE(0)) - p.offset;
+        const data = body.subarray(8);
+        if (!p.target || at < 0 || at + data.length > p.target.length) fail(new OsrError('PROTOCOL_ERROR', 'NBD data chunk outside the read'));
+        else data.copy(p.target, at);
+        break;
+      }
+      case ReplyType.OffsetHole: {
+        const at = Number(body.readBigUInt64BE(0)) - p.offset;
+        const holeLen = body.readUInt32BE(8);
+        if (!p.target || at < 0 || at + holeLen > p.target.length) fail(new OsrError('PROTOCOL_ERROR', 'NBD hole chunk outside the read'));
+        else p.target.fill(0, at, at + holeLen);
+        break;
+      }
+      case ReplyType.BlockStatus: {
+        const id = body.readUInt32BE(0);
+        if (id !== p.contextId || !p.extents) break;
+        let at = p.offset + p.extents.reduce((n, e) => n + e.length, 0);
+        for (let i = 4; i + 8 <= body.length; i += 8) {
+          const length = body.readUInt32BE(i);
+          p.extents.push({ offset: at, length, flags: body.readUInt32BE(i + 4) });
+          at += length;
+        }
+        break;
+      }
+      default:
+        if (type & 0x8000) {
+          const errno = body.readUInt32BE(0);
+          const msgLen = body.readUInt16BE(4);
+          const message = body.subarray(6, 6 + msgLen).toString('utf8');
+          fail(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}${message ? `: ${message}` : ''}`, { errno }));
+        } else fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of unknown type ${type}`));
+    }
+    if (flags & ReplyFlag.Done) {
+      this.pending.delete(handle);
+      if (p.error) p.reject(p.error);
+      else p.resolve(p.target ?? Buffer.alloc(0));
+    }
+    return true;
   }
 
   /** Wait until `want(buffer)` returns how many bytes it consumed (or -1 to keep waiting). */
@@ -106,7 +207,57 @@ export class NbdClient {
     });
   }
 
-  private async negotiate(exportName: string): Promise<void> {
+  /** Send one option of the handshake. */
+  private option(opt: number, data: Buffer): void {
+    const h = Buffer.alloc(16);
+    h.writeBigUInt64BE(NBD_OPTS_MAGIC, 0);
+    h.writeUInt32BE(opt, 8);
+    h.writeUInt32BE(data.length, 12);
+    this.socket.write(Buffer.concat([h, data]));
+  }
+
+  private optionReply(): Promise<{ type: number; data: Buffer }> {
+    return this.expect((b) => {
+      if (b.length < 20) return undefined;
+      const len = b.readUInt32BE(16);
+      if (b.length < 20 + len) return undefined;
+      if (b.readBigUInt64BE(0) !== NBD_REP_MAGIC) throw new OsrError('PROTOCOL_ERROR', 'bad NBD option reply');
+      return { used: 20 + len, value: { type: b.readUInt32BE(12), data: Buffer.from(b.subarray(20, 20 + len)) } };
+    });
+  }
+
+  /** Structured replies, then the metadata contexts wanted on this export (the server answers the ones it has). */
+  private async negotiateExtensions(exportName: string, o: NbdConnectOptions): Promise<void> {
+    const contexts = o.metaContexts ?? [];
+    if (contexts.length === 0 && !o.structuredReplies) return;
+    this.option(NbdOpt.StructuredReply, Buffer.alloc(0));
+    const sr = await this.optionReply();
+    if (sr.type !== NbdRep.Ack) throw new OsrError('NOT_SUPPORTED', `the NBD server does not do structured replies (reply ${sr.type.toString(16)})`);
+    this.structured = true;
+    if (contexts.length === 0) return;
+    const name = Buffer.from(exportName, 'utf8');
+    const queries = contexts.map((c) => {
+      const q = Buffer.from(c, 'utf8');
+      if (q.length > NBD_MAX_STRING) throw new OsrError('INVALID_ARGUMENT', `metadata context name too long: ${c.slice(0, 40)}…`);
+      const out = Buffer.alloc(4 + q.length);
+      out.writeUInt32BE(q.length, 0);
+      q.copy(out, 4);
+      return out;
+    });
+    const head = Buffer.alloc(4 + name.length + 4);
+    head.writeUInt32BE(name.length, 0);
+    name.copy(head, 4);
+    head.writeUInt32BE(queries.length, 4 + name.length);
+    this.option(NbdOpt.SetMetaContext, Buffer.concat([head, ...queries]));
+    for (;;) {
+      const rep = await this.optionReply();
+      if (rep.type === NbdRep.Ack) break;
+      if (rep.type === NbdRep.MetaContext) this.contexts.set(rep.data.subarray(4).toString('utf8'), rep.data.readUInt32BE(0));
+      else if (rep.type >= 0x80000000) throw new OsrError('NOT_SUPPORTED', `the NBD server refused the metadata contexts ${contexts.join(', ')} on "${exportName}" (reply ${rep.type.toString(16)})`);
+    }
+  }
+
+  private async negotiate(exportName: string, o: NbdConnectOptions = {}): Promise<void> {
     const flags = await this.expect((b) => {
       if (b.length < 18) return undefined;
       if (b.readBigUInt64BE(0) !== NBD_INIT_MAGIC || b.readBigUInt64BE(8) !== NBD_OPTS_MAGIC) throw new OsrError('PROTOCOL_ERROR', 'not a newstyle NBD server');
@@ -114,31 +265,23 @@ export class NbdClient {
     });
     const cf = Buffer.alloc(4);
     cf.writeUInt32BE(ClientFlag.FixedNewstyle | (flags & ClientFlag.NoZeroes), 0);
+    this.socket.write(cf);
+    await this.negotiateExtensions(exportName, o);
     const name = Buffer.from(exportName, 'utf8');
     const data = Buffer.alloc(4 + name.length + 2);
     data.writeUInt32BE(name.length, 0);
     name.copy(data, 4);
     data.writeUInt16BE(0, 4 + name.length);
-    const opt = Buffer.alloc(16);
-    opt.writeBigUInt64BE(NBD_OPTS_MAGIC, 0);
-    opt.writeUInt32BE(NbdOpt.Go, 8);
-    opt.writeUInt32BE(data.length, 12);
-    this.socket.write(Buffer.concat([cf, opt, data]));
+    this.option(NbdOpt.Go, data);
     for (;;) {
-      const rep = await this.expect((b) => {
-        if (b.length < 20) return undefined;
-        const len = b.readUInt32BE(16);
-        if (b.length < 20 + len) return undefined;
-        if (b.readBigUInt64BE(0) !== NBD_REP_MAGIC) throw new OsrError('PROTOCOL_ERROR', 'bad NBD option reply');
-        return { used: 20 + len, value: { type: b.readUInt32BE(12), data: Buffer.from(b.subarray(20, 20 + len)) } };
-      });
+      const rep = await this.optionReply();
       if (rep.type === NbdRep.Ack) return;
       if (rep.type === NbdRep.Info && rep.data.readUInt16BE(0) === NbdInfo.Export) this.size = Number(rep.data.readBigUInt64BE(2));
       else if (rep.type >= 0x80000000) throw new OsrError('NOT_FOUND', `NBD server refused export "${exportName}" (reply ${rep.type.toString(16)})`);
     }
   }
 
-  private request(cmd: number, flags: number, offset: number, length: number, payload?: Buffer): Promise<Buffer> {
+  private request(cmd: number, flags: number, offset: number, length: number, payload?: Buffer, extra: Partial<Pending> = {}): Promise<Buffer> {
     if (this.error) return Promise.reject(this.error);
     const handle = this.nextHandle++;
     const h = Buffer.alloc(28);
@@ -148,7 +291,7 @@ export class NbdClient {
     h.writeBigUInt64BE(handle, 8);
     h.writeBigUInt64BE(BigInt(offset), 16);
     h.writeUInt32BE(length, 24);
-    const p = new Promise<Buffer>((resolve, reject) => this.pending.set(handle, { resolve, reject, readLength: cmd === NbdCmd.Read ? length : 0 }));
+    const p = new Promise<Buffer>((resolve, reject) => this.pending.set(handle, { resolve, reject, readLength: cmd === NbdCmd.Read ? length : 0, offset, ...(this.structured && cmd === NbdCmd.Read ? { target: Buffer.alloc(length) } : {}), ...extra }));
     this.socket.cork();
     this.socket.write(h);
     if (payload) this.socket.write(payload);
@@ -159,6 +302,19 @@ export class NbdClient {
   read(offset: number, length: number): Promise<Buffer> {
     return this.request(NbdCmd.Read, 0, offset, length);
   }
+  /**
+   * The extents of [offset, offset + length) in a metadata context chosen at connect
+   * (`base:allocation`: flags hole 1, zero 2; a dirty bitmap: 1 dirty). The server may
+   * answer less than asked: callers go on from the end of the last extent.
+   */
+  async blockStatus(context: string, offset: number, length: number): Promise<Extent[]> {
+    const contextId = this.contexts.get(context);
+    if (contextId === undefined) throw new OsrError('INVALID_STATE', `metadata context ${context} was not agreed on this NBD connection`);
+    const extents: Extent[] = [];
+    await this.request(NbdCmd.BlockStatus, 0, offset, length, undefined, { extents, contextId });
+    return extents;
+  }
+
   async write(offset: number, data: Buffer, fua = false): Promise<void> {
     await this.request(NbdCmd.Write, fua ? CmdFlag.Fua : 0, offset, data.length, data);
   }
