@@ -35,6 +35,8 @@ export const ERROR_CODES = {
   CHANGE_LOG_CORRUPT: { class: 'non-recoverable', meaning: 'A change log failed verification (bad checksum, broken sequence).', fix: 'The disk is marked resync required; run a resynchronization.' },
   RESYNC_REQUIRED: { class: 'non-recoverable', meaning: 'Change tracking cannot be trusted (host crash, log corruption, a disk changed outside replication, pending logs at half a disk); the replica would diverge if replication went on.', fix: 'Wait for the resync window, or run a resynchronization now (`osr item resync ITEM` through the vault, `osr replication resync VM` at the host).' },
   VM_NOT_FOUND: { class: 'non-recoverable', meaning: 'The VM named by a replication does not exist on its host.', fix: 'Check the VM name, or remove the replication.' },
+  DOMAIN_BUSY: { class: 'recoverable', meaning: 'The libvirt domain is held by another job (another backup tool\'s, a migration) for longer than osr waits.', fix: 'Let the other job finish (`virsh domjobinfo DOMAIN` names it); the cycle is retried on the back-off.' },
+  HYPERVISOR_ERROR: { class: 'recoverable', meaning: 'libvirt refused or failed a call; the message is libvirt\'s own.', fix: 'Read the message and the domain\'s log (/var/log/libvirt/qemu/DOMAIN.log); check that libvirtd runs (`virsh version`).' },
 
   // transport
   NETWORK_ERROR: { class: 'recoverable', meaning: 'The connection to the peer agent failed or broke.', fix: 'Check that the peer agent runs and is reachable on its replication port; replication retries on the back-off.' },
