@@ -14,6 +14,9 @@ import { xmlText, type Virsh } from './virsh.js';
 
 export const CHECKPOINT_PREFIX = 'osr-';
 
+/** What libvirt says of a checkpoint whose bitmap is gone or cannot be trusted. */
+const INCONSISTENT = /checkpoint inconsistent|missing or broken bitmap|bitmap .* (is inconsistent|in use|not found)|Checkpoint not found|no domain checkpoint/i;
+
 /** The export's extents that hold what the cycle must read: dirty ones, or (full) allocated ones. */
 export interface ChangedExtent {
   offset: number;
@@ -41,6 +44,41 @@ export async function listCheckpoints(virsh: Virsh, domain: string): Promise<{ o
 export async function deleteCheckpoint(virsh: Virsh, domain: string, name: string): Promise<void> {
   if (!name.startsWith(CHECKPOINT_PREFIX)) throw new OsrError('INVALID_ARGUMENT', `osr deletes only its own checkpoints, not ${name}`);
   await virsh.run(['checkpoint-delete', domain, name]);
+}
+
+/**
+ * Forget every osr checkpoint of a domain, for a resynchronization: deleted with their
+ * bitmaps where libvirt can, else their metadata only (a broken bitmap left in an image is
+ * removed by QEMU when the domain runs, or stays unused: osr's names never repeat).
+ * Other tools' checkpoints are left as they are. Answers the names dropped.
+ */
+export async function dropCheckpoints(virsh: Virsh, domain: string): Promise<string[]> {
+  const { ours } = await listCheckpoints(virsh, domain);
+  for (const name of [...ours].reverse()) {
+    try {
+      await virsh.run(['checkpoint-delete', domain, name]);
+    } catch (e) {
+      if (!(e instanceof OsrError) || e.code === 'DOMAIN_BUSY') throw e;
+      await virsh.run(['checkpoint-delete', domain, name, '--metadata']);
+      await removeStaleBitmap(virsh, domain, name);
+    }
+  }
+  return ours;
+}
+
+/** A running domain's bitmap of that name, removed from every disk that has it (best effort). */
+async function removeStaleBitmap(virsh: Virsh, domain: string, name: string): Promise<void> {
+  let blocks: { inserted?: { 'node-name'?: string }; 'dirty-bitmaps'?: { name: string }[] }[] = [];
+  try {
+    blocks = (JSON.parse(await virsh.run(['qemu-monitor-command', domain, '{"execute":"query-block"}'])) as { return: typeof blocks }).return;
+  } catch {
+    return; // not running: nothing to remove now
+  }
+  for (const b of blocks) {
+    const node = b.inserted?.['node-name'];
+    if (!node || !(b['dirty-bitmaps'] ?? []).some((m) => m.name === name)) continue;
+    await virsh.run(['qemu-monitor-command', domain, JSON.stringify({ execute: 'block-dirty-bitmap-remove', arguments: { node, name } })]).catch(() => undefined);
+  }
 }
 
 export class PullBackup {
@@ -74,6 +112,12 @@ export class PullBackup {
       fs.writeFileSync(path.join(dir, 'backup.xml'), backupXml, { mode: 0o600 });
       fs.writeFileSync(path.join(dir, 'checkpoint.xml'), checkpointXml, { mode: 0o600 });
       await virsh.run(['backup-begin', domain, path.join(dir, 'backup.xml'), path.join(dir, 'checkpoint.xml')]);
+    } catch (e) {
+      // a bitmap lost or left in use (QEMU killed, a migration or restore without it): the changes since cannot be known
+      if (o.incremental && e instanceof OsrError && INCONSISTENT.test(e.message)) {
+        throw new OsrError('RESYNC_REQUIRED', `the changes of ${domain} since checkpoint ${o.incremental} cannot be read (${e.message}); osr drops its checkpoints and compares the disks with the replica by checksums`, { domain, checkpoint: o.incremental }, { cause: e });
+      }
+      throw e;
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
