@@ -26,8 +26,20 @@ if ! grep -q '^# osr: ' "$conf" 2>/dev/null; then
   printf '\n# osr: no security driver on this host; QEMU runs as root\nsecurity_driver = "none"\nuser = "root"\ngroup = "root"\n' >>"$conf"
 fi
 
-mkdir -p /run/libvirt /var/lib/libvirt/qemu /var/log/libvirt/qemu
+# libvirtd runs only the hook scripts it found when it started: osr's fence hook
+# (deploy/libvirt, the same text osr agent --host libvirt installs) goes in first
+mkdir -p /run/libvirt /var/lib/libvirt/qemu /var/log/libvirt/qemu /etc/libvirt/hooks/qemu.d
+hook=/etc/libvirt/hooks/qemu.d/50-osr-fence
+restart=0
+if ! cmp -s "$(dirname "$0")/../deploy/libvirt/50-osr-fence" "$hook"; then
+  install -m 0755 "$(dirname "$0")/../deploy/libvirt/50-osr-fence" "$hook"
+  restart=1
+fi
 pgrep -x virtlogd >/dev/null 2>&1 || virtlogd -d
+if [ "$restart" = 1 ] && pgrep -x libvirtd >/dev/null 2>&1; then
+  pkill -x libvirtd
+  for _ in $(seq 1 20); do pgrep -x libvirtd >/dev/null 2>&1 || break; sleep 0.5; done
+fi
 if ! pgrep -x libvirtd >/dev/null 2>&1; then
   libvirtd -d
 fi
