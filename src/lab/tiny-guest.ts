@@ -29,6 +29,11 @@ export const RAW_RECORD_BYTES = 4096;
 /** The modules the guest loads: the virtio PCI transport, its block and console drivers (with what they depend on, first). */
 const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_console'];
 
+export interface TinyGuestOptions {
+  /** include qemu-guest-agent (Debian's, with the libraries it links): fsfreeze and guest-ping work */
+  agent?: boolean;
+}
+
 export interface TinyGuest {
   kernel: string;
   initrd: string;
@@ -55,6 +60,12 @@ for o in $(cat /proc/cmdline); do
     osr.idle=*) idle="\${o#osr.idle=}" ;;
   esac
 done
+if [ -x /usr/sbin/qemu-ga ]; then
+  for p in /sys/class/virtio-ports/*; do
+    [ -f "$p/name" ] && [ "$(cat "$p/name")" = org.qemu.guest_agent.0 ] && qga="/dev/\${p##*/}"
+  done
+  if [ -n "$qga" ]; then /usr/sbin/qemu-ga -m virtio-serial -p "$qga" -d -f /tmp/qga.pid -t /tmp && echo "osr-guest: agent on $qga"; fi
+fi
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 if ! mount -t ext4 -o data=ordered /dev/vda /mnt; then echo "osr-guest: mount failed"; exec sh; fi
@@ -129,8 +140,30 @@ function cpio(entries: { name: string; mode: number; data?: Buffer }[]): Buffer 
   return Buffer.concat(parts);
 }
 
+/** qemu-ga from its Debian package, and the libraries it links as this machine has them (the guest runs the same Debian). */
+async function guestAgentFiles(dir: string): Promise<{ name: string; data: Buffer; mode: number }[]> {
+  const root = await unpacked(dir, 'qemu-guest-agent');
+  const bin = path.join(root, 'usr', 'sbin', 'qemu-ga');
+  const libs = (await tool('ldd', [bin]))
+    .split('\n')
+    .map((l) => /(?:=>\s*)?(\/\S+)\s+\(0x/.exec(l)?.[1])
+    .filter((f): f is string => f !== undefined);
+  if (libs.length === 0) throw new OsrError('INTERNAL', `ldd found no libraries for ${bin}`);
+  return [{ name: 'usr/sbin/qemu-ga', data: fs.readFileSync(bin), mode: 0o100755 }, ...libs.map((f) => ({ name: f.slice(1), data: fs.readFileSync(f), mode: 0o100755 }))];
+}
+
+/** Every parent directory of these archive paths, parents first. */
+function parentDirs(names: string[]): string[] {
+  const dirs = new Set<string>();
+  for (const n of names) {
+    const parts = n.split('/').slice(0, -1);
+    for (let i = 1; i <= parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
+  }
+  return [...dirs].sort((a, b) => a.split('/').length - b.split('/').length || a.localeCompare(b));
+}
+
 /** Build (or find in the cache) the tiny guest's kernel and initramfs. */
-export async function tinyGuest(): Promise<TinyGuest> {
+export async function tinyGuest(o: TinyGuestOptions = {}): Promise<TinyGuest> {
   const dir = cacheDir();
   fs.mkdirSync(dir, { recursive: true });
   const kpkg = await kernelPackage();
@@ -141,11 +174,16 @@ export async function tinyGuest(): Promise<TinyGuest> {
   const release = kernel.slice('vmlinuz-'.length);
   const moduleFiles = withDependencies(path.join(kroot, 'lib', 'modules', release, 'kernel'), MODULES, kpkg);
   const busybox = fs.readFileSync(path.join(bbroot, 'bin', 'busybox'));
-  const id = crypto.createHash('sha256').update(INIT).update(release).update(busybox).update(moduleFiles.map((m) => m.name).join()).digest('hex').slice(0, 16);
+  const agentFiles = o.agent ? await guestAgentFiles(dir) : [];
+  const hash = crypto.createHash('sha256').update(INIT).update(release).update(busybox).update(moduleFiles.map((m) => m.name).join());
+  for (const f of agentFiles) hash.update(f.name).update(f.data);
+  const id = hash.digest('hex').slice(0, 16);
   const initrd = path.join(dir, `initrd-${id}.cpio.gz`);
   if (!fs.existsSync(initrd)) {
+    const base = ['bin', 'dev', 'lib', 'lib/modules', 'mnt', 'proc', 'sys', 'tmp'];
     const archive = cpio([
-      ...['bin', 'dev', 'lib', 'lib/modules', 'mnt', 'proc', 'sys', 'tmp'].map((d) => ({ name: d, mode: 0o40755 })),
+      ...[...new Set([...base, ...parentDirs(agentFiles.map((f) => f.name))])].map((d) => ({ name: d, mode: 0o40755 })),
+      ...agentFiles.map((f) => ({ name: f.name, mode: f.mode, data: f.data })),
       { name: 'dev/console', mode: 0o20600 },
       { name: 'bin/busybox', mode: 0o100755, data: busybox },
       { name: 'init', mode: 0o100755, data: Buffer.from(INIT) },

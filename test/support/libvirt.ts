@@ -41,8 +41,8 @@ export interface TinyDomain {
  * Define and start a tiny guest: vda an ext4 file system of `systemMiB`, vdb a raw
  * `dataMiB` disk, both qcow2 v3 (compat 1.1, so they carry persistent bitmaps).
  */
-export async function startTinyDomain(name: string, dir: string, o: { systemMiB?: number; dataMiB?: number; interval?: number } = {}): Promise<TinyDomain> {
-  const guest = await tinyGuest();
+export async function startTinyDomain(name: string, dir: string, o: { systemMiB?: number; dataMiB?: number; interval?: number; agent?: boolean } = {}): Promise<TinyDomain> {
+  const guest = await tinyGuest({ agent: o.agent === true });
   fs.mkdirSync(dir, { recursive: true });
   const raw = path.join(dir, 'vda.raw');
   fs.rmSync(raw, { force: true });
@@ -65,6 +65,7 @@ export async function startTinyDomain(name: string, dir: string, o: { systemMiB?
       .map(([t, f]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${xmlText(f)}'/><target dev='${t}' bus='virtio'/></disk>`)
       .join('\n    ')}
     <serial type='file'><source path='${xmlText(consoleLog)}'/><target port='0'/></serial>
+    ${o.agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
   </devices>
 </domain>`;
   await removeDomain(name);
