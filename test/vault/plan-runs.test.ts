@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import type { ProtectedItem } from '../../src/domain/resources.js';
 import type { PlanRunOutput } from '../../src/workflows/plan-run.js';
 import { waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
@@ -154,7 +155,7 @@ describe('plan runs', () => {
 
   test('before the commit the point of a failed-over item changes among the points it kept; the commit drops them; neither runs from another state', async () => {
     const path = (n: number, op: string) => `/api/v1/protected-items/${item(n)}/${op}`;
-    const get = (n: number) => v.api.request<{ state: string; replication: Obj }>('GET', `/api/v1/protected-items/${item(n)}`);
+    const get = (n: number) => v.api.request<ProtectedItem>('GET', `/api/v1/protected-items/${item(n)}`);
     const points = await v.api.request<{ items: { id: string }[] }>('GET', `${path(0, 'recovery-points')}`);
     assert.deepEqual(points.items.map((p) => p.id), ['p-final', 'p1'], 'the recovery site told the points it keeps until the commit');
     await assertRejectsCode(v.api.request('POST', path(8, 'change-recovery-point'), { recoveryPoint: 'p1' }), 'INVALID_STATE', /is Protected; change-recovery-point starts from FailedOver/);
@@ -165,9 +166,9 @@ describe('plan runs', () => {
     assert.equal(changed.state, 'Succeeded', JSON.stringify(changed.error));
     const cmd = providers[1]!.received.slice(sent).find((c) => c.kind === 'failover.change-point');
     assert.deepEqual(cmd?.body, { item: item(0), vmId: 'site-b.cloud1-vm0-replica', point: 'p1' });
-    const f = (await get(0)).replication.failover as { point: { id: string }; pointChanges: { from: { id: string }; to: { id: string }; jobId: string }[] };
+    const f = (await get(0)).replication.failover!;
     assert.equal(f.point.id, 'p1');
-    assert.deepEqual(f.pointChanges.map((c) => [c.from.id, c.to.id, c.jobId]), [['p-final', 'p1', changed.id]]);
+    assert.deepEqual(f.pointChanges?.map((c) => [c.from.id, c.to.id, c.jobId]), [['p-final', 'p1', changed.id]]);
     assert.equal((await get(0)).state, 'FailedOver');
 
     // a point the item does not have: the job fails with the points it has, and the item stays as it was
@@ -176,7 +177,7 @@ describe('plan runs', () => {
     assert.equal(bad.error!.code, 'POINT_NOT_FOUND');
     assert.match(bad.error!.message, /no recovery point p-gone at the recovery site; its points: p-final/);
     assert.equal((await get(0)).state, 'FailedOver');
-    assert.equal(((await get(0)).replication.failover as { point: { id: string } }).point.id, 'p1');
+    assert.equal((await get(0)).replication.failover!.point.id, 'p1');
 
     const commit = await ended((await v.api.request<{ jobId: string }>('POST', path(0, 'commit'), {})).jobId);
     assert.equal(commit.state, 'Succeeded', JSON.stringify(commit.error));

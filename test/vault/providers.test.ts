@@ -14,6 +14,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { SMTPServer } from 'smtp-server';
 import { OsrError } from '../../src/domain/errors.js';
+import type { ProtectedItem } from '../../src/domain/resources.js';
 import { createCa, issueCertificate } from '../../src/pki/index.js';
 import { registerWithVault } from '../../src/provider/registration.js';
 import { waitFor } from '../support/lab.js';
@@ -162,10 +163,10 @@ describe('providers and protection', () => {
       await assertRejectsCode(v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-newyork.silvercloud1-vm0' }), 'INVALID_STATE');
 
       const midway = await waitFor('initial replication at half', async () => {
-        const item = await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0');
+        const item = await v.api.request<ProtectedItem>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0');
         return item.state === 'InitialReplication' && item.progress === 0.5 ? item : undefined;
       }, 20_000);
-      const placement = (midway.replication as { placement: { hostId: string; storage: Obj; networks: Obj } }).placement;
+      const placement = midway.replication.placement!;
       assert.equal(placement.hostId, 'vmm-chicago.goldcloud2-h1');
       assert.deepEqual(placement.storage, { d0: 'vmm-chicago.silver-csv' }, 'GOLD is mapped to SILVER');
       assert.deepEqual(placement.networks, { nic0: 'vmm-chicago.vmnet1' });
