@@ -5,12 +5,16 @@
  * src/jobs/engine.ts, typed by kind) and the provider's handlers answer them
  * (src/provider/runtime.ts, typed by kind); docs/design/provider.md lists what each does.
  *
- * Ids in bodies and answers are the vault's (`<fabric id>.<local id>`).
+ * Ids in bodies and answers are the vault's (`<fabric id>.<local id>`). A command crosses
+ * the network, so the provider checks its body before a handler sees it
+ * (checkCommandBody): a body without a field it needs is refused with INVALID_ARGUMENT
+ * naming the field. Answers and progress are the provider's, which the vault authenticated.
  */
+import { OsrError } from './errors.js';
 import type { Placement } from './placement.js';
 import type { InitialReplication, PolicySettings } from './policy.js';
 import type { VmProperties } from './resources.js';
-import type { NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from './replicas.js';
+import type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from './replicas.js';
 import type { PlanActionContext } from './runs.js';
 
 /** A source VM as the vault's inventory holds it (vault ids). */
@@ -267,3 +271,175 @@ export const Commands = {
   Demote: 'failover.demote',
   RunScript: 'plan.script',
 } as const satisfies Record<string, CommandKind>;
+
+// ---- checking a body that came over the network -----------------------------------------
+
+/** A field that is not what its command needs: where, and what it should be. */
+class Malformed extends Error {
+  constructor(
+    readonly field: string,
+    readonly expected: string,
+    value: unknown,
+  ) {
+    super(`${field || 'the body'} must be ${expected}, not ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`);
+  }
+}
+
+/** Checks one value: answers it typed, or throws Malformed naming the field. */
+type Check<T> = (v: unknown, field: string) => T;
+/** A check for each field of T (an optional field's check may let undefined through). */
+type FieldChecks<T> = { [P in keyof T]-?: Check<T[P]> };
+
+const at = (field: string, key: string | number) => (typeof key === 'number' ? `${field}[${key}]` : field ? `${field}.${key}` : key);
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+const text: Check<string> = (v, field) => {
+  if (typeof v !== 'string') throw new Malformed(field, 'a string', v);
+  return v;
+};
+/** an id or a name: a string that is not empty */
+const id: Check<string> = (v, field) => {
+  if (typeof v !== 'string' || v === '') throw new Malformed(field, 'a non-empty string', v);
+  return v;
+};
+const num: Check<number> = (v, field) => {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Malformed(field, 'a number', v);
+  return v;
+};
+const bool: Check<boolean> = (v, field) => {
+  if (typeof v !== 'boolean') throw new Malformed(field, 'true or false', v);
+  return v;
+};
+const optional =
+  <T>(check: Check<T>): Check<T | undefined> =>
+  (v, field) =>
+    v === undefined ? undefined : check(v, field);
+const nullable =
+  <T>(check: Check<T>): Check<T | null> =>
+  (v, field) =>
+    v === null ? null : check(v, field);
+const oneOf =
+  <T extends string>(...values: T[]): Check<T> =>
+  (v, field) => {
+    const found = values.find((x) => x === v);
+    if (found === undefined) throw new Malformed(field, `one of ${values.join(', ')}`, v);
+    return found;
+  };
+const list =
+  <T>(check: Check<T>): Check<T[]> =>
+  (v, field) => {
+    if (!Array.isArray(v)) throw new Malformed(field, 'a list', v);
+    return v.map((x, i) => check(x, at(field, i)));
+  };
+const record =
+  <T>(check: Check<T>): Check<Record<string, T>> =>
+  (v, field) => {
+    if (!isRecord(v)) throw new Malformed(field, 'an object', v);
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, check(x, at(field, k))]));
+  };
+
+/** Every field of an object passed its check (the object is answered as it came, other fields and all). */
+function hasFields<T>(v: Record<string, unknown>, checks: FieldChecks<T>, field: string): v is Record<string, unknown> & T {
+  for (const [key, check] of Object.entries<Check<unknown>>(checks)) check(v[key], at(field, key));
+  return true;
+}
+const object =
+  <T>(checks: FieldChecks<T>): Check<T> =>
+  (v, field) => {
+    if (!isRecord(v)) throw new Malformed(field, 'an object', v);
+    if (!hasFields<T>(v, checks, field)) throw new Malformed(field, 'an object', v);
+    return v;
+  };
+
+const agent = object<AgentEndpoint>({ address: id, port: num, name: optional(text) });
+const nic = object<NicConnection>({ id, vmNetwork: nullable(id), ip: nullable(text) });
+const placement = object<Placement>({ hostId: id, storage: record(id), networks: record(nullable(id)) });
+const vm = object<CommandVm>({
+  id,
+  name: id,
+  cloud: id,
+  host: id,
+  powerState: text,
+  disks: list(object<CommandVm['disks'][number]>({ id, name: text, sizeBytes: num, storageLocation: optional(id) })),
+  nics: list(object<CommandVm['nics'][number]>({ id, vmNetwork: optional(id), ip: optional(text) })),
+  replicaOf: optional(id),
+  testFailoverOf: optional(id),
+  replicationId: optional(id),
+});
+const initialReplication: Check<InitialReplication> = (v, field) => {
+  const { method } = object<{ method: InitialReplication['method'] }>({ method: oneOf('now', 'scheduled', 'offline') })(v, field);
+  if (method === 'scheduled') return object<Extract<InitialReplication, { method: 'scheduled' }>>({ method: oneOf('scheduled'), startAt: text })(v, field);
+  if (method === 'offline') return object<Extract<InitialReplication, { method: 'offline' }>>({ method: oneOf('offline'), exportPath: text, importPath: text })(v, field);
+  return { method };
+};
+const policy = object<PolicySettings>({
+  copyFrequencySeconds: num,
+  retentionHours: num,
+  appConsistentFrequencyHours: num,
+  authentication: oneOf('certificate'),
+  port: num,
+  compression: bool,
+  initialReplication,
+  deleteReplicaOnDisable: bool,
+  hostOsVersion: text,
+});
+const testNetwork: Check<TestNetwork> = (v, field) => {
+  const { mode } = object<{ mode: TestNetwork['mode'] }>({ mode: oneOf('none', 'existing', 'temporary') })(v, field);
+  if (mode === 'existing') return object<{ mode: 'existing'; vmNetwork: string }>({ mode: oneOf('existing'), vmNetwork: id })(v, field);
+  return { mode };
+};
+const planPoint = object<{ id: string; at: string; consistency: string }>({ id, at: text, consistency: text });
+const actionContext = object<PlanActionContext>({
+  plan: object<PlanActionContext['plan']>({ id, name: text }),
+  job: id,
+  failoverType: oneOf('test', 'planned', 'unplanned'),
+  direction: oneOf('primary-to-recovery', 'recovery-to-primary'),
+  group: object<PlanActionContext['group']>({ name: text, index: num }),
+  action: object<PlanActionContext['action']>({ name: text, phase: oneOf('pre', 'post') }),
+  vms: record(object<PlanActionContext['vms'][string]>({ name: text, state: text, vmId: nullable(id), recoveryPoint: nullable(planPoint), testVmId: nullable(id) })),
+});
+
+const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
+  'replica.prepare': object<PrepareReplicaBody>({ item: id, vm, sourceAgent: optional(id), placement, policy }),
+  'replication.enable': object<EnableReplicationBody>({
+    item: id,
+    vmId: optional(id),
+    vm: optional(vm),
+    policy,
+    target: object<ReplicationTarget>({ fabricId: id, replicaVmId: id, hostId: id, agent, nics: list(nic), reused: bool }),
+  }),
+  'replication.initial': object<InitialReplicationBody>({ item: id, vmId: optional(id), method: initialReplication }),
+  'replication.resync': object<ResyncBody>({ item: id, vmId: optional(id), requestedAt: text }),
+  'replication.disable': object<DisableReplicationBody>({ item: id, vmId: optional(id) }),
+  'replica.remove': object<RemoveReplicaBody>({ item: id, replicaVmId: nullable(id), delete: optional(bool) }),
+  'replica.connect-nics': object<ConnectNicsBody>({ item: id, replicaVmId: id, networks: record(nullable(id)) }),
+  'testfailover.start': object<StartTestFailoverBody>({ item: id, replicaVmId: id, point: id, network: testNetwork }),
+  'testfailover.cleanup': object<CleanupTestFailoverBody>({ item: id, testVmId: id }),
+  'testfailover.network.create': object<CreateTestNetworkBody>({ name: id }),
+  'testfailover.network.remove': object<RemoveTestNetworkBody>({ vmNetwork: id }),
+  'failover.prepare': object<PrepareFailoverBody>({ item: id, vmId: optional(id) }),
+  'failover.promote': object<PromoteBody>({ item: id, replicaVmId: id, point: nullable(id) }),
+  'failover.change-point': object<ChangePointBody>({ item: id, vmId: id, point: id }),
+  'failover.commit': object<CommitFailoverBody>({ item: id, vmId: id }),
+  'failover.fence': object<FenceBody>({ item: id, vmId: id, epoch: num }),
+  'failover.demote': object<DemoteBody>({ item: id, vmId: id, epoch: num, source: optional(id) }),
+  'plan.script': object<RunScriptBody>({ script: text, context: actionContext, timeoutSeconds: num }),
+};
+
+export function isCommandKind(kind: string): kind is CommandKind {
+  return Object.hasOwn(BODY_CHECKS, kind);
+}
+
+/**
+ * A command's body as it came over the network, checked against what its kind needs:
+ * answered typed (as it came), or INVALID_ARGUMENT naming the first field that is wrong.
+ */
+export function checkCommandBody<K extends CommandKind>(kind: K, body: unknown): CommandBody<K> {
+  const check: Check<CommandBody<K>> = BODY_CHECKS[kind];
+  try {
+    return check(body, '');
+  } catch (e) {
+    if (!(e instanceof Malformed)) throw e;
+    throw new OsrError('INVALID_ARGUMENT', `the vault's ${kind} command is malformed: ${e.message}`, { command: kind, field: e.field || null, expected: e.expected });
+  }
+}

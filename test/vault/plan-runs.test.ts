@@ -74,15 +74,13 @@ before(async () => {
       fabric: 'Site-B',
       inventory: siteInventory('b', ['Cloud2'], 0),
       handlers: {
-        'failover.promote': async (cmd) => {
-          const b = cmd.body as { item: string; point: string | null };
+        'failover.promote': async ({ body: b }) => {
           await new Promise((r) => setTimeout(r, 50));
           if (failPromote.has(b.item)) throw Object.assign(new Error(`the recovery host of ${b.item} has no room`), { code: 'DISK_IO_ERROR' });
-          const point = { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' };
+          const point = { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' as const };
           return { vmId: `site-b.${b.item.split('.')[1]}-replica`, epoch: ++epoch, point, points: point.id === 'p1' ? [point] : [{ id: 'p1', at: new Date(Date.now() - 60_000).toISOString(), consistency: 'crash' }, point] };
         },
-        'failover.change-point': async (cmd) => {
-          const b = cmd.body as { point: string };
+        'failover.change-point': async ({ body: b }) => {
           if (b.point !== 'p1' && b.point !== 'p-final') throw Object.assign(new Error(`no point ${b.point}`), { code: 'POINT_NOT_FOUND' });
           return { point: { id: b.point, at: new Date().toISOString(), consistency: 'crash' } };
         },
