@@ -9,7 +9,7 @@ export const DRILL_INTERVAL_DAYS = 30;
 const INTERVAL_MS = DRILL_INTERVAL_DAYS * 86400_000;
 
 export function itemDrills(item: ProtectedItem): ItemDrill[] {
-  const d = (item.replication as { drills?: ItemDrill[] }).drills;
+  const d = item.replication.drills;
   return Array.isArray(d) ? d : [];
 }
 

@@ -66,20 +66,15 @@ async function policyNames(api: CliApi): Promise<(item: ProtectedItem) => string
   const names = new Map(policies.items.map((p) => [p.id, p.name]));
   const byPairing = new Map(pairings.items.map((p) => [p.id, p.policyId]));
   return (item) => {
-    const id = (item.replication as { policyId?: string }).policyId ?? byPairing.get(item.pairingId);
+    const id = item.replication.policyId ?? byPairing.get(item.pairingId);
     return id ? (names.get(id) ?? id) : null;
   };
 }
 
 /** Where an item replicates to, from its replication facts (set as protection is enabled). */
 function replicationFields(i: ProtectedItem): [string, unknown][] {
-  const r = i.replication as {
-    targetFabricId?: string;
-    targetCloudId?: string;
-    placement?: { hostId?: string; storage?: Record<string, string>; networks?: Record<string, string> };
-    replica?: { replicaVmId?: string; agent?: { address: string; port: number } };
-  };
-  const pairs = (m: Record<string, string> | undefined) => (m && Object.keys(m).length ? Object.entries(m).map(([k, v]) => `${k} → ${v}`).join(', ') : null);
+  const r = i.replication;
+  const pairs = (m: Record<string, string | null> | undefined) => (m && Object.keys(m).length ? Object.entries(m).map(([k, v]) => `${k} → ${v}`).join(', ') : null);
   const known = new Set(['sourceFabricId', 'targetFabricId', 'targetCloudId', 'policyId', 'placement', 'replica']);
   const rest = Object.entries(i.replication).filter(([k]) => !known.has(k));
   return [

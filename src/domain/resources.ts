@@ -5,7 +5,10 @@
  * policies, cloud pairings and mappings are the configuration; protected items are VMs
  * under protection.
  */
+import type { Placement } from './placement.js';
 import type { PolicySettings } from './policy.js';
+import type { AgentEndpoint, NicConnection, RecoveryPointInfo, TestVm } from './replicas.js';
+import type { ItemDrill } from './runs.js';
 
 export const INVENTORY_KINDS = ['cloud', 'host-group', 'host', 'logical-network', 'vm-network', 'ip-pool', 'storage-classification', 'storage-location', 'vm'] as const;
 export type InventoryKind = (typeof INVENTORY_KINDS)[number];
@@ -45,6 +48,21 @@ export interface InventoryDocument {
     /** the id the host's agent replicates this VM under: its replica is found by it, and the vault names the VM's source for it at the replica before the first copy */
     replicationId?: string | undefined;
   }[];
+}
+
+/**
+ * A VM's properties in the vault's inventory (store/inventory.ts writes them from the
+ * provider's document): references are vault ids.
+ */
+export interface VmProperties {
+  cloud: string;
+  host: string;
+  powerState: string;
+  disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
+  nics: { id: string; vmNetwork?: string; ip?: string }[];
+  replicaOf?: string;
+  testFailoverOf?: string;
+  replicationId?: string;
 }
 
 export interface InventoryObject {
@@ -181,12 +199,93 @@ export interface ProtectedItem {
   lastRecoveryPointAt: string | null;
   /** 0..1 while initial replication runs */
   progress: number | null;
-  replication: Record<string, unknown>;
+  replication: ItemReplication;
   activeJobId: string | null;
   /** ready for failover: a crash-consistent point at the recovery site, nothing in the way */
   readiness: FailoverReadiness;
   createdAt: string;
   updatedAt: string;
+}
+
+/** Which way an item replicates: from its own site to the recovery site, or back after a reprotect. */
+export const Direction = { PrimaryToRecovery: 'primary-to-recovery', RecoveryToPrimary: 'recovery-to-primary' } as const;
+export type Direction = (typeof Direction)[keyof typeof Direction];
+
+/** The replica an item replicates into, as the recovery site answered it (replica.prepare, failover.demote). */
+export interface ItemReplica {
+  replicaVmId: string;
+  hostId: string;
+  agent: AgentEndpoint;
+  /** as replica.prepare answered them (a demoted replica records none) */
+  nics?: NicConnection[];
+  reused?: boolean;
+}
+
+/** A failover of an item, from the first task of its job to its reprotect. */
+export interface FailoverRecord {
+  kind: 'planned' | 'unplanned';
+  jobId: string;
+  direction: Direction;
+  fromFabricId: string;
+  toFabricId: string;
+  /** the VM that ran before, and the one that runs now */
+  oldPrimaryVmId: string;
+  newPrimaryVmId: string;
+  point: RecoveryPointInfo;
+  epoch: number;
+  startedAt: string;
+  failedOverAt: string;
+  /** from the job's start until the VM ran at the other site */
+  rtoSeconds: number;
+  /** unplanned: whether the source was shut down (and synchronized) first, and whether the old primary is fenced yet */
+  sourceShutDown?: boolean;
+  fencePending?: boolean;
+  /** the points the VM ran from before `point`, changed before the commit */
+  pointChanges?: { from: RecoveryPointInfo; to: RecoveryPointInfo; at: string; jobId: string }[];
+  committedAt?: string;
+  /** the commit's job, and the reprotect's: a task run again finds its record made */
+  commitJobId?: string;
+  reprotectedAt?: string;
+  reprotectJobId?: string;
+}
+
+/** What an item records of its running drill (replication.testFailover). */
+export interface TestFailoverRecord {
+  jobId: string;
+  point: { id: string; at: string; consistency: string };
+  network: string;
+  testVm: TestVm;
+  startedAt: string;
+  rtoSeconds: number;
+}
+
+/**
+ * A protected item's replication record: where it replicates and into what, and the
+ * history its jobs keep (src/workflows). Enabling protection fills it in a step at a time,
+ * so every field may be missing.
+ */
+export interface ItemReplication {
+  /** the primary site's fabric and the recovery site's (they swap after a reprotect) */
+  sourceFabricId?: string;
+  targetFabricId?: string;
+  /** the cloud the item was protected to (the pairing's target) */
+  targetCloudId?: string;
+  policyId?: string;
+  /** where the replica went (network mappings changed since update its networks) */
+  placement?: Placement;
+  replica?: ItemReplica;
+  /** the VM that runs now (default: the item's own VM) */
+  primaryVmId?: string;
+  /** default primary-to-recovery */
+  direction?: Direction;
+  /** a failover not reprotected yet */
+  failover?: FailoverRecord;
+  /** finished failovers, newest first (a few; all are in the events) */
+  failovers?: FailoverRecord[];
+  /** a drill whose test VM runs */
+  testFailover?: TestFailoverRecord;
+  /** finished drills, newest first */
+  drills?: ItemDrill[];
 }
 
 export interface RecoveryPoint {

@@ -20,6 +20,17 @@ export interface ItemDrill {
   succeeded: boolean;
 }
 
+/** The JSON context a recovery plan's script or webhook receives. */
+export interface PlanActionContext {
+  plan: { id: string; name: string };
+  job: string;
+  failoverType: 'test' | 'planned' | 'unplanned';
+  direction: RunDirection;
+  group: { name: string; index: number };
+  action: { name: string; phase: 'pre' | 'post' };
+  vms: Record<string, { name: string; state: string; vmId: string | null; recoveryPoint: PlanVmResult['point'] | null; testVmId: string | null }>;
+}
+
 /** One VM's part in a run. */
 export interface PlanVmResult {
   item: string;

@@ -7,7 +7,11 @@
  * Workflows branch on `capabilities`, never on a driver's kind.
  */
 import type { PolicySettings } from '../domain/policy.js';
+import type { AgentEndpoint, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 import type { InventoryDocument } from '../domain/resources.js';
+
+/** The shapes a driver answers, shared with the vault's commands (src/domain/replicas.ts); ids here are the fabric's own. */
+export type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 
 export interface FabricCapabilities {
   /** hosts track guest writes, so deltas ship only changed blocks */
@@ -60,19 +64,6 @@ export interface ReplicaVmSpec {
   networks: Record<string, string | null>;
 }
 
-export interface ReplicaVm {
-  replicaVmId: string;
-  hostId: string;
-  /** where the source's host agent sends replication, and the agent's name (its certificate's) */
-  agent: { address: string; port: number; name?: string };
-  nics: { id: string; vmNetwork: string | null; ip: string | null }[];
-  /** an existing replica of this item was taken up again (its data is resynchronized, not copied) */
-  reused: boolean;
-}
-
-/** Where a test failover's VM connects: nowhere, an existing (isolated) VM network, or one made for the drill. */
-export type TestNetwork = { mode: 'none' } | { mode: 'existing'; vmNetwork: string } | { mode: 'temporary' };
-
 export interface TestVmSpec {
   itemId: string;
   replicaVmId: string;
@@ -81,28 +72,11 @@ export interface TestVmSpec {
   network: TestNetwork;
 }
 
-export interface TestVm {
-  testVmId: string;
-  hostId: string;
-  /** the VM network made for the drill (removed with the test VM) */
-  temporaryNetwork: string | null;
-  nics: { id: string; vmNetwork: string | null; ip: string | null }[];
-  /** where the test VM's disks are served (any NBD client can be its guest) */
-  disks: { name: string; nbd: string }[];
-  startedAt: string;
-}
-
 export interface ReplicationRequest {
   vmId: string;
   policy: PolicySettings;
   /** the recovery host's agent; `name` is its certificate's common name (the host's name), checked when given */
-  peer: { address: string; port: number; name?: string };
-}
-
-export interface RecoveryPointInfo {
-  id: string;
-  at: string;
-  consistency: 'crash' | 'app';
+  peer: AgentEndpoint;
 }
 
 /** The running or latest resynchronization of a VM's disks with its replica. */

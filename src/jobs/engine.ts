@@ -15,6 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock } from '../domain/clock.js';
+import type { CommandBody, CommandKind, CommandProgress, CommandResult } from '../domain/commands.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { CommandState, type CommandStore } from '../store/commands.js';
 import { JobState, TaskState, type JobStore } from '../store/jobs.js';
@@ -26,14 +27,21 @@ export interface JobInputAnswer {
   at: number;
 }
 
-export interface CommandOptions {
+export interface CommandOptions<P = unknown> {
   /** called with each progress report the provider sends */
-  onProgress?: (progress: unknown) => void | Promise<void>;
+  onProgress?: (progress: P) => void | Promise<void>;
   /** fail with PROVIDER_UNREACHABLE when the command is not answered in this time (default: wait) */
   timeoutMs?: number;
 }
 
-export interface JobContext<I = unknown> {
+/**
+ * A job's durable scratch: what its kind keeps between tasks (a kind may name its fields
+ * in a type of its own), beside what the engine keeps there (`commands`, `inputs`,
+ * `vaults`) and the job's `output`.
+ */
+export type JobData = Record<string, unknown>;
+
+export interface JobContext<I = unknown, D extends JobData = JobData> {
   readonly jobId: string;
   readonly kind: string;
   readonly target: string | null;
@@ -46,7 +54,7 @@ export interface JobContext<I = unknown> {
    */
   readonly owner: string | null;
   /** the job's durable scratch: saved after each task, and by save() */
-  readonly data: Record<string, unknown>;
+  readonly data: D;
   /** aborted when the job is cancelled, its lease is lost, or the vault stops */
   readonly signal: AbortSignal;
   readonly clock: Clock;
@@ -57,32 +65,35 @@ export interface JobContext<I = unknown> {
   waitForInput(prompt: { message: string; [k: string]: unknown }): JobInputAnswer;
   /** wait until something happens in this vault (a job ended, a command answered) or the poll interval passed */
   sleep(): Promise<void>;
-  /** send a command to a fabric's provider and wait for its result (sent once per task run, durable) */
-  command(fabricId: string, kind: string, body: unknown, o?: CommandOptions): Promise<unknown>;
+  /**
+   * send a command to a fabric's provider and wait for its result (sent once per task run,
+   * durable); the command's body, answer and progress are its kind's (src/domain/commands.ts)
+   */
+  command<K extends CommandKind>(fabricId: string, kind: K, body: CommandBody<K>, o?: CommandOptions<CommandProgress<K>>): Promise<CommandResult<K>>;
 }
 
-export interface TaskDef<I = unknown> {
+export interface TaskDef<I = unknown, D extends JobData = JobData> {
   name: string;
-  run(ctx: JobContext<I>): Promise<void>;
+  run(ctx: JobContext<I, D>): Promise<void>;
 }
 
-export interface JobKind<I = unknown> {
+export interface JobKind<I = unknown, D extends JobData = JobData> {
   kind: string;
   /** the kind's tasks, in order */
-  tasks: readonly TaskDef<I>[];
+  tasks: readonly TaskDef<I, D>[];
   /**
    * tasks that depend on the job's input (a recovery plan's groups and actions); called with
    * the stored input whenever the job runs, so it must answer the same list for the same input
    */
-  tasksFor?(input: I): readonly TaskDef<I>[];
+  tasksFor?(input: I): readonly TaskDef<I, D>[];
   /** default true */
   cancellable?: boolean;
   /** why a job of this kind cannot be cancelled, and what to do instead (with cancellable: false) */
   notCancellableBecause?: string;
   /** before a failed or cancelled job is queued again: may refuse (throw) or restore state */
-  onRestart?(ctx: JobContext<I>): Promise<void>;
+  onRestart?(ctx: JobContext<I, D>): Promise<void>;
   /** after the job ended Failed or Cancelled (e.g. to set the item's state); errors are logged */
-  onEnd?(ctx: JobContext<I>, state: JobState, error?: OsrError): Promise<void>;
+  onEnd?(ctx: JobContext<I, D>, state: JobState, error?: OsrError): Promise<void>;
 }
 
 export interface JobEngineOptions {
@@ -100,8 +111,8 @@ export interface JobEngineOptions {
   log?: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void; error(o: object, msg?: string): void };
 }
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- each kind types its own input; the engine passes it through
-type AnyJobKind = JobKind<any>;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- each kind types its own input and data; the engine passes them through
+type AnyJobKind = JobKind<any, any>;
 
 class WaitForInput extends Error {
   constructor(readonly prompt: unknown) {
@@ -138,7 +149,7 @@ export class JobEngine {
     this.wakeups.setMaxListeners(0);
   }
 
-  register<I>(kind: JobKind<I>): void {
+  register<I, D extends JobData = JobData>(kind: JobKind<I, D>): void {
     this.kinds.set(kind.kind, kind as AnyJobKind);
   }
 
@@ -336,20 +347,23 @@ export class JobEngine {
           await ctx.save();
         }
         await commands.enqueue({ id, fabricId, kind, body, jobId: job.id });
-        return this.awaitCommand(id, controller.signal, o);
+        const result = await this.awaitCommand(id, controller.signal, o);
+        // the provider's answer (an authenticated provider's, of the kind's shape: src/domain/commands.ts)
+        return result === null ? undefined : JSON.parse(result);
       },
     };
     return ctx;
   }
 
-  private async awaitCommand(id: string, signal: AbortSignal, o: CommandOptions): Promise<unknown> {
+  /** The command's result as the provider posted it (JSON), once it succeeded. */
+  private async awaitCommand<P>(id: string, signal: AbortSignal, o: CommandOptions<P>): Promise<string | null> {
     const started = this.clock.now();
     let lastProgress: string | null = null;
     for (;;) {
       if (signal.aborted) throw new OsrError('INVALID_STATE', 'the job stopped while waiting for its provider');
       const row = await this.o.commands.get(id);
       if (!row) throw new OsrError('INTERNAL', `command ${id} vanished from the queue`);
-      if (row.state === CommandState.Succeeded) return row.result === null ? undefined : JSON.parse(row.result);
+      if (row.state === CommandState.Succeeded) return row.result;
       if (row.state === CommandState.Failed) {
         const err = row.error ? (JSON.parse(row.error) as { code?: string; message?: string; details?: Record<string, unknown> }) : {};
         throw new OsrError(knownCode(err.code) ? err.code : 'JOB_FAILED', err.message ?? `the provider failed command ${row.kind}`, { ...err.details, command: row.kind });

@@ -2,19 +2,27 @@
  * The provider's side of the channel: heartbeats, inventory, commands by long-poll, and
  * their progress and results, all over mutual TLS with the provider's certificate.
  */
+import type { CommandBody, CommandKind } from '../domain/commands.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import { OsrError } from '../domain/errors.js';
 import { generateKeyPairPem, readCertificateInfo, renewalDue } from '../pki/index.js';
 import { saveRenewal, type ProviderRegistration } from './registration.js';
 import { VaultClient } from './vault-client.js';
 
-export interface VaultCommand {
+/** A command as the vault's queue hands it out: any kind, its body not checked yet. */
+export interface WireCommand {
   id: string;
   kind: string;
   body: Record<string, unknown>;
   jobId: string | null;
   deliveries: number;
   createdAt: string;
+}
+
+/** A command of a kind the provider knows, its body checked and typed (src/domain/commands.ts). */
+export interface VaultCommand<K extends CommandKind = CommandKind> extends Omit<WireCommand, 'kind' | 'body'> {
+  kind: K;
+  body: CommandBody<K>;
 }
 
 export interface ItemStatus {
@@ -87,12 +95,12 @@ export class ProviderChannel {
     return this.client.request('PUT', '/api/v1/provider/inventory', { scope, inventory }, { timeoutMs: 120_000 });
   }
 
-  async commands(waitSeconds: number, signal?: AbortSignal): Promise<VaultCommand[]> {
-    const r = await this.client.request<{ commands: VaultCommand[] }>('GET', `/api/v1/provider/commands?waitSeconds=${waitSeconds}`, undefined, { timeoutMs: (waitSeconds + 30) * 1000, signal });
+  async commands(waitSeconds: number, signal?: AbortSignal): Promise<WireCommand[]> {
+    const r = await this.client.request<{ commands: WireCommand[] }>('GET', `/api/v1/provider/commands?waitSeconds=${waitSeconds}`, undefined, { timeoutMs: (waitSeconds + 30) * 1000, signal });
     return r.commands;
   }
 
-  async progress(id: string, progress: Record<string, unknown>): Promise<void> {
+  async progress(id: string, progress: object): Promise<void> {
     await this.client.request('POST', `/api/v1/provider/commands/${encodeURIComponent(id)}/progress`, { progress });
   }
 

@@ -12,14 +12,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { systemClock, type Clock } from '../domain/clock.js';
+import type { InitialReplicationProgress, ResyncProgress } from '../domain/commands.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
-import type { Placement } from '../domain/placement.js';
-import type { PolicySettings } from '../domain/policy.js';
-import type { FabricDriver, ReplicationStatus, ResyncInfo, TestNetwork } from '../fabric/driver.js';
+import type { FabricDriver, NicConnection, ReplicationStatus, ResyncInfo, TestNetwork } from '../fabric/driver.js';
 import { fsyncDir, writeFileAtomic } from '../pki/index.js';
-import type { ProviderChannel, VaultCommand } from './channel.js';
-import { ProviderRuntime, type CommandHandler } from './runtime.js';
-import { runScript, type ScriptRequest } from './scripts.js';
+import type { ProviderChannel } from './channel.js';
+import { ProviderRuntime, type CommandHandlers } from './runtime.js';
+import { runScript } from './scripts.js';
 
 
 /** One item this provider takes part in: as the primary site (source) or the recovery site (target). */
@@ -49,22 +48,6 @@ export interface FabricProviderOptions {
   inventoryScope?: 'all' | string[];
   clock?: Clock;
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void; error(o: object, msg?: string): void };
-}
-
-interface ProtectionBody {
-  item: string;
-  /** the VM acted on at the primary site when it is not the item's own (after a reverse) */
-  vmId?: string;
-  vm?: { id: string; name: string; disks: { id: string; name: string; sizeBytes: number }[]; nics: { id: string; subnet?: string }[]; replicationId?: string };
-  /** replica.prepare: the name of the source host's agent, the only one that may replicate into the replica */
-  sourceAgent?: string;
-  placement?: Placement;
-  policy?: PolicySettings;
-  target?: { fabricId: string; hostId: string; replicaVmId?: string; agent?: { address: string; port: number } };
-  replicaVmId?: string | null;
-  delete?: boolean;
-  /** replication.resync: when the vault asked (a resync begun since then is the one asked for) */
-  requestedAt?: string;
 }
 
 export class FabricProvider {
@@ -173,14 +156,12 @@ export class FabricProvider {
     await fsyncDir(this.o.dir);
   }
 
-  private handlers(): Record<string, CommandHandler> {
+  /** The commands this provider answers, each typed by its kind (src/domain/commands.ts); the runtime checked their bodies. */
+  private handlers(): CommandHandlers {
     const d = this.o.driver;
-    const body = (cmd: VaultCommand) => cmd.body as unknown as ProtectionBody;
     return {
       /** recovery site: the replica VM where placement says, NICs connected */
-      'replica.prepare': async (cmd) => {
-        const b = body(cmd);
-        if (!b.vm || !b.placement) throw new OsrError('INVALID_ARGUMENT', 'replica.prepare needs the VM and its placement');
+      'replica.prepare': async ({ body: b }) => {
         const networks: Record<string, string | null> = {};
         for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
         const storage: Record<string, string> = {};
@@ -190,9 +171,7 @@ export class FabricProvider {
         return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },
       /** primary site: track and replicate to the recovery host's agent */
-      'replication.enable': async (cmd) => {
-        const b = body(cmd);
-        if (!b.policy || !b.target?.agent) throw new OsrError('INVALID_ARGUMENT', 'replication.enable needs the policy and the recovery host\'s agent');
+      'replication.enable': async ({ body: b }) => {
         const vmId = this.localId(b.vmId ?? b.item);
         await d.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent });
         const known = this.protections.get(`source:${b.item}`);
@@ -200,15 +179,14 @@ export class FabricProvider {
         return {};
       },
       /** primary site: wait for the first recovery point at the replica, reporting progress */
-      'replication.initial': async (cmd, progress) => {
-        const b = body(cmd);
+      'replication.initial': async ({ body: b }, progress) => {
         const vmId = this.localId(b.vmId ?? b.item);
         let last = '';
         for (;;) {
           const s = await d.replicationStatus(vmId);
           throwIfStopped(s, `initial replication of ${vmId}`);
           if (s.initial) {
-            const p = { fraction: s.initial.fraction, bytesDone: s.initial.bytesDone, bytesTotal: s.initial.bytesTotal, rateBytesPerSec: s.initial.rateBytesPerSec, etaSeconds: s.initial.etaSeconds, currentDisk: s.initial.currentDisk, state: s.state };
+            const p: InitialReplicationProgress = { fraction: s.initial.fraction, bytesDone: s.initial.bytesDone, bytesTotal: s.initial.bytesTotal, rateBytesPerSec: s.initial.rateBytesPerSec, etaSeconds: s.initial.etaSeconds, currentDisk: s.initial.currentDisk, state: s.state };
             const key = JSON.stringify([p.bytesDone, p.state, p.currentDisk]);
             if (key !== last) {
               last = key;
@@ -228,11 +206,10 @@ export class FabricProvider {
        * the vault asked (the command delivered again), is the one asked for: it is followed,
        * not started again.
        */
-      'replication.resync': async (cmd, progress) => {
-        const b = body(cmd);
+      'replication.resync': async ({ body: b }, progress) => {
         const vmId = this.localId(b.vmId ?? b.item);
         if (!d.capabilities.resyncOnRequest) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot resynchronize on request; its resync runs in the window its hosts allow`);
-        const since = b.requestedAt ? Date.parse(b.requestedAt) : Number.NaN;
+        const since = Date.parse(b.requestedAt);
         const asked = (r: ResyncInfo | null | undefined): boolean => !!r && (r.completedAt === null || (!Number.isNaN(since) && Date.parse(r.startedAt) >= since));
         const before: ResyncInfo | null = (await d.replicationStatus(vmId)).resync ?? null;
         const beforeId = before?.id ?? null;
@@ -247,7 +224,7 @@ export class FabricProvider {
           // a non-recoverable error stopped it (a request wakes a host waiting for action at once: this is a new one)
           throwIfStopped(s, `the resync of ${vmId}`);
           if (!ours) continue;
-          const p = { fraction: ours.fraction, bytesDone: ours.bytesDone, bytesTotal: ours.bytesTotal, differingBytes: ours.differingBytes, rateBytesPerSec: ours.rateBytesPerSec, etaSeconds: ours.etaSeconds, currentDisk: ours.currentDisk, state: s.state };
+          const p: ResyncProgress = { fraction: ours.fraction, bytesDone: ours.bytesDone, bytesTotal: ours.bytesTotal, differingBytes: ours.differingBytes, rateBytesPerSec: ours.rateBytesPerSec, etaSeconds: ours.etaSeconds, currentDisk: ours.currentDisk, state: s.state };
           const key = JSON.stringify([p.bytesDone, p.state, p.currentDisk, ours.completedAt]);
           if (key !== last) {
             last = key;
@@ -258,14 +235,12 @@ export class FabricProvider {
           }
         }
       },
-      'replication.disable': async (cmd) => {
-        const b = body(cmd);
+      'replication.disable': async ({ body: b }) => {
         await d.stopReplication(this.localId(b.vmId ?? b.item));
         await this.remember({ itemId: b.item, role: 'source', remove: true });
         return {};
       },
-      'replica.remove': async (cmd) => {
-        const b = body(cmd);
+      'replica.remove': async ({ body: b }) => {
         const known = this.protections.get(`target:${b.item}`);
         const replicaVmId = b.replicaVmId ? this.localId(b.replicaVmId) : known?.vmId;
         if (replicaVmId) await d.removeReplicaVm(replicaVmId, { deleteData: b.delete !== false });
@@ -273,58 +248,47 @@ export class FabricProvider {
         return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
       },
       /** recovery site: one isolated network for a recovery plan's drill, and its removal */
-      'testfailover.network.create': async (cmd) => {
-        const r = await d.createTestNetwork(String((cmd.body as { name: string }).name));
+      'testfailover.network.create': async ({ body: b }) => {
+        const r = await d.createTestNetwork(b.name);
         return { vmNetwork: this.vaultId(r.vmNetwork) };
       },
-      'testfailover.network.remove': async (cmd) => {
-        await d.removeTestNetwork(this.localId(String((cmd.body as { vmNetwork: string }).vmNetwork)));
+      'testfailover.network.remove': async ({ body: b }) => {
+        await d.removeTestNetwork(this.localId(b.vmNetwork));
         return {};
       },
       /** a recovery plan's script action, with the run's context */
-      'plan.script': async (cmd) => runScript(this.o.scriptsDir ?? path.join(this.o.dir, 'scripts'), cmd.body as unknown as ScriptRequest),
+      'plan.script': async ({ body: b }) => runScript(this.o.scriptsDir ?? path.join(this.o.dir, 'scripts'), b),
       /** planned failover, primary site: shut down, ship the final delta */
-      'failover.prepare': async (cmd) => {
-        const b = body(cmd);
+      'failover.prepare': async ({ body: b }) => {
         const r = await d.prepareFailover(this.localId(b.vmId ?? b.item));
         await this.stopReporting('source', b.item);
         return r;
       },
       /** failover, recovery site: the chosen point runs as the VM */
-      'failover.promote': async (cmd) => {
-        const b = cmd.body as { item: string; replicaVmId: string; point?: string | null };
-        const r = await d.promoteReplica(this.localId(b.replicaVmId), b.point ?? null);
+      'failover.promote': async ({ body: b }) => {
+        const r = await d.promoteReplica(this.localId(b.replicaVmId), b.point);
         await this.stopReporting('target', b.item);
         return { ...r, vmId: this.vaultId(r.vmId) };
       },
       /** before the commit, recovery site: the failed-over VM runs from another point */
-      'failover.change-point': async (cmd) => {
-        const b = cmd.body as { item: string; vmId: string; point: string };
-        return d.changeRecoveryPoint(this.localId(b.vmId), b.point);
-      },
+      'failover.change-point': async ({ body: b }) => d.changeRecoveryPoint(this.localId(b.vmId), b.point),
       /** recovery site: the failover is final, the other points go */
-      'failover.commit': async (cmd) => {
-        const b = cmd.body as { item: string; vmId: string };
-        return d.commitFailover(this.localId(b.vmId));
-      },
+      'failover.commit': async ({ body: b }) => d.commitFailover(this.localId(b.vmId)),
       /** after a failover, the old primary: kept off until reprotected */
-      'failover.fence': async (cmd) => {
-        const b = cmd.body as { item: string; vmId: string; epoch: number };
+      'failover.fence': async ({ body: b }) => {
         await d.fenceVm(this.localId(b.vmId), b.epoch);
         await this.stopReporting('source', b.item);
         return {};
       },
       /** reprotect, the old primary: its disks become the replica */
-      'failover.demote': async (cmd) => {
-        const b = cmd.body as { item: string; vmId: string; epoch: number; source?: string };
+      'failover.demote': async ({ body: b }) => {
         const r = await d.demoteVm(this.localId(b.vmId), b.epoch, b.item, b.source);
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { ...r, replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
       /** recovery site: a replica's NICs follow a changed network mapping */
-      'replica.connect-nics': async (cmd) => {
-        const b = cmd.body as { item: string; replicaVmId: string; networks: Record<string, string | null> };
-        const nics: { id: string; vmNetwork: string | null; ip: string | null }[] = [];
+      'replica.connect-nics': async ({ body: b }) => {
+        const nics: NicConnection[] = [];
         for (const [nic, net] of Object.entries(b.networks)) {
           const r = await d.connectNic(this.localId(b.replicaVmId), nic, net === null ? null : this.localId(net));
           nics.push({ id: nic, vmNetwork: net, ip: r.ip });
@@ -332,14 +296,12 @@ export class FabricProvider {
         return { nics };
       },
       /** recovery site: a test failover's VM from a recovery point, beside the replica */
-      'testfailover.start': async (cmd) => {
-        const b = cmd.body as { item: string; replicaVmId: string; point: string; network: TestNetwork };
+      'testfailover.start': async ({ body: b }) => {
         const network: TestNetwork = b.network.mode === 'existing' ? { mode: 'existing', vmNetwork: this.localId(b.network.vmNetwork) } : b.network;
         const vm = await d.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, network });
         return { ...vm, testVmId: this.vaultId(vm.testVmId), hostId: this.vaultId(vm.hostId), temporaryNetwork: vm.temporaryNetwork && this.vaultId(vm.temporaryNetwork), nics: vm.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
-      'testfailover.cleanup': async (cmd) => {
-        const b = cmd.body as { item: string; testVmId: string };
+      'testfailover.cleanup': async ({ body: b }) => {
         await d.removeTestVm(this.localId(b.testVmId));
         return {};
       },

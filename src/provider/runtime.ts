@@ -2,20 +2,27 @@
  * The provider's loops: heartbeats at the interval the vault asks for, inventory when it
  * changes, and commands fetched by long-poll and handed to handlers by kind, one run per
  * command id however often it is delivered (a redelivery of a command still running is
- * ignored; of one finished, its result is sent again). A handler reports progress and
- * returns a result or throws; the vault hears both. The provider's certificate is renewed
- * with the heartbeats, two thirds into its life.
+ * ignored; of one finished, its result is sent again). A command's body is checked
+ * against its kind (src/domain/commands.ts) before its handler sees it: a malformed one is
+ * answered INVALID_ARGUMENT, a kind without a handler NOT_SUPPORTED. A handler reports
+ * progress and returns a result or throws; the vault hears both. The provider's
+ * certificate is renewed with the heartbeats, two thirds into its life.
  */
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock } from '../domain/clock.js';
+import { checkCommandBody, isCommandKind, type CommandKind, type CommandProgress, type CommandResult } from '../domain/commands.js';
 import { toOsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
-import { ProviderChannel, type VaultCommand } from './channel.js';
+import { ProviderChannel, type VaultCommand, type WireCommand } from './channel.js';
 
-export type CommandHandler = (cmd: VaultCommand, progress: (p: Record<string, unknown>) => Promise<void>) => Promise<unknown>;
+/** The handler of one kind of command: its body checked, its progress reports and its answer the kind's (src/domain/commands.ts). */
+export type CommandHandler<K extends CommandKind> = (cmd: VaultCommand<K>, progress: (p: CommandProgress<K>) => Promise<void>) => Promise<CommandResult<K>>;
+
+/** The commands a provider answers, by kind; one without a handler is answered NOT_SUPPORTED. */
+export type CommandHandlers = { [K in CommandKind]?: CommandHandler<K> };
 
 export interface ProviderRuntimeOptions {
-  handlers: Record<string, CommandHandler>;
+  handlers: CommandHandlers;
   /** the inventory to report (called at start and by syncInventory()) */
   inventory: () => Promise<InventoryDocument> | InventoryDocument;
   inventoryScope?: 'all' | string[];
@@ -26,6 +33,8 @@ export interface ProviderRuntimeOptions {
   clock?: Clock;
   log?: { warn(o: object, msg?: string): void };
 }
+
+const notSupported = (kind: string) => Object.assign(new Error(`this provider does not handle ${kind}`), { code: 'NOT_SUPPORTED' });
 
 type Outcome = { result?: unknown; error?: { code: string; message: string; details?: Record<string, unknown> } };
 
@@ -97,7 +106,7 @@ export class ProviderRuntime extends EventEmitter {
         await Promise.race(this.running.values());
         continue;
       }
-      let cmds: VaultCommand[];
+      let cmds: WireCommand[];
       try {
         cmds = await this.channel.commands(this.o.pollSeconds ?? 20, signal);
       } catch (e) {
@@ -110,7 +119,7 @@ export class ProviderRuntime extends EventEmitter {
     }
   }
 
-  private dispatch(cmd: VaultCommand): void {
+  private dispatch(cmd: WireCommand): void {
     if (this.running.has(cmd.id)) return;
     const done = this.finished.get(cmd.id);
     if (done) {
@@ -119,11 +128,10 @@ export class ProviderRuntime extends EventEmitter {
     }
     this.emit('command', cmd);
     const run = (async () => {
-      const handler = this.o.handlers[cmd.kind];
       let outcome: Outcome;
       try {
-        if (!handler) throw Object.assign(new Error(`this provider does not handle ${cmd.kind}`), { code: 'NOT_SUPPORTED' });
-        outcome = { result: (await handler(cmd, (p) => this.channel.progress(cmd.id, p))) ?? null };
+        if (!isCommandKind(cmd.kind)) throw notSupported(cmd.kind);
+        outcome = { result: (await this.handle(cmd.kind, cmd)) ?? null };
       } catch (e) {
         const err = toOsrError(e);
         const code = (e as { code?: string }).code === 'NOT_SUPPORTED' ? 'NOT_SUPPORTED' : err.code;
@@ -133,6 +141,14 @@ export class ProviderRuntime extends EventEmitter {
       await this.report(cmd.id, outcome);
     })().finally(() => this.running.delete(cmd.id));
     this.running.set(cmd.id, run);
+  }
+
+  /** Hand a command to its kind's handler, its body checked first (INVALID_ARGUMENT naming the field that is wrong). */
+  private async handle<K extends CommandKind>(kind: K, cmd: WireCommand): Promise<CommandResult<K>> {
+    const handler: CommandHandler<K> | undefined = this.o.handlers[kind];
+    if (!handler) throw notSupported(kind);
+    const checked: VaultCommand<K> = { ...cmd, kind, body: checkCommandBody(kind, cmd.body) };
+    return handler(checked, (p) => this.channel.progress(cmd.id, p));
   }
 
   private async report(id: string, outcome: Outcome): Promise<void> {

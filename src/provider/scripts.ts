@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { ScriptResult } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
 
 /** How much of a script's output is kept (the end of it). */
@@ -22,12 +23,8 @@ export interface ScriptRequest {
   timeoutSeconds: number;
 }
 
-export interface ScriptResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-  durationMs: number;
-}
+/** What a script did: the plan.script command's answer (src/domain/commands.ts). */
+export type { ScriptResult } from '../domain/commands.js';
 
 /** The script's file: a relative path that stays inside the scripts directory, an executable file. */
 export function resolveScript(dir: string, script: string): string {

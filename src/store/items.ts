@@ -5,7 +5,7 @@
  */
 import { sql, type ExpressionBuilder, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { OsrError } from '../domain/errors.js';
-import { failoverReadiness, Health, type HealthReason, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
+import { failoverReadiness, Health, type HealthReason, type ItemReplication, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
 import { Dialect } from './database.js';
 import { affected, clampLimit, iso, isUniqueViolation, json } from './rows.js';
 import type { Database, ProtectedItemsTable } from './schema.js';
@@ -29,7 +29,7 @@ export interface ItemPatch {
   rpoSeconds?: number | null;
   lastPointAt?: number | null;
   progress?: number | null;
-  replication?: Record<string, unknown>;
+  replication?: ItemReplication;
 }
 
 /** What a job that holds an item writes: its facts, its state, its points, and the item's release. */
@@ -64,7 +64,7 @@ const toItem = (r: Selectable<ProtectedItemsTable>): ProtectedItem => ({
   rpoSeconds: r.rpo_seconds,
   lastRecoveryPointAt: iso(r.last_point_at),
   progress: r.progress,
-  replication: json(r.replication, {}),
+  replication: json<ItemReplication>(r.replication, {}),
   activeJobId: r.active_job_id,
   readiness: failoverReadiness(r.state as ProtectionState, iso(r.last_point_at)),
   createdAt: iso(r.created_at)!,

@@ -5,7 +5,6 @@
  */
 import { growthRate, planCapacity, type CapacityItemInput, type CapacityPlan } from '../domain/capacity.js';
 import type { VaultStore } from '../store/index.js';
-import type { ItemReplication } from './failover.js';
 
 const HOUR = 3600_000;
 /** the span over which the pending logs' growth is measured */
@@ -21,7 +20,7 @@ export async function capacityInputs(store: VaultStore, now: number): Promise<Ca
   for (;;) {
     const page = await store.items.list({ limit: 1000, ...(after ? { after } : {}) });
     for (const item of page) {
-      const r = item.replication as ItemReplication;
+      const r = item.replication;
       if (!r.policyId) continue;
       const vm = await store.fabrics.findObject(r.primaryVmId ?? item.id);
       const disks = ((vm?.properties.disks ?? []) as { sizeBytes?: number }[]).reduce((n, d) => n + (d.sizeBytes ?? 0), 0);

@@ -21,77 +21,24 @@
  * Every command is keyed in the job's data (jobs/engine.ts), and every provider step
  * converges, so a job run again after a vault restart repeats nothing.
  */
+import { Commands } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
-import type { Placement } from '../domain/placement.js';
 import type { PolicySettings } from '../domain/policy.js';
 import { ItemOperation } from '../domain/item-transitions.js';
 import { chooseRecoveryPoint, PointChoice } from '../domain/recovery-point.js';
-import { Health, ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
-import type { RecoveryPointInfo, ReplicaVm } from '../fabric/driver.js';
-import type { JobContext, JobEngine } from '../jobs/engine.js';
+import type { RecoveryPointInfo, ReplicaVm } from '../domain/replicas.js';
+import { Direction, Health, ProtectionState, Severity, type FailoverRecord, type ItemReplication, type ProtectedItem } from '../domain/resources.js';
+import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
-import { Commands, type WorkflowDeps } from './protection.js';
+import type { WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
 export const FailoverJobs = { PlannedFailover: 'planned-failover', UnplannedFailover: 'unplanned-failover', ChangeRecoveryPoint: 'change-recovery-point', Commit: 'commit-failover', Reprotect: 'reprotect' } as const;
-export const FailoverCommands = {
-  Prepare: 'failover.prepare',
-  Promote: 'failover.promote',
-  ChangePoint: 'failover.change-point',
-  Commit: 'failover.commit',
-  Fence: 'failover.fence',
-  Demote: 'failover.demote',
-} as const;
-
-export const Direction = { PrimaryToRecovery: 'primary-to-recovery', RecoveryToPrimary: 'recovery-to-primary' } as const;
-export type Direction = (typeof Direction)[keyof typeof Direction];
 
 /** How many finished failovers an item keeps in its record (all of them are in the events). */
 const FAILOVERS_KEPT = 20;
-
-export interface FailoverRecord {
-  kind: 'planned' | 'unplanned';
-  jobId: string;
-  direction: Direction;
-  fromFabricId: string;
-  toFabricId: string;
-  /** the VM that ran before, and the one that runs now */
-  oldPrimaryVmId: string;
-  newPrimaryVmId: string;
-  point: RecoveryPointInfo;
-  epoch: number;
-  startedAt: string;
-  failedOverAt: string;
-  /** from the job's start until the VM ran at the other site */
-  rtoSeconds: number;
-  /** unplanned: whether the source was shut down (and synchronized) first, and whether the old primary is fenced yet */
-  sourceShutDown?: boolean;
-  fencePending?: boolean;
-  /** the points the VM ran from before `point`, changed before the commit */
-  pointChanges?: { from: RecoveryPointInfo; to: RecoveryPointInfo; at: string; jobId: string }[];
-  committedAt?: string;
-  /** the commit's job, and the reprotect's: a task run again finds its record made */
-  commitJobId?: string;
-  reprotectedAt?: string;
-  reprotectJobId?: string;
-}
-
-/** The parts of an item's replication record these jobs read and write. */
-export interface ItemReplication {
-  sourceFabricId?: string;
-  targetFabricId?: string;
-  policyId?: string;
-  placement?: Placement;
-  replica?: { replicaVmId?: string; hostId?: string; agent?: { address: string; port: number; name?: string } };
-  /** the VM that runs now (default: the item's own VM) */
-  primaryVmId?: string;
-  direction?: Direction;
-  failover?: FailoverRecord;
-  failovers?: FailoverRecord[];
-  [k: string]: unknown;
-}
 
 export interface ItemJobInput {
   itemId: string;
@@ -111,7 +58,42 @@ export interface UnplannedInput extends ItemJobInput {
   sourceTimeoutSeconds: number;
 }
 
-const rep = (item: ProtectedItem) => item.replication as ItemReplication;
+/** What a failover, planned or unplanned, keeps between its tasks. */
+interface FailoverData extends JobData {
+  /** the site the VM runs at, and the one it goes to */
+  from?: string;
+  to?: string;
+  oldPrimary?: string;
+  replicaVmId?: string;
+  direction?: Direction;
+  startedAt?: number;
+  /** planned: the point that is the primary's last state */
+  point?: RecoveryPointInfo;
+  /** unplanned: the point chosen (null: the newest the recovery site holds when it promotes) */
+  pointId?: string | null;
+  sourceShutDown?: boolean;
+  /** what the recovery site answered the promotion (its points apart) */
+  promoted?: { vmId: string; epoch: number; point: RecoveryPointInfo };
+  /** the points the VM may change to until the commit */
+  points?: RecoveryPointInfo[];
+  failedOverAt?: number;
+  fenced?: boolean;
+}
+
+/** What changing the recovery point keeps between its tasks. */
+interface ChangePointData extends JobData {
+  from?: RecoveryPointInfo;
+  to?: RecoveryPointInfo;
+}
+
+/** What a reprotect keeps between its tasks. */
+interface ReprotectData extends JobData {
+  failover?: FailoverRecord;
+  /** the old primary, demoted: the replica */
+  replica?: ReplicaVm;
+  policy?: PolicySettings;
+  firstPoint?: RecoveryPointInfo | null;
+}
 
 export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
@@ -145,29 +127,30 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
    * The item is FailedOver: the record of the failover; its points stay until the commit
    * (another may be chosen). Run again after the record was made, it changes nothing.
    */
-  async function finalizeFailover(ctx: JobContext<ItemJobInput>, kind: FailoverRecord['kind']): Promise<void> {
+  async function finalizeFailover(ctx: JobContext<ItemJobInput, FailoverData>, kind: FailoverRecord['kind']): Promise<void> {
     const op = kind === 'planned' ? ItemOperation.PlannedFailover : ItemOperation.UnplannedFailover;
     const eventId = await eventIdFor(ctx, 'failover.completed');
     const item = await store.items.get(ctx.input.itemId);
-    const p = ctx.data.promoted as { vmId: string; epoch: number; point: RecoveryPointInfo };
+    const d = ctx.data;
+    const p = d.promoted!;
     const record: FailoverRecord = {
       kind,
       jobId: ctx.jobId,
-      direction: ctx.data.direction as Direction,
-      fromFabricId: ctx.data.from as string,
-      toFabricId: ctx.data.to as string,
-      oldPrimaryVmId: ctx.data.oldPrimary as string,
+      direction: d.direction!,
+      fromFabricId: d.from!,
+      toFabricId: d.to!,
+      oldPrimaryVmId: d.oldPrimary!,
       newPrimaryVmId: p.vmId,
       point: p.point,
       epoch: p.epoch,
-      startedAt: new Date(ctx.data.startedAt as number).toISOString(),
-      failedOverAt: new Date(ctx.data.failedOverAt as number).toISOString(),
-      rtoSeconds: ((ctx.data.failedOverAt as number) - (ctx.data.startedAt as number)) / 1000,
-      ...(kind === 'unplanned' ? { sourceShutDown: ctx.data.sourceShutDown === true, fencePending: ctx.data.fenced !== true } : {}),
+      startedAt: new Date(d.startedAt!).toISOString(),
+      failedOverAt: new Date(d.failedOverAt!).toISOString(),
+      rtoSeconds: (d.failedOverAt! - d.startedAt!) / 1000,
+      ...(kind === 'unplanned' ? { sourceShutDown: d.sourceShutDown === true, fencePending: d.fenced !== true } : {}),
     };
     // the points the VM may change to until the commit, as the recovery site holds them
-    const points = ctx.data.points as RecoveryPointInfo[] | undefined;
-    const recorded = item.activeJobId !== ctx.jobId && rep(item).failover?.jobId === ctx.jobId;
+    const points = d.points;
+    const recorded = item.activeJobId !== ctx.jobId && item.replication.failover?.jobId === ctx.jobId;
     if (!recorded) {
       await changeItem(store, ctx, item.id, op, {
         state: ProtectionState.FailedOver,
@@ -193,9 +176,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
   }
 
   /** The first task of both failovers: where the VM runs and where it goes. */
-  async function failoverPrerequisites(ctx: JobContext<ItemJobInput>): Promise<ProtectedItem> {
+  async function failoverPrerequisites(ctx: JobContext<ItemJobInput, FailoverData>): Promise<ProtectedItem> {
     const item = await store.items.get(ctx.input.itemId);
-    const r = rep(item);
+    const r = item.replication;
     if (!r.sourceFabricId || !r.targetFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to fail over to`);
     if (r.failover) throw new OsrError('INVALID_STATE', `${item.name} has a failover that is not reprotected yet`);
     ctx.data.from = r.sourceFabricId;
@@ -208,15 +191,15 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
   }
 
   /** Promote at the recovery site: the point (null: the newest there) runs as the VM. */
-  async function promote(ctx: JobContext<ItemJobInput>, pointId: string | null): Promise<void> {
-    const r = (await ctx.command(ctx.data.to as string, FailoverCommands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId, point: pointId }, { timeoutMs: 15 * 60_000 })) as { vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] };
+  async function promote(ctx: JobContext<ItemJobInput, FailoverData>, pointId: string | null): Promise<void> {
+    const r = await ctx.command(ctx.data.to!, Commands.Promote, { item: ctx.input.itemId, replicaVmId: ctx.data.replicaVmId!, point: pointId }, { timeoutMs: 15 * 60_000 });
     const { points, ...promoted } = r;
     ctx.data.promoted = promoted;
     if (points) ctx.data.points = points;
     ctx.data.failedOverAt = clock.now();
   }
 
-  engine.register<ItemJobInput>({
+  engine.register<ItemJobInput, FailoverData>({
     kind: FailoverJobs.PlannedFailover,
     cancellable: false,
     notCancellableBecause: 'stopping a failover half way could leave the VM running at neither site; let it finish (a failed one is restarted from its failed step), then fail over again to go back',
@@ -230,21 +213,21 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       {
         name: 'Shut down and ship the final delta',
         async run(ctx) {
-          const r = (await ctx.command(ctx.data.from as string, FailoverCommands.Prepare, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary }, { timeoutMs: 15 * 60_000 })) as { point: RecoveryPointInfo };
+          const r = await ctx.command(ctx.data.from!, Commands.PrepareFailover, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary! }, { timeoutMs: 15 * 60_000 });
           ctx.data.point = r.point;
         },
       },
       {
         name: 'Fail over',
         async run(ctx) {
-          await promote(ctx, (ctx.data.point as RecoveryPointInfo).id);
+          await promote(ctx, ctx.data.point!.id);
         },
       },
       {
         name: 'Fence the old primary',
         async run(ctx) {
-          const p = ctx.data.promoted as { epoch: number };
-          await ctx.command(ctx.data.from as string, FailoverCommands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary, epoch: p.epoch }, { timeoutMs: 10 * 60_000 });
+          const p = ctx.data.promoted!;
+          await ctx.command(ctx.data.from!, Commands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary!, epoch: p.epoch }, { timeoutMs: 10 * 60_000 });
         },
       },
       { name: 'Finalize failover', run: (ctx) => finalizeFailover(ctx, 'planned') },
@@ -259,7 +242,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
    * promote the chosen point; fence the old primary if it answers (a fence it does not take
    * now waits in its queue, and its agent is refused by the recovery site anyway).
    */
-  engine.register<UnplannedInput>({
+  engine.register<UnplannedInput, FailoverData>({
     kind: FailoverJobs.UnplannedFailover,
     cancellable: false,
     notCancellableBecause: 'stopping a failover half way could leave the VM running at neither site; let it finish (a failed one is restarted from its failed step), then fail over again to go back',
@@ -277,14 +260,14 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         name: 'Shut down the source',
         async run(ctx) {
           if (!ctx.input.shutdownSource) return;
-          const from = ctx.data.from as string;
+          const from = ctx.data.from!;
           const fabric = await store.fabrics.get(from);
           if (fabric.heartbeatLost) {
             await alerting.event({ target: ctx.input.itemId, kind: 'failover.source-unreachable', severity: Severity.Warning, message: `the source site ${from} is silent (no heartbeat): failing over without shutting it down`, details: { job: ctx.jobId } });
             return;
           }
           try {
-            const r = (await ctx.command(from, FailoverCommands.Prepare, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary }, { timeoutMs: ctx.input.sourceTimeoutSeconds * 1000 })) as { point: RecoveryPointInfo };
+            const r = await ctx.command(from, Commands.PrepareFailover, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary! }, { timeoutMs: ctx.input.sourceTimeoutSeconds * 1000 });
             ctx.data.sourceShutDown = true;
             if (ctx.input.recoveryPoint === 'latest') ctx.data.pointId = r.point.id;
           } catch (e) {
@@ -295,15 +278,15 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       {
         name: 'Fail over',
         async run(ctx) {
-          await promote(ctx, (ctx.data.pointId as string | null) ?? null);
+          await promote(ctx, ctx.data.pointId ?? null);
         },
       },
       {
         name: 'Fence the old primary',
         async run(ctx) {
-          const p = ctx.data.promoted as { epoch: number };
+          const p = ctx.data.promoted!;
           try {
-            await ctx.command(ctx.data.from as string, FailoverCommands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary, epoch: p.epoch }, { timeoutMs: ctx.input.sourceTimeoutSeconds * 1000 });
+            await ctx.command(ctx.data.from!, Commands.Fence, { item: ctx.input.itemId, vmId: ctx.data.oldPrimary!, epoch: p.epoch }, { timeoutMs: ctx.input.sourceTimeoutSeconds * 1000 });
             ctx.data.fenced = true;
           } catch (e) {
             await alerting.event({ target: ctx.input.itemId, kind: 'failover.fence-pending', severity: Severity.Warning, message: `the old primary at ${String(ctx.data.from)} could not be fenced now (${(e as Error).message}); it is when its site is back, and its agent is refused by the recovery site meanwhile`, details: { job: ctx.jobId } });
@@ -321,7 +304,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
    * site kept. Its writes since the failover are discarded, which is why it is a choice
    * before the commit and not after.
    */
-  engine.register<ChangePointInput>({
+  engine.register<ChangePointInput, ChangePointData>({
     kind: FailoverJobs.ChangeRecoveryPoint,
     cancellable: false,
     notCancellableBecause: 'the recovery site may already run the VM from the new point; let it finish (a failed one is restarted from its failed step), then change the point again',
@@ -330,10 +313,10 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         name: 'Change recovery point',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const f = rep(item).failover;
+          const f = item.replication.failover;
           if (!f || f.committedAt) throw new OsrError('INVALID_STATE', `${item.name} has no failover waiting for its commit; the recovery point changes only between failover and commit`);
           const chosen = chooseRecoveryPoint(await store.items.points(item.id), ctx.input.recoveryPoint, item.name);
-          const r = (await ctx.command(f.toFabricId, FailoverCommands.ChangePoint, { item: item.id, vmId: f.newPrimaryVmId, point: chosen.id }, { timeoutMs: 15 * 60_000 })) as { point: RecoveryPointInfo };
+          const r = await ctx.command(f.toFabricId, Commands.ChangePoint, { item: item.id, vmId: f.newPrimaryVmId, point: chosen.id }, { timeoutMs: 15 * 60_000 });
           ctx.data.from = f.point;
           ctx.data.to = r.point;
         },
@@ -343,9 +326,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         async run(ctx) {
           const eventId = await eventIdFor(ctx, 'failover.point-changed');
           const item = await store.items.get(ctx.input.itemId);
-          const f = rep(item).failover!;
-          const from = ctx.data.from as RecoveryPointInfo;
-          const to = ctx.data.to as RecoveryPointInfo;
+          const f = item.replication.failover!;
+          const from = ctx.data.from!;
+          const to = ctx.data.to!;
           // run again after the change was recorded: it is there once
           if (!(f.pointChanges ?? []).some((c) => c.jobId === ctx.jobId)) {
             const change = { from, to, at: new Date(clock.now()).toISOString(), jobId: ctx.jobId };
@@ -377,10 +360,10 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         name: 'Commit at the recovery site',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const f = rep(item).failover;
+          const f = item.replication.failover;
           if (!f) throw new OsrError('INVALID_STATE', `${item.name} has no failover to commit`);
           if (f.committedAt) return;
-          await ctx.command(f.toFabricId, FailoverCommands.Commit, { item: item.id, vmId: f.newPrimaryVmId }, { timeoutMs: 30 * 60_000 });
+          await ctx.command(f.toFabricId, Commands.CommitFailover, { item: item.id, vmId: f.newPrimaryVmId }, { timeoutMs: 30 * 60_000 });
         },
       },
       {
@@ -388,7 +371,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         async run(ctx) {
           const eventId = await eventIdFor(ctx, 'failover.committed');
           const item = await store.items.get(ctx.input.itemId);
-          const r = rep(item);
+          const r = item.replication;
           if (!r.failover) throw new OsrError('INVALID_STATE', `${item.name} has no failover to commit`);
           // the other points are gone at the recovery site: reprotect makes a new replica and its points
           if (r.failover.commitJobId !== ctx.jobId) {
@@ -404,7 +387,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     },
   });
 
-  engine.register<ItemJobInput>({
+  engine.register<ItemJobInput, ReprotectData>({
     kind: FailoverJobs.Reprotect,
     cancellable: false,
     notCancellableBecause: 'the old primary\'s disks are being turned into the replica; let it finish (a failed one is restarted from its failed step)',
@@ -413,41 +396,40 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         name: 'Demote the old primary',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const f = rep(item).failover;
+          const f = item.replication.failover;
           if (!f?.committedAt) throw new OsrError('INVALID_STATE', `${item.name} has no committed failover to reprotect`);
           ctx.data.failover = f;
           // the vault's word on who may replicate into the demoted disks: the promoted copy's host
-          const hostId = rep(item).replica?.hostId;
+          const hostId = item.replication.replica?.hostId;
           const host = hostId !== undefined ? await store.fabrics.findObject(hostId) : undefined;
           const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch, ...(host ? { source: host.name } : {}) };
-          const replica = (await ctx.command(f.fromFabricId, FailoverCommands.Demote, body, { timeoutMs: 15 * 60_000 })) as ReplicaVm;
-          ctx.data.replica = replica;
+          ctx.data.replica = await ctx.command(f.fromFabricId, Commands.Demote, body, { timeoutMs: 15 * 60_000 });
         },
       },
       {
         name: 'Start reverse replication',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const f = ctx.data.failover as FailoverRecord;
-          const policy = await store.config.policy(rep(item).policyId!);
+          const f = ctx.data.failover!;
+          const policy = await store.config.policy(item.replication.policyId!);
           // reverse replication starts now, whatever the policy says of a first copy: only what differs is sent
           const settings: PolicySettings = { ...policy.settings, initialReplication: { method: 'now' } };
           ctx.data.policy = settings;
-          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...(ctx.data.replica as ReplicaVm) } }, { timeoutMs: 10 * 60_000 });
+          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...ctx.data.replica! } }, { timeoutMs: 10 * 60_000 });
         },
       },
       {
         name: 'Reverse replication',
         async run(ctx) {
-          const f = ctx.data.failover as FailoverRecord;
+          const f = ctx.data.failover!;
           await changeItem(store, ctx, ctx.input.itemId, ItemOperation.Reprotect, { progress: 0 });
-          const result = (await ctx.command(f.toFabricId, Commands.InitialReplication, { item: ctx.input.itemId, vmId: f.newPrimaryVmId, method: { method: 'now' } }, {
+          const result = await ctx.command(f.toFabricId, Commands.InitialReplication, { item: ctx.input.itemId, vmId: f.newPrimaryVmId, method: { method: 'now' } }, {
             onProgress: async (p) => {
-              const fraction = Number((p as { fraction?: number }).fraction ?? 0);
+              const fraction = Number(p.fraction ?? 0);
               await changeItem(store, ctx, ctx.input.itemId, ItemOperation.Reprotect, { progress: fraction });
               await ctx.progress(fraction, p);
             },
-          })) as { recoveryPoint?: RecoveryPointInfo };
+          });
           ctx.data.firstPoint = result?.recoveryPoint ?? null;
         },
       },
@@ -456,9 +438,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         async run(ctx) {
           const eventId = await eventIdFor(ctx, 'failover.reprotected');
           const item = await store.items.get(ctx.input.itemId);
-          const r = rep(item);
-          const f = ctx.data.failover as FailoverRecord;
-          const replica = ctx.data.replica as ReplicaVm;
+          const r = item.replication;
+          const f = ctx.data.failover!;
+          const replica = ctx.data.replica!;
           const done: FailoverRecord = { ...f, reprotectedAt: new Date(clock.now()).toISOString(), reprotectJobId: ctx.jobId };
           const next: ItemReplication = {
             ...r,
@@ -470,7 +452,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             failovers: [done, ...(r.failovers ?? [])].slice(0, FAILOVERS_KEPT),
           };
           delete next.failover;
-          const first = ctx.data.firstPoint as RecoveryPointInfo | null;
+          const first = ctx.data.firstPoint;
           // run again after the failover joined the item's failovers: it is there once
           if (!(r.failovers ?? []).some((x) => x.reprotectJobId === ctx.jobId)) {
             await changeItem(store, ctx, item.id, ItemOperation.Reprotect, {

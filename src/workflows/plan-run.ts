@@ -22,24 +22,22 @@
  * a script or webhook has a timeout and retries.
  */
 import { randomUUID } from 'node:crypto';
+import { Commands } from '../domain/commands.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { validatePlanForRun, type PlanItemFacts, type PlanProblem } from '../domain/plans.js';
-import type { ItemDrill, PlanActionResult, PlanDrill, PlanRunOutput as RunOutput, PlanVmResult } from '../domain/runs.js';
-import { Severity, type ProtectedItem, type RecoveryPlan, type RecoveryPlanAction, type RecoveryPlanSpec } from '../domain/resources.js';
-import type { JobContext, JobEngine, TaskDef } from '../jobs/engine.js';
+import type { PlanActionContext, PlanActionResult, PlanDrill, PlanRunOutput as RunOutput, PlanVmResult } from '../domain/runs.js';
+import { Direction, Severity, type ProtectedItem, type RecoveryPlan, type RecoveryPlanAction, type RecoveryPlanSpec } from '../domain/resources.js';
+import type { JobContext, JobData, JobEngine, TaskDef } from '../jobs/engine.js';
 import { MappingKind } from '../store/config.js';
 import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
 import type { JobRow } from '../store/schema.js';
 import { AlertKind } from './alerting.js';
-import { Direction, FailoverCommands, type ItemReplication } from './failover.js';
 import { findJob, ITEM_OPERATIONS, ItemOperation, startItemOperation } from './item-jobs.js';
 import type { WorkflowDeps } from './protection.js';
-import { TestFailoverCommands, type TestFailoverRecord } from './test-failover.js';
 import { DEFAULT_WEBHOOK_SETTINGS, postWebhook, type WebhookSettings } from './webhook.js';
 
 export const PlanJobs = { Run: 'plan-run' } as const;
-export const PlanCommands = { Script: 'plan.script' } as const;
 
 /** The failover type an action's filter names, by operation (the others run no actions). */
 const FAILOVER_TYPE: Partial<Record<ItemOperation, 'test' | 'planned' | 'unplanned'>> = {
@@ -80,17 +78,23 @@ export interface PlanRunOutput extends RunOutput {
 }
 
 /** The JSON context a script or webhook receives. */
-export interface ActionContext {
-  plan: { id: string; name: string };
-  job: string;
-  failoverType: 'test' | 'planned' | 'unplanned';
-  direction: Direction;
-  group: { name: string; index: number };
-  action: { name: string; phase: 'pre' | 'post' };
-  vms: Record<string, { name: string; state: string; vmId: string | null; recoveryPoint: PlanVmResult['point'] | null; testVmId: string | null }>;
-}
+export type ActionContext = PlanActionContext;
 
-const rep = (item: ProtectedItem) => item.replication as ItemReplication & { testFailover?: TestFailoverRecord; drills?: ItemDrill[] };
+/** What a run keeps between its tasks. */
+interface PlanRunData extends JobData {
+  startedAt?: number;
+  /** when the last VM of a failover ran */
+  lastUpAt?: number;
+  /** item → its part in the run */
+  results?: Record<string, PlanVmResult>;
+  /** item → its job's id (chosen before the job is submitted) */
+  children?: Record<string, string>;
+  actions?: PlanActionResult[];
+  /** item → what the shutdown group did with its source VM */
+  shutdown?: Record<string, string>;
+  /** a test failover's isolated network, made for the drill */
+  testNetwork?: string;
+}
 
 /** a VM that failed, was cancelled, or was not started because what it depends on failed */
 const isBad = (r: PlanVmResult | undefined): boolean => r !== undefined && (r.state === 'Failed' || r.state === 'Cancelled' || (r.state === 'Skipped' && r.error !== undefined));
@@ -104,7 +108,7 @@ export async function planFacts(store: VaultStore, spec: RecoveryPlanSpec): Prom
   const facts = new Map<string, PlanItemFacts>();
   for (const id of spec.groups.flatMap((g) => g.items)) {
     const item = await items.find(id);
-    const vm = await fabrics.findObject(rep(item ?? ({ replication: {} } as ProtectedItem)).primaryVmId ?? id);
+    const vm = await fabrics.findObject(item?.replication.primaryVmId ?? id);
     const p = (vm?.properties ?? {}) as { nics?: { id: string; vmNetwork?: string }[]; disks?: { storageLocation?: string }[] };
     const diskClasses: (string | undefined)[] = [];
     for (const d of p.disks ?? []) {
@@ -147,7 +151,7 @@ export async function checkPlanRun(store: VaultStore, plan: RecoveryPlanSpec, op
   }
   // one run goes one way between two sites (as ASR's plans: one source, one target)
   const where = (i: ProtectedItem) => {
-    const r = rep(i);
+    const r = i.replication;
     const failedOver = r.failover;
     // after a failover (commit, reprotect) the run goes the way the failover went
     return failedOver
@@ -198,11 +202,11 @@ export async function planDrills(store: VaultStore, planId: string, limit = 50):
 
 export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
-  type Ctx = JobContext<PlanRunInput>;
+  type Ctx = JobContext<PlanRunInput, PlanRunData>;
 
-  const results = (ctx: Ctx) => (ctx.data.results ??= {}) as Record<string, PlanVmResult>;
-  const children = (ctx: Ctx) => (ctx.data.children ??= {}) as Record<string, string>;
-  const actionResults = (ctx: Ctx) => (ctx.data.actions ??= []) as PlanActionResult[];
+  const results = (ctx: Ctx) => (ctx.data.results ??= {});
+  const children = (ctx: Ctx) => (ctx.data.children ??= {});
+  const actionResults = (ctx: Ctx) => (ctx.data.actions ??= []);
 
   /** The input an item's job takes for the run's operation. */
   function itemInput(ctx: Ctx, item: ProtectedItem, groupName: string): Record<string, unknown> {
@@ -212,7 +216,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     switch (input.operation) {
       case ItemOperation.TestFailover:
         // a temporary network is one for the whole drill, made by the run: its VMs reach each other
-        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', network: (ctx.data.testNetwork as string | undefined) ?? o.network ?? 'none' };
+        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', network: ctx.data.testNetwork ?? o.network ?? 'none' };
       case ItemOperation.TestFailoverCleanup:
         return { ...base, ...(o.notes !== undefined ? { notes: o.notes } : {}) };
       case ItemOperation.ChangeRecoveryPoint:
@@ -227,7 +231,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
   /** What a VM's finished job left on its item: the point it runs from and its RTO. */
   async function succeeded(ctx: Ctx, itemId: string, r: PlanVmResult, endedAt: number): Promise<void> {
     const item = await store.items.get(itemId);
-    const x = rep(item);
+    const x = item.replication;
     r.state = 'Succeeded';
     if (ctx.input.operation === ItemOperation.TestFailover && x.testFailover) {
       r.point = x.testFailover.point;
@@ -241,8 +245,8 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     }
     if (FAILOVER_TYPE[ctx.input.operation]) {
       // when its job ended, not when this run noticed (a run taken over notices late)
-      r.upAfterSeconds = (endedAt - (ctx.data.startedAt as number)) / 1000;
-      ctx.data.lastUpAt = Math.max((ctx.data.lastUpAt as number | undefined) ?? 0, endedAt);
+      r.upAfterSeconds = (endedAt - ctx.data.startedAt!) / 1000;
+      ctx.data.lastUpAt = Math.max(ctx.data.lastUpAt ?? 0, endedAt);
     }
   }
 
@@ -366,7 +370,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     for (const id of ctx.input.spec.groups.flatMap((g) => g.items)) {
       const item = await store.items.find(id);
       const r = res[id];
-      const x = item ? rep(item) : undefined;
+      const x = item?.replication;
       vms[id] = {
         name: item?.name ?? id,
         state: r?.state ?? 'NotStarted',
@@ -415,7 +419,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     return { status: res.status, output: res.text, ...(res.truncated ? { outputTruncated: true } : {}) };
   }
 
-  function actionTask(gi: number, phase: 'pre' | 'post', a: RecoveryPlanAction, spec: RecoveryPlanSpec): TaskDef<PlanRunInput> {
+  function actionTask(gi: number, phase: 'pre' | 'post', a: RecoveryPlanAction, spec: RecoveryPlanSpec): TaskDef<PlanRunInput, PlanRunData> {
     const g = spec.groups[gi]!;
     return {
       name: `Group ${gi + 1} (${g.name}) ${phase} action: ${a.name} (${a.kind})`,
@@ -431,7 +435,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           else {
             const timeoutSeconds = a.timeoutSeconds ?? 300;
             r = await withRetries(ctx, a, async () => {
-              const out = (await ctx.command(ctx.input.targetFabricId, PlanCommands.Script, { script: a.target, context, timeoutSeconds }, { timeoutMs: (timeoutSeconds + 120) * 1000 })) as { exitCode: number; stdout: string };
+              const out = await ctx.command(ctx.input.targetFabricId, Commands.RunScript, { script: a.target, context, timeoutSeconds }, { timeoutMs: (timeoutSeconds + 120) * 1000 });
               return { exitCode: out.exitCode, output: out.stdout };
             });
           }
@@ -442,10 +446,10 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     };
   }
 
-  function tasksFor(input: PlanRunInput): TaskDef<PlanRunInput>[] {
+  function tasksFor(input: PlanRunInput): TaskDef<PlanRunInput, PlanRunData>[] {
     const { spec, operation: op } = input;
     const type = FAILOVER_TYPE[op];
-    const tasks: TaskDef<PlanRunInput>[] = [
+    const tasks: TaskDef<PlanRunInput, PlanRunData>[] = [
       {
         name: 'Prerequisites check',
         async run(ctx) {
@@ -458,7 +462,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
       tasks.push({
         name: 'Create the drill\'s isolated network',
         async run(ctx) {
-          const r = (await ctx.command(input.targetFabricId, TestFailoverCommands.CreateNetwork, { name: spec.name }, { timeoutMs: 5 * 60_000 })) as { vmNetwork: string };
+          const r = await ctx.command(input.targetFabricId, Commands.CreateTestNetwork, { name: spec.name }, { timeoutMs: 5 * 60_000 });
           // the VMs' jobs check their network in the inventory, which the provider sends right after
           const deadline = clock.now() + 60_000;
           while (!(await store.fabrics.findObject(r.vmNetwork))) {
@@ -477,18 +481,18 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           name: `Shutdown group: shut down ${spec.groups.reduce((n, g) => n + g.items.length, 0)} source VMs`,
           async run(ctx) {
             const ids = spec.groups.flatMap((g) => g.items).sort();
-            const shut = (ctx.data.shutdown ??= {}) as Record<string, string>;
+            const shut = (ctx.data.shutdown ??= {});
             if (type === 'unplanned' && (await store.fabrics.get(input.sourceFabricId)).heartbeatLost) {
               await alerting.event({ target: input.planId, kind: 'plan.shutdown-incomplete', severity: Severity.Warning, message: `plan ${spec.name}: the source site ${input.sourceFabricId} is silent (no heartbeat); the unplanned failover goes on without shutting its VMs down`, details: { job: ctx.jobId } });
               return;
             }
             const timeoutMs = (input.options.sourceTimeoutSeconds ?? (type === 'planned' ? 900 : 60)) * 1000;
             const vmIds = new Map<string, string>();
-            for (const id of ids) vmIds.set(id, rep(await store.items.get(id)).primaryVmId ?? id);
+            for (const id of ids) vmIds.set(id, (await store.items.get(id)).replication.primaryVmId ?? id);
             // sent in a fixed order, so a run taken over waits for the same commands
             const outcomes = await Promise.allSettled(
               ids.map((id) =>
-                ctx.command(input.sourceFabricId, FailoverCommands.Prepare, { item: id, vmId: vmIds.get(id) }, { timeoutMs }).then(() => {
+                ctx.command(input.sourceFabricId, Commands.PrepareFailover, { item: id, vmId: vmIds.get(id) }, { timeoutMs }).then(() => {
                   shut[id] = 'shut down';
                 }),
               ),
@@ -513,7 +517,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
         async run(ctx) {
           // the plan's last test failover, whether it succeeded or not: its network goes either way
           const network = (await lastTestFailover(ctx))?.testNetwork;
-          if (network) await ctx.command(input.targetFabricId, TestFailoverCommands.RemoveNetwork, { vmNetwork: network }, { timeoutMs: 5 * 60_000 });
+          if (network) await ctx.command(input.targetFabricId, Commands.RemoveTestNetwork, { vmNetwork: network }, { timeoutMs: 5 * 60_000 });
         },
       });
     }
@@ -523,7 +527,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
         const res = results(ctx);
         const vms = spec.groups.flatMap((g) => g.items.map((id) => res[id] ?? { item: id, name: id, group: g.name, state: 'Skipped' as const, job: children(ctx)[id] ?? null, note: 'not reached' }));
         const failed = vms.filter((v) => isBad(v)).length;
-        const startedAt = ctx.data.startedAt as number;
+        const startedAt = ctx.data.startedAt!;
         const output: PlanRunOutput = {
           plan: spec.name,
           planId: input.planId,
@@ -531,11 +535,11 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           direction: input.direction,
           startedAt: new Date(startedAt).toISOString(),
           endedAt: new Date(clock.now()).toISOString(),
-          rtoSeconds: type !== undefined && ctx.data.lastUpAt !== undefined ? ((ctx.data.lastUpAt as number) - startedAt) / 1000 : null,
+          rtoSeconds: type !== undefined && ctx.data.lastUpAt !== undefined ? (ctx.data.lastUpAt - startedAt) / 1000 : null,
           failed,
           vms,
           actions: actionResults(ctx),
-          ...(ctx.data.testNetwork ? { testNetwork: ctx.data.testNetwork as string } : {}),
+          ...(ctx.data.testNetwork ? { testNetwork: ctx.data.testNetwork } : {}),
         };
         if (op === ItemOperation.TestFailoverCleanup) output.drill = await drillOf(ctx, output);
         ctx.data.output = output;

@@ -14,12 +14,14 @@
  * run again after a vault restart waits for the command already sent.
  */
 import type { Clock } from '../domain/clock.js';
+import { Commands, type CommandVm } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
 import { ITEM_TRANSITIONS, ItemOperation } from '../domain/item-transitions.js';
 import { placeReplica, type Placement, type PlacementHost } from '../domain/placement.js';
 import { policyCoversHost, type PolicySettings } from '../domain/policy.js';
-import { Health, ProtectionState, Severity, type InventoryObject } from '../domain/resources.js';
-import type { JobContext, JobEngine } from '../jobs/engine.js';
+import type { ReplicaVm } from '../domain/replicas.js';
+import { Health, ProtectionState, Severity, type InventoryObject, type VmProperties } from '../domain/resources.js';
+import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { MappingKind } from '../store/config.js';
 import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
@@ -27,15 +29,6 @@ import { AlertKind, type Alerting } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 
 export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
-
-/** Commands the vault sends providers for protection (the provider protocol, docs/design/vault.md). */
-export const Commands = {
-  PrepareReplica: 'replica.prepare',
-  EnableReplication: 'replication.enable',
-  InitialReplication: 'replication.initial',
-  DisableReplication: 'replication.disable',
-  RemoveReplica: 'replica.remove',
-} as const;
 
 export const itemCriticalKey = (itemId: string) => `item-critical:${itemId}`;
 
@@ -56,14 +49,20 @@ export interface DisableInput {
   deleteReplica?: boolean;
 }
 
-interface EnableData {
+/** What enabling protection keeps between its tasks. */
+interface EnableData extends JobData {
   fabricId?: string;
   targetFabricId?: string;
   policy?: PolicySettings;
   placement?: Placement;
-  replica?: { replicaVmId?: string; agent?: unknown };
-  output?: unknown;
-  [k: string]: unknown;
+  /** the replica the recovery site prepared */
+  replica?: ReplicaVm;
+}
+
+/** What disabling protection keeps between its tasks. */
+interface DisableData extends JobData {
+  itemName?: string;
+  deleteReplica?: boolean;
 }
 
 const props = <T>(o: InventoryObject) => o.properties as T;
@@ -72,13 +71,13 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
   const { store, alerting, clock } = deps;
   const Enable = ItemOperation.EnableProtection;
 
-  engine.register<EnableInput>({
+  engine.register<EnableInput, EnableData>({
     kind: JobKinds.EnableProtection,
     tasks: [
       {
         name: 'Prerequisites check',
         async run(ctx) {
-          const d = ctx.data as EnableData;
+          const d = ctx.data;
           const { vmId, pairingId } = ctx.input;
           const vm = await store.fabrics.object(vmId, 'vm');
           const pairing = await store.config.pairing(pairingId);
@@ -126,14 +125,15 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
       {
         name: 'Create replication',
         async run(ctx) {
-          const d = ctx.data as EnableData;
+          const d = ctx.data;
           const vm = await store.fabrics.object(ctx.input.vmId, 'vm');
+          const source: CommandVm = { id: vm.id, name: vm.name, ...props<VmProperties>(vm) };
           // the vault's word on who may replicate into the replica: the agent of the host the VM runs on (its certificate carries the host's name)
           const host = typeof vm.properties.host === 'string' ? await store.fabrics.object(vm.properties.host, 'host') : undefined;
-          const replica = (await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, ...(host ? { sourceAgent: host.name } : {}), placement: d.placement, policy: d.policy }, { timeoutMs: 10 * 60_000 })) as EnableData['replica'];
-          d.replica = replica ?? {};
+          const replica = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), placement: d.placement!, policy: d.policy! }, { timeoutMs: 10 * 60_000 });
+          d.replica = replica;
           await ctx.save();
-          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: { id: vm.id, name: vm.name, ...vm.properties }, policy: d.policy, target: { fabricId: d.targetFabricId, hostId: d.placement!.hostId, ...d.replica } }, { timeoutMs: 10 * 60_000 });
+          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica } }, { timeoutMs: 10 * 60_000 });
           const item = await store.items.get(vm.id);
           await changeItem(store, ctx, vm.id, Enable, { replication: { ...item.replication, replica: d.replica } });
         },
@@ -141,7 +141,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
       {
         name: 'Initial replication',
         async run(ctx) {
-          const d = ctx.data as EnableData;
+          const d = ctx.data;
           const initial = d.policy!.initialReplication;
           if (initial.method === 'scheduled') {
             const at = Date.parse(initial.startAt);
@@ -149,13 +149,13 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
             while (clock.now() < at && !ctx.signal.aborted) await clock.sleep(Math.min(at - clock.now(), 60_000), ctx.signal);
           }
           await changeItem(store, ctx, ctx.input.vmId, Enable, { state: ProtectionState.InitialReplication, progress: 0 });
-          const result = (await ctx.command(d.fabricId!, Commands.InitialReplication, { item: ctx.input.vmId, method: initial }, {
+          const result = await ctx.command(d.fabricId!, Commands.InitialReplication, { item: ctx.input.vmId, method: initial }, {
             onProgress: async (p) => {
-              const fraction = Number((p as { fraction?: number }).fraction ?? 0);
+              const fraction = Number(p.fraction ?? 0);
               await changeItem(store, ctx, ctx.input.vmId, Enable, { progress: fraction });
               await ctx.progress(fraction, p);
             },
-          })) as { recoveryPoint?: { id: string; at: string; consistency?: 'crash' | 'app' } } | undefined;
+          });
           if (result?.recoveryPoint) {
             const at = Date.parse(result.recoveryPoint.at);
             if (!Number.isNaN(at)) {
@@ -178,10 +178,10 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         },
       },
     ],
-    async onRestart(ctx: JobContext<EnableInput>) {
+    async onRestart(ctx: JobContext<EnableInput, EnableData>) {
       await retakeItem(store, ctx, ctx.input.vmId, Enable);
     },
-    async onEnd(ctx: JobContext<EnableInput>, state, err) {
+    async onEnd(ctx: JobContext<EnableInput, EnableData>, state, err) {
       const failed = state === JobState.Failed;
       const item = await releaseItem(store, ctx, ctx.input.vmId, Enable, ProtectionState.ProtectionFailed, {
         health: failed ? Health.Critical : Health.Warning,
@@ -193,7 +193,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
     },
   });
 
-  engine.register<DisableInput>({
+  engine.register<DisableInput, DisableData>({
     kind: JobKinds.DisableProtection,
     tasks: [
       {
@@ -201,7 +201,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
           ctx.data.itemName = item.name;
-          const r = item.replication as { sourceFabricId?: string; primaryVmId?: string };
+          const r = item.replication;
           // an item whose replication was never created has nothing to stop
           if (r.sourceFabricId) await ctx.command(r.sourceFabricId, Commands.DisableReplication, { item: item.id, vmId: r.primaryVmId ?? item.id }, { timeoutMs: 10 * 60_000 });
         },
@@ -210,7 +210,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         name: 'Remove replica',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const r = item.replication as { targetFabricId?: string; policyId?: string; replica?: { replicaVmId?: string } };
+          const r = item.replication;
           if (!r.targetFabricId) return;
           const policy = r.policyId ? await store.config.policy(r.policyId).catch(() => undefined) : undefined;
           const remove = ctx.input.deleteReplica ?? policy?.settings.deleteReplicaOnDisable ?? true;
@@ -225,17 +225,17 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           const item = await store.items.find(ctx.input.itemId);
           // run again after the item was removed: the event only
           if (item) await store.items.removeHeld(item.id, ctx, ITEM_TRANSITIONS[ItemOperation.DisableProtection].held);
-          const name = item?.name ?? (ctx.data.itemName as string | undefined) ?? ctx.input.itemId;
+          const name = item?.name ?? ctx.data.itemName ?? ctx.input.itemId;
           await alerting.resolve(itemCriticalKey(ctx.input.itemId));
           await alerting.event({ id: eventId, target: ctx.input.itemId, kind: 'protection.disabled', severity: Severity.Info, message: `protection of ${name} is disabled; the replica was ${ctx.data.deleteReplica === false ? 'kept' : 'deleted'}`, details: { job: ctx.jobId } });
         },
       },
     ],
-    async onRestart(ctx: JobContext<DisableInput>) {
+    async onRestart(ctx: JobContext<DisableInput, DisableData>) {
       // an item already removed has nothing left but the last task, which finds it gone
       if (await store.items.find(ctx.input.itemId)) await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.DisableProtection);
     },
-    async onEnd(ctx: JobContext<DisableInput>, state, err) {
+    async onEnd(ctx: JobContext<DisableInput, DisableData>, state, err) {
       await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.DisableProtection, ProtectionState.DisablingProtection, { healthReasons: [{ code: err?.code ?? 'INVALID_STATE', message: state === JobState.Failed ? `disabling protection failed: ${err?.message}` : 'disabling protection was cancelled' }] });
     },
   });

@@ -11,16 +11,16 @@
  * back the state it started from; the host goes on with a resync it began, and a restart
  * follows it instead of starting another (the provider converges on the resync asked for).
  */
+import { Commands, type ResyncResult } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
 import { ITEM_TRANSITIONS, ItemOperation } from '../domain/item-transitions.js';
-import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
-import type { JobContext, JobEngine } from '../jobs/engine.js';
+import { ProtectionState, Severity } from '../domain/resources.js';
+import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import type { WorkflowDeps } from './protection.js';
 
 export const ResyncJobs = { Resync: 'resync' } as const;
-export const ResyncCommands = { Resync: 'replication.resync' } as const;
 
 /** The states a resync on request starts from. */
 export const RESYNC_FROM: readonly ProtectionState[] = ITEM_TRANSITIONS[ItemOperation.Resync].from;
@@ -31,44 +31,36 @@ export interface ResyncInput {
   from: ProtectionState;
 }
 
-/** What a provider answers when the resync is done. */
-export interface ResyncResult {
-  resync: { id: string; reason: string; bytesTotal: number; differingBytes: number; startedAt: string; completedAt: string };
-  recoveryPoint: { id: string; at: string; consistency: 'crash' | 'app' } | null;
-}
-
-interface Replication {
-  sourceFabricId?: string;
-  primaryVmId?: string;
-  replica?: { replicaVmId?: string };
+/** What a resync keeps between its tasks: the provider's answer. */
+interface ResyncData extends JobData {
+  result?: ResyncResult | null;
 }
 
 export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
-  const replication = (item: ProtectedItem) => item.replication as Replication;
 
-  engine.register<ResyncInput>({
+  engine.register<ResyncInput, ResyncData>({
     kind: ResyncJobs.Resync,
     tasks: [
       {
         name: 'Resynchronize',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const r = replication(item);
+          const r = item.replication;
           if (!r.sourceFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica to resynchronize with yet; wait for its protection to finish`);
           await changeItem(store, ctx, item.id, ItemOperation.Resync, { progress: 0 });
-          const result = (await ctx.command(
+          const result = await ctx.command(
             r.sourceFabricId,
-            ResyncCommands.Resync,
+            Commands.Resync,
             { item: item.id, vmId: r.primaryVmId ?? item.id, requestedAt: new Date(clock.now()).toISOString() },
             {
               onProgress: async (p) => {
-                const fraction = Number((p as { fraction?: number }).fraction ?? 0);
+                const fraction = Number(p.fraction ?? 0);
                 await changeItem(store, ctx, item.id, ItemOperation.Resync, { progress: fraction });
                 await ctx.progress(fraction, p);
               },
             },
-          )) as ResyncResult | undefined;
+          );
           ctx.data.result = result ?? null;
           // the provider's last report may arrive with its answer, unread: the task ends on the answer's bytes
           const s = result?.resync;
@@ -80,7 +72,7 @@ export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void 
         async run(ctx) {
           const eventId = await eventIdFor(ctx, 'resync.completed');
           const item = await store.items.get(ctx.input.itemId);
-          const result = ctx.data.result as ResyncResult | null;
+          const result = ctx.data.result;
           // the resync's point reaches the item with the recovery site's next report of its points
           // run again after the item was released, it changes nothing
           if (!(item.activeJobId === null && item.state === ProtectionState.Protected)) await changeItem(store, ctx, item.id, ItemOperation.Resync, { state: ProtectionState.Protected, progress: null, release: true });
@@ -97,10 +89,10 @@ export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void 
         },
       },
     ],
-    async onRestart(ctx: JobContext<ResyncInput>) {
+    async onRestart(ctx: JobContext<ResyncInput, ResyncData>) {
       await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.Resync);
     },
-    async onEnd(ctx: JobContext<ResyncInput>, state, err) {
+    async onEnd(ctx: JobContext<ResyncInput, ResyncData>, state, err) {
       const item = await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.Resync, ctx.input.from, { progress: null });
       if (!item) return;
       const failed = state === JobState.Failed;

@@ -10,20 +10,19 @@
  * again and the drill is recorded with its notes. A drill counts as successful only once
  * its cleanup succeeded.
  */
+import { Commands } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
 import { ItemOperation } from '../domain/item-transitions.js';
 import { chooseRecoveryPoint } from '../domain/recovery-point.js';
-import { ProtectionState, Severity, type ProtectedItem } from '../domain/resources.js';
-import type { ItemDrill } from '../domain/runs.js';
-import type { TestNetwork, TestVm } from '../fabric/driver.js';
-import type { JobContext, JobEngine } from '../jobs/engine.js';
+import type { TestNetwork, TestVm } from '../domain/replicas.js';
+import { ProtectionState, Severity, type RecoveryPoint, type TestFailoverRecord } from '../domain/resources.js';
+import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import type { WorkflowDeps } from './protection.js';
 
 export const TestFailoverJobs = { TestFailover: 'test-failover', Cleanup: 'test-failover-cleanup' } as const;
-export const TestFailoverCommands = { Start: 'testfailover.start', Cleanup: 'testfailover.cleanup', CreateNetwork: 'testfailover.network.create', RemoveNetwork: 'testfailover.network.remove' } as const;
 
 /** How many drills an item keeps in its record (older ones stay in the events). */
 const DRILLS_KEPT = 20;
@@ -41,39 +40,34 @@ export interface CleanupInput {
   notes?: string;
 }
 
-/** What an item records of its running drill (replication.testFailover). */
-export interface TestFailoverRecord {
-  jobId: string;
-  point: { id: string; at: string; consistency: string };
-  network: string;
-  testVm: TestVm & { testVmId: string };
-  startedAt: string;
-  rtoSeconds: number;
+/** What a test failover keeps between its tasks. */
+interface TestFailoverData extends JobData {
+  point?: RecoveryPoint;
+  network?: TestNetwork;
+  startedAt?: number;
+  testVm?: TestVm;
+  rtoSeconds?: number;
 }
 
-/** What an item records of a finished drill (replication.drills, newest first). */
-
-interface Replication {
-  targetFabricId?: string;
-  replica?: { replicaVmId?: string };
-  testFailover?: TestFailoverRecord;
-  drills?: ItemDrill[];
+/** What a cleanup keeps between its tasks. */
+interface CleanupData extends JobData {
+  /** the drill's VM, once its removal was asked for */
+  testVm?: TestVm;
 }
 
 export const failoverAlertKey = (itemId: string) => `failover-failed:${itemId}`;
 
 export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
-  const replication = (item: ProtectedItem) => item.replication as Replication;
 
-  engine.register<TestFailoverInput>({
+  engine.register<TestFailoverInput, TestFailoverData>({
     kind: TestFailoverJobs.TestFailover,
     tasks: [
       {
         name: 'Prerequisites check',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const r = replication(item);
+          const r = item.replication;
           if (!r.targetFabricId || !r.replica?.replicaVmId) throw new OsrError('INVALID_STATE', `${item.name} has no replica yet; wait for its protection to finish`);
           const point = chooseRecoveryPoint(await store.items.points(item.id), ctx.input.recoveryPoint, item.name);
           let network: TestNetwork = { mode: 'none' };
@@ -93,12 +87,11 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
         name: 'Start test VM',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const r = replication(item);
-          const point = ctx.data.point as { id: string };
-          const replicaVmId = r.replica!.replicaVmId!;
-          const vm = (await ctx.command(r.targetFabricId!, TestFailoverCommands.Start, { item: item.id, replicaVmId, point: point.id, network: ctx.data.network }, { timeoutMs: 10 * 60_000 })) as TestVm;
-          ctx.data.testVm = vm;
-          ctx.data.rtoSeconds = (clock.now() - (ctx.data.startedAt as number)) / 1000;
+          const r = item.replication;
+          const point = ctx.data.point!;
+          const replicaVmId = r.replica!.replicaVmId;
+          ctx.data.testVm = await ctx.command(r.targetFabricId!, Commands.StartTestFailover, { item: item.id, replicaVmId, point: point.id, network: ctx.data.network! }, { timeoutMs: 10 * 60_000 });
+          ctx.data.rtoSeconds = (clock.now() - ctx.data.startedAt!) / 1000;
         },
       },
       {
@@ -108,24 +101,24 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
           const item = await store.items.get(ctx.input.itemId);
           const record: TestFailoverRecord = {
             jobId: ctx.jobId,
-            point: ctx.data.point as TestFailoverRecord['point'],
+            point: ctx.data.point!,
             network: ctx.input.network,
-            testVm: ctx.data.testVm as TestFailoverRecord['testVm'],
-            startedAt: new Date(ctx.data.startedAt as number).toISOString(),
-            rtoSeconds: ctx.data.rtoSeconds as number,
+            testVm: ctx.data.testVm!,
+            startedAt: new Date(ctx.data.startedAt!).toISOString(),
+            rtoSeconds: ctx.data.rtoSeconds!,
           };
           // run again after the drill was recorded, it changes nothing
-          if (!(item.activeJobId !== ctx.jobId && replication(item).testFailover?.jobId === ctx.jobId)) {
+          if (!(item.activeJobId !== ctx.jobId && item.replication.testFailover?.jobId === ctx.jobId)) {
             await changeItem(store, ctx, item.id, ItemOperation.TestFailover, { state: ProtectionState.TestFailoverComplete, release: true, replication: { ...item.replication, testFailover: record } });
           }
           await alerting.event({ id: eventId, target: item.id, kind: 'testfailover.completed', severity: Severity.Info, message: `test failover of ${item.name} from point ${record.point.id} (${record.point.at}): test VM ${record.testVm.testVmId} runs, RTO ${record.rtoSeconds} s; clean it up to finish the drill`, details: { job: ctx.jobId, rtoSeconds: record.rtoSeconds, point: record.point, testVm: record.testVm.testVmId } });
         },
       },
     ],
-    async onRestart(ctx: JobContext<TestFailoverInput>) {
+    async onRestart(ctx: JobContext<TestFailoverInput, TestFailoverData>) {
       await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailover);
     },
-    async onEnd(ctx: JobContext<TestFailoverInput>, state, err) {
+    async onEnd(ctx: JobContext<TestFailoverInput, TestFailoverData>, state, err) {
       // the drill's VM, if it was started, is left for the cleanup to remove
       const started = ctx.data.testVm !== undefined;
       const item = await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailover, started ? ProtectionState.TestFailoverComplete : ProtectionState.Protected);
@@ -136,17 +129,17 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
     },
   });
 
-  engine.register<CleanupInput>({
+  engine.register<CleanupInput, CleanupData>({
     kind: TestFailoverJobs.Cleanup,
     tasks: [
       {
         name: 'Remove test VM',
         async run(ctx) {
           const item = await store.items.get(ctx.input.itemId);
-          const r = replication(item);
-          const vm = r.testFailover?.testVm ?? (ctx.data.testVm as TestVm | undefined);
+          const r = item.replication;
+          const vm = r.testFailover?.testVm ?? ctx.data.testVm;
           ctx.data.testVm = vm;
-          if (vm) await ctx.command(r.targetFabricId!, TestFailoverCommands.Cleanup, { item: item.id, testVmId: vm.testVmId }, { timeoutMs: 10 * 60_000 });
+          if (vm) await ctx.command(r.targetFabricId!, Commands.CleanupTestFailover, { item: item.id, testVmId: vm.testVmId }, { timeoutMs: 10 * 60_000 });
         },
       },
       {
@@ -154,7 +147,7 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
         async run(ctx) {
           const eventId = await eventIdFor(ctx, 'testfailover.cleaned-up');
           const item = await store.items.get(ctx.input.itemId);
-          const r = replication(item);
+          const r = item.replication;
           const tf = r.testFailover;
           const drills = [...(r.drills ?? [])];
           if (tf) {
@@ -164,7 +157,7 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
           // run again after the drill was recorded (or the item released without one): it is there once
           const recorded = item.activeJobId !== ctx.jobId ? ((r.drills ?? []).find((d) => d.cleanupJob === ctx.jobId) ?? (tf ? undefined : null)) : undefined;
           if (recorded === undefined) {
-            await changeItem(store, ctx, item.id, ItemOperation.TestFailoverCleanup, { state: ProtectionState.Protected, release: true, replication: { ...rest, drills: drills.slice(0, DRILLS_KEPT) } as Record<string, unknown> });
+            await changeItem(store, ctx, item.id, ItemOperation.TestFailoverCleanup, { state: ProtectionState.Protected, release: true, replication: { ...rest, drills: drills.slice(0, DRILLS_KEPT) } });
           }
           const drill = recorded ?? (tf ? drills[0] : undefined);
           await alerting.resolve(failoverAlertKey(item.id));
@@ -172,10 +165,10 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
         },
       },
     ],
-    async onRestart(ctx: JobContext<CleanupInput>) {
+    async onRestart(ctx: JobContext<CleanupInput, CleanupData>) {
       await retakeItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailoverCleanup);
     },
-    async onEnd(ctx: JobContext<CleanupInput>, state, err) {
+    async onEnd(ctx: JobContext<CleanupInput, CleanupData>, state, err) {
       const item = await releaseItem(store, ctx, ctx.input.itemId, ItemOperation.TestFailoverCleanup, ProtectionState.TestFailoverComplete);
       if (!item) return;
       await alerting.event({ target: item.id, kind: 'testfailover.cleanup-failed', severity: Severity.Warning, message: `cleaning up the test failover of ${item.name} ${state === JobState.Failed ? `failed: ${err?.message}` : 'was cancelled'}; the drill does not count until its cleanup succeeds (restart the job)`, details: { job: ctx.jobId } });

@@ -23,7 +23,6 @@ import type { ActionContext, PlanDrill, PlanRunOutput } from '../../src/workflow
 import { freePort, tempDir, waitFor } from '../support/lab.js';
 
 const run = promisify(execFile);
-type Obj = Record<string, unknown>;
 interface Job {
   id: string;
   state: string;
@@ -69,7 +68,7 @@ const topology: TopologySpec = {
 };
 
 const id = (vm: string) => `vmm-newyork.${vm}`;
-const item = (vm: string) => api.request<ProtectedItem & { replication: Obj }>('GET', `/api/v1/protected-items/${id(vm)}`);
+const item = (vm: string) => api.request<ProtectedItem>('GET', `/api/v1/protected-items/${id(vm)}`);
 const job = (jobId: string) => api.request<Job>('GET', `/api/v1/jobs/${jobId}`);
 const waitJob = (jobId: string, states: string[], timeoutMs = 120_000) =>
   waitFor(`job ${jobId} ${states.join(' or ')}`, async () => {
@@ -171,9 +170,9 @@ describe('recovery plans', () => {
     assert.match(out.testNetwork ?? '', /^vmm-chicago\.osr-drill-three-tier$/);
     const testIps: string[] = [];
     for (const vm of vms) {
-      const tf = (await item(vm)).replication.testFailover as { testVm: { nics: { vmNetwork: string; ip: string }[] } };
+      const tf = (await item(vm)).replication.testFailover!;
       assert.equal(tf.testVm.nics[0]!.vmNetwork, out.testNetwork, `${vm}'s test VM is on the drill's network`);
-      testIps.push(tf.testVm.nics[0]!.ip);
+      testIps.push(String(tf.testVm.nics[0]!.ip));
     }
     assert.equal(new Set(testIps).size, 3, `each test VM has its own address: ${testIps.join(', ')}`);
     // groups in order: the database before the services, the services before the front end
@@ -214,7 +213,7 @@ describe('recovery plans', () => {
     for (const vm of vms) {
       const i = await item(vm);
       assert.equal(i.state, 'FailedOver', vm);
-      assert.equal((i.replication.failover as Obj).kind, 'planned');
+      assert.equal(i.replication.failover!.kind, 'planned');
     }
     // the webhook had the run's context; the scripts ran again (no manual step: it is for test failovers)
     assert.equal(hooks.length, 1);
@@ -226,16 +225,16 @@ describe('recovery plans', () => {
     // before the commit the points stay: one VM goes back to an older one, then the plan to the latest
     const points = JSON.parse(await osr('--json', 'item', 'points', id('db'))) as { items: { id: string; at: string }[] };
     assert.ok(points.items.length >= 2, 'a failed-over item keeps its points until the commit');
-    const failedOverAt = ((await item('db')).replication.failover as { point: { id: string } }).point.id;
+    const failedOverAt = (await item('db')).replication.failover!.point.id;
     const older = points.items.find((p) => p.id !== failedOverAt)!;
     await osr('item', 'change-recovery-point', id('db'), '--point', older.id, '--wait', '--interval', '200ms');
-    const changed = (await item('db')).replication.failover as { point: { id: string }; pointChanges: { from: { id: string }; to: { id: string } }[] };
+    const changed = (await item('db')).replication.failover!;
     assert.equal(changed.point.id, older.id);
-    assert.deepEqual(changed.pointChanges.map((c) => [c.from.id, c.to.id]), [[failedOverAt, older.id]]);
+    assert.deepEqual(changed.pointChanges?.map((c) => [c.from.id, c.to.id]), [[failedOverAt, older.id]]);
     assert.equal((await item('db')).state, 'FailedOver');
     const latest = await osr('plan', 'change-recovery-point', 'three-tier', '--point', 'latest', '--wait', '--interval', '200ms');
     assert.match(latest, /change-recovery-point \(primary-to-recovery\) succeeded/);
-    assert.equal(((await item('db')).replication.failover as { point: { id: string } }).point.id, points.items[0]!.id);
+    assert.equal((await item('db')).replication.failover!.point.id, points.items[0]!.id);
     await osr('plan', 'commit', 'three-tier', '--wait', '--interval', '200ms');
     for (const vm of vms) assert.equal((await item(vm)).state, 'Committed');
     assert.deepEqual((JSON.parse(await osr('--json', 'item', 'points', id('db'))) as { items: unknown[] }).items, [], 'the commit drops the other points');

@@ -8,10 +8,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { InitialReplicationProgress } from '../../src/domain/commands.js';
 import type { InventoryDocument } from '../../src/domain/resources.js';
-import { ProviderChannel, type VaultCommand } from '../../src/provider/channel.js';
+import { ProviderChannel, type WireCommand } from '../../src/provider/channel.js';
 import { registerWithVault, type ProviderRegistration } from '../../src/provider/registration.js';
-import { ProviderRuntime, type CommandHandler } from '../../src/provider/runtime.js';
+import { ProviderRuntime, type CommandHandlers } from '../../src/provider/runtime.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { Vault, type VaultOptions } from '../../src/vault/server.js';
 import { tempDir } from './lab.js';
@@ -139,7 +140,7 @@ export interface TestProviderOptions {
   version?: string;
   inventory: InventoryDocument;
   /** replace or add command handlers */
-  handlers?: Record<string, CommandHandler>;
+  handlers?: CommandHandlers;
   /** initial replication: progress steps reported before the result (default 3) */
   steps?: number;
   /** sync only these clouds (by name) */
@@ -148,7 +149,8 @@ export interface TestProviderOptions {
 
 /** A provider registered with a key, answering the protection commands as a fabric would. */
 export class TestProvider {
-  readonly received: VaultCommand[] = [];
+  /** every command delivered, as it came (before its body was checked) */
+  readonly received: WireCommand[] = [];
   private constructor(
     readonly registration: ProviderRegistration,
     readonly runtime: ProviderRuntime,
@@ -161,21 +163,27 @@ export class TestProvider {
   static async start(vaultUrl: string, key: string, o: TestProviderOptions): Promise<TestProvider> {
     const registration = await registerWithVault({ vaultUrl, key, fabric: { name: o.fabric, kind: 'test' }, serverName: o.serverName ?? `${o.fabric}-server`, version: o.version ?? '0.1.0', inventoryScope: o.scope ?? 'all' });
     const steps = o.steps ?? 3;
-    const handlers: Record<string, CommandHandler> = {
-      'replica.prepare': async (cmd) => ({ replicaVmId: `replica-${String((cmd.body.vm as { name: string }).name)}`, agent: { address: '127.0.0.1', port: 8084 } }),
+    const handlers: CommandHandlers = {
+      'replica.prepare': async ({ body }) => ({
+        replicaVmId: `replica-${body.vm.name}`,
+        hostId: body.placement.hostId,
+        agent: { address: '127.0.0.1', port: 8084 },
+        nics: Object.entries(body.placement.networks).map(([id, vmNetwork]) => ({ id, vmNetwork, ip: null })),
+        reused: false,
+      }),
       'replication.enable': async () => ({}),
       'replication.initial': async (_cmd, progress) => {
-        for (let i = 1; i <= steps; i++) await progress({ fraction: i / steps, bytesDone: i * 1000, bytesTotal: steps * 1000 });
+        for (let i = 1; i <= steps; i++) await progress(initialProgress(i / steps, steps * 1000));
         return { recoveryPoint: { id: 'p1', at: new Date().toISOString(), consistency: 'crash' } };
       },
       'replication.disable': async () => ({}),
-      'replica.remove': async () => ({}),
+      'replica.remove': async ({ body }) => ({ replicaVmId: body.replicaVmId, deleted: body.delete !== false }),
       ...o.handlers,
     };
     const channel = new ProviderChannel(registration);
     const runtime = new ProviderRuntime(channel, { handlers, inventory: () => o.inventory, inventoryScope: o.scope ?? 'all', pollSeconds: 2 });
     const p = new TestProvider(registration, runtime);
-    runtime.on('command', (c: VaultCommand) => p.received.push(c));
+    runtime.on('command', (c: WireCommand) => p.received.push(c));
     await runtime.start();
     return p;
   }
@@ -183,6 +191,11 @@ export class TestProvider {
   stop(): Promise<void> {
     return this.runtime.stop();
   }
+}
+
+/** An initial replication's progress report at `fraction` of `bytesTotal`, as a host would give it. */
+export function initialProgress(fraction: number, bytesTotal: number, o: Partial<InitialReplicationProgress> = {}): InitialReplicationProgress {
+  return { fraction, bytesDone: Math.round(fraction * bytesTotal), bytesTotal, rateBytesPerSec: 0, etaSeconds: null, currentDisk: null, state: fraction < 1 ? 'InitialReplication' : 'Replicating', ...o };
 }
 
 /** A gate a handler can wait on until the test opens it. */

@@ -15,7 +15,7 @@ import { DEFAULT_VAULT_URL } from '../../src/cli/vault-client-config.js';
 import { OsrError } from '../../src/domain/errors.js';
 import { DEFAULT_VAULT_PORT } from '../../src/vault/server.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { gate, siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
+import { gate, initialProgress, siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
 
 type Obj = Record<string, unknown>;
 const OSR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli/osr.js');
@@ -85,15 +85,15 @@ before(async () => {
     handlers: {
       // VM2's protection fails once, then its initial replication reports bytes and waits
       'replication.enable': async (cmd) => {
-        if ((cmd.body.vm as { name: string }).name === 'GoldCloud1-VM2' && enableFailures++ === 0) throw new OsrError('NETWORK_ERROR', 'the host did not answer');
+        if (cmd.body.vm?.name === 'GoldCloud1-VM2' && enableFailures++ === 0) throw new OsrError('NETWORK_ERROR', 'the host did not answer');
         return {};
       },
       'replication.initial': async (cmd, progress) => {
         if (cmd.body.item === 'vmm-newyork.goldcloud1-vm2') {
-          await progress({ fraction: 0.5, bytesDone: 512, bytesTotal: 1024, rateBytesPerSec: 256, etaSeconds: 2 });
+          await progress(initialProgress(0.5, 1024, { rateBytesPerSec: 256, etaSeconds: 2 }));
           await slowInitial.wait;
         }
-        await progress({ fraction: 1, bytesDone: 1024, bytesTotal: 1024 });
+        await progress(initialProgress(1, 1024));
         return { recoveryPoint: { id: 'p1', at: new Date().toISOString(), consistency: 'crash' } };
       },
     },

@@ -12,7 +12,7 @@ import { createTestDatabase } from '../support/databases.js';
 import { freePort, tempDir, waitFor } from '../support/lab.js';
 import { Dialect } from '../../src/store/database.js';
 import { openDatabase } from '../../src/store/database.js';
-import { gate, siteInventory, spawnVault, TestProvider } from '../support/vault.js';
+import { gate, initialProgress, siteInventory, spawnVault, TestProvider } from '../support/vault.js';
 
 type Obj = Record<string, unknown>;
 
@@ -114,9 +114,9 @@ describe('vault durability', () => {
         inventory: siteInventory('a', ['Cloud1'], 1),
         handlers: {
           'replication.initial': async (_c, progress) => {
-            await progress({ fraction: 0.3 });
+            await progress(initialProgress(0.3, 1000));
             await release.wait;
-            return { recoveryPoint: { id: 'p1', at: new Date().toISOString() } };
+            return { recoveryPoint: { id: 'p1', at: new Date().toISOString(), consistency: 'crash' } };
           },
         },
       });

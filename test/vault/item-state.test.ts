@@ -26,7 +26,7 @@ import { JobState } from '../../src/store/jobs.js';
 import type { JobRow } from '../../src/store/schema.js';
 import { AlertNotifier } from '../../src/vault/notifier.js';
 import { Alerting } from '../../src/workflows/alerting.js';
-import { registerFailoverJobs, type FailoverRecord } from '../../src/workflows/failover.js';
+import { registerFailoverJobs } from '../../src/workflows/failover.js';
 import { startItemOperation } from '../../src/workflows/item-jobs.js';
 import { registerTestFailoverJobs } from '../../src/workflows/test-failover.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
@@ -193,7 +193,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
     /** A Protected item with a replica at site-b and a point there. */
     async function protectedItem(id: string): Promise<void> {
       await store.items.create({ id, name: id, fabricId: 'site-a', pairingId: 'pair', state: ProtectionState.Protected, activeJobId: null });
-      await store.items.update(id, { replication: { sourceFabricId: 'site-a', targetFabricId: 'site-b', policyId: 'pol', replica: { replicaVmId: `${id}-replica` } }, lastPointAt: Date.now() });
+      await store.items.update(id, { replication: { sourceFabricId: 'site-a', targetFabricId: 'site-b', policyId: 'pol', replica: { replicaVmId: `${id}-replica`, hostId: 'site-b.h1', agent: { address: '127.0.0.1', port: 8084 } } }, lastPointAt: Date.now() });
       await store.items.replacePoints(id, [{ id: 'p1', at: Date.now(), consistency: 'crash' }]);
     }
 
@@ -236,26 +236,26 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
       let item = await store.items.get(id);
       assert.equal(item.state, ProtectionState.FailedOver);
       assert.equal(item.activeJobId, null);
-      assert.equal((item.replication.failover as FailoverRecord).jobId, failover.id);
+      assert.equal(item.replication.failover!.jobId, failover.id);
       assert.equal(await eventsOf(id, 'failover.completed'), 1);
 
       await runDyingAfterWrite(id, ItemOperation.ChangeRecoveryPoint, { recoveryPoint: 'p1' });
       item = await store.items.get(id);
-      const changes = (item.replication.failover as FailoverRecord).pointChanges ?? [];
+      const changes = item.replication.failover!.pointChanges ?? [];
       assert.equal(changes.length, 1, JSON.stringify(changes));
-      assert.equal((item.replication.failover as FailoverRecord).point.id, 'p1');
+      assert.equal(item.replication.failover!.point.id, 'p1');
       assert.equal(await eventsOf(id, 'failover.point-changed'), 1);
 
       const commit = await runDyingAfterWrite(id, ItemOperation.Commit);
       item = await store.items.get(id);
       assert.equal(item.state, ProtectionState.Committed);
-      assert.equal((item.replication.failover as FailoverRecord).commitJobId, commit.id);
+      assert.equal(item.replication.failover!.commitJobId, commit.id);
       assert.equal(await eventsOf(id, 'failover.committed'), 1);
 
       const reprotect = await runDyingAfterWrite(id, ItemOperation.Reprotect);
       item = await store.items.get(id);
       assert.equal(item.state, ProtectionState.Protected);
-      const failovers = item.replication.failovers as FailoverRecord[];
+      const failovers = item.replication.failovers!;
       assert.deepEqual(failovers.map((f) => [f.jobId, f.reprotectJobId]), [[failover.id, reprotect.id]], 'the failover joined the item\'s failovers once');
       assert.equal(item.replication.sourceFabricId, 'site-b', 'the direction swapped once');
       assert.equal(await eventsOf(id, 'failover.reprotected'), 1);
@@ -263,13 +263,13 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
       const drill = await runDyingAfterWrite(id, ItemOperation.TestFailover, { recoveryPoint: 'latest', network: 'none' });
       item = await store.items.get(id);
       assert.equal(item.state, ProtectionState.TestFailoverComplete);
-      assert.equal((item.replication.testFailover as { jobId: string }).jobId, drill.id);
+      assert.equal(item.replication.testFailover!.jobId, drill.id);
       assert.equal(await eventsOf(id, 'testfailover.completed'), 1);
 
       const cleanup = await runDyingAfterWrite(id, ItemOperation.TestFailoverCleanup, { notes: 'twice' });
       item = await store.items.get(id);
       assert.equal(item.state, ProtectionState.Protected);
-      const drills = item.replication.drills as { testFailoverJob: string; cleanupJob: string }[];
+      const drills = item.replication.drills!;
       assert.deepEqual(drills.map((d) => [d.testFailoverJob, d.cleanupJob]), [[drill.id, cleanup.id]], 'one drill');
       assert.equal(await eventsOf(id, 'testfailover.cleaned-up'), 1);
     });
@@ -310,7 +310,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
       assert.equal(items.answer, 'LEASE_LOST');
       const item = await store.items.get(id);
       assert.deepEqual(item, before);
-      assert.equal((item.replication.failover as FailoverRecord).pointChanges?.length, 1);
+      assert.equal(item.replication.failover!.pointChanges?.length, 1);
       assert.equal(await eventsOf(id, 'failover.point-changed'), 1);
     });
 
@@ -359,7 +359,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         assert.equal((JSON.parse(done.error!) as { code: string }).code, 'ITEM_NOT_HELD');
         const item = await store.items.get(id);
         assert.deepEqual(item, before, 'the item is as the other job holds it');
-        assert.equal((item.replication.failover as FailoverRecord).pointChanges, undefined);
+        assert.equal(item.replication.failover!.pointChanges, undefined);
         assert.equal(await eventsOf(id, 'failover.point-changed'), 0);
       } finally {
         holdChangePoint.on = false;

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import type { ProtectedItem } from '../../src/domain/resources.js';
 import type { PlanRunOutput } from '../../src/workflows/plan-run.js';
 import { waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
@@ -73,15 +74,13 @@ before(async () => {
       fabric: 'Site-B',
       inventory: siteInventory('b', ['Cloud2'], 0),
       handlers: {
-        'failover.promote': async (cmd) => {
-          const b = cmd.body as { item: string; point: string | null };
+        'failover.promote': async ({ body: b }) => {
           await new Promise((r) => setTimeout(r, 50));
           if (failPromote.has(b.item)) throw Object.assign(new Error(`the recovery host of ${b.item} has no room`), { code: 'DISK_IO_ERROR' });
-          const point = { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' };
+          const point = { id: b.point ?? 'p1', at: new Date().toISOString(), consistency: 'crash' as const };
           return { vmId: `site-b.${b.item.split('.')[1]}-replica`, epoch: ++epoch, point, points: point.id === 'p1' ? [point] : [{ id: 'p1', at: new Date(Date.now() - 60_000).toISOString(), consistency: 'crash' }, point] };
         },
-        'failover.change-point': async (cmd) => {
-          const b = cmd.body as { point: string };
+        'failover.change-point': async ({ body: b }) => {
           if (b.point !== 'p1' && b.point !== 'p-final') throw Object.assign(new Error(`no point ${b.point}`), { code: 'POINT_NOT_FOUND' });
           return { point: { id: b.point, at: new Date().toISOString(), consistency: 'crash' } };
         },
@@ -154,7 +153,7 @@ describe('plan runs', () => {
 
   test('before the commit the point of a failed-over item changes among the points it kept; the commit drops them; neither runs from another state', async () => {
     const path = (n: number, op: string) => `/api/v1/protected-items/${item(n)}/${op}`;
-    const get = (n: number) => v.api.request<{ state: string; replication: Obj }>('GET', `/api/v1/protected-items/${item(n)}`);
+    const get = (n: number) => v.api.request<ProtectedItem>('GET', `/api/v1/protected-items/${item(n)}`);
     const points = await v.api.request<{ items: { id: string }[] }>('GET', `${path(0, 'recovery-points')}`);
     assert.deepEqual(points.items.map((p) => p.id), ['p-final', 'p1'], 'the recovery site told the points it keeps until the commit');
     await assertRejectsCode(v.api.request('POST', path(8, 'change-recovery-point'), { recoveryPoint: 'p1' }), 'INVALID_STATE', /is Protected; change-recovery-point starts from FailedOver/);
@@ -165,9 +164,9 @@ describe('plan runs', () => {
     assert.equal(changed.state, 'Succeeded', JSON.stringify(changed.error));
     const cmd = providers[1]!.received.slice(sent).find((c) => c.kind === 'failover.change-point');
     assert.deepEqual(cmd?.body, { item: item(0), vmId: 'site-b.cloud1-vm0-replica', point: 'p1' });
-    const f = (await get(0)).replication.failover as { point: { id: string }; pointChanges: { from: { id: string }; to: { id: string }; jobId: string }[] };
+    const f = (await get(0)).replication.failover!;
     assert.equal(f.point.id, 'p1');
-    assert.deepEqual(f.pointChanges.map((c) => [c.from.id, c.to.id, c.jobId]), [['p-final', 'p1', changed.id]]);
+    assert.deepEqual(f.pointChanges?.map((c) => [c.from.id, c.to.id, c.jobId]), [['p-final', 'p1', changed.id]]);
     assert.equal((await get(0)).state, 'FailedOver');
 
     // a point the item does not have: the job fails with the points it has, and the item stays as it was
@@ -176,7 +175,7 @@ describe('plan runs', () => {
     assert.equal(bad.error!.code, 'POINT_NOT_FOUND');
     assert.match(bad.error!.message, /no recovery point p-gone at the recovery site; its points: p-final/);
     assert.equal((await get(0)).state, 'FailedOver');
-    assert.equal(((await get(0)).replication.failover as { point: { id: string } }).point.id, 'p1');
+    assert.equal((await get(0)).replication.failover!.point.id, 'p1');
 
     const commit = await ended((await v.api.request<{ jobId: string }>('POST', path(0, 'commit'), {})).jobId);
     assert.equal(commit.state, 'Succeeded', JSON.stringify(commit.error));

@@ -4,9 +4,11 @@
  * certificate of another CA), inventory sync and its events, enable protection through
  * initial replication to Protected with progress from the provider, health reports that
  * raise alerts delivered by webhook and by e-mail (a local SMTP server), a lost heartbeat,
- * and disable protection keeping or deleting the replica.
+ * disable protection keeping or deleting the replica, and commands a provider refuses (a
+ * malformed body, an unknown kind).
  */
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { getEventListeners } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
@@ -14,11 +16,13 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { SMTPServer } from 'smtp-server';
 import { OsrError } from '../../src/domain/errors.js';
+import type { ProtectedItem } from '../../src/domain/resources.js';
 import { createCa, issueCertificate } from '../../src/pki/index.js';
 import { registerWithVault } from '../../src/provider/registration.js';
+import { CommandState } from '../../src/store/commands.js';
 import { waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
-import { gate, siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
+import { gate, initialProgress, siteInventory, startVault, TestProvider, type TestVault } from '../support/vault.js';
 
 type Obj = Record<string, unknown>;
 let v: TestVault;
@@ -133,9 +137,9 @@ describe('providers and protection', () => {
         inventory: siteInventory('ny', ['GoldCloud1', 'SilverCloud1'], 3),
         handlers: {
           'replication.initial': async (_cmd, progress) => {
-            await progress({ fraction: 0.5, bytesDone: 512, bytesTotal: 1024 });
+            await progress(initialProgress(0.5, 1024));
             await releaseInitial.wait;
-            await progress({ fraction: 1, bytesDone: 1024, bytesTotal: 1024 });
+            await progress(initialProgress(1, 1024));
             return { recoveryPoint: { id: 'p1', at: new Date().toISOString(), consistency: 'crash' } };
           },
         },
@@ -162,10 +166,10 @@ describe('providers and protection', () => {
       await assertRejectsCode(v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-newyork.silvercloud1-vm0' }), 'INVALID_STATE');
 
       const midway = await waitFor('initial replication at half', async () => {
-        const item = await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0');
+        const item = await v.api.request<ProtectedItem>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0');
         return item.state === 'InitialReplication' && item.progress === 0.5 ? item : undefined;
       }, 20_000);
-      const placement = (midway.replication as { placement: { hostId: string; storage: Obj; networks: Obj } }).placement;
+      const placement = midway.replication.placement!;
       assert.equal(placement.hostId, 'vmm-chicago.goldcloud2-h1');
       assert.deepEqual(placement.storage, { d0: 'vmm-chicago.silver-csv' }, 'GOLD is mapped to SILVER');
       assert.deepEqual(placement.networks, { nic0: 'vmm-chicago.vmnet1' });
@@ -267,6 +271,43 @@ describe('providers and protection', () => {
     assert.equal(dst.received.filter((c) => c.kind === 'replica.prepare').length, 1, 'the command of that task which succeeded was not sent again');
     assert.equal((await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-flaky.flakycloud-vm0')).state, 'Protected');
     await assertRejectsCode(v.api.request('POST', `${String(started.url)}/restart`), 'INVALID_STATE');
+  });
+
+  test('a provider refuses a command whose body is malformed (INVALID_ARGUMENT naming the field) before its handler runs, and a kind it does not know (NOT_SUPPORTED)', async () => {
+    const fenced: string[] = [];
+    const p = await TestProvider.start(v.url, await newKey(), {
+      fabric: 'VMM-Strict',
+      inventory: siteInventory('strict', ['StrictCloud'], 0),
+      handlers: {
+        'failover.fence': async ({ body }) => {
+          fenced.push(`${body.vmId}@${body.epoch}`);
+          return {};
+        },
+      },
+    });
+    providers.push(p);
+    const commands = v.vault.ctx.store.commands;
+    const send = async (kind: string, body: unknown) => {
+      const id = randomUUID();
+      await commands.enqueue({ id, fabricId: p.fabricId, kind, body });
+      const row = await waitFor(`${kind} answered`, async () => {
+        const r = await commands.get(id);
+        return r && (r.state === CommandState.Succeeded || r.state === CommandState.Failed) ? r : undefined;
+      }, 10_000, 50);
+      return { state: row.state, error: row.error ? (JSON.parse(row.error) as { code: string; message: string; details?: Obj }) : null };
+    };
+    const noEpoch = await send('failover.fence', { item: 'vmm-strict.vm0', vmId: 'vmm-strict.vm0' });
+    assert.equal(noEpoch.state, CommandState.Failed);
+    assert.equal(noEpoch.error?.code, 'INVALID_ARGUMENT');
+    assert.match(noEpoch.error!.message, /failover\.fence command is malformed: epoch must be a number, not undefined/);
+    assert.deepEqual(noEpoch.error?.details, { command: 'failover.fence', field: 'epoch', expected: 'a number' });
+    const badVm = await send('failover.fence', { item: 'vmm-strict.vm0', vmId: 42, epoch: 3 });
+    assert.equal(badVm.error?.details?.field, 'vmId');
+    assert.deepEqual(fenced, [], 'a malformed command reaches no handler');
+    assert.deepEqual(await send('failover.fence', { item: 'vmm-strict.vm0', vmId: 'vmm-strict.vm0', epoch: 3 }), { state: CommandState.Succeeded, error: null });
+    assert.deepEqual(fenced, ['vmm-strict.vm0@3']);
+    assert.equal((await send('failover.teleport', { item: 'vmm-strict.vm0' })).error?.code, 'NOT_SUPPORTED');
+    assert.equal((await send('failover.demote', { item: 'vmm-strict.vm0', vmId: 'vmm-strict.vm0', epoch: 3 })).error?.code, 'NOT_SUPPORTED', 'a kind without a handler here');
   });
 
   test('long-polls leave no listener on the vault behind, answered or cut off', async () => {

@@ -203,7 +203,7 @@ function Actions({ d, policy, reload }: { d: ItemData; policy: Policy | null; re
   // '': as the policy says
   const [deleteReplica, setDeleteReplica] = useState<'' | 'true' | 'false'>('');
   const policyDeletes = policy?.settings.deleteReplicaOnDisable;
-  const targetFabric = (item.replication as { targetFabricId?: string }).targetFabricId;
+  const targetFabric = item.replication.targetFabricId;
   const networks = useLoad(() => (dialog === 'test-failover' && targetFabric ? api.all<InventoryObject>('/vm-networks', { fabric: targetFabric }) : Promise.resolve([])), [dialog, targetFabric]);
   if (!can('operate')) return <p className="muted">Your role may read but not run operations.</p>;
   const path = `/protected-items/${encodeURIComponent(item.id)}`;
@@ -300,7 +300,7 @@ function Actions({ d, policy, reload }: { d: ItemData; policy: Policy | null; re
 export function ItemPage({ id }: { id: string }) {
   const l = useLoad(() => loadItem(id), [id], 4000);
   // the item's policy (its pairing's), read again only when it is another one
-  const policyId = (l.data?.item.replication as { policyId?: string } | undefined)?.policyId;
+  const policyId = l.data?.item.replication.policyId;
   const policy = useLoad(() => (policyId ? api.get<Policy>(`/policies/${encodeURIComponent(policyId)}`).catch(() => null) : Promise.resolve(null)), [policyId]);
   return (
     <Loading l={l}>
