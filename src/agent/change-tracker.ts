@@ -14,7 +14,7 @@ import { OsrError, isOsrError } from '../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { writeFully } from './io.js';
-import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
+import type { ChangeTracking, ClosedDeltaFile } from './change-source.js';
 import { normalizeRanges, type DiskRanges, type Range } from './ranges.js';
 import { writeZeroRange } from './sparse.js';
 

@@ -21,7 +21,8 @@ import { crashPoint } from './crash-point.js';
 import type { LabHost, LabVm, VmDiskSpec } from './lab-host.js';
 import { diskRangesBytes, unionDiskRanges, type DiskRanges } from './ranges.js';
 import type { Promotion, ReplicaRegistry } from './replication-server.js';
-import type { Overlay, RecoveryPoint, ReplicaStore } from './replica-store.js';
+import type { Overlay, ReplicaStore } from './replica-store.js';
+import type { RecoveryPoint } from './replica-target.js';
 
 export interface PromoteOptions {
   /** recovery point (default: the latest) */

@@ -13,7 +13,7 @@ import { OsrError } from '../domain/errors.js';
 import { VmChangeTracker } from './change-tracker.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
-import type { ChangeSource } from './ports.js';
+import type { ChangeSource } from './change-source.js';
 import type { DiskRanges } from './ranges.js';
 import { hasSparseSupport } from './sparse.js';
 

@@ -21,7 +21,7 @@ import { isSafeName, MAX_DISK_BYTES, MAX_DISKS } from '../domain/names.js';
 import { digest } from './checksum.js';
 import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
 import { fdatasyncAsync, readAt, writeAllAt } from './io.js';
-import type { ReplicaTarget } from './ports.js';
+import type { ReplicaTarget } from './replica-target.js';
 import { isZero } from './sparse.js';
 
 export const EXPORT_MANIFEST = 'osr-export.json';

@@ -26,41 +26,12 @@ import { AlignedPool, isAligned, openDirect } from './direct-io.js';
 import { ExtentMap } from './extent-map.js';
 import { fileBlockDigests } from './checksum.js';
 import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from './io.js';
-import type { ReplicaTarget } from './ports.js';
+import { Consistency } from './change-source.js';
+import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from './replica-target.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
 import { punchHole, writeZeroRange } from './sparse.js';
-import { ResyncStage, type ResyncState } from './resync-stage.js';
+import { ResyncStage } from './resync-stage.js';
 import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
-
-export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
-export type Consistency = (typeof Consistency)[keyof typeof Consistency];
-
-export interface ReplicaDiskSpec {
-  id: string;
-  name: string;
-  size: number;
-}
-
-export interface RecoveryPoint {
-  seq: number;
-  timeMs: number;
-  consistency: Consistency;
-  /** bytes of guest data the delta carried */
-  deltaBytes: number;
-  /**
-   * set on the base of a replica made from an old primary's disks (reverse replication):
-   * they hold the old primary's state, not a point of the new one. Never opened; dropped
-   * once the reverse resync's point is applied.
-   */
-  unverified?: true | undefined;
-}
-
-export interface RetentionSpec {
-  /** keep points this many hours (0 keeps only the latest); at most 24 */
-  hours: number;
-  /** and at most this many points */
-  maxPoints: number;
-}
 
 interface Manifest {
   version: 1;
@@ -84,15 +55,6 @@ interface Manifest {
   divergent?: DivergentRanges | undefined;
   /** the initial copy came from an offline export whose first delta is `seq` */
   seed?: { seq: number; importedAt: string } | undefined;
-}
-
-export type DivergentRanges = DiskRanges | 'all';
-
-export interface DeltaDiskFile {
-  diskName: string;
-  file: string;
-  /** a resync's staged log, applied before `file` (set by the store) */
-  staged?: string | undefined;
 }
 
 /** Records of one disk's delta: a resync's staged log (if any), then the received log. */

@@ -8,7 +8,8 @@
 import { OsrError } from '../domain/errors.js';
 import { MAX_DISK_BYTES, MAX_DISKS, safeBoolean, safeInteger, safeName, safeObject, safeSeq } from '../domain/names.js';
 import type { DiskRanges, Range } from './ranges.js';
-import { Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec } from './replica-store.js';
+import { Consistency } from './change-source.js';
+import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from './replica-target.js';
 import type { OpenRequest } from './replication-types.js';
 
 const MAX_EPOCH = 2 ** 31;

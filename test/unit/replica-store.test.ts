@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ChangeLogWriter, diskKeyOf } from '../../src/agent/change-log.js';
 import { blockDigests } from '../../src/agent/checksum.js';
-import { ReplicaStore, type Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec, type DeltaDiskFile } from '../../src/agent/replica-store.js';
+import type { Consistency } from '../../src/agent/change-source.js';
+import { ReplicaStore } from '../../src/agent/replica-store.js';
+import type { DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../../src/agent/replica-target.js';
 import { assertRejectsCode as assertCode, assertThrowsCode, prng, withDir } from '../support/unit.js';
 
 
