@@ -12,23 +12,23 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { loadTlsMaterial, readCrl, type TlsFiles, type TlsMaterial } from '../pki/index.js';
-import type { BlockDevice } from './block-device.js';
-import { CyclePhases } from './cycle-phases.js';
-import { readJson, writeJsonDurable } from './durable-file.js';
-import { changePromotedPoint, commitPromotion, demoteVm, promoteReplica, provisionalOverlay, type DemoteResult, type PromoteOptions, type PromoteResult } from './failover.js';
-import { HandoverDisk } from './handover-disk.js';
-import { LabHost, type VmSpec } from './lab-host.js';
-import { diskRangesBytes } from './ranges.js';
+import type { BlockDevice } from './io/block-device.js';
+import { CyclePhases } from './sending/cycle-phases.js';
+import { readJson, writeJsonDurable } from './io/durable-file.js';
+import { changePromotedPoint, commitPromotion, demoteVm, promoteReplica, provisionalOverlay, type DemoteResult, type PromoteOptions, type PromoteResult } from './replica/failover.js';
+import { HandoverDisk } from './replica/handover-disk.js';
+import { LabHost, type VmSpec } from './hosts/lab-host.js';
+import { diskRangesBytes } from './io/ranges.js';
 import { buildAgentApi } from './local-api.js';
 import { ensurePrivateDir, isLoopbackHost, listenOnUnixSocket, loadApiToken, type ApiAccess } from './api-access.js';
-import { checkQuiesceHookDir, findQuiesceHook } from './quiesce-hook.js';
+import { checkQuiesceHookDir, findQuiesceHook } from './sending/quiesce-hook.js';
 import { NbdServer } from './nbd/nbd-server.js';
-import { ReplicaRegistry, ReplicationServer } from './replication-server.js';
-import { PrimaryReplication } from './replication.js';
-import type { ReplicationSpec } from './replication-types.js';
-import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
-import { Pacer, parseBandwidth } from './throttle.js';
-import { DEFAULT_REPLICATION_PORT } from './wire.js';
+import { ReplicaRegistry, ReplicationServer } from './replica/replication-server.js';
+import { PrimaryReplication } from './sending/replication.js';
+import type { ReplicationSpec } from './wire/replication-types.js';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
+import { Pacer, parseBandwidth } from './io/throttle.js';
+import { DEFAULT_REPLICATION_PORT } from './wire/wire.js';
 
 export interface AgentConfig {
   /** how often the certificate, key, CA and revocation list files are looked at for a change (default 10 s) */

@@ -9,11 +9,11 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
-import { parseSize } from './lab-host.js';
-import type { ReplicaStore } from './replica-store.js';
-import { diskRangesBytes } from './ranges.js';
-import { parseBandwidth } from './throttle.js';
-import { parseDuration, parseTimeWindow } from './time-window.js';
+import { parseSize } from './hosts/lab-host.js';
+import type { ReplicaStore } from './replica/replica-store.js';
+import { diskRangesBytes } from './io/ranges.js';
+import { parseBandwidth } from './io/throttle.js';
+import { parseDuration, parseTimeWindow } from './io/time-window.js';
 
 export { parseDuration };
 

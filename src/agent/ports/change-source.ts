@@ -11,7 +11,7 @@
  * The engine branches on capabilities, never on which implementation it holds. This module
  * owns the types of the seam: implementations import them from here.
  */
-import type { DiskRanges } from './ranges.js';
+import type { DiskRanges } from '../io/ranges.js';
 
 /** How a recovery point was cut: crash-consistent, or with the guest quiesced (app-consistent). */
 export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;

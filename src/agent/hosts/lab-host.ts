@@ -9,13 +9,13 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { VmChangeTracker } from './change-tracker.js';
-import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { OsrError } from '../../domain/errors.js';
+import { VmChangeTracker } from '../tracking/change-tracker.js';
+import { fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
-import type { ChangeSource } from './change-source.js';
-import type { DiskRanges } from './ranges.js';
-import { hasSparseSupport } from './sparse.js';
+import type { ChangeSource } from '../ports/change-source.js';
+import type { DiskRanges } from '../io/ranges.js';
+import { hasSparseSupport } from '../io/sparse.js';
 
 export const MAX_DISKS_PER_VM = 16;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -6,23 +6,23 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import type { Clock } from '../domain/clock.js';
-import { OsrError, toOsrError } from '../domain/errors.js';
-import type { TlsMaterial } from '../pki/index.js';
-import { Consistency, type ChangeSource } from './change-source.js';
+import type { Clock } from '../../domain/clock.js';
+import { OsrError, toOsrError } from '../../domain/errors.js';
+import type { TlsMaterial } from '../../pki/index.js';
+import { Consistency, type ChangeSource } from '../ports/change-source.js';
 import type { CyclePhases } from './cycle-phases.js';
-import { readAt, readGather, type IoPiece } from './io.js';
+import { readAt, readGather, type IoPiece } from '../io/io.js';
 import { ReplicaClient } from './replica-client.js';
-import type { Logger } from './logger.js';
-import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from './replication-types.js';
-import { DIGEST_BYTES, differingRuns, fileBlockDigests } from './checksum.js';
-import { retryDelayMs, type RetryPolicy } from './retry.js';
-import type { Pacer } from './throttle.js';
-import { inTimeWindow, msUntilMinute, parseTimeWindow } from './time-window.js';
-import { finishedExport, writeExport } from './offline-seed.js';
-import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
-import { dataRanges, isZero } from './sparse.js';
-import { MAX_DATA_BYTES } from './wire.js';
+import type { Logger } from '../io/logger.js';
+import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from '../wire/replication-types.js';
+import { DIGEST_BYTES, differingRuns, fileBlockDigests } from '../io/checksum.js';
+import { retryDelayMs, type RetryPolicy } from '../io/retry.js';
+import type { Pacer } from '../io/throttle.js';
+import { inTimeWindow, msUntilMinute, parseTimeWindow } from '../io/time-window.js';
+import { finishedExport, writeExport } from '../wire/offline-seed.js';
+import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
+import { dataRanges, isZero } from '../io/sparse.js';
+import { MAX_DATA_BYTES } from '../wire/wire.js';
 import type { QuiesceHook } from './quiesce-hook.js';
 
 const COPY_CHUNK = 4 * 1024 * 1024;

@@ -16,13 +16,13 @@
  * primary's agent; it begins with a resync of only the ranges that differ from the last
  * common point (replication.ts, `reverseResync`).
  */
-import { OsrError } from '../domain/errors.js';
+import { OsrError } from '../../domain/errors.js';
 import { crashPoint } from './crash-point.js';
-import type { LabHost, LabVm, VmDiskSpec } from './lab-host.js';
-import { diskRangesBytes, unionDiskRanges, type DiskRanges } from './ranges.js';
+import type { LabHost, LabVm, VmDiskSpec } from '../hosts/lab-host.js';
+import { diskRangesBytes, unionDiskRanges, type DiskRanges } from '../io/ranges.js';
 import type { Promotion, ReplicaRegistry } from './replication-server.js';
 import type { Overlay, ReplicaStore } from './replica-store.js';
-import type { RecoveryPoint } from './replica-target.js';
+import type { RecoveryPoint } from '../ports/replica-target.js';
 
 export interface PromoteOptions {
   /** recovery point (default: the latest) */

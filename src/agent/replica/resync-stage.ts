@@ -13,10 +13,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, scanLogFile } from './change-log.js';
-import { fsyncDir } from './durable-file.js';
-import type { ResyncState } from './replica-target.js';
+import { OsrError } from '../../domain/errors.js';
+import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, scanLogFile } from '../tracking/change-log.js';
+import { fsyncDir } from '../io/durable-file.js';
+import type { ResyncState } from '../ports/replica-target.js';
 
 export class ResyncStage {
   private readonly writers = new Map<string, ChangeLogWriter>();

@@ -16,20 +16,20 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { safeName, safeSeq } from '../domain/names.js';
-import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
+import { OsrError } from '../../domain/errors.js';
+import { safeName, safeSeq } from '../../domain/names.js';
+import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import { crashPoint } from './crash-point.js';
-import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
-import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
-import { AlignedPool, isAligned, openDirect } from './direct-io.js';
-import { ExtentMap } from './extent-map.js';
-import { fileBlockDigests } from './checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from './io.js';
-import { Consistency } from './change-source.js';
-import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from './replica-target.js';
-import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
-import { punchHole, writeZeroRange } from './sparse.js';
+import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from '../tracking/change-log.js';
+import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
+import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
+import { ExtentMap } from '../io/extent-map.js';
+import { fileBlockDigests } from '../io/checksum.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
+import { Consistency } from '../ports/change-source.js';
+import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
+import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
+import { punchHole, writeZeroRange } from '../io/sparse.js';
 import { ResyncStage } from './resync-stage.js';
 import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 

@@ -8,7 +8,7 @@
  * a delta's files, a resynchronization's state): implementations import them from here.
  */
 import type { Consistency } from './change-source.js';
-import type { DiskRanges } from './ranges.js';
+import type { DiskRanges } from '../io/ranges.js';
 
 export interface ReplicaDiskSpec {
   id: string;
