@@ -29,7 +29,8 @@ const layerRules = Object.keys(layers).map((layer) => ({
 
 // Inside src/agent: io ← ports ← wire ← sending; io ← nbd; ports ← tracking ← hosts;
 // tracking, wire ← replica; and the agent's own files at the root (agent.ts, local-api.ts,
-// api-access.ts) on top, which no folder imports.
+// api-access.ts) on top, which no folder imports. Nothing in src/agent imports hosts: the
+// agent reaches its host through the Host port (ports/host.ts), and the CLI chooses it.
 const agentZones = {
   io: [],
   nbd: ['io'],
@@ -37,10 +38,10 @@ const agentZones = {
   wire: ['io', 'ports'],
   tracking: ['io', 'ports'],
   sending: ['io', 'ports', 'wire'],
-  replica: ['io', 'ports', 'wire', 'tracking', 'hosts'],
+  replica: ['io', 'ports', 'wire', 'tracking'],
   hosts: ['io', 'ports', 'tracking'],
 };
-const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica', 'hosts'];
+const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica'];
 const agentFolders = Object.keys(agentZones);
 const zonePatterns = (from, allowed) =>
   agentFolders
