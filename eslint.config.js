@@ -1,5 +1,6 @@
 // Lint: typescript-eslint's recommended rules, plus the import direction of
-// docs/design/layout.md: domain ← pki/store/jobs ← workflows/fabric ← agent/provider/vault ← cli/lab.
+// docs/design/layout.md: domain ← pki/store/jobs ← workflows/fabric ← agent/provider/vault ← cli/lab,
+// and inside src/agent between its folders (layout.md, "Inside the agent").
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
@@ -16,19 +17,58 @@ const layers = {
 };
 const all = ['domain', 'pki', 'store', 'jobs', 'fabric', 'workflows', 'agent', 'provider', 'vault', 'cli', 'lab'];
 
-const layerRules = Object.entries(layers).map(([layer, allowed]) => ({
+const layerPatterns = (layer) =>
+  all
+    .filter((l) => l !== layer && !layers[layer].includes(l))
+    .map((l) => ({ group: [`**/${l}/*`, `**/${l}/**`], message: `src/${layer} may not import src/${l}: imports flow one way (docs/design/layout.md)` }));
+
+const layerRules = Object.keys(layers).map((layer) => ({
   files: [`src/${layer}/**/*.ts`],
-  rules: {
-    'no-restricted-imports': [
-      'error',
-      {
-        patterns: all
-          .filter((l) => l !== layer && !allowed.includes(l))
-          .map((l) => ({ group: [`**/${l}/*`, `**/${l}/**`], message: `src/${layer} may not import src/${l}: imports flow one way (docs/design/layout.md)` })),
-      },
-    ],
-  },
+  rules: { 'no-restricted-imports': ['error', { patterns: layerPatterns(layer) }] },
 }));
+
+// Inside src/agent: io ← ports ← wire ← sending; io ← nbd; ports ← tracking ← hosts;
+// tracking, wire ← replica; and the agent's own files at the root (agent.ts, local-api.ts,
+// api-access.ts) on top, which no folder imports. Nothing in src/agent imports hosts: the
+// agent reaches its host through the Host port (ports/host.ts), and the CLI chooses it.
+const agentZones = {
+  io: [],
+  nbd: ['io'],
+  ports: ['io'],
+  wire: ['io', 'ports'],
+  tracking: ['io', 'ports'],
+  sending: ['io', 'ports', 'wire'],
+  replica: ['io', 'ports', 'wire', 'tracking'],
+  hosts: ['io', 'ports', 'tracking'],
+};
+const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica'];
+const agentFolders = Object.keys(agentZones);
+const zonePatterns = (from, allowed) =>
+  agentFolders
+    .filter((z) => z !== from && !allowed.includes(z))
+    .map((z) => ({ group: [`**/${z}/*`, `**/${z}/**`], message: `${from === '.' ? 'src/agent' : `src/agent/${from}`} may not import src/agent/${z}: imports inside the agent flow one way (docs/design/layout.md)` }));
+
+const agentZoneRules = [
+  {
+    files: ['src/agent/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [...layerPatterns('agent'), ...zonePatterns('.', agentRootAllowed)] }] },
+  },
+  ...Object.entries(agentZones).map(([zone, allowed]) => ({
+    files: [`src/agent/${zone}/**/*.ts`],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            ...layerPatterns('agent'),
+            ...zonePatterns(zone, allowed),
+            { group: ['../*.js'], message: `src/agent/${zone} may not import the agent's root files (agent.ts, local-api.ts, api-access.ts): they sit on top (docs/design/layout.md)` },
+          ],
+        },
+      ],
+    },
+  })),
+];
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', 'native/build/**', 'portal/dist/**'] },
@@ -42,6 +82,7 @@ export default tseslint.config(
     },
   },
   ...layerRules,
+  ...agentZoneRules,
   {
     // the portal talks to the vault through the REST API only; of the server's code it may use the domain's types
     files: ['portal/**/*.ts', 'portal/**/*.tsx'],

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { NbdClient } from '../src/agent/nbd/nbd-client.js';
-import type { ReplicationHealth } from '../src/agent/replication-types.js';
+import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
 import { parseBytes, parseMs, UsageError, type Flags } from './lib/args.js';
 import { sleep, startAgent, tempDir, type BenchAgent } from './lib/lab.js';

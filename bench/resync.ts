@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { NbdClient } from '../src/agent/nbd/nbd-client.js';
-import type { ReplicationHealth } from '../src/agent/replication-types.js';
+import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki, restartAgentProcess, stopAgentProcess } from '../src/lab/agent-process.js';
 import { parseBytes, UsageError, type Flags } from './lib/args.js';
 import { fillRandom, sameBytes } from './lib/files.js';

@@ -1,8 +1,10 @@
 /**
- * The host agent: serves lab VMs' disks over NBD with change tracking, replicates VMs to
- * peer agents (primary role), receives replicas and serves their recovery points (replica
- * role), and answers a local HTTP API on a Unix socket only its user may open (or, when asked, on
- * loopback TCP with a token: api-access.ts). One process per host.
+ * The host agent: replicates its host's VMs to peer agents (primary role), receives
+ * replicas and serves their recovery points (replica role), serves VM disks over NBD, and
+ * answers a local HTTP API on a Unix socket only its user may open (or, when asked, on
+ * loopback TCP with a token: api-access.ts). One process per host. The machine it runs on
+ * is given to it as a Host (ports/host.ts): it lists, powers, makes and forgets VMs through
+ * it, and replicates each VM as the ChangeSource the host gives.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -12,30 +14,29 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { loadTlsMaterial, readCrl, type TlsFiles, type TlsMaterial } from '../pki/index.js';
-import type { BlockDevice } from './block-device.js';
-import { CyclePhases } from './cycle-phases.js';
-import { readJson, writeJsonDurable } from './durable-file.js';
-import { changePromotedPoint, commitPromotion, demoteVm, promoteReplica, provisionalOverlay, type DemoteResult, type PromoteOptions, type PromoteResult } from './failover.js';
-import { HandoverDisk } from './handover-disk.js';
-import { LabHost, type VmSpec } from './lab-host.js';
-import { diskRangesBytes } from './ranges.js';
+import type { BlockDevice } from './io/block-device.js';
+import { CyclePhases } from './sending/cycle-phases.js';
+import { readJson, writeJsonDurable } from './io/durable-file.js';
+import { changePromotedPoint, commitPromotion, demoteVm, promoteReplica, provisionalOverlay, type DemoteResult, type PromoteOptions, type PromoteResult } from './replica/failover.js';
+import { HandoverDisk } from './replica/handover-disk.js';
+import { diskRangesBytes } from './io/ranges.js';
 import { buildAgentApi } from './local-api.js';
 import { ensurePrivateDir, isLoopbackHost, listenOnUnixSocket, loadApiToken, type ApiAccess } from './api-access.js';
-import { checkQuiesceHookDir, findQuiesceHook } from './quiesce-hook.js';
+import { checkQuiesceHookDir, findQuiesceHook } from './sending/quiesce-hook.js';
 import { NbdServer } from './nbd/nbd-server.js';
-import { ReplicaRegistry, ReplicationServer } from './replication-server.js';
-import { PrimaryReplication } from './replication.js';
-import type { ReplicationSpec } from './replication-types.js';
-import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
-import { Pacer, parseBandwidth } from './throttle.js';
-import { DEFAULT_REPLICATION_PORT } from './wire.js';
+import type { Host, HostFactory, VmSpec } from './ports/host.js';
+import { ReplicaRegistry, ReplicationServer } from './replica/replication-server.js';
+import { PrimaryReplication } from './sending/replication.js';
+import type { ReplicationSpec } from './wire/replication-types.js';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
+import { Pacer, parseBandwidth } from './io/throttle.js';
+import { DEFAULT_REPLICATION_PORT } from './wire/wire.js';
 
 export interface AgentConfig {
   /** how often the certificate, key, CA and revocation list files are looked at for a change (default 10 s) */
   tlsReloadMs?: number | undefined;
   name: string;
   dataDir: string;
-  storageDir?: string | undefined;
   /** replication listener (replica role); port 0 picks a free port */
   listen?: { host: string; port: number } | undefined;
   /**
@@ -74,7 +75,7 @@ export interface AgentEndpoints {
 }
 
 export class Agent {
-  readonly host: LabHost;
+  readonly host: Host;
   readonly replicas: ReplicaRegistry;
   readonly replications = new Map<string, PrimaryReplication>();
   private readonly phases = new CyclePhases();
@@ -91,6 +92,8 @@ export class Agent {
 
   constructor(
     readonly config: AgentConfig,
+    /** makes the host: the machine the agent runs on (`osr agent --host`) */
+    makeHost: HostFactory,
     readonly clock: Clock = systemClock,
   ) {
     this.log = pino({ name: config.name, level: config.logLevel ?? 'info' }, pino.destination(2));
@@ -98,7 +101,7 @@ export class Agent {
     // the API's and NBD's sockets: only the agent's user may enter
     ensurePrivateDir(path.join(config.dataDir, 'run'));
     fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
-    this.host = new LabHost(config.dataDir, config.storageDir ?? path.join(config.dataDir, 'storage'), () => clock.now());
+    this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now() });
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
     this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
@@ -124,7 +127,7 @@ export class Agent {
     // a demote cut short is finished or undone before the VMs load: the images are then
     // either a replica's or the VM's, never lost between the two
     for (const a of this.replicas.recoverAdoptions()) this.log.warn({ vmId: a.vmId }, a.outcome === 'finished' ? 'finished a demote cut short: the images are a replica now' : 'undid a demote cut short: the images are the VM\'s again');
-    for (const r of this.host.loadAll((id) => this.replicas.holds(id))) {
+    for (const r of await this.host.loadAll((id) => this.replicas.holds(id))) {
       if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
       if (r.removed) this.log.warn({ vm: r.vm }, 'finished demoting a VM whose images had become a replica');
       if (r.missingImages) this.log.error({ vm: r.vm, missing: r.missingImages }, `VM ${r.vm} is not loaded: its disk images are missing (restore them, or remove the VM's directory), and no replica holds them`);
@@ -253,9 +256,9 @@ export class Agent {
   async prepareFailover(idOrVm: string, timeoutMs = 300_000): Promise<{ vm: string; point: unknown; pendingLogBytes: number }> {
     const r = this.getReplication(idOrVm);
     const vm = this.host.get(r.spec.vm);
-    this.host.setRunning(vm.name, false);
+    await this.host.stop(vm.name);
     await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
-    for (const d of vm.disks) await d.flush();
+    await vm.flush();
     const done = await r.prepareFailover(timeoutMs);
     return { vm: vm.name, ...done };
   }
@@ -382,7 +385,7 @@ export class Agent {
     const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);
     const newEpoch = epoch ?? vm.spec.fenced?.epoch ?? (r ? r.spec.epoch + 1 : undefined);
     if (newEpoch === undefined) throw new OsrError('INVALID_ARGUMENT', `give the epoch ${vm.name} was promoted with elsewhere (--epoch)`);
-    this.host.setRunning(vm.name, false);
+    await this.host.stop(vm.name);
     await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
     if (r) {
       await r.stop();
@@ -400,7 +403,7 @@ export class Agent {
     await r.stop();
     this.replications.delete(r.spec.id);
     fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
-    this.host.get(r.spec.vm).tracker.stop();
+    this.host.get(r.spec.vm).tracking.stop();
   }
 
   /** Clean stop: replications, listeners, then disks (synced, marked clean). */
@@ -439,8 +442,8 @@ export class Agent {
     await this.closeApi?.();
     await this.replicationServer?.close();
     await this.nbd.close();
-    await Promise.all(this.host.list().map((vm) => vm.tracker.closedSynced()));
-    this.host.closeAll();
+    await Promise.all(this.host.list().map((vm) => vm.tracking.closedSynced()));
+    await this.host.closeAll();
     this.replicas.close();
     fs.rmSync(path.join(this.config.dataDir, 'run', 'agent.json'), { force: true });
     this.log.info('agent stopped cleanly');

@@ -9,13 +9,16 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
-import { parseSize } from './lab-host.js';
-import type { ReplicaStore } from './replica-store.js';
-import { diskRangesBytes } from './ranges.js';
-import { parseBandwidth } from './throttle.js';
-import { parseDuration, parseTimeWindow } from './time-window.js';
+import type { ReplicaStore } from './replica/replica-store.js';
+import { diskRangesBytes } from './io/ranges.js';
+import { parseSize } from './io/size.js';
+import { parseBandwidth } from './io/throttle.js';
+import { parseDuration, parseTimeWindow } from './io/time-window.js';
 
 export { parseDuration };
+
+/** A VM stopped through the API shuts down cleanly within this time; a host then stops it (ports/host.ts). */
+export const VM_SHUTDOWN_TIMEOUT_MS = 300_000;
 
 export function httpStatusOf(code: ErrorCode): number {
   switch (code) {
@@ -78,7 +81,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     name: agent.config.name,
     endpoints: agent.endpoints,
     vms: [
-      ...agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracker.enabled, resyncRequired: vm.tracker.resyncRequired ?? null, origin: vm.spec.origin ?? null, fenced: vm.spec.fenced ?? null })),
+      ...agent.host.list().map((vm) => ({ name: vm.name, id: vm.spec.id, running: vm.running, disks: vm.spec.disks.length, tracking: vm.tracking.enabled, resyncRequired: vm.tracking.resyncRequired ?? null, origin: vm.spec.origin ?? null, fenced: vm.spec.fenced ?? null })),
       ...agent.provisionalVms().map((vm) => ({ name: vm.name, id: vm.id, running: vm.running, disks: vm.disks.length, tracking: false, resyncRequired: null, origin: vm.origin, fenced: null })),
     ],
     replications: [...agent.replications.values()].map((r) => r.health()),
@@ -87,7 +90,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     unopenedReplicas: [...agent.replicas.failed].map(([vmId, e]) => ({ vmId, ...e })),
   }));
 
-  // ---- lab VMs
+  // ---- the host's VMs
   app.get('/v1/vms', async () => [...agent.host.list().map((vm) => vm.spec), ...agent.provisionalVms()]);
 
   app.post<{ Body: { name: string; disks: (string | number)[] } }>(
@@ -95,7 +98,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     { schema: { body: { type: 'object', required: ['name', 'disks'], properties: { name: { type: 'string' }, disks: { type: 'array', items: { type: ['string', 'number'] } } } } } },
     async (req, reply) => {
       const sizes = req.body.disks.map((d) => (typeof d === 'number' ? d : parseSize(d)));
-      const vm = agent.host.createVm(req.body.name, sizes);
+      const vm = await agent.host.createVm(req.body.name, sizes);
       return reply.status(201).send(vm.spec);
     },
   );
@@ -106,16 +109,14 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
       await agent.setProvisionalRunning(req.params.name, true);
       return provisional(req.params.name);
     }
-    return agent.host.setRunning(req.params.name, true).spec;
+    return (await agent.host.start(req.params.name)).spec;
   });
   app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', async (req) => {
     if (provisional(req.params.name)) {
       await agent.setProvisionalRunning(req.params.name, false);
       return provisional(req.params.name);
     }
-    const vm = agent.host.get(req.params.name);
-    for (const d of vm.disks) await d.flush();
-    return agent.host.setRunning(req.params.name, false).spec;
+    return (await agent.host.shutdown(req.params.name, VM_SHUTDOWN_TIMEOUT_MS)).spec;
   });
 
   app.post<{ Params: { name: string }; Body: { epoch?: number; source?: string } | undefined }>(

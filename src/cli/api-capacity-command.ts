@@ -1,7 +1,7 @@
 /** `osr capacity`: the capacity planner's figures, from the churn the vault measured. */
 import type { Command } from 'commander';
-import { parseRate } from '../agent/throttle.js';
-import { parseDuration } from '../agent/time-window.js';
+import { parseRate } from '../agent/io/throttle.js';
+import { parseDuration } from '../agent/io/time-window.js';
 import type { CapacityPlan } from '../domain/capacity.js';
 import { OsrError } from '../domain/errors.js';
 import { print, withApi } from './api-common.js';

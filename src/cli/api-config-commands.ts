@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { Option, type Command } from 'commander';
 import { stringify as toYaml } from 'yaml';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 import { ERROR_CODES, OsrError, type ErrorCode } from '../domain/errors.js';
 import type { PlanProblem } from '../domain/plans.js';
 import type { PolicyInput } from '../domain/policy.js';

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import { Option, type Command } from 'commander';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError } from '../domain/errors.js';
 import type { Alert, AlertSettings, VaultEvent } from '../domain/resources.js';
 import { ROLES } from '../domain/roles.js';

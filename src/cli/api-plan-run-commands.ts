@@ -4,7 +4,7 @@
  * plan's drills. Failback is a planned failover of the reprotected plan, then reprotect.
  */
 import type { Command } from 'commander';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError } from '../domain/errors.js';
 import type { RecoveryPlan } from '../domain/resources.js';
 import type { PlanDrill, PlanRunOutput } from '../workflows/plan-run.js';

@@ -7,7 +7,7 @@ import { formatBytes, formatSeconds, table } from './format.js';
 import { changePointBody, changePointFlags, cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type ChangePointFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
 import type { ItemSample } from '../store/items.js';
 import { watchJobs } from './job-watch.js';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 
 /** inventory kind → its path under /api/v1 */
 export const INVENTORY_PATHS: Record<InventoryKind, string> = {

@@ -3,7 +3,7 @@
  * for a recovery plan (`osr plan`), and the request bodies they make.
  */
 import type { Command } from 'commander';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 
 export interface TestFailoverFlags {
   point: string;

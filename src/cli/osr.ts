@@ -10,13 +10,14 @@ import { Command, Option } from 'commander';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent, API_SOCKET, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/agent.js';
-import { parseBackoff } from '../agent/retry.js';
-import { parseBandwidth } from '../agent/throttle.js';
-import { parseDuration } from '../agent/time-window.js';
-import type { ReplicationHealth } from '../agent/replication-types.js';
+import { parseBackoff } from '../agent/io/retry.js';
+import { parseBandwidth } from '../agent/io/throttle.js';
+import { parseDuration } from '../agent/io/time-window.js';
+import type { ReplicationHealth } from '../agent/wire/replication-types.js';
 import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
 import { createCa, issueCertificate, writeFileAtomic, type CaMaterial, type PkiRole } from '../pki/index.js';
 import { AgentClient, readAgentToken } from './agent-client.js';
+import { checkHostKind, DEFAULT_HOST_KIND, HOST_KINDS, hostFactory } from './agent-host.js';
 import { addVaultCommand } from './vault-command.js';
 import { addLabCommand } from './lab-command.js';
 import { addProviderCommand } from './provider-command.js';
@@ -60,6 +61,7 @@ program
   .description('run a host agent (lab disks over NBD, change tracking, replication, replica store)')
   .option('--name <name>', 'agent name (also the certificate name in --pki-dir)', 'agent')
   .option('--data-dir <dir>', 'where the agent keeps its state; its local API is the socket DIR/run/api.sock', DEFAULT_AGENT_DATA_DIR)
+  .option('--host <kind>', `the machine the agent runs on and how it reaches its VMs (${HOST_KINDS.join(', ')}): lab = VMs whose raw disk images the agent serves itself over NBD, tracking changes on their write path`, DEFAULT_HOST_KIND)
   .option('--storage-dir <dir>', 'storage location for lab disk images (default DATA/storage)')
   .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
   .option('--api <host:port>', `serve the local API on loopback TCP instead of the socket (default port ${DEFAULT_AGENT_API_PORT}); every request then needs the token`)
@@ -79,6 +81,7 @@ program
   .action(async (o: Record<string, string | undefined>) => {
     const name = o.name!;
     installLastResortHandler('agent');
+    const hostKind = checkHostKind(o.host!);
     const pki = o.pkiDir;
     const certFile = o.cert ?? (pki ? path.join(pki, `${name}.crt`) : undefined);
     const keyFile = o.key ?? (pki ? path.join(pki, `${name}.key`) : undefined);
@@ -86,10 +89,10 @@ program
     if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`)');
     if (o.apiTokenFile !== undefined && o.api === undefined) throw new OsrError('CONFIG_INVALID', '--api-token-file is for the TCP API: give --api HOST:PORT too (the socket needs no token)');
     const api = o.api !== undefined ? { ...hostPort(o.api, DEFAULT_AGENT_API_PORT), tokenFile: o.apiTokenFile !== undefined ? path.resolve(o.apiTokenFile) : undefined } : undefined;
+    const makeHost = hostFactory(hostKind, { storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined });
     const agent = new Agent({
       name,
       dataDir: path.resolve(o.dataDir!),
-      storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined,
       listen: o.listen ? hostPort(o.listen, DEFAULT_REPLICATION_PORT) : undefined,
       api,
       nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
@@ -99,7 +102,7 @@ program
       retry: { backoffMs: parseBackoff(o.retryBackoff!), thenEveryMs: parseDuration(o.retryEvery!) },
       bandwidth: o.bandwidth !== undefined ? (parseBandwidth(o.bandwidth), o.bandwidth) : undefined,
       logLevel: o.logLevel,
-    });
+    }, makeHost);
     const ep = await agent.start();
     console.log(JSON.stringify({ agent: name, ...ep }));
     let stopping = false;

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { pino } from 'pino';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError } from '../domain/errors.js';
 import { LabFabricDriver } from '../lab/lab-driver.js';
 import { loadSiteConfig } from '../lab/topology.js';

@@ -1,7 +1,7 @@
 /** `osr vault`: run the control plane's HTTPS server. */
 import path from 'node:path';
 import type { Command } from 'commander';
-import { parseDuration } from '../agent/time-window.js';
+import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { DEFAULT_VAULT_PORT } from './vault-client-config.js';
 import { collect } from './format.js';

@@ -15,7 +15,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseSize } from '../agent/lab-host.js';
+import { parseSize } from '../agent/io/size.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import type { DriverContext, FabricDriver, PowerAction, RecoveryPointInfo, ReplicaVm, ReplicaVmSpec, ReplicationRequest, ReplicationStatus, TestVm, TestVmSpec } from '../fabric/driver.js';

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { IDLE_TIMEOUT_MS } from '../../src/agent/wire.js';
+import { IDLE_TIMEOUT_MS } from '../../src/agent/wire/wire.js';
 import { createVm, health, startPair, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
 let pair: Pair;

@@ -9,7 +9,7 @@ import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { NBD_REQUEST_MAGIC } from '../../src/agent/nbd/protocol.js';
-import { DATA_HEADER_BYTES, FrameType, PROTOCOL_NAME } from '../../src/agent/wire.js';
+import { DATA_HEADER_BYTES, FrameType, PROTOCOL_NAME } from '../../src/agent/wire/wire.js';
 import { ensurePki } from '../../src/lab/agent-process.js';
 import { createVm, fileDigest, pointDigests, startPair, waitForPoint, writePattern, type DiskInfo, type Pair } from '../support/lab.js';
 import { RawPeer } from '../support/raw-peer.js';

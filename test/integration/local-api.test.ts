@@ -137,6 +137,17 @@ test('a socket left by a crash is replaced; anything else at its place, or a lin
   assert.equal(fs.statSync(elsewhere).mode & 0o777, 0o755);
 });
 
+test('the agent runs on the kind of host --host names: lab, the default, or else it does not start (CONFIG_INVALID)', async () => {
+  const lab = await agent('host-lab', ['--host', 'lab']);
+  await lab.api.post('/v1/vms', { name: 'vm1', disks: ['1M'] });
+  assert.deepEqual((await lab.api.get<{ name: string; running: boolean }[]>('/v1/vms')).map((v) => [v.name, v.running]), [['vm1', false]]);
+  await stopAgentProcess(lab, 'SIGTERM');
+
+  await assert.rejects(agent('host-other', ['--host', 'libvirt']), /exited with code [1-9]/);
+  assert.match(fs.readFileSync(path.join(dir, 'host-other.log'), 'utf8'), /CONFIG_INVALID.*--host libvirt .*the kinds are: lab/);
+  assert.equal(fs.existsSync(path.join(dir, 'host-other')), false, 'nothing is made for a kind of host the agent does not know');
+});
+
 test('on TCP every request needs the token: none or a wrong one is AUTH_FAILED, the right one works', async () => {
   const a = await agent('tcp', ['--api', '127.0.0.1:0']);
   assert.match(a.apiUrl, /^http:\/\/127\.0\.0\.1:\d+$/);

@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import type { BlockDevice, Extent, WriteOptions } from '../../src/agent/block-device.js';
+import type { BlockDevice, Extent, WriteOptions } from '../../src/agent/io/block-device.js';
 import { OsrError } from '../../src/domain/errors.js';
 import { onPath, skipWithout } from '../support/unit.js';
 import { NbdServer, type NbdExportResolver, type NbdServerOptions } from '../../src/agent/nbd/nbd-server.js';

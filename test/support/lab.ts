@@ -5,8 +5,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
-import type { ReplicationHealth } from '../../src/agent/replication-types.js';
-import { digest } from '../../src/agent/checksum.js';
+import type { ReplicationHealth } from '../../src/agent/wire/replication-types.js';
+import { digest } from '../../src/agent/io/checksum.js';
 import { ensurePki, restartAgentProcess, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
 
 export function tempDir(prefix = 'osr-test-'): string {

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
-import { FrameReader, FrameWriter, PROTOCOL_NAME, type ControlMessage, type DataFrame } from '../../src/agent/wire.js';
+import { FrameReader, FrameWriter, PROTOCOL_NAME, type ControlMessage, type DataFrame } from '../../src/agent/wire/wire.js';
 import { clientTlsOptions } from '../../src/pki/index.js';
 
 export interface Reply {

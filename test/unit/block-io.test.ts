@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { blockDigests, differingRuns, DIGEST_BYTES, fileBlockDigests } from '../../src/agent/checksum.js';
-import { readGather, writeScatter, type IoPiece } from '../../src/agent/io.js';
-import { addon } from '../../src/agent/native.js';
+import { blockDigests, differingRuns, DIGEST_BYTES, fileBlockDigests } from '../../src/agent/io/checksum.js';
+import { readGather, writeScatter, type IoPiece } from '../../src/agent/io/io.js';
+import { addon } from '../../src/agent/io/native.js';
 import { prng, randomBytes, withDir } from '../support/unit.js';
 
 test('the native addon is built (npm ci builds it; without it resync and apply take slower paths)', () => {

@@ -14,9 +14,9 @@ import {
   encodeLogHeader,
   scanLogFile,
   type LogScan,
-} from '../../src/agent/change-log.js';
-import { digest as digestOf } from '../../src/agent/checksum.js';
-import { ReplicaStore } from '../../src/agent/replica-store.js';
+} from '../../src/agent/tracking/change-log.js';
+import { digest as digestOf } from '../../src/agent/io/checksum.js';
+import { ReplicaStore } from '../../src/agent/replica/replica-store.js';
 import { OsrError } from '../../src/domain/errors.js';
 import { assertThrowsCode, prng, randomBytes, withDir } from '../support/unit.js';
 

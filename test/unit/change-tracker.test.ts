@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ChangeLogWriter, LOG_HEADER_BYTES, MAX_RECORD_DATA, RecordType, diskKeyOf, scanLogFile } from '../../src/agent/change-log.js';
-import { VmChangeTracker, currentBootId, type TrackingState } from '../../src/agent/change-tracker.js';
-import { LabDisk } from '../../src/agent/lab-disk.js';
+import { ChangeLogWriter, LOG_HEADER_BYTES, MAX_RECORD_DATA, RecordType, diskKeyOf, scanLogFile } from '../../src/agent/tracking/change-log.js';
+import { VmChangeTracker, currentBootId, type TrackingState } from '../../src/agent/tracking/change-tracker.js';
+import { LabDisk } from '../../src/agent/hosts/lab-disk.js';
 import { prng, randomBytes, withDir } from '../support/unit.js';
 
 

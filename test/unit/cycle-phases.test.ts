@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CyclePhases } from '../../src/agent/cycle-phases.js';
+import { CyclePhases } from '../../src/agent/sending/cycle-phases.js';
 
 const F = 30_000;
 

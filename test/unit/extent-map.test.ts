@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ExtentMap } from '../../src/agent/extent-map.js';
+import { ExtentMap } from '../../src/agent/io/extent-map.js';
 import { prng } from '../support/unit.js';
 
 

@@ -1,8 +1,8 @@
 /** The handover disk: requests held while its backing changes, in-flight ones finished first, none split between backings. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { BlockDevice, Extent } from '../../src/agent/block-device.js';
-import { HandoverDisk } from '../../src/agent/handover-disk.js';
+import type { BlockDevice, Extent } from '../../src/agent/io/block-device.js';
+import { HandoverDisk } from '../../src/agent/replica/handover-disk.js';
 
 /** An in-memory disk whose writes take `delayMs`. */
 class MemDisk implements BlockDevice {

@@ -2,9 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ChangeLogWriter, diskKeyOf } from '../../src/agent/change-log.js';
-import { blockDigests } from '../../src/agent/checksum.js';
-import { ReplicaStore, type Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec, type DeltaDiskFile } from '../../src/agent/replica-store.js';
+import { ChangeLogWriter, diskKeyOf } from '../../src/agent/tracking/change-log.js';
+import { blockDigests } from '../../src/agent/io/checksum.js';
+import type { Consistency } from '../../src/agent/ports/change-source.js';
+import { ReplicaStore } from '../../src/agent/replica/replica-store.js';
+import type { DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../../src/agent/ports/replica-target.js';
 import { assertRejectsCode as assertCode, assertThrowsCode, prng, withDir } from '../support/unit.js';
 
 

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import SQLite from 'better-sqlite3';
 import xxhash from 'xxhash-addon';
 import { compress, decompress } from 'zstd-napi';
-import { addon } from '../../src/agent/native.js';
+import { addon } from '../../src/agent/io/native.js';
 import { runtimeProblem } from '../../src/cli/runtime-check.js';
 import { withDir } from '../support/unit.js';
 

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Clock } from '../../src/domain/clock.js';
-import { DEFAULT_RETRY_POLICY, parseBackoff, retryDelayMs } from '../../src/agent/retry.js';
-import { Pacer, parseBandwidth, parseRate, rateAt } from '../../src/agent/throttle.js';
-import { msUntilMinute } from '../../src/agent/time-window.js';
+import { DEFAULT_RETRY_POLICY, parseBackoff, retryDelayMs } from '../../src/agent/io/retry.js';
+import { Pacer, parseBandwidth, parseRate, rateAt } from '../../src/agent/io/throttle.js';
+import { msUntilMinute } from '../../src/agent/io/time-window.js';
 import { assertThrowsCode } from '../support/unit.js';
 
 const MIN = 60_000;

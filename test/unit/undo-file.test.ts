@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { diskKeyOf } from '../../src/agent/change-log.js';
-import { closeUndoFile, openUndoFile, verifyUndoData, writeUndoFile, type UndoFile, type UndoSource } from '../../src/agent/undo-file.js';
-import { readFully } from '../../src/agent/io.js';
+import { diskKeyOf } from '../../src/agent/tracking/change-log.js';
+import { closeUndoFile, openUndoFile, verifyUndoData, writeUndoFile, type UndoFile, type UndoSource } from '../../src/agent/replica/undo-file.js';
+import { readFully } from '../../src/agent/io/io.js';
 import { assertThrowsCode, prng, randomBytes, withDir } from '../support/unit.js';
 
 const assertStoreCorrupt = (fn: () => unknown, pattern?: RegExp) => void assertThrowsCode(fn, 'REPLICA_STORE_CORRUPT', pattern);

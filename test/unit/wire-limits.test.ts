@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { compress, CompressStream } from 'zstd-napi';
-import { digest } from '../../src/agent/checksum.js';
-import { DATA_HEADER_BYTES, FrameReader, FrameType } from '../../src/agent/wire.js';
+import { digest } from '../../src/agent/io/checksum.js';
+import { DATA_HEADER_BYTES, FrameReader, FrameType } from '../../src/agent/wire/wire.js';
 import type { OsrError } from '../../src/domain/errors.js';
 
 function frame(body: Buffer, rawLength: number, sumOf: Buffer): Buffer {

@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 
-import type { BlockDevice, Extent } from '../block-device.js';
+import type { BlockDevice, Extent } from '../io/block-device.js';
 import { OsrError, isOsrError } from '../../domain/errors.js';
 import {
   AllocationState,

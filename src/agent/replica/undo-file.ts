@@ -9,9 +9,9 @@
  * 48-byte footer: indexPos u64 | count u64 | dataDigest 16 | xxh128(index ‖ footer 0..31) 16.
  */
 import fs from 'node:fs';
-import { OsrError } from '../domain/errors.js';
-import { createDigest, digest } from './checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt } from './io.js';
+import { OsrError } from '../../domain/errors.js';
+import { createDigest, digest } from '../io/checksum.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt } from '../io/io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;

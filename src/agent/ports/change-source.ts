@@ -1,19 +1,21 @@
 /**
- * The two seams of the replication engine, kept as small as the engine needs them.
+ * The first seam of the replication engine: a ChangeSource is a VM whose disks can be read
+ * and whose writes are tracked as closed deltas per sequence number. The sending side
+ * (replication.ts) reads it and nothing else of the VM.
  *
- * - A ChangeSource is a VM whose disks can be read and whose writes are tracked as
- *   closed deltas per sequence number. The lab fabric's VMs implement it with change
- *   logs (LabVm); a QEMU driver will implement it with persistent dirty bitmaps and
- *   fleecing, writing each cycle's dirty blocks as a delta in the change-log format.
- * - A ReplicaTarget is where one VM's replica lives. The replica store implements it with
- *   images and undo files; an Azure page-blob target will implement it with page blobs
- *   and blob snapshots.
+ * The lab host's VMs implement it with change logs on their own write path (LabVm); a
+ * QEMU/libvirt host will implement it with persistent dirty bitmaps (checkpoints) and
+ * pull-mode backup, writing each cycle's dirty blocks as a delta in the change-log format
+ * (change-log.ts). Its other seam, where the replica lives, is replica-target.ts.
  *
- * The engine branches on capabilities, never on which implementation it holds.
+ * The engine branches on capabilities, never on which implementation it holds. This module
+ * owns the types of the seam: implementations import them from here.
  */
-import type { Consistency, DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec } from './replica-store.js';
-import type { DiskRanges } from './ranges.js';
-import type { ResyncState } from './resync-stage.js';
+import type { DiskRanges } from '../io/ranges.js';
+
+/** How a recovery point was cut: crash-consistent, or with the guest quiesced (app-consistent). */
+export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
+export type Consistency = (typeof Consistency)[keyof typeof Consistency];
 
 export interface SourceDisk {
   readonly id: string;
@@ -82,41 +84,4 @@ export interface ChangeTracking {
   loggedRanges(which: 'all' | 'closed'): DiskRanges;
   /** the resync's point reached the replica */
   endResync(): void;
-}
-
-export interface InitialState {
-  initialDone: boolean;
-  copied: Record<string, number>;
-  finishedDisks: string[];
-}
-
-export interface ReplicaTarget {
-  readonly vmId: string;
-  readonly vmName: string;
-  readonly disks: readonly ReplicaDiskSpec[];
-  readonly initialDone: boolean;
-  initialProgress(): Record<string, number>;
-  finishedInitialDisks(): string[];
-  setEpoch(epoch: number): void;
-  resetInitial(): void;
-  writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void>;
-  zeroInitial(disk: string, offset: number, length: number): void;
-  checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void>;
-  /** where a delta's files are received before applyDelta */
-  incomingDir(seq: number): string;
-  /** the point whose delta is being applied now, if one is (its files must not be touched) */
-  readonly applyingSeq: number | undefined;
-  applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
-  points(): RecoveryPoint[];
-  latestPoint(): RecoveryPoint | undefined;
-  /** begin or resume a resynchronization ending in point `seq` */
-  beginResync(id: string, seq: number, blockSize: number): ResyncState;
-  /** checksums of the blocks of [offset, offset + length) at the latest point */
-  blockHashes(disk: string, offset: number, length: number, blockSize: number): Promise<Buffer>;
-  stageResync(disk: string, offset: number, parts: readonly Buffer[]): void;
-  stageResyncZero(disk: string, offset: number, length: number): void;
-  checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState>;
-  /** where the replica may differ from the primary beyond its logs (a reversed replica) */
-  readonly divergent: DiskRanges | 'all' | undefined;
-  addDivergence(ranges: DiskRanges): void;
 }

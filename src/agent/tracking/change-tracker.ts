@@ -10,13 +10,13 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError, isOsrError } from '../domain/errors.js';
+import { OsrError, isOsrError } from '../../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
-import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
-import { writeFully } from './io.js';
-import type { ChangeTracking, ClosedDeltaFile } from './ports.js';
-import { normalizeRanges, type DiskRanges, type Range } from './ranges.js';
-import { writeZeroRange } from './sparse.js';
+import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
+import { writeFully } from '../io/io.js';
+import type { ChangeTracking, ClosedDeltaFile } from '../ports/change-source.js';
+import { normalizeRanges, type DiskRanges, type Range } from '../io/ranges.js';
+import { writeZeroRange } from '../io/sparse.js';
 
 export interface TrackingState {
   enabled: boolean;

@@ -16,12 +16,13 @@
  * primary's agent; it begins with a resync of only the ranges that differ from the last
  * common point (replication.ts, `reverseResync`).
  */
-import { OsrError } from '../domain/errors.js';
+import { OsrError } from '../../domain/errors.js';
 import { crashPoint } from './crash-point.js';
-import type { LabHost, LabVm, VmDiskSpec } from './lab-host.js';
-import { diskRangesBytes, unionDiskRanges, type DiskRanges } from './ranges.js';
+import type { Host, HostVm, VmDiskSpec } from '../ports/host.js';
+import { diskRangesBytes, unionDiskRanges, type DiskRanges } from '../io/ranges.js';
 import type { Promotion, ReplicaRegistry } from './replication-server.js';
-import type { Overlay, RecoveryPoint, ReplicaStore } from './replica-store.js';
+import type { Overlay, ReplicaStore } from './replica-store.js';
+import type { RecoveryPoint } from '../ports/replica-target.js';
 
 export interface PromoteOptions {
   /** recovery point (default: the latest) */
@@ -58,7 +59,7 @@ const result = (store: ReplicaStore, epoch: number, p: Promotion): PromoteResult
  * overlay on the point (its writes kept apart, durable, served again after a restart), the
  * other points stay, and the point may be changed until `commitPromotion`.
  */
-export async function promoteReplica(host: LabHost, registry: ReplicaRegistry, vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
+export async function promoteReplica(host: Host, registry: ReplicaRegistry, vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
   const store = registry.get(vmName);
   const record = registry.fenceRecord(store.vmId);
   const earlier = record?.promotion;
@@ -145,7 +146,7 @@ export function changePromotedPoint(registry: ReplicaRegistry, vmName: string, s
  * it wrote before is kept as divergence, so reverse replication resends it. The caller has
  * disconnected its disks' clients.
  */
-export async function commitPromotion(host: LabHost, registry: ReplicaRegistry, vmName: string): Promise<PromoteResult> {
+export async function commitPromotion(host: Host, registry: ReplicaRegistry, vmName: string): Promise<PromoteResult> {
   const { store, epoch, promotion } = provisionalOf(registry, vmName);
   let p = promotion;
   if (!store.isCommitted) {
@@ -165,12 +166,12 @@ export async function commitPromotion(host: LabHost, registry: ReplicaRegistry, 
 }
 
 /** The committed images become the disks of a host VM. */
-function adopt(host: LabHost, registry: ReplicaRegistry, store: ReplicaStore, epoch: number, p: Promotion, start: boolean): PromoteResult {
+async function adopt(host: Host, registry: ReplicaRegistry, store: ReplicaStore, epoch: number, p: Promotion, start: boolean): Promise<PromoteResult> {
   const disks: VmDiskSpec[] = store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) }));
   const vmId = store.vmId;
   const vmName = store.vmName;
   registry.detach(vmId, true);
-  host.adoptVm(vmName, vmId, disks, { epoch, point: { seq: p.point.seq, timeMs: p.point.timeMs }, promotedAt: p.promotedAt ?? new Date().toISOString(), divergence: p.rolledBack }, start);
+  await host.adoptVm(vmName, vmId, disks, { epoch, point: { seq: p.point.seq, timeMs: p.point.timeMs }, promotedAt: p.promotedAt ?? new Date().toISOString(), divergence: p.rolledBack }, start);
   // once the VM is there (a restart loads it, and leaves its images alone as a replica), the promotion is done
   registry.setPromotion(vmId, { point: p.point, rolledBack: p.rolledBack, promotedAt: p.promotedAt });
   return { vm: vmName, point: p.point, epoch, rolledBackBytes: diskRangesBytes(p.rolledBack), pending: false };
@@ -188,10 +189,10 @@ export interface DemoteResult {
  * the promoted copy's) that reverse replication brings in step. The caller has stopped its
  * replication. What its change logs hold, shipped or not, is where it may differ.
  */
-export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: LabVm, epoch: number, source?: string): Promise<DemoteResult> {
+export async function demoteVm(host: Host, registry: ReplicaRegistry, vm: HostVm, epoch: number, source?: string): Promise<DemoteResult> {
   if (!Number.isSafeInteger(epoch) || epoch < 1) throw new OsrError('INVALID_ARGUMENT', `epoch ${epoch} is not a positive integer`);
-  for (const d of vm.disks) await d.flush();
-  const tracker = vm.tracker;
+  await vm.flush();
+  const tracker = vm.tracking;
   const divergent: DiskRanges | 'all' = !tracker.enabled || tracker.resyncRequired ? 'all' : tracker.loggedRanges('all');
   const images: Record<string, string> = {};
   for (const d of vm.spec.disks) images[d.name] = d.image;
@@ -202,6 +203,6 @@ export async function demoteVm(host: LabHost, registry: ReplicaRegistry, vm: Lab
     source,
   );
   crashPoint('demote:adopted');
-  host.removeVm(vm.name);
+  await host.removeVm(vm.name);
   return { vm: vm.name, epoch, divergentBytes: divergent === 'all' ? null : diskRangesBytes(divergent) };
 }

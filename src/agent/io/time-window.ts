@@ -2,7 +2,7 @@
  * Durations ("30s", "5m") and time-of-day windows in local time ("18:00-06:00" wraps past
  * midnight): when an automatic resync may run, and bandwidth limits by time of day.
  */
-import { OsrError } from '../domain/errors.js';
+import { OsrError } from '../../domain/errors.js';
 
 export interface TimeWindow {
   /** minutes after local midnight */

@@ -4,7 +4,7 @@
  * its own images. While the backing changes, new requests wait and those in flight finish
  * first, so every request sees one backing or the other, never a mix.
  */
-import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
+import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 
 export class HandoverDisk implements BlockDevice {
   readonly readOnly = false;

@@ -5,11 +5,11 @@
  * write; on FLUSH or FUA the log is made durable before the image.
  */
 import fs from 'node:fs';
-import { OsrError } from '../domain/errors.js';
-import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
-import type { VmChangeTracker } from './change-tracker.js';
-import { fdatasyncAsync, readFully, writeFully } from './io.js';
-import { dataRanges, punchHole, writeZeroRange } from './sparse.js';
+import { OsrError } from '../../domain/errors.js';
+import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
+import type { VmChangeTracker } from '../tracking/change-tracker.js';
+import { fdatasyncAsync, readFully, writeFully } from '../io/io.js';
+import { dataRanges, punchHole, writeZeroRange } from '../io/sparse.js';
 
 export const MAX_DISK_BYTES = 4 * 1024 ** 4;
 

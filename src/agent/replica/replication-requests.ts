@@ -5,11 +5,12 @@
  * integers in range, and shapes are what the handlers expect. Anything else is refused
  * with PROTOCOL_ERROR before it reaches the replica store.
  */
-import { OsrError } from '../domain/errors.js';
-import { MAX_DISK_BYTES, MAX_DISKS, safeBoolean, safeInteger, safeName, safeObject, safeSeq } from '../domain/names.js';
-import type { DiskRanges, Range } from './ranges.js';
-import { Consistency, type RecoveryPoint, type ReplicaDiskSpec, type RetentionSpec } from './replica-store.js';
-import type { OpenRequest } from './replication-types.js';
+import { OsrError } from '../../domain/errors.js';
+import { MAX_DISK_BYTES, MAX_DISKS, safeBoolean, safeInteger, safeName, safeObject, safeSeq } from '../../domain/names.js';
+import type { DiskRanges, Range } from '../io/ranges.js';
+import { Consistency } from '../ports/change-source.js';
+import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
+import type { OpenRequest } from '../wire/replication-types.js';
 
 const MAX_EPOCH = 2 ** 31;
 const MAX_RANGES_PER_DISK = 1_000_000;

@@ -5,7 +5,7 @@
  * failures are not retried: the replication waits until someone acts (a retry, a resync
  * or a cycle asked for through the API).
  */
-import { OsrError } from '../domain/errors.js';
+import { OsrError } from '../../domain/errors.js';
 import { parseDuration } from './time-window.js';
 
 export interface RetryPolicy {

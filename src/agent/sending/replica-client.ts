@@ -3,9 +3,9 @@
  * then requests (matched to replies by id), notices and DATA frames in one ordered stream.
  */
 import tls from 'node:tls';
-import { OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
-import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../pki/index.js';
-import { FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from './wire.js';
+import { OsrError, toOsrError, type ErrorCode } from '../../domain/errors.js';
+import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../../pki/index.js';
+import { FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from '../wire/wire.js';
 
 export interface PeerAddress {
   host: string;

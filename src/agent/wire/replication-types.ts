@@ -1,5 +1,6 @@
 /** Shapes shared by the two ends of a replication and the agent's local API. */
-import type { Consistency, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from './replica-store.js';
+import type { Consistency } from '../ports/change-source.js';
+import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
 
 export const ReplicationState = {
   Scheduled: 'Scheduled',

@@ -13,26 +13,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, scanLogFile } from './change-log.js';
-import { fsyncDir } from './durable-file.js';
-
-export interface ResyncDiskProgress {
-  /** the disk is compared up to here, and everything found below it is staged durably */
-  offset: number;
-  /** bytes of the staged log that are durable */
-  bytes: number;
-  finished: boolean;
-}
-
-/** Recorded in the replica store's manifest while a resync runs. */
-export interface ResyncState {
-  id: string;
-  /** the recovery point the resync ends in: the staged logs, then the primary's log `seq` */
-  seq: number;
-  blockSize: number;
-  disks: Record<string, ResyncDiskProgress>;
-}
+import { OsrError } from '../../domain/errors.js';
+import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, scanLogFile } from '../tracking/change-log.js';
+import { fsyncDir } from '../io/durable-file.js';
+import type { ResyncState } from '../ports/replica-target.js';
 
 export class ResyncStage {
   private readonly writers = new Map<string, ChangeLogWriter>();

@@ -1,6 +1,7 @@
 /**
- * The lab fabric's host: lab VMs whose disks are raw sparse images in a storage location
- * of the host. A running VM's disks are served over NBD (the NBD client is the guest).
+ * The lab fabric's host (the Host port, ports/host.ts): lab VMs whose disks are raw sparse
+ * images in a storage location of the host. A running VM's disks are served over NBD (the
+ * NBD client is the guest), and every write passes through change tracking (lab-disk.ts).
  *
  *   <data>/vms/<vm>/vm.json            the VM's spec
  *   <data>/vms/<vm>/tracking.json      change-tracking facts; logs under <data>/vms/<vm>/logs/
@@ -9,53 +10,18 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { VmChangeTracker } from './change-tracker.js';
-import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
+import { OsrError } from '../../domain/errors.js';
+import { VmChangeTracker } from '../tracking/change-tracker.js';
+import { fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
-import type { ChangeSource } from './ports.js';
-import type { DiskRanges } from './ranges.js';
-import { hasSparseSupport } from './sparse.js';
+import type { DiskRanges } from '../io/ranges.js';
+import type { Host, HostLoadNote, HostVm, VmDiskSpec, VmOrigin, VmSpec } from '../ports/host.js';
+import { hasSparseSupport } from '../io/sparse.js';
 
-export const MAX_DISKS_PER_VM = 16;
+const MAX_DISKS_PER_VM = 16;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
-export interface VmDiskSpec {
-  id: string;
-  name: string;
-  size: number;
-  image: string;
-}
-
-export interface VmSpec {
-  id: string;
-  name: string;
-  disks: VmDiskSpec[];
-  running: boolean;
-  createdAt: string;
-  /** set on a VM made by promoting a replica: where it came from */
-  origin?: VmOrigin | undefined;
-  /** set when a newer epoch was promoted elsewhere: the VM refuses writes until demoted */
-  fenced?: { reason: string; at: string; epoch: number } | undefined;
-}
-
-export interface VmOrigin {
-  /** the replication epoch this VM is primary in */
-  epoch: number;
-  /** the recovery point it was promoted from */
-  point: { seq: number; timeMs: number };
-  promotedAt: string;
-  /** not committed yet: the VM runs from an overlay on the point, which may still change */
-  pending?: boolean | undefined;
-  /**
-   * ranges that differ from what the old primary's replica last held beyond this VM's own
-   * change logs: the points after `point` that promotion rolled back. Reverse replication
-   * sends them; cleared once it has.
-   */
-  divergence?: DiskRanges | undefined;
-}
-
-export class LabVm implements ChangeSource {
+export class LabVm implements HostVm {
   disks: LabDisk[] = [];
   readonly tracker: VmChangeTracker;
   readonly capabilities = { sparseRanges: hasSparseSupport };
@@ -85,6 +51,10 @@ export class LabVm implements ChangeSource {
     const fenced = () => (this.spec.fenced ? `${this.spec.fenced.reason} (since ${this.spec.fenced.at})` : undefined);
     this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, fenced));
     return this.tracker.recover(this.disks.map((d) => d.imageFd));
+  }
+
+  async flush(): Promise<void> {
+    for (const d of this.disks) await d.flush();
   }
 
   disk(name: string): LabDisk {
@@ -124,14 +94,7 @@ export class LabVm implements ChangeSource {
   }
 }
 
-export function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?$/i.exec(text.trim());
-  if (!m) throw new OsrError('INVALID_ARGUMENT', `size "${text}" is not a size (examples: 512M, 10G, 1T)`);
-  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  return Math.round(Number(m[1]) * unit);
-}
-
-export class LabHost {
+export class LabHost implements Host {
   private readonly vms = new Map<string, LabVm>();
   readonly vmsDir: string;
 
@@ -146,16 +109,12 @@ export class LabHost {
   }
 
   /**
-   * Load every VM and recover its change tracking. A VM whose images are gone was demoted
-   * (its images became a replica) by a step cut short: it is finished here.
+   * Load every VM and recover its change tracking. A VM whose images are gone is either a
+   * demote that took them (`adopted` says a replica store of its id holds them: the VM is
+   * forgotten) or broken (it is left as it is, not loaded, and reported `missingImages`).
    */
-  /**
-   * Load every VM. A VM whose images are gone is either a demote that took them (`adopted`
-   * says a replica store of its id holds them: the VM is forgotten) or broken (it is left
-   * as it is, not loaded, and reported `missingImages`).
-   */
-  loadAll(adopted: (vmId: string) => boolean): { vm: string; recovered: boolean; tornBytes: number; removed?: boolean; missingImages?: string[] }[] {
-    const out = [];
+  async loadAll(adopted: (vmId: string) => boolean): Promise<HostLoadNote[]> {
+    const out: HostLoadNote[] = [];
     for (const name of fs.readdirSync(this.vmsDir)) {
       const spec = readJson<VmSpec>(path.join(this.vmsDir, name, 'vm.json'));
       if (!spec) continue;
@@ -176,7 +135,7 @@ export class LabHost {
     return out;
   }
 
-  createVm(name: string, diskSizes: number[]): LabVm {
+  async createVm(name: string, diskSizes: number[]): Promise<LabVm> {
     if (!NAME_RE.test(name)) throw new OsrError('INVALID_ARGUMENT', `VM name "${name}" must be 1-63 letters, digits, '.', '_' or '-'`);
     if (this.vms.has(name)) throw new OsrError('ALREADY_EXISTS', `VM ${name} already exists on this host`);
     if (diskSizes.length < 1 || diskSizes.length > MAX_DISKS_PER_VM) {
@@ -209,7 +168,7 @@ export class LabHost {
    * Make a VM of existing images (a promoted replica's): they stay where they are. Change
    * tracking starts at once, so every write from now on is known to reverse replication.
    */
-  adoptVm(name: string, id: string, disks: VmDiskSpec[], origin: VmOrigin, running: boolean): LabVm {
+  async adoptVm(name: string, id: string, disks: VmDiskSpec[], origin: VmOrigin, running: boolean): Promise<LabVm> {
     if (!NAME_RE.test(name)) throw new OsrError('INVALID_ARGUMENT', `VM name "${name}" must be 1-63 letters, digits, '.', '_' or '-'`);
     if (this.vms.has(name)) throw new OsrError('ALREADY_EXISTS', `VM ${name} already exists on this host`);
     const dir = path.join(this.vmsDir, name);
@@ -226,7 +185,7 @@ export class LabHost {
   }
 
   /** Forget a VM whose images were handed over (demoted to a replica): its state and logs go. */
-  removeVm(name: string): void {
+  async removeVm(name: string): Promise<void> {
     const vm = this.get(name);
     vm.tracker.stop();
     for (const d of vm.disks) d.close();
@@ -250,14 +209,30 @@ export class LabHost {
     return [...this.vms.values()];
   }
 
-  setRunning(name: string, running: boolean): LabVm {
+  /** A lab VM runs when its disks are served: the guest is whoever connects to them. */
+  async start(name: string): Promise<LabVm> {
+    return this.setRunning(name, true);
+  }
+
+  /** Its disks are flushed, then no longer served (the agent disconnects their clients). */
+  async shutdown(name: string, _timeoutMs: number): Promise<LabVm> {
+    await this.get(name).flush();
+    return this.setRunning(name, false);
+  }
+
+  /** Its disks are no longer served, at once (the agent disconnects their clients). */
+  async stop(name: string): Promise<LabVm> {
+    return this.setRunning(name, false);
+  }
+
+  private setRunning(name: string, running: boolean): LabVm {
     const vm = this.get(name);
     vm.spec.running = running;
     writeJsonDurable(path.join(vm.dir, 'vm.json'), vm.spec);
     return vm;
   }
 
-  closeAll(): void {
+  async closeAll(): Promise<void> {
     for (const vm of this.vms.values()) vm.closeClean();
     this.vms.clear();
   }

@@ -16,51 +16,22 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { safeName, safeSeq } from '../domain/names.js';
-import type { BlockDevice, Extent, WriteOptions } from './block-device.js';
+import { OsrError } from '../../domain/errors.js';
+import { safeName, safeSeq } from '../../domain/names.js';
+import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import { crashPoint } from './crash-point.js';
-import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from './change-log.js';
-import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
-import { AlignedPool, isAligned, openDirect } from './direct-io.js';
-import { ExtentMap } from './extent-map.js';
-import { fileBlockDigests } from './checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from './io.js';
-import type { ReplicaTarget } from './ports.js';
-import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from './ranges.js';
-import { punchHole, writeZeroRange } from './sparse.js';
-import { ResyncStage, type ResyncState } from './resync-stage.js';
+import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from '../tracking/change-log.js';
+import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
+import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
+import { ExtentMap } from '../io/extent-map.js';
+import { fileBlockDigests } from '../io/checksum.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
+import { Consistency } from '../ports/change-source.js';
+import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
+import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
+import { punchHole, writeZeroRange } from '../io/sparse.js';
+import { ResyncStage } from './resync-stage.js';
 import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
-
-export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
-export type Consistency = (typeof Consistency)[keyof typeof Consistency];
-
-export interface ReplicaDiskSpec {
-  id: string;
-  name: string;
-  size: number;
-}
-
-export interface RecoveryPoint {
-  seq: number;
-  timeMs: number;
-  consistency: Consistency;
-  /** bytes of guest data the delta carried */
-  deltaBytes: number;
-  /**
-   * set on the base of a replica made from an old primary's disks (reverse replication):
-   * they hold the old primary's state, not a point of the new one. Never opened; dropped
-   * once the reverse resync's point is applied.
-   */
-  unverified?: true | undefined;
-}
-
-export interface RetentionSpec {
-  /** keep points this many hours (0 keeps only the latest); at most 24 */
-  hours: number;
-  /** and at most this many points */
-  maxPoints: number;
-}
 
 interface Manifest {
   version: 1;
@@ -84,15 +55,6 @@ interface Manifest {
   divergent?: DivergentRanges | undefined;
   /** the initial copy came from an offline export whose first delta is `seq` */
   seed?: { seq: number; importedAt: string } | undefined;
-}
-
-export type DivergentRanges = DiskRanges | 'all';
-
-export interface DeltaDiskFile {
-  diskName: string;
-  file: string;
-  /** a resync's staged log, applied before `file` (set by the store) */
-  staged?: string | undefined;
 }
 
 /** Records of one disk's delta: a resync's staged log (if any), then the received log. */

@@ -7,24 +7,19 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
-import { OsrError, toOsrError } from '../domain/errors.js';
-import { MAX_DISK_BYTES, isSafeName, safeInteger, safeName, safeRange, safeSeq } from '../domain/names.js';
-import { onTlsClientError, peerIdentity, serverTlsOptions, type PeerIdentity, type TlsMaterial } from '../pki/index.js';
-import { writeAllAt } from './io.js';
-import { readJson, writeJsonDurable } from './durable-file.js';
-import { importExport, readExport, type ExportManifest } from './offline-seed.js';
-import type { DiskRanges } from './ranges.js';
-import { ReplicaStore, type DeltaDiskFile, type DivergentRanges, type RecoveryPoint } from './replica-store.js';
-import type { ReplicaTarget } from './ports.js';
+import { OsrError, toOsrError } from '../../domain/errors.js';
+import { MAX_DISK_BYTES, isSafeName, safeInteger, safeName, safeRange, safeSeq } from '../../domain/names.js';
+import { onTlsClientError, peerIdentity, serverTlsOptions, type PeerIdentity, type TlsMaterial } from '../../pki/index.js';
+import { writeAllAt } from '../io/io.js';
+import { readJson, writeJsonDurable } from '../io/durable-file.js';
+import { importExport, readExport, type ExportManifest } from '../wire/offline-seed.js';
+import type { DiskRanges } from '../io/ranges.js';
+import type { Logger } from '../io/logger.js';
+import { ReplicaStore } from './replica-store.js';
+import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaTarget } from '../ports/replica-target.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
-import type { OpenRequest, OpenResult } from './replication-types.js';
-import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from './wire.js';
-
-export interface Logger {
-  info(obj: object | string, msg?: string): void;
-  warn(obj: object | string, msg?: string): void;
-  error(obj: object | string, msg?: string): void;
-}
+import type { OpenRequest, OpenResult } from '../wire/replication-types.js';
+import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from '../wire/wire.js';
 
 function sameDisks(a: readonly { id: string; name: string; size: number }[], b: readonly { id: string; name: string; size: number }[]): boolean {
   return a.length === b.length && a.every((d, i) => d.id === b[i].id && d.name === b[i].name && d.size === b[i].size);

@@ -10,9 +10,9 @@
 import type { Duplex } from 'node:stream';
 import { compress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
-import { OsrError } from '../domain/errors.js';
-import { ByteQueue } from './byte-queue.js';
-import { digest } from './checksum.js';
+import { OsrError } from '../../domain/errors.js';
+import { ByteQueue } from '../io/byte-queue.js';
+import { digest } from '../io/checksum.js';
 
 export const PROTOCOL_NAME = 'osr-replication';
 export const PROTOCOL_VERSIONS = [1] as const;

@@ -12,8 +12,8 @@
  *
  * Rates take B/s, kB/s, MB/s, GB/s (powers of 1000) or KiB/s, MiB/s, GiB/s (powers of 1024).
  */
-import type { Clock } from '../domain/clock.js';
-import { OsrError } from '../domain/errors.js';
+import type { Clock } from '../../domain/clock.js';
+import { OsrError } from '../../domain/errors.js';
 import { inTimeWindow, parseTimeWindow, type TimeWindow } from './time-window.js';
 
 export interface BandwidthRule {

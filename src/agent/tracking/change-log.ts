@@ -14,10 +14,10 @@
  * reordered record is caught even when each record is intact. Invariants: docs/design/change-log.md.
  */
 import fs from 'node:fs';
-import { OsrError } from '../domain/errors.js';
-import { ByteQueue } from './byte-queue.js';
-import { digest, DIGEST_BYTES } from './checksum.js';
-import { fdatasyncAsync } from './io.js';
+import { OsrError } from '../../domain/errors.js';
+import { ByteQueue } from '../io/byte-queue.js';
+import { digest, DIGEST_BYTES } from '../io/checksum.js';
+import { fdatasyncAsync } from '../io/io.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
 export const LOG_VERSION = 1;

@@ -16,13 +16,13 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { OsrError } from '../domain/errors.js';
-import { isSafeName, MAX_DISK_BYTES, MAX_DISKS } from '../domain/names.js';
-import { digest } from './checksum.js';
-import { fsyncDir, readJson, writeJsonDurable } from './durable-file.js';
-import { fdatasyncAsync, readAt, writeAllAt } from './io.js';
-import type { ReplicaTarget } from './ports.js';
-import { isZero } from './sparse.js';
+import { OsrError } from '../../domain/errors.js';
+import { isSafeName, MAX_DISK_BYTES, MAX_DISKS } from '../../domain/names.js';
+import { digest } from '../io/checksum.js';
+import { fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
+import { fdatasyncAsync, readAt, writeAllAt } from '../io/io.js';
+import type { ReplicaTarget } from '../ports/replica-target.js';
+import { isZero } from '../io/sparse.js';
 
 export const EXPORT_MANIFEST = 'osr-export.json';
 export const EXPORT_FORMAT = 'osr-offline-export';

@@ -1,0 +1,102 @@
+/**
+ * The second seam of the replication engine: a ReplicaTarget is where one VM's replica
+ * lives. The replica store implements it with images and undo files (replica-store.ts); an
+ * Azure page-blob target will implement it with page blobs and blob snapshots. Its other
+ * seam, the VM being replicated, is change-source.ts.
+ *
+ * This module owns the types of the seam (a replica's disks, recovery points, retention,
+ * a delta's files, a resynchronization's state): implementations import them from here.
+ */
+import type { Consistency } from './change-source.js';
+import type { DiskRanges } from '../io/ranges.js';
+
+export interface ReplicaDiskSpec {
+  id: string;
+  name: string;
+  size: number;
+}
+
+export interface RecoveryPoint {
+  seq: number;
+  timeMs: number;
+  consistency: Consistency;
+  /** bytes of guest data the delta carried */
+  deltaBytes: number;
+  /**
+   * set on the base of a replica made from an old primary's disks (reverse replication):
+   * they hold the old primary's state, not a point of the new one. Never opened; dropped
+   * once the reverse resync's point is applied.
+   */
+  unverified?: true | undefined;
+}
+
+export interface RetentionSpec {
+  /** keep points this many hours (0 keeps only the latest); at most 24 */
+  hours: number;
+  /** and at most this many points */
+  maxPoints: number;
+}
+
+/** Where a replica may differ from its primary beyond the change logs ('all': unknown). */
+export type DivergentRanges = DiskRanges | 'all';
+
+export interface DeltaDiskFile {
+  diskName: string;
+  file: string;
+  /** a resync's staged log, applied before `file` (set by the store) */
+  staged?: string | undefined;
+}
+
+export interface ResyncDiskProgress {
+  /** the disk is compared up to here, and everything found below it is staged durably */
+  offset: number;
+  /** bytes of the staged log that are durable */
+  bytes: number;
+  finished: boolean;
+}
+
+/** Recorded with the replica while a resync runs (resync-stage.ts). */
+export interface ResyncState {
+  id: string;
+  /** the recovery point the resync ends in: the staged logs, then the primary's log `seq` */
+  seq: number;
+  blockSize: number;
+  disks: Record<string, ResyncDiskProgress>;
+}
+
+export interface InitialState {
+  initialDone: boolean;
+  copied: Record<string, number>;
+  finishedDisks: string[];
+}
+
+export interface ReplicaTarget {
+  readonly vmId: string;
+  readonly vmName: string;
+  readonly disks: readonly ReplicaDiskSpec[];
+  readonly initialDone: boolean;
+  initialProgress(): Record<string, number>;
+  finishedInitialDisks(): string[];
+  setEpoch(epoch: number): void;
+  resetInitial(): void;
+  writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void>;
+  zeroInitial(disk: string, offset: number, length: number): void;
+  checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void>;
+  /** where a delta's files are received before applyDelta */
+  incomingDir(seq: number): string;
+  /** the point whose delta is being applied now, if one is (its files must not be touched) */
+  readonly applyingSeq: number | undefined;
+  applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
+  points(): RecoveryPoint[];
+  latestPoint(): RecoveryPoint | undefined;
+  /** begin or resume a resynchronization ending in point `seq` */
+  beginResync(id: string, seq: number, blockSize: number): ResyncState;
+  /** checksums of the blocks of [offset, offset + length) at the latest point */
+  blockHashes(disk: string, offset: number, length: number, blockSize: number): Promise<Buffer>;
+  stageResync(disk: string, offset: number, parts: readonly Buffer[]): void;
+  stageResyncZero(disk: string, offset: number, length: number): void;
+  checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState>;
+  /** where the replica may differ from the primary beyond its logs (a reversed replica) */
+  readonly divergent: DivergentRanges | undefined;
+  addDivergence(ranges: DiskRanges): void;
+}
