@@ -595,3 +595,28 @@ test(
     }
   }),
 );
+
+test(
+  'a closed log whose point time was not recorded (a crash inside the swap) is offered with a whole-millisecond time',
+  withDir(async (dir) => {
+    const rnd = prng(9);
+    const vm = TestVm.create(dir, [2 * MiB]);
+    vm.tracker.start();
+    try {
+      await vm.randomOps(rnd, 5);
+      const seq = vm.tracker.swap();
+      // what recovery after a crash inside the swap leaves: the log closed, no point time recorded
+      vm.crash();
+      vm.editState((s) => {
+        delete s.pointMeta?.[seq];
+      });
+      vm.open();
+      const logs = vm.tracker.closedDeltas(0).get(seq)!;
+      assert.ok(logs.length > 0);
+      for (const l of logs) assert.ok(Number.isSafeInteger(l.closedMs), `closedMs ${l.closedMs} is not whole: the replica refuses a point time that is not an integer`);
+      assert.ok(Number.isSafeInteger(vm.tracker.pointMetaOf(seq, logs[0]!.closedMs).timeMs));
+    } finally {
+      vm.closeClean();
+    }
+  }),
+);

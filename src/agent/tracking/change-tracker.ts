@@ -362,7 +362,7 @@ export class VmChangeTracker implements ChangeTracking {
         if (seq <= afterSeq || seq >= activeSeq) continue;
         const st = fs.statSync(file);
         const list = out.get(seq) ?? [];
-        list.push({ seq, disk: d.diskName, file, bytes: st.size, closedMs: st.mtimeMs });
+        list.push({ seq, disk: d.diskName, file, bytes: st.size, closedMs: Math.floor(st.mtimeMs) });
         out.set(seq, list);
       }
     }
