@@ -5,6 +5,7 @@
  * write; on FLUSH or FUA the log is made durable before the image.
  */
 import fs from 'node:fs';
+import { FileDiskReader } from '../io/file-reader.js';
 import { OsrError } from '../../domain/errors.js';
 import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import type { VmChangeTracker } from '../tracking/change-tracker.js';
@@ -49,6 +50,9 @@ export class LabDisk implements BlockDevice {
   get imageFd(): number {
     return this.fd;
   }
+
+  /** the sending side's reader of this disk: its live image */
+  readonly reader = new FileDiskReader(() => this.fd);
 
   private check(offset: number, length: number): void {
     if (offset < 0 || length < 0 || offset + length > this.size) {

@@ -17,12 +17,28 @@ import type { DiskRanges } from '../io/ranges.js';
 export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
 export type Consistency = (typeof Consistency)[keyof typeof Consistency];
 
+/**
+ * How the sending side reads a disk. What it reads is the content the next point is
+ * built from: a lab disk's live image (its change log covers what moves while it is
+ * read), or a libvirt backup's view of one instant, exported over NBD, that the host keeps
+ * open from `tracking.start()` or `beginResync()` to the `swap()` that closes the point.
+ */
+export interface DiskReader {
+  /** bytes [offset, offset + length), into `into` when given */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  /** several ranges in one read: each piece is [disk offset, offset in buf, length] */
+  readPieces(buf: Buffer, pieces: readonly (readonly [number, number, number])[]): Promise<Buffer>;
+  /** the checksums of the blocks of [offset, offset + length) (io/checksum.ts's digest) */
+  blockDigests(offset: number, length: number, blockSize: number): Promise<Buffer>;
+  /** the allocated ranges of [from, size): what the initial copy must read (all of it when the reader cannot tell) */
+  dataRanges(from: number, size: number): Promise<{ offset: number; length: number }[]>;
+}
+
 export interface SourceDisk {
   readonly id: string;
   readonly name: string;
   readonly size: number;
-  /** a readable descriptor of the disk's current content */
-  readonly imageFd: number;
+  readonly reader: DiskReader;
 }
 
 export interface ClosedDeltaFile {
@@ -54,17 +70,23 @@ export interface ChangeSource {
   fence?(reason: string, epoch: number): void;
 }
 
+export interface ResyncBegun {
+  id: string;
+  seq: number;
+  resumed: boolean;
+}
+
 export interface ChangeTracking {
   readonly enabled: boolean;
   readonly resyncRequired: { reason: string; at: string } | undefined;
   /** the sequence number writes go to now */
   readonly activeSeq: number;
-  /** begin tracking all disks at one instant (the snapshot of an initial replication) */
-  start(): number;
+  /** begin tracking all disks at one instant (the snapshot of an initial replication); a host may need to wait for its hypervisor */
+  start(): number | Promise<number>;
   /** stop tracking and drop every log */
   stop(): void;
   /** close the current delta of every disk at one instant; returns its sequence number */
-  swap(consistency: Consistency): number;
+  swap(consistency: Consistency): number | Promise<number>;
   /** resolves when every delta closed so far is durable */
   closedSynced(): Promise<void>;
   /** closed deltas after afterSeq, by sequence number, one file per disk */
@@ -79,7 +101,7 @@ export interface ChangeTracking {
   /** a resynchronization in progress, and the log that tracks writes since it began */
   readonly resync: { id: string; seq: number; startedMs: number } | undefined;
   /** begin a resynchronization (or go on with the one in progress): drops older logs */
-  beginResync(opts?: { keepActive?: boolean }): { id: string; seq: number; resumed: boolean };
+  beginResync(opts?: { keepActive?: boolean }): ResyncBegun | Promise<ResyncBegun>;
   /** ranges written in the logs held now (all, or the closed ones only) */
   loggedRanges(which: 'all' | 'closed'): DiskRanges;
   /** the resync's point reached the replica */

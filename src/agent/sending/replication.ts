@@ -9,19 +9,19 @@ import fs from 'node:fs';
 import type { Clock } from '../../domain/clock.js';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { TlsMaterial } from '../../pki/index.js';
-import { Consistency, type ChangeSource } from '../ports/change-source.js';
+import { Consistency, type ChangeSource, type DiskReader } from '../ports/change-source.js';
 import type { CyclePhases } from './cycle-phases.js';
-import { readAt, readGather, type IoPiece } from '../io/io.js';
+import { readAt, type IoPiece } from '../io/io.js';
 import { ReplicaClient } from './replica-client.js';
 import type { Logger } from '../io/logger.js';
 import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from '../wire/replication-types.js';
-import { DIGEST_BYTES, differingRuns, fileBlockDigests } from '../io/checksum.js';
+import { DIGEST_BYTES, differingRuns } from '../io/checksum.js';
 import { retryDelayMs, type RetryPolicy } from '../io/retry.js';
 import type { Pacer } from '../io/throttle.js';
 import { inTimeWindow, msUntilMinute, parseTimeWindow } from '../io/time-window.js';
 import { finishedExport, writeExport } from '../wire/offline-seed.js';
 import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
-import { dataRanges, isZero } from '../io/sparse.js';
+import { isZero } from '../io/sparse.js';
 import { MAX_DATA_BYTES } from '../wire/wire.js';
 import type { QuiesceHook } from './quiesce-hook.js';
 
@@ -232,7 +232,7 @@ export class PrimaryReplication {
     this.state = ReplicationState.Resynchronizing;
     // a resync of known ranges keeps the open log: its writes go out at the end, while those
     // of the closed logs are among the ranges
-    const r = tracker.beginResync(only ? { keepActive: true } : {});
+    const r = await tracker.beginResync(only ? { keepActive: true } : {});
     const blockSize = this.spec.resyncBlockSize ?? DEFAULT_RESYNC_BLOCK_SIZE;
     const begun = await client.request<{ disks: Record<string, { offset: number; finished: boolean }> }>('resync-begin', { id: r.id, seq: r.seq, blockSize });
     const ranges = new Map(this.vm.disks.map((d) => [d.name, only ? alignRanges(only[d.name] ?? [], blockSize, d.size) : ([[0, d.size]] as Range[])]));
@@ -260,8 +260,8 @@ export class PrimaryReplication {
       const at = begun.disks[disk.name];
       if (at?.finished) continue;
       this.resyncProgress.currentDisk = disk.name;
-      if (only) await this.resyncRanges(client, disk.name, disk.imageFd, disk.size, ranges.get(disk.name)!, at?.offset ?? 0);
-      else await this.resyncDisk(client, disk.name, disk.imageFd, disk.size, at?.offset ?? 0, blockSize);
+      if (only) await this.resyncRanges(client, disk.name, disk.reader, disk.size, ranges.get(disk.name)!, at?.offset ?? 0);
+      else await this.resyncDisk(client, disk.name, disk.reader, disk.size, at?.offset ?? 0, blockSize);
     }
     this.resyncProgress.currentDisk = null;
     // the resync's point: its log closes now and goes out with the staged blocks
@@ -307,7 +307,7 @@ export class PrimaryReplication {
   }
 
   /** Send the current content of known ranges of one disk (no comparison), from a checkpoint. */
-  private async resyncRanges(client: ReplicaClient, disk: string, fd: number, size: number, ranges: readonly Range[], from: number): Promise<void> {
+  private async resyncRanges(client: ReplicaClient, disk: string, reader: DiskReader, size: number, ranges: readonly Range[], from: number): Promise<void> {
     const progress = this.resyncProgress!;
     const startMs = this.deps.clock.now();
     const startDone = progress.doneBytes;
@@ -319,7 +319,7 @@ export class PrimaryReplication {
     let bytes = 0;
     const send = async (upTo: number) => {
       if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
-      await this.sendCurrent(client, disk, fd, 0, batch);
+      await this.sendCurrent(client, disk, reader, 0, batch);
       progress.doneBytes += bytes;
       sinceCheckpoint += bytes;
       batch = [];
@@ -345,7 +345,7 @@ export class PrimaryReplication {
     account();
   }
 
-  private async resyncDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number, blockSize: number): Promise<void> {
+  private async resyncDisk(client: ReplicaClient, disk: string, reader: DiskReader, size: number, from: number, blockSize: number): Promise<void> {
     const progress = this.resyncProgress!;
     const startMs = this.deps.clock.now();
     const startDone = progress.doneBytes;
@@ -369,13 +369,13 @@ export class PrimaryReplication {
     for (let pos = from; pos < size; pos += window) {
       if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
       const length = Math.min(window, size - pos);
-      const ours = await fileBlockDigests(fd, pos, length, blockSize);
+      const ours = await reader.blockDigests(pos, length, blockSize);
       const reply = await theirs.shift()!;
       askAhead(pos + window);
       const hashes = reply.data ?? Buffer.from(reply.hashes ?? '', 'base64');
       if (hashes.length !== ours.length) throw new OsrError('PROTOCOL_ERROR', `replica sent ${hashes.length / DIGEST_BYTES} block checksums for ${ours.length / DIGEST_BYTES} blocks`);
       const runs = differingRuns(ours, hashes, blockSize, length, MAX_DATA_BYTES);
-      await this.sendCurrent(client, disk, fd, pos, runs);
+      await this.sendCurrent(client, disk, reader, pos, runs);
       progress.doneBytes += length;
       sinceCheckpoint += length;
       if (sinceCheckpoint >= RESYNC_CHECKPOINT_BYTES && pos + length < size) {
@@ -394,7 +394,7 @@ export class PrimaryReplication {
    * bytes as data, or as a zero range when they are all zeroes. The runs are read a batch
    * of at most RESYNC_READ_BATCH bytes at a time, in one gathered read, and sent in order.
    */
-  private async sendCurrent(client: ReplicaClient, disk: string, fd: number, base: number, runs: readonly Range[]): Promise<void> {
+  private async sendCurrent(client: ReplicaClient, disk: string, reader: DiskReader, base: number, runs: readonly Range[]): Promise<void> {
     const progress = this.resyncProgress!;
     for (let i = 0; i < runs.length; ) {
       const pieces: IoPiece[] = [];
@@ -404,7 +404,7 @@ export class PrimaryReplication {
         bytes += runs[i]![1];
       }
       // a batch's buffer is its own: frames go out without waiting for each to be flushed
-      const buf = await readGather(fd, Buffer.allocUnsafe(bytes), pieces);
+      const buf = await reader.readPieces(Buffer.allocUnsafe(bytes), pieces);
       for (const [offset, at, length] of pieces) {
         const run = buf.subarray(at, at + length);
         if (isZero(run)) await client.notice({ type: 'resync-zero', disk, offset, length });
@@ -550,7 +550,7 @@ export class PrimaryReplication {
       // its blocks are compared instead of copied. Tracking starts now; the resync drops
       // nothing it needs and ends in a point equal to the disks.
       this.deps.log.info({ replication: this.spec.id }, `the replica agent already holds a copy of ${this.vm.name}: resynchronizing instead of a full initial copy`);
-      this.vm.tracking.start();
+      await this.vm.tracking.start();
       this.resyncAsked = true;
       this.onboarding = true;
       fresh = false;
@@ -662,7 +662,7 @@ export class PrimaryReplication {
     for (const disk of this.vm.disks) {
       if (open.finishedDisks.includes(disk.name)) continue;
       this.initial!.currentDisk = disk.name;
-      await this.copyDisk(client, disk.name, disk.imageFd, disk.size, open.copied[disk.name] ?? 0);
+      await this.copyDisk(client, disk.name, disk.reader, disk.size, open.copied[disk.name] ?? 0);
     }
     this.initial!.currentDisk = null;
     this.updateRate();
@@ -692,7 +692,7 @@ export class PrimaryReplication {
     }
   }
 
-  private async copyDisk(client: ReplicaClient, disk: string, fd: number, size: number, from: number): Promise<void> {
+  private async copyDisk(client: ReplicaClient, disk: string, reader: DiskReader, size: number, from: number): Promise<void> {
     const progress = this.initial!;
     await client.notice({ type: 'copy-begin', disk });
     // the checkpoint in flight: its reply is awaited at the next checkpoint, while copying
@@ -726,7 +726,7 @@ export class PrimaryReplication {
       sinceCheckpoint = 0;
     };
     // without allocation facts every range is data: all-zero chunks are still skipped below
-    const ranges = this.vm.capabilities.sparseRanges ? dataRanges(fd, from, size) : [{ offset: from, length: size - from }];
+    const ranges = this.vm.capabilities.sparseRanges ? await reader.dataRanges(from, size) : [{ offset: from, length: size - from }];
     for (const r of ranges) {
       if (this.stopped) throw new OsrError('NETWORK_ERROR', 'replication stopped');
       await zero(cursor, r.offset - cursor);
@@ -736,13 +736,13 @@ export class PrimaryReplication {
       // buffers are reused (a sent frame's buffer is free once sendData resolves), so the
       // copy does not churn the garbage collector with a new 4 MiB buffer per chunk
       let turn = 0;
-      let next: Promise<Buffer> | undefined = readAt(fd, Math.min(COPY_CHUNK, end - pos), pos, this.copyBuffers[turn]);
+      let next: Promise<Buffer> | undefined = reader.read(pos, Math.min(COPY_CHUNK, end - pos), this.copyBuffers[turn]);
       while (next) {
         const buf = await next;
         const at = pos;
         pos += buf.length;
         turn = (turn + 1) % this.copyBuffers.length;
-        next = pos < end ? readAt(fd, Math.min(COPY_CHUNK, end - pos), pos, this.copyBuffers[turn]) : undefined;
+        next = pos < end ? reader.read(pos, Math.min(COPY_CHUNK, end - pos), this.copyBuffers[turn]) : undefined;
         if (isZero(buf)) {
           await zero(at, buf.length);
         } else {
@@ -777,7 +777,7 @@ export class PrimaryReplication {
       const frozen = await this.runHook('freeze');
       if (frozen) consistency = Consistency.App;
     }
-    const seq = this.vm.tracking.swap(consistency);
+    const seq = await this.vm.tracking.swap(consistency);
     if (consistency === Consistency.App) await this.runHook('thaw');
     return seq;
   }

@@ -21,6 +21,7 @@ import { isSafeName, MAX_DISK_BYTES, MAX_DISKS } from '../../domain/names.js';
 import { digest } from '../io/checksum.js';
 import { fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { fdatasyncAsync, readAt, writeAllAt } from '../io/io.js';
+import type { DiskReader } from '../ports/change-source.js';
 import type { ReplicaTarget } from '../ports/replica-target.js';
 import { isZero } from '../io/sparse.js';
 
@@ -53,7 +54,7 @@ export interface ExportManifest {
 export interface ExportSource {
   id: string;
   name: string;
-  disks: readonly { id: string; name: string; size: number; imageFd: number }[];
+  disks: readonly { id: string; name: string; size: number; reader: Pick<DiskReader, 'read'> }[];
 }
 
 const invalid = (dir: string, why: string) => new OsrError('EXPORT_INVALID', `offline export in ${dir}: ${why}`);
@@ -82,7 +83,7 @@ export async function writeExport(dir: string, vm: ExportSource, epoch: number, 
       const chunks: (string | null)[] = [];
       for (let pos = 0; pos < d.size; pos += CHUNK) {
         if (stopped()) throw new OsrError('NETWORK_ERROR', 'replication stopped during the offline export');
-        const data = await readAt(d.imageFd, Math.min(CHUNK, d.size - pos), pos, buf.subarray(0, Math.min(CHUNK, d.size - pos)));
+        const data = await d.reader.read(pos, Math.min(CHUNK, d.size - pos), buf.subarray(0, Math.min(CHUNK, d.size - pos)));
         if (isZero(data)) chunks.push(null);
         else {
           chunks.push(digest(data).toString('hex'));
