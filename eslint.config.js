@@ -28,7 +28,7 @@ const layerRules = Object.keys(layers).map((layer) => ({
 }));
 
 // Inside src/agent: io ← ports ← wire ← sending; io ← nbd ← libvirt ← hosts; ports ←
-// tracking ← hosts; tracking, wire ← replica; and the agent's own files at the root (agent.ts, local-api.ts,
+// tracking ← libvirt, hosts; tracking, wire ← replica; and the agent's own files at the root (agent.ts, local-api.ts,
 // api-access.ts) on top, which no folder imports. Nothing in src/agent imports hosts: the
 // agent reaches its host through the Host port (ports/host.ts), and the CLI chooses it.
 const agentZones = {
@@ -39,7 +39,7 @@ const agentZones = {
   tracking: ['io', 'ports'],
   sending: ['io', 'ports', 'wire'],
   replica: ['io', 'ports', 'wire', 'tracking'],
-  libvirt: ['io', 'nbd'],
+  libvirt: ['io', 'nbd', 'tracking'],
   hosts: ['io', 'ports', 'tracking', 'nbd', 'libvirt'],
 };
 const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica'];

@@ -130,6 +130,7 @@ export class Agent {
     for (const r of await this.host.loadAll((id) => this.replicas.holds(id))) {
       if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
       if (r.removed) this.log.warn({ vm: r.vm }, 'finished demoting a VM whose images had become a replica');
+      if (r.notReplicable) this.log.warn({ vm: r.vm, code: r.notReplicable.code }, `VM ${r.vm} is not loaded: ${r.notReplicable.message}`);
       if (r.missingImages) this.log.error({ vm: r.vm, missing: r.missingImages }, `VM ${r.vm} is not loaded: its disk images are missing (restore them, or remove the VM's directory), and no replica holds them`);
     }
     // a promoted replica's images are a host VM's disks now: not served as a replica

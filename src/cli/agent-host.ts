@@ -4,16 +4,21 @@
  */
 import path from 'node:path';
 import { LabHost } from '../agent/hosts/lab-host.js';
+import { LibvirtHost } from '../agent/hosts/libvirt-host.js';
 import type { HostFactory } from '../agent/ports/host.js';
 import { OsrError } from '../domain/errors.js';
 
-export const HOST_KINDS = ['lab'] as const;
+export const HOST_KINDS = ['lab', 'libvirt'] as const;
 export type HostKind = (typeof HOST_KINDS)[number];
 export const DEFAULT_HOST_KIND: HostKind = 'lab';
 
 export interface HostOptions {
   /** lab: where disk images are made (default DATA/storage) */
   storageDir?: string | undefined;
+  /** libvirt: the connection (default qemu:///system) */
+  libvirtUri?: string | undefined;
+  /** libvirt: the domains that are this agent's, as a regular expression on their names (default all) */
+  libvirtDomains?: string | undefined;
 }
 
 /** Check a host kind before anything is made (CONFIG_INVALID names the kinds there are). */
@@ -27,5 +32,14 @@ export function hostFactory(kind: HostKind, o: HostOptions): HostFactory {
   switch (kind) {
     case 'lab':
       return ({ dataDir, now }) => new LabHost(dataDir, o.storageDir ?? path.join(dataDir, 'storage'), now);
+    case 'libvirt': {
+      let only: RegExp | undefined;
+      try {
+        only = o.libvirtDomains !== undefined ? new RegExp(o.libvirtDomains) : undefined;
+      } catch (e) {
+        throw new OsrError('CONFIG_INVALID', `--libvirt-domains ${o.libvirtDomains} is not a regular expression: ${(e as Error).message}`);
+      }
+      return ({ dataDir, now }) => new LibvirtHost(dataDir, now, { ...(o.libvirtUri ? { uri: o.libvirtUri } : {}), ...(only ? { domains: (n: string) => only.test(n) } : {}) });
+    }
   }
 }

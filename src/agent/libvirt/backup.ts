@@ -26,8 +26,8 @@ export interface ChangedExtent {
 export interface BackupBeginOptions {
   /** the disks to back up (targets: vda, vdb), every disk of the domain for a consistent point */
   disks: string[];
-  /** the checkpoint this backup creates */
-  checkpoint: string;
+  /** the checkpoint this backup creates (none: a view of the disks now, no new checkpoint) */
+  checkpoint?: string;
   /** the checkpoint to be incremental from; omitted: a full backup */
   incremental?: string;
   /** where the NBD socket and the scratch files go (created 0700) */
@@ -106,12 +106,12 @@ export class PullBackup {
       ...o.disks.map((d) => `<disk name='${xmlText(d)}' backup='yes' type='file'><scratch file='${xmlText(scratch(d))}'/></disk>`),
       '</disks></domainbackup>',
     ].join('');
-    const checkpointXml = `<domaincheckpoint><name>${xmlText(o.checkpoint)}</name><disks>${o.disks.map((d) => `<disk name='${xmlText(d)}' checkpoint='bitmap'/>`).join('')}</disks></domaincheckpoint>`;
+    const checkpointXml = o.checkpoint === undefined ? undefined : `<domaincheckpoint><name>${xmlText(o.checkpoint)}</name><disks>${o.disks.map((d) => `<disk name='${xmlText(d)}' checkpoint='bitmap'/>`).join('')}</disks></domaincheckpoint>`;
     const dir = fs.mkdtempSync(path.join(o.workDir, 'xml-'));
     try {
       fs.writeFileSync(path.join(dir, 'backup.xml'), backupXml, { mode: 0o600 });
-      fs.writeFileSync(path.join(dir, 'checkpoint.xml'), checkpointXml, { mode: 0o600 });
-      await virsh.run(['backup-begin', domain, path.join(dir, 'backup.xml'), path.join(dir, 'checkpoint.xml')]);
+      if (checkpointXml !== undefined) fs.writeFileSync(path.join(dir, 'checkpoint.xml'), checkpointXml, { mode: 0o600 });
+      await virsh.run(['backup-begin', domain, path.join(dir, 'backup.xml'), ...(checkpointXml !== undefined ? [path.join(dir, 'checkpoint.xml')] : [])]);
     } catch (e) {
       // a bitmap lost or left in use (QEMU killed, a migration or restore without it): the changes since cannot be known
       if (o.incremental && e instanceof OsrError && INCONSISTENT.test(e.message)) {

@@ -89,6 +89,8 @@ export interface HostLoadNote {
   removed?: boolean | undefined;
   /** the VM is not loaded: these disk images are missing, and no replica holds them */
   missingImages?: string[] | undefined;
+  /** the VM is not loaded: why it cannot be replicated from this host (a disk osr cannot track) */
+  notReplicable?: { code: string; message: string } | undefined;
 }
 
 /** What the agent tells the host it makes: where it keeps its state, and its clock. */

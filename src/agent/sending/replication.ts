@@ -574,7 +574,7 @@ export class PrimaryReplication {
     if (last) this.latest = { seq: last.seq, time: new Date(last.timeMs).toISOString(), consistency: last.consistency };
     if (!open.initialDone) {
       this.state = ReplicationState.InitialReplication;
-      this.beginInitial(open, fresh);
+      await this.beginInitial(open, fresh);
     } else if (this.latestSeq !== null) {
       this.vm.tracking.releaseThrough(this.latestSeq);
     }
@@ -587,9 +587,9 @@ export class PrimaryReplication {
    * recovery point is exactly the VM at the first swap after the copy. A fresh copy drops
    * older closed logs, which the copy itself contains.
    */
-  private beginInitial(open: OpenResult, fresh: boolean): void {
+  private async beginInitial(open: OpenResult, fresh: boolean): Promise<void> {
     const tracker = this.vm.tracking;
-    if (fresh) tracker.start();
+    if (fresh) await tracker.start();
     else if (Object.keys(open.copied).length === 0 && open.finishedDisks.length === 0) tracker.releaseThrough(tracker.activeSeq - 1);
     const totalBytes = this.vm.disks.reduce((n, d) => n + d.size, 0);
     const doneBytes = this.vm.disks.reduce((n, d) => n + (open.finishedDisks.includes(d.name) ? d.size : (open.copied[d.name] ?? 0)), 0);

@@ -1,0 +1,331 @@
+/**
+ * Change tracking of a libvirt domain (the ChangeTracking port) by QEMU's persistent
+ * dirty bitmaps: the changes of delta N are what the bitmap of checkpoint `osr-N` holds.
+ *
+ * - `start()` begins a full pull-mode backup that creates `osr-N`: its export is the
+ *   disks at that instant, which the initial copy reads (the DiskReader of each disk).
+ * - `swap()` ends any backup still open, begins an incremental one from `osr-N` that
+ *   creates `osr-N+1` (one instant across every disk), reads the dirty extents over NBD and
+ *   writes them as delta N in osr's change-log format (synced), ends the backup and
+ *   deletes `osr-N`. The sending side ships the logs as it ships a lab VM's.
+ * - `beginResync()` drops osr's checkpoints and begins a full backup that creates the
+ *   checkpoint of the resync's delta: the resync compares that instant's disks with the
+ *   replica, and the swap that ends it ships the writes made meanwhile.
+ *
+ * State (`<dir>/tracking.json`, written durably): the next sequence number, the closed
+ * deltas' point times and consistency, the resync in progress, why a resync is required.
+ * Logs: `<dir>/logs/<seq>/<disk>.osrlog`. Anything that does not add up — a checkpoint
+ * libvirt lost, a bitmap QEMU's crash broke, a swap cut short — makes the tracking
+ * ask for a resynchronization: never a silent full copy, never silent divergence.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { OsrError, toOsrError } from '../../domain/errors.js';
+import { blockDigests } from '../io/checksum.js';
+import { readJson, writeJsonDurable } from '../io/durable-file.js';
+import { NbdClient } from '../nbd/nbd-client.js';
+import { ChangeLogWriter, diskKeyOf, scanLogFile } from '../tracking/change-log.js';
+import { changedExtents, dropCheckpoints, listCheckpoints, PullBackup, CHECKPOINT_PREFIX } from './backup.js';
+import type { Virsh } from './virsh.js';
+
+type Consistency = 'crash-consistent' | 'app-consistent';
+
+interface State {
+  enabled: boolean;
+  /** the delta writes go to now: its changes are in checkpoint osr-<activeSeq> */
+  activeSeq: number;
+  pointMeta: Record<string, { timeMs: number; consistency: Consistency }>;
+  resync?: { id: string; seq: number; startedMs: number } | undefined;
+  resyncRequired?: { reason: string; at: string } | undefined;
+}
+
+export interface LibvirtDisk {
+  id: string;
+  /** the guest's name of the disk (vda): the backup's export */
+  target: string;
+  size: number;
+}
+
+const READ_CHUNK = 4 * 1024 * 1024;
+
+export class LibvirtTracking {
+  private state: State;
+  private backup: PullBackup | undefined;
+  private readonly clients = new Map<string, { client: NbdClient; context: string }>();
+
+  constructor(
+    private readonly virsh: Virsh,
+    readonly domain: string,
+    readonly disks: readonly LibvirtDisk[],
+    private readonly dir: string,
+    private readonly now: () => number,
+  ) {
+    fs.mkdirSync(path.join(dir, 'logs'), { recursive: true, mode: 0o700 });
+    this.state = readJson<State>(this.stateFile) ?? { enabled: false, activeSeq: 1, pointMeta: {} };
+  }
+
+  private get stateFile(): string {
+    return path.join(this.dir, 'tracking.json');
+  }
+
+  private save(): void {
+    writeJsonDurable(this.stateFile, this.state);
+  }
+
+  private checkpoint(seq: number): string {
+    return `${CHECKPOINT_PREFIX}${seq}`;
+  }
+
+  private get workDir(): string {
+    return path.join(this.dir, 'backup');
+  }
+
+  get enabled(): boolean {
+    return this.state.enabled;
+  }
+  get resyncRequired(): { reason: string; at: string } | undefined {
+    return this.state.resyncRequired;
+  }
+  get activeSeq(): number {
+    return this.state.activeSeq;
+  }
+  get resync(): { id: string; seq: number; startedMs: number } | undefined {
+    return this.state.resync;
+  }
+
+  /**
+   * After a restart: osr's checkpoints must be exactly the active one. Otherwise (a swap
+   * cut short, a checkpoint lost with the domain's definition) the changes since the last
+   * point are not known: a resync is required.
+   */
+  async recover(): Promise<void> {
+    if (!this.state.enabled) return;
+    const { ours } = await listCheckpoints(this.virsh, this.domain);
+    const want = this.checkpoint(this.state.activeSeq);
+    if (ours.length !== 1 || ours[0] !== want) this.markResyncRequired(`the domain's osr checkpoints are [${ours.join(', ')}], not ${want}: the changes since the last point cannot be known`);
+  }
+
+  async start(): Promise<number> {
+    await this.endBackup();
+    await dropCheckpoints(this.virsh, this.domain);
+    this.removeLogs(() => true);
+    this.state = { enabled: true, activeSeq: this.state.activeSeq, pointMeta: {} };
+    this.backup = await PullBackup.begin(this.virsh, this.domain, { disks: this.disks.map((d) => d.target), checkpoint: this.checkpoint(this.state.activeSeq), workDir: this.workDir });
+    this.save();
+    return this.state.activeSeq;
+  }
+
+  stop(): void {
+    void this.endBackup().catch(() => undefined);
+    void dropCheckpoints(this.virsh, this.domain).catch(() => undefined);
+    this.removeLogs(() => true);
+    this.state = { enabled: false, activeSeq: this.state.activeSeq, pointMeta: {} };
+    this.save();
+  }
+
+  async swap(consistency: Consistency): Promise<number> {
+    if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off`);
+    if (this.state.resyncRequired) throw new OsrError('RESYNC_REQUIRED', this.state.resyncRequired.reason);
+    await this.endBackup();
+    const seq = this.state.activeSeq;
+    const timeMs = this.now();
+    let inc: PullBackup;
+    try {
+      inc = await PullBackup.begin(this.virsh, this.domain, { disks: this.disks.map((d) => d.target), checkpoint: this.checkpoint(seq + 1), incremental: this.checkpoint(seq), workDir: this.workDir });
+    } catch (e) {
+      const err = toOsrError(e);
+      if (err.code === 'RESYNC_REQUIRED') this.markResyncRequired(err.message);
+      throw err;
+    }
+    const dir = path.join(this.dir, 'logs', String(seq));
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+      for (const disk of this.disks) await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs);
+    } catch (e) {
+      await inc.end().catch(() => undefined);
+      // the new checkpoint exists and the delta was not written: what changed since osr-N is lost
+      this.markResyncRequired(`delta ${seq} of ${this.domain} could not be written: ${toOsrError(e).message}`);
+      throw e;
+    }
+    await inc.end();
+    this.state.pointMeta[String(seq)] = { timeMs, consistency };
+    this.state.activeSeq = seq + 1;
+    this.save();
+    await this.virsh.run(['checkpoint-delete', this.domain, this.checkpoint(seq)]).catch(() => undefined);
+    return seq;
+  }
+
+  /** One disk's dirty extents, read from the incremental backup's export, as a closed and synced change log. */
+  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string, closedMs: number): Promise<void> {
+    const { client, context } = await b.open(disk.target);
+    const w = ChangeLogWriter.create(file, { seq, createdMs: closedMs, diskKey: diskKeyOf(disk.id) });
+    try {
+      for (const e of await changedExtents(client, context)) {
+        for (let off = e.offset; off < e.offset + e.length; off += READ_CHUNK) {
+          const len = Math.min(READ_CHUNK, e.offset + e.length - off);
+          const data = await client.read(off, len);
+          if (data.every((x) => x === 0)) w.appendZero(off, len);
+          else w.appendWrite(off, data);
+        }
+      }
+      w.close(closedMs);
+      w.syncSync();
+    } finally {
+      w.closeFile();
+      await client.close();
+    }
+  }
+
+  closedSynced(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  closedDeltas(afterSeq: number): Map<number, { seq: number; disk: string; file: string; bytes: number; closedMs: number }[]> {
+    const out = new Map<number, { seq: number; disk: string; file: string; bytes: number; closedMs: number }[]>();
+    for (const seq of this.logSeqs()) {
+      if (seq <= afterSeq || seq >= this.state.activeSeq) continue;
+      const list = this.disks.map((d) => {
+        const file = path.join(this.dir, 'logs', String(seq), `${d.target}.osrlog`);
+        const st = fs.statSync(file);
+        return { seq, disk: d.target, file, bytes: st.size, closedMs: this.state.pointMeta[String(seq)]?.timeMs ?? Math.floor(st.mtimeMs) };
+      });
+      out.set(seq, list);
+    }
+    return out;
+  }
+
+  pointMetaOf(seq: number, fallbackMs: number): { timeMs: number; consistency: Consistency } {
+    return this.state.pointMeta[String(seq)] ?? { timeMs: Math.floor(fallbackMs), consistency: 'crash-consistent' };
+  }
+
+  releaseThrough(seq: number): void {
+    this.removeLogs((s) => s <= seq);
+    for (const k of Object.keys(this.state.pointMeta)) if (Number(k) <= seq) delete this.state.pointMeta[k];
+    this.save();
+  }
+
+  pendingBytes(afterSeq: number): number {
+    let n = 0;
+    for (const list of this.closedDeltas(afterSeq).values()) for (const l of list) n += l.bytes;
+    return n;
+  }
+
+  pendingBytesByDisk(afterSeq: number): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const list of this.closedDeltas(afterSeq).values()) for (const l of list) out.set(l.disk, (out.get(l.disk) ?? 0) + l.bytes);
+    return out;
+  }
+
+  markResyncRequired(reason: string): void {
+    this.state.resyncRequired = { reason, at: new Date(this.now()).toISOString() };
+    this.save();
+  }
+
+  /**
+   * Begin (or go on with) a resynchronization: osr's checkpoints go, and a full backup
+   * makes the checkpoint of the resync's delta; the resync reads that instant's disks.
+   * With keepActive (known ranges only), the active checkpoint stays and the backup makes
+   * no new one: the writes since the last point go out with the resync's point.
+   */
+  async beginResync(opts: { keepActive?: boolean } = {}): Promise<{ id: string; seq: number; resumed: boolean }> {
+    await this.endBackup();
+    const resumed = this.state.resync !== undefined;
+    const seq = this.state.activeSeq;
+    const disks = this.disks.map((d) => d.target);
+    if (opts.keepActive && !this.state.resyncRequired) {
+      this.backup = await PullBackup.begin(this.virsh, this.domain, { disks, workDir: this.workDir });
+    } else {
+      await dropCheckpoints(this.virsh, this.domain);
+      this.removeLogs(() => true);
+      this.backup = await PullBackup.begin(this.virsh, this.domain, { disks, checkpoint: this.checkpoint(seq), workDir: this.workDir });
+      this.state.resyncRequired = undefined;
+      this.state.enabled = true;
+    }
+    this.state.resync ??= { id: crypto.randomUUID(), seq, startedMs: this.now() };
+    this.state.resync.seq = seq;
+    this.save();
+    return { id: this.state.resync.id, seq, resumed };
+  }
+
+  endResync(): void {
+    this.state.resync = undefined;
+    this.save();
+  }
+
+  /** Ranges written in the closed deltas held now (the writes since the last swap are in QEMU's bitmap, not here). */
+  loggedRanges(_which: 'all' | 'closed'): Record<string, [number, number][]> {
+    const out: Record<string, [number, number][]> = {};
+    for (const seq of this.logSeqs()) {
+      if (seq >= this.state.activeSeq) continue;
+      for (const d of this.disks) {
+        const scan = scanLogFile(path.join(this.dir, 'logs', String(seq), `${d.target}.osrlog`));
+        const list = (out[d.target] ??= []);
+        for (const r of scan.records) if (r.type !== 3 && r.length > 0) list.push([r.offset, r.offset + r.length]);
+      }
+    }
+    return out;
+  }
+
+  /** The reader of one disk: the open backup's export (the initial copy's or the resync's instant). */
+  async read(target: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const { client } = await this.exportOf(target);
+    const data = await client.read(offset, length);
+    if (!into) return data;
+    data.copy(into);
+    return into.subarray(0, length);
+  }
+
+  async digests(target: string, offset: number, length: number, blockSize: number): Promise<Buffer> {
+    return blockDigests(await this.read(target, offset, length), blockSize);
+  }
+
+  async allocated(target: string, from: number, size: number): Promise<{ offset: number; length: number }[]> {
+    const { client, context } = await this.exportOf(target);
+    if (context !== 'base:allocation') return [{ offset: from, length: size - from }];
+    return (await changedExtents(client, context)).filter((e) => e.offset + e.length > from).map((e) => (e.offset < from ? { offset: from, length: e.offset + e.length - from } : e));
+  }
+
+  private async exportOf(target: string): Promise<{ client: NbdClient; context: string }> {
+    if (!this.backup) {
+      // a copy or resync resumed after a restart: the instant it began is gone with its
+      // backup job, so it reads the disks as they are now; the checkpoint of the delta it
+      // ends in is intact, and that delta carries every block written since, over the copy
+      if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off: nothing may be read for a point`);
+      this.backup = await PullBackup.begin(this.virsh, this.domain, { disks: this.disks.map((d) => d.target), workDir: this.workDir });
+    }
+    let c = this.clients.get(target);
+    if (!c) {
+      c = await this.backup.open(target).catch(async (e: unknown) => {
+        // a full backup exports base:allocation; one without a checkpoint may not: read everything
+        if (toOsrError(e).code !== 'RESYNC_REQUIRED') throw e;
+        const client = await NbdClient.connect({ socketPath: this.backup!.socketPath, exportName: target });
+        return { client, context: 'none' };
+      });
+      this.clients.set(target, c);
+    }
+    return c;
+  }
+
+  private async endBackup(): Promise<void> {
+    for (const c of this.clients.values()) await c.client.close().catch(() => undefined);
+    this.clients.clear();
+    const b = this.backup;
+    this.backup = undefined;
+    await b?.end();
+  }
+
+  private logSeqs(): number[] {
+    const dir = path.join(this.dir, 'logs');
+    return fs
+      .readdirSync(dir)
+      .filter((f) => /^\d+$/.test(f))
+      .map(Number)
+      .sort((a, b) => a - b);
+  }
+
+  private removeLogs(which: (seq: number) => boolean): void {
+    for (const seq of this.logSeqs()) if (which(seq)) fs.rmSync(path.join(this.dir, 'logs', String(seq)), { recursive: true, force: true });
+  }
+}
