@@ -13,6 +13,7 @@ import { replicationOptions, runReplicationBench } from './replication.js';
 import { resyncOptions, runResyncBench } from './resync.js';
 import { failoverOptions, runFailoverBench } from './failover.js';
 import { runVaultBench, vaultOptions } from './vault.js';
+import { libvirtOptions, runLibvirtBench } from './libvirt.js';
 
 /** The repository root: the nearest directory above this file with a package.json. */
 function repoRoot(): string {
@@ -47,6 +48,11 @@ const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
     flags.rejectUnknown();
     await runVaultBench(o);
   },
+  libvirt: async (flags) => {
+    const o = libvirtOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runLibvirtBench(o);
+  },
 };
 
 const USAGE = `usage: npm run bench -- <benchmark> [flags]
@@ -59,7 +65,15 @@ benchmarks:
                 and planned failover, each timed from the API call to the job's end
   vault         the vault API under load: list and get calls at a fixed rate with 10,000
                 protected items and 1,000 jobs, on SQLite and PostgreSQL
+  libvirt       a real domain (tiny guest, QEMU) replicated from its dirty bitmaps by
+                osr agent --host libvirt, against virtnbdbackup -l inc on the same changes
+                (needs libvirtd: bash scripts/libvirt-up.sh; virtnbdbackup from Debian)
   all           every benchmark, one after another (flags go to each)
+
+libvirt flags:
+  --runs N             rounds of changes, cycles and drill boots (3)
+  --size 2G            the data disk, random bytes, for the initial copy (2G)
+  --changed 1G         bytes changed before each compared cycle, 64 KiB blocks (1G)
 
 replication flags:
   --runs N             repetitions of the initial copy and of rsync (3)

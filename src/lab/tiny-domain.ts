@@ -1,0 +1,97 @@
+/**
+ * Tiny guests as libvirt domains (for the libvirt tests, the benchmark, and the KVM lab):
+ * the tiny guest (tiny-guest.ts) on qcow2 v3 disks, its serial console in a file, run by
+ * the host's libvirtd (TCG where there is no KVM).
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { xmlText, type Virsh } from '../agent/libvirt/virsh.js';
+import { tinyGuest } from './tiny-guest.js';
+
+export interface TinyDomain {
+  name: string;
+  dir: string;
+  /** the disk images, by target */
+  images: Record<string, string>;
+  console: string;
+  /** the highest record number the guest acknowledged so far (-1: none) */
+  acked(): number;
+  destroy(): Promise<void>;
+}
+
+/**
+ * Define and start a tiny guest: vda an ext4 file system of `systemMiB`, vdb a raw
+ * `dataMiB` disk, both qcow2 v3 (compat 1.1, so they carry persistent bitmaps).
+ */
+export interface TinyDomainOptions {
+  systemMiB?: number;
+  dataMiB?: number;
+  /** an existing qcow2 v3 image to use as the data disk (vdb) instead of an empty one */
+  dataImage?: string;
+  /** seconds between records (default 0.1) */
+  interval?: number;
+  /** mount and write nothing: a VM that stays still */
+  idle?: boolean;
+  /** carry qemu-guest-agent */
+  agent?: boolean;
+  /** how long to wait for the guest (default 120 s) */
+  bootTimeoutMs?: number;
+}
+
+export async function startTinyDomain(virsh: Virsh, name: string, dir: string, o: TinyDomainOptions = {}): Promise<TinyDomain> {
+  const guest = await tinyGuest({ agent: o.agent === true });
+  fs.mkdirSync(dir, { recursive: true });
+  const raw = path.join(dir, 'vda.raw');
+  fs.rmSync(raw, { force: true });
+  fs.writeFileSync(raw, '');
+  fs.truncateSync(raw, (o.systemMiB ?? 64) * 1024 * 1024);
+  execFileSync('mkfs.ext4', ['-q', '-F', raw]);
+  const images = { vda: path.join(dir, 'vda.qcow2'), vdb: o.dataImage ?? path.join(dir, 'vdb.qcow2') };
+  execFileSync('qemu-img', ['convert', '-q', '-O', 'qcow2', '-o', 'compat=1.1', raw, images.vda]);
+  fs.rmSync(raw);
+  if (!o.dataImage) execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=1.1', images.vdb, `${o.dataMiB ?? 16}M`]);
+  const consoleLog = path.join(dir, 'console.log');
+  fs.rmSync(consoleLog, { force: true });
+  const xml = `<domain type='qemu'>
+  <name>${xmlText(name)}</name>
+  <memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${xmlText(guest.kernel)}</kernel><initrd>${xmlText(guest.initrd)}</initrd><cmdline>${xmlText(`${guest.cmdline} osr.interval=${o.interval ?? 0.1}${o.idle ? ' osr.idle=1' : ''}`)}</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    ${Object.entries(images)
+      .map(([t, f]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${xmlText(f)}'/><target dev='${t}' bus='virtio'/></disk>`)
+      .join('\n    ')}
+    <serial type='file'><source path='${xmlText(consoleLog)}'/><target port='0'/></serial>
+    ${o.agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
+  </devices>
+</domain>`;
+  await removeDomain(virsh, name);
+  await virsh.withXml(xml, (f) => ['define', f]);
+  await virsh.run(['start', name]);
+  const acked = () => {
+    let text = '';
+    try {
+      text = fs.readFileSync(consoleLog, 'latin1');
+    } catch {
+      return -1;
+    }
+    const all = [...text.matchAll(/osr-guest: ack (\d+)/g)];
+    return all.length > 0 ? Number(all.at(-1)![1]) : -1;
+  };
+  const ready = () => (o.idle ? (fs.existsSync(consoleLog) && fs.readFileSync(consoleLog, 'latin1').includes('osr-guest: mounted')) : acked() >= 2);
+  const deadline = Date.now() + (o.bootTimeoutMs ?? 120_000);
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error(`${name} did not come up in time (console: ${consoleLog})`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return { name, dir, images, console: consoleLog, acked, destroy: () => removeDomain(virsh, name) };
+}
+
+/** Stop and forget a domain with its checkpoints' metadata (the images stay). */
+export async function removeDomain(virsh: Virsh, name: string): Promise<void> {
+  const exists = await virsh.run(['list', '--all', '--name']).then((out) => out.split('\n').map((s) => s.trim()).includes(name));
+  if (!exists) return;
+  await virsh.run(['destroy', name]).catch(() => undefined);
+  await virsh.run(['undefine', name, '--checkpoints-metadata']).catch(() => virsh.run(['undefine', name]));
+}
