@@ -6,7 +6,9 @@
  *
  * - the initial copy and every delta reach the replica: a point holds every record
  *   acknowledged before its cycle and none after a gap;
- * - with the domain paused, a point equals its disks byte for byte.
+ * - with the domain paused, a point equals its disks byte for byte;
+ * - an app-consistent point is cut with the guest's file system frozen through
+ *   qemu-guest-agent, and says so.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -28,7 +30,7 @@ let dom: TinyDomain | undefined;
 
 before(async () => {
   if (skip) return;
-  dom = await startTinyDomain(`osr-test-repl-${process.pid}`, path.join(dir, 'domain'));
+  dom = await startTinyDomain(`osr-test-repl-${process.pid}`, path.join(dir, 'domain'), { agent: true });
   pair = await startPair(path.join(dir, 'agents'), { primaryArgs: ['--host', 'libvirt', '--libvirt-domains', `^${dom.name}$`] });
 });
 after(async () => {
@@ -123,7 +125,7 @@ test('a libvirt domain replicates from its dirty bitmaps: every point holds a pr
   assert.match(mine.id, /^[0-9a-f-]{36}$/, 'a domain\'s id is its libvirt UUID');
   assert.equal(mine.running, true);
 
-  await primary.api.post('/v1/replications', { vm: dom!.name, peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50 });
+  await primary.api.post('/v1/replications', { vm: dom!.name, peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50, appConsistentFrequency: '1s' });
   const first = await pointAfter(null);
   const h1 = await health();
   assert.equal(h1.state, 'Replicating');
@@ -148,6 +150,9 @@ test('a libvirt domain replicates from its dirty bitmaps: every point holds a pr
   } finally {
     await virsh.run(['resume', dom!.name]);
   }
+  // cycles asked for app-consistent points froze the guest through its agent
+  const points = await replica.api.get<{ seq: number; consistency: string }[]>(`/v1/replicas/${dom!.name}/points`);
+  assert.ok(points.some((p) => p.consistency === 'app-consistent'), `no app-consistent point: ${JSON.stringify(points.map((p) => p.consistency))}`);
   // osr keeps one checkpoint of its own on the domain
   const cps = (await virsh.run(['checkpoint-list', dom!.name, '--name'])).split('\n').map((s) => s.trim()).filter(Boolean);
   assert.equal(cps.filter((c) => c.startsWith('osr-')).length, 1, `osr's checkpoints: ${cps.join(', ')}`);

@@ -27,6 +27,7 @@ import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { NbdClient } from '../nbd/nbd-client.js';
 import { ChangeLogWriter, diskKeyOf, scanLogFile } from '../tracking/change-log.js';
 import { changedExtents, dropCheckpoints, listCheckpoints, PullBackup, CHECKPOINT_PREFIX } from './backup.js';
+import { withFrozenFilesystems } from './quiesce.js';
 import type { Virsh } from './virsh.js';
 
 type Consistency = 'crash-consistent' | 'app-consistent';
@@ -50,6 +51,8 @@ export interface LibvirtDisk {
 const READ_CHUNK = 4 * 1024 * 1024;
 
 export class LibvirtTracking {
+  /** why the last app-consistent point asked for was crash-consistent (no guest agent), if it was */
+  quiesceNote: string | undefined;
   private state: State;
   private backup: PullBackup | undefined;
   private readonly clients = new Map<string, { client: NbdClient; context: string }>();
@@ -131,8 +134,18 @@ export class LibvirtTracking {
     const seq = this.state.activeSeq;
     const timeMs = this.now();
     let inc: PullBackup;
+    let cut: Consistency = consistency;
     try {
-      inc = await PullBackup.begin(this.virsh, this.domain, { disks: this.disks.map((d) => d.target), checkpoint: this.checkpoint(seq + 1), incremental: this.checkpoint(seq), workDir: this.workDir });
+      const begin = () => PullBackup.begin(this.virsh, this.domain, { disks: this.disks.map((d) => d.target), checkpoint: this.checkpoint(seq + 1), incremental: this.checkpoint(seq), workDir: this.workDir });
+      if (consistency === 'app-consistent') {
+        // the guest's file systems frozen while the point is cut, through qemu-guest-agent
+        const q = await withFrozenFilesystems(this.virsh, this.domain, begin);
+        inc = q.result;
+        if (!q.frozen) {
+          cut = 'crash-consistent';
+          this.quiesceNote = q.reason;
+        } else this.quiesceNote = undefined;
+      } else inc = await begin();
     } catch (e) {
       const err = toOsrError(e);
       if (err.code === 'RESYNC_REQUIRED') this.markResyncRequired(err.message);
@@ -150,7 +163,7 @@ export class LibvirtTracking {
       throw e;
     }
     await inc.end();
-    this.state.pointMeta[String(seq)] = { timeMs, consistency };
+    this.state.pointMeta[String(seq)] = { timeMs, consistency: cut };
     this.state.activeSeq = seq + 1;
     this.save();
     await this.virsh.run(['checkpoint-delete', this.domain, this.checkpoint(seq)]).catch(() => undefined);
