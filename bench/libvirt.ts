@@ -188,7 +188,7 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
     await mounted(dom);
     await run('virtnbdbackup', ['-d', twinName, '-l', 'full', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
   }
-  const rounds: { changedBytes: number; osrSeconds: number; vnbSeconds: number | null }[] = [];
+  const rounds: { changedBytes: number; osrSeconds: number; vnbSeconds: number | null; readSeconds: number | null; sendSeconds: number | null; applySeconds: number | null }[] = [];
   for (let r = 0; r < o.runs; r++) {
     await primary.api.post(`/v1/replications/${name}/cycle`);
     seq = await pointAfter(seq);
@@ -206,13 +206,15 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
     await primary.api.post(`/v1/replications/${name}/cycle`);
     seq = await pointAfter(seq);
     const osrSeconds = (performance.now() - s) / 1000;
+    // where the cycle's time went: reading the dirty extents into the delta, sending it, applying it
+    const d = (await health()).lastDelta;
     let vnbSeconds: number | null = null;
     if (hasVnb) {
       const v = performance.now();
       await run('virtnbdbackup', ['-d', twinName, '-l', 'inc', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
       vnbSeconds = (performance.now() - v) / 1000;
     }
-    rounds.push({ changedBytes, osrSeconds, vnbSeconds });
+    rounds.push({ changedBytes, osrSeconds, vnbSeconds, readSeconds: d ? d.syncMs / 1000 : null, sendSeconds: d ? d.sendMs / 1000 : null, applySeconds: d ? d.applyMs / 1000 : null });
   }
 
   // test failover boot: the latest point opened writable at the replica, a domain on it over NBD
@@ -254,6 +256,9 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
     virtnbdbackupIncSeconds: vnbInc === null ? null : round(vnbInc, 2),
     osrToVirtnbdbackup: vnbInc === null ? null : round(osrInc / vnbInc, 2),
     deltaMBps: round(changedMedian / MB / osrInc, 1),
+    osrIncReadSeconds: round(median(rounds.map((x) => x.readSeconds ?? 0)), 2),
+    osrIncSendSeconds: round(median(rounds.map((x) => x.sendSeconds ?? 0)), 2),
+    osrIncApplySeconds: round(median(rounds.map((x) => x.applySeconds ?? 0)), 2),
     testFailoverBootSeconds: round(median(boots), 2),
     rounds,
     notMeasured: 'RPO p99 at a 30 s copy frequency for 4 guests writing 2 MB/s each',
@@ -265,6 +270,9 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
         ['initial replication (MB/s)', fmt(result.initialReplicationMBps), null],
         ['idle cycle overhead (s, median)', fmt(result.deltaCycleOverheadSeconds, 3), '≤ 1'],
         [`osr cycle, ${fmt(changedMedian / MiB, 0)} MiB scattered (s)`, fmt(result.osrIncSeconds, 2), '≤ virtnbdbackup'],
+        ['  of which: read into the delta (s)', fmt(result.osrIncReadSeconds, 2), null],
+        ['  sent to the replica (s)', fmt(result.osrIncSendSeconds, 2), null],
+        ['  applied at the replica (s)', fmt(result.osrIncApplySeconds, 2), null],
         ['virtnbdbackup -l inc, same changes (s)', fmt(result.virtnbdbackupIncSeconds, 2), null],
         ['osr / virtnbdbackup', fmt(result.osrToVirtnbdbackup, 2), '≤ 1'],
         ['delta (MB/s, read + shipped + applied)', fmt(result.deltaMBps), null],

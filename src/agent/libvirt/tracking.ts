@@ -23,6 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import { blockDigests } from '../io/checksum.js';
+import { isZero } from '../io/sparse.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { NbdClient } from '../nbd/nbd-client.js';
 import { ChangeLogWriter, diskKeyOf, scanLogFile } from '../tracking/change-log.js';
@@ -49,6 +50,8 @@ export interface LibvirtDisk {
 }
 
 const READ_CHUNK = 4 * 1024 * 1024;
+/** NBD reads a cycle keeps in flight: the dirty extents are many and small */
+const READS_IN_FLIGHT = 32;
 
 export class LibvirtTracking {
   /** why the last app-consistent point asked for was crash-consistent (no guest agent), if it was */
@@ -175,13 +178,27 @@ export class LibvirtTracking {
     const { client, context } = await b.open(disk.target);
     const w = ChangeLogWriter.create(file, { seq, createdMs: closedMs, diskKey: diskKeyOf(disk.id) });
     try {
+      const pieces: { offset: number; length: number }[] = [];
       for (const e of await changedExtents(client, context)) {
-        for (let off = e.offset; off < e.offset + e.length; off += READ_CHUNK) {
-          const len = Math.min(READ_CHUNK, e.offset + e.length - off);
-          const data = await client.read(off, len);
-          if (data.every((x) => x === 0)) w.appendZero(off, len);
-          else w.appendWrite(off, data);
+        for (let off = e.offset; off < e.offset + e.length; off += READ_CHUNK) pieces.push({ offset: off, length: Math.min(READ_CHUNK, e.offset + e.length - off) });
+      }
+      // reads in flight together (the export answers them in parallel), appended in order
+      const inFlight: Promise<Buffer>[] = [];
+      let next = 0;
+      const refill = () => {
+        while (inFlight.length < READS_IN_FLIGHT && next < pieces.length) {
+          const p = pieces[next++]!;
+          const read = client.read(p.offset, p.length);
+          read.catch(() => undefined);
+          inFlight.push(read);
         }
+      };
+      refill();
+      for (const p of pieces) {
+        const data = await inFlight.shift()!;
+        refill();
+        if (isZero(data)) w.appendZero(p.offset, p.length);
+        else w.appendWrite(p.offset, data);
       }
       w.close(closedMs);
       w.syncSync();
