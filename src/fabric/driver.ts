@@ -11,7 +11,8 @@
  *   src/drivers/agent-replication.ts, asks the management part where each VM is.
  *
  * A FabricDriver is the two parts with the fabric's kind and capabilities. The provider
- * turns the vault's commands into calls on one part or the other.
+ * turns the vault's commands into calls on one part or the other, and reports the
+ * capabilities to the vault, which refuses what a fabric cannot do before a job starts.
  *
  * Ids here are the fabric's own (the provider strips and adds the vault's fabric prefix).
  * Workflows branch on `capabilities`, never on a driver's kind.
@@ -199,7 +200,7 @@ export interface FabricReplication {
 /** A fabric as its provider sees it: the two parts, its kind and what it can do. */
 export interface FabricDriver {
   readonly kind: string;
-  /** what the fabric can do */
+  /** reported to the vault with every heartbeat; the vault refuses what the fabric cannot do */
   readonly capabilities: FabricCapabilities;
   readonly management: FabricManagement;
   readonly replication: FabricReplication;

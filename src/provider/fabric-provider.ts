@@ -71,6 +71,7 @@ export class FabricProvider {
       handlers: this.handlers(),
       inventory: () => o.driver.management.inventory(),
       inventoryScope: o.inventoryScope ?? 'all',
+      capabilities: o.driver.capabilities,
       pollSeconds: o.pollSeconds ?? 20,
       clock: this.clock,
       log: o.log,
@@ -298,6 +299,7 @@ export class FabricProvider {
       },
       /** recovery site: a test failover's VM from a recovery point, beside the replica */
       'testfailover.start': async ({ body: b }) => {
+        if (!d.capabilities.testFailover) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot run a test failover`);
         const network: TestNetwork = b.network.mode === 'existing' ? { mode: 'existing', vmNetwork: this.localId(b.network.vmNetwork) } : b.network;
         const vm = await m.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, network });
         return { ...vm, testVmId: this.vaultId(vm.testVmId), hostId: this.vaultId(vm.hostId), temporaryNetwork: vm.temporaryNetwork && this.vaultId(vm.temporaryNetwork), nics: vm.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
