@@ -1,6 +1,7 @@
 // Lint: typescript-eslint's recommended rules, plus the import direction of
-// docs/design/layout.md: domain ← pki/store/jobs ← workflows/fabric ← agent/provider/vault ← cli/lab,
-// and inside src/agent between its folders (layout.md, "Inside the agent").
+// docs/design/layout.md: domain ← pki/store/jobs/fabric ← workflows ← agent/provider/vault ← cli/lab,
+// with drivers (the fabric drivers' shared, agent-backed part) on fabric and below, and
+// inside src/agent between its folders (layout.md, "Inside the agent").
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
@@ -14,8 +15,11 @@ const layers = {
   agent: ['domain', 'pki', 'store', 'jobs', 'fabric'],
   provider: ['domain', 'pki', 'store', 'jobs', 'fabric', 'workflows'],
   vault: ['domain', 'pki', 'store', 'jobs', 'fabric', 'workflows'],
+  // the agent-backed replication every fabric driver shares: it reaches agents through an
+  // interface it declares, so it needs neither src/agent nor the client in src/cli
+  drivers: ['domain', 'pki', 'fabric'],
 };
-const all = ['domain', 'pki', 'store', 'jobs', 'fabric', 'workflows', 'agent', 'provider', 'vault', 'cli', 'lab'];
+const all = ['domain', 'pki', 'store', 'jobs', 'fabric', 'workflows', 'agent', 'provider', 'vault', 'drivers', 'cli', 'lab'];
 
 const layerPatterns = (layer) =>
   all

@@ -360,7 +360,7 @@ const vm = object<CommandVm>({
   cloud: id,
   host: id,
   powerState: text,
-  disks: list(object<CommandVm['disks'][number]>({ id, name: text, sizeBytes: num, storageLocation: optional(id) })),
+  disks: list(object<CommandVm['disks'][number]>({ id, name: text, sizeBytes: num, storageLocation: optional(id), format: optional(text) })),
   nics: list(object<CommandVm['nics'][number]>({ id, vmNetwork: optional(id), ip: optional(text) })),
   replicaOf: optional(id),
   testFailoverOf: optional(id),

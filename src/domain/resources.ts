@@ -5,6 +5,7 @@
  * policies, cloud pairings and mappings are the configuration; protected items are VMs
  * under protection.
  */
+import type { FabricCapabilities } from './capabilities.js';
 import type { Placement } from './placement.js';
 import type { PolicySettings } from './policy.js';
 import type { AgentEndpoint, NicConnection, RecoveryPointInfo, TestVm } from './replicas.js';
@@ -39,7 +40,8 @@ export interface InventoryDocument {
     cloud: string;
     host: string;
     powerState: string;
-    disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
+    /** `format`: the disk image's format where the fabric knows it (`raw`, `qcow2`); a raw disk is refused at a fabric without capability rawDisks */
+    disks: { id: string; name: string; sizeBytes: number; storageLocation?: string; format?: string }[];
     nics: { id: string; vmNetwork?: string; subnet?: string; ip?: string }[];
     /** a replica VM: the protected item (the vault's id of its source VM) it holds the replica of */
     replicaOf?: string | undefined;
@@ -58,7 +60,7 @@ export interface VmProperties {
   cloud: string;
   host: string;
   powerState: string;
-  disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
+  disks: { id: string; name: string; sizeBytes: number; storageLocation?: string; format?: string }[];
   nics: { id: string; vmNetwork?: string; ip?: string }[];
   replicaOf?: string;
   testFailoverOf?: string;
@@ -101,6 +103,8 @@ export interface Fabric {
   heartbeatLost: boolean;
   inventoryAt: string | null;
   createdAt: string;
+  /** what the fabric can do, as its provider last reported with a heartbeat (null: not reported yet, nothing is refused for it) */
+  capabilities: FabricCapabilities | null;
   providers: Provider[];
 }
 

@@ -1,28 +1,30 @@
 /**
  * The FabricDriver port: what a provider needs of the management server it runs at (a
- * fabric). The provider turns the vault's commands into these calls; a driver turns them
- * into its fabric's own operations (the lab driver: lab hosts' agents on this machine).
+ * fabric), in two parts.
+ *
+ * - FabricManagement: what differs between fabrics, their management server's objects —
+ *   hosts enrolled, started and stopped, the inventory, power, NICs, replica VMs and test
+ *   VMs as VM definitions, drill networks.
+ * - FabricReplication: the data path — replication, its status and resync, recovery
+ *   points, failover (prepare, promote, change of point, commit, fence, demote). Every
+ *   fabric osr drives delegates it to osr host agents on its hosts; the one implementation,
+ *   src/drivers/agent-replication.ts, asks the management part where each VM is.
+ *
+ * A FabricDriver is the two parts with the fabric's kind and capabilities. The provider
+ * turns the vault's commands into calls on one part or the other, and reports the
+ * capabilities to the vault, which refuses what a fabric cannot do before a job starts.
  *
  * Ids here are the fabric's own (the provider strips and adds the vault's fabric prefix).
  * Workflows branch on `capabilities`, never on a driver's kind.
  */
+import type { FabricCapabilities } from '../domain/capabilities.js';
 import type { PolicySettings } from '../domain/policy.js';
 import type { AgentEndpoint, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 import type { InventoryDocument } from '../domain/resources.js';
 
 /** The shapes a driver answers, shared with the vault's commands (src/domain/replicas.ts); ids here are the fabric's own. */
 export type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
-
-export interface FabricCapabilities {
-  /** hosts track guest writes, so deltas ship only changed blocks */
-  changedBlockTracking: boolean;
-  /** a running VM's disks can be served over NBD to outside tools */
-  nbdExport: boolean;
-  /** initial replication through an export at the source and an import at the target */
-  offlineInitialReplication: boolean;
-  /** a resynchronization can be started on request, whatever the resync window */
-  resyncOnRequest: boolean;
-}
+export type { FabricCapabilities, InitialReplicationMethod } from '../domain/capabilities.js';
 
 export const PowerAction = { Start: 'start', Shutdown: 'shutdown', Stop: 'stop' } as const;
 export type PowerAction = (typeof PowerAction)[keyof typeof PowerAction];
@@ -120,9 +122,8 @@ export interface ReplicationStatus {
   resync?: ResyncInfo | null;
 }
 
-export interface FabricDriver {
-  readonly kind: string;
-  readonly capabilities: FabricCapabilities;
+/** What differs between fabrics: their management server's objects. */
+export interface FabricManagement {
   /** bring the fabric up (hosts enrolled and reachable); called once the provider is registered */
   start(ctx: DriverContext): Promise<void>;
   stop(): Promise<void>;
@@ -131,7 +132,8 @@ export interface FabricDriver {
 
   /**
    * the vault's certificate revocation list (PEM), fetched at start and every inventory
-   * interval: the driver hands it to its hosts' agents, which refuse the certificates it
+   * interval: the driver enrols again the hosts whose certificates it names (or that are
+   * due for renewal) and hands it to its hosts' agents, which refuse the certificates it
    * names (optional: a fabric without agents of osr's has nothing to hand it to)
    */
   revocationList?(pem: string): Promise<void>;
@@ -143,7 +145,6 @@ export interface FabricDriver {
   removeReplicaVm(replicaVmId: string, o: { deleteData: boolean }): Promise<void>;
   /** connect a NIC to a VM network (an IP from its static pool), or disconnect it (null) */
   connectNic(vmId: string, nicId: string, vmNetwork: string | null): Promise<{ ip: string | null }>;
-  recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]>;
   /** a test failover: the point opened writable beside the replica (replication goes on) and started as a VM */
   startTestVm(spec: TestVmSpec): Promise<TestVm>;
   /** remove a test failover's VM, its writes and any network made for it (idempotent) */
@@ -152,6 +153,26 @@ export interface FabricDriver {
   createTestNetwork(name: string): Promise<{ vmNetwork: string }>;
   /** remove a drill's network once no test VM is on it (idempotent) */
   removeTestNetwork(vmNetwork: string): Promise<void>;
+}
+
+/** The data path, which every fabric delegates to osr host agents (src/drivers/agent-replication.ts). */
+export interface FabricReplication {
+  // ---- primary site
+  /** start tracking and replicating a VM to the peer (idempotent) */
+  ensureReplication(req: ReplicationRequest): Promise<void>;
+  replicationStatus(vmId: string): Promise<ReplicationStatus>;
+  /**
+   * resynchronize now, whatever the resync window (capability resyncOnRequest): every block
+   * is compared with the replica and those that differ are sent; a resync that runs already
+   * is not started again. `replicationStatus().resync` shows its progress.
+   */
+  resync(vmId: string): Promise<void>;
+  /** stop replicating (idempotent); the VM keeps running */
+  stopReplication(vmId: string): Promise<void>;
+
+  // ---- recovery site
+  /** the points a replica holds */
+  recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]>;
 
   // ---- failover
   /** planned failover, at the primary: shut the VM down, ship its final delta; answers the point that is its last state */
@@ -166,7 +187,7 @@ export interface FabricDriver {
   changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }>;
   /** commit a failover: the VM keeps its point and writes, the other points are dropped (idempotent) */
   commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }>;
-  /** after a failover, at the old primary: the VM stays off until it is reprotected */
+  /** after a failover, at the old primary: the VM stays off until it is reprotected (a start is refused, EPOCH_STALE) */
   fenceVm(vmId: string, epoch: number): Promise<void>;
   /**
    * reprotect, at the old primary: the VM's disks become the replica of the copy promoted
@@ -174,17 +195,13 @@ export interface FabricDriver {
    * replicate into them (its certificate's name)
    */
   demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm>;
+}
 
-  // ---- primary site
-  /** start tracking and replicating a VM to the peer (idempotent) */
-  ensureReplication(req: ReplicationRequest): Promise<void>;
-  replicationStatus(vmId: string): Promise<ReplicationStatus>;
-  /**
-   * resynchronize now, whatever the resync window (capability resyncOnRequest): every block
-   * is compared with the replica and those that differ are sent; a resync that runs already
-   * is not started again. `replicationStatus().resync` shows its progress.
-   */
-  resync(vmId: string): Promise<void>;
-  /** stop replicating (idempotent); the VM keeps running */
-  stopReplication(vmId: string): Promise<void>;
+/** A fabric as its provider sees it: the two parts, its kind and what it can do. */
+export interface FabricDriver {
+  readonly kind: string;
+  /** reported to the vault with every heartbeat; the vault refuses what the fabric cannot do */
+  readonly capabilities: FabricCapabilities;
+  readonly management: FabricManagement;
+  readonly replication: FabricReplication;
 }

@@ -3,6 +3,11 @@
  * this machine. Its inventory is the site file's (clouds, host groups, hosts, networks
  * with static IP pools, storage) plus the VMs the agents run and the replica VMs it made.
  *
+ * This file is the lab's management part (FabricManagement); replication and failover
+ * are the agent-backed part every fabric of osr agents shares
+ * (src/drivers/agent-replication.ts), which asks this one where each VM is and tells it
+ * what a failover changed.
+ *
  * - Hosts enrol through the provider (a key pair made here, a certificate from the
  *   vault's CA) and run with a replication listener on a port kept across restarts.
  * - VMs are the agents' lab VMs; a running VM with a workload has a guest writing to its
@@ -16,9 +21,10 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseSize } from '../agent/io/size.js';
-import { OsrError, toOsrError } from '../domain/errors.js';
+import { OsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
-import type { DriverContext, FabricDriver, PowerAction, RecoveryPointInfo, ReplicaVm, ReplicaVmSpec, ReplicationRequest, ReplicationStatus, TestVm, TestVmSpec } from '../fabric/driver.js';
+import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentSite, type SiteChange } from '../drivers/agent-replication.js';
+import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../fabric/driver.js';
 import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, renewalDue, writeFileAtomic } from '../pki/index.js';
 import { startAgentProcess, stopAgentProcess, type RunningAgent } from './agent-process.js';
 import { intToIp, ipToInt, slug, type LabVmSpec, type SiteConfig } from './topology.js';
@@ -130,9 +136,30 @@ export interface LabDriverOptions {
   agentArgs?: string[];
 }
 
+/**
+ * What the lab does: what replication through osr agents does (not offline initial
+ * replication), test failovers, and raw disks, whose writes the lab host tracks on their
+ * write path and serves over NBD.
+ */
+export const LAB_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, testFailover: true, rawDisks: true, changedBlockTracking: true, nbdExport: true };
+
+/** The lab fabric's driver: its management part and the agent-backed replication over it. */
 export class LabFabricDriver implements FabricDriver {
   readonly kind = 'lab';
-  readonly capabilities = { changedBlockTracking: true, nbdExport: true, offlineInitialReplication: false, resyncOnRequest: true };
+  readonly capabilities = LAB_CAPABILITIES;
+  readonly management: LabFabric;
+  readonly replication: AgentReplication;
+
+  constructor(site: SiteConfig, o: LabDriverOptions = {}) {
+    this.management = new LabFabric(site, o);
+    this.replication = new AgentReplication(this.management.agentSite);
+  }
+}
+
+/** The lab's management part: hosts as agent processes, their VMs, replica and test VM records, networks. */
+export class LabFabric implements FabricManagement {
+  /** what the agent-backed replication asks of this fabric and tells it */
+  readonly agentSite: AgentSite;
   private readonly dir: string;
   private state: LabState;
   private readonly agents = new Map<string, RunningAgent>();
@@ -164,6 +191,18 @@ export class LabFabricDriver implements FabricDriver {
       }
     }
     for (const v of site.vms) this.vms.set(slug(v.name), { ...v, id: slug(v.name) });
+    this.agentSite = {
+      name: site.name,
+      locate: (id) => this.locate(id),
+      agent: (hostId) => this.agent(hostId).api,
+      agentEndpoint: (hostId) => this.agentAddress(hostId),
+      nics: (id) => this.nicsOf(id, this.nicIdsOf(this.locate(id))),
+      replicationPeer: (vmId) => this.state.replications[vmId],
+      fencedEpoch: (vmId) => this.state.fenced[vmId]?.epoch ?? 0,
+      stoppingVm: (vmId, graceful) => this.stopGuest(vmId, graceful),
+      changed: (c) => this.record(c),
+      log: { warn: (o, msg) => this.ctx?.log.warn(o, msg) },
+    };
   }
 
   private save(): Promise<void> {
@@ -177,6 +216,48 @@ export class LabFabricDriver implements FabricDriver {
 
   private changed(): void {
     this.ctx?.inventoryChanged();
+  }
+
+  /**
+   * What the agent-backed replication did, in the lab's records: the peer a VM replicates
+   * to, and after a failover step which record runs as a VM (a promoted replica, a
+   * topology VM not demoted), which is off and fenced. Saved before the call answers.
+   */
+  private async record(c: SiteChange): Promise<void> {
+    const at = new Date().toISOString();
+    switch (c.kind) {
+      case 'replicating':
+        if (c.peer) this.state.replications[c.vmId] = c.peer;
+        else delete this.state.replications[c.vmId];
+        await this.save();
+        return;
+      case 'shut-down':
+        await this.wantPower(c.vmId, 'Off');
+        return;
+      case 'point-changed':
+      case 'committed':
+        this.changed();
+        return;
+      case 'promoted':
+        if (this.locate(c.id).replica) this.state.promoted[c.id] = { epoch: c.epoch, at };
+        else delete this.state.demoted[c.id];
+        delete this.state.fenced[c.id];
+        this.state.power[c.id] = 'Running';
+        break;
+      case 'fenced':
+        this.state.fenced[c.vmId] = { epoch: c.epoch, at };
+        this.state.power[c.vmId] = 'Off';
+        break;
+      case 'demoted':
+        if (this.locate(c.id).replica) delete this.state.promoted[c.id];
+        else this.state.demoted[c.id] = { epoch: c.epoch, itemId: c.itemId, at };
+        delete this.state.fenced[c.id];
+        delete this.state.replications[c.id];
+        this.state.power[c.id] = 'Off';
+        break;
+    }
+    await this.save();
+    this.changed();
   }
 
   // ---- start and stop
@@ -286,11 +367,8 @@ export class LabFabricDriver implements FabricDriver {
 
   /** A VM that runs here (not a replica). */
   private vm(vmId: string): Located {
-    const l = this.locate(vmId);
-    if (!l.isVm) throw new OsrError('INVALID_STATE', `${l.name} (${vmId}) holds a replica here, not a running VM`);
-    return l;
+    return asVm(this.locate(vmId));
   }
-
   /** The subnet the VM's NIC is on at the source, by name: its NIC here goes on the subnet of that name. */
   private sourceSubnet(l: Located, nicId: string): string | null {
     if (l.replica) return l.replica.nicSubnets?.[nicId] ?? null;
@@ -300,11 +378,8 @@ export class LabFabricDriver implements FabricDriver {
 
   /** A replica held here (not a running VM). */
   private replicaOf(id: string): Located {
-    const l = this.locate(id);
-    if (l.isVm) throw new OsrError('INVALID_STATE', `${l.name} (${id}) runs as a VM here; it holds no replica`);
-    return l;
+    return asReplica(this.locate(id));
   }
-
   /** Create a topology VM on its host the first time, connect its NICs, and power it as wanted. */
   private async ensureVm(v: LabVmSpec & { id: string }): Promise<void> {
     if (this.state.demoted[v.id]) return; // its disks are a replica now
@@ -353,7 +428,8 @@ export class LabFabricDriver implements FabricDriver {
         powerState: !demoted && running.get(`${host.id}/${v.name}`)?.running ? 'Running' : 'Off',
         disks: v.disks.map((d, i) => ({ id: `disk${i}`, name: d.name, sizeBytes: parseSize(d.size), ...(d.storage ? { storageLocation: slug(d.storage) } : {}) })),
         nics: v.nics.map((_n, i) => this.nicView(v.id, `nic${i}`)),
-        ...(demoted ? { replicaOf: demoted.itemId } : {}),
+        // a demoted VM whose replica was removed (itemId emptied) is the replica of nothing
+        ...(demoted?.itemId ? { replicaOf: demoted.itemId } : {}),
         ...(running.has(`${host.id}/${v.name}`) ? { replicationId: running.get(`${host.id}/${v.name}`)!.id } : {}),
       });
     }
@@ -529,17 +605,11 @@ export class LabFabricDriver implements FabricDriver {
     this.ctx?.log.info({ replica: id, host: host.name }, `replica VM ${id} created on ${host.name}`);
     return this.replicaView(r, false);
   }
-
-  /**
-   * The vault's word, before the first copy: only the source host's agent may replicate
-   * the VM into this host (a replica another agent opened first is refused, AUTH_FAILED).
-   */
+  /** The vault's word, before the first copy: only the source host's agent may replicate the VM into this host. */
   private async claimReplica(hostId: string, spec: ReplicaVmSpec): Promise<void> {
     const { replicationId, agent } = spec.source;
-    if (replicationId === undefined || agent === undefined) return;
-    await this.agent(hostId).api.call('PUT', `/v1/replicas/${encodeURIComponent(replicationId)}/source`, { source: agent, claim: true });
+    if (replicationId !== undefined && agent !== undefined) await claimReplicaSource(this.agent(hostId).api, replicationId, agent);
   }
-
   /** A NIC on a network: its lease kept when it is there already, a new one otherwise (saved by the caller). */
   private lease(vmId: string, nicId: string, vmNetwork: string | null, subnet: string | null): NicLease {
     const current = this.state.nics[`${vmId}/${nicId}`];
@@ -570,7 +640,7 @@ export class LabFabricDriver implements FabricDriver {
     const demoted = this.state.demoted[replicaVmId];
     if (demoted) {
       // a reprotected item's replica is the old primary's own disks
-      if (o.deleteData) await this.deleteReplicaData(slug(this.vms.get(replicaVmId)!.host), this.vms.get(replicaVmId)!.name);
+      if (o.deleteData) await this.deleteReplica(slug(this.vms.get(replicaVmId)!.host), this.vms.get(replicaVmId)!.name);
       demoted.itemId = '';
       await this.save();
       this.changed();
@@ -581,7 +651,7 @@ export class LabFabricDriver implements FabricDriver {
     if (!o.deleteData) {
       r.protecting = false;
     } else {
-      await this.deleteReplicaData(r.hostId, r.name);
+      await this.deleteReplica(r.hostId, r.name);
       delete this.state.replicas[replicaVmId];
       for (const key of Object.keys(this.state.nics)) if (key.startsWith(`${replicaVmId}/`)) delete this.state.nics[key];
     }
@@ -589,27 +659,8 @@ export class LabFabricDriver implements FabricDriver {
     this.changed();
   }
 
-  private async deleteReplicaData(hostId: string, name: string): Promise<void> {
-    try {
-      await this.agent(hostId).api.delete(`/v1/replicas/${encodeURIComponent(name)}`);
-    } catch (e) {
-      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
-    }
-  }
-
-  async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
-    return this.pointsOf(this.replicaOf(replicaVmId));
-  }
-
-  /** The points a replica holds (also one promoted and not committed yet). */
-  private async pointsOf(r: Located): Promise<RecoveryPointInfo[]> {
-    try {
-      const points = await this.agent(r.hostId).api.get<{ seq: number; time: string; consistency: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
-      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency) }));
-    } catch (e) {
-      if (toOsrError(e).code === 'NOT_FOUND') return []; // no data has arrived yet
-      throw e;
-    }
+  private async deleteReplica(hostId: string, name: string): Promise<void> {
+    await deleteReplicaData(this.agent(hostId).api, name);
   }
 
   // ---- test failover
@@ -619,7 +670,7 @@ export class LabFabricDriver implements FabricDriver {
     if (running) return this.testVmView(running);
     const r = this.replicaOf(spec.replicaVmId);
     const id = `${r.id.replace(/-replica\d*$/, '')}-test`;
-    const overlay = await this.agent(r.hostId).api.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${encodeURIComponent(r.name)}/overlays`, { point: Number(spec.pointId) });
+    const overlay = await openTestOverlay(this.agent(r.hostId).api, r.name, spec.pointId);
     let temporaryNetwork: string | null = null;
     if (spec.network.mode === 'temporary') {
       temporaryNetwork = this.isolatedNetwork(`osr-test-${slug(r.name)}`, `osr-test-${r.name}`);
@@ -629,7 +680,7 @@ export class LabFabricDriver implements FabricDriver {
       throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${spec.network.vmNetwork}`);
     }
     const network = spec.network.mode === 'temporary' ? temporaryNetwork : spec.network.mode === 'existing' ? spec.network.vmNetwork : null;
-    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: this.nicIdsOf(r), temporaryNetwork, disks: overlay.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), startedAt: new Date().toISOString() };
+    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: this.nicIdsOf(r), temporaryNetwork, disks: overlay.disks, startedAt: new Date().toISOString() };
     for (const nic of t.nicIds) this.allocate(id, nic, network, this.sourceSubnet(r, nic));
     this.state.testVms[id] = t;
     await this.save();
@@ -672,12 +723,7 @@ export class LabFabricDriver implements FabricDriver {
   async removeTestVm(testVmId: string): Promise<void> {
     const t = this.state.testVms[testVmId];
     if (!t) return; // already gone
-    try {
-      await this.agent(t.hostId).api.delete(`/v1/replicas/${encodeURIComponent(t.replicaName)}/overlays/${encodeURIComponent(t.overlayId)}`);
-    } catch (e) {
-      // an overlay a restarted agent no longer has is gone already
-      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
-    }
+    await removeTestOverlay(this.agent(t.hostId).api, t.replicaName, t.overlayId);
     for (const key of Object.keys(this.state.nics)) if (key.startsWith(`${testVmId}/`)) delete this.state.nics[key];
     if (t.temporaryNetwork) delete this.state.temporaryNetworks[t.temporaryNetwork];
     delete this.state.testVms[testVmId];
@@ -685,245 +731,10 @@ export class LabFabricDriver implements FabricDriver {
     this.changed();
   }
 
-  // ---- failover
-
-  async prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
-    const v = this.locate(vmId);
-    const a = this.agent(v.hostId).api;
-    if (v.isVm) {
-      await this.stopGuest(vmId, true);
-      const r = await a.post<{ point: { seq: number; time: string } | null }>(`/v1/replications/${encodeURIComponent(v.name)}/prepare-failover`, { timeout: '10m' });
-      if (!r.point) throw new OsrError('INVALID_STATE', `${v.name} has no recovery point at the replica yet; wait for initial replication`);
-      await this.wantPower(vmId, 'Off');
-      return { point: { id: String(r.point.seq), at: r.point.time, consistency: 'crash' } };
-    }
-    throw new OsrError('INVALID_STATE', `${v.name} (${vmId}) holds a replica here; a planned failover starts at the site that runs the VM`);
-  }
-
-  async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] }> {
-    const l = this.locate(replicaVmId);
-    const a = this.agent(l.hostId).api;
-    if (l.isVm) {
-      // promoted already (the command run a second time): answer what is there
-      const vm = (await a.get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number }; pending?: boolean } }[]>('/v1/vms')).find((x) => x.name === l.name);
-      if (!vm?.origin) throw new OsrError('INVALID_STATE', `${l.name} runs here but was not promoted from a replica`);
-      const points = vm.origin.pending ? await this.pointsOf(l) : undefined;
-      return { vmId: l.id, epoch: vm.origin.epoch, point: points?.find((p) => p.id === String(vm.origin!.point.seq)) ?? { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' }, ...(points ? { points } : {}) };
-    }
-    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false });
-    if (l.replica) this.state.promoted[l.id] = { epoch: r.epoch, at: new Date().toISOString() };
-    else delete this.state.demoted[l.id];
-    delete this.state.fenced[l.id];
-    this.state.power[l.id] = 'Running';
-    await this.save();
-    this.changed();
-    // the points stay until the commit: the vault learns them all, the promoted one included
-    return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
-  }
-
-  async changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }> {
-    const l = this.vm(vmId);
-    const seq = Number(pointId);
-    if (!Number.isSafeInteger(seq) || seq < 0) throw new OsrError('POINT_NOT_FOUND', `${pointId} is not a recovery point of ${l.name}`);
-    const r = await this.agent(l.hostId).api.post<{ point: { seq: number; timeMs: number; consistency: string } }>(`/v1/vms/${encodeURIComponent(l.name)}/recovery-point`, { point: seq });
-    this.changed();
-    return { point: pointInfo(r.point) };
-  }
-
-  async commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
-    const l = this.vm(vmId);
-    const r = await this.agent(l.hostId).api.post<{ point: { seq: number; timeMs: number; consistency: string } }>(`/v1/vms/${encodeURIComponent(l.name)}/commit`);
-    this.changed();
-    return { point: pointInfo(r.point) };
-  }
-
-  async fenceVm(vmId: string, epoch: number): Promise<void> {
-    const v = this.locate(vmId);
-    if (!v.isVm) return; // a replica already: nothing to keep off
-    if ((this.state.fenced[vmId]?.epoch ?? 0) >= epoch) return;
-    await this.stopGuest(vmId, false);
-    try {
-      await this.agent(v.hostId).api.post(`/v1/vms/${encodeURIComponent(v.name)}/stop`);
-    } catch (e) {
-      // a host that is down keeps the VM off anyway; the fence applies when it is back
-      this.ctx?.log.warn({ vm: v.name, err: toOsrError(e).message }, `${v.name} could not be stopped now; it stays fenced`);
-    }
-    this.state.fenced[vmId] = { epoch, at: new Date().toISOString() };
-    this.state.power[vmId] = 'Off';
-    await this.save();
-    this.changed();
-  }
-
-  async demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm> {
-    const l = this.locate(vmId);
-    if (l.isVm) {
-      await this.stopGuest(vmId, false);
-      await this.agent(l.hostId).api.post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch, ...(source !== undefined ? { source } : {}) });
-      if (l.replica) delete this.state.promoted[l.id];
-      else this.state.demoted[l.id] = { epoch, itemId, at: new Date().toISOString() };
-      delete this.state.fenced[l.id];
-      delete this.state.replications[l.id];
-      this.state.power[l.id] = 'Off';
-      await this.save();
-      this.changed();
-    }
-    return {
-      replicaVmId: l.id,
-      hostId: l.hostId,
-      agent: this.agentAddress(l.hostId),
-      nics: this.nicsOf(l.id, this.nicIdsOf(l)),
-      reused: true,
-    };
-  }
-
   private nicIdsOf(l: Located): string[] {
     return l.replica ? l.replica.nicIds : (l.spec?.nics ?? []).map((_n, i) => `nic${i}`);
   }
-
-  // ---- primary site
-
-  async ensureReplication(req: ReplicationRequest): Promise<void> {
-    const v = this.vm(req.vmId);
-    const a = this.agent(v.hostId).api;
-    const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
-    const known = this.state.replications[req.vmId];
-    if (present && known && known.address === req.peer.address && known.port === req.peer.port && (known.name === undefined || known.name === req.peer.name)) return;
-    if (present) await a.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
-    const p = req.policy;
-    if (p.initialReplication.method === 'offline') {
-      throw new OsrError('NOT_SUPPORTED', 'the lab fabric replicates over the network only; choose initial replication now or scheduled');
-    }
-    const keep = Math.max(1, Math.ceil((p.retentionHours * 3600) / p.copyFrequencySeconds) + 1);
-    await a.post('/v1/replications', {
-      vm: v.name,
-      peer: `${req.peer.address}:${req.peer.port}`,
-      ...(req.peer.name !== undefined ? { peerName: req.peer.name } : {}),
-      copyFrequency: `${p.copyFrequencySeconds}s`,
-      retentionHours: p.retentionHours,
-      maxPoints: Math.min(10_000, keep),
-      compression: p.compression,
-      ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
-      ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
-    });
-    this.state.replications[req.vmId] = req.peer;
-    await this.save();
-  }
-
-  async replicationStatus(vmId: string): Promise<ReplicationStatus> {
-    const v = this.vm(vmId);
-    let h: AgentHealth;
-    try {
-      h = await this.agent(v.hostId).api.get<AgentHealth>(`/v1/replications/${encodeURIComponent(v.name)}`);
-    } catch (e) {
-      const err = toOsrError(e);
-      return { health: 'Critical', healthReasons: [{ code: err.code, message: `replication of ${v.name} cannot be read at host ${v.hostId}: ${err.message}` }], rpoSeconds: null, state: 'Unknown', initial: null, latestPoint: null, lastError: err.toJSON(), waitingForAction: false };
-    }
-    const reasons: { code: string; message: string }[] = [];
-    if (h.lastError) reasons.push({ code: h.lastError.code, message: h.lastError.message });
-    if (h.state === 'ResyncRequired') reasons.push({ code: 'RESYNC_REQUIRED', message: `${v.name} needs a resynchronization` });
-    if (h.health === 'Warning' && h.cyclesLastHour > 0 && h.missedCyclesLastHour / h.cyclesLastHour > 0.2) reasons.push({ code: 'NETWORK_ERROR', message: `${h.missedCyclesLastHour} of ${h.cyclesLastHour} copy cycles in the last hour were missed` });
-    const first = h.initial ?? null;
-    const resync = h.resync ?? null;
-    const progress = first && !first.completedAt ? first : resync && !resync.completedAt ? resync : first ?? resync;
-    const done = h.latestPoint !== null && (first === null || first.completedAt !== null) && (resync === null || resync.completedAt !== null) && h.state !== 'InitialReplication' && h.state !== 'Resynchronizing' && h.state !== 'Scheduled';
-    return {
-      health: h.health,
-      healthReasons: reasons,
-      rpoSeconds: h.rpoSeconds,
-      state: h.state,
-      initial: {
-        fraction: progress ? (progress.totalBytes > 0 ? progress.doneBytes / progress.totalBytes : done ? 1 : 0) : done ? 1 : 0,
-        bytesDone: progress?.doneBytes ?? 0,
-        bytesTotal: progress?.totalBytes ?? 0,
-        rateBytesPerSec: progress?.rateBytesPerSec ?? 0,
-        etaSeconds: progress?.etaSeconds ?? null,
-        currentDisk: progress?.currentDisk ?? null,
-        done,
-      },
-      latestPoint: h.latestPoint ? { id: String(h.latestPoint.seq), at: h.latestPoint.time, consistency: consistencyOf(h.latestPoint.consistency) } : null,
-      lastError: h.lastError ? { code: h.lastError.code, message: h.lastError.message } : null,
-      waitingForAction: h.retry?.waitingForAction ?? false,
-      churn: h.churn ? { bytesPerSec: h.churn.bytesPerSec, peakBytesPerSec: h.churn.peakBytesPerSec } : null,
-      pendingLogBytes: h.pendingLogBytes ?? null,
-      resync: resync
-        ? {
-            id: resync.id,
-            reason: resync.reason,
-            fraction: resync.totalBytes > 0 ? resync.doneBytes / resync.totalBytes : resync.completedAt ? 1 : 0,
-            bytesDone: resync.doneBytes,
-            bytesTotal: resync.totalBytes,
-            differingBytes: resync.differingBytes,
-            rateBytesPerSec: resync.rateBytesPerSec,
-            etaSeconds: resync.etaSeconds,
-            currentDisk: resync.currentDisk,
-            startedAt: resync.startedAt,
-            completedAt: resync.completedAt,
-          }
-        : null,
-    };
-  }
-
-  /**
-   * The host's agent resynchronizes at once when asked, whatever its resync window. One
-   * that runs already is left to finish: asked again meanwhile, the agent would compare
-   * every block a second time once it ends.
-   */
-  async resync(vmId: string): Promise<void> {
-    const v = this.vm(vmId);
-    const a = this.agent(v.hostId).api;
-    const name = encodeURIComponent(v.name);
-    const h = await a.get<AgentHealth>(`/v1/replications/${name}`);
-    if (h.state === 'Resynchronizing') return;
-    await a.post(`/v1/replications/${name}/resync`);
-  }
-
-  async stopReplication(vmId: string): Promise<void> {
-    const v = this.vm(vmId);
-    try {
-      await this.agent(v.hostId).api.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
-    } catch (e) {
-      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
-    }
-    if (this.state.replications[vmId]) {
-      delete this.state.replications[vmId];
-      await this.save();
-    }
-  }
 }
-
-interface AgentProgress {
-  totalBytes: number;
-  doneBytes: number;
-  rateBytesPerSec: number;
-  etaSeconds: number | null;
-  currentDisk: string | null;
-  completedAt: string | null;
-}
-
-interface AgentResync extends AgentProgress {
-  id: string;
-  reason: string;
-  differingBytes: number;
-  startedAt: string;
-}
-
-interface AgentHealth {
-  state: string;
-  health: 'Healthy' | 'Warning' | 'Critical';
-  rpoSeconds: number | null;
-  latestPoint: { seq: number; time: string; consistency: string } | null;
-  lastError: { code: string; message: string } | null;
-  cyclesLastHour: number;
-  missedCyclesLastHour: number;
-  initial: AgentProgress | null;
-  resync: AgentResync | null;
-  retry: { waitingForAction: boolean } | null;
-  pendingLogBytes?: number;
-  churn?: { bytesPerSec: number; peakBytesPerSec: number } | null;
-}
-
-/** The host's words for a point's consistency, in the vault's. */
-const consistencyOf = (c: string): 'crash' | 'app' => (c === 'app-consistent' || c === 'app' ? 'app' : 'crash');
 
 /**
  * Agents a provider left running when it was killed: found by agents.json and checked by
@@ -952,4 +763,3 @@ export async function stopStrayAgents(dir: string): Promise<number> {
   fs.rmSync(path.join(dir, 'agents.json'), { force: true });
   return stopped;
 }
-const pointInfo = (p: { seq: number; timeMs: number; consistency: string }): RecoveryPointInfo => ({ id: String(p.seq), at: new Date(p.timeMs).toISOString(), consistency: consistencyOf(p.consistency) });

@@ -2,6 +2,7 @@
  * The provider's side of the channel: heartbeats, inventory, commands by long-poll, and
  * their progress and results, all over mutual TLS with the provider's certificate.
  */
+import type { FabricCapabilities } from '../domain/capabilities.js';
 import type { CommandBody, CommandKind } from '../domain/commands.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import { OsrError } from '../domain/errors.js';
@@ -82,8 +83,9 @@ export class ProviderChannel {
     return true;
   }
 
-  heartbeat(status?: Record<string, unknown>): Promise<{ time: string; heartbeatIntervalSeconds: number }> {
-    return this.client.request('POST', '/api/v1/provider/heartbeat', status ? { status } : {});
+  /** The provider is alive; with the fabric's capabilities, which the vault keeps on the fabric (GET /api/v1/fabrics/:id). */
+  heartbeat(body: { status?: Record<string, unknown>; capabilities?: FabricCapabilities } = {}): Promise<{ time: string; heartbeatIntervalSeconds: number }> {
+    return this.client.request('POST', '/api/v1/provider/heartbeat', body);
   }
 
   /** The CA's certificate revocation list (PEM), for this fabric's agents. */

@@ -69,8 +69,9 @@ export class FabricProvider {
     }
     this.runtime = new ProviderRuntime(o.channel, {
       handlers: this.handlers(),
-      inventory: () => o.driver.inventory(),
+      inventory: () => o.driver.management.inventory(),
       inventoryScope: o.inventoryScope ?? 'all',
+      capabilities: o.driver.capabilities,
       pollSeconds: o.pollSeconds ?? 20,
       clock: this.clock,
       log: o.log,
@@ -93,10 +94,10 @@ export class FabricProvider {
   }
 
   async start(): Promise<void> {
-    await this.o.driver.start({
+    await this.o.driver.management.start({
       // the vault certifies only hosts the fabric reported, with the names reported: report first
       enrolAgent: async (name, publicKey) => {
-        await this.o.channel.putInventory(await this.o.driver.inventory(), this.o.inventoryScope ?? 'all');
+        await this.o.channel.putInventory(await this.o.driver.management.inventory(), this.o.inventoryScope ?? 'all');
         return this.o.channel.enrolAgent(name, publicKey);
       },
       vaultCa: this.o.channel.registration.tls.ca,
@@ -108,7 +109,7 @@ export class FabricProvider {
       await this.runtime.start();
     } catch (e) {
       // the fabric's hosts do not outlive a provider that could not start
-      await this.o.driver.stop().catch(() => undefined);
+      await this.o.driver.management.stop().catch(() => undefined);
       throw e;
     }
     await this.handRevocationList();
@@ -117,10 +118,10 @@ export class FabricProvider {
 
   /** Fetch the vault's revocation list and hand it to the fabric's agents (a failure waits for the next interval). */
   private async handRevocationList(): Promise<void> {
-    const d = this.o.driver;
-    if (!d.revocationList) return;
+    const m = this.o.driver.management;
+    if (!m.revocationList) return;
     try {
-      await d.revocationList(await this.o.channel.revocationList());
+      await m.revocationList(await this.o.channel.revocationList());
     } catch (e) {
       this.o.log.warn({ err: toOsrError(e).toJSON() }, 'the revocation list could not be fetched or handed to the agents; trying again at the next interval');
     }
@@ -131,7 +132,7 @@ export class FabricProvider {
     clearTimeout(this.inventoryTimer);
     await this.statusLoop?.catch(() => undefined);
     await this.runtime.stop();
-    await this.o.driver.stop();
+    await this.o.driver.management.stop();
   }
 
   list(): Protection[] {
@@ -159,6 +160,7 @@ export class FabricProvider {
   /** The commands this provider answers, each typed by its kind (src/domain/commands.ts); the runtime checked their bodies. */
   private handlers(): CommandHandlers {
     const d = this.o.driver;
+    const { management: m, replication: repl } = d;
     return {
       /** recovery site: the replica VM where placement says, NICs connected */
       'replica.prepare': async ({ body: b }) => {
@@ -166,14 +168,14 @@ export class FabricProvider {
         for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
         const storage: Record<string, string> = {};
         for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
-        const r = await d.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent }, hostId: this.localId(b.placement.hostId), storage, networks });
+        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent }, hostId: this.localId(b.placement.hostId), storage, networks });
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },
       /** primary site: track and replicate to the recovery host's agent */
       'replication.enable': async ({ body: b }) => {
         const vmId = this.localId(b.vmId ?? b.item);
-        await d.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent });
+        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent });
         const known = this.protections.get(`source:${b.item}`);
         await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false });
         return {};
@@ -183,7 +185,7 @@ export class FabricProvider {
         const vmId = this.localId(b.vmId ?? b.item);
         let last = '';
         for (;;) {
-          const s = await d.replicationStatus(vmId);
+          const s = await repl.replicationStatus(vmId);
           throwIfStopped(s, `initial replication of ${vmId}`);
           if (s.initial) {
             const p: InitialReplicationProgress = { fraction: s.initial.fraction, bytesDone: s.initial.bytesDone, bytesTotal: s.initial.bytesTotal, rateBytesPerSec: s.initial.rateBytesPerSec, etaSeconds: s.initial.etaSeconds, currentDisk: s.initial.currentDisk, state: s.state };
@@ -211,13 +213,13 @@ export class FabricProvider {
         if (!d.capabilities.resyncOnRequest) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot resynchronize on request; its resync runs in the window its hosts allow`);
         const since = Date.parse(b.requestedAt);
         const asked = (r: ResyncInfo | null | undefined): boolean => !!r && (r.completedAt === null || (!Number.isNaN(since) && Date.parse(r.startedAt) >= since));
-        const before: ResyncInfo | null = (await d.replicationStatus(vmId)).resync ?? null;
+        const before: ResyncInfo | null = (await repl.replicationStatus(vmId)).resync ?? null;
         const beforeId = before?.id ?? null;
-        if (!asked(before)) await d.resync(vmId);
+        if (!asked(before)) await repl.resync(vmId);
         let last = '';
         for (;;) {
           await this.pauseWhileFollowing();
-          const s = await d.replicationStatus(vmId);
+          const s = await repl.replicationStatus(vmId);
           const r = s.resync ?? null;
           // the resync asked for: the one that ran already, or a new one since
           const ours = r !== null && (asked(r) || r.id !== beforeId) ? r : null;
@@ -236,53 +238,53 @@ export class FabricProvider {
         }
       },
       'replication.disable': async ({ body: b }) => {
-        await d.stopReplication(this.localId(b.vmId ?? b.item));
+        await repl.stopReplication(this.localId(b.vmId ?? b.item));
         await this.remember({ itemId: b.item, role: 'source', remove: true });
         return {};
       },
       'replica.remove': async ({ body: b }) => {
         const known = this.protections.get(`target:${b.item}`);
         const replicaVmId = b.replicaVmId ? this.localId(b.replicaVmId) : known?.vmId;
-        if (replicaVmId) await d.removeReplicaVm(replicaVmId, { deleteData: b.delete !== false });
+        if (replicaVmId) await m.removeReplicaVm(replicaVmId, { deleteData: b.delete !== false });
         await this.remember({ itemId: b.item, role: 'target', remove: true });
         return { replicaVmId: replicaVmId ? this.vaultId(replicaVmId) : null, deleted: b.delete !== false };
       },
       /** recovery site: one isolated network for a recovery plan's drill, and its removal */
       'testfailover.network.create': async ({ body: b }) => {
-        const r = await d.createTestNetwork(b.name);
+        const r = await m.createTestNetwork(b.name);
         return { vmNetwork: this.vaultId(r.vmNetwork) };
       },
       'testfailover.network.remove': async ({ body: b }) => {
-        await d.removeTestNetwork(this.localId(b.vmNetwork));
+        await m.removeTestNetwork(this.localId(b.vmNetwork));
         return {};
       },
       /** a recovery plan's script action, with the run's context */
       'plan.script': async ({ body: b }) => runScript(this.o.scriptsDir ?? path.join(this.o.dir, 'scripts'), b),
       /** planned failover, primary site: shut down, ship the final delta */
       'failover.prepare': async ({ body: b }) => {
-        const r = await d.prepareFailover(this.localId(b.vmId ?? b.item));
+        const r = await repl.prepareFailover(this.localId(b.vmId ?? b.item));
         await this.stopReporting('source', b.item);
         return r;
       },
       /** failover, recovery site: the chosen point runs as the VM */
       'failover.promote': async ({ body: b }) => {
-        const r = await d.promoteReplica(this.localId(b.replicaVmId), b.point);
+        const r = await repl.promoteReplica(this.localId(b.replicaVmId), b.point);
         await this.stopReporting('target', b.item);
         return { ...r, vmId: this.vaultId(r.vmId) };
       },
       /** before the commit, recovery site: the failed-over VM runs from another point */
-      'failover.change-point': async ({ body: b }) => d.changeRecoveryPoint(this.localId(b.vmId), b.point),
+      'failover.change-point': async ({ body: b }) => repl.changeRecoveryPoint(this.localId(b.vmId), b.point),
       /** recovery site: the failover is final, the other points go */
-      'failover.commit': async ({ body: b }) => d.commitFailover(this.localId(b.vmId)),
+      'failover.commit': async ({ body: b }) => repl.commitFailover(this.localId(b.vmId)),
       /** after a failover, the old primary: kept off until reprotected */
       'failover.fence': async ({ body: b }) => {
-        await d.fenceVm(this.localId(b.vmId), b.epoch);
+        await repl.fenceVm(this.localId(b.vmId), b.epoch);
         await this.stopReporting('source', b.item);
         return {};
       },
       /** reprotect, the old primary: its disks become the replica */
       'failover.demote': async ({ body: b }) => {
-        const r = await d.demoteVm(this.localId(b.vmId), b.epoch, b.item, b.source);
+        const r = await repl.demoteVm(this.localId(b.vmId), b.epoch, b.item, b.source);
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { ...r, replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
@@ -290,19 +292,20 @@ export class FabricProvider {
       'replica.connect-nics': async ({ body: b }) => {
         const nics: NicConnection[] = [];
         for (const [nic, net] of Object.entries(b.networks)) {
-          const r = await d.connectNic(this.localId(b.replicaVmId), nic, net === null ? null : this.localId(net));
+          const r = await m.connectNic(this.localId(b.replicaVmId), nic, net === null ? null : this.localId(net));
           nics.push({ id: nic, vmNetwork: net, ip: r.ip });
         }
         return { nics };
       },
       /** recovery site: a test failover's VM from a recovery point, beside the replica */
       'testfailover.start': async ({ body: b }) => {
+        if (!d.capabilities.testFailover) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot run a test failover`);
         const network: TestNetwork = b.network.mode === 'existing' ? { mode: 'existing', vmNetwork: this.localId(b.network.vmNetwork) } : b.network;
-        const vm = await d.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, network });
+        const vm = await m.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, network });
         return { ...vm, testVmId: this.vaultId(vm.testVmId), hostId: this.vaultId(vm.hostId), temporaryNetwork: vm.temporaryNetwork && this.vaultId(vm.temporaryNetwork), nics: vm.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
       'testfailover.cleanup': async ({ body: b }) => {
-        await d.removeTestVm(this.localId(b.testVmId));
+        await m.removeTestVm(this.localId(b.testVmId));
         return {};
       },
     };
@@ -343,7 +346,7 @@ export class FabricProvider {
       if (!p.reporting || this.stopper.signal.aborted) continue;
       try {
         if (p.role === 'source') {
-          const s: ReplicationStatus = await this.o.driver.replicationStatus(p.vmId);
+          const s: ReplicationStatus = await this.o.driver.replication.replicationStatus(p.vmId);
           await this.o.channel.itemStatus(p.itemId, {
             health: s.health,
             healthReasons: s.healthReasons,
@@ -352,7 +355,7 @@ export class FabricProvider {
             ...(s.pendingLogBytes !== undefined ? { pendingLogBytes: s.pendingLogBytes } : {}),
           });
         } else {
-          const points = await this.o.driver.recoveryPoints(p.vmId);
+          const points = await this.o.driver.replication.recoveryPoints(p.vmId);
           await this.o.channel.itemStatus(p.itemId, { recoveryPoints: points });
         }
       } catch (e) {

@@ -1,5 +1,6 @@
 /**
- * The provider's loops: heartbeats at the interval the vault asks for, inventory when it
+ * The provider's loops: heartbeats at the interval the vault asks for (each with the
+ * fabric's capabilities, which the vault keeps on the fabric), inventory when it
  * changes, and commands fetched by long-poll and handed to handlers by kind, one run per
  * command id however often it is delivered (a redelivery of a command still running is
  * ignored; of one finished, its result is sent again). A command's body is checked
@@ -9,6 +10,7 @@
  * certificate is renewed with the heartbeats, two thirds into its life.
  */
 import { EventEmitter } from 'node:events';
+import type { FabricCapabilities } from '../domain/capabilities.js';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { checkCommandBody, isCommandKind, type CommandKind, type CommandProgress, type CommandResult } from '../domain/commands.js';
 import { toOsrError } from '../domain/errors.js';
@@ -26,6 +28,8 @@ export interface ProviderRuntimeOptions {
   /** the inventory to report (called at start and by syncInventory()) */
   inventory: () => Promise<InventoryDocument> | InventoryDocument;
   inventoryScope?: 'all' | string[];
+  /** what the fabric can do, sent with every heartbeat (the vault refuses what the fabric cannot do) */
+  capabilities?: FabricCapabilities;
   /** long-poll wait (default 20 s) */
   pollSeconds?: number;
   /** commands run at once (default 32) */
@@ -56,7 +60,7 @@ export class ProviderRuntime extends EventEmitter {
   }
 
   async start(): Promise<void> {
-    await this.channel.heartbeat();
+    await this.channel.heartbeat(this.heartbeatBody());
     await this.renewCertificate();
     await this.syncInventory();
     this.loops = [this.heartbeats(), this.commandLoop()];
@@ -80,13 +84,17 @@ export class ProviderRuntime extends EventEmitter {
       await this.clock.sleep(this.heartbeatMs, signal);
       if (signal.aborted) break;
       try {
-        const r = await this.channel.heartbeat();
+        const r = await this.channel.heartbeat(this.heartbeatBody());
         this.heartbeatMs = r.heartbeatIntervalSeconds * 1000;
       } catch (e) {
         this.o.log?.warn({ err: toOsrError(e).toJSON() }, 'heartbeat failed');
       }
       await this.renewCertificate();
     }
+  }
+
+  private heartbeatBody(): { capabilities?: FabricCapabilities } {
+    return this.o.capabilities ? { capabilities: this.o.capabilities } : {};
   }
 
   /** The provider's certificate, renewed two thirds into its life (a failure is tried again at the next heartbeat). */

@@ -4,6 +4,7 @@
  * changes (added, removed, changed) for the event history.
  */
 import type { Kysely } from 'kysely';
+import type { FabricCapabilities } from '../domain/capabilities.js';
 import { OsrError } from '../domain/errors.js';
 import type { Fabric, InventoryDocument, InventoryKind, InventoryObject, Provider } from '../domain/resources.js';
 import { affected, clampLimit, iso, json } from './rows.js';
@@ -40,6 +41,7 @@ const toFabric = (r: Selectable<FabricsTable>, providers: Provider[]): Fabric =>
   heartbeatLost: r.heartbeat_lost !== 0,
   inventoryAt: iso(r.inventory_at),
   createdAt: iso(r.created_at)!,
+  capabilities: json<FabricCapabilities | null>(r.capabilities, null),
   providers,
 });
 
@@ -149,12 +151,25 @@ export class FabricStore {
     });
   }
 
-  /** A provider's heartbeat; returns whether the fabric had been marked lost (it is found again). */
-  async heartbeat(providerId: string): Promise<{ fabricId: string; wasLost: boolean }> {
+  /**
+   * A provider's heartbeat, with the fabric's capabilities when it reports them (kept on the
+   * fabric); returns whether the fabric had been marked lost (it is found again).
+   */
+  async heartbeat(providerId: string, capabilities?: FabricCapabilities): Promise<{ fabricId: string; wasLost: boolean }> {
     const t = this.now();
     const p = await this.db.selectFrom('providers').select(['fabric_id']).where('id', '=', providerId).executeTakeFirst();
     if (!p) throw new OsrError('UNAUTHENTICATED', `provider ${providerId} is not registered (it was removed); register it again with a new key`);
     await this.db.updateTable('providers').set({ last_heartbeat_at: t }).where('id', '=', providerId).execute();
+    if (capabilities) {
+      // written when they change, not at every heartbeat
+      const text = JSON.stringify(capabilities);
+      await this.db
+        .updateTable('fabrics')
+        .set({ capabilities: text })
+        .where('id', '=', p.fabric_id)
+        .where((eb) => eb.or([eb('capabilities', 'is', null), eb('capabilities', '!=', text)]))
+        .execute();
+    }
     // found again only if this write is the one that clears the mark (the monitor may set it meanwhile)
     const found = await this.db.updateTable('fabrics').set({ last_heartbeat_at: t, heartbeat_lost: 0 }).where('id', '=', p.fabric_id).where('heartbeat_lost', '=', 1).executeTakeFirst();
     if (affected(found) === 0) await this.db.updateTable('fabrics').set({ last_heartbeat_at: t }).where('id', '=', p.fabric_id).execute();
@@ -269,7 +284,7 @@ function flatten(fabricId: string, d: InventoryDocument, t: number): Selectable<
       cloud: g(v.cloud),
       host: g(v.host),
       powerState: v.powerState,
-      disks: v.disks.map((k) => ({ id: k.id, name: k.name, sizeBytes: k.sizeBytes, ...(k.storageLocation ? { storageLocation: g(k.storageLocation) } : {}) })),
+      disks: v.disks.map((k) => ({ id: k.id, name: k.name, sizeBytes: k.sizeBytes, ...(k.storageLocation ? { storageLocation: g(k.storageLocation) } : {}), ...(k.format ? { format: k.format } : {}) })),
       nics: v.nics.map((n) => ({ id: n.id, ...(n.vmNetwork ? { vmNetwork: g(n.vmNetwork) } : {}), ...(n.ip ? { ip: n.ip } : {}) })),
       ...(v.replicaOf ? { replicaOf: v.replicaOf } : {}),
       ...(v.testFailoverOf ? { testFailoverOf: v.testFailoverOf } : {}),

@@ -272,6 +272,14 @@ const MIGRATIONS: readonly Migration[] = [
       await db.schema.alterTable('providers').addColumn('next_cert_fingerprint', 'text').execute();
     },
   },
+  {
+    version: 6,
+    name: 'what a fabric can do, as its provider reports it with each heartbeat',
+    async up(db) {
+      // JSON (src/domain/capabilities.ts); null until a provider of this version reports
+      await db.schema.alterTable('fabrics').addColumn('capabilities', 'text').execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

@@ -100,6 +100,8 @@ export interface FabricsTable {
   heartbeat_lost: number;
   inventory_at: number | null;
   created_at: number;
+  /** JSON: what the fabric can do (src/domain/capabilities.ts), as its provider last reported; null until it does */
+  capabilities: string | null;
 }
 
 export interface ProvidersTable {

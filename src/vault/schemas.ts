@@ -53,7 +53,7 @@ export const InventoryDocumentSchema = Type.Object(
         cloud: LocalId,
         host: LocalId,
         powerState: Type.String({ maxLength: 50 }),
-        disks: Type.Array(Type.Object({ id: LocalId, name: Name, sizeBytes: Type.Integer({ minimum: 0 }), storageLocation: Type.Optional(LocalId) }), { maxItems: 64 }),
+        disks: Type.Array(Type.Object({ id: LocalId, name: Name, sizeBytes: Type.Integer({ minimum: 0 }), storageLocation: Type.Optional(LocalId), format: Type.Optional(Type.String({ minLength: 1, maxLength: 50 })) }), { maxItems: 64 }),
         nics: Type.Array(Type.Object({ id: LocalId, vmNetwork: Type.Optional(LocalId), ip: Type.Optional(Type.String({ maxLength: 50 })) }), { maxItems: 64 }),
         replicaOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
         testFailoverOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
@@ -70,6 +70,21 @@ export const InitialReplicationSchema = Type.Union([
   Type.Object({ method: Type.Literal('scheduled'), startAt: Type.String({ minLength: 1, maxLength: 40 }) }, { additionalProperties: false }),
   Type.Object({ method: Type.Literal('offline'), exportPath: Type.String({ minLength: 1, maxLength: 1000 }), importPath: Type.String({ minLength: 1, maxLength: 1000 }) }, { additionalProperties: false }),
 ]);
+
+/**
+ * What a fabric can do, as its provider reports it (src/domain/capabilities.ts). Fields a
+ * newer provider adds are let through and not kept, so its heartbeats are not refused.
+ */
+export const FabricCapabilitiesSchema = Type.Object({
+  initialReplication: Type.Array(Type.Union([Type.Literal('now'), Type.Literal('scheduled'), Type.Literal('offline')]), { maxItems: 3, uniqueItems: true }),
+  appConsistentPoints: Type.Boolean(),
+  copyFrequenciesSeconds: Type.Array(Type.Integer({ minimum: 1, maximum: 86_400 }), { maxItems: 20, uniqueItems: true }),
+  testFailover: Type.Boolean(),
+  rawDisks: Type.Boolean(),
+  changedBlockTracking: Type.Boolean(),
+  nbdExport: Type.Boolean(),
+  resyncOnRequest: Type.Boolean(),
+});
 
 /** Policy fields: types only; the rules (validatePolicy) answer with POLICY_INVALID and the field. */
 export const PolicySettingsSchema = Type.Object(

@@ -2,7 +2,7 @@
  * Enable and disable protection, as jobs.
  *
  * Enable: prerequisites (the VM, its cloud's pairing and policy, its host's OS version,
- * where the replica goes) → create the replication (the target fabric prepares the replica
+ * what both fabrics can do, where the replica goes) → create the replication (the target fabric prepares the replica
  * VM, the source fabric starts tracking) → initial replication (now, at the scheduled
  * time, or offline; progress comes from the agent through the provider) → finalize
  * (the item is Protected).
@@ -26,6 +26,7 @@ import { MappingKind } from '../store/config.js';
 import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind, type Alerting } from './alerting.js';
+import { checkProtectionOptions } from './fabric-capabilities.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 
 export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
@@ -90,6 +91,8 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
             throw new OsrError('INVALID_STATE', `policy ${policy.name} covers hosts of ${policy.settings.hostOsVersion}, but ${vm.name} runs on ${host.name} with ${hostOs}; pair the cloud with a policy for that version`);
           }
           const target = await store.fabrics.object(pairing.targetCloudId, 'cloud');
+          // the API refused this already; checked again for a policy or fabric that changed since
+          await checkProtectionOptions(store, { vm, policy, targetFabricId: target.fabricId });
           const targetHosts: PlacementHost[] = [];
           for (const hg of props<{ hostGroups: string[] }>(target).hostGroups) {
             for (const h of await store.fabrics.objects('host', { parentId: hg, limit: 1000 })) {

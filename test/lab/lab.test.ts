@@ -16,7 +16,9 @@ import { promisify } from 'node:util';
 import YAML from 'yaml';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { AgentClient } from '../../src/cli/agent-client.js';
+import type { OsrError } from '../../src/domain/errors.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
+import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
 import { isAlive, labAgents, labDown, labStatus, readLabFile } from '../../src/lab/launcher.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
 import type { TopologySpec } from '../../src/lab/topology.js';
@@ -114,6 +116,22 @@ describe('the lab', () => {
     const ca = new crypto.X509Certificate(fs.readFileSync(path.join(dir, 'vault-ca.pem')));
     const cert = new crypto.X509Certificate(fs.readFileSync(path.join(dir, 'sites', 'vmm-chicago', 'pki', 'chi-h1.crt')));
     assert.ok(cert.checkIssued(ca) && cert.verify(ca.publicKey));
+  });
+
+  test('the providers report what the lab can do; protection asking for offline initial replication is refused at once, before any job', async () => {
+    for (const f of ['vmm-newyork', 'vmm-chicago']) assert.deepEqual((await api.request<Obj>('GET', `/api/v1/fabrics/${f}`)).capabilities, LAB_CAPABILITIES, f);
+    const policy = await api.request<Obj>('POST', '/api/v1/policies', { name: 'offline-seed', settings: { initialReplication: { method: 'offline', exportPath: '/seed/out', importPath: '/seed/in' } } });
+    const pairing = await api.request<Obj>('POST', '/api/v1/cloud-pairings', { policyId: policy.id, sourceCloudId: 'vmm-newyork.goldcloud1', targetCloudId: 'vmm-chicago.goldcloud2' });
+    const refused = await api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-newyork.vm1' }).then(
+      () => assert.fail('offline initial replication on the lab was accepted'),
+      (e: unknown) => e as OsrError,
+    );
+    assert.equal(refused.code, 'NOT_SUPPORTED');
+    assert.match(refused.message, /fabric VMM-NewYork \(lab\), the primary site of vm1, cannot do offline initial replication/);
+    assert.deepEqual((await api.request<{ items: Obj[] }>('GET', '/api/v1/jobs?kind=enable-protection')).items, []);
+    assert.deepEqual(await items(), []);
+    await api.request('DELETE', `/api/v1/cloud-pairings/${String(pairing.id)}`);
+    await api.request('DELETE', `/api/v1/policies/${String(policy.id)}`);
   });
 
   test('protect five VMs through the CLI: each reaches Protected with a recovery point, placed by the mappings', async () => {

@@ -2,8 +2,9 @@
  * The store contract: the same tests on SQLite and on PostgreSQL, against real databases.
  * Migrations (idempotent, serialized between two vaults, refused on a newer schema) and
  * the job lease protocol (claim, renew, fencing by owner, takeover after a lease runs out,
- * every job claimed exactly once by two vaults at once), item samples over time, and
- * retention (old events, audit records and ended jobs pruned).
+ * every job claimed exactly once by two vaults at once), item samples over time, a
+ * fabric's capabilities as its provider's heartbeats report them, and retention (old
+ * events, audit records and ended jobs pruned).
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -14,6 +15,8 @@ import { ItemStore } from '../../src/store/items.js';
 import { JobState, JobStore } from '../../src/store/jobs.js';
 import { SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { ActivityStore } from '../../src/store/activity.js';
+import { FabricStore } from '../../src/store/inventory.js';
+import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
 import { pruneBefore } from '../../src/store/retention.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
 import { assertRejectsCode } from '../support/unit.js';
@@ -62,6 +65,24 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         }
         const err = await assertRejectsCode(open(t), 'STORE_SCHEMA_NEWER');
         assert.equal(err.details?.databaseVersion, SCHEMA_VERSION + 1);
+      }));
+
+    test('fabric capabilities: none until a heartbeat reports them; kept as reported; a heartbeat without them keeps them', () =>
+      withDatabase(dialect, async (t) => {
+        const d = await open(t);
+        try {
+          const fabrics = new FabricStore(d.db);
+          const { fabric, provider } = await fabrics.registerProvider({ providerId: 'prov-1', fabricName: 'Site-A', fabricKind: 'lab', serverName: 's1', version: '1', certSerial: '01', certFingerprint: 'AA', proxy: null, inventoryScope: 'all' });
+          assert.equal(fabric.capabilities, null);
+          await fabrics.heartbeat(provider.id, LAB_CAPABILITIES);
+          assert.deepEqual((await fabrics.get(fabric.id)).capabilities, LAB_CAPABILITIES);
+          const fewer = { ...LAB_CAPABILITIES, testFailover: false, initialReplication: ['now' as const] };
+          await fabrics.heartbeat(provider.id, fewer);
+          await fabrics.heartbeat(provider.id);
+          assert.deepEqual((await fabrics.list()).find((f) => f.id === fabric.id)?.capabilities, fewer);
+        } finally {
+          await d.close();
+        }
       }));
 
     test('jobs: create, list with filters, claim under a lease, fencing by owner, takeover after the lease ran out, finish', () =>

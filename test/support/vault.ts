@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { FabricCapabilities } from '../../src/domain/capabilities.js';
 import type { InitialReplicationProgress } from '../../src/domain/commands.js';
 import type { InventoryDocument } from '../../src/domain/resources.js';
 import { ProviderChannel, type WireCommand } from '../../src/provider/channel.js';
@@ -145,6 +146,8 @@ export interface TestProviderOptions {
   steps?: number;
   /** sync only these clouds (by name) */
   scope?: string[];
+  /** what the fabric can do, reported with every heartbeat (default: none reported) */
+  capabilities?: FabricCapabilities;
 }
 
 /** A provider registered with a key, answering the protection commands as a fabric would. */
@@ -181,7 +184,7 @@ export class TestProvider {
       ...o.handlers,
     };
     const channel = new ProviderChannel(registration);
-    const runtime = new ProviderRuntime(channel, { handlers, inventory: () => o.inventory, inventoryScope: o.scope ?? 'all', pollSeconds: 2 });
+    const runtime = new ProviderRuntime(channel, { handlers, inventory: () => o.inventory, inventoryScope: o.scope ?? 'all', pollSeconds: 2, ...(o.capabilities ? { capabilities: o.capabilities } : {}) });
     const p = new TestProvider(registration, runtime);
     runtime.on('command', (c: WireCommand) => p.received.push(c));
     await runtime.start();

@@ -4,8 +4,9 @@
  * certificate of another CA), inventory sync and its events, enable protection through
  * initial replication to Protected with progress from the provider, health reports that
  * raise alerts delivered by webhook and by e-mail (a local SMTP server), a lost heartbeat,
- * disable protection keeping or deleting the replica, and commands a provider refuses (a
- * malformed body, an unknown kind).
+ * disable protection keeping or deleting the replica, what a fabric cannot do refused
+ * before any job starts (its capabilities, reported with the heartbeats), and commands a
+ * provider refuses (a malformed body, an unknown kind).
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -16,6 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { SMTPServer } from 'smtp-server';
 import { OsrError } from '../../src/domain/errors.js';
+import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { createCa, issueCertificate } from '../../src/pki/index.js';
 import { registerWithVault } from '../../src/provider/registration.js';
@@ -271,6 +273,48 @@ describe('providers and protection', () => {
     assert.equal(dst.received.filter((c) => c.kind === 'replica.prepare').length, 1, 'the command of that task which succeeded was not sent again');
     assert.equal((await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-flaky.flakycloud-vm0')).state, 'Protected');
     await assertRejectsCode(v.api.request('POST', `${String(started.url)}/restart`), 'INVALID_STATE');
+  });
+
+  test('enabling protection refuses at once what either fabric cannot do (NOT_SUPPORTED naming the fabric and the option): no item, no job, no command; fabrics show their capabilities', async () => {
+    const kvm = { ...LAB_CAPABILITIES, initialReplication: ['now' as const], appConsistentPoints: false, rawDisks: false };
+    const rawInventory = siteInventory('kvm', ['KvmCloud'], 1);
+    rawInventory.vms[0]!.disks[0]!.format = 'raw';
+    const lab = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-LabCaps', inventory: siteInventory('caps', ['CapsCloud'], 1), capabilities: LAB_CAPABILITIES });
+    const recovery = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-LabCapsTarget', inventory: siteInventory('capt', ['CapsTarget'], 0), capabilities: LAB_CAPABILITIES });
+    const libvirt = await TestProvider.start(v.url, await newKey(), { fabric: 'KVM-Caps', inventory: rawInventory, capabilities: kvm });
+    providers.push(lab, recovery, libvirt);
+    assert.deepEqual((await v.api.request<Obj>('GET', '/api/v1/fabrics/vmm-labcaps')).capabilities, LAB_CAPABILITIES);
+    assert.deepEqual((await v.api.request<Obj>('GET', '/api/v1/fabrics/kvm-caps')).capabilities, kvm);
+    const enableJobs = async () => (await v.api.request<{ items: Obj[] }>('GET', '/api/v1/jobs?kind=enable-protection&limit=1000')).items.length;
+    const jobs = await enableJobs();
+
+    // the lab replicates over the network only: offline initial replication is refused by the API, not halfway through a job
+    const offline = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'offline-seed', settings: { initialReplication: { method: 'offline', exportPath: '/export', importPath: '/import' } } });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: offline.id, sourceCloudId: 'vmm-labcaps.capscloud', targetCloudId: 'vmm-labcapstarget.capstarget' });
+    const refused = await v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-labcaps.capscloud-vm0' }).then(
+      () => assert.fail('enabling protection with offline initial replication on the lab was accepted'),
+      (e: unknown) => e as OsrError,
+    );
+    assert.equal(refused.code, 'NOT_SUPPORTED');
+    assert.match(refused.message, /fabric VMM-LabCaps \(test\), the primary site of CapsCloud-VM0, cannot do offline initial replication/);
+    assert.equal(refused.details?.fabric, 'vmm-labcaps');
+    assert.equal(refused.details?.option, 'initialReplication.method');
+    assert.equal(refused.details?.status, 422);
+    await assertRejectsCode(v.api.request('GET', '/api/v1/protected-items/vmm-labcaps.capscloud-vm0'), 'NOT_FOUND');
+
+    // a source whose hosts make no app-consistent points and cannot track raw disks: every gap is named
+    const app = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'app-consistent', settings: { retentionHours: 4, appConsistentFrequencyHours: 1 } });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: app.id, sourceCloudId: 'kvm-caps.kvmcloud', targetCloudId: 'vmm-labcapstarget.capstarget' });
+    const gaps = await v.api.request('POST', '/api/v1/protected-items', { vmId: 'kvm-caps.kvmcloud-vm0' }).then(
+      () => assert.fail('enabling protection of a raw disk at a fabric without rawDisks was accepted'),
+      (e: unknown) => e as OsrError,
+    );
+    assert.equal(gaps.code, 'NOT_SUPPORTED');
+    assert.match(gaps.message, /fabric KVM-Caps .* cannot do app-consistent recovery points .*; raw disk system/);
+    assert.deepEqual(gaps.details?.options, ['appConsistentFrequencyHours', 'disks.d0']);
+
+    assert.equal(await enableJobs(), jobs, 'no job was started');
+    for (const p of [lab, recovery, libvirt]) assert.deepEqual(p.received.map((c) => c.kind), [], `${p.fabricId} got no command`);
   });
 
   test('a provider refuses a command whose body is malformed (INVALID_ARGUMENT naming the field) before its handler runs, and a kind it does not know (NOT_SUPPORTED)', async () => {

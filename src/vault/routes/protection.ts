@@ -4,6 +4,7 @@ import { Type } from '@fastify/type-provider-typebox';
 import { OsrError } from '../../domain/errors.js';
 import { ProtectionState, type ProtectedItem } from '../../domain/resources.js';
 import { ItemOperation, startItemOperation } from '../../workflows/item-jobs.js';
+import { checkFabricCan, checkProtectionOptions } from '../../workflows/fabric-capabilities.js';
 import { JobKinds } from '../../workflows/protection.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
@@ -84,6 +85,9 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       if (replicaOf) throw new OsrError('INVALID_STATE', `VM ${vm.name} (${vm.id}) is the replica of protected item ${replicaOf}; protect the source VM, or disable its protection keeping the replica to make this a VM of its own`, { replicaOf });
       const pairing = request.body.pairingId ? await config.pairing(request.body.pairingId) : await config.pairingOfSource(cloud);
       if (!pairing) throw new OsrError('INVALID_STATE', `cloud ${cloud} of VM ${vm.name} is not paired; pair it with a target cloud under a policy first`, { cloud });
+      // what the policy asks that either fabric cannot do is refused now, before the item or its job exists
+      const target = await fabrics.object(pairing.targetCloudId, 'cloud');
+      await checkProtectionOptions(ctx.store, { vm, policy: await config.policy(pairing.policyId), targetFabricId: target.fabricId });
       const jobId = randomUUID();
       // the item first: a VM is protected once, and a second request is refused here
       await items.create({ id: vm.id, name: vm.name, fabricId: vm.fabricId, pairingId: pairing.id, state: ProtectionState.EnablingProtection, activeJobId: jobId });
@@ -128,6 +132,8 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const b = request.body;
+      const target = (await items.get(request.params.id)).replication.targetFabricId;
+      if (target) await checkFabricCan(ctx.store, target, 'testFailover', 'run a test failover');
       const job = await startOperation(ItemOperation.TestFailover, request.params.id, (item) => ({ itemId: item.id, recoveryPoint: b.recoveryPoint ?? 'latest', network: b.network ?? 'none' }), principal(request).actor);
       return accepted(reply, job);
     },
@@ -185,7 +191,11 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
         params: IdParam,
       },
     },
-    async (request, reply) => accepted(reply, await startOperation(ItemOperation.Resync, request.params.id, (item) => ({ itemId: item.id, from: item.state }), principal(request).actor)),
+    async (request, reply) => {
+      const source = (await items.get(request.params.id)).replication.sourceFabricId;
+      if (source) await checkFabricCan(ctx.store, source, 'resyncOnRequest', 'resynchronize on request; its resync runs in the window its hosts allow');
+      return accepted(reply, await startOperation(ItemOperation.Resync, request.params.id, (item) => ({ itemId: item.id, from: item.state }), principal(request).actor));
+    },
   );
   itemAction(ItemOperation.Reprotect, 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs');
   app.post(

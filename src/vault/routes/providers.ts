@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { isIP } from 'node:net';
 import { Type } from '@fastify/type-provider-typebox';
+import type { FabricCapabilities } from '../../domain/capabilities.js';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
 import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
 import { createCrl, issueCertificate } from '../../pki/index.js';
@@ -16,7 +17,7 @@ import { authFailure } from '../auth.js';
 import { principal, type App, type VaultContext } from '../context.js';
 import { certificateFingerprint } from '../identity.js';
 import { heartbeatAlertKey } from '../monitor.js';
-import { IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
+import { FabricCapabilitiesSchema, IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
 
 /** Inventory documents of big fabrics are large; everything else stays under the default limit. */
 const INVENTORY_BODY_LIMIT = 64 * 1024 * 1024;
@@ -112,11 +113,27 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     '/provider/heartbeat',
     {
       config: { access: 'provider' },
-      schema: { summary: 'a provider is alive', tags, body: Type.Object({ version: Type.Optional(Type.String({ maxLength: 50 })), status: Type.Optional(Type.Record(Type.String(), Type.Unknown())) }) },
+      schema: {
+        summary: 'a provider is alive; with what its fabric can do, kept on the fabric (enabling protection refuses an option the fabric cannot do)',
+        tags,
+        body: Type.Object({ version: Type.Optional(Type.String({ maxLength: 50 })), status: Type.Optional(Type.Record(Type.String(), Type.Unknown())), capabilities: Type.Optional(FabricCapabilitiesSchema) }),
+      },
     },
     async (request) => {
       const p = principal(request);
-      const { fabricId, wasLost } = await store.fabrics.heartbeat(p.providerId!);
+      const c = request.body.capabilities;
+      // the fields this vault knows, and no others
+      const capabilities: FabricCapabilities | undefined = c && {
+        initialReplication: c.initialReplication,
+        appConsistentPoints: c.appConsistentPoints,
+        copyFrequenciesSeconds: c.copyFrequenciesSeconds,
+        testFailover: c.testFailover,
+        rawDisks: c.rawDisks,
+        changedBlockTracking: c.changedBlockTracking,
+        nbdExport: c.nbdExport,
+        resyncOnRequest: c.resyncOnRequest,
+      };
+      const { fabricId, wasLost } = await store.fabrics.heartbeat(p.providerId!, capabilities);
       if (wasLost) {
         await alerting.resolve(heartbeatAlertKey(fabricId));
         await alerting.event({ target: fabricId, kind: 'fabric.heartbeat-restored', severity: Severity.Info, message: `the provider of fabric ${fabricId} is heard from again` });

@@ -1,0 +1,66 @@
+/**
+ * What a fabric can do, as its driver declares it and its provider reports it to the vault
+ * (with every heartbeat; the vault keeps the latest on the fabric). The vault refuses an
+ * option a fabric cannot do when it is asked for, before any job starts: the check is
+ * here, pure, and the callers (enable protection, test failover, resync) name the fabric.
+ */
+import type { InitialReplication, PolicySettings } from './policy.js';
+
+export const INITIAL_REPLICATION_METHODS = ['now', 'scheduled', 'offline'] as const satisfies readonly InitialReplication['method'][];
+export type InitialReplicationMethod = (typeof INITIAL_REPLICATION_METHODS)[number];
+
+export interface FabricCapabilities {
+  /** the initial replication methods its hosts can do (offline: an export at the source and an import at the target) */
+  initialReplication: InitialReplicationMethod[];
+  /** recovery points with the guest quiesced (a policy's appConsistentFrequencyHours > 0) */
+  appConsistentPoints: boolean;
+  /** the copy frequencies (seconds) its hosts sustain, of the policy's 30, 300 and 900 */
+  copyFrequenciesSeconds: number[];
+  /** a recovery point started as a VM beside the replica while replication goes on */
+  testFailover: boolean;
+  /** disks that carry no change tracking of their own (raw images) can be protected */
+  rawDisks: boolean;
+  /** hosts track guest writes, so deltas ship only changed blocks */
+  changedBlockTracking: boolean;
+  /** a running VM's disks can be served over NBD to outside tools */
+  nbdExport: boolean;
+  /** a resynchronization can be started on request, whatever the resync window */
+  resyncOnRequest: boolean;
+}
+
+/** What the policy asks of a fabric in one role: the source (the primary site) or the target (the recovery site). */
+export type FabricRole = 'source' | 'target';
+
+/** One option a fabric cannot do: the field it comes from and why. */
+export interface UnsupportedOption {
+  /** the policy field (`initialReplication.method`, `copyFrequencySeconds`, …) or `disks.<id>` of the VM */
+  option: string;
+  message: string;
+}
+
+/**
+ * The options of a policy (and of the VM's disks, at the source) that a fabric cannot do
+ * in that role. Empty: nothing to refuse. The initial replication method and the copy
+ * frequency concern both ends (an offline copy is exported at one and imported at the
+ * other; every copy is made at one and applied at the other); app-consistent points and
+ * raw disks concern the source, whose hosts quiesce guests and track their disks.
+ */
+export function unsupportedOptions(caps: FabricCapabilities, role: FabricRole, policy: PolicySettings, vm?: { disks: { id: string; name: string; format?: string | undefined }[] }): UnsupportedOption[] {
+  const out: UnsupportedOption[] = [];
+  const method = policy.initialReplication.method;
+  if (!caps.initialReplication.includes(method)) {
+    out.push({ option: 'initialReplication.method', message: `${method} initial replication (it does ${caps.initialReplication.join(' or ') || 'none'})` });
+  }
+  if (!caps.copyFrequenciesSeconds.includes(policy.copyFrequencySeconds)) {
+    out.push({ option: 'copyFrequencySeconds', message: `a copy every ${policy.copyFrequencySeconds} s (it sustains ${caps.copyFrequenciesSeconds.map((s) => `${s} s`).join(', ') || 'none'})` });
+  }
+  if (role === 'source' && policy.appConsistentFrequencyHours > 0 && !caps.appConsistentPoints) {
+    out.push({ option: 'appConsistentFrequencyHours', message: 'app-consistent recovery points (set appConsistentFrequencyHours to 0 for crash-consistent points only)' });
+  }
+  if (role === 'source' && !caps.rawDisks) {
+    for (const d of vm?.disks ?? []) {
+      if (d.format === 'raw') out.push({ option: `disks.${d.id}`, message: `raw disk ${d.name} (convert it to qcow2 v3: qemu-img convert -O qcow2 -o compat=1.1)` });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,374 @@
+/**
+ * The replication part of a fabric driver (FabricReplication, src/fabric/driver.ts) for
+ * every fabric whose hosts run osr agents: replication, its status and resync, recovery
+ * points, and failover (prepare, promote, change of point, commit, fence, demote) are
+ * calls to the agent of the host that holds the VM or replica. The fabric's management
+ * part (the lab's, libvirt's) answers where that is, through AgentSite, and records what
+ * a failover changed (what runs where, what is fenced).
+ *
+ * Also here: the agent's side of the management part's replica VMs and test VMs — the
+ * replica's source claimed before the first copy, its data deleted, a test failover's
+ * overlay opened and removed — as functions of an agent's API.
+ *
+ * An agent is reached through AgentApi, which this module declares and does not make: the
+ * lab hands it each agent's local-API client (src/cli/agent-client.ts); a fabric whose
+ * agents are on other machines hands it the agent channel's client (agent-channel.md).
+ */
+import type { FabricCapabilities } from '../domain/capabilities.js';
+import { OsrError, toOsrError } from '../domain/errors.js';
+import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
+
+/** An osr agent's API (agent-api.md): JSON in and out; an error answer is thrown as the OsrError it carries. */
+export interface AgentApi {
+  call<T>(method: string, path: string, body?: unknown): Promise<T>;
+  get<T>(path: string): Promise<T>;
+  post<T>(path: string, body?: unknown): Promise<T>;
+  delete<T>(path: string): Promise<T>;
+}
+
+/** Where a VM or a replica is held, in the terms of the agent that holds it. */
+export interface Held {
+  /** the fabric's id of it */
+  id: string;
+  /** its name at the host's agent (a replica's: its source VM's name, the replica store's) */
+  name: string;
+  hostId: string;
+  /** it runs as a VM here (a promoted replica included); otherwise it holds a replica (a demoted VM included) */
+  isVm: boolean;
+}
+
+/** What a failover step, or replication being set up or stopped, changed: the management part records it. */
+export type SiteChange =
+  /** replication of the VM goes to this peer now (null: stopped) */
+  | { kind: 'replicating'; vmId: string; peer: AgentEndpoint | null }
+  /** a planned failover shut the VM down */
+  | { kind: 'shut-down'; vmId: string }
+  /** a point of the replica runs as the VM now (it was a replica record, or a demoted VM failed back) */
+  | { kind: 'promoted'; id: string; epoch: number }
+  /** the failed-over VM runs from another point, or its failover was committed */
+  | { kind: 'point-changed' | 'committed'; vmId: string }
+  /** the VM was stopped after a failover elsewhere: it stays off until it is demoted */
+  | { kind: 'fenced'; vmId: string; epoch: number }
+  /** the VM's disks are the replica of the copy promoted with `epoch` */
+  | { kind: 'demoted'; id: string; epoch: number; itemId: string };
+
+/** What the agent-backed replication needs of the fabric's management part. */
+export interface AgentSite {
+  /** the fabric's name, in messages */
+  readonly name: string;
+  /** where a VM or replica is (VM_NOT_FOUND when the fabric has none of that id) */
+  locate(id: string): Held;
+  /** the API of a host's agent (NOT_FOUND when it is not a running host of the fabric) */
+  agent(hostId: string): AgentApi;
+  /** where primaries reach a host's agent for replication, with its certificate's name */
+  agentEndpoint(hostId: string): AgentEndpoint;
+  /** a VM's or replica's NICs: the network each is on and its address */
+  nics(id: string): NicConnection[];
+  /** the peer the VM's replication was last set up to, kept across restarts (undefined: none) */
+  replicationPeer(vmId: string): AgentEndpoint | undefined;
+  /** the epoch a VM was fenced with here (0: not fenced) */
+  fencedEpoch(vmId: string): number;
+  /**
+   * the agent is about to stop the VM: what writes to its disks from outside the agent
+   * stops first (graceful, a planned failover: it flushes; otherwise it is cut short)
+   */
+  stoppingVm(vmId: string, graceful: boolean): Promise<void>;
+  /** record what changed, durably, before the call answers; inventory changes are reported */
+  changed(change: SiteChange): Promise<void>;
+  log: { warn(o: object, msg?: string): void };
+}
+
+/**
+ * What replication through osr agents does, whatever the fabric: initial replication now
+ * or at a scheduled time (not offline: the agents can export a seed, but the import at the
+ * target is not driven yet), app-consistent points (the agent's quiesce hooks), every copy
+ * frequency a policy offers, and a resync on request.
+ */
+export const AGENT_REPLICATION_CAPABILITIES: Readonly<Pick<FabricCapabilities, 'initialReplication' | 'appConsistentPoints' | 'copyFrequenciesSeconds' | 'resyncOnRequest'>> = {
+  initialReplication: ['now', 'scheduled'],
+  appConsistentPoints: true,
+  copyFrequenciesSeconds: [30, 300, 900],
+  resyncOnRequest: true,
+};
+
+/** The held object, which must run as a VM here. */
+export function asVm<T extends Held>(h: T): T {
+  if (!h.isVm) throw new OsrError('INVALID_STATE', `${h.name} (${h.id}) holds a replica here, not a running VM`);
+  return h;
+}
+
+/** The held object, which must hold a replica here. */
+export function asReplica<T extends Held>(h: T): T {
+  if (h.isVm) throw new OsrError('INVALID_STATE', `${h.name} (${h.id}) runs as a VM here; it holds no replica`);
+  return h;
+}
+
+/**
+ * The vault's word, before the first copy: only the source host's agent may replicate the
+ * VM into this host (a replica another agent opened first is refused, AUTH_FAILED).
+ */
+export async function claimReplicaSource(api: AgentApi, replicationId: string, sourceAgent: string): Promise<void> {
+  await api.call('PUT', `/v1/replicas/${encodeURIComponent(replicationId)}/source`, { source: sourceAgent, claim: true });
+}
+
+/** Delete a replica's data at its host (gone already: nothing to do). */
+export async function deleteReplicaData(api: AgentApi, name: string): Promise<void> {
+  try {
+    await api.delete(`/v1/replicas/${encodeURIComponent(name)}`);
+  } catch (e) {
+    if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+  }
+}
+
+/** A test failover's disks: the point opened writable beside the replica, served over NBD. */
+export async function openTestOverlay(api: AgentApi, replicaName: string, pointId: string): Promise<{ id: string; disks: { name: string; nbd: string }[] }> {
+  const o = await api.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${encodeURIComponent(replicaName)}/overlays`, { point: Number(pointId) });
+  return { id: o.id, disks: o.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })) };
+}
+
+/** Remove a test failover's overlay and its writes (one a restarted agent no longer has is gone already). */
+export async function removeTestOverlay(api: AgentApi, replicaName: string, overlayId: string): Promise<void> {
+  try {
+    await api.delete(`/v1/replicas/${encodeURIComponent(replicaName)}/overlays/${encodeURIComponent(overlayId)}`);
+  } catch (e) {
+    if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+  }
+}
+
+export class AgentReplication implements FabricReplication {
+  constructor(private readonly site: AgentSite) {}
+
+  private vm(id: string): Held {
+    return asVm(this.site.locate(id));
+  }
+
+  // ---- primary site
+
+  async ensureReplication(req: ReplicationRequest): Promise<void> {
+    const v = this.vm(req.vmId);
+    const p = req.policy;
+    if (p.initialReplication.method === 'offline') {
+      throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} replicates over the network only; choose initial replication now or scheduled`, { fabric: this.site.name, option: 'initialReplication.method' });
+    }
+    const a = this.site.agent(v.hostId);
+    const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
+    const known = this.site.replicationPeer(req.vmId);
+    if (present && known && known.address === req.peer.address && known.port === req.peer.port && (known.name === undefined || known.name === req.peer.name)) return;
+    if (present) await a.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
+    const keep = Math.max(1, Math.ceil((p.retentionHours * 3600) / p.copyFrequencySeconds) + 1);
+    await a.post('/v1/replications', {
+      vm: v.name,
+      peer: `${req.peer.address}:${req.peer.port}`,
+      ...(req.peer.name !== undefined ? { peerName: req.peer.name } : {}),
+      copyFrequency: `${p.copyFrequencySeconds}s`,
+      retentionHours: p.retentionHours,
+      maxPoints: Math.min(10_000, keep),
+      compression: p.compression,
+      ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
+      ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
+    });
+    await this.site.changed({ kind: 'replicating', vmId: req.vmId, peer: req.peer });
+  }
+
+  async replicationStatus(vmId: string): Promise<ReplicationStatus> {
+    const v = this.vm(vmId);
+    let h: AgentHealth;
+    try {
+      h = await this.site.agent(v.hostId).get<AgentHealth>(`/v1/replications/${encodeURIComponent(v.name)}`);
+    } catch (e) {
+      const err = toOsrError(e);
+      return { health: 'Critical', healthReasons: [{ code: err.code, message: `replication of ${v.name} cannot be read at host ${v.hostId}: ${err.message}` }], rpoSeconds: null, state: 'Unknown', initial: null, latestPoint: null, lastError: err.toJSON(), waitingForAction: false };
+    }
+    const reasons: { code: string; message: string }[] = [];
+    if (h.lastError) reasons.push({ code: h.lastError.code, message: h.lastError.message });
+    if (h.state === 'ResyncRequired') reasons.push({ code: 'RESYNC_REQUIRED', message: `${v.name} needs a resynchronization` });
+    if (h.health === 'Warning' && h.cyclesLastHour > 0 && h.missedCyclesLastHour / h.cyclesLastHour > 0.2) reasons.push({ code: 'NETWORK_ERROR', message: `${h.missedCyclesLastHour} of ${h.cyclesLastHour} copy cycles in the last hour were missed` });
+    const first = h.initial ?? null;
+    const resync = h.resync ?? null;
+    const progress = first && !first.completedAt ? first : resync && !resync.completedAt ? resync : first ?? resync;
+    const done = h.latestPoint !== null && (first === null || first.completedAt !== null) && (resync === null || resync.completedAt !== null) && h.state !== 'InitialReplication' && h.state !== 'Resynchronizing' && h.state !== 'Scheduled';
+    return {
+      health: h.health,
+      healthReasons: reasons,
+      rpoSeconds: h.rpoSeconds,
+      state: h.state,
+      initial: {
+        fraction: progress ? (progress.totalBytes > 0 ? progress.doneBytes / progress.totalBytes : done ? 1 : 0) : done ? 1 : 0,
+        bytesDone: progress?.doneBytes ?? 0,
+        bytesTotal: progress?.totalBytes ?? 0,
+        rateBytesPerSec: progress?.rateBytesPerSec ?? 0,
+        etaSeconds: progress?.etaSeconds ?? null,
+        currentDisk: progress?.currentDisk ?? null,
+        done,
+      },
+      latestPoint: h.latestPoint ? { id: String(h.latestPoint.seq), at: h.latestPoint.time, consistency: consistencyOf(h.latestPoint.consistency) } : null,
+      lastError: h.lastError ? { code: h.lastError.code, message: h.lastError.message } : null,
+      waitingForAction: h.retry?.waitingForAction ?? false,
+      churn: h.churn ? { bytesPerSec: h.churn.bytesPerSec, peakBytesPerSec: h.churn.peakBytesPerSec } : null,
+      pendingLogBytes: h.pendingLogBytes ?? null,
+      resync: resync
+        ? {
+            id: resync.id,
+            reason: resync.reason,
+            fraction: resync.totalBytes > 0 ? resync.doneBytes / resync.totalBytes : resync.completedAt ? 1 : 0,
+            bytesDone: resync.doneBytes,
+            bytesTotal: resync.totalBytes,
+            differingBytes: resync.differingBytes,
+            rateBytesPerSec: resync.rateBytesPerSec,
+            etaSeconds: resync.etaSeconds,
+            currentDisk: resync.currentDisk,
+            startedAt: resync.startedAt,
+            completedAt: resync.completedAt,
+          }
+        : null,
+    };
+  }
+
+  /**
+   * The host's agent resynchronizes at once when asked, whatever its resync window. One
+   * that runs already is left to finish: asked again meanwhile, the agent would compare
+   * every block a second time once it ends.
+   */
+  async resync(vmId: string): Promise<void> {
+    const v = this.vm(vmId);
+    const a = this.site.agent(v.hostId);
+    const name = encodeURIComponent(v.name);
+    const h = await a.get<AgentHealth>(`/v1/replications/${name}`);
+    if (h.state === 'Resynchronizing') return;
+    await a.post(`/v1/replications/${name}/resync`);
+  }
+
+  async stopReplication(vmId: string): Promise<void> {
+    const v = this.vm(vmId);
+    try {
+      await this.site.agent(v.hostId).delete(`/v1/replications/${encodeURIComponent(v.name)}`);
+    } catch (e) {
+      if (toOsrError(e).code !== 'NOT_FOUND') throw e;
+    }
+    if (this.site.replicationPeer(vmId)) await this.site.changed({ kind: 'replicating', vmId, peer: null });
+  }
+
+  // ---- recovery site
+
+  async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
+    return this.pointsOf(asReplica(this.site.locate(replicaVmId)));
+  }
+
+  /** The points a replica holds (also one promoted and not committed yet). */
+  private async pointsOf(r: Held): Promise<RecoveryPointInfo[]> {
+    try {
+      const points = await this.site.agent(r.hostId).get<{ seq: number; time: string; consistency: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
+      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency) }));
+    } catch (e) {
+      if (toOsrError(e).code === 'NOT_FOUND') return []; // no data has arrived yet
+      throw e;
+    }
+  }
+
+  // ---- failover
+
+  async prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
+    const v = this.site.locate(vmId);
+    const a = this.site.agent(v.hostId);
+    if (!v.isVm) throw new OsrError('INVALID_STATE', `${v.name} (${vmId}) holds a replica here; a planned failover starts at the site that runs the VM`);
+    await this.site.stoppingVm(vmId, true);
+    const r = await a.post<{ point: { seq: number; time: string } | null }>(`/v1/replications/${encodeURIComponent(v.name)}/prepare-failover`, { timeout: '10m' });
+    if (!r.point) throw new OsrError('INVALID_STATE', `${v.name} has no recovery point at the replica yet; wait for initial replication`);
+    await this.site.changed({ kind: 'shut-down', vmId });
+    return { point: { id: String(r.point.seq), at: r.point.time, consistency: 'crash' } };
+  }
+
+  async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] }> {
+    const l = this.site.locate(replicaVmId);
+    const a = this.site.agent(l.hostId);
+    if (l.isVm) {
+      // promoted already (the command run a second time): answer what is there
+      const vm = (await a.get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number }; pending?: boolean } }[]>('/v1/vms')).find((x) => x.name === l.name);
+      if (!vm?.origin) throw new OsrError('INVALID_STATE', `${l.name} runs here but was not promoted from a replica`);
+      const origin = vm.origin;
+      const points = origin.pending ? await this.pointsOf(l) : undefined;
+      return { vmId: l.id, epoch: origin.epoch, point: points?.find((p) => p.id === String(origin.point.seq)) ?? { id: String(origin.point.seq), at: new Date(origin.point.timeMs).toISOString(), consistency: 'crash' }, ...(points ? { points } : {}) };
+    }
+    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false });
+    await this.site.changed({ kind: 'promoted', id: l.id, epoch: r.epoch });
+    // the points stay until the commit: the vault learns them all, the promoted one included
+    return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
+  }
+
+  async changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }> {
+    const l = this.vm(vmId);
+    const seq = Number(pointId);
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new OsrError('POINT_NOT_FOUND', `${pointId} is not a recovery point of ${l.name}`);
+    const r = await this.site.agent(l.hostId).post<{ point: { seq: number; timeMs: number; consistency: string } }>(`/v1/vms/${encodeURIComponent(l.name)}/recovery-point`, { point: seq });
+    await this.site.changed({ kind: 'point-changed', vmId });
+    return { point: pointInfo(r.point) };
+  }
+
+  async commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
+    const l = this.vm(vmId);
+    const r = await this.site.agent(l.hostId).post<{ point: { seq: number; timeMs: number; consistency: string } }>(`/v1/vms/${encodeURIComponent(l.name)}/commit`);
+    await this.site.changed({ kind: 'committed', vmId });
+    return { point: pointInfo(r.point) };
+  }
+
+  async fenceVm(vmId: string, epoch: number): Promise<void> {
+    const v = this.site.locate(vmId);
+    if (!v.isVm) return; // a replica already: nothing to keep off
+    if (this.site.fencedEpoch(vmId) >= epoch) return;
+    await this.site.stoppingVm(vmId, false);
+    try {
+      await this.site.agent(v.hostId).post(`/v1/vms/${encodeURIComponent(v.name)}/stop`);
+    } catch (e) {
+      // a host that is down keeps the VM off anyway; the fence applies when it is back
+      this.site.log.warn({ vm: v.name, err: toOsrError(e).message }, `${v.name} could not be stopped now; it stays fenced`);
+    }
+    await this.site.changed({ kind: 'fenced', vmId, epoch });
+  }
+
+  async demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm> {
+    const l = this.site.locate(vmId);
+    if (l.isVm) {
+      await this.site.stoppingVm(vmId, false);
+      await this.site.agent(l.hostId).post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch, ...(source !== undefined ? { source } : {}) });
+      await this.site.changed({ kind: 'demoted', id: l.id, epoch, itemId });
+    }
+    return { replicaVmId: l.id, hostId: l.hostId, agent: this.site.agentEndpoint(l.hostId), nics: this.site.nics(l.id), reused: true };
+  }
+}
+
+interface AgentProgress {
+  totalBytes: number;
+  doneBytes: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  currentDisk: string | null;
+  completedAt: string | null;
+}
+
+interface AgentResync extends AgentProgress {
+  id: string;
+  reason: string;
+  differingBytes: number;
+  startedAt: string;
+}
+
+/** GET /v1/replications/:id at the agent (agent-api.md), the fields read here. */
+interface AgentHealth {
+  state: string;
+  health: 'Healthy' | 'Warning' | 'Critical';
+  rpoSeconds: number | null;
+  latestPoint: { seq: number; time: string; consistency: string } | null;
+  lastError: { code: string; message: string } | null;
+  cyclesLastHour: number;
+  missedCyclesLastHour: number;
+  initial: AgentProgress | null;
+  resync: AgentResync | null;
+  retry: { waitingForAction: boolean } | null;
+  pendingLogBytes?: number;
+  churn?: { bytesPerSec: number; peakBytesPerSec: number } | null;
+}
+
+/** The host's words for a point's consistency, in the vault's. */
+const consistencyOf = (c: string): 'crash' | 'app' => (c === 'app-consistent' || c === 'app' ? 'app' : 'crash');
+
+const pointInfo = (p: { seq: number; timeMs: number; consistency: string }): RecoveryPointInfo => ({ id: String(p.seq), at: new Date(p.timeMs).toISOString(), consistency: consistencyOf(p.consistency) });
