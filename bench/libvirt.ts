@@ -28,7 +28,7 @@ import { ensurePki } from '../src/lab/agent-process.js';
 import { removeDomain, startTinyDomain, type TinyDomain } from '../src/lab/tiny-domain.js';
 import { tinyGuest } from '../src/lab/tiny-guest.js';
 import { parseBytes, UsageError, type Flags } from './lib/args.js';
-import { onCleanup, sleep, startAgent, tempDir } from './lib/lab.js';
+import { onCleanup, startAgent, tempDir, waitFor } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
 import { MB, median, round } from './lib/stats.js';
 import { fmt, formatTable } from './lib/table.js';
@@ -56,15 +56,6 @@ export function libvirtOptions(flags: Flags, resultsDir: string): LibvirtBenchOp
   return o;
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, intervalMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(intervalMs);
-  }
-}
 
 /** A qcow2 v3 image of random bytes (converted from a raw file, which then goes). */
 async function randomImage(file: string, bytes: number): Promise<void> {

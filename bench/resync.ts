@@ -19,7 +19,7 @@ import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki, restartAgentProcess, stopAgentProcess } from '../src/lab/agent-process.js';
 import { parseBytes, UsageError, type Flags } from './lib/args.js';
 import { fillRandom, sameBytes } from './lib/files.js';
-import { onCleanup, sleep, startAgent, tempDir, type BenchAgent } from './lib/lab.js';
+import { onCleanup, startAgent, tempDir, waitFor, type BenchAgent } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
 import { MB, median, round } from './lib/stats.js';
 import { rsyncCopy, startRsyncDaemon, type RsyncCopy } from './lib/rsync.js';
@@ -98,15 +98,6 @@ interface OsrResyncRun {
   verified: boolean;
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, intervalMs = 20): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(intervalMs);
-  }
-}
 
 function warm(file: string): void {
   const fd = fs.openSync(file, 'r');

@@ -11,16 +11,14 @@
  *   qemu-guest-agent, and says so.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ReplicationHealth } from '../../src/agent/wire/replication-types.js';
-import { parseRecords } from '../../src/lab/tiny-guest.js';
 import { startPair, tempDir, waitFor, type Pair } from '../support/lab.js';
-import { libvirtSkip, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
+import { libvirtSkip, recordsOnImage, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
 
 const skip = libvirtSkip();
 const dir = tempDir('osr-libvirt-repl-');
@@ -106,17 +104,6 @@ async function domainHashes(): Promise<Record<string, string>> {
   }
 }
 
-function records(file: string): number[] {
-  const copy = `${file}.fsck`;
-  fs.copyFileSync(file, copy);
-  try {
-    execFileSync('e2fsck', ['-fy', copy], { stdio: 'pipe' });
-  } catch (e) {
-    assert.equal((e as { status?: number }).status, 1, 'e2fsck found damage in the point');
-  }
-  return parseRecords(execFileSync('debugfs', ['-R', 'cat /records', copy], { stdio: ['ignore', 'pipe', 'ignore'] }));
-}
-
 test('a libvirt domain replicates from its dirty bitmaps: every point holds a prefix of the guest\'s records; a paused domain\'s point equals its disks', { skip }, async () => {
   const { primary, replica } = pair!;
   const vms = await primary.api.get<{ name: string; id: string; running: boolean }[]>('/v1/vms');
@@ -136,7 +123,7 @@ test('a libvirt domain replicates from its dirty bitmaps: every point holds a pr
   await primary.api.post(`/v1/replications/${dom!.name}/cycle`);
   const second = await pointAfter(first);
   const p2 = await pointDisks(second);
-  const recs = records(p2.files.vda!);
+  const recs = recordsOnImage(p2.files.vda!);
   assert.deepEqual(recs, recs.map((_r, i) => i), 'records out of order or missing in the point');
   assert.ok(recs.at(-1)! >= ackedBefore, `record ${ackedBefore} was acknowledged before the cycle; the point ends at ${recs.at(-1)}`);
 

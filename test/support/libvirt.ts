@@ -4,9 +4,12 @@
  * Outside CI the libvirt tests skip when virsh or libvirtd is missing, and say so; in CI
  * (`.ci/run` starts libvirtd) they run.
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
 import { Virsh } from '../../src/agent/libvirt/virsh.js';
 import { removeDomain as remove, startTinyDomain as start, type TinyDomain, type TinyDomainOptions } from '../../src/lab/tiny-domain.js';
+import { parseRecords } from '../../src/lab/tiny-guest.js';
 import { onPath } from './unit.js';
 
 export type { TinyDomain };
@@ -32,4 +35,24 @@ export function startTinyDomain(name: string, dir: string, o: TinyDomainOptions 
 
 export function removeDomain(name: string): Promise<void> {
   return remove(virsh, name);
+}
+
+/**
+ * The tiny guest's records on a copy of its system disk (a raw ext4 image), after the file
+ * system is recovered as a failover would mount it (e2fsck replays the journal; exit 1 is
+ * "errors corrected", anything above is damage).
+ */
+export function recordsOnImage(image: string): number[] {
+  const copy = `${image}.fsck`;
+  fs.copyFileSync(image, copy);
+  try {
+    execFileSync('e2fsck', ['-fy', copy], { stdio: 'pipe' });
+  } catch (e) {
+    assert.equal((e as { status?: number }).status, 1, `e2fsck found damage in ${image}: ${String((e as { stdout?: Buffer }).stdout)}`);
+  }
+  try {
+    return parseRecords(execFileSync('debugfs', ['-R', 'cat /records', copy], { stdio: ['ignore', 'pipe', 'ignore'] }));
+  } finally {
+    fs.rmSync(copy, { force: true });
+  }
 }
