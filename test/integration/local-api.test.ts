@@ -137,14 +137,14 @@ test('a socket left by a crash is replaced; anything else at its place, or a lin
   assert.equal(fs.statSync(elsewhere).mode & 0o777, 0o755);
 });
 
-test('the agent runs on the kind of host --host names: lab, the default, or else it does not start (CONFIG_INVALID)', async () => {
+test('the agent runs on the kind of host --host names: lab (the default) or libvirt, or else it does not start (CONFIG_INVALID)', async () => {
   const lab = await agent('host-lab', ['--host', 'lab']);
   await lab.api.post('/v1/vms', { name: 'vm1', disks: ['1M'] });
   assert.deepEqual((await lab.api.get<{ name: string; running: boolean }[]>('/v1/vms')).map((v) => [v.name, v.running]), [['vm1', false]]);
   await stopAgentProcess(lab, 'SIGTERM');
 
-  await assert.rejects(agent('host-other', ['--host', 'libvirt']), /exited with code [1-9]/);
-  assert.match(fs.readFileSync(path.join(dir, 'host-other.log'), 'utf8'), /CONFIG_INVALID.*--host libvirt .*the kinds are: lab/);
+  await assert.rejects(agent('host-other', ['--host', 'hyperv']), /exited with code [1-9]/);
+  assert.match(fs.readFileSync(path.join(dir, 'host-other.log'), 'utf8'), /CONFIG_INVALID.*--host hyperv .*the kinds are: lab, libvirt/);
   assert.equal(fs.existsSync(path.join(dir, 'host-other')), false, 'nothing is made for a kind of host the agent does not know');
 });
 
