@@ -200,7 +200,7 @@ export class Agent {
 
   private listExports(): string[] {
     const out: string[] = [];
-    for (const vm of this.host.list()) if (vm.running) for (const d of vm.spec.disks) out.push(`${vm.name}/${d.name}`);
+    if (this.host.servesDisks) for (const vm of this.host.list()) if (vm.running) for (const d of vm.spec.disks) out.push(`${vm.name}/${d.name}`);
     for (const p of this.replicas.provisional()) if (p.promotion.running !== false && !p.promotion.committing) for (const d of p.store.disks) out.push(`${p.store.vmName}/${d.name}`);
     for (const s of this.replicas.list()) for (const o of s.listOverlays()) for (const d of o.disks) out.push(`replica/${s.vmName}/${o.id}/${d.name}`);
     return out;

@@ -136,7 +136,8 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     const p = provisional(req.params.name);
     if (p) return p.disks.map((d) => ({ name: d.name, size: d.size, image: null, running: p.running, nbd: agent.nbdUris(`${p.name}/${d.name}`) }));
     const vm = agent.host.get(req.params.name);
-    return vm.spec.disks.map((d) => ({ name: d.name, size: d.size, image: d.image, running: vm.running, nbd: agent.nbdUris(`${vm.name}/${d.name}`) }));
+    // a hypervisor's guests reach their disks through it: the agent serves none of them
+    return vm.spec.disks.map((d) => ({ name: d.name, size: d.size, image: d.image, running: vm.running, nbd: agent.host.servesDisks ? agent.nbdUris(`${vm.name}/${d.name}`) : null }));
   });
 
   // ---- replications (primary role)

@@ -111,6 +111,12 @@ test('a libvirt domain replicates from its dirty bitmaps: every point holds a pr
   assert.ok(mine, `the agent does not list ${dom!.name}: ${JSON.stringify(vms)}`);
   assert.match(mine.id, /^[0-9a-f-]{36}$/, 'a domain\'s id is its libvirt UUID');
   assert.equal(mine.running, true);
+  // QEMU serves the domain's disks to its guest, not the agent
+  const disks = await primary.api.get<{ name: string; image: string; nbd: unknown }[]>(`/v1/vms/${dom!.name}/disks`);
+  assert.deepEqual(disks.map((d) => [d.name, d.image, d.nbd]), [
+    ['vda', dom!.images.vda, null],
+    ['vdb', dom!.images.vdb, null],
+  ]);
 
   await primary.api.post('/v1/replications', { vm: dom!.name, peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50, appConsistentFrequency: '1s' });
   const first = await pointAfter(null);

@@ -95,6 +95,7 @@ export class LabVm implements HostVm {
 }
 
 export class LabHost implements Host {
+  readonly servesDisks = true;
   private readonly vms = new Map<string, LabVm>();
   readonly vmsDir: string;
 

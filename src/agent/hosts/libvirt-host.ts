@@ -115,6 +115,7 @@ export class LibvirtVm implements HostVm {
 }
 
 export class LibvirtHost implements Host {
+  readonly servesDisks = false;
   private readonly vms = new Map<string, LibvirtVm>();
   readonly virsh: Virsh;
 

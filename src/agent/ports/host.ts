@@ -104,6 +104,8 @@ export interface HostContext {
 export type HostFactory = (ctx: HostContext) => Host;
 
 export interface Host {
+  /** whether the agent serves its VMs' disks over NBD (the lab's guests reach them so); a hypervisor's guests reach theirs through the hypervisor */
+  readonly servesDisks: boolean;
   /**
    * Load the VMs and recover their change tracking, before any guest I/O. `adopted` says
    * whether a replica here holds a VM's disks (a demote cut short): such a VM is forgotten.
