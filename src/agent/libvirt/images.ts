@@ -82,8 +82,10 @@ export async function wrapRawImage(raw: string, qcow2: string): Promise<void> {
   fs.rmSync(scratch, { force: true });
   fs.rmSync(tmp, { force: true });
   try {
-    await qemuImg(['create', '-q', '-f', 'qcow2', '-o', `compat=1.1,data_file=${scratch},data_file_raw=on,preallocation=metadata`, tmp, String(size)]);
-    await qemuImg(['amend', '-q', '-f', 'qcow2', '-o', `data_file=${path.resolve(raw)}`, tmp]);
+    // in qemu-img's option lists a comma separates options: one in a path is written twice
+    const opt = (file: string) => file.replace(/,/g, ',,');
+    await qemuImg(['create', '-q', '-f', 'qcow2', '-o', `compat=1.1,data_file=${opt(scratch)},data_file_raw=on,preallocation=metadata`, tmp, String(size)]);
+    await qemuImg(['amend', '-q', '-f', 'qcow2', '-o', `data_file=${opt(path.resolve(raw))}`, tmp]);
     const fd = fs.openSync(tmp, 'r');
     fs.fsyncSync(fd);
     fs.closeSync(fd);

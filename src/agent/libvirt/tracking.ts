@@ -54,8 +54,6 @@ const READ_CHUNK = 4 * 1024 * 1024;
 const READS_IN_FLIGHT = 32;
 
 export class LibvirtTracking {
-  /** why the last app-consistent point asked for was crash-consistent (no guest agent), if it was */
-  quiesceNote: string | undefined;
   private state: State;
   private backup: PullBackup | undefined;
   private readonly clients = new Map<string, { client: NbdClient; context: string }>();
@@ -123,8 +121,10 @@ export class LibvirtTracking {
   }
 
   stop(): void {
-    void this.endBackup().catch(() => undefined);
-    void dropCheckpoints(this.virsh, this.domain).catch(() => undefined);
+    // the backup job ends before the checkpoints go (libvirt refuses to delete one a job uses)
+    void this.endBackup()
+      .then(() => dropCheckpoints(this.virsh, this.domain))
+      .catch(() => undefined);
     this.removeLogs(() => true);
     this.state = { enabled: false, activeSeq: this.state.activeSeq, pointMeta: {} };
     this.save();
@@ -144,10 +144,8 @@ export class LibvirtTracking {
         // the guest's file systems frozen while the point is cut, through qemu-guest-agent
         const q = await withFrozenFilesystems(this.virsh, this.domain, begin);
         inc = q.result;
-        if (!q.frozen) {
-          cut = 'crash-consistent';
-          this.quiesceNote = q.reason;
-        } else this.quiesceNote = undefined;
+        // no guest agent: the point says it is crash-consistent
+        if (!q.frozen) cut = 'crash-consistent';
       } else inc = await begin();
     } catch (e) {
       const err = toOsrError(e);

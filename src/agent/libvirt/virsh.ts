@@ -104,6 +104,8 @@ export function parseDomainXml(xml: string): DomainInfo {
   const name = str(d.name);
   const uuid = str(d.uuid);
   if (!name || !uuid) throw new OsrError('HYPERVISOR_ERROR', 'libvirt answered a domain XML without a name or UUID');
+  // the UUID names the domain's directory in the agent's data and its replica at the peer
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(uuid)) throw new OsrError('HYPERVISOR_ERROR', `libvirt answered domain ${name} with a UUID that is not one: ${uuid.slice(0, 60)}`);
   const devices = obj(d.devices);
   const disks: DomainDisk[] = [];
   for (const raw of (devices.disk as unknown[] | undefined) ?? []) {

@@ -144,6 +144,16 @@ export class NbdClient {
     const fail = (e: Error) => {
       p.error ??= e;
     };
+    // a chunk too short for its own fields fails its request, it does not throw out of the socket's data handler
+    const need = type === ReplyType.OffsetData ? 8 : type === ReplyType.OffsetHole ? 12 : type === ReplyType.BlockStatus ? 4 : type & 0x8000 ? 6 : 0;
+    if (body.length < need) {
+      fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of type ${type} is ${body.length} bytes, shorter than its fields`));
+      if (flags & ReplyFlag.Done) {
+        this.pending.delete(handle);
+        p.reject(p.error!);
+      }
+      return true;
+    }
     switch (type) {
       case ReplyType.None:
         break;
