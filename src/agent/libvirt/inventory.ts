@@ -6,6 +6,7 @@
  */
 import { XMLParser } from 'fast-xml-parser';
 import { OsrError } from '../../domain/errors.js';
+import type { MachineSpec } from '../../domain/machine.js';
 import { parseDomainXml, xmlText, type DomainInfo, type Virsh } from './virsh.js';
 
 const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', parseTagValue: false });
@@ -14,6 +15,8 @@ const obj = (v: unknown): Node => (v && typeof v === 'object' ? (v as Node) : {}
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : undefined);
 
 export interface HostDomain extends DomainInfo {
+  /** what a recovery host needs to define the domain anew (its NICs on this host's networks) */
+  machine: MachineSpec;
   state: string;
   running: boolean;
   memoryMiB: number;
@@ -61,7 +64,26 @@ export async function readDomain(virsh: Virsh, name: string): Promise<HostDomain
   const d = obj(parser.parse(xml).domain);
   const state = (await virsh.run(['domstate', name])).trim();
   const autostart = /Autostart:\s+enable/.test(await virsh.run(['dominfo', name]));
-  return { ...info, state, running: state === 'running' || state === 'paused', memoryMiB: Math.round(bytesOf(d.memory) / 1024 ** 2), vcpus: Number(str(obj(d.vcpu)['#text']) ?? str(d.vcpu) ?? 1), autostart };
+  const memoryMiB = Math.round(bytesOf(d.memory) / 1024 ** 2);
+  const vcpus = Number(str(obj(d.vcpu)['#text']) ?? str(d.vcpu) ?? 1);
+  return { ...info, machine: machineOf(d, info, vcpus, memoryMiB), state, running: state === 'running' || state === 'paused', memoryMiB, vcpus, autostart };
+}
+
+/** The domain's machine (src/domain/machine.ts), from its XML. */
+function machineOf(d: Node, info: DomainInfo, vcpus: number, memoryMiB: number): MachineSpec {
+  const os = obj(d.os);
+  const type = obj(os.type);
+  const firmware = str(os['@firmware']) === 'efi' || os.loader !== undefined ? 'uefi' : 'bios';
+  const machineType = str(type['@machine']);
+  const kernel = str(os.kernel);
+  return {
+    vcpus,
+    memoryMiB,
+    firmware,
+    ...(machineType ? { machineType } : {}),
+    ...(kernel ? { kernelBoot: { kernel, ...(str(os.initrd) ? { initrd: str(os.initrd) } : {}), ...(str(os.cmdline) ? { cmdline: str(os.cmdline) } : {}) } } : {}),
+    nics: info.nics.map((n) => ({ network: n.network ?? null, ...(n.mac ? { mac: n.mac } : {}), ...(n.model ? { model: n.model } : {}) })),
+  };
 }
 
 export async function readHostInventory(virsh: Virsh, o: { domains?: (name: string) => boolean } = {}): Promise<HostInventory> {
