@@ -16,6 +16,7 @@
  */
 import type { FabricCapabilities } from '../domain/capabilities.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
+import type { MachineSpec } from '../domain/machine.js';
 import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
 
 /** An osr agent's API (agent-api.md): JSON in and out; an error answer is thrown as the OsrError it carries. */
@@ -73,6 +74,12 @@ export interface AgentSite {
    * stops first (graceful, a planned failover: it flushes; otherwise it is cut short)
    */
   stoppingVm(vmId: string, graceful: boolean): Promise<void>;
+  /**
+   * the machine a promoted replica's VM is defined with at its host, its NICs on that
+   * host's networks (a fabric whose hosts define VMs from it: libvirt); undefined: the
+   * host needs none (the lab) or keeps the VM's own definition (a failback)
+   */
+  machineOf?(id: string): MachineSpec | undefined;
   /** record what changed, durably, before the call answers; inventory changes are reported */
   changed(change: SiteChange): Promise<void>;
   log: { warn(o: object, msg?: string): void };
@@ -289,7 +296,8 @@ export class AgentReplication implements FabricReplication {
       const points = origin.pending ? await this.pointsOf(l) : undefined;
       return { vmId: l.id, epoch: origin.epoch, point: points?.find((p) => p.id === String(origin.point.seq)) ?? { id: String(origin.point.seq), at: new Date(origin.point.timeMs).toISOString(), consistency: 'crash' }, ...(points ? { points } : {}) };
     }
-    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false });
+    const machine = this.site.machineOf?.(l.id);
+    const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false, ...(machine ? { machine } : {}) });
     await this.site.changed({ kind: 'promoted', id: l.id, epoch: r.epoch });
     // the points stay until the commit: the vault learns them all, the promoted one included
     return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
