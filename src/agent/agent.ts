@@ -328,6 +328,8 @@ export class Agent {
     if (!p) throw new OsrError('VM_NOT_FOUND', `VM ${vmName} does not exist on this host`, { vms: this.host.list().map((v) => v.name) });
     if (!running) await this.disconnectVm(vmName);
     this.replicas.setPromotion(p.store.vmId, { ...p.promotion, running });
+    // a VM its host runs itself is powered there
+    if (p.promotion.hosted) await this.host.promotions?.setRunning(p.store.vmId, running);
   }
 
   /** Disconnect a VM's NBD clients (once their requests finish) and make its writes durable. */
@@ -341,7 +343,7 @@ export class Agent {
   /** Another point for a VM whose promotion is not committed: it restarts from that point, its writes discarded. */
   async changePromotedPoint(vmName: string, seq: number): Promise<PromoteResult> {
     await this.disconnectVm(vmName);
-    const result = changePromotedPoint(this.replicas, vmName, seq);
+    const result = await changePromotedPoint(this.host, this.replicas, vmName, seq);
     this.log.warn({ vm: result.vm, point: result.point.seq }, `${result.vm} now runs from point #${result.point.seq}; what it wrote since its promotion was discarded`);
     return result;
   }

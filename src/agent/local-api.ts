@@ -6,6 +6,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import path from 'node:path';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { checkMachine } from '../domain/machine.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
@@ -258,10 +259,13 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
       return reply.status(201).send({ vm: store.vmName, vmId: store.vmId, disks: store.disks, seq: manifest.seq, exportedAt: manifest.createdAt, bytes: store.disks.reduce((n, d) => n + d.size, 0), ms: Math.round(performance.now() - t0) });
     },
   );
-  app.post<{ Params: { vm: string }; Body: { point?: number; epoch?: number; start?: boolean; commit?: boolean } | undefined }>(
+  app.post<{ Params: { vm: string }; Body: { point?: number; epoch?: number; start?: boolean; commit?: boolean; machine?: unknown } | undefined }>(
     '/v1/replicas/:vm/promote',
-    { schema: { body: { type: ['object', 'null'], properties: { point: { type: 'integer', minimum: 0 }, epoch: { type: 'integer', minimum: 1 }, start: { type: 'boolean' }, commit: { type: 'boolean' } } } } },
-    async (req) => agent.promote(req.params.vm, req.body ?? {}),
+    { schema: { body: { type: ['object', 'null'], properties: { point: { type: 'integer', minimum: 0 }, epoch: { type: 'integer', minimum: 1 }, start: { type: 'boolean' }, commit: { type: 'boolean' }, machine: { type: 'object' } } } } },
+    async (req) => {
+      const { machine, ...opts } = req.body ?? {};
+      return agent.promote(req.params.vm, { ...opts, ...(machine !== undefined ? { machine: checkMachine(machine) } : {}) });
+    },
   );
   /** A promoted replica's overlay is its VM's disks until the promotion is committed: not for other uses. */
   const unpromoted = (vm: string): ReplicaStore => {

@@ -19,6 +19,10 @@ export interface HostOptions {
   libvirtUri?: string | undefined;
   /** libvirt: the domains that are this agent's, as a regular expression on their names (default all) */
   libvirtDomains?: string | undefined;
+  /** libvirt: the agent's domains begin with it; a VM's osr name is the rest */
+  libvirtPrefix?: string | undefined;
+  /** libvirt: where a promoted VM's direct kernel boot files may be */
+  libvirtBootDirs?: string[] | undefined;
 }
 
 /** Check a host kind before anything is made (CONFIG_INVALID names the kinds there are). */
@@ -39,7 +43,14 @@ export function hostFactory(kind: HostKind, o: HostOptions): HostFactory {
       } catch (e) {
         throw new OsrError('CONFIG_INVALID', `--libvirt-domains ${o.libvirtDomains} is not a regular expression: ${(e as Error).message}`);
       }
-      return ({ dataDir, now }) => new LibvirtHost(dataDir, now, { ...(o.libvirtUri ? { uri: o.libvirtUri } : {}), ...(only ? { domains: (n: string) => only.test(n) } : {}) });
+      if (o.libvirtPrefix !== undefined && !/^[A-Za-z0-9._-]{0,32}$/.test(o.libvirtPrefix)) throw new OsrError('CONFIG_INVALID', `--libvirt-prefix ${o.libvirtPrefix} must be at most 32 letters, digits, dots, dashes or underscores`);
+      return ({ dataDir, now }) =>
+        new LibvirtHost(dataDir, now, {
+          ...(o.libvirtUri ? { uri: o.libvirtUri } : {}),
+          ...(only ? { domains: (n: string) => only.test(n) } : {}),
+          ...(o.libvirtPrefix ? { prefix: o.libvirtPrefix } : {}),
+          ...(o.libvirtBootDirs ? { bootDirs: o.libvirtBootDirs } : {}),
+        });
     }
   }
 }

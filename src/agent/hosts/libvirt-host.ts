@@ -7,28 +7,54 @@
  *
  *   <data>/libvirt/<domain uuid>/tracking.json, logs/, backup/    per domain
  *
- * A domain's osr id is its libvirt UUID: stable across renames, and the id its replica is
- * kept under. Making VMs (promote, adopt) is the replica side's part and comes with the
- * libvirt failover; here it is refused with NOT_SUPPORTED.
+ * A domain's osr id is its libvirt UUID (stable across renames, the id its replica is kept
+ * under), or, for a domain osr defined for a promoted replica, its source's id, kept in the
+ * domain's metadata. An agent may own only the domains whose names begin with a prefix
+ * (`--libvirt-prefix`): the osr name of a VM is its domain's name without it, so two sites
+ * can share one libvirtd (the KVM lab).
+ *
+ * A promoted replica runs from its images through files libvirt manages
+ * (libvirt/promotion.ts); committed, it is adopted as one of this host's domains, tracked
+ * from the checkpoint made before it ran. A demote hands the domain's disks to the replica
+ * store as raw images (a wrapped disk's data file as it is; a plain qcow2 converted once)
+ * and keeps the domain defined, fenced.
  */
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { BlockDevice } from '../io/block-device.js';
 import type { DiskRanges } from '../io/ranges.js';
+import type { MachineSpec } from '../../domain/machine.js';
+import { readJson, writeJsonDurable } from '../io/durable-file.js';
+import { listCheckpoints } from '../libvirt/backup.js';
 import { fenceDomain } from '../libvirt/fence.js';
 import { checkTrackable, imageInfo } from '../libvirt/images.js';
 import { readDomain, type HostDomain } from '../libvirt/inventory.js';
+import { LibvirtPromotions, PROMOTED_CHECKPOINT } from '../libvirt/promotion.js';
 import { LibvirtTracking } from '../libvirt/tracking.js';
 import { Virsh } from '../libvirt/virsh.js';
 import type { DiskReader } from '../ports/change-source.js';
-import type { Host, HostLoadNote, HostVm, VmDiskSpec, VmOrigin, VmSpec } from '../ports/host.js';
+import type { Host, HostLoadNote, HostPromotions, HostVm, VmDiskSpec, VmFence, VmOrigin, VmSpec } from '../ports/host.js';
 
 export interface LibvirtHostOptions {
   uri?: string;
   /** which domains are this agent's (default all) */
   domains?: (name: string) => boolean;
+  /** the agent's domains are those whose names begin with it; a VM's osr name is the rest (default none) */
+  prefix?: string;
+  /** directories a promoted VM's direct kernel boot files may be in (default none: such a VM is refused) */
+  bootDirs?: string[];
 }
+
+/** What the host keeps of a VM beside libvirt's definition (`<vm dir>/vm.json`). */
+interface VmRecord {
+  origin?: VmOrigin | undefined;
+  fenced?: VmFence | undefined;
+}
+
+const execFileAsync = promisify(execFile);
 
 export class LibvirtVm implements HostVm {
   readonly tracking: LibvirtTracking;
@@ -39,18 +65,24 @@ export class LibvirtVm implements HostVm {
   constructor(
     private readonly virsh: Virsh,
     private domain: HostDomain,
+    name: string,
     sizes: Record<string, number>,
-    dir: string,
+    private readonly dir: string,
     now: () => number,
   ) {
     const disks = domain.disks.filter((d) => d.device === 'disk');
+    const id = domain.osrId ?? domain.uuid;
+    const record = readJson<VmRecord>(path.join(dir, 'vm.json')) ?? {};
+    const fenced = record.fenced ?? (domain.fenceEpoch !== undefined ? { reason: `fenced by osr (epoch ${domain.fenceEpoch})`, at: new Date(now()).toISOString(), epoch: domain.fenceEpoch } : undefined);
     this.spec = {
-      id: domain.uuid,
-      name: domain.name,
-      disks: disks.map((d) => ({ id: `${domain.uuid}-${d.target}`, name: d.target, size: sizes[d.target] ?? 0, image: d.file ?? '' })),
+      id,
+      name,
+      // a wrapped disk's bytes are its data file: what a demote hands the replica store
+      disks: disks.map((d) => ({ id: `${id}-${d.target}`, name: d.target, size: sizes[d.target] ?? 0, image: d.dataFile ?? d.file ?? '' })),
       running: domain.running,
       createdAt: new Date(now()).toISOString(),
-      ...(domain.fenceEpoch !== undefined ? { fenced: { reason: `fenced by osr (epoch ${domain.fenceEpoch})`, at: new Date(now()).toISOString(), epoch: domain.fenceEpoch } } : {}),
+      ...(record.origin ? { origin: record.origin } : {}),
+      ...(fenced ? { fenced } : {}),
     };
     this.tracking = new LibvirtTracking(
       virsh,
@@ -85,14 +117,31 @@ export class LibvirtVm implements HostVm {
   get running(): boolean {
     return this.spec.running;
   }
+  /** libvirt's name of the domain */
+  get domainName(): string {
+    return this.domain.name;
+  }
+  /** the domain's disks as libvirt has them (file, format, data file) */
+  get domainDisks(): HostDomain['disks'] {
+    return this.domain.disks.filter((d) => d.device === 'disk');
+  }
 
   refresh(domain: HostDomain): void {
     this.domain = domain;
     this.spec.running = domain.running;
   }
 
+  private saveRecord(): void {
+    writeJsonDurable(path.join(this.dir, 'vm.json'), { origin: this.spec.origin, fenced: this.spec.fenced } satisfies VmRecord);
+  }
+
+  setOrigin(origin: VmOrigin): void {
+    this.spec.origin = origin;
+    this.saveRecord();
+  }
+
   disk(name: string): BlockDevice {
-    throw new OsrError('NOT_FOUND', `disk ${name} of libvirt domain ${this.name} is QEMU's: osr does not serve it over NBD`);
+    throw new OsrError('NOT_FOUND', `disk ${name} of libvirt domain ${this.domainName} is QEMU's: osr does not serve it over NBD`);
   }
 
   async flush(): Promise<void> {
@@ -104,13 +153,26 @@ export class LibvirtVm implements HostVm {
   }
 
   clearDivergence(): void {
-    if (this.spec.origin) this.spec.origin.divergence = undefined;
+    if (!this.spec.origin?.divergence) return;
+    this.spec.origin.divergence = undefined;
+    this.saveRecord();
   }
 
-  /** Refuse to start from now on: the fence goes into the domain's own definition, where libvirt's hook finds it. */
+  /**
+   * Refuse to start from now on: durable in the agent's record before it returns, and put
+   * into the domain's own definition, where libvirt's hook finds it (again at each load).
+   */
   fence(reason: string, epoch: number): void {
     this.spec.fenced = { reason, at: new Date().toISOString(), epoch };
-    void fenceDomain(this.virsh, this.domain.name, epoch).catch(() => undefined);
+    this.saveRecord();
+    void this.applyFence();
+  }
+
+  /** The fence into libvirt's definition (also when a restart finds it missing there). */
+  async applyFence(): Promise<void> {
+    const f = this.spec.fenced;
+    if (!f || this.domain.fenceEpoch === f.epoch) return;
+    await fenceDomain(this.virsh, this.domainName, f.epoch).catch(() => undefined);
   }
 }
 
@@ -118,6 +180,8 @@ export class LibvirtHost implements Host {
   readonly servesDisks = false;
   private readonly vms = new Map<string, LibvirtVm>();
   readonly virsh: Virsh;
+  readonly promotions: HostPromotions;
+  private readonly prefix: string;
 
   constructor(
     readonly dataDir: string,
@@ -125,38 +189,78 @@ export class LibvirtHost implements Host {
     private readonly o: LibvirtHostOptions = {},
   ) {
     this.virsh = new Virsh({ ...(o.uri ? { uri: o.uri } : {}) });
+    this.prefix = o.prefix ?? '';
     fs.mkdirSync(path.join(dataDir, 'libvirt'), { recursive: true, mode: 0o700 });
+    this.promotions = new LibvirtPromotions({ virsh: this.virsh, dirOf: (id) => this.dirOf(id), domainName: (n) => this.prefix + n, checkBootFiles: (m) => this.checkBootFiles(m) });
   }
 
-  private async load(name: string): Promise<LibvirtVm> {
-    const domain = await readDomain(this.virsh, name);
+  private dirOf(vmId: string): string {
+    return path.join(this.dataDir, 'libvirt', vmId);
+  }
+
+  /** A promoted VM's kernel and initrd must be in a directory the operator named. */
+  private checkBootFiles(m: MachineSpec): void {
+    const k = m.kernelBoot;
+    if (!k) return;
+    for (const file of [k.kernel, ...(k.initrd ? [k.initrd] : [])]) {
+      let real: string;
+      try {
+        real = fs.realpathSync(file);
+      } catch {
+        throw new OsrError('NOT_FOUND', `the VM's boot file ${file} does not exist at this host`);
+      }
+      const allowed = (this.o.bootDirs ?? []).some((d) => real.startsWith(path.resolve(d) + path.sep));
+      if (!allowed) throw new OsrError('NOT_SUPPORTED', `the VM boots a kernel file directly (${file}), which this agent does not allow: start it with --libvirt-boot-dir naming the directory that holds such files`, { file });
+    }
+  }
+
+  /** The osr name of a domain of this agent's, or undefined when the domain is not one. */
+  private vmNameOf(domain: string): string | undefined {
+    if (!domain.startsWith(this.prefix) || domain.length === this.prefix.length) return undefined;
+    if (this.o.domains && !this.o.domains(domain)) return undefined;
+    return domain.slice(this.prefix.length);
+  }
+
+  private async load(domainName: string): Promise<LibvirtVm> {
+    const domain = await readDomain(this.virsh, domainName);
     const sizes: Record<string, number> = {};
     for (const d of domain.disks.filter((x) => x.device === 'disk')) {
       const info = d.file ? await imageInfo(d.file) : undefined;
       checkTrackable(domain.name, d, info);
       sizes[d.target] = info!.virtualSize;
     }
-    const vm = new LibvirtVm(this.virsh, domain, sizes, path.join(this.dataDir, 'libvirt', domain.uuid), this.now);
+    const vm = new LibvirtVm(this.virsh, domain, this.vmNameOf(domainName) ?? domainName, sizes, this.dirOf(domain.osrId ?? domain.uuid), this.now);
     await vm.tracking.recover();
+    await vm.applyFence();
     this.vms.set(vm.name, vm);
     return vm;
   }
 
-  async loadAll(_adopted: (vmId: string) => boolean): Promise<HostLoadNote[]> {
+  async loadAll(adopted: (vmId: string) => boolean): Promise<HostLoadNote[]> {
     const out: HostLoadNote[] = [];
     const names = (await this.virsh.run(['list', '--all', '--name'])).split('\n').map((s) => s.trim()).filter(Boolean);
     for (const name of names) {
-      if (this.o.domains && !this.o.domains(name)) continue;
+      const vmName = this.vmNameOf(name);
+      if (vmName === undefined) continue;
       try {
+        const info = await readDomain(this.virsh, name);
+        const id = info.osrId ?? info.uuid;
+        // a demoted domain's disks are a replica's now; a promotion not committed is the replica side's
+        if (adopted(id) || this.promotionPending(id)) continue;
         await this.load(name);
-        out.push({ vm: name, recovered: false, tornBytes: 0 });
+        out.push({ vm: vmName, recovered: false, tornBytes: 0 });
       } catch (e) {
         // a domain osr cannot track (a raw disk, say) is not replicated; the agent logs why
         const err = toOsrError(e);
-        out.push({ vm: name, recovered: false, tornBytes: 0, notReplicable: { code: err.code, message: err.message } });
+        out.push({ vm: vmName, recovered: false, tornBytes: 0, notReplicable: { code: err.code, message: err.message } });
       }
     }
     return out;
+  }
+
+  private promotionPending(vmId: string): boolean {
+    const st = readJson<{ committed?: boolean }>(path.join(this.dirOf(vmId), 'promotion.json'));
+    return st !== undefined && st.committed !== true;
   }
 
   list(): HostVm[] {
@@ -169,35 +273,38 @@ export class LibvirtHost implements Host {
 
   get(name: string): LibvirtVm {
     const vm = this.vms.get(name);
-    if (!vm) throw new OsrError('VM_NOT_FOUND', `libvirt domain ${name} is not one of this agent's (not defined, not selected, or its disks cannot be tracked)`);
+    if (!vm) throw new OsrError('VM_NOT_FOUND', `libvirt domain ${this.prefix}${name} is not one of this agent's (not defined, not selected, or its disks cannot be tracked)`);
     return vm;
   }
 
   private async refresh(name: string): Promise<LibvirtVm> {
     const vm = this.get(name);
-    vm.refresh(await readDomain(this.virsh, name));
+    vm.refresh(await readDomain(this.virsh, vm.domainName));
     return vm;
   }
 
   async start(name: string): Promise<HostVm> {
     const vm = this.get(name);
-    if (!vm.running) await this.virsh.run(['start', name]);
+    if (vm.spec.fenced) throw new OsrError('EPOCH_STALE', `${name} is fenced (${vm.spec.fenced.reason}): a newer copy was promoted elsewhere; reprotect it instead of starting it`);
+    if (!vm.running) await this.virsh.run(['start', vm.domainName]);
     return this.refresh(name);
   }
 
   async shutdown(name: string, timeoutMs: number): Promise<HostVm> {
     const vm = this.get(name);
     if (vm.running) {
-      await this.virsh.run(['shutdown', name]).catch(() => undefined);
+      // the guest agent's shutdown where the guest has one, else ACPI's power button
+      await this.virsh.run(['shutdown', vm.domainName, '--mode', 'agent,acpi']).catch(() => this.virsh.run(['shutdown', vm.domainName]).catch(() => undefined));
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline && (await this.refresh(name)).running) await new Promise((r) => setTimeout(r, 500));
-      if ((await this.refresh(name)).running) await this.virsh.run(['destroy', name]);
+      if ((await this.refresh(name)).running) await this.virsh.run(['destroy', vm.domainName]);
     }
     return this.refresh(name);
   }
 
   async stop(name: string): Promise<HostVm> {
-    if (this.get(name).running) await this.virsh.run(['destroy', name]);
+    const vm = this.get(name);
+    if (vm.running) await this.virsh.run(['destroy', vm.domainName]);
     return this.refresh(name);
   }
 
@@ -205,12 +312,72 @@ export class LibvirtHost implements Host {
     throw new OsrError('NOT_SUPPORTED', `a libvirt host does not make VMs through osr (${name}): define the domain with libvirt`);
   }
 
-  async adoptVm(name: string, _id: string, _disks: VmDiskSpec[], _origin: VmOrigin, _running: boolean): Promise<HostVm> {
-    throw new OsrError('NOT_SUPPORTED', `promoting a replica to a libvirt domain (${name}) is not built yet`);
+  /**
+   * A committed promotion's domain (libvirt/promotion.ts defined and runs it) becomes one of
+   * this host's VMs. Its tracking goes on from the checkpoint made before the guest ran.
+   */
+  async adoptVm(name: string, id: string, _disks: VmDiskSpec[], origin: VmOrigin, running: boolean): Promise<HostVm> {
+    const domain = this.prefix + name;
+    fs.mkdirSync(this.dirOf(id), { recursive: true, mode: 0o700 });
+    const vm = await this.load(domain);
+    if (vm.id !== id) throw new OsrError('INVALID_STATE', `libvirt domain ${domain} is VM ${vm.id}, not ${id}`);
+    vm.setOrigin(origin);
+    if (!vm.tracking.enabled) {
+      const { ours } = await listCheckpoints(this.virsh, domain);
+      if (ours.length === 1 && ours[0] === PROMOTED_CHECKPOINT) vm.tracking.adopt(1);
+      // no checkpoint (the VM never ran): reverse replication compares every block
+    }
+    if (running && !vm.running) await this.start(name);
+    return this.refresh(name);
   }
 
+  /**
+   * Before a demote: the domain is off, and each disk is a raw image of its size — a
+   * wrapped disk's data file, or a plain qcow2 converted (once, beside the VM's state; its
+   * file stays where it was). The writes since the last point are in QEMU's bitmap, which
+   * is not read offline: reverse replication compares every block and sends only those
+   * that differ.
+   */
+  async demoteImages(name: string): Promise<Record<string, string>> {
+    const vm = await this.stop(name).then(() => this.get(name));
+    const out: Record<string, string> = {};
+    const dir = path.join(this.dirOf(vm.id), 'demote');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    for (const d of vm.domainDisks) {
+      if (d.dataFile) {
+        out[d.target] = d.dataFile;
+        continue;
+      }
+      if (!d.file) throw new OsrError('NOT_SUPPORTED', `disk ${d.target} of ${vm.domainName} is not a file`);
+      const raw = path.join(dir, `${d.target}.raw`);
+      if (!fs.existsSync(raw)) {
+        const tmp = `${raw}.tmp`;
+        fs.rmSync(tmp, { force: true });
+        try {
+          await execFileAsync('qemu-img', ['convert', '-q', '-f', 'qcow2', '-O', 'raw', '-t', 'none', d.file, tmp]);
+        } catch (e) {
+          throw new OsrError('HYPERVISOR_ERROR', `disk ${d.target} of ${vm.domainName} could not be made a raw image: ${((e as { stderr?: string }).stderr ?? String(e)).trim()}`, { disk: d.target });
+        }
+        const fd = fs.openSync(tmp, 'r');
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+        fs.renameSync(tmp, raw);
+        const dfd = fs.openSync(dir, 'r');
+        fs.fsyncSync(dfd);
+        fs.closeSync(dfd);
+      }
+      out[d.target] = raw;
+    }
+    vm.tracking.markResyncRequired('demoted: the writes since the last point are in QEMU\'s bitmap, which is not read offline');
+    return out;
+  }
+
+  /** Forget a demoted domain: its disks are the replica's now; it stays defined, fenced, for a failback to take up. */
   async removeVm(name: string): Promise<void> {
-    throw new OsrError('NOT_SUPPORTED', `demoting libvirt domain ${name} to a replica is not built yet`);
+    const vm = this.get(name);
+    for (const c of (await listCheckpoints(this.virsh, vm.domainName)).ours) await this.virsh.run(['checkpoint-delete', vm.domainName, c, '--metadata']).catch(() => undefined);
+    this.vms.delete(name);
+    fs.rmSync(this.dirOf(vm.id), { recursive: true, force: true });
   }
 
   async closeAll(): Promise<void> {

@@ -43,7 +43,8 @@ function layerXml(layers: DiskLayer[]): string {
   return `<backingStore type='file'><format type='${top.format}'/><source file='${xmlText(top.file)}'>${data}</source>${layerXml(rest)}</backingStore>`;
 }
 
-function diskXml(d: DomainDiskSpec): string {
+/** One disk's element. */
+export function diskXml(d: DomainDiskSpec): string {
   const target = `<target dev='${xmlText(d.target)}' bus='virtio'/>`;
   if ('nbd' in d) {
     return `<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/><source protocol='nbd' name='${xmlText(d.nbd.exportName)}'><host transport='unix' socket='${xmlText(d.nbd.socket)}'/></source>${target}</disk>`;

@@ -120,6 +120,16 @@ export class LibvirtTracking {
     return this.state.activeSeq;
   }
 
+  /**
+   * Tracking is on since checkpoint `osr-<seq>`, made by someone else before the guest ran
+   * (a promoted VM's, libvirt/promotion.ts): every write since is in its bitmap.
+   */
+  adopt(seq: number): void {
+    this.removeLogs(() => true);
+    this.state = { enabled: true, activeSeq: seq, pointMeta: {} };
+    this.save();
+  }
+
   stop(): void {
     // the backup job ends before the checkpoints go (libvirt refuses to delete one a job uses)
     void this.endBackup()

@@ -94,9 +94,14 @@ export interface DomainInfo {
   nics: { mac?: string; network?: string; bridge?: string; model?: string }[];
   /** osr's fence in the domain's metadata, if it carries one */
   fenceEpoch?: number;
+  /** the id of the VM osr defined this domain for (a promoted replica's: its source's id), if it did */
+  osrId?: string;
 }
 
 export const FENCE_NAMESPACE = 'https://osr.dev/xmlns/fence';
+/** The namespace of the VM id osr puts in the domains it defines. */
+export const VM_NAMESPACE = 'https://osr.dev/xmlns/vm';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The facts osr needs from a domain's XML (`virsh dumpxml`). */
 export function parseDomainXml(xml: string): DomainInfo {
@@ -105,7 +110,7 @@ export function parseDomainXml(xml: string): DomainInfo {
   const uuid = str(d.uuid);
   if (!name || !uuid) throw new OsrError('HYPERVISOR_ERROR', 'libvirt answered a domain XML without a name or UUID');
   // the UUID names the domain's directory in the agent's data and its replica at the peer
-  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(uuid)) throw new OsrError('HYPERVISOR_ERROR', `libvirt answered domain ${name} with a UUID that is not one: ${uuid.slice(0, 60)}`);
+  if (!UUID.test(uuid)) throw new OsrError('HYPERVISOR_ERROR', `libvirt answered domain ${name} with a UUID that is not one: ${uuid.slice(0, 60)}`);
   const devices = obj(d.devices);
   const disks: DomainDisk[] = [];
   for (const raw of (devices.disk as unknown[] | undefined) ?? []) {
@@ -133,17 +138,20 @@ export function parseDomainXml(xml: string): DomainInfo {
       ...(str(obj(n.model)['@type']) ? { model: str(obj(n.model)['@type']) } : {}),
     };
   });
-  const fence = findFence(obj(d.metadata));
-  return { name, uuid, disks, nics, ...(fence !== undefined ? { fenceEpoch: fence } : {}) };
+  const metadata = obj(d.metadata);
+  const fence = Number(findOsrElement(metadata, 'fence', FENCE_NAMESPACE)?.['@epoch']);
+  // the id names the VM's directory in the agent's data: a UUID, or it is not osr's
+  const osrId = str(findOsrElement(metadata, 'vm', VM_NAMESPACE)?.['@id']);
+  return { name, uuid, disks, nics, ...(Number.isSafeInteger(fence) ? { fenceEpoch: fence } : {}), ...(osrId && UUID.test(osrId) ? { osrId: osrId.toLowerCase() } : {}) };
 }
 
-function findFence(metadata: Node): number | undefined {
+/** osr's element `local` of the domain's metadata, in its namespace. */
+function findOsrElement(metadata: Node, local: string, namespace: string): Node | undefined {
   for (const [key, value] of Object.entries(metadata)) {
-    if (!key.endsWith('fence')) continue;
+    if (key !== local && !key.endsWith(`:${local}`)) continue;
     const v = obj(value);
-    if (str(v['@xmlns']) !== undefined && !Object.entries(v).some(([k, x]) => k.startsWith('@xmlns') && x === FENCE_NAMESPACE)) continue;
-    const epoch = Number(v['@epoch']);
-    if (Number.isSafeInteger(epoch)) return epoch;
+    if (str(v['@xmlns']) !== undefined && !Object.entries(v).some(([k, x]) => k.startsWith('@xmlns') && x === namespace)) continue;
+    return v;
   }
   return undefined;
 }

@@ -15,6 +15,7 @@
 import type { BlockDevice } from '../io/block-device.js';
 import type { DiskRanges } from '../io/ranges.js';
 import type { ChangeSource } from './change-source.js';
+import type { MachineSpec } from '../../domain/machine.js';
 
 export interface VmDiskSpec {
   id: string;
@@ -100,12 +101,55 @@ export interface HostContext {
   now: () => number;
 }
 
+/** What a host that runs promoted VMs itself needs of the replica it runs one from. */
+export interface PromotionRun {
+  vmId: string;
+  vmName: string;
+  /** the replica's images: the VM's disks once the promotion is committed */
+  disks: { id: string; name: string; size: number; image: string }[];
+  /** the point, per disk: where it differs from the images (later points rolled back), with its bytes */
+  rollback(disk: string): { ranges: readonly (readonly [number, number])[]; read(offset: number, length: number): Buffer };
+  pointSeq: number;
+  /** the machine the VM is defined with, when the host has no definition of it yet */
+  machine?: MachineSpec | undefined;
+  start: boolean;
+}
+
+/**
+ * A host whose hypervisor runs a promoted replica's VM from the replica's images itself (a
+ * libvirt host: a copy-on-write layer over the images takes the VM's writes), instead of
+ * from an overlay the agent serves (the lab). Each call may be made twice; the second finds
+ * the work done.
+ */
+export interface HostPromotions {
+  /** run the point as the VM, its writes kept in a layer of their own until `commit` */
+  run(r: PromotionRun): Promise<void>;
+  /** power the running promotion's VM on or off (its layer stays) */
+  setRunning(vmId: string, running: boolean): Promise<void>;
+  /** stop the VM and drop its layer (what it wrote is discarded): a change of point runs it again */
+  discard(vmId: string): Promise<void>;
+  /**
+   * fold the layer into the images: the VM goes on from them, its hypervisor's own disks.
+   * Its change tracking holds every write it made since `run` (a libvirt host's first
+   * checkpoint is made before the guest runs), so reverse replication sends them.
+   */
+  commit(vmId: string): Promise<void>;
+}
+
 /** How the agent makes its host, once its data directory exists. */
 export type HostFactory = (ctx: HostContext) => Host;
 
 export interface Host {
   /** whether the agent serves its VMs' disks over NBD (the lab's guests reach them so); a hypervisor's guests reach theirs through the hypervisor */
   readonly servesDisks: boolean;
+  /** set when the host runs promoted VMs itself (libvirt); otherwise they run from overlays the agent serves */
+  readonly promotions?: HostPromotions | undefined;
+  /**
+   * Before a demote: the VM's disks as raw images of its size that the replica store can
+   * take over (a libvirt domain's qcow2 disks are converted once; wrapped ones hand over
+   * their data files). Default: `spec.disks[].image`.
+   */
+  demoteImages?(name: string): Promise<Record<string, string>>;
   /**
    * Load the VMs and recover their change tracking, before any guest I/O. `adopted` says
    * whether a replica here holds a VM's disks (a demote cut short): such a VM is forgotten.

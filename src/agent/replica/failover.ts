@@ -18,10 +18,11 @@
  */
 import { OsrError } from '../../domain/errors.js';
 import { crashPoint } from './crash-point.js';
-import type { Host, HostVm, VmDiskSpec } from '../ports/host.js';
+import type { Host, HostPromotions, HostVm, PromotionRun, VmDiskSpec } from '../ports/host.js';
+import type { MachineSpec } from '../../domain/machine.js';
 import { diskRangesBytes, unionDiskRanges, type DiskRanges } from '../io/ranges.js';
 import type { Promotion, ReplicaRegistry } from './replication-server.js';
-import type { Overlay, ReplicaStore } from './replica-store.js';
+import { PointView, type Overlay, type ReplicaStore } from './replica-store.js';
 import type { RecoveryPoint } from '../ports/replica-target.js';
 
 export interface PromoteOptions {
@@ -36,6 +37,8 @@ export interface PromoteOptions {
    * `commitPromotion`, and `changePromotedPoint` may choose another point meanwhile
    */
   commit?: boolean | undefined;
+  /** the machine a host that runs promoted VMs itself defines the VM with (ports/host.ts HostPromotions) */
+  machine?: MachineSpec | undefined;
 }
 
 export interface PromoteResult {
@@ -65,7 +68,7 @@ export async function promoteReplica(host: Host, registry: ReplicaRegistry, vmNa
   const earlier = record?.promotion;
   if (earlier?.pending && !store.isCommitted) {
     // promoted already and not committed (the command again, or a restart): the same VM
-    ensureOverlay(store, registry, earlier);
+    await ensureRunning(host, store, registry, earlier);
     return opts.commit === false ? result(store, record!.epoch, earlier) : commitPromotion(host, registry, vmName);
   }
   // a delta in flight lands first; nothing below waits until the fence, after which no
@@ -87,11 +90,53 @@ export async function promoteReplica(host: Host, registry: ReplicaRegistry, vmNa
   if (seq === undefined || !store.hasPoint(seq)) throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(opts.point ?? 'latest')} of ${store.vmName} does not exist`, { points: store.points().map((p) => p.seq) });
   const point = store.points().find((p) => p.seq === seq)!;
   // from here on the old primary is refused, so nothing lands after the chosen point
-  const promotion: Promotion = { point, rolledBack: store.rangesChangedAfter(seq), pending: true, running: opts.start !== false, promotedAt: new Date().toISOString() };
+  const promotion: Promotion = {
+    point,
+    rolledBack: store.rangesChangedAfter(seq),
+    pending: true,
+    running: opts.start !== false,
+    promotedAt: new Date().toISOString(),
+    ...(host.promotions ? { hosted: true, ...(opts.machine ? { machine: opts.machine } : {}) } : {}),
+  };
   registry.fence(store.vmId, epoch, promotion);
   crashPoint('promote:fenced');
-  ensureOverlay(store, registry, promotion);
+  await ensureRunning(host, store, registry, promotion);
   return opts.commit === false ? result(store, epoch, promotion) : commitPromotion(host, registry, vmName);
+}
+
+/** The VM of a provisional promotion runs: from the host's own layer (hosted), else from an overlay the agent serves. */
+async function ensureRunning(host: Host, store: ReplicaStore, registry: ReplicaRegistry, p: Promotion): Promise<void> {
+  if (p.hosted) await hostedRun(host, store, p);
+  else ensureOverlay(store, registry, p);
+}
+
+function promotionsOf(host: Host, store: ReplicaStore): HostPromotions {
+  if (!host.promotions) throw new OsrError('INVALID_STATE', `${store.vmName} was promoted to run on its host's hypervisor, which this host does not have`);
+  return host.promotions;
+}
+
+/** Run the promotion's point on the host: the point's rolled-back ranges are read from the replica's undo. */
+async function hostedRun(host: Host, store: ReplicaStore, p: Promotion): Promise<void> {
+  const views = new Map<string, PointView>();
+  const run: PromotionRun = {
+    vmId: store.vmId,
+    vmName: store.vmName,
+    disks: store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) })),
+    pointSeq: p.point.seq,
+    rollback: (disk) => {
+      let v = views.get(disk);
+      if (!v) views.set(disk, (v = new PointView(store, disk, p.point.seq)));
+      const view = v;
+      return { ranges: view.layerEntries().map((e) => [e.start, e.end] as const), read: (offset, length) => view.read(offset, length) };
+    },
+    machine: p.machine,
+    start: p.running !== false,
+  };
+  try {
+    await promotionsOf(host, store).run(run);
+  } finally {
+    for (const v of views.values()) v.close();
+  }
 }
 
 /**
@@ -125,7 +170,7 @@ export function provisionalOverlay(registry: ReplicaRegistry, vmName: string): O
  * Change the point of a provisional promotion: what the VM wrote is discarded and it runs
  * from `seq` instead. The caller has disconnected its disks' clients.
  */
-export function changePromotedPoint(registry: ReplicaRegistry, vmName: string, seq: number): PromoteResult {
+export async function changePromotedPoint(host: Host, registry: ReplicaRegistry, vmName: string, seq: number): Promise<PromoteResult> {
   const { store, epoch, promotion } = provisionalOf(registry, vmName);
   if (promotion.committing) throw new OsrError('INVALID_STATE', `the promotion of ${store.vmName} is being committed; its point can no longer change`);
   const point = store.points().find((p) => p.seq === seq);
@@ -135,6 +180,12 @@ export function changePromotedPoint(registry: ReplicaRegistry, vmName: string, s
   const next: Promotion = { ...promotion, point, rolledBack: store.rangesChangedAfter(seq), overlayId: undefined };
   registry.setPromotion(store.vmId, next);
   crashPoint('change-point:recorded');
+  if (next.hosted) {
+    // the VM's layer goes with what it wrote; the run from the new point makes a new one
+    await promotionsOf(host, store).discard(store.vmId);
+    await hostedRun(host, store, next);
+    return result(store, epoch, next);
+  }
   if (old && store.listOverlays().some((o) => o.id === old)) store.discardOverlay(old);
   ensureOverlay(store, registry, next);
   return result(store, epoch, next);
@@ -149,7 +200,18 @@ export function changePromotedPoint(registry: ReplicaRegistry, vmName: string, s
 export async function commitPromotion(host: Host, registry: ReplicaRegistry, vmName: string): Promise<PromoteResult> {
   const { store, epoch, promotion } = provisionalOf(registry, vmName);
   let p = promotion;
-  if (!store.isCommitted) {
+  if (p.hosted && !store.isCommitted) {
+    const promotions = promotionsOf(host, store);
+    if (!p.committing) {
+      // the rolled-back ranges are the divergence; what the VM wrote, its host's tracking holds
+      p = { ...p, committing: true };
+      registry.setPromotion(store.vmId, p);
+      crashPoint('promote:commit-recorded');
+    }
+    await promotions.commit(store.vmId);
+    await store.commitHosted(p.point.seq);
+    crashPoint('promote:committed');
+  } else if (!store.isCommitted) {
     const overlay = ensureOverlay(store, registry, p);
     if (!p.committing) {
       for (const d of overlay.disks) await d.flush();
@@ -173,7 +235,7 @@ async function adopt(host: Host, registry: ReplicaRegistry, store: ReplicaStore,
   registry.detach(vmId, true);
   await host.adoptVm(vmName, vmId, disks, { epoch, point: { seq: p.point.seq, timeMs: p.point.timeMs }, promotedAt: p.promotedAt ?? new Date().toISOString(), divergence: p.rolledBack }, start);
   // once the VM is there (a restart loads it, and leaves its images alone as a replica), the promotion is done
-  registry.setPromotion(vmId, { point: p.point, rolledBack: p.rolledBack, promotedAt: p.promotedAt });
+  registry.setPromotion(vmId, { point: p.point, rolledBack: p.rolledBack, promotedAt: p.promotedAt, ...(p.hosted ? { hosted: true } : {}) });
   return { vm: vmName, point: p.point, epoch, rolledBackBytes: diskRangesBytes(p.rolledBack), pending: false };
 }
 
@@ -192,10 +254,11 @@ export interface DemoteResult {
 export async function demoteVm(host: Host, registry: ReplicaRegistry, vm: HostVm, epoch: number, source?: string): Promise<DemoteResult> {
   if (!Number.isSafeInteger(epoch) || epoch < 1) throw new OsrError('INVALID_ARGUMENT', `epoch ${epoch} is not a positive integer`);
   await vm.flush();
+  // the images first: a host that must make them (a libvirt domain's) says there whether its tracking still holds
+  const images: Record<string, string> = host.demoteImages ? await host.demoteImages(vm.name) : {};
+  if (!host.demoteImages) for (const d of vm.spec.disks) images[d.name] = d.image;
   const tracker = vm.tracking;
   const divergent: DiskRanges | 'all' = !tracker.enabled || tracker.resyncRequired ? 'all' : tracker.loggedRanges('all');
-  const images: Record<string, string> = {};
-  for (const d of vm.spec.disks) images[d.name] = d.image;
   await registry.adopt(
     { vmId: vm.id, vmName: vm.name, disks: vm.spec.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })), epoch },
     images,

@@ -1038,12 +1038,24 @@ export class ReplicaStore implements ReplicaTarget {
     return this.finishCommit(o);
   }
 
-  private async finishCommit(o: Overlay): Promise<RecoveryPoint> {
+  /**
+   * The host folded point `seq` and its VM's writes into the images itself (a libvirt
+   * host's committed layer, ports/host.ts HostPromotions): the images are that point now.
+   * The other points, their undo and any overlay go, as after `commitOverlay`. Idempotent.
+   */
+  async commitHosted(seq: number): Promise<RecoveryPoint> {
+    if (this.isCommitted) return this.manifest.points[0]!;
+    if (!this.hasPoint(seq)) throw new OsrError('POINT_NOT_FOUND', `recovery point ${seq} of ${this.vmName} does not exist`);
+    this.assertWritable();
+    return this.finishCommit(undefined, seq);
+  }
+
+  private async finishCommit(o: Overlay | undefined, pointSeq = o?.pointSeq): Promise<RecoveryPoint> {
     this.busy = true;
     try {
-      for (const disk of o.disks) await disk.writeThroughToImage();
+      for (const disk of o?.disks ?? []) await disk.writeThroughToImage();
       await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
-      const base = this.manifest.points.find((p) => p.seq === o.pointSeq)!;
+      const base = this.manifest.points.find((p) => p.seq === pointSeq)!;
       const committed: RecoveryPoint = { ...base, timeMs: this.now(), deltaBytes: 0 };
       for (const other of this.overlays.values()) other.closeFiles();
       this.overlays.clear();

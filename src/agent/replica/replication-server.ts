@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { OsrError, toOsrError } from '../../domain/errors.js';
+import type { MachineSpec } from '../../domain/machine.js';
 import { MAX_DISK_BYTES, isSafeName, safeInteger, safeName, safeRange, safeSeq } from '../../domain/names.js';
 import { onTlsClientError, peerIdentity, serverTlsOptions, type PeerIdentity, type TlsMaterial } from '../../pki/index.js';
 import { writeAllAt } from '../io/io.js';
@@ -50,6 +51,10 @@ export interface Promotion {
   overlayId?: string | undefined;
   /** the commit has begun: `rolledBack` holds the overlay's writes, which no longer change */
   committing?: boolean | undefined;
+  /** the host runs the uncommitted VM itself, from a layer over the images (ports/host.ts HostPromotions), not from an overlay */
+  hosted?: boolean | undefined;
+  /** the machine a hosted VM is defined with (kept for a restart that must define it again) */
+  machine?: MachineSpec | undefined;
   /** whether the uncommitted VM is served (started) */
   running?: boolean | undefined;
   promotedAt?: string | undefined;
