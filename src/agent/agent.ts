@@ -251,13 +251,14 @@ export class Agent {
   }
 
   /**
-   * Planned failover, first step: stop the VM (its NBD clients are disconnected once their
-   * requests finish), ship the final delta, and report zero pending bytes.
+   * Planned failover, first step: shut the VM down (its guest's agent or ACPI asked first,
+   * stopped once a fifth of the timeout has passed; its NBD clients are disconnected once
+   * their requests finish), ship the final delta, and report zero pending bytes.
    */
   async prepareFailover(idOrVm: string, timeoutMs = 300_000): Promise<{ vm: string; point: unknown; pendingLogBytes: number }> {
     const r = this.getReplication(idOrVm);
     const vm = this.host.get(r.spec.vm);
-    await this.host.stop(vm.name);
+    await this.host.shutdown(vm.name, Math.min(120_000, Math.floor(timeoutMs / 5)));
     await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
     await vm.flush();
     const done = await r.prepareFailover(timeoutMs);
@@ -383,6 +384,19 @@ export class Agent {
    * `source` is the promoted copy's agent (its certificate name), the only one that may
    * replicate into the new replica; without it the first agent to connect is recorded.
    */
+  /**
+   * After a failover elsewhere (epoch `epoch`): the VM is fenced — it refuses to start, and
+   * on a hypervisor the fence is in its definition, where libvirt's hook refuses a start by
+   * hand — and stopped. Fenced with that epoch or a newer one already: nothing to do.
+   */
+  async fence(vmName: string, epoch: number): Promise<VmSpec> {
+    const vm = this.host.get(vmName);
+    if ((vm.spec.fenced?.epoch ?? 0) < epoch) vm.fence(`a newer copy of ${vm.name} was promoted elsewhere (epoch ${epoch}); reprotect this one to make it that copy's replica`, epoch);
+    if (vm.running) await this.host.stop(vm.name);
+    await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
+    return vm.spec;
+  }
+
   async demote(vmName: string, epoch?: number, source?: string): Promise<DemoteResult> {
     const vm = this.host.get(vmName);
     const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);

@@ -120,6 +120,12 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     return (await agent.host.shutdown(req.params.name, VM_SHUTDOWN_TIMEOUT_MS)).spec;
   });
 
+  app.post<{ Params: { name: string }; Body: { epoch: number } }>(
+    '/v1/vms/:name/fence',
+    { schema: { body: { type: 'object', required: ['epoch'], additionalProperties: false, properties: { epoch: { type: 'integer', minimum: 1 } } } } },
+    async (req) => agent.fence(req.params.name, req.body.epoch),
+  );
+
   app.post<{ Params: { name: string }; Body: { epoch?: number; source?: string } | undefined }>(
     '/v1/vms/:name/demote',
     { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { epoch: { type: 'integer', minimum: 1 }, source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH } } } } },

@@ -325,7 +325,7 @@ export class AgentReplication implements FabricReplication {
     if (this.site.fencedEpoch(vmId) >= epoch) return;
     await this.site.stoppingVm(vmId, false);
     try {
-      await this.site.agent(v.hostId).post(`/v1/vms/${encodeURIComponent(v.name)}/stop`);
+      await this.site.agent(v.hostId).post(`/v1/vms/${encodeURIComponent(v.name)}/fence`, { epoch });
     } catch (e) {
       // a host that is down keeps the VM off anyway; the fence applies when it is back
       this.site.log.warn({ vm: v.name, err: toOsrError(e).message }, `${v.name} could not be stopped now; it stays fenced`);

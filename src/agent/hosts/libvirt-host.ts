@@ -66,7 +66,8 @@ export class LibvirtVm implements HostVm {
     private readonly virsh: Virsh,
     private domain: HostDomain,
     name: string,
-    sizes: Record<string, number>,
+    /** each disk's virtual size and, for a wrapped qcow2, its raw data file (from the image's header: libvirt's XML may not show it) */
+    images: Record<string, { size: number; dataFile?: string | undefined }>,
     private readonly dir: string,
     now: () => number,
   ) {
@@ -78,7 +79,7 @@ export class LibvirtVm implements HostVm {
       id,
       name,
       // a wrapped disk's bytes are its data file: what a demote hands the replica store
-      disks: disks.map((d) => ({ id: `${id}-${d.target}`, name: d.target, size: sizes[d.target] ?? 0, image: d.dataFile ?? d.file ?? '' })),
+      disks: disks.map((d) => ({ id: `${id}-${d.target}`, name: d.target, size: images[d.target]?.size ?? 0, image: images[d.target]?.dataFile ?? d.file ?? '' })),
       running: domain.running,
       createdAt: new Date(now()).toISOString(),
       ...(record.origin ? { origin: record.origin } : {}),
@@ -121,9 +122,12 @@ export class LibvirtVm implements HostVm {
   get domainName(): string {
     return this.domain.name;
   }
-  /** the domain's disks as libvirt has them (file, format, data file) */
-  get domainDisks(): HostDomain['disks'] {
-    return this.domain.disks.filter((d) => d.device === 'disk');
+  /** the domain's disks: libvirt's file, and the raw image a wrapped one keeps its data in */
+  get domainDisks(): { target: string; file?: string | undefined; dataFile?: string | undefined }[] {
+    return this.domain.disks.filter((d) => d.device === 'disk').map((d) => {
+      const image = this.spec.disks.find((x) => x.name === d.target)?.image;
+      return { target: d.target, file: d.file, dataFile: image && image !== d.file ? image : undefined };
+    });
   }
 
   refresh(domain: HostDomain): void {
@@ -223,13 +227,13 @@ export class LibvirtHost implements Host {
 
   private async load(domainName: string): Promise<LibvirtVm> {
     const domain = await readDomain(this.virsh, domainName);
-    const sizes: Record<string, number> = {};
+    const images: Record<string, { size: number; dataFile?: string | undefined }> = {};
     for (const d of domain.disks.filter((x) => x.device === 'disk')) {
       const info = d.file ? await imageInfo(d.file) : undefined;
       checkTrackable(domain.name, d, info);
-      sizes[d.target] = info!.virtualSize;
+      images[d.target] = { size: info!.virtualSize, dataFile: info!.dataFile ? path.resolve(path.dirname(d.file!), info!.dataFile) : undefined };
     }
-    const vm = new LibvirtVm(this.virsh, domain, this.vmNameOf(domainName) ?? domainName, sizes, this.dirOf(domain.osrId ?? domain.uuid), this.now);
+    const vm = new LibvirtVm(this.virsh, domain, this.vmNameOf(domainName) ?? domainName, images, this.dirOf(domain.osrId ?? domain.uuid), this.now);
     await vm.tracking.recover();
     await vm.applyFence();
     this.vms.set(vm.name, vm);

@@ -21,6 +21,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { OsrError, toOsrError } from '../../domain/errors.js';
@@ -86,8 +87,9 @@ function fsyncPath(p: string): void {
 
 /** Write `ranges` of a qcow2 file through qemu-nbd (qemu-img cannot write at offsets), flushed before it returns. */
 async function writeIntoQcow2(file: string, ranges: readonly (readonly [number, number])[], read: (offset: number, length: number) => Buffer): Promise<void> {
-  const socket = `${file}.nbd.sock`;
-  fs.rmSync(socket, { force: true });
+  // a socket path must be short (108 bytes): a private directory of its own under the temporary one
+  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-qnbd-'));
+  const socket = path.join(sockDir, 'nbd.sock');
   const server = spawn('qemu-nbd', ['--socket', socket, '--format', 'qcow2', '--cache', 'none', '--aio', 'threads', file], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   server.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -110,7 +112,7 @@ async function writeIntoQcow2(file: string, ranges: readonly (readonly [number, 
   } finally {
     if (server.exitCode === null) server.kill('SIGTERM');
     await exited;
-    fs.rmSync(socket, { force: true });
+    fs.rmSync(sockDir, { recursive: true, force: true });
   }
 }
 

@@ -91,6 +91,8 @@ export class LibvirtTracking {
   get resyncRequired(): { reason: string; at: string } | undefined {
     return this.state.resyncRequired;
   }
+  /** the active delta's writes are in QEMU's bitmap until a swap reads them */
+  readonly activeUnlogged = true;
   get activeSeq(): number {
     return this.state.activeSeq;
   }
@@ -140,9 +142,25 @@ export class LibvirtTracking {
     this.save();
   }
 
+  /**
+   * Close the active delta. A shut-off domain (a planned failover's, after its shutdown) is
+   * started paused for it — QEMU loads the bitmaps, no guest code runs — and powered off
+   * again: its last writes are read the same way as a running one's.
+   */
   async swap(consistency: Consistency): Promise<number> {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off`);
     if (this.state.resyncRequired) throw new OsrError('RESYNC_REQUIRED', this.state.resyncRequired.reason);
+    const state = (await this.virsh.run(['domstate', this.domain])).trim();
+    if (state === 'running' || state === 'paused') return this.swapActive(consistency);
+    await this.virsh.run(['start', this.domain, '--paused']);
+    try {
+      return await this.swapActive('crash-consistent');
+    } finally {
+      await this.virsh.run(['destroy', this.domain]).catch(() => undefined);
+    }
+  }
+
+  private async swapActive(consistency: Consistency): Promise<number> {
     await this.endBackup();
     const seq = this.state.activeSeq;
     const timeMs = this.now();
@@ -309,10 +327,16 @@ export class LibvirtTracking {
   /** The reader of one disk: the open backup's export (the initial copy's or the resync's instant). */
   async read(target: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const { client } = await this.exportOf(target);
-    const data = await client.read(offset, length);
-    if (!into) return data;
-    data.copy(into);
-    return into.subarray(0, length);
+    // QEMU's export answers at most 32 MiB a request: larger reads go in pieces, together
+    const out = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
+    const pieces: Promise<void>[] = [];
+    for (let at = 0; at < length; at += READ_CHUNK) {
+      const n = Math.min(READ_CHUNK, length - at);
+      pieces.push(client.read(offset + at, n).then((data) => void data.copy(out, at)));
+      if (pieces.length >= READS_IN_FLIGHT) await Promise.all(pieces.splice(0));
+    }
+    await Promise.all(pieces);
+    return out;
   }
 
   async digests(target: string, offset: number, length: number, blockSize: number): Promise<Buffer> {

@@ -81,6 +81,12 @@ export interface ChangeTracking {
   readonly resyncRequired: { reason: string; at: string } | undefined;
   /** the sequence number writes go to now */
   readonly activeSeq: number;
+  /**
+   * the active delta's writes are not in a log here until `swap` reads them (a libvirt
+   * domain's are in QEMU's dirty bitmap): `pendingBytes` cannot count them, and a planned
+   * failover ships that delta whatever it counts
+   */
+  readonly activeUnlogged?: boolean | undefined;
   /** begin tracking all disks at one instant (the snapshot of an initial replication); a host may need to wait for its hypervisor */
   start(): number | Promise<number>;
   /** stop tracking and drop every log */

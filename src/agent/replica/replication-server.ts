@@ -94,11 +94,12 @@ export class ReplicaRegistry {
   async open(req: OpenRequest, source?: string): Promise<ReplicaStore> {
     safeName(req.vmId, 'VM id');
     if (source !== undefined) this.checkOwner(req.vmId, source);
-    if (this.runHere.has(req.vmId)) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
+    // a stale primary learns it is one (and fences itself) also once the promoted copy runs here
     const fence = this.fenceOf(req.vmId);
     if (fence !== undefined && req.epoch < fence) {
       throw new OsrError('EPOCH_STALE', `${req.vmName} was promoted at this site with epoch ${fence}; a primary with epoch ${req.epoch} may no longer replicate`, { epoch: req.epoch, current: fence });
     }
+    if (this.runHere.has(req.vmId)) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
     let s = this.stores.get(req.vmId);
     if (s && !sameDisks(s.disks, req.disks)) {
       throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${describeDisks(s.disks)}, the primary has ${describeDisks(req.disks)}; remove the replica or protect the VM anew`);

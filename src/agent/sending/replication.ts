@@ -134,10 +134,12 @@ export class PrimaryReplication {
     }
     const { clock } = this.deps;
     const deadline = clock.now() + timeoutMs;
+    // writes a tracker does not log as they happen (a hypervisor's bitmap) are known only once its delta closes: that one must be shipped
+    const mustShip = this.vm.tracking.activeUnlogged ? this.vm.tracking.activeSeq : undefined;
     for (let first = true; ; first = false) {
       const tracker = this.vm.tracking;
       const pending = this.latestSeq === null ? -1 : tracker.pendingBytes(this.latestSeq);
-      if (this.latestSeq !== null && this.latestSeq >= tracker.activeSeq - 1 && pending === 0) return { point: this.latest, pendingLogBytes: 0 };
+      if (this.latestSeq !== null && this.latestSeq >= tracker.activeSeq - 1 && pending === 0 && (mustShip === undefined || this.latestSeq >= mustShip)) return { point: this.latest, pendingLogBytes: 0 };
       // something to ship: a cycle now (asked again, as by a shutdown group first, nothing is left and none runs)
       if (first) this.triggerCycle();
       if (this.state !== ReplicationState.Replicating && this.lastError) {
