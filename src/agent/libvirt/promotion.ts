@@ -26,6 +26,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import { checkMachine, type MachineSpec } from '../../domain/machine.js';
+import { crashPoint } from '../io/crash-point.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { NbdClient } from '../nbd/nbd-client.js';
 import { listCheckpoints } from './backup.js';
@@ -173,8 +174,10 @@ export class LibvirtPromotions {
       fsyncPath(dir);
       st = { pointSeq: r.pointSeq, layersReady: true };
       writeJsonDurable(this.stateFile(r.vmId), st);
+      crashPoint('libvirt:layers-made');
     }
     const domain = await this.define(r);
+    crashPoint('libvirt:defined');
     if (r.start && !(await this.isRunning(domain))) await this.startTracked(domain);
   }
 
@@ -281,6 +284,7 @@ export class LibvirtPromotions {
       const top = this.top(vmId, d.target);
       if (running) {
         if (d.file === top) await this.blockCommit(domain, d.target);
+        crashPoint('libvirt:disk-committed');
       } else if (fs.existsSync(top) && (d.file === top || d.file === undefined)) {
         await qemuImg(['commit', '-q', '-f', 'qcow2', '-t', 'none', top]);
       }

@@ -17,7 +17,7 @@
  * common point (replication.ts, `reverseResync`).
  */
 import { OsrError } from '../../domain/errors.js';
-import { crashPoint } from './crash-point.js';
+import { crashPoint } from '../io/crash-point.js';
 import type { Host, HostPromotions, HostVm, PromotionRun, VmDiskSpec } from '../ports/host.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import { diskRangesBytes, unionDiskRanges, type DiskRanges } from '../io/ranges.js';

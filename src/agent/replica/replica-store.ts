@@ -19,7 +19,7 @@ import path from 'node:path';
 import { OsrError } from '../../domain/errors.js';
 import { safeName, safeSeq } from '../../domain/names.js';
 import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
-import { crashPoint } from './crash-point.js';
+import { crashPoint } from '../io/crash-point.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from '../tracking/change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
