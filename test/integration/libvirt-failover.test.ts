@@ -162,7 +162,6 @@ test('a libvirt domain fails over after kill -9 of QEMU and its agent, commits, 
   assert.equal(await domState(A), 'shut off');
 
   // reprotect: the old primary's disks become the replica, and only what differs is sent back
-  await p2.api.delete(`/v1/replications/${VM}`);
   const demoted = await p2.api.post<{ divergentBytes: number | null }>(`/v1/vms/${VM}/demote`, { epoch: promoted.epoch, source: 'replica' });
   assert.equal(demoted.divergentBytes, null, 'the writes since the last point are in QEMU\'s bitmap: every block is compared');
   await replica.api.post('/v1/replications', { vm: VM, peer: `127.0.0.1:${p2.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50 });
@@ -178,7 +177,7 @@ test('a libvirt domain fails over after kill -9 of QEMU and its agent, commits, 
   const ackedAtShutdown = ackB();
   assert.ok(ackedAtShutdown >= ackedBeforeShutdown);
   assert.equal(await domState(B), 'shut off');
-  const home = await p2.api.post<{ point: { seq: number }; pending: boolean }>(`/v1/replicas/${VM}/promote`, { start: false, commit: true });
+  const home = await p2.api.post<{ point: { seq: number }; pending: boolean; epoch: number }>(`/v1/replicas/${VM}/promote`, { start: false, commit: true });
   assert.equal(home.point.seq, prepared.point.seq);
   const images = await Promise.all((await readDomain(virsh, A)).disks.map(async (d) => (await imageInfo(d.file!)).dataFile));
   assert.ok(images.every((f) => f !== undefined), `the original domain runs from the replica's images, wrapped: ${await virsh.run(['dumpxml', A, '--inactive'])}`);
@@ -189,4 +188,14 @@ test('a libvirt domain fails over after kill -9 of QEMU and its agent, commits, 
   resetConsole(consoleA);
   await virsh.run(['start', A]);
   assert.equal(await mountedNext(consoleA), recs.length, 'the original domain boots on its own disks with every record');
+
+  // reprotect after the planned failback: the recovery site's domain stopped cleanly, so its
+  // last writes are read from its bitmap and only the ranges either side wrote are sent
+  const demotedB = await replica.api.post<{ divergentBytes: number | null }>(`/v1/vms/${VM}/demote`, { epoch: home.epoch, source: 'primary' });
+  assert.equal(typeof demotedB.divergentBytes, 'number', 'a domain shut down cleanly has a bitmap that can be read');
+  await p2.api.post('/v1/replications', { vm: VM, peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50 });
+  await pointAfter(p2.api, null);
+  const h2 = await p2.api.get<ReplicationHealth & { resync: { totalBytes: number } | null }>(`/v1/replications/${VM}`);
+  const diskBytes = 80 * 1024 * 1024;
+  assert.ok(h2.resync && h2.resync.totalBytes < diskBytes / 4, `reverse replication went over ${h2.resync?.totalBytes} bytes: more than the ranges written since the failback`);
 });

@@ -32,7 +32,8 @@ import { listCheckpoints } from '../libvirt/backup.js';
 import { fenceDomain } from '../libvirt/fence.js';
 import { checkTrackable, imageInfo } from '../libvirt/images.js';
 import { readDomain, type HostDomain } from '../libvirt/inventory.js';
-import { LibvirtPromotions, PROMOTED_CHECKPOINT } from '../libvirt/promotion.js';
+import { LibvirtPromotions, PROMOTED_CHECKPOINT, startUnderCheckpoint } from '../libvirt/promotion.js';
+import { offlineBitmapRanges } from '../libvirt/qemu-nbd.js';
 import { LibvirtTracking } from '../libvirt/tracking.js';
 import { Virsh } from '../libvirt/virsh.js';
 import type { DiskReader } from '../ports/change-source.js';
@@ -327,23 +328,39 @@ export class LibvirtHost implements Host {
     if (vm.id !== id) throw new OsrError('INVALID_STATE', `libvirt domain ${domain} is VM ${vm.id}, not ${id}`);
     vm.setOrigin(origin);
     if (!vm.tracking.enabled) {
-      const { ours } = await listCheckpoints(this.virsh, domain);
+      let { ours } = await listCheckpoints(this.virsh, domain);
+      if (ours.length === 0 && !(await this.refresh(name)).running) {
+        // promoted without being started: its first checkpoint is made now, before any guest code runs
+        await startUnderCheckpoint(this.virsh, domain, running);
+        ({ ours } = await listCheckpoints(this.virsh, domain));
+      }
       if (ours.length === 1 && ours[0] === PROMOTED_CHECKPOINT) vm.tracking.adopt(1);
-      // no checkpoint (the VM never ran): reverse replication compares every block
+      // otherwise its writes are not known: reverse replication compares every block
     }
-    if (running && !vm.running) await this.start(name);
+    if (running && !(await this.refresh(name)).running) await this.start(name);
     return this.refresh(name);
   }
 
   /**
    * Before a demote: the domain is off, and each disk is a raw image of its size — a
    * wrapped disk's data file, or a plain qcow2 converted (once, beside the VM's state; its
-   * file stays where it was). The writes since the last point are in QEMU's bitmap, which
-   * is not read offline: reverse replication compares every block and sends only those
-   * that differ.
+   * file stays where it was). The writes since the last point are read from the active
+   * checkpoint's bitmap first, with the domain off, so that reverse replication sends
+   * those ranges only; a bitmap QEMU did not store cleanly (it was killed) cannot be read,
+   * and then every block is compared and only those that differ are sent.
    */
   async demoteImages(name: string): Promise<Record<string, string>> {
     const vm = await this.stop(name).then(() => this.get(name));
+    const t = vm.tracking;
+    if (t.enabled && !t.resyncRequired) {
+      try {
+        const ranges: Record<string, [number, number][]> = {};
+        for (const d of vm.domainDisks) ranges[d.target] = await offlineBitmapRanges(d.file!, t.activeCheckpoint);
+        t.noteActiveRanges(ranges);
+      } catch (e) {
+        t.markResyncRequired(`demoted: the writes since the last point cannot be read from QEMU's bitmap (${toOsrError(e).message})`);
+      }
+    }
     const out: Record<string, string> = {};
     const dir = path.join(this.dirOf(vm.id), 'demote');
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -372,7 +389,6 @@ export class LibvirtHost implements Host {
       }
       out[d.target] = raw;
     }
-    vm.tracking.markResyncRequired('demoted: the writes since the last point are in QEMU\'s bitmap, which is not read offline');
     return out;
   }
 

@@ -19,20 +19,19 @@
  *
  * Every step looks at what is there first: run twice, or after a crash, it finishes the work.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import { checkMachine, type MachineSpec } from '../../domain/machine.js';
 import { crashPoint } from '../io/crash-point.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
-import { NbdClient } from '../nbd/nbd-client.js';
 import { listCheckpoints } from './backup.js';
 import { diskXml, domainXml } from './domain-xml.js';
 import { unfenceDomain } from './fence.js';
 import { wrapRawImage } from './images.js';
+import { withQemuNbd } from './qemu-nbd.js';
 import { parseDomainXml, VM_NAMESPACE, xmlText, type Virsh } from './virsh.js';
 
 const execFileAsync = promisify(execFile);
@@ -88,33 +87,27 @@ function fsyncPath(p: string): void {
 
 /** Write `ranges` of a qcow2 file through qemu-nbd (qemu-img cannot write at offsets), flushed before it returns. */
 async function writeIntoQcow2(file: string, ranges: readonly (readonly [number, number])[], read: (offset: number, length: number) => Buffer): Promise<void> {
-  // a socket path must be short (108 bytes): a private directory of its own under the temporary one
-  const sockDir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-qnbd-'));
-  const socket = path.join(sockDir, 'nbd.sock');
-  const server = spawn('qemu-nbd', ['--socket', socket, '--format', 'qcow2', '--cache', 'none', '--aio', 'threads', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  server.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => server.on('exit', (code) => resolve(code)));
-  try {
-    const deadline = Date.now() + 30_000;
-    while (!fs.existsSync(socket)) {
-      if (server.exitCode !== null || Date.now() > deadline) throw new OsrError('HYPERVISOR_ERROR', `qemu-nbd did not serve ${path.basename(file)}: ${stderr.trim() || 'no socket'}`);
-      await new Promise((r) => setTimeout(r, 20));
+  await withQemuNbd(file, {}, async (client) => {
+    for (const [start, end] of ranges) {
+      for (let at = start; at < end; at += WRITE_CHUNK) await client.write(at, read(at, Math.min(WRITE_CHUNK, end - at)));
     }
-    const client = await NbdClient.connect({ socketPath: socket, exportName: '' });
-    try {
-      for (const [start, end] of ranges) {
-        for (let at = start; at < end; at += WRITE_CHUNK) await client.write(at, read(at, Math.min(WRITE_CHUNK, end - at)));
-      }
-      await client.flush();
-    } finally {
-      await client.close();
-    }
-  } finally {
-    if (server.exitCode === null) server.kill('SIGTERM');
-    await exited;
-    fs.rmSync(sockDir, { recursive: true, force: true });
+    await client.flush();
+  });
+}
+
+/**
+ * Start a shut-off domain paused and make checkpoint `osr-1` (libvirt makes none of an
+ * inactive domain), so that its bitmap holds every write the guest makes; then let the
+ * guest run, or power the domain off again (QEMU stores the empty bitmap as it exits).
+ */
+export async function startUnderCheckpoint(virsh: Virsh, domain: string, resume: boolean): Promise<void> {
+  await virsh.run(['start', domain, '--paused']);
+  const { ours } = await listCheckpoints(virsh, domain);
+  if (!ours.includes(PROMOTED_CHECKPOINT)) {
+    const disks = parseDomainXml(await virsh.run(['dumpxml', domain])).disks.filter((d) => d.device === 'disk');
+    await virsh.run(['checkpoint-create-as', domain, PROMOTED_CHECKPOINT, ...disks.flatMap((d) => ['--diskspec', `${d.target},checkpoint=bitmap`])]);
   }
+  await virsh.run(resume ? ['resume', domain] : ['destroy', domain]);
 }
 
 export class LibvirtPromotions {
@@ -236,15 +229,8 @@ export class LibvirtPromotions {
     return name;
   }
 
-  /** Start paused, make the checkpoint every guest write goes into, then let the guest run. */
   private async startTracked(domain: string): Promise<void> {
-    await this.c.virsh.run(['start', domain, '--paused']);
-    const { ours } = await listCheckpoints(this.c.virsh, domain);
-    if (!ours.includes(PROMOTED_CHECKPOINT)) {
-      const disks = parseDomainXml(await this.c.virsh.run(['dumpxml', domain])).disks.filter((d) => d.device === 'disk');
-      await this.c.virsh.run(['checkpoint-create-as', domain, PROMOTED_CHECKPOINT, ...disks.flatMap((d) => ['--diskspec', `${d.target},checkpoint=bitmap`])]);
-    }
-    await this.c.virsh.run(['resume', domain]);
+    await startUnderCheckpoint(this.c.virsh, domain, true);
   }
 
   async setRunning(vmId: string, running: boolean): Promise<void> {

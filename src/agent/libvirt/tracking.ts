@@ -57,6 +57,7 @@ export class LibvirtTracking {
   private state: State;
   private backup: PullBackup | undefined;
   private readonly clients = new Map<string, { client: NbdClient; context: string }>();
+  private activeRanges: Record<string, [number, number][]> | undefined;
 
   constructor(
     private readonly virsh: Virsh,
@@ -310,9 +311,23 @@ export class LibvirtTracking {
     this.save();
   }
 
-  /** Ranges written in the closed deltas held now (the writes since the last swap are in QEMU's bitmap, not here). */
-  loggedRanges(_which: 'all' | 'closed'): Record<string, [number, number][]> {
+  /**
+   * The active delta's ranges, read from its bitmap while the domain is off (a demote):
+   * `loggedRanges('all')` includes them from then on.
+   */
+  noteActiveRanges(ranges: Record<string, [number, number][]>): void {
+    this.activeRanges = ranges;
+  }
+
+  /** The name of the checkpoint whose bitmap holds the active delta's writes. */
+  get activeCheckpoint(): string {
+    return this.checkpoint(this.state.activeSeq);
+  }
+
+  /** Ranges written in the closed deltas held now; with 'all', also the active delta's when a demote read them (they are otherwise in QEMU's bitmap, not here). */
+  loggedRanges(which: 'all' | 'closed'): Record<string, [number, number][]> {
     const out: Record<string, [number, number][]> = {};
+    if (which === 'all' && this.activeRanges) for (const [disk, list] of Object.entries(this.activeRanges)) out[disk] = [...list];
     for (const seq of this.logSeqs()) {
       if (seq >= this.state.activeSeq) continue;
       for (const d of this.disks) {
