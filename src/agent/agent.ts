@@ -101,7 +101,7 @@ export class Agent {
     // the API's and NBD's sockets: only the agent's user may enter
     ensurePrivateDir(path.join(config.dataDir, 'run'));
     fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
-    this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now() });
+    this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now(), log: this.log });
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
     this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
@@ -127,7 +127,7 @@ export class Agent {
     // a demote cut short is finished or undone before the VMs load: the images are then
     // either a replica's or the VM's, never lost between the two
     for (const a of this.replicas.recoverAdoptions()) this.log.warn({ vmId: a.vmId }, a.outcome === 'finished' ? 'finished a demote cut short: the images are a replica now' : 'undid a demote cut short: the images are the VM\'s again');
-    for (const r of await this.host.loadAll((id) => this.replicas.holds(id))) {
+    for (const r of await this.host.loadAll((id) => this.replicas.holdsReplica(id))) {
       if (r.recovered) this.log.warn({ vm: r.vm, tornBytes: r.tornBytes }, 'recovered change tracking after an unclean stop');
       if (r.removed) this.log.warn({ vm: r.vm }, 'finished demoting a VM whose images had become a replica');
       if (r.notReplicable) this.log.warn({ vm: r.vm, code: r.notReplicable.code }, `VM ${r.vm} is not loaded: ${r.notReplicable.message}`);
@@ -141,10 +141,16 @@ export class Agent {
     // a promotion not committed runs from its overlay again; one whose commit had begun is finished
     for (const p of this.replicas.provisional()) {
       const vm = p.store.vmName;
-      if (p.promotion.committing || p.store.isCommitted) {
-        await commitPromotion(this.host, this.replicas, vm);
-        this.log.warn({ vm }, `finished committing the promotion of ${vm}, cut short by a stop`);
-      } else await promoteReplica(this.host, this.replicas, vm, { commit: false });
+      // one VM whose promotion cannot go on now does not keep the agent, and every other replica, down
+      try {
+        if (p.promotion.committing || p.store.isCommitted) {
+          await commitPromotion(this.host, this.replicas, vm);
+          this.log.warn({ vm }, `finished committing the promotion of ${vm}, cut short by a stop`);
+        } else await promoteReplica(this.host, this.replicas, vm, { commit: false });
+      } catch (e) {
+        const err = toOsrError(e);
+        this.log.error({ vm, code: err.code }, `the promotion of ${vm} could not be taken up after the restart (${err.message}); promote or commit it again`);
+      }
     }
     await this.nbd.listenUnix(this.nbdSocket);
     let nbdTcpPort: number | null = null;
@@ -265,8 +271,27 @@ export class Agent {
     return { vm: vm.name, ...done };
   }
 
+  private readonly vmLocks = new Map<string, Promise<unknown>>();
+
+  /** Failover steps of one VM run one at a time (a commit is not raced by a power change or a change of point). */
+  private async withVm<T>(vmName: string, step: () => Promise<T>): Promise<T> {
+    const before = this.vmLocks.get(vmName) ?? Promise.resolve();
+    const run = before.then(step, step);
+    const done = run.catch(() => undefined);
+    this.vmLocks.set(vmName, done);
+    try {
+      return await run;
+    } finally {
+      if (this.vmLocks.get(vmName) === done) this.vmLocks.delete(vmName);
+    }
+  }
+
   /** Promote a replica held here to a writable VM on this host (failover.ts). */
   async promote(vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
+    return this.withVm(vmName, () => this.promoteNow(vmName, opts));
+  }
+
+  private async promoteNow(vmName: string, opts: PromoteOptions): Promise<PromoteResult> {
     // promoted and committed already (the call again, after a restart that finished it): answered as it is
     const done = this.host.has(vmName) ? this.committedPromotion(vmName) : undefined;
     if (done && (opts.point === undefined || opts.point === done.point.seq)) return done;
@@ -325,8 +350,13 @@ export class Agent {
 
   /** Start or stop a VM whose promotion is not committed yet: whether its disks are served. */
   async setProvisionalRunning(vmName: string, running: boolean): Promise<void> {
+    return this.withVm(vmName, () => this.setProvisionalRunningNow(vmName, running));
+  }
+
+  private async setProvisionalRunningNow(vmName: string, running: boolean): Promise<void> {
     const p = this.replicas.provisional().find((x) => x.store.vmName === vmName);
     if (!p) throw new OsrError('VM_NOT_FOUND', `VM ${vmName} does not exist on this host`, { vms: this.host.list().map((v) => v.name) });
+    if (p.promotion.committing) throw new OsrError('INVALID_STATE', `the promotion of ${vmName} is being committed; start or stop it once the commit is done`);
     if (!running) await this.disconnectVm(vmName);
     this.replicas.setPromotion(p.store.vmId, { ...p.promotion, running });
     // a VM its host runs itself is powered there
@@ -343,6 +373,10 @@ export class Agent {
 
   /** Another point for a VM whose promotion is not committed: it restarts from that point, its writes discarded. */
   async changePromotedPoint(vmName: string, seq: number): Promise<PromoteResult> {
+    return this.withVm(vmName, () => this.changePromotedPointNow(vmName, seq));
+  }
+
+  private async changePromotedPointNow(vmName: string, seq: number): Promise<PromoteResult> {
     await this.disconnectVm(vmName);
     const result = await changePromotedPoint(this.host, this.replicas, vmName, seq);
     this.log.warn({ vm: result.vm, point: result.point.seq }, `${result.vm} now runs from point #${result.point.seq}; what it wrote since its promotion was discarded`);
@@ -354,6 +388,10 @@ export class Agent {
    * A VM committed already answers as it is.
    */
   async commitPromotion(vmName: string): Promise<PromoteResult> {
+    return this.withVm(vmName, () => this.commitPromotionNow(vmName));
+  }
+
+  private async commitPromotionNow(vmName: string): Promise<PromoteResult> {
     if (this.host.has(vmName)) {
       const done = this.committedPromotion(vmName);
       if (!done) throw new OsrError('INVALID_STATE', `${vmName} was not promoted from a replica; there is nothing to commit`);
@@ -390,6 +428,10 @@ export class Agent {
    * hand — and stopped. Fenced with that epoch or a newer one already: nothing to do.
    */
   async fence(vmName: string, epoch: number): Promise<VmSpec> {
+    return this.withVm(vmName, () => this.fenceNow(vmName, epoch));
+  }
+
+  private async fenceNow(vmName: string, epoch: number): Promise<VmSpec> {
     const vm = this.host.get(vmName);
     if ((vm.spec.fenced?.epoch ?? 0) < epoch) vm.fence(`a newer copy of ${vm.name} was promoted elsewhere (epoch ${epoch}); reprotect this one to make it that copy's replica`, epoch);
     if (vm.running) await this.host.stop(vm.name);
@@ -398,6 +440,10 @@ export class Agent {
   }
 
   async demote(vmName: string, epoch?: number, source?: string): Promise<DemoteResult> {
+    return this.withVm(vmName, () => this.demoteNow(vmName, epoch, source));
+  }
+
+  private async demoteNow(vmName: string, epoch?: number, source?: string): Promise<DemoteResult> {
     const vm = this.host.get(vmName);
     const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);
     const newEpoch = epoch ?? vm.spec.fenced?.epoch ?? (r ? r.spec.epoch + 1 : undefined);

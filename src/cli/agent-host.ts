@@ -44,8 +44,9 @@ export function hostFactory(kind: HostKind, o: HostOptions): HostFactory {
         throw new OsrError('CONFIG_INVALID', `--libvirt-domains ${o.libvirtDomains} is not a regular expression: ${(e as Error).message}`);
       }
       if (o.libvirtPrefix !== undefined && !/^[A-Za-z0-9._-]{0,32}$/.test(o.libvirtPrefix)) throw new OsrError('CONFIG_INVALID', `--libvirt-prefix ${o.libvirtPrefix} must be at most 32 letters, digits, dots, dashes or underscores`);
-      return ({ dataDir, now }) =>
+      return ({ dataDir, now, log }) =>
         new LibvirtHost(dataDir, now, {
+          ...(log ? { log } : {}),
           ...(o.libvirtUri ? { uri: o.libvirtUri } : {}),
           ...(only ? { domains: (n: string) => only.test(n) } : {}),
           ...(o.libvirtPrefix ? { prefix: o.libvirtPrefix } : {}),

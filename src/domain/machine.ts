@@ -29,6 +29,8 @@ export interface MachineSpec {
   memoryMiB: number;
   /** bios (the default) or uefi */
   firmware?: 'bios' | 'uefi' | undefined;
+  /** how the hypervisor runs it: kvm (hardware virtualization, the default) or qemu (emulated) — the source's, so a recovery host runs it the same way */
+  accel?: 'kvm' | 'qemu' | undefined;
   /** the hypervisor's machine type (pc, q35, …); default pc */
   machineType?: string | undefined;
   kernelBoot?: MachineKernelBoot | undefined;
@@ -53,6 +55,7 @@ export function checkMachine(v: unknown): MachineSpec {
   const memoryMiB = m.memoryMiB;
   if (!Number.isSafeInteger(memoryMiB) || (memoryMiB as number) < 16 || (memoryMiB as number) > 16 * 1024 * 1024) throw bad('memoryMiB', 'must be an integer from 16 to 16777216');
   if (m.firmware !== undefined && m.firmware !== 'bios' && m.firmware !== 'uefi') throw bad('firmware', 'must be bios or uefi');
+  if (m.accel !== undefined && m.accel !== 'kvm' && m.accel !== 'qemu') throw bad('accel', 'must be kvm or qemu');
   if (m.machineType !== undefined && (typeof m.machineType !== 'string' || !WORD.test(m.machineType))) throw bad('machineType', 'must be a word of letters, digits, dots, dashes and underscores');
   let kernelBoot: MachineKernelBoot | undefined;
   if (m.kernelBoot !== undefined) {
@@ -74,6 +77,7 @@ export function checkMachine(v: unknown): MachineSpec {
     vcpus: vcpus as number,
     memoryMiB: memoryMiB as number,
     ...(m.firmware !== undefined ? { firmware: m.firmware as 'bios' | 'uefi' } : {}),
+    ...(m.accel !== undefined ? { accel: m.accel as 'kvm' | 'qemu' } : {}),
     ...(m.machineType !== undefined ? { machineType: m.machineType as string } : {}),
     ...(kernelBoot ? { kernelBoot } : {}),
     nics,

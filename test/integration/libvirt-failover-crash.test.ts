@@ -77,6 +77,8 @@ test('a libvirt promotion and its commit finish after kill -9 of the recovery ag
   const consoleB = path.join(replica.options.dataDir, 'libvirt', vmId, 'console.log');
   await waitFor('the guest to mount and write', async () => (/osr-guest: mounted[\s\S]*osr-guest: ack/.test(fs.existsSync(consoleB) ? fs.readFileSync(consoleB, 'latin1') : '') ? true : undefined), 180_000, 200);
   const pid = qemuPid(B);
+  // the replica under a running failover is not deleted, nor written by a primary
+  await assert.rejects(replica.api.delete(`/v1/replicas/${VM}`), (e: { code?: string }) => e.code === 'INVALID_STATE');
 
   // killed with one disk's layer folded in: the restart finishes the commit
   replica = await restart(replica, 'libvirt:disk-committed');
@@ -91,6 +93,15 @@ test('a libvirt promotion and its commit finish after kill -9 of the recovery ag
   assert.ok(disks.every((d) => !(d.file ?? '').includes('.top.')), `the domain still runs from its layers: ${JSON.stringify(disks)}`);
   // the committed commit again is answered as it is
   assert.equal((await replica.api.post<{ pending: boolean }>(`/v1/vms/${VM}/commit`)).pending, false);
+
+  // a restart after the commit: the domain is the agent's VM, its images no replica
+  replica = await restart(replica);
+  pair!.replica = replica;
+  const listed = (await replica.api.get<{ name: string; origin?: { pending?: boolean } | null }[]>('/v1/vms')).find((v) => v.name === VM);
+  assert.ok(listed && listed.origin && !listed.origin.pending, `after a restart the committed VM is not the agent's: ${JSON.stringify(listed)}`);
+  const replicas = await replica.api.get<{ vm?: string; vmName?: string }[]>('/v1/replicas');
+  assert.ok(!JSON.stringify(replicas).includes(`"${VM}"`), `the committed VM's images are served as a replica again: ${JSON.stringify(replicas)}`);
+  assert.equal(qemuPid(B), pid, 'the guest was restarted');
 
   // the guest's file system, from the replica's images, holds its records in order
   await virsh.run(['destroy', B]);

@@ -47,6 +47,7 @@ export interface LibvirtHostOptions {
   prefix?: string;
   /** directories a promoted VM's direct kernel boot files may be in (default none: such a VM is refused) */
   bootDirs?: string[];
+  log?: { warn(o: object, msg?: string): void; error(o: object, msg?: string): void };
 }
 
 /** What the host keeps of a VM beside libvirt's definition (`<vm dir>/vm.json`). */
@@ -71,6 +72,7 @@ export class LibvirtVm implements HostVm {
     images: Record<string, { size: number; dataFile?: string | undefined }>,
     private readonly dir: string,
     now: () => number,
+    private readonly log?: LibvirtHostOptions['log'],
   ) {
     const disks = domain.disks.filter((d) => d.device === 'disk');
     const id = domain.osrId ?? domain.uuid;
@@ -164,20 +166,27 @@ export class LibvirtVm implements HostVm {
   }
 
   /**
-   * Refuse to start from now on: durable in the agent's record before it returns, and put
-   * into the domain's own definition, where libvirt's hook finds it (again at each load).
+   * Refuse to start from now on: durable in the agent's record before it returns; then, in
+   * the background, the domain is powered off if it runs and the fence goes into its own
+   * definition, where libvirt's hook finds it (again at each load).
    */
   fence(reason: string, epoch: number): void {
     this.spec.fenced = { reason, at: new Date().toISOString(), epoch };
     this.saveRecord();
-    void this.applyFence();
+    void this.applyFence().catch((e: unknown) => this.log?.error({ vm: this.name, code: toOsrError(e).code }, `${this.domainName} is fenced in osr's record, but libvirt could not be told (${toOsrError(e).message}); the agent tries again at its next start`));
   }
 
-  /** The fence into libvirt's definition (also when a restart finds it missing there). */
+  /** The fence into libvirt's definition, the domain powered off (also when a restart finds it missing there). */
   async applyFence(): Promise<void> {
     const f = this.spec.fenced;
-    if (!f || this.domain.fenceEpoch === f.epoch) return;
-    await fenceDomain(this.virsh, this.domainName, f.epoch).catch(() => undefined);
+    if (!f) return;
+    const state = (await this.virsh.run(['domstate', this.domainName])).trim();
+    if (state === 'running' || state === 'paused') {
+      await this.virsh.run(['destroy', this.domainName]);
+      this.spec.running = false;
+      this.log?.warn({ vm: this.name, epoch: f.epoch }, `${this.domainName} ran though a newer copy was promoted elsewhere (epoch ${f.epoch}): powered off`);
+    }
+    if (this.domain.fenceEpoch !== f.epoch) await fenceDomain(this.virsh, this.domainName, f.epoch);
   }
 }
 
@@ -203,20 +212,36 @@ export class LibvirtHost implements Host {
     return path.join(this.dataDir, 'libvirt', vmId);
   }
 
-  /** A promoted VM's kernel and initrd must be in a directory the operator named. */
-  private checkBootFiles(m: MachineSpec): void {
+  /**
+   * A promoted VM's kernel and initrd must be in a directory the operator named, and
+   * neither they nor a directory between them and it may be writable by anyone but their
+   * owner, root or this agent's user (libvirt gives the files to QEMU at each start). The
+   * machine answered names their real paths, so a link changed later changes nothing.
+   */
+  private checkBootFiles(m: MachineSpec): MachineSpec {
     const k = m.kernelBoot;
-    if (!k) return;
-    for (const file of [k.kernel, ...(k.initrd ? [k.initrd] : [])]) {
-      let real: string;
+    if (!k) return m;
+    const uid = process.getuid?.() ?? 0;
+    const safe = (p: string) => {
+      const st = fs.statSync(p);
+      return (st.uid === 0 || st.uid === uid) && (st.mode & 0o022) === 0;
+    };
+    const real = (file: string): string => {
+      let r: string;
       try {
-        real = fs.realpathSync(file);
+        r = fs.realpathSync(file);
       } catch {
         throw new OsrError('NOT_FOUND', `the VM's boot file ${file} does not exist at this host`);
       }
-      const allowed = (this.o.bootDirs ?? []).some((d) => real.startsWith(path.resolve(d) + path.sep));
-      if (!allowed) throw new OsrError('NOT_SUPPORTED', `the VM boots a kernel file directly (${file}), which this agent does not allow: start it with --libvirt-boot-dir naming the directory that holds such files`, { file });
-    }
+      const dir = (this.o.bootDirs ?? []).map((d) => fs.realpathSync(d)).find((d) => r.startsWith(d + path.sep));
+      if (!dir) throw new OsrError('NOT_SUPPORTED', `the VM boots a kernel file directly (${file}), which this agent does not allow: start it with --libvirt-boot-dir naming the directory that holds such files`, { file });
+      for (let p = r; ; p = path.dirname(p)) {
+        if (!safe(p)) throw new OsrError('NOT_SUPPORTED', `${p} may be changed by another user: a VM's boot files and the directories above them up to --libvirt-boot-dir must be writable only by root or the agent's user`, { file });
+        if (p === dir) break;
+      }
+      return r;
+    };
+    return { ...m, kernelBoot: { ...k, kernel: real(k.kernel), ...(k.initrd ? { initrd: real(k.initrd) } : {}) } };
   }
 
   /** The osr name of a domain of this agent's, or undefined when the domain is not one. */
@@ -234,9 +259,9 @@ export class LibvirtHost implements Host {
       checkTrackable(domain.name, d, info);
       images[d.target] = { size: info!.virtualSize, dataFile: info!.dataFile ? path.resolve(path.dirname(d.file!), info!.dataFile) : undefined };
     }
-    const vm = new LibvirtVm(this.virsh, domain, this.vmNameOf(domainName) ?? domainName, images, this.dirOf(domain.osrId ?? domain.uuid), this.now);
+    const vm = new LibvirtVm(this.virsh, domain, this.vmNameOf(domainName) ?? domainName, images, this.dirOf(domain.osrId ?? domain.uuid), this.now, this.o.log);
     await vm.tracking.recover();
-    await vm.applyFence();
+    await vm.applyFence().catch((e: unknown) => this.o.log?.error({ vm: vm.name, code: toOsrError(e).code }, `the fence of ${domainName} could not be put into libvirt's definition: ${toOsrError(e).message}`));
     this.vms.set(vm.name, vm);
     return vm;
   }
@@ -250,8 +275,17 @@ export class LibvirtHost implements Host {
       try {
         const info = await readDomain(this.virsh, name);
         const id = info.osrId ?? info.uuid;
-        // a demoted domain's disks are a replica's now; a promotion not committed is the replica side's
-        if (adopted(id) || this.promotionPending(id)) continue;
+        // a promotion not committed is the replica side's; a demoted domain's disks are a
+        // replica's now (a demote cut short before it forgot the domain is finished here)
+        if (this.promotionPending(id)) continue;
+        if (adopted(id)) {
+          if (fs.existsSync(this.dirOf(id))) {
+            for (const c of (await listCheckpoints(this.virsh, name)).ours) await this.virsh.run(['checkpoint-delete', name, c, '--metadata']).catch(() => undefined);
+            fs.rmSync(this.dirOf(id), { recursive: true, force: true });
+            out.push({ vm: vmName, recovered: false, tornBytes: 0, removed: true });
+          }
+          continue;
+        }
         await this.load(name);
         out.push({ vm: vmName, recovered: false, tornBytes: 0 });
       } catch (e) {
@@ -304,11 +338,14 @@ export class LibvirtHost implements Host {
       while (Date.now() < deadline && (await this.refresh(name)).running) await new Promise((r) => setTimeout(r, 500));
       if ((await this.refresh(name)).running) await this.virsh.run(['destroy', vm.domainName]);
     }
+    // shut down through the agent (a planned failover's): its last writes are read though it is off
+    vm.tracking.armOfflineSwap();
     return this.refresh(name);
   }
 
   async stop(name: string): Promise<HostVm> {
-    const vm = this.get(name);
+    // libvirt's word, not the last one read: the domain may have been started since
+    const vm = await this.refresh(name);
     if (vm.running) await this.virsh.run(['destroy', vm.domainName]);
     return this.refresh(name);
   }
@@ -331,7 +368,7 @@ export class LibvirtHost implements Host {
       let { ours } = await listCheckpoints(this.virsh, domain);
       if (ours.length === 0 && !(await this.refresh(name)).running) {
         // promoted without being started: its first checkpoint is made now, before any guest code runs
-        await startUnderCheckpoint(this.virsh, domain, running);
+        await startUnderCheckpoint(this.virsh, domain, running ? 'resume' : 'stop');
         ({ ours } = await listCheckpoints(this.virsh, domain));
       }
       if (ours.length === 1 && ours[0] === PROMOTED_CHECKPOINT) vm.tracking.adopt(1);

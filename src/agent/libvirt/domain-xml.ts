@@ -8,6 +8,7 @@
  * data in a raw file, libvirt's `<dataStore>`), or an NBD export on a Unix socket (a
  * drill's overlay, served by the agent).
  */
+import { OsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import { xmlText } from './virsh.js';
 
@@ -19,7 +20,12 @@ export interface DiskLayer {
   dataFile?: string | undefined;
 }
 
-export type DomainDiskSpec = { target: string; chain: DiskLayer[] } | { target: string; nbd: { socket: string; exportName: string } };
+export type DomainDiskSpec = ({ target: string; chain: DiskLayer[] } | { target: string; nbd: { socket: string; exportName: string } }) & {
+  /** the guest's bus (default virtio) */
+  bus?: string | undefined;
+  /** elements of libvirt's own definition of the disk kept as they are (its PCI address, boot order) */
+  keep?: string[] | undefined;
+};
 
 export interface DomainDefinition {
   name: string;
@@ -32,8 +38,7 @@ export interface DomainDefinition {
   guestAgent?: boolean | undefined;
   /** XML elements for `<metadata>`, each in its own namespace (built by osr, not from input) */
   metadata?: string[] | undefined;
-  /** domain type: qemu (TCG) or kvm (default: kvm where /dev/kvm is usable, else qemu) */
-  type?: 'qemu' | 'kvm' | undefined;
+
 }
 
 function layerXml(layers: DiskLayer[]): string {
@@ -45,12 +50,12 @@ function layerXml(layers: DiskLayer[]): string {
 
 /** One disk's element. */
 export function diskXml(d: DomainDiskSpec): string {
-  const target = `<target dev='${xmlText(d.target)}' bus='virtio'/>`;
+  const target = `<target dev='${xmlText(d.target)}' bus='${xmlText(d.bus ?? 'virtio')}'/>${(d.keep ?? []).join('')}`;
   if ('nbd' in d) {
     return `<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/><source protocol='nbd' name='${xmlText(d.nbd.exportName)}'><host transport='unix' socket='${xmlText(d.nbd.socket)}'/></source>${target}</disk>`;
   }
   const [top, ...rest] = d.chain;
-  if (!top) throw new Error(`disk ${d.target} has no file`);
+  if (!top) throw new OsrError('INTERNAL', `disk ${d.target} has no file`);
   const data = top.dataFile ? `<dataStore type='file'><format type='raw'/><source file='${xmlText(top.dataFile)}'/></dataStore>` : '';
   return `<disk type='file' device='disk'><driver name='qemu' type='${top.format}' cache='none' discard='unmap'/><source file='${xmlText(top.file)}'>${data}</source>${layerXml(rest)}${target}</disk>`;
 }
@@ -71,7 +76,7 @@ export function domainXml(def: DomainDefinition): string {
     ? `<kernel>${xmlText(k.kernel)}</kernel>${k.initrd ? `<initrd>${xmlText(k.initrd)}</initrd>` : ''}${k.cmdline ? `<cmdline>${xmlText(k.cmdline)}</cmdline>` : ''}`
     : "<boot dev='hd'/>";
   const firmware = m.firmware === 'uefi' ? " firmware='efi'" : '';
-  return `<domain type='${def.type ?? 'qemu'}'>
+  return `<domain type='${m.accel ?? 'kvm'}'>
   <name>${xmlText(def.name)}</name>
   ${def.uuid ? `<uuid>${xmlText(def.uuid)}</uuid>` : ''}
   ${def.metadata && def.metadata.length > 0 ? `<metadata>${def.metadata.join('')}</metadata>` : ''}

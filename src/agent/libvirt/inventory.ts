@@ -76,10 +76,12 @@ function machineOf(d: Node, info: DomainInfo, vcpus: number, memoryMiB: number):
   const firmware = str(os['@firmware']) === 'efi' || os.loader !== undefined ? 'uefi' : 'bios';
   const machineType = str(type['@machine']);
   const kernel = str(os.kernel);
+  const accel = str(d['@type']);
   return {
     vcpus,
     memoryMiB,
     firmware,
+    ...(accel === 'kvm' || accel === 'qemu' ? { accel } : {}),
     ...(machineType ? { machineType } : {}),
     ...(kernel ? { kernelBoot: { kernel, ...(str(os.initrd) ? { initrd: str(os.initrd) } : {}), ...(str(os.cmdline) ? { cmdline: str(os.cmdline) } : {}) } } : {}),
     nics: info.nics.map((n) => ({ network: n.network ?? null, ...(n.mac ? { mac: n.mac } : {}), ...(n.model ? { model: n.model } : {}) })),

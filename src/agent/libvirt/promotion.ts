@@ -28,7 +28,7 @@ import { checkMachine, type MachineSpec } from '../../domain/machine.js';
 import { crashPoint } from '../io/crash-point.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { listCheckpoints } from './backup.js';
-import { diskXml, domainXml } from './domain-xml.js';
+import { diskXml, domainXml, type DiskLayer } from './domain-xml.js';
 import { unfenceDomain } from './fence.js';
 import { wrapRawImage } from './images.js';
 import { withQemuNbd } from './qemu-nbd.js';
@@ -43,8 +43,14 @@ interface RunState {
   pointSeq: number;
   /** the top layers hold the point's rolled-back ranges */
   layersReady: boolean;
+  /** the disks whose top layer is folded into the image (their top file is gone) */
+  folded?: string[] | undefined;
   committed?: boolean | undefined;
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** virsh takes a domain's number or UUID for its name: osr's domain names are neither, nor an option */
+const DOMAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
 
 /** A replica's point to run (the Host port's PromotionRun, which libvirt/ does not import). */
 export interface PromotionRun {
@@ -63,8 +69,8 @@ export interface LibvirtPromotionsContext {
   dirOf(vmId: string): string;
   /** the libvirt name of the domain of an osr VM */
   domainName(vmName: string): string;
-  /** whether a machine's kernel boot files are where the operator allows them (else NOT_SUPPORTED) */
-  checkBootFiles(machine: MachineSpec): void;
+  /** the machine with its kernel boot files' real paths, where the operator allows them (else NOT_SUPPORTED) */
+  checkBootFiles(machine: MachineSpec): MachineSpec;
 }
 
 async function qemuImg(args: string[]): Promise<string> {
@@ -72,6 +78,7 @@ async function qemuImg(args: string[]): Promise<string> {
     return (await execFileAsync('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 })).stdout;
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: string };
+    if (err.code === 'ENOENT') throw new OsrError('NOT_SUPPORTED', 'qemu-img is not installed (package qemu-utils)');
     throw new OsrError('HYPERVISOR_ERROR', `qemu-img ${args[0]}: ${(err.stderr ?? err.message).trim()}`);
   }
 }
@@ -98,16 +105,34 @@ async function writeIntoQcow2(file: string, ranges: readonly (readonly [number, 
 /**
  * Start a shut-off domain paused and make checkpoint `osr-1` (libvirt makes none of an
  * inactive domain), so that its bitmap holds every write the guest makes; then let the
- * guest run, or power the domain off again (QEMU stores the empty bitmap as it exits).
+ * guest run, power the domain off again (QEMU stores the empty bitmap as it exits), or
+ * leave it paused for a block job.
  */
-export async function startUnderCheckpoint(virsh: Virsh, domain: string, resume: boolean): Promise<void> {
-  await virsh.run(['start', domain, '--paused']);
+export async function startUnderCheckpoint(virsh: Virsh, domain: string, then: 'resume' | 'stop' | 'stay-paused'): Promise<void> {
+  // paused already: a start of ours cut short (the guest has not run since)
+  if ((await virsh.run(['domstate', domain])).trim() !== 'paused') await virsh.run(['start', domain, '--paused']);
   const { ours } = await listCheckpoints(virsh, domain);
   if (!ours.includes(PROMOTED_CHECKPOINT)) {
     const disks = parseDomainXml(await virsh.run(['dumpxml', domain])).disks.filter((d) => d.device === 'disk');
     await virsh.run(['checkpoint-create-as', domain, PROMOTED_CHECKPOINT, ...disks.flatMap((d) => ['--diskspec', `${d.target},checkpoint=bitmap`])]);
   }
-  await virsh.run(resume ? ['resume', domain] : ['destroy', domain]);
+  if (then === 'resume') await virsh.run(['resume', domain]);
+  if (then === 'stop') await virsh.run(['destroy', domain]);
+}
+
+/**
+ * A domain's XML (libvirt's own, from dumpxml) with the disks `chainOf` answers for
+ * replaced: the new chain, the disk's own target bus, address and boot order kept.
+ */
+function replaceDisks(xml: string, chainOf: (target: string) => DiskLayer[] | undefined): string {
+  return xml.replace(/<disk\b[^>]*device=['"]disk['"][\s\S]*?<\/disk>/g, (el) => {
+    const target = /<target\b[^>]*dev=['"]([^'"]+)['"]/.exec(el)?.[1];
+    const chain = target ? chainOf(target) : undefined;
+    if (!target || !chain) return el;
+    const bus = /<target\b[^>]*bus=['"]([a-z]+)['"]/.exec(el)?.[1];
+    const keep = [/<address\b[^>]*\/>/.exec(el)?.[0], /<boot\b[^>]*\/>/.exec(el)?.[0]].filter((x): x is string => x !== undefined);
+    return diskXml({ target, chain, ...(bus ? { bus } : {}), keep });
+  });
 }
 
 export class LibvirtPromotions {
@@ -144,6 +169,30 @@ export class LibvirtPromotions {
     return state === 'running' || state === 'paused';
   }
 
+  /** The guest runs: a paused domain is one of our starts cut short before its checkpoint or its resume. */
+  private async ensureStarted(domain: string): Promise<void> {
+    if ((await this.c.virsh.run(['domstate', domain])).trim() !== 'running') await this.startTracked(domain);
+  }
+
+  async check(r: { vmId: string; vmName: string; machine?: MachineSpec | undefined }): Promise<void> {
+    if (!UUID.test(r.vmId)) throw new OsrError('INVALID_ARGUMENT', `a libvirt host runs VMs whose osr id is a lower-case UUID, not ${r.vmId.slice(0, 80)}`);
+    const name = readJson<{ domain: string }>(path.join(this.c.dirOf(r.vmId), 'domain.json'))?.domain ?? this.c.domainName(r.vmName);
+    if (!DOMAIN_NAME.test(name) || /^\d+$/.test(name) || UUID.test(name.toLowerCase())) {
+      throw new OsrError('INVALID_ARGUMENT', `${name} cannot name a libvirt domain osr defines (letters, digits, dots, dashes, underscores; not a number or a UUID); give the agent a --libvirt-prefix`);
+    }
+    if (await this.domainExists(name)) {
+      const info = parseDomainXml(await this.c.virsh.run(['dumpxml', name, '--inactive']));
+      if (info.osrId !== r.vmId && info.uuid.toLowerCase() !== r.vmId) {
+        throw new OsrError('ALREADY_EXISTS', `libvirt domain ${name} exists and is not VM ${r.vmName} (${r.vmId}): rename or remove it, or choose another domain name prefix for this agent`, { domain: name });
+      }
+      const st = this.state(r.vmId);
+      if (!st && (await this.isRunning(name))) throw new OsrError('INVALID_STATE', `libvirt domain ${name} runs: a failover does not take over a running domain; shut it down first`, { domain: name });
+      return;
+    }
+    if (!r.machine) throw new OsrError('INVALID_ARGUMENT', `VM ${r.vmName} has no domain at this host yet: the promote call must carry its machine (vCPUs, memory, NICs)`);
+    this.c.checkBootFiles(checkMachine(r.machine));
+  }
+
   async run(r: PromotionRun): Promise<void> {
     const dir = this.disksDir(r.vmId);
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -171,7 +220,7 @@ export class LibvirtPromotions {
     }
     const domain = await this.define(r);
     crashPoint('libvirt:defined');
-    if (r.start && !(await this.isRunning(domain))) await this.startTracked(domain);
+    if (r.start) await this.ensureStarted(domain);
   }
 
   /**
@@ -199,14 +248,10 @@ export class LibvirtPromotions {
       if (tops.length !== r.disks.length || tops.some((d) => !targets.has(d.target))) {
         throw new OsrError('INVALID_STATE', `libvirt domain ${name} has disks [${tops.map((d) => d.target).join(', ')}], the replica [${[...targets].join(', ')}]`, { domain: name });
       }
-      xml = current.replace(/<disk\b[^>]*device=['"]disk['"][\s\S]*?<\/disk>/g, (el) => {
-        const target = /<target\b[^>]*dev=['"]([^'"]+)['"]/.exec(el)?.[1];
-        return target && targets.has(target) ? diskXml({ target, chain: chain(target) }) : el;
-      });
+      xml = replaceDisks(current, (target) => (targets.has(target) ? chain(target) : undefined));
     } else {
       if (!r.machine) throw new OsrError('INVALID_ARGUMENT', `VM ${r.vmName} has no domain at this host yet: the promote call must carry its machine (vCPUs, memory, NICs)`);
-      const machine = checkMachine(r.machine);
-      this.c.checkBootFiles(machine);
+      const machine = this.c.checkBootFiles(checkMachine(r.machine));
       const uuidFree = !(await this.c.virsh.run(['list', '--all', '--uuid'])).split('\n').some((u) => u.trim().toLowerCase() === r.vmId.toLowerCase());
       xml = domainXml({
         name,
@@ -230,14 +275,20 @@ export class LibvirtPromotions {
   }
 
   private async startTracked(domain: string): Promise<void> {
-    await startUnderCheckpoint(this.c.virsh, domain, true);
+    await startUnderCheckpoint(this.c.virsh, domain, 'resume');
   }
 
   async setRunning(vmId: string, running: boolean): Promise<void> {
     const domain = this.domainOf(vmId);
     const up = await this.isRunning(domain);
-    if (running && !up) await this.startTracked(domain);
-    if (!running && up) await this.c.virsh.run(['destroy', domain]);
+    if (running) await this.ensureStarted(domain);
+    if (!running && up) {
+      // the guest's agent or ACPI asked first; powered off if it has not stopped within a minute
+      await this.c.virsh.run(['shutdown', domain, '--mode', 'agent,acpi']).catch(() => undefined);
+      const deadline = Date.now() + 60_000;
+      while (Date.now() < deadline && (await this.isRunning(domain))) await new Promise((r) => setTimeout(r, 500));
+      if (await this.isRunning(domain)) await this.c.virsh.run(['destroy', domain]);
+    }
   }
 
   async discard(vmId: string): Promise<void> {
@@ -259,33 +310,46 @@ export class LibvirtPromotions {
     if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f.includes('.top.qcow2')) fs.rmSync(path.join(dir, f), { force: true });
   }
 
+  /**
+   * Fold each disk's top layer into its image with blockcommit while the guest runs (a
+   * domain that is off is started paused for it: QEMU moves the checkpoint's bitmap down,
+   * which `qemu-img commit` would not). Each folded disk is recorded, and its top file
+   * removed, before the next: a restart never folds a stale layer over newer writes.
+   */
   async commit(vmId: string): Promise<void> {
     const st = this.state(vmId);
-    if (st?.committed) return;
+    if (st?.committed) return this.removeTops(vmId);
     if (!st?.layersReady) throw new OsrError('INVALID_STATE', `VM ${vmId} has no promotion running here to commit`);
     const domain = this.domainOf(vmId);
-    const live = parseDomainXml(await this.c.virsh.run(['dumpxml', domain])).disks.filter((d) => d.device === 'disk');
-    const running = await this.isRunning(domain);
-    for (const d of live) {
-      const top = this.top(vmId, d.target);
-      if (running) {
-        if (d.file === top) await this.blockCommit(domain, d.target);
-        crashPoint('libvirt:disk-committed');
-      } else if (fs.existsSync(top) && (d.file === top || d.file === undefined)) {
-        await qemuImg(['commit', '-q', '-f', 'qcow2', '-t', 'none', top]);
-      }
-    }
-    // the persistent definition names the images too, whether libvirt moved it with the pivot or not
-    const inactive = await this.c.virsh.run(['dumpxml', domain, '--inactive']);
+    const folded = new Set(st.folded ?? []);
     const images = readJson<{ images?: Record<string, string> }>(path.join(this.c.dirOf(vmId), 'domain.json'))?.images ?? {};
-    const wrapped = inactive.replace(/<disk\b[^>]*device=['"]disk['"][\s\S]*?<\/disk>/g, (el) => {
-      const target = /<target\b[^>]*dev=['"]([^'"]+)['"]/.exec(el)?.[1];
-      if (!target || !el.includes(this.top(vmId, target))) return el;
-      return diskXml({ target, chain: [{ file: this.wrapper(vmId, target), format: 'qcow2', dataFile: images[target] }] });
-    });
+    const wasOff = !(await this.isRunning(domain));
+    if (wasOff && parseDomainXml(await this.c.virsh.run(['dumpxml', domain, '--inactive'])).disks.some((d) => d.device === 'disk' && !folded.has(d.target))) {
+      await startUnderCheckpoint(this.c.virsh, domain, 'stay-paused');
+    }
+    try {
+      for (const d of parseDomainXml(await this.c.virsh.run(['dumpxml', domain])).disks.filter((x) => x.device === 'disk')) {
+        if (folded.has(d.target)) continue;
+        if (d.file === this.top(vmId, d.target)) await this.blockCommit(domain, d.target);
+        folded.add(d.target);
+        writeJsonDurable(this.stateFile(vmId), { ...st, folded: [...folded] });
+        fs.rmSync(this.top(vmId, d.target), { force: true });
+        crashPoint('libvirt:disk-committed');
+      }
+    } finally {
+      if (wasOff) await this.c.virsh.run(['destroy', domain]).catch(() => undefined);
+    }
+    // the persistent definition names the images, whether libvirt moved it with the pivot or not
+    const inactive = await this.c.virsh.run(['dumpxml', domain, '--inactive']);
+    const wrapped = replaceDisks(inactive, (target) => (inactive.includes(this.top(vmId, target)) ? [{ file: this.wrapper(vmId, target), format: 'qcow2', dataFile: images[target] }] : undefined));
     if (wrapped !== inactive) await this.c.virsh.withXml(wrapped, (f) => ['define', f]);
-    writeJsonDurable(this.stateFile(vmId), { ...st, committed: true });
-    for (const d of live) fs.rmSync(this.top(vmId, d.target), { force: true });
+    writeJsonDurable(this.stateFile(vmId), { ...st, folded: [...folded], committed: true });
+    this.removeTops(vmId);
+  }
+
+  private removeTops(vmId: string): void {
+    const dir = this.disksDir(vmId);
+    if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f.includes('.top.qcow2')) fs.rmSync(path.join(dir, f), { force: true });
   }
 
   /** Fold a running disk's top layer into the image below and pivot to it; a job left by a crash is finished. */

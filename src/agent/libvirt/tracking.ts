@@ -58,6 +58,7 @@ export class LibvirtTracking {
   private backup: PullBackup | undefined;
   private readonly clients = new Map<string, { client: NbdClient; context: string }>();
   private activeRanges: Record<string, [number, number][]> | undefined;
+  private offlineSwapArmed = false;
 
   constructor(
     private readonly virsh: Virsh,
@@ -143,16 +144,24 @@ export class LibvirtTracking {
     this.save();
   }
 
+  /** The agent powered the domain off (a planned failover's shutdown): the next swap reads its last writes though it is off. */
+  armOfflineSwap(): void {
+    this.offlineSwapArmed = true;
+  }
+
   /**
-   * Close the active delta. A shut-off domain (a planned failover's, after its shutdown) is
-   * started paused for it — QEMU loads the bitmaps, no guest code runs — and powered off
-   * again: its last writes are read the same way as a running one's.
+   * Close the active delta. A domain the agent shut off (a planned failover's) is started
+   * paused for it — QEMU loads the bitmaps, no guest code runs — and powered off again: its
+   * last writes are read as a running one's. A domain someone else shut off waits: its
+   * writes stay in its bitmap until it runs again.
    */
   async swap(consistency: Consistency): Promise<number> {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off`);
     if (this.state.resyncRequired) throw new OsrError('RESYNC_REQUIRED', this.state.resyncRequired.reason);
     const state = (await this.virsh.run(['domstate', this.domain])).trim();
     if (state === 'running' || state === 'paused') return this.swapActive(consistency);
+    if (!this.offlineSwapArmed) throw new OsrError('INVALID_STATE', `${this.domain} is ${state}: its writes since the last point are read once it runs again`, { domain: this.domain, state });
+    this.offlineSwapArmed = false;
     await this.virsh.run(['start', this.domain, '--paused']);
     try {
       return await this.swapActive('crash-consistent');

@@ -99,6 +99,8 @@ export interface HostContext {
   /** the agent's data directory (it exists); a host keeps its own state under it */
   dataDir: string;
   now: () => number;
+  /** what the host reports of work it does on its own (a fence applied in the background) */
+  log?: { warn(o: object, msg?: string): void; error(o: object, msg?: string): void } | undefined;
 }
 
 /** What a host that runs promoted VMs itself needs of the replica it runs one from. */
@@ -122,6 +124,8 @@ export interface PromotionRun {
  * the work done.
  */
 export interface HostPromotions {
+  /** refuse, before anything is recorded, a promotion the host could not run (a name, an id or a machine it cannot take) */
+  check(r: { vmId: string; vmName: string; machine?: MachineSpec | undefined }): Promise<void>;
   /** run the point as the VM, its writes kept in a layer of their own until `commit` */
   run(r: PromotionRun): Promise<void>;
   /** power the running promotion's VM on or off (its layer stays) */

@@ -67,7 +67,13 @@ export async function promoteReplica(host: Host, registry: ReplicaRegistry, vmNa
   const record = registry.fenceRecord(store.vmId);
   const earlier = record?.promotion;
   if (earlier?.pending && !store.isCommitted) {
-    // promoted already and not committed (the command again, or a restart): the same VM
+    // promoted already and not committed (the command again, or a restart): the same VM,
+    // with the machine the call gives now if it gives one (a first attempt's may have been refused)
+    if (earlier.hosted && opts.machine) {
+      await promotionsOf(host, store).check({ vmId: store.vmId, vmName: store.vmName, machine: opts.machine });
+      earlier.machine = opts.machine;
+      registry.setPromotion(store.vmId, earlier);
+    }
     await ensureRunning(host, store, registry, earlier);
     return opts.commit === false ? result(store, record!.epoch, earlier) : commitPromotion(host, registry, vmName);
   }
@@ -89,6 +95,8 @@ export async function promoteReplica(host: Host, registry: ReplicaRegistry, vmNa
   const seq = opts.point ?? store.latestPoint()?.seq;
   if (seq === undefined || !store.hasPoint(seq)) throw new OsrError('POINT_NOT_FOUND', `recovery point ${String(opts.point ?? 'latest')} of ${store.vmName} does not exist`, { points: store.points().map((p) => p.seq) });
   const point = store.points().find((p) => p.seq === seq)!;
+  // a host that runs the VM itself says now whether it can: nothing is fenced for a promotion it would refuse
+  await host.promotions?.check({ vmId: store.vmId, vmName: store.vmName, machine: opts.machine });
   // from here on the old primary is refused, so nothing lands after the chosen point
   const promotion: Promotion = {
     point,

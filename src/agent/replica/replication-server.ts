@@ -99,7 +99,7 @@ export class ReplicaRegistry {
     if (fence !== undefined && req.epoch < fence) {
       throw new OsrError('EPOCH_STALE', `${req.vmName} was promoted at this site with epoch ${fence}; a primary with epoch ${req.epoch} may no longer replicate`, { epoch: req.epoch, current: fence });
     }
-    if (this.runHere.has(req.vmId)) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
+    if (this.runHere.has(req.vmId) || this.fenceRecord(req.vmId)?.promotion?.pending) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
     let s = this.stores.get(req.vmId);
     if (s && !sameDisks(s.disks, req.disks)) {
       throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${describeDisks(s.disks)}, the primary has ${describeDisks(req.disks)}; remove the replica or protect the VM anew`);
@@ -267,6 +267,16 @@ export class ReplicaRegistry {
     return out;
   }
 
+  /**
+   * Whether a replica store of this VM id is on disk that is still a replica (a demote's
+   * included); a committed promotion's store holds the images of a VM that runs here.
+   */
+  holdsReplica(vmId: string): boolean {
+    if (!isSafeName(vmId)) return false;
+    const m = readJson<{ committed?: boolean }>(path.join(this.dir, vmId, 'manifest.json'));
+    return m !== undefined && m.committed !== true;
+  }
+
   /** Whether a replica store of this VM id is on disk (an adopted VM's images live there). */
   holds(vmId: string): boolean {
     return isSafeName(vmId) && fs.existsSync(path.join(this.dir, vmId, 'manifest.json'));
@@ -303,6 +313,8 @@ export class ReplicaRegistry {
    * an overlay of it is open.
    */
   remove(vm: string): { vmId: string; vmName: string } {
+    const promoted = this.provisional().find((p) => p.store.vmName === vm || p.store.vmId === vm);
+    if (promoted) throw new OsrError('INVALID_STATE', `${promoted.store.vmName} was promoted here and runs from this replica until the failover is committed; commit it or change its point, not delete it`);
     const s = this.get(vm);
     const open = s.listOverlays();
     if (open.length > 0) throw new OsrError('OVERLAY_IN_USE', `the replica of ${s.vmName} has ${open.length} open overlay(s); commit or discard them before deleting it`, { overlays: open.map((o) => o.id) });

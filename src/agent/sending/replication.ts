@@ -424,7 +424,9 @@ export class PrimaryReplication {
     if (err.code === 'CHANGE_LOG_CORRUPT') this.vm.tracking.markResyncRequired(err.message);
     if (err.code === 'EPOCH_STALE') {
       // another site was promoted: this copy must not take writes any more
-      const current = Number(err.details?.current ?? this.spec.epoch + 1);
+      // the peer's word for the epoch: a number above ours, else ours + 1
+      const said = Number(err.details?.current);
+      const current = Number.isSafeInteger(said) && said > this.spec.epoch ? said : this.spec.epoch + 1;
       this.vm.fence?.(`replication epoch ${this.spec.epoch} is stale: ${this.vm.name} was promoted elsewhere with epoch ${current}; demote this copy to reverse replication`, current);
     }
     if (this.state === ReplicationState.Replicating) this.recordCycle(false);
