@@ -87,7 +87,7 @@ export function domainXml(def: DomainDefinition): string {
   <devices>
     ${def.disks.map(diskXml).join('\n    ')}
     ${m.nics.map(nicXml).join('\n    ')}
-    ${def.consoleLog ? `<serial type='file'><source path='${xmlText(def.consoleLog)}' append='on'/><target port='0'/></serial>` : ''}
+    ${def.consoleLog ? `<serial type='pty'><log file='${xmlText(def.consoleLog)}' append='on'/><target port='0'/></serial>` : ''}
     ${def.guestAgent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
   </devices>
 </domain>`;
