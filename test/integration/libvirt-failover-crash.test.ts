@@ -7,41 +7,32 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { imageInfo } from '../../src/agent/libvirt/images.js';
 import { readDomain } from '../../src/agent/libvirt/inventory.js';
 import type { ReplicationHealth } from '../../src/agent/wire/replication-types.js';
 import { restartAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
-import { startPair, tempDir, waitFor, type Pair } from '../support/lab.js';
-import { libvirtSkip, recordsOnImage, removeDomain, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
+import { waitFor, type Pair } from '../support/lab.js';
+import { libvirtSkip, qemuPid, recordsOnImage, startFailoverSites, virsh, type FailoverSites, type TinyDomain } from '../support/libvirt.js';
 
 const skip = libvirtSkip();
-const dir = tempDir('osr-libvirt-foc-');
-const VM = `fc${process.pid}`;
-const A = `osr-ca-${VM}`;
-const B = `osr-cb-${VM}`;
-const guestCache = process.env.OSR_GUEST_CACHE ?? path.join(os.homedir(), '.cache', 'osr', 'tiny-guest');
+let sites: FailoverSites | undefined;
 let pair: Pair | undefined;
 let dom: TinyDomain | undefined;
+let VM = '';
+let A = '';
+let B = '';
 
 before(async () => {
   if (skip) return;
-  dom = await startTinyDomain(A, path.join(dir, 'domain'), { interval: 0.2 });
-  pair = await startPair(path.join(dir, 'agents'), {
-    primaryArgs: ['--host', 'libvirt', '--libvirt-prefix', 'osr-ca-'],
-    replicaArgs: ['--host', 'libvirt', '--libvirt-prefix', 'osr-cb-', '--libvirt-boot-dir', guestCache],
-  });
+  sites = await startFailoverSites('osr-fc');
+  ({ pair, dom, vm: VM, a: A, b: B } = sites);
 });
 after(async () => {
-  await pair?.stop();
-  await dom?.destroy();
-  await removeDomain(B);
-  fs.rmSync(dir, { recursive: true, force: true });
+  await sites?.close();
 });
 
-const qemuPid = (domain: string) => Number(fs.readFileSync(`/run/libvirt/qemu/${domain}.pid`, 'utf8').trim());
 
 /** The agent, restarted with OSR_TEST_CRASH_AT set to `at` (or unset). */
 async function restart(a: RunningAgent, at?: string): Promise<RunningAgent> {

@@ -7,9 +7,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Virsh } from '../../src/agent/libvirt/virsh.js';
 import { removeDomain as remove, startTinyDomain as start, type TinyDomain, type TinyDomainOptions } from '../../src/lab/tiny-domain.js';
 import { parseRecords } from '../../src/lab/tiny-guest.js';
+import { startPair, tempDir, type Pair } from './lab.js';
 import { onPath } from './unit.js';
 
 export type { TinyDomain };
@@ -55,4 +58,54 @@ export function recordsOnImage(image: string): number[] {
   } finally {
     fs.rmSync(copy, { force: true });
   }
+}
+
+/** Where the tiny guest's kernel and initramfs are kept: a recovery agent may boot them (--libvirt-boot-dir). */
+export const guestCache = process.env.OSR_GUEST_CACHE ?? path.join(os.homedir(), '.cache', 'osr', 'tiny-guest');
+
+/** The PID of a running domain's QEMU. */
+export const qemuPid = (domain: string): number => Number(fs.readFileSync(`/run/libvirt/qemu/${domain}.pid`, 'utf8').trim());
+
+/**
+ * A failover between two sites on this libvirtd: the tiny guest as domain PREFIX-a-VM at
+ * the primary agent, which owns the `PREFIX-a-` domains, and a recovery agent that owns the
+ * `PREFIX-b-` ones (a promoted replica's domain is PREFIX-b-VM there). `close` removes both
+ * domains and the directory.
+ */
+export interface FailoverSites {
+  vm: string;
+  /** the primary's domain, and the recovery site's once promoted */
+  a: string;
+  b: string;
+  dir: string;
+  dom: TinyDomain;
+  pair: Pair;
+  close(): Promise<void>;
+}
+
+export async function startFailoverSites(prefix: string, o: { primaryListens?: boolean } = {}): Promise<FailoverSites> {
+  const dir = tempDir(`${prefix}-`);
+  const vm = `vm${process.pid}`;
+  const a = `${prefix}-a-${vm}`;
+  const b = `${prefix}-b-${vm}`;
+  const dom = await startTinyDomain(a, path.join(dir, 'domain'), { interval: 0.2 });
+  const pair = await startPair(path.join(dir, 'agents'), {
+    primaryListens: o.primaryListens === true,
+    primaryArgs: ['--host', 'libvirt', '--libvirt-prefix', `${prefix}-a-`],
+    replicaArgs: ['--host', 'libvirt', '--libvirt-prefix', `${prefix}-b-`, '--libvirt-boot-dir', guestCache],
+  });
+  return {
+    vm,
+    a,
+    b,
+    dir,
+    dom,
+    pair,
+    async close() {
+      await pair.stop();
+      await dom.destroy();
+      await removeDomain(b);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -26,7 +26,8 @@ export interface ImageInfo {
   bitmaps: string[];
 }
 
-async function qemuImg(args: string[]): Promise<string> {
+/** Run qemu-img; its output, or NOT_SUPPORTED (not installed) or HYPERVISOR_ERROR with its message. */
+export async function qemuImg(args: string[]): Promise<string> {
   try {
     return (await run('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 })).stdout;
   } catch (e) {

@@ -19,22 +19,20 @@
  *
  * Every step looks at what is there first: run twice, or after a crash, it finishes the work.
  */
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import { checkMachine, type MachineSpec } from '../../domain/machine.js';
 import { crashPoint } from '../io/crash-point.js';
+import type { HostPromotions, PromotionRun } from '../ports/host.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { listCheckpoints } from './backup.js';
 import { diskXml, domainXml, type DiskLayer } from './domain-xml.js';
 import { unfenceDomain } from './fence.js';
-import { wrapRawImage } from './images.js';
+import { qemuImg, wrapRawImage } from './images.js';
 import { withQemuNbd } from './qemu-nbd.js';
 import { parseDomainXml, VM_NAMESPACE, xmlText, type Virsh } from './virsh.js';
 
-const execFileAsync = promisify(execFile);
 const WRITE_CHUNK = 4 * 1024 * 1024;
 /** the checkpoint a promoted VM's tracking starts from */
 export const PROMOTED_CHECKPOINT = 'osr-1';
@@ -52,17 +50,6 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** virsh takes a domain's number or UUID for its name: osr's domain names are neither, nor an option */
 const DOMAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
 
-/** A replica's point to run (the Host port's PromotionRun, which libvirt/ does not import). */
-export interface PromotionRun {
-  vmId: string;
-  vmName: string;
-  disks: { id: string; name: string; size: number; image: string }[];
-  rollback(disk: string): { ranges: readonly (readonly [number, number])[]; read(offset: number, length: number): Buffer };
-  pointSeq: number;
-  machine?: MachineSpec | undefined;
-  start: boolean;
-}
-
 export interface LibvirtPromotionsContext {
   virsh: Virsh;
   /** the VM's directory in the agent's data */
@@ -71,16 +58,6 @@ export interface LibvirtPromotionsContext {
   domainName(vmName: string): string;
   /** the machine with its kernel boot files' real paths, where the operator allows them (else NOT_SUPPORTED) */
   checkBootFiles(machine: MachineSpec): MachineSpec;
-}
-
-async function qemuImg(args: string[]): Promise<string> {
-  try {
-    return (await execFileAsync('qemu-img', args, { maxBuffer: 16 * 1024 * 1024 })).stdout;
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string };
-    if (err.code === 'ENOENT') throw new OsrError('NOT_SUPPORTED', 'qemu-img is not installed (package qemu-utils)');
-    throw new OsrError('HYPERVISOR_ERROR', `qemu-img ${args[0]}: ${(err.stderr ?? err.message).trim()}`);
-  }
 }
 
 function fsyncPath(p: string): void {
@@ -135,7 +112,7 @@ function replaceDisks(xml: string, chainOf: (target: string) => DiskLayer[] | un
   });
 }
 
-export class LibvirtPromotions {
+export class LibvirtPromotions implements HostPromotions {
   constructor(private readonly c: LibvirtPromotionsContext) {}
 
   private disksDir(vmId: string): string {
