@@ -9,6 +9,8 @@ import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/err
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
+import { addDrillRoutes } from './drill-api.js';
+import { addEnrolmentRoutes } from './enrolment-api.js';
 import type { ReplicaStore } from './replica/replica-store.js';
 import { diskRangesBytes } from './io/ranges.js';
 import { parseSize } from './io/size.js';
@@ -288,6 +290,9 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     unpromoted(req.params.vm).discardOverlay(req.params.id);
     return reply.status(204).send();
   });
+
+  addDrillRoutes(app, agent);
+  addEnrolmentRoutes(app, agent);
 
   return app;
 }

@@ -19,6 +19,8 @@ export interface HostOptions {
   libvirtUri?: string | undefined;
   /** libvirt: the domains that are this agent's, as a regular expression on their names (default all) */
   libvirtDomains?: string | undefined;
+  /** libvirt: the directory test domains' direct kernel boot files must be in (default: none allowed) */
+  libvirtBootDir?: string | undefined;
 }
 
 /** Check a host kind before anything is made (CONFIG_INVALID names the kinds there are). */
@@ -39,7 +41,7 @@ export function hostFactory(kind: HostKind, o: HostOptions): HostFactory {
       } catch (e) {
         throw new OsrError('CONFIG_INVALID', `--libvirt-domains ${o.libvirtDomains} is not a regular expression: ${(e as Error).message}`);
       }
-      return ({ dataDir, now }) => new LibvirtHost(dataDir, now, { ...(o.libvirtUri ? { uri: o.libvirtUri } : {}), ...(only ? { domains: (n: string) => only.test(n) } : {}) });
+      return ({ dataDir, now }) => new LibvirtHost(dataDir, now, { ...(o.libvirtUri ? { uri: o.libvirtUri } : {}), ...(only ? { domains: (n: string) => only.test(n) } : {}), ...(o.libvirtBootDir ? { bootDir: path.resolve(o.libvirtBootDir) } : {}) });
     }
   }
 }

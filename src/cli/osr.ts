@@ -64,6 +64,7 @@ program
   .option('--host <kind>', `the machine the agent runs on and how it reaches its VMs (${HOST_KINDS.join(', ')}): lab = VMs whose raw disk images the agent serves itself over NBD, tracking changes on their write path; libvirt = the domains of a KVM host's libvirtd, tracked with QEMU dirty bitmaps (qcow2 v3 disks)`, DEFAULT_HOST_KIND)
   .option('--libvirt-uri <uri>', 'with --host libvirt: the libvirt connection', 'qemu:///system')
   .option('--libvirt-domains <regex>', 'with --host libvirt: only the domains whose names match (default all)')
+  .option('--libvirt-boot-dir <dir>', 'with --host libvirt: test domains may boot a kernel directly only from files in this directory (default: no direct kernel boot)')
   .option('--storage-dir <dir>', 'storage location for lab disk images (default DATA/storage)')
   .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
   .option('--api <host:port>', `serve the local API on loopback TCP instead of the socket (default port ${DEFAULT_AGENT_API_PORT}); every request then needs the token`)
@@ -91,7 +92,7 @@ program
     if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`)');
     if (o.apiTokenFile !== undefined && o.api === undefined) throw new OsrError('CONFIG_INVALID', '--api-token-file is for the TCP API: give --api HOST:PORT too (the socket needs no token)');
     const api = o.api !== undefined ? { ...hostPort(o.api, DEFAULT_AGENT_API_PORT), tokenFile: o.apiTokenFile !== undefined ? path.resolve(o.apiTokenFile) : undefined } : undefined;
-    const makeHost = hostFactory(hostKind, { storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined, libvirtUri: o.libvirtUri, libvirtDomains: o.libvirtDomains });
+    const makeHost = hostFactory(hostKind, { storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined, libvirtUri: o.libvirtUri, libvirtDomains: o.libvirtDomains, libvirtBootDir: o.libvirtBootDir });
     const agent = new Agent({
       name,
       dataDir: path.resolve(o.dataDir!),

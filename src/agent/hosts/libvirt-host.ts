@@ -20,6 +20,7 @@ import { fenceDomain } from '../libvirt/fence.js';
 import { checkTrackable, imageInfo } from '../libvirt/images.js';
 import { readDomain, type HostDomain } from '../libvirt/inventory.js';
 import { LibvirtTracking } from '../libvirt/tracking.js';
+import { LibvirtDrills } from './libvirt-drills.js';
 import { Virsh } from '../libvirt/virsh.js';
 import type { DiskReader } from '../ports/change-source.js';
 import type { Host, HostLoadNote, HostVm, VmDiskSpec, VmOrigin, VmSpec } from '../ports/host.js';
@@ -28,6 +29,8 @@ export interface LibvirtHostOptions {
   uri?: string;
   /** which domains are this agent's (default all) */
   domains?: (name: string) => boolean;
+  /** where direct kernel boot files of test domains may be (default: none allowed) */
+  bootDir?: string;
 }
 
 export class LibvirtVm implements HostVm {
@@ -118,6 +121,8 @@ export class LibvirtHost implements Host {
   readonly servesDisks = false;
   private readonly vms = new Map<string, LibvirtVm>();
   readonly virsh: Virsh;
+  /** inventory, drill networks and test domains for the provider's libvirt driver */
+  readonly drills: LibvirtDrills;
 
   constructor(
     readonly dataDir: string,
@@ -125,6 +130,7 @@ export class LibvirtHost implements Host {
     private readonly o: LibvirtHostOptions = {},
   ) {
     this.virsh = new Virsh({ ...(o.uri ? { uri: o.uri } : {}) });
+    this.drills = new LibvirtDrills(this.virsh, o.domains, o.bootDir);
     fs.mkdirSync(path.join(dataDir, 'libvirt'), { recursive: true, mode: 0o700 });
   }
 

@@ -15,6 +15,7 @@
 import type { BlockDevice } from '../io/block-device.js';
 import type { DiskRanges } from '../io/ranges.js';
 import type { ChangeSource } from './change-source.js';
+import type { HostDrills } from './host-drills.js';
 
 export interface VmDiskSpec {
   id: string;
@@ -106,6 +107,8 @@ export type HostFactory = (ctx: HostContext) => Host;
 export interface Host {
   /** whether the agent serves its VMs' disks over NBD (the lab's guests reach them so); a hypervisor's guests reach theirs through the hypervisor */
   readonly servesDisks: boolean;
+  /** a hypervisor host's inventory, drill networks and test domains (host-drills.ts); absent: the API answers NOT_SUPPORTED */
+  readonly drills?: HostDrills | undefined;
   /**
    * Load the VMs and recover their change tracking, before any guest I/O. `adopted` says
    * whether a replica here holds a VM's disks (a demote cut short): such a VM is forgotten.
