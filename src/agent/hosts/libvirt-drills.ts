@@ -18,11 +18,14 @@ const DRILL_NAMESPACE = 'https://osr.dev/xmlns/drill';
 
 const names = (out: string) => out.split('\n').map((s) => s.trim()).filter(Boolean);
 
-/** KVM when this machine has a usable /dev/kvm, else TCG. */
+/**
+ * KVM when this machine can run it — /dev/kvm usable and the CPU's virtualization
+ * extensions present (a sandbox may offer the device without them) — else TCG.
+ */
 function domainType(): 'kvm' | 'qemu' {
   try {
     fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    return 'kvm';
+    return /^flags\s*:.*\b(vmx|svm)\b/m.test(fs.readFileSync('/proc/cpuinfo', 'latin1')) ? 'kvm' : 'qemu';
   } catch {
     return 'qemu';
   }
