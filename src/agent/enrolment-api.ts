@@ -93,7 +93,12 @@ export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
     { schema: { body: { type: 'object', required: ['crl'], additionalProperties: false, properties: { crl: { type: 'string', maxLength: 4 * 1024 * 1024 } } } } },
     async (req) => {
       if (!tls.crlFile) throw new OsrError('NOT_SUPPORTED', 'this agent was started without a revocation list file: give it --crl FILE or --pki-dir');
-      const { serials } = await readCrl(req.body.crl, fs.readFileSync(tls.caFile, 'utf8'));
+      let serials: string[];
+      try {
+        serials = (await readCrl(req.body.crl, fs.readFileSync(tls.caFile, 'utf8'))).serials;
+      } catch (e) {
+        throw new OsrError('INVALID_ARGUMENT', `${(e as Error).message} (the agent's CA)`, { field: 'crl' });
+      }
       const current = fs.existsSync(tls.crlFile) ? fs.readFileSync(tls.crlFile, 'utf8') : undefined;
       if (current !== req.body.crl) await writeFileAtomic(tls.crlFile, req.body.crl, 0o644);
       return { revoked: serials.length };

@@ -113,13 +113,20 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     }
     return (await agent.host.start(req.params.name)).spec;
   });
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', async (req) => {
-    if (provisional(req.params.name)) {
-      await agent.setProvisionalRunning(req.params.name, false);
-      return provisional(req.params.name);
-    }
-    return (await agent.host.shutdown(req.params.name, VM_SHUTDOWN_TIMEOUT_MS)).spec;
-  });
+  app.post<{ Params: { name: string }; Body: { force?: boolean; timeout?: string | number } | undefined }>(
+    '/v1/vms/:name/stop',
+    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { force: { type: 'boolean' }, timeout: { type: ['string', 'number'] } } } } },
+    async (req) => {
+      if (provisional(req.params.name)) {
+        await agent.setProvisionalRunning(req.params.name, false);
+        return provisional(req.params.name);
+      }
+      // force: off at once, as a power cut; otherwise a clean shutdown, cut short after the timeout
+      if (req.body?.force === true) return (await agent.host.stop(req.params.name)).spec;
+      const timeoutMs = req.body?.timeout !== undefined ? parseDuration(req.body.timeout) : VM_SHUTDOWN_TIMEOUT_MS;
+      return (await agent.host.shutdown(req.params.name, timeoutMs)).spec;
+    },
+  );
 
   app.post<{ Params: { name: string }; Body: { epoch?: number; source?: string } | undefined }>(
     '/v1/vms/:name/demote',

@@ -299,10 +299,19 @@ export class LibvirtTracking {
   /** The reader of one disk: the open backup's export (the initial copy's or the resync's instant). */
   async read(target: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const { client } = await this.exportOf(target);
-    const data = await client.read(offset, length);
-    if (!into) return data;
-    data.copy(into);
-    return into.subarray(0, length);
+    // QEMU's NBD server answers at most 32 MiB a request: a longer range (a resync's) is read in pieces
+    if (length <= READ_CHUNK) {
+      const data = await client.read(offset, length);
+      if (!into) return data;
+      data.copy(into);
+      return into.subarray(0, length);
+    }
+    const out = into ?? Buffer.allocUnsafe(length);
+    for (let at = 0; at < length; at += READ_CHUNK) {
+      const n = Math.min(READ_CHUNK, length - at);
+      (await client.read(offset + at, n)).copy(out, at);
+    }
+    return out.subarray(0, length);
   }
 
   async digests(target: string, offset: number, length: number, blockSize: number): Promise<Buffer> {

@@ -41,6 +41,8 @@ const DEFAULT_OS = 'libvirt';
 export interface LibvirtDriverOptions {
   /** the API of a host's agent (the CLI: the local API's client) */
   connect(host: LibvirtHostConfig): AgentApi;
+  /** how long a clean shutdown may take before the domain is stopped (default 5 min) */
+  shutdownTimeout?: string | undefined;
 }
 
 export class LibvirtFabricDriver implements FabricDriver {
@@ -193,13 +195,14 @@ export class LibvirtFabric implements FabricManagement {
   private async refresh(): Promise<void> {
     const domains = new Map<string, DomainRef>();
     for (const h of this.hosts.values()) {
-      if (!this.up.has(h.name) && !(await this.bringUp(h))) continue;
-      try {
-        const inv = await hostInventory(this.agent(h.name));
-        this.hostInventories.set(h.name, inv);
-      } catch (e) {
-        this.ctx?.log.warn({ host: h.name, err: toOsrError(e).message }, `the inventory of host ${h.name} cannot be read now`);
+      if (this.up.has(h.name) || (await this.bringUp(h))) {
+        try {
+          this.hostInventories.set(h.name, await hostInventory(this.agent(h.name)));
+        } catch (e) {
+          this.ctx?.log.warn({ host: h.name, err: toOsrError(e).message }, `the inventory of host ${h.name} cannot be read now; its last one stands`);
+        }
       }
+      // a host that does not answer now keeps the VMs it had: they are not gone
       const inv = this.hostInventories.get(h.name);
       for (const d of inv?.domains ?? []) {
         // osr's own test domains are drills, not VMs of the site
@@ -380,9 +383,11 @@ export class LibvirtFabric implements FabricManagement {
       const fence = this.state.fenced[vmId];
       if (fence) throw new OsrError('EPOCH_STALE', `${v.name} was failed over to the other site (epoch ${fence.epoch}); it cannot start here until it is reprotected`, { epoch: fence.epoch });
       await api.post(`/v1/vms/${encodeURIComponent(v.name)}/start`);
+    } else if (action === 'stop') {
+      await api.post(`/v1/vms/${encodeURIComponent(v.name)}/stop`, { force: true });
     } else {
-      // the agent shuts the domain down (ACPI), and stops it when the guest does not
-      await api.post(`/v1/vms/${encodeURIComponent(v.name)}/stop`);
+      // the agent shuts the domain down (ACPI), and stops it when the guest has not after the timeout
+      await api.post(`/v1/vms/${encodeURIComponent(v.name)}/stop`, { timeout: this.o.shutdownTimeout ?? '5m' });
     }
     const d = this.domains.get(vmId);
     if (d) d.running = action === 'start';
@@ -536,6 +541,8 @@ export class LibvirtFabric implements FabricManagement {
       }
       network = spec.network.vmNetwork;
     }
+    // a test domain of this name that no record knows (a record lost with a crash) goes first
+    await removeTestDomain(this.agent(r.hostId), id);
     const overlay = await openTestOverlay(this.agent(r.hostId), r.name, spec.pointId);
     const t: TestVmRecord = { id, itemId: spec.itemId, replicaId: r.id, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: [...r.nicIds], network, temporaryNetwork, disks: overlay.disks, startedAt: new Date().toISOString() };
     for (const nic of t.nicIds) this.allocate(id, nic, network, r.nicSubnets[nic] ?? null);
