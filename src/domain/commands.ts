@@ -357,7 +357,7 @@ const machine: Check<MachineSpec> = (v, field) => {
   try {
     return checkMachine(v);
   } catch (e) {
-    const inner = e instanceof OsrError && typeof e.details?.field === 'string' ? e.details.field.slice('machine'.length) : '';
+    const inner = e instanceof OsrError && typeof e.details?.field === 'string' ? e.details.field.slice('machine'.length).replace(/\.$/, '') : '';
     throw new Malformed(`${field}${inner}`, 'a machine within its bounds (src/domain/machine.ts)', v);
   }
 };

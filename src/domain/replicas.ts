@@ -48,13 +48,4 @@ export interface TestVm {
   /** where the test VM's disks are served (any NBD client can be its guest) */
   disks: { name: string; nbd: string }[];
   startedAt: string;
-  /** what shows the drill's VM came up, where the fabric keeps it (libvirt: its console's tail, the guest agent's answer) */
-  evidence?: TestVmEvidence | undefined;
-}
-
-/** A drill's evidence: the last 4 KiB of the test VM's console and the guest agent's answer to a ping (null: none answered). */
-export interface TestVmEvidence {
-  console: string;
-  guestPing: unknown;
-  at: string;
 }

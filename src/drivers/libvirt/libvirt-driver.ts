@@ -19,7 +19,6 @@
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import type { InventoryDocument } from '../../domain/resources.js';
-import type { TestVmEvidence } from '../../domain/replicas.js';
 import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../../fabric/driver.js';
 import { readCrl } from '../../pki/index.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentApi, type AgentSite, type Held, type SiteChange } from '../agent-replication.js';
@@ -33,6 +32,13 @@ import { loadState, StateWriter, type LibvirtState, type NicLease, type ReplicaR
  * (they cannot carry a bitmap: their VMs are refused before a job starts).
  */
 export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, testFailover: true, rawDisks: false, changedBlockTracking: true, nbdExport: true };
+
+/** A drill's evidence: the last 4 KiB of the test VM's console and the guest agent's answer to a ping (null: none answered). */
+export interface TestVmEvidence {
+  console: string;
+  guestPing: unknown;
+  at: string;
+}
 
 /** The logical network drill networks are on: reached by no host's uplink. */
 const ISOLATED_LOGICAL = 'osr-isolated';
@@ -82,6 +88,8 @@ export class LibvirtFabric implements FabricManagement {
   private readonly hostInventories = new Map<string, AgentHostInventory>();
   /** the site's domains by id (UUID), as last read */
   private domains = new Map<string, DomainRef>();
+  /** the VMs each host's agent runs, by "host/name" (a promoted replica's among them), as last read */
+  private agentVms = new Map<string, boolean>();
   private ctx: DriverContext | undefined;
 
   constructor(
@@ -198,6 +206,8 @@ export class LibvirtFabric implements FabricManagement {
       if (this.up.has(h.name) || (await this.bringUp(h))) {
         try {
           this.hostInventories.set(h.name, await hostInventory(this.agent(h.name)));
+          for (const key of [...this.agentVms.keys()]) if (key.startsWith(`${h.name}/`)) this.agentVms.delete(key);
+          for (const v of await this.agent(h.name).get<{ name: string; running: boolean }[]>('/v1/vms')) this.agentVms.set(`${h.name}/${v.name}`, v.running);
         } catch (e) {
           this.ctx?.log.warn({ host: h.name, err: toOsrError(e).message }, `the inventory of host ${h.name} cannot be read now; its last one stands`);
         }
@@ -346,7 +356,8 @@ export class LibvirtFabric implements FabricManagement {
       }
     }
     for (const r of Object.values(this.state.replicas)) {
-      const running = this.hostInventories.get(r.hostId)?.domains.find((d) => d.name === r.name || d.uuid === r.replicationId)?.running ?? false;
+      // a promoted replica runs as one of its host's agent's VMs
+      const running = this.agentVms.get(`${r.hostId}/${r.name}`) ?? false;
       doc.vms.push({
         id: r.id,
         name: r.name,
@@ -523,7 +534,7 @@ export class LibvirtFabric implements FabricManagement {
     if (running) {
       // asked again: the record is there; the domain is made sure of
       await this.bootTestDomain(running);
-      return this.testVmView(running, await this.evidenceOf(running));
+      return this.testVmView(running);
     }
     const l = asReplica(this.locate(spec.replicaVmId));
     const r = l.replica;
@@ -556,7 +567,7 @@ export class LibvirtFabric implements FabricManagement {
     }
     this.changed();
     this.ctx?.log.info({ testVm: id, point: spec.pointId, network }, `test VM ${id} runs point ${spec.pointId} of ${r.name}`);
-    return this.testVmView(t, await this.evidenceOf(t));
+    return this.testVmView(t);
   }
 
   /** Define and start the test domain from the overlay, its NICs on the drill network. */
@@ -570,16 +581,12 @@ export class LibvirtFabric implements FabricManagement {
   async testVmEvidence(testVmId: string): Promise<TestVmEvidence> {
     const t = this.state.testVms[testVmId];
     if (!t) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no test VM ${testVmId}`);
-    return this.evidenceOf(t);
-  }
-
-  private async evidenceOf(t: TestVmRecord): Promise<TestVmEvidence> {
     const e = await testDomainEvidence(this.agent(t.hostId), t.id);
     return { console: e.console, guestPing: e.guestPing, at: new Date().toISOString() };
   }
 
-  private testVmView(t: TestVmRecord, evidence?: TestVmEvidence): TestVm {
-    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt, ...(evidence ? { evidence } : {}) };
+  private testVmView(t: TestVmRecord): TestVm {
+    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt };
   }
 
   async removeTestVm(testVmId: string): Promise<void> {
