@@ -23,7 +23,10 @@ import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement,
 import { readCrl } from '../../pki/index.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentApi, type AgentSite, type Held, type SiteChange } from '../agent-replication.js';
 import { agentCertificateSerial, enrolAgent, handRevocationList, hostInventory, removeDrillNetwork, removeTestDomain, startTestDomain, testDomainEvidence, type AgentHostInventory } from './host-api.js';
-import { domainSelected, intToIp, ipToInt, type LibvirtHostConfig, type LibvirtSiteConfig } from './site.js';
+
+export { testDomainName } from './inventory-map.js';
+import { mapInventory, siteDomains, type DomainRef } from './inventory-map.js';
+import { intToIp, ipToInt, type LibvirtHostConfig, type LibvirtSiteConfig } from './site.js';
 import { loadState, StateWriter, type LibvirtState, type NicLease, type ReplicaRecord, type TestVmRecord } from './state.js';
 
 /**
@@ -40,9 +43,6 @@ export interface TestVmEvidence {
   at: string;
 }
 
-/** The logical network drill networks are on: reached by no host's uplink. */
-const ISOLATED_LOGICAL = 'osr-isolated';
-const DEFAULT_OS = 'libvirt';
 
 export interface LibvirtDriverOptions {
   /** the API of a host's agent (the CLI: the local API's client) */
@@ -61,14 +61,6 @@ export class LibvirtFabricDriver implements FabricDriver {
     this.management = new LibvirtFabric(site, o);
     this.replication = new AgentReplication(this.management.agentSite);
   }
-}
-
-interface DomainRef {
-  id: string;
-  name: string;
-  hostId: string;
-  running: boolean;
-  domain: AgentHostInventory['domains'][number];
 }
 
 interface Located extends Held {
@@ -214,13 +206,7 @@ export class LibvirtFabric implements FabricManagement {
       }
       // a host that does not answer now keeps the VMs it had: they are not gone
       const inv = this.hostInventories.get(h.name);
-      for (const d of inv?.domains ?? []) {
-        // osr's own test domains are drills, not VMs of the site
-        if (d.name.startsWith('osr-') || !domainSelected(this.site, d.name)) continue;
-        // a replica's domain at its host (a promoted one) is shown as its replica record
-        if (Object.values(this.state.replicas).some((r) => r.hostId === h.name && (r.replicationId === d.uuid || r.name === d.name))) continue;
-        domains.set(d.uuid, { id: d.uuid, name: d.name, hostId: h.name, running: d.running, domain: d });
-      }
+      for (const d of siteDomains(this.site, h.name, inv, this.state)) domains.set(d.id, d);
     }
     this.domains = domains;
   }
@@ -288,97 +274,7 @@ export class LibvirtFabric implements FabricManagement {
 
   async inventory(): Promise<InventoryDocument> {
     await this.refresh();
-    const s = this.site;
-    const cloudOf = new Map<string, string>();
-    const groupId = (cloud: string, group: string) => `${cloud}-${group}`;
-    for (const c of s.clouds) for (const g of c.hostGroups) for (const h of g.hosts) cloudOf.set(h, c.name);
-    const location = (host: string, pool: string) => `${host}-${pool}`;
-    const doc: InventoryDocument = {
-      clouds: s.clouds.map((c) => ({ id: c.name, name: c.name, hostGroups: c.hostGroups.map((g) => groupId(c.name, g.name)) })),
-      hostGroups: s.clouds.flatMap((c) => c.hostGroups.map((g) => ({ id: groupId(c.name, g.name), name: g.name, hosts: g.hosts }))),
-      hosts: [...this.hosts.values()].map((h) => {
-        const inv = this.hostInventories.get(h.name);
-        const nets = new Set(inv?.networks.map((n) => n.name) ?? []);
-        const pools = new Set(inv?.pools.map((p) => p.name) ?? []);
-        return {
-          id: h.name,
-          name: h.name,
-          osVersion: h.osVersion ?? DEFAULT_OS,
-          logicalNetworks: [...new Set(s.networks.filter((n) => nets.has(n.libvirt)).map((n) => n.logicalNetwork))],
-          storageLocations: s.storage.filter((x) => pools.has(x.pool)).map((x) => location(h.name, x.pool)),
-          addresses: h.addresses,
-          agent: { address: h.addresses[0]!, replicationPort: h.replicationPort },
-        };
-      }),
-      logicalNetworks: [...new Set(s.networks.map((n) => n.logicalNetwork))].map((n) => ({ id: n, name: n })),
-      vmNetworks: s.networks.map((n) => ({ id: n.vmNetwork, name: n.vmNetwork, logicalNetwork: n.logicalNetwork, subnets: n.subnets.map((x) => ({ name: x.name, cidr: x.cidr })) })),
-      ipPools: s.networks.flatMap((n) => n.subnets.flatMap((x) => (x.pool ? [{ id: `${n.vmNetwork}-${x.name}-pool`, name: `${n.vmNetwork} ${x.name} pool`, vmNetwork: n.vmNetwork, subnet: x.name, start: x.pool.start, end: x.pool.end }] : []))),
-      storageClassifications: [...new Set(s.storage.map((x) => x.classification))].map((c) => ({ id: c, name: c })),
-      storageLocations: [...this.hosts.values()].flatMap((h) =>
-        (this.hostInventories.get(h.name)?.pools ?? []).flatMap((p) => {
-          const m = s.storage.find((x) => x.pool === p.name);
-          return m ? [{ id: location(h.name, p.name), name: `${p.name} on ${h.name}`, classification: m.classification, kind: 'volume' as const, path: p.path ?? `pool:${p.name}`, freeBytes: Math.max(0, Math.floor(p.availableBytes)) }] : [];
-        }),
-      ),
-      vms: [],
-    };
-    for (const d of this.domains.values()) {
-      const inv = this.hostInventories.get(d.hostId);
-      const pools = (inv?.pools ?? []).filter((p) => p.path && s.storage.some((x) => x.pool === p.name));
-      const demoted = this.state.demoted[d.id];
-      doc.vms.push({
-        id: d.id,
-        name: d.name,
-        cloud: cloudOf.get(d.hostId)!,
-        host: d.hostId,
-        powerState: d.running && !demoted ? 'Running' : 'Off',
-        disks: d.domain.disks
-          .filter((k) => k.device === 'disk')
-          .map((k) => {
-            const pool = k.file ? pools.find((p) => k.file!.startsWith(`${p.path!.replace(/\/$/, '')}/`)) : undefined;
-            return { id: k.target, name: k.target, sizeBytes: k.sizeBytes ?? 0, ...(pool ? { storageLocation: location(d.hostId, pool.name) } : {}), ...(k.format ? { format: k.format } : {}) };
-          }),
-        nics: d.domain.machine.nics.map((n, i) => {
-          const net = s.networks.find((x) => x.libvirt === n.network);
-          return { id: `nic${i}`, ...(net ? { vmNetwork: net.vmNetwork } : {}), ...(this.state.nics[`${d.id}/nic${i}`]?.ip ? { ip: this.state.nics[`${d.id}/nic${i}`]!.ip! } : {}) };
-        }),
-        replicationId: d.domain.uuid,
-        machine: d.domain.machine,
-        ...(demoted?.itemId ? { replicaOf: demoted.itemId } : {}),
-      });
-    }
-    const drills = Object.values(this.state.drillNetworks);
-    if (drills.length > 0) {
-      doc.logicalNetworks.push({ id: ISOLATED_LOGICAL, name: 'osr isolated (drills)' });
-      for (const n of drills) {
-        doc.vmNetworks.push({ id: n.id, name: n.name, logicalNetwork: ISOLATED_LOGICAL, subnets: [{ name: 'Subnet1', cidr: n.cidr }] });
-        doc.ipPools.push({ id: `${n.id}-pool`, name: `${n.name} pool`, vmNetwork: n.id, subnet: 'Subnet1', start: n.pool.start, end: n.pool.end });
-      }
-    }
-    for (const r of Object.values(this.state.replicas)) {
-      // a promoted replica runs as one of its host's agent's VMs
-      const running = this.agentVms.get(`${r.hostId}/${r.name}`) ?? false;
-      doc.vms.push({
-        id: r.id,
-        name: r.name,
-        cloud: cloudOf.get(r.hostId)!,
-        host: r.hostId,
-        powerState: this.state.promoted[r.id] && running ? 'Running' : 'Off',
-        disks: r.disks,
-        nics: r.nicIds.map((n) => this.nicView(r.id, n)),
-        ...(r.protecting && !this.state.promoted[r.id] ? { replicaOf: r.itemId } : {}),
-      });
-    }
-    for (const t of Object.values(this.state.testVms)) {
-      const running = this.hostInventories.get(t.hostId)?.domains.find((d) => d.name === testDomainName(t.id))?.running ?? false;
-      doc.vms.push({ id: t.id, name: `${t.replicaName}-test`, cloud: cloudOf.get(t.hostId)!, host: t.hostId, powerState: running ? 'Running' : 'Off', disks: this.state.replicas[t.replicaId]?.disks ?? [], nics: t.nicIds.map((n) => this.nicView(t.id, n)), testFailoverOf: t.itemId });
-    }
-    return doc;
-  }
-
-  private nicView(vmId: string, nicId: string): { id: string; vmNetwork?: string; subnet?: string; ip?: string } {
-    const n = this.state.nics[`${vmId}/${nicId}`];
-    return { id: nicId, ...(n?.vmNetwork ? { vmNetwork: n.vmNetwork } : {}), ...(n?.vmNetwork && n.subnet ? { subnet: n.subnet } : {}), ...(n?.ip ? { ip: n.ip } : {}) };
+    return mapInventory(this.site, this.hostInventories, { domains: [...this.domains.values()], state: this.state, agentVms: this.agentVms });
   }
 
   private nicsOf(vmId: string, nicIds: string[]): { id: string; vmNetwork: string | null; ip: string | null }[] {
@@ -639,6 +535,3 @@ export class LibvirtFabric implements FabricManagement {
     this.changed();
   }
 }
-
-/** The name of a test VM's domain at its host (the agent prefixes it). */
-export const testDomainName = (testVmId: string): string => `osr-test-${testVmId}`;
