@@ -3,6 +3,7 @@
  * a wrong field is refused with CONFIG_INVALID naming it.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
@@ -10,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { domainSelected, globMatch, loadLibvirtSite, parseLibvirtSite } from '../../src/drivers/libvirt/site.js';
 import { OsrError } from '../../src/domain/errors.js';
+import { OSR_BIN } from '../../src/lab/agent-process.js';
+import { tempDir } from '../support/lab.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const EXAMPLE = path.join(ROOT, 'deploy', 'libvirt', 'site.example.yaml');
@@ -92,5 +95,21 @@ describe('libvirt site file', () => {
     assert.ok(globMatch('db?', 'db1'));
     assert.ok(!globMatch('db?', 'db12'));
     assert.ok(globMatch('a.b', 'a.b') && !globMatch('a.b', 'axb'));
+  });
+
+  test('osr provider --fabric libvirt refuses a wrong site file before anything starts, naming the field; an unknown fabric names those there are', () => {
+    const dir = tempDir('osr-lvd-site-');
+    try {
+      const file = path.join(dir, 'site.yaml');
+      fs.writeFileSync(file, YAML.stringify({ ...base(), hosts: [{ name: 'kvm1', agent: 'ftp://x', addresses: ['10.0.0.1'] }] }));
+      const r = spawnSync(process.execPath, [OSR_BIN, 'provider', '--fabric', 'libvirt', '--config', file], { encoding: 'utf8', timeout: 60_000 });
+      assert.notEqual(r.status, 0);
+      assert.match(r.stderr, /CONFIG_INVALID: .*hosts\[0\]\.agent/);
+      const x = spawnSync(process.execPath, [OSR_BIN, 'provider', '--fabric', 'xen', '--config', file], { encoding: 'utf8', timeout: 60_000 });
+      assert.notEqual(x.status, 0);
+      assert.match(x.stderr, /NOT_SUPPORTED: .*lab, libvirt/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
