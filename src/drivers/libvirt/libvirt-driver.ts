@@ -83,6 +83,8 @@ export class LibvirtFabric implements FabricManagement {
   /** the VMs each host's agent runs, by "host/name" (a promoted replica's among them), as last read */
   private agentVms = new Map<string, boolean>();
   private ctx: DriverContext | undefined;
+  /** a host is being enrolled: the provider reads the inventory meanwhile, which must not enrol again */
+  private enrolling = false;
 
   constructor(
     readonly site: LibvirtSiteConfig,
@@ -133,7 +135,12 @@ export class LibvirtFabric implements FabricManagement {
     try {
       const status = await api.get<{ name: string }>('/v1/status');
       if (status.name !== h.name) throw new OsrError('CONFIG_INVALID', `the agent at ${h.agent} is ${status.name}, not host ${h.name}: start it with --name ${h.name} or correct the site file`, { host: h.name, agent: status.name });
-      await enrolAgent(api, h.name, ctx);
+      this.enrolling = true;
+      try {
+        await enrolAgent(api, h.name, ctx);
+      } finally {
+        this.enrolling = false;
+      }
       this.up.add(h.name);
       ctx.log.info({ host: h.name, agent: h.agent }, `host ${h.name} is up`);
       return true;
@@ -165,7 +172,12 @@ export class LibvirtFabric implements FabricManagement {
         const serial = await agentCertificateSerial(api);
         const revoked = serial !== null && serials.includes(serial);
         if (revoked) ctx.log.warn({ host: name }, `the certificate of host ${name} was revoked; enrolling it again`);
-        await enrolAgent(api, name, ctx, revoked);
+        this.enrolling = true;
+        try {
+          await enrolAgent(api, name, ctx, revoked);
+        } finally {
+          this.enrolling = false;
+        }
         await handRevocationList(api, pem);
       } catch (e) {
         ctx.log.warn({ host: name, err: toOsrError(e).message }, `host ${name} did not take the revocation list now`);
@@ -195,7 +207,7 @@ export class LibvirtFabric implements FabricManagement {
   private async refresh(): Promise<void> {
     const domains = new Map<string, DomainRef>();
     for (const h of this.hosts.values()) {
-      if (this.up.has(h.name) || (await this.bringUp(h))) {
+      if (this.up.has(h.name) || (!this.enrolling && (await this.bringUp(h)))) {
         try {
           this.hostInventories.set(h.name, await hostInventory(this.agent(h.name)));
           for (const key of [...this.agentVms.keys()]) if (key.startsWith(`${h.name}/`)) this.agentVms.delete(key);
