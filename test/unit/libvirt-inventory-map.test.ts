@@ -63,4 +63,10 @@ test('a host\'s libvirt inventory mapped through the site file', () => {
   assert.deepEqual(vm?.nics, [{ id: 'nic0', vmNetwork: 'Prod' }, { id: 'nic1' }], 'a NIC on an unmapped network is on no VM network');
   assert.deepEqual(vm?.machine, machine);
   assert.equal(vm?.powerState, 'Running');
+
+  // a domain whose machine osr cannot carry is a VM all the same, without a machine
+  const odd = { ...domain('odd', '44444444-4444-4444-4444-444444444444'), machine: { ...machine, nics: [{ network: 'net with spaces' }] } };
+  const withOdd = mapInventory(site, new Map([['kvm1', { ...inv, domains: [odd] }]]), { domains: siteDomains(site, 'kvm1', { ...inv, domains: [odd] }, state), state, agentVms: new Map() });
+  assert.equal(withOdd.vms[0]?.name, 'odd');
+  assert.equal(withOdd.vms[0]?.machine, undefined);
 });

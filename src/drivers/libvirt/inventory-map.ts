@@ -10,6 +10,7 @@
  * - replica and test VMs are the driver's records; drill networks are VM networks on an
  *   isolated logical network.
  */
+import { checkMachine, type MachineSpec } from '../../domain/machine.js';
 import type { InventoryDocument } from '../../domain/resources.js';
 import type { AgentHostInventory } from './host-api.js';
 import { domainSelected, type LibvirtSiteConfig } from './site.js';
@@ -40,6 +41,19 @@ export function siteDomains(site: LibvirtSiteConfig, hostId: string, inv: AgentH
     .filter((d) => !d.name.startsWith('osr-') && domainSelected(site, d.name))
     .filter((d) => !Object.values(state.replicas).some((r) => r.hostId === hostId && (r.replicationId === d.uuid || r.name === d.name)))
     .map((d) => ({ id: d.uuid, name: d.name, hostId, running: d.running, domain: d }));
+}
+
+/**
+ * A domain's machine as the vault may keep it: within checkMachine's bounds, or none (a
+ * domain whose definition osr cannot carry — a network name it does not take, say — is
+ * still a VM of the inventory; a drill of it is refused for want of a machine).
+ */
+function machineOf(d: DomainRef): MachineSpec | undefined {
+  try {
+    return checkMachine(d.domain.machine);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The provider's inventory document of the site now. */
@@ -83,6 +97,7 @@ export function mapInventory(site: LibvirtSiteConfig, hostInventories: Map<strin
     const inv = hostInventories.get(d.hostId);
     const pools = (inv?.pools ?? []).filter((p) => p.path && s.storage.some((x) => x.pool === p.name));
     const demoted = state.demoted[d.id];
+    const machine = machineOf(d);
     doc.vms.push({
       id: d.id,
       name: d.name,
@@ -100,7 +115,7 @@ export function mapInventory(site: LibvirtSiteConfig, hostInventories: Map<strin
         return { id: `nic${i}`, ...(net ? { vmNetwork: net.vmNetwork } : {}), ...(state.nics[`${d.id}/nic${i}`]?.ip ? { ip: state.nics[`${d.id}/nic${i}`]!.ip! } : {}) };
       }),
       replicationId: d.domain.uuid,
-      machine: d.domain.machine,
+      ...(machine ? { machine } : {}),
       ...(demoted?.itemId ? { replicaOf: demoted.itemId } : {}),
     });
   }
