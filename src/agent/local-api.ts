@@ -10,6 +10,8 @@ import { checkMachine } from '../domain/machine.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
+import { addDrillRoutes } from './drill-api.js';
+import { addEnrolmentRoutes } from './enrolment-api.js';
 import type { ReplicaStore } from './replica/replica-store.js';
 import { diskRangesBytes } from './io/ranges.js';
 import { parseSize } from './io/size.js';
@@ -112,13 +114,20 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     }
     return (await agent.host.start(req.params.name)).spec;
   });
-  app.post<{ Params: { name: string } }>('/v1/vms/:name/stop', async (req) => {
-    if (provisional(req.params.name)) {
-      await agent.setProvisionalRunning(req.params.name, false);
-      return provisional(req.params.name);
-    }
-    return (await agent.host.shutdown(req.params.name, VM_SHUTDOWN_TIMEOUT_MS)).spec;
-  });
+  app.post<{ Params: { name: string }; Body: { force?: boolean; timeout?: string | number } | undefined }>(
+    '/v1/vms/:name/stop',
+    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { force: { type: 'boolean' }, timeout: { type: ['string', 'number'] } } } } },
+    async (req) => {
+      if (provisional(req.params.name)) {
+        await agent.setProvisionalRunning(req.params.name, false);
+        return provisional(req.params.name);
+      }
+      // force: off at once, as a power cut; otherwise a clean shutdown, cut short after the timeout
+      if (req.body?.force === true) return (await agent.host.stop(req.params.name)).spec;
+      const timeoutMs = req.body?.timeout !== undefined ? parseDuration(req.body.timeout) : VM_SHUTDOWN_TIMEOUT_MS;
+      return (await agent.host.shutdown(req.params.name, timeoutMs)).spec;
+    },
+  );
 
   app.post<{ Params: { name: string }; Body: { epoch: number } }>(
     '/v1/vms/:name/fence',
@@ -298,6 +307,9 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     unpromoted(req.params.vm).discardOverlay(req.params.id);
     return reply.status(204).send();
   });
+
+  addDrillRoutes(app, agent);
+  addEnrolmentRoutes(app, agent);
 
   return app;
 }

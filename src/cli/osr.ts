@@ -65,7 +65,7 @@ program
   .option('--libvirt-uri <uri>', 'with --host libvirt: the libvirt connection', 'qemu:///system')
   .option('--libvirt-domains <regex>', 'with --host libvirt: only the domains whose names match (default all)')
   .option('--libvirt-prefix <prefix>', 'with --host libvirt: only the domains whose names begin with it; a VM\'s name is the rest, and a promoted replica\'s domain gets it (default none)')
-  .option('--libvirt-boot-dir <dir>', 'with --host libvirt: the directory a promoted VM\'s direct kernel boot files may be in (default none: such a VM is refused)')
+  .option('--libvirt-boot-dir <dir>', 'with --host libvirt: the directory a promoted VM\'s or a test domain\'s direct kernel boot files may be in (default none: such a VM is refused)')
   .option('--storage-dir <dir>', 'storage location for lab disk images (default DATA/storage)')
   .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
   .option('--api <host:port>', `serve the local API on loopback TCP instead of the socket (default port ${DEFAULT_AGENT_API_PORT}); every request then needs the token`)

@@ -5,25 +5,29 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError } from '../domain/errors.js';
+import { LibvirtFabricDriver } from '../drivers/libvirt/libvirt-driver.js';
+import { loadLibvirtSite } from '../drivers/libvirt/site.js';
+import type { FabricDriver } from '../fabric/driver.js';
 import { LabFabricDriver } from '../lab/lab-driver.js';
 import { loadSiteConfig } from '../lab/topology.js';
 import { ProviderChannel } from '../provider/channel.js';
 import { FabricProvider } from '../provider/fabric-provider.js';
 import { loadRegistration, registerWithVault } from '../provider/registration.js';
 import { VERSION } from '../vault/version.js';
+import { AgentClient, readAgentToken } from './agent-client.js';
 import { installLastResortHandler } from './last-resort.js';
 
 export function addProviderCommand(program: Command): void {
   program
     .command('provider')
     .description('run a provider at a fabric: register with the vault (once, with a registration key), sync inventory, run the vault\'s commands against the fabric, report replication status')
-    .requiredOption('--fabric <kind>', 'the fabric driver: lab (hosts are osr agents on this machine)')
+    .requiredOption('--fabric <kind>', 'the fabric driver: lab (hosts are osr agents on this machine) or libvirt (KVM hosts, each running osr agent --host libvirt)')
     // --config and --vault are also the osr command's own options, which take their values; the action reads them there
-    .option('--config <file>', 'the site file: the fabric\'s name and inventory, and lab.dir for the lab driver')
+    .option('--config <file>', 'the site file: the fabric\'s name and inventory, and lab.dir for the lab driver (libvirt: hosts and their agents, clouds, network and storage mappings; docs/getting-started-libvirt.md)')
     .option('--vault <url>', 'the vault\'s URL (needed to register; later taken from the registration)')
     .option('--registration-key <key>', 'a registration key from the vault (needed once; valid 5 days)')
     .option('--registration-key-file <file>', 'read the registration key from this file')
-    .option('--data-dir <dir>', 'where the provider keeps its registration and state (default LAB_DIR/provider)')
+    .option('--data-dir <dir>', 'where the provider keeps its registration and state (default LAB_DIR/provider; libvirt: the site file\'s dir)')
     .option('--scripts-dir <dir>', 'where recovery plans\' script actions are (default DATA_DIR/scripts)')
     .option('--server-name <name>', 'this management server\'s friendly name (default: the site file\'s server)')
     .option('--scope <clouds>', 'sync only these clouds (comma-separated names; default all)')
@@ -37,23 +41,36 @@ export function addProviderCommand(program: Command): void {
       o.config ??= shared.config;
       o.vault ??= shared.vault;
       if (!o.config) throw new OsrError('CONFIG_INVALID', 'give the site file with --config SITE.yaml');
-      if (o.fabric !== 'lab') throw new OsrError('NOT_SUPPORTED', `fabric driver "${o.fabric}" is not available; this build has: lab`);
-      const site = loadSiteConfig(path.resolve(o.config!));
-      const dir = path.resolve(o.dataDir ?? path.join(site.lab.dir, 'provider'));
+      const kinds = ['lab', 'libvirt'];
+      if (!kinds.includes(o.fabric ?? '')) throw new OsrError('NOT_SUPPORTED', `fabric driver "${o.fabric}" is not available; this build has: ${kinds.join(', ')}`);
+      let driver: FabricDriver;
+      let site: { name: string; server?: string | undefined };
+      let dir: string;
+      if (o.fabric === 'libvirt') {
+        const s = loadLibvirtSite(path.resolve(o.config));
+        site = s;
+        dir = path.resolve(o.dataDir ?? s.dir);
+        driver = new LibvirtFabricDriver(s, { connect: (h) => new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined }) });
+      } else {
+        const s = loadSiteConfig(path.resolve(o.config));
+        site = s;
+        dir = path.resolve(o.dataDir ?? path.join(s.lab.dir, 'provider'));
+        driver = new LabFabricDriver(s);
+      }
       const log = pino({ name: `provider ${site.name}`, level: o.logLevel ?? 'info' }, pino.destination(2));
       const scope = o.scope ? o.scope.split(',').map((s) => s.trim()).filter(Boolean) : 'all';
       let registration = await loadRegistration(dir);
       if (!registration) {
         const key = o.registrationKey ?? (o.registrationKeyFile ? fs.readFileSync(o.registrationKeyFile, 'utf8').trim() : undefined);
         if (!key || !o.vault) throw new OsrError('CONFIG_INVALID', `the provider in ${dir} is not registered yet: give --vault and --registration-key (an Owner creates one with \`osr registration-key create\`)`);
-        registration = await registerWithVault({ vaultUrl: o.vault, key, fabric: { name: site.name, kind: 'lab' }, serverName: o.serverName ?? site.server ?? site.name, version: VERSION, inventoryScope: scope, dir });
+        registration = await registerWithVault({ vaultUrl: o.vault, key, fabric: { name: site.name, kind: driver.kind }, serverName: o.serverName ?? site.server ?? site.name, version: VERSION, inventoryScope: scope, dir });
         log.info({ fabricId: registration.fabricId, provider: registration.providerId }, `registered with vault ${registration.vault.name}`);
       }
       // a vault that moved (another address) is reached where --vault says; its CA still has to match
       if (o.vault && o.vault !== registration.vault.url) registration = { ...registration, vault: { ...registration.vault, url: o.vault } };
       const channel = new ProviderChannel(registration, { dir });
       const provider = new FabricProvider({
-        driver: new LabFabricDriver(site),
+        driver,
         channel,
         dir,
         scriptsDir: path.resolve(o.scriptsDir ?? path.join(dir, 'scripts')),

@@ -11,6 +11,7 @@
  * naming the field. Answers and progress are the provider's, which the vault authenticated.
  */
 import { OsrError } from './errors.js';
+import { checkMachine, type MachineSpec } from './machine.js';
 import type { Placement } from './placement.js';
 import type { InitialReplication, PolicySettings } from './policy.js';
 import type { VmProperties } from './resources.js';
@@ -351,6 +352,15 @@ const object =
     return v;
   };
 
+/** a VM's machine: every field bounded (checkMachine), the error naming the field */
+const machine: Check<MachineSpec> = (v, field) => {
+  try {
+    return checkMachine(v);
+  } catch (e) {
+    const inner = e instanceof OsrError && typeof e.details?.field === 'string' ? e.details.field.slice('machine'.length).replace(/\.$/, '') : '';
+    throw new Malformed(`${field}${inner}`, 'a machine within its bounds (src/domain/machine.ts)', v);
+  }
+};
 const agent = object<AgentEndpoint>({ address: id, port: num, name: optional(text) });
 const nic = object<NicConnection>({ id, vmNetwork: nullable(id), ip: nullable(text) });
 const placement = object<Placement>({ hostId: id, storage: record(id), networks: record(nullable(id)) });
@@ -365,6 +375,7 @@ const vm = object<CommandVm>({
   replicaOf: optional(id),
   testFailoverOf: optional(id),
   replicationId: optional(id),
+  machine: optional(machine),
 });
 const initialReplication: Check<InitialReplication> = (v, field) => {
   const { method } = object<{ method: InitialReplication['method'] }>({ method: oneOf('now', 'scheduled', 'offline') })(v, field);

@@ -6,6 +6,7 @@
  * under protection.
  */
 import type { FabricCapabilities } from './capabilities.js';
+import type { MachineSpec } from './machine.js';
 import type { Placement } from './placement.js';
 import type { PolicySettings } from './policy.js';
 import type { AgentEndpoint, NicConnection, RecoveryPointInfo, TestVm } from './replicas.js';
@@ -49,6 +50,8 @@ export interface InventoryDocument {
     testFailoverOf?: string | undefined;
     /** the id the host's agent replicates this VM under: its replica is found by it, and the vault names the VM's source for it at the replica before the first copy */
     replicationId?: string | undefined;
+    /** the VM's machine (vCPUs, memory, firmware, boot, NICs in the order of `nics`), where the fabric defines VMs from it (libvirt); its NICs name the source host's networks */
+    machine?: MachineSpec | undefined;
   }[];
 }
 
@@ -65,6 +68,7 @@ export interface VmProperties {
   replicaOf?: string;
   testFailoverOf?: string;
   replicationId?: string;
+  machine?: MachineSpec;
 }
 
 export interface InventoryObject {

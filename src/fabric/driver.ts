@@ -18,6 +18,7 @@
  * Workflows branch on `capabilities`, never on a driver's kind.
  */
 import type { FabricCapabilities } from '../domain/capabilities.js';
+import type { MachineSpec } from '../domain/machine.js';
 import type { PolicySettings } from '../domain/policy.js';
 import type { AgentEndpoint, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 import type { InventoryDocument } from '../domain/resources.js';
@@ -57,6 +58,8 @@ export interface ReplicaVmSpec {
     /** the id the source host's agent replicates the VM under, and that agent's name (its certificate's): only it may replicate into the replica */
     replicationId?: string | undefined;
     agent?: string | undefined;
+    /** the source VM's machine, as its fabric reported it (its NICs on the source host's networks); the recovery site maps them to its own */
+    machine?: MachineSpec | undefined;
   };
   /** host that runs the replica */
   hostId: string;

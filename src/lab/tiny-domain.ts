@@ -35,6 +35,8 @@ export interface TinyDomainOptions {
   idle?: boolean;
   /** carry qemu-guest-agent */
   agent?: boolean;
+  /** a virtio NIC on this libvirt network (default: no NIC) */
+  network?: string;
   /** how long to wait for the guest (default 120 s) */
   bootTimeoutMs?: number;
 }
@@ -62,6 +64,7 @@ export async function startTinyDomain(virsh: Virsh, name: string, dir: string, o
     ${Object.entries(images)
       .map(([t, f]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${xmlText(f)}'/><target dev='${t}' bus='virtio'/></disk>`)
       .join('\n    ')}
+    ${o.network ? `<interface type='network'><source network='${xmlText(o.network)}'/><model type='virtio'/></interface>` : ''}
     <serial type='file'><source path='${xmlText(consoleLog)}'/><target port='0'/></serial>
     ${o.agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
   </devices>

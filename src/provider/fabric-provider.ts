@@ -168,7 +168,7 @@ export class FabricProvider {
         for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
         const storage: Record<string, string> = {};
         for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
-        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent }, hostId: this.localId(b.placement.hostId), storage, networks });
+        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent, machine: b.vm.machine }, hostId: this.localId(b.placement.hostId), storage, networks });
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },

@@ -289,6 +289,7 @@ function flatten(fabricId: string, d: InventoryDocument, t: number): Selectable<
       ...(v.replicaOf ? { replicaOf: v.replicaOf } : {}),
       ...(v.testFailoverOf ? { testFailoverOf: v.testFailoverOf } : {}),
       ...(v.replicationId ? { replicationId: v.replicationId } : {}),
+      ...(v.machine ? { machine: v.machine } : {}),
     });
   }
   return rows;

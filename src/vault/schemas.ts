@@ -12,6 +12,21 @@ export const PageQuery = {
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
 };
 
+const MachineWord = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' });
+const BootPath = Type.String({ minLength: 1, maxLength: 1024, pattern: '^/' });
+/** A VM's machine (src/domain/machine.ts): bounded here, checked field by field where it is used (checkMachine). */
+const MachineSchema = Type.Object(
+  {
+    vcpus: Type.Integer({ minimum: 1, maximum: 512 }),
+    memoryMiB: Type.Integer({ minimum: 16, maximum: 16 * 1024 * 1024 }),
+    firmware: Type.Optional(Type.Union([Type.Literal('bios'), Type.Literal('uefi')])),
+    machineType: Type.Optional(MachineWord),
+    kernelBoot: Type.Optional(Type.Object({ kernel: BootPath, initrd: Type.Optional(BootPath), cmdline: Type.Optional(Type.String({ maxLength: 2048 })) }, { additionalProperties: false })),
+    nics: Type.Array(Type.Object({ network: Type.Union([MachineWord, Type.Null()]), mac: Type.Optional(Type.String({ maxLength: 17 })), model: Type.Optional(MachineWord) }, { additionalProperties: false }), { maxItems: 32 }),
+  },
+  { additionalProperties: false },
+);
+
 export const InventoryDocumentSchema = Type.Object(
   {
     clouds: Type.Array(Type.Object({ id: LocalId, name: Name, hostGroups: Ids }), { maxItems: 10_000 }),
@@ -58,6 +73,7 @@ export const InventoryDocumentSchema = Type.Object(
         replicaOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
         testFailoverOf: Type.Optional(Type.String({ minLength: 1, maxLength: 300 })),
         replicationId: Type.Optional(LocalId),
+        machine: Type.Optional(MachineSchema),
       }),
       { maxItems: 100_000 },
     ),

@@ -87,4 +87,10 @@ test('a malformed body is refused with INVALID_ARGUMENT naming the first field t
   refused(Commands.StartTestFailover, { item: 'a.vm1', replicaVmId: 'b.r', point: 'p1', network: { mode: 'bridged' } }, 'network.mode');
   refused(Commands.StartTestFailover, { item: 'a.vm1', replicaVmId: 'b.r', point: 'p1', network: { mode: 'existing' } }, 'network.vmNetwork');
   refused(Commands.RunScript, { script: 'x.sh', context: {}, timeoutSeconds: 10 }, 'context.plan');
+  // a source VM's machine (a libvirt fabric's) is bounded field by field
+  const machine = { vcpus: 2, memoryMiB: 512, nics: [{ network: 'prod-br', mac: '52:54:00:00:00:01' }] };
+  checkCommandBody(Commands.PrepareReplica, { item: 'a.vm1', vm: { ...vm, machine }, placement, policy });
+  refused(Commands.PrepareReplica, { item: 'a.vm1', vm: { ...vm, machine: { ...machine, vcpus: 0 } }, placement, policy }, 'vm.machine.vcpus');
+  refused(Commands.PrepareReplica, { item: 'a.vm1', vm: { ...vm, machine: { ...machine, nics: [{ network: "x'/>" }] } }, placement, policy }, 'vm.machine.nics[0].network');
+  refused(Commands.PrepareReplica, { item: 'a.vm1', vm: { ...vm, machine: 'big' }, placement, policy }, 'vm.machine');
 });

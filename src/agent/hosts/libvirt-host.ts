@@ -35,6 +35,7 @@ import { readDomain, type HostDomain } from '../libvirt/inventory.js';
 import { LibvirtPromotions, PROMOTED_CHECKPOINT, startUnderCheckpoint } from '../libvirt/promotion.js';
 import { offlineBitmapRanges } from '../libvirt/qemu-nbd.js';
 import { LibvirtTracking } from '../libvirt/tracking.js';
+import { LibvirtDrills } from './libvirt-drills.js';
 import { Virsh } from '../libvirt/virsh.js';
 import type { DiskReader } from '../ports/change-source.js';
 import type { Host, HostLoadNote, HostPromotions, HostVm, VmDiskSpec, VmFence, VmOrigin, VmSpec } from '../ports/host.js';
@@ -196,6 +197,8 @@ export class LibvirtHost implements Host {
   readonly virsh: Virsh;
   readonly promotions: HostPromotions;
   private readonly prefix: string;
+  /** inventory, drill networks and test domains for the provider's libvirt driver */
+  readonly drills: LibvirtDrills;
 
   constructor(
     readonly dataDir: string,
@@ -204,6 +207,7 @@ export class LibvirtHost implements Host {
   ) {
     this.virsh = new Virsh({ ...(o.uri ? { uri: o.uri } : {}) });
     this.prefix = o.prefix ?? '';
+    this.drills = new LibvirtDrills(this.virsh, (n) => this.vmNameOf(n), (m) => this.checkBootFiles(m));
     fs.mkdirSync(path.join(dataDir, 'libvirt'), { recursive: true, mode: 0o700 });
     this.promotions = new LibvirtPromotions({ virsh: this.virsh, dirOf: (id) => this.dirOf(id), domainName: (n) => this.prefix + n, checkBootFiles: (m) => this.checkBootFiles(m) });
   }

@@ -8,6 +8,7 @@
  * data in a raw file, libvirt's `<dataStore>`), or an NBD export on a Unix socket (a
  * drill's overlay, served by the agent).
  */
+import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import { xmlText } from './virsh.js';
@@ -48,6 +49,19 @@ function layerXml(layers: DiskLayer[]): string {
   return `<backingStore type='file'><format type='${top.format}'/><source file='${xmlText(top.file)}'>${data}</source>${layerXml(rest)}</backingStore>`;
 }
 
+/**
+ * KVM when this machine can run it — /dev/kvm usable and the CPU's virtualization
+ * extensions present (a sandbox may offer the device without them) — else TCG.
+ */
+export function hostAccel(): 'kvm' | 'qemu' {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    return /^flags\s*:.*\b(vmx|svm)\b/m.test(fs.readFileSync('/proc/cpuinfo', 'latin1')) ? 'kvm' : 'qemu';
+  } catch {
+    return 'qemu';
+  }
+}
+
 /** One disk's element. */
 export function diskXml(d: DomainDiskSpec): string {
   const target = `<target dev='${xmlText(d.target)}' bus='${xmlText(d.bus ?? 'virtio')}'/>${(d.keep ?? []).join('')}`;
@@ -76,7 +90,7 @@ export function domainXml(def: DomainDefinition): string {
     ? `<kernel>${xmlText(k.kernel)}</kernel>${k.initrd ? `<initrd>${xmlText(k.initrd)}</initrd>` : ''}${k.cmdline ? `<cmdline>${xmlText(k.cmdline)}</cmdline>` : ''}`
     : "<boot dev='hd'/>";
   const firmware = m.firmware === 'uefi' ? " firmware='efi'" : '';
-  return `<domain type='${m.accel ?? 'kvm'}'>
+  return `<domain type='${m.accel ?? hostAccel()}'>
   <name>${xmlText(def.name)}</name>
   ${def.uuid ? `<uuid>${xmlText(def.uuid)}</uuid>` : ''}
   ${def.metadata && def.metadata.length > 0 ? `<metadata>${def.metadata.join('')}</metadata>` : ''}

@@ -16,6 +16,7 @@ import type { BlockDevice } from '../io/block-device.js';
 import type { DiskRanges } from '../io/ranges.js';
 import type { ChangeSource } from './change-source.js';
 import type { MachineSpec } from '../../domain/machine.js';
+import type { HostDrills } from './host-drills.js';
 
 export interface VmDiskSpec {
   id: string;
@@ -154,6 +155,8 @@ export interface Host {
    * their data files). Default: `spec.disks[].image`.
    */
   demoteImages?(name: string): Promise<Record<string, string>>;
+  /** a hypervisor host's inventory, drill networks and test domains (host-drills.ts); absent: the API answers NOT_SUPPORTED */
+  readonly drills?: HostDrills | undefined;
   /**
    * Load the VMs and recover their change tracking, before any guest I/O. `adopted` says
    * whether a replica here holds a VM's disks (a demote cut short): such a VM is forgotten.

@@ -1,0 +1,254 @@
+/**
+ * The libvirt fabric's site file (`osr provider --fabric libvirt --config site.yaml`,
+ * docs/design/libvirt.md): the fabric's name, its KVM hosts and how the provider reaches
+ * each host's agent, clouds and host groups, libvirt networks as VM networks (with subnets
+ * and static IP pools), libvirt storage pools as storage classifications, and which
+ * domains are protected. Every field is checked here, and a wrong one is refused with
+ * CONFIG_INVALID naming it; names that become ids, paths or XML are safe names.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { OsrError } from '../../domain/errors.js';
+import { isSafeName } from '../../domain/names.js';
+
+export interface LibvirtSubnet {
+  name: string;
+  cidr: string;
+  pool?: { start: string; end: string } | undefined;
+}
+
+export interface LibvirtNetworkMapping {
+  /** the libvirt network's name at every host of the site */
+  libvirt: string;
+  vmNetwork: string;
+  logicalNetwork: string;
+  subnets: LibvirtSubnet[];
+}
+
+export interface LibvirtHostConfig {
+  /** the host's name: its agent's certificate's common name */
+  name: string;
+  /**
+   * how the provider reaches the host's agent: its local API (`unix:PATH`, or
+   * `http://127.0.0.1:PORT` with `agentTokenFile`); the agent channel's address form
+   * (agent-channel.md) is not built yet
+   */
+  agent: string;
+  agentTokenFile?: string | undefined;
+  /** what peers dial for replication (the first), and what the agent's certificate names */
+  addresses: string[];
+  replicationPort: number;
+  osVersion?: string | undefined;
+}
+
+export interface LibvirtSiteConfig {
+  name: string;
+  /** the management server's friendly name (default: the fabric's name) */
+  server?: string | undefined;
+  /** the provider's state: its registration, replica and test VM records (absolute) */
+  dir: string;
+  hosts: LibvirtHostConfig[];
+  clouds: { name: string; hostGroups: { name: string; hosts: string[] }[] }[];
+  networks: LibvirtNetworkMapping[];
+  storage: { pool: string; classification: string }[];
+  /** which domains are the fabric's VMs: names or globs (`*`, `?`) */
+  domains: { include: string[]; exclude: string[] };
+}
+
+export const DEFAULT_REPLICATION_PORT = 8084;
+
+const fail = (field: string, why: string) => new OsrError('CONFIG_INVALID', `site file: ${field} ${why}`, { field });
+type Node = Record<string, unknown>;
+
+function mapping(v: unknown, field: string): Node {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw fail(field, 'must be a mapping');
+  return v as Node;
+}
+function list(v: unknown, field: string, required = false): unknown[] {
+  if (v === undefined || v === null) {
+    if (required) throw fail(field, 'is missing: it must be a list');
+    return [];
+  }
+  if (!Array.isArray(v)) throw fail(field, 'must be a list');
+  return v;
+}
+function text(v: unknown, field: string): string {
+  if (typeof v !== 'string' || v.trim() === '') throw fail(field, 'must be a non-empty string');
+  if (v.length > 200) throw fail(field, 'is longer than 200 characters');
+  return v;
+}
+function optionalText(v: unknown, field: string): string | undefined {
+  return v === undefined || v === null ? undefined : text(v, field);
+}
+/** A name that becomes an id, a file name or XML: a safe name (domain/names.ts). */
+function safe(v: unknown, field: string): string {
+  const s = text(v, field);
+  if (!isSafeName(s) || s.length > 63) throw fail(field, `"${s}" is not a name osr can use: 1 to 63 of A-Z a-z 0-9 . _ - , not starting with a dot`);
+  return s;
+}
+function unique(values: string[], field: string): void {
+  const seen = new Set<string>();
+  for (const v of values) {
+    if (seen.has(v)) throw fail(field, `names "${v}" twice`);
+    seen.add(v);
+  }
+}
+
+export function ipToInt(ip: string): number {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m || m.slice(1).some((x) => Number(x) > 255)) throw new OsrError('CONFIG_INVALID', `"${ip}" is not an IPv4 address`);
+  return ((Number(m[1]) << 24) >>> 0) + (Number(m[2]) << 16) + (Number(m[3]) << 8) + Number(m[4]);
+}
+
+export function intToIp(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+function ipIn(v: unknown, field: string): number {
+  const s = text(v, field);
+  try {
+    return ipToInt(s);
+  } catch {
+    throw fail(field, `"${s}" is not an IPv4 address`);
+  }
+}
+
+function subnetOf(v: unknown, field: string): LibvirtSubnet {
+  const s = mapping(v, field);
+  const name = safe(s.name, `${field}.name`);
+  const cidr = text(s.cidr, `${field}.cidr`);
+  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(cidr);
+  if (!m || Number(m[2]) > 32) throw fail(`${field}.cidr`, `"${cidr}" is not an IPv4 CIDR such as 10.1.0.0/24`);
+  const base = ipIn(m[1], `${field}.cidr`);
+  const bits = Number(m[2]);
+  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+  if (s.pool === undefined || s.pool === null) return { name, cidr };
+  const p = mapping(s.pool, `${field}.pool`);
+  const start = ipIn(p.start, `${field}.pool.start`);
+  const end = ipIn(p.end, `${field}.pool.end`);
+  if (start > end) throw fail(`${field}.pool`, `start ${intToIp(start)} comes after end ${intToIp(end)}`);
+  if (((start & mask) >>> 0) !== ((base & mask) >>> 0) || ((end & mask) >>> 0) !== ((base & mask) >>> 0)) throw fail(`${field}.pool`, `${intToIp(start)}–${intToIp(end)} is not inside ${cidr}`);
+  return { name, cidr, pool: { start: intToIp(start), end: intToIp(end) } };
+}
+
+/** How the provider reaches an agent: its local API today. */
+function agentAddress(v: unknown, field: string): string {
+  const a = text(v, field);
+  if (a.startsWith('unix:') && a.length > 'unix:'.length && !a.includes('\0')) return a;
+  if (/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(a)) return a;
+  throw fail(field, `"${a}" is not an agent address the provider can reach: give the agent's local API, unix:PATH (its api.sock) or http://127.0.0.1:PORT (the agent channel to agents on other machines is not built yet)`);
+}
+
+function hostOf(v: unknown, field: string, base: string): LibvirtHostConfig {
+  const h = mapping(v, field);
+  const name = safe(h.name, `${field}.name`);
+  const agent = agentAddress(h.agent, `${field}.agent`);
+  const tokenFile = optionalText(h.agentTokenFile, `${field}.agentTokenFile`);
+  if (agent.startsWith('http:') && tokenFile === undefined) throw fail(`${field}.agentTokenFile`, `is missing: the agent at ${agent} needs its API token (the file osr agent --api writes)`);
+  const addresses = list(h.addresses, `${field}.addresses`, true).map((a, i) => {
+    const s = text(a, `${field}.addresses[${i}]`);
+    if (!/^[A-Za-z0-9.:-]{1,253}$/.test(s)) throw fail(`${field}.addresses[${i}]`, `"${s}" is not a DNS name or IP address`);
+    return s;
+  });
+  if (addresses.length === 0) throw fail(`${field}.addresses`, 'needs the address peers dial for replication');
+  const port = h.replicationPort ?? DEFAULT_REPLICATION_PORT;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw fail(`${field}.replicationPort`, 'must be a port number from 1 to 65535');
+  return {
+    name,
+    agent: agent.startsWith('unix:') ? `unix:${path.resolve(base, agent.slice('unix:'.length))}` : agent,
+    ...(tokenFile !== undefined ? { agentTokenFile: path.resolve(base, tokenFile) } : {}),
+    addresses,
+    replicationPort: port,
+    ...(optionalText(h.osVersion, `${field}.osVersion`) !== undefined ? { osVersion: text(h.osVersion, `${field}.osVersion`) } : {}),
+  };
+}
+
+/** Parse and check a site file's text; relative paths are taken from `base` (the file's directory). */
+export function parseLibvirtSite(yamlText: string, base: string): LibvirtSiteConfig {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(yamlText);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `site file is not valid YAML: ${(e as Error).message}`);
+  }
+  const s = mapping(doc, '(the file)');
+  const name = text(s.name, 'name');
+  const dir = path.resolve(base, optionalText(s.dir, 'dir') ?? path.join('/var/lib/osr/provider', name.replace(/[^A-Za-z0-9._-]+/g, '-')));
+  const hosts = list(s.hosts, 'hosts', true).map((h, i) => hostOf(h, `hosts[${i}]`, base));
+  if (hosts.length === 0) throw fail('hosts', 'needs at least one host');
+  unique(hosts.map((h) => h.name), 'hosts');
+  const hostNames = new Set(hosts.map((h) => h.name));
+  const inGroup = new Set<string>();
+  const clouds = list(s.clouds, 'clouds', true).map((c, i) => {
+    const cm = mapping(c, `clouds[${i}]`);
+    const cloud = safe(cm.name, `clouds[${i}].name`);
+    const hostGroups = list(cm.hostGroups, `clouds[${i}].hostGroups`, true).map((g, j) => {
+      const f = `clouds[${i}].hostGroups[${j}]`;
+      const gm = mapping(g, f);
+      const members = list(gm.hosts, `${f}.hosts`, true).map((x, k) => {
+        const n = text(x, `${f}.hosts[${k}]`);
+        if (!hostNames.has(n)) throw fail(`${f}.hosts[${k}]`, `"${n}" is not one of hosts`);
+        if (inGroup.has(n)) throw fail(`${f}.hosts[${k}]`, `host ${n} is in another host group already`);
+        inGroup.add(n);
+        return n;
+      });
+      return { name: safe(gm.name, `${f}.name`), hosts: members };
+    });
+    unique(hostGroups.map((g) => g.name), `clouds[${i}].hostGroups`);
+    return { name: cloud, hostGroups };
+  });
+  unique(clouds.map((c) => c.name), 'clouds');
+  for (const h of hosts) if (!inGroup.has(h.name)) throw fail('clouds', `put host ${h.name} in a host group`);
+  const networks = list(s.networks, 'networks').map((n, i): LibvirtNetworkMapping => {
+    const nm = mapping(n, `networks[${i}]`);
+    const subnets = list(nm.subnets, `networks[${i}].subnets`).map((x, j) => subnetOf(x, `networks[${i}].subnets[${j}]`));
+    unique(subnets.map((x) => x.name), `networks[${i}].subnets`);
+    return { libvirt: safe(nm.libvirt, `networks[${i}].libvirt`), vmNetwork: safe(nm.vmNetwork, `networks[${i}].vmNetwork`), logicalNetwork: safe(nm.logicalNetwork ?? nm.vmNetwork, `networks[${i}].logicalNetwork`), subnets };
+  });
+  unique(networks.map((n) => n.libvirt), 'networks (libvirt)');
+  unique(networks.map((n) => n.vmNetwork), 'networks (vmNetwork)');
+  for (const n of networks) if (n.libvirt.startsWith('osr-')) throw fail('networks', `libvirt network ${n.libvirt}: names starting with osr- are osr's drill networks`);
+  const storage = list(s.storage, 'storage').map((x, i) => {
+    const m = mapping(x, `storage[${i}]`);
+    return { pool: safe(m.pool, `storage[${i}].pool`), classification: safe(m.classification, `storage[${i}].classification`) };
+  });
+  unique(storage.map((x) => x.pool), 'storage');
+  const d = s.domains === undefined || s.domains === null ? {} : mapping(s.domains, 'domains');
+  const globs = (v: unknown, field: string, fallback: string[]) =>
+    v === undefined || v === null
+      ? fallback
+      : list(v, field).map((g, i) => {
+          const t = text(g, `${field}[${i}]`);
+          if (!/^[A-Za-z0-9._*?-]+$/.test(t)) throw fail(`${field}[${i}]`, `"${t}" is not a domain name or glob (letters, digits, . _ - and * ?)`);
+          return t;
+        });
+  return { name, ...(optionalText(s.server, 'server') !== undefined ? { server: text(s.server, 'server') } : {}), dir, hosts, clouds, networks, storage, domains: { include: globs(d.include, 'domains.include', ['*']), exclude: globs(d.exclude, 'domains.exclude', []) } };
+}
+
+/** Read a site file. */
+export function loadLibvirtSite(file: string): LibvirtSiteConfig {
+  let t: string;
+  try {
+    t = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `site file ${file} cannot be read: ${(e as Error).message}`);
+  }
+  try {
+    return parseLibvirtSite(t, path.dirname(path.resolve(file)));
+  } catch (e) {
+    if (e instanceof OsrError) throw new OsrError(e.code, `${file}: ${e.message}`, e.details);
+    throw e;
+  }
+}
+
+/** Whether a glob (`*`, `?`) matches a whole name. */
+export function globMatch(glob: string, name: string): boolean {
+  const re = new RegExp(`^${glob.replace(/[.+^${}()|[\]\\-]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return re.test(name);
+}
+
+/** Whether a domain is one of the site's VMs. */
+export function domainSelected(site: LibvirtSiteConfig, name: string): boolean {
+  return site.domains.include.some((g) => globMatch(g, name)) && !site.domains.exclude.some((g) => globMatch(g, name));
+}

@@ -1,0 +1,114 @@
+/**
+ * What the libvirt fabric's provider keeps across restarts (DIR/libvirt-state.json,
+ * written whole, atomically, and synced): replica and test VM records, NIC leases from
+ * the IP pools, drill networks, the peer each VM replicates to, and what failovers changed.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { OsrError } from '../../domain/errors.js';
+import type { MachineSpec } from '../../domain/machine.js';
+import { fsyncDir, writeFileAtomic } from '../../pki/index.js';
+
+export interface ReplicaRecord {
+  id: string;
+  itemId: string;
+  /** the source VM's name: the replica store's name at the host's agent */
+  name: string;
+  hostId: string;
+  /** the id the source's agent replicates the VM under (the source domain's UUID) */
+  replicationId?: string | undefined;
+  disks: { id: string; name: string; sizeBytes: number; storageLocation?: string }[];
+  nicIds: string[];
+  /** NIC id → the source NIC's subnet name */
+  nicSubnets: Record<string, string | null>;
+  /** the source VM's machine (its NICs on the source host's networks) */
+  machine?: MachineSpec | undefined;
+  protecting: boolean;
+  createdAt: string;
+}
+
+export interface TestVmRecord {
+  id: string;
+  itemId: string;
+  replicaId: string;
+  replicaName: string;
+  hostId: string;
+  overlayId: string;
+  pointId: string;
+  nicIds: string[];
+  /** the VM network the drill's NICs are on (a drill network), or null */
+  network: string | null;
+  /** the drill network made for this test VM alone (removed with it) */
+  temporaryNetwork: string | null;
+  disks: { name: string; nbd: string }[];
+  startedAt: string;
+}
+
+/** A VM network made for drills: an isolated libvirt network at each host a test VM runs on. */
+export interface DrillNetwork {
+  id: string;
+  name: string;
+  cidr: string;
+  pool: { start: string; end: string };
+}
+
+export interface NicLease {
+  vmNetwork: string | null;
+  subnet?: string | null;
+  ip: string | null;
+}
+
+export interface LibvirtState {
+  replicas: Record<string, ReplicaRecord>;
+  /** "vmId/nicId" → lease */
+  nics: Record<string, NicLease>;
+  replications: Record<string, { address: string; port: number; name?: string }>;
+  testVms: Record<string, TestVmRecord>;
+  drillNetworks: Record<string, DrillNetwork>;
+  promoted: Record<string, { epoch: number; at: string }>;
+  demoted: Record<string, { epoch: number; itemId: string; at: string }>;
+  fenced: Record<string, { epoch: number; at: string }>;
+}
+
+const FILE = 'libvirt-state.json';
+
+export function loadState(dir: string): LibvirtState {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, FILE);
+  const empty: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {} };
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return empty;
+    throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
+  }
+  let saved: unknown;
+  try {
+    saved = JSON.parse(text);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `${file} is not JSON (${(e as Error).message}); restore it from a backup or move it away to start with no records`);
+  }
+  if (typeof saved !== 'object' || saved === null || Array.isArray(saved)) throw new OsrError('CONFIG_INVALID', `${file} does not hold the provider's records`);
+  // the provider's own file, written by saveState below
+  return { ...empty, ...(saved as Partial<LibvirtState>) };
+}
+
+/** Saves run one after another; each writes the whole state as it is then. */
+export class StateWriter {
+  private saving: Promise<void> = Promise.resolve();
+  constructor(private readonly dir: string) {}
+
+  save(state: LibvirtState): Promise<void> {
+    const text = `${JSON.stringify(state, null, 2)}\n`;
+    this.saving = this.saving.then(async () => {
+      await writeFileAtomic(path.join(this.dir, FILE), text, 0o600);
+      await fsyncDir(this.dir);
+    });
+    return this.saving;
+  }
+
+  settled(): Promise<void> {
+    return this.saving.catch(() => undefined);
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The fabric contract (test/support/fabric-contract.ts) on libvirt: two `osr agent --host
+ * libvirt` processes on this machine's libvirtd — a KVM host running a tiny domain, and a
+ * recovery host — under one libvirt driver, both roles played by it. Libvirt-specific
+ * checks are in libvirt-driver.test.ts.
+ *
+ * The failover steps that need a libvirt host to make a VM of a promoted replica (the
+ * commit of a promotion, demote, and the removal of a demoted VM's replica) are being
+ * built at the agent: until then they run as `todo` (reported, not failing the run). The
+ * promotion itself and the fence pass already.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ensureIsolatedNetwork, removeNetwork } from '../../src/agent/libvirt/inventory.js';
+import { AgentClient } from '../../src/cli/agent-client.js';
+import { LibvirtFabricDriver } from '../../src/drivers/libvirt/libvirt-driver.js';
+import { loadLibvirtSite } from '../../src/drivers/libvirt/site.js';
+import { ensurePki, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
+import { tinyGuest } from '../../src/lab/tiny-guest.js';
+import { fabricContract } from '../support/fabric-contract.js';
+import { tempDir } from '../support/lab.js';
+import { libvirtSkip, startTinyDomain, virsh } from '../support/libvirt.js';
+
+const skip = libvirtSkip();
+const NOT_YET = 'a libvirt host does not make a VM of a promoted replica yet (promote, commit and demote of libvirt domains at the agent)';
+
+if (skip) {
+  const { test } = await import('node:test');
+  test('fabric contract: libvirt', { skip }, () => undefined);
+} else {
+  fabricContract(
+    'libvirt',
+    async () => {
+      const dir = tempDir('osr-lvd-contract-');
+      const tag = `lvd-c${process.pid}`;
+      const nets = { prod: `${tag}-prod`, other: `${tag}-other` };
+      const pool = `${tag}-pool`;
+      for (const n of Object.values(nets)) await ensureIsolatedNetwork(virsh, n);
+      const poolDir = path.join(dir, 'pool');
+      fs.mkdirSync(poolDir, { recursive: true });
+      await virsh.run(['pool-define-as', pool, 'dir', '--target', poolDir]);
+      await virsh.run(['pool-start', pool]);
+      const dom = await startTinyDomain(`${tag}-app`, poolDir, { network: nets.prod });
+      const uuid = (await virsh.run(['domuuid', dom.name])).trim();
+      const guest = await tinyGuest();
+      const agents: RunningAgent[] = [];
+      for (const [name, args] of [
+        [`${tag}-p1`, ['--libvirt-domains', `^${dom.name}$`]],
+        [`${tag}-r1`, ['--libvirt-domains', '^$', '--libvirt-boot-dir', path.dirname(guest.initrd)]],
+      ] as const) {
+        const pkiDir = path.join(dir, `pki-${name}`);
+        await ensurePki(pkiDir, [name]);
+        agents.push(await startAgentProcess({ name, dataDir: path.join(dir, name), pkiDir, listenPort: 0, extraArgs: ['--host', 'libvirt', '--tls-reload', '500ms', ...args], logFile: path.join(dir, `${name}.log`) }));
+      }
+      const siteFile = path.join(dir, 'site.yaml');
+      fs.writeFileSync(
+        siteFile,
+        `name: ${tag}
+dir: state
+hosts:
+${agents.map((a) => `  - { name: ${a.name}, agent: '${a.apiUrl}', addresses: [127.0.0.1], replicationPort: ${a.replicationPort} }`).join('\n')}
+clouds:
+  - { name: Primary, hostGroups: [{ name: P, hosts: [${agents[0]!.name}] }] }
+  - { name: Recovery, hostGroups: [{ name: R, hosts: [${agents[1]!.name}] }] }
+networks:
+  - { libvirt: ${nets.prod}, vmNetwork: Net1, logicalNetwork: LN1, subnets: [{ name: S1, cidr: 10.9.0.0/24, pool: { start: 10.9.0.10, end: 10.9.0.20 } }] }
+  - { libvirt: ${nets.other}, vmNetwork: Net2, logicalNetwork: LN1, subnets: [{ name: S1, cidr: 10.8.0.0/24, pool: { start: 10.8.0.10, end: 10.8.0.20 } }] }
+storage:
+  - { pool: ${pool}, classification: GOLD }
+domains: { include: ['${tag}-*'] }
+`,
+      );
+      const site = loadLibvirtSite(siteFile);
+      const location = `${agents[1]!.name}-${pool}`;
+      return {
+        driver: () => new LibvirtFabricDriver(site, { connect: (h) => new AgentClient(h.agent), shutdownTimeout: '3s' }),
+        vmId: uuid,
+        placement: { hostId: agents[1]!.name, storage: { vda: location, vdb: location }, networks: { nic0: 'Net1' } },
+        otherNetwork: 'Net2',
+        timeoutMs: 300_000,
+        close: async () => {
+          for (const a of agents) await stopAgentProcess(a, 'SIGKILL');
+          await dom.destroy().catch(() => undefined);
+          for (const d of (await virsh.run(['list', '--all', '--name'])).split('\n').map((x) => x.trim())) {
+            if (d.startsWith(`osr-test-${tag}`) || d.startsWith(`${tag}-`)) await virsh.run(['destroy', d]).catch(() => undefined).then(() => virsh.run(['undefine', d]).catch(() => undefined));
+          }
+          for (const n of (await virsh.run(['net-list', '--all', '--name'])).split('\n').map((x) => x.trim())) {
+            if (Object.values(nets).includes(n) || n.startsWith(`osr-net-test-${tag}`) || n.startsWith('osr-net-drill-contract-drill')) await removeNetwork(virsh, n).catch(() => undefined);
+          }
+          await virsh.run(['pool-destroy', pool]).catch(() => undefined);
+          await virsh.run(['pool-undefine', pool]).catch(() => undefined);
+          fs.rmSync(dir, { recursive: true, force: true });
+        },
+      };
+    },
+    {
+      todo: {
+        'promoted twice': NOT_YET,
+        'reprotect:': NOT_YET,
+        'the replica removed twice with its data': NOT_YET,
+      },
+    },
+  );
+}
