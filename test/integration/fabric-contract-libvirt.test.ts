@@ -4,10 +4,8 @@
  * recovery host — under one libvirt driver, both roles played by it. Libvirt-specific
  * checks are in libvirt-driver.test.ts.
  *
- * The failover steps that need a libvirt host to make a VM of a promoted replica (the
- * commit of a promotion, demote, and the removal of a demoted VM's replica) are being
- * built at the agent: until then they run as `todo` (reported, not failing the run). The
- * promotion itself and the fence pass already.
+ * Each agent owns the domains of its name prefix (TAG-a-, TAG-b-), as two hosts' libvirtds
+ * would keep them apart: the promoted replica's domain is TAG-b-app.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,13 +14,11 @@ import { AgentClient } from '../../src/cli/agent-client.js';
 import { LibvirtFabricDriver } from '../../src/drivers/libvirt/libvirt-driver.js';
 import { loadLibvirtSite } from '../../src/drivers/libvirt/site.js';
 import { ensurePki, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
-import { tinyGuest } from '../../src/lab/tiny-guest.js';
 import { fabricContract } from '../support/fabric-contract.js';
 import { tempDir } from '../support/lab.js';
-import { libvirtSkip, startTinyDomain, virsh } from '../support/libvirt.js';
+import { guestCache, libvirtSkip, startTinyDomain, virsh } from '../support/libvirt.js';
 
 const skip = libvirtSkip();
-const NOT_YET = 'a libvirt host does not make a VM of a promoted replica yet (promote, commit and demote of libvirt domains at the agent)';
 
 if (skip) {
   const { test } = await import('node:test');
@@ -40,13 +36,12 @@ if (skip) {
       fs.mkdirSync(poolDir, { recursive: true });
       await virsh.run(['pool-define-as', pool, 'dir', '--target', poolDir]);
       await virsh.run(['pool-start', pool]);
-      const dom = await startTinyDomain(`${tag}-app`, poolDir, { network: nets.prod });
+      const dom = await startTinyDomain(`${tag}-a-app`, poolDir, { network: nets.prod });
       const uuid = (await virsh.run(['domuuid', dom.name])).trim();
-      const guest = await tinyGuest();
       const agents: RunningAgent[] = [];
       for (const [name, args] of [
-        [`${tag}-p1`, ['--libvirt-domains', `^${dom.name}$`]],
-        [`${tag}-r1`, ['--libvirt-domains', '^$', '--libvirt-boot-dir', path.dirname(guest.initrd)]],
+        [`${tag}-p1`, ['--libvirt-prefix', `${tag}-a-`]],
+        [`${tag}-r1`, ['--libvirt-prefix', `${tag}-b-`, '--libvirt-boot-dir', guestCache]],
       ] as const) {
         const pkiDir = path.join(dir, `pki-${name}`);
         await ensurePki(pkiDir, [name]);
@@ -67,7 +62,7 @@ networks:
   - { libvirt: ${nets.other}, vmNetwork: Net2, logicalNetwork: LN1, subnets: [{ name: S1, cidr: 10.8.0.0/24, pool: { start: 10.8.0.10, end: 10.8.0.20 } }] }
 storage:
   - { pool: ${pool}, classification: GOLD }
-domains: { include: ['${tag}-*'] }
+domains: { include: ['app'] }
 `,
       );
       const site = loadLibvirtSite(siteFile);
@@ -92,13 +87,6 @@ domains: { include: ['${tag}-*'] }
           fs.rmSync(dir, { recursive: true, force: true });
         },
       };
-    },
-    {
-      todo: {
-        'promoted twice': NOT_YET,
-        'reprotect:': NOT_YET,
-        'the replica removed twice with its data': NOT_YET,
-      },
     },
   );
 }

@@ -92,7 +92,7 @@ export class LibvirtVm implements HostVm {
     this.tracking = new LibvirtTracking(
       virsh,
       domain.name,
-      this.spec.disks.map((d) => ({ id: d.id, target: d.name, size: d.size })),
+      this.spec.disks.map((d) => ({ id: d.id, target: d.name, size: d.size, file: disks.find((x) => x.target === d.name)?.file })),
       dir,
       now,
     );
@@ -209,7 +209,7 @@ export class LibvirtHost implements Host {
     this.prefix = o.prefix ?? '';
     this.drills = new LibvirtDrills(this.virsh, (n) => this.vmNameOf(n), (m) => this.checkBootFiles(m));
     fs.mkdirSync(path.join(dataDir, 'libvirt'), { recursive: true, mode: 0o700 });
-    this.promotions = new LibvirtPromotions({ virsh: this.virsh, dirOf: (id) => this.dirOf(id), domainName: (n) => this.prefix + n, checkBootFiles: (m) => this.checkBootFiles(m) });
+    this.promotions = new LibvirtPromotions({ virsh: this.virsh, dirOf: (id) => this.dirOf(id), domainName: (n) => this.prefix + n, owns: (d) => this.vmNameOf(d) !== undefined, checkBootFiles: (m) => this.checkBootFiles(m) });
   }
 
   private dirOf(vmId: string): string {
@@ -334,7 +334,8 @@ export class LibvirtHost implements Host {
   }
 
   async shutdown(name: string, timeoutMs: number): Promise<HostVm> {
-    const vm = this.get(name);
+    const vm = await this.refresh(name);
+    const ran = vm.running;
     if (vm.running) {
       // the guest agent's shutdown where the guest has one, else ACPI's power button
       await this.virsh.run(['shutdown', vm.domainName, '--mode', 'agent,acpi']).catch(() => this.virsh.run(['shutdown', vm.domainName]).catch(() => undefined));
@@ -343,7 +344,7 @@ export class LibvirtHost implements Host {
       if ((await this.refresh(name)).running) await this.virsh.run(['destroy', vm.domainName]);
     }
     // shut down through the agent (a planned failover's): its last writes are read though it is off
-    vm.tracking.armOfflineSwap();
+    vm.tracking.armOfflineSwap(ran);
     return this.refresh(name);
   }
 

@@ -56,6 +56,8 @@ export interface LibvirtPromotionsContext {
   dirOf(vmId: string): string;
   /** the libvirt name of the domain of an osr VM */
   domainName(vmName: string): string;
+  /** whether a domain of that name is one of the agent's (its prefix, its --libvirt-domains) */
+  owns(domain: string): boolean;
   /** the machine with its kernel boot files' real paths, where the operator allows them (else NOT_SUPPORTED) */
   checkBootFiles(machine: MachineSpec): MachineSpec;
 }
@@ -157,6 +159,7 @@ export class LibvirtPromotions implements HostPromotions {
     if (!DOMAIN_NAME.test(name) || /^\d+$/.test(name) || UUID.test(name.toLowerCase())) {
       throw new OsrError('INVALID_ARGUMENT', `${name} cannot name a libvirt domain osr defines (letters, digits, dots, dashes, underscores; not a number or a UUID); give the agent a --libvirt-prefix`);
     }
+    if (!this.c.owns(name)) throw new OsrError('INVALID_STATE', `libvirt domain ${name} would not be one of this agent's domains (its --libvirt-prefix and --libvirt-domains): a failover here could not manage it`, { domain: name });
     if (await this.domainExists(name)) {
       const info = parseDomainXml(await this.c.virsh.run(['dumpxml', name, '--inactive']));
       if (info.osrId !== r.vmId && info.uuid.toLowerCase() !== r.vmId) {

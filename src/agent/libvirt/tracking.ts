@@ -47,6 +47,8 @@ export interface LibvirtDisk {
   /** the guest's name of the disk (vda): the backup's export */
   target: string;
   size: number;
+  /** the image libvirt opens for it: its modification time says whether QEMU has had it open since */
+  file?: string | undefined;
 }
 
 const READ_CHUNK = 4 * 1024 * 1024;
@@ -59,6 +61,8 @@ export class LibvirtTracking {
   private readonly clients = new Map<string, { client: NbdClient; context: string }>();
   private activeRanges: Record<string, [number, number][]> | undefined;
   private offlineSwapArmed = false;
+  /** the images' stamp after a swap read the domain's last writes with it off (the domain has not run since while it is unchanged) */
+  private flushedOff: string | undefined;
 
   constructor(
     private readonly virsh: Virsh,
@@ -93,8 +97,15 @@ export class LibvirtTracking {
   get resyncRequired(): { reason: string; at: string } | undefined {
     return this.state.resyncRequired;
   }
-  /** the active delta's writes are in QEMU's bitmap until a swap reads them */
-  readonly activeUnlogged = true;
+  /** the active delta's writes are in QEMU's bitmap until a swap reads them; none since a swap made with the domain off, while it stays off */
+  get activeUnlogged(): boolean {
+    return this.flushedOff === undefined || this.flushedOff !== this.imagesStamp();
+  }
+
+  /** The images' modification times: QEMU changes them whenever it opens them to write. */
+  private imagesStamp(): string {
+    return this.disks.map((d) => (d.file ? String(fs.statSync(d.file, { throwIfNoEntry: false })?.mtimeMs ?? 'gone') : 'unknown')).join(',');
+  }
   get activeSeq(): number {
     return this.state.activeSeq;
   }
@@ -144,9 +155,14 @@ export class LibvirtTracking {
     this.save();
   }
 
-  /** The agent powered the domain off (a planned failover's shutdown): the next swap reads its last writes though it is off. */
-  armOfflineSwap(): void {
-    this.offlineSwapArmed = true;
+  /**
+   * The agent powered the domain off (a planned failover's shutdown): the next swap reads
+   * its last writes though it is off — unless one did already and the domain has not run
+   * since (`ran` false), when there is nothing more to read.
+   */
+  armOfflineSwap(ran: boolean): void {
+    if (ran) this.flushedOff = undefined;
+    if (this.activeUnlogged) this.offlineSwapArmed = true;
   }
 
   /**
@@ -163,10 +179,15 @@ export class LibvirtTracking {
     if (!this.offlineSwapArmed) throw new OsrError('INVALID_STATE', `${this.domain} is ${state}: its writes since the last point are read once it runs again`, { domain: this.domain, state });
     this.offlineSwapArmed = false;
     await this.virsh.run(['start', this.domain, '--paused']);
+    let swapped = false;
     try {
-      return await this.swapActive('crash-consistent');
+      const seq = await this.swapActive('crash-consistent');
+      swapped = true;
+      return seq;
     } finally {
       await this.virsh.run(['destroy', this.domain]).catch(() => undefined);
+      // what the images look like once QEMU let them go: the same later means it has not run since
+      if (swapped) this.flushedOff = this.imagesStamp();
     }
   }
 
