@@ -33,6 +33,13 @@ import type { Virsh } from './virsh.js';
 
 type Consistency = 'crash-consistent' | 'app-consistent';
 
+/** Where a swap hands its logs' bytes as it writes them (the sending side's DeltaStream). */
+interface DeltaStream {
+  begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void;
+  disk(name: string): void;
+  data(pos: number, bufs: readonly Buffer[]): void;
+}
+
 interface State {
   enabled: boolean;
   /** the delta writes go to now: its changes are in checkpoint osr-<activeSeq> */
@@ -147,20 +154,20 @@ export class LibvirtTracking {
    * started paused for it — QEMU loads the bitmaps, no guest code runs — and powered off
    * again: its last writes are read the same way as a running one's.
    */
-  async swap(consistency: Consistency): Promise<number> {
+  async swap(consistency: Consistency, stream?: DeltaStream): Promise<number> {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off`);
     if (this.state.resyncRequired) throw new OsrError('RESYNC_REQUIRED', this.state.resyncRequired.reason);
     const state = (await this.virsh.run(['domstate', this.domain])).trim();
-    if (state === 'running' || state === 'paused') return this.swapActive(consistency);
+    if (state === 'running' || state === 'paused') return this.swapActive(consistency, stream);
     await this.virsh.run(['start', this.domain, '--paused']);
     try {
-      return await this.swapActive('crash-consistent');
+      return await this.swapActive('crash-consistent', stream);
     } finally {
       await this.virsh.run(['destroy', this.domain]).catch(() => undefined);
     }
   }
 
-  private async swapActive(consistency: Consistency): Promise<number> {
+  private async swapActive(consistency: Consistency, stream?: DeltaStream): Promise<number> {
     await this.endBackup();
     const seq = this.state.activeSeq;
     const timeMs = this.now();
@@ -184,7 +191,11 @@ export class LibvirtTracking {
     try {
       fs.rmSync(dir, { recursive: true, force: true });
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      for (const disk of this.disks) await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs);
+      stream?.begin(seq, { timeMs, consistency: cut });
+      for (const disk of this.disks) {
+        stream?.disk(disk.target);
+        await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs, stream);
+      }
     } catch (e) {
       await inc.end().catch(() => undefined);
       // the new checkpoint exists and the delta was not written: what changed since osr-N is lost
@@ -199,10 +210,16 @@ export class LibvirtTracking {
     return seq;
   }
 
-  /** One disk's dirty extents, read from the incremental backup's export, as a closed and synced change log. */
-  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string, closedMs: number): Promise<void> {
+  /**
+   * One disk's dirty extents, read from the incremental backup's export, as a closed and
+   * synced change log. Reads stay in flight while the log is written: its records are
+   * laid out in order as the reads come back and written in batches on the thread pool
+   * (ChangeLogWriter's queued appends), and the log is synced once every record is written.
+   */
+  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string, closedMs: number, stream?: DeltaStream): Promise<void> {
     const { client, context } = await b.open(disk.target);
     const w = ChangeLogWriter.create(file, { seq, createdMs: closedMs, diskKey: diskKeyOf(disk.id) });
+    if (stream) w.tee((at, bufs) => stream.data(at, bufs));
     try {
       const pieces: { offset: number; length: number }[] = [];
       for (const e of await changedExtents(client, context)) {
@@ -223,12 +240,16 @@ export class LibvirtTracking {
       for (const p of pieces) {
         const data = await inFlight.shift()!;
         refill();
-        if (isZero(data)) w.appendZero(p.offset, p.length);
-        else w.appendWrite(p.offset, data);
+        if (isZero(data)) w.queueZero(p.offset, p.length);
+        else await w.queueWrite(p.offset, data);
       }
+      await w.drain();
       w.close(closedMs);
-      w.syncSync();
+      await w.sync();
     } finally {
+      w.tee(undefined);
+      // no write of the log may be left running on a descriptor about to be closed
+      await w.drain().catch(() => undefined);
       w.closeFile();
       await client.close();
     }

@@ -596,6 +596,8 @@ class Session {
         }
         this.delta = undefined;
         this.target = undefined;
+        // a delta shipped while it was read learns its size only at the end
+        if (args.deltaBytes !== undefined) delta.point.deltaBytes = safeInteger(args.deltaBytes, 'point delta bytes');
         const started = Date.now();
         const outcome = await store.applyDelta(delta.point, files);
         return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null, applyMs: Date.now() - started };
