@@ -129,3 +129,40 @@ export async function forEachBounded<T>(items: readonly T[], limit: number, fn: 
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
   if (failure) throw failure.e;
 }
+
+/**
+ * Early write-back of a file being written: every `everyBytes` written, an fdatasync is
+ * started on the thread pool and not awaited (one at a time), so the disk writes while the
+ * writer goes on and the final sync finds little left. A page cache of gigabytes would
+ * otherwise hold a whole delta dirty until that sync. A failed early sync is kept and
+ * thrown by `settle()`: a later fdatasync may not report it again.
+ */
+export class WriteBack {
+  private since = 0;
+  private running: Promise<void> | undefined;
+  private failure: { e: unknown } | undefined;
+
+  constructor(
+    private readonly fd: number,
+    private readonly everyBytes = 64 * 1024 * 1024,
+  ) {}
+
+  wrote(bytes: number): void {
+    this.since += bytes;
+    if (this.since < this.everyBytes || this.running) return;
+    this.since = 0;
+    this.running = fdatasyncAsync(this.fd).then(
+      () => void (this.running = undefined),
+      (e: unknown) => {
+        this.running = undefined;
+        this.failure ??= { e };
+      },
+    );
+  }
+
+  /** Wait for the sync running, if any; throws the first that failed. */
+  async settle(): Promise<void> {
+    if (this.running) await this.running;
+    if (this.failure) throw this.failure.e;
+  }
+}

@@ -25,7 +25,7 @@ import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io
 import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
 import { ExtentMap } from '../io/extent-map.js';
 import { fileBlockDigests } from '../io/checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
 import { Consistency } from '../ports/change-source.js';
 import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
@@ -801,16 +801,19 @@ export class ReplicaStore implements ReplicaTarget {
         }
       }
       const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0]!.bytes), Buffer.allocUnsafe(batches[0]!.bytes)] : [];
-      // the next batch is read while this one is written
+      // the next batch is read while this one is written; the undo is durable already, so
+      // the image's write-back may start at once (the sync after this has little left)
+      const writeBack = new WriteBack(imageFd);
       let writing: Promise<void> = Promise.resolve();
       for (let i = 0; i < batches.length; i++) {
         const b = batches[i]!;
         const buf = bufs[i % 2]!.subarray(0, b.bytes);
         await readGatherFiles(buf, b.reads);
         await writing;
-        writing = writeScatter(imageFd, buf, b.writes);
+        writing = writeScatter(imageFd, buf, b.writes).then(() => writeBack.wrote(b.bytes));
       }
       await writing;
+      await writeBack.settle();
     } finally {
       fs.closeSync(logFd);
       if (stagedFd >= 0) fs.closeSync(stagedFd);

@@ -567,6 +567,8 @@ class Session {
       }
       case 'delta-begin': {
         const store = this.requireStore();
+        // the writes of a delta begun before (a stream the primary gave up) end before its files close
+        await this.drainWrites(0).catch(() => undefined);
         this.abortDelta();
         const point = parsePoint(args.point);
         // the files of a delta being applied are read by that apply: never cleared under it

@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import { createDigest, digest } from '../io/checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt } from '../io/io.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack } from '../io/io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
@@ -79,6 +79,8 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
       pos += s.length;
     }
     const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0].length), Buffer.allocUnsafe(batches[0].length)] : [];
+    // the disk writes the undo while the next batches are read (the sync at the end is short)
+    const writeBack = new WriteBack(fd);
     let writing: Promise<void> = Promise.resolve();
     for (let i = 0; i < batches.length; i++) {
       const b = batches[i];
@@ -86,9 +88,10 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
       await readGatherFiles(buf, b.pieces.map((p) => [p.fd, p.pos, p.into, p.length] as const));
       dataDigest.update(buf);
       await writing;
-      writing = writeAllAt(fd, [buf], b.at);
+      writing = writeAllAt(fd, [buf], b.at).then(() => writeBack.wrote(b.length));
     }
     await writing;
+    await writeBack.settle();
     const index = Buffer.alloc(entries.length * ENTRY_BYTES + FOOTER_BYTES);
     entries.forEach((e, i) => {
       index.writeBigUInt64LE(BigInt(e.offset), i * ENTRY_BYTES);

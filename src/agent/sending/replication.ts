@@ -830,12 +830,22 @@ export class PrimaryReplication {
         const log = logs.find((l) => l.disk === disk.name)!;
         await client.notice({ type: 'delta-disk', disk: disk.name });
         const fd = fs.openSync(log.file, 'r');
+        // the next chunk is read while this one is sent (each chunk a buffer of its own)
+        const readChunk = (pos: number) => {
+          const r = readAt(fd, Math.min(COPY_CHUNK, log.bytes - pos), pos);
+          r.catch(() => undefined);
+          return r;
+        };
+        let next: Promise<Buffer> | undefined = log.bytes > 0 ? readChunk(0) : undefined;
         try {
           for (let pos = 0; pos < log.bytes; pos += COPY_CHUNK) {
-            const buf = await readAt(fd, Math.min(COPY_CHUNK, log.bytes - pos), pos);
-            this.bytesShipped += await client.sendData(pos, buf);
+            const buf = await next!;
+            next = pos + COPY_CHUNK < log.bytes ? readChunk(pos + COPY_CHUNK) : undefined;
+            this.bytesShipped += await client.sendData(pos, buf, false);
           }
         } finally {
+          // no read may be left running on the descriptor
+          await next?.catch(() => undefined);
           fs.closeSync(fd);
         }
       }

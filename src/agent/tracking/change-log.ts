@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import { ByteQueue } from '../io/byte-queue.js';
 import { digest, DIGEST_BYTES } from '../io/checksum.js';
-import { fdatasyncAsync, writeAllAt } from '../io/io.js';
+import { fdatasyncAsync, writeAllAt, WriteBack } from '../io/io.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
 export const LOG_VERSION = 1;
@@ -31,8 +31,7 @@ export const MAX_RECORD_DATA = 32 * 1024 * 1024;
 const QUEUE_BATCH_BYTES = 8 * 1024 * 1024;
 /** batches of queued records being written at once, at most */
 const QUEUE_BATCHES_IN_FLIGHT = 4;
-/** queued bytes written between two early write-backs (an fdatasync started and not awaited) */
-const QUEUE_WRITEBACK_BYTES = 64 * 1024 * 1024;
+
 
 export const RecordType = { Write: 1, Zero: 2, Close: 3 } as const;
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -193,14 +192,13 @@ export class ChangeLogWriter {
   // A log written from a source that already holds the data (a libvirt backup's export)
   // need not reach the file record by record: records are laid out and checksummed in
   // order as they are queued, and their bytes go to the file in batches on the thread
-  // pool while the caller reads on. Write-back is started every QUEUE_WRITEBACK_BYTES so
+  // pool while the caller reads on. Write-back starts as the log grows (WriteBack), so
   // the final sync has little left to do. The lab tracker's logs, which must hold a write
   // before the image does, append synchronously instead.
   private batch: { at: number; bytes: number; bufs: Buffer[] } | undefined;
   private readonly writing = new Set<Promise<void>>();
   private queueError: unknown;
-  private sinceWriteback = 0;
-  private writeback: Promise<void> | undefined;
+  private writeback: WriteBack | undefined;
   private tap: ((at: number, bufs: readonly Buffer[]) => void) | undefined;
 
   /**
@@ -242,18 +240,7 @@ export class ChangeLogWriter {
     const w: Promise<void> = writeAllAt(this.fd, b.bufs, b.at).then(
       () => {
         this.writing.delete(w);
-        this.sinceWriteback += b.bytes;
-        if (this.sinceWriteback >= QUEUE_WRITEBACK_BYTES && !this.writeback) {
-          this.sinceWriteback = 0;
-          // its failure is the log's: a later fdatasync may not report it again
-          this.writeback = fdatasyncAsync(this.fd).then(
-            () => void (this.writeback = undefined),
-            (e: unknown) => {
-              this.writeback = undefined;
-              this.queueError ??= e;
-            },
-          );
-        }
+        (this.writeback ??= new WriteBack(this.fd)).wrote(b.bytes);
       },
       (e: unknown) => {
         this.writing.delete(w);
@@ -267,8 +254,8 @@ export class ChangeLogWriter {
   async drain(): Promise<void> {
     this.startBatch();
     while (this.writing.size > 0) await Promise.all(this.writing);
-    if (this.writeback) await this.writeback;
     if (this.queueError !== undefined) throw this.queueError;
+    await this.writeback?.settle();
   }
 
   appendWrite(offset: number, data: Buffer): void {
