@@ -27,7 +27,7 @@ import { promisify } from 'node:util';
 import { LibvirtTracking } from '../src/agent/libvirt/tracking.js';
 import { Virsh, xmlText } from '../src/agent/libvirt/virsh.js';
 import { NbdClient, parseNbdUri } from '../src/agent/nbd/nbd-client.js';
-import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
+import type { DeltaTimings, ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
 import { removeDomain, startTinyDomain, type TinyDomain } from '../src/lab/tiny-domain.js';
 import { tinyGuest } from '../src/lab/tiny-guest.js';
@@ -239,7 +239,16 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     await mounted(dom);
     await run('virtnbdbackup', ['-d', twinName, '-l', 'full', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
   }
-  const rounds: { changedBytes: number; osrSeconds: number; vnbSeconds: number | null; readSeconds: number | null; sendSeconds: number | null; applySeconds: number | null }[] = [];
+  const rounds: {
+    changedBytes: number;
+    osrSeconds: number;
+    vnbSeconds: number | null;
+    readSeconds: number | null;
+    sendSeconds: number | null;
+    applySeconds: number | null;
+    replicaApplySeconds: number | null;
+    swap: DeltaTimings['swap'] | null;
+  }[] = [];
   for (let r = 0; r < o.runs; r++) {
     await primary.api.post(`/v1/replications/${name}/cycle`);
     seq = await pointAfter(seq);
@@ -265,7 +274,16 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
       await run('virtnbdbackup', ['-d', twinName, '-l', 'inc', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
       vnbSeconds = (performance.now() - v) / 1000;
     }
-    rounds.push({ changedBytes, osrSeconds, vnbSeconds, readSeconds: d ? d.syncMs / 1000 : null, sendSeconds: d ? d.sendMs / 1000 : null, applySeconds: d ? d.applyMs / 1000 : null });
+    rounds.push({
+      changedBytes,
+      osrSeconds,
+      vnbSeconds,
+      readSeconds: d ? d.syncMs / 1000 : null,
+      sendSeconds: d ? d.sendMs / 1000 : null,
+      applySeconds: d ? d.applyMs / 1000 : null,
+      replicaApplySeconds: d?.replicaApplyMs != null ? d.replicaApplyMs / 1000 : null,
+      swap: d?.swap ?? null,
+    });
   }
 
   // test failover boot: the latest point opened writable at the replica, a domain on it over NBD
@@ -306,6 +324,14 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     osrIncReadSeconds: round(median(rounds.map((x) => x.readSeconds ?? 0)), 2),
     osrIncSendSeconds: round(median(rounds.map((x) => x.sendSeconds ?? 0)), 2),
     osrIncApplySeconds: round(median(rounds.map((x) => x.applySeconds ?? 0)), 2),
+    osrIncReplicaApplySeconds: round(median(rounds.map((x) => x.replicaApplySeconds ?? 0)), 2),
+    // of the read: the backup begun, the extents read and logged (and streamed), the logs' sync, the backup ended
+    osrIncSwapSeconds: {
+      backup: round(median(rounds.map((x) => (x.swap?.backupMs ?? NaN) / 1000)), 2),
+      readAndLog: round(median(rounds.map((x) => (x.swap?.readMs ?? NaN) / 1000)), 2),
+      logSync: round(median(rounds.map((x) => (x.swap?.logSyncMs ?? NaN) / 1000)), 2),
+      end: round(median(rounds.map((x) => (x.swap?.endMs ?? NaN) / 1000)), 2),
+    },
     testFailoverBootSeconds: round(median(boots), 2),
     rounds,
   };
@@ -314,7 +340,8 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
         ['idle cycle overhead (s, median)', fmt(result.deltaCycleOverheadSeconds, 3), '≤ 1'],
         [`osr cycle, ${fmt(changedMedian / MiB, 0)} MiB scattered (s)`, fmt(result.osrIncSeconds, 2), '≤ virtnbdbackup'],
         ['  of which: read into the delta (s)', fmt(result.osrIncReadSeconds, 2), null],
-        ['  sent to the replica (s)', fmt(result.osrIncSendSeconds, 2), null],
+        ['    backup begun / extents read and logged / logs synced / backup ended (s)', [result.osrIncSwapSeconds.backup, result.osrIncSwapSeconds.readAndLog, result.osrIncSwapSeconds.logSync, result.osrIncSwapSeconds.end].map((x) => fmt(x, 2) ?? '—').join(' / '), null],
+        ['  sent to the replica (s, after the read: streamed deltas go out while read)', fmt(result.osrIncSendSeconds, 2), null],
         ['  applied at the replica (s)', fmt(result.osrIncApplySeconds, 2), null],
         ['virtnbdbackup -l inc, same changes (s)', fmt(result.virtnbdbackupIncSeconds, 2), null],
         ['osr / virtnbdbackup', fmt(result.osrToVirtnbdbackup, 2), '≤ 1'],

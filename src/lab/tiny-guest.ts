@@ -44,8 +44,8 @@ export interface TinyGuest {
 /**
  * The guest's init. Kernel options: `osr.interval=SECONDS` between records (default 0.2),
  * `osr.idle=1` to mount and do nothing (a VM that stays still), `osr.rate=KIB` to write
- * about KIB KiB of random bytes a second to the second disk, in 64 KiB blocks at a random
- * place each second (default 0: none; with or without records).
+ * about KIB KiB of random bytes a second to the second disk, a second's worth at a time at
+ * a random place, paced to the rate (default 0: none; with or without records).
  */
 const INIT = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /mnt /tmp
@@ -80,9 +80,14 @@ if [ "$rate" -gt 0 ] && [ -b /dev/vdb ]; then
   (
     blocks=$(( (rate + 63) / 64 ))
     span=$(( $(blockdev --getsize64 /dev/vdb) / 65536 - blocks ))
+    start=$(date +%s)
+    written=0
     while true; do
       dd if=/dev/urandom of=/dev/vdb bs=65536 count=$blocks seek=$(( (RANDOM * 32768 + RANDOM) % span )) conv=notrunc,fsync 2>/dev/null
-      sleep 1
+      written=$((written + blocks * 64))
+      due=$((start + written / rate))
+      now=$(date +%s)
+      [ "$now" -lt "$due" ] && sleep $((due - now))
     done
   ) &
   echo "osr-guest: writing $rate KiB/s"

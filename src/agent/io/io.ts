@@ -70,15 +70,24 @@ export async function readGather(fd: number, buf: Buffer, pieces: readonly IoPie
 /** A range of some file to gather: its descriptor, then as an IoPiece. */
 export type FilePiece = readonly [fd: number, filePos: number, bufOffset: number, length: number];
 
-/** `readGather` over ranges of several files: one gathered read per file, all at once. */
-export async function readGatherFiles(buf: Buffer, pieces: readonly FilePiece[]): Promise<Buffer> {
+/**
+ * `readGather` over ranges of several files: one gathered read per file, all at once.
+ * With `lanes` > 1, each file's ranges are dealt out to that many gathered reads running
+ * together (random reads of a disk go faster several at a time than one after another).
+ */
+export async function readGatherFiles(buf: Buffer, pieces: readonly FilePiece[], lanes = 1): Promise<Buffer> {
   const byFd = new Map<number, IoPiece[]>();
   for (const [fd, pos, at, len] of pieces) {
     const list = byFd.get(fd) ?? [];
     list.push([pos, at, len]);
     byFd.set(fd, list);
   }
-  await Promise.all([...byFd].map(([fd, list]) => readGather(fd, buf, list)));
+  const reads: Promise<Buffer>[] = [];
+  for (const [fd, list] of byFd) {
+    const n = Math.max(1, Math.min(lanes, list.length));
+    for (let lane = 0; lane < n; lane++) reads.push(readGather(fd, buf, n === 1 ? list : list.filter((_, i) => i % n === lane)));
+  }
+  await Promise.all(reads);
   return buf;
 }
 

@@ -33,6 +33,15 @@ import type { Virsh } from './virsh.js';
 
 type Consistency = 'crash-consistent' | 'app-consistent';
 
+/** Where the last swap's time went (ms): the backup begun, the dirty extents read and logged, the logs synced, the backup ended and the old checkpoint deleted. */
+export interface SwapTimings {
+  seq: number;
+  backupMs: number;
+  readMs: number;
+  logSyncMs: number;
+  endMs: number;
+}
+
 /** Where a swap hands its logs' bytes as it writes them (the sending side's DeltaStream). */
 interface DeltaStream {
   begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void;
@@ -64,6 +73,10 @@ export class LibvirtTracking {
   private state: State;
   private backup: PullBackup | undefined;
   private readonly clients = new Map<string, { client: NbdClient; context: string }>();
+  /** where the last swap's time went */
+  lastSwap: SwapTimings | undefined;
+  /** of the swap running, ms spent syncing logs */
+  private syncSpent = 0;
 
   constructor(
     private readonly virsh: Virsh,
@@ -171,6 +184,7 @@ export class LibvirtTracking {
     await this.endBackup();
     const seq = this.state.activeSeq;
     const timeMs = this.now();
+    const t0 = performance.now();
     let inc: PullBackup;
     let cut: Consistency = consistency;
     try {
@@ -188,6 +202,8 @@ export class LibvirtTracking {
       throw err;
     }
     const dir = path.join(this.dir, 'logs', String(seq));
+    const t1 = performance.now();
+    this.syncSpent = 0;
     try {
       fs.rmSync(dir, { recursive: true, force: true });
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -202,11 +218,14 @@ export class LibvirtTracking {
       this.markResyncRequired(`delta ${seq} of ${this.domain} could not be written: ${toOsrError(e).message}`);
       throw e;
     }
+    const t2 = performance.now();
     await inc.end();
     this.state.pointMeta[String(seq)] = { timeMs, consistency: cut };
     this.state.activeSeq = seq + 1;
     this.save();
     await this.virsh.run(['checkpoint-delete', this.domain, this.checkpoint(seq)]).catch(() => undefined);
+    const ms = (x: number) => Math.round(x);
+    this.lastSwap = { seq, backupMs: ms(t1 - t0), readMs: ms(t2 - t1 - this.syncSpent), logSyncMs: ms(this.syncSpent), endMs: ms(performance.now() - t2) };
     return seq;
   }
 
@@ -243,9 +262,11 @@ export class LibvirtTracking {
         if (isZero(data)) w.queueZero(p.offset, p.length);
         else await w.queueWrite(p.offset, data);
       }
+      const s = performance.now();
       await w.drain();
       w.close(closedMs);
       await w.sync();
+      this.syncSpent += performance.now() - s;
     } finally {
       w.tee(undefined);
       // no write of the log may be left running on a descriptor about to be closed

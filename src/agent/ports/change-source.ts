@@ -105,6 +105,8 @@ export interface ChangeTracking {
   start(): number | Promise<number>;
   /** stop tracking and drop every log */
   stop(): void;
+  /** where the last swap's time went, for a host that reads the delta in the swap (ms) */
+  readonly lastSwap?: { seq: number; backupMs: number; readMs: number; logSyncMs: number; endMs: number } | undefined;
   /** close the current delta of every disk at one instant; returns its sequence number (the logs' bytes go to `stream` too, when the host writes them in the swap) */
   swap(consistency: Consistency, stream?: DeltaStream): number | Promise<number>;
   /** resolves when every delta closed so far is durable */

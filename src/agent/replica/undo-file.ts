@@ -18,6 +18,8 @@ const HEADER_BYTES = 64;
 const FOOTER_BYTES = 48;
 const ENTRY_BYTES = 24;
 const COPY_CHUNK = 4 * 1024 * 1024;
+/** gathered reads of an image run together while an undo file is written (the thread pool has four threads) */
+const UNDO_READ_LANES = 3;
 /** bytes of undo data gathered per write while writing an undo file */
 const BATCH_BYTES = 8 * 1024 * 1024;
 
@@ -85,7 +87,8 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
     for (let i = 0; i < batches.length; i++) {
       const b = batches[i];
       const buf = bufs[i % 2].subarray(0, b.length);
-      await readGatherFiles(buf, b.pieces.map((p) => [p.fd, p.pos, p.into, p.length] as const));
+      // the pieces are scattered over an image: read several at a time
+      await readGatherFiles(buf, b.pieces.map((p) => [p.fd, p.pos, p.into, p.length] as const), UNDO_READ_LANES);
       dataDigest.update(buf);
       await writing;
       writing = writeAllAt(fd, [buf], b.at).then(() => writeBack.wrote(b.length));

@@ -907,6 +907,8 @@ export class PrimaryReplication {
       applyMs: appliedMs - t.sentMs,
       replicaApplyMs: typeof res.applyMs === 'number' ? res.applyMs : null,
     };
+    const sw = tracker.lastSwap;
+    if (sw?.seq === seq) this.lastDelta.swap = { backupMs: sw.backupMs, readMs: sw.readMs, logSyncMs: sw.logSyncMs, endMs: sw.endMs };
     this.latestSeq = res.latestSeq;
     tracker.releaseThrough(seq);
     if (resync) {
