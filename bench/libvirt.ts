@@ -248,6 +248,7 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     applySeconds: number | null;
     replicaApplySeconds: number | null;
     swap: DeltaTimings['swap'] | null;
+    replicaApplySteps: DeltaTimings['replicaApplySteps'] | null;
   }[] = [];
   for (let r = 0; r < o.runs; r++) {
     await primary.api.post(`/v1/replications/${name}/cycle`);
@@ -283,6 +284,7 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
       applySeconds: d ? d.applyMs / 1000 : null,
       replicaApplySeconds: d?.replicaApplyMs != null ? d.replicaApplyMs / 1000 : null,
       swap: d?.swap ?? null,
+      replicaApplySteps: d?.replicaApplySteps ?? null,
     });
   }
 
@@ -332,6 +334,10 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
       logSync: round(median(rounds.map((x) => (x.swap?.logSyncMs ?? NaN) / 1000)), 2),
       end: round(median(rounds.map((x) => (x.swap?.endMs ?? NaN) / 1000)), 2),
     },
+    // of the apply: the logs verified, the undo written and synced, the images written, synced, the point recorded
+    osrIncApplyStepsSeconds: Object.fromEntries(
+      (['verifyMs', 'undoMs', 'imageMs', 'syncMs', 'finishMs'] as const).map((k) => [k.replace('Ms', ''), round(median(rounds.map((x) => (x.replicaApplySteps?.[k] ?? NaN) / 1000)), 2)]),
+    ),
     testFailoverBootSeconds: round(median(boots), 2),
     rounds,
   };
@@ -343,6 +349,7 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
         ['    backup begun / extents read and logged / logs synced / backup ended (s)', [result.osrIncSwapSeconds.backup, result.osrIncSwapSeconds.readAndLog, result.osrIncSwapSeconds.logSync, result.osrIncSwapSeconds.end].map((x) => fmt(x, 2) ?? '—').join(' / '), null],
         ['  sent to the replica (s, after the read: streamed deltas go out while read)', fmt(result.osrIncSendSeconds, 2), null],
         ['  applied at the replica (s)', fmt(result.osrIncApplySeconds, 2), null],
+        ['    verify / undo / image writes / image sync / finish (s)', Object.values(result.osrIncApplyStepsSeconds).map((x) => fmt(x, 2) ?? '—').join(' / '), null],
         ['virtnbdbackup -l inc, same changes (s)', fmt(result.virtnbdbackupIncSeconds, 2), null],
         ['osr / virtnbdbackup', fmt(result.osrToVirtnbdbackup, 2), '≤ 1'],
         ['delta (MB/s, read + shipped + applied)', fmt(result.deltaMBps), null],

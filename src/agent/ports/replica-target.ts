@@ -87,6 +87,8 @@ export interface ReplicaTarget {
   /** the point whose delta is being applied now, if one is (its files must not be touched) */
   readonly applyingSeq: number | undefined;
   applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
+  /** where the last apply spent its time (ms), when the store keeps it */
+  readonly applySteps?: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
   points(): RecoveryPoint[];
   latestPoint(): RecoveryPoint | undefined;
   /** begin or resume a resynchronization ending in point `seq` */

@@ -116,6 +116,8 @@ export class ReplicaStore implements ReplicaTarget {
   private readonly images = new Map<string, number>();
   private readonly directFds = new Map<string, number | undefined>();
   private readonly undos: PointUndo[] = [];
+  /** where the last delta's apply spent its time (ms): verifying the logs, the undo written and synced, the images written, synced, the point recorded and pruning */
+  applySteps: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
   private readonly views = new Set<PointView>();
   private readonly overlays = new Map<string, Overlay>();
   private busy = false;
@@ -655,7 +657,9 @@ export class ReplicaStore implements ReplicaTarget {
     if (resync) files = files.map((f) => ({ ...f, staged: this.stagedFile(f.diskName) }));
     this.busy = true;
     try {
+      const v0 = performance.now();
       const records = this.verifyDeltaFiles(point.seq, files);
+      this.applySteps = { verifyMs: Math.round(performance.now() - v0), undoMs: 0, imageMs: 0, syncMs: 0, finishMs: 0 };
       this.manifest.applying = { point, stage: 'received' };
       if (this.manifest.points.length === 0) {
         // the first delta has no undo (there is no earlier point to go back to), so it is
@@ -725,6 +729,13 @@ export class ReplicaStore implements ReplicaTarget {
     const maps = new Map<string, ExtentMap<DeltaValue>>();
     for (const [disk, recs] of records) maps.set(disk, coalesce(recs));
     let undo: PointUndo | undefined;
+    const steps = this.applySteps;
+    let t = performance.now();
+    const step = (k: 'undoMs' | 'imageMs' | 'syncMs' | 'finishMs') => {
+      const now = performance.now();
+      if (steps) steps[k] = Math.round(now - t);
+      t = now;
+    };
     if (applying.stage === 'received' && this.manifest.points.length > 0) {
       fs.mkdirSync(path.dirname(this.undoPath(seq, 'x')), { recursive: true });
       const undoFiles = new Map<string, UndoFile>();
@@ -747,12 +758,15 @@ export class ReplicaStore implements ReplicaTarget {
       // views of older points must see the bytes about to be overwritten through the new undo
       for (const v of this.views) v.addUndoLayer(undo);
     }
+    step('undoMs');
     for (const f of files) {
       const map = maps.get(f.diskName);
       if (!map) continue;
       await this.writeDeltaIntoImage(f.diskName, f.file, f.staged, map);
     }
+    step('imageMs');
     await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
+    step('syncMs');
     this.manifest.points.push(applying.point);
     this.manifest.applying = undefined;
     this.manifest.initial.done = true;
@@ -767,6 +781,7 @@ export class ReplicaStore implements ReplicaTarget {
     discard(this.incomingDir(seq), this.trashDir);
     if (resynced) this.dropStage();
     await this.prune();
+    step('finishMs');
   }
 
   /**

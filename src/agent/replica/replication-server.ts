@@ -602,7 +602,7 @@ class Session {
         if (args.deltaBytes !== undefined) delta.point.deltaBytes = safeInteger(args.deltaBytes, 'point delta bytes');
         const started = Date.now();
         const outcome = await store.applyDelta(delta.point, files);
-        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null, applyMs: Date.now() - started };
+        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null, applyMs: Date.now() - started, ...(outcome === 'applied' && store.applySteps ? { applySteps: store.applySteps } : {}) };
       }
       case 'status': {
         const store = this.requireStore();

@@ -850,7 +850,7 @@ export class PrimaryReplication {
         }
       }
       const sentMs = this.deps.clock.now();
-      const res = await client.request<{ latestSeq: number | null; applyMs?: number }>('delta-end', { seq });
+      const res = await client.request<{ latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }>('delta-end', { seq });
       this.delivered(seq, meta, deltaBytes, res, { syncedMs, beginMs, sentMs }, resync);
     }
   }
@@ -888,14 +888,14 @@ export class PrimaryReplication {
       const beginMs = stream.beginMs ?? syncedMs;
       const sentMs = this.deps.clock.now();
       this.bytesShipped += sent.wireBytes;
-      const res = await client.request<{ latestSeq: number | null; applyMs?: number }>('delta-end', { seq, deltaBytes: sent.deltaBytes });
+      const res = await client.request<{ latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }>('delta-end', { seq, deltaBytes: sent.deltaBytes });
       this.delivered(seq, meta, sent.deltaBytes, res, { syncedMs, beginMs, sentMs }, undefined);
     }
     await this.shipPending(client);
   }
 
   /** The replica applied delta `seq`: release its logs and record the point. */
-  private delivered(seq: number, meta: { timeMs: number; consistency: Consistency }, deltaBytes: number, res: { latestSeq: number | null; applyMs?: number }, t: { syncedMs: number; beginMs: number; sentMs: number }, resync: string | undefined): void {
+  private delivered(seq: number, meta: { timeMs: number; consistency: Consistency }, deltaBytes: number, res: { latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }, t: { syncedMs: number; beginMs: number; sentMs: number }, resync: string | undefined): void {
     const tracker = this.vm.tracking;
     const appliedMs = this.deps.clock.now();
     this.lastDelta = {
@@ -909,6 +909,7 @@ export class PrimaryReplication {
     };
     const sw = tracker.lastSwap;
     if (sw?.seq === seq) this.lastDelta.swap = { backupMs: sw.backupMs, readMs: sw.readMs, logSyncMs: sw.logSyncMs, endMs: sw.endMs };
+    if (res.applySteps && typeof res.applySteps === 'object') this.lastDelta.replicaApplySteps = res.applySteps;
     this.latestSeq = res.latestSeq;
     tracker.releaseThrough(seq);
     if (resync) {

@@ -145,6 +145,8 @@ export interface DeltaTimings {
    * writes and their sync, the backup ended and the old checkpoint deleted
    */
   swap?: { backupMs: number; readMs: number; logSyncMs: number; endMs: number } | undefined;
+  /** of replicaApplyMs, where the replica's time went (ms), when it says */
+  replicaApplySteps?: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
 }
 
 export interface OpenRequest {
