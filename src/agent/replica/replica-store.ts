@@ -31,7 +31,7 @@ import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, Re
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { punchHole, writeZeroRange } from '../io/sparse.js';
 import { ResyncStage } from './resync-stage.js';
-import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
+import { closeUndoFile, openUndoFile, UndoWriter, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 
 interface Manifest {
   version: 1;
@@ -116,6 +116,9 @@ export class ReplicaStore implements ReplicaTarget {
   private readonly images = new Map<string, number>();
   private readonly directFds = new Map<string, number | undefined>();
   private readonly undos: PointUndo[] = [];
+  /** counts the writes into the images (initial copy, applies, roll-backs): an undo read ahead is good only while it stays the same */
+  private imageWrites = 0;
+  private readonly preparedAt = new WeakMap<object, number>();
   /** where the last delta's apply spent its time (ms): verifying the logs, the undo written and synced, the images written, synced, the point recorded and pruning */
   applySteps: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
   private readonly views = new Set<PointView>();
@@ -476,6 +479,7 @@ export class ReplicaStore implements ReplicaTarget {
    * and points. The images are overwritten by the copy, holes included.
    */
   resetInitial(): void {
+    this.imageWrites++;
     this.assertWritable();
     if (this.overlays.size > 0) throw new OsrError('OVERLAY_IN_USE', `close the overlays on ${this.vmId} before replication starts over`);
     const undos = this.undos.splice(0);
@@ -496,6 +500,7 @@ export class ReplicaStore implements ReplicaTarget {
    * unaligned tail, a file system without O_DIRECT) is written through the page cache.
    */
   async writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void> {
+    this.imageWrites++;
     if (this.manifest.initial.done) throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} is already complete`);
     const length = data.reduce((n, b) => n + b.length, 0);
     const direct = length <= directPool.bufferBytes && isAligned(offset, length) ? this.directFd(disk) : undefined;
@@ -524,6 +529,7 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   zeroInitial(disk: string, offset: number, length: number): void {
+    this.imageWrites++;
     punchHole(this.imageFd(disk), offset, length);
   }
 
@@ -617,6 +623,22 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   // ---- deltas --------------------------------------------------------------------------
+
+  /**
+   * Begin the undo of delta `seq` of `disk` while the delta arrives (applyDelta's step 4
+   * done ahead): its records' ranges are copied from the image as they are named, so the
+   * apply only syncs it. Only for the delta after the latest point, outside a resync:
+   * nothing writes the images until that delta is applied, and applyDelta uses the file
+   * only if it covers exactly the ranges the delta changes (otherwise it writes its own).
+   * The file sits with the received logs until then; a crash leaves it there, unused.
+   */
+  prepareUndo(seq: number, disk: string): UndoWriter | undefined {
+    const latest = this.latestPoint();
+    if (!latest || seq !== latest.seq + 1 || this.manifest.applying || this.manifest.resync || this.manifest.divergent || this.manifest.committed || !this.manifest.initial.done) return undefined;
+    const w = new UndoWriter(path.join(this.incomingDir(seq), `${safeName(disk, 'disk name')}.undo`), this.imageFd(disk), diskKeyOf(this.diskSpec(disk).id));
+    this.preparedAt.set(w, this.imageWrites);
+    return w;
+  }
 
   /**
    * Apply one received delta (the closed change logs of every disk for one cycle) as a new
@@ -741,8 +763,20 @@ export class ReplicaStore implements ReplicaTarget {
       const undoFiles = new Map<string, UndoFile>();
       for (const d of this.manifest.disks) {
         const imageFd = this.imageFd(d.name);
-        const sources: UndoSource[] = (maps.get(d.name)?.entries() ?? []).map((e) => ({ offset: e.start, length: e.end - e.start, fd: imageFd, pos: e.start }));
-        undoFiles.set(d.name, await writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources), { sync: false }));
+        const sources = mergeAdjacent((maps.get(d.name)?.entries() ?? []).map((e) => ({ offset: e.start, length: e.end - e.start, fd: imageFd, pos: e.start })));
+        // written while the delta arrived, when it holds exactly these ranges
+        const ahead = files.find((f) => f.diskName === d.name)?.undo;
+        const prepared = await ahead?.finish();
+        if (prepared && this.preparedAt.get(ahead!) === this.imageWrites && sameRanges(prepared.entries, sources)) {
+          fs.renameSync(prepared.path, this.undoPath(seq, d.name));
+          undoFiles.set(d.name, { ...prepared, path: this.undoPath(seq, d.name) });
+          continue;
+        }
+        if (prepared) {
+          closeUndoFile(prepared);
+          fs.rmSync(prepared.path, { force: true });
+        }
+        undoFiles.set(d.name, await writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), sources, { sync: false }));
       }
       // the undo files are durable before the manifest says so (synced on the thread pool)
       await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
@@ -790,6 +824,7 @@ export class ReplicaStore implements ReplicaTarget {
    * one gathered read from each log, one scattered write into the image.
    */
   private async writeDeltaIntoImage(disk: string, logFile: string, stagedFile: string | undefined, map: ExtentMap<DeltaValue>): Promise<void> {
+    this.imageWrites++;
     const imageFd = this.imageFd(disk);
     const logFd = fs.openSync(logFile, 'r');
     const stagedFd = stagedFile ? fs.openSync(stagedFile, 'r') : -1;
@@ -863,6 +898,7 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   private async rollBackFromUndo(seq: number): Promise<void> {
+    this.imageWrites++;
     const u = this.loadUndo(seq);
     for (const [disk, file] of u.files) {
       const imageFd = this.imageFd(disk);
@@ -1103,6 +1139,11 @@ export class ReplicaStore implements ReplicaTarget {
     }
     await this.finishCommit(o);
   }
+}
+
+/** Whether an undo file's entries are exactly these ranges, in order. */
+function sameRanges(entries: readonly { offset: number; length: number }[], sources: readonly UndoSource[]): boolean {
+  return entries.length === sources.length && entries.every((e, i) => e.offset === sources[i]!.offset && e.length === sources[i]!.length);
 }
 
 function mergeAdjacent(sources: UndoSource[]): UndoSource[] {

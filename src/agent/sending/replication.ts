@@ -995,21 +995,22 @@ function wireAccounting(client: ReplicaClient, progress: ResyncProgress): () => 
 
 /** bytes of a streamed delta buffered for the wire before it is given up (then it is shipped from its files) */
 const STREAM_MAX_QUEUED = 256 * 1024 * 1024;
-/** a streamed delta's bytes are sent in DATA frames of about this size */
-const STREAM_FRAME_BYTES = 4 * 1024 * 1024;
 
 /**
  * A delta shipped while the host writes its logs (PrimaryReplication.swapAndShip): the
- * bytes handed over are gathered into DATA frames and sent in order behind `delta-begin`,
- * never holding up the host's read. A send that fails, or a wire that falls more than
- * STREAM_MAX_QUEUED behind, ends the stream; the delta then goes from its files.
+ * bytes handed over are copied into DATA frames (buffers of MAX_DATA_BYTES, reused once
+ * sent, so a gigabyte streamed does not churn the garbage collector) and sent in order
+ * behind `delta-begin`, never holding up the host's read. A send that fails, or a wire
+ * that falls more than STREAM_MAX_QUEUED behind, ends the stream; the delta then goes
+ * from its files.
  */
 class StreamedDelta implements DeltaStream {
   beginMs: number | undefined;
   private failed: unknown;
   private sending: Promise<void> = Promise.resolve();
   private queued = 0;
-  private frame: Buffer[] = [];
+  private readonly free: Buffer[] = [];
+  private frame: Buffer | undefined;
   private framePos = 0;
   private frameBytes = 0;
   private disks = 0;
@@ -1025,11 +1026,13 @@ class StreamedDelta implements DeltaStream {
 
   private then(fn: () => Promise<unknown>): void {
     if (this.failed !== undefined) return;
-    this.sending = this.sending.then(async () => {
-      if (this.failed === undefined) await fn();
-    }).catch((e: unknown) => {
-      this.failed ??= e;
-    });
+    this.sending = this.sending
+      .then(async () => {
+        if (this.failed === undefined) await fn();
+      })
+      .catch((e: unknown) => {
+        this.failed ??= e;
+      });
   }
 
   begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void {
@@ -1047,36 +1050,45 @@ class StreamedDelta implements DeltaStream {
 
   data(pos: number, bufs: readonly Buffer[]): void {
     if (this.failed !== undefined) return;
+    for (const b of bufs) this.deltaBytes += b.length;
     if (this.frameBytes > 0 && this.framePos + this.frameBytes !== pos) this.flushFrame();
-    if (this.frameBytes === 0) this.framePos = pos;
+    let at = pos;
     for (const b of bufs) {
-      this.frame.push(b);
-      this.frameBytes += b.length;
-      this.deltaBytes += b.length;
+      for (let o = 0; o < b.length; ) {
+        if (this.frame && this.frameBytes === this.frame.length) this.flushFrame();
+        if (!this.frame) {
+          this.frame = this.free.pop() ?? Buffer.allocUnsafe(MAX_DATA_BYTES);
+          this.framePos = at;
+        }
+        const n = b.copy(this.frame, this.frameBytes, o);
+        this.frameBytes += n;
+        o += n;
+        at += n;
+      }
     }
-    if (this.frameBytes >= STREAM_FRAME_BYTES) this.flushFrame();
   }
 
   private flushFrame(): void {
-    if (this.frameBytes === 0 || this.failed !== undefined) {
-      this.frame = [];
-      this.frameBytes = 0;
+    const frame = this.frame;
+    const bytes = this.frameBytes;
+    const pos = this.framePos;
+    this.frame = undefined;
+    this.frameBytes = 0;
+    if (!frame) return;
+    if (bytes === 0 || this.failed !== undefined) {
+      this.free.push(frame);
       return;
     }
-    const parts = this.frame;
-    const pos = this.framePos;
-    const bytes = this.frameBytes;
-    this.frame = [];
-    this.frameBytes = 0;
     this.queued += bytes;
     if (this.queued > STREAM_MAX_QUEUED) {
       this.failed = new OsrError('NETWORK_ERROR', 'the replica receives slower than the delta is read: it is shipped from its files');
       return;
     }
     this.then(async () => {
-      const data = Buffer.concat(parts, bytes);
-      for (let o = 0; o < data.length; o += MAX_DATA_BYTES) this.wireBytes += await this.client.sendData(pos + o, data.subarray(o, Math.min(data.length, o + MAX_DATA_BYTES)), false);
+      // resolves once the frame's bytes are handed to the socket: its buffer is free again
+      this.wireBytes += await this.client.sendData(pos, frame.subarray(0, bytes), true);
       this.queued -= bytes;
+      this.free.push(frame);
     });
   }
 

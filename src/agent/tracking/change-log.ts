@@ -469,3 +469,59 @@ export function scanLogFile(path: string): LogScan {
     fs.closeSync(fd);
   }
 }
+
+/**
+ * The ranges a log's records name, read from its bytes as they arrive in order (a delta on
+ * the wire), without verifying anything: what the log will change is known before it is
+ * complete. Verification stays with ChangeLogParser / scanLogFile. Bytes that are not
+ * contiguous, or a record header that does not look like one, end the walk (`ok` false).
+ */
+export class RecordWalker {
+  ok = true;
+  private received = 0;
+  private next = LOG_HEADER_BYTES;
+  private readonly head = Buffer.alloc(RECORD_HEADER_BYTES);
+  private filled = 0;
+  private closed = false;
+
+  constructor(private readonly onRange: (offset: number, length: number) => void) {}
+
+  push(at: number, parts: readonly Buffer[]): void {
+    if (!this.ok || this.closed) return;
+    if (at !== this.received) {
+      this.ok = false;
+      return;
+    }
+    for (const part of parts) {
+      const start = this.received;
+      const end = start + part.length;
+      while (this.ok && !this.closed) {
+        const need = this.next + this.filled;
+        if (need >= end) break;
+        const n = Math.min(RECORD_HEADER_BYTES - this.filled, end - need);
+        part.copy(this.head, this.filled, need - start, need - start + n);
+        this.filled += n;
+        if (this.filled < RECORD_HEADER_BYTES) break;
+        this.record();
+      }
+      this.received = end;
+    }
+  }
+
+  private record(): void {
+    const h = this.head;
+    this.filled = 0;
+    const type = h.readUInt8(4);
+    const length = Number(h.readBigUInt64LE(24));
+    if (h.readUInt32LE(0) !== RECORD_MAGIC || (type !== RecordType.Write && type !== RecordType.Zero && type !== RecordType.Close) || (type === RecordType.Write && length > MAX_RECORD_DATA)) {
+      this.ok = false;
+      return;
+    }
+    if (type === RecordType.Close) {
+      this.closed = true;
+      return;
+    }
+    this.onRange(Number(h.readBigUInt64LE(16)), length);
+    this.next += RECORD_HEADER_BYTES + (type === RecordType.Write ? length : 0);
+  }
+}
