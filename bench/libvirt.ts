@@ -13,7 +13,11 @@
  *   `virtnbdbackup -l inc` (read over NBD, written to its backup directory);
  *   deltaMBps: the changed bytes over osr's cycle time;
  * - testFailoverBootSeconds: a recovery point opened writable at the replica and a domain
- *   started on it over NBD, until the guest has mounted its file system.
+ *   started on it over NBD, until the guest has mounted its file system;
+ * - rpoP50Seconds / rpoP99Seconds: RPO of 4 tiny guests each writing about 2 MB/s to its
+ *   data disk, replicated at a 30 s copy frequency by one agent pair for a few minutes:
+ *   every replication's `rpoSeconds` sampled each second once each has a point, with both
+ *   agents' CPU and RSS over the same window.
  */
 import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -23,14 +27,15 @@ import { promisify } from 'node:util';
 import { LibvirtTracking } from '../src/agent/libvirt/tracking.js';
 import { Virsh, xmlText } from '../src/agent/libvirt/virsh.js';
 import { NbdClient, parseNbdUri } from '../src/agent/nbd/nbd-client.js';
-import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
+import type { DeltaTimings, ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
 import { removeDomain, startTinyDomain, type TinyDomain } from '../src/lab/tiny-domain.js';
 import { tinyGuest } from '../src/lab/tiny-guest.js';
 import { parseBytes, UsageError, type Flags } from './lib/args.js';
-import { onCleanup, startAgent, tempDir, waitFor } from './lib/lab.js';
+import { onCleanup, sleep, startAgent, tempDir, waitFor, type BenchAgent } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
-import { MB, median, round } from './lib/stats.js';
+import { ProcessSampler } from './lib/proc.js';
+import { MB, median, percentile, round } from './lib/stats.js';
 import { fmt, formatTable } from './lib/table.js';
 
 const run = promisify(execFile);
@@ -42,6 +47,15 @@ export interface LibvirtBenchOptions {
   bytes: number;
   /** bytes changed between cycles, in 64 KiB blocks at random offsets */
   changed: number;
+  /** run one part: the compared cycles (with the initial copy, idle cycles and drill boots) or the RPO run */
+  only: 'cycle' | 'rpo' | undefined;
+  /** the RPO run: guests, KiB/s each writes, copy frequency, minutes measured */
+  rpoGuests: number;
+  rpoWriteKiBps: number;
+  rpoFrequency: string;
+  rpoMinutes: number;
+  /** write CPU profiles of the agent processes into this directory */
+  cpuProfDir: string | undefined;
   resultsDir: string;
 }
 
@@ -50,10 +64,38 @@ export function libvirtOptions(flags: Flags, resultsDir: string): LibvirtBenchOp
     runs: flags.number('runs', 3, (n) => Number.isInteger(n) && n > 0),
     bytes: parseBytes(flags.string('size', '2G')),
     changed: parseBytes(flags.string('changed', '1G')),
+    only: undefined,
+    rpoGuests: flags.number('rpo-guests', 4, (n) => Number.isInteger(n) && n > 0),
+    rpoWriteKiBps: flags.number('rpo-write', 2000, (n) => n >= 0),
+    rpoFrequency: flags.string('rpo-frequency', '30s'),
+    rpoMinutes: flags.number('rpo-minutes', 3, (n) => n > 0),
+    cpuProfDir: flags.optionalString('cpu-prof'),
     resultsDir,
   };
+  const only = flags.optionalString('only');
+  if (only !== undefined && only !== 'cycle' && only !== 'rpo') throw new UsageError('--only takes cycle or rpo');
+  o.only = only;
   if (o.changed > o.bytes) throw new UsageError('--changed cannot be more than --size');
   return o;
+}
+
+/** Start an agent, profiled (a preloaded inspector session, see lib/cpu-prof-preload.ts) when asked. */
+async function startBenchAgent(o: LibvirtBenchOptions, tag: string, opts: Parameters<typeof startAgent>[0]): Promise<BenchAgent> {
+  if (!o.cpuProfDir) return startAgent(opts);
+  // node refuses --cpu-prof in NODE_OPTIONS; the agents inherit this environment at spawn
+  const saved = { ...process.env };
+  const preload = new URL('./lib/cpu-prof-preload.js', import.meta.url).href;
+  process.env.NODE_OPTIONS = `${saved.NODE_OPTIONS ?? ''} --import "${preload}"`.trim();
+  process.env.OSR_BENCH_CPU_PROF_DIR = path.resolve(o.cpuProfDir);
+  process.env.OSR_BENCH_CPU_PROF_NAME = `libvirt-${tag}-${opts.name}`;
+  try {
+    return await startAgent(opts);
+  } finally {
+    for (const k of ['NODE_OPTIONS', 'OSR_BENCH_CPU_PROF_DIR', 'OSR_BENCH_CPU_PROF_NAME']) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+  }
 }
 
 
@@ -105,29 +147,47 @@ function mounted(d: TinyDomain): Promise<true> {
   return waitFor(`${d.name} to boot`, async () => (fs.existsSync(d.console) && fs.readFileSync(d.console, 'latin1').includes('osr-guest: mounted') ? true : undefined), 180_000, 200);
 }
 
+type Row = (string | null)[];
+
 export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
   const virsh = new Virsh();
   await virsh.run(['version']).catch(() => {
     throw new Error('libvirtd does not answer on qemu:///system: run bash scripts/libvirt-up.sh first');
   });
+  const { dir, remove } = tempDir('libvirt');
+  onCleanup(remove);
+  const pkiDir = path.join(dir, 'pki');
+  await ensurePki(pkiDir, ['primary', 'replica']);
+  const out = path.join(o.resultsDir, 'libvirt.json');
+  // one part alone keeps the other part's figures from the last full run
+  const previous = o.only && fs.existsSync(out) ? (JSON.parse(fs.readFileSync(out, 'utf8')) as Record<string, unknown>) : {};
+  const result: Record<string, unknown> = { ...previous, benchmark: 'libvirt', at: new Date().toISOString(), machine: machineFacts(), options: { ...o, resultsDir: undefined, cpuProfDir: undefined } };
+  delete result.notMeasured;
+  const rows: Row[] = [];
+  if (o.only !== 'rpo') Object.assign(result, await runCycles(o, virsh, dir, pkiDir, rows));
+  if (o.only !== 'cycle') Object.assign(result, await runRpo(o, virsh, dir, pkiDir, rows));
+  console.log(formatTable(['measure', 'value', 'target'], rows));
+  fs.mkdirSync(o.resultsDir, { recursive: true });
+  fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`wrote ${out}`);
+}
+
+/** The initial copy, idle cycles, the compared incremental cycles and the drill boots. */
+async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiDir: string, rows: Row[]): Promise<Record<string, unknown>> {
   const hasVnb = await run('virtnbdbackup', ['--version']).then(
     () => true,
     () => false,
   );
-  const { dir, remove } = tempDir('libvirt');
-  onCleanup(remove);
   const guest = await tinyGuest();
   const name = `osr-bench-${process.pid}`;
-  const pkiDir = path.join(dir, 'pki');
-  await ensurePki(pkiDir, ['primary', 'replica']);
 
   // the domain: an ext4 system disk, a data disk of random bytes; idle (no guest writes)
   const dataImage = path.join(dir, 'data.qcow2');
   await randomImage(dataImage, o.bytes);
   const dom: TinyDomain = await startTinyDomain(virsh, name, path.join(dir, 'domain'), { dataImage, idle: true });
   onCleanup(() => removeDomain(virsh, name));
-  const replica = await startAgent({ name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0, logFile: path.join(dir, 'replica.log'), extraArgs: ['--log-level', 'warn'] });
-  const primary = await startAgent({ name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, logFile: path.join(dir, 'primary.log'), extraArgs: ['--log-level', 'warn', '--host', 'libvirt', '--libvirt-domains', `^${name}$`] });
+  const replica = await startBenchAgent(o, 'cycle', { name: 'replica', dataDir: path.join(dir, 'replica'), pkiDir, listenPort: 0, logFile: path.join(dir, 'replica.log'), extraArgs: ['--log-level', 'warn'] });
+  const primary = await startBenchAgent(o, 'cycle', { name: 'primary', dataDir: path.join(dir, 'primary'), pkiDir, logFile: path.join(dir, 'primary.log'), extraArgs: ['--log-level', 'warn', '--host', 'libvirt', '--libvirt-domains', `^${name}$`] });
   const health = () => primary.api.get<ReplicationHealth>(`/v1/replications/${name}`);
   const pointAfter = (seq: number | null) =>
     waitFor(
@@ -179,7 +239,17 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
     await mounted(dom);
     await run('virtnbdbackup', ['-d', twinName, '-l', 'full', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
   }
-  const rounds: { changedBytes: number; osrSeconds: number; vnbSeconds: number | null; readSeconds: number | null; sendSeconds: number | null; applySeconds: number | null }[] = [];
+  const rounds: {
+    changedBytes: number;
+    osrSeconds: number;
+    vnbSeconds: number | null;
+    readSeconds: number | null;
+    sendSeconds: number | null;
+    applySeconds: number | null;
+    replicaApplySeconds: number | null;
+    swap: DeltaTimings['swap'] | null;
+    replicaApplySteps: DeltaTimings['replicaApplySteps'] | null;
+  }[] = [];
   for (let r = 0; r < o.runs; r++) {
     await primary.api.post(`/v1/replications/${name}/cycle`);
     seq = await pointAfter(seq);
@@ -205,7 +275,17 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
       await run('virtnbdbackup', ['-d', twinName, '-l', 'inc', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
       vnbSeconds = (performance.now() - v) / 1000;
     }
-    rounds.push({ changedBytes, osrSeconds, vnbSeconds, readSeconds: d ? d.syncMs / 1000 : null, sendSeconds: d ? d.sendMs / 1000 : null, applySeconds: d ? d.applyMs / 1000 : null });
+    rounds.push({
+      changedBytes,
+      osrSeconds,
+      vnbSeconds,
+      readSeconds: d ? d.syncMs / 1000 : null,
+      sendSeconds: d ? d.sendMs / 1000 : null,
+      applySeconds: d ? d.applyMs / 1000 : null,
+      replicaApplySeconds: d?.replicaApplyMs != null ? d.replicaApplyMs / 1000 : null,
+      swap: d?.swap ?? null,
+      replicaApplySteps: d?.replicaApplySteps ?? null,
+    });
   }
 
   // test failover boot: the latest point opened writable at the replica, a domain on it over NBD
@@ -234,10 +314,6 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
   const vnbInc = hasVnb ? median(rounds.map((x) => x.vnbSeconds!)) : null;
   const changedMedian = median(rounds.map((x) => x.changedBytes));
   const result = {
-    benchmark: 'libvirt',
-    at: new Date().toISOString(),
-    machine: machineFacts(),
-    options: { ...o, resultsDir: undefined },
     initialReplicationMBps: round(initialMBps, 1),
     initialSeconds: round(initialSeconds, 2),
     deltaCycleOverheadSeconds: round(median(overhead), 3),
@@ -250,32 +326,122 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
     osrIncReadSeconds: round(median(rounds.map((x) => x.readSeconds ?? 0)), 2),
     osrIncSendSeconds: round(median(rounds.map((x) => x.sendSeconds ?? 0)), 2),
     osrIncApplySeconds: round(median(rounds.map((x) => x.applySeconds ?? 0)), 2),
+    osrIncReplicaApplySeconds: round(median(rounds.map((x) => x.replicaApplySeconds ?? 0)), 2),
+    // of the read: the backup begun, the extents read and logged (and streamed), the logs' sync, the backup ended
+    osrIncSwapSeconds: {
+      backup: round(median(rounds.map((x) => (x.swap?.backupMs ?? NaN) / 1000)), 2),
+      readAndLog: round(median(rounds.map((x) => (x.swap?.readMs ?? NaN) / 1000)), 2),
+      logSync: round(median(rounds.map((x) => (x.swap?.logSyncMs ?? NaN) / 1000)), 2),
+      end: round(median(rounds.map((x) => (x.swap?.endMs ?? NaN) / 1000)), 2),
+    },
+    // of the apply: the logs verified, the undo written and synced, the images written, synced, the point recorded
+    osrIncApplyStepsSeconds: Object.fromEntries(
+      (['verifyMs', 'undoMs', 'imageMs', 'syncMs', 'finishMs'] as const).map((k) => [k.replace('Ms', ''), round(median(rounds.map((x) => (x.replicaApplySteps?.[k] ?? NaN) / 1000)), 2)]),
+    ),
     testFailoverBootSeconds: round(median(boots), 2),
     rounds,
-    notMeasured: 'RPO p99 at a 30 s copy frequency for 4 guests writing 2 MB/s each',
   };
-  console.log(
-    formatTable(
-      ['measure', 'value', 'target'],
-      [
+  rows.push(
         ['initial replication (MB/s)', fmt(result.initialReplicationMBps), null],
         ['idle cycle overhead (s, median)', fmt(result.deltaCycleOverheadSeconds, 3), '≤ 1'],
         [`osr cycle, ${fmt(changedMedian / MiB, 0)} MiB scattered (s)`, fmt(result.osrIncSeconds, 2), '≤ virtnbdbackup'],
         ['  of which: read into the delta (s)', fmt(result.osrIncReadSeconds, 2), null],
-        ['  sent to the replica (s)', fmt(result.osrIncSendSeconds, 2), null],
+        ['    backup begun / extents read and logged / logs synced / backup ended (s)', [result.osrIncSwapSeconds.backup, result.osrIncSwapSeconds.readAndLog, result.osrIncSwapSeconds.logSync, result.osrIncSwapSeconds.end].map((x) => fmt(x, 2) ?? '—').join(' / '), null],
+        ['  sent to the replica (s, after the read: streamed deltas go out while read)', fmt(result.osrIncSendSeconds, 2), null],
         ['  applied at the replica (s)', fmt(result.osrIncApplySeconds, 2), null],
+        ['    verify / undo / image writes / image sync / finish (s)', Object.values(result.osrIncApplyStepsSeconds).map((x) => fmt(x, 2) ?? '—').join(' / '), null],
         ['virtnbdbackup -l inc, same changes (s)', fmt(result.virtnbdbackupIncSeconds, 2), null],
         ['osr / virtnbdbackup', fmt(result.osrToVirtnbdbackup, 2), '≤ 1'],
         ['delta (MB/s, read + shipped + applied)', fmt(result.deltaMBps), null],
-        ['test failover boot (s, median)', fmt(result.testFailoverBootSeconds, 2), null],
-      ],
-    ),
+    ['test failover boot (s, median)', fmt(result.testFailoverBootSeconds, 2), null],
   );
   if (!hasVnb) console.log('virtnbdbackup is not installed (Debian package virtnbdbackup): its column is empty');
-  fs.mkdirSync(o.resultsDir, { recursive: true });
-  const out = path.join(o.resultsDir, 'libvirt.json');
-  fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
-  console.log(`wrote ${out}`);
   await primary.stop();
   await replica.stop();
+  return result;
+}
+
+/**
+ * RPO under load: `rpoGuests` tiny guests, each writing `rpoWriteKiBps` KiB/s of random
+ * bytes to its data disk, replicated by one agent pair at `rpoFrequency`. Once every
+ * replication has its first point, each one's `rpoSeconds` is sampled every second for
+ * `rpoMinutes`, with both agents' CPU and RSS.
+ */
+async function runRpo(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiDir: string, rows: Row[]): Promise<Record<string, unknown>> {
+  const prefix = `osr-rpo-${process.pid}-`;
+  const names = Array.from({ length: o.rpoGuests }, (_, i) => `${prefix}${i}`);
+  const domains: TinyDomain[] = [];
+  for (const n of names) {
+    onCleanup(() => removeDomain(virsh, n));
+    domains.push(await startTinyDomain(virsh, n, path.join(dir, n), { dataMiB: 256, idle: true, writeKiBps: o.rpoWriteKiBps, bootTimeoutMs: 300_000 }));
+  }
+  const replica = await startBenchAgent(o, 'rpo', { name: 'replica', dataDir: path.join(dir, 'rpo-replica'), pkiDir, listenPort: 0, logFile: path.join(dir, 'rpo-replica.log'), extraArgs: ['--log-level', 'warn'] });
+  const primary = await startBenchAgent(o, 'rpo', { name: 'primary', dataDir: path.join(dir, 'rpo-primary'), pkiDir, logFile: path.join(dir, 'rpo-primary.log'), extraArgs: ['--log-level', 'warn', '--host', 'libvirt', '--libvirt-domains', `^${prefix}`] });
+  for (const n of names) await primary.api.post('/v1/replications', { vm: n, peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: o.rpoFrequency, retentionHours: 1, maxPoints: 20, compression: false });
+  const healths = () => Promise.all(names.map((n) => primary.api.get<ReplicationHealth>(`/v1/replications/${n}`)));
+  await waitFor(
+    'a first point of every guest',
+    async () => {
+      const hs = await healths();
+      for (const h of hs) if (h.lastError && h.lastError.code !== 'NETWORK_ERROR') throw new Error(`${h.vm}: ${h.lastError.code}: ${h.lastError.message}`);
+      return hs.every((h) => h.latestPoint) ? true : undefined;
+    },
+    15 * 60_000,
+    500,
+  );
+  const shippedAt = (await healths()).map((h) => h.bytesShipped);
+  const samplers = [primary, replica].map((a) => new ProcessSampler(a.child.pid!).start());
+  const samples: number[] = [];
+  const perVmMax = names.map(() => 0);
+  const errors = new Set<string>();
+  const t0 = performance.now();
+  const endMs = t0 + o.rpoMinutes * 60_000;
+  while (performance.now() < endMs) {
+    const at = performance.now();
+    const hs = await healths();
+    hs.forEach((h, i) => {
+      if (h.rpoSeconds !== null) {
+        samples.push(h.rpoSeconds);
+        perVmMax[i] = Math.max(perVmMax[i]!, h.rpoSeconds);
+      }
+      if (h.lastError) errors.add(`${h.lastError.code}: ${h.lastError.message}`);
+    });
+    await sleep(Math.max(0, 1000 - (performance.now() - at)));
+  }
+  const wallSeconds = (performance.now() - t0) / 1000;
+  const [pu, ru] = samplers.map((s) => s.stop());
+  const end = await healths();
+  const shippedMBps = end.map((h, i) => (h.bytesShipped - shippedAt[i]!) / MB / wallSeconds);
+  const result = {
+    rpoGuests: o.rpoGuests,
+    rpoWriteMBpsPerGuest: round((o.rpoWriteKiBps * 1024) / MB, 2),
+    rpoShippedMBpsPerGuest: round(median(shippedMBps), 2),
+    rpoFrequency: o.rpoFrequency,
+    rpoMinutes: o.rpoMinutes,
+    rpoSamples: samples.length,
+    rpoP50Seconds: round(percentile(samples, 50), 1),
+    rpoP99Seconds: round(percentile(samples, 99), 1),
+    rpoMaxSeconds: round(Math.max(...samples), 1),
+    rpoMaxSecondsPerGuest: perVmMax.map((x) => round(x, 1)),
+    rpoCycles: end.map((h) => h.cyclesLastHour),
+    rpoMissedCycles: end.map((h) => h.missedCyclesLastHour),
+    rpoErrors: [...errors],
+    rpoLastDeltas: end.map((h) => h.lastDelta),
+    rpoPrimaryCpuPercent: round(pu!.cpuPercentMean, 1),
+    rpoPrimaryRssMBMax: round(pu!.rssMBMax, 0),
+    rpoReplicaCpuPercent: round(ru!.cpuPercentMean, 1),
+    rpoReplicaRssMBMax: round(ru!.rssMBMax, 0),
+  };
+  rows.push(
+    [`RPO p50, ${o.rpoGuests} guests × ${fmt(result.rpoWriteMBpsPerGuest, 1)} MB/s, every ${o.rpoFrequency} (s)`, fmt(result.rpoP50Seconds, 1), null],
+    ['RPO p99 (s)', fmt(result.rpoP99Seconds, 1), '≤ 35'],
+    ['  shipped per guest (MB/s, median)', fmt(result.rpoShippedMBpsPerGuest, 2), null],
+    ['  primary agent CPU (% of a core) / RSS max (MB)', `${fmt(result.rpoPrimaryCpuPercent, 1)} / ${fmt(result.rpoPrimaryRssMBMax, 0)}`, null],
+    ['  replica agent CPU (% of a core) / RSS max (MB)', `${fmt(result.rpoReplicaCpuPercent, 1)} / ${fmt(result.rpoReplicaRssMBMax, 0)}`, null],
+  );
+  for (const n of names) await primary.api.delete(`/v1/replications/${n}`).catch(() => undefined);
+  await primary.stop();
+  await replica.stop();
+  for (const d of domains) await d.destroy();
+  return result;
 }

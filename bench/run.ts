@@ -74,6 +74,10 @@ libvirt flags:
   --runs N             rounds of changes, cycles and drill boots (3)
   --size 2G            the data disk, random bytes, for the initial copy (2G)
   --changed 1G         bytes changed before each compared cycle, 64 KiB blocks (1G)
+  --rpo-guests 4       guests of the RPO run, each writing --rpo-write KiB/s (2000)
+  --rpo-frequency 30s  copy frequency of the RPO run; --rpo-minutes 3 measured
+  --only cycle|rpo     run one part (the other part's figures stay from the last run)
+  --cpu-prof DIR       write CPU profiles of the agent processes into DIR
 
 replication flags:
   --runs N             repetitions of the initial copy and of rsync (3)

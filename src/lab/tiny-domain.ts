@@ -33,6 +33,8 @@ export interface TinyDomainOptions {
   interval?: number;
   /** mount and write nothing: a VM that stays still */
   idle?: boolean;
+  /** KiB of random bytes a second written to the data disk (vdb), records or not (default none) */
+  writeKiBps?: number;
   /** carry qemu-guest-agent */
   agent?: boolean;
   /** a virtio NIC on this libvirt network (default: no NIC) */
@@ -58,7 +60,7 @@ export async function startTinyDomain(virsh: Virsh, name: string, dir: string, o
   const xml = `<domain type='qemu'>
   <name>${xmlText(name)}</name>
   <memory unit='MiB'>256</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${xmlText(guest.kernel)}</kernel><initrd>${xmlText(guest.initrd)}</initrd><cmdline>${xmlText(`${guest.cmdline} osr.interval=${o.interval ?? 0.1}${o.idle ? ' osr.idle=1' : ''}`)}</cmdline></os>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${xmlText(guest.kernel)}</kernel><initrd>${xmlText(guest.initrd)}</initrd><cmdline>${xmlText(`${guest.cmdline} osr.interval=${o.interval ?? 0.1}${o.idle ? ' osr.idle=1' : ''}${o.writeKiBps ? ` osr.rate=${Math.round(o.writeKiBps)}` : ''}`)}</cmdline></os>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     ${Object.entries(images)

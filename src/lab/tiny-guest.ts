@@ -43,7 +43,9 @@ export interface TinyGuest {
 
 /**
  * The guest's init. Kernel options: `osr.interval=SECONDS` between records (default 0.2),
- * `osr.idle=1` to mount and do nothing (a VM that stays still).
+ * `osr.idle=1` to mount and do nothing (a VM that stays still), `osr.rate=KIB` to write
+ * about KIB KiB of random bytes a second to the second disk, a second's worth at a time at
+ * a random place, paced to the rate (default 0: none; with or without records).
  */
 const INIT = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /mnt /tmp
@@ -54,10 +56,12 @@ mount -t devtmpfs devtmpfs /dev
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko || echo "osr-guest: module $m did not load"; done
 interval=0.2
 idle=0
+rate=0
 for o in $(cat /proc/cmdline); do
   case "$o" in
     osr.interval=*) interval="\${o#osr.interval=}" ;;
     osr.idle=*) idle="\${o#osr.idle=}" ;;
+    osr.rate=*) rate="\${o#osr.rate=}" ;;
   esac
 done
 if [ -x /usr/sbin/qemu-ga ]; then
@@ -72,6 +76,22 @@ if ! mount -t ext4 -o data=ordered /dev/vda /mnt; then echo "osr-guest: mount fa
 size=$(stat -c %s /mnt/records 2>/dev/null || echo 0)
 next=$((size / ${RECORD_BYTES}))
 echo "osr-guest: mounted next=$next"
+if [ "$rate" -gt 0 ] && [ -b /dev/vdb ]; then
+  (
+    blocks=$(( (rate + 63) / 64 ))
+    span=$(( $(blockdev --getsize64 /dev/vdb) / 65536 - blocks ))
+    start=$(date +%s)
+    written=0
+    while true; do
+      dd if=/dev/urandom of=/dev/vdb bs=65536 count=$blocks seek=$(( (RANDOM * 32768 + RANDOM) % span )) conv=notrunc,fsync 2>/dev/null
+      written=$((written + blocks * 64))
+      due=$((start + written / rate))
+      now=$(date +%s)
+      [ "$now" -lt "$due" ] && sleep $((due - now))
+    done
+  ) &
+  echo "osr-guest: writing $rate KiB/s"
+fi
 if [ "$idle" = "1" ]; then while true; do sleep 3600; done; fi
 while true; do
   rec=$(printf 'rec %08d ' "$next")

@@ -444,3 +444,47 @@ test(
     assertCorrupt(() => p.push(bad), /exceeds the limit/);
   }),
 );
+
+test('queued appends write the same log as synchronous ones, and the tee sees every byte of it in order', withDir(async (dir) => {
+    const rnd = prng(7);
+    const ops: Op[] = [];
+    let at = 0;
+    for (let i = 0; i < 600; i++) {
+      if (i % 7 === 3) ops.push({ kind: 'zero', offset: at, length: 65536 });
+      else ops.push({ kind: 'write', offset: at, data: randomBytes(rnd, 1 + ((i * 7919) % 70_000)) });
+      at += 131072;
+    }
+    const a = path.join(dir, 'sync.osrlog');
+    writeLog(a, 9, ops);
+    const b = path.join(dir, 'queued.osrlog');
+    const w = ChangeLogWriter.create(b, { seq: 9, createdMs: 1_700_000_000_000, diskKey: KEY });
+    const teed: { at: number; bytes: Buffer }[] = [];
+    w.tee((pos, bufs) => teed.push({ at: pos, bytes: Buffer.concat(bufs) }));
+    for (const op of ops) {
+      if (op.kind === 'write') await w.queueWrite(op.offset, op.data);
+      else w.queueZero(op.offset, op.length);
+    }
+    await w.drain();
+    w.close(1_700_000_000_123);
+    await w.sync();
+    w.closeFile();
+    const file = fs.readFileSync(b);
+    assert.deepEqual(file, fs.readFileSync(a));
+    let pos = 0;
+    for (const t of teed) {
+      assert.equal(t.at, pos);
+      pos += t.bytes.length;
+    }
+    assert.deepEqual(Buffer.concat(teed.map((t) => t.bytes)), file);
+    assert.equal(scanLogFile(b).close?.recordCount, ops.length);
+}));
+
+test('a log with queued records not yet written cannot be closed', withDir(async (dir) => {
+    const rnd = prng(8);
+    const w = ChangeLogWriter.create(path.join(dir, 'x.osrlog'), { seq: 1, createdMs: 1, diskKey: KEY });
+    await w.queueWrite(0, randomBytes(rnd, 4096));
+    assert.throws(() => w.close(2), /queued records/);
+    await w.drain();
+    w.close(2);
+    w.closeFile();
+}));

@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { diskKeyOf } from '../../src/agent/tracking/change-log.js';
-import { closeUndoFile, openUndoFile, verifyUndoData, writeUndoFile, type UndoFile, type UndoSource } from '../../src/agent/replica/undo-file.js';
+import { ChangeLogWriter, diskKeyOf, RecordWalker } from '../../src/agent/tracking/change-log.js';
+import { closeUndoFile, openUndoFile, UndoWriter, verifyUndoData, writeUndoFile, type UndoFile, type UndoSource } from '../../src/agent/replica/undo-file.js';
 import { readFully } from '../../src/agent/io/io.js';
 import { assertThrowsCode, prng, randomBytes, withDir } from '../support/unit.js';
 
@@ -211,3 +211,69 @@ test(
     }
   }),
 );
+
+test('an undo written as a delta arrives equals the one written at the apply; ranges that go backwards make it give up', withDir(async (dir) => {
+  const rnd = prng(21);
+  const imagePath = path.join(dir, 'image.img');
+  fs.writeFileSync(imagePath, randomBytes(rnd, 24 << 20));
+  const fd = fs.openSync(imagePath, 'r');
+  try {
+    // ranges in order, some adjacent (merged), one crossing a batch boundary
+    const ranges: [number, number][] = [[0, 4096], [4096, 8192], [65536, 10 << 20], [(12 << 20) + 7, 3 << 20], [(20 << 20), 512]];
+    const sources: UndoSource[] = [{ offset: 0, length: 12288, fd, pos: 0 }, { offset: 65536, length: 10 << 20, fd, pos: 65536 }, { offset: (12 << 20) + 7, length: 3 << 20, fd, pos: (12 << 20) + 7 }, { offset: 20 << 20, length: 512, fd, pos: 20 << 20 }];
+    const a = await writeUndoFile(path.join(dir, 'a.undo'), KEY, sources);
+    const w = new UndoWriter(path.join(dir, 'b.undo'), fd, KEY);
+    for (const [o, l] of ranges) w.add(o, l);
+    const b = (await w.finish())!;
+    assert.ok(b);
+    assert.deepEqual(b.entries, a.entries);
+    assert.deepEqual(fs.readFileSync(b.path), fs.readFileSync(a.path));
+    assert.equal(await verifyUndoData(openUndoFile(b.path)), true);
+    closeUndoFile(a);
+    closeUndoFile(b);
+    const back = new UndoWriter(path.join(dir, 'c.undo'), fd, KEY);
+    back.add(8192, 4096);
+    back.add(4096, 4096);
+    assert.equal(await back.finish(), undefined);
+    assert.equal(fs.existsSync(path.join(dir, 'c.undo')), false);
+  } finally {
+    fs.closeSync(fd);
+  }
+}));
+
+test('the record walker names a log\'s ranges from its bytes in any split, and stops at bytes out of order', withDir(async (dir) => {
+  const rnd = prng(22);
+  const file = path.join(dir, 'x.osrlog');
+  const w = ChangeLogWriter.create(file, { seq: 1, createdMs: 1, diskKey: KEY });
+  const want: [number, number][] = [];
+  for (let i = 0; i < 50; i++) {
+    const offset = i * 200_000;
+    if (i % 5 === 2) {
+      w.appendZero(offset, 4096);
+      want.push([offset, 4096]);
+    } else {
+      const n = 1 + Math.floor(rnd() * 90_000);
+      w.appendWrite(offset, randomBytes(rnd, n));
+      want.push([offset, n]);
+    }
+  }
+  w.close(2);
+  w.closeFile();
+  const bytes = fs.readFileSync(file);
+  for (const step of [1, 7, 48, 4096, 65536, bytes.length]) {
+    const got: [number, number][] = [];
+    const walker = new RecordWalker((o, l) => got.push([o, l]));
+    for (let at = 0; at < bytes.length; at += step) {
+      const end = Math.min(bytes.length, at + step);
+      // a frame of one or two parts
+      const mid = at + Math.floor((end - at) / 2);
+      walker.push(at, [bytes.subarray(at, mid), bytes.subarray(mid, end)]);
+    }
+    assert.equal(walker.ok, true);
+    assert.deepEqual(got, want);
+  }
+  const gap = new RecordWalker(() => undefined);
+  gap.push(0, [bytes.subarray(0, 100)]);
+  gap.push(200, [bytes.subarray(200, 300)]);
+  assert.equal(gap.ok, false);
+}));

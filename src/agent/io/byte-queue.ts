@@ -44,6 +44,37 @@ export class ByteQueue {
     return parts;
   }
 
+  /**
+   * The first n bytes without removing them, or undefined when fewer are queued. When they
+   * span chunks, those chunks are joined once in the queue, so peeking again is free.
+   */
+  peek(n: number): Buffer | undefined {
+    if (this.bytes < n) return undefined;
+    if (this.chunks[0].length >= n) return this.chunks[0];
+    let count = 0;
+    let joined = 0;
+    while (joined < n) joined += this.chunks[count++].length;
+    const head = Buffer.concat(this.chunks.slice(0, count), joined);
+    this.chunks.splice(0, count, head);
+    return head;
+  }
+
+  /** Drop the first n bytes (at most what is queued). */
+  skip(n: number): void {
+    let need = Math.min(n, this.bytes);
+    this.bytes -= need;
+    while (need > 0) {
+      const c = this.chunks[0];
+      if (c.length <= need) {
+        this.chunks.shift();
+        need -= c.length;
+      } else {
+        this.chunks[0] = c.subarray(need);
+        need = 0;
+      }
+    }
+  }
+
   /** A big-endian u32 at the head of the queue, without removing it. */
   peekUInt32BE(): number | undefined {
     if (this.bytes < 4) return undefined;

@@ -70,15 +70,24 @@ export async function readGather(fd: number, buf: Buffer, pieces: readonly IoPie
 /** A range of some file to gather: its descriptor, then as an IoPiece. */
 export type FilePiece = readonly [fd: number, filePos: number, bufOffset: number, length: number];
 
-/** `readGather` over ranges of several files: one gathered read per file, all at once. */
-export async function readGatherFiles(buf: Buffer, pieces: readonly FilePiece[]): Promise<Buffer> {
+/**
+ * `readGather` over ranges of several files: one gathered read per file, all at once.
+ * With `lanes` > 1, each file's ranges are dealt out to that many gathered reads running
+ * together (random reads of a disk go faster several at a time than one after another).
+ */
+export async function readGatherFiles(buf: Buffer, pieces: readonly FilePiece[], lanes = 1): Promise<Buffer> {
   const byFd = new Map<number, IoPiece[]>();
   for (const [fd, pos, at, len] of pieces) {
     const list = byFd.get(fd) ?? [];
     list.push([pos, at, len]);
     byFd.set(fd, list);
   }
-  await Promise.all([...byFd].map(([fd, list]) => readGather(fd, buf, list)));
+  const reads: Promise<Buffer>[] = [];
+  for (const [fd, list] of byFd) {
+    const n = Math.max(1, Math.min(lanes, list.length));
+    for (let lane = 0; lane < n; lane++) reads.push(readGather(fd, buf, n === 1 ? list : list.filter((_, i) => i % n === lane)));
+  }
+  await Promise.all(reads);
   return buf;
 }
 
@@ -128,4 +137,41 @@ export async function forEachBounded<T>(items: readonly T[], limit: number, fn: 
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
   if (failure) throw failure.e;
+}
+
+/**
+ * Early write-back of a file being written: every `everyBytes` written, an fdatasync is
+ * started on the thread pool and not awaited (one at a time), so the disk writes while the
+ * writer goes on and the final sync finds little left. A page cache of gigabytes would
+ * otherwise hold a whole delta dirty until that sync. A failed early sync is kept and
+ * thrown by `settle()`: a later fdatasync may not report it again.
+ */
+export class WriteBack {
+  private since = 0;
+  private running: Promise<void> | undefined;
+  private failure: { e: unknown } | undefined;
+
+  constructor(
+    private readonly fd: number,
+    private readonly everyBytes = 64 * 1024 * 1024,
+  ) {}
+
+  wrote(bytes: number): void {
+    this.since += bytes;
+    if (this.since < this.everyBytes || this.running) return;
+    this.since = 0;
+    this.running = fdatasyncAsync(this.fd).then(
+      () => void (this.running = undefined),
+      (e: unknown) => {
+        this.running = undefined;
+        this.failure ??= { e };
+      },
+    );
+  }
+
+  /** Wait for the sync running, if any; throws the first that failed. */
+  async settle(): Promise<void> {
+    if (this.running) await this.running;
+    if (this.failure) throw this.failure.e;
+  }
 }

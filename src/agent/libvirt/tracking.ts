@@ -33,6 +33,22 @@ import type { Virsh } from './virsh.js';
 
 type Consistency = 'crash-consistent' | 'app-consistent';
 
+/** Where the last swap's time went (ms): the backup begun, the dirty extents read and logged, the logs synced, the backup ended and the old checkpoint deleted. */
+export interface SwapTimings {
+  seq: number;
+  backupMs: number;
+  readMs: number;
+  logSyncMs: number;
+  endMs: number;
+}
+
+/** Where a swap hands its logs' bytes as it writes them (the sending side's DeltaStream). */
+interface DeltaStream {
+  begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void;
+  disk(name: string): void;
+  data(pos: number, bufs: readonly Buffer[]): void;
+}
+
 interface State {
   enabled: boolean;
   /** the delta writes go to now: its changes are in checkpoint osr-<activeSeq> */
@@ -63,6 +79,10 @@ export class LibvirtTracking {
   private offlineSwapArmed = false;
   /** the images' stamp after a swap read the domain's last writes with it off (the domain has not run since while it is unchanged) */
   private flushedOff: string | undefined;
+  /** where the last swap's time went */
+  lastSwap: SwapTimings | undefined;
+  /** of the swap running, ms spent syncing logs */
+  private syncSpent = 0;
 
   constructor(
     private readonly virsh: Virsh,
@@ -171,17 +191,17 @@ export class LibvirtTracking {
    * last writes are read as a running one's. A domain someone else shut off waits: its
    * writes stay in its bitmap until it runs again.
    */
-  async swap(consistency: Consistency): Promise<number> {
+  async swap(consistency: Consistency, stream?: DeltaStream): Promise<number> {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off`);
     if (this.state.resyncRequired) throw new OsrError('RESYNC_REQUIRED', this.state.resyncRequired.reason);
     const state = (await this.virsh.run(['domstate', this.domain])).trim();
-    if (state === 'running' || state === 'paused') return this.swapActive(consistency);
+    if (state === 'running' || state === 'paused') return this.swapActive(consistency, stream);
     if (!this.offlineSwapArmed) throw new OsrError('INVALID_STATE', `${this.domain} is ${state}: its writes since the last point are read once it runs again`, { domain: this.domain, state });
     this.offlineSwapArmed = false;
     await this.virsh.run(['start', this.domain, '--paused']);
     let swapped = false;
     try {
-      const seq = await this.swapActive('crash-consistent');
+      const seq = await this.swapActive('crash-consistent', stream);
       swapped = true;
       return seq;
     } finally {
@@ -191,10 +211,11 @@ export class LibvirtTracking {
     }
   }
 
-  private async swapActive(consistency: Consistency): Promise<number> {
+  private async swapActive(consistency: Consistency, stream?: DeltaStream): Promise<number> {
     await this.endBackup();
     const seq = this.state.activeSeq;
     const timeMs = this.now();
+    const t0 = performance.now();
     let inc: PullBackup;
     let cut: Consistency = consistency;
     try {
@@ -212,28 +233,43 @@ export class LibvirtTracking {
       throw err;
     }
     const dir = path.join(this.dir, 'logs', String(seq));
+    const t1 = performance.now();
+    this.syncSpent = 0;
     try {
       fs.rmSync(dir, { recursive: true, force: true });
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      for (const disk of this.disks) await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs);
+      stream?.begin(seq, { timeMs, consistency: cut });
+      for (const disk of this.disks) {
+        stream?.disk(disk.target);
+        await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs, stream);
+      }
     } catch (e) {
       await inc.end().catch(() => undefined);
       // the new checkpoint exists and the delta was not written: what changed since osr-N is lost
       this.markResyncRequired(`delta ${seq} of ${this.domain} could not be written: ${toOsrError(e).message}`);
       throw e;
     }
+    const t2 = performance.now();
     await inc.end();
     this.state.pointMeta[String(seq)] = { timeMs, consistency: cut };
     this.state.activeSeq = seq + 1;
     this.save();
     await this.virsh.run(['checkpoint-delete', this.domain, this.checkpoint(seq)]).catch(() => undefined);
+    const ms = (x: number) => Math.round(x);
+    this.lastSwap = { seq, backupMs: ms(t1 - t0), readMs: ms(t2 - t1 - this.syncSpent), logSyncMs: ms(this.syncSpent), endMs: ms(performance.now() - t2) };
     return seq;
   }
 
-  /** One disk's dirty extents, read from the incremental backup's export, as a closed and synced change log. */
-  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string, closedMs: number): Promise<void> {
+  /**
+   * One disk's dirty extents, read from the incremental backup's export, as a closed and
+   * synced change log. Reads stay in flight while the log is written: its records are
+   * laid out in order as the reads come back and written in batches on the thread pool
+   * (ChangeLogWriter's queued appends), and the log is synced once every record is written.
+   */
+  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string, closedMs: number, stream?: DeltaStream): Promise<void> {
     const { client, context } = await b.open(disk.target);
     const w = ChangeLogWriter.create(file, { seq, createdMs: closedMs, diskKey: diskKeyOf(disk.id) });
+    if (stream) w.tee((at, bufs) => stream.data(at, bufs));
     try {
       const pieces: { offset: number; length: number }[] = [];
       for (const e of await changedExtents(client, context)) {
@@ -254,12 +290,18 @@ export class LibvirtTracking {
       for (const p of pieces) {
         const data = await inFlight.shift()!;
         refill();
-        if (isZero(data)) w.appendZero(p.offset, p.length);
-        else w.appendWrite(p.offset, data);
+        if (isZero(data)) w.queueZero(p.offset, p.length);
+        else await w.queueWrite(p.offset, data);
       }
+      const s = performance.now();
+      await w.drain();
       w.close(closedMs);
-      w.syncSync();
+      await w.sync();
+      this.syncSpent += performance.now() - s;
     } finally {
+      w.tee(undefined);
+      // no write of the log may be left running on a descriptor about to be closed
+      await w.drain().catch(() => undefined);
       w.closeFile();
       await client.close();
     }

@@ -7,6 +7,7 @@
  */
 import net from 'node:net';
 import { OsrError } from '../../domain/errors.js';
+import { ByteQueue } from '../io/byte-queue.js';
 import { ClientFlag, CmdFlag, NBD_INIT_MAGIC, NBD_MAX_STRING, NBD_OPTS_MAGIC, NBD_REP_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, NBD_STRUCTURED_REPLY_MAGIC, NbdCmd, NbdInfo, NbdOpt, NbdRep, ReplyFlag, ReplyType } from './protocol.js';
 
 export type NbdTarget = { socketPath: string; exportName: string } | { host: string; port: number; exportName: string };
@@ -28,7 +29,9 @@ interface Pending {
   resolve: (b: Buffer) => void;
   reject: (e: Error) => void;
   readLength: number;
-  /** a structured read: the buffer its data chunks fill (holes stay zero) */
+  /** a structured read (its data arrives in chunks at absolute offsets) */
+  structuredRead?: boolean;
+  /** a structured read: the buffer its data chunks fill (holes stay zero), made at the first chunk */
   target?: Buffer;
   /** the request's offset (data chunks carry absolute offsets) */
   offset: number;
@@ -57,7 +60,8 @@ export class NbdClient {
   /** the ids the server gave the metadata contexts it agreed to, by name */
   readonly contexts = new Map<string, number>();
   private structured = false;
-  private buf: Buffer = Buffer.alloc(0);
+  /** bytes received and not yet parsed: replies are copied out of the socket's chunks once */
+  private readonly queue = new ByteQueue();
   private nextHandle = 1n;
   private readonly pending = new Map<bigint, Pending>();
   private handshake: ((b: Buffer) => boolean) | undefined;
@@ -65,7 +69,7 @@ export class NbdClient {
 
   private constructor(private readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => {
-      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+      this.queue.push(chunk);
       this.pump();
     });
     const fail = (e: Error) => {
@@ -95,13 +99,19 @@ export class NbdClient {
     return c;
   }
 
+  /** Everything received and not parsed yet, as one buffer (the handshake's small messages). */
+  private received(): Buffer {
+    return this.queue.length === 0 ? Buffer.alloc(0) : this.queue.peek(this.queue.length)!;
+  }
+
   private pump(): void {
     if (this.handshake) {
-      if (this.handshake(this.buf)) this.handshake = undefined;
+      if (this.handshake(this.received())) this.handshake = undefined;
       return;
     }
-    while (this.buf.length >= 16) {
-      const magic = this.buf.readUInt32BE(0);
+    while (this.queue.length >= 16) {
+      const head = this.queue.peek(16)!;
+      const magic = head.readUInt32BE(0);
       if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
         if (!this.structuredChunk()) return;
         continue;
@@ -110,13 +120,14 @@ export class NbdClient {
         this.socket.destroy(new OsrError('PROTOCOL_ERROR', 'NBD server sent an unexpected reply'));
         return;
       }
-      const handle = this.buf.readBigUInt64BE(8);
+      const handle = head.readBigUInt64BE(8);
       const p = this.pending.get(handle);
-      const errno = this.buf.readUInt32BE(4);
+      const errno = head.readUInt32BE(4);
       const dataLen = errno === 0 && p ? p.readLength : 0;
-      if (this.buf.length < 16 + dataLen) return;
-      const data = Buffer.from(this.buf.subarray(16, 16 + dataLen));
-      this.buf = this.buf.subarray(16 + dataLen);
+      if (this.queue.length < 16 + dataLen) return;
+      this.queue.skip(16);
+      // the data is the socket's own chunks (no copy) unless it spans several
+      const data = dataLen > 0 ? this.queue.take(dataLen)! : Buffer.alloc(0);
       if (!p) continue;
       this.pending.delete(handle);
       if (errno !== 0) p.reject(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}`, { errno }));
@@ -128,72 +139,88 @@ export class NbdClient {
    * One chunk of a structured reply, if all of it has arrived (false: wait for more).
    * Data chunks fill the read's buffer at their offset, holes leave it zero, block status
    * chunks add extents, error chunks fail the request; the chunk flagged done ends it.
+   * A data chunk is copied once, from the socket's chunks into the read's buffer.
    */
   private structuredChunk(): boolean {
-    const b = this.buf;
-    if (b.length < 20) return false;
-    const flags = b.readUInt16BE(4);
-    const type = b.readUInt16BE(6);
-    const handle = b.readBigUInt64BE(8);
-    const len = b.readUInt32BE(16);
-    if (b.length < 20 + len) return false;
-    const body = b.subarray(20, 20 + len);
-    this.buf = b.subarray(20 + len);
+    const q = this.queue;
+    const h = q.peek(20);
+    if (!h) return false;
+    const flags = h.readUInt16BE(4);
+    const type = h.readUInt16BE(6);
+    const handle = h.readBigUInt64BE(8);
+    const len = h.readUInt32BE(16);
+    if (q.length < 20 + len) return false;
+    q.skip(20);
     const p = this.pending.get(handle);
-    if (!p) return true;
+    if (!p) {
+      q.skip(len);
+      return true;
+    }
     const fail = (e: Error) => {
       p.error ??= e;
     };
     // a chunk too short for its own fields fails its request, it does not throw out of the socket's data handler
     const need = type === ReplyType.OffsetData ? 8 : type === ReplyType.OffsetHole ? 12 : type === ReplyType.BlockStatus ? 4 : type & 0x8000 ? 6 : 0;
-    if (body.length < need) {
-      fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of type ${type} is ${body.length} bytes, shorter than its fields`));
+    if (len < need) {
+      q.skip(len);
+      fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of type ${type} is ${len} bytes, shorter than its fields`));
       if (flags & ReplyFlag.Done) {
         this.pending.delete(handle);
         p.reject(p.error!);
       }
       return true;
     }
-    switch (type) {
-      case ReplyType.None:
-        break;
-      case ReplyType.OffsetData: {
-        const at = Number(body.readBigUInt64BE(0)) - p.offset;
-        const data = body.subarray(8);
-        if (!p.target || at < 0 || at + data.length > p.target.length) fail(new OsrError('PROTOCOL_ERROR', 'NBD data chunk outside the read'));
-        else data.copy(p.target, at);
-        break;
+    if (type === ReplyType.OffsetData) {
+      const at = Number(q.take(8)!.readBigUInt64BE(0)) - p.offset;
+      const dataLen = len - 8;
+      if (!p.structuredRead || at < 0 || at + dataLen > p.readLength) {
+        q.skip(dataLen);
+        fail(new OsrError('PROTOCOL_ERROR', 'NBD data chunk outside the read'));
+      } else {
+        // a chunk that covers the whole read fills every byte: no need to zero the buffer first
+        p.target ??= at === 0 && dataLen === p.readLength ? Buffer.allocUnsafe(dataLen) : Buffer.alloc(p.readLength);
+        let done = at;
+        for (const part of q.takeParts(dataLen)!) done += part.copy(p.target, done);
       }
-      case ReplyType.OffsetHole: {
-        const at = Number(body.readBigUInt64BE(0)) - p.offset;
-        const holeLen = body.readUInt32BE(8);
-        if (!p.target || at < 0 || at + holeLen > p.target.length) fail(new OsrError('PROTOCOL_ERROR', 'NBD hole chunk outside the read'));
-        else p.target.fill(0, at, at + holeLen);
-        break;
-      }
-      case ReplyType.BlockStatus: {
-        const id = body.readUInt32BE(0);
-        if (id !== p.contextId || !p.extents) break;
-        let at = p.offset + p.extents.reduce((n, e) => n + e.length, 0);
-        for (let i = 4; i + 8 <= body.length; i += 8) {
-          const length = body.readUInt32BE(i);
-          p.extents.push({ offset: at, length, flags: body.readUInt32BE(i + 4) });
-          at += length;
+    } else {
+      const body = len > 0 ? q.take(len)! : Buffer.alloc(0);
+      switch (type) {
+        case ReplyType.None:
+          break;
+        case ReplyType.OffsetHole: {
+          const at = Number(body.readBigUInt64BE(0)) - p.offset;
+          const holeLen = body.readUInt32BE(8);
+          if (!p.structuredRead || at < 0 || at + holeLen > p.readLength) fail(new OsrError('PROTOCOL_ERROR', 'NBD hole chunk outside the read'));
+          else {
+            p.target ??= Buffer.alloc(p.readLength);
+            p.target.fill(0, at, at + holeLen);
+          }
+          break;
         }
-        break;
+        case ReplyType.BlockStatus: {
+          const id = body.readUInt32BE(0);
+          if (id !== p.contextId || !p.extents) break;
+          let at = p.offset + p.extents.reduce((n, e) => n + e.length, 0);
+          for (let i = 4; i + 8 <= body.length; i += 8) {
+            const length = body.readUInt32BE(i);
+            p.extents.push({ offset: at, length, flags: body.readUInt32BE(i + 4) });
+            at += length;
+          }
+          break;
+        }
+        default:
+          if (type & 0x8000) {
+            const errno = body.readUInt32BE(0);
+            const msgLen = body.readUInt16BE(4);
+            const message = body.subarray(6, 6 + msgLen).toString('utf8');
+            fail(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}${message ? `: ${message}` : ''}`, { errno }));
+          } else fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of unknown type ${type}`));
       }
-      default:
-        if (type & 0x8000) {
-          const errno = body.readUInt32BE(0);
-          const msgLen = body.readUInt16BE(4);
-          const message = body.subarray(6, 6 + msgLen).toString('utf8');
-          fail(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}${message ? `: ${message}` : ''}`, { errno }));
-        } else fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of unknown type ${type}`));
     }
     if (flags & ReplyFlag.Done) {
       this.pending.delete(handle);
       if (p.error) p.reject(p.error);
-      else p.resolve(p.target ?? Buffer.alloc(0));
+      else p.resolve(p.target ?? Buffer.alloc(p.structuredRead ? p.readLength : 0));
     }
     return true;
   }
@@ -205,7 +232,7 @@ export class NbdClient {
         try {
           const r = parse(b);
           if (!r) return false;
-          this.buf = b.subarray(r.used);
+          this.queue.skip(r.used);
           resolve(r.value);
           return true;
         } catch (e) {
@@ -213,7 +240,7 @@ export class NbdClient {
           return true;
         }
       };
-      if (!tryParse(this.buf)) this.handshake = tryParse;
+      if (!tryParse(this.received())) this.handshake = tryParse;
     });
   }
 
@@ -301,7 +328,7 @@ export class NbdClient {
     h.writeBigUInt64BE(handle, 8);
     h.writeBigUInt64BE(BigInt(offset), 16);
     h.writeUInt32BE(length, 24);
-    const p = new Promise<Buffer>((resolve, reject) => this.pending.set(handle, { resolve, reject, readLength: cmd === NbdCmd.Read ? length : 0, offset, ...(this.structured && cmd === NbdCmd.Read ? { target: Buffer.alloc(length) } : {}), ...extra }));
+    const p = new Promise<Buffer>((resolve, reject) => this.pending.set(handle, { resolve, reject, readLength: cmd === NbdCmd.Read ? length : 0, offset, structuredRead: this.structured && cmd === NbdCmd.Read, ...extra }));
     this.socket.cork();
     this.socket.write(h);
     if (payload) this.socket.write(payload);

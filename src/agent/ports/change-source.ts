@@ -76,6 +76,20 @@ export interface ResyncBegun {
   resumed: boolean;
 }
 
+/**
+ * A delta's change-log bytes handed over while a host writes its logs (a libvirt host
+ * reads a delta and writes it in the same step): the sending side ships them before the
+ * logs are closed, and asks the replica to apply the delta only once `swap` has returned
+ * (the logs closed and synced here). Calls come in order: `begin`, then for each disk
+ * `disk` and its log's bytes, every byte once, in order. A host that writes its logs
+ * otherwise never calls it.
+ */
+export interface DeltaStream {
+  begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void;
+  disk(name: string): void;
+  data(pos: number, bufs: readonly Buffer[]): void;
+}
+
 export interface ChangeTracking {
   readonly enabled: boolean;
   readonly resyncRequired: { reason: string; at: string } | undefined;
@@ -91,8 +105,10 @@ export interface ChangeTracking {
   start(): number | Promise<number>;
   /** stop tracking and drop every log */
   stop(): void;
-  /** close the current delta of every disk at one instant; returns its sequence number */
-  swap(consistency: Consistency): number | Promise<number>;
+  /** where the last swap's time went, for a host that reads the delta in the swap (ms) */
+  readonly lastSwap?: { seq: number; backupMs: number; readMs: number; logSyncMs: number; endMs: number } | undefined;
+  /** close the current delta of every disk at one instant; returns its sequence number (the logs' bytes go to `stream` too, when the host writes them in the swap) */
+  swap(consistency: Consistency, stream?: DeltaStream): number | Promise<number>;
   /** resolves when every delta closed so far is durable */
   closedSynced(): Promise<void>;
   /** closed deltas after afterSeq, by sequence number, one file per disk */

@@ -45,6 +45,17 @@ export interface DeltaDiskFile {
   file: string;
   /** a resync's staged log, applied before `file` (set by the store) */
   staged?: string | undefined;
+  /** the undo of this disk, written while the delta arrived (ReplicaTarget.prepareUndo) */
+  undo?: PreparedUndo | undefined;
+}
+
+/** An undo being written while its delta arrives: the ranges its records name, in order. */
+export interface PreparedUndo {
+  add(offset: number, length: number): void;
+  invalidate(): void;
+  /** the undo file complete (not synced), or undefined when it gave up */
+  finish(): Promise<{ path: string; fd: number; entries: { offset: number; length: number; dataPos: number }[] } | undefined>;
+  abandon(): Promise<void>;
 }
 
 export interface ResyncDiskProgress {
@@ -87,6 +98,10 @@ export interface ReplicaTarget {
   /** the point whose delta is being applied now, if one is (its files must not be touched) */
   readonly applyingSeq: number | undefined;
   applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
+  /** begin the undo of delta `seq` for `disk` while it arrives, when the store can (it follows the latest point) */
+  prepareUndo?(seq: number, disk: string): PreparedUndo | undefined;
+  /** where the last apply spent its time (ms), when the store keeps it */
+  readonly applySteps?: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
   points(): RecoveryPoint[];
   latestPoint(): RecoveryPoint | undefined;
   /** begin or resume a resynchronization ending in point `seq` */

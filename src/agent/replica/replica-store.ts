@@ -25,13 +25,13 @@ import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io
 import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
 import { ExtentMap } from '../io/extent-map.js';
 import { fileBlockDigests } from '../io/checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
 import { Consistency } from '../ports/change-source.js';
 import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { punchHole, writeZeroRange } from '../io/sparse.js';
 import { ResyncStage } from './resync-stage.js';
-import { closeUndoFile, openUndoFile, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
+import { closeUndoFile, openUndoFile, UndoWriter, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 
 interface Manifest {
   version: 1;
@@ -116,6 +116,11 @@ export class ReplicaStore implements ReplicaTarget {
   private readonly images = new Map<string, number>();
   private readonly directFds = new Map<string, number | undefined>();
   private readonly undos: PointUndo[] = [];
+  /** counts the writes into the images (initial copy, applies, roll-backs): an undo read ahead is good only while it stays the same */
+  private imageWrites = 0;
+  private readonly preparedAt = new WeakMap<object, number>();
+  /** where the last delta's apply spent its time (ms): verifying the logs, the undo written and synced, the images written, synced, the point recorded and pruning */
+  applySteps: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
   private readonly views = new Set<PointView>();
   private readonly overlays = new Map<string, Overlay>();
   private busy = false;
@@ -474,6 +479,7 @@ export class ReplicaStore implements ReplicaTarget {
    * and points. The images are overwritten by the copy, holes included.
    */
   resetInitial(): void {
+    this.imageWrites++;
     this.assertWritable();
     if (this.overlays.size > 0) throw new OsrError('OVERLAY_IN_USE', `close the overlays on ${this.vmId} before replication starts over`);
     const undos = this.undos.splice(0);
@@ -494,6 +500,7 @@ export class ReplicaStore implements ReplicaTarget {
    * unaligned tail, a file system without O_DIRECT) is written through the page cache.
    */
   async writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void> {
+    this.imageWrites++;
     if (this.manifest.initial.done) throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} is already complete`);
     const length = data.reduce((n, b) => n + b.length, 0);
     const direct = length <= directPool.bufferBytes && isAligned(offset, length) ? this.directFd(disk) : undefined;
@@ -522,6 +529,7 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   zeroInitial(disk: string, offset: number, length: number): void {
+    this.imageWrites++;
     punchHole(this.imageFd(disk), offset, length);
   }
 
@@ -617,6 +625,22 @@ export class ReplicaStore implements ReplicaTarget {
   // ---- deltas --------------------------------------------------------------------------
 
   /**
+   * Begin the undo of delta `seq` of `disk` while the delta arrives (applyDelta's step 4
+   * done ahead): its records' ranges are copied from the image as they are named, so the
+   * apply only syncs it. Only for the delta after the latest point, outside a resync:
+   * nothing writes the images until that delta is applied, and applyDelta uses the file
+   * only if it covers exactly the ranges the delta changes (otherwise it writes its own).
+   * The file sits with the received logs until then; a crash leaves it there, unused.
+   */
+  prepareUndo(seq: number, disk: string): UndoWriter | undefined {
+    const latest = this.latestPoint();
+    if (!latest || seq !== latest.seq + 1 || this.manifest.applying || this.manifest.resync || this.manifest.divergent || this.manifest.committed || !this.manifest.initial.done) return undefined;
+    const w = new UndoWriter(path.join(this.incomingDir(seq), `${safeName(disk, 'disk name')}.undo`), this.imageFd(disk), diskKeyOf(this.diskSpec(disk).id));
+    this.preparedAt.set(w, this.imageWrites);
+    return w;
+  }
+
+  /**
    * Apply one received delta (the closed change logs of every disk for one cycle) as a new
    * recovery point. Idempotent for a point already applied.
    *  1. Check the chain: seq follows the latest point (or is the first after the copy).
@@ -655,7 +679,9 @@ export class ReplicaStore implements ReplicaTarget {
     if (resync) files = files.map((f) => ({ ...f, staged: this.stagedFile(f.diskName) }));
     this.busy = true;
     try {
+      const v0 = performance.now();
       const records = this.verifyDeltaFiles(point.seq, files);
+      this.applySteps = { verifyMs: Math.round(performance.now() - v0), undoMs: 0, imageMs: 0, syncMs: 0, finishMs: 0 };
       this.manifest.applying = { point, stage: 'received' };
       if (this.manifest.points.length === 0) {
         // the first delta has no undo (there is no earlier point to go back to), so it is
@@ -725,13 +751,32 @@ export class ReplicaStore implements ReplicaTarget {
     const maps = new Map<string, ExtentMap<DeltaValue>>();
     for (const [disk, recs] of records) maps.set(disk, coalesce(recs));
     let undo: PointUndo | undefined;
+    const steps = this.applySteps;
+    let t = performance.now();
+    const step = (k: 'undoMs' | 'imageMs' | 'syncMs' | 'finishMs') => {
+      const now = performance.now();
+      if (steps) steps[k] = Math.round(now - t);
+      t = now;
+    };
     if (applying.stage === 'received' && this.manifest.points.length > 0) {
       fs.mkdirSync(path.dirname(this.undoPath(seq, 'x')), { recursive: true });
       const undoFiles = new Map<string, UndoFile>();
       for (const d of this.manifest.disks) {
         const imageFd = this.imageFd(d.name);
-        const sources: UndoSource[] = (maps.get(d.name)?.entries() ?? []).map((e) => ({ offset: e.start, length: e.end - e.start, fd: imageFd, pos: e.start }));
-        undoFiles.set(d.name, await writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), mergeAdjacent(sources), { sync: false }));
+        const sources = mergeAdjacent((maps.get(d.name)?.entries() ?? []).map((e) => ({ offset: e.start, length: e.end - e.start, fd: imageFd, pos: e.start })));
+        // written while the delta arrived, when it holds exactly these ranges
+        const ahead = files.find((f) => f.diskName === d.name)?.undo;
+        const prepared = await ahead?.finish();
+        if (prepared && this.preparedAt.get(ahead!) === this.imageWrites && sameRanges(prepared.entries, sources)) {
+          fs.renameSync(prepared.path, this.undoPath(seq, d.name));
+          undoFiles.set(d.name, { ...prepared, path: this.undoPath(seq, d.name) });
+          continue;
+        }
+        if (prepared) {
+          closeUndoFile(prepared);
+          fs.rmSync(prepared.path, { force: true });
+        }
+        undoFiles.set(d.name, await writeUndoFile(this.undoPath(seq, d.name), diskKeyOf(d.id), sources, { sync: false }));
       }
       // the undo files are durable before the manifest says so (synced on the thread pool)
       await Promise.all([...undoFiles.values()].map((u) => fdatasyncAsync(u.fd)));
@@ -747,12 +792,15 @@ export class ReplicaStore implements ReplicaTarget {
       // views of older points must see the bytes about to be overwritten through the new undo
       for (const v of this.views) v.addUndoLayer(undo);
     }
+    step('undoMs');
     for (const f of files) {
       const map = maps.get(f.diskName);
       if (!map) continue;
       await this.writeDeltaIntoImage(f.diskName, f.file, f.staged, map);
     }
+    step('imageMs');
     await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
+    step('syncMs');
     this.manifest.points.push(applying.point);
     this.manifest.applying = undefined;
     this.manifest.initial.done = true;
@@ -767,6 +815,7 @@ export class ReplicaStore implements ReplicaTarget {
     discard(this.incomingDir(seq), this.trashDir);
     if (resynced) this.dropStage();
     await this.prune();
+    step('finishMs');
   }
 
   /**
@@ -775,6 +824,7 @@ export class ReplicaStore implements ReplicaTarget {
    * one gathered read from each log, one scattered write into the image.
    */
   private async writeDeltaIntoImage(disk: string, logFile: string, stagedFile: string | undefined, map: ExtentMap<DeltaValue>): Promise<void> {
+    this.imageWrites++;
     const imageFd = this.imageFd(disk);
     const logFd = fs.openSync(logFile, 'r');
     const stagedFd = stagedFile ? fs.openSync(stagedFile, 'r') : -1;
@@ -801,16 +851,19 @@ export class ReplicaStore implements ReplicaTarget {
         }
       }
       const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0]!.bytes), Buffer.allocUnsafe(batches[0]!.bytes)] : [];
-      // the next batch is read while this one is written
+      // the next batch is read while this one is written; the undo is durable already, so
+      // the image's write-back may start at once (the sync after this has little left)
+      const writeBack = new WriteBack(imageFd);
       let writing: Promise<void> = Promise.resolve();
       for (let i = 0; i < batches.length; i++) {
         const b = batches[i]!;
         const buf = bufs[i % 2]!.subarray(0, b.bytes);
         await readGatherFiles(buf, b.reads);
         await writing;
-        writing = writeScatter(imageFd, buf, b.writes);
+        writing = writeScatter(imageFd, buf, b.writes).then(() => writeBack.wrote(b.bytes));
       }
       await writing;
+      await writeBack.settle();
     } finally {
       fs.closeSync(logFd);
       if (stagedFd >= 0) fs.closeSync(stagedFd);
@@ -845,6 +898,7 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   private async rollBackFromUndo(seq: number): Promise<void> {
+    this.imageWrites++;
     const u = this.loadUndo(seq);
     for (const [disk, file] of u.files) {
       const imageFd = this.imageFd(disk);
@@ -1085,6 +1139,11 @@ export class ReplicaStore implements ReplicaTarget {
     }
     await this.finishCommit(o);
   }
+}
+
+/** Whether an undo file's entries are exactly these ranges, in order. */
+function sameRanges(entries: readonly { offset: number; length: number }[], sources: readonly UndoSource[]): boolean {
+  return entries.length === sources.length && entries.every((e, i) => e.offset === sources[i]!.offset && e.length === sources[i]!.length);
 }
 
 function mergeAdjacent(sources: UndoSource[]): UndoSource[] {

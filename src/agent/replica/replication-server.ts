@@ -17,7 +17,8 @@ import { importExport, readExport, type ExportManifest } from '../wire/offline-s
 import type { DiskRanges } from '../io/ranges.js';
 import type { Logger } from '../io/logger.js';
 import { ReplicaStore } from './replica-store.js';
-import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaTarget } from '../ports/replica-target.js';
+import type { DeltaDiskFile, DivergentRanges, PreparedUndo, RecoveryPoint, ReplicaTarget } from '../ports/replica-target.js';
+import { RecordWalker } from '../tracking/change-log.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from '../wire/replication-types.js';
 import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from '../wire/wire.js';
@@ -374,7 +375,8 @@ const MAX_DELTA_LOG_BYTES = 4 * MAX_DISK_BYTES;
 
 interface DeltaInProgress {
   point: RecoveryPoint;
-  files: Map<string, { file: string; fd: number }>;
+  /** per disk: the received log, and the undo written as its records arrive (when the store can) */
+  files: Map<string, { file: string; fd: number; undo?: PreparedUndo | undefined; walker?: RecordWalker | undefined }>;
 }
 
 const MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024;
@@ -579,6 +581,9 @@ class Session {
       }
       case 'delta-begin': {
         const store = this.requireStore();
+        // the writes of a delta begun before (a stream the primary gave up) end before its files close
+        await this.drainWrites(0).catch(() => undefined);
+        await Promise.all([...(this.delta?.files.values() ?? [])].map((f) => f.undo?.abandon().catch(() => undefined)));
         this.abortDelta();
         const point = parsePoint(args.point);
         // the files of a delta being applied are read by that apply: never cleared under it
@@ -587,10 +592,12 @@ class Session {
         const dir = store.incomingDir(point.seq);
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir, { recursive: true });
-        const files = new Map<string, { file: string; fd: number }>();
+        const files: DeltaInProgress['files'] = new Map();
         for (const d of store.disks) {
           const file = path.join(dir, `${d.name}.osrlog`);
-          files.set(d.name, { file, fd: fs.openSync(file, 'w', 0o600) });
+          // the undo is written while the log arrives: the apply then only syncs it
+          const undo = store.prepareUndo?.(point.seq, d.name);
+          files.set(d.name, { file, fd: fs.openSync(file, 'w', 0o600), undo, walker: undo ? new RecordWalker((offset, length) => undo.add(offset, length)) : undefined });
         }
         this.delta = { point, files };
         return null;
@@ -604,13 +611,15 @@ class Session {
         const files: DeltaDiskFile[] = [];
         for (const [diskName, f] of delta.files) {
           fs.closeSync(f.fd);
-          files.push({ diskName, file: f.file });
+          files.push({ diskName, file: f.file, undo: f.undo });
         }
         this.delta = undefined;
         this.target = undefined;
+        // a delta shipped while it was read learns its size only at the end
+        if (args.deltaBytes !== undefined) delta.point.deltaBytes = safeInteger(args.deltaBytes, 'point delta bytes');
         const started = Date.now();
-        const outcome = await store.applyDelta(delta.point, files);
-        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null, applyMs: Date.now() - started };
+        const outcome = await store.applyDelta(delta.point, files).finally(() => Promise.all(files.map((f) => f.undo?.abandon().catch(() => undefined))));
+        return { seq: delta.point.seq, outcome, latestSeq: store.latestPoint()?.seq ?? null, applyMs: Date.now() - started, ...(outcome === 'applied' && store.applySteps ? { applySteps: store.applySteps } : {}) };
       }
       case 'status': {
         const store = this.requireStore();
@@ -632,6 +641,13 @@ class Session {
       return;
     }
     const p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
+    if (t.kind === 'delta') {
+      const d = this.delta?.files.get(t.disk);
+      if (d?.walker) {
+        d.walker.push(f.offset, f.parts);
+        if (!d.walker.ok) d.undo?.invalidate();
+      }
+    }
     return this.track(p, f.length);
   }
 
@@ -665,6 +681,7 @@ class Session {
   private abortDelta(): void {
     if (!this.delta) return;
     for (const f of this.delta.files.values()) {
+      void f.undo?.abandon().catch(() => undefined);
       try {
         fs.closeSync(f.fd);
       } catch {

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import type { Clock } from '../../domain/clock.js';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { TlsMaterial } from '../../pki/index.js';
-import { Consistency, type ChangeSource, type DiskReader } from '../ports/change-source.js';
+import { Consistency, type ChangeSource, type DeltaStream, type DiskReader } from '../ports/change-source.js';
 import type { CyclePhases } from './cycle-phases.js';
 import { readAt, type IoPiece } from '../io/io.js';
 import { ReplicaClient } from './replica-client.js';
@@ -202,8 +202,7 @@ export class PrimaryReplication {
         if (this.stopped) break;
         if (clock.now() < this.nextCycleMs) continue;
         this.scheduleNextCycle();
-        await this.swap();
-        await this.shipPending(client);
+        await this.swapAndShip(client);
       } catch (e) {
         if (this.stopped) break;
         await this.onFailure(toOsrError(e, 'NETWORK_ERROR'));
@@ -772,7 +771,7 @@ export class PrimaryReplication {
   }
 
   /** Close the change logs of all disks at one instant; app-consistent when due and quiesced. */
-  private async swap(): Promise<number> {
+  private async swap(stream?: DeltaStream): Promise<number> {
     const { clock } = this.deps;
     let consistency: Consistency = Consistency.Crash;
     const appDue = this.spec.appConsistentEveryMs > 0 && clock.now() - this.lastAppMs >= this.spec.appConsistentEveryMs;
@@ -781,7 +780,7 @@ export class PrimaryReplication {
       const frozen = await this.runHook('freeze');
       if (frozen) consistency = Consistency.App;
     }
-    const seq = await this.vm.tracking.swap(consistency);
+    const seq = await this.vm.tracking.swap(consistency, stream);
     if (consistency === Consistency.App) await this.runHook('thaw');
     return seq;
   }
@@ -833,53 +832,111 @@ export class PrimaryReplication {
         const log = logs.find((l) => l.disk === disk.name)!;
         await client.notice({ type: 'delta-disk', disk: disk.name });
         const fd = fs.openSync(log.file, 'r');
+        // the next chunk is read while this one is sent (each chunk a buffer of its own)
+        const readChunk = (pos: number) => {
+          const r = readAt(fd, Math.min(COPY_CHUNK, log.bytes - pos), pos);
+          r.catch(() => undefined);
+          return r;
+        };
+        let next: Promise<Buffer> | undefined = log.bytes > 0 ? readChunk(0) : undefined;
         try {
           for (let pos = 0; pos < log.bytes; pos += COPY_CHUNK) {
-            const buf = await readAt(fd, Math.min(COPY_CHUNK, log.bytes - pos), pos);
-            this.bytesShipped += await client.sendData(pos, buf);
+            const buf = await next!;
+            next = pos + COPY_CHUNK < log.bytes ? readChunk(pos + COPY_CHUNK) : undefined;
+            this.bytesShipped += await client.sendData(pos, buf, false);
           }
         } finally {
+          // no read may be left running on the descriptor
+          await next?.catch(() => undefined);
           fs.closeSync(fd);
         }
       }
       const sentMs = this.deps.clock.now();
-      const res = await client.request<{ latestSeq: number | null; applyMs?: number }>('delta-end', { seq });
-      const appliedMs = this.deps.clock.now();
-      this.lastDelta = {
-        seq,
-        bytes: deltaBytes,
-        syncMs: Math.max(0, syncedMs - meta.timeMs),
-        waitMs: Math.max(0, beginMs - Math.max(syncedMs, meta.timeMs)),
-        sendMs: sentMs - beginMs,
-        applyMs: appliedMs - sentMs,
-        replicaApplyMs: typeof res.applyMs === 'number' ? res.applyMs : null,
-      };
-      this.latestSeq = res.latestSeq;
-      tracker.releaseThrough(seq);
-      if (resync) {
-        tracker.endResync();
-        if (this.divergent) {
-          // reverse replication is in step: the replica is now this VM at point `seq`
-          this.divergent = null;
-          this.vm.clearDivergence?.();
-        }
-        if (this.resyncProgress) {
-          this.resyncProgress.completedAt = new Date(this.deps.clock.now()).toISOString();
-          this.onboarding = false;
-          this.resyncProgress.wireBytesSent += deltaBytes;
-        }
-        this.deps.log.info({ replication: this.spec.id, resync }, `resync of ${this.vm.name} completed in point ${seq}`);
+      const res = await client.request<{ latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }>('delta-end', { seq });
+      this.delivered(seq, meta, deltaBytes, res, { syncedMs, beginMs, sentMs }, resync);
+    }
+  }
+
+  /**
+   * One cycle of the steady state: close the active delta and ship it. A host that reads
+   * the delta while it writes its logs (libvirt) hands the logs' bytes over as they are
+   * written, and they go to the replica at once (the read, the local write and the send
+   * overlap); `delta-end`, which lets the replica apply the delta, is sent only once the
+   * logs are closed and synced here, so a delta counts only when it is durable at the
+   * primary, as one shipped from its files. Whatever did not go out that way (no
+   * streaming host, earlier deltas still pending, a resync, the stream falling behind or
+   * failing) is shipped from the files as before.
+   */
+  private async swapAndShip(client: ReplicaClient): Promise<void> {
+    const tracker = this.vm.tracking;
+    const streamable = tracker.activeUnlogged === true && !tracker.resync && this.latestSeq !== null && tracker.closedDeltas(this.latestSeq).size === 0;
+    if (!streamable) {
+      await this.swap();
+      return this.shipPending(client);
+    }
+    const stream = new StreamedDelta(client, this.vm.disks.length, () => this.deps.clock.now());
+    let seq: number;
+    try {
+      seq = await this.swap(stream);
+    } catch (e) {
+      // nothing of this stream may follow on the connection
+      await stream.abandon();
+      throw e;
+    }
+    const syncedMs = this.deps.clock.now();
+    const sent = await stream.finish(seq);
+    if (sent) {
+      const meta = tracker.pointMetaOf(seq, syncedMs);
+      const beginMs = stream.beginMs ?? syncedMs;
+      const sentMs = this.deps.clock.now();
+      this.bytesShipped += sent.wireBytes;
+      const res = await client.request<{ latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }>('delta-end', { seq, deltaBytes: sent.deltaBytes });
+      this.delivered(seq, meta, sent.deltaBytes, res, { syncedMs, beginMs, sentMs }, undefined);
+    }
+    await this.shipPending(client);
+  }
+
+  /** The replica applied delta `seq`: release its logs and record the point. */
+  private delivered(seq: number, meta: { timeMs: number; consistency: Consistency }, deltaBytes: number, res: { latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }, t: { syncedMs: number; beginMs: number; sentMs: number }, resync: string | undefined): void {
+    const tracker = this.vm.tracking;
+    const appliedMs = this.deps.clock.now();
+    this.lastDelta = {
+      seq,
+      bytes: deltaBytes,
+      syncMs: Math.max(0, t.syncedMs - meta.timeMs),
+      waitMs: Math.max(0, t.beginMs - Math.max(t.syncedMs, meta.timeMs)),
+      sendMs: Math.max(0, t.sentMs - Math.max(t.beginMs, t.syncedMs)),
+      applyMs: appliedMs - t.sentMs,
+      replicaApplyMs: typeof res.applyMs === 'number' ? res.applyMs : null,
+    };
+    const sw = tracker.lastSwap;
+    if (sw?.seq === seq) this.lastDelta.swap = { backupMs: sw.backupMs, readMs: sw.readMs, logSyncMs: sw.logSyncMs, endMs: sw.endMs };
+    if (res.applySteps && typeof res.applySteps === 'object') this.lastDelta.replicaApplySteps = res.applySteps;
+    this.latestSeq = res.latestSeq;
+    tracker.releaseThrough(seq);
+    if (resync) {
+      tracker.endResync();
+      if (this.divergent) {
+        // reverse replication is in step: the replica is now this VM at point `seq`
+        this.divergent = null;
+        this.vm.clearDivergence?.();
       }
-      if (!resync && this.latest) this.recordChurn(meta.timeMs, deltaBytes, meta.timeMs - Date.parse(this.latest.time));
-      this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
-      this.lastSuccessMs = this.deps.clock.now();
-      this.failures = 0;
-      if (this.state === ReplicationState.Replicating) this.recordCycle(true);
-      if (this.lastError && this.lastError.code !== 'HOOK_FAILED') this.lastError = null;
-      if (this.initial && !this.initial.completedAt) {
-        this.updateRate();
-        this.initial.completedAt = new Date(this.deps.clock.now()).toISOString();
+      if (this.resyncProgress) {
+        this.resyncProgress.completedAt = new Date(this.deps.clock.now()).toISOString();
+        this.onboarding = false;
+        this.resyncProgress.wireBytesSent += deltaBytes;
       }
+      this.deps.log.info({ replication: this.spec.id, resync }, `resync of ${this.vm.name} completed in point ${seq}`);
+    }
+    if (!resync && this.latest) this.recordChurn(meta.timeMs, deltaBytes, meta.timeMs - Date.parse(this.latest.time));
+    this.latest = { seq, time: new Date(meta.timeMs).toISOString(), consistency: meta.consistency };
+    this.lastSuccessMs = this.deps.clock.now();
+    this.failures = 0;
+    if (this.state === ReplicationState.Replicating) this.recordCycle(true);
+    if (this.lastError && this.lastError.code !== 'HOOK_FAILED') this.lastError = null;
+    if (this.initial && !this.initial.completedAt) {
+      this.updateRate();
+      this.initial.completedAt = new Date(this.deps.clock.now()).toISOString();
     }
   }
 
@@ -936,4 +993,118 @@ function wireAccounting(client: ReplicaClient, progress: ResyncProgress): () => 
     sentAt = client.wireBytesSent;
     receivedAt = client.wireBytesReceived;
   };
+}
+
+/** bytes of a streamed delta buffered for the wire before it is given up (then it is shipped from its files) */
+const STREAM_MAX_QUEUED = 256 * 1024 * 1024;
+
+/**
+ * A delta shipped while the host writes its logs (PrimaryReplication.swapAndShip): the
+ * bytes handed over are copied into DATA frames (buffers of MAX_DATA_BYTES, reused once
+ * sent, so a gigabyte streamed does not churn the garbage collector) and sent in order
+ * behind `delta-begin`, never holding up the host's read. A send that fails, or a wire
+ * that falls more than STREAM_MAX_QUEUED behind, ends the stream; the delta then goes
+ * from its files.
+ */
+class StreamedDelta implements DeltaStream {
+  beginMs: number | undefined;
+  private failed: unknown;
+  private sending: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private readonly free: Buffer[] = [];
+  private frame: Buffer | undefined;
+  private framePos = 0;
+  private frameBytes = 0;
+  private disks = 0;
+  private deltaBytes = 0;
+  private wireBytes = 0;
+  private seq: number | undefined;
+
+  constructor(
+    private readonly client: ReplicaClient,
+    private readonly diskCount: number,
+    private readonly now: () => number,
+  ) {}
+
+  private then(fn: () => Promise<unknown>): void {
+    if (this.failed !== undefined) return;
+    this.sending = this.sending
+      .then(async () => {
+        if (this.failed === undefined) await fn();
+      })
+      .catch((e: unknown) => {
+        this.failed ??= e;
+      });
+  }
+
+  begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void {
+    this.seq = seq;
+    this.beginMs = this.now();
+    // the size is known at the end: delta-end carries it
+    this.then(() => this.client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes: 0 } }));
+  }
+
+  disk(name: string): void {
+    this.flushFrame();
+    this.disks++;
+    this.then(() => this.client.notice({ type: 'delta-disk', disk: name }));
+  }
+
+  data(pos: number, bufs: readonly Buffer[]): void {
+    if (this.failed !== undefined) return;
+    for (const b of bufs) this.deltaBytes += b.length;
+    if (this.frameBytes > 0 && this.framePos + this.frameBytes !== pos) this.flushFrame();
+    let at = pos;
+    for (const b of bufs) {
+      for (let o = 0; o < b.length; ) {
+        if (this.frame && this.frameBytes === this.frame.length) this.flushFrame();
+        if (!this.frame) {
+          this.frame = this.free.pop() ?? Buffer.allocUnsafe(MAX_DATA_BYTES);
+          this.framePos = at;
+        }
+        const n = b.copy(this.frame, this.frameBytes, o);
+        this.frameBytes += n;
+        o += n;
+        at += n;
+      }
+    }
+  }
+
+  private flushFrame(): void {
+    const frame = this.frame;
+    const bytes = this.frameBytes;
+    const pos = this.framePos;
+    this.frame = undefined;
+    this.frameBytes = 0;
+    if (!frame) return;
+    if (bytes === 0 || this.failed !== undefined) {
+      this.free.push(frame);
+      return;
+    }
+    this.queued += bytes;
+    if (this.queued > STREAM_MAX_QUEUED) {
+      this.failed = new OsrError('NETWORK_ERROR', 'the replica receives slower than the delta is read: it is shipped from its files');
+      return;
+    }
+    this.then(async () => {
+      // resolves once the frame's bytes are handed to the socket: its buffer is free again
+      this.wireBytes += await this.client.sendData(pos, frame.subarray(0, bytes), true);
+      this.queued -= bytes;
+      this.free.push(frame);
+    });
+  }
+
+  /** Stop: nothing more is sent once what is being sent is out. */
+  async abandon(): Promise<void> {
+    this.failed ??= new OsrError('INVALID_STATE', 'the delta was not closed');
+    await this.sending;
+  }
+
+  /** The logs of `seq` are closed and synced: send the rest; what went out, or undefined if the delta must go from its files. */
+  async finish(seq: number): Promise<{ deltaBytes: number; wireBytes: number } | undefined> {
+    this.flushFrame();
+    await this.sending;
+    if (this.failed !== undefined || this.seq !== seq || this.disks !== this.diskCount) return undefined;
+    return { deltaBytes: this.deltaBytes, wireBytes: this.wireBytes };
+  }
 }

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import { ByteQueue } from '../io/byte-queue.js';
 import { digest, DIGEST_BYTES } from '../io/checksum.js';
-import { fdatasyncAsync } from '../io/io.js';
+import { fdatasyncAsync, writeAllAt, WriteBack } from '../io/io.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
 export const LOG_VERSION = 1;
@@ -27,6 +27,11 @@ const RECORD_MAGIC = 0x5252534f; // "OSRR" read as u32le
 const CLOSE_PAYLOAD_BYTES = 40;
 /** the largest single record payload; bigger guest writes are split */
 export const MAX_RECORD_DATA = 32 * 1024 * 1024;
+/** queued records are written to the file in batches of about this many bytes */
+const QUEUE_BATCH_BYTES = 8 * 1024 * 1024;
+/** batches of queued records being written at once, at most */
+const QUEUE_BATCHES_IN_FLIGHT = 4;
+
 
 export const RecordType = { Write: 1, Zero: 2, Close: 3 } as const;
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -156,23 +161,101 @@ export class ChangeLogWriter {
     return this.closed;
   }
 
-  private append(type: RecordType, offset: number, length: number, payload: Buffer | undefined): void {
+  /** Lay out the next record (header, checksum, chain): its bytes, to be written at the returned position. */
+  private record(type: RecordType, offset: number, length: number, payload: Buffer | undefined): { bufs: Buffer[]; at: number; total: number } {
     if (this.closed) throw new OsrError('INVALID_STATE', `${this.path}: append to a closed change log`);
     const h = encodeRecordHeader(type, this.index, offset, length);
     const sum = payload ? digest(h.subarray(0, 32), payload) : digest(h.subarray(0, 32));
     sum.copy(h, 32);
     const bufs = payload ? [h, payload] : [h];
     const total = h.length + (payload?.length ?? 0);
-    let written = 0;
-    // writev may write partially (rare for regular files); finish the record in order
-    while (written < total) {
-      const n = written === 0 ? fs.writevSync(this.fd, bufs, this.pos) : writeRest(this.fd, bufs, written, this.pos + written);
-      written += n;
-    }
+    const at = this.pos;
     this.pos += total;
     this.index += 1;
     this.chain = digest(this.chain, sum);
     if (type === RecordType.Write) this.dataBytes += length;
+    return { bufs, at, total };
+  }
+
+  private append(type: RecordType, offset: number, length: number, payload: Buffer | undefined): void {
+    const { bufs, at, total } = this.record(type, offset, length, payload);
+    this.tap?.(at, bufs);
+    let written = 0;
+    // writev may write partially (rare for regular files); finish the record in order
+    while (written < total) {
+      const n = written === 0 ? fs.writevSync(this.fd, bufs, at) : writeRest(this.fd, bufs, written, at + written);
+      written += n;
+    }
+  }
+
+  // ---- queued appends ----------------------------------------------------------------
+  // A log written from a source that already holds the data (a libvirt backup's export)
+  // need not reach the file record by record: records are laid out and checksummed in
+  // order as they are queued, and their bytes go to the file in batches on the thread
+  // pool while the caller reads on. Write-back starts as the log grows (WriteBack), so
+  // the final sync has little left to do. The lab tracker's logs, which must hold a write
+  // before the image does, append synchronously instead.
+  private batch: { at: number; bytes: number; bufs: Buffer[] } | undefined;
+  private readonly writing = new Set<Promise<void>>();
+  private queueError: unknown;
+  private writeback: WriteBack | undefined;
+  private tap: ((at: number, bufs: readonly Buffer[]) => void) | undefined;
+
+  /**
+   * Hand every queued record's bytes, in order and with their positions in the file, to
+   * `fn` too (a delta shipped while it is read). The bytes are the ones written to the file.
+   */
+  tee(fn: ((at: number, bufs: readonly Buffer[]) => void) | undefined): void {
+    if (fn && this.index === 0) fn(0, [encodeLogHeader(this.header)]);
+    this.tap = fn;
+  }
+
+  /** Queue a write record; resolves when the caller may queue more (few batches in flight). */
+  async queueWrite(offset: number, data: Buffer): Promise<void> {
+    for (let done = 0; done < data.length; done += MAX_RECORD_DATA) {
+      const part = data.subarray(done, Math.min(data.length, done + MAX_RECORD_DATA));
+      this.enqueue(this.record(RecordType.Write, offset + done, part.length, part));
+    }
+    while (this.writing.size >= QUEUE_BATCHES_IN_FLIGHT) await Promise.race(this.writing);
+    if (this.queueError !== undefined) throw this.queueError;
+  }
+
+  queueZero(offset: number, length: number): void {
+    this.enqueue(this.record(RecordType.Zero, offset, length, undefined));
+  }
+
+  private enqueue(r: { bufs: Buffer[]; at: number; total: number }): void {
+    if (this.queueError !== undefined) throw this.queueError;
+    this.tap?.(r.at, r.bufs);
+    const b = (this.batch ??= { at: r.at, bytes: 0, bufs: [] });
+    b.bufs.push(...r.bufs);
+    b.bytes += r.total;
+    if (b.bytes >= QUEUE_BATCH_BYTES) this.startBatch();
+  }
+
+  private startBatch(): void {
+    const b = this.batch;
+    if (!b) return;
+    this.batch = undefined;
+    const w: Promise<void> = writeAllAt(this.fd, b.bufs, b.at).then(
+      () => {
+        this.writing.delete(w);
+        (this.writeback ??= new WriteBack(this.fd)).wrote(b.bytes);
+      },
+      (e: unknown) => {
+        this.writing.delete(w);
+        this.queueError ??= e;
+      },
+    );
+    this.writing.add(w);
+  }
+
+  /** Write every queued record; throws the first write that failed. */
+  async drain(): Promise<void> {
+    this.startBatch();
+    while (this.writing.size > 0) await Promise.all(this.writing);
+    if (this.queueError !== undefined) throw this.queueError;
+    await this.writeback?.settle();
   }
 
   appendWrite(offset: number, data: Buffer): void {
@@ -186,8 +269,9 @@ export class ChangeLogWriter {
     this.append(RecordType.Zero, offset, length, undefined);
   }
 
-  /** Seal the log: no record may follow. Returns what the close record states. */
+  /** Seal the log: no record may follow. Returns what the close record states. Queued records must be drained first. */
   close(closedMs: number): CloseInfo {
+    if (this.batch || this.writing.size > 0) throw new OsrError('INVALID_STATE', `${this.path}: close with queued records not written`);
     const info: CloseInfo = { recordCount: this.index, dataBytes: this.dataBytes, closedMs, chain: this.chain };
     const p = Buffer.alloc(CLOSE_PAYLOAD_BYTES);
     this.chain.copy(p, 0);
@@ -383,5 +467,61 @@ export function scanLogFile(path: string): LogScan {
     };
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+/**
+ * The ranges a log's records name, read from its bytes as they arrive in order (a delta on
+ * the wire), without verifying anything: what the log will change is known before it is
+ * complete. Verification stays with ChangeLogParser / scanLogFile. Bytes that are not
+ * contiguous, or a record header that does not look like one, end the walk (`ok` false).
+ */
+export class RecordWalker {
+  ok = true;
+  private received = 0;
+  private next = LOG_HEADER_BYTES;
+  private readonly head = Buffer.alloc(RECORD_HEADER_BYTES);
+  private filled = 0;
+  private closed = false;
+
+  constructor(private readonly onRange: (offset: number, length: number) => void) {}
+
+  push(at: number, parts: readonly Buffer[]): void {
+    if (!this.ok || this.closed) return;
+    if (at !== this.received) {
+      this.ok = false;
+      return;
+    }
+    for (const part of parts) {
+      const start = this.received;
+      const end = start + part.length;
+      while (this.ok && !this.closed) {
+        const need = this.next + this.filled;
+        if (need >= end) break;
+        const n = Math.min(RECORD_HEADER_BYTES - this.filled, end - need);
+        part.copy(this.head, this.filled, need - start, need - start + n);
+        this.filled += n;
+        if (this.filled < RECORD_HEADER_BYTES) break;
+        this.record();
+      }
+      this.received = end;
+    }
+  }
+
+  private record(): void {
+    const h = this.head;
+    this.filled = 0;
+    const type = h.readUInt8(4);
+    const length = Number(h.readBigUInt64LE(24));
+    if (h.readUInt32LE(0) !== RECORD_MAGIC || (type !== RecordType.Write && type !== RecordType.Zero && type !== RecordType.Close) || (type === RecordType.Write && length > MAX_RECORD_DATA)) {
+      this.ok = false;
+      return;
+    }
+    if (type === RecordType.Close) {
+      this.closed = true;
+      return;
+    }
+    this.onRange(Number(h.readBigUInt64LE(16)), length);
+    this.next += RECORD_HEADER_BYTES + (type === RecordType.Write ? length : 0);
   }
 }

@@ -139,6 +139,14 @@ export interface DeltaTimings {
   applyMs: number;
   /** of applyMs, the time the replica spent applying (verifying, undo, image, sync) */
   replicaApplyMs: number | null;
+  /**
+   * a host that reads the delta in the swap (libvirt): where the swap's time went, in ms —
+   * the backup begun, the extents read and logged (and streamed), the rest of the logs'
+   * writes and their sync, the backup ended and the old checkpoint deleted
+   */
+  swap?: { backupMs: number; readMs: number; logSyncMs: number; endMs: number } | undefined;
+  /** of replicaApplyMs, where the replica's time went (ms), when it says */
+  replicaApplySteps?: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
 }
 
 export interface OpenRequest {
