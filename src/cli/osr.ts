@@ -193,6 +193,19 @@ vm.command('demote <name>')
     const r = await client().post<{ vm: string; epoch: number; divergentBytes: number | null }>(`/v1/vms/${name}/demote`, { epoch: o.epoch !== undefined ? Number(o.epoch) : undefined });
     print(r, () => `${r.vm} demoted: its disks are the replica of the copy promoted with epoch ${r.epoch}; ${r.divergentBytes === null ? 'every block will be compared' : `${formatBytes(r.divergentBytes)} written here since the last shipped point will be resent`}`);
   });
+vm.command('recovery-point <name>')
+  .description('before the commit of a failover: the VM starts again from another point of its replica; what it wrote is discarded')
+  .requiredOption('--point <seq>', 'the recovery point number')
+  .action(async (name: string, o: { point: string }) => {
+    const r = await client().post<{ vm: string; point: { seq: number; timeMs: number } }>(`/v1/vms/${name}/recovery-point`, { point: Number(o.point) });
+    print(r, () => `${r.vm} runs from point #${r.point.seq} (${new Date(r.point.timeMs).toISOString()}) now`);
+  });
+vm.command('commit <name>')
+  .description('commit a failover: the VM keeps its point and writes, the other points of its replica go')
+  .action(async (name: string) => {
+    const r = await client().post<{ vm: string; point: { seq: number } }>(`/v1/vms/${name}/commit`);
+    print(r, () => `the failover of ${r.vm} is committed (point #${r.point.seq}): it runs from its own disks`);
+  });
 vm.command('nbd-uri <name> [disk]')
   .description("print the NBD URI of a VM's disk (every disk when none is named)")
   .option('--tcp', 'the TCP URI instead of the Unix socket one', false)
@@ -365,11 +378,16 @@ replica
   .option('--point <seq>', 'recovery point number (default: the latest)')
   .option('--epoch <n>', "the new replication epoch (default: the replica's + 1)")
   .option('--no-start', 'do not serve the VM\'s disks yet')
-  .action(async (vmName: string, o: { point?: string; epoch?: string; start: boolean }) => {
-    const r = await client().post<{ vm: string; epoch: number; point: { seq: number; timeMs: number }; rolledBackBytes: number }>(`/v1/replicas/${vmName}/promote`, {
+  .option('--no-commit', 'run the VM from the point until `osr vm commit`; `osr vm recovery-point` may choose another point meanwhile')
+  .option('--machine <file>', 'a libvirt host: the JSON machine (vcpus, memoryMiB, nics on this host\'s networks, …) to define a new domain with, as the source host\'s GET /v1/host/inventory shows it')
+  .action(async (vmName: string, o: { point?: string; epoch?: string; start: boolean; commit: boolean; machine?: string }) => {
+    const machine: unknown = o.machine !== undefined ? JSON.parse(fs.readFileSync(path.resolve(o.machine), 'utf8')) : undefined;
+    const r = await client().post<{ vm: string; epoch: number; point: { seq: number; timeMs: number }; rolledBackBytes: number; pending: boolean }>(`/v1/replicas/${vmName}/promote`, {
       point: o.point !== undefined ? Number(o.point) : undefined,
       epoch: o.epoch !== undefined ? Number(o.epoch) : undefined,
       start: o.start,
+      commit: o.commit,
+      ...(machine !== undefined ? { machine } : {}),
     });
     print(r, () => `${r.vm} promoted from point #${r.point.seq} (${new Date(r.point.timeMs).toISOString()}), epoch ${r.epoch}${r.rolledBackBytes > 0 ? `; later points rolled back (${formatBytes(r.rolledBackBytes)})` : ''}\nreverse replication: \`osr vm demote ${r.vm} --epoch ${r.epoch}\` at the old primary, then \`osr replication enable ${r.vm} --to OLD-PRIMARY\` here`);
   });
