@@ -271,7 +271,7 @@ describe('libvirt driver', { skip }, () => {
     await assertRejectsCode(recovery.call('PUT', `/v1/host/test-domains/${tag}-x`, { replica: source.name, overlay: 'none', machine, network: null }), 'NOT_FOUND');
     const overlay = await recovery.post<{ id: string }>(`/v1/replicas/${encodeURIComponent(source.name)}/overlays`, {});
     try {
-      await assertRejectsCode(recovery.call('PUT', `/v1/host/test-domains/${tag}-x`, { replica: source.name, overlay: overlay.id, machine, network: null }), 'NOT_SUPPORTED', /outside the directory this agent allows/);
+      await assertRejectsCode(recovery.call('PUT', `/v1/host/test-domains/${tag}-x`, { replica: source.name, overlay: overlay.id, machine, network: null }), 'NOT_SUPPORTED', /does not allow: start it with --libvirt-boot-dir/);
       await assertRejectsCode(recovery.call('PUT', `/v1/host/test-domains/${tag}-x`, { replica: source.name, overlay: overlay.id, machine: { ...machine, vcpus: 0 }, network: null }), 'INVALID_ARGUMENT', /vcpus/);
       await assertRejectsCode(agents[0]!.api.call('PUT', '/v1/host/networks/.hidden'), 'INVALID_ARGUMENT');
     } finally {
