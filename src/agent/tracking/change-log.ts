@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import { ByteQueue } from '../io/byte-queue.js';
 import { digest, DIGEST_BYTES } from '../io/checksum.js';
-import { fdatasyncAsync, writeAllAt, WriteBack } from '../io/io.js';
+import { fdatasyncAsync, writeAllAt } from '../io/io.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
 export const LOG_VERSION = 1;
@@ -192,13 +192,13 @@ export class ChangeLogWriter {
   // A log written from a source that already holds the data (a libvirt backup's export)
   // need not reach the file record by record: records are laid out and checksummed in
   // order as they are queued, and their bytes go to the file in batches on the thread
-  // pool while the caller reads on. Write-back starts as the log grows (WriteBack), so
-  // the final sync has little left to do. The lab tracker's logs, which must hold a write
-  // before the image does, append synchronously instead.
+  // pool while the caller reads on. (Starting write-back as the log grows was tried: its
+  // flushes held up the backup's reads from the same disk far more than the final sync
+  // costs.) The lab tracker's logs, which must hold a write before the image does, append
+  // synchronously instead.
   private batch: { at: number; bytes: number; bufs: Buffer[] } | undefined;
   private readonly writing = new Set<Promise<void>>();
   private queueError: unknown;
-  private writeback: WriteBack | undefined;
   private tap: ((at: number, bufs: readonly Buffer[]) => void) | undefined;
 
   /**
@@ -238,10 +238,7 @@ export class ChangeLogWriter {
     if (!b) return;
     this.batch = undefined;
     const w: Promise<void> = writeAllAt(this.fd, b.bufs, b.at).then(
-      () => {
-        this.writing.delete(w);
-        (this.writeback ??= new WriteBack(this.fd)).wrote(b.bytes);
-      },
+      () => void this.writing.delete(w),
       (e: unknown) => {
         this.writing.delete(w);
         this.queueError ??= e;
@@ -255,7 +252,6 @@ export class ChangeLogWriter {
     this.startBatch();
     while (this.writing.size > 0) await Promise.all(this.writing);
     if (this.queueError !== undefined) throw this.queueError;
-    await this.writeback?.settle();
   }
 
   appendWrite(offset: number, data: Buffer): void {
