@@ -5,7 +5,8 @@
  * capability (ports/host-drills.ts); a host without it answers NOT_SUPPORTED.
  *
  * Every name a caller gives is checked (a safe name) and prefixed: the agent makes and
- * removes only networks named `osr-net-…` and domains named `osr-test-…`. A machine is
+ * removes only networks named `osr-net-…` and domains named `osr-test-…`, each after the
+ * agent's own prefix (--libvirt-prefix) where it has one. A machine is
  * checked field by field (checkMachine); its NICs all go on the drill network.
  */
 import type { FastifyInstance } from 'fastify';
@@ -15,12 +16,8 @@ import { OsrError } from '../domain/errors.js';
 import { checkMachine } from '../domain/machine.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN, safeName } from '../domain/names.js';
 import type { Agent } from './agent.js';
-import type { HostDrills } from './ports/host-drills.js';
+import { DRILL_NETWORK_PREFIX, TEST_DOMAIN_PREFIX, type HostDrills } from './ports/host-drills.js';
 
-/** The prefix of every libvirt network the agent makes for drills. */
-export const DRILL_NETWORK_PREFIX = 'osr-net-';
-/** The prefix of every test domain the agent defines. */
-export const TEST_DOMAIN_PREFIX = 'osr-test-';
 /** Names given to these routes stay short enough for libvirt and file names. */
 const MAX_DRILL_NAME = 64;
 
@@ -36,6 +33,9 @@ export function addDrillRoutes(app: FastifyInstance, agent: Agent): void {
     if (!d) throw new OsrError('NOT_SUPPORTED', `this agent's host has no hypervisor inventory, drill networks or test domains (they are a libvirt host's: osr agent --host libvirt)`);
     return d;
   };
+  /** a drill network's or test domain's libvirt name: the host's prefix, osr's kind, the caller's name */
+  const networkName = (d: HostDrills, name: unknown) => `${d.namePrefix}${DRILL_NETWORK_PREFIX}${nameOf(name, 'network name')}`;
+  const domainName = (d: HostDrills, name: unknown) => `${d.namePrefix}${TEST_DOMAIN_PREFIX}${nameOf(name, 'test domain name')}`;
   const consoleDir = path.join(agent.config.dataDir, 'drills');
   const consoleOf = (domain: string) => path.join(consoleDir, `${domain}.console`);
 
@@ -43,16 +43,18 @@ export function addDrillRoutes(app: FastifyInstance, agent: Agent): void {
 
   app.put<{ Params: { name: string } }>('/v1/host/networks/:name', async (req) => {
     const d = drills();
-    const name = `${DRILL_NETWORK_PREFIX}${nameOf(req.params.name, 'network name')}`;
-    return d.ensureNetwork(name);
+    return d.ensureNetwork(networkName(d, req.params.name));
   });
   app.delete<{ Params: { name: string } }>('/v1/host/networks/:name', async (req, reply) => {
     const d = drills();
-    await d.removeNetwork(`${DRILL_NETWORK_PREFIX}${nameOf(req.params.name, 'network name')}`);
+    await d.removeNetwork(networkName(d, req.params.name));
     return reply.status(204).send();
   });
 
-  app.get('/v1/host/test-domains', async () => drills().listDomains(TEST_DOMAIN_PREFIX));
+  app.get('/v1/host/test-domains', async () => {
+    const d = drills();
+    return d.listDomains(`${d.namePrefix}${TEST_DOMAIN_PREFIX}`);
+  });
 
   app.put<{ Params: { name: string }; Body: { replica: string; overlay: string; machine: unknown; network: string | null } }>(
     '/v1/host/test-domains/:name',
@@ -73,11 +75,11 @@ export function addDrillRoutes(app: FastifyInstance, agent: Agent): void {
     },
     async (req) => {
       const d = drills();
-      const name = `${TEST_DOMAIN_PREFIX}${nameOf(req.params.name, 'test domain name')}`;
+      const name = domainName(d, req.params.name);
       const machine = checkMachine(req.body.machine);
       const store = agent.replicas.get(req.body.replica);
       const overlay = store.getOverlay(req.body.overlay);
-      const network = req.body.network === null ? null : `${DRILL_NETWORK_PREFIX}${nameOf(req.body.network, 'network')}`;
+      const network = req.body.network === null ? null : networkName(d, req.body.network);
       if (network !== null) await d.ensureNetwork(network);
       fs.mkdirSync(consoleDir, { recursive: true, mode: 0o700 });
       const info = await d.startTestDomain({
@@ -94,13 +96,13 @@ export function addDrillRoutes(app: FastifyInstance, agent: Agent): void {
 
   app.get<{ Params: { name: string } }>('/v1/host/test-domains/:name', async (req) => {
     const d = drills();
-    const name = `${TEST_DOMAIN_PREFIX}${nameOf(req.params.name, 'test domain name')}`;
+    const name = domainName(d, req.params.name);
     return d.evidence(name, consoleOf(name));
   });
 
   app.delete<{ Params: { name: string } }>('/v1/host/test-domains/:name', async (req, reply) => {
     const d = drills();
-    const name = `${TEST_DOMAIN_PREFIX}${nameOf(req.params.name, 'test domain name')}`;
+    const name = domainName(d, req.params.name);
     await d.removeTestDomain(name);
     fs.rmSync(consoleOf(name), { force: true });
     return reply.status(204).send();

@@ -6,6 +6,7 @@ import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi,
 import { formatBytes, formatSeconds, table } from './format.js';
 import { changePointBody, changePointFlags, cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type ChangePointFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
 import type { ItemSample } from '../store/items.js';
+import type { ItemDrill } from '../domain/runs.js';
 import { watchJobs } from './job-watch.js';
 import { parseDuration } from '../agent/io/time-window.js';
 
@@ -242,6 +243,7 @@ export function addProtectionCommands(program: Command): void {
               ...replicationFields(i),
             ]),
             ...(i.healthReasons.length ? ['', 'Health reasons', table(i.healthReasons.map((h) => ({ code: h.code, message: h.message })))] : []),
+            ...drillLines(i.replication.drills ?? []),
           ].join('\n'),
         );
       }),
@@ -399,3 +401,18 @@ export function addProtectionCommands(program: Command): void {
       }),
     );
 }
+
+/** An item's drills, newest first, with what the last one's test VM showed (its console's last lines). */
+function drillLines(drills: ItemDrill[]): string[] {
+  if (drills.length === 0) return [];
+  const evidence = (d: ItemDrill) => {
+    const e = d.evidence;
+    if (!e) return '-';
+    return [e.running ? 'running' : 'off', `console ${e.console.length} B`, e.guestAgentAnswered ? 'guest agent answered' : 'no guest agent'].join(', ');
+  };
+  const rows = drills.map((d) => ({ cleanedUp: when(d.cleanedUpAt), result: d.succeeded ? 'succeeded' : 'failed', rto: formatSeconds(d.rtoSeconds), point: `${d.point.id} (${when(d.point.at)})`, evidence: evidence(d), notes: d.notes }));
+  const last = drills[0]!.evidence;
+  const tail = last ? last.console.split(/\r?\n/).filter((l) => l.trim() !== '').slice(-5) : [];
+  return ['', 'Drills', table(rows), ...(tail.length ? ['', `The last drill's test VM console (its last lines, at ${when(last!.at)})`, ...tail.map((l) => `  ${l}`)] : [])];
+}
+

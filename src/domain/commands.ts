@@ -16,7 +16,7 @@ import type { Placement } from './placement.js';
 import type { InitialReplication, PolicySettings } from './policy.js';
 import type { VmProperties } from './resources.js';
 import type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from './replicas.js';
-import type { PlanActionContext } from './runs.js';
+import type { DrillEvidence, PlanActionContext } from './runs.js';
 
 /** A source VM as the vault's inventory holds it (vault ids). */
 export interface CommandVm extends VmProperties {
@@ -139,6 +139,11 @@ export interface CleanupTestFailoverBody {
   testVmId: string;
 }
 
+/** What testfailover.cleanup answers: the test VM's evidence, read before it was removed (the vault bounds it: drillEvidence). */
+export interface CleanupTestFailoverResult {
+  evidence?: DrillEvidence | null;
+}
+
 /** A recovery plan's drill network, made once per name. */
 export interface CreateTestNetworkBody {
   name: string;
@@ -233,7 +238,7 @@ export interface CommandMap {
   'replica.remove': { body: RemoveReplicaBody; result: RemoveReplicaResult };
   'replica.connect-nics': { body: ConnectNicsBody; result: ConnectNicsResult };
   'testfailover.start': { body: StartTestFailoverBody; result: TestVm };
-  'testfailover.cleanup': { body: CleanupTestFailoverBody; result: NoResult };
+  'testfailover.cleanup': { body: CleanupTestFailoverBody; result: CleanupTestFailoverResult };
   'testfailover.network.create': { body: CreateTestNetworkBody; result: CreateTestNetworkResult };
   'testfailover.network.remove': { body: RemoveTestNetworkBody; result: NoResult };
   'failover.prepare': { body: PrepareFailoverBody; result: PointResult };

@@ -7,6 +7,39 @@ import type { RecoveryPlanAction } from './resources.js';
 
 export type RunDirection = 'primary-to-recovery' | 'recovery-to-primary';
 
+/** The most of a test VM's console a drill keeps. */
+export const DRILL_CONSOLE_BYTES = 4096;
+
+/**
+ * What a drill's test VM showed just before its cleanup removed it, where its fabric can
+ * tell (libvirt: the serial console and the guest agent): proof the VM booted, kept with
+ * the drill.
+ */
+export interface DrillEvidence {
+  /** when it was read */
+  at: string;
+  running: boolean;
+  /** the last DRILL_CONSOLE_BYTES of the test VM's serial console */
+  console: string;
+  /** the guest agent answered a ping */
+  guestAgentAnswered: boolean;
+}
+
+/**
+ * A provider's evidence as the vault keeps it: the fields it knows, the console cut to its
+ * last DRILL_CONSOLE_BYTES with every control character but newline and tab shown as '?'
+ * (a guest writes what it likes to its console; a terminal that prints it must not obey
+ * it); anything else (an older provider's answer) is none.
+ */
+export function drillEvidence(v: unknown): DrillEvidence | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const e = v as Record<string, unknown>;
+  if (typeof e.at !== 'string' || Number.isNaN(Date.parse(e.at)) || typeof e.console !== 'string') return null;
+  // eslint-disable-next-line no-control-regex
+  const text = e.console.slice(-DRILL_CONSOLE_BYTES).replace(/\r\n/g, '\n').replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?');
+  return { at: new Date(Date.parse(e.at)).toISOString(), running: e.running === true, console: text, guestAgentAnswered: e.guestAgentAnswered === true };
+}
+
 /** A test failover of one item and its cleanup, kept with the item (newest first). */
 export interface ItemDrill {
   testFailoverJob: string;
@@ -18,6 +51,8 @@ export interface ItemDrill {
   cleanedUpAt: string;
   notes: string | null;
   succeeded: boolean;
+  /** what the test VM showed before it was removed (null: its fabric cannot tell, or it could not be read) */
+  evidence?: DrillEvidence | null;
 }
 
 /** The JSON context a recovery plan's script or webhook receives. */

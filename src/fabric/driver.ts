@@ -22,6 +22,7 @@ import type { MachineSpec } from '../domain/machine.js';
 import type { PolicySettings } from '../domain/policy.js';
 import type { AgentEndpoint, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 import type { InventoryDocument } from '../domain/resources.js';
+import type { DrillEvidence } from '../domain/runs.js';
 
 /** The shapes a driver answers, shared with the vault's commands (src/domain/replicas.ts); ids here are the fabric's own. */
 export type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
@@ -152,6 +153,12 @@ export interface FabricManagement {
   startTestVm(spec: TestVmSpec): Promise<TestVm>;
   /** remove a test failover's VM, its writes and any network made for it (idempotent) */
   removeTestVm(testVmId: string): Promise<void>;
+  /**
+   * what a test VM shows now — its console's tail, whether its guest agent answers — for
+   * the drill's record (VM_NOT_FOUND when there is none); a fabric that cannot tell has no
+   * such method, and its drills keep no evidence
+   */
+  testVmEvidence?(testVmId: string): Promise<DrillEvidence>;
   /** an isolated VM network for a drill of several VMs (a recovery plan's), made once per name (idempotent) */
   createTestNetwork(name: string): Promise<{ vmNetwork: string }>;
   /** remove a drill's network once no test VM is on it (idempotent) */

@@ -8,8 +8,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 export interface LabProcess {
-  role: 'vault' | 'provider';
-  /** the vault's name or the provider's fabric */
+  /** agent: a kvm lab's host agent, which the launcher starts itself (a lab fabric's provider starts its own) */
+  role: 'vault' | 'provider' | 'agent';
+  /** the vault's name, the provider's fabric or the agent's host */
   name: string;
   pid: number;
   /** its process group: its own (it was spawned detached), which its hosts' agents share */
@@ -139,8 +140,9 @@ async function reaped(p: LabProcess): Promise<void> {
 }
 
 /**
- * The vault and providers of the lab in `dir` that run now, found by their command lines
- * (`osr vault --data-dir DIR/vault`, `osr provider --config DIR/sites/…`): a launcher
+ * The vault, providers and (kvm lab) agents of the lab in `dir` that run now, found by their
+ * command lines (`osr vault --data-dir DIR/vault`, `osr provider --config DIR/sites/…`,
+ * `osr agent --data-dir DIR/sites/…` spawned by the launcher, not by a provider): a launcher
  * killed between a spawn and its record leaves a process lab.json does not name.
  */
 export function findLabProcesses(dir: string): LabProcess[] {
@@ -167,6 +169,7 @@ export function findLabProcesses(dir: string): LabProcess[] {
     const proc = (role: LabProcess['role'], label: string): LabProcess => ({ role, name: label, pid: Number(name), pgid: Number(fields[2]), startTime: fields[19] ?? null });
     if (argv.includes('vault') && at('--data-dir') === vaultDir) out.push(proc('vault', 'vault'));
     else if (argv.includes('provider') && at('--config')?.startsWith(sitesDir)) out.push(proc('provider', path.basename(at('--config')!, '.yaml')));
+    else if (argv.includes('agent') && at('--host') === 'libvirt' && at('--data-dir')?.startsWith(sitesDir) && Number(fields[2]) === Number(name)) out.push(proc('agent', at('--name') ?? 'agent'));
   }
   return out;
 }

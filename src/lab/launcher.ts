@@ -29,6 +29,8 @@ import type { ProtectedItem } from '../domain/resources.js';
 import { writeFileAtomic } from '../pki/index.js';
 import { fetchPinnedCa, VaultClient } from '../provider/vault-client.js';
 import { OSR_BIN } from './agent-process.js';
+import { Virsh } from '../agent/libvirt/virsh.js';
+import { checkKvmHost, isKvmTopology, prepareKvmLab, kvmLabGuest, startKvmSite, stopKvmDomains } from './kvm-lab.js';
 import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
 import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
@@ -121,8 +123,19 @@ async function stopLab(dir: string, info: LabFile, sites: string[], out: (l: str
         await stopLabProcess(p, graceMs);
       }),
   );
+  // a kvm lab's agents (the launcher's own)
+  await Promise.all(
+    all
+      .filter((p) => p.role === 'agent')
+      .map(async (p) => {
+        if (isRunning(p)) out(`stopping agent ${p.name} (pid ${p.pid})…`);
+        await stopLabProcess(p, graceMs);
+      }),
+  );
   // hosts of a provider that was killed outlive it: stop them too
   for (const site of sites) await stopStrayAgents(site);
+  // then a kvm lab's domains, once nothing of osr uses them
+  await stopKvmDomains(dir, out);
   for (const p of all.filter((x) => x.role === 'vault')) {
     if (isRunning(p)) out(`stopping the vault (pid ${p.pid})…`);
     await stopLabProcess(p, graceMs);
@@ -229,7 +242,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     throw new OsrError('ALREADY_EXISTS', `a lab already runs in ${dir} (vault ${running.vault.url}); \`osr lab status\` shows it, \`osr lab down\` stops it`);
   }
   const { spec, name } = labTopology(dir, o.topology);
-  out(`osr lab: topology ${name} in ${dir}`);
+  out(`osr lab: topology ${name} in ${dir}${isKvmTopology(spec) ? ' (libvirt: tiny Linux guests under QEMU)' : ''}`);
   const children: ChildProcess[] = [];
   const info: LabFile = { topology: name, dir, startedAt: new Date().toISOString(), detached: o.detach, state: 'starting', vault: { url: '', pid: 0, caFingerprint: '' }, providers: [], processes: [] };
   const sites = spec.fabrics.map((f) => path.join(dir, 'sites', slug(f.name)));
@@ -246,6 +259,13 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
   try {
     interrupted(o.signal);
     await ensurePortFree(o.port);
+    // a kvm lab needs libvirtd and its guest before anything starts
+    const virsh = isKvmTopology(spec) ? new Virsh() : undefined;
+    if (virsh) {
+      await checkKvmHost(virsh);
+      await prepareKvmLab(dir, virsh, out);
+    }
+    const guest = virsh ? await kvmLabGuest(out) : undefined;
     saveLabFile(dir, info);
     // 1. the vault
     const tokenFile = path.join(dir, 'owner.token');
@@ -270,10 +290,17 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     const started = await Promise.allSettled(
       spec.fabrics.map(async (f) => {
         const id = slug(f.name);
-        const siteFile = path.join(sitesDir, `${id}.yaml`);
-        const site: SiteConfig = { ...f, lab: { dir: `./${id}` } };
-        await writeFileAtomic(siteFile, YAML.stringify(site), 0o644);
-        const args = ['provider', '--fabric', 'lab', '--config', siteFile, '--vault', info.vault.url, '--status-interval', o.statusInterval ?? '5s', '--poll', '10s', '--log-level', 'warn'];
+        let siteFile = path.join(sitesDir, `${id}.yaml`);
+        if (virsh && guest) {
+          // the launcher starts a kvm site's agents (and its domains); its provider finds them in the site file
+          const spawnAgent = (args: string[], logFile: string, ready: (l: Record<string, unknown>) => boolean, host: string) =>
+            spawnReady(args, logFile, ready, { onSpawn: spawned('agent', host), signal: o.signal }).then((r) => ({ pid: r.child.pid!, line: r.line }));
+          siteFile = (await startKvmSite({ dir, f, siteDir: path.join(sitesDir, id), guest, virsh, spawn: spawnAgent, out })).siteFile;
+        } else {
+          const site: SiteConfig = { ...f, lab: { dir: `./${id}` } };
+          await writeFileAtomic(siteFile, YAML.stringify(site), 0o644);
+        }
+        const args = ['provider', '--fabric', virsh ? 'libvirt' : 'lab', '--config', siteFile, '--vault', info.vault.url, '--status-interval', o.statusInterval ?? '5s', '--poll', '10s', '--log-level', 'warn'];
         const keyFile = path.join(sitesDir, id, 'registration.key');
         if (!fs.existsSync(path.join(sitesDir, id, 'provider', 'registration.json'))) {
           const key = (await api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
@@ -414,7 +441,9 @@ export async function labNbdUri(dirArg: string, vm: string, disk?: string): Prom
   if (agents.length === 0) throw new OsrError('NOT_FOUND', `no lab runs in ${dir}: start it with \`osr lab up\``);
   const topologyNames = new Map<string, string[]>();
   const kept = path.join(dir, 'topology.yaml');
-  if (fs.existsSync(kept)) for (const f of loadTopology(kept).spec.fabrics) for (const v of f.vms) topologyNames.set(v.name, v.disks.map((d) => d.name));
+  const spec = fs.existsSync(kept) ? loadTopology(kept).spec : undefined;
+  if (spec && isKvmTopology(spec)) throw new OsrError('NOT_SUPPORTED', `the lab in ${dir} runs on libvirt: its VMs' disks are QEMU's, not served by osr; \`virsh domblklist DOMAIN\` lists them (the domains are in \`virsh list\`)`);
+  for (const f of spec?.fabrics ?? []) for (const v of f.vms) topologyNames.set(v.name, v.disks.map((d) => d.name));
   let stoppedOn: string | undefined;
   for (const a of agents) {
     if (!isAlive(a.pid)) continue;

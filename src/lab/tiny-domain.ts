@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { xmlText, type Virsh } from '../agent/libvirt/virsh.js';
-import { tinyGuest } from './tiny-guest.js';
+import { tinyGuest, type TinyGuest } from './tiny-guest.js';
 
 export interface TinyDomain {
   name: string;
@@ -46,31 +46,12 @@ export interface TinyDomainOptions {
 export async function startTinyDomain(virsh: Virsh, name: string, dir: string, o: TinyDomainOptions = {}): Promise<TinyDomain> {
   const guest = await tinyGuest({ agent: o.agent === true });
   fs.mkdirSync(dir, { recursive: true });
-  const raw = path.join(dir, 'vda.raw');
-  fs.rmSync(raw, { force: true });
-  fs.writeFileSync(raw, '');
-  fs.truncateSync(raw, (o.systemMiB ?? 64) * 1024 * 1024);
-  execFileSync('mkfs.ext4', ['-q', '-F', raw]);
   const images = { vda: path.join(dir, 'vda.qcow2'), vdb: o.dataImage ?? path.join(dir, 'vdb.qcow2') };
-  execFileSync('qemu-img', ['convert', '-q', '-O', 'qcow2', '-o', 'compat=1.1', raw, images.vda]);
-  fs.rmSync(raw);
-  if (!o.dataImage) execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=1.1', images.vdb, `${o.dataMiB ?? 16}M`]);
+  makeSystemImage(images.vda, o.systemMiB ?? 64);
+  if (!o.dataImage) makeDataImage(images.vdb, o.dataMiB ?? 16);
   const consoleLog = path.join(dir, 'console.log');
   fs.rmSync(consoleLog, { force: true });
-  const xml = `<domain type='qemu'>
-  <name>${xmlText(name)}</name>
-  <memory unit='MiB'>256</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${xmlText(guest.kernel)}</kernel><initrd>${xmlText(guest.initrd)}</initrd><cmdline>${xmlText(`${guest.cmdline} osr.interval=${o.interval ?? 0.1}${o.idle ? ' osr.idle=1' : ''}${o.writeKiBps ? ` osr.rate=${Math.round(o.writeKiBps)}` : ''}`)}</cmdline></os>
-  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
-  <devices>
-    ${Object.entries(images)
-      .map(([t, f]) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${xmlText(f)}'/><target dev='${t}' bus='virtio'/></disk>`)
-      .join('\n    ')}
-    ${o.network ? `<interface type='network'><source network='${xmlText(o.network)}'/><model type='virtio'/></interface>` : ''}
-    <serial type='file'><source path='${xmlText(consoleLog)}'/><target port='0'/></serial>
-    ${o.agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
-  </devices>
-</domain>`;
+  const xml = tinyDomainXml({ name, guest, disks: Object.entries(images).map(([target, file]) => ({ target, file })), consoleLog, networks: o.network ? [o.network] : [], agent: o.agent === true, interval: o.interval, idle: o.idle, writeKiBps: o.writeKiBps });
   await removeDomain(virsh, name);
   await virsh.withXml(xml, (f) => ['define', f]);
   await virsh.run(['start', name]);
@@ -91,6 +72,57 @@ export async function startTinyDomain(virsh: Virsh, name: string, dir: string, o
     await new Promise((r) => setTimeout(r, 200));
   }
   return { name, dir, images, console: consoleLog, acked, destroy: () => removeDomain(virsh, name) };
+}
+
+/** A qcow2 v3 image holding an empty ext4 file system: the tiny guest's system disk (vda). */
+export function makeSystemImage(file: string, sizeMiB: number): void {
+  const raw = `${file}.raw`;
+  fs.rmSync(raw, { force: true });
+  fs.writeFileSync(raw, '');
+  fs.truncateSync(raw, sizeMiB * 1024 * 1024);
+  try {
+    execFileSync('mkfs.ext4', ['-q', '-F', raw]);
+    execFileSync('qemu-img', ['convert', '-q', '-O', 'qcow2', '-o', 'compat=1.1', raw, file]);
+  } finally {
+    fs.rmSync(raw, { force: true });
+  }
+}
+
+/** An empty qcow2 v3 image (compat 1.1: it carries persistent bitmaps). */
+export function makeDataImage(file: string, sizeMiB: number): void {
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=1.1', file, `${sizeMiB}M`]);
+}
+
+export interface TinyDomainDefinition {
+  name: string;
+  guest: TinyGuest;
+  /** vda first: the guest mounts vda and writes its records there and to vdb */
+  disks: { target: string; file: string }[];
+  consoleLog: string;
+  /** a virtio NIC on each of these libvirt networks */
+  networks: string[];
+  agent: boolean;
+  interval?: number | undefined;
+  idle?: boolean | undefined;
+  writeKiBps?: number | undefined;
+}
+
+/** The tiny guest's domain XML (type qemu: the host's accel is the agent's business when it promotes). */
+export function tinyDomainXml(d: TinyDomainDefinition): string {
+  const cmdline = `${d.guest.cmdline} osr.interval=${d.interval ?? 0.1}${d.idle ? ' osr.idle=1' : ''}${d.writeKiBps ? ` osr.rate=${Math.round(d.writeKiBps)}` : ''}`;
+  return `<domain type='qemu'>
+  <name>${xmlText(d.name)}</name>
+  <memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <features><acpi/></features>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${xmlText(d.guest.kernel)}</kernel><initrd>${xmlText(d.guest.initrd)}</initrd><cmdline>${xmlText(cmdline)}</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    ${d.disks.map((k) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${xmlText(k.file)}'/><target dev='${xmlText(k.target)}' bus='virtio'/></disk>`).join('\n    ')}
+    ${d.networks.map((n) => `<interface type='network'><source network='${xmlText(n)}'/><model type='virtio'/></interface>`).join('\n    ')}
+    <serial type='file'><source path='${xmlText(d.consoleLog)}'/><target port='0'/></serial>
+    ${d.agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
+  </devices>
+</domain>`;
 }
 
 /** Stop and forget a domain with its checkpoints' metadata (the images stay). */

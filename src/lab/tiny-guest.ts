@@ -29,6 +29,18 @@ export const RAW_RECORD_BYTES = 4096;
 /** The modules the guest loads: the virtio PCI transport, its block and console drivers (with what they depend on, first). */
 const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_console'];
 
+/**
+ * A clean power-off, as /sbin/shutdown (what the guest agent's guest-shutdown runs: `virsh
+ * shutdown --mode agent`) and /sbin/poweroff. Every record is fsynced already; the sync is
+ * for the rest. QEMU then quits as a guest's power-off asks, storing its dirty bitmaps. (A
+ * guest without the agent does not answer ACPI's power button: nothing in it listens.)
+ */
+const POWEROFF = `#!/bin/busybox sh
+echo "osr-guest: powering off"
+/bin/busybox sync
+exec /bin/busybox poweroff -f
+`;
+
 export interface TinyGuestOptions {
   /** include qemu-guest-agent (Debian's, with the libraries it links): fsfreeze and guest-ping work */
   agent?: boolean;
@@ -195,18 +207,20 @@ export async function tinyGuest(o: TinyGuestOptions = {}): Promise<TinyGuest> {
   const moduleFiles = withDependencies(path.join(kroot, 'lib', 'modules', release, 'kernel'), MODULES, kpkg);
   const busybox = fs.readFileSync(path.join(bbroot, 'bin', 'busybox'));
   const agentFiles = o.agent ? await guestAgentFiles(dir) : [];
-  const hash = crypto.createHash('sha256').update(INIT).update(release).update(busybox).update(moduleFiles.map((m) => m.name).join());
+  const hash = crypto.createHash('sha256').update(INIT).update(POWEROFF).update(release).update(busybox).update(moduleFiles.map((m) => m.name).join());
   for (const f of agentFiles) hash.update(f.name).update(f.data);
   const id = hash.digest('hex').slice(0, 16);
   const initrd = path.join(dir, `initrd-${id}.cpio.gz`);
   if (!fs.existsSync(initrd)) {
-    const base = ['bin', 'dev', 'lib', 'lib/modules', 'mnt', 'proc', 'sys', 'tmp'];
+    const base = ['bin', 'dev', 'lib', 'lib/modules', 'mnt', 'proc', 'sbin', 'sys', 'tmp'];
     const archive = cpio([
       ...[...new Set([...base, ...parentDirs(agentFiles.map((f) => f.name))])].map((d) => ({ name: d, mode: 0o40755 })),
       ...agentFiles.map((f) => ({ name: f.name, mode: f.mode, data: f.data })),
       { name: 'dev/console', mode: 0o20600 },
       { name: 'bin/busybox', mode: 0o100755, data: busybox },
       { name: 'init', mode: 0o100755, data: Buffer.from(INIT) },
+      { name: 'sbin/poweroff', mode: 0o100755, data: Buffer.from(POWEROFF) },
+      { name: 'sbin/shutdown', mode: 0o100755, data: Buffer.from(POWEROFF) },
       ...moduleFiles.map((m) => ({ name: `lib/modules/${m.name}.ko`, mode: 0o100644, data: fs.readFileSync(m.file) })),
       { name: 'lib/modules/order', mode: 0o100644, data: Buffer.from(`${moduleFiles.map((m) => m.name).join('\n')}\n`) },
     ]);

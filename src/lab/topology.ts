@@ -52,6 +52,12 @@ export interface FabricSpec {
 export interface TopologySpec {
   name: string;
   description?: string;
+  /**
+   * what runs the hosts and VMs: lab (default: osr agents serving raw disk images, a
+   * workload writing through NBD) or libvirt (this machine's libvirtd: `osr agent --host
+   * libvirt` per host, each VM a tiny Linux guest under QEMU; kvm-lab.ts)
+   */
+  hypervisor?: 'lab' | 'libvirt';
   vault?: { name?: string };
   fabrics: FabricSpec[];
 }
@@ -118,6 +124,7 @@ export function parseTopology(text: string, source = 'topology'): TopologySpec {
   const t = doc as Partial<TopologySpec> | null;
   if (!t || typeof t !== 'object') throw fail(source, 'must be a mapping with name and fabrics');
   str(t.name, `${source}: name`);
+  if (t.hypervisor !== undefined && t.hypervisor !== 'lab' && t.hypervisor !== 'libvirt') throw fail(`${source}: hypervisor`, `is lab or libvirt, not ${String(t.hypervisor)}`);
   const fabrics = list<FabricSpec>(t.fabrics, `${source}: fabrics`);
   if (fabrics.length === 0) throw fail(source, 'needs at least one fabric');
   const fabricIds = new Set<string>();

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { systemClock, type Clock } from '../domain/clock.js';
 import type { InitialReplicationProgress, ResyncProgress } from '../domain/commands.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import type { DrillEvidence } from '../domain/runs.js';
 import type { FabricDriver, NicConnection, ReplicationStatus, ResyncInfo, TestNetwork } from '../fabric/driver.js';
 import { fsyncDir, writeFileAtomic } from '../pki/index.js';
 import type { ProviderChannel } from './channel.js';
@@ -305,8 +306,18 @@ export class FabricProvider {
         return { ...vm, testVmId: this.vaultId(vm.testVmId), hostId: this.vaultId(vm.hostId), temporaryNetwork: vm.temporaryNetwork && this.vaultId(vm.temporaryNetwork), nics: vm.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
       'testfailover.cleanup': async ({ body: b }) => {
+        // what the test VM shows, read before it goes: the drill's evidence (none where the
+        // fabric cannot tell, or the VM is gone already: a cleanup run again)
+        let evidence: DrillEvidence | null = null;
+        if (m.testVmEvidence) {
+          evidence = await m.testVmEvidence(this.localId(b.testVmId)).catch((e: unknown) => {
+            const err = toOsrError(e);
+            if (err.code !== 'VM_NOT_FOUND') this.o.log.warn({ testVm: b.testVmId, code: err.code }, `the evidence of test VM ${b.testVmId} could not be read: ${err.message}`);
+            return null;
+          });
+        }
         await m.removeTestVm(this.localId(b.testVmId));
-        return {};
+        return { evidence };
       },
     };
   }

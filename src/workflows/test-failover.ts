@@ -16,6 +16,7 @@ import { ItemOperation } from '../domain/item-transitions.js';
 import { chooseRecoveryPoint } from '../domain/recovery-point.js';
 import type { TestNetwork, TestVm } from '../domain/replicas.js';
 import { ProtectionState, Severity, type RecoveryPoint, type TestFailoverRecord } from '../domain/resources.js';
+import { drillEvidence, type DrillEvidence } from '../domain/runs.js';
 import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
@@ -53,6 +54,8 @@ interface TestFailoverData extends JobData {
 interface CleanupData extends JobData {
   /** the drill's VM, once its removal was asked for */
   testVm?: TestVm;
+  /** what the test VM showed before its removal (the provider's answer, bounded) */
+  evidence?: DrillEvidence | null;
 }
 
 export const failoverAlertKey = (itemId: string) => `failover-failed:${itemId}`;
@@ -139,7 +142,11 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
           const r = item.replication;
           const vm = r.testFailover?.testVm ?? ctx.data.testVm;
           ctx.data.testVm = vm;
-          if (vm) await ctx.command(r.targetFabricId!, Commands.CleanupTestFailover, { item: item.id, testVmId: vm.testVmId }, { timeoutMs: 10 * 60_000 });
+          if (vm) {
+            const answer = await ctx.command(r.targetFabricId!, Commands.CleanupTestFailover, { item: item.id, testVmId: vm.testVmId }, { timeoutMs: 10 * 60_000 });
+            // run again after the VM went, the answer has none: the first run's stays
+            ctx.data.evidence = drillEvidence(answer.evidence) ?? ctx.data.evidence ?? null;
+          }
         },
       },
       {
@@ -151,7 +158,7 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
           const tf = r.testFailover;
           const drills = [...(r.drills ?? [])];
           if (tf) {
-            drills.unshift({ testFailoverJob: tf.jobId, cleanupJob: ctx.jobId, point: tf.point, network: tf.network, rtoSeconds: tf.rtoSeconds, startedAt: tf.startedAt, cleanedUpAt: new Date(clock.now()).toISOString(), notes: ctx.input.notes ?? null, succeeded: true });
+            drills.unshift({ testFailoverJob: tf.jobId, cleanupJob: ctx.jobId, point: tf.point, network: tf.network, rtoSeconds: tf.rtoSeconds, startedAt: tf.startedAt, cleanedUpAt: new Date(clock.now()).toISOString(), notes: ctx.input.notes ?? null, succeeded: true, evidence: ctx.data.evidence ?? null });
           }
           const { testFailover: _done, ...rest } = r;
           // run again after the drill was recorded (or the item released without one): it is there once

@@ -77,10 +77,11 @@ domains: { include: ['app'] }
           for (const a of agents) await stopAgentProcess(a, 'SIGKILL');
           await dom.destroy().catch(() => undefined);
           for (const d of (await virsh.run(['list', '--all', '--name'])).split('\n').map((x) => x.trim())) {
-            if (d.startsWith(`osr-test-${tag}`) || d.startsWith(`${tag}-`)) await virsh.run(['destroy', d]).catch(() => undefined).then(() => virsh.run(['undefine', d]).catch(() => undefined));
+            // the agents' prefixes name their test domains too
+            if (d.startsWith(`${tag}-`)) await virsh.run(['destroy', d]).catch(() => undefined).then(() => virsh.run(['undefine', d]).catch(() => undefined));
           }
           for (const n of (await virsh.run(['net-list', '--all', '--name'])).split('\n').map((x) => x.trim())) {
-            if (Object.values(nets).includes(n) || n.startsWith(`osr-net-test-${tag}`) || n.startsWith('osr-net-drill-contract-drill')) await removeNetwork(virsh, n).catch(() => undefined);
+            if (Object.values(nets).includes(n) || n.startsWith(`${tag}-`)) await removeNetwork(virsh, n).catch(() => undefined);
           }
           await virsh.run(['pool-destroy', pool]).catch(() => undefined);
           await virsh.run(['pool-undefine', pool]).catch(() => undefined);

@@ -227,7 +227,9 @@ export function fabricContract(name: string, make: () => Promise<ContractFabric>
       const vm = await driver.management.startTestVm({ itemId: ITEM, replicaVmId: replica.replicaVmId, pointId: point.id, network: { mode: 'none' } });
       assert.deepEqual(await driver.management.startTestVm({ itemId: ITEM, replicaVmId: replica.replicaVmId, pointId: point.id, network: { mode: 'none' } }), vm);
       assert.ok(vm.disks.length === spec.source.disks.length && vm.disks.every((d) => d.nbd), 'the test VM\'s disks are served');
-      assert.equal(vmOf(await driver.management.inventory(), vm.testVmId).testFailoverOf, ITEM);
+      const shownTest = vmOf(await driver.management.inventory(), vm.testVmId);
+      assert.equal(shownTest.testFailoverOf, ITEM);
+      assert.equal(shownTest.powerState, 'Running', 'the test VM runs, as the inventory shows it');
       await driver.management.removeTestVm(vm.testVmId);
       await driver.management.removeTestVm(vm.testVmId);
       assert.ok(!(await driver.management.inventory()).vms.some((v) => v.id === vm.testVmId));

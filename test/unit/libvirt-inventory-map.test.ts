@@ -70,3 +70,19 @@ test('a host\'s libvirt inventory mapped through the site file', () => {
   assert.equal(withOdd.vms[0]?.name, 'odd');
   assert.equal(withOdd.vms[0]?.machine, undefined);
 });
+
+test('a backup\'s socket is in the VM\'s work directory, or, where that is too long for a Unix socket, in a short private one', async () => {
+  const { backupSocketPath } = await import('../../src/agent/libvirt/backup.js');
+  const fs = await import('node:fs');
+  const path = await import('node:path');
+  assert.equal(backupSocketPath('/var/lib/osr/agent/libvirt/vm1/backup'), '/var/lib/osr/agent/libvirt/vm1/backup/backup.sock');
+  const deep = `/tmp/${'lab/'.repeat(12)}sites/kvm-chicago/hosts/chi-kvm01/libvirt/d0b4fc1c-e264-4ef3-96c1-d84ca082c520/backup`;
+  const p = backupSocketPath(deep);
+  try {
+    assert.ok(Buffer.byteLength(p) <= 107, p);
+    assert.equal(path.basename(p), 'backup.sock');
+    assert.equal(fs.statSync(path.dirname(p)).mode & 0o777, 0o700);
+  } finally {
+    fs.rmSync(path.dirname(p), { recursive: true, force: true });
+  }
+});

@@ -450,6 +450,7 @@ export function ItemPage({ id }: { id: string }) {
                         <th>Result</th>
                         <th className="num">RTO</th>
                         <th>Point</th>
+                        <th>Evidence</th>
                         <th>Notes</th>
                       </tr>
                     </thead>
@@ -464,6 +465,19 @@ export function ItemPage({ id }: { id: string }) {
                             {fmtSeconds(x.rtoSeconds)}
                           </td>
                           <td data-label="Point">{fmtTime(x.point.at)}</td>
+                          <td data-label="Evidence">
+                            {x.evidence ? (
+                              <details>
+                                <summary>
+                                  {x.evidence.running ? 'running' : 'off'}
+                                  {x.evidence.guestAgentAnswered ? ', guest agent answered' : ', no guest agent'}
+                                </summary>
+                                <pre className="console">{x.evidence.console || '(the console was empty)'}</pre>
+                              </details>
+                            ) : (
+                              '-'
+                            )}
+                          </td>
                           <td data-label="Notes">{x.notes ?? ''}</td>
                         </tr>
                       ))}

@@ -22,6 +22,7 @@ const names = (out: string) => out.split('\n').map((s) => s.trim()).filter(Boole
 export class LibvirtDrills implements HostDrills {
   constructor(
     private readonly virsh: Virsh,
+    readonly namePrefix: string,
     /** the osr name of a domain of the agent's (its name without the agent's prefix), undefined for any other */
     private readonly vmNameOf: (domain: string) => string | undefined,
     /** the machine with its direct kernel boot files' real paths, where the agent's operator allows them (NOT_SUPPORTED, NOT_FOUND) */

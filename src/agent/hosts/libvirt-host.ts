@@ -39,6 +39,7 @@ import { LibvirtDrills } from './libvirt-drills.js';
 import { Virsh } from '../libvirt/virsh.js';
 import type { DiskReader } from '../ports/change-source.js';
 import type { Host, HostLoadNote, HostPromotions, HostVm, VmDiskSpec, VmFence, VmOrigin, VmSpec } from '../ports/host.js';
+import { TEST_DOMAIN_PREFIX } from '../ports/host-drills.js';
 
 export interface LibvirtHostOptions {
   uri?: string;
@@ -207,7 +208,7 @@ export class LibvirtHost implements Host {
   ) {
     this.virsh = new Virsh({ ...(o.uri ? { uri: o.uri } : {}) });
     this.prefix = o.prefix ?? '';
-    this.drills = new LibvirtDrills(this.virsh, (n) => this.vmNameOf(n), (m) => this.checkBootFiles(m));
+    this.drills = new LibvirtDrills(this.virsh, this.prefix, (n) => this.vmNameOf(n) ?? (n.startsWith(this.prefix + TEST_DOMAIN_PREFIX) ? n.slice(this.prefix.length) : undefined), (m) => this.checkBootFiles(m));
     fs.mkdirSync(path.join(dataDir, 'libvirt'), { recursive: true, mode: 0o700 });
     this.promotions = new LibvirtPromotions({ virsh: this.virsh, dirOf: (id) => this.dirOf(id), domainName: (n) => this.prefix + n, owns: (d) => this.vmNameOf(d) !== undefined, checkBootFiles: (m) => this.checkBootFiles(m) });
   }
@@ -252,7 +253,9 @@ export class LibvirtHost implements Host {
   private vmNameOf(domain: string): string | undefined {
     if (!domain.startsWith(this.prefix) || domain.length === this.prefix.length) return undefined;
     if (this.o.domains && !this.o.domains(domain)) return undefined;
-    return domain.slice(this.prefix.length);
+    const name = domain.slice(this.prefix.length);
+    // a drill's test domain is the drills' (libvirt-drills.ts), not a VM to track
+    return name.startsWith(TEST_DOMAIN_PREFIX) ? undefined : name;
   }
 
   private async load(domainName: string): Promise<LibvirtVm> {

@@ -7,6 +7,7 @@
  * osr's checkpoints are named `osr-<n>`; checkpoints of other tools are never touched.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { NbdClient, type Extent } from '../nbd/nbd-client.js';
 import { OsrError } from '../../domain/errors.js';
@@ -94,7 +95,7 @@ export class PullBackup {
   /** Begin the backup: the checkpoint is made and the disks are exported at this instant. */
   static async begin(virsh: Virsh, domain: string, o: BackupBeginOptions): Promise<PullBackup> {
     fs.mkdirSync(o.workDir, { recursive: true, mode: 0o700 });
-    const socketPath = path.join(o.workDir, 'backup.sock');
+    const socketPath = backupSocketPath(o.workDir);
     fs.rmSync(socketPath, { force: true });
     const scratch = (disk: string) => path.join(o.workDir, `scratch-${disk}.qcow2`);
     for (const d of o.disks) fs.rmSync(scratch(d), { force: true });
@@ -147,7 +148,22 @@ export class PullBackup {
     this.ended = true;
     for (const d of this.o.disks) fs.rmSync(path.join(this.o.workDir, `scratch-${d}.qcow2`), { force: true });
     fs.rmSync(this.socketPath, { force: true });
+    if (path.dirname(this.socketPath) !== this.o.workDir) fs.rmSync(path.dirname(this.socketPath), { recursive: true, force: true });
   }
+}
+
+/** The longest path a Unix socket may have (sun_path holds 108 bytes with its terminating NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * Where QEMU serves a backup: in the VM's work directory, or, where that path would be too
+ * long for a Unix socket (an agent whose data directory is deep), in a private directory of
+ * its own under the temporary one.
+ */
+export function backupSocketPath(workDir: string): string {
+  const inWorkDir = path.join(workDir, 'backup.sock');
+  if (Buffer.byteLength(inWorkDir) <= MAX_SOCKET_PATH) return inWorkDir;
+  return path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'osr-backup-')), 'backup.sock');
 }
 
 /**

@@ -10,6 +10,11 @@
  */
 import type { MachineSpec } from '../../domain/machine.js';
 
+/** The prefix (after the host's own) of every libvirt network the agent makes for drills. */
+export const DRILL_NETWORK_PREFIX = 'osr-net-';
+/** The prefix (after the host's own) of every test domain the agent defines: never one of the host's VMs. */
+export const TEST_DOMAIN_PREFIX = 'osr-test-';
+
 /** What a hypervisor host has, restricted to the agent's selected domains. */
 export interface HostInventoryView {
   domains: {
@@ -57,6 +62,12 @@ export interface TestDomainEvidence {
 }
 
 export interface HostDrills {
+  /**
+   * what every libvirt name the agent sees and makes begins with (its --libvirt-prefix, or
+   * ''): drill networks and test domains get it before osr's own prefix, so that hosts
+   * sharing one libvirtd, or two labs, never meet
+   */
+  readonly namePrefix: string;
   inventory(): Promise<HostInventoryView>;
   /** an isolated network (no forward, no address): made once per name, started */
   ensureNetwork(name: string): Promise<{ name: string; bridge: string }>;

@@ -19,6 +19,7 @@
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import type { InventoryDocument } from '../../domain/resources.js';
+import { DRILL_CONSOLE_BYTES, type DrillEvidence } from '../../domain/runs.js';
 import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../../fabric/driver.js';
 import { readCrl } from '../../pki/index.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentApi, type AgentSite, type Held, type SiteChange } from '../agent-replication.js';
@@ -35,13 +36,6 @@ import { loadState, StateWriter, type LibvirtState, type NicLease, type ReplicaR
  * (they cannot carry a bitmap: their VMs are refused before a job starts).
  */
 export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, testFailover: true, rawDisks: false, changedBlockTracking: true, nbdExport: true };
-
-/** A drill's evidence: the last 4 KiB of the test VM's console and the guest agent's answer to a ping (null: none answered). */
-export interface TestVmEvidence {
-  console: string;
-  guestPing: unknown;
-  at: string;
-}
 
 
 export interface LibvirtDriverOptions {
@@ -486,11 +480,11 @@ export class LibvirtFabric implements FabricManagement {
   }
 
   /** The evidence of a drill's test VM now: its console's last 4 KiB and the guest agent's answer to a ping. */
-  async testVmEvidence(testVmId: string): Promise<TestVmEvidence> {
+  async testVmEvidence(testVmId: string): Promise<DrillEvidence> {
     const t = this.state.testVms[testVmId];
     if (!t) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no test VM ${testVmId}`);
     const e = await testDomainEvidence(this.agent(t.hostId), t.id);
-    return { console: e.console, guestPing: e.guestPing, at: new Date().toISOString() };
+    return { at: new Date(this.ctx?.clock.now() ?? Date.now()).toISOString(), running: e.running, console: e.console.slice(-DRILL_CONSOLE_BYTES), guestAgentAnswered: e.guestPing !== null };
   }
 
   private testVmView(t: TestVmRecord): TestVm {
