@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
-import { DEFAULT_LAB_DIR, labDown, labNbdUri, labStatus, labUp } from '../lab/launcher.js';
+import { DEFAULT_LAB_DIR, labDown, labNbdUri, labRemove, labStatus, labUp } from '../lab/launcher.js';
 import { builtInTopologies, loadTopology } from '../lab/topology.js';
 import { formatSeconds, table } from './format.js';
 
@@ -112,6 +112,13 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
       await labDown(o.dir);
+    });
+  lab
+    .command('remove')
+    .description('remove a lab for good: stop it if it runs, remove what it made in libvirt (a kvm lab\'s domains, networks and pools), then its directory with every VM disk and replica in it')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (o: { dir: string }) => {
+      await labRemove(o.dir);
     });
   lab
     .command('nbd-uri <vm> [disk]')

@@ -34,6 +34,8 @@ export interface MachineSpec {
   /** the hypervisor's machine type (pc, q35, …); default pc */
   machineType?: string | undefined;
   kernelBoot?: MachineKernelBoot | undefined;
+  /** a qemu-guest-agent channel (the guest's agent answers shutdowns, freezes and pings): the source's, so a recovered VM keeps it */
+  guestAgent?: boolean | undefined;
   nics: MachineNic[];
 }
 
@@ -56,6 +58,7 @@ export function checkMachine(v: unknown): MachineSpec {
   if (!Number.isSafeInteger(memoryMiB) || (memoryMiB as number) < 16 || (memoryMiB as number) > 16 * 1024 * 1024) throw bad('memoryMiB', 'must be an integer from 16 to 16777216');
   if (m.firmware !== undefined && m.firmware !== 'bios' && m.firmware !== 'uefi') throw bad('firmware', 'must be bios or uefi');
   if (m.accel !== undefined && m.accel !== 'kvm' && m.accel !== 'qemu') throw bad('accel', 'must be kvm or qemu');
+  if (m.guestAgent !== undefined && typeof m.guestAgent !== 'boolean') throw bad('guestAgent', 'must be true or false');
   if (m.machineType !== undefined && (typeof m.machineType !== 'string' || !WORD.test(m.machineType))) throw bad('machineType', 'must be a word of letters, digits, dots, dashes and underscores');
   let kernelBoot: MachineKernelBoot | undefined;
   if (m.kernelBoot !== undefined) {
@@ -78,6 +81,7 @@ export function checkMachine(v: unknown): MachineSpec {
     memoryMiB: memoryMiB as number,
     ...(m.firmware !== undefined ? { firmware: m.firmware as 'bios' | 'uefi' } : {}),
     ...(m.accel !== undefined ? { accel: m.accel as 'kvm' | 'qemu' } : {}),
+    ...(m.guestAgent !== undefined ? { guestAgent: m.guestAgent } : {}),
     ...(m.machineType !== undefined ? { machineType: m.machineType as string } : {}),
     ...(kernelBoot ? { kernelBoot } : {}),
     nics,

@@ -105,12 +105,22 @@ export async function checkKvmHost(virsh: Virsh): Promise<void> {
  */
 export async function prepareKvmLab(dir: string, virsh: Virsh, out: (l: string) => void): Promise<void> {
   if (fs.existsSync(stateFile(dir))) return;
+  await removeKvmObjects(dir, virsh, (names) => `  libvirt    removing what an earlier lab in ${dir} left: ${names.join(', ')}`, out);
+  fs.mkdirSync(dir, { recursive: true });
+  await updateState(dir, () => undefined);
+}
+
+/**
+ * Remove every libvirt object of the lab in `dir` (by its tag): domains with their
+ * checkpoints' metadata, networks, pools. Their files are in the lab's directory.
+ */
+export async function removeKvmObjects(dir: string, virsh: Virsh, say: (names: string[]) => string, out: (l: string) => void): Promise<void> {
   const tag = kvmLabTag(dir);
   const mine = (text: string) => text.split('\n').map((x) => x.trim()).filter((n) => n.startsWith(`${tag}-`));
   const domains = mine(await virsh.run(['list', '--all', '--name']));
   const networks = mine(await virsh.run(['net-list', '--all', '--name']));
   const pools = mine(await virsh.run(['pool-list', '--all', '--name']));
-  if (domains.length + networks.length + pools.length > 0) out(`  libvirt    removing what an earlier lab in ${dir} left: ${[...domains, ...networks, ...pools].join(', ')}`);
+  if (domains.length + networks.length + pools.length > 0) out(say([...domains, ...networks, ...pools]));
   for (const d of domains) {
     await virsh.run(['destroy', d]).catch(() => undefined);
     await virsh.run(['undefine', d, '--checkpoints-metadata']).catch(() => virsh.run(['undefine', d]));
@@ -120,8 +130,6 @@ export async function prepareKvmLab(dir: string, virsh: Virsh, out: (l: string) 
     await virsh.run(['pool-destroy', p]).catch(() => undefined);
     await virsh.run(['pool-undefine', p]);
   }
-  fs.mkdirSync(dir, { recursive: true });
-  await updateState(dir, () => undefined);
 }
 
 /** The tiny guest the lab's domains run (built once into its cache; the first time takes a minute). */

@@ -30,7 +30,7 @@ import { writeFileAtomic } from '../pki/index.js';
 import { fetchPinnedCa, VaultClient } from '../provider/vault-client.js';
 import { OSR_BIN } from './agent-process.js';
 import { Virsh } from '../agent/libvirt/virsh.js';
-import { checkKvmHost, isKvmTopology, prepareKvmLab, kvmLabGuest, startKvmSite, stopKvmDomains } from './kvm-lab.js';
+import { checkKvmHost, isKvmTopology, prepareKvmLab, removeKvmObjects, kvmLabGuest, startKvmSite, stopKvmDomains } from './kvm-lab.js';
 import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
 import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
@@ -380,6 +380,25 @@ export async function labDown(dirArg: string, out: (l: string) => void = (l) => 
   fs.rmSync(labFile(dir), { force: true });
   out(`stopped; the lab's state stays in ${dir} (\`osr lab up\` goes on from it)`);
   return true;
+}
+
+/**
+ * Remove a lab: stop it if it runs, remove what it made in libvirt (a kvm lab's domains,
+ * networks and pools), then its directory. Refused for a directory that is not a lab's.
+ */
+export async function labRemove(dirArg: string, out: (l: string) => void = (l) => console.log(l)): Promise<void> {
+  const dir = path.resolve(dirArg);
+  if (!fs.existsSync(dir)) {
+    out(`no lab in ${dir}: nothing to remove`);
+    return;
+  }
+  if (!fs.existsSync(path.join(dir, 'topology.yaml'))) throw new OsrError('INVALID_ARGUMENT', `${dir} is not a lab's directory (it has no topology.yaml): nothing was removed`);
+  if (readLabFile(dir)) await labDown(dir, out);
+  if (fs.existsSync(path.join(dir, 'kvm.json')) || isKvmTopology(loadTopology(path.join(dir, 'topology.yaml')).spec)) {
+    await removeKvmObjects(dir, new Virsh(), (names) => `removing the lab's libvirt domains, networks and pools: ${names.join(', ')}`, out);
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+  out(`removed the lab in ${dir}`);
 }
 
 /** The lab's agents, from each running provider's agents.json. */

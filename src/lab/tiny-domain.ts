@@ -119,7 +119,7 @@ export function tinyDomainXml(d: TinyDomainDefinition): string {
   <devices>
     ${d.disks.map((k) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${xmlText(k.file)}'/><target dev='${xmlText(k.target)}' bus='virtio'/></disk>`).join('\n    ')}
     ${d.networks.map((n) => `<interface type='network'><source network='${xmlText(n)}'/><model type='virtio'/></interface>`).join('\n    ')}
-    <serial type='file'><source path='${xmlText(d.consoleLog)}'/><target port='0'/></serial>
+    <serial type='file'><source path='${xmlText(d.consoleLog)}' append='on'/><target port='0'/></serial>
     ${d.agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
   </devices>
 </domain>`;

@@ -21,6 +21,7 @@ const MachineSchema = Type.Object(
     memoryMiB: Type.Integer({ minimum: 16, maximum: 16 * 1024 * 1024 }),
     firmware: Type.Optional(Type.Union([Type.Literal('bios'), Type.Literal('uefi')])),
     accel: Type.Optional(Type.Union([Type.Literal('kvm'), Type.Literal('qemu')])),
+    guestAgent: Type.Optional(Type.Boolean()),
     machineType: Type.Optional(MachineWord),
     kernelBoot: Type.Optional(Type.Object({ kernel: BootPath, initrd: Type.Optional(BootPath), cmdline: Type.Optional(Type.String({ maxLength: 2048 })) }, { additionalProperties: false })),
     nics: Type.Array(Type.Object({ network: Type.Union([MachineWord, Type.Null()]), mac: Type.Optional(Type.String({ maxLength: 17 })), model: Type.Optional(MachineWord) }, { additionalProperties: false }), { maxItems: 32 }),

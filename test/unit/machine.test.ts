@@ -22,6 +22,8 @@ describe('checkMachine', () => {
     assert.equal(m.nics[0]!.mac, '52:54:00:aa:bb:01');
     assert.equal(m.nics[1]!.network, null);
     assert.equal(m.kernelBoot!.cmdline, 'console=ttyS0');
+    assert.equal(m.guestAgent, undefined);
+    assert.equal(checkMachine({ ...good(), guestAgent: true }).guestAgent, true, 'a guest agent channel travels with the machine');
   });
 
   test('every field out of bounds is refused, naming it', () => {
@@ -30,6 +32,8 @@ describe('checkMachine', () => {
     refused((m) => (m.vcpus = 1.5), 'machine.vcpus');
     refused((m) => (m.memoryMiB = 8), 'machine.memoryMiB');
     refused((m) => (m.firmware = 'coreboot'), 'machine.firmware');
+    refused((m) => (m.guestAgent = 'yes'), 'machine.guestAgent');
+    refused((m) => (m.accel = 'hvf'), 'machine.accel');
     refused((m) => (m.machineType = "pc'/><x"), 'machine.machineType');
     refused((m) => (m.kernelBoot = { kernel: 'vmlinuz' }), 'machine.kernelBoot.kernel');
     refused((m) => (m.kernelBoot = { kernel: '/boot/../etc/shadow' }), 'machine.kernelBoot.kernel');

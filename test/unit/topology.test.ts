@@ -24,7 +24,12 @@ const base = () => ({
 
 describe('lab topologies', () => {
   test('the built-in topologies parse: two-sites is New York protected by Chicago, single-server one fabric with two clouds', () => {
-    assert.deepEqual(builtInTopologies(), ['single-server', 'two-sites']);
+    assert.deepEqual(builtInTopologies(), ['kvm', 'single-server', 'two-sites']);
+    const kvm = loadTopology('kvm').spec;
+    assert.equal(kvm.hypervisor, 'libvirt');
+    assert.deepEqual(kvm.fabrics.map((f) => f.name), ['KVM-NewYork', 'KVM-Chicago']);
+    assert.deepEqual(kvm.fabrics[0]!.vms.map((v) => v.name), ['web01', 'db01']);
+    assert.equal(loadTopology('two-sites').spec.hypervisor, undefined, 'the lab\'s own hosts unless a topology says libvirt');
     const two = loadTopology('two-sites').spec;
     assert.deepEqual(two.fabrics.map((f) => f.name), ['VMM-NewYork', 'VMM-Chicago']);
     assert.deepEqual(two.fabrics[0]!.clouds.map((c) => c.name), ['GoldCloud1', 'SilverCloud1']);
@@ -38,6 +43,10 @@ describe('lab topologies', () => {
     const single = loadTopology('single-server').spec;
     assert.equal(single.fabrics.length, 1);
     assert.equal(single.fabrics[0]!.clouds.length, 2);
+  });
+
+  test('a hypervisor other than lab or libvirt is refused', () => {
+    assertThrowsCode(() => parseTopology(YAML.stringify({ ...base(), hypervisor: 'vmware' })), 'CONFIG_INVALID', /hypervisor: is lab or libvirt, not vmware/);
   });
 
   test('broken references and bad values are refused with CONFIG_INVALID naming the place', () => {

@@ -77,12 +77,15 @@ function machineOf(d: Node, info: DomainInfo, vcpus: number, memoryMiB: number):
   const machineType = str(type['@machine']);
   const kernel = str(os.kernel);
   const accel = str(d['@type']);
+  const channels = obj(d.devices).channel;
+  const guestAgent = (Array.isArray(channels) ? channels : channels === undefined ? [] : [channels]).some((c) => str(obj(obj(c).target)['@name']) === 'org.qemu.guest_agent.0');
   return {
     vcpus,
     memoryMiB,
     firmware,
     ...(accel === 'kvm' || accel === 'qemu' ? { accel } : {}),
     ...(machineType ? { machineType } : {}),
+    ...(guestAgent ? { guestAgent } : {}),
     ...(kernel ? { kernelBoot: { kernel, ...(str(os.initrd) ? { initrd: str(os.initrd) } : {}), ...(str(os.cmdline) ? { cmdline: str(os.cmdline) } : {}) } } : {}),
     nics: info.nics.map((n) => ({ network: n.network ?? null, ...(n.mac ? { mac: n.mac } : {}), ...(n.model ? { model: n.model } : {}) })),
   };

@@ -239,6 +239,7 @@ export class LibvirtPromotions implements HostPromotions {
         machine,
         disks: r.disks.map((d) => ({ target: d.name, chain: chain(d.name) })),
         consoleLog: path.join(this.c.dirOf(r.vmId), 'console.log'),
+        guestAgent: machine.guestAgent === true,
         metadata: [`<osr:vm xmlns:osr='${VM_NAMESPACE}' id='${xmlText(r.vmId)}'/>`],
       });
     }

@@ -37,17 +37,44 @@ export async function withQemuNbd<T>(file: string, o: QemuNbdOptions, use: (clie
       }
       await new Promise((r) => setTimeout(r, 20));
     }
-    const client = await NbdClient.connect({ socketPath: socket, exportName: '' }, o.bitmap ? { metaContexts: [`qemu:dirty-bitmap:${o.bitmap}`] } : {});
+    // the socket's file is there once qemu-nbd bound it, a moment before it listens: a
+    // refused connection in that moment is tried again
+    let client: NbdClient;
+    for (;;) {
+      try {
+        client = await NbdClient.connect({ socketPath: socket, exportName: '' }, o.bitmap ? { metaContexts: [`qemu:dirty-bitmap:${o.bitmap}`] } : {});
+        break;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? (e as { details?: { errno?: string } }).details?.errno;
+        const refused = code === 'ECONNREFUSED' || /ECONNREFUSED/.test((e as Error).message);
+        if (!refused || server.exitCode !== null || server.signalCode !== null || Date.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
     try {
       return await use(client);
     } finally {
       await client.close();
     }
   } finally {
-    if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
-    await exited;
+    await stopServer(server, exited);
     fs.rmSync(sockDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Stop qemu-nbd: it ends by itself when its one client leaves; otherwise SIGTERM, and
+ * SIGKILL if it is still there after 10 s (a SIGTERM that came while it was starting can
+ * be lost: it would serve forever, and its caller would wait for it forever).
+ */
+async function stopServer(server: ReturnType<typeof spawn>, exited: Promise<void>): Promise<void> {
+  const running = () => server.exitCode === null && server.signalCode === null;
+  const within = (ms: number) => Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref())]);
+  if (running() && !(await within(2000))) {
+    server.kill('SIGTERM');
+    if (!(await within(10_000))) server.kill('SIGKILL');
+  }
+  await exited;
 }
 
 /**
