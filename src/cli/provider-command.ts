@@ -45,10 +45,10 @@ export function addProviderCommand(program: Command): void {
       if (!kinds.includes(o.fabric ?? '')) throw new OsrError('NOT_SUPPORTED', `fabric driver "${o.fabric}" is not available; this build has: ${kinds.join(', ')}`);
       let driver: FabricDriver;
       // hosts are connected once the provider has started, after its registration
-      let channelMade: ProviderChannel | undefined;
+      const made: { channel?: ProviderChannel } = {};
       const providerChannel = (): ProviderChannel => {
-        if (!channelMade) throw new OsrError('INVALID_STATE', 'the provider is not registered yet');
-        return channelMade;
+        if (!made.channel) throw new OsrError('INVALID_STATE', 'the provider is not registered yet');
+        return made.channel;
       };
       let site: { name: string; server?: string | undefined };
       let dir: string;
@@ -81,7 +81,7 @@ export function addProviderCommand(program: Command): void {
       // a vault that moved (another address) is reached where --vault says; its CA still has to match
       if (o.vault && o.vault !== registration.vault.url) registration = { ...registration, vault: { ...registration.vault, url: o.vault } };
       const channel = new ProviderChannel(registration, { dir });
-      channelMade = channel;
+      made.channel = channel;
       const provider = new FabricProvider({
         driver,
         channel,
