@@ -8,12 +8,14 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import type tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
-import { loadTlsMaterial, readCrl, type TlsFiles, type TlsMaterial } from '../pki/index.js';
+import { createBootstrapCertificate, fsyncDir, loadTlsMaterial, onTlsClientError, readCertificateInfo, readCrl, serverTlsOptions, writeFileAtomic, type CertificateInfo, type TlsFiles, type TlsMaterial } from '../pki/index.js';
+import { certificateNames, type ProviderApiState } from './provider-api.js';
 import type { BlockDevice } from './io/block-device.js';
 import { CyclePhases } from './sending/cycle-phases.js';
 import { readJson, writeJsonDurable } from './io/durable-file.js';
@@ -45,6 +47,13 @@ export interface AgentConfig {
    * (default DATA/api-token, created on first start)
    */
   api?: { host: string; port: number; tokenFile?: string | undefined } | undefined;
+  /**
+   * the provider channel (provider-api.ts): HTTPS with mutual TLS for the fabric's
+   * provider, on any address (port 0 picks a free port). With it the agent may start
+   * without a certificate of its CA: it then presents a bootstrap certificate
+   * (DATA/pki/bootstrap.crt) and serves the enrolment calls only, until it is enrolled.
+   */
+  providerApi?: { host: string; port: number } | undefined;
   /** DIR: the quiesce hook of VM X is DIR/X (quiesce-hook.ts) */
   quiesceHookDir?: string | undefined;
   /** also serve NBD on TCP (loopback) at this port */
@@ -69,6 +78,12 @@ export interface AgentEndpoints {
   api: string;
   /** on TCP, the file holding the token every request must carry */
   apiTokenFile?: string | undefined;
+  /** the provider channel, `https://HOST:PORT` */
+  providerApi?: string | undefined;
+  /** while the agent is not enrolled: the SHA-256 fingerprint of its bootstrap certificate, for the site file's agentFingerprint */
+  bootstrapFingerprint?: string | undefined;
+  /** the SHA-256 fingerprint of the CA the agent trusts (compare it with the vault's caFingerprint) */
+  caFingerprint?: string | undefined;
   replicationPort: number | null;
   nbdSocket: string;
   nbdTcpPort: number | null;
@@ -86,7 +101,13 @@ export class Agent {
   readonly log: PinoLogger;
   private replicationServer: ReplicationServer | undefined;
   private tls!: TlsMaterial;
+  /** the agent's own certificate, when it is from its CA (not a bootstrap one) */
+  private enrolled: CertificateInfo | undefined;
+  private revocation: ProviderApiState['revocation'];
+  private providerServer: tls.Server | undefined;
+  private providerAddress: { host: string; port: number } | undefined;
   private closeApi: (() => Promise<void>) | undefined;
+  private closeProviderApi: (() => Promise<void>) | undefined;
   endpoints!: AgentEndpoints;
   readonly nbdSocket: string;
 
@@ -110,8 +131,8 @@ export class Agent {
 
   /** Start everything: recover disks before any guest I/O, then open listeners, then replications. */
   async start(): Promise<AgentEndpoints> {
-    this.tls = await loadTlsMaterial(this.config.tls);
     this.tlsStamp = tlsFilesStamp(this.config.tls);
+    await this.useTlsMaterial(await this.loadTls());
     if (this.config.quiesceHookDir !== undefined) {
       const problem = checkQuiesceHookDir(this.config.quiesceHookDir);
       if (problem) throw new OsrError('CONFIG_INVALID', problem);
@@ -170,7 +191,29 @@ export class Agent {
       address = `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
     }
     this.closeApi = () => api.close();
-    this.endpoints = { api: address, ...(apiTokenFile ? { apiTokenFile } : {}), replicationPort, nbdSocket: this.nbdSocket, nbdTcpPort };
+    let providerApi: string | undefined;
+    if (this.config.providerApi) {
+      const channel = await buildAgentApi(this, () => access, {
+        https: { ...serverTlsOptions({ ...this.tls, crl: undefined }), sessionTimeout: 300 },
+        state: () => this.providerApiState(),
+        refused: (peer, reason, request) => this.log.warn({ peer: peer.commonName ?? null, role: peer.role ?? null, fingerprint: peer.fingerprintSha256 ?? null, address: peer.address ?? null, request, reason }, `provider channel: refused ${request}: ${reason}`),
+      });
+      this.providerServer = channel.server as unknown as tls.Server;
+      onTlsClientError(this.providerServer, (err) => this.log.warn({ code: err.code, ...err.details }, `provider channel: ${err.message}`));
+      await channel.listen({ host: this.config.providerApi.host, port: this.config.providerApi.port });
+      const bound = channel.server.address() as AddressInfo;
+      this.providerAddress = { host: bound.address, port: bound.port };
+      providerApi = `https://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
+      this.closeProviderApi = () => channel.close();
+    }
+    this.endpoints = {
+      api: address,
+      ...(apiTokenFile ? { apiTokenFile } : {}),
+      ...(providerApi ? { providerApi, caFingerprint: new crypto.X509Certificate(this.tls.ca).fingerprint256, ...(this.enrolled ? {} : { bootstrapFingerprint: new crypto.X509Certificate(this.tls.cert).fingerprint256 }) } : {}),
+      replicationPort,
+      nbdSocket: this.nbdSocket,
+      nbdTcpPort,
+    };
     this.watchTls();
     for (const file of fs.readdirSync(path.join(this.config.dataDir, 'replications'))) {
       const specFile = path.join(this.config.dataDir, 'replications', file);
@@ -483,26 +526,102 @@ export class Agent {
       const stamp = tlsFilesStamp(this.config.tls);
       if (stamp === this.tlsStamp) return;
       this.tlsStamp = stamp;
-      const reload = async () => {
-        const m = await loadTlsMaterial(this.config.tls);
-        const revoked = m.crl !== undefined ? new Set((await readCrl(m.crl, m.ca)).serials) : new Set<string>();
-        this.replicationServer?.setTlsMaterial(m, revoked);
-        this.tls = m;
-        const cert = new crypto.X509Certificate(m.cert);
-        this.log.info({ serial: cert.serialNumber, notAfter: cert.validTo, crl: m.crl !== undefined }, 'reloaded the TLS certificate, CA and revocation list');
-      };
-      reload().catch((e: unknown) => {
-        // looked at again at the next change of the files
-        this.log.error({ code: toOsrError(e).code }, `the changed TLS files were not loaded, the old ones stay in use: ${(e as Error).message}`);
-      });
+      this.reloadTls().catch(() => undefined);
     }, this.config.tlsReloadMs ?? 10_000);
     this.tlsTimer.unref();
+  }
+
+  /**
+   * Load the TLS files now (an enrolment just wrote them): new connections, both ways and
+   * on the provider channel, use them at once. A bad set is reported and the old one kept.
+   */
+  async reloadTls(): Promise<void> {
+    this.tlsStamp = tlsFilesStamp(this.config.tls);
+    try {
+      const loaded = await this.loadTls();
+      await this.useTlsMaterial(loaded);
+      const cert = new crypto.X509Certificate(loaded.m.cert);
+      this.log.info({ serial: cert.serialNumber, notAfter: cert.validTo, crl: loaded.m.crl !== undefined, enrolled: loaded.enrolled }, 'reloaded the TLS certificate, CA and revocation list');
+    } catch (e) {
+      // looked at again at the next change of the files
+      this.log.error({ code: toOsrError(e).code }, `the changed TLS files were not loaded, the old ones stay in use: ${(e as Error).message}`);
+      throw e;
+    }
+  }
+
+  /** The CA the agent trusts (PEM). */
+  caPem(): string {
+    return this.tls.ca;
+  }
+
+  private bootstrapFiles() {
+    const dir = path.join(this.config.dataDir, 'pki');
+    return { dir, cert: path.join(dir, 'bootstrap.crt'), key: path.join(dir, 'bootstrap.key') };
+  }
+
+  /**
+   * The TLS files, checked against each other; with the provider channel and no
+   * certificate yet, the CA with the agent's bootstrap certificate (made on first start,
+   * kept until the agent is enrolled so that its fingerprint stays the one the operator
+   * copied).
+   */
+  private async loadTls(): Promise<{ m: TlsMaterial; enrolled: boolean }> {
+    const f = this.config.tls;
+    if (!this.config.providerApi || fs.existsSync(f.certFile)) return { m: await loadTlsMaterial(f), enrolled: true };
+    const b = this.bootstrapFiles();
+    if (!fs.existsSync(b.cert) || !fs.existsSync(b.key)) {
+      const made = await createBootstrapCertificate(this.config.name);
+      fs.mkdirSync(b.dir, { recursive: true, mode: 0o700 });
+      await writeFileAtomic(b.key, made.keyPem, 0o600);
+      await writeFileAtomic(b.cert, made.certPem, 0o644);
+      await fsyncDir(b.dir);
+    }
+    let ca: string;
+    try {
+      ca = fs.readFileSync(f.caFile, 'utf8');
+      new crypto.X509Certificate(ca);
+    } catch (e) {
+      throw new OsrError('CONFIG_INVALID', `the CA certificate ${f.caFile} cannot be read: ${(e as Error).message} (an agent that is not enrolled yet needs the vault's CA: --ca FILE)`, { file: f.caFile });
+    }
+    const crl = f.crlFile !== undefined && fs.existsSync(f.crlFile) ? fs.readFileSync(f.crlFile, 'utf8') : undefined;
+    if (crl !== undefined) await readCrl(crl, ca);
+    return { m: { cert: fs.readFileSync(b.cert, 'utf8'), key: fs.readFileSync(b.key, 'utf8'), ca, ...(crl !== undefined ? { crl } : {}) }, enrolled: false };
+  }
+
+  private async useTlsMaterial({ m, enrolled }: { m: TlsMaterial; enrolled: boolean }): Promise<void> {
+    const list = m.crl !== undefined ? await readCrl(m.crl, m.ca) : undefined;
+    const revoked = new Set(list?.serials ?? []);
+    this.replicationServer?.setTlsMaterial(m, revoked);
+    this.providerServer?.setSecureContext(serverTlsOptions({ ...m, crl: undefined }));
+    this.tls = m;
+    this.revocation = list ? { serials: revoked, nextUpdate: list.nextUpdate } : undefined;
+    this.enrolled = enrolled ? readCertificateInfo(m.cert) : undefined;
+    if (enrolled && this.config.providerApi) {
+      // enrolled: the bootstrap certificate is never presented again
+      const b = this.bootstrapFiles();
+      fs.rmSync(b.key, { force: true });
+      fs.rmSync(b.cert, { force: true });
+    }
+  }
+
+  private providerApiState(): ProviderApiState {
+    return {
+      name: this.config.name,
+      enrolled: this.enrolled,
+      certificateNames: this.enrolled ? certificateNames(this.tls.cert) : [],
+      revocation: this.revocation,
+      hypervisor: this.host.drills !== undefined,
+      host: this.providerAddress?.host ?? '',
+      port: this.providerAddress?.port ?? 0,
+      now: () => this.clock.now(),
+    };
   }
 
   async stop(): Promise<void> {
     clearInterval(this.tlsTimer);
     await Promise.all([...this.replications.values()].map((r) => r.stop()));
     await this.closeApi?.();
+    await this.closeProviderApi?.();
     await this.replicationServer?.close();
     await this.nbd.close();
     await Promise.all(this.host.list().map((vm) => vm.tracking.closedSynced()));

@@ -78,11 +78,13 @@ export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
       if (publicKeyDer(crypto.createPublicKey(key)) !== publicKeyDer(cert.publicKey)) throw new OsrError('INVALID_ARGUMENT', "the certificate is not for this agent's pending key: ask for the key again and have it certified", { field: 'certificate' });
       // the key first: a certificate never names a key the agent does not have
       await writeFileAtomic(tls.keyFile, key, 0o600);
-      await writeFileAtomic(tls.caFile, req.body.caCertificate, 0o644);
+      if (!fs.existsSync(tls.caFile) || fs.readFileSync(tls.caFile, 'utf8').trim() !== req.body.caCertificate.trim()) await writeFileAtomic(tls.caFile, req.body.caCertificate, 0o644);
       await writeFileAtomic(tls.certFile, req.body.certificate, 0o644);
       for (const dir of new Set([tls.keyFile, tls.caFile, tls.certFile].map((f) => path.dirname(f)))) await fsyncDir(dir);
       fs.rmSync(pendingKey, { force: true });
       agent.log.info({ serial: cert.serialNumber, notAfter: cert.validTo }, 'enrolled: certificate from the provider installed');
+      // in use at once: the next connection is served with it
+      await agent.reloadTls();
       return { serial: cert.serialNumber.toLowerCase(), notAfter: new Date(cert.validTo).toISOString(), installed: true };
     },
   );
@@ -100,7 +102,10 @@ export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
         throw new OsrError('INVALID_ARGUMENT', `${(e as Error).message} (the agent's CA)`, { field: 'crl' });
       }
       const current = fs.existsSync(tls.crlFile) ? fs.readFileSync(tls.crlFile, 'utf8') : undefined;
-      if (current !== req.body.crl) await writeFileAtomic(tls.crlFile, req.body.crl, 0o644);
+      if (current !== req.body.crl) {
+        await writeFileAtomic(tls.crlFile, req.body.crl, 0o644);
+        await agent.reloadTls();
+      }
       return { revoked: serials.length };
     },
   );

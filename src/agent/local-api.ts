@@ -5,6 +5,7 @@
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import path from 'node:path';
+import type tls from 'node:tls';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { checkMachine } from '../domain/machine.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
@@ -12,6 +13,7 @@ import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
 import { addDrillRoutes } from './drill-api.js';
 import { addEnrolmentRoutes } from './enrolment-api.js';
+import { providerAccessCheck, providerBodyCheck, type ProviderApiState, type RefusalLog } from './provider-api.js';
 import type { ReplicaStore } from './replica/replica-store.js';
 import { diskRangesBytes } from './io/ranges.js';
 import { parseSize } from './io/size.js';
@@ -67,9 +69,22 @@ function overlaySummary(agent: Agent, s: ReplicaStore, id: string) {
   };
 }
 
-/** `access` says how the API is reached once it listens (the port bound to, the token). */
-export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } } });
+/** How the provider channel (provider-api.ts) serves the API: its TLS options and its checks. */
+export interface ProviderChannelOptions {
+  https: tls.SecureContextOptions & tls.TlsOptions;
+  state: () => ProviderApiState;
+  refused: RefusalLog;
+}
+
+/**
+ * `access` says how the API is reached once it listens (the port bound to, the token).
+ * With `channel`, the API is the provider channel instead: HTTPS, a provider's certificate
+ * and the channel's checks in place of the local API's.
+ */
+export async function buildAgentApi(agent: Agent, access: () => ApiAccess, channel?: ProviderChannelOptions): Promise<FastifyInstance> {
+  const app = channel
+    ? (Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } }, https: channel.https }) as unknown as FastifyInstance)
+    : Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } } });
 
   app.setErrorHandler((err, _req, reply) => {
     const e = (err as { validation?: unknown }).validation ? new OsrError('INVALID_ARGUMENT', (err as Error).message) : toOsrError(err);
@@ -78,7 +93,10 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess): Prom
     void reply.status(status).send({ code: e.code, message: e.message, details: e.details, hint: ERROR_CODES[e.code].fix });
   });
 
-  addAccessChecks(app, access);
+  if (channel) {
+    app.addHook('onRequest', providerAccessCheck(channel.state, channel.refused));
+    app.addHook('preHandler', providerBodyCheck(channel.state, () => agent.caPem(), channel.refused));
+  } else addAccessChecks(app, access);
 
   app.get('/v1/status', async () => ({
     name: agent.config.name,

@@ -69,6 +69,7 @@ program
   .option('--storage-dir <dir>', 'storage location for lab disk images (default DATA/storage)')
   .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
   .option('--api <host:port>', `serve the local API on loopback TCP instead of the socket (default port ${DEFAULT_AGENT_API_PORT}); every request then needs the token`)
+  .option('--provider-api <host:port>', `serve the provider channel: HTTPS with mutual TLS for the fabric's provider, on any address (default port ${DEFAULT_AGENT_API_PORT}; off unless given). Without a certificate yet the agent needs only --ca (the vault's CA): it prints its bootstrap certificate's fingerprint for the site file and is enrolled over the channel`)
   .option('--api-token-file <file>', 'the token for --api, in a file only the agent\'s user can read (default DIR/api-token, created on first start)')
   .option('--quiesce-hook-dir <dir>', 'the quiesce hook of VM X is DIR/X, run with freeze|thaw X around app-consistent points (owned by root or the agent\'s user, not writable by group or others)')
   .option('--nbd-tcp <port>', 'also serve NBD on 127.0.0.1:PORT (the Unix socket is always served)')
@@ -87,21 +88,27 @@ program
     installLastResortHandler('agent');
     const hostKind = checkHostKind(o.host!);
     const pki = o.pkiDir;
-    const certFile = o.cert ?? (pki ? path.join(pki, `${name}.crt`) : undefined);
-    const keyFile = o.key ?? (pki ? path.join(pki, `${name}.key`) : undefined);
+    let certFile = o.cert ?? (pki ? path.join(pki, `${name}.crt`) : undefined);
+    let keyFile = o.key ?? (pki ? path.join(pki, `${name}.key`) : undefined);
     const caFile = o.ca ?? (pki ? path.join(pki, 'ca.crt') : undefined);
-    if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`)');
+    const dataDir = path.resolve(o.dataDir!);
+    // an agent enrolled over the provider channel keeps its certificate in DATA/pki
+    const own = o.providerApi !== undefined && !pki ? path.join(dataDir, 'pki') : undefined;
+    certFile ??= own && path.join(own, `${name}.crt`);
+    keyFile ??= own && path.join(own, `${name}.key`);
+    if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`), or --provider-api with --ca (the vault\'s CA) to be enrolled over the network');
     if (o.apiTokenFile !== undefined && o.api === undefined) throw new OsrError('CONFIG_INVALID', '--api-token-file is for the TCP API: give --api HOST:PORT too (the socket needs no token)');
     const api = o.api !== undefined ? { ...hostPort(o.api, DEFAULT_AGENT_API_PORT), tokenFile: o.apiTokenFile !== undefined ? path.resolve(o.apiTokenFile) : undefined } : undefined;
     const makeHost = hostFactory(hostKind, { storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined, libvirtUri: o.libvirtUri, libvirtDomains: o.libvirtDomains, libvirtPrefix: o.libvirtPrefix, libvirtBootDirs: o.libvirtBootDir !== undefined ? [path.resolve(o.libvirtBootDir)] : undefined });
     const agent = new Agent({
       name,
-      dataDir: path.resolve(o.dataDir!),
+      dataDir,
       listen: o.listen ? hostPort(o.listen, DEFAULT_REPLICATION_PORT) : undefined,
       api,
+      providerApi: o.providerApi !== undefined ? hostPort(o.providerApi, DEFAULT_AGENT_API_PORT) : undefined,
       nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
       quiesceHookDir: o.quiesceHookDir !== undefined ? path.resolve(o.quiesceHookDir) : undefined,
-      tls: { certFile, keyFile, caFile, crlFile: o.crl ?? (pki ? path.join(pki, 'crl.pem') : undefined) },
+      tls: { certFile, keyFile, caFile, crlFile: o.crl ?? (pki ? path.join(pki, 'crl.pem') : own ? path.join(own, 'crl.pem') : undefined) },
       tlsReloadMs: parseDuration(o.tlsReload!),
       retry: { backoffMs: parseBackoff(o.retryBackoff!), thenEveryMs: parseDuration(o.retryEvery!) },
       bandwidth: o.bandwidth !== undefined ? (parseBandwidth(o.bandwidth), o.bandwidth) : undefined,

@@ -44,13 +44,25 @@ export function addProviderCommand(program: Command): void {
       const kinds = ['lab', 'libvirt'];
       if (!kinds.includes(o.fabric ?? '')) throw new OsrError('NOT_SUPPORTED', `fabric driver "${o.fabric}" is not available; this build has: ${kinds.join(', ')}`);
       let driver: FabricDriver;
+      // hosts are connected once the provider has started, after its registration
+      const made: { channel?: ProviderChannel } = {};
+      const providerChannel = (): ProviderChannel => {
+        if (!made.channel) throw new OsrError('INVALID_STATE', 'the provider is not registered yet');
+        return made.channel;
+      };
       let site: { name: string; server?: string | undefined };
       let dir: string;
       if (o.fabric === 'libvirt') {
         const s = loadLibvirtSite(path.resolve(o.config));
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);
-        driver = new LibvirtFabricDriver(s, { connect: (h) => new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined }) });
+        driver = new LibvirtFabricDriver(s, {
+          connect: (h) =>
+            h.agent.startsWith('https:')
+              ? // the provider channel: the provider's own certificate, read when each connection is made (renewals included)
+                new AgentClient(h.agent, { channel: { tls: () => providerChannel().registration.tls, fabricId: () => providerChannel().registration.fabricId, hostName: h.name, agentFingerprint: h.agentFingerprint } })
+              : new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined }),
+        });
       } else {
         const s = loadSiteConfig(path.resolve(o.config));
         site = s;
@@ -69,6 +81,7 @@ export function addProviderCommand(program: Command): void {
       // a vault that moved (another address) is reached where --vault says; its CA still has to match
       if (o.vault && o.vault !== registration.vault.url) registration = { ...registration, vault: { ...registration.vault, url: o.vault } };
       const channel = new ProviderChannel(registration, { dir });
+      made.channel = channel;
       const provider = new FabricProvider({
         driver,
         channel,

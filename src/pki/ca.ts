@@ -55,6 +55,12 @@ export interface IssueOptions {
    */
   dnsNames?: string[];
   ipAddresses?: string[];
+  /**
+   * The fabric the holder belongs to: the certificate then carries the URI name
+   * `urn:osr:fabric:<fabricId>` (agent-channel.md). Only the issuer's own records may
+   * give it, never a request.
+   */
+  fabricId?: string | undefined;
   /** Default 365. */
   validDays?: number;
   /** Default: now minus a few minutes of clock skew allowance. */
@@ -80,6 +86,8 @@ export interface IssuedCertificate {
 export interface CertificateInfo {
   commonName: string;
   role?: string;
+  /** the fabric its `urn:osr:fabric:` URI name names, when it has one */
+  fabricId?: string;
   notBefore: Date;
   notAfter: Date;
   /** SHA-256 of the DER certificate as colon-separated upper-case hex, the same form node:tls reports as fingerprint256. */
@@ -182,6 +190,7 @@ export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Prom
   const useDefaults = opts.dnsNames === undefined && opts.ipAddresses === undefined;
   const dnsNames = useDefaults ? ['localhost'] : (opts.dnsNames ?? []);
   const ipAddresses = useDefaults ? ['127.0.0.1', '::1'] : (opts.ipAddresses ?? []);
+  if (opts.fabricId !== undefined && !FABRIC_ID.test(opts.fabricId)) throw new OsrError('INVALID_ARGUMENT', `'${opts.fabricId}' is not a fabric id`);
   for (const ip of ipAddresses) {
     if (net.isIP(ip) === 0) throw new OsrError('INVALID_ARGUMENT', `'${ip}' is not an IP address`);
   }
@@ -208,6 +217,7 @@ export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Prom
   const altNames: x509.JsonGeneralNames = [
     ...dnsNames.map((value) => ({ type: 'dns' as const, value })),
     ...ipAddresses.map((value) => ({ type: 'ip' as const, value })),
+    ...(opts.fabricId !== undefined ? [{ type: 'url' as const, value: fabricUri(opts.fabricId) }] : []),
   ];
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
@@ -239,13 +249,50 @@ export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Prom
   };
 }
 
+const FABRIC_URI_PREFIX = 'urn:osr:fabric:';
+const FABRIC_ID = /^[a-z0-9][a-z0-9-]{0,99}$/;
+
+/** The URI name that ties a certificate to a fabric (agent-channel.md). */
+export function fabricUri(fabricId: string): string {
+  return `${FABRIC_URI_PREFIX}${fabricId}`;
+}
+
+/**
+ * A self-signed certificate and key for an agent that has no certificate from the vault's
+ * CA yet (agent-channel.md, Bootstrap). Nobody trusts it through a CA: a provider trusts it
+ * only by the SHA-256 fingerprint the operator copied into the site file, and only to
+ * enrol the agent. Role `bootstrap`, never one of PKI_ROLES.
+ */
+export async function createBootstrapCertificate(commonName: string, validDays = 3650): Promise<{ certPem: string; keyPem: string; fingerprintSha256: string }> {
+  const keys = await generateKeyPair();
+  const notBefore = wholeSeconds(new Date(Date.now() - CLOCK_SKEW_MS));
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name: [{ CN: [checkCommonName(commonName)] }, { OU: ['bootstrap'] }],
+    notBefore,
+    notAfter: wholeSeconds(new Date(notBefore.getTime() + checkValidDays(validDays) * DAY_MS)),
+    keys,
+    signingAlgorithm: SIGNING_ALGORITHM,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
+    ],
+  });
+  const certPem = cert.toString('pem');
+  return { certPem, keyPem: await exportPrivateKey(keys.privateKey), fingerprintSha256: readCertificateInfo(certPem).fingerprintSha256 };
+}
+
 /** Reads the fields osr cares about from a PEM certificate. */
 export function readCertificateInfo(pem: string): CertificateInfo {
   const cert = parseCertificate(pem, 'certificate');
   const role = cert.subjectName.getField('OU')[0];
+  const fabrics = (cert.getExtension(x509.SubjectAlternativeNameExtension)?.names.items ?? []).filter((n) => n.type === 'url' && n.value.startsWith(FABRIC_URI_PREFIX)).map((n) => n.value.slice(FABRIC_URI_PREFIX.length));
   return {
     commonName: cert.subjectName.getField('CN')[0] ?? '',
     ...(role !== undefined ? { role } : {}),
+    // a certificate naming two fabrics names none: it is refused wherever a fabric is checked
+    ...(fabrics.length === 1 ? { fabricId: fabrics[0]! } : {}),
     notBefore: cert.notBefore,
     notAfter: cert.notAfter,
     fingerprintSha256: formatFingerprint(crypto.createHash('sha256').update(new Uint8Array(cert.rawData)).digest()),

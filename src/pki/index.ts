@@ -1,7 +1,9 @@
 /** PKI for mutual TLS between osr processes: the CA, certificate files, and TLS options. */
 export {
   PKI_ROLES,
+  createBootstrapCertificate,
   createCa,
+  fabricUri,
   createCrl,
   formatFingerprint,
   fsyncDir,

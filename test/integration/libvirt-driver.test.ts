@@ -49,7 +49,8 @@ const ctx = (): DriverContext => ({
   log: quiet,
   enrolAgent: async (host, publicKeyPem) => {
     enrolments++;
-    const c = await issueCertificate(ca, { commonName: host, role: 'agent', publicKeyPem });
+    // as the vault does: the certificate names the provider's fabric
+    const c = await issueCertificate(ca, { commonName: host, role: 'agent', publicKeyPem, fabricId: 'kvm-test' });
     return { certificate: c.certPem, caCertificate: ca.certPem, notAfter: c.notAfter.toISOString() };
   },
 });

@@ -80,7 +80,7 @@ export function fabricContract(name: string, make: () => Promise<ContractFabric>
       log: quiet,
       enrolAgent: async (host, publicKeyPem) => {
         enrolments++;
-        const c = await issueCertificate(ca, { commonName: host, role: 'agent', publicKeyPem });
+        const c = await issueCertificate(ca, { commonName: host, role: 'agent', publicKeyPem, fabricId: 'contract-fabric' });
         return { certificate: c.certPem, caCertificate: ca.certPem, notAfter: c.notAfter.toISOString() };
       },
     });

@@ -42,11 +42,13 @@ describe('libvirt site file', () => {
     assert.equal(s.name, 'KVM-NewYork');
     assert.equal(s.dir, '/var/lib/osr/provider');
     assert.deepEqual(s.hosts.map((h) => [h.name, h.agent, h.addresses[0], h.replicationPort]), [
-      ['kvm-ny1', 'unix:/var/lib/osr/agent/run/api.sock', '10.0.0.11', 8084],
-      ['kvm-ny2', 'http://127.0.0.1:8085', '10.0.0.12', 8084],
+      ['kvm-ny1', 'https://10.0.0.11:8085', '10.0.0.11', 8084],
+      ['kvm-ny2', 'unix:/var/lib/osr/agent/run/api.sock', '10.0.0.12', 8084],
+      ['kvm-ny3', 'http://127.0.0.1:8086', '10.0.0.13', 8084],
     ]);
-    assert.equal(s.hosts[1]!.agentTokenFile, '/var/lib/osr/agent2/api-token');
-    assert.deepEqual(s.clouds, [{ name: 'Gold', hostGroups: [{ name: 'Rack1', hosts: ['kvm-ny1', 'kvm-ny2'] }] }]);
+    assert.equal(s.hosts[0]!.agentFingerprint, '5A:1C:93:0E:7B:44:D2:08:AF:61:3C:9E:25:B7:80:F4:19:6D:C2:5B:0A:E3:74:98:1F:C6:2D:57:B0:8A:E9:33');
+    assert.equal(s.hosts[2]!.agentTokenFile, '/var/lib/osr/agent3/api-token');
+    assert.deepEqual(s.clouds, [{ name: 'Gold', hostGroups: [{ name: 'Rack1', hosts: ['kvm-ny1', 'kvm-ny2', 'kvm-ny3'] }] }]);
     assert.deepEqual(s.networks[0], { libvirt: 'prod-br', vmNetwork: 'Prod', logicalNetwork: 'LN1', subnets: [{ name: 'S1', cidr: '10.1.0.0/24', pool: { start: '10.1.0.100', end: '10.1.0.199' } }] });
     assert.deepEqual(s.storage, [{ pool: 'fast-ssd', classification: 'GOLD' }]);
     assert.ok(domainSelected(s, 'web1'));
@@ -72,7 +74,11 @@ describe('libvirt site file', () => {
     refused((s) => delete (s as Record<string, unknown>).name, 'name');
     refused((s) => (s.hosts = []), 'hosts');
     refused((s) => (s.hosts[0]!.name = '../etc'), 'hosts[0].name');
-    refused((s) => (s.hosts[0]!.agent = 'https://kvm1:8443'), 'hosts[0].agent');
+    refused((s) => (s.hosts[0]!.agent = 'http://10.0.0.5:8085'), 'hosts[0].agent');
+    refused((s) => (s.hosts[0]!.agent = 'https://kvm1:8443/v1'), 'hosts[0].agent');
+    refused((s) => Object.assign(s.hosts[0]!, { agent: 'https://kvm1:8443', agentFingerprint: 'AB:CD' }), 'hosts[0].agentFingerprint');
+    refused((s) => Object.assign(s.hosts[0]!, { agentFingerprint: 'AB'.repeat(32) }), 'hosts[0].agentFingerprint');
+    refused((s) => Object.assign(s.hosts[0]!, { agent: 'https://kvm1:8443', agentTokenFile: 'token' }), 'hosts[0].agentTokenFile');
     refused((s) => (s.hosts[0]!.agent = 'http://127.0.0.1:8085'), 'hosts[0].agentTokenFile');
     refused((s) => (s.hosts[0]!.addresses = []), 'hosts[0].addresses');
     refused((s) => ((s.hosts[0] as Record<string, unknown>).replicationPort = 70000), 'hosts[0].replicationPort');
@@ -87,6 +93,15 @@ describe('libvirt site file', () => {
     refused((s) => (s.storage = [{ pool: 'a/b', classification: 'GOLD' }]), 'storage[0].pool');
     refused((s) => (s.domains = { include: ['web$(x)'] }), 'domains.include[0]');
     assert.throws(() => parseLibvirtSite('name: [', '/'), (e: unknown) => e instanceof OsrError && e.code === 'CONFIG_INVALID');
+  });
+
+  test('an agent on another machine: its provider channel, with the fingerprint of its bootstrap certificate in any case, with or without colons', () => {
+    const fp = 'ab'.repeat(32);
+    const s = parseLibvirtSite(YAML.stringify({ ...base(), hosts: [{ name: 'kvm1', agent: 'https://kvm1.example.org:8085/', agentFingerprint: fp, addresses: ['kvm1.example.org'] }] }), '/etc/osr');
+    assert.equal(s.hosts[0]!.agent, 'https://kvm1.example.org:8085');
+    assert.equal(s.hosts[0]!.agentFingerprint, Array(32).fill('AB').join(':'));
+    const t = parseLibvirtSite(YAML.stringify({ ...base(), hosts: [{ name: 'kvm1', agent: 'https://[fd00::1]:8085', addresses: ['fd00::1'] }] }), '/etc/osr');
+    assert.equal(t.hosts[0]!.agentFingerprint, undefined, 'an enrolled agent needs no fingerprint');
   });
 
   test('globs match whole names', () => {

@@ -72,7 +72,9 @@ export async function enrolAgent(api: AgentApi, hostName: string, ctx: DriverCon
     try {
       const cert = new crypto.X509Certificate(now.certificate.pem);
       const ca = new crypto.X509Certificate(ctx.vaultCa);
-      if (cert.checkIssued(ca) && cert.verify(ca.publicKey) && !renewalDue(readCertificateInfo(now.certificate.pem), ctx.clock.now())) return false;
+      const info = readCertificateInfo(now.certificate.pem);
+      // a certificate that names no fabric (issued before they were named) is replaced: the provider channel needs it
+      if (cert.checkIssued(ca) && cert.verify(ca.publicKey) && info.fabricId !== undefined && !renewalDue(info, ctx.clock.now())) return false;
     } catch (e) {
       ctx.log.warn({ host: hostName, err: toOsrError(e).message }, `the certificate of host ${hostName} cannot be checked; enrolling it again`);
     }

@@ -11,6 +11,7 @@ import type { FabricCapabilities } from '../../domain/capabilities.js';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
 import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
 import { createCrl, issueCertificate } from '../../pki/index.js';
+import { fabricIdFor } from '../../store/inventory.js';
 import { AlertKind } from '../../workflows/alerting.js';
 import { itemCriticalKey } from '../../workflows/protection.js';
 import { authFailure } from '../auth.js';
@@ -78,7 +79,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         throw e;
       });
       try {
-        const cert = await issueCertificate(ctx.identity.ca, { commonName: providerId, role: 'provider', publicKeyPem: b.publicKey, dnsNames: [], ipAddresses: [], validDays: PROVIDER_CERT_DAYS });
+        // the fabric the provider registers for, as the store names it (its agents check it: agent-channel.md)
+        const cert = await issueCertificate(ctx.identity.ca, { commonName: providerId, role: 'provider', publicKeyPem: b.publicKey, dnsNames: [], ipAddresses: [], fabricId: fabricIdFor(b.fabric.name), validDays: PROVIDER_CERT_DAYS });
         const { fabric, provider } = await store.fabrics.registerProvider({
           providerId,
           fabricName: b.fabric.name,
@@ -247,7 +249,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const p = principal(request);
-      const cert = await issueCertificate(ctx.identity.ca, { commonName: p.providerId!, role: 'provider', publicKeyPem: request.body.publicKey, dnsNames: [], ipAddresses: [], validDays: PROVIDER_CERT_DAYS });
+      const cert = await issueCertificate(ctx.identity.ca, { commonName: p.providerId!, role: 'provider', publicKeyPem: request.body.publicKey, dnsNames: [], ipAddresses: [], fabricId: p.fabricId!, validDays: PROVIDER_CERT_DAYS });
       await store.certificates.record({ serial: cert.serialNumber, fabricId: p.fabricId!, role: 'provider', commonName: p.providerId!, notAfter: cert.notAfter.getTime() });
       await store.fabrics.offerProviderCertificate(p.providerId!, { serial: cert.serialNumber, fingerprint: certificateFingerprint(cert.certPem) });
       await alerting.event({ target: p.fabricId!, kind: 'provider.certificate-renewed', severity: Severity.Info, message: `provider ${p.providerId} renewed its certificate; the new one is valid until ${cert.notAfter.toISOString()}`, details: { provider: p.providerId, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
@@ -277,7 +279,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const p = principal(request);
       const b = request.body;
       const names = await agentCertificateNames(store, p.fabricId!, b);
-      const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, ...names });
+      // the fabric is the calling provider's, from its registration: never from the request
+      const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, fabricId: p.fabricId!, ...names });
       await store.certificates.record({ serial: cert.serialNumber, fabricId: p.fabricId!, role: 'agent', commonName: b.name, notAfter: cert.notAfter.getTime() });
       await alerting.event({ target: p.fabricId!, kind: 'agent.enrolled', severity: Severity.Info, message: `host agent ${b.name} enrolled through provider ${p.providerId}`, details: { agent: b.name, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString() } });
       return reply.status(201).send({ certificate: cert.certPem, caCertificate: ctx.identity.ca.certPem, notAfter: cert.notAfter.toISOString() });
