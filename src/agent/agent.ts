@@ -34,6 +34,9 @@ import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
 import { Pacer, parseBandwidth } from './io/throttle.js';
 import { DEFAULT_REPLICATION_PORT } from './wire/wire.js';
 
+/** The provider channel's connections at once: a provider needs a few; more is someone else. */
+const PROVIDER_MAX_CONNECTIONS = 64;
+
 export interface AgentConfig {
   /** how often the certificate, key, CA and revocation list files are looked at for a change (default 10 s) */
   tlsReloadMs?: number | undefined;
@@ -54,6 +57,11 @@ export interface AgentConfig {
    * (DATA/pki/bootstrap.crt) and serves the enrolment calls only, until it is enrolled.
    */
   providerApi?: { host: string; port: number } | undefined;
+  /**
+   * the fabric (the vault's id) whose provider may enrol this agent over the channel while it
+   * is not enrolled: without it, a provider of any fabric of the vault could
+   */
+  providerFabric?: string | undefined;
   /** DIR: the quiesce hook of VM X is DIR/X (quiesce-hook.ts) */
   quiesceHookDir?: string | undefined;
   /** also serve NBD on TCP (loopback) at this port */
@@ -194,11 +202,14 @@ export class Agent {
     let providerApi: string | undefined;
     if (this.config.providerApi) {
       const channel = await buildAgentApi(this, () => access, {
-        https: { ...serverTlsOptions({ ...this.tls, crl: undefined }), sessionTimeout: 300 },
+        // a handshake gets 10 s, not Node's 120: a peer that never finishes one holds no more than that
+        https: { ...serverTlsOptions({ ...this.tls, crl: undefined }), sessionTimeout: 300, handshakeTimeout: 10_000 },
         state: () => this.providerApiState(),
         refused: (peer, reason, request) => this.log.warn({ peer: peer.commonName ?? null, role: peer.role ?? null, fingerprint: peer.fingerprintSha256 ?? null, address: peer.address ?? null, request, reason }, `provider channel: refused ${request}: ${reason}`),
       });
       this.providerServer = channel.server as unknown as tls.Server;
+      // a root process: bounded connections, whoever opens them
+      this.providerServer.maxConnections = PROVIDER_MAX_CONNECTIONS;
       onTlsClientError(this.providerServer, (err) => this.log.warn({ code: err.code, ...err.details }, `provider channel: ${err.message}`));
       await channel.listen({ host: this.config.providerApi.host, port: this.config.providerApi.port });
       const bound = channel.server.address() as AddressInfo;
@@ -611,6 +622,7 @@ export class Agent {
       certificateNames: this.enrolled ? certificateNames(this.tls.cert) : [],
       revocation: this.revocation,
       hypervisor: this.host.drills !== undefined,
+      bootstrapFabric: this.config.providerFabric,
       host: this.providerAddress?.host ?? '',
       port: this.providerAddress?.port ?? 0,
       now: () => this.clock.now(),

@@ -83,7 +83,8 @@ export interface ProviderChannelOptions {
  */
 export async function buildAgentApi(agent: Agent, access: () => ApiAccess, channel?: ProviderChannelOptions): Promise<FastifyInstance> {
   const app = channel
-    ? (Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } }, https: channel.https }) as unknown as FastifyInstance)
+    ? // over the network: a request gets 2 minutes, an idle connection 1, a connection 1,000 requests
+      (Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } }, https: channel.https, connectionTimeout: 60_000, requestTimeout: 120_000, keepAliveTimeout: 30_000, maxRequestsPerSocket: 1000 }) as unknown as FastifyInstance)
     : Fastify({ logger: false, bodyLimit: 1024 * 1024, ajv: { customOptions: { allowUnionTypes: true } } });
 
   app.setErrorHandler((err, _req, reply) => {

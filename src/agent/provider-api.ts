@@ -87,6 +87,8 @@ export interface ProviderApiState {
   revocation: { serials: ReadonlySet<string>; nextUpdate: Date | undefined } | undefined;
   /** whether the agent's host is a hypervisor that powers its VMs (a libvirt host) */
   hypervisor: boolean;
+  /** the fabric whose provider may enrol the agent while it is not enrolled (--provider-fabric); undefined: any of the vault's */
+  bootstrapFabric?: string | undefined;
   /** where the channel listens */
   host: string;
   port: number;
@@ -94,6 +96,9 @@ export interface ProviderApiState {
 }
 
 export interface ProviderPeer {
+  /** the certificate's validity, checked on every request (a keep-alive connection outlives a certificate) */
+  validFrom: number;
+  validTo: number;
   commonName: string;
   role: string | undefined;
   fabricId: string | undefined;
@@ -113,7 +118,7 @@ function peerOf(socket: tls.TLSSocket): ProviderPeer | undefined {
   const cert = socket.getPeerX509Certificate();
   if (!cert || !socket.authorized) return undefined;
   const info = readCertificateInfo(cert.toString());
-  const peer: ProviderPeer = { commonName: info.commonName, role: info.role, fabricId: info.fabricId, fingerprintSha256: info.fingerprintSha256, serial: cert.serialNumber.toLowerCase() };
+  const peer: ProviderPeer = { validFrom: Date.parse(cert.validFrom), validTo: Date.parse(cert.validTo), commonName: info.commonName, role: info.role, fabricId: info.fabricId, fingerprintSha256: info.fingerprintSha256, serial: cert.serialNumber.toLowerCase() };
   peers.set(socket, peer);
   return peer;
 }
@@ -141,6 +146,10 @@ export function providerAccessCheck(state: () => ProviderApiState, refused: Refu
     if (peer.role !== 'provider') {
       return refuse(`role ${peer.role ?? '(none)'} is not provider`, `a certificate with role ${peer.role ?? '(none)'} may not use the provider channel: only a provider's (agents replicate on the replication port; an operator on the host uses the local API)`);
     }
+    if (!(peer.validFrom <= s.now() && s.now() <= peer.validTo)) return refuse(`certificate not valid now (valid ${new Date(peer.validFrom).toISOString()} to ${new Date(peer.validTo).toISOString()})`, 'the provider\'s certificate is not valid now: renew it');
+    if (!s.enrolled && s.bootstrapFabric !== undefined && peer.fabricId !== s.bootstrapFabric) {
+      return refuse(`provider of fabric ${peer.fabricId ?? '(none)'}, not ${s.bootstrapFabric} (--provider-fabric)`, `agent ${s.name} is to be enrolled by fabric ${s.bootstrapFabric}'s provider only (osr agent --provider-fabric)`);
+    }
     if (s.enrolled) {
       const own = s.enrolled.fabricId;
       if (own === undefined) return refuse('the agent\'s own certificate names no fabric', `agent ${s.name}'s certificate names no fabric (it was issued before fabrics were named): the provider's next enrolment gives it one; until then it takes no provider calls`);
@@ -166,6 +175,7 @@ export function providerAccessCheck(state: () => ProviderApiState, refused: Refu
     const names = new Set([s.name.toLowerCase(), ...s.certificateNames.map((n) => n.toLowerCase()), ...(net.isIP(s.host) !== 0 && !isWildcard(s.host) ? [s.host.toLowerCase()] : [])]);
     // before enrolment the agent's certificate names nothing a provider could check: the port only
     if (!h || h.port !== String(s.port) || (s.enrolled && !names.has(h.host))) {
+      refused({ ...peer, address: socket.remoteAddress }, `Host header "${req.headers.host ?? ''}" is not the agent's`, route);
       throw new OsrError('HOST_NOT_ALLOWED', `the provider channel answers to ${s.enrolled ? [...names].map((n) => `${n.includes(':') ? `[${n}]` : n}:${s.port}`).join(', ') : `port ${s.port}`} in the Host header, not to "${req.headers.host ?? ''}"`);
     }
   };

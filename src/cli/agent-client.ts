@@ -115,8 +115,6 @@ export class AgentClient {
         this.enrolledSeen = true;
         return socket;
       }
-      // a certificate from before fabrics were named: enrolled again, like a bootstrap one
-      if (info.fabricId === undefined && BOOTSTRAP_CALLS.has(call)) return socket;
       return refuse(`its certificate names fabric ${info.fabricId ?? '(none)'}, not this provider's fabric ${c.fabricId()}`);
     }
     const fingerprint = cert.fingerprint256;

@@ -15,6 +15,7 @@ import { parseBandwidth } from '../agent/io/throttle.js';
 import { parseDuration } from '../agent/io/time-window.js';
 import type { ReplicationHealth } from '../agent/wire/replication-types.js';
 import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
+import { safeName } from '../domain/names.js';
 import { createCa, issueCertificate, writeFileAtomic, type CaMaterial, type PkiRole } from '../pki/index.js';
 import { AgentClient, readAgentToken } from './agent-client.js';
 import { checkHostKind, DEFAULT_HOST_KIND, HOST_KINDS, hostFactory } from './agent-host.js';
@@ -70,6 +71,7 @@ program
   .option('--listen <host:port>', `accept replication from primary agents (default port ${DEFAULT_REPLICATION_PORT})`)
   .option('--api <host:port>', `serve the local API on loopback TCP instead of the socket (default port ${DEFAULT_AGENT_API_PORT}); every request then needs the token`)
   .option('--provider-api <host:port>', `serve the provider channel: HTTPS with mutual TLS for the fabric's provider, on any address (default port ${DEFAULT_AGENT_API_PORT}; off unless given). Without a certificate yet the agent needs only --ca (the vault's CA): it prints its bootstrap certificate's fingerprint for the site file and is enrolled over the channel`)
+  .option('--provider-fabric <id>', 'with --provider-api: the fabric (the vault\'s id, as `osr fabric list` shows it) whose provider may enrol this agent; without it, until enrolment, a provider of any fabric of the vault could')
   .option('--api-token-file <file>', 'the token for --api, in a file only the agent\'s user can read (default DIR/api-token, created on first start)')
   .option('--quiesce-hook-dir <dir>', 'the quiesce hook of VM X is DIR/X, run with freeze|thaw X around app-consistent points (owned by root or the agent\'s user, not writable by group or others)')
   .option('--nbd-tcp <port>', 'also serve NBD on 127.0.0.1:PORT (the Unix socket is always served)')
@@ -106,6 +108,7 @@ program
       listen: o.listen ? hostPort(o.listen, DEFAULT_REPLICATION_PORT) : undefined,
       api,
       providerApi: o.providerApi !== undefined ? hostPort(o.providerApi, DEFAULT_AGENT_API_PORT) : undefined,
+      providerFabric: o.providerFabric !== undefined ? safeName(o.providerFabric, '--provider-fabric', 'CONFIG_INVALID') : undefined,
       nbdTcpPort: o.nbdTcp !== undefined ? Number(o.nbdTcp) : undefined,
       quiesceHookDir: o.quiesceHookDir !== undefined ? path.resolve(o.quiesceHookDir) : undefined,
       tls: { certFile, keyFile, caFile, crlFile: o.crl ?? (pki ? path.join(pki, 'crl.pem') : own ? path.join(own, 'crl.pem') : undefined) },

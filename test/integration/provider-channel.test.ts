@@ -198,7 +198,7 @@ describe('an agent not enrolled yet', () => {
   let b: Started;
   before(async () => {
     fs.writeFileSync(path.join(dir, 'vault-ca.crt'), ca.certPem);
-    b = await startAgent('kvm2', ['--ca', path.join(dir, 'vault-ca.crt')]);
+    b = await startAgent('kvm2', ['--ca', path.join(dir, 'vault-ca.crt'), '--provider-fabric', 'site-a']);
   });
 
   test('presents a bootstrap certificate the provider takes by its fingerprint, for the enrolment only; then its certificate from the CA', async () => {
@@ -217,6 +217,9 @@ describe('an agent not enrolled yet', () => {
     assert.equal(r.body.code, 'AUTH_FAILED');
     assert.match(r.body.message!, /not enrolled yet/);
     assert.equal((await raw(b, certs.agent!, 'GET', '/v1/status')).body.code, 'AUTH_FAILED', 'only a provider enrols it');
+    const otherSite = await raw(b, certs.otherFabric!, 'GET', '/v1/status');
+    assert.equal(otherSite.body.code, 'AUTH_FAILED', 'only the provider of the fabric --provider-fabric names enrols it');
+    assert.match(otherSite.body.message!, /fabric site-a's provider only/);
 
     const { publicKeyPem } = await pinned.post<{ publicKeyPem: string }>('/v1/enrolment/key');
     // over the channel: only a certificate from the agent's own CA, role agent, of the provider's fabric
