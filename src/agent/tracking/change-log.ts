@@ -131,6 +131,14 @@ export class ChangeLogWriter {
     this.dataBytes = state.dataBytes;
   }
 
+  /**
+   * A log laid out without a file: its records are numbered, checksummed and chained as
+   * in a file's, and their bytes go only to the `tee` (a delta streamed to the replica).
+   */
+  static detached(header: LogHeader): ChangeLogWriter {
+    return new ChangeLogWriter('(streamed)', -1, header, { pos: LOG_HEADER_BYTES, index: 0, chain: Buffer.alloc(DIGEST_BYTES), dataBytes: 0 });
+  }
+
   static create(path: string, header: LogHeader): ChangeLogWriter {
     const fd = fs.openSync(path, 'wx', 0o600);
     const hb = encodeLogHeader(header);
@@ -180,6 +188,7 @@ export class ChangeLogWriter {
   private append(type: RecordType, offset: number, length: number, payload: Buffer | undefined): void {
     const { bufs, at, total } = this.record(type, offset, length, payload);
     this.tap?.(at, bufs);
+    if (this.fd < 0) return;
     let written = 0;
     // writev may write partially (rare for regular files); finish the record in order
     while (written < total) {
@@ -227,6 +236,7 @@ export class ChangeLogWriter {
   private enqueue(r: { bufs: Buffer[]; at: number; total: number }): void {
     if (this.queueError !== undefined) throw this.queueError;
     this.tap?.(r.at, r.bufs);
+    if (this.fd < 0) return;
     const b = (this.batch ??= { at: r.at, bytes: 0, bufs: [] });
     b.bufs.push(...r.bufs);
     b.bytes += r.total;
@@ -280,15 +290,15 @@ export class ChangeLogWriter {
   }
 
   syncSync(): void {
-    fs.fdatasyncSync(this.fd);
+    if (this.fd >= 0) fs.fdatasyncSync(this.fd);
   }
 
   sync(): Promise<void> {
-    return fdatasyncAsync(this.fd);
+    return this.fd >= 0 ? fdatasyncAsync(this.fd) : Promise.resolve();
   }
 
   closeFile(): void {
-    fs.closeSync(this.fd);
+    if (this.fd >= 0) fs.closeSync(this.fd);
   }
 }
 
