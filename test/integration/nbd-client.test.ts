@@ -87,6 +87,16 @@ test('structured reads: data and holes in one answer, bytes as written', { skip 
     // a plain client reads the same bytes
     const plain = await NbdClient.connect({ socketPath, exportName: '' });
     assert.deepEqual(await plain.read(8 * MiB - 64 * 1024, 256 * 1024), got);
+    // into a caller's buffer full of other bytes: the same bytes, holes zeroed, in its first bytes
+    for (const client of [c, plain]) {
+      const into = Buffer.alloc(300 * 1024, 0x77);
+      const read = await client.read(8 * MiB - 64 * 1024, 256 * 1024, into);
+      assert.equal(read.buffer, into.buffer);
+      assert.equal(read.length, 256 * 1024);
+      assert.ok(read.equals(got));
+      assert.equal(into[256 * 1024], 0x77);
+    }
+    await assert.rejects(c.read(0, 1024, Buffer.alloc(512)), (e: OsrError) => e.code === 'INVALID_ARGUMENT');
     await plain.close();
     // a context that was not agreed is refused by the client, not sent
     await assert.rejects(c.blockStatus('qemu:dirty-bitmap:cp1', 0, MiB), (e: OsrError) => e.code === 'INVALID_STATE');

@@ -83,6 +83,8 @@ export interface LibvirtDisk {
 const READ_CHUNK = 4 * 1024 * 1024;
 /** NBD reads a cycle keeps in flight: the dirty extents are many and small */
 const READS_IN_FLIGHT = 32;
+/** reads up to this size reuse buffers of this size when a delta is kept in no file */
+const POOLED_READ = 1024 * 1024;
 
 export class LibvirtTracking {
   private state: State;
@@ -364,22 +366,29 @@ export class LibvirtTracking {
         for (let off = e.offset; off < e.offset + e.length; off += READ_CHUNK) pieces.push({ offset: off, length: Math.min(READ_CHUNK, e.offset + e.length - off) });
       }
       // reads in flight together (the export answers them in parallel), appended in order
-      const inFlight: Promise<Buffer>[] = [];
+      const inFlight: { read: Promise<Buffer>; into: Buffer | undefined }[] = [];
+      // with no file, a read's bytes are done with once its record is laid out and handed
+      // to the stream (which copies them): its buffer serves a later read
+      const free: Buffer[] = [];
+      const pooled = file === undefined;
       let next = 0;
       const refill = () => {
         while (inFlight.length < READS_IN_FLIGHT && next < pieces.length) {
           const p = pieces[next++]!;
-          const read = client.read(p.offset, p.length);
+          const into = pooled && p.length <= POOLED_READ ? (free.pop() ?? Buffer.allocUnsafe(POOLED_READ)) : undefined;
+          const read = client.read(p.offset, p.length, into);
           read.catch(() => undefined);
-          inFlight.push(read);
+          inFlight.push({ read, into });
         }
       };
       refill();
       for (const p of pieces) {
-        const data = await inFlight.shift()!;
+        const { read, into } = inFlight.shift()!;
+        const data = await read;
         refill();
         if (isZero(data)) w.queueZero(p.offset, p.length);
         else await w.queueWrite(p.offset, data);
+        if (into) free.push(into);
         // a wire far behind holds the read up (nothing else bounds a delta kept in no file)
         const behind = stream?.backlog?.();
         if (behind) await behind;

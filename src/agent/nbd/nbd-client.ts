@@ -33,6 +33,8 @@ interface Pending {
   structuredRead?: boolean;
   /** a structured read: the buffer its data chunks fill (holes stay zero), made at the first chunk */
   target?: Buffer;
+  /** the caller's buffer for a read's data (`read(…, into)`) */
+  into?: Buffer;
   /** the request's offset (data chunks carry absolute offsets) */
   offset: number;
   /** block status: the extents of the context asked for */
@@ -131,7 +133,10 @@ export class NbdClient {
       if (!p) continue;
       this.pending.delete(handle);
       if (errno !== 0) p.reject(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}`, { errno }));
-      else p.resolve(data);
+      else if (p.into && dataLen > 0) {
+        data.copy(p.into);
+        p.resolve(p.into);
+      } else p.resolve(data);
     }
   }
 
@@ -178,7 +183,7 @@ export class NbdClient {
         fail(new OsrError('PROTOCOL_ERROR', 'NBD data chunk outside the read'));
       } else {
         // a chunk that covers the whole read fills every byte: no need to zero the buffer first
-        p.target ??= at === 0 && dataLen === p.readLength ? Buffer.allocUnsafe(dataLen) : Buffer.alloc(p.readLength);
+        p.target ??= this.targetOf(p, at === 0 && dataLen === p.readLength);
         let done = at;
         for (const part of q.takeParts(dataLen)!) done += part.copy(p.target, done);
       }
@@ -192,7 +197,7 @@ export class NbdClient {
           const holeLen = body.readUInt32BE(8);
           if (!p.structuredRead || at < 0 || at + holeLen > p.readLength) fail(new OsrError('PROTOCOL_ERROR', 'NBD hole chunk outside the read'));
           else {
-            p.target ??= Buffer.alloc(p.readLength);
+            p.target ??= this.targetOf(p, false);
             p.target.fill(0, at, at + holeLen);
           }
           break;
@@ -220,9 +225,15 @@ export class NbdClient {
     if (flags & ReplyFlag.Done) {
       this.pending.delete(handle);
       if (p.error) p.reject(p.error);
-      else p.resolve(p.target ?? Buffer.alloc(p.structuredRead ? p.readLength : 0));
+      else p.resolve(p.target ?? (p.structuredRead ? this.targetOf(p, false) : Buffer.alloc(0)));
     }
     return true;
+  }
+
+  /** The buffer a structured read's data goes to: the caller's or a new one; zeroed unless one chunk fills all of it. */
+  private targetOf(p: Pending, filledWhole: boolean): Buffer {
+    if (p.into) return filledWhole ? p.into : p.into.fill(0);
+    return filledWhole ? Buffer.allocUnsafe(p.readLength) : Buffer.alloc(p.readLength);
   }
 
   /** Wait until `want(buffer)` returns how many bytes it consumed (or -1 to keep waiting). */
@@ -336,8 +347,10 @@ export class NbdClient {
     return p;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.request(NbdCmd.Read, 0, offset, length);
+  /** Read `length` bytes; with `into` (at least `length` bytes), into its first `length` bytes, which the promise answers. */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    if (into && into.length < length) return Promise.reject(new OsrError('INVALID_ARGUMENT', `a read of ${length} bytes into a buffer of ${into.length}`));
+    return this.request(NbdCmd.Read, 0, offset, length, undefined, into ? { into: into.subarray(0, length) } : {});
   }
   /**
    * The extents of [offset, offset + length) in a metadata context chosen at connect
