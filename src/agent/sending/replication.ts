@@ -22,7 +22,7 @@ import { inTimeWindow, msUntilMinute, parseTimeWindow } from '../io/time-window.
 import { finishedExport, writeExport } from '../wire/offline-seed.js';
 import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { isZero } from '../io/sparse.js';
-import { MAX_DATA_BYTES } from '../wire/wire.js';
+import { DATA_FRAME_HEAD_BYTES, MAX_DATA_BYTES } from '../wire/wire.js';
 import type { QuiesceHook } from './quiesce-hook.js';
 
 const COPY_CHUNK = 4 * 1024 * 1024;
@@ -1074,12 +1074,13 @@ class StreamedDelta implements DeltaStream {
     let at = pos;
     for (const b of bufs) {
       for (let o = 0; o < b.length; ) {
-        if (this.frame && this.frameBytes === this.frame.length) this.flushFrame();
+        if (this.frame && this.frameBytes === MAX_DATA_BYTES) this.flushFrame();
         if (!this.frame) {
-          this.frame = this.free.pop() ?? Buffer.allocUnsafe(MAX_DATA_BYTES);
+          // room for the frame's head before its body: the frame goes out as one buffer
+          this.frame = this.free.pop() ?? Buffer.allocUnsafe(DATA_FRAME_HEAD_BYTES + MAX_DATA_BYTES);
           this.framePos = at;
         }
-        const n = b.copy(this.frame, this.frameBytes, o);
+        const n = b.copy(this.frame, DATA_FRAME_HEAD_BYTES + this.frameBytes, o);
         this.frameBytes += n;
         o += n;
         at += n;
@@ -1106,7 +1107,7 @@ class StreamedDelta implements DeltaStream {
     }
     this.then(async () => {
       // resolves once the frame's bytes are handed to the socket: its buffer is free again
-      this.wireBytes += await this.client.sendData(pos, frame.subarray(0, bytes), true);
+      this.wireBytes += await this.client.sendDataInPlace(pos, frame.subarray(0, DATA_FRAME_HEAD_BYTES + bytes), true);
       this.queued -= bytes;
       this.free.push(frame);
       this.wake();
