@@ -7,7 +7,10 @@
  *   active, only its checkpoint is left);
  * - not delivered (the fallback): the delta is read again from the backup, still open,
  *   into log files that hold exactly the bytes that were streamed, synced, and it is then
- *   a closed delta shipped from its files like any other.
+ *   a closed delta shipped from its files like any other;
+ * - a swap whose read fails: the checkpoint it made is dropped (libvirt merges its bitmap
+ *   into the previous one), no resync is asked for, and the next delta holds every range
+ *   the failed one had read.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -15,7 +18,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { listCheckpoints } from '../../src/agent/libvirt/backup.js';
 import { LibvirtTracking } from '../../src/agent/libvirt/tracking.js';
-import { LogStreamVerifier } from '../../src/agent/tracking/change-log.js';
+import { LogStreamVerifier, RecordWalker } from '../../src/agent/tracking/change-log.js';
 import { tempDir } from '../support/lab.js';
 import { libvirtSkip, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
 
@@ -62,7 +65,7 @@ function streamOf(c: Collect) {
   return { begin: (seq: number) => c.begin(seq), disk: (name: string) => c.disk_(name), data: (pos: number, bufs: readonly Buffer[]) => c.data(pos, bufs) };
 }
 
-test('a streamed delta: delivered, no log is written here; not delivered, the logs written from the open backup hold exactly the streamed bytes', { skip }, async () => {
+test('a streamed delta: delivered, no log is written here; not delivered, the logs written from the open backup hold exactly the streamed bytes; a failed read drops its checkpoint and loses nothing', { skip }, async () => {
   const d = dom!;
   const disks = [
     { id: 'vda', target: 'vda', size: 64 * MiB, file: d.images.vda },
@@ -113,5 +116,34 @@ test('a streamed delta: delivered, no log is written here; not delivered, the lo
   // settling again, or a seq not streamed, does nothing
   await t.settle(seq2, true);
   assert.equal(t.activeSeq, seq2 + 1);
+
+  // a swap whose read fails drops the checkpoint it made: the next delta holds those changes too
+  await new Promise((r) => setTimeout(r, 1500));
+  const c3 = new Collect();
+  const failing = streamOf(c3);
+  let handed = 0;
+  const broken = { ...failing, data: (pos: number, bufs: readonly Buffer[]) => {
+    failing.data(pos, bufs);
+    if ((handed += 1) > 3) throw new Error('the stream broke');
+  } };
+  await assert.rejects(t.swap('crash-consistent', broken), /the stream broke/);
+  assert.equal(t.resyncRequired, undefined);
+  assert.equal(t.activeSeq, seq2 + 1);
+  assert.deepEqual((await listCheckpoints(virsh, d.name)).ours, [`osr-${seq2 + 1}`]);
+  const seen: [string, number, number][] = [];
+  for (const disk of disks) new RecordWalker((o, l) => seen.push([disk.target, o, l])).push(0, [c3.log(disk.target)]);
+  assert.ok(seen.length > 0, 'the failed swap had read some records');
+  const c4 = new Collect();
+  const seq4 = await t.swap('crash-consistent', streamOf(c4));
+  assert.equal(seq4, seq2 + 1);
+  const covered: [string, number, number][] = [];
+  for (const disk of disks) new RecordWalker((o, l) => covered.push([disk.target, o, l])).push(0, [c4.log(disk.target)]);
+  for (const [disk, o, l] of seen) {
+    // every byte of it lies in the next delta's records
+    let at = o;
+    for (const [, o2, l2] of covered.filter((c) => c[0] === disk).sort((a, b) => a[1] - b[1])) if (o2 <= at && at < o2 + l2) at = o2 + l2;
+    assert.ok(at >= o + l, `the range ${disk} ${o}+${l} read by the failed swap is in the next delta`);
+  }
+  await t.settle(seq4, true);
   t.stop();
 });
