@@ -1132,7 +1132,7 @@ class StreamedDelta implements DeltaStream {
     await this.sending;
   }
 
-  /** The logs of `seq` are closed and synced: send the rest; what went out, or undefined if the delta must go from its files. */
+  /** Every log of `seq` is complete (closed, and synced where the host wrote one): send the rest; what went out, or undefined if the delta must go from its files. */
   async finish(seq: number): Promise<{ deltaBytes: number; wireBytes: number } | undefined> {
     this.flushFrame();
     await this.sending;
