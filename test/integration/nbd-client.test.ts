@@ -87,6 +87,16 @@ test('structured reads: data and holes in one answer, bytes as written', { skip 
     // a plain client reads the same bytes
     const plain = await NbdClient.connect({ socketPath, exportName: '' });
     assert.deepEqual(await plain.read(8 * MiB - 64 * 1024, 256 * 1024), got);
+    // into a caller's buffer full of other bytes: the same bytes, holes zeroed, in its first bytes
+    for (const client of [c, plain]) {
+      const into = Buffer.alloc(300 * 1024, 0x77);
+      const read = await client.read(8 * MiB - 64 * 1024, 256 * 1024, into);
+      assert.equal(read.buffer, into.buffer);
+      assert.equal(read.length, 256 * 1024);
+      assert.ok(read.equals(got));
+      assert.equal(into[256 * 1024], 0x77);
+    }
+    await assert.rejects(c.read(0, 1024, Buffer.alloc(512)), (e: OsrError) => e.code === 'INVALID_ARGUMENT');
     await plain.close();
     // a context that was not agreed is refused by the client, not sent
     await assert.rejects(c.blockStatus('qemu:dirty-bitmap:cp1', 0, MiB), (e: OsrError) => e.code === 'INVALID_STATE');
@@ -101,5 +111,39 @@ test('a bitmap the image does not have: the server agrees to no such context', {
     assert.equal(c.contexts.has('qemu:dirty-bitmap:nope'), false);
   } finally {
     await c.close();
+  }
+});
+
+test('large reads of random bytes, many in flight, at odd offsets: every byte where it belongs, into new or given buffers', { skip }, async () => {
+  // an image of its own: random bytes at 40 MiB, for reads whose data arrives over many socket reads
+  const random = crypto.randomBytes(8 * MiB);
+  const img = path.join(dir, 'random.qcow2');
+  const sock = path.join(dir, 'random.sock');
+  fs.writeFileSync(path.join(dir, 'random.bin'), random);
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '64M']);
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', `write -s ${path.join(dir, 'random.bin')} 40M 8M`, img], { stdio: 'pipe' });
+  const srv = spawn('qemu-nbd', ['-k', sock, '-f', 'qcow2', '-t', '-e', '4', '-r', img], { stdio: 'ignore' });
+  await waitFor('qemu-nbd listening', async () => fs.existsSync(sock) || undefined, 10_000, 50);
+  const c = await NbdClient.connect({ socketPath: sock, exportName: '' }, { structuredReplies: true });
+  const plain = await NbdClient.connect({ socketPath: sock, exportName: '' });
+  try {
+    const reads: { offset: number; length: number }[] = [];
+    for (let at = 0; at < 8 * MiB; ) {
+      const length = Math.min(8 * MiB - at, [4 * MiB, 65536, 12345, 1, 300 * 1024 + 7][reads.length % 5]!);
+      reads.push({ offset: at, length });
+      at += length;
+    }
+    for (const client of [c, plain]) {
+      const got = await Promise.all(reads.map((r, i) => client.read(40 * MiB + r.offset, r.length, i % 2 ? Buffer.alloc(r.length + 3, 0x55) : undefined)));
+      reads.forEach((r, i) => assert.ok(got[i]!.equals(random.subarray(r.offset, r.offset + r.length)), `read ${i} at ${r.offset} of ${r.length}`));
+    }
+    // a read across data and a hole, after all that
+    const mixed = await c.read(40 * MiB - 64 * 1024, 128 * 1024);
+    assert.ok(mixed.subarray(0, 64 * 1024).equals(Buffer.alloc(64 * 1024)));
+    assert.ok(mixed.subarray(64 * 1024).equals(random.subarray(0, 64 * 1024)));
+  } finally {
+    await c.close();
+    await plain.close();
+    srv.kill();
   }
 });

@@ -5,6 +5,7 @@ import path from 'node:path';
 import {
   ChangeLogParser,
   ChangeLogWriter,
+  LogStreamVerifier,
   LOG_HEADER_BYTES,
   MAX_RECORD_DATA,
   RECORD_HEADER_BYTES,
@@ -488,3 +489,53 @@ test('a log with queued records not yet written cannot be closed', withDir(async
     w.close(2);
     w.closeFile();
 }));
+
+test(
+  'a log verified as it arrives gives the scan of its file; damage, gaps or a missing close give none',
+  withDir((dir) => {
+    const file = path.join(dir, 'a.osrlog');
+    const w = ChangeLogWriter.create(file, { seq: 4, createdMs: 1, diskKey: KEY });
+    const rnd = prng(11);
+    for (let i = 0; i < 40; i++) {
+      if (i % 5 === 3) w.appendZero(i * 100_000, 4096);
+      else w.appendWrite(i * 100_000, Buffer.alloc(1 + Math.floor(rnd() * 90_000), i));
+    }
+    w.close(9);
+    w.closeFile();
+    const bytes = fs.readFileSync(file);
+    const scan = scanLogFile(file);
+    const feed = (b: Buffer, step: number) => {
+      const v = new LogStreamVerifier(file);
+      for (let at = 0; at < b.length; at += step) {
+        const end = Math.min(b.length, at + step);
+        const mid = at + Math.floor((end - at) / 3);
+        v.push(at, [b.subarray(at, mid), b.subarray(mid, end)]);
+      }
+      return v;
+    };
+    for (const step of [1, 7, 48, 64, 4096, 65536, bytes.length]) {
+      const got = feed(bytes, step).result();
+      assert.ok(got, `step ${step}`);
+      assert.deepEqual(got.records, scan.records);
+      assert.deepEqual(got.close, scan.close);
+      assert.deepEqual(got.header, scan.header);
+      assert.equal(got.fileBytes, bytes.length);
+      assert.equal(got.dataBytes, scan.dataBytes);
+    }
+    // one flipped bit anywhere: no result
+    for (const pos of [3, 70, 64 + 48 + 10, bytes.length - 20]) {
+      const bad = Buffer.from(bytes);
+      bad[pos]! ^= 1;
+      assert.equal(feed(bad, 4096).result(), undefined, `flip at ${pos}`);
+    }
+    // cut short, or bytes after the close
+    assert.equal(feed(bytes.subarray(0, bytes.length - 1), 4096).result(), undefined);
+    assert.equal(feed(Buffer.concat([bytes, Buffer.alloc(1)]), 4096).result(), undefined);
+    // a gap
+    const v = new LogStreamVerifier(file);
+    v.push(0, [bytes.subarray(0, 100)]);
+    v.push(200, [bytes.subarray(200)]);
+    assert.equal(v.ok, false);
+    assert.equal(v.result(), undefined);
+  }),
+);

@@ -8,7 +8,7 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { compress, CompressStream } from 'zstd-napi';
 import { digest } from '../../src/agent/io/checksum.js';
-import { DATA_HEADER_BYTES, FrameReader, FrameType } from '../../src/agent/wire/wire.js';
+import { DATA_FRAME_HEAD_BYTES, DATA_HEADER_BYTES, encodeData, encodeDataInPlace, FrameReader, FrameType } from '../../src/agent/wire/wire.js';
 import type { OsrError } from '../../src/domain/errors.js';
 
 function frame(body: Buffer, rawLength: number, sumOf: Buffer): Buffer {
@@ -83,4 +83,21 @@ test('an honest compressed DATA frame still decodes', async () => {
     stream.end(frame(compress(raw), raw.length, raw));
   });
   assert.deepEqual(Buffer.concat(r.parts), raw);
+});
+
+test('a DATA frame built in place is the frame sendData sends: one buffer, decoded to its body and offset', async () => {
+  const body = Buffer.alloc(300 * 1024);
+  for (let i = 0; i < body.length; i += 4) body.writeUInt32LE(i, i);
+  const framed = Buffer.alloc(DATA_FRAME_HEAD_BYTES + body.length, 0xee);
+  body.copy(framed, DATA_FRAME_HEAD_BYTES);
+  const built = encodeDataInPlace(123 * 4096, framed);
+  assert.equal(built, framed);
+  assert.ok(built.equals(Buffer.concat(encodeData(123 * 4096, body, false))));
+  const r = await new Promise<{ parts: Buffer[]; offset: number }>((resolve, reject) => {
+    const stream = new PassThrough();
+    new FrameReader(stream, () => undefined, (f) => resolve(f), reject);
+    stream.end(built);
+  });
+  assert.equal(r.offset, 123 * 4096);
+  assert.deepEqual(Buffer.concat(r.parts), body);
 });

@@ -59,6 +59,14 @@ export class ByteQueue {
     return head;
   }
 
+  /** Copy the queued chunks that are views of `backing` (a buffer about to be reused), so the queue owns its bytes. */
+  copyBorrowed(backing: ArrayBufferLike): void {
+    for (let i = 0; i < this.chunks.length; i++) {
+      const c = this.chunks[i]!;
+      if (c.buffer === backing) this.chunks[i] = Buffer.from(c);
+    }
+  }
+
   /** Drop the first n bytes (at most what is queued). */
   skip(n: number): void {
     let need = Math.min(n, this.bytes);

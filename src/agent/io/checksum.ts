@@ -22,6 +22,8 @@ export function digest(...parts: Uint8Array[]): Buffer {
 export interface Hasher {
   update(b: Uint8Array): void;
   digest(): Buffer;
+  /** start over, as a new hasher */
+  reset(): void;
 }
 
 /** A hasher of its own, for digests fed across awaits (e.g. a whole file streamed). */
@@ -33,6 +35,9 @@ export function createDigest(): Hasher {
     },
     digest() {
       return h.digest();
+    },
+    reset() {
+      h.reset();
     },
   };
 }

@@ -8,6 +8,9 @@
  *   creates `osr-N+1` (one instant across every disk), reads the dirty extents over NBD and
  *   writes them as delta N in osr's change-log format (synced), ends the backup and
  *   deletes `osr-N`. The sending side ships the logs as it ships a lab VM's.
+ * - `swap()` with a stream lays delta N out in the same format for the stream only, and
+ *   leaves the backup open: `settle(N, delivered)` then closes the delta (the replica holds
+ *   it durably), or reads it again from the open backup into synced logs first.
  * - `beginResync()` drops osr's checkpoints and begins a full backup that creates the
  *   checkpoint of the resync's delta: the resync compares that instant's disks with the
  *   replica, and the swap that ends it ships the writes made meanwhile.
@@ -27,7 +30,7 @@ import { isZero } from '../io/sparse.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { NbdClient } from '../nbd/nbd-client.js';
 import { ChangeLogWriter, diskKeyOf, scanLogFile } from '../tracking/change-log.js';
-import { changedExtents, dropCheckpoints, listCheckpoints, PullBackup, CHECKPOINT_PREFIX } from './backup.js';
+import { changedExtents, deleteCheckpoint, dropCheckpoints, listCheckpoints, PullBackup, CHECKPOINT_PREFIX } from './backup.js';
 import { withFrozenFilesystems } from './quiesce.js';
 import type { Virsh } from './virsh.js';
 
@@ -47,6 +50,16 @@ interface DeltaStream {
   begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void;
   disk(name: string): void;
   data(pos: number, bufs: readonly Buffer[]): void;
+  backlog?(): Promise<void> | undefined;
+}
+
+/** A delta read and streamed by a swap, not closed yet: its backup stays open until `settle`. */
+interface Unsettled {
+  seq: number;
+  inc: PullBackup;
+  timeMs: number;
+  consistency: Consistency;
+  timings: { backupMs: number; readMs: number };
 }
 
 interface State {
@@ -70,6 +83,8 @@ export interface LibvirtDisk {
 const READ_CHUNK = 4 * 1024 * 1024;
 /** NBD reads a cycle keeps in flight: the dirty extents are many and small */
 const READS_IN_FLIGHT = 32;
+/** reads up to this size reuse buffers of this size when a delta is kept in no file */
+const POOLED_READ = 1024 * 1024;
 
 export class LibvirtTracking {
   private state: State;
@@ -83,6 +98,8 @@ export class LibvirtTracking {
   lastSwap: SwapTimings | undefined;
   /** of the swap running, ms spent syncing logs */
   private syncSpent = 0;
+  /** the delta the last swap streamed without writing its logs, until `settle` */
+  private unsettled: Unsettled | undefined;
 
   constructor(
     private readonly virsh: Virsh,
@@ -195,13 +212,14 @@ export class LibvirtTracking {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', `change tracking of ${this.domain} is off`);
     if (this.state.resyncRequired) throw new OsrError('RESYNC_REQUIRED', this.state.resyncRequired.reason);
     const state = (await this.virsh.run(['domstate', this.domain])).trim();
-    if (state === 'running' || state === 'paused') return this.swapActive(consistency, stream);
+    if (state === 'running' || state === 'paused') return this.swapActive(consistency, stream, stream !== undefined);
     if (!this.offlineSwapArmed) throw new OsrError('INVALID_STATE', `${this.domain} is ${state}: its writes since the last point are read once it runs again`, { domain: this.domain, state });
     this.offlineSwapArmed = false;
     await this.virsh.run(['start', this.domain, '--paused']);
     let swapped = false;
     try {
-      const seq = await this.swapActive('crash-consistent', stream);
+      // the export goes with the domain right after: the logs are written here, as they are read
+      const seq = await this.swapActive('crash-consistent', stream, false);
       swapped = true;
       return seq;
     } finally {
@@ -211,7 +229,11 @@ export class LibvirtTracking {
     }
   }
 
-  private async swapActive(consistency: Consistency, stream?: DeltaStream): Promise<number> {
+  /**
+   * With `detached` (a stream that settles), the delta is only read and streamed: no log is
+   * written here, the backup stays open and the swap is finished by `settle`.
+   */
+  private async swapActive(consistency: Consistency, stream: DeltaStream | undefined, detached: boolean): Promise<number> {
     await this.endBackup();
     const seq = this.state.activeSeq;
     const timeMs = this.now();
@@ -232,32 +254,98 @@ export class LibvirtTracking {
       if (err.code === 'RESYNC_REQUIRED') this.markResyncRequired(err.message);
       throw err;
     }
-    const dir = path.join(this.dir, 'logs', String(seq));
     const t1 = performance.now();
     this.syncSpent = 0;
-    try {
-      fs.rmSync(dir, { recursive: true, force: true });
-      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      stream?.begin(seq, { timeMs, consistency: cut });
-      for (const disk of this.disks) {
-        stream?.disk(disk.target);
-        await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs, stream);
+    if (detached && stream) {
+      try {
+        stream.begin(seq, { timeMs, consistency: cut });
+        for (const disk of this.disks) {
+          stream.disk(disk.target);
+          await this.writeDelta(inc, disk, seq, undefined, timeMs, stream);
+        }
+      } catch (e) {
+        // nothing of this delta was kept: the new checkpoint goes, and the old one's bitmap holds every change again
+        await this.dropNewCheckpoint(inc, seq, e);
+        throw e;
       }
+      this.state.pointMeta[String(seq)] = { timeMs, consistency: cut };
+      this.unsettled = { seq, inc, timeMs, consistency: cut, timings: { backupMs: Math.round(t1 - t0), readMs: Math.round(performance.now() - t1) } };
+      return seq;
+    }
+    try {
+      stream?.begin(seq, { timeMs, consistency: cut });
+      await this.writeLogs(inc, seq, timeMs, stream);
     } catch (e) {
       await inc.end().catch(() => undefined);
       // the new checkpoint exists and the delta was not written: what changed since osr-N is lost
       this.markResyncRequired(`delta ${seq} of ${this.domain} could not be written: ${toOsrError(e).message}`);
       throw e;
     }
+    await this.closeDelta(seq, inc, timeMs, cut, { backupMs: Math.round(t1 - t0), readMs: Math.round(performance.now() - t1 - this.syncSpent) });
+    return seq;
+  }
+
+  /** Every disk's dirty extents read from the backup's export into delta `seq`'s log files, synced. */
+  private async writeLogs(inc: PullBackup, seq: number, timeMs: number, stream?: DeltaStream): Promise<void> {
+    const dir = path.join(this.dir, 'logs', String(seq));
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    for (const disk of this.disks) {
+      stream?.disk(disk.target);
+      await this.writeDelta(inc, disk, seq, path.join(dir, `${disk.target}.osrlog`), timeMs, stream);
+    }
+  }
+
+  /** The delta's logs are durable (or the replica holds it): end the backup, move to the next delta, drop the old checkpoint. */
+  private async closeDelta(seq: number, inc: PullBackup, timeMs: number, cut: Consistency, timings: { backupMs: number; readMs: number }): Promise<void> {
     const t2 = performance.now();
     await inc.end();
     this.state.pointMeta[String(seq)] = { timeMs, consistency: cut };
     this.state.activeSeq = seq + 1;
     this.save();
     await this.virsh.run(['checkpoint-delete', this.domain, this.checkpoint(seq)]).catch(() => undefined);
-    const ms = (x: number) => Math.round(x);
-    this.lastSwap = { seq, backupMs: ms(t1 - t0), readMs: ms(t2 - t1 - this.syncSpent), logSyncMs: ms(this.syncSpent), endMs: ms(performance.now() - t2) };
-    return seq;
+    this.lastSwap = { seq, ...timings, logSyncMs: Math.round(this.syncSpent), endMs: Math.round(performance.now() - t2) };
+  }
+
+  /**
+   * A delta given up before anything of it was kept: its backup ends and the checkpoint it
+   * made goes (libvirt merges that bitmap into the old checkpoint's, which then holds every
+   * change since the last point again). If that fails, the changes cannot be known.
+   */
+  private async dropNewCheckpoint(inc: PullBackup, seq: number, why: unknown): Promise<void> {
+    delete this.state.pointMeta[String(seq)];
+    try {
+      await inc.end();
+      await deleteCheckpoint(this.virsh, this.domain, this.checkpoint(seq + 1));
+    } catch (e) {
+      await inc.end().catch(() => undefined);
+      this.markResyncRequired(`delta ${seq} of ${this.domain} could not be read (${toOsrError(why).message}) and its checkpoint could not be dropped: ${toOsrError(e).message}`);
+    }
+  }
+
+  /**
+   * Finish the swap of a streamed delta (see DeltaStream): delivered, it is closed with no
+   * log written here; otherwise it is read again from the backup, still open, into synced
+   * log files, then closed, and goes from its files. A read that fails then loses the
+   * delta: a resync is required, as when a swap's read fails.
+   */
+  async settle(seq: number, delivered: boolean): Promise<void> {
+    const u = this.unsettled;
+    if (!u || u.seq !== seq) return;
+    this.unsettled = undefined;
+    this.syncSpent = 0;
+    if (!delivered) {
+      const t = performance.now();
+      try {
+        await this.writeLogs(u.inc, seq, u.timeMs);
+      } catch (e) {
+        await u.inc.end().catch(() => undefined);
+        this.markResyncRequired(`delta ${seq} of ${this.domain} could not be written: ${toOsrError(e).message}`);
+        throw e;
+      }
+      u.timings.readMs += Math.round(performance.now() - t - this.syncSpent);
+    }
+    await this.closeDelta(seq, u.inc, u.timeMs, u.consistency, u.timings);
   }
 
   /**
@@ -266,9 +354,11 @@ export class LibvirtTracking {
    * laid out in order as the reads come back and written in batches on the thread pool
    * (ChangeLogWriter's queued appends), and the log is synced once every record is written.
    */
-  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string, closedMs: number, stream?: DeltaStream): Promise<void> {
+  private async writeDelta(b: PullBackup, disk: LibvirtDisk, seq: number, file: string | undefined, closedMs: number, stream?: DeltaStream): Promise<void> {
     const { client, context } = await b.open(disk.target);
-    const w = ChangeLogWriter.create(file, { seq, createdMs: closedMs, diskKey: diskKeyOf(disk.id) });
+    const header = { seq, createdMs: closedMs, diskKey: diskKeyOf(disk.id) };
+    // no file: the log's bytes go only to the stream
+    const w = file === undefined ? ChangeLogWriter.detached(header) : ChangeLogWriter.create(file, header);
     if (stream) w.tee((at, bufs) => stream.data(at, bufs));
     try {
       const pieces: { offset: number; length: number }[] = [];
@@ -276,22 +366,32 @@ export class LibvirtTracking {
         for (let off = e.offset; off < e.offset + e.length; off += READ_CHUNK) pieces.push({ offset: off, length: Math.min(READ_CHUNK, e.offset + e.length - off) });
       }
       // reads in flight together (the export answers them in parallel), appended in order
-      const inFlight: Promise<Buffer>[] = [];
+      const inFlight: { read: Promise<Buffer>; into: Buffer | undefined }[] = [];
+      // with no file, a read's bytes are done with once its record is laid out and handed
+      // to the stream (which copies them): its buffer serves a later read
+      const free: Buffer[] = [];
+      const pooled = file === undefined;
       let next = 0;
       const refill = () => {
         while (inFlight.length < READS_IN_FLIGHT && next < pieces.length) {
           const p = pieces[next++]!;
-          const read = client.read(p.offset, p.length);
+          const into = pooled && p.length <= POOLED_READ ? (free.pop() ?? Buffer.allocUnsafe(POOLED_READ)) : undefined;
+          const read = client.read(p.offset, p.length, into);
           read.catch(() => undefined);
-          inFlight.push(read);
+          inFlight.push({ read, into });
         }
       };
       refill();
       for (const p of pieces) {
-        const data = await inFlight.shift()!;
+        const { read, into } = inFlight.shift()!;
+        const data = await read;
         refill();
         if (isZero(data)) w.queueZero(p.offset, p.length);
         else await w.queueWrite(p.offset, data);
+        if (into) free.push(into);
+        // a wire far behind holds the read up (nothing else bounds a delta kept in no file)
+        const behind = stream?.backlog?.();
+        if (behind) await behind;
       }
       const s = performance.now();
       await w.drain();
@@ -458,6 +558,13 @@ export class LibvirtTracking {
   }
 
   private async endBackup(): Promise<void> {
+    const u = this.unsettled;
+    this.unsettled = undefined;
+    if (u) {
+      // a streamed delta never settled: the replica may hold it or not, so what changed since cannot be known
+      await u.inc.end().catch(() => undefined);
+      this.markResyncRequired(`delta ${u.seq} of ${this.domain} was streamed and never settled`);
+    }
     for (const c of this.clients.values()) await c.client.close().catch(() => undefined);
     this.clients.clear();
     const b = this.backup;

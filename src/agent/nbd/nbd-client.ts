@@ -33,6 +33,8 @@ interface Pending {
   structuredRead?: boolean;
   /** a structured read: the buffer its data chunks fill (holes stay zero), made at the first chunk */
   target?: Buffer;
+  /** the caller's buffer for a read's data (`read(…, into)`) */
+  into?: Buffer;
   /** the request's offset (data chunks carry absolute offsets) */
   offset: number;
   /** block status: the extents of the context asked for */
@@ -55,6 +57,9 @@ export interface NbdConnectOptions {
   structuredReplies?: boolean;
 }
 
+/** what the socket reads into at a time */
+const READ_BUFFER_BYTES = 256 * 1024;
+
 export class NbdClient {
   size = 0;
   /** the ids the server gave the metadata contexts it agreed to, by name */
@@ -66,12 +71,14 @@ export class NbdClient {
   private readonly pending = new Map<bigint, Pending>();
   private handshake: ((b: Buffer) => boolean) | undefined;
   private error: Error | undefined;
+  /** a structured read's data chunk whose bytes go straight from the socket into its buffer, and how many are still to come */
+  private fill: { p: Pending; handle: bigint; at: number; left: number; done: boolean } | undefined;
 
-  private constructor(private readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.queue.push(chunk);
-      this.pump();
-    });
+  private constructor(
+    private readonly socket: net.Socket,
+    /** the one buffer the socket reads into (net's `onread`): whatever is kept of it is copied before the next read */
+    private readonly readBuffer: Buffer,
+  ) {
     const fail = (e: Error) => {
       this.error ??= e;
       for (const p of this.pending.values()) p.reject(this.error);
@@ -83,13 +90,27 @@ export class NbdClient {
 
   static async connect(target: NbdTarget | string, o: NbdConnectOptions = {}): Promise<NbdClient> {
     const t = typeof target === 'string' ? parseNbdUri(target) : target;
-    const socket = 'socketPath' in t ? net.connect(t.socketPath) : net.connect(t.port, t.host);
+    // the socket reads into one buffer of the client's: no new buffer per read for the collector
+    const readBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+    const to: { client?: NbdClient } = {};
+    const early: Buffer[] = [];
+    const onread = {
+      buffer: readBuffer,
+      callback: (n: number, buf: Uint8Array): boolean => {
+        if (to.client) to.client.onBytes(Buffer.from(buf.buffer, buf.byteOffset, n));
+        else early.push(Buffer.from(buf.subarray(0, n)));
+        return true;
+      },
+    };
+    const socket = 'socketPath' in t ? net.connect({ path: t.socketPath, onread }) : net.connect({ port: t.port, host: t.host, onread });
     socket.setNoDelay(true);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
     });
-    const c = new NbdClient(socket);
+    const c = new NbdClient(socket, readBuffer);
+    to.client = c;
+    for (const b of early.splice(0)) c.onBytes(b);
     try {
       await c.negotiate(t.exportName, o);
     } catch (e) {
@@ -97,6 +118,39 @@ export class NbdClient {
       throw e;
     }
     return c;
+  }
+
+  /**
+   * Bytes from the socket, in the read buffer until this returns: a data chunk being filled
+   * takes them straight into its read's buffer; the rest is parsed from the queue, and what
+   * is left of it there (a reply not yet whole) is copied out before the next read.
+   */
+  private onBytes(bytes: Buffer): void {
+    let i = 0;
+    while (i < bytes.length) {
+      const f = this.fill;
+      if (f) {
+        const n = Math.min(f.left, bytes.length - i);
+        bytes.copy(f.p.target!, f.at, i, i + n);
+        f.at += n;
+        f.left -= n;
+        i += n;
+        if (f.left === 0) {
+          this.fill = undefined;
+          if (f.done) this.settle(f.handle, f.p);
+        }
+        continue;
+      }
+      this.queue.push(bytes.subarray(i));
+      i = bytes.length;
+      this.pump();
+      // a fill begun by pump took every byte queued: what follows in `bytes` is its
+      if (this.fill && this.queue.length > 0) {
+        this.socket.destroy(new OsrError('PROTOCOL_ERROR', 'NBD client parser out of step'));
+        return;
+      }
+    }
+    this.queue.copyBorrowed(this.readBuffer.buffer);
   }
 
   /** Everything received and not parsed yet, as one buffer (the handshake's small messages). */
@@ -126,12 +180,15 @@ export class NbdClient {
       const dataLen = errno === 0 && p ? p.readLength : 0;
       if (this.queue.length < 16 + dataLen) return;
       this.queue.skip(16);
-      // the data is the socket's own chunks (no copy) unless it spans several
+      // the data is copied out of the socket's chunks only when it spans several or lies in the read buffer
       const data = dataLen > 0 ? this.queue.take(dataLen)! : Buffer.alloc(0);
       if (!p) continue;
       this.pending.delete(handle);
       if (errno !== 0) p.reject(new OsrError('DISK_IO_ERROR', `NBD request failed with errno ${errno}`, { errno }));
-      else p.resolve(data);
+      else if (p.into && dataLen > 0) {
+        data.copy(p.into);
+        p.resolve(p.into);
+      } else p.resolve(data.buffer === this.readBuffer.buffer ? Buffer.from(data) : data); // the read buffer is reused: the caller gets bytes of its own
     }
   }
 
@@ -149,7 +206,7 @@ export class NbdClient {
     const type = h.readUInt16BE(6);
     const handle = h.readBigUInt64BE(8);
     const len = h.readUInt32BE(16);
-    if (q.length < 20 + len) return false;
+    if (q.length < 20 + len) return this.beginFill(flags, type, handle, len);
     q.skip(20);
     const p = this.pending.get(handle);
     if (!p) {
@@ -178,7 +235,7 @@ export class NbdClient {
         fail(new OsrError('PROTOCOL_ERROR', 'NBD data chunk outside the read'));
       } else {
         // a chunk that covers the whole read fills every byte: no need to zero the buffer first
-        p.target ??= at === 0 && dataLen === p.readLength ? Buffer.allocUnsafe(dataLen) : Buffer.alloc(p.readLength);
+        p.target ??= this.targetOf(p, at === 0 && dataLen === p.readLength);
         let done = at;
         for (const part of q.takeParts(dataLen)!) done += part.copy(p.target, done);
       }
@@ -192,7 +249,7 @@ export class NbdClient {
           const holeLen = body.readUInt32BE(8);
           if (!p.structuredRead || at < 0 || at + holeLen > p.readLength) fail(new OsrError('PROTOCOL_ERROR', 'NBD hole chunk outside the read'));
           else {
-            p.target ??= Buffer.alloc(p.readLength);
+            p.target ??= this.targetOf(p, false);
             p.target.fill(0, at, at + holeLen);
           }
           break;
@@ -217,12 +274,43 @@ export class NbdClient {
           } else fail(new OsrError('PROTOCOL_ERROR', `NBD reply chunk of unknown type ${type}`));
       }
     }
-    if (flags & ReplyFlag.Done) {
-      this.pending.delete(handle);
-      if (p.error) p.reject(p.error);
-      else p.resolve(p.target ?? Buffer.alloc(p.structuredRead ? p.readLength : 0));
-    }
+    if (flags & ReplyFlag.Done) this.settle(handle, p);
     return true;
+  }
+
+  /** The chunk flagged done of a structured reply has been handled: the request ends. */
+  private settle(handle: bigint, p: Pending): void {
+    this.pending.delete(handle);
+    if (p.error) p.reject(p.error);
+    else p.resolve(p.target ?? (p.structuredRead ? this.targetOf(p, false) : Buffer.alloc(0)));
+  }
+
+  /**
+   * A read's data chunk not yet whole: once its head and offset are here and it lies
+   * within its read, the bytes here go into the read's buffer and the rest will follow
+   * straight from the socket (`fill`). Anything else waits until the chunk is whole.
+   */
+  private beginFill(flags: number, type: number, handle: bigint, len: number): boolean {
+    const q = this.queue;
+    if (type !== ReplyType.OffsetData || len < 8 || q.length < 28) return false;
+    const p = this.pending.get(handle);
+    if (!p?.structuredRead) return false;
+    const at = Number(q.peek(28)!.readBigUInt64BE(20)) - p.offset;
+    const dataLen = len - 8;
+    if (at < 0 || at + dataLen > p.readLength) return false;
+    q.skip(28);
+    p.target ??= this.targetOf(p, at === 0 && dataLen === p.readLength);
+    let done = at;
+    const here = q.length;
+    for (const part of q.takeParts(here)!) done += part.copy(p.target, done);
+    this.fill = { p, handle, at: done, left: dataLen - here, done: (flags & ReplyFlag.Done) !== 0 };
+    return false;
+  }
+
+  /** The buffer a structured read's data goes to: the caller's or a new one; zeroed unless one chunk fills all of it. */
+  private targetOf(p: Pending, filledWhole: boolean): Buffer {
+    if (p.into) return filledWhole ? p.into : p.into.fill(0);
+    return filledWhole ? Buffer.allocUnsafe(p.readLength) : Buffer.alloc(p.readLength);
   }
 
   /** Wait until `want(buffer)` returns how many bytes it consumed (or -1 to keep waiting). */
@@ -336,8 +424,10 @@ export class NbdClient {
     return p;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.request(NbdCmd.Read, 0, offset, length);
+  /** Read `length` bytes; with `into` (at least `length` bytes), into its first `length` bytes, which the promise answers. */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    if (into && into.length < length) return Promise.reject(new OsrError('INVALID_ARGUMENT', `a read of ${length} bytes into a buffer of ${into.length}`));
+    return this.request(NbdCmd.Read, 0, offset, length, undefined, into ? { into: into.subarray(0, length) } : {});
   }
   /**
    * The extents of [offset, offset + length) in a metadata context chosen at connect

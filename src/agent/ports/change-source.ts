@@ -77,17 +77,25 @@ export interface ResyncBegun {
 }
 
 /**
- * A delta's change-log bytes handed over while a host writes its logs (a libvirt host
- * reads a delta and writes it in the same step): the sending side ships them before the
- * logs are closed, and asks the replica to apply the delta only once `swap` has returned
- * (the logs closed and synced here). Calls come in order: `begin`, then for each disk
- * `disk` and its log's bytes, every byte once, in order. A host that writes its logs
- * otherwise never calls it.
+ * A delta's change-log bytes handed over while a host reads the delta (a libvirt host
+ * reads a delta from the hypervisor's export in the swap): the sending side ships them as
+ * they come. Calls come in order: `begin`, then for each disk `disk` and its log's bytes,
+ * every byte once, in order; `data`'s buffers may be reused once it returns (it copies
+ * what it keeps). A host that writes its logs otherwise never calls it.
+ *
+ * A host with `settle` keeps no log file of a streamed delta: the swap returns with the
+ * delta read and streamed but not closed here (its source, the hypervisor's export, stays
+ * open), and `settle(seq, delivered)` follows once the replica answered: delivered, the
+ * delta is closed with nothing written here; not delivered (the stream or the replica
+ * failed), the host reads it again from the still-open source into its log files, synced,
+ * and they are shipped as any closed delta.
  */
 export interface DeltaStream {
   begin(seq: number, meta: { timeMs: number; consistency: Consistency }): void;
   disk(name: string): void;
   data(pos: number, bufs: readonly Buffer[]): void;
+  /** a promise when the wire is far behind (the host then waits before it reads on), undefined otherwise */
+  backlog?(): Promise<void> | undefined;
 }
 
 export interface ChangeTracking {
@@ -109,6 +117,12 @@ export interface ChangeTracking {
   readonly lastSwap?: { seq: number; backupMs: number; readMs: number; logSyncMs: number; endMs: number } | undefined;
   /** close the current delta of every disk at one instant; returns its sequence number (the logs' bytes go to `stream` too, when the host writes them in the swap) */
   swap(consistency: Consistency, stream?: DeltaStream): number | Promise<number>;
+  /**
+   * After a swap that streamed its delta without a log here (see DeltaStream): the replica
+   * holds it durably (`delivered`), or it must be written here and shipped from its files.
+   * Does nothing when the swap wrote its logs.
+   */
+  settle?(seq: number, delivered: boolean): Promise<void>;
   /** resolves when every delta closed so far is durable */
   closedSynced(): Promise<void>;
   /** closed deltas after afterSeq, by sequence number, one file per disk */

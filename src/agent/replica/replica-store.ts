@@ -20,7 +20,7 @@ import { OsrError } from '../../domain/errors.js';
 import { safeName, safeSeq } from '../../domain/names.js';
 import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import { crashPoint } from '../io/crash-point.js';
-import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord } from '../tracking/change-log.js';
+import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord, type LogScan } from '../tracking/change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
 import { ExtentMap } from '../io/extent-map.js';
@@ -110,6 +110,10 @@ function coalesce(records: DeltaRecords): ExtentMap<DeltaValue> {
   add(records.received, 'data');
   return m;
 }
+
+
+/** A delta's file as received: with the scan of its log when it was verified as it arrived (LogStreamVerifier), which the apply then need not read back. */
+export type ReceivedDeltaFile = DeltaDiskFile & { verified?: LogScan | undefined };
 
 export class ReplicaStore implements ReplicaTarget {
   private manifest: Manifest;
@@ -652,7 +656,7 @@ export class ReplicaStore implements ReplicaTarget {
    *  6. Append the point, clear `applying`, delete the incoming files, prune.
    * A crash before 4 completes redoes from 4 (the images are untouched); after, redoes 5.
    */
-  async applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
+  async applyDelta(point: RecoveryPoint, files: ReceivedDeltaFile[]): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
     // every seq up to the latest was applied (a pruned one too) or skipped by a resync
     if (latest && point.seq <= latest.seq) return 'duplicate';
@@ -725,10 +729,11 @@ export class ReplicaStore implements ReplicaTarget {
     this.save();
   }
 
-  private verifyDeltaFiles(seq: number, files: DeltaDiskFile[]): Map<string, DeltaRecords> {
+  private verifyDeltaFiles(seq: number, files: ReceivedDeltaFile[]): Map<string, DeltaRecords> {
     const out = new Map<string, DeltaRecords>();
-    const verify = (file: string, disk: ReplicaDiskSpec): LogRecord[] => {
-      const scan = scanLogFile(file);
+    const verify = (file: string, disk: ReplicaDiskSpec, verified?: LogScan): LogRecord[] => {
+      // verified while it arrived, if the file holds exactly the bytes that did
+      const scan = verified && fs.statSync(file).size === verified.fileBytes ? verified : scanLogFile(file);
       if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: delta ${seq} of disk ${disk.name} is incomplete`);
       if (scan.header.seq !== seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${file}: change log ${scan.header.seq} arrived as delta ${seq}`);
       if (!scan.header.diskKey.equals(diskKeyOf(disk.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: change log belongs to another disk than ${disk.name}`);
@@ -739,7 +744,7 @@ export class ReplicaStore implements ReplicaTarget {
     };
     for (const f of files) {
       const disk = this.diskSpec(f.diskName);
-      out.set(f.diskName, { staged: f.staged ? verify(f.staged, disk) : [], received: verify(f.file, disk) });
+      out.set(f.diskName, { staged: f.staged ? verify(f.staged, disk) : [], received: verify(f.file, disk, f.verified) });
     }
     return out;
   }

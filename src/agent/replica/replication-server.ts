@@ -16,9 +16,9 @@ import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { importExport, readExport, type ExportManifest } from '../wire/offline-seed.js';
 import type { DiskRanges } from '../io/ranges.js';
 import type { Logger } from '../io/logger.js';
-import { ReplicaStore } from './replica-store.js';
-import type { DeltaDiskFile, DivergentRanges, PreparedUndo, RecoveryPoint, ReplicaTarget } from '../ports/replica-target.js';
-import { RecordWalker } from '../tracking/change-log.js';
+import { ReplicaStore, type ReceivedDeltaFile } from './replica-store.js';
+import type { DivergentRanges, PreparedUndo, RecoveryPoint, ReplicaTarget } from '../ports/replica-target.js';
+import { LogStreamVerifier, RecordWalker } from '../tracking/change-log.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from '../wire/replication-types.js';
 import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from '../wire/wire.js';
@@ -376,7 +376,7 @@ const MAX_DELTA_LOG_BYTES = 4 * MAX_DISK_BYTES;
 interface DeltaInProgress {
   point: RecoveryPoint;
   /** per disk: the received log, and the undo written as its records arrive (when the store can) */
-  files: Map<string, { file: string; fd: number; undo?: PreparedUndo | undefined; walker?: RecordWalker | undefined }>;
+  files: Map<string, { file: string; fd: number; undo?: PreparedUndo | undefined; walker?: RecordWalker | undefined; verifier: LogStreamVerifier }>;
 }
 
 const MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024;
@@ -597,7 +597,7 @@ class Session {
           const file = path.join(dir, `${d.name}.osrlog`);
           // the undo is written while the log arrives: the apply then only syncs it
           const undo = store.prepareUndo?.(point.seq, d.name);
-          files.set(d.name, { file, fd: fs.openSync(file, 'w', 0o600), undo, walker: undo ? new RecordWalker((offset, length) => undo.add(offset, length)) : undefined });
+          files.set(d.name, { file, fd: fs.openSync(file, 'w', 0o600), undo, walker: undo ? new RecordWalker((offset, length) => undo.add(offset, length)) : undefined, verifier: new LogStreamVerifier(file) });
         }
         this.delta = { point, files };
         return null;
@@ -608,10 +608,10 @@ class Session {
         const seq = safeSeq(args.seq);
         if (!delta || delta.point.seq !== seq) throw new OsrError('PROTOCOL_ERROR', `delta-end ${seq} without its delta-begin`);
         await this.drainWrites(0);
-        const files: DeltaDiskFile[] = [];
+        const files: ReceivedDeltaFile[] = [];
         for (const [diskName, f] of delta.files) {
           fs.closeSync(f.fd);
-          files.push({ diskName, file: f.file, undo: f.undo });
+          files.push({ diskName, file: f.file, undo: f.undo, verified: f.verifier.result() });
         }
         this.delta = undefined;
         this.target = undefined;
@@ -643,6 +643,8 @@ class Session {
     const p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
     if (t.kind === 'delta') {
       const d = this.delta?.files.get(t.disk);
+      // verified as it arrives: the apply need not read the log back to verify it
+      d?.verifier.push(f.offset, f.parts);
       if (d?.walker) {
         d.walker.push(f.offset, f.parts);
         if (!d.walker.ok) d.undo?.invalidate();

@@ -5,7 +5,7 @@
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../../domain/errors.js';
 import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../../pki/index.js';
-import { FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from '../wire/wire.js';
+import { DATA_FRAME_HEAD_BYTES, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from '../wire/wire.js';
 
 export interface PeerAddress {
   host: string;
@@ -175,6 +175,18 @@ export class ReplicaClient {
       if (this.failure) throw this.failure;
     }
     const n = await this.writer.sendData(offset, data, this.useZstd, reused);
+    this.wireBytesSent += n;
+    return n;
+  }
+
+  /** Send a DATA frame built in place (FrameWriter.sendDataInPlace), paced as sendData. */
+  async sendDataInPlace(offset: number, frame: Buffer, reused = true): Promise<number> {
+    if (this.failure) throw this.failure;
+    if (this.pace) {
+      await this.pace(frame.length - DATA_FRAME_HEAD_BYTES);
+      if (this.failure) throw this.failure;
+    }
+    const n = await this.writer.sendDataInPlace(offset, frame, this.useZstd, reused);
     this.wireBytesSent += n;
     return n;
   }

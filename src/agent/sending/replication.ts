@@ -22,7 +22,7 @@ import { inTimeWindow, msUntilMinute, parseTimeWindow } from '../io/time-window.
 import { finishedExport, writeExport } from '../wire/offline-seed.js';
 import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { isZero } from '../io/sparse.js';
-import { MAX_DATA_BYTES } from '../wire/wire.js';
+import { DATA_FRAME_HEAD_BYTES, MAX_DATA_BYTES } from '../wire/wire.js';
 import type { QuiesceHook } from './quiesce-hook.js';
 
 const COPY_CHUNK = 4 * 1024 * 1024;
@@ -859,13 +859,14 @@ export class PrimaryReplication {
 
   /**
    * One cycle of the steady state: close the active delta and ship it. A host that reads
-   * the delta while it writes its logs (libvirt) hands the logs' bytes over as they are
-   * written, and they go to the replica at once (the read, the local write and the send
-   * overlap); `delta-end`, which lets the replica apply the delta, is sent only once the
-   * logs are closed and synced here, so a delta counts only when it is durable at the
-   * primary, as one shipped from its files. Whatever did not go out that way (no
-   * streaming host, earlier deltas still pending, a resync, the stream falling behind or
-   * failing) is shipped from the files as before.
+   * the delta in the swap (libvirt) hands the log's bytes over as it lays them out, and
+   * they go to the replica at once (the read and the send overlap). Such a host keeps no
+   * log file of a streamed delta (ChangeTracking.settle): its source stays open until the
+   * replica has answered `delta-end` (the delta verified, applied and durable there); only
+   * then is the delta closed here. If the stream or the replica fails, the host reads the
+   * delta again from that source into synced log files and it is shipped from them, as is
+   * whatever did not go out that way (earlier deltas still pending, a resync, a host that
+   * writes its logs as it streams).
    */
   private async swapAndShip(client: ReplicaClient): Promise<void> {
     const tracker = this.vm.tracking;
@@ -884,22 +885,34 @@ export class PrimaryReplication {
       throw e;
     }
     const syncedMs = this.deps.clock.now();
-    const sent = await stream.finish(seq);
-    if (sent) {
-      const meta = tracker.pointMetaOf(seq, syncedMs);
-      const beginMs = stream.beginMs ?? syncedMs;
-      const sentMs = this.deps.clock.now();
-      this.bytesShipped += sent.wireBytes;
-      const res = await client.request<{ latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }>('delta-end', { seq, deltaBytes: sent.deltaBytes });
-      this.delivered(seq, meta, sent.deltaBytes, res, { syncedMs, beginMs, sentMs }, undefined);
+    type EndReply = { latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] };
+    let answered: { res: EndReply; deltaBytes: number; sentMs: number; appliedMs: number } | undefined;
+    let failure: unknown;
+    try {
+      const sent = await stream.finish(seq);
+      if (sent) {
+        const sentMs = this.deps.clock.now();
+        this.bytesShipped += sent.wireBytes;
+        const res = await client.request<EndReply>('delta-end', { seq, deltaBytes: sent.deltaBytes });
+        answered = { res, deltaBytes: sent.deltaBytes, sentMs, appliedMs: this.deps.clock.now() };
+      }
+    } catch (e) {
+      failure = e;
     }
+    // a host that kept no log of the streamed delta closes it now, or writes it to be shipped from its files
+    await tracker.settle?.(seq, answered !== undefined);
+    if (answered) {
+      const meta = tracker.pointMetaOf(seq, syncedMs);
+      this.delivered(seq, meta, answered.deltaBytes, answered.res, { syncedMs, beginMs: stream.beginMs ?? syncedMs, sentMs: answered.sentMs, appliedMs: answered.appliedMs }, undefined);
+    }
+    if (failure !== undefined) throw failure;
     await this.shipPending(client);
   }
 
   /** The replica applied delta `seq`: release its logs and record the point. */
-  private delivered(seq: number, meta: { timeMs: number; consistency: Consistency }, deltaBytes: number, res: { latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }, t: { syncedMs: number; beginMs: number; sentMs: number }, resync: string | undefined): void {
+  private delivered(seq: number, meta: { timeMs: number; consistency: Consistency }, deltaBytes: number, res: { latestSeq: number | null; applyMs?: number; applySteps?: DeltaTimings['replicaApplySteps'] }, t: { syncedMs: number; beginMs: number; sentMs: number; appliedMs?: number }, resync: string | undefined): void {
     const tracker = this.vm.tracking;
-    const appliedMs = this.deps.clock.now();
+    const appliedMs = t.appliedMs ?? this.deps.clock.now();
     this.lastDelta = {
       seq,
       bytes: deltaBytes,
@@ -997,14 +1010,16 @@ function wireAccounting(client: ReplicaClient, progress: ResyncProgress): () => 
 
 /** bytes of a streamed delta buffered for the wire before it is given up (then it is shipped from its files) */
 const STREAM_MAX_QUEUED = 256 * 1024 * 1024;
+/** bytes of a streamed delta waiting for the wire past which a host that keeps no log of it waits before it reads on */
+const STREAM_PACE_BYTES = 64 * 1024 * 1024;
 
 /**
- * A delta shipped while the host writes its logs (PrimaryReplication.swapAndShip): the
- * bytes handed over are copied into DATA frames (buffers of MAX_DATA_BYTES, reused once
- * sent, so a gigabyte streamed does not churn the garbage collector) and sent in order
- * behind `delta-begin`, never holding up the host's read. A send that fails, or a wire
- * that falls more than STREAM_MAX_QUEUED behind, ends the stream; the delta then goes
- * from its files.
+ * A delta shipped while the host reads it (PrimaryReplication.swapAndShip): the bytes
+ * handed over are copied into DATA frames (buffers of MAX_DATA_BYTES, reused once sent, so
+ * a gigabyte streamed does not churn the garbage collector) and sent in order behind
+ * `delta-begin`. A host that keeps no log of the delta waits (`backlog`) while more than
+ * STREAM_PACE_BYTES wait for the wire. A send that fails, or a wire that falls more than
+ * STREAM_MAX_QUEUED behind, ends the stream; the delta then goes from its files.
  */
 class StreamedDelta implements DeltaStream {
   beginMs: number | undefined;
@@ -1019,6 +1034,7 @@ class StreamedDelta implements DeltaStream {
   private deltaBytes = 0;
   private wireBytes = 0;
   private seq: number | undefined;
+  private readonly waiting: (() => void)[] = [];
 
   constructor(
     private readonly client: ReplicaClient,
@@ -1034,6 +1050,7 @@ class StreamedDelta implements DeltaStream {
       })
       .catch((e: unknown) => {
         this.failed ??= e;
+        this.wake();
       });
   }
 
@@ -1057,12 +1074,13 @@ class StreamedDelta implements DeltaStream {
     let at = pos;
     for (const b of bufs) {
       for (let o = 0; o < b.length; ) {
-        if (this.frame && this.frameBytes === this.frame.length) this.flushFrame();
+        if (this.frame && this.frameBytes === MAX_DATA_BYTES) this.flushFrame();
         if (!this.frame) {
-          this.frame = this.free.pop() ?? Buffer.allocUnsafe(MAX_DATA_BYTES);
+          // room for the frame's head before its body: the frame goes out as one buffer
+          this.frame = this.free.pop() ?? Buffer.allocUnsafe(DATA_FRAME_HEAD_BYTES + MAX_DATA_BYTES);
           this.framePos = at;
         }
-        const n = b.copy(this.frame, this.frameBytes, o);
+        const n = b.copy(this.frame, DATA_FRAME_HEAD_BYTES + this.frameBytes, o);
         this.frameBytes += n;
         o += n;
         at += n;
@@ -1084,23 +1102,37 @@ class StreamedDelta implements DeltaStream {
     this.queued += bytes;
     if (this.queued > STREAM_MAX_QUEUED) {
       this.failed = new OsrError('NETWORK_ERROR', 'the replica receives slower than the delta is read: it is shipped from its files');
+      this.wake();
       return;
     }
     this.then(async () => {
       // resolves once the frame's bytes are handed to the socket: its buffer is free again
-      this.wireBytes += await this.client.sendData(pos, frame.subarray(0, bytes), true);
+      this.wireBytes += await this.client.sendDataInPlace(pos, frame.subarray(0, DATA_FRAME_HEAD_BYTES + bytes), true);
       this.queued -= bytes;
       this.free.push(frame);
+      this.wake();
     });
+  }
+
+  /** A promise while more than STREAM_PACE_BYTES wait for the wire: the host reads on once it resolves. */
+  backlog(): Promise<void> | undefined {
+    if (this.failed !== undefined || this.queued <= STREAM_PACE_BYTES) return undefined;
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private wake(): void {
+    if (this.failed === undefined && this.queued > STREAM_PACE_BYTES) return;
+    for (const w of this.waiting.splice(0)) w();
   }
 
   /** Stop: nothing more is sent once what is being sent is out. */
   async abandon(): Promise<void> {
     this.failed ??= new OsrError('INVALID_STATE', 'the delta was not closed');
+    this.wake();
     await this.sending;
   }
 
-  /** The logs of `seq` are closed and synced: send the rest; what went out, or undefined if the delta must go from its files. */
+  /** Every log of `seq` is complete (closed, and synced where the host wrote one): send the rest; what went out, or undefined if the delta must go from its files. */
   async finish(seq: number): Promise<{ deltaBytes: number; wireBytes: number } | undefined> {
     this.flushFrame();
     await this.sending;

@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import { ByteQueue } from '../io/byte-queue.js';
-import { digest, DIGEST_BYTES } from '../io/checksum.js';
+import { createDigest, digest, DIGEST_BYTES } from '../io/checksum.js';
 import { fdatasyncAsync, writeAllAt } from '../io/io.js';
 
 export const LOG_MAGIC = Buffer.from('OSRCLOG\0', 'latin1');
@@ -131,6 +131,14 @@ export class ChangeLogWriter {
     this.dataBytes = state.dataBytes;
   }
 
+  /**
+   * A log laid out without a file: its records are numbered, checksummed and chained as
+   * in a file's, and their bytes go only to the `tee` (a delta streamed to the replica).
+   */
+  static detached(header: LogHeader): ChangeLogWriter {
+    return new ChangeLogWriter('(streamed)', -1, header, { pos: LOG_HEADER_BYTES, index: 0, chain: Buffer.alloc(DIGEST_BYTES), dataBytes: 0 });
+  }
+
   static create(path: string, header: LogHeader): ChangeLogWriter {
     const fd = fs.openSync(path, 'wx', 0o600);
     const hb = encodeLogHeader(header);
@@ -180,6 +188,7 @@ export class ChangeLogWriter {
   private append(type: RecordType, offset: number, length: number, payload: Buffer | undefined): void {
     const { bufs, at, total } = this.record(type, offset, length, payload);
     this.tap?.(at, bufs);
+    if (this.fd < 0) return;
     let written = 0;
     // writev may write partially (rare for regular files); finish the record in order
     while (written < total) {
@@ -227,6 +236,7 @@ export class ChangeLogWriter {
   private enqueue(r: { bufs: Buffer[]; at: number; total: number }): void {
     if (this.queueError !== undefined) throw this.queueError;
     this.tap?.(r.at, r.bufs);
+    if (this.fd < 0) return;
     const b = (this.batch ??= { at: r.at, bytes: 0, bufs: [] });
     b.bufs.push(...r.bufs);
     b.bytes += r.total;
@@ -280,15 +290,15 @@ export class ChangeLogWriter {
   }
 
   syncSync(): void {
-    fs.fdatasyncSync(this.fd);
+    if (this.fd >= 0) fs.fdatasyncSync(this.fd);
   }
 
   sync(): Promise<void> {
-    return fdatasyncAsync(this.fd);
+    return this.fd >= 0 ? fdatasyncAsync(this.fd) : Promise.resolve();
   }
 
   closeFile(): void {
-    fs.closeSync(this.fd);
+    if (this.fd >= 0) fs.closeSync(this.fd);
   }
 }
 
@@ -519,5 +529,117 @@ export class RecordWalker {
     }
     this.onRange(Number(h.readBigUInt64LE(16)), length);
     this.next += RECORD_HEADER_BYTES + (type === RecordType.Write ? length : 0);
+  }
+}
+
+/**
+ * A log verified as its bytes arrive in order (a delta on the wire), as scanLogFile would
+ * verify the file they are written to: the header, every record's checksum (fed part by
+ * part, no payload copied), the record sequence, the chain and the close record. Bytes
+ * that are not contiguous, or anything that does not verify, stop it (`ok` false): the
+ * log is then scanned from its file, which reports what is wrong. `result()` is the scan
+ * of a log that verified and is closed, for exactly `fileBytes` bytes.
+ */
+export class LogStreamVerifier {
+  ok = true;
+  private received = 0;
+  private header: LogHeader | undefined;
+  private readonly head = Buffer.alloc(LOG_HEADER_BYTES);
+  private filled = 0;
+  /** the record whose payload is arriving, and how much of it is still to come */
+  private rec: { type: RecordType; index: number; offset: number; length: number; dataPos: number; sum: Buffer } | undefined;
+  private payloadLeft = 0;
+  private readonly closePayload = Buffer.alloc(CLOSE_PAYLOAD_BYTES);
+  private readonly hasher = createDigest();
+  private readonly records: LogRecord[] = [];
+  private chain: Buffer = Buffer.alloc(DIGEST_BYTES);
+  private dataBytes = 0;
+  private close: CloseInfo | undefined;
+
+  constructor(private readonly where: string) {}
+
+  push(at: number, parts: readonly Buffer[]): void {
+    if (!this.ok) return;
+    if (at !== this.received) {
+      this.ok = false;
+      return;
+    }
+    try {
+      for (const part of parts) this.feed(part);
+    } catch {
+      this.ok = false;
+    }
+  }
+
+  private feed(part: Buffer): void {
+    let i = 0;
+    while (i < part.length) {
+      if (this.close) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: data after the close record`);
+      if (!this.header) {
+        const n = Math.min(LOG_HEADER_BYTES - this.filled, part.length - i);
+        part.copy(this.head, this.filled, i, i + n);
+        this.filled += n;
+        i += n;
+        if (this.filled === LOG_HEADER_BYTES) {
+          this.header = decodeLogHeader(this.head, this.where);
+          this.filled = 0;
+        }
+      } else if (!this.rec) {
+        const n = Math.min(RECORD_HEADER_BYTES - this.filled, part.length - i);
+        part.copy(this.head, this.filled, i, i + n);
+        this.filled += n;
+        i += n;
+        if (this.filled === RECORD_HEADER_BYTES) this.beginRecord();
+      } else {
+        const n = Math.min(this.payloadLeft, part.length - i);
+        const bytes = part.subarray(i, i + n);
+        this.hasher.update(bytes);
+        if (this.rec.type === RecordType.Close) bytes.copy(this.closePayload, CLOSE_PAYLOAD_BYTES - this.payloadLeft);
+        this.payloadLeft -= n;
+        i += n;
+        if (this.payloadLeft === 0) this.endRecord();
+      }
+    }
+    this.received += part.length;
+  }
+
+  private beginRecord(): void {
+    const h = this.head;
+    this.filled = 0;
+    const type = h.readUInt8(4);
+    const index = Number(h.readBigUInt64LE(8));
+    const length = Number(h.readBigUInt64LE(24));
+    if (h.readUInt32LE(0) !== RECORD_MAGIC || (type !== RecordType.Write && type !== RecordType.Zero && type !== RecordType.Close)) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: bad record header`);
+    if (index !== this.records.length || (type === RecordType.Write && length > MAX_RECORD_DATA)) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: bad record ${index}`);
+    const last = this.records.at(-1);
+    const start = last ? last.dataPos + payloadLength(last.type, last.length) : LOG_HEADER_BYTES;
+    this.rec = { type: type as RecordType, index, offset: Number(h.readBigUInt64LE(16)), length, dataPos: start + RECORD_HEADER_BYTES, sum: Buffer.from(h.subarray(32, 48)) };
+    this.hasher.reset();
+    this.hasher.update(h.subarray(0, 32));
+    this.payloadLeft = payloadLength(type, length);
+    if (this.payloadLeft === 0) this.endRecord();
+  }
+
+  private endRecord(): void {
+    const r = this.rec!;
+    this.rec = undefined;
+    const sum = this.hasher.digest();
+    if (!sum.equals(r.sum)) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: checksum mismatch in record ${r.index}`);
+    if (r.type === RecordType.Close) {
+      const p = this.closePayload;
+      const close: CloseInfo = { chain: Buffer.from(p.subarray(0, 16)), recordCount: Number(p.readBigUInt64LE(16)), dataBytes: Number(p.readBigUInt64LE(24)), closedMs: Number(p.readBigUInt64LE(32)) };
+      if (!close.chain.equals(this.chain) || close.recordCount !== this.records.length || close.dataBytes !== this.dataBytes) throw new OsrError('CHANGE_LOG_CORRUPT', `${this.where}: close record does not match the records before it`);
+      this.close = close;
+    } else {
+      this.records.push({ type: r.type, index: r.index, offset: r.offset, length: r.length, dataPos: r.dataPos });
+      if (r.type === RecordType.Write) this.dataBytes += r.length;
+    }
+    this.chain = digest(this.chain, sum);
+  }
+
+  /** The scan of the log received, if every byte so far verified and it ended in its close record. */
+  result(): LogScan | undefined {
+    if (!this.ok || !this.header || !this.close || this.rec || this.filled > 0) return undefined;
+    return { header: this.header, records: this.records, close: this.close, chain: this.chain, dataBytes: this.dataBytes, validBytes: this.received, fileBytes: this.received, tornBytes: 0 };
   }
 }

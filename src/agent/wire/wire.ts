@@ -80,6 +80,28 @@ export function encodeData(offset: number, data: Buffer, useZstd: boolean): [Buf
   return [head, body];
 }
 
+/** Bytes before a DATA frame's body: the frame's length and type, then its header. */
+export const DATA_FRAME_HEAD_BYTES = 5 + DATA_HEADER_BYTES;
+
+/**
+ * A raw (uncompressed) DATA frame built in place: `frame` holds DATA_FRAME_HEAD_BYTES of
+ * room, then the body; the head is written into that room. The frame is then one buffer,
+ * which a TLS socket encrypts where it lies (several buffers written together are first
+ * copied into one).
+ */
+export function encodeDataInPlace(offset: number, frame: Buffer): Buffer {
+  const body = frame.subarray(DATA_FRAME_HEAD_BYTES);
+  if (body.length > MAX_DATA_BYTES) throw new OsrError('INVALID_ARGUMENT', `data frame of ${body.length} bytes exceeds ${MAX_DATA_BYTES}`);
+  frame.writeUInt32BE(1 + DATA_HEADER_BYTES + body.length, 0);
+  frame.writeUInt8(FrameType.Data, 4);
+  frame.writeUInt8(0, 5);
+  frame.writeUIntBE(0, 6, 3);
+  frame.writeUInt32BE(body.length, 9);
+  frame.writeBigUInt64BE(BigInt(offset), 13);
+  digest(body).copy(frame, 21);
+  return frame;
+}
+
 let dctx: zstdBinding.DCtx | undefined;
 
 /**
@@ -256,6 +278,16 @@ export class FrameWriter {
     const [head, body] = encodeData(offset, data, useZstd);
     await this.write([head, body], reused);
     return body.length;
+  }
+
+  /**
+   * Send a DATA frame whose body follows DATA_FRAME_HEAD_BYTES of room in `frame` (see
+   * encodeDataInPlace): raw, it goes as that one buffer; with zstd, as sendData sends the body.
+   */
+  async sendDataInPlace(offset: number, frame: Buffer, useZstd: boolean, reused = true): Promise<number> {
+    if (useZstd) return this.sendData(offset, frame.subarray(DATA_FRAME_HEAD_BYTES), true, reused);
+    await this.write([encodeDataInPlace(offset, frame)], reused);
+    return frame.length - DATA_FRAME_HEAD_BYTES;
   }
 }
 
