@@ -33,7 +33,7 @@ let dom: TinyDomain | undefined;
 
 before(async () => {
   if (skip) return;
-  dom = await startTinyDomain(`osr-test-backup-${process.pid}`, path.join(dir, 'domain'));
+  dom = await startTinyDomain(`osrt-backup-${process.pid}`, path.join(dir, 'domain'));
 });
 after(async () => {
   await dom?.destroy();

@@ -19,7 +19,7 @@ before(async () => {
   if (skip) return;
   const hook = installFenceHook();
   assert.equal(hook.changed, false, 'the fence hook was not in place when libvirtd started: run scripts/libvirt-up.sh');
-  dom = await startTinyDomain(`osr-test-fence-${process.pid}`, path.join(dir, 'domain'));
+  dom = await startTinyDomain(`osrt-fence-${process.pid}`, path.join(dir, 'domain'));
 });
 after(async () => {
   await dom?.destroy();

@@ -19,7 +19,7 @@ import { skipWithout } from '../support/unit.js';
 
 const dir = tempDir('osr-libvirt-images-');
 const MiB = 1024 * 1024;
-const name = `osr-test-images-${process.pid}`;
+const name = `osrt-images-${process.pid}`;
 after(async () => {
   if (!libvirtSkip()) await removeDomain(name).catch(() => undefined);
 });

@@ -18,7 +18,7 @@ let dom: TinyDomain | undefined;
 
 before(async () => {
   if (skip) return;
-  dom = await startTinyDomain(`osr-test-inv-${process.pid}`, path.join(dir, 'domain'));
+  dom = await startTinyDomain(`osrt-inv-${process.pid}`, path.join(dir, 'domain'));
   fs.mkdirSync(path.join(dir, 'pool'));
   await virsh.withXml(`<pool type='dir'><name>${tag}-pool</name><target><path>${path.join(dir, 'pool')}</path></target></pool>`, (f) => ['pool-define', f]);
   await virsh.run(['pool-start', `${tag}-pool`]);

@@ -17,8 +17,8 @@ let without: TinyDomain | undefined;
 
 before(async () => {
   if (skip) return;
-  withAgent = await startTinyDomain(`osr-test-qga-${process.pid}`, path.join(dir, 'qga'), { agent: true });
-  without = await startTinyDomain(`osr-test-noqga-${process.pid}`, path.join(dir, 'noqga'));
+  withAgent = await startTinyDomain(`osrt-qga-${process.pid}`, path.join(dir, 'qga'), { agent: true });
+  without = await startTinyDomain(`osrt-noqga-${process.pid}`, path.join(dir, 'noqga'));
 });
 after(async () => {
   await withAgent?.destroy();

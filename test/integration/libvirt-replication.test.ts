@@ -28,7 +28,7 @@ let dom: TinyDomain | undefined;
 
 before(async () => {
   if (skip) return;
-  dom = await startTinyDomain(`osr-test-repl-${process.pid}`, path.join(dir, 'domain'), { agent: true });
+  dom = await startTinyDomain(`osrt-repl-${process.pid}`, path.join(dir, 'domain'), { agent: true });
   pair = await startPair(path.join(dir, 'agents'), { primaryArgs: ['--host', 'libvirt', '--libvirt-domains', `^${dom.name}$`] });
 });
 after(async () => {

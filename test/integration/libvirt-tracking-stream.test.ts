@@ -29,7 +29,7 @@ let dom: TinyDomain | undefined;
 
 before(async () => {
   if (skip) return;
-  dom = await startTinyDomain(`osr-test-stream-${process.pid}`, path.join(dir, 'domain'));
+  dom = await startTinyDomain(`osrt-stream-${process.pid}`, path.join(dir, 'domain'));
 });
 after(async () => {
   await dom?.destroy();
