@@ -55,11 +55,13 @@ test('agent certificates: only for hosts of the fabric\'s inventory, with the in
   const info = readCertificateInfo(issued.certificate);
   assert.deepEqual([info.commonName, info.role], [ny.hosts[0], 'agent']);
   const san = new crypto.X509Certificate(issued.certificate).subjectAltName ?? '';
-  assert.deepEqual(san.split(', ').sort(), [`DNS:${ny.hosts[0]}.example.org`, 'IP Address:10.20.30.40']);
+  // the inventory's names, and the fabric the vault enrolled it through, from the vault's own records
+  assert.deepEqual(san.split(', ').sort(), [`DNS:${ny.hosts[0]}.example.org`, 'IP Address:10.20.30.40', `URI:urn:osr:fabric:${info.fabricId}`]);
+  assert.equal(info.fabricId, 'vmm-ny');
 
   // a host that lists no address is named by its host name alone
   const second = await ny.channel.enrolAgent(ny.hosts[1]!, publicKeyPem);
-  assert.equal(new crypto.X509Certificate(second.certificate).subjectAltName, `DNS:${ny.hosts[1]}`);
+  assert.equal(new crypto.X509Certificate(second.certificate).subjectAltName, `DNS:${ny.hosts[1]}, URI:urn:osr:fabric:vmm-ny`);
 });
 
 test('the vault renews its own server certificate two thirds into its life, without a restart (a clock moved forward)', async () => {
