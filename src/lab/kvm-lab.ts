@@ -31,7 +31,7 @@ import type { LibvirtSiteConfig } from '../drivers/libvirt/site.js';
 import { writeFileAtomic } from '../pki/index.js';
 import { ensurePki } from './agent-process.js';
 import type { LabAgentInfo } from './lab-driver.js';
-import { makeDataImage, makeSystemImage, tinyDomainXml } from './tiny-domain.js';
+import { makeDataImage, makeSystemImage, removeDomain, tinyDomainXml } from './tiny-domain.js';
 import { tinyGuest, type TinyGuest } from './tiny-guest.js';
 import { slug, type FabricSpec, type TopologySpec } from './topology.js';
 
@@ -121,10 +121,7 @@ export async function removeKvmObjects(dir: string, virsh: Virsh, say: (names: s
   const networks = mine(await virsh.run(['net-list', '--all', '--name']));
   const pools = mine(await virsh.run(['pool-list', '--all', '--name']));
   if (domains.length + networks.length + pools.length > 0) out(say([...domains, ...networks, ...pools]));
-  for (const d of domains) {
-    await virsh.run(['destroy', d]).catch(() => undefined);
-    await virsh.run(['undefine', d, '--checkpoints-metadata']).catch(() => virsh.run(['undefine', d]));
-  }
+  for (const d of domains) await removeDomain(virsh, d);
   for (const n of networks) await removeNetwork(virsh, n);
   for (const p of pools) {
     await virsh.run(['pool-destroy', p]).catch(() => undefined);
