@@ -35,6 +35,8 @@ export interface PrepareReplicaBody {
   vm: CommandVm;
   /** the name of the source host's agent, the only one that may replicate into the replica */
   sourceAgent?: string;
+  /** the vault's signed replication grant (src/pki/grant.ts) that names the source and this replica's host */
+  grant?: string;
   placement: Placement;
   policy: PolicySettings;
 }
@@ -52,6 +54,8 @@ export interface EnableReplicationBody {
   vm?: CommandVm;
   policy: PolicySettings;
   target: ReplicationTarget;
+  /** the vault's signed replication grant that names this VM's host and the target's */
+  grant?: string;
 }
 
 /** replication.initial, to the primary fabric: follow the first copy until its point is at the replica. */
@@ -210,6 +214,8 @@ export interface DemoteBody {
   epoch: number;
   /** the name of the host that runs the promoted copy, the only one that may replicate into the demoted disks */
   source?: string;
+  /** the vault's signed replication grant that names that host and the demoted VM's */
+  grant?: string;
 }
 
 // ---- recovery plans ---------------------------------------------------------------------
@@ -416,13 +422,14 @@ const actionContext = object<PlanActionContext>({
 });
 
 const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
-  'replica.prepare': object<PrepareReplicaBody>({ item: id, vm, sourceAgent: optional(id), placement, policy }),
+  'replica.prepare': object<PrepareReplicaBody>({ item: id, vm, sourceAgent: optional(id), grant: optional(id), placement, policy }),
   'replication.enable': object<EnableReplicationBody>({
     item: id,
     vmId: optional(id),
     vm: optional(vm),
     policy,
     target: object<ReplicationTarget>({ fabricId: id, replicaVmId: id, hostId: id, agent, nics: list(nic), reused: bool }),
+    grant: optional(id),
   }),
   'replication.initial': object<InitialReplicationBody>({ item: id, vmId: optional(id), method: initialReplication }),
   'replication.resync': object<ResyncBody>({ item: id, vmId: optional(id), requestedAt: text }),
@@ -438,7 +445,7 @@ const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
   'failover.change-point': object<ChangePointBody>({ item: id, vmId: id, point: id }),
   'failover.commit': object<CommitFailoverBody>({ item: id, vmId: id }),
   'failover.fence': object<FenceBody>({ item: id, vmId: id, epoch: num }),
-  'failover.demote': object<DemoteBody>({ item: id, vmId: id, epoch: num, source: optional(id) }),
+  'failover.demote': object<DemoteBody>({ item: id, vmId: id, epoch: num, source: optional(id), grant: optional(id) }),
   'plan.script': object<RunScriptBody>({ script: text, context: actionContext, timeoutSeconds: num }),
 };
 

@@ -20,8 +20,9 @@ import { JobEngine } from '../jobs/engine.js';
 import { openStore, type VaultStore } from '../store/index.js';
 import { REGISTRATION_KEY_VALID_MS } from '../store/activity.js';
 import { DEFAULT_RETENTION_MS, pruneBefore, type Pruned } from '../store/retention.js';
-import { writeFileAtomic } from '../pki/index.js';
+import { signGrant, writeFileAtomic } from '../pki/index.js';
 import { Alerting } from '../workflows/alerting.js';
+import type { GrantSigner } from '../workflows/grants.js';
 import { registerProtectionJobs } from '../workflows/protection.js';
 import { registerTestFailoverJobs } from '../workflows/test-failover.js';
 import { registerFailoverJobs } from '../workflows/failover.js';
@@ -156,12 +157,15 @@ export class Vault {
       const closing = new AbortController();
       const authThrottle = new AuthThrottle(clock, settings.authThrottle);
       const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, authThrottle, closing: closing.signal };
-      registerProtectionJobs(engine, { store, alerting, clock });
-      registerTestFailoverJobs(engine, { store, alerting, clock });
-      registerFailoverJobs(engine, { store, alerting, clock });
-      registerResyncJobs(engine, { store, alerting, clock });
-      registerMappingJobs(engine, { store, alerting, clock });
-      registerPlanRunJobs(engine, { store, alerting, clock });
+      // replication grants are signed with the CA's key at the vault's time (src/pki/grant.ts)
+      const grants: GrantSigner = (g) => signGrant(ctx.identity.ca, { ...g, issuedAt: new Date(clock.now()).toISOString() });
+      const deps = { store, alerting, clock, grants };
+      registerProtectionJobs(engine, deps);
+      registerTestFailoverJobs(engine, deps);
+      registerFailoverJobs(engine, deps);
+      registerResyncJobs(engine, deps);
+      registerMappingJobs(engine, deps);
+      registerPlanRunJobs(engine, deps);
 
       const timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
       const app = Fastify({

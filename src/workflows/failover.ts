@@ -32,6 +32,7 @@ import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
+import { replicationGrant } from './grants.js';
 import type { WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
@@ -93,6 +94,8 @@ interface ReprotectData extends JobData {
   replica?: ReplicaVm;
   policy?: PolicySettings;
   firstPoint?: RecoveryPointInfo | null;
+  /** the vault's grant for the reverse replication, signed once (a task run again sends the same) */
+  grant?: string | null;
 }
 
 export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
@@ -402,7 +405,16 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           // the vault's word on who may replicate into the demoted disks: the promoted copy's host
           const hostId = item.replication.replica?.hostId;
           const host = hostId !== undefined ? await store.fabrics.findObject(hostId) : undefined;
-          const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch, ...(host ? { source: host.name } : {}) };
+          if (ctx.data.grant === undefined) {
+            // the VM keeps its replication id across failovers: the old primary's, or the promoted copy's
+            const oldVm = await store.fabrics.findObject(f.oldPrimaryVmId);
+            const newVm = await store.fabrics.findObject(f.newPrimaryVmId);
+            const replicationId = [oldVm, newVm].map((v) => v?.properties.replicationId).find((r): r is string => typeof r === 'string');
+            const oldHost = typeof oldVm?.properties.host === 'string' ? oldVm.properties.host : undefined;
+            ctx.data.grant = (await replicationGrant(store, deps.grants, { item: item.id, replicationId, source: { fabricId: f.toFabricId, hostId }, target: { fabricId: f.fromFabricId, hostId: oldHost } })) ?? null;
+            await ctx.save();
+          }
+          const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch, ...(host ? { source: host.name } : {}), ...(ctx.data.grant !== null ? { grant: ctx.data.grant } : {}) };
           ctx.data.replica = await ctx.command(f.fromFabricId, Commands.Demote, body, { timeoutMs: 15 * 60_000 });
         },
       },
@@ -415,7 +427,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           // reverse replication starts now, whatever the policy says of a first copy: only what differs is sent
           const settings: PolicySettings = { ...policy.settings, initialReplication: { method: 'now' } };
           ctx.data.policy = settings;
-          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...ctx.data.replica! } }, { timeoutMs: 10 * 60_000 });
+          const grant = typeof ctx.data.grant === 'string' ? { grant: ctx.data.grant } : {};
+          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...ctx.data.replica! }, ...grant }, { timeoutMs: 10 * 60_000 });
         },
       },
       {

@@ -27,6 +27,7 @@ import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind, type Alerting } from './alerting.js';
 import { checkProtectionOptions } from './fabric-capabilities.js';
+import { replicationGrant, type GrantSigner } from './grants.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 
 export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
@@ -37,6 +38,8 @@ export interface WorkflowDeps {
   store: VaultStore;
   alerting: Alerting;
   clock: Clock;
+  /** signs the replication grants the workflows hand to providers (src/workflows/grants.ts) */
+  grants: GrantSigner;
 }
 
 export interface EnableInput {
@@ -58,6 +61,8 @@ interface EnableData extends JobData {
   placement?: Placement;
   /** the replica the recovery site prepared */
   replica?: ReplicaVm;
+  /** the vault's grant for this replication, signed once (a task run again sends the same) */
+  grant?: string | null;
 }
 
 /** What disabling protection keeps between its tasks. */
@@ -133,10 +138,15 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           const source: CommandVm = { id: vm.id, name: vm.name, ...props<VmProperties>(vm) };
           // the vault's word on who may replicate into the replica: the agent of the host the VM runs on (its certificate carries the host's name)
           const host = typeof vm.properties.host === 'string' ? await store.fabrics.object(vm.properties.host, 'host') : undefined;
-          const replica = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), placement: d.placement!, policy: d.policy! }, { timeoutMs: 10 * 60_000 });
+          if (d.grant === undefined) {
+            d.grant = (await replicationGrant(store, deps.grants, { item: vm.id, replicationId: source.replicationId, source: { fabricId: d.fabricId!, hostId: host?.id }, target: { fabricId: d.targetFabricId!, hostId: d.placement!.hostId } })) ?? null;
+            await ctx.save();
+          }
+          const grant = d.grant !== null ? { grant: d.grant } : {};
+          const replica = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), ...grant, placement: d.placement!, policy: d.policy! }, { timeoutMs: 10 * 60_000 });
           d.replica = replica;
           await ctx.save();
-          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica } }, { timeoutMs: 10 * 60_000 });
+          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica }, ...grant }, { timeoutMs: 10 * 60_000 });
           const item = await store.items.get(vm.id);
           await changeItem(store, ctx, vm.id, Enable, { replication: { ...item.replication, replica: d.replica } });
         },

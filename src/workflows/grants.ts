@@ -1,0 +1,34 @@
+/**
+ * The vault's replication grants (src/pki/grant.ts, agent-channel.md): when a workflow sets
+ * replication up it names, from its own inventory, the VM and the two hosts, and signs
+ * that. Hosts are named as their agents' certificates name them (the inventory's host name
+ * and the fabric's id), so the agents can check the grant against the peer they talk to.
+ */
+import { isSafeName } from '../domain/names.js';
+import type { ReplicationGrant } from '../pki/index.js';
+import type { VaultStore } from '../store/index.js';
+
+/** Signs a grant (the vault's CA key, at the vault's time): the vault hands this to its workflows. */
+export type GrantSigner = (g: Omit<ReplicationGrant, 'issuedAt'>) => string;
+
+export interface GrantRequest {
+  item: string;
+  /** the VM's replication id (its agents' id of it); undefined: not known, no grant */
+  replicationId: string | undefined;
+  source: { fabricId: string; hostId: string | undefined };
+  target: { fabricId: string; hostId: string | undefined };
+}
+
+/**
+ * A signed grant for replication from the source host to the target host, or undefined
+ * when the inventory does not name both hosts and the VM (a provider that forwards grants
+ * then refuses to set replication up without one: nothing is weakened).
+ */
+export async function replicationGrant(store: VaultStore, sign: GrantSigner, r: GrantRequest): Promise<string | undefined> {
+  if (r.replicationId === undefined || r.source.hostId === undefined || r.target.hostId === undefined) return undefined;
+  const [source, target] = await Promise.all([store.fabrics.findObject(r.source.hostId), store.fabrics.findObject(r.target.hostId)]);
+  if (source?.kind !== 'host' || target?.kind !== 'host') return undefined;
+  // a host whose name no agent certificate could carry gets no grant (signGrant refuses it)
+  if (!isSafeName(source.name) || !isSafeName(target.name) || !isSafeName(r.replicationId) || !isSafeName(r.item)) return undefined;
+  return sign({ replicationId: r.replicationId, item: r.item, source: { fabricId: r.source.fabricId, host: source.name }, target: { fabricId: r.target.fabricId, host: target.name } });
+}
