@@ -14,7 +14,8 @@ import path from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
-import { createBootstrapCertificate, fsyncDir, loadTlsMaterial, onTlsClientError, readCertificateInfo, readCrl, serverTlsOptions, writeFileAtomic, type CertificateInfo, type TlsFiles, type TlsMaterial } from '../pki/index.js';
+import { createBootstrapCertificate, fsyncDir, isGrantEnd, loadTlsMaterial, onTlsClientError, readCertificateInfo, readCrl, serverTlsOptions, verifyGrant, writeFileAtomic, type CertificateInfo, type ReplicationGrant, type TlsFiles, type TlsMaterial } from '../pki/index.js';
+import { GrantLedger } from './sending/grant-ledger.js';
 import { certificateNames, type ProviderApiState } from './provider-api.js';
 import type { BlockDevice } from './io/block-device.js';
 import { CyclePhases } from './sending/cycle-phases.js';
@@ -100,6 +101,8 @@ export interface AgentEndpoints {
 export class Agent {
   readonly host: Host;
   readonly replicas: ReplicaRegistry;
+  /** the newest replication grant taken for each VM this agent replicates */
+  private readonly grantLedger: GrantLedger;
   readonly replications = new Map<string, PrimaryReplication>();
   private readonly phases = new CyclePhases();
   private readonly agentPacer: Pacer | undefined;
@@ -132,6 +135,7 @@ export class Agent {
     fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
     this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now(), log: this.log });
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
+    this.grantLedger = new GrantLedger(path.join(config.dataDir, 'grants'));
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
     this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
     this.nbd = new NbdServer({ get: (n) => this.resolveExport(n), list: () => this.listExports() }, { logger: this.log });
@@ -273,14 +277,28 @@ export class Agent {
     };
   }
 
-  enableReplication(input: Omit<ReplicationSpec, 'id' | 'epoch'> & { epoch?: number }): ReplicationSpec {
-    const vm = this.host.get(input.vm);
+  /**
+   * `grant`, when given (the provider channel always gives one), is the vault's replication
+   * grant: it must name this VM, this agent as the source and the peer as the target; the
+   * replica agent's certificate must then name the target's host and fabric.
+   */
+  enableReplication(input: Omit<ReplicationSpec, 'id' | 'epoch' | 'grantIssuedAt'> & { epoch?: number; grant?: string | undefined }): ReplicationSpec {
+    const { grant: token, ...rest } = input;
+    const vm = this.host.get(rest.vm);
     for (const r of this.replications.values()) {
       if (r.spec.vm === vm.name) throw new OsrError('ALREADY_EXISTS', `VM ${vm.name} is already replicated (${r.spec.id})`);
     }
     if (vm.spec.fenced) throw new OsrError('EPOCH_STALE', `VM ${vm.name} is fenced: ${vm.spec.fenced.reason}`);
+    let peer = rest.peer;
+    let grantIssuedAt: string | undefined;
+    if (token !== undefined) {
+      const g = this.checkGrant(token, 'source', { replicationId: vm.id, otherHost: rest.peer.name });
+      this.grantLedger.accept(g);
+      peer = { ...peer, name: g.target.host, fabricId: g.target.fabricId };
+      grantIssuedAt = g.issuedAt;
+    }
     // a promoted VM replicates (back) in the epoch it was promoted with
-    const spec: ReplicationSpec = { ...input, id: `rep-${vm.name}-${crypto.randomBytes(3).toString('hex')}`, epoch: input.epoch ?? vm.spec.origin?.epoch ?? 1 };
+    const spec: ReplicationSpec = { ...rest, peer, ...(grantIssuedAt !== undefined ? { grantIssuedAt } : {}), id: `rep-${vm.name}-${crypto.randomBytes(3).toString('hex')}`, epoch: rest.epoch ?? vm.spec.origin?.epoch ?? 1 };
     writeJsonDurable(path.join(this.config.dataDir, 'replications', `${spec.id}.json`), spec);
     this.startReplication(spec);
     return spec;
@@ -493,12 +511,15 @@ export class Agent {
     return vm.spec;
   }
 
-  async demote(vmName: string, epoch?: number, source?: string): Promise<DemoteResult> {
-    return this.withVm(vmName, () => this.demoteNow(vmName, epoch, source));
+  /** `grant` (with `source`): the vault's replication grant naming `source`, this agent as the target and the VM. */
+  async demote(vmName: string, epoch?: number, source?: string, grant?: string): Promise<DemoteResult> {
+    return this.withVm(vmName, () => this.demoteNow(vmName, epoch, source, grant));
   }
 
-  private async demoteNow(vmName: string, epoch?: number, source?: string): Promise<DemoteResult> {
+  private async demoteNow(vmName: string, epoch?: number, source?: string, token?: string): Promise<DemoteResult> {
     const vm = this.host.get(vmName);
+    if (token !== undefined && source === undefined) throw new OsrError('INVALID_ARGUMENT', 'a replication grant goes with the source it names (source)');
+    const grant = token !== undefined ? this.checkGrant(token, 'target', { replicationId: vm.id, otherHost: source }) : undefined;
     const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);
     const newEpoch = epoch ?? vm.spec.fenced?.epoch ?? (r ? r.spec.epoch + 1 : undefined);
     if (newEpoch === undefined) throw new OsrError('INVALID_ARGUMENT', `give the epoch ${vm.name} was promoted with elsewhere (--epoch)`);
@@ -509,7 +530,7 @@ export class Agent {
       this.replications.delete(r.spec.id);
       fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
     }
-    const result = await demoteVm(this.host, this.replicas, vm, newEpoch, source);
+    const result = await demoteVm(this.host, this.replicas, vm, newEpoch, source, grant);
     this.log.warn({ vm: vm.name, epoch: newEpoch, divergentBytes: result.divergentBytes }, `${vm.name} demoted: its disks are now the replica of the copy promoted with epoch ${newEpoch}`);
     return result;
   }
@@ -563,6 +584,27 @@ export class Agent {
   /** The CA the agent trusts (PEM). */
   caPem(): string {
     return this.tls.ca;
+  }
+
+  /**
+   * The vault's replication grant (src/pki/grant.ts), checked: signed by this agent's CA,
+   * for this VM, naming this agent (its certificate's name and fabric) as `end` and, when
+   * the caller names it, `otherHost` as the other end. AUTH_FAILED otherwise.
+   */
+  checkGrant(token: string, end: 'source' | 'target', expect: { replicationId: string; otherHost?: string | undefined }): ReplicationGrant {
+    const g = verifyGrant(token, this.tls.ca);
+    const me = this.enrolled;
+    const mine = g[end];
+    const other = end === 'source' ? g.target : g.source;
+    const refuse = (why: string): never => {
+      throw new OsrError('AUTH_FAILED', `the replication grant for ${g.replicationId} (item ${g.item}) was refused: ${why}`, { grant: { replicationId: g.replicationId, item: g.item, source: g.source, target: g.target, issuedAt: g.issuedAt } });
+    };
+    if (!me || !isGrantEnd(mine, me.commonName, me.fabricId)) {
+      return refuse(`it names ${mine.host} of fabric ${mine.fabricId} as the ${end}; this agent is ${me?.commonName ?? this.config.name} of fabric ${me?.fabricId ?? '(none)'}`);
+    }
+    if (g.replicationId !== expect.replicationId) return refuse(`it is for VM ${g.replicationId}, not ${expect.replicationId}`);
+    if (expect.otherHost !== undefined && other.host !== expect.otherHost) return refuse(`it names ${other.host} as the ${end === 'source' ? 'target' : 'source'}, not ${expect.otherHost}`);
+    return g;
   }
 
   private bootstrapFiles() {

@@ -13,6 +13,7 @@ import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
 import { addDrillRoutes } from './drill-api.js';
 import { addEnrolmentRoutes } from './enrolment-api.js';
+import { MAX_GRANT_LENGTH } from '../pki/index.js';
 import { providerAccessCheck, providerBodyCheck, type ProviderApiState, type RefusalLog } from './provider-api.js';
 import type { ReplicaStore } from './replica/replica-store.js';
 import { diskRangesBytes } from './io/ranges.js';
@@ -21,6 +22,9 @@ import { parseBandwidth } from './io/throttle.js';
 import { parseDuration, parseTimeWindow } from './io/time-window.js';
 
 export { parseDuration };
+
+/** the vault's replication grant (src/pki/grant.ts) in a request body */
+const GRANT_SCHEMA = { type: 'string', minLength: 1, maxLength: MAX_GRANT_LENGTH };
 
 /** A VM stopped through the API shuts down cleanly within this time; a host then stops it (ports/host.ts). */
 export const VM_SHUTDOWN_TIMEOUT_MS = 300_000;
@@ -154,10 +158,10 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     async (req) => agent.fence(req.params.name, req.body.epoch),
   );
 
-  app.post<{ Params: { name: string }; Body: { epoch?: number; source?: string } | undefined }>(
+  app.post<{ Params: { name: string }; Body: { epoch?: number; source?: string; grant?: string } | undefined }>(
     '/v1/vms/:name/demote',
-    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { epoch: { type: 'integer', minimum: 1 }, source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH } } } } },
-    async (req) => agent.demote(req.params.name, req.body?.epoch, req.body?.source),
+    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { epoch: { type: 'integer', minimum: 1 }, source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, grant: GRANT_SCHEMA } } } },
+    async (req) => agent.demote(req.params.name, req.body?.epoch, req.body?.source, req.body?.grant),
   );
 
   app.post<{ Params: { name: string }; Body: { point: number } }>(
@@ -197,10 +201,11 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
       bandwidth?: string;
       initialReplication?: 'online' | 'offline';
       exportDir?: string;
+      grant?: string;
     };
   }>(
     '/v1/replications',
-    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, peerName: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' } } } } },
+    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, peerName: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' }, grant: GRANT_SCHEMA } } } },
     async (req, reply) => {
       const b = req.body;
       if (b.quiesceHook !== undefined) {
@@ -237,6 +242,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
         bandwidth: b.bandwidth,
         initialReplication: b.initialReplication,
         exportDir: b.exportDir,
+        grant: b.grant,
       });
       return reply.status(201).send(spec);
     },
@@ -266,10 +272,14 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
   // ---- replicas (replica role)
   app.get('/v1/replicas', async () => agent.replicas.list().map((s) => replicaSummary(agent, s)));
   // the vault's word on who may replicate a VM here (a failover's new primary, a placement)
-  app.put<{ Params: { vmId: string }; Body: { source: string; claim?: boolean } }>(
+  app.put<{ Params: { vmId: string }; Body: { source: string; claim?: boolean; grant?: string } }>(
     '/v1/replicas/:vmId/source',
-    { schema: { body: { type: 'object', required: ['source'], additionalProperties: false, properties: { source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, claim: { type: 'boolean' } } } } },
-    async (req) => ({ vmId: req.params.vmId, ...agent.replicas.authorize(req.params.vmId, req.body.source, { claim: req.body.claim === true }) }),
+    { schema: { body: { type: 'object', required: ['source'], additionalProperties: false, properties: { source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, claim: { type: 'boolean' }, grant: GRANT_SCHEMA } } } },
+    async (req) => {
+      const b = req.body;
+      const grant = b.grant !== undefined ? agent.checkGrant(b.grant, 'target', { replicationId: req.params.vmId, otherHost: b.source }) : undefined;
+      return { vmId: req.params.vmId, ...agent.replicas.authorize(req.params.vmId, b.source, { claim: b.claim === true, grant }) };
+    },
   );
   app.get<{ Params: { vm: string } }>('/v1/replicas/:vm', async (req) => replicaSummary(agent, agent.replicas.get(req.params.vm)));
   app.get<{ Params: { vm: string } }>('/v1/replicas/:vm/points', async (req) =>

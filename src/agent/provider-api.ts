@@ -73,6 +73,9 @@ export const BOOTSTRAP_ROUTES: ReadonlySet<string> = new Set(['GET /v1/status', 
 /** Power a VM: the hypervisor's job, which on a hypervisor host (libvirt) the agent is the provider's way to. */
 export const HYPERVISOR_POWER_ROUTES: ReadonlySet<string> = new Set(['POST /v1/vms/:name/start', 'POST /v1/vms/:name/stop']);
 
+/** The calls that set up replication between hosts: over the provider channel each needs the vault's grant. */
+const GRANTED_ROUTES: ReadonlySet<string> = new Set(['POST /v1/replications', 'PUT /v1/replicas/:vmId/source', 'POST /v1/vms/:name/demote']);
+
 /** The only call taken from a provider once the agent's revocation list has expired. */
 const CRL_ROUTE = 'PUT /v1/enrolment/crl';
 
@@ -193,6 +196,13 @@ export function providerBodyCheck(state: () => ProviderApiState, caPem: () => st
     };
     if (route === 'POST /v1/replications' && (body.exportDir !== undefined || body.initialReplication === 'offline')) {
       refuse('an offline initial replication names a path on the host: it is set up on the host (the local API), not over the provider channel');
+    }
+    // replication between hosts is set up on the vault's word, not the provider's (agent-channel.md, Replication grants)
+    if (GRANTED_ROUTES.has(route) && body.grant === undefined) {
+      refuse(`${route} over the provider channel needs the vault's replication grant (grant): a provider alone may not say where a VM replicates`);
+    }
+    if (route === 'POST /v1/vms/:name/demote' && body.source === undefined) {
+      refuse('a demote over the provider channel names the source that may replicate into the demoted disks, with the vault\'s grant for it');
     }
     if (route === 'PUT /v1/enrolment/certificate' && typeof body.certificate === 'string' && typeof body.caCertificate === 'string') {
       if (body.caCertificate.trim() !== caPem().trim()) refuse('over the provider channel the agent takes a certificate from its own CA only: its CA is changed on the host');

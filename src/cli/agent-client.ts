@@ -64,6 +64,11 @@ export function readAgentToken(file: string): string {
 export class AgentClient {
   private readonly address: AgentAddress;
 
+  /** an agent reached over its provider channel checks the vault's replication grants (agent-replication.ts) */
+  get takesGrants(): boolean {
+    return this.options.channel !== undefined;
+  }
+
   /** the agent presented a certificate of the vault's CA for its name and fabric: its bootstrap certificate is not taken again */
   private enrolledSeen = false;
 

@@ -25,6 +25,17 @@ export interface AgentApi {
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body?: unknown): Promise<T>;
   delete<T>(path: string): Promise<T>;
+  /**
+   * the agent checks the vault's replication grants (agent-channel.md): it is reached over
+   * the provider channel, where setting replication up takes a grant; over a host's socket
+   * it is not asked for
+   */
+  readonly takesGrants?: boolean;
+}
+
+/** `grant` as a body field, for an agent that takes grants (none otherwise). */
+function grantField(api: AgentApi, grant: string | undefined): { grant?: string } {
+  return api.takesGrants === true && grant !== undefined ? { grant } : {};
 }
 
 /** Where a VM or a replica is held, in the terms of the agent that holds it. */
@@ -114,8 +125,8 @@ export function asReplica<T extends Held>(h: T): T {
  * The vault's word, before the first copy: only the source host's agent may replicate the
  * VM into this host (a replica another agent opened first is refused, AUTH_FAILED).
  */
-export async function claimReplicaSource(api: AgentApi, replicationId: string, sourceAgent: string): Promise<void> {
-  await api.call('PUT', `/v1/replicas/${encodeURIComponent(replicationId)}/source`, { source: sourceAgent, claim: true });
+export async function claimReplicaSource(api: AgentApi, replicationId: string, sourceAgent: string, grant?: string): Promise<void> {
+  await api.call('PUT', `/v1/replicas/${encodeURIComponent(replicationId)}/source`, { source: sourceAgent, claim: true, ...grantField(api, grant) });
 }
 
 /** Delete a replica's data at its host (gone already: nothing to do). */
@@ -173,6 +184,7 @@ export class AgentReplication implements FabricReplication {
       compression: p.compression,
       ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
       ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
+      ...grantField(a, req.grant),
     });
     await this.site.changed({ kind: 'replicating', vmId: req.vmId, peer: req.peer });
   }
@@ -333,11 +345,12 @@ export class AgentReplication implements FabricReplication {
     await this.site.changed({ kind: 'fenced', vmId, epoch });
   }
 
-  async demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm> {
+  async demoteVm(vmId: string, epoch: number, itemId: string, source?: string, grant?: string): Promise<ReplicaVm> {
     const l = this.site.locate(vmId);
     if (l.isVm) {
       await this.site.stoppingVm(vmId, false);
-      await this.site.agent(l.hostId).post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch, ...(source !== undefined ? { source } : {}) });
+      const a = this.site.agent(l.hostId);
+      await a.post(`/v1/vms/${encodeURIComponent(l.name)}/demote`, { epoch, ...(source !== undefined ? { source, ...grantField(a, grant) } : {}) });
       await this.site.changed({ kind: 'demoted', id: l.id, epoch, itemId });
     }
     return { replicaVmId: l.id, hostId: l.hostId, agent: this.site.agentEndpoint(l.hostId), nics: this.site.nics(l.id), reused: true };

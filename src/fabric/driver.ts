@@ -59,6 +59,8 @@ export interface ReplicaVmSpec {
     /** the id the source host's agent replicates the VM under, and that agent's name (its certificate's): only it may replicate into the replica */
     replicationId?: string | undefined;
     agent?: string | undefined;
+    /** the vault's signed replication grant naming that agent and the replica's host */
+    grant?: string | undefined;
     /** the source VM's machine, as its fabric reported it (its NICs on the source host's networks); the recovery site maps them to its own */
     machine?: MachineSpec | undefined;
   };
@@ -83,6 +85,8 @@ export interface ReplicationRequest {
   policy: PolicySettings;
   /** the recovery host's agent; `name` is its certificate's common name (the host's name), checked when given */
   peer: AgentEndpoint;
+  /** the vault's signed replication grant (src/pki/grant.ts): agents on the provider channel refuse replication without it */
+  grant?: string | undefined;
 }
 
 /** The running or latest resynchronization of a VM's disks with its replica. */
@@ -202,9 +206,9 @@ export interface FabricReplication {
   /**
    * reprotect, at the old primary: the VM's disks become the replica of the copy promoted
    * with `epoch`; `source` names the host that runs that copy, the only one that may
-   * replicate into them (its certificate's name)
+   * replicate into them (its certificate's name), and `grant` is the vault's signed word for it
    */
-  demoteVm(vmId: string, epoch: number, itemId: string, source?: string): Promise<ReplicaVm>;
+  demoteVm(vmId: string, epoch: number, itemId: string, source?: string, grant?: string): Promise<ReplicaVm>;
 }
 
 /** A fabric as its provider sees it: the two parts, its kind and what it can do. */

@@ -607,8 +607,8 @@ export class LabFabric implements FabricManagement {
   }
   /** The vault's word, before the first copy: only the source host's agent may replicate the VM into this host. */
   private async claimReplica(hostId: string, spec: ReplicaVmSpec): Promise<void> {
-    const { replicationId, agent } = spec.source;
-    if (replicationId !== undefined && agent !== undefined) await claimReplicaSource(this.agent(hostId).api, replicationId, agent);
+    const { replicationId, agent, grant } = spec.source;
+    if (replicationId !== undefined && agent !== undefined) await claimReplicaSource(this.agent(hostId).api, replicationId, agent, grant);
   }
   /** A NIC on a network: its lease kept when it is there already, a new one otherwise (saved by the caller). */
   private lease(vmId: string, nicId: string, vmNetwork: string | null, subnet: string | null): NicLease {

@@ -20,6 +20,8 @@ export type TlsSide = 'client' | 'server';
 export interface PeerIdentity {
   commonName: string;
   role?: string;
+  /** the fabric its `urn:osr:fabric:` name names (a certificate the vault issued to a fabric's agent or provider) */
+  fabricId?: string;
   fingerprintSha256: string;
 }
 
@@ -114,6 +116,7 @@ export function peerIdentity(socket: tls.TLSSocket): PeerIdentity {
   return {
     commonName: info.commonName,
     ...(info.role !== undefined ? { role: info.role } : {}),
+    ...(info.fabricId !== undefined ? { fabricId: info.fabricId } : {}),
     fingerprintSha256: info.fingerprintSha256,
   };
 }

@@ -169,14 +169,14 @@ export class FabricProvider {
         for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
         const storage: Record<string, string> = {};
         for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
-        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent, machine: b.vm.machine }, hostId: this.localId(b.placement.hostId), storage, networks });
+        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent, grant: b.grant, machine: b.vm.machine }, hostId: this.localId(b.placement.hostId), storage, networks });
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },
       /** primary site: track and replicate to the recovery host's agent */
       'replication.enable': async ({ body: b }) => {
         const vmId = this.localId(b.vmId ?? b.item);
-        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent });
+        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent, grant: b.grant });
         const known = this.protections.get(`source:${b.item}`);
         await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false });
         return {};
@@ -285,7 +285,7 @@ export class FabricProvider {
       },
       /** reprotect, the old primary: its disks become the replica */
       'failover.demote': async ({ body: b }) => {
-        const r = await repl.demoteVm(this.localId(b.vmId), b.epoch, b.item, b.source);
+        const r = await repl.demoteVm(this.localId(b.vmId), b.epoch, b.item, b.source, b.grant);
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { ...r, replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },

@@ -127,6 +127,8 @@ export function siteInventory(site: string, clouds: string[], vms: number, o: { 
         cloud: cid,
         host: `${cid}-h1`,
         powerState: 'Running',
+        // the id the host's agent replicates it under: the vault's replication grants name it
+        replicationId: `${cid}-vm${i}-rid`,
         disks: [{ id: 'd0', name: 'system', sizeBytes: 1 << 30, storageLocation: 'gold-share' }],
         nics: [{ id: 'nic0', vmNetwork: 'vmnet1' }],
       });

@@ -33,6 +33,8 @@ import { createTestDatabase, type TestDatabase } from '../support/databases.js';
 import { waitFor } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
 import { gate } from '../support/vault.js';
+import { createCa, signGrant } from '../../src/pki/index.js';
+import type { GrantSigner } from '../../src/workflows/grants.js';
 
 type Handler = (body: Record<string, unknown>) => Promise<unknown>;
 const point = (id: string) => ({ id, at: new Date().toISOString(), consistency: 'crash' as const });
@@ -131,6 +133,8 @@ class FreezesBeforeFinalChange extends ItemStore {
   }
 }
 
+const grantCa = await createCa({ commonName: 'item state test CA' });
+
 interface Vault {
   store: VaultStore;
   engine: JobEngine;
@@ -140,10 +144,7 @@ function vault(database: VaultDatabase, owner: string, items?: ItemStore): Vault
   const store = { ...storeOn(database), ...(items ? { items } : {}) };
   const alerting = new Alerting(store.activity, new AlertNotifier(store.activity, systemClock, { vaultName: 'items' }));
   const engine = new JobEngine({ jobs: store.jobs, commands: store.commands, owner, leaseMs: 600, pollMs: 20 });
-  // these jobs set no replication up: a grant asked for is a failure of the test
-  const grants = (): string => {
-    throw new Error('no replication grant is signed in these tests');
-  };
+  const grants: GrantSigner = (g) => signGrant(grantCa, { ...g, issuedAt: new Date().toISOString() });
   registerFailoverJobs(engine, { store, alerting, clock: systemClock, grants });
   registerTestFailoverJobs(engine, { store, alerting, clock: systemClock, grants });
   return { store, engine };

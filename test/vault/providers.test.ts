@@ -19,7 +19,7 @@ import { SMTPServer } from 'smtp-server';
 import { OsrError } from '../../src/domain/errors.js';
 import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
-import { createCa, issueCertificate } from '../../src/pki/index.js';
+import { createCa, issueCertificate, verifyGrant } from '../../src/pki/index.js';
 import { registerWithVault } from '../../src/provider/registration.js';
 import { CommandState } from '../../src/store/commands.js';
 import { waitFor } from '../support/lab.js';
@@ -189,6 +189,12 @@ describe('providers and protection', () => {
       const kinds = ny.received.map((c) => c.kind);
       assert.deepEqual(kinds, ['replication.enable', 'replication.initial']);
       assert.deepEqual(chi.received.map((c) => c.kind), ['replica.prepare']);
+      // both ends were handed the same grant, signed by the vault's CA: this VM, from the host it runs on to the placed host
+      const granted = [chi.received[0]!, ny.received[0]!].map((c) => (c.body as { grant?: string }).grant);
+      assert.equal(granted[0], granted[1]);
+      const grant = verifyGrant(granted[0], v.vault.ctx.identity.ca.certPem);
+      assert.deepEqual({ ...grant, issuedAt: undefined }, { replicationId: 'goldcloud1-vm0-rid', item: 'vmm-newyork.goldcloud1-vm0', source: { fabricId: ny.fabricId, host: 'ny-GoldCloud1-h1' }, target: { fabricId: chi.fabricId, host: 'chi-GoldCloud2-h1' }, issuedAt: undefined });
+      assert.ok(Math.abs(Date.parse(grant.issuedAt) - Date.now()) < 60_000);
       const done = await v.api.request<Obj>('GET', started.url as string);
       assert.equal(done.state, 'Succeeded');
       assert.deepEqual((done.tasks as Obj[]).map((t) => t.name), ['Prerequisites check', 'Create replication', 'Initial replication', 'Finalize protection']);

@@ -17,6 +17,7 @@
  * common point (replication.ts, `reverseResync`).
  */
 import { OsrError } from '../../domain/errors.js';
+import type { ReplicationGrant } from '../../pki/index.js';
 import { crashPoint } from '../io/crash-point.js';
 import type { Host, HostPromotions, HostVm, PromotionRun, VmDiskSpec } from '../ports/host.js';
 import type { MachineSpec } from '../../domain/machine.js';
@@ -259,7 +260,7 @@ export interface DemoteResult {
  * the promoted copy's) that reverse replication brings in step. The caller has stopped its
  * replication. What its change logs hold, shipped or not, is where it may differ.
  */
-export async function demoteVm(host: Host, registry: ReplicaRegistry, vm: HostVm, epoch: number, source?: string): Promise<DemoteResult> {
+export async function demoteVm(host: Host, registry: ReplicaRegistry, vm: HostVm, epoch: number, source?: string, grant?: ReplicationGrant): Promise<DemoteResult> {
   if (!Number.isSafeInteger(epoch) || epoch < 1) throw new OsrError('INVALID_ARGUMENT', `epoch ${epoch} is not a positive integer`);
   await vm.flush();
   // the images first: a host that must make them (a libvirt domain's) says there whether its tracking still holds
@@ -272,6 +273,7 @@ export async function demoteVm(host: Host, registry: ReplicaRegistry, vm: HostVm
     images,
     divergent,
     source,
+    grant,
   );
   crashPoint('demote:adopted');
   await host.removeVm(vm.name);

@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import { MAX_DISK_BYTES, isSafeName, safeInteger, safeName, safeRange, safeSeq } from '../../domain/names.js';
-import { onTlsClientError, peerIdentity, serverTlsOptions, type PeerIdentity, type TlsMaterial } from '../../pki/index.js';
+import { onTlsClientError, peerIdentity, serverTlsOptions, type PeerIdentity, type ReplicationGrant, type TlsMaterial } from '../../pki/index.js';
 import { writeAllAt } from '../io/io.js';
 import { readJson, writeJsonDurable } from '../io/durable-file.js';
 import { importExport, readExport, type ExportManifest } from '../wire/offline-seed.js';
@@ -71,6 +71,16 @@ export interface OwnerRecord {
   /** how it was set: the first connection, or the vault through the agent's API */
   by: 'first-open' | 'vault';
   at: string;
+  /** the source agent's fabric, when the vault's replication grant named it: its certificate must name it too */
+  sourceFabric?: string | undefined;
+  /** when that grant was signed: an older grant for this VM is refused */
+  grantIssuedAt?: string | undefined;
+}
+
+/** The agent that opens a replica: its certificate's common name and fabric. */
+export interface SourceAgent {
+  name: string;
+  fabricId?: string | undefined;
 }
 
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
@@ -92,7 +102,7 @@ export class ReplicaRegistry {
    * (AUTH_FAILED) before anything is read or written. `source` is undefined only for an
    * operator's own action through the local API (an offline import).
    */
-  async open(req: OpenRequest, source?: string): Promise<ReplicaStore> {
+  async open(req: OpenRequest, source?: SourceAgent): Promise<ReplicaStore> {
     safeName(req.vmId, 'VM id');
     if (source !== undefined) this.checkOwner(req.vmId, source);
     // a stale primary learns it is one (and fences itself) also once the promoted copy runs here
@@ -111,7 +121,7 @@ export class ReplicaRegistry {
     } else {
       s.setRetention(req.retention);
     }
-    if (source !== undefined && this.owner(req.vmId) === undefined) this.writeOwner(req.vmId, { source, by: 'first-open', at: new Date(this.now()).toISOString() });
+    if (source !== undefined && this.owner(req.vmId) === undefined) this.writeOwner(req.vmId, { source: source.name, by: 'first-open', at: new Date(this.now()).toISOString() });
     return s;
   }
 
@@ -132,11 +142,14 @@ export class ReplicaRegistry {
     writeJsonDurable(this.ownerFile(vmId), record);
   }
 
-  /** Refuse `source` unless it is the VM's recorded source (or none is recorded yet). */
-  checkOwner(vmId: string, source: string): void {
+  /** Refuse `source` unless it is the VM's recorded source, of the fabric the vault's grant named (or none is recorded yet). */
+  checkOwner(vmId: string, source: SourceAgent): void {
     const owner = this.owner(vmId);
-    if (owner !== undefined && owner.source !== source) {
-      throw new OsrError('AUTH_FAILED', `the replica of VM ${vmId} here belongs to source agent ${owner.source}; ${source} may not replicate it`, { vmId, source, owner: owner.source });
+    if (owner !== undefined && owner.source !== source.name) {
+      throw new OsrError('AUTH_FAILED', `the replica of VM ${vmId} here belongs to source agent ${owner.source}; ${source.name} may not replicate it`, { vmId, source: source.name, owner: owner.source });
+    }
+    if (owner?.sourceFabric !== undefined && owner.sourceFabric !== source.fabricId) {
+      throw new OsrError('AUTH_FAILED', `the replica of VM ${vmId} here belongs to source agent ${owner.source} of fabric ${owner.sourceFabric}; the ${source.name} connected has a certificate of fabric ${source.fabricId ?? '(none)'}`, { vmId, source: source.name, fabric: source.fabricId ?? null, owner: owner.source, ownerFabric: owner.sourceFabric });
     }
   }
 
@@ -148,22 +161,31 @@ export class ReplicaRegistry {
    * `claim` is a new protection's word, given before its first copy: a replica of this VM
    * that another source opened first, and that holds data, is not this protection's. It is
    * refused (AUTH_FAILED) rather than handed over with what that source wrote into it.
+   *
+   * `grant`, the vault's replication grant the caller checked (it names this VM, this
+   * agent and `source`), ties the source to its fabric; a grant older than the one that
+   * set the current owner is refused (AUTH_FAILED): it cannot take the replica back.
    */
-  authorize(vmId: string, source: string, o: { claim?: boolean } = {}): OwnerRecord {
+  authorize(vmId: string, source: string, o: { claim?: boolean; grant?: ReplicationGrant | undefined } = {}): OwnerRecord {
     safeName(vmId, 'VM id', 'INVALID_ARGUMENT');
     safeName(source, 'source agent', 'INVALID_ARGUMENT');
     const current = this.owner(vmId);
+    const g = o.grant;
+    if (g !== undefined && current?.grantIssuedAt !== undefined && Date.parse(g.issuedAt) < Date.parse(current.grantIssuedAt)) {
+      throw new OsrError('AUTH_FAILED', `the replication grant for VM ${vmId} was signed at ${g.issuedAt}, before the one that gave the replica to ${current.source} (${current.grantIssuedAt}): an older grant is refused`, { vmId, source, issuedAt: g.issuedAt, current: current.grantIssuedAt });
+    }
+    const granted = g !== undefined ? { sourceFabric: g.source.fabricId, grantIssuedAt: g.issuedAt } : {};
     if (o.claim && current) {
       // said already (the command delivered twice): nothing to write
-      if (current.source === source && current.by === 'vault') return current;
+      if (current.source === source && current.by === 'vault' && current.sourceFabric === granted.sourceFabric && current.grantIssuedAt === granted.grantIssuedAt) return current;
       if (current.source !== source && this.holds(vmId)) {
         throw new OsrError('AUTH_FAILED', `a replica of VM ${vmId} here was opened by source agent ${current.source}, not by ${source}, the host the vault protects it from; remove that replica (osr agent: DELETE /v1/replicas/${vmId}) and enable protection again`, { vmId, source, owner: current.source });
       }
     }
-    const record: OwnerRecord = { source, by: 'vault', at: new Date(this.now()).toISOString() };
+    const record: OwnerRecord = { source, by: 'vault', at: new Date(this.now()).toISOString(), ...granted };
     this.writeOwner(vmId, record);
     const session = this.owners.get(vmId);
-    if (session && session.peerName !== source) {
+    if (session && (session.peerName !== source || (g !== undefined && session.peerFabric !== g.source.fabricId))) {
       session.destroy(new OsrError('AUTH_FAILED', `the vault gave the replica of ${vmId} to source agent ${source}`));
       this.owners.delete(vmId);
     }
@@ -244,8 +266,8 @@ export class ReplicaRegistry {
    * `source`, when the vault names it, is the promoted copy's agent: the only one that may
    * replicate into the store from now on.
    */
-  async adopt(spec: Parameters<typeof ReplicaStore.adopt>[1], images: Record<string, string>, divergent: DivergentRanges, source?: string): Promise<ReplicaStore> {
-    if (source !== undefined) this.authorize(spec.vmId, source);
+  async adopt(spec: Parameters<typeof ReplicaStore.adopt>[1], images: Record<string, string>, divergent: DivergentRanges, source?: string, grant?: ReplicationGrant): Promise<ReplicaStore> {
+    if (source !== undefined) this.authorize(spec.vmId, source, { grant });
     this.detach(spec.vmId);
     this.runHere.delete(spec.vmId);
     const s = await ReplicaStore.adopt(this.storeDir(spec.vmId), spec, images, divergent, this.now);
@@ -418,6 +440,11 @@ class Session {
     return this.peer?.commonName;
   }
 
+  /** the fabric the peer's certificate names, once the hello was accepted */
+  get peerFabric(): string | undefined {
+    return this.peer?.fabricId;
+  }
+
   destroy(e: OsrError): void {
     this.log.warn({ code: e.code, peer: this.socket.remoteAddress, agent: this.peer?.commonName }, `replication connection closed: ${e.message}`);
     void this.writer.sendControl({ type: 'error', code: e.code, message: e.message }).catch(() => undefined);
@@ -532,7 +559,7 @@ class Session {
       case 'open': {
         const req = parseOpen(args);
         if (this.store && this.store.vmId !== req.vmId) throw new OsrError('PROTOCOL_ERROR', `this connection replicates ${this.store.vmId}; open ${req.vmId} on a connection of its own`);
-        const store = await this.registry.open(req, this.peer!.commonName);
+        const store = await this.registry.open(req, { name: this.peer!.commonName, fabricId: this.peer!.fabricId });
         store.setEpoch(req.epoch);
         this.registry.claim(req.vmId, this);
         if (req.reset) store.resetInitial();

@@ -14,6 +14,8 @@ export interface PeerAddress {
   servername?: string | undefined;
   /** the replica agent meant: its certificate's common name must be this */
   name?: string | undefined;
+  /** and its certificate must name this fabric (the vault's replication grant said so) */
+  fabricId?: string | undefined;
 }
 
 export class ReplicaClient {
@@ -69,6 +71,9 @@ export class ReplicaClient {
       if (them.role !== 'agent') throw new OsrError('AUTH_FAILED', `the server at ${peer.host}:${peer.port} has a ${them.role ?? 'role-less'} certificate (${them.commonName}), not an agent's; refusing to replicate to it`, { peer: them.commonName, role: them.role ?? null });
       if (peer.name !== undefined && them.commonName !== peer.name) {
         throw new OsrError('AUTH_FAILED', `the agent at ${peer.host}:${peer.port} is ${them.commonName}, not the replica host ${peer.name}; refusing to replicate to it`, { expected: peer.name, peer: them.commonName });
+      }
+      if (peer.fabricId !== undefined && them.fabricId !== peer.fabricId) {
+        throw new OsrError('AUTH_FAILED', `the agent at ${peer.host}:${peer.port} (${them.commonName}) belongs to fabric ${them.fabricId ?? '(none)'}, not to fabric ${peer.fabricId} that the vault's grant names; refusing to replicate to it`, { expected: peer.fabricId, peer: them.commonName, fabric: them.fabricId ?? null });
       }
       const welcome = new Promise<ControlMessage>((resolve, reject) => {
         client.welcome = resolve;

@@ -22,7 +22,17 @@ export interface ReplicationSpec {
   id: string;
   vm: string;
   /** replica agent address */
-  peer: { host: string; port: number; servername?: string | undefined; /** the replica agent's name (its certificate's common name) */ name?: string | undefined };
+  peer: {
+    host: string;
+    port: number;
+    servername?: string | undefined;
+    /** the replica agent's name (its certificate's common name) */
+    name?: string | undefined;
+    /** the replica agent's fabric (its certificate's), as the vault's replication grant named it */
+    fabricId?: string | undefined;
+  };
+  /** when the vault's replication grant for it was signed (ISO time), if one was given */
+  grantIssuedAt?: string | undefined;
   copyFrequencyMs: number;
   retention: RetentionSpec;
   compression: boolean;

@@ -399,8 +399,8 @@ export class LibvirtFabric implements FabricManagement {
   }
 
   private async claim(hostId: string, spec: ReplicaVmSpec): Promise<void> {
-    const { replicationId, agent } = spec.source;
-    if (replicationId !== undefined && agent !== undefined) await claimReplicaSource(this.agent(hostId), replicationId, agent);
+    const { replicationId, agent, grant } = spec.source;
+    if (replicationId !== undefined && agent !== undefined) await claimReplicaSource(this.agent(hostId), replicationId, agent, grant);
   }
 
   private replicaView(r: ReplicaRecord, reused: boolean): ReplicaVm {
