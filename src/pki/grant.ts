@@ -13,6 +13,7 @@
  */
 import crypto from 'node:crypto';
 import { OsrError } from '../domain/errors.js';
+import type { GrantEnd, ReplicationGrant } from '../domain/grants.js';
 import { isSafeName } from '../domain/names.js';
 import type { CaMaterial } from './ca.js';
 
@@ -21,22 +22,7 @@ const PREFIX = 'osr-grant-v1';
 export const MAX_GRANT_LENGTH = 4096;
 const FABRIC_ID = /^[a-z0-9][a-z0-9-]{0,99}$/;
 
-/** One end of a replication: a host (its agent's certificate's common name) of a fabric (its certificate's fabric). */
-export interface GrantEnd {
-  fabricId: string;
-  host: string;
-}
-
-export interface ReplicationGrant {
-  /** the VM's replication id: the id its agents know it by (the replica store's VM id) */
-  replicationId: string;
-  /** the protected item it was granted for (for logs and audits) */
-  item: string;
-  source: GrantEnd;
-  target: GrantEnd;
-  /** when the vault signed it (ISO time): of two grants for one VM, the newer one counts */
-  issuedAt: string;
-}
+export type { GrantEnd, ReplicationGrant };
 
 /** Sign a grant with the CA's key. */
 export function signGrant(ca: CaMaterial, g: ReplicationGrant): string {

@@ -5,7 +5,7 @@
  * and the fabric's id), so the agents can check the grant against the peer they talk to.
  */
 import { isSafeName } from '../domain/names.js';
-import type { ReplicationGrant } from '../pki/index.js';
+import type { ReplicationGrant } from '../domain/grants.js';
 import type { VaultStore } from '../store/index.js';
 
 /** Signs a grant (the vault's CA key, at the vault's time): the vault hands this to its workflows. */
