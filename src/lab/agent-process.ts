@@ -38,6 +38,8 @@ export interface RunningAgent {
   /** the TCP API's token file */
   apiTokenFile?: string | undefined;
   replicationPort: number | null;
+  /** the provider channel's address (`https://HOST:PORT`), when the agent serves one (--provider-api) */
+  providerApi?: string | undefined;
   nbdSocket: string;
   nbdTcpPort: number | null;
   options: AgentProcessOptions;
@@ -86,9 +88,9 @@ export async function startAgentProcess(o: AgentProcessOptions): Promise<Running
     child.once('exit', (code) => reject(new Error(`agent ${o.name} exited with code ${code} before it started (see its log)`)));
   });
   child.stdout!.resume();
-  const ep = JSON.parse(line) as { api: string; apiTokenFile?: string; replicationPort: number | null; nbdSocket: string; nbdTcpPort: number | null };
+  const ep = JSON.parse(line) as { api: string; apiTokenFile?: string; replicationPort: number | null; nbdSocket: string; nbdTcpPort: number | null; providerApi?: string };
   const token = ep.apiTokenFile !== undefined ? readAgentToken(ep.apiTokenFile) : undefined;
-  return { name: o.name, child, api: new AgentClient(ep.api, { token }), apiUrl: ep.api, apiTokenFile: ep.apiTokenFile, replicationPort: ep.replicationPort, nbdSocket: ep.nbdSocket, nbdTcpPort: ep.nbdTcpPort, options: o };
+  return { name: o.name, child, api: new AgentClient(ep.api, { token }), apiUrl: ep.api, apiTokenFile: ep.apiTokenFile, replicationPort: ep.replicationPort, nbdSocket: ep.nbdSocket, nbdTcpPort: ep.nbdTcpPort, providerApi: ep.providerApi, options: o };
 }
 
 /** SIGTERM (clean stop) or SIGKILL (crash), and wait for the exit. */
