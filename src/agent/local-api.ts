@@ -53,6 +53,8 @@ function replicaSummary(agent: Agent, s: ReplicaStore) {
     vm: s.vmName,
     /** the source agent that may replicate into it (its certificate's name) */
     source: agent.replicas.owner(s.vmId)?.source ?? null,
+    /** that agent's fabric, when the vault's replication grant named it (its certificate must name it too) */
+    sourceFabric: agent.replicas.owner(s.vmId)?.sourceFabric ?? null,
     disks: s.disks,
     initialDone: s.initialDone,
     committed: s.isCommitted,

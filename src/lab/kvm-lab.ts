@@ -29,7 +29,6 @@ import { Virsh } from '../agent/libvirt/virsh.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { LibvirtSiteConfig } from '../drivers/libvirt/site.js';
 import { writeFileAtomic } from '../pki/index.js';
-import { ensurePki } from './agent-process.js';
 import type { LabAgentInfo } from './lab-driver.js';
 import { makeDataImage, makeSystemImage, removeDomain, tinyDomainXml } from './tiny-domain.js';
 import { tinyGuest, type TinyGuest } from './tiny-guest.js';
@@ -38,8 +37,11 @@ import { slug, type FabricSpec, type TopologySpec } from './topology.js';
 /** What the lab keeps of its libvirt side (kvm.json). */
 interface KvmLabState {
   tag: string;
-  /** each host's replication port, fixed at its agent's first start */
-  hosts: Record<string, { replicationPort: number }>;
+  /**
+   * each host's replication and provider-channel ports, fixed at its agent's first start,
+   * and its bootstrap certificate's fingerprint (printed only before its enrolment)
+   */
+  hosts: Record<string, { replicationPort: number; providerApiPort?: number | undefined; agentFingerprint?: string | undefined }>;
   /** the lab's domains that ran when the lab last stopped */
   running: string[];
 }
@@ -196,7 +198,7 @@ export interface KvmSiteStart {
  * (started as the topology or the last stop says), one agent per host, and the site file.
  * Safe to run again: what exists is taken as it is.
  */
-export async function startKvmSite(o: { dir: string; f: FabricSpec; siteDir: string; guest: TinyGuest; virsh: Virsh; spawn: SpawnReady; out: (l: string) => void }): Promise<KvmSiteStart> {
+export async function startKvmSite(o: { dir: string; f: FabricSpec; siteDir: string; guest: TinyGuest; virsh: Virsh; spawn: SpawnReady; out: (l: string) => void; caFile: string }): Promise<KvmSiteStart> {
   const { dir, f, siteDir, guest, virsh } = o;
   const state = readState(dir);
   const tag = state.tag;
@@ -216,24 +218,29 @@ export async function startKvmSite(o: { dir: string; f: FabricSpec; siteDir: str
     await virsh.run(['start', name]).catch((e: unknown) => o.out(`  domain     ${name} stays off: ${toOsrError(e).message}`));
   }
 
-  const pkiDir = path.join(siteDir, 'pki');
-  await ensurePki(pkiDir, hosts.map((h) => h.name));
-  const agents: LabAgentInfo[] = [];
+  // each agent is reached by its provider as on a real site: over the provider channel,
+  // enrolled by the vault's CA through it (its bootstrap certificate pinned in the site
+  // file), taking replication only on the vault's grants
+  const agents: (LabAgentInfo & { providerApi: string; agentFingerprint: string | undefined })[] = [];
   for (const h of hosts) {
-    const port = state.hosts[h.name]?.replicationPort ?? 0;
-    const args = ['agent', '--name', h.name, '--data-dir', path.join(siteDir, 'hosts', h.name), '--pki-dir', pkiDir, '--host', 'libvirt', '--libvirt-uri', virsh.uri, '--libvirt-prefix', domainPrefix(tag, h.name), '--libvirt-boot-dir', bootDir(guest), '--listen', `127.0.0.1:${port}`, '--retry-backoff', '5s,10s,20s', '--retry-every', '30s', '--log-level', 'warn'];
+    const known = state.hosts[h.name];
+    const args = ['agent', '--name', h.name, '--data-dir', path.join(siteDir, 'hosts', h.name), '--ca', o.caFile, '--provider-api', `127.0.0.1:${known?.providerApiPort ?? 0}`, '--host', 'libvirt', '--libvirt-uri', virsh.uri, '--libvirt-prefix', domainPrefix(tag, h.name), '--libvirt-boot-dir', bootDir(guest), '--listen', `127.0.0.1:${known?.replicationPort ?? 0}`, '--retry-backoff', '5s,10s,20s', '--retry-every', '30s', '--log-level', 'warn'];
     const a = await o.spawn(args, path.join(siteDir, 'hosts', `${h.name}.log`), (l) => typeof l.api === 'string', h.name);
     const replicationPort = Number(a.line.replicationPort);
-    await updateState(dir, (s) => (s.hosts[h.name] = { replicationPort }));
-    agents.push({ host: h.name, hostId: h.name, fabric: f.name, api: String(a.line.api), pid: a.pid, replicationPort, nbdSocket: String(a.line.nbdSocket ?? '') });
+    const providerApi = String(a.line.providerApi);
+    const providerApiPort = Number(new URL(providerApi).port);
+    // printed until the agent is enrolled; the first one stays in the site file
+    const agentFingerprint = typeof a.line.bootstrapFingerprint === 'string' ? a.line.bootstrapFingerprint : known?.agentFingerprint;
+    await updateState(dir, (s) => (s.hosts[h.name] = { replicationPort, providerApiPort, agentFingerprint }));
+    agents.push({ host: h.name, hostId: h.name, fabric: f.name, api: String(a.line.api), pid: a.pid, replicationPort, nbdSocket: String(a.line.nbdSocket ?? ''), providerApi, agentFingerprint });
   }
-  await writeFileAtomic(path.join(siteDir, 'agents.json'), `${JSON.stringify(agents, null, 2)}\n`, 0o644);
+  await writeFileAtomic(path.join(siteDir, 'agents.json'), `${JSON.stringify(agents.map(({ providerApi: _p, agentFingerprint: _f, ...a }) => a), null, 2)}\n`, 0o644);
 
   const site: Omit<LibvirtSiteConfig, 'domains'> & { domains: { include: string[] } } = {
     name: f.name,
     ...(f.server ? { server: f.server } : {}),
     dir: path.join(siteDir, 'provider'),
-    hosts: agents.map((a) => ({ name: a.host, agent: a.api, addresses: ['127.0.0.1'], replicationPort: a.replicationPort!, ...(f.osVersion ? { osVersion: f.osVersion } : {}) })),
+    hosts: agents.map((a) => ({ name: a.host, agent: a.providerApi, ...(a.agentFingerprint !== undefined ? { agentFingerprint: a.agentFingerprint } : {}), addresses: ['127.0.0.1'], replicationPort: a.replicationPort!, ...(f.osVersion ? { osVersion: f.osVersion } : {}) })),
     clouds: f.clouds.map((c) => ({ name: c.name, hostGroups: c.hostGroups.map((g) => ({ name: g.name, hosts: g.hosts.map((h) => h.name) })) })),
     networks: f.vmNetworks.map((n) => ({ libvirt: networkName(tag, f, n.name), vmNetwork: n.name, logicalNetwork: n.logicalNetwork, subnets: n.subnets })),
     storage: f.storage.locations.map((l) => ({ pool: poolName(tag, f, l.name), classification: l.classification })),

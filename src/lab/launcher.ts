@@ -295,7 +295,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
           // the launcher starts a kvm site's agents (and its domains); its provider finds them in the site file
           const spawnAgent = (args: string[], logFile: string, ready: (l: Record<string, unknown>) => boolean, host: string) =>
             spawnReady(args, logFile, ready, { onSpawn: spawned('agent', host), signal: o.signal }).then((r) => ({ pid: r.child.pid!, line: r.line }));
-          siteFile = (await startKvmSite({ dir, f, siteDir: path.join(sitesDir, id), guest, virsh, spawn: spawnAgent, out })).siteFile;
+          siteFile = (await startKvmSite({ dir, f, siteDir: path.join(sitesDir, id), guest, virsh, spawn: spawnAgent, out, caFile })).siteFile;
         } else {
           const site: SiteConfig = { ...f, lab: { dir: `./${id}` } };
           await writeFileAtomic(siteFile, YAML.stringify(site), 0o644);

@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import YAML from 'yaml';
 import { Virsh } from '../../src/agent/libvirt/virsh.js';
+import { AgentClient } from '../../src/cli/agent-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { kvmLabTag } from '../../src/lab/kvm-lab.js';
@@ -109,6 +110,13 @@ describe('the lab on libvirt', { skip, timeout: 1_800_000 }, () => {
     const protectedItem = await item('web01');
     assert.equal(protectedItem.state, 'Protected');
     assert.ok(protectedItem.lastRecoveryPointAt);
+    // the providers reach their agents over the provider channel, so the replica was given to
+    // New York's host by the vault's grant: it takes the VM only from a certificate of that fabric
+    const chiSite = YAML.parse(text(path.join(dir, 'sites', 'kvm-chicago.yaml'))) as { hosts: { agent: string }[] };
+    assert.match(chiSite.hosts[0]!.agent, /^https:\/\/127\.0\.0\.1:\d+$/);
+    const chiAgent = (JSON.parse(text(path.join(dir, 'sites', 'kvm-chicago', 'agents.json'))) as { api: string }[])[0]!;
+    const replicas = await new AgentClient(chiAgent.api).get<{ vm: string; source: string | null; sourceFabric: string | null }[]>('/v1/replicas');
+    assert.deepEqual(replicas.map((r) => [r.vm, r.source, r.sourceFabric]), [['web01', 'ny-kvm01', 'kvm-newyork']]);
 
     // the drill: the point boots at Chicago on a network of its own while replication goes on
     await osr('item', 'test-failover', 'web01', '--network', 'temporary', '--wait');
