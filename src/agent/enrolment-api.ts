@@ -95,13 +95,20 @@ export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
     { schema: { body: { type: 'object', required: ['crl'], additionalProperties: false, properties: { crl: { type: 'string', maxLength: 4 * 1024 * 1024 } } } } },
     async (req) => {
       if (!tls.crlFile) throw new OsrError('NOT_SUPPORTED', 'this agent was started without a revocation list file: give it --crl FILE or --pki-dir');
-      let serials: string[];
+      const ca = fs.readFileSync(tls.caFile, 'utf8');
+      let list: Awaited<ReturnType<typeof readCrl>>;
       try {
-        serials = (await readCrl(req.body.crl, fs.readFileSync(tls.caFile, 'utf8'))).serials;
+        list = await readCrl(req.body.crl, ca);
       } catch (e) {
         throw new OsrError('INVALID_ARGUMENT', `${(e as Error).message} (the agent's CA)`, { field: 'crl' });
       }
+      const serials = list.serials;
       const current = fs.existsSync(tls.crlFile) ? fs.readFileSync(tls.crlFile, 'utf8') : undefined;
+      // never back to an older list: it could leave out a certificate revoked since (a list of another CA is replaced)
+      const held = current !== undefined ? await readCrl(current, ca).catch(() => undefined) : undefined;
+      if (held !== undefined && list.thisUpdate.getTime() < held.thisUpdate.getTime()) {
+        throw new OsrError('INVALID_ARGUMENT', `the revocation list was made at ${list.thisUpdate.toISOString()}, before the one this agent holds (${held.thisUpdate.toISOString()}): an older list is not taken`, { field: 'crl', thisUpdate: list.thisUpdate.toISOString(), held: held.thisUpdate.toISOString() });
+      }
       if (current !== req.body.crl) {
         await writeFileAtomic(tls.crlFile, req.body.crl, 0o644);
         await agent.reloadTls();

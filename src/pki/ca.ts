@@ -139,8 +139,8 @@ export async function createCrl(ca: CaMaterial, revoked: readonly RevokedCertifi
   return x509.PemConverter.encode(crl.rawData, 'X509 CRL');
 }
 
-/** The serial numbers (lower-case hex) a revocation list lists, after checking that `ca` signed it. */
-export async function readCrl(pem: string, caPem: string): Promise<{ serials: string[]; nextUpdate: Date | undefined }> {
+/** The serial numbers (lower-case hex) a revocation list lists and when it was made, after checking that `ca` signed it. */
+export async function readCrl(pem: string, caPem: string): Promise<{ serials: string[]; thisUpdate: Date; nextUpdate: Date | undefined }> {
   let crl: x509.X509Crl;
   try {
     crl = new x509.X509Crl(pem);
@@ -151,7 +151,7 @@ export async function readCrl(pem: string, caPem: string): Promise<{ serials: st
   }
   const caCert = parseCertificate(caPem, 'CA certificate');
   if (!(await crl.verify({ publicKey: caCert.publicKey }))) throw new OsrError('CONFIG_INVALID', 'the revocation list is not signed by this CA');
-  return { serials: crl.entries.map((e) => e.serialNumber.toLowerCase()), nextUpdate: crl.nextUpdate };
+  return { serials: crl.entries.map((e) => e.serialNumber.toLowerCase()), thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate };
 }
 
 /** Creates a self-signed CA that may sign end-entity certificates only (path length 0). */

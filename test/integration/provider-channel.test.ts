@@ -167,7 +167,7 @@ describe('an enrolled agent', () => {
     assert.match(log, /"peer":"prov-2","role":"provider".*site-b/);
   });
 
-  test('a revoked provider is refused once the list names it; an expired list lets only a newer list in', async () => {
+  test('a revoked provider is refused once the list names it; an expired list lets only a newer list in; an older list is never taken', async () => {
     assert.equal((await raw(a, certs.revoked!, 'GET', '/v1/status')).status, 200);
     const day = 86_400_000;
     const list = await createCrl(ca, [{ serialNumber: revokedSerial, revokedAt: new Date() }], { nextUpdate: new Date(Date.now() + day) });
@@ -177,12 +177,21 @@ describe('an enrolled agent', () => {
     assert.match(r.body.message!, /revoked/);
     assert.equal((await raw(a, certs.provider!, 'GET', '/v1/status')).status, 200);
 
-    const expired = await createCrl(ca, [], { thisUpdate: new Date(Date.now() - 3 * day), nextUpdate: new Date(Date.now() - day) });
+    // a list made before the one held: it could leave out a certificate revoked since
+    const older = await createCrl(ca, [], { thisUpdate: new Date(Date.now() - 3 * day), nextUpdate: new Date(Date.now() + day) });
+    const o = await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: older });
+    assert.equal(o.body.code, 'INVALID_ARGUMENT');
+    assert.match(o.body.message!, /before the one this agent holds/);
+    assert.equal((await raw(a, certs.revoked!, 'GET', '/v1/status')).body.code, 'AUTH_FAILED', 'the revoked provider stays refused');
+
+    const expired = await createCrl(ca, [], { thisUpdate: new Date(Date.now() - 60_000), nextUpdate: new Date(Date.now() - 30_000) });
     assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: expired })).status, 200);
     const e = await raw(a, certs.provider!, 'GET', '/v1/status');
     assert.equal(e.body.code, 'AUTH_FAILED');
     assert.match(e.body.message!, /revocation list expired/);
-    assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: list })).status, 200, 'a newer list is taken');
+    assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: list })).body.code, 'INVALID_ARGUMENT', 'the first list is older than the expired one');
+    const newer = await createCrl(ca, [{ serialNumber: revokedSerial, revokedAt: new Date() }], { thisUpdate: new Date(), nextUpdate: new Date(Date.now() + day) });
+    assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: newer })).status, 200, 'a newer list is taken');
     assert.equal((await raw(a, certs.provider!, 'GET', '/v1/status')).status, 200);
   });
 
