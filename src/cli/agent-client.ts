@@ -28,6 +28,8 @@ export interface AgentChannelOptions {
   fabricId: () => string;
   /** SHA-256 of the agent's bootstrap certificate (as it printed it), from the site file */
   agentFingerprint?: string | undefined;
+  /** serials (lower-case hex) the vault's revocation list names: an agent presenting one is refused */
+  revoked?: (() => ReadonlySet<string>) | undefined;
 }
 
 /** The calls made of an agent that is not enrolled yet: who it is, and its enrolment. */
@@ -116,6 +118,9 @@ export class AgentClient {
       const info = readCertificateInfo(cert.toString());
       if (info.role !== 'agent') refuse(`its certificate has role ${info.role ?? '(none)'}, not agent`);
       if (info.commonName !== c.hostName) refuse(`its certificate names ${info.commonName}, not host ${c.hostName}`);
+      const serial = cert.serialNumber.toLowerCase();
+      // a revoked key is not trusted to be the host: not even to enrol it again (that is done on the host)
+      if (c.revoked?.().has(serial)) refuse(`its certificate (serial ${serial}) was revoked by the vault; enrol it anew on the host: remove its DATA/pki, start it with --ca (the vault's CA), put the bootstrapFingerprint it prints in the site file and restart the provider`);
       if (info.fabricId === c.fabricId()) {
         this.enrolledSeen = true;
         return socket;

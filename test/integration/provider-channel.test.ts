@@ -117,10 +117,12 @@ after(async () => {
 
 describe('an enrolled agent', () => {
   let a: Started;
+  let agentSerial = '';
   before(async () => {
     const pki = path.join(dir, 'pki-kvm1');
     fs.mkdirSync(pki, { recursive: true });
     const own = await issueCertificate(ca, { commonName: 'kvm1', role: 'agent', fabricId: 'site-a', ipAddresses: ['127.0.0.1'] });
+    agentSerial = own.serialNumber;
     fs.writeFileSync(path.join(pki, 'ca.crt'), ca.certPem);
     fs.writeFileSync(path.join(pki, 'kvm1.crt'), own.certPem);
     fs.writeFileSync(path.join(pki, 'kvm1.key'), own.keyPem, { mode: 0o600 });
@@ -195,8 +197,11 @@ describe('an enrolled agent', () => {
     assert.equal((await raw(a, certs.provider!, 'GET', '/v1/status')).status, 200);
   });
 
-  test('the provider\'s client checks the agent: its name and its fabric', async () => {
-    const client = (hostName: string, fabricId: string) => new AgentClient(a.ready.providerApi, { channel: { tls: () => certs.provider!, hostName, fabricId: () => fabricId } });
+  test('the provider\'s client checks the agent: its name, its fabric and the revocation list', async () => {
+    const client = (hostName: string, fabricId: string, revoked?: string[]) => new AgentClient(a.ready.providerApi, { channel: { tls: () => certs.provider!, hostName, fabricId: () => fabricId, revoked: () => new Set(revoked ?? []) } });
+    // a revoked agent key is not the host, not even to enrol it again
+    await assertRejectsCode(client('kvm1', 'site-a', [agentSerial]).get('/v1/status'), 'TLS_PEER_CERT_UNTRUSTED', /was revoked by the vault/);
+    await assertRejectsCode(client('kvm1', 'site-a', [agentSerial]).post('/v1/enrolment/key', {}), 'TLS_PEER_CERT_UNTRUSTED', /was revoked by the vault/);
     assert.equal((await client('kvm1', 'site-a').get<{ name: string }>('/v1/status')).name, 'kvm1');
     await assertRejectsCode(client('kvm2', 'site-a').get('/v1/status'), 'TLS_PEER_CERT_UNTRUSTED', /names kvm1, not host kvm2/);
     await assertRejectsCode(client('kvm1', 'site-b').get('/v1/status'), 'TLS_PEER_CERT_UNTRUSTED', /fabric site-a, not this provider's fabric site-b/);

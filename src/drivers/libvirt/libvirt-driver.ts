@@ -39,8 +39,12 @@ export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_C
 
 
 export interface LibvirtDriverOptions {
-  /** the API of a host's agent (the CLI: the local API's client) */
-  connect(host: LibvirtHostConfig): AgentApi;
+  /**
+   * the API of a host's agent (the CLI: the local API's client, or the provider channel's);
+   * `revoked` answers the serials (lower-case hex) of the vault's revocation list as the
+   * provider last had it: a client over the provider channel refuses an agent presenting one
+   */
+  connect(host: LibvirtHostConfig, revoked: () => ReadonlySet<string>): AgentApi;
   /** how long a clean shutdown may take before the domain is stopped (default 5 min) */
   shutdownTimeout?: string | undefined;
 }
@@ -70,6 +74,8 @@ export class LibvirtFabric implements FabricManagement {
   private readonly apis = new Map<string, AgentApi>();
   /** hosts whose agent answered and is enrolled */
   private readonly up = new Set<string>();
+  /** the serials the vault's revocation list names, as last handed to the provider */
+  private revokedSerials: ReadonlySet<string> = new Set();
   /** each host's libvirt inventory, as last read */
   private readonly hostInventories = new Map<string, AgentHostInventory>();
   /** the site's domains by id (UUID), as last read */
@@ -124,7 +130,7 @@ export class LibvirtFabric implements FabricManagement {
   private async bringUp(h: LibvirtHostConfig): Promise<boolean> {
     const ctx = this.ctx;
     if (!ctx) return false;
-    const api = this.apis.get(h.name) ?? this.o.connect(h);
+    const api = this.apis.get(h.name) ?? this.o.connect(h, () => this.revokedSerials);
     this.apis.set(h.name, api);
     try {
       const status = await api.get<{ name: string }>('/v1/status');
@@ -154,12 +160,15 @@ export class LibvirtFabric implements FabricManagement {
 
   /**
    * The vault's revocation list, for the agents: a host whose own certificate it names, or
-   * that is due for renewal, is enrolled again first; then each agent gets the list.
+   * that is due for renewal, is enrolled again first; then each agent gets the list. An
+   * agent reached over the provider channel whose certificate the list names is refused by
+   * its client (agent-client.ts) and is not enrolled again: it is enrolled anew on its host.
    */
   async revocationList(pem: string): Promise<void> {
     const ctx = this.ctx;
     if (!ctx) return;
     const { serials } = await readCrl(pem, ctx.vaultCa);
+    this.revokedSerials = new Set(serials);
     for (const name of this.up) {
       const api = this.agent(name);
       try {
