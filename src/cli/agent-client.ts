@@ -30,6 +30,10 @@ export interface AgentChannelOptions {
   agentFingerprint?: string | undefined;
   /** serials (lower-case hex) the vault's revocation list names: an agent presenting one is refused */
   revoked?: (() => ReadonlySet<string>) | undefined;
+  /** whether the provider saw the host enrolled since the site file gave `agentFingerprint` (kept across its restarts): the bootstrap certificate is then refused */
+  bootstrapSpent?: (() => boolean) | undefined;
+  /** told when the agent presents its certificate from the vault's CA */
+  onEnrolled?: (() => void) | undefined;
 }
 
 /** The calls made of an agent that is not enrolled yet: who it is, and its enrolment. */
@@ -122,6 +126,7 @@ export class AgentClient {
       // a revoked key is not trusted to be the host: not even to enrol it again (that is done on the host)
       if (c.revoked?.().has(serial)) refuse(`its certificate (serial ${serial}) was revoked by the vault; enrol it anew on the host: remove its DATA/pki, start it with --ca (the vault's CA), put the bootstrapFingerprint it prints in the site file and restart the provider`);
       if (info.fabricId === c.fabricId()) {
+        if (!this.enrolledSeen) c.onEnrolled?.();
         this.enrolledSeen = true;
         return socket;
       }
@@ -130,7 +135,7 @@ export class AgentClient {
     const fingerprint = cert.fingerprint256;
     if (c.agentFingerprint === undefined) return refuse(`its certificate is not from the vault's CA (${String(socket.authorizationError)}), and the site file gives no agentFingerprint to enrol it by (the agent prints its bootstrapFingerprint when it starts)`);
     if (fingerprint.toUpperCase() !== c.agentFingerprint.toUpperCase()) return refuse(`its certificate's fingerprint ${fingerprint} is not the site file's agentFingerprint ${c.agentFingerprint}`);
-    if (this.enrolledSeen) return refuse('it presented its bootstrap certificate after it was enrolled');
+    if (this.enrolledSeen || c.bootstrapSpent?.() === true) return refuse('it presented its bootstrap certificate after it was enrolled (a host enrolled anew prints a new bootstrapFingerprint: put it in the site file)');
     if (!BOOTSTRAP_CALLS.has(call)) return refuse(`it is not enrolled yet: ${call} waits until it holds a certificate from the vault's CA`);
     return socket;
   }

@@ -57,10 +57,10 @@ export function addProviderCommand(program: Command): void {
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);
         driver = new LibvirtFabricDriver(s, {
-          connect: (h, revoked) =>
+          connect: (h, trust) =>
             h.agent.startsWith('https:')
               ? // the provider channel: the provider's own certificate, read when each connection is made (renewals included)
-                new AgentClient(h.agent, { channel: { tls: () => providerChannel().registration.tls, fabricId: () => providerChannel().registration.fabricId, hostName: h.name, agentFingerprint: h.agentFingerprint, revoked } })
+                new AgentClient(h.agent, { channel: { tls: () => providerChannel().registration.tls, fabricId: () => providerChannel().registration.fabricId, hostName: h.name, agentFingerprint: h.agentFingerprint, revoked: trust.revoked, bootstrapSpent: trust.bootstrapSpent, onEnrolled: trust.enrolledSeen } })
               : new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined }),
         });
       } else {

@@ -223,6 +223,9 @@ describe('an agent not enrolled yet', () => {
     const wrong = fp.replace(/^../, fp.startsWith('00') ? '11' : '00');
     await assertRejectsCode(client(wrong).get('/v1/status'), 'TLS_PEER_CERT_UNTRUSTED', /not the site file's agentFingerprint/);
     await assertRejectsCode(client(undefined).get('/v1/status'), 'TLS_PEER_CERT_UNTRUSTED', /no agentFingerprint/);
+    // a provider that saw the host enrolled since the site file gave this fingerprint (it keeps that across restarts) takes it no more
+    const spent = new AgentClient(b.ready.providerApi, { channel: { tls: () => certs.provider!, hostName: 'kvm2', fabricId: () => 'site-a', agentFingerprint: fp, bootstrapSpent: () => true } });
+    await assertRejectsCode(spent.get('/v1/status'), 'TLS_PEER_CERT_UNTRUSTED', /after it was enrolled/);
     const pinned = client(fp);
     assert.equal((await pinned.get<{ name: string }>('/v1/status')).name, 'kvm2');
     await assertRejectsCode(pinned.get('/v1/vms'), 'TLS_PEER_CERT_UNTRUSTED', /not enrolled yet/);
@@ -301,6 +304,9 @@ clouds:
     assert.equal(info.fabricId, fabric.id, 'the vault named the provider\'s fabric in the agent\'s certificate');
     // the provider drives the enrolled agent over the channel: the host is up and the agent took the revocation list
     await waitFor('the host up at the provider', () => /is up/.test(fs.readFileSync(log, 'utf8')), 30_000, 200);
+    // its bootstrap certificate is spent, across the provider's restarts: kept in its state
+    const stateFile = path.join(dir, 'provider', 'libvirt-state.json');
+    await waitFor('the enrolment kept by the provider', () => fs.existsSync(stateFile) && (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { enrolled?: Record<string, { agentFingerprint: string }> }).enrolled?.[host]?.agentFingerprint === agent.ready.bootstrapFingerprint!.toUpperCase(), 30_000, 200);
     const refusals = fs.readFileSync(agent.log, 'utf8').split('\n').filter((l) => l.includes('provider channel: refused'));
     assert.deepEqual(refusals, [], 'the provider made no call the channel refuses');
   });

@@ -40,13 +40,22 @@ export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_C
 
 export interface LibvirtDriverOptions {
   /**
-   * the API of a host's agent (the CLI: the local API's client, or the provider channel's);
-   * `revoked` answers the serials (lower-case hex) of the vault's revocation list as the
-   * provider last had it: a client over the provider channel refuses an agent presenting one
+   * the API of a host's agent (the CLI: the local API's client, or the provider channel's,
+   * which takes what the driver knows of the host's trust)
    */
-  connect(host: LibvirtHostConfig, revoked: () => ReadonlySet<string>): AgentApi;
+  connect(host: LibvirtHostConfig, trust: AgentTrust): AgentApi;
   /** how long a clean shutdown may take before the domain is stopped (default 5 min) */
   shutdownTimeout?: string | undefined;
+}
+
+/** What the driver knows of a host's agent, for the client that reaches it over the provider channel. */
+export interface AgentTrust {
+  /** the serials (lower-case hex) of the vault's revocation list as the provider last had it */
+  revoked(): ReadonlySet<string>;
+  /** whether the host was seen enrolled since the site file gave its bootstrap fingerprint: that bootstrap certificate is spent */
+  bootstrapSpent(): boolean;
+  /** the agent presented its certificate from the vault's CA (recorded once, durably) */
+  enrolledSeen(): void;
 }
 
 export class LibvirtFabricDriver implements FabricDriver {
@@ -126,11 +135,24 @@ export class LibvirtFabric implements FabricManagement {
     await this.refresh();
   }
 
+  private trustOf(h: LibvirtHostConfig): AgentTrust {
+    const fingerprint = h.agentFingerprint?.toUpperCase() ?? null;
+    return {
+      revoked: () => this.revokedSerials,
+      bootstrapSpent: () => this.state.enrolled[h.name] !== undefined && this.state.enrolled[h.name]!.agentFingerprint === fingerprint,
+      enrolledSeen: () => {
+        if (this.state.enrolled[h.name]?.agentFingerprint === fingerprint) return;
+        this.state.enrolled[h.name] = { agentFingerprint: fingerprint, at: new Date().toISOString() };
+        this.writer.save(this.state).catch((e: unknown) => this.ctx?.log.warn({ host: h.name, err: toOsrError(e).message }, `that host ${h.name} is enrolled was not saved`));
+      },
+    };
+  }
+
   /** Reach a host's agent, check it is the host's, and enrol it (a host that does not answer is tried again at the next inventory). */
   private async bringUp(h: LibvirtHostConfig): Promise<boolean> {
     const ctx = this.ctx;
     if (!ctx) return false;
-    const api = this.apis.get(h.name) ?? this.o.connect(h, () => this.revokedSerials);
+    const api = this.apis.get(h.name) ?? this.o.connect(h, this.trustOf(h));
     this.apis.set(h.name, api);
     try {
       const status = await api.get<{ name: string }>('/v1/status');

@@ -68,6 +68,12 @@ export interface LibvirtState {
   promoted: Record<string, { epoch: number; at: string }>;
   demoted: Record<string, { epoch: number; itemId: string; at: string }>;
   fenced: Record<string, { epoch: number; at: string }>;
+  /**
+   * hosts whose agent presented its certificate from the vault's CA over the provider
+   * channel, with the site file's bootstrap fingerprint then: that bootstrap certificate is
+   * spent, and is not taken again (a new fingerprint in the site file is a new enrolment)
+   */
+  enrolled: Record<string, { agentFingerprint: string | null; at: string }>;
 }
 
 const FILE = 'libvirt-state.json';
@@ -75,7 +81,7 @@ const FILE = 'libvirt-state.json';
 export function loadState(dir: string): LibvirtState {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const file = path.join(dir, FILE);
-  const empty: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {} };
+  const empty: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {} };
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
