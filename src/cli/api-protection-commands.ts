@@ -1,7 +1,7 @@
 /** `osr fabric`, `osr inventory` and `osr item`: what providers report, and protected items. */
 import { Option, type Command } from 'commander';
 import { OsrError, toOsrError } from '../domain/errors.js';
-import { INVENTORY_KINDS, type Fabric, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
+import { INVENTORY_KINDS, type Fabric, type HostAdmission, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
 import { ago, asJson, byIdOrName, fields, int, isNotFound, print, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
 import { formatBytes, formatSeconds, table } from './format.js';
 import { changePointBody, changePointFlags, cleanupBody, cleanupFlags, testFailoverBody, testFailoverFlags, unplannedBody, unplannedFlags, type ChangePointFlags, type CleanupFlags, type TestFailoverFlags, type UnplannedFlags } from './failover-flags.js';
@@ -92,6 +92,30 @@ const itemState = (i: ProtectedItem) => (i.progress !== null && i.progress !== u
 
 export function addProtectionCommands(program: Command): void {
   const out = (data: unknown, human: () => string) => print(program, data, human);
+
+  // ---- host admission ----------------------------------------------------------------------
+  const host = program.command('host').description('host admission: the vault certifies a host\'s agent only once it admitted the host (the fabric\'s first inventory, or an Owner)');
+  host
+    .command('admissions')
+    .description('the hosts fabrics report and whether the vault admitted them')
+    .option('--fabric <id>', 'one fabric\'s hosts')
+    .option('--pending', 'only the hosts waiting for an Owner\'s approval')
+    .action((o: { fabric?: string; pending?: boolean }) =>
+      withApi(program, async (api) => {
+        const q = new URLSearchParams({ ...(o.fabric !== undefined ? { fabric: o.fabric } : {}), ...(o.pending ? { state: 'pending' } : {}) }).toString();
+        const r = await api.get<ListAnswer<HostAdmission>>(`/host-admissions${q ? `?${q}` : ''}`);
+        out(r, () => table(r.items.map((a) => ({ fabric: a.fabricId, host: a.host, state: a.state, 'first seen': when(a.firstSeenAt), decided: when(a.decidedAt), by: a.decidedBy }))));
+      }),
+    );
+  host
+    .command('approve <fabric> <host>')
+    .description('admit a host its fabric reported after its first inventory, once you know it is yours: its provider then enrols its agent (Owner)')
+    .action((fabricId: string, name: string) =>
+      withApi(program, async (api) => {
+        const a = await api.post<HostAdmission>(`/host-admissions/${encodeURIComponent(fabricId)}/${encodeURIComponent(name)}/approve`);
+        out(a, () => `host ${a.host} of fabric ${a.fabricId} is admitted (by ${a.decidedBy ?? '?'}, ${when(a.decidedAt) ?? ''}): its provider enrols its agent at its next inventory`);
+      }),
+    );
 
   // ---- fabric ------------------------------------------------------------------------------
   const fabric = program.command('fabric').description('fabrics: the management servers registered with the vault, with their providers');

@@ -365,3 +365,18 @@ export interface AlertSettings {
   emails: string[];
   smtp: { host: string; port: number; secure: boolean; from: string; user?: string; password?: string } | null;
 }
+
+/** Whether the vault admitted a host of a fabric: it certifies an agent only for an admitted host (docs/security.md). */
+export type AdmissionState = 'admitted' | 'pending';
+
+export interface HostAdmission {
+  fabricId: string;
+  /** the host's name in the fabric's inventory (its agent certificate's common name) */
+  host: string;
+  state: AdmissionState;
+  /** ISO times */
+  firstSeenAt: string;
+  decidedAt: string | null;
+  /** 'first-inventory', 'upgrade' (certified before admission existed), or the Owner's token that approved it */
+  decidedBy: string | null;
+}

@@ -4,6 +4,7 @@ import { CertificateStore } from './certificates.js';
 import { CommandStore } from './commands.js';
 import { ConfigStore } from './config.js';
 import { openDatabase, type OpenDatabaseOptions, type VaultDatabase } from './database.js';
+import { HostAdmissionStore } from './host-admissions.js';
 import { FabricStore } from './inventory.js';
 import { ItemStore } from './items.js';
 import { JobStore } from './jobs.js';
@@ -17,6 +18,7 @@ export interface VaultStore {
   items: ItemStore;
   activity: ActivityStore;
   certificates: CertificateStore;
+  hostAdmissions: HostAdmissionStore;
   close(): Promise<void>;
 }
 
@@ -31,6 +33,7 @@ export function storeOn(database: VaultDatabase, now: () => number = Date.now): 
     items: new ItemStore(db, now, dialect),
     activity: new ActivityStore(db, now),
     certificates: new CertificateStore(db, now),
+    hostAdmissions: new HostAdmissionStore(db, now),
     close: () => database.close(),
   };
 }

@@ -280,6 +280,27 @@ const MIGRATIONS: readonly Migration[] = [
       await db.schema.alterTable('fabrics').addColumn('capabilities', 'text').execute();
     },
   },
+  {
+    version: 7,
+    name: 'host admission: which hosts of a fabric the vault certifies, as its first inventory or an Owner said',
+    async up(db) {
+      await db.schema
+        .createTable('host_admissions')
+        .addColumn('fabric_id', 'text', (c) => c.notNull())
+        .addColumn('host_name', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('first_seen_at', 'bigint', (c) => c.notNull())
+        .addColumn('decided_at', 'bigint')
+        .addColumn('decided_by', 'text')
+        .addPrimaryKeyConstraint('host_admissions_pk', ['fabric_id', 'host_name'])
+        .execute();
+      // the hosts fabrics report already were certified before admission existed: they stay so
+      const hosts = await db.selectFrom('inventory').select(['fabric_id', 'name']).where('kind', '=', 'host').execute();
+      const at = Date.now();
+      const rows = [...new Map(hosts.map((h) => [`${h.fabric_id}\u0000${h.name}`, h])).values()].map((h) => ({ fabric_id: h.fabric_id, host_name: h.name, state: 'admitted', first_seen_at: at, decided_at: at, decided_by: 'upgrade' }));
+      for (let i = 0; i < rows.length; i += 500) await db.insertInto('host_admissions').values(rows.slice(i, i + 500)).execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

@@ -220,6 +220,19 @@ export interface AlertsTable {
   deliveries: string;
 }
 
+/** Which hosts of a fabric the vault certifies: admitted by the fabric's first inventory or an Owner, or waiting for one. */
+export interface HostAdmissionsTable {
+  fabric_id: string;
+  /** the host's name in the fabric's inventory: its agent certificate's common name */
+  host_name: string;
+  /** 'admitted' or 'pending' */
+  state: string;
+  first_seen_at: number;
+  decided_at: number | null;
+  /** 'first-inventory', or the token's name of the Owner who approved it */
+  decided_by: string | null;
+}
+
 /** Certificates the vault's CA issued to providers and agents, and whether they were taken back. */
 export interface CertificatesTable {
   /** lower-case hex */
@@ -278,6 +291,7 @@ export interface Database {
   settings: SettingsTable;
   provider_commands: ProviderCommandsTable;
   certificates: CertificatesTable;
+  host_admissions: HostAdmissionsTable;
 }
 
 export type JobRow = Selectable<JobsTable>;

@@ -101,6 +101,8 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           const targetHosts: PlacementHost[] = [];
           for (const hg of props<{ hostGroups: string[] }>(target).hostGroups) {
             for (const h of await store.fabrics.objects('host', { parentId: hg, limit: 1000 })) {
+              // a host the vault has not admitted holds no replica (docs/security.md, host admission)
+              if ((await store.hostAdmissions.get(target.fabricId, h.name))?.state !== 'admitted') continue;
               const hp = props<{ osVersion: string; logicalNetworks: string[]; storageLocations: string[] }>(h);
               targetHosts.push({ id: h.id, name: h.name, osVersion: hp.osVersion, logicalNetworks: hp.logicalNetworks, storageLocations: hp.storageLocations });
             }

@@ -10,6 +10,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, test } from 'node:test';
 import { systemClock } from '../../src/domain/clock.js';
+import type { HostAdmission } from '../../src/domain/resources.js';
 import { generateKeyPairPem, readCertificateInfo, readCrl } from '../../src/pki/index.js';
 import { ProviderChannel } from '../../src/provider/channel.js';
 import { loadRegistration, registerWithVault } from '../../src/provider/registration.js';
@@ -94,6 +95,43 @@ test('the vault renews its own server certificate two thirds into its life, with
   } finally {
     await w.close();
   }
+});
+
+test('host admission: the first inventory\'s hosts are certified; a host reported later only once an Owner approved it', async () => {
+  const f = await provider('VMM-Adm', 'adm');
+  // its inventory is put by hand from here on
+  await f.p.stop();
+  const { publicKeyPem } = await generateKeyPairPem();
+  const first = await v.api.request<{ items: HostAdmission[] }>('GET', `/api/v1/host-admissions?fabric=${f.p.fabricId}`);
+  assert.deepEqual(first.items.map((a) => [a.host, a.state, a.decidedBy]), f.hosts.map((h) => [h, 'admitted', 'first-inventory']));
+  await f.channel.enrolAgent(f.hosts[0]!, publicKeyPem);
+
+  // what a stolen provider key could do: report a host of its own, and ask for its certificate
+  const inv = siteInventory('adm', ['Cloud'], 0);
+  inv.hosts[0]!.addresses = ['10.20.30.40', `${inv.hosts[0]!.name}.example.org`];
+  inv.hosts.push({ ...inv.hosts[1]!, id: 'rogue', name: 'adm-rogue', addresses: ['10.66.66.66'] });
+  inv.hostGroups[0]!.hosts.push('rogue');
+  await f.channel.putInventory(inv);
+  await assertRejectsCode(f.channel.enrolAgent('adm-rogue', publicKeyPem), 'HOST_NOT_APPROVED', /osr host approve vmm-adm adm-rogue/);
+  const pending = await v.api.request<{ items: HostAdmission[] }>('GET', '/api/v1/host-admissions?state=pending');
+  assert.deepEqual(pending.items.map((a) => [a.fabricId, a.host]), [['vmm-adm', 'adm-rogue']]);
+  const events = (await v.api.request<{ items: { kind: string; message: string }[] }>('GET', `/api/v1/events?target=${f.p.fabricId}`)).items;
+  assert.ok(events.some((e) => e.kind === 'host.admission-pending' && e.message.includes('adm-rogue')), 'an event says a host waits');
+
+  // only an Owner approves
+  const reader = (await v.api.request<{ secret: string }>('POST', '/api/v1/tokens', { name: 'adm-reader', role: 'Reader' })).secret;
+  await assertRejectsCode(v.as(reader).request('POST', '/api/v1/host-admissions/vmm-adm/adm-rogue/approve'), 'FORBIDDEN');
+  await assertRejectsCode(v.api.request('POST', '/api/v1/host-admissions/vmm-adm/nobody/approve'), 'NOT_FOUND');
+  const approved = await v.api.request<HostAdmission>('POST', '/api/v1/host-admissions/vmm-adm/adm-rogue/approve');
+  assert.equal(approved.state, 'admitted');
+  assert.ok(approved.decidedBy);
+  assert.equal(readCertificateInfo((await f.channel.enrolAgent('adm-rogue', publicKeyPem)).certificate).commonName, 'adm-rogue');
+
+  // a host that leaves the inventory loses its admission: back again, it waits for an Owner anew
+  const without = siteInventory('adm', ['Cloud'], 0);
+  await f.channel.putInventory(without);
+  await f.channel.putInventory(inv);
+  await assertRejectsCode(f.channel.enrolAgent('adm-rogue', publicKeyPem), 'HOST_NOT_APPROVED');
 });
 
 test('a host removed from the inventory, or a removed fabric, has its certificates on the revocation list the vault publishes', async () => {

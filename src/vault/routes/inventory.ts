@@ -1,7 +1,8 @@
 /** Fabrics and what their providers report: clouds, host groups, hosts, networks, storage, VMs. */
 import { Type } from '@fastify/type-provider-typebox';
 import type { InventoryKind } from '../../domain/resources.js';
-import { page, type App, type VaultContext } from '../context.js';
+import { Severity } from '../../domain/resources.js';
+import { page, principal, type App, type VaultContext } from '../context.js';
 import { IdParam, PageQuery } from '../schemas.js';
 
 /** URL path → inventory kind */
@@ -29,6 +30,30 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
     await ctx.store.certificates.revokeFabric(request.params.id, 'fabric removed');
     return reply.status(204).send();
   });
+
+  // host admission: which hosts the vault certifies (the first inventory's, and those an Owner approved)
+  app.get(
+    '/host-admissions',
+    {
+      config: { access: 'read' },
+      schema: { summary: 'hosts of each fabric and whether the vault admitted them (it certifies an agent only for an admitted host)', tags, querystring: Type.Object({ fabric: Type.Optional(Type.String({ maxLength: 200 })), state: Type.Optional(Type.Union([Type.Literal('admitted'), Type.Literal('pending')])) }) },
+    },
+    async (request) => ({ items: await ctx.store.hostAdmissions.list({ fabricId: request.query.fabric, state: request.query.state }), next: null }),
+  );
+  app.post(
+    '/host-admissions/:fabric/:host/approve',
+    {
+      config: { access: 'admin' },
+      schema: { summary: 'admit a host its fabric reported after its first inventory: its agent may be certified from now on (Owner)', tags, params: Type.Object({ fabric: Type.String({ minLength: 1, maxLength: 200 }), host: Type.String({ minLength: 1, maxLength: 253 }) }) },
+    },
+    async (request) => {
+      const { fabric, host } = request.params;
+      const before = await ctx.store.hostAdmissions.get(fabric, host);
+      const a = await ctx.store.hostAdmissions.approve(fabric, host, principal(request).actor);
+      if (before?.state !== 'admitted') await ctx.alerting.event({ target: fabric, kind: 'host.admitted', severity: Severity.Info, message: `host ${host} of fabric ${fabric} admitted by ${a.decidedBy}: its agent may be certified`, details: { host, by: a.decidedBy } });
+      return a;
+    },
+  );
 
   const ListQuery = Type.Object({ fabric: Type.Optional(Type.String({ maxLength: 200 })), parent: Type.Optional(Type.String({ maxLength: 300 })), ...PageQuery });
   for (const [pathName, kind, what] of KINDS) {

@@ -154,7 +154,13 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     async (request) => {
       const fabricId = principal(request).fabricId!;
       const doc = scoped(request.body.inventory as InventoryDocument, request.body.scope ?? 'all');
+      const first = (await store.fabrics.get(fabricId)).inventoryAt === null;
       const changes = await store.fabrics.replaceInventory(fabricId, doc);
+      // the first inventory's hosts are admitted with it; a host that appears later waits for an Owner
+      const pending = await store.hostAdmissions.reported(fabricId, doc.hosts.map((h) => h.name), first);
+      for (const host of pending) {
+        await alerting.event({ target: fabricId, kind: 'host.admission-pending', severity: Severity.Warning, message: `fabric ${fabricId} reports a new host ${host}: its agent is certified once an Owner approves it (osr host approve ${fabricId} ${host})`, details: { host } });
+      }
       // a host gone from the inventory keeps no certificate: its agent's are revoked
       for (const c of changes) {
         if (c.kind !== 'host' || c.change !== 'removed') continue;
@@ -279,6 +285,10 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const p = principal(request);
       const b = request.body;
       const names = await agentCertificateNames(store, p.fabricId!, b);
+      const admission = await store.hostAdmissions.get(p.fabricId!, b.name);
+      if (admission?.state !== 'admitted') {
+        throw new OsrError('HOST_NOT_APPROVED', `host ${b.name} of fabric ${p.fabricId} is not admitted: it appeared after the fabric's first inventory, and an Owner approves it first (osr host approve ${p.fabricId} ${b.name})`, { fabric: p.fabricId, host: b.name });
+      }
       // the fabric is the calling provider's, from its registration: never from the request
       const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, fabricId: p.fabricId!, ...names });
       await store.certificates.record({ serial: cert.serialNumber, fabricId: p.fabricId!, role: 'agent', commonName: b.name, notAfter: cert.notAfter.getTime() });
