@@ -134,7 +134,8 @@ export class Agent {
     ensurePrivateDir(path.join(config.dataDir, 'run'));
     fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
     this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now(), log: this.log });
-    this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now());
+    // an agent the vault enrolled into a fabric takes a replica's source only from the vault
+    this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now(), () => this.enrolled?.fabricId !== undefined);
     this.grantLedger = new GrantLedger(path.join(config.dataDir, 'grants'));
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
     this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
@@ -292,8 +293,7 @@ export class Agent {
     let peer = rest.peer;
     let grantIssuedAt: string | undefined;
     if (token !== undefined) {
-      const g = this.checkGrant(token, 'source', { replicationId: vm.id, otherHost: rest.peer.name });
-      this.grantLedger.accept(g);
+      const g = this.takeGrant(token, 'source', { replicationId: vm.id, otherHost: rest.peer.name });
       peer = { ...peer, name: g.target.host, fabricId: g.target.fabricId };
       grantIssuedAt = g.issuedAt;
     }
@@ -519,7 +519,8 @@ export class Agent {
   private async demoteNow(vmName: string, epoch?: number, source?: string, token?: string): Promise<DemoteResult> {
     const vm = this.host.get(vmName);
     if (token !== undefined && source === undefined) throw new OsrError('INVALID_ARGUMENT', 'a replication grant goes with the source it names (source)');
-    const grant = token !== undefined ? this.checkGrant(token, 'target', { replicationId: vm.id, otherHost: source }) : undefined;
+    // checked, and taken as the newest, before anything of the VM is touched
+    const grant = token !== undefined ? this.takeGrant(token, 'target', { replicationId: vm.id, otherHost: source }) : undefined;
     const r = [...this.replications.values()].find((x) => x.spec.vm === vm.name);
     const newEpoch = epoch ?? vm.spec.fenced?.epoch ?? (r ? r.spec.epoch + 1 : undefined);
     if (newEpoch === undefined) throw new OsrError('INVALID_ARGUMENT', `give the epoch ${vm.name} was promoted with elsewhere (--epoch)`);
@@ -591,6 +592,16 @@ export class Agent {
    * for this VM, naming this agent (its certificate's name and fabric) as `end` and, when
    * the caller names it, `otherHost` as the other end. AUTH_FAILED otherwise.
    */
+  /**
+   * checkGrant, and the grant must be the newest this agent took for the VM (in any role),
+   * or that one again; it is recorded as the newest, durably, before the caller acts on it.
+   */
+  takeGrant(token: string, end: 'source' | 'target', expect: { replicationId: string; otherHost?: string | undefined }): ReplicationGrant {
+    const g = this.checkGrant(token, end, expect);
+    this.grantLedger.accept(g);
+    return g;
+  }
+
   checkGrant(token: string, end: 'source' | 'target', expect: { replicationId: string; otherHost?: string | undefined }): ReplicationGrant {
     const g = verifyGrant(token, this.tls.ca);
     const me = this.enrolled;

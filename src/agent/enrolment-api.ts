@@ -106,8 +106,13 @@ export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
       const current = fs.existsSync(tls.crlFile) ? fs.readFileSync(tls.crlFile, 'utf8') : undefined;
       // never back to an older list: it could leave out a certificate revoked since (a list of another CA is replaced)
       const held = current !== undefined ? await readCrl(current, ca).catch(() => undefined) : undefined;
-      if (held !== undefined && list.thisUpdate.getTime() < held.thisUpdate.getTime()) {
-        throw new OsrError('INVALID_ARGUMENT', `the revocation list was made at ${list.thisUpdate.toISOString()}, before the one this agent holds (${held.thisUpdate.toISOString()}): an older list is not taken`, { field: 'crl', thisUpdate: list.thisUpdate.toISOString(), held: held.thisUpdate.toISOString() });
+      const older = (why: string): never => {
+        throw new OsrError('INVALID_ARGUMENT', `the revocation list ${why}: an older list is not taken`, { field: 'crl', thisUpdate: list.thisUpdate.toISOString(), crlNumber: list.crlNumber ?? null, held: held?.thisUpdate.toISOString() ?? null, heldNumber: held?.crlNumber ?? null });
+      };
+      if (held !== undefined) {
+        // the CRL number orders lists made within one second too; a list without one is older than one with
+        if (held.crlNumber !== undefined && (list.crlNumber === undefined || list.crlNumber < held.crlNumber)) older(`has CRL number ${list.crlNumber ?? '(none)'}, below the ${held.crlNumber} of the one this agent holds`);
+        if ((list.crlNumber === undefined || list.crlNumber === held.crlNumber) && list.thisUpdate.getTime() < held.thisUpdate.getTime()) older(`was made at ${list.thisUpdate.toISOString()}, before the one this agent holds (${held.thisUpdate.toISOString()})`);
       }
       if (current !== req.body.crl) {
         await writeFileAtomic(tls.crlFile, req.body.crl, 0o644);

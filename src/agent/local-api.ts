@@ -279,7 +279,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     { schema: { body: { type: 'object', required: ['source'], additionalProperties: false, properties: { source: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, claim: { type: 'boolean' }, grant: GRANT_SCHEMA } } } },
     async (req) => {
       const b = req.body;
-      const grant = b.grant !== undefined ? agent.checkGrant(b.grant, 'target', { replicationId: req.params.vmId, otherHost: b.source }) : undefined;
+      const grant = b.grant !== undefined ? agent.takeGrant(b.grant, 'target', { replicationId: req.params.vmId, otherHost: b.source }) : undefined;
       return { vmId: req.params.vmId, ...agent.replicas.authorize(req.params.vmId, b.source, { claim: b.claim === true, grant }) };
     },
   );

@@ -123,7 +123,7 @@ export interface RevokedCertificate {
  * The CA's certificate revocation list (PEM), signed by the CA, valid until `nextUpdate`
  * (a peer that checks revocation refuses every certificate once its list is past that).
  */
-export async function createCrl(ca: CaMaterial, revoked: readonly RevokedCertificate[], o: { thisUpdate?: Date; nextUpdate: Date }): Promise<string> {
+export async function createCrl(ca: CaMaterial, revoked: readonly RevokedCertificate[], o: { thisUpdate?: Date; nextUpdate: Date; crlNumber?: number }): Promise<string> {
   const caCert = parseCertificate(ca.certPem, 'CA certificate');
   const caKey = await loadCaKey(ca, caCert);
   const crl = await x509.X509CrlGenerator.create({
@@ -132,15 +132,42 @@ export async function createCrl(ca: CaMaterial, revoked: readonly RevokedCertifi
     nextUpdate: wholeSeconds(o.nextUpdate),
     signingAlgorithm: SIGNING_ALGORITHM,
     signingKey: caKey,
-    extensions: [await x509.AuthorityKeyIdentifierExtension.create(caCert.publicKey)],
+    extensions: [await x509.AuthorityKeyIdentifierExtension.create(caCert.publicKey), ...(o.crlNumber !== undefined ? [new x509.Extension(CRL_NUMBER_OID, false, derInteger(o.crlNumber))] : [])],
     entries: revoked.map((r) => ({ serialNumber: r.serialNumber, revocationDate: wholeSeconds(r.revokedAt), reason: x509.X509CrlReason.cessationOfOperation })),
   });
   // OpenSSL (and so node:tls) reads a CRL only under the X509 CRL label
   return x509.PemConverter.encode(crl.rawData, 'X509 CRL');
 }
 
-/** The serial numbers (lower-case hex) a revocation list lists and when it was made, after checking that `ca` signed it. */
-export async function readCrl(pem: string, caPem: string): Promise<{ serials: string[]; thisUpdate: Date; nextUpdate: Date | undefined }> {
+/** The CRL Number extension (RFC 5280, 5.2.3): a list with a higher number is newer. */
+const CRL_NUMBER_OID = '2.5.29.20';
+
+/** DER INTEGER of a non-negative safe integer. */
+function derInteger(n: number): Uint8Array {
+  if (!Number.isSafeInteger(n) || n < 0) throw new OsrError('INVALID_ARGUMENT', `CRL number ${n} is not a non-negative integer`);
+  const bytes: number[] = [];
+  let v = BigInt(n);
+  do {
+    bytes.unshift(Number(v & 0xffn));
+    v >>= 8n;
+  } while (v > 0n);
+  if (bytes[0]! & 0x80) bytes.unshift(0);
+  return Uint8Array.from([0x02, bytes.length, ...bytes]);
+}
+
+/** The CRL number of a list, when it carries one (undefined otherwise, or when it is not a small DER INTEGER). */
+function crlNumberOf(crl: x509.X509Crl): number | undefined {
+  const ext = crl.getExtension(CRL_NUMBER_OID);
+  if (!ext) return undefined;
+  const b = new Uint8Array(ext.value);
+  if (b.length < 3 || b[0] !== 0x02 || b[1] !== b.length - 2 || b[1]! > 7 || (b[2]! & 0x80) !== 0) return undefined;
+  let v = 0;
+  for (const x of b.subarray(2)) v = v * 256 + x;
+  return v;
+}
+
+/** The serial numbers (lower-case hex) a revocation list lists, when it was made and its CRL number, after checking that `ca` signed it. */
+export async function readCrl(pem: string, caPem: string): Promise<{ serials: string[]; thisUpdate: Date; nextUpdate: Date | undefined; crlNumber: number | undefined }> {
   let crl: x509.X509Crl;
   try {
     crl = new x509.X509Crl(pem);
@@ -151,7 +178,7 @@ export async function readCrl(pem: string, caPem: string): Promise<{ serials: st
   }
   const caCert = parseCertificate(caPem, 'CA certificate');
   if (!(await crl.verify({ publicKey: caCert.publicKey }))) throw new OsrError('CONFIG_INVALID', 'the revocation list is not signed by this CA');
-  return { serials: crl.entries.map((e) => e.serialNumber.toLowerCase()), thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate };
+  return { serials: crl.entries.map((e) => e.serialNumber.toLowerCase()), thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate, crlNumber: crlNumberOf(crl) };
 }
 
 /** Creates a self-signed CA that may sign end-entity certificates only (path length 0). */

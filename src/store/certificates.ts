@@ -45,6 +45,15 @@ export class CertificateStore {
     return Number(r.numUpdatedRows);
   }
 
+  /**
+   * How many revocations the vault ever made (records are never deleted, and a revocation
+   * is never undone): the revocation list's CRL number, which only grows.
+   */
+  async revocationCount(): Promise<number> {
+    const r = await this.db.selectFrom('certificates').select((eb) => eb.fn.countAll().as('n')).where('revoked_at', 'is not', null).executeTakeFirst();
+    return Number(r?.n ?? 0);
+  }
+
   /** Revoked certificates that have not expired yet: what the revocation list names. */
   async revoked(): Promise<{ serial: string; revokedAt: number; commonName: string; reason: string | null }[]> {
     const rows = await this.db.selectFrom('certificates').select(['serial', 'revoked_at', 'common_name', 'reason']).where('revoked_at', 'is not', null).where('not_after', '>', this.now()).orderBy('serial').execute();

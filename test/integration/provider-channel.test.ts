@@ -195,6 +195,15 @@ describe('an enrolled agent', () => {
     const newer = await createCrl(ca, [{ serialNumber: revokedSerial, revokedAt: new Date() }], { thisUpdate: new Date(), nextUpdate: new Date(Date.now() + day) });
     assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: newer })).status, 200, 'a newer list is taken');
     assert.equal((await raw(a, certs.provider!, 'GET', '/v1/status')).status, 200);
+
+    // lists the vault makes carry a CRL number: it orders lists made within one second too
+    const numbered = (n: number | undefined, at = new Date()) => createCrl(ca, [{ serialNumber: revokedSerial, revokedAt: new Date() }], { thisUpdate: at, nextUpdate: new Date(Date.now() + day), ...(n !== undefined ? { crlNumber: n } : {}) });
+    assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: await numbered(7) })).status, 200);
+    const lower = await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: await numbered(6, new Date(Date.now() + 1000)) });
+    assert.equal(lower.body.code, 'INVALID_ARGUMENT');
+    assert.match(lower.body.message!, /CRL number 6, below the 7/);
+    assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: await numbered(undefined, new Date(Date.now() + 1000)) })).body.code, 'INVALID_ARGUMENT', 'a list without a number is older than one with');
+    assert.equal((await raw(a, certs.provider!, 'PUT', '/v1/enrolment/crl', { crl: await numbered(8) })).status, 200);
   });
 
   test('the provider\'s client checks the agent: its name, its fabric and the revocation list', async () => {

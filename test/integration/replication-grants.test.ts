@@ -96,6 +96,29 @@ describe('replication grants over the provider channel', () => {
     assert.equal(owner.sourceFabric, 'site-a');
   });
 
+  test('a replica the vault did not give to a source is not opened by a first connection; a deleted one waits for a newer grant', async () => {
+    const p = channel(dst, 'site-b', 'dst1');
+    // no word from the vault for this VM: the impostor's replica host takes nothing either
+    await createVm(src, 'vm2', ['4M']);
+    await src.api.post('/v1/replications', replicate(dst, { vm: 'vm2', peerName: 'dst1' }));
+    const h = await waitFor('the replica refuses an unnamed source', async () => {
+      const x = await health(src, 'vm2');
+      return x.lastError?.code === 'AUTH_FAILED' ? x : undefined;
+    }, 30_000);
+    assert.match(h.lastError!.message, /has not given the replica/);
+    await src.api.delete('/v1/replications/vm2');
+    const vm2 = (await src.api.get<{ name: string; id: string }[]>('/v1/vms')).find((v) => v.name === 'vm2')!.id;
+    const g = grant({ replicationId: vm2 });
+    await p.call('PUT', `/v1/replicas/${vm2}/source`, { source: 'src1', claim: true, grant: g });
+    await src.api.post('/v1/replications', replicate(dst, { vm: 'vm2', peerName: 'dst1' }));
+    await waitForPoint(src, 'vm2', null, 60_000);
+    await src.api.delete('/v1/replications/vm2');
+    // deleted: the same grant again does not give it back; a newer one does
+    await p.delete(`/v1/replicas/${vm2}`);
+    await assertRejectsCode(p.call('PUT', `/v1/replicas/${vm2}/source`, { source: 'src1', claim: true, grant: g }), 'AUTH_FAILED');
+    await p.call('PUT', `/v1/replicas/${vm2}/source`, { source: 'src1', claim: true, grant: grant({ replicationId: vm2 }) });
+  });
+
   test('the primary replicates only on a grant that names it, and only to the host and fabric the grant names', async () => {
     const p = channel(src, 'site-a', 'src1');
     await assertRejectsCode(p.post('/v1/replications', replicate(dst, { peerName: 'dst1' })), 'AUTH_FAILED');
@@ -133,7 +156,11 @@ describe('replication grants over the provider channel', () => {
     await assertRejectsCode(p.post('/v1/vms/vm1/demote', { epoch: 2, source: 'dst1' }), 'AUTH_FAILED');
     // a grant for the other direction (src1 the source) is not a grant for the demote
     await assertRejectsCode(p.post('/v1/vms/vm1/demote', { epoch: 2, source: 'dst1', grant: grant({ replicationId: vmId }) }), 'AUTH_FAILED');
+    // the right ends, but signed before the grant this agent replicates on: an old reprotect's grant replayed
+    const replayed = grant({ replicationId: vmId, source: { fabricId: 'site-b', host: 'dst1' }, target: { fabricId: 'site-a', host: 'src1' }, issuedAt: new Date(Date.now() - 60_000).toISOString() });
+    await assertRejectsCode(p.post('/v1/vms/vm1/demote', { epoch: 2, source: 'dst1', grant: replayed }), 'AUTH_FAILED', /not newer than the one this agent took/);
     const vms = await src.api.get<{ name: string }[]>('/v1/vms');
     assert.ok(vms.some((v) => v.name === 'vm1'), 'the VM was not demoted by a refused call');
+    assert.equal((await health(src, 'vm1')).state, 'Replicating', 'and it still replicates: nothing was touched');
   });
 });

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ReplicaRegistry } from '../../src/agent/replica/replication-server.js';
+import { GrantLedger } from '../../src/agent/sending/grant-ledger.js';
 import { OsrError } from '../../src/domain/errors.js';
 import { createCa, signGrant, verifyGrant, type CaMaterial, type ReplicationGrant } from '../../src/pki/index.js';
 import { tempDir } from '../support/lab.js';
@@ -70,5 +71,46 @@ describe('a replica given by a grant', () => {
     // and it stays so on disk
     const again = new ReplicaRegistry(path.join(dir, 'replicas'), () => Date.now());
     assert.throws(() => again.checkOwner('vm-1', { name: 'kvm3', fabricId: 'site-a' }), code('AUTH_FAILED'));
+  });
+});
+
+describe('the newest grant an agent took for a VM', () => {
+  const dir = tempDir('osr-grant-ledger-');
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('is taken again, a newer one replaces it; an older one, or one of the same time naming other hosts, is refused; it survives a restart', () => {
+    const ledger = new GrantLedger(path.join(dir, 'grants'));
+    ledger.accept(g());
+    ledger.accept(g());
+    assert.throws(() => ledger.accept(g({ target: { fabricId: 'site-b', host: 'kvm9' } })), code('AUTH_FAILED'));
+    assert.throws(() => ledger.accept(g({ issuedAt: '2026-12-06T09:59:59.000Z' })), code('AUTH_FAILED'));
+    // a reprotect's grant, the other way, newer
+    const back = g({ source: { fabricId: 'site-b', host: 'kvm2' }, target: { fabricId: 'site-a', host: 'kvm1' }, issuedAt: '2026-12-06T12:00:00.000Z' });
+    ledger.accept(back);
+    const again = new GrantLedger(path.join(dir, 'grants'));
+    assert.throws(() => again.check(g()), code('AUTH_FAILED'), 'the first grant, replayed after the reprotect');
+    again.check(back);
+    fs.writeFileSync(path.join(dir, 'grants', 'vm-1.json'), '{not json');
+    assert.throws(() => again.check(back), code('CONFIG_INVALID'));
+  });
+});
+
+describe('a replica on an agent where only the vault names sources', () => {
+  const dir = tempDir('osr-grant-vault-only-');
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('keeps its owner as a tombstone when deleted: the same grant does not give it back, a newer one does', async () => {
+    const r = new ReplicaRegistry(path.join(dir, 'replicas'), () => Date.parse('2026-12-06T11:00:00Z'), () => true);
+    r.authorize('vm-1', 'kvm1', { claim: true, grant: g() });
+    const disks = [{ id: 'd0', name: 'disk0', size: 1 << 20 }];
+    await r.open({ vmId: 'vm-1', vmName: 'web', disks, retention: { hours: 1, maxPoints: 2 }, epoch: 1 }, { name: 'kvm1', fabricId: 'site-a' });
+    r.remove('vm-1');
+    assert.ok(r.owner('vm-1')?.removedAt, 'a tombstone is kept');
+    await assert.rejects(r.open({ vmId: 'vm-1', vmName: 'web', disks, retention: { hours: 1, maxPoints: 2 }, epoch: 1 }, { name: 'kvm1', fabricId: 'site-a' }), code('AUTH_FAILED'));
+    assert.throws(() => r.authorize('vm-1', 'kvm1', { claim: true, grant: g() }), code('AUTH_FAILED'));
+    r.authorize('vm-1', 'kvm1', { claim: true, grant: g({ issuedAt: '2026-12-06T10:45:00.000Z' }) });
+    assert.equal(r.owner('vm-1')?.removedAt, undefined);
+    // a VM the vault named no source for is not opened by a first connection
+    await assert.rejects(r.open({ vmId: 'vm-2', vmName: 'db', disks, retention: { hours: 1, maxPoints: 2 }, epoch: 1 }, { name: 'kvm1', fabricId: 'site-a' }), code('AUTH_FAILED'));
   });
 });

@@ -43,7 +43,7 @@ const inv: AgentHostInventory = {
   networks: [{ name: 'prod-br', active: true, forward: 'bridge' }],
   pools: [{ name: 'fast', type: 'dir', path: '/var/lib/fast', capacityBytes: 100, availableBytes: 40, active: true }],
 };
-const state: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {} };
+const state: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {}, revoked: [] };
 
 test('a host\'s libvirt inventory mapped through the site file', () => {
   const domains = siteDomains(site, 'kvm1', inv, state);

@@ -141,7 +141,10 @@ test('a host removed from the inventory, or a removed fabric, has its certificat
   const hostCert = await a.channel.enrolAgent(a.hosts[0]!, publicKeyPem);
   const serial = (pem: string) => new crypto.X509Certificate(pem).serialNumber.toLowerCase();
   const listed = async (c: ProviderChannel) => (await readCrl(await c.revocationList(), v.vault.ctx.identity.ca.certPem)).serials;
+  const numberOf = async (c: ProviderChannel) => (await readCrl(await c.revocationList(), v.vault.ctx.identity.ca.certPem)).crlNumber;
   assert.ok(!(await listed(a.channel)).includes(serial(hostCert.certificate)));
+  const before = await numberOf(a.channel);
+  assert.equal(typeof before, 'number', 'the vault\'s lists carry a CRL number');
 
   // the host leaves the fabric's inventory
   const inv = siteInventory('ra', ['Cloud'], 0);
@@ -150,6 +153,7 @@ test('a host removed from the inventory, or a removed fabric, has its certificat
   await a.channel.putInventory(inv);
   assert.ok((await listed(a.channel)).includes(serial(hostCert.certificate)), 'the removed host\'s certificate is not on the list');
   assert.ok((await listed(b.channel)).includes(serial(hostCert.certificate)), 'every provider gets the same list');
+  assert.ok((await numberOf(b.channel))! > before!, 'a revocation raises the list\'s number');
 
   // a removed fabric: its provider's certificate too (the vault refuses it already)
   const providerSerial = serial(a.p.registration.tls.cert);

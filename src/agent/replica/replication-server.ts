@@ -75,6 +75,8 @@ export interface OwnerRecord {
   sourceFabric?: string | undefined;
   /** when that grant was signed: an older grant for this VM is refused */
   grantIssuedAt?: string | undefined;
+  /** the replica was deleted (on an agent where only the vault names sources): no source until the vault names one again */
+  removedAt?: string | undefined;
 }
 
 /** The agent that opens a replica: its certificate's common name and fabric. */
@@ -92,6 +94,12 @@ export class ReplicaRegistry {
   constructor(
     readonly dir: string,
     private readonly now: () => number,
+    /**
+     * whether only the vault may give a replica its source: an agent the vault enrolled into
+     * a fabric (its certificate names one) takes no replica by a first connection, and a
+     * deleted replica keeps its owner record (agent-channel.md, Replication grants)
+     */
+    private readonly vaultOwnersOnly: () => boolean = () => false,
   ) {
     fs.mkdirSync(dir, { recursive: true });
   }
@@ -104,7 +112,7 @@ export class ReplicaRegistry {
    */
   async open(req: OpenRequest, source?: SourceAgent): Promise<ReplicaStore> {
     safeName(req.vmId, 'VM id');
-    if (source !== undefined) this.checkOwner(req.vmId, source);
+    if (source !== undefined) this.checkSource(req.vmId, source);
     // a stale primary learns it is one (and fences itself) also once the promoted copy runs here
     const fence = this.fenceOf(req.vmId);
     if (fence !== undefined && req.epoch < fence) {
@@ -121,8 +129,21 @@ export class ReplicaRegistry {
     } else {
       s.setRetention(req.retention);
     }
-    if (source !== undefined && this.owner(req.vmId) === undefined) this.writeOwner(req.vmId, { source: source.name, by: 'first-open', at: new Date(this.now()).toISOString() });
+    if (source !== undefined) {
+      // the vault may have given the replica to another source while the store opened
+      this.checkSource(req.vmId, source);
+      if (this.owner(req.vmId) === undefined) this.writeOwner(req.vmId, { source: source.name, by: 'first-open', at: new Date(this.now()).toISOString() });
+    }
     return s;
+  }
+
+  /** checkOwner, and on an agent where only the vault gives replicas their source, a source it named. */
+  private checkSource(vmId: string, source: SourceAgent): void {
+    this.checkOwner(vmId, source);
+    const owner = this.owner(vmId);
+    if (this.vaultOwnersOnly() && (owner === undefined || owner.by !== 'vault' || owner.removedAt !== undefined)) {
+      throw new OsrError('AUTH_FAILED', `the vault has not given the replica of VM ${vmId} here to ${source.name}${owner?.removedAt !== undefined ? ` since it was deleted (${owner.removedAt})` : ''}: this agent takes a replica only from the source the vault names (enable protection, or reprotect)`, { vmId, source: source.name });
+    }
   }
 
   private storeDir(vmId: string): string {
@@ -173,6 +194,9 @@ export class ReplicaRegistry {
     const g = o.grant;
     if (g !== undefined && current?.grantIssuedAt !== undefined && Date.parse(g.issuedAt) < Date.parse(current.grantIssuedAt)) {
       throw new OsrError('AUTH_FAILED', `the replication grant for VM ${vmId} was signed at ${g.issuedAt}, before the one that gave the replica to ${current.source} (${current.grantIssuedAt}): an older grant is refused`, { vmId, source, issuedAt: g.issuedAt, current: current.grantIssuedAt });
+    }
+    if (g !== undefined && current?.removedAt !== undefined && current.grantIssuedAt !== undefined && Date.parse(g.issuedAt) <= Date.parse(current.grantIssuedAt)) {
+      throw new OsrError('AUTH_FAILED', `the replica of VM ${vmId} here was deleted (${current.removedAt}); only a grant newer than the one it had (${current.grantIssuedAt}) gives it a source again`, { vmId, source, issuedAt: g.issuedAt });
     }
     const granted = g !== undefined ? { sourceFabric: g.source.fabricId, grantIssuedAt: g.issuedAt } : {};
     if (o.claim && current) {
@@ -346,9 +370,17 @@ export class ReplicaRegistry {
     this.owners.delete(s.vmId);
     s.close();
     this.stores.delete(s.vmId);
-    fs.rmSync(this.storeDir(s.vmId), { recursive: true, force: true });
-    // a deleted replica belongs to no one: the next protection of the VM records its source anew
-    fs.rmSync(this.ownerFile(s.vmId), { force: true });
+    const record = this.owner(s.vmId);
+    if (this.vaultOwnersOnly() && record !== undefined) {
+      // kept as a tombstone: no source takes the VM's replica here again until the vault
+      // names one with a newer grant (an older grant stays refused)
+      this.writeOwner(s.vmId, { ...record, removedAt: new Date(this.now()).toISOString() });
+      fs.rmSync(this.storeDir(s.vmId), { recursive: true, force: true });
+    } else {
+      fs.rmSync(this.storeDir(s.vmId), { recursive: true, force: true });
+      // a deleted replica belongs to no one: the next protection of the VM records its source anew
+      fs.rmSync(this.ownerFile(s.vmId), { force: true });
+    }
     return { vmId: s.vmId, vmName: s.vmName };
   }
 

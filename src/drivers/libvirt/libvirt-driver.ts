@@ -100,6 +100,7 @@ export class LibvirtFabric implements FabricManagement {
     private readonly o: LibvirtDriverOptions,
   ) {
     this.state = loadState(site.dir);
+    this.revokedSerials = new Set(this.state.revoked);
     this.writer = new StateWriter(site.dir);
     for (const h of site.hosts) this.hosts.set(h.name, h);
     this.agentSite = {
@@ -143,6 +144,7 @@ export class LibvirtFabric implements FabricManagement {
       enrolledSeen: () => {
         if (this.state.enrolled[h.name]?.agentFingerprint === fingerprint) return;
         this.state.enrolled[h.name] = { agentFingerprint: fingerprint, at: new Date().toISOString() };
+        // saved in the background: at worst a crash forgets it, and the bootstrap certificate, whose key the agent deleted, is looked at again
         this.writer.save(this.state).catch((e: unknown) => this.ctx?.log.warn({ host: h.name, err: toOsrError(e).message }, `that host ${h.name} is enrolled was not saved`));
       },
     };
@@ -191,6 +193,10 @@ export class LibvirtFabric implements FabricManagement {
     if (!ctx) return;
     const { serials } = await readCrl(pem, ctx.vaultCa);
     this.revokedSerials = new Set(serials);
+    if (serials.length !== this.state.revoked.length || serials.some((s) => !this.state.revoked.includes(s))) {
+      this.state.revoked = [...serials];
+      await this.writer.save(this.state);
+    }
     for (const name of this.up) {
       const api = this.agent(name);
       try {

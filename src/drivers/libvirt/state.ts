@@ -74,6 +74,8 @@ export interface LibvirtState {
    * spent, and is not taken again (a new fingerprint in the site file is a new enrolment)
    */
   enrolled: Record<string, { agentFingerprint: string | null; at: string }>;
+  /** the serials the vault's revocation list named when the provider last had it: kept so that a restart trusts no revoked agent before the next list */
+  revoked: string[];
 }
 
 const FILE = 'libvirt-state.json';
@@ -81,7 +83,7 @@ const FILE = 'libvirt-state.json';
 export function loadState(dir: string): LibvirtState {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const file = path.join(dir, FILE);
-  const empty: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {} };
+  const empty: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {}, revoked: [] };
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');

@@ -236,9 +236,11 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     '/provider/crl',
     { config: { access: 'provider' }, schema: { summary: 'the CA\'s certificate revocation list (PEM): certificates of removed hosts and fabrics, for the provider to hand to its agents', tags } },
     async (_request, reply) => {
+      // counted first: a revocation made between the count and the list raises the next list's number
+      const crlNumber = await store.certificates.revocationCount();
       const revoked = await store.certificates.revoked();
       const now = clock.now();
-      const crl = await createCrl(ctx.identity.ca, revoked.map((r) => ({ serialNumber: r.serial, revokedAt: new Date(r.revokedAt) })), { thisUpdate: new Date(now - 5 * 60_000), nextUpdate: new Date(now + CRL_VALID_MS) });
+      const crl = await createCrl(ctx.identity.ca, revoked.map((r) => ({ serialNumber: r.serial, revokedAt: new Date(r.revokedAt) })), { thisUpdate: new Date(now - 5 * 60_000), nextUpdate: new Date(now + CRL_VALID_MS), crlNumber });
       return reply.type('application/pkix-crl').header('cache-control', 'no-store').send(crl);
     },
   );
