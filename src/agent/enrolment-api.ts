@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { OsrError } from '../domain/errors.js';
-import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, writeFileAtomic } from '../pki/index.js';
+import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, signEnrolmentProof, writeFileAtomic, type EnrolmentProof } from '../pki/index.js';
 import type { Agent } from './agent.js';
 
 const PEM_MAX = 64 * 1024;
@@ -25,6 +25,20 @@ function certificateOf(pem: string, what: string): crypto.X509Certificate {
 }
 
 const publicKeyDer = (k: crypto.KeyObject): string => k.export({ type: 'spki', format: 'der' }).toString('base64');
+
+/** A proof of the agent's current certificate, when it holds one from its CA with its name (none otherwise). */
+function currentProof(tls: { certFile: string; keyFile: string; caFile: string }, name: string, publicKeyPem: string): EnrolmentProof | undefined {
+  try {
+    const certPem = fs.readFileSync(tls.certFile, 'utf8');
+    const cert = new crypto.X509Certificate(certPem);
+    const ca = new crypto.X509Certificate(fs.readFileSync(tls.caFile, 'utf8'));
+    if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey) || readCertificateInfo(certPem).commonName !== name) return undefined;
+    return signEnrolmentProof({ certPem, keyPem: fs.readFileSync(tls.keyFile, 'utf8') }, name, publicKeyPem);
+  } catch {
+    // no certificate yet (a bootstrap agent), or none that can sign: no proof to give
+    return undefined;
+  }
+}
 
 export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
   const tls = agent.config.tls;
@@ -54,7 +68,10 @@ export function addEnrolmentRoutes(app: FastifyInstance, agent: Agent): void {
       await fsyncDir(path.dirname(pendingKey));
     }
     const publicKeyPem = crypto.createPublicKey(privateKeyPem).export({ type: 'spki', format: 'pem' }).toString();
-    return { name: agent.config.name, publicKeyPem };
+    // holding a certificate from its CA, the agent proves it with that certificate's key: the
+    // vault renews a valid certificate only for its holder
+    const proof = currentProof(tls, agent.config.name, publicKeyPem);
+    return { name: agent.config.name, publicKeyPem, ...(proof ? { proof } : {}) };
   });
 
   /** The certificate for the pending key, from the CA given with it: they become the agent's TLS files. */

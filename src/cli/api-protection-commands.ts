@@ -117,6 +117,16 @@ export function addProtectionCommands(program: Command): void {
       }),
     );
 
+  host
+    .command('reset <fabric> <host>')
+    .description('revoke every certificate of a host\'s agent — it lost its key, or is enrolled anew from its bootstrap certificate — so that its next enrolment needs no proof of a current key (Owner)')
+    .action((fabricId: string, name: string) =>
+      withApi(program, async (api) => {
+        const r = await api.post<{ fabricId: string; host: string; revoked: number }>(`/host-admissions/${encodeURIComponent(fabricId)}/${encodeURIComponent(name)}/reset`);
+        out(r, () => `host ${r.host} of fabric ${r.fabricId}: ${r.revoked} certificate(s) revoked; its provider enrols it anew`);
+      }),
+    );
+
   // ---- fabric ------------------------------------------------------------------------------
   const fabric = program.command('fabric').description('fabrics: the management servers registered with the vault, with their providers');
   fabric

@@ -23,6 +23,7 @@ import type { PolicySettings } from '../domain/policy.js';
 import type { AgentEndpoint, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import type { DrillEvidence } from '../domain/runs.js';
+import type { EnrolmentProof } from '../domain/enrolment.js';
 
 /** The shapes a driver answers, shared with the vault's commands (src/domain/replicas.ts); ids here are the fabric's own. */
 export type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
@@ -35,9 +36,11 @@ export type PowerAction = (typeof PowerAction)[keyof typeof PowerAction];
 export interface DriverContext {
   /**
    * Enrol a host agent: the vault's CA certifies a public key the host made. The private
-   * key never leaves the host.
+   * key never leaves the host. A host that holds a valid certificate from the vault's CA
+   * hands `proof` of it (its key's signature over the new key), without which the vault
+   * refuses it a new one.
    */
-  enrolAgent(name: string, publicKeyPem: string): Promise<{ certificate: string; caCertificate: string; notAfter: string }>;
+  enrolAgent(name: string, publicKeyPem: string, proof?: EnrolmentProof): Promise<{ certificate: string; caCertificate: string; notAfter: string }>;
   /** the vault's CA (PEM): hosts trust it, and certificates from another CA are replaced */
   vaultCa: string;
   /** the inventory changed (a VM started, a replica was created): report it soon */

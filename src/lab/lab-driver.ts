@@ -25,7 +25,7 @@ import { OsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentSite, type SiteChange } from '../drivers/agent-replication.js';
 import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../fabric/driver.js';
-import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, renewalDue, writeFileAtomic } from '../pki/index.js';
+import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, renewalDue, signEnrolmentProof, writeFileAtomic, type EnrolmentProof } from '../pki/index.js';
 import { startAgentProcess, stopAgentProcess, type RunningAgent } from './agent-process.js';
 import { intToIp, ipToInt, slug, type LabVmSpec, type SiteConfig } from './topology.js';
 import { DEFAULT_WORKLOAD_BYTES_PER_SECOND, Workload } from './workload.js';
@@ -297,7 +297,17 @@ export class LabFabric implements FabricManagement {
       if (!renewalDue(readCertificateInfo(cert.toString()), ctx.clock.now()) && cert.checkIssued(ca) && cert.verify(ca.publicKey)) return;
     }
     const pair = await generateKeyPairPem();
-    const r = await ctx.enrolAgent(h.name, pair.publicKeyPem);
+    // a host that holds a certificate from the vault's CA proves it with that key (the vault renews only for the holder)
+    let proof: EnrolmentProof | undefined;
+    try {
+      const certPem = fs.readFileSync(crt, 'utf8');
+      const current = new crypto.X509Certificate(certPem);
+      const ca = new crypto.X509Certificate(ctx.vaultCa);
+      if (current.checkIssued(ca) && current.verify(ca.publicKey)) proof = signEnrolmentProof({ certPem, keyPem: fs.readFileSync(path.join(pkiDir, `${h.name}.key`), 'utf8') }, h.name, pair.publicKeyPem);
+    } catch {
+      // none yet, or not the vault's: the first enrolment needs no proof
+    }
+    const r = await ctx.enrolAgent(h.name, pair.publicKeyPem, proof);
     await writeFileAtomic(path.join(pkiDir, `${h.name}.key`), pair.privateKeyPem, 0o600);
     await writeFileAtomic(crt, r.certificate, 0o644);
     await writeFileAtomic(caFile, r.caCertificate, 0o644);

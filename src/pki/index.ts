@@ -21,3 +21,5 @@ export { classifyTlsError, clientTlsOptions, onTlsClientError, peerIdentity, ser
 export type { ClientTlsOptionsInput, PeerIdentity, TlsErrorContext, TlsSide } from './mtls.js';
 export { MAX_GRANT_LENGTH, isGrantEnd, signGrant, verifyGrant } from './grant.js';
 export type { GrantEnd, ReplicationGrant } from './grant.js';
+export { signEnrolmentProof, verifyEnrolmentProof } from './enrolment-proof.js';
+export type { EnrolmentProof } from './enrolment-proof.js';

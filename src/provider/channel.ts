@@ -9,6 +9,7 @@ import { OsrError } from '../domain/errors.js';
 import { generateKeyPairPem, readCertificateInfo, renewalDue } from '../pki/index.js';
 import { saveRenewal, type ProviderRegistration } from './registration.js';
 import { VaultClient } from './vault-client.js';
+import type { EnrolmentProof } from '../domain/enrolment.js';
 
 /** A command as the vault's queue hands it out: any kind, its body not checked yet. */
 export interface WireCommand {
@@ -111,8 +112,8 @@ export class ProviderChannel {
   }
 
   /** Enrol a host agent: the vault's CA certifies the public key the agent made (its private key never leaves the host). */
-  enrolAgent(name: string, publicKey: string, names: { dnsNames?: string[]; ipAddresses?: string[] } = {}): Promise<{ certificate: string; caCertificate: string; notAfter: string }> {
-    return this.client.request('POST', '/api/v1/provider/agent-certificates', { name, publicKey, ...names });
+  enrolAgent(name: string, publicKey: string, names: { dnsNames?: string[]; ipAddresses?: string[] } = {}, proof?: EnrolmentProof): Promise<{ certificate: string; caCertificate: string; notAfter: string }> {
+    return this.client.request('POST', '/api/v1/provider/agent-certificates', { name, publicKey, ...names, ...(proof !== undefined ? { proof } : {}) });
   }
 
   async itemStatus(itemId: string, status: ItemStatus): Promise<void> {

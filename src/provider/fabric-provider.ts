@@ -97,9 +97,9 @@ export class FabricProvider {
   async start(): Promise<void> {
     await this.o.driver.management.start({
       // the vault certifies only hosts the fabric reported, with the names reported: report first
-      enrolAgent: async (name, publicKey) => {
+      enrolAgent: async (name, publicKey, proof) => {
         await this.o.channel.putInventory(await this.o.driver.management.inventory(), this.o.inventoryScope ?? 'all');
-        return this.o.channel.enrolAgent(name, publicKey);
+        return this.o.channel.enrolAgent(name, publicKey, {}, proof);
       },
       vaultCa: this.o.channel.registration.tls.ca,
       inventoryChanged: () => this.inventoryChanged(),

@@ -34,6 +34,12 @@ export class CertificateStore {
     return Number(r.numUpdatedRows);
   }
 
+  /** The serials of a holder's certificates that are valid now: not revoked, not expired. */
+  async live(fabricId: string, role: string, commonName: string): Promise<string[]> {
+    const rows = await this.db.selectFrom('certificates').select('serial').where('fabric_id', '=', fabricId).where('role', '=', role).where('common_name', '=', commonName).where('revoked_at', 'is', null).where('not_after', '>', this.now()).execute();
+    return rows.map((r) => r.serial);
+  }
+
   /** Revoke one certificate (superseded by a renewed one). */
   async revokeSerial(serial: string, reason: string): Promise<void> {
     await this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('serial', '=', serial.toLowerCase()).where('revoked_at', 'is', null).execute();

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { createCa, createCrl, issueCertificate, type CaMaterial } from '../../src/pki/index.js';
+import { createCa, createCrl, issueCertificate, verifyEnrolmentProof, type CaMaterial, type EnrolmentProof } from '../../src/pki/index.js';
 import { createVm, startPair, tempDir, waitFor, waitForPoint, type Pair } from '../support/lab.js';
 import { assertRejectsCode } from '../support/unit.js';
 
@@ -58,6 +58,9 @@ test('an agent takes a certificate for a key it made, from the CA given with it;
     const key = path.join(path.dirname(pendingKey), '..', '..', 'pki', `${a.name}.key`);
     if (fs.existsSync(key)) assert.equal(fs.statSync(key).mode & 0o077, 0);
     await a.api.call('PUT', '/v1/enrolment/crl', { crl: await createCrl(vaultCa, [], { nextUpdate: new Date(Date.now() + 86_400_000) }) });
+    // enrolled: its next key comes with proof of the certificate it holds, made with that certificate's key
+    const renewal = await a.api.post<{ publicKeyPem: string; proof: EnrolmentProof }>('/v1/enrolment/key');
+    assert.equal(verifyEnrolmentProof(renewal.proof, a.name, renewal.publicKeyPem, vaultCa.certPem).serial, good.serialNumber);
     await assertRejectsCode(a.api.call('PUT', '/v1/enrolment/crl', { crl: await createCrl(other, [], { nextUpdate: new Date(Date.now() + 86_400_000) }) }), 'INVALID_ARGUMENT', /not signed by this CA/);
   }
   // both hold certificates of the new CA now: replication between them works

@@ -11,7 +11,7 @@ import tls from 'node:tls';
 import { after, before, test } from 'node:test';
 import { systemClock } from '../../src/domain/clock.js';
 import type { HostAdmission } from '../../src/domain/resources.js';
-import { generateKeyPairPem, readCertificateInfo, readCrl } from '../../src/pki/index.js';
+import { generateKeyPairPem, readCertificateInfo, readCrl, signEnrolmentProof } from '../../src/pki/index.js';
 import { ProviderChannel } from '../../src/provider/channel.js';
 import { loadRegistration, registerWithVault } from '../../src/provider/registration.js';
 import { ProviderRuntime } from '../../src/provider/runtime.js';
@@ -95,6 +95,30 @@ test('the vault renews its own server certificate two thirds into its life, with
   } finally {
     await w.close();
   }
+});
+
+test('a host that holds a valid certificate gets a new one only against proof of its current key; an Owner\'s reset lets it enrol anew', async () => {
+  const f = await provider('VMM-Pop', 'pop');
+  const host = f.hosts[0]!;
+  const first = await generateKeyPairPem();
+  const issued = await f.channel.enrolAgent(host, first.publicKeyPem, { dnsNames: [`${host}.example.org`] });
+  const next = await generateKeyPairPem();
+  // what a stolen provider key would try: its own key certified under the host's name
+  await assertRejectsCode(f.channel.enrolAgent(host, next.publicKeyPem), 'AUTH_FAILED', /holds a valid certificate/);
+  const other = await generateKeyPairPem();
+  await assertRejectsCode(f.channel.enrolAgent(host, next.publicKeyPem, {}, signEnrolmentProof({ certPem: issued.certificate, keyPem: other.privateKeyPem }, host, next.publicKeyPem)), 'AUTH_FAILED', /signature/);
+  await assertRejectsCode(f.channel.enrolAgent(host, next.publicKeyPem, {}, signEnrolmentProof({ certPem: issued.certificate, keyPem: first.privateKeyPem }, host, other.publicKeyPem)), 'AUTH_FAILED', /signature/);
+  const second = await f.channel.enrolAgent(f.hosts[1]!, other.publicKeyPem);
+  await assertRejectsCode(f.channel.enrolAgent(host, next.publicKeyPem, {}, signEnrolmentProof({ certPem: second.certificate, keyPem: other.privateKeyPem }, host, next.publicKeyPem)), 'AUTH_FAILED', /not host/);
+  // its holder renews it
+  const renewed = await f.channel.enrolAgent(host, next.publicKeyPem, {}, signEnrolmentProof({ certPem: issued.certificate, keyPem: first.privateKeyPem }, host, next.publicKeyPem));
+  assert.equal(readCertificateInfo(renewed.certificate).commonName, host);
+  // it lost its key: only an Owner resets it, and then it enrols without a proof
+  const reader = (await v.api.request<{ secret: string }>('POST', '/api/v1/tokens', { name: 'pop-reader', role: 'Reader' })).secret;
+  await assertRejectsCode(v.as(reader).request('POST', `/api/v1/host-admissions/${f.p.fabricId}/${host}/reset`), 'FORBIDDEN');
+  const reset = await v.api.request<{ revoked: number }>('POST', `/api/v1/host-admissions/${f.p.fabricId}/${host}/reset`);
+  assert.equal(reset.revoked, 2);
+  await f.channel.enrolAgent(host, (await generateKeyPairPem()).publicKeyPem);
 });
 
 test('host admission: the first inventory\'s hosts are certified; a host reported later only once an Owner approved it', async () => {

@@ -9,6 +9,7 @@ import type { MachineSpec } from '../../domain/machine.js';
 import type { DriverContext } from '../../fabric/driver.js';
 import { readCertificateInfo, renewalDue } from '../../pki/index.js';
 import type { AgentApi } from '../agent-replication.js';
+import type { EnrolmentProof } from '../../domain/enrolment.js';
 
 /** GET /v1/host/inventory */
 export interface AgentHostInventory {
@@ -79,8 +80,8 @@ export async function enrolAgent(api: AgentApi, hostName: string, ctx: DriverCon
       ctx.log.warn({ host: hostName, err: toOsrError(e).message }, `the certificate of host ${hostName} cannot be checked; enrolling it again`);
     }
   }
-  const { publicKeyPem } = await api.post<{ publicKeyPem: string }>('/v1/enrolment/key');
-  const r = await ctx.enrolAgent(hostName, publicKeyPem);
+  const { publicKeyPem, proof } = await api.post<{ publicKeyPem: string; proof?: EnrolmentProof }>('/v1/enrolment/key');
+  const r = await ctx.enrolAgent(hostName, publicKeyPem, proof);
   await api.call('PUT', '/v1/enrolment/certificate', { certificate: r.certificate, caCertificate: r.caCertificate });
   ctx.log.info({ host: hostName, notAfter: r.notAfter }, `host ${hostName} enrolled: certificate from the vault's CA`);
   return true;

@@ -1,6 +1,7 @@
 /** Fabrics and what their providers report: clouds, host groups, hosts, networks, storage, VMs. */
 import { Type } from '@fastify/type-provider-typebox';
 import type { InventoryKind } from '../../domain/resources.js';
+import { OsrError } from '../../domain/errors.js';
 import { Severity } from '../../domain/resources.js';
 import { page, principal, type App, type VaultContext } from '../context.js';
 import { IdParam, PageQuery } from '../schemas.js';
@@ -52,6 +53,22 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
       const a = await ctx.store.hostAdmissions.approve(fabric, host, principal(request).actor);
       if (before?.state !== 'admitted') await ctx.alerting.event({ target: fabric, kind: 'host.admitted', severity: Severity.Info, message: `host ${host} of fabric ${fabric} admitted by ${a.decidedBy}: its agent may be certified`, details: { host, by: a.decidedBy } });
       return a;
+    },
+  );
+
+  app.post(
+    '/host-admissions/:fabric/:host/reset',
+    {
+      config: { access: 'admin' },
+      schema: { summary: 'revoke every certificate of a host\'s agent (it lost its key, or it is enrolled anew): its next enrolment needs no proof of a current key (Owner)', tags, params: Type.Object({ fabric: Type.String({ minLength: 1, maxLength: 200 }), host: Type.String({ minLength: 1, maxLength: 253 }) }) },
+    },
+    async (request) => {
+      const { fabric, host } = request.params;
+      const a = await ctx.store.hostAdmissions.get(fabric, host);
+      if (!a) throw new OsrError('NOT_FOUND', `fabric ${fabric} reports no host ${host}`, { fabric, host });
+      const revoked = await ctx.store.certificates.revokeHolder(fabric, host, `reset by ${principal(request).actor}`);
+      await ctx.alerting.event({ target: fabric, kind: 'certificate.revoked', severity: Severity.Warning, message: `host ${host} of fabric ${fabric} was reset by ${principal(request).actor}: ${revoked} agent certificate(s) revoked; its provider enrols it anew`, details: { host, count: revoked } });
+      return { fabricId: fabric, host, revoked };
     },
   );
 

@@ -10,7 +10,7 @@ import { Type } from '@fastify/type-provider-typebox';
 import type { FabricCapabilities } from '../../domain/capabilities.js';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
 import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
-import { createCrl, issueCertificate } from '../../pki/index.js';
+import { createCrl, issueCertificate, verifyEnrolmentProof } from '../../pki/index.js';
 import { fabricIdFor } from '../../store/inventory.js';
 import { AlertKind } from '../../workflows/alerting.js';
 import { itemCriticalKey } from '../../workflows/protection.js';
@@ -278,6 +278,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
             publicKey: Type.String({ minLength: 1, maxLength: 10_000 }),
             dnsNames: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 253 }), { maxItems: 20 })),
             ipAddresses: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 45 }), { maxItems: 20 })),
+            // the host's current certificate and its key's signature over the new key (src/pki/enrolment-proof.ts)
+            proof: Type.Optional(Type.Object({ certificate: Type.String({ minLength: 1, maxLength: 10_000 }), signature: Type.String({ minLength: 1, maxLength: 200 }) }, { additionalProperties: false })),
           },
           { additionalProperties: false },
         ),
@@ -290,6 +292,13 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const admission = await store.hostAdmissions.get(p.fabricId!, b.name);
       if (admission?.state !== 'admitted') {
         throw new OsrError('HOST_NOT_APPROVED', `host ${b.name} of fabric ${p.fabricId} is not admitted: it appeared after the fabric's first inventory, and an Owner approves it first (osr host approve ${p.fabricId} ${b.name})`, { fabric: p.fabricId, host: b.name });
+      }
+      // a host that holds a valid certificate gets a new one only for its holder: proof of its current key
+      const live = await store.certificates.live(p.fabricId!, 'agent', b.name);
+      if (live.length > 0) {
+        if (!b.proof) throw new OsrError('AUTH_FAILED', `host ${b.name} holds a valid certificate (serial ${live.join(', ')}): a new one is issued only against proof of its current key, which its agent gives with the new key; if the host lost its key, an Owner revokes its certificates first (osr host reset ${p.fabricId} ${b.name})`, { fabric: p.fabricId, host: b.name });
+        const held = verifyEnrolmentProof(b.proof, b.name, b.publicKey, ctx.identity.ca.certPem);
+        if (held.fabricId !== p.fabricId || !live.includes(held.serial)) throw new OsrError('AUTH_FAILED', `the proof of host ${b.name}'s current key is made with a certificate (serial ${held.serial}) that is not one of its valid certificates in fabric ${p.fabricId}`, { fabric: p.fabricId, host: b.name });
       }
       // the fabric is the calling provider's, from its registration: never from the request
       const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, fabricId: p.fabricId!, ...names });
