@@ -239,6 +239,12 @@ export interface FailoverRecord {
   /** the VM that ran before, and the one that runs now */
   oldPrimaryVmId: string;
   newPrimaryVmId: string;
+  /**
+   * the host the old primary ran on, and the id its agents knew it by, as the inventory said
+   * when the failover ran: the reprotect's grant names them (not what a provider reports later)
+   */
+  oldPrimaryHostId?: string;
+  replicationId?: string;
   point: RecoveryPointInfo;
   epoch: number;
   startedAt: string;

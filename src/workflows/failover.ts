@@ -136,6 +136,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     const item = await store.items.get(ctx.input.itemId);
     const d = ctx.data;
     const p = d.promoted!;
+    const oldVm = await store.fabrics.findObject(d.oldPrimary!);
+    const oldHost = oldVm?.properties.host;
+    const replicationId = oldVm?.properties.replicationId;
     const record: FailoverRecord = {
       kind,
       jobId: ctx.jobId,
@@ -144,6 +147,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
       toFabricId: d.to!,
       oldPrimaryVmId: d.oldPrimary!,
       newPrimaryVmId: p.vmId,
+      ...(typeof oldHost === 'string' ? { oldPrimaryHostId: oldHost } : {}),
+      ...(typeof replicationId === 'string' ? { replicationId } : {}),
       point: p.point,
       epoch: p.epoch,
       startedAt: new Date(d.startedAt!).toISOString(),
@@ -407,10 +412,11 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           const host = hostId !== undefined ? await store.fabrics.findObject(hostId) : undefined;
           if (ctx.data.grant === undefined) {
             // the VM keeps its replication id across failovers: the old primary's, or the promoted copy's
+            // as the failover recorded them; a record from before they were kept: the inventory now
             const oldVm = await store.fabrics.findObject(f.oldPrimaryVmId);
             const newVm = await store.fabrics.findObject(f.newPrimaryVmId);
-            const replicationId = [oldVm, newVm].map((v) => v?.properties.replicationId).find((r): r is string => typeof r === 'string');
-            const oldHost = typeof oldVm?.properties.host === 'string' ? oldVm.properties.host : undefined;
+            const replicationId = f.replicationId ?? [oldVm, newVm].map((v) => v?.properties.replicationId).find((r): r is string => typeof r === 'string');
+            const oldHost = f.oldPrimaryHostId ?? (typeof oldVm?.properties.host === 'string' ? oldVm.properties.host : undefined);
             ctx.data.grant = (await replicationGrant(store, deps.grants, { item: item.id, replicationId, source: { fabricId: f.toFabricId, hostId }, target: { fabricId: f.fromFabricId, hostId: oldHost } })) ?? null;
             await ctx.save();
           }
