@@ -18,7 +18,8 @@ import { after, before, describe, test } from 'node:test';
 import { SMTPServer } from 'smtp-server';
 import { OsrError } from '../../src/domain/errors.js';
 import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
-import type { ProtectedItem } from '../../src/domain/resources.js';
+import type { HostAdmission, ProtectedItem } from '../../src/domain/resources.js';
+import { ProviderChannel } from '../../src/provider/channel.js';
 import { createCa, issueCertificate, verifyGrant } from '../../src/pki/index.js';
 import { registerWithVault } from '../../src/provider/registration.js';
 import { CommandState } from '../../src/store/commands.js';
@@ -400,5 +401,39 @@ describe('providers and protection', () => {
     );
     assert.match(metrics, /osr_vault_fabric_heartbeat_age_seconds\{fabric="vmm-quiet"\}/);
     assert.match(metrics, /osr_vault_jobs\{state="Succeeded",kind="enable-protection"\} 2/);
+  });
+
+  test('a replica is placed only on a host the vault admitted: hosts a fabric reports after its first inventory wait for an Owner', async () => {
+    const src = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-AdmSrc', inventory: siteInventory('as', ['AdmCloud1'], 1) });
+    // the target fabric's first inventory has its cloud without hosts; they come later
+    const targetInv = siteInventory('at', ['AdmCloud2'], 0);
+    const { hosts } = targetInv;
+    const groupHosts = targetInv.hostGroups[0]!.hosts;
+    targetInv.hosts = [];
+    targetInv.hostGroups[0]!.hosts = [];
+    const dst = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-AdmDst', inventory: targetInv });
+    providers.push(src, dst);
+    await waitFor('the first inventory', async () => ((await v.api.request<Obj>('GET', '/api/v1/fabrics/vmm-admdst')).inventoryAt ? true : undefined), 20_000);
+    targetInv.hosts = hosts;
+    targetInv.hostGroups[0]!.hosts = groupHosts;
+    await new ProviderChannel(dst.registration).putInventory(targetInv);
+    const pending = (await v.api.request<{ items: HostAdmission[] }>('GET', '/api/v1/host-admissions?fabric=vmm-admdst&state=pending')).items;
+    assert.deepEqual(pending.map((a) => a.host), ['at-AdmCloud2-h1', 'at-AdmCloud2-h2']);
+
+    const policy = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'admission' });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: policy.id, sourceCloudId: 'vmm-admsrc.admcloud1', targetCloudId: 'vmm-admdst.admcloud2' });
+    const started = await v.api.request<Obj>('POST', '/api/v1/protected-items', { vmId: 'vmm-admsrc.admcloud1-vm0' });
+    const failed = await waitFor('failed', async () => {
+      const j = await v.api.request<Obj>('GET', started.url as string);
+      return j.state === 'Failed' ? j : undefined;
+    }, 20_000);
+    assert.match(String((failed.error as Obj).message), /no hosts to run the replica/);
+    assert.equal(dst.received.length, 0, 'nothing was asked of the target fabric');
+
+    await v.api.request('POST', '/api/v1/host-admissions/vmm-admdst/at-AdmCloud2-h2/approve');
+    await v.api.request('POST', `${String(started.url)}/restart`);
+    await waitFor('restarted job done', async () => ((await v.api.request<Obj>('GET', started.url as string)).state === 'Succeeded' ? true : undefined), 20_000);
+    const item = await v.api.request<ProtectedItem>('GET', '/api/v1/protected-items/vmm-admsrc.admcloud1-vm0');
+    assert.equal(item.replication.placement!.hostId, 'vmm-admdst.admcloud2-h2', 'the one host admitted');
   });
 });
