@@ -32,6 +32,7 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
     return reply.status(204).send();
   });
 
+  const HostParams = Type.Object({ fabric: Type.String({ minLength: 1, maxLength: 200 }), host: Type.String({ minLength: 1, maxLength: 253 }) });
   // host admission: which hosts the vault certifies (the first inventory's, and those an Owner approved)
   app.get(
     '/host-admissions',
@@ -45,7 +46,7 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
     '/host-admissions/:fabric/:host/approve',
     {
       config: { access: 'admin' },
-      schema: { summary: 'admit a host its fabric reported after its first inventory: its agent may be certified from now on (Owner)', tags, params: Type.Object({ fabric: Type.String({ minLength: 1, maxLength: 200 }), host: Type.String({ minLength: 1, maxLength: 253 }) }) },
+      schema: { summary: 'admit a host its fabric reported after its first inventory: its agent may be certified from now on (Owner)', tags, params: HostParams },
     },
     async (request) => {
       const { fabric, host } = request.params;
@@ -60,7 +61,7 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
     '/host-admissions/:fabric/:host/reset',
     {
       config: { access: 'admin' },
-      schema: { summary: 'revoke every certificate of a host\'s agent (it lost its key, or it is enrolled anew): its next enrolment needs no proof of a current key (Owner)', tags, params: Type.Object({ fabric: Type.String({ minLength: 1, maxLength: 200 }), host: Type.String({ minLength: 1, maxLength: 253 }) }) },
+      schema: { summary: 'revoke every certificate of a host\'s agent (it lost its key, or it is enrolled anew): its next enrolment needs no proof of a current key (Owner)', tags, params: HostParams },
     },
     async (request) => {
       const { fabric, host } = request.params;
