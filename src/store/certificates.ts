@@ -4,6 +4,7 @@
  * revocation list the vault publishes to providers, which hand it to their agents.
  */
 import type { Kysely } from 'kysely';
+import { OsrError } from '../domain/errors.js';
 import type { Database } from './schema.js';
 
 export interface IssuedRecord {
@@ -28,9 +29,11 @@ export class CertificateStore {
       .execute();
   }
 
-  /** Revoke every certificate of a fabric's holder (an agent's host name, a provider's id); answers how many. */
-  async revokeHolder(fabricId: string, commonName: string, reason: string): Promise<number> {
-    const r = await this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('fabric_id', '=', fabricId).where('common_name', '=', commonName).where('revoked_at', 'is', null).executeTakeFirst();
+  /** Revoke every certificate of a fabric's holder (an agent's host name, a provider's id; of one role when given); answers how many. */
+  async revokeHolder(fabricId: string, commonName: string, reason: string, role?: string): Promise<number> {
+    let q = this.db.updateTable('certificates').set({ revoked_at: this.now(), reason }).where('fabric_id', '=', fabricId).where('common_name', '=', commonName).where('revoked_at', 'is', null);
+    if (role !== undefined) q = q.where('role', '=', role);
+    const r = await q.executeTakeFirst();
     return Number(r.numUpdatedRows);
   }
 
@@ -52,12 +55,26 @@ export class CertificateStore {
   }
 
   /**
-   * How many revocations the vault ever made (records are never deleted, and a revocation
-   * is never undone): the revocation list's CRL number, which only grows.
+   * The next revocation list's CRL number: above every number given before (kept in the
+   * database, taken by compare-and-set so that two vault processes never give one number
+   * twice) and at least the time in seconds, so that a vault restored from an older backup
+   * still numbers its lists above the ones agents hold.
    */
-  async revocationCount(): Promise<number> {
-    const r = await this.db.selectFrom('certificates').select((eb) => eb.fn.countAll().as('n')).where('revoked_at', 'is not', null).executeTakeFirst();
-    return Number(r?.n ?? 0);
+  async nextCrlNumber(): Promise<number> {
+    const key = 'crl-number';
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const row = await this.db.selectFrom('settings').select('value').where('key', '=', key).executeTakeFirst();
+      const last = row ? Number(JSON.parse(row.value)) : 0;
+      const next = Math.max((Number.isSafeInteger(last) ? last : 0) + 1, Math.floor(this.now() / 1000));
+      if (!row) {
+        const r = await this.db.insertInto('settings').values({ key, value: JSON.stringify(next) }).onConflict((oc) => oc.column('key').doNothing()).executeTakeFirst();
+        if (Number(r.numInsertedOrUpdatedRows ?? 0n) === 1) return next;
+        continue;
+      }
+      const r = await this.db.updateTable('settings').set({ value: JSON.stringify(next) }).where('key', '=', key).where('value', '=', row.value).executeTakeFirst();
+      if (Number(r.numUpdatedRows) === 1) return next;
+    }
+    throw new OsrError('STORE_UNAVAILABLE', 'the next revocation list number could not be taken: too many vault processes took one at once; the provider asks again');
   }
 
   /** Revoked certificates that have not expired yet: what the revocation list names. */

@@ -21,28 +21,35 @@ export class HostAdmissionStore {
 
   /**
    * Hosts the fabric's inventory reports now: new ones are recorded, admitted when this is
-   * the fabric's first inventory, pending otherwise; hosts gone from it lose their record.
-   * Answers the hosts that became pending.
+   * the fabric's first inventory, pending otherwise; hosts gone from it lose their record,
+   * and so do `replaced`: names whose inventory record was removed (their certificates are
+   * revoked) even if the name is reported again under another id — such a host is new.
+   * Runs in `trx` (the inventory's own transaction). Answers the hosts that became pending.
    */
-  async reported(fabricId: string, hosts: readonly string[], firstInventory: boolean): Promise<string[]> {
+  async reported(trx: Kysely<Database>, fabricId: string, hosts: readonly string[], o: { firstInventory: boolean; replaced: readonly string[] }): Promise<string[]> {
     const t = this.now();
-    return this.db.transaction().execute(async (trx) => {
-      const known = new Map((await trx.selectFrom('host_admissions').selectAll().where('fabric_id', '=', fabricId).execute()).map((r) => [r.host_name, r]));
-      const pending: string[] = [];
-      for (const host of new Set(hosts)) {
-        if (known.has(host)) continue;
-        const admitted = firstInventory;
-        await trx
-          .insertInto('host_admissions')
-          .values({ fabric_id: fabricId, host_name: host, state: admitted ? 'admitted' : 'pending', first_seen_at: t, decided_at: admitted ? t : null, decided_by: admitted ? 'first-inventory' : null })
-          .onConflict((oc) => oc.columns(['fabric_id', 'host_name']).doNothing())
-          .execute();
-        if (!admitted) pending.push(host);
-      }
-      const gone = [...known.keys()].filter((h) => !hosts.includes(h));
-      if (gone.length > 0) await trx.deleteFrom('host_admissions').where('fabric_id', '=', fabricId).where('host_name', 'in', gone).execute();
-      return pending;
-    });
+    const firstInventory = o.firstInventory;
+    if (o.replaced.length > 0) await trx.deleteFrom('host_admissions').where('fabric_id', '=', fabricId).where('host_name', 'in', [...o.replaced]).execute();
+    const known = new Map((await trx.selectFrom('host_admissions').selectAll().where('fabric_id', '=', fabricId).execute()).map((r) => [r.host_name, r]));
+    const pending: string[] = [];
+    for (const host of new Set(hosts)) {
+      if (known.has(host)) continue;
+      const admitted = firstInventory;
+      await trx
+        .insertInto('host_admissions')
+        .values({ fabric_id: fabricId, host_name: host, state: admitted ? 'admitted' : 'pending', first_seen_at: t, decided_at: admitted ? t : null, decided_by: admitted ? 'first-inventory' : null })
+        .onConflict((oc) => oc.columns(['fabric_id', 'host_name']).doNothing())
+        .execute();
+      if (!admitted) pending.push(host);
+    }
+    const gone = [...known.keys()].filter((h) => !hosts.includes(h));
+    if (gone.length > 0) await trx.deleteFrom('host_admissions').where('fabric_id', '=', fabricId).where('host_name', 'in', gone).execute();
+    return pending;
+  }
+
+  /** Forget a removed fabric's hosts: a fabric registered again under its name starts anew. */
+  async removeFabric(fabricId: string): Promise<void> {
+    await this.db.deleteFrom('host_admissions').where('fabric_id', '=', fabricId).execute();
   }
 
   async get(fabricId: string, host: string): Promise<HostAdmission | undefined> {

@@ -195,11 +195,17 @@ export class FabricStore {
     if (affected(r) === 0) throw new OsrError('NOT_FOUND', `fabric ${id} does not exist`);
   }
 
-  /** Replace the fabric's inventory with what its provider reports; returns what changed. */
-  async replaceInventory(fabricId: string, doc: InventoryDocument): Promise<InventoryChange[]> {
+  /**
+   * Replace the fabric's inventory with what its provider reports; returns what changed.
+   * `alongside` runs in the same transaction, told whether this is the fabric's first
+   * inventory (host admission is decided there: one commit or none).
+   */
+  async replaceInventory(fabricId: string, doc: InventoryDocument, alongside?: (trx: Kysely<Database>, o: { first: boolean; changes: InventoryChange[] }) => Promise<void>): Promise<InventoryChange[]> {
     const t = this.now();
     const rows = flatten(fabricId, doc, t);
     return this.db.transaction().execute(async (trx) => {
+      const fabric = await trx.selectFrom('fabrics').select('inventory_at').where('id', '=', fabricId).executeTakeFirst();
+      const first = fabric !== undefined && fabric.inventory_at === null;
       const before = await trx.selectFrom('inventory').select(['id', 'kind', 'name', 'parent_id', 'body']).where('fabric_id', '=', fabricId).execute();
       const old = new Map(before.map((r) => [r.id, r]));
       const changes: InventoryChange[] = [];
@@ -215,6 +221,7 @@ export class FabricStore {
       await trx.deleteFrom('inventory').where('fabric_id', '=', fabricId).execute();
       for (let i = 0; i < rows.length; i += 500) await trx.insertInto('inventory').values(rows.slice(i, i + 500)).execute();
       await trx.updateTable('fabrics').set({ inventory_at: t }).where('id', '=', fabricId).execute();
+      await alongside?.(trx, { first, changes });
       return changes;
     });
   }

@@ -151,6 +151,15 @@ test('host admission: the first inventory\'s hosts are certified; a host reporte
   assert.ok(approved.decidedBy);
   assert.equal(readCertificateInfo((await f.channel.enrolAgent('adm-rogue', publicKeyPem)).certificate).commonName, 'adm-rogue');
 
+  // a host reported under another id is another host, even with the name of an admitted one:
+  // its certificates are revoked with the old record, and it waits for an Owner
+  const swapped = siteInventory('adm', ['Cloud'], 0);
+  swapped.hosts[0]!.id = 'swapped-id';
+  swapped.hostGroups[0]!.hosts = swapped.hostGroups[0]!.hosts.map((h) => (h === 'cloud-h1' ? 'swapped-id' : h));
+  await f.channel.putInventory(swapped);
+  await assertRejectsCode(f.channel.enrolAgent(f.hosts[0]!, (await generateKeyPairPem()).publicKeyPem), 'HOST_NOT_APPROVED');
+  await f.channel.putInventory(inv);
+
   // a host that leaves the inventory loses its admission: back again, it waits for an Owner anew
   const without = siteInventory('adm', ['Cloud'], 0);
   await f.channel.putInventory(without);

@@ -172,7 +172,7 @@ export class LibvirtFabric implements FabricManagement {
       const err = toOsrError(e);
       if (err.code === 'CONFIG_INVALID') throw err;
       this.up.delete(h.name);
-      ctx.log.warn({ host: h.name, code: err.code, err: err.message }, `host ${h.name} does not answer; it is tried again at the next inventory`);
+      ctx.log.warn({ host: h.name, code: err.code, err: err.message }, err.code === 'HOST_NOT_APPROVED' ? `host ${h.name} waits for an Owner's approval (osr host approve); it is tried again at the next inventory` : `host ${h.name} is not up (${err.code}: ${err.message}); it is tried again at the next inventory`);
       return false;
     }
   }
@@ -199,6 +199,8 @@ export class LibvirtFabric implements FabricManagement {
     }
     for (const name of this.up) {
       const api = this.agent(name);
+      // a renewal that fails (a host waiting for admission, an agent that gives no proof) must
+      // not keep the list from the agent: it would refuse the provider once its list expired
       try {
         const serial = await agentCertificateSerial(api);
         const revoked = serial !== null && serials.includes(serial);
@@ -209,6 +211,11 @@ export class LibvirtFabric implements FabricManagement {
         } finally {
           this.enrolling = false;
         }
+      } catch (e) {
+        const err = toOsrError(e);
+        ctx.log.warn({ host: name, code: err.code, err: err.message }, `host ${name} was not enrolled again now: ${err.message}`);
+      }
+      try {
         await handRevocationList(api, pem);
       } catch (e) {
         ctx.log.warn({ host: name, err: toOsrError(e).message }, `host ${name} did not take the revocation list now`);

@@ -29,6 +29,7 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
     await fabrics.remove(request.params.id);
     // the fabric's provider and agents hold certificates no longer meant to work anywhere
     await ctx.store.certificates.revokeFabric(request.params.id, 'fabric removed');
+    await ctx.store.hostAdmissions.removeFabric(request.params.id);
     return reply.status(204).send();
   });
 
@@ -67,7 +68,7 @@ export const inventoryRoutes = (ctx: VaultContext) => async (app: App) => {
       const { fabric, host } = request.params;
       const a = await ctx.store.hostAdmissions.get(fabric, host);
       if (!a) throw new OsrError('NOT_FOUND', `fabric ${fabric} reports no host ${host}`, { fabric, host });
-      const revoked = await ctx.store.certificates.revokeHolder(fabric, host, `reset by ${principal(request).actor}`);
+      const revoked = await ctx.store.certificates.revokeHolder(fabric, host, `reset by ${principal(request).actor}`, 'agent');
       await ctx.alerting.event({ target: fabric, kind: 'certificate.revoked', severity: Severity.Warning, message: `host ${host} of fabric ${fabric} was reset by ${principal(request).actor}: ${revoked} agent certificate(s) revoked; its provider enrols it anew`, details: { host, count: revoked } });
       return { fabricId: fabric, host, revoked };
     },

@@ -154,10 +154,14 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     async (request) => {
       const fabricId = principal(request).fabricId!;
       const doc = scoped(request.body.inventory as InventoryDocument, request.body.scope ?? 'all');
-      const first = (await store.fabrics.get(fabricId)).inventoryAt === null;
-      const changes = await store.fabrics.replaceInventory(fabricId, doc);
-      // the first inventory's hosts are admitted with it; a host that appears later waits for an Owner
-      const pending = await store.hostAdmissions.reported(fabricId, doc.hosts.map((h) => h.name), first);
+      // the first inventory's hosts are admitted with it; a host that appears later waits for an
+      // Owner, and so does one whose record was replaced (another id under its name): decided
+      // in the inventory's own transaction
+      let pending: string[] = [];
+      const changes = await store.fabrics.replaceInventory(fabricId, doc, async (trx, { first, changes: c }) => {
+        const replaced = c.filter((x) => x.kind === 'host' && x.change === 'removed').map((x) => x.name);
+        pending = await store.hostAdmissions.reported(trx, fabricId, doc.hosts.map((h) => h.name), { firstInventory: first, replaced });
+      });
       for (const host of pending) {
         await alerting.event({ target: fabricId, kind: 'host.admission-pending', severity: Severity.Warning, message: `fabric ${fabricId} reports a new host ${host}: its agent is certified once an Owner approves it (osr host approve ${fabricId} ${host})`, details: { host } });
       }
@@ -236,8 +240,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     '/provider/crl',
     { config: { access: 'provider' }, schema: { summary: 'the CA\'s certificate revocation list (PEM): certificates of removed hosts and fabrics, for the provider to hand to its agents', tags } },
     async (_request, reply) => {
-      // counted first: a revocation made between the count and the list raises the next list's number
-      const crlNumber = await store.certificates.revocationCount();
+      // taken first: a revocation made after it is in this list or in the next, whose number is higher
+      const crlNumber = await store.certificates.nextCrlNumber();
       const revoked = await store.certificates.revoked();
       const now = clock.now();
       const crl = await createCrl(ctx.identity.ca, revoked.map((r) => ({ serialNumber: r.serial, revokedAt: new Date(r.revokedAt) })), { thisUpdate: new Date(now - 5 * 60_000), nextUpdate: new Date(now + CRL_VALID_MS), crlNumber });
@@ -298,7 +302,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       if (live.length > 0) {
         if (!b.proof) throw new OsrError('AUTH_FAILED', `host ${b.name} holds a valid certificate (serial ${live.join(', ')}): a new one is issued only against proof of its current key, which its agent gives with the new key; if the host lost its key, an Owner revokes its certificates first (osr host reset ${p.fabricId} ${b.name})`, { fabric: p.fabricId, host: b.name });
         const held = verifyEnrolmentProof(b.proof, b.name, b.publicKey, ctx.identity.ca.certPem);
-        if (held.fabricId !== p.fabricId || !live.includes(held.serial)) throw new OsrError('AUTH_FAILED', `the proof of host ${b.name}'s current key is made with a certificate (serial ${held.serial}) that is not one of its valid certificates in fabric ${p.fabricId}`, { fabric: p.fabricId, host: b.name });
+        // a certificate from before fabrics were named carries none: its record says the fabric (live() asked for this one)
+        if ((held.fabricId !== undefined && held.fabricId !== p.fabricId) || !live.includes(held.serial)) throw new OsrError('AUTH_FAILED', `the proof of host ${b.name}'s current key is made with a certificate (serial ${held.serial}) that is not one of its valid certificates in fabric ${p.fabricId}`, { fabric: p.fabricId, host: b.name });
       }
       // the fabric is the calling provider's, from its registration: never from the request
       const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, fabricId: p.fabricId!, ...names });
