@@ -37,9 +37,9 @@ export class CertificateStore {
     return Number(r.numUpdatedRows);
   }
 
-  /** The serials of a holder's certificates that are valid now: not revoked, not expired. */
+  /** The serials of a holder's certificates that are valid now (not revoked, not expired), the newest first. */
   async live(fabricId: string, role: string, commonName: string): Promise<string[]> {
-    const rows = await this.db.selectFrom('certificates').select('serial').where('fabric_id', '=', fabricId).where('role', '=', role).where('common_name', '=', commonName).where('revoked_at', 'is', null).where('not_after', '>', this.now()).execute();
+    const rows = await this.db.selectFrom('certificates').select('serial').where('fabric_id', '=', fabricId).where('role', '=', role).where('common_name', '=', commonName).where('revoked_at', 'is', null).where('not_after', '>', this.now()).orderBy('issued_at', 'desc').orderBy('serial').execute();
     return rows.map((r) => r.serial);
   }
 

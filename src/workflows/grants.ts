@@ -30,5 +30,8 @@ export async function replicationGrant(store: VaultStore, sign: GrantSigner, r: 
   if (source?.kind !== 'host' || target?.kind !== 'host') return undefined;
   // a host whose name no agent certificate could carry gets no grant (signGrant refuses it)
   if (!isSafeName(source.name) || !isSafeName(target.name) || !isSafeName(r.replicationId) || !isSafeName(r.item)) return undefined;
+  // nor does a host the vault has not admitted (docs/security.md, host admission)
+  const admitted = await Promise.all([store.hostAdmissions.get(r.source.fabricId, source.name), store.hostAdmissions.get(r.target.fabricId, target.name)]);
+  if (admitted.some((a) => a?.state !== 'admitted')) return undefined;
   return sign({ replicationId: r.replicationId, item: r.item, source: { fabricId: r.source.fabricId, host: source.name }, target: { fabricId: r.target.fabricId, host: target.name } });
 }

@@ -113,6 +113,9 @@ test('a host that holds a valid certificate gets a new one only against proof of
   // its holder renews it
   const renewed = await f.channel.enrolAgent(host, next.publicKeyPem, {}, signEnrolmentProof({ certPem: issued.certificate, keyPem: first.privateKeyPem }, host, next.publicKeyPem));
   assert.equal(readCertificateInfo(renewed.certificate).commonName, host);
+  // the key it renewed away from proves nothing any more, though its certificate has not expired
+  const third = await generateKeyPairPem();
+  await assertRejectsCode(f.channel.enrolAgent(host, third.publicKeyPem, {}, signEnrolmentProof({ certPem: issued.certificate, keyPem: first.privateKeyPem }, host, third.publicKeyPem)), 'AUTH_FAILED', /not with its newest/);
   // it lost its key: only an Owner resets it, and then it enrols without a proof
   const reader = (await v.api.request<{ secret: string }>('POST', '/api/v1/tokens', { name: 'pop-reader', role: 'Reader' })).secret;
   await assertRejectsCode(v.as(reader).request('POST', `/api/v1/host-admissions/${f.p.fabricId}/${host}/reset`), 'FORBIDDEN');

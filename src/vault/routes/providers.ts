@@ -304,6 +304,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         const held = verifyEnrolmentProof(b.proof, b.name, b.publicKey, ctx.identity.ca.certPem);
         // a certificate from before fabrics were named carries none: its record says the fabric (live() asked for this one)
         if ((held.fabricId !== undefined && held.fabricId !== p.fabricId) || !live.includes(held.serial)) throw new OsrError('AUTH_FAILED', `the proof of host ${b.name}'s current key is made with a certificate (serial ${held.serial}) that is not one of its valid certificates in fabric ${p.fabricId}`, { fabric: p.fabricId, host: b.name });
+        // the newest only: a key the host renewed away from (a backup, an old disk) proves nothing
+        if (held.serial !== live[0]) throw new OsrError('AUTH_FAILED', `the proof of host ${b.name}'s current key is made with certificate ${held.serial}, not with its newest (${live[0]})`, { fabric: p.fabricId, host: b.name });
       }
       // the fabric is the calling provider's, from its registration: never from the request
       const cert = await issueCertificate(ctx.identity.ca, { commonName: b.name, role: 'agent', publicKeyPem: b.publicKey, validDays: AGENT_CERT_DAYS, fabricId: p.fabricId!, ...names });
