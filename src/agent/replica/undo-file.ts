@@ -25,7 +25,7 @@ const ENTRY_BYTES = 24;
 /** where the data of a new undo file begins (DIRECT_ALIGN): the header, then zeroes */
 const DATA_START = DIRECT_ALIGN;
 const COPY_CHUNK = 4 * 1024 * 1024;
-/** gathered reads of an image run together while an undo file is written (the thread pool has four threads) */
+/** gathered reads of an image run together while an undo file is written (with its write and the log's writes beside them) */
 const UNDO_READ_LANES = 3;
 /** bytes of undo data gathered per write while writing an undo file */
 const BATCH_BYTES = 8 * 1024 * 1024;
