@@ -34,7 +34,7 @@ import { tinyGuest } from '../src/lab/tiny-guest.js';
 import { parseBytes, UsageError, type Flags } from './lib/args.js';
 import { onCleanup, sleep, startAgent, tempDir, waitFor, type BenchAgent } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
-import { ProcessSampler } from './lib/proc.js';
+import { cpuSeconds, cpuTimes, ProcessSampler, threadCpu, threadCpuSince } from './lib/proc.js';
 import { MB, median, percentile, round } from './lib/stats.js';
 import { fmt, formatTable } from './lib/table.js';
 
@@ -249,6 +249,10 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     replicaApplySeconds: number | null;
     swap: DeltaTimings['swap'] | null;
     replicaApplySteps: DeltaTimings['replicaApplySteps'] | null;
+    /** CPU seconds (user + system) over each tool's cycle: the agents, the domain's QEMU, virtnbdbackup */
+    cpu: { primary: number | null; replica: number | null; qemu: number | null; vnbQemu: number | null; virtnbdbackup: number | null };
+    /** the agents' CPU over the cycle per kind of thread */
+    threads: { primary: Record<string, string>; replica: Record<string, string> };
   }[] = [];
   for (let r = 0; r < o.runs; r++) {
     await primary.api.post(`/v1/replications/${name}/cycle`);
@@ -263,17 +267,31 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
       await virsh.run(['start', d.name]);
       await mounted(d);
     }
+    const cpuOf = (pid: number | null) => (pid === null ? null : cpuSeconds(pid));
+    const less = (a: number | null, b: number | null) => (a === null || b === null ? null : round(a - b, 2));
+    const qemuPid = domainPid(name);
+    const cpu0 = [cpuOf(primary.child.pid ?? null), cpuOf(replica.child.pid ?? null), cpuOf(qemuPid)];
+    const threads0 = [primary, replica].map((a) => threadCpu(a.child.pid ?? 0));
     const s = performance.now();
     await primary.api.post(`/v1/replications/${name}/cycle`);
     seq = await pointAfter(seq);
     const osrSeconds = (performance.now() - s) / 1000;
+    const cpu1 = [cpuOf(primary.child.pid ?? null), cpuOf(replica.child.pid ?? null), cpuOf(qemuPid)];
+    const threads = [primary, replica].map((a, i) => threadCpuSince(threads0[i]!, threadCpu(a.child.pid ?? 0)));
     // where the cycle's time went: reading the dirty extents into the delta, sending it, applying it
     const d = (await health()).lastDelta;
     let vnbSeconds: number | null = null;
+    let vnbQemuCpu: number | null = null;
+    let vnbCpu: number | null = null;
     if (hasVnb) {
+      const twinPid = domainPid(twinName);
+      const q0 = cpuOf(twinPid);
+      const c0 = cpuTimes('self')?.children ?? null;
       const v = performance.now();
       await run('virtnbdbackup', ['-d', twinName, '-l', 'inc', '-o', vnbDir, '--noprogress'], { maxBuffer: 64 * MiB });
       vnbSeconds = (performance.now() - v) / 1000;
+      vnbQemuCpu = less(cpuOf(twinPid), q0);
+      vnbCpu = less(cpuTimes('self')?.children ?? null, c0);
     }
     rounds.push({
       changedBytes,
@@ -285,6 +303,8 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
       replicaApplySeconds: d?.replicaApplyMs != null ? d.replicaApplyMs / 1000 : null,
       swap: d?.swap ?? null,
       replicaApplySteps: d?.replicaApplySteps ?? null,
+      cpu: { primary: less(cpu1[0], cpu0[0]), replica: less(cpu1[1], cpu0[1]), qemu: less(cpu1[2], cpu0[2]), vnbQemu: vnbQemuCpu, virtnbdbackup: vnbCpu },
+      threads: { primary: threads[0]!, replica: threads[1]! },
     });
   }
 
@@ -338,6 +358,8 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     osrIncApplyStepsSeconds: Object.fromEntries(
       (['verifyMs', 'undoMs', 'imageMs', 'syncMs', 'finishMs'] as const).map((k) => [k.replace('Ms', ''), round(median(rounds.map((x) => (x.replicaApplySteps?.[k] ?? NaN) / 1000)), 2)]),
     ),
+    // CPU seconds over the cycle (median): osr's agents and QEMU, virtnbdbackup and its domain's QEMU
+    osrIncCpuSeconds: Object.fromEntries((['primary', 'replica', 'qemu', 'virtnbdbackup', 'vnbQemu'] as const).map((k) => [k, round(median(rounds.map((x) => x.cpu[k] ?? NaN)), 2)])),
     testFailoverBootSeconds: round(median(boots), 2),
     rounds,
   };
@@ -350,7 +372,9 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
         ['  sent to the replica (s, after the read: streamed deltas go out while read)', fmt(result.osrIncSendSeconds, 2), null],
         ['  applied at the replica (s)', fmt(result.osrIncApplySeconds, 2), null],
         ['    verify / undo / image writes / image sync / finish (s)', Object.values(result.osrIncApplyStepsSeconds).map((x) => fmt(x, 2) ?? '—').join(' / '), null],
+        ['    CPU s: primary / replica / QEMU', [result.osrIncCpuSeconds.primary, result.osrIncCpuSeconds.replica, result.osrIncCpuSeconds.qemu].map((x) => fmt(x, 2) ?? '—').join(' / '), null],
         ['virtnbdbackup -l inc, same changes (s)', fmt(result.virtnbdbackupIncSeconds, 2), null],
+        ['    CPU s: virtnbdbackup / QEMU', [result.osrIncCpuSeconds.virtnbdbackup, result.osrIncCpuSeconds.vnbQemu].map((x) => fmt(x, 2) ?? '—').join(' / '), null],
         ['osr / virtnbdbackup', fmt(result.osrToVirtnbdbackup, 2), '≤ 1'],
         ['delta (MB/s, read + shipped + applied)', fmt(result.deltaMBps), null],
     ['test failover boot (s, median)', fmt(result.testFailoverBootSeconds, 2), null],
@@ -444,4 +468,14 @@ async function runRpo(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiDir:
   await replica.stop();
   for (const d of domains) await d.destroy();
   return result;
+}
+
+/** The QEMU process of a running domain (libvirt's pid file), or null. */
+function domainPid(name: string): number | null {
+  try {
+    const pid = Number(fs.readFileSync(`/run/libvirt/qemu/${name}.pid`, 'utf8').trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
 }

@@ -181,3 +181,45 @@ export function ownCpuSeconds(from?: NodeJS.CpuUsage): number {
   const u = process.cpuUsage(from);
   return (u.user + u.system) / 1e6;
 }
+
+/**
+ * CPU seconds per kind of thread of a process (threads grouped by name: node's main
+ * thread, the libuv thread pool, V8's workers...), user and system apart.
+ */
+export function threadCpu(pid: number): Map<string, { user: number; system: number }> {
+  const out = new Map<string, { user: number; system: number }>();
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    let text: string;
+    try {
+      text = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const name = tid === String(pid) ? 'main' : text.slice(text.indexOf('(') + 1, text.lastIndexOf(')')).replace(/[0-9]+$/, '').trim();
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    const f = (n: number) => Number(fields[n - 3]) / clockTicks();
+    const t = out.get(name) ?? { user: 0, system: 0 };
+    t.user += f(14);
+    t.system += f(15);
+    out.set(name, t);
+  }
+  return out;
+}
+
+/** The CPU seconds per thread kind spent between two `threadCpu` snapshots, as "name u/s" text. */
+export function threadCpuSince(before: Map<string, { user: number; system: number }>, after: Map<string, { user: number; system: number }>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, a] of after) {
+    const b = before.get(name) ?? { user: 0, system: 0 };
+    const u = a.user - b.user;
+    const s = a.system - b.system;
+    if (u + s >= 0.01) out[name] = `${u.toFixed(2)} user + ${s.toFixed(2)} sys`;
+  }
+  return out;
+}

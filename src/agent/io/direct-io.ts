@@ -22,6 +22,22 @@ export function openDirect(file: string): number | undefined {
   }
 }
 
+/** Open a file for direct reads, or undefined where the addon or the file system does not allow it. */
+export function openDirectRead(file: string): number | undefined {
+  if (!addon || fs.constants.O_DIRECT === undefined) return undefined;
+  try {
+    return fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+    throw e;
+  }
+}
+
+/** Whether aligned buffers (and so direct I/O) can be had here. */
+export function canAlign(): boolean {
+  return addon !== undefined;
+}
+
 export function isAligned(offset: number, length: number): boolean {
   return offset % DIRECT_ALIGN === 0 && length % DIRECT_ALIGN === 0;
 }

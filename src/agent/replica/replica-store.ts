@@ -22,7 +22,7 @@ import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import { crashPoint } from '../io/crash-point.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord, type LogScan } from '../tracking/change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
-import { AlignedPool, isAligned, openDirect } from '../io/direct-io.js';
+import { AlignedPool, alignedBuffer, DIRECT_ALIGN, isAligned, openDirect } from '../io/direct-io.js';
 import { ExtentMap } from '../io/extent-map.js';
 import { fileBlockDigests } from '../io/checksum.js';
 import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
@@ -519,7 +519,7 @@ export class ReplicaStore implements ReplicaTarget {
     }
   }
 
-  /** The image opened for direct writes (initial copy only), or undefined where unsupported. */
+  /** The image opened for direct writes (the initial copy's and an apply's aligned writes), or undefined where unsupported. */
   private directFd(disk: string): number | undefined {
     if (this.directFds.has(disk)) return this.directFds.get(disk);
     const fd = openDirect(this.imagePath(disk));
@@ -639,7 +639,7 @@ export class ReplicaStore implements ReplicaTarget {
   prepareUndo(seq: number, disk: string): UndoWriter | undefined {
     const latest = this.latestPoint();
     if (!latest || seq !== latest.seq + 1 || this.manifest.applying || this.manifest.resync || this.manifest.divergent || this.manifest.committed || !this.manifest.initial.done) return undefined;
-    const w = new UndoWriter(path.join(this.incomingDir(seq), `${safeName(disk, 'disk name')}.undo`), this.imageFd(disk), diskKeyOf(this.diskSpec(disk).id));
+    const w = new UndoWriter(path.join(this.incomingDir(seq), `${safeName(disk, 'disk name')}.undo`), this.imageFd(disk), diskKeyOf(this.diskSpec(disk).id), this.imagePath(disk));
     this.preparedAt.set(w, this.imageWrites);
     return w;
   }
@@ -855,7 +855,10 @@ export class ReplicaStore implements ReplicaTarget {
           done += n;
         }
       }
-      const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0]!.bytes), Buffer.allocUnsafe(batches[0]!.bytes)] : [];
+      // aligned pieces go to the image with direct I/O (no page cache to fill and write
+      // back), from aligned buffers; the sync after the writes makes both kinds durable
+      const direct = this.directFd(disk);
+      const bufs = batches.length > 0 ? [0, 1].map(() => (direct !== undefined ? alignedBuffer(Math.ceil(batches[0]!.bytes / DIRECT_ALIGN) * DIRECT_ALIGN) : Buffer.allocUnsafe(batches[0]!.bytes))) : [];
       // the next batch is read while this one is written; the undo is durable already, so
       // the image's write-back may start at once (the sync after this has little left)
       const writeBack = new WriteBack(imageFd);
@@ -865,7 +868,7 @@ export class ReplicaStore implements ReplicaTarget {
         const buf = bufs[i % 2]!.subarray(0, b.bytes);
         await readGatherFiles(buf, b.reads);
         await writing;
-        writing = writeScatter(imageFd, buf, b.writes).then(() => writeBack.wrote(b.bytes));
+        writing = writeScatterDirect(imageFd, direct, buf, b.writes).then((buffered) => writeBack.wrote(buffered));
       }
       await writing;
       await writeBack.settle();
@@ -1396,4 +1399,18 @@ export class OverlayDisk implements BlockDevice {
     this.log.closeFile();
     fs.closeSync(this.logFd);
   }
+}
+
+/**
+ * writeScatter with the aligned pieces (file position, length and place in `buf`) through
+ * `directFd` when there is one, the others through `fd`; both kinds end before it settles.
+ * Answers the bytes written through the page cache.
+ */
+async function writeScatterDirect(fd: number, directFd: number | undefined, buf: Buffer, pieces: readonly IoPiece[]): Promise<number> {
+  const direct: IoPiece[] = [];
+  const buffered: IoPiece[] = [];
+  for (const p of pieces) (directFd !== undefined && p[1] % DIRECT_ALIGN === 0 && isAligned(p[0], p[2]) ? direct : buffered).push(p);
+  const done = await Promise.allSettled([direct.length > 0 ? writeScatter(directFd!, buf, direct) : undefined, buffered.length > 0 ? writeScatter(fd, buf, buffered) : undefined]);
+  for (const r of done) if (r.status === 'rejected') throw r.reason;
+  return buffered.reduce((n, p) => n + p[2], 0);
 }

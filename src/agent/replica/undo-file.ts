@@ -7,18 +7,25 @@
  * Layout: header 64 bytes ("OSRUNDO\0" | version u16 | 6 reserved | diskKey 16 | 32 reserved),
  * then data, then the index (count × [offset u64 | length u64 | dataPos u64]), then a
  * 48-byte footer: indexPos u64 | count u64 | dataDigest 16 | xxh128(index ‖ footer 0..31) 16.
+ * dataDigest covers every byte from the header's end to indexPos. Files written now begin
+ * their data at DATA_START (zeroes after the header, covered by the digest like data), so
+ * that aligned data goes to the disk with direct I/O; older files begin it right after the
+ * header. Readers go by each entry's dataPos and read both alike.
  */
 import fs from 'node:fs';
 import { OsrError } from '../../domain/errors.js';
 import { createDigest, digest } from '../io/checksum.js';
-import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, type IoPiece } from '../io/io.js';
+import { alignedBuffer, canAlign, DIRECT_ALIGN, isAligned, openDirect, openDirectRead } from '../io/direct-io.js';
+import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, type FilePiece, type IoPiece } from '../io/io.js';
 
 const MAGIC = Buffer.from('OSRUNDO\0', 'latin1');
 const HEADER_BYTES = 64;
 const FOOTER_BYTES = 48;
 const ENTRY_BYTES = 24;
+/** where the data of a new undo file begins (DIRECT_ALIGN): the header, then zeroes */
+const DATA_START = DIRECT_ALIGN;
 const COPY_CHUNK = 4 * 1024 * 1024;
-/** gathered reads of an image run together while an undo file is written (the thread pool has four threads) */
+/** gathered reads of an image run together while an undo file is written (with its write and the log's writes beside them) */
 const UNDO_READ_LANES = 3;
 /** bytes of undo data gathered per write while writing an undo file */
 const BATCH_BYTES = 8 * 1024 * 1024;
@@ -45,8 +52,9 @@ export interface UndoFile {
 }
 
 
+/** The header and the zeroes after it, up to DATA_START (the zeroes belong to the data digest). */
 function encodeHeader(diskKey: Buffer): Buffer {
-  const header = Buffer.alloc(HEADER_BYTES);
+  const header = Buffer.alloc(DATA_START);
   MAGIC.copy(header, 0);
   header.writeUInt16LE(1, 8);
   diskKey.copy(header, 16, 0, 16);
@@ -70,6 +78,57 @@ function encodeIndex(entries: readonly UndoEntry[], indexPos: number, dataDigest
 }
 
 /**
+ * The descriptors an undo file's data is copied through: the image (buffered, and direct
+ * where the native addon and the file system allow it) and the undo file (likewise).
+ * Direct I/O keeps a delta's gigabyte of scattered image reads and undo writes out of the
+ * page cache: the reads skip read-ahead, the writes are on the disk when they return (the
+ * fdatasync that makes the file durable still follows, as for buffered writes). Only
+ * aligned pieces (offset, length and place in the batch buffer) go direct; the rest, and
+ * everything where direct I/O is not to be had, is buffered. The bytes are the same.
+ */
+class CopyFds {
+  readonly undoDirect: number | undefined;
+  readonly imageDirect: number | undefined;
+
+  constructor(
+    readonly undo: number,
+    undoPath: string,
+    readonly image: number,
+    imagePath: string | undefined,
+  ) {
+    this.undoDirect = canAlign() ? openDirect(undoPath) : undefined;
+    try {
+      this.imageDirect = canAlign() && imagePath !== undefined ? openDirectRead(imagePath) : undefined;
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  /** A batch buffer (aligned where direct I/O may use it). */
+  buffer(bytes = BATCH_BYTES): Buffer {
+    return this.undoDirect !== undefined || this.imageDirect !== undefined ? alignedBuffer(Math.ceil(bytes / DIRECT_ALIGN) * DIRECT_ALIGN) : Buffer.allocUnsafe(bytes);
+  }
+
+  /** Image pieces [imagePos, bufOffset, length] of a batch as reads, direct where aligned. */
+  reads(pieces: readonly IoPiece[]): FilePiece[] {
+    const direct = this.imageDirect;
+    return pieces.map(([pos, into, len]) => [direct !== undefined && into % DIRECT_ALIGN === 0 && isAligned(pos, len) ? direct : this.image, pos, into, len] as const);
+  }
+
+  /** Write a batch at `at` in the undo file; true when it went direct (nothing left dirty). */
+  async write(buf: Buffer, at: number): Promise<boolean> {
+    const direct = this.undoDirect !== undefined && isAligned(at, buf.length);
+    await writeAllAt(direct ? this.undoDirect! : this.undo, [buf], at);
+    return direct;
+  }
+
+  close(): void {
+    for (const fd of [this.undoDirect, this.imageDirect]) if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
  * An undo file written while its delta arrives: ranges are added in the order the delta's
  * records name them, and the bytes they hold now are copied from the image (which nothing
  * writes until the delta is applied) in batches, in order, on the thread pool. Ranges that
@@ -82,23 +141,38 @@ export class UndoWriter {
   private readonly entries: UndoEntry[] = [];
   private readonly dataDigest = createDigest();
   private readonly writeBack: WriteBack;
-  private pos = HEADER_BYTES;
+  private readonly io: CopyFds;
+  private pos = DATA_START;
   private end = 0;
   private batch: { at: number; length: number; pieces: IoPiece[] } | undefined;
-  private buf: Buffer | undefined;
+  /** two batch buffers: one is read into while the other is written out */
+  private readonly bufs: Buffer[] = [];
+  private batches = 0;
   private chain: Promise<void> = Promise.resolve();
+  /** the write of the last batch read (the next batch is read meanwhile) */
+  private writing: Promise<void> = Promise.resolve();
   private failed: unknown;
   private valid = true;
   private done = false;
 
+  /** `imagePath` (the file of `imageFd`) lets the image be read with direct I/O. */
   constructor(
     readonly path: string,
-    private readonly imageFd: number,
+    imageFd: number,
     diskKey: Buffer,
+    imagePath?: string,
   ) {
     this.fd = fs.openSync(path, 'w+', 0o600);
+    try {
+      this.io = new CopyFds(this.fd, path, imageFd, imagePath);
+    } catch (e) {
+      fs.closeSync(this.fd);
+      throw e;
+    }
     this.writeBack = new WriteBack(this.fd);
-    this.step(() => writeAllAt(this.fd, [encodeHeader(diskKey)], 0));
+    const header = encodeHeader(diskKey);
+    this.dataDigest.update(header.subarray(HEADER_BYTES));
+    this.step(() => writeAllAt(this.fd, [header], 0));
   }
 
   /** The delta changes [offset, offset + length) next. */
@@ -140,12 +214,22 @@ export class UndoWriter {
     const b = this.batch;
     this.batch = undefined;
     if (!b) return;
+    const i = this.batches++ % 2;
     this.step(async () => {
-      const buf = (this.buf ??= Buffer.allocUnsafe(BATCH_BYTES)).subarray(0, b.length);
-      await readGatherFiles(buf, b.pieces.map(([pos, into, len]) => [this.imageFd, pos, into, len] as const), UNDO_READ_LANES);
+      // batches are read and hashed in order; a batch is read while the one before it is
+      // written, into the other buffer (whose last write, two batches back, has ended)
+      const buf = (this.bufs[i] ??= this.io.buffer()).subarray(0, b.length);
+      await readGatherFiles(buf, this.io.reads(b.pieces), UNDO_READ_LANES);
       this.dataDigest.update(buf);
-      await writeAllAt(this.fd, [buf], b.at);
-      this.writeBack.wrote(b.length);
+      await this.writing;
+      this.writing = this.io.write(buf, b.at).then(
+        (direct) => {
+          if (!direct) this.writeBack.wrote(b.length);
+        },
+        (e: unknown) => {
+          this.failed ??= e;
+        },
+      );
     });
   }
 
@@ -154,8 +238,10 @@ export class UndoWriter {
     if (this.done) return undefined;
     this.flush();
     await this.chain;
+    await this.writing;
     if (this.done) return undefined;
     this.done = true;
+    this.io.close();
     try {
       if (!this.valid || this.failed !== undefined) throw this.failed ?? new Error('gave up');
       await this.writeBack.settle();
@@ -173,8 +259,10 @@ export class UndoWriter {
     if (this.done) return;
     this.valid = false;
     await this.chain;
+    await this.writing;
     if (this.done) return;
     this.done = true;
+    this.io.close();
     fs.closeSync(this.fd);
     fs.rmSync(this.path, { force: true });
   }
@@ -187,10 +275,15 @@ export class UndoWriter {
  */
 export async function writeUndoFile(path: string, diskKey: Buffer, sources: UndoSource[], opts: { sync?: boolean } = {}): Promise<UndoFile> {
   const fd = fs.openSync(path, 'w+', 0o600);
+  let io: CopyFds | undefined;
   try {
-    await writeAllAt(fd, [encodeHeader(diskKey)], 0);
-    let pos = HEADER_BYTES;
+    // the sources' reads stay buffered (any files); the undo's aligned batches go direct
+    io = new CopyFds(fd, path, -1, undefined);
+    const header = encodeHeader(diskKey);
+    await writeAllAt(fd, [header], 0);
+    let pos = DATA_START;
     const dataDigest = createDigest();
+    dataDigest.update(header.subarray(HEADER_BYTES));
     const entries: UndoEntry[] = [];
     // The data region is the sources back to back, so it is filled in batches: the pieces of
     // a batch (many small random reads of an image) are gathered into one buffer,
@@ -211,7 +304,8 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
       }
       pos += s.length;
     }
-    const bufs = batches.length > 0 ? [Buffer.allocUnsafe(batches[0].length), Buffer.allocUnsafe(batches[0].length)] : [];
+    const copy = io;
+    const bufs = batches.length > 0 ? [copy.buffer(batches[0].length), copy.buffer(batches[0].length)] : [];
     // the disk writes the undo while the next batches are read (the sync at the end is short)
     const writeBack = new WriteBack(fd);
     let writing: Promise<void> = Promise.resolve();
@@ -222,7 +316,9 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
       await readGatherFiles(buf, b.pieces.map((p) => [p.fd, p.pos, p.into, p.length] as const), UNDO_READ_LANES);
       dataDigest.update(buf);
       await writing;
-      writing = writeAllAt(fd, [buf], b.at).then(() => writeBack.wrote(b.length));
+      writing = copy.write(buf, b.at).then((direct) => {
+        if (!direct) writeBack.wrote(b.length);
+      });
     }
     await writing;
     await writeBack.settle();
@@ -232,6 +328,8 @@ export async function writeUndoFile(path: string, diskKey: Buffer, sources: Undo
   } catch (e) {
     fs.closeSync(fd);
     throw e;
+  } finally {
+    io?.close();
   }
 }
 
