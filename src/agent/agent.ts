@@ -602,7 +602,7 @@ export class Agent {
     return g;
   }
 
-  checkGrant(token: string, end: 'source' | 'target', expect: { replicationId: string; otherHost?: string | undefined }): ReplicationGrant {
+  private checkGrant(token: string, end: 'source' | 'target', expect: { replicationId: string; otherHost?: string | undefined }): ReplicationGrant {
     const g = verifyGrant(token, this.tls.ca);
     const me = this.enrolled;
     const mine = g[end];

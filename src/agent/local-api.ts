@@ -48,13 +48,14 @@ export function httpStatusOf(code: ErrorCode): number {
 }
 
 function replicaSummary(agent: Agent, s: ReplicaStore) {
+  const owner = agent.replicas.owner(s.vmId);
   return {
     vmId: s.vmId,
     vm: s.vmName,
     /** the source agent that may replicate into it (its certificate's name) */
-    source: agent.replicas.owner(s.vmId)?.source ?? null,
+    source: owner?.source ?? null,
     /** that agent's fabric, when the vault's replication grant named it (its certificate must name it too) */
-    sourceFabric: agent.replicas.owner(s.vmId)?.sourceFabric ?? null,
+    sourceFabric: owner?.sourceFabric ?? null,
     disks: s.disks,
     initialDone: s.initialDone,
     committed: s.isCommitted,

@@ -277,7 +277,8 @@ export async function issueCertificate(ca: CaMaterial, opts: IssueOptions): Prom
 }
 
 const FABRIC_URI_PREFIX = 'urn:osr:fabric:';
-const FABRIC_ID = /^[a-z0-9][a-z0-9-]{0,99}$/;
+/** What a fabric id looks like (the vault makes them): what a certificate's or a grant's fabric must match. */
+export const FABRIC_ID = /^[a-z0-9][a-z0-9-]{0,99}$/;
 
 /** The URI name that ties a certificate to a fabric (agent-channel.md). */
 export function fabricUri(fabricId: string): string {

@@ -15,12 +15,11 @@ import crypto from 'node:crypto';
 import { OsrError } from '../domain/errors.js';
 import type { GrantEnd, ReplicationGrant } from '../domain/grants.js';
 import { isSafeName } from '../domain/names.js';
-import type { CaMaterial } from './ca.js';
+import { FABRIC_ID, type CaMaterial } from './ca.js';
 
 const PREFIX = 'osr-grant-v1';
 /** a grant is a few hundred bytes; anything much longer is not one */
 export const MAX_GRANT_LENGTH = 4096;
-const FABRIC_ID = /^[a-z0-9][a-z0-9-]{0,99}$/;
 
 export type { GrantEnd, ReplicationGrant };
 

@@ -99,10 +99,11 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           // the API refused this already; checked again for a policy or fabric that changed since
           await checkProtectionOptions(store, { vm, policy, targetFabricId: target.fabricId });
           const targetHosts: PlacementHost[] = [];
+          // a host the vault has not admitted holds no replica (docs/security.md, host admission)
+          const admitted = new Set((await store.hostAdmissions.list({ fabricId: target.fabricId, state: 'admitted' })).map((a) => a.host));
           for (const hg of props<{ hostGroups: string[] }>(target).hostGroups) {
             for (const h of await store.fabrics.objects('host', { parentId: hg, limit: 1000 })) {
-              // a host the vault has not admitted holds no replica (docs/security.md, host admission)
-              if ((await store.hostAdmissions.get(target.fabricId, h.name))?.state !== 'admitted') continue;
+              if (!admitted.has(h.name)) continue;
               const hp = props<{ osVersion: string; logicalNetworks: string[]; storageLocations: string[] }>(h);
               targetHosts.push({ id: h.id, name: h.name, osVersion: hp.osVersion, logicalNetworks: hp.logicalNetworks, storageLocations: hp.storageLocations });
             }
