@@ -362,16 +362,19 @@ describe('providers and protection', () => {
   });
 
   test('long-polls leave no listener on the vault behind, answered or cut off', async () => {
+    // the other tests' providers poll too, and their polls come and go: only this test's provider is left running
+    for (const other of providers.splice(0)) await other.stop();
     const p = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-Polls', inventory: siteInventory('polls', ['PollCloud'], 0) });
     providers.push(p);
     const before = getEventListeners(v.vault.ctx.closing, 'abort').length;
     for (let i = 0; i < 30; i++) await p.runtime.channel.commands(0);
     const cut = new AbortController();
-    const pending = p.runtime.channel.commands(5, cut.signal).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 200));
+    // a poll far longer than the wait below: only the vault noticing the cut ends it in time
+    const pending = p.runtime.channel.commands(60, cut.signal).catch(() => undefined);
+    await waitFor('the long-poll to wait on the vault', () => getEventListeners(v.vault.ctx.closing, 'abort').length > before, 5000, 10).catch(() => undefined);
     cut.abort();
     await pending;
-    await waitFor('the cut-off long-poll to end', () => getEventListeners(v.vault.ctx.closing, 'abort').length <= before + 1, 5000, 50);
+    await waitFor('the cut-off long-poll to end', () => getEventListeners(v.vault.ctx.closing, 'abort').length <= before + 1, 10_000, 50);
     assert.ok(getEventListeners(v.vault.ctx.closing, 'abort').length <= before + 1, 'at most the provider runtime\'s own long-poll is waiting');
   });
 
