@@ -10,7 +10,11 @@
  * - osrIncSeconds / virtnbdbackupIncSeconds: the same scattered changes (random bytes
  *   written while the domain is off, through qemu-nbd, so both tools' bitmaps see them):
  *   one osr cycle (read over NBD, shipped, applied at the replica, the point made) against
- *   `virtnbdbackup -l inc` (read over NBD, written to its backup directory);
+ *   `virtnbdbackup -l inc` (read over NBD, written to its backup directory); each tool's
+ *   timed run starts from rest, as a cycle minutes after the last one does: every dirty
+ *   page written back (`sync`, so neither runs while the kernel writes what the other left
+ *   behind) and 10 s idle (on a virtual machine, pages freed a moment ago are far cheaper
+ *   to take again than pages the guest has handed back to the host);
  *   deltaMBps: the changed bytes over osr's cycle time;
  * - testFailoverBootSeconds: a recovery point opened writable at the replica and a domain
  *   started on it over NBD, until the guest has mounted its file system;
@@ -172,6 +176,12 @@ export async function runLibvirtBench(o: LibvirtBenchOptions): Promise<void> {
   console.log(`wrote ${out}`);
 }
 
+/** Before a timed run: nothing left dirty by the run before, and the machine at rest. */
+async function settle(): Promise<void> {
+  await run('sync', []);
+  await sleep(10_000);
+}
+
 /** The initial copy, idle cycles, the compared incremental cycles and the drill boots. */
 async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiDir: string, rows: Row[]): Promise<Record<string, unknown>> {
   const hasVnb = await run('virtnbdbackup', ['--version']).then(
@@ -270,6 +280,7 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     const cpuOf = (pid: number | null) => (pid === null ? null : cpuSeconds(pid));
     const less = (a: number | null, b: number | null) => (a === null || b === null ? null : round(a - b, 2));
     const qemuPid = domainPid(name);
+    await settle();
     const cpu0 = [cpuOf(primary.child.pid ?? null), cpuOf(replica.child.pid ?? null), cpuOf(qemuPid)];
     const threads0 = [primary, replica].map((a) => threadCpu(a.child.pid ?? 0));
     const s = performance.now();
@@ -284,6 +295,7 @@ async function runCycles(o: LibvirtBenchOptions, virsh: Virsh, dir: string, pkiD
     let vnbQemuCpu: number | null = null;
     let vnbCpu: number | null = null;
     if (hasVnb) {
+      await settle();
       const twinPid = domainPid(twinName);
       const q0 = cpuOf(twinPid);
       const c0 = cpuTimes('self')?.children ?? null;

@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ChangeLogWriter, diskKeyOf } from '../../src/agent/tracking/change-log.js';
+import { ChangeLogWriter, diskKeyOf, LogStreamVerifier, scanLogFile } from '../../src/agent/tracking/change-log.js';
 import { blockDigests } from '../../src/agent/io/checksum.js';
 import type { Consistency } from '../../src/agent/ports/change-source.js';
-import { ReplicaStore } from '../../src/agent/replica/replica-store.js';
+import { ReplicaStore, type ReceivedDeltaFile } from '../../src/agent/replica/replica-store.js';
 import type { DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../../src/agent/ports/replica-target.js';
 import { assertRejectsCode as assertCode, assertThrowsCode, prng, withDir } from '../support/unit.js';
 
@@ -742,6 +742,115 @@ test(
       h.nextSeq = 4;
       await h.applyNext();
       await h.checkAllPoints('delta 4 again');
+    } finally {
+      h.store.close();
+    }
+  }),
+);
+
+/**
+ * Receive a delta as the replication server does: into the last delta's log file where the
+ * store kept one (reuseLog), overwritten in place from the start, verified as it arrives.
+ */
+function receiveInPlace(h: Harness, d: ReturnType<Harness['makeDelta']>): { files: ReceivedDeltaFile[]; reused: string[] } {
+  const reused: string[] = [];
+  const files = d.files.map((f) => {
+    const bytes = fs.readFileSync(f.file);
+    fs.rmSync(f.file);
+    if (h.store.reuseLog(f.diskName, f.file)) reused.push(f.diskName);
+    const fd = fs.openSync(f.file, fs.existsSync(f.file) ? 'r+' : 'w');
+    const verifier = new LogStreamVerifier(f.file);
+    for (let at = 0; at < bytes.length; at += 7000) {
+      const part = bytes.subarray(at, Math.min(bytes.length, at + 7000));
+      fs.writeSync(fd, part, 0, part.length, at);
+      verifier.push(at, [part]);
+    }
+    fs.closeSync(fd);
+    return { ...f, verified: verifier.result() };
+  });
+  return { files, reused };
+}
+
+test(
+  'a delta is received into the last delta\'s log file, overwritten in place: applied only as verified, and after a crash only the log that was verified',
+  withDir(async (dir) => {
+    const root = path.join(dir, 'store');
+    const h = await storeWithPoints(root, 812, 2);
+    await h.open();
+    const spare = (disk: string) => path.join(root, 'spare', `${disk}.osrlog`);
+    try {
+      // a large delta: its logs are kept for the next one
+      await h.applyNext(DISKS.map((d) => randomOps(h.rnd, d.size, 80)));
+      const large = DISKS.map((d) => fs.statSync(spare(d.name)).size);
+      assert.ok(large.every((n) => n > 100 * KiB), 'the applied logs were kept');
+
+      // the next, smaller delta overwrites them in place: an older log's bytes follow its own
+      const small = h.makeDelta(DISKS.map((d) => randomOps(h.rnd, d.size, 4)));
+      const got = receiveInPlace(h, small);
+      assert.deepEqual(got.reused, ['sda', 'sdb']);
+      for (const [i, f] of got.files.entries()) assert.equal(fs.statSync(f.file).size, large[i], 'the reused file keeps its length (and its pages)');
+      // without the scan made as it arrived, a reused file is refused (a scan of the file would read the older bytes)
+      await assertCode(
+        h.store.applyDelta(
+          small.point,
+          got.files.map(({ verified: _, ...f }) => f),
+        ),
+        'CHANGE_LOG_CORRUPT',
+      );
+      assert.equal(await h.store.applyDelta(small.point, got.files), 'applied');
+      h.recordApplied(small.point, small.next);
+      await h.checkAllPoints('after a delta received in place');
+      assert.equal(fs.statSync(spare('sda')).size, large[0], 'the kept file is still the large one');
+
+      // a crash after the undo of the next in-place delta, twice over: once with the log
+      // intact (recovery reads it up to its recorded length), once with a power cut having
+      // left another valid log of the same delta in the file (recovery must not apply it)
+      for (const lost of [false, true]) {
+        h.store.close();
+        const before = path.join(dir, `before-${lost}`);
+        copyDir(root, before);
+        await h.open();
+        const ops = DISKS.map((disk) => randomOps(h.rnd, disk.size, 6));
+        const d = h.makeDelta(ops);
+        const r = receiveInPlace(h, d);
+        const saved = path.join(dir, `delta-${lost}`);
+        copyDir(h.store.incomingDir(d.point.seq), saved);
+        const logs = Object.fromEntries(DISKS.map((disk) => {
+          const scan = scanLogFile(path.join(saved, `${disk.name}.osrlog`), r.files.find((f) => f.diskName === disk.name)!.verified!.fileBytes);
+          return [disk.name, { chain: scan.close!.chain.toString('hex'), bytes: scan.validBytes }];
+        }));
+        assert.equal(await h.store.applyDelta(d.point, r.files), 'applied');
+        h.store.close();
+        const after = path.join(dir, `after-${lost}`);
+        copyDir(root, after);
+
+        fs.rmSync(root, { recursive: true });
+        copyDir(before, root);
+        writeManifest(root, { ...readManifest(root), applying: { point: d.point, stage: 'undo-written', logs } });
+        copyDir(saved, h.store.incomingDir(d.point.seq));
+        copyDir(path.join(after, 'undo', `${String(d.point.seq).padStart(12, '0')}`), path.join(root, 'undo', `${String(d.point.seq).padStart(12, '0')}`));
+        for (const disk of DISKS) halfWrite(h.store.imagePath(disk.name), fs.readFileSync(path.join(after, 'disks', `${disk.name}.img`)), disk.size / 2);
+        if (lost) {
+          // a valid log of the same delta, as long, with other bytes, where this delta's writes were lost
+          const other = path.join(h.store.incomingDir(d.point.seq), 'sdb.osrlog');
+          const tail = fs.readFileSync(other).subarray(logs.sdb!.bytes);
+          writeDeltaLog(other, d.point.seq, DISKS[1], ops[1]!.map((o) => (o.kind === 'write' ? { ...o, data: randomBytes(h.rnd, o.data.length) } : o)));
+          assert.equal(fs.statSync(other).size, logs.sdb!.bytes);
+          fs.appendFileSync(other, tail);
+        }
+        await h.open();
+        if (lost) {
+          assert.match(h.store.recoveryNotes.join('\n'), new RegExp(`delta ${d.point.seq} .* rolled back to point ${d.point.seq - 1}`));
+          await h.checkAllPoints('rolled back from a log that was not the one verified');
+        } else {
+          assert.deepEqual(h.store.recoveryNotes, []);
+          h.recordApplied(d.point, d.next);
+          await h.checkAllPoints('recovered from a reused log');
+        }
+      }
+      // and the chain goes on
+      await h.applyNext();
+      await h.checkAllPoints('the next delta');
     } finally {
       h.store.close();
     }

@@ -100,6 +100,12 @@ export interface ReplicaTarget {
   applyDelta(point: RecoveryPoint, files: DeltaDiskFile[]): Promise<'applied' | 'duplicate'>;
   /** begin the undo of delta `seq` for `disk` while it arrives, when the store can (it follows the latest point) */
   prepareUndo?(seq: number, disk: string): PreparedUndo | undefined;
+  /**
+   * Move this disk's last applied log, kept for reuse, to `file` (a path in incomingDir), when
+   * the store keeps one: the caller then overwrites it in place and truncates it to what it
+   * wrote. True when a file was moved there.
+   */
+  reuseLog?(disk: string, file: string): boolean;
   /** where the last apply spent its time (ms), when the store keeps it */
   readonly applySteps?: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
   points(): RecoveryPoint[];

@@ -6,6 +6,7 @@
  *   <root>/disks/<disk>.img         each disk at the latest recovery point
  *   <root>/undo/<seq>/<disk>.undo   bytes that turn point <seq> back into the point before it
  *   <root>/incoming/<seq>/<disk>.osrlog   a received delta (closed change logs) until applied
+ *   <root>/spare/<disk>.osrlog      the last applied delta's log, overwritten by the next one
  *   <root>/resync/<disk>.osrlog     blocks a resynchronization found different, staged
  *   <root>/overlays/<id>/           copy-on-write overlays opened on a point
  *
@@ -33,6 +34,9 @@ import { punchHole, writeZeroRange } from '../io/sparse.js';
 import { ResyncStage } from './resync-stage.js';
 import { closeUndoFile, openUndoFile, UndoWriter, writeUndoFile, type UndoFile, type UndoSource } from './undo-file.js';
 
+/** A received log larger than this is not kept for the next delta (reuseLog): the disk space it would hold while idle. */
+const MAX_SPARE_LOG_BYTES = 2 * 1024 ** 3;
+
 interface Manifest {
   version: 1;
   vmId: string;
@@ -40,7 +44,12 @@ interface Manifest {
   disks: ReplicaDiskSpec[];
   initial: { done: boolean; copied: Record<string, number>; finishedDisks: string[] };
   points: RecoveryPoint[];
-  applying?: { point: RecoveryPoint; stage: 'received' | 'undo-written' } | undefined;
+  /**
+   * The delta being applied. `logs`: per disk, the received log as verified; recovery
+   * applies a log only if it has that chain (a reused log file that lost writes in a power
+   * cut may otherwise hold a valid older log: reuseLog).
+   */
+  applying?: { point: RecoveryPoint; stage: 'received' | 'undo-written'; logs?: Record<string, ReceivedLog> | undefined } | undefined;
   commit?: { overlayId: string; pointSeq: number } | undefined;
   committed?: boolean;
   retention: RetentionSpec;
@@ -58,9 +67,16 @@ interface Manifest {
 }
 
 /** Records of one disk's delta: a resync's staged log (if any), then the received log. */
+/** A received log as verified: its record chain (hex) and its length (a reused file goes on with an older log's bytes). */
+interface ReceivedLog {
+  chain: string;
+  bytes: number;
+}
+
 interface DeltaRecords {
   staged: LogRecord[];
   received: LogRecord[];
+  log: ReceivedLog;
 }
 
 /** An undo file as one layer of a point view */
@@ -119,6 +135,8 @@ export class ReplicaStore implements ReplicaTarget {
   private manifest: Manifest;
   private readonly images = new Map<string, number>();
   private readonly directFds = new Map<string, number | undefined>();
+  /** received log files that reuseLog handed out: applied only as verified while they arrived */
+  private readonly reusedLogs = new Set<string>();
   private readonly undos: PointUndo[] = [];
   /** counts the writes into the images (initial copy, applies, roll-backs): an undo read ahead is good only while it stays the same */
   private imageWrites = 0;
@@ -311,6 +329,11 @@ export class ReplicaStore implements ReplicaTarget {
 
   /** Delete files no manifest entry refers to (left by a crash between two steps). */
   private removeStrays(): void {
+    const spare = this.spareDir;
+    if (fs.existsSync(spare)) {
+      const keep = new Set(this.manifest.disks.map((d) => `${d.name}.osrlog`));
+      for (const f of fs.readdirSync(spare)) if (!keep.has(f)) fs.rmSync(path.join(spare, f), { recursive: true, force: true });
+    }
     const keepUndo = new Set(this.undos.map((u) => pad(u.seq)));
     if (this.manifest.applying?.stage === 'undo-written') keepUndo.add(pad(this.manifest.applying.point.seq));
     const undoDir = path.join(this.root, 'undo');
@@ -353,6 +376,47 @@ export class ReplicaStore implements ReplicaTarget {
   }
   get trashDir(): string {
     return path.join(this.root, 'trash');
+  }
+  private get spareDir(): string {
+    return path.join(this.root, 'spare');
+  }
+  private sparePath(disk: string): string {
+    return path.join(this.spareDir, `${safeName(disk, 'disk name')}.osrlog`);
+  }
+
+  /**
+   * The next delta of `disk` is received into the last one's log file, overwritten in place
+   * (ReplicaTarget.reuseLog): the kernel keeps that file's pages, where a new file of the
+   * same size takes fresh ones, which costs most of a delta's receiving CPU on some
+   * machines. The receiver truncates the file to what it wrote, and the log's record chain
+   * refuses any old byte left in a hole, as it refuses any byte a new file got wrong.
+   */
+  reuseLog(disk: string, file: string): boolean {
+    const spare = this.sparePath(disk);
+    if (!file.startsWith(`${path.join(this.root, 'incoming')}${path.sep}`)) return false;
+    try {
+      fs.renameSync(spare, file);
+      this.reusedLogs.add(file);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    }
+  }
+
+  /** Keep the received logs of an applied delta for the next one (reuseLog), when they are not too large to keep. */
+  private keepLogs(files: DeltaDiskFile[]): void {
+    const incoming = `${path.join(this.root, 'incoming')}${path.sep}`;
+    for (const f of files) {
+      if (!f.file.startsWith(incoming) || !this.manifest.disks.some((d) => d.name === f.diskName)) continue;
+      try {
+        if (fs.statSync(f.file).size > MAX_SPARE_LOG_BYTES) continue;
+        fs.mkdirSync(this.spareDir, { recursive: true, mode: 0o700 });
+        fs.renameSync(f.file, this.sparePath(f.diskName));
+      } catch {
+        // only an optimisation: the next delta gets a new file
+      }
+    }
   }
   overlayDir(id: string): string {
     return path.join(this.root, 'overlays', safeName(id, 'overlay id', 'INVALID_ARGUMENT'));
@@ -686,7 +750,7 @@ export class ReplicaStore implements ReplicaTarget {
       const v0 = performance.now();
       const records = this.verifyDeltaFiles(point.seq, files);
       this.applySteps = { verifyMs: Math.round(performance.now() - v0), undoMs: 0, imageMs: 0, syncMs: 0, finishMs: 0 };
-      this.manifest.applying = { point, stage: 'received' };
+      this.manifest.applying = { point, stage: 'received', logs: Object.fromEntries([...records].map(([disk, r]) => [disk, r.log])) };
       if (this.manifest.points.length === 0) {
         // the first delta has no undo (there is no earlier point to go back to), so it is
         // durable before any image changes: recovery redoes it from these files
@@ -729,22 +793,26 @@ export class ReplicaStore implements ReplicaTarget {
     this.save();
   }
 
-  private verifyDeltaFiles(seq: number, files: ReceivedDeltaFile[]): Map<string, DeltaRecords> {
+  private verifyDeltaFiles(seq: number, files: ReceivedDeltaFile[], logs?: Record<string, ReceivedLog>): Map<string, DeltaRecords> {
     const out = new Map<string, DeltaRecords>();
-    const verify = (file: string, disk: ReplicaDiskSpec, verified?: LogScan): LogRecord[] => {
-      // verified while it arrived, if the file holds exactly the bytes that did
-      const scan = verified && fs.statSync(file).size === verified.fileBytes ? verified : scanLogFile(file);
+    const verify = (file: string, disk: ReplicaDiskSpec, verified?: LogScan, length?: number): { records: LogRecord[]; log: ReceivedLog } => {
+      // verified while it arrived (the file holds those bytes, and after them an older
+      // log's where it was reused); otherwise scanned, up to the length recorded if one was
+      const ok = verified && fs.statSync(file).size >= verified.fileBytes ? verified : undefined;
+      if (!ok && length === undefined && this.reusedLogs.has(file)) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: delta ${seq} of disk ${disk.name} did not verify as it arrived`);
+      const scan = ok ?? scanLogFile(file, length);
       if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: delta ${seq} of disk ${disk.name} is incomplete`);
       if (scan.header.seq !== seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${file}: change log ${scan.header.seq} arrived as delta ${seq}`);
       if (!scan.header.diskKey.equals(diskKeyOf(disk.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: change log belongs to another disk than ${disk.name}`);
       for (const r of scan.records) {
         if (r.offset + r.length > disk.size) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: record ${r.index} lies outside disk ${disk.name}`);
       }
-      return scan.records;
+      return { records: scan.records, log: { chain: scan.close.chain.toString('hex'), bytes: scan.validBytes } };
     };
     for (const f of files) {
       const disk = this.diskSpec(f.diskName);
-      out.set(f.diskName, { staged: f.staged ? verify(f.staged, disk) : [], received: verify(f.file, disk, f.verified) });
+      const received = verify(f.file, disk, f.verified, logs?.[f.diskName]?.bytes);
+      out.set(f.diskName, { staged: f.staged ? verify(f.staged, disk).records : [], received: received.records, log: received.log });
     }
     return out;
   }
@@ -817,7 +885,9 @@ export class ReplicaStore implements ReplicaTarget {
     }
     this.save();
     this.closeDirect();
+    this.keepLogs(files);
     discard(this.incomingDir(seq), this.trashDir);
+    for (const f of this.reusedLogs) if (f.startsWith(`${this.incomingDir(seq)}${path.sep}`)) this.reusedLogs.delete(f);
     if (resynced) this.dropStage();
     await this.prune();
     step('finishMs');
@@ -886,7 +956,11 @@ export class ReplicaStore implements ReplicaTarget {
     const files = this.manifest.disks.map((d) => ({ diskName: d.name, file: path.join(dir, `${d.name}.osrlog`), staged: resync ? this.stagedFile(d.name) : undefined }));
     let records: Map<string, DeltaRecords>;
     try {
-      records = this.verifyDeltaFiles(applying.point.seq, files);
+      const logs = applying.logs;
+      records = this.verifyDeltaFiles(applying.point.seq, files, logs);
+      for (const [disk, r] of records) {
+        if (logs && logs[disk]?.chain !== r.log.chain) throw new OsrError('CHANGE_LOG_CORRUPT', `the received log of disk ${disk} is not the one delta ${applying.point.seq} was verified with`);
+      }
     } catch (e) {
       if (applying.stage === 'undo-written') {
         // the received files were not synced (applyDelta) and did not survive the crash:

@@ -656,7 +656,10 @@ class Session {
           const file = path.join(dir, `${d.name}.osrlog`);
           // the undo is written while the log arrives: the apply then only syncs it
           const undo = store.prepareUndo?.(point.seq, d.name);
-          files.set(d.name, { file, fd: fs.openSync(file, 'w', 0o600), undo, walker: undo ? new RecordWalker((offset, length) => undo.add(offset, length)) : undefined, verifier: new LogStreamVerifier(file) });
+          // the last delta's file overwritten in place where the store keeps it (the log's
+          // length is what the verifier saw: an older log's bytes may follow it)
+          const fd = fs.openSync(file, store.reuseLog?.(d.name, file) ? 'r+' : 'w', 0o600);
+          files.set(d.name, { file, fd, undo, walker: undo ? new RecordWalker((offset, length) => undo.add(offset, length)) : undefined, verifier: new LogStreamVerifier(file) });
         }
         this.delta = { point, files };
         return null;

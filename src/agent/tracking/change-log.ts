@@ -447,10 +447,12 @@ export class ChangeLogParser {
  * the middle of an append) and is reported, not thrown; anything else that fails
  * verification throws CHANGE_LOG_CORRUPT.
  */
-export function scanLogFile(path: string): LogScan {
+/** Scan a log file; `length`: scan only its first bytes (a reused file's log ends there: the bytes after are an older log's). */
+export function scanLogFile(path: string, length?: number): LogScan {
   const fd = fs.openSync(path, 'r');
   try {
-    const fileBytes = fs.fstatSync(fd).size;
+    const size = fs.fstatSync(fd).size;
+    const fileBytes = length === undefined ? size : Math.min(size, length);
     const parser = new ChangeLogParser(path);
     const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
     let pos = 0;
