@@ -102,8 +102,9 @@ export interface ReplicaTarget {
   prepareUndo?(seq: number, disk: string): PreparedUndo | undefined;
   /**
    * Move this disk's last applied log, kept for reuse, to `file` (a path in incomingDir), when
-   * the store keeps one: the caller then overwrites it in place and truncates it to what it
-   * wrote. True when a file was moved there.
+   * the store keeps one: the caller then overwrites it in place from its first byte, and the
+   * delta is applied only as verified while it arrived (an older log's bytes may follow the
+   * new one). True when a file was moved there.
    */
   reuseLog?(disk: string, file: string): boolean;
   /** where the last apply spent its time (ms), when the store keeps it */
