@@ -32,7 +32,7 @@ const layerRules = Object.keys(layers).map((layer) => ({
 }));
 
 // Inside src/agent: io ← ports ← wire ← sending; io ← nbd ← libvirt ← hosts; ports ←
-// tracking ← libvirt, hosts; ports ← libvirt (a libvirt host's promotions implement the port); tracking, wire ← replica; and the agent's own files at the root (agent.ts, local-api.ts,
+// tracking ← libvirt, hosts; ports ← libvirt (a libvirt host's promotions implement the port); tracking, wire ← replica; io, ports, tracking ← azure; and the agent's own files at the root (agent.ts, local-api.ts,
 // api-access.ts) on top, which no folder imports. Nothing in src/agent imports hosts: the
 // agent reaches its host through the Host port (ports/host.ts), and the CLI chooses it.
 const agentZones = {
@@ -45,6 +45,7 @@ const agentZones = {
   replica: ['io', 'ports', 'wire', 'tracking'],
   libvirt: ['io', 'nbd', 'ports', 'tracking'],
   hosts: ['io', 'ports', 'tracking', 'nbd', 'libvirt'],
+  azure: ['io', 'ports', 'tracking'],
 };
 const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica'];
 const agentFolders = Object.keys(agentZones);
