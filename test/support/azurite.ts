@@ -1,0 +1,63 @@
+/**
+ * Azurite, the Azure Storage emulator (the `azurite` package), started by a test on a free
+ * loopback port with its data in a temporary directory. Its well-known development
+ * account and key are public (they are Azurite's defaults, not a secret).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
+
+export const AZURITE_ACCOUNT = 'devstoreaccount1';
+export const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+
+export interface Azurite {
+  /** the blob service's URL for the development account */
+  url: string;
+  credential: StorageSharedKeyCredential;
+  service: BlobServiceClient;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+export async function startAzurite(): Promise<Azurite> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-azurite-'));
+  const main = createRequire(import.meta.url).resolve('azurite/dist/src/blob/main.js');
+  const child = spawn(process.execPath, [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir, '--skipApiVersionCheck', '--disableTelemetry'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`Azurite did not start within 30 s: ${out}`)), 30_000);
+    const onData = (b: Buffer) => {
+      out += b.toString();
+      const m = /listens on http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`Azurite exited with ${code}: ${out}`));
+    });
+  });
+  const url = `http://127.0.0.1:${port}/${AZURITE_ACCOUNT}`;
+  const credential = new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY);
+  return {
+    url,
+    credential,
+    service: new BlobServiceClient(url, credential),
+    child,
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGKILL');
+        await exited;
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
