@@ -2,7 +2,9 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import type { ContainerClient } from '@azure/storage-blob';
+import { BlobPoints } from '../../src/agent/azure/blob-points.js';
 import { MAX_PUT_PAGE, PageBlobDisk, type DiskPiece } from '../../src/agent/azure/page-blob-disk.js';
+import type { RecoveryPoint } from '../../src/agent/ports/replica-target.js';
 import { azureDiskBytes, pageBlobBytes, readVhdFooter } from '../../src/agent/azure/vhd.js';
 import { assertRejectsCode, prng } from '../support/unit.js';
 import { startAzurite, type Azurite } from '../support/azurite.js';
@@ -146,4 +148,100 @@ test('a snapshot keeps the disk as it was, with its metadata, while the live blo
   await d.deleteSnapshot(snap);
   await d.deleteSnapshot(snap); // twice: a retried prune
   await assertRejectsCode(d.read(0, 512, snap), 'NOT_FOUND');
+});
+
+/** Two disks in a fresh container, their points, and a model of each disk at every point. */
+async function vmReplica(sizes: number[]) {
+  const c = await container();
+  const disks = await Promise.all(sizes.map((s, i) => PageBlobDisk.open(c, `d${i}`, s)));
+  const points = new BlobPoints(c, disks);
+  const models = new Map<number, Buffer[]>();
+  const current = sizes.map((s) => Buffer.alloc(s));
+  return { c, disks, points, models, current };
+}
+
+function pointOf(seq: number, timeMs = 1_700_000_000_000 + seq * 60_000, consistency: 'crash-consistent' | 'app-consistent' = 'crash-consistent'): RecoveryPoint {
+  return { seq, timeMs, consistency, deltaBytes: 0 };
+}
+
+async function assertPoints(r: Awaited<ReturnType<typeof vmReplica>>, what: string): Promise<void> {
+  for (const set of await r.points.points()) {
+    const model = r.models.get(set.point.seq);
+    assert.ok(model, `${what}: point ${set.point.seq} has a model`);
+    for (const [i, d] of r.disks.entries()) {
+      const snap = set.snapshots.find((s) => s.disk === d.name)!;
+      assert.ok((await d.read(0, d.size, snap.snapshot)).equals(model[i]!), `${what}: point ${set.point.seq}, disk ${d.name}`);
+    }
+  }
+}
+
+test('each delta becomes a point across every disk, equal byte for byte to the disks at that delta; retention drops whole points', async () => {
+  const r = await vmReplica([6 * MiB + 100, 3 * MiB]);
+  const rnd = prng(0xb10b);
+  for (let seq = 1; seq <= 6; seq++) {
+    const pieces = new Map(r.disks.map((d) => [d.name, randomPieces(rnd, d.size, 15)]));
+    assert.equal(await r.points.apply(pointOf(seq, undefined, seq % 3 === 0 ? 'app-consistent' : 'crash-consistent'), pieces, { first: seq === 1 }), 'applied');
+    r.disks.forEach((d, i) => applyTo(r.current[i]!, pieces.get(d.name)!));
+    r.models.set(seq, r.current.map((b) => Buffer.from(b)));
+    assert.equal(await r.points.apply(pointOf(seq), pieces), 'duplicate', 'the same delta again changes nothing');
+  }
+  assert.deepEqual((await r.points.points()).map((p) => [p.point.seq, p.point.consistency]), [
+    [1, 'crash-consistent'], [2, 'crash-consistent'], [3, 'app-consistent'], [4, 'crash-consistent'], [5, 'crash-consistent'], [6, 'app-consistent'],
+  ]);
+  await assertPoints(r, 'six deltas');
+  await assertRejectsCode(r.points.apply(pointOf(9), new Map(r.disks.map((d) => [d.name, []]))), 'REPLICA_CHAIN_BROKEN');
+  // at most 3 points: crash-consistent points go first (the oldest point, the farthest from
+  // any before it, stays; of equal gaps the earliest goes), the latest stays
+  const dropped = await r.points.prune({ hours: 24, maxPoints: 3 }, 1_700_000_000_000 + 7 * 60_000);
+  assert.deepEqual(dropped.map((p) => p.seq), [2, 4, 5]);
+  assert.deepEqual((await r.points.points()).map((p) => p.point.seq), [1, 3, 6]);
+  // out of the window: all but the latest
+  assert.deepEqual((await r.points.prune({ hours: 1, maxPoints: 3 }, 1_700_000_000_000 + 3 * 3600_000)).map((p) => p.seq), [1, 3]);
+  assert.deepEqual((await r.points.points()).map((p) => p.point.seq), [6]);
+  await assertPoints(r, 'after pruning');
+  let snapshots = 0;
+  for await (const b of r.c.listBlobsFlat({ includeSnapshots: true })) if (b.snapshot) snapshots++;
+  assert.equal(snapshots, 1 * 2, 'a dropped point leaves no snapshot behind');
+});
+
+test('a delta cut off at any step — part of a disk written, one disk recorded, one snapshot made — is finished by sending it again', async () => {
+  const r = await vmReplica([4 * MiB, 2 * MiB + 512]);
+  const rnd = prng(0xc0ffee);
+  const deltaOf = () => new Map(r.disks.map((d) => [d.name, randomPieces(rnd, d.size, 25)]));
+  const record = (seq: number, pieces: Map<string, DiskPiece[]>) => {
+    r.disks.forEach((d, i) => applyTo(r.current[i]!, pieces.get(d.name)!));
+    r.models.set(seq, r.current.map((b) => Buffer.from(b)));
+  };
+  const first = deltaOf();
+  await r.points.apply(pointOf(1), first, { first: true });
+  record(1, first);
+
+  // 1. the second disk's writes fail part-way (the storage account goes away)
+  const d2 = deltaOf();
+  const upload = r.disks[1]!.blob.uploadPages.bind(r.disks[1]!.blob);
+  let calls = 0;
+  r.disks[1]!.blob.uploadPages = (...a) => (++calls > 3 ? Promise.reject(new Error('connection reset')) : upload(...a));
+  await assertRejectsCode(r.points.apply(pointOf(2), d2), 'AZURE_STORAGE_ERROR');
+  r.disks[1]!.blob.uploadPages = upload;
+  assert.equal(await r.disks[0]!.sequenceNumber(), 2, 'the first disk recorded the delta');
+  assert.equal(await r.disks[1]!.sequenceNumber(), 1, 'the second did not');
+  assert.deepEqual((await r.points.points()).map((p) => p.point.seq), [1], 'no point 2 yet');
+  assert.equal(await r.points.apply(pointOf(2), d2), 'applied');
+  record(2, d2);
+  await assertPoints(r, 'after a cut-off write');
+
+  // 2. every disk recorded, one snapshot made, then the crash: only the missing snapshot is made
+  const d3 = deltaOf();
+  for (const d of r.disks) {
+    await d.write(d3.get(d.name)!, 3);
+    await d.setSequenceNumber(3);
+  }
+  await r.disks[0]!.snapshot({ osrseq: '3', osrtime: String(pointOf(3).timeMs), osrconsistency: 'crash-consistent', osrdeltabytes: '0' });
+  assert.deepEqual((await r.points.list()).map((s) => [s.point.seq, s.complete]), [[1, true], [2, true], [3, false]]);
+  // a stale copy of the delta arriving now writes nothing (every disk records it)
+  assert.equal(await r.disks[0]!.write([{ offset: 0, data: Buffer.alloc(512, 0xaa) }], 3), false);
+  assert.equal(await r.points.apply(pointOf(3), d3), 'applied');
+  record(3, d3);
+  assert.deepEqual((await r.points.list()).map((s) => [s.point.seq, s.complete, s.every.length]), [[1, true, 2], [2, true, 2], [3, true, 2]]);
+  await assertPoints(r, 'after a crash between snapshots');
 });

@@ -28,6 +28,7 @@ import { ExtentMap } from '../io/extent-map.js';
 import { fileBlockDigests } from '../io/checksum.js';
 import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
 import { Consistency } from '../ports/change-source.js';
+import { nextPointToDrop } from '../ports/retention.js';
 import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { punchHole, writeZeroRange } from '../io/sparse.js';
@@ -1004,24 +1005,10 @@ export class ReplicaStore implements ReplicaTarget {
    */
   async prune(): Promise<RecoveryPoint[]> {
     const dropped: RecoveryPoint[] = [];
-    const { hours, maxPoints } = this.manifest.retention;
     const points = this.manifest.points;
     const inUse = new Set([...this.overlays.values()].map((o) => o.pointSeq));
-    const cutoff = this.now() - hours * 3600_000;
     for (;;) {
-      const candidates = points.slice(0, -1).filter((p) => !inUse.has(p.seq));
-      if (candidates.length === 0) break;
-      // an old primary's base goes as soon as a real point exists
-      const expired = candidates.find((p) => p.unverified || p.timeMs < cutoff);
-      let victim = expired;
-      if (!victim && points.length > Math.max(1, maxPoints)) {
-        const gap = (p: RecoveryPoint) => {
-          const i = points.indexOf(p);
-          return i === 0 ? Number.MAX_SAFE_INTEGER : p.timeMs - points[i - 1].timeMs;
-        };
-        const pool = candidates.some((p) => p.consistency === Consistency.Crash) ? candidates.filter((p) => p.consistency === Consistency.Crash) : candidates;
-        victim = pool.reduce((a, b) => (gap(b) < gap(a) ? b : a));
-      }
+      const victim = nextPointToDrop(points, this.manifest.retention, this.now(), inUse);
       if (!victim) break;
       this.dropping = victim.seq;
       try {

@@ -1,0 +1,133 @@
+/**
+ * One VM's recovery points in its container (docs/design/azure.md): a point is a set of
+ * snapshots, one per disk, with the same `osrseq` in their metadata. A delta is written
+ * into each disk's live blob on the sequence-number condition, the blob's number is set to
+ * the delta's, and then each disk is snapshotted; the point exists once every disk has its
+ * snapshot. Each step is safe to run again after a crash: a disk that records the delta
+ * is not written again, and a disk that has the snapshot is not snapshotted again.
+ */
+import type { ContainerClient } from '@azure/storage-blob';
+import { OsrError } from '../../domain/errors.js';
+import { Consistency } from '../ports/change-source.js';
+import type { RecoveryPoint, RetentionSpec } from '../ports/replica-target.js';
+import { nextPointToDrop } from '../ports/retention.js';
+import { storageError, type DiskPiece, type PageBlobDisk } from './page-blob-disk.js';
+
+/** A point's snapshot of one disk. */
+export interface DiskSnapshot {
+  disk: string;
+  snapshot: string;
+}
+
+/** A recovery point as snapshots: complete when every disk of the VM has one. */
+export interface BlobPoint {
+  point: RecoveryPoint;
+  snapshots: DiskSnapshot[];
+}
+
+const META = { seq: 'osrseq', time: 'osrtime', consistency: 'osrconsistency', deltaBytes: 'osrdeltabytes' } as const;
+
+function pointMetadata(p: RecoveryPoint): Record<string, string> {
+  return { [META.seq]: String(p.seq), [META.time]: String(p.timeMs), [META.consistency]: p.consistency, [META.deltaBytes]: String(p.deltaBytes) };
+}
+
+/** A snapshot's metadata as a point, or undefined if it is not one osr made. */
+function parsePointMetadata(m: Record<string, string> | undefined): RecoveryPoint | undefined {
+  if (!m) return undefined;
+  const seq = Number(m[META.seq]);
+  const timeMs = Number(m[META.time]);
+  const deltaBytes = Number(m[META.deltaBytes] ?? 0);
+  const consistency = m[META.consistency];
+  if (!Number.isSafeInteger(seq) || seq < 0 || !Number.isSafeInteger(timeMs) || !Number.isSafeInteger(deltaBytes)) return undefined;
+  if (consistency !== Consistency.Crash && consistency !== Consistency.App) return undefined;
+  return { seq, timeMs, consistency, deltaBytes };
+}
+
+export class BlobPoints {
+  constructor(
+    private readonly container: ContainerClient,
+    private readonly disks: readonly PageBlobDisk[],
+  ) {}
+
+  /** Every point osr made in the container, in order; `complete` false for a set a crash left short of a disk. */
+  async list(): Promise<(BlobPoint & { complete: boolean; every: DiskSnapshot[] })[]> {
+    const byName = new Map(this.disks.map((d) => [d.blob.name, d.name]));
+    const sets = new Map<number, BlobPoint & { every: DiskSnapshot[] }>();
+    try {
+      for await (const b of this.container.listBlobsFlat({ includeSnapshots: true, includeMetadata: true, prefix: 'disks/' })) {
+        const disk = byName.get(b.name);
+        if (!b.snapshot || disk === undefined) continue;
+        const point = parsePointMetadata(b.metadata);
+        if (!point) continue;
+        const set = sets.get(point.seq) ?? { point, snapshots: [], every: [] };
+        // a snapshot retried after a lost answer: the first of the disk's is the point's, and both go with it
+        if (!set.snapshots.some((s) => s.disk === disk)) set.snapshots.push({ disk, snapshot: b.snapshot });
+        set.every.push({ disk, snapshot: b.snapshot });
+        sets.set(point.seq, set);
+      }
+    } catch (e) {
+      throw storageError(e, 'listing the recovery points');
+    }
+    return [...sets.values()].sort((a, b) => a.point.seq - b.point.seq).map((s) => ({ ...s, complete: s.snapshots.length === this.disks.length }));
+  }
+
+  /** The complete points, in order. */
+  async points(): Promise<BlobPoint[]> {
+    return (await this.list()).filter((s) => s.complete).map(({ point, snapshots }) => ({ point, snapshots }));
+  }
+
+  /** The latest complete point, if any. */
+  async latest(): Promise<BlobPoint | undefined> {
+    return (await this.points()).at(-1);
+  }
+
+  /**
+   * Apply delta `point.seq` (each disk's pieces, coalesced: none overlap) and make it a
+   * point. 'duplicate' when the point exists already. The delta must follow the latest
+   * point (or be the first after the initial copy, `first`).
+   */
+  async apply(point: RecoveryPoint, pieces: ReadonlyMap<string, readonly DiskPiece[]>, o: { first?: boolean } = {}): Promise<'applied' | 'duplicate'> {
+    const all = await this.list();
+    const done = all.find((s) => s.point.seq === point.seq);
+    if (done?.complete) return 'duplicate';
+    const latest = all.filter((s) => s.complete).at(-1);
+    if (latest && point.seq <= latest.point.seq) return 'duplicate';
+    if (!o.first && latest && point.seq !== latest.point.seq + 1) {
+      throw new OsrError('REPLICA_CHAIN_BROKEN', `delta ${point.seq} does not follow the latest recovery point ${latest.point.seq}`, { latest: latest.point.seq, got: point.seq });
+    }
+    for (const d of this.disks) {
+      if (!pieces.has(d.name)) throw new OsrError('INVALID_ARGUMENT', `delta ${point.seq} has nothing for disk ${d.name}`);
+    }
+    // 1. the live blobs: each disk that does not record the delta yet gets its writes, then the number
+    for (const d of this.disks) {
+      if ((await d.sequenceNumber()) >= point.seq) continue;
+      await d.write(pieces.get(d.name)!, point.seq);
+      await d.setSequenceNumber(point.seq);
+    }
+    // 2. the snapshots, each disk's once
+    const have = new Set(done?.snapshots.map((s) => s.disk) ?? []);
+    for (const d of this.disks) if (!have.has(d.name)) await d.snapshot(pointMetadata(point));
+    // 3. sets a crash left short (older than this point) are not points: they go
+    for (const s of all) if (!s.complete && s.point.seq < point.seq) await this.deleteSet(s);
+    return 'applied';
+  }
+
+  /** Drop points outside the retention (never the latest, never one in use): the points dropped. */
+  async prune(retention: RetentionSpec, nowMs: number, inUse: ReadonlySet<number> = new Set()): Promise<RecoveryPoint[]> {
+    const sets = (await this.list()).filter((s) => s.complete);
+    const points = sets.map((s) => s.point);
+    const dropped: RecoveryPoint[] = [];
+    for (;;) {
+      const victim = nextPointToDrop(points, retention, nowMs, inUse);
+      if (!victim) break;
+      await this.deleteSet(sets.find((s) => s.point.seq === victim.seq)!);
+      points.splice(points.indexOf(victim), 1);
+      dropped.push(victim);
+    }
+    return dropped;
+  }
+
+  private async deleteSet(set: { every: DiskSnapshot[] }): Promise<void> {
+    for (const s of set.every) await this.disks.find((d) => d.name === s.disk)!.deleteSnapshot(s.snapshot);
+  }
+}
