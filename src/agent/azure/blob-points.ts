@@ -82,11 +82,12 @@ export class BlobPoints {
   }
 
   /**
-   * Apply delta `point.seq` (each disk's pieces, coalesced: none overlap) and make it a
-   * point. 'duplicate' when the point exists already. The delta must follow the latest
-   * point (or be the first after the initial copy, `first`).
+   * Apply delta `point.seq` and make it a point: each disk's pieces (coalesced: none
+   * overlap), as one list or as batches read one after the other (a large delta is not
+   * held in memory whole). 'duplicate' when the point exists already. The delta must follow
+   * the latest point (or be the first after the initial copy, `first`).
    */
-  async apply(point: RecoveryPoint, pieces: ReadonlyMap<string, readonly DiskPiece[]>, o: { first?: boolean } = {}): Promise<'applied' | 'duplicate'> {
+  async apply(point: RecoveryPoint, pieces: ReadonlyMap<string, readonly DiskPiece[] | (() => AsyncIterable<readonly DiskPiece[]>)>, o: { first?: boolean } = {}): Promise<'applied' | 'duplicate'> {
     const all = await this.list();
     const done = all.find((s) => s.point.seq === point.seq);
     if (done?.complete) return 'duplicate';
@@ -101,7 +102,9 @@ export class BlobPoints {
     // 1. the live blobs: each disk that does not record the delta yet gets its writes, then the number
     for (const d of this.disks) {
       if ((await d.sequenceNumber()) >= point.seq) continue;
-      await d.write(pieces.get(d.name)!, point.seq);
+      const source = pieces.get(d.name)!;
+      if (typeof source !== 'function') await d.write(source, point.seq);
+      else for await (const batch of source()) if (!(await d.write(batch, point.seq))) break;
       await d.setSequenceNumber(point.seq);
     }
     // 2. the snapshots, each disk's once

@@ -1,0 +1,241 @@
+/**
+ * One VM's replica in an Azure storage account (docs/design/azure.md): a container with a
+ * page blob per disk, `replica.json` (the disks, the retention, the initial copy's
+ * progress), and the recovery points as snapshot sets (blob-points.ts). The storage
+ * account holds everything that matters, so the replica outlives the primary site.
+ *
+ * What is built so far: the replica opened or made, the initial copy with its checkpoints,
+ * deltas applied from closed change logs, points and retention. Fitting it to the
+ * ReplicaTarget port (resync, divergence, the epoch) and reaching it from the sending side
+ * are the next steps of the design.
+ */
+import fs from 'node:fs';
+import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
+import { isRestError } from '@azure/storage-blob';
+import { OsrError } from '../../domain/errors.js';
+import { ExtentMap } from '../io/extent-map.js';
+import { readFully } from '../io/io.js';
+import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
+import { diskKeyOf, RecordType, scanLogFile } from '../tracking/change-log.js';
+import { BlobPoints, type BlobPoint } from './blob-points.js';
+import { PageBlobDisk, storageError, type DiskPiece } from './page-blob-disk.js';
+
+/** What `replica.json` records. */
+interface ReplicaRecord {
+  version: 1;
+  vmId: string;
+  vmName: string;
+  disks: ReplicaDiskSpec[];
+  retention: RetentionSpec;
+  initial: { done: boolean; copied: Record<string, number>; finishedDisks: string[] };
+}
+
+/** A delta's data is read from its log and sent this much at a time per disk. */
+const DELTA_BATCH_BYTES = 32 * 1024 * 1024;
+
+/** A container name for a VM's replica: lower case letters, digits and single hyphens, 3–63 long. */
+export function replicaContainerName(vmId: string): string {
+  const name = `osr-${vmId.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '')}`.slice(0, 63).replace(/-+$/, '');
+  if (name.length < 5) throw new OsrError('INVALID_ARGUMENT', `VM id ${JSON.stringify(vmId)} gives no container name`);
+  return name;
+}
+
+export class AzureBlobReplica {
+  private cache: BlobPoint[] = [];
+
+  private constructor(
+    private readonly container: ContainerClient,
+    private readonly recordBlob: BlockBlobClient,
+    private record: ReplicaRecord,
+    private etag: string | undefined,
+    private readonly blobDisks: PageBlobDisk[],
+    private readonly pointSets: BlobPoints,
+    private readonly now: () => number,
+  ) {}
+
+  /** Open the replica in `container`, or make it. A container that holds another VM's replica, or other disks, is refused. */
+  static async open(container: ContainerClient, spec: { vmId: string; vmName: string; disks: ReplicaDiskSpec[]; retention: RetentionSpec }, now: () => number = Date.now): Promise<AzureBlobReplica> {
+    try {
+      await container.createIfNotExists();
+    } catch (e) {
+      throw storageError(e, `making container ${container.containerName}`);
+    }
+    const recordBlob = container.getBlockBlobClient('replica.json');
+    let record: ReplicaRecord;
+    let etag: string | undefined;
+    const existing = await readRecord(recordBlob);
+    if (existing) {
+      record = existing.record;
+      etag = existing.etag;
+      if (record.vmId !== spec.vmId) throw new OsrError('INVALID_STATE', `container ${container.containerName} holds the replica of ${record.vmId}, not ${spec.vmId}`, { container: container.containerName });
+      const same = record.disks.length === spec.disks.length && record.disks.every((d, i) => d.id === spec.disks[i]!.id && d.name === spec.disks[i]!.name && d.size === spec.disks[i]!.size);
+      if (!same) throw new OsrError('INVALID_STATE', `the replica of ${spec.vmId} in ${container.containerName} has other disks than the VM: remove it (disable protection deleting the replica) and enable protection again`, { container: container.containerName });
+    } else {
+      record = { version: 1, vmId: spec.vmId, vmName: spec.vmName, disks: spec.disks, retention: spec.retention, initial: { done: false, copied: {}, finishedDisks: [] } };
+    }
+    const disks: PageBlobDisk[] = [];
+    for (const d of spec.disks) disks.push(await PageBlobDisk.open(container, d.name, d.size));
+    const r = new AzureBlobReplica(container, recordBlob, record, etag, disks, new BlobPoints(container, disks), now);
+    if (!existing) await r.save();
+    r.cache = await r.pointSets.points();
+    return r;
+  }
+
+  get vmId(): string {
+    return this.record.vmId;
+  }
+  get disks(): readonly ReplicaDiskSpec[] {
+    return this.record.disks;
+  }
+  get initialDone(): boolean {
+    return this.record.initial.done;
+  }
+  initialProgress(): Record<string, number> {
+    return { ...this.record.initial.copied };
+  }
+  finishedInitialDisks(): string[] {
+    return [...this.record.initial.finishedDisks];
+  }
+  points(): RecoveryPoint[] {
+    return this.cache.map((s) => s.point);
+  }
+  latestPoint(): RecoveryPoint | undefined {
+    return this.cache.at(-1)?.point;
+  }
+  /** The snapshots of point `seq`, one per disk (what a failover copies). */
+  snapshotsOf(seq: number): BlobPoint['snapshots'] | undefined {
+    return this.cache.find((s) => s.point.seq === seq)?.snapshots;
+  }
+
+  private disk(name: string): PageBlobDisk {
+    const d = this.blobDisks.find((x) => x.name === name);
+    if (!d) throw new OsrError('NOT_FOUND', `the replica of ${this.vmId} has no disk ${name}`);
+    return d;
+  }
+
+  // ---- the initial copy --------------------------------------------------------------
+
+  async writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void> {
+    this.assertCopying();
+    await this.disk(disk).write([{ offset, data: data.length === 1 ? data[0]! : Buffer.concat(data) }]);
+  }
+
+  async zeroInitial(disk: string, offset: number, length: number): Promise<void> {
+    this.assertCopying();
+    await this.disk(disk).write([{ offset, length, zero: true }]);
+  }
+
+  /** Everything below `offset` of `disk` is in its blob (each write returned): recorded. */
+  async checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void> {
+    this.assertCopying();
+    const d = this.disk(disk);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+    const i = this.record.initial;
+    i.copied[disk] = Math.max(i.copied[disk] ?? 0, offset);
+    if (finished && !i.finishedDisks.includes(disk)) i.finishedDisks.push(disk);
+    await this.save();
+  }
+
+  private assertCopying(): void {
+    if (this.record.initial.done) throw new OsrError('INVALID_STATE', `the initial copy of ${this.vmId} is done; changes come as deltas`);
+  }
+
+  // ---- deltas --------------------------------------------------------------------------
+
+  /**
+   * Apply one delta (a closed change log per disk) as recovery point `point.seq`: verified
+   * whole first (checksums, chain, close record, disk key, ranges), then written to the
+   * live blobs and snapshotted (blob-points.ts). Safe to call again with the same delta.
+   */
+  async applyDelta(point: RecoveryPoint, files: { diskName: string; file: string }[]): Promise<'applied' | 'duplicate'> {
+    const latest = this.latestPoint();
+    if (latest && point.seq <= latest.seq) return 'duplicate';
+    const i = this.record.initial;
+    if (!i.done && i.finishedDisks.length < this.record.disks.length) throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} has not copied every disk yet`);
+    const maps = new Map<string, { file: string; map: ExtentMap<'data' | 'zero'> }>();
+    for (const spec of this.record.disks) {
+      const f = files.find((x) => x.diskName === spec.name);
+      if (!f) throw new OsrError('INVALID_ARGUMENT', `delta ${point.seq} has no change log for disk ${spec.name}`);
+      const scan = scanLogFile(f.file);
+      if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: delta ${point.seq} of disk ${spec.name} is incomplete`);
+      if (scan.header.seq !== point.seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${f.file}: change log ${scan.header.seq} arrived as delta ${point.seq}`);
+      if (!scan.header.diskKey.equals(diskKeyOf(spec.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: change log belongs to another disk than ${spec.name}`);
+      const map = new ExtentMap<'data' | 'zero'>();
+      for (const r of scan.records) {
+        if (r.offset + r.length > spec.size) throw new OsrError('CHANGE_LOG_CORRUPT', `${f.file}: record ${r.index} lies outside disk ${spec.name}`);
+        if (r.type === RecordType.Write) map.set(r.offset, r.offset + r.length, 'data', r.dataPos);
+        else if (r.type === RecordType.Zero) map.set(r.offset, r.offset + r.length, 'zero', 0);
+      }
+      maps.set(spec.name, { file: f.file, map });
+    }
+    const sources = new Map([...maps].map(([disk, m]) => [disk, () => piecesOf(m.file, m.map)] as const));
+    const outcome = await this.pointSets.apply(point, sources, { first: latest === undefined });
+    if (!i.done) {
+      i.done = true;
+      await this.save();
+    }
+    await this.pointSets.prune(this.record.retention, this.now());
+    this.cache = await this.pointSets.points();
+    return outcome;
+  }
+
+  // ---- replica.json ----------------------------------------------------------------------
+
+  /** Write the record on condition that nobody else wrote it since it was read (another agent writing the same replica). */
+  private async save(): Promise<void> {
+    const body = JSON.stringify(this.record, null, 2);
+    try {
+      const r = await this.recordBlob.upload(body, Buffer.byteLength(body), {
+        conditions: this.etag === undefined ? { ifNoneMatch: '*' } : { ifMatch: this.etag },
+        blobHTTPHeaders: { blobContentType: 'application/json' },
+      });
+      this.etag = r.etag;
+    } catch (e) {
+      if (isRestError(e) && (e.statusCode === 412 || e.statusCode === 409)) {
+        throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} in ${this.container.containerName} was changed by someone else since this agent read it`, { container: this.container.containerName }, { cause: e });
+      }
+      throw storageError(e, `recording the replica of ${this.vmId}`);
+    }
+  }
+}
+
+async function readRecord(blob: BlockBlobClient): Promise<{ record: ReplicaRecord; etag: string | undefined } | undefined> {
+  try {
+    const r = await blob.download();
+    const chunks: Buffer[] = [];
+    for await (const c of r.readableStreamBody!) chunks.push(c as Buffer);
+    const record = JSON.parse(Buffer.concat(chunks).toString('utf8')) as ReplicaRecord;
+    if (record.version !== 1 || typeof record.vmId !== 'string' || !Array.isArray(record.disks)) throw new OsrError('REPLICA_STORE_CORRUPT', `${blob.name} is not an osr replica record`);
+    return { record, etag: r.etag };
+  } catch (e) {
+    if (isRestError(e) && e.statusCode === 404) return undefined;
+    if (e instanceof SyntaxError) throw new OsrError('REPLICA_STORE_CORRUPT', `${blob.name} is not valid JSON`, undefined, { cause: e });
+    throw storageError(e, `reading ${blob.name}`);
+  }
+}
+
+/** A coalesced delta's extents as pieces, their data read from the log, about DELTA_BATCH_BYTES at a time. */
+async function* piecesOf(file: string, map: ExtentMap<'data' | 'zero'>): AsyncIterable<DiskPiece[]> {
+  const fd = fs.openSync(file, 'r');
+  try {
+    let batch: DiskPiece[] = [];
+    let bytes = 0;
+    for (const e of map.entries()) {
+      if (e.value === 'zero') batch.push({ offset: e.start, length: e.end - e.start, zero: true });
+      else {
+        const data = Buffer.allocUnsafe(e.end - e.start);
+        readFully(fd, data, e.base);
+        batch.push({ offset: e.start, data });
+        bytes += data.length;
+      }
+      if (bytes >= DELTA_BATCH_BYTES) {
+        yield batch;
+        batch = [];
+        bytes = 0;
+      }
+    }
+    if (batch.length > 0) yield batch;
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,146 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { AzureBlobReplica, replicaContainerName } from '../../src/agent/azure/blob-replica.js';
+import type { ReplicaDiskSpec } from '../../src/agent/ports/replica-target.js';
+import { ChangeLogWriter, diskKeyOf } from '../../src/agent/tracking/change-log.js';
+import { startAzurite, type Azurite } from '../support/azurite.js';
+import { assertRejectsCode, prng, withDir } from '../support/unit.js';
+
+const MiB = 1024 * 1024;
+const DISKS: ReplicaDiskSpec[] = [
+  { id: 'disk-a', name: 'sda', size: 5 * MiB + 3000 },
+  { id: 'disk-b', name: 'sdb', size: 2 * MiB },
+];
+let az: Azurite;
+let n = 0;
+
+before(async () => {
+  az = await startAzurite();
+});
+after(async () => {
+  await az?.stop();
+});
+
+type Op = { kind: 'write'; offset: number; data: Buffer } | { kind: 'zero'; offset: number; length: number };
+
+/** A cycle of guest writes: unaligned, zero ranges, and writes over earlier ones of the same cycle (the later wins). */
+function randomOps(rnd: () => number, size: number, count: number): Op[] {
+  const ops: Op[] = [];
+  for (let i = 0; i < count; i++) {
+    const r = rnd();
+    const length = 1 + Math.floor(rnd() * (r < 0.1 ? 600_000 : 40_000));
+    const offset = Math.floor(rnd() * (size - length));
+    if (r < 0.25) ops.push({ kind: 'zero', offset, length });
+    else ops.push({ kind: 'write', offset, data: crypto.randomBytes(length) });
+  }
+  return ops;
+}
+
+function apply(model: Buffer, ops: Op[]): void {
+  for (const op of ops) {
+    if (op.kind === 'write') op.data.copy(model, op.offset);
+    else model.fill(0, op.offset, op.offset + op.length);
+  }
+}
+
+function writeLog(file: string, seq: number, disk: ReplicaDiskSpec, ops: Op[]): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const w = ChangeLogWriter.create(file, { seq, createdMs: 1, diskKey: diskKeyOf(disk.id) });
+  for (const op of ops) {
+    if (op.kind === 'write') w.appendWrite(op.offset, op.data);
+    else w.appendZero(op.offset, op.length);
+  }
+  w.close(2);
+  w.syncSync();
+  w.closeFile();
+}
+
+test('a container name comes from the VM id, in the characters Azure allows', () => {
+  assert.equal(replicaContainerName('VMM-Contoso.Web01'), 'osr-vmm-contoso-web01');
+  assert.equal(replicaContainerName('a'.repeat(80)).length, 63);
+  assert.match(replicaContainerName('x--y__z'), /^osr-x-y-z$/);
+});
+
+test(
+  'a VM\'s replica in a storage account: the initial copy resumes from its checkpoints; deltas become points equal to the source at each delta; retention keeps the newest',
+  withDir(async (dir) => {
+    const container = az.service.getContainerClient(`osr-replica-${n++}`);
+    const spec = { vmId: 'vm-azure-1', vmName: 'web01', disks: DISKS, retention: { hours: 24, maxPoints: 3 } };
+    let clock = 1_700_000_000_000;
+    let r = await AzureBlobReplica.open(container, spec, () => clock);
+    const rnd = prng(0xa22);
+    const models = DISKS.map((d) => crypto.randomBytes(d.size));
+    // the initial copy, cut off after the first disk's first half and resumed by a new opener
+    const chunk = 1 * MiB;
+    for (const [i, d] of DISKS.entries()) {
+      for (let off = 0; off < d.size; off += chunk) {
+        const end = Math.min(d.size, off + chunk);
+        if (rnd() < 0.3) {
+          models[i]!.fill(0, off, end);
+          await r.zeroInitial(d.name, off, end - off);
+        } else await r.writeInitial(d.name, off, [models[i]!.subarray(off, end)]);
+        await r.checkpointInitial(d.name, end, end === d.size);
+        if (i === 0 && off === 2 * chunk) {
+          r = await AzureBlobReplica.open(container, spec, () => clock);
+          assert.deepEqual(r.initialProgress(), { sda: 3 * chunk });
+        }
+      }
+    }
+    assert.deepEqual(r.finishedInitialDisks(), ['sda', 'sdb']);
+    assert.equal(r.initialDone, false);
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, vmId: 'another-vm' }), 'INVALID_STATE');
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }), 'INVALID_STATE');
+
+    const expected = new Map<number, Buffer[]>();
+    for (let seq = 1; seq <= 5; seq++) {
+      clock += 5 * 60_000;
+      const files = DISKS.map((d, i) => {
+        const ops = randomOps(rnd, d.size, 12);
+        apply(models[i]!, ops);
+        const file = path.join(dir, String(seq), `${d.name}.osrlog`);
+        writeLog(file, seq, d, ops);
+        return { diskName: d.name, file };
+      });
+      expected.set(seq, models.map((m) => Buffer.from(m)));
+      const point = { seq, timeMs: clock, consistency: 'crash-consistent' as const, deltaBytes: 0 };
+      assert.equal(await r.applyDelta(point, files), 'applied');
+      assert.equal(await r.applyDelta(point, files), 'duplicate');
+    }
+    assert.equal(r.initialDone, true);
+    await assertRejectsCode(r.writeInitial('sda', 0, [Buffer.alloc(512)]), 'INVALID_STATE');
+    // the retention keeps 3 points; a new opener sees the same
+    r = await AzureBlobReplica.open(container, spec, () => clock);
+    // (points 5 minutes apart: the first stays, then the one closest to its predecessor goes)
+    assert.deepEqual(r.points().map((p) => p.seq), [1, 3, 5]);
+    assert.equal(r.latestPoint()?.seq, 5);
+    for (const p of r.points()) {
+      for (const [i, d] of DISKS.entries()) {
+        const snap = r.snapshotsOf(p.seq)!.find((s) => s.disk === d.name)!.snapshot;
+        const blob = container.getPageBlobClient(`disks/${d.name}.vhd`).withSnapshot(snap);
+        assert.ok((await blob.downloadToBuffer(0, d.size)).equals(expected.get(p.seq)![i]!), `point ${p.seq}, disk ${d.name}: the source at that delta`);
+      }
+    }
+    // a corrupt log is refused before anything is written
+    const bad = path.join(dir, 'bad', 'sda.osrlog');
+    writeLog(bad, 6, DISKS[0]!, [{ kind: 'write', offset: 0, data: Buffer.alloc(4096, 1) }]);
+    const bytes = fs.readFileSync(bad);
+    bytes[200]! ^= 1;
+    fs.writeFileSync(bad, bytes);
+    const good = path.join(dir, 'bad', 'sdb.osrlog');
+    writeLog(good, 6, DISKS[1]!, []);
+    await assert.rejects(r.applyDelta({ seq: 6, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: bad }, { diskName: 'sdb', file: good }]), (e: Error & { code?: string }) => e.code === 'CHANGE_LOG_CORRUPT');
+    assert.equal(await container.getPageBlobClient('disks/sdb.vhd').getProperties().then((p) => p.blobSequenceNumber), 5, 'nothing of the refused delta was written');
+  }),
+);
+
+test('two agents writing one replica: the second writer\'s record is refused', async () => {
+  const container = az.service.getContainerClient(`osr-replica-${n++}`);
+  const spec = { vmId: 'vm-azure-2', vmName: 'db01', disks: [DISKS[1]!], retention: { hours: 24, maxPoints: 24 } };
+  const a = await AzureBlobReplica.open(container, spec);
+  const b = await AzureBlobReplica.open(container, spec);
+  await a.checkpointInitial('sdb', MiB, false);
+  await assertRejectsCode(b.checkpointInitial('sdb', MiB, false), 'INVALID_STATE');
+});
