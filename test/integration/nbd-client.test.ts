@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NbdClient, type Extent } from '../../src/agent/nbd/nbd-client.js';
@@ -145,5 +146,32 @@ test('large reads of random bytes, many in flight, at odd offsets: every byte wh
     await c.close();
     await plain.close();
     srv.kill();
+  }
+});
+
+test('a server that ends the connection in the middle of the handshake fails the connect at once (it does not wait forever)', async () => {
+  const dir = tempDir('nbd-cut');
+  const socketPath = path.join(dir, 'nbd.sock');
+  // as qemu-nbd does when it cannot open what it was asked to serve: it accepts, greets, and exits
+  const greeting = Buffer.alloc(18);
+  greeting.write('NBDMAGIC', 0, 'latin1');
+  greeting.write('IHAVEOPT', 8, 'latin1');
+  greeting.writeUInt16BE(3, 16);
+  const server = net.createServer((s) => s.end(greeting.subarray(0, 10)));
+  await new Promise<void>((r) => server.listen(socketPath, r));
+  try {
+    const started = Date.now();
+    await assert.rejects(NbdClient.connect({ socketPath, exportName: '' }), (e: unknown) => e instanceof OsrError && e.code === 'NETWORK_ERROR');
+    // the whole greeting, then the end while the client waits for its option's reply
+    server.removeAllListeners('connection');
+    server.on('connection', (s) => {
+      s.write(greeting);
+      s.once('data', () => s.destroy());
+    });
+    await assert.rejects(NbdClient.connect({ socketPath, exportName: '' }), (e: unknown) => e instanceof OsrError && e.code === 'NETWORK_ERROR');
+    assert.ok(Date.now() - started < 5000, 'both failed at once');
+  } finally {
+    await new Promise((r) => server.close(r));
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

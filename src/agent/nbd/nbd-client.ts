@@ -70,6 +70,8 @@ export class NbdClient {
   private nextHandle = 1n;
   private readonly pending = new Map<bigint, Pending>();
   private handshake: ((b: Buffer) => boolean) | undefined;
+  /** fails the handshake step waiting for the server: a connection that ends in the handshake must not leave it waiting */
+  private handshakeFailed: ((e: Error) => void) | undefined;
   private error: Error | undefined;
   /** a structured read's data chunk whose bytes go straight from the socket into its buffer, and how many are still to come */
   private fill: { p: Pending; handle: bigint; at: number; left: number; done: boolean } | undefined;
@@ -83,6 +85,10 @@ export class NbdClient {
       this.error ??= e;
       for (const p of this.pending.values()) p.reject(this.error);
       this.pending.clear();
+      const waiting = this.handshakeFailed;
+      this.handshake = undefined;
+      this.handshakeFailed = undefined;
+      waiting?.(this.error);
     };
     socket.on('error', fail);
     socket.on('close', () => fail(new OsrError('NETWORK_ERROR', 'NBD connection closed')));
@@ -160,7 +166,10 @@ export class NbdClient {
 
   private pump(): void {
     if (this.handshake) {
-      if (this.handshake(this.received())) this.handshake = undefined;
+      if (this.handshake(this.received())) {
+        this.handshake = undefined;
+        this.handshakeFailed = undefined;
+      }
       return;
     }
     while (this.queue.length >= 16) {
@@ -328,7 +337,11 @@ export class NbdClient {
           return true;
         }
       };
-      if (!tryParse(this.received())) this.handshake = tryParse;
+      if (this.error) return reject(this.error);
+      if (!tryParse(this.received())) {
+        this.handshake = tryParse;
+        this.handshakeFailed = reject;
+      }
     });
   }
 
