@@ -1,4 +1,4 @@
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import type { ContainerClient } from '@azure/storage-blob';
@@ -7,21 +7,14 @@ import { MAX_PUT_PAGE, PageBlobDisk, type DiskPiece } from '../../src/agent/azur
 import type { RecoveryPoint } from '../../src/agent/ports/replica-target.js';
 import { azureDiskBytes, pageBlobBytes, readVhdFooter } from '../../src/agent/azure/vhd.js';
 import { assertRejectsCode, prng } from '../support/unit.js';
-import { startAzurite, type Azurite } from '../support/azurite.js';
+import { useAzurite } from '../support/azurite.js';
 
 const MiB = 1024 * 1024;
-let az: Azurite;
+const az = useAzurite();
 let n = 0;
 
-before(async () => {
-  az = await startAzurite();
-});
-after(async () => {
-  await az?.stop();
-});
-
 async function container(): Promise<ContainerClient> {
-  const c = az.service.getContainerClient(`osr-test-${process.pid}-${n++}`);
+  const c = az().service.getContainerClient(`osr-test-${process.pid}-${n++}`);
   await c.create();
   return c;
 }

@@ -1,12 +1,12 @@
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { AzureBlobReplica, replicaContainerName } from '../../src/agent/azure/blob-replica.js';
 import type { ReplicaDiskSpec } from '../../src/agent/ports/replica-target.js';
-import { ChangeLogWriter, diskKeyOf } from '../../src/agent/tracking/change-log.js';
-import { startAzurite, type Azurite } from '../support/azurite.js';
+import { useAzurite } from '../support/azurite.js';
+import { writeDeltaLog, type Op } from '../support/delta-log.js';
 import { assertRejectsCode, prng, withDir } from '../support/unit.js';
 
 const MiB = 1024 * 1024;
@@ -14,17 +14,8 @@ const DISKS: ReplicaDiskSpec[] = [
   { id: 'disk-a', name: 'sda', size: 5 * MiB + 3000 },
   { id: 'disk-b', name: 'sdb', size: 2 * MiB },
 ];
-let az: Azurite;
+const az = useAzurite();
 let n = 0;
-
-before(async () => {
-  az = await startAzurite();
-});
-after(async () => {
-  await az?.stop();
-});
-
-type Op = { kind: 'write'; offset: number; data: Buffer } | { kind: 'zero'; offset: number; length: number };
 
 /** A cycle of guest writes: unaligned, zero ranges, and writes over earlier ones of the same cycle (the later wins). */
 function randomOps(rnd: () => number, size: number, count: number): Op[] {
@@ -46,17 +37,6 @@ function apply(model: Buffer, ops: Op[]): void {
   }
 }
 
-function writeLog(file: string, seq: number, disk: ReplicaDiskSpec, ops: Op[]): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const w = ChangeLogWriter.create(file, { seq, createdMs: 1, diskKey: diskKeyOf(disk.id) });
-  for (const op of ops) {
-    if (op.kind === 'write') w.appendWrite(op.offset, op.data);
-    else w.appendZero(op.offset, op.length);
-  }
-  w.close(2);
-  w.syncSync();
-  w.closeFile();
-}
 
 test('a container name comes from the VM id, in the characters Azure allows', () => {
   assert.equal(replicaContainerName('VMM-Contoso.Web01'), 'osr-vmm-contoso-web01');
@@ -67,7 +47,7 @@ test('a container name comes from the VM id, in the characters Azure allows', ()
 test(
   'a VM\'s replica in a storage account: the initial copy resumes from its checkpoints; deltas become points equal to the source at each delta; retention keeps the newest',
   withDir(async (dir) => {
-    const container = az.service.getContainerClient(`osr-replica-${n++}`);
+    const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const spec = { vmId: 'vm-azure-1', vmName: 'web01', disks: DISKS, retention: { hours: 24, maxPoints: 3 } };
     let clock = 1_700_000_000_000;
     let r = await AzureBlobReplica.open(container, spec, () => clock);
@@ -101,7 +81,7 @@ test(
         const ops = randomOps(rnd, d.size, 12);
         apply(models[i]!, ops);
         const file = path.join(dir, String(seq), `${d.name}.osrlog`);
-        writeLog(file, seq, d, ops);
+        writeDeltaLog(file, seq, d, ops);
         return { diskName: d.name, file };
       });
       expected.set(seq, models.map((m) => Buffer.from(m)));
@@ -125,19 +105,19 @@ test(
     }
     // a corrupt log is refused before anything is written
     const bad = path.join(dir, 'bad', 'sda.osrlog');
-    writeLog(bad, 6, DISKS[0]!, [{ kind: 'write', offset: 0, data: Buffer.alloc(4096, 1) }]);
+    writeDeltaLog(bad, 6, DISKS[0]!, [{ kind: 'write', offset: 0, data: Buffer.alloc(4096, 1) }]);
     const bytes = fs.readFileSync(bad);
     bytes[200]! ^= 1;
     fs.writeFileSync(bad, bytes);
     const good = path.join(dir, 'bad', 'sdb.osrlog');
-    writeLog(good, 6, DISKS[1]!, []);
+    writeDeltaLog(good, 6, DISKS[1]!, []);
     await assert.rejects(r.applyDelta({ seq: 6, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: bad }, { diskName: 'sdb', file: good }]), (e: Error & { code?: string }) => e.code === 'CHANGE_LOG_CORRUPT');
     assert.equal(await container.getPageBlobClient('disks/sdb.vhd').getProperties().then((p) => p.blobSequenceNumber), 5, 'nothing of the refused delta was written');
   }),
 );
 
 test('two agents writing one replica: the second writer\'s record is refused', async () => {
-  const container = az.service.getContainerClient(`osr-replica-${n++}`);
+  const container = az().service.getContainerClient(`osr-replica-${n++}`);
   const spec = { vmId: 'vm-azure-2', vmName: 'db01', disks: [DISKS[1]!], retention: { hours: 24, maxPoints: 24 } };
   const a = await AzureBlobReplica.open(container, spec);
   const b = await AzureBlobReplica.open(container, spec);

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { after, before } from 'node:test';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
 
 export const AZURITE_ACCOUNT = 'devstoreaccount1';
@@ -59,5 +60,20 @@ export async function startAzurite(): Promise<Azurite> {
       }
       fs.rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/** Azurite for the tests of one file: started before them, stopped after; the getter gives it. */
+export function useAzurite(): () => Azurite {
+  let az: Azurite | undefined;
+  before(async () => {
+    az = await startAzurite();
+  });
+  after(async () => {
+    await az?.stop();
+  });
+  return () => {
+    if (!az) throw new Error('Azurite is not started yet (useAzurite\'s before hook runs first)');
+    return az;
   };
 }

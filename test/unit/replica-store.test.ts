@@ -8,6 +8,7 @@ import type { Consistency } from '../../src/agent/ports/change-source.js';
 import { ReplicaStore, type ReceivedDeltaFile } from '../../src/agent/replica/replica-store.js';
 import type { DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../../src/agent/ports/replica-target.js';
 import { assertRejectsCode as assertCode, assertThrowsCode, prng, withDir } from '../support/unit.js';
+import { writeDeltaLog, type Op } from '../support/delta-log.js';
 
 
 
@@ -40,8 +41,6 @@ const DISKS: ReplicaDiskSpec[] = [
   { id: 'disk-id-b', name: 'sdb', size: 1 * MiB + 512 * KiB },
 ];
 const VM = 'vm-under-test';
-
-type Op = { kind: 'write'; offset: number; data: Buffer } | { kind: 'zero'; offset: number; length: number };
 
 function applyOps(base: Buffer, ops: Op[]): Buffer {
   const b = Buffer.from(base);
@@ -88,19 +87,6 @@ function randomOps(rnd: () => number, size: number, n: number): Op[] {
   return ops;
 }
 
-/** A closed change log holding `ops`, as the primary would ship it. */
-function writeDeltaLog(file: string, seq: number, disk: ReplicaDiskSpec, ops: Op[]): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.rmSync(file, { force: true });
-  const w = ChangeLogWriter.create(file, { seq, createdMs: 1, diskKey: diskKeyOf(disk.id) });
-  for (const op of ops) {
-    if (op.kind === 'write') w.appendWrite(op.offset, op.data);
-    else w.appendZero(op.offset, op.length);
-  }
-  w.close(2);
-  w.syncSync();
-  w.closeFile();
-}
 
 /** Drives a store with a reference model of every disk at every point. */
 class Harness {
