@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { AzureBlobReplica, replicaContainerName } from '../../src/agent/azure/blob-replica.js';
+import { blockDigests } from '../../src/agent/io/checksum.js';
 import type { ReplicaDiskSpec } from '../../src/agent/ports/replica-target.js';
 import { useAzurite } from '../support/azurite.js';
 import { writeDeltaLog, type Op } from '../support/delta-log.js';
@@ -124,3 +125,44 @@ test('two agents writing one replica: the second writer\'s record is refused', a
   await a.checkpointInitial('sdb', MiB, false);
   await assertRejectsCode(b.checkpointInitial('sdb', MiB, false), 'INVALID_STATE');
 });
+
+test(
+  'a resync compares block checksums of the live blob with the source, writes only the blocks that differ, and ends in a point equal to the source',
+  withDir(async (dir) => {
+    const container = az().service.getContainerClient(`osr-replica-${n++}`);
+    const disk = DISKS[0]!;
+    const spec = { vmId: 'vm-azure-3', vmName: 'app01', disks: [disk], retention: { hours: 24, maxPoints: 24 } };
+    const r = await AzureBlobReplica.open(container, spec);
+    const source = crypto.randomBytes(disk.size);
+    await r.writeInitial(disk.name, 0, [source]);
+    await r.checkpointInitial(disk.name, disk.size, true);
+    const log1 = path.join(dir, '1', 'sda.osrlog');
+    writeDeltaLog(log1, 1, disk, []);
+    await r.applyDelta({ seq: 1, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: log1 }]);
+    // the source changes where no log says (deltas 2-4 lost): scattered 64 KiB blocks
+    const blockSize = 64 * 1024;
+    const changed = [3, 17, 18, 40, Math.floor(disk.size / blockSize)];
+    for (const b of changed) crypto.randomBytes(blockSize).copy(source, b * blockSize);
+    const local = blockDigests(source, blockSize);
+    const remote = await r.blockHashes(disk.name, 0, Math.floor(disk.size / blockSize) * blockSize, blockSize);
+    const tail = await r.blockHashes(disk.name, Math.floor(disk.size / blockSize) * blockSize, disk.size % blockSize, blockSize);
+    const all = Buffer.concat([remote, tail]);
+    assert.equal(all.length, local.length);
+    const differing: number[] = [];
+    for (let i = 0; i * 16 < local.length; i++) if (!local.subarray(i * 16, i * 16 + 16).equals(all.subarray(i * 16, i * 16 + 16))) differing.push(i);
+    assert.deepEqual(differing, changed, 'exactly the blocks written where no log says');
+    for (const b of differing) {
+      const start = b * blockSize;
+      await r.resyncWrite(disk.name, 5, [{ offset: start, data: source.subarray(start, Math.min(disk.size, start + blockSize)) }]);
+    }
+    const log5 = path.join(dir, '5', 'sda.osrlog');
+    writeDeltaLog(log5, 5, disk, [{ kind: 'write', offset: 1000, data: Buffer.alloc(3000, 0x5a) }]);
+    Buffer.alloc(3000, 0x5a).copy(source, 1000);
+    assert.equal(await r.applyDelta({ seq: 5, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 3000 }, [{ diskName: 'sda', file: log5 }], { resync: true }), 'applied');
+    assert.deepEqual(r.points().map((p) => p.seq), [1, 5]);
+    const snap = r.snapshotsOf(5)![0]!.snapshot;
+    assert.ok((await container.getPageBlobClient('disks/sda.vhd').withSnapshot(snap).downloadToBuffer(0, disk.size)).equals(source), 'the resync\'s point is the source');
+    await assertRejectsCode(r.resyncWrite(disk.name, 5, [{ offset: 0, data: Buffer.alloc(512) }]), 'REPLICA_CHAIN_BROKEN');
+    await assertRejectsCode(r.blockHashes(disk.name, 100, blockSize, blockSize), 'INVALID_ARGUMENT');
+  }),
+);

@@ -5,14 +5,15 @@
  * account holds everything that matters, so the replica outlives the primary site.
  *
  * What is built so far: the replica opened or made, the initial copy with its checkpoints,
- * deltas applied from closed change logs, points and retention. Fitting it to the
- * ReplicaTarget port (resync, divergence, the epoch) and reaching it from the sending side
- * are the next steps of the design.
+ * deltas applied from closed change logs, points and retention, a resync's block checksums
+ * and writes. Fitting it to the ReplicaTarget port (the resync's state, divergence, the
+ * epoch) and reaching it from the sending side are the next steps of the design.
  */
 import fs from 'node:fs';
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
 import { isRestError } from '@azure/storage-blob';
 import { OsrError } from '../../domain/errors.js';
+import { blockDigests } from '../io/checksum.js';
 import { ExtentMap } from '../io/extent-map.js';
 import { readFully } from '../io/io.js';
 import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
@@ -29,6 +30,10 @@ interface ReplicaRecord {
   retention: RetentionSpec;
   initial: { done: boolean; copied: Record<string, number>; finishedDisks: string[] };
 }
+
+/** The most one blockHashes call compares, and how much of it is read at a time. */
+const MAX_HASHED_BYTES = 256 * 1024 * 1024;
+const HASH_READ_BYTES = 8 * 1024 * 1024;
 
 /** A delta's data is read from its log and sent this much at a time per disk. */
 const DELTA_BATCH_BYTES = 32 * 1024 * 1024;
@@ -146,8 +151,9 @@ export class AzureBlobReplica {
    * Apply one delta (a closed change log per disk) as recovery point `point.seq`: verified
    * whole first (checksums, chain, close record, disk key, ranges), then written to the
    * live blobs and snapshotted (blob-points.ts). Safe to call again with the same delta.
+   * `resync`: the delta a resynchronization ends in (its number may skip).
    */
-  async applyDelta(point: RecoveryPoint, files: { diskName: string; file: string }[]): Promise<'applied' | 'duplicate'> {
+  async applyDelta(point: RecoveryPoint, files: { diskName: string; file: string }[], o: { resync?: boolean } = {}): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
     if (latest && point.seq <= latest.seq) return 'duplicate';
     const i = this.record.initial;
@@ -169,7 +175,8 @@ export class AzureBlobReplica {
       maps.set(spec.name, { file: f.file, map });
     }
     const sources = new Map([...maps].map(([disk, m]) => [disk, () => piecesOf(m.file, m.map)] as const));
-    const outcome = await this.pointSets.apply(point, sources, { first: latest === undefined });
+    // a resync's point may skip the numbers of the logs it replaced
+    const outcome = await this.pointSets.apply(point, sources, { first: latest === undefined || o.resync === true });
     if (!i.done) {
       i.done = true;
       await this.save();
@@ -177,6 +184,36 @@ export class AzureBlobReplica {
     await this.pointSets.prune(this.record.retention, this.now());
     this.cache = await this.pointSets.points();
     return outcome;
+  }
+
+  // ---- resynchronization -----------------------------------------------------------------
+
+  /**
+   * Checksums of the blocks of [offset, offset + length) of the live blob, as the replica
+   * store gives them (blockDigests): what a resync compares with the source. The live blob
+   * is what the next delta builds on; no point is read or changed by this.
+   */
+  async blockHashes(disk: string, offset: number, length: number, blockSize: number): Promise<Buffer> {
+    const d = this.disk(disk);
+    if (!Number.isSafeInteger(blockSize) || blockSize < 512 || offset < 0 || length <= 0 || length > MAX_HASHED_BYTES || offset + length > d.size || offset % blockSize !== 0) {
+      throw new OsrError('INVALID_ARGUMENT', `block range ${offset}+${length} does not fit disk ${disk} of ${d.size} bytes in ${blockSize}-byte blocks`);
+    }
+    // read in pieces of whole blocks, several at once
+    const per = Math.max(blockSize, Math.floor(HASH_READ_BYTES / blockSize) * blockSize);
+    const reads: Promise<Buffer>[] = [];
+    for (let at = 0; at < length; at += per) reads.push(d.read(offset + at, Math.min(per, length - at)).then((b) => blockDigests(b, blockSize)));
+    return Buffer.concat(await Promise.all(reads));
+  }
+
+  /**
+   * A block a resync found different, written straight into the live blob: no point is the
+   * live blob, so nothing needs staging; the resync's own delta then makes its point. The
+   * writes carry the resync point's number, so none lands once that point is recorded.
+   */
+  async resyncWrite(disk: string, resyncSeq: number, pieces: readonly DiskPiece[]): Promise<void> {
+    const latest = this.latestPoint();
+    if (latest && resyncSeq <= latest.seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `resync point ${resyncSeq} is not after the latest point ${latest.seq} of ${this.vmId}`);
+    if (!(await this.disk(disk).write(pieces, resyncSeq))) throw new OsrError('INVALID_STATE', `disk ${disk} of ${this.vmId} already records point ${resyncSeq}: the resync's writes come too late`);
   }
 
   // ---- replica.json ----------------------------------------------------------------------
