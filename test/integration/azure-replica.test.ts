@@ -104,6 +104,23 @@ test(
         assert.ok((await blob.downloadToBuffer(0, d.size)).equals(expected.get(p.seq)![i]!), `point ${p.seq}, disk ${d.name}: the source at that delta`);
       }
     }
+    // a disk blob gone while the record says it holds data: refused, never made anew as zeros
+    const gone = container.getPageBlobClient('disks/sdb.vhd');
+    const saved = await gone.downloadToBuffer();
+    await gone.delete({ deleteSnapshots: 'include' });
+    await assertRejectsCode(AzureBlobReplica.open(container, spec, () => clock), 'REPLICA_STORE_CORRUPT');
+    await gone.create(saved.length);
+    await gone.uploadPages(saved, 0, saved.length);
+    await gone.updateSequenceNumber('max', 5);
+    // a delta whose number a disk has passed (another numbering): refused, nothing recorded
+    r = await AzureBlobReplica.open(container, spec, () => clock);
+    await container.getPageBlobClient('disks/sda.vhd').updateSequenceNumber('max', 9);
+    const empty = DISKS.map((d) => {
+      const file = path.join(dir, '7', `${d.name}.osrlog`);
+      writeDeltaLog(file, 7, d, []);
+      return { diskName: d.name, file };
+    });
+    await assertRejectsCode(r.applyDelta({ seq: 7, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, empty, { resync: true }), 'REPLICA_CHAIN_BROKEN');
     // a corrupt log is refused before anything is written
     const bad = path.join(dir, 'bad', 'sda.osrlog');
     writeDeltaLog(bad, 6, DISKS[0]!, [{ kind: 'write', offset: 0, data: Buffer.alloc(4096, 1) }]);

@@ -100,11 +100,21 @@ export class BlobPoints {
       if (!pieces.has(d.name)) throw new OsrError('INVALID_ARGUMENT', `delta ${point.seq} has nothing for disk ${d.name}`);
     }
     // 1. the live blobs: each disk that does not record the delta yet gets its writes, then the number
+    if (!Number.isSafeInteger(point.seq) || point.seq < 1) throw new OsrError('INVALID_ARGUMENT', `delta ${point.seq}: a delta's number is 1 or more`);
+    // a disk past this delta means the blobs and the points disagree (another writer, another numbering)
+    const checkRecorded = async (d: PageBlobDisk) => {
+      const n = await d.sequenceNumber();
+      if (n > point.seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `disk ${d.name} records delta ${n}, past delta ${point.seq} whose point is missing`, { disk: d.name, recorded: n, got: point.seq });
+      return n === point.seq;
+    };
     for (const d of this.disks) {
-      if ((await d.sequenceNumber()) >= point.seq) continue;
+      if (await checkRecorded(d)) continue;
       const source = pieces.get(d.name)!;
-      if (typeof source !== 'function') await d.write(source, point.seq);
-      else for await (const batch of source()) if (!(await d.write(batch, point.seq))) break;
+      let refused = false;
+      if (typeof source !== 'function') refused = !(await d.write(source, point.seq));
+      else for await (const batch of source()) if ((refused = !(await d.write(batch, point.seq)))) break;
+      // refused: the blob recorded a number meanwhile, which must be this delta's
+      if (refused && !(await checkRecorded(d))) throw new OsrError('REPLICA_CHAIN_BROKEN', `disk ${d.name} refused delta ${point.seq}`);
       await d.setSequenceNumber(point.seq);
     }
     // 2. the snapshots, each disk's once

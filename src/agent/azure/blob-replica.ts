@@ -79,9 +79,15 @@ export class AzureBlobReplica {
       record = { version: 1, vmId: spec.vmId, vmName: spec.vmName, disks: spec.disks, retention: spec.retention, initial: { done: false, copied: {}, finishedDisks: [] } };
     }
     const disks: PageBlobDisk[] = [];
-    for (const d of spec.disks) disks.push(await PageBlobDisk.open(container, d.name, d.size));
+    for (const d of spec.disks) {
+      // a blob the record says holds data must be there: made anew it would read as zeros under later deltas
+      const holdsData = existing !== undefined && (record.initial.done || (record.initial.copied[d.name] ?? 0) > 0);
+      disks.push(await PageBlobDisk.open(container, d.name, d.size, { mustExist: holdsData }));
+    }
     const r = new AzureBlobReplica(container, recordBlob, record, etag, disks, new BlobPoints(container, disks), now);
-    if (!existing) await r.save();
+    const retentionChanged = record.retention.hours !== spec.retention.hours || record.retention.maxPoints !== spec.retention.maxPoints;
+    record.retention = spec.retention;
+    if (!existing || retentionChanged) await r.save();
     r.cache = await r.pointSets.points();
     return r;
   }

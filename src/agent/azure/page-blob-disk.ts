@@ -22,6 +22,8 @@ export type DiskPiece = { offset: number; data: Buffer } | { offset: number; len
 export interface PageBlobDiskOptions {
   /** Put Page calls in flight at once */
   inFlight?: number;
+  /** the replica records data in this blob: a missing blob is damage, not a blob to make */
+  mustExist?: boolean;
 }
 
 /** An Azure storage failure as an osr error, with the HTTP status and the service's code. */
@@ -48,12 +50,31 @@ interface Run {
 }
 
 export class PageBlobDisk {
+  /** the page ranges runs are writing now: a run waits for those it overlaps (a page one merges, another may be writing) */
+  private readonly active = new Set<{ start: number; end: number; done: Promise<void> }>();
+
   private constructor(
     readonly blob: PageBlobClient,
     readonly name: string,
     readonly size: number,
     private readonly inFlight: number,
   ) {}
+
+  /** Hold pages [start, end) for one run: concurrent write() calls never merge and write the same page at once. */
+  private async hold(start: number, end: number): Promise<() => void> {
+    for (;;) {
+      const busy = [...this.active].find((a) => a.start < end && start < a.end);
+      if (!busy) break;
+      await busy.done;
+    }
+    let release!: () => void;
+    const entry = { start, end, done: new Promise<void>((r) => (release = r)) };
+    this.active.add(entry);
+    return () => {
+      this.active.delete(entry);
+      release();
+    };
+  }
 
   /** The blob of disk `name` in `container`, made (with its footer) if it does not exist, checked if it does. */
   static async open(container: ContainerClient, name: string, size: number, o: PageBlobDiskOptions = {}): Promise<PageBlobDisk> {
@@ -67,10 +88,13 @@ export class PageBlobDisk {
         throw e;
       });
       if (!props) {
-        await blob.create(length, { blobSequenceNumber: 0 }).catch((e: unknown) => {
-          // made meanwhile by an earlier try of this call: checked below
-          if (!(isRestError(e) && e.statusCode === 409)) throw e;
+        if (o.mustExist) throw new OsrError('REPLICA_STORE_CORRUPT', `the blob of disk ${name} is gone from ${container.containerName} while the replica records data in it: resynchronize the replica`, { blob: blob.name });
+        // only where there is none (Put Blob would replace one another opener just made)
+        await blob.create(length, { blobSequenceNumber: 0, conditions: { ifNoneMatch: '*' } }).catch((e: unknown) => {
+          if (!(isRestError(e) && (e.statusCode === 409 || e.statusCode === 412))) throw e;
         });
+        const made = await blob.getProperties();
+        if (made.contentLength !== length) throw new OsrError('AZURE_DISK_INVALID', `the blob of disk ${name} is ${made.contentLength} bytes; a disk of ${size} bytes takes ${length}`, { blob: blob.name });
       } else if (props.contentLength !== length) {
         throw new OsrError('AZURE_DISK_INVALID', `the blob of disk ${name} is ${props.contentLength} bytes; a disk of ${size} bytes takes ${length}`, { blob: blob.name, length: props.contentLength ?? null, expected: length });
       }
@@ -137,14 +161,28 @@ export class PageBlobDisk {
     const jobs: (() => Promise<void>)[] = [];
     for (const run of runsOf(data)) {
       jobs.push(async () => {
-        const buf = await this.fill(run);
-        for (let at = 0; at < buf.length; at += MAX_PUT_PAGE) {
-          const n = Math.min(MAX_PUT_PAGE, buf.length - at);
-          await this.blob.uploadPages(buf.subarray(at, at + n), run.start + at, n, { conditions });
+        const release = await this.hold(run.start, run.end);
+        try {
+          const buf = await this.fill(run);
+          for (let at = 0; at < buf.length; at += MAX_PUT_PAGE) {
+            const n = Math.min(MAX_PUT_PAGE, buf.length - at);
+            await this.blob.uploadPages(buf.subarray(at, at + n), run.start + at, n, { conditions });
+          }
+        } finally {
+          release();
         }
       });
     }
-    for (const c of clears) jobs.push(async () => void (await this.blob.clearPages(c.offset, c.length, { conditions })));
+    for (const c of clears) {
+      jobs.push(async () => {
+        const release = await this.hold(c.offset, c.offset + c.length);
+        try {
+          await this.blob.clearPages(c.offset, c.length, { conditions });
+        } finally {
+          release();
+        }
+      });
+    }
     try {
       await pool(jobs, this.inFlight);
       return true;

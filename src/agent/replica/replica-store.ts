@@ -389,8 +389,9 @@ export class ReplicaStore implements ReplicaTarget {
    * The next delta of `disk` is received into the last one's log file, overwritten in place
    * (ReplicaTarget.reuseLog): the kernel keeps that file's pages, where a new file of the
    * same size takes fresh ones, which costs most of a delta's receiving CPU on some
-   * machines. The receiver truncates the file to what it wrote, and the log's record chain
-   * refuses any old byte left in a hole, as it refuses any byte a new file got wrong.
+   * machines. The file is not truncated: the delta is applied only as verified while it
+   * arrived (which ends at its close record), and recovery reads it only up to the length
+   * and with the chain `applying.logs` recorded, so no older byte is read as the new log's.
    */
   reuseLog(disk: string, file: string): boolean {
     const spare = this.sparePath(disk);
@@ -400,7 +401,11 @@ export class ReplicaStore implements ReplicaTarget {
       this.reusedLogs.add(file);
       return true;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        // a new file there this time: it may be scanned like any other
+        this.reusedLogs.delete(file);
+        return false;
+      }
       throw e;
     }
   }
@@ -724,7 +729,10 @@ export class ReplicaStore implements ReplicaTarget {
   async applyDelta(point: RecoveryPoint, files: ReceivedDeltaFile[]): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
     // every seq up to the latest was applied (a pruned one too) or skipped by a resync
-    if (latest && point.seq <= latest.seq) return 'duplicate';
+    if (latest && point.seq <= latest.seq) {
+      for (const f of files) this.reusedLogs.delete(f.file);
+      return 'duplicate';
+    }
     this.assertWritable();
     // a resync ends in the point of the log the primary kept while it ran: the logs between
     // the latest point and it were not trusted and were dropped, so the chain skips them

@@ -463,7 +463,9 @@ class Session {
     );
     socket.on('close', () => {
       if (this.store) this.registry.release(this.store.vmId, this);
-      this.abortDelta();
+      // the delta's files close only once no write of this connection is left to land: a
+      // descriptor closed under a queued write could be another file's by then
+      void Promise.allSettled([...this.pending]).then(() => this.abortDelta());
     });
   }
 
@@ -702,12 +704,14 @@ class Session {
       this.requireStore().stageResync(t.disk, f.offset, f.parts);
       return;
     }
+    const d = t.kind === 'delta' ? this.delta?.files.get(t.disk) : undefined;
+    // a delta's frame goes only into the file of the delta open now, never through a descriptor of one closed
+    if (t.kind === 'delta' && (!d || d.fd !== t.fd)) throw new OsrError('PROTOCOL_ERROR', `DATA frame for disk ${t.disk} outside an open delta`);
     const p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
-    if (t.kind === 'delta') {
-      const d = this.delta?.files.get(t.disk);
+    if (d) {
       // verified as it arrives: the apply need not read the log back to verify it
-      d?.verifier.push(f.offset, f.parts);
-      if (d?.walker) {
+      d.verifier.push(f.offset, f.parts);
+      if (d.walker) {
         d.walker.push(f.offset, f.parts);
         if (!d.walker.ok) d.undo?.invalidate();
       }
@@ -743,6 +747,7 @@ class Session {
   }
 
   private abortDelta(): void {
+    if (this.target?.kind === 'delta') this.target = undefined;
     if (!this.delta) return;
     for (const f of this.delta.files.values()) {
       void f.undo?.abandon().catch(() => undefined);
