@@ -337,11 +337,11 @@ export class NbdClient {
           return true;
         }
       };
+      // what arrived before the connection ended is read first (a server's last error reply)
+      if (tryParse(this.received())) return;
       if (this.error) return reject(this.error);
-      if (!tryParse(this.received())) {
-        this.handshake = tryParse;
-        this.handshakeFailed = reject;
-      }
+      this.handshake = tryParse;
+      this.handshakeFailed = reject;
     });
   }
 
