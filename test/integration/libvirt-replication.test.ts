@@ -118,6 +118,14 @@ test('a libvirt domain replicates from its dirty bitmaps: every point holds a pr
     ['vdb', dom!.images.vdb, null],
   ]);
 
+  // app-consistent points need the guest agent up: under load it answers some seconds after the guest's first records
+  await waitFor('the guest agent', async () => {
+    try {
+      return JSON.parse(await virsh.run(['qemu-agent-command', dom!.name, '{"execute":"guest-ping"}'])).return !== undefined || undefined;
+    } catch {
+      return undefined;
+    }
+  }, 60_000, 500);
   await primary.api.post('/v1/replications', { vm: dom!.name, peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '1h', retentionHours: 24, maxPoints: 50, appConsistentFrequency: '1s' });
   const first = await pointAfter(null);
   const h1 = await health();
