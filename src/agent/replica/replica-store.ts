@@ -67,13 +67,13 @@ interface Manifest {
   seed?: { seq: number; importedAt: string } | undefined;
 }
 
-/** Records of one disk's delta: a resync's staged log (if any), then the received log. */
 /** A received log as verified: its record chain (hex) and its length (a reused file goes on with an older log's bytes). */
 interface ReceivedLog {
   chain: string;
   bytes: number;
 }
 
+/** Records of one disk's delta: a resync's staged log (if any), then the received log. */
 interface DeltaRecords {
   staged: LogRecord[];
   received: LogRecord[];
@@ -378,6 +378,10 @@ export class ReplicaStore implements ReplicaTarget {
   get trashDir(): string {
     return path.join(this.root, 'trash');
   }
+  /** every received delta's file lies under this (reuseLog and keepLogs move files only there) */
+  private get incomingPrefix(): string {
+    return `${path.join(this.root, 'incoming')}${path.sep}`;
+  }
   private get spareDir(): string {
     return path.join(this.root, 'spare');
   }
@@ -395,7 +399,7 @@ export class ReplicaStore implements ReplicaTarget {
    */
   reuseLog(disk: string, file: string): boolean {
     const spare = this.sparePath(disk);
-    if (!file.startsWith(`${path.join(this.root, 'incoming')}${path.sep}`)) return false;
+    if (!file.startsWith(this.incomingPrefix)) return false;
     try {
       fs.renameSync(spare, file);
       this.reusedLogs.add(file);
@@ -412,9 +416,8 @@ export class ReplicaStore implements ReplicaTarget {
 
   /** Keep the received logs of an applied delta for the next one (reuseLog), when they are not too large to keep. */
   private keepLogs(files: DeltaDiskFile[]): void {
-    const incoming = `${path.join(this.root, 'incoming')}${path.sep}`;
     for (const f of files) {
-      if (!f.file.startsWith(incoming) || !this.manifest.disks.some((d) => d.name === f.diskName)) continue;
+      if (!f.file.startsWith(this.incomingPrefix) || !this.manifest.disks.some((d) => d.name === f.diskName)) continue;
       try {
         if (fs.statSync(f.file).size > MAX_SPARE_LOG_BYTES) continue;
         fs.mkdirSync(this.spareDir, { recursive: true, mode: 0o700 });
