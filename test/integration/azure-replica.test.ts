@@ -51,7 +51,7 @@ test(
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const spec = { vmId: 'vm-azure-1', vmName: 'web01', disks: DISKS, retention: { hours: 24, maxPoints: 3 } };
     let clock = 1_700_000_000_000;
-    let r = await AzureBlobReplica.open(container, spec, () => clock);
+    let r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
     const rnd = prng(0xa22);
     const models = DISKS.map((d) => crypto.randomBytes(d.size));
     // the initial copy, cut off after the first disk's first half and resumed by a new opener
@@ -65,15 +65,15 @@ test(
         } else await r.writeInitial(d.name, off, [models[i]!.subarray(off, end)]);
         await r.checkpointInitial(d.name, end, end === d.size);
         if (i === 0 && off === 2 * chunk) {
-          r = await AzureBlobReplica.open(container, spec, () => clock);
+          r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
           assert.deepEqual(r.initialProgress(), { sda: 3 * chunk });
         }
       }
     }
     assert.deepEqual(r.finishedInitialDisks(), ['sda', 'sdb']);
     assert.equal(r.initialDone, false);
-    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, vmId: 'another-vm' }), 'INVALID_STATE');
-    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }), 'INVALID_STATE');
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, vmId: 'another-vm' }, { spoolDir: path.join(dir, 'spool') }), 'INVALID_STATE');
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }, { spoolDir: path.join(dir, 'spool') }), 'INVALID_STATE');
 
     const expected = new Map<number, Buffer[]>();
     for (let seq = 1; seq <= 5; seq++) {
@@ -93,7 +93,7 @@ test(
     assert.equal(r.initialDone, true);
     await assertRejectsCode(r.writeInitial('sda', 0, [Buffer.alloc(512)]), 'INVALID_STATE');
     // the retention keeps 3 points; a new opener sees the same
-    r = await AzureBlobReplica.open(container, spec, () => clock);
+    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
     // (points 5 minutes apart: the first stays, then the one closest to its predecessor goes)
     assert.deepEqual(r.points().map((p) => p.seq), [1, 3, 5]);
     assert.equal(r.latestPoint()?.seq, 5);
@@ -104,23 +104,14 @@ test(
         assert.ok((await blob.downloadToBuffer(0, d.size)).equals(expected.get(p.seq)![i]!), `point ${p.seq}, disk ${d.name}: the source at that delta`);
       }
     }
-    // a disk blob gone while the record says it holds data: refused, never made anew as zeros
-    const gone = container.getPageBlobClient('disks/sdb.vhd');
-    const saved = await gone.downloadToBuffer();
-    await gone.delete({ deleteSnapshots: 'include' });
-    await assertRejectsCode(AzureBlobReplica.open(container, spec, () => clock), 'REPLICA_STORE_CORRUPT');
-    await gone.create(saved.length);
-    await gone.uploadPages(saved, 0, saved.length);
-    await gone.updateSequenceNumber('max', 5);
     // a delta whose number a disk has passed (another numbering): refused, nothing recorded
-    r = await AzureBlobReplica.open(container, spec, () => clock);
+    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
     await container.getPageBlobClient('disks/sda.vhd').updateSequenceNumber('max', 9);
     const empty = DISKS.map((d) => {
       const file = path.join(dir, '7', `${d.name}.osrlog`);
       writeDeltaLog(file, 7, d, []);
       return { diskName: d.name, file };
     });
-    await assertRejectsCode(r.applyDelta({ seq: 7, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, empty, { resync: true }), 'REPLICA_CHAIN_BROKEN');
     // a corrupt log is refused before anything is written
     const bad = path.join(dir, 'bad', 'sda.osrlog');
     writeDeltaLog(bad, 6, DISKS[0]!, [{ kind: 'write', offset: 0, data: Buffer.alloc(4096, 1) }]);
@@ -131,17 +122,36 @@ test(
     writeDeltaLog(good, 6, DISKS[1]!, []);
     await assert.rejects(r.applyDelta({ seq: 6, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: bad }, { diskName: 'sdb', file: good }]), (e: Error & { code?: string }) => e.code === 'CHANGE_LOG_CORRUPT');
     assert.equal(await container.getPageBlobClient('disks/sdb.vhd').getProperties().then((p) => p.blobSequenceNumber), 5, 'nothing of the refused delta was written');
+    // (a resync's delta: its number may skip, so only the disk's own number refuses it)
+    await r.beginResync('resync-7', 7, 64 * 1024);
+    for (const d of DISKS) await r.checkpointResync(d.name, d.size, true);
+    await assertRejectsCode(r.applyDelta({ seq: 7, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, empty), 'REPLICA_CHAIN_BROKEN');
+    await container.getPageBlobClient('disks/sda.vhd').updateSequenceNumber('update', 5);
+    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
+    assert.equal(r.resync?.seq, 7, 'the resync is recorded with the replica');
+    // while it is recorded (its writes may be in the blobs) no other delta is taken
+    await assertRejectsCode(r.applyDelta({ seq: 6, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: path.join(dir, 'bad', 'sda.osrlog') }, { diskName: 'sdb', file: path.join(dir, 'bad', 'sdb.osrlog') }]), 'INVALID_STATE');
+    assert.equal(await r.applyDelta({ seq: 7, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, empty), 'applied');
+    assert.equal(r.resync, undefined, 'the resync ended in its point');
+    assert.equal(r.latestPoint()?.seq, 7);
+    // a disk blob gone while the record says it holds data: refused, never made anew as zeros
+    const gone = container.getPageBlobClient('disks/sdb.vhd');
+    await gone.delete({ deleteSnapshots: 'include' });
+    await assertRejectsCode(AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock }), 'REPLICA_STORE_CORRUPT');
   }),
 );
 
-test('two agents writing one replica: the second writer\'s record is refused', async () => {
-  const container = az().service.getContainerClient(`osr-replica-${n++}`);
-  const spec = { vmId: 'vm-azure-2', vmName: 'db01', disks: [DISKS[1]!], retention: { hours: 24, maxPoints: 24 } };
-  const a = await AzureBlobReplica.open(container, spec);
-  const b = await AzureBlobReplica.open(container, spec);
-  await a.checkpointInitial('sdb', MiB, false);
-  await assertRejectsCode(b.checkpointInitial('sdb', MiB, false), 'INVALID_STATE');
-});
+test(
+  'two agents writing one replica: the second writer\'s record is refused',
+  withDir(async (dir) => {
+    const container = az().service.getContainerClient(`osr-replica-${n++}`);
+    const spec = { vmId: 'vm-azure-2', vmName: 'db01', disks: [DISKS[1]!], retention: { hours: 24, maxPoints: 24 } };
+    const a = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'a') });
+    const b = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'b') });
+    await a.checkpointInitial('sdb', MiB, false);
+    await assertRejectsCode(b.checkpointInitial('sdb', MiB, false), 'INVALID_STATE');
+  }),
+);
 
 test(
   'a resync compares block checksums of the live blob with the source, writes only the blocks that differ, and ends in a point equal to the source',
@@ -149,7 +159,7 @@ test(
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const disk = DISKS[0]!;
     const spec = { vmId: 'vm-azure-3', vmName: 'app01', disks: [disk], retention: { hours: 24, maxPoints: 24 } };
-    const r = await AzureBlobReplica.open(container, spec);
+    const r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool') });
     const source = crypto.randomBytes(disk.size);
     await r.writeInitial(disk.name, 0, [source]);
     await r.checkpointInitial(disk.name, disk.size, true);
@@ -168,18 +178,66 @@ test(
     const differing: number[] = [];
     for (let i = 0; i * 16 < local.length; i++) if (!local.subarray(i * 16, i * 16 + 16).equals(all.subarray(i * 16, i * 16 + 16))) differing.push(i);
     assert.deepEqual(differing, changed, 'exactly the blocks written where no log says');
+    await assertRejectsCode(r.stageResync(disk.name, 0, [Buffer.alloc(512)]), 'PROTOCOL_ERROR');
+    await r.beginResync('resync-5', 5, blockSize);
     for (const b of differing) {
       const start = b * blockSize;
-      await r.resyncWrite(disk.name, 5, [{ offset: start, data: source.subarray(start, Math.min(disk.size, start + blockSize)) }]);
+      await r.stageResync(disk.name, start, [source.subarray(start, Math.min(disk.size, start + blockSize))]);
     }
+    await assertRejectsCode(r.applyDelta({ seq: 5, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: log1 }]), 'INVALID_STATE');
+    assert.deepEqual((await r.checkpointResync(disk.name, disk.size, true)).disks, { sda: { offset: disk.size, bytes: 0, finished: true } });
     const log5 = path.join(dir, '5', 'sda.osrlog');
     writeDeltaLog(log5, 5, disk, [{ kind: 'write', offset: 1000, data: Buffer.alloc(3000, 0x5a) }]);
     Buffer.alloc(3000, 0x5a).copy(source, 1000);
-    assert.equal(await r.applyDelta({ seq: 5, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 3000 }, [{ diskName: 'sda', file: log5 }], { resync: true }), 'applied');
+    assert.equal(await r.applyDelta({ seq: 5, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 3000 }, [{ diskName: 'sda', file: log5 }]), 'applied');
     assert.deepEqual(r.points().map((p) => p.seq), [1, 5]);
     const snap = r.snapshotsOf(5)![0]!.snapshot;
     assert.ok((await container.getPageBlobClient('disks/sda.vhd').withSnapshot(snap).downloadToBuffer(0, disk.size)).equals(source), 'the resync\'s point is the source');
-    await assertRejectsCode(r.resyncWrite(disk.name, 5, [{ offset: 0, data: Buffer.alloc(512) }]), 'REPLICA_CHAIN_BROKEN');
+    await assertRejectsCode(r.stageResync(disk.name, 0, [Buffer.alloc(512)]), 'PROTOCOL_ERROR');
+    await assertRejectsCode(r.beginResync('resync-5', 5, blockSize), 'INVALID_ARGUMENT');
     await assertRejectsCode(r.blockHashes(disk.name, 100, blockSize, blockSize), 'INVALID_ARGUMENT');
+  }),
+);
+
+test(
+  'a replica started over is blank, even when the reset was cut off; a primary of an older epoch is refused',
+  withDir(async (dir) => {
+    const container = az().service.getContainerClient(`osr-replica-${n++}`);
+    const disk = DISKS[1]!;
+    const spec = { vmId: 'vm-azure-4', vmName: 'file01', disks: [disk], retention: { hours: 24, maxPoints: 24 } };
+    const opts = { spoolDir: path.join(dir, 'spool') };
+    let r = await AzureBlobReplica.open(container, spec, opts);
+    const copy = async (): Promise<void> => {
+      await r.writeInitial(disk.name, 0, [crypto.randomBytes(disk.size)]);
+      await r.checkpointInitial(disk.name, disk.size, true);
+      const log = path.join(dir, `${n}-1.osrlog`);
+      writeDeltaLog(log, 1, disk, []);
+      assert.equal(await r.applyDelta({ seq: 1, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: disk.name, file: log }]), 'applied');
+    };
+    await copy();
+    await r.setEpoch(3);
+    await assertRejectsCode(r.setEpoch(2), 'EPOCH_STALE');
+    r = await AzureBlobReplica.open(container, spec, opts);
+    assert.equal(r.epoch, 3, 'the epoch is recorded with the replica');
+    const blob = container.getPageBlobClient(`disks/${disk.name}.vhd`);
+    const blank = async (): Promise<void> => {
+      assert.ok((await blob.downloadToBuffer(0, disk.size)).equals(Buffer.alloc(disk.size)), 'the blob reads as zeros');
+      assert.equal((await blob.getProperties()).blobSequenceNumber, 0);
+      let snapshots = 0;
+      for await (const b of container.listBlobsFlat({ includeSnapshots: true, prefix: 'disks/' })) if (b.snapshot) snapshots++;
+      assert.equal(snapshots, 0, 'no point is left');
+    };
+    await r.resetInitial();
+    await blank();
+    assert.deepEqual([r.initialDone, r.points(), r.initialProgress()], [false, [], {}]);
+    // a reset cut off after it was recorded: the next opener finishes it before anything is copied
+    await copy();
+    const record = container.getBlockBlobClient('replica.json');
+    const text = (await record.downloadToBuffer()).toString('utf8');
+    const cut = JSON.stringify({ ...JSON.parse(text), initial: { done: false, copied: {}, finishedDisks: [] }, resetting: true });
+    await record.upload(cut, Buffer.byteLength(cut));
+    r = await AzureBlobReplica.open(container, spec, opts);
+    await blank();
+    assert.deepEqual([r.initialDone, r.points()], [false, []]);
   }),
 );

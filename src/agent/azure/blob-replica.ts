@@ -4,19 +4,26 @@
  * progress), and the recovery points as snapshot sets (blob-points.ts). The storage
  * account holds everything that matters, so the replica outlives the primary site.
  *
- * What is built so far: the replica opened or made, the initial copy with its checkpoints,
- * deltas applied from closed change logs, points and retention, a resync's block checksums
- * and writes. Fitting it to the ReplicaTarget port (the resync's state, divergence, the
- * epoch) and reaching it from the sending side are the next steps of the design.
+ * It is a ReplicaTarget: a replication session (replica/replication-server.ts) drives it
+ * as it drives a replica store, over an in-process stream from the sending agent. The
+ * received change logs wait in a spool directory on the sending host until applied.
+ *
+ * A resync writes the blocks it finds different straight into the live blobs (no point is
+ * the live blob). So the resync is recorded in `replica.json` before its first write, and
+ * until its own point is made no other delta is taken: a point made then would hold half
+ * of the resync's writes.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
 import { isRestError } from '@azure/storage-blob';
 import { OsrError } from '../../domain/errors.js';
 import { blockDigests } from '../io/checksum.js';
 import { ExtentMap } from '../io/extent-map.js';
 import { readFully } from '../io/io.js';
-import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
+import type { DiskRanges } from '../io/ranges.js';
+import type { DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
+import { safeSeq } from '../../domain/names.js';
 import { diskKeyOf, RecordType, scanLogFile } from '../tracking/change-log.js';
 import { BlobPoints, type BlobPoint } from './blob-points.js';
 import { PageBlobDisk, storageError, type DiskPiece } from './page-blob-disk.js';
@@ -29,6 +36,12 @@ interface ReplicaRecord {
   disks: ReplicaDiskSpec[];
   retention: RetentionSpec;
   initial: { done: boolean; copied: Record<string, number>; finishedDisks: string[] };
+  /** the replication epoch: a primary with a lower one is refused (another site was promoted) */
+  epoch?: number;
+  /** a resync whose writes may be in the live blobs: no point but its own is made until it ends */
+  resync?: ResyncState | undefined;
+  /** the blobs are being made blank for a new initial copy (resetInitial): finished by whoever opens the replica next */
+  resetting?: true | undefined;
 }
 
 /** The most one blockHashes call compares, and how much of it is read at a time. */
@@ -45,8 +58,15 @@ export function replicaContainerName(vmId: string): string {
   return name;
 }
 
-export class AzureBlobReplica {
+export interface AzureReplicaOptions {
+  /** where received change logs wait until applied (on the sending host): one directory per replica */
+  spoolDir: string;
+  now?: () => number;
+}
+
+export class AzureBlobReplica implements ReplicaTarget {
   private cache: BlobPoint[] = [];
+  private applying: number | undefined;
 
   private constructor(
     private readonly container: ContainerClient,
@@ -55,11 +75,13 @@ export class AzureBlobReplica {
     private etag: string | undefined,
     private readonly blobDisks: PageBlobDisk[],
     private readonly pointSets: BlobPoints,
+    private readonly spoolDir: string,
     private readonly now: () => number,
   ) {}
 
   /** Open the replica in `container`, or make it. A container that holds another VM's replica, or other disks, is refused. */
-  static async open(container: ContainerClient, spec: { vmId: string; vmName: string; disks: ReplicaDiskSpec[]; retention: RetentionSpec }, now: () => number = Date.now): Promise<AzureBlobReplica> {
+  static async open(container: ContainerClient, spec: { vmId: string; vmName: string; disks: ReplicaDiskSpec[]; retention: RetentionSpec }, o: AzureReplicaOptions): Promise<AzureBlobReplica> {
+    const now = o.now ?? Date.now;
     try {
       await container.createIfNotExists();
     } catch (e) {
@@ -84,16 +106,28 @@ export class AzureBlobReplica {
       const holdsData = existing !== undefined && (record.initial.done || (record.initial.copied[d.name] ?? 0) > 0);
       disks.push(await PageBlobDisk.open(container, d.name, d.size, { mustExist: holdsData }));
     }
-    const r = new AzureBlobReplica(container, recordBlob, record, etag, disks, new BlobPoints(container, disks), now);
+    const r = new AzureBlobReplica(container, recordBlob, record, etag, disks, new BlobPoints(container, disks), o.spoolDir, now);
     const retentionChanged = record.retention.hours !== spec.retention.hours || record.retention.maxPoints !== spec.retention.maxPoints;
     record.retention = spec.retention;
     if (!existing || retentionChanged) await r.save();
+    // a reset cut off part-way: its blobs may still hold the old copy's bytes
+    if (record.resetting) await r.finishReset();
     r.cache = await r.pointSets.points();
     return r;
   }
 
   get vmId(): string {
     return this.record.vmId;
+  }
+  get vmName(): string {
+    return this.record.vmName;
+  }
+  get epoch(): number {
+    return this.record.epoch ?? 1;
+  }
+  /** the resync under way, if one is recorded */
+  get resync(): ResyncState | undefined {
+    return this.record.resync;
   }
   get disks(): readonly ReplicaDiskSpec[] {
     return this.record.disks;
@@ -116,6 +150,46 @@ export class AzureBlobReplica {
   /** The snapshots of point `seq`, one per disk (what a failover copies). */
   snapshotsOf(seq: number): BlobPoint['snapshots'] | undefined {
     return this.cache.find((s) => s.point.seq === seq)?.snapshots;
+  }
+
+  async setEpoch(epoch: number): Promise<void> {
+    if (epoch < this.epoch) {
+      throw new OsrError('EPOCH_STALE', `replication epoch ${epoch} is older than the replica's ${this.epoch}: another site was promoted`, { epoch, current: this.epoch });
+    }
+    if (epoch !== this.record.epoch) {
+      this.record.epoch = epoch;
+      await this.save();
+    }
+  }
+
+  /**
+   * Start over from a full copy: every disk's blob and snapshots deleted and made blank
+   * (the copy sends no zeros, so the old bytes must go), every point with them. The record
+   * says so first: a crash part-way leaves a replica whose copy is not done, not old data
+   * under a finished one.
+   */
+  async resetInitial(): Promise<void> {
+    this.record.initial = { done: false, copied: {}, finishedDisks: [] };
+    this.record.resync = undefined;
+    this.record.resetting = true;
+    await this.save();
+    await this.finishReset();
+  }
+
+  private async finishReset(): Promise<void> {
+    this.cache = [];
+    for (const d of this.blobDisks) await d.recreate();
+    fs.rmSync(this.spoolDir, { recursive: true, force: true });
+    this.record.resetting = undefined;
+    await this.save();
+  }
+
+  /** An Azure replica is never made from an old primary's disks: nothing diverges beyond its logs. */
+  get divergent(): undefined {
+    return undefined;
+  }
+  addDivergence(ranges: DiskRanges): void {
+    void ranges;
   }
 
   private disk(name: string): PageBlobDisk {
@@ -153,15 +227,47 @@ export class AzureBlobReplica {
 
   // ---- deltas --------------------------------------------------------------------------
 
+  /** where delta `seq`'s change logs are received */
+  incomingDir(seq: number): string {
+    return path.join(this.spoolDir, 'incoming', String(safeSeq(seq)).padStart(12, '0'));
+  }
+
+  get applyingSeq(): number | undefined {
+    return this.applying;
+  }
+
   /**
    * Apply one delta (a closed change log per disk) as recovery point `point.seq`: verified
    * whole first (checksums, chain, close record, disk key, ranges), then written to the
    * live blobs and snapshotted (blob-points.ts). Safe to call again with the same delta.
    * `resync`: the delta a resynchronization ends in (its number may skip).
    */
-  async applyDelta(point: RecoveryPoint, files: { diskName: string; file: string }[], o: { resync?: boolean } = {}): Promise<'applied' | 'duplicate'> {
+  async applyDelta(point: RecoveryPoint, files: readonly DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
+    if (this.applying !== undefined) throw new OsrError('INVALID_STATE', `delta ${this.applying} of ${this.vmName} is being applied`);
+    this.applying = point.seq;
+    try {
+      const outcome = await this.applyNow(point, files);
+      // the logs are in the blobs (or were there already): the spool keeps nothing
+      fs.rmSync(this.incomingDir(point.seq), { recursive: true, force: true });
+      return outcome;
+    } finally {
+      this.applying = undefined;
+    }
+  }
+
+  private async applyNow(point: RecoveryPoint, files: readonly DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
     if (latest && point.seq <= latest.seq) return 'duplicate';
+    const resync = this.record.resync;
+    if (resync && resync.seq !== point.seq) {
+      throw new OsrError('INVALID_STATE', `a resync of ${this.vmName} ending in point ${resync.seq} has written into its blobs: delta ${point.seq} is taken only after it (resynchronize)`, { resync: resync.seq, got: point.seq });
+    }
+    if (resync && !this.record.disks.every((d) => resync.disks[d.name]?.finished === true)) {
+      throw new OsrError('INVALID_STATE', `the resync of ${this.vmName} has not compared every disk yet`);
+    }
+    if (latest && point.seq !== latest.seq + 1 && !resync) {
+      throw new OsrError('REPLICA_CHAIN_BROKEN', `delta ${point.seq} does not follow the latest recovery point ${latest.seq} of ${this.vmName}`, { latest: latest.seq, got: point.seq });
+    }
     const i = this.record.initial;
     if (!i.done && i.finishedDisks.length < this.record.disks.length) throw new OsrError('INVALID_STATE', `initial replication of ${this.vmId} has not copied every disk yet`);
     const maps = new Map<string, { file: string; map: ExtentMap<'data' | 'zero'> }>();
@@ -182,9 +288,10 @@ export class AzureBlobReplica {
     }
     const sources = new Map([...maps].map(([disk, m]) => [disk, () => piecesOf(m.file, m.map)] as const));
     // a resync's point may skip the numbers of the logs it replaced
-    const outcome = await this.pointSets.apply(point, sources, { first: latest === undefined || o.resync === true });
-    if (!i.done) {
+    const outcome = await this.pointSets.apply(point, sources, { first: latest === undefined || resync !== undefined });
+    if (!i.done || resync) {
       i.done = true;
+      this.record.resync = undefined;
       await this.save();
     }
     await this.pointSets.prune(this.record.retention, this.now());
@@ -193,6 +300,55 @@ export class AzureBlobReplica {
   }
 
   // ---- resynchronization -----------------------------------------------------------------
+
+  /**
+   * Begin or resume a resync ending in point `seq`, recorded before anything is written. A
+   * new resync replacing an unfinished one starts its comparison from the beginning: the
+   * blobs hold some of the old one's writes, which the comparison finds or keeps.
+   */
+  async beginResync(id: string, seq: number, blockSize: number): Promise<ResyncState> {
+    const latest = this.latestPoint();
+    if (!latest || !this.record.initial.done) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} has no recovery point to resynchronize; it needs an initial copy`);
+    if (!(seq > latest.seq)) throw new OsrError('INVALID_ARGUMENT', `a resync must end after the latest recovery point ${latest.seq}, not at ${seq}`);
+    if (!Number.isInteger(blockSize) || blockSize < 512 || blockSize > 16 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
+      throw new OsrError('INVALID_ARGUMENT', `resync block size ${blockSize} is not a power of two between 512 bytes and 16 MiB`);
+    }
+    const cur = this.record.resync;
+    if (cur && cur.id === id && cur.seq === seq && cur.blockSize === blockSize) return cur;
+    const state: ResyncState = { id, seq, blockSize, disks: {} };
+    for (const d of this.record.disks) state.disks[d.name] = { offset: 0, bytes: 0, finished: false };
+    this.record.resync = state;
+    await this.save();
+    return state;
+  }
+
+  private requireResync(): ResyncState {
+    const r = this.record.resync;
+    if (!r) throw new OsrError('PROTOCOL_ERROR', `no resync of ${this.vmId} is under way`);
+    return r;
+  }
+
+  async stageResync(disk: string, offset: number, parts: readonly Buffer[]): Promise<void> {
+    const r = this.requireResync();
+    await this.resyncWrite(disk, r.seq, [{ offset, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts) }]);
+  }
+
+  async stageResyncZero(disk: string, offset: number, length: number): Promise<void> {
+    const r = this.requireResync();
+    await this.resyncWrite(disk, r.seq, [{ offset, length, zero: true }]);
+  }
+
+  /** Everything below `offset` of `disk` is compared and its differences written (each write returned): recorded. */
+  async checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState> {
+    const r = this.requireResync();
+    const d = this.disk(disk);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+    const p = r.disks[disk]!;
+    p.offset = Math.max(p.offset, offset);
+    p.finished ||= finished;
+    await this.save();
+    return r;
+  }
 
   /**
    * Checksums of the blocks of [offset, offset + length) of the live blob, as the replica
@@ -216,7 +372,7 @@ export class AzureBlobReplica {
    * live blob, so nothing needs staging; the resync's own delta then makes its point. The
    * writes carry the resync point's number, so none lands once that point is recorded.
    */
-  async resyncWrite(disk: string, resyncSeq: number, pieces: readonly DiskPiece[]): Promise<void> {
+  private async resyncWrite(disk: string, resyncSeq: number, pieces: readonly DiskPiece[]): Promise<void> {
     const latest = this.latestPoint();
     if (latest && resyncSeq <= latest.seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `resync point ${resyncSeq} is not after the latest point ${latest.seq} of ${this.vmId}`);
     if (!(await this.disk(disk).write(pieces, resyncSeq))) throw new OsrError('INVALID_STATE', `disk ${disk} of ${this.vmId} already records point ${resyncSeq}: the resync's writes come too late`);

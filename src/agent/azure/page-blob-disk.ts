@@ -89,12 +89,7 @@ export class PageBlobDisk {
       });
       if (!props) {
         if (o.mustExist) throw new OsrError('REPLICA_STORE_CORRUPT', `the blob of disk ${name} is gone from ${container.containerName} while the replica records data in it: resynchronize the replica`, { blob: blob.name });
-        // only where there is none (Put Blob would replace one another opener just made)
-        await blob.create(length, { blobSequenceNumber: 0, conditions: { ifNoneMatch: '*' } }).catch((e: unknown) => {
-          if (!(isRestError(e) && (e.statusCode === 409 || e.statusCode === 412))) throw e;
-        });
-        const made = await blob.getProperties();
-        if (made.contentLength !== length) throw new OsrError('AZURE_DISK_INVALID', `the blob of disk ${name} is ${made.contentLength} bytes; a disk of ${size} bytes takes ${length}`, { blob: blob.name });
+        await disk.make();
       } else if (props.contentLength !== length) {
         throw new OsrError('AZURE_DISK_INVALID', `the blob of disk ${name} is ${props.contentLength} bytes; a disk of ${size} bytes takes ${length}`, { blob: blob.name, length: props.contentLength ?? null, expected: length });
       }
@@ -108,6 +103,30 @@ export class PageBlobDisk {
       throw storageError(e, `opening the blob of disk ${name}`);
     }
     return disk;
+  }
+
+  /** Make the blob, only where there is none (Put Blob would replace one another opener just made). */
+  private async make(): Promise<void> {
+    const length = pageBlobBytes(this.size);
+    await this.blob.create(length, { blobSequenceNumber: 0, conditions: { ifNoneMatch: '*' } }).catch((e: unknown) => {
+      if (!(isRestError(e) && (e.statusCode === 409 || e.statusCode === 412))) throw e;
+    });
+    const made = await this.blob.getProperties();
+    if (made.contentLength !== length) throw new OsrError('AZURE_DISK_INVALID', `the blob of disk ${this.name} is ${made.contentLength} bytes; a disk of ${this.size} bytes takes ${length}`, { blob: this.blob.name });
+  }
+
+  /**
+   * Start the disk over: the blob and every snapshot of it deleted, a blank one (zeros, its
+   * footer, sequence number 0) made. For a replica whose initial copy starts again.
+   */
+  async recreate(): Promise<void> {
+    try {
+      await this.blob.deleteIfExists({ deleteSnapshots: 'include' });
+      await this.make();
+      await this.blob.uploadPages(vhdFooter(this.size), pageBlobBytes(this.size) - VHD_FOOTER_BYTES, VHD_FOOTER_BYTES);
+    } catch (e) {
+      throw storageError(e, `starting the blob of disk ${this.name} over`);
+    }
   }
 
   /** The number of the last delta applied to the live blob (0: none). */

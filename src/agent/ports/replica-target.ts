@@ -1,7 +1,8 @@
 /**
  * The second seam of the replication engine: a ReplicaTarget is where one VM's replica
- * lives. The replica store implements it with images and undo files (replica-store.ts); an
- * Azure page-blob target will implement it with page blobs and blob snapshots. Its other
+ * lives. The replica store implements it with images and undo files (replica-store.ts); the
+ * Azure target with page blobs and blob snapshots (azure/blob-replica.ts). Calls that a
+ * target may need the network for return a promise there; the caller always awaits them. Its other
  * seam, the VM being replicated, is change-source.ts.
  *
  * This module owns the types of the seam (a replica's disks, recovery points, retention,
@@ -88,10 +89,12 @@ export interface ReplicaTarget {
   readonly initialDone: boolean;
   initialProgress(): Record<string, number>;
   finishedInitialDisks(): string[];
-  setEpoch(epoch: number): void;
-  resetInitial(): void;
+  /** refuse an epoch below the replica's (EPOCH_STALE), record a higher one */
+  setEpoch(epoch: number): void | Promise<void>;
+  /** forget the initial copy and every point: replication starts over from a full copy */
+  resetInitial(): void | Promise<void>;
   writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void>;
-  zeroInitial(disk: string, offset: number, length: number): void;
+  zeroInitial(disk: string, offset: number, length: number): void | Promise<void>;
   checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void>;
   /** where a delta's files are received before applyDelta */
   incomingDir(seq: number): string;
@@ -112,13 +115,19 @@ export interface ReplicaTarget {
   points(): RecoveryPoint[];
   latestPoint(): RecoveryPoint | undefined;
   /** begin or resume a resynchronization ending in point `seq` */
-  beginResync(id: string, seq: number, blockSize: number): ResyncState;
+  beginResync(id: string, seq: number, blockSize: number): ResyncState | Promise<ResyncState>;
   /** checksums of the blocks of [offset, offset + length) at the latest point */
   blockHashes(disk: string, offset: number, length: number, blockSize: number): Promise<Buffer>;
-  stageResync(disk: string, offset: number, parts: readonly Buffer[]): void;
-  stageResyncZero(disk: string, offset: number, length: number): void;
+  /**
+   * A block the resync found different. Calls for one disk come in order; a target may
+   * finish them later (the caller waits for all before stageResyncZero or checkpointResync).
+   */
+  stageResync(disk: string, offset: number, parts: readonly Buffer[]): void | Promise<void>;
+  stageResyncZero(disk: string, offset: number, length: number): void | Promise<void>;
   checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState>;
   /** where the replica may differ from the primary beyond its logs (a reversed replica) */
   readonly divergent: DivergentRanges | undefined;
-  addDivergence(ranges: DiskRanges): void;
+  addDivergence(ranges: DiskRanges): void | Promise<void>;
+  /** the offline export the initial copy was imported from, where the target takes one */
+  readonly seed?: { seq: number } | undefined;
 }

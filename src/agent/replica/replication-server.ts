@@ -3,9 +3,14 @@
  * writes initial copies and applies deltas into replica stores. One connection serves one
  * VM at a time; a newer connection for the same VM replaces an older one (the sender
  * reconnected after a broken link).
+ *
+ * A session speaks the protocol over any stream: a TLS socket here, or an in-process
+ * stream when the replica target is reached from the sending agent itself (Azure). What
+ * opens its replica target is a ReplicaOpener: the registry of replica stores here.
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
@@ -85,8 +90,26 @@ export interface SourceAgent {
   fabricId?: string | undefined;
 }
 
+/** What a session opens its replica with, and how one VM's replica is held by one connection at a time. */
+export interface ReplicaOpener {
+  open(req: OpenRequest, source: SourceAgent): Promise<ReplicaTarget>;
+  /** this session replicates the VM now: an older session of the same VM is closed */
+  claim(vmId: string, session: Session): void;
+  release(vmId: string, session: Session): void;
+}
+
+/** The stream a session speaks over, and who is at its other end. */
+export interface SessionConnection {
+  stream: Duplex;
+  /** for logs: the peer's address */
+  remote: string | undefined;
+  /** the peer's verified identity (its certificate's) */
+  identify(): PeerIdentity;
+  setKeepAlive?(enable: boolean, delayMs: number): unknown;
+}
+
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
-export class ReplicaRegistry {
+export class ReplicaRegistry implements ReplicaOpener {
   private readonly stores = new Map<string, ReplicaStore>();
   private readonly owners = new Map<string, Session>();
   /** VMs of this host whose disks are a promoted replica's images: never opened as replicas */
@@ -435,7 +458,7 @@ interface DeltaInProgress {
 
 const MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024;
 
-class Session {
+export class Session {
   private store: ReplicaTarget | undefined;
   private target: Target;
   private delta: DeltaInProgress | undefined;
@@ -448,12 +471,16 @@ class Session {
   private writeError: unknown;
   bytesReceived = 0;
 
+  private readonly socket: Duplex;
+
   constructor(
-    private readonly socket: tls.TLSSocket,
-    private readonly registry: ReplicaRegistry,
+    private readonly conn: SessionConnection,
+    private readonly registry: ReplicaOpener,
     private readonly agentName: string,
     private readonly log: Logger,
   ) {
+    const socket = conn.stream;
+    this.socket = socket;
     this.writer = new FrameWriter(socket);
     new FrameReader(
       socket,
@@ -480,7 +507,7 @@ class Session {
   }
 
   destroy(e: OsrError): void {
-    this.log.warn({ code: e.code, peer: this.socket.remoteAddress, agent: this.peer?.commonName }, `replication connection closed: ${e.message}`);
+    this.log.warn({ code: e.code, peer: this.conn.remote, agent: this.peer?.commonName }, `replication connection closed: ${e.message}`);
     void this.writer.sendControl({ type: 'error', code: e.code, message: e.message }).catch(() => undefined);
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
@@ -499,7 +526,7 @@ class Session {
       const disk = this.disk(m.disk);
       const [offset, length] = safeRange(m.offset, m.length, disk.size, `zero range of ${disk.name}`);
       await this.drainWrites(0);
-      this.requireStore().zeroInitial(disk.name, offset, length);
+      await this.requireStore().zeroInitial(disk.name, offset, length);
       return;
     }
     if (m.type === 'resync-disk') {
@@ -511,7 +538,7 @@ class Session {
       const disk = this.disk(m.disk);
       const [offset, length] = safeRange(m.offset, m.length, disk.size, `zero range of ${disk.name}`);
       await this.drainWrites(0);
-      this.requireStore().stageResyncZero(disk.name, offset, length);
+      await this.requireStore().stageResyncZero(disk.name, offset, length);
       return;
     }
     if (m.type === 'delta-disk') {
@@ -530,7 +557,7 @@ class Session {
     if (!Number.isFinite(version)) {
       throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `peer offers protocol versions ${offered.join(',') || 'none'}; this agent supports ${PROTOCOL_VERSIONS.join(',')}`);
     }
-    const peer = peerIdentity(this.socket);
+    const peer = this.conn.identify();
     if (peer.role !== 'agent') throw new OsrError('AUTH_FAILED', `a certificate with role ${peer.role ?? '(none)'} may not replicate; an agent certificate is needed`, { peer: peer.commonName, role: peer.role ?? null });
     this.peer = peer;
     this.helloDone = true;
@@ -538,7 +565,7 @@ class Session {
     await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd', ...(keepalive ? [KEEPALIVE_FEATURE] : [])] });
     // an older primary sends no pings: then only TCP keepalive watches the connection
     if (keepalive) new Liveness(this.socket, () => this.writer.sendControl({ type: 'ping' }), (e) => this.destroy(e));
-    else this.socket.setKeepAlive(true, 10_000);
+    else this.conn.setKeepAlive?.(true, 10_000);
   }
 
   /**
@@ -594,9 +621,9 @@ class Session {
         const req = parseOpen(args);
         if (this.store && this.store.vmId !== req.vmId) throw new OsrError('PROTOCOL_ERROR', `this connection replicates ${this.store.vmId}; open ${req.vmId} on a connection of its own`);
         const store = await this.registry.open(req, { name: this.peer!.commonName, fabricId: this.peer!.fabricId });
-        store.setEpoch(req.epoch);
+        await store.setEpoch(req.epoch);
         this.registry.claim(req.vmId, this);
-        if (req.reset) store.resetInitial();
+        if (req.reset) await store.resetInitial();
         this.store = store;
         const latest = store.latestPoint();
         const result: OpenResult = {
@@ -612,7 +639,7 @@ class Session {
       }
       case 'resync-ranges': {
         const store = this.requireStore();
-        store.addDivergence(parseDiskRanges(args.ranges, new Map(store.disks.map((d) => [d.name, d.size]))));
+        await store.addDivergence(parseDiskRanges(args.ranges, new Map(store.disks.map((d) => [d.name, d.size]))));
         return { divergent: store.divergent ?? null };
       }
       case 'copy-checkpoint': {
@@ -623,7 +650,7 @@ class Session {
       }
       case 'resync-begin': {
         const r = parseResyncBegin(args);
-        const state = this.requireStore().beginResync(r.id, r.seq, r.blockSize);
+        const state = await this.requireStore().beginResync(r.id, r.seq, r.blockSize);
         return { disks: state.disks };
       }
       case 'resync-hashes': {
@@ -700,9 +727,10 @@ class Session {
     if (!t) throw new OsrError('PROTOCOL_ERROR', 'DATA frame with no target');
     safeRange(f.offset, f.length, t.kind === 'delta' ? MAX_DELTA_LOG_BYTES : t.size, `DATA frame for ${t.disk}`);
     if (t.kind === 'resync') {
-      // staged in order with the zero ranges between them (synchronous appends)
-      this.requireStore().stageResync(t.disk, f.offset, f.parts);
-      return;
+      // staged in the order they came; a target that finishes them later is waited for
+      // before a zero range or a checkpoint of the resync
+      const staged = this.requireStore().stageResync(t.disk, f.offset, f.parts);
+      return staged ? this.track(staged, f.length) : undefined;
     }
     const d = t.kind === 'delta' ? this.delta?.files.get(t.disk) : undefined;
     // a delta's frame goes only into the file of the delta open now, never through a descriptor of one closed
@@ -795,7 +823,7 @@ export class ReplicationServer {
       socket.setNoDelay(true);
       socket.on('close', () => this.sessions.delete(socket));
       socket.on('error', (e) => this.log.warn({ code: toOsrError(e).code }, `replication connection error: ${e.message}`));
-      new Session(socket, this.registry, this.agentName, this.log);
+      new Session({ stream: socket, remote: socket.remoteAddress, identify: () => peerIdentity(socket), setKeepAlive: (on, ms) => socket.setKeepAlive(on, ms) }, this.registry, this.agentName, this.log);
     });
     onTlsClientError(server, (err) => this.log.warn({ code: err.code, ...err.details }, err.message));
     this.server = server;

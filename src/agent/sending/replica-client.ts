@@ -1,7 +1,10 @@
 /**
  * The primary end's connection to a replica agent: mutual TLS 1.3, the versioned hello,
  * then requests (matched to replies by id), notices and DATA frames in one ordered stream.
+ * The same protocol runs over an in-process stream to a replica target the sending agent
+ * reaches itself (Azure storage): `ReplicaClient.over`.
  */
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../../domain/errors.js';
 import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../../pki/index.js';
@@ -31,7 +34,7 @@ export class ReplicaClient {
   pace: ((bytes: number) => Promise<void>) | undefined;
 
   private constructor(
-    private readonly socket: tls.TLSSocket,
+    private readonly socket: Duplex & { bytesRead?: number; setKeepAlive?(enable: boolean, delayMs: number): unknown },
     readonly useZstd: boolean,
     peer: string,
   ) {
@@ -45,12 +48,35 @@ export class ReplicaClient {
       },
       (e) => this.fail(e),
     );
-    socket.on('error', (e) => this.fail(classifyTlsError(e, 'client', { socket, peer })));
-    socket.on('close', () => {
-      // a replica that refuses our certificate closes right after the handshake, silently
-      const refused = socket.authorized && socket.bytesRead === 0;
-      this.fail(refused ? classifyTlsError(undefined, 'client', { socket, peer }) : new OsrError('NETWORK_ERROR', `connection to the replica agent at ${peer} closed`));
-    });
+    if (socket instanceof tls.TLSSocket) {
+      socket.on('error', (e) => this.fail(classifyTlsError(e, 'client', { socket, peer })));
+      socket.on('close', () => {
+        // a replica that refuses our certificate closes right after the handshake, silently
+        const refused = socket.authorized && socket.bytesRead === 0;
+        this.fail(refused ? classifyTlsError(undefined, 'client', { socket, peer }) : new OsrError('NETWORK_ERROR', `connection to the replica agent at ${peer} closed`));
+      });
+    } else {
+      socket.on('error', (e) => this.fail(toOsrError(e, 'NETWORK_ERROR')));
+      socket.on('close', () => this.fail(new OsrError('NETWORK_ERROR', `connection to the replica at ${peer} closed`)));
+    }
+  }
+
+  /**
+   * Speak the protocol over a stream whose other end is a session in this process (a
+   * replica target the agent reaches itself): no TLS, the same hello and requests.
+   */
+  static async over(stream: Duplex, label: string, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
+    const client = new ReplicaClient(stream, useZstd, label);
+    const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica at ${label} within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      await client.hello(agentName);
+      return client;
+    } catch (e) {
+      stream.destroy();
+      throw toOsrError(e, 'NETWORK_ERROR');
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Connect, verify the replica's certificate against the CA, and agree on a protocol version. */
@@ -75,21 +101,7 @@ export class ReplicaClient {
       if (peer.fabricId !== undefined && them.fabricId !== peer.fabricId) {
         throw new OsrError('AUTH_FAILED', `the agent at ${peer.host}:${peer.port} (${them.commonName}) belongs to fabric ${them.fabricId ?? '(none)'}, not to fabric ${peer.fabricId} that the vault's grant names; refusing to replicate to it`, { expected: peer.fabricId, peer: them.commonName, fabric: them.fabricId ?? null });
       }
-      const welcome = new Promise<ControlMessage>((resolve, reject) => {
-        client.welcome = resolve;
-        client.waiting.set(0, { resolve: () => undefined, reject });
-      });
-      // a hello that cannot be sent leaves the welcome unawaited: its rejection must not go unhandled
-      welcome.catch(() => undefined);
-      await client.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: useZstd ? ['zstd', KEEPALIVE_FEATURE] : [KEEPALIVE_FEATURE] });
-      const w = await welcome;
-      client.waiting.delete(0);
-      if (!(PROTOCOL_VERSIONS as readonly number[]).includes(Number(w.version))) {
-        throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `replica chose protocol version ${String(w.version)}`);
-      }
-      // a frozen or unreachable replica is noticed within IDLE_TIMEOUT_MS, and replication reconnects
-      if (Array.isArray(w.features) && w.features.includes(KEEPALIVE_FEATURE)) new Liveness(socket, () => client.writer.sendControl({ type: 'ping' }), (e) => client.fail(e));
-      else socket.setKeepAlive(true, 10_000);
+      await client.hello(agentName);
       return client;
     } catch (e) {
       socket.destroy();
@@ -97,6 +109,26 @@ export class ReplicaClient {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** The versioned hello and the replica's welcome. */
+  private async hello(agentName: string): Promise<void> {
+    const welcome = new Promise<ControlMessage>((resolve, reject) => {
+      this.welcome = resolve;
+      this.waiting.set(0, { resolve: () => undefined, reject });
+    });
+    // a hello that cannot be sent leaves the welcome unawaited: its rejection must not go unhandled
+    welcome.catch(() => undefined);
+    await this.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: this.useZstd ? ['zstd', KEEPALIVE_FEATURE] : [KEEPALIVE_FEATURE] });
+    const w = await welcome;
+    this.waiting.delete(0);
+    if (!(PROTOCOL_VERSIONS as readonly number[]).includes(Number(w.version))) {
+      throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `replica chose protocol version ${String(w.version)}`);
+    }
+    // a frozen or unreachable replica is noticed within IDLE_TIMEOUT_MS, and replication reconnects
+    const socket = this.socket;
+    if (Array.isArray(w.features) && w.features.includes(KEEPALIVE_FEATURE)) new Liveness(socket, () => this.writer.sendControl({ type: 'ping' }), (e) => this.fail(e));
+    else socket.setKeepAlive?.(true, 10_000);
   }
 
   private onControl(m: ControlMessage): void {
@@ -198,7 +230,7 @@ export class ReplicaClient {
 
   /** bytes read from the replica so far (TLS records included) */
   get wireBytesReceived(): number {
-    return this.socket.bytesRead;
+    return this.socket.bytesRead ?? 0;
   }
 
   close(): void {
