@@ -47,7 +47,7 @@ const agentZones = {
   hosts: ['io', 'ports', 'tracking', 'nbd', 'libvirt'],
   azure: ['io', 'ports', 'tracking'],
 };
-const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica'];
+const agentRootAllowed = ['io', 'nbd', 'ports', 'wire', 'sending', 'replica', 'azure'];
 const agentFolders = Object.keys(agentZones);
 const zonePatterns = (from, allowed) =>
   agentFolders

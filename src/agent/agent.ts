@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import type tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { duplexPair, type Duplex } from 'node:stream';
 import { pino, type Logger as PinoLogger } from 'pino';
 import { systemClock, type Clock } from '../domain/clock.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
@@ -28,9 +29,10 @@ import { ensurePrivateDir, isLoopbackHost, listenOnUnixSocket, loadApiToken, typ
 import { checkQuiesceHookDir, findQuiesceHook } from './sending/quiesce-hook.js';
 import { NbdServer } from './nbd/nbd-server.js';
 import type { Host, HostFactory, VmSpec } from './ports/host.js';
-import { ReplicaRegistry, ReplicationServer } from './replica/replication-server.js';
+import { ReplicaRegistry, ReplicationServer, Session } from './replica/replication-server.js';
+import { AzureReplicas } from './azure/azure-replicas.js';
 import { PrimaryReplication } from './sending/replication.js';
-import type { ReplicationSpec } from './wire/replication-types.js';
+import type { AzurePeer, ReplicationSpec } from './wire/replication-types.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
 import { Pacer, parseBandwidth } from './io/throttle.js';
 import { DEFAULT_REPLICATION_PORT } from './wire/wire.js';
@@ -104,6 +106,9 @@ export class Agent {
   /** the newest replication grant taken for each VM this agent replicates */
   private readonly grantLedger: GrantLedger;
   readonly replications = new Map<string, PrimaryReplication>();
+  /** the replicas this agent writes to Azure storage itself, and each replication's SAS (by replication id) */
+  readonly azureReplicas: AzureReplicas;
+  private readonly azureSas = new Map<string, string>();
   private readonly phases = new CyclePhases();
   private readonly agentPacer: Pacer | undefined;
   readonly nbd: NbdServer;
@@ -136,6 +141,8 @@ export class Agent {
     this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now(), log: this.log });
     // an agent the vault enrolled into a fabric takes a replica's source only from the vault
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now(), () => this.enrolled?.fabricId !== undefined);
+    ensurePrivateDir(path.join(config.dataDir, 'azure-access'));
+    this.azureReplicas = new AzureReplicas(path.join(config.dataDir, 'azure-spool'), config.name, (vmId) => this.azureAccess(vmId), () => clock.now());
     this.grantLedger = new GrantLedger(path.join(config.dataDir, 'grants'));
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
     this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
@@ -241,6 +248,10 @@ export class Agent {
         delete spec.quiesceHook;
         writeJsonDurable(specFile, spec);
       }
+      if (spec.peer.kind === 'azure') {
+        const sas = readJson<{ sas: string }>(this.azureAccessFile(spec.id))?.sas;
+        if (sas !== undefined) this.azureSas.set(spec.id, sas);
+      }
       this.startReplication(spec);
     }
     writeJsonDurable(path.join(this.config.dataDir, 'run', 'agent.json'), { pid: process.pid, ...this.endpoints });
@@ -283,8 +294,8 @@ export class Agent {
    * grant: it must name this VM, this agent as the source and the peer as the target; the
    * replica agent's certificate must then name the target's host and fabric.
    */
-  enableReplication(input: Omit<ReplicationSpec, 'id' | 'epoch' | 'grantIssuedAt'> & { epoch?: number; grant?: string | undefined }): ReplicationSpec {
-    const { grant: token, ...rest } = input;
+  enableReplication(input: Omit<ReplicationSpec, 'id' | 'epoch' | 'grantIssuedAt'> & { epoch?: number; grant?: string | undefined; azureSas?: string | undefined }): ReplicationSpec {
+    const { grant: token, azureSas, ...rest } = input;
     const vm = this.host.get(rest.vm);
     for (const r of this.replications.values()) {
       if (r.spec.vm === vm.name) throw new OsrError('ALREADY_EXISTS', `VM ${vm.name} is already replicated (${r.spec.id})`);
@@ -292,16 +303,58 @@ export class Agent {
     if (vm.spec.fenced) throw new OsrError('EPOCH_STALE', `VM ${vm.name} is fenced: ${vm.spec.fenced.reason}`);
     let peer = rest.peer;
     let grantIssuedAt: string | undefined;
-    if (token !== undefined) {
-      const g = this.takeGrant(token, 'source', { replicationId: vm.id, otherHost: rest.peer.name });
+    if (peer.kind === 'azure') {
+      if (azureSas === undefined) throw new OsrError('INVALID_ARGUMENT', `a replica in Azure storage needs the SAS that grants access to its container (azureSas)`);
+      if (rest.initialReplication === 'offline') throw new OsrError('INVALID_ARGUMENT', 'offline initial replication is not available to Azure: the initial copy goes to the storage account online');
+      if (token !== undefined) grantIssuedAt = this.takeGrant(token, 'source', { replicationId: vm.id }).issuedAt;
+    } else if (token !== undefined) {
+      const g = this.takeGrant(token, 'source', { replicationId: vm.id, otherHost: peer.name });
       peer = { ...peer, name: g.target.host, fabricId: g.target.fabricId };
       grantIssuedAt = g.issuedAt;
-    }
+    } else if (azureSas !== undefined) throw new OsrError('INVALID_ARGUMENT', 'azureSas is for a replica in Azure storage; this peer is an agent');
     // a promoted VM replicates (back) in the epoch it was promoted with
     const spec: ReplicationSpec = { ...rest, peer, ...(grantIssuedAt !== undefined ? { grantIssuedAt } : {}), id: `rep-${vm.name}-${crypto.randomBytes(3).toString('hex')}`, epoch: rest.epoch ?? vm.spec.origin?.epoch ?? 1 };
+    if (azureSas !== undefined) this.setAzureSasNow(spec.id, azureSas);
     writeJsonDurable(path.join(this.config.dataDir, 'replications', `${spec.id}.json`), spec);
     this.startReplication(spec);
     return spec;
+  }
+
+  private azureAccessFile(replicationId: string): string {
+    return path.join(this.config.dataDir, 'azure-access', `${replicationId}.json`);
+  }
+
+  private setAzureSasNow(replicationId: string, sas: string): void {
+    // a secret: kept in an owner-only file, never in the spec the API answers with
+    writeJsonDurable(this.azureAccessFile(replicationId), { sas });
+    this.azureSas.set(replicationId, sas);
+  }
+
+  /** A renewed SAS for a replication to Azure: the next connection to its container uses it. */
+  setAzureSas(idOrVm: string, sas: string): void {
+    const r = this.getReplication(idOrVm);
+    if (r.spec.peer.kind !== 'azure') throw new OsrError('INVALID_ARGUMENT', `replication ${r.spec.id} replicates to an agent, not to Azure storage`);
+    this.setAzureSasNow(r.spec.id, sas);
+  }
+
+  /** The container and SAS of a VM's replication to Azure, if this agent runs one. */
+  private azureAccess(vmId: string): { containerUrl: string; sas: string } | undefined {
+    for (const r of this.replications.values()) {
+      const peer = r.spec.peer;
+      const sas = this.azureSas.get(r.spec.id);
+      if (peer.kind === 'azure' && sas !== undefined && this.host.has(r.spec.vm) && this.host.get(r.spec.vm).id === vmId) return { containerUrl: peer.containerUrl, sas };
+    }
+    return undefined;
+  }
+
+  /** A stream to a replication session in this agent, over a replica it writes itself. */
+  private inProcess(peer: AzurePeer): Duplex {
+    const [mine, theirs] = duplexPair();
+    // the sending side's errors are its client's; a write after the end here is already reported there
+    theirs.on('error', (e) => this.log.debug({ code: toOsrError(e).code }, `in-process replication stream: ${e.message}`));
+    const fabricId = this.enrolled?.fabricId;
+    new Session({ stream: theirs, remote: `in-process ${peer.containerUrl}`, identify: () => ({ commonName: this.config.name, role: 'agent', ...(fabricId !== undefined ? { fabricId } : {}), fingerprintSha256: '' }) }, this.azureReplicas, this.config.name, this.log);
+    return mine;
   }
 
   private startReplication(spec: ReplicationSpec): void {
@@ -317,6 +370,7 @@ export class Agent {
       hookTimeoutMs: this.config.hookTimeoutMs ?? 60_000,
       quiesceHook: (vm) => findQuiesceHook(this.config.quiesceHookDir, vm),
       phases: this.phases,
+      inProcess: (peer) => this.inProcess(peer),
     });
     this.replications.set(spec.id, r);
     r.start();
@@ -542,6 +596,11 @@ export class Agent {
     await r.stop();
     this.replications.delete(r.spec.id);
     fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
+    if (r.spec.peer.kind === 'azure') {
+      fs.rmSync(this.azureAccessFile(r.spec.id), { force: true });
+      this.azureSas.delete(r.spec.id);
+      this.azureReplicas.forget(this.host.get(r.spec.vm).id);
+    }
     this.host.get(r.spec.vm).tracking.stop();
   }
 

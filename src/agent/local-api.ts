@@ -3,6 +3,8 @@
  * loopback TCP with a token, api-access.ts), JSON in and out, errors as
  * {code, message, details}. The `osr` CLI talks to it; reference in docs/agent-api.md.
  */
+import { parseContainerUrl, parseSas } from './azure/azure-replicas.js';
+import type { ReplicationSpec } from './wire/replication-types.js';
 import Fastify, { type FastifyInstance } from 'fastify';
 import path from 'node:path';
 import type tls from 'node:tls';
@@ -205,17 +207,21 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
       initialReplication?: 'online' | 'offline';
       exportDir?: string;
       grant?: string;
+      azureSas?: string;
     };
   }>(
     '/v1/replications',
-    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, peerName: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' }, grant: GRANT_SCHEMA } } } },
+    { schema: { body: { type: 'object', required: ['vm', 'peer'], properties: { vm: { type: 'string' }, peer: { type: 'string' }, peerName: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, retentionHours: { type: 'number', minimum: 0, maximum: 24 }, maxPoints: { type: 'integer', minimum: 1, maximum: 10000 }, compression: { type: 'boolean' }, startAt: { type: 'string' }, grant: GRANT_SCHEMA, azureSas: { type: 'string', maxLength: 4096 } } } } },
     async (req, reply) => {
       const b = req.body;
       if (b.quiesceHook !== undefined) {
         throw new OsrError('INVALID_ARGUMENT', `quiesceHook is not taken from a request: quiesce hooks are the agent's configuration (osr agent --quiesce-hook-dir DIR runs DIR/${b.vm} for this VM); remove quiesceHook from the request`);
       }
+      // a replica agent (host:port), or an Azure storage container (its URL)
       const m = /^(.+):(\d+)$/.exec(b.peer);
-      const peer = m ? { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) } : { host: b.peer, port: 8084 };
+      const peer: ReplicationSpec['peer'] = /^https?:\/\//i.test(b.peer)
+        ? { kind: 'azure', containerUrl: parseContainerUrl(b.peer) }
+        : { ...(m ? { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) } : { host: b.peer, port: 8084 }), servername: b.servername, name: b.peerName };
       if (b.startAt !== undefined && Number.isNaN(Date.parse(b.startAt))) throw new OsrError('INVALID_ARGUMENT', `startAt "${b.startAt}" is not an ISO date-time`);
       const copyFrequencyMs = parseDuration(b.copyFrequency ?? '5m');
       if (copyFrequencyMs < 100) throw new OsrError('INVALID_ARGUMENT', 'copy frequency must be at least 100 ms');
@@ -233,7 +239,8 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
       }
       const spec = agent.enableReplication({
         vm: b.vm,
-        peer: { ...peer, servername: b.servername, name: b.peerName },
+        peer,
+        azureSas: b.azureSas !== undefined ? parseSas(b.azureSas) : undefined,
         copyFrequencyMs,
         retention: { hours: b.retentionHours ?? 24, maxPoints: b.maxPoints ?? 24 },
         compression: b.compression ?? false,
@@ -258,6 +265,15 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
   });
   app.post<{ Params: { id: string }; Body: { timeout?: string | number } | undefined }>('/v1/replications/:id/prepare-failover', async (req) =>
     agent.prepareFailover(req.params.id, req.body?.timeout !== undefined ? parseDuration(req.body.timeout) : undefined),
+  );
+  // a renewed SAS for a replication to Azure storage (the old one is about to expire)
+  app.put<{ Params: { id: string }; Body: { sas: string } }>(
+    '/v1/replications/:id/azure-sas',
+    { schema: { body: { type: 'object', required: ['sas'], additionalProperties: false, properties: { sas: { type: 'string', maxLength: 4096 } } } } },
+    async (req, reply) => {
+      agent.setAzureSas(req.params.id, parseSas(req.body.sas));
+      return reply.status(204).send();
+    },
   );
   app.post<{ Params: { id: string } }>('/v1/replications/:id/retry', async (req, reply) => {
     agent.getReplication(req.params.id).retryNow();

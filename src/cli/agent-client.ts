@@ -184,6 +184,9 @@ export class AgentClient {
   post<T>(path: string, body?: unknown): Promise<T> {
     return this.call<T>('POST', path, body ?? {});
   }
+  put<T>(path: string, body?: unknown): Promise<T> {
+    return this.call<T>('PUT', path, body ?? {});
+  }
   delete<T>(path: string): Promise<T> {
     return this.call<T>('DELETE', path);
   }

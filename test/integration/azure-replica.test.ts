@@ -51,7 +51,7 @@ test(
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const spec = { vmId: 'vm-azure-1', vmName: 'web01', disks: DISKS, retention: { hours: 24, maxPoints: 3 } };
     let clock = 1_700_000_000_000;
-    let r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
+    let r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock, createContainer: true });
     const rnd = prng(0xa22);
     const models = DISKS.map((d) => crypto.randomBytes(d.size));
     // the initial copy, cut off after the first disk's first half and resumed by a new opener
@@ -65,15 +65,15 @@ test(
         } else await r.writeInitial(d.name, off, [models[i]!.subarray(off, end)]);
         await r.checkpointInitial(d.name, end, end === d.size);
         if (i === 0 && off === 2 * chunk) {
-          r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
+          r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock, createContainer: true });
           assert.deepEqual(r.initialProgress(), { sda: 3 * chunk });
         }
       }
     }
     assert.deepEqual(r.finishedInitialDisks(), ['sda', 'sdb']);
     assert.equal(r.initialDone, false);
-    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, vmId: 'another-vm' }, { spoolDir: path.join(dir, 'spool') }), 'INVALID_STATE');
-    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }, { spoolDir: path.join(dir, 'spool') }), 'INVALID_STATE');
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, vmId: 'another-vm' }, { spoolDir: path.join(dir, 'spool'), createContainer: true }), 'INVALID_STATE');
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }, { spoolDir: path.join(dir, 'spool'), createContainer: true }), 'INVALID_STATE');
 
     const expected = new Map<number, Buffer[]>();
     for (let seq = 1; seq <= 5; seq++) {
@@ -93,7 +93,7 @@ test(
     assert.equal(r.initialDone, true);
     await assertRejectsCode(r.writeInitial('sda', 0, [Buffer.alloc(512)]), 'INVALID_STATE');
     // the retention keeps 3 points; a new opener sees the same
-    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
+    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock, createContainer: true });
     // (points 5 minutes apart: the first stays, then the one closest to its predecessor goes)
     assert.deepEqual(r.points().map((p) => p.seq), [1, 3, 5]);
     assert.equal(r.latestPoint()?.seq, 5);
@@ -105,7 +105,7 @@ test(
       }
     }
     // a delta whose number a disk has passed (another numbering): refused, nothing recorded
-    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
+    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock, createContainer: true });
     await container.getPageBlobClient('disks/sda.vhd').updateSequenceNumber('max', 9);
     const empty = DISKS.map((d) => {
       const file = path.join(dir, '7', `${d.name}.osrlog`);
@@ -127,7 +127,7 @@ test(
     for (const d of DISKS) await r.checkpointResync(d.name, d.size, true);
     await assertRejectsCode(r.applyDelta({ seq: 7, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, empty), 'REPLICA_CHAIN_BROKEN');
     await container.getPageBlobClient('disks/sda.vhd').updateSequenceNumber('update', 5);
-    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock });
+    r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock, createContainer: true });
     assert.equal(r.resync?.seq, 7, 'the resync is recorded with the replica');
     // while it is recorded (its writes may be in the blobs) no other delta is taken
     await assertRejectsCode(r.applyDelta({ seq: 6, timeMs: clock, consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: 'sda', file: path.join(dir, 'bad', 'sda.osrlog') }, { diskName: 'sdb', file: path.join(dir, 'bad', 'sdb.osrlog') }]), 'INVALID_STATE');
@@ -137,7 +137,7 @@ test(
     // a disk blob gone while the record says it holds data: refused, never made anew as zeros
     const gone = container.getPageBlobClient('disks/sdb.vhd');
     await gone.delete({ deleteSnapshots: 'include' });
-    await assertRejectsCode(AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock }), 'REPLICA_STORE_CORRUPT');
+    await assertRejectsCode(AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), now: () => clock, createContainer: true }), 'REPLICA_STORE_CORRUPT');
   }),
 );
 
@@ -146,8 +146,8 @@ test(
   withDir(async (dir) => {
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const spec = { vmId: 'vm-azure-2', vmName: 'db01', disks: [DISKS[1]!], retention: { hours: 24, maxPoints: 24 } };
-    const a = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'a') });
-    const b = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'b') });
+    const a = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'a'), createContainer: true });
+    const b = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'b'), createContainer: true });
     await a.checkpointInitial('sdb', MiB, false);
     await assertRejectsCode(b.checkpointInitial('sdb', MiB, false), 'INVALID_STATE');
   }),
@@ -159,7 +159,7 @@ test(
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const disk = DISKS[0]!;
     const spec = { vmId: 'vm-azure-3', vmName: 'app01', disks: [disk], retention: { hours: 24, maxPoints: 24 } };
-    const r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool') });
+    const r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), createContainer: true });
     const source = crypto.randomBytes(disk.size);
     await r.writeInitial(disk.name, 0, [source]);
     await r.checkpointInitial(disk.name, disk.size, true);
@@ -205,7 +205,7 @@ test(
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const disk = DISKS[1]!;
     const spec = { vmId: 'vm-azure-4', vmName: 'file01', disks: [disk], retention: { hours: 24, maxPoints: 24 } };
-    const opts = { spoolDir: path.join(dir, 'spool') };
+    const opts = { spoolDir: path.join(dir, 'spool'), createContainer: true };
     let r = await AzureBlobReplica.open(container, spec, opts);
     const copy = async (): Promise<void> => {
       await r.writeInitial(disk.name, 0, [crypto.randomBytes(disk.size)]);

@@ -62,6 +62,11 @@ export interface AzureReplicaOptions {
   /** where received change logs wait until applied (on the sending host): one directory per replica */
   spoolDir: string;
   now?: () => number;
+  /**
+   * make the container when it does not exist (with the account's own credentials); an
+   * agent's SAS reaches only a container made for it, which must exist
+   */
+  createContainer?: boolean;
 }
 
 export class AzureBlobReplica implements ReplicaTarget {
@@ -82,10 +87,12 @@ export class AzureBlobReplica implements ReplicaTarget {
   /** Open the replica in `container`, or make it. A container that holds another VM's replica, or other disks, is refused. */
   static async open(container: ContainerClient, spec: { vmId: string; vmName: string; disks: ReplicaDiskSpec[]; retention: RetentionSpec }, o: AzureReplicaOptions): Promise<AzureBlobReplica> {
     const now = o.now ?? Date.now;
-    try {
-      await container.createIfNotExists();
-    } catch (e) {
-      throw storageError(e, `making container ${container.containerName}`);
+    if (o.createContainer === true) {
+      try {
+        await container.createIfNotExists();
+      } catch (e) {
+        throw storageError(e, `making container ${container.containerName}`);
+      }
     }
     const recordBlob = container.getBlockBlobClient('replica.json');
     let record: ReplicaRecord;
@@ -95,8 +102,7 @@ export class AzureBlobReplica implements ReplicaTarget {
       record = existing.record;
       etag = existing.etag;
       if (record.vmId !== spec.vmId) throw new OsrError('INVALID_STATE', `container ${container.containerName} holds the replica of ${record.vmId}, not ${spec.vmId}`, { container: container.containerName });
-      const same = record.disks.length === spec.disks.length && record.disks.every((d, i) => d.id === spec.disks[i]!.id && d.name === spec.disks[i]!.name && d.size === spec.disks[i]!.size);
-      if (!same) throw new OsrError('INVALID_STATE', `the replica of ${spec.vmId} in ${container.containerName} has other disks than the VM: remove it (disable protection deleting the replica) and enable protection again`, { container: container.containerName });
+      if (!AzureBlobReplica.sameDisks(record.disks, spec.disks)) throw new OsrError('INVALID_STATE', `the replica of ${spec.vmId} in ${container.containerName} has other disks than the VM: remove it (disable protection deleting the replica) and enable protection again`, { container: container.containerName });
     } else {
       record = { version: 1, vmId: spec.vmId, vmName: spec.vmName, disks: spec.disks, retention: spec.retention, initial: { done: false, copied: {}, finishedDisks: [] } };
     }
@@ -114,6 +120,16 @@ export class AzureBlobReplica implements ReplicaTarget {
     if (record.resetting) await r.finishReset();
     r.cache = await r.pointSets.points();
     return r;
+  }
+
+  static sameDisks(a: readonly ReplicaDiskSpec[], b: readonly ReplicaDiskSpec[]): boolean {
+    return a.length === b.length && a.every((d, i) => d.id === b[i]!.id && d.name === b[i]!.name && d.size === b[i]!.size);
+  }
+
+  async setRetention(retention: RetentionSpec): Promise<void> {
+    if (retention.hours === this.record.retention.hours && retention.maxPoints === this.record.retention.maxPoints) return;
+    this.record.retention = retention;
+    await this.save();
   }
 
   get vmId(): string {

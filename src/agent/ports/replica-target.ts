@@ -8,6 +8,7 @@
  * This module owns the types of the seam (a replica's disks, recovery points, retention,
  * a delta's files, a resynchronization's state): implementations import them from here.
  */
+import type { OsrError } from '../../domain/errors.js';
 import type { Consistency } from './change-source.js';
 import type { DiskRanges } from '../io/ranges.js';
 
@@ -130,4 +131,35 @@ export interface ReplicaTarget {
   addDivergence(ranges: DiskRanges): void | Promise<void>;
   /** the offline export the initial copy was imported from, where the target takes one */
   readonly seed?: { seq: number } | undefined;
+}
+
+/** What a primary asks a replica to be opened with. */
+export interface ReplicaOpenRequest {
+  vmId: string;
+  vmName: string;
+  disks: ReplicaDiskSpec[];
+  retention: RetentionSpec;
+  epoch: number;
+}
+
+/** The agent replicating a VM, as its certificate names it. */
+export interface SourceAgent {
+  name: string;
+  fabricId?: string | undefined;
+}
+
+/** A connection that holds a VM's replica: closed when a newer one claims it. */
+export interface ReplicaHolder {
+  destroy(e: OsrError): void;
+}
+
+/**
+ * Opens the targets a replication session drives: the agent's replica stores, or the
+ * Azure replicas its own VMs replicate to. One connection holds a VM's replica at a time.
+ */
+export interface ReplicaOpener {
+  open(req: ReplicaOpenRequest, source: SourceAgent): Promise<ReplicaTarget>;
+  /** this connection replicates the VM now: an older one of the same VM is closed */
+  claim(vmId: string, holder: ReplicaHolder): void;
+  release(vmId: string, holder: ReplicaHolder): void;
 }

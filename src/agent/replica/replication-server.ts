@@ -22,7 +22,7 @@ import { importExport, readExport, type ExportManifest } from '../wire/offline-s
 import type { DiskRanges } from '../io/ranges.js';
 import type { Logger } from '../io/logger.js';
 import { ReplicaStore, type ReceivedDeltaFile } from './replica-store.js';
-import type { DivergentRanges, PreparedUndo, RecoveryPoint, ReplicaTarget } from '../ports/replica-target.js';
+import type { DivergentRanges, PreparedUndo, RecoveryPoint, ReplicaOpener, ReplicaTarget, SourceAgent } from '../ports/replica-target.js';
 import { LogStreamVerifier, RecordWalker } from '../tracking/change-log.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from '../wire/replication-types.js';
@@ -85,18 +85,7 @@ export interface OwnerRecord {
 }
 
 /** The agent that opens a replica: its certificate's common name and fabric. */
-export interface SourceAgent {
-  name: string;
-  fabricId?: string | undefined;
-}
-
-/** What a session opens its replica with, and how one VM's replica is held by one connection at a time. */
-export interface ReplicaOpener {
-  open(req: OpenRequest, source: SourceAgent): Promise<ReplicaTarget>;
-  /** this session replicates the VM now: an older session of the same VM is closed */
-  claim(vmId: string, session: Session): void;
-  release(vmId: string, session: Session): void;
-}
+export type { SourceAgent } from '../ports/replica-target.js';
 
 /** The stream a session speaks over, and who is at its other end. */
 export interface SessionConnection {

@@ -8,18 +8,9 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../../domain/errors.js';
 import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../../pki/index.js';
+import type { AgentPeer } from '../wire/replication-types.js';
 import { DATA_FRAME_HEAD_BYTES, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from '../wire/wire.js';
 
-export interface PeerAddress {
-  host: string;
-  port: number;
-  /** the name the replica's certificate must carry in its alternative names (default: `host`) */
-  servername?: string | undefined;
-  /** the replica agent meant: its certificate's common name must be this */
-  name?: string | undefined;
-  /** and its certificate must name this fabric (the vault's replication grant said so) */
-  fabricId?: string | undefined;
-}
 
 export class ReplicaClient {
   private nextId = 1;
@@ -33,12 +24,15 @@ export class ReplicaClient {
   /** waits before each DATA frame (bandwidth limits) */
   pace: ((bytes: number) => Promise<void>) | undefined;
 
+  /** who answers, as errors name it */
+  private speaker = 'replica agent';
+
   private constructor(
     private readonly socket: Duplex & { bytesRead?: number; setKeepAlive?(enable: boolean, delayMs: number): unknown },
     readonly useZstd: boolean,
     peer: string,
   ) {
-    this.writer = new FrameWriter(socket);
+    this.writer = new FrameWriter(socket, { keepsBuffers: !(socket instanceof tls.TLSSocket) });
     new FrameReader(
       socket,
       (m) => this.onControl(m),
@@ -67,6 +61,7 @@ export class ReplicaClient {
    */
   static async over(stream: Duplex, label: string, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
     const client = new ReplicaClient(stream, useZstd, label);
+    client.speaker = `replica ${label}`;
     const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica at ${label} within ${timeoutMs} ms`)), timeoutMs);
     try {
       await client.hello(agentName);
@@ -80,7 +75,7 @@ export class ReplicaClient {
   }
 
   /** Connect, verify the replica's certificate against the CA, and agree on a protocol version. */
-  static async connect(peer: PeerAddress, material: TlsMaterial, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
+  static async connect(peer: AgentPeer, material: TlsMaterial, agentName: string, useZstd: boolean, timeoutMs = 15000): Promise<ReplicaClient> {
     // the replica's certificate must name the address used (or the name given for it)
     const socket = tls.connect({ ...clientTlsOptions(material, { servername: peer.servername ?? peer.host }), host: peer.host, port: peer.port });
     socket.setNoDelay(true);
@@ -140,7 +135,7 @@ export class ReplicaClient {
       return;
     }
     if (m.type === 'error') {
-      this.fail(new OsrError((m.code as ErrorCode) ?? 'PROTOCOL_ERROR', `replica agent: ${String(m.message)}`));
+      this.fail(new OsrError((m.code as ErrorCode) ?? 'PROTOCOL_ERROR', `${this.speaker}: ${String(m.message)}`));
       return;
     }
     if (m.type === 'reply') {
@@ -158,7 +153,7 @@ export class ReplicaClient {
       } else if (m.ok) w.resolve(m.result);
       else {
         const err = m.error as { code: ErrorCode; message: string; details?: Record<string, unknown> };
-        w.reject(new OsrError(err.code, `replica agent: ${err.message}`, err.details));
+        w.reject(new OsrError(err.code, `${this.speaker}: ${err.message}`, err.details));
       }
     }
   }

@@ -4,6 +4,7 @@
  * it already holds and continues from there, so a broken connection or an agent restart
  * costs at most the unacknowledged part of a copy or delta.
  */
+import type { Duplex } from 'node:stream';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import type { Clock } from '../../domain/clock.js';
@@ -14,7 +15,7 @@ import type { CyclePhases } from './cycle-phases.js';
 import { readAt, type IoPiece } from '../io/io.js';
 import { ReplicaClient } from './replica-client.js';
 import type { Logger } from '../io/logger.js';
-import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type DeltaTimings, type ResyncProgress } from '../wire/replication-types.js';
+import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type AzurePeer, type DeltaTimings, type ResyncProgress } from '../wire/replication-types.js';
 import { DIGEST_BYTES, differingRuns } from '../io/checksum.js';
 import { retryDelayMs, type RetryPolicy } from '../io/retry.js';
 import type { Pacer } from '../io/throttle.js';
@@ -62,6 +63,8 @@ export interface ReplicationDeps {
   quiesceHook?: ((vm: string) => QuiesceHook | undefined) | undefined;
   /** the agent's spread of copy cycles over the copy frequency */
   phases: CyclePhases;
+  /** a stream to a replication session in this agent, for a replica it writes itself (Azure) */
+  inProcess: (peer: AzurePeer, vmId: string) => Duplex;
 }
 
 export class PrimaryReplication {
@@ -545,7 +548,12 @@ export class PrimaryReplication {
   private async ensureConnected(): Promise<ReplicaClient> {
     if (this.client && !this.client.closed) return this.client;
     let fresh = !this.vm.tracking.enabled;
-    const client = await ReplicaClient.connect(this.spec.peer, this.deps.tls(), this.deps.agentName, this.spec.compression);
+    const peer = this.spec.peer;
+    // a replica in Azure storage is written by this agent itself: the session runs in process
+    const client =
+      peer.kind === 'azure'
+        ? await ReplicaClient.over(this.deps.inProcess(peer, this.vm.id), peer.containerUrl, this.deps.agentName, false)
+        : await ReplicaClient.connect(peer, this.deps.tls(), this.deps.agentName, this.spec.compression);
     const openArgs = this.openArgs();
     let open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
     if (fresh && open.initialDone && open.points.some((p) => !p.unverified) && !open.divergent) {

@@ -1,6 +1,6 @@
 /** Shapes shared by the two ends of a replication and the agent's local API. */
 import type { Consistency } from '../ports/change-source.js';
-import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
+import type { RecoveryPoint, ReplicaOpenRequest, RetentionSpec } from '../ports/replica-target.js';
 
 export const ReplicationState = {
   Scheduled: 'Scheduled',
@@ -18,19 +18,33 @@ export const ReplicationState = {
 } as const;
 export type ReplicationState = (typeof ReplicationState)[keyof typeof ReplicationState];
 
+/** A replica agent's address. */
+export interface AgentPeer {
+  kind?: undefined;
+  host: string;
+  port: number;
+  servername?: string | undefined;
+  /** the replica agent's name (its certificate's common name) */
+  name?: string | undefined;
+  /** the replica agent's fabric (its certificate's), as the vault's replication grant named it */
+  fabricId?: string | undefined;
+}
+
+/**
+ * An Azure storage container holding the replica (azure.md): this agent writes to it
+ * itself. The SAS that grants access is kept apart from the spec (it is a secret).
+ */
+export interface AzurePeer {
+  kind: 'azure';
+  /** the container's URL, with no query (https, or http to a loopback address: a storage emulator) */
+  containerUrl: string;
+}
+
 export interface ReplicationSpec {
   id: string;
   vm: string;
-  /** replica agent address */
-  peer: {
-    host: string;
-    port: number;
-    servername?: string | undefined;
-    /** the replica agent's name (its certificate's common name) */
-    name?: string | undefined;
-    /** the replica agent's fabric (its certificate's), as the vault's replication grant named it */
-    fabricId?: string | undefined;
-  };
+  /** where the replica lives: a replica agent, or an Azure storage container */
+  peer: AgentPeer | AzurePeer;
   /** when the vault's replication grant for it was signed (ISO time), if one was given */
   grantIssuedAt?: string | undefined;
   copyFrequencyMs: number;
@@ -159,13 +173,7 @@ export interface DeltaTimings {
   replicaApplySteps?: { verifyMs: number; undoMs: number; imageMs: number; syncMs: number; finishMs: number } | undefined;
 }
 
-export interface OpenRequest {
-  vmId: string;
-  vmName: string;
-  disks: ReplicaDiskSpec[];
-  retention: RetentionSpec;
-  epoch: number;
-}
+export type OpenRequest = ReplicaOpenRequest;
 
 export interface OpenResult {
   initialDone: boolean;

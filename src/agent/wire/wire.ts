@@ -217,7 +217,14 @@ export class FrameReader {
 /** Writes frames with backpressure: resolves when the stream can take more. */
 export class FrameWriter {
   private closed = false;
-  constructor(private readonly stream: Duplex) {
+  /**
+   * `keepsBuffers`: the stream hands the buffers written to its reader as they are (an
+   * in-process stream, not a socket), so a buffer its writer will reuse is copied first.
+   */
+  constructor(
+    private readonly stream: Duplex,
+    private readonly o: { keepsBuffers?: boolean } = {},
+  ) {
     stream.on('close', () => {
       this.closed = true;
     });
@@ -231,6 +238,7 @@ export class FrameWriter {
     if (this.closed || this.stream.destroyed) throw new OsrError('NETWORK_ERROR', 'connection to the peer agent is closed');
     let ok = true;
     let written: Promise<void> | undefined;
+    if (flushed && this.o.keepsBuffers === true) bufs = bufs.map((b) => Buffer.from(b));
     this.stream.cork();
     bufs.forEach((b, i) => {
       if (flushed && i === bufs.length - 1) {

@@ -1,0 +1,104 @@
+/**
+ * The Azure replicas of the VMs this agent replicates to a storage container: opened for
+ * the replication sessions the agent runs in process (replica-client.ts `over`). The
+ * container and its SAS come from the replication (the SAS is renewed by whoever enabled
+ * it); nothing here is reachable from the network.
+ */
+import path from 'node:path';
+import { ContainerClient } from '@azure/storage-blob';
+import { OsrError } from '../../domain/errors.js';
+import { safeName } from '../../domain/names.js';
+import type { ReplicaHolder, ReplicaOpener, ReplicaOpenRequest, SourceAgent } from '../ports/replica-target.js';
+import { AzureBlobReplica } from './blob-replica.js';
+
+/** A container and the SAS that grants this agent access to it. */
+export interface ContainerAccess {
+  containerUrl: string;
+  sas: string;
+}
+
+export class AzureReplicas implements ReplicaOpener {
+  private readonly opened = new Map<string, { key: string; replica: AzureBlobReplica }>();
+  private readonly holders = new Map<string, ReplicaHolder>();
+
+  constructor(
+    private readonly spoolRoot: string,
+    private readonly agentName: string,
+    /** the container of the VM's replication to Azure, if it has one */
+    private readonly access: (vmId: string) => ContainerAccess | undefined,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async open(req: ReplicaOpenRequest, source: SourceAgent): Promise<AzureBlobReplica> {
+    safeName(req.vmId, 'VM id');
+    if (source.name !== this.agentName) throw new OsrError('AUTH_FAILED', `an Azure replica is written only by the agent that replicates the VM (${this.agentName}), not by ${source.name}`);
+    const access = this.access(req.vmId);
+    if (!access) throw new OsrError('NOT_FOUND', `VM ${req.vmName} is not replicated to Azure from this agent`);
+    const key = `${access.containerUrl}?${access.sas}`;
+    const cur = this.opened.get(req.vmId);
+    if (cur && cur.key === key) {
+      await cur.replica.setRetention(req.retention);
+      if (!AzureBlobReplica.sameDisks(cur.replica.disks, req.disks)) this.opened.delete(req.vmId);
+      else return cur.replica;
+    }
+    const container = new ContainerClient(key);
+    const replica = await AzureBlobReplica.open(container, req, { spoolDir: path.join(this.spoolRoot, safeName(req.vmId, 'VM id')), now: this.now });
+    this.opened.set(req.vmId, { key, replica });
+    return replica;
+  }
+
+  /** The replica opened for a VM, if one is. */
+  get(vmId: string): AzureBlobReplica | undefined {
+    return this.opened.get(vmId)?.replica;
+  }
+
+  claim(vmId: string, holder: ReplicaHolder): void {
+    const old = this.holders.get(vmId);
+    if (old && old !== holder) old.destroy(new OsrError('NETWORK_ERROR', `replaced by a newer connection for ${vmId}`));
+    this.holders.set(vmId, holder);
+  }
+
+  release(vmId: string, holder: ReplicaHolder): void {
+    if (this.holders.get(vmId) === holder) this.holders.delete(vmId);
+  }
+
+  /** The VM's replication to Azure ended: its replica is no longer held here (the container stays). */
+  forget(vmId: string): void {
+    this.opened.delete(vmId);
+    const h = this.holders.get(vmId);
+    this.holders.delete(vmId);
+    h?.destroy(new OsrError('NETWORK_ERROR', `the replication of ${vmId} ended`));
+  }
+}
+
+const CONTAINER_NAME = /^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/;
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+/**
+ * A container's URL as a replication names it: https (or http to a loopback address, a
+ * storage emulator on this host), no credentials, no query, its last segment a container
+ * name. The SAS travels apart from it (parseSas).
+ */
+export function parseContainerUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(text.slice(0, 200))} is not a container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER)`);
+  }
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK.has(url.hostname))) {
+    throw new OsrError('INVALID_ARGUMENT', `a container URL is https (plain http only to a storage emulator on this host): ${url.protocol}//${url.host}`);
+  }
+  if (url.username || url.password || url.search || url.hash) throw new OsrError('INVALID_ARGUMENT', 'a container URL carries no credentials, query or fragment: give the SAS as azureSas');
+  const container = url.pathname.replace(/\/+$/, '').split('/').at(-1) ?? '';
+  if (!CONTAINER_NAME.test(container)) throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(container.slice(0, 80))} is not a container name (3 to 63 lower-case letters, digits and single hyphens)`);
+  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+}
+
+/** A SAS token as the query of a container's URL (without the leading "?"). */
+export function parseSas(text: string): string {
+  if (text.length > 4096 || !/^[A-Za-z0-9%&=._~+/:,-]+$/.test(text) || !/(^|&)sig=/.test(text)) {
+    throw new OsrError('INVALID_ARGUMENT', 'azureSas is not a shared access signature (the query of a SAS URL without its "?", with sig=…)');
+  }
+  return text;
+}
