@@ -1,6 +1,6 @@
 /**
  * The benchmark runner: `npm run bench -- <name> [flags]` (after a build, `node
- * dist/bench/run.js <name> [flags]`). Names: replication, resync, failover, vault, all. Results are printed as a
+ * dist/bench/run.js <name> [flags]`). Names: replication, resync, failover, vault, libvirt, azure, all. Results are printed as a
  * table and written to bench/results/<name>.json. The exit code is non-zero only when a
  * benchmark could not run; a missed target is reported, never asserted.
  */
@@ -14,6 +14,7 @@ import { resyncOptions, runResyncBench } from './resync.js';
 import { failoverOptions, runFailoverBench } from './failover.js';
 import { runVaultBench, vaultOptions } from './vault.js';
 import { libvirtOptions, runLibvirtBench } from './libvirt.js';
+import { azureOptions, runAzureBench } from './azure.js';
 
 /** The repository root: the nearest directory above this file with a package.json. */
 function repoRoot(): string {
@@ -53,6 +54,11 @@ const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
     flags.rejectUnknown();
     await runLibvirtBench(o);
   },
+  azure: async (flags) => {
+    const o = azureOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runAzureBench(o);
+  },
 };
 
 const USAGE = `usage: npm run bench -- <benchmark> [flags]
@@ -68,6 +74,8 @@ benchmarks:
   libvirt       a real domain (tiny guest, QEMU) replicated from its dirty bitmaps by
                 osr agent --host libvirt, against virtnbdbackup -l inc on the same changes
                 (needs libvirtd: bash scripts/libvirt-up.sh; virtnbdbackup from Debian)
+  azure         the initial copy of a disk to Azure storage (Azurite here) by osr, against a
+                plain loop of 4 MiB uploadPages calls of @azure/storage-blob on the same bytes
   all           every benchmark, one after another (flags go to each)
 
 libvirt flags:
@@ -107,6 +115,10 @@ failover flags:
   --hosts N            hosts per site (4)
   --runs N             test failover + cleanup repetitions (3)
   --disk 4M            disk size of each VM
+
+azure flags:
+  --runs N             repetitions of each upload (3)
+  --size 2G            random data on the disk (2G, a multiple of 4 MiB)
 
 vault flags:
   --items N            protected items loaded (10000)
