@@ -12,7 +12,7 @@ import path from 'node:path';
 import { ContainerSASPermissions, generateBlobSASQueryParameters, type ContainerClient } from '@azure/storage-blob';
 import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
-import { pageBlobBytes } from '../src/agent/azure/vhd.js';
+import { pageBlobBytes } from '../src/domain/vhd.js';
 import { startAzurite, type Azurite } from '../test/support/azurite.js';
 import { parseBytes, UsageError, type Flags } from './lib/args.js';
 import { fillRandom } from './lib/files.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { ContainerSASPermissions, generateBlobSASQueryParameters } from '@azure/storage-blob';
 import { digest } from '../../src/agent/io/checksum.js';
-import { readVhdFooter, VHD_FOOTER_BYTES } from '../../src/agent/azure/vhd.js';
+import { readVhdFooter, VHD_FOOTER_BYTES } from '../../src/domain/vhd.js';
 import { ensurePki, restartAgentProcess, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
 import { useAzurite } from '../support/azurite.js';
 import { createVm, fileDigest, health, tempDir, waitFor, waitForPoint, writePattern } from '../support/lab.js';

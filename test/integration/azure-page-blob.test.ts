@@ -5,7 +5,7 @@ import type { ContainerClient } from '@azure/storage-blob';
 import { BlobPoints } from '../../src/agent/azure/blob-points.js';
 import { MAX_PUT_PAGE, PageBlobDisk, type DiskPiece } from '../../src/agent/azure/page-blob-disk.js';
 import type { RecoveryPoint } from '../../src/agent/ports/replica-target.js';
-import { azureDiskBytes, pageBlobBytes, readVhdFooter } from '../../src/agent/azure/vhd.js';
+import { azureDiskBytes, pageBlobBytes, readVhdFooter } from '../../src/domain/vhd.js';
 import { assertRejectsCode, prng } from '../support/unit.js';
 import { useAzurite } from '../support/azurite.js';
 

@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { azureDiskBytes, pageBlobBytes, readVhdFooter, vhdFooter, vhdGeometry, VHD_FOOTER_BYTES } from '../../src/agent/azure/vhd.js';
+import { azureDiskBytes, pageBlobBytes, readVhdFooter, vhdFooter, vhdGeometry, VHD_FOOTER_BYTES } from '../../src/domain/vhd.js';
 import { assertThrowsCode, withDir } from '../support/unit.js';
 
 const run = promisify(execFile);

@@ -10,7 +10,7 @@
 import { isRestError, type ContainerClient, type PageBlobClient, type PageBlobRequestConditions } from '@azure/storage-blob';
 import { OsrError } from '../../domain/errors.js';
 import { safeName } from '../../domain/names.js';
-import { azureDiskBytes, pageBlobBytes, readVhdFooter, vhdFooter, VHD_FOOTER_BYTES } from './vhd.js';
+import { azureDiskBytes, pageBlobBytes, readVhdFooter, vhdFooter, VHD_FOOTER_BYTES } from '../../domain/vhd.js';
 
 export const PAGE = 512;
 /** the most a Put Page call may carry */

@@ -5,7 +5,7 @@
  * and checks that footer; docs/design/azure.md says where it goes.
  */
 import crypto from 'node:crypto';
-import { OsrError } from '../../domain/errors.js';
+import { OsrError } from './errors.js';
 
 export const VHD_FOOTER_BYTES = 512;
 /** Azure takes disks whose virtual size is a whole number of MiB */
