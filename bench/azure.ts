@@ -14,17 +14,26 @@ import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
 import { pageBlobBytes } from '../src/domain/vhd.js';
 import { startAzurite, type Azurite } from '../test/support/azurite.js';
-import { parseBytes, UsageError, type Flags } from './lib/args.js';
+import { parseBytes, parseMs, UsageError, type Flags } from './lib/args.js';
+import { NbdClient } from '../src/agent/nbd/nbd-client.js';
+import { churn, randomPool } from './replication.js';
 import { fillRandom } from './lib/files.js';
 import { onCleanup, sleep, startAgent, tempDir } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
 import { ProcessSampler, cpuSeconds, ownCpuSeconds } from './lib/proc.js';
-import { GiB, MB, median, round } from './lib/stats.js';
+import { GiB, MB, median, percentile, round } from './lib/stats.js';
 import { fmt, formatTable } from './lib/table.js';
 
 export interface AzureBenchOptions {
   runs: number;
   bytes: number;
+  /** the RPO run: VMs, each writing churnMBps, replicated every frequencySeconds, measured for minutes */
+  rpoVms: number;
+  churnMBps: number;
+  frequencySeconds: number;
+  minutes: number;
+  rpoDiskBytes: number;
+  only: 'upload' | 'rpo' | undefined;
   resultsDir: string;
 }
 
@@ -32,8 +41,17 @@ export function azureOptions(flags: Flags, resultsDir: string): AzureBenchOption
   const o: AzureBenchOptions = {
     runs: flags.number('runs', 3, (n) => Number.isInteger(n) && n > 0),
     bytes: parseBytes(flags.string('size', '2G')),
+    rpoVms: flags.number('rpo-vms', 4, (n) => Number.isInteger(n) && n > 0),
+    churnMBps: flags.number('churn', 2, (n) => n >= 0),
+    frequencySeconds: parseMs(flags.string('frequency', '30s')) / 1000,
+    minutes: flags.number('minutes', 3, (n) => n > 0),
+    rpoDiskBytes: parseBytes(flags.string('rpo-disk', '256M')),
+    only: undefined,
     resultsDir,
   };
+  const only = flags.optionalString('only');
+  if (only !== undefined && only !== 'upload' && only !== 'rpo') throw new UsageError(`--only ${only}: upload or rpo`);
+  o.only = only;
   if (o.bytes % (4 * 1024 * 1024) !== 0) throw new UsageError('--size must be a multiple of 4 MiB');
   return o;
 }
@@ -136,6 +154,88 @@ async function osrUpload(az: Azurite, pkiDir: string, dir: string, bytes: number
   }
 }
 
+interface RpoRun {
+  vms: number;
+  frequencySeconds: number;
+  churnMBpsPerVm: number;
+  durationSeconds: number;
+  samples: number;
+  p50: number;
+  p99: number;
+  max: number;
+  pointsCreated: number;
+  agentCpuPercentMean: number;
+  agentRssMBMax: number;
+  errors: string[];
+}
+
+/** VMs writing all the time, replicated to Azurite every frequencySeconds: the RPO each second, from the agent's health. */
+async function rpoRun(az: Azurite, pkiDir: string, dir: string, o: AzureBenchOptions, log: (s: string) => void): Promise<RpoRun> {
+  const agent = await startAgent({ name: 'primary', dataDir: path.join(dir, 'rpo'), pkiDir, logFile: path.join(dir, 'rpo.log'), extraArgs: ['--log-level', 'warn'] });
+  const clients: NbdClient[] = [];
+  try {
+    const names = Array.from({ length: o.rpoVms }, (_, i) => `rpo${i + 1}`);
+    for (const vm of names) {
+      await agent.api.post('/v1/vms', { name: vm, disks: [o.rpoDiskBytes] });
+      await agent.api.post(`/v1/vms/${vm}/start`);
+      const containerName = `osr-${vm}`;
+      await az.service.getContainerClient(containerName).create();
+      const sas = generateBlobSASQueryParameters({ containerName, permissions: ContainerSASPermissions.parse('racwdl'), expiresOn: new Date(Date.now() + 6 * 3600_000) }, az.credential).toString();
+      await agent.api.post('/v1/replications', { vm, peer: `${az.url}/${containerName}`, azureSas: sas, copyFrequency: `${o.frequencySeconds}s`, retentionHours: 1, maxPoints: 24 });
+    }
+    const t0 = performance.now();
+    for (;;) {
+      const all = await agent.api.get<ReplicationHealth[]>('/v1/replications');
+      if (all.every((h) => h.latestPoint !== null)) break;
+      if (performance.now() - t0 > 15 * 60_000) throw new Error('the initial copies to Azurite took more than 15 minutes');
+      await sleep(200);
+    }
+    log(`  initial copies of ${names.length} disks of ${fmt(o.rpoDiskBytes / MB, 0)} MB: ${fmt((performance.now() - t0) / 1000, 1)} s`);
+    for (const vm of names) {
+      const [d] = await agent.api.get<{ nbd: { unix: string } }[]>(`/v1/vms/${vm}/disks`);
+      clients.push(await NbdClient.connect(d!.nbd.unix));
+    }
+    const seq0 = new Map((await agent.api.get<ReplicationHealth[]>('/v1/replications')).map((h) => [h.vm, h.latestPoint?.seq ?? 0]));
+    const sampler = new ProcessSampler(agent.child.pid!, 1000).start();
+    const startMs = Date.now() + 200;
+    const endMs = startMs + o.minutes * 60_000;
+    const pool = randomPool();
+    const writers = names.map((vm, i) => churn(vm, clients[i]!, o.churnMBps * MB, startMs, endMs, pool));
+    const samples: number[] = [];
+    const errors = new Set<string>();
+    await sleep(startMs - Date.now());
+    let last: ReplicationHealth[] = [];
+    for (let k = 1; startMs + k * 1000 <= endMs; k++) {
+      const wait = startMs + k * 1000 - Date.now();
+      if (wait > 0) await sleep(wait);
+      last = await agent.api.get<ReplicationHealth[]>('/v1/replications');
+      for (const h of last) {
+        if (h.rpoSeconds !== null) samples.push(h.rpoSeconds);
+        if (h.lastError) errors.add(`${h.vm}: ${h.lastError.code} ${h.lastError.message}`);
+      }
+    }
+    await Promise.all(writers);
+    const usage = sampler.stop();
+    return {
+      vms: names.length,
+      frequencySeconds: o.frequencySeconds,
+      churnMBpsPerVm: o.churnMBps,
+      durationSeconds: o.minutes * 60,
+      samples: samples.length,
+      p50: round(percentile(samples, 50), 1)!,
+      p99: round(percentile(samples, 99), 1)!,
+      max: round(Math.max(...samples), 1)!,
+      pointsCreated: last.reduce((n, h) => n + (h.latestPoint?.seq ?? 0) - (seq0.get(h.vm) ?? 0), 0),
+      agentCpuPercentMean: round(usage.cpuPercentMean, 0)!,
+      agentRssMBMax: round(Math.max(usage.rssMBMax, usage.peakRssMB), 0)!,
+      errors: [...errors].slice(0, 10),
+    };
+  } finally {
+    for (const c of clients) await c.close().catch(() => undefined);
+    await agent.stop();
+  }
+}
+
 export async function runAzureBench(o: AzureBenchOptions): Promise<void> {
   const log = (s: string) => console.log(s);
   const machine = machineFacts();
@@ -146,35 +246,43 @@ export async function runAzureBench(o: AzureBenchOptions): Promise<void> {
   onCleanup(() => az.stop());
   const pkiDir = path.join(dir, 'pki');
   await ensurePki(pkiDir, ['primary']);
-  const runs: { osr: UploadRun; sdk: UploadRun; sdkParallel: UploadRun }[] = [];
-  log(`\n1. initial upload of ${fmt(o.bytes / GiB, 2)} GiB of random data: ${o.runs} runs of osr, each followed by the plain SDK loop (4 MiB uploadPages, one at a time) and the same calls 8 at a time`);
-  for (let i = 0; i < o.runs; i++) {
-    const osr = await osrUpload(az, pkiDir, dir, o.bytes, i);
-    log(`  run ${i + 1}/${o.runs} osr:          ${fmt(osr.seconds, 2)} s, ${fmt(osr.MBps, 0)} MB/s; CPU agent ${fmt(osr.uploaderCpuSeconds, 1)} s, Azurite ${fmt(osr.azuriteCpuSeconds, 1)} s; blob verified`);
-    const sdk = await sdkUpload(az, osr.file, o.bytes, `sdk-${i}`, 1);
-    log(`  run ${i + 1}/${o.runs} SDK loop:     ${fmt(sdk.seconds, 2)} s, ${fmt(sdk.MBps, 0)} MB/s; CPU uploader ${fmt(sdk.uploaderCpuSeconds, 1)} s, Azurite ${fmt(sdk.azuriteCpuSeconds, 1)} s; blob verified`);
-    const sdkParallel = await sdkUpload(az, osr.file, o.bytes, `sdk8-${i}`, 8);
-    log(`  run ${i + 1}/${o.runs} SDK 8 at once: ${fmt(sdkParallel.seconds, 2)} s, ${fmt(sdkParallel.MBps, 0)} MB/s; CPU uploader ${fmt(sdkParallel.uploaderCpuSeconds, 1)} s, Azurite ${fmt(sdkParallel.azuriteCpuSeconds, 1)} s`);
-    runs.push({ osr, sdk, sdkParallel });
+  // a part not run keeps its figures from the last run
+  const file = path.join(o.resultsDir, 'azure.json');
+  const previous = (fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : {}) as Record<string, unknown>;
+  const result: Record<string, unknown> = { ...previous, machine, options: o };
+  const rows: (string | null)[][] = [];
+
+  if (o.only !== 'rpo') {
+    const runs: { osr: UploadRun; sdk: UploadRun; sdkParallel: UploadRun }[] = [];
+    log(`\n1. initial upload of ${fmt(o.bytes / GiB, 2)} GiB of random data: ${o.runs} runs of osr, each followed by the plain SDK loop (4 MiB uploadPages, one at a time) and the same calls 8 at a time`);
+    for (let i = 0; i < o.runs; i++) {
+      const osr = await osrUpload(az, pkiDir, dir, o.bytes, i);
+      log(`  run ${i + 1}/${o.runs} osr:           ${fmt(osr.seconds, 2)} s, ${fmt(osr.MBps, 0)} MB/s; CPU agent ${fmt(osr.uploaderCpuSeconds, 1)} s, Azurite ${fmt(osr.azuriteCpuSeconds, 1)} s; blob verified`);
+      const sdk = await sdkUpload(az, osr.file, o.bytes, `sdk-${i}`, 1);
+      log(`  run ${i + 1}/${o.runs} SDK loop:      ${fmt(sdk.seconds, 2)} s, ${fmt(sdk.MBps, 0)} MB/s; CPU uploader ${fmt(sdk.uploaderCpuSeconds, 1)} s, Azurite ${fmt(sdk.azuriteCpuSeconds, 1)} s; blob verified`);
+      const sdkParallel = await sdkUpload(az, osr.file, o.bytes, `sdk8-${i}`, 8);
+      log(`  run ${i + 1}/${o.runs} SDK 8 at once: ${fmt(sdkParallel.seconds, 2)} s, ${fmt(sdkParallel.MBps, 0)} MB/s; CPU uploader ${fmt(sdkParallel.uploaderCpuSeconds, 1)} s, Azurite ${fmt(sdkParallel.azuriteCpuSeconds, 1)} s`);
+      runs.push({ osr, sdk, sdkParallel });
+    }
+    const osrMBps = median(runs.map((r) => r.osr.MBps));
+    const sdkMBps = median(runs.map((r) => r.sdk.MBps));
+    const parallelMBps = median(runs.map((r) => r.sdkParallel.MBps));
+    Object.assign(result, { initialUploadMBps: round(osrMBps, 1), sdkUploadMBps: round(sdkMBps, 1), sdkParallelUploadMBps: round(parallelMBps, 1), uploadRatio: round(osrMBps / sdkMBps, 2), uploadRuns: runs });
+    rows.push(
+      ['upload MB/s, osr (median)', fmt(osrMBps, 0), `SDK loop ${fmt(sdkMBps, 0)}, 8 at once ${fmt(parallelMBps, 0)}`, ''],
+      ['upload, osr / SDK loop', fmt(osrMBps / sdkMBps, 2), '', '≥ 0.9'],
+      ['CPU s of the uploader (median)', fmt(median(runs.map((r) => r.osr.uploaderCpuSeconds ?? NaN)), 1), `SDK loop ${fmt(median(runs.map((r) => r.sdk.uploaderCpuSeconds ?? NaN)), 1)}`, ''],
+    );
   }
-  const initialUploadMBps = median(runs.map((r) => r.osr.MBps));
-  const sdkUploadMBps = median(runs.map((r) => r.sdk.MBps));
-  const sdkParallelUploadMBps = median(runs.map((r) => r.sdkParallel.MBps));
-  const result = {
-    machine,
-    options: { runs: o.runs, bytes: o.bytes },
-    initialUploadMBps: round(initialUploadMBps, 1),
-    sdkUploadMBps: round(sdkUploadMBps, 1),
-    sdkParallelUploadMBps: round(sdkParallelUploadMBps, 1),
-    uploadRatio: round(initialUploadMBps / sdkUploadMBps, 2),
-    runs,
-  };
-  log('\n' + formatTable(['', 'osr', 'SDK loop', 'SDK, 8 at once', 'target'], [
-    ['upload MB/s (median)', fmt(initialUploadMBps, 0), fmt(sdkUploadMBps, 0), fmt(sdkParallelUploadMBps, 0), ''],
-    ['osr / SDK loop', fmt(initialUploadMBps / sdkUploadMBps, 2), '', '', '≥ 0.9'],
-    ['CPU s of the uploader (median)', fmt(median(runs.map((r) => r.osr.uploaderCpuSeconds ?? NaN)), 1), fmt(median(runs.map((r) => r.sdk.uploaderCpuSeconds ?? NaN)), 1), fmt(median(runs.map((r) => r.sdkParallel.uploaderCpuSeconds ?? NaN)), 1), ''],
-  ]));
+  if (o.only !== 'upload') {
+    log(`\n2. RPO: ${o.rpoVms} VMs writing ${o.churnMBps} MB/s each, a copy every ${o.frequencySeconds} s to Azurite, for ${o.minutes} min`);
+    const rpo = await rpoRun(az, pkiDir, dir, o, log);
+    log(`  RPO p50 ${fmt(rpo.p50, 1)} s, p99 ${fmt(rpo.p99, 1)} s, max ${fmt(rpo.max, 1)} s over ${rpo.samples} samples; ${rpo.pointsCreated} points; agent CPU ${fmt(rpo.agentCpuPercentMean, 0)}%, RSS ≤ ${fmt(rpo.agentRssMBMax, 0)} MB${rpo.errors.length ? `; errors: ${rpo.errors.join('; ')}` : ''}`);
+    Object.assign(result, { rpoP99Seconds: rpo.p99, rpo });
+    rows.push(['RPO p99 (s)', fmt(rpo.p99, 1), `p50 ${fmt(rpo.p50, 1)}, max ${fmt(rpo.max, 1)}`, `≤ ${o.frequencySeconds + 5}`]);
+  }
+  log('\n' + formatTable(['', 'osr', 'beside it', 'target'], rows));
   fs.mkdirSync(o.resultsDir, { recursive: true });
-  fs.writeFileSync(path.join(o.resultsDir, 'azure.json'), JSON.stringify(result, null, 2) + '\n');
-  log(`\nwritten to ${path.join(o.resultsDir, 'azure.json')}`);
+  fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+  log(`\nwritten to ${file}`);
 }

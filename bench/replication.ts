@@ -306,7 +306,7 @@ async function rsyncPeer(o: ReplicationBenchOptions, meter: MachineCpuMeter): Pr
 
 // ---- 2. steady state ------------------------------------------------------------------------------
 
-interface ChurnResult {
+export interface ChurnResult {
   vm: string;
   bytes: number;
   writes: number;
@@ -317,7 +317,7 @@ interface ChurnResult {
 }
 
 /** 32 MiB of random bytes: writes take slices of it, so churn costs the writer little CPU. */
-function randomPool(): Buffer {
+export function randomPool(): Buffer {
   return crypto.randomBytes(32 * 1024 * 1024);
 }
 
@@ -326,7 +326,7 @@ function randomPool(): Buffer {
  * offsets until the second's quota (the rate times the seconds so far) is reached, then
  * a flush. One write in flight at a time, like a simple guest.
  */
-async function churn(vm: string, client: NbdClient, bytesPerSec: number, startMs: number, endMs: number, pool: Buffer): Promise<ChurnResult> {
+export async function churn(vm: string, client: NbdClient, bytesPerSec: number, startMs: number, endMs: number, pool: Buffer): Promise<ChurnResult> {
   const blocks = Math.floor(client.size / 4096);
   const poolBlocks = pool.length / 4096;
   let bytes = 0;

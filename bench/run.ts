@@ -75,7 +75,8 @@ benchmarks:
                 osr agent --host libvirt, against virtnbdbackup -l inc on the same changes
                 (needs libvirtd: bash scripts/libvirt-up.sh; virtnbdbackup from Debian)
   azure         the initial copy of a disk to Azure storage (Azurite here) by osr, against a
-                plain loop of 4 MiB uploadPages calls of @azure/storage-blob on the same bytes
+                plain loop of 4 MiB uploadPages calls of @azure/storage-blob on the same bytes,
+                and the RPO of VMs replicated to it while they write
   all           every benchmark, one after another (flags go to each)
 
 libvirt flags:
@@ -119,6 +120,9 @@ failover flags:
 azure flags:
   --runs N             repetitions of each upload (3)
   --size 2G            random data on the disk (2G, a multiple of 4 MiB)
+  --rpo-vms 4          VMs of the RPO run, each writing --churn MB/s (2)
+  --frequency 30s      copy frequency of the RPO run; --minutes 3 measured; --rpo-disk 256M each
+  --only upload|rpo    run one part (the other part's figures stay from the last run)
 
 vault flags:
   --items N            protected items loaded (10000)
