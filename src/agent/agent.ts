@@ -306,7 +306,8 @@ export class Agent {
     if (peer.kind === 'azure') {
       if (azureSas === undefined) throw new OsrError('INVALID_ARGUMENT', `a replica in Azure storage needs the SAS that grants access to its container (azureSas)`);
       if (rest.initialReplication === 'offline') throw new OsrError('INVALID_ARGUMENT', 'offline initial replication is not available to Azure: the initial copy goes to the storage account online');
-      if (token !== undefined) grantIssuedAt = this.takeGrant(token, 'source', { replicationId: vm.id }).issuedAt;
+      // the vault's grant names the container as the target: a grant for another place is refused
+      if (token !== undefined) grantIssuedAt = this.takeGrant(token, 'source', { replicationId: vm.id, otherHost: peer.containerUrl }).issuedAt;
     } else if (token !== undefined) {
       const g = this.takeGrant(token, 'source', { replicationId: vm.id, otherHost: peer.name });
       peer = { ...peer, name: g.target.host, fabricId: g.target.fabricId };

@@ -147,7 +147,7 @@ test('a snapshot keeps the disk as it was, with its metadata, while the live blo
 async function vmReplica(sizes: number[]) {
   const c = await container();
   const disks = await Promise.all(sizes.map((s, i) => PageBlobDisk.open(c, `d${i}`, s)));
-  const points = new BlobPoints(c, disks);
+  const points = new BlobPoints(c, disks, () => 'g1');
   const models = new Map<number, Buffer[]>();
   const current = sizes.map((s) => Buffer.alloc(s));
   return { c, disks, points, models, current };
@@ -229,7 +229,7 @@ test('a delta cut off at any step — part of a disk written, one disk recorded,
     await d.write(d3.get(d.name)!, 3);
     await d.setSequenceNumber(3);
   }
-  await r.disks[0]!.snapshot({ osrseq: '3', osrtime: String(pointOf(3).timeMs), osrconsistency: 'crash-consistent', osrdeltabytes: '0' });
+  await r.disks[0]!.snapshot({ osrseq: '3', osrtime: String(pointOf(3).timeMs), osrconsistency: 'crash-consistent', osrdeltabytes: '0', osrgen: 'g1' });
   assert.deepEqual((await r.points.list()).map((s) => [s.point.seq, s.complete]), [[1, true], [2, true], [3, false]]);
   // a stale copy of the delta arriving now writes nothing (every disk records it)
   assert.equal(await r.disks[0]!.write([{ offset: 0, data: Buffer.alloc(512, 0xaa) }], 3), false);

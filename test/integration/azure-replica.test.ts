@@ -142,14 +142,21 @@ test(
 );
 
 test(
-  'two agents writing one replica: the second writer\'s record is refused',
+  'two agents writing one replica: the second writer\'s record is refused, and its handle takes no more calls',
   withDir(async (dir) => {
     const container = az().service.getContainerClient(`osr-replica-${n++}`);
     const spec = { vmId: 'vm-azure-2', vmName: 'db01', disks: [DISKS[1]!], retention: { hours: 24, maxPoints: 24 } };
     const a = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'a'), createContainer: true });
     const b = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'b'), createContainer: true });
     await a.checkpointInitial('sdb', MiB, false);
-    await assertRejectsCode(b.checkpointInitial('sdb', MiB, false), 'INVALID_STATE');
+    await assertRejectsCode(b.checkpointInitial('sdb', 2 * MiB, false), 'INVALID_STATE');
+    // what the service holds is not what b read: b takes no more calls, a new opener reads it afresh
+    assert.equal(b.broken, true);
+    await assertRejectsCode(b.checkpointInitial('sdb', 2 * MiB, false), 'NETWORK_ERROR');
+    const c = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'c'), createContainer: true });
+    assert.deepEqual(c.initialProgress(), { sdb: MiB });
+    await c.checkpointInitial('sdb', 2 * MiB, true);
+    await assertRejectsCode(a.checkpointInitial('sdb', MiB + 4096, false), 'INVALID_STATE');
   }),
 );
 
@@ -239,5 +246,29 @@ test(
     r = await AzureBlobReplica.open(container, spec, opts);
     await blank();
     assert.deepEqual([r.initialDone, r.points()], [false, []]);
+  }),
+);
+
+test(
+  'a replaced handle takes no more calls, and its retirement ends only once the calls under way have ended',
+  withDir(async (dir) => {
+    const container = az().service.getContainerClient(`osr-replica-${n++}`);
+    const disk = DISKS[0]!;
+    const spec = { vmId: 'vm-azure-5', vmName: 'app05', disks: [disk], retention: { hours: 24, maxPoints: 24 } };
+    const r = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool'), createContainer: true });
+    await r.writeInitial(disk.name, 0, [crypto.randomBytes(disk.size)]);
+    await r.checkpointInitial(disk.name, disk.size, true);
+    const log = path.join(dir, '1.osrlog');
+    writeDeltaLog(log, 1, disk, randomOps(prng(5), disk.size, 40));
+    const apply = r.applyDelta({ seq: 1, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 0 }, [{ diskName: disk.name, file: log }]);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(r.latestPoint(), undefined, 'the apply is under way');
+    await r.retire();
+    assert.equal(r.latestPoint()?.seq, 1, 'the apply under way ended, its point made, before the retirement did');
+    assert.equal(await apply, 'applied');
+    await assertRejectsCode(r.writeInitial(disk.name, 0, [Buffer.alloc(512)]), 'NETWORK_ERROR');
+    await assertRejectsCode(r.beginResync('x', 2, 4096), 'NETWORK_ERROR');
+    const again = await AzureBlobReplica.open(container, spec, { spoolDir: path.join(dir, 'spool') });
+    assert.equal(again.latestPoint()?.seq, 1);
   }),
 );

@@ -9,6 +9,7 @@ import { ContainerClient } from '@azure/storage-blob';
 import { OsrError } from '../../domain/errors.js';
 import { safeName } from '../../domain/names.js';
 import type { ReplicaHolder, ReplicaOpener, ReplicaOpenRequest, SourceAgent } from '../ports/replica-target.js';
+import { ReplicaHolders } from '../ports/target-rules.js';
 import { AzureBlobReplica } from './blob-replica.js';
 
 /** A container and the SAS that grants this agent access to it. */
@@ -19,7 +20,9 @@ export interface ContainerAccess {
 
 export class AzureReplicas implements ReplicaOpener {
   private readonly opened = new Map<string, { key: string; replica: AzureBlobReplica }>();
-  private readonly holders = new Map<string, ReplicaHolder>();
+  /** replicas being retired (their calls under way ending): a new one opens only after */
+  private readonly retiring = new Map<string, Promise<void>>();
+  private readonly holders = new ReplicaHolders();
 
   constructor(
     private readonly spoolRoot: string,
@@ -36,11 +39,14 @@ export class AzureReplicas implements ReplicaOpener {
     if (!access) throw new OsrError('NOT_FOUND', `VM ${req.vmName} is not replicated to Azure from this agent`);
     const key = `${access.containerUrl}?${access.sas}`;
     const cur = this.opened.get(req.vmId);
-    if (cur && cur.key === key) {
+    if (cur && cur.key === key && !cur.replica.broken && AzureBlobReplica.sameDisks(cur.replica.disks, req.disks)) {
       await cur.replica.setRetention(req.retention);
-      if (!AzureBlobReplica.sameDisks(cur.replica.disks, req.disks)) this.opened.delete(req.vmId);
-      else return cur.replica;
+      return cur.replica;
     }
+    // one object per replica at a time: the old one (another SAS, a failed record write,
+    // other disks) takes no more calls, and its calls under way end before the new one opens
+    if (cur) this.retire(req.vmId);
+    await this.retiring.get(req.vmId);
     const container = new ContainerClient(key);
     const replica = await AzureBlobReplica.open(container, req, { spoolDir: path.join(this.spoolRoot, safeName(req.vmId, 'VM id')), now: this.now });
     this.opened.set(req.vmId, { key, replica });
@@ -53,21 +59,29 @@ export class AzureReplicas implements ReplicaOpener {
   }
 
   claim(vmId: string, holder: ReplicaHolder): void {
-    const old = this.holders.get(vmId);
-    if (old && old !== holder) old.destroy(new OsrError('NETWORK_ERROR', `replaced by a newer connection for ${vmId}`));
-    this.holders.set(vmId, holder);
+    this.holders.claim(vmId, holder);
   }
 
   release(vmId: string, holder: ReplicaHolder): void {
-    if (this.holders.get(vmId) === holder) this.holders.delete(vmId);
+    this.holders.release(vmId, holder);
+  }
+
+  private retire(vmId: string): void {
+    const cur = this.opened.get(vmId);
+    if (!cur) return;
+    this.opened.delete(vmId);
+    const before = this.retiring.get(vmId) ?? Promise.resolve();
+    const done = before.then(() => cur.replica.retire());
+    this.retiring.set(vmId, done);
+    void done.then(() => {
+      if (this.retiring.get(vmId) === done) this.retiring.delete(vmId);
+    });
   }
 
   /** The VM's replication to Azure ended: its replica is no longer held here (the container stays). */
   forget(vmId: string): void {
-    this.opened.delete(vmId);
-    const h = this.holders.get(vmId);
-    this.holders.delete(vmId);
-    h?.destroy(new OsrError('NETWORK_ERROR', `the replication of ${vmId} ended`));
+    this.retire(vmId);
+    this.holders.drop(vmId, new OsrError('NETWORK_ERROR', `the replication of ${vmId} ended`));
   }
 }
 

@@ -25,10 +25,10 @@ export interface BlobPoint {
   snapshots: DiskSnapshot[];
 }
 
-const META = { seq: 'osrseq', time: 'osrtime', consistency: 'osrconsistency', deltaBytes: 'osrdeltabytes' } as const;
+const META = { seq: 'osrseq', time: 'osrtime', consistency: 'osrconsistency', deltaBytes: 'osrdeltabytes', generation: 'osrgen' } as const;
 
-function pointMetadata(p: RecoveryPoint): Record<string, string> {
-  return { [META.seq]: String(p.seq), [META.time]: String(p.timeMs), [META.consistency]: p.consistency, [META.deltaBytes]: String(p.deltaBytes) };
+function pointMetadata(p: RecoveryPoint, generation: string): Record<string, string> {
+  return { [META.seq]: String(p.seq), [META.time]: String(p.timeMs), [META.consistency]: p.consistency, [META.deltaBytes]: String(p.deltaBytes), [META.generation]: generation };
 }
 
 /** A snapshot's metadata as a point, or undefined if it is not one osr made. */
@@ -47,6 +47,8 @@ export class BlobPoints {
   constructor(
     private readonly container: ContainerClient,
     private readonly disks: readonly PageBlobDisk[],
+    /** the replica's generation (a new one at each start over): only its snapshots are points */
+    private readonly generation: () => string,
   ) {}
 
   /** Every point osr made in the container, in order; `complete` false for a set a crash left short of a disk. */
@@ -57,6 +59,8 @@ export class BlobPoints {
       for await (const b of this.container.listBlobsFlat({ includeSnapshots: true, includeMetadata: true, prefix: 'disks/' })) {
         const disk = byName.get(b.name);
         if (!b.snapshot || disk === undefined) continue;
+        // a snapshot of an earlier copy of the replica (before a start over) is no point of this one
+        if (b.metadata?.[META.generation] !== this.generation()) continue;
         const point = parsePointMetadata(b.metadata);
         if (!point) continue;
         const set = sets.get(point.seq) ?? { point, snapshots: [], every: [] };
@@ -119,7 +123,7 @@ export class BlobPoints {
     }
     // 2. the snapshots, each disk's once
     const have = new Set(done?.snapshots.map((s) => s.disk) ?? []);
-    for (const d of this.disks) if (!have.has(d.name)) await d.snapshot(pointMetadata(point));
+    for (const d of this.disks) if (!have.has(d.name)) await d.snapshot(pointMetadata(point, this.generation()));
     // 3. sets a crash left short (older than this point) are not points: they go
     for (const s of all) if (!s.complete && s.point.seq < point.seq) await this.deleteSet(s);
     return 'applied';

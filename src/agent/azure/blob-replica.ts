@@ -13,6 +13,7 @@
  * until its own point is made no other delta is taken: a point made then would hold half
  * of the resync's writes.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
@@ -24,6 +25,7 @@ import { readFully } from '../io/io.js';
 import type { DiskRanges } from '../io/ranges.js';
 import type { DeltaDiskFile, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
 import { safeSeq } from '../../domain/names.js';
+import { checkResyncBegin } from '../ports/target-rules.js';
 import { diskKeyOf, RecordType, scanLogFile } from '../tracking/change-log.js';
 import { BlobPoints, type BlobPoint } from './blob-points.js';
 import { PageBlobDisk, storageError, type DiskPiece } from './page-blob-disk.js';
@@ -42,7 +44,12 @@ interface ReplicaRecord {
   resync?: ResyncState | undefined;
   /** the blobs are being made blank for a new initial copy (resetInitial): finished by whoever opens the replica next */
   resetting?: true | undefined;
+  /** made anew at each start over: only snapshots of this generation are points */
+  generation: string;
 }
+
+/** The most replica.json may be: it holds a few disks' names and numbers. */
+const MAX_RECORD_BYTES = 1024 * 1024;
 
 /** The most one blockHashes call compares, and how much of it is read at a time. */
 const MAX_HASHED_BYTES = 256 * 1024 * 1024;
@@ -72,6 +79,12 @@ export interface AzureReplicaOptions {
 export class AzureBlobReplica implements ReplicaTarget {
   private cache: BlobPoint[] = [];
   private applying: number | undefined;
+  /** replaced by a newer object of the same replica (a renewed SAS, a new replication): it takes no more calls */
+  private retired = false;
+  /** a record write failed: what the service holds is not known, so this object takes no more calls */
+  broken = false;
+  private inflight = 0;
+  private readonly idle: (() => void)[] = [];
 
   private constructor(
     private readonly container: ContainerClient,
@@ -79,10 +92,13 @@ export class AzureBlobReplica implements ReplicaTarget {
     private record: ReplicaRecord,
     private etag: string | undefined,
     private readonly blobDisks: PageBlobDisk[],
-    private readonly pointSets: BlobPoints,
     private readonly spoolDir: string,
     private readonly now: () => number,
-  ) {}
+  ) {
+    this.pointSets = new BlobPoints(container, blobDisks, () => this.record.generation);
+  }
+
+  private readonly pointSets: BlobPoints;
 
   /** Open the replica in `container`, or make it. A container that holds another VM's replica, or other disks, is refused. */
   static async open(container: ContainerClient, spec: { vmId: string; vmName: string; disks: ReplicaDiskSpec[]; retention: RetentionSpec }, o: AzureReplicaOptions): Promise<AzureBlobReplica> {
@@ -104,7 +120,7 @@ export class AzureBlobReplica implements ReplicaTarget {
       if (record.vmId !== spec.vmId) throw new OsrError('INVALID_STATE', `container ${container.containerName} holds the replica of ${record.vmId}, not ${spec.vmId}`, { container: container.containerName });
       if (!AzureBlobReplica.sameDisks(record.disks, spec.disks)) throw new OsrError('INVALID_STATE', `the replica of ${spec.vmId} in ${container.containerName} has other disks than the VM: remove it (disable protection deleting the replica) and enable protection again`, { container: container.containerName });
     } else {
-      record = { version: 1, vmId: spec.vmId, vmName: spec.vmName, disks: spec.disks, retention: spec.retention, initial: { done: false, copied: {}, finishedDisks: [] } };
+      record = { version: 1, vmId: spec.vmId, vmName: spec.vmName, disks: spec.disks, retention: spec.retention, initial: { done: false, copied: {}, finishedDisks: [] }, generation: newGeneration() };
     }
     const disks: PageBlobDisk[] = [];
     for (const d of spec.disks) {
@@ -112,14 +128,58 @@ export class AzureBlobReplica implements ReplicaTarget {
       const holdsData = existing !== undefined && (record.initial.done || (record.initial.copied[d.name] ?? 0) > 0);
       disks.push(await PageBlobDisk.open(container, d.name, d.size, { mustExist: holdsData }));
     }
-    const r = new AzureBlobReplica(container, recordBlob, record, etag, disks, new BlobPoints(container, disks), o.spoolDir, now);
-    const retentionChanged = record.retention.hours !== spec.retention.hours || record.retention.maxPoints !== spec.retention.maxPoints;
-    record.retention = spec.retention;
-    if (!existing || retentionChanged) await r.save();
+    const r = new AzureBlobReplica(container, recordBlob, record, etag, disks, o.spoolDir, now);
+    if (!existing) await r.update(() => undefined);
+    await r.setRetention(spec.retention);
     // a reset cut off part-way: its blobs may still hold the old copy's bytes
-    if (record.resetting) await r.finishReset();
+    if (r.record.resetting) await r.finishReset();
     r.cache = await r.pointSets.points();
+    // a resync whose point was made, cut off before its record was cleared
+    const latest = r.latestPoint();
+    if (r.record.resync && latest && r.record.resync.seq <= latest.seq) {
+      await r.update((x) => {
+        x.resync = undefined;
+      });
+    }
     return r;
+  }
+
+  /**
+   * Take no more calls, and resolve once the calls under way have ended: a newer object of
+   * the same replica then starts from what they left.
+   */
+  async retire(): Promise<void> {
+    this.retired = true;
+    if (this.inflight > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
+  }
+
+  private assertLive(): void {
+    if (this.retired || this.broken) throw new OsrError('NETWORK_ERROR', `this agent's handle on the replica of ${this.vmId} was replaced (a new SAS, a new replication, or a record write that failed); the replication connects again`);
+  }
+
+  /** Run a call that changes the replica: refused once retired, waited for by retire(). */
+  private async run<T>(op: () => Promise<T>): Promise<T> {
+    this.assertLive();
+    this.inflight++;
+    try {
+      return await op();
+    } finally {
+      if (--this.inflight === 0) for (const w of this.idle.splice(0)) w();
+    }
+  }
+
+  /**
+   * Change the record: on a copy, written on the ETag condition, taken in memory only once
+   * written. A write whose outcome is not known (an error after it may have landed) leaves
+   * this object broken: a new one reads what the service holds.
+   */
+  private async update(change: (r: ReplicaRecord) => void): Promise<void> {
+    // (a call under way when the handle was retired finishes its writes: only new calls are refused)
+    if (this.broken) this.assertLive();
+    const next = structuredClone(this.record);
+    change(next);
+    await this.save(next);
+    this.record = next;
   }
 
   static sameDisks(a: readonly ReplicaDiskSpec[], b: readonly ReplicaDiskSpec[]): boolean {
@@ -128,8 +188,11 @@ export class AzureBlobReplica implements ReplicaTarget {
 
   async setRetention(retention: RetentionSpec): Promise<void> {
     if (retention.hours === this.record.retention.hours && retention.maxPoints === this.record.retention.maxPoints) return;
-    this.record.retention = retention;
-    await this.save();
+    await this.run(() =>
+      this.update((r) => {
+        r.retention = retention;
+      }),
+    );
   }
 
   get vmId(): string {
@@ -173,8 +236,11 @@ export class AzureBlobReplica implements ReplicaTarget {
       throw new OsrError('EPOCH_STALE', `replication epoch ${epoch} is older than the replica's ${this.epoch}: another site was promoted`, { epoch, current: this.epoch });
     }
     if (epoch !== this.record.epoch) {
-      this.record.epoch = epoch;
-      await this.save();
+      await this.run(() =>
+        this.update((r) => {
+          r.epoch = epoch;
+        }),
+      );
     }
   }
 
@@ -185,19 +251,26 @@ export class AzureBlobReplica implements ReplicaTarget {
    * under a finished one.
    */
   async resetInitial(): Promise<void> {
-    this.record.initial = { done: false, copied: {}, finishedDisks: [] };
-    this.record.resync = undefined;
-    this.record.resetting = true;
-    await this.save();
-    await this.finishReset();
+    await this.run(async () => {
+      if (this.applying !== undefined) throw new OsrError('INVALID_STATE', `delta ${this.applying} of ${this.vmName} is being applied; start over when it is done`);
+      await this.update((r) => {
+        r.initial = { done: false, copied: {}, finishedDisks: [] };
+        r.resync = undefined;
+        r.resetting = true;
+        // no snapshot of the old copy can be a point of the new one, whatever is left of it
+        r.generation = newGeneration();
+      });
+      await this.finishReset();
+    });
   }
 
   private async finishReset(): Promise<void> {
     this.cache = [];
     for (const d of this.blobDisks) await d.recreate();
     fs.rmSync(this.spoolDir, { recursive: true, force: true });
-    this.record.resetting = undefined;
-    await this.save();
+    await this.update((r) => {
+      r.resetting = undefined;
+    });
   }
 
   /** An Azure replica is never made from an old primary's disks: nothing diverges beyond its logs. */
@@ -217,28 +290,36 @@ export class AzureBlobReplica implements ReplicaTarget {
   // ---- the initial copy --------------------------------------------------------------
 
   async writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void> {
-    this.assertCopying();
-    await this.disk(disk).write([{ offset, data: data.length === 1 ? data[0]! : Buffer.concat(data) }]);
+    await this.run(async () => {
+      this.assertCopying();
+      await this.disk(disk).write([{ offset, data: data.length === 1 ? data[0]! : Buffer.concat(data) }]);
+    });
   }
 
   async zeroInitial(disk: string, offset: number, length: number): Promise<void> {
-    this.assertCopying();
-    await this.disk(disk).write([{ offset, length, zero: true }]);
+    await this.run(async () => {
+      this.assertCopying();
+      await this.disk(disk).write([{ offset, length, zero: true }]);
+    });
   }
 
   /** Everything below `offset` of `disk` is in its blob (each write returned): recorded. */
   async checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void> {
-    this.assertCopying();
-    const d = this.disk(disk);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
-    const i = this.record.initial;
-    i.copied[disk] = Math.max(i.copied[disk] ?? 0, offset);
-    if (finished && !i.finishedDisks.includes(disk)) i.finishedDisks.push(disk);
-    await this.save();
+    await this.run(async () => {
+      this.assertCopying();
+      const d = this.disk(disk);
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+      await this.update((r) => {
+        const i = r.initial;
+        i.copied[disk] = Math.max(i.copied[disk] ?? 0, offset);
+        if (finished && !i.finishedDisks.includes(disk)) i.finishedDisks.push(disk);
+      });
+    });
   }
 
   private assertCopying(): void {
     if (this.record.initial.done) throw new OsrError('INVALID_STATE', `the initial copy of ${this.vmId} is done; changes come as deltas`);
+    if (this.record.resetting) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} is being started over; open it again`);
   }
 
   // ---- deltas --------------------------------------------------------------------------
@@ -259,21 +340,29 @@ export class AzureBlobReplica implements ReplicaTarget {
    * `resync`: the delta a resynchronization ends in (its number may skip).
    */
   async applyDelta(point: RecoveryPoint, files: readonly DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
-    if (this.applying !== undefined) throw new OsrError('INVALID_STATE', `delta ${this.applying} of ${this.vmName} is being applied`);
-    this.applying = point.seq;
-    try {
-      const outcome = await this.applyNow(point, files);
-      // the logs are in the blobs (or were there already): the spool keeps nothing
-      fs.rmSync(this.incomingDir(point.seq), { recursive: true, force: true });
-      return outcome;
-    } finally {
-      this.applying = undefined;
-    }
+    return this.run(async () => {
+      if (this.applying !== undefined) throw new OsrError('INVALID_STATE', `delta ${this.applying} of ${this.vmName} is being applied`);
+      this.applying = point.seq;
+      try {
+        const outcome = await this.applyNow(point, files);
+        // the logs are in the blobs (or were there already): the spool keeps nothing
+        fs.rmSync(this.incomingDir(point.seq), { recursive: true, force: true });
+        return outcome;
+      } finally {
+        this.applying = undefined;
+      }
+    });
   }
 
   private async applyNow(point: RecoveryPoint, files: readonly DeltaDiskFile[]): Promise<'applied' | 'duplicate'> {
     const latest = this.latestPoint();
     if (latest && point.seq <= latest.seq) return 'duplicate';
+    if (this.record.resync && latest && this.record.resync.seq <= latest.seq) {
+      // its point was made, its record not cleared (cut off between the two)
+      await this.update((r) => {
+        r.resync = undefined;
+      });
+    }
     const resync = this.record.resync;
     if (resync && resync.seq !== point.seq) {
       throw new OsrError('INVALID_STATE', `a resync of ${this.vmName} ending in point ${resync.seq} has written into its blobs: delta ${point.seq} is taken only after it (resynchronize)`, { resync: resync.seq, got: point.seq });
@@ -306,9 +395,10 @@ export class AzureBlobReplica implements ReplicaTarget {
     // a resync's point may skip the numbers of the logs it replaced
     const outcome = await this.pointSets.apply(point, sources, { first: latest === undefined || resync !== undefined });
     if (!i.done || resync) {
-      i.done = true;
-      this.record.resync = undefined;
-      await this.save();
+      await this.update((r) => {
+        r.initial.done = true;
+        r.resync = undefined;
+      });
     }
     await this.pointSets.prune(this.record.retention, this.now());
     this.cache = await this.pointSets.points();
@@ -323,19 +413,20 @@ export class AzureBlobReplica implements ReplicaTarget {
    * blobs hold some of the old one's writes, which the comparison finds or keeps.
    */
   async beginResync(id: string, seq: number, blockSize: number): Promise<ResyncState> {
-    const latest = this.latestPoint();
-    if (!latest || !this.record.initial.done) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} has no recovery point to resynchronize; it needs an initial copy`);
-    if (!(seq > latest.seq)) throw new OsrError('INVALID_ARGUMENT', `a resync must end after the latest recovery point ${latest.seq}, not at ${seq}`);
-    if (!Number.isInteger(blockSize) || blockSize < 512 || blockSize > 16 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
-      throw new OsrError('INVALID_ARGUMENT', `resync block size ${blockSize} is not a power of two between 512 bytes and 16 MiB`);
-    }
-    const cur = this.record.resync;
-    if (cur && cur.id === id && cur.seq === seq && cur.blockSize === blockSize) return cur;
-    const state: ResyncState = { id, seq, blockSize, disks: {} };
-    for (const d of this.record.disks) state.disks[d.name] = { offset: 0, bytes: 0, finished: false };
-    this.record.resync = state;
-    await this.save();
-    return state;
+    return this.run(async () => {
+      if (this.applying !== undefined) throw new OsrError('INVALID_STATE', `delta ${this.applying} of ${this.vmName} is being applied; begin the resync when it is done`);
+      const latest = this.latestPoint();
+      checkResyncBegin(this.vmId, latest, this.record.initial.done, seq, blockSize);
+      const cur = this.record.resync;
+      if (cur && cur.id === id && cur.seq === seq && cur.blockSize === blockSize) return cur;
+      const state: ResyncState = { id, seq, blockSize, disks: {} };
+      for (const d of this.record.disks) state.disks[d.name] = { offset: 0, bytes: 0, finished: false };
+      // recorded before the first write it makes
+      await this.update((r) => {
+        r.resync = state;
+      });
+      return this.record.resync!;
+    });
   }
 
   private requireResync(): ResyncState {
@@ -345,25 +436,32 @@ export class AzureBlobReplica implements ReplicaTarget {
   }
 
   async stageResync(disk: string, offset: number, parts: readonly Buffer[]): Promise<void> {
-    const r = this.requireResync();
-    await this.resyncWrite(disk, r.seq, [{ offset, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts) }]);
+    await this.run(async () => {
+      const r = this.requireResync();
+      await this.resyncWrite(disk, r.seq, [{ offset, data: parts.length === 1 ? parts[0]! : Buffer.concat(parts) }]);
+    });
   }
 
   async stageResyncZero(disk: string, offset: number, length: number): Promise<void> {
-    const r = this.requireResync();
-    await this.resyncWrite(disk, r.seq, [{ offset, length, zero: true }]);
+    await this.run(async () => {
+      const r = this.requireResync();
+      await this.resyncWrite(disk, r.seq, [{ offset, length, zero: true }]);
+    });
   }
 
   /** Everything below `offset` of `disk` is compared and its differences written (each write returned): recorded. */
   async checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState> {
-    const r = this.requireResync();
-    const d = this.disk(disk);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
-    const p = r.disks[disk]!;
-    p.offset = Math.max(p.offset, offset);
-    p.finished ||= finished;
-    await this.save();
-    return r;
+    return this.run(async () => {
+      this.requireResync();
+      const d = this.disk(disk);
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+      await this.update((r) => {
+        const p = r.resync!.disks[disk]!;
+        p.offset = Math.max(p.offset, offset);
+        p.finished ||= finished;
+      });
+      return this.record.resync!;
+    });
   }
 
   /**
@@ -396,9 +494,13 @@ export class AzureBlobReplica implements ReplicaTarget {
 
   // ---- replica.json ----------------------------------------------------------------------
 
-  /** Write the record on condition that nobody else wrote it since it was read (another agent writing the same replica). */
-  private async save(): Promise<void> {
-    const body = JSON.stringify(this.record, null, 2);
+  /**
+   * Write the record on condition that nobody else wrote it since it was read (another agent
+   * writing the same replica). A refused condition after the SDK sent the write again is
+   * this write's own first try that landed: the record is read back, and taken if it is ours.
+   */
+  private async save(next: ReplicaRecord): Promise<void> {
+    const body = JSON.stringify(next, null, 2);
     try {
       const r = await this.recordBlob.upload(body, Buffer.byteLength(body), {
         conditions: this.etag === undefined ? { ifNoneMatch: '*' } : { ifMatch: this.etag },
@@ -407,20 +509,58 @@ export class AzureBlobReplica implements ReplicaTarget {
       this.etag = r.etag;
     } catch (e) {
       if (isRestError(e) && (e.statusCode === 412 || e.statusCode === 409)) {
+        const now = await readRecord(this.recordBlob).catch(() => undefined);
+        if (now && JSON.stringify(now.record, null, 2) === body) {
+          this.etag = now.etag;
+          return;
+        }
+        this.broken = true;
         throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} in ${this.container.containerName} was changed by someone else since this agent read it`, { container: this.container.containerName }, { cause: e });
       }
+      this.broken = true;
       throw storageError(e, `recording the replica of ${this.vmId}`);
     }
   }
 }
 
+function newGeneration(): string {
+  return crypto.randomBytes(8).toString('hex');
+}
+
+/** A record read back is checked before it is trusted: the storage account is not. */
+function isRecord(r: unknown): r is ReplicaRecord {
+  const x = r as ReplicaRecord;
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    x.version === 1 &&
+    typeof x.vmId === 'string' &&
+    typeof x.vmName === 'string' &&
+    typeof x.generation === 'string' &&
+    Array.isArray(x.disks) &&
+    x.disks.every((d) => typeof d?.id === 'string' && typeof d.name === 'string' && Number.isSafeInteger(d.size)) &&
+    typeof x.retention === 'object' &&
+    typeof x.initial === 'object' &&
+    x.initial !== null &&
+    typeof x.initial.done === 'boolean' &&
+    Array.isArray(x.initial.finishedDisks) &&
+    typeof x.initial.copied === 'object'
+  );
+}
+
 async function readRecord(blob: BlockBlobClient): Promise<{ record: ReplicaRecord; etag: string | undefined } | undefined> {
   try {
     const r = await blob.download();
+    if ((r.contentLength ?? 0) > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${blob.name} is ${r.contentLength} bytes; an osr replica record is far smaller`);
     const chunks: Buffer[] = [];
-    for await (const c of r.readableStreamBody!) chunks.push(c as Buffer);
-    const record = JSON.parse(Buffer.concat(chunks).toString('utf8')) as ReplicaRecord;
-    if (record.version !== 1 || typeof record.vmId !== 'string' || !Array.isArray(record.disks)) throw new OsrError('REPLICA_STORE_CORRUPT', `${blob.name} is not an osr replica record`);
+    let bytes = 0;
+    for await (const c of r.readableStreamBody!) {
+      bytes += (c as Buffer).length;
+      if (bytes > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${blob.name} is larger than an osr replica record`);
+      chunks.push(c as Buffer);
+    }
+    const record: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    if (!isRecord(record)) throw new OsrError('REPLICA_STORE_CORRUPT', `${blob.name} is not an osr replica record`);
     return { record, etag: r.etag };
   } catch (e) {
     if (isRestError(e) && e.statusCode === 404) return undefined;

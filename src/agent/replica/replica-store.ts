@@ -15,6 +15,7 @@
  * `applyDelta`) writes the undo file and makes it durable before touching an image, so a
  * crash at any moment leaves every listed point intact. Invariants: docs/design/replica-store.md.
  */
+import { checkResyncBegin } from '../ports/target-rules.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../../domain/errors.js';
@@ -640,11 +641,7 @@ export class ReplicaStore implements ReplicaTarget {
   beginResync(id: string, seq: number, blockSize: number): ResyncState {
     this.assertWritable();
     const latest = this.latestPoint();
-    if (!latest || !this.manifest.initial.done) throw new OsrError('INVALID_STATE', `the replica of ${this.vmId} has no recovery point to resynchronize; it needs an initial copy`);
-    if (!(seq > latest.seq)) throw new OsrError('INVALID_ARGUMENT', `a resync must end after the latest recovery point ${latest.seq}, not at ${seq}`);
-    if (!Number.isInteger(blockSize) || blockSize < 512 || blockSize > 16 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
-      throw new OsrError('INVALID_ARGUMENT', `resync block size ${blockSize} is not a power of two between 512 bytes and 16 MiB`);
-    }
+    checkResyncBegin(this.vmId, latest, this.manifest.initial.done, seq, blockSize);
     const cur = this.manifest.resync;
     if (cur && cur.id === id && cur.seq === seq && cur.blockSize === blockSize) {
       if (!this.stage) this.stage = ResyncStage.resume(this.resyncDir, cur);

@@ -24,6 +24,7 @@ import type { Logger } from '../io/logger.js';
 import { ReplicaStore, type ReceivedDeltaFile } from './replica-store.js';
 import type { DivergentRanges, PreparedUndo, RecoveryPoint, ReplicaOpener, ReplicaTarget, SourceAgent } from '../ports/replica-target.js';
 import { LogStreamVerifier, RecordWalker } from '../tracking/change-log.js';
+import { ReplicaHolders } from '../ports/target-rules.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from '../wire/replication-types.js';
 import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from '../wire/wire.js';
@@ -100,7 +101,7 @@ export interface SessionConnection {
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
 export class ReplicaRegistry implements ReplicaOpener {
   private readonly stores = new Map<string, ReplicaStore>();
-  private readonly owners = new Map<string, Session>();
+  private readonly owners = new ReplicaHolders<Session>();
   /** VMs of this host whose disks are a promoted replica's images: never opened as replicas */
   private readonly runHere = new Set<string>();
   constructor(
@@ -222,8 +223,7 @@ export class ReplicaRegistry implements ReplicaOpener {
     this.writeOwner(vmId, record);
     const session = this.owners.get(vmId);
     if (session && (session.peerName !== source || (g !== undefined && session.peerFabric !== g.source.fabricId))) {
-      session.destroy(new OsrError('AUTH_FAILED', `the vault gave the replica of ${vmId} to source agent ${source}`));
-      this.owners.delete(vmId);
+      this.owners.drop(vmId, new OsrError('AUTH_FAILED', `the vault gave the replica of ${vmId} to source agent ${source}`));
     }
     return record;
   }
@@ -241,9 +241,7 @@ export class ReplicaRegistry implements ReplicaOpener {
   fence(vmId: string, epoch: number, promotion?: FenceRecord['promotion']): void {
     const record: FenceRecord = { epoch, at: new Date(this.now()).toISOString(), promotion };
     writeJsonDurable(path.join(this.dir, `${safeName(vmId, 'VM id')}.fence.json`), record);
-    const owner = this.owners.get(vmId);
-    if (owner) owner.destroy(new OsrError('EPOCH_STALE', `${vmId} was promoted at this site with epoch ${epoch}`));
-    this.owners.delete(vmId);
+    this.owners.drop(vmId, new OsrError('EPOCH_STALE', `${vmId} was promoted at this site with epoch ${epoch}`));
   }
 
   /** Rewrite the promotion kept with a VM's fence (durable before it returns); the epoch stays. */
@@ -377,9 +375,7 @@ export class ReplicaRegistry implements ReplicaOpener {
     const s = this.get(vm);
     const open = s.listOverlays();
     if (open.length > 0) throw new OsrError('OVERLAY_IN_USE', `the replica of ${s.vmName} has ${open.length} open overlay(s); commit or discard them before deleting it`, { overlays: open.map((o) => o.id) });
-    const owner = this.owners.get(s.vmId);
-    owner?.destroy(new OsrError('INVALID_STATE', `the replica of ${s.vmName} was deleted`));
-    this.owners.delete(s.vmId);
+    this.owners.drop(s.vmId, new OsrError('INVALID_STATE', `the replica of ${s.vmName} was deleted`));
     s.close();
     this.stores.delete(s.vmId);
     const record = this.owner(s.vmId);
@@ -414,13 +410,11 @@ export class ReplicaRegistry implements ReplicaOpener {
   }
 
   claim(vmId: string, session: Session): void {
-    const old = this.owners.get(vmId);
-    if (old && old !== session) old.destroy(new OsrError('NETWORK_ERROR', `replaced by a newer connection for ${vmId}`));
-    this.owners.set(vmId, session);
+    this.owners.claim(vmId, session);
   }
 
   release(vmId: string, session: Session): void {
-    if (this.owners.get(vmId) === session) this.owners.delete(vmId);
+    this.owners.release(vmId, session);
   }
 
   close(): void {

@@ -11,6 +11,7 @@
  * is resolved by reading the resource, not by sending the request again blindly. 429 and
  * 5xx answers are retried by the SDK's pipeline, honouring Retry-After.
  */
+import crypto from 'node:crypto';
 import type { ComputeManagementClient, Disk, VirtualMachine } from '@azure/arm-compute';
 import type { NetworkInterface, NetworkManagementClient, VirtualNetwork } from '@azure/arm-network';
 import type { BlobClient, ContainerClient } from '@azure/storage-blob';
@@ -61,15 +62,18 @@ export type StepReport = (step: string, detail: Record<string, unknown>) => void
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}[a-zA-Z0-9_]$/;
 
-/** A name for a resource osr makes: letters, digits, hyphens; at most 64 characters. */
+/**
+ * A name for a resource osr makes: letters, digits, hyphens; at most 64 characters. A
+ * longer one keeps its start and ends in a hash of the whole, so that names differing
+ * only at their end (a disk's, a NIC's number) stay different.
+ */
 export function resourceName(...parts: string[]): string {
-  const name = parts
+  const full = parts
     .join('-')
     .replace(/[^a-zA-Z0-9-]+/g, '-')
     .replace(/-+/g, '-')
-    .replace(/^-|-$/g, '')
-    .slice(0, 64)
-    .replace(/-+$/, '');
+    .replace(/^-|-$/g, '');
+  const name = full.length <= 64 ? full : `${full.slice(0, 55).replace(/-+$/, '')}-${crypto.createHash('sha256').update(parts.join('\0')).digest('hex').slice(0, 8)}`;
   if (!NAME.test(name)) throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(parts.join('-').slice(0, 80))} gives no Azure resource name`);
   return name;
 }
@@ -127,11 +131,12 @@ export class AzureRecovery {
    */
   private async ensure<T extends { tags?: Record<string, string>; provisioningState?: string }>(
     what: string,
-    jobId: string,
+    owner: { itemId: string; jobId: string },
     get: () => Promise<T>,
     put: () => PromiseLike<T>,
   ): Promise<T> {
-    const mine = (r: T): boolean => r.tags?.[OSR_TAG.job] === jobId;
+    const jobId = owner.jobId;
+    const mine = (r: T): boolean => r.tags?.[OSR_TAG.job] === jobId && r.tags[OSR_TAG.item] === owner.itemId;
     const existing = await get().catch((e: unknown) => {
       if (isStatus(e, 404)) return undefined;
       throw armError(e, `reading ${what}`);
@@ -162,10 +167,18 @@ export class AzureRecovery {
   private async copySnapshot(jobId: string, disk: { name: string; sizeBytes: number; snapshot: BlobClient }): Promise<string> {
     const target = this.container.getPageBlobClient(`failover/${resourceName(jobId)}/${resourceName(disk.name)}.vhd`);
     const length = pageBlobBytes(disk.sizeBytes);
+    // which snapshot a copy came from: a step run again with another point copies again
+    const source = crypto.createHash('sha256').update(disk.snapshot.url).digest('hex').slice(0, 32);
+    const wait = (): Promise<void> => new Promise((r) => setTimeout(r, this.o.copyPollMs ?? 2000));
     try {
-      const props = await target.getProperties().catch((e: unknown) => (isStatus(e, 404) ? undefined : Promise.reject(e)));
-      if (props?.copyStatus !== 'success' || props.metadata?.osrjob !== jobId) {
-        const poller = await target.beginCopyFromURL(disk.snapshot.url, { metadata: { osrjob: jobId }, intervalInMs: this.o.copyPollMs ?? 2000 });
+      let props = await target.getProperties().catch((e: unknown) => (isStatus(e, 404) ? undefined : Promise.reject(e)));
+      // a copy an earlier try began is waited for, not begun again over it
+      while (props?.copyStatus === 'pending') {
+        await wait();
+        props = await target.getProperties();
+      }
+      if (props?.copyStatus !== 'success' || props.metadata?.osrjob !== jobId || props.metadata.osrsource !== source) {
+        const poller = await target.beginCopyFromURL(disk.snapshot.url, { metadata: { osrjob: jobId, osrsource: source }, intervalInMs: this.o.copyPollMs ?? 2000 });
         await poller.pollUntilDone();
       }
       const made = await target.getProperties();
@@ -203,7 +216,7 @@ export class AzureRecovery {
         ...(i === 0 ? { osType: plan.osType, hyperVGeneration: plan.generation } : {}),
         creationData: { createOption: 'Import', sourceUri: copies[i]!, storageAccountId: this.placement.storageAccountId },
       };
-      const made = await this.ensure<Disk>(`disk ${name}`, plan.jobId, () => this.compute.disks.get(this.rg, name), () => this.compute.disks.createOrUpdate(this.rg, name, body, this.lro));
+      const made = await this.ensure<Disk>(`disk ${name}`, plan, () => this.compute.disks.get(this.rg, name), () => this.compute.disks.createOrUpdate(this.rg, name, body, this.lro));
       diskIds.push(made.id!);
     }
     const nicIds: string[] = [];
@@ -215,7 +228,7 @@ export class AzureRecovery {
         tags,
         ipConfigurations: [{ name: 'ipconfig1', subnet: { id: n.subnetId }, privateIPAllocationMethod: n.privateIp ? 'Static' : 'Dynamic', ...(n.privateIp ? { privateIPAddress: n.privateIp } : {}), primary: true }],
       };
-      const made = await this.ensure<NetworkInterface>(`NIC ${name}`, plan.jobId, () => this.network.networkInterfaces.get(this.rg, name), () => this.network.networkInterfaces.createOrUpdate(this.rg, name, body, this.lro));
+      const made = await this.ensure<NetworkInterface>(`NIC ${name}`, plan, () => this.network.networkInterfaces.get(this.rg, name), () => this.network.networkInterfaces.createOrUpdate(this.rg, name, body, this.lro));
       nicIds.push(made.id!);
     }
     report('make-vm', { name: base });
@@ -230,7 +243,7 @@ export class AzureRecovery {
       networkProfile: { networkInterfaces: nicIds.map((id, i) => ({ id, primary: i === 0 })) },
       diagnosticsProfile: { bootDiagnostics: { enabled: true } },
     };
-    const made = await this.ensure<VirtualMachine>(`VM ${base}`, plan.jobId, () => this.compute.virtualMachines.get(this.rg, base), () => this.compute.virtualMachines.createOrUpdate(this.rg, base, vm, this.lro));
+    const made = await this.ensure<VirtualMachine>(`VM ${base}`, plan, () => this.compute.virtualMachines.get(this.rg, base), () => this.compute.virtualMachines.createOrUpdate(this.rg, base, vm, this.lro));
     return { vmId: made.id!, diskIds, nicIds, copies };
   }
 
@@ -243,7 +256,7 @@ export class AzureRecovery {
       addressSpace: { addressPrefixes: [o.addressPrefix] },
       subnets: [{ name: 'drill', addressPrefix: o.addressPrefix }],
     };
-    const made = await this.ensure<VirtualNetwork>(`virtual network ${name}`, o.jobId, () => this.network.virtualNetworks.get(this.rg, name), () => this.network.virtualNetworks.createOrUpdate(this.rg, name, body, this.lro));
+    const made = await this.ensure<VirtualNetwork>(`virtual network ${name}`, o, () => this.network.virtualNetworks.get(this.rg, name), () => this.network.virtualNetworks.createOrUpdate(this.rg, name, body, this.lro));
     const subnet = made.subnets?.find((s) => s.name === 'drill');
     if (!subnet?.id) throw new OsrError('AZURE_OPERATION_FAILED', `virtual network ${name} came back without its subnet`);
     return { vnetId: made.id!, subnetId: subnet.id };
@@ -274,7 +287,9 @@ export class AzureRecovery {
     } catch (e) {
       throw armError(e, `removing what job ${jobId} made`);
     }
-    for await (const b of this.container.listBlobsFlat({ prefix: `failover/${resourceName(jobId)}/` })) {
+    for await (const b of this.container.listBlobsFlat({ prefix: `failover/${resourceName(jobId)}/`, includeMetadata: true })) {
+      // only the copies this job made
+      if (b.metadata?.osrjob !== jobId) continue;
       await this.container.deleteBlob(b.name, { deleteSnapshots: 'include' }).catch((e: unknown) => {
         if (!isStatus(e, 404)) throw new OsrError('AZURE_STORAGE_ERROR', `removing blob ${b.name}: ${(e as Error).message}`, undefined, { cause: e });
       });
