@@ -20,7 +20,7 @@ export const MAX_PUT_PAGE = 4 * 1024 * 1024;
 export type DiskPiece = { offset: number; data: Buffer } | { offset: number; length: number; zero: true };
 
 export interface PageBlobDiskOptions {
-  /** Put Page calls in flight at once */
+  /** Put Page calls in flight at once (default 32: a delta of scattered small writes is one call per run of pages, and the calls wait on the service, not on this host) */
   inFlight?: number;
   /** the replica records data in this blob: a missing blob is damage, not a blob to make */
   mustExist?: boolean;
@@ -80,7 +80,7 @@ export class PageBlobDisk {
   static async open(container: ContainerClient, name: string, size: number, o: PageBlobDiskOptions = {}): Promise<PageBlobDisk> {
     safeName(name, 'disk name');
     const blob = container.getPageBlobClient(`disks/${name}.vhd`);
-    const disk = new PageBlobDisk(blob, name, size, Math.max(1, o.inFlight ?? 8));
+    const disk = new PageBlobDisk(blob, name, size, Math.max(1, o.inFlight ?? 32));
     const length = pageBlobBytes(size);
     try {
       const props = await blob.getProperties().catch((e: unknown) => {
