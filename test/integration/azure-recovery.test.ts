@@ -13,6 +13,7 @@ import { ComputeManagementClient } from '@azure/arm-compute';
 import { NetworkManagementClient } from '@azure/arm-network';
 import { AzureBlobReplica } from '../../src/agent/azure/blob-replica.js';
 import { AzureRecovery, OSR_TAG, type VmFromPoint } from '../../src/drivers/azure/recovery.js';
+import { pointDisks, readReplicaPoints } from '../../src/drivers/azure/replica-points.js';
 import { startAzurite, type Azurite } from '../support/azurite.js';
 import { writeDeltaLog } from '../support/delta-log.js';
 import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
@@ -71,8 +72,14 @@ async function replicaWithPoints(dir: string, vmId: string): Promise<{ replica: 
   return { replica, container, atPoint2 };
 }
 
-function planOf(replica: AzureBlobReplica, container: ReturnType<ReturnType<typeof az>['service']['getContainerClient']>, jobId: string, seq: number, o: Partial<VmFromPoint> = {}): VmFromPoint {
-  const snaps = replica.snapshotsOf(seq)!;
+/** A failover's plan from point `seq` as the driver reads it from the container (what the agent wrote). */
+async function planOf(replica: AzureBlobReplica, container: ReturnType<ReturnType<typeof az>['service']['getContainerClient']>, jobId: string, seq: number, o: Partial<VmFromPoint> = {}): Promise<VmFromPoint> {
+  const read = await readReplicaPoints(container);
+  assert.deepEqual(
+    read.points.map((p) => p.point.seq),
+    replica.points().map((p) => p.seq),
+    'the driver reads the points the agent made',
+  );
   return {
     itemId: 'item-web1',
     jobId,
@@ -82,7 +89,7 @@ function planOf(replica: AzureBlobReplica, container: ReturnType<ReturnType<type
     generation: 'V1',
     osType: 'Linux',
     diskSku: 'StandardSSD_LRS',
-    disks: DISKS.map((d) => ({ name: d.name, sizeBytes: d.size, snapshot: container.getBlobClient(`disks/${d.name}.vhd`).withSnapshot(snaps.find((s) => s.disk === d.name)!.snapshot) })),
+    disks: pointDisks(container, read, seq),
     nics: [{ subnetId, privateIp: '10.20.1.10' }],
     ...o,
   };
@@ -97,7 +104,7 @@ test(
   withDir(async (dir) => {
     const { replica, container, atPoint2 } = await replicaWithPoints(dir, 'vm-failover-1');
     const recovery = recoveryFor(container);
-    const plan = planOf(replica, container, 'job-fo-1', 2);
+    const plan = await planOf(replica, container, 'job-fo-1', 2);
     arm.inject({ method: 'PUT', path: /\/disks\/web1-sda$/, status: 429, times: 1, retryAfterSeconds: 0 });
     arm.inject({ method: 'PUT', path: /\/networkInterfaces\/web1-nic0$/, status: 500, times: 1 });
     arm.failNextOperation(/\/virtualMachines\/web1$/, 'AllocationFailed', 'no capacity for Standard_B2s in the zone');
@@ -146,13 +153,13 @@ test(
     const recovery = recoveryFor(container);
     // someone's NIC with the name the failover would use
     await network.networkInterfaces.createOrUpdate(arm.resourceGroup, 'db1-nic0', { location: 'westeurope', tags: { owner: 'someone' }, ipConfigurations: [{ name: 'ipconfig1', subnet: { id: subnetId }, privateIPAllocationMethod: 'Dynamic' }] }, { updateIntervalInMs: 20 });
-    await assertRejectsCode(recovery.createVm(planOf(replica, container, 'job-fo-2', 1, { vmName: 'db1' })), 'AZURE_CONFLICT');
+    await assertRejectsCode(recovery.createVm(await planOf(replica, container, 'job-fo-2', 1, { vmName: 'db1' })), 'AZURE_CONFLICT');
     assert.ok(arm.resources.has(`/subscriptions/${arm.subscriptionId}/resourcegroups/${arm.resourceGroup}/providers/microsoft.network/networkinterfaces/db1-nic0`.toLowerCase()), 'their NIC is still there');
     await recovery.removeJob('job-fo-2');
     await network.networkInterfaces.delete(arm.resourceGroup, 'db1-nic0', { updateIntervalInMs: 20 });
 
     // this job's earlier try left its disk being made: the retry's PUT meets a 409 and waits for it
-    const plan = planOf(replica, container, 'job-fo-3', 3, { vmName: 'app1' });
+    const plan = await planOf(replica, container, 'job-fo-3', 3, { vmName: 'app1' });
     arm.failNextOperation(/\/virtualMachines\/app1$/, 'AllocationFailed', 'no capacity');
     await assertRejectsCode(recovery.createVm(plan), 'AZURE_OPERATION_FAILED');
     await compute.disks.delete(arm.resourceGroup, 'app1-sdb', { updateIntervalInMs: 20 });
@@ -179,7 +186,7 @@ test(
     const { replica, container } = await replicaWithPoints(dir, 'vm-drill-1');
     const recovery = recoveryFor(container);
     const net = await recovery.createDrillNetwork({ itemId: 'item-web1', jobId: 'job-tf-1', name: 'osr-drill-job-tf-1', addressPrefix: '10.99.0.0/24' });
-    const made = await recovery.createVm(planOf(replica, container, 'job-tf-1', 3, { role: 'test', vmName: 'web1-test', nics: [{ subnetId: net.subnetId }] }));
+    const made = await recovery.createVm(await planOf(replica, container, 'job-tf-1', 3, { role: 'test', vmName: 'web1-test', nics: [{ subnetId: net.subnetId }] }));
     const vnet = arm.resources.get(net.vnetId.toLowerCase())!;
     assert.equal(vnet.tags?.[OSR_TAG.role], 'test');
     assert.equal(vnet.properties.virtualNetworkPeerings, undefined, 'no peering');

@@ -8,7 +8,7 @@
  */
 import type { ContainerClient } from '@azure/storage-blob';
 import { OsrError } from '../../domain/errors.js';
-import { Consistency } from '../ports/change-source.js';
+import { groupPointSets, pointMetadata, type SnapshotEntry } from '../../domain/azure-layout.js';
 import type { RecoveryPoint, RetentionSpec } from '../ports/replica-target.js';
 import { nextPointToDrop } from '../ports/retention.js';
 import { storageError, type DiskPiece, type PageBlobDisk } from './page-blob-disk.js';
@@ -25,24 +25,6 @@ export interface BlobPoint {
   snapshots: DiskSnapshot[];
 }
 
-const META = { seq: 'osrseq', time: 'osrtime', consistency: 'osrconsistency', deltaBytes: 'osrdeltabytes', generation: 'osrgen' } as const;
-
-function pointMetadata(p: RecoveryPoint, generation: string): Record<string, string> {
-  return { [META.seq]: String(p.seq), [META.time]: String(p.timeMs), [META.consistency]: p.consistency, [META.deltaBytes]: String(p.deltaBytes), [META.generation]: generation };
-}
-
-/** A snapshot's metadata as a point, or undefined if it is not one osr made. */
-function parsePointMetadata(m: Record<string, string> | undefined): RecoveryPoint | undefined {
-  if (!m) return undefined;
-  const seq = Number(m[META.seq]);
-  const timeMs = Number(m[META.time]);
-  const deltaBytes = Number(m[META.deltaBytes] ?? 0);
-  const consistency = m[META.consistency];
-  if (!Number.isSafeInteger(seq) || seq < 0 || !Number.isSafeInteger(timeMs) || !Number.isSafeInteger(deltaBytes)) return undefined;
-  if (consistency !== Consistency.Crash && consistency !== Consistency.App) return undefined;
-  return { seq, timeMs, consistency, deltaBytes };
-}
-
 export class BlobPoints {
   constructor(
     private readonly container: ContainerClient,
@@ -53,26 +35,16 @@ export class BlobPoints {
 
   /** Every point osr made in the container, in order; `complete` false for a set a crash left short of a disk. */
   async list(): Promise<(BlobPoint & { complete: boolean; every: DiskSnapshot[] })[]> {
-    const byName = new Map(this.disks.map((d) => [d.blob.name, d.name]));
-    const sets = new Map<number, BlobPoint & { every: DiskSnapshot[] }>();
+    const entries: SnapshotEntry[] = [];
     try {
       for await (const b of this.container.listBlobsFlat({ includeSnapshots: true, includeMetadata: true, prefix: 'disks/' })) {
-        const disk = byName.get(b.name);
-        if (!b.snapshot || disk === undefined) continue;
-        // a snapshot of an earlier copy of the replica (before a start over) is no point of this one
-        if (b.metadata?.[META.generation] !== this.generation()) continue;
-        const point = parsePointMetadata(b.metadata);
-        if (!point) continue;
-        const set = sets.get(point.seq) ?? { point, snapshots: [], every: [] };
-        // a snapshot retried after a lost answer: the first of the disk's is the point's, and both go with it
-        if (!set.snapshots.some((s) => s.disk === disk)) set.snapshots.push({ disk, snapshot: b.snapshot });
-        set.every.push({ disk, snapshot: b.snapshot });
-        sets.set(point.seq, set);
+        if (b.snapshot) entries.push({ name: b.name, snapshot: b.snapshot, metadata: b.metadata });
       }
     } catch (e) {
       throw storageError(e, 'listing the recovery points');
     }
-    return [...sets.values()].sort((a, b) => a.point.seq - b.point.seq).map((s) => ({ ...s, complete: s.snapshots.length === this.disks.length }));
+    // a snapshot of an earlier copy of the replica (before a start over) is no point of this one
+    return groupPointSets(entries, this.disks.map((d) => d.name), this.generation());
   }
 
   /** The complete points, in order. */

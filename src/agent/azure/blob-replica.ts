@@ -13,6 +13,7 @@
  * until its own point is made no other delta is taken: a point made then would hold half
  * of the resync's writes.
  */
+import { MAX_RECORD_BYTES, RECORD_BLOB } from '../../domain/azure-layout.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -48,8 +49,6 @@ interface ReplicaRecord {
   generation: string;
 }
 
-/** The most replica.json may be: it holds a few disks' names and numbers. */
-const MAX_RECORD_BYTES = 1024 * 1024;
 
 /** The most one blockHashes call compares, and how much of it is read at a time. */
 const MAX_HASHED_BYTES = 256 * 1024 * 1024;
@@ -110,7 +109,7 @@ export class AzureBlobReplica implements ReplicaTarget {
         throw storageError(e, `making container ${container.containerName}`);
       }
     }
-    const recordBlob = container.getBlockBlobClient('replica.json');
+    const recordBlob = container.getBlockBlobClient(RECORD_BLOB);
     let record: ReplicaRecord;
     let etag: string | undefined;
     const existing = await readRecord(recordBlob);

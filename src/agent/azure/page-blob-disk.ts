@@ -7,6 +7,7 @@
  * condition "the blob's sequence number is below this delta's", so none lands after the
  * delta was recorded as applied.
  */
+import { diskBlobName } from '../../domain/azure-layout.js';
 import { isRestError, type ContainerClient, type PageBlobClient, type PageBlobRequestConditions } from '@azure/storage-blob';
 import { OsrError } from '../../domain/errors.js';
 import { safeName } from '../../domain/names.js';
@@ -79,7 +80,7 @@ export class PageBlobDisk {
   /** The blob of disk `name` in `container`, made (with its footer) if it does not exist, checked if it does. */
   static async open(container: ContainerClient, name: string, size: number, o: PageBlobDiskOptions = {}): Promise<PageBlobDisk> {
     safeName(name, 'disk name');
-    const blob = container.getPageBlobClient(`disks/${name}.vhd`);
+    const blob = container.getPageBlobClient(diskBlobName(name));
     const disk = new PageBlobDisk(blob, name, size, Math.max(1, o.inFlight ?? 32));
     const length = pageBlobBytes(size);
     try {

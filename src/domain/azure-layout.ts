@@ -1,0 +1,99 @@
+/**
+ * The layout of a VM's replica in its Azure storage container (docs/design/azure.md), as
+ * both sides read it: the agent that writes the replica (src/agent/azure) and the Azure
+ * driver that fails over from its points (src/drivers/azure). One page blob per disk, a
+ * snapshot of each per recovery point with the point in its metadata, and `replica.json`.
+ */
+
+export const RECORD_BLOB = 'replica.json';
+/** The most replica.json may be: it holds a few disks' names and numbers. */
+export const MAX_RECORD_BYTES = 1024 * 1024;
+
+/** The live blob of a disk (its name checked by the caller). */
+export function diskBlobName(disk: string): string {
+  return `disks/${disk}.vhd`;
+}
+
+const META = { seq: 'osrseq', time: 'osrtime', consistency: 'osrconsistency', deltaBytes: 'osrdeltabytes', generation: 'osrgen' } as const;
+
+/** A recovery point as a snapshot's metadata carries it. */
+export interface BlobPointMeta {
+  seq: number;
+  timeMs: number;
+  consistency: 'crash-consistent' | 'app-consistent';
+  /** bytes of guest data the delta carried */
+  deltaBytes: number;
+}
+
+export function pointMetadata(p: BlobPointMeta, generation: string): Record<string, string> {
+  return { [META.seq]: String(p.seq), [META.time]: String(p.timeMs), [META.consistency]: p.consistency, [META.deltaBytes]: String(p.deltaBytes), [META.generation]: generation };
+}
+
+/** A snapshot's metadata as a point of this generation of the replica, or undefined (not osr's, or of an earlier copy). */
+export function parsePointMetadata(m: Record<string, string> | undefined, generation: string): BlobPointMeta | undefined {
+  if (!m || m[META.generation] !== generation) return undefined;
+  const seq = Number(m[META.seq]);
+  const timeMs = Number(m[META.time]);
+  const deltaBytes = Number(m[META.deltaBytes] ?? 0);
+  const consistency = m[META.consistency];
+  if (!Number.isSafeInteger(seq) || seq < 0 || !Number.isSafeInteger(timeMs) || !Number.isSafeInteger(deltaBytes)) return undefined;
+  if (consistency !== 'crash-consistent' && consistency !== 'app-consistent') return undefined;
+  return { seq, timeMs, consistency, deltaBytes };
+}
+
+/** A disk's snapshot as a listing of the container gives it. */
+export interface SnapshotEntry {
+  /** the blob's name */
+  name: string;
+  snapshot: string;
+  metadata?: Record<string, string> | undefined;
+}
+
+export interface PointSet {
+  point: BlobPointMeta;
+  /** one snapshot per disk that has one: the first the listing gave */
+  snapshots: { disk: string; snapshot: string }[];
+  /** every snapshot carrying the point (a snapshot made again after a lost answer is one more) */
+  every: { disk: string; snapshot: string }[];
+  /** every disk of the replica has its snapshot: only then is it a point */
+  complete: boolean;
+}
+
+/** Group a container's snapshots into point sets, in order of their numbers. */
+export function groupPointSets(entries: Iterable<SnapshotEntry>, disks: readonly string[], generation: string): PointSet[] {
+  const byBlob = new Map(disks.map((d) => [diskBlobName(d), d]));
+  const sets = new Map<number, Omit<PointSet, 'complete'>>();
+  for (const e of entries) {
+    const disk = byBlob.get(e.name);
+    if (disk === undefined) continue;
+    const point = parsePointMetadata(e.metadata, generation);
+    if (!point) continue;
+    const set = sets.get(point.seq) ?? { point, snapshots: [], every: [] };
+    if (!set.snapshots.some((s) => s.disk === disk)) set.snapshots.push({ disk, snapshot: e.snapshot });
+    set.every.push({ disk, snapshot: e.snapshot });
+    sets.set(point.seq, set);
+  }
+  return [...sets.values()].sort((a, b) => a.point.seq - b.point.seq).map((s) => ({ ...s, complete: s.snapshots.length === disks.length }));
+}
+
+/** What a reader of the replica needs of replica.json. */
+export interface ReplicaRecordView {
+  vmId: string;
+  vmName: string;
+  generation: string;
+  disks: { id: string; name: string; size: number }[];
+}
+
+/** replica.json's text as a view, or undefined when it is not an osr replica record (the storage account is not trusted). */
+export function parseReplicaRecordView(text: string): ReplicaRecordView | undefined {
+  let r: unknown;
+  try {
+    r = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const x = r as Partial<ReplicaRecordView> & { version?: unknown };
+  if (typeof x !== 'object' || x === null || x.version !== 1 || typeof x.vmId !== 'string' || typeof x.vmName !== 'string' || typeof x.generation !== 'string') return undefined;
+  if (!Array.isArray(x.disks) || !x.disks.every((d) => typeof d?.id === 'string' && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size > 0)) return undefined;
+  return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })) };
+}

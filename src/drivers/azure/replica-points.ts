@@ -1,0 +1,51 @@
+/**
+ * The recovery points of a VM's replica in its container, as the Azure driver reads them to
+ * offer and fail over from (the layout is src/domain/azure-layout.ts; the agent writes it).
+ * Only complete sets are points: a set a crash left short of a disk is not offered.
+ */
+import type { BlobClient, ContainerClient } from '@azure/storage-blob';
+import { OsrError } from '../../domain/errors.js';
+import { diskBlobName, groupPointSets, MAX_RECORD_BYTES, parseReplicaRecordView, RECORD_BLOB, type PointSet, type ReplicaRecordView, type SnapshotEntry } from '../../domain/azure-layout.js';
+
+export interface ReplicaPoints {
+  record: ReplicaRecordView;
+  points: PointSet[];
+}
+
+export async function readReplicaPoints(container: ContainerClient): Promise<ReplicaPoints> {
+  let text: string;
+  try {
+    const blob = container.getBlockBlobClient(RECORD_BLOB);
+    const props = await blob.getProperties();
+    if ((props.contentLength ?? 0) > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is ${props.contentLength} bytes; an osr replica record is far smaller`);
+    text = (await blob.downloadToBuffer(0, props.contentLength)).toString('utf8');
+  } catch (e) {
+    if (e instanceof OsrError) throw e;
+    const status = (e as { statusCode?: number }).statusCode;
+    if (status === 404) throw new OsrError('NOT_FOUND', `container ${container.containerName} holds no osr replica`, undefined, { cause: e });
+    throw new OsrError('AZURE_STORAGE_ERROR', `reading the replica record in ${container.containerName}: ${(e as Error).message}`, { status: status ?? null }, { cause: e });
+  }
+  const record = parseReplicaRecordView(text);
+  if (!record) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is not an osr replica record`);
+  const entries: SnapshotEntry[] = [];
+  try {
+    for await (const b of container.listBlobsFlat({ includeSnapshots: true, includeMetadata: true, prefix: 'disks/' })) {
+      if (b.snapshot) entries.push({ name: b.name, snapshot: b.snapshot, metadata: b.metadata });
+    }
+  } catch (e) {
+    throw new OsrError('AZURE_STORAGE_ERROR', `listing the recovery points in ${container.containerName}: ${(e as Error).message}`, undefined, { cause: e });
+  }
+  const points = groupPointSets(
+    entries,
+    record.disks.map((d) => d.name),
+    record.generation,
+  ).filter((s) => s.complete);
+  return { record, points };
+}
+
+/** The snapshots of point `seq`, one client per disk in the record's order (the OS disk first), to fail over from. */
+export function pointDisks(container: ContainerClient, r: ReplicaPoints, seq: number): { name: string; sizeBytes: number; snapshot: BlobClient }[] {
+  const set = r.points.find((p) => p.point.seq === seq);
+  if (!set) throw new OsrError('NOT_FOUND', `the replica in ${container.containerName} has no recovery point ${seq}`, { points: r.points.map((p) => p.point.seq) });
+  return r.record.disks.map((d) => ({ name: d.name, sizeBytes: d.size, snapshot: container.getBlobClient(diskBlobName(d.name)).withSnapshot(set.snapshots.find((s) => s.disk === d.name)!.snapshot) }));
+}

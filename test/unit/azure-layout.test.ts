@@ -1,0 +1,37 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { groupPointSets, parseReplicaRecordView, pointMetadata } from '../../src/domain/azure-layout.js';
+
+const p = (seq: number) => ({ seq, timeMs: 1_700_000_000_000 + seq, consistency: 'crash-consistent' as const, deltaBytes: 10 });
+
+test('point sets: only this generation\'s snapshots, complete only with every disk, a snapshot made twice kept with its set', () => {
+  const entries = [
+    { name: 'disks/sda.vhd', snapshot: 's1a', metadata: pointMetadata(p(1), 'g2') },
+    { name: 'disks/sdb.vhd', snapshot: 's1b', metadata: pointMetadata(p(1), 'g2') },
+    { name: 'disks/sda.vhd', snapshot: 's1a2', metadata: pointMetadata(p(1), 'g2') },
+    // a crash left point 2 short of sdb
+    { name: 'disks/sda.vhd', snapshot: 's2a', metadata: pointMetadata(p(2), 'g2') },
+    // an earlier copy's point (before a start over), and snapshots that are not osr's
+    { name: 'disks/sda.vhd', snapshot: 'old', metadata: pointMetadata(p(9), 'g1') },
+    { name: 'disks/sdb.vhd', snapshot: 'old', metadata: pointMetadata(p(9), 'g1') },
+    { name: 'disks/sda.vhd', snapshot: 'manual', metadata: { note: 'by hand' } },
+    { name: 'disks/other.vhd', snapshot: 'x', metadata: pointMetadata(p(1), 'g2') },
+    { name: 'disks/sdb.vhd', snapshot: 'bad', metadata: { ...pointMetadata(p(3), 'g2'), osrconsistency: 'maybe' } },
+  ];
+  const sets = groupPointSets(entries, ['sda', 'sdb'], 'g2');
+  assert.deepEqual(
+    sets.map((s) => [s.point.seq, s.complete, s.snapshots.map((x) => x.snapshot), s.every.length]),
+    [
+      [1, true, ['s1a', 's1b'], 3],
+      [2, false, ['s2a'], 1],
+    ],
+  );
+});
+
+test('a replica record read back is taken only when it has the shape osr writes', () => {
+  const good = { version: 1, vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }], extra: true };
+  assert.deepEqual(parseReplicaRecordView(JSON.stringify(good)), { vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }] });
+  for (const bad of ['not json', 'null', '[]', JSON.stringify({ ...good, version: 2 }), JSON.stringify({ ...good, generation: 5 }), JSON.stringify({ ...good, disks: [{ id: 'd', name: 'sda', size: -1 }] }), JSON.stringify({ ...good, disks: 'sda' })]) {
+    assert.equal(parseReplicaRecordView(bad), undefined, bad);
+  }
+});
