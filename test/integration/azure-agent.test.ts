@@ -114,6 +114,20 @@ test('a lab VM replicated to Azure storage by its agent: every point equals the 
   const renewed = generateBlobSASQueryParameters({ containerName, permissions: ContainerSASPermissions.parse('racwdl'), expiresOn: new Date(Date.now() + 7200_000) }, az().credential).toString();
   await agent.api.put(`/v1/replications/${String(spec.id)}/azure-sas`, { sas: renewed });
   assert.equal(JSON.parse(fs.readFileSync(accessFile, 'utf8')).sas, renewed);
+  // a SAS the account refuses: the replication says so, and takes a renewed one without a restart
+  const latest = (await health(agent, 'web1')).latestPoint!.seq;
+  const forged = renewed.replace(/sig=[^&]+/, `sig=${encodeURIComponent(Buffer.alloc(32, 7).toString('base64'))}`);
+  await agent.api.put(`/v1/replications/${String(spec.id)}/azure-sas`, { sas: forged });
+  await stopAgentProcess(agent, 'SIGTERM');
+  agent = await restartAgentProcess(agent);
+  await writePattern(disks[1]!.nbd.unix, { writes: 20, seed: 99 });
+  await agent.api.post('/v1/replications/web1/cycle');
+  await waitFor('the refused SAS reported', async () => ((await health(agent!, 'web1')).lastError?.code === 'AUTH_FAILED' ? true : undefined), 60_000, 100);
+  await agent.api.put(`/v1/replications/${String(spec.id)}/azure-sas`, { sas: renewed });
+  await agent.api.post('/v1/replications/web1/retry');
+  await waitForPoint(agent, 'web1', latest + 1, 120_000);
+  const log2 = fs.readFileSync(path.join(dir, 'primary.log'), 'utf8');
+  for (const s of [renewed, forged]) assert.ok(!log2.includes(new URLSearchParams(s).get('sig')!), 'no log line carries a SAS');
   await agent.api.delete(`/v1/replications/${String(spec.id)}`);
   assert.equal(fs.existsSync(accessFile), false);
 });
