@@ -1,0 +1,149 @@
+/**
+ * The Azure fabric's site file (`osr provider --fabric azure --config azure.yaml`,
+ * docs/design/azure.md): the subscription, the resource group and region osr makes its
+ * resources in, the storage account that holds the replicas, and the service principal
+ * the provider signs in as. Secrets are never in the site file: it names files that hold
+ * them, and a file that others may read is refused. Every field is checked here; a wrong
+ * one is refused with CONFIG_INVALID naming it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { OsrError } from '../../domain/errors.js';
+import { fail, mapping, optionalText, safe, text, type Node } from '../site-fields.js';
+
+export interface AzureSiteConfig {
+  /** the fabric's name */
+  name: string;
+  /** the provider's state (absolute) */
+  dir: string;
+  subscriptionId: string;
+  resourceGroup: string;
+  location: string;
+  storageAccount: {
+    name: string;
+    /** the Blob service's URL (default https://NAME.blob.core.windows.net) */
+    blobEndpoint: string;
+    /** its Resource Manager id, which a disk import names */
+    resourceId: string;
+    /** a file holding the account's shared key; without one the service principal's role on the account is used */
+    keyFile?: string | undefined;
+  };
+  credential: {
+    tenantId: string;
+    clientId: string;
+    /** a file holding the client secret, or a PEM file with the certificate and its key */
+    clientSecretFile?: string | undefined;
+    certificateFile?: string | undefined;
+  };
+  /** other endpoints than Azure's public cloud (a sovereign cloud, or the lab's emulators) */
+  endpoints?: { resourceManager?: string | undefined; authorityHost?: string | undefined; caFile?: string | undefined } | undefined;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** Azure's rules: a resource group 1–90 of letters, digits, . _ - ( ); a storage account 3–24 lower-case letters and digits; a region's name */
+const RESOURCE_GROUP = /^[-\w.()]{1,89}[-\w()]$/;
+const STORAGE_ACCOUNT = /^[a-z0-9]{3,24}$/;
+const LOCATION = /^[a-z0-9]{2,40}$/;
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+function uuid(v: unknown, field: string): string {
+  const s = text(v, field);
+  if (!UUID.test(s)) throw fail(field, `"${s}" is not a GUID`);
+  return s.toLowerCase();
+}
+
+function matching(v: unknown, field: string, re: RegExp, what: string): string {
+  const s = text(v, field);
+  if (!re.test(s)) throw fail(field, `"${s}" is not ${what}`);
+  return s;
+}
+
+/** An https URL (plain http only to this machine's loopback: an emulator), with no query or credentials. */
+function endpoint(v: unknown, field: string): string {
+  const s = text(v, field);
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw fail(field, `"${s}" is not a URL`);
+  }
+  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && LOOPBACK.has(u.hostname))) throw fail(field, 'must be https (plain http only to an emulator on this machine)');
+  if (u.username || u.password || u.search || u.hash) throw fail(field, 'carries no credentials, query or fragment');
+  return s.replace(/\/+$/, '');
+}
+
+/** A file that holds a secret: absolute, and readable by its owner only. */
+function secretFile(v: unknown, field: string, base: string): string | undefined {
+  const s = optionalText(v, field);
+  if (s === undefined) return undefined;
+  const file = path.resolve(base, s);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    throw fail(field, `names ${file}, which cannot be read`);
+  }
+  if (!st.isFile()) throw fail(field, `names ${file}, which is not a file`);
+  if ((st.mode & 0o077) !== 0) throw fail(field, `names ${file}, which others may read (mode ${(st.mode & 0o777).toString(8)}): chmod 600 it`);
+  return file;
+}
+
+/** Refuse a field the mapping does not have (a secret written in the file itself, a typo). */
+function onlyFields(m: Node, field: string, known: readonly string[]): void {
+  for (const k of Object.keys(m)) {
+    if (known.includes(k)) continue;
+    if (/secret|key|password/i.test(k)) throw fail(`${field}${k}`, 'is not a field: secrets are never in the site file; name a file that holds it (clientSecretFile, keyFile)');
+    throw fail(`${field}${k}`, 'is not a field of an Azure site file');
+  }
+}
+
+export function parseAzureSite(yamlText: string, base: string): AzureSiteConfig {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(yamlText);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `site file is not valid YAML: ${(e as Error).message}`);
+  }
+  const root: Node = mapping(doc, 'the site file');
+  const name = safe(root.name, 'name');
+  const dir = path.resolve(base, text(root.dir ?? `state-${name}`, 'dir'));
+  const subscriptionId = uuid(root.subscriptionId, 'subscriptionId');
+  const resourceGroup = matching(root.resourceGroup, 'resourceGroup', RESOURCE_GROUP, 'a resource group name');
+  const location = matching(root.location, 'location', LOCATION, 'a region name (westeurope, eastus2, …)');
+  const sa = mapping(root.storageAccount, 'storageAccount');
+  onlyFields(sa, 'storageAccount.', ['name', 'blobEndpoint', 'resourceId', 'keyFile']);
+  const saName = matching(sa.name, 'storageAccount.name', STORAGE_ACCOUNT, 'a storage account name (3 to 24 lower-case letters and digits)');
+  const storageAccount = {
+    name: saName,
+    blobEndpoint: sa.blobEndpoint === undefined ? `https://${saName}.blob.core.windows.net` : endpoint(sa.blobEndpoint, 'storageAccount.blobEndpoint'),
+    resourceId: sa.resourceId === undefined ? `/subscriptions/${subscriptionId}/resourceGroups/${resourceGroup}/providers/Microsoft.Storage/storageAccounts/${saName}` : text(sa.resourceId, 'storageAccount.resourceId'),
+    keyFile: secretFile(sa.keyFile, 'storageAccount.keyFile', base),
+  };
+  if (!/^\/subscriptions\/[^/]+\/resourceGroups\/[^/]+\/providers\/Microsoft\.Storage\/storageAccounts\/[a-z0-9]{3,24}$/i.test(storageAccount.resourceId)) {
+    throw fail('storageAccount.resourceId', 'is not a storage account\'s Resource Manager id');
+  }
+  const c = mapping(root.credential, 'credential');
+  onlyFields(c, 'credential.', ['tenantId', 'clientId', 'clientSecretFile', 'certificateFile']);
+  const credential = {
+    tenantId: uuid(c.tenantId, 'credential.tenantId'),
+    clientId: uuid(c.clientId, 'credential.clientId'),
+    clientSecretFile: secretFile(c.clientSecretFile, 'credential.clientSecretFile', base),
+    certificateFile: secretFile(c.certificateFile, 'credential.certificateFile', base),
+  };
+  if ((credential.clientSecretFile === undefined) === (credential.certificateFile === undefined)) {
+    throw fail('credential', 'names one of clientSecretFile and certificateFile (the service principal\'s secret or its certificate)');
+  }
+  let endpoints: AzureSiteConfig['endpoints'];
+  if (root.endpoints !== undefined) {
+    const e = mapping(root.endpoints, 'endpoints');
+    onlyFields(e, 'endpoints.', ['resourceManager', 'authorityHost', 'caFile']);
+    endpoints = {
+      resourceManager: e.resourceManager === undefined ? undefined : endpoint(e.resourceManager, 'endpoints.resourceManager'),
+      authorityHost: e.authorityHost === undefined ? undefined : endpoint(e.authorityHost, 'endpoints.authorityHost'),
+      caFile: optionalText(e.caFile, 'endpoints.caFile') === undefined ? undefined : path.resolve(base, text(e.caFile, 'endpoints.caFile')),
+    };
+  }
+  onlyFields(root, '', ['name', 'dir', 'subscriptionId', 'resourceGroup', 'location', 'storageAccount', 'credential', 'endpoints']);
+  return { name, dir, subscriptionId, resourceGroup, location, storageAccount, credential, endpoints };
+}
