@@ -231,11 +231,20 @@ vm.command('nbd-uri <name> [disk]')
   });
 
 // ---- replication -----------------------------------------------------------------------
-const rep = program.command('replication').description('replicate VMs from this agent (the primary) to a replica agent');
+const rep = program.command('replication').description('replicate VMs from this agent (the primary) to a replica agent or an Azure storage container');
+
+/** A SAS from a file only its owner may read: never from the command line, where other users see it. */
+function readSasFile(file: string): string {
+  const st = fs.statSync(file);
+  if ((st.mode & 0o077) !== 0) throw new OsrError('INVALID_ARGUMENT', `${file} may be read by others (mode ${(st.mode & 0o777).toString(8)}): a SAS is a secret; chmod 600 it`);
+  return fs.readFileSync(file, 'utf8').trim().replace(/^\?/, '');
+}
+
 rep
   .command('enable <vm>')
   .description('start replicating a VM: initial replication, then a delta every copy cycle')
-  .requiredOption('--to <host:port>', `replica agent address (default port ${DEFAULT_REPLICATION_PORT})`)
+  .requiredOption('--to <host:port|container URL>', `replica agent address (default port ${DEFAULT_REPLICATION_PORT}), or an Azure storage container's URL (https://ACCOUNT.blob.core.windows.net/CONTAINER) with --azure-sas-file`)
+  .option('--azure-sas-file <file>', 'a file (mode 600) holding the SAS that grants this agent access to the container of --to')
   .option('--servername <name>', 'name the replica agent\'s certificate must carry (default: the host of --to)')
   .option('--peer-name <agent>', 'the replica agent\'s name: its certificate\'s common name must be this')
   .option('--frequency <duration>', 'copy frequency: 30s, 5m or 15m (any value for tests)', '5m')
@@ -250,10 +259,13 @@ rep
   .addOption(new Option('--initial <method>', 'initial replication over the network, or offline: written to --export-dir and imported at the replica').choices(['online', 'offline']).default('online'))
   .option('--export-dir <dir>', 'where an offline initial replication writes its export')
   .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
-    const to = hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
+    const azure = /^https?:\/\//i.test(String(o.to));
+    if (azure !== (typeof o.azureSasFile === 'string')) throw new OsrError('INVALID_ARGUMENT', azure ? 'a container URL needs --azure-sas-file' : '--azure-sas-file goes with a container URL in --to');
+    const to = azure ? undefined : hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
     const spec = await client().post<{ id: string }>('/v1/replications', {
       vm: vmName,
-      peer: `${to.host}:${to.port}`,
+      peer: to ? `${to.host}:${to.port}` : String(o.to),
+      azureSas: typeof o.azureSasFile === 'string' ? readSasFile(o.azureSasFile) : undefined,
       servername: o.servername,
       peerName: o.peerName,
       copyFrequency: o.frequency,
@@ -282,6 +294,14 @@ const repRow = (h: ReplicationHealth) => ({
   lastError: h.lastError ? h.lastError.code : null,
   progress: h.initial && !h.initial.completedAt ? `${((h.initial.doneBytes / h.initial.totalBytes) * 100).toFixed(1)}%` : h.resync && !h.resync.completedAt ? `resync ${h.resync.percent.toFixed(1)}%` : null,
 });
+rep
+  .command('azure-sas <id>')
+  .description('give a replication to Azure storage a renewed SAS for its container (id or VM name)')
+  .requiredOption('--sas-file <file>', 'a file (mode 600) holding the new SAS')
+  .action(async (id: string, o: { sasFile: string }) => {
+    await client().put(`/v1/replications/${encodeURIComponent(id)}/azure-sas`, { sas: readSasFile(o.sasFile) });
+    print({ id, renewed: true }, () => `replication ${id} takes the new SAS at its next connection`);
+  });
 rep
   .command('list')
   .description('replications of this agent with state, health and RPO')
