@@ -4,6 +4,7 @@
  * talk to an agent's local API (--agent, or OSR_AGENT: its Unix socket, or a TCP address
  * with --agent-token-file).
  */
+import { readOwnerOnlyFile } from '../drivers/site-fields.js';
 import './runtime-check.js';
 import './threadpool.js';
 import { Command, Option } from 'commander';
@@ -235,9 +236,7 @@ const rep = program.command('replication').description('replicate VMs from this 
 
 /** A SAS from a file only its owner may read: never from the command line, where other users see it. */
 function readSasFile(file: string): string {
-  const st = fs.statSync(file);
-  if ((st.mode & 0o077) !== 0) throw new OsrError('INVALID_ARGUMENT', `${file} may be read by others (mode ${(st.mode & 0o777).toString(8)}): a SAS is a secret; chmod 600 it`);
-  return fs.readFileSync(file, 'utf8').trim().replace(/^\?/, '');
+  return readOwnerOnlyFile(path.resolve(file), 'the SAS file', { code: 'INVALID_ARGUMENT' }).replace(/^\?/, '');
 }
 
 rep
@@ -261,6 +260,9 @@ rep
   .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
     const azure = /^https?:\/\//i.test(String(o.to));
     if (azure !== (typeof o.azureSasFile === 'string')) throw new OsrError('INVALID_ARGUMENT', azure ? 'a container URL needs --azure-sas-file' : '--azure-sas-file goes with a container URL in --to');
+    if (azure && (o.servername !== undefined || o.peerName !== undefined || o.compress === true)) {
+      throw new OsrError('INVALID_ARGUMENT', '--servername, --peer-name and --compress are for a replica agent; the agent writes an Azure container itself');
+    }
     const to = azure ? undefined : hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
     const spec = await client().post<{ id: string }>('/v1/replications', {
       vm: vmName,

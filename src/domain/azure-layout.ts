@@ -5,6 +5,8 @@
  * snapshot of each per recovery point with the point in its metadata, and `replica.json`.
  */
 
+import { MAX_DISK_BYTES, isSafeName } from './names.js';
+
 export const RECORD_BLOB = 'replica.json';
 /** The most replica.json may be: it holds a few disks' names and numbers. */
 export const MAX_RECORD_BYTES = 1024 * 1024;
@@ -32,9 +34,11 @@ export function pointMetadata(p: BlobPointMeta, generation: string): Record<stri
 /** A snapshot's metadata as a point of this generation of the replica, or undefined (not osr's, or of an earlier copy). */
 export function parsePointMetadata(m: Record<string, string> | undefined, generation: string): BlobPointMeta | undefined {
   if (!m || m[META.generation] !== generation) return undefined;
-  const seq = Number(m[META.seq]);
-  const timeMs = Number(m[META.time]);
-  const deltaBytes = Number(m[META.deltaBytes] ?? 0);
+  // decimal digits only: Number() would take '', '0x5' or ' 7 '
+  const int = (v: string | undefined): number => (v !== undefined && /^\d{1,16}$/.test(v) ? Number(v) : NaN);
+  const seq = int(m[META.seq]);
+  const timeMs = int(m[META.time]);
+  const deltaBytes = m[META.deltaBytes] === undefined ? 0 : int(m[META.deltaBytes]);
   const consistency = m[META.consistency];
   if (!Number.isSafeInteger(seq) || seq < 0 || !Number.isSafeInteger(timeMs) || !Number.isSafeInteger(deltaBytes)) return undefined;
   if (consistency !== 'crash-consistent' && consistency !== 'app-consistent') return undefined;
@@ -62,18 +66,20 @@ export interface PointSet {
 /** Group a container's snapshots into point sets, in order of their numbers. */
 export function groupPointSets(entries: Iterable<SnapshotEntry>, disks: readonly string[], generation: string): PointSet[] {
   const byBlob = new Map(disks.map((d) => [diskBlobName(d), d]));
-  const sets = new Map<number, Omit<PointSet, 'complete'>>();
+  const sets = new Map<number, Omit<PointSet, 'complete'> & { agree: boolean }>();
   for (const e of entries) {
     const disk = byBlob.get(e.name);
     if (disk === undefined) continue;
     const point = parsePointMetadata(e.metadata, generation);
     if (!point) continue;
-    const set = sets.get(point.seq) ?? { point, snapshots: [], every: [] };
+    const set = sets.get(point.seq) ?? { point, snapshots: [], every: [], agree: true };
+    // every disk's snapshot of a point says the same of it, or the set is not a point
+    if (point.timeMs !== set.point.timeMs || point.consistency !== set.point.consistency || point.deltaBytes !== set.point.deltaBytes) set.agree = false;
     if (!set.snapshots.some((s) => s.disk === disk)) set.snapshots.push({ disk, snapshot: e.snapshot });
     set.every.push({ disk, snapshot: e.snapshot });
     sets.set(point.seq, set);
   }
-  return [...sets.values()].sort((a, b) => a.point.seq - b.point.seq).map((s) => ({ ...s, complete: s.snapshots.length === disks.length }));
+  return [...sets.values()].sort((a, b) => a.point.seq - b.point.seq).map(({ agree, ...s }) => ({ ...s, complete: agree && disks.length > 0 && s.snapshots.length === disks.length }));
 }
 
 /** What a reader of the replica needs of replica.json. */
@@ -94,6 +100,8 @@ export function parseReplicaRecordView(text: string): ReplicaRecordView | undefi
   }
   const x = r as Partial<ReplicaRecordView> & { version?: unknown };
   if (typeof x !== 'object' || x === null || x.version !== 1 || typeof x.vmId !== 'string' || typeof x.vmName !== 'string' || typeof x.generation !== 'string') return undefined;
-  if (!Array.isArray(x.disks) || !x.disks.every((d) => typeof d?.id === 'string' && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size > 0)) return undefined;
+  if (!Array.isArray(x.disks) || x.disks.length === 0 || x.disks.length > 64) return undefined;
+  if (!x.disks.every((d) => typeof d?.id === 'string' && typeof d.name === 'string' && isSafeName(d.name) && Number.isSafeInteger(d.size) && d.size > 0 && d.size <= MAX_DISK_BYTES)) return undefined;
+  if (new Set(x.disks.map((d) => d.name)).size !== x.disks.length) return undefined;
   return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })) };
 }

@@ -2,6 +2,7 @@
  * Checks of a fabric's site file fields (YAML), shared by the fabrics' drivers: a wrong
  * field is refused with CONFIG_INVALID naming it.
  */
+import fs from 'node:fs';
 import { OsrError } from '../domain/errors.js';
 import { isSafeName } from '../domain/names.js';
 
@@ -39,5 +40,41 @@ export function unique(values: string[], field: string): void {
   for (const v of values) {
     if (seen.has(v)) throw fail(field, `names "${v}" twice`);
     seen.add(v);
+  }
+}
+
+/**
+ * Read a file that holds a secret: a regular file (a symbolic link is not followed), owned
+ * by this process's user or root, that no one else may read, of at most `maxBytes`. Read
+ * from the descriptor that was checked, so a file swapped in between is not read.
+ */
+export function readOwnerOnlyFile(file: string, what: string, o: { code?: 'CONFIG_INVALID' | 'INVALID_ARGUMENT'; maxBytes?: number } = {}): string {
+  const refuse = (why: string) => new OsrError(o.code ?? 'CONFIG_INVALID', `${what}: ${file} ${why}`);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    throw refuse(`cannot be opened (${(e as NodeJS.ErrnoException).code ?? 'error'}; a symbolic link is not followed)`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw refuse('is not a regular file');
+    const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
+    if (uid !== undefined && st.uid !== uid && st.uid !== 0) throw refuse(`is owned by user ${st.uid}, not by this user or root`);
+    if ((st.mode & 0o077) !== 0) throw refuse(`may be read by others (mode ${(st.mode & 0o777).toString(8)}): a secret's file is chmod 600`);
+    const max = o.maxBytes ?? 64 * 1024;
+    if (st.size > max) throw refuse(`is ${st.size} bytes; a secret's file is at most ${max}`);
+    const buf = Buffer.alloc(st.size);
+    let n = 0;
+    while (n < buf.length) {
+      const r = fs.readSync(fd, buf, n, buf.length - n, n);
+      if (r === 0) break;
+      n += r;
+    }
+    const text = buf.subarray(0, n).toString('utf8').trim();
+    if (text === '') throw refuse('is empty');
+    return text;
+  } finally {
+    fs.closeSync(fd);
   }
 }

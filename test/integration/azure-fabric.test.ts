@@ -13,6 +13,10 @@ import { azureInventory } from '../../src/drivers/azure/inventory.js';
 import { AzureRecovery } from '../../src/drivers/azure/recovery.js';
 import { parseAzureSite } from '../../src/drivers/azure/site.js';
 import { assertThrowsCode, withDir } from '../support/unit.js';
+import { openDatabase, Dialect } from '../../src/store/database.js';
+import { FabricStore } from '../../src/store/inventory.js';
+import { AZURE_CAPABILITIES } from '../../src/drivers/azure/capabilities.js';
+import { createTestDatabase } from '../support/databases.js';
 
 let azurite: Azurite;
 let arm: FakeArm;
@@ -68,6 +72,10 @@ test(
     fs.writeFileSync(path.join(dir, 'open.key'), AZURITE_KEY, { mode: 0o644 });
     fs.chmodSync(path.join(dir, 'open.key'), 0o644);
     refused(siteYaml(dir, { keyFile: 'open.key' }), 'keyFile');
+    fs.symlinkSync(path.join(dir, 'account.key'), path.join(dir, 'link.key'));
+    refused(siteYaml(dir, { keyFile: 'link.key' }), 'symbolic link is not followed');
+    refused(siteYaml(dir, { subscriptionId: 'not-a-real-secret' }), 'subscriptionId is not a GUID$');
+    refused(siteYaml(dir, { keyFile: 'account.key\n  resourceId: /subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/elsewhere' }), 'resourceId names another storage account');
   }),
 );
 
@@ -83,8 +91,21 @@ test(
     const recovery = new AzureRecovery(clients.compute, clients.network, container, { subscriptionId: site.subscriptionId, resourceGroup: site.resourceGroup, location: site.location, storageAccountId: site.storageAccount.resourceId }, { pollMs: 20 });
     await recovery.createDrillNetwork({ itemId: 'item-1', jobId: 'job-drill-9', name: 'osr-drill-9', addressPrefix: '10.99.9.0/24' });
     const inv = await azureInventory(site, clients.network);
-    assert.deepEqual(inv.vmNetworks, [{ id: 'prod', name: 'prod', logicalNetwork: 'prod', subnets: [{ name: 'web', cidr: '10.30.1.0/24' }, { name: 'db', cidr: '10.30.2.0/24' }] }]);
-    assert.deepEqual(inv.hosts.map((h) => [h.id, h.logicalNetworks]), [['azure-westeurope', ['prod']]]);
+    assert.deepEqual(inv.vmNetworks, [{ id: 'prod', name: 'prod', logicalNetwork: 'ln-prod', subnets: [{ name: 'web', cidr: '10.30.1.0/24' }, { name: 'db', cidr: '10.30.2.0/24' }] }]);
+    assert.deepEqual(inv.hosts.map((h) => [h.id, h.logicalNetworks]), [['azure-westeurope', ['ln-prod']]]);
+    // the vault takes it as a fabric's inventory (ids unique across kinds, of the characters it allows)
+    const db = await createTestDatabase(Dialect.Sqlite);
+    const d = await openDatabase({ database: db.database, dataDir: db.dataDir });
+    try {
+      const fabrics = new FabricStore(d.db);
+      const { fabric, provider } = await fabrics.registerProvider({ providerId: 'prov-az', fabricName: 'azure-we', fabricKind: 'azure', serverName: 'westeurope', version: '1', certSerial: '02', certFingerprint: 'BB', proxy: null, inventoryScope: 'all' });
+      await fabrics.heartbeat(provider.id, AZURE_CAPABILITIES);
+      const changes = await fabrics.replaceInventory(fabric.id, inv);
+      assert.ok(changes.some((c) => c.kind === 'vm-network' && c.name === 'prod'), JSON.stringify(changes.map((c) => [c.kind, c.id])));
+    } finally {
+      await d.close();
+      await db.drop();
+    }
     assert.deepEqual(inv.storageClassifications.map((c) => c.id), ['Standard_LRS', 'StandardSSD_LRS', 'Premium_LRS']);
     assert.deepEqual(inv.storageLocations.map((l) => l.path), Array(3).fill(azurite.url));
     assert.deepEqual(arm.violations, []);

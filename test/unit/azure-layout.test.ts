@@ -17,6 +17,10 @@ test('point sets: only this generation\'s snapshots, complete only with every di
     { name: 'disks/sda.vhd', snapshot: 'manual', metadata: { note: 'by hand' } },
     { name: 'disks/other.vhd', snapshot: 'x', metadata: pointMetadata(p(1), 'g2') },
     { name: 'disks/sdb.vhd', snapshot: 'bad', metadata: { ...pointMetadata(p(3), 'g2'), osrconsistency: 'maybe' } },
+    { name: 'disks/sda.vhd', snapshot: 'hex', metadata: { ...pointMetadata(p(5), 'g2'), osrseq: '0x5' } },
+    // two tries at point 4 that disagree on what it is: no point
+    { name: 'disks/sda.vhd', snapshot: 's4a', metadata: pointMetadata(p(4), 'g2') },
+    { name: 'disks/sdb.vhd', snapshot: 's4b', metadata: { ...pointMetadata(p(4), 'g2'), osrtime: '1' } },
   ];
   const sets = groupPointSets(entries, ['sda', 'sdb'], 'g2');
   assert.deepEqual(
@@ -24,6 +28,7 @@ test('point sets: only this generation\'s snapshots, complete only with every di
     [
       [1, true, ['s1a', 's1b'], 3],
       [2, false, ['s2a'], 1],
+      [4, false, ['s4a', 's4b'], 2],
     ],
   );
 });
@@ -31,7 +36,7 @@ test('point sets: only this generation\'s snapshots, complete only with every di
 test('a replica record read back is taken only when it has the shape osr writes', () => {
   const good = { version: 1, vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }], extra: true };
   assert.deepEqual(parseReplicaRecordView(JSON.stringify(good)), { vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }] });
-  for (const bad of ['not json', 'null', '[]', JSON.stringify({ ...good, version: 2 }), JSON.stringify({ ...good, generation: 5 }), JSON.stringify({ ...good, disks: [{ id: 'd', name: 'sda', size: -1 }] }), JSON.stringify({ ...good, disks: 'sda' })]) {
+  for (const bad of ['not json', 'null', '[]', JSON.stringify({ ...good, version: 2 }), JSON.stringify({ ...good, generation: 5 }), JSON.stringify({ ...good, disks: [{ id: 'd', name: 'sda', size: -1 }] }), JSON.stringify({ ...good, disks: 'sda' }), JSON.stringify({ ...good, disks: [] }), JSON.stringify({ ...good, disks: [{ id: 'd', name: '../etc', size: 1024 }] }), JSON.stringify({ ...good, disks: [{ id: 'd', name: 'sda', size: 1024 }, { id: 'e', name: 'sda', size: 1024 }] })]) {
     assert.equal(parseReplicaRecordView(bad), undefined, bad);
   }
 });

@@ -9,7 +9,7 @@ import { ComputeManagementClient } from '@azure/arm-compute';
 import { NetworkManagementClient } from '@azure/arm-network';
 import { ClientCertificateCredential, ClientSecretCredential, type TokenCredential } from '@azure/identity';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
-import { OsrError } from '../../domain/errors.js';
+import { readOwnerOnlyFile } from '../site-fields.js';
 import type { AzureSiteConfig } from './site.js';
 
 export interface AzureClients {
@@ -19,11 +19,6 @@ export interface AzureClients {
   blobs: BlobServiceClient;
 }
 
-function readSecret(file: string, what: string): string {
-  const s = fs.readFileSync(file, 'utf8').trim();
-  if (s === '') throw new OsrError('CONFIG_INVALID', `${what} file ${file} is empty`);
-  return s;
-}
 
 /** The clients of a site; `credential` replaces the service principal's (a test's, or a managed identity's). */
 export function azureClients(site: AzureSiteConfig, o: { credential?: TokenCredential; retryDelayMs?: number } = {}): AzureClients {
@@ -32,8 +27,8 @@ export function azureClients(site: AzureSiteConfig, o: { credential?: TokenCrede
   const credential =
     o.credential ??
     (c.clientSecretFile !== undefined
-      ? new ClientSecretCredential(c.tenantId, c.clientId, readSecret(c.clientSecretFile, 'the client secret'), { authorityHost })
-      : new ClientCertificateCredential(c.tenantId, c.clientId, { certificatePath: c.certificateFile! }, { authorityHost }));
+      ? new ClientSecretCredential(c.tenantId, c.clientId, readOwnerOnlyFile(c.clientSecretFile, 'the client secret'), { authorityHost })
+      : new ClientCertificateCredential(c.tenantId, c.clientId, { certificate: readOwnerOnlyFile(c.certificateFile!, 'the client certificate') }, { authorityHost }));
   const ca = site.endpoints?.caFile !== undefined ? fs.readFileSync(site.endpoints.caFile, 'utf8') : undefined;
   const arm = {
     ...(site.endpoints?.resourceManager !== undefined ? { endpoint: site.endpoints.resourceManager } : {}),
@@ -41,6 +36,6 @@ export function azureClients(site: AzureSiteConfig, o: { credential?: TokenCrede
     retryOptions: { maxRetries: 6, ...(o.retryDelayMs !== undefined ? { retryDelayInMs: o.retryDelayMs, maxRetryDelayInMs: o.retryDelayMs * 10 } : {}) },
   };
   const sa = site.storageAccount;
-  const blobs = new BlobServiceClient(sa.blobEndpoint, sa.keyFile !== undefined ? new StorageSharedKeyCredential(sa.name, readSecret(sa.keyFile, 'the storage account key')) : credential);
+  const blobs = new BlobServiceClient(sa.blobEndpoint, sa.keyFile !== undefined ? new StorageSharedKeyCredential(sa.name, readOwnerOnlyFile(sa.keyFile, 'the storage account key')) : credential);
   return { credential, compute: new ComputeManagementClient(credential, site.subscriptionId, arm), network: new NetworkManagementClient(credential, site.subscriptionId, arm), blobs };
 }

@@ -21,26 +21,33 @@ export function azureHostId(site: Pick<AzureSiteConfig, 'location'>): string {
   return `azure-${site.location}`;
 }
 
+/** An inventory id: unique across every kind of the fabric's inventory, of the characters the vault takes. */
+const ID = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/;
+const idOf = (prefix: string, name: string): string => `${prefix}-${name.replace(/[^A-Za-z0-9._-]+/g, '-')}`.slice(0, 128);
+
 export async function azureInventory(site: AzureSiteConfig, network: NetworkManagementClient): Promise<InventoryDocument> {
   const vnets: { name: string; subnets: { name: string; cidr: string }[] }[] = [];
   try {
     for await (const v of network.virtualNetworks.list(site.resourceGroup)) {
       if (v.tags?.[OSR_TAG.role] !== undefined) continue;
       const subnets = (v.subnets ?? []).flatMap((s) => (s.name && s.addressPrefix ? [{ name: s.name, cidr: s.addressPrefix }] : []));
-      if (v.name) vnets.push({ name: v.name, subnets });
+      // a VM network's id is the virtual network's name (what a network mapping names): Azure's rules for it fit the vault's
+      if (v.name && ID.test(v.name)) vnets.push({ name: v.name, subnets });
     }
   } catch (e) {
     throw armError(e, `listing the virtual networks of resource group ${site.resourceGroup}`);
   }
   vnets.sort((a, b) => a.name.localeCompare(b.name));
   const host = azureHostId(site);
-  const locations = DISK_TYPES.map((t) => ({ id: `${site.storageAccount.name}/${t.id}`, name: `${t.name} (${site.storageAccount.name})`, classification: t.id, kind: 'volume' as const, path: site.storageAccount.blobEndpoint }));
+  const locations = DISK_TYPES.map((t) => ({ id: idOf('sa', `${site.storageAccount.name}-${t.id}`), name: `${t.name} (${site.storageAccount.name})`, classification: t.id, kind: 'volume' as const, path: site.storageAccount.blobEndpoint }));
+  const cloud = idOf('rg', site.resourceGroup);
+  const group = idOf('region', site.location);
   return {
-    clouds: [{ id: site.resourceGroup, name: `${site.location}/${site.resourceGroup}`, hostGroups: [site.location] }],
-    hostGroups: [{ id: site.location, name: site.location, hosts: [host] }],
-    hosts: [{ id: host, name: host, osVersion: 'Azure', logicalNetworks: vnets.map((v) => v.name), storageLocations: locations.map((l) => l.id) }],
-    logicalNetworks: vnets.map((v) => ({ id: v.name, name: v.name })),
-    vmNetworks: vnets.map((v) => ({ id: v.name, name: v.name, logicalNetwork: v.name, subnets: v.subnets })),
+    clouds: [{ id: cloud, name: `${site.location}/${site.resourceGroup}`, hostGroups: [group] }],
+    hostGroups: [{ id: group, name: site.location, hosts: [host] }],
+    hosts: [{ id: host, name: host, osVersion: 'Azure', logicalNetworks: vnets.map((v) => idOf('ln', v.name)), storageLocations: locations.map((l) => l.id) }],
+    logicalNetworks: vnets.map((v) => ({ id: idOf('ln', v.name), name: v.name })),
+    vmNetworks: vnets.map((v) => ({ id: v.name, name: v.name, logicalNetwork: idOf('ln', v.name), subnets: v.subnets })),
     ipPools: [],
     storageClassifications: DISK_TYPES.map((t) => ({ id: t.id, name: t.name })),
     storageLocations: locations,

@@ -15,10 +15,16 @@ export interface ReplicaPoints {
 export async function readReplicaPoints(container: ContainerClient): Promise<ReplicaPoints> {
   let text: string;
   try {
-    const blob = container.getBlockBlobClient(RECORD_BLOB);
-    const props = await blob.getProperties();
-    if ((props.contentLength ?? 0) > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is ${props.contentLength} bytes; an osr replica record is far smaller`);
-    text = (await blob.downloadToBuffer(0, props.contentLength)).toString('utf8');
+    // read with a bound on its size, whatever the service says its length is
+    const r = await container.getBlockBlobClient(RECORD_BLOB).download();
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for await (const c of r.readableStreamBody!) {
+      bytes += (c as Buffer).length;
+      if (bytes > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is larger than an osr replica record`);
+      chunks.push(c as Buffer);
+    }
+    text = Buffer.concat(chunks).toString('utf8');
   } catch (e) {
     if (e instanceof OsrError) throw e;
     const status = (e as { statusCode?: number }).statusCode;
@@ -28,11 +34,16 @@ export async function readReplicaPoints(container: ContainerClient): Promise<Rep
   const record = parseReplicaRecordView(text);
   if (!record) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is not an osr replica record`);
   const entries: SnapshotEntry[] = [];
+  // a replica keeps at most 10,000 points a disk (retention's bound) and a few snapshots more
+  const most = record.disks.length * 10_000 * 2;
   try {
     for await (const b of container.listBlobsFlat({ includeSnapshots: true, includeMetadata: true, prefix: 'disks/' })) {
-      if (b.snapshot) entries.push({ name: b.name, snapshot: b.snapshot, metadata: b.metadata });
+      if (!b.snapshot) continue;
+      entries.push({ name: b.name, snapshot: b.snapshot, metadata: b.metadata });
+      if (entries.length > most) throw new OsrError('REPLICA_STORE_CORRUPT', `container ${container.containerName} holds more than ${most} disk snapshots: not an osr replica's`);
     }
   } catch (e) {
+    if (e instanceof OsrError) throw e;
     throw new OsrError('AZURE_STORAGE_ERROR', `listing the recovery points in ${container.containerName}: ${(e as Error).message}`, undefined, { cause: e });
   }
   const points = groupPointSets(

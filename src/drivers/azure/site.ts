@@ -6,11 +6,10 @@
  * them, and a file that others may read is refused. Every field is checked here; a wrong
  * one is refused with CONFIG_INVALID naming it.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { OsrError } from '../../domain/errors.js';
-import { fail, mapping, optionalText, safe, text, type Node } from '../site-fields.js';
+import { fail, mapping, optionalText, readOwnerOnlyFile, safe, text, type Node } from '../site-fields.js';
 
 export interface AzureSiteConfig {
   /** the fabric's name */
@@ -36,7 +35,10 @@ export interface AzureSiteConfig {
     clientSecretFile?: string | undefined;
     certificateFile?: string | undefined;
   };
-  /** other endpoints than Azure's public cloud (a sovereign cloud, or the lab's emulators) */
+  /**
+   * other endpoints than Azure's public cloud (a sovereign cloud, or the lab's emulators);
+   * `caFile` is the CA Resource Manager's certificate is checked against (an emulator's)
+   */
   endpoints?: { resourceManager?: string | undefined; authorityHost?: string | undefined; caFile?: string | undefined } | undefined;
 }
 
@@ -49,7 +51,8 @@ const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 function uuid(v: unknown, field: string): string {
   const s = text(v, field);
-  if (!UUID.test(s)) throw fail(field, `"${s}" is not a GUID`);
+  // (the value is not echoed: a secret pasted into the wrong field must not reach a log)
+  if (!UUID.test(s)) throw fail(field, 'is not a GUID');
   return s.toLowerCase();
 }
 
@@ -73,19 +76,12 @@ function endpoint(v: unknown, field: string): string {
   return s.replace(/\/+$/, '');
 }
 
-/** A file that holds a secret: absolute, and readable by its owner only. */
+/** A file that holds a secret: checked now (readable by its owner only), read again when used. */
 function secretFile(v: unknown, field: string, base: string): string | undefined {
   const s = optionalText(v, field);
   if (s === undefined) return undefined;
   const file = path.resolve(base, s);
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(file);
-  } catch {
-    throw fail(field, `names ${file}, which cannot be read`);
-  }
-  if (!st.isFile()) throw fail(field, `names ${file}, which is not a file`);
-  if ((st.mode & 0o077) !== 0) throw fail(field, `names ${file}, which others may read (mode ${(st.mode & 0o777).toString(8)}): chmod 600 it`);
+  readOwnerOnlyFile(file, `site file: ${field}`);
   return file;
 }
 
@@ -123,6 +119,8 @@ export function parseAzureSite(yamlText: string, base: string): AzureSiteConfig 
   if (!/^\/subscriptions\/[^/]+\/resourceGroups\/[^/]+\/providers\/Microsoft\.Storage\/storageAccounts\/[a-z0-9]{3,24}$/i.test(storageAccount.resourceId)) {
     throw fail('storageAccount.resourceId', 'is not a storage account\'s Resource Manager id');
   }
+  // a disk import names this account: it must be the one that holds the replicas
+  if (storageAccount.resourceId.split('/').at(-1)!.toLowerCase() !== saName) throw fail('storageAccount.resourceId', `names another storage account than ${saName}`);
   const c = mapping(root.credential, 'credential');
   onlyFields(c, 'credential.', ['tenantId', 'clientId', 'clientSecretFile', 'certificateFile']);
   const credential = {
@@ -144,6 +142,7 @@ export function parseAzureSite(yamlText: string, base: string): AzureSiteConfig 
       caFile: optionalText(e.caFile, 'endpoints.caFile') === undefined ? undefined : path.resolve(base, text(e.caFile, 'endpoints.caFile')),
     };
   }
+  if (endpoints?.resourceManager !== undefined && sa.blobEndpoint === undefined) throw fail('storageAccount.blobEndpoint', 'is needed with endpoints.resourceManager: the default is the public cloud\'s');
   onlyFields(root, '', ['name', 'dir', 'subscriptionId', 'resourceGroup', 'location', 'storageAccount', 'credential', 'endpoints']);
   return { name, dir, subscriptionId, resourceGroup, location, storageAccount, credential, endpoints };
 }
