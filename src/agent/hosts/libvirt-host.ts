@@ -96,6 +96,7 @@ export class LibvirtVm implements HostVm {
       this.spec.disks.map((d) => ({ id: d.id, target: d.name, size: d.size, file: disks.find((x) => x.target === d.name)?.file })),
       dir,
       now,
+      (o, msg) => this.log?.warn(o, msg),
     );
     const t = this.tracking;
     this.disks = this.spec.disks.map((d) => ({

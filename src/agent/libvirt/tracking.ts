@@ -107,6 +107,8 @@ export class LibvirtTracking {
     readonly disks: readonly LibvirtDisk[],
     private readonly dir: string,
     private readonly now: () => number,
+    /** told why a point asked to be app-consistent was cut crash-consistent */
+    private readonly warn?: (o: object, msg: string) => void,
   ) {
     fs.mkdirSync(path.join(dir, 'logs'), { recursive: true, mode: 0o700 });
     this.state = readJson<State>(this.stateFile) ?? { enabled: false, activeSeq: 1, pointMeta: {} };
@@ -246,8 +248,11 @@ export class LibvirtTracking {
         // the guest's file systems frozen while the point is cut, through qemu-guest-agent
         const q = await withFrozenFilesystems(this.virsh, this.domain, begin);
         inc = q.result;
-        // no guest agent: the point says it is crash-consistent
-        if (!q.frozen) cut = 'crash-consistent';
+        // no guest agent: the point says it is crash-consistent, and the log says why
+        if (!q.frozen) {
+          cut = 'crash-consistent';
+          this.warn?.({ domain: this.domain, seq }, `the point of ${this.domain} asked to be app-consistent is crash-consistent: ${q.reason ?? 'the file systems were not frozen'}`);
+        }
       } else inc = await begin();
     } catch (e) {
       const err = toOsrError(e);
