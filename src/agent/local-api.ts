@@ -222,6 +222,9 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
       const peer: ReplicationSpec['peer'] = /^https?:\/\//i.test(b.peer)
         ? { kind: 'azure', containerUrl: parseContainerUrl(b.peer) }
         : { ...(m ? { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) } : { host: b.peer, port: 8084 }), servername: b.servername, name: b.peerName };
+      if (peer.kind === 'azure' && (b.servername !== undefined || b.peerName !== undefined || b.compression === true)) {
+        throw new OsrError('INVALID_ARGUMENT', 'servername, peerName and compression are for a replica agent; the agent writes an Azure container itself');
+      }
       if (b.startAt !== undefined && Number.isNaN(Date.parse(b.startAt))) throw new OsrError('INVALID_ARGUMENT', `startAt "${b.startAt}" is not an ISO date-time`);
       const copyFrequencyMs = parseDuration(b.copyFrequency ?? '5m');
       if (copyFrequencyMs < 100) throw new OsrError('INVALID_ARGUMENT', 'copy frequency must be at least 100 ms');

@@ -260,9 +260,6 @@ rep
   .action(async (vmName: string, o: Record<string, string | boolean | undefined>) => {
     const azure = /^https?:\/\//i.test(String(o.to));
     if (azure !== (typeof o.azureSasFile === 'string')) throw new OsrError('INVALID_ARGUMENT', azure ? 'a container URL needs --azure-sas-file' : '--azure-sas-file goes with a container URL in --to');
-    if (azure && (o.servername !== undefined || o.peerName !== undefined || o.compress === true)) {
-      throw new OsrError('INVALID_ARGUMENT', '--servername, --peer-name and --compress are for a replica agent; the agent writes an Azure container itself');
-    }
     const to = azure ? undefined : hostPort(String(o.to), DEFAULT_REPLICATION_PORT);
     const spec = await client().post<{ id: string }>('/v1/replications', {
       vm: vmName,

@@ -5,7 +5,15 @@
  * snapshot of each per recovery point with the point in its metadata, and `replica.json`.
  */
 
+import { OsrError } from './errors.js';
 import { MAX_DISK_BYTES, isSafeName } from './names.js';
+
+/** The container of a VM's replica, named from its replication id: lower-case letters, digits and single hyphens, 3–63 long. */
+export function replicaContainerName(vmId: string): string {
+  const name = `osr-${vmId.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '')}`.slice(0, 63).replace(/-+$/, '');
+  if (name.length < 5) throw new OsrError('INVALID_ARGUMENT', `VM id ${JSON.stringify(vmId)} gives no container name`);
+  return name;
+}
 
 export const RECORD_BLOB = 'replica.json';
 /** The most replica.json may be: it holds a few disks' names and numbers. */

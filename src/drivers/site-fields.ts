@@ -3,6 +3,7 @@
  * field is refused with CONFIG_INVALID naming it.
  */
 import fs from 'node:fs';
+import YAML from 'yaml';
 import { OsrError } from '../domain/errors.js';
 import { isSafeName } from '../domain/names.js';
 
@@ -76,5 +77,14 @@ export function readOwnerOnlyFile(file: string, what: string, o: { code?: 'CONFI
     return text;
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+/** A site file's YAML text as a document (CONFIG_INVALID when it is not YAML). */
+export function parseSiteYaml(text: string): unknown {
+  try {
+    return YAML.parse(text);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `site file is not valid YAML: ${(e as Error).message}`);
   }
 }

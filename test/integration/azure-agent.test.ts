@@ -51,6 +51,7 @@ test('a lab VM replicated to Azure storage by its agent: every point equals the 
   await assertRejectsCode(agent.api.post('/v1/replications', { vm: 'web1', peer: url }), 'INVALID_ARGUMENT');
   await assertRejectsCode(agent.api.post('/v1/replications', { vm: 'web1', peer: url, azureSas: 'not a sas' }), 'INVALID_ARGUMENT');
   await assertRejectsCode(agent.api.post('/v1/replications', { vm: 'web1', peer: url, azureSas: sas, initialReplication: 'offline', exportDir: dir }), 'INVALID_ARGUMENT');
+  await assertRejectsCode(agent.api.post('/v1/replications', { vm: 'web1', peer: url, azureSas: sas, compression: true }), 'INVALID_ARGUMENT');
 
   const spec = await agent.api.post<Record<string, unknown>>('/v1/replications', { vm: 'web1', peer: url, azureSas: sas, copyFrequency: '1h', maxPoints: 50, bandwidth: '40MB/s' });
   const sig = new URLSearchParams(sas).get('sig')!;

@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { AzureBlobReplica, replicaContainerName } from '../../src/agent/azure/blob-replica.js';
+import { AzureBlobReplica } from '../../src/agent/azure/blob-replica.js';
+import { replicaContainerName } from '../../src/domain/azure-layout.js';
+import { pointDisks, readReplicaPoints } from '../../src/drivers/azure/replica-points.js';
 import { blockDigests } from '../../src/agent/io/checksum.js';
 import type { ReplicaDiskSpec } from '../../src/agent/ports/replica-target.js';
 import { useAzurite } from '../support/azurite.js';
@@ -97,10 +99,11 @@ test(
     // (points 5 minutes apart: the first stays, then the one closest to its predecessor goes)
     assert.deepEqual(r.points().map((p) => p.seq), [1, 3, 5]);
     assert.equal(r.latestPoint()?.seq, 5);
+    // each point, as a reader of the container finds it, is the source at its delta
+    const read = await readReplicaPoints(container);
     for (const p of r.points()) {
       for (const [i, d] of DISKS.entries()) {
-        const snap = r.snapshotsOf(p.seq)!.find((s) => s.disk === d.name)!.snapshot;
-        const blob = container.getPageBlobClient(`disks/${d.name}.vhd`).withSnapshot(snap);
+        const blob = pointDisks(container, read, p.seq)[i]!.snapshot;
         assert.ok((await blob.downloadToBuffer(0, d.size)).equals(expected.get(p.seq)![i]!), `point ${p.seq}, disk ${d.name}: the source at that delta`);
       }
     }
@@ -198,8 +201,8 @@ test(
     Buffer.alloc(3000, 0x5a).copy(source, 1000);
     assert.equal(await r.applyDelta({ seq: 5, timeMs: Date.now(), consistency: 'crash-consistent', deltaBytes: 3000 }, [{ diskName: 'sda', file: log5 }]), 'applied');
     assert.deepEqual(r.points().map((p) => p.seq), [1, 5]);
-    const snap = r.snapshotsOf(5)![0]!.snapshot;
-    assert.ok((await container.getPageBlobClient('disks/sda.vhd').withSnapshot(snap).downloadToBuffer(0, disk.size)).equals(source), 'the resync\'s point is the source');
+    const at5 = pointDisks(container, await readReplicaPoints(container), 5)[0]!.snapshot;
+    assert.ok((await at5.downloadToBuffer(0, disk.size)).equals(source), 'the resync\'s point is the source');
     await assertRejectsCode(r.stageResync(disk.name, 0, [Buffer.alloc(512)]), 'PROTOCOL_ERROR');
     await assertRejectsCode(r.beginResync('resync-5', 5, blockSize), 'INVALID_ARGUMENT');
     await assertRejectsCode(r.blockHashes(disk.name, 100, blockSize, blockSize), 'INVALID_ARGUMENT');

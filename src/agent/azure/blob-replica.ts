@@ -57,13 +57,6 @@ const HASH_READ_BYTES = 8 * 1024 * 1024;
 /** A delta's data is read from its log and sent this much at a time per disk. */
 const DELTA_BATCH_BYTES = 32 * 1024 * 1024;
 
-/** A container name for a VM's replica: lower case letters, digits and single hyphens, 3–63 long. */
-export function replicaContainerName(vmId: string): string {
-  const name = `osr-${vmId.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '')}`.slice(0, 63).replace(/-+$/, '');
-  if (name.length < 5) throw new OsrError('INVALID_ARGUMENT', `VM id ${JSON.stringify(vmId)} gives no container name`);
-  return name;
-}
-
 export interface AzureReplicaOptions {
   /** where received change logs wait until applied (on the sending host): one directory per replica */
   spoolDir: string;
@@ -225,11 +218,6 @@ export class AzureBlobReplica implements ReplicaTarget {
   latestPoint(): RecoveryPoint | undefined {
     return this.cache.at(-1)?.point;
   }
-  /** The snapshots of point `seq`, one per disk (what a failover copies). */
-  snapshotsOf(seq: number): BlobPoint['snapshots'] | undefined {
-    return this.cache.find((s) => s.point.seq === seq)?.snapshots;
-  }
-
   async setEpoch(epoch: number): Promise<void> {
     if (epoch < this.epoch) {
       throw new OsrError('EPOCH_STALE', `replication epoch ${epoch} is older than the replica's ${this.epoch}: another site was promoted`, { epoch, current: this.epoch });
@@ -280,6 +268,12 @@ export class AzureBlobReplica implements ReplicaTarget {
     void ranges;
   }
 
+  /** A checkpoint's offset: within the disk. */
+  private checkpointOffset(disk: string, offset: number): void {
+    const d = this.disk(disk);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+  }
+
   private disk(name: string): PageBlobDisk {
     const d = this.blobDisks.find((x) => x.name === name);
     if (!d) throw new OsrError('NOT_FOUND', `the replica of ${this.vmId} has no disk ${name}`);
@@ -306,8 +300,7 @@ export class AzureBlobReplica implements ReplicaTarget {
   async checkpointInitial(disk: string, offset: number, finished: boolean): Promise<void> {
     await this.run(async () => {
       this.assertCopying();
-      const d = this.disk(disk);
-      if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+      this.checkpointOffset(disk, offset);
       await this.update((r) => {
         const i = r.initial;
         i.copied[disk] = Math.max(i.copied[disk] ?? 0, offset);
@@ -452,8 +445,7 @@ export class AzureBlobReplica implements ReplicaTarget {
   async checkpointResync(disk: string, offset: number, finished: boolean): Promise<ResyncState> {
     return this.run(async () => {
       this.requireResync();
-      const d = this.disk(disk);
-      if (!Number.isSafeInteger(offset) || offset < 0 || offset > d.size) throw new OsrError('INVALID_ARGUMENT', `checkpoint ${offset} lies outside disk ${disk}`);
+      this.checkpointOffset(disk, offset);
       await this.update((r) => {
         const p = r.resync!.disks[disk]!;
         p.offset = Math.max(p.offset, offset);

@@ -7,9 +7,7 @@
  * one is refused with CONFIG_INVALID naming it.
  */
 import path from 'node:path';
-import YAML from 'yaml';
-import { OsrError } from '../../domain/errors.js';
-import { fail, mapping, optionalText, readOwnerOnlyFile, safe, text, type Node } from '../site-fields.js';
+import { fail, mapping, optionalText, readOwnerOnlyFile, safe, parseSiteYaml, text, type Node } from '../site-fields.js';
 
 export interface AzureSiteConfig {
   /** the fabric's name */
@@ -95,12 +93,7 @@ function onlyFields(m: Node, field: string, known: readonly string[]): void {
 }
 
 export function parseAzureSite(yamlText: string, base: string): AzureSiteConfig {
-  let doc: unknown;
-  try {
-    doc = YAML.parse(yamlText);
-  } catch (e) {
-    throw new OsrError('CONFIG_INVALID', `site file is not valid YAML: ${(e as Error).message}`);
-  }
+  const doc = parseSiteYaml(yamlText);
   const root: Node = mapping(doc, 'the site file');
   const name = safe(root.name, 'name');
   const dir = path.resolve(base, text(root.dir ?? `state-${name}`, 'dir'));

@@ -8,9 +8,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import YAML from 'yaml';
 import { OsrError } from '../../domain/errors.js';
-import { fail, list, mapping, optionalText, safe, text, unique } from '../site-fields.js';
+import { fail, list, mapping, optionalText, safe, parseSiteYaml, text, unique } from '../site-fields.js';
 
 export interface LibvirtSubnet {
   name: string;
@@ -149,12 +148,7 @@ function hostOf(v: unknown, field: string, base: string): LibvirtHostConfig {
 
 /** Parse and check a site file's text; relative paths are taken from `base` (the file's directory). */
 export function parseLibvirtSite(yamlText: string, base: string): LibvirtSiteConfig {
-  let doc: unknown;
-  try {
-    doc = YAML.parse(yamlText);
-  } catch (e) {
-    throw new OsrError('CONFIG_INVALID', `site file is not valid YAML: ${(e as Error).message}`);
-  }
+  const doc = parseSiteYaml(yamlText);
   const s = mapping(doc, '(the file)');
   const name = text(s.name, 'name');
   const dir = path.resolve(base, optionalText(s.dir, 'dir') ?? path.join('/var/lib/osr/provider', name.replace(/[^A-Za-z0-9._-]+/g, '-')));
