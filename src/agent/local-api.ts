@@ -3,7 +3,7 @@
  * loopback TCP with a token, api-access.ts), JSON in and out, errors as
  * {code, message, details}. The `osr` CLI talks to it; reference in docs/agent-api.md.
  */
-import { parseContainerUrl, parseSas } from './azure/azure-replicas.js';
+import { parseContainerUrl, parseSas } from '../domain/azure-layout.js';
 import type { ReplicationSpec } from './wire/replication-types.js';
 import Fastify, { type FastifyInstance } from 'fastify';
 import path from 'node:path';

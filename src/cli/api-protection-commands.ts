@@ -1,4 +1,5 @@
 /** `osr fabric`, `osr inventory` and `osr item`: what providers report, and protected items. */
+import { isAzureEndpoint } from '../domain/replicas.js';
 import { Option, type Command } from 'commander';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { INVENTORY_KINDS, type Fabric, type HostAdmission, type InventoryKind, type InventoryObject, type Policy, type CloudPairing, type ProtectedItem, type RecoveryPoint, type VaultEvent } from '../domain/resources.js';
@@ -83,7 +84,7 @@ function replicationFields(i: ProtectedItem): [string, unknown][] {
     ['target host', r.placement?.hostId ?? null],
     ['disks', pairs(r.placement?.storage)],
     ['NICs', pairs(r.placement?.networks)],
-    ['replica VM', r.replica?.replicaVmId ? `${r.replica.replicaVmId}${r.replica.agent ? ` (agent ${r.replica.agent.address}:${r.replica.agent.port})` : ''}` : null],
+    ['replica VM', r.replica?.replicaVmId ? `${r.replica.replicaVmId}${r.replica.agent ? (isAzureEndpoint(r.replica.agent) ? ` (Azure ${r.replica.agent.containerUrl})` : ` (agent ${r.replica.agent.address}:${r.replica.agent.port})`) : ''}` : null],
     ...rest,
   ];
 }

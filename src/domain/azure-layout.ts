@@ -113,3 +113,46 @@ export function parseReplicaRecordView(text: string): ReplicaRecordView | undefi
   if (new Set(x.disks.map((d) => d.name)).size !== x.disks.length) return undefined;
   return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })) };
 }
+
+const CONTAINER_NAME = /^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/;
+/** the hosts a plain-http URL may name: a storage emulator on this machine */
+export const LOOPBACK_HOSTS: ReadonlySet<string> = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+/**
+ * A container's URL as a replication names it: https (or http to a loopback address, a
+ * storage emulator on this host), no credentials, no query, its last segment a container
+ * name. The SAS travels apart from it (parseSas).
+ */
+export function parseContainerUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(text.slice(0, 200))} is not a container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER)`);
+  }
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+    throw new OsrError('INVALID_ARGUMENT', `a container URL is https (plain http only to a storage emulator on this host): ${url.protocol}//${url.host}`);
+  }
+  if (url.username || url.password || url.search || url.hash) throw new OsrError('INVALID_ARGUMENT', 'a container URL carries no credentials, query or fragment: give the SAS as azureSas');
+  const container = url.pathname.replace(/\/+$/, '').split('/').at(-1) ?? '';
+  if (!CONTAINER_NAME.test(container)) throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(container.slice(0, 80))} is not a container name (3 to 63 lower-case letters, digits and single hyphens)`);
+  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
+}
+
+/** A SAS token as the query of a container's URL (without the leading "?"). */
+export function parseSas(text: string): string {
+  if (text.length > 4096 || !/^[A-Za-z0-9%&=._~+/:,-]+$/.test(text) || !/(^|&)sig=/.test(text)) {
+    throw new OsrError('INVALID_ARGUMENT', 'azureSas is not a shared access signature (the query of a SAS URL without its "?", with sig=…)');
+  }
+  return text;
+}
+
+/** Whether a text is a container URL as parseContainerUrl gives it back (a grant's end may name one). */
+export function isContainerUrl(v: unknown): v is string {
+  if (typeof v !== 'string' || v.length > 2048) return false;
+  try {
+    return parseContainerUrl(v) === v;
+  } catch {
+    return false;
+  }
+}

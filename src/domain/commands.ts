@@ -15,7 +15,8 @@ import { checkMachine, type MachineSpec } from './machine.js';
 import type { Placement } from './placement.js';
 import type { InitialReplication, PolicySettings } from './policy.js';
 import type { VmProperties } from './resources.js';
-import type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from './replicas.js';
+import type { AgentEndpoint, AzureContainerEndpoint, NicConnection, RecoveryPointInfo, ReplicaAccess, ReplicaEndpoint, ReplicaVm, TestNetwork, TestVm } from './replicas.js';
+import { isContainerUrl } from './azure-layout.js';
 import type { DrillEvidence, PlanActionContext } from './runs.js';
 
 /** A source VM as the vault's inventory holds it (vault ids). */
@@ -372,7 +373,17 @@ const machine: Check<MachineSpec> = (v, field) => {
     throw new Malformed(`${field}${inner}`, 'a machine within its bounds (src/domain/machine.ts)', v);
   }
 };
-const agent = object<AgentEndpoint>({ address: id, port: num, name: optional(text) });
+const agentEndpoint = object<AgentEndpoint>({ kind: optional(oneOf('agent')), address: id, port: num, name: optional(text) });
+/** a recovery host's agent, or an Azure container (its URL as parseContainerUrl gives it back) */
+const agent: Check<ReplicaEndpoint> = (v, field) => {
+  if (isRecord(v) && v.kind === 'azure') {
+    const e = object<AzureContainerEndpoint>({ kind: oneOf('azure'), containerUrl: text })(v, field);
+    if (!isContainerUrl(e.containerUrl)) throw new Malformed(at(field, 'containerUrl'), 'a container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER)', e.containerUrl);
+    return e;
+  }
+  return agentEndpoint(v, field);
+};
+const access = object<ReplicaAccess>({ sas: text, expiresAt: text });
 const nic = object<NicConnection>({ id, vmNetwork: nullable(id), ip: nullable(text) });
 const placement = object<Placement>({ hostId: id, storage: record(id), networks: record(nullable(id)) });
 const vm = object<CommandVm>({
@@ -428,7 +439,7 @@ const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
     vmId: optional(id),
     vm: optional(vm),
     policy,
-    target: object<ReplicationTarget>({ fabricId: id, replicaVmId: id, hostId: id, agent, nics: list(nic), reused: bool }),
+    target: object<ReplicationTarget>({ fabricId: id, replicaVmId: id, hostId: id, agent, access: optional(access), nics: list(nic), reused: bool }),
     grant: optional(id),
   }),
   'replication.initial': object<InitialReplicationBody>({ item: id, vmId: optional(id), method: initialReplication }),

@@ -7,6 +7,7 @@
 /** One end of a replication: a host (its agent's certificate's common name) of a fabric (its certificate's fabric). */
 export interface GrantEnd {
   fabricId: string;
+  /** the host's name; a target in Azure storage is the container's URL (src/domain/azure-layout.ts) */
   host: string;
 }
 

@@ -14,9 +14,34 @@ export interface RecoveryPointInfo {
 
 /** A host agent's replication endpoint; `name` is its certificate's common name (the host's name). */
 export interface AgentEndpoint {
+  kind?: 'agent';
   address: string;
   port: number;
   name?: string;
+}
+
+/** A replica in an Azure storage container, written by the source host's own agent (docs/design/azure.md). */
+export interface AzureContainerEndpoint {
+  kind: 'azure';
+  /** https://ACCOUNT.blob.core.windows.net/CONTAINER (src/domain/azure-layout.ts, parseContainerUrl) */
+  containerUrl: string;
+}
+
+/** Where a source host's agent sends replication: a recovery host's agent, or an Azure container. */
+export type ReplicaEndpoint = AgentEndpoint | AzureContainerEndpoint;
+
+export function isAzureEndpoint(e: ReplicaEndpoint): e is AzureContainerEndpoint {
+  return e.kind === 'azure';
+}
+
+/**
+ * What lets the source's agent write into an Azure container: a SAS for that container
+ * only, and when it expires. A secret: it travels in the replication's commands to the
+ * source site's provider only, and is never kept in an item's record, a job's data or a log.
+ */
+export interface ReplicaAccess {
+  sas: string;
+  expiresAt: string;
 }
 
 /** A VM's NIC and the VM network it is connected to (null: none), with its address. */
@@ -29,8 +54,10 @@ export interface NicConnection {
 export interface ReplicaVm {
   replicaVmId: string;
   hostId: string;
-  /** where the source's host agent sends replication, and the agent's name (its certificate's) */
-  agent: AgentEndpoint;
+  /** where the source's host agent sends replication: the recovery host's agent (with its certificate's name), or an Azure container */
+  agent: ReplicaEndpoint;
+  /** an Azure container's access for the source's agent, answered by replica.prepare only (never recorded) */
+  access?: ReplicaAccess | undefined;
   nics: NicConnection[];
   /** an existing replica of this item was taken up again (its data is resynchronized, not copied) */
   reused: boolean;

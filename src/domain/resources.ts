@@ -9,7 +9,7 @@ import type { FabricCapabilities } from './capabilities.js';
 import type { MachineSpec } from './machine.js';
 import type { Placement } from './placement.js';
 import type { PolicySettings } from './policy.js';
-import type { AgentEndpoint, NicConnection, RecoveryPointInfo, TestVm } from './replicas.js';
+import type { NicConnection, RecoveryPointInfo, ReplicaEndpoint, TestVm } from './replicas.js';
 import type { ItemDrill } from './runs.js';
 
 export const INVENTORY_KINDS = ['cloud', 'host-group', 'host', 'logical-network', 'vm-network', 'ip-pool', 'storage-classification', 'storage-location', 'vm'] as const;
@@ -223,7 +223,7 @@ export type Direction = (typeof Direction)[keyof typeof Direction];
 export interface ItemReplica {
   replicaVmId: string;
   hostId: string;
-  agent: AgentEndpoint;
+  agent: ReplicaEndpoint;
   /** as replica.prepare answered them (a demoted replica records none) */
   nics?: NicConnection[];
   reused?: boolean;

@@ -17,7 +17,8 @@
 import type { FabricCapabilities } from '../domain/capabilities.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { MachineSpec } from '../domain/machine.js';
-import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
+import { isAzureEndpoint } from '../domain/replicas.js';
+import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaEndpoint, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
 
 /** An osr agent's API (agent-api.md): JSON in and out; an error answer is thrown as the OsrError it carries. */
 export interface AgentApi {
@@ -52,7 +53,7 @@ export interface Held {
 /** What a failover step, or replication being set up or stopped, changed: the management part records it. */
 export type SiteChange =
   /** replication of the VM goes to this peer now (null: stopped) */
-  | { kind: 'replicating'; vmId: string; peer: AgentEndpoint | null }
+  | { kind: 'replicating'; vmId: string; peer: ReplicaEndpoint | null }
   /** a planned failover shut the VM down */
   | { kind: 'shut-down'; vmId: string }
   /** a point of the replica runs as the VM now (it was a replica record, or a demoted VM failed back) */
@@ -77,7 +78,7 @@ export interface AgentSite {
   /** a VM's or replica's NICs: the network each is on and its address */
   nics(id: string): NicConnection[];
   /** the peer the VM's replication was last set up to, kept across restarts (undefined: none) */
-  replicationPeer(vmId: string): AgentEndpoint | undefined;
+  replicationPeer(vmId: string): ReplicaEndpoint | undefined;
   /** the epoch a VM was fenced with here (0: not fenced) */
   fencedEpoch(vmId: string): number;
   /**
@@ -153,6 +154,12 @@ export async function removeTestOverlay(api: AgentApi, replicaName: string, over
   }
 }
 
+/** Whether two endpoints name the same replica: one agent (its name, when both give it), or one container. */
+function samePeer(a: ReplicaEndpoint, b: ReplicaEndpoint): boolean {
+  if (isAzureEndpoint(a) || isAzureEndpoint(b)) return isAzureEndpoint(a) && isAzureEndpoint(b) && a.containerUrl === b.containerUrl;
+  return a.address === b.address && a.port === b.port && (a.name === undefined || a.name === b.name);
+}
+
 export class AgentReplication implements FabricReplication {
   constructor(private readonly site: AgentSite) {}
 
@@ -171,17 +178,24 @@ export class AgentReplication implements FabricReplication {
     const a = this.site.agent(v.hostId);
     const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
     const known = this.site.replicationPeer(req.vmId);
-    if (present && known && known.address === req.peer.address && known.port === req.peer.port && (known.name === undefined || known.name === req.peer.name)) return;
+    const azure = isAzureEndpoint(req.peer);
+    if (isAzureEndpoint(req.peer) && req.access === undefined) throw new OsrError('INVALID_ARGUMENT', `replication of ${v.name} to ${req.peer.containerUrl} needs the container's SAS, which the recovery fabric answers with the replica`);
+    if (present && known && samePeer(known, req.peer)) {
+      // the same container with a SAS renewed since: the agent takes it without a restart
+      if (azure) await a.call('PUT', `/v1/replications/${encodeURIComponent(v.name)}/azure-sas`, { sas: req.access!.sas });
+      return;
+    }
     if (present) await a.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
     const keep = Math.max(1, Math.ceil((p.retentionHours * 3600) / p.copyFrequencySeconds) + 1);
+    const peer = isAzureEndpoint(req.peer)
+      ? { peer: req.peer.containerUrl, azureSas: req.access!.sas }
+      : { peer: `${req.peer.address}:${req.peer.port}`, ...(req.peer.name !== undefined ? { peerName: req.peer.name } : {}), compression: p.compression };
     await a.post('/v1/replications', {
       vm: v.name,
-      peer: `${req.peer.address}:${req.peer.port}`,
-      ...(req.peer.name !== undefined ? { peerName: req.peer.name } : {}),
+      ...peer,
       copyFrequency: `${p.copyFrequencySeconds}s`,
       retentionHours: p.retentionHours,
       maxPoints: Math.min(10_000, keep),
-      compression: p.compression,
       ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
       ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
       ...grantField(a, req.grant),

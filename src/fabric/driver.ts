@@ -20,13 +20,13 @@
 import type { FabricCapabilities } from '../domain/capabilities.js';
 import type { MachineSpec } from '../domain/machine.js';
 import type { PolicySettings } from '../domain/policy.js';
-import type { AgentEndpoint, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
+import type { RecoveryPointInfo, ReplicaAccess, ReplicaEndpoint, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import type { DrillEvidence } from '../domain/runs.js';
 import type { EnrolmentProof } from '../domain/enrolment.js';
 
 /** The shapes a driver answers, shared with the vault's commands (src/domain/replicas.ts); ids here are the fabric's own. */
-export type { AgentEndpoint, NicConnection, RecoveryPointInfo, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
+export type { AgentEndpoint, AzureContainerEndpoint, NicConnection, RecoveryPointInfo, ReplicaAccess, ReplicaEndpoint, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
 export type { FabricCapabilities, InitialReplicationMethod } from '../domain/capabilities.js';
 
 export const PowerAction = { Start: 'start', Shutdown: 'shutdown', Stop: 'stop' } as const;
@@ -58,7 +58,8 @@ export interface ReplicaVmSpec {
   source: {
     name: string;
     disks: { id: string; name: string; sizeBytes: number }[];
-    nics: { id: string; subnet?: string }[];
+    /** `ip`: the source NIC's address, kept at the replica where its subnet has it */
+    nics: { id: string; subnet?: string; ip?: string }[];
     /** the id the source host's agent replicates the VM under, and that agent's name (its certificate's): only it may replicate into the replica */
     replicationId?: string | undefined;
     agent?: string | undefined;
@@ -86,8 +87,10 @@ export interface TestVmSpec {
 export interface ReplicationRequest {
   vmId: string;
   policy: PolicySettings;
-  /** the recovery host's agent; `name` is its certificate's common name (the host's name), checked when given */
-  peer: AgentEndpoint;
+  /** the recovery host's agent (`name` is its certificate's common name, the host's name, checked when given), or an Azure container */
+  peer: ReplicaEndpoint;
+  /** an Azure container's SAS for the source's agent (a secret: kept by the agent in an owner-only file, never logged) */
+  access?: ReplicaAccess | undefined;
   /** the vault's signed replication grant (src/pki/grant.ts): agents on the provider channel refuse replication without it */
   grant?: string | undefined;
 }

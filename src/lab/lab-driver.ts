@@ -24,7 +24,7 @@ import { parseSize } from '../agent/io/size.js';
 import { OsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentSite, type SiteChange } from '../drivers/agent-replication.js';
-import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../fabric/driver.js';
+import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaEndpoint, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../fabric/driver.js';
 import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, renewalDue, signEnrolmentProof, writeFileAtomic, type EnrolmentProof } from '../pki/index.js';
 import { startAgentProcess, stopAgentProcess, type RunningAgent } from './agent-process.js';
 import { intToIp, ipToInt, slug, type LabVmSpec, type SiteConfig } from './topology.js';
@@ -90,7 +90,7 @@ interface LabState {
   /** "vmId/nicId" → its VM network, subnet and address */
   nics: Record<string, NicLease>;
   /** VM id → the peer its replication goes to */
-  replications: Record<string, { address: string; port: number; name?: string }>;
+  replications: Record<string, ReplicaEndpoint>;
   testVms: Record<string, TestVmRecord>;
   temporaryNetworks: Record<string, TemporaryNetwork>;
   /** replica records whose point was promoted: they run as VMs now */

@@ -14,6 +14,7 @@
 import crypto from 'node:crypto';
 import { OsrError } from '../domain/errors.js';
 import type { GrantEnd, ReplicationGrant } from '../domain/grants.js';
+import { isContainerUrl } from '../domain/azure-layout.js';
 import { isSafeName } from '../domain/names.js';
 import { FABRIC_ID, type CaMaterial } from './ca.js';
 
@@ -71,7 +72,8 @@ function checkGrant(g: unknown, code: 'AUTH_FAILED' | 'INVALID_ARGUMENT'): Repli
     if (typeof v !== 'object' || v === null) return bad(`its ${what} is missing`);
     const e = v as Record<string, unknown>;
     if (typeof e.fabricId !== 'string' || !FABRIC_ID.test(e.fabricId)) return bad(`its ${what} names no fabric id`);
-    if (!isSafeName(e.host)) return bad(`its ${what} names no host`);
+    // a target may be an Azure container (its URL), written by the source host's own agent
+    if (!isSafeName(e.host) && !(what === 'target' && isContainerUrl(e.host))) return bad(`its ${what} names no host`);
     return { fabricId: e.fabricId, host: e.host };
   };
   if (!isSafeName(o.replicationId)) return bad('it names no VM');

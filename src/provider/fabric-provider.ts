@@ -171,12 +171,12 @@ export class FabricProvider {
         for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
         const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent, grant: b.grant, machine: b.vm.machine }, hostId: this.localId(b.placement.hostId), storage, networks });
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
-        return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
+        return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, ...(r.access !== undefined ? { access: r.access } : {}), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },
       /** primary site: track and replicate to the recovery host's agent */
       'replication.enable': async ({ body: b }) => {
         const vmId = this.localId(b.vmId ?? b.item);
-        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent, grant: b.grant });
+        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent, access: b.target.access, grant: b.grant });
         const known = this.protections.get(`source:${b.item}`);
         await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false });
         return {};

@@ -35,3 +35,16 @@ export async function replicationGrant(store: VaultStore, sign: GrantSigner, r: 
   if (admitted.some((a) => a?.state !== 'admitted')) return undefined;
   return sign({ replicationId: r.replicationId, item: r.item, source: { fabricId: r.source.fabricId, host: source.name }, target: { fabricId: r.target.fabricId, host: target.name } });
 }
+
+/**
+ * A signed grant for replication from the source host into an Azure container (the
+ * target fabric's, named by its URL), or undefined when the inventory does not name the
+ * source host and the VM.
+ */
+export async function containerGrant(store: VaultStore, sign: GrantSigner, r: Omit<GrantRequest, 'target'> & { targetFabricId: string; containerUrl: string }): Promise<string | undefined> {
+  if (r.replicationId === undefined || r.source.hostId === undefined) return undefined;
+  const source = await store.fabrics.findObject(r.source.hostId);
+  if (source?.kind !== 'host' || !isSafeName(source.name) || !isSafeName(r.replicationId) || !isSafeName(r.item)) return undefined;
+  if ((await store.hostAdmissions.get(r.source.fabricId, source.name))?.state !== 'admitted') return undefined;
+  return sign({ replicationId: r.replicationId, item: r.item, source: { fabricId: r.source.fabricId, host: source.name }, target: { fabricId: r.targetFabricId, host: r.containerUrl } });
+}

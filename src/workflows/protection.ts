@@ -19,7 +19,8 @@ import { OsrError } from '../domain/errors.js';
 import { ITEM_TRANSITIONS, ItemOperation } from '../domain/item-transitions.js';
 import { placeReplica, type Placement, type PlacementHost } from '../domain/placement.js';
 import { policyCoversHost, type PolicySettings } from '../domain/policy.js';
-import type { ReplicaVm } from '../domain/replicas.js';
+import { isAzureEndpoint, type ReplicaVm } from '../domain/replicas.js';
+import { replicaContainerName } from '../domain/azure-layout.js';
 import { Health, ProtectionState, Severity, type InventoryObject, type VmProperties } from '../domain/resources.js';
 import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { MappingKind } from '../store/config.js';
@@ -27,7 +28,7 @@ import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind, type Alerting } from './alerting.js';
 import { checkProtectionOptions } from './fabric-capabilities.js';
-import { replicationGrant, type GrantSigner } from './grants.js';
+import { containerGrant, replicationGrant, type GrantSigner } from './grants.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 
 export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
@@ -63,6 +64,8 @@ interface EnableData extends JobData {
   replica?: ReplicaVm;
   /** the vault's grant for this replication, signed once (a task run again sends the same) */
   grant?: string | null;
+  /** for a replica in Azure storage: the grant naming its container as the target */
+  azureGrant?: string | null;
 }
 
 /** What disabling protection keeps between its tasks. */
@@ -146,10 +149,23 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
             await ctx.save();
           }
           const grant = d.grant !== null ? { grant: d.grant } : {};
-          const replica = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), ...grant, placement: d.placement!, policy: d.policy! }, { timeoutMs: 10 * 60_000 });
+          const answer = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), ...grant, placement: d.placement!, policy: d.policy! }, { timeoutMs: 10 * 60_000 });
+          // the container's SAS goes to the source site only: never into the item or the job's data
+          const { access, ...replica } = answer;
           d.replica = replica;
+          let enableGrant = grant;
+          if (isAzureEndpoint(replica.agent)) {
+            const expected = source.replicationId !== undefined ? replicaContainerName(source.replicationId) : undefined;
+            if (replica.agent.containerUrl.split('/').at(-1) !== expected) {
+              throw new OsrError('INVALID_STATE', `the recovery fabric answered container ${replica.agent.containerUrl} for ${vm.name}; its replica's container is ${expected ?? '(the VM has no replication id)'}`);
+            }
+            if (access === undefined) throw new OsrError('INVALID_STATE', `the recovery fabric answered no access to container ${replica.agent.containerUrl} for ${vm.name}`);
+            // the source's agent writes into that container only: the grant names it as the target
+            d.azureGrant ??= (await containerGrant(store, deps.grants, { item: vm.id, replicationId: source.replicationId, source: { fabricId: d.fabricId!, hostId: host?.id }, targetFabricId: d.targetFabricId!, containerUrl: replica.agent.containerUrl })) ?? null;
+            enableGrant = d.azureGrant !== null ? { grant: d.azureGrant } : {};
+          }
           await ctx.save();
-          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica }, ...grant }, { timeoutMs: 10 * 60_000 });
+          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica, ...(access !== undefined ? { access } : {}) }, ...enableGrant }, { timeoutMs: 10 * 60_000 });
           const item = await store.items.get(vm.id);
           await changeItem(store, ctx, vm.id, Enable, { replication: { ...item.replication, replica: d.replica } });
         },

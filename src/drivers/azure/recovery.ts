@@ -265,9 +265,10 @@ export class AzureRecovery {
   /**
    * Remove everything a job made, found by its tag: VMs first (a disk or NIC attached to a
    * VM cannot go), then NICs, disks, virtual networks, and the blob copies. Safe to run
-   * again; what is gone already is skipped. Answers what was removed.
+   * again; what is gone already is skipped. Answers what was removed. `copies: false`: the
+   * job made no blob (a drill network of a recovery plan).
    */
-  async removeJob(jobId: string, report: StepReport = () => undefined): Promise<{ removed: string[] }> {
+  async removeJob(jobId: string, report: StepReport = () => undefined, o: { copies?: boolean } = {}): Promise<{ removed: string[] }> {
     const removed: string[] = [];
     const ours = (t: Record<string, string> | undefined): boolean => t?.[OSR_TAG.job] === jobId;
     const gone = async (what: string, del: () => PromiseLike<unknown>): Promise<void> => {
@@ -287,13 +288,24 @@ export class AzureRecovery {
     } catch (e) {
       throw armError(e, `removing what job ${jobId} made`);
     }
-    for await (const b of this.container.listBlobsFlat({ prefix: `failover/${resourceName(jobId)}/`, includeMetadata: true })) {
-      // only the copies this job made
-      if (b.metadata?.osrjob !== jobId) continue;
-      await this.container.deleteBlob(b.name, { deleteSnapshots: 'include' }).catch((e: unknown) => {
-        if (!isStatus(e, 404)) throw new OsrError('AZURE_STORAGE_ERROR', `removing blob ${b.name}: ${(e as Error).message}`, undefined, { cause: e });
-      });
-      removed.push(`blob ${b.name}`);
+    if (o.copies !== false) removed.push(...(await this.removeCopies(jobId)).removed);
+    return { removed };
+  }
+
+  /** Remove the blob copies a job's disks were imported from (the disks hold their data once made); safe to run again. */
+  async removeCopies(jobId: string): Promise<{ removed: string[] }> {
+    const removed: string[] = [];
+    try {
+      for await (const b of this.container.listBlobsFlat({ prefix: `failover/${resourceName(jobId)}/`, includeMetadata: true })) {
+        // only the copies this job made
+        if (b.metadata?.osrjob !== jobId) continue;
+        await this.container.deleteBlob(b.name, { deleteSnapshots: 'include' }).catch((e: unknown) => {
+          if (!isStatus(e, 404)) throw e;
+        });
+        removed.push(`blob ${b.name}`);
+      }
+    } catch (e) {
+      throw new OsrError('AZURE_STORAGE_ERROR', `removing the blob copies of job ${jobId}: ${(e as Error).message}`, undefined, { cause: e });
     }
     return { removed };
   }

@@ -7,6 +7,7 @@
  * one is refused with CONFIG_INVALID naming it.
  */
 import path from 'node:path';
+import { LOOPBACK_HOSTS } from '../../domain/azure-layout.js';
 import { fail, mapping, optionalText, readOwnerOnlyFile, safe, parseSiteYaml, text, type Node } from '../site-fields.js';
 
 export interface AzureSiteConfig {
@@ -45,7 +46,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const RESOURCE_GROUP = /^[-\w.()]{1,89}[-\w()]$/;
 const STORAGE_ACCOUNT = /^[a-z0-9]{3,24}$/;
 const LOCATION = /^[a-z0-9]{2,40}$/;
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
 
 function uuid(v: unknown, field: string): string {
   const s = text(v, field);
@@ -69,7 +70,7 @@ function endpoint(v: unknown, field: string): string {
   } catch {
     throw fail(field, `"${s}" is not a URL`);
   }
-  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && LOOPBACK.has(u.hostname))) throw fail(field, 'must be https (plain http only to an emulator on this machine)');
+  if (u.protocol !== 'https:' && !(u.protocol === 'http:' && LOOPBACK_HOSTS.has(u.hostname))) throw fail(field, 'must be https (plain http only to an emulator on this machine)');
   if (u.username || u.password || u.search || u.hash) throw fail(field, 'carries no credentials, query or fragment');
   return s.replace(/\/+$/, '');
 }

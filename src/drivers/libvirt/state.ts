@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
+import type { ReplicaEndpoint } from '../../domain/replicas.js';
 import { fsyncDir, writeFileAtomic } from '../../pki/index.js';
 
 export interface ReplicaRecord {
@@ -62,7 +63,7 @@ export interface LibvirtState {
   replicas: Record<string, ReplicaRecord>;
   /** "vmId/nicId" → lease */
   nics: Record<string, NicLease>;
-  replications: Record<string, { address: string; port: number; name?: string }>;
+  replications: Record<string, ReplicaEndpoint>;
   testVms: Record<string, TestVmRecord>;
   drillNetworks: Record<string, DrillNetwork>;
   promoted: Record<string, { epoch: number; at: string }>;

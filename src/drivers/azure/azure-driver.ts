@@ -1,0 +1,574 @@
+/**
+ * Azure as a recovery fabric behind the FabricDriver port (`osr provider --fabric azure`,
+ * docs/design/azure.md). The Azure provider:
+ *
+ * - prepares a protected VM's replica: its container in the storage account, made once,
+ *   and a SAS for that container only, which the vault hands to the source host's agent
+ *   (the agent writes the replica itself: no disk data through the vault or a provider);
+ * - reads the replica's recovery points from the container (complete snapshot sets only);
+ * - makes what a failover or a drill needs from a point (managed disks, NICs, the VM) with
+ *   AzureRecovery, and removes it by its job's tag;
+ * - reports the resource group's virtual networks and the disk types as its inventory,
+ *   and the VMs its failovers made.
+ *
+ * Its records (each replica's disks, mapped networks, size and disk type; the drills and
+ * failovers it made) are an owner-only file in its data directory. Every step is safe to
+ * run again: Azure resources are read before they are made, tagged with their job, and
+ * a record is written before the step it announces.
+ *
+ * Azure is never a primary here: replication from it (a failback) is refused with
+ * NOT_SUPPORTED until failback is built.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ContainerSASPermissions, generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
+import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
+import { OsrError } from '../../domain/errors.js';
+import type { MachineSpec } from '../../domain/machine.js';
+import { isSafeName } from '../../domain/names.js';
+import type { InventoryDocument } from '../../domain/resources.js';
+import type {
+  DriverContext,
+  FabricDriver,
+  FabricManagement,
+  FabricReplication,
+  PowerAction,
+  RecoveryPointInfo,
+  ReplicaVm,
+  ReplicaVmSpec,
+  ReplicationStatus,
+  TestVm,
+  TestVmSpec,
+} from '../../fabric/driver.js';
+import { fsyncDir, writeFileAtomic } from '../../pki/index.js';
+import { AZURE_CAPABILITIES } from './capabilities.js';
+import type { AzureClients } from './clients.js';
+import { azureHostId, azureInventory, DISK_TYPES } from './inventory.js';
+import { armError, AzureRecovery, resourceName, type AzureRecoveryOptions, type VmFromPoint } from './recovery.js';
+import { pointDisks, readReplicaPoints } from './replica-points.js';
+import type { AzureSiteConfig } from './site.js';
+
+/** A VM size Azure offers, for the default: the smallest that has the source's vCPUs and memory. */
+export const VM_SIZES: readonly { name: string; vcpus: number; memoryMiB: number }[] = [
+  { name: 'Standard_B1s', vcpus: 1, memoryMiB: 1024 },
+  { name: 'Standard_B1ms', vcpus: 1, memoryMiB: 2048 },
+  { name: 'Standard_B2s', vcpus: 2, memoryMiB: 4096 },
+  { name: 'Standard_B2ms', vcpus: 2, memoryMiB: 8192 },
+  { name: 'Standard_D4s_v5', vcpus: 4, memoryMiB: 16384 },
+  { name: 'Standard_D8s_v5', vcpus: 8, memoryMiB: 32768 },
+  { name: 'Standard_D16s_v5', vcpus: 16, memoryMiB: 65536 },
+  { name: 'Standard_D32s_v5', vcpus: 32, memoryMiB: 131072 },
+  { name: 'Standard_D64s_v5', vcpus: 64, memoryMiB: 262144 },
+];
+
+/** The size a replica VM gets by default: the smallest with at least the source's vCPUs and memory (the smallest of all when the source's are not known). */
+export function defaultVmSize(m: Pick<MachineSpec, 'vcpus' | 'memoryMiB'> | undefined): string {
+  if (!m) return VM_SIZES[0]!.name;
+  const fit = VM_SIZES.find((s) => s.vcpus >= m.vcpus && s.memoryMiB >= m.memoryMiB);
+  if (!fit) throw new OsrError('NOT_SUPPORTED', `no Azure size osr knows has ${m.vcpus} vCPUs and ${m.memoryMiB} MiB; the largest is ${VM_SIZES.at(-1)!.name}`);
+  return fit.name;
+}
+
+/** A replica this provider prepared: where it is, and what a failover of it makes. */
+export interface AzureReplicaRecord {
+  /** the replica's id here: its container's name */
+  id: string;
+  itemId: string;
+  replicationId: string;
+  vmName: string;
+  disks: { id: string; name: string; sizeBytes: number }[];
+  /** the managed-disk type (the storage classification placement chose) */
+  diskSku: string;
+  vmSize: string;
+  generation: 'V1' | 'V2';
+  /** NIC → the virtual network it goes on (null: none), the source NIC's subnet name and address */
+  nics: { id: string; vmNetwork: string | null; subnet: string | null; ip: string | null }[];
+  createdAt: string;
+}
+
+export interface AzureTestRecord {
+  id: string;
+  itemId: string;
+  replicaId: string;
+  pointId: string;
+  /** the network made for this drill alone (removed with it), or null */
+  temporaryNetwork: string | null;
+  vmNetwork: string | null;
+  startedAt: string;
+}
+
+export interface AzureFailoverRecord {
+  /** the failed-over VM's id here */
+  vmId: string;
+  replicaId: string;
+  itemId: string;
+  /** the job tag of what the current point made, and its point */
+  job: string;
+  seq: number;
+  /** a change of point under way: what it makes (the old job's resources are removed first) */
+  next?: { job: string; seq: number } | undefined;
+  epoch: number;
+  committed: boolean;
+  at: string;
+}
+
+export interface AzureState {
+  replicas: Record<string, AzureReplicaRecord>;
+  tests: Record<string, AzureTestRecord>;
+  failovers: Record<string, AzureFailoverRecord>;
+  /** drill networks a recovery plan made: virtual network → its job tag */
+  drillNetworks: Record<string, string>;
+}
+
+const STATE_FILE = 'azure-state.json';
+
+function loadState(dir: string): AzureState {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, STATE_FILE);
+  const empty: AzureState = { replicas: {}, tests: {}, failovers: {}, drillNetworks: {} };
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return empty;
+    throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
+  }
+  let saved: unknown;
+  try {
+    saved = JSON.parse(text);
+  } catch (e) {
+    throw new OsrError('CONFIG_INVALID', `${file} is not JSON (${(e as Error).message}); restore it from a backup or move it away to start with no records`);
+  }
+  if (typeof saved !== 'object' || saved === null || Array.isArray(saved)) throw new OsrError('CONFIG_INVALID', `${file} does not hold the provider's records`);
+  return { ...empty, ...(saved as Partial<AzureState>) };
+}
+
+export interface AzureDriverOptions extends AzureRecoveryOptions {
+  /** how long a container's SAS is valid (default 7 days); the vault asks for a new one before it expires */
+  sasValidityMs?: number;
+  clock?: { now(): number };
+}
+
+const DAY_MS = 24 * 3600 * 1000;
+/** the SAS an agent needs: read, add, create, write, delete (blobs and snapshots), list */
+const AGENT_PERMISSIONS = 'racwdl';
+
+/** An address in a CIDR block (IPv4). */
+function inCidr(ip: string, cidr: string): boolean {
+  const toInt = (a: string): number | undefined => {
+    const p = a.split('.').map(Number);
+    return p.length === 4 && p.every((x) => Number.isInteger(x) && x >= 0 && x <= 255) ? ((p[0]! << 24) >>> 0) + (p[1]! << 16) + (p[2]! << 8) + p[3]! : undefined;
+  };
+  const [base, bits] = cidr.split('/');
+  const a = toInt(ip);
+  const b = toInt(base ?? '');
+  const n = Number(bits);
+  if (a === undefined || b === undefined || !Number.isInteger(n) || n < 0 || n > 32) return false;
+  const mask = n === 0 ? 0 : (~0 << (32 - n)) >>> 0;
+  return (a & mask) >>> 0 === (b & mask) >>> 0;
+}
+
+export class AzureFabricDriver implements FabricDriver, FabricManagement, FabricReplication {
+  readonly kind = 'azure';
+  readonly capabilities = AZURE_CAPABILITIES;
+  readonly management: FabricManagement = this;
+  readonly replication: FabricReplication = this;
+  private readonly state: AzureState;
+  private saving: Promise<void> = Promise.resolve();
+  private ctx: DriverContext | undefined;
+  private readonly clock: { now(): number };
+
+  constructor(
+    private readonly site: AzureSiteConfig,
+    private readonly clients: AzureClients,
+    private readonly o: AzureDriverOptions = {},
+  ) {
+    this.state = loadState(site.dir);
+    this.clock = o.clock ?? { now: () => Date.now() };
+  }
+
+  private save(): Promise<void> {
+    const text = `${JSON.stringify(this.state, null, 2)}\n`;
+    this.saving = this.saving.then(async () => {
+      await writeFileAtomic(path.join(this.site.dir, STATE_FILE), text, 0o600);
+      await fsyncDir(this.site.dir);
+    });
+    return this.saving;
+  }
+
+  private get hostId(): string {
+    return azureHostId(this.site);
+  }
+
+  private container(replicaId: string): ContainerClient {
+    return this.clients.blobs.getContainerClient(replicaId);
+  }
+
+  private recovery(replicaId: string): AzureRecovery {
+    return new AzureRecovery(this.clients.compute, this.clients.network, this.container(replicaId), { subscriptionId: this.site.subscriptionId, resourceGroup: this.site.resourceGroup, location: this.site.location, storageAccountId: this.site.storageAccount.resourceId }, this.o);
+  }
+
+  private replica(id: string): AzureReplicaRecord {
+    const r = this.state.replicas[id];
+    if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} holds no replica ${id}`);
+    return r;
+  }
+
+  private failover(vmId: string): AzureFailoverRecord {
+    const f = this.state.failovers[vmId];
+    if (!f) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no failed-over VM ${vmId}`);
+    return f;
+  }
+
+  // ---- management
+
+  async start(ctx: DriverContext): Promise<void> {
+    this.ctx = ctx;
+    // the storage account answers (a wrong key or endpoint is said now, not at the first replica)
+    try {
+      await this.clients.blobs.getProperties();
+    } catch (e) {
+      throw armError(e, `reaching storage account ${this.site.storageAccount.name} at ${this.site.storageAccount.blobEndpoint}`);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.saving.catch(() => undefined);
+  }
+
+  async inventory(): Promise<InventoryDocument> {
+    const doc = await azureInventory(this.site, this.clients.network);
+    const cloud = doc.clouds[0]!.id;
+    // the VMs failovers made run here now
+    for (const f of Object.values(this.state.failovers)) {
+      const r = this.state.replicas[f.replicaId];
+      if (!r) continue;
+      doc.vms.push({
+        id: f.vmId,
+        name: r.vmName,
+        cloud,
+        host: this.hostId,
+        powerState: 'Running',
+        disks: r.disks.map((d) => ({ id: d.id, name: d.name, sizeBytes: d.sizeBytes })),
+        nics: r.nics.map((n) => ({ id: n.id, ...(n.vmNetwork !== null ? { vmNetwork: n.vmNetwork } : {}), ...(n.ip !== null ? { ip: n.ip } : {}) })),
+      });
+    }
+    return doc;
+  }
+
+  async setPower(vmId: string, action: PowerAction): Promise<{ powerState: string }> {
+    const f = this.failover(vmId);
+    const name = resourceName(this.replica(f.replicaId).vmName);
+    const vms = this.clients.compute.virtualMachines;
+    const lro = { updateIntervalInMs: this.o.pollMs ?? 5000 };
+    try {
+      if (action === 'start') await vms.start(this.site.resourceGroup, name, lro);
+      // Azure bills a VM that is only stopped: osr deallocates it
+      else await vms.deallocate(this.site.resourceGroup, name, lro);
+    } catch (e) {
+      throw armError(e, `${action} of VM ${name}`);
+    }
+    return { powerState: action === 'start' ? 'Running' : 'Stopped' };
+  }
+
+  /** A SAS for one container, valid for the configured time: with the account's key, or a user-delegation key of the provider's principal. */
+  private async containerSas(container: string): Promise<{ sas: string; expiresAt: string }> {
+    const now = this.clock.now();
+    const startsOn = new Date(now - 5 * 60_000);
+    const expiresOn = new Date(now + (this.o.sasValidityMs ?? 7 * DAY_MS));
+    const values = { containerName: container, permissions: ContainerSASPermissions.parse(AGENT_PERMISSIONS), startsOn, expiresOn, protocol: this.site.storageAccount.blobEndpoint.startsWith('https:') ? SASProtocol.Https : SASProtocol.HttpsAndHttp };
+    const cred = this.clients.blobs.credential;
+    try {
+      const sas =
+        cred instanceof StorageSharedKeyCredential
+          ? generateBlobSASQueryParameters(values, cred).toString()
+          : generateBlobSASQueryParameters(values, await this.clients.blobs.getUserDelegationKey(startsOn, expiresOn), this.site.storageAccount.name).toString();
+      return { sas, expiresAt: expiresOn.toISOString() };
+    } catch (e) {
+      throw armError(e, `making a SAS for container ${container}`);
+    }
+  }
+
+  async ensureReplicaVm(spec: ReplicaVmSpec): Promise<ReplicaVm> {
+    const replicationId = spec.source.replicationId;
+    if (replicationId === undefined || !isSafeName(replicationId)) throw new OsrError('INVALID_ARGUMENT', `VM ${spec.source.name} has no replication id; its replica's container is named from it`);
+    if (spec.hostId !== this.hostId) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has one host, ${this.hostId}, not ${spec.hostId}`);
+    const id = replicaContainerName(replicationId);
+    const known = this.state.replicas[id];
+    if (known && known.itemId !== spec.itemId) throw new OsrError('ALREADY_EXISTS', `container ${id} holds the replica of item ${known.itemId}, not ${spec.itemId}`);
+    // the disk type: the classification placement chose (one for the VM: Azure takes one SKU per disk, osr keeps them alike)
+    const skus = new Set(Object.values(spec.storage).map((loc) => DISK_TYPES.find((t) => loc.endsWith(`-${t.id}`))?.id ?? 'StandardSSD_LRS'));
+    const diskSku = skus.has('Premium_LRS') ? 'Premium_LRS' : skus.has('StandardSSD_LRS') ? 'StandardSSD_LRS' : [...skus][0] ?? 'StandardSSD_LRS';
+    const subnets = await this.subnets();
+    const nics = spec.source.nics.map((n) => {
+      const vnet = spec.networks[n.id] ?? null;
+      const ip = n.ip ?? null;
+      const subnet = vnet === null ? null : this.pickSubnet(subnets, vnet, n.subnet);
+      // a static address is kept where it fits the mapped subnet (ASR's rule); otherwise Azure gives one
+      const keep = subnet !== null && ip !== null && inCidr(ip, subnet.cidr) ? ip : null;
+      return { id: n.id, vmNetwork: vnet, subnet: subnet?.name ?? null, ip: keep };
+    });
+    const container = this.container(id);
+    let reused = false;
+    try {
+      const made = await container.createIfNotExists({ metadata: { osritem: spec.itemId } });
+      reused = !made.succeeded && (await container.getBlockBlobClient(RECORD_BLOB).exists());
+    } catch (e) {
+      throw armError(e, `making container ${id}`);
+    }
+    const record: AzureReplicaRecord = {
+      id,
+      itemId: spec.itemId,
+      replicationId,
+      vmName: spec.source.name,
+      disks: spec.source.disks.map((d) => ({ id: d.id, name: d.name, sizeBytes: d.sizeBytes })),
+      diskSku,
+      vmSize: known?.vmSize ?? defaultVmSize(spec.source.machine),
+      generation: spec.source.machine?.firmware === 'uefi' ? 'V2' : 'V1',
+      nics,
+      createdAt: known?.createdAt ?? new Date(this.clock.now()).toISOString(),
+    };
+    this.state.replicas[id] = record;
+    await this.save();
+    this.ctx?.inventoryChanged();
+    const containerUrl = container.url.split('?')[0]!;
+    return { replicaVmId: id, hostId: this.hostId, agent: { kind: 'azure', containerUrl }, access: await this.containerSas(id), nics: nics.map((n) => ({ id: n.id, vmNetwork: n.vmNetwork, ip: n.ip })), reused };
+  }
+
+  /** The resource group's virtual networks and their subnets. */
+  private async subnets(): Promise<Map<string, { name: string; id: string; cidr: string }[]>> {
+    const out = new Map<string, { name: string; id: string; cidr: string }[]>();
+    try {
+      for await (const v of this.clients.network.virtualNetworks.list(this.site.resourceGroup)) {
+        if (!v.name) continue;
+        out.set(
+          v.name,
+          (v.subnets ?? []).flatMap((s) => (s.name && s.id && s.addressPrefix ? [{ name: s.name, id: s.id, cidr: s.addressPrefix }] : [])),
+        );
+      }
+    } catch (e) {
+      throw armError(e, `listing the virtual networks of ${this.site.resourceGroup}`);
+    }
+    return out;
+  }
+
+  /** The subnet of the same name as the source's, else the network's first (the rule between sites). */
+  private pickSubnet(subnets: Map<string, { name: string; id: string; cidr: string }[]>, vnet: string, name: string | null | undefined): { name: string; id: string; cidr: string } {
+    const list = subnets.get(vnet);
+    if (!list || list.length === 0) throw new OsrError('NOT_FOUND', `virtual network ${vnet} of ${this.site.resourceGroup} has no subnet to put a NIC on`);
+    return list.find((s) => s.name === name) ?? list[0]!;
+  }
+
+  async removeReplicaVm(replicaVmId: string, o: { deleteData: boolean }): Promise<void> {
+    const failedOver = Object.values(this.state.failovers).find((f) => f.replicaId === replicaVmId && !f.committed);
+    if (failedOver) throw new OsrError('INVALID_STATE', `replica ${replicaVmId} runs as VM ${failedOver.vmId} (a failover not committed): commit or undo it first`);
+    if (o.deleteData) {
+      try {
+        await this.container(replicaVmId).deleteIfExists();
+      } catch (e) {
+        throw armError(e, `deleting container ${replicaVmId}`);
+      }
+    }
+    delete this.state.replicas[replicaVmId];
+    await this.save();
+    this.ctx?.inventoryChanged();
+  }
+
+  async connectNic(vmId: string, nicId: string, vmNetwork: string | null): Promise<{ ip: string | null }> {
+    const r = this.replica(vmId);
+    const nic = r.nics.find((n) => n.id === nicId);
+    if (!nic) throw new OsrError('NOT_FOUND', `replica ${vmId} has no NIC ${nicId}`);
+    const subnet = vmNetwork === null ? null : this.pickSubnet(await this.subnets(), vmNetwork, nic.subnet);
+    nic.vmNetwork = vmNetwork;
+    if (subnet === null || nic.ip === null || !inCidr(nic.ip, subnet.cidr)) nic.ip = null;
+    nic.subnet = subnet?.name ?? nic.subnet;
+    await this.save();
+    return { ip: nic.ip };
+  }
+
+  /** The plan of a VM from point `seq` of a replica. */
+  private async plan(r: AzureReplicaRecord, seq: number, o: { jobId: string; role: VmFromPoint['role']; vmName: string; nics: VmFromPoint['nics'] }): Promise<VmFromPoint> {
+    const container = this.container(r.id);
+    const points = await readReplicaPoints(container);
+    const nics = o.nics;
+    if (nics.length === 0) throw new OsrError('INVALID_STATE', `VM ${r.vmName} has no NIC on a mapped network, and an Azure VM needs one: map its network (osr mapping create network …)`);
+    return { itemId: r.itemId, jobId: o.jobId, role: o.role, vmName: o.vmName, vmSize: r.vmSize, generation: r.generation, osType: 'Linux', diskSku: r.diskSku, disks: pointDisks(container, points, seq), nics };
+  }
+
+  private pointSeq(pointId: string): number {
+    const seq = Number(pointId);
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(pointId.slice(0, 40))} is not a recovery point of an Azure replica (a number)`);
+    return seq;
+  }
+
+  async startTestVm(spec: TestVmSpec): Promise<TestVm> {
+    const r = this.replica(spec.replicaVmId);
+    const seq = this.pointSeq(spec.pointId);
+    // one drill of a replica at a time (the vault holds the item); its id is its job's tag
+    const id = resourceName('test', r.replicationId, String(seq));
+    const startedAt = this.state.tests[id]?.startedAt ?? new Date(this.clock.now()).toISOString();
+    const rec = this.recovery(r.id);
+    // an Azure VM needs a NIC: "no network" is a network of its own, isolated like a drill's
+    const temporary = spec.network.mode !== 'existing' ? resourceName('osr-drill', id) : null;
+    const vmNetwork = spec.network.mode === 'existing' ? spec.network.vmNetwork : temporary;
+    this.state.tests[id] = { id, itemId: spec.itemId, replicaId: r.id, pointId: spec.pointId, temporaryNetwork: temporary, vmNetwork, startedAt };
+    await this.save();
+    let subnetId: string;
+    if (temporary !== null) {
+      subnetId = (await rec.createDrillNetwork({ itemId: spec.itemId, jobId: id, name: temporary, addressPrefix: '10.250.0.0/24' })).subnetId;
+    } else {
+      subnetId = this.pickSubnet(await this.subnets(), vmNetwork!, null).id;
+    }
+    // every source NIC goes on the drill's network, with an address Azure gives (no clash with production)
+    const plan = await this.plan(r, seq, { jobId: id, role: 'test', vmName: resourceName(r.vmName, 'test'), nics: r.nics.length > 0 ? r.nics.map(() => ({ subnetId })) : [{ subnetId }] });
+    await rec.createVm(plan, (step, detail) => this.ctx?.log.info({ test: id, step, ...detail }, `drill ${id}: ${step}`));
+    this.ctx?.inventoryChanged();
+    return { testVmId: id, hostId: this.hostId, temporaryNetwork: temporary, nics: r.nics.map((n) => ({ id: n.id, vmNetwork, ip: null })), disks: [], startedAt };
+  }
+
+  async removeTestVm(testVmId: string): Promise<void> {
+    // the record is written before anything is made and removed after all of it: none, nothing to remove
+    const t = this.state.tests[testVmId];
+    if (!t) return;
+    const { removed } = await this.recovery(t.replicaId).removeJob(testVmId);
+    this.ctx?.log.info({ test: testVmId, removed }, `drill ${testVmId} removed: ${removed.length} resource(s)`);
+    delete this.state.tests[testVmId];
+    await this.save();
+    this.ctx?.inventoryChanged();
+  }
+
+  async createTestNetwork(name: string): Promise<{ vmNetwork: string }> {
+    const vnet = resourceName('osr-drill', name);
+    const job = resourceName('net', name);
+    this.state.drillNetworks[vnet] = job;
+    await this.save();
+    // (a network is no replica's: the container named is not used)
+    await this.recovery('osr-none').createDrillNetwork({ itemId: 'plan', jobId: job, name: vnet, addressPrefix: '10.251.0.0/24' });
+    return { vmNetwork: vnet };
+  }
+
+  async removeTestNetwork(vmNetwork: string): Promise<void> {
+    const job = this.state.drillNetworks[vmNetwork];
+    if (job === undefined) return;
+    await this.recovery('osr-none').removeJob(job, undefined, { copies: false });
+    delete this.state.drillNetworks[vmNetwork];
+    await this.save();
+  }
+
+  // ---- replication: the recovery side
+
+  async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
+    const r = this.replica(replicaVmId);
+    let points;
+    try {
+      points = await readReplicaPoints(this.container(r.id));
+    } catch (e) {
+      // no record yet: the first copy has not begun
+      if (e instanceof OsrError && e.code === 'NOT_FOUND') return [];
+      throw e;
+    }
+    return points.points.map((p) => ({ id: String(p.point.seq), at: new Date(p.point.timeMs).toISOString(), consistency: p.point.consistency === 'app-consistent' ? 'app' : 'crash' }));
+  }
+
+  private async pointInfo(r: AzureReplicaRecord, seq: number): Promise<RecoveryPointInfo> {
+    const p = (await this.recoveryPoints(r.id)).find((x) => x.id === String(seq));
+    if (!p) throw new OsrError('NOT_FOUND', `the replica of ${r.vmName} has no recovery point ${seq}`);
+    return p;
+  }
+
+  /** The NIC of a failed-over VM: its mapped subnet, its address kept where it fits. */
+  private async makeFailoverVm(r: AzureReplicaRecord, seq: number, job: string): Promise<void> {
+    const subnets = await this.subnets();
+    const nics = r.nics.flatMap((n) => (n.vmNetwork === null ? [] : [{ subnetId: this.pickSubnet(subnets, n.vmNetwork, n.subnet).id, ...(n.ip !== null ? { privateIp: n.ip } : {}) }]));
+    const plan = await this.plan(r, seq, { jobId: job, role: 'failover', vmName: r.vmName, nics });
+    await this.recovery(r.id).createVm(plan, (step, detail) => this.ctx?.log.info({ failover: job, step, ...detail }, `failover ${job}: ${step}`));
+  }
+
+  async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] }> {
+    const r = this.replica(replicaVmId);
+    const vmId = resourceName('vm', r.replicationId);
+    const points = await this.recoveryPoints(r.id);
+    let f = this.state.failovers[vmId];
+    if (!f || f.committed) {
+      const point = pointId !== null ? points.find((p) => p.id === pointId) : points.at(-1);
+      if (!point) throw new OsrError('NOT_FOUND', pointId !== null ? `the replica of ${r.vmName} has no recovery point ${pointId}` : `the replica of ${r.vmName} has no recovery point yet`);
+      const seq = this.pointSeq(point.id);
+      // the record first: a promote run again finds what it started, whatever point is newest by then
+      f = { vmId, replicaId: r.id, itemId: r.itemId, job: resourceName('failover', r.replicationId, String(seq)), seq, epoch: (f?.epoch ?? 1) + 1, committed: false, at: new Date(this.clock.now()).toISOString() };
+      this.state.failovers[vmId] = f;
+      await this.save();
+    }
+    await this.makeFailoverVm(r, f.seq, f.job);
+    this.ctx?.inventoryChanged();
+    return { vmId, epoch: f.epoch, point: await this.pointInfo(r, f.seq), points };
+  }
+
+  async changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }> {
+    const f = this.failover(vmId);
+    if (f.committed) throw new OsrError('INVALID_STATE', `the failover of ${vmId} is committed: its point cannot change`);
+    const r = this.replica(f.replicaId);
+    const seq = this.pointSeq(pointId);
+    if (f.seq !== seq || f.next) {
+      f.next ??= { job: resourceName('failover', r.replicationId, String(seq), String(this.clock.now())), seq };
+      await this.save();
+      // what the old point made goes first (its VM holds the name the new one takes)
+      await this.recovery(r.id).removeJob(f.job);
+      await this.makeFailoverVm(r, f.next.seq, f.next.job);
+      f.job = f.next.job;
+      f.seq = f.next.seq;
+      f.next = undefined;
+      await this.save();
+    }
+    return { point: await this.pointInfo(r, f.seq) };
+  }
+
+  async commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
+    const f = this.failover(vmId);
+    const r = this.replica(f.replicaId);
+    if (f.next) throw new OsrError('INVALID_STATE', `a change of ${vmId}'s recovery point is under way: run it again before the commit`);
+    const point = await this.pointInfo(r, f.seq).catch(() => ({ id: String(f.seq), at: f.at, consistency: 'crash' as const }));
+    if (!f.committed) {
+      // the managed disks hold the VM now: the copies they were imported from go
+      await this.recovery(r.id).removeCopies(f.job);
+      f.committed = true;
+      await this.save();
+    }
+    return { point };
+  }
+
+  // ---- replication from Azure: not built
+
+  private notSource(what: string): never {
+    throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} (Azure) is a recovery site only: ${what} from Azure is not available yet (failback by block checksums is planned, docs/design/azure.md)`);
+  }
+
+  ensureReplication(): Promise<void> {
+    return Promise.resolve(this.notSource('replication'));
+  }
+
+  replicationStatus(vmId: string): Promise<ReplicationStatus> {
+    return Promise.resolve(this.notSource(`the replication status of ${vmId}`));
+  }
+
+  resync(): Promise<void> {
+    return Promise.resolve(this.notSource('a resync'));
+  }
+
+  async stopReplication(): Promise<void> {
+    // nothing replicates from Azure: nothing to stop
+  }
+
+  prepareFailover(): Promise<{ point: RecoveryPointInfo }> {
+    return Promise.resolve(this.notSource('a planned failover'));
+  }
+
+  async fenceVm(vmId: string): Promise<void> {
+    // a failed-over VM that another site took over again is deallocated and stays so
+    if (this.state.failovers[vmId]) await this.setPower(vmId, 'stop');
+  }
+
+  demoteVm(): Promise<ReplicaVm> {
+    return Promise.resolve(this.notSource('reprotection (failback)'));
+  }
+}
+
