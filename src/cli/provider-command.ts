@@ -5,6 +5,9 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError } from '../domain/errors.js';
+import { AzureFabricDriver } from '../drivers/azure/azure-driver.js';
+import { azureClients } from '../drivers/azure/clients.js';
+import { parseAzureSite } from '../drivers/azure/site.js';
 import { LibvirtFabricDriver } from '../drivers/libvirt/libvirt-driver.js';
 import { loadLibvirtSite } from '../drivers/libvirt/site.js';
 import type { FabricDriver } from '../fabric/driver.js';
@@ -21,7 +24,7 @@ export function addProviderCommand(program: Command): void {
   program
     .command('provider')
     .description('run a provider at a fabric: register with the vault (once, with a registration key), sync inventory, run the vault\'s commands against the fabric, report replication status')
-    .requiredOption('--fabric <kind>', 'the fabric driver: lab (hosts are osr agents on this machine) or libvirt (KVM hosts, each running osr agent --host libvirt)')
+    .requiredOption('--fabric <kind>', 'the fabric driver: lab (hosts are osr agents on this machine), libvirt (KVM hosts, each running osr agent --host libvirt) or azure (Azure as a recovery site: a subscription\'s resource group and storage account; docs/design/azure.md)')
     // --config and --vault are also the osr command's own options, which take their values; the action reads them there
     .option('--config <file>', 'the site file: the fabric\'s name and inventory, and lab.dir for the lab driver (libvirt: hosts and their agents, clouds, network and storage mappings; docs/getting-started-libvirt.md)')
     .option('--vault <url>', 'the vault\'s URL (needed to register; later taken from the registration)')
@@ -41,7 +44,7 @@ export function addProviderCommand(program: Command): void {
       o.config ??= shared.config;
       o.vault ??= shared.vault;
       if (!o.config) throw new OsrError('CONFIG_INVALID', 'give the site file with --config SITE.yaml');
-      const kinds = ['lab', 'libvirt'];
+      const kinds = ['lab', 'libvirt', 'azure'];
       if (!kinds.includes(o.fabric ?? '')) throw new OsrError('NOT_SUPPORTED', `fabric driver "${o.fabric}" is not available; this build has: ${kinds.join(', ')}`);
       let driver: FabricDriver;
       // hosts are connected once the provider has started, after its registration
@@ -52,7 +55,13 @@ export function addProviderCommand(program: Command): void {
       };
       let site: { name: string; server?: string | undefined };
       let dir: string;
-      if (o.fabric === 'libvirt') {
+      if (o.fabric === 'azure') {
+        const file = path.resolve(o.config);
+        const s = parseAzureSite(fs.readFileSync(file, 'utf8'), path.dirname(file));
+        site = s;
+        dir = path.resolve(o.dataDir ?? s.dir);
+        driver = new AzureFabricDriver({ ...s, dir }, azureClients(s));
+      } else if (o.fabric === 'libvirt') {
         const s = loadLibvirtSite(path.resolve(o.config));
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);

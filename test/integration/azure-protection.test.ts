@@ -1,0 +1,199 @@
+/**
+ * A lab VM protected to Azure through the vault, end to end: a vault, the lab's provider
+ * process (its host agent replicates the VM into Azure storage itself), and the Azure
+ * provider (AzureFabricDriver) against Azurite and the fake Resource Manager. The osr CLI
+ * sets up the policy, pairing and mappings and enables protection; the points the Azure
+ * provider reads are the agent's; a test failover makes a VM whose disks hold the point's
+ * bytes on an isolated network, and its cleanup removes all of it; a planned failover
+ * ships the last writes and makes the VM on the mapped subnet, and the commit keeps it.
+ * The container's SAS reaches the source's agent and nothing the vault keeps or shows.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { promisify } from 'node:util';
+import { NetworkManagementClient } from '@azure/arm-network';
+import YAML from 'yaml';
+import { pino } from 'pino';
+import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
+import type { ProtectedItem } from '../../src/domain/resources.js';
+import { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
+import { azureClients } from '../../src/drivers/azure/clients.js';
+import { OSR_TAG } from '../../src/drivers/azure/recovery.js';
+import { parseAzureSite } from '../../src/drivers/azure/site.js';
+import { OSR_BIN } from '../../src/lab/agent-process.js';
+import { labNbdUri } from '../../src/lab/launcher.js';
+import { ProviderChannel } from '../../src/provider/channel.js';
+import { FabricProvider } from '../../src/provider/fabric-provider.js';
+import { registerWithVault } from '../../src/provider/registration.js';
+import { VERSION } from '../../src/vault/version.js';
+import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, type Azurite } from '../support/azurite.js';
+import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
+import { tempDir, waitFor } from '../support/lab.js';
+import { site } from '../support/topology.js';
+import { startVault, type TestVault } from '../support/vault.js';
+
+const run = promisify(execFile);
+const dir = tempDir('osr-azure-e2e-');
+const MiB = 1024 * 1024;
+let azurite: Azurite;
+let arm: FakeArm;
+let v: TestVault;
+let labProvider: ChildProcess | undefined;
+let azureProvider: FabricProvider | undefined;
+let subnetId = '';
+
+async function osr(...args: string[]): Promise<string> {
+  const r = await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 300_000 });
+  return r.stdout;
+}
+
+const item = async (): Promise<ProtectedItem> => (await v.api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === 'web')!;
+
+before(async () => {
+  azurite = await startAzurite();
+  arm = await startFakeArm({ storageCredential: azurite.credential, lroMs: 20 });
+  // the recovery site's production network, made as a user would
+  const network = new NetworkManagementClient(arm.credential, arm.subscriptionId, { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca } });
+  const vnet = await network.virtualNetworks.createOrUpdate(arm.resourceGroup, 'prod', { location: 'westeurope', addressSpace: { addressPrefixes: ['10.9.0.0/16'] }, subnets: [{ name: 'Subnet1', addressPrefix: '10.9.0.0/24' }] }, { updateIntervalInMs: 20 });
+  subnetId = vnet.subnets![0]!.id!;
+
+  v = await startVault({ dataDir: path.join(dir, 'vault') });
+  fs.writeFileSync(path.join(dir, 'vault-ca.pem'), v.vault.ctx.identity.ca.certPem);
+  fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
+
+  // the primary: a lab site with one VM on a mapped network, its provider a process of its own
+  const primary = site('Primary', 'p-host', [{ name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false }]);
+  primary.logicalNetworks = ['LN'];
+  primary.vmNetworks = [{ name: 'Prod', logicalNetwork: 'LN', subnets: [{ name: 'Subnet1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.20' } }] }];
+  primary.clouds[0]!.hostGroups[0]!.hosts[0]!.logicalNetworks = ['LN'];
+  fs.mkdirSync(path.join(dir, 'sites', 'primary'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'sites', 'primary.yaml'), YAML.stringify({ ...primary, lab: { dir: path.join(dir, 'sites', 'primary') } }));
+  const key = async () => (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
+  const log = fs.openSync(path.join(dir, 'lab-provider.log'), 'a');
+  labProvider = spawn(process.execPath, [OSR_BIN, 'provider', '--fabric', 'lab', '--config', path.join(dir, 'sites', 'primary.yaml'), '--vault', v.url, '--registration-key', await key(), '--status-interval', '1s', '--poll', '2s'], { stdio: ['ignore', 'pipe', log] });
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    labProvider!.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('"fabricId"')) resolve();
+    });
+    labProvider!.once('exit', (c) => reject(new Error(`the lab provider exited (${c}): ${fs.readFileSync(path.join(dir, 'lab-provider.log'), 'utf8').slice(-2000)}`)));
+  });
+
+  // the recovery site: Azure, its provider in this process (the fake Resource Manager's token)
+  fs.writeFileSync(path.join(dir, 'account.key'), `${AZURITE_KEY}\n`, { mode: 0o600 });
+  fs.writeFileSync(path.join(dir, 'sp.secret'), 'unused\n', { mode: 0o600 });
+  fs.writeFileSync(path.join(dir, 'arm-ca.pem'), arm.ca);
+  const azureSite = parseAzureSite(
+    YAML.stringify({
+      name: 'azure-we',
+      subscriptionId: arm.subscriptionId,
+      resourceGroup: arm.resourceGroup,
+      location: 'westeurope',
+      storageAccount: { name: AZURITE_ACCOUNT, blobEndpoint: azurite.url, keyFile: 'account.key' },
+      credential: { tenantId: '11111111-2222-3333-4444-555555555555', clientId: '66666666-7777-8888-9999-aaaaaaaaaaaa', clientSecretFile: 'sp.secret' },
+      endpoints: { resourceManager: arm.endpoint, caFile: 'arm-ca.pem' },
+    }),
+    dir,
+  );
+  const driver = new AzureFabricDriver(azureSite, azureClients(azureSite, { credential: arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
+  const providerDir = path.join(dir, 'azure-provider');
+  const registration = await registerWithVault({ vaultUrl: v.url, key: await key(), fabric: { name: 'azure-we', kind: driver.kind }, serverName: 'azure-we', version: VERSION, inventoryScope: 'all', dir: providerDir });
+  azureProvider = new FabricProvider({ driver, channel: new ProviderChannel(registration, { dir: providerDir }), dir: providerDir, statusIntervalMs: 1000, pollSeconds: 2, log: pino({ level: 'warn' }, pino.destination(2)) });
+  await azureProvider.start();
+});
+
+after(async () => {
+  await azureProvider?.stop();
+  if (labProvider && labProvider.exitCode === null) {
+    const exited = new Promise((r) => labProvider!.once('exit', r));
+    labProvider.kill('SIGTERM');
+    await exited;
+  }
+  await v?.close();
+  await arm?.stop();
+  await azurite?.stop();
+});
+
+/** Writes through the lab VM's NBD export; answers what was written where. */
+async function writeToVm(disk: string, offset: number, bytes: number): Promise<Buffer> {
+  const [target] = await labNbdUri(path.join(dir), 'web', disk);
+  const c = await NbdClient.connect(target!.uri);
+  const data = crypto.randomBytes(bytes);
+  await c.write(offset, data);
+  await c.flush();
+  await c.close();
+  return data;
+}
+
+test('a lab VM protected to Azure: points from its container, a drill and its cleanup, a planned failover and its commit', { timeout: 600_000 }, async () => {
+  await waitFor('both fabrics\' inventories', async () => {
+    const vms = (await v.api.request<{ items: { name: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
+    const nets = (await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=100')).items;
+    return vms.some((x) => x.name === 'web') && nets.some((n) => n.id === 'azure-we.prod');
+  });
+  await osr('policy', 'create', 'to-azure', '--copy-frequency', '30s', '--retention-hours', '1');
+  await osr('pairing', 'create', '--policy', 'to-azure', '--source-cloud', 'primary.primary-cloud', '--target-cloud', `azure-we.rg-${arm.resourceGroup}`);
+  await osr('mapping', 'create', 'network', '--source', 'primary.prod', '--target', 'azure-we.prod');
+  await osr('mapping', 'create', 'storage', '--source', 'primary.gold', '--target', 'azure-we.StandardSSD_LRS');
+  const before = await writeToVm('disk0', 0, 64 * 1024);
+  await osr('item', 'enable', 'web', '--wait');
+  let it = await item();
+  assert.equal(it.state, 'Protected');
+  const replica = it.replication.replica!;
+  assert.equal(replica.agent.kind, 'azure');
+  assert.match(JSON.stringify(replica.agent), /osr-/);
+
+  // the SAS is nowhere the vault shows: not in the item, its jobs or events
+  const shown = JSON.stringify([it, await v.api.request('GET', '/api/v1/jobs?limit=100'), await v.api.request('GET', '/api/v1/events?limit=200')]);
+  assert.doesNotMatch(shown, /sig=/, 'no SAS in what the vault shows');
+
+  // a write after the first copy reaches a point the Azure provider reads from the container
+  const later = await writeToVm('disk1', MiB, 32 * 1024);
+  const points = async () => (await v.api.request<{ items: { id: string; at: string }[] }>('GET', `/api/v1/protected-items/${it.id}/recovery-points`)).items;
+  const firstPoint = Math.max(0, ...(await points()).map((p) => Number(p.id)));
+  let point = '';
+  await waitFor('a point after the write', async () => {
+    const newest = Math.max(0, ...(await points()).map((p) => Number(p.id)));
+    point = String(newest);
+    return newest > firstPoint + 1;
+  }, 180_000, 500);
+
+  // a drill: the VM of the point on a network made for it, its disks holding the point's bytes
+  await osr('item', 'test-failover', 'web', '--point', point, '--network', 'temporary', '--wait');
+  const drillVms = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.role] === 'test');
+  assert.equal(drillVms.length, 1);
+  const drillDisks = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'test');
+  assert.equal(drillDisks.length, 2);
+  const bytesOf = (name: string) => arm.diskBytes.get([...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.name.endsWith(name) && r.tags?.[OSR_TAG.role] === 'test')!.id.toLowerCase())!;
+  assert.ok(bytesOf('disk0').subarray(0, before.length).equals(before), 'the drill\'s system disk holds what was written before protection');
+  assert.ok(bytesOf('disk1').subarray(MiB, MiB + later.length).equals(later), 'the drill\'s data disk holds the write of the point');
+  const drillNic = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'test')!;
+  assert.doesNotMatch(JSON.stringify(drillNic.properties), /\/virtualNetworks\/prod\//, 'the drill is not on the production network');
+  await osr('item', 'test-failover-cleanup', 'web', '--notes', 'booted', '--wait');
+  assert.deepEqual([...arm.resources.values()].filter((r) => r.tags?.[OSR_TAG.role] === 'test').map((r) => r.id), [], 'the cleanup removed every resource the drill made');
+
+  // a planned failover: the last writes shipped, the VM made on the mapped subnet, then committed
+  const last = await writeToVm('disk0', 2 * MiB, 16 * 1024);
+  await osr('item', 'planned-failover', 'web', '--wait');
+  it = await item();
+  assert.equal(it.state, 'FailedOver');
+  const vm = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.role] === 'failover')!;
+  assert.ok(vm, 'the failed-over VM exists in Azure');
+  const systemDisk = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'failover' && r.name.endsWith('disk0'))!;
+  assert.ok(arm.diskBytes.get(systemDisk.id.toLowerCase())!.subarray(2 * MiB, 2 * MiB + last.length).equals(last), 'nothing written before the planned failover is lost');
+  const nic = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'failover')!;
+  assert.match(JSON.stringify(nic.properties), new RegExp(subnetId.replace(/[/.]/g, '\\$&'), 'i'), 'its NIC is on the mapped subnet');
+  await osr('item', 'commit', 'web', '--wait');
+  assert.equal((await item()).state, 'Committed');
+  const container = azurite.service.getContainerClient(replica.replicaVmId.split('.').at(-1)!);
+  const copies: string[] = [];
+  for await (const b of container.listBlobsFlat({ prefix: 'failover/' })) copies.push(b.name);
+  assert.deepEqual(copies, [], 'the commit removed the copies the disks were imported from');
+  assert.ok(arm.resources.has(vm.id.toLowerCase()), 'the committed VM stays');
+  assert.deepEqual(arm.violations, [], 'every request met the specification');
+});
