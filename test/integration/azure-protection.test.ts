@@ -16,6 +16,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { NetworkManagementClient } from '@azure/arm-network';
+import { ContainerClient } from '@azure/storage-blob';
 import YAML from 'yaml';
 import { pino } from 'pino';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
@@ -44,6 +45,7 @@ let arm: FakeArm;
 let v: TestVault;
 let labProvider: ChildProcess | undefined;
 let azureProvider: FabricProvider | undefined;
+let driver: AzureFabricDriver;
 let subnetId = '';
 
 async function osr(...args: string[]): Promise<string> {
@@ -100,7 +102,7 @@ before(async () => {
     }),
     dir,
   );
-  const driver = new AzureFabricDriver(azureSite, azureClients(azureSite, { credential: arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
+  driver = new AzureFabricDriver(azureSite, azureClients(azureSite, { credential: arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
   const providerDir = path.join(dir, 'azure-provider');
   const registration = await registerWithVault({ vaultUrl: v.url, key: await key(), fabric: { name: 'azure-we', kind: driver.kind }, serverName: 'azure-we', version: VERSION, inventoryScope: 'all', dir: providerDir });
   azureProvider = new FabricProvider({ driver, channel: new ProviderChannel(registration, { dir: providerDir }), dir: providerDir, statusIntervalMs: 1000, pollSeconds: 2, log: pino({ level: 'warn' }, pino.destination(2)) });
@@ -152,6 +154,20 @@ test('a lab VM protected to Azure: points from its container, a drill and its cl
   const shown = JSON.stringify([it, await v.api.request('GET', '/api/v1/jobs?limit=100'), await v.api.request('GET', '/api/v1/events?limit=200')]);
   assert.doesNotMatch(shown, /sig=/, 'no SAS in what the vault shows');
 
+  // the agent's access is bound to the container's policy, which the Azure provider extends
+  const container = azurite.service.getContainerClient(replica.replicaVmId.split('.').at(-1)!);
+  const policyEnd = async () => (await container.getAccessPolicy()).signedIdentifiers.find((p) => p.id === 'osr-agent')?.accessPolicy?.expiresOn?.getTime();
+  const firstEnd = (await policyEnd())!;
+  assert.ok(firstEnd > Date.now() + 6 * 24 * 3600_000, 'the access lasts a week');
+  await new Promise((r) => setTimeout(r, 1100));
+  await driver.renewAccess();
+  assert.ok((await policyEnd())! > firstEnd, 'and is extended');
+  const accessFiles = (fs.readdirSync(path.join(dir, 'sites', 'primary'), { recursive: true }) as string[]).filter((f) => f.includes('azure-access') && f.endsWith('.json'));
+  assert.equal(accessFiles.length, 1, 'the agent keeps the SAS in its azure-access folder');
+  const accessFile = path.join(dir, 'sites', 'primary', accessFiles[0]!);
+  assert.equal(fs.statSync(accessFile).mode & 0o077, 0, 'owner-only');
+  const agentSas = (JSON.parse(fs.readFileSync(accessFile, 'utf8')) as { sas: string }).sas;
+
   // a write after the first copy reaches a point the Azure provider reads from the container
   const later = await writeToVm('disk1', MiB, 32 * 1024);
   const points = async () => (await v.api.request<{ items: { id: string; at: string }[] }>('GET', `/api/v1/protected-items/${it.id}/recovery-points`)).items;
@@ -188,9 +204,11 @@ test('a lab VM protected to Azure: points from its container, a drill and its cl
   assert.ok(arm.diskBytes.get(systemDisk.id.toLowerCase())!.subarray(2 * MiB, 2 * MiB + last.length).equals(last), 'nothing written before the planned failover is lost');
   const nic = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'failover')!;
   assert.match(JSON.stringify(nic.properties), new RegExp(subnetId.replace(/[/.]/g, '\\$&'), 'i'), 'its NIC is on the mapped subnet');
+  // the old primary's access to the replica was revoked at the failover
+  const asAgent = new ContainerClient(`${container.url}?${agentSas}`);
+  await assert.rejects(asAgent.getBlockBlobClient('probe').upload('x', 1), (e: { statusCode?: number }) => e.statusCode === 403, 'the agent\'s SAS no longer writes');
   await osr('item', 'commit', 'web', '--wait');
   assert.equal((await item()).state, 'Committed');
-  const container = azurite.service.getContainerClient(replica.replicaVmId.split('.').at(-1)!);
   const copies: string[] = [];
   for await (const b of container.listBlobsFlat({ prefix: 'failover/' })) copies.push(b.name);
   assert.deepEqual(copies, [], 'the commit removed the copies the disks were imported from');

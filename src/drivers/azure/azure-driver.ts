@@ -21,7 +21,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ContainerSASPermissions, generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
+import { generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
 import { OsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
@@ -144,14 +144,18 @@ function loadState(dir: string): AzureState {
 }
 
 export interface AzureDriverOptions extends AzureRecoveryOptions {
-  /** how long a container's SAS is valid (default 7 days); the vault asks for a new one before it expires */
+  /** how far ahead the agents' access to their containers is extended (default 7 days) */
   sasValidityMs?: number;
+  /** how often it is extended (default 1 h) */
+  accessRenewMs?: number;
   clock?: { now(): number };
 }
 
 const DAY_MS = 24 * 3600 * 1000;
 /** the SAS an agent needs: read, add, create, write, delete (blobs and snapshots), list */
 const AGENT_PERMISSIONS = 'racwdl';
+/** the container's stored access policy the agent's SAS is bound to */
+const AGENT_POLICY = 'osr-agent';
 
 /** An address in a CIDR block (IPv4). */
 function inCidr(ip: string, cidr: string): boolean {
@@ -176,6 +180,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   private readonly state: AzureState;
   private saving: Promise<void> = Promise.resolve();
   private ctx: DriverContext | undefined;
+  private renewer: AbortController | undefined;
   private readonly clock: { now(): number };
 
   constructor(
@@ -230,9 +235,21 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     } catch (e) {
       throw armError(e, `reaching storage account ${this.site.storageAccount.name} at ${this.site.storageAccount.blobEndpoint}`);
     }
+    const renewer = (this.renewer = new AbortController());
+    void (async () => {
+      while (!renewer.signal.aborted) {
+        await this.renewAccess();
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, this.o.accessRenewMs ?? 3600_000);
+          t.unref();
+          renewer.signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+        });
+      }
+    })();
   }
 
   async stop(): Promise<void> {
+    this.renewer?.abort();
     await this.saving.catch(() => undefined);
   }
 
@@ -271,21 +288,49 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     return { powerState: action === 'start' ? 'Running' : 'Stopped' };
   }
 
-  /** A SAS for one container, valid for the configured time: with the account's key, or a user-delegation key of the provider's principal. */
-  private async containerSas(container: string): Promise<{ sas: string; expiresAt: string }> {
-    const now = this.clock.now();
-    const startsOn = new Date(now - 5 * 60_000);
-    const expiresOn = new Date(now + (this.o.sasValidityMs ?? 7 * DAY_MS));
-    const values = { containerName: container, permissions: ContainerSASPermissions.parse(AGENT_PERMISSIONS), startsOn, expiresOn, protocol: this.site.storageAccount.blobEndpoint.startsWith('https:') ? SASProtocol.Https : SASProtocol.HttpsAndHttp };
+  /**
+   * The source agent's access to one container: a SAS bound to the container's stored
+   * access policy (`osr-agent`), so that this provider extends it while the replica is
+   * protected (renewAccess) and revokes it at a failover or when protection ends — the SAS
+   * itself never changes hands again. It needs the account's key (a SAS of a principal's
+   * user-delegation key cannot be bound to a policy, and lasts at most 7 days).
+   */
+  private async grantAgent(container: string): Promise<{ sas: string; expiresAt: string }> {
     const cred = this.clients.blobs.credential;
+    if (!(cred instanceof StorageSharedKeyCredential)) {
+      throw new OsrError('CONFIG_INVALID', `fabric ${this.site.name}: replicating into storage account ${this.site.storageAccount.name} needs its key (storageAccount.keyFile in the site file): the agents' access is bound to a policy only the key can sign for`);
+    }
+    const expiresAt = await this.setAgentPolicy(container, true);
+    const sas = generateBlobSASQueryParameters({ containerName: container, identifier: AGENT_POLICY, protocol: this.site.storageAccount.blobEndpoint.startsWith('https:') ? SASProtocol.Https : SASProtocol.HttpsAndHttp }, cred).toString();
+    return { sas, expiresAt: expiresAt! };
+  }
+
+  /** Set the agent's policy on a container to end `validity` from now (on), or remove it (off); answers the new end. */
+  private async setAgentPolicy(container: string, on: boolean): Promise<string | undefined> {
+    const now = this.clock.now();
+    const expiresOn = new Date(now + (this.o.sasValidityMs ?? 7 * DAY_MS));
     try {
-      const sas =
-        cred instanceof StorageSharedKeyCredential
-          ? generateBlobSASQueryParameters(values, cred).toString()
-          : generateBlobSASQueryParameters(values, await this.clients.blobs.getUserDelegationKey(startsOn, expiresOn), this.site.storageAccount.name).toString();
-      return { sas, expiresAt: expiresOn.toISOString() };
+      await this.container(container).setAccessPolicy(undefined, on ? [{ id: AGENT_POLICY, accessPolicy: { permissions: AGENT_PERMISSIONS, startsOn: new Date(now - 5 * 60_000), expiresOn } }] : []);
     } catch (e) {
-      throw armError(e, `making a SAS for container ${container}`);
+      throw armError(e, `${on ? 'setting' : 'revoking'} the agent's access to container ${container}`);
+    }
+    return on ? expiresOn.toISOString() : undefined;
+  }
+
+  /**
+   * Extend the agents' access to every replica still replicating here (none failed over):
+   * run every `accessRenewMs` (default 1 h) while the provider runs. A replica whose
+   * container cannot be reached is tried again at the next round (its access lasts days).
+   */
+  async renewAccess(): Promise<void> {
+    const failedOver = new Set(Object.values(this.state.failovers).map((f) => f.replicaId));
+    for (const r of Object.values(this.state.replicas)) {
+      if (failedOver.has(r.id)) continue;
+      try {
+        await this.setAgentPolicy(r.id, true);
+      } catch (e) {
+        this.ctx?.log.warn({ replica: r.id, err: (e as Error).message }, `the agent's access to ${r.id} could not be extended now; trying again at the next round`);
+      }
     }
   }
 
@@ -332,7 +377,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     await this.save();
     this.ctx?.inventoryChanged();
     const containerUrl = container.url.split('?')[0]!;
-    return { replicaVmId: id, hostId: this.hostId, agent: { kind: 'azure', containerUrl }, access: await this.containerSas(id), nics: nics.map((n) => ({ id: n.id, vmNetwork: n.vmNetwork, ip: n.ip })), reused };
+    return { replicaVmId: id, hostId: this.hostId, agent: { kind: 'azure', containerUrl }, access: await this.grantAgent(id), nics: nics.map((n) => ({ id: n.id, vmNetwork: n.vmNetwork, ip: n.ip })), reused };
   }
 
   /** The resource group's virtual networks and their subnets. */
@@ -368,6 +413,11 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
       } catch (e) {
         throw armError(e, `deleting container ${replicaVmId}`);
       }
+    } else if (this.state.replicas[replicaVmId]) {
+      // a replica kept as it is: nobody's agent writes into it any more
+      await this.setAgentPolicy(replicaVmId, false).catch((e: unknown) => {
+        if ((e as OsrError).code !== 'NOT_FOUND') throw e;
+      });
     }
     delete this.state.replicas[replicaVmId];
     await this.save();
@@ -498,6 +548,8 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
       this.state.failovers[vmId] = f;
       await this.save();
     }
+    // the old primary writes no more into the replica: its access is revoked (Azure applies it within 30 s; a failover copies its point and never reads the live blobs)
+    await this.setAgentPolicy(r.id, false);
     await this.makeFailoverVm(r, f.seq, f.job);
     this.ctx?.inventoryChanged();
     return { vmId, epoch: f.epoch, point: await this.pointInfo(r, f.seq), points };
