@@ -5,7 +5,9 @@
  * sets up the policy, pairing and mappings and enables protection; the points the Azure
  * provider reads are the agent's; a test failover makes a VM whose disks hold the point's
  * bytes on an isolated network, and its cleanup removes all of it; a planned failover
- * ships the last writes and makes the VM on the mapped subnet, and the commit keeps it.
+ * ships the last writes and makes the VM on the mapped subnet, a change of point makes it
+ * again from an earlier point, and the commit keeps it; an unplanned failover of a VM still
+ * writing revokes its agent's access to the container and fences it.
  * The container's SAS reaches the source's agent and nothing the vault keeps or shows.
  */
 import assert from 'node:assert/strict';
@@ -53,7 +55,7 @@ async function osr(...args: string[]): Promise<string> {
   return r.stdout;
 }
 
-const item = async (): Promise<ProtectedItem> => (await v.api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === 'web')!;
+const item = async (name = 'web'): Promise<ProtectedItem> => (await v.api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === name)!;
 
 before(async () => {
   azurite = await startAzurite();
@@ -68,7 +70,10 @@ before(async () => {
   fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
 
   // the primary: a lab site with one VM on a mapped network, its provider a process of its own
-  const primary = site('Primary', 'p-host', [{ name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false }]);
+  const primary = site('Primary', 'p-host', [
+    { name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false },
+    { name: 'db', host: 'p-host', disks: [{ name: 'system', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: { bytesPerSecond: 32 * 1024 } },
+  ]);
   primary.logicalNetworks = ['LN'];
   primary.vmNetworks = [{ name: 'Prod', logicalNetwork: 'LN', subnets: [{ name: 'Subnet1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.20' } }] }];
   primary.clouds[0]!.hostGroups[0]!.hosts[0]!.logicalNetworks = ['LN'];
@@ -132,7 +137,7 @@ async function writeToVm(disk: string, offset: number, bytes: number): Promise<B
   return data;
 }
 
-test('a lab VM protected to Azure: points from its container, a drill and its cleanup, a planned failover and its commit', { timeout: 600_000 }, async () => {
+test('lab VMs protected to Azure: points from their containers, a drill and its cleanup, a planned failover, a change of point and the commit, an unplanned failover that fences the source', { timeout: 600_000 }, async () => {
   await waitFor('both fabrics\' inventories', async () => {
     const vms = (await v.api.request<{ items: { name: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
     const nets = (await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=100')).items;
@@ -143,7 +148,7 @@ test('a lab VM protected to Azure: points from its container, a drill and its cl
   await osr('mapping', 'create', 'network', '--source', 'primary.prod', '--target', 'azure-we.prod');
   await osr('mapping', 'create', 'storage', '--source', 'primary.gold', '--target', 'azure-we.StandardSSD_LRS');
   const before = await writeToVm('disk0', 0, 64 * 1024);
-  await osr('item', 'enable', 'web', '--wait');
+  await osr('item', 'enable', 'web', 'db', '--wait');
   let it = await item();
   assert.equal(it.state, 'Protected');
   const replica = it.replication.replica!;
@@ -163,7 +168,8 @@ test('a lab VM protected to Azure: points from its container, a drill and its cl
   await driver.renewAccess();
   assert.ok((await policyEnd())! > firstEnd, 'and is extended');
   const accessFiles = (fs.readdirSync(path.join(dir, 'sites', 'primary'), { recursive: true }) as string[]).filter((f) => f.includes('azure-access') && f.endsWith('.json'));
-  assert.equal(accessFiles.length, 1, 'the agent keeps the SAS in its azure-access folder');
+  assert.equal(accessFiles.length, 2, 'the agent keeps each SAS in its azure-access folder');
+  accessFiles.sort((a) => (path.basename(a).startsWith('rep-web-') ? -1 : 1));
   const accessFile = path.join(dir, 'sites', 'primary', accessFiles[0]!);
   assert.equal(fs.statSync(accessFile).mode & 0o077, 0, 'owner-only');
   const agentSas = (JSON.parse(fs.readFileSync(accessFile, 'utf8')) as { sas: string }).sas;
@@ -204,6 +210,18 @@ test('a lab VM protected to Azure: points from its container, a drill and its cl
   assert.ok(arm.diskBytes.get(systemDisk.id.toLowerCase())!.subarray(2 * MiB, 2 * MiB + last.length).equals(last), 'nothing written before the planned failover is lost');
   const nic = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'failover')!;
   assert.match(JSON.stringify(nic.properties), new RegExp(subnetId.replace(/[/.]/g, '\\$&'), 'i'), 'its NIC is on the mapped subnet');
+  // before the commit, another point: the VM is made again from it, what the first one made removed
+  const failoverJobBefore = vm.tags![OSR_TAG.job];
+  await osr('item', 'change-recovery-point', 'web', '--point', point, '--wait');
+  const vms = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.role] === 'failover' && r.tags[OSR_TAG.item] === it.id);
+  assert.equal(vms.length, 1, 'one failed-over VM');
+  assert.notEqual(vms[0]!.tags![OSR_TAG.job], failoverJobBefore, 'made again by the change of point');
+  const disk0 = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.job] === vms[0]!.tags![OSR_TAG.job] && r.name.endsWith('disk0'))!;
+  const atPoint = arm.diskBytes.get(disk0.id.toLowerCase())!;
+  assert.ok(atPoint.subarray(2 * MiB, 2 * MiB + last.length).every((b) => b === 0), 'the earlier point does not hold the last write');
+  assert.ok(atPoint.subarray(0, before.length).equals(before));
+  assert.ok(![...arm.resources.values()].some((r) => r.tags?.[OSR_TAG.job] === failoverJobBefore), 'what the first point made is gone');
+
   // the old primary's access to the replica was revoked at the failover
   const asAgent = new ContainerClient(`${container.url}?${agentSas}`);
   await assert.rejects(asAgent.getBlockBlobClient('probe').upload('x', 1), (e: { statusCode?: number }) => e.statusCode === 403, 'the agent\'s SAS no longer writes');
@@ -212,6 +230,16 @@ test('a lab VM protected to Azure: points from its container, a drill and its cl
   const copies: string[] = [];
   for await (const b of container.listBlobsFlat({ prefix: 'failover/' })) copies.push(b.name);
   assert.deepEqual(copies, [], 'the commit removed the copies the disks were imported from');
-  assert.ok(arm.resources.has(vm.id.toLowerCase()), 'the committed VM stays');
+  assert.ok(arm.resources.has(vms[0]!.id.toLowerCase()), 'the committed VM stays');
+
+  // an unplanned failover of a VM still writing at the primary: the latest point runs in Azure, the source is fenced
+  await osr('item', 'unplanned-failover', 'db', '--wait');
+  const db = await item('db');
+  assert.equal(db.state, 'FailedOver');
+  assert.ok([...arm.resources.values()].some((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.item] === db.id), 'db runs in Azure');
+  await waitFor('the old primary fenced', async () => {
+    const vmsNow = (await v.api.request<{ items: { name: string; fabricId: string; properties: { powerState: string } }[] }>('GET', '/api/v1/vms?limit=100')).items;
+    return vmsNow.find((x) => x.name === 'db' && x.fabricId === 'primary')?.properties.powerState !== 'Running';
+  });
   assert.deepEqual(arm.violations, [], 'every request met the specification');
 });
