@@ -1,11 +1,14 @@
 /** `osr lab`: start, watch and stop a whole lab (vault, providers, agents, demo VMs) on this machine. */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
+import { runAzureEmulator } from '../lab/azure-emulator.js';
 import { DEFAULT_LAB_DIR, labDown, labNbdUri, labRemove, labStatus, labUp } from '../lab/launcher.js';
 import { builtInTopologies, loadTopology } from '../lab/topology.js';
 import { formatSeconds, table } from './format.js';
+import { installLastResortHandler } from './last-resort.js';
 
 export function addLabCommand(program: Command, print: (data: unknown, human: () => string) => void): void {
   const lab = program.command('lab').description('a whole lab on this machine: the vault, a provider per fabric, an agent per host, demo VMs with a workload');
@@ -127,6 +130,21 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .action(async (vm: string, disk: string | undefined, o: { dir: string }) => {
       const rows = await labNbdUri(o.dir, vm, disk);
       print(rows, () => rows.map((r) => r.uri).join('\n'));
+    });
+  lab
+    .command('azure-emulator', { hidden: true })
+    .description('run the lab\'s Azure recovery site (Azurite and the emulated Resource Manager); osr lab up starts it for a topology with azure')
+    .requiredOption('--data-dir <dir>', 'where it keeps its state')
+    .requiredOption('--topology <file>', 'the lab\'s topology (its azure part)')
+    .action(async (o: { dataDir: string; topology: string }) => {
+      installLastResortHandler('lab azure-emulator');
+      const spec = loadTopology(o.topology).spec.azure;
+      if (!spec) throw new OsrError('CONFIG_INVALID', `topology ${o.topology} has no azure part`);
+      const e = await runAzureEmulator(path.resolve(o.dataDir), spec);
+      const stop = () => void e.stop().then(() => process.exit(0), () => process.exit(1));
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      console.log(JSON.stringify({ azureEmulator: spec.name, blobEndpoint: e.blobEndpoint, armEndpoint: e.armEndpoint }));
     });
   lab
     .command('topologies')

@@ -9,7 +9,7 @@ import path from 'node:path';
 
 export interface LabProcess {
   /** agent: a kvm lab's host agent, which the launcher starts itself (a lab fabric's provider starts its own) */
-  role: 'vault' | 'provider' | 'agent';
+  role: 'vault' | 'provider' | 'agent' | 'emulator';
   /** the vault's name, the provider's fabric or the agent's host */
   name: string;
   pid: number;
@@ -168,6 +168,7 @@ export function findLabProcesses(dir: string): LabProcess[] {
     if (fields[0] === 'Z' || fields[0] === 'X') continue;
     const proc = (role: LabProcess['role'], label: string): LabProcess => ({ role, name: label, pid: Number(name), pgid: Number(fields[2]), startTime: fields[19] ?? null });
     if (argv.includes('vault') && at('--data-dir') === vaultDir) out.push(proc('vault', 'vault'));
+    else if (argv.includes('azure-emulator') && at('--data-dir') === path.join(dir, 'azure')) out.push(proc('emulator', 'azure'));
     else if (argv.includes('provider') && at('--config')?.startsWith(sitesDir)) out.push(proc('provider', path.basename(at('--config')!, '.yaml')));
     else if (argv.includes('agent') && at('--host') === 'libvirt' && at('--data-dir')?.startsWith(sitesDir) && Number(fields[2]) === Number(name)) out.push(proc('agent', at('--name') ?? 'agent'));
   }

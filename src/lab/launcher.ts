@@ -33,6 +33,7 @@ import { Virsh } from '../agent/libvirt/virsh.js';
 import { checkKvmHost, isKvmTopology, prepareKvmLab, removeKvmObjects, kvmLabGuest, startKvmSite, stopKvmDomains } from './kvm-lab.js';
 import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
 import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
+import { emulatorSiteFile } from './azure-emulator.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
 
 export const DEFAULT_LAB_DIR = '.osr/lab';
@@ -132,6 +133,11 @@ async function stopLab(dir: string, info: LabFile, sites: string[], out: (l: str
         await stopLabProcess(p, graceMs);
       }),
   );
+  // the emulated Azure site, once no provider uses it
+  for (const p of all.filter((x) => x.role === 'emulator')) {
+    if (isRunning(p)) out(`stopping the Azure site's emulator (pid ${p.pid})…`);
+    await stopLabProcess(p, graceMs);
+  }
   // hosts of a provider that was killed outlive it: stop them too
   for (const site of sites) await stopStrayAgents(site);
   // then a kvm lab's domains, once nothing of osr uses them
@@ -286,34 +292,52 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     const sitesDir = path.join(dir, 'sites');
     fs.mkdirSync(sitesDir, { recursive: true });
     interrupted(o.signal);
+    /** a fabric's provider: registered with a fresh key the first time, started from its state after */
+    const startProvider = async (fabric: string, id: string, kind: 'lab' | 'libvirt' | 'azure', siteFile: string, extra: string[] = []) => {
+      const args = ['provider', '--fabric', kind, '--config', siteFile, '--vault', info.vault.url, '--status-interval', o.statusInterval ?? '5s', '--poll', '10s', '--log-level', 'warn', ...extra];
+      const keyFile = path.join(sitesDir, id, 'registration.key');
+      const registered = path.join(sitesDir, id, 'provider', 'registration.json');
+      if (!fs.existsSync(registered)) {
+        const key = (await api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
+        fs.mkdirSync(path.dirname(keyFile), { recursive: true });
+        await writeFileAtomic(keyFile, key, 0o600);
+        args.push('--registration-key-file', keyFile);
+      }
+      interrupted(o.signal);
+      const p = await spawnReady(args, path.join(sitesDir, id, 'provider.log'), (l) => typeof l.fabricId === 'string', { onSpawn: spawned('provider', fabric), signal: o.signal });
+      fs.rmSync(keyFile, { force: true });
+      return { fabric, fabricId: String(p.line.fabricId), pid: p.child.pid!, config: siteFile };
+    };
+    const starts: Promise<LabFile['providers'][number]>[] = spec.fabrics.map(async (f) => {
+      const id = slug(f.name);
+      let siteFile = path.join(sitesDir, `${id}.yaml`);
+      if (virsh && guest) {
+        // the launcher starts a kvm site's agents (and its domains); its provider finds them in the site file
+        const spawnAgent = (args: string[], logFile: string, ready: (l: Record<string, unknown>) => boolean, host: string) =>
+          spawnReady(args, logFile, ready, { onSpawn: spawned('agent', host), signal: o.signal }).then((r) => ({ pid: r.child.pid!, line: r.line }));
+        siteFile = (await startKvmSite({ dir, f, siteDir: path.join(sitesDir, id), guest, virsh, spawn: spawnAgent, out, caFile })).siteFile;
+      } else {
+        const site: SiteConfig = { ...f, lab: { dir: `./${id}` } };
+        await writeFileAtomic(siteFile, YAML.stringify(site), 0o644);
+      }
+      return startProvider(f.name, id, virsh ? 'libvirt' : 'lab', siteFile);
+    });
+    const azure = spec.azure;
+    if (azure) {
+      starts.push(
+        (async () => {
+          // the Azure site: its emulator first (Azurite and the Resource Manager), then its provider
+          const id = slug(azure.name);
+          const azureDir = path.join(dir, 'azure');
+          const e = await spawnReady(['lab', 'azure-emulator', '--data-dir', azureDir, '--topology', path.join(dir, 'topology.yaml')], path.join(azureDir, 'emulator.log'), (l) => typeof l.azureEmulator === 'string', { onSpawn: spawned('emulator', 'azure'), signal: o.signal });
+          const siteFile = path.join(sitesDir, `${id}.yaml`);
+          await writeFileAtomic(siteFile, YAML.stringify(emulatorSiteFile(azureDir, azure, { blobEndpoint: String(e.line.blobEndpoint), armEndpoint: String(e.line.armEndpoint) })), 0o600);
+          return startProvider(azure.name, id, 'azure', siteFile, ['--data-dir', path.join(sitesDir, id, 'provider')]);
+        })(),
+      );
+    }
     // every start is let finish (or fail) before a failure stops the lab: none spawns after that
-    const started = await Promise.allSettled(
-      spec.fabrics.map(async (f) => {
-        const id = slug(f.name);
-        let siteFile = path.join(sitesDir, `${id}.yaml`);
-        if (virsh && guest) {
-          // the launcher starts a kvm site's agents (and its domains); its provider finds them in the site file
-          const spawnAgent = (args: string[], logFile: string, ready: (l: Record<string, unknown>) => boolean, host: string) =>
-            spawnReady(args, logFile, ready, { onSpawn: spawned('agent', host), signal: o.signal }).then((r) => ({ pid: r.child.pid!, line: r.line }));
-          siteFile = (await startKvmSite({ dir, f, siteDir: path.join(sitesDir, id), guest, virsh, spawn: spawnAgent, out, caFile })).siteFile;
-        } else {
-          const site: SiteConfig = { ...f, lab: { dir: `./${id}` } };
-          await writeFileAtomic(siteFile, YAML.stringify(site), 0o644);
-        }
-        const args = ['provider', '--fabric', virsh ? 'libvirt' : 'lab', '--config', siteFile, '--vault', info.vault.url, '--status-interval', o.statusInterval ?? '5s', '--poll', '10s', '--log-level', 'warn'];
-        const keyFile = path.join(sitesDir, id, 'registration.key');
-        if (!fs.existsSync(path.join(sitesDir, id, 'provider', 'registration.json'))) {
-          const key = (await api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
-          fs.mkdirSync(path.dirname(keyFile), { recursive: true });
-          await writeFileAtomic(keyFile, key, 0o600);
-          args.push('--registration-key-file', keyFile);
-        }
-        interrupted(o.signal);
-        const p = await spawnReady(args, path.join(sitesDir, id, 'provider.log'), (l) => typeof l.fabricId === 'string', { onSpawn: spawned('provider', f.name), signal: o.signal });
-        fs.rmSync(keyFile, { force: true });
-        return { fabric: f.name, fabricId: String(p.line.fabricId), pid: p.child.pid!, config: siteFile };
-      }),
-    );
+    const started = await Promise.allSettled(starts);
     const failed = started.filter((r) => r.status === 'rejected').map((r) => toOsrError(r.reason));
     if (failed.length > 0) throw failed.find((e) => e.code !== 'INTERRUPTED') ?? failed[0]!;
     info.providers = started.map((r) => (r as PromiseFulfilledResult<LabFile['providers'][number]>).value);
@@ -321,7 +345,11 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     info.state = 'up';
     saveLabFile(dir, info);
     for (const p of info.providers) {
-      const f = spec.fabrics.find((x) => x.name === p.fabric)!;
+      const f = spec.fabrics.find((x) => x.name === p.fabric);
+      if (!f) {
+        out(`  fabric     ${p.fabric} (${p.fabricId}): Azure, emulated on this machine (region ${azure?.location}, resource group ${azure?.resourceGroup}; virtual networks ${azure?.virtualNetworks.map((v) => v.name).join(', ')})`);
+        continue;
+      }
       out(`  fabric     ${p.fabric} (${p.fabricId}): ${f.clouds.map((c) => c.name).join(', ')}; hosts ${f.clouds.flatMap((c) => c.hostGroups.flatMap((hg) => hg.hosts.map((h) => h.name))).join(', ')}; VMs ${f.vms.map((v) => v.name).join(', ') || '-'}`);
     }
     out('');
@@ -429,7 +457,7 @@ export async function labStatus(dirArg: string): Promise<LabStatus> {
   const status: LabStatus = { dir, running: false, lab, processes: [], fabrics: [], items: [], agents: [] };
   if (!lab) return status;
   const recorded = labProcesses(lab);
-  for (const p of [...recorded.filter((x) => x.role === 'vault'), ...recorded.filter((x) => x.role === 'provider')]) {
+  for (const p of [...recorded.filter((x) => x.role === 'vault'), ...recorded.filter((x) => x.role === 'provider'), ...recorded.filter((x) => x.role === 'emulator')]) {
     status.processes.push({ role: p.role, name: p.role === 'vault' && lab.vault.url ? lab.vault.url : p.name, pid: p.pid, alive: isRunning(p) });
   }
   status.agents = labAgents(dir);

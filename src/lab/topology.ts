@@ -12,6 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { OsrError } from '../domain/errors.js';
+import type { AzureLabSpec } from './azure-emulator.js';
 
 export interface WorkloadSpec {
   /** bytes written per second, in 4–64 KiB random writes (default 256 KiB/s) */
@@ -60,6 +61,8 @@ export interface TopologySpec {
   hypervisor?: 'lab' | 'libvirt';
   vault?: { name?: string };
   fabrics: FabricSpec[];
+  /** an Azure recovery site, emulated on this machine (Azurite and the lab's Resource Manager; azure-emulator.ts) */
+  azure?: AzureLabSpec;
 }
 
 /** What one provider reads: its fabric, and where the lab keeps that fabric's hosts. */
@@ -137,7 +140,29 @@ export function parseTopology(text: string, source = 'topology'): TopologySpec {
     fabricIds.add(slug(f.name));
     checkFabric(f, `${source}: fabric ${f.name}`, vmNames, hostNames);
   }
+  if (t.azure !== undefined) checkAzure(t.azure, `${source}: azure`, fabricIds);
   return t as TopologySpec;
+}
+
+const CIDR = /^\d+\.\d+\.\d+\.\d+\/\d+$/;
+
+function checkAzure(a: AzureLabSpec, w: string, fabricIds: Set<string>): void {
+  if (typeof a !== 'object' || a === null) throw fail(w, 'must be a mapping with name, location, resourceGroup and virtualNetworks');
+  str(a.name, `${w}.name`);
+  if (fabricIds.has(slug(a.name))) throw fail(w, `fabric ${a.name} appears twice`);
+  if (!/^[a-z0-9]{2,40}$/.test(str(a.location, `${w}.location`))) throw fail(`${w}.location`, 'is a region\'s name such as westeurope');
+  if (!/^[-\w.()]{1,89}[-\w()]$/.test(str(a.resourceGroup, `${w}.resourceGroup`))) throw fail(`${w}.resourceGroup`, 'is a resource group\'s name');
+  a.virtualNetworks = list(a.virtualNetworks, `${w}.virtualNetworks`);
+  for (const v of a.virtualNetworks) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(str(v.name, `${w}.virtualNetworks[].name`))) throw fail(`${w}: virtual network ${v.name}`, 'use 1 to 63 of A-Z a-z 0-9 . _ -');
+    if (!CIDR.test(String(v.addressPrefix))) throw fail(`${w}: virtual network ${v.name}`, `addressPrefix "${v.addressPrefix}" is not an IPv4 CIDR`);
+    v.subnets = list(v.subnets, `${w}: virtual network ${v.name}.subnets`);
+    if (v.subnets.length === 0) throw fail(`${w}: virtual network ${v.name}`, 'needs a subnet');
+    for (const s of v.subnets) {
+      str(s.name, `${w}: virtual network ${v.name} subnet name`);
+      if (!CIDR.test(String(s.addressPrefix))) throw fail(`${w}: subnet ${s.name}`, `addressPrefix "${s.addressPrefix}" is not an IPv4 CIDR`);
+    }
+  }
 }
 
 function checkFabric(f: FabricSpec, w: string, vmNames: Set<string>, hostNames: Set<string>): void {

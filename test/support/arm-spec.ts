@@ -13,14 +13,9 @@
  * (id, name, type, provisioningState) are allowed, as the SDKs send what they were given.
  */
 import { Ajv, type ValidateFunction } from 'ajv';
+import { API_VERSIONS, type BodyCheck } from '../../src/lab/fake-arm.js';
 
-/** The API version the SDK of each resource type calls (checked on every request). */
-export const API_VERSIONS: Record<string, string> = {
-  'Microsoft.Compute/disks': '2026-03-02',
-  'Microsoft.Compute/virtualMachines': '2026-04-01',
-  'Microsoft.Network/networkInterfaces': '2026-01-01',
-  'Microsoft.Network/virtualNetworks': '2026-01-01',
-};
+export { API_VERSIONS };
 
 const str = { type: 'string' } as const;
 const tags = { type: 'object', additionalProperties: { type: 'string', maxLength: 256 }, maxProperties: 50 } as const;
@@ -171,4 +166,12 @@ export const BODY_SCHEMAS: Record<string, ValidateFunction> = {
   'Microsoft.Compute/virtualMachines': ajv.compile(virtualMachine),
   'Microsoft.Network/networkInterfaces': ajv.compile(networkInterface),
   'Microsoft.Network/virtualNetworks': ajv.compile(virtualNetwork),
+};
+
+/** The fake Resource Manager's check of a body against these schemas. */
+export const checkArmBody: BodyCheck = (type, body) => {
+  const validate = BODY_SCHEMAS[type];
+  if (!validate) return `no schema for ${type}`;
+  if (validate(body)) return undefined;
+  return (validate.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message ?? ''}`).join('; ');
 };

@@ -9,6 +9,7 @@ import { ComputeManagementClient } from '@azure/arm-compute';
 import { NetworkManagementClient } from '@azure/arm-network';
 import { ClientCertificateCredential, ClientSecretCredential, type TokenCredential } from '@azure/identity';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
+import { LOOPBACK_HOSTS } from '../../domain/azure-layout.js';
 import { readOwnerOnlyFile } from '../site-fields.js';
 import type { AzureSiteConfig } from './site.js';
 
@@ -24,12 +25,15 @@ export interface AzureClients {
 export function azureClients(site: AzureSiteConfig, o: { credential?: TokenCredential; retryDelayMs?: number } = {}): AzureClients {
   const authorityHost = site.endpoints?.authorityHost;
   const c = site.credential;
+  const ca = site.endpoints?.caFile !== undefined ? fs.readFileSync(site.endpoints.caFile, 'utf8') : undefined;
+  // an emulator on this machine (the lab's) has no instance discovery, and its certificate is from caFile
+  const emulated = authorityHost !== undefined && LOOPBACK_HOSTS.has(new URL(authorityHost).hostname);
+  const idOptions = { authorityHost, ...(emulated ? { disableInstanceDiscovery: true } : {}), ...(ca !== undefined ? { tlsOptions: { ca } } : {}) };
   const credential =
     o.credential ??
     (c.clientSecretFile !== undefined
-      ? new ClientSecretCredential(c.tenantId, c.clientId, readOwnerOnlyFile(c.clientSecretFile, 'the client secret'), { authorityHost })
-      : new ClientCertificateCredential(c.tenantId, c.clientId, { certificate: readOwnerOnlyFile(c.certificateFile!, 'the client certificate') }, { authorityHost }));
-  const ca = site.endpoints?.caFile !== undefined ? fs.readFileSync(site.endpoints.caFile, 'utf8') : undefined;
+      ? new ClientSecretCredential(c.tenantId, c.clientId, readOwnerOnlyFile(c.clientSecretFile, 'the client secret'), idOptions)
+      : new ClientCertificateCredential(c.tenantId, c.clientId, { certificate: readOwnerOnlyFile(c.certificateFile!, 'the client certificate') }, idOptions));
   const arm = {
     ...(site.endpoints?.resourceManager !== undefined ? { endpoint: site.endpoints.resourceManager } : {}),
     ...(ca !== undefined ? { tlsOptions: { ca } } : {}),

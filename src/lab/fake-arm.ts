@@ -1,0 +1,390 @@
+/**
+ * A small emulated Azure Resource Manager over HTTPS (the SDKs refuse a bearer token over
+ * plain HTTP), for the resource types osr makes: managed disks, NICs, virtual networks and
+ * VMs in one resource group — the compute side of the lab's Azure recovery site (`osr lab
+ * up --topology to-azure`; the storage side is Azurite), and of the tests. It is driven by
+ * the real `@azure/arm-compute` and `@azure/arm-network` clients. It checks the API version
+ * of every request and the references between resources (a NIC's subnet, a VM's disks and
+ * NICs, a disk's import blob); the tests add a check of every body against the REST
+ * specifications' schemas (test/support/arm-spec.ts), so that it cannot drift silently.
+ *
+ * It signs in a service principal as Microsoft Entra ID does for a client secret (an
+ * OpenID configuration and a token endpoint under `/{tenant}`), so that a provider
+ * process uses `@azure/identity` against it unchanged.
+ *
+ * Long-running operations answer 201/202 with an `Azure-AsyncOperation` to poll, as Azure
+ * does. Faults can be injected: an HTTP status for the next matching requests (429 with
+ * Retry-After, 409, 500) and operations that end in Failed.
+ *
+ * A disk import reads its blob from the storage emulator (Azurite) and checks its length
+ * and fixed-VHD footer, as Azure's import does; the disk's bytes are kept so that a test
+ * can compare them with the recovery point they came from.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { BlobClient, type StorageSharedKeyCredential } from '@azure/storage-blob';
+import type { AccessToken, TokenCredential } from '@azure/identity';
+import { createCa, issueCertificate, writeFileAtomic } from '../pki/index.js';
+import { readVhdFooter, VHD_FOOTER_BYTES } from '../domain/vhd.js';
+
+/** The API version the SDK of each resource type calls (checked on every request). */
+export const API_VERSIONS: Record<string, string> = {
+  'Microsoft.Compute/disks': '2026-03-02',
+  'Microsoft.Compute/virtualMachines': '2026-04-01',
+  'Microsoft.Network/networkInterfaces': '2026-01-01',
+  'Microsoft.Network/virtualNetworks': '2026-01-01',
+};
+
+/** A check of a request's body: why the real service would refuse it, or undefined. */
+export type BodyCheck = (type: string, body: unknown) => string | undefined;
+
+export interface FakeArmOptions {
+  storageCredential: StorageSharedKeyCredential;
+  subscriptionId?: string;
+  resourceGroup?: string;
+  lroMs?: number;
+  /** the bodies' check (the tests': the REST specifications' schemas) */
+  check?: BodyCheck;
+  /** the service principal it signs in (any other client or secret is refused); none: the token endpoint refuses everyone */
+  principal?: { tenantId: string; clientId: string; secret: string };
+  host?: string;
+  port?: number;
+  /** where the resources are kept across restarts (the lab's); an operation under way at a stop has ended by the next start */
+  stateFile?: string;
+}
+
+interface Resource {
+  id: string;
+  name: string;
+  type: string;
+  location: string;
+  tags?: Record<string, string>;
+  properties: Record<string, unknown>;
+  sku?: unknown;
+}
+
+interface Operation {
+  id: string;
+  /** when it ends (whether anyone polls it or not, as in Azure) */
+  endsAt: number;
+  fail?: { code: string; message: string } | undefined;
+  /** what happens when it succeeds */
+  done: () => void;
+  failed: () => void;
+  status?: 'InProgress' | 'Succeeded' | 'Failed';
+}
+
+export interface FaultRule {
+  method: string;
+  path: RegExp;
+  status: number;
+  /** how many matching requests get it */
+  times: number;
+  code?: string;
+  retryAfterSeconds?: number;
+}
+
+export interface FakeArm {
+  /** the endpoint to give the SDK clients */
+  endpoint: string;
+  /** the CA the server's certificate is from (the clients' tlsOptions.ca) */
+  ca: string;
+  credential: TokenCredential;
+  subscriptionId: string;
+  resourceGroup: string;
+  /** every request received: method, path, API version, status answered */
+  requests: { method: string; path: string; apiVersion: string | null; status: number }[];
+  /** requests refused by the body check (a test asserts there are none) */
+  violations: { method: string; path: string; errors: string }[];
+  resources: Map<string, Resource>;
+  /** the bytes each imported disk holds, by the disk's id */
+  diskBytes: Map<string, Buffer>;
+  inject(rule: FaultRule): void;
+  /** how long the long-running operations begun from now take */
+  setOperationMs(ms: number): void;
+  /** the next long-running operation on a path matching `path` ends in Failed */
+  failNextOperation(path: RegExp, code: string, message: string): void;
+  stop(): Promise<void>;
+}
+
+const TOKEN = 'fake-arm-token';
+
+export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
+  const ca = await createCa({ commonName: 'fake Resource Manager CA' });
+  const cert = await issueCertificate(ca, { commonName: 'management.fake', role: 'vault' });
+  const subscriptionId = o.subscriptionId ?? '00000000-0000-0000-0000-00000000a2e0';
+  const resourceGroup = o.resourceGroup ?? 'osr-recovery';
+  const rgPath = `/subscriptions/${subscriptionId}/resourceGroups/${resourceGroup}`.toLowerCase();
+  const resources = new Map<string, Resource>();
+  if (o.stateFile !== undefined && fs.existsSync(o.stateFile)) {
+    for (const r of JSON.parse(fs.readFileSync(o.stateFile, 'utf8')) as Resource[]) {
+      if (r.properties.provisioningState !== 'Failed') r.properties.provisioningState = 'Succeeded';
+      resources.set(r.id.toLowerCase(), r);
+    }
+  }
+  let saving: Promise<void> = Promise.resolve();
+  const persist = (): Promise<void> => {
+    if (o.stateFile === undefined) return Promise.resolve();
+    const text = JSON.stringify([...resources.values()]);
+    saving = saving.then(() => writeFileAtomic(o.stateFile!, text, 0o600)).catch(() => undefined);
+    return saving;
+  };
+  const operations = new Map<string, Operation>();
+  const faults: FaultRule[] = [];
+  const failing: { path: RegExp; code: string; message: string }[] = [];
+  const requests: FakeArm['requests'] = [];
+  const violations: FakeArm['violations'] = [];
+  const diskBytes = new Map<string, Buffer>();
+  let endpoint = '';
+  let lroMs = o.lroMs ?? 100;
+
+  const send = (res: import('node:http').ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void => {
+    res.writeHead(status, { 'content-type': 'application/json', 'x-ms-request-id': crypto.randomUUID(), ...headers });
+    res.end(body === undefined ? '' : JSON.stringify(body));
+  };
+  const error = (res: import('node:http').ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}): void => send(res, status, { error: { code, message } }, headers);
+
+  const startOperation = (path: string, done: () => void, failed: () => void): Operation => {
+    const i = failing.findIndex((f) => f.path.test(path));
+    const fail = i >= 0 ? failing.splice(i, 1)[0] : undefined;
+    const op: Operation = { id: crypto.randomUUID(), endsAt: Date.now() + lroMs, fail: fail ? { code: fail.code, message: fail.message } : undefined, done, failed };
+    operations.set(op.id, op);
+    return op;
+  };
+  const operationHeaders = (op: Operation): Record<string, string> => ({ 'azure-asyncoperation': `${endpoint}/fake/operations/${op.id}?api-version=2024-01-01`, 'retry-after': '0' });
+
+  /** Why a resource's references do not hold, or undefined. */
+  const checkReferences = async (type: string, body: Resource, id: string): Promise<string | undefined> => {
+    const props = body.properties;
+    if (type === 'Microsoft.Compute/disks') {
+      const cd = props.creationData as { createOption: string; sourceUri?: string; storageAccountId?: string };
+      if (cd.createOption !== 'Import') return undefined;
+      let bytes: Buffer;
+      try {
+        bytes = await new BlobClient(cd.sourceUri!, o.storageCredential).downloadToBuffer();
+      } catch (e) {
+        return `the blob ${cd.sourceUri} cannot be read: ${(e as Error).message}`;
+      }
+      try {
+        const footer = readVhdFooter(bytes.subarray(bytes.length - VHD_FOOTER_BYTES), 'the imported blob');
+        if (bytes.length !== footer.currentSize + VHD_FOOTER_BYTES) return `the blob is ${bytes.length} bytes; its footer says ${footer.currentSize} + ${VHD_FOOTER_BYTES}`;
+        props.diskSizeGB = Math.ceil(footer.currentSize / 1024 ** 3);
+        props.diskSizeBytes = footer.currentSize;
+        diskBytes.set(id.toLowerCase(), bytes.subarray(0, footer.currentSize));
+      } catch (e) {
+        return `the blob is not a fixed VHD: ${(e as Error).message}`;
+      }
+      return undefined;
+    }
+    if (type === 'Microsoft.Network/networkInterfaces') {
+      for (const c of props.ipConfigurations as { properties: { subnet: { id: string } } }[]) {
+        const subnet = c.properties.subnet.id.toLowerCase();
+        const vnet = resources.get(subnet.replace(/\/subnets\/[^/]+$/, ''));
+        const subnets = (vnet?.properties.subnets ?? []) as { id: string }[];
+        if (!subnets.some((s) => s.id.toLowerCase() === subnet)) return `subnet ${c.properties.subnet.id} does not exist`;
+      }
+      return undefined;
+    }
+    if (type === 'Microsoft.Compute/virtualMachines') {
+      const sp = props.storageProfile as { osDisk: { managedDisk?: { id: string } }; dataDisks?: { managedDisk?: { id: string }; lun: number }[] };
+      const disks = [sp.osDisk.managedDisk?.id, ...(sp.dataDisks ?? []).map((d) => d.managedDisk?.id)].filter((x): x is string => x !== undefined);
+      for (const d of disks) {
+        const r = resources.get(d.toLowerCase());
+        if (!r) return `disk ${d} does not exist`;
+        const by = r.properties.managedBy as string | undefined;
+        if (by && by.toLowerCase() !== id.toLowerCase()) return `disk ${d} is attached to ${by}`;
+      }
+      const luns = (sp.dataDisks ?? []).map((d) => d.lun);
+      if (new Set(luns).size !== luns.length) return 'two data disks share a LUN';
+      for (const n of (props.networkProfile as { networkInterfaces: { id: string }[] }).networkInterfaces) {
+        if (!resources.has(n.id.toLowerCase())) return `NIC ${n.id} does not exist`;
+      }
+    }
+    return undefined;
+  };
+
+  /** End the operations whose time has come. */
+  const settle = (): void => {
+    for (const op of operations.values()) {
+      if (op.status !== undefined || op.endsAt > Date.now()) continue;
+      op.status = op.fail ? 'Failed' : 'Succeeded';
+      if (op.fail) op.failed();
+      else op.done();
+    }
+  };
+
+  const handle = async (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', endpoint);
+    const method = req.method ?? 'GET';
+    const path = url.pathname;
+    const apiVersion = url.searchParams.get('api-version');
+    const log = { method, path, apiVersion, status: 0 };
+    requests.push(log);
+    const reply = (status: number, body?: unknown, headers?: Record<string, string>): void => {
+      log.status = status;
+      send(res, status, body, headers);
+    };
+    const refuse = (status: number, code: string, message: string, headers?: Record<string, string>): void => {
+      log.status = status;
+      error(res, status, code, message, headers);
+    };
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of req) {
+      size += (c as Buffer).length;
+      if (size > 4 * 1024 * 1024) return refuse(413, 'RequestTooLarge', 'a request body is at most 4 MiB');
+      chunks.push(c as Buffer);
+    }
+    // Entra ID's part: the tenant's OpenID configuration and its token endpoint (client credentials)
+    const tenant = /^\/([0-9a-f-]{36})\/(v2\.0\/\.well-known\/openid-configuration|oauth2\/v2\.0\/token)$/i.exec(path);
+    if (tenant) {
+      const base = `${endpoint}/${tenant[1]}`;
+      if (method === 'GET' && tenant[2]!.startsWith('v2.0')) {
+        return reply(200, { token_endpoint: `${base}/oauth2/v2.0/token`, issuer: `${base}/v2.0`, authorization_endpoint: `${base}/oauth2/v2.0/authorize`, jwks_uri: `${base}/discovery/v2.0/keys`, response_types_supported: ['code', 'id_token', 'token'], subject_types_supported: ['pairwise'], id_token_signing_alg_values_supported: ['RS256'], scopes_supported: ['openid'], token_endpoint_auth_methods_supported: ['client_secret_post'] });
+      }
+      if (method === 'POST') {
+        const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+        const p = o.principal;
+        const given = Buffer.from(form.get('client_secret') ?? '');
+        const ok = p !== undefined && tenant[1]!.toLowerCase() === p.tenantId.toLowerCase() && form.get('client_id') === p.clientId && given.length === Buffer.byteLength(p.secret) && crypto.timingSafeEqual(given, Buffer.from(p.secret));
+        if (!ok) return reply(401, { error: 'invalid_client', error_description: 'AADSTS7000215: Invalid client secret provided.' });
+        return reply(200, { token_type: 'Bearer', expires_in: 3599, ext_expires_in: 3599, access_token: TOKEN });
+      }
+    }
+    if (req.headers.authorization !== `Bearer ${TOKEN}`) return refuse(401, 'AuthenticationFailed', 'no valid bearer token');
+    settle();
+    const fault = faults.find((f) => f.times > 0 && f.method === method && f.path.test(path));
+    if (fault) {
+      fault.times--;
+      return refuse(fault.status, fault.code ?? (fault.status === 429 ? 'TooManyRequests' : fault.status === 409 ? 'Conflict' : 'InternalServerError'), 'injected by the test', fault.retryAfterSeconds !== undefined ? { 'retry-after': String(fault.retryAfterSeconds) } : {});
+    }
+    const opMatch = /^\/fake\/operations\/([0-9a-f-]+)$/.exec(path);
+    if (opMatch) {
+      const op = operations.get(opMatch[1]!);
+      if (!op) return refuse(404, 'NotFound', 'no such operation');
+      return reply(200, { id: op.id, status: op.status ?? 'InProgress', ...(op.status === 'Failed' ? { error: op.fail } : {}) }, { 'retry-after': '0' });
+    }
+    const m = /^(\/subscriptions\/[^/]+\/resourcegroups\/[^/]+)\/providers\/(Microsoft\.[A-Za-z]+\/[A-Za-z]+)(?:\/([^/]+))?$/i.exec(path);
+    if (!m || m[1]!.toLowerCase() !== rgPath) return refuse(404, 'ResourceGroupNotFound', `no resource group or route for ${path}`);
+    const type = Object.keys(API_VERSIONS).find((t) => t.toLowerCase() === m[2]!.toLowerCase());
+    if (!type) return refuse(400, 'InvalidResourceType', `the fake has no resource type ${m[2]}`);
+    if (apiVersion !== API_VERSIONS[type]) {
+      violations.push({ method, path, errors: `api-version ${apiVersion} is not ${API_VERSIONS[type]}` });
+      return refuse(400, 'InvalidApiVersionParameter', `api-version ${apiVersion} is not the one this fake was written from (${API_VERSIONS[type]})`);
+    }
+    const name = m[3];
+    if (!name) {
+      if (method !== 'GET') return refuse(405, 'MethodNotAllowed', `${method} on a collection`);
+      const prefix = `${rgPath}/providers/${type}/`.toLowerCase();
+      return reply(200, { value: [...resources.entries()].filter(([k]) => k.startsWith(prefix)).map(([, r]) => r) });
+    }
+    const id = `${m[1]}/providers/${type}/${name}`;
+    const key = id.toLowerCase();
+    const existing = resources.get(key);
+    if (method === 'GET') return existing ? reply(200, existing) : refuse(404, 'ResourceNotFound', `${type} ${name} not found`);
+    if (method === 'DELETE') {
+      if (!existing) return reply(204);
+      if (existing.properties.managedBy) return refuse(409, 'OperationNotAllowed', `${type} ${name} is attached to ${String(existing.properties.managedBy)}`);
+      if (type === 'Microsoft.Network/networkInterfaces' && existing.properties.virtualMachine) return refuse(400, 'NicInUse', `NIC ${name} is used by a VM`);
+      const op = startOperation(path, () => {
+        resources.delete(key);
+        diskBytes.delete(key);
+        if (type === 'Microsoft.Compute/virtualMachines') {
+          for (const r of resources.values()) {
+            if ((r.properties.managedBy as string | undefined)?.toLowerCase() === key) delete r.properties.managedBy;
+            if ((r.properties.virtualMachine as { id: string } | undefined)?.id.toLowerCase() === key) delete r.properties.virtualMachine;
+          }
+        }
+      }, () => undefined);
+      return reply(202, undefined, { ...operationHeaders(op), location: `${endpoint}/fake/operations/${op.id}?api-version=2024-01-01` });
+    }
+    if (method !== 'PUT') return refuse(405, 'MethodNotAllowed', method);
+    let body: Resource;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Resource;
+    } catch {
+      return refuse(400, 'InvalidRequestContent', 'the body is not JSON');
+    }
+    const errors = o.check?.(type, body);
+    if (errors !== undefined) {
+      violations.push({ method, path, errors });
+      return refuse(400, 'InvalidRequestContent', errors);
+    }
+    if (existing && existing.properties.provisioningState !== 'Succeeded' && existing.properties.provisioningState !== 'Failed') {
+      return refuse(409, 'AnotherOperationInProgress', `${type} ${name} is being changed by another operation`);
+    }
+    const why = await checkReferences(type, body, id);
+    if (why) return refuse(400, 'InvalidParameter', why);
+    const made: Resource = { ...body, id, name, type, properties: { ...body.properties, provisioningState: existing ? 'Updating' : 'Creating' } };
+    if (type === 'Microsoft.Network/virtualNetworks') {
+      made.properties.subnets = ((body.properties.subnets ?? []) as { name: string; properties: object }[]).map((s) => ({ ...s, id: `${id}/subnets/${s.name}` }));
+    }
+    if (type === 'Microsoft.Network/networkInterfaces') {
+      made.properties.ipConfigurations = (body.properties.ipConfigurations as { name: string }[]).map((c) => ({ ...c, id: `${id}/ipConfigurations/${c.name}` }));
+    }
+    resources.set(key, made);
+    const op = startOperation(
+      path,
+      () => {
+        made.properties.provisioningState = 'Succeeded';
+        if (type === 'Microsoft.Compute/virtualMachines') {
+          const sp = made.properties.storageProfile as { osDisk: { managedDisk?: { id: string } }; dataDisks?: { managedDisk?: { id: string } }[] };
+          for (const d of [sp.osDisk, ...(sp.dataDisks ?? [])]) {
+            const r = d.managedDisk ? resources.get(d.managedDisk.id.toLowerCase()) : undefined;
+            if (r) r.properties.managedBy = id;
+          }
+          for (const n of (made.properties.networkProfile as { networkInterfaces: { id: string }[] }).networkInterfaces) {
+            const r = resources.get(n.id.toLowerCase());
+            if (r) r.properties.virtualMachine = { id };
+          }
+        }
+      },
+      () => {
+        made.properties.provisioningState = 'Failed';
+      },
+    );
+    reply(existing ? 200 : 201, made, operationHeaders(op));
+  };
+
+  const server = https.createServer({ key: cert.keyPem, cert: cert.certPem }, (req, res) => {
+    handle(req, res)
+      .catch((e: unknown) => {
+        if (!res.headersSent) error(res, 500, 'InternalServerError', String(e));
+      })
+      .finally(() => void persist());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? 0, o.host ?? '127.0.0.1', resolve);
+  });
+  endpoint = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const credential: TokenCredential = {
+    getToken: async (): Promise<AccessToken> => ({ token: TOKEN, expiresOnTimestamp: Date.now() + 3600_000 }),
+  };
+  return {
+    endpoint,
+    ca: ca.certPem,
+    credential,
+    subscriptionId,
+    resourceGroup,
+    requests,
+    violations,
+    resources,
+    diskBytes,
+    inject: (rule) => faults.push({ ...rule }),
+    setOperationMs: (ms) => {
+      lroMs = ms;
+    },
+    failNextOperation: (path, code, message) => failing.push({ path, code, message }),
+    stop: async () => {
+      await new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      });
+      settle();
+      await persist();
+    },
+  };
+}
