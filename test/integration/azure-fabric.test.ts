@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, type Azurite } from '../support/azurite.js';
 import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
 import { azureClients } from '../../src/drivers/azure/clients.js';
-import { azureInventory } from '../../src/drivers/azure/inventory.js';
+import { azureInventory, DRILL_LOGICAL } from '../../src/drivers/azure/inventory.js';
 import { AzureRecovery } from '../../src/drivers/azure/recovery.js';
 import { parseAzureSite } from '../../src/drivers/azure/site.js';
 import { assertThrowsCode, withDir } from '../support/unit.js';
@@ -80,7 +80,7 @@ test(
 );
 
 test(
-  'the inventory: the resource group\'s virtual networks as VM networks with their subnets (a drill\'s left out), disk types as storage; the clients reach Resource Manager and the storage account',
+  'the inventory: the resource group\'s virtual networks as VM networks with their subnets (a drill\'s on a logical network of its own), disk types as storage; the clients reach Resource Manager and the storage account',
   withDir(async (dir) => {
     const site = parseAzureSite(siteYaml(dir), dir);
     // the service principal's credential cannot sign in here (no Entra ID): the fake's token stands in for it
@@ -91,7 +91,11 @@ test(
     const recovery = new AzureRecovery(clients.compute, clients.network, container, { subscriptionId: site.subscriptionId, resourceGroup: site.resourceGroup, location: site.location, storageAccountId: site.storageAccount.resourceId }, { pollMs: 20 });
     await recovery.createDrillNetwork({ itemId: 'item-1', jobId: 'job-drill-9', name: 'osr-drill-9', addressPrefix: '10.99.9.0/24' });
     const inv = await azureInventory(site, clients.network);
-    assert.deepEqual(inv.vmNetworks, [{ id: 'prod', name: 'prod', logicalNetwork: 'ln-prod', subnets: [{ name: 'web', cidr: '10.30.1.0/24' }, { name: 'db', cidr: '10.30.2.0/24' }] }]);
+    assert.deepEqual(inv.vmNetworks, [
+      { id: 'prod', name: 'prod', logicalNetwork: 'ln-prod', subnets: [{ name: 'web', cidr: '10.30.1.0/24' }, { name: 'db', cidr: '10.30.2.0/24' }] },
+      { id: 'osr-drill-9', name: 'osr-drill-9', logicalNetwork: DRILL_LOGICAL, subnets: [{ name: 'drill', cidr: '10.99.9.0/24' }] },
+    ]);
+    // no host is on the drills' logical network: a replica is never placed on a drill's network
     assert.deepEqual(inv.hosts.map((h) => [h.id, h.logicalNetworks]), [['azure-westeurope', ['ln-prod']]]);
     // the vault takes it as a fabric's inventory (ids unique across kinds, of the characters it allows)
     const db = await createTestDatabase(Dialect.Sqlite);

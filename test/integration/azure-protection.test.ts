@@ -7,7 +7,8 @@
  * bytes on an isolated network, and its cleanup removes all of it; a planned failover
  * ships the last writes and makes the VM on the mapped subnet, a change of point makes it
  * again from an earlier point, and the commit keeps it; an unplanned failover of a VM still
- * writing revokes its agent's access to the container and fences it.
+ * writing revokes its agent's access to the container and fences it. A recovery plan of
+ * both VMs runs its drill on one network made for it, which its cleanup removes.
  * The container's SAS reaches the source's agent and nothing the vault keeps or shows.
  */
 import assert from 'node:assert/strict';
@@ -137,7 +138,7 @@ async function writeToVm(disk: string, offset: number, bytes: number): Promise<B
   return data;
 }
 
-test('lab VMs protected to Azure: points from their containers, a drill and its cleanup, a planned failover, a change of point and the commit, an unplanned failover that fences the source', { timeout: 600_000 }, async () => {
+test('lab VMs protected to Azure: points from their containers, a recovery plan\'s drill, a drill and its cleanup, a planned failover, a change of point and the commit, an unplanned failover that fences the source', { timeout: 600_000 }, async () => {
   await waitFor('both fabrics\' inventories', async () => {
     const vms = (await v.api.request<{ items: { name: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
     const nets = (await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=100')).items;
@@ -184,6 +185,20 @@ test('lab VMs protected to Azure: points from their containers, a drill and its 
     point = String(newest);
     return newest > firstPoint + 1;
   }, 180_000, 500);
+
+  // a recovery plan's drill: both VMs, group by group, on one network made for the whole drill
+  fs.writeFileSync(path.join(dir, 'plan.yaml'), YAML.stringify({ name: 'to-azure', groups: [{ name: 'data', items: [(await item('db')).id] }, { name: 'web', items: [it.id] }] }));
+  await osr('plan', 'apply', '-f', path.join(dir, 'plan.yaml'));
+  await osr('plan', 'test-failover', 'to-azure', '--network', 'temporary', '--wait');
+  const planVms = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.role] === 'test');
+  assert.equal(planVms.length, 2, 'a test VM for each of the plan\'s VMs');
+  const drillNets = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Network/virtualNetworks' && r.tags?.[OSR_TAG.role] === 'test');
+  assert.equal(drillNets.length, 1, 'one network for the whole drill');
+  const planNics = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'test');
+  assert.equal(planNics.length, 2);
+  for (const n of planNics) assert.match(JSON.stringify(n.properties), new RegExp(`/virtualNetworks/${drillNets[0]!.name}/`, 'i'), 'each test VM on the drill\'s network');
+  await osr('plan', 'test-failover-cleanup', 'to-azure', '--notes', 'both answered', '--wait');
+  assert.deepEqual([...arm.resources.values()].filter((r) => r.tags?.[OSR_TAG.role] === 'test').map((r) => r.id), [], 'the plan\'s cleanup removed every resource its drill made, the network included');
 
   // a drill: the VM of the point on a network made for it, its disks holding the point's bytes
   await osr('item', 'test-failover', 'web', '--point', point, '--network', 'temporary', '--wait');

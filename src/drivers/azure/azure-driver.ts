@@ -494,6 +494,8 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     await this.save();
     // (a network is no replica's: the container named is not used)
     await this.recovery('osr-none').createDrillNetwork({ itemId: 'plan', jobId: job, name: vnet, addressPrefix: '10.251.0.0/24' });
+    // the vault waits for it in the inventory
+    this.ctx?.inventoryChanged();
     return { vmNetwork: vnet };
   }
 
@@ -503,6 +505,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     await this.recovery('osr-none').removeJob(job, undefined, { copies: false });
     delete this.state.drillNetworks[vmNetwork];
     await this.save();
+    this.ctx?.inventoryChanged();
   }
 
   // ---- replication: the recovery side
