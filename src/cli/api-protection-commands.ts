@@ -287,9 +287,11 @@ export function addProtectionCommands(program: Command): void {
     .command('enable <vm...>')
     .description('enable protection of one or more VMs (by id, or by name): one job each')
     .option('--pairing <id>', "the cloud pairing to protect under (default: the pairing of the VM's cloud)")
+    .option('--vm-size <size>', "the replica VM's size, where the recovery site offers a choice (Azure: Standard_B2s, …; default: the smallest with the source's vCPUs and memory)")
+    .option('--disk-type <type>', "the replica's disk type, where the recovery site offers a choice (Azure: Standard_LRS, StandardSSD_LRS, Premium_LRS; default: as the storage mapping places the disks)")
     .option('--wait', 'follow the jobs until they end; exit non-zero if one fails', false)
     .option('--interval <duration>', 'how often --wait polls', '1s')
-    .action((vms: string[], o: { pairing?: string; wait: boolean; interval: string }) =>
+    .action((vms: string[], o: { pairing?: string; vmSize?: string; diskType?: string; wait: boolean; interval: string }) =>
       withApi(program, async (api) => {
         const started: { vm: string; vmId?: string; jobId?: string; url?: string; state?: string; error?: OsrError }[] = [];
         let allVms: Promise<InventoryObject[]> | undefined;
@@ -297,7 +299,8 @@ export function addProtectionCommands(program: Command): void {
         for (const name of vms) {
           try {
             const vm = await resolveVm(api, name, all);
-            const r = await api.post<{ jobId: string; kind: string; state: string; url: string }>('/protected-items', { vmId: vm.id, ...(o.pairing ? { pairingId: o.pairing } : {}) });
+            const recoveryVm = { ...(o.vmSize ? { size: o.vmSize } : {}), ...(o.diskType ? { diskType: o.diskType } : {}) };
+            const r = await api.post<{ jobId: string; kind: string; state: string; url: string }>('/protected-items', { vmId: vm.id, ...(o.pairing ? { pairingId: o.pairing } : {}), ...(Object.keys(recoveryVm).length > 0 ? { recoveryVm } : {}) });
             started.push({ vm: vm.name, vmId: vm.id, jobId: r.jobId, url: r.url, state: r.state });
           } catch (e) {
             started.push({ vm: name, error: toOsrError(e) });

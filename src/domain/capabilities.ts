@@ -26,6 +26,24 @@ export interface FabricCapabilities {
   nbdExport: boolean;
   /** a resynchronization can be started on request, whatever the resync window */
   resyncOnRequest: boolean;
+  /** as a recovery site: the VM sizes a replica VM may be given at enable (none: the fabric sizes it as its source) */
+  recoveryVmSizes?: string[];
+  /** as a recovery site: the disk types a replica VM's disks may be given at enable (none: as its storage mapping places them) */
+  recoveryDiskTypes?: string[];
+}
+
+/** What a replica VM is made as at the recovery site, chosen at enable (recovery sites that offer it: recoveryVmSizes, recoveryDiskTypes). */
+export interface RecoveryVmChoice {
+  size?: string | undefined;
+  diskType?: string | undefined;
+}
+
+/** The parts of a choice a recovery site does not offer (empty: it takes all). */
+export function unsupportedRecoveryVm(caps: FabricCapabilities, c: RecoveryVmChoice): UnsupportedOption[] {
+  const out: UnsupportedOption[] = [];
+  if (c.size !== undefined && !(caps.recoveryVmSizes ?? []).includes(c.size)) out.push({ option: 'recoveryVm.size', message: `VM size ${c.size} (it offers ${caps.recoveryVmSizes?.join(', ') || 'none: it sizes a replica as its source'})` });
+  if (c.diskType !== undefined && !(caps.recoveryDiskTypes ?? []).includes(c.diskType)) out.push({ option: 'recoveryVm.diskType', message: `disk type ${c.diskType} (it offers ${caps.recoveryDiskTypes?.join(', ') || 'none: its storage mapping places disks'})` });
+  return out;
 }
 
 /** What the policy asks of a fabric in one role: the source (the primary site) or the target (the recovery site). */

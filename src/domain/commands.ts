@@ -10,6 +10,7 @@
  * (checkCommandBody): a body without a field it needs is refused with INVALID_ARGUMENT
  * naming the field. Answers and progress are the provider's, which the vault authenticated.
  */
+import type { RecoveryVmChoice } from './capabilities.js';
 import { OsrError } from './errors.js';
 import { checkMachine, type MachineSpec } from './machine.js';
 import type { Placement } from './placement.js';
@@ -40,6 +41,8 @@ export interface PrepareReplicaBody {
   grant?: string;
   placement: Placement;
   policy: PolicySettings;
+  /** the replica VM's size and disk type, chosen at enable (a recovery site that offers no choice refuses one) */
+  recoveryVm?: RecoveryVmChoice;
 }
 
 /** Where replication goes: the recovery site's replica, as replica.prepare or failover.demote answered it. */
@@ -433,7 +436,7 @@ const actionContext = object<PlanActionContext>({
 });
 
 const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
-  'replica.prepare': object<PrepareReplicaBody>({ item: id, vm, sourceAgent: optional(id), grant: optional(id), placement, policy }),
+  'replica.prepare': object<PrepareReplicaBody>({ item: id, vm, sourceAgent: optional(id), grant: optional(id), placement, policy, recoveryVm: optional(object<RecoveryVmChoice>({ size: optional(id), diskType: optional(id) })) }),
   'replication.enable': object<EnableReplicationBody>({
     item: id,
     vmId: optional(id),

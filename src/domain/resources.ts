@@ -5,6 +5,7 @@
  * policies, cloud pairings and mappings are the configuration; protected items are VMs
  * under protection.
  */
+import type { RecoveryVmChoice } from './capabilities.js';
 import type { FabricCapabilities } from './capabilities.js';
 import type { MachineSpec } from './machine.js';
 import type { Placement } from './placement.js';
@@ -287,6 +288,8 @@ export interface ItemReplication {
   policyId?: string;
   /** where the replica went (network mappings changed since update its networks) */
   placement?: Placement;
+  /** the replica VM's size and disk type chosen at enable (a recovery site that offers the choice) */
+  recoveryVm?: RecoveryVmChoice;
   replica?: ItemReplica;
   /** the VM that runs now (default: the item's own VM) */
   primaryVmId?: string;

@@ -17,7 +17,7 @@
  * Ids here are the fabric's own (the provider strips and adds the vault's fabric prefix).
  * Workflows branch on `capabilities`, never on a driver's kind.
  */
-import type { FabricCapabilities } from '../domain/capabilities.js';
+import type { FabricCapabilities, RecoveryVmChoice } from '../domain/capabilities.js';
 import type { MachineSpec } from '../domain/machine.js';
 import type { PolicySettings } from '../domain/policy.js';
 import type { RecoveryPointInfo, ReplicaAccess, ReplicaEndpoint, ReplicaVm, TestNetwork, TestVm } from '../domain/replicas.js';
@@ -74,6 +74,8 @@ export interface ReplicaVmSpec {
   storage: Record<string, string>;
   /** NIC id → VM network, or null (not connected) */
   networks: Record<string, string | null>;
+  /** the size and disk type chosen at enable (only where the capabilities offer them) */
+  recoveryVm?: RecoveryVmChoice | undefined;
 }
 
 export interface TestVmSpec {

@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { systemClock, type Clock } from '../domain/clock.js';
 import type { InitialReplicationProgress, ResyncProgress } from '../domain/commands.js';
+import { unsupportedRecoveryVm } from '../domain/capabilities.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import type { DrillEvidence } from '../domain/runs.js';
 import type { FabricDriver, NicConnection, ReplicationStatus, ResyncInfo, TestNetwork } from '../fabric/driver.js';
@@ -169,7 +170,11 @@ export class FabricProvider {
         for (const [nic, net] of Object.entries(b.placement.networks)) networks[nic] = net === null ? null : this.localId(net);
         const storage: Record<string, string> = {};
         for (const [disk, loc] of Object.entries(b.placement.storage)) storage[disk] = this.localId(loc);
-        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent, grant: b.grant, machine: b.vm.machine }, hostId: this.localId(b.placement.hostId), storage, networks });
+        if (b.recoveryVm) {
+          const gaps = unsupportedRecoveryVm(d.capabilities, b.recoveryVm);
+          if (gaps.length > 0) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot make a replica VM of ${gaps.map((g) => g.message).join('; ')}`, { option: gaps[0]!.option });
+        }
+        const r = await m.ensureReplicaVm({ itemId: b.item, source: { name: b.vm.name, disks: b.vm.disks, nics: b.vm.nics, replicationId: b.vm.replicationId, agent: b.sourceAgent, grant: b.grant, machine: b.vm.machine }, hostId: this.localId(b.placement.hostId), storage, networks, ...(b.recoveryVm ? { recoveryVm: b.recoveryVm } : {}) });
         await this.remember({ itemId: b.item, role: 'target', vmId: r.replicaVmId, reporting: true });
         return { replicaVmId: this.vaultId(r.replicaVmId), hostId: this.vaultId(r.hostId), agent: r.agent, ...(r.access !== undefined ? { access: r.access } : {}), nics: r.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork === null ? null : this.vaultId(n.vmNetwork) })), reused: r.reused };
       },

@@ -102,6 +102,8 @@ export const FabricCapabilitiesSchema = Type.Object({
   changedBlockTracking: Type.Boolean(),
   nbdExport: Type.Boolean(),
   resyncOnRequest: Type.Boolean(),
+  recoveryVmSizes: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Za-z0-9_]{1,64}$' }), { maxItems: 500, uniqueItems: true })),
+  recoveryDiskTypes: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Za-z0-9_]{1,64}$' }), { maxItems: 50, uniqueItems: true })),
 });
 
 /** Policy fields: types only; the rules (validatePolicy) answer with POLICY_INVALID and the field. */

@@ -5,7 +5,7 @@
  * whose provider has not reported capabilities (an older provider) refuses nothing here:
  * its provider refuses what it cannot do when the command reaches it.
  */
-import { unsupportedOptions, type FabricCapabilities, type FabricRole } from '../domain/capabilities.js';
+import { unsupportedOptions, unsupportedRecoveryVm, type FabricCapabilities, type FabricRole, type RecoveryVmChoice } from '../domain/capabilities.js';
 import { OsrError } from '../domain/errors.js';
 import type { Fabric, InventoryObject, Policy, VmProperties } from '../domain/resources.js';
 import type { VaultStore } from '../store/index.js';
@@ -17,7 +17,7 @@ const SITE: Record<FabricRole, string> = { source: 'primary site', target: 'reco
  * of the policy (and every disk of the VM) both fabrics can do, or NOT_SUPPORTED naming the
  * fabric and the options (`details.fabric`, `details.option`, `details.options`).
  */
-export async function checkProtectionOptions(store: VaultStore, o: { vm: InventoryObject; policy: Policy; targetFabricId: string }): Promise<void> {
+export async function checkProtectionOptions(store: VaultStore, o: { vm: InventoryObject; policy: Policy; targetFabricId: string; recoveryVm?: RecoveryVmChoice | undefined }): Promise<void> {
   const disks = (o.vm.properties as Partial<VmProperties>).disks ?? [];
   const ends: [FabricRole, string][] = [
     ['source', o.vm.fabricId],
@@ -27,6 +27,7 @@ export async function checkProtectionOptions(store: VaultStore, o: { vm: Invento
     const fabric = await store.fabrics.get(fabricId);
     if (!fabric.capabilities) continue;
     const gaps = unsupportedOptions(fabric.capabilities, role, o.policy.settings, { disks });
+    if (role === 'target' && o.recoveryVm) gaps.push(...unsupportedRecoveryVm(fabric.capabilities, o.recoveryVm));
     if (gaps.length === 0) continue;
     throw new OsrError('NOT_SUPPORTED', `fabric ${fabric.name} (${fabric.kind}), the ${SITE[role]} of ${o.vm.name}, cannot do ${gaps.map((g) => g.message).join('; ')} (policy ${o.policy.name})`, {
       fabric: fabric.id,

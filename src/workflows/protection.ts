@@ -17,6 +17,7 @@ import type { Clock } from '../domain/clock.js';
 import { Commands, type CommandVm } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
 import { ITEM_TRANSITIONS, ItemOperation } from '../domain/item-transitions.js';
+import type { RecoveryVmChoice } from '../domain/capabilities.js';
 import { placeReplica, type Placement, type PlacementHost } from '../domain/placement.js';
 import { policyCoversHost, type PolicySettings } from '../domain/policy.js';
 import { isAzureEndpoint, type ReplicaVm } from '../domain/replicas.js';
@@ -46,6 +47,8 @@ export interface WorkflowDeps {
 export interface EnableInput {
   vmId: string;
   pairingId: string;
+  /** the replica VM's size and disk type, where the recovery site offers a choice */
+  recoveryVm?: RecoveryVmChoice;
 }
 
 export interface DisableInput {
@@ -100,7 +103,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           }
           const target = await store.fabrics.object(pairing.targetCloudId, 'cloud');
           // the API refused this already; checked again for a policy or fabric that changed since
-          await checkProtectionOptions(store, { vm, policy, targetFabricId: target.fabricId });
+          await checkProtectionOptions(store, { vm, policy, targetFabricId: target.fabricId, recoveryVm: ctx.input.recoveryVm });
           const targetHosts: PlacementHost[] = [];
           // a host the vault has not admitted holds no replica (docs/security.md, host admission)
           const admitted = new Set((await store.hostAdmissions.list({ fabricId: target.fabricId, state: 'admitted' })).map((a) => a.host));
@@ -133,7 +136,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           if (unconnected.length > 0) {
             await alerting.event({ target: vm.id, kind: 'protection.network-unmapped', severity: Severity.Warning, message: `${unconnected.length} NIC(s) of ${vm.name} are on unmapped networks: their replicas will not be connected`, details: { nics: unconnected.map(([n]) => n) } });
           }
-          await changeItem(store, ctx, vm.id, Enable, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement } });
+          await changeItem(store, ctx, vm.id, Enable, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement, ...(ctx.input.recoveryVm ? { recoveryVm: ctx.input.recoveryVm } : {}) } });
         },
       },
       {
@@ -149,7 +152,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
             await ctx.save();
           }
           const grant = d.grant !== null ? { grant: d.grant } : {};
-          const answer = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), ...grant, placement: d.placement!, policy: d.policy! }, { timeoutMs: 10 * 60_000 });
+          const answer = await ctx.command(d.targetFabricId!, Commands.PrepareReplica, { item: vm.id, vm: source, ...(host ? { sourceAgent: host.name } : {}), ...grant, placement: d.placement!, policy: d.policy!, ...(ctx.input.recoveryVm ? { recoveryVm: ctx.input.recoveryVm } : {}) }, { timeoutMs: 10 * 60_000 });
           // the container's SAS goes to the source site only: never into the item or the job's data
           const { access, ...replica } = answer;
           d.replica = replica;

@@ -149,7 +149,11 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   await osr('mapping', 'create', 'network', '--source', 'primary.prod', '--target', 'azure-we.prod');
   await osr('mapping', 'create', 'storage', '--source', 'primary.gold', '--target', 'azure-we.StandardSSD_LRS');
   const before = await writeToVm('disk0', 0, 64 * 1024);
-  await osr('item', 'enable', 'web', 'db', '--wait');
+  // a size the recovery site does not offer is refused before any job
+  await assert.rejects(osr('item', 'enable', 'web', '--vm-size', 'Standard_Nope'), (e: { stderr?: string }) => /NOT_SUPPORTED.*VM size Standard_Nope/s.test(e.stderr ?? ''));
+  assert.equal((await v.api.request<{ items: unknown[] }>('GET', '/api/v1/protected-items?limit=10')).items.length, 0);
+  await osr('item', 'enable', 'web', '--wait');
+  await osr('item', 'enable', 'db', '--vm-size', 'Standard_D4s_v5', '--disk-type', 'Premium_LRS', '--wait');
   let it = await item();
   assert.equal(it.state, 'Protected');
   const replica = it.replication.replica!;
@@ -251,7 +255,12 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   await osr('item', 'unplanned-failover', 'db', '--wait');
   const db = await item('db');
   assert.equal(db.state, 'FailedOver');
-  assert.ok([...arm.resources.values()].some((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.item] === db.id), 'db runs in Azure');
+  const dbVm = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.item] === db.id && r.tags[OSR_TAG.role] === 'failover');
+  assert.ok(dbVm, 'db runs in Azure');
+  assert.equal((dbVm.properties.hardwareProfile as { vmSize: string }).vmSize, 'Standard_D4s_v5', 'of the size chosen at enable');
+  assert.ok([...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.job] === dbVm.tags![OSR_TAG.job]).every((d) => (d.sku as { name: string }).name === 'Premium_LRS'), 'on the disk type chosen at enable');
+  assert.equal((await item('db')).replication.recoveryVm?.size, 'Standard_D4s_v5');
+  assert.equal((vms[0]!.properties.hardwareProfile as { vmSize: string }).vmSize, 'Standard_B1s', 'web, of no chosen size, the smallest (its machine is not known)');
   await waitFor('the old primary fenced', async () => {
     const vmsNow = (await v.api.request<{ items: { name: string; fabricId: string; properties: { powerState: string } }[] }>('GET', '/api/v1/vms?limit=100')).items;
     return vmsNow.find((x) => x.name === 'db' && x.fabricId === 'primary')?.properties.powerState !== 'Running';

@@ -24,7 +24,6 @@ import path from 'node:path';
 import { generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
 import { OsrError } from '../../domain/errors.js';
-import type { MachineSpec } from '../../domain/machine.js';
 import { isSafeName } from '../../domain/names.js';
 import type { InventoryDocument } from '../../domain/resources.js';
 import type {
@@ -42,32 +41,12 @@ import type {
 } from '../../fabric/driver.js';
 import { fsyncDir, writeFileAtomic } from '../../pki/index.js';
 import { AZURE_CAPABILITIES } from './capabilities.js';
+import { defaultVmSize, VM_SIZES } from './vm-sizes.js';
 import type { AzureClients } from './clients.js';
 import { azureHostId, azureInventory, DISK_TYPES } from './inventory.js';
 import { armError, AzureRecovery, resourceName, type AzureRecoveryOptions, type VmFromPoint } from './recovery.js';
 import { pointDisks, readReplicaPoints } from './replica-points.js';
 import type { AzureSiteConfig } from './site.js';
-
-/** A VM size Azure offers, for the default: the smallest that has the source's vCPUs and memory. */
-export const VM_SIZES: readonly { name: string; vcpus: number; memoryMiB: number }[] = [
-  { name: 'Standard_B1s', vcpus: 1, memoryMiB: 1024 },
-  { name: 'Standard_B1ms', vcpus: 1, memoryMiB: 2048 },
-  { name: 'Standard_B2s', vcpus: 2, memoryMiB: 4096 },
-  { name: 'Standard_B2ms', vcpus: 2, memoryMiB: 8192 },
-  { name: 'Standard_D4s_v5', vcpus: 4, memoryMiB: 16384 },
-  { name: 'Standard_D8s_v5', vcpus: 8, memoryMiB: 32768 },
-  { name: 'Standard_D16s_v5', vcpus: 16, memoryMiB: 65536 },
-  { name: 'Standard_D32s_v5', vcpus: 32, memoryMiB: 131072 },
-  { name: 'Standard_D64s_v5', vcpus: 64, memoryMiB: 262144 },
-];
-
-/** The size a replica VM gets by default: the smallest with at least the source's vCPUs and memory (the smallest of all when the source's are not known). */
-export function defaultVmSize(m: Pick<MachineSpec, 'vcpus' | 'memoryMiB'> | undefined): string {
-  if (!m) return VM_SIZES[0]!.name;
-  const fit = VM_SIZES.find((s) => s.vcpus >= m.vcpus && s.memoryMiB >= m.memoryMiB);
-  if (!fit) throw new OsrError('NOT_SUPPORTED', `no Azure size osr knows has ${m.vcpus} vCPUs and ${m.memoryMiB} MiB; the largest is ${VM_SIZES.at(-1)!.name}`);
-  return fit.name;
-}
 
 /** A replica this provider prepared: where it is, and what a failover of it makes. */
 export interface AzureReplicaRecord {
@@ -343,7 +322,10 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (known && known.itemId !== spec.itemId) throw new OsrError('ALREADY_EXISTS', `container ${id} holds the replica of item ${known.itemId}, not ${spec.itemId}`);
     // the disk type: the classification placement chose (one for the VM: Azure takes one SKU per disk, osr keeps them alike)
     const skus = new Set(Object.values(spec.storage).map((loc) => DISK_TYPES.find((t) => loc.endsWith(`-${t.id}`))?.id ?? 'StandardSSD_LRS'));
-    const diskSku = skus.has('Premium_LRS') ? 'Premium_LRS' : skus.has('StandardSSD_LRS') ? 'StandardSSD_LRS' : [...skus][0] ?? 'StandardSSD_LRS';
+    const chosen = spec.recoveryVm;
+    if (chosen?.size !== undefined && !VM_SIZES.some((s) => s.name === chosen.size)) throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} offers no VM size ${chosen.size}; it offers ${VM_SIZES.map((s) => s.name).join(', ')}`);
+    if (chosen?.diskType !== undefined && !DISK_TYPES.some((t) => t.id === chosen.diskType)) throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} offers no disk type ${chosen.diskType}; it offers ${DISK_TYPES.map((t) => t.id).join(', ')}`);
+    const diskSku = chosen?.diskType ?? (skus.has('Premium_LRS') ? 'Premium_LRS' : skus.has('StandardSSD_LRS') ? 'StandardSSD_LRS' : [...skus][0] ?? 'StandardSSD_LRS');
     const subnets = await this.subnets();
     const nics = spec.source.nics.map((n) => {
       const vnet = spec.networks[n.id] ?? null;
@@ -368,7 +350,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
       vmName: spec.source.name,
       disks: spec.source.disks.map((d) => ({ id: d.id, name: d.name, sizeBytes: d.sizeBytes })),
       diskSku,
-      vmSize: known?.vmSize ?? defaultVmSize(spec.source.machine),
+      vmSize: chosen?.size ?? known?.vmSize ?? defaultVmSize(spec.source.machine),
       generation: spec.source.machine?.firmware === 'uefi' ? 'V2' : 'V1',
       nics,
       createdAt: known?.createdAt ?? new Date(this.clock.now()).toISOString(),

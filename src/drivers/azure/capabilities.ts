@@ -8,6 +8,8 @@
  * it is never a source.
  */
 import type { FabricCapabilities } from '../../domain/capabilities.js';
+import { DISK_TYPES } from './inventory.js';
+import { VM_SIZES } from './vm-sizes.js';
 
 export const AZURE_CAPABILITIES: Readonly<FabricCapabilities> = {
   initialReplication: ['now', 'scheduled'],
@@ -18,4 +20,7 @@ export const AZURE_CAPABILITIES: Readonly<FabricCapabilities> = {
   changedBlockTracking: false,
   nbdExport: false,
   resyncOnRequest: true,
+  // a replica VM's size and disk type may be chosen at enable (by default: the source's vCPUs and memory, the storage mapping's type)
+  recoveryVmSizes: VM_SIZES.map((s) => s.name),
+  recoveryDiskTypes: DISK_TYPES.map((t) => t.id),
 };

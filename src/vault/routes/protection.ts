@@ -76,7 +76,22 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       schema: {
         summary: 'enable protection of a VM (a job: 202 with its URL)',
         tags,
-        body: Type.Object({ vmId: Id, pairingId: Type.Optional(Id) }, { additionalProperties: false }),
+        body: Type.Object(
+          {
+            vmId: Id,
+            pairingId: Type.Optional(Id),
+            recoveryVm: Type.Optional(
+              Type.Object(
+                {
+                  size: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_]{1,64}$', description: 'the replica VM\'s size, of those the recovery site offers (its capabilities\' recoveryVmSizes)' })),
+                  diskType: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_]{1,64}$', description: 'its disks\' type, of the recovery site\'s recoveryDiskTypes' })),
+                },
+                { additionalProperties: false },
+              ),
+            ),
+          },
+          { additionalProperties: false },
+        ),
       },
     },
     async (request, reply) => {
@@ -87,12 +102,13 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       if (!pairing) throw new OsrError('INVALID_STATE', `cloud ${cloud} of VM ${vm.name} is not paired; pair it with a target cloud under a policy first`, { cloud });
       // what the policy asks that either fabric cannot do is refused now, before the item or its job exists
       const target = await fabrics.object(pairing.targetCloudId, 'cloud');
-      await checkProtectionOptions(ctx.store, { vm, policy: await config.policy(pairing.policyId), targetFabricId: target.fabricId });
+      const recoveryVm = request.body.recoveryVm;
+      await checkProtectionOptions(ctx.store, { vm, policy: await config.policy(pairing.policyId), targetFabricId: target.fabricId, recoveryVm });
       const jobId = randomUUID();
       // the item first: a VM is protected once, and a second request is refused here
       await items.create({ id: vm.id, name: vm.name, fabricId: vm.fabricId, pairingId: pairing.id, state: ProtectionState.EnablingProtection, activeJobId: jobId });
       try {
-        const job = await ctx.engine.submit(JobKinds.EnableProtection, { id: jobId, target: vm.id, input: { vmId: vm.id, pairingId: pairing.id }, createdBy: principal(request).actor });
+        const job = await ctx.engine.submit(JobKinds.EnableProtection, { id: jobId, target: vm.id, input: { vmId: vm.id, pairingId: pairing.id, ...(recoveryVm ? { recoveryVm } : {}) }, createdBy: principal(request).actor });
         return accepted(reply, job);
       } catch (e) {
         await items.remove(vm.id);

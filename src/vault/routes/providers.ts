@@ -134,6 +134,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         changedBlockTracking: c.changedBlockTracking,
         nbdExport: c.nbdExport,
         resyncOnRequest: c.resyncOnRequest,
+        ...(c.recoveryVmSizes !== undefined ? { recoveryVmSizes: c.recoveryVmSizes } : {}),
+        ...(c.recoveryDiskTypes !== undefined ? { recoveryDiskTypes: c.recoveryDiskTypes } : {}),
       };
       const { fabricId, wasLost } = await store.fabrics.heartbeat(p.providerId!, capabilities);
       if (wasLost) {
