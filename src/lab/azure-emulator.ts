@@ -28,9 +28,8 @@ export interface AzureLabSpec {
   virtualNetworks: { name: string; addressPrefix: string; subnets: { name: string; addressPrefix: string }[] }[];
 }
 
-/** Azurite's account and its well-known key (published with the emulator: no secret). */
+/** Azurite's account; its key is the lab's own (made at the first start, 0600), not the emulator's published one. */
 export const EMULATOR_ACCOUNT = 'devstoreaccount1';
-export const EMULATOR_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
 export const EMULATOR_SUBSCRIPTION = '00000000-0000-0000-0000-00000000a2e0';
 export const EMULATOR_TENANT = '0511ab00-0000-4000-8000-00000000a2e0';
 export const EMULATOR_CLIENT = '0511ab00-0000-4000-8000-0000000c11e7';
@@ -57,7 +56,7 @@ async function freePort(): Promise<number> {
 }
 
 /** Azurite's blob service, started as a child of this process. */
-async function startAzurite(dir: string, port: number): Promise<ChildProcess> {
+async function startAzurite(dir: string, port: number, key: string): Promise<ChildProcess> {
   let main: string;
   try {
     main = createRequire(import.meta.url).resolve('azurite/dist/src/blob/main.js');
@@ -65,7 +64,7 @@ async function startAzurite(dir: string, port: number): Promise<ChildProcess> {
     throw new OsrError('NOT_SUPPORTED', 'the lab\'s Azure site needs the azurite package: run `npm ci` in the osr checkout (it installs the development packages too)');
   }
   fs.mkdirSync(path.join(dir, 'azurite'), { recursive: true, mode: 0o700 });
-  const child = spawn(process.execPath, [main, '--blobHost', '127.0.0.1', '--blobPort', String(port), '--location', path.join(dir, 'azurite'), '--skipApiVersionCheck', '--disableTelemetry'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [main, '--blobHost', '127.0.0.1', '--blobPort', String(port), '--location', path.join(dir, 'azurite'), '--skipApiVersionCheck', '--disableTelemetry'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AZURITE_ACCOUNTS: `${EMULATOR_ACCOUNT}:${key}` } });
   let out = '';
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new OsrError('INTERNAL', `Azurite did not start within 60 s: ${out.slice(-500)}`)), 60_000);
@@ -101,13 +100,14 @@ export async function runAzureEmulator(dir: string, spec: AzureLabSpec): Promise
   const ports = fs.existsSync(portsFile) ? (JSON.parse(fs.readFileSync(portsFile, 'utf8')) as { blob: number; arm: number }) : { blob: await freePort(), arm: await freePort() };
   await writeFileAtomic(portsFile, JSON.stringify(ports), 0o600);
   if (!fs.existsSync(files.secretFile)) await writeFileAtomic(files.secretFile, crypto.randomBytes(24).toString('base64url'), 0o600);
-  await writeFileAtomic(files.keyFile, EMULATOR_KEY, 0o600);
-  const azurite = await startAzurite(dir, ports.blob);
+  if (!fs.existsSync(files.keyFile)) await writeFileAtomic(files.keyFile, crypto.randomBytes(64).toString('base64'), 0o600);
+  const key = fs.readFileSync(files.keyFile, 'utf8').trim();
+  const azurite = await startAzurite(dir, ports.blob, key);
   const blobEndpoint = `http://127.0.0.1:${ports.blob}/${EMULATOR_ACCOUNT}`;
   let arm: FakeArm;
   try {
     arm = await startFakeArm({
-      storageCredential: new StorageSharedKeyCredential(EMULATOR_ACCOUNT, EMULATOR_KEY),
+      storageCredential: new StorageSharedKeyCredential(EMULATOR_ACCOUNT, key),
       subscriptionId: EMULATOR_SUBSCRIPTION,
       resourceGroup: spec.resourceGroup,
       lroMs: 200,

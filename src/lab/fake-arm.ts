@@ -109,7 +109,6 @@ export interface FakeArm {
   stop(): Promise<void>;
 }
 
-const TOKEN = 'fake-arm-token';
 
 export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
   const ca = await createCa({ commonName: 'fake Resource Manager CA' });
@@ -137,6 +136,8 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
   const requests: FakeArm['requests'] = [];
   const violations: FakeArm['violations'] = [];
   const diskBytes = new Map<string, Buffer>();
+  // a token of this start only, handed out for the principal's secret (or to the tests' own credential)
+  const TOKEN = crypto.randomBytes(24).toString('base64url');
   let endpoint = '';
   let lroMs = o.lroMs ?? 100;
 
@@ -161,9 +162,14 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
     if (type === 'Microsoft.Compute/disks') {
       const cd = props.creationData as { createOption: string; sourceUri?: string; storageAccountId?: string };
       if (cd.createOption !== 'Import') return undefined;
+      // a disk is imported from the storage account only (the import reads with the account's key), and at most 4 GiB of it here
+      const source = new BlobClient(cd.sourceUri!, o.storageCredential);
+      if (source.accountName !== o.storageCredential.accountName || !['127.0.0.1', 'localhost'].includes(new URL(source.url).hostname)) return `the blob ${cd.sourceUri} is not in the storage account ${o.storageCredential.accountName}`;
       let bytes: Buffer;
       try {
-        bytes = await new BlobClient(cd.sourceUri!, o.storageCredential).downloadToBuffer();
+        const length = (await source.getProperties()).contentLength ?? 0;
+        if (length > 4 * 1024 ** 3) return `the blob is ${length} bytes: the emulated import takes at most 4 GiB`;
+        bytes = await source.downloadToBuffer();
       } catch (e) {
         return `the blob ${cd.sourceUri} cannot be read: ${(e as Error).message}`;
       }

@@ -158,9 +158,12 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           d.replica = replica;
           let enableGrant = grant;
           if (isAzureEndpoint(replica.agent)) {
-            const expected = source.replicationId !== undefined ? replicaContainerName(source.replicationId) : undefined;
-            if (replica.agent.containerUrl.split('/').at(-1) !== expected) {
-              throw new OsrError('INVALID_STATE', `the recovery fabric answered container ${replica.agent.containerUrl} for ${vm.name}; its replica's container is ${expected ?? '(the VM has no replication id)'}`);
+            // the container named from the VM's replication id, in the storage account its inventory reported for the placement's storage (never one the answer alone names)
+            const locationId = Object.values(d.placement!.storage)[0];
+            const account = locationId !== undefined ? (await store.fabrics.findObject(locationId))?.properties.path : undefined;
+            const expected = source.replicationId !== undefined && typeof account === 'string' ? `${account.replace(/\/+$/, '')}/${replicaContainerName(source.replicationId)}` : undefined;
+            if (replica.agent.containerUrl !== expected) {
+              throw new OsrError('INVALID_STATE', `the recovery fabric answered container ${replica.agent.containerUrl} for ${vm.name}; its replica's container is ${expected ?? '(unknown: the VM has no replication id, or its storage no account)'}`);
             }
             if (access === undefined) throw new OsrError('INVALID_STATE', `the recovery fabric answered no access to container ${replica.agent.containerUrl} for ${vm.name}`);
             // the source's agent writes into that container only: the grant names it as the target

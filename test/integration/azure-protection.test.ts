@@ -231,6 +231,10 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   assert.match(JSON.stringify(nic.properties), new RegExp(subnetId.replace(/[/.]/g, '\\$&'), 'i'), 'its NIC is on the mapped subnet');
   // before the commit, another point: the VM is made again from it, what the first one made removed
   const failoverJobBefore = vm.tags![OSR_TAG.job];
+  // a point the replica does not have is refused before anything of the running VM goes
+  await assert.rejects(osr('item', 'change-recovery-point', 'web', '--point', '999999', '--wait'));
+  assert.ok(arm.resources.has(vm.id.toLowerCase()), 'the failed-over VM still runs');
+  assert.equal((await item()).state, 'FailedOver');
   await osr('item', 'change-recovery-point', 'web', '--point', point, '--wait');
   const vms = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.role] === 'failover' && r.tags[OSR_TAG.item] === it.id);
   assert.equal(vms.length, 1, 'one failed-over VM');

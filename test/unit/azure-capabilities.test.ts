@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { unsupportedOptions } from '../../src/domain/capabilities.js';
+import { unsupportedOptions, unsupportedRecoveryVm } from '../../src/domain/capabilities.js';
+import { resourceName } from '../../src/drivers/azure/recovery.js';
+import { defaultVmSize } from '../../src/drivers/azure/vm-sizes.js';
 import { validatePolicy } from '../../src/domain/policy.js';
 import { AZURE_CAPABILITIES } from '../../src/drivers/azure/capabilities.js';
 
@@ -15,4 +17,25 @@ test('Azure as a recovery site takes the policies ASR takes for Azure and refuse
   const gaps = unsupportedOptions(AZURE_CAPABILITIES, 'target', offline);
   assert.deepEqual(gaps.map((g) => g.option), ['initialReplication.method']);
   assert.match(gaps[0]!.message, /offline initial replication \(it does now or scheduled\)/);
+});
+
+test('a replica VM\'s size and disk type: Azure\'s are offered, others refused with the option named; the default size fits the source', () => {
+  assert.deepEqual(unsupportedRecoveryVm(AZURE_CAPABILITIES, { size: 'Standard_B2s', diskType: 'Premium_LRS' }), []);
+  assert.deepEqual(unsupportedRecoveryVm(AZURE_CAPABILITIES, { size: 'Standard_Nope', diskType: 'UltraSSD_LRS' }).map((g) => g.option), ['recoveryVm.size', 'recoveryVm.diskType']);
+  // a site without the choice (the lab's) refuses any
+  assert.match(unsupportedRecoveryVm({ ...AZURE_CAPABILITIES, recoveryVmSizes: undefined }, { size: 'Standard_B2s' })[0]!.message, /it offers none/);
+  assert.equal(defaultVmSize(undefined), 'Standard_B1s');
+  assert.equal(defaultVmSize({ vcpus: 2, memoryMiB: 6144 }), 'Standard_B2ms');
+  assert.equal(defaultVmSize({ vcpus: 3, memoryMiB: 1024 }), 'Standard_D4s_v5');
+  assert.throws(() => defaultVmSize({ vcpus: 128, memoryMiB: 1024 }), /no Azure size/);
+});
+
+test('Azure resource names: parts that had to change, or a name too long, end in a hash of the parts, so two never share a name', () => {
+  assert.equal(resourceName('web1', 'sda'), 'web1-sda');
+  const names = ['data_1', 'data.1', 'data-1', 'data 1'].map((d) => resourceName('web1', d));
+  assert.equal(new Set(names).size, 4, names.join(' '));
+  assert.equal(names[2], 'web1-data-1', 'a clean name stays as it is');
+  const long = [resourceName('x'.repeat(60), 'disk10'), resourceName('x'.repeat(60), 'disk11')];
+  assert.notEqual(long[0], long[1]);
+  for (const n of [...names, ...long]) assert.match(n, /^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}[a-zA-Z0-9]$/);
 });

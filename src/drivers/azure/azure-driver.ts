@@ -45,7 +45,7 @@ import { defaultVmSize, VM_SIZES } from './vm-sizes.js';
 import type { AzureClients } from './clients.js';
 import { azureHostId, azureInventory, DISK_TYPES } from './inventory.js';
 import { armError, AzureRecovery, resourceName, type AzureRecoveryOptions, type VmFromPoint } from './recovery.js';
-import { pointDisks, readReplicaPoints } from './replica-points.js';
+import { pointDisks, readReplicaPoints, type ReplicaPoints } from './replica-points.js';
 import type { AzureSiteConfig } from './site.js';
 
 /** A replica this provider prepared: where it is, and what a failover of it makes. */
@@ -160,6 +160,8 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   private saving: Promise<void> = Promise.resolve();
   private ctx: DriverContext | undefined;
   private renewer: AbortController | undefined;
+  /** the last change of each container's access policy, which the next waits for */
+  private readonly policyChanges = new Map<string, Promise<void>>();
   private readonly clock: { now(): number };
 
   constructor(
@@ -173,11 +175,13 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
 
   private save(): Promise<void> {
     const text = `${JSON.stringify(this.state, null, 2)}\n`;
-    this.saving = this.saving.then(async () => {
+    // each save after the one before, whether that one failed or not
+    const saved = this.saving.catch(() => undefined).then(async () => {
       await writeFileAtomic(path.join(this.site.dir, STATE_FILE), text, 0o600);
       await fsyncDir(this.site.dir);
     });
-    return this.saving;
+    this.saving = saved;
+    return saved;
   }
 
   private get hostId(): string {
@@ -279,9 +283,32 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (!(cred instanceof StorageSharedKeyCredential)) {
       throw new OsrError('CONFIG_INVALID', `fabric ${this.site.name}: replicating into storage account ${this.site.storageAccount.name} needs its key (storageAccount.keyFile in the site file): the agents' access is bound to a policy only the key can sign for`);
     }
-    const expiresAt = await this.setAgentPolicy(container, true);
+    const expiresAt = await this.agentAccess(container, true);
     const sas = generateBlobSASQueryParameters({ containerName: container, identifier: AGENT_POLICY, protocol: this.site.storageAccount.blobEndpoint.startsWith('https:') ? SASProtocol.Https : SASProtocol.HttpsAndHttp }, cred).toString();
     return { sas, expiresAt: expiresAt! };
+  }
+
+  /**
+   * Set (on) or revoke (off) the agent's access to a replica's container: one change at a
+   * time per container, and never on for a replica a failover took — checked when the
+   * change runs, so that a renewal that began before a failover cannot undo its revocation.
+   */
+  private agentAccess(container: string, on: boolean): Promise<string | undefined> {
+    const run = (this.policyChanges.get(container) ?? Promise.resolve()).then(async () => {
+      if (on && Object.values(this.state.failovers).some((f) => f.replicaId === container)) {
+        throw new OsrError('INVALID_STATE', `replica ${container} was failed over: its source's access to it stays revoked`);
+      }
+      return this.setAgentPolicy(container, on);
+    });
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.policyChanges.set(container, settled);
+    void settled.then(() => {
+      if (this.policyChanges.get(container) === settled) this.policyChanges.delete(container);
+    });
+    return run;
   }
 
   /** Set the agent's policy on a container to end `validity` from now (on), or remove it (off); answers the new end. */
@@ -302,12 +329,13 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
    * container cannot be reached is tried again at the next round (its access lasts days).
    */
   async renewAccess(): Promise<void> {
-    const failedOver = new Set(Object.values(this.state.failovers).map((f) => f.replicaId));
     for (const r of Object.values(this.state.replicas)) {
-      if (failedOver.has(r.id)) continue;
+      // (a replica a failover took is skipped when its turn comes: agentAccess checks then)
+      if (Object.values(this.state.failovers).some((f) => f.replicaId === r.id)) continue;
       try {
-        await this.setAgentPolicy(r.id, true);
+        await this.agentAccess(r.id, true);
       } catch (e) {
+        if ((e as OsrError).code === 'INVALID_STATE') continue;
         this.ctx?.log.warn({ replica: r.id, err: (e as Error).message }, `the agent's access to ${r.id} could not be extended now; trying again at the next round`);
       }
     }
@@ -339,7 +367,12 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     let reused = false;
     try {
       const made = await container.createIfNotExists({ metadata: { osritem: spec.itemId } });
-      reused = !made.succeeded && (await container.getBlockBlobClient(RECORD_BLOB).exists());
+      if (!made.succeeded) {
+        // a container made before: this item's, or refused (another item's, or not osr's)
+        const owner = (await container.getProperties()).metadata?.osritem;
+        if (owner !== spec.itemId) throw new OsrError('ALREADY_EXISTS', `container ${id} exists and is ${owner ? `the replica of item ${owner}` : 'not an osr replica'}, not of ${spec.itemId}; osr does not write into it`, { container: id });
+        reused = await container.getBlockBlobClient(RECORD_BLOB).exists();
+      }
     } catch (e) {
       throw armError(e, `making container ${id}`);
     }
@@ -387,8 +420,10 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   }
 
   async removeReplicaVm(replicaVmId: string, o: { deleteData: boolean }): Promise<void> {
-    const failedOver = Object.values(this.state.failovers).find((f) => f.replicaId === replicaVmId && !f.committed);
-    if (failedOver) throw new OsrError('INVALID_STATE', `replica ${replicaVmId} runs as VM ${failedOver.vmId} (a failover not committed): commit or undo it first`);
+    const failedOver = Object.values(this.state.failovers).find((f) => f.replicaId === replicaVmId);
+    if (failedOver && !failedOver.committed) throw new OsrError('INVALID_STATE', `replica ${replicaVmId} runs as VM ${failedOver.vmId} (a failover not committed): commit or undo it first`);
+    const drill = Object.values(this.state.tests).find((t) => t.replicaId === replicaVmId);
+    if (drill) throw new OsrError('INVALID_STATE', `a drill of replica ${replicaVmId} runs (${drill.id}): clean it up first`);
     if (o.deleteData) {
       try {
         await this.container(replicaVmId).deleteIfExists();
@@ -397,11 +432,12 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
       }
     } else if (this.state.replicas[replicaVmId]) {
       // a replica kept as it is: nobody's agent writes into it any more
-      await this.setAgentPolicy(replicaVmId, false).catch((e: unknown) => {
+      await this.agentAccess(replicaVmId, false).catch((e: unknown) => {
         if ((e as OsrError).code !== 'NOT_FOUND') throw e;
       });
     }
-    delete this.state.replicas[replicaVmId];
+    // a committed failover's VM runs from what the record says (its inventory, its power): the record stays with it
+    if (!failedOver) delete this.state.replicas[replicaVmId];
     await this.save();
     this.ctx?.inventoryChanged();
   }
@@ -421,7 +457,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   /** The plan of a VM from point `seq` of a replica. */
   private async plan(r: AzureReplicaRecord, seq: number, o: { jobId: string; role: VmFromPoint['role']; vmName: string; nics: VmFromPoint['nics'] }): Promise<VmFromPoint> {
     const container = this.container(r.id);
-    const points = await readReplicaPoints(container);
+    const points = await this.readPoints(r);
     const nics = o.nics;
     if (nics.length === 0) throw new OsrError('INVALID_STATE', `VM ${r.vmName} has no NIC on a mapped network, and an Azure VM needs one: map its network (osr mapping create network …)`);
     return { itemId: r.itemId, jobId: o.jobId, role: o.role, vmName: o.vmName, vmSize: r.vmSize, generation: r.generation, osType: 'Linux', diskSku: r.diskSku, disks: pointDisks(container, points, seq), nics };
@@ -496,13 +532,20 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     const r = this.replica(replicaVmId);
     let points;
     try {
-      points = await readReplicaPoints(this.container(r.id));
+      points = await this.readPoints(r);
     } catch (e) {
       // no record yet: the first copy has not begun
       if (e instanceof OsrError && e.code === 'NOT_FOUND') return [];
       throw e;
     }
     return points.points.map((p) => ({ id: String(p.point.seq), at: new Date(p.point.timeMs).toISOString(), consistency: p.point.consistency === 'app-consistent' ? 'app' : 'crash' }));
+  }
+
+  /** The replica's points, from a container whose record is this replica's (the storage account is not trusted). */
+  private async readPoints(r: AzureReplicaRecord): Promise<ReplicaPoints> {
+    const points = await readReplicaPoints(this.container(r.id));
+    if (points.record.vmId !== r.replicationId) throw new OsrError('REPLICA_STORE_CORRUPT', `container ${r.id} holds the replica of VM ${points.record.vmId.slice(0, 80)}, not of ${r.replicationId}`, { container: r.id });
+    return points;
   }
 
   private async pointInfo(r: AzureReplicaRecord, seq: number): Promise<RecoveryPointInfo> {
@@ -524,18 +567,22 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     const vmId = resourceName('vm', r.replicationId);
     const points = await this.recoveryPoints(r.id);
     let f = this.state.failovers[vmId];
-    if (!f || f.committed) {
+    // a committed failover's VM is an Azure VM of its own: failing over again needs failback first (not built)
+    if (f?.committed) throw new OsrError('INVALID_STATE', `${r.vmName} was failed over to Azure and committed (VM ${vmId}); bring it home before failing over again`);
+    if (!f) {
       const point = pointId !== null ? points.find((p) => p.id === pointId) : points.at(-1);
       if (!point) throw new OsrError('NOT_FOUND', pointId !== null ? `the replica of ${r.vmName} has no recovery point ${pointId}` : `the replica of ${r.vmName} has no recovery point yet`);
       const seq = this.pointSeq(point.id);
       // the record first: a promote run again finds what it started, whatever point is newest by then
-      f = { vmId, replicaId: r.id, itemId: r.itemId, job: resourceName('failover', r.replicationId, String(seq)), seq, epoch: (f?.epoch ?? 1) + 1, committed: false, at: new Date(this.clock.now()).toISOString() };
+      f = { vmId, replicaId: r.id, itemId: r.itemId, job: resourceName('failover', r.replicationId, String(seq)), seq, epoch: 2, committed: false, at: new Date(this.clock.now()).toISOString() };
       this.state.failovers[vmId] = f;
       await this.save();
     }
     // the old primary writes no more into the replica: its access is revoked (Azure applies it within 30 s; a failover copies its point and never reads the live blobs)
-    await this.setAgentPolicy(r.id, false);
-    await this.makeFailoverVm(r, f.seq, f.job);
+    await this.agentAccess(r.id, false);
+    // a change of point cut short is finished (its VM is the one that runs), else the point's VM made
+    if (f.next) await this.finishChange(r, f);
+    else await this.makeFailoverVm(r, f.seq, f.job);
     this.ctx?.inventoryChanged();
     return { vmId, epoch: f.epoch, point: await this.pointInfo(r, f.seq), points };
   }
@@ -545,18 +592,31 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (f.committed) throw new OsrError('INVALID_STATE', `the failover of ${vmId} is committed: its point cannot change`);
     const r = this.replica(f.replicaId);
     const seq = this.pointSeq(pointId);
-    if (f.seq !== seq || f.next) {
-      f.next ??= { job: resourceName('failover', r.replicationId, String(seq), String(this.clock.now())), seq };
-      await this.save();
-      // what the old point made goes first (its VM holds the name the new one takes)
-      await this.recovery(r.id).removeJob(f.job);
-      await this.makeFailoverVm(r, f.next.seq, f.next.job);
-      f.job = f.next.job;
-      f.seq = f.next.seq;
+    // the point must be there before anything of the running VM goes
+    const point = await this.pointInfo(r, seq);
+    if (f.next && f.next.seq !== seq) {
+      // another point asked for than the change cut short: what that change made goes, the new one starts over
+      await this.recovery(r.id).removeJob(f.next.job);
       f.next = undefined;
       await this.save();
     }
-    return { point: await this.pointInfo(r, f.seq) };
+    if (f.seq !== seq || f.next) {
+      f.next ??= { job: resourceName('failover', r.replicationId, String(seq), String(this.clock.now())), seq };
+      await this.save();
+      await this.finishChange(r, f);
+    }
+    return { point };
+  }
+
+  /** A change of point recorded in `f.next`: what the old point made goes first (its VM holds the name the new one takes), then the new point's VM. */
+  private async finishChange(r: AzureReplicaRecord, f: AzureFailoverRecord): Promise<void> {
+    const next = f.next!;
+    await this.recovery(r.id).removeJob(f.job);
+    await this.makeFailoverVm(r, next.seq, next.job);
+    f.job = next.job;
+    f.seq = next.seq;
+    f.next = undefined;
+    await this.save();
   }
 
   async commitFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {

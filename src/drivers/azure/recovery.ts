@@ -63,17 +63,19 @@ export type StepReport = (step: string, detail: Record<string, unknown>) => void
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}[a-zA-Z0-9_]$/;
 
 /**
- * A name for a resource osr makes: letters, digits, hyphens; at most 64 characters. A
- * longer one keeps its start and ends in a hash of the whole, so that names differing
- * only at their end (a disk's, a NIC's number) stay different.
+ * A name for a resource osr makes: letters, digits, hyphens; at most 64 characters. A name
+ * whose parts had to change (other characters, or too long) keeps its start and ends in a
+ * hash of the parts as given, so that parts differing only in what was changed (`data_1`
+ * and `data.1`, two disks' numbers past the 64th character) never share a name.
  */
 export function resourceName(...parts: string[]): string {
-  const full = parts
-    .join('-')
+  const given = parts.join('-');
+  const full = given
     .replace(/[^a-zA-Z0-9-]+/g, '-')
     .replace(/-+/g, '-')
     .replace(/^-|-$/g, '');
-  const name = full.length <= 64 ? full : `${full.slice(0, 55).replace(/-+$/, '')}-${crypto.createHash('sha256').update(parts.join('\0')).digest('hex').slice(0, 8)}`;
+  const hash = () => crypto.createHash('sha256').update(parts.join('\0')).digest('hex').slice(0, 8);
+  const name = full === given && full.length <= 64 ? full : `${full.slice(0, 55).replace(/-+$/, '')}-${hash()}`;
   if (!NAME.test(name)) throw new OsrError('INVALID_ARGUMENT', `${JSON.stringify(parts.join('-').slice(0, 80))} gives no Azure resource name`);
   return name;
 }
