@@ -27,6 +27,26 @@ export class CommandStore {
     private readonly now: () => number = Date.now,
   ) {}
 
+  /**
+   * Forget the secrets a job's finished commands carried: every `access` field (an Azure
+   * container's SAS, src/domain/replicas.ts) of their bodies and answers. A job calls it
+   * once the task that used them is done, so that the vault's database keeps no SAS past
+   * the moment it was handed on; a command still under way keeps its body (it may be
+   * delivered again). Answers how many rows changed; a second call changes none.
+   */
+  async forgetAccess(jobId: string): Promise<number> {
+    const rows = await this.db.selectFrom('provider_commands').select(['id', 'body', 'result']).where('job_id', '=', jobId).where('state', 'in', [CommandState.Succeeded, CommandState.Failed]).execute();
+    let changed = 0;
+    for (const r of rows) {
+      const body = withoutAccess(r.body);
+      const result = r.result === null ? null : withoutAccess(r.result);
+      if (body === r.body && result === r.result) continue;
+      await this.db.updateTable('provider_commands').set({ body, result }).where('id', '=', r.id).execute();
+      changed++;
+    }
+    return changed;
+  }
+
   /** Enqueue a command under the id given; enqueuing the same id again does nothing. */
   async enqueue(c: { id: string; fabricId: string; kind: string; body: unknown; jobId?: string | null }): Promise<void> {
     await this.db
@@ -110,4 +130,15 @@ export class CommandStore {
     if (row.state === CommandState.Pending) throw new OsrError('INVALID_STATE', `command ${id} was not fetched yet`);
     // a late progress report of a finished command changes nothing
   }
+}
+
+/** A command's JSON without any `access` field at any depth (the same text when it has none). */
+function withoutAccess(text: string): string {
+  if (!text.includes('"access"')) return text;
+  const strip = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(strip);
+    if (typeof v !== 'object' || v === null) return v;
+    return Object.fromEntries(Object.entries(v).filter(([k]) => k !== 'access').map(([k, x]) => [k, strip(x)]));
+  };
+  return JSON.stringify(strip(JSON.parse(text)));
 }

@@ -180,6 +180,8 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
         name: 'Initial replication',
         async run(ctx) {
           const d = ctx.data;
+          // the container's SAS reached the source site: the vault keeps no copy of it
+          await store.commands.forgetAccess(ctx.jobId);
           const initial = d.policy!.initialReplication;
           if (initial.method === 'scheduled') {
             const at = Date.parse(initial.startAt);

@@ -20,6 +20,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { NetworkManagementClient } from '@azure/arm-network';
 import { ContainerClient } from '@azure/storage-blob';
+import Sqlite from 'better-sqlite3';
 import YAML from 'yaml';
 import { pino } from 'pino';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
@@ -125,6 +126,7 @@ after(async () => {
   await v?.close();
   await arm?.stop();
   await azurite?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 /** Writes through the lab VM's NBD export; answers what was written where. */
@@ -163,6 +165,15 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   // the SAS is nowhere the vault shows: not in the item, its jobs or events
   const shown = JSON.stringify([it, await v.api.request('GET', '/api/v1/jobs?limit=100'), await v.api.request('GET', '/api/v1/events?limit=200')]);
   assert.doesNotMatch(shown, /sig=/, 'no SAS in what the vault shows');
+  // nor in its database: the commands that carried it forgot it once it was handed on
+  const vaultDb = new Sqlite(path.join(dir, 'vault', 'vault.db'), { readonly: true });
+  try {
+    const rows = vaultDb.prepare('SELECT kind, body, result FROM provider_commands').all() as { kind: string; body: string; result: string | null }[];
+    assert.ok(rows.some((r) => r.kind === 'replication.enable'), 'the commands are there');
+    assert.deepEqual(rows.filter((r) => `${r.body}${r.result ?? ''}`.includes('sig=')).map((r) => r.kind), [], 'no command row holds a SAS');
+  } finally {
+    vaultDb.close();
+  }
 
   // the agent's access is bound to the container's policy, which the Azure provider extends
   const container = azurite.service.getContainerClient(replica.replicaVmId.split('.').at(-1)!);
