@@ -201,6 +201,13 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
     return newest > firstPoint + 1;
   }, 180_000, 500);
 
+  // a resync on request: every block of the live blobs compared with the source, none differs
+  await osr('item', 'resync', it.id, '--wait');
+  const resynced = (await v.api.request<{ items: { kind: string; details: { bytesTotal?: number; differingBytes?: number } }[] }>('GET', `/api/v1/events?target=${it.id}&limit=100`)).items.find((e) => e.kind === 'resync.completed');
+  assert.equal(resynced?.details.bytesTotal, 12 * MiB, 'both disks compared');
+  assert.equal(resynced?.details.differingBytes, 0, 'nothing differs: every point was applied whole to the live blobs');
+  assert.equal((await item()).state, 'Protected');
+
   // a recovery plan's drill: both VMs, group by group, on one network made for the whole drill
   fs.writeFileSync(path.join(dir, 'plan.yaml'), YAML.stringify({ name: 'to-azure', groups: [{ name: 'data', items: [(await item('db')).id] }, { name: 'web', items: [it.id] }] }));
   await osr('plan', 'apply', '-f', path.join(dir, 'plan.yaml'));
