@@ -149,7 +149,8 @@ export async function checkPlanRun(store: VaultStore, plan: RecoveryPlanSpec, op
   if (!failover && present.length > 0 && !present.some((i) => def.from.includes(i.state))) {
     problems.push({ severity: 'error', code: 'INVALID_STATE', item: null, message: `no item of plan ${plan.name} is ${def.from.join(' or ')}, so there is nothing to ${op}` });
   }
-  // one run goes one way between two sites (as ASR's plans: one source, one target)
+  // one run goes one way, to one recovery site; its VMs may come from several primary sites
+  // (a datacenter's Hyper-V and KVM hosts both protected to Azure: one plan brings them up)
   const where = (i: ProtectedItem) => {
     const r = i.replication;
     const failedOver = r.failover;
@@ -165,7 +166,7 @@ export async function checkPlanRun(store: VaultStore, plan: RecoveryPlanSpec, op
   const w0 = where(first);
   for (const i of acted.slice(1)) {
     const w = where(i);
-    if (w.source !== w0.source || w.target !== w0.target) problems.push({ severity: 'error', code: 'INVALID_ARGUMENT', item: i.id, message: `${i.name} replicates from ${w.source} to ${w.target}, ${first.name} from ${w0.source} to ${w0.target}: the items of a plan go between the same two sites, the same way` });
+    if (w.target !== w0.target || w.direction !== w0.direction) problems.push({ severity: 'error', code: 'INVALID_ARGUMENT', item: i.id, message: `${i.name} replicates from ${w.source} to ${w.target} (${w.direction}), ${first.name} from ${w0.source} to ${w0.target} (${w0.direction}): the items of a plan fail over to one site, the same way` });
   }
   return { problems, direction: w0.direction, sourceFabricId: w0.source, targetFabricId: w0.target };
 }
@@ -482,22 +483,30 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           async run(ctx) {
             const ids = spec.groups.flatMap((g) => g.items).sort();
             const shut = (ctx.data.shutdown ??= {});
-            if (type === 'unplanned' && (await store.fabrics.get(input.sourceFabricId)).heartbeatLost) {
-              await alerting.event({ target: input.planId, kind: 'plan.shutdown-incomplete', severity: Severity.Warning, message: `plan ${spec.name}: the source site ${input.sourceFabricId} is silent (no heartbeat); the unplanned failover goes on without shutting its VMs down`, details: { job: ctx.jobId } });
-              return;
-            }
             const timeoutMs = (input.options.sourceTimeoutSeconds ?? (type === 'planned' ? 900 : 60)) * 1000;
+            // each VM at its own primary site (a plan's VMs may come from several)
             const vmIds = new Map<string, string>();
-            for (const id of ids) vmIds.set(id, (await store.items.get(id)).replication.primaryVmId ?? id);
+            const sources = new Map<string, string>();
+            for (const id of ids) {
+              const item = await store.items.get(id);
+              vmIds.set(id, item.replication.primaryVmId ?? id);
+              sources.set(id, item.replication.sourceFabricId ?? item.fabricId);
+            }
+            const silent = new Set<string>();
+            if (type === 'unplanned') for (const f of new Set(sources.values())) if ((await store.fabrics.get(f)).heartbeatLost) silent.add(f);
+            for (const f of silent) {
+              await alerting.event({ target: input.planId, kind: 'plan.shutdown-incomplete', severity: Severity.Warning, message: `plan ${spec.name}: the source site ${f} is silent (no heartbeat); the unplanned failover goes on without shutting its VMs down`, details: { job: ctx.jobId } });
+            }
+            const reached = ids.filter((id) => !silent.has(sources.get(id)!));
             // sent in a fixed order, so a run taken over waits for the same commands
             const outcomes = await Promise.allSettled(
-              ids.map((id) =>
-                ctx.command(input.sourceFabricId, Commands.PrepareFailover, { item: id, vmId: vmIds.get(id) }, { timeoutMs }).then(() => {
+              reached.map((id) =>
+                ctx.command(sources.get(id)!, Commands.PrepareFailover, { item: id, vmId: vmIds.get(id) }, { timeoutMs }).then(() => {
                   shut[id] = 'shut down';
                 }),
               ),
             );
-            const bad = outcomes.map((o, i) => [ids[i]!, o] as const).filter(([, o]) => o.status === 'rejected');
+            const bad = outcomes.map((o, i) => [reached[i]!, o] as const).filter(([, o]) => o.status === 'rejected');
             for (const [id, o] of bad) shut[id] = `not shut down: ${toOsrError((o as PromiseRejectedResult).reason).message}`;
             if (bad.length === 0) return;
             if (type === 'planned') throw new OsrError('JOB_FAILED', `the shutdown group could not shut down ${bad.map(([id]) => id).join(', ')}: ${toOsrError((bad[0]![1] as PromiseRejectedResult).reason).message}`);
