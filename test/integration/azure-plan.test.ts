@@ -13,19 +13,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
-import { pino } from 'pino';
 import YAML from 'yaml';
 import type { ProtectedItem } from '../../src/domain/resources.js';
-import { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
-import { azureClients } from '../../src/drivers/azure/clients.js';
 import { OSR_TAG } from '../../src/drivers/azure/recovery.js';
-import { parseAzureSite } from '../../src/drivers/azure/site.js';
 import { OSR_BIN, ensurePki, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
-import { ProviderChannel } from '../../src/provider/channel.js';
 import { FabricProvider } from '../../src/provider/fabric-provider.js';
-import { registerWithVault } from '../../src/provider/registration.js';
-import { VERSION } from '../../src/vault/version.js';
-import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, type Azurite } from '../support/azurite.js';
+import { startAzurite, type Azurite } from '../support/azurite.js';
+import { startAzureProvider } from '../support/azure-site.js';
 import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
 import { tempDir, waitFor } from '../support/lab.js';
 import { libvirtSkip, recordsOnImage, startTinyDomain, type TinyDomain } from '../support/libvirt.js';
@@ -92,28 +86,8 @@ before(async () => {
   );
   await provider('kvm-provider', ['--fabric', 'libvirt', '--config', path.join(dir, 'kvm.yaml')]);
 
-  // Azure, its provider in this process (the fake Resource Manager's token)
-  fs.writeFileSync(path.join(dir, 'account.key'), `${AZURITE_KEY}\n`, { mode: 0o600 });
-  fs.writeFileSync(path.join(dir, 'sp.secret'), 'unused\n', { mode: 0o600 });
-  fs.writeFileSync(path.join(dir, 'arm-ca.pem'), arm.ca);
-  const azureSite = parseAzureSite(
-    YAML.stringify({
-      name: 'azure-we',
-      subscriptionId: arm.subscriptionId,
-      resourceGroup: arm.resourceGroup,
-      location: 'westeurope',
-      storageAccount: { name: AZURITE_ACCOUNT, blobEndpoint: azurite.url, keyFile: 'account.key' },
-      credential: { tenantId: '11111111-2222-3333-4444-555555555555', clientId: '66666666-7777-8888-9999-aaaaaaaaaaaa', clientSecretFile: 'sp.secret' },
-      endpoints: { resourceManager: arm.endpoint, caFile: 'arm-ca.pem' },
-    }),
-    dir,
-  );
-  const driver = new AzureFabricDriver(azureSite, azureClients(azureSite, { credential: arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
-  const providerDir = path.join(dir, 'azure-provider');
-  const key = (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
-  const registration = await registerWithVault({ vaultUrl: v.url, key, fabric: { name: 'azure-we', kind: driver.kind }, serverName: 'azure-we', version: VERSION, inventoryScope: 'all', dir: providerDir });
-  azureProvider = new FabricProvider({ driver, channel: new ProviderChannel(registration, { dir: providerDir }), dir: providerDir, statusIntervalMs: 1000, pollSeconds: 2, log: pino({ level: 'warn' }, pino.destination(2)) });
-  await azureProvider.start();
+  // Azure, its provider in this process
+  azureProvider = (await startAzureProvider({ vault: v, dir, azurite, arm })).provider;
 });
 
 after(async () => {

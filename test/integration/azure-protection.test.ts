@@ -22,20 +22,15 @@ import { NetworkManagementClient } from '@azure/arm-network';
 import { ContainerClient } from '@azure/storage-blob';
 import Sqlite from 'better-sqlite3';
 import YAML from 'yaml';
-import { pino } from 'pino';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
-import { azureClients } from '../../src/drivers/azure/clients.js';
 import { OSR_TAG } from '../../src/drivers/azure/recovery.js';
-import { parseAzureSite } from '../../src/drivers/azure/site.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { labNbdUri } from '../../src/lab/launcher.js';
-import { ProviderChannel } from '../../src/provider/channel.js';
 import { FabricProvider } from '../../src/provider/fabric-provider.js';
-import { registerWithVault } from '../../src/provider/registration.js';
-import { VERSION } from '../../src/vault/version.js';
-import { AZURITE_ACCOUNT, AZURITE_KEY, startAzurite, type Azurite } from '../support/azurite.js';
+import { startAzurite, type Azurite } from '../support/azurite.js';
+import { startAzureProvider } from '../support/azure-site.js';
 import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
 import { tempDir, waitFor } from '../support/lab.js';
 import { site } from '../support/topology.js';
@@ -93,27 +88,8 @@ before(async () => {
     labProvider!.once('exit', (c) => reject(new Error(`the lab provider exited (${c}): ${fs.readFileSync(path.join(dir, 'lab-provider.log'), 'utf8').slice(-2000)}`)));
   });
 
-  // the recovery site: Azure, its provider in this process (the fake Resource Manager's token)
-  fs.writeFileSync(path.join(dir, 'account.key'), `${AZURITE_KEY}\n`, { mode: 0o600 });
-  fs.writeFileSync(path.join(dir, 'sp.secret'), 'unused\n', { mode: 0o600 });
-  fs.writeFileSync(path.join(dir, 'arm-ca.pem'), arm.ca);
-  const azureSite = parseAzureSite(
-    YAML.stringify({
-      name: 'azure-we',
-      subscriptionId: arm.subscriptionId,
-      resourceGroup: arm.resourceGroup,
-      location: 'westeurope',
-      storageAccount: { name: AZURITE_ACCOUNT, blobEndpoint: azurite.url, keyFile: 'account.key' },
-      credential: { tenantId: '11111111-2222-3333-4444-555555555555', clientId: '66666666-7777-8888-9999-aaaaaaaaaaaa', clientSecretFile: 'sp.secret' },
-      endpoints: { resourceManager: arm.endpoint, caFile: 'arm-ca.pem' },
-    }),
-    dir,
-  );
-  driver = new AzureFabricDriver(azureSite, azureClients(azureSite, { credential: arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
-  const providerDir = path.join(dir, 'azure-provider');
-  const registration = await registerWithVault({ vaultUrl: v.url, key: await key(), fabric: { name: 'azure-we', kind: driver.kind }, serverName: 'azure-we', version: VERSION, inventoryScope: 'all', dir: providerDir });
-  azureProvider = new FabricProvider({ driver, channel: new ProviderChannel(registration, { dir: providerDir }), dir: providerDir, statusIntervalMs: 1000, pollSeconds: 2, log: pino({ level: 'warn' }, pino.destination(2)) });
-  await azureProvider.start();
+  // the recovery site: Azure, its provider in this process
+  ({ driver, provider: azureProvider } = await startAzureProvider({ vault: v, dir, azurite, arm }));
 });
 
 after(async () => {

@@ -12,17 +12,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { ContainerSASPermissions, generateBlobSASQueryParameters, type ContainerClient } from '@azure/storage-blob';
-import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { pageBlobBytes, readVhdFooter, VHD_FOOTER_BYTES } from '../../src/domain/vhd.js';
 import { readReplicaPoints, pointDisks } from '../../src/drivers/azure/replica-points.js';
 import { ensurePki, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
 import { startAzurite, type Azurite } from '../support/azurite.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { libvirtSkip, recordsOnImage, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
+import { domainDiskHashes, libvirtSkip, recordsOnImage, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
 
 const skip = libvirtSkip();
 const dir = tempDir('osr-libvirt-azure-');
-const MiB = 1024 * 1024;
 let azurite: Azurite | undefined;
 let agent: RunningAgent | undefined;
 let dom: TinyDomain | undefined;
@@ -75,28 +73,6 @@ async function snapshotDisks(container: ContainerClient, seq: number): Promise<{
   return { files, hashes };
 }
 
-/** Every byte of the domain's disks now (a backup that makes no checkpoint), hashed. */
-async function domainHashes(): Promise<Record<string, string>> {
-  const work = path.join(dir, 'now');
-  fs.mkdirSync(work, { recursive: true });
-  const sock = path.join(work, 'now.sock');
-  const xml = path.join(work, 'now.xml');
-  fs.writeFileSync(xml, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks>${['vda', 'vdb'].map((k) => `<disk name='${k}' backup='yes' type='file'><scratch file='${path.join(work, `s-${k}.qcow2`)}'/></disk>`).join('')}</disks></domainbackup>`);
-  await virsh.run(['backup-begin', dom!.name, xml]);
-  try {
-    const out: Record<string, string> = {};
-    for (const disk of ['vda', 'vdb']) {
-      const c = await NbdClient.connect({ socketPath: sock, exportName: disk });
-      const h = crypto.createHash('sha256');
-      for (let off = 0; off < c.size; off += 4 * MiB) h.update(await c.read(off, Math.min(4 * MiB, c.size - off)));
-      await c.close();
-      out[disk] = h.digest('hex');
-    }
-    return out;
-  } finally {
-    await virsh.run(['domjobabort', dom!.name]);
-  }
-}
 
 test('a libvirt domain replicates to Azure storage from its dirty bitmaps: each point\'s snapshots hold a prefix of the guest\'s records; a paused domain\'s point equals its disks', { skip, timeout: 900_000 }, async () => {
   const vm = (await agent!.api.get<{ name: string; id: string }[]>('/v1/vms')).find((v) => v.name === dom!.name)!;
@@ -123,7 +99,7 @@ test('a libvirt domain replicates to Azure storage from its dirty bitmaps: each 
     await agent!.api.post(`/v1/replications/${dom!.name}/cycle`);
     const third = await pointAfter(container, second);
     const p3 = await snapshotDisks(container, third);
-    assert.deepEqual(p3.hashes, await domainHashes(), 'the point is not the domain\'s disks');
+    assert.deepEqual(p3.hashes, await domainDiskHashes(dom!.name, dir), 'the point is not the domain\'s disks');
   } finally {
     await virsh.run(['resume', dom!.name]);
   }

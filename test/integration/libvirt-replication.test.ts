@@ -18,7 +18,7 @@ import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ReplicationHealth } from '../../src/agent/wire/replication-types.js';
 import { startPair, tempDir, waitFor, type Pair } from '../support/lab.js';
-import { libvirtSkip, recordsOnImage, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
+import { domainDiskHashes, libvirtSkip, recordsOnImage, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
 
 const skip = libvirtSkip();
 const dir = tempDir('osr-libvirt-repl-');
@@ -81,28 +81,6 @@ async function pointDisks(seq: number): Promise<{ files: Record<string, string>;
   return { files, hashes };
 }
 
-/** Every byte of the domain's disks now (a backup that makes no checkpoint), hashed. */
-async function domainHashes(): Promise<Record<string, string>> {
-  const work = path.join(dir, 'now');
-  fs.mkdirSync(work, { recursive: true });
-  const sock = path.join(work, 'now.sock');
-  const xml = path.join(work, 'now.xml');
-  fs.writeFileSync(xml, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks>${['vda', 'vdb'].map((k) => `<disk name='${k}' backup='yes' type='file'><scratch file='${path.join(work, `s-${k}.qcow2`)}'/></disk>`).join('')}</disks></domainbackup>`);
-  await virsh.run(['backup-begin', dom!.name, xml]);
-  try {
-    const out: Record<string, string> = {};
-    for (const disk of ['vda', 'vdb']) {
-      const c = await NbdClient.connect({ socketPath: sock, exportName: disk });
-      const h = crypto.createHash('sha256');
-      for (let off = 0; off < c.size; off += 4 * MiB) h.update(await c.read(off, Math.min(4 * MiB, c.size - off)));
-      await c.close();
-      out[disk] = h.digest('hex');
-    }
-    return out;
-  } finally {
-    await virsh.run(['domjobabort', dom!.name]);
-  }
-}
 
 test('a libvirt domain replicates from its dirty bitmaps: every point holds a prefix of the guest\'s records; a paused domain\'s point equals its disks', { skip }, async () => {
   const { primary, replica } = pair!;
@@ -147,7 +125,7 @@ test('a libvirt domain replicates from its dirty bitmaps: every point holds a pr
     await primary.api.post(`/v1/replications/${dom!.name}/cycle`);
     const third = await pointAfter(second);
     const p3 = await pointDisks(third);
-    assert.deepEqual(p3.hashes, await domainHashes(), 'the point is not the domain\'s disks');
+    assert.deepEqual(p3.hashes, await domainDiskHashes(dom!.name, dir), 'the point is not the domain\'s disks');
   } finally {
     await virsh.run(['resume', dom!.name]);
   }

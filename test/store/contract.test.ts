@@ -17,6 +17,7 @@ import { SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { ActivityStore } from '../../src/store/activity.js';
 import { FabricStore } from '../../src/store/inventory.js';
 import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
+import { CommandStore } from '../../src/store/commands.js';
 import { pruneBefore } from '../../src/store/retention.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
 import { assertRejectsCode } from '../support/unit.js';
@@ -289,6 +290,32 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           const cmds = (await h.db.selectFrom('provider_commands').select('job_id').execute()).map((r) => r.job_id).sort();
           assert.deepEqual(cmds, left, 'provider commands go with their jobs');
           assert.deepEqual(await pruneBefore(h.db, now - 90 * day), { events: 0, jobs: 0, audit: 0 }, 'running it again deletes nothing more');
+        } finally {
+          await h.close();
+        }
+      }));
+
+    test('commands: a job\'s finished commands forget every access field (an Azure container\'s SAS), a command under way keeps its body, and a second call changes nothing', () =>
+      withDatabase(dialect, async (t) => {
+        const h = await open(t);
+        try {
+          const commands = new CommandStore(h.db, () => 1);
+          const jobs = new JobStore(h.db, h.dialect, () => 1);
+          const j = await jobs.create({ kind: 'enable-protection', target: 'vm1' });
+          const sas = 'sv=2025-01-01&si=osr-agent&sr=c&sig=c2VjcmV0';
+          await commands.enqueue({ id: 'prep', fabricId: 'azure', kind: 'replica.prepare', body: { item: 'vm1' }, jobId: j.id });
+          await commands.enqueue({ id: 'enable', fabricId: 'site', kind: 'replication.enable', body: { item: 'vm1', target: { agent: { kind: 'azure', containerUrl: 'https://a.blob.core.windows.net/osr-x' }, access: { sas, expiresAt: 'x' } } }, jobId: j.id });
+          await commands.enqueue({ id: 'later', fabricId: 'site', kind: 'replication.enable', body: { target: { access: { sas } } }, jobId: j.id });
+          await commands.take('azure', 10, 60_000);
+          await commands.take('site', 10, 60_000);
+          await commands.complete('azure', 'prep', { result: { replicaVmId: 'osr-x', access: { sas, expiresAt: 'x' }, nics: [] } });
+          await commands.complete('site', 'enable', { result: {} });
+          assert.equal(await commands.forgetAccess(j.id), 2);
+          const row = async (id: string) => (await commands.get(id))!;
+          assert.doesNotMatch(`${(await row('prep')).result}${(await row('enable')).body}`, /sig=/);
+          assert.deepEqual(JSON.parse((await row('prep')).result!), { replicaVmId: 'osr-x', nics: [] }, 'the rest of the answer stays');
+          assert.match((await row('later')).body, /sig=/, 'a command under way may be delivered again: its body stays');
+          assert.equal(await commands.forgetAccess(j.id), 0);
         } finally {
           await h.close();
         }

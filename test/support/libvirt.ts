@@ -9,6 +9,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import crypto from 'node:crypto';
+import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { Virsh } from '../../src/agent/libvirt/virsh.js';
 import { removeDomain as remove, startTinyDomain as start, type TinyDomain, type TinyDomainOptions } from '../../src/lab/tiny-domain.js';
 import { parseRecords } from '../../src/lab/tiny-guest.js';
@@ -108,4 +110,27 @@ export async function startFailoverSites(prefix: string, o: { primaryListens?: b
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Every byte of a domain's disks now, hashed: a pull-mode backup that makes no checkpoint, read over NBD (its scratch files in `dir`). */
+export async function domainDiskHashes(domain: string, dir: string, disks: readonly string[] = ['vda', 'vdb']): Promise<Record<string, string>> {
+  const work = path.join(dir, 'now');
+  fs.mkdirSync(work, { recursive: true });
+  const sock = path.join(work, 'now.sock');
+  const xml = path.join(work, 'now.xml');
+  fs.writeFileSync(xml, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks>${disks.map((k) => `<disk name='${k}' backup='yes' type='file'><scratch file='${path.join(work, `s-${k}.qcow2`)}'/></disk>`).join('')}</disks></domainbackup>`);
+  await virsh.run(['backup-begin', domain, xml]);
+  try {
+    const out: Record<string, string> = {};
+    for (const disk of disks) {
+      const c = await NbdClient.connect({ socketPath: sock, exportName: disk });
+      const h = crypto.createHash('sha256');
+      for (let off = 0; off < c.size; off += 4 * 1024 * 1024) h.update(await c.read(off, Math.min(4 * 1024 * 1024, c.size - off)));
+      await c.close();
+      out[disk] = h.digest('hex');
+    }
+    return out;
+  } finally {
+    await virsh.run(['domjobabort', domain]);
+  }
 }

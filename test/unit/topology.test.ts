@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import YAML from 'yaml';
-import { builtInTopologies, intToIp, ipToInt, loadTopology, parseTopology, slug } from '../../src/lab/topology.js';
+import { builtInTopologies, intToIp, ipToInt, loadTopology, parseTopology, slug, type TopologySpec } from '../../src/lab/topology.js';
 import { assertThrowsCode } from '../support/unit.js';
 
-const base = () => ({
+const base = (): TopologySpec => ({
   name: 't',
   fabrics: [
     {
@@ -23,8 +23,11 @@ const base = () => ({
 });
 
 describe('lab topologies', () => {
-  test('the built-in topologies parse: two-sites is New York protected by Chicago, single-server one fabric with two clouds', () => {
-    assert.deepEqual(builtInTopologies(), ['kvm', 'single-server', 'two-sites']);
+  test('the built-in topologies parse: two-sites is New York protected by Chicago, single-server one fabric with two clouds, to-azure an on-premises site and an Azure site', () => {
+    assert.deepEqual(builtInTopologies(), ['kvm', 'single-server', 'to-azure', 'two-sites']);
+    const azure = loadTopology('to-azure').spec;
+    assert.deepEqual(azure.fabrics.map((f) => f.name), ['VMM-OnPrem']);
+    assert.deepEqual([azure.azure?.name, azure.azure?.location, azure.azure?.resourceGroup, azure.azure?.virtualNetworks.map((v) => v.name)], ['Azure-WestEurope', 'westeurope', 'osr-recovery', ['prod-vnet']]);
     const kvm = loadTopology('kvm').spec;
     assert.equal(kvm.hypervisor, 'libvirt');
     assert.deepEqual(kvm.fabrics.map((f) => f.name), ['KVM-NewYork', 'KVM-Chicago']);
@@ -63,6 +66,10 @@ describe('lab topologies', () => {
       ['no disks', (t) => (t.fabrics[0]!.vms[0]!.disks = []), /needs 1 to 16 disks/],
       ['no fabrics', (t) => (t.fabrics = []), /needs at least one fabric/],
       ['duplicate fabric', (t) => t.fabrics.push(base().fabrics[0]!), /fabric VMM-A appears twice/],
+      ['Azure site named as a fabric', (t) => (t.azure = { name: 'VMM-A', location: 'westeurope', resourceGroup: 'rg', virtualNetworks: [] }), /azure: fabric VMM-A appears twice/],
+      ['Azure region', (t) => (t.azure = { name: 'Az', location: 'West Europe', resourceGroup: 'rg', virtualNetworks: [] }), /azure\.location: is a region's name/],
+      ['Azure subnet', (t) => (t.azure = { name: 'Az', location: 'westeurope', resourceGroup: 'rg', virtualNetworks: [{ name: 'v', addressPrefix: '10.9.0.0/16', subnets: [{ name: 's', addressPrefix: '10.9.1.0' }] }] }), /azure: subnet s: addressPrefix "10.9.1.0" is not an IPv4 CIDR/],
+      ['Azure network without subnet', (t) => (t.azure = { name: 'Az', location: 'westeurope', resourceGroup: 'rg', virtualNetworks: [{ name: 'v', addressPrefix: '10.9.0.0/16', subnets: [] }] }), /virtual network v: needs a subnet/],
     ];
     for (const [what, change, message] of cases) {
       const t = base();

@@ -19,8 +19,6 @@
  * Azure is never a primary here: replication from it (a failback) is refused with
  * NOT_SUPPORTED until failback is built.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
 import { OsrError } from '../../domain/errors.js';
@@ -39,7 +37,7 @@ import type {
   TestVm,
   TestVmSpec,
 } from '../../fabric/driver.js';
-import { fsyncDir, writeFileAtomic } from '../../pki/index.js';
+import { loadRecords, RecordsWriter } from '../records-file.js';
 import { AZURE_CAPABILITIES } from './capabilities.js';
 import { defaultVmSize, VM_SIZES } from './vm-sizes.js';
 import type { AzureClients } from './clients.js';
@@ -101,27 +99,6 @@ export interface AzureState {
 
 const STATE_FILE = 'azure-state.json';
 
-function loadState(dir: string): AzureState {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = path.join(dir, STATE_FILE);
-  const empty: AzureState = { replicas: {}, tests: {}, failovers: {}, drillNetworks: {} };
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return empty;
-    throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
-  }
-  let saved: unknown;
-  try {
-    saved = JSON.parse(text);
-  } catch (e) {
-    throw new OsrError('CONFIG_INVALID', `${file} is not JSON (${(e as Error).message}); restore it from a backup or move it away to start with no records`);
-  }
-  if (typeof saved !== 'object' || saved === null || Array.isArray(saved)) throw new OsrError('CONFIG_INVALID', `${file} does not hold the provider's records`);
-  return { ...empty, ...(saved as Partial<AzureState>) };
-}
-
 export interface AzureDriverOptions extends AzureRecoveryOptions {
   /** how far ahead the agents' access to their containers is extended (default 7 days) */
   sasValidityMs?: number;
@@ -157,7 +134,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   readonly management: FabricManagement = this;
   readonly replication: FabricReplication = this;
   private readonly state: AzureState;
-  private saving: Promise<void> = Promise.resolve();
+  private readonly writer: RecordsWriter<AzureState>;
   private ctx: DriverContext | undefined;
   private renewer: AbortController | undefined;
   /** the last change of each container's access policy, which the next waits for */
@@ -169,19 +146,13 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     private readonly clients: AzureClients,
     private readonly o: AzureDriverOptions = {},
   ) {
-    this.state = loadState(site.dir);
+    this.state = loadRecords<AzureState>(site.dir, STATE_FILE, { replicas: {}, tests: {}, failovers: {}, drillNetworks: {} });
+    this.writer = new RecordsWriter<AzureState>(site.dir, STATE_FILE);
     this.clock = o.clock ?? { now: () => Date.now() };
   }
 
   private save(): Promise<void> {
-    const text = `${JSON.stringify(this.state, null, 2)}\n`;
-    // each save after the one before, whether that one failed or not
-    const saved = this.saving.catch(() => undefined).then(async () => {
-      await writeFileAtomic(path.join(this.site.dir, STATE_FILE), text, 0o600);
-      await fsyncDir(this.site.dir);
-    });
-    this.saving = saved;
-    return saved;
+    return this.writer.save(this.state);
   }
 
   private get hostId(): string {
@@ -233,7 +204,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
 
   async stop(): Promise<void> {
     this.renewer?.abort();
-    await this.saving.catch(() => undefined);
+    await this.writer.settled();
   }
 
   async inventory(): Promise<InventoryDocument> {

@@ -3,12 +3,9 @@
  * written whole, atomically, and synced): replica and test VM records, NIC leases from
  * the IP pools, drill networks, the peer each VM replicates to, and what failovers changed.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import { OsrError } from '../../domain/errors.js';
 import type { MachineSpec } from '../../domain/machine.js';
 import type { ReplicaEndpoint } from '../../domain/replicas.js';
-import { fsyncDir, writeFileAtomic } from '../../pki/index.js';
+import { loadRecords, RecordsWriter } from '../records-file.js';
 
 export interface ReplicaRecord {
   id: string;
@@ -82,42 +79,12 @@ export interface LibvirtState {
 const FILE = 'libvirt-state.json';
 
 export function loadState(dir: string): LibvirtState {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = path.join(dir, FILE);
-  const empty: LibvirtState = { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {}, revoked: [] };
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return empty;
-    throw new OsrError('CONFIG_INVALID', `${file} cannot be read: ${(e as Error).message}`);
-  }
-  let saved: unknown;
-  try {
-    saved = JSON.parse(text);
-  } catch (e) {
-    throw new OsrError('CONFIG_INVALID', `${file} is not JSON (${(e as Error).message}); restore it from a backup or move it away to start with no records`);
-  }
-  if (typeof saved !== 'object' || saved === null || Array.isArray(saved)) throw new OsrError('CONFIG_INVALID', `${file} does not hold the provider's records`);
-  // the provider's own file, written by saveState below
-  return { ...empty, ...(saved as Partial<LibvirtState>) };
+  return loadRecords<LibvirtState>(dir, FILE, { replicas: {}, nics: {}, replications: {}, testVms: {}, drillNetworks: {}, promoted: {}, demoted: {}, fenced: {}, enrolled: {}, revoked: [] });
 }
 
 /** Saves run one after another; each writes the whole state as it is then. */
-export class StateWriter {
-  private saving: Promise<void> = Promise.resolve();
-  constructor(private readonly dir: string) {}
-
-  save(state: LibvirtState): Promise<void> {
-    const text = `${JSON.stringify(state, null, 2)}\n`;
-    this.saving = this.saving.then(async () => {
-      await writeFileAtomic(path.join(this.dir, FILE), text, 0o600);
-      await fsyncDir(this.dir);
-    });
-    return this.saving;
-  }
-
-  settled(): Promise<void> {
-    return this.saving.catch(() => undefined);
+export class StateWriter extends RecordsWriter<LibvirtState> {
+  constructor(dir: string) {
+    super(dir, FILE);
   }
 }

@@ -1,0 +1,45 @@
+/**
+ * An Azure recovery site for the tests: the Azure provider (AzureFabricDriver) in the test's
+ * process, registered with the vault, against Azurite and the fake Resource Manager. The
+ * service principal cannot sign in here (no Entra ID for it): the fake's token stands in.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino } from 'pino';
+import YAML from 'yaml';
+import { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
+import { azureClients } from '../../src/drivers/azure/clients.js';
+import { parseAzureSite } from '../../src/drivers/azure/site.js';
+import { ProviderChannel } from '../../src/provider/channel.js';
+import { FabricProvider } from '../../src/provider/fabric-provider.js';
+import { registerWithVault } from '../../src/provider/registration.js';
+import { VERSION } from '../../src/vault/version.js';
+import { AZURITE_ACCOUNT, AZURITE_KEY, type Azurite } from './azurite.js';
+import type { FakeArm } from './fake-arm.js';
+import type { TestVault } from './vault.js';
+
+export async function startAzureProvider(o: { vault: TestVault; dir: string; azurite: Azurite; arm: FakeArm; name?: string }): Promise<{ driver: AzureFabricDriver; provider: FabricProvider }> {
+  const name = o.name ?? 'azure-we';
+  fs.writeFileSync(path.join(o.dir, 'account.key'), `${AZURITE_KEY}\n`, { mode: 0o600 });
+  fs.writeFileSync(path.join(o.dir, 'sp.secret'), 'unused\n', { mode: 0o600 });
+  fs.writeFileSync(path.join(o.dir, 'arm-ca.pem'), o.arm.ca);
+  const site = parseAzureSite(
+    YAML.stringify({
+      name,
+      subscriptionId: o.arm.subscriptionId,
+      resourceGroup: o.arm.resourceGroup,
+      location: 'westeurope',
+      storageAccount: { name: AZURITE_ACCOUNT, blobEndpoint: o.azurite.url, keyFile: 'account.key' },
+      credential: { tenantId: '11111111-2222-3333-4444-555555555555', clientId: '66666666-7777-8888-9999-aaaaaaaaaaaa', clientSecretFile: 'sp.secret' },
+      endpoints: { resourceManager: o.arm.endpoint, caFile: 'arm-ca.pem' },
+    }),
+    o.dir,
+  );
+  const driver = new AzureFabricDriver(site, azureClients(site, { credential: o.arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
+  const dir = path.join(o.dir, 'azure-provider');
+  const key = (await o.vault.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
+  const registration = await registerWithVault({ vaultUrl: o.vault.url, key, fabric: { name, kind: driver.kind }, serverName: name, version: VERSION, inventoryScope: 'all', dir });
+  const provider = new FabricProvider({ driver, channel: new ProviderChannel(registration, { dir }), dir, statusIntervalMs: 1000, pollSeconds: 2, log: pino({ level: 'warn' }, pino.destination(2)) });
+  await provider.start();
+  return { driver, provider };
+}
