@@ -12,6 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { OsrError } from '../domain/errors.js';
+import { formatIpv4, parseIpv4 } from '../domain/ipv4.js';
 import type { AzureLabSpec } from './azure-emulator.js';
 
 export interface WorkloadSpec {
@@ -236,14 +237,12 @@ function checkFabric(f: FabricSpec, w: string, vmNames: Set<string>, hostNames: 
 }
 
 export function ipToInt(ip: string): number {
-  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(String(ip));
-  if (!m || m.slice(1).some((x) => Number(x) > 255)) throw new OsrError('CONFIG_INVALID', `"${ip}" is not an IPv4 address`);
-  return ((Number(m[1]) << 24) >>> 0) + (Number(m[2]) << 16) + (Number(m[3]) << 8) + Number(m[4]);
+  const n = parseIpv4(ip);
+  if (n === undefined) throw new OsrError('CONFIG_INVALID', `"${ip}" is not an IPv4 address`);
+  return n;
 }
 
-export function intToIp(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
+export const intToIp = formatIpv4;
 
 /** Read a site file (what `osr provider --fabric lab --config` takes). */
 export function loadSiteConfig(file: string): SiteConfig {

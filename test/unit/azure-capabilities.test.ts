@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { unsupportedOptions, unsupportedRecoveryVm } from '../../src/domain/capabilities.js';
+import { formatIpv4, inCidr, parseIpv4 } from '../../src/domain/ipv4.js';
 import { resourceName } from '../../src/drivers/azure/recovery.js';
 import { defaultVmSize } from '../../src/drivers/azure/vm-sizes.js';
 import { validatePolicy } from '../../src/domain/policy.js';
@@ -38,4 +39,12 @@ test('Azure resource names: parts that had to change, or a name too long, end in
   const long = [resourceName('x'.repeat(60), 'disk10'), resourceName('x'.repeat(60), 'disk11')];
   assert.notEqual(long[0], long[1]);
   for (const n of [...names, ...long]) assert.match(n, /^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}[a-zA-Z0-9]$/);
+});
+
+test('IPv4: an address in a CIDR block or not; text that is not IPv4 is in none', () => {
+  assert.equal(inCidr('10.9.0.17', '10.9.0.0/24'), true);
+  assert.equal(inCidr('10.9.1.17', '10.9.0.0/24'), false);
+  assert.equal(inCidr('10.9.1.17', '0.0.0.0/0'), true);
+  for (const [ip, cidr] of [['10.9.0.256', '10.9.0.0/24'], ['10.9.0.1', '10.9.0.0/33'], ['10.9.0.1', '10.9.0.0'], ['x', '10.9.0.0/24'], ['10.9.0.1', '10.9.0.0/2x']]) assert.equal(inCidr(ip!, cidr!), false, `${ip} in ${cidr}`);
+  assert.equal(formatIpv4(parseIpv4('192.168.10.250')!), '192.168.10.250');
 });

@@ -22,6 +22,7 @@
 import { generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
 import { OsrError } from '../../domain/errors.js';
+import { inCidr } from '../../domain/ipv4.js';
 import { isSafeName } from '../../domain/names.js';
 import type { InventoryDocument } from '../../domain/resources.js';
 import type {
@@ -112,21 +113,6 @@ const DAY_MS = 24 * 3600 * 1000;
 const AGENT_PERMISSIONS = 'racwdl';
 /** the container's stored access policy the agent's SAS is bound to */
 const AGENT_POLICY = 'osr-agent';
-
-/** An address in a CIDR block (IPv4). */
-function inCidr(ip: string, cidr: string): boolean {
-  const toInt = (a: string): number | undefined => {
-    const p = a.split('.').map(Number);
-    return p.length === 4 && p.every((x) => Number.isInteger(x) && x >= 0 && x <= 255) ? ((p[0]! << 24) >>> 0) + (p[1]! << 16) + (p[2]! << 8) + p[3]! : undefined;
-  };
-  const [base, bits] = cidr.split('/');
-  const a = toInt(ip);
-  const b = toInt(base ?? '');
-  const n = Number(bits);
-  if (a === undefined || b === undefined || !Number.isInteger(n) || n < 0 || n > 32) return false;
-  const mask = n === 0 ? 0 : (~0 << (32 - n)) >>> 0;
-  return (a & mask) >>> 0 === (b & mask) >>> 0;
-}
 
 export class AzureFabricDriver implements FabricDriver, FabricManagement, FabricReplication {
   readonly kind = 'azure';

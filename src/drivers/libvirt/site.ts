@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../../domain/errors.js';
+import { formatIpv4, parseIpv4 } from '../../domain/ipv4.js';
 import { fail, list, mapping, optionalText, safe, parseSiteYaml, text, unique } from '../site-fields.js';
 
 export interface LibvirtSubnet {
@@ -64,14 +65,12 @@ export interface LibvirtSiteConfig {
 export const DEFAULT_REPLICATION_PORT = 8084;
 
 export function ipToInt(ip: string): number {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
-  if (!m || m.slice(1).some((x) => Number(x) > 255)) throw new OsrError('CONFIG_INVALID', `"${ip}" is not an IPv4 address`);
-  return ((Number(m[1]) << 24) >>> 0) + (Number(m[2]) << 16) + (Number(m[3]) << 8) + Number(m[4]);
+  const n = parseIpv4(ip);
+  if (n === undefined) throw new OsrError('CONFIG_INVALID', `"${ip}" is not an IPv4 address`);
+  return n;
 }
 
-export function intToIp(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
+export const intToIp = formatIpv4;
 
 function ipIn(v: unknown, field: string): number {
   const s = text(v, field);
