@@ -55,24 +55,30 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** Azurite's blob service, started as a child of this process. */
-async function startAzurite(dir: string, port: number, key: string): Promise<ChildProcess> {
+/**
+ * Azurite's blob service, started as a child of this process on 127.0.0.1 (port 0: any
+ * free one), its data in `location`; `key`: the account's key (default Azurite's
+ * published one). Answers the child and the port it listens on.
+ */
+export async function spawnAzurite(location: string, port: number, key?: string): Promise<{ child: ChildProcess; port: number }> {
   let main: string;
   try {
     main = createRequire(import.meta.url).resolve('azurite/dist/src/blob/main.js');
   } catch {
     throw new OsrError('NOT_SUPPORTED', 'the lab\'s Azure site needs the azurite package: run `npm ci` in the osr checkout (it installs the development packages too)');
   }
-  fs.mkdirSync(path.join(dir, 'azurite'), { recursive: true, mode: 0o700 });
-  const child = spawn(process.execPath, [main, '--blobHost', '127.0.0.1', '--blobPort', String(port), '--location', path.join(dir, 'azurite'), '--skipApiVersionCheck', '--disableTelemetry'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AZURITE_ACCOUNTS: `${EMULATOR_ACCOUNT}:${key}` } });
+  fs.mkdirSync(location, { recursive: true, mode: 0o700 });
+  const env = key !== undefined ? { ...process.env, AZURITE_ACCOUNTS: `${EMULATOR_ACCOUNT}:${key}` } : process.env;
+  const child = spawn(process.execPath, [main, '--blobHost', '127.0.0.1', '--blobPort', String(port), '--location', location, '--skipApiVersionCheck', '--disableTelemetry'], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let out = '';
-  await new Promise<void>((resolve, reject) => {
+  const listening = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new OsrError('INTERNAL', `Azurite did not start within 60 s: ${out.slice(-500)}`)), 60_000);
     const onData = (b: Buffer) => {
       out += b.toString();
-      if (/listens on http:\/\/127\.0\.0\.1:\d+/.test(out)) {
+      const m = /listens on http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) {
         clearTimeout(timer);
-        resolve();
+        resolve(Number(m[1]));
       }
     };
     child.stdout!.on('data', onData);
@@ -82,7 +88,7 @@ async function startAzurite(dir: string, port: number, key: string): Promise<Chi
       reject(new OsrError(/EADDRINUSE/.test(out) ? 'PORT_IN_USE' : 'INTERNAL', `Azurite exited (${code}): ${out.slice(-500)}`));
     });
   });
-  return child;
+  return { child, port: listening };
 }
 
 export interface RunningEmulator {
@@ -102,7 +108,7 @@ export async function runAzureEmulator(dir: string, spec: AzureLabSpec): Promise
   if (!fs.existsSync(files.secretFile)) await writeFileAtomic(files.secretFile, crypto.randomBytes(24).toString('base64url'), 0o600);
   if (!fs.existsSync(files.keyFile)) await writeFileAtomic(files.keyFile, crypto.randomBytes(64).toString('base64'), 0o600);
   const key = fs.readFileSync(files.keyFile, 'utf8').trim();
-  const azurite = await startAzurite(dir, ports.blob, key);
+  const azurite = (await spawnAzurite(path.join(dir, 'azurite'), ports.blob, key)).child;
   const blobEndpoint = `http://127.0.0.1:${ports.blob}/${EMULATOR_ACCOUNT}`;
   let arm: FakeArm;
   try {

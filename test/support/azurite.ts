@@ -3,11 +3,11 @@
  * loopback port with its data in a temporary directory. Its well-known development
  * account and key are public (they are Azurite's defaults, not a secret).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createRequire } from 'node:module';
+import { spawnAzurite } from '../../src/lab/azure-emulator.js';
 import { after, before } from 'node:test';
 import { BlobServiceClient, StorageSharedKeyCredential } from '@azure/storage-blob';
 
@@ -25,26 +25,7 @@ export interface Azurite {
 
 export async function startAzurite(): Promise<Azurite> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-azurite-'));
-  const main = createRequire(import.meta.url).resolve('azurite/dist/src/blob/main.js');
-  const child = spawn(process.execPath, [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir, '--skipApiVersionCheck', '--disableTelemetry'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`Azurite did not start within 30 s: ${out}`)), 30_000);
-    const onData = (b: Buffer) => {
-      out += b.toString();
-      const m = /listens on http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`Azurite exited with ${code}: ${out}`));
-    });
-  });
+  const { child, port } = await spawnAzurite(dir, 0);
   const url = `http://127.0.0.1:${port}/${AZURITE_ACCOUNT}`;
   const credential = new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY);
   return {
