@@ -60,6 +60,7 @@ export class FabricProvider {
   private readonly stopper = new AbortController();
   private statusLoop: Promise<void> | undefined;
   private inventoryTimer: NodeJS.Timeout | undefined;
+  private inventoryRetry: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: FabricProviderOptions) {
     this.clock = o.clock ?? systemClock;
@@ -132,6 +133,7 @@ export class FabricProvider {
   async stop(): Promise<void> {
     this.stopper.abort();
     clearTimeout(this.inventoryTimer);
+    clearTimeout(this.inventoryRetry);
     await this.statusLoop?.catch(() => undefined);
     await this.runtime.stop();
     await this.o.driver.management.stop();
@@ -146,7 +148,11 @@ export class FabricProvider {
     if (this.inventoryTimer || this.stopper.signal.aborted) return;
     this.inventoryTimer = setTimeout(() => {
       this.inventoryTimer = undefined;
-      this.runtime.syncInventory().catch((e: unknown) => this.o.log.warn({ err: toOsrError(e).toJSON() }, 'inventory sync failed; it is sent again at the next change'));
+      this.runtime.syncInventory().catch((e: unknown) => {
+        this.o.log.warn({ err: toOsrError(e).toJSON() }, 'inventory sync failed; it is sent again in 5 s');
+        // a failed sync is tried again soon: the change it carried (a failed-over VM) must not wait for the next one
+        if (!this.stopper.signal.aborted) this.inventoryRetry = setTimeout(() => this.inventoryChanged(), 5000);
+      });
     }, 200);
   }
 

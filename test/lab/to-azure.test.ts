@@ -79,8 +79,11 @@ test('the to-azure lab: protection to the emulated Azure site, a drill, a restar
     await osr('item', 'planned-failover', 'vmm-onprem.web01', '--wait');
     const it = (await again.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === 'web01')!;
     assert.equal(it.state, 'FailedOver');
-    const vms = (await again.request<{ items: { name: string; fabricId: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
-    assert.ok(vms.some((v) => v.name === 'web01' && v.fabricId === 'azure-westeurope'), 'the failed-over VM is in the Azure fabric\'s inventory');
+    // the Azure provider sends its inventory just after the job's last task
+    await waitFor('the failed-over VM in the Azure fabric\'s inventory', async () => {
+      const vms = (await again.request<{ items: { name: string; fabricId: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
+      return vms.some((v) => v.name === 'web01' && v.fabricId === 'azure-westeurope');
+    }, 60_000, 500);
   } finally {
     again.close();
   }
