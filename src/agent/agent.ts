@@ -31,6 +31,7 @@ import { NbdServer } from './nbd/nbd-server.js';
 import type { Host, HostFactory, VmSpec } from './ports/host.js';
 import { ReplicaRegistry, ReplicationServer, Session } from './replica/replication-server.js';
 import { AzureReplicas } from './azure/azure-replicas.js';
+import { VmImports, type ImportProgress, type ImportRequest } from './azure/vm-imports.js';
 import { PrimaryReplication } from './sending/replication.js';
 import type { AzurePeer, ReplicationSpec } from './wire/replication-types.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
@@ -108,6 +109,8 @@ export class Agent {
   readonly replications = new Map<string, PrimaryReplication>();
   /** the replicas this agent writes to Azure storage itself, and each replication's SAS (by replication id) */
   readonly azureReplicas: AzureReplicas;
+  /** VMs brought in from Azure managed disks for a failback (an agent in the Azure region) */
+  readonly imports: VmImports;
   private readonly azureSas = new Map<string, string>();
   private readonly phases = new CyclePhases();
   private readonly agentPacer: Pacer | undefined;
@@ -143,6 +146,7 @@ export class Agent {
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now(), () => this.enrolled?.fabricId !== undefined);
     ensurePrivateDir(path.join(config.dataDir, 'azure-access'));
     this.azureReplicas = new AzureReplicas(path.join(config.dataDir, 'azure-spool'), config.name, (vmId) => this.azureAccess(vmId), () => clock.now());
+    this.imports = new VmImports(config.dataDir, this.host, () => clock.now());
     this.grantLedger = new GrantLedger(path.join(config.dataDir, 'grants'));
     this.nbdSocket = path.join(config.dataDir, 'run', 'nbd.sock');
     this.agentPacer = config.bandwidth ? new Pacer(parseBandwidth(config.bandwidth), clock) : undefined;
@@ -742,8 +746,23 @@ export class Agent {
     };
   }
 
+  /** Import VM `name` from Azure managed disks (vm-imports.ts): begun, or how it stands. */
+  importVm(name: string, r: ImportRequest): ImportProgress {
+    return this.imports.start(name, r);
+  }
+
+  /** Forget an imported VM: its replication stops (the replica at home stays), then the VM and its images go. */
+  async removeImportedVm(name: string): Promise<void> {
+    await this.withVm(name, async () => {
+      const r = [...this.replications.values()].find((x) => x.spec.vm === name);
+      if (r) await this.disableReplication(r.spec.id);
+      await this.imports.remove(name);
+    });
+  }
+
   async stop(): Promise<void> {
     clearInterval(this.tlsTimer);
+    await this.imports.stop();
     await Promise.all([...this.replications.values()].map((r) => r.stop()));
     await this.closeApi?.();
     await this.closeProviderApi?.();

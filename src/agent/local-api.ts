@@ -18,6 +18,7 @@ import { addEnrolmentRoutes } from './enrolment-api.js';
 import { MAX_GRANT_LENGTH } from '../pki/index.js';
 import { providerAccessCheck, providerBodyCheck, type ProviderApiState, type RefusalLog } from './provider-api.js';
 import type { ReplicaStore } from './replica/replica-store.js';
+import type { ImportRequest } from './azure/vm-imports.js';
 import { diskRangesBytes } from './io/ranges.js';
 import { parseSize } from './io/size.js';
 import { parseBandwidth } from './io/throttle.js';
@@ -175,6 +176,37 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     async (req) => agent.changePromotedPoint(req.params.name, req.body.point),
   );
   app.post<{ Params: { name: string } }>('/v1/vms/:name/commit', async (req) => agent.commitPromotion(req.params.name));
+
+  // ---- a VM brought in from Azure managed disks (a failback, at an agent in the Azure region)
+  const importSchema = {
+    type: 'object',
+    required: ['id', 'epoch', 'disks'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH },
+      epoch: { type: 'integer', minimum: 1 },
+      disks: {
+        type: 'array',
+        minItems: 1,
+        maxItems: 16,
+        items: {
+          type: 'object',
+          required: ['id', 'name', 'size', 'url'],
+          additionalProperties: false,
+          properties: { id: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, name: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH }, size: { type: 'integer', minimum: 512 }, url: { type: 'string', minLength: 1, maxLength: 4096 } },
+        },
+      },
+    },
+  };
+  app.post<{ Params: { name: string }; Body: ImportRequest }>('/v1/vms/:name/import', { schema: { body: importSchema } }, async (req, reply) => {
+    const p = agent.importVm(req.params.name, req.body);
+    return reply.status(p.state === 'done' ? 200 : 202).send(p);
+  });
+  app.get<{ Params: { name: string } }>('/v1/vms/:name/import', async (req) => agent.imports.progress(req.params.name));
+  app.delete<{ Params: { name: string } }>('/v1/vms/:name/import', async (req, reply) => {
+    await agent.removeImportedVm(req.params.name);
+    return reply.status(204).send();
+  });
 
   app.get<{ Params: { name: string } }>('/v1/vms/:name/disks', async (req) => {
     const p = provisional(req.params.name);

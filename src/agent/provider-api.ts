@@ -51,6 +51,10 @@ export const PROVIDER_ROUTES: ReadonlySet<string> = new Set([
   'POST /v1/vms/:name/commit',
   'POST /v1/vms/:name/fence',
   'POST /v1/vms/:name/demote',
+  // a failback's VM brought in from Azure managed disks (an agent in the Azure region)
+  'POST /v1/vms/:name/import',
+  'GET /v1/vms/:name/import',
+  'DELETE /v1/vms/:name/import',
   // test failover and its cleanup; disable protection that deletes the replica
   'POST /v1/replicas/:vm/overlays',
   'DELETE /v1/replicas/:vm/overlays/:id',

@@ -156,3 +156,28 @@ export function isContainerUrl(v: unknown): v is string {
     return false;
   }
 }
+
+/**
+ * A blob's URL with a read SAS, as Azure hands one for a managed disk (`beginGrantAccess`):
+ * https (or http to a storage emulator on this host), no credentials in the authority,
+ * a SAS in the query. What a failback downloads in the region; anything else is refused.
+ */
+export function parseReadSasUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new OsrError('INVALID_ARGUMENT', 'a disk\'s access URL is not a URL');
+  }
+  if (text.length > 4096) throw new OsrError('INVALID_ARGUMENT', 'a disk\'s access URL is longer than 4096 characters');
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+    throw new OsrError('INVALID_ARGUMENT', `a disk's access URL is https (plain http only to a storage emulator on this host): ${url.protocol}//${url.host}`);
+  }
+  if (url.username || url.password || url.hash) throw new OsrError('INVALID_ARGUMENT', 'a disk\'s access URL carries no user name, password or fragment');
+  // a storage service's blob endpoint (md-….blob.storage.azure.net, ….blob.core.windows.net and the sovereign clouds'), or the emulator here: no other address is fetched
+  if (!LOOPBACK_HOSTS.has(url.hostname) && !/^[a-z0-9-]+(\.[a-z0-9-]+)*\.blob\.[a-z0-9.-]+$/i.test(url.hostname)) {
+    throw new OsrError('INVALID_ARGUMENT', `a disk's access URL names a storage service's blob endpoint (….blob.…), not ${url.hostname}`);
+  }
+  parseSas(url.search.replace(/^\?/, ''));
+  return url;
+}

@@ -114,6 +114,7 @@ export async function runAzureEmulator(dir: string, spec: AzureLabSpec): Promise
   try {
     arm = await startFakeArm({
       storageCredential: new StorageSharedKeyCredential(EMULATOR_ACCOUNT, key),
+      storageBlobEndpoint: blobEndpoint,
       subscriptionId: EMULATOR_SUBSCRIPTION,
       resourceGroup: spec.resourceGroup,
       lroMs: 200,

@@ -24,12 +24,15 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { BlobClient, type StorageSharedKeyCredential } from '@azure/storage-blob';
+import { BlobClient, BlobSASPermissions, BlobServiceClient, generateBlobSASQueryParameters, type ContainerClient, type StorageSharedKeyCredential } from '@azure/storage-blob';
 import type { AccessToken, TokenCredential } from '@azure/identity';
 import { createCa, issueCertificate, writeFileAtomic } from '../pki/index.js';
 import { readVhdFooter, VHD_FOOTER_BYTES } from '../domain/vhd.js';
 
 /** The API version the SDK of each resource type calls (checked on every request). */
+/** the container of the storage account that holds the emulated managed disks' bytes */
+const DISKS_CONTAINER = 'fake-managed-disks';
+
 export const API_VERSIONS: Record<string, string> = {
   'Microsoft.Compute/disks': '2026-03-02',
   'Microsoft.Compute/virtualMachines': '2026-04-01',
@@ -42,6 +45,8 @@ export type BodyCheck = (type: string, body: unknown) => string | undefined;
 
 export interface FakeArmOptions {
   storageCredential: StorageSharedKeyCredential;
+  /** the storage account's blob endpoint (the emulator's): where the managed disks' page blobs are kept */
+  storageBlobEndpoint: string;
   subscriptionId?: string;
   resourceGroup?: string;
   lroMs?: number;
@@ -74,6 +79,8 @@ interface Operation {
   done: () => void;
   failed: () => void;
   status?: 'InProgress' | 'Succeeded' | 'Failed';
+  /** what its Location answers once it succeeded */
+  result?: unknown;
 }
 
 export interface FaultRule {
@@ -99,8 +106,12 @@ export interface FakeArm {
   /** requests refused by the body check (a test asserts there are none) */
   violations: { method: string; path: string; errors: string }[];
   resources: Map<string, Resource>;
-  /** the bytes each imported disk holds, by the disk's id */
-  diskBytes: Map<string, Buffer>;
+  /** the bytes a managed disk holds now, by the disk's id (its page blob in the storage emulator) */
+  diskBytes(id: string): Promise<Buffer>;
+  /** the blob that holds a managed disk's bytes (what a VM in Azure writes to): a test writes into it as the VM would */
+  diskBlob(id: string): BlobClient;
+  /** a VM's power: running, stopped (its disks stay attached and busy) or deallocated */
+  powerOf(name: string): 'running' | 'stopped' | 'deallocated' | undefined;
   inject(rule: FaultRule): void;
   /** how long the long-running operations begun from now take */
   setOperationMs(ms: number): void;
@@ -131,11 +142,16 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
     return saving;
   };
   const operations = new Map<string, Operation>();
+  /** each VM's power, by its id (lower case) */
+  const power = new Map<string, 'running' | 'stopped' | 'deallocated'>();
   const faults: FaultRule[] = [];
   const failing: { path: RegExp; code: string; message: string }[] = [];
   const requests: FakeArm['requests'] = [];
   const violations: FakeArm['violations'] = [];
-  const diskBytes = new Map<string, Buffer>();
+  // a managed disk's bytes are a page blob of its own (a fixed VHD, as Azure exports it), so that its access SAS reads them
+  const disksContainer: ContainerClient = new BlobServiceClient(o.storageBlobEndpoint, o.storageCredential).getContainerClient(DISKS_CONTAINER);
+  const diskBlobName = (id: string): string => `${crypto.createHash('sha256').update(id.toLowerCase()).digest('hex').slice(0, 32)}.vhd`;
+  const diskBlob = (id: string) => disksContainer.getPageBlobClient(diskBlobName(id));
   // a token of this start only, handed out for the principal's secret (or to the tests' own credential)
   const TOKEN = crypto.randomBytes(24).toString('base64url');
   let endpoint = '';
@@ -155,6 +171,18 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
     return op;
   };
   const operationHeaders = (op: Operation): Record<string, string> => ({ 'azure-asyncoperation': `${endpoint}/fake/operations/${op.id}?api-version=2024-01-01`, 'retry-after': '0' });
+
+  /** Keep a disk's bytes (the whole VHD, footer included) as its page blob: pages of zeros are not sent. */
+  const storeDisk = async (id: string, bytes: Buffer): Promise<void> => {
+    await disksContainer.createIfNotExists();
+    const blob = diskBlob(id);
+    await blob.create(bytes.length);
+    const step = 4 * 1024 * 1024;
+    for (let at = 0; at < bytes.length; at += step) {
+      const piece = bytes.subarray(at, Math.min(bytes.length, at + step));
+      if (piece.some((b) => b !== 0)) await blob.uploadPages(piece, at, piece.length);
+    }
+  };
 
   /** Why a resource's references do not hold, or undefined. */
   const checkReferences = async (type: string, body: Resource, id: string): Promise<string | undefined> => {
@@ -178,10 +206,11 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
         if (bytes.length !== footer.currentSize + VHD_FOOTER_BYTES) return `the blob is ${bytes.length} bytes; its footer says ${footer.currentSize} + ${VHD_FOOTER_BYTES}`;
         props.diskSizeGB = Math.ceil(footer.currentSize / 1024 ** 3);
         props.diskSizeBytes = footer.currentSize;
-        diskBytes.set(id.toLowerCase(), bytes.subarray(0, footer.currentSize));
+        props.diskState = 'Unattached';
       } catch (e) {
         return `the blob is not a fixed VHD: ${(e as Error).message}`;
       }
+      await storeDisk(id, bytes);
       return undefined;
     }
     if (type === 'Microsoft.Network/networkInterfaces') {
@@ -219,6 +248,50 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
       if (op.fail) op.failed();
       else op.done();
     }
+  };
+
+  /** A POST action on a resource: a VM's power, a disk's access (as Azure answers them). */
+  const act = (type: string, action: string, r: Resource, body: unknown, path: string, reply: (status: number, body?: unknown, headers?: Record<string, string>) => void, refuse: (status: number, code: string, message: string) => void): void => {
+    const key = r.id.toLowerCase();
+    const lroHeaders = (op: Operation) => ({ ...operationHeaders(op), location: `${endpoint}/fake/operations/${op.id}?api-version=2024-01-01` });
+    if (type === 'Microsoft.Compute/virtualMachines' && ['start', 'deallocate', 'powerOff'].includes(action)) {
+      if (action === 'start') {
+        // Azure refuses to start a VM whose disk has an active access SAS
+        const busy = vmDisks(r).find((d) => resources.get(d)?.properties.diskState === 'ActiveSAS');
+        if (busy) return refuse(409, 'OperationNotAllowed', `disk ${busy} has an active shared access signature: end it first`);
+      }
+      const op = startOperation(path, () => power.set(key, action === 'start' ? 'running' : action === 'deallocate' ? 'deallocated' : 'stopped'), () => undefined);
+      return reply(202, undefined, lroHeaders(op));
+    }
+    if (type === 'Microsoft.Compute/disks' && action === 'beginGetAccess') {
+      const why = o.check?.('Microsoft.Compute/disks/beginGetAccess', body);
+      if (why !== undefined) {
+        violations.push({ method: 'POST', path, errors: why });
+        return refuse(400, 'InvalidRequestContent', why);
+      }
+      const g = body as { access: string; durationInSeconds: number };
+      const owner = r.properties.managedBy as string | undefined;
+      if (owner && power.get(owner.toLowerCase()) !== 'deallocated') return refuse(409, 'OperationNotAllowed', `disk ${r.name} is attached to VM ${owner}, which is not deallocated: access is granted to an unattached disk or a deallocated VM's`);
+      if (g.access !== 'Read') return refuse(400, 'InvalidParameter', 'the emulated disks grant read access only');
+      const expiresOn = new Date(Date.now() + g.durationInSeconds * 1000);
+      const sas = generateBlobSASQueryParameters({ containerName: DISKS_CONTAINER, blobName: diskBlobName(key), permissions: BlobSASPermissions.parse('r'), expiresOn }, o.storageCredential).toString();
+      const op = startOperation(path, () => {
+        r.properties.diskState = 'ActiveSAS';
+      }, () => undefined);
+      op.result = { accessSAS: `${diskBlob(key).url}?${sas}` };
+      return reply(202, undefined, { location: `${endpoint}/fake/results/${op.id}`, 'retry-after': '0' });
+    }
+    if (type === 'Microsoft.Compute/disks' && action === 'endGetAccess') {
+      const op = startOperation(path, () => {
+        r.properties.diskState = r.properties.managedBy ? 'Reserved' : 'Unattached';
+      }, () => undefined);
+      return reply(202, undefined, { location: `${endpoint}/fake/results/${op.id}`, 'retry-after': '0' });
+    }
+    return refuse(400, 'InvalidResourceType', `the fake has no action ${action} on ${type}`);
+  };
+  const vmDisks = (vm: Resource): string[] => {
+    const sp = vm.properties.storageProfile as { osDisk: { managedDisk?: { id: string } }; dataDisks?: { managedDisk?: { id: string } }[] };
+    return [sp.osDisk, ...(sp.dataDisks ?? [])].flatMap((d) => (d.managedDisk ? [d.managedDisk.id.toLowerCase()] : []));
   };
 
   const handle = async (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): Promise<void> => {
@@ -272,7 +345,16 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
       if (!op) return refuse(404, 'NotFound', 'no such operation');
       return reply(200, { id: op.id, status: op.status ?? 'InProgress', ...(op.status === 'Failed' ? { error: op.fail } : {}) }, { 'retry-after': '0' });
     }
-    const m = /^(\/subscriptions\/[^/]+\/resourcegroups\/[^/]+)\/providers\/(Microsoft\.[A-Za-z]+\/[A-Za-z]+)(?:\/([^/]+))?$/i.exec(path);
+    const result = /^\/fake\/results\/([0-9a-f-]+)$/.exec(path);
+    if (result) {
+      // the Location of an operation whose result is read there (a disk's access): 202 until it ends
+      const op = operations.get(result[1]!);
+      if (!op) return refuse(404, 'NotFound', 'no such operation');
+      if (op.status === undefined) return reply(202, undefined, { location: `${endpoint}/fake/results/${op.id}`, 'retry-after': '0' });
+      if (op.status === 'Failed') return refuse(500, op.fail!.code, op.fail!.message);
+      return reply(200, op.result);
+    }
+    const m = /^(\/subscriptions\/[^/]+\/resourcegroups\/[^/]+)\/providers\/(Microsoft\.[A-Za-z]+\/[A-Za-z]+)(?:\/([^/]+))?(?:\/(start|deallocate|powerOff|beginGetAccess|endGetAccess))?$/i.exec(path);
     if (!m || m[1]!.toLowerCase() !== rgPath) return refuse(404, 'ResourceGroupNotFound', `no resource group or route for ${path}`);
     const type = Object.keys(API_VERSIONS).find((t) => t.toLowerCase() === m[2]!.toLowerCase());
     if (!type) return refuse(400, 'InvalidResourceType', `the fake has no resource type ${m[2]}`);
@@ -289,6 +371,19 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
     const id = `${m[1]}/providers/${type}/${name}`;
     const key = id.toLowerCase();
     const existing = resources.get(key);
+    const action = m[4];
+    if (action !== undefined) {
+      if (method !== 'POST') return refuse(405, 'MethodNotAllowed', `${method} on ${action}`);
+      if (!existing) return refuse(404, 'ResourceNotFound', `${type} ${name} not found`);
+      const text = Buffer.concat(chunks).toString('utf8');
+      let body: unknown;
+      try {
+        body = text === '' ? undefined : JSON.parse(text);
+      } catch {
+        return refuse(400, 'InvalidRequestContent', 'the body is not JSON');
+      }
+      return act(type, action, existing, body, path, reply, refuse);
+    }
     if (method === 'GET') return existing ? reply(200, existing) : refuse(404, 'ResourceNotFound', `${type} ${name} not found`);
     if (method === 'DELETE') {
       if (!existing) return reply(204);
@@ -296,7 +391,8 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
       if (type === 'Microsoft.Network/networkInterfaces' && existing.properties.virtualMachine) return refuse(400, 'NicInUse', `NIC ${name} is used by a VM`);
       const op = startOperation(path, () => {
         resources.delete(key);
-        diskBytes.delete(key);
+        if (type === 'Microsoft.Compute/disks') void diskBlob(key).deleteIfExists().catch(() => undefined);
+        power.delete(key);
         if (type === 'Microsoft.Compute/virtualMachines') {
           for (const r of resources.values()) {
             if ((r.properties.managedBy as string | undefined)?.toLowerCase() === key) delete r.properties.managedBy;
@@ -336,10 +432,14 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
       () => {
         made.properties.provisioningState = 'Succeeded';
         if (type === 'Microsoft.Compute/virtualMachines') {
+          if (!existing) power.set(key, 'running');
           const sp = made.properties.storageProfile as { osDisk: { managedDisk?: { id: string } }; dataDisks?: { managedDisk?: { id: string } }[] };
           for (const d of [sp.osDisk, ...(sp.dataDisks ?? [])]) {
             const r = d.managedDisk ? resources.get(d.managedDisk.id.toLowerCase()) : undefined;
-            if (r) r.properties.managedBy = id;
+            if (r) {
+              r.properties.managedBy = id;
+              r.properties.diskState = 'Attached';
+            }
           }
           for (const n of (made.properties.networkProfile as { networkInterfaces: { id: string }[] }).networkInterfaces) {
             const r = resources.get(n.id.toLowerCase());
@@ -378,7 +478,14 @@ export async function startFakeArm(o: FakeArmOptions): Promise<FakeArm> {
     requests,
     violations,
     resources,
-    diskBytes,
+    diskBytes: async (id) => {
+      const r = resources.get(id.toLowerCase());
+      const size = r?.properties.diskSizeBytes;
+      if (typeof size !== 'number') throw new Error(`no managed disk ${id}`);
+      return diskBlob(id).downloadToBuffer(0, size);
+    },
+    diskBlob: (id) => diskBlob(id),
+    powerOf: (name) => [...resources.values()].filter((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.name === name).map((r) => power.get(r.id.toLowerCase()))[0],
     inject: (rule) => faults.push({ ...rule }),
     setOperationMs: (ms) => {
       lroMs = ms;

@@ -22,7 +22,7 @@ let azurite: Azurite;
 let arm: FakeArm;
 before(async () => {
   azurite = await startAzurite();
-  arm = await startFakeArm({ storageCredential: azurite.credential, lroMs: 20 });
+  arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
 });
 after(async () => {
   await arm?.stop();

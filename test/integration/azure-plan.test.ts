@@ -64,7 +64,7 @@ async function provider(name: string, args: string[]): Promise<void> {
 before(async () => {
   if (skip) return;
   azurite = await startAzurite();
-  arm = await startFakeArm({ storageCredential: azurite.credential, lroMs: 20 });
+  arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
   v = await startVault({ dataDir: path.join(dir, 'vault') });
   fs.writeFileSync(path.join(dir, 'vault-ca.pem'), v.vault.ctx.identity.ca.certPem);
   fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
@@ -142,7 +142,7 @@ test('a recovery plan of a lab VM and a libvirt domain, both protected to Azure,
   const dbVm = testVms.find((r) => r.tags![OSR_TAG.item] === vms.db.id)!;
   const osDisk = (dbVm.properties.storageProfile as { osDisk: { managedDisk: { id: string } } }).osDisk.managedDisk.id;
   const image = path.join(dir, 'drill-vda.raw');
-  fs.writeFileSync(image, arm!.diskBytes.get(osDisk.toLowerCase())!);
+  fs.writeFileSync(image, await arm!.diskBytes(osDisk));
   const recs = recordsOnImage(image);
   assert.deepEqual(recs, recs.map((_r, i) => i), 'records out of order or missing on the drill\'s disk');
   assert.ok(recs.length >= acked, `${acked} records were acknowledged before the point; the drill's disk holds ${recs.length}`);

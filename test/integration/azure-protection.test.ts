@@ -56,7 +56,7 @@ const item = async (name = 'web'): Promise<ProtectedItem> => (await v.api.reques
 
 before(async () => {
   azurite = await startAzurite();
-  arm = await startFakeArm({ storageCredential: azurite.credential, lroMs: 20 });
+  arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
   // the recovery site's production network, made as a user would
   const network = new NetworkManagementClient(arm.credential, arm.subscriptionId, { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca } });
   const vnet = await network.virtualNetworks.createOrUpdate(arm.resourceGroup, 'prod', { location: 'westeurope', addressSpace: { addressPrefixes: ['10.9.0.0/16'] }, subnets: [{ name: 'Subnet1', addressPrefix: '10.9.0.0/24' }] }, { updateIntervalInMs: 20 });
@@ -204,9 +204,9 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   assert.equal(drillVms.length, 1);
   const drillDisks = [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'test');
   assert.equal(drillDisks.length, 2);
-  const bytesOf = (name: string) => arm.diskBytes.get([...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.name.endsWith(name) && r.tags?.[OSR_TAG.role] === 'test')!.id.toLowerCase())!;
-  assert.ok(bytesOf('disk0').subarray(0, before.length).equals(before), 'the drill\'s system disk holds what was written before protection');
-  assert.ok(bytesOf('disk1').subarray(MiB, MiB + later.length).equals(later), 'the drill\'s data disk holds the write of the point');
+  const bytesOf = (name: string) => arm.diskBytes([...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.name.endsWith(name) && r.tags?.[OSR_TAG.role] === 'test')!.id);
+  assert.ok((await bytesOf('disk0')).subarray(0, before.length).equals(before), 'the drill\'s system disk holds what was written before protection');
+  assert.ok((await bytesOf('disk1')).subarray(MiB, MiB + later.length).equals(later), 'the drill\'s data disk holds the write of the point');
   const drillNic = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'test')!;
   assert.doesNotMatch(JSON.stringify(drillNic.properties), /\/virtualNetworks\/prod\//, 'the drill is not on the production network');
   await osr('item', 'test-failover-cleanup', 'web', '--notes', 'booted', '--wait');
@@ -220,7 +220,7 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   const vm = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/virtualMachines' && r.tags?.[OSR_TAG.role] === 'failover')!;
   assert.ok(vm, 'the failed-over VM exists in Azure');
   const systemDisk = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'failover' && r.name.endsWith('disk0'))!;
-  assert.ok(arm.diskBytes.get(systemDisk.id.toLowerCase())!.subarray(2 * MiB, 2 * MiB + last.length).equals(last), 'nothing written before the planned failover is lost');
+  assert.ok((await arm.diskBytes(systemDisk.id)).subarray(2 * MiB, 2 * MiB + last.length).equals(last), 'nothing written before the planned failover is lost');
   const nic = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Network/networkInterfaces' && r.tags?.[OSR_TAG.role] === 'failover')!;
   assert.match(JSON.stringify(nic.properties), new RegExp(subnetId.replace(/[/.]/g, '\\$&'), 'i'), 'its NIC is on the mapped subnet');
   // before the commit, another point: the VM is made again from it, what the first one made removed
@@ -234,7 +234,7 @@ test('lab VMs protected to Azure: points from their containers, a recovery plan\
   assert.equal(vms.length, 1, 'one failed-over VM');
   assert.notEqual(vms[0]!.tags![OSR_TAG.job], failoverJobBefore, 'made again by the change of point');
   const disk0 = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.job] === vms[0]!.tags![OSR_TAG.job] && r.name.endsWith('disk0'))!;
-  const atPoint = arm.diskBytes.get(disk0.id.toLowerCase())!;
+  const atPoint = await arm.diskBytes(disk0.id);
   assert.ok(atPoint.subarray(2 * MiB, 2 * MiB + last.length).every((b) => b === 0), 'the earlier point does not hold the last write');
   assert.ok(atPoint.subarray(0, before.length).equals(before));
   assert.ok(![...arm.resources.values()].some((r) => r.tags?.[OSR_TAG.job] === failoverJobBefore), 'what the first point made is gone');

@@ -29,7 +29,7 @@ let subnetId: string;
 
 before(async () => {
   azurite = await startAzurite();
-  arm = await startFakeArm({ storageCredential: az().credential, lroMs: 50 });
+  arm = await startFakeArm({ storageCredential: az().credential, storageBlobEndpoint: az().url, lroMs: 50 });
   const options = { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca }, retryOptions: { maxRetries: 4, retryDelayInMs: 20, maxRetryDelayInMs: 200 } };
   compute = new ComputeManagementClient(arm.credential, arm.subscriptionId, options);
   network = new NetworkManagementClient(arm.credential, arm.subscriptionId, options);
@@ -123,7 +123,7 @@ test(
     assert.equal(vm.properties.provisioningState, 'Succeeded');
     assert.deepEqual(vm.tags, { [OSR_TAG.item]: 'item-web1', [OSR_TAG.job]: 'job-fo-1', [OSR_TAG.role]: 'failover' });
     for (const [i, id] of made.diskIds.entries()) {
-      const bytes = arm.diskBytes.get(id.toLowerCase())!;
+      const bytes = await arm.diskBytes(id);
       assert.ok(bytes.subarray(0, DISKS[i]!.size).equals(atPoint2[i]!), `disk ${DISKS[i]!.name} holds point 2's bytes`);
       assert.ok(bytes.subarray(DISKS[i]!.size).every((b) => b === 0), 'then zeros to the whole MiB');
       assert.equal(arm.resources.get(id.toLowerCase())!.properties.managedBy, made.vmId, 'attached to the VM');

@@ -157,6 +157,19 @@ const virtualMachine = {
   },
 } as const;
 
+/** GrantAccessData (disk.json: the body of Disks_GrantAccess, POST …/disks/{diskName}/beginGetAccess). */
+const grantAccessData = {
+  type: 'object',
+  required: ['access', 'durationInSeconds'],
+  additionalProperties: false,
+  properties: {
+    access: { enum: ['None', 'Read', 'Write'] },
+    durationInSeconds: { type: 'integer' },
+    getSecureVMGuestStateSAS: { type: 'boolean' },
+    fileFormat: { enum: ['VHD', 'VHDX'] },
+  },
+} as const;
+
 const ajv = new Ajv({ allErrors: true, strict: false });
 ajv.addFormat('ipv4', /^(\d{1,3}\.){3}\d{1,3}$/);
 
@@ -166,6 +179,7 @@ export const BODY_SCHEMAS: Record<string, ValidateFunction> = {
   'Microsoft.Compute/virtualMachines': ajv.compile(virtualMachine),
   'Microsoft.Network/networkInterfaces': ajv.compile(networkInterface),
   'Microsoft.Network/virtualNetworks': ajv.compile(virtualNetwork),
+  'Microsoft.Compute/disks/beginGetAccess': ajv.compile(grantAccessData),
 };
 
 /** The fake Resource Manager's check of a body against these schemas. */

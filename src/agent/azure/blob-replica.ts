@@ -47,6 +47,12 @@ interface ReplicaRecord {
   resetting?: true | undefined;
   /** made anew at each start over: only snapshots of this generation are points */
   generation: string;
+  /**
+   * set by the recovery site's provider when a failback made the replica stale (the VM ran
+   * in Azure and came home): every block may differ from the primary, so the next primary
+   * compares all of them (a resync) before any delta; cleared by the resync's point
+   */
+  divergent?: 'all' | undefined;
 }
 
 
@@ -260,9 +266,9 @@ export class AzureBlobReplica implements ReplicaTarget {
     });
   }
 
-  /** An Azure replica is never made from an old primary's disks: nothing diverges beyond its logs. */
-  get divergent(): undefined {
-    return undefined;
+  /** 'all' after a failback made the replica stale (the provider marks it); otherwise nothing diverges beyond the logs. */
+  get divergent(): 'all' | undefined {
+    return this.record.divergent === 'all' ? 'all' : undefined;
   }
   addDivergence(ranges: DiskRanges): void {
     void ranges;
@@ -362,6 +368,9 @@ export class AzureBlobReplica implements ReplicaTarget {
     if (resync && !this.record.disks.every((d) => resync.disks[d.name]?.finished === true)) {
       throw new OsrError('INVALID_STATE', `the resync of ${this.vmName} has not compared every disk yet`);
     }
+    if (this.record.divergent && !resync) {
+      throw new OsrError('INVALID_STATE', `the replica of ${this.vmName} is stale since a failback; it takes a resync before any delta`);
+    }
     if (latest && point.seq !== latest.seq + 1 && !resync) {
       throw new OsrError('REPLICA_CHAIN_BROKEN', `delta ${point.seq} does not follow the latest recovery point ${latest.seq} of ${this.vmName}`, { latest: latest.seq, got: point.seq });
     }
@@ -390,6 +399,8 @@ export class AzureBlobReplica implements ReplicaTarget {
       await this.update((r) => {
         r.initial.done = true;
         r.resync = undefined;
+        // the resync compared every block: the replica equals the primary at this point
+        r.divergent = undefined;
       });
     }
     await this.pointSets.prune(this.record.retention, this.now());

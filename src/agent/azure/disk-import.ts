@@ -1,0 +1,116 @@
+/**
+ * A managed disk brought into the region's agent for a failback (docs/design/azure.md,
+ * Failback): its bytes read through the read SAS Azure grants for a deallocated VM's disk,
+ * inside the region (no WAN traffic), into a sparse raw image on this host. The agent then
+ * replicates that image home like any VM of its own: the resync compares block checksums
+ * with the on-premises replica and sends only what differs.
+ *
+ * The blob must be the fixed VHD Azure exports: the disk rounded up to a MiB, then a
+ * 512-byte footer that says so. Each range is read with its MD5 and checked; ranges of
+ * zeros stay holes. The image is written as `<file>.part`, synced, then renamed: a file
+ * of the final name is a whole disk.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { AnonymousCredential, PageBlobClient } from '@azure/storage-blob';
+import { parseReadSasUrl } from '../../domain/azure-layout.js';
+import { OsrError } from '../../domain/errors.js';
+import { azureDiskBytes, readVhdFooter, VHD_FOOTER_BYTES } from '../../domain/vhd.js';
+import { fsyncDir } from '../io/durable-file.js';
+import { writeFully } from '../io/io.js';
+import { isZero } from '../io/sparse.js';
+import { storageError } from './page-blob-disk.js';
+
+/** a range read at once: the most a ranged read may ask an MD5 for */
+const RANGE_BYTES = 4 * 1024 * 1024;
+const IN_FLIGHT = 8;
+
+export interface DiskSource {
+  /** the disk's id at home (its change logs and its replica are keyed by it) */
+  id: string;
+  name: string;
+  /** the disk's size at the source (the Azure disk is this rounded up to a MiB) */
+  size: number;
+  /** the disk's read SAS URL */
+  url: string;
+}
+
+async function readAll(stream: NodeJS.ReadableStream | undefined, expect: number, what: string): Promise<Buffer> {
+  if (!stream) throw new OsrError('AZURE_STORAGE_ERROR', `${what}: the storage account answered no body`);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of stream as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > expect) throw new OsrError('AZURE_DISK_INVALID', `${what}: more bytes than asked for`);
+    chunks.push(c);
+  }
+  if (n !== expect) throw new OsrError('AZURE_DISK_INVALID', `${what}: ${n} bytes of ${expect} arrived`);
+  return Buffer.concat(chunks, n);
+}
+
+/**
+ * Read disk `d` into `file` (made anew; a `.part` left by an earlier try is overwritten).
+ * `onBytes` is told of every range read. Answers the bytes written (not holes).
+ */
+export async function importDisk(d: DiskSource, file: string, onBytes: (n: number) => void, signal?: AbortSignal): Promise<number> {
+  const url = parseReadSasUrl(d.url);
+  const blob = new PageBlobClient(url.toString(), new AnonymousCredential());
+  const what = `disk ${d.name} at ${url.host}`;
+  let length: number;
+  try {
+    length = (await blob.getProperties({ abortSignal: signal })).contentLength ?? 0;
+  } catch (e) {
+    throw storageError(e, `reading the size of ${what}`);
+  }
+  const rounded = azureDiskBytes(d.size);
+  if (length !== rounded + VHD_FOOTER_BYTES) throw new OsrError('AZURE_DISK_INVALID', `${what} is ${length} bytes; a disk of ${d.size} bytes is exported as ${rounded + VHD_FOOTER_BYTES} (the disk to a whole MiB, then the VHD footer)`);
+  let footer: Buffer;
+  try {
+    footer = await readAll((await blob.download(rounded, VHD_FOOTER_BYTES, { abortSignal: signal })).readableStreamBody, VHD_FOOTER_BYTES, `the footer of ${what}`);
+  } catch (e) {
+    throw storageError(e, `reading the footer of ${what}`);
+  }
+  const facts = readVhdFooter(footer, `the footer of ${what}`);
+  if (facts.currentSize !== rounded) throw new OsrError('AZURE_DISK_INVALID', `the footer of ${what} says ${facts.currentSize} bytes, not ${rounded}`);
+
+  const part = `${file}.part`;
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const fd = fs.openSync(part, 'w', 0o600);
+  let written = 0;
+  try {
+    fs.ftruncateSync(fd, d.size);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < d.size) {
+        if (signal?.aborted) throw new OsrError('INTERRUPTED', `the import of ${what} was stopped`);
+        const offset = next;
+        const count = Math.min(RANGE_BYTES, d.size - offset);
+        next += count;
+        let res;
+        try {
+          res = await blob.download(offset, count, { rangeGetContentMD5: true, abortSignal: signal });
+        } catch (e) {
+          throw storageError(e, `reading ${count} bytes at ${offset} of ${what}`);
+        }
+        const buf = await readAll(res.readableStreamBody, count, `${count} bytes at ${offset} of ${what}`);
+        // the service's MD5 of the range, where it gave one: a range damaged on the way is refused
+        if (res.contentMD5 && !crypto.createHash('md5').update(buf).digest().equals(Buffer.from(res.contentMD5))) {
+          throw new OsrError('CHECKSUM_MISMATCH', `${count} bytes at ${offset} of ${what} do not match their MD5`, { disk: d.name, offset });
+        }
+        if (!isZero(buf)) {
+          writeFully(fd, buf, offset);
+          written += count;
+        }
+        onBytes(count);
+      }
+    };
+    await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(part, file);
+  fsyncDir(path.dirname(file));
+  return written;
+}
