@@ -18,6 +18,8 @@ import { FabricProvider } from '../provider/fabric-provider.js';
 import { loadRegistration, registerWithVault } from '../provider/registration.js';
 import { VERSION } from '../vault/version.js';
 import { AgentClient, readAgentToken } from './agent-client.js';
+import type { AgentTrust } from '../drivers/agent-enrolment.js';
+import type { AgentHostConfig } from '../drivers/site-fields.js';
 import { installLastResortHandler } from './last-resort.js';
 
 export function addProviderCommand(program: Command): void {
@@ -55,23 +57,22 @@ export function addProviderCommand(program: Command): void {
       };
       let site: { name: string; server?: string | undefined };
       let dir: string;
+      /** a host's agent: over its provider channel (the provider's own certificate, read when each connection is made: renewals included), or its local API beside the provider */
+      const connectAgent = (h: AgentHostConfig, trust: AgentTrust): AgentClient =>
+        h.agent.startsWith('https:')
+          ? new AgentClient(h.agent, { channel: { tls: () => providerChannel().registration.tls, fabricId: () => providerChannel().registration.fabricId, hostName: h.name, agentFingerprint: h.agentFingerprint, revoked: trust.revoked, bootstrapSpent: trust.bootstrapSpent, onEnrolled: trust.enrolledSeen } })
+          : new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined });
       if (o.fabric === 'azure') {
         const file = path.resolve(o.config);
         const s = parseAzureSite(fs.readFileSync(file, 'utf8'), path.dirname(file));
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);
-        driver = new AzureFabricDriver({ ...s, dir }, azureClients(s));
+        driver = new AzureFabricDriver({ ...s, dir }, azureClients(s), { connectRegionAgent: connectAgent });
       } else if (o.fabric === 'libvirt') {
         const s = loadLibvirtSite(path.resolve(o.config));
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);
-        driver = new LibvirtFabricDriver(s, {
-          connect: (h, trust) =>
-            h.agent.startsWith('https:')
-              ? // the provider channel: the provider's own certificate, read when each connection is made (renewals included)
-                new AgentClient(h.agent, { channel: { tls: () => providerChannel().registration.tls, fabricId: () => providerChannel().registration.fabricId, hostName: h.name, agentFingerprint: h.agentFingerprint, revoked: trust.revoked, bootstrapSpent: trust.bootstrapSpent, onEnrolled: trust.enrolledSeen } })
-              : new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined }),
-        });
+        driver = new LibvirtFabricDriver(s, { connect: connectAgent });
       } else {
         const s = loadSiteConfig(path.resolve(o.config));
         site = s;

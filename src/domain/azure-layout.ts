@@ -96,6 +96,8 @@ export interface ReplicaRecordView {
   vmName: string;
   generation: string;
   disks: { id: string; name: string; size: number }[];
+  /** the replication epoch the replica is at (1 when none is recorded) */
+  epoch: number;
 }
 
 /** replica.json's text as a view, or undefined when it is not an osr replica record (the storage account is not trusted). */
@@ -111,7 +113,8 @@ export function parseReplicaRecordView(text: string): ReplicaRecordView | undefi
   if (!Array.isArray(x.disks) || x.disks.length === 0 || x.disks.length > 64) return undefined;
   if (!x.disks.every((d) => typeof d?.id === 'string' && typeof d.name === 'string' && isSafeName(d.name) && Number.isSafeInteger(d.size) && d.size > 0 && d.size <= MAX_DISK_BYTES)) return undefined;
   if (new Set(x.disks.map((d) => d.name)).size !== x.disks.length) return undefined;
-  return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })) };
+  const epoch = (x as { epoch?: unknown }).epoch;
+  return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })), epoch: typeof epoch === 'number' && Number.isSafeInteger(epoch) && epoch >= 1 ? epoch : 1 };
 }
 
 const CONTAINER_NAME = /^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/;

@@ -26,13 +26,13 @@ import { OsrError } from '../domain/errors.js';
 import type { PolicySettings } from '../domain/policy.js';
 import { ItemOperation } from '../domain/item-transitions.js';
 import { chooseRecoveryPoint, PointChoice } from '../domain/recovery-point.js';
-import type { RecoveryPointInfo, ReplicaVm } from '../domain/replicas.js';
+import { isAzureEndpoint, type RecoveryPointInfo, type ReplicaVm } from '../domain/replicas.js';
 import { Direction, Health, ProtectionState, Severity, type FailoverRecord, type ItemReplication, type ProtectedItem } from '../domain/resources.js';
 import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
-import { replicationGrant } from './grants.js';
+import { checkReplicaContainer, containerGrant, replicationGrant } from './grants.js';
 import type { WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
@@ -96,6 +96,8 @@ interface ReprotectData extends JobData {
   firstPoint?: RecoveryPointInfo | null;
   /** the vault's grant for the reverse replication, signed once (a task run again sends the same) */
   grant?: string | null;
+  /** the grant naming the replica's Azure container as the target (a failback's reprotect to Azure) */
+  azureGrant?: string | null;
 }
 
 export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): void {
@@ -421,7 +423,9 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             await ctx.save();
           }
           const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch, ...(host ? { source: host.name } : {}), ...(ctx.data.grant !== null ? { grant: ctx.data.grant } : {}) };
-          ctx.data.replica = await ctx.command(f.fromFabricId, Commands.Demote, body, { timeoutMs: 15 * 60_000 });
+          // an Azure container's SAS goes to the new primary's site only: never into the job's data
+          const { access: _access, ...replica } = await ctx.command(f.fromFabricId, Commands.Demote, body, { timeoutMs: 15 * 60_000 });
+          ctx.data.replica = replica;
         },
       },
       {
@@ -433,14 +437,32 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           // reverse replication starts now, whatever the policy says of a first copy: only what differs is sent
           const settings: PolicySettings = { ...policy.settings, initialReplication: { method: 'now' } };
           ctx.data.policy = settings;
-          const grant = typeof ctx.data.grant === 'string' ? { grant: ctx.data.grant } : {};
-          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...ctx.data.replica! }, ...grant }, { timeoutMs: 10 * 60_000 });
+          let grant = typeof ctx.data.grant === 'string' ? { grant: ctx.data.grant } : {};
+          let target: ReplicaVm = ctx.data.replica!;
+          if (isAzureEndpoint(target.agent)) {
+            // back to Azure (a failback's reprotect): the demote, run again, hands the container's SAS anew; the container must be the VM's, in the fabric's storage account
+            const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch };
+            const answer = await ctx.command(f.fromFabricId, Commands.Demote, body, { timeoutMs: 15 * 60_000 });
+            if (!isAzureEndpoint(answer.agent) || answer.access === undefined) throw new OsrError('INVALID_STATE', `the recovery fabric answered no access to the container of ${item.name}`);
+            const replicationId = f.replicationId;
+            const accounts = (await store.fabrics.objects('storage-location', { fabricId: f.fromFabricId })).map((l) => l.properties.path);
+            checkReplicaContainer(answer.agent.containerUrl, replicationId, accounts, item.name);
+            const newPrimary = await store.fabrics.findObject(f.newPrimaryVmId);
+            const hostId = typeof newPrimary?.properties.host === 'string' ? newPrimary.properties.host : item.replication.replica?.hostId;
+            ctx.data.azureGrant ??= (await containerGrant(store, deps.grants, { item: item.id, replicationId, source: { fabricId: f.toFabricId, hostId }, targetFabricId: f.fromFabricId, containerUrl: answer.agent.containerUrl })) ?? null;
+            await ctx.save();
+            grant = ctx.data.azureGrant !== null ? { grant: ctx.data.azureGrant } : {};
+            target = answer;
+          }
+          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...target }, ...grant }, { timeoutMs: 10 * 60_000 });
         },
       },
       {
         name: 'Reverse replication',
         async run(ctx) {
           const f = ctx.data.failover!;
+          // an Azure container's SAS reached the new primary's site: the vault keeps no copy of it
+          await store.commands.forgetAccess(ctx.jobId);
           await changeItem(store, ctx, ctx.input.itemId, ItemOperation.Reprotect, { progress: 0 });
           const result = await ctx.command(f.toFabricId, Commands.InitialReplication, { item: ctx.input.itemId, vmId: f.newPrimaryVmId, method: { method: 'now' } }, {
             onProgress: async (p) => {

@@ -4,6 +4,8 @@
  * that. Hosts are named as their agents' certificates name them (the inventory's host name
  * and the fabric's id), so the agents can check the grant against the peer they talk to.
  */
+import { replicaContainerName } from '../domain/azure-layout.js';
+import { OsrError } from '../domain/errors.js';
 import { isSafeName } from '../domain/names.js';
 import type { ReplicationGrant } from '../domain/grants.js';
 import type { VaultStore } from '../store/index.js';
@@ -47,4 +49,17 @@ export async function containerGrant(store: VaultStore, sign: GrantSigner, r: Om
   if (source?.kind !== 'host' || !isSafeName(source.name) || !isSafeName(r.replicationId) || !isSafeName(r.item)) return undefined;
   if ((await store.hostAdmissions.get(r.source.fabricId, source.name))?.state !== 'admitted') return undefined;
   return sign({ replicationId: r.replicationId, item: r.item, source: { fabricId: r.source.fabricId, host: source.name }, target: { fabricId: r.targetFabricId, host: r.containerUrl } });
+}
+
+/**
+ * A container URL a recovery fabric answered for a VM's replica, checked before the vault
+ * signs a grant for it: named from the VM's replication id, in a storage account the
+ * fabric's inventory reported (`accounts`: the storage locations' paths to accept), never
+ * one the answer alone names.
+ */
+export function checkReplicaContainer(containerUrl: string, replicationId: string | undefined, accounts: readonly unknown[], vmName: string): void {
+  const expected = replicationId !== undefined ? accounts.filter((a): a is string => typeof a === 'string').map((a) => `${a.replace(/\/+$/, '')}/${replicaContainerName(replicationId)}`) : [];
+  if (!expected.includes(containerUrl)) {
+    throw new OsrError('INVALID_STATE', `the recovery fabric answered container ${containerUrl} for ${vmName}; its replica's container is ${expected.join(' or ') || '(unknown: the VM has no replication id, or its storage no account)'}`);
+  }
 }

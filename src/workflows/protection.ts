@@ -21,7 +21,6 @@ import type { RecoveryVmChoice } from '../domain/capabilities.js';
 import { placeReplica, type Placement, type PlacementHost } from '../domain/placement.js';
 import { policyCoversHost, type PolicySettings } from '../domain/policy.js';
 import { isAzureEndpoint, type ReplicaVm } from '../domain/replicas.js';
-import { replicaContainerName } from '../domain/azure-layout.js';
 import { Health, ProtectionState, Severity, type InventoryObject, type VmProperties } from '../domain/resources.js';
 import type { JobContext, JobData, JobEngine } from '../jobs/engine.js';
 import { MappingKind } from '../store/config.js';
@@ -29,7 +28,7 @@ import type { VaultStore } from '../store/index.js';
 import { JobState } from '../store/jobs.js';
 import { AlertKind, type Alerting } from './alerting.js';
 import { checkProtectionOptions } from './fabric-capabilities.js';
-import { containerGrant, replicationGrant, type GrantSigner } from './grants.js';
+import { checkReplicaContainer, containerGrant, replicationGrant, type GrantSigner } from './grants.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 
 export const JobKinds = { EnableProtection: 'enable-protection', DisableProtection: 'disable-protection' } as const;
@@ -161,10 +160,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
             // the container named from the VM's replication id, in the storage account its inventory reported for the placement's storage (never one the answer alone names)
             const locationId = Object.values(d.placement!.storage)[0];
             const account = locationId !== undefined ? (await store.fabrics.findObject(locationId))?.properties.path : undefined;
-            const expected = source.replicationId !== undefined && typeof account === 'string' ? `${account.replace(/\/+$/, '')}/${replicaContainerName(source.replicationId)}` : undefined;
-            if (replica.agent.containerUrl !== expected) {
-              throw new OsrError('INVALID_STATE', `the recovery fabric answered container ${replica.agent.containerUrl} for ${vm.name}; its replica's container is ${expected ?? '(unknown: the VM has no replication id, or its storage no account)'}`);
-            }
+            checkReplicaContainer(replica.agent.containerUrl, source.replicationId, [account], vm.name);
             if (access === undefined) throw new OsrError('INVALID_STATE', `the recovery fabric answered no access to container ${replica.agent.containerUrl} for ${vm.name}`);
             // the source's agent writes into that container only: the grant names it as the target
             d.azureGrant ??= (await containerGrant(store, deps.grants, { item: vm.id, replicationId: source.replicationId, source: { fabricId: d.fabricId!, hostId: host?.id }, targetFabricId: d.targetFabricId!, containerUrl: replica.agent.containerUrl })) ?? null;

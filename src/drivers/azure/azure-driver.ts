@@ -16,8 +16,14 @@
  * run again: Azure resources are read before they are made, tagged with their job, and
  * a record is written before the step it announces.
  *
- * Azure is never a primary here: replication from it (a failback) is refused with
- * NOT_SUPPORTED until failback is built.
+ * Failback: a committed failover's VM replicates home through the osr agent in the
+ * region (`regionAgent` in the site file). The VM is deallocated, its managed disks are
+ * read through their read SAS into a VM of that agent, and the agent replicates it to the
+ * old primary's disks (demoted by the vault's reprotect) with the replication every agent
+ * runs: every block compared by checksum, only those that differ sent. A planned failover
+ * home then brings the VM up on premises; the reprotect that follows removes what the
+ * failover made in Azure and hands the primary the replica's container again, marked
+ * stale so that it is resynchronized by checksums, not copied anew.
  */
 import { generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
@@ -32,19 +38,25 @@ import type {
   FabricReplication,
   PowerAction,
   RecoveryPointInfo,
+  ReplicaEndpoint,
   ReplicaVm,
+  ReplicationRequest,
   ReplicaVmSpec,
   ReplicationStatus,
   TestVm,
   TestVmSpec,
 } from '../../fabric/driver.js';
+import { agentCertificateSerial, enrolAgent, handRevocationList, type AgentTrust } from '../agent-enrolment.js';
+import { readCrl } from '../../pki/index.js';
+import type { AgentHostConfig } from '../site-fields.js';
+import { AgentReplication, type AgentApi, type AgentSite } from '../agent-replication.js';
 import { loadRecords, RecordsWriter } from '../records-file.js';
 import { AZURE_CAPABILITIES } from './capabilities.js';
 import { defaultVmSize, VM_SIZES } from './vm-sizes.js';
 import type { AzureClients } from './clients.js';
 import { azureHostId, azureInventory, DISK_TYPES } from './inventory.js';
 import { armError, AzureRecovery, resourceName, type AzureRecoveryOptions, type VmFromPoint } from './recovery.js';
-import { pointDisks, readReplicaPoints, type ReplicaPoints } from './replica-points.js';
+import { markReplicaStale, pointDisks, readReplicaPoints, type ReplicaPoints } from './replica-points.js';
 import type { AzureSiteConfig } from './site.js';
 
 /** A replica this provider prepared: where it is, and what a failover of it makes. */
@@ -88,6 +100,8 @@ export interface AzureFailoverRecord {
   epoch: number;
   committed: boolean;
   at: string;
+  /** failback under way: the VM deallocated and (once `imported`) a VM of the region's agent, replicating home to `peer` */
+  failback?: { imported: boolean; peer?: ReplicaEndpoint | null | undefined } | undefined;
 }
 
 export interface AzureState {
@@ -96,6 +110,10 @@ export interface AzureState {
   failovers: Record<string, AzureFailoverRecord>;
   /** drill networks a recovery plan made: virtual network → its job tag */
   drillNetworks: Record<string, string>;
+  /** the region's agent was seen enrolled since the site file gave this bootstrap fingerprint (that bootstrap certificate is spent) */
+  regionEnrolled?: { agentFingerprint: string | null; at: string } | undefined;
+  /** the serials of the vault's revocation list, as last handed to the provider */
+  revoked?: string[] | undefined;
 }
 
 const STATE_FILE = 'azure-state.json';
@@ -106,6 +124,10 @@ export interface AzureDriverOptions extends AzureRecoveryOptions {
   /** how often it is extended (default 1 h) */
   accessRenewMs?: number;
   clock?: { now(): number };
+  /** how the provider reaches the osr agent in the region (the site file's regionAgent), given what the driver knows of its trust: failback runs through it */
+  connectRegionAgent?: ((host: AgentHostConfig, trust: AgentTrust) => AgentApi) | undefined;
+  /** how often the region agent's import of a VM's disks is looked at (ms, default 2000) */
+  importPollMs?: number;
 }
 
 const DAY_MS = 24 * 3600 * 1000;
@@ -126,6 +148,9 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   /** the last change of each container's access policy, which the next waits for */
   private readonly policyChanges = new Map<string, Promise<void>>();
   private readonly clock: { now(): number };
+  /** replication home through the region's agent (failback) */
+  private readonly home: AgentReplication;
+  private readonly regionApi: AgentApi | undefined;
 
   constructor(
     private readonly site: AzureSiteConfig,
@@ -135,6 +160,9 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     this.state = loadRecords<AzureState>(site.dir, STATE_FILE, { replicas: {}, tests: {}, failovers: {}, drillNetworks: {} });
     this.writer = new RecordsWriter<AzureState>(site.dir, STATE_FILE);
     this.clock = o.clock ?? { now: () => Date.now() };
+    this.home = new AgentReplication(this.regionSite());
+    const a = site.regionAgent;
+    this.regionApi = a && o.connectRegionAgent ? o.connectRegionAgent(a, this.regionTrust(a)) : undefined;
   }
 
   private save(): Promise<void> {
@@ -188,12 +216,59 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     })();
   }
 
+  /** the region's agent holds a certificate from the vault's CA: enrolled at start, or tried again at each inventory until it answers */
+  private regionEnrolled = false;
+
+  private async enrolRegionAgent(again = false): Promise<void> {
+    const a = this.site.regionAgent;
+    if ((this.regionEnrolled && !again) || !a || !this.regionApi || !this.ctx) return;
+    try {
+      await enrolAgent(this.regionApi, a.name, this.ctx, again);
+      this.regionEnrolled = true;
+    } catch (e) {
+      this.ctx.log.warn({ host: a.name, err: (e as Error).message }, `the region's agent ${a.name} could not be enrolled now; trying again at the next inventory`);
+    }
+  }
+
+  /** What the client of the region's agent over its provider channel checks (as for a libvirt host). */
+  private regionTrust(a: AgentHostConfig): AgentTrust {
+    const fingerprint = a.agentFingerprint?.toUpperCase() ?? null;
+    return {
+      revoked: () => new Set(this.state.revoked ?? []),
+      bootstrapSpent: () => this.state.regionEnrolled !== undefined && this.state.regionEnrolled.agentFingerprint === fingerprint,
+      enrolledSeen: () => {
+        if (this.state.regionEnrolled?.agentFingerprint === fingerprint) return;
+        this.state.regionEnrolled = { agentFingerprint: fingerprint, at: new Date(this.clock.now()).toISOString() };
+        this.save().catch((e: unknown) => this.ctx?.log.warn({ host: a.name, err: (e as Error).message }, `that the region's agent is enrolled was not saved`));
+      },
+    };
+  }
+
+  /** The vault's revocation list: kept for the region agent's client, handed to the agent; a revoked or ageing certificate is enrolled again first. */
+  async revocationList(pem: string): Promise<void> {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    const { serials } = await readCrl(pem, ctx.vaultCa);
+    this.state.revoked = [...serials];
+    await this.save();
+    const api = this.regionApi;
+    if (!api || !this.site.regionAgent) return;
+    try {
+      const serial = await agentCertificateSerial(api);
+      await this.enrolRegionAgent(serial !== null && serials.includes(serial));
+      await handRevocationList(api, pem);
+    } catch (e) {
+      ctx.log.warn({ host: this.site.regionAgent.name, err: (e as Error).message }, 'the revocation list could not be handed to the region\'s agent now; it is handed again at the next inventory');
+    }
+  }
+
   async stop(): Promise<void> {
     this.renewer?.abort();
     await this.writer.settled();
   }
 
   async inventory(): Promise<InventoryDocument> {
+    await this.enrolRegionAgent();
     const doc = await azureInventory(this.site, this.clients.network);
     const cloud = doc.clouds[0]!.id;
     // the VMs failovers made run here now
@@ -205,7 +280,8 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
         name: r.vmName,
         cloud,
         host: this.hostId,
-        powerState: 'Running',
+        // a VM failing back is deallocated
+        powerState: f.failback ? 'Off' : 'Running',
         disks: r.disks.map((d) => ({ id: d.id, name: d.name, sizeBytes: d.sizeBytes })),
         nics: r.nics.map((n) => ({ id: n.id, ...(n.vmNetwork !== null ? { vmNetwork: n.vmNetwork } : {}), ...(n.ip !== null ? { ip: n.ip } : {}) })),
       });
@@ -524,14 +600,16 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     const vmId = resourceName('vm', r.replicationId);
     const points = await this.recoveryPoints(r.id);
     let f = this.state.failovers[vmId];
-    // a committed failover's VM is an Azure VM of its own: failing over again needs failback first (not built)
+    // a committed failover's VM is an Azure VM of its own: failing over again needs failback first
     if (f?.committed) throw new OsrError('INVALID_STATE', `${r.vmName} was failed over to Azure and committed (VM ${vmId}); bring it home before failing over again`);
     if (!f) {
       const point = pointId !== null ? points.find((p) => p.id === pointId) : points.at(-1);
       if (!point) throw new OsrError('NOT_FOUND', pointId !== null ? `the replica of ${r.vmName} has no recovery point ${pointId}` : `the replica of ${r.vmName} has no recovery point yet`);
       const seq = this.pointSeq(point.id);
       // the record first: a promote run again finds what it started, whatever point is newest by then
-      f = { vmId, replicaId: r.id, itemId: r.itemId, job: resourceName('failover', r.replicationId, String(seq)), seq, epoch: 2, committed: false, at: new Date(this.clock.now()).toISOString() };
+      // the VM runs in a newer epoch than its replica's primary: one that writes on is refused
+      const epoch = (await this.readPoints(r)).record.epoch + 1;
+      f = { vmId, replicaId: r.id, itemId: r.itemId, job: resourceName('failover', r.replicationId, String(seq), String(epoch)), seq, epoch, committed: false, at: new Date(this.clock.now()).toISOString() };
       this.state.failovers[vmId] = f;
       await this.save();
     }
@@ -590,30 +668,138 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     return { point };
   }
 
-  // ---- replication from Azure: not built
+  // ---- replication from Azure: failback through the region's agent
 
-  private notSource(what: string): never {
-    throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} (Azure) is a recovery site only: ${what} from Azure is not available yet (failback by block checksums is planned, docs/design/azure.md)`);
+  /** The region's agent, which failback needs (NOT_SUPPORTED without one). */
+  private regionAgent(): AgentApi {
+    if (!this.regionApi || !this.site.regionAgent) {
+      throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} (Azure) has no osr agent in its region (regionAgent in the site file): failback reads the Azure disks there and sends home only what differs`, { option: 'regionAgent' });
+    }
+    return this.regionApi;
   }
 
-  ensureReplication(): Promise<void> {
-    return Promise.resolve(this.notSource('replication'));
+  /** What the replication every agent runs needs of this site: one host, the region's agent, whose VMs are failbacks under way. */
+  private regionSite(): AgentSite {
+    return {
+      name: this.site.name,
+      locate: (id) => {
+        const f = this.state.failovers[id];
+        if (!f?.failback?.imported) throw new OsrError('VM_NOT_FOUND', `VM ${id} of fabric ${this.site.name} is not being failed back (it is not at the region's agent)`);
+        return { id, name: this.replica(f.replicaId).vmName, hostId: this.hostId, isVm: true };
+      },
+      agent: (hostId) => {
+        if (hostId !== this.hostId) throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has one host, ${this.hostId}, not ${hostId}`);
+        return this.regionAgent();
+      },
+      agentEndpoint: () => {
+        this.regionAgent();
+        const a = this.site.regionAgent!;
+        return { name: a.name, address: a.addresses[0]!, port: a.replicationPort };
+      },
+      nics: (id) => this.replica(this.failover(id).replicaId).nics.map((n) => ({ id: n.id, vmNetwork: n.vmNetwork, ip: n.ip })),
+      replicationPeer: (vmId) => this.state.failovers[vmId]?.failback?.peer ?? undefined,
+      fencedEpoch: () => 0,
+      // the VM in Azure is deallocated before its disks are read: nothing writes to them
+      stoppingVm: async (vmId) => {
+        await this.setPower(vmId, 'stop');
+      },
+      changed: async (c) => {
+        if (c.kind !== 'replicating') return;
+        const f = this.state.failovers[c.vmId];
+        if (!f?.failback) return;
+        f.failback.peer = c.peer;
+        await this.save();
+      },
+      log: { warn: (o, msg) => this.ctx?.log.warn(o, msg) },
+    };
+  }
+
+  /**
+   * Replicate a failed-over VM home (the vault's reprotect, after the old primary was
+   * demoted): deallocated, its disks read into the region's agent, which replicates them
+   * to `req.peer` comparing every block. Safe to run again at every step.
+   */
+  async ensureReplication(req: ReplicationRequest): Promise<void> {
+    const f = this.failover(req.vmId);
+    if (!f.committed) throw new OsrError('INVALID_STATE', `the failover of ${req.vmId} is not committed: commit it before it replicates home`);
+    const api = this.regionAgent();
+    if (!f.failback) {
+      f.failback = { imported: false };
+      await this.save();
+    }
+    if (!f.failback.imported) {
+      await this.importForFailback(f, api);
+      f.failback.imported = true;
+      await this.save();
+    }
+    await this.home.ensureReplication(req);
+  }
+
+  /** Deallocate the VM, then have the region's agent read its managed disks through read SASs (granted for the import, revoked after). */
+  private async importForFailback(f: AzureFailoverRecord, api: AgentApi): Promise<void> {
+    const r = this.replica(f.replicaId);
+    await this.setPower(f.vmId, 'stop');
+    const record = (await this.readPoints(r)).record;
+    const disks = this.clients.compute.disks;
+    const rg = this.site.resourceGroup;
+    const lro = { updateIntervalInMs: this.o.pollMs ?? 5000 };
+    const base = resourceName(r.vmName);
+    const sources: { id: string; name: string; size: number; url: string }[] = [];
+    try {
+      for (const d of record.disks) {
+        const name = resourceName(base, d.name);
+        let access;
+        try {
+          access = await disks.grantAccess(rg, name, { access: 'Read', durationInSeconds: 4 * 3600 }, lro);
+        } catch (e) {
+          throw armError(e, `granting read access to disk ${name}`);
+        }
+        if (!access.accessSAS) throw new OsrError('AZURE_OPERATION_FAILED', `Azure granted access to disk ${name} without a URL`);
+        sources.push({ id: d.id, name: d.name, size: d.size, url: access.accessSAS });
+      }
+      const path = `/v1/vms/${encodeURIComponent(r.vmName)}/import`;
+      let p = await api.post<{ state: string; bytes: number; totalBytes: number; error?: { code: string; message: string } }>(path, { id: record.vmId, epoch: f.epoch, disks: sources });
+      let logged = 0;
+      while (p.state === 'importing') {
+        if (this.clock.now() - logged >= 30_000) {
+          logged = this.clock.now();
+          this.ctx?.log.info({ vm: r.vmName, bytes: p.bytes, totalBytes: p.totalBytes }, `failback of ${r.vmName}: the region's agent has read ${p.bytes} of ${p.totalBytes} bytes`);
+        }
+        await new Promise((res) => setTimeout(res, this.o.importPollMs ?? 2000));
+        p = await api.get(path);
+      }
+      if (p.state !== 'done') throw new OsrError('AZURE_OPERATION_FAILED', `the region's agent could not read the disks of ${r.vmName}: ${p.error?.message ?? p.state}`, { cause: p.error?.code ?? null });
+    } finally {
+      // the access ends as soon as the disks are read (or the import failed: the next try grants it again)
+      for (const d of record.disks) {
+        const name = resourceName(base, d.name);
+        await disks.revokeAccess(rg, name, lro).catch((e: unknown) => this.ctx?.log.warn({ disk: name, err: (e as Error).message }, `the read access to disk ${name} could not be ended now; it expires on its own`));
+      }
+    }
+  }
+
+  private homeOrRefuse(vmId: string, what: string): void {
+    if (!this.state.failovers[vmId]?.failback?.imported) throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} (Azure) is a recovery site: ${what} of ${vmId} runs only while it fails back (reprotect it first)`);
   }
 
   replicationStatus(vmId: string): Promise<ReplicationStatus> {
-    return Promise.resolve(this.notSource(`the replication status of ${vmId}`));
+    this.homeOrRefuse(vmId, 'the replication status');
+    return this.home.replicationStatus(vmId);
   }
 
-  resync(): Promise<void> {
-    return Promise.resolve(this.notSource('a resync'));
+  async resync(vmId: string): Promise<void> {
+    this.homeOrRefuse(vmId, 'a resync');
+    await this.home.resync(vmId);
   }
 
-  async stopReplication(): Promise<void> {
-    // nothing replicates from Azure: nothing to stop
+  async stopReplication(vmId: string): Promise<void> {
+    // nothing replicates from Azure but a failback
+    if (this.state.failovers[vmId]?.failback?.imported) await this.home.stopReplication(vmId);
   }
 
-  prepareFailover(): Promise<{ point: RecoveryPointInfo }> {
-    return Promise.resolve(this.notSource('a planned failover'));
+  async prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
+    this.homeOrRefuse(vmId, 'a planned failover');
+    return this.home.prepareFailover(vmId);
   }
 
   async fenceVm(vmId: string): Promise<void> {
@@ -621,8 +807,37 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (this.state.failovers[vmId]) await this.setPower(vmId, 'stop');
   }
 
-  demoteVm(): Promise<ReplicaVm> {
-    return Promise.resolve(this.notSource('reprotection (failback)'));
+  /**
+   * After the VM came home (a planned failover of the failback, committed there): what the
+   * failover made in Azure goes — the region agent's copy, the VM, its NICs and managed
+   * disks — and the replica's container is the replica again, marked stale so that the
+   * primary at home compares every block before any delta. Its access is handed anew.
+   */
+  async demoteVm(vmId: string, epoch: number, itemId: string): Promise<ReplicaVm> {
+    const f = this.state.failovers[vmId];
+    // run again after it finished: the replica record is there, the failover's gone
+    const r = f ? this.replica(f.replicaId) : Object.values(this.state.replicas).find((x) => resourceName('vm', x.replicationId) === vmId);
+    if (!r) throw new OsrError('VM_NOT_FOUND', `fabric ${this.site.name} has no failed-over VM ${vmId}`);
+    if (r.itemId !== itemId) throw new OsrError('INVALID_STATE', `VM ${vmId} is of item ${r.itemId}, not ${itemId}`);
+    if (f) {
+      if (!f.committed) throw new OsrError('INVALID_STATE', `the failover of ${vmId} is not committed`);
+      if (f.failback?.imported) {
+        await this.home.stopReplication(vmId).catch((e: unknown) => {
+          if ((e as OsrError).code !== 'VM_NOT_FOUND' && (e as OsrError).code !== 'NOT_FOUND') throw e;
+        });
+        await this.regionAgent().delete(`/v1/vms/${encodeURIComponent(r.vmName)}/import`);
+      }
+      await this.setPower(vmId, 'stop').catch(() => undefined);
+      const { removed } = await this.recovery(r.id).removeJob(f.job, undefined, { copies: true });
+      this.ctx?.log.info({ vm: vmId, removed }, `${r.vmName} came home: ${removed.length} Azure resource(s) of its failover removed`);
+      await markReplicaStale(this.container(r.id), epoch);
+      delete this.state.failovers[vmId];
+      await this.save();
+      this.ctx?.inventoryChanged();
+    }
+    const containerUrl = this.container(r.id).url.split('?')[0]!;
+    return { replicaVmId: r.id, hostId: this.hostId, agent: { kind: 'azure', containerUrl }, access: await this.grantAgent(r.id), nics: r.nics.map((n) => ({ id: n.id, vmNetwork: n.vmNetwork, ip: n.ip })), reused: true };
   }
+
 }
 

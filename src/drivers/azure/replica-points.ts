@@ -60,3 +60,36 @@ export function pointDisks(container: ContainerClient, r: ReplicaPoints, seq: nu
   if (!set) throw new OsrError('NOT_FOUND', `the replica in ${container.containerName} has no recovery point ${seq}`, { points: r.points.map((p) => p.point.seq) });
   return r.record.disks.map((d) => ({ name: d.name, sizeBytes: d.size, snapshot: container.getBlobClient(diskBlobName(d.name)).withSnapshot(set.snapshots.find((s) => s.disk === d.name)!.snapshot) }));
 }
+
+/**
+ * After a failback the replica is stale: the VM ran in Azure and came home, so every block
+ * may differ from the primary that replicates into it next. Recorded in replica.json (the
+ * agent's record, changed only here and only while no agent writes: its access is revoked)
+ * as `divergent: 'all'` with the epoch the VM came home in; the agent then compares every
+ * block before any delta, and its resync's point clears the mark.
+ */
+export async function markReplicaStale(container: ContainerClient, epoch: number): Promise<void> {
+  const blob = container.getBlockBlobClient(RECORD_BLOB);
+  try {
+    const r = await blob.download();
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for await (const c of r.readableStreamBody!) {
+      bytes += (c as Buffer).length;
+      if (bytes > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is larger than an osr replica record`);
+      chunks.push(c as Buffer);
+    }
+    const text = Buffer.concat(chunks).toString('utf8');
+    if (!parseReplicaRecordView(text)) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is not an osr replica record`);
+    const record = JSON.parse(text) as Record<string, unknown>;
+    const now = typeof record.epoch === 'number' ? record.epoch : 1;
+    if (record.divergent === 'all' && now >= epoch) return;
+    record.divergent = 'all';
+    record.epoch = Math.max(now, epoch);
+    const body = JSON.stringify(record);
+    await blob.upload(body, Buffer.byteLength(body), { conditions: { ifMatch: r.etag! }, blobHTTPHeaders: { blobContentType: 'application/json' } });
+  } catch (e) {
+    if (e instanceof OsrError) throw e;
+    throw new OsrError('AZURE_STORAGE_ERROR', `marking the replica in ${container.containerName} stale: ${(e as Error).message}`, { status: (e as { statusCode?: number }).statusCode ?? null }, { cause: e });
+  }
+}

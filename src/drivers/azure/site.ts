@@ -8,7 +8,7 @@
  */
 import path from 'node:path';
 import { LOOPBACK_HOSTS } from '../../domain/azure-layout.js';
-import { fail, mapping, optionalText, readOwnerOnlyFile, safe, parseSiteYaml, text, type Node } from '../site-fields.js';
+import { agentHostOf, fail, mapping, optionalText, readOwnerOnlyFile, safe, parseSiteYaml, text, type AgentHostConfig, type Node } from '../site-fields.js';
 
 export interface AzureSiteConfig {
   /** the fabric's name */
@@ -39,6 +39,13 @@ export interface AzureSiteConfig {
    * `caFile` is the CA Resource Manager's certificate is checked against (an emulator's)
    */
   endpoints?: { resourceManager?: string | undefined; authorityHost?: string | undefined; caFile?: string | undefined } | undefined;
+  /**
+   * the osr agent that runs in the region (a small VM or container): failback reads the
+   * Azure disks there, next to the storage, and sends home only the blocks that differ.
+   * Its name is the region's host, `azure-<location>` (what the vault's grants name).
+   * Without one, failback from this site is refused.
+   */
+  regionAgent?: AgentHostConfig | undefined;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -137,6 +144,14 @@ export function parseAzureSite(yamlText: string, base: string): AzureSiteConfig 
     };
   }
   if (endpoints?.resourceManager !== undefined && sa.blobEndpoint === undefined) throw fail('storageAccount.blobEndpoint', 'is needed with endpoints.resourceManager: the default is the public cloud\'s');
-  onlyFields(root, '', ['name', 'dir', 'subscriptionId', 'resourceGroup', 'location', 'storageAccount', 'credential', 'endpoints']);
-  return { name, dir, subscriptionId, resourceGroup, location, storageAccount, credential, endpoints };
+  let regionAgent: AgentHostConfig | undefined;
+  if (root.regionAgent !== undefined) {
+    const a = mapping(root.regionAgent, 'regionAgent');
+    onlyFields(a, 'regionAgent.', ['name', 'agent', 'agentTokenFile', 'agentFingerprint', 'addresses', 'replicationPort']);
+    const host = `azure-${location}`;
+    if (a.name !== undefined && a.name !== host) throw fail('regionAgent.name', `is the region's host, ${host} (the name the vault's grants give it), or left out`);
+    regionAgent = agentHostOf({ ...a, name: host }, 'regionAgent', base);
+  }
+  onlyFields(root, '', ['name', 'dir', 'subscriptionId', 'resourceGroup', 'location', 'storageAccount', 'credential', 'endpoints', 'regionAgent']);
+  return { name, dir, subscriptionId, resourceGroup, location, storageAccount, credential, endpoints, ...(regionAgent ? { regionAgent } : {}) };
 }

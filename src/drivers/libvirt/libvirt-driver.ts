@@ -23,6 +23,7 @@ import { DRILL_CONSOLE_BYTES, type DrillEvidence } from '../../domain/runs.js';
 import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../../fabric/driver.js';
 import { readCrl } from '../../pki/index.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentApi, type AgentSite, type Held, type SiteChange } from '../agent-replication.js';
+import type { AgentTrust } from '../agent-enrolment.js';
 import { agentCertificateSerial, enrolAgent, handRevocationList, hostInventory, removeDrillNetwork, removeTestDomain, startTestDomain, testDomainEvidence, type AgentHostInventory } from './host-api.js';
 
 export { testDomainName } from './inventory-map.js';
@@ -48,15 +49,7 @@ export interface LibvirtDriverOptions {
   shutdownTimeout?: string | undefined;
 }
 
-/** What the driver knows of a host's agent, for the client that reaches it over the provider channel. */
-export interface AgentTrust {
-  /** the serials (lower-case hex) of the vault's revocation list as the provider last had it */
-  revoked(): ReadonlySet<string>;
-  /** whether the host was seen enrolled since the site file gave its bootstrap fingerprint: that bootstrap certificate is spent */
-  bootstrapSpent(): boolean;
-  /** the agent presented its certificate from the vault's CA (recorded once, durably) */
-  enrolledSeen(): void;
-}
+export type { AgentTrust };
 
 export class LibvirtFabricDriver implements FabricDriver {
   readonly kind = 'libvirt';

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { OsrError } from '../../domain/errors.js';
 import { formatIpv4, parseIpv4 } from '../../domain/ipv4.js';
-import { fail, list, mapping, optionalText, safe, parseSiteYaml, text, unique } from '../site-fields.js';
+import { agentHostOf, fail, list, mapping, optionalText, safe, parseSiteYaml, text, unique, type AgentHostConfig } from '../site-fields.js';
 
 export interface LibvirtSubnet {
   name: string;
@@ -26,25 +26,8 @@ export interface LibvirtNetworkMapping {
   subnets: LibvirtSubnet[];
 }
 
-export interface LibvirtHostConfig {
-  /** the host's name: its agent's certificate's common name */
-  name: string;
-  /**
-   * how the provider reaches the host's agent: its provider channel (`https://HOST:PORT`,
-   * `osr agent --provider-api`, agent-channel.md), or, on the provider's own machine, its
-   * local API (`unix:PATH`, or `http://127.0.0.1:PORT` with `agentTokenFile`)
-   */
-  agent: string;
-  agentTokenFile?: string | undefined;
-  /**
-   * with https: the SHA-256 fingerprint of the agent's bootstrap certificate (the
-   * `bootstrapFingerprint` it printed), by which the provider enrols an agent that has no
-   * certificate from the vault's CA yet; colon-separated upper-case hex
-   */
-  agentFingerprint?: string | undefined;
-  /** what peers dial for replication (the first), and what the agent's certificate names */
-  addresses: string[];
-  replicationPort: number;
+/** A KVM host of the site: its agent (agent-host fields), and the OS version the inventory reports. */
+export interface LibvirtHostConfig extends AgentHostConfig {
   osVersion?: string | undefined;
 }
 
@@ -62,7 +45,7 @@ export interface LibvirtSiteConfig {
   domains: { include: string[]; exclude: string[] };
 }
 
-export const DEFAULT_REPLICATION_PORT = 8084;
+export { DEFAULT_REPLICATION_PORT } from '../site-fields.js';
 
 export function ipToInt(ip: string): number {
   const n = parseIpv4(ip);
@@ -99,50 +82,10 @@ function subnetOf(v: unknown, field: string): LibvirtSubnet {
   return { name, cidr, pool: { start: intToIp(start), end: intToIp(end) } };
 }
 
-/** How the provider reaches an agent: its provider channel, or its local API on this machine. */
-function agentAddress(v: unknown, field: string): string {
-  const a = text(v, field);
-  if (a.startsWith('unix:') && a.length > 'unix:'.length && !a.includes('\0')) return a;
-  if (/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(a)) return a;
-  const m = /^https:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})\/?$/.exec(a);
-  if (m && Number(m[2]) >= 1 && Number(m[2]) <= 65535) return a.replace(/\/$/, '');
-  throw fail(field, `"${a}" is not an agent address the provider can reach: give the agent's provider channel, https://HOST:PORT (osr agent --provider-api), or on this machine its local API, unix:PATH (its api.sock) or http://127.0.0.1:PORT`);
-}
-
-/** A SHA-256 fingerprint, as colon-separated upper-case hex (as osr agent prints it); plain hex is taken too. */
-function fingerprintOf(v: unknown, field: string): string {
-  const t = text(v, field).trim();
-  const hex = t.replace(/:/g, '');
-  if (!/^[0-9A-Fa-f]{64}$/.test(hex) || (t.includes(':') && !/^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$/.test(t))) throw fail(field, `"${t}" is not a SHA-256 fingerprint (32 bytes in hex, as the agent printed its bootstrapFingerprint)`);
-  return hex.toUpperCase().match(/../g)!.join(':');
-}
-
 function hostOf(v: unknown, field: string, base: string): LibvirtHostConfig {
   const h = mapping(v, field);
-  const name = safe(h.name, `${field}.name`);
-  const agent = agentAddress(h.agent, `${field}.agent`);
-  const tokenFile = optionalText(h.agentTokenFile, `${field}.agentTokenFile`);
-  if (agent.startsWith('http:') && tokenFile === undefined) throw fail(`${field}.agentTokenFile`, `is missing: the agent at ${agent} needs its API token (the file osr agent --api writes)`);
-  if (agent.startsWith('https:') && tokenFile !== undefined) throw fail(`${field}.agentTokenFile`, `is for the local API: the provider channel at ${agent} takes the provider's certificate, no token`);
-  const fingerprint = h.agentFingerprint === undefined || h.agentFingerprint === null ? undefined : fingerprintOf(h.agentFingerprint, `${field}.agentFingerprint`);
-  if (fingerprint !== undefined && !agent.startsWith('https:')) throw fail(`${field}.agentFingerprint`, 'is for an agent reached over its provider channel (https://HOST:PORT)');
-  const addresses = list(h.addresses, `${field}.addresses`, true).map((a, i) => {
-    const s = text(a, `${field}.addresses[${i}]`);
-    if (!/^[A-Za-z0-9.:-]{1,253}$/.test(s)) throw fail(`${field}.addresses[${i}]`, `"${s}" is not a DNS name or IP address`);
-    return s;
-  });
-  if (addresses.length === 0) throw fail(`${field}.addresses`, 'needs the address peers dial for replication');
-  const port = h.replicationPort ?? DEFAULT_REPLICATION_PORT;
-  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw fail(`${field}.replicationPort`, 'must be a port number from 1 to 65535');
-  return {
-    name,
-    agent: agent.startsWith('unix:') ? `unix:${path.resolve(base, agent.slice('unix:'.length))}` : agent,
-    ...(tokenFile !== undefined ? { agentTokenFile: path.resolve(base, tokenFile) } : {}),
-    ...(fingerprint !== undefined ? { agentFingerprint: fingerprint } : {}),
-    addresses,
-    replicationPort: port,
-    ...(optionalText(h.osVersion, `${field}.osVersion`) !== undefined ? { osVersion: text(h.osVersion, `${field}.osVersion`) } : {}),
-  };
+  const osVersion = optionalText(h.osVersion, `${field}.osVersion`);
+  return { ...agentHostOf(h, field, base), ...(osVersion !== undefined ? { osVersion } : {}) };
 }
 
 /** Parse and check a site file's text; relative paths are taken from `base` (the file's directory). */
