@@ -585,11 +585,7 @@ export class Agent {
     if (newEpoch === undefined) throw new OsrError('INVALID_ARGUMENT', `give the epoch ${vm.name} was promoted with elsewhere (--epoch)`);
     await this.host.stop(vm.name);
     await this.nbd.disconnect((name) => name.startsWith(`${vm.name}/`));
-    if (r) {
-      await r.stop();
-      this.replications.delete(r.spec.id);
-      fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
-    }
+    if (r) await this.dropReplication(r);
     const result = await demoteVm(this.host, this.replicas, vm, newEpoch, source, grant);
     this.log.warn({ vm: vm.name, epoch: newEpoch, divergentBytes: result.divergentBytes }, `${vm.name} demoted: its disks are now the replica of the copy promoted with epoch ${newEpoch}`);
     return result;
@@ -598,6 +594,12 @@ export class Agent {
   /** Stop replicating a VM: change tracking stops and its logs are deleted; the replica stays. */
   async disableReplication(idOrVm: string): Promise<void> {
     const r = this.getReplication(idOrVm);
+    await this.dropReplication(r);
+    this.host.get(r.spec.vm).tracking.stop();
+  }
+
+  /** Stop a replication and forget it: its spec, and for an Azure replica its access and the replica opened in process (a later replication reads the container anew). */
+  private async dropReplication(r: PrimaryReplication): Promise<void> {
     await r.stop();
     this.replications.delete(r.spec.id);
     fs.rmSync(path.join(this.config.dataDir, 'replications', `${r.spec.id}.json`), { force: true });
@@ -606,7 +608,6 @@ export class Agent {
       this.azureSas.delete(r.spec.id);
       this.azureReplicas.forget(this.host.get(r.spec.vm).id);
     }
-    this.host.get(r.spec.vm).tracking.stop();
   }
 
   /** Clean stop: replications, listeners, then disks (synced, marked clean). */

@@ -24,7 +24,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { BlobClient, BlobSASPermissions, BlobServiceClient, generateBlobSASQueryParameters, type ContainerClient, type StorageSharedKeyCredential } from '@azure/storage-blob';
+import { BlobClient, BlobSASPermissions, BlobServiceClient, generateBlobSASQueryParameters, type ContainerClient, type PageBlobClient, type StorageSharedKeyCredential } from '@azure/storage-blob';
 import type { AccessToken, TokenCredential } from '@azure/identity';
 import { createCa, issueCertificate, writeFileAtomic } from '../pki/index.js';
 import { readVhdFooter, VHD_FOOTER_BYTES } from '../domain/vhd.js';
@@ -109,7 +109,7 @@ export interface FakeArm {
   /** the bytes a managed disk holds now, by the disk's id (its page blob in the storage emulator) */
   diskBytes(id: string): Promise<Buffer>;
   /** the blob that holds a managed disk's bytes (what a VM in Azure writes to): a test writes into it as the VM would */
-  diskBlob(id: string): BlobClient;
+  diskBlob(id: string): PageBlobClient;
   /** a VM's power: running, stopped (its disks stay attached and busy) or deallocated */
   powerOf(name: string): 'running' | 'stopped' | 'deallocated' | undefined;
   inject(rule: FaultRule): void;

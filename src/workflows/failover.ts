@@ -397,6 +397,19 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
     },
   });
 
+  /**
+   * The VM keeps its replication id across failovers: the old primary's, or the promoted
+   * copy's as the failover recorded them; a record from before they were kept: the inventory now.
+   */
+  const replicationIdOf = async (f: FailoverRecord): Promise<string | undefined> => {
+    if (f.replicationId !== undefined) return f.replicationId;
+    for (const id of [f.oldPrimaryVmId, f.newPrimaryVmId]) {
+      const r = (await store.fabrics.findObject(id))?.properties.replicationId;
+      if (typeof r === 'string') return r;
+    }
+    return undefined;
+  };
+
   engine.register<ItemJobInput, ReprotectData>({
     kind: FailoverJobs.Reprotect,
     cancellable: false,
@@ -413,11 +426,8 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
           const hostId = item.replication.replica?.hostId;
           const host = hostId !== undefined ? await store.fabrics.findObject(hostId) : undefined;
           if (ctx.data.grant === undefined) {
-            // the VM keeps its replication id across failovers: the old primary's, or the promoted copy's
-            // as the failover recorded them; a record from before they were kept: the inventory now
             const oldVm = await store.fabrics.findObject(f.oldPrimaryVmId);
-            const newVm = await store.fabrics.findObject(f.newPrimaryVmId);
-            const replicationId = f.replicationId ?? [oldVm, newVm].map((v) => v?.properties.replicationId).find((r): r is string => typeof r === 'string');
+            const replicationId = await replicationIdOf(f);
             const oldHost = f.oldPrimaryHostId ?? (typeof oldVm?.properties.host === 'string' ? oldVm.properties.host : undefined);
             ctx.data.grant = (await replicationGrant(store, deps.grants, { item: item.id, replicationId, source: { fabricId: f.toFabricId, hostId }, target: { fabricId: f.fromFabricId, hostId: oldHost } })) ?? null;
             await ctx.save();
@@ -444,7 +454,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             const body = { item: item.id, vmId: f.oldPrimaryVmId, epoch: f.epoch };
             const answer = await ctx.command(f.fromFabricId, Commands.Demote, body, { timeoutMs: 15 * 60_000 });
             if (!isAzureEndpoint(answer.agent) || answer.access === undefined) throw new OsrError('INVALID_STATE', `the recovery fabric answered no access to the container of ${item.name}`);
-            const replicationId = f.replicationId;
+            const replicationId = await replicationIdOf(f);
             const accounts = (await store.fabrics.objects('storage-location', { fabricId: f.fromFabricId })).map((l) => l.properties.path);
             checkReplicaContainer(answer.agent.containerUrl, replicationId, accounts, item.name);
             const newPrimary = await store.fabrics.findObject(f.newPrimaryVmId);

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pino } from 'pino';
 import YAML from 'yaml';
+import { AgentClient, readAgentToken } from '../../src/cli/agent-client.js';
 import { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
 import { azureClients } from '../../src/drivers/azure/clients.js';
 import { parseAzureSite } from '../../src/drivers/azure/site.js';
@@ -18,7 +19,8 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, type Azurite } from './azurite.js';
 import type { FakeArm } from './fake-arm.js';
 import type { TestVault } from './vault.js';
 
-export async function startAzureProvider(o: { vault: TestVault; dir: string; azurite: Azurite; arm: FakeArm; name?: string }): Promise<{ driver: AzureFabricDriver; provider: FabricProvider }> {
+/** `regionAgent`: the osr agent in the region (failback), reached through its local API */
+export async function startAzureProvider(o: { vault: TestVault; dir: string; azurite: Azurite; arm: FakeArm; name?: string; regionAgent?: { api: string; apiTokenFile?: string | undefined; replicationPort: number } }): Promise<{ driver: AzureFabricDriver; provider: FabricProvider }> {
   const name = o.name ?? 'azure-we';
   fs.writeFileSync(path.join(o.dir, 'account.key'), `${AZURITE_KEY}\n`, { mode: 0o600 });
   fs.writeFileSync(path.join(o.dir, 'sp.secret'), 'unused\n', { mode: 0o600 });
@@ -32,10 +34,16 @@ export async function startAzureProvider(o: { vault: TestVault; dir: string; azu
       storageAccount: { name: AZURITE_ACCOUNT, blobEndpoint: o.azurite.url, keyFile: 'account.key' },
       credential: { tenantId: '11111111-2222-3333-4444-555555555555', clientId: '66666666-7777-8888-9999-aaaaaaaaaaaa', clientSecretFile: 'sp.secret' },
       endpoints: { resourceManager: o.arm.endpoint, caFile: 'arm-ca.pem' },
+      ...(o.regionAgent ? { regionAgent: { agent: o.regionAgent.api, ...(o.regionAgent.apiTokenFile !== undefined ? { agentTokenFile: o.regionAgent.apiTokenFile } : {}), addresses: ['127.0.0.1'], replicationPort: o.regionAgent.replicationPort } } : {}),
     }),
     o.dir,
   );
-  const driver = new AzureFabricDriver(site, azureClients(site, { credential: o.arm.credential, retryDelayMs: 10 }), { pollMs: 20, copyPollMs: 20 });
+  const driver = new AzureFabricDriver(site, azureClients(site, { credential: o.arm.credential, retryDelayMs: 10 }), {
+    pollMs: 20,
+    copyPollMs: 20,
+    importPollMs: 200,
+    connectRegionAgent: (h) => new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined }),
+  });
   const dir = path.join(o.dir, 'azure-provider');
   const key = (await o.vault.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
   const registration = await registerWithVault({ vaultUrl: o.vault.url, key, fabric: { name, kind: driver.kind }, serverName: name, version: VERSION, inventoryScope: 'all', dir });

@@ -125,9 +125,8 @@ export class VmImports {
     fsyncDir(this.dir);
     const disks = r.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: this.imageOf(name, d.name) }));
     // every block may differ from the replica at home: reverse replication compares them all
-    const divergence = Object.fromEntries(r.disks.map((d) => [d.name, [[0, d.size] as [number, number]]]));
     const at = this.now();
-    await this.host.adoptVm(name, r.id, disks, { epoch: r.epoch, point: { seq: 0, timeMs: at }, promotedAt: new Date(at).toISOString(), divergence }, false);
+    await this.host.adoptVm(name, r.id, disks, { epoch: r.epoch, point: { seq: 0, timeMs: at }, promotedAt: new Date(at).toISOString(), unknownChanges: true }, false);
   }
 
   /** Forget an imported VM: the host's record and its images go (its replication must be stopped first). */

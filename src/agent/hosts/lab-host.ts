@@ -68,9 +68,14 @@ export class LabVm implements HostVm {
     return this.spec.origin?.divergence;
   }
 
+  divergesEverywhere(): boolean {
+    return this.spec.origin?.unknownChanges === true;
+  }
+
   clearDivergence(): void {
-    if (!this.spec.origin?.divergence) return;
+    if (!this.spec.origin?.divergence && !this.spec.origin?.unknownChanges) return;
     this.spec.origin.divergence = undefined;
+    this.spec.origin.unknownChanges = undefined;
     this.saveSpec();
   }
 

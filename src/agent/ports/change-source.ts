@@ -66,6 +66,8 @@ export interface ChangeSource {
    */
   divergence?(): DiskRanges | undefined;
   clearDivergence?(): void;
+  /** every block may differ from the replica (its writes elsewhere were not tracked): reverse replication compares them all */
+  divergesEverywhere?(): boolean;
   /** refuse writes from now on: a newer epoch was promoted elsewhere */
   fence?(reason: string, epoch: number): void;
 }

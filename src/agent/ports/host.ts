@@ -41,6 +41,12 @@ export interface VmOrigin {
    * sends them; cleared once it has.
    */
   divergence?: DiskRanges | undefined;
+  /**
+   * every block may differ from the old primary's replica: the VM ran where its writes were
+   * not tracked (a failback from Azure); reverse replication compares them all. Cleared once
+   * it has.
+   */
+  unknownChanges?: true | undefined;
 }
 
 /** A VM that refuses writes: a newer epoch was promoted elsewhere. */

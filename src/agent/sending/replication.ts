@@ -189,6 +189,7 @@ export class PrimaryReplication {
         const required = tracker.resyncRequired;
         if (this.state === ReplicationState.InitialReplication && !(await this.initialCopy(client))) continue;
         else if (this.divergent === 'all' && !required) await this.resync(client, 'reverse replication: the old primary\'s changes are unknown, every block is compared');
+        else if (this.vm.divergesEverywhere?.() === true && !required) await this.resync(client, 'reverse replication: what this VM wrote where it ran is unknown (a failback from Azure), every block is compared');
         else if (this.divergent && this.divergent !== 'all' && !required) await this.reverseResync(client, this.divergent);
         else if (required || this.resyncAsked || (tracker.resync && tracker.activeSeq === tracker.resync.seq)) {
           if (required && !this.resyncAsked && !this.inResyncWindow()) {
@@ -937,7 +938,7 @@ export class PrimaryReplication {
     tracker.releaseThrough(seq);
     if (resync) {
       tracker.endResync();
-      if (this.divergent) {
+      if (this.divergent || this.vm.divergesEverywhere?.() === true) {
         // reverse replication is in step: the replica is now this VM at point `seq`
         this.divergent = null;
         this.vm.clearDivergence?.();

@@ -203,6 +203,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     } catch (e) {
       throw armError(e, `reaching storage account ${this.site.storageAccount.name} at ${this.site.storageAccount.blobEndpoint}`);
     }
+    await this.enrolRegionAgent();
     const renewer = (this.renewer = new AbortController());
     void (async () => {
       while (!renewer.signal.aborted) {
@@ -216,17 +217,18 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     })();
   }
 
-  /** the region's agent holds a certificate from the vault's CA: enrolled at start, or tried again at each inventory until it answers */
-  private regionEnrolled = false;
-
+  /**
+   * The region's agent gets a certificate from the vault's CA: at start, and again with each
+   * revocation list the provider hands (every inventory interval) while it has none, or its
+   * own is revoked or due for renewal. (Not from inventory(): enrolment reports the inventory first.)
+   */
   private async enrolRegionAgent(again = false): Promise<void> {
     const a = this.site.regionAgent;
-    if ((this.regionEnrolled && !again) || !a || !this.regionApi || !this.ctx) return;
+    if (!a || !this.regionApi || !this.ctx) return;
     try {
       await enrolAgent(this.regionApi, a.name, this.ctx, again);
-      this.regionEnrolled = true;
     } catch (e) {
-      this.ctx.log.warn({ host: a.name, err: (e as Error).message }, `the region's agent ${a.name} could not be enrolled now; trying again at the next inventory`);
+      this.ctx.log.warn({ host: a.name, err: (e as Error).message }, `the region's agent ${a.name} could not be enrolled now; trying again with the next revocation list`);
     }
   }
 
@@ -268,7 +270,6 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   }
 
   async inventory(): Promise<InventoryDocument> {
-    await this.enrolRegionAgent();
     const doc = await azureInventory(this.site, this.clients.network);
     const cloud = doc.clouds[0]!.id;
     // the VMs failovers made run here now

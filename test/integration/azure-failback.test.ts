@@ -1,0 +1,188 @@
+/**
+ * Failback from Azure, end to end through the vault: a lab VM fails over to Azure and is
+ * committed; the VM writes in Azure (a test writes into its managed disk's bytes); reprotect
+ * deallocates it, the osr agent in the region reads its disks through read SASs and
+ * replicates them home comparing every block, so that only the blocks the VM changed in
+ * Azure cross to the on-premises replica; a planned failover brings the VM up on premises
+ * from them, its commit, and a reprotect that protects it to Azure again — the failover's
+ * Azure resources removed, the replica's container resynchronized by checksums rather than
+ * copied anew. The bytes at every step are compared with what the VM held.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { promisify } from 'node:util';
+import { NetworkManagementClient } from '@azure/arm-network';
+import YAML from 'yaml';
+import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
+import type { ProtectedItem } from '../../src/domain/resources.js';
+import { OSR_TAG } from '../../src/drivers/azure/recovery.js';
+import { ensurePki, OSR_BIN, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
+import { labAgents, labNbdUri } from '../../src/lab/launcher.js';
+import { AgentClient } from '../../src/cli/agent-client.js';
+import type { FabricProvider } from '../../src/provider/fabric-provider.js';
+import { startAzurite, type Azurite } from '../support/azurite.js';
+import { startAzureProvider } from '../support/azure-site.js';
+import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
+import { tempDir, waitFor } from '../support/lab.js';
+import { site } from '../support/topology.js';
+import { startVault, type TestVault } from '../support/vault.js';
+
+const run = promisify(execFile);
+const dir = tempDir('osr-azure-failback-');
+const MiB = 1024 * 1024;
+let azurite: Azurite;
+let arm: FakeArm;
+let v: TestVault;
+let labProvider: ChildProcess | undefined;
+let azureProvider: FabricProvider | undefined;
+let regionAgent: RunningAgent | undefined;
+
+async function osr(...args: string[]): Promise<string> {
+  const r = await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 300_000 });
+  return r.stdout;
+}
+
+const item = async (): Promise<ProtectedItem> => (await v.api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === 'web')!;
+
+before(async () => {
+  azurite = await startAzurite();
+  arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
+  const network = new NetworkManagementClient(arm.credential, arm.subscriptionId, { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca } });
+  await network.virtualNetworks.createOrUpdate(arm.resourceGroup, 'prod', { location: 'westeurope', addressSpace: { addressPrefixes: ['10.9.0.0/16'] }, subnets: [{ name: 'Subnet1', addressPrefix: '10.9.0.0/24' }] }, { updateIntervalInMs: 20 });
+
+  v = await startVault({ dataDir: path.join(dir, 'vault') });
+  fs.writeFileSync(path.join(dir, 'vault-ca.pem'), v.vault.ctx.identity.ca.certPem);
+  fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
+
+  const primary = site('Primary', 'p-host', [{ name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false }]);
+  primary.logicalNetworks = ['LN'];
+  primary.vmNetworks = [{ name: 'Prod', logicalNetwork: 'LN', subnets: [{ name: 'Subnet1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.20' } }] }];
+  primary.clouds[0]!.hostGroups[0]!.hosts[0]!.logicalNetworks = ['LN'];
+  fs.mkdirSync(path.join(dir, 'sites', 'primary'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'sites', 'primary.yaml'), YAML.stringify({ ...primary, lab: { dir: path.join(dir, 'sites', 'primary') } }));
+  const key = async () => (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
+  const log = fs.openSync(path.join(dir, 'lab-provider.log'), 'a');
+  labProvider = spawn(process.execPath, [OSR_BIN, 'provider', '--fabric', 'lab', '--config', path.join(dir, 'sites', 'primary.yaml'), '--vault', v.url, '--registration-key', await key(), '--status-interval', '1s', '--poll', '2s'], { stdio: ['ignore', 'pipe', log] });
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    labProvider!.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('"fabricId"')) resolve();
+    });
+    labProvider!.once('exit', (c) => reject(new Error(`the lab provider exited (${c}): ${fs.readFileSync(path.join(dir, 'lab-provider.log'), 'utf8').slice(-2000)}`)));
+  });
+
+  // the osr agent in the region: a lab host's agent, enrolled by the Azure provider with the vault's CA
+  const pkiDir = path.join(dir, 'region-pki');
+  await ensurePki(pkiDir, ['azure-westeurope']);
+  regionAgent = await startAgentProcess({ name: 'azure-westeurope', dataDir: path.join(dir, 'region-agent'), pkiDir, listenPort: 0, logFile: path.join(dir, 'region-agent.log') });
+  ({ provider: azureProvider } = await startAzureProvider({ vault: v, dir, azurite, arm, regionAgent: { api: regionAgent.apiUrl, apiTokenFile: regionAgent.apiTokenFile, replicationPort: regionAgent.replicationPort! } }));
+});
+
+after(async () => {
+  await azureProvider?.stop();
+  if (regionAgent) await stopAgentProcess(regionAgent);
+  if (labProvider && labProvider.exitCode === null) {
+    const exited = new Promise((r) => labProvider!.once('exit', r));
+    labProvider.kill('SIGTERM');
+    await exited;
+  }
+  await v?.close();
+  await arm?.stop();
+  await azurite?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** The lab VM's disk through its NBD export: `write` writes and flushes, otherwise reads `bytes` at `offset`. */
+async function vmDisk(vm: string, disk: string, offset: number, bytes: number, write?: Buffer): Promise<Buffer> {
+  const [target] = await labNbdUri(dir, vm, disk);
+  const c = await NbdClient.connect(target!.uri);
+  try {
+    if (write) {
+      await c.write(offset, write);
+      await c.flush();
+      return write;
+    }
+    return await c.read(offset, bytes);
+  } finally {
+    await c.close();
+  }
+}
+
+const failoverDisks = () => [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'failover');
+
+test('failback from Azure: reprotect reads the deallocated VM\'s disks in the region and sends home only the blocks it changed; a planned failover brings it home; reprotect protects it to Azure again', { timeout: 600_000 }, async () => {
+  await waitFor('both fabrics\' inventories', async () => {
+    const vms = (await v.api.request<{ items: { name: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
+    const nets = (await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=100')).items;
+    return vms.some((x) => x.name === 'web') && nets.some((n) => n.id === 'azure-we.prod');
+  });
+  await osr('policy', 'create', 'to-azure', '--copy-frequency', '30s', '--retention-hours', '1');
+  await osr('pairing', 'create', '--policy', 'to-azure', '--source-cloud', 'primary.primary-cloud', '--target-cloud', `azure-we.rg-${arm.resourceGroup}`);
+  await osr('mapping', 'create', 'network', '--source', 'primary.prod', '--target', 'azure-we.prod');
+  await osr('mapping', 'create', 'storage', '--source', 'primary.gold', '--target', 'azure-we.StandardSSD_LRS');
+  const original = await vmDisk('web', 'disk0', 0, 0, crypto.randomBytes(2 * MiB));
+  await osr('item', 'enable', 'web', '--wait');
+  await osr('item', 'planned-failover', 'web', '--wait');
+  await osr('item', 'commit', 'web', '--wait');
+  let it = await item();
+  assert.equal(it.state, 'Committed');
+
+  // the VM writes in Azure: 64 KiB into its system disk, 4 KiB into its data disk
+  const system = failoverDisks().find((r) => r.name.endsWith('disk0'))!;
+  const data = failoverDisks().find((r) => r.name.endsWith('disk1'))!;
+  const inAzure = crypto.randomBytes(64 * 1024);
+  await arm.diskBlob(system.id).uploadPages(inAzure, 3 * MiB, inAzure.length);
+  const inAzureData = crypto.randomBytes(4096);
+  await arm.diskBlob(data.id).uploadPages(inAzureData, MiB, inAzureData.length);
+  const changed = inAzure.length + inAzureData.length;
+
+  // reprotect: the old primary becomes the replica; the VM in Azure is deallocated and replicates home from the region's agent
+  await osr('item', 'reprotect', 'web', '--wait');
+  it = await item();
+  assert.equal(it.state, 'Protected');
+  assert.equal(arm.powerOf('web'), 'deallocated', 'the VM in Azure is deallocated before its disks are read');
+  assert.deepEqual([...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/disks' && r.properties.diskState === 'ActiveSAS').map((r) => r.name), [], 'the disks\' read access ended after the import');
+  const home = (await regionAgent!.api.get<{ vm: string; resync: { differingBytes: number; wireBytesSent: number; totalBytes: number } | null }[]>('/v1/replications')).find((r) => r.vm === 'web')!;
+  assert.ok(home.resync, 'reverse replication compared the disks');
+  assert.equal(home.resync.totalBytes, 12 * MiB, 'every block of both disks compared');
+  assert.ok(home.resync.differingBytes >= changed && home.resync.differingBytes <= changed * 2, `only the blocks the VM changed in Azure were sent: ${home.resync.differingBytes} bytes for ${changed} changed`);
+
+  // a planned failover home: the VM runs on premises from the disks as they were in Azure
+  await osr('item', 'planned-failover', 'web', '--wait');
+  it = await item();
+  assert.equal(it.state, 'FailedOver');
+  assert.ok((await vmDisk('web', 'disk0', 3 * MiB, inAzure.length)).equals(inAzure), 'the write made in Azure came home');
+  assert.ok((await vmDisk('web', 'disk1', MiB, inAzureData.length)).equals(inAzureData));
+  assert.ok((await vmDisk('web', 'disk0', 0, original.length)).equals(original), 'what was there before the failover is there');
+  await osr('item', 'commit', 'web', '--wait');
+
+  // reprotect to Azure again: the failover's resources go, the container is resynchronized, not copied anew
+  await osr('item', 'reprotect', 'web', '--wait');
+  it = await item();
+  assert.equal(it.state, 'Protected');
+  assert.equal(it.replication.replica?.agent.kind, 'azure');
+  assert.deepEqual([...arm.resources.values()].filter((r) => r.tags?.[OSR_TAG.role] === 'failover').map((r) => r.name), [], 'what the failover made in Azure is removed');
+  assert.equal(arm.powerOf('web'), undefined);
+  // the on-premises agent compared every block with the container, and sent only what the VM changed in Azure
+  const [labAgent] = labAgents(dir);
+  const out = (await new AgentClient(labAgent!.api).get<{ vm: string; resync: { differingBytes: number; totalBytes: number } | null }[]>('/v1/replications')).find((r) => r.vm === 'web')!;
+  assert.ok(out.resync, 'replication to Azure began with a resync');
+  assert.equal(out.resync.totalBytes, 12 * MiB);
+  assert.ok(out.resync.differingBytes >= changed && out.resync.differingBytes <= changed * 2, `${out.resync.differingBytes} bytes sent to the container for ${changed} changed`);
+  // the next point of the container holds the VM as it runs on premises
+  const before = (await v.api.request<{ items: { id: string }[] }>('GET', `/api/v1/protected-items/${it.id}/recovery-points`)).items.map((p) => Number(p.id));
+  await waitFor('a point after the reprotect', async () => (await v.api.request<{ items: { id: string }[] }>('GET', `/api/v1/protected-items/${it.id}/recovery-points`)).items.some((p) => Number(p.id) > Math.max(...before, 0)), 120_000, 1000);
+  // a drill of the newest point: its disk holds the write made in Azure
+  await osr('item', 'test-failover', 'web', '--network', 'temporary', '--wait');
+  const drill = [...arm.resources.values()].find((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'test' && r.name.endsWith('disk0'))!;
+  const drilled = await arm.diskBytes(drill.id);
+  assert.ok(drilled.subarray(3 * MiB, 3 * MiB + inAzure.length).equals(inAzure), 'the replica in Azure holds what the VM wrote there, now from home');
+  assert.ok(drilled.subarray(0, original.length).equals(original));
+  await osr('item', 'test-failover-cleanup', 'web', '--wait');
+  assert.deepEqual(arm.violations, [], 'every request matched the REST specifications');
+});
