@@ -6,19 +6,25 @@
  * copy is read back and compared with the source. Azurite keeps blobs in files on the
  * local disk: the figures say how osr's data path compares with the SDK's on the same
  * storage, not what an Azure account would take.
+ *
+ * Its third part is failback: a disk failed over to Azure (a page blob with a VHD footer,
+ * as a managed disk's read SAS shows it) with 1 % of it changed there, read by the region's
+ * agent (an import, as failback does) and replicated home to the old primary's demoted
+ * disks: the bytes sent over the wire against the bytes that differ.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ContainerSASPermissions, generateBlobSASQueryParameters, type ContainerClient } from '@azure/storage-blob';
+import crypto from 'node:crypto';
+import { BlobSASPermissions, ContainerSASPermissions, generateBlobSASQueryParameters, type ContainerClient } from '@azure/storage-blob';
 import type { ReplicationHealth } from '../src/agent/wire/replication-types.js';
 import { ensurePki } from '../src/lab/agent-process.js';
-import { pageBlobBytes } from '../src/domain/vhd.js';
+import { pageBlobBytes, vhdFooter, VHD_FOOTER_BYTES } from '../src/domain/vhd.js';
 import { startAzurite, type Azurite } from '../test/support/azurite.js';
 import { parseBytes, parseMs, UsageError, type Flags } from './lib/args.js';
 import { NbdClient } from '../src/agent/nbd/nbd-client.js';
 import { churn, randomPool } from './replication.js';
 import { fillRandom } from './lib/files.js';
-import { onCleanup, sleep, startAgent, tempDir } from './lib/lab.js';
+import { onCleanup, sleep, startAgent, tempDir, waitFor } from './lib/lab.js';
 import { machineFacts } from './lib/machine.js';
 import { ProcessSampler, cpuSeconds, ownCpuSeconds } from './lib/proc.js';
 import { GiB, MB, median, percentile, round } from './lib/stats.js';
@@ -33,7 +39,10 @@ export interface AzureBenchOptions {
   frequencySeconds: number;
   minutes: number;
   rpoDiskBytes: number;
-  only: 'upload' | 'rpo' | undefined;
+  only: 'upload' | 'rpo' | 'failback' | undefined;
+  /** the failback run: the disk's size, and the share of it changed in Azure */
+  failbackDiskBytes: number;
+  failbackChangedFraction: number;
   resultsDir: string;
 }
 
@@ -46,13 +55,16 @@ export function azureOptions(flags: Flags, resultsDir: string): AzureBenchOption
     frequencySeconds: parseMs(flags.string('frequency', '30s')) / 1000,
     minutes: flags.number('minutes', 3, (n) => n > 0),
     rpoDiskBytes: parseBytes(flags.string('rpo-disk', '256M')),
+    failbackDiskBytes: parseBytes(flags.string('failback-disk', '1G')),
+    failbackChangedFraction: flags.number('failback-changed', 0.01, (n) => n > 0 && n < 1),
     only: undefined,
     resultsDir,
   };
   const only = flags.optionalString('only');
-  if (only !== undefined && only !== 'upload' && only !== 'rpo') throw new UsageError(`--only ${only}: upload or rpo`);
+  if (only !== undefined && only !== 'upload' && only !== 'rpo' && only !== 'failback') throw new UsageError(`--only ${only}: upload, rpo or failback`);
   o.only = only;
   if (o.bytes % (4 * 1024 * 1024) !== 0) throw new UsageError('--size must be a multiple of 4 MiB');
+  if (o.failbackDiskBytes % (1024 * 1024) !== 0) throw new UsageError('--failback-disk must be a multiple of 1 MiB');
   return o;
 }
 
@@ -254,6 +266,82 @@ async function rpoRun(az: Azurite, pkiDir: string, dir: string, o: AzureBenchOpt
   }
 }
 
+interface FailbackRun {
+  diskBytes: number;
+  divergentBytes: number;
+  differingBytes: number;
+  /** data bytes the region's agent sent home (the replica's checksums came the other way) */
+  wireBytesSent: number;
+  wireBytesReceived: number;
+  importSeconds: number;
+  importMBps: number;
+  resyncSeconds: number;
+}
+
+/**
+ * Failback's data path with real agent processes: the old primary's disk demoted at home;
+ * the same bytes as a page blob with 1 % changed "in Azure"; the region's agent imports the
+ * blob through a read SAS and replicates it home, comparing every 4 KiB block.
+ */
+async function failbackRun(az: Azurite, pkiDir: string, dir: string, o: AzureBenchOptions): Promise<FailbackRun> {
+  const size = o.failbackDiskBytes;
+  await ensurePki(pkiDir, ['home', 'azure-westeurope']);
+  const home = await startAgent({ name: 'home', dataDir: path.join(dir, 'home'), pkiDir, listenPort: 0, logFile: path.join(dir, 'home.log'), extraArgs: ['--log-level', 'warn'] });
+  const region = await startAgent({ name: 'azure-westeurope', dataDir: path.join(dir, 'region'), pkiDir, logFile: path.join(dir, 'region.log'), extraArgs: ['--log-level', 'warn'] });
+  try {
+    // the old primary: its disk as it was at the failover, demoted to be the replica
+    const vm = (await home.api.post<{ id: string; disks: { id: string; name: string }[] }>('/v1/vms', { name: 'web', disks: [size] }));
+    const [disk] = await home.api.get<{ name: string; image: string }[]>('/v1/vms/web/disks');
+    fillRandom(disk!.image, size);
+    await home.api.post('/v1/vms/web/demote', { epoch: 2, source: 'azure-westeurope' });
+    // the disk in Azure: the same bytes, then 4 KiB writes at random places (1 %), the VHD footer after the disk
+    const container = az.service.getContainerClient('failback');
+    await container.createIfNotExists();
+    const blob = container.getPageBlobClient('web-disk0.vhd');
+    await blob.create(pageBlobBytes(size));
+    const fd = fs.openSync(disk!.image, 'r');
+    const chunk = Buffer.alloc(PUT);
+    for (let at = 0; at < size; at += PUT) {
+      fs.readSync(fd, chunk, 0, PUT, at);
+      await blob.uploadPages(chunk, at, PUT);
+    }
+    fs.closeSync(fd);
+    await blob.uploadPages(vhdFooter(size), pageBlobBytes(size) - VHD_FOOTER_BYTES, VHD_FOOTER_BYTES);
+    const blocks = size / 4096;
+    const changed = new Set<number>();
+    while (changed.size < Math.round(blocks * o.failbackChangedFraction)) changed.add(Math.floor(Math.random() * blocks));
+    for (const b of changed) await blob.uploadPages(crypto.randomBytes(4096), b * 4096, 4096);
+    const divergentBytes = changed.size * 4096;
+    const sas = generateBlobSASQueryParameters({ containerName: 'failback', blobName: 'web-disk0.vhd', permissions: BlobSASPermissions.parse('r'), expiresOn: new Date(Date.now() + 6 * 3600_000) }, az.credential).toString();
+
+    // the region's agent reads the disk (inside the region: no WAN bytes), then replicates it home
+    const t0 = performance.now();
+    await region.api.post('/v1/vms/web/import', { id: vm.id, epoch: 2, disks: [{ id: vm.disks[0]!.id, name: vm.disks[0]!.name, size, url: `${blob.url}?${sas}` }] });
+    await waitFor('the import', async () => {
+      const p = await region.api.get<{ state: string; error?: { message: string } }>('/v1/vms/web/import');
+      if (p.state === 'failed') throw new Error(`the import failed: ${p.error?.message ?? ''}`);
+      return p.state === 'done' ? true : undefined;
+    }, 30 * 60_000, 100);
+    const importSeconds = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    await region.api.post('/v1/replications', { vm: 'web', peer: `127.0.0.1:${home.replicationPort}`, copyFrequency: '1h', resyncWindow: 'never' });
+    const h = await waitFor('the resync home', async () => {
+      const x = await region.api.get<ReplicationHealth>('/v1/replications/web');
+      if (x.lastError && x.state === 'Error') throw new Error(`failback failed: ${x.lastError.message}`);
+      return x.resync?.completedAt ? x : undefined;
+    }, 30 * 60_000, 100);
+    const resyncSeconds = (performance.now() - t1) / 1000;
+    // the replica at home now holds the disk as it was in Azure
+    const replicaImage = path.join(dir, 'home', 'replicas', vm.id, 'disks', `${vm.disks[0]!.name}.img`);
+    if (!(await sameAsFile(container, 'web-disk0.vhd', replicaImage, size))) throw new Error('the disk at home differs from the disk in Azure after the failback');
+    const r = h.resync!;
+    return { diskBytes: size, divergentBytes, differingBytes: r.differingBytes, wireBytesSent: r.wireBytesSent, wireBytesReceived: r.wireBytesReceived, importSeconds, importMBps: size / MB / importSeconds, resyncSeconds };
+  } finally {
+    await region.stop();
+    await home.stop();
+  }
+}
+
 export async function runAzureBench(o: AzureBenchOptions): Promise<void> {
   const log = (s: string) => console.log(s);
   const machine = machineFacts();
@@ -270,7 +358,7 @@ export async function runAzureBench(o: AzureBenchOptions): Promise<void> {
   const result: Record<string, unknown> = { ...previous, machine, options: o };
   const rows: (string | null)[][] = [];
 
-  if (o.only !== 'rpo') {
+  if (o.only === undefined || o.only === 'upload') {
     const runs: { osr: UploadRun; sdk: UploadRun; sdkParallel: UploadRun }[] = [];
     log(`\n1. initial upload of ${fmt(o.bytes / GiB, 2)} GiB of random data: ${o.runs} runs of osr, each followed by the plain SDK loop (4 MiB uploadPages, one at a time) and the same calls 8 at a time`);
     for (let i = 0; i < o.runs; i++) {
@@ -292,7 +380,14 @@ export async function runAzureBench(o: AzureBenchOptions): Promise<void> {
       ['CPU s of the uploader (median)', fmt(median(runs.map((r) => r.osr.uploaderCpuSeconds ?? NaN)), 1), `SDK loop ${fmt(median(runs.map((r) => r.sdk.uploaderCpuSeconds ?? NaN)), 1)}`, ''],
     );
   }
-  if (o.only !== 'upload') {
+  if (o.only === undefined || o.only === 'failback') {
+    log(`\n3. failback: a ${fmt(o.failbackDiskBytes / GiB, 2)} GiB disk failed over to Azure, ${fmt(o.failbackChangedFraction * 100, 1)} % of it changed there in 4 KiB writes; the region's agent reads it and replicates it home`);
+    const fb = await failbackRun(az, pkiDir, dir, o);
+    log(`  import in the region ${fmt(fb.importSeconds, 2)} s (${fmt(fb.importMBps, 0)} MB/s); resync ${fmt(fb.resyncSeconds, 2)} s; ${fb.differingBytes} bytes found different and ${fb.wireBytesSent} sent for ${fb.divergentBytes} changed; home disk verified`);
+    Object.assign(result, { failbackBytesSent: fb.wireBytesSent, divergentBytes: fb.divergentBytes, failbackRatio: round(fb.wireBytesSent / fb.divergentBytes, 3), failback: fb });
+    rows.push(['failback bytes sent / divergent', fmt(fb.wireBytesSent / fb.divergentBytes, 3), `${fb.wireBytesSent} / ${fb.divergentBytes} bytes; a full download: ${o.failbackDiskBytes}`, '≤ 1.2']);
+  }
+  if (o.only === undefined || o.only === 'rpo') {
     log(`\n2. RPO: ${o.rpoVms} VMs writing ${o.churnMBps} MB/s each, a copy every ${o.frequencySeconds} s to Azurite, for ${o.minutes} min`);
     const rpo = await rpoRun(az, pkiDir, dir, o, log);
     log(`  a point's time (p50/p99): waiting ${fmt(rpo.phasesSeconds.wait.p50, 1)}/${fmt(rpo.phasesSeconds.wait.p99, 1)} s, sending ${fmt(rpo.phasesSeconds.send.p50, 1)}/${fmt(rpo.phasesSeconds.send.p99, 1)} s, applying into the blobs ${fmt(rpo.phasesSeconds.apply.p50, 1)}/${fmt(rpo.phasesSeconds.apply.p99, 1)} s`);

@@ -76,7 +76,8 @@ benchmarks:
                 (needs libvirtd: bash scripts/libvirt-up.sh; virtnbdbackup from Debian)
   azure         the initial copy of a disk to Azure storage (Azurite here) by osr, against a
                 plain loop of 4 MiB uploadPages calls of @azure/storage-blob on the same bytes,
-                and the RPO of VMs replicated to it while they write
+                the RPO of VMs replicated to it while they write, and failback: the bytes sent
+                home against the bytes changed in Azure
   all           every benchmark, one after another (flags go to each)
 
 libvirt flags:
@@ -122,7 +123,8 @@ azure flags:
   --size 2G            random data on the disk (2G, a multiple of 4 MiB)
   --rpo-vms 4          VMs of the RPO run, each writing --churn MB/s (2)
   --frequency 30s      copy frequency of the RPO run; --minutes 3 measured; --rpo-disk 256M each
-  --only upload|rpo    run one part (the other part's figures stay from the last run)
+  --failback-disk 1G   the failback run's disk; --failback-changed 0.01 of it changed in Azure
+  --only upload|rpo|failback  run one part (the other parts' figures stay from the last run)
 
 vault flags:
   --items N            protected items loaded (10000)
