@@ -299,7 +299,9 @@ async function failbackRun(az: Azurite, pkiDir: string, dir: string, o: AzureBen
     await container.createIfNotExists();
     const blob = container.getPageBlobClient('web-disk0.vhd');
     await blob.create(pageBlobBytes(size));
-    const fd = fs.openSync(disk!.image, 'r');
+    // (the demote took the image into the replica store)
+    const replicaImage = path.join(dir, 'home', 'replicas', vm.id, 'disks', `${vm.disks[0]!.name}.img`);
+    const fd = fs.openSync(replicaImage, 'r');
     const chunk = Buffer.alloc(PUT);
     for (let at = 0; at < size; at += PUT) {
       fs.readSync(fd, chunk, 0, PUT, at);
@@ -332,7 +334,6 @@ async function failbackRun(az: Azurite, pkiDir: string, dir: string, o: AzureBen
     }, 30 * 60_000, 100);
     const resyncSeconds = (performance.now() - t1) / 1000;
     // the replica at home now holds the disk as it was in Azure
-    const replicaImage = path.join(dir, 'home', 'replicas', vm.id, 'disks', `${vm.disks[0]!.name}.img`);
     if (!(await sameAsFile(container, 'web-disk0.vhd', replicaImage, size))) throw new Error('the disk at home differs from the disk in Azure after the failback');
     const r = h.resync!;
     return { diskBytes: size, divergentBytes, differingBytes: r.differingBytes, wireBytesSent: r.wireBytesSent, wireBytesReceived: r.wireBytesReceived, importSeconds, importMBps: size / MB / importSeconds, resyncSeconds };

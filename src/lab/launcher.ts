@@ -330,8 +330,23 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
           const id = slug(azure.name);
           const azureDir = path.join(dir, 'azure');
           const e = await spawnReady(['lab', 'azure-emulator', '--data-dir', azureDir, '--topology', path.join(dir, 'topology.yaml')], path.join(azureDir, 'emulator.log'), (l) => typeof l.azureEmulator === 'string', { onSpawn: spawned('emulator', 'azure'), signal: o.signal });
+          // the osr agent in the region (failback reads the Azure disks there): a lab host's agent on its ports of the last start, enrolled by the Azure provider over its provider channel
+          const regionName = `azure-${azure.location}`;
+          const regionFile = path.join(azureDir, 'region-agent.json');
+          const known = fs.existsSync(regionFile) ? (JSON.parse(fs.readFileSync(regionFile, 'utf8')) as { replicationPort: number; providerApiPort: number; agentFingerprint?: string }) : undefined;
+          const args = ['agent', '--name', regionName, '--data-dir', path.join(azureDir, 'region-agent'), '--ca', caFile, '--provider-api', `127.0.0.1:${known?.providerApiPort ?? 0}`, '--host', 'lab', '--listen', `127.0.0.1:${known?.replicationPort ?? 0}`, '--retry-backoff', '5s,10s,20s', '--retry-every', '30s', '--log-level', 'warn'];
+          const a = await spawnReady(args, path.join(azureDir, 'region-agent.log'), (l) => typeof l.api === 'string', { onSpawn: spawned('agent', regionName), signal: o.signal });
+          const replicationPort = Number(a.line.replicationPort);
+          const providerApi = String(a.line.providerApi);
+          // printed until the agent is enrolled; the first one stays in the site file
+          const agentFingerprint = typeof a.line.bootstrapFingerprint === 'string' ? a.line.bootstrapFingerprint : known?.agentFingerprint;
+          await writeFileAtomic(regionFile, JSON.stringify({ replicationPort, providerApiPort: Number(new URL(providerApi).port), ...(agentFingerprint !== undefined ? { agentFingerprint } : {}) }), 0o600);
+          const agentInfo: LabAgentInfo = { host: regionName, hostId: regionName, fabric: azure.name, api: String(a.line.api), pid: a.child.pid!, replicationPort, nbdSocket: String(a.line.nbdSocket ?? '') };
+          fs.mkdirSync(path.join(sitesDir, id), { recursive: true });
+          await writeFileAtomic(path.join(sitesDir, id, 'agents.json'), `${JSON.stringify([agentInfo], null, 2)}\n`, 0o644);
           const siteFile = path.join(sitesDir, `${id}.yaml`);
-          await writeFileAtomic(siteFile, YAML.stringify(emulatorSiteFile(azureDir, azure, { blobEndpoint: String(e.line.blobEndpoint), armEndpoint: String(e.line.armEndpoint) })), 0o600);
+          const site = { ...emulatorSiteFile(azureDir, azure, { blobEndpoint: String(e.line.blobEndpoint), armEndpoint: String(e.line.armEndpoint) }), regionAgent: { agent: providerApi, ...(agentFingerprint !== undefined ? { agentFingerprint } : {}), addresses: ['127.0.0.1'], replicationPort } };
+          await writeFileAtomic(siteFile, YAML.stringify(site), 0o600);
           return startProvider(azure.name, id, 'azure', siteFile, ['--data-dir', path.join(sitesDir, id, 'provider')]);
         })(),
       );

@@ -5,7 +5,7 @@
  * through @azure/identity. The CLI protects a VM to Azure as the topology's comment says;
  * a drill runs and is cleaned up; the lab stops and starts again from its state, the
  * emulator on the same ports, and replication goes on; a planned failover makes the VM in
- * Azure.
+ * Azure; it fails back through the osr agent in the region and is protected to Azure again.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -16,7 +16,8 @@ import { promisify } from 'node:util';
 import YAML from 'yaml';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
-import { labDown, labStatus, readLabFile } from '../../src/lab/launcher.js';
+import { AgentClient } from '../../src/cli/agent-client.js';
+import { labAgents, labDown, labStatus, readLabFile } from '../../src/lab/launcher.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { tempDir, waitFor } from '../support/lab.js';
 
@@ -43,7 +44,8 @@ test('the to-azure lab: protection to the emulated Azure site, a drill, a restar
   assert.match(up, /Azure-WestEurope \(azure-westeurope\): Azure, emulated/);
   const s = await labStatus(dir);
   assert.equal(s.running, true, JSON.stringify(s.processes));
-  assert.deepEqual(s.processes.map((p) => p.role).sort(), ['agent', 'emulator', 'provider', 'provider', 'vault']);
+  // the on-premises host's agent, and the osr agent in the Azure region (failback)
+  assert.deepEqual(s.processes.map((p) => p.role).sort(), ['agent', 'agent', 'emulator', 'provider', 'provider', 'vault']);
   // the emulated principal's secret and the account's key are owner-only
   for (const f of ['principal.secret', 'account.key']) assert.equal(fs.statSync(path.join(dir, 'azure', f)).mode & 0o077, 0, f);
 
@@ -84,6 +86,20 @@ test('the to-azure lab: protection to the emulated Azure site, a drill, a restar
       const vms = (await again.request<{ items: { name: string; fabricId: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
       return vms.some((v) => v.name === 'web01' && v.fabricId === 'azure-westeurope');
     }, 60_000, 500);
+
+    // failback: committed, reprotected home through the region's agent (enrolled over its provider channel), a planned failover home, and protected to Azure again
+    await osr('item', 'commit', 'vmm-onprem.web01', '--wait');
+    await osr('item', 'reprotect', 'vmm-onprem.web01', '--wait');
+    const region = labAgents(dir).find((a) => a.host === 'azure-westeurope')!;
+    const home = (await new AgentClient(region.api).get<{ vm: string; resync: { differingBytes: number; totalBytes: number; completedAt: string | null } | null }[]>('/v1/replications')).find((r) => r.vm === 'web01')!;
+    assert.ok(home.resync?.completedAt, 'the region\'s agent compared the disks with the old primary\'s');
+    assert.equal(home.resync.differingBytes, 0, 'nothing changed in Azure: nothing was sent home');
+    await osr('item', 'planned-failover', 'vmm-onprem.web01', '--wait');
+    await osr('item', 'commit', 'vmm-onprem.web01', '--wait');
+    await osr('item', 'reprotect', 'vmm-onprem.web01', '--wait');
+    const back = (await again.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === 'web01')!;
+    assert.equal(back.state, 'Protected');
+    assert.equal(back.replication.replica?.agent.kind, 'azure', 'protected to Azure again');
   } finally {
     again.close();
   }
