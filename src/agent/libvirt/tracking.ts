@@ -463,14 +463,16 @@ export class LibvirtTracking {
    * With keepActive (known ranges only), the active checkpoint stays and the backup makes
    * no new one: the writes since the last point go out with the resync's point.
    */
-  async beginResync(opts: { keepActive?: boolean } = {}): Promise<{ id: string; seq: number; resumed: boolean }> {
+  async beginResync(opts: { keepActive?: boolean; after?: number } = {}): Promise<{ id: string; seq: number; resumed: boolean }> {
     await this.endBackup();
     const resumed = this.state.resync !== undefined;
-    const seq = this.state.activeSeq;
+    let seq = this.state.activeSeq;
     const disks = this.disks.map((d) => d.target);
     if (opts.keepActive && !this.state.resyncRequired) {
       this.backup = await PullBackup.begin(this.virsh, this.domain, { disks, workDir: this.workDir });
     } else {
+      // a replica numbered ahead of this domain (a stale one after a failback): the resync's delta comes after its points
+      if (opts.after !== undefined && opts.after >= seq) this.state.activeSeq = seq = opts.after + 1;
       await dropCheckpoints(this.virsh, this.domain);
       this.removeLogs(() => true);
       this.backup = await PullBackup.begin(this.virsh, this.domain, { disks, checkpoint: this.checkpoint(seq), workDir: this.workDir });

@@ -138,8 +138,12 @@ export interface ChangeTracking {
   markResyncRequired(reason: string): void;
   /** a resynchronization in progress, and the log that tracks writes since it began */
   readonly resync: { id: string; seq: number; startedMs: number } | undefined;
-  /** begin a resynchronization (or go on with the one in progress): drops older logs */
-  beginResync(opts?: { keepActive?: boolean }): ResyncBegun | Promise<ResyncBegun>;
+  /**
+   * begin a resynchronization (or go on with the one in progress): drops older logs.
+   * `after`: its delta's number comes after this one (a replica whose numbering is ahead of
+   * this VM's: a stale one after a failback); not with `keepActive`.
+   */
+  beginResync(opts?: { keepActive?: boolean; after?: number }): ResyncBegun | Promise<ResyncBegun>;
   /** ranges written in the logs held now (all, or the closed ones only) */
   loggedRanges(which: 'all' | 'closed'): DiskRanges;
   /** the resync's point reached the replica */

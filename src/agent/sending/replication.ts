@@ -237,7 +237,8 @@ export class PrimaryReplication {
     this.state = ReplicationState.Resynchronizing;
     // a resync of known ranges keeps the open log: its writes go out at the end, while those
     // of the closed logs are among the ranges
-    const r = await tracker.beginResync(only ? { keepActive: true } : {});
+    // a replica numbered ahead of this VM (stale after a failback, its points of the VM's earlier life): the resync's point comes after them
+    const r = await tracker.beginResync(only ? { keepActive: true } : { after: this.latestSeq });
     const blockSize = this.spec.resyncBlockSize ?? DEFAULT_RESYNC_BLOCK_SIZE;
     const begun = await client.request<{ disks: Record<string, { offset: number; finished: boolean }> }>('resync-begin', { id: r.id, seq: r.seq, blockSize });
     const ranges = new Map(this.vm.disks.map((d) => [d.name, only ? alignRanges(only[d.name] ?? [], blockSize, d.size) : ([[0, d.size]] as Range[])]));

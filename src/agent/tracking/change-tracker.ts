@@ -160,14 +160,14 @@ export class VmChangeTracker implements ChangeTracking {
    * while the guest writes, so the point it ends in is its staged blocks followed by this
    * log. Clears "resync required".
    */
-  beginResync(opts: { keepActive?: boolean } = {}): { id: string; seq: number; resumed: boolean } {
+  beginResync(opts: { keepActive?: boolean; after?: number } = {}): { id: string; seq: number; resumed: boolean } {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
     const cur = this.state.resync;
     if (cur && !this.state.resyncRequired && cur.seq === this.activeSeq && this.disks.every((d) => d.active)) return { ...cur, resumed: true };
     // keepActive: the open log goes on as the resync's log (its writes are shipped at the
     // end, those of the closed logs are among the ranges the resync sends)
     const keep = opts.keepActive === true && !this.state.resyncRequired && this.disks.every((d) => d.active);
-    const seq = keep ? this.activeSeq : this.state.nextSeq;
+    const seq = keep ? this.activeSeq : Math.max(this.state.nextSeq, (opts.after ?? 0) + 1);
     for (const d of this.disks) {
       if (!keep) {
         d.active?.closeFile();
