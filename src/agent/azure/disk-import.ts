@@ -25,6 +25,8 @@ import { storageError } from './page-blob-disk.js';
 /** a range read at once: the most a ranged read may ask an MD5 for */
 const RANGE_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT = 8;
+/** a range's pieces of zeros this large are left as holes */
+const HOLE_GRAIN = 64 * 1024;
 
 export interface DiskSource {
   /** the disk's id at home (its change logs and its replica are keyed by it) */
@@ -98,9 +100,12 @@ export async function importDisk(d: DiskSource, file: string, onBytes: (n: numbe
         if (res.contentMD5 && !crypto.createHash('md5').update(buf).digest().equals(Buffer.from(res.contentMD5))) {
           throw new OsrError('CHECKSUM_MISMATCH', `${count} bytes at ${offset} of ${what} do not match their MD5`, { disk: d.name, offset });
         }
-        if (!isZero(buf)) {
-          writeFully(fd, buf, offset);
-          written += count;
+        // written in 64 KiB pieces: the pieces of zeros stay holes
+        for (let at = 0; at < buf.length; at += HOLE_GRAIN) {
+          const piece = buf.subarray(at, Math.min(buf.length, at + HOLE_GRAIN));
+          if (isZero(piece)) continue;
+          writeFully(fd, piece, offset + at);
+          written += piece.length;
         }
         onBytes(count);
       }

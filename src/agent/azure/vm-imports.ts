@@ -16,6 +16,7 @@ import { OsrError, toOsrError } from '../../domain/errors.js';
 import { safeName } from '../../domain/names.js';
 import { fsyncDir } from '../io/durable-file.js';
 import type { Host, VmSpec } from '../ports/host.js';
+import { parseReadSasUrl } from '../../domain/azure-layout.js';
 import { importDisk, type DiskSource } from './disk-import.js';
 
 const MAX_DISKS = 16;
@@ -68,6 +69,8 @@ export class VmImports {
       names.add(d.name);
       if (!Number.isSafeInteger(d.size) || d.size <= 0 || d.size % 512 !== 0) throw new OsrError('INVALID_ARGUMENT', `disk ${d.name}: size ${d.size} is not a positive multiple of 512 bytes`);
       if (d.size > MAX_DISK_BYTES) throw new OsrError('DISK_TOO_LARGE', `disk ${d.name}: ${d.size} bytes exceeds 4 TiB`);
+      // refused before anything is read: only a storage service's blob with a SAS is fetched
+      parseReadSasUrl(d.url);
     }
   }
 
