@@ -755,6 +755,8 @@ export class Agent {
   /** Forget an imported VM: its replication stops (the replica at home stays), then the VM and its images go. */
   async removeImportedVm(name: string): Promise<void> {
     await this.withVm(name, async () => {
+      // only a VM an import made: nothing of another VM is touched
+      if (this.host.has(name) && !this.imports.isImported(this.host.get(name).spec)) throw new OsrError('INVALID_STATE', `VM ${name} was not imported: it is not removed this way`);
       const r = [...this.replications.values()].find((x) => x.spec.vm === name);
       if (r) await this.disableReplication(r.spec.id);
       await this.imports.remove(name);

@@ -185,6 +185,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     properties: {
       id: { type: 'string', pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH },
       epoch: { type: 'integer', minimum: 1 },
+      refresh: { type: 'boolean' },
       disks: {
         type: 'array',
         minItems: 1,

@@ -90,6 +90,9 @@ export function groupPointSets(entries: Iterable<SnapshotEntry>, disks: readonly
   return [...sets.values()].sort((a, b) => a.point.seq - b.point.seq).map(({ agree, ...s }) => ({ ...s, complete: agree && disks.length > 0 && s.snapshots.length === disks.length }));
 }
 
+/** the largest replication epoch a record may hold (one per failover: far beyond any VM's life) */
+export const MAX_EPOCH = 1_000_000;
+
 /** What a reader of the replica needs of replica.json. */
 export interface ReplicaRecordView {
   vmId: string;
@@ -114,7 +117,7 @@ export function parseReplicaRecordView(text: string): ReplicaRecordView | undefi
   if (!x.disks.every((d) => typeof d?.id === 'string' && typeof d.name === 'string' && isSafeName(d.name) && Number.isSafeInteger(d.size) && d.size > 0 && d.size <= MAX_DISK_BYTES)) return undefined;
   if (new Set(x.disks.map((d) => d.name)).size !== x.disks.length) return undefined;
   const epoch = (x as { epoch?: unknown }).epoch;
-  return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })), epoch: typeof epoch === 'number' && Number.isSafeInteger(epoch) && epoch >= 1 ? epoch : 1 };
+  return { vmId: x.vmId, vmName: x.vmName, generation: x.generation, disks: x.disks.map((d) => ({ id: d.id, name: d.name, size: d.size })), epoch: typeof epoch === 'number' && Number.isSafeInteger(epoch) && epoch >= 1 && epoch <= MAX_EPOCH ? epoch : 1 };
 }
 
 const CONTAINER_NAME = /^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/;
@@ -177,9 +180,10 @@ export function parseReadSasUrl(text: string): URL {
     throw new OsrError('INVALID_ARGUMENT', `a disk's access URL is https (plain http only to a storage emulator on this host): ${url.protocol}//${url.host}`);
   }
   if (url.username || url.password || url.hash) throw new OsrError('INVALID_ARGUMENT', 'a disk\'s access URL carries no user name, password or fragment');
-  // a storage service's blob endpoint (md-….blob.storage.azure.net, ….blob.core.windows.net and the sovereign clouds'), or the emulator here: no other address is fetched
-  if (!LOOPBACK_HOSTS.has(url.hostname) && !/^[a-z0-9-]+(\.[a-z0-9-]+)*\.blob\.[a-z0-9.-]+$/i.test(url.hostname)) {
-    throw new OsrError('INVALID_ARGUMENT', `a disk's access URL names a storage service's blob endpoint (….blob.…), not ${url.hostname}`);
+  // a storage service's blob endpoint on its https port (md-….blob.storage.azure.net, ….blob.core.windows.net and the sovereign clouds'), or the emulator here: no other address is fetched
+  const azureBlob = /^[a-z0-9-]{1,63}(\.z[0-9]{1,3})?\.blob\.(storage\.azure\.net|core\.windows\.net|core\.usgovcloudapi\.net|core\.chinacloudapi\.cn)$/i.test(url.hostname) && url.protocol === 'https:' && url.port === '';
+  if (!LOOPBACK_HOSTS.has(url.hostname) && !azureBlob) {
+    throw new OsrError('INVALID_ARGUMENT', `a disk's access URL names an Azure storage blob endpoint (….blob.storage.azure.net, ….blob.core.windows.net, or a sovereign cloud's) on port 443, not ${url.host}`);
   }
   parseSas(url.search.replace(/^\?/, ''));
   return url;

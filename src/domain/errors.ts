@@ -94,6 +94,11 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
+/** Whether a text from elsewhere (a peer's answer, a file) is a code of this registry. */
+export function isErrorCode(c: unknown): c is ErrorCode {
+  return typeof c === 'string' && Object.hasOwn(ERROR_CODES, c);
+}
+
 export class OsrError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown> | undefined;

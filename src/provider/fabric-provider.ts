@@ -14,7 +14,7 @@ import path from 'node:path';
 import { systemClock, type Clock } from '../domain/clock.js';
 import type { InitialReplicationProgress, ResyncProgress } from '../domain/commands.js';
 import { unsupportedRecoveryVm } from '../domain/capabilities.js';
-import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
+import { isErrorCode, OsrError, toOsrError } from '../domain/errors.js';
 import type { DrillEvidence } from '../domain/runs.js';
 import type { FabricDriver, NicConnection, ReplicationStatus, ResyncInfo, TestNetwork } from '../fabric/driver.js';
 import { fsyncDir, writeFileAtomic } from '../pki/index.js';
@@ -397,6 +397,6 @@ export class FabricProvider {
 /** A host waiting for action after a non-recoverable error: the command fails with that error's code. */
 function throwIfStopped(s: ReplicationStatus, what: string): void {
   if (!s.waitingForAction || !s.lastError) return;
-  const code = Object.hasOwn(ERROR_CODES, s.lastError.code) ? (s.lastError.code as ErrorCode) : 'JOB_FAILED';
+  const code = isErrorCode(s.lastError.code) ? s.lastError.code : 'JOB_FAILED';
   throw new OsrError(code, `${what} stopped: ${s.lastError.message}`);
 }

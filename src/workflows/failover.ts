@@ -464,7 +464,12 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             grant = ctx.data.azureGrant !== null ? { grant: ctx.data.azureGrant } : {};
             target = answer;
           }
-          await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...target }, ...grant }, { timeoutMs: 10 * 60_000 });
+          try {
+            await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...target }, ...grant }, { timeoutMs: 10 * 60_000 });
+          } finally {
+            // the container's SAS reached the new primary's site, or the task fails: either way the vault keeps no copy of it
+            if (target.access !== undefined) await store.commands.forgetAccess(ctx.jobId);
+          }
         },
       },
       {

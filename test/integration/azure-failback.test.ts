@@ -19,6 +19,7 @@ import { NetworkManagementClient } from '@azure/arm-network';
 import YAML from 'yaml';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
+import type { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
 import { OSR_TAG } from '../../src/drivers/azure/recovery.js';
 import { ensurePki, OSR_BIN, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
 import { labAgents, labNbdUri } from '../../src/lab/launcher.js';
@@ -40,6 +41,7 @@ let v: TestVault;
 let labProvider: ChildProcess | undefined;
 let azureProvider: FabricProvider | undefined;
 let regionAgent: RunningAgent | undefined;
+let driver: AzureFabricDriver;
 
 async function osr(...args: string[]): Promise<string> {
   const r = await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 300_000 });
@@ -80,7 +82,7 @@ before(async () => {
   const pkiDir = path.join(dir, 'region-pki');
   await ensurePki(pkiDir, ['azure-westeurope']);
   regionAgent = await startAgentProcess({ name: 'azure-westeurope', dataDir: path.join(dir, 'region-agent'), pkiDir, listenPort: 0, logFile: path.join(dir, 'region-agent.log') });
-  ({ provider: azureProvider } = await startAzureProvider({ vault: v, dir, azurite, arm, regionAgent: { api: regionAgent.apiUrl, apiTokenFile: regionAgent.apiTokenFile, replicationPort: regionAgent.replicationPort! } }));
+  ({ driver, provider: azureProvider } = await startAzureProvider({ vault: v, dir, azurite, arm, regionAgent: { api: regionAgent.apiUrl, apiTokenFile: regionAgent.apiTokenFile, replicationPort: regionAgent.replicationPort! } }));
 });
 
 after(async () => {
@@ -152,8 +154,16 @@ test('failback from Azure: reprotect reads the deallocated VM\'s disks in the re
   assert.equal(home.resync.totalBytes, 12 * MiB, 'every block of both disks compared');
   assert.ok(home.resync.differingBytes >= changed && home.resync.differingBytes <= changed * 2, `only the blocks the VM changed in Azure were sent: ${home.resync.differingBytes} bytes for ${changed} changed`);
 
+  // the VM in Azure stays deallocated: osr does not start it while it fails back
+  const inAzureVm = await waitFor('the VM in Azure shown off', async () => (await v.api.request<{ items: { id: string; name: string; fabricId: string; properties: { powerState?: string } }[] }>('GET', '/api/v1/vms?limit=100')).items.find((x) => x.name === 'web' && x.fabricId === 'azure-we' && x.properties.powerState === 'Off'), 30_000, 200);
+  await assert.rejects(driver.setPower(inAzureVm.id.slice('azure-we.'.length), 'start'), (e: unknown) => (e as { code?: string }).code === 'INVALID_STATE');
+  // a write made in Azure after the reprotect read the disks (the VM started outside osr): the planned failover reads the disks once more
+  const late = crypto.randomBytes(4096);
+  await arm.diskBlob(system.id).uploadPages(late, 5 * MiB, late.length);
+
   // a planned failover home: the VM runs on premises from the disks as they were in Azure
   await osr('item', 'planned-failover', 'web', '--wait');
+  assert.ok((await vmDisk('web', 'disk0', 5 * MiB, late.length)).equals(late), 'what the VM wrote in Azure after the reprotect came home too');
   it = await item();
   assert.equal(it.state, 'FailedOver');
   assert.ok((await vmDisk('web', 'disk0', 3 * MiB, inAzure.length)).equals(inAzure), 'the write made in Azure came home');

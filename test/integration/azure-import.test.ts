@@ -113,6 +113,8 @@ test('what is not a managed disk\'s read URL, or not a fixed VHD of the disk\'s 
   for (const [u, why] of [
     [`http://169.254.169.254/metadata${sas}`, 'plain http to another host'],
     [`https://internal.example.com/x.vhd${sas}`, 'not a blob endpoint'],
+    [`https://x.blob.attacker.example/x.vhd${sas}`, 'a blob endpoint of no Azure cloud'],
+    [`https://acct.blob.core.windows.net:8443/c/x.vhd${sas}`, 'not the https port'],
     [url.split('?')[0]!, 'no SAS'],
     [`https://user:pw@acct.blob.core.windows.net/c/x.vhd${sas}`, 'credentials in the URL'],
   ] as const) {

@@ -35,7 +35,10 @@ test('point sets: only this generation\'s snapshots, complete only with every di
 
 test('a replica record read back is taken only when it has the shape osr writes', () => {
   const good = { version: 1, vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }], extra: true };
-  assert.deepEqual(parseReplicaRecordView(JSON.stringify(good)), { vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }] });
+  assert.deepEqual(parseReplicaRecordView(JSON.stringify(good)), { vmId: 'vm1', vmName: 'web1', generation: 'g', disks: [{ id: 'd', name: 'sda', size: 1024 }], epoch: 1 });
+  // the epoch a failback recorded is read; one that is not a sane epoch counts as none
+  assert.equal(parseReplicaRecordView(JSON.stringify({ ...good, epoch: 7 }))?.epoch, 7);
+  for (const epoch of [0, -1, 1.5, 'x', Number.MAX_SAFE_INTEGER]) assert.equal(parseReplicaRecordView(JSON.stringify({ ...good, epoch }))?.epoch, 1, String(epoch));
   for (const bad of ['not json', 'null', '[]', JSON.stringify({ ...good, version: 2 }), JSON.stringify({ ...good, generation: 5 }), JSON.stringify({ ...good, disks: [{ id: 'd', name: 'sda', size: -1 }] }), JSON.stringify({ ...good, disks: 'sda' }), JSON.stringify({ ...good, disks: [] }), JSON.stringify({ ...good, disks: [{ id: 'd', name: '../etc', size: 1024 }] }), JSON.stringify({ ...good, disks: [{ id: 'd', name: 'sda', size: 1024 }, { id: 'e', name: 'sda', size: 1024 }] })]) {
     assert.equal(parseReplicaRecordView(bad), undefined, bad);
   }

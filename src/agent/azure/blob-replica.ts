@@ -250,6 +250,8 @@ export class AzureBlobReplica implements ReplicaTarget {
         r.initial = { done: false, copied: {}, finishedDisks: [] };
         r.resync = undefined;
         r.resetting = true;
+        // a full copy makes the replica equal to the primary: a failback's stale mark goes with the old copy
+        r.divergent = undefined;
         // no snapshot of the old copy can be a point of the new one, whatever is left of it
         r.generation = newGeneration();
       });

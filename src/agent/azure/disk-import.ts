@@ -51,11 +51,16 @@ async function readAll(stream: NodeJS.ReadableStream | undefined, expect: number
   return Buffer.concat(chunks, n);
 }
 
+/** Where a managed disk's ranges go, in any order, each once: a new image, or an existing VM's disk. */
+export type RangeSink = (offset: number, data: Buffer) => Promise<void> | void;
+
 /**
- * Read disk `d` into `file` (made anew; a `.part` left by an earlier try is overwritten).
- * `onBytes` is told of every range read. Answers the bytes written (not holes).
+ * Read disk `d` through its read URL, range by range (4 MiB, 8 at once, each checked
+ * against its MD5), after checking the blob is the fixed VHD of the disk's size; each range
+ * goes to `sink`. The first failure stops every reader, and the call returns only once none
+ * is left running.
  */
-export async function importDisk(d: DiskSource, file: string, onBytes: (n: number) => void, signal?: AbortSignal): Promise<number> {
+export async function readManagedDisk(d: DiskSource, sink: RangeSink, onBytes: (n: number) => void, signal?: AbortSignal): Promise<void> {
   const url = parseReadSasUrl(d.url);
   const blob = new PageBlobClient(url.toString(), new AnonymousCredential());
   const what = `disk ${d.name} at ${url.host}`;
@@ -76,22 +81,22 @@ export async function importDisk(d: DiskSource, file: string, onBytes: (n: numbe
   const facts = readVhdFooter(footer, `the footer of ${what}`);
   if (facts.currentSize !== rounded) throw new OsrError('AZURE_DISK_INVALID', `the footer of ${what} says ${facts.currentSize} bytes, not ${rounded}`);
 
-  const part = `${file}.part`;
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const fd = fs.openSync(part, 'w', 0o600);
-  let written = 0;
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  if (signal?.aborted) stop.abort();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  const stopped = () => new OsrError('INTERRUPTED', `the reading of ${what} was stopped`);
   try {
-    fs.ftruncateSync(fd, d.size);
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < d.size) {
-        if (signal?.aborted) throw new OsrError('INTERRUPTED', `the import of ${what} was stopped`);
+        if (stop.signal.aborted) throw stopped();
         const offset = next;
         const count = Math.min(RANGE_BYTES, d.size - offset);
         next += count;
         let res;
         try {
-          res = await blob.download(offset, count, { rangeGetContentMD5: true, abortSignal: signal });
+          res = await blob.download(offset, count, { rangeGetContentMD5: true, abortSignal: stop.signal });
         } catch (e) {
           throw storageError(e, `reading ${count} bytes at ${offset} of ${what}`);
         }
@@ -100,19 +105,63 @@ export async function importDisk(d: DiskSource, file: string, onBytes: (n: numbe
         if (res.contentMD5 && !crypto.createHash('md5').update(buf).digest().equals(Buffer.from(res.contentMD5))) {
           throw new OsrError('CHECKSUM_MISMATCH', `${count} bytes at ${offset} of ${what} do not match their MD5`, { disk: d.name, offset });
         }
-        // written in 64 KiB pieces: the pieces of zeros stay holes
-        for (let at = 0; at < buf.length; at += HOLE_GRAIN) {
-          const piece = buf.subarray(at, Math.min(buf.length, at + HOLE_GRAIN));
-          if (isZero(piece)) continue;
-          writeFully(fd, piece, offset + at);
-          written += piece.length;
-        }
+        if (stop.signal.aborted) throw stopped();
+        await sink(offset, buf);
         onBytes(count);
       }
     };
-    await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+    const settled = await Promise.allSettled(
+      Array.from({ length: IN_FLIGHT }, () =>
+        worker().catch((e: unknown) => {
+          stop.abort();
+          throw e;
+        }),
+      ),
+    );
+    // the first real failure, not the stops it caused
+    const failures = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    const first = failures.find((e) => !(e instanceof OsrError && e.code === 'INTERRUPTED')) ?? failures[0];
+    if (first !== undefined) throw first;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** The 64 KiB pieces of a range that hold more than zeros: a new image writes only those (the rest stay holes). */
+export function* dataPieces(offset: number, data: Buffer): Generator<{ offset: number; data: Buffer }> {
+  for (let at = 0; at < data.length; at += HOLE_GRAIN) {
+    const piece = data.subarray(at, Math.min(data.length, at + HOLE_GRAIN));
+    if (!isZero(piece)) yield { offset: offset + at, data: piece };
+  }
+}
+
+/**
+ * Read disk `d` into `file` (made anew; a `.part` left by an earlier try is overwritten):
+ * written as `.part`, synced, then renamed, so that a file of the final name is a whole
+ * disk. Answers the bytes written (not holes).
+ */
+export async function importDisk(d: DiskSource, file: string, onBytes: (n: number) => void, signal?: AbortSignal): Promise<number> {
+  parseReadSasUrl(d.url);
+  const part = `${file}.part`;
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const fd = fs.openSync(part, 'w', 0o600);
+  let written = 0;
+  try {
+    fs.ftruncateSync(fd, d.size);
+    await readManagedDisk(
+      d,
+      (offset, data) => {
+        for (const p of dataPieces(offset, data)) {
+          writeFully(fd, p.data, p.offset);
+          written += p.data.length;
+        }
+      },
+      onBytes,
+      signal,
+    );
     fs.fsyncSync(fd);
   } finally {
+    // (readManagedDisk returns only once no reader is left: nothing writes after the close)
     fs.closeSync(fd);
   }
   fs.renameSync(part, file);

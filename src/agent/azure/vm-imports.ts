@@ -17,7 +17,7 @@ import { safeName } from '../../domain/names.js';
 import { fsyncDir } from '../io/durable-file.js';
 import type { Host, VmSpec } from '../ports/host.js';
 import { parseReadSasUrl } from '../../domain/azure-layout.js';
-import { importDisk, type DiskSource } from './disk-import.js';
+import { importDisk, readManagedDisk, type DiskSource } from './disk-import.js';
 
 const MAX_DISKS = 16;
 const MAX_DISK_BYTES = 4 * 1024 ** 4;
@@ -28,6 +28,12 @@ export interface ImportRequest {
   /** the epoch the VM runs in at the recovery site (its failover's) */
   epoch: number;
   disks: DiskSource[];
+  /**
+   * the VM was imported already: read its disks again and write what differs through its
+   * own disks (tracked), so that its next delta carries them home (a planned failover's
+   * last look at the disks in Azure)
+   */
+  refresh?: boolean | undefined;
 }
 
 export interface ImportProgress {
@@ -86,17 +92,22 @@ export class VmImports {
   /** Begin the import of VM `name` (or answer how the one under way, or done, stands). */
   start(name: string, r: ImportRequest): ImportProgress {
     this.check(name, r);
+    if (this.host.promotions) throw new OsrError('NOT_SUPPORTED', 'this agent\'s host runs its VMs in its hypervisor: a VM is imported from Azure disks by an agent of lab host kind (the region\'s agent)');
+    const cur = this.running.get(name);
+    if (cur && cur.progress.state === 'importing') return cur.progress;
+    let refresh = false;
     if (this.host.has(name)) {
       const vm = this.host.get(name).spec;
       if (vm.id !== r.id || !this.isImported(vm)) throw new OsrError('ALREADY_EXISTS', `VM ${name} already exists on this host and was not imported as ${r.id}`);
-      return this.doneProgress(vm);
+      if (vm.origin?.epoch !== r.epoch) throw new OsrError('INVALID_STATE', `VM ${name} was imported in epoch ${vm.origin?.epoch ?? '?'}, not ${r.epoch}: remove it first (DELETE /v1/vms/${name}/import)`);
+      if (r.disks.some((d) => !vm.disks.some((x) => x.name === d.name && x.id === d.id && x.size === d.size))) throw new OsrError('INVALID_STATE', `VM ${name} was imported with other disks: remove it first`);
+      if (r.refresh !== true) return this.doneProgress(vm);
+      refresh = true;
     }
-    const cur = this.running.get(name);
-    if (cur && cur.progress.state === 'importing') return cur.progress;
     const totalBytes = r.disks.reduce((a, d) => a + d.size, 0);
     const progress: ImportProgress = { vm: name, state: 'importing', bytes: 0, totalBytes };
     const abort = new AbortController();
-    const done = this.run(name, r, progress, abort.signal).then(
+    const done = (refresh ? this.runRefresh(name, r, progress, abort.signal) : this.run(name, r, progress, abort.signal)).then(
       () => {
         progress.state = 'done';
       },
@@ -119,8 +130,45 @@ export class VmImports {
   progress(name: string): ImportProgress {
     const cur = this.running.get(name);
     if (cur) return cur.progress;
-    if (this.host.has(name) && this.isImported(this.host.get(name).spec)) return this.doneProgress(this.host.get(name).spec);
+    if (this.host.has(name) && this.isImported(this.host.get(name).spec)) {
+      const vm = this.host.get(name).spec;
+      // a refresh an earlier run of the agent left unfinished: not done, ask again
+      if (fs.existsSync(this.refreshMark(name))) return { ...this.doneProgress(vm), state: 'failed', error: { code: 'INTERRUPTED', message: `the refresh of ${name} was cut short: ask for it again` } };
+      return this.doneProgress(vm);
+    }
     throw new OsrError('NOT_FOUND', `no import of VM ${name} on this host`);
+  }
+
+  private refreshMark(name: string): string {
+    return path.join(this.dir, name, 'refreshing');
+  }
+
+  /**
+   * Read the disks again and write the 64 KiB pieces that differ through the VM's own disks
+   * (their writes are tracked: the next delta carries them). Marked on disk while it runs.
+   */
+  private async runRefresh(name: string, r: ImportRequest, p: ImportProgress, signal: AbortSignal): Promise<void> {
+    const vm = this.host.get(name);
+    fs.writeFileSync(this.refreshMark(name), '', { mode: 0o600 });
+    fsyncDir(path.join(this.dir, name));
+    for (const d of r.disks) {
+      const disk = vm.disk(d.name);
+      await readManagedDisk(
+        d,
+        async (offset, data) => {
+          const have = await disk.read(offset, data.length);
+          for (let at = 0; at < data.length; at += 64 * 1024) {
+            const end = Math.min(data.length, at + 64 * 1024);
+            if (!have.subarray(at, end).equals(data.subarray(at, end))) await disk.write(offset + at, data.subarray(at, end), { fua: false });
+          }
+        },
+        (n) => (p.bytes += n),
+        signal,
+      );
+    }
+    await vm.flush();
+    fs.rmSync(this.refreshMark(name), { force: true });
+    fsyncDir(path.join(this.dir, name));
   }
 
   private async run(name: string, r: ImportRequest, p: ImportProgress, signal: AbortSignal): Promise<void> {

@@ -27,7 +27,7 @@
  */
 import { generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type ContainerClient } from '@azure/storage-blob';
 import { RECORD_BLOB, replicaContainerName } from '../../domain/azure-layout.js';
-import { OsrError } from '../../domain/errors.js';
+import { isErrorCode, OsrError } from '../../domain/errors.js';
 import { inCidr } from '../../domain/ipv4.js';
 import { isSafeName } from '../../domain/names.js';
 import type { InventoryDocument } from '../../domain/resources.js';
@@ -55,7 +55,7 @@ import { AZURE_CAPABILITIES } from './capabilities.js';
 import { defaultVmSize, VM_SIZES } from './vm-sizes.js';
 import type { AzureClients } from './clients.js';
 import { azureHostId, azureInventory, DISK_TYPES } from './inventory.js';
-import { armError, AzureRecovery, resourceName, type AzureRecoveryOptions, type VmFromPoint } from './recovery.js';
+import { armError, AzureRecovery, OSR_TAG, resourceName, type AzureRecoveryOptions, type VmFromPoint } from './recovery.js';
 import { markReplicaStale, pointDisks, readReplicaPoints, type ReplicaPoints } from './replica-points.js';
 import type { AzureSiteConfig } from './site.js';
 
@@ -291,6 +291,14 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   }
 
   async setPower(vmId: string, action: PowerAction): Promise<{ powerState: string }> {
+    const f = this.failover(vmId);
+    // its disks were read for the trip home: what it wrote from now on would not follow it
+    if (action === 'start' && f.failback) throw new OsrError('INVALID_STATE', `${vmId} is failing back (reprotected home): it stays deallocated until the planned failover brings it up at home`);
+    return this.vmPower(vmId, action);
+  }
+
+  /** Start or deallocate a failed-over VM (osr's own steps: a failback's deallocation included). */
+  private async vmPower(vmId: string, action: PowerAction): Promise<{ powerState: string }> {
     const f = this.failover(vmId);
     const name = resourceName(this.replica(f.replicaId).vmName);
     const vms = this.clients.compute.virtualMachines;
@@ -702,7 +710,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
       fencedEpoch: () => 0,
       // the VM in Azure is deallocated before its disks are read: nothing writes to them
       stoppingVm: async (vmId) => {
-        await this.setPower(vmId, 'stop');
+        await this.vmPower(vmId, 'stop');
       },
       changed: async (c) => {
         if (c.kind !== 'replicating') return;
@@ -727,6 +735,8 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (!f.failback) {
       f.failback = { imported: false };
       await this.save();
+      // it is deallocated from here on: the inventory says so
+      this.ctx?.inventoryChanged();
     }
     if (!f.failback.imported) {
       await this.importForFailback(f, api);
@@ -736,10 +746,16 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     await this.home.ensureReplication(req);
   }
 
-  /** Deallocate the VM, then have the region's agent read its managed disks through read SASs (granted for the import, revoked after). */
-  private async importForFailback(f: AzureFailoverRecord, api: AgentApi): Promise<void> {
+  /**
+   * Deallocate the VM, then have the region's agent read its managed disks through read SASs
+   * (granted for the read, revoked after): into a VM of its own (`refresh` false), or again
+   * into that VM, what differs written through its tracked disks (a planned failover's last
+   * look). Each managed disk is checked to be the failover's own (its job's and item's
+   * tags) before access to it is asked.
+   */
+  private async importForFailback(f: AzureFailoverRecord, api: AgentApi, refresh = false): Promise<void> {
     const r = this.replica(f.replicaId);
-    await this.setPower(f.vmId, 'stop');
+    await this.vmPower(f.vmId, 'stop');
     const record = (await this.readPoints(r)).record;
     const disks = this.clients.compute.disks;
     const rg = this.site.resourceGroup;
@@ -747,8 +763,17 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     const base = resourceName(r.vmName);
     const sources: { id: string; name: string; size: number; url: string }[] = [];
     try {
+      // the disks as the replica's record names them (the failover made its managed disks from those names); each checked below to be the failover's own
+      if (record.disks.length !== r.disks.length) throw new OsrError('REPLICA_STORE_CORRUPT', `the replica of ${r.vmName} records ${record.disks.length} disks; the VM has ${r.disks.length}`);
       for (const d of record.disks) {
         const name = resourceName(base, d.name);
+        let made;
+        try {
+          made = await disks.get(rg, name);
+        } catch (e) {
+          throw armError(e, `reading disk ${name}`);
+        }
+        if (made.tags?.[OSR_TAG.job] !== f.job || made.tags[OSR_TAG.item] !== f.itemId) throw new OsrError('AZURE_CONFLICT', `disk ${name} is not the one the failover of ${r.vmName} made (job ${f.job})`, { disk: name });
         let access;
         try {
           access = await disks.grantAccess(rg, name, { access: 'Read', durationInSeconds: 4 * 3600 }, lro);
@@ -759,7 +784,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
         sources.push({ id: d.id, name: d.name, size: d.size, url: access.accessSAS });
       }
       const path = `/v1/vms/${encodeURIComponent(r.vmName)}/import`;
-      let p = await api.post<{ state: string; bytes: number; totalBytes: number; error?: { code: string; message: string } }>(path, { id: record.vmId, epoch: f.epoch, disks: sources });
+      let p = await api.post<{ state: string; bytes: number; totalBytes: number; error?: { code: string; message: string } }>(path, { id: record.vmId, epoch: f.epoch, disks: sources, ...(refresh ? { refresh: true } : {}) });
       let logged = 0;
       while (p.state === 'importing') {
         if (this.clock.now() - logged >= 30_000) {
@@ -769,7 +794,10 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
         await new Promise((res) => setTimeout(res, this.o.importPollMs ?? 2000));
         p = await api.get(path);
       }
-      if (p.state !== 'done') throw new OsrError('AZURE_OPERATION_FAILED', `the region's agent could not read the disks of ${r.vmName}: ${p.error?.message ?? p.state}`, { cause: p.error?.code ?? null });
+      if (p.state !== 'done') {
+        const code = p.error?.code !== undefined && isErrorCode(p.error.code) ? p.error.code : 'AZURE_OPERATION_FAILED';
+        throw new OsrError(code, `the region's agent could not read the disks of ${r.vmName}: ${p.error?.message ?? p.state}`, { vm: r.vmName });
+      }
     } finally {
       // the access ends as soon as the disks are read (or the import failed: the next try grants it again)
       for (const d of record.disks) {
@@ -780,7 +808,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   }
 
   private homeOrRefuse(vmId: string, what: string): void {
-    if (!this.state.failovers[vmId]?.failback?.imported) throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} (Azure) is a recovery site: ${what} of ${vmId} runs only while it fails back (reprotect it first)`);
+    if (!this.state.failovers[vmId]?.failback?.imported) throw new OsrError('INVALID_STATE', `fabric ${this.site.name} (Azure) is a recovery site: ${what} of ${vmId} runs only while it fails back (reprotect it first)`);
   }
 
   replicationStatus(vmId: string): Promise<ReplicationStatus> {
@@ -798,8 +826,14 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (this.state.failovers[vmId]?.failback?.imported) await this.home.stopReplication(vmId);
   }
 
+  /**
+   * The planned failover home: the disks in Azure are read once more (the VM deallocated; a
+   * VM started meanwhile outside osr wrote since the reprotect read them), what differs is
+   * written through the region's VM, and its last delta is the point.
+   */
   async prepareFailover(vmId: string): Promise<{ point: RecoveryPointInfo }> {
     this.homeOrRefuse(vmId, 'a planned failover');
+    await this.importForFailback(this.failover(vmId), this.regionAgent(), true);
     return this.home.prepareFailover(vmId);
   }
 
@@ -822,13 +856,15 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
     if (r.itemId !== itemId) throw new OsrError('INVALID_STATE', `VM ${vmId} is of item ${r.itemId}, not ${itemId}`);
     if (f) {
       if (!f.committed) throw new OsrError('INVALID_STATE', `the failover of ${vmId} is not committed`);
+      // only a newer copy (the VM at home, promoted after this failover) takes its place
+      if (epoch <= f.epoch) throw new OsrError('EPOCH_STALE', `${vmId} runs in epoch ${f.epoch}; a demote for epoch ${epoch} is not from a newer copy`, { epoch, current: f.epoch });
       if (f.failback?.imported) {
         await this.home.stopReplication(vmId).catch((e: unknown) => {
           if ((e as OsrError).code !== 'VM_NOT_FOUND' && (e as OsrError).code !== 'NOT_FOUND') throw e;
         });
         await this.regionAgent().delete(`/v1/vms/${encodeURIComponent(r.vmName)}/import`);
       }
-      await this.setPower(vmId, 'stop').catch(() => undefined);
+      await this.vmPower(vmId, 'stop').catch(() => undefined);
       const { removed } = await this.recovery(r.id).removeJob(f.job, undefined, { copies: true });
       this.ctx?.log.info({ vm: vmId, removed }, `${r.vmName} came home: ${removed.length} Azure resource(s) of its failover removed`);
       await markReplicaStale(this.container(r.id), epoch);
