@@ -9,7 +9,7 @@
  * copied anew. The bytes at every step are compared with what the VM held.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,7 +29,7 @@ import { startAzurite, type Azurite } from '../support/azurite.js';
 import { startAzureProvider } from '../support/azure-site.js';
 import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { site } from '../support/topology.js';
+import { mapPrimaryToAzure, startLabProvider } from '../support/lab-provider.js';
 import { startVault, type TestVault } from '../support/vault.js';
 
 const run = promisify(execFile);
@@ -60,23 +60,7 @@ before(async () => {
   fs.writeFileSync(path.join(dir, 'vault-ca.pem'), v.vault.ctx.identity.ca.certPem);
   fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
 
-  const primary = site('Primary', 'p-host', [{ name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false }]);
-  primary.logicalNetworks = ['LN'];
-  primary.vmNetworks = [{ name: 'Prod', logicalNetwork: 'LN', subnets: [{ name: 'Subnet1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.20' } }] }];
-  primary.clouds[0]!.hostGroups[0]!.hosts[0]!.logicalNetworks = ['LN'];
-  fs.mkdirSync(path.join(dir, 'sites', 'primary'), { recursive: true });
-  fs.writeFileSync(path.join(dir, 'sites', 'primary.yaml'), YAML.stringify({ ...primary, lab: { dir: path.join(dir, 'sites', 'primary') } }));
-  const key = async () => (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
-  const log = fs.openSync(path.join(dir, 'lab-provider.log'), 'a');
-  labProvider = spawn(process.execPath, [OSR_BIN, 'provider', '--fabric', 'lab', '--config', path.join(dir, 'sites', 'primary.yaml'), '--vault', v.url, '--registration-key', await key(), '--status-interval', '1s', '--poll', '2s'], { stdio: ['ignore', 'pipe', log] });
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    labProvider!.stdout!.on('data', (b: Buffer) => {
-      out += b.toString();
-      if (out.includes('"fabricId"')) resolve();
-    });
-    labProvider!.once('exit', (c) => reject(new Error(`the lab provider exited (${c}): ${fs.readFileSync(path.join(dir, 'lab-provider.log'), 'utf8').slice(-2000)}`)));
-  });
+  labProvider = await startLabProvider(v, dir, [{ name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false }]);
 
   // the osr agent in the region: a lab host's agent, enrolled by the Azure provider with the vault's CA
   const pkiDir = path.join(dir, 'region-pki');
@@ -118,15 +102,7 @@ async function vmDisk(vm: string, disk: string, offset: number, bytes: number, w
 const failoverDisks = () => [...arm.resources.values()].filter((r) => r.type === 'Microsoft.Compute/disks' && r.tags?.[OSR_TAG.role] === 'failover');
 
 test('failback from Azure: reprotect reads the deallocated VM\'s disks in the region and sends home only the blocks it changed; a planned failover brings it home; reprotect protects it to Azure again', { timeout: 600_000 }, async () => {
-  await waitFor('both fabrics\' inventories', async () => {
-    const vms = (await v.api.request<{ items: { name: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
-    const nets = (await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=100')).items;
-    return vms.some((x) => x.name === 'web') && nets.some((n) => n.id === 'azure-we.prod');
-  });
-  await osr('policy', 'create', 'to-azure', '--copy-frequency', '30s', '--retention-hours', '1');
-  await osr('pairing', 'create', '--policy', 'to-azure', '--source-cloud', 'primary.primary-cloud', '--target-cloud', `azure-we.rg-${arm.resourceGroup}`);
-  await osr('mapping', 'create', 'network', '--source', 'primary.prod', '--target', 'azure-we.prod');
-  await osr('mapping', 'create', 'storage', '--source', 'primary.gold', '--target', 'azure-we.StandardSSD_LRS');
+  await mapPrimaryToAzure(v, osr, arm.resourceGroup);
   const original = await vmDisk('web', 'disk0', 0, 0, crypto.randomBytes(2 * MiB));
   await osr('item', 'enable', 'web', '--wait');
   await osr('item', 'planned-failover', 'web', '--wait');

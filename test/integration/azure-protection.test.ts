@@ -12,7 +12,7 @@
  * The container's SAS reaches the source's agent and nothing the vault keeps or shows.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -33,7 +33,7 @@ import { startAzurite, type Azurite } from '../support/azurite.js';
 import { startAzureProvider } from '../support/azure-site.js';
 import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { site } from '../support/topology.js';
+import { mapPrimaryToAzure, startLabProvider } from '../support/lab-provider.js';
 import { startVault, type TestVault } from '../support/vault.js';
 
 const run = promisify(execFile);
@@ -67,26 +67,10 @@ before(async () => {
   fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
 
   // the primary: a lab site with one VM on a mapped network, its provider a process of its own
-  const primary = site('Primary', 'p-host', [
+  labProvider = await startLabProvider(v, dir, [
     { name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false },
     { name: 'db', host: 'p-host', disks: [{ name: 'system', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: { bytesPerSecond: 32 * 1024 } },
   ]);
-  primary.logicalNetworks = ['LN'];
-  primary.vmNetworks = [{ name: 'Prod', logicalNetwork: 'LN', subnets: [{ name: 'Subnet1', cidr: '10.9.0.0/24', pool: { start: '10.9.0.10', end: '10.9.0.20' } }] }];
-  primary.clouds[0]!.hostGroups[0]!.hosts[0]!.logicalNetworks = ['LN'];
-  fs.mkdirSync(path.join(dir, 'sites', 'primary'), { recursive: true });
-  fs.writeFileSync(path.join(dir, 'sites', 'primary.yaml'), YAML.stringify({ ...primary, lab: { dir: path.join(dir, 'sites', 'primary') } }));
-  const key = async () => (await v.api.request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
-  const log = fs.openSync(path.join(dir, 'lab-provider.log'), 'a');
-  labProvider = spawn(process.execPath, [OSR_BIN, 'provider', '--fabric', 'lab', '--config', path.join(dir, 'sites', 'primary.yaml'), '--vault', v.url, '--registration-key', await key(), '--status-interval', '1s', '--poll', '2s'], { stdio: ['ignore', 'pipe', log] });
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    labProvider!.stdout!.on('data', (b: Buffer) => {
-      out += b.toString();
-      if (out.includes('"fabricId"')) resolve();
-    });
-    labProvider!.once('exit', (c) => reject(new Error(`the lab provider exited (${c}): ${fs.readFileSync(path.join(dir, 'lab-provider.log'), 'utf8').slice(-2000)}`)));
-  });
 
   // the recovery site: Azure, its provider in this process
   ({ driver, provider: azureProvider } = await startAzureProvider({ vault: v, dir, azurite, arm }));
@@ -117,15 +101,7 @@ async function writeToVm(disk: string, offset: number, bytes: number): Promise<B
 }
 
 test('lab VMs protected to Azure: points from their containers, a recovery plan\'s drill, a drill and its cleanup, a planned failover, a change of point and the commit, an unplanned failover that fences the source', { timeout: 600_000 }, async () => {
-  await waitFor('both fabrics\' inventories', async () => {
-    const vms = (await v.api.request<{ items: { name: string }[] }>('GET', '/api/v1/vms?limit=100')).items;
-    const nets = (await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/vm-networks?limit=100')).items;
-    return vms.some((x) => x.name === 'web') && nets.some((n) => n.id === 'azure-we.prod');
-  });
-  await osr('policy', 'create', 'to-azure', '--copy-frequency', '30s', '--retention-hours', '1');
-  await osr('pairing', 'create', '--policy', 'to-azure', '--source-cloud', 'primary.primary-cloud', '--target-cloud', `azure-we.rg-${arm.resourceGroup}`);
-  await osr('mapping', 'create', 'network', '--source', 'primary.prod', '--target', 'azure-we.prod');
-  await osr('mapping', 'create', 'storage', '--source', 'primary.gold', '--target', 'azure-we.StandardSSD_LRS');
+  await mapPrimaryToAzure(v, osr, arm.resourceGroup);
   const before = await writeToVm('disk0', 0, 64 * 1024);
   // a size the recovery site does not offer is refused before any job
   await assert.rejects(osr('item', 'enable', 'web', '--vm-size', 'Standard_Nope'), (e: { stderr?: string }) => /NOT_SUPPORTED.*VM size Standard_Nope/s.test(e.stderr ?? ''));

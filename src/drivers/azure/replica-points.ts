@@ -12,10 +12,9 @@ export interface ReplicaPoints {
   points: PointSet[];
 }
 
-export async function readReplicaPoints(container: ContainerClient): Promise<ReplicaPoints> {
-  let text: string;
+/** replica.json's text and its ETag, read with a bound on its size whatever the service says its length is (NOT_FOUND: no replica). */
+async function readRecordText(container: ContainerClient): Promise<{ text: string; etag: string }> {
   try {
-    // read with a bound on its size, whatever the service says its length is
     const r = await container.getBlockBlobClient(RECORD_BLOB).download();
     const chunks: Buffer[] = [];
     let bytes = 0;
@@ -24,13 +23,17 @@ export async function readReplicaPoints(container: ContainerClient): Promise<Rep
       if (bytes > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is larger than an osr replica record`);
       chunks.push(c as Buffer);
     }
-    text = Buffer.concat(chunks).toString('utf8');
+    return { text: Buffer.concat(chunks).toString('utf8'), etag: r.etag! };
   } catch (e) {
     if (e instanceof OsrError) throw e;
     const status = (e as { statusCode?: number }).statusCode;
     if (status === 404) throw new OsrError('NOT_FOUND', `container ${container.containerName} holds no osr replica`, undefined, { cause: e });
     throw new OsrError('AZURE_STORAGE_ERROR', `reading the replica record in ${container.containerName}: ${(e as Error).message}`, { status: status ?? null }, { cause: e });
   }
+}
+
+export async function readReplicaPoints(container: ContainerClient): Promise<ReplicaPoints> {
+  const { text } = await readRecordText(container);
   const record = parseReplicaRecordView(text);
   if (!record) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is not an osr replica record`);
   const entries: SnapshotEntry[] = [];
@@ -69,27 +72,18 @@ export function pointDisks(container: ContainerClient, r: ReplicaPoints, seq: nu
  * block before any delta, and its resync's point clears the mark.
  */
 export async function markReplicaStale(container: ContainerClient, epoch: number): Promise<void> {
-  const blob = container.getBlockBlobClient(RECORD_BLOB);
+  const { text, etag } = await readRecordText(container);
+  if (!parseReplicaRecordView(text)) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is not an osr replica record`);
+  const record = JSON.parse(text) as Record<string, unknown>;
+  const now = typeof record.epoch === 'number' ? record.epoch : 1;
+  if (record.divergent === 'all' && now >= epoch) return;
+  record.divergent = 'all';
+  record.epoch = Math.max(now, epoch);
+  const body = JSON.stringify(record);
   try {
-    const r = await blob.download();
-    const chunks: Buffer[] = [];
-    let bytes = 0;
-    for await (const c of r.readableStreamBody!) {
-      bytes += (c as Buffer).length;
-      if (bytes > MAX_RECORD_BYTES) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is larger than an osr replica record`);
-      chunks.push(c as Buffer);
-    }
-    const text = Buffer.concat(chunks).toString('utf8');
-    if (!parseReplicaRecordView(text)) throw new OsrError('REPLICA_STORE_CORRUPT', `${container.containerName}/${RECORD_BLOB} is not an osr replica record`);
-    const record = JSON.parse(text) as Record<string, unknown>;
-    const now = typeof record.epoch === 'number' ? record.epoch : 1;
-    if (record.divergent === 'all' && now >= epoch) return;
-    record.divergent = 'all';
-    record.epoch = Math.max(now, epoch);
-    const body = JSON.stringify(record);
-    await blob.upload(body, Buffer.byteLength(body), { conditions: { ifMatch: r.etag! }, blobHTTPHeaders: { blobContentType: 'application/json' } });
+    // only over the record read: a change made meanwhile (an agent's) fails this, and the step runs again
+    await container.getBlockBlobClient(RECORD_BLOB).upload(body, Buffer.byteLength(body), { conditions: { ifMatch: etag }, blobHTTPHeaders: { blobContentType: 'application/json' } });
   } catch (e) {
-    if (e instanceof OsrError) throw e;
     throw new OsrError('AZURE_STORAGE_ERROR', `marking the replica in ${container.containerName} stale: ${(e as Error).message}`, { status: (e as { statusCode?: number }).statusCode ?? null }, { cause: e });
   }
 }
