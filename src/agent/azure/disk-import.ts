@@ -127,12 +127,14 @@ export async function readManagedDisk(d: DiskSource, sink: RangeSink, onBytes: (
   }
 }
 
-/** The 64 KiB pieces of a range that hold more than zeros: a new image writes only those (the rest stay holes). */
+/** A range in 64 KiB pieces, each with its offset on the disk (the unit an import writes, and a refresh compares). */
+export function* rangePieces(offset: number, data: Buffer): Generator<{ offset: number; at: number; data: Buffer }> {
+  for (let at = 0; at < data.length; at += HOLE_GRAIN) yield { offset: offset + at, at, data: data.subarray(at, Math.min(data.length, at + HOLE_GRAIN)) };
+}
+
+/** The pieces of a range that hold more than zeros: a new image writes only those (the rest stay holes). */
 export function* dataPieces(offset: number, data: Buffer): Generator<{ offset: number; data: Buffer }> {
-  for (let at = 0; at < data.length; at += HOLE_GRAIN) {
-    const piece = data.subarray(at, Math.min(data.length, at + HOLE_GRAIN));
-    if (!isZero(piece)) yield { offset: offset + at, data: piece };
-  }
+  for (const p of rangePieces(offset, data)) if (!isZero(p.data)) yield p;
 }
 
 /**

@@ -17,9 +17,10 @@ import { safeName } from '../../domain/names.js';
 import { fsyncDir } from '../io/durable-file.js';
 import type { Host, VmSpec } from '../ports/host.js';
 import { parseReadSasUrl } from '../../domain/azure-layout.js';
-import { importDisk, readManagedDisk, type DiskSource } from './disk-import.js';
+import { importDisk, rangePieces, readManagedDisk, type DiskSource } from './disk-import.js';
 
 const MAX_DISKS = 16;
+/** a lab host's largest disk (hosts/lab-disk.ts; this layer may not import it) */
 const MAX_DISK_BYTES = 4 * 1024 ** 4;
 
 export interface ImportRequest {
@@ -157,9 +158,8 @@ export class VmImports {
         d,
         async (offset, data) => {
           const have = await disk.read(offset, data.length);
-          for (let at = 0; at < data.length; at += 64 * 1024) {
-            const end = Math.min(data.length, at + 64 * 1024);
-            if (!have.subarray(at, end).equals(data.subarray(at, end))) await disk.write(offset + at, data.subarray(at, end), { fua: false });
+          for (const p of rangePieces(offset, data)) {
+            if (!have.subarray(p.at, p.at + p.data.length).equals(p.data)) await disk.write(p.offset, p.data, { fua: false });
           }
         },
         (n) => (p.bytes += n),

@@ -118,6 +118,11 @@ export interface AzureState {
 
 const STATE_FILE = 'azure-state.json';
 
+/** A container's points as the vault takes them (none when the replica has no record yet). */
+function pointInfos(replica: ReplicaPoints | undefined): RecoveryPointInfo[] {
+  return (replica?.points ?? []).map((p) => ({ id: String(p.point.seq), at: new Date(p.point.timeMs).toISOString(), consistency: p.point.consistency === 'app-consistent' ? 'app' : 'crash' }));
+}
+
 export interface AzureDriverOptions extends AzureRecoveryOptions {
   /** how far ahead the agents' access to their containers is extended (default 7 days) */
   sasValidityMs?: number;
@@ -571,16 +576,17 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   // ---- replication: the recovery side
 
   async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
-    const r = this.replica(replicaVmId);
-    let points;
+    return pointInfos(await this.readPointsIfAny(this.replica(replicaVmId)));
+  }
+
+  /** The replica's points, or undefined when it has no record yet (the first copy has not begun). */
+  private async readPointsIfAny(r: AzureReplicaRecord): Promise<ReplicaPoints | undefined> {
     try {
-      points = await this.readPoints(r);
+      return await this.readPoints(r);
     } catch (e) {
-      // no record yet: the first copy has not begun
-      if (e instanceof OsrError && e.code === 'NOT_FOUND') return [];
+      if (e instanceof OsrError && e.code === 'NOT_FOUND') return undefined;
       throw e;
     }
-    return points.points.map((p) => ({ id: String(p.point.seq), at: new Date(p.point.timeMs).toISOString(), consistency: p.point.consistency === 'app-consistent' ? 'app' : 'crash' }));
   }
 
   /** The replica's points, from a container whose record is this replica's (the storage account is not trusted). */
@@ -607,7 +613,8 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
   async promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; points?: RecoveryPointInfo[] }> {
     const r = this.replica(replicaVmId);
     const vmId = resourceName('vm', r.replicationId);
-    const points = await this.recoveryPoints(r.id);
+    const replica = await this.readPointsIfAny(r);
+    const points = pointInfos(replica);
     let f = this.state.failovers[vmId];
     // a committed failover's VM is an Azure VM of its own: failing over again needs failback first
     if (f?.committed) throw new OsrError('INVALID_STATE', `${r.vmName} was failed over to Azure and committed (VM ${vmId}); bring it home before failing over again`);
@@ -617,7 +624,7 @@ export class AzureFabricDriver implements FabricDriver, FabricManagement, Fabric
       const seq = this.pointSeq(point.id);
       // the record first: a promote run again finds what it started, whatever point is newest by then
       // the VM runs in a newer epoch than its replica's primary: one that writes on is refused
-      const epoch = (await this.readPoints(r)).record.epoch + 1;
+      const epoch = (replica?.record.epoch ?? 1) + 1;
       f = { vmId, replicaId: r.id, itemId: r.itemId, job: resourceName('failover', r.replicationId, String(seq), String(epoch)), seq, epoch, committed: false, at: new Date(this.clock.now()).toISOString() };
       this.state.failovers[vmId] = f;
       await this.save();
