@@ -15,7 +15,8 @@ import { LabFabricDriver } from '../lab/lab-driver.js';
 import { loadSiteConfig } from '../lab/topology.js';
 import { ProviderChannel } from '../provider/channel.js';
 import { FabricProvider } from '../provider/fabric-provider.js';
-import { loadRegistration, registerWithVault } from '../provider/registration.js';
+import { loadRegistration, registerWithVault, type ProviderRegistration } from '../provider/registration.js';
+import { checkVaultUrls } from '../domain/vault-status.js';
 import { VERSION } from '../vault/version.js';
 import { AgentClient, readAgentToken } from './agent-client.js';
 import type { AgentTrust } from '../drivers/agent-enrolment.js';
@@ -29,7 +30,7 @@ export function addProviderCommand(program: Command): void {
     .requiredOption('--fabric <kind>', 'the fabric driver: lab (hosts are osr agents on this machine), libvirt (KVM hosts, each running osr agent --host libvirt) or azure (Azure as a recovery site: a subscription\'s resource group and storage account; docs/design/azure.md)')
     // --config and --vault are also the osr command's own options, which take their values; the action reads them there
     .option('--config <file>', 'the site file: the fabric\'s name and inventory, and lab.dir for the lab driver (libvirt: hosts and their agents, clouds, network and storage mappings; docs/getting-started-libvirt.md)')
-    .option('--vault <url>', 'the vault\'s URL (needed to register; later taken from the registration)')
+    .option('--vault <urls>', 'the vault\'s URL, or its processes\' URLs separated by commas (a standby at the other site): needed to register; later taken from the registration, and the provider follows whichever answers as the primary')
     .option('--registration-key <key>', 'a registration key from the vault (needed once; valid 5 days)')
     .option('--registration-key-file <file>', 'read the registration key from this file')
     .option('--data-dir <dir>', 'where the provider keeps its registration and state (default LAB_DIR/provider; libvirt: the site file\'s dir)')
@@ -80,17 +81,21 @@ export function addProviderCommand(program: Command): void {
         driver = new LabFabricDriver(s);
       }
       const log = pino({ name: `provider ${site.name}`, level: o.logLevel ?? 'info' }, pino.destination(2));
+      const vaults = o.vault ? checkVaultUrls(o.vault.split(',').map((u) => u.trim()).filter(Boolean), '--vault') : [];
       const scope = o.scope ? o.scope.split(',').map((s) => s.trim()).filter(Boolean) : 'all';
       let registration = await loadRegistration(dir);
       if (!registration) {
         const key = o.registrationKey ?? (o.registrationKeyFile ? fs.readFileSync(o.registrationKeyFile, 'utf8').trim() : undefined);
-        if (!key || !o.vault) throw new OsrError('CONFIG_INVALID', `the provider in ${dir} is not registered yet: give --vault and --registration-key (an Owner creates one with \`osr registration-key create\`)`);
-        registration = await registerWithVault({ vaultUrl: o.vault, key, fabric: { name: site.name, kind: driver.kind }, serverName: o.serverName ?? site.server ?? site.name, version: VERSION, inventoryScope: scope, dir });
+        if (!key || vaults.length === 0) throw new OsrError('CONFIG_INVALID', `the provider in ${dir} is not registered yet: give --vault and --registration-key (an Owner creates one with \`osr registration-key create\`)`);
+        registration = await registerWithFirst(vaults, (vaultUrl) => registerWithVault({ vaultUrl, key, fabric: { name: site.name, kind: driver.kind }, serverName: o.serverName ?? site.server ?? site.name, version: VERSION, inventoryScope: scope, dir }));
         log.info({ fabricId: registration.fabricId, provider: registration.providerId }, `registered with vault ${registration.vault.name}`);
       }
-      // a vault that moved (another address) is reached where --vault says; its CA still has to match
-      if (o.vault && o.vault !== registration.vault.url) registration = { ...registration, vault: { ...registration.vault, url: o.vault } };
-      const channel = new ProviderChannel(registration, { dir });
+      // a vault that moved (other addresses) is reached where --vault says; its CA still has to match
+      if (vaults.length > 0) {
+        const v = registration.vault;
+        registration = { ...registration, vault: { ...v, url: vaults.includes(v.url) ? v.url : vaults[0]!, urls: [...new Set([...vaults, ...(v.urls ?? [])])].slice(0, 16) } };
+      }
+      const channel = new ProviderChannel(registration, { dir, log });
       made.channel = channel;
       const provider = new FabricProvider({
         driver,
@@ -121,4 +126,20 @@ export function addProviderCommand(program: Command): void {
       await provider.start();
       console.log(JSON.stringify({ provider: registration.providerId, fabric: site.name, fabricId: registration.fabricId, vault: registration.vault.url, dir }));
     });
+}
+
+/** Register at the first of the vault's URLs that takes it (a standby refuses with VAULT_STANDBY; one may be down). */
+async function registerWithFirst(vaults: string[], register: (url: string) => Promise<ProviderRegistration>): Promise<ProviderRegistration> {
+  let last: unknown;
+  for (const url of vaults) {
+    try {
+      const r = await register(url);
+      return { ...r, vault: { ...r.vault, urls: vaults } };
+    } catch (e) {
+      last = e;
+      const code = (e as { code?: unknown }).code;
+      if (code !== 'VAULT_STANDBY' && code !== 'VAULT_STALE' && code !== 'NETWORK_ERROR') throw e;
+    }
+  }
+  throw last;
 }

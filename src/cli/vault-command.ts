@@ -6,9 +6,11 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import { DEFAULT_VAULT_PORT } from './vault-client-config.js';
 import { collect } from './format.js';
 import { installLastResortHandler } from './last-resort.js';
+import { CliApi, connection, fields, print, withApi } from './api-common.js';
+import { parseVaultStatus } from '../domain/vault-status.js';
 
 export function addVaultCommand(program: Command): void {
-  program
+  const vaultCommand = program
     .command('vault')
     .description('run the vault: the HTTPS REST API (/api/v1, OpenAPI at /api/v1/openapi.json), jobs, provider registration, events and alerts, /metrics')
     .option('--name <name>', 'the vault\'s name, fixed when its database is created (registration keys carry it)', 'osr-vault')
@@ -27,6 +29,9 @@ export function addVaultCommand(program: Command): void {
     .option('--retention-days <days>', 'events, ended jobs and audit records older than this are deleted (hourly)', '90')
     .option('--request-timeout <duration>', 'a client must send its whole request within this', '30s')
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .option('--advertise <url>', 'this vault process\'s URL as providers reach it (default: the --listen address)')
+    .option('--peer <url>', 'another process of this vault at another site, e.g. the standby on the replicated PostgreSQL (repeatable): providers are told it, and a peer of a newer term fences this one', collect, [])
+    .option('--role-check <duration>', 'how often the database\'s role (primary or standby) and the peers\' terms are checked', '2s')
     .action(async (o: Record<string, string | string[] | boolean | undefined>) => {
       installLastResortHandler('vault');
       const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(String(o.listen));
@@ -53,10 +58,14 @@ export function addVaultCommand(program: Command): void {
         runJobs: o.jobs !== false,
         caKeyFile: o.caKeyFile ? path.resolve(String(o.caKeyFile)) : undefined,
         timeouts: { requestMs: parseDuration(String(o.requestTimeout)) },
+        advertiseUrl: o.advertise as string | undefined,
+        peers: o.peer as string[],
+        roleCheckMs: parseDuration(String(o.roleCheck)),
         settings: { heartbeatIntervalMs: parseDuration(String(o.heartbeatInterval)), heartbeatLostAfterMs: parseDuration(String(o.heartbeatLostAfter)), retentionMs: retentionDays * 86_400_000 },
       });
       const url = await vault.listen();
-      console.log(JSON.stringify({ vault: vault.ctx.identity.name, url, api: `${url}/api/v1`, caFingerprint: vault.ctx.identity.caFingerprint, database: vault.store.database.location }));
+      const st = vault.ctx.role.status();
+      console.log(JSON.stringify({ vault: vault.ctx.identity.name, url, api: `${url}/api/v1`, caFingerprint: vault.ctx.identity.caFingerprint, database: vault.store.database.location, role: st.role, term: st.term }));
       let closing = false;
       const stop = () => {
         if (closing) return;
@@ -71,5 +80,34 @@ export function addVaultCommand(program: Command): void {
       };
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
+    });
+  addVaultOperations(program, vaultCommand);
+}
+
+/** `osr vault status|promote`: a vault process's role and term, and the promotion of a standby (docs/deployment.md). */
+function addVaultOperations(program: Command, vault: Command): void {
+  vault
+    .command('status')
+    .description('the role (primary, standby or stale) and term of the vault at --vault (public: no token needed)')
+    .action(async () => {
+      const c = connection(program);
+      const api = new CliApi(c);
+      try {
+        const st = parseVaultStatus(await api.get('/vault'), c.url);
+        print(program, st, () => fields([['vault', `${st.name} (${st.id})`], ['url', c.url], ['role', st.role], ['term', `${st.term} (${st.origin} ${st.since})`], ...(st.staleBecause ? ([['fenced by', `term ${st.staleBecause.term} at ${st.staleBecause.url}`]] as [string, unknown][]) : [])]));
+      } finally {
+        api.close();
+      }
+    });
+  vault
+    .command('promote')
+    .description('promote the standby vault at --vault (an Owner): its PostgreSQL standby is promoted, the next term begins, and providers follow it; for when the primary vault\'s site is lost')
+    .option('--wait <duration>', 'how long PostgreSQL may take to finish its promotion', '60s')
+    .action(async (o: { wait: string }) => {
+      const waitSeconds = Math.max(1, Math.min(600, Math.round(parseDuration(o.wait) / 1000)));
+      await withApi(program, async (api) => {
+        const st = parseVaultStatus(await api.post('/vault/promote', { waitSeconds }), api.connection.url);
+        print(program, st, () => `promoted: the vault ${st.name} at ${api.connection.url} is the primary, term ${st.term}; providers that know its URL follow it at their next heartbeat`);
+      });
     });
 }

@@ -17,7 +17,7 @@ export {
   writePkiFiles,
 } from './ca.js';
 export type { CaMaterial, CertificateInfo, CreateCaOptions, IssueOptions, IssuedCertificate, PkiRole, RevokedCertificate, TlsFiles, TlsMaterial } from './ca.js';
-export { classifyTlsError, clientTlsOptions, onTlsClientError, peerIdentity, serverTlsOptions } from './mtls.js';
+export { checkVaultIdentity, classifyTlsError, clientTlsOptions, onTlsClientError, peerIdentity, serverTlsOptions } from './mtls.js';
 export type { ClientTlsOptionsInput, PeerIdentity, TlsErrorContext, TlsSide } from './mtls.js';
 export { MAX_GRANT_LENGTH, isGrantEnd, signGrant, verifyGrant } from './grant.js';
 export type { GrantEnd, ReplicationGrant } from './grant.js';

@@ -301,3 +301,15 @@ function describePeer(socket: tls.TLSSocket | undefined, err?: { address?: unkno
   if (typeof err?.address === 'string') return formatAddress(err.address, typeof err.port === 'number' ? err.port : undefined);
   return 'unknown address';
 }
+
+/** The usual name check, and the role: providers, the CLI and a vault's peers talk only to a vault. */
+export function checkVaultIdentity(host: string, cert: tls.PeerCertificate): Error | undefined {
+  const nameError = tls.checkServerIdentity(host, cert);
+  if (nameError) return nameError;
+  const ou = cert.subject?.OU;
+  const roles = Array.isArray(ou) ? ou : ou === undefined ? [] : [ou];
+  if (!roles.includes('vault')) {
+    return new OsrError('AUTH_FAILED', `the server at ${host} has a certificate of role ${roles.join(',') || '(none)'} (${String(cert.subject?.CN)}), not a vault's; refusing to talk to it`, { role: roles.join(',') || null });
+  }
+  return undefined;
+}

@@ -31,7 +31,11 @@ export interface RegisterOptions {
 export interface ProviderRegistration {
   providerId: string;
   fabricId: string;
-  vault: { id: string; name: string; url: string };
+  /**
+   * the vault: the URL this provider uses now, every URL of the vault's processes it knows
+   * (a standby at the other site), and the newest term it was answered with
+   */
+  vault: { id: string; name: string; url: string; urls?: string[]; term?: number };
   tls: TlsMaterial;
   notAfter: string;
   heartbeatIntervalSeconds: number;
@@ -116,4 +120,12 @@ export async function loadRegistration(dir: string): Promise<ProviderRegistratio
   // what a renewal cut short by a crash left behind
   await removeUnnamed(dir, files);
   return { ...rest, tls: { cert: cert!, key: key!, ca: ca! } };
+}
+
+/** Keep what the provider learnt of the vault (its URLs, its newest term) in registration.json, its certificate files unchanged. */
+export async function saveVaultInfo(dir: string, vault: ProviderRegistration['vault']): Promise<void> {
+  const file = path.join(dir, 'registration.json');
+  const meta = JSON.parse(await fs.readFile(file, 'utf8')) as Record<string, unknown>;
+  await writeFileAtomic(file, `${JSON.stringify({ ...meta, vault }, null, 2)}\n`, 0o644);
+  await fsyncDir(dir);
 }

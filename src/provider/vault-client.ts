@@ -12,7 +12,8 @@ import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
-import { formatFingerprint, type TlsMaterial } from '../pki/index.js';
+import { checkVaultIdentity, formatFingerprint, type TlsMaterial } from '../pki/index.js';
+
 
 export interface VaultClientOptions {
   /** client certificate, key and the vault's CA (a provider) */
@@ -21,6 +22,8 @@ export interface VaultClientOptions {
   ca?: string;
   token?: string;
   timeoutMs?: number;
+  /** more headers for every request (a provider's newest vault term) */
+  headers?: () => Record<string, string>;
 }
 
 export class VaultClient {
@@ -77,6 +80,7 @@ export class VaultClient {
             accept: 'application/json',
             ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
             ...(this.o.token ? { authorization: `Bearer ${this.o.token}` } : {}),
+            ...this.o.headers?.(),
           },
           timeout: opts.timeoutMs ?? this.o.timeoutMs ?? 30_000,
           signal: opts.signal,
@@ -113,16 +117,6 @@ export class VaultClient {
  * A vault's certificate names the host connected to and carries the vault role (OU=vault);
  * an agent's or a provider's certificate from the same CA is refused.
  */
-export function checkVaultIdentity(host: string, cert: tls.PeerCertificate): Error | undefined {
-  const nameError = tls.checkServerIdentity(host, cert);
-  if (nameError) return nameError;
-  const ou = cert.subject?.OU;
-  const roles = Array.isArray(ou) ? ou : ou === undefined ? [] : [ou];
-  if (!roles.includes('vault')) {
-    return new OsrError('AUTH_FAILED', `the server at ${host} has a certificate of role ${roles.join(',') || '(none)'} (${String(cert.subject?.CN)}), not a vault's; refusing to talk to it`, { role: roles.join(',') || null });
-  }
-  return undefined;
-}
 
 /**
  * Connect to the vault, and return its CA certificate (PEM) if the handshake presented a

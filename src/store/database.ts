@@ -6,10 +6,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import SQLite from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
 import { OsrError } from '../domain/errors.js';
-import { migrate } from './migrations.js';
+import { checkSchema, migrate } from './migrations.js';
 import type { Database } from './schema.js';
 
 export const Dialect = { Sqlite: 'sqlite', Postgres: 'postgres' } as const;
@@ -39,7 +39,9 @@ export const isPostgresUrl = (s: string) => /^postgres(ql)?:\/\//.test(s);
 export async function openDatabase(o: OpenDatabaseOptions): Promise<VaultDatabase> {
   const vdb = o.database && isPostgresUrl(o.database) ? openPostgres(o.database, o.poolSize ?? 10) : openSqlite(o.database ?? path.join(o.dataDir, 'vault.db'));
   try {
-    if (o.migrate !== false) await migrate(vdb.db, vdb.dialect);
+    // a hot standby takes no writes: its schema is the primary's, which must be this osr's
+    if (vdb.dialect === Dialect.Postgres && (await sql<{ r: boolean }>`select pg_is_in_recovery() as r`.execute(vdb.db)).rows[0]?.r === true) await checkSchema(vdb.db);
+    else if (o.migrate !== false) await migrate(vdb.db, vdb.dialect);
     return vdb;
   } catch (e) {
     await vdb.close().catch(() => undefined);

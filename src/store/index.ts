@@ -8,6 +8,7 @@ import { HostAdmissionStore } from './host-admissions.js';
 import { FabricStore } from './inventory.js';
 import { ItemStore } from './items.js';
 import { JobStore } from './jobs.js';
+import { VaultRoleStore } from './vault-role.js';
 
 export interface VaultStore {
   database: VaultDatabase;
@@ -19,6 +20,7 @@ export interface VaultStore {
   activity: ActivityStore;
   certificates: CertificateStore;
   hostAdmissions: HostAdmissionStore;
+  role: VaultRoleStore;
   close(): Promise<void>;
 }
 
@@ -34,6 +36,7 @@ export function storeOn(database: VaultDatabase, now: () => number = Date.now): 
     activity: new ActivityStore(db, now),
     certificates: new CertificateStore(db, now),
     hostAdmissions: new HostAdmissionStore(db, now),
+    role: new VaultRoleStore(db, dialect, now),
     close: () => database.close(),
   };
 }

@@ -333,6 +333,21 @@ export async function migrate(db: Kysely<Database>, dialect: Dialect, now: () =>
   });
 }
 
+/** A database this osr may use without migrating it (a read-only standby): at exactly this osr's schema version. */
+export async function checkSchema(db: Kysely<Database>): Promise<void> {
+  let at = 0;
+  try {
+    const row = await db.selectFrom('schema_migrations').select((eb) => eb.fn.max('version').as('v')).executeTakeFirst();
+    at = Number(row?.v ?? 0);
+  } catch {
+    at = 0;
+  }
+  if (at > SCHEMA_VERSION) throw new OsrError('STORE_SCHEMA_NEWER', `the database is at schema version ${at}, newer than the ${SCHEMA_VERSION} this osr knows`, { databaseVersion: at, knownVersion: SCHEMA_VERSION });
+  if (at < SCHEMA_VERSION) {
+    throw new OsrError('STORE_UNAVAILABLE', `the standby database is at schema version ${at}, older than this osr's ${SCHEMA_VERSION}, and a standby cannot be migrated: start this osr's vault on the primary first (it migrates the database and the standby follows), or run the older osr here`, { databaseVersion: at, knownVersion: SCHEMA_VERSION });
+  }
+}
+
 /**
  * Run fn in a transaction no other vault process runs beside: on PostgreSQL under an
  * advisory lock, on SQLite as BEGIN IMMEDIATE (the write lock is taken at once).

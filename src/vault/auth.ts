@@ -23,6 +23,8 @@ export function installAuth(app: App, ctx: VaultContext): void {
 
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const access = request.routeOptions.config?.access;
+    // a standby or stale vault serves reads; every change, and the provider channel, goes to the primary
+    if (!ctx.role.writable && (MUTATING.has(request.method) || access === 'provider') && request.routeOptions.config?.anyRole !== true) ctx.role.assertWritable();
     if (access === 'public' && request.routeOptions.config?.credential !== true) return;
     if (access === undefined) {
       // only Fastify's own not-found answer has no access level; a route that forgot one is closed
@@ -66,7 +68,7 @@ export function installAuth(app: App, ctx: VaultContext): void {
       throw new OsrError('FORBIDDEN', `the ${token.role} role may not ${describe(access as Permission)}`, { role: token.role, needs: access });
     }
     const t = ctx.clock.now();
-    if ((touched.get(token.id) ?? 0) + TOUCH_EVERY_MS < t) {
+    if (ctx.role.writable && (touched.get(token.id) ?? 0) + TOUCH_EVERY_MS < t) {
       touched.set(token.id, t);
       await ctx.store.activity.touchToken(token.id);
     }
@@ -78,6 +80,8 @@ export function installAuth(app: App, ctx: VaultContext): void {
     ctx.metrics.requests.inc({ method: request.method, route, status: String(reply.statusCode) });
     ctx.metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
     if (!MUTATING.has(request.method) || access === 'provider' || access === undefined) return;
+    // a standby cannot write the record (a promotion is recorded as an event once it took)
+    if (!ctx.role.writable) return;
     // only what an authenticated caller did is audited (a registration: once its key was taken)
     if (!request.principal && !(access === 'public' && reply.statusCode < 400)) return;
     const who = request.principal ?? { actor: 'registration', role: null };

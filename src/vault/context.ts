@@ -10,6 +10,7 @@ import type { Alerting } from '../workflows/alerting.js';
 import type { AuthThrottle, AuthThrottleOptions } from './auth-throttle.js';
 import type { VaultIdentity } from './identity.js';
 import type { VaultMetrics } from './metrics.js';
+import type { RoleWatcher } from './role.js';
 
 export interface VaultSettings {
   /** the heartbeat interval providers are told to keep */
@@ -42,6 +43,10 @@ export interface VaultContext {
   settings: VaultSettings;
   /** failed authentications by address */
   authThrottle: AuthThrottle;
+  /** primary, standby or stale: only the primary changes anything (role.ts) */
+  role: RoleWatcher;
+  /** the URLs of this vault's processes providers are told (its own, then its peers') */
+  urls: string[];
   /** aborted when the vault shuts down: long-polls answer at once */
   closing: AbortSignal;
 }
@@ -65,6 +70,8 @@ declare module 'fastify' {
     access?: RouteAccess;
     /** a public route that takes a credential of its own (a registration key): refused while its caller is throttled */
     credential?: boolean;
+    /** a change a standby or stale vault takes too (its promotion); every other one is refused on them */
+    anyRole?: boolean;
   }
   interface FastifyRequest {
     principal?: Principal;

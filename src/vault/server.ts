@@ -46,6 +46,9 @@ import { planRunRoutes } from './routes/plan-runs.js';
 import { protectionRoutes } from './routes/protection.js';
 import { providerRoutes } from './routes/providers.js';
 import { systemRoutes } from './routes/system.js';
+import { vaultRoutes } from './routes/vault.js';
+import { RoleWatcher } from './role.js';
+import { checkVaultUrls } from '../domain/vault-status.js';
 import { DEFAULT_PORTAL_DIR, servePortal } from './portal.js';
 
 import { VERSION } from './version.js';
@@ -91,6 +94,12 @@ export interface VaultOptions {
   caKeyFile?: string;
   /** how long a client may take to send a whole request, how long a connection may stay silent, how long an idle keep-alive connection is kept */
   timeouts?: Partial<VaultTimeouts>;
+  /** this process's URL as providers reach it (default: the address it listens on) */
+  advertiseUrl?: string;
+  /** the other processes of this vault (a standby at the other site): told to providers, asked for their term */
+  peers?: string[];
+  /** how often the database's role and the peers' terms are checked (default 2 s) */
+  roleCheckMs?: number;
 }
 
 export interface VaultTimeouts {
@@ -128,6 +137,10 @@ export class Vault {
     const store = await openStore({ database: o.database, dataDir: o.dataDir }, () => clock.now());
     try {
       const host = o.host ?? '127.0.0.1';
+      const standby = await store.role.inRecovery();
+      if (standby && !(await store.activity.setting<unknown>('vault', null))) {
+        throw new OsrError('STORE_UNAVAILABLE', 'the standby database holds no vault yet: start the primary vault first (it creates the vault in the database, and the standby follows)');
+      }
       const identity = await loadIdentity(store, { name: o.name ?? 'osr-vault', host, extraNames: o.tlsNames, dataDir: o.dataDir, caKeyFile: o.caKeyFile, clock });
       const settings: VaultSettings = {
         heartbeatIntervalMs: 15_000,
@@ -156,7 +169,10 @@ export class Vault {
       const metrics = new VaultMetrics(store, () => clock.now());
       const closing = new AbortController();
       const authThrottle = new AuthThrottle(clock, settings.authThrottle);
-      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, authThrottle, closing: closing.signal };
+      const peers = checkVaultUrls(o.peers ?? [], '--peer');
+      const role = new RoleWatcher(store, { vaultId: identity.id, vaultName: identity.name, ca: identity.ca.certPem, peers, clock, checkMs: o.roleCheckMs, log: log.child({ part: 'role' }) });
+      await role.init();
+      const ctx: VaultContext = { store, engine, identity, clock, alerting, metrics, settings, authThrottle, role, urls: [...(o.advertiseUrl ? checkVaultUrls([o.advertiseUrl], '--advertise') : []), ...peers], closing: closing.signal };
       // replication grants are signed with the CA's key at the vault's time (src/pki/grant.ts)
       const grants: GrantSigner = (g) => signGrant(ctx.identity.ca, { ...g, issuedAt: new Date(clock.now()).toISOString() });
       const deps = { store, alerting, clock, grants };
@@ -211,6 +227,7 @@ export class Vault {
         throw new OsrError('INVALID_ARGUMENT', `${request.method} ${request.routeOptions.url} takes no request body`);
       });
       await app.register(systemRoutes(ctx), { prefix: API });
+      await app.register(vaultRoutes(ctx), { prefix: API });
       await app.register(accessRoutes(ctx), { prefix: API });
       await app.register(providerRoutes(ctx), { prefix: API });
       await app.register(inventoryRoutes(ctx), { prefix: API });
@@ -225,7 +242,7 @@ export class Vault {
 
       const monitor = new HeartbeatMonitor(ctx, log.child({ part: 'monitor' }));
       const vault = new Vault(app, ctx, monitor, notifier, o, closing);
-      await vault.firstToken(log);
+      if (role.writable) await vault.firstToken(log);
       return vault;
     } catch (e) {
       await store.close();
@@ -260,16 +277,41 @@ export class Vault {
     const addr = this.app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : this.o.port;
     this.url = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    if (!this.o.advertiseUrl) this.ctx.urls.unshift(this.url);
     this.startWork();
     return this.url;
   }
 
-  /** Run jobs, the heartbeat monitor and the pruning of old history (listen() does this; tests using inject() call it). */
+  /**
+   * Run jobs, the heartbeat monitor and the pruning of old history (listen() does this;
+   * tests using inject() call it). A standby or stale vault runs none of them, only its
+   * role check and its certificate's renewal; promoted, it starts them.
+   */
   startWork(): void {
+    const role = this.ctx.role;
+    if (!this.watchingRole) {
+      this.watchingRole = true;
+      role.on('primary', () => this.startPrimaryWork());
+      role.on('demoted', () => void this.stopPrimaryWork());
+      role.start();
+    }
+    if (role.writable) this.startPrimaryWork();
+    this.renewing ??= this.certificateLoop();
+  }
+
+  private watchingRole = false;
+
+  private startPrimaryWork(): void {
+    if (this.closing.signal.aborted) return;
     if (this.o.runJobs !== false) this.engine.start();
     this.monitor.start();
     this.pruning ??= this.pruneLoop();
-    this.renewing ??= this.certificateLoop();
+  }
+
+  /** A vault that may no longer write: its jobs stop (their leases run out for the primary's processes). */
+  private async stopPrimaryWork(): Promise<void> {
+    this.monitor.stop();
+    await this.engine.stop().catch((e: unknown) => this.app.log.warn({ err: String(e) }, 'stopping the jobs failed'));
   }
 
   private renewing: Promise<void> | undefined;
@@ -287,7 +329,7 @@ export class Vault {
     this.app.server.setSecureContext({ key: next.server.key, cert: next.server.cert, ca: next.server.ca });
     Object.assign(id, next);
     this.app.log.info({ notAfter: next.serverNotAfter }, 'renewed the vault\'s server certificate');
-    await this.ctx.alerting.event({ target: 'vault', kind: 'vault.certificate-renewed', severity: Severity.Info, message: `the vault's server certificate was renewed; the new one is valid until ${next.serverNotAfter}`, details: { notAfter: next.serverNotAfter } });
+    if (this.ctx.role.writable) await this.ctx.alerting.event({ target: 'vault', kind: 'vault.certificate-renewed', severity: Severity.Info, message: `the vault's server certificate was renewed; the new one is valid until ${next.serverNotAfter}`, details: { notAfter: next.serverNotAfter } });
     return true;
   }
 
@@ -318,7 +360,7 @@ export class Vault {
     const signal = this.closing.signal;
     while (!signal.aborted) {
       try {
-        await this.prune();
+        if (this.ctx.role.writable) await this.prune();
       } catch (e) {
         if (!signal.aborted) this.app.log.warn({ err: String(e) }, 'pruning old history failed; trying again at the next interval');
       }
@@ -328,6 +370,7 @@ export class Vault {
 
   async close(): Promise<void> {
     this.closing.abort();
+    await this.ctx.role.stop();
     this.monitor.stop();
     await this.pruning;
     await this.renewing;

@@ -18,6 +18,7 @@ import { authFailure } from '../auth.js';
 import { principal, type App, type VaultContext } from '../context.js';
 import { certificateFingerprint } from '../identity.js';
 import { heartbeatAlertKey } from '../monitor.js';
+import { isTerm, TERM_HEADER } from '../../domain/vault-status.js';
 import { FabricCapabilitiesSchema, IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
 
 /** Inventory documents of big fabrics are large; everything else stays under the default limit. */
@@ -142,7 +143,10 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         await alerting.resolve(heartbeatAlertKey(fabricId));
         await alerting.event({ target: fabricId, kind: 'fabric.heartbeat-restored', severity: Severity.Info, message: `the provider of fabric ${fabricId} is heard from again` });
       }
-      return { time: new Date(clock.now()).toISOString(), heartbeatIntervalSeconds: ctx.settings.heartbeatIntervalMs / 1000 };
+      // a provider that has seen a newer term makes this vault ask its peers whether it is stale
+      const heard = Number(request.headers[TERM_HEADER]);
+      if (isTerm(heard)) ctx.role.heard(heard);
+      return { time: new Date(clock.now()).toISOString(), heartbeatIntervalSeconds: ctx.settings.heartbeatIntervalMs / 1000, vault: { term: ctx.role.term.term, urls: ctx.urls } };
     },
   );
 

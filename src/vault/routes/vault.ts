@@ -1,0 +1,62 @@
+/**
+ * The vault itself: its role and term (public: providers, the CLI and the vault's peers
+ * read it to follow the primary), and the promotion of a standby (Owner).
+ */
+import { Type } from '@fastify/type-provider-typebox';
+import { Severity } from '../../domain/resources.js';
+import { VaultRole } from '../../domain/vault-status.js';
+import { OsrError } from '../../domain/errors.js';
+import type { App, VaultContext } from '../context.js';
+
+const tags = ['vault'];
+
+const VaultStatusSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  role: Type.Union([Type.Literal('primary'), Type.Literal('standby'), Type.Literal('stale')]),
+  term: Type.Integer(),
+  since: Type.String(),
+  origin: Type.Union([Type.Literal('created'), Type.Literal('promoted'), Type.Literal('restored')]),
+  staleBecause: Type.Optional(Type.Object({ term: Type.Integer(), url: Type.String(), at: Type.String() })),
+});
+
+export const vaultRoutes = (ctx: VaultContext) => async (app: App) => {
+  app.get(
+    '/vault',
+    {
+      config: { access: 'public' },
+      schema: { summary: 'this vault process: its role (primary, standby or stale) and term; providers and the CLI follow the primary of the newest term', tags, security: [], response: { 200: VaultStatusSchema } },
+    },
+    async () => ctx.role.status(),
+  );
+
+  app.post(
+    '/vault/promote',
+    {
+      config: { access: 'admin', anyRole: true },
+      schema: {
+        summary: 'promote this standby vault: its PostgreSQL standby is promoted (pg_promote), the next term begins, and it runs jobs and takes providers from now on; for when the primary vault\'s site is lost',
+        tags,
+        body: Type.Optional(Type.Object({ waitSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 600 })) }, { additionalProperties: false })),
+        response: { 200: VaultStatusSchema },
+      },
+    },
+    async (request) => {
+      const role = ctx.role;
+      if (role.role === VaultRole.Primary) throw new OsrError('INVALID_STATE', `this vault is the primary already (term ${role.term.term})`, { term: role.term.term });
+      if (role.role === VaultRole.Stale) role.assertWritable();
+      const seen = role.term;
+      await ctx.store.role.promoteDatabase(request.body?.waitSeconds ?? 60);
+      // the role check may have begun the term already (it looks every few seconds)
+      if (!role.writable) await role.beginTerm(seen, 'promoted');
+      await ctx.alerting.event({
+        target: 'vault',
+        kind: 'vault.promoted',
+        severity: Severity.Warning,
+        message: `this vault was promoted: its database takes writes, term ${role.term.term} began (by ${request.principal?.actor ?? 'unknown'})`,
+        details: { term: role.term.term },
+      });
+      return role.status();
+    },
+  );
+};
