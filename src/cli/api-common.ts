@@ -69,6 +69,11 @@ export class CliApi {
     }
   }
 
+  /** A file the vault sends (a backup) into `file`; answers the response's headers. */
+  download(p: string, file: string, maxBytes: number): Promise<Record<string, string | string[] | undefined>> {
+    return this.client.download(`${API_PREFIX}${p}`, file, maxBytes);
+  }
+
   /** A call whose answer is not JSON (a CSV export): its text as sent. */
   text(p: string, q?: Query): Promise<string> {
     return this.client.request<string>('GET', withQuery(`${API_PREFIX}${p}`, q), undefined, { text: true, timeoutMs: 60_000 });

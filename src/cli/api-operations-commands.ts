@@ -368,10 +368,12 @@ export function addOperationsCommands(program: Command): void {
     .command('list')
     .description('audited calls, newest first: who, role, method, path, status, error code')
     .option('--actor <actor>', 'by this actor only, as the trail names it (e.g. "owner (000000000000)")')
+    .option('--since <time>', 'made at or after this time (ISO 8601): on a vault that came back after a restore elsewhere, the changes the restored vault lost')
     .option('--limit <n>', 'at most this many entries', '100')
-    .action((o: { actor?: string; limit: string }) =>
+    .action((o: { actor?: string; since?: string; limit: string }) =>
       withApi(program, async (api) => {
-        const r = await api.list<AuditEntry>('/audit', { actor: o.actor }, int(o.limit, '--limit', 1));
+        if (o.since !== undefined && Number.isNaN(Date.parse(o.since))) throw new OsrError('INVALID_ARGUMENT', `--since ${o.since} is not a time (ISO 8601, e.g. 2026-12-07T10:00:00Z)`);
+        const r = await api.list<AuditEntry>('/audit', { actor: o.actor, since: o.since === undefined ? undefined : new Date(o.since).toISOString() }, int(o.limit, '--limit', 1));
         out(r, () => table(r.items.map((a) => ({ time: when(a.at), actor: a.actor, role: a.role, method: a.method, path: a.path, status: a.status, code: a.code }))));
       }),
     );

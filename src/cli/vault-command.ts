@@ -8,6 +8,9 @@ import { collect } from './format.js';
 import { installLastResortHandler } from './last-resort.js';
 import { CliApi, connection, fields, print, withApi } from './api-common.js';
 import { parseVaultStatus } from '../domain/vault-status.js';
+import fs from 'node:fs';
+import { keepDownloadedBackup, listBackups, readManifest, restoreBackup, takeBackup, type BackupManifest } from '../vault/backup.js';
+import { formatBytes, table } from './format.js';
 
 export function addVaultCommand(program: Command): void {
   const vaultCommand = program
@@ -32,6 +35,9 @@ export function addVaultCommand(program: Command): void {
     .option('--advertise <url>', 'this vault process\'s URL as providers reach it (default: the --listen address)')
     .option('--peer <url>', 'another process of this vault at another site, e.g. the standby on the replicated PostgreSQL (repeatable): providers are told it, and a peer of a newer term fences this one', collect, [])
     .option('--role-check <duration>', 'how often the database\'s role (primary or standby) and the peers\' terms are checked', '2s')
+    .option('--backup-dir <dir>', 'a SQLite vault: take a backup into this directory at start and every --backup-every (docs/deployment.md)')
+    .option('--backup-every <duration>', 'how often the scheduled backup is taken', '1h')
+    .option('--backup-keep <n>', 'how many scheduled backups are kept', '24')
     .action(async (o: Record<string, string | string[] | boolean | undefined>) => {
       installLastResortHandler('vault');
       const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(String(o.listen));
@@ -61,6 +67,7 @@ export function addVaultCommand(program: Command): void {
         advertiseUrl: o.advertise as string | undefined,
         peers: o.peer as string[],
         roleCheckMs: parseDuration(String(o.roleCheck)),
+        ...(o.backupDir ? { backups: { dir: path.resolve(String(o.backupDir)), everyMs: parseDuration(String(o.backupEvery)), keep: wholeNumber(String(o.backupKeep), '--backup-keep') } } : {}),
         settings: { heartbeatIntervalMs: parseDuration(String(o.heartbeatInterval)), heartbeatLostAfterMs: parseDuration(String(o.heartbeatLostAfter)), retentionMs: retentionDays * 86_400_000 },
       });
       const url = await vault.listen();
@@ -84,8 +91,99 @@ export function addVaultCommand(program: Command): void {
   addVaultOperations(program, vaultCommand);
 }
 
-/** `osr vault status|promote`: a vault process's role and term, and the promotion of a standby (docs/deployment.md). */
+function wholeNumber(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new OsrError('INVALID_ARGUMENT', `${flag} must be a whole number of at least 1, not ${text}`);
+  return n;
+}
+
+const MAX_BACKUP_BYTES = 64 * 1024 ** 3;
+
+function printBackup(program: Command, m: BackupManifest, where: string): void {
+  print(program, { ...m, path: where }, () => `backup of vault ${m.vault.name} (term ${m.term}) taken ${m.takenAt}: ${where} (${formatBytes(m.bytes)}, sha256 ${m.sha256.slice(0, 16)}…)`);
+}
+
+/** A backup pulled from the vault at --vault over its API, kept in `dir` with its manifest. */
+async function pullBackup(program: Command, dir: string, keep: number | undefined): Promise<BackupManifest> {
+  return withApi(program, async (api) => {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const part = path.join(dir, `.download-${process.pid}-${Date.now()}.part`);
+    const headers = await api.download('/vault/backup', part, MAX_BACKUP_BYTES);
+    try {
+      const raw = headers['osr-backup-manifest'];
+      const manifestFile = path.join(dir, `.download-${process.pid}.json`);
+      fs.writeFileSync(manifestFile, Buffer.from(typeof raw === 'string' ? raw : '', 'base64').toString('utf8'), { mode: 0o600 });
+      let m: BackupManifest;
+      try {
+        m = readManifest(manifestFile);
+      } finally {
+        fs.rmSync(manifestFile, { force: true });
+      }
+      // kept only once its bytes match what the vault said they are
+      return await keepDownloadedBackup(dir, part, m, keep);
+    } finally {
+      fs.rmSync(part, { force: true });
+    }
+  });
+}
+
+/** `osr vault status|promote|backup|backups|restore`: a vault process's role and term, a standby's promotion, backups of a SQLite vault (docs/deployment.md). */
 function addVaultOperations(program: Command, vault: Command): void {
+  vault
+    .command('backup')
+    .description('take a consistent online backup of a SQLite vault into a directory: of the database on this machine (--from-data-dir or --from-database), or pulled from the vault at --vault over its API (an Owner token), to keep at another host')
+    .requiredOption('--to <dir>', 'the backup directory (made 0700; each backup is a database file and its manifest, 0600)')
+    .option('--from-data-dir <dir>', 'the vault\'s data directory on this machine (its vault.db)')
+    .option('--from-database <file>', 'the vault\'s SQLite file on this machine')
+    .option('--keep <n>', 'how many backups to keep in the directory (older ones are removed)')
+    .option('--every <duration>', 'keep running, taking a backup at this interval')
+    .action(async (o: { to: string; fromDataDir?: string; fromDatabase?: string; keep?: string; every?: string }) => {
+      const to = path.resolve(o.to);
+      const keep = o.keep !== undefined ? wholeNumber(o.keep, '--keep') : undefined;
+      const local = o.fromDatabase ?? (o.fromDataDir ? path.join(o.fromDataDir, 'vault.db') : undefined);
+      const once = async () => {
+        const m = local ? await takeBackup({ database: path.resolve(local), dir: to, ...(keep !== undefined ? { keep } : {}) }) : await pullBackup(program, to, keep);
+        printBackup(program, m, path.join(to, m.file));
+      };
+      if (o.every === undefined) return once();
+      const every = parseDuration(o.every);
+      for (;;) {
+        try {
+          await once();
+        } catch (e) {
+          const err = toOsrError(e);
+          console.error(`error ${err.code}: ${err.message}; trying again in ${o.every}`);
+        }
+        await new Promise((r) => setTimeout(r, every));
+      }
+    });
+  vault
+    .command('backups')
+    .description('the backups in a directory, newest first')
+    .argument('<dir>', 'the backup directory')
+    .action((dir: string) => {
+      const list = listBackups(path.resolve(dir));
+      print(program, list.map((b) => ({ ...b.manifest, manifestPath: b.path })), () =>
+        list.length === 0 ? `no backups in ${dir}` : table(list.map((b) => ({ taken: b.manifest.takenAt, vault: b.manifest.vault.name, term: b.manifest.term, size: formatBytes(b.manifest.bytes), manifest: b.path }))),
+      );
+    });
+  vault
+    .command('restore')
+    .description('bring a SQLite vault back from a backup, e.g. at the recovery site: the copy is checked, put in place and its next term begun (so the old vault, should it come back, is stale); then start `osr vault` on that data directory, with the CA\'s key file')
+    .requiredOption('--from <path>', 'a backup\'s manifest (vault-….json), or a backup directory (its newest backup)')
+    .requiredOption('--into <dir>', 'the data directory of the vault to start (its vault.db)')
+    .option('--force', 'a database is there already: keep it aside (vault.db.replaced-TIME) and restore over it; stop its vault first', false)
+    .action(async (o: { from: string; into: string; force: boolean }) => {
+      const r = await restoreBackup({ from: path.resolve(o.from), dataDir: path.resolve(o.into), force: o.force });
+      print(program, r, () =>
+        [
+          `restored vault ${r.manifest.vault.name} into ${r.database}: term ${r.term.term} begins (the backup was term ${r.manifest.term}, taken ${r.manifest.takenAt})`,
+          ...(r.replaced ? [`the database that was there is kept as ${r.replaced}`] : []),
+          `lost: every change made after ${r.manifest.takenAt} (configuration, tokens, jobs started after it); providers report the replication state as it is when they reconnect`,
+          `next: osr vault --data-dir ${path.resolve(o.into)} --ca-key-file CA.KEY …, and give providers its URL (\`--vault\`) if it is not one they know`,
+        ].join('\n'),
+      );
+    });
   vault
     .command('status')
     .description('the role (primary, standby or stale) and term of the vault at --vault (public: no token needed)')

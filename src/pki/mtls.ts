@@ -302,7 +302,10 @@ function describePeer(socket: tls.TLSSocket | undefined, err?: { address?: unkno
   return 'unknown address';
 }
 
-/** The usual name check, and the role: providers, the CLI and a vault's peers talk only to a vault. */
+/**
+ * The usual name check, and the role: providers, the CLI and a vault's peers talk only to
+ * a vault (OU=vault); an agent's or a provider's certificate from the same CA is refused.
+ */
 export function checkVaultIdentity(host: string, cert: tls.PeerCertificate): Error | undefined {
   const nameError = tls.checkServerIdentity(host, cert);
   if (nameError) return nameError;

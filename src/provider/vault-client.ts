@@ -8,6 +8,7 @@
  * vault's TLS handshake only if it matches, and only then is the key sent.
  */
 import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
 import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -111,12 +112,49 @@ export class VaultClient {
       req.end(payload);
     }).finally(() => this.settled());
   }
-}
 
-/**
- * A vault's certificate names the host connected to and carries the vault role (OU=vault);
- * an agent's or a provider's certificate from the same CA is refused.
- */
+  /**
+   * GET a file the vault sends (a backup) into `file` (created 0600, synced), at most
+   * `maxBytes`; answers the response's headers. An error answer is the OsrError it carries.
+   */
+  async download(path: string, file: string, maxBytes: number): Promise<Record<string, string | string[] | undefined>> {
+    const url = new URL(path, this.base);
+    const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+      const req = https.request(url, { method: 'GET', agent: this.agent, headers: { ...(this.o.token ? { authorization: `Bearer ${this.o.token}` } : {}), ...this.o.headers?.() }, timeout: this.o.timeoutMs ?? 300_000 }, resolve);
+      req.on('timeout', () => req.destroy(new OsrError('NETWORK_ERROR', `the vault did not answer GET ${url.pathname} in time`)));
+      req.on('error', (e) => reject(e instanceof OsrError ? e : toOsrError(e, 'NETWORK_ERROR')));
+      req.end();
+    });
+    const status = res.statusCode ?? 0;
+    if (status < 200 || status >= 300) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) if (Buffer.concat(chunks).length < 65536) chunks.push(c as Buffer);
+      let e: { code?: string; message?: string } | undefined;
+      try {
+        e = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof e;
+      } catch {
+        e = undefined;
+      }
+      throw new OsrError(e?.code && e.code in ERROR_CODES ? (e.code as ErrorCode) : 'INTERNAL', e?.message ?? `the vault answered ${status} to GET ${url.pathname}`, { status });
+    }
+    const fh = await fsp.open(file, 'wx', 0o600);
+    try {
+      let n = 0;
+      for await (const c of res) {
+        n += (c as Buffer).length;
+        if (n > maxBytes) throw new OsrError('PAYLOAD_TOO_LARGE', `the vault sent more than ${maxBytes} bytes for GET ${url.pathname}`);
+        await fh.write(c as Buffer);
+      }
+      await fh.sync();
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      await fsp.rm(file, { force: true });
+      throw e instanceof OsrError ? e : toOsrError(e, 'NETWORK_ERROR');
+    }
+    await fh.close();
+    return res.headers;
+  }
+}
 
 /**
  * Connect to the vault, and return its CA certificate (PEM) if the handshake presented a

@@ -189,9 +189,10 @@ export class ActivityStore {
       .execute();
   }
 
-  async auditTrail(f: { actor?: string; after?: string; limit?: number } = {}): Promise<AuditEntry[]> {
+  async auditTrail(f: { actor?: string; after?: string; since?: number; limit?: number } = {}): Promise<AuditEntry[]> {
     let q = this.db.selectFrom('audit').selectAll();
     if (f.actor) q = q.where('actor', '=', f.actor);
+    if (f.since !== undefined) q = q.where('at', '>=', f.since);
     if (f.after) q = q.where('id', '<', f.after);
     return (await q.orderBy('id', 'desc').limit(clampLimit(f.limit)).execute()).map(toAudit);
   }

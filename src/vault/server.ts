@@ -48,6 +48,7 @@ import { providerRoutes } from './routes/providers.js';
 import { systemRoutes } from './routes/system.js';
 import { vaultRoutes } from './routes/vault.js';
 import { RoleWatcher } from './role.js';
+import { takeBackup, type BackupManifest } from './backup.js';
 import { checkVaultUrls } from '../domain/vault-status.js';
 import { DEFAULT_PORTAL_DIR, servePortal } from './portal.js';
 
@@ -100,6 +101,8 @@ export interface VaultOptions {
   peers?: string[];
   /** how often the database's role and the peers' terms are checked (default 2 s) */
   roleCheckMs?: number;
+  /** a SQLite vault's scheduled backups: where, how often, how many are kept (backup.ts) */
+  backups?: { dir: string; everyMs: number; keep: number };
 }
 
 export interface VaultTimeouts {
@@ -306,6 +309,36 @@ export class Vault {
     if (this.o.runJobs !== false) this.engine.start();
     this.monitor.start();
     this.pruning ??= this.pruneLoop();
+    if (this.o.backups) this.backingUp ??= this.backupLoop(this.o.backups);
+  }
+
+  private backingUp: Promise<void> | undefined;
+
+  /** A backup now into the backup directory (the schedule's; a SQLite vault only). */
+  async backup(dir: string, keep?: number): Promise<BackupManifest> {
+    if (this.store.database.dialect !== 'sqlite') throw new OsrError('NOT_SUPPORTED', 'a PostgreSQL vault is backed up by PostgreSQL (a standby at the other site, pg_dump or pg_basebackup), not by osr');
+    return takeBackup({ database: this.store.database.location, dir, now: this.ctx.clock.now(), ...(keep !== undefined ? { keep } : {}) });
+  }
+
+  /** A backup at start, then one every interval, while this vault is the primary; a failure is an event and the next one is tried at its time. */
+  private async backupLoop(o: { dir: string; everyMs: number; keep: number }): Promise<void> {
+    const signal = this.closing.signal;
+    while (!signal.aborted) {
+      if (this.ctx.role.writable) {
+        try {
+          const m = await this.backup(o.dir, o.keep);
+          this.app.log.info({ file: m.file, bytes: m.bytes }, 'took a backup of the vault');
+          await this.ctx.alerting.resolve('vault.backup-failed');
+        } catch (e) {
+          const err = toOsrError(e);
+          this.app.log.error({ err: err.toJSON() }, 'the vault\'s backup failed; trying again at the next interval');
+          await this.ctx.alerting
+            .raise({ key: 'vault.backup-failed', target: 'vault', kind: 'vault.backup-failed', severity: Severity.Critical, message: `the scheduled backup into ${o.dir} failed (${err.code}): ${err.message}` })
+            .catch(() => undefined);
+        }
+      }
+      await this.ctx.clock.sleep(o.everyMs, signal);
+    }
   }
 
   /** A vault that may no longer write: its jobs stop (their leases run out for the primary's processes). */
@@ -374,6 +407,7 @@ export class Vault {
     this.monitor.stop();
     await this.pruning;
     await this.renewing;
+    await this.backingUp;
     await this.engine.stop();
     await this.app.close();
     await this.notifier.settle();

@@ -57,6 +57,8 @@ const OSR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../sr
 export interface VaultProcess {
   proc: ChildProcess;
   url: string;
+  /** the fingerprint of the vault's CA, as it printed it */
+  caFingerprint: string;
   /** the first Owner token, when this process created it */
   token: string | undefined;
   kill(signal?: NodeJS.Signals): Promise<void>;
@@ -74,10 +76,11 @@ export function spawnVault(args: string[]): Promise<VaultProcess> {
       const t = /Owner token[^:]*: (\S+)/.exec(line);
       if (t) token = t[1];
       if (line.startsWith('{')) {
-        const info = JSON.parse(line) as { url: string };
+        const info = JSON.parse(line) as { url: string; caFingerprint: string };
         resolve({
           proc,
           url: info.url,
+          caFingerprint: info.caFingerprint,
           token,
           kill: (signal = 'SIGTERM') =>
             new Promise<void>((res) => {

@@ -46,11 +46,16 @@ export const accessRoutes = (ctx: VaultContext) => async (app: App) => {
     '/audit',
     {
       config: { access: 'admin' },
-      schema: { summary: 'the audit trail of mutating calls, newest first', tags, querystring: Type.Object({ actor: Type.Optional(Type.String()), after: Type.Optional(Type.String()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) }) },
+      schema: {
+        summary: 'the audit trail of mutating calls, newest first; `since` (a time) lists those made at or after it, e.g. what a vault restored from a backup taken then does not have',
+        tags,
+        querystring: Type.Object({ actor: Type.Optional(Type.String()), after: Type.Optional(Type.String()), since: Type.Optional(Type.String({ format: 'date-time' })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) }),
+      },
     },
     async (request) => {
       const limit = request.query.limit ?? 100;
-      const items = await activity.auditTrail({ ...request.query, limit });
+      const { since, ...rest } = request.query;
+      const items = await activity.auditTrail({ ...rest, ...(since !== undefined ? { since: Date.parse(since) } : {}), limit });
       return { items, next: items.length === limit ? items[items.length - 1]!.id : null };
     },
   );

@@ -2,7 +2,11 @@
  * The vault itself: its role and term (public: providers, the CLI and the vault's peers
  * read it to follow the primary), and the promotion of a standby (Owner).
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Type } from '@fastify/type-provider-typebox';
+import { takeBackup } from '../backup.js';
 import { Severity } from '../../domain/resources.js';
 import { VaultRole } from '../../domain/vault-status.js';
 import { OsrError } from '../../domain/errors.js';
@@ -57,6 +61,36 @@ export const vaultRoutes = (ctx: VaultContext) => async (app: App) => {
         details: { term: role.term.term },
       });
       return role.status();
+    },
+  );
+
+  app.get(
+    '/vault/backup',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: 'a consistent backup of this SQLite vault, taken now and sent as the database file (its manifest, base64 JSON, in the osr-backup-manifest header); `osr vault backup --to DIR` keeps it at another host',
+        tags,
+        produces: ['application/octet-stream'],
+      },
+    },
+    async (_request, reply) => {
+      if (ctx.store.database.dialect !== 'sqlite') throw new OsrError('NOT_SUPPORTED', 'a PostgreSQL vault is backed up by PostgreSQL (a standby at the other site, pg_dump or pg_basebackup), not by osr');
+      // a directory of the vault's user only: the copy holds the whole configuration
+      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-vault-backup-'));
+      try {
+        const m = await takeBackup({ database: ctx.store.database.location, dir: tmp, now: ctx.clock.now() });
+        const stream = fs.createReadStream(path.join(tmp, m.file));
+        stream.once('close', () => fs.rmSync(tmp, { recursive: true, force: true }));
+        return reply
+          .header('osr-backup-manifest', Buffer.from(JSON.stringify(m)).toString('base64'))
+          .header('content-length', String(m.bytes))
+          .type('application/octet-stream')
+          .send(stream);
+      } catch (e) {
+        fs.rmSync(tmp, { recursive: true, force: true });
+        throw e;
+      }
     },
   );
 };
