@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { OsrError } from '../domain/errors.js';
 import { VaultClient } from '../provider/vault-client.js';
+import { parseVaultStatus, VaultRole } from '../domain/vault-status.js';
 import { resolveVaultConnection, type VaultConnection, type VaultFlags } from './vault-client-config.js';
 
 export const API_PREFIX = '/api/v1';
@@ -27,7 +28,8 @@ export function withQuery(p: string, q: Query = {}): string {
 
 /** The vault's REST API as the CLI calls it: paths are relative to /api/v1. */
 export class CliApi {
-  private readonly client: VaultClient;
+  private client: VaultClient;
+  private chosen: Promise<void> | undefined;
 
   constructor(readonly connection: VaultConnection) {
     this.client = new VaultClient(connection.url, { ca: connection.ca, token: connection.token });
@@ -37,7 +39,37 @@ export class CliApi {
     this.client.close();
   }
 
-  request<T>(method: string, p: string, body?: unknown, q?: Query): Promise<T> {
+  /**
+   * Given several URLs of one vault (its processes at two sites), the first call goes to
+   * the one that answers as the primary of the newest term; if none does, to the first.
+   */
+  private choose(): Promise<void> {
+    this.chosen ??= (async () => {
+      const urls = this.connection.urls;
+      if (urls.length < 2) return;
+      const answers = await Promise.all(
+        urls.map(async (url) => {
+          const c = new VaultClient(url, { ca: this.connection.ca, timeoutMs: 5000 });
+          try {
+            return { url, s: parseVaultStatus(await c.request('GET', `${API_PREFIX}/vault`), url) };
+          } catch {
+            return undefined;
+          } finally {
+            c.close();
+          }
+        }),
+      );
+      const best = answers.filter((a) => a?.s.role === VaultRole.Primary).sort((a, b) => b!.s.term - a!.s.term)[0];
+      if (!best || best.url === this.connection.url) return;
+      this.client.close();
+      this.client = new VaultClient(best.url, { ca: this.connection.ca, token: this.connection.token });
+      this.connection.url = best.url;
+    })();
+    return this.chosen;
+  }
+
+  async request<T>(method: string, p: string, body?: unknown, q?: Query): Promise<T> {
+    await this.choose();
     return this.client.request<T>(method, withQuery(`${API_PREFIX}${p}`, q), body);
   }
   get<T>(p: string, q?: Query): Promise<T> {
@@ -70,12 +102,14 @@ export class CliApi {
   }
 
   /** A file the vault sends (a backup) into `file`; answers the response's headers. */
-  download(p: string, file: string, maxBytes: number): Promise<Record<string, string | string[] | undefined>> {
+  async download(p: string, file: string, maxBytes: number): Promise<Record<string, string | string[] | undefined>> {
+    await this.choose();
     return this.client.download(`${API_PREFIX}${p}`, file, maxBytes);
   }
 
   /** A call whose answer is not JSON (a CSV export): its text as sent. */
-  text(p: string, q?: Query): Promise<string> {
+  async text(p: string, q?: Query): Promise<string> {
+    await this.choose();
     return this.client.request<string>('GET', withQuery(`${API_PREFIX}${p}`, q), undefined, { text: true, timeoutMs: 60_000 });
   }
 }
@@ -93,8 +127,8 @@ export function connection(program: Command): VaultConnection {
 }
 
 /** Run `fn` with an API client holding a token; the client is closed afterwards. */
-export async function withApi<T>(program: Command, fn: (api: CliApi) => Promise<T>): Promise<T> {
-  const c = connection(program);
+export async function withApi<T>(program: Command, fn: (api: CliApi) => Promise<T>, given?: VaultConnection): Promise<T> {
+  const c = given ?? connection(program);
   if (!c.token) {
     throw new OsrError(
       'UNAUTHENTICATED',

@@ -31,8 +31,10 @@ export interface VaultFlags {
 export type SettingSource = 'flag' | 'env' | 'file' | 'default';
 
 export interface VaultConnection {
-  /** the vault's base URL (https://host:port) */
+  /** the vault's base URL (https://host:port): the first given */
   url: string;
+  /** every URL given (a vault's processes at two sites: the CLI uses the one that answers as the primary of the newest term) */
+  urls: string[];
   token: string | undefined;
   /** PEM of the CA to trust; undefined trusts the system's CAs */
   ca: string | undefined;
@@ -92,6 +94,14 @@ function readCa(file: string, what: string): string {
   return pem;
 }
 
+/** One vault URL, or several separated by commas (a vault's processes at two sites): the first, and all of them. */
+function vaultUrls(text: string, what: string): [string, string[]] {
+  const urls = [...new Set(text.split(',').map((u) => u.trim()).filter(Boolean).map((u) => normalizeVaultUrl(u, what)))];
+  if (urls.length === 0) throw new OsrError('CONFIG_INVALID', `${what} names no vault URL`);
+  if (urls.length > 16) throw new OsrError('CONFIG_INVALID', `${what} names more than 16 vault URLs`);
+  return [urls[0]!, urls];
+}
+
 export function normalizeVaultUrl(text: string, what: string): string {
   let u: URL;
   try {
@@ -125,12 +135,13 @@ export function resolveVaultConnection(flags: VaultFlags, env: NodeJS.ProcessEnv
   const file = configFile ? readConfig(configFile) : {};
 
   // the vault URL
-  let url: string;
   let urlSource: SettingSource;
-  if (nonEmpty(flags.vault)) [url, urlSource] = [normalizeVaultUrl(flags.vault!.trim(), '--vault'), 'flag'];
-  else if (nonEmpty(env.OSR_VAULT)) [url, urlSource] = [normalizeVaultUrl(env.OSR_VAULT!.trim(), 'OSR_VAULT'), 'env'];
-  else if (nonEmpty(file.vault)) [url, urlSource] = [normalizeVaultUrl(file.vault!.trim(), `"vault" in ${configFile}`), 'file'];
-  else [url, urlSource] = [DEFAULT_VAULT_URL, 'default'];
+  let found: [string, string[]];
+  if (nonEmpty(flags.vault)) [found, urlSource] = [vaultUrls(flags.vault!, '--vault'), 'flag'];
+  else if (nonEmpty(env.OSR_VAULT)) [found, urlSource] = [vaultUrls(env.OSR_VAULT!, 'OSR_VAULT'), 'env'];
+  else if (nonEmpty(file.vault)) [found, urlSource] = [vaultUrls(file.vault!, `"vault" in ${configFile}`), 'file'];
+  else [found, urlSource] = [[DEFAULT_VAULT_URL, [DEFAULT_VAULT_URL]], 'default'];
+  const [url, urls] = found;
 
   // the token
   let token: string | undefined;
@@ -158,7 +169,7 @@ export function resolveVaultConnection(flags: VaultFlags, env: NodeJS.ProcessEnv
     caSource = 'file';
   }
 
-  return { url, token, ca, caFile, configFile, sources: { url: urlSource, token: tokenSource, ca: caSource }, searched };
+  return { url, urls, token, ca, caFile, configFile, sources: { url: urlSource, token: tokenSource, ca: caSource }, searched };
 }
 
 /** The token shown to people: its id, never its secret. */

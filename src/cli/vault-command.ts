@@ -6,8 +6,10 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import { DEFAULT_VAULT_PORT } from './vault-client-config.js';
 import { collect } from './format.js';
 import { installLastResortHandler } from './last-resort.js';
-import { CliApi, connection, fields, print, withApi } from './api-common.js';
-import { parseVaultStatus } from '../domain/vault-status.js';
+import { connection, print, withApi } from './api-common.js';
+import { VaultClient } from '../provider/vault-client.js';
+import type { VaultConnection } from './vault-client-config.js';
+import { parseVaultStatus, type VaultStatus } from '../domain/vault-status.js';
 import fs from 'node:fs';
 import { keepDownloadedBackup, listBackups, readManifest, restoreBackup, takeBackup, type BackupManifest } from '../vault/backup.js';
 import { formatBytes, table } from './format.js';
@@ -89,6 +91,22 @@ export function addVaultCommand(program: Command): void {
       process.on('SIGTERM', stop);
     });
   addVaultOperations(program, vaultCommand);
+}
+
+/** The role and term of the vault at each URL of the connection (or why it did not answer). */
+async function vaultStatuses(c: VaultConnection): Promise<{ url: string; status?: VaultStatus; error?: string }[]> {
+  return Promise.all(
+    c.urls.map(async (url) => {
+      const client = new VaultClient(url, { ca: c.ca, timeoutMs: 5000 });
+      try {
+        return { url, status: parseVaultStatus(await client.request('GET', '/api/v1/vault'), url) };
+      } catch (e) {
+        return { url, error: toOsrError(e).code };
+      } finally {
+        client.close();
+      }
+    }),
+  );
 }
 
 function wholeNumber(text: string, flag: string): number {
@@ -186,26 +204,27 @@ function addVaultOperations(program: Command, vault: Command): void {
     });
   vault
     .command('status')
-    .description('the role (primary, standby or stale) and term of the vault at --vault (public: no token needed)')
+    .description('the role (primary, standby or stale) and term of the vault at each --vault URL (public: no token needed)')
     .action(async () => {
-      const c = connection(program);
-      const api = new CliApi(c);
-      try {
-        const st = parseVaultStatus(await api.get('/vault'), c.url);
-        print(program, st, () => fields([['vault', `${st.name} (${st.id})`], ['url', c.url], ['role', st.role], ['term', `${st.term} (${st.origin} ${st.since})`], ...(st.staleBecause ? ([['fenced by', `term ${st.staleBecause.term} at ${st.staleBecause.url}`]] as [string, unknown][]) : [])]));
-      } finally {
-        api.close();
-      }
+      const rows = await vaultStatuses(connection(program));
+      print(program, rows, () => table(rows.map((r) => ({ url: r.url, vault: r.status?.name ?? '-', role: r.status?.role ?? `no answer (${r.error})`, term: r.status ? `${r.status.term} (${r.status.origin} ${r.status.since})` : '-', fencedBy: r.status?.staleBecause ? `term ${r.status.staleBecause.term} at ${r.status.staleBecause.url}` : '' }))));
     });
   vault
     .command('promote')
-    .description('promote the standby vault at --vault (an Owner): its PostgreSQL standby is promoted, the next term begins, and providers follow it; for when the primary vault\'s site is lost')
+    .description('promote the standby vault (an Owner): the one at --vault, or of several URLs the one that answers as standby; its PostgreSQL standby is promoted, the next term begins, and providers follow it; for when the primary vault\'s site is lost')
     .option('--wait <duration>', 'how long PostgreSQL may take to finish its promotion', '60s')
     .action(async (o: { wait: string }) => {
       const waitSeconds = Math.max(1, Math.min(600, Math.round(parseDuration(o.wait) / 1000)));
+      const c = connection(program);
+      if (c.urls.length > 1) {
+        const standbys = (await vaultStatuses(c)).filter((r) => r.status?.role === 'standby');
+        if (standbys.length !== 1) throw new OsrError('INVALID_ARGUMENT', `of the vault URLs ${c.urls.join(', ')}, ${standbys.length} answer as standby: give --vault with the one to promote`);
+        c.url = standbys[0]!.url;
+      }
+      c.urls = [c.url];
       await withApi(program, async (api) => {
-        const st = parseVaultStatus(await api.post('/vault/promote', { waitSeconds }), api.connection.url);
-        print(program, st, () => `promoted: the vault ${st.name} at ${api.connection.url} is the primary, term ${st.term}; providers that know its URL follow it at their next heartbeat`);
-      });
+        const st = parseVaultStatus(await api.post('/vault/promote', { waitSeconds }), c.url);
+        print(program, st, () => `promoted: the vault ${st.name} at ${c.url} is the primary, term ${st.term}; providers that know its URL follow it at their next heartbeat`);
+      }, c);
     });
 }
