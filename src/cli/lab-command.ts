@@ -6,6 +6,7 @@ import { OsrError, toOsrError } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
 import { runAzureEmulator } from '../lab/azure-emulator.js';
 import { DEFAULT_LAB_DIR, labDown, labNbdUri, labRemove, labStatus, labUp } from '../lab/launcher.js';
+import { labSiteFail, labSiteRestore, labVaultPromote } from '../lab/lab-sites.js';
 import { builtInTopologies, loadTopology } from '../lab/topology.js';
 import { formatSeconds, table } from './format.js';
 import { installLastResortHandler } from './last-resort.js';
@@ -122,6 +123,30 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
       await labRemove(o.dir);
+    });
+  const site = lab.command('site').description('lose a whole site of the lab on purpose, and bring it back (a disaster drill: docs/getting-started.md)');
+  site
+    .command('fail <name>')
+    .description('kill -9 every process of the site: its provider and its hosts\' agents (their VMs stop), the vault if it runs there, and its PostgreSQL cluster; nothing is stopped cleanly')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (name: string, o: { dir: string }) => {
+      await labSiteFail(o.dir, name);
+    });
+  site
+    .command('restore <name>')
+    .description('start the site\'s processes again from their state, as after a power cut: its database, its vault (stale if another took over meanwhile), its agents, its provider')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (name: string, o: { dir: string }) => {
+      await labSiteRestore(o.dir, name);
+    });
+  lab
+    .command('vault')
+    .description('the lab\'s vault')
+    .command('promote')
+    .description('the vault at the standby site takes over (the primary vault\'s site is lost): its PostgreSQL standby is promoted, or on SQLite the newest backup there is restored and a vault started on it; the next term begins and providers follow it')
+    .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
+    .action(async (o: { dir: string }) => {
+      await labVaultPromote(o.dir);
     });
   lab
     .command('nbd-uri <vm> [disk]')

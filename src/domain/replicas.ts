@@ -76,3 +76,6 @@ export interface TestVm {
   disks: { name: string; nbd: string }[];
   startedAt: string;
 }
+
+/** the largest replication epoch an agent takes (one per failover: far beyond any VM's life) */
+export const MAX_REPLICATION_EPOCH = 2 ** 31;

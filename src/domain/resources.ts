@@ -233,7 +233,10 @@ export interface ItemReplica {
 /** A failover of an item, from the first task of its job to its reprotect. */
 export interface FailoverRecord {
   kind: 'planned' | 'unplanned';
+  /** the job that ran it; for a failover made at a host without the vault (`outsideVault`), `outside-EPOCH` */
   jobId: string;
+  /** made at the recovery host by hand (`osr replica promote`, when no vault could be had); the vault learnt it from the host's provider */
+  outsideVault?: boolean;
   direction: Direction;
   fromFabricId: string;
   toFabricId: string;

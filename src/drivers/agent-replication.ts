@@ -329,6 +329,13 @@ export class AgentReplication implements FabricReplication {
     return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
   }
 
+  async promotionOf(replicaVmId: string): Promise<{ epoch: number; point: RecoveryPointInfo; pending: boolean } | undefined> {
+    const l = this.site.locate(replicaVmId);
+    const vm = (await this.site.agent(l.hostId).get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number }; pending?: boolean } }[]>('/v1/vms')).find((x) => x.name === l.name);
+    if (!vm?.origin) return undefined;
+    return { epoch: vm.origin.epoch, point: { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' }, pending: vm.origin.pending === true };
+  }
+
   async changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }> {
     const l = this.vm(vmId);
     const seq = Number(pointId);

@@ -205,6 +205,13 @@ export interface FabricReplication {
    * stay, until the failover is committed
    */
   promoteReplica(replicaVmId: string, pointId: string | null): Promise<{ vmId: string; epoch: number; point: RecoveryPointInfo; /** the points it can change to before the commit */ points?: RecoveryPointInfo[] }>;
+  /**
+   * whether the replica was promoted at its host, by osr or by hand (the host's `osr replica
+   * promote`, when no vault could be had): its epoch and point, and whether it still runs
+   * from an overlay (not committed). Undefined: it is still a replica. A fabric without host
+   * agents does not answer it.
+   */
+  promotionOf?(replicaVmId: string): Promise<{ epoch: number; point: RecoveryPointInfo; pending: boolean } | undefined>;
   /** before the commit: the failed-over VM starts again from another point; what it wrote is discarded */
   changeRecoveryPoint(vmId: string, pointId: string): Promise<{ point: RecoveryPointInfo }>;
   /** commit a failover: the VM keeps its point and writes, the other points are dropped (idempotent) */

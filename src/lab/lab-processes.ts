@@ -17,6 +17,10 @@ export interface LabProcess {
   pgid: number;
   /** /proc/PID/stat start time; null where /proc is not there */
   startTime: string | null;
+  /** the fabric whose site it belongs to (`osr lab site fail NAME` kills it); none: a third site */
+  site?: string;
+  /** how to start it again from its state (`osr lab site restore`): its arguments, its log, the key of its ready line */
+  spawn?: { args: string[]; log: string; ready: string };
 }
 
 /** The start time of a process, or undefined when it does not exist. */
@@ -46,8 +50,8 @@ function signalAlive(pid: number): boolean {
 }
 
 /** A record of a process spawned now. */
-export function recordProcess(role: LabProcess['role'], name: string, pid: number): LabProcess {
-  return { role, name, pid, pgid: pid, startTime: processStartTime(pid) ?? null };
+export function recordProcess(role: LabProcess['role'], name: string, pid: number, more: Pick<LabProcess, 'site' | 'spawn'> = {}): LabProcess {
+  return { role, name, pid, pgid: pid, startTime: processStartTime(pid) ?? null, ...more };
 }
 
 /** The recorded process still runs (the same one: same start time). */
@@ -167,7 +171,7 @@ export function findLabProcesses(dir: string): LabProcess[] {
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     if (fields[0] === 'Z' || fields[0] === 'X') continue;
     const proc = (role: LabProcess['role'], label: string): LabProcess => ({ role, name: label, pid: Number(name), pgid: Number(fields[2]), startTime: fields[19] ?? null });
-    if (argv.includes('vault') && at('--data-dir') === vaultDir) out.push(proc('vault', 'vault'));
+    if (argv.includes('vault') && (at('--data-dir') === vaultDir || at('--data-dir')?.startsWith(sitesDir))) out.push(proc('vault', 'vault'));
     else if (argv.includes('azure-emulator') && at('--data-dir') === path.join(dir, 'azure')) out.push(proc('emulator', 'azure'));
     else if (argv.includes('provider') && at('--config')?.startsWith(sitesDir)) out.push(proc('provider', path.basename(at('--config')!, '.yaml')));
     else if (argv.includes('agent') && at('--host') === 'libvirt' && at('--data-dir')?.startsWith(sitesDir) && Number(fields[2]) === Number(name)) out.push(proc('agent', at('--name') ?? 'agent'));

@@ -35,8 +35,13 @@ import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
 import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
 import { emulatorSiteFile } from './azure-emulator.js';
 import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
+import { freePort, PostgresPair } from './postgres-pair.js';
+import pg from 'pg';
 
 export const DEFAULT_LAB_DIR = '.osr/lab';
+
+/** A lab vault's settings: heartbeats and leases short enough for a lab's pace. */
+export const LAB_VAULT_TUNING = ['--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--job-lease', '10s', '--job-concurrency', '256', '--role-check', '1s', '--log-level', 'warn'];
 
 export interface LabFile {
   topology: string;
@@ -45,10 +50,22 @@ export interface LabFile {
   detached: boolean;
   /** starting: `lab up` has not finished (or was cut short); up: every process is ready */
   state?: 'starting' | 'up';
-  vault: { url: string; pid: number; caFingerprint: string };
+  vault: {
+    url: string;
+    pid: number;
+    caFingerprint: string;
+    /** the fabric whose site the vault is at (none: a third site) */
+    site?: string;
+    /** a vault at another site: its URL (a standby on PostgreSQL, or where a backup is restored on SQLite) and its site */
+    standbyUrl?: string;
+    standbySite?: string;
+    database?: 'sqlite' | 'postgres';
+  };
   providers: { fabric: string; fabricId: string; pid: number; config: string }[];
   /** every process the lab spawned, recorded as it was spawned */
   processes?: LabProcess[];
+  /** sites failed on purpose (`osr lab site fail`), not restored yet */
+  failedSites?: string[];
 }
 
 export interface LabUpOptions {
@@ -85,7 +102,7 @@ export function readLabFile(dir: string): LabFile | undefined {
 }
 
 /** Write lab.json now, durably: a process is recorded before anything waits for it. */
-function saveLabFile(dir: string, info: LabFile): void {
+export function saveLabFile(dir: string, info: LabFile): void {
   const file = labFile(dir);
   const tmp = `${file}.${process.pid}.tmp`;
   const fd = fs.openSync(tmp, 'w', 0o644);
@@ -105,7 +122,7 @@ function saveLabFile(dir: string, info: LabFile): void {
 }
 
 /** The lab's processes: as recorded, or (a lab.json of an older osr) from its pids. */
-function labProcesses(info: LabFile): LabProcess[] {
+export function labProcesses(info: LabFile): LabProcess[] {
   if (info.processes) return info.processes;
   const old = (role: LabProcess['role'], name: string, pid: number): LabProcess => ({ role, name, pid, pgid: pid, startTime: null });
   return [...info.providers.map((p) => old('provider', p.fabric, p.pid)), ...(info.vault.pid ? [old('vault', info.vault.url, info.vault.pid)] : [])];
@@ -146,6 +163,27 @@ async function stopLab(dir: string, info: LabFile, sites: string[], out: (l: str
     if (isRunning(p)) out(`stopping the vault (pid ${p.pid})…`);
     await stopLabProcess(p, graceMs);
   }
+  // the vault's PostgreSQL clusters, last
+  if (PostgresPair.exists(path.join(dir, 'postgres'))) {
+    out('stopping the vault\'s PostgreSQL clusters…');
+    await PostgresPair.load(path.join(dir, 'postgres')).stop();
+  }
+}
+
+/** Wait until the standby database holds the vault its primary made (streaming replication has caught up with it). */
+async function waitForStandbyVault(url: string, signal: AbortSignal | undefined): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    for (let i = 0; ; i++) {
+      interrupted(signal);
+      if ((await client.query("select 1 from settings where key = 'vault.term'")).rowCount === 1) return;
+      if (i > 600) throw new OsrError('STORE_UNAVAILABLE', `the standby database at ${url} did not receive the vault from its primary within a minute; look at PostgreSQL's log`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    await client.end();
+  }
 }
 
 /** Refuse a port another process listens on, before anything starts. */
@@ -177,7 +215,7 @@ export function isAlive(pid: number): boolean {
 }
 
 /** Spawn an osr process in its own process group, its output in a log file; resolves with its ready line. */
-async function spawnReady(
+export async function spawnReady(
   args: string[],
   logFile: string,
   ready: (o: Record<string, unknown>) => boolean,
@@ -252,12 +290,15 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
   const children: ChildProcess[] = [];
   const info: LabFile = { topology: name, dir, startedAt: new Date().toISOString(), detached: o.detach, state: 'starting', vault: { url: '', pid: 0, caFingerprint: '' }, providers: [], processes: [] };
   const sites = spec.fabrics.map((f) => path.join(dir, 'sites', slug(f.name)));
-  const spawned = (role: LabProcess['role'], processName: string) => (child: ChildProcess) => {
+  const spawned = (role: LabProcess['role'], processName: string, more: Pick<LabProcess, 'site' | 'spawn'> = {}) => (child: ChildProcess) => {
     children.push(child);
     if (child.pid === undefined) return;
-    info.processes!.push(recordProcess(role, processName, child.pid));
+    info.processes!.push(recordProcess(role, processName, child.pid, more));
     saveLabFile(dir, info);
   };
+  /** spawn an osr process of a site (or of none), recorded with how to start it again */
+  const startProcess = (role: LabProcess['role'], processName: string, site: string | undefined, args: string[], log: string, ready: string) =>
+    spawnReady(args, log, (l) => l[ready] !== undefined, { onSpawn: spawned(role, processName, { ...(site !== undefined ? { site } : {}), spawn: { args, log, ready } }), signal: o.signal });
   const kill = async () => {
     await stopLab(dir, info, sites, () => undefined, o.signal?.aborted ? 20_000 : undefined);
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
@@ -273,20 +314,58 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     }
     const guest = virsh ? await kvmLabGuest(out) : undefined;
     saveLabFile(dir, info);
-    // 1. the vault
+    // 1. the vault: at a site or a third one; with a standby at another site (docs/deployment.md)
     const tokenFile = path.join(dir, 'owner.token');
     const vaultName = spec.vault?.name ?? 'osr-lab';
-    const vault = await spawnReady(['vault', '--name', vaultName, '--data-dir', path.join(dir, 'vault'), '--listen', `127.0.0.1:${o.port}`, '--initial-token-file', tokenFile, '--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--job-lease', '10s', '--job-concurrency', '256', '--log-level', 'warn'], path.join(dir, 'vault', 'vault.log'), (l) => typeof l.url === 'string' && 'caFingerprint' in l, { onSpawn: spawned('vault', vaultName), signal: o.signal });
-    info.vault = { url: String(vault.line.url), pid: vault.child.pid!, caFingerprint: String(vault.line.caFingerprint) };
+    const placement = spec.vault ?? {};
+    const postgres = placement.database === 'postgres';
+    // a port of its own, kept in its arguments: `osr lab site restore` starts it where providers know it
+    const portA = o.port === 0 ? await freePort() : o.port;
+    const standby = placement.standby !== undefined ? { site: placement.standby, url: `https://127.0.0.1:${await freePort()}`, dir: path.join(dir, 'sites', slug(placement.standby)) } : undefined;
+    const pair = postgres ? await (PostgresPair.exists(path.join(dir, 'postgres')) ? PostgresPair.open(path.join(dir, 'postgres')) : PostgresPair.create(path.join(dir, 'postgres'))) : undefined;
+    const tuning = LAB_VAULT_TUNING;
+    const vaultArgs = ['vault', '--name', vaultName, '--data-dir', path.join(dir, 'vault'), '--listen', `127.0.0.1:${portA}`, '--initial-token-file', tokenFile, ...tuning];
+    if (pair) vaultArgs.push('--database', pair.primary.url());
+    if (standby) {
+      vaultArgs.push('--peer', standby.url);
+      // a SQLite vault's backups go to the standby's site, where `osr lab vault promote` restores the newest
+      if (!pair) vaultArgs.push('--backup-dir', path.join(standby.dir, 'vault-backups'), '--backup-every', '5m', '--backup-keep', '12');
+    }
+    const vault = await startProcess('vault', vaultName, placement.site, vaultArgs, path.join(dir, 'vault', 'vault.log'), 'caFingerprint');
+    const urlA = String(vault.line.url);
+    info.vault = {
+      url: urlA,
+      pid: vault.child.pid!,
+      caFingerprint: String(vault.line.caFingerprint),
+      ...(placement.site !== undefined ? { site: placement.site } : {}),
+      ...(standby ? { standbyUrl: standby.url, standbySite: standby.site, database: postgres ? 'postgres' : 'sqlite' } : {}),
+    };
     saveLabFile(dir, info);
     if (!fs.existsSync(tokenFile)) throw new OsrError('CONFIG_INVALID', `${tokenFile} is missing, so the lab cannot act as Owner; remove ${dir} to start over, or put an Owner token there`);
     const token = fs.readFileSync(tokenFile, 'utf8').trim();
     const ca = await fetchPinnedCa(info.vault.url, info.vault.caFingerprint);
     const caFile = path.join(dir, 'vault-ca.pem');
     await writeFileAtomic(caFile, ca, 0o644);
-    await writeFileAtomic(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: info.vault.url, token, ca: caFile }), 0o600);
+    // the CLI, like the providers, knows both vaults and follows the primary
+    const vaultUrls = standby ? `${urlA},${standby.url}` : urlA;
+    await writeFileAtomic(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: vaultUrls, token, ca: caFile }), 0o600);
     const api = new VaultClient(info.vault.url, { ca, token });
-    out(`  vault      ${info.vault.url}  (CA ${info.vault.caFingerprint.slice(0, 23)}…)`);
+    out(`  vault      ${info.vault.url}  (CA ${info.vault.caFingerprint.slice(0, 23)}…)${placement.site !== undefined ? ` at ${placement.site}` : ' at a third site'}`);
+    if (standby) {
+      // the CA's key goes to the other site once (it is not in the database or the backups)
+      const caKey = path.join(standby.dir, 'vault-ca.key');
+      fs.mkdirSync(standby.dir, { recursive: true });
+      fs.copyFileSync(path.join(dir, 'vault', 'ca.key'), caKey);
+      fs.chmodSync(caKey, 0o600);
+      if (pair) {
+        await waitForStandbyVault(pair.standby.url(), o.signal);
+        const args = ['vault', '--name', vaultName, '--data-dir', path.join(standby.dir, 'vault'), '--database', pair.standby.url(), '--listen', new URL(standby.url).host, '--peer', urlA, '--ca-key-file', caKey, ...tuning];
+        await startProcess('vault', `${vaultName}-standby`, standby.site, args, path.join(standby.dir, 'vault', 'vault.log'), 'caFingerprint');
+        out(`  standby    ${standby.url}  at ${standby.site}, on a streaming PostgreSQL standby (\`osr lab vault promote\` promotes it)`);
+      } else {
+        out(`  standby    ${standby.url}  at ${standby.site}: backups every 5 minutes into ${path.join(standby.dir, 'vault-backups')} (\`osr lab vault promote\` restores the newest there)`);
+      }
+    }
 
     // 2. one provider per fabric; a new one registers with a fresh key
     const sitesDir = path.join(dir, 'sites');
@@ -294,7 +373,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
     interrupted(o.signal);
     /** a fabric's provider: registered with a fresh key the first time, started from its state after */
     const startProvider = async (fabric: string, id: string, kind: 'lab' | 'libvirt' | 'azure', siteFile: string, extra: string[] = []) => {
-      const args = ['provider', '--fabric', kind, '--config', siteFile, '--vault', info.vault.url, '--status-interval', o.statusInterval ?? '5s', '--poll', '10s', '--log-level', 'warn', ...extra];
+      const args = ['provider', '--fabric', kind, '--config', siteFile, '--vault', vaultUrls, '--status-interval', o.statusInterval ?? '5s', '--poll', '10s', '--log-level', 'warn', ...extra];
       const keyFile = path.join(sitesDir, id, 'registration.key');
       const registered = path.join(sitesDir, id, 'provider', 'registration.json');
       if (!fs.existsSync(registered)) {
@@ -304,7 +383,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
         args.push('--registration-key-file', keyFile);
       }
       interrupted(o.signal);
-      const p = await spawnReady(args, path.join(sitesDir, id, 'provider.log'), (l) => typeof l.fabricId === 'string', { onSpawn: spawned('provider', fabric), signal: o.signal });
+      const p = await startProcess('provider', fabric, kind === 'azure' ? undefined : fabric, args, path.join(sitesDir, id, 'provider.log'), 'fabricId');
       fs.rmSync(keyFile, { force: true });
       return { fabric, fabricId: String(p.line.fabricId), pid: p.child.pid!, config: siteFile };
     };
@@ -314,7 +393,7 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
       if (virsh && guest) {
         // the launcher starts a kvm site's agents (and its domains); its provider finds them in the site file
         const spawnAgent = (args: string[], logFile: string, ready: (l: Record<string, unknown>) => boolean, host: string) =>
-          spawnReady(args, logFile, ready, { onSpawn: spawned('agent', host), signal: o.signal }).then((r) => ({ pid: r.child.pid!, line: r.line }));
+          spawnReady(args, logFile, ready, { onSpawn: spawned('agent', host, { site: f.name }), signal: o.signal }).then((r) => ({ pid: r.child.pid!, line: r.line }));
         siteFile = (await startKvmSite({ dir, f, siteDir: path.join(sitesDir, id), guest, virsh, spawn: spawnAgent, out, caFile })).siteFile;
       } else {
         const site: SiteConfig = { ...f, lab: { dir: `./${id}` } };
@@ -393,6 +472,10 @@ export async function labUp(o: LabUpOptions): Promise<RunningLab> {
       for (const c of children) {
         c.once('exit', (code, signal) => {
           if (stopping) return;
+          // a site failed on purpose (`osr lab site fail`): its processes end, the lab goes on
+          const failed = readLabFile(dir)?.failedSites ?? [];
+          const rec = info.processes?.find((p) => p.pid === c.pid);
+          if (rec?.site !== undefined && failed.includes(rec.site)) return;
           out(`a lab process (pid ${c.pid}) ended (${signal ?? code}); stopping the lab (logs in ${dir})`);
           stop().catch((e: unknown) => out(`stopping the lab failed: ${toOsrError(e).message}; \`osr lab down\` stops what is left`));
         });

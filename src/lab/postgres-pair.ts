@@ -33,7 +33,7 @@ export interface PostgresCluster {
   url(db?: string): string;
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const s = net.createServer();
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
   const port = (s.address() as net.AddressInfo).port;
@@ -72,7 +72,31 @@ export class PostgresPair {
     await pair.initPrimary();
     await pair.createDatabase(o.database ?? 'osr');
     await pair.cloneStandby();
+    fs.writeFileSync(path.join(dir, 'pair.json'), `${JSON.stringify({ bin, asUser: asUser ?? null, database: o.database ?? 'osr', primary: { dir: pair.primary.dir, port: pair.primary.port }, standby: { dir: pair.standby.dir, port: pair.standby.port } }, null, 2)}\n`, { mode: 0o644 });
     return pair;
+  }
+
+  /** The pair made in `dir` before (pair.json), its clusters started where they are stopped. */
+  static async open(dir: string): Promise<PostgresPair> {
+    const pair = PostgresPair.load(dir);
+    for (const x of [pair.primary, pair.standby]) if (pair.pid(x) === undefined) await pair.start(x);
+    return pair;
+  }
+
+  /** The pair made in `dir` before (pair.json), as it is (running or not). */
+  static load(dir: string): PostgresPair {
+    let j: { bin: string; asUser: string | null; database: string; primary: { dir: string; port: number }; standby: { dir: string; port: number } };
+    try {
+      j = JSON.parse(fs.readFileSync(path.join(dir, 'pair.json'), 'utf8')) as typeof j;
+    } catch (e) {
+      throw new OsrError('CONFIG_INVALID', `${path.join(dir, 'pair.json')} cannot be read: ${(e as Error).message}`);
+    }
+    const c = (name: string, x: { dir: string; port: number }): PostgresCluster => ({ name, dir: x.dir, port: x.port, url: (db = j.database) => `postgres://postgres@127.0.0.1:${x.port}/${db}` });
+    return new PostgresPair(j.bin, c('primary', j.primary), c('standby', j.standby), j.asUser ?? undefined);
+  }
+
+  static exists(dir: string): boolean {
+    return fs.existsSync(path.join(dir, 'pair.json'));
   }
 
   /** Run one of PostgreSQL's programs (as the postgres user when this is root). */
@@ -163,7 +187,7 @@ export class PostgresPair {
   async stop(): Promise<void> {
     for (const c of [this.standby, this.primary]) {
       if (this.pid(c) === undefined) continue;
-      await this.pg('pg_ctl', ['-D', c.dir, '-m', 'immediate', '-w', 'stop']).catch(() => this.kill(c));
+      await this.pg('pg_ctl', ['-D', c.dir, '-m', 'fast', '-w', 'stop']).catch(() => this.kill(c));
     }
   }
 }

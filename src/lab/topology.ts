@@ -60,10 +60,25 @@ export interface TopologySpec {
    * libvirt` per host, each VM a tiny Linux guest under QEMU; kvm-lab.ts)
    */
   hypervisor?: 'lab' | 'libvirt';
-  vault?: { name?: string };
+  vault?: VaultPlacement;
   fabrics: FabricSpec[];
   /** an Azure recovery site, emulated on this machine (Azurite and the lab's Resource Manager; azure-emulator.ts) */
   azure?: AzureLabSpec;
+}
+
+/**
+ * Where the lab's vault runs (docs/deployment.md): at one fabric's site (`site`; `osr lab
+ * site fail` of that site takes the vault down too) or at a third site (no `site`); and, with
+ * `standby`, a second vault process at another site: on `database: postgres` a standby
+ * vault on a streaming PostgreSQL standby (two clusters the lab makes), on SQLite (the
+ * default) backups the vault takes into that site, restored there by `osr lab vault
+ * promote`.
+ */
+export interface VaultPlacement {
+  name?: string;
+  site?: string;
+  standby?: string;
+  database?: 'sqlite' | 'postgres';
 }
 
 /** What one provider reads: its fabric, and where the lab keeps that fabric's hosts. */
@@ -142,7 +157,22 @@ export function parseTopology(text: string, source = 'topology'): TopologySpec {
     checkFabric(f, `${source}: fabric ${f.name}`, vmNames, hostNames);
   }
   if (t.azure !== undefined) checkAzure(t.azure, `${source}: azure`, fabricIds);
+  if (t.vault !== undefined && t.vault !== null) checkVaultPlacement(t.vault, `${source}: vault`, fabrics);
   return t as TopologySpec;
+}
+
+function checkVaultPlacement(v: VaultPlacement, w: string, fabrics: FabricSpec[]): void {
+  if (typeof v !== 'object') throw fail(w, 'must be a mapping like {name, site, standby, database}');
+  const known = new Set(['name', 'site', 'standby', 'database']);
+  for (const k of Object.keys(v)) if (!known.has(k)) throw fail(w, `has no field ${k} (it takes ${[...known].join(', ')})`);
+  if (v.name !== undefined) str(v.name, `${w}.name`);
+  const names = fabrics.map((f) => f.name);
+  for (const k of ['site', 'standby'] as const) {
+    if (v[k] !== undefined && !names.includes(str(v[k], `${w}.${k}`))) throw fail(`${w}.${k}`, `names no fabric of the topology (${names.join(', ')})`);
+  }
+  if (v.standby !== undefined && v.standby === v.site) throw fail(`${w}.standby`, 'must be another site than the vault\'s');
+  if (v.database !== undefined && v.database !== 'sqlite' && v.database !== 'postgres') throw fail(`${w}.database`, `is sqlite or postgres, not ${String(v.database)}`);
+  if (v.database === 'postgres' && v.standby === undefined) throw fail(`${w}.database`, 'postgres in the lab is for a standby vault: give standby too');
 }
 
 const CIDR = /^\d+\.\d+\.\d+\.\d+\/\d+$/;

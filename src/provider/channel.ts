@@ -37,6 +37,8 @@ export interface ItemStatus {
   churnBytesPerSec?: number | null;
   peakChurnBytesPerSec?: number | null;
   pendingLogBytes?: number | null;
+  /** the recovery site: its replica was promoted at the host (by hand, without the vault): the vault records the failover */
+  promoted?: { epoch: number; point: { id: string; at: string; consistency: 'crash' | 'app' }; pending: boolean };
 }
 
 /** Answers after which the provider looks for the vault's primary among the URLs it knows. */
@@ -241,7 +243,9 @@ export class ProviderChannel {
     return this.call((c) => c.request('POST', '/api/v1/provider/agent-certificates', { name, publicKey, ...names, ...(proof !== undefined ? { proof } : {}) }));
   }
 
-  async itemStatus(itemId: string, status: ItemStatus): Promise<void> {
-    await this.call((c) => c.request('POST', `/api/v1/provider/items/${encodeURIComponent(itemId)}/status`, status));
+  /** An item's status; a promotion reported is answered with what the vault made of it (recorded, known, ignored). */
+  async itemStatus(itemId: string, status: ItemStatus): Promise<{ promotion?: string } | undefined> {
+    const r = await this.call((c) => c.request<{ promotion?: unknown } | undefined>('POST', `/api/v1/provider/items/${encodeURIComponent(itemId)}/status`, status));
+    return r && typeof r.promotion === 'string' ? { promotion: r.promotion } : undefined;
   }
 }

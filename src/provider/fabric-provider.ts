@@ -377,6 +377,16 @@ export class FabricProvider {
             ...(s.pendingLogBytes !== undefined ? { pendingLogBytes: s.pendingLogBytes } : {}),
           });
         } else {
+          // a replica promoted at its host without the vault (break-glass): the vault learns it and records the failover
+          const promoted = await this.o.driver.replication.promotionOf?.(p.vmId);
+          if (promoted) {
+            const r = await this.o.channel.itemStatus(p.itemId, { promoted });
+            if (r?.promotion === 'recorded' || r?.promotion === 'known') {
+              this.o.log.warn({ item: p.itemId, epoch: promoted.epoch }, 'the vault recorded the failover made at the host; its replica is no longer reported');
+              await this.stopReporting('target', p.itemId);
+            }
+            continue;
+          }
           const points = await this.o.driver.replication.recoveryPoints(p.vmId);
           await this.o.channel.itemStatus(p.itemId, { recoveryPoints: points });
         }

@@ -267,6 +267,22 @@ export class ItemStore {
   }
 
   /** Move an item no job holds from one state to another; false when it is not in `from` or a job holds it. */
+  /**
+   * A change no job makes (a failover made at a host without the vault, learnt from its
+   * provider): only while no job holds the item and it is in one of `from`. False when it
+   * was not (a job holds it, or its state moved on).
+   */
+  async changeIdle(id: string, from: readonly ProtectionState[], c: Omit<ItemChange, 'release' | 'points'> & { state: ProtectionState }): Promise<boolean> {
+    const r = await this.db
+      .updateTable('protected_items')
+      .set({ ...this.columns(c), state: c.state, updated_at: this.now() })
+      .where('id', '=', id)
+      .where('state', 'in', [...from])
+      .where('active_job_id', 'is', null)
+      .executeTakeFirst();
+    return affected(r) === 1;
+  }
+
   async setIdleState(id: string, from: ProtectionState, to: ProtectionState): Promise<boolean> {
     const r = await this.db.updateTable('protected_items').set({ state: to, updated_at: this.now() }).where('id', '=', id).where('state', '=', from).where('active_job_id', 'is', null).executeTakeFirst();
     return affected(r) === 1;

@@ -10,6 +10,7 @@ export const AlertKind = {
   ItemCritical: 'ItemCritical',
   HeartbeatLost: 'ProviderHeartbeatLost',
   FailoverFailed: 'FailoverFailed',
+  FailedOverOutsideVault: 'FailedOverOutsideVault',
 } as const;
 
 export interface Notifier {

@@ -6,13 +6,14 @@
  * with PROTOCOL_ERROR before it reaches the replica store.
  */
 import { OsrError } from '../../domain/errors.js';
+import { MAX_REPLICATION_EPOCH } from '../../domain/replicas.js';
 import { MAX_DISK_BYTES, MAX_DISKS, safeBoolean, safeInteger, safeName, safeObject, safeSeq } from '../../domain/names.js';
 import type { DiskRanges, Range } from '../io/ranges.js';
 import { Consistency } from '../ports/change-source.js';
 import type { RecoveryPoint, ReplicaDiskSpec, RetentionSpec } from '../ports/replica-target.js';
 import type { OpenRequest } from '../wire/replication-types.js';
 
-const MAX_EPOCH = 2 ** 31;
+const MAX_EPOCH = MAX_REPLICATION_EPOCH;
 const MAX_RANGES_PER_DISK = 1_000_000;
 
 export function parseDisks(value: unknown): ReplicaDiskSpec[] {

@@ -19,6 +19,8 @@ import { principal, type App, type VaultContext } from '../context.js';
 import { certificateFingerprint } from '../identity.js';
 import { heartbeatAlertKey } from '../monitor.js';
 import { isTerm, TERM_HEADER } from '../../domain/vault-status.js';
+import { adoptOutsideFailover } from '../../workflows/outside-failover.js';
+import { MAX_REPLICATION_EPOCH } from '../../domain/replicas.js';
 import { FabricCapabilitiesSchema, IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
 
 /** Inventory documents of big fabrics are large; everything else stays under the default limit. */
@@ -338,6 +340,16 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
             churnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             peakChurnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             pendingLogBytes: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+            promoted: Type.Optional(
+              Type.Object(
+                {
+                  epoch: Type.Integer({ minimum: 1, maximum: MAX_REPLICATION_EPOCH }),
+                  point: Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ format: 'date-time' }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]) }, { additionalProperties: false }),
+                  pending: Type.Boolean(),
+                },
+                { additionalProperties: false },
+              ),
+            ),
           },
           { additionalProperties: false },
         ),
@@ -349,6 +361,12 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       // the item's own fabric, or either end of its replication (they swap after a reverse)
       if (item.fabricId !== fabricId && item.replication.targetFabricId !== fabricId && item.replication.sourceFabricId !== fabricId) throw new OsrError('FORBIDDEN', `protected item ${item.id} is not replicated by fabric ${fabricId}`);
       const b = request.body;
+      // the replica was promoted at its host without the vault: recorded, never undone; the provider stops reporting it once the vault knows
+      if (b.promoted) {
+        const adoption = await adoptOutsideFailover({ store, alerting, clock }, item, fabricId, b.promoted);
+        if (adoption.outcome === 'ignored') request.log.warn({ item: item.id, why: adoption.why }, 'a promotion reported by the recovery site was not recorded');
+        return reply.status(200).send({ promotion: adoption.outcome });
+      }
       const points = b.recoveryPoints?.map((p) => {
         const at = Date.parse(p.at);
         if (Number.isNaN(at)) throw new OsrError('INVALID_ARGUMENT', `recovery point ${p.id} has no valid time: ${p.at}`);
