@@ -333,6 +333,8 @@ export class AgentReplication implements FabricReplication {
     const l = this.site.locate(replicaVmId);
     const vm = (await this.site.agent(l.hostId).get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number }; pending?: boolean } }[]>('/v1/vms')).find((x) => x.name === l.name);
     if (!vm?.origin) return undefined;
+    // promoted at the host, not through this driver: the site learns it holds a VM now
+    if (!l.isVm) await this.site.changed({ kind: 'promoted', id: l.id, epoch: vm.origin.epoch });
     return { epoch: vm.origin.epoch, point: { id: String(vm.origin.point.seq), at: new Date(vm.origin.point.timeMs).toISOString(), consistency: 'crash' }, pending: vm.origin.pending === true };
   }
 
