@@ -7,8 +7,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { OsrError } from '../domain/errors.js';
-import { VaultClient } from '../provider/vault-client.js';
-import { parseVaultStatus, VaultRole } from '../domain/vault-status.js';
+import { newestPrimary, probeVaults, VaultClient } from '../provider/vault-client.js';
 import { resolveVaultConnection, type VaultConnection, type VaultFlags } from './vault-client-config.js';
 
 export const API_PREFIX = '/api/v1';
@@ -47,19 +46,7 @@ export class CliApi {
     this.chosen ??= (async () => {
       const urls = this.connection.urls;
       if (urls.length < 2) return;
-      const answers = await Promise.all(
-        urls.map(async (url) => {
-          const c = new VaultClient(url, { ca: this.connection.ca, timeoutMs: 5000 });
-          try {
-            return { url, s: parseVaultStatus(await c.request('GET', `${API_PREFIX}/vault`), url) };
-          } catch {
-            return undefined;
-          } finally {
-            c.close();
-          }
-        }),
-      );
-      const best = answers.filter((a) => a?.s.role === VaultRole.Primary).sort((a, b) => b!.s.term - a!.s.term)[0];
+      const best = newestPrimary(await probeVaults(urls, this.connection.ca), { prefer: this.connection.url });
       if (!best || best.url === this.connection.url) return;
       this.client.close();
       this.client = new VaultClient(best.url, { ca: this.connection.ca, token: this.connection.token });

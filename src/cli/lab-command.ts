@@ -100,9 +100,9 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
       print(s, () => {
         if (!s.lab) return `no lab runs in ${s.dir} (\`osr lab up\` starts one)`;
         return [
-          `lab ${s.lab.topology} in ${s.dir}: ${s.running ? 'running' : 'NOT all processes run'}; vault ${s.lab.vault.url}`,
+          `lab ${s.lab.topology} in ${s.dir}: ${s.running ? 'running' : 'NOT all processes run'}; vault ${s.vaultUrl ?? s.lab.vault.url}${s.lab.failedSites?.length ? `; failed on purpose: ${s.lab.failedSites.join(', ')}` : ''}`,
           '',
-          table(s.processes.map((p) => ({ role: p.role, name: p.name, pid: p.pid, alive: p.alive ? 'yes' : 'NO' }))),
+          table(s.processes.map((p) => ({ role: p.role, name: p.name, site: p.site ?? '-', pid: p.pid, alive: p.alive ? 'yes' : 'NO', address: p.address ?? '' }))),
           '',
           table(s.fabrics.map((f) => ({ fabric: f.name, id: f.id, heartbeat: f.lastHeartbeatAt, lost: f.heartbeatLost ? 'LOST' : '-', inventory: f.inventoryAt }))),
           '',

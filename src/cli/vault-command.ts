@@ -7,9 +7,8 @@ import { DEFAULT_VAULT_PORT } from './vault-client-config.js';
 import { collect } from './format.js';
 import { installLastResortHandler } from './last-resort.js';
 import { connection, print, withApi } from './api-common.js';
-import { VaultClient } from '../provider/vault-client.js';
-import type { VaultConnection } from './vault-client-config.js';
-import { parseVaultStatus, type VaultStatus } from '../domain/vault-status.js';
+import { probeVaults } from '../provider/vault-client.js';
+import { parseVaultStatus } from '../domain/vault-status.js';
 import fs from 'node:fs';
 import { keepDownloadedBackup, listBackups, readManifest, restoreBackup, takeBackup, type BackupManifest } from '../vault/backup.js';
 import { formatBytes, table } from './format.js';
@@ -91,22 +90,6 @@ export function addVaultCommand(program: Command): void {
       process.on('SIGTERM', stop);
     });
   addVaultOperations(program, vaultCommand);
-}
-
-/** The role and term of the vault at each URL of the connection (or why it did not answer). */
-async function vaultStatuses(c: VaultConnection): Promise<{ url: string; status?: VaultStatus; error?: string }[]> {
-  return Promise.all(
-    c.urls.map(async (url) => {
-      const client = new VaultClient(url, { ca: c.ca, timeoutMs: 5000 });
-      try {
-        return { url, status: parseVaultStatus(await client.request('GET', '/api/v1/vault'), url) };
-      } catch (e) {
-        return { url, error: toOsrError(e).code };
-      } finally {
-        client.close();
-      }
-    }),
-  );
 }
 
 function wholeNumber(text: string, flag: string): number {
@@ -206,7 +189,8 @@ function addVaultOperations(program: Command, vault: Command): void {
     .command('status')
     .description('the role (primary, standby or stale) and term of the vault at each --vault URL (public: no token needed)')
     .action(async () => {
-      const rows = await vaultStatuses(connection(program));
+      const c = connection(program);
+      const rows = await probeVaults(c.urls, c.ca);
       print(program, rows, () => table(rows.map((r) => ({ url: r.url, vault: r.status?.name ?? '-', role: r.status?.role ?? `no answer (${r.error})`, term: r.status ? `${r.status.term} (${r.status.origin} ${r.status.since})` : '-', fencedBy: r.status?.staleBecause ? `term ${r.status.staleBecause.term} at ${r.status.staleBecause.url}` : '' }))));
     });
   vault
@@ -217,7 +201,7 @@ function addVaultOperations(program: Command, vault: Command): void {
       const waitSeconds = Math.max(1, Math.min(600, Math.round(parseDuration(o.wait) / 1000)));
       const c = connection(program);
       if (c.urls.length > 1) {
-        const standbys = (await vaultStatuses(c)).filter((r) => r.status?.role === 'standby');
+        const standbys = (await probeVaults(c.urls, c.ca)).filter((r) => r.status?.role === 'standby');
         if (standbys.length !== 1) throw new OsrError('INVALID_ARGUMENT', `of the vault URLs ${c.urls.join(', ')}, ${standbys.length} answer as standby: give --vault with the one to promote`);
         c.url = standbys[0]!.url;
       }

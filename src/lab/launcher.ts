@@ -27,7 +27,7 @@ import { AgentClient } from '../cli/agent-client.js';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
 import { writeFileAtomic } from '../pki/index.js';
-import { fetchPinnedCa, VaultClient } from '../provider/vault-client.js';
+import { fetchPinnedCa, newestPrimary, probeVaults, VaultClient } from '../provider/vault-client.js';
 import { OSR_BIN } from './agent-process.js';
 import { Virsh } from '../agent/libvirt/virsh.js';
 import { checkKvmHost, isKvmTopology, prepareKvmLab, removeKvmObjects, kvmLabGuest, startKvmSite, stopKvmDomains } from './kvm-lab.js';
@@ -543,7 +543,9 @@ export interface LabStatus {
   dir: string;
   running: boolean;
   lab: LabFile | null;
-  processes: { role: string; name: string; pid: number; alive: boolean }[];
+  processes: { role: string; name: string; pid: number; alive: boolean; site?: string; address?: string }[];
+  /** the vault the status was read from: the primary of the newest term among the lab's vaults */
+  vaultUrl?: string;
   fabrics: { id: string; name: string; lastHeartbeatAt: string | null; heartbeatLost: boolean; inventoryAt: string | null }[];
   items: ProtectedItem[];
   agents: LabAgentInfo[];
@@ -555,20 +557,25 @@ export async function labStatus(dirArg: string): Promise<LabStatus> {
   const status: LabStatus = { dir, running: false, lab, processes: [], fabrics: [], items: [], agents: [] };
   if (!lab) return status;
   const recorded = labProcesses(lab);
+  const failed = new Set(lab.failedSites ?? []);
   for (const p of [...recorded.filter((x) => x.role === 'vault'), ...recorded.filter((x) => x.role === 'provider'), ...recorded.filter((x) => x.role === 'emulator')]) {
-    status.processes.push({ role: p.role, name: p.role === 'vault' && lab.vault.url ? lab.vault.url : p.name, pid: p.pid, alive: isRunning(p) });
+    const url = p.role === 'vault' ? (p.site !== undefined && p.site === lab.vault.standbySite ? lab.vault.standbyUrl : lab.vault.url) : undefined;
+    status.processes.push({ role: p.role, name: p.name, pid: p.pid, alive: isRunning(p), ...(p.site !== undefined ? { site: p.site } : {}), ...(url ? { address: url } : {}) });
   }
   status.agents = labAgents(dir);
-  for (const a of status.agents) status.processes.push({ role: 'agent', name: a.host, pid: a.pid, alive: isAlive(a.pid) });
-  status.running = lab.state !== 'starting' && status.processes.length > 0 && status.processes.every((p) => p.alive);
-  if (lab.vault.url && status.processes.find((p) => p.role === 'vault')?.alive) {
-    const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { token: string; ca: string };
-    const api = new VaultClient(lab.vault.url, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
+  for (const a of status.agents) status.processes.push({ role: 'agent', name: a.host, pid: a.pid, alive: isAlive(a.pid), site: a.fabric, address: a.api });
+  // a site failed on purpose is down by design
+  status.running = lab.state !== 'starting' && status.processes.length > 0 && status.processes.every((p) => p.alive || (p.site !== undefined && failed.has(p.site)));
+  const cfg = lab.vault.url ? (YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { token: string; ca: string }) : undefined;
+  const vaultUrl = cfg ? newestPrimary(await probeVaults([lab.vault.url, ...(lab.vault.standbyUrl ? [lab.vault.standbyUrl] : [])], fs.readFileSync(cfg.ca, 'utf8')))?.url : undefined;
+  if (cfg && vaultUrl) {
+    status.vaultUrl = vaultUrl;
+    const api = new VaultClient(vaultUrl, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
     try {
       status.fabrics = (await api.request<{ items: LabStatus['fabrics'] }>('GET', '/api/v1/fabrics')).items;
       status.items = (await api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=1000')).items;
     } catch (e) {
-      throw new OsrError(toOsrError(e).code, `the lab's vault at ${lab.vault.url} did not answer: ${(e as Error).message}`);
+      throw new OsrError(toOsrError(e).code, `the lab's vault at ${vaultUrl} did not answer: ${(e as Error).message}`);
     } finally {
       api.close();
     }

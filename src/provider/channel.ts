@@ -8,8 +8,8 @@ import type { InventoryDocument } from '../domain/resources.js';
 import { OsrError } from '../domain/errors.js';
 import { generateKeyPairPem, readCertificateInfo, renewalDue } from '../pki/index.js';
 import { saveRenewal, saveVaultInfo, type ProviderRegistration } from './registration.js';
-import { checkVaultUrls, isTerm, parseVaultStatus, TERM_HEADER, VaultRole } from '../domain/vault-status.js';
-import { VaultClient } from './vault-client.js';
+import { checkVaultUrls, isTerm, TERM_HEADER } from '../domain/vault-status.js';
+import { newestPrimary, probeVaults, VaultClient } from './vault-client.js';
 import type { EnrolmentProof } from '../domain/enrolment.js';
 
 /** A command as the vault's queue hands it out: any kind, its body not checked yet. */
@@ -122,24 +122,7 @@ export class ProviderChannel {
   }
 
   private async find(): Promise<boolean> {
-    const vaultId = this.registration.vault.id;
-    const answers = await Promise.all(
-      this.urls.map(async (url) => {
-        const c = new VaultClient(url, { ca: this.registration.tls.ca, timeoutMs: 5000 });
-        try {
-          return { url, s: parseVaultStatus(await c.request('GET', '/api/v1/vault'), url) };
-        } catch {
-          return undefined;
-        } finally {
-          c.close();
-        }
-      }),
-    );
-    let best: { url: string; term: number } | undefined;
-    for (const a of answers) {
-      if (!a || a.s.id !== vaultId || a.s.role !== VaultRole.Primary || a.s.term < this.term) continue;
-      if (!best || a.s.term > best.term || (a.s.term === best.term && a.url === this.registration.vault.url)) best = { url: a.url, term: a.s.term };
-    }
+    const best = newestPrimary(await probeVaults(this.urls, this.registration.tls.ca), { vaultId: this.registration.vault.id, atLeast: this.term, prefer: this.registration.vault.url });
     if (!best) return false;
     const moved = best.url !== this.registration.vault.url;
     this.currentTerm = best.term;

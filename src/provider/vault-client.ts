@@ -14,6 +14,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { checkVaultIdentity, formatFingerprint, type TlsMaterial } from '../pki/index.js';
+import { parseVaultStatus, VaultRole, type VaultStatus } from '../domain/vault-status.js';
 
 
 export interface VaultClientOptions {
@@ -186,4 +187,41 @@ export function fetchPinnedCa(url: string, fingerprint: string): Promise<string>
       }
     });
   });
+}
+
+/** What each URL of a vault answered to GET /api/v1/vault: its status, or the code of why it did not. */
+export interface VaultProbe {
+  url: string;
+  status?: VaultStatus;
+  error?: string;
+}
+
+/** Ask each URL for its role and term (public; the server must hold a vault certificate from `ca`). */
+export function probeVaults(urls: readonly string[], ca: string | undefined): Promise<VaultProbe[]> {
+  return Promise.all(
+    urls.map(async (url) => {
+      const c = new VaultClient(url, { ca, timeoutMs: 5000 });
+      try {
+        return { url, status: parseVaultStatus(await c.request('GET', '/api/v1/vault'), url) };
+      } catch (e) {
+        return { url, error: toOsrError(e, 'NETWORK_ERROR').code };
+      } finally {
+        c.close();
+      }
+    }),
+  );
+}
+
+/**
+ * Of the answers, the primary of the newest term: of vault `vaultId` only, of term
+ * `atLeast` or newer; `prefer` wins a tie (the URL in use). Undefined: none answers so.
+ */
+export function newestPrimary(probes: readonly VaultProbe[], o: { vaultId?: string; atLeast?: number; prefer?: string } = {}): { url: string; term: number } | undefined {
+  let best: { url: string; term: number } | undefined;
+  for (const p of probes) {
+    const s = p.status;
+    if (!s || s.role !== VaultRole.Primary || (o.vaultId !== undefined && s.id !== o.vaultId) || s.term < (o.atLeast ?? 0)) continue;
+    if (!best || s.term > best.term || (s.term === best.term && p.url === o.prefer)) best = { url: p.url, term: s.term };
+  }
+  return best;
 }

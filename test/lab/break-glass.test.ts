@@ -19,7 +19,7 @@ import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { AgentClient } from '../../src/cli/agent-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
-import { labAgents, labDown, readLabFile } from '../../src/lab/launcher.js';
+import { labAgents, labDown } from '../../src/lab/launcher.js';
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { tempDir, waitFor } from '../support/lab.js';
 import { site } from '../support/topology.js';

@@ -24,7 +24,9 @@ const base = (): TopologySpec => ({
 
 describe('lab topologies', () => {
   test('the built-in topologies parse: two-sites is New York protected by Chicago, single-server one fabric with two clouds, to-azure an on-premises site and an Azure site', () => {
-    assert.deepEqual(builtInTopologies(), ['kvm', 'single-server', 'to-azure', 'two-sites']);
+    assert.deepEqual(builtInTopologies(), ['kvm', 'single-server', 'site-loss', 'to-azure', 'two-sites']);
+    const drill = loadTopology('site-loss').spec;
+    assert.deepEqual(drill.vault, { name: 'drill-vault', site: 'VMM-NewYork', standby: 'VMM-Chicago', database: 'sqlite' });
     const azure = loadTopology('to-azure').spec;
     assert.deepEqual(azure.fabrics.map((f) => f.name), ['VMM-OnPrem']);
     assert.deepEqual([azure.azure?.name, azure.azure?.location, azure.azure?.resourceGroup, azure.azure?.virtualNetworks.map((v) => v.name)], ['Azure-WestEurope', 'westeurope', 'osr-recovery', ['prod-vnet']]);
@@ -46,6 +48,20 @@ describe('lab topologies', () => {
     const single = loadTopology('single-server').spec;
     assert.equal(single.fabrics.length, 1);
     assert.equal(single.fabrics[0]!.clouds.length, 2);
+  });
+
+  test('the vault is placed at a site of the topology, its standby at another; anything else is refused', () => {
+    const fabrics = [base().fabrics[0]!, { ...base().fabrics[0]!, name: 'F2', vms: [], clouds: [] }];
+    const ok = parseTopology(YAML.stringify({ ...base(), fabrics, vault: { site: 'VMM-A', standby: 'F2', database: 'postgres' } }));
+    assert.equal(ok.vault?.standby, 'F2');
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ site: 'Nowhere' }, /vault.site: names no fabric of the topology/],
+      [{ site: 'VMM-A', standby: 'VMM-A' }, /vault.standby: must be another site/],
+      [{ database: 'postgres' }, /postgres in the lab is for a standby vault/],
+      [{ database: 'mysql', standby: 'F2' }, /vault.database: is sqlite or postgres/],
+      [{ replicas: 2 }, /has no field replicas/],
+    ];
+    for (const [vault, re] of cases) assertThrowsCode(() => parseTopology(YAML.stringify({ ...base(), fabrics, vault })), 'CONFIG_INVALID', re);
   });
 
   test('a hypervisor other than lab or libvirt is refused', () => {
