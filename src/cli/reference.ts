@@ -26,10 +26,19 @@ export function renderErrorsPage(): string {
   ].join('\n');
 }
 
+/** each command's help, asked once: the walk of the groups and the page read the same ones */
+const helps = new Map<string, string>();
+
 function help(args: string[]): string {
-  const env = { ...process.env };
-  delete env.OSR_AGENT; // the help shows defaults, not this shell's settings
-  return execFileSync(process.execPath, [OSR, ...args, '--help'], { encoding: 'utf8', env }).trimEnd();
+  const key = args.join(' ');
+  let text = helps.get(key);
+  if (text === undefined) {
+    const env = { ...process.env };
+    delete env.OSR_AGENT; // the help shows defaults, not this shell's settings
+    text = execFileSync(process.execPath, [OSR, ...args, '--help'], { encoding: 'utf8', env }).trimEnd();
+    helps.set(key, text);
+  }
+  return text;
 }
 
 /** Every command path, found by reading the help of each group. */

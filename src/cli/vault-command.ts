@@ -197,7 +197,8 @@ function addVaultOperations(program: Command, vault: Command): void {
     .command('promote')
     .description('promote the standby vault (an Owner): the one at --vault, or of several URLs the one that answers as standby; its PostgreSQL standby is promoted, the next term begins, and providers follow it; for when the primary vault\'s site is lost')
     .option('--wait <duration>', 'how long PostgreSQL may take to finish its promotion', '60s')
-    .action(async (o: { wait: string }) => {
+    .option('--force', 'promote even though another vault process still answers as the primary (refused otherwise: there would be two)', false)
+    .action(async (o: { wait: string; force: boolean }) => {
       const waitSeconds = Math.max(1, Math.min(600, Math.round(parseDuration(o.wait) / 1000)));
       const c = connection(program);
       if (c.urls.length > 1) {
@@ -207,7 +208,7 @@ function addVaultOperations(program: Command, vault: Command): void {
       }
       c.urls = [c.url];
       await withApi(program, async (api) => {
-        const st = parseVaultStatus(await api.post('/vault/promote', { waitSeconds }), c.url);
+        const st = parseVaultStatus(await api.post('/vault/promote', { waitSeconds, ...(o.force ? { force: true } : {}) }), c.url);
         print(program, st, () => `promoted: the vault ${st.name} at ${c.url} is the primary, term ${st.term}; providers that know its URL follow it at their next heartbeat`);
       }, c);
     });

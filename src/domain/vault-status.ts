@@ -15,6 +15,11 @@ export const TERM_HEADER = 'osr-vault-term';
 export const MAX_TERM = 1_000_000;
 export const isTerm = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 1 && n <= MAX_TERM;
 
+/** Whether term `a` is newer than `b`: a greater number, or the same number begun later (two restores of one backup). */
+export function newerTerm(a: { term: number; since: string }, b: { term: number; since: string }): boolean {
+  return a.term > b.term || (a.term === b.term && Date.parse(a.since) > Date.parse(b.since));
+}
+
 export interface VaultStatus {
   /** the vault's identity (every process of one vault has the same) */
   id: string;

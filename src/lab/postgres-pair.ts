@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { OsrError } from '../domain/errors.js';
 
 const run = promisify(execFile);
+const SAFE_DIR = /^[A-Za-z0-9._/-]+$/;
 
 /** The directory of PostgreSQL's server programs (initdb, pg_ctl, pg_basebackup), the newest installed. */
 export function postgresBinDir(): string | undefined {
@@ -59,6 +60,8 @@ export class PostgresPair {
     if (!bin) throw new OsrError('NOT_SUPPORTED', 'PostgreSQL\'s server programs (initdb, pg_ctl, pg_basebackup) are not installed: `apt-get install postgresql`');
     const asUser = process.getuid?.() === 0 ? 'postgres' : undefined;
     if (asUser && spawnSync('id', ['-u', asUser]).status !== 0) throw new OsrError('NOT_SUPPORTED', 'run as root, the PostgreSQL clusters need the `postgres` user, which does not exist here (Debian\'s postgresql package makes it)');
+    // the directory goes through pg_ctl's shell (-o): plain characters only
+    if (!SAFE_DIR.test(path.resolve(dir))) throw new OsrError('INVALID_ARGUMENT', `${path.resolve(dir)}: the PostgreSQL clusters' directory may hold only letters, digits and . _ - / (PostgreSQL's pg_ctl passes it through a shell)`);
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
     if (asUser && spawnSync('runuser', ['-u', asUser, '--', 'test', '-x', path.resolve(dir)]).status !== 0) {
       throw new OsrError('INVALID_ARGUMENT', `the ${asUser} user cannot reach ${path.resolve(dir)}: let it through the directories above (chmod o+x), or give a directory it can reach`);
@@ -91,6 +94,7 @@ export class PostgresPair {
     } catch (e) {
       throw new OsrError('CONFIG_INVALID', `${path.join(dir, 'pair.json')} cannot be read: ${(e as Error).message}`);
     }
+    for (const x of [j.primary, j.standby]) if (!SAFE_DIR.test(x.dir) || !Number.isInteger(x.port)) throw new OsrError('CONFIG_INVALID', `${path.join(dir, 'pair.json')} names a cluster osr did not make`);
     const c = (name: string, x: { dir: string; port: number }): PostgresCluster => ({ name, dir: x.dir, port: x.port, url: (db = j.database) => `postgres://postgres@127.0.0.1:${x.port}/${db}` });
     return new PostgresPair(j.bin, c('primary', j.primary), c('standby', j.standby), j.asUser ?? undefined);
   }
@@ -176,6 +180,11 @@ export class PostgresPair {
       }
     }
     for (let i = 0; i < 100 && [pid, ...children].some(alive); i++) await new Promise((r) => setTimeout(r, 50));
+  }
+
+  /** Promote a standby by hand (`pg_ctl promote`), as an operator would without osr. */
+  async promote(c: PostgresCluster): Promise<void> {
+    await this.pg('pg_ctl', ['-D', c.dir, '-w', '-t', '60', 'promote']);
   }
 
   /** Whether PostgreSQL says the cluster is in recovery (a standby). */

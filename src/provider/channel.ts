@@ -92,13 +92,24 @@ export class ProviderChannel {
   }
 
   private clientFor(url: string): VaultClient {
-    return new VaultClient(url, { tls: this.registration.tls, headers: (): Record<string, string> => (this.term > 0 ? { [TERM_HEADER]: String(this.term) } : {}) });
+    return new VaultClient(url, {
+      tls: this.registration.tls,
+      headers: (): Record<string, string> => (this.term > 0 ? { [TERM_HEADER]: String(this.term) } : {}),
+      // an answer given in an older term than one seen is not obeyed (a vault fenced since the call began)
+      checkAnswer: (h) => {
+        const t = Number(h[TERM_HEADER]);
+        if (!isTerm(t)) return undefined;
+        this.currentTerm = t;
+        return t < this.term ? new OsrError('VAULT_STALE', `the vault at ${url} answered in term ${t}, older than the term ${this.term} this provider was answered with before`, { term: this.term, url }) : undefined;
+      },
+    });
   }
 
   /** A call to the vault it follows; after a refusal that says another one is the primary (or none answers), once more at the primary found. */
   private async call<T>(fn: (c: VaultClient) => Promise<T>, signal?: AbortSignal): Promise<T> {
     // a vault of an older term than one seen is not obeyed: the newest primary is looked for, else the call is refused
-    if (this.currentTerm !== undefined && this.currentTerm < this.term && !(await this.findPrimary())) {
+    if (this.currentTerm !== undefined && this.currentTerm < this.term) await this.findPrimary();
+    if (this.currentTerm !== undefined && this.currentTerm < this.term) {
       throw new OsrError('VAULT_STALE', `the vault at ${this.registration.vault.url} answers with term ${this.currentTerm}, older than the term ${this.term} this provider was answered with before, and no vault of that term answers; this provider waits for it`, { term: this.term, url: this.registration.vault.url });
     }
     const used = this.current;
@@ -145,8 +156,14 @@ export class ProviderChannel {
     this.registration = { ...this.registration, vault: next };
     const dir = this.o.dir;
     if (!dir) return;
-    this.saving = this.saving.then(() => saveVaultInfo(dir, this.registration.vault)).catch((e: unknown) => this.o.log?.warn({ err: String(e) }, 'keeping the vault\'s URLs and term in registration.json failed'));
-    await this.saving;
+    await this.persist(() => saveVaultInfo(dir, this.registration.vault)).catch((e: unknown) => this.o.log?.warn({ err: String(e) }, 'keeping the vault\'s URLs and term in registration.json failed'));
+  }
+
+  /** Writes of registration.json, one after another: a renewal and what is learnt of the vault never interleave. */
+  private persist(fn: () => Promise<void>): Promise<void> {
+    const p = this.saving.then(fn);
+    this.saving = p.catch(() => undefined);
+    return p;
   }
 
   /**
@@ -168,7 +185,9 @@ export class ProviderChannel {
     const info = readCertificateInfo(r.certificate);
     if (info.role !== 'provider' || info.commonName !== this.registration.providerId) throw new OsrError('PROTOCOL_ERROR', `the vault answered the renewal with a certificate for ${info.commonName} (${info.role ?? 'no role'}), not this provider's`);
     const next: ProviderRegistration = { ...this.registration, tls: { ...this.registration.tls, cert: r.certificate, key: pair.privateKeyPem }, notAfter: r.notAfter };
-    if (this.o.dir) await saveRenewal(this.o.dir, next);
+    const dir = this.o.dir;
+    // saved in turn with what the channel learns of the vault, from the registration as it is then
+    if (dir) await this.persist(() => saveRenewal(dir, { ...this.registration, tls: next.tls, notAfter: next.notAfter }));
     const old = this.current;
     this.registration = { ...this.registration, tls: next.tls, notAfter: next.notAfter };
     this.current = this.clientFor(this.registration.vault.url);
@@ -179,14 +198,8 @@ export class ProviderChannel {
   /** The provider is alive; with the fabric's capabilities, which the vault keeps on the fabric (GET /api/v1/fabrics/:id). */
   async heartbeat(body: { status?: Record<string, unknown>; capabilities?: FabricCapabilities } = {}): Promise<{ time: string; heartbeatIntervalSeconds: number }> {
     const r = await this.call((c) => c.request<{ time: string; heartbeatIntervalSeconds: number; vault?: { term?: unknown; urls?: unknown } }>('POST', '/api/v1/provider/heartbeat', body));
+    // (an answer in an older term than one seen was refused by checkAnswer, and the newest primary looked for)
     const term = r.vault?.term;
-    if (isTerm(term)) this.currentTerm = term;
-    if (isTerm(term) && term < this.term) {
-      // a vault of an older term still answers as primary: follow the newest one
-      this.o.log?.warn({ vault: this.registration.vault.url, term, newest: this.term }, 'the vault answered with a term older than one seen before; looking for the newest primary');
-      await this.findPrimary();
-      return r;
-    }
     let urls: string[] = [];
     try {
       urls = Array.isArray(r.vault?.urls) ? checkVaultUrls(r.vault.urls.filter((u): u is string => typeof u === 'string'), 'the vault\'s URLs') : [];

@@ -281,7 +281,10 @@ export class FabricProvider {
       /** failover, recovery site: the chosen point runs as the VM */
       'failover.promote': async ({ body: b }) => {
         const r = await repl.promoteReplica(this.localId(b.replicaVmId), b.point);
-        await this.stopReporting('target', b.item);
+        // where the fabric tells a promoted replica, it goes on being reported as promoted
+        // until the vault answers that it knows the failover: a vault restored from a backup
+        // taken before learns it too
+        if (!repl.promotionOf) await this.stopReporting('target', b.item);
         return { ...r, vmId: this.vaultId(r.vmId) };
       },
       /** before the commit, recovery site: the failed-over VM runs from another point */
@@ -380,11 +383,10 @@ export class FabricProvider {
           // a replica promoted at its host without the vault (break-glass): the vault learns it and records the failover
           const promoted = await this.o.driver.replication.promotionOf?.(p.vmId);
           if (promoted) {
+            // reported until the vault says the failover is reprotected: a vault restored from an older backup meanwhile learns it too
             const r = await this.o.channel.itemStatus(p.itemId, { promoted });
-            if (r?.promotion === 'recorded' || r?.promotion === 'known') {
-              this.o.log.warn({ item: p.itemId, epoch: promoted.epoch }, 'the vault recorded the failover made at the host; its replica is no longer reported');
-              await this.stopReporting('target', p.itemId);
-            }
+            if (r?.promotion === 'recorded') this.o.log.warn({ item: p.itemId, epoch: promoted.epoch }, 'the vault recorded the failover made without it');
+            if (r?.promotion === 'done') await this.stopReporting('target', p.itemId);
             continue;
           }
           const points = await this.o.driver.replication.recoveryPoints(p.vmId);

@@ -14,7 +14,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { checkVaultIdentity, formatFingerprint, type TlsMaterial } from '../pki/index.js';
-import { parseVaultStatus, VaultRole, type VaultStatus } from '../domain/vault-status.js';
+import { newerTerm, parseVaultStatus, VaultRole, type VaultStatus } from '../domain/vault-status.js';
 
 
 export interface VaultClientOptions {
@@ -26,6 +26,8 @@ export interface VaultClientOptions {
   timeoutMs?: number;
   /** more headers for every request (a provider's newest vault term) */
   headers?: () => Record<string, string>;
+  /** a check of every answer's headers: an error refuses the answer (a provider refusing a vault of an older term) */
+  checkAnswer?: (headers: Record<string, string | string[] | undefined>) => Error | undefined;
 }
 
 export class VaultClient {
@@ -88,6 +90,11 @@ export class VaultClient {
           signal: opts.signal,
         },
         (res) => {
+          const refused = this.o.checkAnswer?.(res.headers);
+          if (refused) {
+            res.resume();
+            return reject(refused);
+          }
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('error', (e) => reject(toOsrError(e, 'NETWORK_ERROR')));
@@ -217,11 +224,11 @@ export function probeVaults(urls: readonly string[], ca: string | undefined): Pr
  * `atLeast` or newer; `prefer` wins a tie (the URL in use). Undefined: none answers so.
  */
 export function newestPrimary(probes: readonly VaultProbe[], o: { vaultId?: string; atLeast?: number; prefer?: string } = {}): { url: string; term: number } | undefined {
-  let best: { url: string; term: number } | undefined;
+  let best: { url: string; term: number; since: string } | undefined;
   for (const p of probes) {
     const s = p.status;
     if (!s || s.role !== VaultRole.Primary || (o.vaultId !== undefined && s.id !== o.vaultId) || s.term < (o.atLeast ?? 0)) continue;
-    if (!best || s.term > best.term || (s.term === best.term && p.url === o.prefer)) best = { url: p.url, term: s.term };
+    if (!best || newerTerm(s, best) || (s.term === best.term && s.since === best.since && p.url === o.prefer)) best = { url: p.url, term: s.term, since: s.since };
   }
-  return best;
+  return best && { url: best.url, term: best.term };
 }

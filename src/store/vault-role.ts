@@ -27,6 +27,8 @@ export interface VaultTerm {
   origin: TermOrigin;
   /** a restored term: when the backup it came from was taken (ISO) */
   backupTakenAt?: string;
+  /** PostgreSQL's timeline when the term began (a later promotion moves it on) */
+  timeline?: number;
 }
 
 /** What fenced a stale vault: the newer term and where it was seen. */
@@ -60,26 +62,51 @@ export class VaultRoleStore {
     return parseTerm(row.value);
   }
 
+  /**
+   * PostgreSQL's timeline on a writable database: it grows by one at each promotion of a
+   * standby, whoever promoted it (the WAL file name's first 8 hex digits). Undefined on
+   * SQLite.
+   */
+  async timeline(): Promise<number | undefined> {
+    if (this.dialect !== 'postgres') return undefined;
+    const r = await sql<{ f: string }>`select pg_walfile_name(pg_current_wal_lsn()) as f`.execute(this.db);
+    const t = parseInt(String(r.rows[0]?.f ?? '').slice(0, 8), 16);
+    return Number.isSafeInteger(t) && t > 0 ? t : undefined;
+  }
+
   /** Record term 1 on a fresh writable database (nothing if it has a term). */
   async initTerm(): Promise<VaultTerm> {
-    const first: VaultTerm = { term: 1, since: new Date(this.now()).toISOString(), origin: 'created' };
+    const timeline = await this.timeline();
+    const first: VaultTerm = { term: 1, since: new Date(this.now()).toISOString(), origin: 'created', ...(timeline !== undefined ? { timeline } : {}) };
     await this.db.insertInto('settings').values({ key: TERM_KEY, value: JSON.stringify(first) }).onConflict((oc) => oc.column('key').doNothing()).execute();
     return this.term();
   }
 
   /**
-   * Begin the next term after `seen` (and after any term `after` names: one a peer was seen
-   * with), once: of two vault processes that saw the same
-   * term and race, one moves it on and the other reads the result. Answers the term that
-   * holds after.
+   * Whether the writable database was promoted since its term began: its timeline is newer
+   * than the one the term recorded (a standby promoted by hand while no vault watched it).
    */
-  async nextTerm(seen: VaultTerm, origin: TermOrigin, o: { after?: number; backupTakenAt?: string } = {}): Promise<VaultTerm> {
-    const next: VaultTerm = { term: Math.max(seen.term, o.after ?? 0) + 1, since: new Date(this.now()).toISOString(), origin, ...(o.backupTakenAt !== undefined ? { backupTakenAt: o.backupTakenAt } : {}) };
-    if (!isTerm(next.term)) throw new OsrError('INVALID_STATE', `the vault's term ${seen.term} cannot grow further`);
+  async promotedSinceTerm(t: VaultTerm): Promise<boolean> {
+    if (t.timeline === undefined) return false;
+    const now = await this.timeline();
+    return now !== undefined && now > t.timeline;
+  }
+
+  /**
+   * Begin the next term: one more than the database's, and than any term `after` names (one
+   * a peer was seen with). On PostgreSQL a promotion begins one term per timeline: of two
+   * vault processes that see the same promotion and race, the second finds it begun.
+   * Answers the term that holds after.
+   */
+  async nextTerm(origin: TermOrigin, o: { after?: number; backupTakenAt?: string } = {}): Promise<VaultTerm> {
+    const timeline = await this.timeline();
     await this.db.transaction().execute(async (trx) => {
-      const row = await trx.selectFrom('settings').select('value').where('key', '=', TERM_KEY).executeTakeFirst();
-      const current = row ? parseTerm(row.value).term : 1;
-      if (current !== seen.term) return;
+      const q = trx.selectFrom('settings').select('value').where('key', '=', TERM_KEY);
+      const row = await (this.dialect === 'postgres' ? q.forUpdate() : q).executeTakeFirst();
+      const current = row ? parseTerm(row.value) : undefined;
+      if (origin === 'promoted' && timeline !== undefined && current?.timeline === timeline && current.origin === 'promoted') return;
+      const next: VaultTerm = { term: Math.max(current?.term ?? 1, o.after ?? 0) + 1, since: new Date(this.now()).toISOString(), origin, ...(timeline !== undefined ? { timeline } : {}), ...(o.backupTakenAt !== undefined ? { backupTakenAt: o.backupTakenAt } : {}) };
+      if (!isTerm(next.term)) throw new OsrError('INVALID_STATE', `the vault's term ${current?.term} cannot grow further`);
       const value = JSON.stringify(next);
       await trx.insertInto('settings').values({ key: TERM_KEY, value }).onConflict((oc) => oc.column('key').doUpdateSet({ value })).execute();
       // a new term is not stale, whatever an older life of this database was told
@@ -130,5 +157,11 @@ function parseTerm(text: string): VaultTerm {
     v = {};
   }
   if (!isTerm(v.term) || typeof v.since !== 'string') throw new OsrError('STORE_UNAVAILABLE', `the vault's term in its database is malformed (${text.slice(0, 80)}); restore the database from a backup`);
-  return { term: v.term, since: v.since, origin: v.origin === 'promoted' || v.origin === 'restored' ? v.origin : 'created', ...(typeof v.backupTakenAt === 'string' ? { backupTakenAt: v.backupTakenAt } : {}) };
+  return {
+    term: v.term,
+    since: v.since,
+    origin: v.origin === 'promoted' || v.origin === 'restored' ? v.origin : 'created',
+    ...(typeof v.backupTakenAt === 'string' ? { backupTakenAt: v.backupTakenAt } : {}),
+    ...(typeof v.timeline === 'number' && Number.isSafeInteger(v.timeline) && v.timeline > 0 ? { timeline: v.timeline } : {}),
+  };
 }

@@ -33,6 +33,8 @@ export interface BackupManifest {
 }
 
 const MANIFEST = /^vault-[0-9TZ-]+\.json$/;
+/** what a restore leaves for the restored vault to tell its users at its first start */
+export const RESTORE_NOTICE_KEY = 'vault.restore-notice';
 const MAX_BACKUP_BYTES = 64 * 1024 ** 3;
 
 /** What a SQLite vault database holds of itself: identity, term, schema version (undefined fields: not a vault's). */
@@ -63,15 +65,10 @@ function checkIntegrity(db: SQLite.Database, what: string): void {
   }
 }
 
-function sha256File(file: string): string {
+/** A file's SHA-256, read in pieces without holding up the event loop (a vault's heartbeats and leases go on meanwhile). */
+async function sha256File(file: string): Promise<string> {
   const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(1 << 20);
-    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) h.update(buf.subarray(0, n));
-  } finally {
-    fs.closeSync(fd);
-  }
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
   return h.digest('hex');
 }
 
@@ -128,7 +125,7 @@ export async function takeBackup(o: { database: string; dir: string; now?: numbe
   fsyncFile(part);
   fs.renameSync(part, file);
   await fsyncDir(o.dir);
-  const manifest: BackupManifest = { format: 1, file: path.basename(file), vault: facts.vault, term: facts.term, schemaVersion: facts.schemaVersion, takenAt: new Date(now).toISOString(), bytes: fs.statSync(file).size, sha256: sha256File(file) };
+  const manifest: BackupManifest = { format: 1, file: path.basename(file), vault: facts.vault, term: facts.term, schemaVersion: facts.schemaVersion, takenAt: new Date(now).toISOString(), bytes: fs.statSync(file).size, sha256: await sha256File(file) };
   // the manifest last: from this rename on, the backup counts
   await writeFileAtomic(path.join(o.dir, `${base}.json`), `${JSON.stringify(manifest, null, 2)}\n`, 0o600);
   await fsyncDir(o.dir);
@@ -142,7 +139,7 @@ export async function takeBackup(o: { database: string; dir: string; now?: numbe
  */
 export async function keepDownloadedBackup(dir: string, part: string, m: BackupManifest, keep?: number): Promise<BackupManifest> {
   const st = fs.statSync(part);
-  if (st.size !== m.bytes || sha256File(part) !== m.sha256) throw new OsrError('BACKUP_INVALID', `the backup received holds ${st.size} bytes that do not match its manifest (${m.bytes} bytes, sha256 ${m.sha256.slice(0, 16)}…): it was damaged on the way; take it again`);
+  if (st.size !== m.bytes || (await sha256File(part)) !== m.sha256) throw new OsrError('BACKUP_INVALID', `the backup received holds ${st.size} bytes that do not match its manifest (${m.bytes} bytes, sha256 ${m.sha256.slice(0, 16)}…): it was damaged on the way; take it again`);
   const db = new SQLite(part, { readonly: true });
   try {
     checkIntegrity(db, 'the backup received');
@@ -235,7 +232,7 @@ export async function restoreBackup(o: { from: string; dataDir: string; database
   const st = fs.statSync(copyFile, { throwIfNoEntry: false });
   if (!st) throw new OsrError('BACKUP_INVALID', `the backup's database ${copyFile} is missing`);
   if (st.size !== manifest.bytes) throw new OsrError('BACKUP_INVALID', `${copyFile} holds ${st.size} bytes, not the ${manifest.bytes} its manifest says`);
-  if (sha256File(copyFile) !== manifest.sha256) throw new OsrError('BACKUP_INVALID', `${copyFile} does not match its manifest's checksum: it was changed or damaged`);
+  if ((await sha256File(copyFile)) !== manifest.sha256) throw new OsrError('BACKUP_INVALID', `${copyFile} does not match its manifest's checksum: it was changed or damaged`);
   if (manifest.schemaVersion > SCHEMA_VERSION) throw new OsrError('BACKUP_INVALID', `the backup is at schema version ${manifest.schemaVersion}, newer than the ${SCHEMA_VERSION} this osr knows: restore it with that osr`);
 
   const database = path.resolve(o.database ?? path.join(o.dataDir, 'vault.db'));
@@ -260,6 +257,10 @@ export async function restoreBackup(o: { from: string; dataDir: string; database
     db.transaction(() => {
       db.prepare('insert into settings (key, value) values (?, ?) on conflict (key) do update set value = excluded.value').run(TERM_KEY, JSON.stringify(term));
       db.prepare('delete from settings where key = ?').run(STALE_KEY);
+      // a key handed out before the backup may have been used since, by a provider this copy does not know
+      db.prepare('update registration_keys set revoked_at = ? where used_at is null and revoked_at is null').run(now);
+      // the restored vault raises it as an alert at its first start (server.ts)
+      db.prepare('insert into settings (key, value) values (?, ?) on conflict (key) do update set value = excluded.value').run(RESTORE_NOTICE_KEY, JSON.stringify({ backupTakenAt: manifest.takenAt, restoredAt: new Date(now).toISOString() }));
     })();
     db.pragma('journal_mode = DELETE');
   } catch (e) {
@@ -270,9 +271,11 @@ export async function restoreBackup(o: { from: string; dataDir: string; database
   db.close();
   fs.chmodSync(part, 0o600);
   fsyncFile(part);
-  if (replaced) {
-    for (const ext of ['', '-wal', '-shm']) if (fs.existsSync(`${database}${ext}`)) fs.renameSync(`${database}${ext}`, `${replaced}${ext}`);
-  }
+  // the old database stays whole under its new name (a second link to it), its log and index beside it; then one rename
+  // puts the copy in its place: at no instant is there no database, nor a log of another one beside the copy
+  const aside = replaced ?? `${database}.orphan-${stamp(now)}`;
+  if (replaced) fs.linkSync(database, replaced);
+  for (const ext of ['-wal', '-shm']) if (fs.existsSync(`${database}${ext}`)) fs.renameSync(`${database}${ext}`, `${aside}${ext}`);
   fs.renameSync(part, database);
   await fsyncDir(path.dirname(database));
   return { manifest, database, term, ...(replaced ? { replaced } : {}) };

@@ -89,6 +89,10 @@ async function loadCa(store: VaultStore, commonName: string, o: { dataDir: strin
   const defaultFile = path.resolve(o.caKeyFile ?? path.join(o.dataDir, 'ca.key'));
   let stored = await activity.setting<StoredCa | null>('ca', null);
   if (!stored) {
+    // a key file there already belongs to a vault whose database this is not: never written over
+    if (await fs.stat(defaultFile).then(() => true, () => false)) {
+      throw new OsrError('CA_KEY_UNAVAILABLE', `the database holds no vault yet, but ${defaultFile} holds a CA key already: it belongs to another vault's database. Start this vault on that database (a restored one is in the directory \`osr vault restore --into\` wrote), or give another --ca-key-file to make a new vault`, { file: defaultFile });
+    }
     // made before settingOnce so that a losing racer's CA is simply dropped; its key is written only by the winner
     const fresh = await createCa({ commonName });
     stored = await activity.settingOnce<StoredCa>('ca', () => ({ certPem: fresh.certPem, keyFile: defaultFile }));

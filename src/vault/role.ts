@@ -17,7 +17,7 @@ import { EventEmitter } from 'node:events';
 import https from 'node:https';
 import type { Clock } from '../domain/clock.js';
 import { OsrError } from '../domain/errors.js';
-import { parseVaultStatus, VaultRole, type VaultStatus } from '../domain/vault-status.js';
+import { newerTerm, parseVaultStatus, VaultRole, type VaultStatus } from '../domain/vault-status.js';
 import { checkVaultIdentity } from '../pki/index.js';
 import type { VaultStore } from '../store/index.js';
 import type { StaleMark, VaultTerm } from '../store/vault-role.js';
@@ -49,6 +49,8 @@ export class RoleWatcher extends EventEmitter<RoleWatcherEvents> {
   staleBecause: StaleMark | undefined;
   /** the newest term a peer of this vault answered with */
   private newestPeerTerm = 0;
+  /** the peers that answered as primary at the last look */
+  livePrimaries: { url: string; term: number }[] = [];
   private stopper: AbortController | undefined;
   private loop: Promise<void> | undefined;
   private probing: Promise<void> | undefined;
@@ -81,6 +83,8 @@ export class RoleWatcher extends EventEmitter<RoleWatcherEvents> {
     this.staleBecause = await this.store.role.staleMark();
     this.role = this.staleBecause && this.staleBecause.term > this.term.term ? VaultRole.Stale : VaultRole.Primary;
     await this.probePeers();
+    // a standby promoted by hand while no vault watched it: its promotion begins the next term now
+    if (this.role === VaultRole.Primary && (await this.store.role.promotedSinceTerm(this.term))) await this.beginTerm('promoted');
   }
 
   status(): VaultStatus {
@@ -102,7 +106,7 @@ export class RoleWatcher extends EventEmitter<RoleWatcherEvents> {
       const s = this.staleBecause;
       throw new OsrError('VAULT_STALE', `this vault (term ${this.term.term}) is stale: ${s ? `the vault at ${s.url} has term ${s.term}` : 'a newer term was seen'}; use that one`, s ? { term: s.term, url: s.url, ownTerm: this.term.term } : { ownTerm: this.term.term });
     }
-    throw new OsrError('VAULT_STANDBY', `this vault runs on a standby database (term ${this.term.term}): it serves reads only; use the primary vault, or promote this one (\`osr vault promote\`) if the primary's site is lost`, { term: this.term.term, peers: this.o.peers });
+    throw new OsrError('VAULT_STANDBY', `this vault runs on a standby database (term ${this.term.term}): it serves reads only; use the primary vault, or promote this one (\`osr vault promote\`) if the primary's site is lost`, { term: this.term.term });
   }
 
   start(): void {
@@ -132,7 +136,9 @@ export class RoleWatcher extends EventEmitter<RoleWatcherEvents> {
   /** One check: the database's role (a standby promoted begins the next term), then the peers'. */
   async check(): Promise<void> {
     const inRecovery = await this.store.role.inRecovery();
-    if (this.role === VaultRole.Standby && !inRecovery) await this.beginTerm(this.term, 'promoted');
+    // a standby's term is its primary's, replicated: read again at each check
+    if (this.role === VaultRole.Standby && inRecovery) this.term = await this.store.role.term();
+    if (this.role === VaultRole.Standby && !inRecovery) await this.beginTerm('promoted');
     else if (this.role === VaultRole.Primary && inRecovery) {
       this.role = VaultRole.Standby;
       this.o.log.warn({ term: this.term.term }, 'the vault\'s database is a standby now: serving reads only');
@@ -141,9 +147,9 @@ export class RoleWatcher extends EventEmitter<RoleWatcherEvents> {
     await this.probePeers();
   }
 
-  /** A promotion: the next term after `seen` (once, however many processes race), and this process is the primary. */
-  async beginTerm(seen: VaultTerm, origin: 'promoted'): Promise<VaultTerm> {
-    this.term = await this.store.role.nextTerm(seen, origin, { after: this.newestPeerTerm });
+  /** A promotion: the next term (once per promotion, however many processes race), and this process is the primary. */
+  async beginTerm(origin: 'promoted'): Promise<VaultTerm> {
+    this.term = await this.store.role.nextTerm(origin, { after: this.newestPeerTerm });
     this.staleBecause = undefined;
     this.role = VaultRole.Primary;
     this.o.log.info({ term: this.term.term }, `the vault's database takes writes: this vault is the primary, term ${this.term.term}`);
@@ -160,11 +166,13 @@ export class RoleWatcher extends EventEmitter<RoleWatcherEvents> {
   probePeers(): Promise<void> {
     this.probing ??= (async () => {
       const answers = await Promise.all(this.o.peers.map((url) => this.peerStatus(url).then((s) => ({ url, s }), () => undefined)));
+      this.livePrimaries = [];
       for (const a of answers) {
         if (!a || a.s.id !== this.o.vaultId) continue;
         this.newestPeerTerm = Math.max(this.newestPeerTerm, a.s.term);
+        if (a.s.role === VaultRole.Primary) this.livePrimaries.push({ url: a.url, term: a.s.term });
         // a standby cannot write anyway; promoted, it begins a term after every one seen
-        if (a.s.role !== VaultRole.Primary || a.s.term <= this.term.term || this.role !== VaultRole.Primary) continue;
+        if (a.s.role !== VaultRole.Primary || !newerTerm(a.s, this.term) || this.role !== VaultRole.Primary) continue;
         await this.fence({ term: a.s.term, url: a.url, at: new Date(this.o.clock.now()).toISOString() });
         return;
       }

@@ -48,8 +48,8 @@ import { providerRoutes } from './routes/providers.js';
 import { systemRoutes } from './routes/system.js';
 import { vaultRoutes } from './routes/vault.js';
 import { RoleWatcher } from './role.js';
-import { takeBackup, type BackupManifest } from './backup.js';
-import { checkVaultUrls } from '../domain/vault-status.js';
+import { RESTORE_NOTICE_KEY, takeBackup, type BackupManifest } from './backup.js';
+import { checkVaultUrls, TERM_HEADER } from '../domain/vault-status.js';
 import { DEFAULT_PORTAL_DIR, servePortal } from './portal.js';
 
 import { VERSION } from './version.js';
@@ -210,6 +210,10 @@ export class Vault {
         return503OnClosing: true,
       }).withTypeProvider<TypeBoxTypeProvider>();
       app.setErrorHandler(errorHandler);
+      // every answer says the term it was given in: a provider refuses one older than it has seen (provider/channel.ts)
+      app.addHook('onSend', async (_request, reply) => {
+        void reply.header(TERM_HEADER, String(ctx.role.term.term));
+      });
       app.server.on('connection', (socket: net.Socket) => metrics.watch(socket));
       app.setNotFoundHandler((request, reply) => reply.status(404).send({ code: 'NOT_FOUND', message: `no route ${request.method} ${request.url.split('?')[0]}` }));
       await app.register(swagger, {
@@ -245,7 +249,10 @@ export class Vault {
 
       const monitor = new HeartbeatMonitor(ctx, log.child({ part: 'monitor' }));
       const vault = new Vault(app, ctx, monitor, notifier, o, closing);
-      if (role.writable) await vault.firstToken(log);
+      if (role.writable) {
+        await vault.firstToken(log);
+        await vault.restoreNotice();
+      }
       return vault;
     } catch (e) {
       await store.close();
@@ -264,6 +271,24 @@ export class Vault {
     }
     if (this.o.onInitialToken) this.o.onInitialToken(secret);
     else log.info('created the first Owner token; it is printed once on standard output');
+  }
+
+  /**
+   * The first start of a vault restored from a backup: what the backup cannot know is an
+   * alert for its users (once; the restore left the notice).
+   */
+  async restoreNotice(): Promise<void> {
+    const n = await this.store.activity.setting<{ backupTakenAt?: string } | null>(RESTORE_NOTICE_KEY, null);
+    if (!n) return;
+    const since = n.backupTakenAt ?? 'the backup';
+    await this.ctx.alerting.raise({
+      key: `vault.restored:${this.ctx.role.term.term}`,
+      kind: 'vault.restored',
+      severity: Severity.Critical,
+      target: 'vault',
+      message: `this vault was restored from a backup taken ${since} (term ${this.ctx.role.term.term}): what changed after it is not here. Tokens and certificates revoked and providers removed after it are valid again: revoke them again (the old vault's \`osr audit list --since ${since}\` lists what was done). Registration keys not used were revoked. Protected items and failovers come back as their providers report them.`,
+    });
+    await this.store.database.db.deleteFrom('settings').where('key', '=', RESTORE_NOTICE_KEY).execute();
   }
 
   /** Listen, and start running jobs and watching heartbeats. */

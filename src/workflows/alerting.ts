@@ -11,6 +11,7 @@ export const AlertKind = {
   HeartbeatLost: 'ProviderHeartbeatLost',
   FailoverFailed: 'FailoverFailed',
   FailedOverOutsideVault: 'FailedOverOutsideVault',
+  UnknownItemReported: 'UnknownItemReported',
 } as const;
 
 export interface Notifier {

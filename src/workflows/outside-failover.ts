@@ -19,16 +19,25 @@ export interface OutsidePromotion {
   pending: boolean;
 }
 
-/** What the vault made of a promotion its provider reported: recorded now, known already, or not taken (and why). */
-export type Adoption = { outcome: 'recorded' | 'known' } | { outcome: 'ignored'; why: string };
+/**
+ * What the vault made of a promotion its provider reported: recorded now; known (its
+ * failover is not reprotected yet); done (reprotected since: the provider stops reporting
+ * it); or not taken, and why.
+ */
+export type Adoption = { outcome: 'recorded' | 'known' | 'done' } | { outcome: 'ignored'; why: string };
 
 const IDLE_FROM = [ProtectionState.Protected, ProtectionState.ResyncRequired] as const;
+/** how many failovers the vault may have missed (made by hand, or by a vault restored from an older backup) */
+const MAX_EPOCH_LEAP = 100;
 
 export async function adoptOutsideFailover(deps: { store: VaultStore; alerting: Alerting; clock: Clock }, item: ProtectedItem, fabricId: string, p: OutsidePromotion): Promise<Adoption> {
   const { store, alerting, clock } = deps;
   const r = item.replication;
-  const epochs = [r.failover, ...(r.failovers ?? [])].filter((f): f is FailoverRecord => f !== undefined).map((f) => f.epoch);
-  if (epochs.some((e) => e >= p.epoch)) return { outcome: 'known' };
+  if (r.failover && r.failover.epoch >= p.epoch) return { outcome: 'known' };
+  if ((r.failovers ?? []).some((f) => f.epoch >= p.epoch)) return { outcome: 'done' };
+  // an epoch grows by one per failover: one far past every epoch the item knew is not believed
+  const known = Math.max(1, ...(r.failovers ?? []).map((f) => f.epoch), r.failover?.epoch ?? 1);
+  if (p.epoch > known + MAX_EPOCH_LEAP) return { outcome: 'ignored', why: `epoch ${p.epoch} is far past ${item.name}'s last known epoch ${known}` };
   // only the replica's own site speaks of its promotion
   if (r.targetFabricId !== fabricId || !r.sourceFabricId || !r.replica?.replicaVmId) return { outcome: 'ignored', why: `fabric ${fabricId} does not hold ${item.name}'s replica` };
   // a job of the vault's own (a failover under way) finds the promotion made and goes on from it
@@ -66,7 +75,7 @@ export async function adoptOutsideFailover(deps: { store: VaultStore; alerting: 
     replication: { ...r, failover: record },
   });
   if (!changed) return { outcome: 'ignored', why: `${item.name} is ${item.state}, or a job took it meanwhile` };
-  const message = `${item.name} was failed over at ${fabricId} without the vault (its replica was promoted at the host from point ${p.point.id} of ${p.point.at}, epoch ${p.epoch}${p.pending ? ', not committed yet' : ''}): the vault recorded it as an unplanned failover and does not undo it; the old primary is fenced when its site is back; commit it, then reprotect`;
+  const message = `${item.name} was failed over at ${fabricId} without this vault knowing (its replica was promoted at the host from point ${p.point.id} of ${p.point.at}, epoch ${p.epoch}${p.pending ? ', not committed yet' : ''}: by hand when no vault could be had, or by the vault before this one was restored from an older backup): the vault recorded it as an unplanned failover and does not undo it; the old primary is fenced when its site is back; commit it, then reprotect`;
   await alerting.event({ target: item.id, kind: 'failover.outside-vault', severity: Severity.Warning, message, details: { epoch: p.epoch, point: p.point, fabricId } });
   await alerting.raise({ key: `failover-outside:${item.id}:${p.epoch}`, kind: AlertKind.FailedOverOutsideVault, severity: Severity.Warning, target: item.id, message });
   return { outcome: 'recorded' };

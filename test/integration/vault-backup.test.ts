@@ -81,6 +81,8 @@ describe('backups of a SQLite vault, and a restore at the other site', () => {
     assert.equal(fs.statSync(scheduled).mode & 0o777, 0o700);
 
     await api(urlA).request('POST', '/api/v1/policies', { name: 'gold' });
+    // a key handed out before the backup, not used yet
+    await api(urlA).request('POST', '/api/v1/registration-keys');
     pulled = JSON.parse(await osr('--vault', urlA, 'vault', 'backup', '--to', remote, '--keep', '5')) as BackupManifest;
     assert.equal(pulled.term, 1);
     assert.deepEqual(listBackups(remote).map((x) => x.manifest.sha256), [pulled.sha256]);
@@ -108,6 +110,12 @@ describe('backups of a SQLite vault, and a restore at the other site', () => {
     assert.throws(() => readManifest(path.join(copy, pulled.file)), /BACKUP_INVALID|not a backup/);
   });
 
+  test('a vault started on the wrong data directory refuses to write over the CA key it was given', async () => {
+    const key = fs.readFileSync(path.join(siteB, 'ca.key'), 'utf8');
+    await assert.rejects(spawnVault(['--data-dir', path.join(dir, 'not-the-restored-one'), '--ca-key-file', path.join(siteB, 'ca.key')]), /CA_KEY_UNAVAILABLE/);
+    assert.equal(fs.readFileSync(path.join(siteB, 'ca.key'), 'utf8'), key, 'the only copy of the CA key is untouched');
+  });
+
   test('kill -9 of the vault\'s site; restored at the other site it begins term 2 with everything up to the backup', async () => {
     await a!.kill('SIGKILL');
     a = undefined;
@@ -120,6 +128,11 @@ describe('backups of a SQLite vault, and a restore at the other site', () => {
     const st = await api(urlB).request<VaultStatus>('GET', '/api/v1/vault');
     assert.deepEqual([st.role, st.term, st.origin], ['primary', 2, 'restored']);
     assert.deepEqual(await policies(urlB), ['gold'], 'what was made before the backup is there, what came after is not');
+    // what the backup cannot know is said at once, and keys handed out before it no longer register anyone
+    const alerts = await api(urlB).request<{ items: { kind: string; severity: string; message: string }[] }>('GET', '/api/v1/alerts');
+    assert.ok(alerts.items.some((x) => x.kind === 'vault.restored' && x.severity === 'Critical' && x.message.includes(pulled.takenAt)));
+    const keys = await api(urlB).request<{ items: { id: string; revokedAt: string | null }[] }>('GET', '/api/v1/registration-keys');
+    assert.ok(keys.items.length > 0 && keys.items.every((k) => k.revokedAt !== null), 'every unused registration key is revoked');
     await api(urlB).request('POST', '/api/v1/policies', { name: 'at-recovery-site' });
   });
 

@@ -19,7 +19,7 @@ import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { PostgresPair } from '../../src/lab/postgres-pair.js';
 import { ProviderChannel } from '../../src/provider/channel.js';
 import { loadRegistration, registerWithVault } from '../../src/provider/registration.js';
-import { VaultClient } from '../../src/provider/vault-client.js';
+import { fetchPinnedCa, VaultClient } from '../../src/provider/vault-client.js';
 import { freePort, tempDir, waitFor } from '../support/lab.js';
 import { spawnVault, type VaultProcess } from '../support/vault.js';
 
@@ -117,6 +117,9 @@ describe('a standby vault on a PostgreSQL standby', () => {
     await waitFor('the policy replicated to the standby', async () => (await api(urlB).request<{ items: { name: string }[] }>('GET', '/api/v1/policies')).items.some((p) => p.name === 'before-disaster'), 10_000, 100);
     assert.equal(await refusal(api(urlB).request('POST', '/api/v1/policies', policy('at-standby'))), 'VAULT_STANDBY');
     assert.equal(await refusal(api(urlB).request('POST', '/api/v1/registration-keys')), 'VAULT_STANDBY');
+    // promoting the standby while the primary answers would make two primaries: refused
+    assert.equal(await refusal(api(urlB).request('POST', '/api/v1/vault/promote', {})), 'INVALID_STATE');
+    assert.equal((await status(urlB)).role, 'standby');
 
     // a provider registers with the primary, given both URLs
     const key = (await api(urlA).request<{ key: string }>('POST', '/api/v1/registration-keys')).key;
@@ -194,3 +197,32 @@ describe('a standby vault on a PostgreSQL standby', () => {
   });
 });
 
+describe('a standby promoted by hand while no vault watches it', () => {
+  test('its vault begins the next term when it starts, from PostgreSQL\'s timeline', async () => {
+    const other = await PostgresPair.create(path.join(dir, 'pg2'));
+    try {
+      const args = (url: string, data: string, more: string[] = []) => ['--name', 'hand-vault', '--data-dir', path.join(dir, data), '--database', url, '--role-check', '500ms', ...more];
+      const first = await spawnVault(args(other.primary.url(), 'hand-a', ['--initial-token-file', path.join(dir, 'hand.token')]));
+      const standbyDb = new pg.Client({ connectionString: other.standby.url() });
+      await standbyDb.connect();
+      await waitFor('the vault replicated', async () => (await standbyDb.query("select 1 from settings where key = 'vault.term'")).rowCount === 1, 30_000, 100);
+      await standbyDb.end();
+      await first.kill('SIGKILL');
+      await other.kill(other.primary);
+      await other.promote(other.standby);
+      fs.copyFileSync(path.join(dir, 'hand-a', 'ca.key'), path.join(dir, 'hand-b.key'));
+      fs.chmodSync(path.join(dir, 'hand-b.key'), 0o600);
+      const second = await spawnVault(args(other.standby.url(), 'hand-b', ['--ca-key-file', path.join(dir, 'hand-b.key')]));
+      try {
+        const c = new VaultClient(second.url, { ca: await fetchPinnedCa(second.url, second.caFingerprint) });
+        const st = await c.request<VaultStatus>('GET', '/api/v1/vault');
+        c.close();
+        assert.deepEqual([st.role, st.term, st.origin], ['primary', 2, 'promoted'], 'the promotion nobody recorded begins term 2');
+      } finally {
+        await second.kill('SIGKILL');
+      }
+    } finally {
+      await other.stop();
+    }
+  });
+});

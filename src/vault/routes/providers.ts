@@ -206,6 +206,8 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       else ctx.closing.addEventListener('abort', abort, { once: true });
       try {
         for (;;) {
+          // a vault fenced or demoted while the provider waits hands out nothing more
+          ctx.role.assertWritable();
           const rows = await store.commands.take(fabricId, request.query.limit ?? 20, ctx.settings.commandRedeliverMs);
           if (rows.length > 0 || clock.now() >= deadline || closed.signal.aborted) {
             // (a vault shutting down answers its long-polls empty; the provider asks again)
@@ -357,7 +359,19 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const fabricId = principal(request).fabricId!;
-      const item = await store.items.get(request.params.id);
+      const item = await store.items.get(request.params.id).catch(async (e: unknown) => {
+        // a vault restored from a backup does not know what was protected after it: listed for the user, once per item
+        if ((e as { code?: unknown }).code === 'NOT_FOUND' && ctx.role.term.origin === 'restored' && (await store.fabrics.findObject(request.params.id))?.kind === 'vm') {
+          await alerting.raise({
+            key: `unknown-item:${fabricId}:${request.params.id}`,
+            kind: AlertKind.UnknownItemReported,
+            severity: Severity.Warning,
+            target: fabricId,
+            message: `fabric ${fabricId} reports protected item ${request.params.id}, which this vault does not know: this vault was restored from a backup taken ${ctx.role.term.backupTakenAt ?? 'earlier'}, and the item was protected after it; look at that VM at its sites and enable its protection again`,
+          });
+        }
+        throw e;
+      });
       // the item's own fabric, or either end of its replication (they swap after a reverse)
       if (item.fabricId !== fabricId && item.replication.targetFabricId !== fabricId && item.replication.sourceFabricId !== fabricId) throw new OsrError('FORBIDDEN', `protected item ${item.id} is not replicated by fabric ${fabricId}`);
       const b = request.body;

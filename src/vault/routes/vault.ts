@@ -41,7 +41,15 @@ export const vaultRoutes = (ctx: VaultContext) => async (app: App) => {
       schema: {
         summary: 'promote this standby vault: its PostgreSQL standby is promoted (pg_promote), the next term begins, and it runs jobs and takes providers from now on; for when the primary vault\'s site is lost',
         tags,
-        body: Type.Optional(Type.Object({ waitSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 600 })) }, { additionalProperties: false })),
+        body: Type.Optional(
+          Type.Object(
+            {
+              waitSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 600 })),
+              force: Type.Optional(Type.Boolean({ description: 'promote even though a peer still answers as the primary (it is fenced by the new term only once it hears of it)' })),
+            },
+            { additionalProperties: false },
+          ),
+        ),
         response: { 200: VaultStatusSchema },
       },
     },
@@ -49,10 +57,15 @@ export const vaultRoutes = (ctx: VaultContext) => async (app: App) => {
       const role = ctx.role;
       if (role.role === VaultRole.Primary) throw new OsrError('INVALID_STATE', `this vault is the primary already (term ${role.term.term})`, { term: role.term.term });
       if (role.role === VaultRole.Stale) role.assertWritable();
-      const seen = role.term;
+      // the primary's site must be gone: two primaries would both take changes until the old one hears of the new term
+      await role.probePeers();
+      const live = role.livePrimaries[0];
+      if (live && request.body?.force !== true) {
+        throw new OsrError('INVALID_STATE', `the vault at ${live.url} still answers as the primary (term ${live.term}): promoting this one now would make two; stop that one first, or promote with force if it cannot be reached by the providers`, { url: live.url, term: live.term });
+      }
       await ctx.store.role.promoteDatabase(request.body?.waitSeconds ?? 60);
       // the role check may have begun the term already (it looks every few seconds)
-      if (!role.writable) await role.beginTerm(seen, 'promoted');
+      if (!role.writable) await role.beginTerm('promoted');
       await ctx.alerting.event({
         target: 'vault',
         kind: 'vault.promoted',
