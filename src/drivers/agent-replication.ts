@@ -21,6 +21,9 @@ import { isAzureEndpoint } from '../domain/replicas.js';
 import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaEndpoint, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
 
 /** An osr agent's API (agent-api.md): JSON in and out; an error answer is thrown as the OsrError it carries. */
+
+/** how often a replica's host is asked whether it was promoted outside the driver */
+const PROMOTION_LOOK_MS = 60_000;
 export interface AgentApi {
   call<T>(method: string, path: string, body?: unknown): Promise<T>;
   get<T>(path: string): Promise<T>;
@@ -161,7 +164,10 @@ function samePeer(a: ReplicaEndpoint, b: ReplicaEndpoint): boolean {
 }
 
 export class AgentReplication implements FabricReplication {
-  constructor(private readonly site: AgentSite) {}
+  constructor(
+    private readonly site: AgentSite,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   private vm(id: string): Held {
     return asVm(this.site.locate(id));
@@ -329,8 +335,17 @@ export class AgentReplication implements FabricReplication {
     return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
   }
 
+  /** when each replica's host was last asked whether it was promoted by hand */
+  private readonly promotionLooks = new Map<string, number>();
+
   async promotionOf(replicaVmId: string): Promise<{ epoch: number; point: RecoveryPointInfo; pending: boolean } | undefined> {
     const l = this.site.locate(replicaVmId);
+    // a replica the site holds as such is asked about at most once a minute (a promotion by hand is rare; the reports are not)
+    if (!l.isVm) {
+      const now = this.now();
+      if (now - (this.promotionLooks.get(l.id) ?? 0) < PROMOTION_LOOK_MS) return undefined;
+      this.promotionLooks.set(l.id, now);
+    }
     const vm = (await this.site.agent(l.hostId).get<{ name: string; origin?: { epoch: number; point: { seq: number; timeMs: number }; pending?: boolean } }[]>('/v1/vms')).find((x) => x.name === l.name);
     if (!vm?.origin) return undefined;
     // promoted at the host, not through this driver: the site learns it holds a VM now

@@ -84,7 +84,7 @@ describe('break-glass: a failover at the host when no vault can be had', () => {
     const adopted = await waitFor('the vault recording the failover made at the host', async () => {
       const i = await item().catch(() => undefined);
       return i?.state === 'FailedOver' ? i : undefined;
-    }, 60_000, 500);
+    }, 150_000, 500);
     const f = adopted.replication.failover!;
     assert.equal(f.outsideVault, true);
     assert.equal(f.kind, 'unplanned');
