@@ -29,8 +29,8 @@ if (chosen.length === 0) {
 }
 const concurrency = process.env.OSR_TEST_CONCURRENCY ?? '1';
 
-/** the files that drive libvirtd and QEMU guests, and the lab's site-loss drills (they balance the two lanes' time) */
-const hypervisor = (f) => /libvirt|kvm|azure-plan|site-loss|break-glass/.test(path.basename(f));
+/** the files that drive libvirtd and QEMU guests, and the longest lab runs (to-azure, the site-loss drills): they balance the two lanes' time */
+const hypervisor = (f) => /libvirt|kvm|azure-plan|to-azure|site-loss|break-glass/.test(path.basename(f));
 const lanes =
   filters.length === 0 && process.env.OSR_TEST_LANES !== '1'
     ? [
