@@ -17,6 +17,7 @@ import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { fetchPinnedCa, VaultClient } from '../../src/provider/vault-client.js';
 import { listBackups, readManifest, type BackupManifest } from '../../src/vault/backup.js';
 import { freePort, tempDir, waitFor } from '../support/lab.js';
+import { assertRejectsCode } from '../support/unit.js';
 import { spawnVault, type VaultProcess } from '../support/vault.js';
 
 const run = promisify(execFile);
@@ -40,14 +41,6 @@ async function osr(...args: string[]): Promise<string> {
   return r.stdout;
 }
 
-async function refusal(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return String((e as { code?: unknown }).code);
-  }
-  return 'accepted';
-}
 
 const api = (url: string) => new VaultClient(url, { ca: fs.readFileSync(caFile, 'utf8'), token });
 const policies = async (url: string) => (await api(url).request<{ items: { name: string }[] }>('GET', '/api/v1/policies')).items.map((p) => p.name).sort();
@@ -92,7 +85,7 @@ describe('backups of a SQLite vault, and a restore at the other site', () => {
     await api(urlA).request('POST', '/api/v1/policies', { name: 'after-backup' });
     // the API refuses a backup to a caller that is not an Owner
     const reader = (await api(urlA).request<{ secret: string }>('POST', '/api/v1/tokens', { name: 'ro', role: 'Reader' })).secret;
-    assert.equal(await refusal(new VaultClient(urlA, { ca: fs.readFileSync(caFile, 'utf8'), token: reader }).request('GET', '/api/v1/vault/backup', undefined, { text: true })), 'FORBIDDEN');
+    await assertRejectsCode(new VaultClient(urlA, { ca: fs.readFileSync(caFile, 'utf8'), token: reader }).request('GET', '/api/v1/vault/backup', undefined, { text: true }), 'FORBIDDEN');
   });
 
   test('a damaged backup, or one restored over a database, is refused with a code', async () => {
@@ -141,7 +134,7 @@ describe('backups of a SQLite vault, and a restore at the other site', () => {
     const st = await api(urlA).request<VaultStatus>('GET', '/api/v1/vault');
     assert.equal(st.role, 'stale');
     assert.equal(st.staleBecause?.term, 2);
-    assert.equal(await refusal(api(urlA).request('POST', '/api/v1/policies', { name: 'x' })), 'VAULT_STALE');
+    await assertRejectsCode(api(urlA).request('POST', '/api/v1/policies', { name: 'x' }), 'VAULT_STALE');
     // a stale vault takes no more backups of itself: the schedule's newest is still from before
     const lost = JSON.parse(await osr('--vault', urlA, 'audit', 'list', '--since', pulled.takenAt)) as { items: { action: string; status: number }[] };
     assert.ok(lost.items.some((x) => x.action === 'POST /api/v1/policies' && x.status === 201), 'the policy made after the backup is listed');

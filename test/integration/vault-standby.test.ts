@@ -21,6 +21,7 @@ import { ProviderChannel } from '../../src/provider/channel.js';
 import { loadRegistration, registerWithVault } from '../../src/provider/registration.js';
 import { fetchPinnedCa, VaultClient } from '../../src/provider/vault-client.js';
 import { freePort, tempDir, waitFor } from '../support/lab.js';
+import { assertRejectsCode } from '../support/unit.js';
 import { spawnVault, type VaultProcess } from '../support/vault.js';
 
 const run = promisify(execFile);
@@ -60,14 +61,6 @@ async function status(url: string): Promise<VaultStatus> {
   }
 }
 
-async function refusal(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return String((e as { code?: unknown }).code);
-  }
-  return 'accepted';
-}
 
 function api(url: string): VaultClient {
   return new VaultClient(url, { ca, token });
@@ -115,10 +108,10 @@ describe('a standby vault on a PostgreSQL standby', () => {
     assert.equal(sb.id, (await status(urlA)).id, 'one vault: the same identity at both sites');
     await api(urlA).request('POST', '/api/v1/policies', policy('before-disaster'));
     await waitFor('the policy replicated to the standby', async () => (await api(urlB).request<{ items: { name: string }[] }>('GET', '/api/v1/policies')).items.some((p) => p.name === 'before-disaster'), 10_000, 100);
-    assert.equal(await refusal(api(urlB).request('POST', '/api/v1/policies', policy('at-standby'))), 'VAULT_STANDBY');
-    assert.equal(await refusal(api(urlB).request('POST', '/api/v1/registration-keys')), 'VAULT_STANDBY');
+    await assertRejectsCode(api(urlB).request('POST', '/api/v1/policies', policy('at-standby')), 'VAULT_STANDBY');
+    await assertRejectsCode(api(urlB).request('POST', '/api/v1/registration-keys'), 'VAULT_STANDBY');
     // promoting the standby while the primary answers would make two primaries: refused
-    assert.equal(await refusal(api(urlB).request('POST', '/api/v1/vault/promote', {})), 'INVALID_STATE');
+    await assertRejectsCode(api(urlB).request('POST', '/api/v1/vault/promote', {}), 'INVALID_STATE');
     assert.equal((await status(urlB)).role, 'standby');
 
     // a provider registers with the primary, given both URLs
@@ -131,7 +124,7 @@ describe('a standby vault on a PostgreSQL standby', () => {
     assert.deepEqual(channel.registration.vault.urls?.sort(), [urlA, urlB].sort());
     // the standby refuses the provider channel: providers never work with it
     const onStandby = new ProviderChannel({ ...channel.registration, vault: { ...channel.registration.vault, url: urlB, urls: [urlB] } });
-    assert.equal(await refusal(onStandby.heartbeat()), 'VAULT_STANDBY');
+    await assertRejectsCode(onStandby.heartbeat(), 'VAULT_STANDBY');
     onStandby.close();
   });
 
@@ -158,7 +151,7 @@ describe('a standby vault on a PostgreSQL standby', () => {
     assert.equal(saved!.vault.url, urlB, 'the provider keeps where its vault is now');
     assert.equal(saved!.vault.term, 2);
     // promoting twice is refused: it is the primary already
-    assert.equal(await refusal(api(urlB).request('POST', '/api/v1/vault/promote', {})), 'INVALID_STATE');
+    await assertRejectsCode(api(urlB).request('POST', '/api/v1/vault/promote', {}), 'INVALID_STATE');
     assert.ok(Date.now() - t0 < 60_000);
   });
 
@@ -171,8 +164,8 @@ describe('a standby vault on a PostgreSQL standby', () => {
     assert.equal(st.term, 1);
     assert.equal(st.staleBecause?.term, 2);
     assert.equal(st.staleBecause?.url, urlB);
-    assert.equal(await refusal(api(urlA).request('POST', '/api/v1/policies', policy('at-stale'))), 'VAULT_STALE');
-    assert.equal(await refusal(api(urlA).request('POST', '/api/v1/vault/promote', {})), 'VAULT_STALE');
+    await assertRejectsCode(api(urlA).request('POST', '/api/v1/policies', policy('at-stale')), 'VAULT_STALE');
+    await assertRejectsCode(api(urlA).request('POST', '/api/v1/vault/promote', {}), 'VAULT_STALE');
     // reads still work, for what the old vault knew
     assert.ok((await api(urlA).request<{ items: { name: string }[] }>('GET', '/api/v1/policies')).items.some((p) => p.name === 'before-disaster'));
 
@@ -183,7 +176,7 @@ describe('a standby vault on a PostgreSQL standby', () => {
     back.close();
     // a provider that knows only the old URL is refused, not misled
     const only = new ProviderChannel({ ...channel.registration, vault: { ...channel.registration.vault, url: urlA, urls: [urlA] } });
-    assert.equal(await refusal(only.heartbeat()), 'VAULT_STALE');
+    await assertRejectsCode(only.heartbeat(), 'VAULT_STALE');
     only.close();
     channel.close();
 
@@ -193,7 +186,7 @@ describe('a standby vault on a PostgreSQL standby', () => {
     b = undefined;
     a = await spawnVault(vaultArgs('a'));
     assert.equal((await status(urlA)).role, 'stale');
-    assert.equal(await refusal(api(urlA).request('POST', '/api/v1/policies', policy('still-stale'))), 'VAULT_STALE');
+    await assertRejectsCode(api(urlA).request('POST', '/api/v1/policies', policy('still-stale')), 'VAULT_STALE');
   });
 });
 

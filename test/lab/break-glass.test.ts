@@ -10,40 +10,25 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import YAML from 'yaml';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { AgentClient } from '../../src/cli/agent-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { labAgents, labDown } from '../../src/lab/launcher.js';
-import type { TopologySpec } from '../../src/lab/topology.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { site } from '../support/topology.js';
+import { labOsr, startTwoSiteLab } from '../support/site-loss.js';
 
 const run = promisify(execFile);
 const dir = tempDir('osr-break-glass-');
-const env = { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') };
-const osr = async (...args: string[]): Promise<string> => (await run(process.execPath, [OSR_BIN, ...args], { env, timeout: 180_000 })).stdout;
+const osr = labOsr(dir);
 const item = async () => JSON.parse(await osr('--json', 'item', 'show', 'primary.db')) as ProtectedItem;
 const block = crypto.createHash('sha256').update('written before the disaster').digest();
 const payload = Buffer.concat(Array.from({ length: 4096 / block.length }, () => block));
 
 before(async () => {
-  const topology: TopologySpec = {
-    name: 'break-glass',
-    vault: { name: 'only-vault', site: 'Primary' },
-    fabrics: [site('Primary', 'p-host', [{ name: 'db', host: 'p-host', disks: [{ name: 'system', size: '32M', storage: 'p-host-store' }], nics: [], workload: false }]), site('Recovery', 'r-host', [])],
-  };
-  const file = path.join(dir, 'topology.in.yaml');
-  fs.writeFileSync(file, YAML.stringify(topology));
-  await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
-  await osr('policy', 'create', 'fast', '--copy-frequency', '30s', '--retention-hours', '1');
-  await osr('pairing', 'create', '--policy', 'fast', '--source-cloud', 'primary.primary-cloud', '--target-cloud', 'recovery.recovery-cloud');
-  await osr('item', 'enable', 'db', '--wait');
+  await startTwoSiteLab(dir, { name: 'break-glass', vault: { name: 'only-vault', site: 'Primary' }, vms: ['db'], enable: ['db'] });
 });
 
 after(async () => {

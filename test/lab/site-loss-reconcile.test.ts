@@ -6,33 +6,19 @@
  * Commit and reprotect then go on from the restored vault.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { promisify } from 'node:util';
-import YAML from 'yaml';
 import type { ProtectedItem } from '../../src/domain/resources.js';
-import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { labDown } from '../../src/lab/launcher.js';
-import type { TopologySpec } from '../../src/lab/topology.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { site } from '../support/topology.js';
+import { labOsr, startTwoSiteLab } from '../support/site-loss.js';
 
-const run = promisify(execFile);
 const dir = tempDir('osr-site-loss-reconcile-');
-const osr = async (...args: string[]): Promise<string> => (await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 180_000 })).stdout;
+const osr = labOsr(dir);
 const item = async (vm: string) => JSON.parse(await osr('--json', 'item', 'show', `primary.${vm}`)) as ProtectedItem;
 
 before(async () => {
-  const vm = (name: string) => ({ name, host: 'p-host', disks: [{ name: 'system', size: '32M', storage: 'p-host-store' }], nics: [], workload: false as const });
-  const topology: TopologySpec = { name: 'reconcile', vault: { name: 'reconcile-vault', site: 'Primary', standby: 'Recovery' }, fabrics: [site('Primary', 'p-host', [vm('app'), vm('late')]), site('Recovery', 'r-host', [])] };
-  const file = path.join(dir, 'topology.in.yaml');
-  fs.writeFileSync(file, YAML.stringify(topology));
-  await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
-  await osr('policy', 'create', 'fast', '--copy-frequency', '30s', '--retention-hours', '1');
-  await osr('pairing', 'create', '--policy', 'fast', '--source-cloud', 'primary.primary-cloud', '--target-cloud', 'recovery.recovery-cloud');
-  await osr('item', 'enable', 'app', '--wait');
+  await startTwoSiteLab(dir, { name: 'reconcile', vault: { name: 'reconcile-vault', site: 'Primary', standby: 'Recovery' }, vms: ['app', 'late'], enable: ['app'] });
 });
 
 after(async () => {

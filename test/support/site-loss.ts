@@ -16,7 +16,7 @@ import type { ProtectedItem } from '../../src/domain/resources.js';
 import type { VaultStatus } from '../../src/domain/vault-status.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
 import { labDown, readLabFile } from '../../src/lab/launcher.js';
-import type { TopologySpec } from '../../src/lab/topology.js';
+import type { TopologySpec, VaultPlacement } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import type { BackupManifest } from '../../src/vault/backup.js';
 import { tempDir, waitFor } from './lab.js';
@@ -24,9 +24,35 @@ import { site } from './topology.js';
 
 const run = promisify(execFile);
 
+/** The osr command for the lab in `dir` (its osr.yaml), answering its standard output. */
+export function labOsr(dir: string): (...args: string[]) => Promise<string> {
+  return async (...args) => (await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 240_000 })).stdout;
+}
+
+/**
+ * A lab of two sites: Primary (the VMs `vms`, 32 MiB each, on host p-host) and Recovery
+ * (host r-host), the vault placed as `vault` says; a policy with a 30 s copy frequency pairs
+ * their clouds, and the VMs in `enable` are protected.
+ */
+export async function startTwoSiteLab(dir: string, o: { name: string; vault: VaultPlacement; vms: string[]; enable: string[] }): Promise<(...args: string[]) => Promise<string>> {
+  const osr = labOsr(dir);
+  const topology: TopologySpec = {
+    name: o.name,
+    vault: o.vault,
+    fabrics: [site('Primary', 'p-host', o.vms.map((name) => ({ name, host: 'p-host', disks: [{ name: 'system', size: '32M', storage: 'p-host-store' }], nics: [], workload: false }))), site('Recovery', 'r-host', [])],
+  };
+  const file = path.join(dir, 'topology.in.yaml');
+  fs.writeFileSync(file, YAML.stringify(topology));
+  await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
+  await osr('policy', 'create', 'fast', '--copy-frequency', '30s', '--retention-hours', '1');
+  await osr('pairing', 'create', '--policy', 'fast', '--source-cloud', 'primary.primary-cloud', '--target-cloud', 'recovery.recovery-cloud');
+  if (o.enable.length > 0) await osr('item', 'enable', ...o.enable, '--wait');
+  return osr;
+}
+
 export function siteLossDrill(database: 'sqlite' | 'postgres'): { setUp(): Promise<void>; tearDown(): Promise<void>; drill(): Promise<void> } {
   const dir = tempDir(`osr-site-loss-${database}-`);
-  const osr = async (...args: string[]): Promise<string> => (await run(process.execPath, [OSR_BIN, ...args], { env: { ...process.env, OSR_CONFIG: path.join(dir, 'osr.yaml') }, timeout: 240_000 })).stdout;
+  const osr = labOsr(dir);
   const item = async (vm: string) => JSON.parse(await osr('--json', 'item', 'show', `primary.${vm}`)) as ProtectedItem;
   const vms = ['web', 'db'];
   const wait = ['--wait', '--interval', '200ms'];
@@ -35,18 +61,7 @@ export function siteLossDrill(database: 'sqlite' | 'postgres'): { setUp(): Promi
     async setUp() {
       // PostgreSQL runs as its own user, which must reach its clusters under the lab's directory
       fs.chmodSync(dir, 0o711);
-      const disk = (host: string) => [{ name: 'system', size: '32M', storage: `${host}-store` }];
-      const topology: TopologySpec = {
-        name: `site-loss-${database}`,
-        vault: { name: 'drill-vault', site: 'Primary', standby: 'Recovery', database },
-        fabrics: [site('Primary', 'p-host', vms.map((name) => ({ name, host: 'p-host', disks: disk('p-host'), nics: [], workload: false }))), site('Recovery', 'r-host', [])],
-      };
-      const file = path.join(dir, 'topology.in.yaml');
-      fs.writeFileSync(file, YAML.stringify(topology));
-      await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
-      await osr('policy', 'create', 'fast', '--copy-frequency', '30s', '--retention-hours', '1');
-      await osr('pairing', 'create', '--policy', 'fast', '--source-cloud', 'primary.primary-cloud', '--target-cloud', 'recovery.recovery-cloud');
-      await osr('item', 'enable', ...vms, '--wait');
+      await startTwoSiteLab(dir, { name: `site-loss-${database}`, vault: { name: 'drill-vault', site: 'Primary', standby: 'Recovery', database }, vms, enable: vms });
       fs.writeFileSync(path.join(dir, 'plan.yaml'), YAML.stringify({ name: 'site', groups: [{ name: 'all', items: vms.map((v) => `primary.${v}`) }] }));
       await osr('plan', 'apply', '-f', path.join(dir, 'plan.yaml'));
     },
