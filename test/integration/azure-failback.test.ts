@@ -15,8 +15,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
-import { NetworkManagementClient } from '@azure/arm-network';
-import YAML from 'yaml';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import type { AzureFabricDriver } from '../../src/drivers/azure/azure-driver.js';
@@ -25,12 +23,12 @@ import { ensurePki, OSR_BIN, startAgentProcess, stopAgentProcess, type RunningAg
 import { labAgents, labNbdUri } from '../../src/lab/launcher.js';
 import { AgentClient } from '../../src/cli/agent-client.js';
 import type { FabricProvider } from '../../src/provider/fabric-provider.js';
-import { startAzurite, type Azurite } from '../support/azurite.js';
-import { startAzureProvider } from '../support/azure-site.js';
-import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
+import type { Azurite } from '../support/azurite.js';
+import { startAzureProvider, startAzureRecoverySite } from '../support/azure-site.js';
+import type { FakeArm } from '../support/fake-arm.js';
 import { tempDir, waitFor } from '../support/lab.js';
 import { mapPrimaryToAzure, startLabProvider } from '../support/lab-provider.js';
-import { startVault, type TestVault } from '../support/vault.js';
+import type { TestVault } from '../support/vault.js';
 
 const run = promisify(execFile);
 const dir = tempDir('osr-azure-failback-');
@@ -51,14 +49,7 @@ async function osr(...args: string[]): Promise<string> {
 const item = async (): Promise<ProtectedItem> => (await v.api.request<{ items: ProtectedItem[] }>('GET', '/api/v1/protected-items?limit=10')).items.find((i) => i.name === 'web')!;
 
 before(async () => {
-  azurite = await startAzurite();
-  arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
-  const network = new NetworkManagementClient(arm.credential, arm.subscriptionId, { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca } });
-  await network.virtualNetworks.createOrUpdate(arm.resourceGroup, 'prod', { location: 'westeurope', addressSpace: { addressPrefixes: ['10.9.0.0/16'] }, subnets: [{ name: 'Subnet1', addressPrefix: '10.9.0.0/24' }] }, { updateIntervalInMs: 20 });
-
-  v = await startVault({ dataDir: path.join(dir, 'vault') });
-  fs.writeFileSync(path.join(dir, 'vault-ca.pem'), v.vault.ctx.identity.ca.certPem);
-  fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
+  ({ azurite, arm, vault: v } = await startAzureRecoverySite(dir));
 
   labProvider = await startLabProvider(v, dir, [{ name: 'web', host: 'p-host', disks: [{ name: 'system', size: '8M', storage: 'p-host-store' }, { name: 'data', size: '4M', storage: 'p-host-store' }], nics: [{ network: 'Prod' }], workload: false }]);
 

@@ -12,19 +12,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
-import { NetworkManagementClient } from '@azure/arm-network';
-import YAML from 'yaml';
 import { ensureIsolatedNetwork, removeNetwork } from '../../src/agent/libvirt/inventory.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { OSR_TAG } from '../../src/drivers/azure/recovery.js';
 import { OSR_BIN, ensurePki, startAgentProcess, stopAgentProcess, type RunningAgent } from '../../src/lab/agent-process.js';
 import type { FabricProvider } from '../../src/provider/fabric-provider.js';
-import { startAzurite, type Azurite } from '../support/azurite.js';
-import { startAzureProvider } from '../support/azure-site.js';
-import { startFakeArm, type FakeArm } from '../support/fake-arm.js';
+import type { Azurite } from '../support/azurite.js';
+import { startAzureProvider, startAzureRecoverySite } from '../support/azure-site.js';
+import type { FakeArm } from '../support/fake-arm.js';
 import { tempDir, waitFor } from '../support/lab.js';
 import { libvirtSkip, startTinyDomain, virsh, type TinyDomain } from '../support/libvirt.js';
-import { startVault, type TestVault } from '../support/vault.js';
+import type { TestVault } from '../support/vault.js';
 
 const run = promisify(execFile);
 const skip = libvirtSkip();
@@ -47,13 +45,7 @@ async function osr(...args: string[]): Promise<string> {
 
 before(async () => {
   if (skip) return;
-  azurite = await startAzurite();
-  arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
-  const network = new NetworkManagementClient(arm.credential, arm.subscriptionId, { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca } });
-  await network.virtualNetworks.createOrUpdate(arm.resourceGroup, 'prod', { location: 'westeurope', addressSpace: { addressPrefixes: ['10.9.0.0/16'] }, subnets: [{ name: 'Subnet1', addressPrefix: '10.9.0.0/24' }] }, { updateIntervalInMs: 20 });
-  v = await startVault({ dataDir: path.join(dir, 'vault') });
-  fs.writeFileSync(path.join(dir, 'vault-ca.pem'), v.vault.ctx.identity.ca.certPem);
-  fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: v.url, token: v.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
+  ({ azurite, arm, vault: v } = await startAzureRecoverySite(dir));
 
   // the KVM site: one host running one tiny domain with a NIC on a mapped network
   await ensureIsolatedNetwork(virsh, net);

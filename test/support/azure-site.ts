@@ -16,8 +16,10 @@ import { FabricProvider } from '../../src/provider/fabric-provider.js';
 import { registerWithVault } from '../../src/provider/registration.js';
 import { VERSION } from '../../src/vault/version.js';
 import { AZURITE_ACCOUNT, AZURITE_KEY, type Azurite } from './azurite.js';
-import type { FakeArm } from './fake-arm.js';
-import type { TestVault } from './vault.js';
+import { NetworkManagementClient } from '@azure/arm-network';
+import { startAzurite } from './azurite.js';
+import { startFakeArm, type FakeArm } from './fake-arm.js';
+import { startVault, type TestVault } from './vault.js';
 
 /** `regionAgent`: the osr agent in the region (failback), reached through its local API */
 export async function startAzureProvider(o: { vault: TestVault; dir: string; azurite: Azurite; arm: FakeArm; name?: string; regionAgent?: { api: string; apiTokenFile?: string | undefined; replicationPort: number } }): Promise<{ driver: AzureFabricDriver; provider: FabricProvider }> {
@@ -50,4 +52,27 @@ export async function startAzureProvider(o: { vault: TestVault; dir: string; azu
   const provider = new FabricProvider({ driver, channel: new ProviderChannel(registration, { dir }), dir, statusIntervalMs: 1000, pollSeconds: 2, log: pino({ level: 'warn' }, pino.destination(2)) });
   await provider.start();
   return { driver, provider };
+}
+
+/**
+ * The Azure side of a failback test and its vault: Azurite, the fake Resource Manager with
+ * virtual network `prod` (10.9.0.0/16, Subnet1), and a vault whose CLI config is
+ * DIR/osr.yaml (its CA in DIR/vault-ca.pem). What started is stopped if the rest fails.
+ */
+export async function startAzureRecoverySite(dir: string): Promise<{ azurite: Azurite; arm: FakeArm; vault: TestVault }> {
+  const azurite = await startAzurite();
+  let arm: FakeArm | undefined;
+  try {
+    arm = await startFakeArm({ storageCredential: azurite.credential, storageBlobEndpoint: azurite.url, lroMs: 20 });
+    const network = new NetworkManagementClient(arm.credential, arm.subscriptionId, { endpoint: arm.endpoint, tlsOptions: { ca: arm.ca } });
+    await network.virtualNetworks.createOrUpdate(arm.resourceGroup, 'prod', { location: 'westeurope', addressSpace: { addressPrefixes: ['10.9.0.0/16'] }, subnets: [{ name: 'Subnet1', addressPrefix: '10.9.0.0/24' }] }, { updateIntervalInMs: 20 });
+    const vault = await startVault({ dataDir: path.join(dir, 'vault') });
+    fs.writeFileSync(path.join(dir, 'vault-ca.pem'), vault.vault.ctx.identity.ca.certPem);
+    fs.writeFileSync(path.join(dir, 'osr.yaml'), YAML.stringify({ vault: vault.url, token: vault.token, ca: path.join(dir, 'vault-ca.pem') }), { mode: 0o600 });
+    return { azurite, arm, vault };
+  } catch (e) {
+    await arm?.stop();
+    await azurite.stop();
+    throw e;
+  }
 }
