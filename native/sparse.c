@@ -1,8 +1,9 @@
 // File primitives that Node's fs module lacks: SEEK_DATA / SEEK_HOLE to find allocated
 // ranges, fallocate(PUNCH_HOLE | KEEP_SIZE) to deallocate a range, the address
 // alignment of a buffer (direct I/O needs aligned memory), the xxh128 of every block of a
-// file range, read and hashed on the thread pool without passing through JS, and many
-// scattered reads or writes of one file in a single trip to the thread pool.
+// file range, read and hashed on the thread pool without passing through JS, many
+// scattered reads or writes of one file in a single trip to the thread pool, and a
+// duplicate of a descriptor. seal.c adds the sealed channel's records.
 // Each file function takes a file descriptor and byte offsets as JS numbers (safe up to 2^53).
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -301,8 +302,27 @@ static napi_value io_plan(napi_env env, napi_callback_info info, int write) {
   return promise;
 }
 
+// dupFd(fd): a duplicate of the descriptor (close-on-exec), for a socket Node can only make from a descriptor
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int fd;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "dupFd(fd) takes a descriptor");
+    return NULL;
+  }
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return throw_errno(env, "dup", errno);
+  napi_value result;
+  napi_create_int32(env, copy, &result);
+  return result;
+}
+
 static napi_value read_gather(napi_env env, napi_callback_info info) { return io_plan(env, info, 0); }
 static napi_value write_scatter(napi_env env, napi_callback_info info) { return io_plan(env, info, 1); }
+
+void osr_register_seal(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -313,8 +333,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"hashBlocks", NULL, hash_blocks, NULL, NULL, NULL, napi_default, NULL},
     {"readGather", NULL, read_gather, NULL, NULL, NULL, napi_default, NULL},
     {"writeScatter", NULL, write_scatter, NULL, NULL, NULL, napi_default, NULL},
+    {"dupFd", NULL, dup_fd, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  osr_register_seal(env, exports);
   return exports;
 }
 

@@ -33,6 +33,11 @@ export function openDirectRead(file: string): number | undefined {
   }
 }
 
+/** Whether `buf` starts at an address direct I/O takes (false where the addon is not built). */
+export function isAlignedMemory(buf: Buffer): boolean {
+  return addon !== undefined && addon.alignOffset(buf, DIRECT_ALIGN) === 0;
+}
+
 /** Whether aligned buffers (and so direct I/O) can be had here. */
 export function canAlign(): boolean {
   return addon !== undefined;

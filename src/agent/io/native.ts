@@ -18,6 +18,12 @@ export interface NativeAddon {
   /** Read (write) the triples [filePos, bufOffset, length] of plan into (from) buf, in one trip to the thread pool. */
   readGather(fd: number, buf: Buffer, plan: Float64Array): Promise<void>;
   writeScatter(fd: number, buf: Buffer, plan: Float64Array): Promise<void>;
+  /** A duplicate of the descriptor (close-on-exec). */
+  dupFd(fd: number): number;
+  /** AES-256-GCM on the thread pool: seal src into dst (src's length plus the 16-byte tag; in place or apart). */
+  sealRecord(key: Buffer, nonce: Buffer, aad: Buffer, src: Buffer, dst: Buffer): Promise<void>;
+  /** Check the tag that ends `sealed` and decrypt the rest in place: false (and zeroes) when it does not match. */
+  openRecord(key: Buffer, nonce: Buffer, aad: Buffer, sealed: Buffer): Promise<boolean>;
 }
 
 function loadAddon(): NativeAddon | undefined {

@@ -24,7 +24,7 @@ import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import { crashPoint } from '../io/crash-point.js';
 import { ChangeLogWriter, diskKeyOf, RecordType, scanLogFile, type LogRecord, type LogScan } from '../tracking/change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
-import { AlignedPool, alignedBuffer, DIRECT_ALIGN, isAligned, openDirect } from '../io/direct-io.js';
+import { AlignedPool, alignedBuffer, DIRECT_ALIGN, isAligned, isAlignedMemory, openDirect } from '../io/direct-io.js';
 import { ExtentMap } from '../io/extent-map.js';
 import { fileBlockDigests } from '../io/checksum.js';
 import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
@@ -574,7 +574,8 @@ export class ReplicaStore implements ReplicaTarget {
    * Write copied bytes of the initial replication (not yet durable: see checkpointInitial).
    * Aligned frames go to the disk with direct I/O, through a pooled aligned buffer: a copy
    * of gigabytes then neither fills the page cache nor pays for faulting in fresh cache
-   * pages, which on virtual machines costs more CPU than the copy itself. The rest (an
+   * pages, which on virtual machines costs more CPU than the copy itself; a frame that
+   * already lies at an aligned address (the sealed channel's) is not copied. The rest (an
    * unaligned tail, a file system without O_DIRECT) is written through the page cache.
    */
   async writeInitial(disk: string, offset: number, data: readonly Buffer[]): Promise<void> {
@@ -583,6 +584,8 @@ export class ReplicaStore implements ReplicaTarget {
     const length = data.reduce((n, b) => n + b.length, 0);
     const direct = length <= directPool.bufferBytes && isAligned(offset, length) ? this.directFd(disk) : undefined;
     if (direct === undefined) return writeAllAt(this.imageFd(disk), data, offset);
+    // a body the sealed channel received at an aligned address goes as it is
+    if (data.length === 1 && isAlignedMemory(data[0]!)) return writeAllAt(direct, data, offset);
     const buf = await directPool.acquire();
     try {
       let at = 0;

@@ -9,6 +9,7 @@
  * opens its replica target is a ReplicaOpener: the registry of replica stores here.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -27,6 +28,7 @@ import { LogStreamVerifier, RecordWalker } from '../tracking/change-log.js';
 import { ReplicaHolders } from '../ports/target-rules.js';
 import { parseDiskRanges, parseOpen, parsePoint, parseResyncBegin } from './replication-requests.js';
 import type { OpenRequest, OpenResult } from '../wire/replication-types.js';
+import { routeConnection, SealedAttachments, SealedStream, SEALED_FEATURE } from '../wire/sealed.js';
 import { BinaryReply, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage, type DataFrame } from '../wire/wire.js';
 
 function sameDisks(a: readonly { id: string; name: string; size: number }[], b: readonly { id: string; name: string; size: number }[]): boolean {
@@ -96,6 +98,11 @@ export interface SessionConnection {
   /** the peer's verified identity (its certificate's) */
   identify(): PeerIdentity;
   setKeepAlive?(enable: boolean, delayMs: number): unknown;
+  /**
+   * The connection's sealed channel, where the peer opens one (sealed.ts): resolves with it
+   * once attached, or rejects after a while. Absent where none can be had (in process).
+   */
+  sealed?(): Promise<Duplex>;
 }
 
 /** Owns the replica stores of an agent: opened once, shared by connections and the API. */
@@ -445,7 +452,7 @@ export class Session {
   private store: ReplicaTarget | undefined;
   private target: Target;
   private delta: DeltaInProgress | undefined;
-  private readonly writer: FrameWriter;
+  private writer: FrameWriter;
   private helloDone = false;
   /** the verified certificate of the peer (set by the hello) */
   private peer: PeerIdentity | undefined;
@@ -454,7 +461,7 @@ export class Session {
   private writeError: unknown;
   bytesReceived = 0;
 
-  private readonly socket: Duplex;
+  private socket: Duplex;
 
   constructor(
     private readonly conn: SessionConnection,
@@ -464,19 +471,40 @@ export class Session {
   ) {
     const socket = conn.stream;
     this.socket = socket;
-    this.writer = new FrameWriter(socket);
-    new FrameReader(
-      socket,
-      (m) => this.onControl(m),
-      (f) => this.onData(f),
-      (e) => this.destroy(e),
-    );
+    this.writer = this.speakOver(socket);
     socket.on('close', () => {
       if (this.store) this.registry.release(this.store.vmId, this);
       // the delta's files close only once no write of this connection is left to land: a
       // descriptor closed under a queued write could be another file's by then
       void Promise.allSettled([...this.pending]).then(() => this.abortDelta());
     });
+  }
+
+  /** Read frames from `stream` and return a writer of frames to it. */
+  private speakOver(stream: Duplex): FrameWriter {
+    new FrameReader(
+      stream,
+      (m) => this.onControl(m),
+      (f) => this.onData(f),
+      (e) => this.destroy(e),
+    );
+    return new FrameWriter(stream);
+  }
+
+  /**
+   * After a welcome that accepted the sealed channel, every frame comes and goes there:
+   * anything more on the first connection is a protocol error. The two connections close
+   * together.
+   */
+  private async moveToSealed(sealed: () => Promise<Duplex>): Promise<void> {
+    const first = this.socket;
+    first.removeAllListeners('data');
+    first.on('data', () => this.destroy(new OsrError('PROTOCOL_ERROR', 'a frame came over TLS after the sealed channel was agreed')));
+    const stream = await sealed();
+    stream.once('close', () => first.destroy());
+    first.once('close', () => stream.destroy());
+    this.socket = stream;
+    this.writer = this.speakOver(stream);
   }
 
   /** the common name of the peer's certificate, once the hello was accepted */
@@ -545,7 +573,9 @@ export class Session {
     this.peer = peer;
     this.helloDone = true;
     const keepalive = Array.isArray(m.features) && m.features.includes(KEEPALIVE_FEATURE);
-    await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd', ...(keepalive ? [KEEPALIVE_FEATURE] : [])] });
+    const sealed = Array.isArray(m.features) && m.features.includes(SEALED_FEATURE) ? this.conn.sealed : undefined;
+    await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd', ...(keepalive ? [KEEPALIVE_FEATURE] : []), ...(sealed ? [SEALED_FEATURE] : [])] });
+    if (sealed) await this.moveToSealed(sealed);
     // an older primary sends no pings: then only TCP keepalive watches the connection
     if (keepalive) new Liveness(this.socket, () => this.writer.sendControl({ type: 'ping' }), (e) => this.destroy(e));
     else this.conn.setKeepAlive?.(true, 10_000);
@@ -718,7 +748,13 @@ export class Session {
     const d = t.kind === 'delta' ? this.delta?.files.get(t.disk) : undefined;
     // a delta's frame goes only into the file of the delta open now, never through a descriptor of one closed
     if (t.kind === 'delta' && (!d || d.fd !== t.fd)) throw new OsrError('PROTOCOL_ERROR', `DATA frame for disk ${t.disk} outside an open delta`);
-    const p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
+    let p = t.kind === 'copy' ? this.requireStore().writeInitial(t.disk, f.offset, f.parts) : writeAllAt(t.fd, f.parts, f.offset);
+    // an initial copy's body is written from where the sealed channel received it, and then lent back
+    const sealed = this.socket instanceof SealedStream ? this.socket : undefined;
+    if (sealed && t.kind === 'copy' && f.parts.length === 1) {
+      const body = f.parts[0]!;
+      p = p.finally(() => sealed.release(body));
+    }
     if (d) {
       // verified as it arrives: the apply need not read the log back to verify it
       d.verifier.push(f.offset, f.parts);
@@ -774,6 +810,8 @@ export class Session {
 
 export class ReplicationServer {
   private server: tls.Server | undefined;
+  private listener: net.Server | undefined;
+  private readonly attachments = new SealedAttachments();
   private readonly sessions = new Set<tls.TLSSocket>();
 
   constructor(
@@ -800,16 +838,29 @@ export class ReplicationServer {
     }
   }
 
+  /**
+   * Listen for primaries: TLS connections, and the sealed channels that follow them on the
+   * same port (told apart by their first byte).
+   */
   listen(port: number, host = '127.0.0.1'): Promise<number> {
-    const server = tls.createServer(serverTlsOptions(this.tlsMaterial), (socket) => {
+    const tlsServer = tls.createServer(serverTlsOptions(this.tlsMaterial), (socket) => {
       this.sessions.add(socket);
       socket.setNoDelay(true);
       socket.on('close', () => this.sessions.delete(socket));
       socket.on('error', (e) => this.log.warn({ code: toOsrError(e).code }, `replication connection error: ${e.message}`));
-      new Session({ stream: socket, remote: socket.remoteAddress, identify: () => peerIdentity(socket), setKeepAlive: (on, ms) => socket.setKeepAlive(on, ms) }, this.registry, this.agentName, this.log);
+      const sealed = SealedAttachments.available ? this.attachments.expect(socket) : undefined;
+      new Session({ stream: socket, remote: socket.remoteAddress, identify: () => peerIdentity(socket), setKeepAlive: (on, ms) => socket.setKeepAlive(on, ms), ...(sealed ? { sealed } : {}) }, this.registry, this.agentName, this.log);
     });
-    onTlsClientError(server, (err) => this.log.warn({ code: err.code, ...err.details }, err.message));
-    this.server = server;
+    onTlsClientError(tlsServer, (err) => this.log.warn({ code: err.code, ...err.details }, err.message));
+    this.server = tlsServer;
+    const server = net.createServer({ pauseOnConnect: true }, (socket) =>
+      routeConnection(socket, {
+        onTls: (s) => tlsServer.emit('connection', s),
+        onSealed: (s, token) => this.attachments.accept(s, token),
+        onRefused: (reason) => this.log.warn({ code: 'PROTOCOL_ERROR', peer: socket.remoteAddress }, `replication connection refused: ${reason}`),
+      }),
+    );
+    this.listener = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => {
@@ -822,6 +873,6 @@ export class ReplicationServer {
 
   async close(): Promise<void> {
     for (const s of this.sessions) s.destroy();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await new Promise<void>((resolve) => (this.listener ? this.listener.close(() => resolve()) : resolve()));
   }
 }

@@ -4,19 +4,22 @@
  * The same protocol runs over an in-process stream to a replica target the sending agent
  * reaches itself (Azure storage): `ReplicaClient.over`.
  */
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../../domain/errors.js';
 import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../../pki/index.js';
 import type { AgentPeer } from '../wire/replication-types.js';
+import { openSealed, SEALED_FEATURE } from '../wire/sealed.js';
 import { DATA_FRAME_HEAD_BYTES, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from '../wire/wire.js';
 
+type PeerStream = Duplex & { bytesRead?: number; setKeepAlive?(enable: boolean, delayMs: number): unknown };
 
 export class ReplicaClient {
   private nextId = 1;
   private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: OsrError) => void }>();
   private failure: OsrError | undefined;
-  private readonly writer: FrameWriter;
+  private writer: FrameWriter;
   private welcome: ((m: ControlMessage) => void) | undefined;
   wireBytesSent = 0;
   /** DATA frames received ahead of the binary replies they belong to */
@@ -28,20 +31,11 @@ export class ReplicaClient {
   private speaker = 'replica agent';
 
   private constructor(
-    private readonly socket: Duplex & { bytesRead?: number; setKeepAlive?(enable: boolean, delayMs: number): unknown },
+    private socket: PeerStream,
     readonly useZstd: boolean,
-    peer: string,
+    private readonly peer: string,
   ) {
-    this.writer = new FrameWriter(socket, { keepsBuffers: !(socket instanceof tls.TLSSocket) });
-    new FrameReader(
-      socket,
-      (m) => this.onControl(m),
-      (f) => {
-        // the bytes of a binary reply, which follows
-        this.replyData.push(f.parts.length === 1 ? f.parts[0]! : Buffer.concat(f.parts, f.length));
-      },
-      (e) => this.fail(e),
-    );
+    this.writer = this.speakOver(socket, { keepsBuffers: !(socket instanceof tls.TLSSocket) });
     if (socket instanceof tls.TLSSocket) {
       socket.on('error', (e) => this.fail(classifyTlsError(e, 'client', { socket, peer })));
       socket.on('close', () => {
@@ -55,6 +49,29 @@ export class ReplicaClient {
     }
   }
 
+  /** Read frames from `stream`, and return a writer of frames to it. */
+  private speakOver(stream: PeerStream, o: { keepsBuffers?: boolean; separateBodies?: boolean }): FrameWriter {
+    new FrameReader(
+      stream,
+      (m) => this.onControl(m),
+      (f) => {
+        // the bytes of a binary reply, which follows
+        this.replyData.push(f.parts.length === 1 ? f.parts[0]! : Buffer.concat(f.parts, f.length));
+      },
+      (e) => this.fail(e),
+    );
+    return new FrameWriter(stream, o);
+  }
+
+  /** Move every frame to the sealed channel the replica agreed to (sealed.ts). */
+  private async moveToSealed(first: tls.TLSSocket, host: string, port: number, timeoutMs: number): Promise<void> {
+    const sealed = await openSealed(first, (onread) => net.connect({ host, port, onread }), timeoutMs);
+    sealed.on('error', (e) => this.fail(toOsrError(e, 'NETWORK_ERROR')));
+    sealed.on('close', () => this.fail(new OsrError('NETWORK_ERROR', `sealed channel to the replica agent at ${this.peer} closed`)));
+    this.socket = sealed;
+    this.writer = this.speakOver(sealed, { separateBodies: true });
+  }
+
   /**
    * Speak the protocol over a stream whose other end is a session in this process (a
    * replica target the agent reaches itself): no TLS, the same hello and requests.
@@ -64,7 +81,7 @@ export class ReplicaClient {
     client.speaker = `replica ${label}`;
     const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica at ${label} within ${timeoutMs} ms`)), timeoutMs);
     try {
-      await client.hello(agentName);
+      client.watch(await client.hello(agentName, []));
       return client;
     } catch (e) {
       stream.destroy();
@@ -96,7 +113,9 @@ export class ReplicaClient {
       if (peer.fabricId !== undefined && them.fabricId !== peer.fabricId) {
         throw new OsrError('AUTH_FAILED', `the agent at ${peer.host}:${peer.port} (${them.commonName}) belongs to fabric ${them.fabricId ?? '(none)'}, not to fabric ${peer.fabricId} that the vault's grant names; refusing to replicate to it`, { expected: peer.fabricId, peer: them.commonName, fabric: them.fabricId ?? null });
       }
-      await client.hello(agentName);
+      const features = await client.hello(agentName, [SEALED_FEATURE]);
+      if (features.includes(SEALED_FEATURE)) await client.moveToSealed(socket, peer.host, peer.port, timeoutMs);
+      client.watch(features);
       return client;
     } catch (e) {
       socket.destroy();
@@ -106,23 +125,30 @@ export class ReplicaClient {
     }
   }
 
-  /** The versioned hello and the replica's welcome. */
-  private async hello(agentName: string): Promise<void> {
+  /** The versioned hello and the replica's welcome: resolves with the features it accepted. */
+  private async hello(agentName: string, offered: string[]): Promise<string[]> {
     const welcome = new Promise<ControlMessage>((resolve, reject) => {
       this.welcome = resolve;
       this.waiting.set(0, { resolve: () => undefined, reject });
     });
     // a hello that cannot be sent leaves the welcome unawaited: its rejection must not go unhandled
     welcome.catch(() => undefined);
-    await this.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: this.useZstd ? ['zstd', KEEPALIVE_FEATURE] : [KEEPALIVE_FEATURE] });
+    await this.writer.sendControl({ type: 'hello', protocol: PROTOCOL_NAME, versions: [...PROTOCOL_VERSIONS], agent: agentName, features: [...(this.useZstd ? ['zstd'] : []), KEEPALIVE_FEATURE, ...offered] });
     const w = await welcome;
     this.waiting.delete(0);
     if (!(PROTOCOL_VERSIONS as readonly number[]).includes(Number(w.version))) {
       throw new OsrError('PROTOCOL_VERSION_UNSUPPORTED', `replica chose protocol version ${String(w.version)}`);
     }
-    // a frozen or unreachable replica is noticed within IDLE_TIMEOUT_MS, and replication reconnects
+    const features = Array.isArray(w.features) ? w.features.filter((f): f is string => typeof f === 'string') : [];
+    // only what was offered: a replica cannot move the frames somewhere this end did not propose
+    if (features.includes(SEALED_FEATURE) && !offered.includes(SEALED_FEATURE)) throw new OsrError('PROTOCOL_ERROR', `the ${this.speaker} accepted a sealed channel that was not offered`);
+    return features;
+  }
+
+  /** A frozen or unreachable replica is noticed within IDLE_TIMEOUT_MS, and replication reconnects. */
+  private watch(features: string[]): void {
     const socket = this.socket;
-    if (Array.isArray(w.features) && w.features.includes(KEEPALIVE_FEATURE)) new Liveness(socket, () => this.writer.sendControl({ type: 'ping' }), (e) => this.fail(e));
+    if (features.includes(KEEPALIVE_FEATURE)) new Liveness(socket, () => this.writer.sendControl({ type: 'ping' }), (e) => this.fail(e));
     else socket.setKeepAlive?.(true, 10_000);
   }
 

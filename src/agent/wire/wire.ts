@@ -220,10 +220,12 @@ export class FrameWriter {
   /**
    * `keepsBuffers`: the stream hands the buffers written to its reader as they are (an
    * in-process stream, not a socket), so a buffer its writer will reuse is copied first.
+   * `separateBodies`: a DATA frame's body is written apart from its head (a sealed channel
+   * then seals it as a record of its own, which the receiver lays out for direct I/O).
    */
   constructor(
     private readonly stream: Duplex,
-    private readonly o: { keepsBuffers?: boolean } = {},
+    private readonly o: { keepsBuffers?: boolean; separateBodies?: boolean } = {},
   ) {
     stream.on('close', () => {
       this.closed = true;
@@ -294,7 +296,8 @@ export class FrameWriter {
    */
   async sendDataInPlace(offset: number, frame: Buffer, useZstd: boolean, reused = true): Promise<number> {
     if (useZstd) return this.sendData(offset, frame.subarray(DATA_FRAME_HEAD_BYTES), true, reused);
-    await this.write([encodeDataInPlace(offset, frame)], reused);
+    const encoded = encodeDataInPlace(offset, frame);
+    await this.write(this.o.separateBodies === true ? [encoded.subarray(0, DATA_FRAME_HEAD_BYTES), encoded.subarray(DATA_FRAME_HEAD_BYTES)] : [encoded], reused);
     return frame.length - DATA_FRAME_HEAD_BYTES;
   }
 }
