@@ -501,6 +501,7 @@ export class Session {
     first.removeAllListeners('data');
     first.on('data', () => this.destroy(new OsrError('PROTOCOL_ERROR', 'a frame came over TLS after the sealed channel was agreed')));
     const stream = await sealed();
+    stream.on('error', (e) => this.log.warn({ code: toOsrError(e).code, peer: this.conn.remote }, `sealed replication channel error: ${e.message}`));
     stream.once('close', () => first.destroy());
     first.once('close', () => stream.destroy());
     this.socket = stream;

@@ -447,6 +447,8 @@ export class SealedAttachments {
     if (!makeSocket) return false;
     this.waiting.delete(key);
     const stream = new SealedStream(makeSocket, entry.secrets, false);
+    // its session learns of a failure from 'close' and logs its errors; one never taken up is just closed
+    stream.on('error', () => undefined);
     entry.attached = stream;
     stream.confirm().catch((e: unknown) => stream.destroy(e as Error));
     entry.waiter?.resolve(stream);
