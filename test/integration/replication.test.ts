@@ -68,6 +68,8 @@ test('every recovery point equals the source at its instant; overlays never chan
   assert.equal(hFinal.state, 'Replicating');
   assert.equal(hFinal.health, 'Healthy');
   assert.equal(hFinal.lastError, null);
+  // agents carry the frames over the sealed channel beside their TLS session
+  assert.equal(hFinal.channel, 'sealed');
   assert.ok(hFinal.rpoSeconds !== null && hFinal.rpoSeconds < 60);
   // churn is measured from the deltas after the first copy: change-log bytes over the guest time they cover
   assert.equal(hFinal.churn?.deltas, 5);

@@ -9,9 +9,13 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { OsrError, toOsrError, type ErrorCode } from '../../domain/errors.js';
 import { classifyTlsError, clientTlsOptions, peerIdentity, type TlsMaterial } from '../../pki/index.js';
-import type { AgentPeer } from '../wire/replication-types.js';
+import type { AgentPeer, ReplicaChannel } from '../wire/replication-types.js';
 import { openSealed, SEALED_FEATURE } from '../wire/sealed.js';
 import { DATA_FRAME_HEAD_BYTES, FrameReader, FrameWriter, KEEPALIVE_FEATURE, Liveness, PROTOCOL_NAME, PROTOCOL_VERSIONS, type ControlMessage } from '../wire/wire.js';
+
+/** When a sealed channel to host:port last failed to open: until SEALED_RETRY_MS later, connections there do not offer one. */
+const sealedFailedAt = new Map<string, number>();
+const SEALED_RETRY_MS = 10 * 60_000;
 
 type PeerStream = Duplex & { bytesRead?: number; setKeepAlive?(enable: boolean, delayMs: number): unknown };
 
@@ -26,6 +30,9 @@ export class ReplicaClient {
   private readonly replyData: Buffer[] = [];
   /** waits before each DATA frame (bandwidth limits) */
   pace: ((bytes: number) => Promise<void>) | undefined;
+
+  /** what the frames go over */
+  channel: ReplicaChannel = 'in-process';
 
   /** who answers, as errors name it */
   private speaker = 'replica agent';
@@ -70,6 +77,7 @@ export class ReplicaClient {
     sealed.on('close', () => this.fail(new OsrError('NETWORK_ERROR', `sealed channel to the replica agent at ${this.peer} closed`)));
     this.socket = sealed;
     this.writer = this.speakOver(sealed, { separateBodies: true });
+    this.channel = 'sealed';
   }
 
   /**
@@ -97,6 +105,7 @@ export class ReplicaClient {
     const socket = tls.connect({ ...clientTlsOptions(material, { servername: peer.servername ?? peer.host }), host: peer.host, port: peer.port });
     socket.setNoDelay(true);
     const client = new ReplicaClient(socket, useZstd, `${peer.host}:${peer.port}`);
+    client.channel = 'tls';
     const timer = setTimeout(() => client.fail(new OsrError('NETWORK_ERROR', `no answer from the replica agent at ${peer.host}:${peer.port} within ${timeoutMs} ms`)), timeoutMs);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -113,8 +122,20 @@ export class ReplicaClient {
       if (peer.fabricId !== undefined && them.fabricId !== peer.fabricId) {
         throw new OsrError('AUTH_FAILED', `the agent at ${peer.host}:${peer.port} (${them.commonName}) belongs to fabric ${them.fabricId ?? '(none)'}, not to fabric ${peer.fabricId} that the vault's grant names; refusing to replicate to it`, { expected: peer.fabricId, peer: them.commonName, fabric: them.fabricId ?? null });
       }
-      const features = await client.hello(agentName, [SEALED_FEATURE]);
-      if (features.includes(SEALED_FEATURE)) await client.moveToSealed(socket, peer.host, peer.port, timeoutMs);
+      const where = `${peer.host}:${peer.port}`;
+      const offerSealed = (sealedFailedAt.get(where) ?? -Infinity) < Date.now() - SEALED_RETRY_MS;
+      const features = await client.hello(agentName, offerSealed ? [SEALED_FEATURE] : []);
+      if (features.includes(SEALED_FEATURE)) {
+        try {
+          await client.moveToSealed(socket, peer.host, peer.port, timeoutMs);
+          sealedFailedAt.delete(where);
+        } catch (e) {
+          // something between the agents passes TLS but not a second connection: TLS alone, for a while
+          sealedFailedAt.set(where, Date.now());
+          const err = toOsrError(e, 'NETWORK_ERROR');
+          throw new OsrError(err.code, `the sealed channel to ${where} did not open (${err.message}); the next connections keep the frames on TLS for ${SEALED_RETRY_MS / 60_000} minutes`, err.details, { cause: e });
+        }
+      }
       client.watch(features);
       return client;
     } catch (e) {

@@ -15,7 +15,7 @@ import type { CyclePhases } from './cycle-phases.js';
 import { readAt, type IoPiece } from '../io/io.js';
 import { ReplicaClient } from './replica-client.js';
 import type { Logger } from '../io/logger.js';
-import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type AzurePeer, type DeltaTimings, type ResyncProgress } from '../wire/replication-types.js';
+import { ReplicationState, type InitialProgress, type OpenRequest, type OpenResult, type ReplicationHealth, type ReplicationSpec, type AzurePeer, type DeltaTimings, type ResyncProgress, type ReplicaChannel } from '../wire/replication-types.js';
 import { DIGEST_BYTES, differingRuns } from '../io/checksum.js';
 import { retryDelayMs, type RetryPolicy } from '../io/retry.js';
 import type { Pacer } from '../io/throttle.js';
@@ -72,6 +72,8 @@ export class PrimaryReplication {
   private readonly stopper = new AbortController();
   private waker = new AbortController();
   private client: ReplicaClient | undefined;
+  /** what the latest connection carried its frames over */
+  private channel: ReplicaChannel | undefined;
   private loop: Promise<void> | undefined;
   private latestSeq: number | null = null;
   private latest: ReplicationHealth['latestPoint'] = null;
@@ -556,6 +558,7 @@ export class PrimaryReplication {
       peer.kind === 'azure'
         ? await ReplicaClient.over(this.deps.inProcess(peer, this.vm.id), peer.containerUrl, this.deps.agentName, false)
         : await ReplicaClient.connect(peer, this.deps.tls(), this.deps.agentName, this.spec.compression);
+    this.channel = client.channel;
     const openArgs = this.openArgs();
     let open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
     if (fresh && open.initialDone && open.points.some((p) => !p.unverified) && !open.divergent) {
@@ -989,6 +992,7 @@ export class PrimaryReplication {
       resyncWaitingForWindow: this.resyncWaiting,
       retry: this.failures > 0 ? { failures: this.failures, nextAt: this.nextRetryMs === null ? null : new Date(this.nextRetryMs).toISOString(), waitingForAction: this.waitingForAction } : null,
       bandwidthLimitBytesPerSec: this.bandwidthLimit(),
+      channel: this.channel ?? null,
       bytesShipped: this.bytesShipped,
       lastDelta: this.lastDelta,
       churn: this.churn(),

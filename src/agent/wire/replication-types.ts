@@ -110,6 +110,13 @@ export interface InitialProgress {
   offline?: { exportDir: string; exportedAt: string | null } | undefined;
 }
 
+/**
+ * How frames reach a replica: the sealed channel beside a TLS session, the TLS connection
+ * itself (a replica agent without the native addon, or a path that did not let the sealed
+ * channel through), or a stream in this process (a replica in Azure storage).
+ */
+export type ReplicaChannel = 'sealed' | 'tls' | 'in-process';
+
 export interface ReplicationHealth {
   id: string;
   vm: string;
@@ -139,6 +146,8 @@ export interface ReplicationHealth {
   } | null;
   /** the bandwidth limit in force now, bytes per second (null: unlimited) */
   bandwidthLimitBytesPerSec: number | null;
+  /** what the latest connection to the replica carried its frames over (null: none yet) */
+  channel: ReplicaChannel | null;
   bytesShipped: number;
   /** where the time of the latest shipped delta went, from the point's instant to applied */
   lastDelta: DeltaTimings | null;

@@ -197,7 +197,11 @@ export class SealedStream extends Duplex {
   /** received records lent out in pooled buffers, by the memory they lie in */
   private readonly leases = new WeakMap<ArrayBufferLike, Lease>();
 
-  constructor(makeSocket: SealedSocketFactory, secrets: SealedSecrets, isClient: boolean) {
+  constructor(
+    makeSocket: SealedSocketFactory,
+    private readonly secrets: SealedSecrets,
+    isClient: boolean,
+  ) {
     super({ allowHalfOpen: false, writableHighWaterMark: 4 * 1024 * 1024 });
     this.sendKeys = new DirectionKeys(secrets.master, isClient ? 'c2s' : 's2c');
     this.receiveKeys = new DirectionKeys(secrets.master, isClient ? 's2c' : 'c2s');
@@ -299,6 +303,7 @@ export class SealedStream extends Duplex {
   override _destroy(e: Error | null, cb: (e?: Error | null) => void): void {
     this.sendKeys.wipe();
     this.receiveKeys.wipe();
+    this.secrets.master.fill(0);
     this.socket.destroy();
     cb(e);
   }
