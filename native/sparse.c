@@ -302,6 +302,63 @@ static napi_value io_plan(napi_env env, napi_callback_info info, int write) {
   return promise;
 }
 
+// digestBuffer(buf): a promise of the xxh128 (canonical, 16 bytes) of the whole buffer, hashed on the thread pool
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref bufRef;
+  const unsigned char *buf;
+  size_t length;
+  XXH128_canonical_t out;
+} digest_job;
+
+static void digest_execute(napi_env env, void *data) {
+  (void)env;
+  digest_job *job = data;
+  XXH128_canonicalFromHash(&job->out, XXH3_128bits(job->buf, job->length));
+}
+
+static void digest_complete(napi_env env, napi_status status, void *data) {
+  digest_job *job = data;
+  napi_value result;
+  if (status != napi_ok) {
+    napi_value text;
+    napi_create_string_utf8(env, "digestBuffer: cancelled", NAPI_AUTO_LENGTH, &text);
+    napi_create_error(env, NULL, text, &result);
+    napi_reject_deferred(env, job->deferred, result);
+  } else {
+    void *copy;
+    napi_create_buffer_copy(env, sizeof job->out, &job->out, &copy, &result);
+    napi_resolve_deferred(env, job->deferred, result);
+  }
+  napi_delete_reference(env, job->bufRef);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value digest_buffer(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  size_t argc = 1;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *buf;
+  size_t length;
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &buf, &length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "digestBuffer(buffer) takes a Buffer");
+    return NULL;
+  }
+  digest_job *job = calloc(1, sizeof *job);
+  if (!job) return throw_errno(env, "digestBuffer", ENOMEM);
+  job->buf = buf;
+  job->length = length;
+  napi_create_reference(env, argv[0], 1, &job->bufRef);
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "osr.digestBuffer", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, digest_execute, digest_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 // dupFd(fd): a duplicate of the descriptor (close-on-exec), for a socket Node can only make from a descriptor
 static napi_value dup_fd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -334,6 +391,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"readGather", NULL, read_gather, NULL, NULL, NULL, napi_default, NULL},
     {"writeScatter", NULL, write_scatter, NULL, NULL, NULL, napi_default, NULL},
     {"dupFd", NULL, dup_fd, NULL, NULL, NULL, napi_default, NULL},
+    {"digestBuffer", NULL, digest_buffer, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   osr_register_seal(env, exports);

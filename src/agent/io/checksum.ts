@@ -19,6 +19,18 @@ export function digest(...parts: Uint8Array[]): Buffer {
   return shared.digest();
 }
 
+/** Buffers at least this long are hashed on the thread pool by digestOff. */
+const OFF_THREAD_BYTES = 256 * 1024;
+
+/**
+ * xxh128 of the concatenation of parts, as `digest`; one large buffer is hashed on the
+ * thread pool, so the main thread goes on receiving or sending meanwhile.
+ */
+export function digestOff(parts: Buffer[]): Promise<Buffer> | Buffer {
+  if (addon && parts.length === 1 && parts[0]!.length >= OFF_THREAD_BYTES) return addon.digestBuffer(parts[0]!);
+  return digest(...parts);
+}
+
 export interface Hasher {
   update(b: Uint8Array): void;
   digest(): Buffer;

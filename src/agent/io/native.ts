@@ -18,6 +18,8 @@ export interface NativeAddon {
   /** Read (write) the triples [filePos, bufOffset, length] of plan into (from) buf, in one trip to the thread pool. */
   readGather(fd: number, buf: Buffer, plan: Float64Array): Promise<void>;
   writeScatter(fd: number, buf: Buffer, plan: Float64Array): Promise<void>;
+  /** xxh128 (canonical) of the whole buffer, hashed on the thread pool. */
+  digestBuffer(buf: Buffer): Promise<Buffer>;
   /** A duplicate of the descriptor (close-on-exec). */
   dupFd(fd: number): number;
   /** AES-256-GCM on the thread pool: seal src into dst (src's length plus the 16-byte tag; in place or apart). */

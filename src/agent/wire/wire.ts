@@ -12,7 +12,7 @@ import { compress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { OsrError } from '../../domain/errors.js';
 import { ByteQueue } from '../io/byte-queue.js';
-import { digest } from '../io/checksum.js';
+import { digest, digestOff } from '../io/checksum.js';
 
 export const PROTOCOL_NAME = 'osr-replication';
 export const PROTOCOL_VERSIONS = [1] as const;
@@ -87,9 +87,9 @@ export const DATA_FRAME_HEAD_BYTES = 5 + DATA_HEADER_BYTES;
  * A raw (uncompressed) DATA frame built in place: `frame` holds DATA_FRAME_HEAD_BYTES of
  * room, then the body; the head is written into that room. The frame is then one buffer,
  * which a TLS socket encrypts where it lies (several buffers written together are first
- * copied into one).
+ * copied into one). `sum`: the body's xxh128, when the caller has it already.
  */
-export function encodeDataInPlace(offset: number, frame: Buffer): Buffer {
+export function encodeDataInPlace(offset: number, frame: Buffer, sum?: Buffer): Buffer {
   const body = frame.subarray(DATA_FRAME_HEAD_BYTES);
   if (body.length > MAX_DATA_BYTES) throw new OsrError('INVALID_ARGUMENT', `data frame of ${body.length} bytes exceeds ${MAX_DATA_BYTES}`);
   frame.writeUInt32BE(1 + DATA_HEADER_BYTES + body.length, 0);
@@ -98,7 +98,7 @@ export function encodeDataInPlace(offset: number, frame: Buffer): Buffer {
   frame.writeUIntBE(0, 6, 3);
   frame.writeUInt32BE(body.length, 9);
   frame.writeBigUInt64BE(BigInt(offset), 13);
-  digest(body).copy(frame, 21);
+  (sum ?? digest(body)).copy(frame, 21);
   return frame;
 }
 
@@ -133,7 +133,7 @@ function decompressBounded(body: Buffer, rawLength: number, offset: number): Buf
   return n === rawLength ? out : out.subarray(0, n);
 }
 
-function decodeData(header: Buffer, body: Buffer[], bodyLength: number): DataFrame {
+async function decodeData(header: Buffer, body: Buffer[], bodyLength: number): Promise<DataFrame> {
   const flags = header.readUInt8(0);
   const rawLength = header.readUInt32BE(4);
   const offset = Number(header.readBigUInt64BE(8));
@@ -143,7 +143,7 @@ function decodeData(header: Buffer, body: Buffer[], bodyLength: number): DataFra
   if (flags & 1) parts = [decompressBounded(Buffer.concat(body, bodyLength), rawLength, offset)];
   const length = parts.reduce((n, p) => n + p.length, 0);
   if (length !== rawLength) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} has ${length} bytes, header says ${rawLength}`);
-  if (!digest(...parts).equals(sum)) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} failed its checksum`);
+  if (!(await digestOff(parts)).equals(sum)) throw new OsrError('CHECKSUM_MISMATCH', `DATA frame at offset ${offset} failed its checksum`);
   return { offset, parts, length, wireBytes: bodyLength };
 }
 
@@ -187,7 +187,7 @@ export class FrameReader {
           if (len - 1 < DATA_HEADER_BYTES) throw new OsrError('PROTOCOL_ERROR', 'DATA frame shorter than its header');
           const header = this.queue.take(DATA_HEADER_BYTES)!;
           const bodyLength = len - 1 - DATA_HEADER_BYTES;
-          await this.onData(decodeData(header, this.queue.takeParts(bodyLength)!, bodyLength));
+          await this.onData(await decodeData(header, this.queue.takeParts(bodyLength)!, bodyLength));
         } else if (type === FrameType.Control) {
           const payload = this.queue.take(len - 1)!;
           let msg: ControlMessage;
@@ -296,7 +296,8 @@ export class FrameWriter {
    */
   async sendDataInPlace(offset: number, frame: Buffer, useZstd: boolean, reused = true): Promise<number> {
     if (useZstd) return this.sendData(offset, frame.subarray(DATA_FRAME_HEAD_BYTES), true, reused);
-    const encoded = encodeDataInPlace(offset, frame);
+    // a large body is hashed on the thread pool while this thread goes on sending
+    const encoded = encodeDataInPlace(offset, frame, await digestOff([frame.subarray(DATA_FRAME_HEAD_BYTES)]));
     await this.write(this.o.separateBodies === true ? [encoded.subarray(0, DATA_FRAME_HEAD_BYTES), encoded.subarray(DATA_FRAME_HEAD_BYTES)] : [encoded], reused);
     return frame.length - DATA_FRAME_HEAD_BYTES;
   }
