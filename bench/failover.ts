@@ -1,10 +1,11 @@
 /**
- * `npm run bench -- failover`: a recovery plan of 100 VMs in 7 groups, in a lab of real
- * processes (a vault, two providers, an agent per host). Measured, from the API call until
- * the plan's job ended: its test failover and cleanup (several runs: medians), then one
- * planned failover (each group's VMs shut down, their final delta shipped, promoted and
- * the old primaries fenced). Target: the 100-VM test failover in ≤ 10 s (ASR's promise is
- * 2 hours for a plan). Written to bench/results/failover.json.
+ * `npm run bench -- failover`: a recovery plan of 100 VMs in 7 groups (`--vms`, `--groups`,
+ * `--hosts`), in a lab of real processes (a vault, two providers, an agent per host).
+ * Measured, from the API call until the plan's job ended: its test failover and cleanup
+ * (several runs: medians), then one planned failover (each group's VMs shut down, their
+ * final delta shipped, promoted and the old primaries fenced). Targets: the 100-VM test
+ * failover in ≤ 10 s; `--vms 1000 --groups 10 --hosts 8`, test failover and cleanup in
+ * ≤ 15 s each (ASR's promise is 2 hours for a plan). Written to bench/results/failover.json.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -40,7 +41,10 @@ export function failoverOptions(flags: Flags, resultsDir: string): FailoverBench
   };
 }
 
-const TARGET_TEST_FAILOVER_SECONDS = 10;
+/** Targets: a 100-VM plan's test failover in ≤ 10 s; a 1,000-VM plan's test failover and its cleanup in ≤ 15 s each. */
+function targets(vms: number): { testFailoverSeconds: number; cleanupSeconds: number | null } {
+  return vms > 100 ? { testFailoverSeconds: 15, cleanupSeconds: 15 } : { testFailoverSeconds: 10, cleanupSeconds: null };
+}
 
 function topology(o: FailoverBenchOptions): TopologySpec {
   const hosts = (site: string) => Array.from({ length: o.hosts }, (_, i) => `${site}-h${i + 1}`);
@@ -141,31 +145,33 @@ export async function runFailoverBench(o: FailoverBenchOptions): Promise<void> {
     console.log(`  planned failover ${fmt(planned.seconds, 2)} s (plan RTO ${fmt(planned.output.rtoSeconds, 2)} s): ${planned.tasks.map((t) => `${t.name.replace(/:.*$/, '')} ${fmt(t.seconds, 2)} s`).join(', ')}`);
     const usage = vault.stop();
 
-    const testFailover100VmSeconds = median(test);
+    const testFailoverSeconds = median(test);
+    const cleanupSeconds = median(cleanup);
+    const target = targets(o.vms);
     const rows: (string | number | null)[][] = [
-      ['test failover (API call → job done)', round(testFailover100VmSeconds, 2), round(Math.min(...test), 2), round(max(test), 2), `≤ ${TARGET_TEST_FAILOVER_SECONDS}`, round((2 * 3600) / testFailover100VmSeconds, 0)],
+      ['test failover (API call → job done)', round(testFailoverSeconds, 2), round(Math.min(...test), 2), round(max(test), 2), `≤ ${target.testFailoverSeconds}`, round((2 * 3600) / testFailoverSeconds, 0)],
       ['  plan RTO (start → last VM running)', round(median(rto), 2), round(Math.min(...rto), 2), round(max(rto), 2), null, null],
-      ['test failover cleanup', round(median(cleanup), 2), round(Math.min(...cleanup), 2), round(max(cleanup), 2), null, null],
+      ['test failover cleanup', round(cleanupSeconds, 2), round(Math.min(...cleanup), 2), round(max(cleanup), 2), target.cleanupSeconds === null ? null : `≤ ${target.cleanupSeconds}`, null],
       ['planned failover (1 run)', round(planned.seconds, 2), null, null, null, round((2 * 3600) / planned.seconds, 0)],
     ];
-    console.log(formatTable(['100-VM plan, 7 groups', 'median s', 'min s', 'max s', 'target s', '× faster than ASR\'s 2 h'], rows));
+    console.log(formatTable([`${o.vms}-VM plan, ${o.groups} groups, ${o.hosts} hosts a site`, 'median s', 'min s', 'max s', 'target s', '× faster than ASR\'s 2 h'], rows));
     const result = {
       benchmark: 'failover',
       at: new Date().toISOString(),
       machine,
       options: { ...o, resultsDir: undefined },
-      target: { testFailover100VmSeconds: TARGET_TEST_FAILOVER_SECONDS, peer: 'ASR recovery plan: 2 hours' },
+      target: { ...target, peer: 'ASR recovery plan: 2 hours' },
       protectSeconds: round(protectSeconds, 1),
-      testFailover100VmSeconds: round(testFailover100VmSeconds, 3),
+      testFailoverSeconds: round(testFailoverSeconds, 3),
       testFailoverRuns: test.map((x) => round(x, 3)),
       testFailoverPlanRtoSeconds: round(median(rto), 3),
-      cleanup100VmSeconds: round(median(cleanup), 3),
+      cleanupSeconds: round(cleanupSeconds, 3),
       cleanupRuns: cleanup.map((x) => round(x, 3)),
-      plannedFailover100VmSeconds: round(planned.seconds, 3),
+      plannedFailoverSeconds: round(planned.seconds, 3),
       plannedFailoverPlanRtoSeconds: round(planned.output.rtoSeconds ?? NaN, 3),
       plannedFailoverTasks: planned.tasks,
       vault: { peakRssMB: round(usage.peakRssMB, 1), cpuSeconds: round(usage.cpuSeconds, 2) },
-      meetsTarget: testFailover100VmSeconds <= TARGET_TEST_FAILOVER_SECONDS,
+      meetsTarget: testFailoverSeconds <= target.testFailoverSeconds && (target.cleanupSeconds === null || cleanupSeconds <= target.cleanupSeconds),
     };
     fs.mkdirSync(o.resultsDir, { recursive: true });
     const out = path.join(o.resultsDir, 'failover.json');

@@ -104,6 +104,9 @@ export function clientTlsOptions(m: TlsMaterial, opts: ClientTlsOptionsInput = {
  * the identity can never come from an unverified certificate.
  */
 export function peerIdentity(socket: tls.TLSSocket): PeerIdentity {
+  // a connection's peer does not change: its certificate is parsed once, not on each request
+  const known = identities.get(socket);
+  if (known) return known;
   const cert = socket.getPeerX509Certificate();
   if (!cert) {
     throw new OsrError('TLS_PEER_CERT_MISSING', `peer at ${describePeer(socket)} presented no certificate`);
@@ -113,13 +116,18 @@ export function peerIdentity(socket: tls.TLSSocket): PeerIdentity {
     throw new OsrError('TLS_PEER_CERT_UNTRUSTED', `peer at ${describePeer(socket)} has a certificate that was not verified against the CA${why}`);
   }
   const info = readCertificateInfo(cert.toString());
-  return {
+  const identity: PeerIdentity = Object.freeze({
     commonName: info.commonName,
     ...(info.role !== undefined ? { role: info.role } : {}),
     ...(info.fabricId !== undefined ? { fabricId: info.fabricId } : {}),
     fingerprintSha256: info.fingerprintSha256,
-  };
+  });
+  identities.set(socket, identity);
+  return identity;
 }
+
+/** Each connection's verified peer, once read. Its certificate cannot change on the connection; whether it is still accepted (revocation, renewal) callers check on each use. */
+const identities = new WeakMap<tls.TLSSocket, PeerIdentity>();
 
 /**
  * Subscribes to a TLS server's failed client connections, classified. When Node refuses a

@@ -291,10 +291,15 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     for (;;) {
       if (ctx.signal.aborted) throw new OsrError('INVALID_STATE', 'the plan run stopped');
       const stopStarting = !carryOn && ids.some((id) => isBad(res[id]));
-      for (const id of ids) {
-        if (res[id] || stopStarting || started.has(id)) continue;
+      // the run's data is saved once per pass, not once per VM: with a thousand VMs a save
+      // per VM rewrote their results a thousand times
+      let dirty = false;
+      const starting: [string, string][] = [];
+      const candidates = ids.filter((id) => !res[id] && !stopStarting && !started.has(id));
+      const existing = await store.jobs.many(candidates.map((id) => kids[id]).filter((j): j is string => j !== undefined));
+      for (const id of candidates) {
         const jobId = kids[id];
-        if (jobId && (await findJob(store, jobId))) {
+        if (jobId && existing.has(jobId)) {
           started.add(id); // watched below
           continue;
         }
@@ -306,7 +311,7 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           const item = await store.items.find(id);
           if (item && !ITEM_OPERATIONS[ctx.input.operation].from.includes(item.state)) {
             res[id] = { item: id, name: item.name, group: groupName, state: 'Skipped', job: null, note: `it is ${item.state}; nothing to ${ctx.input.operation}` };
-            await ctx.save();
+            dirty = true;
             continue;
           }
         }
@@ -317,9 +322,14 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
         const id2 = jobId ?? randomUUID();
         if (!jobId) {
           kids[id] = id2;
-          // saved before it is submitted: a run taken over finds it
-          await ctx.save();
+          dirty = true;
         }
+        starting.push([id, id2]);
+      }
+      // the chosen job ids are saved before any is submitted: a run taken over finds them
+      if (dirty) await ctx.save();
+      dirty = false;
+      for (const [id, id2] of starting) {
         try {
           await startItemOperation(engine, store, ctx.input.operation, { itemId: id, input: (item) => itemInput(ctx, item, groupName), actor: `plan-run:${ctx.jobId}`, id: id2 });
           started.add(id);
@@ -339,12 +349,13 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
           const r: PlanVmResult = { item: id, name: await name(id), group: groupName, state: 'Succeeded', job: job.id };
           await succeeded(ctx, id, r, job.ended_at ?? clock.now());
           res[id] = r;
-          await ctx.save();
+          dirty = true;
         } else if (job.state === JobState.Failed || job.state === JobState.Cancelled) {
           const e = job.error ? (JSON.parse(job.error) as { code: string; message: string }) : { code: 'JOB_FAILED', message: `job ${job.id} ${job.state}` };
           await fail(id, job.id, job.state === JobState.Failed ? 'Failed' : 'Cancelled', { code: e.code, message: e.message });
         }
       }
+      if (dirty) await ctx.save();
       const done = ids.filter((id) => res[id]).length;
       const running = ids.filter((id) => !res[id] && kids[id]).length;
       await ctx.progress(ids.length === 0 ? 1 : done / ids.length, { group: groupName, vms: ids.length, done, running, failed: ids.filter((id) => isBad(res[id])).length });
