@@ -21,6 +21,9 @@ import { CommandState, type CommandStore } from '../store/commands.js';
 import { JobState, TaskState, type JobStore } from '../store/jobs.js';
 import type { JobRow } from '../store/schema.js';
 
+
+/** How often a job waiting for a provider's answer reads its command when nothing woke it. */
+const COMMAND_POLL_MS = 2_000;
 export interface JobInputAnswer {
   comment: string;
   by: string;
@@ -226,9 +229,18 @@ export class JobEngine {
     return job;
   }
 
-  /** Wake the claim loop and anyone waiting for a command result (a result just arrived). */
+  /** Wake the claim loop (a job was submitted, restarted, resumed or ended). */
   wake(): void {
     this.wakeups.emit('wake');
+  }
+
+  /**
+   * A command's progress or result arrived: wake the job waiting for it, and only that one
+   * (a thousand VMs' jobs each waiting for its command must not each read its command again
+   * whenever any of them is answered).
+   */
+  commandChanged(id: string): void {
+    this.wakeups.emit(`command:${id}`);
   }
 
   start(): void {
@@ -271,17 +283,17 @@ export class JobEngine {
     }
   }
 
-  /** Sleep until woken or pollMs passed. */
-  private idle(signal: AbortSignal, ms = this.pollMs): Promise<void> {
+  /** Sleep until woken (by `event`) or pollMs passed. */
+  private idle(signal: AbortSignal, ms = this.pollMs, event = 'wake'): Promise<void> {
     return new Promise<void>((resolve) => {
       const ac = new AbortController();
       const done = () => {
-        this.wakeups.off('wake', done);
+        this.wakeups.off(event, done);
         signal.removeEventListener('abort', done);
         ac.abort();
         resolve();
       };
-      this.wakeups.once('wake', done);
+      this.wakeups.once(event, done);
       signal.addEventListener('abort', done, { once: true });
       void this.clock.sleep(ms, ac.signal).then(done);
     });
@@ -321,8 +333,7 @@ export class JobEngine {
         if (t - lastProgress < this.progressIntervalMs && fraction < 1) return;
         lastProgress = t;
         const f = Math.min(Math.max(fraction, 0), 1);
-        await jobs.updateTask(job.id, owner, step(), { progress: f, ...(detail !== undefined ? { detail } : {}) });
-        await jobs.update(job.id, owner, { progress: (step() + f) / tasksCount });
+        await jobs.updateTask(job.id, owner, step(), { progress: f, ...(detail !== undefined ? { detail } : {}) }, { progress: (step() + f) / tasksCount });
       },
       save: () => jobs.update(job.id, owner, { data }),
       sleep: () => this.idle(controller.signal),
@@ -375,7 +386,9 @@ export class JobEngine {
       if (o.timeoutMs !== undefined && this.clock.now() - started > o.timeoutMs) {
         throw new OsrError('PROVIDER_UNREACHABLE', `the provider of fabric ${row.fabric_id} did not answer ${row.kind} within ${Math.round(o.timeoutMs / 1000)} s`, { fabric: row.fabric_id });
       }
-      await this.idle(signal);
+      // woken by its own command's answer (only this process takes answers: a standby refuses
+      // them); the poll, slower than the claim loop's, is a safety net and the timeout's clock
+      await this.idle(signal, Math.max(this.pollMs, COMMAND_POLL_MS), `command:${id}`);
     }
   }
 
@@ -401,12 +414,10 @@ export class JobEngine {
       for (; step < tasks.length; step++) {
         if (controller.signal.aborted) break;
         const task = tasks[step]!;
-        await jobs.updateTask(job.id, owner, step, { state: TaskState.Running });
-        await jobs.update(job.id, owner, { currentStep: task.name, progress: step / tasks.length });
+        await jobs.updateTask(job.id, owner, step, { state: TaskState.Running }, { currentStep: task.name, progress: step / tasks.length });
         await task.run(ctx);
         if (controller.signal.aborted) break;
-        await jobs.updateTask(job.id, owner, step, { state: TaskState.Succeeded, progress: 1 });
-        await jobs.update(job.id, owner, { step: step + 1, data, progress: (step + 1) / tasks.length });
+        await jobs.updateTask(job.id, owner, step, { state: TaskState.Succeeded, progress: 1 }, { step: step + 1, data, progress: (step + 1) / tasks.length });
       }
       if (!controller.signal.aborted) {
         await jobs.finish(job.id, owner, JobState.Succeeded, { output: data.output ?? null });

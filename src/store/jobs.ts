@@ -42,6 +42,22 @@ export interface NewJob {
 export const TaskState = { NotStarted: 'NotStarted', Running: 'Running', Succeeded: 'Succeeded', Failed: 'Failed', Skipped: 'Skipped', Cancelled: 'Cancelled' } as const;
 export type TaskState = (typeof TaskState)[keyof typeof TaskState];
 
+/** The columns a patch of a job sets. */
+function jobColumns(p: JobPatch): Record<string, unknown> {
+  return {
+    ...(p.state !== undefined ? { state: p.state } : {}),
+    ...(p.step !== undefined ? { step: p.step } : {}),
+    ...(p.data !== undefined ? { data: JSON.stringify(p.data) } : {}),
+    ...(p.waitingFor !== undefined ? { waiting_for: p.waitingFor === null ? null : JSON.stringify(p.waitingFor) } : {}),
+    ...(p.startedAt !== undefined ? { started_at: p.startedAt } : {}),
+    ...(p.release ? { locked_by: null, locked_until: null } : {}),
+    ...(p.progress !== undefined ? { progress: p.progress } : {}),
+    ...(p.currentStep !== undefined ? { current_step: p.currentStep } : {}),
+    ...(p.output !== undefined ? { output: JSON.stringify(p.output) } : {}),
+    ...(p.error !== undefined ? { error: p.error === null ? null : JSON.stringify(p.error) } : {}),
+  };
+}
+
 export interface TaskPatch {
   state?: TaskState;
   progress?: number | null;
@@ -119,11 +135,14 @@ export class JobStore {
     return this.db.selectFrom('job_tasks').selectAll().where('job_id', '=', jobId).orderBy('position').execute();
   }
 
-  /** Update one task of a job this vault holds (the lease is checked). */
-  async updateTask(jobId: string, owner: string, position: number, p: TaskPatch): Promise<void> {
+  /**
+   * Update one task of a job this vault holds (the lease is checked), and with `job` the
+   * job's own fields in the same transaction: one commit for both, not two.
+   */
+  async updateTask(jobId: string, owner: string, position: number, p: TaskPatch, job: JobPatch = {}): Promise<void> {
     const t = this.now();
     await this.db.transaction().execute(async (trx) => {
-      await owned(trx, jobId, owner, { updated_at: t });
+      await owned(trx, jobId, owner, { ...jobColumns(job), updated_at: t });
       await trx
         .updateTable('job_tasks')
         .set({
@@ -273,19 +292,7 @@ export class JobStore {
 
   /** Record progress (or a state change) of a job this vault holds. */
   async update(id: string, owner: string, p: JobPatch): Promise<void> {
-    await this.owned(id, owner, {
-      ...(p.state !== undefined ? { state: p.state } : {}),
-      ...(p.step !== undefined ? { step: p.step } : {}),
-      ...(p.data !== undefined ? { data: JSON.stringify(p.data) } : {}),
-      ...(p.waitingFor !== undefined ? { waiting_for: p.waitingFor === null ? null : JSON.stringify(p.waitingFor) } : {}),
-      ...(p.startedAt !== undefined ? { started_at: p.startedAt } : {}),
-      ...(p.release ? { locked_by: null, locked_until: null } : {}),
-      ...(p.progress !== undefined ? { progress: p.progress } : {}),
-      ...(p.currentStep !== undefined ? { current_step: p.currentStep } : {}),
-      ...(p.output !== undefined ? { output: JSON.stringify(p.output) } : {}),
-      ...(p.error !== undefined ? { error: p.error === null ? null : JSON.stringify(p.error) } : {}),
-      updated_at: this.now(),
-    });
+    await this.owned(id, owner, { ...jobColumns(p), updated_at: this.now() });
   }
 
   /** End a job this vault holds: its final state, and the lease is released. */

@@ -228,7 +228,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
     { config: { access: 'provider' }, schema: { summary: 'progress of a command', tags, params: IdParam, body: Type.Object({ progress: Type.Record(Type.String(), Type.Unknown()) }, { additionalProperties: false }) } },
     async (request, reply) => {
       await store.commands.progress(principal(request).fabricId!, request.params.id, request.body.progress);
-      ctx.engine.wake();
+      ctx.engine.commandChanged(request.params.id);
       return reply.status(204).send();
     },
   );
@@ -241,7 +241,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       // a provider names its error from the registry; codes about the vault's own machinery are not its to give
       if (error && (!Object.hasOwn(ERROR_CODES, error.code) || VAULT_ONLY_CODES.has(error.code))) error.code = 'JOB_FAILED';
       await store.commands.complete(principal(request).fabricId!, request.params.id, { result, ...(error ? { error } : {}) });
-      ctx.engine.wake();
+      ctx.engine.commandChanged(request.params.id);
       return reply.status(204).send();
     },
   );
