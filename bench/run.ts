@@ -117,6 +117,7 @@ failover flags:
   --hosts N            hosts per site (4)
   --runs N             test failover + cleanup repetitions (3)
   --disk 4M            disk size of each VM
+  (the 1,000-VM target: --vms 1000 --groups 10 --hosts 8)
 
 azure flags:
   --runs N             repetitions of each upload (3)
