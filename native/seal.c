@@ -19,7 +19,7 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref srcRef, dstRef;
-  int open, ok;
+  int open, ok, failed; // failed: the cipher could not run (not a tag mismatch)
   unsigned char key[KEY_BYTES], nonce[NONCE_BYTES], aad[MAX_AAD_BYTES];
   size_t aadLength;
   unsigned char *src, *dst;
@@ -28,7 +28,10 @@ typedef struct {
 
 static int gcm(seal_job *job) {
   EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-  if (!ctx) return 0;
+  if (!ctx) {
+    job->failed = 1;
+    return 0;
+  }
   int ok = 0, n = 0;
   const int enc = !job->open;
   if (EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) != 1) goto done;
@@ -61,9 +64,9 @@ static void seal_execute(napi_env env, void *data) {
 static void seal_complete(napi_env env, napi_status status, void *data) {
   seal_job *job = data;
   napi_value result;
-  if (status != napi_ok || (!job->open && !job->ok)) {
+  if (status != napi_ok || (!job->open && !job->ok) || job->failed) {
     napi_value text;
-    napi_create_string_utf8(env, "sealRecord: the cipher failed", NAPI_AUTO_LENGTH, &text);
+    napi_create_string_utf8(env, job->open ? "openRecord: the cipher failed" : "sealRecord: the cipher failed", NAPI_AUTO_LENGTH, &text);
     napi_create_error(env, NULL, text, &result);
     napi_reject_deferred(env, job->deferred, result);
   } else {

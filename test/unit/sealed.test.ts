@@ -23,6 +23,8 @@ import { prng, randomBytes } from '../support/unit.js';
 let dir: string;
 let server: { port: number; close(): Promise<void>; next(): Promise<{ tls: tls.TLSSocket; sealed: () => Promise<Duplex> }>; refused: string[] };
 let client: TlsMaterial;
+let unregistered = 0;
+const lonely: tls.TLSSocket[] = [];
 
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'osr-sealed-'));
@@ -35,19 +37,37 @@ before(async () => {
   const refused: string[] = [];
   const tlsServer = tls.createServer(serverTlsOptions(await loadTlsMaterial(files('replica'))), (socket) => {
     socket.on('error', () => undefined);
-    const c = { tls: socket, sealed: attachments.expect(socket) };
+    if (unregistered > 0) {
+      // a session that never agreed on the channel: its token is never listened for
+      unregistered--;
+      attachments.expect(socket);
+      lonely.push(socket);
+      return;
+    }
+    // as a session does once the hello agreed on the channel: its token is listened for from here
+    const attached = attachments.expect(socket)();
+    const c = { tls: socket, sealed: () => attached };
     const w = waiters.shift();
     if (w) w(c);
     else arrived.push(c);
   });
-  const listener = net.createServer({ pauseOnConnect: true }, (socket) =>
-    routeConnection(socket, { onTls: (s) => tlsServer.emit('connection', s), onSealed: (s, token) => attachments.accept(s, token), onRefused: (reason) => refused.push(reason) }),
-  );
+  const raw = new Set<net.Socket>();
+  const listener = net.createServer({ pauseOnConnect: true }, (socket) => {
+    raw.add(socket);
+    socket.once('close', () => raw.delete(socket));
+    routeConnection(socket, { onTls: (s) => tlsServer.emit('connection', s), onSealed: (s, token) => attachments.accept(s, token), onRefused: (reason) => refused.push(reason) });
+  });
   await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
   server = {
     port: (listener.address() as net.AddressInfo).port,
     refused,
-    close: () => new Promise((resolve) => listener.close(() => resolve())),
+    close: () =>
+      new Promise((resolve) => {
+        listener.close(() => resolve());
+        // (a sealed channel's socket is a duplicate of its accepted one: the test's clients close those)
+        for (const s of raw) s.destroy();
+        for (const s of clients) s.destroy();
+      }),
     next: () => {
       const c = arrived.shift();
       return c ? Promise.resolve(c) : new Promise((resolve) => waiters.push(resolve));
@@ -60,8 +80,12 @@ after(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
+const clients = new Set<tls.TLSSocket>();
+
 async function connectTls(): Promise<tls.TLSSocket> {
   const socket = tls.connect({ host: '127.0.0.1', port: server.port, ...clientTlsOptions(client, { servername: 'localhost' }) });
+  clients.add(socket);
+  socket.on('error', () => undefined);
   await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
   return socket;
 }
@@ -178,4 +202,26 @@ test('a connection with an unknown or used token is refused; a record altered on
   opened2.socket.write(Buffer.from([0xff, 0xff, 0xff, 0xf0]));
   const e2 = await closed2;
   assert.ok(e2 instanceof OsrError && e2.code === 'PROTOCOL_ERROR' && /out of bounds/.test(e2.message), String(e2));
+});
+
+test('a session that did not agree on the channel has no token listened for; an orderly close still delivers the last records', async () => {
+  unregistered = 1;
+  const first = await connectTls();
+  await assert.rejects(openSealed(first, (onread) => net.connect({ host: '127.0.0.1', port: server.port, onread }), 3000), (e: OsrError) => e.code === 'NETWORK_ERROR');
+  assert.ok(server.refused.some((r) => r.includes('names no TLS session')));
+  lonely.shift()?.destroy();
+
+  // the server's last words, then an orderly close: the client reads them all, then the end
+  const second = await connectTls();
+  const theirs = server.next();
+  const opened = await openSealed(second, (onread) => net.connect({ host: '127.0.0.1', port: server.port, onread }), 5000);
+  const accepted = (await (await theirs).sealed()) as SealedStream;
+  const last = Buffer.concat([crypto.randomBytes(8 * 1024 * 1024), Buffer.from('{"type":"error","code":"EPOCH_STALE"}')]);
+  const got: Buffer[] = [];
+  const ended = new Promise<void>((resolve) => opened.on('end', () => resolve()));
+  opened.on('data', (b: Buffer) => got.push(Buffer.from(b)));
+  accepted.write(last.subarray(0, 8 * 1024 * 1024));
+  accepted.end(last.subarray(8 * 1024 * 1024));
+  await ended;
+  assert.deepEqual(Buffer.concat(got), last);
 });

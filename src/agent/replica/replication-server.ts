@@ -453,6 +453,7 @@ export class Session {
   private target: Target;
   private delta: DeltaInProgress | undefined;
   private writer: FrameWriter;
+  private reader: FrameReader | undefined;
   private helloDone = false;
   /** the verified certificate of the peer (set by the hello) */
   private peer: PeerIdentity | undefined;
@@ -482,7 +483,7 @@ export class Session {
 
   /** Read frames from `stream` and return a writer of frames to it. */
   private speakOver(stream: Duplex): FrameWriter {
-    new FrameReader(
+    this.reader = new FrameReader(
       stream,
       (m) => this.onControl(m),
       (f) => this.onData(f),
@@ -496,14 +497,20 @@ export class Session {
    * anything more on the first connection is a protocol error. The two connections close
    * together.
    */
-  private async moveToSealed(sealed: () => Promise<Duplex>): Promise<void> {
+  private async moveToSealed(sealed: Promise<Duplex>): Promise<void> {
     const first = this.socket;
-    first.removeAllListeners('data');
+    // the first connection's reader stops here: a frame it still holds, or any that comes,
+    // was sent over TLS after the move and ends the session
+    const leftover = this.reader?.detach() ?? 0;
+    if (leftover > 0) throw new OsrError('PROTOCOL_ERROR', 'a frame came over TLS after the sealed channel was agreed');
     first.on('data', () => this.destroy(new OsrError('PROTOCOL_ERROR', 'a frame came over TLS after the sealed channel was agreed')));
-    const stream = await sealed();
+    const stream = await sealed;
     stream.on('error', (e) => this.log.warn({ code: toOsrError(e).code, peer: this.conn.remote }, `sealed replication channel error: ${e.message}`));
+    if (stream.destroyed) throw new OsrError('NETWORK_ERROR', 'the sealed channel closed as it opened');
     stream.once('close', () => first.destroy());
     first.once('close', () => stream.destroy());
+    // both connections are watched: a middlebox that drops an idle flow takes the other down too
+    this.conn.setKeepAlive?.(true, 10_000);
     this.socket = stream;
     this.writer = this.speakOver(stream);
   }
@@ -574,7 +581,8 @@ export class Session {
     this.peer = peer;
     this.helloDone = true;
     const keepalive = Array.isArray(m.features) && m.features.includes(KEEPALIVE_FEATURE);
-    const sealed = Array.isArray(m.features) && m.features.includes(SEALED_FEATURE) ? this.conn.sealed : undefined;
+    // the channel's token is listened for before the welcome that lets the peer attach
+    const sealed = Array.isArray(m.features) && m.features.includes(SEALED_FEATURE) ? this.conn.sealed?.() : undefined;
     await this.writer.sendControl({ type: 'welcome', version, agent: this.agentName, features: ['zstd', ...(keepalive ? [KEEPALIVE_FEATURE] : []), ...(sealed ? [SEALED_FEATURE] : [])] });
     if (sealed) await this.moveToSealed(sealed);
     // an older primary sends no pings: then only TCP keepalive watches the connection
@@ -866,6 +874,8 @@ export class ReplicationServer {
       server.once('error', reject);
       server.listen(port, host, () => {
         server.off('error', reject);
+        // an accept that fails later (out of descriptors) is logged; the listener goes on
+        server.on('error', (e) => this.log.warn({ code: toOsrError(e).code }, `replication listener: ${e.message}`));
         const addr = server.address();
         resolve(typeof addr === 'object' && addr ? addr.port : port);
       });

@@ -24,6 +24,7 @@ export class ReplicaClient {
   private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: OsrError) => void }>();
   private failure: OsrError | undefined;
   private writer: FrameWriter;
+  private reader: FrameReader | undefined;
   private welcome: ((m: ControlMessage) => void) | undefined;
   wireBytesSent = 0;
   /** DATA frames received ahead of the binary replies they belong to */
@@ -58,7 +59,7 @@ export class ReplicaClient {
 
   /** Read frames from `stream`, and return a writer of frames to it. */
   private speakOver(stream: PeerStream, o: { keepsBuffers?: boolean; separateBodies?: boolean }): FrameWriter {
-    new FrameReader(
+    this.reader = new FrameReader(
       stream,
       (m) => this.onControl(m),
       (f) => {
@@ -72,7 +73,11 @@ export class ReplicaClient {
 
   /** Move every frame to the sealed channel the replica agreed to (sealed.ts). */
   private async moveToSealed(first: tls.TLSSocket, host: string, port: number, timeoutMs: number): Promise<void> {
+    // nothing more is read from TLS: a frame there after the welcome ends the connection
+    if ((this.reader?.detach() ?? 0) > 0) throw new OsrError('PROTOCOL_ERROR', `the replica agent at ${this.peer} sent a frame over TLS after agreeing on the sealed channel`);
+    first.on('data', () => this.fail(new OsrError('PROTOCOL_ERROR', `the replica agent at ${this.peer} sent a frame over TLS after agreeing on the sealed channel`)));
     const sealed = await openSealed(first, (onread) => net.connect({ host, port, onread }), timeoutMs);
+    first.setKeepAlive(true, 10_000);
     sealed.on('error', (e) => this.fail(toOsrError(e, 'NETWORK_ERROR')));
     sealed.on('close', () => this.fail(new OsrError('NETWORK_ERROR', `sealed channel to the replica agent at ${this.peer} closed`)));
     this.socket = sealed;

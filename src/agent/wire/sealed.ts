@@ -15,6 +15,7 @@
  *   token   = HKDF-SHA256(master, info "osr sealed token")
  */
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
 import type tls from 'node:tls';
@@ -37,8 +38,8 @@ export const MAX_RECORD_PLAIN_BYTES = 16 * 1024 * 1024;
 const RECORDS_PER_KEY = 4096;
 /** Records at least this long are sealed and opened on the thread pool, and received at an aligned address. */
 const LARGE_RECORD_BYTES = 64 * 1024;
-/** Records up to this long are sealed into, and received into, buffers reused across records and connections. */
-const POOLED_RECORD_BYTES = 8 * 1024 * 1024 + 1024;
+/** Records up to this long (with their length field and tag: a DATA body of MAX_DATA_BYTES fits) are sealed into, and received into, buffers reused across records and connections. */
+const POOLED_RECORD_BYTES = 8 * 1024 * 1024;
 /** Buffers each pool keeps when none is in use. */
 const POOL_KEEP = 8;
 /** Received bytes queued before the socket is paused. */
@@ -125,19 +126,23 @@ export async function openRecord(key: Buffer, index: number, lengthField: Buffer
 }
 
 /**
- * Buffers of POOLED_RECORD_BYTES (plus the record's length field and tag), each starting
- * at an address aligned for direct I/O where the addon can tell, reused: a bulk transfer
- * then neither allocates nor faults in fresh memory for each record, nor makes the
- * garbage collector chase the gigabytes it passed through. Whoever takes a buffer gives it
- * back only when nothing reads it any more; one never given back is simply collected.
+ * Buffers for records, in size classes (powers of two from 64 KiB to POOLED_RECORD_BYTES,
+ * each with room for the length field and tag), each starting at an address aligned for
+ * direct I/O where the addon can tell, and reused: a bulk transfer then neither allocates
+ * nor faults in fresh memory for each record, nor makes the garbage collector chase the
+ * gigabytes it passed through. A record gets the smallest class that holds it, so a buffer
+ * is never more than twice its record. Whoever takes a buffer gives it back only when
+ * nothing reads it any more; one never given back is simply collected.
  */
 class RecordPool {
-  private readonly free: Buffer[] = [];
+  private readonly free = new Map<number, Buffer[]>();
 
-  take(): Buffer {
-    const b = this.free.pop();
+  /** A buffer for a record of `length` bytes (LARGE_RECORD_BYTES ≤ length ≤ POOLED_RECORD_BYTES + 4 + TAG_BYTES). */
+  take(length: number): Buffer {
+    let size = LARGE_RECORD_BYTES;
+    while (size < length) size *= 2;
+    const b = this.free.get(size)?.pop();
     if (b) return b;
-    const size = POOLED_RECORD_BYTES + 4 + TAG_BYTES;
     if (!addon) return Buffer.allocUnsafeSlow(size);
     const raw = Buffer.allocUnsafeSlow(size + DIRECT_ALIGN);
     const skip = addon.alignOffset(raw, DIRECT_ALIGN);
@@ -145,7 +150,9 @@ class RecordPool {
   }
 
   give(b: Buffer): void {
-    if (this.free.length < POOL_KEEP) this.free.push(b);
+    const list = this.free.get(b.length) ?? [];
+    if (list.length < POOL_KEEP) list.push(b);
+    this.free.set(b.length, list);
   }
 }
 
@@ -194,6 +201,7 @@ export class SealedStream extends Duplex {
   private wanted = true;
   private reading = true;
   private ended = false;
+  private endPushed = false;
   /** received records lent out in pooled buffers, by the memory they lie in */
   private readonly leases = new WeakMap<ArrayBufferLike, Lease>();
 
@@ -214,8 +222,11 @@ export class SealedStream extends Duplex {
       void this.pump();
     });
     socket.on('error', (e) => this.destroy(new OsrError('NETWORK_ERROR', `sealed channel: ${e.message}`, undefined, { cause: e })));
-    socket.on('close', () => {
-      if (!this.destroyed) this.destroy();
+    socket.on('close', (hadError) => {
+      // after an orderly end the records received whole are still opened and read (a
+      // peer's last words, such as the error it closed with); the stream then ends by itself
+      if (this.destroyed || (this.ended && !hadError)) return;
+      this.destroy();
     });
   }
 
@@ -249,6 +260,16 @@ export class SealedStream extends Duplex {
 
   /** `n` bytes landed where nextRegion said; false pauses the socket. */
   private onBytes(n: number): boolean {
+    try {
+      return this.landed(n);
+    } catch (e) {
+      // (a buffer that cannot be had): this channel ends, the process goes on
+      this.destroy(new OsrError('NETWORK_ERROR', `sealed channel: ${(e as Error).message}`, undefined, { cause: e }));
+      return false;
+    }
+  }
+
+  private landed(n: number): boolean {
     if (this.destroyed) return false;
     const r = this.incoming;
     if (r) {
@@ -256,7 +277,8 @@ export class SealedStream extends Duplex {
       if (r.fill === r.sealed.length) {
         this.incoming = undefined;
         this.complete.push(r);
-        this.completeBytes += r.sealed.length;
+        // what it holds, not what it carries: a hostile peer's small records cannot pin big buffers
+        this.completeBytes += r.pooled?.length ?? r.sealed.length;
         void this.pump();
       }
     } else {
@@ -268,7 +290,7 @@ export class SealedStream extends Duplex {
           this.destroy(new OsrError('PROTOCOL_ERROR', `sealed record of ${length} bytes is out of bounds`));
           return false;
         }
-        const pooled = length >= LARGE_RECORD_BYTES && length <= POOLED_RECORD_BYTES + TAG_BYTES ? receivePool.take() : undefined;
+        const pooled = length >= LARGE_RECORD_BYTES && length <= POOLED_RECORD_BYTES * 2 ? receivePool.take(length) : undefined;
         this.incoming = { lengthField: Buffer.from(this.head), sealed: pooled ? pooled.subarray(0, length) : Buffer.allocUnsafe(length), pooled, fill: 0 };
       }
     }
@@ -297,6 +319,7 @@ export class SealedStream extends Duplex {
   }
 
   override _final(cb: (e?: Error | null) => void): void {
+    if (this.socket.destroyed) return cb();
     this.socket.end(() => cb());
   }
 
@@ -327,7 +350,7 @@ export class SealedStream extends Duplex {
       for (let at = 0; at < chunk.length || (empty && at === 0); at += MAX_RECORD_PLAIN_BYTES) {
         const plain = chunk.subarray(at, Math.min(chunk.length, at + MAX_RECORD_PLAIN_BYTES));
         const index = this.sent++;
-        const pooled = plain.length >= LARGE_RECORD_BYTES && plain.length <= POOLED_RECORD_BYTES ? sendPool.take() : undefined;
+        const pooled = plain.length >= LARGE_RECORD_BYTES && plain.length <= POOLED_RECORD_BYTES ? sendPool.take(4 + plain.length + TAG_BYTES) : undefined;
         const out = pooled ? pooled.subarray(0, 4 + plain.length + TAG_BYTES) : Buffer.allocUnsafe(4 + plain.length + TAG_BYTES);
         await sealRecord(this.sendKeys.for(index), index, plain, out);
         if (this.socket.destroyed) throw new OsrError('NETWORK_ERROR', 'the sealed channel is closed');
@@ -361,7 +384,7 @@ export class SealedStream extends Duplex {
     try {
       while (this.wanted && !this.destroyed && this.complete.length > 0) {
         const r = this.complete.shift()!;
-        this.completeBytes -= r.sealed.length;
+        this.completeBytes -= r.pooled?.length ?? r.sealed.length;
         const index = this.received++;
         if (!(await openRecord(this.receiveKeys.for(index), index, r.lengthField, r.sealed))) {
           throw new OsrError('PROTOCOL_ERROR', `sealed record ${index} failed its authentication tag: the channel was altered or corrupted on the way`);
@@ -375,7 +398,10 @@ export class SealedStream extends Duplex {
         } else if (r.pooled) receivePool.give(r.pooled);
         this.resumeReading();
       }
-      if (this.ended && this.complete.length === 0 && !this.destroyed) this.push(null);
+      if (this.ended && this.complete.length === 0 && !this.destroyed && !this.endPushed) {
+        this.endPushed = true;
+        this.push(null);
+      }
     } catch (e) {
       this.destroy(e instanceof OsrError ? e : new OsrError('PROTOCOL_ERROR', String((e as Error)?.message ?? e), undefined, { cause: e }));
     } finally {
@@ -409,35 +435,44 @@ export class SealedAttachments {
    * calls, once it agreed on one, to get it (within ATTACH_TIMEOUT_MS).
    */
   expect(socket: tls.TLSSocket): () => Promise<Duplex> {
+    // the token is listened for only once the session agreed on the channel (after its
+    // hello and role were checked), and only until the channel attached or 15 s passed
+    let waiting: Promise<Duplex> | undefined;
+    return () => (waiting ??= this.register(socket));
+  }
+
+  private register(socket: tls.TLSSocket): Promise<Duplex> {
     const secrets = sealedSecrets(socket);
     const key = secrets.token.toString('hex');
     const entry: Waiting = { secrets };
     this.waiting.set(key, entry);
+    const attached = new Promise<Duplex>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(key);
+        reject(new OsrError('NETWORK_ERROR', `the peer did not open its sealed channel within ${ATTACH_TIMEOUT_MS / 1000} s`));
+      }, ATTACH_TIMEOUT_MS);
+      timer.unref();
+      entry.waiter = {
+        resolve: (s) => {
+          clearTimeout(timer);
+          resolve(s);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          this.waiting.delete(key);
+          reject(e);
+        },
+      };
+    });
     socket.once('close', () => {
       this.waiting.delete(key);
       entry.waiter?.reject(new OsrError('NETWORK_ERROR', 'the TLS connection closed before its sealed channel opened'));
       entry.attached?.destroy();
       secrets.master.fill(0);
     });
-    return () =>
-      new Promise<Duplex>((resolve, reject) => {
-        if (entry.attached) return resolve(entry.attached);
-        const timer = setTimeout(() => {
-          this.waiting.delete(key);
-          reject(new OsrError('NETWORK_ERROR', `the peer did not open its sealed channel within ${ATTACH_TIMEOUT_MS / 1000} s`));
-        }, ATTACH_TIMEOUT_MS);
-        timer.unref();
-        entry.waiter = {
-          resolve: (s) => {
-            clearTimeout(timer);
-            resolve(s);
-          },
-          reject: (e) => {
-            clearTimeout(timer);
-            reject(e);
-          },
-        };
-      });
+    // awaited by the session once its welcome is sent; a failure before then is not unhandled
+    attached.catch(() => undefined);
+    return attached;
   }
 
   /**
@@ -451,7 +486,13 @@ export class SealedAttachments {
     const makeSocket = adoptSocket(socket);
     if (!makeSocket) return false;
     this.waiting.delete(key);
-    const stream = new SealedStream(makeSocket, entry.secrets, false);
+    let stream: SealedStream;
+    try {
+      stream = new SealedStream(makeSocket, entry.secrets, false);
+    } catch {
+      entry.waiter?.reject(new OsrError('NETWORK_ERROR', 'the sealed channel could not be set up'));
+      return true; // its socket is gone already: nothing is left to close
+    }
     // its session learns of a failure from 'close' and logs its errors; one never taken up is just closed
     stream.on('error', () => undefined);
     entry.attached = stream;
@@ -473,12 +514,22 @@ function adoptSocket(accepted: net.Socket): SealedSocketFactory | undefined {
   // the descriptor of an accepted TCP socket, on its (internal) handle
   const fd = (accepted as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
   if (!addon || typeof fd !== 'number' || fd < 0 || accepted.readableLength > 0) return undefined;
-  const copy = addon.dupFd(fd);
+  let copy: number;
+  try {
+    copy = addon.dupFd(fd);
+  } catch {
+    return undefined; // out of descriptors: refused like any other
+  }
   accepted.destroy();
   return (onread) => {
-    const s = new net.Socket({ fd: copy, onread, readable: true, writable: true });
-    s.setNoDelay(true);
-    return s;
+    try {
+      const s = new net.Socket({ fd: copy, onread, readable: true, writable: true });
+      s.setNoDelay(true);
+      return s;
+    } catch (e) {
+      fs.closeSync(copy);
+      throw e;
+    }
   };
 }
 
@@ -511,7 +562,11 @@ export function routeConnection(socket: net.Socket, o: { onTls(socket: net.Socke
       socket.unshift(first);
       if (first[0] !== SEALED_MAGIC[0]) {
         cleanup();
-        o.onTls(socket);
+        try {
+          o.onTls(socket);
+        } catch (e) {
+          refuse(`it could not be taken: ${(e as Error).message}`);
+        }
         return;
       }
       sealed = true;
@@ -520,7 +575,13 @@ export function routeConnection(socket: net.Socket, o: { onTls(socket: net.Socke
     if (attach === null) return;
     cleanup();
     if (!attach.subarray(0, SEALED_MAGIC.length).equals(SEALED_MAGIC)) return refuse('it is neither TLS nor a sealed channel');
-    if (!o.onSealed(socket, attach.subarray(SEALED_MAGIC.length))) return refuse('its sealed channel names no TLS session waiting for one');
+    let taken: boolean;
+    try {
+      taken = o.onSealed(socket, attach.subarray(SEALED_MAGIC.length));
+    } catch {
+      taken = false;
+    }
+    if (!taken) return refuse('its sealed channel names no TLS session waiting for one, or could not be set up');
   };
   socket.on('readable', onReadable);
   socket.on('end', onEnd);

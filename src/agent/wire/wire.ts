@@ -164,21 +164,33 @@ export class FrameReader {
     private readonly onData: (f: DataFrame) => Promise<void> | void,
     private readonly onError: (e: OsrError) => void,
   ) {
-    stream.on('data', (chunk: Buffer) => {
-      this.queue.push(chunk);
-      if (this.queue.length > 2 * MAX_FRAME_BYTES) stream.pause();
-      void this.pump();
-    });
+    stream.on('data', this.onChunk);
     stream.on('end', () => {
       this.ended = true;
     });
+  }
+
+  private readonly onChunk = (chunk: Buffer): void => {
+    this.queue.push(chunk);
+    if (this.queue.length > 2 * MAX_FRAME_BYTES) this.stream.pause();
+    void this.pump();
+  };
+
+  /**
+   * Stop reading: no frame is delivered after the one being handled. Returns the bytes
+   * received and not delivered (the frames moved to another stream: there should be none).
+   */
+  detach(): number {
+    this.failed = true;
+    this.stream.off('data', this.onChunk);
+    return this.queue.length;
   }
 
   private async pump(): Promise<void> {
     if (this.running || this.failed) return;
     this.running = true;
     try {
-      for (let len = this.queue.peekUInt32BE(); len !== undefined; len = this.queue.peekUInt32BE()) {
+      for (let len = this.queue.peekUInt32BE(); len !== undefined && !this.failed; len = this.queue.peekUInt32BE()) {
         if (len < 1 || len > MAX_FRAME_BYTES) throw new OsrError('PROTOCOL_ERROR', `frame of ${len} bytes is out of bounds`);
         if (this.queue.length < 4 + len) break;
         this.queue.take(4);
