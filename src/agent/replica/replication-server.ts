@@ -447,6 +447,8 @@ interface DeltaInProgress {
 }
 
 const MAX_PENDING_WRITE_BYTES = 64 * 1024 * 1024;
+/** How often a refused replication connection is logged at most. */
+const REFUSAL_LOG_MS = 10_000;
 
 export class Session {
   private store: ReplicaTarget | undefined;
@@ -821,6 +823,20 @@ export class ReplicationServer {
   private server: tls.Server | undefined;
   private listener: net.Server | undefined;
   private readonly attachments = new SealedAttachments();
+  /** refused connections: anyone can open them, so at most one is logged every REFUSAL_LOG_MS */
+  private readonly refusals = { loggedAt: -Infinity, unlogged: 0 };
+
+  private logRefusal(peer: string | undefined, reason: string): void {
+    const now = Date.now();
+    if (now - this.refusals.loggedAt < REFUSAL_LOG_MS) {
+      this.refusals.unlogged++;
+      return;
+    }
+    const more = this.refusals.unlogged;
+    this.refusals.loggedAt = now;
+    this.refusals.unlogged = 0;
+    this.log.warn({ code: 'PROTOCOL_ERROR', peer, ...(more > 0 ? { refusedSinceLast: more } : {}) }, `replication connection refused: ${reason}${more > 0 ? ` (${more} more refused since the last of these)` : ''}`);
+  }
   private readonly sessions = new Set<tls.TLSSocket>();
 
   constructor(
@@ -866,7 +882,7 @@ export class ReplicationServer {
       routeConnection(socket, {
         onTls: (s) => tlsServer.emit('connection', s),
         onSealed: (s, token) => this.attachments.accept(s, token),
-        onRefused: (reason) => this.log.warn({ code: 'PROTOCOL_ERROR', peer: socket.remoteAddress }, `replication connection refused: ${reason}`),
+        onRefused: (reason) => this.logRefusal(socket.remoteAddress, reason),
       }),
     );
     this.listener = server;

@@ -27,13 +27,13 @@ import { addon } from '../io/native.js';
 export const SEALED_FEATURE = 'sealed';
 /** The first bytes of a sealed channel's connection, then its token. */
 export const SEALED_MAGIC = Buffer.from('OSRSEAL1', 'latin1');
-export const SEALED_TOKEN_BYTES = 32;
-export const SEALED_ATTACH_BYTES = SEALED_MAGIC.length + SEALED_TOKEN_BYTES;
+const SEALED_TOKEN_BYTES = 32;
+const SEALED_ATTACH_BYTES = SEALED_MAGIC.length + SEALED_TOKEN_BYTES;
 const EXPORTER_LABEL = 'EXPORTER-osr-replication-sealed';
 const EXPORTER_CONTEXT = Buffer.from('osr-replication 1', 'latin1');
 const TAG_BYTES = 16;
 /** The largest plaintext of one record; a longer write is sealed in several. */
-export const MAX_RECORD_PLAIN_BYTES = 16 * 1024 * 1024;
+const MAX_RECORD_PLAIN_BYTES = 16 * 1024 * 1024;
 /** Records sealed under one key: at most 64 GiB, far inside AES-GCM's limits per key. */
 const RECORDS_PER_KEY = 4096;
 /** Records at least this long are sealed and opened on the thread pool, and received at an aligned address. */
@@ -137,7 +137,7 @@ export async function openRecord(key: Buffer, index: number, lengthField: Buffer
 class RecordPool {
   private readonly free = new Map<number, Buffer[]>();
 
-  /** A buffer for a record of `length` bytes (LARGE_RECORD_BYTES ≤ length ≤ POOLED_RECORD_BYTES + 4 + TAG_BYTES). */
+  /** A buffer of the smallest class that holds `length` bytes (LARGE_RECORD_BYTES ≤ length ≤ 2 × POOLED_RECORD_BYTES). */
   take(length: number): Buffer {
     let size = LARGE_RECORD_BYTES;
     while (size < length) size *= 2;
@@ -333,21 +333,23 @@ export class SealedStream extends Duplex {
 
   /** Seal and send an empty record: the first one tells the peer this end holds the keys. */
   confirm(): Promise<void> {
-    return this.sealAndSend([Buffer.alloc(0)], true);
+    return this.sealAndSend([Buffer.alloc(0)]);
   }
 
   /** Records are sealed and handed to the socket one after another, in the order asked. */
-  private sealAndSend(chunks: Buffer[], empty = false): Promise<void> {
-    const done = this.sending.then(() => this.sealAndSendNow(chunks, empty));
+  private sealAndSend(chunks: Buffer[]): Promise<void> {
+    const done = this.sending.then(() => this.sealAndSendNow(chunks));
     this.sending = done.catch(() => undefined);
     return done;
   }
 
   private sending: Promise<void> = Promise.resolve();
 
-  private async sealAndSendNow(chunks: Buffer[], empty: boolean): Promise<void> {
+  /** Each chunk in records of at most MAX_RECORD_PLAIN_BYTES; an empty chunk is one empty record. */
+  private async sealAndSendNow(chunks: Buffer[]): Promise<void> {
     for (const chunk of chunks) {
-      for (let at = 0; at < chunk.length || (empty && at === 0); at += MAX_RECORD_PLAIN_BYTES) {
+      let at = 0;
+      do {
         const plain = chunk.subarray(at, Math.min(chunk.length, at + MAX_RECORD_PLAIN_BYTES));
         const index = this.sent++;
         const pooled = plain.length >= LARGE_RECORD_BYTES && plain.length <= POOLED_RECORD_BYTES ? sendPool.take(4 + plain.length + TAG_BYTES) : undefined;
@@ -357,8 +359,8 @@ export class SealedStream extends Duplex {
         // the socket holds the record until the kernel took all of it
         const ok = this.socket.write(out, pooled ? () => sendPool.give(pooled) : undefined);
         if (!ok) await this.socketDrained();
-        if (empty) break;
-      }
+        at += MAX_RECORD_PLAIN_BYTES;
+      } while (at < chunk.length);
     }
   }
 
