@@ -11,6 +11,7 @@ import type tls from 'node:tls';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { checkMachine } from '../domain/machine.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
+import { CONTINUOUS_CUT_MS, DEFAULT_POINT_INTERVAL_SECONDS, MAX_POINT_INTERVAL_SECONDS, MIN_POINT_INTERVAL_SECONDS } from '../domain/policy.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
 import { addDrillRoutes } from './drill-api.js';
@@ -227,6 +228,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
       servername?: string;
       peerName?: string;
       copyFrequency?: string | number;
+      pointInterval?: string | number;
       retentionHours?: number;
       maxPoints?: number;
       compression?: boolean;
@@ -259,7 +261,13 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
         throw new OsrError('INVALID_ARGUMENT', 'servername, peerName and compression are for a replica agent; the agent writes an Azure container itself');
       }
       if (b.startAt !== undefined && Number.isNaN(Date.parse(b.startAt))) throw new OsrError('INVALID_ARGUMENT', `startAt "${b.startAt}" is not an ISO date-time`);
-      const copyFrequencyMs = parseDuration(b.copyFrequency ?? '5m');
+      // "continuous": a cut every CONTINUOUS_CUT_MS, a point kept every pointInterval
+      const continuous = b.copyFrequency === 'continuous' ? { pointIntervalMs: parseDuration(b.pointInterval ?? `${DEFAULT_POINT_INTERVAL_SECONDS}s`) } : undefined;
+      if (continuous && (continuous.pointIntervalMs < MIN_POINT_INTERVAL_SECONDS * 1000 || continuous.pointIntervalMs > MAX_POINT_INTERVAL_SECONDS * 1000)) {
+        throw new OsrError('INVALID_ARGUMENT', `continuous replication keeps a point every ${MIN_POINT_INTERVAL_SECONDS} to ${MAX_POINT_INTERVAL_SECONDS} s, not every ${b.pointInterval}`);
+      }
+      if (!continuous && b.pointInterval !== undefined) throw new OsrError('INVALID_ARGUMENT', 'pointInterval is for continuous replication (copyFrequency "continuous")');
+      const copyFrequencyMs = continuous ? CONTINUOUS_CUT_MS : parseDuration(b.copyFrequency ?? '5m');
       if (copyFrequencyMs < 100) throw new OsrError('INVALID_ARGUMENT', 'copy frequency must be at least 100 ms');
       const bs = b.resyncBlockSize;
       if (bs !== undefined && (!Number.isInteger(bs) || bs < 512 || bs > 16 * 1024 * 1024 || (bs & (bs - 1)) !== 0)) {
@@ -278,7 +286,8 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
         peer,
         azureSas: b.azureSas !== undefined ? parseSas(b.azureSas) : undefined,
         copyFrequencyMs,
-        retention: { hours: b.retentionHours ?? 24, maxPoints: b.maxPoints ?? 24 },
+        continuous,
+        retention: { hours: b.retentionHours ?? 24, maxPoints: b.maxPoints ?? 24, ...(continuous ? { minSpacingMs: continuous.pointIntervalMs } : {}) },
         compression: b.compression ?? false,
         startAt: b.startAt,
         appConsistentEveryMs: b.appConsistentFrequency !== undefined ? parseDuration(b.appConsistentFrequency) : 0,

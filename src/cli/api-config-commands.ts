@@ -5,7 +5,7 @@ import { stringify as toYaml } from 'yaml';
 import { parseDuration } from '../agent/io/time-window.js';
 import { ERROR_CODES, OsrError, type ErrorCode } from '../domain/errors.js';
 import type { PlanProblem } from '../domain/plans.js';
-import type { PolicyInput } from '../domain/policy.js';
+import { isContinuous, pointSpacingSeconds, type PolicyInput } from '../domain/policy.js';
 import type { CloudPairing, Mapping, Policy, RecoveryPlan, RecoveryPlanAction, RecoveryPlanGroup, RecoveryPlanSpec } from '../domain/resources.js';
 import { asJson, byIdOrName, fields, int, isNotFound, print, readObject, when, withApi, type CliApi, type ListAnswer } from './api-common.js';
 import { addPlanRunCommands } from './api-plan-run-commands.js';
@@ -21,6 +21,7 @@ interface PolicyFlags {
   file?: string;
   name?: string;
   copyFrequency?: string;
+  pointInterval?: string;
   retentionHours?: string;
   appConsistentEvery?: string;
   port?: string;
@@ -49,7 +50,13 @@ function policyFile(file: string): { name?: string; settings: PolicyInput } {
 /** Settings from the flags given, over `base`. */
 function policySettings(base: PolicyInput, o: PolicyFlags): PolicyInput {
   const s: PolicyInput = { ...base };
-  if (o.copyFrequency !== undefined) s.copyFrequencySeconds = parseDuration(o.copyFrequency) / 1000;
+  if (o.copyFrequency === 'continuous') s.copyMode = 'continuous';
+  else if (o.copyFrequency !== undefined) {
+    s.copyMode = 'cycles';
+    s.copyFrequencySeconds = parseDuration(o.copyFrequency) / 1000;
+    delete s.pointIntervalSeconds;
+  }
+  if (o.pointInterval !== undefined) s.pointIntervalSeconds = parseDuration(o.pointInterval) / 1000;
   if (o.retentionHours !== undefined) s.retentionHours = int(o.retentionHours, '--retention-hours');
   if (o.appConsistentEvery !== undefined) {
     const ms = o.appConsistentEvery === '0' || o.appConsistentEvery === 'off' ? 0 : parseDuration(/^\d+$/.test(o.appConsistentEvery) ? `${o.appConsistentEvery}h` : o.appConsistentEvery);
@@ -71,7 +78,8 @@ function policySettings(base: PolicyInput, o: PolicyFlags): PolicyInput {
 function addPolicyFlags(cmd: Command): Command {
   return cmd
     .option('-f, --file <file>', 'settings from a YAML or JSON file ({name, settings} or the settings; "-" reads stdin); flags override it')
-    .option('--copy-frequency <duration>', 'how often changes are copied: 30s, 5m or 15m (default 5m)')
+    .option('--copy-frequency <duration>', 'how often changes are copied: 30s, 5m or 15m (default 5m), or continuous (writes ship as they are made)')
+    .option('--point-interval <duration>', 'continuous: how often a recovery point is kept, 1s to 60s (default 5s)')
     .option('--retention-hours <n>', 'hours of recovery points kept, 0 to 24 (default 0: the latest only)')
     .option('--app-consistent-every <hours>', 'an app-consistent point every 1 to 12 hours, fewer than the retention (0: none, the default)')
     .option('--port <port>', 'replication port of the replica hosts (default 8084)')
@@ -92,7 +100,7 @@ function policyText(p: Policy): string {
   return fields([
     ['id', p.id],
     ['name', p.name],
-    ['copy frequency', formatSeconds(s.copyFrequencySeconds)],
+    ['copy frequency', isContinuous(s) ? `continuous, a point every ${formatSeconds(pointSpacingSeconds(s))}` : formatSeconds(s.copyFrequencySeconds)],
     ['retention', `${s.retentionHours} h`],
     ['app-consistent every', s.appConsistentFrequencyHours ? `${s.appConsistentFrequencyHours} h` : 'never'],
     ['authentication', s.authentication],
@@ -187,7 +195,7 @@ export function addConfigurationCommands(program: Command): void {
             r.items.map((p) => ({
               id: p.id,
               name: p.name,
-              copy: formatSeconds(p.settings.copyFrequencySeconds),
+              copy: isContinuous(p.settings) ? 'continuous' : formatSeconds(p.settings.copyFrequencySeconds),
               retention: `${p.settings.retentionHours}h`,
               'app-consistent': p.settings.appConsistentFrequencyHours ? `${p.settings.appConsistentFrequencyHours}h` : '-',
               initial: p.settings.initialReplication.method,

@@ -246,7 +246,8 @@ rep
   .option('--azure-sas-file <file>', 'a file (mode 600) holding the SAS that grants this agent access to the container of --to')
   .option('--servername <name>', 'name the replica agent\'s certificate must carry (default: the host of --to)')
   .option('--peer-name <agent>', 'the replica agent\'s name: its certificate\'s common name must be this')
-  .option('--frequency <duration>', 'copy frequency: 30s, 5m or 15m (any value for tests)', '5m')
+  .option('--frequency <duration>', 'copy frequency: 30s, 5m or 15m (any value for tests), or continuous (a cut every second)', '5m')
+  .option('--point-interval <duration>', 'continuous: keep a recovery point this often, 1s to 60s (default 5s)')
   .option('--retention-hours <n>', 'keep recovery points this many hours (0-24)', '24')
   .option('--max-points <n>', 'and at most this many points', '24')
   .option('--compress', 'compress replication traffic (zstd)', false)
@@ -268,6 +269,7 @@ rep
       servername: o.servername,
       peerName: o.peerName,
       copyFrequency: o.frequency,
+      pointInterval: o.pointInterval,
       retentionHours: Number(o.retentionHours),
       maxPoints: Number(o.maxPoints),
       compression: o.compress === true,

@@ -4,7 +4,7 @@
  * option a fabric cannot do when it is asked for, before any job starts: the check is
  * here, pure, and the callers (enable protection, test failover, resync) name the fabric.
  */
-import type { InitialReplication, PolicySettings } from './policy.js';
+import { isContinuous, type InitialReplication, type PolicySettings } from './policy.js';
 
 export const INITIAL_REPLICATION_METHODS = ['now', 'scheduled', 'offline'] as const satisfies readonly InitialReplication['method'][];
 export type InitialReplicationMethod = (typeof INITIAL_REPLICATION_METHODS)[number];
@@ -16,6 +16,13 @@ export interface FabricCapabilities {
   appConsistentPoints: boolean;
   /** the copy frequencies (seconds) its hosts sustain, of the policy's 30, 300 and 900 */
   copyFrequenciesSeconds: number[];
+  /**
+   * the roles in which it does continuous replication (a policy's copyMode 'continuous'):
+   * as a source, its hosts track writes in the data path and ship them as they are made;
+   * as a target, it takes a cut every second and keeps a point every few seconds. Absent:
+   * neither (a provider from before the mode existed).
+   */
+  continuousReplication?: FabricRole[];
   /** a recovery point started as a VM beside the replica while replication goes on */
   testFailover: boolean;
   /** disks that carry no change tracking of their own (raw images) can be protected */
@@ -69,7 +76,15 @@ export function unsupportedOptions(caps: FabricCapabilities, role: FabricRole, p
   if (!caps.initialReplication.includes(method)) {
     out.push({ option: 'initialReplication.method', message: `${method} initial replication (it does ${caps.initialReplication.join(' or ') || 'none'})` });
   }
-  if (!caps.copyFrequenciesSeconds.includes(policy.copyFrequencySeconds)) {
+  if (isContinuous(policy)) {
+    if (!caps.continuousReplication?.includes(role)) {
+      const shortest = caps.copyFrequenciesSeconds.length > 0 ? Math.min(...caps.copyFrequenciesSeconds) : undefined;
+      out.push({
+        option: 'copyMode',
+        message: `continuous replication (${role === 'source' ? 'its hosts track writes by checkpoints, not in the data path' : 'it does not keep points seconds apart'}; ${shortest !== undefined ? `the shortest cycle it sustains is ${shortest} s: set copyMode to cycles with copyFrequencySeconds ${shortest}` : 'it sustains no copy cycle'})`,
+      });
+    }
+  } else if (!caps.copyFrequenciesSeconds.includes(policy.copyFrequencySeconds)) {
     out.push({ option: 'copyFrequencySeconds', message: `a copy every ${policy.copyFrequencySeconds} s (it sustains ${caps.copyFrequenciesSeconds.map((s) => `${s} s`).join(', ') || 'none'})` });
   }
   if (role === 'source' && policy.appConsistentFrequencyHours > 0 && !caps.appConsistentPoints) {

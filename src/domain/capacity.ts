@@ -36,6 +36,7 @@ export interface CapacityItemInput {
   pendingLogBytes: number | null;
   /** how fast the pending logs grow now (negative or zero: they do not) */
   logGrowthBytesPerSec: number | null;
+  /** seconds between two copies (a continuous policy's cut) */
   copyFrequencySeconds: number;
   retentionHours: number;
 }

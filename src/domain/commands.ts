@@ -410,6 +410,8 @@ const initialReplication: Check<InitialReplication> = (v, field) => {
 };
 const policy = object<PolicySettings>({
   copyFrequencySeconds: num,
+  copyMode: optional(oneOf('cycles', 'continuous')),
+  pointIntervalSeconds: optional(num),
   retentionHours: num,
   appConsistentFrequencyHours: num,
   authentication: oneOf('certificate'),

@@ -3,11 +3,26 @@
  * 30 s, 5 min or 15 min; recovery points kept for at most 24 hours; app-consistent points
  * every 1 to 12 hours and fewer of them than the points kept; certificate authentication
  * on a port (Kerberos is not offered); initial replication now, scheduled at most 24 hours
- * ahead, or offline through an export and an import path. Pure: the caller gives the time.
+ * ahead, or offline through an export and an import path. Beyond ASR: continuous
+ * replication, where writes ship as they are made and a point is kept every 1 to 60 s
+ * (the copy frequency then waits for a switch back to cycles). Pure: the caller gives the time.
  */
 import { OsrError } from './errors.js';
 
 export const COPY_FREQUENCIES_SECONDS = [30, 300, 900] as const;
+/** How changes are copied: in cycles (a copy every copyFrequencySeconds) or continuously (writes ship as they are made, a point every pointIntervalSeconds). */
+export const COPY_MODES = ['cycles', 'continuous'] as const;
+export type CopyMode = (typeof COPY_MODES)[number];
+/** continuous mode: the default and the bounds of the seconds between recovery points */
+export const DEFAULT_POINT_INTERVAL_SECONDS = 5;
+export const MIN_POINT_INTERVAL_SECONDS = 1;
+export const MAX_POINT_INTERVAL_SECONDS = 60;
+/**
+ * continuous mode: a host closes its change logs and ships what they hold at most this
+ * often (a crash-consistent cut of every disk of the VM); the replica keeps one cut per
+ * point interval as a recovery point and folds the others into it
+ */
+export const CONTINUOUS_CUT_MS = 1000;
 export const MAX_RETENTION_HOURS = 24;
 export const MAX_APP_CONSISTENT_HOURS = 12;
 export const MAX_SCHEDULE_AHEAD_MS = 24 * 3600_000;
@@ -19,7 +34,16 @@ export type InitialReplication =
   | { method: 'offline'; exportPath: string; importPath: string };
 
 export interface PolicySettings {
+  /** cycles mode: seconds between copies (30, 300 or 900) */
   copyFrequencySeconds: number;
+  /**
+   * 'continuous': the hosts ship writes as they are made and a crash-consistent point is
+   * kept every pointIntervalSeconds; absent (a policy from before the mode existed) or
+   * 'cycles': a copy every copyFrequencySeconds
+   */
+  copyMode?: CopyMode;
+  /** continuous mode: seconds between the recovery points kept (1 to 60, default 5) */
+  pointIntervalSeconds?: number;
   /** hours of recovery points kept; 0 keeps only the latest */
   retentionHours: number;
   /** 0: no app-consistent points */
@@ -36,6 +60,8 @@ export interface PolicySettings {
 
 export interface PolicyInput {
   copyFrequencySeconds?: number;
+  copyMode?: string;
+  pointIntervalSeconds?: number;
   retentionHours?: number;
   appConsistentFrequencyHours?: number;
   authentication?: string;
@@ -50,7 +76,17 @@ const invalid = (field: string, message: string, extra: Record<string, unknown> 
 
 /** Fill in the defaults and check every rule; throws POLICY_INVALID or NOT_SUPPORTED naming the field. */
 export function validatePolicy(input: PolicyInput, now: number): PolicySettings {
+  const copyMode = COPY_MODES.find((m) => m === (input.copyMode ?? 'cycles'));
+  if (copyMode === undefined) throw invalid('copyMode', `copy mode "${input.copyMode}" is unknown: choose cycles or continuous`, { allowed: COPY_MODES });
+  const continuous = copyMode === 'continuous';
   const copyFrequencySeconds = input.copyFrequencySeconds ?? 300;
+  const pointIntervalSeconds = input.pointIntervalSeconds ?? DEFAULT_POINT_INTERVAL_SECONDS;
+  if (!continuous && input.pointIntervalSeconds !== undefined) {
+    throw invalid('pointIntervalSeconds', 'pointIntervalSeconds is for continuous replication: in cycles mode every copy makes a point (set copyMode to continuous, or remove pointIntervalSeconds)');
+  }
+  if (continuous && (!Number.isInteger(pointIntervalSeconds) || pointIntervalSeconds < MIN_POINT_INTERVAL_SECONDS || pointIntervalSeconds > MAX_POINT_INTERVAL_SECONDS)) {
+    throw invalid('pointIntervalSeconds', `continuous replication keeps a point every ${MIN_POINT_INTERVAL_SECONDS} to ${MAX_POINT_INTERVAL_SECONDS} whole seconds, not ${pointIntervalSeconds}`);
+  }
   if (!(COPY_FREQUENCIES_SECONDS as readonly number[]).includes(copyFrequencySeconds)) {
     throw invalid('copyFrequencySeconds', `copy frequency ${copyFrequencySeconds} s is not offered: choose 30, 300 or 900 s`, { allowed: COPY_FREQUENCIES_SECONDS });
   }
@@ -80,6 +116,8 @@ export function validatePolicy(input: PolicyInput, now: number): PolicySettings 
   if (hostOsVersion.trim() === '') throw invalid('hostOsVersion', 'the host OS version must not be empty');
   return {
     copyFrequencySeconds,
+    copyMode,
+    ...(continuous ? { pointIntervalSeconds } : {}),
     retentionHours,
     appConsistentFrequencyHours,
     authentication,
@@ -89,6 +127,21 @@ export function validatePolicy(input: PolicyInput, now: number): PolicySettings 
     deleteReplicaOnDisable: input.deleteReplicaOnDisable ?? true,
     hostOsVersion,
   };
+}
+
+/** Whether the policy replicates continuously. */
+export function isContinuous(p: Pick<PolicySettings, 'copyMode'>): boolean {
+  return p.copyMode === 'continuous';
+}
+
+/** Seconds between the recovery points a policy makes: its point interval (continuous) or its copy frequency (cycles). */
+export function pointSpacingSeconds(p: Pick<PolicySettings, 'copyMode' | 'pointIntervalSeconds' | 'copyFrequencySeconds'>): number {
+  return isContinuous(p) ? (p.pointIntervalSeconds ?? DEFAULT_POINT_INTERVAL_SECONDS) : p.copyFrequencySeconds;
+}
+
+/** Seconds between two copies: a continuous policy's cut, or the copy frequency. */
+export function copyCycleSeconds(p: Pick<PolicySettings, 'copyMode' | 'copyFrequencySeconds'>): number {
+  return isContinuous(p) ? CONTINUOUS_CUT_MS / 1000 : p.copyFrequencySeconds;
 }
 
 function validateInitial(i: NonNullable<PolicyInput['initialReplication']>, now: number): InitialReplication {

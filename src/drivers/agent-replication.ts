@@ -18,6 +18,7 @@ import type { FabricCapabilities } from '../domain/capabilities.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { MachineSpec } from '../domain/machine.js';
 import { isAzureEndpoint } from '../domain/replicas.js';
+import { isContinuous, pointSpacingSeconds } from '../domain/policy.js';
 import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaEndpoint, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
 
 /** An osr agent's API (agent-api.md): JSON in and out; an error answer is thrown as the OsrError it carries. */
@@ -113,6 +114,12 @@ export const AGENT_REPLICATION_CAPABILITIES: Readonly<Pick<FabricCapabilities, '
   resyncOnRequest: true,
 };
 
+/**
+ * A continuous replication keeps at most this many points: each cut rewrites the replica's
+ * manifest, which lists them all. Past it, retention thins the oldest points first.
+ */
+export const MAX_CONTINUOUS_POINTS = 2000;
+
 /** The held object, which must run as a VM here. */
 export function asVm<T extends Held>(h: T): T {
   if (!h.isVm) throw new OsrError('INVALID_STATE', `${h.name} (${h.id}) holds a replica here, not a running VM`);
@@ -192,16 +199,17 @@ export class AgentReplication implements FabricReplication {
       return;
     }
     if (present) await a.delete(`/v1/replications/${encodeURIComponent(v.name)}`);
-    const keep = Math.max(1, Math.ceil((p.retentionHours * 3600) / p.copyFrequencySeconds) + 1);
+    const continuous = isContinuous(p);
+    const keep = Math.max(1, Math.ceil((p.retentionHours * 3600) / pointSpacingSeconds(p)) + 1);
     const peer = isAzureEndpoint(req.peer)
       ? { peer: req.peer.containerUrl, azureSas: req.access!.sas }
       : { peer: `${req.peer.address}:${req.peer.port}`, ...(req.peer.name !== undefined ? { peerName: req.peer.name } : {}), compression: p.compression };
     await a.post('/v1/replications', {
       vm: v.name,
       ...peer,
-      copyFrequency: `${p.copyFrequencySeconds}s`,
+      ...(continuous ? { copyFrequency: 'continuous', pointInterval: `${pointSpacingSeconds(p)}s` } : { copyFrequency: `${p.copyFrequencySeconds}s` }),
       retentionHours: p.retentionHours,
-      maxPoints: Math.min(10_000, keep),
+      maxPoints: Math.min(continuous ? MAX_CONTINUOUS_POINTS : 10_000, keep),
       ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
       ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
       ...grantField(a, req.grant),

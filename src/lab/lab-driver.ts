@@ -139,9 +139,10 @@ export interface LabDriverOptions {
 /**
  * What the lab does: what replication through osr agents does (not offline initial
  * replication), test failovers, and raw disks, whose writes the lab host tracks on their
- * write path and serves over NBD.
+ * write path and serves over NBD; tracking in the write path, it replicates continuously
+ * both ways.
  */
-export const LAB_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, testFailover: true, rawDisks: true, changedBlockTracking: true, nbdExport: true };
+export const LAB_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, continuousReplication: ['source', 'target'], testFailover: true, rawDisks: true, changedBlockTracking: true, nbdExport: true };
 
 /** The lab fabric's driver: its management part and the agent-backed replication over it. */
 export class LabFabricDriver implements FabricDriver {

@@ -97,6 +97,7 @@ export const FabricCapabilitiesSchema = Type.Object({
   initialReplication: Type.Array(Type.Union([Type.Literal('now'), Type.Literal('scheduled'), Type.Literal('offline')]), { maxItems: 3, uniqueItems: true }),
   appConsistentPoints: Type.Boolean(),
   copyFrequenciesSeconds: Type.Array(Type.Integer({ minimum: 1, maximum: 86_400 }), { maxItems: 20, uniqueItems: true }),
+  continuousReplication: Type.Optional(Type.Array(Type.Union([Type.Literal('source'), Type.Literal('target')]), { maxItems: 2, uniqueItems: true })),
   testFailover: Type.Boolean(),
   rawDisks: Type.Boolean(),
   changedBlockTracking: Type.Boolean(),
@@ -110,6 +111,8 @@ export const FabricCapabilitiesSchema = Type.Object({
 export const PolicySettingsSchema = Type.Object(
   {
     copyFrequencySeconds: Type.Optional(Type.Integer()),
+    copyMode: Type.Optional(Type.String({ maxLength: 20 })),
+    pointIntervalSeconds: Type.Optional(Type.Integer()),
     retentionHours: Type.Optional(Type.Integer()),
     appConsistentFrequencyHours: Type.Optional(Type.Integer()),
     authentication: Type.Optional(Type.String({ maxLength: 50 })),

@@ -5,6 +5,7 @@
  */
 import { growthRate, planCapacity, type CapacityItemInput, type CapacityPlan } from '../domain/capacity.js';
 import type { VaultStore } from '../store/index.js';
+import { copyCycleSeconds } from '../domain/policy.js';
 
 const HOUR = 3600_000;
 /** the span over which the pending logs' growth is measured */
@@ -38,7 +39,7 @@ export async function capacityInputs(store: VaultStore, now: number): Promise<Ca
         peakChurnBytesPerSec: churn.length ? Math.max(...churn.map((s) => s.peakChurnBytesPerSec ?? s.churnBytesPerSec!)) : null,
         pendingLogBytes: pending.at(-1)?.pendingLogBytes ?? null,
         logGrowthBytesPerSec: growthRate(recent),
-        copyFrequencySeconds: policy?.settings.copyFrequencySeconds ?? 300,
+        copyFrequencySeconds: policy ? copyCycleSeconds(policy.settings) : 300,
         retentionHours: policy?.settings.retentionHours ?? 0,
       });
     }

@@ -519,6 +519,47 @@ test(
 );
 
 test(
+  'continuous cuts: each is folded into the next until the points either side are an interval apart; every kept point reads back',
+  withDir(async (dir) => {
+    const h = new Harness(path.join(dir, 'store'), 909, { hours: 24, maxPoints: 1000, minSpacingMs: 5000 });
+    const store = await h.open();
+    try {
+      await h.initialCopy();
+      const base = h.clock;
+      const times: number[] = [];
+      for (let k = 1; k <= 23; k++) {
+        const d = h.makeDelta();
+        // cuts a second apart, with the jitter of a busy host; cut 12 is app-consistent
+        h.clock = base + k * 1000 + (k % 3) * 40;
+        d.point.timeMs = h.clock;
+        d.point.consistency = k === 12 ? 'app-consistent' : 'crash-consistent';
+        assert.equal(await store.applyDelta(d.point, d.files), 'applied');
+        h.recordApplied(d.point, d.next);
+        times.push(h.clock);
+        await store.prune();
+        const kept = store.points();
+        assert.equal(kept.at(-1)!.seq, d.point.seq, 'the latest cut is always a point');
+        for (let i = 1; i < kept.length - 1; i++) {
+          assert.ok(kept[i + 1].timeMs - kept[i - 1].timeMs > 5000 || kept[i].consistency === 'app-consistent', `point ${kept[i].seq} was not folded`);
+        }
+        for (let i = 1; i < kept.length; i++) assert.ok(kept[i].timeMs - kept[i - 1].timeMs <= 5000 + 1000, 'kept points are at most an interval and a cut apart');
+      }
+      const kept = store.points();
+      assert.ok(kept.some((p) => p.consistency === 'app-consistent'), 'an app-consistent cut is never folded');
+      assert.ok(kept.length >= 5 && kept.length <= 8, `23 s of cuts keep about one point per 5 s, not ${kept.length}`);
+      await h.checkAllPoints('continuous');
+      // a restart finds the same points and the same bytes
+      store.close();
+      await h.open();
+      assert.deepEqual(h.store.points().map((p) => p.seq), kept.map((p) => p.seq));
+      await h.checkAllPoints('continuous, reopened');
+    } finally {
+      h.store.close();
+    }
+  }),
+);
+
+test(
   'pruning by age keeps the latest point and points with open overlays',
   withDir(async (dir) => {
     const h = new Harness(path.join(dir, 'store'), 606, { hours: 3, maxPoints: 24 });

@@ -37,6 +37,11 @@ export interface RetentionSpec {
   hours: number;
   /** and at most this many points */
   maxPoints: number;
+  /**
+   * continuous replication: a crash-consistent point is dropped once the points either
+   * side of it are no more than this far apart (ms), so one point is kept per interval
+   */
+  minSpacingMs?: number | undefined;
 }
 
 /** Where a replica may differ from its primary beyond the change logs ('all': unknown). */

@@ -1,7 +1,8 @@
 /**
  * Which recovery point retention drops next, the same for every ReplicaTarget: points
  * older than the window first (and an old primary's unverified base as soon as a real
- * point exists), then, while there are more than the count allows, crash-consistent
+ * point exists), then a continuous replication's crash-consistent cuts whose neighbours
+ * are no more than the spacing apart (so a point is kept at least every interval), then, while there are more than the count allows, crash-consistent
  * points before app-consistent ones, the one closest to its predecessor first. The latest
  * point is never dropped, and neither is a point in use (an overlay, a failover's copy).
  */
@@ -15,6 +16,15 @@ export function nextPointToDrop(points: readonly RecoveryPoint[], retention: Ret
   if (candidates.length === 0) return undefined;
   const expired = candidates.find((p) => p.unverified || p.timeMs < cutoff);
   if (expired) return expired;
+  const spacing = retention.minSpacingMs ?? 0;
+  if (spacing > 0) {
+    const folded = candidates.find((p) => {
+      if (p.consistency !== Consistency.Crash) return false;
+      const i = points.indexOf(p);
+      return i > 0 && points[i + 1]!.timeMs - points[i - 1]!.timeMs <= spacing;
+    });
+    if (folded) return folded;
+  }
   if (points.length <= Math.max(1, maxPoints)) return undefined;
   const gap = (p: RecoveryPoint) => {
     const i = points.indexOf(p);

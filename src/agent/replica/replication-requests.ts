@@ -28,7 +28,11 @@ export function parseDisks(value: unknown): ReplicaDiskSpec[] {
 
 export function parseRetention(value: unknown): RetentionSpec {
   const o = safeObject(value, 'retention');
-  return { hours: safeInteger(o.hours, 'retention hours', 0, 24 * 365), maxPoints: safeInteger(o.maxPoints, 'retention points', 1, 1_000_000) };
+  return {
+    hours: safeInteger(o.hours, 'retention hours', 0, 24 * 365),
+    maxPoints: safeInteger(o.maxPoints, 'retention points', 1, 1_000_000),
+    ...(o.minSpacingMs !== undefined ? { minSpacingMs: safeInteger(o.minSpacingMs, 'retention spacing', 0, 3600_000) } : {}),
+  };
 }
 
 export function parseEpoch(value: unknown): number {

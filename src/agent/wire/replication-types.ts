@@ -47,7 +47,10 @@ export interface ReplicationSpec {
   peer: AgentPeer | AzurePeer;
   /** when the vault's replication grant for it was signed (ISO time), if one was given */
   grantIssuedAt?: string | undefined;
+  /** ms between two cuts: the copy frequency, or CONTINUOUS_CUT_MS in continuous replication */
   copyFrequencyMs: number;
+  /** continuous replication: writes ship a cut at a time, and the replica keeps a point every pointIntervalMs (retention.minSpacingMs) */
+  continuous?: { pointIntervalMs: number } | undefined;
   retention: RetentionSpec;
   compression: boolean;
   /** ISO time; absent = now */

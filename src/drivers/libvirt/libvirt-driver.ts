@@ -34,9 +34,11 @@ import { loadState, StateWriter, type LibvirtState, type NicLease, type ReplicaR
 /**
  * What the libvirt fabric does: what replication through osr agents does, test failovers
  * on NBD overlays, changed-block tracking from QEMU's dirty bitmaps — and no raw disks
- * (they cannot carry a bitmap: their VMs are refused before a job starts).
+ * (they cannot carry a bitmap: their VMs are refused before a job starts). Tracking by
+ * checkpoints, it is not a source of continuous replication (its shortest cycle is 30 s);
+ * its replicas are the agents' stores, so it is a target of one.
  */
-export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, testFailover: true, rawDisks: false, changedBlockTracking: true, nbdExport: true };
+export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, continuousReplication: ['target'], testFailover: true, rawDisks: false, changedBlockTracking: true, nbdExport: true };
 
 
 export interface LibvirtDriverOptions {

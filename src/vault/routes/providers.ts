@@ -132,6 +132,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         initialReplication: c.initialReplication,
         appConsistentPoints: c.appConsistentPoints,
         copyFrequenciesSeconds: c.copyFrequenciesSeconds,
+        ...(c.continuousReplication !== undefined ? { continuousReplication: c.continuousReplication } : {}),
         testFailover: c.testFailover,
         rawDisks: c.rawDisks,
         changedBlockTracking: c.changedBlockTracking,
