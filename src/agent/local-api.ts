@@ -73,9 +73,12 @@ function replicaSummary(agent: Agent, s: ReplicaStore) {
 
 function overlaySummary(agent: Agent, s: ReplicaStore, id: string) {
   const o = s.getOverlay(id);
+  const p = s.points().find((x) => x.seq === o.pointSeq);
   return {
     id: o.id,
     point: o.pointSeq,
+    pointTime: p ? new Date(p.timeMs).toISOString() : null,
+    consistency: p?.consistency ?? null,
     disks: o.disks.map((d) => ({ name: d.name, size: d.size, nbd: agent.nbdUris(`replica/${s.vmName}/${o.id}/${d.name}`) })),
   };
 }

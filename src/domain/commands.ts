@@ -139,6 +139,12 @@ export interface StartTestFailoverBody {
   item: string;
   replicaVmId: string;
   point: string;
+  /**
+   * the drill asked for the latest point: when the replica has folded `point` into a newer
+   * cut since (continuous replication), the newest point it holds is started instead, and
+   * the answer says which
+   */
+  latest?: boolean | undefined;
   network: TestNetwork;
 }
 
@@ -452,7 +458,7 @@ const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
   'replication.disable': object<DisableReplicationBody>({ item: id, vmId: optional(id) }),
   'replica.remove': object<RemoveReplicaBody>({ item: id, replicaVmId: nullable(id), delete: optional(bool) }),
   'replica.connect-nics': object<ConnectNicsBody>({ item: id, replicaVmId: id, networks: record(nullable(id)) }),
-  'testfailover.start': object<StartTestFailoverBody>({ item: id, replicaVmId: id, point: id, network: testNetwork }),
+  'testfailover.start': object<StartTestFailoverBody>({ item: id, replicaVmId: id, point: id, latest: optional(bool), network: testNetwork }),
   'testfailover.cleanup': object<CleanupTestFailoverBody>({ item: id, testVmId: id }),
   'testfailover.network.create': object<CreateTestNetworkBody>({ name: id }),
   'testfailover.network.remove': object<RemoveTestNetworkBody>({ vmNetwork: id }),

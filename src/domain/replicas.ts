@@ -75,6 +75,8 @@ export interface TestVm {
   /** where the test VM's disks are served (any NBD client can be its guest) */
   disks: { name: string; nbd: string }[];
   startedAt: string;
+  /** the point it runs, when the fabric started a newer one than asked (StartTestFailoverBody.latest) */
+  point?: RecoveryPointInfo | undefined;
 }
 
 /** the largest replication epoch an agent takes (one per failover: far beyond any VM's life) */

@@ -149,10 +149,23 @@ export async function deleteReplicaData(api: AgentApi, name: string): Promise<vo
   }
 }
 
-/** A test failover's disks: the point opened writable beside the replica, served over NBD. */
-export async function openTestOverlay(api: AgentApi, replicaName: string, pointId: string): Promise<{ id: string; disks: { name: string; nbd: string }[] }> {
-  const o = await api.post<{ id: string; disks: { name: string; nbd: { unix: string } }[] }>(`/v1/replicas/${encodeURIComponent(replicaName)}/overlays`, { point: Number(pointId) });
-  return { id: o.id, disks: o.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })) };
+/**
+ * A test failover's disks: the point opened writable beside the replica, served over NBD.
+ * `latest`: the point was the newest when the drill chose it; a continuous replication's
+ * replica may have folded it into a newer cut since, and then the newest point is opened
+ * (the overlay holds it from then on). The answer names the point opened.
+ */
+export async function openTestOverlay(api: AgentApi, replicaName: string, pointId: string, latest = false): Promise<{ id: string; disks: { name: string; nbd: string }[]; point: RecoveryPointInfo }> {
+  type Opened = { id: string; point: number; pointTime: string; consistency: string; disks: { name: string; nbd: { unix: string } }[] };
+  const url = `/v1/replicas/${encodeURIComponent(replicaName)}/overlays`;
+  let o: Opened;
+  try {
+    o = await api.post<Opened>(url, { point: Number(pointId) });
+  } catch (e) {
+    if (!latest || toOsrError(e).code !== 'POINT_NOT_FOUND') throw e;
+    o = await api.post<Opened>(url, {});
+  }
+  return { id: o.id, disks: o.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), point: { id: String(o.point), at: o.pointTime, consistency: consistencyOf(o.consistency) } };
 }
 
 /** Remove a test failover's overlay and its writes (one a restarted agent no longer has is gone already). */

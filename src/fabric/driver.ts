@@ -83,6 +83,8 @@ export interface TestVmSpec {
   replicaVmId: string;
   /** the recovery point's id */
   pointId: string;
+  /** the latest point was asked for: when `pointId` was folded into a newer cut, start the newest point */
+  latest?: boolean | undefined;
   network: TestNetwork;
 }
 

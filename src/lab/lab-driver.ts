@@ -23,6 +23,7 @@ import path from 'node:path';
 import { parseSize } from '../agent/io/size.js';
 import { OsrError } from '../domain/errors.js';
 import type { InventoryDocument } from '../domain/resources.js';
+import type { RecoveryPointInfo } from '../domain/replicas.js';
 import { AGENT_REPLICATION_CAPABILITIES, AgentReplication, asReplica, asVm, claimReplicaSource, deleteReplicaData, openTestOverlay, removeTestOverlay, type AgentSite, type SiteChange } from '../drivers/agent-replication.js';
 import type { DriverContext, FabricCapabilities, FabricDriver, FabricManagement, PowerAction, ReplicaEndpoint, ReplicaVm, ReplicaVmSpec, TestVm, TestVmSpec } from '../fabric/driver.js';
 import { fsyncDir, generateKeyPairPem, readCertificateInfo, readCrl, renewalDue, signEnrolmentProof, writeFileAtomic, type EnrolmentProof } from '../pki/index.js';
@@ -55,6 +56,8 @@ interface TestVmRecord {
   hostId: string;
   overlayId: string;
   pointId: string;
+  /** the point opened, when a newer one than asked (TestVmSpec.latest) */
+  point?: RecoveryPointInfo | undefined;
   nicIds: string[];
   temporaryNetwork: string | null;
   disks: { name: string; nbd: string }[];
@@ -681,7 +684,7 @@ export class LabFabric implements FabricManagement {
     if (running) return this.testVmView(running);
     const r = this.replicaOf(spec.replicaVmId);
     const id = `${r.id.replace(/-replica\d*$/, '')}-test`;
-    const overlay = await openTestOverlay(this.agent(r.hostId).api, r.name, spec.pointId);
+    const overlay = await openTestOverlay(this.agent(r.hostId).api, r.name, spec.pointId, spec.latest);
     let temporaryNetwork: string | null = null;
     if (spec.network.mode === 'temporary') {
       temporaryNetwork = this.isolatedNetwork(`osr-test-${slug(r.name)}`, `osr-test-${r.name}`);
@@ -691,12 +694,12 @@ export class LabFabric implements FabricManagement {
       throw new OsrError('NOT_FOUND', `fabric ${this.site.name} has no VM network ${spec.network.vmNetwork}`);
     }
     const network = spec.network.mode === 'temporary' ? temporaryNetwork : spec.network.mode === 'existing' ? spec.network.vmNetwork : null;
-    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: this.nicIdsOf(r), temporaryNetwork, disks: overlay.disks, startedAt: new Date().toISOString() };
+    const t: TestVmRecord = { id, itemId: spec.itemId, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: overlay.point.id, ...(overlay.point.id !== spec.pointId ? { point: overlay.point } : {}), nicIds: this.nicIdsOf(r), temporaryNetwork, disks: overlay.disks, startedAt: new Date().toISOString() };
     for (const nic of t.nicIds) this.allocate(id, nic, network, this.sourceSubnet(r, nic));
     this.state.testVms[id] = t;
     await this.save();
     this.changed();
-    this.ctx?.log.info({ testVm: id, point: spec.pointId, network }, `test VM ${id} runs point ${spec.pointId} of ${r.name}`);
+    this.ctx?.log.info({ testVm: id, point: t.pointId, network }, `test VM ${id} runs point ${t.pointId} of ${r.name}`);
     return this.testVmView(t);
   }
 
@@ -728,7 +731,7 @@ export class LabFabric implements FabricManagement {
   }
 
   private testVmView(t: TestVmRecord): TestVm {
-    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt };
+    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt, ...(t.point ? { point: t.point } : {}) };
   }
 
   async removeTestVm(testVmId: string): Promise<void> {

@@ -316,7 +316,7 @@ export class FabricProvider {
       'testfailover.start': async ({ body: b }) => {
         if (!d.capabilities.testFailover) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot run a test failover`);
         const network: TestNetwork = b.network.mode === 'existing' ? { mode: 'existing', vmNetwork: this.localId(b.network.vmNetwork) } : b.network;
-        const vm = await m.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, network });
+        const vm = await m.startTestVm({ itemId: b.item, replicaVmId: this.localId(b.replicaVmId), pointId: b.point, latest: b.latest, network });
         return { ...vm, testVmId: this.vaultId(vm.testVmId), hostId: this.vaultId(vm.hostId), temporaryNetwork: vm.temporaryNetwork && this.vaultId(vm.temporaryNetwork), nics: vm.nics.map((n) => ({ ...n, vmNetwork: n.vmNetwork && this.vaultId(n.vmNetwork) })) };
       },
       'testfailover.cleanup': async ({ body: b }) => {

@@ -13,7 +13,7 @@
 import { Commands } from '../domain/commands.js';
 import { OsrError } from '../domain/errors.js';
 import { ItemOperation } from '../domain/item-transitions.js';
-import { chooseRecoveryPoint } from '../domain/recovery-point.js';
+import { chooseRecoveryPoint, PointChoice } from '../domain/recovery-point.js';
 import type { TestNetwork, TestVm } from '../domain/replicas.js';
 import { ProtectionState, Severity, type RecoveryPoint, type TestFailoverRecord } from '../domain/resources.js';
 import { drillEvidence, type DrillEvidence } from '../domain/runs.js';
@@ -93,7 +93,10 @@ export function registerTestFailoverJobs(engine: JobEngine, deps: WorkflowDeps):
           const r = item.replication;
           const point = ctx.data.point!;
           const replicaVmId = r.replica!.replicaVmId;
-          ctx.data.testVm = await ctx.command(r.targetFabricId!, Commands.StartTestFailover, { item: item.id, replicaVmId, point: point.id, network: ctx.data.network! }, { timeoutMs: 10 * 60_000 });
+          const latest = ctx.input.recoveryPoint === PointChoice.Latest;
+          ctx.data.testVm = await ctx.command(r.targetFabricId!, Commands.StartTestFailover, { item: item.id, replicaVmId, point: point.id, ...(latest ? { latest } : {}), network: ctx.data.network! }, { timeoutMs: 10 * 60_000 });
+          // the replica folded the chosen point into a newer cut (continuous replication): the drill runs that one
+          if (latest && ctx.data.testVm.point) ctx.data.point = ctx.data.testVm.point;
           ctx.data.rtoSeconds = (clock.now() - ctx.data.startedAt!) / 1000;
         },
       },

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
+import { openTestOverlay } from '../../src/drivers/agent-replication.js';
 import { assertRejectsCode, skipWithout } from '../support/unit.js';
 import { createVm, fileDigest, health, nbdDigest, openOverlay, startPair, tempDir, waitFor, waitForPoint, writePattern, type Pair } from '../support/lab.js';
 
@@ -84,32 +85,64 @@ test('points taken while the guest keeps writing are crash-consistent across dis
   await primary.api.post('/v1/replications', { vm: 'db1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: '300ms', retentionHours: 24, maxPoints: 500 });
   await waitForPoint(primary, 'db1', null);
 
-  // one writer, writes acknowledged one at a time: a total order. Each write stamps
-  // its sequence number into a block of one of the disks.
-  const clients = await Promise.all(disks.map((d) => NbdClient.connect(d.nbd.unix)));
-  const history: { id: number; disk: number; block: number }[] = [];
-  const deadline = Date.now() + 3000;
-  let id = 0;
-  while (Date.now() < deadline) {
-    id++;
-    const disk = id % 2;
-    const block = Math.floor(Math.random() * blocks);
-    const buf = Buffer.alloc(blockSize);
-    buf.writeUInt32LE(id, 0);
-    buf.writeUInt32LE(id, blockSize - 4);
-    await clients[disk].write(block * blockSize, buf);
-    history.push({ id, disk, block });
-  }
-  for (const c of clients) await c.close();
+  const { history, last: lastId } = await stampedWrites(disks, blocks, blockSize, 3000);
   const last = (await health(primary, 'db1')).latestPoint!.seq;
   await primary.api.post('/v1/replications/db1/cycle');
   await waitForPoint(primary, 'db1', last + 1);
 
   const points = await replica.api.get<{ seq: number }[]>('/v1/replicas/db1/points');
   assert.ok(points.length >= 5, `expected several points during the writes, got ${points.length}`);
-  let sawIntermediate = 0;
+  const sawIntermediate = await assertPrefixPoints(replica, 'db1', points, history, blocks, blockSize, lastId);
+  assert.ok(sawIntermediate >= 3, `only ${sawIntermediate} points fell inside the write run`);
+});
+
+interface StampedWrite {
+  id: number;
+  disk: number;
+  block: number;
+}
+
+/**
+ * One writer, writes acknowledged one at a time: a total order. Each write stamps its
+ * sequence number into both ends of a block of one of the disks. `during` runs beside it.
+ */
+async function stampedWrites(disks: { nbd: { unix: string } }[], blocks: number, blockSize: number, ms: number, during?: () => Promise<void>): Promise<{ history: StampedWrite[]; last: number }> {
+  const clients = await Promise.all(disks.map((d) => NbdClient.connect(d.nbd.unix)));
+  const history: StampedWrite[] = [];
+  const deadline = Date.now() + ms;
+  let id = 0;
+  let done = false;
+  const beside = during ? (async () => {
+    while (!done) await during();
+  })() : Promise.resolve();
+  try {
+    while (Date.now() < deadline) {
+      id++;
+      const disk = id % disks.length;
+      const block = Math.floor(Math.random() * blocks);
+      const buf = Buffer.alloc(blockSize);
+      buf.writeUInt32LE(id, 0);
+      buf.writeUInt32LE(id, blockSize - 4);
+      await clients[disk].write(block * blockSize, buf);
+      history.push({ id, disk, block });
+    }
+  } finally {
+    done = true;
+    await beside;
+    for (const c of clients) await c.close();
+  }
+  return { history, last: id };
+}
+
+/**
+ * Every point must be a prefix of the write history: with k the newest stamp it holds,
+ * every block holds the last write to it among writes 1..k, on every disk. Answers how
+ * many points fell inside the run (0 < k < last).
+ */
+async function assertPrefixPoints(replica: Pair['replica'], vm: string, points: { seq: number }[], history: StampedWrite[], blocks: number, blockSize: number, last: number): Promise<number> {
+  let inside = 0;
   for (const p of points) {
-    const o = await openOverlay(replica, 'db1', p.seq);
+    const o = await openOverlay(replica, vm, p.seq);
     const stamps: number[][] = [];
     for (const d of o.disks) {
       const c = await NbdClient.connect(d.nbd.unix);
@@ -123,16 +156,55 @@ test('points taken while the guest keeps writing are crash-consistent across dis
       }
       stamps.push(s);
     }
-    await replica.api.delete(`/v1/replicas/db1/overlays/${o.id}`);
-    // the point is the prefix up to k = the newest stamp it holds: every block must hold
-    // the last write to it among writes 1..k, on both disks
+    await replica.api.delete(`/v1/replicas/${vm}/overlays/${o.id}`);
     const k = Math.max(...stamps.flat());
-    const expectedBlocks = [new Array<number>(blocks).fill(0), new Array<number>(blocks).fill(0)];
+    const expectedBlocks = stamps.map(() => new Array<number>(blocks).fill(0));
     for (const w of history) if (w.id <= k) expectedBlocks[w.disk][w.block] = w.id;
     assert.deepEqual(stamps, expectedBlocks, `point ${p.seq} is not a prefix of the write history (k=${k})`);
-    if (k > 0 && k < id) sawIntermediate++;
+    if (k > 0 && k < last) inside++;
   }
-  assert.ok(sawIntermediate >= 3, `only ${sawIntermediate} points fell inside the write run`);
+  return inside;
+}
+
+test('continuous replication: a cut every second, one point kept per interval, each a prefix of the writes; the RPO stays in seconds', async () => {
+  const { primary, replica } = pair;
+  const disks = await createVm(primary, 'cont1', ['4M', '4M']);
+  const blockSize = 4096;
+  const blocks = (4 * 1024 * 1024) / blockSize;
+  await primary.api.post('/v1/replications', { vm: 'cont1', peer: `127.0.0.1:${replica.replicationPort}`, copyFrequency: 'continuous', pointInterval: '2s', retentionHours: 24, maxPoints: 500 });
+  await waitForPoint(primary, 'cont1', null);
+  const rpo: number[] = [];
+  const seqs = new Set<number>();
+  const { history, last } = await stampedWrites(disks, blocks, blockSize, 9000, async () => {
+    const h = await health(primary, 'cont1');
+    if (h.rpoSeconds !== null) rpo.push(h.rpoSeconds);
+    if (h.latestPoint) seqs.add(h.latestPoint.seq);
+    await new Promise((r) => setTimeout(r, 250));
+  });
+  const h = await health(primary, 'cont1');
+  assert.equal(h.state, 'Replicating');
+  assert.ok(seqs.size >= 6, `a cut about every second: ${seqs.size} latest points seen in 9 s`);
+  assert.ok(rpo.length >= 20 && Math.max(...rpo) <= 4, `RPO while writing: max ${Math.max(...rpo)} s over ${rpo.length} samples`);
+
+  const points = await replica.api.get<{ seq: number; time: string; consistency: string }[]>('/v1/replicas/cont1/points');
+  const t = points.map((p) => Date.parse(p.time));
+  // the cuts between kept points were folded: points either side of a kept one are more than the interval apart
+  for (let i = 1; i < t.length - 1; i++) assert.ok(t[i + 1] - t[i - 1] > 2000, `point ${points[i].seq} should have been folded`);
+  assert.ok(points.length >= 3 && points.length <= 9, `9 s of writes keep about one point per 2 s: ${points.length}`);
+  assert.ok(points.at(-1)!.seq - points[0].seq >= 6, 'the kept points are cuts with folded ones between them');
+  const inside = await assertPrefixPoints(replica, 'cont1', points, history, blocks, blockSize, last);
+  assert.ok(inside >= 2, `only ${inside} points fell inside the write run`);
+
+  // a drill that chose the latest point after the replica folded it opens the newest one instead
+  const folded = String(points.at(-1)!.seq - 1);
+  await assertRejectsCode(openTestOverlay(replica.api, 'cont1', folded), 'POINT_NOT_FOUND');
+  const o = await openTestOverlay(replica.api, 'cont1', folded, true);
+  assert.ok(Number(o.point.id) >= points.at(-1)!.seq, `opened point ${o.point.id}`);
+  // the overlay holds its point: the cuts that follow do not fold it
+  await new Promise((r) => setTimeout(r, 2500));
+  const held = (await replica.api.get<{ seq: number; time: string }[]>('/v1/replicas/cont1/points')).find((p) => String(p.seq) === o.point.id);
+  assert.deepEqual(held && { id: String(held.seq), at: held.time, consistency: 'crash' }, o.point);
+  await replica.api.delete(`/v1/replicas/cont1/overlays/${o.id}`);
 });
 
 test('any NBD client is the guest: qemu-io over TCP and Unix socket, nbdinfo map, nbdcopy', { skip: skipWithout(['qemu-io', 'nbdinfo'], 'qemu-utils, libnbd-bin') }, async () => {

@@ -495,8 +495,8 @@ export class LibvirtFabric implements FabricManagement {
     }
     // a test domain of this name that no record knows (a record lost with a crash) goes first
     await removeTestDomain(this.agent(r.hostId), id);
-    const overlay = await openTestOverlay(this.agent(r.hostId), r.name, spec.pointId);
-    const t: TestVmRecord = { id, itemId: spec.itemId, replicaId: r.id, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: spec.pointId, nicIds: [...r.nicIds], network, temporaryNetwork, disks: overlay.disks, startedAt: new Date().toISOString() };
+    const overlay = await openTestOverlay(this.agent(r.hostId), r.name, spec.pointId, spec.latest);
+    const t: TestVmRecord = { id, itemId: spec.itemId, replicaId: r.id, replicaName: r.name, hostId: r.hostId, overlayId: overlay.id, pointId: overlay.point.id, ...(overlay.point.id !== spec.pointId ? { point: overlay.point } : {}), nicIds: [...r.nicIds], network, temporaryNetwork, disks: overlay.disks, startedAt: new Date().toISOString() };
     for (const nic of t.nicIds) this.allocate(id, nic, network, r.nicSubnets[nic] ?? null);
     this.state.testVms[id] = t;
     await this.save();
@@ -507,7 +507,7 @@ export class LibvirtFabric implements FabricManagement {
       throw e;
     }
     this.changed();
-    this.ctx?.log.info({ testVm: id, point: spec.pointId, network }, `test VM ${id} runs point ${spec.pointId} of ${r.name}`);
+    this.ctx?.log.info({ testVm: id, point: t.pointId, network }, `test VM ${id} runs point ${t.pointId} of ${r.name}`);
     return this.testVmView(t);
   }
 
@@ -527,7 +527,7 @@ export class LibvirtFabric implements FabricManagement {
   }
 
   private testVmView(t: TestVmRecord): TestVm {
-    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt };
+    return { testVmId: t.id, hostId: t.hostId, temporaryNetwork: t.temporaryNetwork, nics: this.nicsOf(t.id, t.nicIds), disks: t.disks, startedAt: t.startedAt, ...(t.point ? { point: t.point } : {}) };
   }
 
   async removeTestVm(testVmId: string): Promise<void> {

@@ -4,7 +4,7 @@
  * the IP pools, drill networks, the peer each VM replicates to, and what failovers changed.
  */
 import type { MachineSpec } from '../../domain/machine.js';
-import type { ReplicaEndpoint } from '../../domain/replicas.js';
+import type { RecoveryPointInfo, ReplicaEndpoint } from '../../domain/replicas.js';
 import { loadRecords, RecordsWriter } from '../records-file.js';
 
 export interface ReplicaRecord {
@@ -33,6 +33,8 @@ export interface TestVmRecord {
   hostId: string;
   overlayId: string;
   pointId: string;
+  /** the point opened, when a newer one than asked (TestVmSpec.latest) */
+  point?: RecoveryPointInfo | undefined;
   nicIds: string[];
   /** the VM network the drill's NICs are on (a drill network), or null */
   network: string | null;
