@@ -7,7 +7,9 @@
  *     --whole-file --inplace) copying a file of the same size on the same machine.
  *  2. Steady state: 20 VMs on one primary, copy frequency 30 s, every VM's guest writing
  *     2 MB/s over NBD for 3 minutes: RPO p50/p99 over per-second samples of every VM, CPU
- *     and RSS of both agents, bytes shipped, churn achieved.
+ *     and RSS of both agents, bytes shipped, churn achieved. With `--mode continuous`, the
+ *     steady state alone: first with continuous replication (a cut every second, a point
+ *     kept every 5 s), then the same load in 30 s cycles, reported side by side.
  *
  * Units: MB = 1e6 bytes, MB/s = 1e6 bytes per second; GiB = 2^30 bytes. Details and
  * results: docs/benchmarks.md.
@@ -41,6 +43,10 @@ export interface ReplicationBenchOptions {
   vms: number;
   minutes: number;
   frequencyMs: number;
+  /** the steady state's copy mode; continuous also runs the cycles of frequencyMs to compare */
+  mode: 'cycles' | 'continuous';
+  /** continuous: a point kept this often */
+  pointIntervalMs: number;
   diskBytes: number;
   /** guest writes per VM, MB/s (1e6 bytes) */
   churnMBps: number;
@@ -50,11 +56,14 @@ export interface ReplicationBenchOptions {
   resultsDir: string;
 }
 
-export const TARGETS = { initialRatioToRsync: 1.5, initialRatioToPipe: 0.9, initialCpuRatioToRsync: 1.2, rpoP99Seconds: 35 } as const;
+export const TARGETS = { initialRatioToRsync: 1.5, initialRatioToPipe: 0.9, initialCpuRatioToRsync: 1.2, rpoP99Seconds: 35, continuousRpoP99Seconds: 5 } as const;
 
 export function replicationOptions(flags: Flags, resultsDir: string): ReplicationBenchOptions {
   const only = flags.optionalString('only');
   if (only !== undefined && only !== 'initial' && only !== 'steady') throw new UsageError('--only takes initial or steady');
+  const mode = flags.string('mode', 'cycles');
+  if (mode !== 'cycles' && mode !== 'continuous') throw new UsageError('--mode takes cycles or continuous');
+  if (mode === 'continuous' && only === 'initial') throw new UsageError('--mode continuous is a steady-state run: drop --only initial');
   const o: ReplicationBenchOptions = {
     runs: flags.number('runs', 3, (n) => Number.isInteger(n) && n >= 1),
     initialBytes: parseBytes(flags.string('size', '2G')),
@@ -63,9 +72,11 @@ export function replicationOptions(flags: Flags, resultsDir: string): Replicatio
     vms: flags.number('vms', 20, (n) => Number.isInteger(n) && n >= 1 && n <= 200),
     minutes: flags.number('minutes', 3),
     frequencyMs: parseMs(flags.string('frequency', '30s')),
+    mode,
+    pointIntervalMs: parseMs(flags.string('point-interval', '5s')),
     diskBytes: parseBytes(flags.string('disk', '1G')),
     churnMBps: flags.number('churn', 2, (n) => n >= 0),
-    phases: { initial: only !== 'steady', steady: only !== 'initial' },
+    phases: { initial: only !== 'steady' && mode === 'cycles', steady: only !== 'initial' },
     cpuProfDir: flags.optionalString('cpu-prof'),
     resultsDir,
   };
@@ -364,7 +375,11 @@ export async function churn(vm: string, client: NbdClient, bytesPerSec: number, 
 export interface SteadyResult {
   vms: number;
   durationSeconds: number;
+  /** 'continuous', or the copy frequency's seconds */
+  mode: 'cycles' | 'continuous';
   frequencySeconds: number;
+  /** continuous: seconds between the points kept */
+  pointIntervalSeconds: number | null;
   diskBytes: number;
   initialAllSeconds: number;
   rpo: { samples: number; p50: number; p90: number; p99: number; max: number; mean: number; perVmMax: Record<string, number> };
@@ -390,7 +405,7 @@ export interface SteadyResult {
   load: MachineLoad;
 }
 
-async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: MachineCpuMeter, log: (s: string) => void): Promise<SteadyResult> {
+async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, mode: 'cycles' | 'continuous', meter: MachineCpuMeter, log: (s: string) => void): Promise<SteadyResult> {
   return withRunDir('steady', async (dir) => {
     const pair: Partial<AgentPair> = {};
     const clients: NbdClient[] = [];
@@ -405,7 +420,8 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
       }
       const t0 = performance.now();
       for (const vm of names) {
-        await primary.api.post('/v1/replications', { vm, peer, copyFrequency: `${o.frequencyMs}ms`, retentionHours: 1, maxPoints: 24, compression: false });
+        const copy = mode === 'continuous' ? { copyFrequency: 'continuous', pointInterval: `${o.pointIntervalMs}ms`, maxPoints: 3600_000 / o.pointIntervalMs + 1 } : { copyFrequency: `${o.frequencyMs}ms`, maxPoints: 24 };
+        await primary.api.post('/v1/replications', { vm, peer, ...copy, retentionHours: 1, compression: false });
       }
       for (;;) {
         const all = await primary.api.get<ReplicationHealth[]>('/v1/replications');
@@ -502,7 +518,9 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, meter: Mach
       return {
         vms: names.length,
         durationSeconds: durationMs / 1000,
-        frequencySeconds: o.frequencyMs / 1000,
+        mode,
+        frequencySeconds: mode === 'continuous' ? 1 : o.frequencyMs / 1000,
+        pointIntervalSeconds: mode === 'continuous' ? o.pointIntervalMs / 1000 : null,
         diskBytes: o.diskBytes,
         initialAllSeconds,
         rpo: {
@@ -601,10 +619,21 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
   }
 
   let steady: SteadyResult | null = null;
+  /** --mode continuous: the same load in cycles, to compare */
+  let cycles: SteadyResult | null = null;
   if (o.phases.steady) {
-    log(`\n2. steady state: ${o.vms} VMs × ${fmt(o.diskBytes / GiB, 1)} GiB, copy frequency ${o.frequencyMs / 1000} s, churn ${o.churnMBps} MB/s per VM for ${o.minutes} min`);
-    steady = await steadyRun(pkiDir, o, meter, log);
+    const load = `${o.vms} VMs × ${fmt(o.diskBytes / GiB, 1)} GiB, churn ${o.churnMBps} MB/s per VM for ${o.minutes} min`;
+    if (o.mode === 'continuous') {
+      log(`\n2. steady state, continuous (a cut every second, a point kept every ${o.pointIntervalMs / 1000} s): ${load}`);
+      steady = await steadyRun(pkiDir, o, 'continuous', meter, log);
+      log(`\n2b. the same load in cycles of ${o.frequencyMs / 1000} s`);
+      cycles = await steadyRun(pkiDir, o, 'cycles', meter, log);
+    } else {
+      log(`\n2. steady state: ${load}, copy frequency ${o.frequencyMs / 1000} s`);
+      steady = await steadyRun(pkiDir, o, 'cycles', meter, log);
+    }
   }
+  const rpoTarget = o.mode === 'continuous' ? TARGETS.continuousRpoP99Seconds : TARGETS.rpoP99Seconds;
   await removePki();
 
   const initialMBps = median(runs.map((r) => r.MBps));
@@ -638,7 +667,8 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
     rpoP50Seconds: steady ? round(steady.rpo.p50) : null,
     rpoP99Seconds: steady ? round(steady.rpo.p99) : null,
     rpoMaxSeconds: steady ? round(steady.rpo.max) : null,
-    rpoTargetMet: steady ? steady.rpo.p99 <= TARGETS.rpoP99Seconds : null,
+    rpoTargetSeconds: rpoTarget,
+    rpoTargetMet: steady ? steady.rpo.p99 <= rpoTarget : null,
     agentRssMB: steady ? round(steady.primary.rssMBMax, 1) : null,
     replicaAgentRssMB: steady ? round(steady.replica.rssMBMax, 1) : null,
     agentCpuPercent: steady ? round(steady.primary.cpuPercentMean, 1) : null,
@@ -656,32 +686,36 @@ export async function runReplicationBench(o: ReplicationBenchOptions): Promise<v
       rsyncFsyncRuns: rsync.fsync.map(roundAll),
       bareTlsPipeRuns: tlsPipe.map(roundAll),
     },
-    steady: steady
-      ? {
-          ...steady,
-          primary: summarizeUsage(steady.primary),
-          replica: summarizeUsage(steady.replica),
-          rpo: { ...roundAll(steady.rpo), perVmMax: roundAll(steady.rpo.perVmMax) },
-          apiLatencyMs: roundAll(steady.apiLatencyMs),
-          shipLatencySeconds: roundAll(steady.shipLatencySeconds),
-          pointPhasesSeconds: Object.fromEntries(Object.entries(steady.pointPhasesSeconds).map(([k, v]) => [k, roundAll(v)])),
-          deltaMB: roundAll(steady.deltaMB),
-          load: roundAll(steady.load),
-          churn: roundAll(steady.churn),
-          bench: roundAll(steady.bench),
-          bytesShippedMBps: round(steady.bytesShippedMBps),
-          pendingLogMBMax: round(steady.pendingLogMBMax),
-          initialAllSeconds: round(steady.initialAllSeconds),
-        }
-      : null,
+    steady: steady ? steadyJson(steady) : null,
+    /** --mode continuous: the same load in cycles */
+    steadyCycles: cycles ? steadyJson(cycles) : null,
   };
 
   log('');
-  log(formatTable(['metric', 'osr', 'peer', 'ratio / target'], tableRows(result, runs, compressed, rsync, tlsPipe, steady, o)));
+  log(formatTable(['metric', 'osr', 'peer', 'ratio / target'], tableRows(result, runs, compressed, rsync, tlsPipe, steady, cycles, o)));
   fs.mkdirSync(o.resultsDir, { recursive: true });
   const out = path.join(o.resultsDir, 'replication.json');
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   log(`\nresults: ${path.relative(process.cwd(), out) || out}   (MB = 1e6 bytes; CPU % of one core)`);
+}
+
+function steadyJson(steady: SteadyResult) {
+  return {
+    ...steady,
+    primary: summarizeUsage(steady.primary),
+    replica: summarizeUsage(steady.replica),
+    rpo: { ...roundAll(steady.rpo), perVmMax: roundAll(steady.rpo.perVmMax) },
+    apiLatencyMs: roundAll(steady.apiLatencyMs),
+    shipLatencySeconds: roundAll(steady.shipLatencySeconds),
+    pointPhasesSeconds: Object.fromEntries(Object.entries(steady.pointPhasesSeconds).map(([k, v]) => [k, roundAll(v)])),
+    deltaMB: roundAll(steady.deltaMB),
+    load: roundAll(steady.load),
+    churn: roundAll(steady.churn),
+    bench: roundAll(steady.bench),
+    bytesShippedMBps: round(steady.bytesShippedMBps),
+    pendingLogMBMax: round(steady.pendingLogMBMax),
+    initialAllSeconds: round(steady.initialAllSeconds),
+  };
 }
 
 function tableRows(
@@ -691,6 +725,7 @@ function tableRows(
   rsync: { plain: RsyncRun[]; fsync: RsyncRun[] },
   tlsPipe: TlsPipeRun[],
   steady: SteadyResult | null,
+  cycles: SteadyResult | null,
   o: ReplicationBenchOptions,
 ): Cell[][] {
   const rows: Cell[][] = [];
@@ -733,30 +768,39 @@ function tableRows(
       rows.push([`initial replication with compression (zstd), MB/s`, fmt(compressed.MBps, 0), `rsync ${fmt(peer, 0)}`, `${fmt(compressed.MBps / peer, 2)}× (random data: overhead only)`]);
     }
   }
-  if (steady) {
-    const f = steady.frequencySeconds;
-    rows.push([`RPO p50, s (${steady.vms} VMs, ${f} s frequency, ${fmt(steady.durationSeconds / 60, 1)} min)`, fmt(steady.rpo.p50, 1), null, `≈ ${f / 2} s + shipping`]);
-    rows.push([`RPO p99, s`, fmt(steady.rpo.p99, 1), null, `target ≤ ${TARGETS.rpoP99Seconds} s`]);
-    rows.push([`RPO max, s`, fmt(steady.rpo.max, 1), null, null]);
-    rows.push([`primary agent CPU mean / max, % of a core`, `${fmt(steady.primary.cpuPercentMean, 0)} / ${fmt(steady.primary.cpuPercentMax, 0)}`, null, null]);
-    rows.push([`primary agent RSS max, MB`, fmt(steady.primary.rssMBMax, 0), null, null]);
-    rows.push([`replica agent CPU mean / max, % of a core`, `${fmt(steady.replica.cpuPercentMean, 0)} / ${fmt(steady.replica.cpuPercentMax, 0)}`, null, null]);
-    rows.push([`replica agent RSS max, MB`, fmt(steady.replica.rssMBMax, 0), null, null]);
-    rows.push([`churn achieved, MB/s (all VMs)`, fmt(steady.churn.achievedMBpsTotal, 1), null, `target ${fmt(steady.churn.targetMBpsPerVm * steady.vms, 1)}`]);
-    rows.push([`bytes shipped, MB (MB/s)`, `${fmt(steady.bytesShipped / MB, 0)} (${fmt(steady.bytesShippedMBps, 1)})`, null, null]);
-    rows.push([`point applied after its instant p50 / p99, s`, `${fmt(steady.shipLatencySeconds.p50, 1)} / ${fmt(steady.shipLatencySeconds.p99, 1)}`, null, null]);
-    const ph = steady.pointPhasesSeconds;
-    rows.push([
-      `  of which log sync / wait / send / apply, p50 (p99), s`,
-      (['sync', 'wait', 'send', 'apply'] as const).map((k) => `${fmt(ph[k].p50, 1)} (${fmt(ph[k].p99, 1)})`).join(' / '),
-      null,
-      null,
-    ]);
-    rows.push([`  replica's own apply time p50 (p99), s`, `${fmt(ph.replicaApply.p50, 1)} (${fmt(ph.replicaApply.p99, 1)})`, null, null]);
-    rows.push([`points created / missed cycles`, `${steady.pointsCreated} / ${steady.missedCycles}`, null, null]);
-    rows.push([`primary API latency p50 / p99, ms`, `${fmt(steady.apiLatencyMs.p50, 0)} / ${fmt(steady.apiLatencyMs.p99, 0)}`, null, null]);
-    rows.push([`other processes on the machine, % of a core`, fmt(steady.load.otherProcessesPercent, 0), null, null]);
-  }
+  if (steady) rows.push(...steadyRows(steady, cycles));
+  return rows;
+}
+
+/** The steady state's rows; with `cycles` (--mode continuous), the cycles run's figure in the peer column. */
+function steadyRows(steady: SteadyResult, cycles: SteadyResult | null): Cell[][] {
+  const rows: Cell[][] = [];
+  const continuous = steady.mode === 'continuous';
+  const cmp = (f: (x: SteadyResult) => string | null) => (cycles ? `${cycles.frequencySeconds} s cycles ${f(cycles) ?? '—'}` : null);
+  const what = continuous ? `continuous, a point every ${steady.pointIntervalSeconds} s` : `${steady.frequencySeconds} s frequency`;
+  const f = steady.frequencySeconds;
+  rows.push([`RPO p50, s (${steady.vms} VMs, ${what}, ${fmt(steady.durationSeconds / 60, 1)} min)`, fmt(steady.rpo.p50, 1), cmp((x) => fmt(x.rpo.p50, 1)), `≈ ${f / 2} s + shipping`]);
+  rows.push([`RPO p99, s`, fmt(steady.rpo.p99, 1), cmp((x) => fmt(x.rpo.p99, 1)), `target ≤ ${continuous ? TARGETS.continuousRpoP99Seconds : TARGETS.rpoP99Seconds} s`]);
+  rows.push([`RPO max, s`, fmt(steady.rpo.max, 1), cmp((x) => fmt(x.rpo.max, 1)), null]);
+  const ratio = (a: number, b: number | undefined) => (b !== undefined && b > 0 ? `${fmt(a / b, 2)}× the cycles'` : null);
+  rows.push([`primary agent CPU mean / max, % of a core`, `${fmt(steady.primary.cpuPercentMean, 0)} / ${fmt(steady.primary.cpuPercentMax, 0)}`, cmp((x) => `${fmt(x.primary.cpuPercentMean, 0)} / ${fmt(x.primary.cpuPercentMax, 0)}`), ratio(steady.primary.cpuPercentMean, cycles?.primary.cpuPercentMean)]);
+  rows.push([`primary agent RSS max, MB`, fmt(steady.primary.rssMBMax, 0), cmp((x) => fmt(x.primary.rssMBMax, 0)), ratio(steady.primary.rssMBMax, cycles?.primary.rssMBMax)]);
+  rows.push([`replica agent CPU mean / max, % of a core`, `${fmt(steady.replica.cpuPercentMean, 0)} / ${fmt(steady.replica.cpuPercentMax, 0)}`, cmp((x) => `${fmt(x.replica.cpuPercentMean, 0)} / ${fmt(x.replica.cpuPercentMax, 0)}`), ratio(steady.replica.cpuPercentMean, cycles?.replica.cpuPercentMean)]);
+  rows.push([`replica agent RSS max, MB`, fmt(steady.replica.rssMBMax, 0), cmp((x) => fmt(x.replica.rssMBMax, 0)), ratio(steady.replica.rssMBMax, cycles?.replica.rssMBMax)]);
+  rows.push([`churn achieved, MB/s (all VMs)`, fmt(steady.churn.achievedMBpsTotal, 1), cmp((x) => fmt(x.churn.achievedMBpsTotal, 1)), `target ${fmt(steady.churn.targetMBpsPerVm * steady.vms, 1)}`]);
+  rows.push([`bytes shipped, MB (MB/s)`, `${fmt(steady.bytesShipped / MB, 0)} (${fmt(steady.bytesShippedMBps, 1)})`, cmp((x) => `${fmt(x.bytesShipped / MB, 0)} (${fmt(x.bytesShippedMBps, 1)})`), null]);
+  rows.push([`point applied after its instant p50 / p99, s`, `${fmt(steady.shipLatencySeconds.p50, 1)} / ${fmt(steady.shipLatencySeconds.p99, 1)}`, cmp((x) => `${fmt(x.shipLatencySeconds.p50, 1)} / ${fmt(x.shipLatencySeconds.p99, 1)}`), null]);
+  const ph = steady.pointPhasesSeconds;
+  rows.push([
+    `  of which log sync / wait / send / apply, p50 (p99), s`,
+    (['sync', 'wait', 'send', 'apply'] as const).map((k) => `${fmt(ph[k].p50, 1)} (${fmt(ph[k].p99, 1)})`).join(' / '),
+    null,
+    null,
+  ]);
+  rows.push([`  replica's own apply time p50 (p99), s`, `${fmt(ph.replicaApply.p50, 1)} (${fmt(ph.replicaApply.p99, 1)})`, null, null]);
+  rows.push([continuous ? `cuts made / points kept / missed cycles` : `points created / missed cycles`, continuous ? `${steady.pointsCreated} / ${steady.deltaMB.points} / ${steady.missedCycles}` : `${steady.pointsCreated} / ${steady.missedCycles}`, cmp((x) => `${x.pointsCreated} / ${x.missedCycles}`), null]);
+  rows.push([`primary API latency p50 / p99, ms`, `${fmt(steady.apiLatencyMs.p50, 0)} / ${fmt(steady.apiLatencyMs.p99, 0)}`, cmp((x) => `${fmt(x.apiLatencyMs.p50, 0)} / ${fmt(x.apiLatencyMs.p99, 0)}`), null]);
+  rows.push([`other processes on the machine, % of a core`, fmt(steady.load.otherProcessesPercent, 0), cmp((x) => fmt(x.load.otherProcessesPercent, 0)), null]);
   return rows;
 }
 

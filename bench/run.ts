@@ -97,6 +97,9 @@ replication flags:
   --vms N              VMs in the steady-state phase (20)
   --minutes M          steady-state duration after the initial copies (3)
   --frequency 30s      copy frequency in the steady-state phase (30s)
+  --mode continuous    steady state only: continuous replication (a cut a second), then the same
+                       load in cycles of --frequency, side by side (default: cycles)
+  --point-interval 5s  continuous: a recovery point kept this often (5s)
   --disk 1G            disk size of each steady-state VM (1G)
   --churn 2            guest writes per VM, MB/s (2)
   --only initial|steady   run one phase

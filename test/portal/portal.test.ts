@@ -152,6 +152,18 @@ describe('the portal', { skip: SKIP }, () => {
     assert.ok(gold, 'the policy exists');
     assert.equal(gold.settings.copyFrequencySeconds, 30);
     assert.equal(gold.settings.retentionHours, 1);
+    // a continuous policy: the point interval's field appears with the choice, and the vault's rule stands under it
+    await page.getByRole('button', { name: 'Create policy' }).click();
+    await dialog.getByLabel('Name').fill('live');
+    await dialog.getByLabel(/copy frequency/i).selectOption('continuous');
+    await dialog.getByLabel(/point interval/i).fill('90');
+    await dialog.getByRole('button', { name: 'Create' }).click();
+    await dialog.getByText('continuous replication keeps a point every 1 to 60 whole seconds, not 90').waitFor();
+    await dialog.getByLabel(/point interval/i).fill('2');
+    await dialog.getByRole('button', { name: 'Create' }).click();
+    await page.getByRole('cell', { name: 'continuous, a point every 2 s' }).waitFor();
+    const live = (await api.request<{ items: { name: string; settings: { copyMode?: string; pointIntervalSeconds?: number } }[] }>('GET', '/api/v1/policies')).items.find((p) => p.name === 'live');
+    assert.deepEqual([live?.settings.copyMode, live?.settings.pointIntervalSeconds], ['continuous', 2]);
     await checkPage('policies');
     await shot('04-policies');
   });

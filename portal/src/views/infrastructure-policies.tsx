@@ -10,12 +10,18 @@ import { ConfirmDelete, useFieldErrors } from './infrastructure-common';
 
 const OFFERED = ['30', '300', '900'];
 const OTHER = 'other';
+/** the copy select's choice for continuous replication (copyMode continuous) */
+const CONTINUOUS = 'continuous';
 
 interface Form {
   name: string;
-  /** one of OFFERED, or OTHER with `copyOther` */
+  /** one of OFFERED, OTHER with `copyOther`, or CONTINUOUS with `pointInterval` */
   copy: string;
   copyOther: string;
+  /** continuous: seconds between recovery points */
+  pointInterval: string;
+  /** a continuous policy's copy frequency, kept for a switch back to cycles */
+  copyKept: string;
   retentionHours: string;
   appConsistentFrequencyHours: string;
   port: string;
@@ -33,6 +39,8 @@ const NEW: Form = {
   name: '',
   copy: '300',
   copyOther: '',
+  pointInterval: '5',
+  copyKept: '',
   retentionHours: '0',
   appConsistentFrequencyHours: '0',
   port: '8084',
@@ -48,6 +56,8 @@ const NEW: Form = {
 const FIELDS = [
   'name',
   'copyFrequencySeconds',
+  'copyMode',
+  'pointIntervalSeconds',
   'retentionHours',
   'appConsistentFrequencyHours',
   'port',
@@ -72,11 +82,14 @@ function localInput(iso: string): string {
 function formOf(p: Policy): Form {
   const s = p.settings;
   const copy = String(s.copyFrequencySeconds);
+  const continuous = s.copyMode === 'continuous';
   const i = s.initialReplication;
   return {
     name: p.name,
-    copy: OFFERED.includes(copy) ? copy : OTHER,
-    copyOther: OFFERED.includes(copy) ? '' : copy,
+    copy: continuous ? CONTINUOUS : OFFERED.includes(copy) ? copy : OTHER,
+    copyOther: continuous || OFFERED.includes(copy) ? '' : copy,
+    pointInterval: String(s.pointIntervalSeconds ?? 5),
+    copyKept: continuous ? copy : '',
     retentionHours: String(s.retentionHours),
     appConsistentFrequencyHours: String(s.appConsistentFrequencyHours),
     port: String(s.port),
@@ -109,8 +122,11 @@ function settingsOf(f: Form): Record<string, unknown> {
     initialReplication.exportPath = f.exportPath;
     initialReplication.importPath = f.importPath;
   }
+  const continuous = f.copy === CONTINUOUS;
   const s: Record<string, unknown> = {
-    copyFrequencySeconds: num(f.copy === OTHER ? f.copyOther : f.copy),
+    copyMode: continuous ? 'continuous' : 'cycles',
+    copyFrequencySeconds: num(continuous ? f.copyKept : f.copy === OTHER ? f.copyOther : f.copy),
+    pointIntervalSeconds: continuous ? num(f.pointInterval) : undefined,
     retentionHours: num(f.retentionHours),
     appConsistentFrequencyHours: num(f.appConsistentFrequencyHours),
     port: num(f.port),
@@ -170,14 +186,20 @@ function PolicyDialog({ editing, open, onClose, onSaved }: { editing: Policy | n
         <input type="text" name="name" autoComplete="off" value={f.name} onChange={(e) => set('name', e.target.value)} />
       </Field>
       <div className="grid2 infra-form">
-        <Field label="Copy frequency" error={f.copy === OTHER ? undefined : err('copyFrequencySeconds')}>
+        <Field label="Copy frequency" error={f.copy === OTHER ? err('copyMode') : (err('copyFrequencySeconds') ?? err('copyMode'))}>
           <select name="copyFrequencySeconds" value={f.copy} onChange={(e) => set('copy', e.target.value)}>
             <option value="30">30 s</option>
             <option value="300">5 min</option>
             <option value="900">15 min</option>
+            <option value={CONTINUOUS}>continuous (writes ship as they are made)</option>
             <option value={OTHER}>another interval…</option>
           </select>
         </Field>
+        {f.copy === CONTINUOUS && (
+          <Field label="Point interval (seconds)" hint="a crash-consistent recovery point is kept this often, 1 to 60 s" error={err('pointIntervalSeconds')}>
+            <input type="number" name="pointIntervalSeconds" inputMode="numeric" value={f.pointInterval} onChange={(e) => set('pointInterval', e.target.value)} />
+          </Field>
+        )}
         {f.copy === OTHER && (
           <Field label="Interval between copies (seconds)" error={err('copyFrequencySeconds')}>
             <input type="number" name="copyOther" inputMode="numeric" value={f.copyOther} onChange={(e) => set('copyOther', e.target.value)} />
@@ -291,7 +313,7 @@ export function Policies() {
                   return (
                     <tr key={p.id}>
                       <td data-label="Name">{p.name}</td>
-                      <td data-label="Copy frequency">every {fmtSeconds(s.copyFrequencySeconds)}</td>
+                      <td data-label="Copy frequency">{s.copyMode === 'continuous' ? `continuous, a point every ${s.pointIntervalSeconds ?? 5} s` : `every ${fmtSeconds(s.copyFrequencySeconds)}`}</td>
                       <td data-label="Retention">{s.retentionHours === 0 ? 'latest point only' : `${s.retentionHours} h`}</td>
                       <td data-label="App-consistent">{s.appConsistentFrequencyHours === 0 ? 'none' : `every ${s.appConsistentFrequencyHours} h`}</td>
                       <td data-label="Initial replication">{initialSummary(s.initialReplication)}</td>

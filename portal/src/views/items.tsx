@@ -309,7 +309,9 @@ export function ItemPage({ id }: { id: string }) {
         const disks = ((vm?.properties.disks as { id: string; name: string; sizeBytes: number; storageLocation?: string }[] | undefined) ?? []);
         const nics = ((vm?.properties.nics as { id: string; vmNetwork?: string; ip?: string }[] | undefined) ?? []);
         const drills = itemDrills(item);
-        const copy = policy.data?.settings.copyFrequencySeconds;
+        // the RPO a policy aims under: its copy frequency, or a continuous policy's point interval
+        const settings = policy.data?.settings;
+        const copy = settings && (settings.copyMode === 'continuous' ? settings.pointIntervalSeconds : settings.copyFrequencySeconds);
         return (
           <>
             <p>
@@ -349,6 +351,12 @@ export function ItemPage({ id }: { id: string }) {
                   <dd>{item.readiness.ready ? 'Yes: a crash-consistent point is at the recovery site' : `No: ${item.readiness.reason}`}</dd>
                   <dt>RPO</dt>
                   <dd>{fmtSeconds(item.rpoSeconds)}</dd>
+                  {settings && (
+                    <>
+                      <dt>Replication</dt>
+                      <dd>{settings.copyMode === 'continuous' ? `continuous: a cut every second, a point kept every ${settings.pointIntervalSeconds ?? 5} s` : `a copy every ${fmtSeconds(settings.copyFrequencySeconds)}`}</dd>
+                    </>
+                  )}
                   <dt>Last recovery point</dt>
                   <dd>
                     {fmtTime(item.lastRecoveryPointAt)} ({ago(item.lastRecoveryPointAt)})
@@ -366,7 +374,7 @@ export function ItemPage({ id }: { id: string }) {
                   label={`RPO of ${item.name}`}
                   format={(v) => fmtSeconds(v)}
                   series={[{ name: 'RPO', points: samples.map((s) => ({ t: Date.parse(s.at), v: s.rpoSeconds })) }]}
-                  {...(copy ? { limit: { value: copy, name: 'copy frequency' } } : {})}
+                  {...(copy ? { limit: { value: copy, name: settings?.copyMode === 'continuous' ? 'point interval' : 'copy frequency' } } : {})}
                   empty="No RPO samples yet: one is taken a minute while the item replicates."
                 />
               </Section>
