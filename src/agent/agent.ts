@@ -33,6 +33,7 @@ import { ReplicaRegistry, ReplicationServer, Session } from './replica/replicati
 import { AzureReplicas } from './azure/azure-replicas.js';
 import { VmImports, type ImportProgress, type ImportRequest } from './azure/vm-imports.js';
 import { PrimaryReplication } from './sending/replication.js';
+import { GroupCuts } from './sending/group-cuts.js';
 import type { AzurePeer, ReplicationSpec } from './wire/replication-types.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
 import { Pacer, parseBandwidth } from './io/throttle.js';
@@ -142,6 +143,10 @@ export class Agent {
     ensurePrivateDir(path.join(config.dataDir, 'run'));
     fs.mkdirSync(path.join(config.dataDir, 'replications'), { recursive: true });
     this.host = makeHost({ dataDir: config.dataDir, now: () => clock.now(), log: this.log });
+    this.cuts = new GroupCuts((vm) => {
+      const replication = this.getReplication(vm);
+      return { replication, gate: this.host.get(replication.spec.vm).writeGate };
+    }, this.log);
     // an agent the vault enrolled into a fabric takes a replica's source only from the vault
     this.replicas = new ReplicaRegistry(path.join(config.dataDir, 'replicas'), () => clock.now(), () => this.enrolled?.fabricId !== undefined);
     ensurePrivateDir(path.join(config.dataDir, 'azure-access'));
@@ -380,6 +385,9 @@ export class Agent {
     this.replications.set(spec.id, r);
     r.start();
   }
+
+  /** a consistency group's cuts on this agent (group-cuts.ts) */
+  readonly cuts: GroupCuts;
 
   getReplication(idOrVm: string): PrimaryReplication {
     const r = this.replications.get(idOrVm) ?? [...this.replications.values()].find((x) => x.spec.vm === idOrVm);

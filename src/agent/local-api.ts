@@ -10,7 +10,7 @@ import path from 'node:path';
 import type tls from 'node:tls';
 import { ERROR_CODES, OsrError, toOsrError, type ErrorCode } from '../domain/errors.js';
 import { checkMachine } from '../domain/machine.js';
-import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../domain/names.js';
+import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN, safeName } from '../domain/names.js';
 import { CONTINUOUS_CUT_MS, DEFAULT_POINT_INTERVAL_SECONDS, MAX_POINT_INTERVAL_SECONDS, MIN_POINT_INTERVAL_SECONDS } from '../domain/policy.js';
 import type { Agent } from './agent.js';
 import { addAccessChecks, type ApiAccess } from './api-access.js';
@@ -232,6 +232,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
       peerName?: string;
       copyFrequency?: string | number;
       pointInterval?: string | number;
+      group?: string;
       retentionHours?: number;
       maxPoints?: number;
       compression?: boolean;
@@ -290,6 +291,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
         azureSas: b.azureSas !== undefined ? parseSas(b.azureSas) : undefined,
         copyFrequencyMs,
         continuous,
+        group: b.group !== undefined ? safeName(b.group, 'group') : undefined,
         retention: { hours: b.retentionHours ?? 24, maxPoints: b.maxPoints ?? 24, ...(continuous ? { minSpacingMs: continuous.pointIntervalMs } : {}) },
         compression: b.compression ?? false,
         startAt: b.startAt,
@@ -311,6 +313,10 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     agent.getReplication(req.params.id).triggerCycle();
     return reply.status(202).send({ accepted: true });
   });
+  // a consistency group's cut (group-cuts.ts): hold the members' writes, then swap or abort
+  app.post<{ Body: { id?: unknown; group?: unknown; vms?: unknown; holdMs?: unknown } | undefined }>('/v1/cuts', async (req) => agent.cuts.hold(req.body ?? {}));
+  app.post<{ Params: { id: string } }>('/v1/cuts/:id/swap', async (req) => agent.cuts.swap(req.params.id));
+  app.delete<{ Params: { id: string } }>('/v1/cuts/:id', async (req) => agent.cuts.abort(req.params.id));
   app.post<{ Params: { id: string }; Body: { timeout?: string | number } | undefined }>('/v1/replications/:id/prepare-failover', async (req) =>
     agent.prepareFailover(req.params.id, req.body?.timeout !== undefined ? parseDuration(req.body.timeout) : undefined),
   );

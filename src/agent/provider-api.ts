@@ -43,6 +43,10 @@ export const PROVIDER_ROUTES: ReadonlySet<string> = new Set([
   'POST /v1/replications/:id/retry',
   'POST /v1/replications/:id/resync',
   'POST /v1/replications/:id/prepare-failover',
+  // a consistency group's cuts (its coordinator holds, then swaps or aborts)
+  'POST /v1/cuts',
+  'POST /v1/cuts/:id/swap',
+  'DELETE /v1/cuts/:id',
   // the vault's word on who may replicate into a replica here
   'PUT /v1/replicas/:vmId/source',
   // failover, change of recovery point, commit, fence, reprotect

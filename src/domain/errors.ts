@@ -61,6 +61,7 @@ export const ERROR_CODES = {
   REPLICA_CHAIN_BROKEN: { class: 'non-recoverable', meaning: 'A delta does not follow the replica\'s latest recovery point (broken chain).', fix: 'Run a resynchronization.' },
   REPLICA_DISK_FULL: { class: 'recoverable', meaning: 'The replica\'s storage location has no space left.', fix: 'Free space or move the replica; replication retries on its own.' },
   LOW_MEMORY: { class: 'recoverable', meaning: 'The agent is short of memory.', fix: 'Free memory on the host; replication retries on its own.' },
+  CUT_EXPIRED: { class: 'recoverable', meaning: 'A consistency group\'s cut was not swapped within its hold: the agent let the guests\' writes go on (a guest never waits longer than the hold), so the cut is no instant of the group and makes no point.', fix: 'Nothing to do: the next cut is taken at the group\'s next interval. If it keeps happening, the coordinator is too slow to reach the group\'s agents within the hold; check their load and the network between them.' },
   POINT_NOT_FOUND: { class: 'usage', meaning: 'The recovery point does not exist (pruned or never made).', fix: 'List the recovery points and choose an existing one.' },
   OVERLAY_IN_USE: { class: 'usage', meaning: 'An overlay is open on the replica, so the operation cannot run.', fix: 'Close or commit the overlay first.' },
   HOOK_FAILED: { class: 'recoverable', meaning: 'The quiesce hook for an app-consistent point failed or timed out; a crash-consistent point was taken instead.', fix: 'Check the hook script and its output in the agent log.' },

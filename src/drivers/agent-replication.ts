@@ -168,6 +168,52 @@ export async function openTestOverlay(api: AgentApi, replicaName: string, pointI
   return { id: o.id, disks: o.disks.map((d) => ({ name: d.name, nbd: d.nbd.unix })), point: { id: String(o.point), at: o.pointTime, consistency: consistencyOf(o.consistency) } };
 }
 
+/** The members of a group cut on one agent. */
+export interface CutMembers {
+  api: AgentApi;
+  vms: string[];
+}
+
+/** What a group cut made: each member's point, and how long the guests' writes were held. */
+export interface GroupCutResult {
+  cut: string;
+  points: Record<string, number>;
+  /** the longest hold on any agent, hold to release (ms): the longest a guest write waited */
+  heldMs: number;
+  /** from the first hold asked to the last swap answered (ms): the agents' holds and the coordinator's round trips */
+  coordinatorMs: number;
+}
+
+/**
+ * Cut a consistency group at one instant (agent/sending/group-cuts.ts): hold every
+ * member's writes on every agent, and only once all hold, swap them all. A hold refused
+ * anywhere releases the others (no point is made); a swap refused anywhere (the hold
+ * expired) leaves the others' points of an incomplete cut, which is no group point
+ * (domain/groups.ts). Throws the first refusal.
+ */
+export async function groupCut(members: readonly CutMembers[], group: string, cut: string, holdMs: number): Promise<GroupCutResult> {
+  const t0 = performance.now();
+  const url = `/v1/cuts/${encodeURIComponent(cut)}`;
+  const holds = await Promise.allSettled(members.map((m) => m.api.post('/v1/cuts', { id: cut, group, vms: m.vms, holdMs })));
+  const refused = holds.find((h) => h.status === 'rejected');
+  if (refused) {
+    await Promise.all(members.map((m, i) => (holds[i]!.status === 'fulfilled' ? m.api.delete(url).catch(() => undefined) : undefined)));
+    throw toOsrError(refused.reason);
+  }
+  const swaps = await Promise.allSettled(members.map((m) => m.api.post<{ points: { vm: string; seq: number }[]; heldMs: number }>(`${url}/swap`)));
+  const coordinatorMs = performance.now() - t0;
+  const failed = swaps.find((s) => s.status === 'rejected');
+  if (failed) throw toOsrError(failed.reason);
+  const points: Record<string, number> = {};
+  let heldMs = 0;
+  for (const s of swaps) {
+    if (s.status !== 'fulfilled') continue;
+    for (const p of s.value.points) points[p.vm] = p.seq;
+    heldMs = Math.max(heldMs, s.value.heldMs);
+  }
+  return { cut, points, heldMs, coordinatorMs };
+}
+
 /** Remove a test failover's overlay and its writes (one a restarted agent no longer has is gone already). */
 export async function removeTestOverlay(api: AgentApi, replicaName: string, overlayId: string): Promise<void> {
   try {

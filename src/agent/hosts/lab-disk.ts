@@ -9,6 +9,7 @@ import { FileDiskReader } from '../io/file-reader.js';
 import { OsrError } from '../../domain/errors.js';
 import type { BlockDevice, Extent, WriteOptions } from '../io/block-device.js';
 import type { VmChangeTracker } from '../tracking/change-tracker.js';
+import type { WriteGate } from '../io/write-gate.js';
 import { fdatasyncAsync, readFully, writeFully } from '../io/io.js';
 import { dataRanges, punchHole, writeZeroRange } from '../io/sparse.js';
 
@@ -28,6 +29,8 @@ export class LabDisk implements BlockDevice {
     private readonly index: number,
     /** why writes are refused (a fenced VM), or undefined */
     private readonly fenced: () => string | undefined = () => undefined,
+    /** the VM's write gate (a consistency group's cut holds it) */
+    private readonly gate?: WriteGate,
   ) {
     this.fd = fs.openSync(imagePath, 'r+');
   }
@@ -73,6 +76,9 @@ export class LabDisk implements BlockDevice {
   }
 
   async write(offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+    // held by a group cut: wait; from the check on, nothing yields until the write is logged and in the image
+    const held = this.gate?.wait;
+    if (held) await held;
     this.check(offset, data.length);
     this.checkWritable();
     this.tracker?.appendWrite(this.index, offset, data);
@@ -81,6 +87,8 @@ export class LabDisk implements BlockDevice {
   }
 
   async writeZeroes(offset: number, length: number, opts: WriteOptions & { mayTrim: boolean }): Promise<void> {
+    const held = this.gate?.wait;
+    if (held) await held;
     this.check(offset, length);
     this.checkWritable();
     this.tracker?.appendZero(this.index, offset, length);

@@ -17,6 +17,7 @@ import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
 import type { DiskRanges } from '../io/ranges.js';
 import type { Host, HostLoadNote, HostVm, VmDiskSpec, VmOrigin, VmSpec } from '../ports/host.js';
 import { hasSparseSupport } from '../io/sparse.js';
+import { WriteGate } from '../io/write-gate.js';
 
 const MAX_DISKS_PER_VM = 16;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -25,6 +26,8 @@ export class LabVm implements HostVm {
   disks: LabDisk[] = [];
   readonly tracker: VmChangeTracker;
   readonly capabilities = { sparseRanges: hasSparseSupport };
+  /** guest writes pass it: a consistency group's cut holds it (every write goes through the agent here) */
+  readonly writeGate = new WriteGate();
   constructor(
     readonly spec: VmSpec,
     readonly dir: string,
@@ -49,7 +52,7 @@ export class LabVm implements HostVm {
   /** Open the images and recover change tracking; must run before any guest I/O. */
   open(): { recovered: boolean; tornBytes: number } {
     const fenced = () => (this.spec.fenced ? `${this.spec.fenced.reason} (since ${this.spec.fenced.at})` : undefined);
-    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, fenced));
+    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, fenced, this.writeGate));
     return this.tracker.recover(this.disks.map((d) => d.imageFd));
   }
 

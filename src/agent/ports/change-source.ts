@@ -12,6 +12,7 @@
  * owns the types of the seam: implementations import them from here.
  */
 import type { DiskRanges } from '../io/ranges.js';
+import type { WriteGate } from '../io/write-gate.js';
 
 /** How a recovery point was cut: crash-consistent, or with the guest quiesced (app-consistent). */
 export const Consistency = { Crash: 'crash-consistent', App: 'app-consistent' } as const;
@@ -70,6 +71,20 @@ export interface ChangeSource {
   divergesEverywhere?(): boolean;
   /** refuse writes from now on: a newer epoch was promoted elsewhere */
   fence?(reason: string, epoch: number): void;
+  /**
+   * the gate every guest write passes, where the host sees each write (the lab): a
+   * consistency group's cut holds it while the group's logs are swapped. Absent: the
+   * VM cannot be in a consistency group.
+   */
+  readonly writeGate?: WriteGate;
+}
+
+/** What a closed delta is as a recovery point. */
+export interface PointMeta {
+  timeMs: number;
+  consistency: Consistency;
+  /** the consistency group's cut it belongs to */
+  cut?: string | undefined;
 }
 
 export interface ResyncBegun {
@@ -117,8 +132,13 @@ export interface ChangeTracking {
   stop(): void;
   /** where the last swap's time went, for a host that reads the delta in the swap (ms) */
   readonly lastSwap?: { seq: number; backupMs: number; readMs: number; logSyncMs: number; endMs: number } | undefined;
-  /** close the current delta of every disk at one instant; returns its sequence number (the logs' bytes go to `stream` too, when the host writes them in the swap) */
-  swap(consistency: Consistency, stream?: DeltaStream): number | Promise<number>;
+  /**
+   * close the current delta of every disk at one instant; returns its sequence number (the
+   * logs' bytes go to `stream` too, when the host writes them in the swap). `cut`: the
+   * consistency group's cut the point belongs to, kept in its facts (pointMetaOf); only a
+   * VM with a write gate is swapped with one
+   */
+  swap(consistency: Consistency, stream?: DeltaStream, cut?: string): number | Promise<number>;
   /**
    * After a swap that streamed its delta without a log here (see DeltaStream): the replica
    * holds it durably (`delivered`), or it must be written here and shipped from its files.
@@ -129,7 +149,7 @@ export interface ChangeTracking {
   closedSynced(): Promise<void>;
   /** closed deltas after afterSeq, by sequence number, one file per disk */
   closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]>;
-  pointMetaOf(seq: number, fallbackMs: number): { timeMs: number; consistency: Consistency };
+  pointMetaOf(seq: number, fallbackMs: number): PointMeta;
   /** the replica holds everything up to seq: forget it */
   releaseThrough(seq: number): void;
   pendingBytes(afterSeq: number): number;

@@ -24,6 +24,8 @@ export interface RecoveryPoint {
   consistency: Consistency;
   /** bytes of guest data the delta carried */
   deltaBytes: number;
+  /** the consistency group's cut it belongs to: the members' points of one cut are one instant of the group */
+  cut?: string | undefined;
   /**
    * set on the base of a replica made from an old primary's disks (reverse replication):
    * they hold the old primary's state, not a point of the new one. Never opened; dropped

@@ -64,6 +64,7 @@ export function parsePoint(value: unknown): RecoveryPoint {
     timeMs: safeInteger(o.timeMs, 'point time'),
     consistency: o.consistency as Consistency,
     deltaBytes: safeInteger(o.deltaBytes, 'point delta bytes'),
+    ...(o.cut !== undefined ? { cut: safeName(o.cut, 'point cut') } : {}),
   };
 }
 

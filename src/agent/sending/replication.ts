@@ -43,6 +43,8 @@ const RESYNC_WINDOWS_AHEAD = 2;
 const RESYNC_READ_BATCH = 16 * 1024 * 1024;
 /** pending change logs of a disk at this share of its size make a resync necessary */
 export const LOG_GROWTH_RESYNC_SHARE = 0.5;
+/** a consistency group's member looks for closed logs to ship at least this often (a cut wakes it at once) */
+const GROUP_IDLE_MS = 60_000;
 /** while waiting to retry, the growth of pending logs is checked this often */
 const GROWTH_CHECK_MS = 60_000;
 
@@ -161,6 +163,23 @@ export class PrimaryReplication {
     this.waker.abort();
   }
 
+  /**
+   * A consistency group's cut, while the agent holds the VM's write gate (agent.ts): close
+   * the logs of every disk now, as a point of cut `cut`, and ship them. Synchronous: the
+   * gate of every member of the cut on this agent is released only after all swapped.
+   */
+  cutSwap(cut: string): number {
+    if (this.spec.group === undefined) throw new OsrError('INVALID_STATE', `${this.vm.name} is not in a consistency group`);
+    const tracker = this.vm.tracking;
+    if (this.state !== ReplicationState.Replicating || tracker.resync !== undefined || tracker.resyncRequired) {
+      throw new OsrError('INVALID_STATE', `${this.vm.name} is ${tracker.resync || tracker.resyncRequired ? 'resynchronizing' : this.state}; the group's cut waits until it replicates`);
+    }
+    const seq = tracker.swap(Consistency.Crash, undefined, cut);
+    if (typeof seq !== 'number') throw new OsrError('NOT_SUPPORTED', `the host of ${this.vm.name} cannot close its logs at once; it cannot be in a consistency group`);
+    this.waker.abort();
+    return seq;
+  }
+
   /** Run a cycle now instead of waiting for the copy frequency. */
   triggerCycle(): void {
     this.nextCycleMs = 0;
@@ -203,6 +222,11 @@ export class PrimaryReplication {
         }
         await this.shipPending(client);
         this.state = ReplicationState.Replicating;
+        // a group's member ships the cuts its coordinator makes (cutSwap wakes it); it cycles only when asked
+        if (this.spec.group !== undefined && this.nextCycleMs !== 0) {
+          await this.sleep(GROUP_IDLE_MS);
+          continue;
+        }
         const wait = this.nextCycleMs - clock.now();
         if (wait > 0) await this.sleep(wait);
         if (this.stopped) break;
@@ -840,7 +864,7 @@ export class PrimaryReplication {
       const meta = tracker.pointMetaOf(seq, logs[0].closedMs);
       const deltaBytes = logs.reduce((n, l) => n + l.bytes, 0);
       const resync = tracker.resync?.seq === seq ? tracker.resync.id : undefined;
-      await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes }, resync });
+      await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes, ...(meta.cut !== undefined ? { cut: meta.cut } : {}) }, resync });
       for (const disk of this.vm.disks) {
         const log = logs.find((l) => l.disk === disk.name)!;
         await client.notice({ type: 'delta-disk', disk: disk.name });

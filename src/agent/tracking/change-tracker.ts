@@ -14,7 +14,7 @@ import { OsrError, isOsrError } from '../../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { writeFully } from '../io/io.js';
-import type { ChangeTracking, ClosedDeltaFile } from '../ports/change-source.js';
+import { Consistency, type ChangeTracking, type ClosedDeltaFile, type DeltaStream, type PointMeta } from '../ports/change-source.js';
 import { normalizeRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { writeZeroRange } from '../io/sparse.js';
 
@@ -27,7 +27,7 @@ export interface TrackingState {
   nextSeq: number;
   resyncRequired?: { reason: string; at: string } | undefined;
   /** what each closed, not yet shipped set of logs is as a recovery point */
-  pointMeta?: Record<string, { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' }>;
+  pointMeta?: Record<string, PointMeta>;
   /** a resynchronization in progress: the log `seq` has tracked every write since it began */
   resync?: { id: string; seq: number; startedMs: number } | undefined;
   /**
@@ -315,7 +315,7 @@ export class VmChangeTracker implements ChangeTracking {
    * Close every disk's open log and open the next, in one synchronous step (no guest
    * write can run in between). Returns the sequence number of the closed set.
    */
-  swap(consistency: 'crash-consistent' | 'app-consistent' = 'crash-consistent'): number {
+  swap(consistency: Consistency = Consistency.Crash, _stream?: DeltaStream, cut?: string): number {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
     const closedSeq = this.state.nextSeq - 1;
     const nextSeq = closedSeq + 1;
@@ -326,7 +326,7 @@ export class VmChangeTracker implements ChangeTracking {
     for (const d of this.disks) d.open(nextSeq, nowMs);
     for (const w of old) w?.close(nowMs);
     this.state.nextSeq = nextSeq + 1;
-    this.state.pointMeta = { ...this.state.pointMeta, [closedSeq]: { timeMs: nowMs, consistency } };
+    this.state.pointMeta = { ...this.state.pointMeta, [closedSeq]: { timeMs: nowMs, consistency, ...(cut !== undefined ? { cut } : {}) } };
     this.save();
     // the closed logs are synced on the thread pool; shipping waits for it (closedSynced)
     const synced = Promise.all(
@@ -369,7 +369,7 @@ export class VmChangeTracker implements ChangeTracking {
     return out;
   }
 
-  pointMetaOf(seq: number, fallbackMs: number): { timeMs: number; consistency: 'crash-consistent' | 'app-consistent' } {
+  pointMetaOf(seq: number, fallbackMs: number): PointMeta {
     return this.state.pointMeta?.[seq] ?? { timeMs: fallbackMs, consistency: 'crash-consistent' };
   }
 

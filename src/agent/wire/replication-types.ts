@@ -51,6 +51,11 @@ export interface ReplicationSpec {
   copyFrequencyMs: number;
   /** continuous replication: writes ship a cut at a time, and the replica keeps a point every pointIntervalMs (retention.minSpacingMs) */
   continuous?: { pointIntervalMs: number } | undefined;
+  /**
+   * the consistency group it belongs to: it makes no points of its own, only the group's
+   * cuts (agent.ts holdCut / swapCut), which its coordinator makes for all members at once
+   */
+  group?: string | undefined;
   retention: RetentionSpec;
   compression: boolean;
   /** ISO time; absent = now */
