@@ -1,6 +1,6 @@
 /**
  * The benchmark runner: `npm run bench -- <name> [flags]` (after a build, `node
- * dist/bench/run.js <name> [flags]`). Names: replication, resync, failover, vault, libvirt, azure, all. Results are printed as a
+ * dist/bench/run.js <name> [flags]`). Names: replication, resync, failover, vault, libvirt, azure, group, all. Results are printed as a
  * table and written to bench/results/<name>.json. The exit code is non-zero only when a
  * benchmark could not run; a missed target is reported, never asserted.
  */
@@ -15,6 +15,7 @@ import { failoverOptions, runFailoverBench } from './failover.js';
 import { runVaultBench, vaultOptions } from './vault.js';
 import { libvirtOptions, runLibvirtBench } from './libvirt.js';
 import { azureOptions, runAzureBench } from './azure.js';
+import { groupOptions, runGroupBench } from './group.js';
 
 /** The repository root: the nearest directory above this file with a package.json. */
 function repoRoot(): string {
@@ -59,6 +60,11 @@ const benchmarks: Record<string, (flags: Flags) => Promise<void>> = {
     flags.rejectUnknown();
     await runAzureBench(o);
   },
+  group: async (flags) => {
+    const o = groupOptions(flags, RESULTS_DIR);
+    flags.rejectUnknown();
+    await runGroupBench(o);
+  },
 };
 
 const USAGE = `usage: npm run bench -- <benchmark> [flags]
@@ -78,7 +84,17 @@ benchmarks:
                 plain loop of 4 MiB uploadPages calls of @azure/storage-blob on the same bytes,
                 the RPO of VMs replicated to it while they write, and failback: the bytes sent
                 home against the bytes changed in Azure
+  group         a consistency group of 20 VMs on two primary agents, cut every second while
+                they write: how long the guests' writes are held per cut, against the same
+                VMs replicated alone
   all           every benchmark, one after another (flags go to each)
+
+group flags:
+  --vms 20             VMs, split over two primary agents (20)
+  --minutes 3          duration of each run (3)
+  --interval 1s        a group cut this often (1s)
+  --hold-ms 200        each agent holds the writes at most this long (200)
+  --churn 2            guest writes per VM, MB/s (2)
 
 libvirt flags:
   --runs N             rounds of changes, cycles and drill boots (3)

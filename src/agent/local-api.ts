@@ -313,8 +313,9 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     agent.getReplication(req.params.id).triggerCycle();
     return reply.status(202).send({ accepted: true });
   });
-  // a consistency group's cut (group-cuts.ts): hold the members' writes, then swap or abort
-  app.post<{ Body: { id?: unknown; group?: unknown; vms?: unknown; holdMs?: unknown } | undefined }>('/v1/cuts', async (req) => agent.cuts.hold(req.body ?? {}));
+  // a consistency group's cut (group-cuts.ts): prepare, hold the members' writes, then swap or abort
+  app.post<{ Body: { id?: unknown; group?: unknown; vms?: unknown } | undefined }>('/v1/cuts', async (req) => agent.cuts.prepare(req.body ?? {}));
+  app.post<{ Params: { id: string }; Body: { holdMs?: unknown } | undefined }>('/v1/cuts/:id/hold', async (req) => agent.cuts.hold(req.params.id, req.body?.holdMs));
   app.post<{ Params: { id: string } }>('/v1/cuts/:id/swap', async (req) => agent.cuts.swap(req.params.id));
   app.delete<{ Params: { id: string } }>('/v1/cuts/:id', async (req) => agent.cuts.abort(req.params.id));
   app.post<{ Params: { id: string }; Body: { timeout?: string | number } | undefined }>('/v1/replications/:id/prepare-failover', async (req) =>

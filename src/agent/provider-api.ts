@@ -45,6 +45,7 @@ export const PROVIDER_ROUTES: ReadonlySet<string> = new Set([
   'POST /v1/replications/:id/prepare-failover',
   // a consistency group's cuts (its coordinator holds, then swaps or aborts)
   'POST /v1/cuts',
+  'POST /v1/cuts/:id/hold',
   'POST /v1/cuts/:id/swap',
   'DELETE /v1/cuts/:id',
   // the vault's word on who may replicate into a replica here

@@ -180,26 +180,31 @@ export interface GroupCutResult {
   points: Record<string, number>;
   /** the longest hold on any agent, hold to release (ms): the longest a guest write waited */
   heldMs: number;
-  /** from the first hold asked to the last swap answered (ms): the agents' holds and the coordinator's round trips */
+  /** from the first hold asked to the last swap answered (ms): the pause as the coordinator sees it, its round trips included */
   coordinatorMs: number;
 }
 
 /**
- * Cut a consistency group at one instant (agent/sending/group-cuts.ts): hold every
- * member's writes on every agent, and only once all hold, swap them all. A hold refused
- * anywhere releases the others (no point is made); a swap refused anywhere (the hold
- * expired) leaves the others' points of an incomplete cut, which is no group point
- * (domain/groups.ts). Throws the first refusal.
+ * Cut a consistency group at one instant (agent/sending/group-cuts.ts), in three rounds to
+ * every member's agent at once: prepare the swaps (what must be synced is synced while the
+ * guests write), hold every member's writes, and only once all hold, swap them all. A
+ * prepare or hold refused anywhere drops the cut everywhere (no point is made); a swap
+ * refused anywhere (the hold expired) leaves the others' points of an incomplete cut,
+ * which is no group point (domain/groups.ts). Throws the first refusal.
  */
 export async function groupCut(members: readonly CutMembers[], group: string, cut: string, holdMs: number): Promise<GroupCutResult> {
-  const t0 = performance.now();
   const url = `/v1/cuts/${encodeURIComponent(cut)}`;
-  const holds = await Promise.allSettled(members.map((m) => m.api.post('/v1/cuts', { id: cut, group, vms: m.vms, holdMs })));
-  const refused = holds.find((h) => h.status === 'rejected');
-  if (refused) {
-    await Promise.all(members.map((m, i) => (holds[i]!.status === 'fulfilled' ? m.api.delete(url).catch(() => undefined) : undefined)));
-    throw toOsrError(refused.reason);
-  }
+  const round = async (call: (m: CutMembers) => Promise<unknown>) => {
+    const answers = await Promise.allSettled(members.map(call));
+    const refused = answers.find((h) => h.status === 'rejected');
+    if (refused) {
+      await Promise.all(members.map((m) => m.api.delete(url).catch(() => undefined)));
+      throw toOsrError(refused.reason);
+    }
+  };
+  await round((m) => m.api.post('/v1/cuts', { id: cut, group, vms: m.vms }));
+  const t0 = performance.now();
+  await round((m) => m.api.post(`${url}/hold`, { holdMs }));
   const swaps = await Promise.allSettled(members.map((m) => m.api.post<{ points: { vm: string; seq: number }[]; heldMs: number }>(`${url}/swap`)));
   const coordinatorMs = performance.now() - t0;
   const failed = swaps.find((s) => s.status === 'rejected');

@@ -69,13 +69,18 @@ test('a group cut is one instant on two hosts: after both primaries die, B is ne
   await second.api.post('/v1/replications', { vm: 'sb', peer, copyFrequency: '300ms', maxPoints: 1000 });
   for (const [agent, vm] of [[primary, 'ga'], [second, 'gb'], [primary, 'sa'], [second, 'sb']] as const) await waitForPoint(agent, vm, null);
 
-  // a cut names members of its group only, on a host that sees every write
+  // a cut names members of its group only; it is held once prepared, at most a second
   await assertRejectsCode(primary.api.post('/v1/cuts', { id: 'c0', group: 'g1', vms: ['sa'] }), 'INVALID_ARGUMENT');
-  await assertRejectsCode(primary.api.post('/v1/cuts', { id: 'c0', group: 'g1', vms: ['ga'], holdMs: 5000 }), 'INVALID_ARGUMENT');
+  await primary.api.post('/v1/cuts', { id: 'c0', group: 'g1', vms: ['ga'] });
+  await assertRejectsCode(primary.api.post('/v1/cuts/c0/swap'), 'INVALID_STATE');
+  await assertRejectsCode(primary.api.post('/v1/cuts/c0/hold', { holdMs: 5000 }), 'INVALID_ARGUMENT');
+  assert.deepEqual(await primary.api.delete('/v1/cuts/c0'), { cut: 'c0', aborted: true });
   // a hold the coordinator does not follow up expires: the writes go on and the swap is refused
-  await primary.api.post('/v1/cuts', { id: 'c1', group: 'g1', vms: ['ga'], holdMs: 20 });
+  await primary.api.post('/v1/cuts', { id: 'c1', group: 'g1', vms: ['ga'] });
+  await primary.api.post('/v1/cuts/c1/hold', { holdMs: 20 });
   await new Promise((r) => setTimeout(r, 60));
   await assertRejectsCode(primary.api.post('/v1/cuts/c1/swap'), 'CUT_EXPIRED');
+  await assertRejectsCode(primary.api.post('/v1/cuts/c1/swap'), 'NOT_FOUND');
 
   const members = [
     { api: primary.api, vms: ['ga'] },

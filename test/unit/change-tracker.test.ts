@@ -245,6 +245,48 @@ test(
 );
 
 test(
+  'a group cut\'s swap: prepared (synced) first, made without a sync, kept by a crash; a save between the two makes it save as any swap; a dropped one leaves nothing',
+  withDir(async (dir) => {
+    const rnd = prng(12);
+    const vm = TestVm.create(dir, [2 * MiB, 1 * MiB]);
+    vm.tracker.start();
+    const before = await vm.randomOps(rnd, 20);
+    const p = await vm.tracker.prepareHeldSwap();
+    assert.equal(p.nextSeq, 2);
+    assert.equal(vm.readState().nextSeq, 2, 'preparing changes nothing');
+    const { seq, durable } = vm.tracker.swapPrepared(p, 'crash-consistent', 'cut-a');
+    assert.equal(seq, 1);
+    // in place at once (an agent restarted now reads it), with the point's facts once durable
+    assert.equal(vm.readState().nextSeq, 3);
+    await durable;
+    assert.deepEqual(vm.readState().pointMeta?.['1'], { timeMs: vm.clock, consistency: 'crash-consistent', cut: 'cut-a' });
+    // prepared, then a resync marked (a save) before the swap: the swap saves the state as it is
+    const q = await vm.tracker.prepareHeldSwap();
+    vm.tracker.markResyncRequired('a test');
+    vm.tracker.swapPrepared(q, 'crash-consistent', 'cut-b');
+    assert.equal(vm.readState().resyncRequired?.reason, 'a test', 'the prepared state did not undo the resync mark');
+    assert.equal(vm.readState().pointMeta?.['2']?.cut, 'cut-b');
+    // prepared and dropped: nothing changes, nothing is left
+    const r = await vm.tracker.prepareHeldSwap();
+    vm.tracker.dropPrepared(r);
+    assert.equal(vm.tracker.swap(), 3);
+    await new Promise((res) => setTimeout(res, 50));
+    assert.equal(vm.readState().nextSeq, 5);
+    assert.equal(fs.readdirSync(vm.dir).filter((f) => f.includes('.tmp-')).length, 0, 'no temporary state file left');
+    // the agent dies: the closed deltas and their cuts are there after recovery
+    vm.crash();
+    vm.open();
+    try {
+      assert.deepEqual([...vm.tracker.closedDeltas(0).keys()].sort(), [1, 2, 3]);
+      assert.equal(vm.tracker.pointMetaOf(1, -1).cut, 'cut-a');
+      assertSameOps(logOps(vm.logFile(0, 1)).ops, before[0], 'log 1 of disk 0');
+    } finally {
+      vm.closeClean();
+    }
+  }),
+);
+
+test(
   'a clean stop and restart keeps tracking in the same log',
   withDir(async (dir) => {
     const rnd = prng(2);

@@ -79,6 +79,13 @@ export interface ChangeSource {
   readonly writeGate?: WriteGate;
 }
 
+/** A group swap prepared by ChangeTracking.prepareHeldSwap: the log it will close. */
+export interface PreparedSwap {
+  id: string;
+  /** the sequence number of the log the swap will close */
+  nextSeq: number;
+}
+
 /** What a closed delta is as a recovery point. */
 export interface PointMeta {
   timeMs: number;
@@ -139,6 +146,14 @@ export interface ChangeTracking {
    * VM with a write gate is swapped with one
    */
   swap(consistency: Consistency, stream?: DeltaStream, cut?: string): number | Promise<number>;
+  /**
+   * a consistency group's swap in two steps: prepared before the VM's write gate is held
+   * (what must be synced is synced then), made while it is held (no fsync in the pause).
+   * Absent: the VM cannot be in a consistency group.
+   */
+  prepareHeldSwap?(): Promise<PreparedSwap>;
+  swapPrepared?(p: PreparedSwap, consistency: Consistency, cut: string): { seq: number; durable: Promise<void> };
+  dropPrepared?(p: PreparedSwap): void;
   /**
    * After a swap that streamed its delta without a log here (see DeltaStream): the replica
    * holds it durably (`delivered`), or it must be written here and shipped from its files.

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import type { Clock } from '../../domain/clock.js';
 import { OsrError, toOsrError } from '../../domain/errors.js';
 import type { TlsMaterial } from '../../pki/index.js';
-import { Consistency, type ChangeSource, type DeltaStream, type DiskReader } from '../ports/change-source.js';
+import { Consistency, type ChangeSource, type DeltaStream, type DiskReader, type PreparedSwap } from '../ports/change-source.js';
 import type { CyclePhases } from './cycle-phases.js';
 import { readAt, type IoPiece } from '../io/io.js';
 import { ReplicaClient } from './replica-client.js';
@@ -163,21 +163,36 @@ export class PrimaryReplication {
     this.waker.abort();
   }
 
-  /**
-   * A consistency group's cut, while the agent holds the VM's write gate (agent.ts): close
-   * the logs of every disk now, as a point of cut `cut`, and ship them. Synchronous: the
-   * gate of every member of the cut on this agent is released only after all swapped.
-   */
-  cutSwap(cut: string): number {
+  /** A consistency group's cut, first step (group-cuts.ts): prepare the swap, before the writes are held. */
+  async cutPrepare(): Promise<PreparedSwap> {
     if (this.spec.group === undefined) throw new OsrError('INVALID_STATE', `${this.vm.name} is not in a consistency group`);
     const tracker = this.vm.tracking;
     if (this.state !== ReplicationState.Replicating || tracker.resync !== undefined || tracker.resyncRequired) {
       throw new OsrError('INVALID_STATE', `${this.vm.name} is ${tracker.resync || tracker.resyncRequired ? 'resynchronizing' : this.state}; the group's cut waits until it replicates`);
     }
-    const seq = tracker.swap(Consistency.Crash, undefined, cut);
-    if (typeof seq !== 'number') throw new OsrError('NOT_SUPPORTED', `the host of ${this.vm.name} cannot close its logs at once; it cannot be in a consistency group`);
+    if (!tracker.prepareHeldSwap) throw new OsrError('NOT_SUPPORTED', `the host of ${this.vm.name} cannot close its logs at once; it cannot be in a consistency group`);
+    return tracker.prepareHeldSwap();
+  }
+
+  /** The cut, while the agent holds the VM's write gate: close the logs of every disk now, as a point of cut `cut`; `shipCut` ships it. */
+  cutSwap(p: PreparedSwap, cut: string): { seq: number; durable: Promise<void> } {
+    const tracker = this.vm.tracking;
+    if (!tracker.swapPrepared) throw new OsrError('NOT_SUPPORTED', `the host of ${this.vm.name} cannot close its logs at once; it cannot be in a consistency group`);
+    if (this.state !== ReplicationState.Replicating || tracker.resync !== undefined || tracker.resyncRequired) {
+      tracker.dropPrepared?.(p);
+      throw new OsrError('INVALID_STATE', `${this.vm.name} began to resynchronize; the group's cut waits until it replicates`);
+    }
+    return tracker.swapPrepared(p, Consistency.Crash, cut);
+  }
+
+  /** A prepared cut that will not be made. */
+  cutDrop(p: PreparedSwap): void {
+    this.vm.tracking.dropPrepared?.(p);
+  }
+
+  /** Ship what a cut closed, now. */
+  shipCut(): void {
     this.waker.abort();
-    return seq;
   }
 
   /** Run a cycle now instead of waiting for the copy frequency. */

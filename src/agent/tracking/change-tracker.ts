@@ -14,7 +14,7 @@ import { OsrError, isOsrError } from '../../domain/errors.js';
 import { ChangeLogWriter, diskKeyOf, LOG_HEADER_BYTES, MAX_RECORD_DATA, scanLogFile, RecordType, type LogScan } from './change-log.js';
 import { discard, emptyTrash, fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
 import { writeFully } from '../io/io.js';
-import { Consistency, type ChangeTracking, type ClosedDeltaFile, type DeltaStream, type PointMeta } from '../ports/change-source.js';
+import { Consistency, type ChangeTracking, type ClosedDeltaFile, type DeltaStream, type PointMeta, type PreparedSwap } from '../ports/change-source.js';
 import { normalizeRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { writeZeroRange } from '../io/sparse.js';
 
@@ -194,8 +194,55 @@ export class VmChangeTracker implements ChangeTracking {
     return this.state.nextSeq - 1;
   }
 
+  /** bumped by every save: an asynchronous save overtaken by a later one does not put its older state back */
+  private saveVersion = 0;
+  private asyncSaves: Promise<void> = Promise.resolve();
+
   private save(): void {
+    this.saveVersion++;
     writeJsonDurable(this.stateFile, this.state);
+  }
+
+  /**
+   * Save the state on the thread pool (saves in turn, each writing the state as it is when
+   * it runs). One overtaken by a synchronous save, which wrote newer state, leaves the file
+   * to it. `renamed` resolves once the state as it is now is in place, its bytes synced:
+   * an agent restarted after a crash reads it, and a power cut leaves the old file or this
+   * one whole (after a power cut the logs are not trusted anyway: resync required).
+   * `durable` resolves once its directory is synced too.
+   */
+  private saveAsync(): { renamed: Promise<void>; durable: Promise<void> } {
+    let renamed!: () => void;
+    const renamedP = new Promise<void>((r) => (renamed = r));
+    const run = async () => {
+      const v = ++this.saveVersion;
+      const tmp = `${this.stateFile}.tmp-${process.pid}-async`;
+      const fh = await fs.promises.open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify(this.state, null, 2) + '\n');
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      if (v !== this.saveVersion) {
+        // a synchronous save since wrote newer state, durably
+        await fs.promises.rm(tmp, { force: true });
+        renamed();
+        return;
+      }
+      fs.renameSync(tmp, this.stateFile);
+      renamed();
+      const dir = await fs.promises.open(path.dirname(this.stateFile), 'r');
+      try {
+        await dir.sync();
+      } finally {
+        await dir.close();
+      }
+    };
+    const done = this.asyncSaves.then(run, run);
+    this.asyncSaves = done.catch(() => undefined);
+    // a failed save rejects both
+    return { renamed: Promise.race([renamedP, done]), durable: done };
   }
 
   markResyncRequired(reason: string): void {
@@ -316,6 +363,72 @@ export class VmChangeTracker implements ChangeTracking {
    * write can run in between). Returns the sequence number of the closed set.
    */
   swap(consistency: Consistency = Consistency.Crash, _stream?: DeltaStream, cut?: string): number {
+    const seq = this.swapLogs(consistency, cut);
+    this.save();
+    return seq;
+  }
+
+  /** a group swap prepared (prepareHeldSwap) and not yet made or dropped */
+  private prepared: (PreparedSwap & { tmp: string; version: number }) | undefined;
+
+  /**
+   * A consistency group's swap, first step, before the guest's writes are held: the state
+   * as it will be after the swap (the next log numbered) is written beside the state file
+   * and synced. Nothing changes yet. The swap (swapPrepared) then only renames it into
+   * place while the writes are held: no fsync inside the pause.
+   */
+  async prepareHeldSwap(): Promise<PreparedSwap> {
+    if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
+    if (this.prepared) this.dropPrepared(this.prepared);
+    const version = this.saveVersion;
+    const nextSeq = this.state.nextSeq;
+    const tmp = `${this.stateFile}.tmp-${process.pid}-cut`;
+    const fh = await fs.promises.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify({ ...this.state, nextSeq: nextSeq + 1 }, null, 2) + '\n');
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    const p = { id: crypto.randomUUID(), nextSeq, tmp, version };
+    this.prepared = p;
+    return { id: p.id, nextSeq };
+  }
+
+  /**
+   * A consistency group's swap, made while the VM's write gate holds every guest write: the
+   * logs are swapped at once, and the prepared state goes into place (renamed: an agent
+   * restarted after a crash reads it; a power cut leaves the old file or this one whole,
+   * and after a power cut the logs are not trusted anyway). If the state was saved since
+   * the preparation (a resync marked, tracking stopped), the swap saves it as any swap does.
+   * The full state, with the point's facts, is saved after; `durable` resolves then. The
+   * gate may be released as soon as this returns.
+   */
+  swapPrepared(p: PreparedSwap, consistency: Consistency, cut: string): { seq: number; durable: Promise<void> } {
+    const mine = this.prepared?.id === p.id ? this.prepared : undefined;
+    this.prepared = undefined;
+    if (!mine || mine.version !== this.saveVersion || mine.nextSeq !== this.state.nextSeq) {
+      if (mine) fs.rmSync(mine.tmp, { force: true });
+      return { seq: this.swap(consistency, undefined, cut), durable: Promise.resolve() };
+    }
+    const seq = this.swapLogs(consistency, cut);
+    fs.renameSync(mine.tmp, this.stateFile);
+    // an asynchronous save still running holds older state: it must not rename over this
+    this.saveVersion++;
+    const saved = this.saveAsync();
+    saved.renamed.catch(() => undefined);
+    return { seq, durable: saved.durable };
+  }
+
+  /** Drop a prepared group swap that will not be made. */
+  dropPrepared(p: PreparedSwap): void {
+    if (this.prepared?.id !== p.id) return;
+    fs.rmSync(this.prepared.tmp, { force: true });
+    this.prepared = undefined;
+  }
+
+  /** Close every disk's open log and open the next (the state is saved by the caller). */
+  private swapLogs(consistency: Consistency, cut: string | undefined): number {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
     const closedSeq = this.state.nextSeq - 1;
     const nextSeq = closedSeq + 1;
@@ -327,7 +440,6 @@ export class VmChangeTracker implements ChangeTracking {
     for (const w of old) w?.close(nowMs);
     this.state.nextSeq = nextSeq + 1;
     this.state.pointMeta = { ...this.state.pointMeta, [closedSeq]: { timeMs: nowMs, consistency, ...(cut !== undefined ? { cut } : {}) } };
-    this.save();
     // the closed logs are synced on the thread pool; shipping waits for it (closedSynced)
     const synced = Promise.all(
       old.map(async (w) => {
@@ -388,7 +500,9 @@ export class VmChangeTracker implements ChangeTracking {
     }
     if (changed) {
       this.state.pointMeta = meta;
-      this.save();
+      // while a group swap is prepared, the facts of released points may wait for the swap's
+      // save: a stale entry names logs that are gone, which recovery ignores
+      if (!this.prepared) this.save();
     }
   }
 
