@@ -202,6 +202,16 @@ describe('the portal', { skip: SKIP }, () => {
     await waitFor('the list shows both Protected', async () => (await page.getByRole('cell').filter({ hasText: /^Protected$/ }).count()) === 2 || undefined, 20_000, 250);
     await checkPage('items');
     await shot('07-items');
+    // the vault filters and pages the list: a name's start, one page here
+    const filter = page.getByRole('search', { name: 'Filter protected items' });
+    await filter.getByLabel('Name').fill('ap');
+    await waitFor('the list filtered by the vault', async () => (await page.getByRole('link', { name: 'db', exact: true }).count()) === 0 || undefined, 10_000, 100);
+    assert.equal(await page.getByRole('link', { name: 'app', exact: true }).count(), 1);
+    const pager = page.getByRole('navigation', { name: 'Pages of protected items' });
+    assert.equal(await pager.getByRole('button', { name: 'Next page' }).isDisabled(), true);
+    assert.equal(await pager.getByRole('button', { name: 'Previous page' }).isDisabled(), true);
+    await filter.getByLabel('Name').fill('');
+    await page.getByRole('link', { name: 'db', exact: true }).waitFor();
     await page.getByRole('link', { name: 'app', exact: true }).click();
     await page.getByRole('heading', { name: 'app', level: 1 }).waitFor();
     await page.getByRole('region', { name: /Recovery points/ }).getByRole('img').waitFor();

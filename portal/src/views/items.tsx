@@ -47,6 +47,9 @@ function EnableProtection({ onDone }: { onDone: (jobId: string) => void }) {
   );
 }
 
+/** protected items per page of the list */
+const ITEMS_PAGE = 100;
+
 export function Items() {
   const route = useRoute();
   const [name, setName] = useState(route.query.get('name') ?? '');
@@ -60,8 +63,19 @@ export function Items() {
   };
   const can = useCan();
   const [started, setStarted] = useState<string | null>(null);
-  const l = useLoad(() => api.all<ProtectedItem>('/protected-items', { state, health }), [state, health], 4000);
-  const shown = (l.data ?? []).filter((i) => !name || i.name.toLowerCase().includes(name.toLowerCase()));
+  // a page at a time from the vault, which filters (a vault may hold 100,000 items): the
+  // cursors of the pages before this one, to go back
+  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  const after = cursors[cursors.length - 1] ?? null;
+  const filterKey = `${state}|${health}|${name}`;
+  const [pagedFor, setPagedFor] = useState(filterKey);
+  if (pagedFor !== filterKey) {
+    setPagedFor(filterKey);
+    setCursors([null]);
+  }
+  const l = useLoad(() => api.get<List<ProtectedItem>>('/protected-items', { state, health, name: name.trim(), limit: ITEMS_PAGE, ...(after ? { after } : {}) }), [state, health, name, after], 4000);
+  const shown = l.data?.items ?? [];
+  const first = (cursors.length - 1) * ITEMS_PAGE;
   return (
     <>
       <div className="panel-head">
@@ -75,7 +89,7 @@ export function Items() {
       )}
       <div className="filters" role="search" aria-label="Filter protected items">
         <Field label="Name">
-          <input type="search" value={name} onChange={(e) => setName(e.target.value)} placeholder="part of a name" />
+          <input type="search" value={name} onChange={(e) => setName(e.target.value)} placeholder="start of a name" />
         </Field>
         <Field label="State">
           <select value={state} onChange={(e) => setFilter('state', e.target.value)}>
@@ -99,12 +113,12 @@ export function Items() {
       <Loading l={l}>
         {() =>
           shown.length === 0 ? (
-            <Empty>{(l.data ?? []).length === 0 && !state && !health ? 'No VM is protected yet: enable protection of one.' : 'No protected item matches.'}</Empty>
+            <Empty>{cursors.length === 1 && !state && !health && !name.trim() ? 'No VM is protected yet: enable protection of one.' : 'No protected item matches.'}</Empty>
           ) : (
             <div className="panel">
               <table className="responsive">
                 <caption className="muted">
-                  {shown.length} protected item{shown.length === 1 ? '' : 's'}
+                  {cursors.length === 1 && !l.data?.next ? `${shown.length} protected item${shown.length === 1 ? '' : 's'}` : `protected items ${first + 1}–${first + shown.length}${l.data?.next ? ', more on the next page' : ''}`}
                 </caption>
                 <thead>
                   <tr>
@@ -140,6 +154,14 @@ export function Items() {
                   ))}
                 </tbody>
               </table>
+              <nav className="buttons" aria-label="Pages of protected items">
+                <button type="button" disabled={cursors.length === 1} onClick={() => setCursors((c) => c.slice(0, -1))}>
+                  Previous page
+                </button>
+                <button type="button" disabled={!l.data?.next} onClick={() => l.data?.next && setCursors((c) => [...c, l.data!.next])}>
+                  Next page
+                </button>
+              </nav>
             </div>
           )
         }
