@@ -17,6 +17,8 @@ export interface ItemFilter {
   fabricId?: string;
   /** names starting with this */
   namePrefix?: string;
+  /** these items only (a recovery plan's) */
+  ids?: readonly string[];
   /** the id of the last item of the previous page */
   after?: string;
   limit?: number;
@@ -101,7 +103,9 @@ export class ItemStore {
   ) {}
 
   async list(f: ItemFilter = {}): Promise<ProtectedItem[]> {
+    if (f.ids && f.ids.length === 0) return [];
     let q = this.db.selectFrom('protected_items').selectAll();
+    if (f.ids) q = q.where('id', 'in', f.ids);
     if (f.state) q = q.where('state', '=', f.state);
     if (f.health) q = q.where('health', '=', f.health);
     if (f.pairingId) q = q.where('pairing_id', '=', f.pairingId);

@@ -220,10 +220,21 @@ describe('the portal', { skip: SKIP }, () => {
   });
 
   test('a recovery plan\'s test failover from its page, then its cleanup: the drill is on record', async () => {
-    const plan = await api.request<{ id: string }>('POST', '/api/v1/recovery-plans', { name: 'portal-plan', groups: [{ name: 'data', items: [id('db')] }, { name: 'apps', items: [id('app')] }] });
+    const plan = await api.request<{ id: string }>('POST', '/api/v1/recovery-plans', { name: 'portal-plan', groups: [{ name: 'data', items: [id('db')] }, { name: 'apps', items: [] }] });
     await page.goto(`${cfg.vault}/#/plans/${plan.id}`);
-    // the editor: drag the second group above the first, then move it back with its button
     const groups = page.getByRole('region', { name: 'Groups', exact: true });
+    // a VM to add is found by the start of its name (the vault searches); one in the plan is not offered
+    await groups.getByLabel('Find protected items to add to group apps').fill('a');
+    const pick = groups.getByLabel('Protected item to add to group apps');
+    await waitFor('app offered', async () => (await pick.locator('option', { hasText: /^app$/ }).count()) === 1 || undefined, 10_000, 100);
+    await groups.getByLabel('Find protected items to add to group apps').fill('d');
+    await waitFor('db not offered: it is in the plan', async () => (await pick.locator('option').count()) === 1 || undefined, 10_000, 100);
+    await groups.getByLabel('Find protected items to add to group apps').fill('ap');
+    await waitFor('app offered again', async () => (await pick.locator('option', { hasText: /^app$/ }).count()) === 1 || undefined, 10_000, 100);
+    await pick.selectOption({ label: 'app' });
+    await groups.getByRole('listitem', { name: 'Group 2: apps' }).getByRole('button', { name: 'Add VM' }).click();
+    await groups.getByRole('link', { name: 'app', exact: true }).waitFor();
+    // the editor: drag the second group above the first, then move it back with its button
     await groups.locator('.group-head').nth(1).dragTo(groups.locator('.group-head').nth(0));
     await waitFor('the dragged group first', async () => ((await groups.getByLabel('Name of group 1').inputValue()) === 'apps' ? true : undefined), 10_000, 100);
     await groups.getByRole('button', { name: 'Move group apps down' }).click();
@@ -237,6 +248,7 @@ describe('the portal', { skip: SKIP }, () => {
     await groups.getByRole('status').filter({ hasText: 'Saved.' }).waitFor();
     const saved = await api.request<{ groups: { name: string; pre?: { name: string; kind: string; target: string; failoverTypes?: string[] }[] }[] }>('GET', `/api/v1/recovery-plans/${plan.id}`);
     assert.deepEqual(saved.groups.map((g) => g.name), ['data', 'apps']);
+    assert.deepEqual((saved.groups as unknown as { items: string[] }[]).map((g) => g.items), [[id('db')], [id('app')]]);
     assert.deepEqual(saved.groups[1]!.pre, [{ name: 'confirm', kind: 'manual', target: 'Check that the database answers', failoverTypes: ['test'] }]);
     await checkPage('plan editor');
     await shot('09-plan-editor');

@@ -112,6 +112,11 @@ describe('plan runs', () => {
     assert.deepEqual(problems.filter((p) => p.severity === 'error').map((p) => p.item), ['site-a.nope']);
     assert.match(problems.find((p) => p.severity === 'warning')!.message, /storage classification site-a\.gold, which has no storage mapping/);
     await assertRejectsCode(v.api.request('POST', '/api/v1/recovery-plans/broken/commit', {}), 'NOT_FOUND', /is not a protected item/);
+    // the plan's VMs alone, as its page in the portal reads them: the protected ones
+    const members = await v.api.request<{ items: { id: string }[] }>('GET', `/api/v1/protected-items?plan=${plan.id}&limit=100`);
+    assert.deepEqual(members.items.map((i) => i.id), [item(0)]);
+    assert.deepEqual((await v.api.request<{ items: { id: string }[] }>('GET', '/api/v1/protected-items?plan=broken&name=nomatch')).items, []);
+    await assertRejectsCode(v.api.request('GET', '/api/v1/protected-items?plan=no-such-plan'), 'NOT_FOUND');
     await v.api.request('PUT', `/api/v1/recovery-plans/${plan.id}`, { name: 'broken', groups: [{ name: 'g', items: [item(0)] }] });
     await assertRejectsCode(v.api.request('POST', '/api/v1/recovery-plans/broken/commit', {}), 'INVALID_STATE', /no item of plan broken is FailedOver, so there is nothing to commit/);
     await v.api.request('DELETE', `/api/v1/recovery-plans/${plan.id}`);

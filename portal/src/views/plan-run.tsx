@@ -280,11 +280,11 @@ export function PlanRun({ jobId }: { jobId: string }) {
   const plan = useLoad(() => (target ? api.get<RecoveryPlan>(`/recovery-plans/${encodeURIComponent(target)}`).catch(() => null) : Promise.resolve(null)), [target]);
   const names = useLoad(
     () =>
-      api
-        .all<ProtectedItem>('/protected-items')
+      // the names of the plan's VMs (the vault filters by plan: never every item)
+      (target ? api.all<ProtectedItem>('/protected-items', { plan: target }) : Promise.resolve([]))
         .then((xs) => new Map(xs.map((x) => [x.id, x.name])))
         .catch(() => new Map<string, string>()),
-    [],
+    [target],
   );
   const output = (j?.output ?? null) as PlanRunOutput | null;
   const hasOutput = output !== null && Array.isArray(output.vms);

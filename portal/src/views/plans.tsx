@@ -108,13 +108,17 @@ export function Plans() {
 
 interface PlanData {
   plan: RecoveryPlan;
+  /** the plan's VMs that are protected items (the vault filters: never every item) */
   items: ProtectedItem[];
 }
 
 async function loadPlan(id: string): Promise<PlanData> {
-  const [plan, items] = await Promise.all([api.get<RecoveryPlan>(`/recovery-plans/${encodeURIComponent(id)}`), api.all<ProtectedItem>('/protected-items')]);
+  const [plan, items] = await Promise.all([api.get<RecoveryPlan>(`/recovery-plans/${encodeURIComponent(id)}`), api.all<ProtectedItem>('/protected-items', { plan: id })]);
   return { plan, items };
 }
+
+/** protected items a search for VMs to add shows at most */
+const PICK_LIMIT = 20;
 
 export function PlanPage({ id }: { id: string }) {
   const l = useLoad(() => loadPlan(id), [id], 4000);
@@ -390,10 +394,12 @@ function Editor({ d, reload }: { d: PlanData; reload: () => void }) {
     if (!dirty) setSpec(specOf(d.plan));
   }, [d.plan.updatedAt]);
   const editable = can('configure');
-  const names = new Map(d.items.map((i) => [i.id, i.name]));
+  // names of the plan's VMs, and of those added here from a search and not saved yet
+  const [learned, setLearned] = useState<ReadonlyMap<string, string>>(new Map());
+  const names = new Map([...learned, ...d.items.map((i): [string, string] => [i.id, i.name])]);
   const nameOf = (id: string) => names.get(id) ?? id;
   const inPlan = new Set(spec.groups.flatMap((g) => g.items));
-  const free = d.items.filter((i) => !inPlan.has(i.id));
+  const learn = (i: ProtectedItem) => setLearned((m) => new Map([...m, [i.id, i.name]]));
   const change = (f: (s: Spec) => Spec) => {
     setSpec((s) => f(s));
     setDirty(true);
@@ -512,7 +518,7 @@ function Editor({ d, reload }: { d: PlanData; reload: () => void }) {
                 <strong>{g.name}</strong>
               )}
             </div>
-            <GroupVms spec={spec} gi={gi} editable={editable} nameOf={nameOf} items={d.items} free={free} change={change} moveItem={moveItem} />
+            <GroupVms spec={spec} gi={gi} editable={editable} nameOf={nameOf} items={d.items} inPlan={inPlan} learn={learn} change={change} moveItem={moveItem} />
             <Actions title="Pre actions" actions={g.pre ?? []} editable={editable} onChange={(pre) => setGroup(gi, (x) => ({ ...x, pre }))} group={g.name} />
             <Actions title="Post actions" actions={g.post ?? []} editable={editable} onChange={(post) => setGroup(gi, (x) => ({ ...x, post }))} group={g.name} />
           </li>
@@ -537,7 +543,8 @@ function GroupVms({
   editable,
   nameOf,
   items,
-  free,
+  inPlan,
+  learn,
   change,
   moveItem,
 }: {
@@ -546,12 +553,17 @@ function GroupVms({
   editable: boolean;
   nameOf: (id: string) => string;
   items: ProtectedItem[];
-  free: ProtectedItem[];
+  inPlan: ReadonlySet<string>;
+  learn: (i: ProtectedItem) => void;
   change: (f: (s: Spec) => Spec) => void;
   moveItem: (item: string, to: number) => void;
 }) {
   const g = spec.groups[gi]!;
   const [adding, setAdding] = useState('');
+  // VMs to add: the vault's items whose names start with what is typed, a few at a time
+  const [search, setSearch] = useState('');
+  const found = useLoad(() => (editable ? api.get<List<ProtectedItem>>('/protected-items', { name: search.trim(), limit: PICK_LIMIT }).then((r) => r.items) : Promise.resolve([])), [editable, search]);
+  const free = (found.data ?? []).filter((i) => !inPlan.has(i.id));
   const state = new Map(items.map((i) => [i.id, i.state]));
   const deps = spec.dependencies ?? {};
   // an item may wait for items of its own group or of an earlier one
@@ -637,8 +649,9 @@ function GroupVms({
           </tbody>
         </table>
       )}
-      {editable && free.length > 0 && (
+      {editable && (
         <div className="buttons">
+          <input type="search" aria-label={`Find protected items to add to group ${g.name}`} placeholder="start of a name" value={search} onChange={(e) => setSearch(e.target.value)} />
           <select aria-label={`Protected item to add to group ${g.name}`} value={adding} onChange={(e) => setAdding(e.target.value)}>
             <option value="">Choose a protected item…</option>
             {free.map((i) => (
@@ -651,6 +664,8 @@ function GroupVms({
             type="button"
             disabled={!adding}
             onClick={() => {
+              const picked = free.find((i) => i.id === adding);
+              if (picked) learn(picked);
               moveItem(adding, gi);
               setAdding('');
             }}

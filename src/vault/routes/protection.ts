@@ -28,6 +28,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
           pairing: Type.Optional(Type.String({ maxLength: 300 })),
           fabric: Type.Optional(Type.String({ maxLength: 300 })),
           name: Type.Optional(Type.String({ maxLength: 200, description: 'names starting with this' })),
+          plan: Type.Optional(Type.String({ maxLength: 300, description: 'the VMs of this recovery plan (id or name) only' })),
           ...PageQuery,
         }),
       },
@@ -35,7 +36,8 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     async (request) => {
       const q = request.query;
       const limit = q.limit ?? 100;
-      return page(await items.list({ state: q.state, health: q.health, pairingId: q.pairing, fabricId: q.fabric, namePrefix: q.name, after: q.after, limit }), limit);
+      const ids = q.plan ? (await config.plan(q.plan)).groups.flatMap((g) => g.items) : undefined;
+      return page(await items.list({ state: q.state, health: q.health, pairingId: q.pairing, fabricId: q.fabric, namePrefix: q.name, ...(ids ? { ids } : {}), after: q.after, limit }), limit);
     },
   );
   app.get('/protected-items/:id', { config: { access: 'read' }, schema: { summary: 'a protected item', tags, params: IdParam } }, async (request) => items.get(request.params.id));
