@@ -5,6 +5,7 @@ export type {
   Fabric,
   Health,
   InventoryObject,
+  ItemSummary,
   Mapping,
   Policy,
   ProtectedItem,

@@ -282,6 +282,17 @@ export interface TestFailoverRecord {
  * history its jobs keep (src/workflows). Enabling protection fills it in a step at a time,
  * so every field may be missing.
  */
+/** Every protected item at a glance, as the vault counts them (GET /protected-items/summary). */
+export interface ItemSummary {
+  total: number;
+  byHealth: Record<string, number>;
+  byState: Record<string, number>;
+  /** the item with the highest RPO now, or null when none reports one */
+  worstRpo: { id: string; name: string; rpoSeconds: number } | null;
+  /** Protected items never drilled, or not in DRILL_INTERVAL_DAYS (runs.ts): how many, and the first by name */
+  drillsDue: { count: number; items: { id: string; name: string; lastDrillAt: string | null }[] };
+}
+
 export interface ItemReplication {
   /** the primary site's fabric and the recovery site's (they swap after a reprotect) */
   sourceFabricId?: string;

@@ -55,6 +55,31 @@ export interface ItemDrill {
   evidence?: DrillEvidence | null;
 }
 
+/**
+ * A plan or a protected item should be proven by a drill (a test failover and its cleanup,
+ * both succeeded) at least every DRILL_INTERVAL_DAYS. An item's drills include those its
+ * plans ran (a plan's cleanup records the drill on each of its items).
+ */
+export const DRILL_INTERVAL_DAYS = 30;
+const DRILL_INTERVAL_MS = DRILL_INTERVAL_DAYS * 86400_000;
+
+/** The newest succeeded drill's time (ms), or null. */
+export function lastDrillAt(drills: readonly { cleanedUpAt: string; succeeded: boolean }[] | undefined): number | null {
+  let t: number | null = null;
+  for (const d of drills ?? []) if (d.succeeded) t = Math.max(t ?? 0, Date.parse(d.cleanedUpAt));
+  return t;
+}
+
+/** Whether a drill is due after the last one (ms, or null: never drilled). */
+export function isDrillDue(last: number | null, now: number): boolean {
+  return last === null || now - last > DRILL_INTERVAL_MS;
+}
+
+/** Drills are due for items whose last drill is before this (or that were never drilled). */
+export function drillDueBefore(now: number): number {
+  return now - DRILL_INTERVAL_MS;
+}
+
 /** The JSON context a recovery plan's script or webhook receives. */
 export interface PlanActionContext {
   plan: { id: string; name: string };

@@ -5,7 +5,8 @@
  */
 import { sql, type ExpressionBuilder, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { OsrError } from '../domain/errors.js';
-import { failoverReadiness, Health, type HealthReason, type ItemReplication, type ProtectedItem, type ProtectionState, type RecoveryPoint } from '../domain/resources.js';
+import { failoverReadiness, Health, ProtectionState, type HealthReason, type ItemReplication, type ItemSummary, type ProtectedItem, type RecoveryPoint } from '../domain/resources.js';
+import { drillDueBefore, lastDrillAt } from '../domain/runs.js';
 import { Dialect } from './database.js';
 import { affected, clampLimit, iso, isUniqueViolation, json } from './rows.js';
 import type { Database, ProtectedItemsTable } from './schema.js';
@@ -139,6 +140,7 @@ export class ItemStore {
       health_reasons: '[]',
       rpo_seconds: null,
       last_point_at: null,
+      last_drill_at: null,
       replication: '{}',
       progress: null,
       active_job_id: i.activeJobId,
@@ -266,7 +268,32 @@ export class ItemStore {
       ...(p.rpoSeconds !== undefined ? { rpo_seconds: p.rpoSeconds } : {}),
       ...(p.lastPointAt !== undefined ? { last_point_at: p.lastPointAt } : {}),
       ...(p.progress !== undefined ? { progress: p.progress } : {}),
-      ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication) } : {}),
+      ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication), last_drill_at: lastDrillAt(p.replication.drills) } : {}),
+    };
+  }
+
+  /**
+   * What the dashboard shows of every item, counted by the database: how many there are
+   * by health and by state, the worst RPO, and the Protected items whose drill is due
+   * (the first `dueLimit` by name, and how many).
+   */
+  async summary(now: number, dueLimit = 20): Promise<ItemSummary> {
+    const count = (eb: ExpressionBuilder<Database, 'protected_items'>) => eb.fn.countAll<number | string | bigint>().as('n');
+    const byHealth = await this.db.selectFrom('protected_items').select(['health', count]).groupBy('health').execute();
+    const byState = await this.db.selectFrom('protected_items').select(['state', count]).groupBy('state').execute();
+    const worst = await this.db.selectFrom('protected_items').select(['id', 'name', 'rpo_seconds']).where('rpo_seconds', 'is not', null).orderBy('rpo_seconds', 'desc').orderBy('id').limit(1).executeTakeFirst();
+    const cutoff = drillDueBefore(now);
+    const due = this.db.selectFrom('protected_items').where('state', '=', ProtectionState.Protected).where((eb) => eb.or([eb('last_drill_at', 'is', null), eb('last_drill_at', '<', cutoff)]));
+    const dueCount = await due.select(count).executeTakeFirst();
+    const dueItems = await due.select(['id', 'name', 'last_drill_at']).orderBy('name').orderBy('id').limit(dueLimit).execute();
+    const tally = (rows: { n: number | string | bigint }[], key: (r: never) => string) => Object.fromEntries(rows.map((r) => [key(r as never), Number(r.n)]));
+    const health = tally(byHealth, (r: { health: string }) => r.health);
+    return {
+      total: Object.values(health).reduce((a, b) => a + b, 0),
+      byHealth: health,
+      byState: tally(byState, (r: { state: string }) => r.state),
+      worstRpo: worst ? { id: worst.id, name: worst.name, rpoSeconds: Number(worst.rpo_seconds) } : null,
+      drillsDue: { count: Number(dueCount?.n ?? 0), items: dueItems.map((r) => ({ id: r.id, name: r.name, lastDrillAt: iso(r.last_drill_at) })) },
     };
   }
 

@@ -164,6 +164,8 @@ export interface ProtectedItemsTable {
   health_reasons: string;
   rpo_seconds: number | null;
   last_point_at: number | null;
+  /** the newest succeeded drill's cleanup (ms; from replication.drills, kept with it) */
+  last_drill_at: number | null;
   /** JSON: where the replica is and how it is reached */
   replication: string;
   progress: number | null;

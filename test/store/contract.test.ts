@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { openDatabase, Dialect, type VaultDatabase } from '../../src/store/database.js';
-import { ProtectionState } from '../../src/domain/resources.js';
+import { Health, ProtectionState } from '../../src/domain/resources.js';
 import { ItemStore } from '../../src/store/items.js';
 import { JobState, JobStore } from '../../src/store/jobs.js';
 import { SCHEMA_VERSION } from '../../src/store/migrations.js';
@@ -177,6 +177,44 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           assert.deepEqual((await items.samples('site.vm1', 0)).map((x) => x.rpoSeconds), [null], 'older than a week: gone');
           await items.remove('site.vm1');
           assert.deepEqual(await items.samples('site.vm1', 0), []);
+        } finally {
+          await h.close();
+        }
+      }));
+
+    test('item summary: counts by health and state, the worst RPO, and the Protected items whose drill is due (a drill kept in the record counts)', () =>
+      withDatabase(dialect, async (t) => {
+        const h = await open(t);
+        try {
+          const now = Date.parse('2026-12-07T00:00:00Z');
+          const items = new ItemStore(h.db, () => now, h.dialect);
+          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
+          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
+          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          assert.deepEqual(await items.summary(now), { total: 0, byHealth: {}, byState: {}, worstRpo: null, drillsDue: { count: 0, items: [] } });
+          for (const [i, state] of [ProtectionState.Protected, ProtectionState.Protected, ProtectionState.Protected, ProtectionState.InitialReplication].entries()) {
+            await items.create({ id: `site.vm${i}`, name: `vm${i}`, fabricId: 'site', pairingId: 'p', state, activeJobId: null });
+          }
+          await items.update('site.vm0', { health: Health.Critical, rpoSeconds: 900 });
+          await items.update('site.vm1', { health: Health.Healthy, rpoSeconds: 30 });
+          const drill = (daysAgo: number, succeeded = true) => ({ testFailoverJob: 'j1', cleanupJob: 'j2', point: { id: '1', at: '', consistency: 'crash' }, network: 'none', rtoSeconds: 3, startedAt: '', cleanedUpAt: new Date(now - daysAgo * 86400_000).toISOString(), notes: null, succeeded });
+          // vm1 drilled 3 days ago; vm2 40 days ago, and a failed drill since does not count
+          await items.update('site.vm1', { replication: { drills: [drill(3)] } });
+          await items.update('site.vm2', { replication: { drills: [drill(1, false), drill(40)] } });
+          const s = await items.summary(now);
+          assert.equal(s.total, 4);
+          assert.deepEqual(s.byState, { Protected: 3, InitialReplication: 1 });
+          assert.equal(s.byHealth.Critical, 1);
+          assert.equal(Object.values(s.byHealth).reduce((a, b) => a + b, 0), 4);
+          assert.deepEqual(s.worstRpo, { id: 'site.vm0', name: 'vm0', rpoSeconds: 900 });
+          assert.deepEqual(s.drillsDue, {
+            count: 2,
+            items: [
+              { id: 'site.vm0', name: 'vm0', lastDrillAt: null },
+              { id: 'site.vm2', name: 'vm2', lastDrillAt: new Date(now - 40 * 86400_000).toISOString() },
+            ],
+          });
+          assert.equal((await items.summary(now, 1)).drillsDue.items.length, 1);
         } finally {
           await h.close();
         }

@@ -1,9 +1,9 @@
 /** The dashboard: health of the protected items, RPO over time, jobs that need a look, active alerts, drills due. */
 import { api, type List } from '../api';
 import { LineChart } from '../charts';
-import { DRILL_INTERVAL_DAYS, isDue, itemDrills, lastDrillAt } from '../drills';
+import { DRILL_INTERVAL_DAYS, isDue, lastDrillAt } from '../drills';
 import { href } from '../router';
-import type { Alert, Job, PlanDrill, ProtectedItem, RecoveryPlan } from '../types';
+import type { Alert, ItemSummary, Job, PlanDrill, RecoveryPlan } from '../types';
 import { ago, Badge, Empty, fmtSeconds, JobLink, Loading, Section, useLoad } from '../ui';
 
 const HEALTH: { key: string; label: string; tone: string }[] = [
@@ -21,7 +21,8 @@ interface RpoBucket {
 }
 
 interface Overview {
-  items: ProtectedItem[];
+  /** every item at a glance, counted by the vault (a vault may hold 100,000) */
+  summary: ItemSummary;
   rpo: RpoBucket[];
   failed: Job[];
   /** running and queued */
@@ -30,14 +31,12 @@ interface Overview {
   waiting: Job[];
   alerts: Alert[];
   plans: { plan: RecoveryPlan; last: number | null }[];
-  /** every plan's drills: an item drilled with its plan counts as drilled */
-  planDrills: PlanDrill[];
 }
 
 async function overview(): Promise<Overview> {
   const since = new Date(Date.now() - 24 * 3600_000).toISOString();
-  const [items, rpo, failed, running, queued, waiting, alerts, plans] = await Promise.all([
-    api.all<ProtectedItem>('/protected-items'),
+  const [summary, rpo, failed, running, queued, waiting, alerts, plans] = await Promise.all([
+    api.get<ItemSummary>('/protected-items/summary'),
     api.get<List<RpoBucket>>('/rpo-history', { since, bucketSeconds: 300 }),
     api.get<List<Job>>('/jobs', { state: 'Failed', since, limit: 200 }),
     api.get<List<Job>>('/jobs', { state: 'Running', limit: 200 }),
@@ -48,7 +47,7 @@ async function overview(): Promise<Overview> {
   ]);
   const withDrills = await Promise.all(plans.map(async (plan) => ({ plan, drills: (await api.get<List<PlanDrill>>(`/recovery-plans/${encodeURIComponent(plan.id)}/drills`)).items })));
   return {
-    items,
+    summary,
     rpo: rpo.items,
     failed: failed.items,
     running: [...running.items, ...queued.items],
@@ -56,7 +55,6 @@ async function overview(): Promise<Overview> {
     waiting: waiting.items,
     alerts: alerts.items,
     plans: withDrills.map(({ plan, drills }) => ({ plan, last: lastDrillAt(drills) })),
-    planDrills: withDrills.flatMap((p) => p.drills),
   };
 }
 
@@ -81,13 +79,12 @@ export function Dashboard() {
       <h1>Dashboard</h1>
       <Loading l={l}>
         {(o) => {
-          const counts = new Map<string, number>();
-          for (const i of o.items) counts.set(i.health, (counts.get(i.health) ?? 0) + 1);
-          const planDrills = o.planDrills;
+          const counts = new Map(Object.entries(o.summary.byHealth));
           const duePlans = o.plans.filter((p) => isDue(p.last));
-          const dueItems = o.items.filter((i) => i.state === 'Protected' && isDue(lastDrillAt([...itemDrills(i), ...planDrills.filter((d) => d.vms.some((v) => v.item === i.id))])));
+          const dueItems = o.summary.drillsDue.items;
+          const dueCount = o.summary.drillsDue.count;
           const failed24 = o.failed;
-          const worst = o.items.reduce((m, i) => Math.max(m, i.rpoSeconds ?? 0), 0);
+          const worst = o.summary.worstRpo;
           return (
             <>
               <div className="tiles" role="list" aria-label="Health of protected items">
@@ -98,7 +95,7 @@ export function Dashboard() {
                   </a>
                 ))}
                 <a role="listitem" className="tile" href={href('items')}>
-                  <span className="n">{o.items.length}</span>
+                  <span className="n">{o.summary.total}</span>
                   protected items
                 </a>
               </div>
@@ -121,7 +118,7 @@ export function Dashboard() {
                 </a>
                 <a
                   role="listitem"
-                  className={`tile ${duePlans.length + dueItems.length ? 'warn' : 'ok'}`}
+                  className={`tile ${duePlans.length + dueCount ? 'warn' : 'ok'}`}
                   href={href('dashboard')}
                   onClick={(e) => {
                     // the panel below, without leaving the page's route
@@ -131,7 +128,7 @@ export function Dashboard() {
                     panel?.focus();
                   }}
                 >
-                  <span className="n">{duePlans.length + dueItems.length}</span>
+                  <span className="n">{duePlans.length + dueCount}</span>
                   drills due
                 </a>
               </div>
@@ -146,7 +143,7 @@ export function Dashboard() {
                     ]}
                     empty="No RPO samples yet: they are taken once a minute while items replicate."
                   />
-                  <p className="muted">Worst RPO now: {o.items.length ? fmtSeconds(worst) : '—'}</p>
+                  <p className="muted">Worst RPO now: {worst ? <>{fmtSeconds(worst.rpoSeconds)} (<a href={href('items', worst.id)}>{worst.name}</a>)</> : '—'}</p>
                 </Section>
                 <Section title="Active alerts">
                   {o.alerts.length === 0 ? (
@@ -173,7 +170,7 @@ export function Dashboard() {
                   <h2>Drills due</h2>
                 </header>
                 <p className="muted">A recovery plan or a protected item is due for a drill (a test failover, then its cleanup) when it has had none that succeeded in {DRILL_INTERVAL_DAYS} days.</p>
-                {duePlans.length === 0 && dueItems.length === 0 ? (
+                {duePlans.length === 0 && dueCount === 0 ? (
                   <Empty>Every plan and protected item was drilled in the last {DRILL_INTERVAL_DAYS} days.</Empty>
                 ) : (
                   <ul>
@@ -182,12 +179,12 @@ export function Dashboard() {
                         Recovery plan <a href={href('plans', p.plan.id)}>{p.plan.name}</a>: {p.last === null ? 'never drilled' : `last drilled ${ago(new Date(p.last).toISOString())}`}
                       </li>
                     ))}
-                    {dueItems.slice(0, 20).map((i) => (
+                    {dueItems.map((i) => (
                       <li key={i.id}>
                         Protected item <a href={href('items', i.id)}>{i.name}</a>: never drilled in {DRILL_INTERVAL_DAYS} days
                       </li>
                     ))}
-                    {dueItems.length > 20 && <li className="muted">and {dueItems.length - 20} more items</li>}
+                    {dueCount > dueItems.length && <li className="muted">and {dueCount - dueItems.length} more items</li>}
                   </ul>
                 )}
               </section>

@@ -40,6 +40,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       return page(await items.list({ state: q.state, health: q.health, pairingId: q.pairing, fabricId: q.fabric, namePrefix: q.name, ...(ids ? { ids } : {}), after: q.after, limit }), limit);
     },
   );
+  app.get('/protected-items/summary', { config: { access: 'read' }, schema: { summary: 'every protected item at a glance: counts by health and state, the worst RPO, the drills due', tags } }, async () => items.summary(ctx.clock.now()));
   app.get('/protected-items/:id', { config: { access: 'read' }, schema: { summary: 'a protected item', tags, params: IdParam } }, async (request) => items.get(request.params.id));
   app.get('/protected-items/:id/recovery-points', { config: { access: 'read' }, schema: { summary: 'an item\'s recovery points, newest first', tags, params: IdParam } }, async (request) => {
     await items.get(request.params.id);
