@@ -310,6 +310,12 @@ export class Agent {
       if (r.spec.vm === vm.name) throw new OsrError('ALREADY_EXISTS', `VM ${vm.name} is already replicated (${r.spec.id})`);
     }
     if (vm.spec.fenced) throw new OsrError('EPOCH_STALE', `VM ${vm.name} is fenced: ${vm.spec.fenced.reason}`);
+    // continuous replication and consistency groups need a host that sees every guest write
+    if ((rest.continuous || rest.group !== undefined) && !vm.writeGate) {
+      throw new OsrError('NOT_SUPPORTED', `the host of ${vm.name} tracks writes by checkpoints, not one by one: it cannot replicate ${rest.continuous ? 'continuously (its shortest cycle is 30 s)' : 'in a consistency group'}`);
+    }
+    if (rest.continuous && rest.group !== undefined) throw new OsrError('INVALID_ARGUMENT', `${vm.name}: a consistency group's members make the group's points only; choose continuous replication or the group`);
+    if (rest.continuous && rest.peer.kind === 'azure') throw new OsrError('INVALID_ARGUMENT', `${vm.name}: Azure storage does not take continuous replication (a snapshot a second); choose a copy frequency`);
     let peer = rest.peer;
     let grantIssuedAt: string | undefined;
     if (peer.kind === 'azure') {

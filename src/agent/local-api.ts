@@ -42,6 +42,7 @@ export function httpStatusOf(code: ErrorCode): number {
     case 'ALREADY_EXISTS':
     case 'INVALID_STATE':
     case 'OVERLAY_IN_USE':
+    case 'CUT_EXPIRED':
       return 409;
     case 'AUTH_FAILED':
     case 'HOST_NOT_ALLOWED':

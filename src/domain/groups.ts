@@ -38,7 +38,18 @@ export function groupPoints(members: Readonly<Record<string, readonly MemberPoin
   return [...byCut.values()].filter((g) => names.every((vm) => g.points[vm] !== undefined)).sort((a, b) => b.timeMs - a.timeMs);
 }
 
-/** A new cut's id: unique per group, and a name the agents take (names.ts). */
+/** A new cut's id: unique per group, and a name the agents take (names.ts). It carries the coordinator's time. */
 export function cutId(nowMs: number, random: string): string {
   return `cut-${nowMs.toString(36)}-${random}`;
+}
+
+/**
+ * The coordinator's time of a cut, from its id: the same on every member's replica, where
+ * each point's own time is its host's. Undefined for an id not made by cutId.
+ */
+export function cutTimeMs(id: string): number | undefined {
+  const m = /^cut-([0-9a-z]{1,11})-/.exec(id);
+  if (!m) return undefined;
+  const t = parseInt(m[1]!, 36);
+  return Number.isSafeInteger(t) ? t : undefined;
 }

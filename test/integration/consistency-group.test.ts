@@ -81,6 +81,12 @@ test('a group cut is one instant on two hosts: after both primaries die, B is ne
   await new Promise((r) => setTimeout(r, 60));
   await assertRejectsCode(primary.api.post('/v1/cuts/c1/swap'), 'CUT_EXPIRED');
   await assertRejectsCode(primary.api.post('/v1/cuts/c1/swap'), 'NOT_FOUND');
+  // a VM is in one open cut at most, however the cuts race or name it
+  const raced = await Promise.allSettled([primary.api.post('/v1/cuts', { id: 'c2', group: 'g1', vms: ['ga'] }), primary.api.post('/v1/cuts', { id: 'c3', group: 'g1', vms: ['ga'] })]);
+  assert.equal(raced.filter((r) => r.status === 'fulfilled').length, 1, 'one of two racing cuts of a VM is refused');
+  const ga = (await primary.api.get<{ id: string; vm: string }[]>('/v1/replications')).find((r) => r.vm === 'ga')!;
+  await Promise.all(['c2', 'c3'].map((c) => primary.api.delete(`/v1/cuts/${c}`)));
+  await assertRejectsCode(primary.api.post('/v1/cuts', { id: 'c4', group: 'g1', vms: ['ga', ga.id] }), 'INVALID_ARGUMENT');
 
   const members = [
     { api: primary.api, vms: ['ga'] },

@@ -192,11 +192,16 @@ test('continuous replication: a cut every second, one point kept per interval, e
   for (let i = 1; i < t.length - 1; i++) assert.ok(t[i + 1] - t[i - 1] > 2000, `point ${points[i].seq} should have been folded`);
   assert.ok(points.length >= 3 && points.length <= 9, `9 s of writes keep about one point per 2 s: ${points.length}`);
   assert.ok(points.at(-1)!.seq - points[0].seq >= 6, 'the kept points are cuts with folded ones between them');
-  const inside = await assertPrefixPoints(replica, 'cont1', points, history, blocks, blockSize, last);
+  // the newest may be folded into the next cut while the others are read: they stay
+  const inside = await assertPrefixPoints(replica, 'cont1', points.slice(0, -1), history, blocks, blockSize, last);
   assert.ok(inside >= 2, `only ${inside} points fell inside the write run`);
 
   // a drill that chose the latest point after the replica folded it opens the newest one instead
-  const folded = String(points.at(-1)!.seq - 1);
+  const listed = new Set(points.map((p) => p.seq));
+  let gone = points.at(-1)!.seq - 1;
+  while (listed.has(gone)) gone--;
+  assert.ok(gone > points[0]!.seq, 'a cut between the kept points was folded');
+  const folded = String(gone);
   await assertRejectsCode(openTestOverlay(replica.api, 'cont1', folded), 'POINT_NOT_FOUND');
   const o = await openTestOverlay(replica.api, 'cont1', folded, true);
   assert.ok(Number(o.point.id) >= points.at(-1)!.seq, `opened point ${o.point.id}`);

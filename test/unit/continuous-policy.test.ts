@@ -7,6 +7,7 @@ import { LAB_CAPABILITIES } from '../../src/lab/lab-driver.js';
 import { LIBVIRT_CAPABILITIES } from '../../src/drivers/libvirt/libvirt-driver.js';
 import { AZURE_CAPABILITIES } from '../../src/drivers/azure/capabilities.js';
 import { nextPointToDrop } from '../../src/agent/ports/retention.js';
+import { cutId, cutTimeMs } from '../../src/domain/groups.js';
 import { assertThrowsCode } from '../support/unit.js';
 
 const NOW = Date.parse('2026-12-07T00:00:00Z');
@@ -71,4 +72,26 @@ test('retention with a spacing folds a crash-consistent cut only when its neighb
   assert.equal(nextPointToDrop([pt(1, 0), pt(2, 1), pt(3, 2)], { hours: 24, maxPoints: 100 }, NOW + 3000), undefined);
   // a point in use (an overlay on it) stays
   assert.equal(nextPointToDrop([pt(1, 0), pt(2, 1), pt(3, 2)], r, NOW + 3000, new Set([2])), undefined);
+});
+
+test('a consistency group\'s points: never folded, aged by the cut\'s time, thinned oldest first and after the others, so every member keeps the same cuts', () => {
+  const at = (s: number) => NOW + s * 1000;
+  // each member's host stamps its points a few ms apart; the cut's id carries the coordinator's time
+  const cut = (seq: number, s: number, jitterMs: number) => ({ seq, timeMs: at(s) + jitterMs, consistency: 'crash-consistent' as const, deltaBytes: 0, cut: cutId(at(s), 'abc') });
+  assert.equal(cutTimeMs(cutId(at(7), 'x1y2z3')), at(7));
+  assert.equal(cutTimeMs('c1'), undefined);
+  const spaced = { hours: 24, maxPoints: 100, minSpacingMs: 5000 };
+  assert.equal(nextPointToDrop([cut(1, 0, 0), cut(2, 1, 2), cut(3, 2, 1)], spaced, at(3)), undefined, 'a cut is never folded');
+  // over the count: the oldest cut goes, whatever the hosts' jitter (a gap-based choice would differ between members)
+  const a = [cut(1, 0, 0), cut(2, 10, 3), cut(3, 11, 0), cut(4, 30, 1)];
+  const b = [cut(1, 0, 2), cut(2, 10, 0), cut(3, 11, 4), cut(4, 30, 0)];
+  const r = { hours: 24, maxPoints: 3 };
+  assert.equal(nextPointToDrop(a, r, at(31))?.seq, 1);
+  assert.equal(nextPointToDrop(b, r, at(31))?.seq, 1);
+  // a point of the member's own (a cycle asked for) goes before any cut
+  const mixed = [cut(1, 0, 0), { seq: 2, timeMs: at(5), consistency: 'crash-consistent' as const, deltaBytes: 0 }, cut(3, 10, 0), cut(4, 20, 0)];
+  assert.equal(nextPointToDrop(mixed, r, at(21))?.seq, 2);
+  // aged by the cut's time: a member whose clock runs a second late drops it at the same instant
+  const late = [{ ...cut(1, 0, 0), timeMs: at(1) }, cut(2, 3700, 0)];
+  assert.equal(nextPointToDrop(late, { hours: 1, maxPoints: 100 }, at(3600) + 1)?.seq, 1);
 });

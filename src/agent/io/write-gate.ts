@@ -1,10 +1,12 @@
 /**
  * A gate on a VM's guest writes: while it is held, writes wait (in the order they came)
- * and are let through when it is released. A consistency group's cut (agent.ts) holds the
+ * and are let through when it is released. A consistency group's cut (group-cuts.ts) holds the
  * gates of its VMs on every host, swaps their logs once all are held, then releases them:
  * no write acknowledged to one guest after the cut can be missing from another's point
  * when a write it depends on is there. The gate never holds longer than its deadline.
  */
+import { OsrError } from '../../domain/errors.js';
+
 export class WriteGate {
   private held: { promise: Promise<void>; release: () => void; sinceMs: number; timer: NodeJS.Timeout } | undefined;
   /** writes that waited at the gate, over its life */
@@ -12,7 +14,7 @@ export class WriteGate {
 
   /** Hold writes from now until release(), or until `maxMs` passed (then `onExpire`). */
   hold(maxMs: number, onExpire: () => void): void {
-    if (this.held) throw new Error('the write gate is already held');
+    if (this.held) throw new OsrError('INVALID_STATE', 'the guest writes are held already');
     let release!: () => void;
     const promise = new Promise<void>((r) => (release = r));
     const timer = setTimeout(() => {

@@ -82,7 +82,7 @@ export interface ChangeSource {
 /** A group swap prepared by ChangeTracking.prepareHeldSwap: the log it will close. */
 export interface PreparedSwap {
   id: string;
-  /** the sequence number of the log the swap will close */
+  /** the next log number to open when it was prepared (the swap opens it and closes the one before) */
   nextSeq: number;
 }
 

@@ -43,9 +43,11 @@ interface Member {
 interface OpenCut {
   id: string;
   group: string;
+  /** the VMs it holds (reserved from its prepare on: a VM is in one open cut at most) */
+  vms: string[];
   members: Member[];
-  state: 'prepared' | 'held' | 'expired';
-  timer: NodeJS.Timeout;
+  state: 'preparing' | 'prepared' | 'held' | 'expired' | 'aborted';
+  timer: NodeJS.Timeout | undefined;
 }
 
 /** What a swapped cut answers: each member's point, and how long this agent held the writes. */
@@ -75,27 +77,33 @@ export class GroupCuts {
     if (new Set(names).size !== names.length) throw new OsrError('INVALID_ARGUMENT', 'a VM is named twice in the cut');
     if (this.open.has(id)) throw new OsrError('ALREADY_EXISTS', `cut ${id} is already open here`);
     if (this.open.size >= MAX_OPEN_CUTS) throw new OsrError('INVALID_STATE', `${MAX_OPEN_CUTS} cuts are open here already; retry when they end`);
-    const found = names.map((vm) => {
-      const { replication, gate } = this.member(vm);
+    const found = names.map((name) => {
+      const { replication, gate } = this.member(name);
+      // the VM's own name: a replication's id names it too
+      const vm = replication.spec.vm;
       if (!gate) throw new OsrError('NOT_SUPPORTED', `the host of ${vm} does not see its guest writes one by one; it cannot be in a consistency group`, { vm });
       if (replication.spec.group !== group) throw new OsrError('INVALID_ARGUMENT', `${vm} is ${replication.spec.group === undefined ? 'in no consistency group' : `in group ${replication.spec.group}`}, not in ${group}`, { vm });
-      if ([...this.open.values()].some((c) => c.members.some((m) => m.vm === vm))) throw new OsrError('INVALID_STATE', `${vm} is in another open cut; retry when it ends`, { vm });
+      if ([...this.open.values()].some((c) => c.vms.includes(vm))) throw new OsrError('INVALID_STATE', `${vm} is in another open cut; retry when it ends`, { vm });
       return { vm, gate, replication };
     });
+    if (new Set(found.map((f) => f.vm)).size !== found.length) throw new OsrError('INVALID_ARGUMENT', 'a VM is named twice in the cut');
+    // reserved now, before anything is awaited: a concurrent cut of these VMs is refused
+    const cut: OpenCut = { id, group, vms: found.map((f) => f.vm), members: [], state: 'preparing', timer: undefined };
+    this.open.set(id, cut);
     const prepared = await Promise.allSettled(found.map((f) => f.replication.cutPrepare()));
-    const members: Member[] = [];
     prepared.forEach((p, i) => {
-      if (p.status === 'fulfilled') members.push({ ...found[i]!, prepared: p.value });
+      if (p.status === 'fulfilled') cut.members.push({ ...found[i]!, prepared: p.value });
     });
     const failed = prepared.find((p) => p.status === 'rejected');
-    if (failed || this.open.has(id)) {
-      for (const m of members) m.replication.cutDrop(m.prepared);
-      throw failed ? failed.reason : new OsrError('ALREADY_EXISTS', `cut ${id} is already open here`);
+    if (failed || cut.state !== 'preparing') {
+      for (const m of cut.members) m.replication.cutDrop(m.prepared);
+      if (this.open.get(id) === cut) this.open.delete(id);
+      throw failed ? failed.reason : new OsrError('INVALID_STATE', `cut ${id} was aborted while it was prepared`);
     }
-    const timer = setTimeout(() => this.abort(id), PREPARED_TTL_MS);
-    timer.unref();
-    this.open.set(id, { id, group, members, state: 'prepared', timer });
-    return { cut: id, prepared: members.length };
+    cut.state = 'prepared';
+    cut.timer = setTimeout(() => this.abort(id), PREPARED_TTL_MS);
+    cut.timer.unref();
+    return { cut: id, prepared: cut.members.length };
   }
 
   /** Hold the guest writes of prepared cut `id`, for at most `holdMs`. */
@@ -127,7 +135,7 @@ export class GroupCuts {
       this.abort(cut.id);
       throw new OsrError('CUT_EXPIRED', `cut ${cut.id} of group ${cut.group} waited longer than its hold: the guests' writes went on, so it is no instant of the group`, { cut: cut.id });
     }
-    if (cut.state !== 'held') throw new OsrError('INVALID_STATE', `cut ${cut.id} is prepared but not held; hold it first`);
+    if (cut.state !== 'held') throw new OsrError('INVALID_STATE', `cut ${cut.id} is ${cut.state}, not held; hold it first`);
     this.open.delete(cut.id);
     clearTimeout(cut.timer);
     const points: CutResult['points'] = [];
@@ -149,11 +157,12 @@ export class GroupCuts {
     let heldMs = 0;
     for (const m of cut.members) heldMs = Math.max(heldMs, m.gate.release());
     for (const d of durable) d.catch((e: unknown) => this.log.error({ cut: cut.id, err: String(e) }, `the state of cut ${cut.id} could not be synced; it is saved again with the next change`));
+    // what swapped ships, even when another member failed (its cut is then no group point)
+    for (const m of cut.members) if (points.some((p) => p.vm === m.vm)) m.replication.shipCut();
     if (failure !== undefined) {
       this.log.error({ cut: cut.id, group: cut.group, err: String(failure) }, `cut ${cut.id} of group ${cut.group} failed on this host`);
       throw failure;
     }
-    for (const m of cut.members) m.replication.shipCut();
     return { cut: cut.id, group: cut.group, points, heldMs };
   }
 
@@ -164,6 +173,10 @@ export class GroupCuts {
     if (!cut) return { cut: id, aborted: false };
     this.open.delete(id);
     clearTimeout(cut.timer);
+    // one still being prepared drops its members' preparations when they end (prepare)
+    const preparing = cut.state === 'preparing';
+    cut.state = 'aborted';
+    if (preparing) return { cut: id, aborted: true };
     for (const m of cut.members) {
       m.gate.release();
       m.replication.cutDrop(m.prepared);

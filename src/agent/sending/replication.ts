@@ -97,6 +97,8 @@ export class PrimaryReplication {
   private failures = 0;
   private nextRetryMs: number | null = null;
   private waitingForAction = false;
+  /** a group cut closed logs since the loop last looked: no idle sleep before shipping them */
+  private cutToShip = false;
   /** the replica held a copy of the VM when this replication began: the first step is a resync */
   private onboarding = false;
   /** the replica was made from an old primary's disks: the ranges where it may differ */
@@ -192,6 +194,7 @@ export class PrimaryReplication {
 
   /** Ship what a cut closed, now. */
   shipCut(): void {
+    this.cutToShip = true;
     this.waker.abort();
   }
 
@@ -239,7 +242,9 @@ export class PrimaryReplication {
         this.state = ReplicationState.Replicating;
         // a group's member ships the cuts its coordinator makes (cutSwap wakes it); it cycles only when asked
         if (this.spec.group !== undefined && this.nextCycleMs !== 0) {
-          await this.sleep(GROUP_IDLE_MS);
+          // a cut made while the last was shipping is shipped at once
+          if (!this.cutToShip) await this.sleep(GROUP_IDLE_MS);
+          this.cutToShip = false;
           continue;
         }
         const wait = this.nextCycleMs - clock.now();

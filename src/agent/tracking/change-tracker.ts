@@ -260,6 +260,10 @@ export class VmChangeTracker implements ChangeTracking {
   recover(imageFds: number[]): { recovered: boolean; tornBytes: number } {
     let tornBytes = 0;
     emptyTrash(this.trashDir);
+    // the temporary state files of saves a crash cut short
+    for (const f of fs.readdirSync(path.dirname(this.stateFile))) {
+      if (f.startsWith(`${path.basename(this.stateFile)}.tmp-`)) fs.rmSync(path.join(path.dirname(this.stateFile), f), { force: true });
+    }
     if (!this.state.enabled) return { recovered: false, tornBytes };
     const unclean = !this.state.cleanShutdown;
     if (!unclean && this.state.images && !this.state.resyncRequired) {
@@ -379,20 +383,29 @@ export class VmChangeTracker implements ChangeTracking {
    */
   async prepareHeldSwap(): Promise<PreparedSwap> {
     if (!this.state.enabled) throw new OsrError('INVALID_STATE', 'change tracking is not enabled for this VM');
-    if (this.prepared) this.dropPrepared(this.prepared);
-    const version = this.saveVersion;
-    const nextSeq = this.state.nextSeq;
-    const tmp = `${this.stateFile}.tmp-${process.pid}-cut`;
-    const fh = await fs.promises.open(tmp, 'w', 0o600);
-    try {
-      await fh.writeFile(JSON.stringify({ ...this.state, nextSeq: nextSeq + 1 }, null, 2) + '\n');
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    const p = { id: crypto.randomUUID(), nextSeq, tmp, version };
+    if (this.prepared) throw new OsrError('INVALID_STATE', 'a group swap is prepared for this VM already; it is made or dropped first');
+    const id = crypto.randomUUID();
+    // taken before the await: a released point's facts wait for the swap's save (releaseThrough)
+    const p = { id, nextSeq: this.state.nextSeq, tmp: `${this.stateFile}.tmp-cut-${id}`, version: this.saveVersion };
     this.prepared = p;
-    return { id: p.id, nextSeq };
+    try {
+      const fh = await fs.promises.open(p.tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify({ ...this.state, nextSeq: p.nextSeq + 1 }, null, 2) + '\n');
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      this.dropPrepared(p);
+      throw e;
+    }
+    // dropped while it was written
+    if (this.prepared !== p) {
+      fs.rmSync(p.tmp, { force: true });
+      throw new OsrError('INVALID_STATE', 'the group swap was dropped while it was prepared');
+    }
+    return { id, nextSeq: p.nextSeq };
   }
 
   /**
@@ -406,12 +419,16 @@ export class VmChangeTracker implements ChangeTracking {
    */
   swapPrepared(p: PreparedSwap, consistency: Consistency, cut: string): { seq: number; durable: Promise<void> } {
     const mine = this.prepared?.id === p.id ? this.prepared : undefined;
+    if (!mine) throw new OsrError('INVALID_STATE', 'no such group swap is prepared for this VM');
     this.prepared = undefined;
-    if (!mine || mine.version !== this.saveVersion || mine.nextSeq !== this.state.nextSeq) {
-      if (mine) fs.rmSync(mine.tmp, { force: true });
-      return { seq: this.swap(consistency, undefined, cut), durable: Promise.resolve() };
-    }
     const seq = this.swapLogs(consistency, cut);
+    if (mine.version !== this.saveVersion || mine.nextSeq !== seq + 1) {
+      // the state was saved since (a resync marked, ...): the state as it is now goes into
+      // place unsynced, as the prepared one would have (an agent restarted after a crash
+      // reads it; after a power cut the logs are not trusted), and is synced just after
+      fs.rmSync(mine.tmp, { force: true });
+      fs.writeFileSync(mine.tmp, JSON.stringify(this.state, null, 2) + '\n', { mode: 0o600 });
+    }
     fs.renameSync(mine.tmp, this.stateFile);
     // an asynchronous save still running holds older state: it must not rename over this
     this.saveVersion++;

@@ -53,7 +53,7 @@ export interface ReplicationSpec {
   continuous?: { pointIntervalMs: number } | undefined;
   /**
    * the consistency group it belongs to: it makes no points of its own, only the group's
-   * cuts (agent.ts holdCut / swapCut), which its coordinator makes for all members at once
+   * cuts (group-cuts.ts), which its coordinator makes for all members at once
    */
   group?: string | undefined;
   retention: RetentionSpec;
