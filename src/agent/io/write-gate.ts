@@ -11,10 +11,20 @@ export class WriteGate {
   private held: { promise: Promise<void>; release: () => void; sinceMs: number; timer: NodeJS.Timeout } | undefined;
   /** writes that waited at the gate, over its life */
   waitedWrites = 0;
+  /** the last hold: its release and how long it held; the next hold waits as long again */
+  private last: { releasedMs: number; heldMs: number } | undefined;
 
-  /** Hold writes from now until release(), or until `maxMs` passed (then `onExpire`). */
+  /**
+   * Hold writes from now until release(), or until `maxMs` passed (then `onExpire`). A
+   * hold right after another waits as long as that one held (refused until then): whoever
+   * asks, a guest's writes flow at least half of the time.
+   */
   hold(maxMs: number, onExpire: () => void): void {
     if (this.held) throw new OsrError('INVALID_STATE', 'the guest writes are held already');
+    const since = this.last ? performance.now() - this.last.releasedMs : Infinity;
+    if (this.last && since < this.last.heldMs) {
+      throw new OsrError('INVALID_STATE', `the guest writes were held ${Math.round(this.last.heldMs)} ms until ${Math.round(since)} ms ago; they flow as long again before the next hold`);
+    }
     let release!: () => void;
     const promise = new Promise<void>((r) => (release = r));
     const timer = setTimeout(() => {
@@ -32,7 +42,9 @@ export class WriteGate {
     this.held = undefined;
     clearTimeout(h.timer);
     h.release();
-    return performance.now() - h.sinceMs;
+    const now = performance.now();
+    this.last = { releasedMs: now, heldMs: now - h.sinceMs };
+    return this.last.heldMs;
   }
 
   get holding(): boolean {
