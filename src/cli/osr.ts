@@ -248,6 +248,7 @@ rep
   .option('--peer-name <agent>', 'the replica agent\'s name: its certificate\'s common name must be this')
   .option('--frequency <duration>', 'copy frequency: 30s, 5m or 15m (any value for tests), or continuous (a cut every second)', '5m')
   .option('--point-interval <duration>', 'continuous: keep a recovery point this often, 1s to 60s (default 5s)')
+  .option('--group <name>', "a consistency group's member: no points of its own, only the group's cuts (POST /v1/cuts; a lab VM only)")
   .option('--retention-hours <n>', 'keep recovery points this many hours (0-24)', '24')
   .option('--max-points <n>', 'and at most this many points', '24')
   .option('--compress', 'compress replication traffic (zstd)', false)
@@ -270,6 +271,7 @@ rep
       peerName: o.peerName,
       copyFrequency: o.frequency,
       pointInterval: o.pointInterval,
+      group: o.group,
       retentionHours: Number(o.retentionHours),
       maxPoints: Number(o.maxPoints),
       compression: o.compress === true,
