@@ -154,6 +154,7 @@ describe('osr vault client commands', () => {
     const p = await json(['policy', 'create', 'gold', '--copy-frequency', '30s', '--retention-hours', '4', '--app-consistent-every', '1', '--host-os-version', 'lab-1']);
     assert.deepEqual(p.settings, {
       copyFrequencySeconds: 30,
+      copyMode: 'cycles',
       retentionHours: 4,
       appConsistentFrequencyHours: 1,
       authentication: 'certificate',
@@ -177,6 +178,14 @@ describe('osr vault client commands', () => {
     assert.equal(s.name, 'silver');
     assert.equal((s.settings as Obj).copyFrequencySeconds, 900);
     assert.equal((s.settings as Obj).port, 9000);
+    // continuous: a point every 10 s; back to cycles, the copy frequency it kept
+    const live = await json(['policy', 'create', 'live', '--copy-frequency', 'continuous', '--point-interval', '10s']);
+    assert.deepEqual([(live.settings as Obj).copyMode, (live.settings as Obj).pointIntervalSeconds], ['continuous', 10]);
+    assert.match(await ok(['policy', 'show', 'live']), /copy frequency:\s+continuous, a point every 10s/);
+    await fails(['policy', 'update', 'live', '--point-interval', '2m'], 'POLICY_INVALID');
+    const back = await json(['policy', 'update', 'live', '--copy-frequency', '15m']);
+    assert.deepEqual([(back.settings as Obj).copyMode, (back.settings as Obj).pointIntervalSeconds, (back.settings as Obj).copyFrequencySeconds], ['cycles', undefined, 900]);
+    await ok(['policy', 'delete', 'live']);
     const list = await ok(['policy', 'list']);
     assert.match(list, /^ID\s+NAME\s+COPY\s+RETENTION/m);
     assert.match(list, /\bgold\b.*\b30s\b.*\b6h\b/);
