@@ -420,7 +420,7 @@ async function steadyRun(pkiDir: string, o: ReplicationBenchOptions, mode: 'cycl
       }
       const t0 = performance.now();
       for (const vm of names) {
-        const copy = mode === 'continuous' ? { copyFrequency: 'continuous', pointInterval: `${o.pointIntervalMs}ms`, maxPoints: 3600_000 / o.pointIntervalMs + 1 } : { copyFrequency: `${o.frequencyMs}ms`, maxPoints: 24 };
+        const copy = mode === 'continuous' ? { copyFrequency: 'continuous', pointInterval: `${o.pointIntervalMs}ms`, maxPoints: Math.ceil(3600_000 / o.pointIntervalMs) + 1 } : { copyFrequency: `${o.frequencyMs}ms`, maxPoints: 24 };
         await primary.api.post('/v1/replications', { vm, peer, ...copy, retentionHours: 1, compression: false });
       }
       for (;;) {
