@@ -413,8 +413,8 @@ export class VmChangeTracker implements ChangeTracking {
    * logs are swapped at once, and the prepared state goes into place (renamed: an agent
    * restarted after a crash reads it; a power cut leaves the old file or this one whole,
    * and after a power cut the logs are not trusted anyway). If the state was saved since
-   * the preparation (a resync marked, tracking stopped), the swap saves it as any swap does.
-   * The full state, with the point's facts, is saved after; `durable` resolves then. The
+   * the preparation (a resync marked), the state as it is now goes into place the same way,
+   * unsynced. The full state, with the point's facts, is synced after; `durable` resolves then. The
    * gate may be released as soon as this returns.
    */
   swapPrepared(p: PreparedSwap, consistency: Consistency, cut: string): { seq: number; durable: Promise<void> } {
