@@ -23,6 +23,14 @@ export interface FabricCapabilities {
    * neither (a provider from before the mode existed).
    */
   continuousReplication?: FabricRole[];
+  /**
+   * the roles in which it takes part in replication groups (an item's `group`): as a
+   * source, its hosts hold a VM's writes for a moment at their write gates, so the group's
+   * points are cut at one instant across VMs on one host or several; as a target, its
+   * replicas keep the cut each point belongs to. Absent: neither (a provider from before
+   * groups existed).
+   */
+  consistencyGroups?: FabricRole[];
   /** a recovery point started as a VM beside the replica while replication goes on */
   testFailover: boolean;
   /** disks that carry no change tracking of their own (raw images) can be protected */
@@ -68,9 +76,10 @@ export interface UnsupportedOption {
  * in that role. Empty: nothing to refuse. The initial replication method and the copy
  * frequency concern both ends (an offline copy is exported at one and imported at the
  * other; every copy is made at one and applied at the other); app-consistent points and
- * raw disks concern the source, whose hosts quiesce guests and track their disks.
+ * raw disks concern the source, whose hosts quiesce guests and track their disks. A
+ * replication group (`group`) concerns both: its cuts are made at one and kept at the other.
  */
-export function unsupportedOptions(caps: FabricCapabilities, role: FabricRole, policy: PolicySettings, vm?: { disks: { id: string; name: string; format?: string | undefined }[] }): UnsupportedOption[] {
+export function unsupportedOptions(caps: FabricCapabilities, role: FabricRole, policy: PolicySettings, vm?: { disks: { id: string; name: string; format?: string | undefined }[] }, group?: string): UnsupportedOption[] {
   const out: UnsupportedOption[] = [];
   const method = policy.initialReplication.method;
   if (!caps.initialReplication.includes(method)) {
@@ -86,6 +95,13 @@ export function unsupportedOptions(caps: FabricCapabilities, role: FabricRole, p
     }
   } else if (!caps.copyFrequenciesSeconds.includes(policy.copyFrequencySeconds)) {
     out.push({ option: 'copyFrequencySeconds', message: `a copy every ${policy.copyFrequencySeconds} s (it sustains ${caps.copyFrequenciesSeconds.map((s) => `${s} s`).join(', ') || 'none'})` });
+  }
+  if (group !== undefined) {
+    if (!caps.consistencyGroups?.includes(role)) {
+      out.push({ option: 'group', message: `replication group ${group} (${role === 'source' ? 'its hosts cannot hold a VM\'s writes for a moment to cut the group at one instant' : 'its replicas do not keep a group\'s cuts'}; protect the VM without a group)` });
+    } else if (isContinuous(policy)) {
+      out.push({ option: 'group', message: `replication group ${group} under continuous replication (a group is cut at its policy's copy frequency: choose a policy with copyMode cycles)` });
+    }
   }
   if (role === 'source' && policy.appConsistentFrequencyHours > 0 && !caps.appConsistentPoints) {
     out.push({ option: 'appConsistentFrequencyHours', message: 'app-consistent recovery points (set appConsistentFrequencyHours to 0 for crash-consistent points only)' });

@@ -13,6 +13,7 @@
 import type { RecoveryVmChoice } from './capabilities.js';
 import { OsrError } from './errors.js';
 import { checkMachine, type MachineSpec } from './machine.js';
+import { isSafeName } from './names.js';
 import type { Placement } from './placement.js';
 import type { InitialReplication, PolicySettings } from './policy.js';
 import type { VmProperties } from './resources.js';
@@ -60,6 +61,8 @@ export interface EnableReplicationBody {
   target: ReplicationTarget;
   /** the vault's signed replication grant that names this VM's host and the target's */
   grant?: string;
+  /** the replication group the VM is in: its points are the group's cuts, made by the provider at the policy's frequency */
+  group?: string;
 }
 
 /** replication.initial, to the primary fabric: follow the first copy until its point is at the replica. */
@@ -324,6 +327,11 @@ const id: Check<string> = (v, field) => {
   if (typeof v !== 'string' || v === '') throw new Malformed(field, 'a non-empty string', v);
   return v;
 };
+/** a replication group's name: a safe name (names.ts), as hosts take it */
+const groupName: Check<string> = (v, field) => {
+  if (!isSafeName(v)) throw new Malformed(field, 'a group name (1 to 128 of A-Z a-z 0-9 . _ -, not starting with a dot)', v);
+  return v;
+};
 const num: Check<number> = (v, field) => {
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new Malformed(field, 'a number', v);
   return v;
@@ -452,6 +460,7 @@ const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
     policy,
     target: object<ReplicationTarget>({ fabricId: id, replicaVmId: id, hostId: id, agent, access: optional(access), nics: list(nic), reused: bool }),
     grant: optional(id),
+    group: optional(groupName),
   }),
   'replication.initial': object<InitialReplicationBody>({ item: id, vmId: optional(id), method: initialReplication }),
   'replication.resync': object<ResyncBody>({ item: id, vmId: optional(id), requestedAt: text }),

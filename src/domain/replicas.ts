@@ -10,6 +10,8 @@ export interface RecoveryPointInfo {
   id: string;
   at: string;
   consistency: 'crash' | 'app';
+  /** the consistency group's cut the point belongs to (src/domain/groups.ts): one instant across the group's VMs */
+  cut?: string | undefined;
 }
 
 /** A host agent's replication endpoint; `name` is its certificate's common name (the host's name). */

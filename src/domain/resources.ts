@@ -304,6 +304,12 @@ export interface ItemReplication {
   placement?: Placement;
   /** the replica VM's size and disk type chosen at enable (a recovery site that offers the choice) */
   recoveryVm?: RecoveryVmChoice;
+  /**
+   * the replication group (a consistency group) the item's VM is in: its points are cut at
+   * one instant with the other members', and a failover of several members uses one group
+   * point (src/domain/groups.ts)
+   */
+  group?: string;
   replica?: ItemReplica;
   /** the VM that runs now (default: the item's own VM) */
   primaryVmId?: string;
@@ -323,6 +329,8 @@ export interface RecoveryPoint {
   id: string;
   at: string;
   consistency: 'crash' | 'app';
+  /** the replication group's cut it belongs to (src/domain/groups.ts) */
+  cut?: string | undefined;
 }
 
 export interface RecoveryPlanAction {

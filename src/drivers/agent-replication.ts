@@ -14,17 +14,21 @@
  * lab hands it each agent's local-API client (src/cli/agent-client.ts); a fabric whose
  * agents are on other machines hands it the agent channel's client (agent-channel.md).
  */
+import { randomBytes } from 'node:crypto';
 import type { FabricCapabilities } from '../domain/capabilities.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { MachineSpec } from '../domain/machine.js';
 import { isAzureEndpoint } from '../domain/replicas.js';
 import { isContinuous, pointSpacingSeconds } from '../domain/policy.js';
-import type { AgentEndpoint, FabricReplication, NicConnection, RecoveryPointInfo, ReplicaEndpoint, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
+import { cutId } from '../domain/groups.js';
+import type { AgentEndpoint, FabricReplication, GroupCut, NicConnection, RecoveryPointInfo, ReplicaEndpoint, ReplicaVm, ReplicationRequest, ReplicationStatus } from '../fabric/driver.js';
 
 /** An osr agent's API (agent-api.md): JSON in and out; an error answer is thrown as the OsrError it carries. */
 
 /** how often a replica's host is asked whether it was promoted outside the driver */
 const PROMOTION_LOOK_MS = 60_000;
+/** the longest a group cut may hold its members' writes (ms): past it the cut is refused and the writes go on */
+const GROUP_HOLD_MS = 200;
 export interface AgentApi {
   call<T>(method: string, path: string, body?: unknown): Promise<T>;
   get<T>(path: string): Promise<T>;
@@ -177,7 +181,10 @@ export interface CutMembers {
 /** What a group cut made: each member's point, and how long the guests' writes were held. */
 export interface GroupCutResult {
   cut: string;
+  /** VM name → its point (names of one agent; `byMember` when members on several agents may share a name) */
   points: Record<string, number>;
+  /** each member's points, in the order of the members given */
+  byMember: { vm: string; seq: number }[][];
   /** the longest hold on any agent, hold to release (ms): the longest a guest write waited */
   heldMs: number;
   /** from the first hold asked to the last swap answered (ms): the pause as the coordinator sees it, its round trips included */
@@ -210,13 +217,15 @@ export async function groupCut(members: readonly CutMembers[], group: string, cu
   const failed = swaps.find((s) => s.status === 'rejected');
   if (failed) throw toOsrError(failed.reason);
   const points: Record<string, number> = {};
+  const byMember: { vm: string; seq: number }[][] = [];
   let heldMs = 0;
   for (const s of swaps) {
     if (s.status !== 'fulfilled') continue;
     for (const p of s.value.points) points[p.vm] = p.seq;
+    byMember.push(s.value.points);
     heldMs = Math.max(heldMs, s.value.heldMs);
   }
-  return { cut, points, heldMs, coordinatorMs };
+  return { cut, points, byMember, heldMs, coordinatorMs };
 }
 
 /** Remove a test failover's overlay and its writes (one a restarted agent no longer has is gone already). */
@@ -253,11 +262,16 @@ export class AgentReplication implements FabricReplication {
       throw new OsrError('NOT_SUPPORTED', `fabric ${this.site.name} replicates over the network only; choose initial replication now or scheduled`, { fabric: this.site.name, option: 'initialReplication.method' });
     }
     const a = this.site.agent(v.hostId);
-    const present = (await a.get<{ vm: string }[]>('/v1/replications')).some((r) => r.vm === v.name);
+    const running = (await a.get<{ vm: string; group?: string | null }[]>('/v1/replications')).find((r) => r.vm === v.name);
+    const present = running !== undefined;
     const known = this.site.replicationPeer(req.vmId);
     const azure = isAzureEndpoint(req.peer);
     if (isAzureEndpoint(req.peer) && req.access === undefined) throw new OsrError('INVALID_ARGUMENT', `replication of ${v.name} to ${req.peer.containerUrl} needs the container's SAS, which the recovery fabric answers with the replica`);
-    if (present && known && samePeer(known, req.peer)) {
+    if (req.group !== undefined && (azure || isContinuous(p))) {
+      throw new OsrError('NOT_SUPPORTED', `${v.name} cannot be in replication group ${req.group}: ${azure ? 'a replica in Azure storage' : 'continuous replication'} takes no group cuts`, { option: 'group' });
+    }
+    // a VM whose group changed replicates again, under its new spec
+    if (present && known && samePeer(known, req.peer) && (running.group ?? undefined) === req.group) {
       // the same container with a SAS renewed since: the agent takes it without a restart
       if (azure) await a.call('PUT', `/v1/replications/${encodeURIComponent(v.name)}/azure-sas`, { sas: req.access!.sas });
       return;
@@ -276,6 +290,7 @@ export class AgentReplication implements FabricReplication {
       maxPoints: Math.min(continuous ? MAX_CONTINUOUS_POINTS : 10_000, keep),
       ...(p.appConsistentFrequencyHours > 0 ? { appConsistentFrequency: `${p.appConsistentFrequencyHours}h` } : {}),
       ...(p.initialReplication.method === 'scheduled' ? { startAt: p.initialReplication.startAt } : {}),
+      ...(req.group !== undefined ? { group: req.group } : {}),
       ...grantField(a, req.grant),
     });
     await this.site.changed({ kind: 'replicating', vmId: req.vmId, peer: req.peer });
@@ -359,6 +374,54 @@ export class AgentReplication implements FabricReplication {
     if (this.site.replicationPeer(vmId)) await this.site.changed({ kind: 'replicating', vmId, peer: null });
   }
 
+  /**
+   * Cut a replication group: its members on each host are asked at once (groupCut). A member
+   * not replicating yet (its first copy or a resync runs) is left out, so the others go on
+   * getting points; their cuts are group points only once every member holds them.
+   */
+  async cutGroup(group: string, vmIds: readonly string[]): Promise<GroupCut> {
+    const byHost = new Map<string, { api: AgentApi; members: { id: string; name: string }[] }>();
+    const skipped: string[] = [];
+    for (const id of vmIds) {
+      let v: Held;
+      try {
+        v = this.vm(id);
+      } catch {
+        skipped.push(id); // gone, or holding a replica after a failover: not cut
+        continue;
+      }
+      const h = byHost.get(v.hostId) ?? { api: this.site.agent(v.hostId), members: [] };
+      h.members.push({ id, name: v.name });
+      byHost.set(v.hostId, h);
+    }
+    const members: CutMembers[] = [];
+    /** per member of the cut: VM name → id */
+    const ids: Map<string, string>[] = [];
+    for (const [hostId, h] of byHost) {
+      const states = new Map((await h.api.get<{ vm: string; state: string; group?: string | null }[]>('/v1/replications')).map((r) => [r.vm, r]));
+      const ready = new Map<string, string>();
+      for (const m of h.members) {
+        const s = states.get(m.name);
+        if (s?.group !== group) throw new OsrError('INVALID_STATE', `${m.name} does not replicate in group ${group} at host ${hostId}; enable its replication again`, { vm: m.id, group });
+        if (s.state === 'Replicating') ready.set(m.name, m.id);
+        else skipped.push(m.id);
+      }
+      if (ready.size === 0) continue;
+      members.push({ api: h.api, vms: [...ready.keys()] });
+      ids.push(ready);
+    }
+    if (members.length === 0) return { cut: '', points: {}, heldMs: 0, skipped };
+    const r = await groupCut(members, group, cutId(this.now(), randomBytes(4).toString('hex')), GROUP_HOLD_MS);
+    const points: Record<string, string> = {};
+    r.byMember.forEach((answered, i) => {
+      for (const p of answered) {
+        const id = ids[i]!.get(p.vm);
+        if (id !== undefined) points[id] = String(p.seq);
+      }
+    });
+    return { cut: r.cut, points, heldMs: r.heldMs, skipped };
+  }
+
   // ---- recovery site
 
   async recoveryPoints(replicaVmId: string): Promise<RecoveryPointInfo[]> {
@@ -368,8 +431,8 @@ export class AgentReplication implements FabricReplication {
   /** The points a replica holds (also one promoted and not committed yet). */
   private async pointsOf(r: Held): Promise<RecoveryPointInfo[]> {
     try {
-      const points = await this.site.agent(r.hostId).get<{ seq: number; time: string; consistency: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
-      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency) }));
+      const points = await this.site.agent(r.hostId).get<{ seq: number; time: string; consistency: string; cut?: string }[]>(`/v1/replicas/${encodeURIComponent(r.name)}/points`);
+      return points.map((p) => ({ id: String(p.seq), at: p.time, consistency: consistencyOf(p.consistency), ...(typeof p.cut === 'string' ? { cut: p.cut } : {}) }));
     } catch (e) {
       if (toOsrError(e).code === 'NOT_FOUND') return []; // no data has arrived yet
       throw e;

@@ -97,6 +97,22 @@ export interface ReplicationRequest {
   access?: ReplicaAccess | undefined;
   /** the vault's signed replication grant (src/pki/grant.ts): agents on the provider channel refuse replication without it */
   grant?: string | undefined;
+  /**
+   * the replication group the VM is in (capability consistencyGroups): its host makes no
+   * points of its own; the provider cuts the group (cutGroup) at the policy's frequency
+   */
+  group?: string | undefined;
+}
+
+/** What a consistency group's cut made (FabricReplication.cutGroup). */
+export interface GroupCut {
+  cut: string;
+  /** VM id → its point of the cut */
+  points: Record<string, string>;
+  /** the longest the guests' writes were held, on any host (ms) */
+  heldMs: number;
+  /** members left out of this cut: not replicating yet (their first copy or a resync runs) */
+  skipped: string[];
 }
 
 /** The running or latest resynchronization of a VM's disks with its replica. */
@@ -193,6 +209,12 @@ export interface FabricReplication {
   resync(vmId: string): Promise<void>;
   /** stop replicating (idempotent); the VM keeps running */
   stopReplication(vmId: string): Promise<void>;
+  /**
+   * cut a replication group's VMs at one instant (capability consistencyGroups): each
+   * member replicating gets a point of the cut; a member whose first copy or resync runs is
+   * left out (`skipped`). Throws when any member's host refuses: then no point is made.
+   */
+  cutGroup?(group: string, vmIds: readonly string[]): Promise<GroupCut>;
 
   // ---- recovery site
   /** the points a replica holds */

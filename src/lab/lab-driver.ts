@@ -145,7 +145,7 @@ export interface LabDriverOptions {
  * write path and serves over NBD; tracking in the write path, it replicates continuously
  * both ways.
  */
-export const LAB_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, continuousReplication: ['source', 'target'], testFailover: true, rawDisks: true, changedBlockTracking: true, nbdExport: true };
+export const LAB_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, continuousReplication: ['source', 'target'], consistencyGroups: ['source', 'target'], testFailover: true, rawDisks: true, changedBlockTracking: true, nbdExport: true };
 
 /** The lab fabric's driver: its management part and the agent-backed replication over it. */
 export class LabFabricDriver implements FabricDriver {

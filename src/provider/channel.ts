@@ -5,6 +5,7 @@
 import type { FabricCapabilities } from '../domain/capabilities.js';
 import type { CommandBody, CommandKind } from '../domain/commands.js';
 import type { InventoryDocument } from '../domain/resources.js';
+import type { RecoveryPointInfo } from '../domain/replicas.js';
 import { OsrError } from '../domain/errors.js';
 import { generateKeyPairPem, readCertificateInfo, renewalDue } from '../pki/index.js';
 import { saveRenewal, saveVaultInfo, type ProviderRegistration } from './registration.js';
@@ -32,7 +33,7 @@ export interface ItemStatus {
   health?: 'Healthy' | 'Warning' | 'Critical';
   healthReasons?: { code: string; message: string }[];
   rpoSeconds?: number | null;
-  recoveryPoints?: { id: string; at: string; consistency: 'crash' | 'app' }[];
+  recoveryPoints?: RecoveryPointInfo[];
   /** measured at the source: change-log bytes per second (last hour, busiest delta) and log bytes not yet at the replica */
   churnBytesPerSec?: number | null;
   peakChurnBytesPerSec?: number | null;

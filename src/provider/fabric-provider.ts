@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { systemClock, type Clock } from '../domain/clock.js';
 import type { InitialReplicationProgress, ResyncProgress } from '../domain/commands.js';
+import { copyCycleSeconds } from '../domain/policy.js';
 import { unsupportedRecoveryVm } from '../domain/capabilities.js';
 import { isErrorCode, OsrError, toOsrError } from '../domain/errors.js';
 import type { DrillEvidence } from '../domain/runs.js';
@@ -31,7 +32,13 @@ export interface Protection {
   vmId: string;
   /** set once initial replication finished: from then on status is reported */
   reporting: boolean;
+  /** source: the replication group the VM is in, cut by this provider every `cutEveryMs` */
+  group?: string | undefined;
+  cutEveryMs?: number | undefined;
 }
+
+/** how often the provider looks for replication groups due a cut */
+const CUT_LOOK_MS = 1000;
 
 export interface FabricProviderOptions {
   driver: FabricDriver;
@@ -59,6 +66,7 @@ export class FabricProvider {
   private readonly clock: Clock;
   private readonly stopper = new AbortController();
   private statusLoop: Promise<void> | undefined;
+  private cutLoop: Promise<void> | undefined;
   private inventoryTimer: NodeJS.Timeout | undefined;
   private inventoryRetry: NodeJS.Timeout | undefined;
 
@@ -117,6 +125,7 @@ export class FabricProvider {
     }
     await this.handRevocationList();
     this.statusLoop = this.reportLoop();
+    this.cutLoop = this.cutGroups();
   }
 
   /** Fetch the vault's revocation list and hand it to the fabric's agents (a failure waits for the next interval). */
@@ -135,6 +144,7 @@ export class FabricProvider {
     clearTimeout(this.inventoryTimer);
     clearTimeout(this.inventoryRetry);
     await this.statusLoop?.catch(() => undefined);
+    await this.cutLoop?.catch(() => undefined);
     await this.runtime.stop();
     await this.o.driver.management.stop();
   }
@@ -187,9 +197,12 @@ export class FabricProvider {
       /** primary site: track and replicate to the recovery host's agent */
       'replication.enable': async ({ body: b }) => {
         const vmId = this.localId(b.vmId ?? b.item);
-        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent, access: b.target.access, grant: b.grant });
+        if (b.group !== undefined && (!d.capabilities.consistencyGroups?.includes('source') || !repl.cutGroup)) {
+          throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) cannot cut replication group ${b.group}: its hosts cannot hold a VM's writes for a moment`, { option: 'group' });
+        }
+        await repl.ensureReplication({ vmId, policy: b.policy, peer: b.target.agent, access: b.target.access, grant: b.grant, group: b.group });
         const known = this.protections.get(`source:${b.item}`);
-        await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false });
+        await this.remember({ itemId: b.item, role: 'source', vmId, reporting: known?.reporting ?? false, ...(b.group !== undefined ? { group: b.group, cutEveryMs: copyCycleSeconds(b.policy) * 1000 } : {}) });
         return {};
       },
       /** primary site: wait for the first recovery point at the replica, reporting progress */
@@ -357,6 +370,51 @@ export class FabricProvider {
         await this.handRevocationList();
       }
       await this.clock.sleep(this.o.statusIntervalMs ?? 15_000, signal);
+    }
+  }
+
+  /**
+   * Cut every replication group whose members replicate from this site, each at its
+   * members' policy's frequency (the shortest, when their policies differ). A cut refused
+   * is logged once until one succeeds again, and tried again at the next interval; the
+   * members' agents make no points of their own meanwhile, so their RPO shows it.
+   */
+  private async cutGroups(): Promise<void> {
+    const signal = this.stopper.signal;
+    const cutGroup = this.o.driver.replication.cutGroup?.bind(this.o.driver.replication);
+    if (!cutGroup) return;
+    const lastCut = new Map<string, number>();
+    const failing = new Set<string>();
+    const leftOut = new Map<string, string>();
+    while (!signal.aborted) {
+      const groups = new Map<string, { vmIds: string[]; everyMs: number }>();
+      for (const p of this.list()) {
+        if (p.role !== 'source' || p.group === undefined) continue;
+        const g = groups.get(p.group) ?? { vmIds: [], everyMs: Infinity };
+        g.vmIds.push(p.vmId);
+        g.everyMs = Math.min(g.everyMs, p.cutEveryMs ?? 30_000);
+        groups.set(p.group, g);
+      }
+      const now = this.clock.now();
+      const due = [...groups].filter(([name, g]) => now - (lastCut.get(name) ?? 0) >= g.everyMs);
+      await Promise.all(
+        due.map(async ([name, g]) => {
+          lastCut.set(name, now);
+          try {
+            const r = await cutGroup(name, g.vmIds);
+            if (failing.delete(name)) this.o.log.info({ group: name, cut: r.cut }, `replication group ${name} is cut again`);
+            const skipped = r.skipped.join(' ');
+            if (skipped !== (leftOut.get(name) ?? '')) {
+              if (skipped) this.o.log.info({ group: name, skipped: r.skipped }, `replication group ${name}: ${r.skipped.length} member(s) left out of its cuts until they replicate`);
+              leftOut.set(name, skipped);
+            }
+          } catch (e) {
+            if (!failing.has(name)) this.o.log.warn({ group: name, err: toOsrError(e).toJSON() }, `replication group ${name} could not be cut; trying again every ${Math.round(g.everyMs / 1000)} s`);
+            failing.add(name);
+          }
+        }),
+      );
+      await this.clock.sleep(CUT_LOOK_MS, signal);
     }
   }
 

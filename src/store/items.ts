@@ -18,6 +18,8 @@ export interface ItemFilter {
   fabricId?: string;
   /** names starting with this */
   namePrefix?: string;
+  /** the members of this replication group */
+  group?: string;
   /** these items only (a recovery plan's) */
   ids?: readonly string[];
   /** the id of the last item of the previous page */
@@ -39,7 +41,7 @@ export interface ItemPatch {
 export interface ItemChange extends ItemPatch {
   state?: ProtectionState;
   /** replace the item's recovery points (in the same transaction) */
-  points?: { id: string; at: number; consistency: 'crash' | 'app' }[];
+  points?: { id: string; at: number; consistency: 'crash' | 'app'; cut?: string | undefined }[];
   /** the job lets go of the item (its active job becomes none) */
   release?: boolean;
 }
@@ -54,7 +56,7 @@ export interface ItemHolder {
   owner: string | null;
 }
 
-type PointRow = { id: string; at: number; consistency: 'crash' | 'app' };
+type PointRow = { id: string; at: number; consistency: 'crash' | 'app'; cut?: string | undefined };
 
 const toItem = (r: Selectable<ProtectedItemsTable>): ProtectedItem => ({
   id: r.id,
@@ -111,6 +113,7 @@ export class ItemStore {
     if (f.health) q = q.where('health', '=', f.health);
     if (f.pairingId) q = q.where('pairing_id', '=', f.pairingId);
     if (f.fabricId) q = q.where('fabric_id', '=', f.fabricId);
+    if (f.group) q = q.where('replication_group', '=', f.group);
     if (f.namePrefix) q = q.where('name', '>=', f.namePrefix).where('name', '<', `${f.namePrefix}\uffff`);
     if (f.after) q = q.where('id', '>', f.after);
     return (await q.orderBy('id').limit(clampLimit(f.limit)).execute()).map(toItem);
@@ -128,7 +131,7 @@ export class ItemStore {
   }
 
   /** Create the item of a VM; ALREADY_EXISTS when the VM is protected already. */
-  async create(i: { id: string; name: string; fabricId: string; pairingId: string; state: ProtectionState; activeJobId: string | null }): Promise<ProtectedItem> {
+  async create(i: { id: string; name: string; fabricId: string; pairingId: string; state: ProtectionState; activeJobId: string | null; group?: string | undefined }): Promise<ProtectedItem> {
     const t = this.now();
     const row = {
       id: i.id,
@@ -141,7 +144,8 @@ export class ItemStore {
       rpo_seconds: null,
       last_point_at: null,
       last_drill_at: null,
-      replication: '{}',
+      replication: JSON.stringify(i.group !== undefined ? { group: i.group } : {}),
+      replication_group: i.group ?? null,
       progress: null,
       active_job_id: i.activeJobId,
       created_at: t,
@@ -268,7 +272,7 @@ export class ItemStore {
       ...(p.rpoSeconds !== undefined ? { rpo_seconds: p.rpoSeconds } : {}),
       ...(p.lastPointAt !== undefined ? { last_point_at: p.lastPointAt } : {}),
       ...(p.progress !== undefined ? { progress: p.progress } : {}),
-      ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication), last_drill_at: lastDrillAt(p.replication.drills) } : {}),
+      ...(p.replication !== undefined ? { replication: JSON.stringify(p.replication), last_drill_at: lastDrillAt(p.replication.drills), replication_group: p.replication.group ?? null } : {}),
     };
   }
 
@@ -325,7 +329,7 @@ export class ItemStore {
 
   async points(itemId: string): Promise<RecoveryPoint[]> {
     const rows = await this.db.selectFrom('recovery_points').selectAll().where('item_id', '=', itemId).orderBy('at', 'desc').execute();
-    return rows.map((r) => ({ id: r.id, at: iso(r.at)!, consistency: r.consistency as 'crash' | 'app' }));
+    return rows.map((r) => ({ id: r.id, at: iso(r.at)!, consistency: r.consistency as 'crash' | 'app', ...(r.cut !== null ? { cut: r.cut } : {}) }));
   }
 
   /** Replace an item's recovery points with the list its agent reports. */
@@ -338,7 +342,7 @@ export class ItemStore {
     for (let i = 0; i < points.length; i += 500) {
       await trx
         .insertInto('recovery_points')
-        .values(points.slice(i, i + 500).map((p) => ({ item_id: itemId, id: p.id, at: p.at, consistency: p.consistency })))
+        .values(points.slice(i, i + 500).map((p) => ({ item_id: itemId, id: p.id, at: p.at, consistency: p.consistency, cut: p.cut ?? null })))
         .execute();
     }
   }

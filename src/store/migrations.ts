@@ -322,6 +322,16 @@ const MIGRATIONS: readonly Migration[] = [
       }
     },
   },
+  {
+    version: 9,
+    name: 'replication groups: the group of each protected item, and the cut a recovery point belongs to',
+    async up(db) {
+      await db.schema.alterTable('recovery_points').addColumn('cut', 'text').execute();
+      // no item was in a group before: the column starts empty
+      await db.schema.alterTable('protected_items').addColumn('replication_group', 'text').execute();
+      await db.schema.createIndex('protected_items_group').on('protected_items').columns(['replication_group', 'id']).execute();
+    },
+  },
 ];
 
 /** The schema version this osr writes. */

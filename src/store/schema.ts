@@ -166,6 +166,8 @@ export interface ProtectedItemsTable {
   last_point_at: number | null;
   /** the newest succeeded drill's cleanup (ms; from replication.drills, kept with it) */
   last_drill_at: number | null;
+  /** replication.group, kept beside it so a group's members are found without reading every item */
+  replication_group: string | null;
   /** JSON: where the replica is and how it is reached */
   replication: string;
   progress: number | null;
@@ -188,6 +190,8 @@ export interface RecoveryPointsTable {
   id: string;
   at: number;
   consistency: string;
+  /** the replication group's cut (null: a point of the VM alone) */
+  cut: string | null;
 }
 
 export interface RecoveryPlansTable {

@@ -98,6 +98,7 @@ export const FabricCapabilitiesSchema = Type.Object({
   appConsistentPoints: Type.Boolean(),
   copyFrequenciesSeconds: Type.Array(Type.Integer({ minimum: 1, maximum: 86_400 }), { maxItems: 20, uniqueItems: true }),
   continuousReplication: Type.Optional(Type.Array(Type.Union([Type.Literal('source'), Type.Literal('target')]), { maxItems: 2, uniqueItems: true })),
+  consistencyGroups: Type.Optional(Type.Array(Type.Union([Type.Literal('source'), Type.Literal('target')]), { maxItems: 2, uniqueItems: true })),
   testFailover: Type.Boolean(),
   rawDisks: Type.Boolean(),
   changedBlockTracking: Type.Boolean(),

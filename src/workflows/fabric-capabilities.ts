@@ -7,6 +7,7 @@
  */
 import { unsupportedOptions, unsupportedRecoveryVm, type FabricCapabilities, type FabricRole, type RecoveryVmChoice } from '../domain/capabilities.js';
 import { OsrError } from '../domain/errors.js';
+import type { PolicySettings } from '../domain/policy.js';
 import type { Fabric, InventoryObject, Policy, VmProperties } from '../domain/resources.js';
 import type { VaultStore } from '../store/index.js';
 
@@ -17,7 +18,7 @@ const SITE: Record<FabricRole, string> = { source: 'primary site', target: 'reco
  * of the policy (and every disk of the VM) both fabrics can do, or NOT_SUPPORTED naming the
  * fabric and the options (`details.fabric`, `details.option`, `details.options`).
  */
-export async function checkProtectionOptions(store: VaultStore, o: { vm: InventoryObject; policy: Policy; targetFabricId: string; recoveryVm?: RecoveryVmChoice | undefined }): Promise<void> {
+export async function checkProtectionOptions(store: VaultStore, o: { vm: InventoryObject; policy: Policy; targetFabricId: string; recoveryVm?: RecoveryVmChoice | undefined; group?: string | undefined }): Promise<void> {
   const disks = (o.vm.properties as Partial<VmProperties>).disks ?? [];
   const ends: [FabricRole, string][] = [
     ['source', o.vm.fabricId],
@@ -26,7 +27,7 @@ export async function checkProtectionOptions(store: VaultStore, o: { vm: Invento
   for (const [role, fabricId] of ends) {
     const fabric = await store.fabrics.get(fabricId);
     if (!fabric.capabilities) continue;
-    const gaps = unsupportedOptions(fabric.capabilities, role, o.policy.settings, { disks });
+    const gaps = unsupportedOptions(fabric.capabilities, role, o.policy.settings, { disks }, o.group);
     if (role === 'target' && o.recoveryVm) gaps.push(...unsupportedRecoveryVm(fabric.capabilities, o.recoveryVm));
     if (gaps.length === 0) continue;
     throw new OsrError('NOT_SUPPORTED', `fabric ${fabric.name} (${fabric.kind}), the ${SITE[role]} of ${o.vm.name}, cannot do ${gaps.map((g) => g.message).join('; ')} (policy ${o.policy.name})`, {
@@ -36,6 +37,36 @@ export async function checkProtectionOptions(store: VaultStore, o: { vm: Invento
       options: gaps.map((g) => g.option),
     });
   }
+}
+
+/**
+ * A replication group is cut by the provider of its primary site, so its members replicate
+ * from one site to one recovery site: a VM of another pair of sites is refused
+ * (INVALID_STATE, naming a member that replicates elsewhere).
+ */
+export async function checkGroupSite(store: VaultStore, group: string, vm: InventoryObject, targetFabricId: string): Promise<void> {
+  let after: string | undefined;
+  for (;;) {
+    const members = await store.items.list({ group, limit: 500, ...(after !== undefined ? { after } : {}) });
+    for (const m of members) {
+      const from = m.replication.sourceFabricId ?? m.fabricId;
+      const to = m.replication.targetFabricId;
+      if (from !== vm.fabricId || (to !== undefined && to !== targetFabricId)) {
+        throw new OsrError('INVALID_STATE', `replication group ${group} replicates from fabric ${from}${to !== undefined ? ` to ${to}` : ''} (member ${m.name}); ${vm.name} replicates from ${vm.fabricId} to ${targetFabricId}: a group's members replicate between one pair of sites`, { group, member: m.id });
+      }
+    }
+    if (members.length < 500) return;
+    after = members.at(-1)!.id;
+  }
+}
+
+/** Whether a replication group can replicate from `sourceFabricId` to `targetFabricId` under `policy` (a reprotect's new direction). */
+export async function groupCanReplicate(store: VaultStore, group: string, policy: PolicySettings, sourceFabricId: string, targetFabricId: string): Promise<boolean> {
+  for (const [role, fabricId] of [['source', sourceFabricId], ['target', targetFabricId]] as const) {
+    const caps = (await store.fabrics.get(fabricId)).capabilities;
+    if (caps && unsupportedOptions(caps, role, policy, undefined, group).some((g) => g.option === 'group')) return false;
+  }
+  return true;
 }
 
 /** One operation a fabric must be able to do (a test failover at the recovery site, a resync on request at the primary site). */

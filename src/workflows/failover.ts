@@ -33,6 +33,7 @@ import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import { checkReplicaContainer, containerGrant, replicationGrant } from './grants.js';
+import { groupCanReplicate } from './fabric-capabilities.js';
 import type { WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
@@ -170,7 +171,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
         rpoSeconds: null,
         lastPointAt: null,
         replication: { ...item.replication, failover: record },
-        ...(points ? { points: points.map((x) => ({ id: x.id, at: Date.parse(x.at), consistency: x.consistency })) } : {}),
+        ...(points ? { points: points.map((x) => ({ id: x.id, at: Date.parse(x.at), consistency: x.consistency, ...(x.cut !== undefined ? { cut: x.cut } : {}) })) } : {}),
       });
     }
     await alerting.resolve(failoverAlertKey(item.id));
@@ -464,8 +465,10 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             grant = ctx.data.azureGrant !== null ? { grant: ctx.data.azureGrant } : {};
             target = answer;
           }
+          // the item's replication group goes on in the new direction where both sites take part in groups
+          const group = item.replication.group !== undefined && (await groupCanReplicate(store, item.replication.group, settings, f.toFabricId, f.fromFabricId)) ? { group: item.replication.group } : {};
           try {
-            await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...target }, ...grant }, { timeoutMs: 10 * 60_000 });
+            await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...target }, ...grant, ...group }, { timeoutMs: 10 * 60_000 });
           } finally {
             // the container's SAS reached the new primary's site, or the task fails: either way the vault keeps no copy of it
             if (target.access !== undefined) await store.commands.forgetAccess(ctx.jobId);

@@ -48,6 +48,8 @@ export interface EnableInput {
   pairingId: string;
   /** the replica VM's size and disk type, where the recovery site offers a choice */
   recoveryVm?: RecoveryVmChoice;
+  /** the replication group the VM joins (src/domain/groups.ts) */
+  group?: string;
 }
 
 export interface DisableInput {
@@ -102,7 +104,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           }
           const target = await store.fabrics.object(pairing.targetCloudId, 'cloud');
           // the API refused this already; checked again for a policy or fabric that changed since
-          await checkProtectionOptions(store, { vm, policy, targetFabricId: target.fabricId, recoveryVm: ctx.input.recoveryVm });
+          await checkProtectionOptions(store, { vm, policy, targetFabricId: target.fabricId, recoveryVm: ctx.input.recoveryVm, group: ctx.input.group });
           const targetHosts: PlacementHost[] = [];
           // a host the vault has not admitted holds no replica (docs/security.md, host admission)
           const admitted = new Set((await store.hostAdmissions.list({ fabricId: target.fabricId, state: 'admitted' })).map((a) => a.host));
@@ -135,7 +137,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
           if (unconnected.length > 0) {
             await alerting.event({ target: vm.id, kind: 'protection.network-unmapped', severity: Severity.Warning, message: `${unconnected.length} NIC(s) of ${vm.name} are on unmapped networks: their replicas will not be connected`, details: { nics: unconnected.map(([n]) => n) } });
           }
-          await changeItem(store, ctx, vm.id, Enable, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement, ...(ctx.input.recoveryVm ? { recoveryVm: ctx.input.recoveryVm } : {}) } });
+          await changeItem(store, ctx, vm.id, Enable, { replication: { sourceFabricId: vm.fabricId, targetFabricId: target.fabricId, targetCloudId: target.id, policyId: policy.id, placement: d.placement, ...(ctx.input.recoveryVm ? { recoveryVm: ctx.input.recoveryVm } : {}), ...(ctx.input.group !== undefined ? { group: ctx.input.group } : {}) } });
         },
       },
       {
@@ -167,7 +169,7 @@ export function registerProtectionJobs(engine: JobEngine, deps: WorkflowDeps): v
             enableGrant = d.azureGrant !== null ? { grant: d.azureGrant } : {};
           }
           await ctx.save();
-          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica, ...(access !== undefined ? { access } : {}) }, ...enableGrant }, { timeoutMs: 10 * 60_000 });
+          await ctx.command(d.fabricId!, Commands.EnableReplication, { item: vm.id, vm: source, policy: d.policy!, target: { fabricId: d.targetFabricId!, ...replica, ...(access !== undefined ? { access } : {}) }, ...enableGrant, ...(ctx.input.group !== undefined ? { group: ctx.input.group } : {}) }, { timeoutMs: 10 * 60_000 });
           const item = await store.items.get(vm.id);
           await changeItem(store, ctx, vm.id, Enable, { replication: { ...item.replication, replica: d.replica } });
         },

@@ -1022,6 +1022,7 @@ export class PrimaryReplication {
     return {
       id: this.spec.id,
       vm: this.vm.name,
+      group: this.spec.group ?? null,
       state: this.state,
       health,
       lastSuccessfulCycleAt: this.lastSuccessMs ? new Date(this.lastSuccessMs).toISOString() : null,

@@ -128,6 +128,8 @@ export type ReplicaChannel = 'sealed' | 'tls' | 'in-process';
 export interface ReplicationHealth {
   id: string;
   vm: string;
+  /** the consistency group the VM is in (its points are the group's cuts), or null */
+  group: string | null;
   state: ReplicationState;
   /** Healthy | Warning | Critical from the facts below */
   health: 'Healthy' | 'Warning' | 'Critical';

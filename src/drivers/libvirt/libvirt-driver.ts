@@ -38,7 +38,7 @@ import { loadState, StateWriter, type LibvirtState, type NicLease, type ReplicaR
  * checkpoints, it is not a source of continuous replication (its shortest cycle is 30 s);
  * its replicas are the agents' stores, so it is a target of one.
  */
-export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, continuousReplication: ['target'], testFailover: true, rawDisks: false, changedBlockTracking: true, nbdExport: true };
+export const LIBVIRT_CAPABILITIES: FabricCapabilities = { ...AGENT_REPLICATION_CAPABILITIES, continuousReplication: ['target'], consistencyGroups: ['target'], testFailover: true, rawDisks: false, changedBlockTracking: true, nbdExport: true };
 
 
 export interface LibvirtDriverOptions {

@@ -4,7 +4,8 @@ import { Type } from '@fastify/type-provider-typebox';
 import { OsrError } from '../../domain/errors.js';
 import { ProtectionState, type ProtectedItem } from '../../domain/resources.js';
 import { ItemOperation, startItemOperation } from '../../workflows/item-jobs.js';
-import { checkFabricCan, checkProtectionOptions } from '../../workflows/fabric-capabilities.js';
+import { checkFabricCan, checkGroupSite, checkProtectionOptions } from '../../workflows/fabric-capabilities.js';
+import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../../domain/names.js';
 import { JobKinds } from '../../workflows/protection.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
@@ -92,6 +93,9 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
                 { additionalProperties: false },
               ),
             ),
+            replicationGroup: Type.Optional(
+              Type.String({ pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH, description: 'a replication group (consistency group): its members\' recovery points are cut at one instant, and a recovery plan fails them over at one group point' }),
+            ),
           },
           { additionalProperties: false },
         ),
@@ -99,6 +103,7 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
     },
     async (request, reply) => {
       const vm = await fabrics.object(request.body.vmId, 'vm');
+      const group = request.body.replicationGroup;
       const { cloud, replicaOf } = vm.properties as { cloud: string; replicaOf?: string };
       if (replicaOf) throw new OsrError('INVALID_STATE', `VM ${vm.name} (${vm.id}) is the replica of protected item ${replicaOf}; protect the source VM, or disable its protection keeping the replica to make this a VM of its own`, { replicaOf });
       const pairing = request.body.pairingId ? await config.pairing(request.body.pairingId) : await config.pairingOfSource(cloud);
@@ -106,12 +111,13 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       // what the policy asks that either fabric cannot do is refused now, before the item or its job exists
       const target = await fabrics.object(pairing.targetCloudId, 'cloud');
       const recoveryVm = request.body.recoveryVm;
-      await checkProtectionOptions(ctx.store, { vm, policy: await config.policy(pairing.policyId), targetFabricId: target.fabricId, recoveryVm });
+      await checkProtectionOptions(ctx.store, { vm, policy: await config.policy(pairing.policyId), targetFabricId: target.fabricId, recoveryVm, group });
+      if (group !== undefined) await checkGroupSite(ctx.store, group, vm, target.fabricId);
       const jobId = randomUUID();
       // the item first: a VM is protected once, and a second request is refused here
-      await items.create({ id: vm.id, name: vm.name, fabricId: vm.fabricId, pairingId: pairing.id, state: ProtectionState.EnablingProtection, activeJobId: jobId });
+      await items.create({ id: vm.id, name: vm.name, fabricId: vm.fabricId, pairingId: pairing.id, state: ProtectionState.EnablingProtection, activeJobId: jobId, group });
       try {
-        const job = await ctx.engine.submit(JobKinds.EnableProtection, { id: jobId, target: vm.id, input: { vmId: vm.id, pairingId: pairing.id, ...(recoveryVm ? { recoveryVm } : {}) }, createdBy: principal(request).actor });
+        const job = await ctx.engine.submit(JobKinds.EnableProtection, { id: jobId, target: vm.id, input: { vmId: vm.id, pairingId: pairing.id, ...(recoveryVm ? { recoveryVm } : {}), ...(group !== undefined ? { group } : {}) }, createdBy: principal(request).actor });
         return accepted(reply, job);
       } catch (e) {
         await items.remove(vm.id);

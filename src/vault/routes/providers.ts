@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { Type } from '@fastify/type-provider-typebox';
 import type { FabricCapabilities } from '../../domain/capabilities.js';
 import { ERROR_CODES, OsrError } from '../../domain/errors.js';
+import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../../domain/names.js';
 import { Health, ProtectionState, Severity, type HealthReason, type InventoryDocument } from '../../domain/resources.js';
 import { createCrl, issueCertificate, verifyEnrolmentProof } from '../../pki/index.js';
 import { fabricIdFor } from '../../store/inventory.js';
@@ -133,6 +134,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         appConsistentPoints: c.appConsistentPoints,
         copyFrequenciesSeconds: c.copyFrequenciesSeconds,
         ...(c.continuousReplication !== undefined ? { continuousReplication: c.continuousReplication } : {}),
+        ...(c.consistencyGroups !== undefined ? { consistencyGroups: c.consistencyGroups } : {}),
         testFailover: c.testFailover,
         rawDisks: c.rawDisks,
         changedBlockTracking: c.changedBlockTracking,
@@ -339,7 +341,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
             health: Type.Optional(Type.Union([Type.Literal('Healthy'), Type.Literal('Warning'), Type.Literal('Critical')])),
             healthReasons: Type.Optional(Type.Array(Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 2000 }) }), { maxItems: 50 })),
             rpoSeconds: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
-            recoveryPoints: Type.Optional(Type.Array(Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ maxLength: 40 }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]) }), { maxItems: 10_000 })),
+            recoveryPoints: Type.Optional(Type.Array(Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ maxLength: 40 }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]), cut: Type.Optional(Type.String({ pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH })) }), { maxItems: 10_000 })),
             churnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             peakChurnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             pendingLogBytes: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
@@ -385,7 +387,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
       const points = b.recoveryPoints?.map((p) => {
         const at = Date.parse(p.at);
         if (Number.isNaN(at)) throw new OsrError('INVALID_ARGUMENT', `recovery point ${p.id} has no valid time: ${p.at}`);
-        return { id: p.id, at, consistency: p.consistency };
+        return { id: p.id, at, consistency: p.consistency, ...(p.cut !== undefined ? { cut: p.cut } : {}) };
       });
       if (points && new Set(points.map((p) => p.id)).size !== points.length) throw new OsrError('INVALID_ARGUMENT', 'recovery point ids must be unique within a report', { field: 'recoveryPoints' });
       if (points) await store.items.replacePoints(item.id, points);
