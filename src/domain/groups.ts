@@ -23,15 +23,37 @@ export interface GroupPoint {
  * point not yet applied or pruned) is no instant of the group and is left out.
  */
 export function groupPoints(members: Readonly<Record<string, readonly MemberPoint[]>>): GroupPoint[] {
+  return commonCuts(members, (p) => p.timeMs).map((g) => ({ cut: g.cut, timeMs: g.timeMs, points: Object.fromEntries(Object.entries(g.points).map(([vm, p]) => [vm, p.seq])) }));
+}
+
+/** A point as the vault records it (resources.ts RecoveryPoint): its id, its time, its cut. */
+export interface RecordedPoint {
+  id: string;
+  at: string;
+  cut?: string | undefined;
+}
+
+/**
+ * The newest cut every member holds, from the points the vault recorded for each (member →
+ * its points): the cut, its instant, and each member's point id. Undefined: no cut is held
+ * by all of them yet.
+ */
+export function latestGroupPoint(members: Readonly<Record<string, readonly RecordedPoint[]>>): { cut: string; at: string; points: Record<string, string> } | undefined {
+  const g = commonCuts(members, (p) => Date.parse(p.at))[0];
+  return g && { cut: g.cut, at: new Date(g.timeMs).toISOString(), points: Object.fromEntries(Object.entries(g.points).map(([m, p]) => [m, p.id])) };
+}
+
+/** The cuts every member holds, newest first: each with its members' points and its instant (the latest of theirs). */
+function commonCuts<P extends { cut?: string | undefined }>(members: Readonly<Record<string, readonly P[]>>, timeOf: (p: P) => number): { cut: string; timeMs: number; points: Record<string, P> }[] {
   const names = Object.keys(members);
   if (names.length === 0) return [];
-  const byCut = new Map<string, GroupPoint>();
+  const byCut = new Map<string, { cut: string; timeMs: number; points: Record<string, P> }>();
   for (const vm of names) {
     for (const p of members[vm]!) {
       if (p.cut === undefined) continue;
       const g = byCut.get(p.cut) ?? { cut: p.cut, timeMs: 0, points: {} };
-      g.points[vm] = p.seq;
-      g.timeMs = Math.max(g.timeMs, p.timeMs);
+      g.points[vm] = p;
+      g.timeMs = Math.max(g.timeMs, timeOf(p));
       byCut.set(p.cut, g);
     }
   }

@@ -25,8 +25,10 @@ import { randomUUID } from 'node:crypto';
 import { Commands } from '../domain/commands.js';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import { validatePlanForRun, type PlanItemFacts, type PlanProblem } from '../domain/plans.js';
+import { latestGroupPoint } from '../domain/groups.js';
+import { PointChoice } from '../domain/recovery-point.js';
 import type { PlanActionContext, PlanActionResult, PlanDrill, PlanRunOutput as RunOutput, PlanVmResult } from '../domain/runs.js';
-import { Direction, Severity, type ProtectedItem, type RecoveryPlan, type RecoveryPlanAction, type RecoveryPlanSpec } from '../domain/resources.js';
+import { Direction, Severity, type ProtectedItem, type RecoveryPoint, type RecoveryPlan, type RecoveryPlanAction, type RecoveryPlanSpec } from '../domain/resources.js';
 import type { JobContext, JobData, JobEngine, TaskDef } from '../jobs/engine.js';
 import { MappingKind } from '../store/config.js';
 import type { VaultStore } from '../store/index.js';
@@ -94,7 +96,13 @@ interface PlanRunData extends JobData {
   shutdown?: Record<string, string>;
   /** a test failover's isolated network, made for the drill */
   testNetwork?: string;
+  /** item → the point of its replication group's cut it fails over at (chosen once, before any VM) */
+  groupPoints?: Record<string, string>;
 }
+
+/** A run whose VMs start from a point it chooses (the latest, not a point named by its id): a replication group's members then share one cut. */
+const usesGroupPoints = (op: ItemOperation, choice: string | undefined): boolean =>
+  (op === ItemOperation.TestFailover || op === ItemOperation.UnplannedFailover) && (choice === undefined || choice === PointChoice.Latest || choice === 'latest-processed');
 
 /** a VM that failed, was cancelled, or was not started because what it depends on failed */
 const isBad = (r: PlanVmResult | undefined): boolean => r !== undefined && (r.state === 'Failed' || r.state === 'Cancelled' || (r.state === 'Skipped' && r.error !== undefined));
@@ -217,13 +225,13 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     switch (input.operation) {
       case ItemOperation.TestFailover:
         // a temporary network is one for the whole drill, made by the run: its VMs reach each other
-        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', network: ctx.data.testNetwork ?? o.network ?? 'none' };
+        return { ...base, recoveryPoint: ctx.data.groupPoints?.[item.id] ?? o.recoveryPoint ?? 'latest', network: ctx.data.testNetwork ?? o.network ?? 'none' };
       case ItemOperation.TestFailoverCleanup:
         return { ...base, ...(o.notes !== undefined ? { notes: o.notes } : {}) };
       case ItemOperation.ChangeRecoveryPoint:
         return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest' };
       case ItemOperation.UnplannedFailover:
-        return { ...base, recoveryPoint: o.recoveryPoint ?? 'latest', shutdownSource: o.shutdownSource === true || input.spec.shutdownGroup === true, sourceTimeoutSeconds: o.sourceTimeoutSeconds ?? 60 };
+        return { ...base, recoveryPoint: ctx.data.groupPoints?.[item.id] ?? o.recoveryPoint ?? 'latest', shutdownSource: o.shutdownSource === true || input.spec.shutdownGroup === true, sourceTimeoutSeconds: o.sourceTimeoutSeconds ?? 60 };
       default:
         return base;
     }
@@ -458,6 +466,37 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
     };
   }
 
+  /**
+   * One point per replication group: the plan's members of a group fail over at the newest
+   * cut all of them hold, as the recovery site last reported their points. A group none of
+   * whose cuts every member holds yet fails over each VM at its own latest point, with a
+   * warning (a failover is not held back for it).
+   */
+  async function chooseGroupPoints(ctx: Ctx): Promise<Record<string, string>> {
+    const { spec, planId } = ctx.input;
+    const groups = new Map<string, ProtectedItem[]>();
+    for (const id of spec.groups.flatMap((g) => g.items)) {
+      const item = await store.items.find(id);
+      const group = item?.replication.group;
+      if (!item || group === undefined) continue;
+      groups.set(group, [...(groups.get(group) ?? []), item]);
+    }
+    const chosen: Record<string, string> = {};
+    for (const [group, members] of groups) {
+      if (members.length < 2) continue;
+      const points: Record<string, RecoveryPoint[]> = {};
+      for (const m of members) points[m.id] = await store.items.points(m.id);
+      const g = latestGroupPoint(points);
+      if (!g) {
+        await alerting.event({ target: planId, kind: 'plan.group-point-missing', severity: Severity.Warning, message: `plan ${spec.name}: replication group ${group} has no cut that all ${members.length} of its VMs in the plan hold; each fails over at its own latest point`, details: { job: ctx.jobId, group } });
+        continue;
+      }
+      Object.assign(chosen, g.points);
+      await alerting.event({ target: planId, kind: 'plan.group-point', severity: Severity.Info, message: `plan ${spec.name}: replication group ${group} (${members.length} VMs) fails over at cut ${g.cut} of ${g.at}`, details: { job: ctx.jobId, group, cut: g.cut, at: g.at } });
+    }
+    return chosen;
+  }
+
   function tasksFor(input: PlanRunInput): TaskDef<PlanRunInput, PlanRunData>[] {
     const { spec, operation: op } = input;
     const type = FAILOVER_TYPE[op];
@@ -466,6 +505,10 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
         name: 'Prerequisites check',
         async run(ctx) {
           ctx.data.startedAt ??= clock.now();
+          if (ctx.data.groupPoints === undefined && usesGroupPoints(op, input.options.recoveryPoint)) {
+            ctx.data.groupPoints = await chooseGroupPoints(ctx);
+            await ctx.save();
+          }
           await alerting.event({ target: input.planId, kind: 'plan.run-started', severity: Severity.Info, message: `plan ${spec.name}: ${op} of ${spec.groups.reduce((n, g) => n + g.items.length, 0)} VMs in ${spec.groups.length} group(s) started (${input.direction})`, details: { job: ctx.jobId } });
         },
       },
