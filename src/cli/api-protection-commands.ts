@@ -77,10 +77,11 @@ async function policyNames(api: CliApi): Promise<(item: ProtectedItem) => string
 function replicationFields(i: ProtectedItem): [string, unknown][] {
   const r = i.replication;
   const pairs = (m: Record<string, string | null> | undefined) => (m && Object.keys(m).length ? Object.entries(m).map(([k, v]) => `${k} → ${v}`).join(', ') : null);
-  const known = new Set(['sourceFabricId', 'targetFabricId', 'targetCloudId', 'policyId', 'placement', 'replica']);
+  const known = new Set(['sourceFabricId', 'targetFabricId', 'targetCloudId', 'policyId', 'placement', 'replica', 'group']);
   const rest = Object.entries(i.replication).filter(([k]) => !known.has(k));
   return [
     ['target cloud', r.targetCloudId ?? null],
+    ...(r.group !== undefined ? [['replication group', r.group] as [string, unknown]] : []),
     ['target host', r.placement?.hostId ?? null],
     ['disks', pairs(r.placement?.storage)],
     ['NICs', pairs(r.placement?.networks)],
@@ -289,9 +290,10 @@ export function addProtectionCommands(program: Command): void {
     .option('--pairing <id>', "the cloud pairing to protect under (default: the pairing of the VM's cloud)")
     .option('--vm-size <size>', "the replica VM's size, where the recovery site offers a choice (Azure: Standard_B2s, …; default: the smallest with the source's vCPUs and memory)")
     .option('--disk-type <type>', "the replica's disk type, where the recovery site offers a choice (Azure: Standard_LRS, StandardSSD_LRS, Premium_LRS; default: as the storage mapping places the disks)")
+    .option('--replication-group <name>', "a replication group (consistency group) for the VMs: their points are cut at one instant across them, and a recovery plan fails them over at one group point (the primary site's hosts must hold writes for a moment: the lab's do, libvirt's do not)")
     .option('--wait', 'follow the jobs until they end; exit non-zero if one fails', false)
     .option('--interval <duration>', 'how often --wait polls', '1s')
-    .action((vms: string[], o: { pairing?: string; vmSize?: string; diskType?: string; wait: boolean; interval: string }) =>
+    .action((vms: string[], o: { pairing?: string; vmSize?: string; diskType?: string; replicationGroup?: string; wait: boolean; interval: string }) =>
       withApi(program, async (api) => {
         const started: { vm: string; vmId?: string; jobId?: string; url?: string; state?: string; error?: OsrError }[] = [];
         let allVms: Promise<InventoryObject[]> | undefined;
@@ -300,7 +302,7 @@ export function addProtectionCommands(program: Command): void {
           try {
             const vm = await resolveVm(api, name, all);
             const recoveryVm = { ...(o.vmSize ? { size: o.vmSize } : {}), ...(o.diskType ? { diskType: o.diskType } : {}) };
-            const r = await api.post<{ jobId: string; kind: string; state: string; url: string }>('/protected-items', { vmId: vm.id, ...(o.pairing ? { pairingId: o.pairing } : {}), ...(Object.keys(recoveryVm).length > 0 ? { recoveryVm } : {}) });
+            const r = await api.post<{ jobId: string; kind: string; state: string; url: string }>('/protected-items', { vmId: vm.id, ...(o.pairing ? { pairingId: o.pairing } : {}), ...(Object.keys(recoveryVm).length > 0 ? { recoveryVm } : {}), ...(o.replicationGroup ? { replicationGroup: o.replicationGroup } : {}) });
             started.push({ vm: vm.name, vmId: vm.id, jobId: r.jobId, url: r.url, state: r.state });
           } catch (e) {
             started.push({ vm: name, error: toOsrError(e) });
@@ -411,7 +413,7 @@ export function addProtectionCommands(program: Command): void {
       withApi(program, async (api) => {
         const i = await resolveItem(api, idOrName);
         const r = await api.get<ListAnswer<RecoveryPoint>>(`/protected-items/${encodeURIComponent(i.id)}/recovery-points`);
-        out(r, () => table(r.items.map((p) => ({ id: p.id, time: when(p.at), consistency: p.consistency }))));
+        out(r, () => table(r.items.map((p) => ({ id: p.id, time: when(p.at), consistency: p.consistency, cut: p.cut ?? '' }))));
       }),
     );
   item

@@ -466,8 +466,9 @@ export class AgentReplication implements FabricReplication {
     const machine = this.site.machineOf?.(l.id);
     const r = await a.post<{ point: { seq: number; timeMs: number; consistency: string }; epoch: number }>(`/v1/replicas/${encodeURIComponent(l.name)}/promote`, { ...(pointId !== null ? { point: Number(pointId) } : {}), start: true, commit: false, ...(machine ? { machine } : {}) });
     await this.site.changed({ kind: 'promoted', id: l.id, epoch: r.epoch });
-    // the points stay until the commit: the vault learns them all, the promoted one included
-    return { vmId: l.id, epoch: r.epoch, point: pointInfo(r.point), points: await this.pointsOf(l) };
+    // the points stay until the commit: the vault learns them all, the promoted one included (with its group's cut)
+    const points = await this.pointsOf(l);
+    return { vmId: l.id, epoch: r.epoch, point: points.find((p) => p.id === String(r.point.seq)) ?? pointInfo(r.point), points };
   }
 
   /** when each replica's host was last asked whether it was promoted by hand */
@@ -565,4 +566,4 @@ interface AgentHealth {
 /** The host's words for a point's consistency, in the vault's. */
 const consistencyOf = (c: string): 'crash' | 'app' => (c === 'app-consistent' || c === 'app' ? 'app' : 'crash');
 
-const pointInfo = (p: { seq: number; timeMs: number; consistency: string }): RecoveryPointInfo => ({ id: String(p.seq), at: new Date(p.timeMs).toISOString(), consistency: consistencyOf(p.consistency) });
+const pointInfo = (p: { seq: number; timeMs: number; consistency: string; cut?: string }): RecoveryPointInfo => ({ id: String(p.seq), at: new Date(p.timeMs).toISOString(), consistency: consistencyOf(p.consistency), ...(typeof p.cut === 'string' ? { cut: p.cut } : {}) });

@@ -221,7 +221,8 @@ export class FabricProvider {
             }
           }
           if (s.initial?.done && s.latestPoint) {
-            await this.remember({ itemId: b.item, role: 'source', vmId, reporting: true });
+            // what replication.enable recorded (the VM's group) stays
+            await this.remember({ ...this.protections.get(`source:${b.item}`), itemId: b.item, role: 'source', vmId, reporting: true });
             return { recoveryPoint: s.latestPoint };
           }
           await this.pauseWhileFollowing();

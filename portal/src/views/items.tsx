@@ -14,6 +14,7 @@ const HEALTHS = ['Healthy', 'Warning', 'Critical', 'NotApplicable'];
 function EnableProtection({ onDone }: { onDone: (jobId: string) => void }) {
   const [open, setOpen] = useState(false);
   const [vmId, setVmId] = useState('');
+  const [group, setGroup] = useState('');
   const vms = useLoad(() => (open ? api.all<InventoryObject>('/protectable-items') : Promise.resolve([])), [open]);
   return (
     <>
@@ -26,7 +27,7 @@ function EnableProtection({ onDone }: { onDone: (jobId: string) => void }) {
         onClose={() => setOpen(false)}
         submitLabel="Enable"
         onSubmit={async () => {
-          const r = await api.post<Accepted>('/protected-items', { vmId });
+          const r = await api.post<Accepted>('/protected-items', { vmId, ...(group.trim() ? { replicationGroup: group.trim() } : {}) });
           onDone(r.jobId);
         }}
       >
@@ -40,6 +41,9 @@ function EnableProtection({ onDone }: { onDone: (jobId: string) => void }) {
               </option>
             ))}
           </select>
+        </Field>
+        <Field label="Replication group (optional)" hint="VMs of one group get recovery points at one instant across all of them, and a recovery plan fails them over at one group point. Their primary site's hosts must be able to hold writes for a moment.">
+          <input value={group} onChange={(e) => setGroup(e.target.value)} pattern="[A-Za-z0-9_\-][A-Za-z0-9._\-]*" maxLength={128} placeholder="e.g. billing-app" />
         </Field>
         <ErrorBox error={vms.error} />
       </Dialog>
@@ -379,6 +383,14 @@ export function ItemPage({ id }: { id: string }) {
                       <dd>{settings.copyMode === 'continuous' ? `continuous: a cut every second, a point kept every ${settings.pointIntervalSeconds ?? 5} s` : `a copy every ${fmtSeconds(settings.copyFrequencySeconds)}`}</dd>
                     </>
                   )}
+                  {item.replication.group !== undefined && (
+                    <>
+                      <dt>Replication group</dt>
+                      <dd>
+                        {item.replication.group}: its points are cut at one instant with the group's other VMs, and a recovery plan fails them over at one group point
+                      </dd>
+                    </>
+                  )}
                   <dt>Last recovery point</dt>
                   <dd>
                     {fmtTime(item.lastRecoveryPointAt)} ({ago(item.lastRecoveryPointAt)})
@@ -411,6 +423,7 @@ export function ItemPage({ id }: { id: string }) {
                       <tr>
                         <th>Time</th>
                         <th>Consistency</th>
+                        <th>Group cut</th>
                         <th>Id</th>
                       </tr>
                     </thead>
@@ -419,6 +432,7 @@ export function ItemPage({ id }: { id: string }) {
                         <tr key={p.id}>
                           <td data-label="Time">{fmtTime(p.at)}</td>
                           <td data-label="Consistency">{p.consistency}</td>
+                          <td data-label="Group cut">{p.cut ?? '—'}</td>
                           <td data-label="Id">
                             <code>{p.id}</code>
                           </td>
