@@ -220,6 +220,35 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         }
       }));
 
+    test('replication groups: an item\'s group from its creation, kept with every change of its record, its members listed; points keep their cut', () =>
+      withDatabase(dialect, async (t) => {
+        const h = await open(t);
+        try {
+          const now = Date.parse('2026-12-07T00:00:00Z');
+          const items = new ItemStore(h.db, () => now, h.dialect);
+          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
+          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
+          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          for (const [i, group] of ['app', 'app', undefined].entries()) await items.create({ id: `site.vm${i}`, name: `vm${i}`, fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null, group });
+          assert.equal((await items.get('site.vm0')).replication.group, 'app');
+          assert.deepEqual((await items.list({ group: 'app' })).map((i) => i.id), ['site.vm0', 'site.vm1']);
+          // the record rewritten without the group leaves the group
+          await items.update('site.vm1', { replication: { sourceFabricId: 'site' } });
+          await items.update('site.vm2', { replication: { sourceFabricId: 'site', group: 'app' } });
+          assert.deepEqual((await items.list({ group: 'app' })).map((i) => i.id), ['site.vm0', 'site.vm2']);
+          await items.replacePoints('site.vm0', [
+            { id: '7', at: now - 30_000, consistency: 'crash', cut: 'cut-abc-1' },
+            { id: '8', at: now, consistency: 'crash' },
+          ]);
+          assert.deepEqual(await items.points('site.vm0'), [
+            { id: '8', at: new Date(now).toISOString(), consistency: 'crash' },
+            { id: '7', at: new Date(now - 30_000).toISOString(), consistency: 'crash', cut: 'cut-abc-1' },
+          ]);
+        } finally {
+          await h.close();
+        }
+      }));
+
     test('item state: a change by a job checks, in one statement, that it holds the item and its own lease and finds the state it expects', () =>
       withDatabase(dialect, async (t) => {
         const h = await open(t);
