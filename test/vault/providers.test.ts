@@ -324,46 +324,6 @@ describe('providers and protection', () => {
     for (const p of [lab, recovery, libvirt]) assert.deepEqual(p.received.map((c) => c.kind), [], `${p.fabricId} got no command`);
   });
 
-  test('a replication group: refused where the primary site\'s hosts cannot hold writes (NOT_SUPPORTED, option group), with a continuous policy, and from a second pair of sites (INVALID_STATE)', async () => {
-    const { consistencyGroups: _g, ...noGroups } = LAB_CAPABILITIES;
-    const a = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupA', inventory: siteInventory('grpa', ['GroupA'], 2), capabilities: LAB_CAPABILITIES });
-    const b = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupB', inventory: siteInventory('grpb', ['GroupB'], 1), capabilities: LAB_CAPABILITIES });
-    const old = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupOld', inventory: siteInventory('grpo', ['GroupOld'], 1), capabilities: noGroups });
-    const c = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupC', inventory: siteInventory('grpc', ['GroupC'], 1), capabilities: LAB_CAPABILITIES });
-    const t = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupT', inventory: siteInventory('grpt', ['GroupT'], 0), capabilities: LAB_CAPABILITIES });
-    providers.push(a, b, c, old, t);
-    const cycles = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'group-cycles', settings: { copyFrequencySeconds: 30, retentionHours: 1 } });
-    const continuous = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'group-continuous', settings: { copyMode: 'continuous', retentionHours: 1 } });
-    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: cycles.id, sourceCloudId: 'vmm-groupa.groupa', targetCloudId: 'vmm-groupt.groupt' });
-    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: cycles.id, sourceCloudId: 'vmm-groupold.groupold', targetCloudId: 'vmm-groupt.groupt' });
-    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: continuous.id, sourceCloudId: 'vmm-groupb.groupb', targetCloudId: 'vmm-groupt.groupt' });
-    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: cycles.id, sourceCloudId: 'vmm-groupc.groupc', targetCloudId: 'vmm-groupt.groupt' });
-    const refusal = (vmId: string, group: string) =>
-      v.api.request('POST', '/api/v1/protected-items', { vmId, replicationGroup: group }).then(
-        () => assert.fail(`protecting ${vmId} in group ${group} was accepted`),
-        (e: unknown) => e as OsrError,
-      );
-    // a name that could become a path is refused by the API's schema
-    assert.equal((await refusal('vmm-groupa.groupa-vm0', '../x')).code, 'INVALID_ARGUMENT');
-    const noHold = await refusal('vmm-groupold.groupold-vm0', 'app');
-    assert.equal(noHold.code, 'NOT_SUPPORTED');
-    assert.equal(noHold.details?.option, 'group');
-    assert.match(noHold.message, /replication group app \(its hosts cannot hold a VM's writes/);
-    const cont = await refusal('vmm-groupb.groupb-vm0', 'app');
-    assert.equal(cont.details?.option, 'group');
-    assert.match(cont.message, /under continuous replication/);
-    // the group's first member fixes its pair of sites; the item shows its group from the start
-    await v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-groupa.groupa-vm0', replicationGroup: 'app' });
-    assert.equal((await v.api.request<ProtectedItem>('GET', '/api/v1/protected-items/vmm-groupa.groupa-vm0')).replication.group, 'app');
-    const elsewhere = await refusal('vmm-groupc.groupc-vm0', 'app');
-    assert.equal(elsewhere.code, 'INVALID_STATE');
-    assert.match(elsewhere.message, /replication group app replicates from fabric vmm-groupa .*member GroupA-VM0.*between one pair of sites/);
-    assert.equal(elsewhere.details?.member, 'vmm-groupa.groupa-vm0');
-    // another member from the same site is taken
-    await v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-groupa.groupa-vm1', replicationGroup: 'app' });
-    assert.deepEqual((await v.vault.ctx.store.items.list({ group: 'app' })).map((i) => i.id).sort(), ['vmm-groupa.groupa-vm0', 'vmm-groupa.groupa-vm1']);
-  });
-
   test('a provider refuses a command whose body is malformed (INVALID_ARGUMENT naming the field) before its handler runs, and a kind it does not know (NOT_SUPPORTED)', async () => {
     const fenced: string[] = [];
     const p = await TestProvider.start(v.url, await newKey(), {
@@ -478,5 +438,45 @@ describe('providers and protection', () => {
     await waitFor('restarted job done', async () => ((await v.api.request<Obj>('GET', started.url as string)).state === 'Succeeded' ? true : undefined), 20_000);
     const item = await v.api.request<ProtectedItem>('GET', '/api/v1/protected-items/vmm-admsrc.admcloud1-vm0');
     assert.equal(item.replication.placement!.hostId, 'vmm-admdst.admcloud2-h2', 'the one host admitted');
+  });
+
+  test('a replication group: refused where the primary site\'s hosts cannot hold writes (NOT_SUPPORTED, option group), with a continuous policy, and from a second pair of sites (INVALID_STATE)', async () => {
+    const { consistencyGroups: _g, ...noGroups } = LAB_CAPABILITIES;
+    const a = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupA', inventory: siteInventory('grpa', ['GroupA'], 2), capabilities: LAB_CAPABILITIES });
+    const b = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupB', inventory: siteInventory('grpb', ['GroupB'], 1), capabilities: LAB_CAPABILITIES });
+    const old = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupOld', inventory: siteInventory('grpo', ['GroupOld'], 1), capabilities: noGroups });
+    const c = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupC', inventory: siteInventory('grpc', ['GroupC'], 1), capabilities: LAB_CAPABILITIES });
+    const t = await TestProvider.start(v.url, await newKey(), { fabric: 'VMM-GroupT', inventory: siteInventory('grpt', ['GroupT'], 0), capabilities: LAB_CAPABILITIES });
+    providers.push(a, b, c, old, t);
+    const cycles = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'group-cycles', settings: { copyFrequencySeconds: 30, retentionHours: 1 } });
+    const continuous = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'group-continuous', settings: { copyMode: 'continuous', retentionHours: 1 } });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: cycles.id, sourceCloudId: 'vmm-groupa.groupa', targetCloudId: 'vmm-groupt.groupt' });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: cycles.id, sourceCloudId: 'vmm-groupold.groupold', targetCloudId: 'vmm-groupt.groupt' });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: continuous.id, sourceCloudId: 'vmm-groupb.groupb', targetCloudId: 'vmm-groupt.groupt' });
+    await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: cycles.id, sourceCloudId: 'vmm-groupc.groupc', targetCloudId: 'vmm-groupt.groupt' });
+    const refusal = (vmId: string, group: string) =>
+      v.api.request('POST', '/api/v1/protected-items', { vmId, replicationGroup: group }).then(
+        () => assert.fail(`protecting ${vmId} in group ${group} was accepted`),
+        (e: unknown) => e as OsrError,
+      );
+    // a name that could become a path is refused by the API's schema
+    assert.equal((await refusal('vmm-groupa.groupa-vm0', '../x')).code, 'INVALID_ARGUMENT');
+    const noHold = await refusal('vmm-groupold.groupold-vm0', 'app');
+    assert.equal(noHold.code, 'NOT_SUPPORTED');
+    assert.equal(noHold.details?.option, 'group');
+    assert.match(noHold.message, /replication group app \(its hosts cannot hold a VM's writes/);
+    const cont = await refusal('vmm-groupb.groupb-vm0', 'app');
+    assert.equal(cont.details?.option, 'group');
+    assert.match(cont.message, /under continuous replication/);
+    // the group's first member fixes its pair of sites; the item shows its group from the start
+    await v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-groupa.groupa-vm0', replicationGroup: 'app' });
+    assert.equal((await v.api.request<ProtectedItem>('GET', '/api/v1/protected-items/vmm-groupa.groupa-vm0')).replication.group, 'app');
+    const elsewhere = await refusal('vmm-groupc.groupc-vm0', 'app');
+    assert.equal(elsewhere.code, 'INVALID_STATE');
+    assert.match(elsewhere.message, /replication group app replicates from fabric vmm-groupa .*member GroupA-VM0.*between one pair of sites/);
+    assert.equal(elsewhere.details?.member, 'vmm-groupa.groupa-vm0');
+    // another member from the same site is taken
+    await v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-groupa.groupa-vm1', replicationGroup: 'app' });
+    assert.deepEqual((await v.vault.ctx.store.items.list({ group: 'app' })).map((i) => i.id).sort(), ['vmm-groupa.groupa-vm0', 'vmm-groupa.groupa-vm1']);
   });
 });
