@@ -210,16 +210,30 @@ export class FabricStore {
       const old = new Map(before.map((r) => [r.id, r]));
       const changes: InventoryChange[] = [];
       const seen = new Set<string>();
+      const added: typeof rows = [];
+      const changed: typeof rows = [];
       for (const r of rows) {
         if (seen.has(r.id)) throw new OsrError('INVALID_ARGUMENT', `inventory lists ${r.kind} ${r.id} twice`);
         seen.add(r.id);
         const o = old.get(r.id);
-        if (!o) changes.push({ change: 'added', id: r.id, kind: r.kind as InventoryKind, name: r.name });
-        else if (o.name !== r.name || o.parent_id !== r.parent_id || o.body !== r.body || o.kind !== r.kind) changes.push({ change: 'changed', id: r.id, kind: r.kind as InventoryKind, name: r.name });
+        if (!o) {
+          changes.push({ change: 'added', id: r.id, kind: r.kind as InventoryKind, name: r.name });
+          added.push(r);
+        } else if (o.name !== r.name || o.parent_id !== r.parent_id || o.body !== r.body || o.kind !== r.kind) {
+          changes.push({ change: 'changed', id: r.id, kind: r.kind as InventoryKind, name: r.name });
+          changed.push(r);
+        }
       }
-      for (const o of before) if (!seen.has(o.id)) changes.push({ change: 'removed', id: o.id, kind: o.kind as InventoryKind, name: o.name });
-      await trx.deleteFrom('inventory').where('fabric_id', '=', fabricId).execute();
-      for (let i = 0; i < rows.length; i += 500) await trx.insertInto('inventory').values(rows.slice(i, i + 500)).execute();
+      const removed = before.filter((o) => !seen.has(o.id));
+      for (const o of removed) changes.push({ change: 'removed', id: o.id, kind: o.kind as InventoryKind, name: o.name });
+      // only what changed is written: a report of a thousand VMs, one of them changed, is one update
+      for (let i = 0; i < removed.length; i += 500) {
+        await trx.deleteFrom('inventory').where('fabric_id', '=', fabricId).where('id', 'in', removed.slice(i, i + 500).map((o) => o.id)).execute();
+      }
+      for (let i = 0; i < added.length; i += 500) await trx.insertInto('inventory').values(added.slice(i, i + 500)).execute();
+      for (const r of changed) {
+        await trx.updateTable('inventory').set({ kind: r.kind, name: r.name, parent_id: r.parent_id, body: r.body, updated_at: r.updated_at }).where('id', '=', r.id).where('fabric_id', '=', fabricId).execute();
+      }
       await trx.updateTable('fabrics').set({ inventory_at: t }).where('id', '=', fabricId).execute();
       await alongside?.(trx, { first, changes });
       return changes;

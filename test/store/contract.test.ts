@@ -21,6 +21,7 @@ import { CommandStore } from '../../src/store/commands.js';
 import { pruneBefore } from '../../src/store/retention.js';
 import { createTestDatabase, type TestDatabase } from '../support/databases.js';
 import { assertRejectsCode } from '../support/unit.js';
+import { siteInventory } from '../support/vault.js';
 
 async function withDatabase(dialect: Dialect, fn: (t: TestDatabase) => Promise<void>): Promise<void> {
   const t = await createTestDatabase(dialect);
@@ -66,6 +67,37 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         }
         const err = await assertRejectsCode(open(t), 'STORE_SCHEMA_NEWER');
         assert.equal(err.details?.databaseVersion, SCHEMA_VERSION + 1);
+      }));
+
+    test('an inventory report writes only what changed: the same report twice changes nothing, an object changed, added or removed is the only one written', () =>
+      withDatabase(dialect, async (t) => {
+        const d = await open(t);
+        try {
+          let now = Date.parse('2026-12-07T00:00:00Z');
+          const fabrics = new FabricStore(d.db, () => now);
+          const { fabric } = await fabrics.registerProvider({ providerId: 'prov-inv', fabricName: 'Site-Inv', fabricKind: 'lab', serverName: 's1', version: '1', certSerial: '02', certFingerprint: 'AB', proxy: null, inventoryScope: 'all' });
+          const doc = siteInventory('inv', ['C1'], 3);
+          const first = await fabrics.replaceInventory(fabric.id, doc);
+          assert.ok(first.length > 3 && first.every((c) => c.change === 'added'));
+          const vm = (n: number) => fabrics.object(`${fabric.id}.c1-vm${n}`, 'vm');
+          const at0 = (await vm(0)).updatedAt;
+          now += 60_000;
+          assert.deepEqual(await fabrics.replaceInventory(fabric.id, doc), []);
+          assert.equal((await vm(0)).updatedAt, at0, 'an unchanged object is not written');
+          // vm1 powered off, vm2 gone, vm3 new
+          const next = siteInventory('inv', ['C1'], 4);
+          next.vms[1]!.powerState = 'Off';
+          next.vms.splice(2, 1);
+          const changes = await fabrics.replaceInventory(fabric.id, next);
+          assert.deepEqual(changes.map((c) => `${c.change} ${c.id}`).sort(), [`added ${fabric.id}.c1-vm3`, `changed ${fabric.id}.c1-vm1`, `removed ${fabric.id}.c1-vm2`]);
+          assert.equal((await vm(0)).updatedAt, at0);
+          assert.equal((await vm(1)).updatedAt, new Date(now).toISOString());
+          assert.equal((await vm(1)).properties.powerState, 'Off');
+          assert.equal((await vm(3)).name, next.vms[2]!.name);
+          await assertRejectsCode(vm(2), 'NOT_FOUND');
+        } finally {
+          await d.close();
+        }
       }));
 
     test('fabric capabilities: none until a heartbeat reports them; kept as reported; a heartbeat without them keeps them', () =>
