@@ -354,10 +354,10 @@ export class JobEngine {
         if (!id) {
           id = randomUUID();
           data.commands = { ...ids, [key]: id };
-          // recorded before it is sent: a second run of this task finds it and waits for it
-          await ctx.save();
-        }
-        await commands.enqueue({ id, fabricId, kind, body, jobId: job.id });
+          // recorded with the command, in one transaction: a second run of this task finds it and waits for it
+          const command = { id, fabricId, kind, body, jobId: job.id };
+          await jobs.update(job.id, owner, { data }, (trx) => commands.enqueue(command, trx));
+        } else await commands.enqueue({ id, fabricId, kind, body, jobId: job.id });
         const result = await this.awaitCommand(id, controller.signal, o);
         // the provider's answer (an authenticated provider's, of the kind's shape: src/domain/commands.ts)
         return result === null ? undefined : JSON.parse(result);

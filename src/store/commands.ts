@@ -48,8 +48,9 @@ export class CommandStore {
   }
 
   /** Enqueue a command under the id given; enqueuing the same id again does nothing. */
-  async enqueue(c: { id: string; fabricId: string; kind: string; body: unknown; jobId?: string | null }): Promise<void> {
-    await this.db
+  /** Queue a command (one queued already under its id stays as it is); `trx`: inside that transaction. */
+  async enqueue(c: { id: string; fabricId: string; kind: string; body: unknown; jobId?: string | null }, trx: Kysely<Database> = this.db): Promise<void> {
+    await trx
       .insertInto('provider_commands')
       .values({ id: c.id, fabric_id: c.fabricId, kind: c.kind, body: JSON.stringify(c.body ?? {}), job_id: c.jobId ?? null, state: CommandState.Pending, progress: null, result: null, error: null, deliveries: 0, created_at: this.now(), sent_at: null, done_at: null })
       .onConflict((oc) => oc.column('id').doNothing())
@@ -74,20 +75,24 @@ export class CommandStore {
       .orderBy('id')
       .limit(limit)
       .execute();
+    if (rows.length === 0) return [];
     // each row is taken by one conditional update: two long-polls for one fabric (two
-    // nodes, or two vault processes) never both get the same command
-    const taken: CommandRow[] = [];
-    for (const r of rows) {
-      const u = await this.db
-        .updateTable('provider_commands')
-        .set({ state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 })
-        .where('id', '=', r.id)
-        .where('state', '=', r.state)
-        .where('deliveries', '=', r.deliveries)
-        .executeTakeFirst();
-      if (Number(u.numUpdatedRows) === 1) taken.push({ ...r, state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 });
-    }
-    return taken;
+    // nodes, or two vault processes) never both get the same command. All in one
+    // transaction: one commit for the batch, not one per command
+    return this.db.transaction().execute(async (trx) => {
+      const taken: CommandRow[] = [];
+      for (const r of rows) {
+        const u = await trx
+          .updateTable('provider_commands')
+          .set({ state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 })
+          .where('id', '=', r.id)
+          .where('state', '=', r.state)
+          .where('deliveries', '=', r.deliveries)
+          .executeTakeFirst();
+        if (Number(u.numUpdatedRows) === 1) taken.push({ ...r, state: CommandState.Sent, sent_at: t, deliveries: r.deliveries + 1 });
+      }
+      return taken;
+    });
   }
 
   /** Progress from the provider (keeps the command from being delivered again). */

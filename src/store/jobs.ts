@@ -291,8 +291,17 @@ export class JobStore {
   }
 
   /** Record progress (or a state change) of a job this vault holds. */
-  async update(id: string, owner: string, p: JobPatch): Promise<void> {
-    await this.owned(id, owner, { ...jobColumns(p), updated_at: this.now() });
+  /**
+   * Change a job this vault holds. `alongside` runs in the same transaction (a command
+   * queued with the job data that records it: one commit, and neither without the other).
+   */
+  async update(id: string, owner: string, p: JobPatch, alongside?: (trx: Kysely<Database>) => Promise<void>): Promise<void> {
+    const set = { ...jobColumns(p), updated_at: this.now() };
+    if (!alongside) return this.owned(id, owner, set);
+    await this.db.transaction().execute(async (trx) => {
+      await owned(trx, id, owner, set);
+      await alongside(trx);
+    });
   }
 
   /** End a job this vault holds: its final state, and the lease is released. */
