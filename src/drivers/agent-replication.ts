@@ -395,22 +395,24 @@ export class AgentReplication implements FabricReplication {
       byHost.set(v.hostId, h);
     }
     const members: CutMembers[] = [];
+    const notInGroup: string[] = [];
     /** per member of the cut: VM name → id */
     const ids: Map<string, string>[] = [];
-    for (const [hostId, h] of byHost) {
+    for (const h of byHost.values()) {
       const states = new Map((await h.api.get<{ vm: string; state: string; group?: string | null }[]>('/v1/replications')).map((r) => [r.vm, r]));
       const ready = new Map<string, string>();
       for (const m of h.members) {
         const s = states.get(m.name);
-        if (s?.group !== group) throw new OsrError('INVALID_STATE', `${m.name} does not replicate in group ${group} at host ${hostId}; enable its replication again`, { vm: m.id, group });
-        if (s.state === 'Replicating') ready.set(m.name, m.id);
+        // replicated outside the group (its host lost or changed the spec): it makes its own points; the others are cut
+        if (s === undefined || s.group !== group) notInGroup.push(m.id);
+        else if (s.state === 'Replicating') ready.set(m.name, m.id);
         else skipped.push(m.id);
       }
       if (ready.size === 0) continue;
       members.push({ api: h.api, vms: [...ready.keys()] });
       ids.push(ready);
     }
-    if (members.length === 0) return { cut: '', points: {}, heldMs: 0, skipped };
+    if (members.length === 0) return { cut: '', points: {}, heldMs: 0, skipped, notInGroup };
     const r = await groupCut(members, group, cutId(this.now(), randomBytes(4).toString('hex')), GROUP_HOLD_MS);
     const points: Record<string, string> = {};
     r.byMember.forEach((answered, i) => {
@@ -419,7 +421,7 @@ export class AgentReplication implements FabricReplication {
         if (id !== undefined) points[id] = String(p.seq);
       }
     });
-    return { cut: r.cut, points, heldMs: r.heldMs, skipped };
+    return { cut: r.cut, points, heldMs: r.heldMs, skipped, notInGroup };
   }
 
   // ---- recovery site

@@ -111,8 +111,10 @@ export interface GroupCut {
   points: Record<string, string>;
   /** the longest the guests' writes were held, on any host (ms) */
   heldMs: number;
-  /** members left out of this cut: not replicating yet (their first copy or a resync runs) */
+  /** members left out of this cut: not replicating yet (their first copy or a resync runs), or gone from this site */
   skipped: string[];
+  /** members left out because their host replicates them outside the group (they make points of their own): enable their replication again */
+  notInGroup: string[];
 }
 
 /** The running or latest resynchronization of a VM's disks with its replica. */

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { systemClock, type Clock } from '../domain/clock.js';
 import type { InitialReplicationProgress, ResyncProgress } from '../domain/commands.js';
 import { copyCycleSeconds } from '../domain/policy.js';
+import { isSafeName } from '../domain/names.js';
 import { unsupportedRecoveryVm } from '../domain/capabilities.js';
 import { isErrorCode, OsrError, toOsrError } from '../domain/errors.js';
 import type { DrillEvidence } from '../domain/runs.js';
@@ -37,8 +38,27 @@ export interface Protection {
   cutEveryMs?: number | undefined;
 }
 
+/**
+ * A protection as protections.json holds it, checked: a group's name must be one a host
+ * takes, and its frequency a whole number of seconds from 1 s to a day (CONFIG_INVALID).
+ */
+function checkedProtection(p: Protection, file: string): Protection {
+  if (typeof p !== 'object' || p === null || typeof p.itemId !== 'string' || typeof p.vmId !== 'string' || (p.role !== 'source' && p.role !== 'target')) {
+    throw new OsrError('CONFIG_INVALID', `${file} holds an entry that is not a protection; restore the file from a backup, or remove it (the provider then reports items again after their next command)`);
+  }
+  if (p.group !== undefined && !isSafeName(p.group)) throw new OsrError('CONFIG_INVALID', `${file}: item ${p.itemId} names replication group ${JSON.stringify(String(p.group).slice(0, 80))}, which is no group name`);
+  if (p.cutEveryMs !== undefined && !(Number.isSafeInteger(p.cutEveryMs) && p.cutEveryMs >= 1000 && p.cutEveryMs <= 86_400_000)) {
+    throw new OsrError('CONFIG_INVALID', `${file}: item ${p.itemId} is cut every ${String(p.cutEveryMs)} ms; a group is cut every 1 s to a day`);
+  }
+  return p;
+}
+
 /** how often the provider looks for replication groups due a cut */
 const CUT_LOOK_MS = 1000;
+/** a cut not answered by every host within this is given up (tried again at the next interval) */
+const CUT_TIMEOUT_MS = 30_000;
+/** a group whose members' records carry no frequency is cut this often */
+const DEFAULT_CUT_EVERY_MS = 30_000;
 
 export interface FabricProviderOptions {
   driver: FabricDriver;
@@ -74,9 +94,9 @@ export class FabricProvider {
     this.clock = o.clock ?? systemClock;
     this.stateFile = path.join(o.dir, 'protections.json');
     try {
-      for (const p of JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Protection[]) this.protections.set(`${p.role}:${p.itemId}`, p);
+      for (const p of JSON.parse(fs.readFileSync(this.stateFile, 'utf8')) as Protection[]) this.protections.set(`${p.role}:${p.itemId}`, checkedProtection(p, this.stateFile));
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OsrError('CONFIG_INVALID', `${this.stateFile} cannot be read: ${(e as Error).message}; restore it or remove it (the provider then reports items again after their next command)`);
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OsrError('CONFIG_INVALID', `${this.stateFile} cannot be read: ${(e as Error).message}; restore it or remove it (the provider then reports items again after their next command, and a replication group's VMs get points again once their replication is enabled again: their hosts make none of their own)`);
     }
     this.runtime = new ProviderRuntime(o.channel, {
       handlers: this.handlers(),
@@ -376,47 +396,66 @@ export class FabricProvider {
 
   /**
    * Cut every replication group whose members replicate from this site, each at its
-   * members' policy's frequency (the shortest, when their policies differ). A cut refused
-   * is logged once until one succeeds again, and tried again at the next interval; the
-   * members' agents make no points of their own meanwhile, so their RPO shows it.
+   * members' policy's frequency (the shortest, when their policies differ). Each group is
+   * cut on its own: a cut that hangs at one host holds back no other group, and is given
+   * up after CUT_TIMEOUT_MS (the hosts release the guests' writes at the hold's deadline
+   * anyway). A cut refused is logged once until one succeeds again, and tried again at
+   * the next interval; the members' hosts make no points of their own meanwhile, so their
+   * RPO shows it. A member its host replicates outside the group is left out, with a
+   * warning: it makes points of its own.
    */
   private async cutGroups(): Promise<void> {
     const signal = this.stopper.signal;
     const cutGroup = this.o.driver.replication.cutGroup?.bind(this.o.driver.replication);
     if (!cutGroup) return;
     const lastCut = new Map<string, number>();
+    const running = new Map<string, Promise<void>>();
     const failing = new Set<string>();
-    const leftOut = new Map<string, string>();
+    const told = new Map<string, string>();
+    /** log `msg` when what it says of the group changed since it was last said */
+    const tell = (key: string, now: string, log: () => void) => {
+      if (now === (told.get(key) ?? '')) return;
+      told.set(key, now);
+      if (now) log();
+    };
+    const cut = async (name: string, g: { vmIds: string[]; everyMs: number }) => {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        const r = await Promise.race([
+          cutGroup(name, g.vmIds),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new OsrError('NETWORK_ERROR', `the hosts did not answer the cut within ${CUT_TIMEOUT_MS / 1000} s`)), CUT_TIMEOUT_MS);
+          }),
+        ]);
+        if (failing.delete(name)) this.o.log.info({ group: name, cut: r.cut }, `replication group ${name} is cut again`);
+        tell(`skipped:${name}`, r.skipped.join(' '), () => this.o.log.info({ group: name, skipped: r.skipped }, `replication group ${name}: ${r.skipped.length} member(s) left out of its cuts until they replicate`));
+        tell(`outside:${name}`, r.notInGroup.join(' '), () => this.o.log.warn({ group: name, members: r.notInGroup }, `replication group ${name}: ${r.notInGroup.length} member(s) replicate outside the group at their hosts and are not cut with it; enable their replication again`));
+      } catch (e) {
+        if (!failing.has(name)) this.o.log.warn({ group: name, err: toOsrError(e).toJSON() }, `replication group ${name} could not be cut; trying again every ${Math.round(g.everyMs / 1000)} s`);
+        failing.add(name);
+      } finally {
+        clearTimeout(timer);
+        running.delete(name);
+      }
+    };
     while (!signal.aborted) {
       const groups = new Map<string, { vmIds: string[]; everyMs: number }>();
       for (const p of this.list()) {
         if (p.role !== 'source' || p.group === undefined) continue;
         const g = groups.get(p.group) ?? { vmIds: [], everyMs: Infinity };
         g.vmIds.push(p.vmId);
-        g.everyMs = Math.min(g.everyMs, p.cutEveryMs ?? 30_000);
+        g.everyMs = Math.min(g.everyMs, p.cutEveryMs ?? DEFAULT_CUT_EVERY_MS);
         groups.set(p.group, g);
       }
       const now = this.clock.now();
-      const due = [...groups].filter(([name, g]) => now - (lastCut.get(name) ?? 0) >= g.everyMs);
-      await Promise.all(
-        due.map(async ([name, g]) => {
-          lastCut.set(name, now);
-          try {
-            const r = await cutGroup(name, g.vmIds);
-            if (failing.delete(name)) this.o.log.info({ group: name, cut: r.cut }, `replication group ${name} is cut again`);
-            const skipped = r.skipped.join(' ');
-            if (skipped !== (leftOut.get(name) ?? '')) {
-              if (skipped) this.o.log.info({ group: name, skipped: r.skipped }, `replication group ${name}: ${r.skipped.length} member(s) left out of its cuts until they replicate`);
-              leftOut.set(name, skipped);
-            }
-          } catch (e) {
-            if (!failing.has(name)) this.o.log.warn({ group: name, err: toOsrError(e).toJSON() }, `replication group ${name} could not be cut; trying again every ${Math.round(g.everyMs / 1000)} s`);
-            failing.add(name);
-          }
-        }),
-      );
+      for (const [name, g] of groups) {
+        if (running.has(name) || now - (lastCut.get(name) ?? 0) < g.everyMs) continue;
+        lastCut.set(name, now);
+        running.set(name, cut(name, g));
+      }
       await this.clock.sleep(CUT_LOOK_MS, signal);
     }
+    await Promise.all(running.values());
   }
 
   /** between two looks at a host's progress; a stopping provider ends the command, which is delivered again */

@@ -8,7 +8,7 @@
 import { unsupportedOptions, unsupportedRecoveryVm, type FabricCapabilities, type FabricRole, type RecoveryVmChoice } from '../domain/capabilities.js';
 import { OsrError } from '../domain/errors.js';
 import type { PolicySettings } from '../domain/policy.js';
-import type { Fabric, InventoryObject, Policy, VmProperties } from '../domain/resources.js';
+import { ProtectionState, type Fabric, type InventoryObject, type Policy, type VmProperties } from '../domain/resources.js';
 import type { VaultStore } from '../store/index.js';
 
 const SITE: Record<FabricRole, string> = { source: 'primary site', target: 'recovery site' };
@@ -60,14 +60,35 @@ export async function checkGroupSite(store: VaultStore, group: string, vm: Inven
   }
 }
 
-/** Whether a replication group can replicate from `sourceFabricId` to `targetFabricId` under `policy` (a reprotect's new direction). */
-export async function groupCanReplicate(store: VaultStore, group: string, policy: PolicySettings, sourceFabricId: string, targetFabricId: string): Promise<boolean> {
+/**
+ * Why item `itemId` cannot go on in replication group `group` replicating from
+ * `sourceFabricId` to `targetFabricId` under `policy` (a reprotect's new direction), or
+ * undefined when it can: a site that does not take part in groups (or has not said what it
+ * can do), or another member that replicates between another pair of sites now (its
+ * cuts are made by another provider: no cut would be common to both).
+ */
+export async function whyGroupStops(store: VaultStore, group: string, itemId: string, policy: PolicySettings, sourceFabricId: string, targetFabricId: string): Promise<string | undefined> {
   for (const [role, fabricId] of [['source', sourceFabricId], ['target', targetFabricId]] as const) {
-    const caps = (await store.fabrics.get(fabricId)).capabilities;
-    if (caps && unsupportedOptions(caps, role, policy, undefined, group).some((g) => g.option === 'group')) return false;
+    const fabric = await store.fabrics.get(fabricId);
+    if (!fabric.capabilities) return `fabric ${fabric.name} has not reported what it can do`;
+    const gap = unsupportedOptions(fabric.capabilities, role, policy, undefined, group).find((g) => g.option === 'group');
+    if (gap) return `fabric ${fabric.name} cannot do ${gap.message}`;
   }
-  return true;
+  let after: string | undefined;
+  for (;;) {
+    const members = await store.items.list({ group, limit: 500, ...(after !== undefined ? { after } : {}) });
+    for (const m of members) {
+      if (m.id === itemId || !REPLICATING.has(m.state)) continue;
+      const from = m.replication.sourceFabricId ?? m.fabricId;
+      if (from !== sourceFabricId || m.replication.targetFabricId !== targetFabricId) return `member ${m.name} replicates from ${from} to ${m.replication.targetFabricId ?? 'its recovery site'}`;
+    }
+    if (members.length < 500) return undefined;
+    after = members.at(-1)!.id;
+  }
 }
+
+/** The states in which an item replicates (its source's provider cuts its group); one being reprotected has not switched its ends yet. */
+const REPLICATING: ReadonlySet<string> = new Set<string>([ProtectionState.InitialReplication, ProtectionState.Protected, ProtectionState.ResyncRequired, ProtectionState.Resynchronizing, ProtectionState.TestFailoverInProgress, ProtectionState.TestFailoverComplete, ProtectionState.CleaningUpTestFailover]);
 
 /** One operation a fabric must be able to do (a test failover at the recovery site, a resync on request at the primary site). */
 export async function checkFabricCan(store: VaultStore, fabricId: string, capability: 'testFailover' | 'resyncOnRequest', what: string): Promise<Fabric> {

@@ -33,7 +33,7 @@ import { JobState } from '../store/jobs.js';
 import { AlertKind } from './alerting.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import { checkReplicaContainer, containerGrant, replicationGrant } from './grants.js';
-import { groupCanReplicate } from './fabric-capabilities.js';
+import { whyGroupStops } from './fabric-capabilities.js';
 import type { WorkflowDeps } from './protection.js';
 import { failoverAlertKey } from './test-failover.js';
 
@@ -95,6 +95,8 @@ interface ReprotectData extends JobData {
   replica?: ReplicaVm;
   policy?: PolicySettings;
   firstPoint?: RecoveryPointInfo | null;
+  /** why the item leaves its replication group at this reprotect (null: it stays in it) */
+  leavesGroup?: string | null;
   /** the vault's grant for the reverse replication, signed once (a task run again sends the same) */
   grant?: string | null;
   /** the grant naming the replica's Azure container as the target (a failback's reprotect to Azure) */
@@ -465,8 +467,17 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             grant = ctx.data.azureGrant !== null ? { grant: ctx.data.azureGrant } : {};
             target = answer;
           }
-          // the item's replication group goes on in the new direction where both sites take part in groups
-          const group = item.replication.group !== undefined && (await groupCanReplicate(store, item.replication.group, settings, f.toFabricId, f.fromFabricId)) ? { group: item.replication.group } : {};
+          // the item's replication group goes on in the new direction, where both sites take part
+          // in groups and no other member replicates between another pair of sites
+          const g = item.replication.group;
+          if (g !== undefined && ctx.data.leavesGroup === undefined) {
+            ctx.data.leavesGroup = (await whyGroupStops(store, g, item.id, settings, f.toFabricId, f.fromFabricId)) ?? null;
+            await ctx.save();
+            if (ctx.data.leavesGroup !== null) {
+              await alerting.event({ target: item.id, kind: 'item.left-group', severity: Severity.Warning, message: `${item.name} leaves replication group ${g} as it replicates from ${f.toFabricId} to ${f.fromFabricId}: ${ctx.data.leavesGroup}; its points are its own from now on`, details: { job: ctx.jobId, group: g } });
+            }
+          }
+          const group = g !== undefined && ctx.data.leavesGroup === null ? { group: g } : {};
           try {
             await ctx.command(f.toFabricId, Commands.EnableReplication, { item: item.id, vmId: f.newPrimaryVmId, policy: settings, target: { fabricId: f.fromFabricId, ...target }, ...grant, ...group }, { timeoutMs: 10 * 60_000 });
           } finally {
@@ -511,6 +522,7 @@ export function registerFailoverJobs(engine: JobEngine, deps: WorkflowDeps): voi
             failovers: [done, ...(r.failovers ?? [])].slice(0, FAILOVERS_KEPT),
           };
           delete next.failover;
+          if (ctx.data.leavesGroup) delete next.group;
           const first = ctx.data.firstPoint;
           // run again after the failover joined the item's failovers: it is there once
           if (!(r.failovers ?? []).some((x) => x.reprotectJobId === ctx.jobId)) {

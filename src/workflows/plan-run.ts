@@ -265,6 +265,11 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
    * carries on (unplanned); throws then, once what runs has ended.
    */
   async function runItems(ctx: Ctx, groupName: string, ids: readonly string[], useDependencies: boolean): Promise<void> {
+    // chosen once, before the first VM starts (after the shutdown group, whose VMs keep their final writes)
+    if (ctx.data.groupPoints === undefined && usesGroupPoints(ctx.input.operation, ctx.input.options.recoveryPoint)) {
+      ctx.data.groupPoints = await chooseGroupPoints(ctx);
+      await ctx.save();
+    }
     const res = results(ctx);
     const kids = children(ctx);
     const carryOn = ctx.input.operation === ItemOperation.UnplannedFailover;
@@ -468,17 +473,29 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
 
   /**
    * One point per replication group: the plan's members of a group fail over at the newest
-   * cut all of them hold, as the recovery site last reported their points. A group none of
-   * whose cuts every member holds yet fails over each VM at its own latest point, with a
-   * warning (a failover is not held back for it).
+   * cut all of them hold, as the recovery site last reported their points. A member whose
+   * source is shut down first (the shutdown group did, or its own job will: an unplanned
+   * failover with shutdownSource whose source site answers) fails over at the final state
+   * its shutdown ships instead, and is left out. A group none of whose cuts every member
+   * holds yet fails over each VM at its own latest point, with a warning (a failover is
+   * not held back for it).
    */
   async function chooseGroupPoints(ctx: Ctx): Promise<Record<string, string>> {
-    const { spec, planId } = ctx.input;
+    const { spec, planId, options } = ctx.input;
+    const silent = new Map<string, boolean>();
+    const shutDownFirst = async (item: ProtectedItem): Promise<boolean> => {
+      if (ctx.input.operation !== ItemOperation.UnplannedFailover) return false;
+      if (spec.shutdownGroup) return ctx.data.shutdown?.[item.id] === 'shut down';
+      if (options.shutdownSource !== true) return false;
+      const source = item.replication.sourceFabricId ?? item.fabricId;
+      if (!silent.has(source)) silent.set(source, (await store.fabrics.get(source)).heartbeatLost);
+      return !silent.get(source);
+    };
     const groups = new Map<string, ProtectedItem[]>();
     for (const id of spec.groups.flatMap((g) => g.items)) {
       const item = await store.items.find(id);
       const group = item?.replication.group;
-      if (!item || group === undefined) continue;
+      if (!item || group === undefined || (await shutDownFirst(item))) continue;
       groups.set(group, [...(groups.get(group) ?? []), item]);
     }
     const chosen: Record<string, string> = {};
@@ -505,10 +522,6 @@ export function registerPlanRunJobs(engine: JobEngine, deps: WorkflowDeps): void
         name: 'Prerequisites check',
         async run(ctx) {
           ctx.data.startedAt ??= clock.now();
-          if (ctx.data.groupPoints === undefined && usesGroupPoints(op, input.options.recoveryPoint)) {
-            ctx.data.groupPoints = await chooseGroupPoints(ctx);
-            await ctx.save();
-          }
           await alerting.event({ target: input.planId, kind: 'plan.run-started', severity: Severity.Info, message: `plan ${spec.name}: ${op} of ${spec.groups.reduce((n, g) => n + g.items.length, 0)} VMs in ${spec.groups.length} group(s) started (${input.direction})`, details: { job: ctx.jobId } });
         },
       },

@@ -201,7 +201,13 @@ describe('providers and protection', () => {
       assert.deepEqual((done.tasks as Obj[]).map((t) => t.name), ['Prerequisites check', 'Create replication', 'Initial replication', 'Finalize protection']);
 
       // the provider reports the item Critical: an alert, delivered twice over
-      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }], rpoSeconds: 900, recoveryPoints: [{ id: 'p2', at: new Date().toISOString(), consistency: 'app' }], churnBytesPerSec: 2_000_000, peakChurnBytesPerSec: 5_000_000, pendingLogBytes: 1_000_000 });
+      await ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { health: 'Critical', healthReasons: [{ code: 'RESYNC_REQUIRED', message: 'the change log is corrupt' }], rpoSeconds: 900, churnBytesPerSec: 2_000_000, peakChurnBytesPerSec: 5_000_000, pendingLogBytes: 1_000_000 });
+      // the points are the recovery site's to report: the primary site's are refused, as are a clock far ahead and a cut named twice
+      const now = new Date().toISOString();
+      await assertRejectsCode(ny.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { recoveryPoints: [{ id: 'p9', at: now, consistency: 'crash' }] }), 'FORBIDDEN', /only its recovery site reports its points/);
+      await assertRejectsCode(chi.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { recoveryPoints: [{ id: 'p9', at: new Date(Date.now() + 3_600_000).toISOString(), consistency: 'crash' }] }), 'INVALID_ARGUMENT', /check the recovery site's clock/);
+      await assertRejectsCode(chi.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { recoveryPoints: [{ id: 'p8', at: now, consistency: 'crash', cut: 'cut-1' }, { id: 'p9', at: now, consistency: 'crash', cut: 'cut-1' }] }), 'INVALID_ARGUMENT', /a cut is named twice/);
+      await chi.runtime.channel.itemStatus('vmm-newyork.goldcloud1-vm0', { recoveryPoints: [{ id: 'p2', at: now, consistency: 'app' }] });
       // change tracking not trusted at the source: the item needs a resync
       const resyncState = async () => (await v.api.request<Obj>('GET', '/api/v1/protected-items/vmm-newyork.goldcloud1-vm0')).state;
       assert.equal(await resyncState(), 'ResyncRequired');

@@ -24,6 +24,9 @@ import { adoptOutsideFailover } from '../../workflows/outside-failover.js';
 import { MAX_REPLICATION_EPOCH } from '../../domain/replicas.js';
 import { FabricCapabilitiesSchema, IdParam, InventoryDocumentSchema, Name } from '../schemas.js';
 
+/** a recovery point dated later than the vault's time by more than this is refused: a clock that far ahead would make it the newest forever */
+const MAX_POINT_CLOCK_SKEW_MS = 10 * 60_000;
+
 /** Inventory documents of big fabrics are large; everything else stays under the default limit. */
 const INVENTORY_BODY_LIMIT = 64 * 1024 * 1024;
 /** Lifetimes of the certificates issued here; each is renewed two thirds in, over the provider channel. */
@@ -341,7 +344,7 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
             health: Type.Optional(Type.Union([Type.Literal('Healthy'), Type.Literal('Warning'), Type.Literal('Critical')])),
             healthReasons: Type.Optional(Type.Array(Type.Object({ code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 2000 }) }), { maxItems: 50 })),
             rpoSeconds: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
-            recoveryPoints: Type.Optional(Type.Array(Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ maxLength: 40 }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]), cut: Type.Optional(Type.String({ pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH })) }), { maxItems: 10_000 })),
+            recoveryPoints: Type.Optional(Type.Array(Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }), at: Type.String({ maxLength: 40, format: 'date-time' }), consistency: Type.Union([Type.Literal('crash'), Type.Literal('app')]), cut: Type.Optional(Type.String({ pattern: SAFE_NAME_PATTERN, maxLength: MAX_NAME_LENGTH })) }), { maxItems: 10_000 })),
             churnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             peakChurnBytesPerSec: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
             pendingLogBytes: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
@@ -384,12 +387,18 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         if (adoption.outcome === 'ignored') request.log.warn({ item: item.id, why: adoption.why }, 'a promotion reported by the recovery site was not recorded');
         return reply.status(200).send({ promotion: adoption.outcome });
       }
+      // the points are the recovery site's to tell: they choose what a failover starts from
+      if (b.recoveryPoints && fabricId !== item.replication.targetFabricId) throw new OsrError('FORBIDDEN', `fabric ${fabricId} is not the recovery site of ${item.id}: only its recovery site reports its points`, { field: 'recoveryPoints' });
+      const latestAllowed = clock.now() + MAX_POINT_CLOCK_SKEW_MS;
       const points = b.recoveryPoints?.map((p) => {
         const at = Date.parse(p.at);
         if (Number.isNaN(at)) throw new OsrError('INVALID_ARGUMENT', `recovery point ${p.id} has no valid time: ${p.at}`);
+        if (at > latestAllowed) throw new OsrError('INVALID_ARGUMENT', `recovery point ${p.id} is dated ${p.at}, after the vault's time by more than ${MAX_POINT_CLOCK_SKEW_MS / 60_000} minutes: check the recovery site's clock`, { field: 'recoveryPoints' });
         return { id: p.id, at, consistency: p.consistency, ...(p.cut !== undefined ? { cut: p.cut } : {}) };
       });
       if (points && new Set(points.map((p) => p.id)).size !== points.length) throw new OsrError('INVALID_ARGUMENT', 'recovery point ids must be unique within a report', { field: 'recoveryPoints' });
+      const cuts = points?.flatMap((p) => (p.cut !== undefined ? [p.cut] : []));
+      if (cuts && new Set(cuts).size !== cuts.length) throw new OsrError('INVALID_ARGUMENT', 'a replication group\'s cut names one point of an item: a cut is named twice in the report', { field: 'recoveryPoints' });
       if (points) await store.items.replacePoints(item.id, points);
       const latest = points && points.length > 0 ? Math.max(...points.map((p) => p.at)) : undefined;
       const { before, after } = await store.items.update(item.id, {
