@@ -48,6 +48,13 @@ function openElsewhere(t: TestDatabase): Promise<void> {
   });
 }
 
+/** A fabric `site`, a policy `pol` and a pairing `p` of its clouds: what a protected item refers to. */
+async function seedPairing(h: VaultDatabase, now: number): Promise<void> {
+  await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
+  await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
+  await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+}
+
 for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
   describe(`store on ${dialect}`, () => {
     test('migrations run once, two vaults opening a fresh database at once migrate it once, and a newer schema is refused', () =>
@@ -179,9 +186,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         try {
           let now = Date.parse('2026-12-01T00:00:00Z');
           const items = new ItemStore(h.db, () => now);
-          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
-          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
-          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await seedPairing(h, now);
           await items.create({ id: 'site.vm1', name: 'vm1', fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null });
           const sample = (pending: number) => ({ rpoSeconds: 12.5, churnBytesPerSec: 1500.5, peakChurnBytesPerSec: 4000, pendingLogBytes: pending });
           assert.equal(await items.addSample('site.vm1', sample(1)), true);
@@ -220,9 +225,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         try {
           const now = Date.parse('2026-12-07T00:00:00Z');
           const items = new ItemStore(h.db, () => now, h.dialect);
-          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
-          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
-          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await seedPairing(h, now);
           assert.deepEqual(await items.summary(now), { total: 0, byHealth: {}, byState: {}, worstRpo: null, drillsDue: { count: 0, items: [] } });
           for (const [i, state] of [ProtectionState.Protected, ProtectionState.Protected, ProtectionState.Protected, ProtectionState.InitialReplication].entries()) {
             await items.create({ id: `site.vm${i}`, name: `vm${i}`, fabricId: 'site', pairingId: 'p', state, activeJobId: null });
@@ -258,9 +261,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
         try {
           const now = Date.parse('2026-12-07T00:00:00Z');
           const items = new ItemStore(h.db, () => now, h.dialect);
-          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
-          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
-          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await seedPairing(h, now);
           for (const [i, group] of ['app', 'app', undefined].entries()) await items.create({ id: `site.vm${i}`, name: `vm${i}`, fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null, group });
           assert.equal((await items.get('site.vm0')).replication.group, 'app');
           assert.deepEqual((await items.list({ group: 'app' })).map((i) => i.id), ['site.vm0', 'site.vm1']);
@@ -288,9 +289,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           let now = 2_000_000;
           const jobs = new JobStore(h.db, h.dialect, () => now);
           const items = new ItemStore(h.db, () => now, h.dialect);
-          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
-          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
-          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await seedPairing(h, now);
           await items.create({ id: 'site.vm1', name: 'vm1', fabricId: 'site', pairingId: 'p', state: ProtectionState.Protected, activeJobId: null });
           const job = await jobs.create({ kind: 'planned-failover', target: 'site.vm1' });
           now += 1;
@@ -368,9 +367,7 @@ for (const dialect of [Dialect.Sqlite, Dialect.Postgres]) {
           const oldActive = await ended('old-active', 'Failed');
           const stillRunning = await ended('running', 'Running');
           // a failed protection job its item still points at may be restarted: it stays
-          await h.db.insertInto('fabrics').values({ id: 'site', name: 'site', kind: 'test', version: '1', inventory_scope: '"all"', last_heartbeat_at: null, heartbeat_lost: 0, inventory_at: null, created_at: now }).execute();
-          await h.db.insertInto('policies').values({ id: 'pol', name: 'pol', settings: '{}', created_at: now, updated_at: now }).execute();
-          await h.db.insertInto('cloud_pairings').values({ id: 'p', policy_id: 'pol', source_cloud_id: 'site.c1', target_cloud_id: 'site.c2', created_at: now }).execute();
+          await seedPairing(h, now);
           await new ItemStore(h.db, () => now).create({ id: 'site.vm1', name: 'vm1', fabricId: 'site', pairingId: 'p', state: ProtectionState.ProtectionFailed, activeJobId: oldActive });
 
           now += 100 * day;
