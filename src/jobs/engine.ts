@@ -411,13 +411,17 @@ export class JobEngine {
       // which vault processes ran the job, in order: a takeover shows as a second entry
       data.vaults = [...((data.vaults as string[] | undefined) ?? []), owner];
       await jobs.update(job.id, owner, { data, ...(job.started_at === null ? { startedAt: this.clock.now() } : {}) });
+      /** the task marked running with the end of the one before (one commit for both) */
+      let begun = -1;
       for (; step < tasks.length; step++) {
         if (controller.signal.aborted) break;
         const task = tasks[step]!;
-        await jobs.updateTask(job.id, owner, step, { state: TaskState.Running }, { currentStep: task.name, progress: step / tasks.length });
+        if (begun !== step) await jobs.updateTask(job.id, owner, step, { state: TaskState.Running }, { currentStep: task.name, progress: step / tasks.length });
         await task.run(ctx);
         if (controller.signal.aborted) break;
-        await jobs.updateTask(job.id, owner, step, { state: TaskState.Succeeded, progress: 1 }, { step: step + 1, data, progress: (step + 1) / tasks.length });
+        const next = tasks[step + 1];
+        await jobs.updateTask(job.id, owner, step, { state: TaskState.Succeeded, progress: 1 }, { step: step + 1, data, progress: (step + 1) / tasks.length, ...(next ? { currentStep: next.name } : {}) }, next ? { position: step + 1, patch: { state: TaskState.Running } } : undefined);
+        begun = step + 1;
       }
       if (!controller.signal.aborted) {
         await jobs.finish(job.id, owner, JobState.Succeeded, { output: data.output ?? null });

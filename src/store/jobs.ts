@@ -139,23 +139,29 @@ export class JobStore {
    * Update one task of a job this vault holds (the lease is checked), and with `job` the
    * job's own fields in the same transaction: one commit for both, not two.
    */
-  async updateTask(jobId: string, owner: string, position: number, p: TaskPatch, job: JobPatch = {}): Promise<void> {
+  /**
+   * Change a task of a job this vault holds, and the job's fields, in one transaction;
+   * `next`: a second task changed with it (a task's end and the next one's start: one commit).
+   */
+  async updateTask(jobId: string, owner: string, position: number, p: TaskPatch, job: JobPatch = {}, next?: { position: number; patch: TaskPatch }): Promise<void> {
     const t = this.now();
     await this.db.transaction().execute(async (trx) => {
       await owned(trx, jobId, owner, { ...jobColumns(job), updated_at: t });
-      await trx
-        .updateTable('job_tasks')
-        .set({
-          ...(p.state !== undefined ? { state: p.state } : {}),
-          ...(p.state === TaskState.Running ? { started_at: t, ended_at: null, error: null } : {}),
-          ...(p.state === TaskState.Succeeded || p.state === TaskState.Failed || p.state === TaskState.Cancelled ? { ended_at: t } : {}),
-          ...(p.progress !== undefined ? { progress: p.progress } : {}),
-          ...(p.detail !== undefined ? { detail: JSON.stringify(p.detail) } : {}),
-          ...(p.error !== undefined ? { error: p.error === null ? null : JSON.stringify(p.error) } : {}),
-        })
-        .where('job_id', '=', jobId)
-        .where('position', '=', position)
-        .execute();
+      for (const [at, patch] of next ? ([[position, p], [next.position, next.patch]] as const) : ([[position, p]] as const)) {
+        await trx
+          .updateTable('job_tasks')
+          .set({
+            ...(patch.state !== undefined ? { state: patch.state } : {}),
+            ...(patch.state === TaskState.Running ? { started_at: t, ended_at: null, error: null } : {}),
+            ...(patch.state === TaskState.Succeeded || patch.state === TaskState.Failed || patch.state === TaskState.Cancelled ? { ended_at: t } : {}),
+            ...(patch.progress !== undefined ? { progress: patch.progress } : {}),
+            ...(patch.detail !== undefined ? { detail: JSON.stringify(patch.detail) } : {}),
+            ...(patch.error !== undefined ? { error: patch.error === null ? null : JSON.stringify(patch.error) } : {}),
+          })
+          .where('job_id', '=', jobId)
+          .where('position', '=', at)
+          .execute();
+      }
     });
   }
 
