@@ -194,6 +194,8 @@ describe('the portal', { skip: SKIP }, () => {
       await page.getByRole('button', { name: 'Enable protection' }).click();
       const d = page.getByRole('dialog');
       await d.getByLabel('VM').selectOption(id(vm));
+      // a replication group is optional: left empty, the VM replicates on its own
+      assert.equal(await d.getByLabel(/replication group/i).inputValue(), '');
       await d.getByRole('button', { name: 'Enable' }).click();
       await page.getByRole('status').filter({ hasText: 'Protection is being enabled' }).waitFor();
     }

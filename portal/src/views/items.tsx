@@ -42,7 +42,7 @@ function EnableProtection({ onDone }: { onDone: (jobId: string) => void }) {
             ))}
           </select>
         </Field>
-        <Field label="Replication group (optional)" hint="VMs of one group get recovery points at one instant across all of them, and a recovery plan fails them over at one group point. Their primary site's hosts must be able to hold writes for a moment.">
+        <Field label="Replication group (optional)" hint="Members of one group get recovery points at one instant across all of them, and a recovery plan fails them over at one group point. Their primary site's hosts must be able to hold writes for a moment.">
           <input value={group} onChange={(e) => setGroup(e.target.value)} pattern="[A-Za-z0-9_\-][A-Za-z0-9._\-]*" maxLength={128} placeholder="e.g. billing-app" />
         </Field>
         <ErrorBox error={vms.error} />
