@@ -67,7 +67,7 @@ before(async () => {
   providers.push(
     await TestProvider.start(v.url, await key(), {
       fabric: 'Site-A',
-      inventory: siteInventory('a', ['Cloud1'], 9),
+      inventory: siteInventory('a', ['Cloud1'], 13),
       handlers: { 'failover.prepare': async () => ({ point: { id: 'p-final', at: new Date().toISOString(), consistency: 'crash' } }), 'failover.fence': async () => ({}) },
     }),
     await TestProvider.start(v.url, await key(), {
@@ -91,10 +91,10 @@ before(async () => {
   const policy = await v.api.request<Obj>('POST', '/api/v1/policies', { name: 'p', settings: { copyFrequencySeconds: 300 } });
   await v.api.request('POST', '/api/v1/cloud-pairings', { policyId: policy.id, sourceCloudId: 'site-a.cloud1', targetCloudId: 'site-b.cloud2' });
   await v.api.request('POST', '/api/v1/network-mappings', { sourceId: 'site-a.vmnet1', targetId: 'site-b.vmnet1' });
-  for (let i = 0; i < 9; i++) await v.api.request('POST', '/api/v1/protected-items', { vmId: item(i) });
-  await waitFor('nine items ready', async () => {
+  for (let i = 0; i < 13; i++) await v.api.request('POST', '/api/v1/protected-items', { vmId: item(i) });
+  await waitFor('thirteen items ready', async () => {
     const r = await v.api.request<{ items: { readiness: { ready: boolean } }[] }>('GET', '/api/v1/protected-items?limit=100');
-    return r.items.length === 9 && r.items.every((i) => i.readiness.ready);
+    return r.items.length === 13 && r.items.every((i) => i.readiness.ready);
   }, 30_000, 100);
 });
 
@@ -188,6 +188,38 @@ describe('plan runs', () => {
     assert.equal((await get(0)).state, 'Committed');
     assert.deepEqual((await v.api.request<{ items: unknown[] }>('GET', path(0, 'recovery-points'))).items, []);
     await assertRejectsCode(v.api.request('POST', path(0, 'change-recovery-point'), { recoveryPoint: 'p1' }), 'INVALID_STATE', /is Committed; change-recovery-point starts from FailedOver/);
+  });
+
+  test('a replication group\'s members fail over at the newest cut all of them hold, across plan groups; members the shutdown group shut down keep their final writes', async () => {
+    const store = v.vault.ctx.store;
+    for (const [n, group] of [[9, 'pair'], [10, 'pair'], [11, 'shut'], [12, 'shut']] as const) {
+      const i = await store.items.get(item(n));
+      await store.items.update(item(n), { replication: { ...i.replication, group } });
+    }
+    const now = Date.now();
+    const at = (s: number) => new Date(now - s * 1000).toISOString();
+    type Point = { id: string; at: string; consistency: 'crash'; cut?: string };
+    const point = (id: string, ago: number, cut?: string): Point => ({ id, at: at(ago), consistency: 'crash', ...(cut ? { cut } : {}) });
+    // as the recovery site reports them: cut-b is the newest cut both members hold; the second holds a newer one the first lacks
+    const report = (n: number, points: Point[]) => providers[1]!.runtime.channel.itemStatus(item(n), { recoveryPoints: points });
+    for (const [a, b] of [[9, 10], [11, 12]] as const) {
+      await report(a, [point(`${a}-1`, 90, `cut-a${a}`), point(`${a}-2`, 60, `cut-b${a}`), point(`${a}-3`, 5)]);
+      await report(b, [point(`${b}-1`, 91, `cut-a${a}`), point(`${b}-2`, 61, `cut-b${a}`), point(`${b}-3`, 30, `cut-c${a}`)]);
+    }
+    const failedOverAt = async (n: number) => (await store.items.get(item(n))).replication.failover!.point.id;
+
+    const plan = await v.api.request<{ id: string }>('POST', '/api/v1/recovery-plans', { name: 'grouped', groups: [{ name: 'one', items: [item(9)] }, { name: 'two', items: [item(10)] }] });
+    const done = await ended(await run('grouped', 'unplanned-failover'));
+    assert.equal(done.state, 'Succeeded', JSON.stringify(done.error));
+    assert.deepEqual([await failedOverAt(9), await failedOverAt(10)], ['9-2', '10-2'], 'both at cut-b9, in different plan groups');
+    const events = (await v.api.request<{ items: { kind: string; message: string }[] }>('GET', `/api/v1/events?target=${plan.id}&kind=plan.group-point`)).items;
+    assert.match(events[0]!.message, /replication group pair \(2 VMs\) fails over at cut cut-b9/);
+
+    // the shutdown group shuts both sources down first: each fails over at the final state its shutdown shipped
+    await v.api.request('POST', '/api/v1/recovery-plans', { name: 'grouped-shut', shutdownGroup: true, groups: [{ name: 'one', items: [item(11), item(12)] }] });
+    const shut = await ended(await run('grouped-shut', 'unplanned-failover'));
+    assert.equal(shut.state, 'Succeeded', JSON.stringify(shut.error));
+    assert.deepEqual([await failedOverAt(11), await failedOverAt(12)], ['p-final', 'p-final']);
   });
 
   test('an unplanned run carries on past a VM that fails and reports per VM; a webhook is retried, then fails the run', async () => {
