@@ -23,7 +23,7 @@ import { isAlive, labAgents, labDown, readLabFile } from '../../src/lab/launcher
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { tempDir, waitFor } from '../support/lab.js';
-import { site } from '../support/topology.js';
+import { labWithPairing, site } from '../support/topology.js';
 
 const run = promisify(execFile);
 const dir = tempDir('osr-rgroup-');
@@ -69,13 +69,7 @@ before(async () => {
   primary.storage.locations.push({ name: 'p-host2-store', classification: 'GOLD', kind: 'share' });
   primary.clouds[0]!.hostGroups[0]!.hosts.push({ name: 'p-host2', logicalNetworks: [], storageLocations: ['p-host2-store'] });
   const topology: TopologySpec = { name: 'rgroup', fabrics: [primary, site('Recovery', 'r-host', [])] };
-  const file = path.join(dir, 'topology.in.yaml');
-  fs.writeFileSync(file, YAML.stringify(topology));
-  await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
-  const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { vault: string; token: string; ca: string };
-  api = new VaultClient(cfg.vault, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
-  await osr('policy', 'create', 'cycles', '--copy-frequency', '30s', '--retention-hours', '1');
-  await osr('pairing', 'create', '--policy', 'cycles', '--source-cloud', 'primary.primary-cloud', '--target-cloud', 'recovery.recovery-cloud');
+  api = await labWithPairing(dir, topology, osr, 'cycles', ['--copy-frequency', '30s', '--retention-hours', '1']);
 });
 
 after(async () => {

@@ -10,11 +10,9 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import YAML from 'yaml';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import type { ProtectedItem } from '../../src/domain/resources.js';
 import { OSR_BIN } from '../../src/lab/agent-process.js';
@@ -22,7 +20,7 @@ import { isAlive, labAgents, labDown, readLabFile } from '../../src/lab/launcher
 import type { TopologySpec } from '../../src/lab/topology.js';
 import { VaultClient } from '../../src/provider/vault-client.js';
 import { tempDir, waitFor } from './lab.js';
-import { site } from './topology.js';
+import { labWithPairing, site } from './topology.js';
 
 export interface UnplannedScenario {
   /** the lab's name and the describe's */
@@ -49,13 +47,7 @@ export function unplannedScenario(o: UnplannedScenario): void {
 
   before(async () => {
     const topology: TopologySpec = { name: o.name, fabrics: [site('Primary', 'p-host', [{ name: 'db', host: 'p-host', disks: [{ name: 'system', size: '64M', storage: 'p-host-store' }], nics: [], workload: false }]), site('Recovery', 'r-host', [])] };
-    const file = path.join(dir, 'topology.in.yaml');
-    fs.writeFileSync(file, YAML.stringify(topology));
-    await osr('lab', 'up', '--dir', dir, '--topology', file, '--port', '0', '--detach', '--status-interval', '1s');
-    const cfg = YAML.parse(fs.readFileSync(path.join(dir, 'osr.yaml'), 'utf8')) as { vault: string; token: string; ca: string };
-    api = new VaultClient(cfg.vault, { ca: fs.readFileSync(cfg.ca, 'utf8'), token: cfg.token });
-    await osr('policy', 'create', 'fast', ...o.policyFlags);
-    await osr('pairing', 'create', '--policy', 'fast', '--source-cloud', 'primary.primary-cloud', '--target-cloud', 'recovery.recovery-cloud');
+    api = await labWithPairing(dir, topology, osr, 'fast', o.policyFlags);
     await osr('item', 'enable', 'db', '--wait');
     await o.beforeWrites?.(api, osr);
   });
