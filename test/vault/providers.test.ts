@@ -484,5 +484,18 @@ describe('providers and protection', () => {
     // another member from the same site is taken
     await v.api.request('POST', '/api/v1/protected-items', { vmId: 'vmm-groupa.groupa-vm1', replicationGroup: 'app' });
     assert.deepEqual((await v.vault.ctx.store.items.list({ group: 'app' })).map((i) => i.id).sort(), ['vmm-groupa.groupa-vm0', 'vmm-groupa.groupa-vm1']);
+
+    // while a reprotect runs, the old primary's site holds the replica: it reports the points, the old recovery site no longer may
+    const store = v.vault.ctx.store;
+    const id = 'vmm-groupa.groupa-vm0';
+    await waitFor('the enable job done with the item', async () => (await store.items.get(id)).activeJobId === null || undefined, 20_000, 50);
+    const r = (await store.items.get(id)).replication;
+    const failover = { kind: 'planned' as const, jobId: 'j', direction: 'primary-to-recovery' as const, fromFabricId: a.fabricId, toFabricId: t.fabricId, oldPrimaryVmId: id, newPrimaryVmId: 'vmm-groupt.groupa-vm0-replica', point: { id: '1', at: new Date().toISOString(), consistency: 'crash' as const }, epoch: 2, startedAt: '', failedOverAt: '', rtoSeconds: 1 };
+    await store.items.update(id, { replication: { ...r, targetFabricId: t.fabricId, failover } });
+    await store.database.db.updateTable('protected_items').set({ state: 'Reprotecting' }).where('id', '=', id).execute();
+    const points = [{ id: 'r1', at: new Date().toISOString(), consistency: 'crash' as const }];
+    await assertRejectsCode(t.runtime.channel.itemStatus(id, { recoveryPoints: points }), 'FORBIDDEN');
+    await a.runtime.channel.itemStatus(id, { recoveryPoints: points });
+    assert.deepEqual((await store.items.points(id)).map((p) => p.id), ['r1']);
   });
 });

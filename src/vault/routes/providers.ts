@@ -387,8 +387,13 @@ export const providerRoutes = (ctx: VaultContext) => async (app: App) => {
         if (adoption.outcome === 'ignored') request.log.warn({ item: item.id, why: adoption.why }, 'a promotion reported by the recovery site was not recorded');
         return reply.status(200).send({ promotion: adoption.outcome });
       }
-      // the points are the recovery site's to tell: they choose what a failover starts from
-      if (b.recoveryPoints && fabricId !== item.replication.targetFabricId) throw new OsrError('FORBIDDEN', `fabric ${fabricId} is not the recovery site of ${item.id}: only its recovery site reports its points`, { field: 'recoveryPoints' });
+      // the points are the recovery site's to tell: they choose what a failover starts from.
+      // While a reprotect runs, the recovery site is already the old primary's (its disks
+      // are the replica now); the item's record swaps its two sites when the reprotect ends
+      const reprotectingTo = item.state === ProtectionState.Reprotecting ? item.replication.failover?.fromFabricId : undefined;
+      if (b.recoveryPoints && fabricId !== (reprotectingTo ?? item.replication.targetFabricId)) {
+        throw new OsrError('FORBIDDEN', `fabric ${fabricId} is not the recovery site of ${item.id}: only its recovery site reports its points`, { field: 'recoveryPoints' });
+      }
       const latestAllowed = clock.now() + MAX_POINT_CLOCK_SKEW_MS;
       const points = b.recoveryPoints?.map((p) => {
         const at = Date.parse(p.at);
