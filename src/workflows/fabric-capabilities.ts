@@ -8,7 +8,7 @@
 import { unsupportedOptions, unsupportedRecoveryVm, type FabricCapabilities, type FabricRole, type RecoveryVmChoice } from '../domain/capabilities.js';
 import { OsrError } from '../domain/errors.js';
 import type { PolicySettings } from '../domain/policy.js';
-import { ProtectionState, type Fabric, type InventoryObject, type Policy, type VmProperties } from '../domain/resources.js';
+import { ProtectionState, type Fabric, type InventoryObject, type Policy, type ProtectedItem, type VmProperties } from '../domain/resources.js';
 import type { VaultStore } from '../store/index.js';
 
 const SITE: Record<FabricRole, string> = { source: 'primary site', target: 'recovery site' };
@@ -45,16 +45,21 @@ export async function checkProtectionOptions(store: VaultStore, o: { vm: Invento
  * (INVALID_STATE, naming a member that replicates elsewhere).
  */
 export async function checkGroupSite(store: VaultStore, group: string, vm: InventoryObject, targetFabricId: string): Promise<void> {
+  for await (const m of groupMembers(store, group)) {
+    const from = m.replication.sourceFabricId ?? m.fabricId;
+    const to = m.replication.targetFabricId;
+    if (from !== vm.fabricId || (to !== undefined && to !== targetFabricId)) {
+      throw new OsrError('INVALID_STATE', `replication group ${group} replicates from fabric ${from}${to !== undefined ? ` to ${to}` : ''} (member ${m.name}); ${vm.name} replicates from ${vm.fabricId} to ${targetFabricId}: a group's members replicate between one pair of sites`, { group, member: m.id });
+    }
+  }
+}
+
+/** Every member of a replication group, a page at a time. */
+async function* groupMembers(store: VaultStore, group: string): AsyncGenerator<ProtectedItem> {
   let after: string | undefined;
   for (;;) {
     const members = await store.items.list({ group, limit: 500, ...(after !== undefined ? { after } : {}) });
-    for (const m of members) {
-      const from = m.replication.sourceFabricId ?? m.fabricId;
-      const to = m.replication.targetFabricId;
-      if (from !== vm.fabricId || (to !== undefined && to !== targetFabricId)) {
-        throw new OsrError('INVALID_STATE', `replication group ${group} replicates from fabric ${from}${to !== undefined ? ` to ${to}` : ''} (member ${m.name}); ${vm.name} replicates from ${vm.fabricId} to ${targetFabricId}: a group's members replicate between one pair of sites`, { group, member: m.id });
-      }
-    }
+    yield* members;
     if (members.length < 500) return;
     after = members.at(-1)!.id;
   }
@@ -74,17 +79,12 @@ export async function whyGroupStops(store: VaultStore, group: string, itemId: st
     const gap = unsupportedOptions(fabric.capabilities, role, policy, undefined, group).find((g) => g.option === 'group');
     if (gap) return `fabric ${fabric.name} cannot do ${gap.message}`;
   }
-  let after: string | undefined;
-  for (;;) {
-    const members = await store.items.list({ group, limit: 500, ...(after !== undefined ? { after } : {}) });
-    for (const m of members) {
-      if (m.id === itemId || !REPLICATING.has(m.state)) continue;
-      const from = m.replication.sourceFabricId ?? m.fabricId;
-      if (from !== sourceFabricId || m.replication.targetFabricId !== targetFabricId) return `member ${m.name} replicates from ${from} to ${m.replication.targetFabricId ?? 'its recovery site'}`;
-    }
-    if (members.length < 500) return undefined;
-    after = members.at(-1)!.id;
+  for await (const m of groupMembers(store, group)) {
+    if (m.id === itemId || !REPLICATING.has(m.state)) continue;
+    const from = m.replication.sourceFabricId ?? m.fabricId;
+    if (from !== sourceFabricId || m.replication.targetFabricId !== targetFabricId) return `member ${m.name} replicates from ${from} to ${m.replication.targetFabricId ?? 'its recovery site'}`;
   }
+  return undefined;
 }
 
 /** The states in which an item replicates (its source's provider cuts its group); one being reprotected has not switched its ends yet. */
