@@ -140,6 +140,25 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     },
   );
 
+  // ---- a VM's disks changed as its admin would on the hypervisor (the lab's hosts)
+  const diskChanges = () => {
+    const c = agent.host.diskChanges;
+    if (!c) throw new OsrError('NOT_SUPPORTED', 'this host\'s VMs change their disks on the hypervisor, not through the agent');
+    return c;
+  };
+  const sizeSchema = { type: 'object', required: ['size'], additionalProperties: false, properties: { size: { type: ['string', 'number'] } } } as const;
+  const sizeOf = (v: string | number) => (typeof v === 'number' ? v : parseSize(v));
+  app.post<{ Params: { name: string }; Body: { size: string | number } }>('/v1/vms/:name/disks', { schema: { body: sizeSchema } }, async (req, reply) =>
+    reply.status(201).send(await diskChanges().addDisk(req.params.name, sizeOf(req.body.size))),
+  );
+  app.put<{ Params: { name: string; disk: string }; Body: { size: string | number } }>('/v1/vms/:name/disks/:disk', { schema: { body: sizeSchema } }, async (req) =>
+    diskChanges().resizeDisk(req.params.name, req.params.disk, sizeOf(req.body.size)),
+  );
+  app.delete<{ Params: { name: string; disk: string } }>('/v1/vms/:name/disks/:disk', async (req, reply) => {
+    await diskChanges().removeDisk(req.params.name, req.params.disk);
+    return reply.status(204).send();
+  });
+
   const provisional = (name: string) => (agent.host.has(name) ? undefined : agent.provisionalVms().find((v) => v.name === name));
   app.post<{ Params: { name: string } }>('/v1/vms/:name/start', async (req) => {
     if (provisional(req.params.name)) {
@@ -335,6 +354,7 @@ export async function buildAgentApi(agent: Agent, access: () => ApiAccess, chann
     agent.getReplication(req.params.id).retryNow();
     return reply.status(202).send({ accepted: true });
   });
+  app.post<{ Params: { id: string } }>('/v1/replications/:id/confirm-disks', async (req) => agent.getReplication(req.params.id).confirmDiskChange());
   app.post<{ Params: { id: string } }>('/v1/replications/:id/resync', async (req, reply) => {
     agent.getReplication(req.params.id).requestResync();
     return reply.status(202).send({ accepted: true });

@@ -116,7 +116,7 @@ export class AzureBlobReplica implements ReplicaTarget {
       record = existing.record;
       etag = existing.etag;
       if (record.vmId !== spec.vmId) throw new OsrError('INVALID_STATE', `container ${container.containerName} holds the replica of ${record.vmId}, not ${spec.vmId}`, { container: container.containerName });
-      if (!AzureBlobReplica.sameDisks(record.disks, spec.disks)) throw new OsrError('INVALID_STATE', `the replica of ${spec.vmId} in ${container.containerName} has other disks than the VM: remove it (disable protection deleting the replica) and enable protection again`, { container: container.containerName });
+      if (!AzureBlobReplica.sameDisks(record.disks, spec.disks)) throw new OsrError('DISK_CHANGE_UNSUPPORTED', `the replica of ${spec.vmId} in ${container.containerName} has other disks than the VM (a replica in Azure storage cannot change its disks under protection): put the disks back, or disable protection deleting the replica and enable it again`, { container: container.containerName });
     } else {
       record = { version: 1, vmId: spec.vmId, vmName: spec.vmName, disks: spec.disks, retention: spec.retention, initial: { done: false, copied: {}, finishedDisks: [] }, generation: newGeneration() };
     }

@@ -15,6 +15,14 @@ import { dataRanges, punchHole, writeZeroRange } from '../io/sparse.js';
 
 export const MAX_DISK_BYTES = 4 * 1024 ** 4;
 
+/** A lab disk's size: a positive multiple of 512 bytes, at most 4 TiB. */
+export function checkDiskSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
+    throw new OsrError('INVALID_ARGUMENT', `disk size ${size} must be a positive multiple of 512 bytes`);
+  }
+  if (size > MAX_DISK_BYTES) throw new OsrError('DISK_TOO_LARGE', `disk size ${size} exceeds 4 TiB`);
+}
+
 
 export class LabDisk implements BlockDevice {
   readonly readOnly = false;
@@ -24,9 +32,11 @@ export class LabDisk implements BlockDevice {
     readonly id: string,
     readonly name: string,
     readonly imagePath: string,
-    readonly size: number,
+    /** grows or shrinks with the disk (resize) */
+    public size: number,
     private readonly tracker: VmChangeTracker | undefined,
-    private readonly index: number,
+    /** the disk's place among the VM's disks (its change tracking): moves when a disk before it is removed */
+    public index: number,
     /** why writes are refused (a fenced VM), or undefined */
     private readonly fenced: () => string | undefined = () => undefined,
     /** the VM's write gate (a consistency group's cut holds it) */
@@ -37,10 +47,7 @@ export class LabDisk implements BlockDevice {
 
   /** Create the image file (sparse) if it does not exist. */
   static createImage(imagePath: string, size: number): void {
-    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) {
-      throw new OsrError('INVALID_ARGUMENT', `disk size ${size} must be a positive multiple of 512 bytes`);
-    }
-    if (size > MAX_DISK_BYTES) throw new OsrError('DISK_TOO_LARGE', `disk size ${size} exceeds 4 TiB`);
+    checkDiskSize(size);
     const fd = fs.openSync(imagePath, 'wx', 0o600);
     try {
       fs.ftruncateSync(fd, size);
@@ -48,6 +55,17 @@ export class LabDisk implements BlockDevice {
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /**
+   * Grow or shrink the disk to `size` bytes: the image is resized and synced. A shrink
+   * drops the bytes past the new end (the replica keeps them for its older points).
+   */
+  resize(size: number): void {
+    checkDiskSize(size);
+    fs.ftruncateSync(this.fd, size);
+    fs.fsyncSync(this.fd);
+    this.size = size;
   }
 
   get imageFd(): number {

@@ -13,9 +13,9 @@ import path from 'node:path';
 import { OsrError } from '../../domain/errors.js';
 import { VmChangeTracker } from '../tracking/change-tracker.js';
 import { fsyncDir, readJson, writeJsonDurable } from '../io/durable-file.js';
-import { LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
+import { checkDiskSize, LabDisk, MAX_DISK_BYTES } from './lab-disk.js';
 import type { DiskRanges } from '../io/ranges.js';
-import type { Host, HostLoadNote, HostVm, VmDiskSpec, VmOrigin, VmSpec } from '../ports/host.js';
+import type { Host, HostDiskChanges, HostLoadNote, HostVm, VmDiskSpec, VmOrigin, VmSpec } from '../ports/host.js';
 import { hasSparseSupport } from '../io/sparse.js';
 import { WriteGate } from '../io/write-gate.js';
 
@@ -50,9 +50,11 @@ export class LabVm implements HostVm {
   }
 
   /** Open the images and recover change tracking; must run before any guest I/O. */
+  /** why writes are refused (a fenced VM), or undefined */
+  readonly fencedWhy = (): string | undefined => (this.spec.fenced ? `${this.spec.fenced.reason} (since ${this.spec.fenced.at})` : undefined);
+
   open(): { recovered: boolean; tornBytes: number } {
-    const fenced = () => (this.spec.fenced ? `${this.spec.fenced.reason} (since ${this.spec.fenced.at})` : undefined);
-    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, fenced, this.writeGate));
+    this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, this.fencedWhy, this.writeGate));
     return this.tracker.recover(this.disks.map((d) => d.imageFd));
   }
 
@@ -245,4 +247,58 @@ export class LabHost implements Host {
     for (const vm of this.vms.values()) vm.closeClean();
     this.vms.clear();
   }
+
+  readonly diskChanges: HostDiskChanges = {
+    /**
+     * Hot-add: the image is made and synced, tracking opens its log, then the VM's record
+     * names the disk. A crash before the record leaves an image no record names, replaced
+     * by the next add of that name.
+     */
+    addDisk: async (name, size) => {
+      const vm = this.get(name);
+      checkDiskSize(size);
+      if (vm.spec.disks.length >= MAX_DISKS_PER_VM) throw new OsrError('DISK_COUNT_LIMIT', `VM ${name} has ${vm.spec.disks.length} disks already; a lab VM has at most ${MAX_DISKS_PER_VM}`);
+      let n = vm.spec.nextDisk ?? vm.spec.disks.length;
+      while (vm.spec.disks.some((d) => d.name === `disk${n}`)) n++;
+      const storage = path.dirname(vm.spec.disks[0]?.image ?? path.join(this.storageDir, name, 'x'));
+      const disk: VmDiskSpec = { id: crypto.randomUUID(), name: `disk${n}`, size, image: path.join(storage, `disk${n}.img`) };
+      fs.rmSync(disk.image, { force: true });
+      LabDisk.createImage(disk.image, size);
+      fsyncDir(storage);
+      vm.tracker.addDisk(disk);
+      vm.spec.disks.push(disk);
+      vm.spec.nextDisk = n + 1;
+      vm.saveSpec();
+      vm.disks.push(new LabDisk(disk.id, disk.name, disk.image, disk.size, vm.tracker, vm.disks.length, vm.fencedWhy, vm.writeGate));
+      return { ...disk };
+    },
+    /** Grow in place (the guest sees the new size when it reconnects); a shrink cuts the image and needs the VM stopped. */
+    resizeDisk: async (name, diskName, size) => {
+      const vm = this.get(name);
+      const disk = vm.disk(diskName);
+      const spec = vm.spec.disks.find((d) => d.name === diskName)!;
+      checkDiskSize(size);
+      if (size < disk.size && vm.running) throw new OsrError('INVALID_STATE', `shut down ${name} before shrinking disk ${diskName}`);
+      disk.resize(size);
+      spec.size = size;
+      vm.saveSpec();
+      return { ...spec };
+    },
+    /** The VM must be stopped: the image goes, with the disk's change logs. */
+    removeDisk: async (name, diskName) => {
+      const vm = this.get(name);
+      const disk = vm.disk(diskName);
+      if (vm.running) throw new OsrError('INVALID_STATE', `shut down ${name} before removing disk ${diskName}`);
+      if (vm.spec.disks.length === 1) throw new OsrError('DISK_COUNT_LIMIT', `disk ${diskName} is the last disk of ${name}; a lab VM has at least one`);
+      const spec = vm.spec.disks.find((d) => d.name === diskName)!;
+      vm.spec.disks = vm.spec.disks.filter((d) => d.name !== diskName);
+      vm.saveSpec();
+      vm.tracker.removeDisk(diskName);
+      disk.close();
+      vm.disks = vm.disks.filter((d) => d !== disk);
+      vm.disks.forEach((d, i) => (d.index = i));
+      fs.rmSync(spec.image, { force: true });
+      fsyncDir(path.dirname(spec.image));
+    },
+  };
 }

@@ -65,6 +65,8 @@ export interface VmSpec {
   createdAt: string;
   /** set on a VM made by promoting a replica: where it came from */
   origin?: VmOrigin | undefined;
+  /** the number of the next disk added (disk<n>): a removed disk's name is not given to a new one */
+  nextDisk?: number | undefined;
   /** set when a newer epoch was promoted elsewhere: the VM refuses writes until demoted */
   fenced?: VmFence | undefined;
 }
@@ -189,4 +191,18 @@ export interface Host {
   removeVm(name: string): Promise<void>;
   /** Sync every VM's disks and change tracking and record a clean stop. */
   closeAll(): Promise<void>;
+  /**
+   * Change a VM's disks the way its admin would on the hypervisor (the lab's hosts: what
+   * replication must follow, disks changed under protection). Absent: NOT_SUPPORTED.
+   */
+  readonly diskChanges?: HostDiskChanges | undefined;
+}
+
+export interface HostDiskChanges {
+  /** a new empty disk of `size` bytes, named by the host (running or not) */
+  addDisk(vm: string, size: number): Promise<VmDiskSpec>;
+  /** grow (running or not) or shrink (stopped only) a disk */
+  resizeDisk(vm: string, disk: string, size: number): Promise<VmDiskSpec>;
+  /** remove a disk and its image (stopped only) */
+  removeDisk(vm: string, disk: string): Promise<void>;
 }

@@ -32,6 +32,26 @@ export interface RecoveryPoint {
    * once the reverse resync's point is applied.
    */
   unverified?: true | undefined;
+  /**
+   * the point's disks and their sizes, set once the VM's disks changed under protection
+   * (absent: the replica's disks as they are now). A disk added later is not in an older
+   * point; a grown or shrunk disk has the size it had then.
+   */
+  disks?: PointDisk[] | undefined;
+}
+
+/** A disk as one recovery point holds it. */
+export interface PointDisk {
+  name: string;
+  size: number;
+}
+
+/** How a replica's disks differ from the primary's: what `reshape` does and what it needs confirmed. */
+export interface DiskChange {
+  added: ReplicaDiskSpec[];
+  grown: { name: string; from: number; to: number }[];
+  shrunk: { name: string; from: number; to: number }[];
+  removed: ReplicaDiskSpec[];
 }
 
 export interface RetentionSpec {
@@ -136,6 +156,14 @@ export interface ReplicaTarget {
   /** where the replica may differ from the primary beyond its logs (a reversed replica) */
   readonly divergent: DivergentRanges | undefined;
   addDivergence(ranges: DiskRanges): void | Promise<void>;
+  /**
+   * Take the primary's disks as they are now (disks added, grown, shrunk or removed under
+   * protection): the next points have them, older points keep theirs. Added disks and
+   * grown ranges become divergent (the primary resynchronizes just those); a shrink or a
+   * removal needs `confirmed`. Absent: the target cannot change its disks (the primary
+   * is told so, and replication waits).
+   */
+  reshape?(disks: ReplicaDiskSpec[], confirmed: boolean): DiskChange | Promise<DiskChange>;
   /** the offline export the initial copy was imported from, where the target takes one */
   readonly seed?: { seq: number } | undefined;
 }
@@ -147,6 +175,8 @@ export interface ReplicaOpenRequest {
   disks: ReplicaDiskSpec[];
   retention: RetentionSpec;
   epoch: number;
+  /** the user confirmed that the replica may drop or shrink disks for its next points */
+  confirmedShrink?: boolean | undefined;
 }
 
 /** The agent replicating a VM, as its certificate names it. */

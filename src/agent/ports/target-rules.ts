@@ -4,7 +4,7 @@
  * target cannot drift apart.
  */
 import { OsrError } from '../../domain/errors.js';
-import type { RecoveryPoint, ReplicaHolder } from './replica-target.js';
+import type { DiskChange, RecoveryPoint, ReplicaDiskSpec, ReplicaHolder } from './replica-target.js';
 
 /** A resync ends in a point after the latest one, of a replica that has one, in power-of-two blocks of 512 bytes to 16 MiB. */
 export function checkResyncBegin(vmId: string, latest: RecoveryPoint | undefined, initialDone: boolean, seq: number, blockSize: number): void {
@@ -13,6 +13,45 @@ export function checkResyncBegin(vmId: string, latest: RecoveryPoint | undefined
   if (!Number.isInteger(blockSize) || blockSize < 512 || blockSize > 16 * 1024 * 1024 || (blockSize & (blockSize - 1)) !== 0) {
     throw new OsrError('INVALID_ARGUMENT', `resync block size ${blockSize} is not a power of two between 512 bytes and 16 MiB`);
   }
+}
+
+/**
+ * How the primary's disks differ from the replica's: matched by name, a disk's id must not
+ * change (a different disk under an old name is refused: its points would mix two disks).
+ */
+export function diskChangeOf(vmName: string, current: readonly ReplicaDiskSpec[], wanted: readonly ReplicaDiskSpec[]): DiskChange {
+  const change: DiskChange = { added: [], grown: [], shrunk: [], removed: [] };
+  const byName = new Map(current.map((d) => [d.name, d]));
+  for (const w of wanted) {
+    const c = byName.get(w.name);
+    if (!c) change.added.push({ ...w });
+    else if (c.id !== w.id) throw new OsrError('DISK_CHANGE_UNSUPPORTED', `disk ${w.name} of ${vmName} is another disk than the replica's (id ${w.id}, the replica's is ${c.id}); remove the disk and add it under a new name`);
+    else if (w.size > c.size) change.grown.push({ name: w.name, from: c.size, to: w.size });
+    else if (w.size < c.size) change.shrunk.push({ name: w.name, from: c.size, to: w.size });
+  }
+  const names = new Set(wanted.map((d) => d.name));
+  for (const c of current) if (!names.has(c.name)) change.removed.push({ ...c });
+  return change;
+}
+
+/** Whether a disk change changes anything. */
+export function diskChangeEmpty(c: DiskChange): boolean {
+  return c.added.length + c.grown.length + c.shrunk.length + c.removed.length === 0;
+}
+
+/** What a disk change does, in a few words per disk (for logs, health and refusals). */
+export function describeDiskChange(c: DiskChange): string {
+  return [
+    ...c.added.map((d) => `${d.name} added (${d.size} bytes)`),
+    ...c.grown.map((d) => `${d.name} grown from ${d.from} to ${d.to} bytes`),
+    ...c.shrunk.map((d) => `${d.name} shrunk from ${d.from} to ${d.to} bytes`),
+    ...c.removed.map((d) => `${d.name} removed`),
+  ].join(', ');
+}
+
+/** A shrink or a removal: the next points lose bytes, so the user confirms it first. */
+export function diskChangeNeedsConfirmation(c: DiskChange): boolean {
+  return c.shrunk.length + c.removed.length > 0;
 }
 
 /** One connection holds a VM's replica at a time: a newer one closes the older (the sender reconnected). */

@@ -30,7 +30,8 @@ import { fileBlockDigests } from '../io/checksum.js';
 import { fdatasyncAsync, readFully, readGatherFiles, writeAllAt, WriteBack, writeFully, writeScatter, type FilePiece, type IoPiece } from '../io/io.js';
 import { Consistency } from '../ports/change-source.js';
 import { nextPointToDrop } from '../ports/retention.js';
-import type { DeltaDiskFile, DivergentRanges, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
+import type { DeltaDiskFile, DiskChange, DivergentRanges, PointDisk, RecoveryPoint, ReplicaDiskSpec, ReplicaTarget, ResyncState, RetentionSpec } from '../ports/replica-target.js';
+import { describeDiskChange, diskChangeEmpty, diskChangeNeedsConfirmation, diskChangeOf } from '../ports/target-rules.js';
 import { normalizeRanges, rangesValid, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { punchHole, writeZeroRange } from '../io/sparse.js';
 import { ResyncStage } from './resync-stage.js';
@@ -66,6 +67,13 @@ interface Manifest {
   divergent?: DivergentRanges | undefined;
   /** the initial copy came from an offline export whose first delta is `seq` */
   seed?: { seq: number; importedAt: string } | undefined;
+  /**
+   * the VM's disks changed under protection at least once: every point records its disks
+   * (RecoveryPoint.disks) from then on
+   */
+  reshaped?: true | undefined;
+  /** disks the VM no longer has that older points still hold: their images stay until those points go */
+  retired?: ReplicaDiskSpec[] | undefined;
 }
 
 /** A received log as verified: its record chain (hex) and its length (a reused file goes on with an older log's bytes). */
@@ -112,10 +120,19 @@ async function fsyncFile(file: string): Promise<void> {
   }
 }
 
-/** Coalesce a delta's records: for every byte the last record wins. */
 /** What an extent of a coalesced delta holds: data of the received log, of the staged log, or zeros. */
 type DeltaValue = 'data' | 'staged' | 'zero';
 
+/** The extents of a delta below a disk's end (a disk shrunk while its log was open wrote past its new end). */
+function clipTo(m: ExtentMap<DeltaValue>, size: number): ExtentMap<DeltaValue> {
+  const entries = m.entries();
+  if (entries.length === 0 || entries.at(-1)!.end <= size) return m;
+  const out = new ExtentMap<DeltaValue>();
+  for (const e of entries) if (e.start < size) out.set(e.start, Math.min(e.end, size), e.value, e.base);
+  return out;
+}
+
+/** Coalesce a delta's records: for every byte the last record wins. */
 function coalesce(records: DeltaRecords): ExtentMap<DeltaValue> {
   const m = new ExtentMap<DeltaValue>();
   const add = (list: LogRecord[], data: 'data' | 'staged') => {
@@ -288,7 +305,7 @@ export class ReplicaStore implements ReplicaTarget {
   }
 
   private async load(): Promise<void> {
-    for (const d of this.manifest.disks) {
+    for (const d of this.allDisks()) {
       this.images.set(d.name, fs.openSync(this.imagePath(d.name), 'r+'));
     }
     this.recoverMerge();
@@ -323,10 +340,134 @@ export class ReplicaStore implements ReplicaTarget {
     if (changed) fsyncDir(undoDir);
   }
 
+  /**
+   * The undo of point `seq`: one file per disk of that point, and, once a dropped point's
+   * undo was merged into it, of disks the point no longer has (removed at `seq`).
+   */
   private loadUndo(seq: number): PointUndo {
     const files = new Map<string, UndoFile>();
-    for (const d of this.manifest.disks) files.set(d.name, openUndoFile(this.undoPath(seq, d.name)));
+    const own = new Set(this.pointDisks(seq).map((d) => d.name));
+    for (const d of this.allDisks()) {
+      const file = this.undoPath(seq, d.name);
+      if (own.has(d.name) || fs.existsSync(file)) files.set(d.name, openUndoFile(file));
+    }
     return { seq, files };
+  }
+
+  /** Every disk an image is kept for: the VM's disks now, and removed ones older points hold. */
+  private allDisks(): ReplicaDiskSpec[] {
+    return [...this.manifest.disks, ...(this.manifest.retired ?? [])];
+  }
+
+  /** The disks of point `seq` with the sizes they had then (the disks now, for a point from before any change, or one not recorded yet). */
+  pointDisks(seq: number): ReplicaDiskSpec[] {
+    const p = this.manifest.points.find((x) => x.seq === seq);
+    if (!p?.disks) return this.manifest.disks.map((d) => ({ ...d }));
+    const all = this.allDisks();
+    return p.disks.map((pd) => {
+      const d = all.find((x) => x.name === pd.name);
+      if (!d) throw new OsrError('REPLICA_STORE_CORRUPT', `point ${seq} of ${this.vmId} names disk ${pd.name}, whose image the replica no longer has`);
+      return { id: d.id, name: pd.name, size: pd.size };
+    });
+  }
+
+  private shape(): PointDisk[] {
+    return this.manifest.disks.map((d) => ({ name: d.name, size: d.size }));
+  }
+
+  /**
+   * Take the primary's disks as they are now. Older points keep their disks: an image is
+   * never shrunk or deleted while a point holds more of it. An added disk gets a new
+   * (sparse) image and a grown one grows in place; both are divergent until the primary
+   * resynchronizes them (only those ranges: the other disks are not sent again). A shrink
+   * or a removal needs `confirmed` (DISK_CHANGE_UNCONFIRMED). Before the initial copy
+   * ends there is no point to keep: the copy simply goes on with the new disks. Durable
+   * on return; running it again with the same disks changes nothing.
+   */
+  reshape(wanted: ReplicaDiskSpec[], confirmed: boolean): DiskChange {
+    const change = diskChangeOf(this.vmName, this.manifest.disks, wanted);
+    if (diskChangeEmpty(change)) return change;
+    this.assertWritable();
+    if (this.busy || this.manifest.applying || this.manifest.commit) throw new OsrError('INVALID_STATE', `the replica of ${this.vmName} is applying a delta; its disks change once it is done`);
+    const initial = !this.manifest.initial.done;
+    if (!initial && diskChangeNeedsConfirmation(change) && !confirmed) {
+      throw new OsrError('DISK_CHANGE_UNCONFIRMED', `the disks of ${this.vmName} changed (${describeDiskChange(change)}); the next points would lose data the older ones hold, so the change waits for confirmation`, { change, disks: this.manifest.disks });
+    }
+    const retired = this.manifest.retired ?? [];
+    for (const a of change.added) {
+      if (retired.some((r) => r.name === a.name)) throw new OsrError('DISK_CHANGE_UNSUPPORTED', `disk ${a.name} of ${this.vmName} was removed and older points still hold it; add the new disk under another name`);
+      safeName(a.name, 'disk name');
+    }
+    // images first (a crash before the manifest leaves a stray image, deleted at open)
+    const disksDir = path.join(this.root, 'disks');
+    for (const a of change.added) {
+      const fd = fs.openSync(this.imagePath(a.name), 'w+', 0o600);
+      fs.ftruncateSync(fd, a.size);
+      fs.fsyncSync(fd);
+      this.images.set(a.name, fd);
+    }
+    for (const g of change.grown) {
+      const fd = this.imageFd(g.name);
+      if (fs.fstatSync(fd).size < g.to) {
+        fs.ftruncateSync(fd, g.to);
+        fs.fsyncSync(fd);
+      }
+    }
+    fsyncDir(disksDir);
+    this.closeDirect();
+    const m = this.manifest;
+    if (initial) {
+      // no point holds the old disks: the copy goes on with the new ones
+      for (const a of change.added) m.initial.copied[a.name] = 0;
+      for (const g of change.grown) m.initial.finishedDisks = m.initial.finishedDisks.filter((n) => n !== g.name);
+      for (const x of change.shrunk) m.initial.copied[x.name] = Math.min(m.initial.copied[x.name] ?? 0, x.to);
+      for (const r of change.removed) {
+        delete m.initial.copied[r.name];
+        m.initial.finishedDisks = m.initial.finishedDisks.filter((n) => n !== r.name);
+      }
+    } else {
+      // the points so far keep the disks they have
+      const before = this.shape();
+      for (const p of m.points) p.disks ??= before.map((d) => ({ ...d }));
+      m.reshaped = true;
+      const ranges: DiskRanges = {};
+      for (const a of change.added) ranges[a.name] = [[0, a.size]];
+      for (const g of change.grown) ranges[g.name] = [[g.from, g.to - g.from]];
+      if (m.resync) {
+        // a resync of the old disks cannot be finished with the new: every block is compared again
+        m.resync = undefined;
+        m.divergent = 'all';
+      } else if (Object.keys(ranges).length > 0 && m.divergent !== 'all') {
+        m.divergent = unionDiskRanges(m.divergent ?? {}, ranges);
+      }
+      m.retired = [...retired, ...change.removed];
+    }
+    m.disks = wanted.map((d) => ({ ...d }));
+    this.save();
+    if (!m.resync) this.dropStage();
+    if (initial) for (const r of change.removed) this.deleteImage(r.name);
+    else this.dropUnusedImages();
+    return change;
+  }
+
+  /** Delete the images of removed disks no point holds any more. */
+  private dropUnusedImages(): void {
+    const retired = this.manifest.retired;
+    if (!retired || retired.length === 0) return;
+    const held = new Set(this.manifest.points.flatMap((p) => (p.disks ?? this.shape()).map((d) => d.name)));
+    const keep = retired.filter((r) => held.has(r.name));
+    if (keep.length === retired.length) return;
+    this.manifest.retired = keep.length > 0 ? keep : undefined;
+    this.save();
+    for (const r of retired) if (!held.has(r.name)) this.deleteImage(r.name);
+  }
+
+  private deleteImage(name: string): void {
+    const fd = this.images.get(name);
+    if (fd !== undefined) fs.closeSync(fd);
+    this.images.delete(name);
+    fs.rmSync(this.imagePath(name), { force: true });
+    fsyncDir(path.join(this.root, 'disks'));
   }
 
   /** Delete files no manifest entry refers to (left by a crash between two steps). */
@@ -336,6 +477,10 @@ export class ReplicaStore implements ReplicaTarget {
       const keep = new Set(this.manifest.disks.map((d) => `${d.name}.osrlog`));
       for (const f of fs.readdirSync(spare)) if (!keep.has(f)) fs.rmSync(path.join(spare, f), { recursive: true, force: true });
     }
+    // an image no disk names: an added disk's, made by a reshape a crash cut short, or a removed disk's whose points went
+    const disksDir = path.join(this.root, 'disks');
+    const images = new Set(this.allDisks().map((d) => `${d.name}.img`));
+    for (const f of fs.readdirSync(disksDir)) if (f.endsWith('.img') && !images.has(f)) fs.rmSync(path.join(disksDir, f), { force: true });
     const keepUndo = new Set(this.undos.map((u) => pad(u.seq)));
     if (this.manifest.applying?.stage === 'undo-written') keepUndo.add(pad(this.manifest.applying.point.seq));
     const undoDir = path.join(this.root, 'undo');
@@ -762,6 +907,7 @@ export class ReplicaStore implements ReplicaTarget {
       const v0 = performance.now();
       const records = this.verifyDeltaFiles(point.seq, files);
       this.applySteps = { verifyMs: Math.round(performance.now() - v0), undoMs: 0, imageMs: 0, syncMs: 0, finishMs: 0 };
+      if (this.manifest.reshaped) point = { ...point, disks: this.shape() };
       this.manifest.applying = { point, stage: 'received', logs: Object.fromEntries([...records].map(([disk, r]) => [disk, r.log])) };
       if (this.manifest.points.length === 0) {
         // the first delta has no undo (there is no earlier point to go back to), so it is
@@ -816,8 +962,11 @@ export class ReplicaStore implements ReplicaTarget {
       if (!scan.close || scan.tornBytes > 0) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: delta ${seq} of disk ${disk.name} is incomplete`);
       if (scan.header.seq !== seq) throw new OsrError('REPLICA_CHAIN_BROKEN', `${file}: change log ${scan.header.seq} arrived as delta ${seq}`);
       if (!scan.header.diskKey.equals(diskKeyOf(disk.id))) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: change log belongs to another disk than ${disk.name}`);
+      // a disk shrunk under protection: its log may hold writes past the new end (dropped
+      // at apply), but none past the image, which is never smaller than the disk once was
+      const bound = Math.max(disk.size, fs.fstatSync(this.imageFd(disk.name)).size);
       for (const r of scan.records) {
-        if (r.offset + r.length > disk.size) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: record ${r.index} lies outside disk ${disk.name}`);
+        if (r.offset + r.length > bound) throw new OsrError('CHANGE_LOG_CORRUPT', `${file}: record ${r.index} lies outside disk ${disk.name}`);
       }
       return { records: scan.records, log: { chain: scan.close.chain.toString('hex'), bytes: scan.validBytes } };
     };
@@ -834,7 +983,7 @@ export class ReplicaStore implements ReplicaTarget {
     if (!applying) return;
     const seq = applying.point.seq;
     const maps = new Map<string, ExtentMap<DeltaValue>>();
-    for (const [disk, recs] of records) maps.set(disk, coalesce(recs));
+    for (const [disk, recs] of records) maps.set(disk, clipTo(coalesce(recs), this.diskSpec(disk).size));
     let undo: PointUndo | undefined;
     const steps = this.applySteps;
     let t = performance.now();
@@ -1029,6 +1178,7 @@ export class ReplicaStore implements ReplicaTarget {
       }
       dropped.push(victim);
     }
+    if (dropped.length > 0) this.dropUnusedImages();
     return dropped;
   }
 
@@ -1059,12 +1209,14 @@ export class ReplicaStore implements ReplicaTarget {
     fs.rmSync(tmpDir, { recursive: true, force: true });
     fs.mkdirSync(tmpDir, { recursive: true });
     const merged = new Map<string, UndoFile>();
-    for (const d of this.manifest.disks) {
+    // every disk either undo covers: a disk added at `next` has no undo at `p`, one removed at `next` none there
+    for (const d of this.allDisks()) {
       const m = new ExtentMap<number>();
-      const ownFile = own.files.get(d.name)!;
-      const nextFile = nextUndo.files.get(d.name)!;
-      for (const e of ownFile.entries) m.set(e.offset, e.offset + e.length, ownFile.fd, e.dataPos);
-      for (const e of nextFile.entries) m.fillGaps(e.offset, e.offset + e.length, nextFile.fd, e.dataPos);
+      const ownFile = own.files.get(d.name);
+      const nextFile = nextUndo.files.get(d.name);
+      if (!ownFile && !nextFile) continue;
+      for (const e of ownFile?.entries ?? []) m.set(e.offset, e.offset + e.length, ownFile!.fd, e.dataPos);
+      for (const e of nextFile?.entries ?? []) m.fillGaps(e.offset, e.offset + e.length, nextFile!.fd, e.dataPos);
       const sources = m.entries().map((e) => ({ offset: e.start, length: e.end - e.start, fd: e.value, pos: e.base }));
       merged.set(d.name, await writeUndoFile(path.join(tmpDir, `${d.name}.undo`), diskKeyOf(d.id), sources));
     }
@@ -1188,7 +1340,12 @@ export class ReplicaStore implements ReplicaTarget {
     this.busy = true;
     try {
       for (const disk of o?.disks ?? []) await disk.writeThroughToImage();
-      await Promise.all(this.manifest.disks.map((d) => fdatasyncAsync(this.imageFd(d.name))));
+      // the committed images are the point's disks at the point's sizes: a disk grown or
+      // added later is cut back or goes (the commit, recorded, is finished after a crash)
+      const shape = this.pointDisks(pointSeq!);
+      for (const d of shape) if (fs.fstatSync(this.imageFd(d.name)).size > d.size) fs.ftruncateSync(this.imageFd(d.name), d.size);
+      await Promise.all(shape.map((d) => fdatasyncAsync(this.imageFd(d.name))));
+      const gone = this.allDisks().filter((d) => !shape.some((x) => x.name === d.name));
       const base = this.manifest.points.find((p) => p.seq === pointSeq)!;
       const committed: RecoveryPoint = { ...base, timeMs: this.now(), deltaBytes: 0 };
       for (const other of this.overlays.values()) other.closeFiles();
@@ -1198,7 +1355,10 @@ export class ReplicaStore implements ReplicaTarget {
       this.manifest.commit = undefined;
       this.manifest.committed = true;
       this.manifest.resync = undefined;
+      this.manifest.disks = shape;
+      this.manifest.retired = undefined;
       this.save();
+      for (const d of gone) this.deleteImage(d.name);
       this.dropStage();
       for (const u of undos) this.deleteUndo(u);
       fs.rmSync(path.join(this.root, 'overlays'), { recursive: true, force: true });
@@ -1256,7 +1416,9 @@ export class PointView {
   rebuild(): void {
     const m = new ExtentMap<Layer>();
     for (const u of this.store.undoLayersAfter(this.pointSeq)) {
-      const f = u.files.get(this.disk)!;
+      // a later point without this disk (removed) left it as it was
+      const f = u.files.get(this.disk);
+      if (!f) continue;
       for (const e of f.entries) m.fillGaps(e.offset, e.offset + e.length, { fd: f.fd }, e.dataPos);
     }
     this.map = m;
@@ -1316,7 +1478,7 @@ export class Overlay {
     const dir = store.overlayDir(id);
     fs.mkdirSync(dir, { recursive: true });
     const meta: OverlayMeta = { id, pointSeq, createdMs: nowMs };
-    const disks = store.disks.map((d) => {
+    const disks = store.pointDisks(pointSeq).map((d) => {
       const w = ChangeLogWriter.create(path.join(dir, `${d.name}.osrlog`), { seq: pointSeq, createdMs: nowMs, diskKey: diskKeyOf(d.id) });
       return new OverlayDisk(store, d, new PointView(store, d.name, pointSeq), w, new ExtentMap());
     });
@@ -1328,7 +1490,7 @@ export class Overlay {
     const dir = store.overlayDir(id);
     const meta = readJson<OverlayMeta>(path.join(dir, 'overlay.json'));
     if (!meta) throw new OsrError('NOT_FOUND', `overlay ${id} has no metadata`);
-    const disks = store.disks.map((d) => {
+    const disks = store.pointDisks(meta.pointSeq).map((d) => {
       const file = path.join(dir, `${d.name}.osrlog`);
       const scan = scanLogFile(file);
       const w = ChangeLogWriter.reopen(file, scan);

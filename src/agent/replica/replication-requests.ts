@@ -51,6 +51,7 @@ export function parseOpen(args: Record<string, unknown>): OpenArgs {
     retention: parseRetention(args.retention),
     epoch: parseEpoch(args.epoch),
     reset: safeBoolean(args.reset, 'reset'),
+    ...(args.confirmedShrink !== undefined ? { confirmedShrink: safeBoolean(args.confirmedShrink, 'confirmedShrink') } : {}),
   };
 }
 

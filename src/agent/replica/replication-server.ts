@@ -35,9 +35,6 @@ function sameDisks(a: readonly { id: string; name: string; size: number }[], b: 
   return a.length === b.length && a.every((d, i) => d.id === b[i].id && d.name === b[i].name && d.size === b[i].size);
 }
 
-function describeDisks(disks: readonly { name: string; size: number }[]): string {
-  return disks.map((d) => `${d.name}:${d.size}`).join(',');
-}
 
 /** Kept beside the stores once a replica was promoted here: older primaries are refused. */
 export interface FenceRecord {
@@ -130,7 +127,7 @@ export class ReplicaRegistry implements ReplicaOpener {
    * (AUTH_FAILED) before anything is read or written. `source` is undefined only for an
    * operator's own action through the local API (an offline import).
    */
-  async open(req: OpenRequest, source?: SourceAgent): Promise<ReplicaStore> {
+  async open(req: OpenRequest, source?: SourceAgent, opts: { reshape?: boolean } = {}): Promise<ReplicaStore> {
     safeName(req.vmId, 'VM id');
     if (source !== undefined) this.checkSource(req.vmId, source);
     // a stale primary learns it is one (and fences itself) also once the promoted copy runs here
@@ -140,14 +137,16 @@ export class ReplicaRegistry implements ReplicaOpener {
     }
     if (this.runHere.has(req.vmId) || this.fenceRecord(req.vmId)?.promotion?.pending) throw new OsrError('INVALID_STATE', `${req.vmName} runs on this host (it was promoted here); demote it before replicating to this agent`);
     let s = this.stores.get(req.vmId);
-    if (s && !sameDisks(s.disks, req.disks)) {
-      throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${describeDisks(s.disks)}, the primary has ${describeDisks(req.disks)}; remove the replica or protect the VM anew`);
-    }
     if (!s) {
       s = await ReplicaStore.open(this.storeDir(req.vmId), { vmId: req.vmId, vmName: req.vmName, disks: req.disks, retention: req.retention }, this.now);
       this.stores.set(req.vmId, s);
     } else {
       s.setRetention(req.retention);
+    }
+    // the VM's disks changed under protection: the replica takes the new ones for its next points
+    if (!sameDisks(s.disks, req.disks)) {
+      if (opts.reshape === false) throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${s.disks.map((d) => `${d.name}:${d.size}`).join(',')}, not ${req.disks.map((d) => `${d.name}:${d.size}`).join(',')}; remove the replica first`);
+      s.reshape(req.disks, req.confirmedShrink === true);
     }
     if (source !== undefined) {
       // the vault may have given the replica to another source while the store opened
@@ -279,7 +278,7 @@ export class ReplicaRegistry implements ReplicaOpener {
     if (fence !== undefined && manifest.epoch < fence) throw new OsrError('EPOCH_STALE', `${manifest.vmName} was promoted here with epoch ${fence}; the export is of epoch ${manifest.epoch}`);
     const disks = manifest.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
     // the replica its primary made on first contact, or a new one (one with other disks is refused)
-    const s = await this.open({ vmId: manifest.vmId, vmName: manifest.vmName, disks, retention: { hours: 24, maxPoints: 24 }, epoch: manifest.epoch });
+    const s = await this.open({ vmId: manifest.vmId, vmName: manifest.vmName, disks, retention: { hours: 24, maxPoints: 24 }, epoch: manifest.epoch }, undefined, { reshape: false });
     if (s.points().length > 0 || s.finishedInitialDisks().length > 0 || Object.values(s.initialProgress()).some((n) => n > 0)) {
       throw new OsrError('ALREADY_EXISTS', `this agent already holds a replica of ${manifest.vmName} with data; an import only seeds an empty one`);
     }

@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import type { Clock } from '../../domain/clock.js';
 import { OsrError, toOsrError } from '../../domain/errors.js';
+import { MAX_DISK_BYTES, safeInteger, safeName } from '../../domain/names.js';
 import type { TlsMaterial } from '../../pki/index.js';
 import { Consistency, type ChangeSource, type DeltaStream, type DiskReader, type PreparedSwap } from '../ports/change-source.js';
 import type { CyclePhases } from './cycle-phases.js';
@@ -23,6 +24,8 @@ import { inTimeWindow, msUntilMinute, parseTimeWindow } from '../io/time-window.
 import { finishedExport, writeExport } from '../wire/offline-seed.js';
 import { alignRanges, totalBytes as rangeBytes, unionDiskRanges, type DiskRanges, type Range } from '../io/ranges.js';
 import { isZero } from '../io/sparse.js';
+import { describeDiskChange, diskChangeEmpty, diskChangeNeedsConfirmation, diskChangeOf } from '../ports/target-rules.js';
+import type { DiskChange, ReplicaDiskSpec } from '../ports/replica-target.js';
 import { DATA_FRAME_HEAD_BYTES, MAX_DATA_BYTES } from '../wire/wire.js';
 import type { QuiesceHook } from './quiesce-hook.js';
 
@@ -47,6 +50,8 @@ export const LOG_GROWTH_RESYNC_SHARE = 0.5;
 const GROUP_IDLE_MS = 60_000;
 /** while waiting to retry, the growth of pending logs is checked this often */
 const GROWTH_CHECK_MS = 60_000;
+/** while a disk change waits for confirmation: how often the VM's disks are looked at again (put back as they were, replication goes on) */
+const DISK_CHANGE_LOOK_MS = 10_000;
 
 export interface ReplicationDeps {
   /** the agent's TLS material now (it is reloaded when its files change) */
@@ -103,6 +108,12 @@ export class PrimaryReplication {
   private onboarding = false;
   /** the replica was made from an old primary's disks: the ranges where it may differ */
   private divergent: OpenResult['divergent'] = null;
+  /** the disks the replica was last opened with: a change of the VM's goes to it only between deltas */
+  private agreed: ReplicaDiskSpec[] | undefined;
+  /** the shrink or removal the user confirmed (its summary): the next open may make it */
+  private confirmedChange: string | undefined;
+  /** the change the replica takes at the next open (it may drop or shrink disks when confirmed) */
+  private applyingChange: { confirmed: boolean } | undefined;
 
   constructor(
     readonly spec: ReplicationSpec,
@@ -123,6 +134,52 @@ export class PrimaryReplication {
     await this.loop;
     this.deps.phases.delete(this.spec.id);
     this.state = ReplicationState.Stopped;
+  }
+
+  /** How the VM's disks differ from the replica's now (empty: they do not; undefined: not connected yet). */
+  private diskChange(): DiskChange | undefined {
+    if (!this.agreed) return undefined;
+    return diskChangeOf(this.vm.name, this.agreed, this.liveDisks());
+  }
+
+  private liveDisks(): ReplicaDiskSpec[] {
+    return this.vm.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
+  }
+
+  /**
+   * The user confirms a shrink or a removal of the VM's disks: the replica's next points
+   * have the disks as they are now (older points keep theirs). Refused when nothing waits
+   * for confirmation.
+   */
+  confirmDiskChange(): { summary: string } {
+    const change = this.diskChange();
+    if (!change || !diskChangeNeedsConfirmation(change)) throw new OsrError('INVALID_STATE', `no disk change of ${this.vm.name} waits for confirmation`);
+    this.confirmedChange = describeDiskChange(change);
+    this.deps.log.info({ replication: this.spec.id }, `disk change of ${this.vm.name} confirmed: ${this.confirmedChange}`);
+    this.waker.abort();
+    return { summary: this.confirmedChange };
+  }
+
+  /**
+   * Between deltas: when the VM's disks changed, the replica is opened again with the new
+   * ones (it grows or adds images and names the new ranges divergent, which the loop then
+   * resynchronizes alone). A shrink or a removal waits for the user's confirmation.
+   * True when the connection was closed to reopen with the new disks.
+   */
+  private takeDiskChange(): boolean {
+    const change = this.diskChange();
+    if (!change || diskChangeEmpty(change)) return false;
+    const summary = describeDiskChange(change);
+    const confirm = diskChangeNeedsConfirmation(change) && this.state !== ReplicationState.InitialReplication;
+    if (confirm && this.confirmedChange !== summary) {
+      throw new OsrError('DISK_CHANGE_UNCONFIRMED', `the disks of ${this.vm.name} changed (${summary}); its replica keeps the older points with the disks as they were, and replication waits until the change is confirmed (osr item confirm-disks)`);
+    }
+    this.deps.log.info({ replication: this.spec.id }, `the disks of ${this.vm.name} changed (${summary}): the replica takes the change, and only what is new is copied`);
+    this.applyingChange = { confirmed: confirm };
+    this.agreed = this.liveDisks();
+    this.client?.close();
+    this.client = undefined;
+    return true;
   }
 
   /** Resynchronize now: compare every block with the replica and send those that differ. */
@@ -224,7 +281,8 @@ export class PrimaryReplication {
       try {
         const tracker = this.vm.tracking;
         this.resyncWaiting = false;
-        const client = await this.ensureConnected();
+        let client = await this.ensureConnected();
+        if (this.takeDiskChange()) client = await this.ensureConnected();
         const required = tracker.resyncRequired;
         if (this.state === ReplicationState.InitialReplication && !(await this.initialCopy(client))) continue;
         else if (this.divergent === 'all' && !required) await this.resync(client, 'reverse replication: the old primary\'s changes are unknown, every block is compared');
@@ -335,7 +393,8 @@ export class PrimaryReplication {
     let ranges = known;
     const resuming = tracker.resync !== undefined && tracker.activeSeq === tracker.resync.seq;
     if (!resuming) {
-      const mine = unionDiskRanges(tracker.loggedRanges('closed'), this.vm.divergence?.());
+      // within the disks as they are now (a log of a disk shrunk since may hold writes past its end)
+      const mine = clipRanges(unionDiskRanges(tracker.loggedRanges('closed'), this.vm.divergence?.()), this.vm.disks);
       const reply = await client.request<{ divergent: OpenResult['divergent'] }>('resync-ranges', { ranges: mine });
       if (!reply.divergent || reply.divergent === 'all') throw new OsrError('PROTOCOL_ERROR', `the replica of ${this.vm.name} answered no ranges to resynchronize`);
       ranges = reply.divergent;
@@ -490,7 +549,8 @@ export class PrimaryReplication {
     }
     this.checkLogGrowth();
     let waitMs: number | null;
-    if (err.recoverable) waitMs = retryDelayMs(this.deps.retry, this.failures);
+    if (err.code === 'DISK_CHANGE_UNCONFIRMED') waitMs = DISK_CHANGE_LOOK_MS; // confirmed, or the disk put back as it was
+    else if (err.recoverable) waitMs = retryDelayMs(this.deps.retry, this.failures);
     else if (this.state === ReplicationState.ResyncRequired) waitMs = this.untilResyncWindow();
     else waitMs = null;
     log.warn({ replication: this.spec.id, code: err.code, recoverable: err.recoverable, attempt: this.failures, retryInMs: waitMs }, err.message);
@@ -589,8 +649,8 @@ export class PrimaryReplication {
   }
 
   private openArgs(): Omit<OpenRequest, 'reset'> {
-    const disks = this.vm.disks.map((d) => ({ id: d.id, name: d.name, size: d.size }));
-    return { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch };
+    const disks = this.agreed ?? this.liveDisks();
+    return { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch, ...(this.applyingChange?.confirmed ? { confirmedShrink: true } : {}) };
   }
 
   private async ensureConnected(): Promise<ReplicaClient> {
@@ -603,8 +663,22 @@ export class PrimaryReplication {
         ? await ReplicaClient.over(this.deps.inProcess(peer, this.vm.id), peer.containerUrl, this.deps.agentName, false)
         : await ReplicaClient.connect(peer, this.deps.tls(), this.deps.agentName, this.spec.compression);
     this.channel = client.channel;
-    const openArgs = this.openArgs();
-    let open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
+    let openArgs = this.openArgs();
+    let open: OpenResult;
+    try {
+      open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
+    } catch (e) {
+      // started (or restarted) with disks shrunk or removed: the replica's disks are those
+      // agreed until the user confirms the change (takeDiskChange)
+      const theirs = (e as OsrError).details?.disks;
+      if (!(e instanceof OsrError) || e.code !== 'DISK_CHANGE_UNCONFIRMED' || this.agreed || !Array.isArray(theirs)) {
+        client.close();
+        throw e;
+      }
+      this.agreed = theirs.map((d: { id?: unknown; name?: unknown; size?: unknown }) => ({ id: safeName(d.id, 'disk id'), name: safeName(d.name, 'disk name'), size: safeInteger(d.size, 'disk size', 0, MAX_DISK_BYTES) }));
+      openArgs = this.openArgs();
+      open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
+    }
     if (fresh && open.initialDone && open.points.some((p) => !p.unverified) && !open.divergent) {
       // onboarding: the replica already holds a copy of this VM (an earlier protection), so
       // its blocks are compared instead of copied. Tracking starts now; the resync drops
@@ -627,6 +701,11 @@ export class PrimaryReplication {
     }
     client.pace = (bytes) => this.pace(bytes);
     this.client = client;
+    this.agreed = openArgs.disks;
+    if (this.applyingChange) {
+      this.applyingChange = undefined;
+      this.confirmedChange = undefined;
+    }
     this.latestSeq = open.latestSeq;
     this.divergent = open.divergent ?? null;
     // the base of a replica made from an old primary's disks is not a point of this VM
@@ -877,6 +956,9 @@ export class PrimaryReplication {
     const syncedMs = this.deps.clock.now();
     const closed = [...tracker.closedDeltas(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
     for (const [seq, logs] of closed) {
+      // the VM's disks changed: the replica takes the change before any more deltas (the loop)
+      const change = this.diskChange();
+      if (change && !diskChangeEmpty(change)) return;
       const beginMs = this.deps.clock.now();
       if (logs.length !== this.vm.disks.length) {
         throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs for ${logs.length} of ${this.vm.disks.length} disks`);
@@ -927,6 +1009,8 @@ export class PrimaryReplication {
    */
   private async swapAndShip(client: ReplicaClient): Promise<void> {
     const tracker = this.vm.tracking;
+    const change = this.diskChange();
+    if (change && !diskChangeEmpty(change)) return;
     const streamable = tracker.activeUnlogged === true && !tracker.resync && this.latestSeq !== null && tracker.closedDeltas(this.latestSeq).size === 0;
     if (!streamable) {
       await this.swap();
@@ -1041,8 +1125,27 @@ export class PrimaryReplication {
       bytesShipped: this.bytesShipped,
       lastDelta: this.lastDelta,
       churn: this.churn(),
+      diskChange: this.diskChangeHealth(),
     };
   }
+
+  private diskChangeHealth(): ReplicationHealth['diskChange'] {
+    const change = this.diskChange();
+    if (!change || diskChangeEmpty(change)) return null;
+    const summary = describeDiskChange(change);
+    return { summary, needsConfirmation: diskChangeNeedsConfirmation(change), confirmed: this.confirmedChange === summary };
+  }
+}
+
+/** Ranges of the disks there are, cut at each disk's end. */
+function clipRanges(ranges: DiskRanges, disks: readonly { name: string; size: number }[]): DiskRanges {
+  const out: DiskRanges = {};
+  for (const d of disks) {
+    const list = ranges[d.name];
+    if (!list) continue;
+    out[d.name] = list.filter(([off]) => off < d.size).map(([off, len]): Range => [off, Math.min(len, d.size - off)]);
+  }
+  return out;
 }
 
 /** bytes of sorted ranges that lie below `offset` */

@@ -355,6 +355,37 @@ export class VmChangeTracker implements ChangeTracking {
     this.save();
   }
 
+  /**
+   * Track a disk added to the VM: its log opens now, in the delta writes go to (the closed
+   * deltas before it have no log of it; the replica copies the new disk whole).
+   */
+  addDisk(disk: { id: string; name: string }): void {
+    if (this.disks.some((d) => d.diskName === disk.name)) throw new OsrError('ALREADY_EXISTS', `disk ${disk.name} is tracked already`);
+    const logs = new DiskLogs(this.vmDir, disk.id, disk.name);
+    // a log left by an add a crash cut short
+    fs.rmSync(logs.dir, { recursive: true, force: true });
+    if (this.state.enabled && !this.state.resyncRequired) {
+      logs.open(this.activeSeq, this.now());
+      fsyncDir(logs.dir);
+    }
+    this.disks.push(logs);
+    // a clean stop records every disk's generation again
+    this.state.images = undefined;
+    this.save();
+  }
+
+  /** Stop tracking a removed disk: its logs go (the replica's next points do not have it). */
+  removeDisk(name: string): void {
+    const i = this.disks.findIndex((d) => d.diskName === name);
+    if (i < 0) return;
+    const [d] = this.disks.splice(i, 1);
+    d!.active?.closeFile();
+    d!.active = undefined;
+    fs.rmSync(d!.dir, { recursive: true, force: true });
+    this.state.images = undefined;
+    this.save();
+  }
+
   appendWrite(diskIndex: number, offset: number, data: Buffer): void {
     this.disks[diskIndex].active?.appendWrite(offset, data);
   }

@@ -166,6 +166,11 @@ export interface ReplicationHealth {
    * and the rate of the busiest delta (null until a delta after the first copy)
    */
   churn: { bytesPerSec: number; peakBytesPerSec: number; windowSeconds: number; deltas: number } | null;
+  /**
+   * the VM's disks changed under protection and the replica does not have the change yet:
+   * what changed, and whether it waits for the user's confirmation (a shrink or a removal)
+   */
+  diskChange: { summary: string; needsConfirmation: boolean; confirmed: boolean } | null;
 }
 
 export interface DeltaTimings {
