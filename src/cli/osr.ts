@@ -217,6 +217,27 @@ vm.command('commit <name>')
     const r = await client().post<{ vm: string; point: { seq: number } }>(`/v1/vms/${name}/commit`);
     print(r, () => `the failover of ${r.vm} is committed (point #${r.point.seq}): it runs from its own disks`);
   });
+const vmDisk = vm.command('disk').description("change a lab VM's disks as its admin would on a hypervisor; a replication of the VM follows (a shrink or a removal once confirmed: osr replication confirm-disks)");
+vmDisk
+  .command('add <name>')
+  .description('add an empty disk (the VM may run)')
+  .requiredOption('--size <size>', 'its virtual size, e.g. 16G')
+  .action(async (name: string, o: { size: string }) => {
+    const d = await client().post<{ name: string; size: number }>(`/v1/vms/${name}/disks`, { size: o.size });
+    print(d, () => `${name}: added ${d.name} (${formatBytes(d.size)})`);
+  });
+vmDisk
+  .command('resize <name> <disk>')
+  .description('grow a disk in place (the VM may run), or shrink it (the VM stopped: the bytes past the new end are lost)')
+  .requiredOption('--size <size>', 'the new virtual size, e.g. 32G')
+  .action(async (name: string, disk: string, o: { size: string }) => {
+    const d = await client().put<{ name: string; size: number }>(`/v1/vms/${name}/disks/${encodeURIComponent(disk)}`, { size: o.size });
+    print(d, () => `${name}: ${d.name} is ${formatBytes(d.size)} now`);
+  });
+vmDisk
+  .command('remove <name> <disk>')
+  .description('remove a disk and its image (the VM stopped)')
+  .action(async (name: string, disk: string) => print(await client().delete(`/v1/vms/${name}/disks/${encodeURIComponent(disk)}`), () => `${name}: ${disk} removed`));
 vm.command('nbd-uri <name> [disk]')
   .description("print the NBD URI of a VM's disk (every disk when none is named)")
   .option('--tcp', 'the TCP URI instead of the Unix socket one', false)
@@ -359,6 +380,13 @@ rep
   .command('resync <id>')
   .description('resynchronize now: compare every block with the replica and send those that differ')
   .action(async (id: string) => print(await client().post(`/v1/replications/${id}/resync`), () => 'resync requested (osr replication watch shows its progress)'));
+rep
+  .command('confirm-disks <id>')
+  .description("the VM's disks shrank or one was removed, and replication waits: go on; the replica's next points have the disks as they are now (older points keep theirs)")
+  .action(async (id: string) => {
+    const r = await client().post<{ summary: string }>(`/v1/replications/${id}/confirm-disks`);
+    print(r, () => `confirmed: ${r.summary}`);
+  });
 rep
   .command('disable <id>')
   .description('stop replicating (change tracking stops; the replica and its points stay)')

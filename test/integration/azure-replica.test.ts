@@ -75,7 +75,7 @@ test(
     assert.deepEqual(r.finishedInitialDisks(), ['sda', 'sdb']);
     assert.equal(r.initialDone, false);
     await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, vmId: 'another-vm' }, { spoolDir: path.join(dir, 'spool'), createContainer: true }), 'INVALID_STATE');
-    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }, { spoolDir: path.join(dir, 'spool'), createContainer: true }), 'INVALID_STATE');
+    await assertRejectsCode(AzureBlobReplica.open(container, { ...spec, disks: [DISKS[0]!] }, { spoolDir: path.join(dir, 'spool'), createContainer: true }), 'DISK_CHANGE_UNSUPPORTED');
 
     const expected = new Map<number, Buffer[]>();
     for (let seq = 1; seq <= 5; seq++) {
