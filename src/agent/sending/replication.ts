@@ -172,7 +172,7 @@ export class PrimaryReplication {
     const summary = describeDiskChange(change);
     const confirm = diskChangeNeedsConfirmation(change) && this.state !== ReplicationState.InitialReplication;
     if (confirm && this.confirmedChange !== summary) {
-      throw new OsrError('DISK_CHANGE_UNCONFIRMED', `the disks of ${this.vm.name} changed (${summary}); its replica keeps the older points with the disks as they were, and replication waits until the change is confirmed (osr item confirm-disks)`);
+      throw new OsrError('DISK_CHANGE_UNCONFIRMED', `the disks of ${this.vm.name} changed (${summary}); its replica keeps the older points with the disks as they were, and replication waits until the change is confirmed (osr replication confirm-disks ${this.spec.id} on this agent)`);
     }
     this.deps.log.info({ replication: this.spec.id }, `the disks of ${this.vm.name} changed (${summary}): the replica takes the change, and only what is new is copied`);
     this.applyingChange = { confirmed: confirm };
