@@ -286,7 +286,7 @@ export class Agent {
   private listExports(): string[] {
     const out: string[] = [];
     if (this.host.servesDisks) for (const vm of this.host.list()) if (vm.running) for (const d of vm.spec.disks) out.push(`${vm.name}/${d.name}`);
-    for (const p of this.replicas.provisional()) if (p.promotion.running !== false && !p.promotion.committing) for (const d of p.store.disks) out.push(`${p.store.vmName}/${d.name}`);
+    for (const p of this.replicas.provisional()) if (p.promotion.running !== false && !p.promotion.committing) for (const d of p.store.pointDisks(p.promotion.point.seq)) out.push(`${p.store.vmName}/${d.name}`);
     for (const s of this.replicas.list()) for (const o of s.listOverlays()) for (const d of o.disks) out.push(`replica/${s.vmName}/${o.id}/${d.name}`);
     return out;
   }
@@ -486,7 +486,7 @@ export class Agent {
     return this.replicas.provisional().map(({ store, epoch, promotion: p }) => ({
       id: store.vmId,
       name: store.vmName,
-      disks: store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: null })),
+      disks: store.pointDisks(p.point.seq).map((d) => ({ id: d.id, name: d.name, size: d.size, image: null })),
       running: p.running !== false && !p.committing,
       createdAt: p.promotedAt ?? new Date(p.point.timeMs).toISOString(),
       origin: { epoch, point: { seq: p.point.seq, timeMs: p.point.timeMs }, promotedAt: p.promotedAt ?? '', pending: true },

@@ -42,6 +42,7 @@ export const PROVIDER_ROUTES: ReadonlySet<string> = new Set([
   'POST /v1/replications/:id/cycle',
   'POST /v1/replications/:id/retry',
   'POST /v1/replications/:id/resync',
+  'POST /v1/replications/:id/confirm-disks',
   'POST /v1/replications/:id/prepare-failover',
   // a consistency group's cuts (its coordinator holds, then swaps or aborts)
   'POST /v1/cuts',

@@ -95,6 +95,21 @@ export interface ResyncBody {
   requestedAt: string;
 }
 
+/**
+ * replication.confirm-disks, to the primary fabric: the VM's disks shrank or one was
+ * removed, and its replication waits; the user confirms, and the replica's next points
+ * have the disks as they are now.
+ */
+export interface ConfirmDisksBody {
+  item: string;
+  vmId?: string;
+}
+
+export interface ConfirmDisksResult {
+  /** what changed, as the host saw it */
+  summary: string;
+}
+
 export interface ResyncProgress extends InitialReplicationProgress {
   /** found different and sent so far */
   differingBytes: number;
@@ -253,6 +268,7 @@ export interface CommandMap {
   'replication.enable': { body: EnableReplicationBody; result: NoResult };
   'replication.initial': { body: InitialReplicationBody; result: InitialReplicationResult; progress: InitialReplicationProgress };
   'replication.resync': { body: ResyncBody; result: ResyncResult; progress: ResyncProgress };
+  'replication.confirm-disks': { body: ConfirmDisksBody; result: ConfirmDisksResult };
   'replication.disable': { body: DisableReplicationBody; result: NoResult };
   'replica.remove': { body: RemoveReplicaBody; result: RemoveReplicaResult };
   'replica.connect-nics': { body: ConnectNicsBody; result: ConnectNicsResult };
@@ -281,6 +297,7 @@ export const Commands = {
   EnableReplication: 'replication.enable',
   InitialReplication: 'replication.initial',
   Resync: 'replication.resync',
+  ConfirmDisks: 'replication.confirm-disks',
   DisableReplication: 'replication.disable',
   RemoveReplica: 'replica.remove',
   ConnectNics: 'replica.connect-nics',
@@ -464,6 +481,7 @@ const BODY_CHECKS: { [K in CommandKind]: Check<CommandBody<K>> } = {
   }),
   'replication.initial': object<InitialReplicationBody>({ item: id, vmId: optional(id), method: initialReplication }),
   'replication.resync': object<ResyncBody>({ item: id, vmId: optional(id), requestedAt: text }),
+  'replication.confirm-disks': object<ConfirmDisksBody>({ item: id, vmId: optional(id) }),
   'replication.disable': object<DisableReplicationBody>({ item: id, vmId: optional(id) }),
   'replica.remove': object<RemoveReplicaBody>({ item: id, replicaVmId: nullable(id), delete: optional(bool) }),
   'replica.connect-nics': object<ConnectNicsBody>({ item: id, replicaVmId: id, networks: record(nullable(id)) }),

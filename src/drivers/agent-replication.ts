@@ -364,6 +364,12 @@ export class AgentReplication implements FabricReplication {
     await a.post(`/v1/replications/${name}/resync`);
   }
 
+  async confirmDiskChange(vmId: string): Promise<{ summary: string }> {
+    const v = this.vm(vmId);
+    const r = await this.site.agent(v.hostId).post<{ summary?: unknown }>(`/v1/replications/${encodeURIComponent(v.name)}/confirm-disks`);
+    return { summary: typeof r?.summary === 'string' ? r.summary.slice(0, 2000) : '' };
+  }
+
   async stopReplication(vmId: string): Promise<void> {
     const v = this.vm(vmId);
     try {

@@ -209,6 +209,12 @@ export interface FabricReplication {
    * is not started again. `replicationStatus().resync` shows its progress.
    */
   resync(vmId: string): Promise<void>;
+  /**
+   * the VM's disks shrank or one was removed and its replication waits for the user: go
+   * on, the replica's next points have the disks as they are now (older points keep
+   * theirs). INVALID_STATE when nothing waits. Absent: the fabric's VMs never wait so.
+   */
+  confirmDiskChange?(vmId: string): Promise<{ summary: string }>;
   /** stop replicating (idempotent); the VM keeps running */
   stopReplication(vmId: string): Promise<void>;
   /**

@@ -283,6 +283,11 @@ export class FabricProvider {
           }
         }
       },
+      /** primary site: the user confirms a shrink or removal of the VM's disks its replication waits on */
+      'replication.confirm-disks': async ({ body: b }) => {
+        if (!repl.confirmDiskChange) throw new OsrError('NOT_SUPPORTED', `fabric ${this.fabricId} (${d.kind}) has no disk change to confirm: its VMs' replication does not wait on one`);
+        return repl.confirmDiskChange(this.localId(b.vmId ?? b.item));
+      },
       'replication.disable': async ({ body: b }) => {
         await repl.stopReplication(this.localId(b.vmId ?? b.item));
         await this.remember({ itemId: b.item, role: 'source', remove: true });

@@ -20,7 +20,7 @@ import { JobState } from '../store/jobs.js';
 import { changeItem, eventIdFor, releaseItem, retakeItem } from './item-state.js';
 import type { WorkflowDeps } from './protection.js';
 
-export const ResyncJobs = { Resync: 'resync' } as const;
+export const ResyncJobs = { Resync: 'resync', ConfirmDisks: 'confirm-disks' } as const;
 
 /** The states a resync on request starts from. */
 export const RESYNC_FROM: readonly ProtectionState[] = ITEM_TRANSITIONS[ItemOperation.Resync].from;
@@ -36,8 +36,43 @@ interface ResyncData extends JobData {
   result?: ResyncResult | null;
 }
 
+export interface ConfirmDisksInput {
+  itemId: string;
+}
+
 export function registerResyncJobs(engine: JobEngine, deps: WorkflowDeps): void {
   const { store, alerting, clock } = deps;
+
+  /**
+   * The VM's disks shrank or one was removed, and its replication waits for the user: the
+   * primary site's host is told to go on. The item's state does not change (it stays
+   * Protected, its health Critical until the replica has the change). Run twice, the second
+   * answer is INVALID_STATE (nothing waits any more): the first one did it.
+   */
+  engine.register<ConfirmDisksInput, JobData>({
+    kind: ResyncJobs.ConfirmDisks,
+    tasks: [
+      {
+        name: 'Confirm disk change',
+        async run(ctx) {
+          const eventId = await eventIdFor(ctx, 'item.disks-confirmed');
+          const item = await store.items.get(ctx.input.itemId);
+          const source = item.replication.sourceFabricId;
+          if (!source || item.activeJobId !== null) throw new OsrError('INVALID_STATE', `${item.name} is ${item.state}${item.activeJobId ? ` with job ${item.activeJobId} running` : ''}; a disk change is confirmed while it replicates`);
+          const r = await ctx.command(source, Commands.ConfirmDisks, { item: item.id, vmId: item.replication.primaryVmId ?? item.id });
+          ctx.data.output = { summary: r.summary };
+          await alerting.event({
+            id: eventId,
+            target: item.id,
+            kind: 'item.disks-confirmed',
+            severity: Severity.Info,
+            message: `the disk change of ${item.name} was confirmed (${r.summary}): its next points have the disks as they are now; older points keep theirs`,
+            details: { job: ctx.jobId, summary: r.summary },
+          });
+        },
+      },
+    ],
+  });
 
   engine.register<ResyncInput, ResyncData>({
     kind: ResyncJobs.Resync,

@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import { NbdClient } from '../../src/agent/nbd/nbd-client.js';
 import { createVm, fileDigest, fillRandom, health, restartAgentProcess, startPair, stopAgentProcess, waitFor, waitForPoint, writePattern, type DiskInfo, type Pair, pointDigests as replicaPointDigests } from '../support/lab.js';
@@ -25,14 +26,17 @@ const VM = 'dc1';
 
 const pointDigests = (seq: number): Promise<string[]> => replicaPointDigests(pair.replica, VM, seq);
 const liveDisks = () => pair.primary.api.get<DiskInfo[]>(`/v1/vms/${VM}/disks`);
-const liveDigests = async () => (await liveDisks()).map((d) => fileDigest(d.image!, d.size).digest);
+const liveDigests = async () => (await liveDisks()).map((d) => fileDigest(d.image, d.size).digest);
 
-/** Ask for a cycle and wait for a point after `seq` with no disk change left: answers its health. */
+/** Ask for a cycle and wait for a point after `seq` that has the VM's disks as they are now: answers the health then. */
 async function nextPoint(seq: number): Promise<ReplicationHealth> {
   await pair.primary.api.post(`/v1/replications/${VM}/cycle`);
-  return waitFor(`a point after ${seq}`, async () => {
+  const shape = (await liveDisks()).map((d) => ({ name: d.name, size: d.size }));
+  return waitFor(`a point after ${seq} with disks ${JSON.stringify(shape)}`, async () => {
     const h = await health(pair.primary, VM);
-    return h.latestPoint && h.latestPoint.seq > seq && h.diskChange === null && h.state === 'Replicating' ? h : undefined;
+    if (!h.latestPoint || h.latestPoint.seq <= seq || h.diskChange !== null || h.state !== 'Replicating') return undefined;
+    const latest = (await points()).at(-1);
+    return latest?.seq === h.latestPoint.seq && JSON.stringify(latest.disks) === JSON.stringify(shape) ? h : undefined;
   }, 60_000);
 }
 
@@ -43,7 +47,7 @@ async function points(): Promise<{ seq: number; disks?: { name: string; size: nu
 
 test('disks added, grown, shrunk and removed under protection reach the replica without sending the other disks again', async () => {
   const disks = await createVm(pair.primary, VM, ['32M']);
-  fillRandom(disks[0]!.image!, 32 * MiB);
+  fillRandom(disks[0]!.image, 32 * MiB);
   await pair.primary.api.post('/v1/replications', { vm: VM, peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', maxPoints: 50, resyncWindow: 'never' });
   const first = await waitForPoint(pair.primary, VM, null);
   const p1 = first.latestPoint!.seq;
@@ -54,7 +58,7 @@ test('disks added, grown, shrunk and removed under protection reach the replica 
   const added = await pair.primary.api.post<{ name: string; size: number }>(`/v1/vms/${VM}/disks`, { size: '16M' });
   assert.equal(added.name, 'disk1');
   const d1 = (await liveDisks()).find((d) => d.name === 'disk1')!;
-  await writePattern(d1.nbd!.unix, { writes: 40 });
+  await writePattern(d1.nbd.unix, { writes: 40 });
   const shippedBefore = first.bytesShipped;
   const h2 = await nextPoint(p1);
   const p2 = h2.latestPoint!.seq;
@@ -69,7 +73,7 @@ test('disks added, grown, shrunk and removed under protection reach the replica 
   const grown = await pair.primary.api.put<{ size: number }>(`/v1/vms/${VM}/disks/disk0`, { size: '48M' });
   assert.equal(grown.size, 48 * MiB);
   const d0 = (await liveDisks()).find((d) => d.name === 'disk0')!;
-  const c = await NbdClient.connect(d0.nbd!.unix);
+  const c = await NbdClient.connect(d0.nbd.unix);
   assert.equal(c.size, 48 * MiB, 'a new connection sees the grown disk');
   await c.write(40 * MiB, crypto.randomBytes(MiB));
   await c.flush();
@@ -94,10 +98,15 @@ test('disks added, grown, shrunk and removed under protection reach the replica 
   assert.match(waiting.lastError!.message, /disk1 shrunk from 16777216 to 8388608 bytes/);
   assert.deepEqual(waiting.diskChange, { summary: 'disk1 shrunk from 16777216 to 8388608 bytes', needsConfirmation: true, confirmed: false });
   assert.equal(waiting.health, 'Critical');
-  assert.equal(waiting.latestPoint!.seq, p3, 'no point while the shrink waits');
+  // the delta the shrink closed (the writes from before it) is a point with the disks as they were; none after it
+  const before = waiting.latestPoint!.seq;
+  assert.ok(before >= p3);
+  assert.deepEqual((await points()).at(-1)?.disks, [{ name: 'disk0', size: 48 * MiB }, { name: 'disk1', size: 16 * MiB }]);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal((await health(pair.primary, VM)).latestPoint!.seq, before, 'no point while the shrink waits');
   const confirmed = await pair.primary.api.post<{ summary: string }>(`/v1/replications/${VM}/confirm-disks`);
   assert.equal(confirmed.summary, 'disk1 shrunk from 16777216 to 8388608 bytes');
-  const h4 = await nextPoint(p3);
+  const h4 = await nextPoint(before);
   const p4 = h4.latestPoint!.seq;
   assert.deepEqual(await pointDigests(p4), await liveDigests());
   assert.equal((await pointDigests(p3)).length, 2);
@@ -122,7 +131,41 @@ test('disks added, grown, shrunk and removed under protection reach the replica 
   // and replication goes on with the new disks
   await pair.primary.api.post(`/v1/vms/${VM}/start`);
   const d0again = (await liveDisks())[0]!;
-  await writePattern(d0again.nbd!.unix, { writes: 20 });
+  await writePattern(d0again.nbd.unix, { writes: 20 });
   const h6 = await nextPoint(p5);
   assert.deepEqual(await pointDigests(h6.latestPoint!.seq), await liveDigests());
+});
+
+test('a shrink waits for confirmation across a restart of the primary agent; put back as it was, replication goes on by itself with the replica equal to the disk', async () => {
+  const vm = 'dc2';
+  const disks = await createVm(pair.primary, vm, ['32M']);
+  fillRandom(disks[0]!.image, 32 * MiB);
+  await pair.primary.api.post('/v1/replications', { vm, peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', maxPoints: 50, resyncWindow: 'never' });
+  const first = await waitForPoint(pair.primary, vm, null);
+  await pair.primary.api.post(`/v1/vms/${vm}/stop`);
+  await pair.primary.api.put(`/v1/vms/${vm}/disks/disk0`, { size: '16M' });
+  await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+  const unconfirmed = async () => ((await health(pair.primary, vm)).lastError?.code === 'DISK_CHANGE_UNCONFIRMED' ? true : undefined);
+  await waitFor('the shrink to wait', unconfirmed);
+  // the agent restarts: the replica still has the larger disk, and the wait goes on
+  await stopAgentProcess(pair.primary, 'SIGKILL');
+  pair.primary = await restartAgentProcess(pair.primary);
+  await waitFor('the shrink to wait after the restart', unconfirmed);
+  assert.equal((await health(pair.primary, vm)).diskChange?.summary, 'disk0 shrunk from 33554432 to 16777216 bytes');
+  // put back at its old size: the grown range reads as zeros, and the replica's next point does too
+  await pair.primary.api.put(`/v1/vms/${vm}/disks/disk0`, { size: '32M' });
+  const goneOn = await waitFor('replication to go on by itself', async () => {
+    const x = await health(pair.primary, vm);
+    return x.diskChange === null && x.state === 'Replicating' && x.latestPoint!.seq > first.latestPoint!.seq ? x : undefined;
+  }, 30_000);
+  // the next cycle ships the grow, whose change log zeroes the range at the replica
+  await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+  const h = await waitForPoint(pair.primary, vm, goneOn.latestPoint!.seq + 1);
+  const live = (await pair.primary.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`)).map((d) => fileDigest(d.image, d.size).digest);
+  assert.deepEqual(await replicaPointDigests(pair.replica, vm, h.latestPoint!.seq), live);
+  const tail = Buffer.alloc(16 * MiB);
+  const fd = fs.openSync(disks[0]!.image, 'r');
+  fs.readSync(fd, tail, 0, tail.length, 16 * MiB);
+  fs.closeSync(fd);
+  assert.ok(tail.every((b) => b === 0), 'the range cut off and grown back reads as zeros');
 });

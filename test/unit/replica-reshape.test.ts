@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ReplicaStore } from '../../src/agent/replica/replica-store.js';
 import type { ReplicaDiskSpec } from '../../src/agent/ports/replica-target.js';
-import { assertThrowsCode, withDir } from '../support/unit.js';
+import { assertRejectsCode, withDir } from '../support/unit.js';
 import { writeDeltaLog, type Op } from '../support/delta-log.js';
 
 const MiB = 1024 * 1024;
@@ -60,10 +60,10 @@ test(
     await apply(s, 2, { sdb: [{ kind: 'write', offset: MiB - 4096, data: tail }] });
     const p2 = await readAll(s, 2);
     // unconfirmed: refused, nothing changed
-    assertThrowsCode(() => s.reshape([{ ...A, size: MiB }], false), 'DISK_CHANGE_UNCONFIRMED');
+    await assertRejectsCode(s.reshape([{ ...A, size: MiB }], false), 'DISK_CHANGE_UNCONFIRMED');
     assert.deepEqual(s.disks, [A, B]);
     // confirmed: sda shrinks to 1 MiB, sdb is removed
-    const change = s.reshape([{ ...A, size: MiB }], true);
+    const change = await s.reshape([{ ...A, size: MiB }], true);
     assert.deepEqual(change.shrunk, [{ name: 'sda', from: 2 * MiB, to: MiB }]);
     assert.deepEqual(change.removed.map((d) => d.name), ['sdb']);
     assert.equal(s.divergent, undefined, 'nothing to resynchronize');
@@ -113,12 +113,12 @@ test(
     const s1 = await ReplicaStore.open(root, { vmId: 'vm1', disks: [] }, () => now);
     assert.equal(fs.existsSync(path.join(root, 'disks', 'sdc.img')), false);
     // a disk under an old name with another id is refused
-    assertThrowsCode(() => s1.reshape([A, { ...B, id: 'another' }], false), 'DISK_CHANGE_UNSUPPORTED');
-    const change = s1.reshape([{ ...A, size: 3 * MiB }, B, C], false);
+    await assertRejectsCode(s1.reshape([A, { ...B, id: 'another' }], false), 'DISK_CHANGE_UNSUPPORTED');
+    const change = await s1.reshape([{ ...A, size: 3 * MiB }, B, C], false);
     assert.deepEqual(change.added.map((d) => d.name), ['sdc']);
     assert.deepEqual(s1.divergent, { sda: [[2 * MiB, MiB]], sdc: [[0, MiB]] });
     // the same disks again change nothing (a reopen after a lost answer)
-    s1.reshape([{ ...A, size: 3 * MiB }, B, C], false);
+    await s1.reshape([{ ...A, size: 3 * MiB }, B, C], false);
     assert.deepEqual(s1.divergent, { sda: [[2 * MiB, MiB]], sdc: [[0, MiB]] });
     assert.equal(fs.statSync(s1.imagePath('sda')).size, 3 * MiB);
     // deltas wait for the resync of the new ranges

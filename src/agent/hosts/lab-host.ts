@@ -258,8 +258,10 @@ export class LabHost implements Host {
       const vm = this.get(name);
       checkDiskSize(size);
       if (vm.spec.disks.length >= MAX_DISKS_PER_VM) throw new OsrError('DISK_COUNT_LIMIT', `VM ${name} has ${vm.spec.disks.length} disks already; a lab VM has at most ${MAX_DISKS_PER_VM}`);
-      let n = vm.spec.nextDisk ?? vm.spec.disks.length;
+      let n = vm.spec.nextDisk ?? Math.max(vm.spec.disks.length, ...vm.spec.disks.map((d) => Number(/^disk(\d+)$/.exec(d.name)?.[1] ?? -1) + 1));
       while (vm.spec.disks.some((d) => d.name === `disk${n}`)) n++;
+      // the writes before the add are in a delta of the disks before it
+      vm.tracker.beforeShapeChange();
       const storage = path.dirname(vm.spec.disks[0]?.image ?? path.join(this.storageDir, name, 'x'));
       const disk: VmDiskSpec = { id: crypto.randomUUID(), name: `disk${n}`, size, image: path.join(storage, `disk${n}.img`) };
       fs.rmSync(disk.image, { force: true });
@@ -272,16 +274,31 @@ export class LabHost implements Host {
       vm.disks.push(new LabDisk(disk.id, disk.name, disk.image, disk.size, vm.tracker, vm.disks.length, vm.fencedWhy, vm.writeGate));
       return { ...disk };
     },
-    /** Grow in place (the guest sees the new size when it reconnects); a shrink cuts the image and needs the VM stopped. */
+    /**
+     * Grow in place (the guest sees the new size when it reconnects): the new range reads as
+     * zeros, and the change log says so (a replica that kept older bytes there, from before
+     * a shrink, is zeroed too). A shrink needs the VM stopped: the record says the new size
+     * before the image is cut, so a crash between leaves the bytes past the end unread.
+     */
     resizeDisk: async (name, diskName, size) => {
       const vm = this.get(name);
       const disk = vm.disk(diskName);
       const spec = vm.spec.disks.find((d) => d.name === diskName)!;
       checkDiskSize(size);
-      if (size < disk.size && vm.running) throw new OsrError('INVALID_STATE', `shut down ${name} before shrinking disk ${diskName}`);
-      disk.resize(size);
-      spec.size = size;
-      vm.saveSpec();
+      if (size === disk.size) return { ...spec };
+      const from = disk.size;
+      if (size < from && vm.running) throw new OsrError('INVALID_STATE', `shut down ${name} before shrinking disk ${diskName}`);
+      vm.tracker.beforeShapeChange();
+      if (size < from) {
+        spec.size = size;
+        vm.saveSpec();
+        disk.resize(size);
+      } else {
+        disk.resize(size);
+        vm.tracker.appendZero(disk.index, from, size - from);
+        spec.size = size;
+        vm.saveSpec();
+      }
       return { ...spec };
     },
     /** The VM must be stopped: the image goes, with the disk's change logs. */
@@ -291,6 +308,9 @@ export class LabHost implements Host {
       if (vm.running) throw new OsrError('INVALID_STATE', `shut down ${name} before removing disk ${diskName}`);
       if (vm.spec.disks.length === 1) throw new OsrError('DISK_COUNT_LIMIT', `disk ${diskName} is the last disk of ${name}; a lab VM has at least one`);
       const spec = vm.spec.disks.find((d) => d.name === diskName)!;
+      // a removed disk's name is not given to a new one (its replica keeps the old disk's points)
+      vm.spec.nextDisk ??= Math.max(vm.spec.disks.length, ...vm.spec.disks.map((d) => Number(/^disk(\d+)$/.exec(d.name)?.[1] ?? -1) + 1));
+      vm.tracker.beforeShapeChange();
       vm.spec.disks = vm.spec.disks.filter((d) => d.name !== diskName);
       vm.saveSpec();
       vm.tracker.removeDisk(diskName);

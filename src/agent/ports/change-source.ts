@@ -165,6 +165,13 @@ export interface ChangeTracking {
   /** closed deltas after afterSeq, by sequence number, one file per disk */
   closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]>;
   pointMetaOf(seq: number, fallbackMs: number): PointMeta;
+  /**
+   * the first delta after `afterSeq` that a change of the VM's disks closed: deltas up to it
+   * have the disks from before and ship so; the change is taken after it. Absent: the host
+   * does not record where its disks changed (they change only with the delta boundary the
+   * sender sees).
+   */
+  shapeChangedAfter?(afterSeq: number): number | undefined;
   /** the replica holds everything up to seq: forget it */
   releaseThrough(seq: number): void;
   pendingBytes(afterSeq: number): number;

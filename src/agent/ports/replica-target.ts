@@ -163,7 +163,7 @@ export interface ReplicaTarget {
    * removal needs `confirmed`. Absent: the target cannot change its disks (the primary
    * is told so, and replication waits).
    */
-  reshape?(disks: ReplicaDiskSpec[], confirmed: boolean): DiskChange | Promise<DiskChange>;
+  reshape?(disks: ReplicaDiskSpec[], confirmed: boolean): Promise<DiskChange>;
   /** the offline export the initial copy was imported from, where the target takes one */
   readonly seed?: { seq: number } | undefined;
 }

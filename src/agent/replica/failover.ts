@@ -130,7 +130,8 @@ async function hostedRun(host: Host, store: ReplicaStore, p: Promotion): Promise
   const run: PromotionRun = {
     vmId: store.vmId,
     vmName: store.vmName,
-    disks: store.disks.map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) })),
+    // the point's own disks (a disk added or grown after it is not the VM's at that point)
+    disks: store.pointDisks(p.point.seq).map((d) => ({ id: d.id, name: d.name, size: d.size, image: store.imagePath(d.name) })),
     pointSeq: p.point.seq,
     rollback: (disk) => {
       let v = views.get(disk);

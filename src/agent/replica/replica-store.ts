@@ -384,11 +384,13 @@ export class ReplicaStore implements ReplicaTarget {
    * ends there is no point to keep: the copy simply goes on with the new disks. Durable
    * on return; running it again with the same disks changes nothing.
    */
-  reshape(wanted: ReplicaDiskSpec[], confirmed: boolean): DiskChange {
+  async reshape(wanted: ReplicaDiskSpec[], confirmed: boolean): Promise<DiskChange> {
     const change = diskChangeOf(this.vmName, this.manifest.disks, wanted);
     if (diskChangeEmpty(change)) return change;
+    // a delta of the connection before may still be applied or pruned
+    await this.whenIdle(60_000);
     this.assertWritable();
-    if (this.busy || this.manifest.applying || this.manifest.commit) throw new OsrError('INVALID_STATE', `the replica of ${this.vmName} is applying a delta; its disks change once it is done`);
+    if (this.manifest.applying || this.manifest.commit) throw new OsrError('INVALID_STATE', `the replica of ${this.vmName} is applying a delta; its disks change once it is done`);
     const initial = !this.manifest.initial.done;
     if (!initial && diskChangeNeedsConfirmation(change) && !confirmed) {
       throw new OsrError('DISK_CHANGE_UNCONFIRMED', `the disks of ${this.vmName} changed (${describeDiskChange(change)}); the next points would lose data the older ones hold, so the change waits for confirmation`, { change, disks: this.manifest.disks });

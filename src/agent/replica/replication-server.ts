@@ -143,10 +143,9 @@ export class ReplicaRegistry implements ReplicaOpener {
     } else {
       s.setRetention(req.retention);
     }
-    // the VM's disks changed under protection: the replica takes the new ones for its next points
-    if (!sameDisks(s.disks, req.disks)) {
-      if (opts.reshape === false) throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${s.disks.map((d) => `${d.name}:${d.size}`).join(',')}, not ${req.disks.map((d) => `${d.name}:${d.size}`).join(',')}; remove the replica first`);
-      s.reshape(req.disks, req.confirmedShrink === true);
+    // the VM's disks changed under protection: the session reshapes the replica once the epoch and the source are checked
+    if (opts.reshape === false && !sameDisks(s.disks, req.disks)) {
+      throw new OsrError('INVALID_STATE', `the replica of ${req.vmName} here has disks ${s.disks.map((d) => `${d.name}:${d.size}`).join(',')}, not ${req.disks.map((d) => `${d.name}:${d.size}`).join(',')}; remove the replica first`);
     }
     if (source !== undefined) {
       // the vault may have given the replica to another source while the store opened
@@ -646,6 +645,11 @@ export class Session {
         const store = await this.registry.open(req, { name: this.peer!.commonName, fabricId: this.peer!.fabricId });
         await store.setEpoch(req.epoch);
         this.registry.claim(req.vmId, this);
+        // the VM's disks changed under protection: the replica takes the new ones for its next points
+        if (!sameDisks(store.disks, req.disks)) {
+          if (!store.reshape) throw new OsrError('DISK_CHANGE_UNSUPPORTED', `the replica of ${req.vmName} cannot change its disks under protection`);
+          await store.reshape(req.disks, req.confirmedShrink === true);
+        }
         if (req.reset) await store.resetInitial();
         this.store = store;
         const latest = store.latestPoint();

@@ -112,8 +112,8 @@ export class PrimaryReplication {
   private agreed: ReplicaDiskSpec[] | undefined;
   /** the shrink or removal the user confirmed (its summary): the next open may make it */
   private confirmedChange: string | undefined;
-  /** the change the replica takes at the next open (it may drop or shrink disks when confirmed) */
-  private applyingChange: { confirmed: boolean } | undefined;
+  /** the disks the next open gives the replica, a change it takes (it may drop or shrink disks when confirmed) */
+  private applyingChange: { disks: ReplicaDiskSpec[]; confirmed: boolean } | undefined;
 
   constructor(
     readonly spec: ReplicationSpec,
@@ -140,6 +140,16 @@ export class PrimaryReplication {
   private diskChange(): DiskChange | undefined {
     if (!this.agreed) return undefined;
     return diskChangeOf(this.vm.name, this.agreed, this.liveDisks());
+  }
+
+  /** Whether the VM's disks differ from the replica's (a disk replaced under its name counts). */
+  private diskChangePending(): boolean {
+    try {
+      const change = this.diskChange();
+      return change !== undefined && !diskChangeEmpty(change);
+    } catch {
+      return true;
+    }
   }
 
   private liveDisks(): ReplicaDiskSpec[] {
@@ -170,13 +180,25 @@ export class PrimaryReplication {
     const change = this.diskChange();
     if (!change || diskChangeEmpty(change)) return false;
     const summary = describeDiskChange(change);
-    const confirm = diskChangeNeedsConfirmation(change) && this.state !== ReplicationState.InitialReplication;
+    const tracker = this.vm.tracking;
+    if (this.state === ReplicationState.InitialReplication) {
+      // no point holds the old disks yet: the copy starts over with the new ones
+      this.deps.log.warn({ replication: this.spec.id }, `the disks of ${this.vm.name} changed during its initial copy (${summary}): the copy starts over`);
+      tracker.stop();
+      this.applyingChange = { disks: this.liveDisks(), confirmed: false };
+      this.client?.close();
+      this.client = undefined;
+      return true;
+    }
+    // the deltas from before the change ship first, with the disks they have
+    const boundary = tracker.shapeChangedAfter?.(this.latestSeq ?? 0);
+    if (boundary !== undefined && [...tracker.closedDeltas(this.latestSeq ?? 0).keys()].some((seq) => seq <= boundary)) return false;
+    const confirm = diskChangeNeedsConfirmation(change);
     if (confirm && this.confirmedChange !== summary) {
       throw new OsrError('DISK_CHANGE_UNCONFIRMED', `the disks of ${this.vm.name} changed (${summary}); its replica keeps the older points with the disks as they were, and replication waits until the change is confirmed (osr replication confirm-disks ${this.spec.id} on this agent)`);
     }
     this.deps.log.info({ replication: this.spec.id }, `the disks of ${this.vm.name} changed (${summary}): the replica takes the change, and only what is new is copied`);
-    this.applyingChange = { confirmed: confirm };
-    this.agreed = this.liveDisks();
+    this.applyingChange = { disks: this.liveDisks(), confirmed: confirm };
     this.client?.close();
     this.client = undefined;
     return true;
@@ -297,6 +319,8 @@ export class PrimaryReplication {
           await this.resync(client, required?.reason);
         }
         await this.shipPending(client);
+        // the deltas from before a change of the VM's disks are out: the replica takes the change
+        if (this.diskChangePending()) continue;
         this.state = ReplicationState.Replicating;
         // a group's member ships the cuts its coordinator makes (cutSwap wakes it); it cycles only when asked
         if (this.spec.group !== undefined && this.nextCycleMs !== 0) {
@@ -549,7 +573,7 @@ export class PrimaryReplication {
     }
     this.checkLogGrowth();
     let waitMs: number | null;
-    if (err.code === 'DISK_CHANGE_UNCONFIRMED') waitMs = DISK_CHANGE_LOOK_MS; // confirmed, or the disk put back as it was
+    if (err.code === 'DISK_CHANGE_UNCONFIRMED' || err.code === 'DISK_CHANGE_UNSUPPORTED') waitMs = DISK_CHANGE_LOOK_MS; // confirmed, or the disk put back as it was
     else if (err.recoverable) waitMs = retryDelayMs(this.deps.retry, this.failures);
     else if (this.state === ReplicationState.ResyncRequired) waitMs = this.untilResyncWindow();
     else waitMs = null;
@@ -649,7 +673,7 @@ export class PrimaryReplication {
   }
 
   private openArgs(): Omit<OpenRequest, 'reset'> {
-    const disks = this.agreed ?? this.liveDisks();
+    const disks = this.applyingChange?.disks ?? this.agreed ?? this.liveDisks();
     return { vmId: this.vm.id, vmName: this.vm.name, disks, retention: this.spec.retention, epoch: this.spec.epoch, ...(this.applyingChange?.confirmed ? { confirmedShrink: true } : {}) };
   }
 
@@ -666,18 +690,22 @@ export class PrimaryReplication {
     let openArgs = this.openArgs();
     let open: OpenResult;
     try {
-      open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
-    } catch (e) {
-      // started (or restarted) with disks shrunk or removed: the replica's disks are those
-      // agreed until the user confirms the change (takeDiskChange)
-      const theirs = (e as OsrError).details?.disks;
-      if (!(e instanceof OsrError) || e.code !== 'DISK_CHANGE_UNCONFIRMED' || this.agreed || !Array.isArray(theirs)) {
-        client.close();
-        throw e;
+      try {
+        open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
+      } catch (e) {
+        // a change the replica did not take: the next open is with the disks it has
+        this.applyingChange = undefined;
+        // disks shrunk or removed (this agent restarted since): the replica's disks are
+        // those agreed until the user confirms the change (takeDiskChange)
+        const theirs = (e as OsrError).details?.disks;
+        if (!(e instanceof OsrError) || e.code !== 'DISK_CHANGE_UNCONFIRMED' || !Array.isArray(theirs) || theirs.length > 64) throw e;
+        this.agreed = theirs.map((d: { id?: unknown; name?: unknown; size?: unknown }) => ({ id: safeName(d.id, 'disk id'), name: safeName(d.name, 'disk name'), size: safeInteger(d.size, 'disk size', 0, MAX_DISK_BYTES) }));
+        openArgs = this.openArgs();
+        open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
       }
-      this.agreed = theirs.map((d: { id?: unknown; name?: unknown; size?: unknown }) => ({ id: safeName(d.id, 'disk id'), name: safeName(d.name, 'disk name'), size: safeInteger(d.size, 'disk size', 0, MAX_DISK_BYTES) }));
-      openArgs = this.openArgs();
-      open = await client.request<OpenResult>('open', { ...openArgs, reset: false });
+    } catch (e) {
+      client.close();
+      throw e;
     }
     if (fresh && open.initialDone && open.points.some((p) => !p.unverified) && !open.divergent) {
       // onboarding: the replica already holds a copy of this VM (an earlier protection), so
@@ -955,19 +983,21 @@ export class PrimaryReplication {
     await tracker.closedSynced();
     const syncedMs = this.deps.clock.now();
     const closed = [...tracker.closedDeltas(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
+    // the VM's disks changed: the deltas from before ship with the disks they have, then the loop gives the replica the change
+    const boundary = tracker.shapeChangedAfter?.(this.latestSeq ?? 0);
+    // the disks the replica has: every delta shipped has a log of each, and of no other
+    const disks = this.agreed ?? this.liveDisks();
     for (const [seq, logs] of closed) {
-      // the VM's disks changed: the replica takes the change before any more deltas (the loop)
-      const change = this.diskChange();
-      if (change && !diskChangeEmpty(change)) return;
+      if (this.diskChangePending() && (boundary === undefined || seq > boundary)) return;
       const beginMs = this.deps.clock.now();
-      if (logs.length !== this.vm.disks.length) {
-        throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs for ${logs.length} of ${this.vm.disks.length} disks`);
+      if (logs.length !== disks.length || !disks.every((d) => logs.some((l) => l.disk === d.name))) {
+        throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs of ${logs.map((l) => l.disk).join(', ') || 'no disk'}, not of its disks ${disks.map((d) => d.name).join(', ')}`);
       }
       const meta = tracker.pointMetaOf(seq, logs[0].closedMs);
       const deltaBytes = logs.reduce((n, l) => n + l.bytes, 0);
       const resync = tracker.resync?.seq === seq ? tracker.resync.id : undefined;
       await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes, ...(meta.cut !== undefined ? { cut: meta.cut } : {}) }, resync });
-      for (const disk of this.vm.disks) {
+      for (const disk of disks) {
         const log = logs.find((l) => l.disk === disk.name)!;
         await client.notice({ type: 'delta-disk', disk: disk.name });
         const fd = fs.openSync(log.file, 'r');
@@ -1009,8 +1039,7 @@ export class PrimaryReplication {
    */
   private async swapAndShip(client: ReplicaClient): Promise<void> {
     const tracker = this.vm.tracking;
-    const change = this.diskChange();
-    if (change && !diskChangeEmpty(change)) return;
+    if (this.diskChangePending()) return;
     const streamable = tracker.activeUnlogged === true && !tracker.resync && this.latestSeq !== null && tracker.closedDeltas(this.latestSeq).size === 0;
     if (!streamable) {
       await this.swap();
@@ -1130,7 +1159,12 @@ export class PrimaryReplication {
   }
 
   private diskChangeHealth(): ReplicationHealth['diskChange'] {
-    const change = this.diskChange();
+    let change: DiskChange | undefined;
+    try {
+      change = this.diskChange();
+    } catch (e) {
+      return { summary: toOsrError(e).message, needsConfirmation: false, confirmed: false };
+    }
     if (!change || diskChangeEmpty(change)) return null;
     const summary = describeDiskChange(change);
     return { summary, needsConfirmation: diskChangeNeedsConfirmation(change), confirmed: this.confirmedChange === summary };

@@ -36,6 +36,13 @@ export interface TrackingState {
    * outside replication (written by another tool, replaced, resized).
    */
   images?: ImageGeneration[] | undefined;
+  /**
+   * the VM's disks changed after each of these deltas (the change closed it): a delta up to
+   * one has the disks from before, and ships so before the replica takes the change
+   */
+  shapeChanges?: number[] | undefined;
+  /** disks removed from the VM whose closed logs still wait to be shipped */
+  retired?: { id: string; name: string }[] | undefined;
 }
 
 export interface ImageGeneration {
@@ -124,6 +131,8 @@ export class VmChangeTracker implements ChangeTracking {
   private state: TrackingState;
   private readonly stateFile: string;
   readonly disks: DiskLogs[];
+  /** removed disks whose closed logs wait to be shipped (no open log) */
+  private retired: DiskLogs[];
 
   constructor(
     readonly vmDir: string,
@@ -138,6 +147,30 @@ export class VmChangeTracker implements ChangeTracking {
       bootId: currentBootId(),
       nextSeq: 1,
     };
+    this.retired = (this.state.retired ?? []).map((d) => new DiskLogs(vmDir, d.id, d.name));
+  }
+
+  /** every disk with logs: the VM's, and removed ones whose closed logs wait */
+  private get allLogs(): DiskLogs[] {
+    return this.retired.length === 0 ? this.disks : [...this.disks, ...this.retired];
+  }
+
+  /** The first delta after `afterSeq` that closed before a change of the VM's disks: deltas up to it have the disks from before. */
+  shapeChangedAfter(afterSeq: number): number | undefined {
+    return this.state.shapeChanges?.find((s) => s > afterSeq);
+  }
+
+  /**
+   * Before the VM's disks change: the current delta closes now, so every write made before
+   * the change is in a delta that has the disks from before (shapeChangedAfter). Refused
+   * while a resync runs: its point must have one set of disks.
+   */
+  beforeShapeChange(): void {
+    if (!this.state.enabled || this.state.resyncRequired) return;
+    if (this.state.resync) throw new OsrError('INVALID_STATE', 'a resync of this VM runs; change its disks once it is done');
+    const seq = this.swapLogs(Consistency.Crash, undefined);
+    this.state.shapeChanges = [...(this.state.shapeChanges ?? []), seq];
+    this.save();
   }
 
   get enabled(): boolean {
@@ -176,8 +209,11 @@ export class VmChangeTracker implements ChangeTracking {
       for (const { seq: s, file } of d.listFiles()) if (!keep || s !== seq) fs.rmSync(file);
       if (!keep) d.open(seq, this.now());
     }
+    // a removed disk's logs and the disks' changes are superseded too: the resync compares the disks there are
+    for (const d of this.retired) fs.rmSync(d.dir, { recursive: true, force: true });
+    this.retired = [];
     const resync = { id: crypto.randomUUID(), seq, startedMs: this.now() };
-    this.state = { ...this.state, nextSeq: seq + 1, resyncRequired: undefined, pointMeta: {}, resync };
+    this.state = { ...this.state, nextSeq: seq + 1, resyncRequired: undefined, pointMeta: {}, resync, shapeChanges: undefined, retired: undefined };
     this.save();
     for (const d of this.disks) fsyncDir(d.dir);
     return { ...resync, resumed: false };
@@ -346,12 +382,13 @@ export class VmChangeTracker implements ChangeTracking {
 
   /** Stop tracking and delete every log (replication removed). */
   stop(): void {
-    for (const d of this.disks) {
+    for (const d of this.allLogs) {
       d.active?.closeFile();
       d.active = undefined;
       fs.rmSync(d.dir, { recursive: true, force: true });
     }
-    this.state = { ...this.state, enabled: false, resync: undefined };
+    this.retired = [];
+    this.state = { ...this.state, enabled: false, resync: undefined, shapeChanges: undefined, retired: undefined };
     this.save();
   }
 
@@ -374,14 +411,24 @@ export class VmChangeTracker implements ChangeTracking {
     this.save();
   }
 
-  /** Stop tracking a removed disk: its logs go (the replica's next points do not have it). */
+  /**
+   * Stop tracking a removed disk (after beforeShapeChange closed its last delta): its open
+   * log, empty, goes; its closed logs stay until shipped, as the deltas from before the
+   * removal have them.
+   */
   removeDisk(name: string): void {
     const i = this.disks.findIndex((d) => d.diskName === name);
     if (i < 0) return;
-    const [d] = this.disks.splice(i, 1);
-    d!.active?.closeFile();
-    d!.active = undefined;
-    fs.rmSync(d!.dir, { recursive: true, force: true });
+    const d = this.disks.splice(i, 1)[0]!;
+    const open = d.active;
+    d.active = undefined;
+    if (open) {
+      open.closeFile();
+      fs.rmSync(open.path, { force: true });
+    }
+    if (this.state.enabled && d.listFiles().length > 0) this.retired.push(d);
+    else fs.rmSync(d.dir, { recursive: true, force: true });
+    this.state.retired = this.retired.length > 0 ? this.retired.map((r) => ({ id: r.diskId, name: r.diskName })) : undefined;
     this.state.images = undefined;
     this.save();
   }
@@ -517,7 +564,7 @@ export class VmChangeTracker implements ChangeTracking {
   closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]> {
     const out = new Map<number, ClosedDeltaFile[]>();
     const activeSeq = this.activeSeq;
-    for (const d of this.disks) {
+    for (const d of this.allLogs) {
       for (const { seq, file } of d.listFiles()) {
         if (seq <= afterSeq || seq >= activeSeq) continue;
         const st = fs.statSync(file);
@@ -535,8 +582,19 @@ export class VmChangeTracker implements ChangeTracking {
 
   /** Delete closed logs up to and including seq: the replica has applied them. */
   releaseThrough(seq: number): void {
-    for (const d of this.disks) {
+    for (const d of this.allLogs) {
       for (const f of d.listFiles()) if (f.seq <= seq && f.seq < this.activeSeq) discard(f.file, this.trashDir);
+    }
+    // a removed disk whose last delta is at the replica, and the changes it has taken, are done with
+    const gone = this.retired.filter((d) => d.listFiles().length === 0);
+    const passed = (this.state.shapeChanges ?? []).filter((x) => x <= seq);
+    if (gone.length > 0 || passed.length > 0) {
+      for (const d of gone) fs.rmSync(d.dir, { recursive: true, force: true });
+      this.retired = this.retired.filter((d) => !gone.includes(d));
+      this.state.retired = this.retired.length > 0 ? this.retired.map((r) => ({ id: r.diskId, name: r.diskName })) : undefined;
+      const left = (this.state.shapeChanges ?? []).filter((x) => x > seq);
+      this.state.shapeChanges = left.length > 0 ? left : undefined;
+      if (!this.prepared) this.save();
     }
     const meta = { ...this.state.pointMeta };
     let changed = false;
@@ -560,7 +618,7 @@ export class VmChangeTracker implements ChangeTracking {
    */
   loggedRanges(which: 'all' | 'closed'): DiskRanges {
     const out: DiskRanges = {};
-    for (const d of this.disks) {
+    for (const d of this.allLogs) {
       const list: Range[] = [];
       for (const { seq, file } of d.listFiles()) {
         if (which === 'closed' && seq >= this.activeSeq) continue;
@@ -580,7 +638,7 @@ export class VmChangeTracker implements ChangeTracking {
   /** change-log bytes not yet at the replica, per disk name */
   pendingBytesByDisk(afterSeq: number): Map<string, number> {
     const out = new Map<string, number>();
-    for (const d of this.disks) {
+    for (const d of this.allLogs) {
       let n = 0;
       for (const f of d.listFiles()) if (f.seq > afterSeq && f.seq < this.activeSeq) n += fs.statSync(f.file).size;
       // the open log's header is not pending data

@@ -7,6 +7,7 @@ import { ItemOperation, startItemOperation } from '../../workflows/item-jobs.js'
 import { checkFabricCan, checkGroupSite, checkProtectionOptions } from '../../workflows/fabric-capabilities.js';
 import { MAX_NAME_LENGTH, SAFE_NAME_PATTERN } from '../../domain/names.js';
 import { JobKinds } from '../../workflows/protection.js';
+import { ResyncJobs } from '../../workflows/resync.js';
 import { accepted, page, principal, type App, type VaultContext } from '../context.js';
 import { Id, IdParam, PageQuery } from '../schemas.js';
 
@@ -220,6 +221,22 @@ export const protectionRoutes = (ctx: VaultContext) => async (app: App) => {
       const source = (await items.get(request.params.id)).replication.sourceFabricId;
       if (source) await checkFabricCan(ctx.store, source, 'resyncOnRequest', 'resynchronize on request; its resync runs in the window its hosts allow');
       return accepted(reply, await startOperation(ItemOperation.Resync, request.params.id, (item) => ({ itemId: item.id, from: item.state }), principal(request).actor));
+    },
+  );
+  app.post(
+    '/protected-items/:id/confirm-disks',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: 'confirm a disk change (a job): the VM\'s disks shrank or one was removed, and its replication waits (health reason DISK_CHANGE_UNCONFIRMED); the replica\'s next points have the disks as they are now, older points keep theirs',
+        tags,
+        params: IdParam,
+      },
+    },
+    async (request, reply) => {
+      const item = await items.get(request.params.id);
+      if (!item.replication.sourceFabricId) throw new OsrError('INVALID_STATE', `${item.name} does not replicate; there is no disk change to confirm`);
+      return accepted(reply, await ctx.engine.submit(ResyncJobs.ConfirmDisks, { target: item.id, input: { itemId: item.id }, createdBy: principal(request).actor }));
     },
   );
   itemAction(ItemOperation.Reprotect, 'reprotect after a committed failover (a job): the old primary becomes the replica and replication runs the other way, sending only what differs');
