@@ -406,6 +406,14 @@ export function addProtectionCommands(program: Command): void {
     () => undefined,
     (name) => `resync of ${name}`,
   );
+  itemJob(
+    'confirm-disks',
+    "confirm a disk change (a job): the VM's disks shrank or one was removed, and its replication waits (health reason DISK_CHANGE_UNCONFIRMED); the replica's next points have the disks as they are now, older points keep theirs",
+    'confirm-disks',
+    (c) => c,
+    () => undefined,
+    (name) => `disk change of ${name} confirmed`,
+  );
   item
     .command('points <item>')
     .description("an item's recovery points, newest first")
