@@ -226,12 +226,15 @@ function Actions({ d, policy, reload }: { d: ItemData; policy: Policy | null; re
   const [network, setNetwork] = useState('none');
   const [notes, setNotes] = useState('');
   const [shutdown, setShutdown] = useState(false);
+  const [confirmDisks, setConfirmDisks] = useState(false);
   // '': as the policy says
   const [deleteReplica, setDeleteReplica] = useState<'' | 'true' | 'false'>('');
   const policyDeletes = policy?.settings.deleteReplicaOnDisable;
   const targetFabric = item.replication.targetFabricId;
   const networks = useLoad(() => (dialog === 'test-failover' && targetFabric ? api.all<InventoryObject>('/vm-networks', { fabric: targetFabric }) : Promise.resolve([])), [dialog, targetFabric]);
   if (!can('operate')) return <p className="muted">Your role may read but not run operations.</p>;
+  // a disk of the VM shrank or was removed: its replication waits for the user
+  const diskChange = item.healthReasons.find((r) => r.code === 'DISK_CHANGE_UNCONFIRMED');
   const path = `/protected-items/${encodeURIComponent(item.id)}`;
   const open = (o: ItemOp) => {
     setPoint('latest');
@@ -269,6 +272,11 @@ function Actions({ d, policy, reload }: { d: ItemData; policy: Policy | null; re
         {b('commit', 'Commit')}
         {b('reprotect', 'Reprotect')}
         {b('resync', 'Resynchronize')}
+        {diskChange && (
+          <button type="button" disabled={op.busy} onClick={() => setConfirmDisks(true)}>
+            Confirm disk change
+          </button>
+        )}
         {can('configure') && b('disable', 'Disable protection', true)}
       </div>
       {op.notice}
@@ -313,6 +321,10 @@ function Actions({ d, policy, reload }: { d: ItemData; policy: Policy | null; re
             <option value="true">Delete it</option>
           </select>
         </Field>
+      </Dialog>
+      <Dialog title="Confirm disk change" open={confirmDisks} onClose={() => setConfirmDisks(false)} submitLabel="Confirm" onSubmit={submit(() => api.post<Accepted>(`${path}/confirm-disks`))}>
+        <p>{diskChange?.message}</p>
+        <p className="muted">Confirmed, replication goes on: the next recovery points have the disks as they are now; the older points keep the disks as they were.</p>
       </Dialog>
       {Object.entries(simple).map(([o, [title, text, submitLabel]]) => (
         <Dialog key={o} title={title} open={dialog === o} onClose={() => setDialog(null)} submitLabel={submitLabel} onSubmit={run(() => api.post<Accepted>(`${path}/${o}`))}>

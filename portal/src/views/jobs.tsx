@@ -19,6 +19,7 @@ const KINDS = [
   'commit-failover',
   'reprotect',
   'resync',
+  'confirm-disks',
   'plan-run',
   'reconnect-replicas',
 ];
