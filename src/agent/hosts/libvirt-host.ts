@@ -141,6 +141,34 @@ export class LibvirtVm implements HostVm {
     this.spec.running = domain.running;
   }
 
+  /**
+   * The domain's disks as libvirt has them now. A disk resized (virsh blockresize) takes its
+   * new size here, for tracking and for replication, which then has the replica grow or,
+   * once confirmed, shrink. A disk added or removed cannot be followed by the checkpoints
+   * tracking the domain: answered as why (the domain is protected again to take it).
+   */
+  async refreshDisks(): Promise<string | undefined> {
+    const domain = await readDomain(this.virsh, this.domainName);
+    const now = domain.disks.filter((d) => d.device === 'disk');
+    const targets = now.map((d) => d.target);
+    const mine = this.spec.disks.map((d) => d.name);
+    const added = targets.filter((t) => !mine.includes(t));
+    const removed = mine.filter((t) => !targets.includes(t));
+    if (added.length + removed.length > 0) {
+      return `${[...added.map((t) => `disk ${t} was added to`), ...removed.map((t) => `disk ${t} was removed from`)].join(' and ')} domain ${this.domainName}; its checkpoints do not cover the new set of disks, so replication cannot follow it: put the disks back, or disable protection and enable it again`;
+    }
+    for (const d of now) {
+      if (!d.file) continue;
+      const size = (await imageInfo(d.file)).virtualSize;
+      const spec = this.spec.disks.find((x) => x.name === d.target)!;
+      if (size === spec.size) continue;
+      spec.size = size;
+      for (const x of this.disks) if (x.name === d.target) x.size = size;
+      for (const x of this.tracking.disks) if (x.target === d.target) x.size = size;
+    }
+    return undefined;
+  }
+
   private saveRecord(): void {
     writeJsonDurable(path.join(this.dir, 'vm.json'), { origin: this.spec.origin, fenced: this.spec.fenced } satisfies VmRecord);
   }

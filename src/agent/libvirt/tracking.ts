@@ -104,6 +104,7 @@ export class LibvirtTracking {
   constructor(
     private readonly virsh: Virsh,
     readonly domain: string,
+    /** a disk's size follows a resize (LibvirtVm.refreshDisks) */
     readonly disks: readonly LibvirtDisk[],
     private readonly dir: string,
     private readonly now: () => number,

@@ -38,6 +38,7 @@ export interface DiskReader {
 export interface SourceDisk {
   readonly id: string;
   readonly name: string;
+  /** changes in place when the disk is resized under protection */
   readonly size: number;
   readonly reader: DiskReader;
 }
@@ -69,6 +70,13 @@ export interface ChangeSource {
   clearDivergence?(): void;
   /** every block may differ from the replica (its writes elsewhere were not tracked): reverse replication compares them all */
   divergesEverywhere?(): boolean;
+  /**
+   * Look at the hypervisor's disks again (a host whose disks change outside osr, libvirt):
+   * a disk grown or shrunk changes its `size` in place; a change the host cannot follow (a
+   * disk added or removed) is answered as why, and replication waits. Absent: the disks
+   * change only through the host itself (the lab).
+   */
+  refreshDisks?(): Promise<string | undefined>;
   /** refuse writes from now on: a newer epoch was promoted elsewhere */
   fence?(reason: string, epoch: number): void;
   /**

@@ -142,6 +142,12 @@ export class PrimaryReplication {
     return diskChangeOf(this.vm.name, this.agreed, this.liveDisks());
   }
 
+  /** The hypervisor's disks looked at again (libvirt): a change the host cannot follow stops replication with why. */
+  private async refreshDisks(): Promise<void> {
+    const why = await this.vm.refreshDisks?.();
+    if (why !== undefined) throw new OsrError('DISK_CHANGE_UNSUPPORTED', why);
+  }
+
   /** Whether the VM's disks differ from the replica's (a disk replaced under its name counts). */
   private diskChangePending(): boolean {
     try {
@@ -304,6 +310,7 @@ export class PrimaryReplication {
         const tracker = this.vm.tracking;
         this.resyncWaiting = false;
         let client = await this.ensureConnected();
+        await this.refreshDisks();
         if (this.takeDiskChange()) client = await this.ensureConnected();
         const required = tracker.resyncRequired;
         if (this.state === ReplicationState.InitialReplication && !(await this.initialCopy(client))) continue;
@@ -1039,6 +1046,8 @@ export class PrimaryReplication {
    */
   private async swapAndShip(client: ReplicaClient): Promise<void> {
     const tracker = this.vm.tracking;
+    // a disk resized on the hypervisor since the loop looked: the replica takes it before this delta
+    await this.refreshDisks();
     if (this.diskChangePending()) return;
     const streamable = tracker.activeUnlogged === true && !tracker.resync && this.latestSeq !== null && tracker.closedDeltas(this.latestSeq).size === 0;
     if (!streamable) {
