@@ -95,8 +95,14 @@ test(
     await s2.prune();
     assert.deepEqual(s2.points().map((p) => p.seq), [5]);
     assert.equal(fs.existsSync(s2.imagePath('sdb')), false, 'no point holds sdb: its image is gone');
+    const undoFiles = fs.readdirSync(path.join(root, 'undo'), { recursive: true }).map(String);
+    assert.ok(!undoFiles.some((f) => f.endsWith('sdb.undo')), `undo of sdb left: ${undoFiles.join(', ')}`);
     assert.deepEqual(Object.keys(await readAll(s2, 5)), ['sda']);
     s2.close();
+    // and it opens again
+    const s3 = await ReplicaStore.open(root, { vmId: 'vm1', disks: [] }, () => now);
+    assert.deepEqual(Object.keys(await readAll(s3, 5)), ['sda']);
+    s3.close();
   }),
 );
 

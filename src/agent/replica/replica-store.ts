@@ -315,6 +315,8 @@ export class ReplicaStore implements ReplicaTarget {
     for (const id of this.listOverlayIds()) this.overlays.set(id, Overlay.reopen(this, id));
     await this.recoverApplying();
     await this.recoverCommit();
+    // a removed disk whose last point went in a prune a crash cut short
+    if (!this.manifest.applying) this.dropUnusedImages();
     this.removeStrays();
     emptyTrash(this.trashDir);
   }
@@ -461,7 +463,18 @@ export class ReplicaStore implements ReplicaTarget {
     if (keep.length === retired.length) return;
     this.manifest.retired = keep.length > 0 ? keep : undefined;
     this.save();
-    for (const r of retired) if (!held.has(r.name)) this.deleteImage(r.name);
+    for (const r of retired) {
+      if (held.has(r.name)) continue;
+      this.deleteImage(r.name);
+      // the undo of later points kept its bytes for the points that are gone
+      for (const u of this.undos) {
+        const f = u.files.get(r.name);
+        if (!f) continue;
+        closeUndoFile(f);
+        u.files.delete(r.name);
+        fs.rmSync(f.path, { force: true });
+      }
+    }
   }
 
   private deleteImage(name: string): void {
@@ -715,6 +728,8 @@ export class ReplicaStore implements ReplicaTarget {
     this.save();
     for (const u of undos) this.deleteUndo(u);
     this.dropStage();
+    // no point holds a removed disk any more
+    this.dropUnusedImages();
   }
 
   /**
