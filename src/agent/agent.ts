@@ -37,7 +37,7 @@ import { GroupCuts } from './sending/group-cuts.js';
 import type { AzurePeer, ReplicationSpec } from './wire/replication-types.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './io/retry.js';
 import { Pacer, parseBandwidth } from './io/throttle.js';
-import { DEFAULT_REPLICATION_PORT } from './wire/wire.js';
+import { API_SOCKET, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from './addresses.js';
 
 /** The provider channel's connections at once: a provider needs a few; more is someone else. */
 const PROVIDER_MAX_CONNECTIONS = 64;
@@ -80,11 +80,7 @@ export interface AgentConfig {
   logLevel?: string | undefined;
 }
 
-export const DEFAULT_AGENT_API_PORT = 8085;
-export { DEFAULT_REPLICATION_PORT };
-
-/** Where the local API listens when not told otherwise (relative to the data directory). */
-export const API_SOCKET = path.join('run', 'api.sock');
+export { API_SOCKET, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT };
 
 export interface AgentEndpoints {
   /** the local API: `unix:PATH` of its socket, or `http://HOST:PORT` on loopback TCP */

@@ -8,9 +8,8 @@ import { LibvirtHost } from '../agent/hosts/libvirt-host.js';
 import type { HostFactory } from '../agent/ports/host.js';
 import { OsrError } from '../domain/errors.js';
 
-export const HOST_KINDS = ['lab', 'libvirt'] as const;
-export type HostKind = (typeof HOST_KINDS)[number];
-export const DEFAULT_HOST_KIND: HostKind = 'lab';
+import type { HostKind } from './host-kinds.js';
+export { checkHostKind, DEFAULT_HOST_KIND, HOST_KINDS, type HostKind } from './host-kinds.js';
 
 export interface HostOptions {
   /** lab: where disk images are made (default DATA/storage) */
@@ -23,12 +22,6 @@ export interface HostOptions {
   libvirtPrefix?: string | undefined;
   /** libvirt: where a promoted VM's direct kernel boot files may be */
   libvirtBootDirs?: string[] | undefined;
-}
-
-/** Check a host kind before anything is made (CONFIG_INVALID names the kinds there are). */
-export function checkHostKind(kind: string): HostKind {
-  if ((HOST_KINDS as readonly string[]).includes(kind)) return kind as HostKind;
-  throw new OsrError('CONFIG_INVALID', `--host ${kind} is not a kind of host this agent knows; the kinds are: ${HOST_KINDS.join(', ')}`, { host: kind, kinds: [...HOST_KINDS] });
 }
 
 /** How the agent makes a host of that kind. */

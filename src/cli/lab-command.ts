@@ -4,12 +4,14 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { OsrError, toOsrError } from '../domain/errors.js';
 import type { ProtectedItem } from '../domain/resources.js';
-import { runAzureEmulator } from '../lab/azure-emulator.js';
-import { DEFAULT_LAB_DIR, labDown, labNbdUri, labRemove, labStatus, labUp } from '../lab/launcher.js';
-import { labSiteFail, labSiteRestore, labVaultPromote } from '../lab/lab-sites.js';
+import { DEFAULT_LAB_DIR } from '../lab/topology.js';
 import { builtInTopologies, loadTopology } from '../lab/topology.js';
 import { formatSeconds, table } from './format.js';
 import { installLastResortHandler } from './last-resort.js';
+
+// the lab's machinery loads with the command that runs it: a vault or an agent started by osr does not carry it
+const launcher = () => import('../lab/launcher.js');
+const labSites = () => import('../lab/lab-sites.js');
 
 export function addLabCommand(program: Command, print: (data: unknown, human: () => string) => void): void {
   const lab = program.command('lab').description('a whole lab on this machine: the vault, a provider per fabric, an agent per host, demo VMs with a workload');
@@ -39,7 +41,7 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
       for (const sig of signals) process.on(sig, onSignal);
       let l;
       try {
-        l = await labUp({ topology: o.topology, dir: o.dir, detach: o.detach, port, statusInterval: o.statusInterval, signal: interrupt.signal });
+        l = await (await launcher()).labUp({ topology: o.topology, dir: o.dir, detach: o.detach, port, statusInterval: o.statusInterval, signal: interrupt.signal });
       } catch (e) {
         if (toOsrError(e).code === 'INTERRUPTED') {
           console.log(`stopped: ${(e as Error).message}`);
@@ -96,7 +98,7 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .description('what runs in the lab: processes, fabrics and their heartbeats, protected items')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
-      const s = await labStatus(o.dir);
+      const s = await (await launcher()).labStatus(o.dir);
       print(s, () => {
         if (!s.lab) return `no lab runs in ${s.dir} (\`osr lab up\` starts one)`;
         return [
@@ -115,14 +117,14 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .description('stop the lab (providers and their hosts first, then the vault), also one whose start-up was cut short: each recorded process is checked to be the lab\'s before it is signalled; the lab\'s state stays')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
-      await labDown(o.dir);
+      await (await launcher()).labDown(o.dir);
     });
   lab
     .command('remove')
     .description('remove a lab for good: stop it if it runs, remove what it made in libvirt (a kvm lab\'s domains, networks and pools), then its directory with every VM disk and replica in it')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
-      await labRemove(o.dir);
+      await (await launcher()).labRemove(o.dir);
     });
   const site = lab.command('site').description('lose a whole site of the lab on purpose, and bring it back (a disaster drill: docs/getting-started.md)');
   site
@@ -130,14 +132,14 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .description('kill -9 every process of the site: its provider and its hosts\' agents (their VMs stop), the vault if it runs there, and its PostgreSQL cluster; nothing is stopped cleanly')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (name: string, o: { dir: string }) => {
-      await labSiteFail(o.dir, name);
+      await (await labSites()).labSiteFail(o.dir, name);
     });
   site
     .command('restore <name>')
     .description('start the site\'s processes again from their state, as after a power cut: its database, its vault (stale if another took over meanwhile), its agents, its provider')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (name: string, o: { dir: string }) => {
-      await labSiteRestore(o.dir, name);
+      await (await labSites()).labSiteRestore(o.dir, name);
     });
   lab
     .command('vault')
@@ -146,14 +148,14 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
     .description('the vault at the standby site takes over (the primary vault\'s site is lost): its PostgreSQL standby is promoted, or on SQLite the newest backup there is restored and a vault started on it; the next term begins and providers follow it')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (o: { dir: string }) => {
-      await labVaultPromote(o.dir);
+      await (await labSites()).labVaultPromote(o.dir);
     });
   lab
     .command('nbd-uri <vm> [disk]')
     .description('the NBD URI of a running lab VM\'s disk (default its first), on whichever host runs it now: any NBD client can be its guest')
     .option('--dir <dir>', 'the lab\'s directory', DEFAULT_LAB_DIR)
     .action(async (vm: string, disk: string | undefined, o: { dir: string }) => {
-      const rows = await labNbdUri(o.dir, vm, disk);
+      const rows = await (await launcher()).labNbdUri(o.dir, vm, disk);
       print(rows, () => rows.map((r) => r.uri).join('\n'));
     });
   lab
@@ -165,7 +167,7 @@ export function addLabCommand(program: Command, print: (data: unknown, human: ()
       installLastResortHandler('lab azure-emulator');
       const spec = loadTopology(o.topology).spec.azure;
       if (!spec) throw new OsrError('CONFIG_INVALID', `topology ${o.topology} has no azure part`);
-      const e = await runAzureEmulator(path.resolve(o.dataDir), spec);
+      const e = await (await import('../lab/azure-emulator.js')).runAzureEmulator(path.resolve(o.dataDir), spec);
       const stop = () => void e.stop().then(() => process.exit(0), () => process.exit(1));
       process.on('SIGTERM', stop);
       process.on('SIGINT', stop);

@@ -10,7 +10,7 @@ import './threadpool.js';
 import { Command, Option } from 'commander';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Agent, API_SOCKET, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/agent.js';
+import { API_SOCKET, DEFAULT_AGENT_API_PORT, DEFAULT_REPLICATION_PORT } from '../agent/addresses.js';
 import { parseBackoff } from '../agent/io/retry.js';
 import { parseBandwidth } from '../agent/io/throttle.js';
 import { parseDuration } from '../agent/io/time-window.js';
@@ -19,7 +19,7 @@ import { ERROR_CODES, OsrError, toOsrError } from '../domain/errors.js';
 import { safeName } from '../domain/names.js';
 import { createCa, issueCertificate, writeFileAtomic, type CaMaterial, type PkiRole } from '../pki/index.js';
 import { AgentClient, readAgentToken } from './agent-client.js';
-import { checkHostKind, DEFAULT_HOST_KIND, HOST_KINDS, hostFactory } from './agent-host.js';
+import { checkHostKind, DEFAULT_HOST_KIND, HOST_KINDS } from './host-kinds.js';
 import { addVaultCommand } from './vault-command.js';
 import { addLabCommand } from './lab-command.js';
 import { addProviderCommand } from './provider-command.js';
@@ -102,6 +102,8 @@ program
     if (!certFile || !keyFile || !caFile) throw new OsrError('CONFIG_INVALID', 'the agent needs a certificate: give --pki-dir or --cert, --key and --ca (create them with `osr pki init` and `osr pki issue`), or --provider-api with --ca (the vault\'s CA) to be enrolled over the network');
     if (o.apiTokenFile !== undefined && o.api === undefined) throw new OsrError('CONFIG_INVALID', '--api-token-file is for the TCP API: give --api HOST:PORT too (the socket needs no token)');
     const api = o.api !== undefined ? { ...hostPort(o.api, DEFAULT_AGENT_API_PORT), tokenFile: o.apiTokenFile !== undefined ? path.resolve(o.apiTokenFile) : undefined } : undefined;
+    // the agent loads with the command that runs it: a vault or a provider started by osr does not carry it
+    const [{ Agent }, { hostFactory }] = await Promise.all([import('../agent/agent.js'), import('./agent-host.js')]);
     const makeHost = hostFactory(hostKind, { storageDir: o.storageDir ? path.resolve(o.storageDir) : undefined, libvirtUri: o.libvirtUri, libvirtDomains: o.libvirtDomains, libvirtPrefix: o.libvirtPrefix, libvirtBootDirs: o.libvirtBootDir !== undefined ? [path.resolve(o.libvirtBootDir)] : undefined });
     const agent = new Agent({
       name,

@@ -5,17 +5,9 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { parseDuration } from '../agent/io/time-window.js';
 import { OsrError } from '../domain/errors.js';
-import { AzureFabricDriver } from '../drivers/azure/azure-driver.js';
-import { azureClients } from '../drivers/azure/clients.js';
-import { parseAzureSite } from '../drivers/azure/site.js';
-import { LibvirtFabricDriver } from '../drivers/libvirt/libvirt-driver.js';
-import { loadLibvirtSite } from '../drivers/libvirt/site.js';
 import type { FabricDriver } from '../fabric/driver.js';
-import { LabFabricDriver } from '../lab/lab-driver.js';
-import { loadSiteConfig } from '../lab/topology.js';
-import { ProviderChannel } from '../provider/channel.js';
-import { FabricProvider } from '../provider/fabric-provider.js';
-import { loadRegistration, registerWithVault, type ProviderRegistration } from '../provider/registration.js';
+import type { ProviderChannel } from '../provider/channel.js';
+import type { ProviderRegistration } from '../provider/registration.js';
 import { checkVaultUrls } from '../domain/vault-status.js';
 import { VERSION } from '../vault/version.js';
 import { AgentClient, readAgentToken } from './agent-client.js';
@@ -43,6 +35,8 @@ export function addProviderCommand(program: Command): void {
     .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
     .action(async (o: Record<string, string | undefined>) => {
       installLastResortHandler('provider');
+      // the provider's machinery loads with the command that runs it (another command of osr does not carry it)
+      const [{ ProviderChannel }, { FabricProvider }, { loadRegistration, registerWithVault }] = await Promise.all([import('../provider/channel.js'), import('../provider/fabric-provider.js'), import('../provider/registration.js')]);
       const shared = program.opts<{ config?: string; vault?: string }>();
       o.config ??= shared.config;
       o.vault ??= shared.vault;
@@ -64,17 +58,20 @@ export function addProviderCommand(program: Command): void {
           ? new AgentClient(h.agent, { channel: { tls: () => providerChannel().registration.tls, fabricId: () => providerChannel().registration.fabricId, hostName: h.name, agentFingerprint: h.agentFingerprint, revoked: trust.revoked, bootstrapSpent: trust.bootstrapSpent, onEnrolled: trust.enrolledSeen } })
           : new AgentClient(h.agent, { token: h.agentTokenFile !== undefined ? readAgentToken(h.agentTokenFile) : undefined });
       if (o.fabric === 'azure') {
+        const [{ AzureFabricDriver }, { azureClients }, { parseAzureSite }] = await Promise.all([import('../drivers/azure/azure-driver.js'), import('../drivers/azure/clients.js'), import('../drivers/azure/site.js')]);
         const file = path.resolve(o.config);
         const s = parseAzureSite(fs.readFileSync(file, 'utf8'), path.dirname(file));
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);
         driver = new AzureFabricDriver({ ...s, dir }, azureClients(s), { connectRegionAgent: connectAgent });
       } else if (o.fabric === 'libvirt') {
+        const [{ LibvirtFabricDriver }, { loadLibvirtSite }] = await Promise.all([import('../drivers/libvirt/libvirt-driver.js'), import('../drivers/libvirt/site.js')]);
         const s = loadLibvirtSite(path.resolve(o.config));
         site = s;
         dir = path.resolve(o.dataDir ?? s.dir);
         driver = new LibvirtFabricDriver(s, { connect: connectAgent });
       } else {
+        const [{ LabFabricDriver }, { loadSiteConfig }] = await Promise.all([import('../lab/lab-driver.js'), import('../lab/topology.js')]);
         const s = loadSiteConfig(path.resolve(o.config));
         site = s;
         dir = path.resolve(o.dataDir ?? path.join(s.lab.dir, 'provider'));

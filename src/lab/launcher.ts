@@ -34,11 +34,11 @@ import { checkKvmHost, isKvmTopology, prepareKvmLab, removeKvmObjects, kvmLabGue
 import { stopStrayAgents, type LabAgentInfo } from './lab-driver.js';
 import { findLabProcesses, isRunning, recordProcess, stopLabProcess, type LabProcess } from './lab-processes.js';
 import { emulatorSiteFile } from './azure-emulator.js';
-import { loadTopology, slug, type SiteConfig, type TopologySpec } from './topology.js';
+import { loadTopology, slug, type SiteConfig, type TopologySpec, DEFAULT_LAB_DIR } from './topology.js';
 import { freePort, PostgresPair } from './postgres-pair.js';
 import pg from 'pg';
 
-export const DEFAULT_LAB_DIR = '.osr/lab';
+export { DEFAULT_LAB_DIR };
 
 /** A lab vault's settings: heartbeats and leases short enough for a lab's pace. */
 export const LAB_VAULT_TUNING = ['--heartbeat-interval', '5s', '--heartbeat-lost-after', '30s', '--job-lease', '10s', '--job-concurrency', '256', '--role-check', '1s', '--log-level', 'warn'];

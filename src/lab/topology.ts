@@ -15,6 +15,9 @@ import { OsrError } from '../domain/errors.js';
 import { formatIpv4, parseIpv4 } from '../domain/ipv4.js';
 import type { AzureLabSpec } from './azure-emulator.js';
 
+
+/** Where `osr lab` keeps a lab unless told otherwise. */
+export const DEFAULT_LAB_DIR = '.osr/lab';
 export interface WorkloadSpec {
   /** bytes written per second, in 4–64 KiB random writes (default 256 KiB/s) */
   bytesPerSecond?: number;

@@ -169,3 +169,46 @@ test('a shrink waits for confirmation across a restart of the primary agent; put
   fs.closeSync(fd);
   assert.ok(tail.every((b) => b === 0), 'the range cut off and grown back reads as zeros');
 });
+
+test('a disk removed and another added before the user confirms: after the confirmation the replica has both changes, its points equal to the disks', async () => {
+  const vm = 'dc3';
+  const disks = await createVm(pair.primary, vm, ['16M', '16M']);
+  for (const d of disks) fillRandom(d.image, 16 * MiB);
+  await pair.primary.api.post('/v1/replications', { vm, peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', maxPoints: 50, resyncWindow: 'never' });
+  const first = await waitForPoint(pair.primary, vm, null);
+  await pair.primary.api.post(`/v1/vms/${vm}/stop`);
+  await pair.primary.api.delete(`/v1/vms/${vm}/disks/disk1`);
+  const added = await pair.primary.api.post<{ name: string }>(`/v1/vms/${vm}/disks`, { size: '8M' });
+  assert.equal(added.name, 'disk2', 'a removed disk\'s name is not given again');
+  await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+  const waiting = await waitFor('the change to wait', async () => {
+    const h = await health(pair.primary, vm);
+    return h.lastError?.code === 'DISK_CHANGE_UNCONFIRMED' ? h : undefined;
+  });
+  assert.equal(waiting.diskChange?.summary, 'disk2 added (8388608 bytes), disk1 removed');
+  await pair.primary.api.post(`/v1/replications/${vm}/confirm-disks`);
+  await pair.primary.api.post(`/v1/replications/${vm}/cycle`);
+  const shape = JSON.stringify([{ name: 'disk0', size: 16 * MiB }, { name: 'disk2', size: 8 * MiB }]);
+  const latest = await waitFor('a point of the new disks', async () => {
+    const p = (await pair.replica.api.get<{ seq: number; disks?: unknown }[]>(`/v1/replicas/${vm}/points`)).at(-1);
+    const h = await health(pair.primary, vm);
+    return p && JSON.stringify(p.disks) === shape && h.state === 'Replicating' && h.latestPoint?.seq === p.seq ? p : undefined;
+  });
+  const live = (await pair.primary.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`)).map((d) => fileDigest(d.image, d.size).digest);
+  assert.deepEqual(await replicaPointDigests(pair.replica, vm, latest.seq), live);
+  assert.equal((await replicaPointDigests(pair.replica, vm, first.latestPoint!.seq)).length, 2, 'the first point keeps both old disks');
+});
+
+test('a disk grown while the initial copy runs: the copy starts over, and the first point is of the grown disk', async () => {
+  const vm = 'dc4';
+  const disks = await createVm(pair.primary, vm, ['96M']);
+  fillRandom(disks[0]!.image, 96 * MiB);
+  await pair.primary.api.post('/v1/replications', { vm, peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', maxPoints: 50, bandwidth: '16MB/s' });
+  await waitFor('the copy under way', async () => ((await health(pair.primary, vm)).initial?.doneBytes ?? 0) > 8 * MiB || undefined, 60_000, 50);
+  await pair.primary.api.put(`/v1/vms/${vm}/disks/disk0`, { size: '112M' });
+  const h = await waitForPoint(pair.primary, vm, null, 120_000);
+  const live = (await pair.primary.api.get<DiskInfo[]>(`/v1/vms/${vm}/disks`)).map((d) => fileDigest(d.image, d.size).digest);
+  assert.deepEqual(await replicaPointDigests(pair.replica, vm, h.latestPoint!.seq), live);
+  const points = await pair.replica.api.get<{ seq: number; disks?: { name: string; size: number }[] }[]>(`/v1/replicas/${vm}/points`);
+  assert.ok(points.every((p) => p.disks === undefined || p.disks[0]!.size === 112 * MiB), `no point of the old size: ${JSON.stringify(points)}`);
+});

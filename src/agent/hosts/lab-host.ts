@@ -54,6 +54,8 @@ export class LabVm implements HostVm {
   readonly fencedWhy = (): string | undefined => (this.spec.fenced ? `${this.spec.fenced.reason} (since ${this.spec.fenced.at})` : undefined);
 
   open(): { recovered: boolean; tornBytes: number } {
+    // a shrink a crash cut short (the record says the new size first): the image is cut to it
+    for (const d of this.spec.disks) if (fs.existsSync(d.image) && fs.statSync(d.image).size > d.size) fs.truncateSync(d.image, d.size);
     this.disks = this.spec.disks.map((d, i) => new LabDisk(d.id, d.name, d.image, d.size, this.tracker, i, this.fencedWhy, this.writeGate));
     return this.tracker.recover(this.disks.map((d) => d.imageFd));
   }
@@ -311,9 +313,11 @@ export class LabHost implements Host {
       // a removed disk's name is not given to a new one (its replica keeps the old disk's points)
       vm.spec.nextDisk ??= Math.max(vm.spec.disks.length, ...vm.spec.disks.map((d) => Number(/^disk(\d+)$/.exec(d.name)?.[1] ?? -1) + 1));
       vm.tracker.beforeShapeChange();
+      // tracking keeps the disk's closed logs first: a crash before the record forgets the
+      // disk leaves it in both, and the disk stays (tracking.ts drops it from the removed)
+      vm.tracker.removeDisk(diskName);
       vm.spec.disks = vm.spec.disks.filter((d) => d.name !== diskName);
       vm.saveSpec();
-      vm.tracker.removeDisk(diskName);
       disk.close();
       vm.disks = vm.disks.filter((d) => d !== disk);
       vm.disks.forEach((d, i) => (d.index = i));

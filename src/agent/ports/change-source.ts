@@ -174,12 +174,14 @@ export interface ChangeTracking {
   closedDeltas(afterSeq: number): Map<number, ClosedDeltaFile[]>;
   pointMetaOf(seq: number, fallbackMs: number): PointMeta;
   /**
-   * the first delta after `afterSeq` that a change of the VM's disks closed: deltas up to it
-   * have the disks from before and ship so; the change is taken after it. Absent: the host
-   * does not record where its disks changed (they change only with the delta boundary the
-   * sender sees).
+   * the delta the oldest change of the VM's disks not yet at the replica closed: deltas up
+   * to it have the disks from before and ship so; then the replica takes the change, and
+   * `shapeChangesTaken` forgets it. Absent: the host does not record where its disks
+   * changed (the replica takes a change as soon as it is seen; the deltas closed before are
+   * resynchronized as ranges).
    */
-  shapeChangedAfter?(afterSeq: number): number | undefined;
+  firstShapeChange?(): number | undefined;
+  shapeChangesTaken?(): void;
   /** the replica holds everything up to seq: forget it */
   releaseThrough(seq: number): void;
   pendingBytes(afterSeq: number): number;

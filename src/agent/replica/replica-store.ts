@@ -625,10 +625,14 @@ export class ReplicaStore implements ReplicaTarget {
     return this.manifest.divergent;
   }
 
-  /** Add ranges the primary knows to differ (its writes since the sites diverged); durable on return. */
+  /**
+   * Add ranges the primary knows to differ (its writes since the sites diverged, or deltas
+   * whose disks the replica no longer has after a disk change); durable on return. A delta
+   * is refused until a resync of them ends.
+   */
   addDivergence(ranges: DiskRanges): void {
-    const cur = this.manifest.divergent;
-    if (!cur || cur === 'all') return;
+    const cur = this.manifest.divergent ?? {};
+    if (cur === 'all') return;
     for (const [disk, list] of Object.entries(ranges)) {
       if (!rangesValid(list, this.diskSpec(disk).size)) throw new OsrError('INVALID_ARGUMENT', `ranges of disk ${disk} do not fit the disk`);
     }

@@ -112,6 +112,8 @@ export class PrimaryReplication {
   private agreed: ReplicaDiskSpec[] | undefined;
   /** the shrink or removal the user confirmed (its summary): the next open may make it */
   private confirmedChange: string | undefined;
+  /** the closed deltas after a disk change are sent as ranges (their disks are not the replica's) */
+  private rangesOwed = false;
   /** the disks the next open gives the replica, a change it takes (it may drop or shrink disks when confirmed) */
   private applyingChange: { disks: ReplicaDiskSpec[]; confirmed: boolean } | undefined;
 
@@ -184,20 +186,21 @@ export class PrimaryReplication {
    */
   private takeDiskChange(): boolean {
     const change = this.diskChange();
-    if (!change || diskChangeEmpty(change)) return false;
-    const summary = describeDiskChange(change);
     const tracker = this.vm.tracking;
+    if (!change) return false;
+    if (diskChangeEmpty(change)) {
+      // the disks are as the replica has them (put back as they were): nothing to take
+      tracker.shapeChangesTaken?.();
+      return false;
+    }
+    const summary = describeDiskChange(change);
     if (this.state === ReplicationState.InitialReplication) {
       // no point holds the old disks yet: the copy starts over with the new ones
-      this.deps.log.warn({ replication: this.spec.id }, `the disks of ${this.vm.name} changed during its initial copy (${summary}): the copy starts over`);
-      tracker.stop();
-      this.applyingChange = { disks: this.liveDisks(), confirmed: false };
-      this.client?.close();
-      this.client = undefined;
+      this.restartInitialCopy(`the disks changed (${summary})`);
       return true;
     }
     // the deltas from before the change ship first, with the disks they have
-    const boundary = tracker.shapeChangedAfter?.(this.latestSeq ?? 0);
+    const boundary = tracker.firstShapeChange?.();
     if (boundary !== undefined && [...tracker.closedDeltas(this.latestSeq ?? 0).keys()].some((seq) => seq <= boundary)) return false;
     const confirm = diskChangeNeedsConfirmation(change);
     if (confirm && this.confirmedChange !== summary) {
@@ -205,9 +208,21 @@ export class PrimaryReplication {
     }
     this.deps.log.info({ replication: this.spec.id }, `the disks of ${this.vm.name} changed (${summary}): the replica takes the change, and only what is new is copied`);
     this.applyingChange = { disks: this.liveDisks(), confirmed: confirm };
+    // deltas closed after the change (a second change came before the replica took the
+    // first) have other disks than the replica's next ones: their ranges are resynchronized
+    this.rangesOwed = tracker.closedDeltas(this.latestSeq ?? 0).size > 0;
     this.client?.close();
     this.client = undefined;
     return true;
+  }
+
+  /** The initial copy starts over, with the disks as they are now (no point holds the old ones yet). */
+  private restartInitialCopy(why: string): void {
+    this.deps.log.warn({ replication: this.spec.id }, `the initial copy of ${this.vm.name} starts over: ${why}`);
+    this.vm.tracking.stop();
+    this.applyingChange = { disks: this.liveDisks(), confirmed: false };
+    this.client?.close();
+    this.client = undefined;
   }
 
   /** Resynchronize now: compare every block with the replica and send those that differ. */
@@ -317,6 +332,7 @@ export class PrimaryReplication {
         else if (this.divergent === 'all' && !required) await this.resync(client, 'reverse replication: the old primary\'s changes are unknown, every block is compared');
         else if (this.vm.divergesEverywhere?.() === true && !required) await this.resync(client, 'reverse replication: what this VM wrote where it ran is unknown (a failback from Azure), every block is compared');
         else if (this.divergent && this.divergent !== 'all' && !required) await this.reverseResync(client, this.divergent);
+        else if (this.rangesOwed && !required) await this.reverseResync(client, {});
         else if (required || this.resyncAsked || (tracker.resync && tracker.activeSeq === tracker.resync.seq)) {
           if (required && !this.resyncAsked && !this.inResyncWindow()) {
             this.state = ReplicationState.ResyncRequired;
@@ -408,6 +424,7 @@ export class PrimaryReplication {
     // the resync's point: its log closes now and goes out with the staged blocks
     const seq = await this.swap();
     if (seq !== r.seq) throw new OsrError('INTERNAL', `resync of ${this.vm.name} tracked log ${r.seq} but closed ${seq}`);
+    this.rangesOwed = false;
     this.state = ReplicationState.Replicating;
     this.nextCycleMs = this.deps.phases.place(this.spec.id, this.deps.clock.now(), this.spec.copyFrequencyMs);
   }
@@ -424,11 +441,17 @@ export class PrimaryReplication {
     let ranges = known;
     const resuming = tracker.resync !== undefined && tracker.activeSeq === tracker.resync.seq;
     if (!resuming) {
-      // within the disks as they are now (a log of a disk shrunk since may hold writes past its end)
-      const mine = clipRanges(unionDiskRanges(tracker.loggedRanges('closed'), this.vm.divergence?.()), this.vm.disks);
-      const reply = await client.request<{ divergent: OpenResult['divergent'] }>('resync-ranges', { ranges: mine });
-      if (!reply.divergent || reply.divergent === 'all') throw new OsrError('PROTOCOL_ERROR', `the replica of ${this.vm.name} answered no ranges to resynchronize`);
-      ranges = reply.divergent;
+      // a swap (a group's cut) while the replica answers closes a log whose ranges were not
+      // sent: they are sent again until no swap came between (the replica unions them)
+      for (;;) {
+        const at = tracker.activeSeq;
+        // within the disks as they are now (a log of a disk shrunk since may hold writes past its end)
+        const mine = clipRanges(unionDiskRanges(tracker.loggedRanges('closed'), this.vm.divergence?.()), this.vm.disks);
+        const reply = await client.request<{ divergent: OpenResult['divergent'] }>('resync-ranges', { ranges: mine });
+        if (!reply.divergent || reply.divergent === 'all') throw new OsrError('PROTOCOL_ERROR', `the replica of ${this.vm.name} answered no ranges to resynchronize`);
+        ranges = reply.divergent;
+        if (tracker.activeSeq === at) break;
+      }
     }
     await this.resync(client, 'reverse replication: the ranges either site wrote since their last common point', ranges);
   }
@@ -740,6 +763,7 @@ export class PrimaryReplication {
     if (this.applyingChange) {
       this.applyingChange = undefined;
       this.confirmedChange = undefined;
+      this.vm.tracking.shapeChangesTaken?.();
     }
     this.latestSeq = open.latestSeq;
     this.divergent = open.divergent ?? null;
@@ -840,6 +864,11 @@ export class PrimaryReplication {
     }
     this.initial!.currentDisk = null;
     this.updateRate();
+    // a disk changed while the copy ran: the copy is no longer of one instant
+    if (this.diskChangePending() || this.vm.tracking.firstShapeChange?.() !== undefined) {
+      this.restartInitialCopy('a disk changed while it ran');
+      return false;
+    }
     await this.swap();
     this.state = ReplicationState.Replicating;
     if (this.initial?.offline) this.deps.log.info({ replication: this.spec.id }, `the replica of ${this.vm.name} imported the offline export; delta replication goes on from it`);
@@ -990,18 +1019,18 @@ export class PrimaryReplication {
     await tracker.closedSynced();
     const syncedMs = this.deps.clock.now();
     const closed = [...tracker.closedDeltas(this.latestSeq ?? 0).entries()].sort((a, b) => a[0] - b[0]);
-    // the VM's disks changed: the deltas from before ship with the disks they have, then the loop gives the replica the change
-    const boundary = tracker.shapeChangedAfter?.(this.latestSeq ?? 0);
-    // the disks the replica has: every delta shipped has a log of each, and of no other
+    // the disks the replica has: every delta shipped has a log of each (a log of a disk the
+    // replica never had, added and removed again before it took the change, is not shipped)
     const disks = this.agreed ?? this.liveDisks();
     for (const [seq, logs] of closed) {
-      if (this.diskChangePending() && (boundary === undefined || seq > boundary)) return;
+      // the VM's disks changed: the deltas from before ship with the disks they have, then the loop gives the replica the change
+      if (this.diskChangePending() && !(seq <= (tracker.firstShapeChange?.() ?? -1))) return;
       const beginMs = this.deps.clock.now();
-      if (logs.length !== disks.length || !disks.every((d) => logs.some((l) => l.disk === d.name))) {
+      if (!disks.every((d) => logs.some((l) => l.disk === d.name))) {
         throw new OsrError('CHANGE_LOG_CORRUPT', `delta ${seq} of ${this.vm.name} has logs of ${logs.map((l) => l.disk).join(', ') || 'no disk'}, not of its disks ${disks.map((d) => d.name).join(', ')}`);
       }
       const meta = tracker.pointMetaOf(seq, logs[0].closedMs);
-      const deltaBytes = logs.reduce((n, l) => n + l.bytes, 0);
+      const deltaBytes = logs.reduce((n, l) => n + (disks.some((d) => d.name === l.disk) ? l.bytes : 0), 0);
       const resync = tracker.resync?.seq === seq ? tracker.resync.id : undefined;
       await client.request('delta-begin', { point: { seq, timeMs: meta.timeMs, consistency: meta.consistency, deltaBytes, ...(meta.cut !== undefined ? { cut: meta.cut } : {}) }, resync });
       for (const disk of disks) {

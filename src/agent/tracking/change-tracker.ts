@@ -147,7 +147,8 @@ export class VmChangeTracker implements ChangeTracking {
       bootId: currentBootId(),
       nextSeq: 1,
     };
-    this.retired = (this.state.retired ?? []).map((d) => new DiskLogs(vmDir, d.id, d.name));
+    // a removal a crash cut short before the VM's record forgot the disk: it is the VM's still
+    this.retired = (this.state.retired ?? []).filter((d) => !disks.some((x) => x.name === d.name)).map((d) => new DiskLogs(vmDir, d.id, d.name));
   }
 
   /** every disk with logs: the VM's, and removed ones whose closed logs wait */
@@ -155,9 +156,16 @@ export class VmChangeTracker implements ChangeTracking {
     return this.retired.length === 0 ? this.disks : [...this.disks, ...this.retired];
   }
 
-  /** The first delta after `afterSeq` that closed before a change of the VM's disks: deltas up to it have the disks from before. */
-  shapeChangedAfter(afterSeq: number): number | undefined {
-    return this.state.shapeChanges?.find((s) => s > afterSeq);
+  /** The delta the oldest change of the VM's disks not yet at the replica closed: deltas up to it have the disks from before. */
+  firstShapeChange(): number | undefined {
+    return this.state.shapeChanges?.[0];
+  }
+
+  /** The replica took the disks as they are now (or they are as it has them again): the changes are done with. */
+  shapeChangesTaken(): void {
+    if (!this.state.shapeChanges) return;
+    this.state.shapeChanges = undefined;
+    this.save();
   }
 
   /**
@@ -585,15 +593,12 @@ export class VmChangeTracker implements ChangeTracking {
     for (const d of this.allLogs) {
       for (const f of d.listFiles()) if (f.seq <= seq && f.seq < this.activeSeq) discard(f.file, this.trashDir);
     }
-    // a removed disk whose last delta is at the replica, and the changes it has taken, are done with
+    // a removed disk whose last delta is at the replica is done with
     const gone = this.retired.filter((d) => d.listFiles().length === 0);
-    const passed = (this.state.shapeChanges ?? []).filter((x) => x <= seq);
-    if (gone.length > 0 || passed.length > 0) {
+    if (gone.length > 0) {
       for (const d of gone) fs.rmSync(d.dir, { recursive: true, force: true });
       this.retired = this.retired.filter((d) => !gone.includes(d));
       this.state.retired = this.retired.length > 0 ? this.retired.map((r) => ({ id: r.diskId, name: r.diskName })) : undefined;
-      const left = (this.state.shapeChanges ?? []).filter((x) => x > seq);
-      this.state.shapeChanges = left.length > 0 ? left : undefined;
       if (!this.prepared) this.save();
     }
     const meta = { ...this.state.pointMeta };

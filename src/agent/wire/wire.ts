@@ -16,7 +16,7 @@ import { digest, digestOff } from '../io/checksum.js';
 
 export const PROTOCOL_NAME = 'osr-replication';
 export const PROTOCOL_VERSIONS = [1] as const;
-export const DEFAULT_REPLICATION_PORT = 8084;
+export { DEFAULT_REPLICATION_PORT } from './port.js';
 export const FrameType = { Control: 1, Data: 2 } as const;
 export const DATA_HEADER_BYTES = 32;
 /** the largest raw DATA body a sender may send */
