@@ -45,7 +45,7 @@ async function points(): Promise<{ seq: number; disks?: { name: string; size: nu
   return pair.replica.api.get(`/v1/replicas/${VM}/points`);
 }
 
-test('disks added, grown, shrunk and removed under protection reach the replica without sending the other disks again', async () => {
+test('disks added, grown, shrunk and removed under protection reach the replica without sending the other disks again', async (t) => {
   const disks = await createVm(pair.primary, VM, ['32M']);
   fillRandom(disks[0]!.image, 32 * MiB);
   await pair.primary.api.post('/v1/replications', { vm: VM, peer: `127.0.0.1:${pair.replica.replicationPort}`, copyFrequency: '1h', maxPoints: 50, resyncWindow: 'never' });
@@ -82,6 +82,7 @@ test('disks added, grown, shrunk and removed under protection reach the replica 
   const p3 = h3.latestPoint!.seq;
   assert.ok(h3.resync!.totalBytes >= 16 * MiB && h3.resync!.totalBytes < 17 * MiB, `resync of ${h3.resync!.totalBytes} bytes: the grown range and the logged writes`);
   assert.ok(h3.resync!.wireBytesSent < 8 * MiB, `sent ${h3.resync!.wireBytesSent} bytes: the 4 MiB pieces holding the written MiB, and zero ranges`);
+  t.diagnostic(`added 16 MiB disk: resync ${h2.resync!.totalBytes} bytes, sent ${h2.resync!.wireBytesSent}; grown 32→48 MiB: resync ${h3.resync!.totalBytes} bytes, sent ${h3.resync!.wireBytesSent}`);
   assert.deepEqual(await pointDigests(p3), await liveDigests());
   assert.deepEqual(await pointDigests(p2), p2Digests, 'the point before the grow is unchanged');
   const sizes = (await points()).find((p) => p.seq === p2)?.disks;

@@ -21,6 +21,7 @@ const bodies: Record<string, unknown> = {
   [Commands.EnableReplication]: { item: 'a.vm1', vm, policy, target: { fabricId: 'b', ...replica } },
   [Commands.InitialReplication]: { item: 'a.vm1', method: { method: 'now' } },
   [Commands.Resync]: { item: 'a.vm1', vmId: 'a.vm1', requestedAt: new Date().toISOString() },
+  [Commands.ConfirmDisks]: { item: 'a.vm1', vmId: 'a.vm1' },
   [Commands.DisableReplication]: { item: 'a.vm1', vmId: 'a.vm1' },
   [Commands.RemoveReplica]: { item: 'a.vm1', replicaVmId: null, delete: true },
   [Commands.ConnectNics]: { item: 'a.vm1', replicaVmId: 'b.vm1-replica', networks: { nic1: 'b.net2', nic0: null } },
