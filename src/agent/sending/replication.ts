@@ -78,6 +78,8 @@ export class PrimaryReplication {
   private state: ReplicationState = ReplicationState.Scheduled;
   private readonly stopper = new AbortController();
   private waker = new AbortController();
+  /** someone asked for something (a retry, a cycle, a resync, a confirmation) since the loop last waited: its next wait ends at once */
+  private woken = false;
   private client: ReplicaClient | undefined;
   /** what the latest connection carried its frames over */
   private channel: ReplicaChannel | undefined;
@@ -174,7 +176,7 @@ export class PrimaryReplication {
     if (!change || !diskChangeNeedsConfirmation(change)) throw new OsrError('INVALID_STATE', `no disk change of ${this.vm.name} waits for confirmation`);
     this.confirmedChange = describeDiskChange(change);
     this.deps.log.info({ replication: this.spec.id }, `disk change of ${this.vm.name} confirmed: ${this.confirmedChange}`);
-    this.waker.abort();
+    this.wake();
     return { summary: this.confirmedChange };
   }
 
@@ -229,7 +231,7 @@ export class PrimaryReplication {
   requestResync(): void {
     if (this.state === ReplicationState.InitialReplication) throw new OsrError('INVALID_STATE', `${this.vm.name} is still in initial replication; a resync needs a replica to compare with`);
     this.resyncAsked = true;
-    this.waker.abort();
+    this.wake();
   }
 
   /**
@@ -262,7 +264,7 @@ export class PrimaryReplication {
   /** Retry now, after an error of either class, instead of waiting. */
   retryNow(): void {
     this.failures = 0;
-    this.waker.abort();
+    this.wake();
   }
 
   /** A consistency group's cut, first step (group-cuts.ts): prepare the swap, before the writes are held. */
@@ -295,22 +297,37 @@ export class PrimaryReplication {
   /** Ship what a cut closed, now. */
   shipCut(): void {
     this.cutToShip = true;
-    this.waker.abort();
+    this.wake();
   }
 
   /** Run a cycle now instead of waiting for the copy frequency. */
   triggerCycle(): void {
     this.nextCycleMs = 0;
-    this.waker.abort();
+    this.wake();
   }
 
   private get stopped(): boolean {
     return this.stopper.signal.aborted;
   }
 
-  private async sleep(ms: number): Promise<void> {
+  /** Wake the loop: now if it waits, else at its next wait (a request made while it works is not lost). */
+  private wake(): void {
+    this.woken = true;
+    this.waker.abort();
+  }
+
+  /** Whether someone asked since the last wait (then the wait is skipped); arms the waker for the next wait. */
+  private takeWake(): boolean {
+    const woken = this.woken;
+    this.woken = false;
     if (this.waker.signal.aborted) this.waker = new AbortController();
+    return woken;
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    if (this.takeWake()) return;
     await this.deps.clock.sleep(ms, AbortSignal.any([this.stopper.signal, this.waker.signal]));
+    this.woken = false;
   }
 
   private async run(): Promise<void> {
@@ -621,7 +638,7 @@ export class PrimaryReplication {
     this.nextRetryMs = until;
     this.waitingForAction = until === null;
     try {
-      if (this.waker.signal.aborted) this.waker = new AbortController();
+      if (this.takeWake()) return;
       const signal = AbortSignal.any([this.stopper.signal, this.waker.signal]);
       while (!signal.aborted) {
         const left = until === null ? GROWTH_CHECK_MS : until - clock.now();
@@ -630,6 +647,7 @@ export class PrimaryReplication {
         this.checkLogGrowth();
       }
     } finally {
+      this.woken = false;
       this.nextRetryMs = null;
       this.waitingForAction = false;
     }
