@@ -36,7 +36,7 @@ import { LibvirtPromotions, PROMOTED_CHECKPOINT, startUnderCheckpoint } from '..
 import { offlineBitmapRanges } from '../libvirt/qemu-nbd.js';
 import { LibvirtTracking } from '../libvirt/tracking.js';
 import { LibvirtDrills } from './libvirt-drills.js';
-import { Virsh } from '../libvirt/virsh.js';
+import { parseDomainXml, Virsh } from '../libvirt/virsh.js';
 import type { DiskReader } from '../ports/change-source.js';
 import type { Host, HostLoadNote, HostPromotions, HostVm, VmDiskSpec, VmFence, VmOrigin, VmSpec } from '../ports/host.js';
 import { TEST_DOMAIN_PREFIX } from '../ports/host-drills.js';
@@ -148,8 +148,8 @@ export class LibvirtVm implements HostVm {
    * tracking the domain: answered as why (the domain is protected again to take it).
    */
   async refreshDisks(): Promise<string | undefined> {
-    const domain = await readDomain(this.virsh, this.domainName);
-    const now = domain.disks.filter((d) => d.device === 'disk');
+    // one call each cycle: the disks are all it needs of the domain (readDomain makes three)
+    const now = parseDomainXml(await this.virsh.run(['dumpxml', this.domainName])).disks.filter((d) => d.device === 'disk');
     const targets = now.map((d) => d.target);
     const mine = this.spec.disks.map((d) => d.name);
     const added = targets.filter((t) => !mine.includes(t));
