@@ -22,6 +22,11 @@ import { WriteGate } from '../io/write-gate.js';
 const MAX_DISKS_PER_VM = 16;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
+/** The number of the next disk added (disk<n>): past every disk the VM has or had. */
+function nextDisk(spec: VmSpec): number {
+  return spec.nextDisk ?? Math.max(spec.disks.length, ...spec.disks.map((d) => Number(/^disk(\d+)$/.exec(d.name)?.[1] ?? -1) + 1));
+}
+
 export class LabVm implements HostVm {
   disks: LabDisk[] = [];
   readonly tracker: VmChangeTracker;
@@ -260,7 +265,7 @@ export class LabHost implements Host {
       const vm = this.get(name);
       checkDiskSize(size);
       if (vm.spec.disks.length >= MAX_DISKS_PER_VM) throw new OsrError('DISK_COUNT_LIMIT', `VM ${name} has ${vm.spec.disks.length} disks already; a lab VM has at most ${MAX_DISKS_PER_VM}`);
-      let n = vm.spec.nextDisk ?? Math.max(vm.spec.disks.length, ...vm.spec.disks.map((d) => Number(/^disk(\d+)$/.exec(d.name)?.[1] ?? -1) + 1));
+      let n = nextDisk(vm.spec);
       while (vm.spec.disks.some((d) => d.name === `disk${n}`)) n++;
       // the writes before the add are in a delta of the disks before it
       vm.tracker.beforeShapeChange();
@@ -311,7 +316,7 @@ export class LabHost implements Host {
       if (vm.spec.disks.length === 1) throw new OsrError('DISK_COUNT_LIMIT', `disk ${diskName} is the last disk of ${name}; a lab VM has at least one`);
       const spec = vm.spec.disks.find((d) => d.name === diskName)!;
       // a removed disk's name is not given to a new one (its replica keeps the old disk's points)
-      vm.spec.nextDisk ??= Math.max(vm.spec.disks.length, ...vm.spec.disks.map((d) => Number(/^disk(\d+)$/.exec(d.name)?.[1] ?? -1) + 1));
+      vm.spec.nextDisk = nextDisk(vm.spec);
       vm.tracker.beforeShapeChange();
       // tracking keeps the disk's closed logs first: a crash before the record forgets the
       // disk leaves it in both, and the disk stays (tracking.ts drops it from the removed)
